@@ -1,0 +1,40 @@
+# Thin front door over CMake. `make run` and `make test` are the two commands of the README.
+#   make run    install what is missing, build, generate text from $(DSLA_MODEL)
+#   make test   install what is missing, build with warnings as errors, run every test
+#               (then the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer)
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+DSLA_MODEL ?= ../shared/models/stories260K-hf
+PROMPT ?= Once upon a time
+JOBS ?= $(shell nproc)
+# nvcc is not always on PATH; CMake finds it through CUDACXX. Without it the CUDA backend is off.
+NVCC := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+CMAKE_ENV := $(if $(NVCC),CUDACXX=$(NVCC),)
+
+.PHONY: deps build run test test-asan bench clean
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	$(CMAKE_ENV) cmake -S . -B $(BUILD) -DDSLA_WERROR=ON
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/bin/dsla generate --model "$(DSLA_MODEL)" --prompt "$(PROMPT)" --max-tokens 200
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	$(MAKE) test-asan
+
+test-asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DDSLA_CUDA=OFF -DDSLA_SANITIZE=ON -DDSLA_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		ctest --output-on-failure -j $(JOBS) -L unit
+
+bench: build
+	$(BUILD)/bin/bench_cpu_infer
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

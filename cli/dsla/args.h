@@ -1,0 +1,46 @@
+/* A small, strict option parser shared by the dsla subcommands.
+ *
+ * Options are `--name value` or `--name=value`; flags take no value. Every option is declared in a
+ * table with its kind and limits, so a bad value is refused with the option's name, the limit and the
+ * value (exit code 2), and --help prints the same table. It only parses: it must not open files or
+ * load models. */
+#ifndef DSLA_CLI_ARGS_H
+#define DSLA_CLI_ARGS_H
+
+#include <stdbool.h>
+
+typedef enum {
+    DSLA_ARG_STRING,
+    DSLA_ARG_INT,
+    DSLA_ARG_FLOAT,
+    DSLA_ARG_FLAG,
+    DSLA_ARG_STRING_LIST, /* repeatable; values collected in order */
+} dsla_arg_kind_t;
+
+enum { DSLA_ARG_LIST_MAX = 16 };
+
+typedef struct {
+    const char *name; /* without the leading "--" */
+    dsla_arg_kind_t kind;
+    const char *help;
+    double min, max;  /* inclusive limits for INT and FLOAT */
+    /* Where the value goes; the type must match kind (const char **, long *, double *, bool *,
+     * or a dsla_arg_list_t * for STRING_LIST). Defaults are whatever the caller stored there. */
+    void *dest;
+} dsla_arg_spec_t;
+
+typedef struct {
+    const char *items[DSLA_ARG_LIST_MAX];
+    int count;
+} dsla_arg_list_t;
+
+/* Parses argv[first..argc). Positional arguments are stored in positional[] (up to max_positional).
+ * Returns 0 on success, 2 on a usage error (already printed to stderr), or -1 when --help was given
+ * (usage already printed to stdout). */
+int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *specs, int n_specs,
+                    const char **positional, int max_positional, int *n_positional,
+                    const char *usage);
+
+void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n_specs);
+
+#endif

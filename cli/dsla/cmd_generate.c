@@ -1,0 +1,121 @@
+/* dsla generate: text from a prompt on the CPU, streamed to stdout as it is produced. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "args.h"
+#include "commands.h"
+#include "runtime/model/generate.h"
+
+static const char usage[] =
+    "usage: dsla generate --model DIR --prompt TEXT [options]\n\n"
+    "Generates a continuation of TEXT with the Llama model in DIR (Hugging Face layout: config.json,\n"
+    "safetensors, tokenizer.json). Text goes to stdout as it is produced; statistics to stderr.";
+
+/* A default that suits a quick look at a model; the context still caps it. */
+enum { DEFAULT_MAX_TOKENS = 256 };
+
+static int write_piece(void *user, const char *piece, size_t len) {
+    (void)user;
+    fwrite(piece, 1, len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static int exit_code_for(dsla_status_t status) {
+    return status == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1;
+}
+
+int dsla_cmd_generate(int argc, char **argv) {
+    const char *model_dir = getenv("DSLA_MODEL");
+    const char *prompt = NULL;
+    long max_tokens = -1, top_k = 0, seed = -1;
+    double temperature = 1.0, top_p = 1.0;
+    bool print_ids = false, ignore_eos = false;
+    dsla_arg_list_t stops = {0};
+    const dsla_arg_spec_t specs[] = {
+        {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
+        {"prompt", DSLA_ARG_STRING, "the text to continue (required)", 0, 0, &prompt},
+        {"max-tokens", DSLA_ARG_INT, "new tokens at most (default 256, capped by the context)", 1,
+         1 << 30, &max_tokens},
+        {"temperature", DSLA_ARG_FLOAT, "0 is greedy (default 1.0)", 0, 100, &temperature},
+        {"top-k", DSLA_ARG_INT, "sample from the k most likely tokens; 0 is off (default)", 0,
+         1 << 30, &top_k},
+        {"top-p", DSLA_ARG_FLOAT, "nucleus sampling mass; 1 is off (default)", 0, 1, &top_p},
+        {"seed", DSLA_ARG_INT, "random seed (default: from the clock)", 0, 9.2e18, &seed},
+        {"stop", DSLA_ARG_STRING_LIST, "stop before this text (repeatable)", 0, 0, &stops},
+        {"ignore-eos", DSLA_ARG_FLAG, "do not stop at end-of-sequence tokens", 0, 0, &ignore_eos},
+        {"print-ids", DSLA_ARG_FLAG, "print the generated token ids to stderr", 0, 0, &print_ids},
+    };
+    const char *positional[1];
+    int n_positional = 0;
+    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
+                             positional, 0, &n_positional, usage);
+    if (rc < 0) return 0;
+    if (rc) return rc;
+    if (!model_dir || !*model_dir) {
+        fprintf(stderr, "dsla generate: --model is required (or set DSLA_MODEL)\n");
+        return 2;
+    }
+    if (!prompt) {
+        fprintf(stderr, "dsla generate: --prompt is required\n");
+        return 2;
+    }
+    if (seed < 0) seed = (long)time(NULL);
+
+    dsla_model_t *model = NULL;
+    dsla_tokenizer_t *tokenizer = NULL;
+    dsla_status_t status = dsla_model_load(&model, model_dir);
+    if (status == DSLA_OK) status = dsla_tokenizer_load_dir(&tokenizer, model_dir);
+    if (status != DSLA_OK) {
+        fprintf(stderr, "dsla generate: %s\n", dsla_last_error());
+        dsla_model_destroy(&model);
+        return 1;
+    }
+    if (max_tokens < 0) {
+        int room = dsla_model_config(model)->max_position_embeddings;
+        max_tokens = DEFAULT_MAX_TOKENS;
+        /* Without an explicit --max-tokens, fill at most the context; the prompt's size is known
+         * only after encoding, so leave that check to the generator with a capped request. */
+        if (max_tokens > room / 2) max_tokens = room / 2;
+    }
+    dsla_generate_params_t params = {
+        .sampling = {.temperature = (float)temperature,
+                     .top_k = (int)top_k,
+                     .top_p = (float)top_p,
+                     .seed = (uint64_t)seed},
+        .max_tokens = (int)max_tokens,
+        .stop = stops.items,
+        .n_stop = stops.count,
+        .ignore_eos = ignore_eos,
+    };
+    fputs(prompt, stdout);
+    fflush(stdout);
+    dsla_generate_result_t result;
+    status = dsla_generate(model, tokenizer, prompt, strlen(prompt), &params, write_piece, NULL,
+                           &result);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (status == DSLA_OK) {
+        if (print_ids) {
+            fprintf(stderr, "ids:");
+            for (int i = 0; i < result.completion_tokens; i++) fprintf(stderr, " %d", result.ids[i]);
+            fputc('\n', stderr);
+        }
+        double decode_tps = result.decode_seconds > 0
+                                ? (result.completion_tokens - 1) / result.decode_seconds
+                                : 0.0;
+        fprintf(stderr,
+                "dsla generate: %d prompt tokens in %.1f ms, %d new tokens, decode %.1f tokens/s, "
+                "finish: %s\n",
+                result.prompt_tokens, result.prefill_seconds * 1e3, result.completion_tokens,
+                decode_tps, dsla_finish_reason_name(result.finish));
+        free(result.ids);
+    } else {
+        fprintf(stderr, "dsla generate: %s\n", dsla_last_error());
+    }
+    dsla_tokenizer_destroy(&tokenizer);
+    dsla_model_destroy(&model);
+    return status == DSLA_OK ? 0 : exit_code_for(status);
+}

@@ -1,0 +1,9 @@
+/* The dsla subcommands. Each takes the whole argv (argv[1] is its name) and returns the process exit
+ * code: 0 ok, 1 failure, 2 usage. */
+#ifndef DSLA_CLI_COMMANDS_H
+#define DSLA_CLI_COMMANDS_H
+
+int dsla_cmd_generate(int argc, char **argv);
+int dsla_cmd_import(int argc, char **argv);
+
+#endif

@@ -1,0 +1,30 @@
+/* Leveled logging to stderr.
+ *
+ * The level comes from DSLA_LOG (error, warn, info, debug; default warn) the first time a message is
+ * logged, or from dsla_log_set_level. Lines carry a timestamp, the level and the source file. Logging
+ * is for operators; it must never carry data a caller needs (that goes through return values). */
+#ifndef DSLA_CORE_LOG_H
+#define DSLA_CORE_LOG_H
+
+typedef enum {
+    DSLA_LOG_ERROR = 0,
+    DSLA_LOG_WARN,
+    DSLA_LOG_INFO,
+    DSLA_LOG_DEBUG,
+} dsla_log_level_t;
+
+void dsla_log_set_level(dsla_log_level_t level);
+dsla_log_level_t dsla_log_level(void);
+void dsla_log_write(dsla_log_level_t level, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define DSLA_LOG_AT(level, ...)                                                                    \
+    do {                                                                                           \
+        if ((level) <= dsla_log_level()) dsla_log_write((level), __FILE__, __LINE__, __VA_ARGS__); \
+    } while (0)
+#define dsla_log_error(...) DSLA_LOG_AT(DSLA_LOG_ERROR, __VA_ARGS__)
+#define dsla_log_warn(...) DSLA_LOG_AT(DSLA_LOG_WARN, __VA_ARGS__)
+#define dsla_log_info(...) DSLA_LOG_AT(DSLA_LOG_INFO, __VA_ARGS__)
+#define dsla_log_debug(...) DSLA_LOG_AT(DSLA_LOG_DEBUG, __VA_ARGS__)
+
+#endif

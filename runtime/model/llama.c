@@ -1,0 +1,502 @@
+/* Llama checkpoint loading and the batched CPU forward pass with per-layer token-mixing dispatch.
+ */
+#include "runtime/model/llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "runtime/core/tensor.h"
+#include "runtime/model/safetensors.h"
+
+/* Activations of one forward pass, kept in the model and grown on demand so that decode steps reuse
+ * them instead of allocating. Capacities count tokens (rows) and items. */
+typedef struct {
+    int cap_rows;
+    int cap_items;
+    float *x;        /* [rows, D] residual stream */
+    float *xn;       /* [rows, D] normalised input of a sub-layer; final-norm rows at the end */
+    float *mix_out;  /* [rows, D] output of the token mixer (after its output projection) */
+    float *qkv;      /* [rows, (H + 2 H_kv) d] */
+    float *attn;     /* [rows, H d] */
+    float *gate_up;  /* [rows, 2 I] */
+    float *act;      /* [rows, I] */
+    float *rope_cos; /* [rows, d/2] */
+    float *rope_sin;
+    int32_t *positions; /* [rows] */
+    /* Gathered copies for a layer whose kinds differ across the batch (sub-batching). */
+    float *sub_x;
+    float *sub_out;
+    float *sub_cos;
+    float *sub_sin;
+    int *row_start;               /* [items] first row of each item in the batch */
+    dsla_batch_item_t *sub_items; /* [items] */
+    int *sub_row_start;           /* [items] */
+} forward_scratch_t;
+
+struct dsla_model {
+    dsla_model_config_t cfg;
+    float *embed;      /* [V, D] */
+    float *final_norm; /* [D] */
+    float *lm_head;    /* [V, D]; == embed when tied */
+    dsla_llama_layer_t *layers;
+    float *inv_freq; /* [d/2] */
+    float *scores;   /* [max_position_embeddings] one attention row, sized once at load */
+    forward_scratch_t scratch;
+};
+
+/* ---- loading ---- */
+
+static float *alloc_floats(size_t n) {
+    return dsla_alloc(n * sizeof(float));
+}
+
+static dsla_status_t read_matrix(const dsla_safetensors_t *st, float *dst, int64_t rows,
+                                 int64_t cols, const char *fmt, int layer) {
+    char name[128];
+    snprintf(name, sizeof name, fmt, layer);
+    int64_t shape[2] = {rows, cols};
+    return dsla_safetensors_read_f32(st, name, cols ? 2 : 1, shape, dst);
+}
+
+static dsla_status_t load_layer(dsla_model_t *m, const dsla_safetensors_t *st, int l) {
+    const dsla_model_config_t *c = &m->cfg;
+    const int64_t D = c->hidden_size, q_rows = (int64_t)c->num_heads * c->head_dim;
+    const int64_t kv_rows = (int64_t)c->num_kv_heads * c->head_dim, I = c->intermediate_size;
+    dsla_llama_layer_t *w = &m->layers[l];
+    w->attn_norm = alloc_floats((size_t)D);
+    w->mlp_norm = alloc_floats((size_t)D);
+    w->wqkv = alloc_floats((size_t)((q_rows + 2 * kv_rows) * D));
+    w->wo = alloc_floats((size_t)(D * q_rows));
+    w->w_gate_up = alloc_floats((size_t)(2 * I * D));
+    w->w_down = alloc_floats((size_t)(D * I));
+    if (!w->attn_norm || !w->mlp_norm || !w->wqkv || !w->wo || !w->w_gate_up || !w->w_down)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's weights", l);
+    w->wq = w->wqkv;
+    w->wk = w->wq + q_rows * D;
+    w->wv = w->wk + kv_rows * D;
+    w->w_gate = w->w_gate_up;
+    w->w_up = w->w_gate_up + I * D;
+    DSLA_TRY(read_matrix(st, w->attn_norm, D, 0, "model.layers.%d.input_layernorm.weight", l));
+    DSLA_TRY(read_matrix(st, w->wq, q_rows, D, "model.layers.%d.self_attn.q_proj.weight", l));
+    DSLA_TRY(read_matrix(st, w->wk, kv_rows, D, "model.layers.%d.self_attn.k_proj.weight", l));
+    DSLA_TRY(read_matrix(st, w->wv, kv_rows, D, "model.layers.%d.self_attn.v_proj.weight", l));
+    DSLA_TRY(read_matrix(st, w->wo, D, q_rows, "model.layers.%d.self_attn.o_proj.weight", l));
+    DSLA_TRY(
+        read_matrix(st, w->mlp_norm, D, 0, "model.layers.%d.post_attention_layernorm.weight", l));
+    DSLA_TRY(read_matrix(st, w->w_gate, I, D, "model.layers.%d.mlp.gate_proj.weight", l));
+    DSLA_TRY(read_matrix(st, w->w_up, I, D, "model.layers.%d.mlp.up_proj.weight", l));
+    DSLA_TRY(read_matrix(st, w->w_down, D, I, "model.layers.%d.mlp.down_proj.weight", l));
+    return DSLA_OK;
+}
+
+static dsla_status_t load_weights(dsla_model_t *m, const dsla_safetensors_t *st) {
+    const dsla_model_config_t *c = &m->cfg;
+    const int64_t D = c->hidden_size, V = c->vocab_size;
+    m->embed = alloc_floats((size_t)(V * D));
+    m->final_norm = alloc_floats((size_t)D);
+    m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
+    if (!m->embed || !m->final_norm || !m->layers)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the embeddings");
+    DSLA_TRY(read_matrix(st, m->embed, V, D, "model.embed_tokens.weight", 0));
+    DSLA_TRY(read_matrix(st, m->final_norm, D, 0, "model.norm.weight", 0));
+    for (int l = 0; l < c->num_layers; l++)
+        DSLA_TRY(load_layer(m, st, l));
+    /* transformers ties lm_head to the embeddings whenever tie_word_embeddings is set (a stored
+     * lm_head.weight is then ignored); an untied model must carry its own head. */
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+        return DSLA_OK;
+    }
+    m->lm_head = alloc_floats((size_t)(V * D));
+    if (!m->lm_head) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for lm_head");
+    return read_matrix(st, m->lm_head, V, D, "lm_head.weight", 0);
+}
+
+static dsla_status_t model_load(dsla_model_t *m, const char *dir) {
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "model directory path is too long");
+    DSLA_TRY(dsla_config_load(&m->cfg, path));
+    const dsla_model_config_t *c = &m->cfg;
+    if (c->head_dim % 2 != 0)
+        return dsla_error(DSLA_ERR_UNSUPPORTED, "%s: head_dim %d must be even for RoPE", path,
+                          c->head_dim);
+    m->inv_freq = alloc_floats((size_t)c->head_dim / 2);
+    m->scores = alloc_floats((size_t)c->max_position_embeddings);
+    if (!m->inv_freq || !m->scores)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the model's tables");
+    dsla_rope_params_t rope = {
+        .theta = c->rope_theta,
+        .llama3 = c->rope_type == DSLA_ROPE_LLAMA3,
+        .factor = c->rope_factor,
+        .low_freq_factor = c->rope_low_freq_factor,
+        .high_freq_factor = c->rope_high_freq_factor,
+        .original_max_position = c->rope_original_max_position,
+    };
+    dsla_cpu_rope_inv_freq(m->inv_freq, c->head_dim, &rope);
+
+    dsla_safetensors_t *st = NULL;
+    DSLA_TRY(dsla_safetensors_open(&st, dir));
+    dsla_status_t s = load_weights(m, st);
+    dsla_safetensors_close(&st);
+    return s;
+}
+
+dsla_status_t dsla_model_load(dsla_model_t **out, const char *dir) {
+    *out = NULL;
+    dsla_model_t *m = calloc(1, sizeof *m);
+    if (!m) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a model");
+    dsla_status_t s = model_load(m, dir);
+    if (s != DSLA_OK) {
+        dsla_model_destroy(&m);
+        return dsla_error_wrap(s, "loading model %s: ", dir);
+    }
+    *out = m;
+    return DSLA_OK;
+}
+
+static void scratch_free(forward_scratch_t *s) {
+    float *floats[] = {s->x,       s->xn,      s->mix_out,  s->qkv,      s->attn,
+                       s->gate_up, s->act,     s->rope_cos, s->rope_sin, s->sub_x,
+                       s->sub_out, s->sub_cos, s->sub_sin};
+    for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++)
+        dsla_free(floats[i]);
+    free(s->positions);
+    free(s->row_start);
+    free(s->sub_items);
+    free(s->sub_row_start);
+    memset(s, 0, sizeof *s);
+}
+
+void dsla_model_destroy(dsla_model_t **m) {
+    if (!m || !*m) return;
+    dsla_model_t *p = *m;
+    scratch_free(&p->scratch);
+    dsla_free(p->scores);
+    if (p->layers) {
+        for (int l = 0; l < p->cfg.num_layers; l++) {
+            dsla_llama_layer_t *w = &p->layers[l];
+            dsla_free(w->attn_norm);
+            dsla_free(w->mlp_norm);
+            dsla_free(w->wqkv);
+            dsla_free(w->wo);
+            dsla_free(w->w_gate_up);
+            dsla_free(w->w_down);
+        }
+        free(p->layers);
+    }
+    if (p->lm_head != p->embed) dsla_free(p->lm_head);
+    dsla_free(p->embed);
+    dsla_free(p->final_norm);
+    dsla_free(p->inv_freq);
+    free(p);
+    *m = NULL;
+}
+
+const dsla_model_config_t *dsla_model_config(const dsla_model_t *m) {
+    return &m->cfg;
+}
+
+const dsla_llama_layer_t *dsla_model_layer(const dsla_model_t *m, int layer) {
+    if (layer < 0 || layer >= m->cfg.num_layers) return NULL;
+    return &m->layers[layer];
+}
+
+const float *dsla_model_embeddings(const dsla_model_t *m) {
+    return m->embed;
+}
+
+const float *dsla_model_final_norm(const dsla_model_t *m) {
+    return m->final_norm;
+}
+
+const float *dsla_model_lm_head(const dsla_model_t *m) {
+    return m->lm_head;
+}
+
+/* ---- scratch ---- */
+
+static dsla_status_t scratch_reserve(dsla_model_t *m, int rows, int items) {
+    forward_scratch_t *s = &m->scratch;
+    if (rows <= s->cap_rows && items <= s->cap_items) return DSLA_OK;
+    /* Grow geometrically so that a slowly growing batch does not reallocate every step. */
+    int new_rows = rows > 2 * s->cap_rows ? rows : 2 * s->cap_rows;
+    int new_items = items > 2 * s->cap_items ? items : 2 * s->cap_items;
+    scratch_free(s);
+    const dsla_model_config_t *c = &m->cfg;
+    const size_t R = (size_t)new_rows, D = (size_t)c->hidden_size, d = (size_t)c->head_dim;
+    const size_t qkv = (size_t)(c->num_heads + 2 * c->num_kv_heads) * d;
+    const size_t I = (size_t)c->intermediate_size;
+    s->x = alloc_floats(R * D);
+    s->xn = alloc_floats(R * D);
+    s->mix_out = alloc_floats(R * D);
+    s->qkv = alloc_floats(R * qkv);
+    s->attn = alloc_floats(R * (size_t)c->num_heads * d);
+    s->gate_up = alloc_floats(R * 2 * I);
+    s->act = alloc_floats(R * I);
+    s->rope_cos = alloc_floats(R * d / 2);
+    s->rope_sin = alloc_floats(R * d / 2);
+    s->sub_x = alloc_floats(R * D);
+    s->sub_out = alloc_floats(R * D);
+    s->sub_cos = alloc_floats(R * d / 2);
+    s->sub_sin = alloc_floats(R * d / 2);
+    s->positions = malloc(R * sizeof *s->positions);
+    s->row_start = malloc((size_t)new_items * sizeof *s->row_start);
+    s->sub_items = malloc((size_t)new_items * sizeof *s->sub_items);
+    s->sub_row_start = malloc((size_t)new_items * sizeof *s->sub_row_start);
+    if (!s->x || !s->xn || !s->mix_out || !s->qkv || !s->attn || !s->gate_up || !s->act ||
+        !s->rope_cos || !s->rope_sin || !s->sub_x || !s->sub_out || !s->sub_cos || !s->sub_sin ||
+        !s->positions || !s->row_start || !s->sub_items || !s->sub_row_start) {
+        scratch_free(s);
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
+                          "out of memory for the activations of %d tokens in %d sequences", rows,
+                          items);
+    }
+    s->cap_rows = new_rows;
+    s->cap_items = new_items;
+    return DSLA_OK;
+}
+
+/* ---- token mixing, dispatched per layer on each sequence's plan ---- */
+
+/* A sub-batch of items that run one layer with the same kind; their rows are back to back. */
+typedef struct {
+    const dsla_batch_item_t *items;
+    int n_items;
+    int n_rows;
+    const float *x;        /* [n_rows, D] the layer's normalised input */
+    const float *rope_cos; /* [n_rows, d/2] */
+    const float *rope_sin;
+    float *out; /* [n_rows, D] the mixer's output after its output projection */
+} mix_batch_t;
+
+typedef dsla_status_t (*layer_mixer_fn)(dsla_model_t *m, int layer, const mix_batch_t *b);
+
+static dsla_status_t mix_attention(dsla_model_t *m, int layer, const mix_batch_t *b) {
+    const dsla_model_config_t *c = &m->cfg;
+    const dsla_llama_layer_t *w = &m->layers[layer];
+    forward_scratch_t *s = &m->scratch;
+    const int D = c->hidden_size, d = c->head_dim, H = c->num_heads, Hkv = c->num_kv_heads;
+    const int q_width = H * d, kv_width = Hkv * d, qkv_width = q_width + 2 * kv_width;
+    dsla_cpu_gemm(s->qkv, b->x, w->wqkv, b->n_rows, qkv_width, D);
+    dsla_cpu_rope_apply(s->qkv, b->n_rows, qkv_width, H, d, b->rope_cos, b->rope_sin);
+    dsla_cpu_rope_apply(s->qkv + q_width, b->n_rows, qkv_width, Hkv, d, b->rope_cos, b->rope_sin);
+    const dsla_attn_shape_t shape = {.n_heads = H, .n_kv_heads = Hkv, .head_dim = d};
+    int row = 0;
+    for (int it = 0; it < b->n_items; it++) {
+        dsla_sequence_t *seq = b->items[it].seq;
+        const int past = dsla_sequence_length(seq), n = b->items[it].n_tokens;
+        const float *qkv = s->qkv + (size_t)row * qkv_width;
+        for (int i = 0; i < n; i++) {
+            const float *k = qkv + (size_t)i * qkv_width + q_width;
+            memcpy(dsla_sequence_key_slot(seq, layer, past + i), k, (size_t)kv_width * sizeof *k);
+            memcpy(dsla_sequence_value_slot(seq, layer, past + i), k + kv_width,
+                   (size_t)kv_width * sizeof *k);
+        }
+        dsla_kv_pool_t *pool = dsla_sequence_pool(seq);
+        const dsla_paged_kv_t kv = {
+            .k = dsla_kv_pool_keys(pool),
+            .v = dsla_kv_pool_values(pool),
+            .block_table = dsla_sequence_block_table(seq, layer),
+            .block_tokens = DSLA_KV_BLOCK_TOKENS,
+        };
+        dsla_cpu_attention(s->attn + (size_t)row * q_width, q_width, qkv, qkv_width, n, past,
+                           &shape, &kv, m->scores);
+        row += n;
+    }
+    dsla_cpu_gemm(b->out, s->attn, w->wo, b->n_rows, D, q_width);
+    return DSLA_OK;
+}
+
+/* One entry per dsla_layer_kind_t; NULL: the kind is not implemented on this backend yet. */
+static const layer_mixer_fn layer_mixers[DSLA_LAYER_KIND_COUNT] = {
+    [DSLA_LAYER_ATTN] = mix_attention,
+};
+
+/* Copies the rows of n items (item i's n_tokens rows start at row starts[i] of src) back to back.
+ */
+static void gather_rows(float *dst, const float *src, size_t width, const int *starts,
+                        const dsla_batch_item_t *items, int n) {
+    for (int i = 0; i < n; i++) {
+        size_t len = (size_t)items[i].n_tokens * width;
+        memcpy(dst, src + (size_t)starts[i] * width, len * sizeof *dst);
+        dst += len;
+    }
+}
+
+/* Runs layer's token mixing for the whole batch: in one call when every item runs the layer with
+ * the same kind (the common case), else once per kind over gathered rows, scattered back into
+ * mix_out. */
+static dsla_status_t mix_layer(dsla_model_t *m, int layer, const dsla_batch_item_t *items,
+                               int n_items, int n_rows) {
+    forward_scratch_t *s = &m->scratch;
+    const size_t D = (size_t)m->cfg.hidden_size, half = (size_t)m->cfg.head_dim / 2;
+    dsla_layer_kind_t first = dsla_sequence_layer_kind(items[0].seq, layer);
+    bool uniform = true;
+    for (int i = 1; i < n_items; i++)
+        uniform = uniform && dsla_sequence_layer_kind(items[i].seq, layer) == first;
+    if (uniform) {
+        const mix_batch_t b = {items, n_items, n_rows, s->xn, s->rope_cos, s->rope_sin, s->mix_out};
+        return layer_mixers[first](m, layer, &b);
+    }
+    for (int kind = 0; kind < DSLA_LAYER_KIND_COUNT; kind++) {
+        int n_sub = 0, rows = 0;
+        for (int i = 0; i < n_items; i++) {
+            if ((int)dsla_sequence_layer_kind(items[i].seq, layer) != kind) continue;
+            s->sub_items[n_sub] = items[i];
+            s->sub_row_start[n_sub++] = s->row_start[i];
+            rows += items[i].n_tokens;
+        }
+        if (n_sub == 0) continue;
+        gather_rows(s->sub_x, s->xn, D, s->sub_row_start, s->sub_items, n_sub);
+        gather_rows(s->sub_cos, s->rope_cos, half, s->sub_row_start, s->sub_items, n_sub);
+        gather_rows(s->sub_sin, s->rope_sin, half, s->sub_row_start, s->sub_items, n_sub);
+        const mix_batch_t b = {s->sub_items, n_sub,      rows,      s->sub_x,
+                               s->sub_cos,   s->sub_sin, s->sub_out};
+        DSLA_TRY(layer_mixers[kind](m, layer, &b));
+        const float *src = s->sub_out;
+        for (int i = 0; i < n_sub; i++) {
+            size_t len = (size_t)s->sub_items[i].n_tokens * D;
+            memcpy(s->mix_out + (size_t)s->sub_row_start[i] * D, src, len * sizeof *src);
+            src += len;
+        }
+    }
+    return DSLA_OK;
+}
+
+/* ---- forward ---- */
+
+int dsla_batch_logit_rows(const dsla_batch_item_t *items, int n_items) {
+    int rows = 0;
+    for (int i = 0; i < n_items; i++)
+        rows += items[i].want_all_logits ? items[i].n_tokens : 1;
+    return rows;
+}
+
+static dsla_status_t validate_batch(const dsla_model_t *m, const dsla_batch_item_t *items,
+                                    int n_items, int *total_rows) {
+    const dsla_model_config_t *c = &m->cfg;
+    if (n_items < 1 || !items)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "forward: the batch has no items");
+    long total = 0;
+    for (int i = 0; i < n_items; i++) {
+        const dsla_batch_item_t *it = &items[i];
+        if (!it->seq || !it->tokens || it->n_tokens < 1)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "forward: batch item %d needs a sequence and at least one token", i);
+        dsla_kv_pool_t *pool = dsla_sequence_pool(it->seq);
+        if (dsla_kv_pool_num_layers(pool) != c->num_layers ||
+            dsla_kv_pool_token_width(pool) != c->num_kv_heads * c->head_dim)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "forward: batch item %d's KV pool was made for another model", i);
+        for (int j = 0; j < i; j++)
+            if (items[j].seq == it->seq)
+                return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                                  "forward: batch items %d and %d share one sequence", j, i);
+        for (int t = 0; t < it->n_tokens; t++)
+            if (it->tokens[t] < 0 || it->tokens[t] >= c->vocab_size)
+                return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                                  "forward: token id %d (item %d, token %d) is outside the "
+                                  "vocabulary of %d",
+                                  (int)it->tokens[t], i, t, c->vocab_size);
+        long context = (long)dsla_sequence_length(it->seq) + it->n_tokens;
+        if (context > c->max_position_embeddings)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "forward: a context of %ld tokens (%d cached + %d new, item %d) "
+                              "exceeds max_position_embeddings %d",
+                              context, dsla_sequence_length(it->seq), it->n_tokens, i,
+                              c->max_position_embeddings);
+        for (int l = 0; l < c->num_layers; l++) {
+            dsla_layer_kind_t kind = dsla_sequence_layer_kind(it->seq, l);
+            if (!layer_mixers[kind])
+                return dsla_error(DSLA_ERR_UNSUPPORTED,
+                                  "forward: layer %d of item %d runs as kind %d, which the CPU "
+                                  "forward pass does not implement",
+                                  l, i, (int)kind);
+        }
+        total += it->n_tokens;
+        if (total > INT32_MAX / 2)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "forward: the batch has too many tokens");
+    }
+    *total_rows = (int)total;
+    return DSLA_OK;
+}
+
+/* All items' blocks or none: a batch that does not fit changes no sequence. */
+static dsla_status_t reserve_batch(const dsla_batch_item_t *items, int n_items) {
+    for (int i = 0; i < n_items; i++) {
+        dsla_status_t s = dsla_sequence_reserve(items[i].seq, items[i].n_tokens);
+        if (s != DSLA_OK) {
+            for (int j = 0; j < i; j++)
+                dsla_sequence_release_unused(items[j].seq);
+            return dsla_error_wrap(s, "forward: batch item %d: ", i);
+        }
+    }
+    return DSLA_OK;
+}
+
+static void run_layers(dsla_model_t *m, const dsla_batch_item_t *items, int n_items, int T,
+                       dsla_status_t *status) {
+    const dsla_model_config_t *c = &m->cfg;
+    forward_scratch_t *s = &m->scratch;
+    const int D = c->hidden_size, I = c->intermediate_size;
+    for (int l = 0; l < c->num_layers && *status == DSLA_OK; l++) {
+        const dsla_llama_layer_t *w = &m->layers[l];
+        dsla_cpu_rmsnorm(s->xn, s->x, w->attn_norm, T, D, c->rms_norm_eps);
+        *status = mix_layer(m, l, items, n_items, T);
+        if (*status != DSLA_OK) return;
+        dsla_cpu_add(s->x, s->x, s->mix_out, (size_t)T * D);
+        dsla_cpu_rmsnorm(s->xn, s->x, w->mlp_norm, T, D, c->rms_norm_eps);
+        dsla_cpu_gemm(s->gate_up, s->xn, w->w_gate_up, T, 2 * I, D);
+        dsla_cpu_swiglu(s->act, s->gate_up, s->gate_up + I, T, I, 2 * I);
+        dsla_cpu_gemm(s->mix_out, s->act, w->w_down, T, D, I);
+        dsla_cpu_add(s->x, s->x, s->mix_out, (size_t)T * D);
+    }
+}
+
+dsla_status_t dsla_model_forward(dsla_model_t *m, const dsla_batch_item_t *items, int n_items,
+                                 float *logits_out) {
+    const dsla_model_config_t *c = &m->cfg;
+    forward_scratch_t *s = &m->scratch;
+    int T = 0;
+    DSLA_TRY(validate_batch(m, items, n_items, &T));
+    DSLA_TRY(scratch_reserve(m, T, n_items));
+    DSLA_TRY(reserve_batch(items, n_items));
+
+    const int D = c->hidden_size;
+    int row = 0;
+    for (int i = 0; i < n_items; i++) {
+        s->row_start[i] = row;
+        const int past = dsla_sequence_length(items[i].seq);
+        for (int t = 0; t < items[i].n_tokens; t++, row++) {
+            s->positions[row] = past + t;
+            memcpy(s->x + (size_t)row * D, m->embed + (size_t)items[i].tokens[t] * D,
+                   (size_t)D * sizeof(float));
+        }
+    }
+    dsla_cpu_rope_tables(s->rope_cos, s->rope_sin, s->positions, T, m->inv_freq, c->head_dim);
+
+    dsla_status_t status = DSLA_OK;
+    run_layers(m, items, n_items, T, &status);
+    if (status != DSLA_OK) {
+        for (int i = 0; i < n_items; i++)
+            dsla_sequence_release_unused(items[i].seq);
+        return status;
+    }
+
+    /* Final norm only for the rows whose logits were asked for, then one GEMM into logits_out. */
+    int out_rows = 0;
+    for (int i = 0; i < n_items; i++) {
+        const int n = items[i].n_tokens;
+        const int first = items[i].want_all_logits ? 0 : n - 1;
+        for (int t = first; t < n; t++, out_rows++)
+            dsla_cpu_rmsnorm(s->xn + (size_t)out_rows * D, s->x + (size_t)(s->row_start[i] + t) * D,
+                             m->final_norm, 1, D, c->rms_norm_eps);
+        dsla_sequence_advance(items[i].seq, n);
+    }
+    dsla_cpu_gemm(logits_out, s->xn, m->lm_head, out_rows, c->vocab_size, D);
+    return DSLA_OK;
+}

@@ -1,0 +1,36 @@
+/* Token sampling from one row of logits: greedy, temperature, top-k, top-p (nucleus), seeded.
+ *
+ * A sampler owns its random state (xoshiro256** seeded through splitmix64), so the same parameters,
+ * seed and logits give the same tokens on any machine, and two requests never share a stream. The
+ * filters apply in the order transformers uses: temperature, then top-k, then top-p over the
+ * renormalised survivors. Stop tokens, stop strings and max tokens are the caller's business; this
+ * module never looks at text. */
+#ifndef DSLA_MODEL_SAMPLER_H
+#define DSLA_MODEL_SAMPLER_H
+
+#include <stdint.h>
+
+#include "runtime/core/status.h"
+
+typedef struct {
+    float temperature; /* <= 0: greedy (argmax) */
+    int top_k;         /* <= 0: off; 1 is greedy */
+    float
+        top_p; /* >= 1 (or <= 0): off; else keep the fewest most likely tokens with mass >= top_p */
+    uint64_t seed;
+} dsla_sampler_params_t;
+
+typedef struct dsla_sampler dsla_sampler_t;
+
+/* INVALID_ARGUMENT for a non-finite temperature or top_p, or vocab_size < 1. */
+dsla_status_t dsla_sampler_create(dsla_sampler_t **out, const dsla_sampler_params_t *params,
+                                  int vocab_size);
+void dsla_sampler_destroy(dsla_sampler_t **s);
+
+/* Samples a token id in [0, vocab_size) from logits[vocab_size] (not modified). */
+int32_t dsla_sampler_sample(dsla_sampler_t *s, const float *logits);
+
+/* Restarts the random stream from seed (the parameters stay). */
+void dsla_sampler_reseed(dsla_sampler_t *s, uint64_t seed);
+
+#endif

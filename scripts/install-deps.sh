@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages dsla-serve builds against (DESIGN.md section 10), only those missing.
+# Needs root (or sudo) on Debian 12; does nothing when everything is present.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libopenblas-dev   # CPU GEMM
+  libpcre2-dev      # byte-level tokenizer pre-tokenizer regex
+  libjansson-dev    # config.json, tokenizer.json, safetensors headers
+  libxxhash-dev     # layer-version checksums
+  libcmocka-dev     # unit tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

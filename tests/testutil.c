@@ -1,0 +1,140 @@
+#define _XOPEN_SOURCE 700
+#include "testutil.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+char *dsla_test_data_path(const char *relative) {
+    const char *root = getenv("DSLA_TEST_DATA");
+    if (!root || !*root) root = "../shared";
+    size_t n = strlen(root) + strlen(relative) + 2;
+    char *path = malloc(n);
+    snprintf(path, n, "%s/%s", root, relative);
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        free(path);
+        return NULL;
+    }
+    return path;
+}
+
+char *dsla_test_data_or_skip(const char *relative) {
+    char *path = dsla_test_data_path(relative);
+    if (!path) {
+        fprintf(stderr, "skipped: test data %s not found under DSLA_TEST_DATA\n", relative);
+        exit(DSLA_TEST_SKIP);
+    }
+    return path;
+}
+
+json_t *dsla_test_load_json(const char *path) {
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root) fail_msg("%s:%d: %s", path, err.line, err.text);
+    return root;
+}
+
+char *dsla_test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)size + 1);
+    if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    buf[size] = '\0';
+    fclose(f);
+    if (len) *len = (size_t)size;
+    return buf;
+}
+
+void dsla_test_write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) fail_msg("cannot write %s: %s", path, strerror(errno));
+    if (fwrite(data, 1, len, f) != len) fail_msg("short write to %s", path);
+    fclose(f);
+}
+
+char *dsla_test_tempdir(void) {
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base) base = "/tmp";
+    size_t n = strlen(base) + 32;
+    char *path = malloc(n);
+    snprintf(path, n, "%s/dsla-test-XXXXXX", base);
+    if (!mkdtemp(path)) fail_msg("mkdtemp %s: %s", path, strerror(errno));
+    return path;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void dsla_test_rmtree(const char *path) {
+    nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+double dsla_test_max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m || isnan(d)) m = isnan(d) ? INFINITY : d;
+    }
+    return m;
+}
+
+double dsla_test_rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    if (isnan(num)) return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+uint64_t dsla_test_rand_u64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+float dsla_test_rand_uniform(uint64_t *state, float lo, float hi) {
+    double u = (double)(dsla_test_rand_u64(state) >> 11) * (1.0 / 9007199254740992.0);
+    return lo + (float)u * (hi - lo);
+}
+
+float dsla_test_rand_normal(uint64_t *state) {
+    double u1 = ((double)(dsla_test_rand_u64(state) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+    double u2 = (double)(dsla_test_rand_u64(state) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+uint64_t dsla_test_seed(void) {
+    const char *s = getenv("DSLA_TEST_SEED");
+    uint64_t seed;
+    if (s && *s) {
+        seed = strtoull(s, NULL, 0);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec;
+    }
+    fprintf(stderr, "DSLA_TEST_SEED=%llu\n", (unsigned long long)seed);
+    return seed;
+}

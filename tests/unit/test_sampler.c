@@ -1,0 +1,149 @@
+/* runtime/model/sampler: greedy, reproducibility, top-k / top-p limits, and the sampled
+ * distribution. */
+#include "tests/testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "kernels/kernels.h"
+#include "runtime/model/sampler.h"
+
+enum { VOCAB = 300 };
+
+static uint64_t rng;
+
+static int setup(void **state) {
+    (void)state;
+    rng = dsla_test_seed();
+    return 0;
+}
+
+static void random_logits(float *logits, int n, float scale) {
+    for (int i = 0; i < n; i++)
+        logits[i] = dsla_test_rand_normal(&rng) * scale;
+}
+
+static dsla_sampler_t *make(float temperature, int top_k, float top_p, uint64_t seed, int vocab) {
+    dsla_sampler_params_t p = {
+        .temperature = temperature, .top_k = top_k, .top_p = top_p, .seed = seed};
+    dsla_sampler_t *s = NULL;
+    assert_int_equal(dsla_sampler_create(&s, &p, vocab), DSLA_OK);
+    return s;
+}
+
+static void test_greedy_and_its_equivalents(void **state) {
+    (void)state;
+    dsla_sampler_t *greedy = make(0.0f, 0, 1.0f, 1, VOCAB);
+    dsla_sampler_t *top1 = make(1.0f, 1, 1.0f, 2, VOCAB);
+    dsla_sampler_t *tiny_p = make(0.8f, 0, 1e-6f, 3, VOCAB);
+    dsla_sampler_t *tiny_p_k = make(0.8f, 50, 1e-6f, 4, VOCAB);
+    float logits[VOCAB];
+    for (int trial = 0; trial < 200; trial++) {
+        random_logits(logits, VOCAB, 3.0f);
+        int want = dsla_cpu_argmax(logits, VOCAB);
+        assert_int_equal(dsla_sampler_sample(greedy, logits), want);
+        assert_int_equal(dsla_sampler_sample(top1, logits), want);
+        assert_int_equal(dsla_sampler_sample(tiny_p, logits), want);
+        assert_int_equal(dsla_sampler_sample(tiny_p_k, logits), want);
+    }
+    dsla_sampler_destroy(&greedy);
+    dsla_sampler_destroy(&top1);
+    dsla_sampler_destroy(&tiny_p);
+    dsla_sampler_destroy(&tiny_p_k);
+    assert_null(greedy);
+    dsla_sampler_destroy(&greedy); /* harmless twice */
+}
+
+static void test_seed_reproducibility(void **state) {
+    (void)state;
+    float logits[VOCAB];
+    random_logits(logits, VOCAB, 1.0f);
+    dsla_sampler_t *a = make(1.0f, 40, 0.9f, 1234, VOCAB), *b = make(1.0f, 40, 0.9f, 1234, VOCAB);
+    dsla_sampler_t *c = make(1.0f, 40, 0.9f, 1235, VOCAB);
+    int32_t first[64];
+    int differ = 0;
+    for (int i = 0; i < 64; i++) {
+        first[i] = dsla_sampler_sample(a, logits);
+        assert_int_equal(first[i], dsla_sampler_sample(b, logits));
+        differ += first[i] != dsla_sampler_sample(c, logits);
+        assert_true(first[i] >= 0 && first[i] < VOCAB);
+    }
+    assert_true(differ > 0);
+    dsla_sampler_reseed(a, 1234);
+    for (int i = 0; i < 64; i++)
+        assert_int_equal(dsla_sampler_sample(a, logits), first[i]);
+    dsla_sampler_destroy(&a);
+    dsla_sampler_destroy(&b);
+    dsla_sampler_destroy(&c);
+}
+
+/* Draws never leave the top-k set, nor the nucleus. */
+static void test_top_k_top_p_support(void **state) {
+    (void)state;
+    const float logits[6] = {2.0f, 1.0f, 0.5f, 3.0f, -1.0f, 0.0f};
+    /* probabilities at T=1: id3 .605, id0 .223, id1 .082, id2 .050, id5 .030, id4 .011 */
+    dsla_sampler_t *k2 = make(1.0f, 2, 1.0f, 7, 6), *p85 = make(1.0f, 0, 0.85f, 8, 6);
+    dsla_sampler_t *k3p = make(1.0f, 3, 0.9f, 9, 6);
+    int seen_k2[6] = {0}, seen_p85[6] = {0}, seen_k3p[6] = {0};
+    for (int i = 0; i < 4000; i++) {
+        seen_k2[dsla_sampler_sample(k2, logits)]++;
+        seen_p85[dsla_sampler_sample(p85, logits)]++;
+        seen_k3p[dsla_sampler_sample(k3p, logits)]++;
+    }
+    /* top-2: {3, 0}; top-p 0.85: .605 + .223 = .828 < .85, so {3, 0, 1}; top-3 renormalised to
+     * {.665, .245, .090}, then top-p 0.9 keeps {3, 0} (.910 >= .9). */
+    for (int id = 0; id < 6; id++) {
+        assert_true((seen_k2[id] > 0) == (id == 3 || id == 0));
+        assert_true((seen_p85[id] > 0) == (id == 3 || id == 0 || id == 1));
+        assert_true((seen_k3p[id] > 0) == (id == 3 || id == 0));
+    }
+    dsla_sampler_destroy(&k2);
+    dsla_sampler_destroy(&p85);
+    dsla_sampler_destroy(&k3p);
+}
+
+/* Counts over many draws against softmax(logits / T): Pearson chi-square with 7 degrees of freedom
+ * stays far below 40 (p < 1e-5) for a correct sampler; a wrong temperature gives thousands. */
+static void test_temperature_distribution(void **state) {
+    (void)state;
+    enum { N = 8, DRAWS = 40000 };
+    const float logits[N] = {1.0f, 0.0f, 2.0f, -1.0f, 0.5f, 1.5f, -0.5f, 0.25f};
+    const float temps[] = {0.5f, 1.0f, 2.0f};
+    for (size_t ti = 0; ti < sizeof temps / sizeof temps[0]; ti++) {
+        dsla_sampler_t *s = make(temps[ti], 0, 1.0f, 42 + ti, N);
+        int counts[N] = {0};
+        for (int i = 0; i < DRAWS; i++)
+            counts[dsla_sampler_sample(s, logits)]++;
+        double p[N], sum = 0.0, chi2 = 0.0;
+        for (int i = 0; i < N; i++)
+            sum += p[i] = exp(logits[i] / temps[ti]);
+        for (int i = 0; i < N; i++) {
+            double expected = DRAWS * p[i] / sum;
+            chi2 += (counts[i] - expected) * (counts[i] - expected) / expected;
+        }
+        if (chi2 > 40.0)
+            fail_msg("temperature %g: chi-square %g over %d draws", temps[ti], chi2, DRAWS);
+        dsla_sampler_destroy(&s);
+    }
+}
+
+static void test_invalid_parameters(void **state) {
+    (void)state;
+    dsla_sampler_params_t p = {.temperature = NAN, .top_p = 1.0f};
+    dsla_sampler_t *s = NULL;
+    assert_int_equal(dsla_sampler_create(&s, &p, 10), DSLA_ERR_INVALID_ARGUMENT);
+    assert_null(s);
+    p.temperature = 1.0f;
+    assert_int_equal(dsla_sampler_create(&s, &p, 0), DSLA_ERR_INVALID_ARGUMENT);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_and_its_equivalents),
+        cmocka_unit_test(test_seed_reproducibility),
+        cmocka_unit_test(test_top_k_top_p_support),
+        cmocka_unit_test(test_temperature_distribution),
+        cmocka_unit_test(test_invalid_parameters),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
