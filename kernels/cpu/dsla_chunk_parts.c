@@ -1,13 +1,13 @@
-/* The pieces of one chunk that the chunked DSLA forward and backward share: gathering a head's rows,
- * the decay factors of GLA's chunk form, and the intra-chunk scores with their backward.
+/* The pieces of one chunk that the chunked DSLA forward and backward share: gathering a head's
+ * rows, the decay factors of GLA's chunk form, and the intra-chunk scores with their backward.
  *
- * Numerics: a token's log-gate can be as low as -50, so over a 64-token chunk the cumulative log-decay
- * b_t reaches -3200 and exp(-b_s) overflows. No factor of the form exp(b_t) * exp(-b_s) is ever formed:
- * every exponent here is a sum of log-gates over a range that is accumulated from its own start, so it
- * is <= 0 (no overflow) and short (no cancellation between two large cumulative sums). Between two
- * different sub-chunks (DSLA_SUBCHUNK) the pairwise decay exp(sum_{s<u<=t} lg_u) is split at the start
- * of t's sub-chunk into two factors <= 1, which turns that block into a GEMM; inside a sub-chunk it is
- * summed pairwise. */
+ * Numerics: a token's log-gate can be as low as -50, so over a 64-token chunk the cumulative
+ * log-decay b_t reaches -3200 and exp(-b_s) overflows. No factor of the form exp(b_t) * exp(-b_s)
+ * is ever formed: every exponent here is a sum of log-gates over a range that is accumulated from
+ * its own start, so it is <= 0 (no overflow) and short (no cancellation between two large
+ * cumulative sums). Between two different sub-chunks (DSLA_SUBCHUNK) the pairwise decay
+ * exp(sum_{s<u<=t} lg_u) is split at the start of t's sub-chunk into two factors <= 1, which turns
+ * that block into a GEMM; inside a sub-chunk it is summed pairwise. */
 #include <cblas.h>
 #include <string.h>
 
@@ -48,7 +48,8 @@ void dsla_dsla_gather(const float *src, const dsla_dsla_dims_t *dims, int b, int
     int d = dims->head_dim;
     for (int t = 0; t < n; t++) {
         const float *row = src + dsla_dsla_row(dims, b, t0 + t, h);
-        for (int c = 0; c < d; c++) dst[(size_t)t * d + c] = scale * row[c];
+        for (int c = 0; c < d; c++)
+            dst[(size_t)t * d + c] = scale * row[c];
     }
 }
 
@@ -57,12 +58,14 @@ void dsla_dsla_gather_log_gate(const float *a, const dsla_dsla_dims_t *dims, int
     int d = dims->head_dim;
     for (int t = 0; t < n; t++) {
         const float *row = a + dsla_dsla_row(dims, b, t0 + t, h);
-        for (int c = 0; c < d; c++) lg[(size_t)t * d + c] = dsla_dsla_log_gate(row[c]);
+        for (int c = 0; c < d; c++)
+            lg[(size_t)t * d + c] = dsla_dsla_log_gate(row[c]);
     }
 }
 
 void dsla_dsla_chunk_decays(dsla_dsla_chunk_scratch_t *s, int n, int d, float *gl) {
-    for (int c = 0; c < d; c++) s->acc[c] = 0.0f;
+    for (int c = 0; c < d; c++)
+        s->acc[c] = 0.0f;
     for (int t = 0; t < n; t++) {
         for (int c = 0; c < d; c++) {
             size_t i = (size_t)t * d + c;
@@ -71,8 +74,10 @@ void dsla_dsla_chunk_decays(dsla_dsla_chunk_scratch_t *s, int n, int d, float *g
             s->qg[i] = s->qw[i] * s->eb[i];
         }
     }
-    for (int c = 0; c < d; c++) gl[c] = expf(s->acc[c]);
-    for (int c = 0; c < d; c++) s->acc[c] = 0.0f;
+    for (int c = 0; c < d; c++)
+        gl[c] = expf(s->acc[c]);
+    for (int c = 0; c < d; c++)
+        s->acc[c] = 0.0f;
     for (int t = n - 1; t >= 0; t--) {
         for (int c = 0; c < d; c++) {
             size_t i = (size_t)t * d + c;
@@ -84,10 +89,11 @@ void dsla_dsla_chunk_decays(dsla_dsla_chunk_scratch_t *s, int n, int d, float *g
 }
 
 /* For the sub-chunk [i0, i0 + il) with i0 > 0: fq[t] = exp(sum_{i0<=u<=t} lg_u) for its rows and
- * fk[s] = exp(sum_{s<u<i0} lg_u) for s < i0, so that the decay from s to t is fq[t] * fk[s]; t1 gets
- * qw * fq and t2 gets k * fk. */
+ * fk[s] = exp(sum_{s<u<i0} lg_u) for s < i0, so that the decay from s to t is fq[t] * fk[s]; t1
+ * gets qw * fq and t2 gets k * fk. */
 static void dsla_dsla_split_factors(dsla_dsla_chunk_scratch_t *s, int i0, int il, int d) {
-    for (int c = 0; c < d; c++) s->acc[c] = 0.0f;
+    for (int c = 0; c < d; c++)
+        s->acc[c] = 0.0f;
     for (int t = i0; t < i0 + il; t++) {
         for (int c = 0; c < d; c++) {
             size_t i = (size_t)t * d + c;
@@ -96,7 +102,8 @@ static void dsla_dsla_split_factors(dsla_dsla_chunk_scratch_t *s, int i0, int il
             s->t1[i] = s->qw[i] * s->fq[i];
         }
     }
-    for (int c = 0; c < d; c++) s->acc[c] = 0.0f;
+    for (int c = 0; c < d; c++)
+        s->acc[c] = 0.0f;
     for (int t = i0 - 1; t >= 0; t--) {
         for (int c = 0; c < d; c++) {
             size_t i = (size_t)t * d + c;
@@ -113,7 +120,8 @@ void dsla_dsla_chunk_intra(dsla_dsla_chunk_scratch_t *s, int n, int d) {
         int il = n - i0 < DSLA_SUBCHUNK ? n - i0 : DSLA_SUBCHUNK;
         for (int j = i0; j < i0 + il; j++) {
             const float *kj = s->k + (size_t)j * d;
-            for (int c = 0; c < d; c++) s->acc[c] = 0.0f;
+            for (int c = 0; c < d; c++)
+                s->acc[c] = 0.0f;
             for (int t = j; t < i0 + il; t++) {
                 const float *qt = s->qw + (size_t)t * d;
                 const float *lt = s->lg + (size_t)t * d;
@@ -127,8 +135,9 @@ void dsla_dsla_chunk_intra(dsla_dsla_chunk_scratch_t *s, int n, int d) {
         }
         if (i0 == 0) continue;
         dsla_dsla_split_factors(s, i0, il, d);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, il, i0, d, 1.0f, s->t1 + (size_t)i0 * d,
-                    d, s->t2, d, 0.0f, s->a + (size_t)i0 * DSLA_CHUNK, DSLA_CHUNK);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, il, i0, d, 1.0f,
+                    s->t1 + (size_t)i0 * d, d, s->t2, d, 0.0f, s->a + (size_t)i0 * DSLA_CHUNK,
+                    DSLA_CHUNK);
     }
 }
 
@@ -138,7 +147,8 @@ void dsla_dsla_chunk_intra_backward(dsla_dsla_chunk_scratch_t *s, int n, int d) 
         for (int j = i0; j < i0 + il; j++) {
             const float *kj = s->k + (size_t)j * d;
             float *dkj = s->dk + (size_t)j * d;
-            for (int c = 0; c < d; c++) s->acc[c] = 0.0f;
+            for (int c = 0; c < d; c++)
+                s->acc[c] = 0.0f;
             for (int t = j + 1; t < i0 + il; t++) {
                 const float *qt = s->qw + (size_t)t * d;
                 const float *lt = s->lg + (size_t)t * d;
@@ -155,11 +165,13 @@ void dsla_dsla_chunk_intra_backward(dsla_dsla_chunk_scratch_t *s, int n, int d) 
         if (i0 == 0) continue;
         dsla_dsla_split_factors(s, i0, il, d);
         const float *da = s->da + (size_t)i0 * DSLA_CHUNK;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, il, d, i0, 1.0f, da, DSLA_CHUNK, s->t2,
-                    d, 0.0f, s->t3 + (size_t)i0 * d, d);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, il, d, i0, 1.0f, da, DSLA_CHUNK,
+                    s->t2, d, 0.0f, s->t3 + (size_t)i0 * d, d);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i0, d, il, 1.0f, da, DSLA_CHUNK,
                     s->t1 + (size_t)i0 * d, d, 0.0f, s->t4, d);
-        for (size_t i = (size_t)i0 * d; i < (size_t)(i0 + il) * d; i++) s->dq[i] += s->t3[i] * s->fq[i];
-        for (size_t i = 0; i < (size_t)i0 * d; i++) s->dk[i] += s->t4[i] * s->fk[i];
+        for (size_t i = (size_t)i0 * d; i < (size_t)(i0 + il) * d; i++)
+            s->dq[i] += s->t3[i] * s->fq[i];
+        for (size_t i = 0; i < (size_t)i0 * d; i++)
+            s->dk[i] += s->t4[i] * s->fk[i];
     }
 }

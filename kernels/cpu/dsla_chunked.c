@@ -57,10 +57,12 @@ dsla_status_t dsla_cpu_dsla_chunked_forward(const dsla_dsla_dims_t *dims, const 
                 float *o = out + ro;
                 dsla_dsla_gather(in->q, dims, b, h, t0, n, scale, s.q);
                 dsla_dsla_gather(in->k, dims, b, h, t0, n, 1.0f, s.k);
-                for (int t = 0; t < n; t++) memset(o + (size_t)t * hd, 0, sizeof(float) * d);
+                for (int t = 0; t < n; t++)
+                    memset(o + (size_t)t * hd, 0, sizeof(float) * d);
                 for (int i = 0; i < 2; i++) {
                     dsla_dsla_gather_log_gate(a[i], dims, b, h, t0, n, s.lg);
-                    for (size_t j = 0; j < (size_t)n * d; j++) s.qw[j] = w[i] * s.q[j];
+                    for (size_t j = 0; j < (size_t)n * d; j++)
+                        s.qw[j] = w[i] * s.q[j];
                     dsla_dsla_chunk_decays(&s, n, d, gl);
                     dsla_dsla_chunk_intra(&s, n, d);
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, s.a,
@@ -68,7 +70,8 @@ dsla_status_t dsla_cpu_dsla_chunked_forward(const dsla_dsla_dims_t *dims, const 
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, d, 1.0f, s.qg, d,
                                 S[i], d, 1.0f, o, hd);
                     for (int c = 0; c < d; c++)
-                        for (int j = 0; j < d; j++) S[i][(size_t)c * d + j] *= gl[c];
+                        for (int j = 0; j < d; j++)
+                            S[i][(size_t)c * d + j] *= gl[c];
                     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, n, 1.0f, s.kg, d, v,
                                 hd, 1.0f, S[i], d);
                 }

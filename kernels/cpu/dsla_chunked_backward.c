@@ -1,15 +1,15 @@
 /* Chunked DSLA backward in fp32. Per (sequence, head, state): a forward pass over the chunks stores
  * the state at every chunk boundary, then the chunks run in reverse with the carried gradient dS of
- * the state after the chunk. With qg = qw * exp(b), kg = k * exp(b_last - b) and A the intra scores:
- *   dA = tril(dO V^T)                          dV += A^T dO + kg dS
- *   dqw = exp(b) * (dO S_prev^T) + intra       dK += exp(b_last - b) * (V dS^T) + intra
- *   dS_prev = diag(exp(b_last)) dS + qg^T dO
- * The log-gate gradient of token u sums the pairs (source, reader) whose decay passes through u.
- * GLA's usual identity (reverse cumulative sum of qw * dqw - k * dk, plus rowsum(S_next * dS)) adds and
- * then subtracts every pair that does not pass through u; with gates near the -50 clamp the pairs that
- * do are ~exp(-50) while those cancelling are O(1), so the result would be rounding noise. Here only
- * the intra-chunk off-diagonal pairs use that identity (they carry a decay of their own); the state
- * pairs are summed directly. dalpha comes from G_i = sum(dOut * o_i) = sum(q / sqrt(d) * dqw_i). */
+ * the state after the chunk. With qg = qw * exp(b), kg = k * exp(b_last - b) and A the intra
+ * scores: dA = tril(dO V^T)                          dV += A^T dO + kg dS dqw = exp(b) * (dO
+ * S_prev^T) + intra       dK += exp(b_last - b) * (V dS^T) + intra dS_prev = diag(exp(b_last)) dS +
+ * qg^T dO The log-gate gradient of token u sums the pairs (source, reader) whose decay passes
+ * through u. GLA's usual identity (reverse cumulative sum of qw * dqw - k * dk, plus rowsum(S_next
+ * * dS)) adds and then subtracts every pair that does not pass through u; with gates near the -50
+ * clamp the pairs that do are ~exp(-50) while those cancelling are O(1), so the result would be
+ * rounding noise. Here only the intra-chunk off-diagonal pairs use that identity (they carry a
+ * decay of their own); the state pairs are summed directly. dalpha comes from G_i = sum(dOut * o_i)
+ * = sum(q / sqrt(d) * dqw_i). */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -36,7 +36,8 @@ static void dsla_dsla_bwd_load(dsla_dsla_bwd_t *c, int b, int h, int i, int t0, 
     dsla_dsla_gather(c->in->q, dims, b, h, t0, n, c->scale, c->s.q);
     dsla_dsla_gather(c->in->k, dims, b, h, t0, n, 1.0f, c->s.k);
     dsla_dsla_gather_log_gate(i == 0 ? c->in->a1 : c->in->a2, dims, b, h, t0, n, c->s.lg);
-    for (size_t j = 0; j < (size_t)n * d; j++) c->s.qw[j] = c->w[i] * c->s.q[j];
+    for (size_t j = 0; j < (size_t)n * d; j++)
+        c->s.qw[j] = c->w[i] * c->s.q[j];
     dsla_dsla_chunk_decays(&c->s, n, d, c->gl);
 }
 
@@ -59,7 +60,8 @@ static double dsla_dsla_bwd_chunk(dsla_dsla_bwd_t *c, int b, int h, int i, int c
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, dO, hd, v, hd, 0.0f, s->da,
                 DSLA_CHUNK);
     for (int t = 0; t < n; t++)
-        for (int j = t + 1; j < n; j++) s->da[(size_t)t * DSLA_CHUNK + j] = 0.0f;
+        for (int j = t + 1; j < n; j++)
+            s->da[(size_t)t * DSLA_CHUNK + j] = 0.0f;
 
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, d, n, 1.0f, s->a, DSLA_CHUNK, dO, hd,
                 1.0f, dv, hd);
@@ -67,8 +69,8 @@ static double dsla_dsla_bwd_chunk(dsla_dsla_bwd_t *c, int b, int h, int i, int c
                 dv, hd);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, d, 1.0f, dO, hd, S_prev, d, 0.0f,
                 s->dq, d);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, d, 1.0f, v, hd, c->dS, d, 0.0f, s->ks,
-                d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, d, 1.0f, v, hd, c->dS, d, 0.0f,
+                s->ks, d);
     for (size_t j = 0; j < (size_t)n * d; j++) {
         s->dq[j] *= s->eb[j];
         s->ks[j] *= s->er[j];
@@ -76,13 +78,15 @@ static double dsla_dsla_bwd_chunk(dsla_dsla_bwd_t *c, int b, int h, int i, int c
     memset(s->dk, 0, sizeof(float) * (size_t)n * d);
     dsla_dsla_chunk_intra_backward(s, n, d);
 
-    /* log-gate gradient of token u: the pairs whose decay passes through u. S_prev -> t (t >= u) and
-     * intra s' < u <= t: a suffix sum; S_prev -> S_next: every u; s' -> S_next (s' < u): a prefix sum.
-     * Only the intra pairs use the add-then-subtract identity, and without their diagonal. */
+    /* log-gate gradient of token u: the pairs whose decay passes through u. S_prev -> t (t >= u)
+     * and intra s' < u <= t: a suffix sum; S_prev -> S_next: every u; s' -> S_next (s' < u): a
+     * prefix sum. Only the intra pairs use the add-then-subtract identity, and without their
+     * diagonal. */
     float *prefix = s->t3;
     for (int ch = 0; ch < d; ch++) {
         float sum = 0.0f;
-        for (int j = 0; j < d; j++) sum += S_prev[(size_t)ch * d + j] * c->dS[(size_t)ch * d + j];
+        for (int j = 0; j < d; j++)
+            sum += S_prev[(size_t)ch * d + j] * c->dS[(size_t)ch * d + j];
         s->acc[ch] = c->gl[ch] * sum;
     }
     for (int t = 0; t < n; t++) {
@@ -92,7 +96,8 @@ static double dsla_dsla_bwd_chunk(dsla_dsla_bwd_t *c, int b, int h, int i, int c
             s->acc[ch] += s->k[j] * s->ks[j];
         }
     }
-    for (int ch = 0; ch < d; ch++) s->acc[ch] = 0.0f;
+    for (int ch = 0; ch < d; ch++)
+        s->acc[ch] = 0.0f;
     for (int t = n - 1; t >= 0; t--) {
         float diag = s->da[(size_t)t * DSLA_CHUNK + t];
         for (int ch = 0; ch < d; ch++) {
@@ -117,9 +122,10 @@ static double dsla_dsla_bwd_chunk(dsla_dsla_bwd_t *c, int b, int h, int i, int c
     }
 
     for (int ch = 0; ch < d; ch++)
-        for (int j = 0; j < d; j++) c->dS[(size_t)ch * d + j] *= c->gl[ch];
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, n, 1.0f, s->qg, d, dO, hd, 1.0f, c->dS,
-                d);
+        for (int j = 0; j < d; j++)
+            c->dS[(size_t)ch * d + j] *= c->gl[ch];
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, n, 1.0f, s->qg, d, dO, hd, 1.0f,
+                c->dS, d);
     return g;
 }
 
@@ -138,22 +144,23 @@ static void dsla_dsla_bwd_states(dsla_dsla_bwd_t *c, int b, int h, int i, const 
         float *S = c->states + (size_t)(chunk + 1) * dd;
         dsla_dsla_bwd_load(c, b, h, i, t0, n);
         for (int ch = 0; ch < d; ch++)
-            for (int j = 0; j < d; j++) S[(size_t)ch * d + j] = c->gl[ch] * S[(size_t)ch * d + j - dd];
+            for (int j = 0; j < d; j++)
+                S[(size_t)ch * d + j] = c->gl[ch] * S[(size_t)ch * d + j - dd];
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, n, 1.0f, c->s.kg, d, v, hd, 1.0f,
                     S, d);
     }
 }
 
 dsla_status_t dsla_cpu_dsla_chunked_backward(const dsla_dsla_dims_t *dims, const dsla_dsla_in_t *in,
-                                             const float *S1_0, const float *S2_0, const float *dout,
-                                             const float *dS1_T, const float *dS2_T,
-                                             const dsla_dsla_grad_t *grad, float *dS1_0,
-                                             float *dS2_0, float *work) {
+                                             const float *S1_0, const float *S2_0,
+                                             const float *dout, const float *dS1_T,
+                                             const float *dS2_T, const dsla_dsla_grad_t *grad,
+                                             float *dS1_0, float *dS2_0, float *work) {
     static const char who[] = "dsla_cpu_dsla_chunked_backward";
     DSLA_TRY(dsla_dsla_check_dims(dims, who));
     DSLA_TRY(dsla_dsla_check_in(in, work, who));
-    if (!grad || !grad->dq || !grad->dk || !grad->dv || !grad->da1 || !grad->da2 ||
-        !grad->dalpha || !dout)
+    if (!grad || !grad->dq || !grad->dk || !grad->dv || !grad->da1 || !grad->da2 || !grad->dalpha ||
+        !dout)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "%s: dout and all of dq, dk, dv, da1, da2, dalpha are required", who);
     const int T = dims->tokens, H = dims->heads, d = dims->head_dim, hd = H * d;

@@ -3,8 +3,9 @@
 
 #include "kernels/cpu/dsla_internal.h"
 
-/* Largest activation accepted, in elements: offsets are size_t, BLAS leading dimensions are int, and
- * 2^40 elements is far beyond any batch this runtime serves, so a larger request is a caller bug. */
+/* Largest activation accepted, in elements: offsets are size_t, BLAS leading dimensions are int,
+ * and 2^40 elements is far beyond any batch this runtime serves, so a larger request is a caller
+ * bug. */
 #define DSLA_DSLA_MAX_ELEMENTS 1099511627776.0
 
 dsla_status_t dsla_dsla_check_dims(const dsla_dsla_dims_t *dims, const char *who) {

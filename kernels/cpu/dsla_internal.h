@@ -1,6 +1,6 @@
 /* Private helpers of the CPU DSLA kernels (kernels/cpu/dsla*.c): the gate nonlinearity and its
- * derivative in both precisions, argument checks, and the intra-chunk pieces that the chunked forward
- * and backward share. Nothing outside kernels/cpu/dsla*.c may include this file. */
+ * derivative in both precisions, argument checks, and the intra-chunk pieces that the chunked
+ * forward and backward share. Nothing outside kernels/cpu/dsla*.c may include this file. */
 #ifndef DSLA_KERNELS_CPU_DSLA_INTERNAL_H
 #define DSLA_KERNELS_CPU_DSLA_INTERNAL_H
 
@@ -57,21 +57,21 @@ dsla_status_t dsla_dsla_check_in(const dsla_dsla_in_t *in, const void *work, con
 /* Per-chunk scratch of the chunked form, carved from the caller's workspace. All [DSLA_CHUNK, d]
  * row-major unless noted. */
 typedef struct {
-    float *q;   /* q / sqrt(d), unmixed */
-    float *qw;  /* w_i q / sqrt(d): the state's query */
+    float *q;  /* q / sqrt(d), unmixed */
+    float *qw; /* w_i q / sqrt(d): the state's query */
     float *k;
-    float *lg;  /* log g of the current state */
-    float *eb;  /* exp(cumulative log g from the chunk start, inclusive) */
-    float *er;  /* exp(log g summed after s to the chunk end) */
-    float *qg;  /* qw * eb */
-    float *kg;  /* k * er */
-    float *fq;  /* secondary split: decay from a sub-chunk's start to t */
-    float *fk;  /* secondary split: decay from s to a sub-chunk's start */
-    float *t1;  /* secondary split: query and key rows with their decay factors applied */
+    float *lg; /* log g of the current state */
+    float *eb; /* exp(cumulative log g from the chunk start, inclusive) */
+    float *er; /* exp(log g summed after s to the chunk end) */
+    float *qg; /* qw * eb */
+    float *kg; /* k * er */
+    float *fq; /* secondary split: decay from a sub-chunk's start to t */
+    float *fk; /* secondary split: decay from s to a sub-chunk's start */
+    float *t1; /* secondary split: query and key rows with their decay factors applied */
     float *t2;
-    float *t3;  /* GEMM results before scaling */
+    float *t3; /* GEMM results before scaling */
     float *t4;
-    float *dq;  /* backward: gradient of qw */
+    float *dq; /* backward: gradient of qw */
     float *dk;
     float *ks;  /* backward: gradient of k through the state passed on */
     float *a;   /* [DSLA_CHUNK, DSLA_CHUNK] intra-chunk scores */
@@ -88,13 +88,14 @@ float *dsla_dsla_chunk_scratch_carve(dsla_dsla_chunk_scratch_t *s, int d, float 
  * exp(sum of log g over the chunk) per key channel into gl [d]. */
 void dsla_dsla_chunk_decays(dsla_dsla_chunk_scratch_t *s, int n, int d, float *gl);
 
-/* s->a[t][s'] = sum_c qw_t[c] k_s'[c] exp(sum_{s'<u<=t} lg_u[c]) for s' <= t, 0 above the diagonal. */
+/* s->a[t][s'] = sum_c qw_t[c] k_s'[c] exp(sum_{s'<u<=t} lg_u[c]) for s' <= t, 0 above the diagonal.
+ */
 void dsla_dsla_chunk_intra(dsla_dsla_chunk_scratch_t *s, int n, int d);
 
-/* Backward of dsla_dsla_chunk_intra without its diagonal: given s->da (zero above the diagonal), adds
- * the contributions of the pairs s' < t to s->dq and s->dk. The caller adds the diagonal (decay 1)
- * itself, after using the off-diagonal part for the log-gate gradient, where the diagonal would only
- * add and then subtract the same large term. */
+/* Backward of dsla_dsla_chunk_intra without its diagonal: given s->da (zero above the diagonal),
+ * adds the contributions of the pairs s' < t to s->dq and s->dk. The caller adds the diagonal
+ * (decay 1) itself, after using the off-diagonal part for the log-gate gradient, where the diagonal
+ * would only add and then subtract the same large term. */
 void dsla_dsla_chunk_intra_backward(dsla_dsla_chunk_scratch_t *s, int n, int d);
 
 /* Gathers rows [t0, t0+n) of head h of sequence b from an activation [B, T, H*d] into dst [n, d],

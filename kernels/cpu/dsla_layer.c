@@ -1,6 +1,6 @@
 /* The whole DSLA layer in fp32 around the chunked core: q, k, v = x W^T, a_i = x Wg_i^T + b_i, the
- * core, y = mix Wo^T; and its backward. Every buffer comes from the caller's workspace, carved once by
- * dsla_cpu_dsla_layer_workspace_init, so a training step allocates nothing. */
+ * core, y = mix Wo^T; and its backward. Every buffer comes from the caller's workspace, carved once
+ * by dsla_cpu_dsla_layer_workspace_init, so a training step allocates nothing. */
 #include <cblas.h>
 #include <stdint.h>
 #include <string.h>
@@ -52,11 +52,11 @@ dsla_status_t dsla_cpu_dsla_layer_workspace_init(dsla_dsla_layer_ws_t *ws,
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: workspace is not float-aligned", who);
     ws->dims = *dims;
     ws->model_dim = model_dim;
-    size_t act = dsla_dsla_round_up((size_t)dims->batch * dims->tokens * dims->heads *
-                                    dims->head_dim);
+    size_t act =
+        dsla_dsla_round_up((size_t)dims->batch * dims->tokens * dims->heads * dims->head_dim);
     float *p = mem;
-    float **arrays[DSLA_LAYER_ACTIVATIONS] = {&ws->q,  &ws->k,  &ws->v,   &ws->a1,
-                                              &ws->a2, &ws->mix, &ws->dq, &ws->dk,
+    float **arrays[DSLA_LAYER_ACTIVATIONS] = {&ws->q,  &ws->k,   &ws->v,   &ws->a1,
+                                              &ws->a2, &ws->mix, &ws->dq,  &ws->dk,
                                               &ws->dv, &ws->da1, &ws->da2, &ws->dmix};
     for (int i = 0; i < DSLA_LAYER_ACTIVATIONS; i++) {
         *arrays[i] = p;
@@ -78,7 +78,8 @@ static void dsla_dsla_project(const float *x, const float *W, const float *bias,
                 hd);
     if (!bias) return;
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < hd; c++) dst[(size_t)r * hd + c] += bias[c];
+        for (int c = 0; c < hd; c++)
+            dst[(size_t)r * hd + c] += bias[c];
 }
 
 dsla_status_t dsla_cpu_dsla_layer_forward(dsla_dsla_layer_ws_t *ws,
@@ -118,10 +119,10 @@ dsla_status_t dsla_cpu_dsla_layer_backward(dsla_dsla_layer_ws_t *ws,
     const dsla_dsla_dims_t *dims = &ws->dims;
     const int rows = dims->batch * dims->tokens, D = ws->model_dim;
     const int hd = dims->heads * dims->head_dim;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, hd, rows, 1.0f, dy, D, ws->mix, hd, 0.0f,
-                g->wo, hd);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, D, 1.0f, dy, D, w->wo, hd, 0.0f,
-                ws->dmix, hd);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, hd, rows, 1.0f, dy, D, ws->mix, hd,
+                0.0f, g->wo, hd);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, D, 1.0f, dy, D, w->wo, hd,
+                0.0f, ws->dmix, hd);
     dsla_dsla_in_t in = {ws->q, ws->k, ws->v, ws->a1, ws->a2, w->alpha};
     dsla_dsla_grad_t cg = {ws->dq, ws->dk, ws->dv, ws->da1, ws->da2, g->alpha};
     DSLA_TRY(dsla_cpu_dsla_chunked_backward(dims, &in, S1_0, S2_0, ws->dmix, dS1_T, dS2_T, &cg,
@@ -140,7 +141,8 @@ dsla_status_t dsla_cpu_dsla_layer_backward(dsla_dsla_layer_ws_t *ws,
     for (int i = 0; i < 2; i++) {
         for (int c = 0; c < hd; c++) {
             double sum = 0.0;
-            for (int r = 0; r < rows; r++) sum += da[i][(size_t)r * hd + c];
+            for (int r = 0; r < rows; r++)
+                sum += da[i][(size_t)r * hd + c];
             db[i][c] = (float)sum;
         }
     }

@@ -1,7 +1,7 @@
-/* Naive DSLA in fp64: the recurrence of DESIGN.md section 4 token by token, and reverse mode over it.
- * It is the oracle of the fp32 forms, so it favours the plainest loops over speed; the log-gates are
- * computed in fp64 here (the fp32 forms compute them in fp32, as the design says), which is what lets it
- * match the fp64 reference vectors to rounding. */
+/* Naive DSLA in fp64: the recurrence of DESIGN.md section 4 token by token, and reverse mode over
+ * it. It is the oracle of the fp32 forms, so it favours the plainest loops over speed; the
+ * log-gates are computed in fp64 here (the fp32 forms compute them in fp32, as the design says),
+ * which is what lets it match the fp64 reference vectors to rounding. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +27,8 @@ static void dsla_dsla_naive_update(double *S, const double *k, const double *v, 
                                    int d) {
     for (int c = 0; c < d; c++) {
         double g = exp(dsla_dsla_log_gate64(a[c]));
-        for (int j = 0; j < d; j++) S[(size_t)c * d + j] = g * S[(size_t)c * d + j] + k[c] * v[j];
+        for (int j = 0; j < d; j++)
+            S[(size_t)c * d + j] = g * S[(size_t)c * d + j] + k[c] * v[j];
     }
 }
 
@@ -64,7 +65,8 @@ dsla_status_t dsla_cpu_dsla_naive_forward(const dsla_dsla_dims_t *dims, const ds
                     dsla_dsla_naive_update(S, in->k + ro, in->v + ro, a[i] + ro, d);
                     for (int c = 0; c < d; c++) {
                         double qc = w[i] * scale * in->q[ro + c];
-                        for (int j = 0; j < d; j++) out[ro + j] += qc * S[(size_t)c * d + j];
+                        for (int j = 0; j < d; j++)
+                            out[ro + j] += qc * S[(size_t)c * d + j];
                     }
                 }
                 if (ST[i]) memcpy(ST[i] + so, S, sizeof(double) * dd);
@@ -83,8 +85,8 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
     static const char who[] = "dsla_cpu_dsla_naive_backward";
     DSLA_TRY(dsla_dsla_check_dims(dims, who));
     DSLA_TRY(dsla_dsla_check_in64(in, who));
-    if (!grad || !grad->dq || !grad->dk || !grad->dv || !grad->da1 || !grad->da2 ||
-        !grad->dalpha || !dout)
+    if (!grad || !grad->dq || !grad->dk || !grad->dv || !grad->da1 || !grad->da2 || !grad->dalpha ||
+        !dout)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "%s: dout and all of dq, dk, dv, da1, da2, dalpha are required", who);
     const int T = dims->tokens, H = dims->heads, d = dims->head_dim, hd = H * d;
@@ -137,10 +139,12 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
                     for (int c = 0; c < d; c++) {
                         /* the read o = (q / sqrt(d)) S: gradients of q, of the mix weight, of S */
                         double sd = 0.0;
-                        for (int j = 0; j < d; j++) sd += S[(size_t)c * d + j] * dO[j];
+                        for (int j = 0; j < d; j++)
+                            sd += S[(size_t)c * d + j] * dO[j];
                         G[i] += scale * q[c] * sd;
                         grad->dq[ro + c] += w[i] * scale * sd;
-                        for (int j = 0; j < d; j++) dS[(size_t)c * d + j] += w[i] * scale * q[c] * dO[j];
+                        for (int j = 0; j < d; j++)
+                            dS[(size_t)c * d + j] += w[i] * scale * q[c] * dO[j];
                     }
                     for (int c = 0; c < d; c++) {
                         /* the update S = g S_prev + k^T v */

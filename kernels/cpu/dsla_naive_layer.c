@@ -33,7 +33,8 @@ static dsla_status_t dsla_dsla_naive_layer_run(const dsla_dsla_dims_t *dims, int
     size_t n = (size_t)rows * hd;
     double *mem = malloc(sizeof(double) * (n * DSLA_NAIVE_LAYER_ACTIVATIONS + 1));
     if (!mem) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: activations of %zu doubles", who, n);
-    for (int i = 0; i < DSLA_NAIVE_LAYER_ACTIVATIONS; i++) act[i] = mem + (size_t)i * n;
+    for (int i = 0; i < DSLA_NAIVE_LAYER_ACTIVATIONS; i++)
+        act[i] = mem + (size_t)i * n;
     const double *W[DSLA_NAIVE_LAYER_PROJECTIONS] = {w->wq, w->wk, w->wv, w->wg1, w->wg2};
     const double *bias[DSLA_NAIVE_LAYER_PROJECTIONS] = {NULL, NULL, NULL, w->bg1, w->bg2};
     for (int p = 0; p < DSLA_NAIVE_LAYER_PROJECTIONS; p++) {
@@ -41,7 +42,8 @@ static dsla_status_t dsla_dsla_naive_layer_run(const dsla_dsla_dims_t *dims, int
                     act[p], hd);
         if (!bias[p]) continue;
         for (int r = 0; r < rows; r++)
-            for (int c = 0; c < hd; c++) act[p][(size_t)r * hd + c] += bias[p][c];
+            for (int c = 0; c < hd; c++)
+                act[p][(size_t)r * hd + c] += bias[p][c];
     }
     dsla_dsla_in64_t in = {act[0], act[1], act[2], act[3], act[4], w->alpha};
     dsla_status_t st = dsla_cpu_dsla_naive_forward(dims, &in, S1_0, S2_0, act[5], S1_T, S2_T);
@@ -73,8 +75,8 @@ dsla_status_t dsla_cpu_dsla_naive_layer_backward(const dsla_dsla_dims_t *dims, i
                                                  double *dx, const dsla_dsla_layer_grads64_t *g,
                                                  double *dS1_0, double *dS2_0) {
     static const char who[] = "dsla_cpu_dsla_naive_layer_backward";
-    if (!dy || !dx || !g || !g->wq || !g->wk || !g->wv || !g->wo || !g->wg1 || !g->bg1 ||
-        !g->wg2 || !g->bg2 || !g->alpha)
+    if (!dy || !dx || !g || !g->wq || !g->wk || !g->wv || !g->wo || !g->wg1 || !g->bg1 || !g->wg2 ||
+        !g->bg2 || !g->alpha)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: dy, dx and every gradient are required",
                           who);
     double *act[DSLA_NAIVE_LAYER_ACTIVATIONS];
@@ -106,7 +108,8 @@ dsla_status_t dsla_cpu_dsla_naive_layer_backward(const dsla_dsla_dims_t *dims, i
     for (int i = 0; i < 2; i++) {
         for (int c = 0; c < hd; c++) {
             double sum = 0.0;
-            for (int r = 0; r < rows; r++) sum += dact[3 + i][(size_t)r * hd + c];
+            for (int r = 0; r < rows; r++)
+                sum += dact[3 + i][(size_t)r * hd + c];
             db[i][c] = sum;
         }
     }

@@ -1,13 +1,15 @@
 /* Recurrent DSLA forward in fp32: the decode path. Per token, head and key channel c, one pass over
- * row c of both states does the decay, the rank-1 update k[c] v, the read-out q[c] S[c] and the mixing
- * with (w1, w2), accumulating straight into out: no workspace, no second pass over the d x d states. */
+ * row c of both states does the decay, the rank-1 update k[c] v, the read-out q[c] S[c] and the
+ * mixing with (w1, w2), accumulating straight into out: no workspace, no second pass over the d x d
+ * states. */
 #include <math.h>
 #include <string.h>
 
 #include "kernels/cpu/dsla_internal.h"
 
-dsla_status_t dsla_cpu_dsla_recurrent_forward(const dsla_dsla_dims_t *dims, const dsla_dsla_in_t *in,
-                                              float *S1, float *S2, float *out) {
+dsla_status_t dsla_cpu_dsla_recurrent_forward(const dsla_dsla_dims_t *dims,
+                                              const dsla_dsla_in_t *in, float *S1, float *S2,
+                                              float *out) {
     static const char who[] = "dsla_cpu_dsla_recurrent_forward";
     DSLA_TRY(dsla_dsla_check_dims(dims, who));
     DSLA_TRY(dsla_dsla_check_in(in, S1, who));

@@ -335,7 +335,7 @@ static dsla_status_t l2c_map(const char *path, l2c_header_t *h, void **base, siz
             s = dsla_error(
                 DSLA_ERR_FORMAT,
                 "%s: size %llu bytes, but the header (dim %d, hidden_dim %d, n_layers %d, "
-                "n_heads %d, n_kv_heads %d, vocab_size %d %s, seq_len %d) implies %llu "
+                "n_heads %d, n_kv_heads %d, vocab_size %d (%s), seq_len %d) implies %llu "
                 "bytes: %s",
                 path, (unsigned long long)actual, h->dim, h->hidden_dim, h->n_layers, h->n_heads,
                 h->n_kv_heads, h->vocab_size,
@@ -358,7 +358,7 @@ dsla_status_t dsla_import_llama2c(const char *ckpt_path, const char *tokenizer_p
         return dsla_error(
             DSLA_ERR_INVALID_ARGUMENT,
             "import llama2.c: checkpoint, tokenizer and output directory are required");
-    l2c_header_t h;
+    l2c_header_t h = {0}; /* set by l2c_map; zeroed because GCC cannot see that at -O2 */
     void *base = NULL;
     size_t size = 0;
     DSLA_TRY(l2c_map(ckpt_path, &h, &base, &size));

@@ -1,5 +1,5 @@
-/* The tokenizer handle: loading by content, the shared tables, the BPE merge engine that both formats
- * use, UTF-8 validation, decoding and the streaming detokenizer. Format specifics live in
+/* The tokenizer handle: loading by content, the shared tables, the BPE merge engine that both
+ * formats use, UTF-8 validation, decoding and the streaming detokenizer. Format specifics live in
  * tokenizer_bpe.c (HF tokenizer.json) and tokenizer_llama2c.c (llama2.c tokenizer.bin). */
 #include "runtime/model/tokenizer_internal.h"
 
@@ -18,12 +18,14 @@ static dsla_status_t strmap_grow(dsla_tok_strmap_t *m) {
     size_t cap = m->slots ? (m->mask + 1) * 2 : 64;
     dsla_tok_slot_t *slots = malloc(cap * sizeof *slots);
     if (!slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: vocabulary table");
-    for (size_t i = 0; i < cap; i++) slots[i].id = -1;
+    for (size_t i = 0; i < cap; i++)
+        slots[i].id = -1;
     for (size_t i = 0; m->slots && i <= m->mask; i++) {
         dsla_tok_slot_t *o = &m->slots[i];
         if (o->id < 0) continue;
         size_t j = XXH3_64bits(o->key, o->len) & (cap - 1);
-        while (slots[j].id >= 0) j = (j + 1) & (cap - 1);
+        while (slots[j].id >= 0)
+            j = (j + 1) & (cap - 1);
         slots[j] = *o;
     }
     free(m->slots);
@@ -73,11 +75,13 @@ static dsla_status_t pairmap_grow(dsla_tok_pairmap_t *m) {
     size_t cap = m->slots ? (m->mask + 1) * 2 : 64;
     dsla_tok_pair_t *slots = malloc(cap * sizeof *slots);
     if (!slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: merge table");
-    for (size_t i = 0; i < cap; i++) slots[i].key = UINT64_MAX;
+    for (size_t i = 0; i < cap; i++)
+        slots[i].key = UINT64_MAX;
     for (size_t i = 0; m->slots && i <= m->mask; i++) {
         if (m->slots[i].key == UINT64_MAX) continue;
         size_t j = pair_hash(m->slots[i].key, cap - 1);
-        while (slots[j].key != UINT64_MAX) j = (j + 1) & (cap - 1);
+        while (slots[j].key != UINT64_MAX)
+            j = (j + 1) & (cap - 1);
         slots[j] = m->slots[i];
     }
     free(m->slots);
@@ -142,7 +146,8 @@ dsla_status_t dsla_tok_alloc_tables(dsla_tokenizer_t *t, int32_t n) {
     t->dec_is_byte = calloc(un, 1);
     if (!t->piece || !t->piece_len || !t->special || !t->dec || !t->dec_len || !t->dec_is_byte)
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: tables for %d tokens", n);
-    for (int32_t i = 0; i < n; i++) t->piece[i] = t->dec[i] = "";
+    for (int32_t i = 0; i < n; i++)
+        t->piece[i] = t->dec[i] = "";
     return DSLA_OK;
 }
 
@@ -163,7 +168,8 @@ int dsla_tok_parse_byte_token(const char *s, size_t len) {
 
 dsla_status_t dsla_tok_index_vocab(dsla_tokenizer_t *t) {
     for (int32_t i = 0; i < t->n_vocab; i++)
-        if (t->piece_len[i] > 0) DSLA_TRY(dsla_tok_strmap_put(&t->vocab, t->piece[i], t->piece_len[i], i));
+        if (t->piece_len[i] > 0)
+            DSLA_TRY(dsla_tok_strmap_put(&t->vocab, t->piece[i], t->piece_len[i], i));
     int found = 0;
     for (int b = 0; b < 256; b++) {
         char name[8];
@@ -237,7 +243,8 @@ dsla_status_t dsla_tok_bpe_merge(const dsla_tokenizer_t *t, dsla_tok_ids_t *ids,
     for (size_t i = 0; i < n; i++)
         sym[i] = (symbol_t){ids->v[from + i], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1};
     size_t nheap = 0;
-    for (size_t i = 0; i + 1 < n; i++) push_pair(t, sym, (int32_t)i, heap, &nheap);
+    for (size_t i = 0; i + 1 < n; i++)
+        push_pair(t, sym, (int32_t)i, heap, &nheap);
     while (nheap > 0) {
         merge_t m = heap_pop(heap, &nheap);
         symbol_t *s = &sym[m.pos];
@@ -252,7 +259,8 @@ dsla_status_t dsla_tok_bpe_merge(const dsla_tokenizer_t *t, dsla_tok_ids_t *ids,
         if (s->next >= 0) push_pair(t, sym, m.pos, heap, &nheap);
     }
     size_t out = from;
-    for (int32_t i = 0; i >= 0; i = sym[i].next) ids->v[out++] = sym[i].id;
+    for (int32_t i = 0; i >= 0; i = sym[i].next)
+        ids->v[out++] = sym[i].id;
     ids->n = out;
     free(sym);
     free(heap);
@@ -339,7 +347,8 @@ static dsla_tokenizer_t *tokenizer_new(void) {
     dsla_tokenizer_t *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     t->bos_id = t->eos_id = t->unk_id = t->space_id = -1;
-    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    for (int b = 0; b < 256; b++)
+        t->byte_id[b] = -1;
     return t;
 }
 
@@ -367,11 +376,15 @@ dsla_status_t dsla_tokenizer_load(dsla_tokenizer_t **out, const char *path) {
                            path, jerr.line, jerr.column, jerr.text);
         else
             s = dsla_tok_hf_parse(t, root, path);
+        /* the parsed tables replace the JSON tree, which is many times the file's size */
+        json_decref(root);
+        t->json_text = (char *)data;
+        t->json_len = size;
     } else {
         t->kind = DSLA_TOK_LLAMA2C;
         s = dsla_tok_llama2c_parse(t, data, size, path);
+        free(data);
     }
-    free(data);
     if (s != DSLA_OK) {
         dsla_tokenizer_destroy(&t);
         return s;
@@ -443,13 +456,14 @@ static dsla_status_t apply_config(dsla_tokenizer_t *t, const char *path) {
             *ids[k] = id;
     }
     json_t *add_bos = json_object_get(cfg, "add_bos_token");
-    if (s == DSLA_OK) t->add_bos_default = json_is_boolean(add_bos) ? json_is_true(add_bos) : t->bos_id >= 0;
+    if (s == DSLA_OK && json_is_boolean(add_bos)) t->add_bos_default = json_is_true(add_bos);
     json_decref(cfg);
     return s;
 }
 
 dsla_status_t dsla_tokenizer_load_dir(dsla_tokenizer_t **out, const char *model_dir) {
-    if (!out || !model_dir) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "tokenizer: NULL argument");
+    if (!out || !model_dir)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "tokenizer: NULL argument");
     *out = NULL;
     char *path = join_path(model_dir, "tokenizer.json");
     if (path && !file_exists(path)) {
@@ -470,8 +484,10 @@ dsla_status_t dsla_tokenizer_load_dir(dsla_tokenizer_t **out, const char *model_
     free(path);
     if (s != DSLA_OK) return s;
     char *cfg = join_path(model_dir, "tokenizer_config.json");
-    if (!cfg) s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: path");
-    else if (file_exists(cfg)) s = apply_config(t, cfg);
+    if (!cfg)
+        s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: path");
+    else if (file_exists(cfg))
+        s = apply_config(t, cfg);
     free(cfg);
     if (s != DSLA_OK) {
         dsla_tokenizer_destroy(&t);
@@ -495,7 +511,7 @@ void dsla_tokenizer_destroy(dsla_tokenizer_t **tp) {
     free(t->dec_len);
     free(t->dec_is_byte);
     free(t->scores);
-    if (t->root) json_decref(t->root);
+    free(t->json_text);
     dsla_tok_hf_free(t->hf);
     free(t);
     *tp = NULL;
@@ -578,9 +594,9 @@ dsla_status_t dsla_tokenizer_encode(const dsla_tokenizer_t *t, const char *text,
 struct dsla_detokenizer {
     const dsla_tokenizer_t *t;
     bool skip_special;
-    bool at_start;    /* nothing but stripped spaces seen yet */
-    int strip_left;   /* leading spaces still to strip (DSLA_TOK_STRIP_AT_START) */
-    int32_t prev_id;  /* for run.c's after-BOS rule */
+    bool at_start;         /* nothing but stripped spaces seen yet */
+    int strip_left;        /* leading spaces still to strip (DSLA_TOK_STRIP_AT_START) */
+    int32_t prev_id;       /* for run.c's after-BOS rule */
     unsigned char pend[4]; /* an incomplete but so far valid UTF-8 sequence */
     int npend, need;
     char *out;
@@ -590,7 +606,8 @@ struct dsla_detokenizer {
 static dsla_status_t out_put(dsla_detokenizer_t *d, const void *p, size_t n) {
     if (d->out_len + n + 1 > d->out_cap) {
         size_t cap = d->out_cap ? d->out_cap : 256;
-        while (d->out_len + n + 1 > cap) cap *= 2;
+        while (d->out_len + n + 1 > cap)
+            cap *= 2;
         char *o = realloc(d->out, cap);
         if (!o) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "detokenizer: %zu bytes", cap);
         d->out = o;
@@ -684,7 +701,8 @@ dsla_status_t dsla_tokenizer_decode(const dsla_tokenizer_t *t, const int32_t *id
     *text = NULL;
     dsla_detokenizer_t d;
     dsla_status_t s = detok_init(&d, t, skip_special);
-    for (size_t i = 0; i < n_ids && s == DSLA_OK; i++) s = detok_feed(&d, ids[i]);
+    for (size_t i = 0; i < n_ids && s == DSLA_OK; i++)
+        s = detok_feed(&d, ids[i]);
     if (s == DSLA_OK) s = detok_finish(&d);
     if (s != DSLA_OK) {
         free(d.out);
@@ -737,8 +755,7 @@ dsla_status_t dsla_detokenizer_push(dsla_detokenizer_t *d, int32_t id, const cha
     return s;
 }
 
-dsla_status_t dsla_detokenizer_flush(dsla_detokenizer_t *d, const char **piece,
-                                     size_t *piece_len) {
+dsla_status_t dsla_detokenizer_flush(dsla_detokenizer_t *d, const char **piece, size_t *piece_len) {
     if (!d || !piece || !piece_len)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "detokenizer: NULL argument");
     d->out_len = 0;
@@ -754,7 +771,12 @@ dsla_status_t dsla_detokenizer_flush(dsla_detokenizer_t *d, const char **piece,
 dsla_status_t dsla_tokenizer_save_json(const dsla_tokenizer_t *t, const char *path) {
     if (!t || !path) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "tokenizer save: NULL argument");
     if (t->kind == DSLA_TOK_LLAMA2C) return dsla_tok_llama2c_save_json(t, path);
-    if (json_dump_file(t->root, path, JSON_INDENT(2)) != 0)
-        return dsla_error(DSLA_ERR_IO, "tokenizer save: cannot write %s", path);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return dsla_error(DSLA_ERR_IO, "tokenizer save: cannot create %s: %s", path,
+                          strerror(errno));
+    bool ok = fwrite(t->json_text, 1, t->json_len, f) == t->json_len;
+    ok = fclose(f) == 0 && ok;
+    if (!ok) return dsla_error(DSLA_ERR_IO, "tokenizer save: cannot write %s", path);
     return DSLA_OK;
 }

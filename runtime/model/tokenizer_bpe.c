@@ -1,10 +1,11 @@
 /* Hugging Face tokenizer.json with a BPE model: parsing, and the encoding pipeline of `tokenizers`
  * (added tokens split first, then per segment: normalizers, pre-tokenizers, BPE per word).
  *
- * Implemented: normalizers Prepend, Replace (string pattern) and Sequence; pre-tokenizers Split (regex
- * via PCRE2 or string; Isolated, Removed, MergedWithPrevious, MergedWithNext), ByteLevel, Metaspace and
- * Sequence; decoders ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip and Sequence. Anything
- * else is UNSUPPORTED by name: a silently different tokenization would be worse than a refusal. */
+ * Implemented: normalizers Prepend, Replace (string pattern) and Sequence; pre-tokenizers Split
+ * (regex via PCRE2 or string; Isolated, Removed, MergedWithPrevious, MergedWithNext), ByteLevel,
+ * Metaspace and Sequence; decoders ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip and
+ * Sequence. Anything else is UNSUPPORTED by name: a silently different tokenization would be worse
+ * than a refusal. */
 #include "runtime/model/tokenizer_internal.h"
 
 #include <stdlib.h>
@@ -52,7 +53,7 @@ typedef struct {
 
 typedef struct {
     int32_t id;
-    const char *content;
+    char *content;
     size_t len;
     bool lstrip, rstrip, single_word;
 } added_t;
@@ -80,7 +81,8 @@ typedef struct {
 static dsla_status_t sbuf_put(sbuf_t *b, const void *p, size_t n) {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 64;
-        while (b->len + n + 1 > cap) cap *= 2;
+        while (b->len + n + 1 > cap)
+            cap *= 2;
         char *np = realloc(b->p, cap);
         if (!np) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: %zu bytes", cap);
         b->p = np;
@@ -136,12 +138,13 @@ static size_t encode_utf8(uint32_t cp, char *out) {
 static uint32_t decode_utf8(const unsigned char *s, size_t n) {
     if (n == 1) return s[0];
     uint32_t cp = s[0] & (0xFF >> (n + 1));
-    for (size_t i = 1; i < n; i++) cp = (cp << 6) | (s[i] & 0x3F);
+    for (size_t i = 1; i < n; i++)
+        cp = (cp << 6) | (s[i] & 0x3F);
     return cp;
 }
 
-/* GPT-2's bytes_to_unicode(): printable Latin-1 bytes stand for themselves, the other 68 bytes map to
- * U+0100 onwards in byte order. */
+/* GPT-2's bytes_to_unicode(): printable Latin-1 bytes stand for themselves, the other 68 bytes map
+ * to U+0100 onwards in byte order. */
 static void build_byte_map(uint32_t b2u[256]) {
     int n = 0;
     for (int b = 0; b < 256; b++) {
@@ -160,15 +163,16 @@ static dsla_status_t compile_regex(pcre2_code **out, const char *pattern, bool l
     int err;
     PCRE2_SIZE erroff;
     uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0);
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &err, &erroff,
-                                   NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &err, &erroff, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return dsla_error(DSLA_ERR_UNSUPPORTED,
-                          "tokenizer %s: pre_tokenizer regex \"%s\" does not compile at offset %zu: "
-                          "%s",
-                          path, pattern, (size_t)erroff, (const char *)msg);
+        return dsla_error(
+            DSLA_ERR_UNSUPPORTED,
+            "tokenizer %s: pre_tokenizer regex \"%s\" does not compile at offset %zu: "
+            "%s",
+            path, pattern, (size_t)erroff, (const char *)msg);
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* the interpreter is the fallback */
     *out = re;
@@ -256,9 +260,12 @@ static dsla_status_t parse_metaspace(json_t *n, pre_t *p, const char *path) {
                           path);
     const char *scheme = json_string_value(json_object_get(n, "prepend_scheme"));
     if (!scheme) scheme = bool_field(n, "add_prefix_space", true) ? "always" : "never";
-    if (strcmp(scheme, "always") == 0) p->prepend = PREPEND_ALWAYS;
-    else if (strcmp(scheme, "first") == 0) p->prepend = PREPEND_FIRST;
-    else if (strcmp(scheme, "never") == 0) p->prepend = PREPEND_NEVER;
+    if (strcmp(scheme, "always") == 0)
+        p->prepend = PREPEND_ALWAYS;
+    else if (strcmp(scheme, "first") == 0)
+        p->prepend = PREPEND_FIRST;
+    else if (strcmp(scheme, "never") == 0)
+        p->prepend = PREPEND_NEVER;
     else
         return dsla_error(DSLA_ERR_UNSUPPORTED, "tokenizer %s: Metaspace prepend_scheme \"%s\"",
                           path, scheme);
@@ -292,11 +299,14 @@ static dsla_status_t parse_pre_tokenizer(dsla_tok_hf_t *hf, json_t *n, const cha
         if (bool_field(n, "invert", false))
             return dsla_error(DSLA_ERR_UNSUPPORTED, "tokenizer %s: Split with invert true", path);
         p.kind = PRE_SPLIT;
-        if (strcmp(behavior, "Isolated") == 0) p.behavior = SPLIT_ISOLATED;
-        else if (strcmp(behavior, "Removed") == 0) p.behavior = SPLIT_REMOVED;
+        if (strcmp(behavior, "Isolated") == 0)
+            p.behavior = SPLIT_ISOLATED;
+        else if (strcmp(behavior, "Removed") == 0)
+            p.behavior = SPLIT_REMOVED;
         else if (strcmp(behavior, "MergedWithPrevious") == 0)
             p.behavior = SPLIT_MERGED_WITH_PREVIOUS;
-        else if (strcmp(behavior, "MergedWithNext") == 0) p.behavior = SPLIT_MERGED_WITH_NEXT;
+        else if (strcmp(behavior, "MergedWithNext") == 0)
+            p.behavior = SPLIT_MERGED_WITH_NEXT;
         else
             return dsla_error(DSLA_ERR_UNSUPPORTED, "tokenizer %s: Split behavior \"%s\"", path,
                               behavior);
@@ -306,7 +316,8 @@ static dsla_status_t parse_pre_tokenizer(dsla_tok_hf_t *hf, json_t *n, const cha
     if (strcmp(type, "ByteLevel") == 0) {
         p.kind = PRE_BYTELEVEL;
         p.add_prefix_space = bool_field(n, "add_prefix_space", true);
-        if (bool_field(n, "use_regex", true)) DSLA_TRY(compile_regex(&p.re, gpt2_regex, false, path));
+        if (bool_field(n, "use_regex", true))
+            DSLA_TRY(compile_regex(&p.re, gpt2_regex, false, path));
         return add_pre(hf, p);
     }
     if (strcmp(type, "Metaspace") == 0) {
@@ -394,9 +405,8 @@ static dsla_status_t check_decoder(dsla_tokenizer_t *t, json_t **steps, size_t n
 }
 
 /* What token s contributes to decoded text, appended to out. */
-static dsla_status_t decode_piece(const int16_t *u2b, json_t **steps,
-                                  size_t n, const char *s, size_t len, sbuf_t *out,
-                                  bool *is_byte) {
+static dsla_status_t decode_piece(const int16_t *u2b, json_t **steps, size_t n, const char *s,
+                                  size_t len, sbuf_t *out, bool *is_byte) {
     sbuf_t cur = {0}, next = {0};
     dsla_status_t st = sbuf_put(&cur, s, len);
     *is_byte = false;
@@ -460,10 +470,12 @@ static dsla_status_t build_decoder(dsla_tokenizer_t *t, json_t *d, const char *p
     dsla_status_t s = decoder_steps(d, &steps, &n, path);
     if (s == DSLA_OK) s = check_decoder(t, steps, n, path);
     int16_t u2b[512];
-    for (int i = 0; i < 512; i++) u2b[i] = -1;
+    for (int i = 0; i < 512; i++)
+        u2b[i] = -1;
     uint32_t b2u[256];
     build_byte_map(b2u);
-    for (int b = 0; b < 256; b++) u2b[b2u[b]] = (int16_t)b;
+    for (int b = 0; b < 256; b++)
+        u2b[b2u[b]] = (int16_t)b;
     sbuf_t arena = {0};
     size_t *off = malloc(((size_t)t->n_vocab + 1) * sizeof *off);
     if (!off && s == DSLA_OK) s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer");
@@ -517,7 +529,9 @@ static dsla_status_t load_vocab(dsla_tokenizer_t *t, json_t *vocab, json_t *adde
     json_array_foreach(added, i, v) {
         int32_t id;
         const char *content = json_string_value(json_object_get(v, "content"));
-        if (!content) return dsla_error(DSLA_ERR_FORMAT, "tokenizer %s: added token %zu has no content", path, i);
+        if (!content)
+            return dsla_error(DSLA_ERR_FORMAT, "tokenizer %s: added token %zu has no content", path,
+                              i);
         DSLA_TRY(json_id(json_object_get(v, "id"), &id, "an added token", path));
         if (id > max_id) max_id = id;
         total += strlen(content);
@@ -579,9 +593,10 @@ static dsla_status_t load_added(dsla_tokenizer_t *t, json_t *added) {
         const char *content = json_string_value(json_object_get(v, "content"));
         size_t len = strlen(content);
         if (len == 0) continue;
-        /* the content string lives in the JSON root, which the tokenizer keeps */
+        char *copy = dup_str(content); /* the JSON is freed once loaded */
+        if (!copy) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: added tokens");
         hf->added[hf->n_added++] = (added_t){id,
-                                             content,
+                                             copy,
                                              len,
                                              json_is_true(json_object_get(v, "lstrip")),
                                              json_is_true(json_object_get(v, "rstrip")),
@@ -648,7 +663,8 @@ static int32_t find_added(const dsla_tokenizer_t *t, const char *const *names) {
     return -1;
 }
 
-/* BOS is what the post-processor's single-sequence template puts first; add_bos_default follows it. */
+/* BOS is what the post-processor's single-sequence template puts first; add_bos_default follows it.
+ */
 static void find_bos_eos(dsla_tokenizer_t *t, json_t *post) {
     static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>",
                                             NULL};
@@ -668,7 +684,8 @@ static void find_bos_eos(dsla_tokenizer_t *t, json_t *post) {
     t->add_bos_default = t->bos_id >= 0;
     if (!tmpl) return;
     json_t *first = json_array_get(json_object_get(tmpl, "single"), 0);
-    const char *name = json_string_value(json_object_get(json_object_get(first, "SpecialToken"), "id"));
+    const char *name =
+        json_string_value(json_object_get(json_object_get(first, "SpecialToken"), "id"));
     json_t *spec = json_object_get(json_object_get(tmpl, "special_tokens"), name ? name : "");
     json_t *ids = json_object_get(spec, "ids");
     if (json_array_size(ids) == 1 && json_is_integer(json_array_get(ids, 0))) {
@@ -681,7 +698,6 @@ static void find_bos_eos(dsla_tokenizer_t *t, json_t *post) {
 }
 
 dsla_status_t dsla_tok_hf_parse(dsla_tokenizer_t *t, json_t *root, const char *path) {
-    t->root = root;
     t->hf = calloc(1, sizeof *t->hf);
     if (!t->hf) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer %s", path);
     dsla_tok_hf_t *hf = t->hf;
@@ -714,7 +730,8 @@ dsla_status_t dsla_tok_hf_parse(dsla_tokenizer_t *t, json_t *root, const char *p
     hf->ignore_merges = bool_field(model, "ignore_merges", false);
     uint32_t b2u[256];
     build_byte_map(b2u);
-    for (int b = 0; b < 256; b++) hf->b2u_len[b] = (uint8_t)encode_utf8(b2u[b], hf->b2u[b]);
+    for (int b = 0; b < 256; b++)
+        hf->b2u_len[b] = (uint8_t)encode_utf8(b2u[b], hf->b2u[b]);
 
     DSLA_TRY(load_vocab(t, vocab, added, path));
     DSLA_TRY(load_added(t, added));
@@ -740,6 +757,8 @@ void dsla_tok_hf_free(dsla_tok_hf_t *hf) {
         free(hf->pres[i].replacement);
     }
     free(hf->pres);
+    for (size_t i = 0; i < hf->n_added; i++)
+        free(hf->added[i].content);
     free(hf->added);
     free(hf);
 }
@@ -883,8 +902,9 @@ static dsla_status_t apply_pre(const dsla_tok_hf_t *hf, const pre_t *p, pcre2_ma
             size_t rl = strlen(p->replacement);
             tmp->len = 0;
             bool starts = n >= 1 && s[0] == ' ';
-            bool prepend = (p->prepend == PREPEND_ALWAYS || (p->prepend == PREPEND_FIRST && origin)) &&
-                           !starts && !(n >= rl && memcmp(s, p->replacement, rl) == 0);
+            bool prepend =
+                (p->prepend == PREPEND_ALWAYS || (p->prepend == PREPEND_FIRST && origin)) &&
+                !starts && !(n >= rl && memcmp(s, p->replacement, rl) == 0);
             if (prepend) DSLA_TRY(sbuf_put(tmp, p->replacement, rl));
             DSLA_TRY(sbuf_put_replaced(tmp, s, n, " ", p->replacement));
             if (p->split) {
@@ -901,7 +921,8 @@ static dsla_status_t apply_pre(const dsla_tok_hf_t *hf, const pre_t *p, pcre2_ma
             dsla_status_t st = DSLA_OK;
             if (p->re) {
                 st = find_matches(p->re, md, tmp->p, tmp->len, m);
-                if (st == DSLA_OK) st = split_piece(tmp->p, tmp->len, origin, m, SPLIT_ISOLATED, &parts);
+                if (st == DSLA_OK)
+                    st = split_piece(tmp->p, tmp->len, origin, m, SPLIT_ISOLATED, &parts);
             } else {
                 st = plist_add(&parts, tmp->p, tmp->len, origin);
             }
@@ -937,7 +958,8 @@ static dsla_status_t encode_word(const dsla_tokenizer_t *t, const char *s, size_
         bool bytes = false;
         if (id < 0 && hf->byte_fallback) {
             bytes = true;
-            for (size_t k = 0; k < cl; k++) bytes = bytes && t->byte_id[(unsigned char)s[i + k]] >= 0;
+            for (size_t k = 0; k < cl; k++)
+                bytes = bytes && t->byte_id[(unsigned char)s[i + k]] >= 0;
         }
         if (id >= 0) {
             DSLA_TRY(dsla_tok_ids_push(ids, id));
@@ -993,8 +1015,8 @@ static dsla_status_t encode_segment(const dsla_tokenizer_t *t, work_t *w, const 
         w->b = x;
     }
     for (size_t i = 0; i < w->a.n; i++)
-        DSLA_TRY(encode_word(t, w->a.buf.p + w->a.sp[i].start, w->a.sp[i].end - w->a.sp[i].start,
-                             ids));
+        DSLA_TRY(
+            encode_word(t, w->a.buf.p + w->a.sp[i].start, w->a.sp[i].end - w->a.sp[i].start, ids));
     return DSLA_OK;
 }
 
@@ -1020,9 +1042,11 @@ static int32_t next_added(const dsla_tok_hf_t *hf, const char *s, size_t n, size
                                    (end < n && is_word_byte((unsigned char)s[end]))))
                 continue;
             if (a->lstrip)
-                while (start > floor && is_space((unsigned char)s[start - 1])) start--;
+                while (start > floor && is_space((unsigned char)s[start - 1]))
+                    start--;
             if (a->rstrip)
-                while (end < n && is_space((unsigned char)s[end])) end++;
+                while (end < n && is_space((unsigned char)s[end]))
+                    end++;
             *ms = start;
             *me = end;
             return a->id;

@@ -1,10 +1,10 @@
 /* The inside of dsla_tokenizer_t, shared by tokenizer.c (handle, decoding, BPE merge engine),
  * tokenizer_bpe.c (HF tokenizer.json) and tokenizer_llama2c.c (llama2.c tokenizer.bin).
  *
- * Only runtime/model/tokenizer*.c include this. Both formats load into the same tables: a vocabulary
- * (id -> string, string -> id), a pair table ((left, right) -> merged id and priority, lower merges
- * first) and, per id, the bytes it contributes to decoded text. Encoding differs per format only in
- * how text becomes the initial symbols; the merging is one engine. */
+ * Only runtime/model/tokenizer*.c include this. Both formats load into the same tables: a
+ * vocabulary (id -> string, string -> id), a pair table ((left, right) -> merged id and priority,
+ * lower merges first) and, per id, the bytes it contributes to decoded text. Encoding differs per
+ * format only in how text becomes the initial symbols; the merging is one engine. */
 #ifndef DSLA_MODEL_TOKENIZER_INTERNAL_H
 #define DSLA_MODEL_TOKENIZER_INTERNAL_H
 
@@ -83,7 +83,8 @@ struct dsla_tokenizer {
     float *scores;
     int32_t space_id;
     /* HF */
-    json_t *root;
+    char *json_text; /* the tokenizer.json as read: save_json writes it back unchanged */
+    size_t json_len;
     dsla_tok_hf_t *hf;
 };
 
@@ -112,7 +113,7 @@ size_t dsla_tok_utf8_validate(const unsigned char *s, size_t len);
 /* Parses "<0xXX>" exactly; returns the byte or -1. */
 int dsla_tok_parse_byte_token(const char *s, size_t len);
 
-/* tokenizer_bpe.c */
+/* tokenizer_bpe.c; root is only read, the caller frees it */
 dsla_status_t dsla_tok_hf_parse(dsla_tokenizer_t *t, json_t *root, const char *path);
 dsla_status_t dsla_tok_hf_encode(const dsla_tokenizer_t *t, const char *text, size_t len,
                                  dsla_tok_ids_t *ids);

@@ -1,9 +1,10 @@
-/* llama2.c tokenizer.bin: loading (bounds-checked against the file size), encoding exactly as run.c's
- * encode() and conversion to an equivalent HF tokenizer.json.
+/* llama2.c tokenizer.bin: loading (bounds-checked against the file size), encoding exactly as
+ * run.c's encode() and conversion to an equivalent HF tokenizer.json.
  *
- * run.c merges, again and again, the adjacent pair whose concatenation is a vocabulary string with the
- * highest score (leftmost on ties). Here that is the shared merge engine with a pair table built from
- * every split of every vocabulary string and priority -score: the same choice in O(n log n). */
+ * run.c merges, again and again, the adjacent pair whose concatenation is a vocabulary string with
+ * the highest score (leftmost on ties). Here that is the shared merge engine with a pair table
+ * built from every split of every vocabulary string and priority -score: the same choice in O(n log
+ * n). */
 #include "runtime/model/tokenizer_internal.h"
 
 #include <stdlib.h>
@@ -34,8 +35,10 @@ static int32_t read_i32(const unsigned char *p) {
 
 /* run.c's export writes BOS/EOS as "\n<s>\n" and "\n</s>\n"; their names are what lies inside. */
 static void trim_newlines(const char *s, uint32_t len, const char **out, uint32_t *out_len) {
-    while (len > 0 && s[0] == '\n') s++, len--;
-    while (len > 0 && s[len - 1] == '\n') len--;
+    while (len > 0 && s[0] == '\n')
+        s++, len--;
+    while (len > 0 && s[len - 1] == '\n')
+        len--;
     *out = s;
     *out_len = len;
 }
@@ -84,14 +87,16 @@ dsla_status_t dsla_tok_llama2c_parse(dsla_tokenizer_t *t, const unsigned char *d
                               path, off, count, size - off);
         int32_t len = read_i32(data + off + 4);
         if (len < 0 || len > max_len)
-            return dsla_error(DSLA_ERR_FORMAT,
-                              "tokenizer %s: token %zu has length %d, outside 0..max_token_length %d",
-                              path, count, len, max_len);
+            return dsla_error(
+                DSLA_ERR_FORMAT,
+                "tokenizer %s: token %zu has length %d, outside 0..max_token_length %d", path,
+                count, len, max_len);
         if ((size_t)len > size - off - 8)
-            return dsla_error(DSLA_ERR_FORMAT,
-                              "tokenizer %s: truncated: token %zu needs %d bytes at offset %zu, the "
-                              "file has %zu",
-                              path, count, len, off + 8, size - off - 8);
+            return dsla_error(
+                DSLA_ERR_FORMAT,
+                "tokenizer %s: truncated: token %zu needs %d bytes at offset %zu, the "
+                "file has %zu",
+                path, count, len, off + 8, size - off - 8);
         off += 8 + (size_t)len;
         total += (size_t)len;
         count++;
@@ -160,7 +165,8 @@ dsla_status_t dsla_tok_llama2c_encode(const dsla_tokenizer_t *t, const char *tex
             for (size_t k = 0; k < n; k++)
                 DSLA_TRY(dsla_tok_ids_push(ids, t->byte_id[(unsigned char)text[i + k]]));
         } else if (t->unk_id >= 0) {
-            /* run.c would emit byte+3, which names unrelated tokens (or none) without <0xXX> ones */
+            /* run.c would emit byte+3, which names unrelated tokens (or none) without <0xXX> ones
+             */
             DSLA_TRY(dsla_tok_ids_push(ids, t->unk_id));
         }
         i += n;
@@ -220,7 +226,8 @@ typedef struct {
 } json_build_t;
 
 static void json_build_free(json_build_t *b, int32_t n) {
-    for (int32_t i = 0; b->pieces && i < n; i++) free(b->pieces[i]);
+    for (int32_t i = 0; b->pieces && i < n; i++)
+        free(b->pieces[i]);
     free(b->pieces);
     free(b->lens);
     free(b->merges);
@@ -248,10 +255,12 @@ static dsla_status_t collect_merges(const dsla_tokenizer_t *t, json_build_t *b) 
             }
             b->merges[b->n_merges++] = (json_merge_t){l, r, t->scores[id], 0};
         }
-        qsort(b->merges + first, b->n_merges - first, sizeof *b->merges, merge_by_ids);
+        if (b->n_merges - first > 1)
+            qsort(b->merges + first, b->n_merges - first, sizeof *b->merges, merge_by_ids);
     }
-    for (size_t i = 0; i < b->n_merges; i++) b->merges[i].order = i;
-    qsort(b->merges, b->n_merges, sizeof *b->merges, merge_by_score);
+    for (size_t i = 0; i < b->n_merges; i++)
+        b->merges[i].order = i;
+    if (b->n_merges > 1) qsort(b->merges, b->n_merges, sizeof *b->merges, merge_by_score);
     return DSLA_OK;
 }
 
@@ -268,24 +277,23 @@ static json_t *build_json(const dsla_tokenizer_t *t, const json_build_t *b) {
     json_t *added = json_array();
     for (int32_t i = 0; i < t->n_vocab; i++) {
         if (!t->special[i]) continue;
-        json_array_append_new(
-            added, json_pack("{s:i,s:s%,s:b,s:b,s:b,s:b,s:b}", "id", (json_int_t)i, "content",
-                             b->pieces[i], (size_t)b->lens[i], "single_word", 0, "lstrip", 0,
-                             "rstrip", 0, "normalized", 0, "special", 1));
+        json_array_append_new(added, json_pack("{s:i,s:s%,s:b,s:b,s:b,s:b,s:b}", "id",
+                                               (json_int_t)i, "content", b->pieces[i],
+                                               (size_t)b->lens[i], "single_word", 0, "lstrip", 0,
+                                               "rstrip", 0, "normalized", 0, "special", 1));
     }
     json_object_set_new(root, "added_tokens", added);
-    json_object_set_new(
-        root, "normalizer",
-        json_pack("{s:s,s:[{s:s,s:s},{s:s,s:{s:s},s:s}]}", "type", "Sequence", "normalizers", "type",
-                  "Prepend", "prepend", meta, "type", "Replace", "pattern", "String", " ", "content",
-                  meta));
+    json_object_set_new(root, "normalizer",
+                        json_pack("{s:s,s:[{s:s,s:s},{s:s,s:{s:s},s:s}]}", "type", "Sequence",
+                                  "normalizers", "type", "Prepend", "prepend", meta, "type",
+                                  "Replace", "pattern", "String", " ", "content", meta));
     json_object_set_new(root, "pre_tokenizer", json_null());
     if (t->bos_id >= 0) {
         const char *bos = b->pieces[t->bos_id];
         json_t *special = json_object();
-        json_object_set_new(special, bos,
-                            json_pack("{s:s,s:[i],s:[s]}", "id", bos, "ids", (json_int_t)t->bos_id,
-                                      "tokens", bos));
+        json_object_set_new(
+            special, bos,
+            json_pack("{s:s,s:[i],s:[s]}", "id", bos, "ids", (json_int_t)t->bos_id, "tokens", bos));
         json_object_set_new(
             root, "post_processor",
             json_pack("{s:s,s:[{s:{s:s,s:i}},{s:{s:s,s:i}}],"
@@ -333,13 +341,15 @@ dsla_status_t dsla_tok_llama2c_save_json(const dsla_tokenizer_t *t, const char *
     dsla_status_t s = DSLA_OK;
     b.pieces = calloc((size_t)n, sizeof *b.pieces);
     b.lens = calloc((size_t)n, sizeof *b.lens);
-    if (!b.pieces || !b.lens) s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer save: %d tokens", n);
+    if (!b.pieces || !b.lens)
+        s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer save: %d tokens", n);
     for (int32_t i = 0; i < n && s == DSLA_OK; i++) {
         b.pieces[i] = hf_piece(t, i, &b.lens[i]);
         if (!b.pieces[i]) {
             s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer save: token %d", i);
         } else if (b.lens[i] == 0 || strlen(b.pieces[i]) != b.lens[i] ||
-                   dsla_tok_utf8_validate((const unsigned char *)b.pieces[i], b.lens[i]) != b.lens[i]) {
+                   dsla_tok_utf8_validate((const unsigned char *)b.pieces[i], b.lens[i]) !=
+                       b.lens[i]) {
             s = dsla_error(DSLA_ERR_UNSUPPORTED,
                            "tokenizer save %s: token %d is empty, holds a NUL byte or is not valid "
                            "UTF-8; tokenizer.json cannot spell it",

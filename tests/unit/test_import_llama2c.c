@@ -12,7 +12,10 @@
 #include "runtime/core/status.h"
 #include "runtime/model/config.h"
 #include "runtime/model/import_llama2c.h"
+#include "runtime/model/kv_cache.h"
+#include "runtime/model/llama.h"
 #include "runtime/model/safetensors.h"
+#include "runtime/model/tokenizer.h"
 
 /* ---- helpers ----------------------------------------------------------------------------------
  */
@@ -386,12 +389,138 @@ static void test_import_twice_overwrites(void **state) {
     syn_teardown(&s);
 }
 
+/* ---- llama2.c run.c vectors through the imported directory ----------------------------------- */
+
+static int32_t *json_ids(const json_t *array, size_t *n) {
+    *n = json_array_size(array);
+    int32_t *ids = malloc((*n + 1) * sizeof *ids);
+    for (size_t i = 0; i < *n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(array, i));
+    return ids;
+}
+
+static void assert_ids_equal(const int32_t *got, size_t n_got, const int32_t *want, size_t n_want,
+                             const char *what) {
+    size_t n = n_got < n_want ? n_got : n_want;
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != want[i]) fail_msg("%s: id %zu is %d, expected %d", what, i, got[i], want[i]);
+    if (n_got != n_want) fail_msg("%s: %zu ids, expected %zu", what, n_got, n_want);
+}
+
+static int32_t argmax(const float *x, int n) {
+    int32_t best = 0; /* the first maximum, as run.c's sample_argmax */
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* run.c's greedy loop: `steps` (max_total_tokens) forward passes at most, counting the prompt's,
+ * and a stop after sampling BOS (id 1), which the vectors keep as the last generated id. */
+static void check_greedy(dsla_model_t *m, dsla_kv_pool_t *pool, const json_t *c) {
+    const dsla_model_config_t *cfg = dsla_model_config(m);
+    const char *prompt = json_string_value(json_object_get(c, "prompt"));
+    int max_total = (int)json_integer_value(json_object_get(c, "max_total_tokens"));
+    size_t n_prompt = 0, n_want = 0;
+    int32_t *prompt_ids = json_ids(json_object_get(c, "prompt_ids"), &n_prompt);
+    int32_t *want = json_ids(json_object_get(c, "generated_ids"), &n_want);
+    int32_t *got = malloc((size_t)max_total * sizeof *got);
+    float *logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
+    dsla_sequence_t *seq = NULL;
+    if (dsla_sequence_create(&seq, pool, cfg) != DSLA_OK) fail_msg("%s", dsla_last_error());
+
+    dsla_batch_item_t item = {seq, prompt_ids, (int)n_prompt, false};
+    if (dsla_model_forward(m, &item, 1, logits) != DSLA_OK) fail_msg("%s", dsla_last_error());
+    size_t n_got = 0;
+    for (int forwarded = (int)n_prompt;; forwarded++) {
+        int32_t next = argmax(logits, cfg->vocab_size);
+        got[n_got++] = next;
+        if (next == 1 || forwarded == max_total) break;
+        item = (dsla_batch_item_t){seq, &got[n_got - 1], 1, false};
+        if (dsla_model_forward(m, &item, 1, logits) != DSLA_OK) fail_msg("%s", dsla_last_error());
+    }
+    assert_ids_equal(got, n_got, want, n_want, prompt);
+
+    dsla_sequence_destroy(&seq);
+    free(logits), free(got), free(want), free(prompt_ids);
+}
+
+static void check_encode(const dsla_tokenizer_t *tok, const json_t *c) {
+    const char *text = json_string_value(json_object_get(c, "text"));
+    bool bos = json_is_true(json_object_get(c, "bos"));
+    size_t n_want = 0, n_got = 0;
+    int32_t *want = json_ids(json_object_get(c, "ids"), &n_want);
+    int32_t *got = NULL;
+    if (dsla_tokenizer_encode(tok, text, strlen(text), bos, &got, &n_got) != DSLA_OK)
+        fail_msg("%s", dsla_last_error());
+    assert_ids_equal(got, n_got, want, n_want, text);
+    free(got), free(want);
+}
+
+/* Imports a llama2.c model, then reproduces run.c's encodings (through the written tokenizer.json)
+ * and greedy continuations (through the written config.json and model.safetensors). */
+static void check_vectors(const char *ckpt_rel, const char *tok_rel, const char *vectors_rel) {
+    char *ckpt = data_or_skip(ckpt_rel);
+    char *tok_bin = data_or_skip(tok_rel);
+    char *vectors_path = data_or_skip(vectors_rel);
+    json_t *vectors = dsla_test_load_json(vectors_path);
+    char *dir = dsla_test_tempdir();
+    import_or_fail(ckpt, tok_bin, dir);
+
+    char *tok_json = join(dir, "tokenizer.json");
+    dsla_tokenizer_t *tok = NULL;
+    if (dsla_tokenizer_load(&tok, tok_json) != DSLA_OK) fail_msg("%s", dsla_last_error());
+    const json_t *encode = json_object_get(vectors, "encode");
+    assert_true(json_array_size(encode) > 0);
+    for (size_t i = 0; i < json_array_size(encode); i++)
+        check_encode(tok, json_array_get(encode, i));
+
+    dsla_model_t *m = NULL;
+    if (dsla_model_load(&m, dir) != DSLA_OK) fail_msg("%s", dsla_last_error());
+    const dsla_model_config_t *cfg = dsla_model_config(m);
+    /* One sequence at a time, each layer holding at most a full context of blocks. */
+    int blocks = cfg->num_layers * (cfg->max_position_embeddings / DSLA_KV_BLOCK_TOKENS + 1);
+    dsla_kv_pool_t *pool = NULL;
+    if (dsla_kv_pool_create(&pool, cfg, blocks) != DSLA_OK) fail_msg("%s", dsla_last_error());
+    const json_t *greedy = json_object_get(vectors, "greedy");
+    assert_true(json_array_size(greedy) > 0);
+    for (size_t i = 0; i < json_array_size(greedy); i++) {
+        const json_t *c = json_array_get(greedy, i);
+        /* The prompt ids of the vector are the tokenizer's too. */
+        json_t *as_encode = json_pack("{s:O, s:b, s:O}", "text", json_object_get(c, "prompt"),
+                                      "bos", 1, "ids", json_object_get(c, "prompt_ids"));
+        check_encode(tok, as_encode);
+        json_decref(as_encode);
+        check_greedy(m, pool, c);
+    }
+
+    dsla_kv_pool_destroy(&pool);
+    dsla_model_destroy(&m);
+    dsla_tokenizer_destroy(&tok);
+    json_decref(vectors);
+    dsla_test_rmtree(dir);
+    free(tok_json), free(dir), free(vectors_path), free(tok_bin), free(ckpt);
+}
+
+static void test_stories260K_vectors(void **state) {
+    (void)state;
+    check_vectors("models/stories260K/stories260K.bin", "models/stories260K/tok512.bin",
+                  "testvectors/stories260K_llama2c.json");
+}
+
+static void test_babyllama105_vectors(void **state) {
+    (void)state;
+    check_vectors("models/babyllama105/model.bin", "models/babyllama105/tok105.bin",
+                  "testvectors/babyllama105_llama2c.json");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories260K_matches_hf),
         cmocka_unit_test(test_untied_synthetic_layout),
         cmocka_unit_test(test_malformed_checkpoints),
         cmocka_unit_test(test_import_twice_overwrites),
+        cmocka_unit_test(test_stories260K_vectors),
+        cmocka_unit_test(test_babyllama105_vectors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,178 @@
+/* CUDA kernels: the fast versions of the kernels.h operations, run on a caller's stream.
+ *
+ * Each op mirrors a CPU reference in kernels/cpu/ (same layouts, same conventions: row-major,
+ * outputs first, float32 activations unless a dtype argument says otherwise) and is checked against
+ * it by tests/gpu/test_ops_harness.c. Every pointer passed to an op is device memory unless its
+ * comment says otherwise; ops enqueue work on the given stream and return without synchronising, so
+ * a DSLA_OK means "launched", and a fault inside a kernel surfaces at the next synchronising call
+ * (dsla_cuda_stream_sync, a copy to the host). Every CUDA call and every launch is checked; a
+ * failure returns DSLA_ERR_INTERNAL naming the call and cudaGetErrorString's text.
+ *
+ * Contract: ops allocate nothing (scratch comes from the caller, sized by the *_workspace_bytes
+ * helpers), never synchronise the device, and know nothing of models, requests or files. Index
+ * arguments (token ids, block tables, context lengths) are trusted, as on the CPU: the caller
+ * validates them; an out-of-range token id writes a NaN row rather than reading out of bounds.
+ *
+ * The header compiles in a build without CUDA (it declares nothing there), so C files may include
+ * it unconditionally; only code built with DSLA_HAVE_CUDA may call these functions. */
+#ifndef DSLA_KERNELS_CUDA_H
+#define DSLA_KERNELS_CUDA_H
+
+#ifdef DSLA_HAVE_CUDA
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* For dsla_status_t, dsla_dtype_t, dsla_paged_kv_t and dsla_attn_shape_t. When kernels.h includes
+ * this header (at its end), the include guard makes this a no-op. */
+#include "kernels/kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cudaStream_t is `struct CUstream_st *`; naming the struct keeps this header free of CUDA headers
+ * while a cudaStream_t still converts without a cast. NULL is the legacy default stream. */
+typedef struct CUstream_st *dsla_cuda_stream_t;
+
+/* ---- device memory and streams (kernels/cuda/memory.cu) ---- */
+
+/* *out is NULL on failure (bytes == 0 gives NULL and DSLA_OK). */
+dsla_status_t dsla_cuda_malloc(void **out, size_t bytes);
+/* Frees *p and sets it to NULL; harmless on NULL. */
+void dsla_cuda_free(void **p);
+/* Copies bytes between any two of host and device memory (direction inferred from the pointers),
+ * ordered on stream. A pageable host source or destination makes the copy synchronous. */
+dsla_status_t dsla_cuda_copy(void *dst, const void *src, size_t bytes, dsla_cuda_stream_t stream);
+/* Sets n floats to value (NaN to poison an output before a test). */
+dsla_status_t dsla_cuda_fill_f32(float *p, float value, size_t n, dsla_cuda_stream_t stream);
+dsla_status_t dsla_cuda_stream_create(dsla_cuda_stream_t *out);
+void dsla_cuda_stream_destroy(dsla_cuda_stream_t *s);
+/* Waits for the stream's work; reports any fault a kernel raised. */
+dsla_status_t dsla_cuda_stream_sync(dsla_cuda_stream_t stream);
+
+/* ---- linear algebra through cuBLAS (kernels/cuda/gemm.cu) ---- */
+
+typedef struct dsla_cuda_blas dsla_cuda_blas_t;
+
+dsla_status_t dsla_cuda_blas_create(dsla_cuda_blas_t **out);
+void dsla_cuda_blas_destroy(dsla_cuda_blas_t **h);
+
+/* y[m,n] = x[m,k] @ w[n,k]^T + beta * y (the PyTorch Linear layout, as dsla_cpu_gemm). x and w
+ * share in_dtype: F32 (full fp32 arithmetic, no TF32) or BF16 (tensor cores, fp32 accumulation).
+ * y is F32 or, with BF16 inputs, BF16. beta = 1 fuses a residual add into the GEMM; beta = 0 never
+ * reads y. y must not alias x or w. */
+dsla_status_t dsla_cuda_gemm(dsla_cuda_blas_t *h, dsla_cuda_stream_t stream, void *y,
+                             dsla_dtype_t y_dtype, const void *x, const void *w,
+                             dsla_dtype_t in_dtype, int m, int n, int k, float beta);
+
+/* ---- element-wise (kernels/cuda/elementwise.cu) ---- */
+
+/* out[i, :] = table[tokens[i], :] as float32; table is F32 or BF16 [vocab, dim]. */
+dsla_status_t dsla_cuda_embedding(dsla_cuda_stream_t stream, float *out, const void *table,
+                                  dsla_dtype_t table_dtype, const int32_t *tokens, int n, int dim,
+                                  int vocab);
+/* dsla_cpu_swiglu; y is F32 or BF16 (the next GEMM's input) and must not alias gate or up. */
+dsla_status_t dsla_cuda_swiglu(dsla_cuda_stream_t stream, void *y, dsla_dtype_t y_dtype,
+                               const float *gate, const float *up, int rows, int n, int in_stride);
+/* y = a + b over n floats; y may alias a or b. */
+dsla_status_t dsla_cuda_add(dsla_cuda_stream_t stream, float *y, const float *a, const float *b,
+                            size_t n);
+/* y = x rounded to bfloat16 (nearest even), for feeding a BF16 GEMM. */
+dsla_status_t dsla_cuda_to_bf16(dsla_cuda_stream_t stream, uint16_t *y, const float *x, size_t n);
+
+/* ---- normalisation (kernels/cuda/norm.cu) ---- */
+
+/* dsla_cpu_rmsnorm; y is F32 or BF16. A F32 y may alias x. */
+dsla_status_t dsla_cuda_rmsnorm(dsla_cuda_stream_t stream, void *y, dsla_dtype_t y_dtype,
+                                const float *x, const float *w, int rows, int dim, float eps);
+/* residual += delta, then y = rmsnorm(residual) in the same pass over the row (one read of each
+ * input, one write of each output instead of the add's extra read and write). y must not alias
+ * residual or delta. */
+dsla_status_t dsla_cuda_add_rmsnorm(dsla_cuda_stream_t stream, void *y, dsla_dtype_t y_dtype,
+                                    float *residual, const float *delta, const float *w, int rows,
+                                    int dim, float eps);
+
+/* ---- rotary position embedding (kernels/cuda/rope.cu) ---- */
+
+/* dsla_cpu_rope_apply with the tables formed on the fly: row r uses angle (float)positions[r] *
+ * inv_freq[i] (inv_freq from dsla_cpu_rope_inv_freq, copied to the device), cos/sin in double as
+ * dsla_cpu_rope_tables does. Since k's heads follow q's in a fused QKV row, one call with n_heads =
+ * H + H_kv rotates both. */
+dsla_status_t dsla_cuda_rope(dsla_cuda_stream_t stream, float *x, int n, int row_stride,
+                             int n_heads, int head_dim, const int32_t *positions,
+                             const float *inv_freq);
+
+/* ---- attention over the paged KV cache (kernels/cuda/attention.cu) ---- */
+
+/* Head dims the attention kernels are compiled for; others are UNSUPPORTED. */
+int dsla_cuda_attention_supports(int head_dim);
+
+/* Writes n new tokens' keys and values (rows k_src + i*src_stride, kv_heads*head_dim floats) into
+ * positions past..past+n-1 of a sequence's cache (kv: device pool and block table). */
+dsla_status_t dsla_cuda_kv_append(dsla_cuda_stream_t stream, const dsla_paged_kv_t *kv,
+                                  int token_width, int past, int n, const float *k_src,
+                                  const float *v_src, int src_stride);
+
+/* dsla_cpu_attention for one sequence's prefill, FlashAttention style: tiles of queries against
+ * tiles of cached keys with an online softmax, so no score matrix is ever stored. kv holds device
+ * pointers. */
+dsla_status_t dsla_cuda_attention_prefill(dsla_cuda_stream_t stream, float *out, int out_stride,
+                                          const float *q, int q_stride, int n_new, int past,
+                                          const dsla_attn_shape_t *shape,
+                                          const dsla_paged_kv_t *kv);
+
+/* One decode step for a batch of sequences: query row s (q + s*q_stride) at position
+ * context_lens[s]-1 attends to that sequence's positions 0..context_lens[s]-1, read through
+ * block_tables + s*table_stride. Long contexts split into chunks processed in parallel and merged
+ * by their softmax statistics (split-K, "flash decoding"). */
+typedef struct {
+    const float *k; /* [pool blocks][block_tokens][kv_heads * head_dim] */
+    const float *v;
+    const int32_t *block_tables; /* [n_seqs][table_stride] */
+    const int32_t *context_lens; /* [n_seqs], each >= 1 */
+    int table_stride;
+    int block_tokens;
+} dsla_cuda_paged_batch_t;
+
+/* Scratch the decode kernel needs for n_seqs sequences whose longest context is max_context. */
+size_t dsla_cuda_attention_decode_workspace(int n_seqs, int max_context,
+                                            const dsla_attn_shape_t *shape);
+dsla_status_t dsla_cuda_attention_decode(dsla_cuda_stream_t stream, float *out, int out_stride,
+                                         const float *q, int q_stride, int n_seqs,
+                                         int max_context, const dsla_attn_shape_t *shape,
+                                         const dsla_cuda_paged_batch_t *kv, void *workspace,
+                                         size_t workspace_bytes);
+
+/* ---- sampling (kernels/cuda/sampling.cu) ---- */
+
+/* out[r] = index of the largest of logits[r, 0..n) (the first on ties), as dsla_cpu_argmax. */
+dsla_status_t dsla_cuda_argmax(dsla_cuda_stream_t stream, int32_t *out, const float *logits,
+                               int rows, int n);
+
+/* One row's sampling parameters, with the semantics of runtime/model/sampler.h: temperature <= 0
+ * or top_k == 1 is greedy; else softmax(logits / temperature), top-k, then top-p over the
+ * survivors, and the draw walks the survivors (most likely first, ties by lower id; in id order
+ * when neither filter is on) until the running mass exceeds uniform * their mass. The caller draws
+ * uniform in [0, 1) from its own generator, so a request's stream does not depend on the device. */
+typedef struct {
+    double uniform;
+    float temperature;
+    int32_t top_k;
+    float top_p;
+} dsla_cuda_sample_row_t;
+
+/* Scratch for sampling rows x vocab logits (the probabilities). */
+size_t dsla_cuda_sample_workspace(int rows, int vocab);
+/* out[r] = token sampled from logits[r, 0..vocab) with params[r] (device array). */
+dsla_status_t dsla_cuda_sample(dsla_cuda_stream_t stream, int32_t *out, const float *logits,
+                               int rows, int vocab, const dsla_cuda_sample_row_t *params,
+                               void *workspace, size_t workspace_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DSLA_HAVE_CUDA */
+
+#endif
