@@ -1,5 +1,4 @@
-/* Dual-state linear attention (DSLA) kernels: the layer of DESIGN.md section 4, forward and
- * backward.
+/* Dual-state linear attention (DSLA) kernels: DESIGN.md section 4, forward and backward.
  *
  * For each head h and state i in {1 (history), 2 (recency)}:
  *   log g_i,t = max(logsigmoid(a_i,t) / 16, -50)        one gate per key channel (H*d per token)
@@ -9,8 +8,8 @@
  * Three forms of that core, which the tests hold to one another:
  *   naive      fp64, the recurrence itself: the oracle (also a naive layer, with projections);
  *   recurrent  fp32, one token at a time, states updated in place: decode;
- *   chunked    fp32, GLA's chunk form (DSLA_CHUNK tokens, DSLA_SUBCHUNK secondary split): prefill
- * and training, with the matching backward.
+ *   chunked    fp32, GLA's chunk form (DSLA_CHUNK tokens, DSLA_SUBCHUNK secondary split):
+ *              prefill and training, with the matching backward.
  *
  * Layouts: activations (q, k, v, a1, a2, out and their gradients) are [B, T, H*d] row-major with
  * the heads contiguous in the last dimension; states are [B, H, d, d] fp32 (fp64 for naive); alpha

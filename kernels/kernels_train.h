@@ -3,9 +3,9 @@
  *
  * The student's layer output is h_out = h_mid + MLP(RMSNorm(h_mid)), h_mid = h_in +
  * DSLA(RMSNorm(h_in)), MLP(x) = W_down (silu(W_gate x) * (W_up x)). Only the DSLA weights train, so
- * the frozen MLP and norms need activation gradients only; the GEMM and RMSNorm weight gradients are
- * here for completeness and for later trainable layers. Also here: the loss terms of section 5.3,
- * AdamW, its learning-rate schedule and global gradient-norm clipping.
+ * the frozen MLP and norms need activation gradients only; the GEMM and RMSNorm weight gradients
+ * are here for completeness and for later trainable layers. Also here: the loss terms of
+ * section 5.3, AdamW, its learning-rate schedule and global gradient-norm clipping.
  *
  * Conventions are those of kernels.h: row-major float32, PyTorch Linear (out, in) weight layout,
  * outputs first; an output may alias an input only where the comment says so. A gradient is
@@ -22,7 +22,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* ---- linear layers (kernels/cpu/train_backward.c) --------------------------------------------- */
+/* ---- linear layers (kernels/cpu/train_backward.c) ---------------------------------------------
+ */
 
 /* Backward of y[m,n] = x[m,k] w[n,k]^T: dx[m,k] (+)= dy[m,n] w[n,k]. dx must not alias dy or w. */
 void dsla_cpu_gemm_backward_input(float *dx, const float *dy, const float *w, int m, int n, int k,
@@ -52,7 +53,8 @@ void dsla_cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const floa
 void dsla_cpu_swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate,
                               const float *up, int rows, int n, int stride);
 
-/* ---- frozen MLP block (kernels/cpu/train_mlp.c) ----------------------------------------------- */
+/* ---- frozen MLP block (kernels/cpu/train_mlp.c) -----------------------------------------------
+ */
 
 /* A Llama decoder layer's second half: h_out = h_mid + W_down (silu(W_gate x) * (W_up x)),
  * x = RMSNorm(h_mid; norm_w, eps). Weights in (out, in) layout. */
@@ -79,13 +81,15 @@ void dsla_cpu_mlp_block_forward(float *h_out, const float *h_mid, const dsla_mlp
 void dsla_cpu_mlp_block_backward(float *dh_mid, const float *dh_out, const float *h_mid,
                                  const dsla_mlp_block_t *mlp, int rows, float *work);
 
-/* ---- losses (kernels/cpu/train_loss.c) -------------------------------------------------------- */
+/* ---- losses (kernels/cpu/train_loss.c) --------------------------------------------------------
+ */
 
 /* The layer loss of DESIGN.md 5.3, the MSE normalised by the teacher's mean square:
  *   L = mean((s - t)^2) / mean(t^2) = sum((s - t)^2) / sum(t^2)   over all n elements,
  *   dL/ds = 2 (s - t) / sum(t^2).
  * An all-zero teacher (no real hidden state is) would divide by zero: the denominator is then taken
- * as 1, so L is the plain sum of squares and stays finite. grad may be NULL; it may alias student. */
+ * as 1, so L is the plain sum of squares and stays finite. grad may be NULL; it may alias student.
+ */
 double dsla_cpu_nmse_loss(float *grad, const float *student, const float *teacher, size_t n);
 
 /* Distillation KL of the final logits at temperature T > 0, [rows, vocab] each:
@@ -109,21 +113,23 @@ double dsla_cpu_kl_div_loss(float *grad, const float *student, const float *teac
  * input. */
 double dsla_cpu_cosine_similarity(float *da, float *db, const float *a, const float *b, size_t n);
 
-/* ---- optimizer (kernels/cpu/train_optim.c) ---------------------------------------------------- */
+/* ---- optimizer (kernels/cpu/train_optim.c) --------------------------------------------------- */
 
 /* AdamW and its schedule. Defaults (dsla_adamw_params_default) suit distilling one layer from a
- * teacher-initialised start: the update must move the copied weights, not overwrite them. */
+ * teacher-initialised start: the update must move the copied weights, not overwrite them.
+ * Scalars are double, as PyTorch's Python floats are: 1 - 0.999f is 1.3e-5 away from 0.001, an
+ * error every second-moment update would carry. */
 typedef struct {
-    float lr;            /* peak learning rate; default 1e-3 */
-    float min_lr;        /* where the cosine ends; default 1e-4 (a tenth of the peak) */
-    float beta1;         /* default 0.9 */
-    float beta2;         /* default 0.999 */
-    float eps;           /* added to sqrt(v_hat); default 1e-8 */
-    float weight_decay;  /* decoupled, scaled by the step's lr; default 0.01. Pass a copy with 0
-                          * for parameters that should not decay (biases, alpha). */
-    float max_grad_norm; /* global clipping threshold; default 1.0; <= 0 disables clipping */
-    int warmup_steps;    /* linear warm-up; default a tenth of total_steps */
-    int total_steps;     /* the cosine reaches min_lr here */
+    double lr;            /* peak learning rate; default 1e-3 */
+    double min_lr;        /* where the cosine ends; default 1e-4 (a tenth of the peak) */
+    double beta1;         /* default 0.9 */
+    double beta2;         /* default 0.999 */
+    double eps;           /* added to sqrt(v_hat); default 1e-8 */
+    double weight_decay;  /* decoupled, scaled by the step's lr; default 0.01. Pass a copy with 0
+                           * for parameters that should not decay (biases, alpha). */
+    double max_grad_norm; /* global clipping threshold; default 1.0; <= 0 disables clipping */
+    int warmup_steps;     /* linear warm-up; default a tenth of total_steps */
+    int total_steps;      /* the cosine reaches min_lr here */
 } dsla_adamw_params_t;
 
 dsla_adamw_params_t dsla_adamw_params_default(int total_steps);
@@ -134,7 +140,7 @@ dsla_adamw_params_t dsla_adamw_params_default(int total_steps);
  *                                progress = (step - warmup_steps) / (total_steps - warmup_steps)
  *   step >= total_steps:         min_lr.
  * Step 0 (before any update) gives 0 with a warm-up, lr without. */
-float dsla_adamw_lr(const dsla_adamw_params_t *p, long step);
+double dsla_adamw_lr(const dsla_adamw_params_t *p, long step);
 
 /* One AdamW update of n parameters with PyTorch's semantics (torch.optim.AdamW, amsgrad off):
  *   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
@@ -143,13 +149,14 @@ float dsla_adamw_lr(const dsla_adamw_params_t *p, long step);
  * m and v start at zero and are updated in place; step is 1-based; lr is this step's rate
  * (dsla_adamw_lr); the other hyper-parameters come from p. grad is read only. */
 void dsla_cpu_adamw_step(float *param, float *m, float *v, const float *grad, size_t n, long step,
-                         float lr, const dsla_adamw_params_t *p);
+                         double lr, const dsla_adamw_params_t *p);
 
-/* Global L2 norm over n_arrays gradient arrays (grads[i] holds counts[i] floats), returned as it was
- * before clipping. When it exceeds max_norm > 0, every array is scaled in place by max_norm / norm,
- * so the norm becomes max_norm (torch.nn.utils.clip_grad_norm_ adds 1e-6 to the norm; this does
- * not). A non-finite norm is returned without scaling anything, so the caller can skip the step. */
+/* Global L2 norm over n_arrays gradient arrays (grads[i] holds counts[i] floats), returned as it
+ * was before clipping. When it exceeds max_norm > 0, every array is scaled in place by max_norm /
+ * norm, so the norm becomes max_norm (torch.nn.utils.clip_grad_norm_ adds 1e-6 to the norm; this
+ * does not). A non-finite norm is returned without scaling anything, so the caller can skip the
+ * step. */
 double dsla_cpu_clip_grad_norm(float *const *grads, const size_t *counts, int n_arrays,
-                               float max_norm);
+                               double max_norm);
 
 #endif

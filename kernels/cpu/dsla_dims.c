@@ -8,7 +8,7 @@
  * bug. */
 #define DSLA_DSLA_MAX_ELEMENTS 1099511627776.0
 
-dsla_status_t dsla_dsla_check_dims(const dsla_dsla_dims_t *dims, const char *who) {
+dsla_status_t dsla_cpu_dsla_check_dims(const dsla_dsla_dims_t *dims, const char *who) {
     if (!dims) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: dims is NULL", who);
     if (dims->batch < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: batch %d must be >= 1", who, dims->batch);
@@ -30,7 +30,7 @@ dsla_status_t dsla_dsla_check_dims(const dsla_dsla_dims_t *dims, const char *who
     return DSLA_OK;
 }
 
-dsla_status_t dsla_dsla_check_in(const dsla_dsla_in_t *in, const void *work, const char *who) {
+dsla_status_t dsla_cpu_dsla_check_in(const dsla_dsla_in_t *in, const void *work, const char *who) {
     if (!in || !in->q || !in->k || !in->v || !in->a1 || !in->a2 || !in->alpha)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: q, k, v, a1, a2 and alpha are required",
                           who);

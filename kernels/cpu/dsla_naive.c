@@ -8,14 +8,14 @@
 
 #include "kernels/cpu/dsla_internal.h"
 
-static dsla_status_t dsla_dsla_check_in64(const dsla_dsla_in64_t *in, const char *who) {
+static dsla_status_t dsla_cpu_dsla_check_in64(const dsla_dsla_in64_t *in, const char *who) {
     if (!in || !in->q || !in->k || !in->v || !in->a1 || !in->a2 || !in->alpha)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: q, k, v, a1, a2 and alpha are required",
                           who);
     return DSLA_OK;
 }
 
-static void dsla_dsla_mix_weights64(const double alpha[2], double w[2]) {
+static void dsla_cpu_dsla_mix_weights64(const double alpha[2], double w[2]) {
     double m = fmax(alpha[0], alpha[1]);
     double e0 = exp(alpha[0] - m), e1 = exp(alpha[1] - m);
     w[0] = e0 / (e0 + e1);
@@ -23,10 +23,10 @@ static void dsla_dsla_mix_weights64(const double alpha[2], double w[2]) {
 }
 
 /* S = diag(exp(log g(a))) S + k^T v for one head's d x d state. */
-static void dsla_dsla_naive_update(double *S, const double *k, const double *v, const double *a,
-                                   int d) {
+static void dsla_cpu_dsla_naive_update(double *S, const double *k, const double *v, const double *a,
+                                       int d) {
     for (int c = 0; c < d; c++) {
-        double g = exp(dsla_dsla_log_gate64(a[c]));
+        double g = exp(dsla_cpu_dsla_log_gate64(a[c]));
         for (int j = 0; j < d; j++)
             S[(size_t)c * d + j] = g * S[(size_t)c * d + j] + k[c] * v[j];
     }
@@ -36,8 +36,8 @@ dsla_status_t dsla_cpu_dsla_naive_forward(const dsla_dsla_dims_t *dims, const ds
                                           const double *S1_0, const double *S2_0, double *out,
                                           double *S1_T, double *S2_T) {
     static const char who[] = "dsla_cpu_dsla_naive_forward";
-    DSLA_TRY(dsla_dsla_check_dims(dims, who));
-    DSLA_TRY(dsla_dsla_check_in64(in, who));
+    DSLA_TRY(dsla_cpu_dsla_check_dims(dims, who));
+    DSLA_TRY(dsla_cpu_dsla_check_in64(in, who));
     if (!out && dims->tokens > 0)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: out is NULL", who);
     const int T = dims->tokens, H = dims->heads, d = dims->head_dim, hd = H * d;
@@ -46,7 +46,7 @@ dsla_status_t dsla_cpu_dsla_naive_forward(const dsla_dsla_dims_t *dims, const ds
     if (!S) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: %zu bytes for a state", who, 8 * dd);
     const double scale = 1.0 / sqrt((double)d);
     double w[2];
-    dsla_dsla_mix_weights64(in->alpha, w);
+    dsla_cpu_dsla_mix_weights64(in->alpha, w);
     const double *S0[2] = {S1_0, S2_0}, *a[2] = {in->a1, in->a2};
     double *ST[2] = {S1_T, S2_T};
 
@@ -62,7 +62,7 @@ dsla_status_t dsla_cpu_dsla_naive_forward(const dsla_dsla_dims_t *dims, const ds
                     memset(S, 0, sizeof(double) * dd);
                 for (int t = 0; t < T; t++) {
                     size_t ro = ((size_t)b * T + t) * hd + (size_t)h * d;
-                    dsla_dsla_naive_update(S, in->k + ro, in->v + ro, a[i] + ro, d);
+                    dsla_cpu_dsla_naive_update(S, in->k + ro, in->v + ro, a[i] + ro, d);
                     for (int c = 0; c < d; c++) {
                         double qc = w[i] * scale * in->q[ro + c];
                         for (int j = 0; j < d; j++)
@@ -83,8 +83,8 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
                                            const double *dS2_T, const dsla_dsla_grad64_t *grad,
                                            double *dS1_0, double *dS2_0) {
     static const char who[] = "dsla_cpu_dsla_naive_backward";
-    DSLA_TRY(dsla_dsla_check_dims(dims, who));
-    DSLA_TRY(dsla_dsla_check_in64(in, who));
+    DSLA_TRY(dsla_cpu_dsla_check_dims(dims, who));
+    DSLA_TRY(dsla_cpu_dsla_check_in64(in, who));
     if (!grad || !grad->dq || !grad->dk || !grad->dv || !grad->da1 || !grad->da2 || !grad->dalpha ||
         !dout)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
@@ -102,7 +102,7 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
     }
     const double scale = 1.0 / sqrt((double)d);
     double w[2];
-    dsla_dsla_mix_weights64(in->alpha, w);
+    dsla_cpu_dsla_mix_weights64(in->alpha, w);
     const double *S0[2] = {S1_0, S2_0}, *dST[2] = {dS1_T, dS2_T}, *a[2] = {in->a1, in->a2};
     double *dS0[2] = {dS1_0, dS2_0}, *da[2] = {grad->da1, grad->da2};
     double G[2] = {0.0, 0.0};
@@ -125,7 +125,7 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
                     size_t ro = ((size_t)b * T + t) * hd + (size_t)h * d;
                     double *S = states + (size_t)(t + 1) * dd;
                     memcpy(S, S - dd, sizeof(double) * dd);
-                    dsla_dsla_naive_update(S, in->k + ro, in->v + ro, a[i] + ro, d);
+                    dsla_cpu_dsla_naive_update(S, in->k + ro, in->v + ro, a[i] + ro, d);
                 }
                 if (dST[i])
                     memcpy(dS, dST[i] + so, sizeof(double) * dd);
@@ -148,7 +148,7 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
                     }
                     for (int c = 0; c < d; c++) {
                         /* the update S = g S_prev + k^T v */
-                        double lg = dsla_dsla_log_gate64(a[i][ro + c]), g = exp(lg);
+                        double lg = dsla_cpu_dsla_log_gate64(a[i][ro + c]), g = exp(lg);
                         double dkc = 0.0, dlg = 0.0;
                         for (int j = 0; j < d; j++) {
                             double ds = dS[(size_t)c * d + j];
@@ -158,7 +158,7 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
                             dS[(size_t)c * d + j] = g * ds;
                         }
                         grad->dk[ro + c] += dkc;
-                        da[i][ro + c] = g * dlg * dsla_dsla_log_gate_grad64(a[i][ro + c]);
+                        da[i][ro + c] = g * dlg * dsla_cpu_dsla_log_gate_grad64(a[i][ro + c]);
                     }
                 }
                 if (dS0[i]) memcpy(dS0[i] + so, dS, sizeof(double) * dd);

@@ -10,23 +10,23 @@
 /* q, k, v, a1, a2, mixed output, and the gradients of the same six. */
 enum { DSLA_NAIVE_LAYER_ACTIVATIONS = 12, DSLA_NAIVE_LAYER_PROJECTIONS = 5 };
 
-static int dsla_dsla_weights64_ok(const dsla_dsla_layer_weights64_t *w) {
+static int dsla_cpu_dsla_weights64_ok(const dsla_dsla_layer_weights64_t *w) {
     return w && w->wq && w->wk && w->wv && w->wo && w->wg1 && w->bg1 && w->wg2 && w->bg2 &&
            w->alpha;
 }
 
 /* act[0..5] = q, k, v, a1, a2, mix for x; one malloc of 12 activations, caller frees act[0]. */
-static dsla_status_t dsla_dsla_naive_layer_run(const dsla_dsla_dims_t *dims, int model_dim,
-                                               const dsla_dsla_layer_weights64_t *w,
-                                               const double *x, const double *S1_0,
-                                               const double *S2_0, double *S1_T, double *S2_T,
-                                               double *act[DSLA_NAIVE_LAYER_ACTIVATIONS],
-                                               const char *who) {
-    DSLA_TRY(dsla_dsla_check_dims(dims, who));
+static dsla_status_t dsla_cpu_dsla_naive_layer_run(const dsla_dsla_dims_t *dims, int model_dim,
+                                                   const dsla_dsla_layer_weights64_t *w,
+                                                   const double *x, const double *S1_0,
+                                                   const double *S2_0, double *S1_T, double *S2_T,
+                                                   double *act[DSLA_NAIVE_LAYER_ACTIVATIONS],
+                                                   const char *who) {
+    DSLA_TRY(dsla_cpu_dsla_check_dims(dims, who));
     if (model_dim < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: model_dim %d must be >= 1", who,
                           model_dim);
-    if (!dsla_dsla_weights64_ok(w) || !x)
+    if (!dsla_cpu_dsla_weights64_ok(w) || !x)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: every weight and x are required", who);
     const int rows = dims->batch * dims->tokens, D = model_dim;
     const int hd = dims->heads * dims->head_dim;
@@ -59,7 +59,8 @@ dsla_status_t dsla_cpu_dsla_naive_layer_forward(const dsla_dsla_dims_t *dims, in
     static const char who[] = "dsla_cpu_dsla_naive_layer_forward";
     if (!y) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: y is NULL", who);
     double *act[DSLA_NAIVE_LAYER_ACTIVATIONS];
-    DSLA_TRY(dsla_dsla_naive_layer_run(dims, model_dim, w, x, S1_0, S2_0, S1_T, S2_T, act, who));
+    DSLA_TRY(
+        dsla_cpu_dsla_naive_layer_run(dims, model_dim, w, x, S1_0, S2_0, S1_T, S2_T, act, who));
     const int rows = dims->batch * dims->tokens, hd = dims->heads * dims->head_dim;
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, model_dim, hd, 1.0, act[5], hd,
                 w->wo, hd, 0.0, y, model_dim);
@@ -80,7 +81,8 @@ dsla_status_t dsla_cpu_dsla_naive_layer_backward(const dsla_dsla_dims_t *dims, i
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: dy, dx and every gradient are required",
                           who);
     double *act[DSLA_NAIVE_LAYER_ACTIVATIONS];
-    DSLA_TRY(dsla_dsla_naive_layer_run(dims, model_dim, w, x, S1_0, S2_0, NULL, NULL, act, who));
+    DSLA_TRY(
+        dsla_cpu_dsla_naive_layer_run(dims, model_dim, w, x, S1_0, S2_0, NULL, NULL, act, who));
     const int rows = dims->batch * dims->tokens, D = model_dim;
     const int hd = dims->heads * dims->head_dim;
     double *const *dact = act + DSLA_NAIVE_LAYER_ACTIVATIONS / 2; /* dq, dk, dv, da1, da2, dmix */

@@ -11,15 +11,15 @@ dsla_status_t dsla_cpu_dsla_recurrent_forward(const dsla_dsla_dims_t *dims,
                                               const dsla_dsla_in_t *in, float *S1, float *S2,
                                               float *out) {
     static const char who[] = "dsla_cpu_dsla_recurrent_forward";
-    DSLA_TRY(dsla_dsla_check_dims(dims, who));
-    DSLA_TRY(dsla_dsla_check_in(in, S1, who));
+    DSLA_TRY(dsla_cpu_dsla_check_dims(dims, who));
+    DSLA_TRY(dsla_cpu_dsla_check_in(in, S1, who));
     if (!S2 || (!out && dims->tokens > 0))
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: S1, S2 and out are required", who);
     const int T = dims->tokens, H = dims->heads, d = dims->head_dim, hd = H * d;
     const size_t dd = (size_t)d * d;
     const float scale = 1.0f / sqrtf((float)d);
     float w[2];
-    dsla_dsla_mix_weights(in->alpha, w);
+    dsla_cpu_dsla_mix_weights(in->alpha, w);
 
     for (int b = 0; b < dims->batch; b++) {
         for (int t = 0; t < T; t++) {
@@ -31,8 +31,8 @@ dsla_status_t dsla_cpu_dsla_recurrent_forward(const dsla_dsla_dims_t *dims,
                 float *s1 = S1 + ((size_t)b * H + h) * dd, *s2 = S2 + ((size_t)b * H + h) * dd;
                 memset(o, 0, sizeof(float) * d);
                 for (int c = 0; c < d; c++) {
-                    float g1 = expf(dsla_dsla_log_gate(a1[c]));
-                    float g2 = expf(dsla_dsla_log_gate(a2[c]));
+                    float g1 = expf(dsla_cpu_dsla_log_gate(a1[c]));
+                    float g2 = expf(dsla_cpu_dsla_log_gate(a2[c]));
                     float kc = k[c], q1 = w[0] * scale * q[c], q2 = w[1] * scale * q[c];
                     float *r1 = s1 + (size_t)c * d, *r2 = s2 + (size_t)c * d;
                     for (int j = 0; j < d; j++) {

@@ -2,7 +2,8 @@
  * can carry the loss gradient from a layer's output back to the DSLA sublayer's residual stream.
  *
  * Workspace (rows of each): xn [dim] the normed input, then its gradient; gate, up [hidden] the two
- * projections, then their gradients (in place); act [hidden] the SwiGLU output, then its gradient. */
+ * projections, then their gradients (in place); act [hidden] the SwiGLU output, then its gradient.
+ */
 #include "kernels/kernels_train.h"
 
 #include <string.h>

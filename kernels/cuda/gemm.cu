@@ -26,13 +26,6 @@ extern "C" dsla_status_t dsla_cuda_blas_create(dsla_cuda_blas_t **out) {
         free(h);
         return dsla_error(DSLA_ERR_INTERNAL, "cublasCreate: %s", cublasGetStatusString(st));
     }
-    /* fp32 GEMMs must stay full fp32: they are the GPU side of the CPU comparison. */
-    st = cublasSetMathMode(h->handle, CUBLAS_PEDANTIC_MATH);
-    if (st != CUBLAS_STATUS_SUCCESS) {
-        cublasDestroy(h->handle);
-        free(h);
-        return dsla_error(DSLA_ERR_INTERNAL, "cublasSetMathMode: %s", cublasGetStatusString(st));
-    }
     *out = h;
     return DSLA_OK;
 }
@@ -61,13 +54,11 @@ extern "C" dsla_status_t dsla_cuda_gemm(dsla_cuda_blas_t *h, dsla_cuda_stream_t 
                           "bf16->f32, bf16->bf16",
                           dsla_dtype_name(in_dtype), dsla_dtype_name(y_dtype));
     }
-    /* Pedantic math forbids tensor cores even for bf16, so the mode follows the dtype. */
-    DSLA_CUBLAS_CHECK(cublasSetMathMode(h->handle, in_type == CUDA_R_32F ? CUBLAS_PEDANTIC_MATH
-                                                                         : CUBLAS_DEFAULT_MATH));
     DSLA_CUBLAS_CHECK(cublasSetStream(h->handle, stream));
     const float alpha = 1.0f;
-    /* Row-major y[m,n] = x[m,k] w[n,k]^T is column-major y^T[n,m] = w^T... i.e. cuBLAS sees w as a
-     * k x n column-major matrix (op T gives n x k) and x as k x m (op N). */
+    /* cuBLAS is column-major: row-major y[m,n] is its y^T [n,m] = w [n,k] x^T [k,m], where it reads
+     * row-major w as a k x n matrix (so op T) and row-major x as k x m (op N). CUBLAS_COMPUTE_32F
+     * (not ..._FAST_TF32) keeps fp32 inputs in full fp32: they are the GPU side of the CPU check. */
     DSLA_CUBLAS_CHECK(cublasGemmEx(h->handle, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, in_type,
                                    k, x, in_type, k, &beta, y, out_type, n, CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));
