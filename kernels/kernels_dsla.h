@@ -74,8 +74,7 @@ typedef struct {
     double *dalpha;
 } dsla_dsla_grad64_t;
 
-/* ---- naive (fp64 oracle) ----------------------------------------------------------------------
- */
+/* ---- naive (fp64 oracle) ---- */
 
 dsla_status_t dsla_cpu_dsla_naive_forward(const dsla_dsla_dims_t *dims, const dsla_dsla_in64_t *in,
                                           const double *S1_0, const double *S2_0, double *out,
@@ -89,8 +88,7 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
                                            const double *dS2_T, const dsla_dsla_grad64_t *grad,
                                            double *dS1_0, double *dS2_0);
 
-/* ---- recurrent (fp32 decode) ------------------------------------------------------------------
- */
+/* ---- recurrent (fp32 decode) ---- */
 
 /* Feeds T tokens one at a time; S1 and S2 [B, H, d, d] are read and updated in place. One pass over
  * each state row per token does decay, rank-1 update, read-out and mixing. Needs no workspace. */
@@ -98,8 +96,7 @@ dsla_status_t dsla_cpu_dsla_recurrent_forward(const dsla_dsla_dims_t *dims,
                                               const dsla_dsla_in_t *in, float *S1, float *S2,
                                               float *out);
 
-/* ---- chunked (fp32 prefill and training) ------------------------------------------------------
- */
+/* ---- chunked (fp32 prefill and training) ---- */
 
 /* Floats of workspace that chunked forward and backward need for these dims (backward keeps one
  * state per chunk boundary of one head, so this grows with T / DSLA_CHUNK). */
@@ -117,11 +114,10 @@ dsla_status_t dsla_cpu_dsla_chunked_backward(const dsla_dsla_dims_t *dims, const
                                              const float *dS2_T, const dsla_dsla_grad_t *grad,
                                              float *dS1_0, float *dS2_0, float *work);
 
-/* ---- whole layer: projections, chunked core, output projection --------------------------------
- */
+/* ---- whole layer: projections, chunked core, output projection ---- */
 
-/* Weights in nn.Linear (out, in) layout: wq, wk, wv, wg1, wg2 [H*d, D]; wo [D, H*d]; bg1, bg2
- * [H*d]; alpha [2]. The same struct types hold the gradients (dsla_dsla_layer_grads_t). */
+/* Weights in nn.Linear (out, in) layout: wq, wk, wv, wg1, wg2 [H*d, D]; wo [D, H*d];
+ * bg1, bg2 [H*d]; alpha [2]. Their gradients have the same shapes. */
 typedef struct {
     const float *wq, *wk, *wv, *wo, *wg1, *bg1, *wg2, *bg2, *alpha;
 } dsla_dsla_layer_weights_t;
@@ -138,9 +134,8 @@ typedef struct {
     double *wq, *wk, *wv, *wo, *wg1, *bg1, *wg2, *bg2, *alpha;
 } dsla_dsla_layer_grads64_t;
 
-/* The caller's memory, carved by _init: activations the forward saves for the backward (q, k, v,
- * a1, a2 and the mixed core output), the backward's activation gradients, and the core's workspace.
- */
+/* The caller's memory, carved by _init: what the forward saves for the backward (q, k, v, a1, a2,
+ * the mixed core output), the backward's activation gradients, and the core's workspace. */
 typedef struct {
     dsla_dsla_dims_t dims;
     int model_dim;

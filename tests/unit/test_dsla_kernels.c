@@ -28,8 +28,7 @@ static const double FD_STEP = 1e-6;
 static const double TOL_FD = 1e-7;
 static const double FD_FLOOR = 1.0;
 
-/* ---- helpers ----------------------------------------------------------------------------------
- */
+/* ---- helpers ---- */
 
 static float *f32_poisoned(size_t n) {
     float *p = malloc(sizeof(float) * (n ? n : 1));
@@ -83,8 +82,7 @@ static float *slice_tokens32(const float *src, int B, int T, int w, int t0, int 
     return dst;
 }
 
-/* ---- random core problems ---------------------------------------------------------------------
- */
+/* ---- random core problems ---- */
 
 typedef enum {
     GATES_MODERATE, /* a ~ 2 N(0,1): log g around -0.04 */
@@ -183,8 +181,7 @@ static size_t core_grad_size(const problem_t *p, int i) {
     return i < 5 ? p->n : i == 5 ? 2 : p->ns;
 }
 
-/* ---- random forms against the oracle ----------------------------------------------------------
- */
+/* ---- random forms against the oracle ---- */
 
 /* dalpha = w1 w2 (G1 - G2), G_i = sum(dOut * o_i), is a reduction over B*T*H*d products whose terms
  * cancel (random signs; and the two states nearly agree when both gates are open and there are no
@@ -332,8 +329,7 @@ static void test_forms_agree(void **state) {
     assert_true(worst <= TOL_F32);
 }
 
-/* ---- decode: one token per call, states in place ----------------------------------------------
- */
+/* ---- decode: one token per call, states in place ---- */
 
 static void test_decode_token_by_token(void **state) {
     (void)state;
@@ -377,8 +373,7 @@ static void test_decode_token_by_token(void **state) {
     problem_free(&p);
 }
 
-/* ---- chained segments: states forward, state gradients backward -------------------------------
- */
+/* ---- chained segments: states forward, state gradients backward ---- */
 
 static void test_chained_segments(void **state) {
     (void)state;
@@ -493,8 +488,7 @@ static void test_chained_segments(void **state) {
     problem_free(&full);
 }
 
-/* ---- finite differences on the fp64 oracle ----------------------------------------------------
- */
+/* ---- finite differences on the fp64 oracle ---- */
 
 typedef struct {
     double *param;
@@ -664,8 +658,7 @@ static void test_layer_backward_finite_differences(void **state) {
     free(dx);
 }
 
-/* ---- reference vectors ------------------------------------------------------------------------
- */
+/* ---- reference vectors ---- */
 
 /* A malloc'd copy of tensor case<c>.<key> (F64), NULL when absent; n receives its element count. */
 static double *ref_tensor(const dsla_safetensors_t *st, int c, const char *key, size_t *n) {
@@ -816,8 +809,7 @@ static void test_reference_vectors(void **state) {
     free(path);
 }
 
-/* ---- argument errors --------------------------------------------------------------------------
- */
+/* ---- argument errors ---- */
 
 static void test_invalid_arguments(void **state) {
     (void)state;
