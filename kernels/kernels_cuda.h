@@ -23,13 +23,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* For dsla_status_t, dsla_dtype_t, dsla_paged_kv_t and dsla_attn_shape_t. When kernels.h includes
- * this header (at its end), the include guard makes this a no-op. */
-#include "kernels/kernels.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* For dsla_status_t, dsla_dtype_t, dsla_paged_kv_t and dsla_attn_shape_t; inside the extern "C"
+ * because those headers have no C++ guards of their own and the .cu files include them from here.
+ * When kernels.h includes this header (at its end), the include guard makes this a no-op. */
+#include "kernels/kernels.h"
 
 /* cudaStream_t is `struct CUstream_st *`; naming the struct keeps this header free of CUDA headers
  * while a cudaStream_t still converts without a cast. NULL is the legacy default stream. */
@@ -139,8 +140,8 @@ typedef struct {
 size_t dsla_cuda_attention_decode_workspace(int n_seqs, int max_context,
                                             const dsla_attn_shape_t *shape);
 dsla_status_t dsla_cuda_attention_decode(dsla_cuda_stream_t stream, float *out, int out_stride,
-                                         const float *q, int q_stride, int n_seqs,
-                                         int max_context, const dsla_attn_shape_t *shape,
+                                         const float *q, int q_stride, int n_seqs, int max_context,
+                                         const dsla_attn_shape_t *shape,
                                          const dsla_cuda_paged_batch_t *kv, void *workspace,
                                          size_t workspace_bytes);
 

@@ -12,10 +12,17 @@ void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n
         const char *value = "";
         switch (specs[i].kind) {
         case DSLA_ARG_STRING:
-        case DSLA_ARG_STRING_LIST: value = " TEXT"; break;
-        case DSLA_ARG_INT: value = " N"; break;
-        case DSLA_ARG_FLOAT: value = " X"; break;
-        case DSLA_ARG_FLAG: break;
+        case DSLA_ARG_STRING_LIST:
+            value = " TEXT";
+            break;
+        case DSLA_ARG_INT:
+            value = " N";
+            break;
+        case DSLA_ARG_FLOAT:
+            value = " X";
+            break;
+        case DSLA_ARG_FLAG:
+            break;
         }
         char left[64];
         snprintf(left, sizeof left, "--%s%s", specs[i].name, value);
@@ -27,7 +34,8 @@ void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n
 static const dsla_arg_spec_t *find_spec(const dsla_arg_spec_t *specs, int n, const char *name,
                                         size_t len) {
     for (int i = 0; i < n; i++)
-        if (strlen(specs[i].name) == len && strncmp(specs[i].name, name, len) == 0) return &specs[i];
+        if (strlen(specs[i].name) == len && strncmp(specs[i].name, name, len) == 0)
+            return &specs[i];
     return NULL;
 }
 
@@ -35,7 +43,9 @@ static int store_value(const dsla_arg_spec_t *spec, const char *value) {
     char *end = NULL;
     errno = 0;
     switch (spec->kind) {
-    case DSLA_ARG_STRING: *(const char **)spec->dest = value; return 0;
+    case DSLA_ARG_STRING:
+        *(const char **)spec->dest = value;
+        return 0;
     case DSLA_ARG_STRING_LIST: {
         dsla_arg_list_t *list = spec->dest;
         if (list->count >= DSLA_ARG_LIST_MAX) {
@@ -74,7 +84,9 @@ static int store_value(const dsla_arg_spec_t *spec, const char *value) {
         *(double *)spec->dest = v;
         return 0;
     }
-    case DSLA_ARG_FLAG: *(bool *)spec->dest = true; return 0;
+    case DSLA_ARG_FLAG:
+        *(bool *)spec->dest = true;
+        return 0;
     }
     return 2;
 }

@@ -10,7 +10,8 @@
 
 static const char usage[] =
     "usage: dsla generate --model DIR --prompt TEXT [options]\n\n"
-    "Generates a continuation of TEXT with the Llama model in DIR (Hugging Face layout: config.json,\n"
+    "Generates a continuation of TEXT with the Llama model in DIR (Hugging Face layout: "
+    "config.json,\n"
     "safetensors, tokenizer.json). Text goes to stdout as it is produced; statistics to stderr.";
 
 /* A default that suits a quick look at a model; the context still caps it. */
@@ -100,7 +101,8 @@ int dsla_cmd_generate(int argc, char **argv) {
     if (status == DSLA_OK) {
         if (print_ids) {
             fprintf(stderr, "ids:");
-            for (int i = 0; i < result.completion_tokens; i++) fprintf(stderr, " %d", result.ids[i]);
+            for (int i = 0; i < result.completion_tokens; i++)
+                fprintf(stderr, " %d", result.ids[i]);
             fputc('\n', stderr);
         }
         double decode_tps = result.decode_seconds > 0

@@ -10,9 +10,9 @@
  * - decode (version 1, split-K "flash decoding"): one query per sequence. A block owns one KV head,
  *   all the query heads of its group (so K and V are read once per group) and one chunk of the
  *   context; a second kernel merges the chunks by their softmax statistics. Chunks are cut so that
- *   even one sequence fills the GPU, and K/V rows are read as 16-byte vectors, four tokens in flight
- *   per lane group, since decode attention is a pure stream over the cache.
- * Both use expf (not __expf) so that fp32 results agree with the CPU to rounding. */
+ *   even one sequence fills the GPU, and K/V rows are read as 16-byte vectors, four tokens in
+ * flight per lane group, since decode attention is a pure stream over the cache. Both use expf (not
+ * __expf) so that fp32 results agree with the CPU to rounding. */
 #include <math.h>
 
 #include "kernels/cuda/cuda_check.h"
@@ -20,8 +20,8 @@
 /* ---- kv_append ---- */
 
 static __global__ void kv_append(float *k, float *v, const int32_t *table, int block_tokens,
-                                 int width, int past, int n, const float *k_src,
-                                 const float *v_src, int src_stride) {
+                                 int width, int past, int n, const float *k_src, const float *v_src,
+                                 int src_stride) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)n * width) return;
     const int i = (int)(idx / width), j = (int)(idx % width);
@@ -85,8 +85,9 @@ static __global__ void __launch_bounds__(PF_THREADS)
     const int tid = threadIdx.x, r = tid / PF_TPR, sub = tid % PF_TPR;
     for (int idx = tid; idx < PF_BQ * D; idx += PF_THREADS) {
         const int rr = idx / D, j = idx % D;
-        qs[rr][j] = q0 + rr < a.n_new ? q[(size_t)(q0 + rr) * a.q_stride + (size_t)h * D + j] * a.scale
-                                      : 0.0f;
+        qs[rr][j] = q0 + rr < a.n_new
+                        ? q[(size_t)(q0 + rr) * a.q_stride + (size_t)h * D + j] * a.scale
+                        : 0.0f;
     }
     /* Rows past n_new compute as copies of the last row and are not stored, so no row is ever
      * fully masked in the first tile (key 0 is visible to all). */
@@ -194,11 +195,21 @@ extern "C" dsla_status_t dsla_cuda_attention_prefill(dsla_cuda_stream_t stream, 
                       1.0f / sqrtf((float)d)};
     const dim3 grid(dsla_cuda_blocks_for((size_t)n_new, PF_BQ), shape->n_heads);
     switch (d) {
-    case 8: launch_prefill<8>(grid, stream, out, q, a); break;
-    case 16: launch_prefill<16>(grid, stream, out, q, a); break;
-    case 32: launch_prefill<32>(grid, stream, out, q, a); break;
-    case 64: launch_prefill<64>(grid, stream, out, q, a); break;
-    default: launch_prefill<128>(grid, stream, out, q, a); break;
+    case 8:
+        launch_prefill<8>(grid, stream, out, q, a);
+        break;
+    case 16:
+        launch_prefill<16>(grid, stream, out, q, a);
+        break;
+    case 32:
+        launch_prefill<32>(grid, stream, out, q, a);
+        break;
+    case 64:
+        launch_prefill<64>(grid, stream, out, q, a);
+        break;
+    default:
+        launch_prefill<128>(grid, stream, out, q, a);
+        break;
     }
     DSLA_CUDA_CHECK_LAUNCH("attention prefill");
     return DSLA_OK;
@@ -208,10 +219,10 @@ extern "C" dsla_status_t dsla_cuda_attention_prefill(dsla_cuda_stream_t stream, 
 
 enum {
     DEC_WARPS = 4,
-    DEC_UNROLL = 4,      /* tokens per lane group per step: 8 vector loads in flight per lane */
-    DEC_MAX_GROUP = 8,   /* query heads per KV head (Llama-3-70B has 8) */
+    DEC_UNROLL = 4,    /* tokens per lane group per step: 8 vector loads in flight per lane */
+    DEC_MAX_GROUP = 8, /* query heads per KV head (Llama-3-70B has 8) */
     DEC_TARGET_BLOCKS = 1024, /* enough blocks to fill 132 SMs several times over */
-    DEC_MIN_CHUNK = 64,  /* below this a chunk's merge costs more than its keys */
+    DEC_MIN_CHUNK = 64,       /* below this a chunk's merge costs more than its keys */
 };
 
 struct decode_args {
@@ -231,8 +242,8 @@ static int decode_splits(int n_seqs, int max_context, const dsla_attn_shape_t *s
     return splits < 1 ? 1 : splits;
 }
 
-/* A lane group of LANES lanes holds one token's head row, EPL contiguous floats per lane (one or two
- * 16-byte loads); a warp covers 32 / LANES tokens at once. */
+/* A lane group of LANES lanes holds one token's head row, EPL contiguous floats per lane (one or
+ * two 16-byte loads); a warp covers 32 / LANES tokens at once. */
 template <int D> struct decode_geom {
     static constexpr int LANES = D / 4 < DSLA_CUDA_WARP ? D / 4 : DSLA_CUDA_WARP;
     static constexpr int EPL = D / LANES;
@@ -289,10 +300,11 @@ static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
 #pragma unroll
         for (int e = 0; e < EPL; e++) {
             acc[g][e] = 0.0f;
-            qr[g][e] = g < a.group ? q[(size_t)s * a.q_stride + (size_t)(kvh * a.group + g) * D +
-                                       dim0 + e] *
-                                         a.scale
-                                   : 0.0f;
+            qr[g][e] =
+                g < a.group
+                    ? q[(size_t)s * a.q_stride + (size_t)(kvh * a.group + g) * D + dim0 + e] *
+                          a.scale
+                    : 0.0f;
         }
     }
 
@@ -417,8 +429,8 @@ static __global__ void decode_combine(float *out, int out_stride, const float *p
 
 extern "C" size_t dsla_cuda_attention_decode_workspace(int n_seqs, int max_context,
                                                        const dsla_attn_shape_t *shape) {
-    const size_t parts = (size_t)n_seqs * shape->n_heads *
-                         (size_t)decode_splits(n_seqs, max_context, shape);
+    const size_t parts =
+        (size_t)n_seqs * shape->n_heads * (size_t)decode_splits(n_seqs, max_context, shape);
     return parts * ((size_t)shape->head_dim + 2) * sizeof(float);
 }
 
@@ -429,10 +441,10 @@ static void launch_decode(dsla_cuda_stream_t stream, float *out, int out_stride,
     const size_t parts = (size_t)n_seqs * a.n_heads * a.splits;
     float *part_m = ws + parts * D, *part_l = part_m + parts;
     const dim3 grid(n_seqs, a.n_heads / a.group, a.splits);
-    decode_split<D><<<grid, DEC_WARPS * DSLA_CUDA_WARP, 0, stream>>>(part_acc, part_m, part_l, q,
-                                                                      a);
+    decode_split<D>
+        <<<grid, DEC_WARPS * DSLA_CUDA_WARP, 0, stream>>>(part_acc, part_m, part_l, q, a);
     decode_combine<D><<<n_seqs * a.n_heads, D, 0, stream>>>(out, out_stride, part_acc, part_m,
-                                                           part_l, a.n_heads, a.splits);
+                                                            part_l, a.n_heads, a.splits);
 }
 
 extern "C" dsla_status_t dsla_cuda_attention_decode(dsla_cuda_stream_t stream, float *out,
@@ -471,11 +483,21 @@ extern "C" dsla_status_t dsla_cuda_attention_decode(dsla_cuda_stream_t stream, f
                      1.0f / sqrtf((float)d)};
     float *ws = (float *)workspace;
     switch (d) {
-    case 8: launch_decode<8>(stream, out, out_stride, q, n_seqs, a, ws); break;
-    case 16: launch_decode<16>(stream, out, out_stride, q, n_seqs, a, ws); break;
-    case 32: launch_decode<32>(stream, out, out_stride, q, n_seqs, a, ws); break;
-    case 64: launch_decode<64>(stream, out, out_stride, q, n_seqs, a, ws); break;
-    default: launch_decode<128>(stream, out, out_stride, q, n_seqs, a, ws); break;
+    case 8:
+        launch_decode<8>(stream, out, out_stride, q, n_seqs, a, ws);
+        break;
+    case 16:
+        launch_decode<16>(stream, out, out_stride, q, n_seqs, a, ws);
+        break;
+    case 32:
+        launch_decode<32>(stream, out, out_stride, q, n_seqs, a, ws);
+        break;
+    case 64:
+        launch_decode<64>(stream, out, out_stride, q, n_seqs, a, ws);
+        break;
+    default:
+        launch_decode<128>(stream, out, out_stride, q, n_seqs, a, ws);
+        break;
     }
     DSLA_CUDA_CHECK_LAUNCH("attention decode");
     return DSLA_OK;

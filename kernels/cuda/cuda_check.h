@@ -1,6 +1,7 @@
 /* Error checking shared by the CUDA kernel files: every CUDA runtime call and every launch goes
- * through DSLA_CUDA_CHECK / DSLA_CUDA_CHECK_LAUNCH, which turn a failure into DSLA_ERR_INTERNAL naming
- * the call and cudaGetErrorString's text. Only for kernels/cuda/*.cu; declares no kernels. */
+ * through DSLA_CUDA_CHECK / DSLA_CUDA_CHECK_LAUNCH, which turn a failure into DSLA_ERR_INTERNAL
+ * naming the call and cudaGetErrorString's text. Only for kernels/cuda/*.cu; declares no kernels.
+ */
 #ifndef DSLA_KERNELS_CUDA_CHECK_H
 #define DSLA_KERNELS_CUDA_CHECK_H
 

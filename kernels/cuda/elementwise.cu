@@ -1,6 +1,6 @@
-/* Element-wise ops on the GPU: embedding lookup, SwiGLU, residual add, fp32 -> bf16. Each is one pass
- * over memory, so each thread handles one element with coalesced accesses; they are bandwidth-bound
- * and the launch is the only other cost. */
+/* Element-wise ops on the GPU: embedding lookup, SwiGLU, residual add, fp32 -> bf16. Each is one
+ * pass over memory, so each thread handles one element with coalesced accesses; they are
+ * bandwidth-bound and the launch is the only other cost. */
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/cuda_check.h"
@@ -20,7 +20,8 @@ static __global__ void embedding(float *out, const T *table, const int32_t *toke
     if (i >= (size_t)n * dim) return;
     const int row = (int)(i / dim), col = (int)(i % dim);
     const int32_t tok = tokens[row];
-    out[i] = (tok >= 0 && tok < vocab) ? (float)table[(size_t)tok * dim + col] : __int_as_float(0x7fc00000);
+    out[i] = (tok >= 0 && tok < vocab) ? (float)table[(size_t)tok * dim + col]
+                                       : __int_as_float(0x7fc00000);
 }
 
 extern "C" dsla_status_t dsla_cuda_embedding(dsla_cuda_stream_t stream, float *out,

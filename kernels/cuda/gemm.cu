@@ -1,5 +1,5 @@
-/* Linear layers on the GPU through cuBLAS: y = x @ W^T with W in the PyTorch Linear layout, fp32 for
- * exactness checks, bf16 operands with fp32 accumulation for speed. */
+/* Linear layers on the GPU through cuBLAS: y = x @ W^T with W in the PyTorch Linear layout, fp32
+ * for exactness checks, bf16 operands with fp32 accumulation for speed. */
 #include <cublas_v2.h>
 #include <stdlib.h>
 
@@ -58,7 +58,8 @@ extern "C" dsla_status_t dsla_cuda_gemm(dsla_cuda_blas_t *h, dsla_cuda_stream_t 
     const float alpha = 1.0f;
     /* cuBLAS is column-major: row-major y[m,n] is its y^T [n,m] = w [n,k] x^T [k,m], where it reads
      * row-major w as a k x n matrix (so op T) and row-major x as k x m (op N). CUBLAS_COMPUTE_32F
-     * (not ..._FAST_TF32) keeps fp32 inputs in full fp32: they are the GPU side of the CPU check. */
+     * (not ..._FAST_TF32) keeps fp32 inputs in full fp32: they are the GPU side of the CPU check.
+     */
     DSLA_CUBLAS_CHECK(cublasGemmEx(h->handle, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, in_type,
                                    k, x, in_type, k, &beta, y, out_type, n, CUBLAS_COMPUTE_32F,
                                    CUBLAS_GEMM_DEFAULT));

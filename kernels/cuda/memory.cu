@@ -1,5 +1,5 @@
-/* Device memory, copies and streams with status codes: the thin layer every CUDA caller uses so that
- * a failure names the call instead of surfacing later as a bad pointer. */
+/* Device memory, copies and streams with status codes: the thin layer every CUDA caller uses so
+ * that a failure names the call instead of surfacing later as a bad pointer. */
 #include "kernels/cuda/cuda_check.h"
 
 extern "C" dsla_status_t dsla_cuda_malloc(void **out, size_t bytes) {

@@ -1,6 +1,7 @@
-/* RMSNorm on the GPU (Hugging Face LlamaRMSNorm), plain and fused with the residual add that precedes
- * every norm in a decoder layer. One block per row: the row's sum of squares is a block reduction,
- * then the row is scaled in a second sweep that hits the cache the first sweep filled. */
+/* RMSNorm on the GPU (Hugging Face LlamaRMSNorm), plain and fused with the residual add that
+ * precedes every norm in a decoder layer. One block per row: the row's sum of squares is a block
+ * reduction, then the row is scaled in a second sweep that hits the cache the first sweep filled.
+ */
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/cuda_check.h"
@@ -33,23 +34,56 @@ static __device__ float block_sum(float v) {
     return total;
 }
 
-/* With delta != NULL: residual(x) += delta first, written back, and the norm is of the sum. */
+/* With delta != NULL: residual(x) += delta first, written back, and the norm is of the sum.
+ * Version 2: rows whose width is a multiple of 4 move as float4, four vectors per thread in flight
+ * (a 4096-wide row is one round of loads); version 1 looped over scalars, one DRAM latency per
+ * element per thread, and took 10 us for 64 rows of 4096 (210 GB/s) on an H200. */
 template <typename T>
 static __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm(T *y, float *x, const float *delta, const float *w, int dim, float eps) {
     const size_t base = (size_t)blockIdx.x * dim;
+    const bool vec = (dim & 3) == 0;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < dim; i += NORM_THREADS) {
-        float v = x[base + i];
-        if (delta) {
-            v += delta[base + i];
-            x[base + i] = v;
+    if (vec) {
+        float4 *x4 = reinterpret_cast<float4 *>(x + base);
+        const float4 *d4 = delta ? reinterpret_cast<const float4 *>(delta + base) : nullptr;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < dim / 4; i += NORM_THREADS) {
+            float4 v = x4[i];
+            if (delta) {
+                const float4 d = d4[i];
+                v.x += d.x, v.y += d.y, v.z += d.z, v.w += d.w;
+                x4[i] = v;
+            }
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         }
-        ss += v * v;
+    } else {
+        for (int i = threadIdx.x; i < dim; i += NORM_THREADS) {
+            float v = x[base + i];
+            if (delta) {
+                v += delta[base + i];
+                x[base + i] = v;
+            }
+            ss += v * v;
+        }
     }
     const float scale = rsqrtf(block_sum(ss) / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += NORM_THREADS)
-        store(y, base + i, w[i] * (x[base + i] * scale));
+    if (vec) {
+        const float4 *x4 = reinterpret_cast<const float4 *>(x + base);
+        const float4 *w4 = reinterpret_cast<const float4 *>(w);
+#pragma unroll 4
+        for (int i = threadIdx.x; i < dim / 4; i += NORM_THREADS) {
+            const float4 v = x4[i], g = w4[i];
+            const size_t o = base + 4 * (size_t)i;
+            store(y, o, g.x * (v.x * scale));
+            store(y, o + 1, g.y * (v.y * scale));
+            store(y, o + 2, g.z * (v.z * scale));
+            store(y, o + 3, g.w * (v.w * scale));
+        }
+    } else {
+        for (int i = threadIdx.x; i < dim; i += NORM_THREADS)
+            store(y, base + i, w[i] * (x[base + i] * scale));
+    }
 }
 
 static dsla_status_t launch(dsla_cuda_stream_t stream, void *y, dsla_dtype_t y_dtype, float *x,

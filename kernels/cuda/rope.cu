@@ -1,7 +1,7 @@
-/* Rotary position embedding on the GPU, rotate_half convention, in place. The cos/sin tables are not
- * stored: each thread forms its angle exactly as dsla_cpu_rope_tables does (fp32 product, cos/sin in
- * double, rounded to fp32), so the result matches the CPU bit for bit in the tables and the kernel
- * reads only x, the positions and head_dim/2 frequencies. */
+/* Rotary position embedding on the GPU, rotate_half convention, in place. The cos/sin tables are
+ * not stored: each thread forms its angle exactly as dsla_cpu_rope_tables does (fp32 product,
+ * cos/sin in double, rounded to fp32), so the result matches the CPU bit for bit in the tables and
+ * the kernel reads only x, the positions and head_dim/2 frequencies. */
 #include "kernels/cuda/cuda_check.h"
 
 static __global__ void rope(float *x, int n, int row_stride, int n_heads, int head_dim,

@@ -136,16 +136,16 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
         if (threadIdx.x == 0) out[blockIdx.x] = best < vocab ? best : 0;
         return;
     }
-    /* Softmax of logits / temperature as dsla_cpu_softmax computes it: fp32 exponentials, a double
-     * sum, one fp32 reciprocal. */
+    /* Softmax of logits / temperature as sampler.c computes it: the scaled logit rounded to fp32
+     * (__fmul_rn: no fused multiply-add), fp32 exponentials, a double sum, one fp32 reciprocal. */
     const float inv_t = 1.0f / prm.temperature;
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS)
-        mx = fmaxf(mx, x[i] * inv_t);
+        mx = fmaxf(mx, __fmul_rn(x[i], inv_t));
     mx = block_max_f(mx);
     double sum = 0.0;
     for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-        const float e = expf(x[i] * inv_t - mx);
+        const float e = expf(__fmul_rn(x[i], inv_t) - mx);
         p[i] = e;
         sum += e;
     }
@@ -200,7 +200,7 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
     const double r = prm.uniform * mass_from(p, vocab, 0, floor, false);
     unsigned long long t = select_key(p, vocab, floor, r, false, true);
     if (t < floor) t = floor; /* r on the rounding slack: the last survivor, as the CPU */
-    if (threadIdx.x == 0) out[blockIdx.x] = (int32_t)~(unsigned)(t & 0xffffffffu);
+    if (threadIdx.x == 0) out[blockIdx.x] = (int32_t) ~(unsigned)(t & 0xffffffffu);
 }
 
 extern "C" size_t dsla_cuda_sample_workspace(int rows, int vocab) {
@@ -212,7 +212,8 @@ extern "C" dsla_status_t dsla_cuda_sample(dsla_cuda_stream_t stream, int32_t *ou
                                           const dsla_cuda_sample_row_t *params, void *workspace,
                                           size_t workspace_bytes) {
     if (rows <= 0) return DSLA_OK;
-    if (vocab < 1) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "dsla_cuda_sample: vocab %d", vocab);
+    if (vocab < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "dsla_cuda_sample: vocab %d", vocab);
     if (workspace_bytes < dsla_cuda_sample_workspace(rows, vocab))
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "dsla_cuda_sample: workspace of %zu bytes, needs %zu", workspace_bytes,

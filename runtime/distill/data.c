@@ -13,7 +13,8 @@ typedef struct {
 static dsla_status_t stream_append(token_stream_t *s, const int32_t *ids, size_t n) {
     if (s->len + n > s->cap) {
         size_t cap = s->cap ? s->cap : 4096;
-        while (cap < s->len + n) cap *= 2;
+        while (cap < s->len + n)
+            cap *= 2;
         int32_t *grown = realloc(s->ids, cap * sizeof *grown);
         if (!grown) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for %zu tokens", cap);
         s->ids = grown;
@@ -69,8 +70,10 @@ static dsla_status_t append_text(token_stream_t *s, const dsla_tokenizer_t *tok,
         const char *sep = strstr(text + start, "\n\n");
         size_t end = sep ? (size_t)(sep - text) : len;
         size_t a = start, b = end;
-        while (a < b && (text[a] == '\n' || text[a] == '\r')) a++;
-        while (b > a && (text[b - 1] == '\n' || text[b - 1] == '\r')) b--;
+        while (a < b && (text[a] == '\n' || text[a] == '\r'))
+            a++;
+        while (b > a && (text[b - 1] == '\n' || text[b - 1] == '\r'))
+            b--;
         if (b > a) {
             int32_t *ids = NULL;
             size_t n = 0;
@@ -136,8 +139,8 @@ dsla_status_t dsla_corpus_load(dsla_corpus_t *corpus, const dsla_tokenizer_t *to
     if (n == 0) {
         free(stream.ids);
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "the data gives %zu tokens, not enough for one sequence of %d", stream.len,
-                          seq_len);
+                          "the data gives %zu tokens, not enough for one sequence of %d",
+                          stream.len, seq_len);
     }
     corpus->tokens = malloc(n * (size_t)seq_len * sizeof *corpus->tokens);
     if (!corpus->tokens) {

@@ -8,9 +8,12 @@
 
 const char *dsla_finish_reason_name(dsla_finish_reason_t reason) {
     switch (reason) {
-    case DSLA_FINISH_LENGTH: return "length";
-    case DSLA_FINISH_STOP: return "stop";
-    case DSLA_FINISH_CANCELLED: return "cancelled";
+    case DSLA_FINISH_LENGTH:
+        return "length";
+    case DSLA_FINISH_STOP:
+        return "stop";
+    case DSLA_FINISH_CANCELLED:
+        return "cancelled";
     }
     return "?";
 }

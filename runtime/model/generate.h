@@ -1,10 +1,11 @@
 /* Generation of one sequence from a text prompt: encode, prefill, sample, decode, stream text.
  *
- * This is the single-request path behind `dsla generate`; the serving engine (runtime/serve) batches
- * many requests with the same pieces (model forward, sampler, detokenizer, stop matcher). Text reaches
- * the callback as soon as it is complete UTF-8 and cannot be the start of a stop string. Generation ends
- * at an end-of-sequence token (never shown), a stop string (never shown), max_tokens, the model's
- * context, or when the callback asks to stop. It must not print: output goes through the callback. */
+ * This is the single-request path behind `dsla generate`; the serving engine (runtime/serve)
+ * batches many requests with the same pieces (model forward, sampler, detokenizer, stop matcher).
+ * Text reaches the callback as soon as it is complete UTF-8 and cannot be the start of a stop
+ * string. Generation ends at an end-of-sequence token (never shown), a stop string (never shown),
+ * max_tokens, the model's context, or when the callback asks to stop. It must not print: output
+ * goes through the callback. */
 #ifndef DSLA_MODEL_GENERATE_H
 #define DSLA_MODEL_GENERATE_H
 
@@ -23,14 +24,15 @@ typedef enum {
     DSLA_FINISH_CANCELLED,  /* the callback returned non-zero */
 } dsla_finish_reason_t;
 
-const char *dsla_finish_reason_name(dsla_finish_reason_t reason); /* "length", "stop", "cancelled" */
+const char *
+dsla_finish_reason_name(dsla_finish_reason_t reason); /* "length", "stop", "cancelled" */
 
 typedef struct {
     dsla_sampler_params_t sampling;
-    int max_tokens;            /* new tokens at most; must fit the context after the prompt */
-    const char *const *stop;   /* stop strings (may be NULL) */
+    int max_tokens;          /* new tokens at most; must fit the context after the prompt */
+    const char *const *stop; /* stop strings (may be NULL) */
     int n_stop;
-    bool ignore_eos;           /* keep going past end-of-sequence tokens (benchmarks) */
+    bool ignore_eos; /* keep going past end-of-sequence tokens (benchmarks) */
 } dsla_generate_params_t;
 
 typedef struct {

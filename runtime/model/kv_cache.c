@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "runtime/core/tensor.h"
+#include "runtime/model/dsla_layer.h"
 
 struct dsla_kv_pool {
     int num_blocks;
@@ -22,8 +23,12 @@ struct dsla_sequence {
     int length;
     int num_layers;
     dsla_layer_kind_t *kinds; /* [num_layers] */
-    int32_t *tables; /* [num_layers][max_blocks_per_layer]: fixed, so decode never reallocs */
-    int *table_len;  /* [num_layers] blocks held per layer */
+    int32_t *tables;     /* [num_layers][max_blocks_per_layer]: fixed, so decode never reallocs */
+    int *table_len;      /* [num_layers] blocks held per layer */
+    size_t state_floats; /* H d d: one state */
+    int *n_states;       /* [num_layers] 0 (ATTN), 1 or 2 */
+    float **states;      /* [num_layers] n_states[l] states back to back, or NULL */
+    const dsla_dsla_layer_t **pinned; /* [num_layers] pinned versions, or NULL when unpinned */
 };
 
 static int blocks_for(int tokens) {
@@ -102,6 +107,48 @@ dsla_status_t dsla_sequence_create(dsla_sequence_t **out, dsla_kv_pool_t *pool,
 dsla_status_t dsla_sequence_create_planned(dsla_sequence_t **out, dsla_kv_pool_t *pool,
                                            const dsla_model_config_t *cfg,
                                            const dsla_layer_kind_t *kinds) {
+    return dsla_sequence_create_pinned(out, pool, cfg, kinds, NULL);
+}
+
+static dsla_status_t check_pinned(const dsla_model_config_t *cfg, const dsla_layer_kind_t *kinds,
+                                  const dsla_dsla_layer_t *const *layers) {
+    for (int l = 0; kinds && l < cfg->num_layers; l++) {
+        if (kinds[l] != DSLA_LAYER_DSLA) continue;
+        const dsla_dsla_layer_t *w = layers[l];
+        if (!w)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "sequence: layer %d runs as DSLA but no DSLA layer is pinned for it",
+                              l);
+        if (w->layer != l || w->heads != cfg->num_heads || w->head_dim != cfg->head_dim ||
+            w->model_dim != cfg->hidden_size)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "sequence: the DSLA layer pinned for layer %d was made for layer %d "
+                              "with %d heads of %d over width %d; the model has %d heads of %d "
+                              "over width %d",
+                              l, w->layer, w->heads, w->head_dim, w->model_dim, cfg->num_heads,
+                              cfg->head_dim, cfg->hidden_size);
+    }
+    return DSLA_OK;
+}
+
+/* Zeroed state slots for the DSLA layers: all or none. */
+static dsla_status_t alloc_states(dsla_sequence_t *s) {
+    for (int l = 0; l < s->num_layers; l++) {
+        if (s->kinds[l] != DSLA_LAYER_DSLA) continue;
+        s->n_states[l] = s->pinned && s->pinned[l]->single_state ? 1 : 2;
+        s->states[l] = dsla_calloc((size_t)s->n_states[l] * s->state_floats, sizeof(float));
+        if (!s->states[l])
+            return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
+                              "sequence: out of memory for layer %d's DSLA state (%zu bytes)", l,
+                              (size_t)s->n_states[l] * s->state_floats * sizeof(float));
+    }
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                          const dsla_model_config_t *cfg,
+                                          const dsla_layer_kind_t *kinds,
+                                          const dsla_dsla_layer_t *const *layers) {
     *out = NULL;
     if (cfg->num_layers != pool->num_layers ||
         cfg->num_kv_heads * cfg->head_dim != pool->token_width)
@@ -115,6 +162,7 @@ dsla_status_t dsla_sequence_create_planned(dsla_sequence_t **out, dsla_kv_pool_t
         if ((int)kinds[l] < 0 || kinds[l] >= DSLA_LAYER_KIND_COUNT)
             return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "sequence: layer %d has unknown kind %d",
                               l, (int)kinds[l]);
+    if (layers) DSLA_TRY(check_pinned(cfg, kinds, layers));
     dsla_sequence_t *s = calloc(1, sizeof *s);
     if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "sequence: out of memory");
     s->pool = pool;
@@ -123,12 +171,24 @@ dsla_status_t dsla_sequence_create_planned(dsla_sequence_t **out, dsla_kv_pool_t
     s->tables =
         malloc((size_t)s->num_layers * (size_t)pool->max_blocks_per_layer * sizeof *s->tables);
     s->table_len = calloc((size_t)s->num_layers, sizeof *s->table_len);
-    if (!s->kinds || !s->tables || !s->table_len) {
+    s->n_states = calloc((size_t)s->num_layers, sizeof *s->n_states);
+    s->states = calloc((size_t)s->num_layers, sizeof *s->states);
+    s->state_floats = (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim;
+    if (layers) s->pinned = calloc((size_t)s->num_layers, sizeof *s->pinned);
+    if (!s->kinds || !s->tables || !s->table_len || !s->n_states || !s->states ||
+        (layers && !s->pinned)) {
         dsla_sequence_destroy(&s);
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "sequence: out of memory for block tables");
     }
-    for (int l = 0; l < s->num_layers; l++)
+    for (int l = 0; l < s->num_layers; l++) {
         s->kinds[l] = kinds ? kinds[l] : DSLA_LAYER_ATTN;
+        if (s->pinned && s->kinds[l] == DSLA_LAYER_DSLA) s->pinned[l] = layers[l];
+    }
+    dsla_status_t st = alloc_states(s);
+    if (st != DSLA_OK) {
+        dsla_sequence_destroy(&s);
+        return st;
+    }
     *out = s;
     return DSLA_OK;
 }
@@ -144,6 +204,11 @@ static void release_blocks_from(dsla_sequence_t *s, int keep) {
 void dsla_sequence_destroy(dsla_sequence_t **s) {
     if (!s || !*s) return;
     if ((*s)->table_len) release_blocks_from(*s, 0);
+    for (int l = 0; (*s)->states && l < (*s)->num_layers; l++)
+        dsla_free((*s)->states[l]);
+    free((*s)->states);
+    free((*s)->n_states);
+    free((*s)->pinned);
     free((*s)->kinds);
     free((*s)->tables);
     free((*s)->table_len);
@@ -206,6 +271,26 @@ void dsla_sequence_release_unused(dsla_sequence_t *s) {
 
 void dsla_sequence_advance(dsla_sequence_t *s, int n_tokens) {
     s->length += n_tokens;
+}
+
+int dsla_sequence_dsla_states(const dsla_sequence_t *s, int layer) {
+    return s->n_states[layer];
+}
+
+float *dsla_sequence_dsla_state(dsla_sequence_t *s, int layer, int which) {
+    if (which < 0 || which >= s->n_states[layer]) return NULL;
+    return s->states[layer] + (size_t)which * s->state_floats;
+}
+
+const dsla_dsla_layer_t *dsla_sequence_dsla_layer(const dsla_sequence_t *s, int layer) {
+    return s->pinned ? s->pinned[layer] : NULL;
+}
+
+size_t dsla_sequence_state_bytes(const dsla_sequence_t *s) {
+    size_t n = 0;
+    for (int l = 0; l < s->num_layers; l++)
+        n += (size_t)s->n_states[l] * s->state_floats * sizeof(float);
+    return n;
 }
 
 const int32_t *dsla_sequence_block_table(const dsla_sequence_t *s, int layer) {

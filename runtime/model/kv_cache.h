@@ -7,13 +7,25 @@
  * runs a layer as DSLA reserves no KV for it. A sequence's plan (one dsla_layer_kind_t per layer)
  * is fixed at creation, as a request is pinned to the plan current at its admission.
  *
- * Contract: the pool outlives every sequence created from it; growing a sequence is all-or-nothing
- * (dsla_sequence_reserve either finds every block it needs or changes nothing). Neither object is
- * thread-safe; the serving engine owns them from one thread. This module computes nothing. */
+ * For each layer it runs as DSLA, a sequence holds a fixed state slot instead: two fp32 states
+ * [H, d, d] (history, recency), or one when the sequence is pinned to a single-state layer, zeroed
+ * at creation and updated in place by the forward pass whatever the context length.
+ *
+ * Which DSLA weights a sequence runs: a sequence made with dsla_sequence_create_pinned keeps, per
+ * DSLA layer, a pointer to the layer version it was admitted with (the plan pinning of DESIGN.md
+ * section 6), so a later plan change cannot alter a running request; one made with
+ * dsla_sequence_create_planned runs whatever DSLA layer the model has installed at each forward
+ * pass (dsla_model_set_dsla_layer, llama.h).
+ *
+ * Contract: the pool outlives every sequence created from it, and a pinned layer outlives every
+ * sequence pinned to it; growing a sequence is all-or-nothing (dsla_sequence_reserve either finds
+ * every block it needs or changes nothing). Neither object is thread-safe; the serving engine owns
+ * them from one thread. This module computes nothing. */
 #ifndef DSLA_MODEL_KV_CACHE_H
 #define DSLA_MODEL_KV_CACHE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "runtime/core/status.h"
@@ -32,6 +44,7 @@ typedef enum {
 
 typedef struct dsla_kv_pool dsla_kv_pool_t;
 typedef struct dsla_sequence dsla_sequence_t;
+typedef struct dsla_dsla_layer dsla_dsla_layer_t; /* dsla_layer.h */
 
 dsla_status_t dsla_kv_pool_create(dsla_kv_pool_t **out, const dsla_model_config_t *cfg,
                                   int num_blocks);
@@ -52,6 +65,13 @@ dsla_status_t dsla_sequence_create(dsla_sequence_t **out, dsla_kv_pool_t *pool,
 dsla_status_t dsla_sequence_create_planned(dsla_sequence_t **out, dsla_kv_pool_t *pool,
                                            const dsla_model_config_t *cfg,
                                            const dsla_layer_kind_t *kinds);
+/* A sequence pinned to DSLA layer versions: layers[l] (borrowed, non-NULL, shaped for cfg and made
+ * for index l) for each layer that kinds runs as DSLA; entries for ATTN layers are ignored. A
+ * single-state layer gets one state slot, others two. */
+dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                          const dsla_model_config_t *cfg,
+                                          const dsla_layer_kind_t *kinds,
+                                          const dsla_dsla_layer_t *const *layers);
 /* Returns the sequence's blocks to its pool, frees it and NULLs *s. */
 void dsla_sequence_destroy(dsla_sequence_t **s);
 
@@ -71,6 +91,16 @@ dsla_status_t dsla_sequence_reserve(dsla_sequence_t *s, int n_tokens);
 void dsla_sequence_release_unused(dsla_sequence_t *s);
 /* Records n_tokens more tokens as cached (after their K/V were written); they must be reserved. */
 void dsla_sequence_advance(dsla_sequence_t *s, int n_tokens);
+
+/* State slots of a layer: 0 for ATTN, 1 or 2 for DSLA. */
+int dsla_sequence_dsla_states(const dsla_sequence_t *s, int layer);
+/* State which (0: history, 1: recency) of a DSLA layer, [H, d, d] fp32, rows indexed by the key
+ * channel; NULL when the layer has no such slot. */
+float *dsla_sequence_dsla_state(dsla_sequence_t *s, int layer, int which);
+/* The layer version the sequence is pinned to for layer; NULL when not pinned (or ATTN). */
+const dsla_dsla_layer_t *dsla_sequence_dsla_layer(const dsla_sequence_t *s, int layer);
+/* Bytes of DSLA state the sequence holds over all its layers (fixed for its lifetime). */
+size_t dsla_sequence_state_bytes(const dsla_sequence_t *s);
 
 /* One layer's cache view for the attention kernel; layer must be ATTN in the sequence's plan. */
 const int32_t *dsla_sequence_block_table(const dsla_sequence_t *s, int layer);

@@ -1,14 +1,17 @@
-/* Llama checkpoint loading and the batched CPU forward pass with per-layer token-mixing dispatch.
- */
+/* Llama checkpoint loading and the batched CPU forward pass with per-layer token-mixing dispatch:
+ * softmax attention over the paged KV cache, or a DSLA layer over the sequence's fixed state. */
 #include "runtime/model/llama.h"
 
 #include <math.h>
 #include <stdio.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
 #include "runtime/core/tensor.h"
+#include "runtime/model/dsla_layer.h"
 #include "runtime/model/safetensors.h"
 
 /* Activations of one forward pass, kept in the model and grown on demand so that decode steps reuse
@@ -34,7 +37,19 @@ typedef struct {
     int *row_start;               /* [items] first row of each item in the batch */
     dsla_batch_item_t *sub_items; /* [items] */
     int *sub_row_start;           /* [items] */
+    int *item_ids;                /* [items] 0, 1, 2, ...: the ids of a whole batch */
+    int *sub_ids;                 /* [items] batch index of each sub-batch item */
 } forward_scratch_t;
+
+/* Buffers only a batch with DSLA layers needs, so that an all-attention deployment never pays for
+ * them; reserved before the first layer runs. */
+typedef struct {
+    size_t cap_rows;
+    float *proj;     /* 5 x [rows, H d]: q, k, v, a1, a2 */
+    size_t cap_work; /* floats */
+    float *work;     /* the chunked kernel's workspace for the longest item */
+    float *spare;    /* [H, d, d] the recurrent kernel's second state for single-state layers */
+} dsla_scratch_t;
 
 struct dsla_model {
     dsla_model_config_t cfg;
@@ -44,7 +59,10 @@ struct dsla_model {
     dsla_llama_layer_t *layers;
     float *inv_freq; /* [d/2] */
     float *scores;   /* [max_position_embeddings] one attention row, sized once at load */
+    /* [num_layers] installed DSLA layers (borrowed; NULL: none), run by unpinned sequences. */
+    const dsla_dsla_layer_t **dsla_layers;
     forward_scratch_t scratch;
+    dsla_scratch_t dsla;
 };
 
 /* ---- loading ---- */
@@ -126,7 +144,8 @@ static dsla_status_t model_load(dsla_model_t *m, const char *dir) {
                           c->head_dim);
     m->inv_freq = alloc_floats((size_t)c->head_dim / 2);
     m->scores = alloc_floats((size_t)c->max_position_embeddings);
-    if (!m->inv_freq || !m->scores)
+    m->dsla_layers = calloc((size_t)c->num_layers, sizeof *m->dsla_layers);
+    if (!m->inv_freq || !m->scores || !m->dsla_layers)
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the model's tables");
     dsla_rope_params_t rope = {
         .theta = c->rope_theta,
@@ -168,6 +187,15 @@ static void scratch_free(forward_scratch_t *s) {
     free(s->row_start);
     free(s->sub_items);
     free(s->sub_row_start);
+    free(s->item_ids);
+    free(s->sub_ids);
+    memset(s, 0, sizeof *s);
+}
+
+static void dsla_scratch_free(dsla_scratch_t *s) {
+    dsla_free(s->proj);
+    dsla_free(s->work);
+    dsla_free(s->spare);
     memset(s, 0, sizeof *s);
 }
 
@@ -175,6 +203,8 @@ void dsla_model_destroy(dsla_model_t **m) {
     if (!m || !*m) return;
     dsla_model_t *p = *m;
     scratch_free(&p->scratch);
+    dsla_scratch_free(&p->dsla);
+    free(p->dsla_layers);
     dsla_free(p->scores);
     if (p->layers) {
         for (int l = 0; l < p->cfg.num_layers; l++) {
@@ -217,6 +247,50 @@ const float *dsla_model_lm_head(const dsla_model_t *m) {
     return m->lm_head;
 }
 
+uint64_t dsla_model_checksum(const dsla_model_t *m) {
+    const dsla_model_config_t *c = &m->cfg;
+    const size_t D = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
+    const size_t I = (size_t)c->intermediate_size, d = (size_t)c->head_dim;
+    const size_t q_rows = (size_t)c->num_heads * d, kv_rows = (size_t)c->num_kv_heads * d;
+    XXH64_state_t st;
+    XXH64_reset(&st, 0);
+    XXH64_update(&st, m->embed, V * D * sizeof(float));
+    for (int l = 0; l < c->num_layers; l++) {
+        const dsla_llama_layer_t *w = &m->layers[l];
+        XXH64_update(&st, w->attn_norm, D * sizeof(float));
+        XXH64_update(&st, w->wqkv, (q_rows + 2 * kv_rows) * D * sizeof(float));
+        XXH64_update(&st, w->wo, D * q_rows * sizeof(float));
+        XXH64_update(&st, w->mlp_norm, D * sizeof(float));
+        XXH64_update(&st, w->w_gate_up, 2 * I * D * sizeof(float));
+        XXH64_update(&st, w->w_down, D * I * sizeof(float));
+    }
+    XXH64_update(&st, m->final_norm, D * sizeof(float));
+    if (m->lm_head != m->embed) XXH64_update(&st, m->lm_head, V * D * sizeof(float));
+    return XXH64_digest(&st);
+}
+
+dsla_status_t dsla_model_set_dsla_layer(dsla_model_t *m, int layer, const dsla_dsla_layer_t *w) {
+    const dsla_model_config_t *c = &m->cfg;
+    if (layer < 0 || layer >= c->num_layers)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "set DSLA layer: index %d is outside the model's %d layers", layer,
+                          c->num_layers);
+    if (w && (w->layer != layer || w->heads != c->num_heads || w->head_dim != c->head_dim ||
+              w->model_dim != c->hidden_size))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "set DSLA layer %d: the layer was made for layer %d with %d heads of %d "
+                          "over width %d; the model has %d heads of %d over width %d",
+                          layer, w->layer, w->heads, w->head_dim, w->model_dim, c->num_heads,
+                          c->head_dim, c->hidden_size);
+    m->dsla_layers[layer] = w;
+    return DSLA_OK;
+}
+
+const dsla_dsla_layer_t *dsla_model_dsla_layer(const dsla_model_t *m, int layer) {
+    if (layer < 0 || layer >= m->cfg.num_layers) return NULL;
+    return m->dsla_layers[layer];
+}
+
 /* ---- scratch ---- */
 
 static dsla_status_t scratch_reserve(dsla_model_t *m, int rows, int items) {
@@ -247,16 +321,68 @@ static dsla_status_t scratch_reserve(dsla_model_t *m, int rows, int items) {
     s->row_start = malloc((size_t)new_items * sizeof *s->row_start);
     s->sub_items = malloc((size_t)new_items * sizeof *s->sub_items);
     s->sub_row_start = malloc((size_t)new_items * sizeof *s->sub_row_start);
+    s->item_ids = malloc((size_t)new_items * sizeof *s->item_ids);
+    s->sub_ids = malloc((size_t)new_items * sizeof *s->sub_ids);
     if (!s->x || !s->xn || !s->mix_out || !s->qkv || !s->attn || !s->gate_up || !s->act ||
         !s->rope_cos || !s->rope_sin || !s->sub_x || !s->sub_out || !s->sub_cos || !s->sub_sin ||
-        !s->positions || !s->row_start || !s->sub_items || !s->sub_row_start) {
+        !s->positions || !s->row_start || !s->sub_items || !s->sub_row_start || !s->item_ids ||
+        !s->sub_ids) {
         scratch_free(s);
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
                           "out of memory for the activations of %d tokens in %d sequences", rows,
                           items);
     }
+    for (int i = 0; i < new_items; i++)
+        s->item_ids[i] = i;
     s->cap_rows = new_rows;
     s->cap_items = new_items;
+    return DSLA_OK;
+}
+
+/* The DSLA weights a sequence runs layer with: its pinned version, else the model's installed one.
+ */
+static const dsla_dsla_layer_t *dsla_weights_for(const dsla_model_t *m, const dsla_sequence_t *seq,
+                                                 int layer) {
+    const dsla_dsla_layer_t *w = dsla_sequence_dsla_layer(seq, layer);
+    return w ? w : m->dsla_layers[layer];
+}
+
+/* Sizes the DSLA buffers for this batch before any layer runs, so that a forward pass that has
+ * started cannot fail half-way with some DSLA states already advanced. */
+static dsla_status_t dsla_scratch_reserve(dsla_model_t *m, const dsla_batch_item_t *items,
+                                          int n_items, int rows) {
+    const dsla_model_config_t *c = &m->cfg;
+    dsla_scratch_t *s = &m->dsla;
+    size_t work = 0;
+    bool any = false;
+    for (int i = 0; i < n_items; i++) {
+        bool has_dsla = false;
+        for (int l = 0; l < c->num_layers && !has_dsla; l++)
+            has_dsla = dsla_sequence_layer_kind(items[i].seq, l) == DSLA_LAYER_DSLA;
+        if (!has_dsla) continue;
+        any = true;
+        const dsla_dsla_dims_t dims = {1, items[i].n_tokens, c->num_heads, c->head_dim};
+        size_t need = dsla_cpu_dsla_chunked_workspace_floats(&dims);
+        work = need > work ? need : work;
+    }
+    if (!any) return DSLA_OK;
+    const size_t hd = (size_t)c->num_heads * (size_t)c->head_dim;
+    if (!s->spare) s->spare = alloc_floats(hd * (size_t)c->head_dim);
+    if ((size_t)rows > s->cap_rows) {
+        dsla_free(s->proj);
+        s->cap_rows = 0;
+        s->proj = alloc_floats(5 * (size_t)rows * hd);
+        if (s->proj) s->cap_rows = (size_t)rows;
+    }
+    if (work > s->cap_work) {
+        dsla_free(s->work);
+        s->cap_work = 0;
+        s->work = alloc_floats(work);
+        if (s->work) s->cap_work = work;
+    }
+    if (!s->spare || !s->proj || !s->work)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
+                          "out of memory for the DSLA activations of %d tokens", rows);
     return DSLA_OK;
 }
 
@@ -270,10 +396,51 @@ typedef struct {
     const float *x;        /* [n_rows, D] the layer's normalised input */
     const float *rope_cos; /* [n_rows, d/2] */
     const float *rope_sin;
-    float *out; /* [n_rows, D] the mixer's output after its output projection */
+    float *out;     /* [n_rows, D] the mixer's output after its output projection */
+    const int *ids; /* [n_items] each item's index in the whole batch */
+    float *entropy; /* NULL, or [batch items, num_layers]: see dsla_forward_capture_t */
 } mix_batch_t;
 
 typedef dsla_status_t (*layer_mixer_fn)(dsla_model_t *m, int layer, const mix_batch_t *b);
+
+/* Mean over heads of the entropy -sum p ln p of query row q's attention over the first visible
+ * cached positions of layer (DESIGN.md 5.1's conversion order). Scores are formed as the attention
+ * kernel forms them; the sums run in double. */
+static float attention_entropy(dsla_model_t *m, dsla_sequence_t *seq, int layer, const float *q,
+                               int visible) {
+    const dsla_model_config_t *c = &m->cfg;
+    const int d = c->head_dim, group = c->num_heads / c->num_kv_heads;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *scores = m->scores;
+    double total = 0.0;
+    for (int h = 0; h < c->num_heads; h++) {
+        const float *qh = q + (size_t)h * d;
+        float max = -INFINITY;
+        for (int t = 0; t < visible; t++) {
+            const float *kt = dsla_sequence_key_slot(seq, layer, t) + (size_t)(h / group) * d;
+            float dot = 0.0f;
+            for (int j = 0; j < d; j++)
+                dot += qh[j] * kt[j];
+            scores[t] = dot * scale;
+            max = scores[t] > max ? scores[t] : max;
+        }
+        /* With p_t = e_t / Z and e_t = exp(s_t - max): -sum p ln p = ln Z - sum e_t (s_t - max) /
+         * Z.
+         */
+        double z = 0.0, weighted = 0.0;
+        for (int t = 0; t < visible; t++) {
+            double e = exp((double)scores[t] - max);
+            z += e;
+            weighted += e * ((double)scores[t] - max);
+        }
+        total += log(z) - weighted / z;
+    }
+    /* Rounding may step a hair outside [0, ln visible], the range of any distribution's entropy. */
+    double mean = total / c->num_heads;
+    mean = mean < 0.0 ? 0.0 : mean;
+    mean = mean > log((double)visible) ? log((double)visible) : mean;
+    return (float)mean;
+}
 
 static dsla_status_t mix_attention(dsla_model_t *m, int layer, const mix_batch_t *b) {
     const dsla_model_config_t *c = &m->cfg;
@@ -305,15 +472,100 @@ static dsla_status_t mix_attention(dsla_model_t *m, int layer, const mix_batch_t
         };
         dsla_cpu_attention(s->attn + (size_t)row * q_width, q_width, qkv, qkv_width, n, past,
                            &shape, &kv, m->scores);
+        if (b->entropy)
+            b->entropy[(size_t)b->ids[it] * c->num_layers + layer] =
+                attention_entropy(m, seq, layer, qkv + (size_t)(n - 1) * qkv_width, past + n);
         row += n;
     }
     dsla_cpu_gemm(b->out, s->attn, w->wo, b->n_rows, D, q_width);
     return DSLA_OK;
 }
 
+/* dst [rows, hd] = x [rows, D] W^T (+ bias). */
+static void project(float *dst, const float *x, const float *w, const float *bias, int rows, int hd,
+                    int D) {
+    dsla_cpu_gemm(dst, x, w, rows, hd, D);
+    for (int r = 0; bias && r < rows; r++)
+        for (int j = 0; j < hd; j++)
+            dst[(size_t)r * hd + j] += bias[j];
+}
+
+/* The DSLA core for one item's n tokens (rows starting at off in the projection arrays), over the
+ * sequence's state: the recurrent form in place for one token (decode), the chunked form with the
+ * state as initial and final state otherwise (prefill).
+ *
+ * A single-state layer runs through the same two-state kernels: softmax(alpha) = (1, 0) exactly
+ * with alpha = (0, -inf), and the recency state is fed the history gates and starts from the
+ * history state, so that it stays finite (0 * inf would poison the output) though it is never read.
+ * The chunked kernel keeps that state in its workspace (S2_T NULL), the recurrent one in a spare
+ * buffer. */
+static dsla_status_t dsla_core(dsla_model_t *m, const dsla_dsla_layer_t *w, dsla_sequence_t *seq,
+                               int layer, int n, float *const proj[5], size_t off, float *out) {
+    static const float history_only[2] = {0.0f, -INFINITY};
+    const dsla_model_config_t *c = &m->cfg;
+    const bool single = w->single_state;
+    const dsla_dsla_dims_t dims = {1, n, c->num_heads, c->head_dim};
+    const dsla_dsla_in_t in = {
+        .q = proj[0] + off,
+        .k = proj[1] + off,
+        .v = proj[2] + off,
+        .a1 = proj[3] + off,
+        .a2 = (single ? proj[3] : proj[4]) + off,
+        .alpha = single ? history_only : w->alpha,
+    };
+    float *S1 = dsla_sequence_dsla_state(seq, layer, 0);
+    float *S2 = single ? NULL : dsla_sequence_dsla_state(seq, layer, 1);
+    if (n == 1) {
+        if (single) {
+            const size_t state = (size_t)c->num_heads * c->head_dim * c->head_dim;
+            memcpy(m->dsla.spare, S1, state * sizeof *S1);
+            S2 = m->dsla.spare;
+        }
+        return dsla_cpu_dsla_recurrent_forward(&dims, &in, S1, S2, out + off);
+    }
+    return dsla_cpu_dsla_chunked_forward(&dims, &in, S1, single ? S1 : S2, out + off, S1, S2,
+                                         m->dsla.work);
+}
+
+/* Items next to each other that run the same DSLA weights (the common case: all of them) share
+ * the projection GEMMs; the core runs per item over its own state. */
+static dsla_status_t mix_dsla(dsla_model_t *m, int layer, const mix_batch_t *b) {
+    const dsla_model_config_t *c = &m->cfg;
+    const int D = c->hidden_size, hd = c->num_heads * c->head_dim;
+    const size_t plane = (size_t)b->n_rows * hd;
+    float *const proj[5] = {m->dsla.proj, m->dsla.proj + plane, m->dsla.proj + 2 * plane,
+                            m->dsla.proj + 3 * plane, m->dsla.proj + 4 * plane};
+    float *mix = m->scratch.attn; /* [rows, H d], free while attention is not running */
+    int first = 0, row = 0;
+    while (first < b->n_items) {
+        const dsla_dsla_layer_t *w = dsla_weights_for(m, b->items[first].seq, layer);
+        int end = first, rows = 0;
+        while (end < b->n_items && dsla_weights_for(m, b->items[end].seq, layer) == w)
+            rows += b->items[end++].n_tokens;
+        const size_t off = (size_t)row * hd;
+        const float *x = b->x + (size_t)row * D;
+        project(proj[0] + off, x, w->wq, NULL, rows, hd, D);
+        project(proj[1] + off, x, w->wk, NULL, rows, hd, D);
+        project(proj[2] + off, x, w->wv, NULL, rows, hd, D);
+        project(proj[3] + off, x, w->wg1, w->bg1, rows, hd, D);
+        if (!w->single_state) project(proj[4] + off, x, w->wg2, w->bg2, rows, hd, D);
+        for (int it = first, r = row; it < end; r += b->items[it++].n_tokens) {
+            dsla_status_t s = dsla_core(m, w, b->items[it].seq, layer, b->items[it].n_tokens, proj,
+                                        (size_t)r * hd, mix);
+            if (s != DSLA_OK)
+                return dsla_error_wrap(DSLA_ERR_INTERNAL, "forward: layer %d's DSLA core: ", layer);
+        }
+        dsla_cpu_gemm(b->out + (size_t)row * D, mix + off, w->wo, rows, D, hd);
+        row += rows;
+        first = end;
+    }
+    return DSLA_OK;
+}
+
 /* One entry per dsla_layer_kind_t; NULL: the kind is not implemented on this backend yet. */
 static const layer_mixer_fn layer_mixers[DSLA_LAYER_KIND_COUNT] = {
     [DSLA_LAYER_ATTN] = mix_attention,
+    [DSLA_LAYER_DSLA] = mix_dsla,
 };
 
 /* Copies the rows of n items (item i's n_tokens rows start at row starts[i] of src) back to back.
@@ -331,7 +583,7 @@ static void gather_rows(float *dst, const float *src, size_t width, const int *s
  * the same kind (the common case), else once per kind over gathered rows, scattered back into
  * mix_out. */
 static dsla_status_t mix_layer(dsla_model_t *m, int layer, const dsla_batch_item_t *items,
-                               int n_items, int n_rows) {
+                               int n_items, int n_rows, float *entropy) {
     forward_scratch_t *s = &m->scratch;
     const size_t D = (size_t)m->cfg.hidden_size, half = (size_t)m->cfg.head_dim / 2;
     dsla_layer_kind_t first = dsla_sequence_layer_kind(items[0].seq, layer);
@@ -339,7 +591,8 @@ static dsla_status_t mix_layer(dsla_model_t *m, int layer, const dsla_batch_item
     for (int i = 1; i < n_items; i++)
         uniform = uniform && dsla_sequence_layer_kind(items[i].seq, layer) == first;
     if (uniform) {
-        const mix_batch_t b = {items, n_items, n_rows, s->xn, s->rope_cos, s->rope_sin, s->mix_out};
+        const mix_batch_t b = {items,       n_items,    n_rows,      s->xn,  s->rope_cos,
+                               s->rope_sin, s->mix_out, s->item_ids, entropy};
         return layer_mixers[first](m, layer, &b);
     }
     for (int kind = 0; kind < DSLA_LAYER_KIND_COUNT; kind++) {
@@ -347,6 +600,7 @@ static dsla_status_t mix_layer(dsla_model_t *m, int layer, const dsla_batch_item
         for (int i = 0; i < n_items; i++) {
             if ((int)dsla_sequence_layer_kind(items[i].seq, layer) != kind) continue;
             s->sub_items[n_sub] = items[i];
+            s->sub_ids[n_sub] = i;
             s->sub_row_start[n_sub++] = s->row_start[i];
             rows += items[i].n_tokens;
         }
@@ -354,8 +608,8 @@ static dsla_status_t mix_layer(dsla_model_t *m, int layer, const dsla_batch_item
         gather_rows(s->sub_x, s->xn, D, s->sub_row_start, s->sub_items, n_sub);
         gather_rows(s->sub_cos, s->rope_cos, half, s->sub_row_start, s->sub_items, n_sub);
         gather_rows(s->sub_sin, s->rope_sin, half, s->sub_row_start, s->sub_items, n_sub);
-        const mix_batch_t b = {s->sub_items, n_sub,      rows,      s->sub_x,
-                               s->sub_cos,   s->sub_sin, s->sub_out};
+        const mix_batch_t b = {s->sub_items, n_sub,      rows,       s->sub_x, s->sub_cos,
+                               s->sub_sin,   s->sub_out, s->sub_ids, entropy};
         DSLA_TRY(layer_mixers[kind](m, layer, &b));
         const float *src = s->sub_out;
         for (int i = 0; i < n_sub; i++) {
@@ -416,6 +670,12 @@ static dsla_status_t validate_batch(const dsla_model_t *m, const dsla_batch_item
                                   "forward: layer %d of item %d runs as kind %d, which the CPU "
                                   "forward pass does not implement",
                                   l, i, (int)kind);
+            if (kind == DSLA_LAYER_DSLA && !dsla_weights_for(m, it->seq, l))
+                return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                                  "forward: item %d runs layer %d as DSLA, but its sequence is "
+                                  "not pinned to a DSLA layer there and the model has none "
+                                  "installed (dsla_model_set_dsla_layer)",
+                                  i, l);
         }
         total += it->n_tokens;
         if (total > INT32_MAX / 2)
@@ -439,14 +699,18 @@ static dsla_status_t reserve_batch(const dsla_batch_item_t *items, int n_items) 
 }
 
 static void run_layers(dsla_model_t *m, const dsla_batch_item_t *items, int n_items, int T,
-                       dsla_status_t *status) {
+                       const dsla_forward_capture_t *cap, dsla_status_t *status) {
     const dsla_model_config_t *c = &m->cfg;
     forward_scratch_t *s = &m->scratch;
     const int D = c->hidden_size, I = c->intermediate_size;
-    for (int l = 0; l < c->num_layers && *status == DSLA_OK; l++) {
+    float *const *hidden = cap ? cap->hidden : NULL;
+    float *entropy = cap ? cap->entropy : NULL;
+    const int n_layers = cap && cap->layers_to_run > 0 ? cap->layers_to_run : c->num_layers;
+    for (int l = 0; l < n_layers && *status == DSLA_OK; l++) {
         const dsla_llama_layer_t *w = &m->layers[l];
+        if (hidden && hidden[l]) memcpy(hidden[l], s->x, (size_t)T * D * sizeof *s->x);
         dsla_cpu_rmsnorm(s->xn, s->x, w->attn_norm, T, D, c->rms_norm_eps);
-        *status = mix_layer(m, l, items, n_items, T);
+        *status = mix_layer(m, l, items, n_items, T, entropy);
         if (*status != DSLA_OK) return;
         dsla_cpu_add(s->x, s->x, s->mix_out, (size_t)T * D);
         dsla_cpu_rmsnorm(s->xn, s->x, w->mlp_norm, T, D, c->rms_norm_eps);
@@ -455,16 +719,35 @@ static void run_layers(dsla_model_t *m, const dsla_batch_item_t *items, int n_it
         dsla_cpu_gemm(s->mix_out, s->act, w->w_down, T, D, I);
         dsla_cpu_add(s->x, s->x, s->mix_out, (size_t)T * D);
     }
+    if (*status == DSLA_OK && hidden && hidden[n_layers])
+        memcpy(hidden[n_layers], s->x, (size_t)T * D * sizeof *s->x);
 }
 
 dsla_status_t dsla_model_forward(dsla_model_t *m, const dsla_batch_item_t *items, int n_items,
                                  float *logits_out) {
+    if (!logits_out) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "forward: logits_out is NULL");
+    return dsla_model_forward_capture(m, items, n_items, logits_out, NULL);
+}
+
+dsla_status_t dsla_model_forward_capture(dsla_model_t *m, const dsla_batch_item_t *items,
+                                         int n_items, float *logits_out,
+                                         const dsla_forward_capture_t *capture) {
     const dsla_model_config_t *c = &m->cfg;
     forward_scratch_t *s = &m->scratch;
     int T = 0;
+    if (capture && capture->layers_to_run != 0 &&
+        (capture->layers_to_run < 0 || capture->layers_to_run > c->num_layers || logits_out ||
+         capture->entropy))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "forward: layers_to_run %d must be 1..%d, without logits or entropy",
+                          capture->layers_to_run, c->num_layers);
     DSLA_TRY(validate_batch(m, items, n_items, &T));
     DSLA_TRY(scratch_reserve(m, T, n_items));
+    DSLA_TRY(dsla_scratch_reserve(m, items, n_items, T));
     DSLA_TRY(reserve_batch(items, n_items));
+    if (capture && capture->entropy)
+        for (size_t i = 0; i < (size_t)n_items * c->num_layers; i++)
+            capture->entropy[i] = NAN;
 
     const int D = c->hidden_size;
     int row = 0;
@@ -480,7 +763,7 @@ dsla_status_t dsla_model_forward(dsla_model_t *m, const dsla_batch_item_t *items
     dsla_cpu_rope_tables(s->rope_cos, s->rope_sin, s->positions, T, m->inv_freq, c->head_dim);
 
     dsla_status_t status = DSLA_OK;
-    run_layers(m, items, n_items, T, &status);
+    run_layers(m, items, n_items, T, capture, &status);
     if (status != DSLA_OK) {
         for (int i = 0; i < n_items; i++)
             dsla_sequence_release_unused(items[i].seq);
@@ -488,6 +771,11 @@ dsla_status_t dsla_model_forward(dsla_model_t *m, const dsla_batch_item_t *items
     }
 
     /* Final norm only for the rows whose logits were asked for, then one GEMM into logits_out. */
+    if (!logits_out) {
+        for (int i = 0; i < n_items; i++)
+            dsla_sequence_advance(items[i].seq, items[i].n_tokens);
+        return DSLA_OK;
+    }
     int out_rows = 0;
     for (int i = 0; i < n_items; i++) {
         const int n = items[i].n_tokens;

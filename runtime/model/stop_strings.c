@@ -39,7 +39,8 @@ oom:
 
 void dsla_stop_matcher_destroy(dsla_stop_matcher_t **m) {
     if (!m || !*m) return;
-    for (int i = 0; i < (*m)->n_stops; i++) free((*m)->stops[i]);
+    for (int i = 0; i < (*m)->n_stops; i++)
+        free((*m)->stops[i]);
     free((*m)->stops);
     free((*m)->stop_lens);
     free((*m)->buf);
@@ -68,8 +69,8 @@ static void drop_emitted(dsla_stop_matcher_t *m) {
     m->emitted = 0;
 }
 
-bool dsla_stop_matcher_feed(dsla_stop_matcher_t *m, const char *text, size_t len,
-                            const char **emit, size_t *emit_len) {
+bool dsla_stop_matcher_feed(dsla_stop_matcher_t *m, const char *text, size_t len, const char **emit,
+                            size_t *emit_len) {
     *emit = "";
     *emit_len = 0;
     if (m->stopped) return true;

@@ -20,11 +20,11 @@ dsla_status_t dsla_stop_matcher_create(dsla_stop_matcher_t **out, const char *co
                                        int n_stops);
 void dsla_stop_matcher_destroy(dsla_stop_matcher_t **m);
 
-/* Appends text; emit and emit_len receive the text now safe to show (valid until the next call). Returns
- * true when a stop string completed: the emitted text ends just before it, and later calls emit
- * nothing. */
-bool dsla_stop_matcher_feed(dsla_stop_matcher_t *m, const char *text, size_t len,
-                            const char **emit, size_t *emit_len);
+/* Appends text; emit and emit_len receive the text now safe to show (valid until the next call).
+ * Returns true when a stop string completed: the emitted text ends just before it, and later calls
+ * emit nothing. */
+bool dsla_stop_matcher_feed(dsla_stop_matcher_t *m, const char *text, size_t len, const char **emit,
+                            size_t *emit_len);
 /* At the end of generation: releases whatever is held back (nothing if a stop string matched). */
 void dsla_stop_matcher_finish(dsla_stop_matcher_t *m, const char **emit, size_t *emit_len);
 

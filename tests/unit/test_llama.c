@@ -331,13 +331,15 @@ static void test_forward_errors(void **state) {
     dsla_batch_item_t twice[2] = {{seq, bad, 1, false}, {seq, bad, 1, false}};
     assert_int_equal(dsla_model_forward(m, twice, 2, logits), DSLA_ERR_INVALID_ARGUMENT);
 
-    /* A layer planned as DSLA has no CPU mixer yet: refused up front, nothing reserved. */
+    /* A layer planned as DSLA with no DSLA layer pinned or installed: refused up front, nothing
+     * reserved. */
     dsla_layer_kind_t kinds[16] = {DSLA_LAYER_ATTN};
     kinds[2] = DSLA_LAYER_DSLA;
     dsla_sequence_t *planned = NULL;
     assert_int_equal(dsla_sequence_create_planned(&planned, pool, cfg, kinds), DSLA_OK);
     item = (dsla_batch_item_t){planned, bad, 1, false};
-    assert_int_equal(dsla_model_forward(m, &item, 1, logits), DSLA_ERR_UNSUPPORTED);
+    assert_int_equal(dsla_model_forward(m, &item, 1, logits), DSLA_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(dsla_last_error(), "layer 2 as DSLA"));
     assert_int_equal(dsla_sequence_blocks_needed(planned, 1), cfg->num_layers - 1);
     assert_int_equal(dsla_kv_pool_free_blocks(pool), 8);
     assert_int_equal(dsla_sequence_length(seq), 0);

@@ -1,0 +1,182 @@
+/* dsla distill: offline chained distillation of a teacher's attention layers into DSLA layers. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "args.h"
+#include "commands.h"
+#include "runtime/distill/distill.h"
+#include "runtime/model/tokenizer.h"
+
+static const char usage[] =
+    "usage: dsla distill --model DIR --data FILE... --out DIR [options]\n\n"
+    "Converts the model's attention layers into DSLA layers one at a time (DESIGN.md section 5),\n"
+    "writing one layer version per converted layer into --out. Run it again on the same --out to\n"
+    "resume after an interruption: finished layers are kept, the current one resumes from its\n"
+    "checkpoint. Text files are split at blank lines; .tokens files are raw int32 ids.";
+
+/* Held-out sequences when no --eval-data is given: enough for a stable perplexity, small next to
+ * the calibration corpora this runs on. */
+enum { DEFAULT_EVAL_SEQUENCES = 16 };
+
+static void print_progress(void *user, const dsla_distill_progress_t *p) {
+    (void)user;
+    int left = (int)p->seconds_left;
+    fprintf(stderr, "\rlayer %d (%d/%d)  step %d/%d  loss %.5f  %.0f tok/s  time left %dm%02ds   ",
+            p->layer, p->k + 1, p->n_layers, p->step, p->steps, p->loss, p->tokens_per_second,
+            left / 60, left % 60);
+    if (p->step == p->steps) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static void print_layer_done(void *user, const dsla_distill_layer_report_t *r) {
+    (void)user;
+    if (r->resumed_from_file)
+        fprintf(stderr, "layer %d: kept from an earlier run (held-out ppl %.3f)\n", r->layer,
+                r->eval_ppl);
+}
+
+static int parse_order_list(const char *text, dsla_distill_params_t *p) {
+    char *copy = strdup(text), *save = NULL;
+    p->n_given_order = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long v = strtol(tok, &end, 10);
+        if (*end || end == tok || p->n_given_order >= DSLA_LAYER_ORDER_MAX) {
+            fprintf(stderr, "--layer-order: '%s' is not a comma-separated list of layers\n", text);
+            free(copy);
+            return 2;
+        }
+        p->given_order[p->n_given_order++] = (int)v;
+    }
+    free(copy);
+    return 0;
+}
+
+static void print_summary(const dsla_distill_report_t *r) {
+    printf("\nconversion order (ascending attention entropy unless --order says otherwise):");
+    for (int i = 0; i < r->n_layers; i++)
+        printf(" %d", r->order[i]);
+    printf("\nteacher held-out perplexity: %.4f\n\n", r->teacher_ppl);
+    printf(
+        "| k | layer | entropy | init eval MSE | eval MSE | reduction | hybrid ppl | seconds |\n");
+    printf(
+        "|---|-------|---------|---------------|----------|-----------|------------|---------|\n");
+    for (int i = 0; i < r->n_converted; i++) {
+        const dsla_distill_layer_report_t *c = &r->converted[i];
+        printf("| %d | %d | %.3f | %.5f | %.5f | %.1fx | %.4f | %.1f |\n", c->k + 1, c->layer,
+               r->entropy[c->layer], c->init_eval_mse, c->eval_mse, c->init_eval_mse / c->eval_mse,
+               c->eval_ppl, c->seconds);
+    }
+}
+
+int dsla_cmd_distill(int argc, char **argv) {
+    dsla_distill_params_t p = dsla_distill_params_default();
+    const char *model_dir = getenv("DSLA_MODEL"), *out_dir = NULL, *order = "entropy";
+    const char *layer_order = NULL;
+    dsla_arg_list_t data = {0}, eval_data = {0};
+    long layers = 0, steps = p.steps, batch = p.batch, seq_len = 256, seed = (long)p.seed;
+    long max_sequences = 0, eval_sequences = DEFAULT_EVAL_SEQUENCES;
+    long checkpoint_every = p.checkpoint_every;
+    double lr = p.optim.lr;
+    bool independent = false, single_state = false;
+    const dsla_arg_spec_t specs[] = {
+        {"model", DSLA_ARG_STRING, "teacher model directory (default: $DSLA_MODEL)", 0, 0,
+         &model_dir},
+        {"data", DSLA_ARG_STRING_LIST, "training text or .tokens file (repeatable)", 0, 0, &data},
+        {"eval-data", DSLA_ARG_STRING_LIST, "held-out file (default: the last sequences of --data)",
+         0, 0, &eval_data},
+        {"out", DSLA_ARG_STRING, "output directory for layer versions (required)", 0, 0, &out_dir},
+        {"layers", DSLA_ARG_INT, "layers to convert, first ones of the order (default all)", 0,
+         DSLA_LAYER_ORDER_MAX, &layers},
+        {"steps", DSLA_ARG_INT, "optimizer steps per layer (default 200)", 1, 1e9, &steps},
+        {"seq-len", DSLA_ARG_INT, "tokens per training sequence (default 256)", 2, 1 << 20,
+         &seq_len},
+        {"batch", DSLA_ARG_INT, "sequences per step (default 8)", 1, DSLA_LAYER_ORDER_MAX, &batch},
+        {"lr", DSLA_ARG_FLOAT, "peak learning rate (default 1e-3)", 1e-8, 1, &lr},
+        {"order", DSLA_ARG_STRING, "entropy (default), reverse, or given", 0, 0, &order},
+        {"layer-order", DSLA_ARG_STRING, "with --order given: e.g. 3,1,0,2,4", 0, 0, &layer_order},
+        {"independent", DSLA_ARG_FLAG, "train each layer on the teacher's inputs (not chained)", 0,
+         0, &independent},
+        {"single-state", DSLA_ARG_FLAG, "history state only (ablation)", 0, 0, &single_state},
+        {"max-sequences", DSLA_ARG_INT, "read at most this many training sequences (0: all)", 0,
+         1e9, &max_sequences},
+        {"eval-sequences", DSLA_ARG_INT, "held-out sequences (default 16)", 1, 1e6,
+         &eval_sequences},
+        {"checkpoint-every", DSLA_ARG_INT, "steps between checkpoints (default 50; 0: never)", 0,
+         1e9, &checkpoint_every},
+        {"seed", DSLA_ARG_INT, "seed for initialisation and batches (default 1234)", 0, 9.2e18,
+         &seed},
+    };
+    const char *positional[64];
+    int n_positional = 0;
+    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
+                             positional, 64, &n_positional, usage);
+    if (rc < 0) return 0;
+    if (rc) return rc;
+    /* "--data a.txt b.txt": the words after --data's first value are data files too. */
+    for (int i = 0; i < n_positional && data.count < DSLA_ARG_LIST_MAX; i++)
+        data.items[data.count++] = positional[i];
+    if (!model_dir || !out_dir || data.count == 0) {
+        fprintf(stderr, "dsla distill: --model, --data and --out are required\n");
+        return 2;
+    }
+    if (strcmp(order, "entropy") == 0) {
+        p.order_mode = DSLA_ORDER_ENTROPY;
+    } else if (strcmp(order, "reverse") == 0) {
+        p.order_mode = DSLA_ORDER_REVERSE;
+    } else if (strcmp(order, "given") == 0) {
+        p.order_mode = DSLA_ORDER_GIVEN;
+        if (layer_order && parse_order_list(layer_order, &p)) return 2;
+    } else {
+        fprintf(stderr, "--order: '%s' is not one of entropy, reverse, given\n", order);
+        return 2;
+    }
+    p.layers = (int)layers;
+    p.steps = (int)steps;
+    p.batch = (int)batch;
+    p.seed = (uint64_t)seed;
+    p.chained = !independent;
+    p.single_state = single_state;
+    p.checkpoint_every = (int)checkpoint_every;
+    p.optim = dsla_adamw_params_default(p.steps);
+    p.optim.lr = lr;
+    p.optim.min_lr = lr / 10;
+
+    dsla_model_t *model = NULL;
+    dsla_tokenizer_t *tok = NULL;
+    dsla_corpus_t train = {0}, eval = {0};
+    dsla_distill_report_t *report = calloc(1, sizeof *report);
+    dsla_status_t st = dsla_model_load(&model, model_dir);
+    if (st == DSLA_OK) st = dsla_tokenizer_load_dir(&tok, model_dir);
+    if (st == DSLA_OK)
+        st = dsla_corpus_load(
+            &train, tok, data.items, data.count, (int)seq_len,
+            max_sequences > 0 ? (int)(max_sequences + (eval_data.count ? 0 : eval_sequences)) : 0);
+    if (st == DSLA_OK) {
+        if (eval_data.count)
+            st = dsla_corpus_load(&eval, tok, eval_data.items, eval_data.count, (int)seq_len,
+                                  (int)eval_sequences);
+        else
+            st = dsla_corpus_split(&train, &eval, (int)eval_sequences);
+    }
+    if (st == DSLA_OK) {
+        fprintf(stderr, "dsla distill: %d training and %d held-out sequences of %ld tokens\n",
+                train.num_sequences, eval.num_sequences, seq_len);
+        bool tty = isatty(fileno(stderr));
+        const dsla_distill_callbacks_t cb = {print_progress, print_layer_done, &tty};
+        st = dsla_distill_run(model, &train, &eval, &p, out_dir, &cb, report);
+    }
+    if (st == DSLA_OK)
+        print_summary(report);
+    else
+        fprintf(stderr, "\ndsla distill: %s\n", dsla_last_error());
+    dsla_corpus_free(&train);
+    dsla_corpus_free(&eval);
+    dsla_tokenizer_destroy(&tok);
+    dsla_model_destroy(&model);
+    free(report);
+    return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);
+}

@@ -1,0 +1,731 @@
+#include "distill.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "kernels/kernels.h"
+#include "runtime/core/tensor.h"
+#include "runtime/model/safetensors.h"
+
+/* Sequences per forward pass when capturing hidden states or scoring: enough rows for the GEMMs to
+ * run near their best, few enough that logits of a 32K vocabulary stay a few hundred MB. */
+enum { CAPTURE_BATCH = 8 };
+
+static const char CHECKPOINT_FILE[] = "checkpoint.safetensors";
+
+dsla_distill_params_t dsla_distill_params_default(void) {
+    dsla_distill_params_t p = {
+        .layers = 0, /* all */
+        .steps = 200,
+        .batch = 8,
+        .order_mode = DSLA_ORDER_ENTROPY,
+        .chained = true,
+        .single_state = false,
+        .calib_sequences = 16,
+        .checkpoint_every = 50,
+        .seed = 1234,
+    };
+    p.optim = dsla_adamw_params_default(p.steps);
+    return p;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* ---- forward passes over a corpus --------------------------------------------------------------
+ */
+
+/* Runs sequences [first, first + n) of corpus through model under plan kinds. hidden (num_layers +
+ * 1 entries, NULL to skip) receives each captured stream at row offset first * seq_len; logits,
+ * when not NULL, every token's row. */
+static dsla_status_t forward_sequences(dsla_model_t *model, const dsla_layer_kind_t *kinds,
+                                       const dsla_corpus_t *corpus, int first, int n,
+                                       float *const *hidden_base, int layers_to_run, float *logits,
+                                       float *entropy) {
+    const dsla_model_config_t *cfg = dsla_model_config(model);
+    const int L = cfg->num_layers, T = corpus->seq_len;
+    const size_t D = (size_t)cfg->hidden_size;
+    int attn_layers = 0;
+    for (int l = 0; l < L; l++)
+        attn_layers += !kinds || kinds[l] == DSLA_LAYER_ATTN;
+    int blocks = n * attn_layers * ((T + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
+    dsla_kv_pool_t *pool = NULL;
+    dsla_sequence_t *seqs[CAPTURE_BATCH] = {0};
+    dsla_batch_item_t items[CAPTURE_BATCH];
+    float *hidden[DSLA_LAYER_ORDER_MAX + 1] = {0};
+    dsla_status_t st = dsla_kv_pool_create(&pool, cfg, blocks > 0 ? blocks : 1);
+    for (int i = 0; i < n && st == DSLA_OK; i++) {
+        st = dsla_sequence_create_planned(&seqs[i], pool, cfg, kinds);
+        items[i] = (dsla_batch_item_t){seqs[i], dsla_corpus_sequence(corpus, first + i), T, true};
+    }
+    if (st == DSLA_OK) {
+        for (int l = 0; l <= L; l++)
+            hidden[l] =
+                hidden_base && hidden_base[l] ? hidden_base[l] + (size_t)first * T * D : NULL;
+        const dsla_forward_capture_t capture = {hidden, entropy, layers_to_run};
+        st = dsla_model_forward_capture(model, items, n, logits, &capture);
+    }
+    for (int i = 0; i < n; i++)
+        dsla_sequence_destroy(&seqs[i]);
+    dsla_kv_pool_destroy(&pool);
+    return st;
+}
+
+/* Captures, for every sequence of corpus, the stream entering layer `in_layer` into h_in and the
+ * stream leaving layer `out_layer` into h_out (either may be NULL), [num_sequences, T, D]. */
+static dsla_status_t capture_streams(dsla_model_t *model, const dsla_layer_kind_t *kinds,
+                                     const dsla_corpus_t *corpus, int in_layer, float *h_in,
+                                     int out_layer, float *h_out) {
+    float *hidden[DSLA_LAYER_ORDER_MAX + 1] = {0};
+    if (h_in) hidden[in_layer] = h_in;
+    if (h_out) hidden[out_layer + 1] = h_out;
+    /* Nothing past the last captured stream is needed. */
+    const int last = h_out ? out_layer : (in_layer > 0 ? in_layer - 1 : 0);
+    for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
+        int n = corpus->num_sequences - first;
+        if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
+        DSLA_TRY(forward_sequences(model, kinds, corpus, first, n, hidden, last + 1, NULL, NULL));
+    }
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
+                                    const dsla_corpus_t *corpus, double *nll) {
+    const dsla_model_config_t *cfg = dsla_model_config(model);
+    const int T = corpus->seq_len, V = cfg->vocab_size;
+    float *logits = malloc((size_t)CAPTURE_BATCH * T * V * sizeof *logits);
+    if (!logits) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for eval logits");
+    double total = 0.0;
+    long count = 0;
+    dsla_status_t st = DSLA_OK;
+    for (int first = 0; first < corpus->num_sequences && st == DSLA_OK; first += CAPTURE_BATCH) {
+        int n = corpus->num_sequences - first;
+        if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
+        st = forward_sequences(model, kinds, corpus, first, n, NULL, 0, logits, NULL);
+        for (int i = 0; i < n && st == DSLA_OK; i++) {
+            const int32_t *tokens = dsla_corpus_sequence(corpus, first + i);
+            for (int t = 0; t + 1 < T; t++) {
+                const float *row = logits + ((size_t)i * T + t) * V;
+                float max = row[0];
+                for (int j = 1; j < V; j++)
+                    max = row[j] > max ? row[j] : max;
+                double sum = 0.0;
+                for (int j = 0; j < V; j++)
+                    sum += exp((double)row[j] - max);
+                total += log(sum) + max - row[tokens[t + 1]];
+                count++;
+            }
+        }
+    }
+    free(logits);
+    if (st == DSLA_OK) *nll = count ? total / (double)count : NAN;
+    return st;
+}
+
+dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpus_t *corpus,
+                                         int n_sequences, float *entropy, int *order) {
+    const int L = dsla_model_config(teacher)->num_layers;
+    if (n_sequences > corpus->num_sequences) n_sequences = corpus->num_sequences;
+    if (n_sequences < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "entropy order needs calibration sequences");
+    float *per_item = malloc((size_t)CAPTURE_BATCH * L * sizeof *per_item);
+    double *sum = calloc((size_t)L, sizeof *sum);
+    if (!per_item || !sum) {
+        free(per_item);
+        free(sum);
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for entropies");
+    }
+    dsla_status_t st = DSLA_OK;
+    for (int first = 0; first < n_sequences && st == DSLA_OK; first += CAPTURE_BATCH) {
+        int n = n_sequences - first;
+        if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
+        st = forward_sequences(teacher, NULL, corpus, first, n, NULL, 0, NULL, per_item);
+        for (int i = 0; i < n && st == DSLA_OK; i++)
+            for (int l = 0; l < L; l++)
+                sum[l] += per_item[(size_t)i * L + l];
+    }
+    if (st == DSLA_OK) {
+        for (int l = 0; l < L; l++) {
+            entropy[l] = (float)(sum[l] / n_sequences);
+            order[l] = l;
+        }
+        /* Insertion sort: stable, so equal entropies keep the layers' natural order. */
+        for (int i = 1; i < L; i++)
+            for (int j = i; j > 0 && entropy[order[j]] < entropy[order[j - 1]]; j--) {
+                int tmp = order[j];
+                order[j] = order[j - 1];
+                order[j - 1] = tmp;
+            }
+    }
+    free(per_item);
+    free(sum);
+    return st;
+}
+
+/* ---- training one layer ------------------------------------------------------------------------
+ */
+
+/* The state of one layer's training: its weights, gradients and AdamW moments (four layers of one
+ * shape, so one offset addresses a tensor in each), and the step's buffers. */
+typedef struct {
+    const dsla_model_config_t *cfg;
+    int layer, batch, seq_len;
+    bool single_state;
+    dsla_dsla_layer_t *w, *grad, *m, *v;
+    dsla_mlp_block_t mlp;
+    const float *attn_norm;
+    size_t rows, width; /* rows = batch * seq_len; width = D */
+    float *h_in, *target, *x, *y, *h_mid, *h_out, *dh, *dx, *mlp_work;
+    void *dsla_mem;
+    dsla_dsla_layer_ws_t ws;
+} trainer_t;
+
+static void trainer_free(trainer_t *t) {
+    dsla_dsla_layer_destroy(&t->grad);
+    dsla_dsla_layer_destroy(&t->m);
+    dsla_dsla_layer_destroy(&t->v);
+    float *bufs[] = {t->h_in, t->target, t->x, t->y, t->h_mid, t->h_out, t->dh, t->dx, t->mlp_work};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        dsla_free(bufs[i]);
+    dsla_free(t->dsla_mem);
+}
+
+static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_layer_t *w,
+                                  int batch, int seq_len, bool single_state) {
+    const dsla_model_config_t *cfg = dsla_model_config(model);
+    memset(t, 0, sizeof *t);
+    t->cfg = cfg;
+    t->layer = w->layer;
+    t->batch = batch;
+    t->seq_len = seq_len;
+    t->single_state = single_state;
+    t->w = w;
+    DSLA_TRY(dsla_dsla_layer_create(&t->grad, cfg, w->layer));
+    DSLA_TRY(dsla_dsla_layer_create(&t->m, cfg, w->layer));
+    DSLA_TRY(dsla_dsla_layer_create(&t->v, cfg, w->layer));
+    const dsla_llama_layer_t *teacher = dsla_model_layer(model, w->layer);
+    t->attn_norm = teacher->attn_norm;
+    t->mlp = (dsla_mlp_block_t){teacher->mlp_norm, teacher->w_gate,  teacher->w_up,
+                                teacher->w_down,   cfg->hidden_size, cfg->intermediate_size,
+                                cfg->rms_norm_eps};
+    t->rows = (size_t)batch * seq_len;
+    t->width = (size_t)cfg->hidden_size;
+    const size_t act = t->rows * t->width;
+    float **bufs[] = {&t->h_in, &t->target, &t->x, &t->y, &t->h_mid, &t->h_out, &t->dh, &t->dx};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i] = dsla_alloc(act * sizeof(float));
+        if (!*bufs[i]) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for training");
+    }
+    t->mlp_work =
+        dsla_alloc(dsla_cpu_mlp_block_workspace_floats(&t->mlp, (int)t->rows) * sizeof(float));
+    const dsla_dsla_dims_t dims = {batch, seq_len, cfg->num_heads, cfg->head_dim};
+    size_t bytes = dsla_cpu_dsla_layer_workspace_bytes(&dims, cfg->hidden_size);
+    t->dsla_mem = dsla_alloc(bytes);
+    if (!t->mlp_work || !t->dsla_mem)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for training workspaces");
+    return dsla_cpu_dsla_layer_workspace_init(&t->ws, &dims, cfg->hidden_size, t->dsla_mem, bytes);
+}
+
+/* The weights the kernels run: a single-state layer mixes with softmax(0, -inf) = (1, 0), exactly
+ * as the serving forward pass runs it (llama.c), so the recency state never reaches the output. */
+static dsla_dsla_layer_weights_t trainer_weights(const trainer_t *t) {
+    static const float history_only[2] = {0.0f, -INFINITY};
+    dsla_dsla_layer_weights_t w = dsla_dsla_layer_weights(t->w);
+    if (t->single_state) w.alpha = history_only;
+    return w;
+}
+
+/* Student forward over the rows in t->h_in: h_out, keeping what the backward needs in ws. */
+static dsla_status_t student_forward(trainer_t *t, int batch) {
+    const int rows = batch * t->seq_len, D = (int)t->width;
+    const dsla_dsla_layer_weights_t w = trainer_weights(t);
+    t->ws.dims.batch = batch;
+    dsla_cpu_rmsnorm(t->x, t->h_in, t->attn_norm, rows, D, t->cfg->rms_norm_eps);
+    DSLA_TRY(dsla_cpu_dsla_layer_forward(&t->ws, &w, t->x, NULL, NULL, t->y, NULL, NULL));
+    dsla_cpu_add(t->h_mid, t->h_in, t->y, (size_t)rows * D);
+    dsla_cpu_mlp_block_forward(t->h_out, t->h_mid, &t->mlp, rows, t->mlp_work);
+    return DSLA_OK;
+}
+
+static void gather(float *dst, const float *all, const int *idx, int n, size_t per_seq) {
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (size_t)i * per_seq, all + (size_t)idx[i] * per_seq, per_seq * sizeof *dst);
+}
+
+typedef struct {
+    float *w, *g, *m, *v;
+    size_t n;
+    bool decay;
+} param_view_t;
+
+/* The tensors AdamW updates, each with its own decay choice: matrices decay, biases and alpha do
+ * not (as is usual for AdamW). A single-state layer does not train what its output never uses. */
+static int trainer_params(const trainer_t *t, param_view_t *out) {
+    const size_t hd = (size_t)t->cfg->num_heads * t->cfg->head_dim, D = t->width;
+    const dsla_dsla_layer_t *L[4] = {t->w, t->grad, t->m, t->v};
+    struct {
+        size_t offset, n;
+        bool decay, history;
+    } spec[] = {
+        {(size_t)(t->w->wq - t->w->data), hd * D, true, true},
+        {(size_t)(t->w->wk - t->w->data), hd * D, true, true},
+        {(size_t)(t->w->wv - t->w->data), hd * D, true, true},
+        {(size_t)(t->w->wo - t->w->data), D * hd, true, true},
+        {(size_t)(t->w->wg1 - t->w->data), hd * D, true, true},
+        {(size_t)(t->w->bg1 - t->w->data), hd, false, true},
+        {(size_t)(t->w->wg2 - t->w->data), hd * D, true, false},
+        {(size_t)(t->w->bg2 - t->w->data), hd, false, false},
+        {(size_t)(t->w->alpha - t->w->data), 2, false, false},
+    };
+    int n = 0;
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+        if (t->single_state && !spec[i].history) continue;
+        out[n++] = (param_view_t){L[0]->data + spec[i].offset,
+                                  L[1]->data + spec[i].offset,
+                                  L[2]->data + spec[i].offset,
+                                  L[3]->data + spec[i].offset,
+                                  spec[i].n,
+                                  spec[i].decay};
+    }
+    return n;
+}
+
+/* One optimizer step on the sequences idx[0..batch) of the captured streams; returns the loss. */
+static dsla_status_t train_step(trainer_t *t, const float *h_in_all, const float *target_all,
+                                const int *idx, long step, const dsla_adamw_params_t *optim,
+                                double *loss) {
+    const size_t per_seq = (size_t)t->seq_len * t->width, n = t->rows * t->width;
+    gather(t->h_in, h_in_all, idx, t->batch, per_seq);
+    gather(t->target, target_all, idx, t->batch, per_seq);
+    DSLA_TRY(student_forward(t, t->batch));
+    *loss = dsla_cpu_nmse_loss(t->dh, t->h_out, t->target, n);
+    dsla_cpu_mlp_block_backward(t->dh, t->dh, t->h_mid, &t->mlp, (int)t->rows, t->mlp_work);
+    const dsla_dsla_layer_weights_t w = trainer_weights(t);
+    dsla_dsla_layer_t *g = t->grad;
+    const dsla_dsla_layer_grads_t grads = {g->wq,  g->wk,  g->wv,  g->wo,   g->wg1,
+                                           g->bg1, g->wg2, g->bg2, g->alpha};
+    DSLA_TRY(dsla_cpu_dsla_layer_backward(&t->ws, &w, t->x, NULL, NULL, t->dh, NULL, NULL, t->dx,
+                                          &grads, NULL, NULL));
+    param_view_t params[16];
+    int np = trainer_params(t, params);
+    float *garr[16];
+    size_t counts[16];
+    for (int i = 0; i < np; i++) {
+        garr[i] = params[i].g;
+        counts[i] = params[i].n;
+    }
+    double norm = dsla_cpu_clip_grad_norm(garr, counts, np, optim->max_grad_norm);
+    if (!isfinite(norm) || !isfinite(*loss))
+        return dsla_error(DSLA_ERR_INTERNAL,
+                          "layer %d step %ld: non-finite loss %g or gradient norm %g", t->layer,
+                          step, *loss, norm);
+    double lr = dsla_adamw_lr(optim, step);
+    dsla_adamw_params_t no_decay = *optim;
+    no_decay.weight_decay = 0.0;
+    for (int i = 0; i < np; i++)
+        dsla_cpu_adamw_step(params[i].w, params[i].m, params[i].v, params[i].g, params[i].n, step,
+                            lr, params[i].decay ? optim : &no_decay);
+    return DSLA_OK;
+}
+
+/* Held-out layer loss: sum of squared errors over the sum of squared targets, over all of eval. */
+static dsla_status_t eval_layer_mse(trainer_t *t, const float *h_in_all, const float *target_all,
+                                    int n_seq, double *mse) {
+    const size_t per_seq = (size_t)t->seq_len * t->width;
+    double num = 0.0, den = 0.0;
+    int idx[DSLA_LAYER_ORDER_MAX];
+    for (int first = 0; first < n_seq; first += t->batch) {
+        int n = n_seq - first < t->batch ? n_seq - first : t->batch;
+        for (int i = 0; i < n; i++)
+            idx[i] = first + i;
+        gather(t->h_in, h_in_all, idx, n, per_seq);
+        gather(t->target, target_all, idx, n, per_seq);
+        DSLA_TRY(student_forward(t, n));
+        for (size_t i = 0; i < (size_t)n * per_seq; i++) {
+            double d = (double)t->h_out[i] - t->target[i];
+            num += d * d;
+            den += (double)t->target[i] * t->target[i];
+        }
+    }
+    t->ws.dims.batch = t->batch;
+    *mse = den > 0 ? num / den : num;
+    return DSLA_OK;
+}
+
+/* ---- checkpoints inside a layer ----------------------------------------------------------------
+ */
+
+static void path_join(char *out, size_t cap, const char *dir, const char *name) {
+    snprintf(out, cap, "%s/%s", dir, name);
+}
+
+static dsla_status_t checkpoint_save(const trainer_t *t, const char *out_dir, long step) {
+    char path[4096], value[32];
+    path_join(path, sizeof path, out_dir, CHECKPOINT_FILE);
+    dsla_st_writer_t *wr = NULL;
+    DSLA_TRY(dsla_st_writer_create(&wr));
+    const int64_t shape[1] = {(int64_t)t->w->numel};
+    dsla_status_t st = dsla_st_writer_add(wr, "weights", DSLA_DTYPE_F32, 1, shape, t->w->data);
+    if (st == DSLA_OK) st = dsla_st_writer_add(wr, "adam_m", DSLA_DTYPE_F32, 1, shape, t->m->data);
+    if (st == DSLA_OK) st = dsla_st_writer_add(wr, "adam_v", DSLA_DTYPE_F32, 1, shape, t->v->data);
+    snprintf(value, sizeof value, "%d", t->layer);
+    if (st == DSLA_OK) st = dsla_st_writer_set_metadata(wr, "layer", value);
+    snprintf(value, sizeof value, "%ld", step);
+    if (st == DSLA_OK) st = dsla_st_writer_set_metadata(wr, "step", value);
+    if (st == DSLA_OK) st = dsla_st_writer_save(wr, path);
+    dsla_st_writer_destroy(&wr);
+    return st;
+}
+
+/* Restores weights and moments when out_dir holds a checkpoint of this layer; *step is the number
+ * of steps it had done (0 when there is none to resume). */
+static dsla_status_t checkpoint_load(trainer_t *t, const char *out_dir, long *step) {
+    char path[4096];
+    path_join(path, sizeof path, out_dir, CHECKPOINT_FILE);
+    *step = 0;
+    struct stat sb;
+    if (stat(path, &sb) != 0) return DSLA_OK;
+    dsla_safetensors_t *st = NULL;
+    DSLA_TRY(dsla_safetensors_open(&st, path));
+    const char *layer = dsla_safetensors_metadata(st, "layer");
+    const char *steps = dsla_safetensors_metadata(st, "step");
+    dsla_status_t s = DSLA_OK;
+    if (!layer || !steps) {
+        s = dsla_error(DSLA_ERR_FORMAT, "%s: metadata 'layer' and 'step' are required", path);
+    } else if (atoi(layer) == t->layer) {
+        const int64_t shape[1] = {(int64_t)t->w->numel};
+        s = dsla_safetensors_read_f32(st, "weights", 1, shape, t->w->data);
+        if (s == DSLA_OK) s = dsla_safetensors_read_f32(st, "adam_m", 1, shape, t->m->data);
+        if (s == DSLA_OK) s = dsla_safetensors_read_f32(st, "adam_v", 1, shape, t->v->data);
+        if (s == DSLA_OK) *step = atol(steps);
+    }
+    dsla_safetensors_close(&st);
+    return s;
+}
+
+/* ---- the run -----------------------------------------------------------------------------------
+ */
+
+typedef struct {
+    dsla_model_t *model;
+    const dsla_model_config_t *cfg;
+    const dsla_distill_params_t *p;
+    const dsla_corpus_t *train, *eval;
+    const char *out_dir;
+    const dsla_distill_callbacks_t *cb;
+    dsla_distill_report_t *report;
+    dsla_layer_kind_t kinds[DSLA_LAYER_ORDER_MAX];
+    dsla_dsla_layer_t *converted[DSLA_LAYER_ORDER_MAX];
+    int n_convert;
+    uint64_t teacher_checksum;
+    double step_seconds; /* running mean, for the time left */
+    long steps_done;
+} run_t;
+
+static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill_params_t *p,
+                              const dsla_corpus_t *train, const dsla_corpus_t *eval) {
+    const int L = cfg->num_layers;
+    if (L > DSLA_LAYER_ORDER_MAX)
+        return dsla_error(DSLA_ERR_UNSUPPORTED, "model has %d layers; at most %d", L,
+                          DSLA_LAYER_ORDER_MAX);
+    if (p->layers < 0 || p->layers > L)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "layers %d is outside 0..%d (0: all)",
+                          p->layers, L);
+    if (p->steps < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "steps %d must be at least 1", p->steps);
+    if (p->batch < 1 || p->batch > DSLA_LAYER_ORDER_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "batch %d is outside 1..%d", p->batch,
+                          DSLA_LAYER_ORDER_MAX);
+    if (train->num_sequences < 1 || eval->num_sequences < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "need training and held-out sequences (have %d and %d)",
+                          train->num_sequences, eval->num_sequences);
+    if (train->seq_len != eval->seq_len)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "training and held-out sequences differ in length (%d and %d)",
+                          train->seq_len, eval->seq_len);
+    if (train->seq_len > cfg->max_position_embeddings)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "seq_len %d exceeds the model's context of %d",
+                          train->seq_len, cfg->max_position_embeddings);
+    if (p->order_mode == DSLA_ORDER_GIVEN && p->n_given_order > 0) {
+        bool seen[DSLA_LAYER_ORDER_MAX] = {false};
+        for (int i = 0; i < p->n_given_order; i++) {
+            int l = p->given_order[i];
+            if (l < 0 || l >= L || seen[l])
+                return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                                  "given order entry %d (layer %d) is out of 0..%d or repeated", i,
+                                  l, L - 1);
+            seen[l] = true;
+        }
+        if (p->n_given_order < (p->layers ? p->layers : L))
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "given order names %d layers but %d are to be converted",
+                              p->n_given_order, p->layers ? p->layers : L);
+    }
+    return DSLA_OK;
+}
+
+static dsla_status_t compute_order(run_t *r) {
+    const int L = r->cfg->num_layers;
+    dsla_distill_report_t *rep = r->report;
+    DSLA_TRY(dsla_distill_entropy_order(r->model, r->train, r->p->calib_sequences, rep->entropy,
+                                        rep->order));
+    if (r->p->order_mode == DSLA_ORDER_REVERSE) {
+        for (int i = 0; i < L / 2; i++) {
+            int tmp = rep->order[i];
+            rep->order[i] = rep->order[L - 1 - i];
+            rep->order[L - 1 - i] = tmp;
+        }
+    } else if (r->p->order_mode == DSLA_ORDER_GIVEN) {
+        bool seen[DSLA_LAYER_ORDER_MAX] = {false};
+        int n = 0;
+        for (int i = 0; i < r->p->n_given_order; i++)
+            seen[rep->order[n++] = r->p->given_order[i]] = true;
+        for (int l = 0; l < L && n < L; l++)
+            if (!seen[l]) rep->order[n++] = l;
+    }
+    return DSLA_OK;
+}
+
+static void version_path(char *out, size_t cap, const char *dir, int layer) {
+    char name[64];
+    snprintf(name, sizeof name, "layer-%d.safetensors", layer);
+    path_join(out, cap, dir, name);
+}
+
+/* Loads the version of the k-th layer when an earlier run finished it; *found says whether. */
+static dsla_status_t load_finished(run_t *r, int k, bool *found) {
+    const int layer = r->report->order[k];
+    char path[4096];
+    version_path(path, sizeof path, r->out_dir, layer);
+    struct stat sb;
+    *found = stat(path, &sb) == 0;
+    if (!*found) return DSLA_OK;
+    dsla_layer_version_meta_t meta;
+    dsla_dsla_layer_t *l = NULL;
+    DSLA_TRY(dsla_dsla_layer_load(&l, path, r->cfg, &meta));
+    bool same_order = meta.n_order == r->cfg->num_layers;
+    for (int i = 0; same_order && i < meta.n_order; i++)
+        same_order = meta.order[i] == r->report->order[i];
+    if (!same_order || meta.teacher_checksum != r->teacher_checksum ||
+        l->single_state != r->p->single_state) {
+        dsla_dsla_layer_destroy(&l);
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "%s was distilled with another order, teacher or state count; use a "
+                          "fresh output directory",
+                          path);
+    }
+    r->converted[layer] = l;
+    dsla_distill_layer_report_t *rep = &r->report->converted[k];
+    *rep = (dsla_distill_layer_report_t){
+        layer, k, true, NAN, meta.eval_mse, meta.train_loss, meta.eval_ppl, 0.0};
+    return DSLA_OK;
+}
+
+static void install(run_t *r, int layer) {
+    dsla_model_set_dsla_layer(r->model, layer, r->converted[layer]);
+    r->kinds[layer] = DSLA_LAYER_DSLA;
+}
+
+/* Trains the k-th layer of the order, saves its version and installs it. */
+static dsla_status_t train_layer(run_t *r, int k) {
+    const dsla_distill_params_t *p = r->p;
+    const int layer = r->report->order[k], T = r->train->seq_len;
+    const size_t per_seq = (size_t)T * r->cfg->hidden_size;
+    double started = now_seconds();
+    dsla_dsla_layer_t *w = NULL;
+    trainer_t t = {0};
+    float *h_in = NULL, *target = NULL, *eval_in = NULL, *eval_target = NULL;
+    dsla_status_t st = dsla_dsla_layer_create(&w, r->cfg, layer);
+    if (st == DSLA_OK) {
+        w->single_state = p->single_state;
+        st = dsla_dsla_layer_init_from_teacher(w, r->model, layer, p->seed + (uint64_t)layer);
+    }
+    if (st == DSLA_OK) st = trainer_init(&t, r->model, w, p->batch, T, p->single_state);
+    if (st != DSLA_OK) goto done;
+
+    h_in = dsla_alloc((size_t)r->train->num_sequences * per_seq * sizeof(float));
+    target = dsla_alloc((size_t)r->train->num_sequences * per_seq * sizeof(float));
+    eval_in = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
+    eval_target = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
+    if (!h_in || !target || !eval_in || !eval_target) {
+        st =
+            dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's hidden states", layer);
+        goto done;
+    }
+    /* The student learns on what it will see when served: the hybrid's stream (chained), or the
+     * teacher's (the unchained ablation). The target is always the teacher's. */
+    const dsla_layer_kind_t *input_plan = p->chained ? r->kinds : NULL;
+    st = capture_streams(r->model, input_plan, r->train, layer, h_in, layer, NULL);
+    if (st == DSLA_OK) st = capture_streams(r->model, NULL, r->train, layer, NULL, layer, target);
+    if (st == DSLA_OK)
+        st = capture_streams(r->model, input_plan, r->eval, layer, eval_in, layer, NULL);
+    if (st == DSLA_OK)
+        st = capture_streams(r->model, NULL, r->eval, layer, NULL, layer, eval_target);
+    if (st != DSLA_OK) goto done;
+
+    dsla_distill_layer_report_t *rep = &r->report->converted[k];
+    *rep = (dsla_distill_layer_report_t){.layer = layer, .k = k};
+    st = eval_layer_mse(&t, eval_in, eval_target, r->eval->num_sequences, &rep->init_eval_mse);
+    long step = 0;
+    if (st == DSLA_OK) st = checkpoint_load(&t, r->out_dir, &step);
+    if (st != DSLA_OK) goto done;
+
+    dsla_adamw_params_t optim = p->optim;
+    optim.total_steps = p->steps;
+    int tail = p->steps / 10 > 0 ? p->steps / 10 : 1;
+    double tail_loss = 0.0;
+    int tail_count = 0;
+    int idx[DSLA_LAYER_ORDER_MAX];
+    while (step < p->steps) {
+        double t0 = now_seconds();
+        step++;
+        uint64_t rng = p->seed ^ ((uint64_t)(layer + 1) << 40) ^ (uint64_t)step;
+        for (int i = 0; i < p->batch; i++)
+            idx[i] = (int)(splitmix64(&rng) % (uint64_t)r->train->num_sequences);
+        double loss;
+        st = train_step(&t, h_in, target, idx, step, &optim, &loss);
+        if (st != DSLA_OK) goto done;
+        if (step > p->steps - tail) {
+            tail_loss += loss;
+            tail_count++;
+        }
+        if (p->checkpoint_every > 0 && step % p->checkpoint_every == 0 && step < p->steps) {
+            st = checkpoint_save(&t, r->out_dir, step);
+            if (st != DSLA_OK) goto done;
+        }
+        double dt = now_seconds() - t0;
+        r->steps_done++;
+        r->step_seconds +=
+            (dt - r->step_seconds) / (double)(r->steps_done < 20 ? r->steps_done : 20);
+        if (r->cb && r->cb->on_progress) {
+            long left = (long)(r->n_convert - k - 1) * p->steps + (p->steps - step);
+            const dsla_distill_progress_t prog = {k,
+                                                  r->n_convert,
+                                                  layer,
+                                                  (int)step,
+                                                  p->steps,
+                                                  loss,
+                                                  (double)p->batch * T / dt,
+                                                  (double)left * r->step_seconds};
+            r->cb->on_progress(r->cb->user, &prog);
+        }
+    }
+    rep->train_loss = tail_count ? tail_loss / tail_count : NAN;
+    st = eval_layer_mse(&t, eval_in, eval_target, r->eval->num_sequences, &rep->eval_mse);
+    if (st != DSLA_OK) goto done;
+
+    r->converted[layer] = w;
+    w = NULL;
+    install(r, layer);
+    double nll;
+    st = dsla_distill_eval_nll(r->model, r->kinds, r->eval, &nll);
+    if (st != DSLA_OK) goto done;
+    rep->eval_ppl = exp(nll);
+
+    dsla_layer_version_meta_t meta = {
+        .version = 1,
+        .n_order = r->cfg->num_layers,
+        .steps = p->steps,
+        .train_loss = rep->train_loss,
+        .eval_mse = rep->eval_mse,
+        .eval_ppl = rep->eval_ppl,
+        .teacher_ppl = r->report->teacher_ppl,
+        .teacher_checksum = r->teacher_checksum,
+    };
+    memcpy(meta.order, r->report->order, sizeof(int) * (size_t)r->cfg->num_layers);
+    char path[4096];
+    version_path(path, sizeof path, r->out_dir, layer);
+    st = dsla_dsla_layer_save(r->converted[layer], path, &meta);
+    if (st != DSLA_OK) goto done;
+    path_join(path, sizeof path, r->out_dir, CHECKPOINT_FILE);
+    remove(path);
+    rep->seconds = now_seconds() - started;
+done:
+    trainer_free(&t);
+    dsla_dsla_layer_destroy(&w);
+    dsla_free(h_in);
+    dsla_free(target);
+    dsla_free(eval_in);
+    dsla_free(eval_target);
+    return st;
+}
+
+static dsla_status_t make_dir(const char *dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s", dir);
+    for (char *s = path + 1; *s; s++)
+        if (*s == '/') {
+            *s = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST)
+                return dsla_error(DSLA_ERR_IO, "mkdir %s: %s", path, strerror(errno));
+            *s = '/';
+        }
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return dsla_error(DSLA_ERR_IO, "mkdir %s: %s", path, strerror(errno));
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train,
+                               const dsla_corpus_t *eval, const dsla_distill_params_t *params,
+                               const char *out_dir, const dsla_distill_callbacks_t *callbacks,
+                               dsla_distill_report_t *report) {
+    memset(report, 0, sizeof *report);
+    const dsla_model_config_t *cfg = dsla_model_config(teacher);
+    DSLA_TRY(validate(cfg, params, train, eval));
+    DSLA_TRY(make_dir(out_dir));
+    run_t r = {
+        .model = teacher,
+        .cfg = cfg,
+        .p = params,
+        .train = train,
+        .eval = eval,
+        .out_dir = out_dir,
+        .cb = callbacks,
+        .report = report,
+        .n_convert = params->layers ? params->layers : cfg->num_layers,
+    };
+    report->n_layers = cfg->num_layers;
+    for (int l = 0; l < cfg->num_layers; l++)
+        r.kinds[l] = DSLA_LAYER_ATTN;
+    r.teacher_checksum = dsla_model_checksum(teacher);
+    dsla_status_t st = compute_order(&r);
+    double nll = NAN;
+    if (st == DSLA_OK) st = dsla_distill_eval_nll(teacher, NULL, eval, &nll);
+    report->teacher_ppl = exp(nll);
+    for (int k = 0; k < r.n_convert && st == DSLA_OK; k++) {
+        bool found = false;
+        st = load_finished(&r, k, &found);
+        if (st != DSLA_OK) break;
+        if (found) {
+            install(&r, report->order[k]);
+        } else {
+            st = train_layer(&r, k);
+        }
+        if (st == DSLA_OK) {
+            report->n_converted = k + 1;
+            if (callbacks && callbacks->on_layer_done)
+                callbacks->on_layer_done(callbacks->user, &report->converted[k]);
+        }
+    }
+    for (int l = 0; l < cfg->num_layers; l++) {
+        dsla_model_set_dsla_layer(teacher, l, NULL);
+        dsla_dsla_layer_destroy(&r.converted[l]);
+    }
+    return st;
+}

@@ -1,0 +1,114 @@
+/* The chained distillation engine (DESIGN.md section 5): converts a teacher's attention layers into
+ * DSLA layers one at a time, in ascending attention-entropy order, each trained on the hidden
+ * states of the hybrid in which the layers before it are already DSLA.
+ *
+ * A run over an output directory writes, for the k-th converted layer l, the layer version
+ * layer-<l>.safetensors (dsla_layer.h: tensors plus metadata: order, steps, losses, eval numbers,
+ * teacher checksum), atomically, then moves on. Inside a layer it checkpoints the weights and the
+ * optimizer state every checkpoint_every steps to checkpoint.safetensors. Started again on the same
+ * directory with the same parameters, it skips the finished layers (loading their versions into the
+ * hybrid) and resumes the current one from its checkpoint. Batches are drawn from a generator keyed
+ * by (seed, layer, step), so a resumed run produces the same layer versions as an uninterrupted
+ * one.
+ *
+ * Per step: h_in = the hybrid's residual stream entering layer l (or the teacher's, for the
+ * unchained ablation), target = the teacher's stream leaving layer l; the student computes
+ * h_out = h_mid + MLP(RMSNorm(h_mid)), h_mid = h_in + DSLA(RMSNorm(h_in)) with the layer's frozen
+ * norms and MLP, and minimises the MSE normalised by the target's mean square (5.3) with AdamW.
+ * The optional loss terms of 5.3 (logit KL, gate cosine) are not implemented yet.
+ *
+ * Contract: the engine installs DSLA layers into the teacher model it is given (dsla_model_set_
+ * dsla_layer) and uninstalls them before returning; it runs on the calling thread and reports
+ * through callbacks; it must not print. */
+#ifndef DSLA_DISTILL_DISTILL_H
+#define DSLA_DISTILL_DISTILL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kernels/kernels_train.h"
+#include "runtime/core/status.h"
+#include "runtime/distill/data.h"
+#include "runtime/model/dsla_layer.h"
+#include "runtime/model/llama.h"
+
+typedef enum {
+    DSLA_ORDER_ENTROPY = 0, /* ascending attention entropy (5.1) */
+    DSLA_ORDER_REVERSE,     /* descending: the ablation */
+    DSLA_ORDER_GIVEN,       /* the caller's list (default: 0, 1, 2, ...) */
+} dsla_order_mode_t;
+
+/* Every hyper-parameter of a run; dsla_distill_params_default documents the defaults. */
+typedef struct {
+    int layers; /* layers to convert, the first ones of the order; default: all */
+    int steps;  /* optimizer steps per layer; default 200 */
+    int batch;  /* sequences per step; default 8 */
+    dsla_order_mode_t order_mode;
+    int given_order[DSLA_LAYER_ORDER_MAX];
+    int n_given_order;
+    bool chained;              /* default true; false trains every layer on the teacher's inputs */
+    bool single_state;         /* the ablation with the history state only; default false */
+    int calib_sequences;       /* sequences whose attention entropy sets the order; default 16 */
+    int checkpoint_every;      /* steps between in-layer checkpoints; default 50; 0: never */
+    uint64_t seed;             /* initialisation and batches; default 1234 */
+    dsla_adamw_params_t optim; /* lr 1e-3 -> 1e-4 cosine, 10% warm-up, wd 0.01, clip 1.0 */
+} dsla_distill_params_t;
+
+dsla_distill_params_t dsla_distill_params_default(void);
+
+/* What the progress callback sees after each step. */
+typedef struct {
+    int k, n_layers; /* k-th conversion (0-based) of n_layers */
+    int layer;       /* the decoder layer being trained */
+    int step, steps; /* 1-based step of steps */
+    double loss;     /* this step's training loss */
+    double tokens_per_second;
+    double seconds_left; /* estimate for the whole run */
+} dsla_distill_progress_t;
+
+/* One finished conversion, for the summary. */
+typedef struct {
+    int layer;
+    int k;
+    bool resumed_from_file; /* finished in an earlier run and loaded, not trained now */
+    double init_eval_mse;   /* held-out layer loss of the teacher-initialised layer */
+    double eval_mse;        /* held-out layer loss after training */
+    double train_loss;      /* mean loss of the last tenth of the steps */
+    double eval_ppl;        /* the hybrid's held-out perplexity with this layer converted */
+    double seconds;
+} dsla_distill_layer_report_t;
+
+typedef struct {
+    int order[DSLA_LAYER_ORDER_MAX];
+    float entropy[DSLA_LAYER_ORDER_MAX]; /* per decoder layer, by layer index */
+    int n_layers;                        /* model layers */
+    double teacher_ppl;
+    dsla_distill_layer_report_t converted[DSLA_LAYER_ORDER_MAX];
+    int n_converted;
+} dsla_distill_report_t;
+
+typedef struct {
+    void (*on_progress)(void *user, const dsla_distill_progress_t *p);
+    void (*on_layer_done)(void *user, const dsla_distill_layer_report_t *r);
+    void *user;
+} dsla_distill_callbacks_t;
+
+/* Runs (or resumes) a distillation into out_dir (created if missing). train and eval hold packed
+ * sequences of one length; eval must not overlap train. INVALID_ARGUMENT for parameters out of
+ * range (named); FORMAT when out_dir holds versions of another order or teacher. */
+dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train,
+                               const dsla_corpus_t *eval, const dsla_distill_params_t *params,
+                               const char *out_dir, const dsla_distill_callbacks_t *callbacks,
+                               dsla_distill_report_t *report);
+
+/* The attention-entropy order (5.1) of a teacher on the first n sequences of corpus: entropy[l]
+ * receives each layer's mean entropy, order[] the layers in ascending entropy. */
+dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpus_t *corpus,
+                                         int n_sequences, float *entropy, int *order);
+
+/* Mean next-token negative log-likelihood (nats/token) of corpus under model, every layer run as
+ * kinds[l] says (NULL: all attention) with the model's installed DSLA layers. */
+dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
+                                    const dsla_corpus_t *corpus, double *nll);
+
+#endif

@@ -1,0 +1,778 @@
+/* Every CUDA op against its CPU reference, one table (DESIGN.md section 11, llama.cpp's
+ * test-backend-ops): each row names an operation, its shape, its dtype and a tolerance. A row draws
+ * fresh random inputs, runs kernels/cpu (or the sampler) and the CUDA op on them, with every device
+ * output poisoned with NaN first, and compares by ||gpu - cpu|| / ||cpu|| (NaN anywhere fails). The
+ * argmax and sampling rows compare chosen tokens and report the fraction that differ.
+ *
+ * A second test runs stories260K-hf through a minimal fp32 GPU forward pass built from the ops
+ * (embedding, layers, norm, lm_head) and checks its logits and greedy tokens against the CPU model.
+ * Exits 77 (skipped) without a CUDA device. */
+#include "tests/testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "kernels/kernels_cuda.h"
+#include "runtime/model/llama.h"
+#include "runtime/model/sampler.h"
+
+#ifdef DSLA_HAVE_CUDA
+
+typedef enum {
+    OP_GEMM,        /* a=m b=n c=k; dtype of x and w; e=1: bf16 output */
+    OP_EMBEDDING,   /* a=tokens b=dim c=vocab; dtype of the table */
+    OP_RMSNORM,     /* a=rows b=dim; dtype of the output */
+    OP_ADD_RMSNORM, /* a=rows b=dim; dtype of the output */
+    OP_ROPE,        /* a=rows b=heads c=head_dim d=row_stride e=largest position */
+    OP_SWIGLU,      /* a=rows b=n; dtype of the output */
+    OP_ADD,         /* a=n */
+    OP_PREFILL,     /* a=n_new b=past c=H d=H_kv e=head_dim */
+    OP_DECODE,      /* a=sequences b=longest context c=H d=H_kv e=head_dim */
+    OP_ARGMAX,      /* a=rows b=n */
+    OP_SAMPLE,      /* a=rows b=vocab c=top_k; temperature and top_p from the row */
+} op_t;
+
+typedef struct {
+    op_t op;
+    const char *name;
+    int a, b, c, d, e;
+    dsla_dtype_t dtype;
+    double tol;
+    float temperature, top_p; /* OP_SAMPLE only */
+} row_t;
+
+/* fp32 ops land near 1e-7; reductions over long rows and the attention's softmax near 1e-6. The
+ * bf16 rows round their output (2^-9 relative) or their operands. Token rows: fraction allowed to
+ * differ (zero except sampling, where a draw within an ulp of a boundary may fall either way). */
+#define TOL_F32 1e-5
+#define TOL_F32_LONG 1e-4
+#define TOL_BF16 1e-2
+#define TOL_SAMPLE (1.0 / 32)
+
+static const row_t rows[] = {
+    {OP_GEMM, "gemm", 1, 4096, 4096, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_GEMM, "gemm", 7, 33, 19, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_GEMM, "gemm", 128, 1024, 512, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_GEMM, "gemm", 33, 2048, 1024, 0, 0, DSLA_DTYPE_BF16, TOL_F32_LONG, 0, 0},
+    {OP_GEMM, "gemm->bf16", 64, 512, 4096, 0, 1, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    {OP_EMBEDDING, "embedding", 37, 4096, 1000, 0, 0, DSLA_DTYPE_F32, 0.0, 0, 0},
+    {OP_EMBEDDING, "embedding", 9, 64, 512, 0, 0, DSLA_DTYPE_BF16, 0.0, 0, 0},
+    {OP_RMSNORM, "rmsnorm", 7, 4096, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_RMSNORM, "rmsnorm", 65, 64, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_RMSNORM, "rmsnorm", 3, 37, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_RMSNORM, "rmsnorm", 16, 4096, 0, 0, 0, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    {OP_ADD_RMSNORM, "add_rmsnorm", 9, 4096, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_ADD_RMSNORM, "add_rmsnorm", 5, 8192, 0, 0, 0, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    {OP_ADD_RMSNORM, "add_rmsnorm", 4, 43, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_ROPE, "rope", 33, 40, 128, 48 * 128, 16384, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_ROPE, "rope", 5, 12, 8, 16 * 8, 500, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_SWIGLU, "swiglu", 9, 11008, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_SWIGLU, "swiglu", 3, 172, 0, 0, 0, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    {OP_ADD, "add", (1 << 20) + 3, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_PREFILL, "attention_prefill", 100, 0, 8, 2, 64, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_PREFILL, "attention_prefill", 77, 50, 4, 4, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_PREFILL, "attention_prefill", 40, 13, 8, 4, 8, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_PREFILL, "attention_prefill", 300, 0, 32, 8, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_PREFILL, "attention_prefill", 1, 700, 16, 16, 32, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_DECODE, "attention_decode", 1, 1000, 32, 32, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_DECODE, "attention_decode", 8, 3000, 32, 8, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_DECODE, "attention_decode", 3, 37, 8, 4, 8, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_DECODE, "attention_decode", 64, 200, 8, 8, 64, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_DECODE, "attention_decode", 5, 5000, 16, 2, 16, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_ARGMAX, "argmax", 4, 32000, 0, 0, 0, DSLA_DTYPE_F32, 0.0, 0, 0},
+    {OP_ARGMAX, "argmax", 3, 7, 0, 0, 0, DSLA_DTYPE_F32, 0.0, 0, 0},
+    {OP_SAMPLE, "sample(greedy)", 16, 32000, 0, 0, 0, DSLA_DTYPE_F32, 0.0, 0.0f, 1.0f},
+    {OP_SAMPLE, "sample(temperature)", 64, 32000, 0, 0, 0, DSLA_DTYPE_F32, TOL_SAMPLE, 0.8f, 1.0f},
+    {OP_SAMPLE, "sample(top_k)", 64, 32000, 40, 0, 0, DSLA_DTYPE_F32, TOL_SAMPLE, 1.0f, 1.0f},
+    {OP_SAMPLE, "sample(top_p)", 64, 32000, 0, 0, 0, DSLA_DTYPE_F32, TOL_SAMPLE, 0.7f, 0.9f},
+    {OP_SAMPLE, "sample(top_k+top_p)", 64, 512, 50, 0, 0, DSLA_DTYPE_F32, TOL_SAMPLE, 1.2f, 0.8f},
+};
+
+static uint64_t rng;
+
+#define CUDA_OK(expr)                                                                              \
+    do {                                                                                           \
+        dsla_status_t st_ = (expr);                                                                \
+        if (st_ != DSLA_OK)                                                                        \
+            fail_msg("%s: %s: %s", #expr, dsla_status_name(st_), dsla_last_error());               \
+    } while (0)
+
+static float *host_random(size_t n, float scale) {
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = dsla_test_rand_normal(&rng) * scale;
+    return p;
+}
+
+/* Rounds a host array to bf16 values in place, returning the bf16 bits. */
+static uint16_t *round_bf16(float *x, size_t n) {
+    uint16_t *b = malloc(n * sizeof *b);
+    for (size_t i = 0; i < n; i++) {
+        b[i] = dsla_f32_to_bf16(x[i]);
+        x[i] = dsla_bf16_to_f32(b[i]);
+    }
+    return b;
+}
+
+static void *dev_copy(const void *host, size_t bytes) {
+    void *d = NULL;
+    CUDA_OK(dsla_cuda_malloc(&d, bytes));
+    CUDA_OK(dsla_cuda_copy(d, host, bytes, NULL));
+    return d;
+}
+
+static float *dev_poisoned(size_t n) {
+    void *d = NULL;
+    CUDA_OK(dsla_cuda_malloc(&d, n * sizeof(float)));
+    CUDA_OK(dsla_cuda_fill_f32(d, NAN, n, NULL));
+    return d;
+}
+
+/* Copies n device floats (or bf16 values when bf16) back as floats, after the stream's work. */
+static float *host_result(const void *dev, size_t n, bool bf16) {
+    CUDA_OK(dsla_cuda_stream_sync(NULL));
+    float *h = malloc(n * sizeof *h);
+    if (!bf16) {
+        CUDA_OK(dsla_cuda_copy(h, dev, n * sizeof *h, NULL));
+        return h;
+    }
+    uint16_t *b = malloc(n * sizeof *b);
+    CUDA_OK(dsla_cuda_copy(b, dev, n * sizeof *b, NULL));
+    for (size_t i = 0; i < n; i++)
+        h[i] = dsla_bf16_to_f32(b[i]);
+    free(b);
+    return h;
+}
+
+/* ||got - want|| / ||want||; infinite when got holds a NaN or an infinity. */
+static double rel_err(const float *got, const float *want, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        double d = (double)got[i] - want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void dev_free(void *p) {
+    dsla_cuda_free(&p);
+}
+
+/* A bf16 device output for a bf16 row; an fp32 one otherwise. Poisoned either way: 0xffff is a
+ * bf16 NaN, and two of them are an fp32 NaN. */
+static void *dev_output(size_t n, bool bf16) {
+    return dev_poisoned(bf16 ? (n + 1) / 2 : n);
+}
+
+static double run_gemm(const row_t *r) {
+    const int m = r->a, n = r->b, k = r->c;
+    const bool bf16_in = r->dtype == DSLA_DTYPE_BF16, bf16_out = r->e == 1;
+    float *x = host_random((size_t)m * k, 1.0f), *w = host_random((size_t)n * k, 0.05f);
+    float *want = malloc((size_t)m * n * sizeof *want);
+    void *dx, *dw;
+    if (bf16_in) {
+        uint16_t *bx = round_bf16(x, (size_t)m * k), *bw = round_bf16(w, (size_t)n * k);
+        dx = dev_copy(bx, (size_t)m * k * 2);
+        dw = dev_copy(bw, (size_t)n * k * 2);
+        free(bx);
+        free(bw);
+    } else {
+        dx = dev_copy(x, (size_t)m * k * 4);
+        dw = dev_copy(w, (size_t)n * k * 4);
+    }
+    dsla_cpu_gemm(want, x, w, m, n, k);
+    void *dy = dev_output((size_t)m * n, bf16_out);
+    dsla_cuda_blas_t *h = NULL;
+    CUDA_OK(dsla_cuda_blas_create(&h));
+    CUDA_OK(dsla_cuda_gemm(h, NULL, dy, bf16_out ? DSLA_DTYPE_BF16 : DSLA_DTYPE_F32, dx, dw,
+                           r->dtype, m, n, k, 0.0f));
+    float *got = host_result(dy, (size_t)m * n, bf16_out);
+    double err = rel_err(got, want, (size_t)m * n);
+
+    /* beta = 1 accumulates: y (holding x w^T) + x w^T = 2 x w^T. */
+    if (!bf16_out) {
+        CUDA_OK(dsla_cuda_gemm(h, NULL, dy, DSLA_DTYPE_F32, dx, dw, r->dtype, m, n, k, 1.0f));
+        float *twice = host_result(dy, (size_t)m * n, false);
+        for (size_t i = 0; i < (size_t)m * n; i++)
+            want[i] *= 2.0f;
+        double e2 = rel_err(twice, want, (size_t)m * n);
+        err = e2 > err ? e2 : err;
+        free(twice);
+    }
+    dsla_cuda_blas_destroy(&h);
+    free(x), free(w), free(want), free(got);
+    dev_free(dx), dev_free(dw), dev_free(dy);
+    return err;
+}
+
+static double run_embedding(const row_t *r) {
+    const int n = r->a, dim = r->b, vocab = r->c;
+    float *table = host_random((size_t)vocab * dim, 1.0f);
+    void *dt;
+    if (r->dtype == DSLA_DTYPE_BF16) {
+        uint16_t *b = round_bf16(table, (size_t)vocab * dim);
+        dt = dev_copy(b, (size_t)vocab * dim * 2);
+        free(b);
+    } else {
+        dt = dev_copy(table, (size_t)vocab * dim * 4);
+    }
+    int32_t *tokens = malloc((size_t)n * sizeof *tokens);
+    float *want = malloc((size_t)n * dim * sizeof *want);
+    for (int i = 0; i < n; i++) {
+        tokens[i] = (int32_t)(dsla_test_rand_u64(&rng) % (uint64_t)vocab);
+        memcpy(want + (size_t)i * dim, table + (size_t)tokens[i] * dim, (size_t)dim * 4);
+    }
+    int32_t *dtok = dev_copy(tokens, (size_t)n * sizeof *tokens);
+    float *dout = dev_poisoned((size_t)n * dim);
+    CUDA_OK(dsla_cuda_embedding(NULL, dout, dt, r->dtype, dtok, n, dim, vocab));
+    float *got = host_result(dout, (size_t)n * dim, false);
+    double err = rel_err(got, want, (size_t)n * dim);
+    free(table), free(tokens), free(want), free(got);
+    dev_free(dt), dev_free(dtok), dev_free(dout);
+    return err;
+}
+
+static double run_rmsnorm(const row_t *r, bool fused) {
+    const int rows_n = r->a, dim = r->b;
+    const size_t n = (size_t)rows_n * dim;
+    const bool bf16 = r->dtype == DSLA_DTYPE_BF16;
+    const float eps = 1e-5f;
+    float *x = host_random(n, 1.0f), *delta = host_random(n, 0.5f), *w = host_random(dim, 1.0f);
+    float *dx = dev_copy(x, n * 4), *dd = dev_copy(delta, n * 4), *dw = dev_copy(w, dim * 4);
+    void *dy = dev_output(n, bf16);
+    float *want = malloc(n * sizeof *want);
+    if (fused) {
+        dsla_cpu_add(x, x, delta, n);
+        CUDA_OK(dsla_cuda_add_rmsnorm(NULL, dy, r->dtype, dx, dd, dw, rows_n, dim, eps));
+    } else {
+        CUDA_OK(dsla_cuda_rmsnorm(NULL, dy, r->dtype, dx, dw, rows_n, dim, eps));
+    }
+    dsla_cpu_rmsnorm(want, x, w, rows_n, dim, eps);
+    float *got = host_result(dy, n, bf16);
+    double err = rel_err(got, want, n);
+    if (fused) { /* the residual stream itself must hold x + delta */
+        float *res = host_result(dx, n, false);
+        double e2 = rel_err(res, x, n);
+        err = e2 > err ? e2 : err;
+        free(res);
+    }
+    free(x), free(delta), free(w), free(want), free(got);
+    dev_free(dx), dev_free(dd), dev_free(dw), dev_free(dy);
+    return err;
+}
+
+static double run_rope(const row_t *r) {
+    const int n = r->a, heads = r->b, d = r->c, stride = r->d;
+    const size_t total = (size_t)n * stride;
+    float *x = host_random(total, 1.0f);
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    for (int i = 0; i < n; i++)
+        pos[i] = (int32_t)(dsla_test_rand_u64(&rng) % (uint64_t)(r->e + 1));
+    dsla_rope_params_t p = {.theta = 10000.0f};
+    float *inv = malloc((size_t)d / 2 * sizeof *inv);
+    dsla_cpu_rope_inv_freq(inv, d, &p);
+    float *cos_t = malloc((size_t)n * d / 2 * 4), *sin_t = malloc((size_t)n * d / 2 * 4);
+    dsla_cpu_rope_tables(cos_t, sin_t, pos, n, inv, d);
+    float *dx = dev_copy(x, total * 4), *dinv = dev_copy(inv, (size_t)d / 2 * 4);
+    int32_t *dpos = dev_copy(pos, (size_t)n * 4);
+    dsla_cpu_rope_apply(x, n, stride, heads, d, cos_t, sin_t);
+    CUDA_OK(dsla_cuda_rope(NULL, dx, n, stride, heads, d, dpos, dinv));
+    /* Lanes beyond the rotated heads must come back untouched, which the whole-row compare checks.
+     */
+    float *got = host_result(dx, total, false);
+    double err = rel_err(got, x, total);
+    free(x), free(pos), free(inv), free(cos_t), free(sin_t), free(got);
+    dev_free(dx), dev_free(dinv), dev_free(dpos);
+    return err;
+}
+
+static double run_swiglu(const row_t *r) {
+    const int rows_n = r->a, n = r->b;
+    const bool bf16 = r->dtype == DSLA_DTYPE_BF16;
+    const size_t in = (size_t)rows_n * 2 * n, out = (size_t)rows_n * n;
+    float *gu = host_random(in, 2.0f), *want = malloc(out * sizeof *want);
+    float *dgu = dev_copy(gu, in * 4);
+    void *dy = dev_output(out, bf16);
+    dsla_cpu_swiglu(want, gu, gu + n, rows_n, n, 2 * n);
+    CUDA_OK(dsla_cuda_swiglu(NULL, dy, r->dtype, dgu, dgu + n, rows_n, n, 2 * n));
+    float *got = host_result(dy, out, bf16);
+    double err = rel_err(got, want, out);
+    free(gu), free(want), free(got);
+    dev_free(dgu), dev_free(dy);
+    return err;
+}
+
+static double run_add(const row_t *r) {
+    const size_t n = (size_t)r->a;
+    float *a = host_random(n, 1.0f), *b = host_random(n, 1.0f), *want = malloc(n * 4);
+    float *da = dev_copy(a, n * 4), *db = dev_copy(b, n * 4), *dy = dev_poisoned(n);
+    dsla_cpu_add(want, a, b, n);
+    CUDA_OK(dsla_cuda_add(NULL, dy, da, db, n));
+    float *got = host_result(dy, n, false);
+    double err = rel_err(got, want, n);
+    free(a), free(b), free(want), free(got);
+    dev_free(da), dev_free(db), dev_free(dy);
+    return err;
+}
+
+/* A pool of random K/V and a block table per sequence drawn as a random permutation of the pool's
+ * blocks, so that neighbouring positions never sit in neighbouring memory by accident. */
+typedef struct {
+    float *k, *v;
+    int32_t *tables; /* [n_seqs][table_stride] */
+    int blocks, table_stride, width;
+} kv_host_t;
+
+static kv_host_t kv_random(int n_seqs, int max_context, int width) {
+    kv_host_t kv;
+    kv.table_stride = (max_context + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    kv.blocks = n_seqs * kv.table_stride;
+    kv.width = width;
+    const size_t floats = (size_t)kv.blocks * DSLA_KV_BLOCK_TOKENS * width;
+    kv.k = host_random(floats, 1.0f);
+    kv.v = host_random(floats, 1.0f);
+    kv.tables = malloc((size_t)kv.blocks * sizeof *kv.tables);
+    for (int i = 0; i < kv.blocks; i++)
+        kv.tables[i] = i;
+    for (int i = kv.blocks - 1; i > 0; i--) {
+        int j = (int)(dsla_test_rand_u64(&rng) % (uint64_t)(i + 1));
+        int32_t t = kv.tables[i];
+        kv.tables[i] = kv.tables[j];
+        kv.tables[j] = t;
+    }
+    return kv;
+}
+
+static void kv_free(kv_host_t *kv) {
+    free(kv->k), free(kv->v), free(kv->tables);
+}
+
+static double run_prefill(const row_t *r) {
+    const int n_new = r->a, past = r->b, d = r->e, ctx = past + n_new;
+    const dsla_attn_shape_t shape = {r->c, r->d, d};
+    const int qw = shape.n_heads * d, width = shape.n_kv_heads * d;
+    kv_host_t kv = kv_random(1, ctx, width);
+    /* q rows carry K and V beside them, as in a fused QKV activation, to exercise the strides. */
+    const int q_stride = qw + 2 * width;
+    float *q = host_random((size_t)n_new * q_stride, 1.0f);
+    float *new_k = q + qw, *new_v = q + qw + width;
+    /* The new tokens' K/V go in through kv_append on the GPU and by hand on the CPU. */
+    for (int i = 0; i < n_new; i++) {
+        const int pos = past + i;
+        const size_t slot = (size_t)kv.tables[pos / DSLA_KV_BLOCK_TOKENS] * DSLA_KV_BLOCK_TOKENS +
+                            pos % DSLA_KV_BLOCK_TOKENS;
+        memcpy(kv.k + slot * width, new_k + (size_t)i * q_stride, (size_t)width * 4);
+        memcpy(kv.v + slot * width, new_v + (size_t)i * q_stride, (size_t)width * 4);
+    }
+    const size_t pool = (size_t)kv.blocks * DSLA_KV_BLOCK_TOKENS * width * 4;
+    float *dk = dev_copy(kv.k, pool), *dv = dev_copy(kv.v, pool);
+    /* Poison the new slots on the device so that only kv_append can fill them. */
+    for (int i = 0; i < n_new; i++) {
+        const int pos = past + i;
+        const size_t slot = (size_t)kv.tables[pos / DSLA_KV_BLOCK_TOKENS] * DSLA_KV_BLOCK_TOKENS +
+                            pos % DSLA_KV_BLOCK_TOKENS;
+        CUDA_OK(dsla_cuda_fill_f32(dk + slot * width, NAN, (size_t)width, NULL));
+        CUDA_OK(dsla_cuda_fill_f32(dv + slot * width, NAN, (size_t)width, NULL));
+    }
+    int32_t *dt = dev_copy(kv.tables, (size_t)kv.table_stride * 4);
+    float *dq = dev_copy(q, (size_t)n_new * q_stride * 4), *dout = dev_poisoned((size_t)n_new * qw);
+    dsla_paged_kv_t cpu_kv = {kv.k, kv.v, kv.tables, DSLA_KV_BLOCK_TOKENS};
+    dsla_paged_kv_t gpu_kv = {dk, dv, dt, DSLA_KV_BLOCK_TOKENS};
+    float *want = malloc((size_t)n_new * qw * 4), *scores = malloc((size_t)ctx * 4);
+    dsla_cpu_attention(want, qw, q, q_stride, n_new, past, &shape, &cpu_kv, scores);
+    CUDA_OK(
+        dsla_cuda_kv_append(NULL, &gpu_kv, width, past, n_new, dq + qw, dq + qw + width, q_stride));
+    CUDA_OK(
+        dsla_cuda_attention_prefill(NULL, dout, qw, dq, q_stride, n_new, past, &shape, &gpu_kv));
+    float *got = host_result(dout, (size_t)n_new * qw, false);
+    double err = rel_err(got, want, (size_t)n_new * qw);
+    kv_free(&kv);
+    free(q), free(want), free(scores), free(got);
+    dev_free(dk), dev_free(dv), dev_free(dt), dev_free(dq), dev_free(dout);
+    return err;
+}
+
+static double run_decode(const row_t *r) {
+    const int n_seqs = r->a, max_ctx = r->b, d = r->e;
+    const dsla_attn_shape_t shape = {r->c, r->d, d};
+    const int qw = shape.n_heads * d, width = shape.n_kv_heads * d;
+    kv_host_t kv = kv_random(n_seqs, max_ctx, width);
+    int32_t *lens = malloc((size_t)n_seqs * sizeof *lens);
+    for (int s = 0; s < n_seqs; s++) /* the longest is max_ctx, the rest anywhere in 1..max_ctx */
+        lens[s] = s == 0 ? max_ctx : 1 + (int32_t)(dsla_test_rand_u64(&rng) % (uint64_t)max_ctx);
+    float *q = host_random((size_t)n_seqs * qw, 1.0f), *want = malloc((size_t)n_seqs * qw * 4);
+    float *scores = malloc((size_t)max_ctx * 4);
+    for (int s = 0; s < n_seqs; s++) {
+        dsla_paged_kv_t one = {kv.k, kv.v, kv.tables + (size_t)s * kv.table_stride,
+                               DSLA_KV_BLOCK_TOKENS};
+        dsla_cpu_attention(want + (size_t)s * qw, qw, q + (size_t)s * qw, qw, 1, lens[s] - 1,
+                           &shape, &one, scores);
+    }
+    const size_t pool = (size_t)kv.blocks * DSLA_KV_BLOCK_TOKENS * width * 4;
+    float *dk = dev_copy(kv.k, pool), *dv = dev_copy(kv.v, pool);
+    int32_t *dt = dev_copy(kv.tables, (size_t)kv.blocks * 4);
+    int32_t *dl = dev_copy(lens, (size_t)n_seqs * 4);
+    float *dq = dev_copy(q, (size_t)n_seqs * qw * 4), *dout = dev_poisoned((size_t)n_seqs * qw);
+    const size_t ws_bytes = dsla_cuda_attention_decode_workspace(n_seqs, max_ctx, &shape);
+    void *ws = NULL;
+    CUDA_OK(dsla_cuda_malloc(&ws, ws_bytes));
+    CUDA_OK(dsla_cuda_fill_f32(ws, NAN, ws_bytes / 4, NULL));
+    dsla_cuda_paged_batch_t batch = {dk, dv, dt, dl, kv.table_stride, DSLA_KV_BLOCK_TOKENS};
+    CUDA_OK(dsla_cuda_attention_decode(NULL, dout, qw, dq, qw, n_seqs, max_ctx, &shape, &batch, ws,
+                                       ws_bytes));
+    float *got = host_result(dout, (size_t)n_seqs * qw, false);
+    double err = rel_err(got, want, (size_t)n_seqs * qw);
+    kv_free(&kv);
+    free(lens), free(q), free(want), free(scores), free(got);
+    dev_free(dk), dev_free(dv), dev_free(dt), dev_free(dl), dev_free(dq), dev_free(dout);
+    dev_free(ws);
+    return err;
+}
+
+static int32_t *tokens_back(const int32_t *dev, int n) {
+    CUDA_OK(dsla_cuda_stream_sync(NULL));
+    int32_t *h = malloc((size_t)n * sizeof *h);
+    CUDA_OK(dsla_cuda_copy(h, dev, (size_t)n * sizeof *h, NULL));
+    return h;
+}
+
+static double run_argmax(const row_t *r) {
+    const int rows_n = r->a, n = r->b;
+    float *x = host_random((size_t)rows_n * n, 1.0f);
+    float *dx = dev_copy(x, (size_t)rows_n * n * 4);
+    int32_t *dout = (int32_t *)dev_poisoned((size_t)rows_n);
+    CUDA_OK(dsla_cuda_argmax(NULL, dout, dx, rows_n, n));
+    int32_t *got = tokens_back(dout, rows_n);
+    int wrong = 0;
+    for (int i = 0; i < rows_n; i++)
+        wrong += got[i] != dsla_cpu_argmax(x + (size_t)i * n, n);
+    free(x), free(got);
+    dev_free(dx), dev_free(dout);
+    return (double)wrong / rows_n;
+}
+
+/* The first uniform a dsla_sampler seeded with seed draws (sampler.c: splitmix64 seeding,
+ * xoshiro256**, 53 bits), so the GPU gets the very number the CPU sampler uses. */
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double sampler_first_uniform(uint64_t seed) {
+    uint64_t s[4], x = seed;
+    for (int i = 0; i < 4; i++)
+        s[i] = splitmix64(&x);
+    const uint64_t m = s[1] * 5;
+    const uint64_t result = ((m << 7) | (m >> 57)) * 9;
+    return (double)(result >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static double run_sample(const row_t *r) {
+    const int rows_n = r->a, vocab = r->b;
+    float *x = host_random((size_t)rows_n * vocab, 3.0f);
+    dsla_cuda_sample_row_t *params = malloc((size_t)rows_n * sizeof *params);
+    int32_t *want = malloc((size_t)rows_n * sizeof *want);
+    for (int i = 0; i < rows_n; i++) {
+        dsla_sampler_params_t sp = {r->temperature, r->c, r->top_p, dsla_test_rand_u64(&rng)};
+        dsla_sampler_t *s = NULL;
+        CUDA_OK(dsla_sampler_create(&s, &sp, vocab));
+        want[i] = dsla_sampler_sample(s, x + (size_t)i * vocab);
+        dsla_sampler_destroy(&s);
+        params[i] = (dsla_cuda_sample_row_t){sampler_first_uniform(sp.seed), sp.temperature,
+                                             sp.top_k, sp.top_p};
+    }
+    float *dx = dev_copy(x, (size_t)rows_n * vocab * 4);
+    dsla_cuda_sample_row_t *dp = dev_copy(params, (size_t)rows_n * sizeof *params);
+    int32_t *dout = (int32_t *)dev_poisoned((size_t)rows_n);
+    const size_t ws_bytes = dsla_cuda_sample_workspace(rows_n, vocab);
+    void *ws = NULL;
+    CUDA_OK(dsla_cuda_malloc(&ws, ws_bytes));
+    CUDA_OK(dsla_cuda_sample(NULL, dout, dx, rows_n, vocab, dp, ws, ws_bytes));
+    int32_t *got = tokens_back(dout, rows_n);
+    int wrong = 0;
+    for (int i = 0; i < rows_n; i++)
+        wrong += got[i] != want[i];
+    free(x), free(params), free(want), free(got);
+    dev_free(dx), dev_free(dp), dev_free(dout), dev_free(ws);
+    return (double)wrong / rows_n;
+}
+
+static double run_row(const row_t *r) {
+    switch (r->op) {
+    case OP_GEMM:
+        return run_gemm(r);
+    case OP_EMBEDDING:
+        return run_embedding(r);
+    case OP_RMSNORM:
+        return run_rmsnorm(r, false);
+    case OP_ADD_RMSNORM:
+        return run_rmsnorm(r, true);
+    case OP_ROPE:
+        return run_rope(r);
+    case OP_SWIGLU:
+        return run_swiglu(r);
+    case OP_ADD:
+        return run_add(r);
+    case OP_PREFILL:
+        return run_prefill(r);
+    case OP_DECODE:
+        return run_decode(r);
+    case OP_ARGMAX:
+        return run_argmax(r);
+    case OP_SAMPLE:
+        return run_sample(r);
+    }
+    return INFINITY;
+}
+
+static void test_ops(void **state) {
+    (void)state;
+    int failed = 0;
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        const row_t *r = &rows[i];
+        const double err = run_row(r);
+        const bool ok = err <= r->tol;
+        failed += !ok;
+        printf("%-22s %6d %6d %5d %6d %6d %-5s err %.3e tol %.1e %s\n", r->name, r->a, r->b, r->c,
+               r->d, r->e, dsla_dtype_name(r->dtype), err, r->tol, ok ? "ok" : "FAIL");
+    }
+    fflush(stdout);
+    if (failed) fail_msg("%d of %zu rows over tolerance", failed, sizeof rows / sizeof rows[0]);
+}
+
+/* ---- stories260K through a minimal fp32 GPU forward pass ---- */
+
+/* Device copies of the model's fp32 weights, one KV pool per layer with an identity block table,
+ * and activation buffers for up to max_tokens tokens at once. */
+typedef struct {
+    dsla_model_config_t cfg;
+    float *embed, *final_norm, *lm_head;
+    float **attn_norm, **wqkv, **wo, **mlp_norm, **w_gate_up, **w_down, **k, **v;
+    int32_t *table, *positions, *tokens, *lens;
+    float *inv_freq, *x, *h, *qkv, *att, *gu, *act, *logits;
+    void *ws;
+    size_t ws_bytes;
+    int max_tokens, max_context;
+    dsla_cuda_blas_t *blas;
+} gpu_model_t;
+
+static float *upload(const float *host, size_t n) {
+    return dev_copy(host, n * sizeof(float));
+}
+
+static float *dev_alloc(size_t n) {
+    return dev_poisoned(n);
+}
+
+static void gpu_model_init(gpu_model_t *g, const dsla_model_t *m, int max_tokens, int max_context) {
+    memset(g, 0, sizeof *g);
+    g->cfg = *dsla_model_config(m);
+    const dsla_model_config_t *c = &g->cfg;
+    const int D = c->hidden_size, L = c->num_layers, d = c->head_dim, I = c->intermediate_size;
+    const int qw = c->num_heads * d, kvw = c->num_kv_heads * d, V = c->vocab_size;
+    g->max_tokens = max_tokens;
+    g->max_context = max_context;
+    g->embed = upload(dsla_model_embeddings(m), (size_t)V * D);
+    g->final_norm = upload(dsla_model_final_norm(m), (size_t)D);
+    g->lm_head = upload(dsla_model_lm_head(m), (size_t)V * D);
+    float ***per_layer[] = {&g->attn_norm, &g->wqkv,   &g->wo, &g->mlp_norm,
+                            &g->w_gate_up, &g->w_down, &g->k,  &g->v};
+    for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++)
+        *per_layer[i] = calloc((size_t)L, sizeof(float *));
+    const int blocks = (max_context + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    for (int l = 0; l < L; l++) {
+        const dsla_llama_layer_t *w = dsla_model_layer(m, l);
+        g->attn_norm[l] = upload(w->attn_norm, (size_t)D);
+        g->wqkv[l] = upload(w->wqkv, (size_t)(qw + 2 * kvw) * D);
+        g->wo[l] = upload(w->wo, (size_t)D * qw);
+        g->mlp_norm[l] = upload(w->mlp_norm, (size_t)D);
+        g->w_gate_up[l] = upload(w->w_gate_up, (size_t)2 * I * D);
+        g->w_down[l] = upload(w->w_down, (size_t)D * I);
+        g->k[l] = dev_alloc((size_t)blocks * DSLA_KV_BLOCK_TOKENS * kvw);
+        g->v[l] = dev_alloc((size_t)blocks * DSLA_KV_BLOCK_TOKENS * kvw);
+    }
+    int32_t *table = malloc((size_t)blocks * sizeof *table);
+    for (int b = 0; b < blocks; b++)
+        table[b] = b;
+    g->table = dev_copy(table, (size_t)blocks * sizeof *table);
+    free(table);
+    float *inv = malloc((size_t)d / 2 * sizeof *inv);
+    dsla_rope_params_t rp = {
+        c->rope_theta,           c->rope_type == DSLA_ROPE_LLAMA3, c->rope_factor,
+        c->rope_low_freq_factor, c->rope_high_freq_factor,         c->rope_original_max_position};
+    dsla_cpu_rope_inv_freq(inv, d, &rp);
+    g->inv_freq = upload(inv, (size_t)d / 2);
+    free(inv);
+    const size_t T = (size_t)max_tokens;
+    g->positions = (int32_t *)dev_alloc(T);
+    g->tokens = (int32_t *)dev_alloc(T);
+    g->lens = (int32_t *)dev_alloc(1);
+    g->x = dev_alloc(T * D);
+    g->h = dev_alloc(T * D);
+    g->qkv = dev_alloc(T * (qw + 2 * kvw));
+    g->att = dev_alloc(T * qw);
+    g->gu = dev_alloc(T * 2 * I);
+    g->act = dev_alloc(T * I);
+    g->logits = dev_alloc((size_t)V);
+    const dsla_attn_shape_t shape = {c->num_heads, c->num_kv_heads, d};
+    g->ws_bytes = dsla_cuda_attention_decode_workspace(1, max_context, &shape);
+    CUDA_OK(dsla_cuda_malloc(&g->ws, g->ws_bytes));
+    CUDA_OK(dsla_cuda_blas_create(&g->blas));
+}
+
+static void gpu_model_free(gpu_model_t *g) {
+    for (int l = 0; l < g->cfg.num_layers; l++) {
+        dev_free(g->attn_norm[l]), dev_free(g->wqkv[l]), dev_free(g->wo[l]);
+        dev_free(g->mlp_norm[l]), dev_free(g->w_gate_up[l]), dev_free(g->w_down[l]);
+        dev_free(g->k[l]), dev_free(g->v[l]);
+    }
+    free(g->attn_norm), free(g->wqkv), free(g->wo), free(g->mlp_norm);
+    free(g->w_gate_up), free(g->w_down), free(g->k), free(g->v);
+    void *bufs[] = {g->embed, g->final_norm, g->lm_head, g->table, g->positions, g->tokens,
+                    g->lens,  g->inv_freq,   g->x,       g->h,     g->qkv,       g->att,
+                    g->gu,    g->act,        g->logits,  g->ws};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        dev_free(bufs[i]);
+    dsla_cuda_blas_destroy(&g->blas);
+}
+
+/* n tokens at positions past..past+n-1 of the one sequence; logits of the last token. Prompts go
+ * through the prefill kernel, single tokens through the decode kernel. */
+static void gpu_forward(gpu_model_t *g, const int32_t *tokens, int n, int past) {
+    const dsla_model_config_t *c = &g->cfg;
+    const int D = c->hidden_size, d = c->head_dim, I = c->intermediate_size;
+    const int H = c->num_heads, Hkv = c->num_kv_heads, qw = H * d, kvw = Hkv * d;
+    const int qkv_w = qw + 2 * kvw;
+    const dsla_attn_shape_t shape = {H, Hkv, d};
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    for (int i = 0; i < n; i++)
+        pos[i] = past + i;
+    const int32_t len = past + n;
+    CUDA_OK(dsla_cuda_copy(g->positions, pos, (size_t)n * sizeof *pos, NULL));
+    CUDA_OK(dsla_cuda_copy(g->tokens, tokens, (size_t)n * sizeof *tokens, NULL));
+    CUDA_OK(dsla_cuda_copy(g->lens, &len, sizeof len, NULL));
+    free(pos);
+    CUDA_OK(
+        dsla_cuda_embedding(NULL, g->x, g->embed, DSLA_DTYPE_F32, g->tokens, n, D, c->vocab_size));
+    for (int l = 0; l < c->num_layers; l++) {
+        CUDA_OK(dsla_cuda_rmsnorm(NULL, g->h, DSLA_DTYPE_F32, g->x, g->attn_norm[l], n, D,
+                                  c->rms_norm_eps));
+        CUDA_OK(dsla_cuda_gemm(g->blas, NULL, g->qkv, DSLA_DTYPE_F32, g->h, g->wqkv[l],
+                               DSLA_DTYPE_F32, n, qkv_w, D, 0.0f));
+        CUDA_OK(dsla_cuda_rope(NULL, g->qkv, n, qkv_w, H + Hkv, d, g->positions, g->inv_freq));
+        dsla_paged_kv_t kv = {g->k[l], g->v[l], g->table, DSLA_KV_BLOCK_TOKENS};
+        CUDA_OK(
+            dsla_cuda_kv_append(NULL, &kv, kvw, past, n, g->qkv + qw, g->qkv + qw + kvw, qkv_w));
+        if (n > 1) {
+            CUDA_OK(
+                dsla_cuda_attention_prefill(NULL, g->att, qw, g->qkv, qkv_w, n, past, &shape, &kv));
+        } else {
+            dsla_cuda_paged_batch_t batch = {g->k[l], g->v[l], g->table,
+                                             g->lens, 0,       DSLA_KV_BLOCK_TOKENS};
+            CUDA_OK(dsla_cuda_attention_decode(NULL, g->att, qw, g->qkv, qkv_w, 1, g->max_context,
+                                               &shape, &batch, g->ws, g->ws_bytes));
+        }
+        /* The residual adds ride on the output projections (beta = 1). */
+        CUDA_OK(dsla_cuda_gemm(g->blas, NULL, g->x, DSLA_DTYPE_F32, g->att, g->wo[l],
+                               DSLA_DTYPE_F32, n, D, qw, 1.0f));
+        CUDA_OK(dsla_cuda_rmsnorm(NULL, g->h, DSLA_DTYPE_F32, g->x, g->mlp_norm[l], n, D,
+                                  c->rms_norm_eps));
+        CUDA_OK(dsla_cuda_gemm(g->blas, NULL, g->gu, DSLA_DTYPE_F32, g->h, g->w_gate_up[l],
+                               DSLA_DTYPE_F32, n, 2 * I, D, 0.0f));
+        CUDA_OK(dsla_cuda_swiglu(NULL, g->act, DSLA_DTYPE_F32, g->gu, g->gu + I, n, I, 2 * I));
+        CUDA_OK(dsla_cuda_gemm(g->blas, NULL, g->x, DSLA_DTYPE_F32, g->act, g->w_down[l],
+                               DSLA_DTYPE_F32, n, D, I, 1.0f));
+    }
+    const float *last = g->x + (size_t)(n - 1) * D;
+    CUDA_OK(
+        dsla_cuda_rmsnorm(NULL, g->h, DSLA_DTYPE_F32, last, g->final_norm, 1, D, c->rms_norm_eps));
+    CUDA_OK(dsla_cuda_gemm(g->blas, NULL, g->logits, DSLA_DTYPE_F32, g->h, g->lm_head,
+                           DSLA_DTYPE_F32, 1, c->vocab_size, D, 0.0f));
+}
+
+enum { STORIES_NEW_TOKENS = 100 };
+#define STORIES_LOGIT_TOL 1e-4
+
+static void test_stories_forward(void **state) {
+    (void)state;
+    char *dir = dsla_test_data_path("models/stories260K-hf/config.json");
+    if (!dir) skip();
+    *strrchr(dir, '/') = '\0';
+    dsla_model_t *m = NULL;
+    CUDA_OK(dsla_model_load(&m, dir));
+    const dsla_model_config_t *cfg = dsla_model_config(m);
+    const int V = cfg->vocab_size;
+    const int32_t prompt[] = {1, 403, 407, 261, 378, 300, 415, 269};
+    const int n_prompt = (int)(sizeof prompt / sizeof prompt[0]);
+    const int max_context = n_prompt + STORIES_NEW_TOKENS;
+
+    dsla_kv_pool_t *pool = NULL;
+    dsla_sequence_t *seq = NULL;
+    CUDA_OK(dsla_kv_pool_create(&pool, cfg, 2 * cfg->num_layers * (max_context / 16 + 1)));
+    CUDA_OK(dsla_sequence_create(&seq, pool, cfg));
+    gpu_model_t g;
+    gpu_model_init(&g, m, n_prompt, max_context);
+
+    float *cpu_logits = malloc((size_t)V * sizeof *cpu_logits);
+    double worst = 0.0;
+    int32_t cpu_tok = 0, gpu_tok = 0;
+    const int32_t *feed = prompt;
+    int n_feed = n_prompt, past = 0;
+    for (int step = 0; step < STORIES_NEW_TOKENS; step++) {
+        dsla_batch_item_t item = {seq, feed, n_feed, false};
+        CUDA_OK(dsla_model_forward(m, &item, 1, cpu_logits));
+        gpu_forward(&g, feed, n_feed, past);
+        float *gpu_logits = host_result(g.logits, (size_t)V, false);
+        const double err = rel_err(gpu_logits, cpu_logits, (size_t)V);
+        worst = err > worst ? err : worst;
+        int32_t *dtok = (int32_t *)g.positions; /* free after the forward pass */
+        CUDA_OK(dsla_cuda_argmax(NULL, dtok, g.logits, 1, V));
+        int32_t *tok = tokens_back(dtok, 1);
+        gpu_tok = tok[0];
+        cpu_tok = dsla_cpu_argmax(cpu_logits, V);
+        free(tok);
+        free(gpu_logits);
+        if (err > STORIES_LOGIT_TOL || gpu_tok != cpu_tok)
+            fail_msg("step %d: logits rel err %.3e (tol %.0e), tokens gpu %d cpu %d", step, err,
+                     STORIES_LOGIT_TOL, gpu_tok, cpu_tok);
+        past += n_feed;
+        feed = &cpu_tok;
+        n_feed = 1;
+    }
+    printf("stories260K-hf: %d greedy tokens agree, worst logits rel err %.3e (tol %.0e)\n",
+           STORIES_NEW_TOKENS, worst, STORIES_LOGIT_TOL);
+    free(cpu_logits);
+    gpu_model_free(&g);
+    dsla_sequence_destroy(&seq);
+    dsla_kv_pool_destroy(&pool);
+    dsla_model_destroy(&m);
+    free(dir);
+}
+
+int main(void) {
+    if (dsla_cuda_device_count() == 0) {
+        fprintf(stderr, "no CUDA device: skipped\n");
+        return DSLA_TEST_SKIP;
+    }
+    rng = dsla_test_seed();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ops),
+        cmocka_unit_test(test_stories_forward),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+#else
+
+int main(void) {
+    return 77; /* built without CUDA: nothing to test */
+}
+
+#endif
