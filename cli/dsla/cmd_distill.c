@@ -55,6 +55,32 @@ static int parse_order_list(const char *text, dsla_distill_params_t *p) {
     return 0;
 }
 
+/* The summary as JSON for scripts (scripts/quality.py): numbers only, nothing to escape. */
+static int write_report(const char *path, const dsla_distill_report_t *r) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "dsla distill: cannot write --report %s\n", path);
+        return 1;
+    }
+    fprintf(f, "{\"teacher_ppl\": %.6f, \"order\": [", r->teacher_ppl);
+    for (int i = 0; i < r->n_layers; i++) fprintf(f, "%s%d", i ? ", " : "", r->order[i]);
+    fprintf(f, "], \"entropy\": [");
+    for (int i = 0; i < r->n_layers; i++) fprintf(f, "%s%.6f", i ? ", " : "", r->entropy[i]);
+    fprintf(f, "], \"converted\": [");
+    for (int i = 0; i < r->n_converted; i++) {
+        const dsla_distill_layer_report_t *c = &r->converted[i];
+        fprintf(f,
+                "%s{\"k\": %d, \"layer\": %d, \"resumed\": %s, \"init_eval_mse\": %.8g, "
+                "\"eval_mse\": %.8g, \"train_loss\": %.8g, \"eval_ppl\": %.6f, "
+                "\"seconds\": %.2f}",
+                i ? ", " : "", c->k + 1, c->layer, c->resumed_from_file ? "true" : "false",
+                isnan(c->init_eval_mse) ? -1.0 : c->init_eval_mse, c->eval_mse, c->train_loss,
+                c->eval_ppl, c->seconds);
+    }
+    fprintf(f, "]}\n");
+    return fclose(f) == 0 ? 0 : 1;
+}
+
 static void print_summary(const dsla_distill_report_t *r) {
     printf("\nconversion order (ascending attention entropy unless --order says otherwise):");
     for (int i = 0; i < r->n_layers; i++)
@@ -75,7 +101,7 @@ static void print_summary(const dsla_distill_report_t *r) {
 int dsla_cmd_distill(int argc, char **argv) {
     dsla_distill_params_t p = dsla_distill_params_default();
     const char *model_dir = getenv("DSLA_MODEL"), *out_dir = NULL, *order = "entropy";
-    const char *layer_order = NULL;
+    const char *layer_order = NULL, *report_path = NULL;
     dsla_arg_list_t data = {0}, eval_data = {0};
     long layers = 0, steps = p.steps, batch = p.batch, seq_len = 256, seed = (long)p.seed;
     long max_sequences = 0, eval_sequences = DEFAULT_EVAL_SEQUENCES;
@@ -109,6 +135,8 @@ int dsla_cmd_distill(int argc, char **argv) {
          1e9, &checkpoint_every},
         {"seed", DSLA_ARG_INT, "seed for initialisation and batches (default 1234)", 0, 9.2e18,
          &seed},
+        {"report", DSLA_ARG_STRING, "also write the summary as JSON to this file", 0, 0,
+         &report_path},
     };
     const char *positional[64];
     int n_positional = 0;
@@ -169,14 +197,18 @@ int dsla_cmd_distill(int argc, char **argv) {
         const dsla_distill_callbacks_t cb = {print_progress, print_layer_done, &tty};
         st = dsla_distill_run(model, &train, &eval, &p, out_dir, &cb, report);
     }
-    if (st == DSLA_OK)
+    int exit_code = 0;
+    if (st == DSLA_OK) {
         print_summary(report);
-    else
+        if (report_path) exit_code = write_report(report_path, report);
+    } else {
         fprintf(stderr, "\ndsla distill: %s\n", dsla_last_error());
+    }
     dsla_corpus_free(&train);
     dsla_corpus_free(&eval);
     dsla_tokenizer_destroy(&tok);
     dsla_model_destroy(&model);
     free(report);
-    return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);
+    if (st != DSLA_OK) exit_code = st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1;
+    return exit_code;
 }
