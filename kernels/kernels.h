@@ -109,5 +109,7 @@ void dsla_cpu_attention(float *out, int out_stride, const float *q, int q_stride
                         float *scores);
 
 #include "kernels/kernels_dsla.h"
+#include "kernels/kernels_train.h"
+#include "kernels/kernels_cuda.h"
 
 #endif

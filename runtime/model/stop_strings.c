@@ -64,6 +64,7 @@ static size_t held_suffix(const dsla_stop_matcher_t *m) {
 }
 
 static void drop_emitted(dsla_stop_matcher_t *m) {
+    if (m->emitted == 0) return;
     memmove(m->buf, m->buf + m->emitted, m->len - m->emitted);
     m->len -= m->emitted;
     m->emitted = 0;

@@ -42,8 +42,8 @@ static void test_text_packs_into_bos_sequences(void **state) {
     assert_int_equal(c.num_sequences, total - 10);
     assert_int_equal(eval.num_sequences, 10);
     assert_int_equal(dsla_corpus_sequence(&eval, 9)[5], last);
-    assert_int_equal(dsla_corpus_split(&c, &eval, c.num_sequences), DSLA_ERR_INVALID_ARGUMENT);
     dsla_corpus_free(&eval);
+    assert_int_equal(dsla_corpus_split(&c, &eval, c.num_sequences), DSLA_ERR_INVALID_ARGUMENT);
 
     dsla_corpus_t few;
     assert_int_equal(dsla_corpus_load(&few, tok, files, 1, 64, 3), DSLA_OK);

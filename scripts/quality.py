@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Reproduces the tables of docs/quality.md: hybrid perplexity after converting 1..all layers.
+
+For each shared model it runs `dsla distill` four times on the CPU, with one seed:
+  (a) chained DSLA in ascending attention-entropy order (the paper's method),
+  (b) DSLA trained per layer on the teacher's inputs (not chained),
+  (c) chained single-state DSLA (history state only, GLA-like),
+  (d) chained DSLA in reverse entropy order,
+training on data/tinystories_train_sample.txt and scoring data/tinystories_valid.txt. Reports go to
+docs/quality/*.json; the tables replace what stands between the markers in docs/quality.md.
+
+Usage: scripts/quality.py [--build build] [--data ../shared] [--only stories260K-hf] [--seed N]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Per model: steps and how much training text, sized so that the whole script runs in under an
+# hour on two cores (see docs/quality.md for the measured time).
+MODELS = {
+    "stories260K-hf": ["--steps", "300", "--seq-len", "256", "--batch", "8"],
+    "tinystories-11M-hf": ["--steps", "150", "--seq-len", "256", "--batch", "8",
+                           "--max-sequences", "128"],
+}
+VARIANTS = [
+    ("a", "chained, entropy order", []),
+    ("b", "independent (not chained)", ["--independent"]),
+    ("c", "chained, single state", ["--single-state"]),
+    ("d", "chained, reverse entropy order", ["--order", "reverse"]),
+]
+BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
+
+
+def run_variant(args, model, key, extra):
+    report = os.path.join(ROOT, "docs", "quality", f"{model}-{key}.json")
+    out_dir = os.path.join(args.work, f"{model}-{key}")
+    subprocess.run(["rm", "-rf", out_dir], check=True)
+    cmd = [os.path.join(args.build, "bin", "dsla"), "distill",
+           "--model", os.path.join(args.data, "models", model),
+           "--data", os.path.join(args.data, "data", "tinystories_train_sample.txt"),
+           "--eval-data", os.path.join(args.data, "data", "tinystories_valid.txt"),
+           "--eval-sequences", "32", "--seed", str(args.seed), "--out", out_dir,
+           "--report", report] + MODELS[model] + extra
+    print(" ".join(cmd), flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    print(f"  {model} ({key}) took {time.time() - start:.0f} s", flush=True)
+    with open(report) as f:
+        return json.load(f)
+
+
+def table(model, reports):
+    first = reports["a"]
+    n = len(first["order"])
+    lines = [f"### {model}", "",
+             f"Teacher held-out perplexity {first['teacher_ppl']:.3f}. Entropy order: "
+             + ", ".join(str(l) for l in first["order"])
+             + f"; reverse: {', '.join(str(l) for l in reversed(first['order']))}.", "",
+             "| layers converted | " + " | ".join(f"({k}) {name}" for k, name, _ in VARIANTS) + " |",
+             "|---" * (len(VARIANTS) + 1) + "|"]
+    for i in range(n):
+        cells = []
+        for k, _, _ in VARIANTS:
+            conv = reports[k]["converted"]
+            cells.append(f"{conv[i]['eval_ppl']:.3f}" if i < len(conv) else "")
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    lines += ["", "Held-out layer loss (MSE / teacher mean square) of each converted layer, "
+              "teacher-initialised -> trained:", "",
+              "| k | " + " | ".join(f"({k}) layer: before -> after" for k, _, _ in VARIANTS) + " |",
+              "|---" * (len(VARIANTS) + 1) + "|"]
+    for i in range(n):
+        cells = []
+        for k, _, _ in VARIANTS:
+            c = reports[k]["converted"][i]
+            cells.append(f"{c['layer']}: {c['init_eval_mse']:.3f} -> {c['eval_mse']:.4f}")
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    secs = sum(c["seconds"] for r in reports.values() for c in r["converted"])
+    lines += ["", f"Training and evaluation time for the four runs: {secs / 60:.1f} min.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--data", default=os.environ.get("DSLA_TEST_DATA",
+                                                     os.path.join(ROOT, "..", "shared")))
+    ap.add_argument("--work", default="/tmp/dsla-quality")
+    ap.add_argument("--only", choices=sorted(MODELS))
+    ap.add_argument("--seed", type=int, default=1234)
+    args = ap.parse_args()
+    os.makedirs(os.path.join(ROOT, "docs", "quality"), exist_ok=True)
+    sections = []
+    for model in MODELS:
+        if args.only and model != args.only:
+            continue
+        reports = {key: run_variant(args, model, key, extra) for key, _, extra in VARIANTS}
+        sections.append(table(model, reports))
+    doc_path = os.path.join(ROOT, "docs", "quality.md")
+    with open(doc_path) as f:
+        doc = f.read()
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    generated = (f"\nGenerated by `scripts/quality.py --seed {args.seed}` on "
+                 f"{time.strftime('%Y-%m-%d')}.\n\n" + "\n".join(sections))
+    with open(doc_path, "w") as f:
+        f.write(head + BEGIN + generated + END + tail)
+    print(f"wrote {doc_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
