@@ -87,6 +87,31 @@ void dsla_test_rmtree(const char *path) {
     nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+void dsla_test_assert_config_equal(const dsla_model_config_t *a, const dsla_model_config_t *b) {
+    assert_int_equal(a->hidden_size, b->hidden_size);
+    assert_int_equal(a->num_layers, b->num_layers);
+    assert_int_equal(a->num_heads, b->num_heads);
+    assert_int_equal(a->num_kv_heads, b->num_kv_heads);
+    assert_int_equal(a->head_dim, b->head_dim);
+    assert_int_equal(a->intermediate_size, b->intermediate_size);
+    assert_int_equal(a->vocab_size, b->vocab_size);
+    assert_int_equal(a->max_position_embeddings, b->max_position_embeddings);
+    assert_true(a->rms_norm_eps == b->rms_norm_eps);
+    assert_int_equal(a->tie_word_embeddings, b->tie_word_embeddings);
+    assert_int_equal(a->bos_token_id, b->bos_token_id);
+    assert_int_equal(a->num_eos_token_ids, b->num_eos_token_ids);
+    for (int i = 0; i < a->num_eos_token_ids; i++)
+        assert_int_equal(a->eos_token_ids[i], b->eos_token_ids[i]);
+    assert_true(a->rope_theta == b->rope_theta);
+    assert_int_equal(a->rope_type, b->rope_type);
+    if (a->rope_type == DSLA_ROPE_LLAMA3) {
+        assert_true(a->rope_factor == b->rope_factor);
+        assert_true(a->rope_low_freq_factor == b->rope_low_freq_factor);
+        assert_true(a->rope_high_freq_factor == b->rope_high_freq_factor);
+        assert_int_equal(a->rope_original_max_position, b->rope_original_max_position);
+    }
+}
+
 double dsla_test_max_abs_diff(const float *a, const float *b, size_t n) {
     double m = 0.0;
     for (size_t i = 0; i < n; i++) {

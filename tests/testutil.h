@@ -1,8 +1,8 @@
 /* Helpers shared by the tests: locating shared test data, reading JSON vectors, comparing floats.
  *
  * Tests that need ../shared call dsla_test_data_or_skip() before cmocka runs: it exits 77 (ctest's
- * "skipped") when DSLA_TEST_DATA or the named file is absent, so a checkout without the data stays green
- * without pretending to pass. */
+ * "skipped") when DSLA_TEST_DATA or the named file is absent, so a checkout without the data stays
+ * green without pretending to pass. */
 #ifndef DSLA_TESTS_TESTUTIL_H
 #define DSLA_TESTS_TESTUTIL_H
 
@@ -13,6 +13,8 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+
+#include "runtime/model/config.h"
 
 enum { DSLA_TEST_SKIP = 77 };
 
@@ -32,6 +34,9 @@ void dsla_test_write_file(const char *path, const void *data, size_t len);
 /* A fresh directory under $TMPDIR (or /tmp), removed by dsla_test_rmtree. Caller frees. */
 char *dsla_test_tempdir(void);
 void dsla_test_rmtree(const char *path);
+
+/* Fails the test unless every field that changes the maths is equal (llama3 scaling included). */
+void dsla_test_assert_config_equal(const dsla_model_config_t *a, const dsla_model_config_t *b);
 
 /* max |a-b| over n elements. */
 double dsla_test_max_abs_diff(const float *a, const float *b, size_t n);

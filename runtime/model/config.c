@@ -15,32 +15,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "runtime/model/json_util.h"
+
 /* Defaults transformers' LlamaConfig applies when a key is absent. */
 enum { CONFIG_DEFAULT_MAX_POSITIONS = 2048 };
 #define CONFIG_DEFAULT_ROPE_THETA 10000.0
 enum { CONFIG_MAX_EOS = (int)(sizeof(((dsla_model_config_t *)0)->eos_token_ids) / sizeof(int)) };
-
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a real number";
-    case JSON_TRUE:
-        return "true";
-    case JSON_FALSE:
-        return "false";
-    case JSON_NULL:
-        return "null";
-    }
-    return "an unknown JSON value";
-}
 
 /* Looks key up in obj; absent and JSON null both count as absent (transformers writes null for
  * "use the default"). */
@@ -52,7 +32,7 @@ static json_t *get_present(json_t *obj, const char *key) {
 static dsla_status_t json_int_value(json_t *v, const char *source, const char *key, int *out) {
     if (!json_is_integer(v))
         return dsla_error(DSLA_ERR_FORMAT, "%s: '%s' must be an integer, found %s", source, key,
-                          json_type_name(v));
+                          dsla_json_type_name(v));
     json_int_t x = json_integer_value(v);
     if (x < INT_MIN || x > INT_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: '%s' = %lld does not fit in an int",
@@ -89,7 +69,7 @@ static dsla_status_t get_number(json_t *obj, const char *source, const char *pre
     }
     if (!json_is_number(v))
         return dsla_error(DSLA_ERR_FORMAT, "%s: '%s%s' must be a number, found %s", source, prefix,
-                          key, json_type_name(v));
+                          key, dsla_json_type_name(v));
     *out = json_number_value(v);
     return DSLA_OK;
 }
@@ -103,7 +83,7 @@ static dsla_status_t get_bool(json_t *obj, const char *source, const char *key, 
     }
     if (!json_is_boolean(v))
         return dsla_error(DSLA_ERR_FORMAT, "%s: '%s' must be true or false, found %s", source, key,
-                          json_type_name(v));
+                          dsla_json_type_name(v));
     *out = json_is_true(v);
     return DSLA_OK;
 }
@@ -116,7 +96,7 @@ static dsla_status_t get_string(json_t *obj, const char *source, const char *pre
     if (!v) return DSLA_OK;
     if (!json_is_string(v))
         return dsla_error(DSLA_ERR_FORMAT, "%s: '%s%s' must be a string, found %s", source, prefix,
-                          key, json_type_name(v));
+                          key, dsla_json_type_name(v));
     *out = json_string_value(v);
     return DSLA_OK;
 }
@@ -144,7 +124,7 @@ static dsla_status_t parse_model_kind(json_t *root, const char *source) {
     if (archs && !json_is_null(archs)) {
         if (!json_is_array(archs))
             return dsla_error(DSLA_ERR_FORMAT, "%s: 'architectures' must be an array, found %s",
-                              source, json_type_name(archs));
+                              source, dsla_json_type_name(archs));
         size_t i;
         json_t *a;
         json_array_foreach(archs, i, a) {
@@ -193,7 +173,7 @@ static dsla_status_t parse_eos(json_t *root, const char *source, dsla_model_conf
     if (!json_is_array(eos))
         return dsla_error(DSLA_ERR_FORMAT,
                           "%s: 'eos_token_id' must be an integer or a list of integers, found %s",
-                          source, json_type_name(eos));
+                          source, dsla_json_type_name(eos));
     size_t n = json_array_size(eos);
     if (n > CONFIG_MAX_EOS)
         return dsla_error(DSLA_ERR_UNSUPPORTED,
@@ -214,10 +194,10 @@ static dsla_status_t parse_rope(json_t *root, const char *source, dsla_model_con
     json_t *scaling = get_present(root, "rope_scaling");
     if (params && !json_is_object(params))
         return dsla_error(DSLA_ERR_FORMAT, "%s: 'rope_parameters' must be an object, found %s",
-                          source, json_type_name(params));
+                          source, dsla_json_type_name(params));
     if (scaling && !json_is_object(scaling))
         return dsla_error(DSLA_ERR_FORMAT, "%s: 'rope_scaling' must be an object or null, found %s",
-                          source, json_type_name(scaling));
+                          source, dsla_json_type_name(scaling));
 
     double theta = CONFIG_DEFAULT_ROPE_THETA;
     bool top_theta = get_present(root, "rope_theta") != NULL;
@@ -271,7 +251,7 @@ static dsla_status_t parse_rope(json_t *root, const char *source, dsla_model_con
 static dsla_status_t parse_root(json_t *root, const char *source, dsla_model_config_t *cfg) {
     if (!json_is_object(root))
         return dsla_error(DSLA_ERR_FORMAT, "%s: config must be a JSON object, found %s", source,
-                          json_type_name(root));
+                          dsla_json_type_name(root));
     DSLA_TRY(parse_model_kind(root, source));
     DSLA_TRY(parse_unsupported_features(root, source));
 

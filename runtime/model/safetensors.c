@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/model/json_util.h"
+
 /* The 8-byte little-endian header length that opens every safetensors file. */
 enum { ST_LENGTH_BYTES = 8 };
 /* Real headers are ~100 bytes per tensor (a 1000-tensor Llama has ~150 KB); the reference
@@ -74,28 +76,6 @@ static char *st_join(const char *dir, const char *name) {
     char *p = malloc(n);
     if (p) snprintf(p, n, "%s/%s", dir, name);
     return p;
-}
-
-static const char *json_type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a real number";
-    case JSON_TRUE:
-        return "true";
-    case JSON_FALSE:
-        return "false";
-    case JSON_NULL:
-        return "null";
-    }
-    return "an unknown JSON value";
 }
 
 /* Formats shape as "[a, b, c]" into buf (always NUL-terminated). */
@@ -231,13 +211,13 @@ static dsla_status_t parse_metadata(dsla_safetensors_t *st, const char *path, js
                                     bool keep) {
     if (!json_is_object(meta))
         return dsla_error(DSLA_ERR_FORMAT, "%s: '%s' must be an object of strings, found %s", path,
-                          ST_METADATA_KEY, json_type_name(meta));
+                          ST_METADATA_KEY, dsla_json_type_name(meta));
     const char *key;
     json_t *value;
     json_object_foreach(meta, key, value) {
         if (!json_is_string(value))
             return dsla_error(DSLA_ERR_FORMAT, "%s: '%s' key '%s' must be a string, found %s", path,
-                              ST_METADATA_KEY, key, json_type_name(value));
+                              ST_METADATA_KEY, key, dsla_json_type_name(value));
     }
     if (!keep) return DSLA_OK;
     size_t n = json_object_size(meta);
@@ -260,13 +240,13 @@ static dsla_status_t parse_tensor(dsla_safetensors_t *st, size_t file_index, con
     const char *path = st->files[file_index].path;
     if (!json_is_object(desc))
         return dsla_error(DSLA_ERR_FORMAT, "%s: tensor '%s': entry must be an object, found %s",
-                          path, name, json_type_name(desc));
+                          path, name, dsla_json_type_name(desc));
 
     json_t *jdtype = json_object_get(desc, "dtype");
     if (!jdtype) return dsla_error(DSLA_ERR_FORMAT, "%s: tensor '%s': missing 'dtype'", path, name);
     if (!json_is_string(jdtype))
         return dsla_error(DSLA_ERR_FORMAT, "%s: tensor '%s': 'dtype' must be a string, found %s",
-                          path, name, json_type_name(jdtype));
+                          path, name, dsla_json_type_name(jdtype));
     const char *dtype_name = json_string_value(jdtype);
     const st_dtype_entry_t *dt = dtype_lookup(dtype_name);
     if (!dt)
@@ -282,7 +262,7 @@ static dsla_status_t parse_tensor(dsla_safetensors_t *st, size_t file_index, con
     if (!jshape) return dsla_error(DSLA_ERR_FORMAT, "%s: tensor '%s': missing 'shape'", path, name);
     if (!json_is_array(jshape))
         return dsla_error(DSLA_ERR_FORMAT, "%s: tensor '%s': 'shape' must be an array, found %s",
-                          path, name, json_type_name(jshape));
+                          path, name, dsla_json_type_name(jshape));
     size_t ndim = json_array_size(jshape);
     if (ndim > DSLA_TENSOR_MAX_DIMS)
         return dsla_error(DSLA_ERR_UNSUPPORTED,
@@ -294,7 +274,7 @@ static dsla_status_t parse_tensor(dsla_safetensors_t *st, size_t file_index, con
         if (!json_is_integer(d))
             return dsla_error(DSLA_ERR_FORMAT,
                               "%s: tensor '%s': shape[%zu] must be an integer, found %s", path,
-                              name, i, json_type_name(d));
+                              name, i, dsla_json_type_name(d));
         json_int_t v = json_integer_value(d);
         if (v < 0)
             return dsla_error(DSLA_ERR_FORMAT, "%s: tensor '%s': shape[%zu] = %lld is negative",
@@ -445,7 +425,7 @@ static dsla_status_t add_file(dsla_safetensors_t *st, const char *path, bool kee
     dsla_status_t status = DSLA_OK;
     if (!json_is_object(root)) {
         status = dsla_error(DSLA_ERR_FORMAT, "%s: header must be a JSON object, found %s", path,
-                            json_type_name(root));
+                            dsla_json_type_name(root));
         json_decref(root);
         return status;
     }
@@ -527,7 +507,7 @@ static dsla_status_t open_index(dsla_safetensors_t *st, const char *dir, const c
     json_t *map = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     if (!map || !json_is_object(map)) {
         status = dsla_error(DSLA_ERR_FORMAT, "%s: 'weight_map' must be an object, found %s",
-                            index_path, map ? json_type_name(map) : "nothing");
+                            index_path, map ? dsla_json_type_name(map) : "nothing");
         goto done;
     }
     size_t n = json_object_size(map);
@@ -547,7 +527,7 @@ static dsla_status_t open_index(dsla_safetensors_t *st, const char *dir, const c
         if (!json_is_string(shard)) {
             status =
                 dsla_error(DSLA_ERR_FORMAT, "%s: tensor '%s': shard must be a file name, found %s",
-                           index_path, tensor, json_type_name(shard));
+                           index_path, tensor, dsla_json_type_name(shard));
             goto done;
         }
         const char *s = json_string_value(shard);
