@@ -9,7 +9,8 @@ For each shared model it runs `dsla distill` four times on the CPU, with one see
 training on data/tinystories_train_sample.txt and scoring data/tinystories_valid.txt. Reports go to
 docs/quality/*.json; the tables replace what stands between the markers in docs/quality.md.
 
-Usage: scripts/quality.py [--build build] [--data ../shared] [--only stories260K-hf] [--seed N]
+Usage: scripts/quality.py [--build build] [--data ../shared] [--only MODEL] [--seed N] [--tables-only]
+Each model runs with the seeds listed in SEEDS; --tables-only rebuilds the tables from the reports.
 """
 import argparse
 import json
@@ -27,6 +28,8 @@ MODELS = {
     "tinystories-11M-hf": ["--steps", "150", "--seq-len", "256", "--batch", "8",
                            "--max-sequences", "128"],
 }
+# stories260K is cheap enough for a second seed, which shows how much of a difference is noise.
+SEEDS = {"stories260K-hf": [1234, 99], "tinystories-11M-hf": [1234]}
 VARIANTS = [
     ("a", "chained, entropy order", []),
     ("b", "independent (not chained)", ["--independent"]),
@@ -36,51 +39,62 @@ VARIANTS = [
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 
 
-def run_variant(args, model, key, extra):
-    report = os.path.join(ROOT, "docs", "quality", f"{model}-{key}.json")
-    out_dir = os.path.join(args.work, f"{model}-{key}")
+def report_path(model, key, seed):
+    return os.path.join(ROOT, "docs", "quality", f"{model}-{key}-s{seed}.json")
+
+
+def run_variant(args, model, key, extra, seed):
+    report = report_path(model, key, seed)
+    out_dir = os.path.join(args.work, f"{model}-{key}-s{seed}")
     subprocess.run(["rm", "-rf", out_dir], check=True)
     cmd = [os.path.join(args.build, "bin", "dsla"), "distill",
            "--model", os.path.join(args.data, "models", model),
            "--data", os.path.join(args.data, "data", "tinystories_train_sample.txt"),
            "--eval-data", os.path.join(args.data, "data", "tinystories_valid.txt"),
-           "--eval-sequences", "32", "--seed", str(args.seed), "--out", out_dir,
+           "--eval-sequences", "32", "--seed", str(seed), "--out", out_dir,
            "--report", report] + MODELS[model] + extra
     print(" ".join(cmd), flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    print(f"  {model} ({key}) took {time.time() - start:.0f} s", flush=True)
+    print(f"  {model} ({key}, seed {seed}) took {time.time() - start:.0f} s", flush=True)
     with open(report) as f:
         return json.load(f)
 
 
-def table(model, reports):
-    first = reports["a"]
+def table(model, runs):
+    """runs: {seed: {variant key: report}}"""
+    seeds = sorted(runs)
+    first = runs[seeds[0]]["a"]
     n = len(first["order"])
+    cols = [(seed, k) for seed in seeds for k, _, _ in VARIANTS]
+    names = {k: name for k, name, _ in VARIANTS}
     lines = [f"### {model}", "",
              f"Teacher held-out perplexity {first['teacher_ppl']:.3f}. Entropy order: "
              + ", ".join(str(l) for l in first["order"])
-             + f"; reverse: {', '.join(str(l) for l in reversed(first['order']))}.", "",
-             "| layers converted | " + " | ".join(f"({k}) {name}" for k, name, _ in VARIANTS) + " |",
-             "|---" * (len(VARIANTS) + 1) + "|"]
+             + f"; reverse: {', '.join(str(l) for l in reversed(first['order']))}. "
+             + "Seeds: " + ", ".join(str(s) for s in seeds) + ".", "",
+             "| layers converted | " + " | ".join(f"({k}) {names[k]}, seed {seed}" for seed, k in cols)
+             + " |", "|---" * (len(cols) + 1) + "|"]
     for i in range(n):
         cells = []
-        for k, _, _ in VARIANTS:
-            conv = reports[k]["converted"]
+        for seed, k in cols:
+            conv = runs[seed][k]["converted"]
             cells.append(f"{conv[i]['eval_ppl']:.3f}" if i < len(conv) else "")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
-    lines += ["", "Held-out layer loss (MSE / teacher mean square) of each converted layer, "
-              "teacher-initialised -> trained:", "",
+    seed = seeds[0]
+    lines += ["", f"Held-out layer loss (MSE / teacher mean square) of each converted layer, "
+              f"teacher-initialised -> trained (seed {seed}):", "",
               "| k | " + " | ".join(f"({k}) layer: before -> after" for k, _, _ in VARIANTS) + " |",
               "|---" * (len(VARIANTS) + 1) + "|"]
     for i in range(n):
         cells = []
         for k, _, _ in VARIANTS:
-            c = reports[k]["converted"][i]
+            c = runs[seed][k]["converted"][i]
             cells.append(f"{c['layer']}: {c['init_eval_mse']:.3f} -> {c['eval_mse']:.4f}")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
-    secs = sum(c["seconds"] for r in reports.values() for c in r["converted"])
-    lines += ["", f"Training and evaluation time for the four runs: {secs / 60:.1f} min.", ""]
+    secs = sum(c["seconds"] for r in runs.values() for v in r.values() for c in v["converted"])
+    lines += ["", f"Training and evaluation time for these {len(cols)} runs: {secs / 60:.1f} min "
+              "(two cores, shared with other work).", ""]
     return "\n".join(lines)
 
 
@@ -91,22 +105,36 @@ def main():
                                                      os.path.join(ROOT, "..", "shared")))
     ap.add_argument("--work", default="/tmp/dsla-quality")
     ap.add_argument("--only", choices=sorted(MODELS))
-    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--seed", type=int, help="run only this seed (the others' reports are loaded)")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="rebuild the tables from docs/quality/*.json without running anything")
     args = ap.parse_args()
     os.makedirs(os.path.join(ROOT, "docs", "quality"), exist_ok=True)
     sections = []
     for model in MODELS:
-        if args.only and model != args.only:
-            continue
-        reports = {key: run_variant(args, model, key, extra) for key, _, extra in VARIANTS}
-        sections.append(table(model, reports))
+        # Models not run now keep the tables of their last reports, when there are any.
+        load_only = args.tables_only or (args.only is not None and model != args.only)
+        runs = {}
+        for seed in SEEDS[model]:
+            runs[seed] = {}
+            skip = load_only or (args.seed is not None and seed != args.seed)
+            for key, _, extra in VARIANTS:
+                if not skip:
+                    runs[seed][key] = run_variant(args, model, key, extra, seed)
+                elif os.path.exists(report_path(model, key, seed)):
+                    with open(report_path(model, key, seed)) as f:
+                        runs[seed][key] = json.load(f)
+            if len(runs[seed]) < len(VARIANTS):
+                del runs[seed]
+        if runs:
+            sections.append(table(model, runs))
     doc_path = os.path.join(ROOT, "docs", "quality.md")
     with open(doc_path) as f:
         doc = f.read()
     head, rest = doc.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    generated = (f"\nGenerated by `scripts/quality.py --seed {args.seed}` on "
-                 f"{time.strftime('%Y-%m-%d')}.\n\n" + "\n".join(sections))
+    generated = (f"\nGenerated by `scripts/quality.py` on {time.strftime('%Y-%m-%d')}.\n\n"
+                 + "\n".join(sections))
     with open(doc_path, "w") as f:
         f.write(head + BEGIN + generated + END + tail)
     print(f"wrote {doc_path}")

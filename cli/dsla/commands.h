@@ -6,5 +6,6 @@
 int dsla_cmd_generate(int argc, char **argv);
 int dsla_cmd_import(int argc, char **argv);
 int dsla_cmd_distill(int argc, char **argv);
+int dsla_cmd_bench(int argc, char **argv);
 
 #endif

@@ -29,6 +29,7 @@ struct dsla_sequence {
     int *n_states;       /* [num_layers] 0 (ATTN), 1 or 2 */
     float **states;      /* [num_layers] n_states[l] states back to back, or NULL */
     const dsla_dsla_layer_t **pinned; /* [num_layers] pinned versions, or NULL when unpinned */
+    bool borrowed_states;             /* states[] belong to the caller (create_in_slots) */
 };
 
 static int blocks_for(int tokens) {
@@ -131,11 +132,17 @@ static dsla_status_t check_pinned(const dsla_model_config_t *cfg, const dsla_lay
     return DSLA_OK;
 }
 
-/* Zeroed state slots for the DSLA layers: all or none. */
-static dsla_status_t alloc_states(dsla_sequence_t *s) {
+/* Zeroed state slots for the DSLA layers, in the caller's memory when given: all or none. */
+static dsla_status_t alloc_states(dsla_sequence_t *s, float *const *borrowed) {
+    s->borrowed_states = borrowed != NULL;
     for (int l = 0; l < s->num_layers; l++) {
         if (s->kinds[l] != DSLA_LAYER_DSLA) continue;
         s->n_states[l] = s->pinned && s->pinned[l]->single_state ? 1 : 2;
+        if (borrowed) {
+            s->states[l] = borrowed[l];
+            memset(s->states[l], 0, (size_t)s->n_states[l] * s->state_floats * sizeof(float));
+            continue;
+        }
         s->states[l] = dsla_calloc((size_t)s->n_states[l] * s->state_floats, sizeof(float));
         if (!s->states[l])
             return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
@@ -149,6 +156,14 @@ dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t 
                                           const dsla_model_config_t *cfg,
                                           const dsla_layer_kind_t *kinds,
                                           const dsla_dsla_layer_t *const *layers) {
+    return dsla_sequence_create_in_slots(out, pool, cfg, kinds, layers, NULL);
+}
+
+dsla_status_t dsla_sequence_create_in_slots(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                            const dsla_model_config_t *cfg,
+                                            const dsla_layer_kind_t *kinds,
+                                            const dsla_dsla_layer_t *const *layers,
+                                            float *const *states) {
     *out = NULL;
     if (cfg->num_layers != pool->num_layers ||
         cfg->num_kv_heads * cfg->head_dim != pool->token_width)
@@ -184,7 +199,13 @@ dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t 
         s->kinds[l] = kinds ? kinds[l] : DSLA_LAYER_ATTN;
         if (s->pinned && s->kinds[l] == DSLA_LAYER_DSLA) s->pinned[l] = layers[l];
     }
-    dsla_status_t st = alloc_states(s);
+    for (int l = 0; states && l < s->num_layers; l++)
+        if (s->kinds[l] == DSLA_LAYER_DSLA && !states[l]) {
+            dsla_sequence_destroy(&s);
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "sequence: layer %d runs as DSLA but no state memory was given", l);
+        }
+    dsla_status_t st = alloc_states(s, states);
     if (st != DSLA_OK) {
         dsla_sequence_destroy(&s);
         return st;
@@ -204,7 +225,7 @@ static void release_blocks_from(dsla_sequence_t *s, int keep) {
 void dsla_sequence_destroy(dsla_sequence_t **s) {
     if (!s || !*s) return;
     if ((*s)->table_len) release_blocks_from(*s, 0);
-    for (int l = 0; (*s)->states && l < (*s)->num_layers; l++)
+    for (int l = 0; (*s)->states && !(*s)->borrowed_states && l < (*s)->num_layers; l++)
         dsla_free((*s)->states[l]);
     free((*s)->states);
     free((*s)->n_states);

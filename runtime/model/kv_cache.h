@@ -72,6 +72,15 @@ dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t 
                                           const dsla_model_config_t *cfg,
                                           const dsla_layer_kind_t *kinds,
                                           const dsla_dsla_layer_t *const *layers);
+/* dsla_sequence_create_pinned over caller-owned state memory, for the serving engine's state pool:
+ * states[l] (borrowed, non-NULL for each layer kinds runs as DSLA) holds the layer's 1 or 2 states
+ * of H*d*d floats back to back. They are zeroed here and never freed by the sequence; the caller
+ * keeps them alive until the sequence is destroyed. */
+dsla_status_t dsla_sequence_create_in_slots(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                            const dsla_model_config_t *cfg,
+                                            const dsla_layer_kind_t *kinds,
+                                            const dsla_dsla_layer_t *const *layers,
+                                            float *const *states);
 /* Returns the sequence's blocks to its pool, frees it and NULLs *s. */
 void dsla_sequence_destroy(dsla_sequence_t **s);
 

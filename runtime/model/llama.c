@@ -63,6 +63,7 @@ struct dsla_model {
     const dsla_dsla_layer_t **dsla_layers;
     forward_scratch_t scratch;
     dsla_scratch_t dsla;
+    bool batch_invariant; /* dsla_model_set_batch_invariant */
 };
 
 /* ---- loading ---- */
@@ -291,6 +292,23 @@ const dsla_dsla_layer_t *dsla_model_dsla_layer(const dsla_model_t *m, int layer)
     return m->dsla_layers[layer];
 }
 
+void dsla_model_set_batch_invariant(dsla_model_t *m, bool on) {
+    m->batch_invariant = on;
+}
+
+/* y [rows, n] = x [rows, k] W^T. Batch-invariant: one GEMV per row, because OpenBLAS's SGEMM rounds
+ * a row differently with the number of rows and the row's place among them, and its GEMV does not.
+ */
+static void linear(const dsla_model_t *m, float *y, const float *x, const float *w, int rows, int n,
+                   int k) {
+    if (!m->batch_invariant) {
+        dsla_cpu_gemm(y, x, w, rows, n, k);
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        dsla_cpu_gemm(y + (size_t)r * n, x + (size_t)r * k, w, 1, n, k);
+}
+
 /* ---- scratch ---- */
 
 static dsla_status_t scratch_reserve(dsla_model_t *m, int rows, int items) {
@@ -448,7 +466,7 @@ static dsla_status_t mix_attention(dsla_model_t *m, int layer, const mix_batch_t
     forward_scratch_t *s = &m->scratch;
     const int D = c->hidden_size, d = c->head_dim, H = c->num_heads, Hkv = c->num_kv_heads;
     const int q_width = H * d, kv_width = Hkv * d, qkv_width = q_width + 2 * kv_width;
-    dsla_cpu_gemm(s->qkv, b->x, w->wqkv, b->n_rows, qkv_width, D);
+    linear(m, s->qkv, b->x, w->wqkv, b->n_rows, qkv_width, D);
     dsla_cpu_rope_apply(s->qkv, b->n_rows, qkv_width, H, d, b->rope_cos, b->rope_sin);
     dsla_cpu_rope_apply(s->qkv + q_width, b->n_rows, qkv_width, Hkv, d, b->rope_cos, b->rope_sin);
     const dsla_attn_shape_t shape = {.n_heads = H, .n_kv_heads = Hkv, .head_dim = d};
@@ -477,14 +495,14 @@ static dsla_status_t mix_attention(dsla_model_t *m, int layer, const mix_batch_t
                 attention_entropy(m, seq, layer, qkv + (size_t)(n - 1) * qkv_width, past + n);
         row += n;
     }
-    dsla_cpu_gemm(b->out, s->attn, w->wo, b->n_rows, D, q_width);
+    linear(m, b->out, s->attn, w->wo, b->n_rows, D, q_width);
     return DSLA_OK;
 }
 
 /* dst [rows, hd] = x [rows, D] W^T (+ bias). */
-static void project(float *dst, const float *x, const float *w, const float *bias, int rows, int hd,
-                    int D) {
-    dsla_cpu_gemm(dst, x, w, rows, hd, D);
+static void project(const dsla_model_t *m, float *dst, const float *x, const float *w,
+                    const float *bias, int rows, int hd, int D) {
+    linear(m, dst, x, w, rows, hd, D);
     for (int r = 0; bias && r < rows; r++)
         for (int j = 0; j < hd; j++)
             dst[(size_t)r * hd + j] += bias[j];
@@ -544,18 +562,18 @@ static dsla_status_t mix_dsla(dsla_model_t *m, int layer, const mix_batch_t *b) 
             rows += b->items[end++].n_tokens;
         const size_t off = (size_t)row * hd;
         const float *x = b->x + (size_t)row * D;
-        project(proj[0] + off, x, w->wq, NULL, rows, hd, D);
-        project(proj[1] + off, x, w->wk, NULL, rows, hd, D);
-        project(proj[2] + off, x, w->wv, NULL, rows, hd, D);
-        project(proj[3] + off, x, w->wg1, w->bg1, rows, hd, D);
-        if (!w->single_state) project(proj[4] + off, x, w->wg2, w->bg2, rows, hd, D);
+        project(m, proj[0] + off, x, w->wq, NULL, rows, hd, D);
+        project(m, proj[1] + off, x, w->wk, NULL, rows, hd, D);
+        project(m, proj[2] + off, x, w->wv, NULL, rows, hd, D);
+        project(m, proj[3] + off, x, w->wg1, w->bg1, rows, hd, D);
+        if (!w->single_state) project(m, proj[4] + off, x, w->wg2, w->bg2, rows, hd, D);
         for (int it = first, r = row; it < end; r += b->items[it++].n_tokens) {
             dsla_status_t s = dsla_core(m, w, b->items[it].seq, layer, b->items[it].n_tokens, proj,
                                         (size_t)r * hd, mix);
             if (s != DSLA_OK)
                 return dsla_error_wrap(DSLA_ERR_INTERNAL, "forward: layer %d's DSLA core: ", layer);
         }
-        dsla_cpu_gemm(b->out + (size_t)row * D, mix + off, w->wo, rows, D, hd);
+        linear(m, b->out + (size_t)row * D, mix + off, w->wo, rows, D, hd);
         row += rows;
         first = end;
     }
@@ -714,9 +732,9 @@ static void run_layers(dsla_model_t *m, const dsla_batch_item_t *items, int n_it
         if (*status != DSLA_OK) return;
         dsla_cpu_add(s->x, s->x, s->mix_out, (size_t)T * D);
         dsla_cpu_rmsnorm(s->xn, s->x, w->mlp_norm, T, D, c->rms_norm_eps);
-        dsla_cpu_gemm(s->gate_up, s->xn, w->w_gate_up, T, 2 * I, D);
+        linear(m, s->gate_up, s->xn, w->w_gate_up, T, 2 * I, D);
         dsla_cpu_swiglu(s->act, s->gate_up, s->gate_up + I, T, I, 2 * I);
-        dsla_cpu_gemm(s->mix_out, s->act, w->w_down, T, D, I);
+        linear(m, s->mix_out, s->act, w->w_down, T, D, I);
         dsla_cpu_add(s->x, s->x, s->mix_out, (size_t)T * D);
     }
     if (*status == DSLA_OK && hidden && hidden[n_layers])
@@ -785,6 +803,6 @@ dsla_status_t dsla_model_forward_capture(dsla_model_t *m, const dsla_batch_item_
                              m->final_norm, 1, D, c->rms_norm_eps);
         dsla_sequence_advance(items[i].seq, n);
     }
-    dsla_cpu_gemm(logits_out, s->xn, m->lm_head, out_rows, c->vocab_size, D);
+    linear(m, logits_out, s->xn, m->lm_head, out_rows, c->vocab_size, D);
     return DSLA_OK;
 }

@@ -84,6 +84,13 @@ dsla_status_t dsla_model_set_dsla_layer(dsla_model_t *m, int layer, const dsla_d
 /* The installed DSLA layer of layer; NULL when none (or out of range). */
 const dsla_dsla_layer_t *dsla_model_dsla_layer(const dsla_model_t *m, int layer);
 
+/* Batch invariance for serving: when on, every linear layer computes each token's row on its own
+ * (a GEMV per row), so a sequence's logits are bitwise the same whatever shares its batch and
+ * wherever it sits in it. Off (the default), the GEMMs run over the whole batch: faster for long
+ * prefills, but rows round differently with the batch's shape, and greedy decoding can then flip
+ * at near-ties (top-2 logits within ~1e-5). */
+void dsla_model_set_batch_invariant(dsla_model_t *m, bool on);
+
 /* One sequence's share of a batch: n_tokens new tokens at positions length..length+n_tokens-1.
  * want_all_logits: a logit row for every new token (prefill scoring), else only for the last. */
 typedef struct {

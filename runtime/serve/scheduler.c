@@ -1,0 +1,326 @@
+/* One engine step: schedule decodes, then prefill chunks, then admissions under the step's token
+ * budget; preempt when KV blocks run short; run one batched forward pass; sample and stream.
+ *
+ * Order inside a step: running decodes first (one token each, so that time per output token stays
+ * flat under load), then running prefills, then waiting requests in queue order. A request's
+ * prefill advances by min(remaining, prefill_chunk) tokens or not at all: cutting it elsewhere to
+ * fill the budget would make its numerics depend on its neighbours. Admission is FIFO (the head
+ * blocks the queue, so nobody starves) and needs the KV blocks of the whole prefill plus one
+ * token, so that an admitted request is not preempted at its first decode. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/serve/engine_internal.h"
+
+typedef struct {
+    int budget; /* tokens left in this step */
+    int blocks; /* KV blocks this step's items will take */
+    int n_items;
+} step_plan_t;
+
+static int blocks_for(long tokens) {
+    return (int)((tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
+}
+
+static int free_blocks(const dsla_engine_t *e, const step_plan_t *sp) {
+    return dsla_kv_pool_free_blocks(e->kv) - sp->blocks;
+}
+
+static void schedule_item(dsla_engine_t *e, step_plan_t *sp, request_t *r, int n, int blocks) {
+    r->sched_item = sp->n_items;
+    r->sched_tokens = n;
+    r->sched_blocks = blocks;
+    e->item_req[sp->n_items++] = r;
+    sp->budget -= n;
+    sp->blocks += blocks;
+}
+
+static void unschedule(dsla_engine_t *e, step_plan_t *sp, request_t *r) {
+    int i = r->sched_item;
+    memmove(&e->item_req[i], &e->item_req[i + 1],
+            (size_t)(sp->n_items - i - 1) * sizeof *e->item_req);
+    sp->n_items--;
+    for (int j = i; j < sp->n_items; j++)
+        e->item_req[j]->sched_item = j;
+    sp->budget += r->sched_tokens;
+    sp->blocks -= r->sched_blocks;
+    r->sched_item = -1;
+}
+
+/* The victim when r needs blocks: a running request of the oldest plan (DESIGN.md section 6:
+ * those are the ones to move to the newest); among them one not yet scheduled in this step, then
+ * the latest admitted. NULL when r runs alone. */
+static bool better_victim(const request_t *c, const request_t *best) {
+    uint64_t cp = dsla_plan_id(c->plan), bp = dsla_plan_id(best->plan);
+    if (cp != bp) return cp < bp;
+    bool c_sched = c->sched_item >= 0, b_sched = best->sched_item >= 0;
+    if (c_sched != b_sched) return !c_sched;
+    return c->admitted > best->admitted;
+}
+
+static request_t *pick_victim(const dsla_engine_t *e, const request_t *r) {
+    request_t *best = NULL;
+    for (int i = 0; i < e->n_running; i++) {
+        request_t *c = e->running[i];
+        if (c != r && (!best || better_victim(c, best))) best = c;
+    }
+    return best;
+}
+
+/* Frees v's blocks and slots now and queues it at the front to recompute under the newest plan. */
+static void preempt(dsla_engine_t *e, step_plan_t *sp, request_t *v) {
+    if (v->sched_item >= 0) unschedule(e, sp, v);
+    dsla_engine_running_remove(e, v);
+    dsla_request_release_memory(e, v);
+    v->preemptions++;
+    e->m.preemptions++;
+    dsla_engine_waiting_push_front(e, v);
+}
+
+/* Schedules r's next tokens if the budget allows, preempting others for blocks. Returns false when
+ * r itself cannot run at all (it is then finished with RESOURCE_EXHAUSTED). */
+static bool schedule_running(dsla_engine_t *e, step_plan_t *sp, request_t *r) {
+    int remaining = dsla_request_total(r) - r->n_computed;
+    int n = remaining < e->cfg.prefill_chunk ? remaining : e->cfg.prefill_chunk;
+    if (n > sp->budget) return true;
+    int need = dsla_sequence_blocks_needed(r->seq, n);
+    while (need > free_blocks(e, sp)) {
+        request_t *v = pick_victim(e, r);
+        if (!v) break;
+        preempt(e, sp, v);
+    }
+    if (need > free_blocks(e, sp)) {
+        dsla_engine_running_remove(e, r);
+        r->text_len = 0;
+        dsla_request_finish(e, r, -1, DSLA_FINISH_LENGTH,
+                            dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                                       "request needs %d KV blocks alone; %d are free", need,
+                                       free_blocks(e, sp)));
+        return false;
+    }
+    schedule_item(e, sp, r, n, need);
+    return true;
+}
+
+static void schedule_running_set(dsla_engine_t *e, step_plan_t *sp) {
+    for (int pass = 0; pass < 2; pass++) {
+        /* A snapshot: preemption reorders the running set under our feet. */
+        int n = e->n_running;
+        memcpy(e->order, e->running, (size_t)n * sizeof *e->order);
+        for (int i = 0; i < n; i++) {
+            request_t *r = e->order[i];
+            if (!r->running || r->sched_item >= 0) continue;
+            bool decode = dsla_request_total(r) - r->n_computed == 1;
+            if (decode != (pass == 0)) continue;
+            schedule_running(e, sp, r);
+        }
+    }
+}
+
+/* Pins r to the current plan: slots, a sequence over them, the running set. */
+static dsla_status_t admit(dsla_engine_t *e, request_t *r) {
+    const dsla_plan_t *plan = e->plan;
+    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
+    const int L = e->mcfg->num_layers;
+    DSLA_TRY(dsla_state_pool_acquire(e->states, dsla_plan_num_dsla(plan), r->slots));
+    r->n_slots = dsla_plan_num_dsla(plan);
+    for (int l = 0, k = 0; l < L; l++)
+        e->slot_ptrs[l] =
+            kinds[l] == DSLA_LAYER_DSLA ? dsla_state_pool_slot(e->states, r->slots[k++]) : NULL;
+    dsla_status_t s = dsla_sequence_create_in_slots(&r->seq, e->kv, e->mcfg, kinds,
+                                                    dsla_plan_layers(plan), e->slot_ptrs);
+    if (s != DSLA_OK) {
+        dsla_state_pool_release(e->states, r->slots, r->n_slots);
+        r->n_slots = 0;
+        return s;
+    }
+    r->plan = dsla_plan_retain(e->plan);
+    r->n_computed = 0;
+    r->prefill_end = dsla_request_total(r);
+    r->running = true;
+    r->admitted = ++e->last_admitted;
+    e->running[e->n_running++] = r;
+    return DSLA_OK;
+}
+
+static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
+    const dsla_plan_t *plan = e->plan;
+    const int attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
+    const int slots = dsla_plan_num_dsla(plan);
+    while (e->wait_head && e->n_running < e->cfg.max_running) {
+        request_t *r = e->wait_head;
+        int total = dsla_request_total(r);
+        int n = total < e->cfg.prefill_chunk ? total : e->cfg.prefill_chunk;
+        if (n > sp->budget) return;
+        int room = total + 1 <= r->n_prompt + r->max_tokens ? total + 1 : total;
+        int need_all = attn * blocks_for(room);
+        if (need_all > e->cfg.kv_blocks || slots > e->cfg.state_slots) {
+            /* The plan changed since submission and the request can never fit under it. */
+            dsla_engine_waiting_remove(e, r);
+            r->text_len = 0;
+            dsla_request_finish(e, r, -1, DSLA_FINISH_LENGTH,
+                                dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                                           "request needs %d KV blocks and %d state slots under "
+                                           "plan %llu; the pools have %d and %d",
+                                           need_all, slots, (unsigned long long)dsla_plan_id(plan),
+                                           e->cfg.kv_blocks, e->cfg.state_slots));
+            continue;
+        }
+        if (need_all > free_blocks(e, sp) || slots > dsla_state_pool_free_slots(e->states)) return;
+        dsla_engine_waiting_remove(e, r);
+        if (admit(e, r) != DSLA_OK) {
+            dsla_engine_waiting_push_front(e, r);
+            return;
+        }
+        schedule_item(e, sp, r, n, dsla_sequence_blocks_needed(r->seq, n));
+    }
+}
+
+static bool is_eos(const dsla_engine_t *e, int32_t id) {
+    for (int i = 0; i < e->mcfg->num_eos_token_ids; i++)
+        if (e->mcfg->eos_token_ids[i] == id) return true;
+    return id == dsla_tokenizer_eos_id(e->tokenizer);
+}
+
+static void text_append(request_t *r, const char *s, size_t len) {
+    if (!len) return;
+    if (r->text_len + len > r->text_cap) {
+        size_t cap = 2 * (r->text_len + len);
+        char *t = realloc(r->text, cap);
+        if (!t) return; /* the text of this event is lost, the request goes on */
+        r->text = t;
+        r->text_cap = cap;
+    }
+    memcpy(r->text + r->text_len, s, len);
+    r->text_len += len;
+}
+
+/* Feeds detokenized text through the stop matcher into the event text; true when a stop completed.
+ */
+static bool feed_text(request_t *r, const char *piece, size_t len) {
+    const char *out;
+    size_t out_len;
+    bool stopped = dsla_stop_matcher_feed(r->stops, piece, len, &out, &out_len);
+    text_append(r, out, out_len);
+    return stopped;
+}
+
+static void observe_token(dsla_engine_t *e, request_t *r, double now) {
+    if (r->t_last_token == 0.0)
+        dsla_histogram_observe(&e->m.ttft, now - r->t_submit);
+    else
+        dsla_histogram_observe(&e->m.tpot, now - r->t_last_token);
+    r->t_last_token = now;
+}
+
+/* Handles one sampled token of a running request: streams it, or ends the request (EOS, a stop
+ * string, max_tokens, a callback asking to cancel), as dsla_generate does. */
+static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
+    observe_token(e, r, now);
+    r->text_len = 0;
+    const bool eos = !r->ignore_eos && is_eos(e, id);
+    const char *piece;
+    size_t len;
+    if (!eos) {
+        r->tokens[dsla_request_total(r)] = id;
+        r->n_generated++;
+        e->m.generated_tokens++;
+        if (dsla_detokenizer_push(r->detok, id, &piece, &len) != DSLA_OK) {
+            dsla_engine_running_remove(e, r);
+            dsla_request_finish(e, r, id, DSLA_FINISH_LENGTH, DSLA_ERR_INTERNAL);
+            return;
+        }
+        if (feed_text(r, piece, len)) {
+            dsla_engine_running_remove(e, r);
+            dsla_request_finish(e, r, id, DSLA_FINISH_STOP, DSLA_OK);
+            return;
+        }
+        if (r->n_generated < r->max_tokens) {
+            dsla_stream_event_t ev = {
+                .request_id = r->id,
+                .token = id,
+                .text = r->text ? r->text : "",
+                .text_len = r->text_len,
+                .usage = {r->n_prompt, r->n_generated, r->preemptions, dsla_plan_id(r->plan)},
+            };
+            if (r->on_event && r->on_event(r->user, &ev) != 0) {
+                dsla_engine_running_remove(e, r);
+                r->text_len = 0;
+                dsla_request_finish(e, r, -1, DSLA_FINISH_CANCELLED, DSLA_OK);
+            }
+            return;
+        }
+    }
+    /* The end by EOS or max_tokens: release what the detokenizer and the matcher hold back. */
+    bool stopped = false;
+    if (dsla_detokenizer_flush(r->detok, &piece, &len) == DSLA_OK)
+        stopped = feed_text(r, piece, len);
+    if (!stopped) {
+        dsla_stop_matcher_finish(r->stops, &piece, &len);
+        text_append(r, piece, len);
+    }
+    dsla_engine_running_remove(e, r);
+    dsla_request_finish(e, r, eos ? -1 : id, eos || stopped ? DSLA_FINISH_STOP : DSLA_FINISH_LENGTH,
+                        DSLA_OK);
+}
+
+static void record_step(dsla_engine_t *e, double now) {
+    dsla_engine_metrics_t *m = &e->m;
+    m->steps++;
+    int used_blocks = e->cfg.kv_blocks - dsla_kv_pool_free_blocks(e->kv);
+    int used_slots = e->cfg.state_slots - dsla_state_pool_free_slots(e->states);
+    if (e->n_running > m->peak_running) m->peak_running = e->n_running;
+    if (used_blocks > m->peak_kv_blocks_used) m->peak_kv_blocks_used = used_blocks;
+    if (used_slots > m->peak_state_slots_used) m->peak_state_slots_used = used_slots;
+    /* A ring of (time, generated tokens) over the last steps gives the recent rate: after writing
+     * step k, the ring holds steps k-N+1..k and the oldest sits where step k+1 will go. */
+    uint64_t k = m->steps - 1;
+    int slot = (int)(k % DSLA_METRICS_RATE_STEPS);
+    int oldest = k < DSLA_METRICS_RATE_STEPS ? 0 : (int)((k + 1) % DSLA_METRICS_RATE_STEPS);
+    e->rate_time[slot] = now;
+    e->rate_tokens[slot] = m->generated_tokens;
+    double dt = now - e->rate_time[oldest];
+    m->tokens_per_second =
+        dt > 0 ? (double)(m->generated_tokens - e->rate_tokens[oldest]) / dt : 0.0;
+}
+
+dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
+    if (progressed) *progressed = false;
+    if (e->pending_plan) {
+        dsla_plan_release(&e->plan);
+        e->plan = e->pending_plan;
+        e->pending_plan = NULL;
+    }
+    e->in_step = true;
+    step_plan_t sp = {.budget = e->cfg.step_tokens};
+    schedule_running_set(e, &sp);
+    admit_waiting(e, &sp);
+    for (int i = 0; i < sp.n_items; i++) {
+        request_t *r = e->item_req[i];
+        e->items[i] =
+            (dsla_batch_item_t){r->seq, r->tokens + r->n_computed, r->sched_tokens, false};
+    }
+    dsla_status_t status = DSLA_OK;
+    if (sp.n_items > 0) status = dsla_model_forward(e->model, e->items, sp.n_items, e->logits);
+    for (int i = 0; i < sp.n_items; i++)
+        e->item_req[i]->sched_item = -1;
+    if (status == DSLA_OK && sp.n_items > 0) {
+        double now = dsla_engine_now(e);
+        const size_t V = (size_t)e->mcfg->vocab_size;
+        for (int i = 0; i < sp.n_items; i++) {
+            request_t *r = e->item_req[i];
+            int end = r->n_computed + r->sched_tokens;
+            if (r->n_computed < r->prefill_end)
+                e->m.prompt_tokens_computed +=
+                    (uint64_t)((end < r->prefill_end ? end : r->prefill_end) - r->n_computed);
+            r->n_computed = end;
+            if (end < dsla_request_total(r)) continue;
+            take_token(e, r, dsla_sampler_sample(r->sampler, e->logits + (size_t)i * V), now);
+        }
+        record_step(e, now);
+        if (progressed) *progressed = true;
+    }
+    e->in_step = false;
+    dsla_engine_run_pending_cancels(e);
+    return status;
+}

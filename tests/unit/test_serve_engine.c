@@ -1,0 +1,339 @@
+/* runtime/serve engine on stories260K-hf (CPU): greedy outputs of requests served concurrently,
+ * with random arrivals, chunked prefill and per-layer sub-batching, are token-identical to the same
+ * requests served one at a time, under plans of 0, 2 and 5 teacher-initialised DSLA layers; a plan
+ * change mid-run keeps running requests on their plan and gives new ones the new plan; preemption
+ * under forced memory pressure recomputes requests (under the newest plan) and their streams go on
+ * correctly; the engine agrees with dsla_generate on sampling, stop strings and text. */
+#include "tests/unit/serve_harness.h"
+
+#include <stdio.h>
+
+#include "runtime/model/generate.h"
+#include "runtime/model/kv_cache.h"
+
+static char *model_dir;
+static dsla_model_t *model;
+static dsla_tokenizer_t *tokenizer;
+static uint64_t rng;
+
+/* Requests per scenario: enough to keep 8 sequences in flight with staggered arrivals. */
+enum { N_REQUESTS = 16, MAX_PROMPT = 40, MAX_OUT = 48 };
+
+/* Conversion orders for the plans: any fixed order does for the identity tests. */
+static const int ORDER[] = {3, 1, 4, 0, 2};
+
+/* A step budget and chunk that cut every longer prompt into several chunks and make prefill and
+ * decode share steps. */
+static dsla_engine_config_t small_config(void) {
+    dsla_engine_config_t c = dsla_engine_config_default();
+    c.max_running = 8;
+    c.step_tokens = 48;
+    c.prefill_chunk = 16;
+    return c;
+}
+
+static int setup(void **state) {
+    (void)state;
+    model = harness_load_model(model_dir);
+    harness_ok(dsla_tokenizer_load_dir(&tokenizer, model_dir), "tokenizer");
+    rng = dsla_test_seed();
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    dsla_tokenizer_destroy(&tokenizer);
+    dsla_model_destroy(&model);
+    return 0;
+}
+
+static void make_requests(harness_request_t *q, int n) {
+    const dsla_model_config_t *cfg = dsla_model_config(model);
+    for (int i = 0; i < n; i++)
+        harness_random_request(&q[i], &rng, cfg->vocab_size, dsla_tokenizer_bos_id(tokenizer),
+                               MAX_PROMPT, MAX_OUT);
+}
+
+/* Submits the requests at random steps (0 to 3 per step) and runs the engine dry. */
+static void run_staggered(dsla_engine_t *e, const harness_request_t *q, harness_stream_t *got,
+                          int n) {
+    int next = 0;
+    for (long step = 0; next < n || !dsla_engine_idle(e); step++) {
+        if (step > 100000) fail_msg("engine did not finish");
+        int arrivals = (int)(dsla_test_rand_u64(&rng) % 4);
+        for (int a = 0; a < arrivals && next < n; a++, next++) {
+            memset(&got[next], 0, sizeof got[next]);
+            dsla_request_params_t p = harness_params(&q[next], &got[next]);
+            harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+        }
+        harness_ok(dsla_engine_step(e, NULL), "step");
+    }
+}
+
+static void check_concurrent_matches_solo(int n_dsla) {
+    dsla_engine_config_t cfg = small_config();
+    dsla_plan_t *plan = n_dsla ? harness_plan(model, ORDER, n_dsla, 7) : NULL;
+    harness_request_t q[N_REQUESTS];
+    harness_stream_t want[N_REQUESTS], got[N_REQUESTS];
+    make_requests(q, N_REQUESTS);
+    for (int i = 0; i < N_REQUESTS; i++)
+        harness_run_solo(model, tokenizer, &cfg, plan, &q[i], &want[i]);
+
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    if (plan) harness_ok(dsla_engine_set_plan(e, plan), "set plan");
+    run_staggered(e, q, got, N_REQUESTS);
+    dsla_engine_metrics_t m;
+    dsla_engine_metrics(e, &m);
+    assert_true(m.peak_running > 2); /* requests really overlapped */
+    assert_int_equal(m.kv_blocks_used, 0);
+    assert_int_equal(m.state_slots_used, 0);
+    assert_int_equal(m.requests_finished, N_REQUESTS);
+    int tokens = 0;
+    for (int i = 0; i < N_REQUESTS; i++) {
+        assert_true(got[i].finished);
+        harness_assert_same(&got[i], &want[i], i);
+        tokens += got[i].n;
+    }
+    printf("plan with %d DSLA layers: %d requests, %d tokens identical, peak %d running\n", n_dsla,
+           N_REQUESTS, tokens, m.peak_running);
+    dsla_engine_destroy(&e);
+    dsla_plan_release(&plan);
+}
+
+static void test_concurrent_matches_solo_all_attention(void **state) {
+    (void)state;
+    check_concurrent_matches_solo(0);
+}
+
+static void test_concurrent_matches_solo_2_dsla(void **state) {
+    (void)state;
+    check_concurrent_matches_solo(2);
+}
+
+static void test_concurrent_matches_solo_5_dsla(void **state) {
+    (void)state;
+    check_concurrent_matches_solo(5);
+}
+
+/* Under one plan, a KV pool far too small for the load forces preemptions; recomputed requests
+ * still produce their solo outputs. */
+static void test_preemption_same_plan(void **state) {
+    (void)state;
+    dsla_engine_config_t cfg = small_config();
+    const int n_dsla = 2;
+    /* Room for about two full requests over the three attention layers. */
+    cfg.kv_blocks = 2 * 3 * ((MAX_PROMPT + MAX_OUT) / DSLA_KV_BLOCK_TOKENS + 1);
+    dsla_plan_t *plan = harness_plan(model, ORDER, n_dsla, 11);
+    harness_request_t q[N_REQUESTS];
+    harness_stream_t want[N_REQUESTS], got[N_REQUESTS];
+    make_requests(q, N_REQUESTS);
+    for (int i = 0; i < N_REQUESTS; i++) {
+        q[i].ignore_eos = true;
+        harness_run_solo(model, tokenizer, &cfg, plan, &q[i], &want[i]);
+    }
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    harness_ok(dsla_engine_set_plan(e, plan), "set plan");
+    run_staggered(e, q, got, N_REQUESTS);
+    dsla_engine_metrics_t m;
+    dsla_engine_metrics(e, &m);
+    assert_true(m.preemptions > 0);
+    for (int i = 0; i < N_REQUESTS; i++)
+        harness_assert_same(&got[i], &want[i], i);
+    assert_int_equal(m.kv_blocks_used, 0);
+    printf("same plan: %llu preemptions, every output identical to solo\n",
+           (unsigned long long)m.preemptions);
+    dsla_engine_destroy(&e);
+    dsla_plan_release(&plan);
+}
+
+/* Plan A (2 DSLA layers) for a first wave, plan B (5) installed mid-run for a second wave: every
+ * request runs to its end on the plan it was admitted under (first-wave requests still queued at
+ * the change take B), and its output is its solo output under that plan. */
+static void test_plan_change_mid_run(void **state) {
+    (void)state;
+    dsla_engine_config_t cfg = small_config();
+    enum { WAVE = 8 };
+    dsla_plan_t *a = harness_plan(model, ORDER, 2, 21), *b = harness_plan(model, ORDER, 5, 33);
+    harness_request_t q[2 * WAVE];
+    harness_stream_t got[2 * WAVE], want;
+    make_requests(q, 2 * WAVE);
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    harness_ok(dsla_engine_set_plan(e, a), "set plan A");
+    uint64_t a_id = dsla_plan_id(dsla_engine_plan(e));
+    for (int i = 0; i < WAVE; i++) {
+        memset(&got[i], 0, sizeof got[i]);
+        dsla_request_params_t p = harness_params(&q[i], &got[i]);
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    }
+    for (int s = 0; s < 4; s++)
+        harness_ok(dsla_engine_step(e, NULL), "step");
+    harness_ok(dsla_engine_set_plan(e, b), "set plan B");
+    uint64_t b_id = dsla_plan_id(dsla_engine_plan(e));
+    assert_true(b_id > a_id);
+    run_staggered(e, q + WAVE, got + WAVE, WAVE);
+    int on_a = 0;
+    for (int i = 0; i < 2 * WAVE; i++) {
+        uint64_t plan = got[i].plan_of[0];
+        assert_true(plan == b_id || (plan == a_id && i < WAVE));
+        for (int t = 0; t < got[i].n; t++)
+            assert_int_equal(got[i].plan_of[t], plan);
+        on_a += plan == a_id;
+        harness_run_solo(model, tokenizer, &cfg, plan == a_id ? a : b, &q[i], &want);
+        harness_assert_same(&got[i], &want, i);
+    }
+    assert_true(on_a > 0);
+    printf("plan change mid-run: %d requests finished on plan %llu, %d on plan %llu\n", on_a,
+           (unsigned long long)a_id, 2 * WAVE - on_a, (unsigned long long)b_id);
+    dsla_engine_destroy(&e);
+    dsla_plan_release(&a);
+    dsla_plan_release(&b);
+}
+
+/* Memory pressure across a plan change: the first wave runs on an all-attention plan in a small KV
+ * pool; plan B (2 DSLA layers) arrives and a second wave pushes the pool over. Preempted first-wave
+ * requests recompute under B: their output is A's solo output up to the preemption, then B's solo
+ * continuation of prompt + those tokens. */
+static void test_plan_change_under_pressure(void **state) {
+    (void)state;
+    dsla_engine_config_t cfg = small_config();
+    enum { WAVE = 8 };
+    cfg.kv_blocks = 5 * 4 * ((MAX_PROMPT + MAX_OUT) / DSLA_KV_BLOCK_TOKENS + 1) / 2;
+    harness_request_t q[2 * WAVE];
+    harness_stream_t got[2 * WAVE], want;
+    make_requests(q, 2 * WAVE);
+    for (int i = 0; i < 2 * WAVE; i++) {
+        q[i].ignore_eos = true;
+        q[i].max_tokens = MAX_OUT;
+    }
+    dsla_plan_t *b = harness_plan(model, ORDER, 2, 45);
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    uint64_t a_id = dsla_plan_id(dsla_engine_plan(e));
+    for (int i = 0; i < WAVE; i++) {
+        memset(&got[i], 0, sizeof got[i]);
+        dsla_request_params_t p = harness_params(&q[i], &got[i]);
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    }
+    for (int s = 0; s < 6; s++)
+        harness_ok(dsla_engine_step(e, NULL), "step");
+    harness_ok(dsla_engine_set_plan(e, b), "set plan B");
+    uint64_t b_id = dsla_plan_id(dsla_engine_plan(e));
+    run_staggered(e, q + WAVE, got + WAVE, WAVE);
+    dsla_engine_metrics_t m;
+    dsla_engine_metrics(e, &m);
+    assert_true(m.preemptions > 0);
+    int moved = 0;
+    for (int i = 0; i < 2 * WAVE; i++) {
+        /* k: tokens computed under A before the request moved to B (all of them if it never did).
+         */
+        int k = 0;
+        while (k < got[i].n && got[i].plan_of[k] == a_id)
+            k++;
+        for (int t = k; t < got[i].n; t++)
+            assert_int_equal(got[i].plan_of[t], b_id);
+        harness_stream_t ref_a;
+        harness_run_solo(model, tokenizer, &cfg, NULL, &q[i], &ref_a);
+        if (k == got[i].n && i < WAVE) {
+            harness_assert_same(&got[i], &ref_a, i);
+            continue;
+        }
+        harness_request_t cont = q[i];
+        memcpy(cont.prompt + cont.n_prompt, got[i].ids, (size_t)k * sizeof got[i].ids[0]);
+        cont.n_prompt += k;
+        cont.max_tokens -= k;
+        harness_run_solo(model, tokenizer, &cfg, b, &cont, &want);
+        assert_memory_equal(got[i].ids, ref_a.ids, (size_t)k * sizeof got[i].ids[0]);
+        assert_int_equal(got[i].n - k, want.n);
+        assert_memory_equal(got[i].ids + k, want.ids, (size_t)want.n * sizeof want.ids[0]);
+        if (i < WAVE) moved++;
+        if (k > 0) assert_true(got[i].usage.preemptions > 0);
+    }
+    assert_true(moved > 0);
+    printf("plan change under pressure: %llu preemptions, %d first-wave requests moved to plan "
+           "%llu mid-stream\n",
+           (unsigned long long)m.preemptions, moved, (unsigned long long)b_id);
+    assert_int_equal(m.kv_blocks_used, 0);
+    assert_int_equal(m.state_slots_used, 0);
+    dsla_engine_destroy(&e);
+    dsla_plan_release(&b);
+}
+
+typedef struct {
+    char text[HARNESS_MAX_TEXT];
+    size_t len;
+} text_sink_t;
+
+static int sink_text(void *user, const char *piece, size_t len) {
+    text_sink_t *s = user;
+    memcpy(s->text + s->len, piece, len);
+    s->len += len;
+    return 0;
+}
+
+/* One request through the engine gives what dsla_generate gives: seeded sampling, stop strings,
+ * the streamed text. */
+static void test_matches_generate(void **state) {
+    (void)state;
+    const char *prompt = "Once upon a time, there was a little girl";
+    const char *stops[] = {"park", "."};
+    for (int trial = 0; trial < 4; trial++) {
+        dsla_generate_params_t gp = {
+            .sampling = {.temperature = trial ? 0.9f : 0.0f,
+                         .top_k = trial == 2 ? 20 : 0,
+                         .top_p = trial == 3 ? 0.9f : 1.0f,
+                         .seed = 100 + (uint64_t)trial},
+            .max_tokens = 60,
+            .stop = trial % 2 ? stops : NULL,
+            .n_stop = trial % 2 ? 2 : 0,
+        };
+        text_sink_t sink = {0};
+        dsla_generate_result_t res;
+        harness_ok(
+            dsla_generate(model, tokenizer, prompt, strlen(prompt), &gp, sink_text, &sink, &res),
+            "generate");
+        dsla_engine_config_t cfg = dsla_engine_config_default();
+        dsla_engine_t *e = NULL;
+        harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+        harness_stream_t got = {0};
+        dsla_request_params_t p = {
+            .prompt_text = prompt,
+            .prompt_text_len = strlen(prompt),
+            .sampling = gp.sampling,
+            .max_tokens = gp.max_tokens,
+            .stop = gp.stop,
+            .n_stop = gp.n_stop,
+            .on_event = harness_on_event,
+            .user = &got,
+        };
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+        harness_drain(e, 1000);
+        assert_int_equal(got.n, res.completion_tokens);
+        assert_memory_equal(got.ids, res.ids, (size_t)res.completion_tokens * sizeof *res.ids);
+        assert_int_equal(got.text_len, sink.len);
+        assert_memory_equal(got.text, sink.text, sink.len);
+        assert_int_equal(got.finish, res.finish);
+        assert_int_equal(got.usage.prompt_tokens, res.prompt_tokens);
+        free(res.ids);
+        dsla_engine_destroy(&e);
+    }
+}
+
+int main(void) {
+    model_dir = dsla_test_data_or_skip("models/stories260K-hf/config.json");
+    *strrchr(model_dir, '/') = '\0';
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_concurrent_matches_solo_all_attention),
+        cmocka_unit_test(test_concurrent_matches_solo_2_dsla),
+        cmocka_unit_test(test_concurrent_matches_solo_5_dsla),
+        cmocka_unit_test(test_preemption_same_plan),
+        cmocka_unit_test(test_plan_change_mid_run),
+        cmocka_unit_test(test_plan_change_under_pressure),
+        cmocka_unit_test(test_matches_generate),
+    };
+    int rc = cmocka_run_group_tests(tests, setup, teardown);
+    free(model_dir);
+    return rc;
+}
