@@ -63,9 +63,11 @@ static int write_report(const char *path, const dsla_distill_report_t *r) {
         return 1;
     }
     fprintf(f, "{\"teacher_ppl\": %.6f, \"order\": [", r->teacher_ppl);
-    for (int i = 0; i < r->n_layers; i++) fprintf(f, "%s%d", i ? ", " : "", r->order[i]);
+    for (int i = 0; i < r->n_layers; i++)
+        fprintf(f, "%s%d", i ? ", " : "", r->order[i]);
     fprintf(f, "], \"entropy\": [");
-    for (int i = 0; i < r->n_layers; i++) fprintf(f, "%s%.6f", i ? ", " : "", r->entropy[i]);
+    for (int i = 0; i < r->n_layers; i++)
+        fprintf(f, "%s%.6f", i ? ", " : "", r->entropy[i]);
     fprintf(f, "], \"converted\": [");
     for (int i = 0; i < r->n_converted; i++) {
         const dsla_distill_layer_report_t *c = &r->converted[i];
@@ -106,7 +108,7 @@ int dsla_cmd_distill(int argc, char **argv) {
     long layers = 0, steps = p.steps, batch = p.batch, seq_len = 256, seed = (long)p.seed;
     long max_sequences = 0, eval_sequences = DEFAULT_EVAL_SEQUENCES;
     long checkpoint_every = p.checkpoint_every;
-    double lr = p.optim.lr;
+    double lr = p.optim.lr, gate_cosine = p.gate_cosine_weight;
     bool independent = false, single_state = false;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "teacher model directory (default: $DSLA_MODEL)", 0, 0,
@@ -135,6 +137,8 @@ int dsla_cmd_distill(int argc, char **argv) {
          1e9, &checkpoint_every},
         {"seed", DSLA_ARG_INT, "seed for initialisation and batches (default 1234)", 0, 9.2e18,
          &seed},
+        {"gate-cosine", DSLA_ARG_FLOAT, "weight of the gates' cosine similarity term (default 0)",
+         0, 100, &gate_cosine},
         {"report", DSLA_ARG_STRING, "also write the summary as JSON to this file", 0, 0,
          &report_path},
     };
@@ -172,6 +176,7 @@ int dsla_cmd_distill(int argc, char **argv) {
     p.optim = dsla_adamw_params_default(p.steps);
     p.optim.lr = lr;
     p.optim.min_lr = lr / 10;
+    p.gate_cosine_weight = gate_cosine;
 
     dsla_model_t *model = NULL;
     dsla_tokenizer_t *tok = NULL;

@@ -305,10 +305,46 @@ static int trainer_params(const trainer_t *t, param_view_t *out) {
     return n;
 }
 
+/* log g = max(logsigmoid(a) / 16, -50) elementwise, and d log g / d a (0 where clamped). */
+static void log_gates(float *lg, float *dlg, const float *a, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double x = a[i];
+        double ls = x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x));
+        double v = ls / DSLA_GATE_NORMALIZER;
+        bool clamped = v < DSLA_LOG_GATE_MIN;
+        lg[i] = (float)(clamped ? DSLA_LOG_GATE_MIN : v);
+        dlg[i] = clamped ? 0.0f : (float)(1.0 / (1.0 + exp(x)) / DSLA_GATE_NORMALIZER);
+    }
+}
+
+/* Adds weight * cos(log g1, log g2) to the step's loss and its gradient to the gate projections'
+ * gradients. Runs after the layer backward, whose saved gate pre-activations (ws.a1, ws.a2) it
+ * reads and whose spent gradient buffers (dq, dk, dv, da1, da2, dmix) it reuses as scratch. */
+static double gate_cosine_term(trainer_t *t, double weight) {
+    const int rows = (int)t->rows, D = (int)t->width;
+    const int hd = t->cfg->num_heads * t->cfg->head_dim;
+    const size_t n = (size_t)rows * hd;
+    float *lg1 = t->ws.dq, *lg2 = t->ws.dk, *dlg1 = t->ws.dv, *dlg2 = t->ws.da1;
+    float *dcos1 = t->ws.da2, *dcos2 = t->ws.dmix;
+    log_gates(lg1, dlg1, t->ws.a1, n);
+    log_gates(lg2, dlg2, t->ws.a2, n);
+    double cos = dsla_cpu_cosine_similarity(dcos1, dcos2, lg1, lg2, n);
+    for (size_t i = 0; i < n; i++) {
+        dcos1[i] *= (float)weight * dlg1[i];
+        dcos2[i] *= (float)weight * dlg2[i];
+    }
+    dsla_dsla_layer_t *g = t->grad;
+    dsla_cpu_gemm_backward_weight(g->wg1, dcos1, t->x, rows, hd, D, true);
+    dsla_cpu_bias_backward(g->bg1, dcos1, rows, hd, true);
+    dsla_cpu_gemm_backward_weight(g->wg2, dcos2, t->x, rows, hd, D, true);
+    dsla_cpu_bias_backward(g->bg2, dcos2, rows, hd, true);
+    return weight * cos;
+}
+
 /* One optimizer step on the sequences idx[0..batch) of the captured streams; returns the loss. */
 static dsla_status_t train_step(trainer_t *t, const float *h_in_all, const float *target_all,
                                 const int *idx, long step, const dsla_adamw_params_t *optim,
-                                double *loss) {
+                                double gate_cosine_weight, double *loss) {
     const size_t per_seq = (size_t)t->seq_len * t->width, n = t->rows * t->width;
     gather(t->h_in, h_in_all, idx, t->batch, per_seq);
     gather(t->target, target_all, idx, t->batch, per_seq);
@@ -321,6 +357,8 @@ static dsla_status_t train_step(trainer_t *t, const float *h_in_all, const float
                                            g->bg1, g->wg2, g->bg2, g->alpha};
     DSLA_TRY(dsla_cpu_dsla_layer_backward(&t->ws, &w, t->x, NULL, NULL, t->dh, NULL, NULL, t->dx,
                                           &grads, NULL, NULL));
+    if (gate_cosine_weight > 0 && !t->single_state)
+        *loss += gate_cosine_term(t, gate_cosine_weight);
     param_view_t params[16];
     int np = trainer_params(t, params);
     float *garr[16];
@@ -599,7 +637,7 @@ static dsla_status_t train_layer(run_t *r, int k) {
         for (int i = 0; i < p->batch; i++)
             idx[i] = (int)(splitmix64(&rng) % (uint64_t)r->train->num_sequences);
         double loss;
-        st = train_step(&t, h_in, target, idx, step, &optim, &loss);
+        st = train_step(&t, h_in, target, idx, step, &optim, p->gate_cosine_weight, &loss);
         if (st != DSLA_OK) goto done;
         if (step > p->steps - tail) {
             tail_loss += loss;

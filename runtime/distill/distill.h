@@ -15,7 +15,9 @@
  * unchained ablation), target = the teacher's stream leaving layer l; the student computes
  * h_out = h_mid + MLP(RMSNorm(h_mid)), h_mid = h_in + DSLA(RMSNorm(h_in)) with the layer's frozen
  * norms and MLP, and minimises the MSE normalised by the target's mean square (5.3) with AdamW.
- * The optional loss terms of 5.3 (logit KL, gate cosine) are not implemented yet.
+ * Of 5.3's optional terms, the gate cosine is here (off by default): gate_cosine_weight times the
+ * cosine similarity of the two states' log-gates over the batch, which pushes history and recency
+ * apart. The logit KL term is not implemented: it needs a backward pass through every later layer.
  *
  * Contract: the engine installs DSLA layers into the teacher model it is given (dsla_model_set_
  * dsla_layer) and uninstalls them before returning; it runs on the calling thread and reports
@@ -51,6 +53,7 @@ typedef struct {
     int calib_sequences;       /* sequences whose attention entropy sets the order; default 16 */
     int checkpoint_every;      /* steps between in-layer checkpoints; default 50; 0: never */
     uint64_t seed;             /* initialisation and batches; default 1234 */
+    double gate_cosine_weight; /* the paper's contrastive term; default 0 (off) */
     dsla_adamw_params_t optim; /* lr 1e-3 -> 1e-4 cosine, 10% warm-up, wd 0.01, clip 1.0 */
 } dsla_distill_params_t;
 
