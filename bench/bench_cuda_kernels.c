@@ -9,13 +9,15 @@
  * read a cache the previous one filled (the same effect as rotating input copies, without holding
  * copies of the large ones). Inputs hold random values, never zeros.
  *
- * usage: bench_cuda_kernels [--quick]   (--quick: fewer reps and the smaller shapes only) */
+ * usage: bench_cuda_kernels [--quick] [--only dsla]   (--quick: fewer reps and the smaller shapes
+ * only; --only dsla: the ceilings, then the DSLA kernels alone) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
+#include "kernels/kernels_cuda_dsla.h"
 #include "runtime/model/kv_cache.h" /* DSLA_KV_BLOCK_TOKENS: the block size the serving engine uses */
 
 #ifdef DSLA_HAVE_CUDA
@@ -42,6 +44,7 @@ static void *l2_flush;
 static double peak_gbps, peak_tflops;
 static int reps = 20;
 static bool quick;
+static bool only_dsla;
 
 static void die(const char *what) {
     fprintf(stderr, "bench_cuda_kernels: %s: %s\n", what, dsla_last_error());
@@ -464,13 +467,177 @@ static void bench_sampling(void) {
     }
 }
 
+/* ---- DSLA (kernels/kernels_cuda_dsla.h) ---- */
+
+typedef struct {
+    dsla_dsla_dims_t dims;
+    dsla_cuda_dsla_in_t in;
+    dsla_cuda_dsla_states_t st;
+    dsla_cuda_dsla_math_t math;
+    float *out, *S[2], *dout, *grad[6];
+    void *ws;
+    size_t ws_bytes;
+} dsla_ctx_t;
+
+static void dsla_bench_setup(dsla_ctx_t *c, int B, int T, dsla_dtype_t dtype, bool slots) {
+    memset(c, 0, sizeof *c);
+    c->dims = (dsla_dsla_dims_t){B, T, MODEL_H, MODEL_HEAD_DIM};
+    const size_t n = (size_t)B * T * MODEL_H * MODEL_HEAD_DIM;
+    const size_t per_seq = (size_t)MODEL_H * MODEL_HEAD_DIM * MODEL_HEAD_DIM;
+    const size_t elt = dtype == DSLA_DTYPE_BF16 ? 2 : 4;
+    const void **inputs[5] = {&c->in.q, &c->in.k, &c->in.v, &c->in.a1, &c->in.a2};
+    for (int i = 0; i < 5; i++)
+        *inputs[i] = random_buffer(n * elt);
+    c->in.dtype = dtype;
+    c->in.alpha = random_buffer(2 * sizeof(float));
+    c->out = random_buffer(n * 4);
+    for (int i = 0; i < 2; i++)
+        c->S[i] = random_buffer((size_t)B * per_seq * 4);
+    if (slots) { /* every sequence's slot at its own place in the pool, in shuffled order */
+        for (int i = 0; i < 2; i++) {
+            float **p = malloc((size_t)B * sizeof *p);
+            for (int b = 0; b < B; b++)
+                p[b] = c->S[i] + (size_t)((b * 7 + 3) % B) * per_seq;
+            void *d = NULL;
+            OK(dsla_cuda_malloc(&d, (size_t)B * sizeof *p));
+            OK(dsla_cuda_copy(d, p, (size_t)B * sizeof *p, NULL));
+            free(p);
+            if (i == 0)
+                c->st.s1_slots = d;
+            else
+                c->st.s2_slots = d;
+        }
+    } else {
+        c->st.s1 = c->S[0];
+        c->st.s2 = c->S[1];
+    }
+}
+
+static void dsla_bench_free(dsla_ctx_t *c) {
+    void *p[] = {(void *)c->in.q,
+                 (void *)c->in.k,
+                 (void *)c->in.v,
+                 (void *)c->in.a1,
+                 (void *)c->in.a2,
+                 (void *)c->in.alpha,
+                 c->out,
+                 c->S[0],
+                 c->S[1],
+                 (void *)c->st.s1_slots,
+                 (void *)c->st.s2_slots,
+                 c->ws,
+                 c->dout,
+                 c->grad[0],
+                 c->grad[1],
+                 c->grad[2],
+                 c->grad[3],
+                 c->grad[4],
+                 c->grad[5]};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        dsla_cuda_free(&p[i]);
+}
+
+static void run_dsla_decode(void *p) {
+    dsla_ctx_t *c = p;
+    OK(dsla_cuda_dsla_decode(NULL, &c->dims, &c->in, &c->st, c->out));
+}
+
+static void run_dsla_fwd(void *p) {
+    dsla_ctx_t *c = p;
+    OK(dsla_cuda_dsla_chunked_forward(NULL, &c->dims, &c->in, c->math, NULL, NULL, c->out, c->S[0],
+                                      c->S[1], c->ws, c->ws_bytes));
+}
+
+static void run_dsla_bwd(void *p) {
+    dsla_ctx_t *c = p;
+    const dsla_dsla_grad_t g = {c->grad[0], c->grad[1], c->grad[2],
+                                c->grad[3], c->grad[4], c->grad[5]};
+    OK(dsla_cuda_dsla_chunked_backward(NULL, &c->dims, &c->in, c->math, NULL, NULL, c->dout, NULL,
+                                       NULL, &g, c->S[0], c->S[1], c->ws, c->ws_bytes));
+}
+
+static void bench_dsla(void) {
+    const double H = MODEL_H, d = MODEL_HEAD_DIM, C = DSLA_CHUNK;
+    /* Decode: both states read and written once; the five input rows and out are ~0.1%. */
+    const int batches[] = {1, 8, 64};
+    for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++)
+        for (int slots = 0; slots < 2; slots++) {
+            const int B = batches[i];
+            dsla_ctx_t c;
+            dsla_bench_setup(&c, B, 1, DSLA_DTYPE_F32, slots);
+            char shape[96];
+            snprintf(shape, sizeof shape, "batch=%d H=%d d=%d%s", B, MODEL_H, MODEL_HEAD_DIM,
+                     slots ? " slots" : "");
+            emit_bytes("dsla_decode_f32", shape, time_ms(run_dsla_decode, &c),
+                       2.0 * 2 * B * H * d * d * 4 + 6.0 * B * H * d * 4);
+            dsla_bench_free(&c);
+        }
+
+    /* Chunked forward and backward at one sequence of the 7B shape. FLOPs of the chunk form per
+     * token, head and state: 4 C d (scores and A V) + 4 d^2 (read-out from S and the state
+     * update); the backward ~10 d^2 + 8 C d (both state passes, dV, dQ, dK and the score
+     * gradients). Bytes: the inputs, out, and the chunk-boundary states the workspace carries. */
+    const struct {
+        int T;
+        dsla_dtype_t dtype;
+        dsla_cuda_dsla_math_t math;
+        bool bwd;
+    } runs[] = {
+        {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {4096, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_F32, false},
+        {16384, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {16384, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_F32, true},
+        {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_TF32, true},
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        const int T = runs[i].T;
+        if (quick && T > 4096) continue;
+        dsla_ctx_t c;
+        dsla_bench_setup(&c, 1, T, runs[i].dtype, false);
+        c.math = runs[i].math;
+        c.ws_bytes = dsla_cuda_dsla_chunked_workspace_bytes(&c.dims);
+        OK(dsla_cuda_malloc(&c.ws, c.ws_bytes));
+        const double n = (double)T * H * d, elt = runs[i].dtype == DSLA_DTYPE_BF16 ? 2 : 4;
+        const double chunk_states = 2.0 * H * ((T + C - 1) / C) * d * d * 4;
+        char shape[96], what[64];
+        snprintf(shape, sizeof shape, "T=%d H=%d d=%d in=%s math=%s", T, MODEL_H, MODEL_HEAD_DIM,
+                 dsla_dtype_name(runs[i].dtype),
+                 runs[i].math == DSLA_CUDA_DSLA_MATH_TF32 ? "tf32" : "f32");
+        double ms, flops, bytes;
+        if (runs[i].bwd) {
+            c.dout = random_buffer((size_t)n * 4);
+            for (int g = 0; g < 6; g++)
+                c.grad[g] = random_buffer(g < 5 ? (size_t)n * 4 : 8);
+            ms = time_ms(run_dsla_bwd, &c);
+            flops = 2.0 * T * H * (10 * d * d + 8 * C * d);
+            /* inputs and dout read, five gradients written, states and state gradients written
+             * and read back */
+            bytes = n * (5 * elt + 4 + 5 * 4) + 4 * chunk_states;
+            snprintf(what, sizeof what, "dsla_chunked_bwd");
+        } else {
+            ms = time_ms(run_dsla_fwd, &c);
+            flops = 2.0 * T * H * (4 * C * d + 4 * d * d);
+            bytes = n * (5 * elt + 4) + 2 * chunk_states;
+            snprintf(what, sizeof what, "dsla_chunked_fwd");
+        }
+        emit_flops(what, shape, ms, flops);
+        emit_bytes(what, shape, ms, bytes);
+        dsla_bench_free(&c);
+    }
+}
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = true;
             reps = 5;
+        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc && !strcmp(argv[i + 1], "dsla")) {
+            only_dsla = true;
+            i++;
         } else {
-            fprintf(stderr, "usage: bench_cuda_kernels [--quick]\n");
+            fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla]\n");
             return 2;
         }
     }
@@ -488,10 +655,13 @@ int main(int argc, char **argv) {
     dsla_cuda_blas_t *blas = NULL;
     OK(dsla_cuda_blas_create(&blas));
     bench_ceilings(blas);
-    bench_gemms(blas);
-    bench_elementwise();
-    bench_attention();
-    bench_sampling();
+    if (!only_dsla) {
+        bench_gemms(blas);
+        bench_elementwise();
+        bench_attention();
+        bench_sampling();
+    }
+    bench_dsla();
     dsla_cuda_blas_destroy(&blas);
     dsla_cuda_free(&l2_flush);
     return 0;

@@ -145,6 +145,103 @@ dsla_status_t dsla_cuda_attention_decode(dsla_cuda_stream_t stream, float *out, 
                                          const dsla_cuda_paged_batch_t *kv, void *workspace,
                                          size_t workspace_bytes);
 
+/* ---- the same attention over a pool of either dtype (kernels/cuda/attention.cu) ----
+ *
+ * A serving pool is bf16: half the bytes of every decode step and of the cache's footprint. The
+ * ops above are the fp32 special case of these (kept for their callers). Arithmetic is fp32 in
+ * both; a bf16 pool rounds keys and values once, when they are written. */
+
+/* A paged pool of either dtype: position t of a sequence lives in block table[t / block_tokens],
+ * slot t % block_tokens, width = kv_heads * head_dim values per slot. */
+typedef struct {
+    void *k; /* [pool blocks][block_tokens][width] of dtype */
+    void *v;
+    dsla_dtype_t dtype; /* F32 or BF16 */
+    int block_tokens;
+} dsla_cuda_kv_pool_t;
+
+/* Writes n rows of keys and values (k_src + i*src_stride, width floats) into pool slots slots[i]
+ * (block * block_tokens + offset): one launch for the new tokens of a whole batch. */
+dsla_status_t dsla_cuda_kv_write(dsla_cuda_stream_t stream, const dsla_cuda_kv_pool_t *pool,
+                                 const int32_t *slots, int n, int width, const float *k_src,
+                                 const float *v_src, int src_stride);
+
+/* dsla_cuda_attention_prefill over a pool of either dtype. A bf16 pool with head_dim 64 or 128
+ * runs on tensor cores (bf16 Q, K, V and P; fp32 accumulation and softmax); other cases run the
+ * fp32 kernel. */
+dsla_status_t dsla_cuda_attention_prefill_pool(dsla_cuda_stream_t stream, float *out,
+                                               int out_stride, const float *q, int q_stride,
+                                               int n_new, int past, const dsla_attn_shape_t *shape,
+                                               const dsla_cuda_kv_pool_t *pool,
+                                               const int32_t *block_table);
+
+/* A decode batch over a pool: row s reads its block table at block_tables + r*table_stride with
+ * r = table_rows ? table_rows[s] : s (so a model can keep every sequence's table in one array and
+ * name the batch's rows), and context_lens[s] (>= 1) positions. */
+typedef struct {
+    const int32_t *block_tables;
+    const int32_t *table_rows; /* [n_seqs] or NULL */
+    const int32_t *context_lens;
+    int table_stride;
+} dsla_cuda_decode_batch_t;
+
+/* dsla_cuda_attention_decode over a pool; same workspace. max_context only sets the split of the
+ * context into chunks: any value >= every context_lens[s] is correct, so a captured graph may
+ * fix it to an upper bound. */
+dsla_status_t dsla_cuda_attention_decode_pool(dsla_cuda_stream_t stream, float *out, int out_stride,
+                                              const float *q, int q_stride, int n_seqs,
+                                              int max_context, const dsla_attn_shape_t *shape,
+                                              const dsla_cuda_kv_pool_t *pool,
+                                              const dsla_cuda_decode_batch_t *batch,
+                                              void *workspace, size_t workspace_bytes);
+
+/* ---- indexing and synthetic data (kernels/cuda/indexing.cu) ---- */
+
+/* y[i, :] = x[rows[i], :] for i < n (width floats per row, strides in floats). */
+dsla_status_t dsla_cuda_gather_rows(dsla_cuda_stream_t stream, float *y, int y_stride,
+                                    const float *x, int x_stride, const int32_t *rows, int n,
+                                    int width);
+/* dst[idx[i]] = val[i] for i < n: patches a device table from one uploaded list. */
+dsla_status_t dsla_cuda_scatter_i32(dsla_cuda_stream_t stream, int32_t *dst, const int32_t *idx,
+                                    const int32_t *val, int n);
+/* y[r, j] += bias[j] for r < rows, j < width (row stride y_stride floats). */
+dsla_status_t dsla_cuda_add_row_bias(dsla_cuda_stream_t stream, float *y, int y_stride,
+                                     const float *bias, int rows, int width);
+/* n values uniform in [lo, hi) from a counter hash of (seed, index), as dtype (F32 or BF16):
+ * synthetic weights for benchmarks, generated on the device so 13 GB need no host copy. */
+dsla_status_t dsla_cuda_fill_uniform(dsla_cuda_stream_t stream, void *p, dsla_dtype_t dtype,
+                                     size_t n, float lo, float hi, uint64_t seed);
+
+/* ---- graphs, events, pinned memory (kernels/cuda/graph.cu) ----
+ *
+ * What a host-driven model needs around its kernels: capture a step once and replay it as one
+ * launch, know when an upload has left its pinned staging buffer, time regions on the device. */
+
+typedef struct dsla_cuda_graph dsla_cuda_graph_t;
+typedef struct CUevent_st *dsla_cuda_event_t;
+
+/* Starts capturing stream's work (nothing runs until the graph is launched). */
+dsla_status_t dsla_cuda_capture_begin(dsla_cuda_stream_t stream);
+/* Ends the capture and instantiates it; on failure the capture is ended and *out is NULL. */
+dsla_status_t dsla_cuda_capture_end(dsla_cuda_stream_t stream, dsla_cuda_graph_t **out);
+dsla_status_t dsla_cuda_graph_launch(dsla_cuda_graph_t *g, dsla_cuda_stream_t stream);
+void dsla_cuda_graph_destroy(dsla_cuda_graph_t **g);
+
+/* Page-locked host memory: copies from it are truly asynchronous. */
+dsla_status_t dsla_cuda_host_alloc(void **out, size_t bytes);
+void dsla_cuda_host_free(void **p);
+
+dsla_status_t dsla_cuda_event_create(dsla_cuda_event_t *out);
+void dsla_cuda_event_destroy(dsla_cuda_event_t *e);
+dsla_status_t dsla_cuda_event_record(dsla_cuda_event_t e, dsla_cuda_stream_t stream);
+dsla_status_t dsla_cuda_event_sync(dsla_cuda_event_t e);
+/* Milliseconds between two recorded (and completed) events. */
+dsla_status_t dsla_cuda_event_elapsed_ms(float *ms, dsla_cuda_event_t start, dsla_cuda_event_t end);
+/* Free and total device memory of the current device. */
+dsla_status_t dsla_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
+/* The current device's name (into buf, NUL-terminated). */
+dsla_status_t dsla_cuda_device_name(char *buf, size_t len);
+
 /* ---- sampling (kernels/cuda/sampling.cu) ---- */
 
 /* out[r] = index of the largest of logits[r, 0..n) (the first on ties), as dsla_cpu_argmax. */

@@ -16,7 +16,9 @@
 
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
+#include "kernels/kernels_cuda_dsla.h"
 #include "runtime/model/llama.h"
+#include "runtime/model/safetensors.h"
 #include "runtime/model/sampler.h"
 
 #ifdef DSLA_HAVE_CUDA
@@ -33,7 +35,23 @@ typedef enum {
     OP_DECODE,      /* a=sequences b=longest context c=H d=H_kv e=head_dim */
     OP_ARGMAX,      /* a=rows b=n */
     OP_SAMPLE,      /* a=rows b=vocab c=top_k; temperature and top_p from the row */
+    OP_DSLA_DECODE, /* a=B b=H c=d d=steps e=DSLA_* flags; dtype of the inputs */
+    OP_DSLA_FWD,    /* a=B b=T c=H d=d e=DSLA_* flags; dtype of the inputs */
+    OP_DSLA_BWD,    /* a=B b=T c=H d=d e=DSLA_* flags; dtype of the inputs */
+    OP_DSLA_ADAMW,  /* a=n b=step */
+    OP_DSLA_REF,    /* the reference vectors' cases through the GPU core; e=DSLA_* flags */
 } op_t;
+
+/* Flags of the DSLA rows (field e): the gate mix, then options. */
+enum {
+    DSLA_GATES_MODERATE = 0, /* a ~ 2 N(0,1): log g around -0.04 */
+    DSLA_GATES_CLAMP = 1,    /* a in [-2000, -700]: log g from -125 to -44, most clamped at -50 */
+    DSLA_GATES_MIXED = 2,    /* per element: moderate, clamp, at the clamp's edge, or open */
+    DSLA_GATES_MASK = 3,
+    DSLA_STATES = 4, /* initial states (forward) and incoming state gradients (backward) */
+    DSLA_TF32 = 8,   /* chunk GEMMs on tensor cores */
+    DSLA_SLOTS = 16, /* decode through per-sequence slot pointers */
+};
 
 typedef struct {
     op_t op;
@@ -51,6 +69,10 @@ typedef struct {
 #define TOL_F32_LONG 1e-4
 #define TOL_BF16 1e-2
 #define TOL_SAMPLE (1.0 / 32)
+/* DSLA: the fp32 forms reorder long sums (chunk GEMMs, warp reductions); tf32 operands carry
+ * 2^-11 relative rounding into every chunk GEMM. AdamW matches the CPU bit for bit. */
+#define TOL_DSLA_F32 1e-4
+#define TOL_DSLA_TF32 1e-2
 
 static const row_t rows[] = {
     {OP_GEMM, "gemm", 1, 4096, 4096, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
@@ -89,6 +111,39 @@ static const row_t rows[] = {
     {OP_SAMPLE, "sample(top_k)", 64, 32000, 40, 0, 0, DSLA_DTYPE_F32, TOL_SAMPLE, 1.0f, 1.0f},
     {OP_SAMPLE, "sample(top_p)", 64, 32000, 0, 0, 0, DSLA_DTYPE_F32, TOL_SAMPLE, 0.7f, 0.9f},
     {OP_SAMPLE, "sample(top_k+top_p)", 64, 512, 50, 0, 0, DSLA_DTYPE_F32, TOL_SAMPLE, 1.2f, 0.8f},
+    {OP_DSLA_DECODE, "dsla_decode", 1, 32, 128, 2, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_DSLA_DECODE, "dsla_decode", 64, 32, 128, 1, DSLA_SLOTS, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_DSLA_DECODE, "dsla_decode", 7, 3, 64, 3, DSLA_GATES_MIXED | DSLA_SLOTS, DSLA_DTYPE_F32,
+     TOL_F32, 0, 0},
+    {OP_DSLA_DECODE, "dsla_decode", 5, 2, 16, 2, DSLA_GATES_CLAMP, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_DSLA_DECODE, "dsla_decode", 9, 4, 32, 2, DSLA_GATES_MIXED, DSLA_DTYPE_BF16, TOL_F32, 0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd", 2, 130, 3, 64, DSLA_STATES, DSLA_DTYPE_F32, TOL_DSLA_F32, 0,
+     0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd", 1, 1000, 2, 128, DSLA_STATES | DSLA_GATES_MIXED,
+     DSLA_DTYPE_F32, TOL_DSLA_F32, 0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd", 2, 65, 2, 16, DSLA_GATES_CLAMP, DSLA_DTYPE_F32, TOL_DSLA_F32,
+     0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd", 3, 1, 2, 32, DSLA_STATES, DSLA_DTYPE_F32, TOL_DSLA_F32, 0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd", 2, 200, 2, 32, DSLA_GATES_MIXED, DSLA_DTYPE_BF16,
+     TOL_DSLA_F32, 0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd(tf32)", 1, 300, 4, 128, DSLA_STATES | DSLA_TF32, DSLA_DTYPE_F32,
+     TOL_DSLA_TF32, 0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd(tf32)", 2, 150, 2, 64, DSLA_GATES_MIXED | DSLA_TF32,
+     DSLA_DTYPE_BF16, TOL_DSLA_TF32, 0, 0},
+    {OP_DSLA_BWD, "dsla_chunked_bwd", 2, 130, 2, 64, DSLA_STATES, DSLA_DTYPE_F32, TOL_DSLA_F32, 0,
+     0},
+    {OP_DSLA_BWD, "dsla_chunked_bwd", 1, 200, 2, 128, DSLA_GATES_CLAMP, DSLA_DTYPE_F32,
+     TOL_DSLA_F32, 0, 0},
+    {OP_DSLA_BWD, "dsla_chunked_bwd", 1, 257, 3, 16, DSLA_GATES_MIXED | DSLA_STATES, DSLA_DTYPE_F32,
+     TOL_DSLA_F32, 0, 0},
+    {OP_DSLA_BWD, "dsla_chunked_bwd", 2, 100, 2, 32, DSLA_GATES_MIXED, DSLA_DTYPE_BF16,
+     TOL_DSLA_F32, 0, 0},
+    {OP_DSLA_BWD, "dsla_chunked_bwd(tf32)", 1, 192, 2, 128, DSLA_STATES | DSLA_TF32, DSLA_DTYPE_F32,
+     TOL_DSLA_TF32, 0, 0},
+    {OP_DSLA_ADAMW, "dsla_adamw", (1 << 20) + 7, 3, 0, 0, 0, DSLA_DTYPE_F32, 0.0, 0, 0},
+    {OP_DSLA_REF, "dsla_reference_vectors", 0, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_DSLA_F32, 0, 0},
+    {OP_DSLA_REF, "dsla_reference(tf32)", 0, 0, 0, 0, DSLA_TF32, DSLA_DTYPE_F32, TOL_DSLA_TF32, 0,
+     0},
 };
 
 static uint64_t rng;
@@ -504,6 +559,423 @@ static double run_sample(const row_t *r) {
     return (double)wrong / rows_n;
 }
 
+/* ---- DSLA (kernels/kernels_cuda_dsla.h against kernels/cpu/dsla*.c) ---- */
+
+static float dsla_gate_sample(int kind) {
+    if (kind == DSLA_GATES_MIXED) {
+        switch (dsla_test_rand_u64(&rng) % 4) {
+        case 0:
+            kind = DSLA_GATES_MODERATE;
+            break;
+        case 1:
+            kind = DSLA_GATES_CLAMP;
+            break;
+        case 2: /* log g within a few ulps of -50: logsigmoid(a) = -800 near a = -800 */
+            return -800.0f + dsla_test_rand_uniform(&rng, -0.01f, 0.01f);
+        default:
+            return dsla_test_rand_uniform(&rng, 15.0f, 40.0f);
+        }
+    }
+    if (kind == DSLA_GATES_CLAMP) return dsla_test_rand_uniform(&rng, -2000.0f, -700.0f);
+    return 2.0f * dsla_test_rand_normal(&rng);
+}
+
+/* Host inputs q, k, v, a1, a2 (n each) and alpha, with their device copies in the row's dtype
+ * (bf16 rows round the host values first, so the CPU sees what the GPU sees). */
+typedef struct {
+    float *h[5], alpha[2];
+    void *d[5];
+    float *dalpha;
+    dsla_dsla_in_t cpu;
+    dsla_cuda_dsla_in_t gpu;
+} dsla_inputs_t;
+
+static void dsla_inputs_init(dsla_inputs_t *x, size_t n, int gates, dsla_dtype_t dtype) {
+    for (int i = 0; i < 5; i++) {
+        x->h[i] = host_random(n, 1.0f);
+        if (i >= 3)
+            for (size_t j = 0; j < n; j++)
+                x->h[i][j] = dsla_gate_sample(gates);
+        if (dtype == DSLA_DTYPE_BF16) {
+            uint16_t *b = round_bf16(x->h[i], n);
+            x->d[i] = dev_copy(b, n * sizeof *b);
+            free(b);
+        } else {
+            x->d[i] = dev_copy(x->h[i], n * sizeof(float));
+        }
+    }
+    x->alpha[0] = dsla_test_rand_normal(&rng);
+    x->alpha[1] = dsla_test_rand_normal(&rng);
+    x->dalpha = dev_copy(x->alpha, sizeof x->alpha);
+    x->cpu = (dsla_dsla_in_t){x->h[0], x->h[1], x->h[2], x->h[3], x->h[4], x->alpha};
+    x->gpu = (dsla_cuda_dsla_in_t){x->d[0], x->d[1], x->d[2], x->d[3], x->d[4], dtype, x->dalpha};
+}
+
+static void dsla_inputs_free(dsla_inputs_t *x) {
+    for (int i = 0; i < 5; i++) {
+        free(x->h[i]);
+        dev_free(x->d[i]);
+    }
+    dev_free(x->dalpha);
+}
+
+/* Worst of a row's several outputs; over-tolerance parts are named on stderr. */
+static double dsla_worse(double worst, const char *what, double err, double tol) {
+    if (!(err <= tol)) fprintf(stderr, "    %s: rel err %.3e\n", what, err);
+    return err > worst || isnan(err) ? err : worst;
+}
+
+static double run_dsla_decode(const row_t *r) {
+    const int B = r->a, H = r->b, d = r->c, steps = r->d, flags = r->e;
+    const dsla_dsla_dims_t dims = {B, 1, H, d};
+    const size_t n = (size_t)B * H * d, per_seq = (size_t)H * d * d, ns = (size_t)B * per_seq;
+    float *S[2] = {host_random(ns, 0.5f), host_random(ns, 0.5f)};
+    dsla_cuda_dsla_states_t st = {0};
+    float *dS[2] = {NULL, NULL}, **slots[2] = {NULL, NULL};
+    void *dslots[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        if (flags & DSLA_SLOTS) { /* one allocation per sequence, as a slot pool hands them out */
+            slots[i] = malloc((size_t)B * sizeof *slots[i]);
+            for (int b = 0; b < B; b++)
+                slots[i][b] = dev_copy(S[i] + (size_t)b * per_seq, per_seq * sizeof(float));
+            dslots[i] = dev_copy(slots[i], (size_t)B * sizeof *slots[i]);
+        } else {
+            dS[i] = dev_copy(S[i], ns * sizeof(float));
+        }
+    }
+    st.s1 = dS[0], st.s2 = dS[1];
+    st.s1_slots = dslots[0], st.s2_slots = dslots[1];
+    double worst = 0.0;
+    for (int step = 0; step < steps; step++) {
+        dsla_inputs_t x;
+        dsla_inputs_init(&x, n, flags & DSLA_GATES_MASK, r->dtype);
+        float *want = malloc(n * sizeof *want), *dout = dev_poisoned(n);
+        CUDA_OK(dsla_cpu_dsla_recurrent_forward(&dims, &x.cpu, S[0], S[1], want));
+        CUDA_OK(dsla_cuda_dsla_decode(NULL, &dims, &x.gpu, &st, dout));
+        float *got = host_result(dout, n, false);
+        worst = dsla_worse(worst, "out", rel_err(got, want, n), r->tol);
+        free(want), free(got);
+        dev_free(dout);
+        dsla_inputs_free(&x);
+    }
+    for (int i = 0; i < 2; i++) {
+        float *got = malloc(ns * sizeof *got);
+        CUDA_OK(dsla_cuda_stream_sync(NULL));
+        for (int b = 0; b < B && slots[i]; b++)
+            CUDA_OK(dsla_cuda_copy(got + (size_t)b * per_seq, slots[i][b], per_seq * sizeof(float),
+                                   NULL));
+        if (!slots[i]) CUDA_OK(dsla_cuda_copy(got, dS[i], ns * sizeof(float), NULL));
+        worst = dsla_worse(worst, i ? "S2" : "S1", rel_err(got, S[i], ns), r->tol);
+        free(got);
+        for (int b = 0; b < B && slots[i]; b++)
+            dev_free(slots[i][b]);
+        free(slots[i]), free(S[i]);
+        dev_free(dS[i]), dev_free(dslots[i]);
+    }
+    return worst;
+}
+
+static void *dsla_workspace(const dsla_dsla_dims_t *dims, size_t *bytes) {
+    *bytes = dsla_cuda_dsla_chunked_workspace_bytes(dims);
+    return dev_poisoned(*bytes / sizeof(float) + 1); /* NaN: nothing may read it unwritten */
+}
+
+/* Chunked forward (bwd false) or backward against the CPU chunked kernels. */
+static double run_dsla_chunked(const row_t *r, bool bwd) {
+    const int flags = r->e;
+    const dsla_dsla_dims_t dims = {r->a, r->b, r->c, r->d};
+    const size_t n = (size_t)dims.batch * dims.tokens * dims.heads * dims.head_dim;
+    const size_t ns = (size_t)dims.batch * dims.heads * dims.head_dim * dims.head_dim;
+    const dsla_cuda_dsla_math_t math =
+        flags & DSLA_TF32 ? DSLA_CUDA_DSLA_MATH_TF32 : DSLA_CUDA_DSLA_MATH_F32;
+    dsla_inputs_t x;
+    dsla_inputs_init(&x, n, flags & DSLA_GATES_MASK, r->dtype);
+    float *S0[2] = {NULL, NULL}, *dS0[2] = {NULL, NULL};
+    for (int i = 0; i < 2 && (flags & DSLA_STATES); i++) {
+        S0[i] = host_random(ns, 0.5f);
+        dS0[i] = dev_copy(S0[i], ns * sizeof(float));
+    }
+    float *cpu_work = malloc(dsla_cpu_dsla_chunked_workspace_floats(&dims) * sizeof(float));
+    size_t ws_bytes;
+    void *ws = dsla_workspace(&dims, &ws_bytes);
+    double worst = 0.0;
+    if (!bwd) {
+        float *want = malloc(n * sizeof *want), *wantS[2], *gotS[2], *dST[2];
+        for (int i = 0; i < 2; i++) {
+            wantS[i] = malloc(ns * sizeof(float));
+            dST[i] = dev_poisoned(ns);
+        }
+        float *dout = dev_poisoned(n);
+        CUDA_OK(dsla_cpu_dsla_chunked_forward(&dims, &x.cpu, S0[0], S0[1], want, wantS[0], wantS[1],
+                                              cpu_work));
+        CUDA_OK(dsla_cuda_dsla_chunked_forward(NULL, &dims, &x.gpu, math, dS0[0], dS0[1], dout,
+                                               dST[0], dST[1], ws, ws_bytes));
+        float *got = host_result(dout, n, false);
+        worst = dsla_worse(worst, "out", rel_err(got, want, n), r->tol);
+        for (int i = 0; i < 2; i++) {
+            gotS[i] = host_result(dST[i], ns, false);
+            worst = dsla_worse(worst, i ? "S2_T" : "S1_T", rel_err(gotS[i], wantS[i], ns), r->tol);
+            free(gotS[i]), free(wantS[i]);
+            dev_free(dST[i]);
+        }
+        free(want), free(got);
+        dev_free(dout);
+    } else {
+        float *g = host_random(n, 1.0f), *dST[2] = {NULL, NULL};
+        float *ddST[2] = {NULL, NULL};
+        for (int i = 0; i < 2 && (flags & DSLA_STATES); i++) {
+            dST[i] = host_random(ns, 1.0f);
+            ddST[i] = dev_copy(dST[i], ns * sizeof(float));
+        }
+        float *dg = dev_copy(g, n * sizeof(float));
+        /* want[0..4]: dq, dk, dv, da1, da2; [5]: dalpha; [6], [7]: dS1_0, dS2_0 */
+        const size_t sizes[8] = {n, n, n, n, n, 2, ns, ns};
+        static const char *const names[8] = {"dq",  "dk",     "dv",    "da1",
+                                             "da2", "dalpha", "dS1_0", "dS2_0"};
+        float *want[8], *dev[8];
+        for (int i = 0; i < 8; i++) {
+            want[i] = malloc(sizes[i] * sizeof(float));
+            dev[i] = dev_poisoned(sizes[i]);
+        }
+        const dsla_dsla_grad_t cg = {want[0], want[1], want[2], want[3], want[4], want[5]};
+        const dsla_dsla_grad_t gg = {dev[0], dev[1], dev[2], dev[3], dev[4], dev[5]};
+        CUDA_OK(dsla_cpu_dsla_chunked_backward(&dims, &x.cpu, S0[0], S0[1], g, dST[0], dST[1], &cg,
+                                               want[6], want[7], cpu_work));
+        CUDA_OK(dsla_cuda_dsla_chunked_backward(NULL, &dims, &x.gpu, math, dS0[0], dS0[1], dg,
+                                                ddST[0], ddST[1], &gg, dev[6], dev[7], ws,
+                                                ws_bytes));
+        for (int i = 0; i < 8; i++) {
+            float *got = host_result(dev[i], sizes[i], false);
+            worst = dsla_worse(worst, names[i], rel_err(got, want[i], sizes[i]), r->tol);
+            free(got), free(want[i]);
+            dev_free(dev[i]);
+        }
+        for (int i = 0; i < 2; i++)
+            free(dST[i]), dev_free(ddST[i]);
+        free(g);
+        dev_free(dg);
+    }
+    for (int i = 0; i < 2; i++)
+        free(S0[i]), dev_free(dS0[i]);
+    free(cpu_work);
+    dev_free(ws);
+    dsla_inputs_free(&x);
+    return worst;
+}
+
+static double run_dsla_adamw(const row_t *r) {
+    const size_t n = (size_t)r->a;
+    const long step = r->b;
+    float *p = host_random(n, 1.0f), *g = host_random(n, 0.1f), *m = host_random(n, 0.01f);
+    float *v = host_random(n, 0.001f);
+    for (size_t i = 0; i < n; i++)
+        v[i] = v[i] * v[i]; /* a second moment is never negative */
+    float *dp = dev_copy(p, n * 4), *dg = dev_copy(g, n * 4), *dm = dev_copy(m, n * 4);
+    float *dv = dev_copy(v, n * 4);
+    dsla_adamw_params_t prm = dsla_adamw_params_default(100);
+    const double lr = dsla_adamw_lr(&prm, step);
+    dsla_cpu_adamw_step(p, m, v, g, n, step, lr, &prm);
+    CUDA_OK(dsla_cuda_dsla_adamw_step(NULL, dp, dm, dv, dg, n, step, lr, &prm));
+    float *got[3] = {host_result(dp, n, false), host_result(dm, n, false),
+                     host_result(dv, n, false)};
+    const float *want[3] = {p, m, v};
+    double worst = 0.0;
+    for (int i = 0; i < 3; i++) {
+        worst = dsla_worse(worst,
+                           i == 0   ? "param"
+                           : i == 1 ? "m"
+                                    : "v",
+                           rel_err(got[i], want[i], n), r->tol);
+        free(got[i]);
+    }
+    free(p), free(g), free(m), free(v);
+    dev_free(dp), dev_free(dg), dev_free(dm), dev_free(dv);
+    return worst;
+}
+
+/* ---- the DSLA reference vectors (../shared/testvectors/dsla_reference_fp64.safetensors) ---- */
+
+enum { DSLA_REF_CASES = 3 };
+static const char DSLA_REF_FILE[] = "testvectors/dsla_reference_fp64.safetensors";
+
+/* case<c>.<key> as doubles (F64 in the file); NULL when absent. */
+static const double *dsla_ref(const dsla_safetensors_t *st, int c, const char *key) {
+    char name[64];
+    snprintf(name, sizeof name, "case%d.%s", c, key);
+    const dsla_st_tensor_t *t = dsla_safetensors_find(st, name);
+    return t && t->dtype == DSLA_DTYPE_F64 ? t->data : NULL;
+}
+
+/* y[m, n] = x[m, k] w[n, k]^T (+ bias), in double. */
+static void dsla_ref_linear(double *y, const double *x, const double *w, const double *bias, int m,
+                            int n, int k) {
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double s = bias ? bias[j] : 0.0;
+            for (int l = 0; l < k; l++)
+                s += x[(size_t)i * k + l] * w[(size_t)j * k + l];
+            y[(size_t)i * n + j] = s;
+        }
+}
+
+static double rel_err64(const double *got, const double *want, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+    }
+    return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+static double *dsla_widen(const float *x, size_t n) {
+    double *y = malloc(n * sizeof *y);
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i];
+    return y;
+}
+
+/* Each case's layer around the GPU core: projections, output projection and the weight gradients
+ * (sum over tokens of gradient x input) in double on the CPU, the core forward and backward on the
+ * GPU. Compares y, the final states, dx and the gradients of wq, wk, wv, wg1, bg1, wg2, bg2, alpha
+ * with the file's fp64 values. */
+static double run_dsla_reference(const row_t *r) {
+    char *path = dsla_test_data_path(DSLA_REF_FILE);
+    if (!path) {
+        printf("  %s not under DSLA_TEST_DATA: row skipped\n", DSLA_REF_FILE);
+        return 0.0;
+    }
+    dsla_safetensors_t *st = NULL;
+    CUDA_OK(dsla_safetensors_open(&st, path));
+    free(path);
+    const dsla_cuda_dsla_math_t math =
+        r->e & DSLA_TF32 ? DSLA_CUDA_DSLA_MATH_TF32 : DSLA_CUDA_DSLA_MATH_F32;
+    double worst = 0.0;
+    for (int c = 0; c < DSLA_REF_CASES; c++) {
+        char key[32];
+        snprintf(key, sizeof key, "case%d.dims", c);
+        const dsla_st_tensor_t *dt = dsla_safetensors_find(st, key);
+        if (!dt || dt->dtype != DSLA_DTYPE_I64) fail_msg("%s: %s missing", DSLA_REF_FILE, key);
+        int64_t dv[4];
+        memcpy(dv, dt->data, sizeof dv);
+        const dsla_dsla_dims_t dims = {(int)dv[0], (int)dv[1], (int)dv[2], (int)dv[3]};
+        const int M = dims.batch * dims.tokens, W = dims.heads * dims.head_dim;
+        snprintf(key, sizeof key, "case%d.x", c);
+        const int D = (int)(dsla_safetensors_find(st, key)->bytes / sizeof(double) / (size_t)M);
+        const size_t n = (size_t)M * W,
+                     ns = (size_t)dims.batch * dims.heads * dims.head_dim * dims.head_dim;
+        const double *x = dsla_ref(st, c, "x"), *R = dsla_ref(st, c, "R");
+        const double *wts[5] = {dsla_ref(st, c, "q"), dsla_ref(st, c, "k"), dsla_ref(st, c, "v"),
+                                dsla_ref(st, c, "g1w"), dsla_ref(st, c, "g2w")};
+        const double *bias[5] = {NULL, NULL, NULL, dsla_ref(st, c, "g1b"), dsla_ref(st, c, "g2b")};
+        const double *wo = dsla_ref(st, c, "o"), *alpha = dsla_ref(st, c, "alpha");
+        const double *S0[2] = {dsla_ref(st, c, "S1_init"), dsla_ref(st, c, "S2_init")};
+        if (!x || !R || !wo || !alpha || !wts[0] || !wts[1] || !wts[2] || !wts[3] || !wts[4])
+            fail_msg("%s: case%d incomplete", DSLA_REF_FILE, c);
+
+        /* core inputs in fp32, as the fp32 layer would feed the core */
+        double *act = malloc(n * sizeof *act);
+        float *act32[5];
+        void *dact[5];
+        for (int i = 0; i < 5; i++) {
+            dsla_ref_linear(act, x, wts[i], bias[i], M, W, D);
+            act32[i] = malloc(n * sizeof(float));
+            for (size_t j = 0; j < n; j++)
+                act32[i][j] = (float)act[j];
+            dact[i] = dev_copy(act32[i], n * sizeof(float));
+        }
+        const float alpha32[2] = {(float)alpha[0], (float)alpha[1]};
+        float *dalpha_in = dev_copy(alpha32, sizeof alpha32);
+        float *dS0[2] = {NULL, NULL}, *dST[2];
+        for (int i = 0; i < 2; i++) {
+            if (S0[i]) {
+                float *s = malloc(ns * sizeof *s);
+                for (size_t j = 0; j < ns; j++)
+                    s[j] = (float)S0[i][j];
+                dS0[i] = dev_copy(s, ns * sizeof *s);
+                free(s);
+            }
+            dST[i] = dev_poisoned(ns);
+        }
+        const dsla_cuda_dsla_in_t in = {dact[0], dact[1],        dact[2],  dact[3],
+                                        dact[4], DSLA_DTYPE_F32, dalpha_in};
+        size_t ws_bytes;
+        void *ws = dsla_workspace(&dims, &ws_bytes);
+        float *dmix = dev_poisoned(n);
+        CUDA_OK(dsla_cuda_dsla_chunked_forward(NULL, &dims, &in, math, dS0[0], dS0[1], dmix, dST[0],
+                                               dST[1], ws, ws_bytes));
+        float *mix32 = host_result(dmix, n, false);
+        double *mix = dsla_widen(mix32, n), *y = malloc((size_t)M * D * sizeof *y);
+        dsla_ref_linear(y, mix, wo, NULL, M, D, W);
+        worst = dsla_worse(worst, "y", rel_err64(y, dsla_ref(st, c, "y"), (size_t)M * D), r->tol);
+        for (int i = 0; i < 2; i++) {
+            float *s = host_result(dST[i], ns, false);
+            double *s64 = dsla_widen(s, ns);
+            worst = dsla_worse(worst, i ? "S2_final" : "S1_final",
+                               rel_err64(s64, dsla_ref(st, c, i ? "S2_final" : "S1_final"), ns),
+                               r->tol);
+            free(s), free(s64);
+        }
+
+        /* backward of sum(y * R): dmix = R wo */
+        float *g32 = malloc(n * sizeof *g32);
+        for (int t = 0; t < M; t++)
+            for (int j = 0; j < W; j++) {
+                double s = 0.0;
+                for (int o = 0; o < D; o++)
+                    s += R[(size_t)t * D + o] * wo[(size_t)o * W + j];
+                g32[(size_t)t * W + j] = (float)s;
+            }
+        float *dg = dev_copy(g32, n * sizeof(float)), *dgrad[6];
+        for (int i = 0; i < 6; i++)
+            dgrad[i] = dev_poisoned(i < 5 ? n : 2);
+        const dsla_dsla_grad_t gg = {dgrad[0], dgrad[1], dgrad[2], dgrad[3], dgrad[4], dgrad[5]};
+        CUDA_OK(dsla_cuda_dsla_chunked_backward(NULL, &dims, &in, math, dS0[0], dS0[1], dg, NULL,
+                                                NULL, &gg, NULL, NULL, ws, ws_bytes));
+        double *dx = calloc((size_t)M * D, sizeof *dx);
+        static const char *const wname[5] = {"dq", "dk", "dv", "dg1w", "dg2w"};
+        for (int i = 0; i < 5; i++) {
+            float *ga = host_result(dgrad[i], n, false);
+            double *dw = calloc((size_t)W * D, sizeof *dw), *db = calloc((size_t)W, sizeof *db);
+            for (int t = 0; t < M; t++)
+                for (int j = 0; j < W; j++) {
+                    const double gj = ga[(size_t)t * W + j];
+                    db[j] += gj;
+                    for (int k = 0; k < D; k++) {
+                        dw[(size_t)j * D + k] += gj * x[(size_t)t * D + k];
+                        dx[(size_t)t * D + k] += gj * wts[i][(size_t)j * D + k];
+                    }
+                }
+            worst = dsla_worse(worst, wname[i],
+                               rel_err64(dw, dsla_ref(st, c, wname[i]), (size_t)W * D), r->tol);
+            if (i >= 3)
+                worst =
+                    dsla_worse(worst, i == 3 ? "dg1b" : "dg2b",
+                               rel_err64(db, dsla_ref(st, c, i == 3 ? "dg1b" : "dg2b"), W), r->tol);
+            free(ga), free(dw), free(db);
+        }
+        /* y depends on x only through the five input projections, so dx is complete here. */
+        worst =
+            dsla_worse(worst, "dx", rel_err64(dx, dsla_ref(st, c, "dx"), (size_t)M * D), r->tol);
+        float *da = host_result(dgrad[5], 2, false);
+        double da64[2] = {da[0], da[1]};
+        worst = dsla_worse(worst, "dalpha", rel_err64(da64, dsla_ref(st, c, "dalpha"), 2), r->tol);
+        printf("  dsla reference case%d B=%d T=%d H=%d d=%d D=%d: ok so far (worst %.3e)\n", c,
+               dims.batch, dims.tokens, dims.heads, dims.head_dim, D, worst);
+
+        free(da), free(dx), free(g32), free(mix32), free(mix), free(y), free(act);
+        for (int i = 0; i < 5; i++)
+            free(act32[i]), dev_free(dact[i]);
+        for (int i = 0; i < 6; i++)
+            dev_free(dgrad[i]);
+        for (int i = 0; i < 2; i++)
+            dev_free(dS0[i]), dev_free(dST[i]);
+        dev_free(dalpha_in), dev_free(dmix), dev_free(dg), dev_free(ws);
+    }
+    dsla_safetensors_close(&st);
+    return worst;
+}
+
 static double run_row(const row_t *r) {
     switch (r->op) {
     case OP_GEMM:
@@ -528,6 +1000,16 @@ static double run_row(const row_t *r) {
         return run_argmax(r);
     case OP_SAMPLE:
         return run_sample(r);
+    case OP_DSLA_DECODE:
+        return run_dsla_decode(r);
+    case OP_DSLA_FWD:
+        return run_dsla_chunked(r, false);
+    case OP_DSLA_BWD:
+        return run_dsla_chunked(r, true);
+    case OP_DSLA_ADAMW:
+        return run_dsla_adamw(r);
+    case OP_DSLA_REF:
+        return run_dsla_reference(r);
     }
     return INFINITY;
 }
