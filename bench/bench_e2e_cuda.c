@@ -128,6 +128,58 @@ static void attention_prefill(int T) {
         dsla_cuda_free(&bufs[i]);
 }
 
+/* The same attention through cuDNN's fused kernel (kernels/cuda/attention_cudnn.c): bf16 q, k, v
+ * in one fused row per token (the model's layout), bf16 out; the first of the warm-up calls builds
+ * the plan. Prints a skip line where libcudnn.so.9 does not load. */
+static void attention_prefill_cudnn(int T) {
+    const int H = 32, d = 128, width = H * d, stride = 3 * width;
+    dsla_cuda_cudnn_t *c = NULL;
+    if (dsla_cuda_cudnn_create(&c) != DSLA_OK) {
+        printf("{\"what\":\"prefill_attention_cudnn\",\"device\":\"%s\",\"skipped\":\"%s\"}\n",
+               device, dsla_last_error());
+        dsla_clear_error();
+        return;
+    }
+    uint16_t *qkv = NULL, *out = NULL;
+    CHECK(dsla_cuda_malloc((void **)&qkv, (size_t)T * stride * 2));
+    CHECK(dsla_cuda_malloc((void **)&out, (size_t)T * width * 2));
+    CHECK(
+        dsla_cuda_fill_uniform(stream, qkv, DSLA_DTYPE_BF16, (size_t)T * stride, -1.0f, 1.0f, 14));
+    const dsla_attn_shape_t shape = {H, H, d};
+    dsla_cuda_event_t e0, e1;
+    CHECK(dsla_cuda_event_create(&e0));
+    CHECK(dsla_cuda_event_create(&e1));
+    float t[ATTN_REPS];
+    int done = 0;
+    for (int r = -2; r < ATTN_REPS; r++) {
+        CHECK(dsla_cuda_event_record(e0, stream));
+        if (dsla_cuda_attention_prefill_cudnn(c, stream, out, width, qkv, qkv + width,
+                                              qkv + 2 * width, stride, T, &shape) != DSLA_OK) {
+            printf("{\"what\":\"prefill_attention_cudnn\",\"device\":\"%s\",\"tokens\":%d,"
+                   "\"error\":\"%s\"}\n",
+                   device, T, dsla_last_error());
+            dsla_clear_error();
+            break;
+        }
+        CHECK(dsla_cuda_event_record(e1, stream));
+        CHECK(dsla_cuda_event_sync(e1));
+        if (r >= 0) CHECK(dsla_cuda_event_elapsed_ms(&t[done++], e0, e1));
+    }
+    const double flops = 4.0 * H * d * (double)T * (T + 1) / 2.0;
+    if (done == ATTN_REPS) {
+        const double ms = median(t, ATTN_REPS);
+        printf("{\"what\":\"prefill_attention_cudnn\",\"shape\":{\"batch\":1,\"tokens\":%d,"
+               "\"heads\":%d,\"head_dim\":%d,\"causal\":true,\"qkv\":\"bf16 fused rows\"},"
+               "\"device\":\"%s\",\"cudnn_version\":%zu,\"median_ms\":%.4f,\"tflops\":%.1f}\n",
+               T, H, d, device, dsla_cuda_cudnn_version(c), ms, flops / (ms * 1e9));
+    }
+    dsla_cuda_event_destroy(&e0);
+    dsla_cuda_event_destroy(&e1);
+    dsla_cuda_free((void **)&qkv);
+    dsla_cuda_free((void **)&out);
+    dsla_cuda_cudnn_destroy(&c);
+}
+
 typedef struct {
     dsla_model_config_t cfg;
     dsla_cuda_model_t *m;
@@ -199,9 +251,9 @@ static void prefill(bench_t *b, const dsla_layer_kind_t *kinds, int B, int C, do
         (double)n_attn * B * 4.0 * b->cfg.num_heads * b->cfg.head_dim * (double)C * (C + 1) / 2.0;
     printf("{\"what\":\"prefill\",\"shape\":{\"batch\":%d,\"context\":%d,\"chunk\":%d,"
            "\"dsla_fraction\":%s},\"device\":\"%s\",\"median_ms\":%.2f,\"tokens_per_s\":%.0f,"
-           "\"tflops\":%.1f,\"repetitions\":1}\n",
+           "\"tflops\":%.1f,\"repetitions\":1,\"cudnn_attention_layers\":%ld}\n",
            B, C, chunk, kind_label(frac), device, ms, tokens_total / (ms * 1e-3),
-           (wflops + aflops) / (ms * 1e9));
+           (wflops + aflops) / (ms * 1e9), dsla_cuda_model_stats(b->m).cudnn_prefills);
     dsla_cuda_event_destroy(&e0);
     dsla_cuda_event_destroy(&e1);
     for (int s = 0; s < B; s++)
@@ -282,8 +334,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_e2e_cuda: no CUDA device\n");
         return 0;
     }
-    /* "quick": the 1K rows only, for a smoke run. */
+    /* "quick": the 1K rows only, for a smoke run. "attention": prefill attention (ours and cuDNN's)
+     * and batch-1 decode at each context, all attention layers (the attention targets). */
     const bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+    const bool attention_only = argc > 1 && strcmp(argv[1], "attention") == 0;
     CHECK(dsla_cuda_stream_create(&stream));
     CHECK(dsla_cuda_device_name(device, sizeof device));
     bench_t b;
@@ -292,6 +346,8 @@ int main(int argc, char **argv) {
     const int attn_T[] = {1024, 4096, 8192, 16384};
     for (int i = 0; i < 4; i++)
         attention_prefill(attn_T[i]);
+    for (int i = 0; i < 4; i++)
+        attention_prefill_cudnn(attn_T[i]);
 
     dsla_model_config_t *c = &b.cfg;
     c->hidden_size = 4096, c->num_layers = 32, c->num_heads = 32, c->num_kv_heads = 32;
@@ -309,6 +365,17 @@ int main(int argc, char **argv) {
            dsla_cuda_model_dsla_supported(b.m) ? "true" : "false");
     const int L = c->num_layers;
     dsla_layer_kind_t kinds[32];
+    if (attention_only) {
+        for (int l = 0; l < L; l++)
+            kinds[l] = DSLA_LAYER_ATTN;
+        prefill(&b, kinds, 1, 8192, 0.0);
+        prefill(&b, kinds, 1, 8192, 0.0); /* the first pass builds cuBLAS's and cuDNN's plans */
+        for (int ci = 0; ci < 3; ci++)
+            decode(&b, kinds, 1, contexts[ci], 0.0);
+        dsla_cuda_model_destroy(&b.m);
+        dsla_cuda_stream_destroy(&stream);
+        return 0;
+    }
     const double fracs[] = {0.0, 0.5, 1.0};
     const int n_fracs = dsla_cuda_model_dsla_supported(b.m) ? 3 : 1;
     if (n_fracs == 1)

@@ -195,6 +195,35 @@ dsla_status_t dsla_cuda_attention_decode_pool(dsla_cuda_stream_t stream, float *
                                               const dsla_cuda_decode_batch_t *batch,
                                               void *workspace, size_t workspace_bytes);
 
+/* ---- prefill attention through cuDNN (kernels/cuda/attention_cudnn.c) ----
+ *
+ * Causal GQA attention of a prompt with no cached past, run by cuDNN's fused flash attention
+ * (bf16 operands, fp32 accumulation and softmax, bf16 output), which reaches the matrix units'
+ * rate where prefill_tc does not (docs/perf.md). libcudnn.so.9 is loaded at run time, so builds
+ * need no cuDNN library and a machine without one simply reports UNSUPPORTED. The context owns a
+ * cuDNN handle, one execution plan per shape seen (a bounded cache: the first call of a shape
+ * builds its plan, milliseconds) and a workspace it grows on demand (the one exception to "ops
+ * allocate nothing": the size is only known once cuDNN has picked its engine). One context serves
+ * one stream at a time. */
+typedef struct dsla_cuda_cudnn dsla_cuda_cudnn_t;
+
+/* UNSUPPORTED when libcudnn.so.9 (cuDNN >= 9.0) cannot be loaded; *out is NULL then. */
+dsla_status_t dsla_cuda_cudnn_create(dsla_cuda_cudnn_t **out);
+void dsla_cuda_cudnn_destroy(dsla_cuda_cudnn_t **c);
+/* The loaded library's version (e.g. 91300 for 9.13.0). */
+size_t dsla_cuda_cudnn_version(const dsla_cuda_cudnn_t *c);
+/* Whether the shape is one cuDNN's fused attention takes (head dim a multiple of 8 up to 128,
+ * query heads a multiple of KV heads). */
+int dsla_cuda_cudnn_attention_supports(const dsla_attn_shape_t *shape);
+/* out[t, h*d..] = softmax(q_t k_j^T / sqrt(d), j <= t) v_j for t < n, all bf16 (uint16_t bits):
+ * token t's head h of q at q + t*in_stride + h*d, KV head h / (H / H_kv) of k and v likewise
+ * (the layout of a fused QKV row: k = q + H*d, v = k + H_kv*d); out rows out_stride apart.
+ * Strides must be multiples of 8 and the pointers 16-byte aligned. */
+dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_stream_t stream,
+                                                uint16_t *out, int out_stride, const uint16_t *q,
+                                                const uint16_t *k, const uint16_t *v, int in_stride,
+                                                int n, const dsla_attn_shape_t *shape);
+
 /* ---- indexing and synthetic data (kernels/cuda/indexing.cu) ---- */
 
 /* y[i, :] = x[rows[i], :] for i < n (width floats per row, strides in floats). */

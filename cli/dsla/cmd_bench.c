@@ -22,7 +22,8 @@ static const char usage[] =
     "usage: dsla bench [--model DIR] [options]\n\n"
     "Drives the serving engine in process with synthetic requests and reports throughput and\n"
     "latency. Lengths are N or LO:HI (uniform). --rate R: Poisson arrivals of R requests/s\n"
-    "(virtual clock unless --wall-clock); otherwise a closed loop of --concurrency requests.";
+    "(virtual clock unless --wall-clock); otherwise a closed loop of --concurrency requests.\n"
+    "--device cuda runs the GPU mode (its own options: dsla bench --device cuda --help).";
 
 /* Default model: the shared test model beside the repository. */
 static const char DEFAULT_MODEL[] = "../shared/models/stories260K-hf";
@@ -168,14 +169,29 @@ static void make_prompt(int32_t *ids, int n, const dsla_corpus_t *corpus, int vo
         ids[i] = i == 0 && bos >= 0 ? bos : (int32_t)(3 + rng_next(rng) % (uint64_t)(vocab - 3));
 }
 
+/* Whether argv asks for the GPU mode (bench_cuda.c), which has options of its own. */
+static bool wants_cuda(int argc, char **argv) {
+    for (int i = 2; i < argc; i++)
+        if ((strcmp(argv[i], "--device") == 0 && i + 1 < argc &&
+             strcmp(argv[i + 1], "cuda") == 0) ||
+            strcmp(argv[i], "--device=cuda") == 0)
+            return true;
+    return false;
+}
+
 int dsla_cmd_bench(int argc, char **argv) {
+    if (wants_cuda(argc, argv)) return dsla_cmd_bench_cuda(argc, argv);
     const char *model_dir = DEFAULT_MODEL, *prompt_lens = "32", *output_lens = "32";
     const char *prompt_file = NULL, *dsla_dir = NULL, *order_arg = NULL;
     long requests = DEFAULT_REQUESTS, concurrency = 0, seed = 1, dsla_layers = 0;
     long max_running = 0, step_tokens = 0, prefill_chunk = 0, kv_blocks = 0, max_queued = 0;
     double rate = 0.0;
     bool wall_clock = false, no_batch_invariance = false;
+    const char *device = "cpu";
     const dsla_arg_spec_t specs[] = {
+        {"device", DSLA_ARG_STRING,
+         "cpu (default) or cuda (a 7B-shaped random model: dsla bench --device cuda --help)", 0, 0,
+         &device},
         {"model", DSLA_ARG_STRING, "model directory (default ../shared/models/stories260K-hf)", 0,
          0, &model_dir},
         {"requests", DSLA_ARG_INT, "requests to run (default 64)", 1, 1e7, &requests},
@@ -225,6 +241,10 @@ int dsla_cmd_bench(int argc, char **argv) {
                              positional, 0, &n_positional, usage);
     if (rc < 0) return 0;
     if (rc) return rc;
+    if (strcmp(device, "cpu") != 0) {
+        fprintf(stderr, "dsla bench: --device '%s' must be cpu or cuda\n", device);
+        return 2;
+    }
     range_t plen, olen;
     if (parse_range(prompt_lens, "prompt-len", &plen) ||
         parse_range(output_lens, "output-len", &olen))

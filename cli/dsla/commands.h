@@ -1,5 +1,5 @@
-/* The dsla subcommands. Each takes the whole argv (argv[1] is its name) and returns the process exit
- * code: 0 ok, 1 failure, 2 usage. */
+/* The dsla subcommands. Each takes the whole argv (argv[1] is its name) and returns the process
+ * exit code: 0 ok, 1 failure, 2 usage. */
 #ifndef DSLA_CLI_COMMANDS_H
 #define DSLA_CLI_COMMANDS_H
 
@@ -7,5 +7,7 @@ int dsla_cmd_generate(int argc, char **argv);
 int dsla_cmd_import(int argc, char **argv);
 int dsla_cmd_distill(int argc, char **argv);
 int dsla_cmd_bench(int argc, char **argv);
+/* dsla bench --device cuda (bench_cuda.c): the engine on the GPU backend. */
+int dsla_cmd_bench_cuda(int argc, char **argv);
 
 #endif

@@ -14,11 +14,15 @@
  * 16 at a time through shared memory, and keeps each row's running max, running sum and
  * unnormalised output in registers (the online softmax), so no score row is ever stored beyond one
  * 32 x 16 tile.
- * - decode (version 1, split-K "flash decoding"): one query per sequence. A block owns one KV head,
+ * - decode (version 2, split-K "flash decoding"): one query per sequence. A block owns one KV head,
  *   all the query heads of its group (so K and V are read once per group) and one chunk of the
  *   context; a second kernel merges the chunks by their softmax statistics. Chunks are cut so that
  *   even one sequence fills the GPU, and K/V rows are read as 16-byte vectors, four tokens in
- * flight per lane group, since decode attention is a pure stream over the cache. Both use expf (not
+ * flight per lane group, since decode attention is a pure stream over the cache. Version 2 cuts
+ * each sequence's chunks from its actual length on the device (version 1 cut them from the
+ * caller's bound, a graph's power-of-two bucket, leaving up to half the blocks idle) and sizes the
+ * registers for the group (1, 2, 4 or 8 query heads per KV head) instead of always 8. Both use expf
+ * (not
  * __expf) so that fp32 results agree with the CPU to rounding. */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -597,23 +601,35 @@ enum {
     DEC_MAX_GROUP = 8, /* query heads per KV head (Llama-3-70B has 8) */
     DEC_TARGET_BLOCKS = 1024, /* enough blocks to fill 132 SMs several times over */
     DEC_MIN_CHUNK = 64,       /* below this a chunk's merge costs more than its keys */
+    DEC_CHUNK_ALIGN = 32,     /* chunks start on whole rounds of a block's loads */
 };
 
 template <typename T> struct decode_args {
     const T *k, *v;
     const int32_t *tables, *rows, *lens;
-    int table_stride, block_tokens, n_heads, group, width, chunk, splits, q_stride;
+    int table_stride, block_tokens, n_heads, group, width, splits, q_stride;
     float scale;
 };
 
 /* How many chunks each sequence's context is cut into: enough for DEC_TARGET_BLOCKS blocks over
- * the batch, no chunk under DEC_MIN_CHUNK tokens. */
+ * the batch, no chunk under DEC_MIN_CHUNK tokens of max_context. The chunk length itself is cut
+ * from each sequence's actual length on the device (decode_chunk), so a bound far above the real
+ * context (a graph's bucket) leaves no block idle: version 1 cut chunks from max_context, and a
+ * context just past a power-of-two bucket left half the blocks without keys. */
 static int decode_splits(int n_seqs, int max_context, const dsla_attn_shape_t *shape) {
     const int base = n_seqs * shape->n_kv_heads;
     int want = (DEC_TARGET_BLOCKS + base - 1) / base;
     int most = (max_context + DEC_MIN_CHUNK - 1) / DEC_MIN_CHUNK;
     int splits = want < most ? want : most;
     return splits < 1 ? 1 : splits;
+}
+
+/* Tokens per chunk for a context of ctx tokens in `splits` chunks: whole load rounds, no chunk
+ * under DEC_MIN_CHUNK (short contexts leave the last chunks empty, which the merge ignores). */
+static __device__ __forceinline__ int decode_chunk(int ctx, int splits) {
+    int chunk = (ctx + splits - 1) / splits;
+    chunk = (chunk + DEC_CHUNK_ALIGN - 1) / DEC_CHUNK_ALIGN * DEC_CHUNK_ALIGN;
+    return chunk > DEC_MIN_CHUNK ? chunk : DEC_MIN_CHUNK;
 }
 
 /* A lane group of LANES lanes holds one token's head row, EPL contiguous values per lane: 16-byte
@@ -667,26 +683,29 @@ static __device__ __forceinline__ void merge(float &m, float &l, float *acc, flo
     m = mx;
 }
 
-template <int D, typename T>
+/* GMAX: query heads per KV head the registers are reserved for (1, 2, 4 or 8, >= a.group): a
+ * Llama-2 (group 1) block then holds one head's accumulators instead of eight. */
+template <int D, typename T, int GMAX>
 static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
     decode_split(float *part_acc, float *part_m, float *part_l, const float *q, decode_args<T> a) {
     using G = decode_geom<D, T>;
     constexpr int LANES = G::LANES, EPL = G::EPL, TPW = G::TPW;
     constexpr int STEP = DEC_WARPS * TPW; /* tokens the block covers per unrolled slot */
-    __shared__ float sm_acc[DEC_WARPS][DEC_MAX_GROUP][D];
-    __shared__ float sm_m[DEC_WARPS][DEC_MAX_GROUP], sm_l[DEC_WARPS][DEC_MAX_GROUP];
+    __shared__ float sm_acc[DEC_WARPS][GMAX][D];
+    __shared__ float sm_m[DEC_WARPS][GMAX], sm_l[DEC_WARPS][GMAX];
 
     const int s = blockIdx.x, kvh = blockIdx.y, c = blockIdx.z;
     const int warp = threadIdx.x / DSLA_CUDA_WARP, lane = threadIdx.x % DSLA_CUDA_WARP;
     const int sub = lane / LANES, dim0 = (lane % LANES) * EPL;
     const int ctx = a.lens[s];
-    const int t0 = c * a.chunk, t1 = min(ctx, t0 + a.chunk);
+    const int chunk = decode_chunk(ctx, a.splits);
+    const int t0 = c * chunk, t1 = min(ctx, t0 + chunk);
     const int32_t *table = a.tables + (size_t)(a.rows ? a.rows[s] : s) * a.table_stride;
     const size_t head_off = (size_t)kvh * D + dim0;
 
-    float qr[DEC_MAX_GROUP][EPL], m[DEC_MAX_GROUP], l[DEC_MAX_GROUP], acc[DEC_MAX_GROUP][EPL];
+    float qr[GMAX][EPL], m[GMAX], l[GMAX], acc[GMAX][EPL];
 #pragma unroll
-    for (int g = 0; g < DEC_MAX_GROUP; g++) {
+    for (int g = 0; g < GMAX; g++) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
 #pragma unroll
@@ -720,7 +739,7 @@ static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
             }
         }
 #pragma unroll
-        for (int g = 0; g < DEC_MAX_GROUP; g++) {
+        for (int g = 0; g < GMAX; g++) {
             if (g >= a.group) break; /* uniform across the block */
             float sc[DEC_UNROLL], mx = m[g];
 #pragma unroll
@@ -755,7 +774,7 @@ static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
 
     /* Lane groups of the warp into lane group 0, then warps through shared memory. */
 #pragma unroll
-    for (int g = 0; g < DEC_MAX_GROUP; g++) {
+    for (int g = 0; g < GMAX; g++) {
         if (g >= a.group) break;
 #pragma unroll
         for (int o = LANES; o < DSLA_CUDA_WARP; o <<= 1) {
@@ -833,8 +852,16 @@ static void launch_decode(dsla_cuda_stream_t stream, float *out, int out_stride,
     const size_t parts = (size_t)n_seqs * a.n_heads * a.splits;
     float *part_m = ws + parts * D, *part_l = part_m + parts;
     const dim3 grid(n_seqs, a.n_heads / a.group, a.splits);
-    decode_split<D, T>
-        <<<grid, DEC_WARPS * DSLA_CUDA_WARP, 0, stream>>>(part_acc, part_m, part_l, q, a);
+    const int threads = DEC_WARPS * DSLA_CUDA_WARP;
+    if (a.group == 1)
+        decode_split<D, T, 1><<<grid, threads, 0, stream>>>(part_acc, part_m, part_l, q, a);
+    else if (a.group == 2)
+        decode_split<D, T, 2><<<grid, threads, 0, stream>>>(part_acc, part_m, part_l, q, a);
+    else if (a.group <= 4)
+        decode_split<D, T, 4><<<grid, threads, 0, stream>>>(part_acc, part_m, part_l, q, a);
+    else
+        decode_split<D, T, DEC_MAX_GROUP>
+            <<<grid, threads, 0, stream>>>(part_acc, part_m, part_l, q, a);
     decode_combine<D><<<n_seqs * a.n_heads, D, 0, stream>>>(out, out_stride, part_acc, part_m,
                                                             part_l, a.n_heads, a.splits);
 }
@@ -856,7 +883,6 @@ static dsla_status_t decode_typed(dsla_cuda_stream_t stream, float *out, int out
                           "dsla_cuda_attention_decode: workspace of %zu bytes, needs %zu",
                           workspace_bytes, need);
     const int splits = decode_splits(n_seqs, max_context, shape);
-    const int chunk = (max_context + splits - 1) / splits;
     const int d = shape->head_dim;
     decode_args<T> a = {k,
                         v,
@@ -868,7 +894,6 @@ static dsla_status_t decode_typed(dsla_cuda_stream_t stream, float *out, int out
                         shape->n_heads,
                         group,
                         shape->n_kv_heads * d,
-                        chunk,
                         splits,
                         q_stride,
                         1.0f / sqrtf((float)d)};

@@ -14,9 +14,14 @@
 /* Decode graphs kept per model: one per (batch size, context bucket, plan) seen; a server cycles
  * through a few batch sizes, and a full cache is simply flushed. */
 enum { GRAPH_CACHE = 32 };
-/* Smallest context bucket: decode splits the context into chunks sized for the bucket, so a graph
- * captured for a bucket serves every context up to it; powers of two keep the count small. */
+/* Smallest context bucket. A graph captured for a bucket serves every context up to it; the bucket
+ * only bounds the decode kernel's split count (its chunks are cut from each sequence's length on
+ * the device), so powers of two cost no speed and keep the count of graphs small. */
 enum { CTX_BUCKET_MIN = 256 };
+/* Prompts at least this long (no past, bf16 weights and pool) take cuDNN's fused attention when
+ * libcudnn.so.9 loads; shorter ones stay on attention.cu's prefill_tc, where a new shape's plan
+ * (~milliseconds) would cost more than the kernel saves. */
+enum { CUDNN_MIN_TOKENS = 64 };
 /* The five DSLA input projections, stacked in one weight: q, k, v, gate 1, gate 2. */
 enum { DSLA_PROJ = 5 };
 
@@ -71,6 +76,12 @@ struct dsla_cuda_model {
     int logit_rows;
     graph_entry_t graphs[GRAPH_CACHE];
     int n_graphs;
+    /* cuDNN prefill attention: loaded on the first prompt that qualifies; off for the model's
+     * lifetime once loading or a plan fails. qkv_c: the step's q, k, v rounded to bf16. */
+    dsla_cuda_cudnn_t *cudnn;
+    uint16_t *qkv_c;
+    bool cudnn_off;
+    bool att_c_ready; /* this layer's attention wrote att_c directly (no conversion needed) */
     dsla_cuda_model_stats_t stats;
     dsla_cuda_kv_t *kv_in_graphs; /* graphs bake in one pool's pointers */
 };
@@ -89,8 +100,9 @@ struct dsla_cuda_seq {
     dsla_cuda_kv_t *kv;
     int slot, length, n_blocks;
     dsla_layer_kind_t *kinds;
-    int32_t *blocks; /* host [L][max_blocks] */
-    float **states;  /* [L][2] device */
+    int32_t *blocks;      /* host [L][max_blocks] */
+    float **states;       /* [L][2] device */
+    bool borrowed_states; /* the caller's memory (dsla_cuda_seq_create_in_states): not freed */
 };
 
 /* ---- small helpers ---- */
@@ -334,6 +346,8 @@ void dsla_cuda_model_destroy(dsla_cuda_model_t **pm) {
     dsla_cuda_model_t *m = *pm;
     if (m->stream) dsla_cuda_stream_sync(m->stream);
     free_graphs(m);
+    dsla_cuda_cudnn_destroy(&m->cudnn);
+    dsla_cuda_free((void **)&m->qkv_c);
     if (m->layers) {
         for (int l = 0; l < m->cfg.num_layers; l++) {
             dev_layer_t *w = &m->layers[l];
@@ -529,8 +543,9 @@ int dsla_cuda_kv_free_blocks(const dsla_cuda_kv_t *kv) {
     return kv->n_free;
 }
 
-dsla_status_t dsla_cuda_seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
-                                   const dsla_layer_kind_t *kinds) {
+/* states NULL: the sequence allocates its own. */
+static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
+                                const dsla_layer_kind_t *kinds, float *const *states) {
     *out = NULL;
     const dsla_cuda_model_t *m = kv->m;
     const int L = m->cfg.num_layers, H = m->cfg.num_heads, d = m->cfg.head_dim;
@@ -552,13 +567,17 @@ dsla_status_t dsla_cuda_seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_seq_create: out of memory");
     }
     kv->slot_used[slot] = true;
+    s->borrowed_states = states != NULL;
     const size_t state_floats = (size_t)H * d * d;
     for (int l = 0; l < L; l++) {
         s->kinds[l] = kinds ? kinds[l] : DSLA_LAYER_ATTN;
         if (s->kinds[l] != DSLA_LAYER_DSLA) continue;
         for (int w = 0; w < 2; w++) {
-            dsla_status_t st =
-                dsla_cuda_malloc((void **)&s->states[2 * l + w], state_floats * sizeof(float));
+            dsla_status_t st = DSLA_OK;
+            if (states)
+                s->states[2 * l + w] = states[l] + (size_t)w * state_floats;
+            else
+                st = dsla_cuda_malloc((void **)&s->states[2 * l + w], state_floats * sizeof(float));
             if (st == DSLA_OK)
                 st = dsla_cuda_fill_f32(s->states[2 * l + w], 0.0f, state_floats, m->stream);
             if (st != DSLA_OK) {
@@ -569,6 +588,16 @@ dsla_status_t dsla_cuda_seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
     }
     *out = s;
     return DSLA_OK;
+}
+
+dsla_status_t dsla_cuda_seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
+                                   const dsla_layer_kind_t *kinds) {
+    return seq_create(out, kv, kinds, NULL);
+}
+
+dsla_status_t dsla_cuda_seq_create_in_states(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
+                                             const dsla_layer_kind_t *kinds, float *const *states) {
+    return seq_create(out, kv, kinds, states);
 }
 
 void dsla_cuda_seq_destroy(dsla_cuda_seq_t **ps) {
@@ -584,7 +613,7 @@ void dsla_cuda_seq_destroy(dsla_cuda_seq_t **ps) {
         }
         kv->slot_used[s->slot] = false;
     }
-    if (s->states) {
+    if (s->states && !s->borrowed_states) {
         dsla_cuda_stream_sync(kv->m->stream); /* a pending step may still use the states */
         for (int i = 0; i < 2 * L; i++)
             dsla_cuda_free((void **)&s->states[i]);
@@ -727,6 +756,60 @@ typedef struct {
     step_layout_t lay;
 } step_t;
 
+/* Whether this step's prompts can run through cuDNN: bf16 weights (att_c is the bf16 input of
+ * o_proj, which cuDNN then writes directly) and pool (the keys and values are rounded to bf16
+ * either way, so the result does not depend on the route), no past, long enough. Loads cuDNN and
+ * the bf16 scratch on first use; any failure turns the route off for good. */
+static bool cudnn_usable(dsla_cuda_model_t *m, const step_t *st) {
+    const dsla_model_config_t *c = &m->cfg;
+    const dsla_attn_shape_t shape = {c->num_heads, c->num_kv_heads, c->head_dim};
+    if (m->cudnn_off || st->decode || m->opts.weight_dtype != DSLA_DTYPE_BF16 ||
+        st->kv->pool.dtype != DSLA_DTYPE_BF16)
+        return false;
+    for (int i = 0; i < st->n_items; i++)
+        if (st->items[i].past != 0 || st->items[i].n < CUDNN_MIN_TOKENS) return false;
+    if (!m->cudnn) {
+        const size_t qkv_w = (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim;
+        if (!dsla_cuda_cudnn_attention_supports(&shape) ||
+            dsla_cuda_cudnn_create(&m->cudnn) != DSLA_OK ||
+            dsla_cuda_malloc((void **)&m->qkv_c, (size_t)m->opts.max_batch_tokens * qkv_w *
+                                                     sizeof(uint16_t)) != DSLA_OK) {
+            dsla_cuda_cudnn_destroy(&m->cudnn);
+            m->cudnn_off = true;
+            dsla_clear_error();
+            return false;
+        }
+    }
+    return true;
+}
+
+/* One layer's prefill attention through cuDNN; false (nothing written that matters) when the
+ * route is not open, so the caller runs its own kernels. A plan that fails turns the route off
+ * rather than failing the forward pass: prefill_tc computes the same function. */
+static bool cudnn_prefill(dsla_cuda_model_t *m, const step_t *st) {
+    if (!cudnn_usable(m, st)) return false;
+    const dsla_model_config_t *c = &m->cfg;
+    const int d = c->head_dim, qw = c->num_heads * d, kvw = c->num_kv_heads * d;
+    const int qkv_w = qw + 2 * kvw;
+    const dsla_attn_shape_t shape = {c->num_heads, c->num_kv_heads, d};
+    bool ok = dsla_cuda_to_bf16(m->stream, m->qkv_c, m->qkv, (size_t)st->rows * qkv_w) == DSLA_OK;
+    for (int i = 0; i < st->n_items && ok; i++) {
+        const item_plan_t *it = &st->items[i];
+        const uint16_t *q = m->qkv_c + (size_t)it->row0 * qkv_w;
+        ok = dsla_cuda_attention_prefill_cudnn(
+                 m->cudnn, m->stream, (uint16_t *)m->att_c + (size_t)it->row0 * qw, qw, q, q + qw,
+                 q + qw + kvw, qkv_w, it->n, &shape) == DSLA_OK;
+    }
+    if (!ok) {
+        m->cudnn_off = true;
+        dsla_clear_error();
+        return false;
+    }
+    m->att_c_ready = true;
+    m->stats.cudnn_prefills++;
+    return true;
+}
+
 static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l) {
     const dsla_model_config_t *c = &m->cfg;
     const int d = c->head_dim, H = c->num_heads, Hkv = c->num_kv_heads, L = c->num_layers;
@@ -748,6 +831,7 @@ static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l
                                                st->bucket, &shape, &kv->pool, &batch, m->dec_ws,
                                                m->dec_ws_bytes);
     }
+    if (cudnn_prefill(m, st)) return DSLA_OK;
     for (int i = 0; i < st->n_items; i++) {
         const item_plan_t *it = &st->items[i];
         if (it->n == 1) {
@@ -851,8 +935,9 @@ static dsla_status_t run_body(dsla_cuda_model_t *m, const step_t *st) {
         const dev_layer_t *w = &m->layers[l];
         DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->xn, wt, m->x, w->attn_norm, rows, D, eps));
         const bool dsla = st->kinds[l] == DSLA_LAYER_DSLA;
+        m->att_c_ready = false;
         DSLA_TRY(dsla ? run_dsla(m, st, l) : run_attention(m, st, l));
-        if (m->att_c != m->att)
+        if (m->att_c != m->att && !m->att_c_ready)
             DSLA_TRY(dsla_cuda_to_bf16(m->stream, m->att_c, m->att, (size_t)rows * qw));
         /* The residual adds ride on the output projections (beta = 1). */
         DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->x, DSLA_DTYPE_F32, m->att_c,

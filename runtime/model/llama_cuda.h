@@ -87,6 +87,11 @@ size_t dsla_cuda_kv_block_bytes(const dsla_cuda_model_t *m, dsla_dtype_t dtype);
  * zero. RESOURCE_EXHAUSTED when the pool's sequence slots are taken. */
 dsla_status_t dsla_cuda_seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
                                    const dsla_layer_kind_t *kinds);
+/* dsla_cuda_seq_create over caller-owned device memory (the serving engine's state slots):
+ * states[l], for each layer kinds runs as DSLA, holds that layer's two [H, d, d] fp32 states back
+ * to back (2 H d d floats). They are zeroed here on the stream and never freed by the sequence. */
+dsla_status_t dsla_cuda_seq_create_in_states(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
+                                             const dsla_layer_kind_t *kinds, float *const *states);
 /* Returns its blocks and slot to the pool, frees it, NULLs *s. */
 void dsla_cuda_seq_destroy(dsla_cuda_seq_t **s);
 int dsla_cuda_seq_length(const dsla_cuda_seq_t *s);
@@ -119,12 +124,14 @@ const float *dsla_cuda_model_logits(const dsla_cuda_model_t *m);
 dsla_status_t dsla_cuda_model_sample(dsla_cuda_model_t *m, const dsla_cuda_sample_row_t *params,
                                      int rows, int32_t *tokens_host);
 
-/* Counters for benchmarks and tests: decode steps run through a graph replay, graphs captured, and
- * whether capture failed (graphs are then off for the model's lifetime). */
+/* Counters for benchmarks and tests: decode steps run through a graph replay, graphs captured,
+ * whether capture failed (graphs are then off for the model's lifetime), and prefill attention
+ * layers run through cuDNN. */
 typedef struct {
     long graph_replays;
     long graph_captures;
     bool graphs_disabled;
+    long cudnn_prefills; /* layers whose prefill attention ran through cuDNN */
 } dsla_cuda_model_stats_t;
 dsla_cuda_model_stats_t dsla_cuda_model_stats(const dsla_cuda_model_t *m);
 /* Turns decode graphs on or off (benchmarks measure both). */

@@ -79,47 +79,81 @@ static int default_kv_blocks(const dsla_model_config_t *mc, int max_running) {
     return blocks > (size_t)INT32_MAX ? INT32_MAX : (int)blocks;
 }
 
+/* Everything but the backend: the plan, the scratch, the counters. */
+static dsla_status_t engine_init(dsla_engine_t *e) {
+    const dsla_model_config_t *mc = e->mcfg;
+    dsla_plan_t *all_attention = NULL;
+    dsla_status_t s = dsla_plan_create(&all_attention, mc->num_layers);
+    if (s == DSLA_OK) s = dsla_plan_freeze_copy(&e->plan, all_attention, ++e->last_plan_id);
+    dsla_plan_release(&all_attention);
+    if (s != DSLA_OK) return s;
+    const size_t n = (size_t)e->cfg.max_running;
+    e->running = calloc(n, sizeof *e->running);
+    e->items = calloc(n, sizeof *e->items);
+    e->item_req = calloc(n, sizeof *e->item_req);
+    e->order = calloc(n, sizeof *e->order);
+    e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
+    if (!e->running || !e->items || !e->item_req || !e->order || !e->logits)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory for %d sequences",
+                          e->cfg.max_running);
+    e->states = e->backend->states;
+    e->cfg.kv_blocks = e->backend->kv_blocks;
+    e->cfg.state_slots = dsla_state_pool_num_slots(e->states);
+    e->m.kv_blocks_total = e->cfg.kv_blocks;
+    e->m.state_slots_total = e->cfg.state_slots;
+    return DSLA_OK;
+}
+
+static dsla_status_t engine_new(dsla_engine_t **out, const dsla_engine_config_t *config,
+                                dsla_engine_config_t *c) {
+    *out = NULL;
+    *c = config ? *config : dsla_engine_config_default();
+    DSLA_TRY(check_config(c));
+    if (!c->clock) c->clock = monotonic_seconds;
+    *out = calloc(1, sizeof **out);
+    if (!*out) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory");
+    return DSLA_OK;
+}
+
 dsla_status_t dsla_engine_create(dsla_engine_t **out, dsla_model_t *model,
                                  const dsla_tokenizer_t *tokenizer,
                                  const dsla_engine_config_t *config) {
-    *out = NULL;
-    dsla_engine_config_t c = config ? *config : dsla_engine_config_default();
-    DSLA_TRY(check_config(&c));
-    if (!c.clock) c.clock = monotonic_seconds;
+    dsla_engine_config_t c;
+    dsla_engine_t *e = NULL;
+    DSLA_TRY(engine_new(&e, config, &c));
     const dsla_model_config_t *mc = dsla_model_config(model);
     if (c.kv_blocks == 0) c.kv_blocks = default_kv_blocks(mc, c.max_running);
     if (c.state_slots == 0) c.state_slots = c.max_running * mc->num_layers;
-    dsla_engine_t *e = calloc(1, sizeof *e);
-    if (!e) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory");
-    e->model = model;
-    dsla_model_set_batch_invariant(model, c.batch_invariant);
     e->tokenizer = tokenizer;
     e->mcfg = mc;
     e->cfg = c;
-    dsla_status_t s = dsla_kv_pool_create(&e->kv, mc, c.kv_blocks);
-    if (s == DSLA_OK) s = dsla_state_pool_create(&e->states, mc, c.state_slots);
-    dsla_plan_t *all_attention = NULL;
-    if (s == DSLA_OK) s = dsla_plan_create(&all_attention, mc->num_layers);
-    if (s == DSLA_OK) s = dsla_plan_freeze_copy(&e->plan, all_attention, ++e->last_plan_id);
-    dsla_plan_release(&all_attention);
-    if (s == DSLA_OK) {
-        const size_t n = (size_t)c.max_running;
-        e->running = calloc(n, sizeof *e->running);
-        e->items = calloc(n, sizeof *e->items);
-        e->item_req = calloc(n, sizeof *e->item_req);
-        e->order = calloc(n, sizeof *e->order);
-        e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
-        e->slot_ptrs = calloc((size_t)mc->num_layers, sizeof *e->slot_ptrs);
-        if (!e->running || !e->items || !e->item_req || !e->order || !e->logits || !e->slot_ptrs)
-            s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory for %d sequences",
-                           c.max_running);
-    }
+    e->owns_backend = true;
+    dsla_status_t s = dsla_serve_backend_cpu_create(&e->backend, model, c.kv_blocks, c.state_slots,
+                                                    c.max_running, c.batch_invariant);
+    if (s == DSLA_OK) s = engine_init(e);
     if (s != DSLA_OK) {
         dsla_engine_destroy(&e);
         return s;
     }
-    e->m.kv_blocks_total = c.kv_blocks;
-    e->m.state_slots_total = c.state_slots;
+    *out = e;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_engine_create_on(dsla_engine_t **out, dsla_serve_backend_t *backend,
+                                    const dsla_tokenizer_t *tokenizer,
+                                    const dsla_engine_config_t *config) {
+    dsla_engine_config_t c;
+    dsla_engine_t *e = NULL;
+    DSLA_TRY(engine_new(&e, config, &c));
+    e->backend = backend;
+    e->tokenizer = tokenizer;
+    e->mcfg = backend->cfg;
+    e->cfg = c;
+    dsla_status_t s = engine_init(e);
+    if (s != DSLA_OK) {
+        dsla_engine_destroy(&e);
+        return s;
+    }
     *out = e;
     return DSLA_OK;
 }
@@ -153,14 +187,12 @@ void dsla_engine_destroy(dsla_engine_t **ep) {
     }
     dsla_plan_release(&e->plan);
     dsla_plan_release(&e->pending_plan);
-    dsla_state_pool_destroy(&e->states);
-    dsla_kv_pool_destroy(&e->kv);
+    if (e->owns_backend) dsla_serve_backend_destroy(&e->backend);
     free(e->running);
     free(e->items);
     free(e->item_req);
     free(e->order);
     free(e->logits);
-    free(e->slot_ptrs);
     free(e);
     *ep = NULL;
 }
@@ -221,7 +253,8 @@ void dsla_engine_running_remove(dsla_engine_t *e, request_t *r) {
 }
 
 void dsla_request_release_memory(dsla_engine_t *e, request_t *r) {
-    dsla_sequence_destroy(&r->seq);
+    if (r->seq) e->backend->ops->seq_destroy(e->backend, r->seq);
+    r->seq = NULL;
     dsla_state_pool_release(e->states, r->slots, r->n_slots);
     r->n_slots = 0;
     dsla_plan_release(&r->plan);
@@ -290,6 +323,9 @@ static dsla_status_t take_prompt(dsla_engine_t *e, request_t *r, const dsla_requ
     } else {
         if (!p->prompt_text)
             return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "request: no prompt ids or text");
+        if (!e->tokenizer)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "request: a text prompt needs a tokenizer; this engine has none");
         DSLA_TRY(dsla_tokenizer_encode(e->tokenizer, p->prompt_text, p->prompt_text_len,
                                        dsla_tokenizer_add_bos_default(e->tokenizer), &ids, &n));
         if (n == 0) {
@@ -298,7 +334,7 @@ static dsla_status_t take_prompt(dsla_engine_t *e, request_t *r, const dsla_requ
                               "request: the prompt is empty and the tokenizer has no BOS token");
         }
     }
-    long context = mc->max_position_embeddings;
+    long context = e->backend->max_context;
     dsla_status_t s = DSLA_OK;
     if ((long)n >= context)
         s = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
@@ -362,8 +398,14 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
     if (!r->slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
     DSLA_TRY(dsla_sampler_create(&r->sampler, &p->sampling, e->mcfg->vocab_size));
     DSLA_TRY(dsla_stop_matcher_create(&r->stops, p->stop, p->n_stop));
-    DSLA_TRY(dsla_detokenizer_create(&r->detok, e->tokenizer));
-    DSLA_TRY(dsla_detokenizer_prime(r->detok, r->tokens, (size_t)r->n_prompt));
+    if (e->tokenizer) {
+        DSLA_TRY(dsla_detokenizer_create(&r->detok, e->tokenizer));
+        DSLA_TRY(dsla_detokenizer_prime(r->detok, r->tokens, (size_t)r->n_prompt));
+    } else if (p->n_stop > 0) {
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "request: %d stop strings need a tokenizer; this engine has none",
+                          p->n_stop);
+    }
     r->ignore_eos = p->ignore_eos;
     r->on_event = p->on_event;
     r->user = p->user;
@@ -476,7 +518,7 @@ void dsla_engine_metrics(const dsla_engine_t *e, dsla_engine_metrics_t *out) {
     out->queue_length = e->n_waiting;
     out->waiting_prompt_tokens = e->waiting_tokens;
     out->running = e->n_running;
-    out->kv_blocks_used = e->cfg.kv_blocks - dsla_kv_pool_free_blocks(e->kv);
+    out->kv_blocks_used = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend);
     out->state_slots_used = e->cfg.state_slots - dsla_state_pool_free_slots(e->states);
     out->plan_id = dsla_plan_id(admission_plan(e));
 }

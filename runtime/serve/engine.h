@@ -7,8 +7,10 @@
  * cancel (never inside submit), on the caller's thread. The engine starts no threads, never sleeps
  * and never blocks: a serving actor, the bench and the tests are its loops.
  *
- * Memory is decided at creation: a paged KV pool (kv_cache.h) for the layers requests run as
- * attention and a DSLA state pool (state_pool.h) for the others, plus bounded queues. A request is
+ * Memory is decided at creation: a paged KV pool for the layers requests run as attention and a
+ * DSLA state pool (state_pool.h) for the others, plus bounded queues. Both belong to the backend
+ * (backend.h) that runs the forward passes: the CPU model by default, or the GPU model
+ * (backend_cuda.h) through dsla_engine_create_on; the scheduling is the same on both. A request is
  * admitted when the running set, the step's token budget, the KV blocks of its whole prefill and
  * one state slot per DSLA layer of the current plan allow; it is pinned to that plan until it ends.
  * dsla_engine_set_plan changes the plan new admissions take from the next step on. When a running
@@ -37,6 +39,7 @@
 #include "runtime/model/llama.h"
 #include "runtime/model/sampler.h"
 #include "runtime/model/tokenizer.h"
+#include "runtime/serve/backend.h"
 #include "runtime/serve/metrics.h"
 #include "runtime/serve/plan.h"
 
@@ -112,6 +115,14 @@ typedef struct {
 dsla_status_t dsla_engine_create(dsla_engine_t **out, dsla_model_t *model,
                                  const dsla_tokenizer_t *tokenizer,
                                  const dsla_engine_config_t *config);
+/* The engine over another backend (backend.h, backend_cuda.h): borrowed, it must outlive the
+ * engine and serve no other. Its pools replace config's kv_blocks and state_slots, and its
+ * max_context bounds prompt plus max_tokens; batch_invariant is the backend's business. tokenizer
+ * may be NULL (benchmarks of random-weight models): requests then give token ids, events carry no
+ * text, stop strings are refused and only the model's EOS ids end a request. */
+dsla_status_t dsla_engine_create_on(dsla_engine_t **out, dsla_serve_backend_t *backend,
+                                    const dsla_tokenizer_t *tokenizer,
+                                    const dsla_engine_config_t *config);
 /* Drops every request without events and frees everything. */
 void dsla_engine_destroy(dsla_engine_t **e);
 

@@ -6,6 +6,7 @@
 
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/stop_strings.h"
+#include "runtime/serve/backend.h"
 #include "runtime/serve/engine.h"
 #include "runtime/serve/state_pool.h"
 
@@ -31,8 +32,8 @@ struct request {
     dsla_stream_fn on_event;
     void *user;
     dsla_plan_t *plan;
-    dsla_sequence_t *seq;
-    int *slots; /* [num_layers] state slot ids, n_slots of them in use */
+    dsla_serve_seq_t *seq; /* the backend's */
+    int *slots;            /* [num_layers] state slot ids, n_slots of them in use */
     int n_slots;
     uint64_t admitted; /* admission order: the latest admitted are preempted first */
     int preemptions;
@@ -48,12 +49,12 @@ struct request {
 };
 
 struct dsla_engine {
-    dsla_model_t *model;
+    dsla_serve_backend_t *backend;
+    bool owns_backend;
     const dsla_tokenizer_t *tokenizer;
     const dsla_model_config_t *mcfg;
     dsla_engine_config_t cfg;
-    dsla_kv_pool_t *kv;
-    dsla_state_pool_t *states;
+    dsla_state_pool_t *states; /* the backend's */
     dsla_plan_t *plan;         /* new admissions take this one */
     dsla_plan_t *pending_plan; /* installed by set_plan, current from the next step */
     uint64_t last_plan_id;
@@ -67,11 +68,10 @@ struct dsla_engine {
     bool in_step;
     bool cancels_pending;
     /* per-step scratch, sized for max_running items */
-    dsla_batch_item_t *items;
+    dsla_serve_item_t *items;
     request_t **item_req;
     request_t **order;
-    float *logits;     /* [max_running, vocab] */
-    float **slot_ptrs; /* [num_layers] */
+    float *logits; /* [max_running, vocab] */
     dsla_engine_metrics_t m;
     double rate_time[DSLA_METRICS_RATE_STEPS];
     uint64_t rate_tokens[DSLA_METRICS_RATE_STEPS];

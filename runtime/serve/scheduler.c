@@ -23,7 +23,7 @@ static int blocks_for(long tokens) {
 }
 
 static int free_blocks(const dsla_engine_t *e, const step_plan_t *sp) {
-    return dsla_kv_pool_free_blocks(e->kv) - sp->blocks;
+    return e->backend->ops->free_blocks(e->backend) - sp->blocks;
 }
 
 static void schedule_item(dsla_engine_t *e, step_plan_t *sp, request_t *r, int n, int blocks) {
@@ -83,7 +83,7 @@ static bool schedule_running(dsla_engine_t *e, step_plan_t *sp, request_t *r) {
     int remaining = dsla_request_total(r) - r->n_computed;
     int n = remaining < e->cfg.prefill_chunk ? remaining : e->cfg.prefill_chunk;
     if (n > sp->budget) return true;
-    int need = dsla_sequence_blocks_needed(r->seq, n);
+    int need = e->backend->ops->seq_blocks_needed(e->backend, r->seq, n);
     while (need > free_blocks(e, sp)) {
         request_t *v = pick_victim(e, r);
         if (!v) break;
@@ -120,15 +120,9 @@ static void schedule_running_set(dsla_engine_t *e, step_plan_t *sp) {
 /* Pins r to the current plan: slots, a sequence over them, the running set. */
 static dsla_status_t admit(dsla_engine_t *e, request_t *r) {
     const dsla_plan_t *plan = e->plan;
-    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
-    const int L = e->mcfg->num_layers;
     DSLA_TRY(dsla_state_pool_acquire(e->states, dsla_plan_num_dsla(plan), r->slots));
     r->n_slots = dsla_plan_num_dsla(plan);
-    for (int l = 0, k = 0; l < L; l++)
-        e->slot_ptrs[l] =
-            kinds[l] == DSLA_LAYER_DSLA ? dsla_state_pool_slot(e->states, r->slots[k++]) : NULL;
-    dsla_status_t s = dsla_sequence_create_in_slots(&r->seq, e->kv, e->mcfg, kinds,
-                                                    dsla_plan_layers(plan), e->slot_ptrs);
+    dsla_status_t s = e->backend->ops->seq_create(e->backend, plan, r->slots, &r->seq);
     if (s != DSLA_OK) {
         dsla_state_pool_release(e->states, r->slots, r->n_slots);
         r->n_slots = 0;
@@ -172,14 +166,14 @@ static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
             dsla_engine_waiting_push_front(e, r);
             return;
         }
-        schedule_item(e, sp, r, n, dsla_sequence_blocks_needed(r->seq, n));
+        schedule_item(e, sp, r, n, e->backend->ops->seq_blocks_needed(e->backend, r->seq, n));
     }
 }
 
 static bool is_eos(const dsla_engine_t *e, int32_t id) {
     for (int i = 0; i < e->mcfg->num_eos_token_ids; i++)
         if (e->mcfg->eos_token_ids[i] == id) return true;
-    return id == dsla_tokenizer_eos_id(e->tokenizer);
+    return e->tokenizer && id == dsla_tokenizer_eos_id(e->tokenizer);
 }
 
 static void text_append(request_t *r, const char *s, size_t len) {
@@ -219,13 +213,13 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
     observe_token(e, r, now);
     r->text_len = 0;
     const bool eos = !r->ignore_eos && is_eos(e, id);
-    const char *piece;
-    size_t len;
+    const char *piece = ""; /* no detokenizer: no text */
+    size_t len = 0;
     if (!eos) {
         r->tokens[dsla_request_total(r)] = id;
         r->n_generated++;
         e->m.generated_tokens++;
-        if (dsla_detokenizer_push(r->detok, id, &piece, &len) != DSLA_OK) {
+        if (r->detok && dsla_detokenizer_push(r->detok, id, &piece, &len) != DSLA_OK) {
             dsla_engine_running_remove(e, r);
             dsla_request_finish(e, r, id, DSLA_FINISH_LENGTH, DSLA_ERR_INTERNAL);
             return;
@@ -253,7 +247,7 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
     }
     /* The end by EOS or max_tokens: release what the detokenizer and the matcher hold back. */
     bool stopped = false;
-    if (dsla_detokenizer_flush(r->detok, &piece, &len) == DSLA_OK)
+    if (r->detok && dsla_detokenizer_flush(r->detok, &piece, &len) == DSLA_OK)
         stopped = feed_text(r, piece, len);
     if (!stopped) {
         dsla_stop_matcher_finish(r->stops, &piece, &len);
@@ -267,7 +261,7 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
 static void record_step(dsla_engine_t *e, double now) {
     dsla_engine_metrics_t *m = &e->m;
     m->steps++;
-    int used_blocks = e->cfg.kv_blocks - dsla_kv_pool_free_blocks(e->kv);
+    int used_blocks = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend);
     int used_slots = e->cfg.state_slots - dsla_state_pool_free_slots(e->states);
     if (e->n_running > m->peak_running) m->peak_running = e->n_running;
     if (used_blocks > m->peak_kv_blocks_used) m->peak_kv_blocks_used = used_blocks;
@@ -297,11 +291,11 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
     admit_waiting(e, &sp);
     for (int i = 0; i < sp.n_items; i++) {
         request_t *r = e->item_req[i];
-        e->items[i] =
-            (dsla_batch_item_t){r->seq, r->tokens + r->n_computed, r->sched_tokens, false};
+        e->items[i] = (dsla_serve_item_t){r->seq, r->tokens + r->n_computed, r->sched_tokens};
     }
     dsla_status_t status = DSLA_OK;
-    if (sp.n_items > 0) status = dsla_model_forward(e->model, e->items, sp.n_items, e->logits);
+    if (sp.n_items > 0)
+        status = e->backend->ops->forward(e->backend, e->items, sp.n_items, e->logits);
     for (int i = 0; i < sp.n_items; i++)
         e->item_req[i]->sched_item = -1;
     if (status == DSLA_OK && sp.n_items > 0) {

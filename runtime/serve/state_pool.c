@@ -1,6 +1,7 @@
 /* DSLA state slots: one contiguous allocation and a free stack of slot ids. */
 #include "runtime/serve/state_pool.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include "runtime/core/tensor.h"
@@ -9,12 +10,14 @@ struct dsla_state_pool {
     int num_slots;
     size_t slot_floats; /* 2 H d d */
     float *data;        /* [num_slots][slot_floats] */
-    int *free_stack;    /* the top is free_stack[num_free - 1] */
+    bool owns_data;
+    int *free_stack; /* the top is free_stack[num_free - 1] */
     int num_free;
 };
 
-dsla_status_t dsla_state_pool_create(dsla_state_pool_t **out, const dsla_model_config_t *cfg,
-                                     int num_slots) {
+/* memory NULL: the pool allocates host memory of its own. */
+static dsla_status_t pool_create(dsla_state_pool_t **out, const dsla_model_config_t *cfg,
+                                 int num_slots, float *memory) {
     *out = NULL;
     if (num_slots < 0)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
@@ -24,13 +27,15 @@ dsla_status_t dsla_state_pool_create(dsla_state_pool_t **out, const dsla_model_c
     p->num_slots = num_slots;
     p->slot_floats = 2 * (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim;
     if (num_slots > 0) {
-        p->data = dsla_alloc((size_t)num_slots * p->slot_floats * sizeof(float));
+        p->owns_data = memory == NULL;
+        p->data = memory ? memory : dsla_alloc((size_t)num_slots * p->slot_floats * sizeof(float));
         p->free_stack = malloc((size_t)num_slots * sizeof *p->free_stack);
         if (!p->data || !p->free_stack) {
+            const size_t slot_bytes = p->slot_floats * sizeof(float);
             dsla_state_pool_destroy(&p);
             return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
                               "state pool: out of memory for %d slots of %zu bytes", num_slots,
-                              p->slot_floats * sizeof(float));
+                              slot_bytes);
         }
     }
     for (int i = 0; i < num_slots; i++)
@@ -40,9 +45,22 @@ dsla_status_t dsla_state_pool_create(dsla_state_pool_t **out, const dsla_model_c
     return DSLA_OK;
 }
 
+dsla_status_t dsla_state_pool_create(dsla_state_pool_t **out, const dsla_model_config_t *cfg,
+                                     int num_slots) {
+    return pool_create(out, cfg, num_slots, NULL);
+}
+
+dsla_status_t dsla_state_pool_create_over(dsla_state_pool_t **out, const dsla_model_config_t *cfg,
+                                          int num_slots, float *memory) {
+    if (num_slots > 0 && !memory)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "state pool: %d slots over no memory",
+                          num_slots);
+    return pool_create(out, cfg, num_slots, memory);
+}
+
 void dsla_state_pool_destroy(dsla_state_pool_t **p) {
     if (!p || !*p) return;
-    dsla_free((*p)->data);
+    if ((*p)->owns_data) dsla_free((*p)->data);
     free((*p)->free_stack);
     free(*p);
     *p = NULL;

@@ -24,22 +24,23 @@
 #ifdef DSLA_HAVE_CUDA
 
 typedef enum {
-    OP_GEMM,        /* a=m b=n c=k; dtype of x and w; e=1: bf16 output */
-    OP_EMBEDDING,   /* a=tokens b=dim c=vocab; dtype of the table */
-    OP_RMSNORM,     /* a=rows b=dim; dtype of the output */
-    OP_ADD_RMSNORM, /* a=rows b=dim; dtype of the output */
-    OP_ROPE,        /* a=rows b=heads c=head_dim d=row_stride e=largest position */
-    OP_SWIGLU,      /* a=rows b=n; dtype of the output */
-    OP_ADD,         /* a=n */
-    OP_PREFILL,     /* a=n_new b=past c=H d=H_kv e=head_dim */
-    OP_DECODE,      /* a=sequences b=longest context c=H d=H_kv e=head_dim */
-    OP_ARGMAX,      /* a=rows b=n */
-    OP_SAMPLE,      /* a=rows b=vocab c=top_k; temperature and top_p from the row */
-    OP_DSLA_DECODE, /* a=B b=H c=d d=steps e=DSLA_* flags; dtype of the inputs */
-    OP_DSLA_FWD,    /* a=B b=T c=H d=d e=DSLA_* flags; dtype of the inputs */
-    OP_DSLA_BWD,    /* a=B b=T c=H d=d e=DSLA_* flags; dtype of the inputs */
-    OP_DSLA_ADAMW,  /* a=n b=step */
-    OP_DSLA_REF,    /* the reference vectors' cases through the GPU core; e=DSLA_* flags */
+    OP_GEMM,          /* a=m b=n c=k; dtype of x and w; e=1: bf16 output */
+    OP_EMBEDDING,     /* a=tokens b=dim c=vocab; dtype of the table */
+    OP_RMSNORM,       /* a=rows b=dim; dtype of the output */
+    OP_ADD_RMSNORM,   /* a=rows b=dim; dtype of the output */
+    OP_ROPE,          /* a=rows b=heads c=head_dim d=row_stride e=largest position */
+    OP_SWIGLU,        /* a=rows b=n; dtype of the output */
+    OP_ADD,           /* a=n */
+    OP_PREFILL,       /* a=n_new b=past c=H d=H_kv e=head_dim */
+    OP_DECODE,        /* a=sequences b=longest context c=H d=H_kv e=head_dim */
+    OP_PREFILL_CUDNN, /* a=n_new c=H d=H_kv e=head_dim: cuDNN's fused attention, bf16 */
+    OP_ARGMAX,        /* a=rows b=n */
+    OP_SAMPLE,        /* a=rows b=vocab c=top_k; temperature and top_p from the row */
+    OP_DSLA_DECODE,   /* a=B b=H c=d d=steps e=DSLA_* flags; dtype of the inputs */
+    OP_DSLA_FWD,      /* a=B b=T c=H d=d e=DSLA_* flags; dtype of the inputs */
+    OP_DSLA_BWD,      /* a=B b=T c=H d=d e=DSLA_* flags; dtype of the inputs */
+    OP_DSLA_ADAMW,    /* a=n b=step */
+    OP_DSLA_REF,      /* the reference vectors' cases through the GPU core; e=DSLA_* flags */
 } op_t;
 
 /* Flags of the DSLA rows (field e): the gate mix, then options. */
@@ -99,6 +100,8 @@ static const row_t rows[] = {
     {OP_PREFILL, "attention_prefill", 40, 13, 8, 4, 8, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
     {OP_PREFILL, "attention_prefill", 300, 0, 32, 8, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
     {OP_PREFILL, "attention_prefill", 1, 700, 16, 16, 32, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_PREFILL_CUDNN, "attention_cudnn", 300, 0, 32, 8, 128, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    {OP_PREFILL_CUDNN, "attention_cudnn", 1031, 0, 8, 8, 64, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
     {OP_DECODE, "attention_decode", 1, 1000, 32, 32, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
     {OP_DECODE, "attention_decode", 8, 3000, 32, 8, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
     {OP_DECODE, "attention_decode", 3, 37, 8, 4, 8, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
@@ -449,6 +452,45 @@ static double run_prefill(const row_t *r) {
     kv_free(&kv);
     free(q), free(want), free(scores), free(got);
     dev_free(dk), dev_free(dv), dev_free(dt), dev_free(dq), dev_free(dout);
+    return err;
+}
+
+/* cuDNN's fused attention (bf16 q, k, v in one fused row, bf16 out) against the CPU's fp32
+ * attention on the same bf16-rounded inputs: what is left is P's and the output's bf16 rounding.
+ * Reports 0 (and says so) where libcudnn.so.9 does not load. */
+static double run_prefill_cudnn(const row_t *r) {
+    const int n = r->a, d = r->e;
+    const dsla_attn_shape_t shape = {r->c, r->d, d};
+    const int qw = shape.n_heads * d, width = shape.n_kv_heads * d, stride = qw + 2 * width;
+    dsla_cuda_cudnn_t *c = NULL;
+    if (dsla_cuda_cudnn_create(&c) != DSLA_OK) {
+        printf("attention_cudnn: skipped: %s\n", dsla_last_error());
+        dsla_clear_error();
+        return 0.0;
+    }
+    float *qkv = host_random((size_t)n * stride, 1.0f);
+    uint16_t *bits = round_bf16(qkv, (size_t)n * stride);
+    kv_host_t kv = kv_random(1, n, width);
+    for (int t = 0; t < n; t++) {
+        const size_t slot = (size_t)kv.tables[t / DSLA_KV_BLOCK_TOKENS] * DSLA_KV_BLOCK_TOKENS +
+                            t % DSLA_KV_BLOCK_TOKENS;
+        memcpy(kv.k + slot * width, qkv + (size_t)t * stride + qw, (size_t)width * 4);
+        memcpy(kv.v + slot * width, qkv + (size_t)t * stride + qw + width, (size_t)width * 4);
+    }
+    dsla_paged_kv_t cpu_kv = {kv.k, kv.v, kv.tables, DSLA_KV_BLOCK_TOKENS};
+    float *want = malloc((size_t)n * qw * 4), *scores = malloc((size_t)n * 4);
+    dsla_cpu_attention(want, qw, qkv, stride, n, 0, &shape, &cpu_kv, scores);
+    uint16_t *dqkv = dev_copy(bits, (size_t)n * stride * 2);
+    void *dout = dev_output((size_t)n * qw, true);
+    CUDA_OK(dsla_cuda_attention_prefill_cudnn(c, NULL, dout, qw, dqkv, dqkv + qw, dqkv + qw + width,
+                                              stride, n, &shape));
+    float *got = host_result(dout, (size_t)n * qw, true);
+    const double err = rel_err(got, want, (size_t)n * qw);
+    printf("attention_cudnn: cuDNN %zu\n", dsla_cuda_cudnn_version(c));
+    dsla_cuda_cudnn_destroy(&c);
+    kv_free(&kv);
+    free(qkv), free(bits), free(want), free(scores), free(got);
+    dev_free(dqkv), dev_free(dout);
     return err;
 }
 
@@ -996,6 +1038,8 @@ static double run_row(const row_t *r) {
         return run_prefill(r);
     case OP_DECODE:
         return run_decode(r);
+    case OP_PREFILL_CUDNN:
+        return run_prefill_cudnn(r);
     case OP_ARGMAX:
         return run_argmax(r);
     case OP_SAMPLE:

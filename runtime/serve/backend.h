@@ -1,0 +1,72 @@
+/* Where the serving engine's sequences live and its forward passes run: the CPU model
+ * (runtime/model/llama.h over a host KV pool and host state slots) or the GPU model
+ * (runtime/model/llama_cuda.h over a device KV pool and device state slots). The scheduler
+ * (scheduler.c) is the same for both; only this interface differs.
+ *
+ * A backend owns its KV pool (a fixed number of DSLA_KV_BLOCK_TOKENS-token blocks) and a state
+ * pool of fixed slots (state_pool.h), both sized at creation. The engine counts and hands out
+ * slots itself (dsla_state_pool_acquire on `states`) and gives their ids to seq_create; the
+ * backend maps ids to memory. A sequence is created under a frozen plan (it runs each layer as the
+ * plan says, with the plan's DSLA layer versions, until destroyed) and grows only by forward
+ * passes.
+ *
+ * Contract: one thread; a failed forward pass changes no sequence; the backend's model is borrowed
+ * and must outlive it; sequences must be destroyed before their backend. Backends never print and
+ * know nothing of requests, tokenizers or sampling. */
+#ifndef DSLA_SERVE_BACKEND_H
+#define DSLA_SERVE_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "runtime/core/status.h"
+#include "runtime/model/config.h"
+#include "runtime/model/llama.h"
+#include "runtime/serve/plan.h"
+#include "runtime/serve/state_pool.h"
+
+typedef struct dsla_serve_backend dsla_serve_backend_t;
+typedef struct dsla_serve_seq dsla_serve_seq_t; /* a backend's sequence, opaque to the engine */
+
+/* One sequence's share of a forward pass: n_tokens new tokens (host memory). */
+typedef struct {
+    dsla_serve_seq_t *seq;
+    const int32_t *tokens;
+    int n_tokens;
+} dsla_serve_item_t;
+
+typedef struct {
+    void (*destroy)(dsla_serve_backend_t *b);
+    /* slots: one state slot id per DSLA layer of plan, in layer order. */
+    dsla_status_t (*seq_create)(dsla_serve_backend_t *b, const dsla_plan_t *plan, const int *slots,
+                                dsla_serve_seq_t **out);
+    void (*seq_destroy)(dsla_serve_backend_t *b, dsla_serve_seq_t *s);
+    /* KV blocks that n_tokens more tokens would take from the pool. */
+    int (*seq_blocks_needed)(const dsla_serve_backend_t *b, const dsla_serve_seq_t *s,
+                             int n_tokens);
+    int (*free_blocks)(const dsla_serve_backend_t *b);
+    /* Runs the items and writes one logit row (vocab floats, host memory) per item, item order. */
+    dsla_status_t (*forward)(dsla_serve_backend_t *b, const dsla_serve_item_t *items, int n_items,
+                             float *logits);
+} dsla_serve_backend_ops_t;
+
+/* The part every backend shares; implementations embed it first. */
+struct dsla_serve_backend {
+    const dsla_serve_backend_ops_t *ops;
+    const dsla_model_config_t *cfg;
+    const char *name;          /* "cpu" or "cuda", for reports */
+    int kv_blocks;             /* the pool's size */
+    int max_context;           /* longest sequence the backend runs (prompt + output) */
+    dsla_state_pool_t *states; /* its slots; the engine acquires and releases them */
+};
+
+/* The CPU model over a host pool of kv_blocks blocks and state_slots host slots; max_items bounds
+ * the items of one forward pass. Sets the model's batch invariance (llama.h). */
+dsla_status_t dsla_serve_backend_cpu_create(dsla_serve_backend_t **out, dsla_model_t *model,
+                                            int kv_blocks, int state_slots, int max_items,
+                                            bool batch_invariant);
+
+/* Frees the backend (its sequences must be gone) and NULLs *b. */
+void dsla_serve_backend_destroy(dsla_serve_backend_t **b);
+
+#endif

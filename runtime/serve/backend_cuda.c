@@ -1,0 +1,238 @@
+/* The GPU backend (backend_cuda.h): device pools, plan groups, pinned layer versions. */
+#include "runtime/serve/backend_cuda.h"
+
+#ifdef DSLA_HAVE_CUDA
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels_cuda.h"
+
+typedef struct {
+    dsla_cuda_seq_t *seq;
+    dsla_plan_t *plan; /* retained: its versions stay alive while the sequence runs them */
+    int attn;          /* layers it runs as attention */
+} cuda_seq_t;
+
+typedef struct {
+    dsla_serve_backend_t base;
+    dsla_cuda_model_t *m;
+    dsla_cuda_kv_t *kv;
+    float *state_mem; /* device: state_slots slots */
+    int max_items;
+    /* Per layer: the version whose weights the model holds, and a plan that keeps it alive (so
+     * that a freed version's address cannot come back as a different one). */
+    const dsla_dsla_layer_t **held;
+    dsla_plan_t **held_plan;
+    float **state_ptrs;             /* [L] */
+    dsla_cuda_batch_item_t *citems; /* [max_items] */
+    int *group;                     /* [max_items] item indices of the running group */
+    bool *done;                     /* [max_items] */
+    float *rows;                    /* [max_items][vocab] host */
+} cuda_backend_t;
+
+static int blocks_for(int tokens) {
+    return (tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+}
+
+size_t dsla_serve_cuda_slot_bytes(const dsla_model_config_t *cfg) {
+    return 2 * (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim *
+           sizeof(float);
+}
+
+static void cuda_destroy(dsla_serve_backend_t *b) {
+    cuda_backend_t *c = (cuda_backend_t *)b;
+    if (c->held_plan)
+        for (int l = 0; l < b->cfg->num_layers; l++)
+            dsla_plan_release(&c->held_plan[l]);
+    dsla_state_pool_destroy(&c->base.states);
+    dsla_cuda_kv_destroy(&c->kv);
+    dsla_cuda_free((void **)&c->state_mem);
+    free(c->held);
+    free(c->held_plan);
+    free(c->state_ptrs);
+    free(c->citems);
+    free(c->group);
+    free(c->done);
+    free(c->rows);
+    free(c);
+}
+
+static dsla_status_t cuda_seq_create(dsla_serve_backend_t *b, const dsla_plan_t *plan,
+                                     const int *slots, dsla_serve_seq_t **out) {
+    cuda_backend_t *c = (cuda_backend_t *)b;
+    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
+    for (int l = 0, k = 0; l < b->cfg->num_layers; l++)
+        c->state_ptrs[l] =
+            kinds[l] == DSLA_LAYER_DSLA ? dsla_state_pool_slot(b->states, slots[k++]) : NULL;
+    cuda_seq_t *s = calloc(1, sizeof *s);
+    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+    dsla_status_t st = dsla_cuda_seq_create_in_states(&s->seq, c->kv, kinds, c->state_ptrs);
+    if (st != DSLA_OK) {
+        free(s);
+        return st;
+    }
+    /* The engine's plans are frozen and refcounted; the const only says the backend never
+     * changes it. */
+    s->plan = dsla_plan_retain((dsla_plan_t *)plan);
+    s->attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
+    *out = (dsla_serve_seq_t *)s;
+    return DSLA_OK;
+}
+
+static void cuda_seq_destroy(dsla_serve_backend_t *b, dsla_serve_seq_t *ss) {
+    (void)b;
+    cuda_seq_t *s = (cuda_seq_t *)ss;
+    dsla_cuda_seq_destroy(&s->seq);
+    dsla_plan_release(&s->plan);
+    free(s);
+}
+
+static int cuda_seq_blocks_needed(const dsla_serve_backend_t *b, const dsla_serve_seq_t *ss,
+                                  int n_tokens) {
+    (void)b;
+    const cuda_seq_t *s = (const cuda_seq_t *)ss;
+    const int len = dsla_cuda_seq_length(s->seq);
+    return s->attn * (blocks_for(len + n_tokens) - blocks_for(len));
+}
+
+static int cuda_free_blocks(const dsla_serve_backend_t *b) {
+    return dsla_cuda_kv_free_blocks(((const cuda_backend_t *)b)->kv);
+}
+
+/* Whether sequences of plans a and b can share a forward pass: the same kinds, the same versions.
+ */
+static bool same_group(const dsla_plan_t *a, const dsla_plan_t *b) {
+    if (a == b) return true;
+    const int L = dsla_plan_num_layers(a);
+    return memcmp(dsla_plan_kinds(a), dsla_plan_kinds(b), (size_t)L * sizeof(dsla_layer_kind_t)) ==
+               0 &&
+           memcmp(dsla_plan_layers(a), dsla_plan_layers(b),
+                  (size_t)L * sizeof(const dsla_dsla_layer_t *)) == 0;
+}
+
+static void hold(cuda_backend_t *c, int l, dsla_plan_t *plan) {
+    dsla_plan_release(&c->held_plan[l]);
+    c->held_plan[l] = dsla_plan_retain(plan);
+    c->held[l] = dsla_plan_layers(plan)[l];
+}
+
+/* Uploads the versions of plan's DSLA layers that the model does not hold. */
+static dsla_status_t install(cuda_backend_t *c, dsla_plan_t *plan) {
+    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
+    const dsla_dsla_layer_t *const *layers = dsla_plan_layers(plan);
+    for (int l = 0; l < c->base.cfg->num_layers; l++) {
+        if (kinds[l] != DSLA_LAYER_DSLA || c->held[l] == layers[l]) continue;
+        if (!layers[l]->data)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "cuda backend: layer %d's DSLA version has no weights on the host "
+                              "and the model does not hold it (dsla_serve_backend_cuda_adopt_plan)",
+                              l);
+        DSLA_TRY(dsla_cuda_model_set_dsla_layer(c->m, l, layers[l]));
+        hold(c, l, plan);
+    }
+    return DSLA_OK;
+}
+
+static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item_t *items,
+                                  int n_items, float *logits) {
+    cuda_backend_t *c = (cuda_backend_t *)b;
+    if (n_items > c->max_items)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "cuda backend: %d items, at most %d (max_seqs)", n_items, c->max_items);
+    const size_t V = (size_t)b->cfg->vocab_size;
+    memset(c->done, 0, (size_t)n_items * sizeof *c->done);
+    for (int i = 0; i < n_items; i++) {
+        if (c->done[i]) continue;
+        dsla_plan_t *plan = ((cuda_seq_t *)items[i].seq)->plan;
+        int n = 0;
+        for (int j = i; j < n_items; j++) {
+            if (c->done[j] || !same_group(plan, ((cuda_seq_t *)items[j].seq)->plan)) continue;
+            c->group[n] = j;
+            c->citems[n++] = (dsla_cuda_batch_item_t){((cuda_seq_t *)items[j].seq)->seq,
+                                                      items[j].tokens, items[j].n_tokens, false};
+            c->done[j] = true;
+        }
+        DSLA_TRY(install(c, plan));
+        /* One group (the usual case) lands in place; several are scattered by item. */
+        float *dst = n == n_items ? logits : c->rows;
+        DSLA_TRY(dsla_cuda_model_forward(c->m, c->citems, n, dst));
+        if (dst != logits)
+            for (int g = 0; g < n; g++)
+                memcpy(logits + (size_t)c->group[g] * V, c->rows + (size_t)g * V,
+                       V * sizeof *logits);
+    }
+    return DSLA_OK;
+}
+
+static const dsla_serve_backend_ops_t cuda_ops = {
+    .destroy = cuda_destroy,
+    .seq_create = cuda_seq_create,
+    .seq_destroy = cuda_seq_destroy,
+    .seq_blocks_needed = cuda_seq_blocks_needed,
+    .free_blocks = cuda_free_blocks,
+    .forward = cuda_forward,
+};
+
+dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cuda_model_t *model,
+                                             const dsla_serve_cuda_opts_t *o) {
+    *out = NULL;
+    const dsla_model_config_t *mc = dsla_cuda_model_config(model);
+    if (o->kv_blocks < 0 || o->state_slots < 0 || o->max_seqs < 1 || o->max_context < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "cuda backend: kv_blocks %d, state_slots %d must be >= 0, max_seqs %d "
+                          "and max_context %d >= 1",
+                          o->kv_blocks, o->state_slots, o->max_seqs, o->max_context);
+    cuda_backend_t *c = calloc(1, sizeof *c);
+    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+    c->base = (dsla_serve_backend_t){
+        .ops = &cuda_ops,
+        .cfg = mc,
+        .name = "cuda",
+        .kv_blocks = o->kv_blocks,
+        .max_context = o->max_context,
+    };
+    c->m = model;
+    c->max_items = o->max_seqs;
+    const size_t L = (size_t)mc->num_layers, n = (size_t)o->max_seqs;
+    c->held = calloc(L, sizeof *c->held);
+    c->held_plan = calloc(L, sizeof *c->held_plan);
+    c->state_ptrs = calloc(L, sizeof *c->state_ptrs);
+    c->citems = calloc(n, sizeof *c->citems);
+    c->group = calloc(n, sizeof *c->group);
+    c->done = calloc(n, sizeof *c->done);
+    c->rows = malloc(n * (size_t)mc->vocab_size * sizeof *c->rows);
+    dsla_status_t s =
+        c->held && c->held_plan && c->state_ptrs && c->citems && c->group && c->done && c->rows
+            ? DSLA_OK
+            : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+    if (s == DSLA_OK)
+        s = dsla_cuda_kv_create(&c->kv, model, o->kv_dtype, o->kv_blocks, o->max_seqs);
+    if (s == DSLA_OK && o->state_slots > 0)
+        s = dsla_cuda_malloc((void **)&c->state_mem,
+                             (size_t)o->state_slots * dsla_serve_cuda_slot_bytes(mc));
+    if (s == DSLA_OK)
+        s = dsla_state_pool_create_over(&c->base.states, mc, o->state_slots, c->state_mem);
+    if (s != DSLA_OK) {
+        cuda_destroy(&c->base);
+        return s;
+    }
+    *out = &c->base;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_serve_backend_cuda_adopt_plan(dsla_serve_backend_t *b, dsla_plan_t *plan) {
+    if (b->ops != &cuda_ops)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "adopt plan: the backend is %s, not cuda",
+                          b->name);
+    if (dsla_plan_num_layers(plan) != b->cfg->num_layers)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "adopt plan: %d layers, the model has %d",
+                          dsla_plan_num_layers(plan), b->cfg->num_layers);
+    cuda_backend_t *c = (cuda_backend_t *)b;
+    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
+    for (int l = 0; l < b->cfg->num_layers; l++)
+        if (kinds[l] == DSLA_LAYER_DSLA) hold(c, l, plan);
+    return DSLA_OK;
+}
+
+#endif /* DSLA_HAVE_CUDA */
