@@ -63,7 +63,7 @@ def run_variant(args, model, key, extra, seed):
 
 def table(model, runs):
     """runs: {seed: {variant key: report}}"""
-    seeds = sorted(runs)
+    seeds = [s for s in SEEDS[model] if s in runs]  # the main seed first
     first = runs[seeds[0]]["a"]
     n = len(first["order"])
     cols = [(seed, k) for seed in seeds for k, _, _ in VARIANTS]
