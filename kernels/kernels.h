@@ -4,7 +4,8 @@
  * the fast ones. Kernels take raw pointers and sizes, allocate nothing that outlives a call, and
  * know nothing of models, requests or files. The dual-state linear attention kernels are declared
  * in kernels_dsla.h, the training kernels in kernels_train.h, the CUDA ops in kernels_cuda.h; the
- * CUDA DSLA kernels (kernels_cuda_dsla.h, which builds on kernels_cuda.h) are included by their users.
+ * CUDA DSLA kernels (kernels_cuda_dsla.h, which builds on kernels_cuda.h) are included by their
+ * users.
  *
  * Conventions of the CPU ops below: matrices are row-major float32; outputs come first in the
  * argument list; an output may alias an input only where the comment says so. Sizes are int (a row

@@ -1,9 +1,9 @@
 /* A small, strict option parser shared by the dsla subcommands.
  *
  * Options are `--name value` or `--name=value`; flags take no value. Every option is declared in a
- * table with its kind and limits, so a bad value is refused with the option's name, the limit and the
- * value (exit code 2), and --help prints the same table. It only parses: it must not open files or
- * load models. */
+ * table with its kind and limits, so a bad value is refused with the option's name, the limit and
+ * the value (exit code 2), and --help prints the same table. It only parses: it must not open files
+ * or load models. */
 #ifndef DSLA_CLI_ARGS_H
 #define DSLA_CLI_ARGS_H
 
@@ -23,7 +23,7 @@ typedef struct {
     const char *name; /* without the leading "--" */
     dsla_arg_kind_t kind;
     const char *help;
-    double min, max;  /* inclusive limits for INT and FLOAT */
+    double min, max; /* inclusive limits for INT and FLOAT */
     /* Where the value goes; the type must match kind (const char **, long *, double *, bool *,
      * or a dsla_arg_list_t * for STRING_LIST). Defaults are whatever the caller stored there. */
     void *dest;

@@ -1,8 +1,9 @@
 /* Leveled logging to stderr.
  *
- * The level comes from DSLA_LOG (error, warn, info, debug; default warn) the first time a message is
- * logged, or from dsla_log_set_level. Lines carry a timestamp, the level and the source file. Logging
- * is for operators; it must never carry data a caller needs (that goes through return values). */
+ * The level comes from DSLA_LOG (error, warn, info, debug; default warn) the first time a message
+ * is logged, or from dsla_log_set_level. Lines carry a timestamp, the level and the source file.
+ * Logging is for operators; it must never carry data a caller needs (that goes through return
+ * values). */
 #ifndef DSLA_CORE_LOG_H
 #define DSLA_CORE_LOG_H
 

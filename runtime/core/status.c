@@ -44,16 +44,26 @@ void dsla_clear_error(void) {
 
 const char *dsla_status_name(dsla_status_t code) {
     switch (code) {
-    case DSLA_OK: return "OK";
-    case DSLA_ERR_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case DSLA_ERR_NOT_FOUND: return "NOT_FOUND";
-    case DSLA_ERR_IO: return "IO";
-    case DSLA_ERR_FORMAT: return "FORMAT";
-    case DSLA_ERR_UNSUPPORTED: return "UNSUPPORTED";
-    case DSLA_ERR_OUT_OF_MEMORY: return "OUT_OF_MEMORY";
-    case DSLA_ERR_RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case DSLA_ERR_CANCELLED: return "CANCELLED";
-    case DSLA_ERR_INTERNAL: return "INTERNAL";
+    case DSLA_OK:
+        return "OK";
+    case DSLA_ERR_INVALID_ARGUMENT:
+        return "INVALID_ARGUMENT";
+    case DSLA_ERR_NOT_FOUND:
+        return "NOT_FOUND";
+    case DSLA_ERR_IO:
+        return "IO";
+    case DSLA_ERR_FORMAT:
+        return "FORMAT";
+    case DSLA_ERR_UNSUPPORTED:
+        return "UNSUPPORTED";
+    case DSLA_ERR_OUT_OF_MEMORY:
+        return "OUT_OF_MEMORY";
+    case DSLA_ERR_RESOURCE_EXHAUSTED:
+        return "RESOURCE_EXHAUSTED";
+    case DSLA_ERR_CANCELLED:
+        return "CANCELLED";
+    case DSLA_ERR_INTERNAL:
+        return "INTERNAL";
     }
     return "UNKNOWN";
 }

@@ -6,31 +6,44 @@
 
 size_t dsla_dtype_size(dsla_dtype_t dtype) {
     switch (dtype) {
-    case DSLA_DTYPE_F32: return 4;
-    case DSLA_DTYPE_F16: return 2;
-    case DSLA_DTYPE_BF16: return 2;
-    case DSLA_DTYPE_I32: return 4;
-    case DSLA_DTYPE_F64: return 8;
-    case DSLA_DTYPE_I64: return 8;
+    case DSLA_DTYPE_F32:
+        return 4;
+    case DSLA_DTYPE_F16:
+        return 2;
+    case DSLA_DTYPE_BF16:
+        return 2;
+    case DSLA_DTYPE_I32:
+        return 4;
+    case DSLA_DTYPE_F64:
+        return 8;
+    case DSLA_DTYPE_I64:
+        return 8;
     }
     return 0;
 }
 
 const char *dsla_dtype_name(dsla_dtype_t dtype) {
     switch (dtype) {
-    case DSLA_DTYPE_F32: return "F32";
-    case DSLA_DTYPE_F16: return "F16";
-    case DSLA_DTYPE_BF16: return "BF16";
-    case DSLA_DTYPE_I32: return "I32";
-    case DSLA_DTYPE_F64: return "F64";
-    case DSLA_DTYPE_I64: return "I64";
+    case DSLA_DTYPE_F32:
+        return "F32";
+    case DSLA_DTYPE_F16:
+        return "F16";
+    case DSLA_DTYPE_BF16:
+        return "BF16";
+    case DSLA_DTYPE_I32:
+        return "I32";
+    case DSLA_DTYPE_F64:
+        return "F64";
+    case DSLA_DTYPE_I64:
+        return "I64";
     }
     return "?";
 }
 
 int64_t dsla_tensor_numel(const dsla_tensor_t *t) {
     int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    for (int i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
     return n;
 }
 
@@ -53,7 +66,8 @@ static dsla_status_t tensor_init(dsla_tensor_t **out, dsla_dtype_t dtype, int nd
     t->dtype = dtype;
     t->backend = DSLA_BACKEND_CPU;
     t->ndim = ndim;
-    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i];
     *out = t;
     return DSLA_OK;
 }
@@ -152,8 +166,8 @@ uint16_t dsla_f32_to_f16(float value) {
         return (uint16_t)(sign | (uint16_t)units);
     }
     int e;
-    float m = frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1) */
-    float scaled = nearbyintf(ldexpf(m, 11));  /* 11 significant bits */
+    float m = frexpf(a, &e);                  /* a = m * 2^e, m in [0.5, 1) */
+    float scaled = nearbyintf(ldexpf(m, 11)); /* 11 significant bits */
     if (scaled >= 2048.0f) {
         scaled /= 2.0f;
         e += 1;
@@ -165,21 +179,28 @@ uint16_t dsla_f32_to_f16(float value) {
 void dsla_convert_to_f32(float *dst, const void *src, dsla_dtype_t src_dtype, size_t n) {
     const uint16_t *h = src;
     switch (src_dtype) {
-    case DSLA_DTYPE_F32: memcpy(dst, src, n * sizeof(float)); return;
+    case DSLA_DTYPE_F32:
+        memcpy(dst, src, n * sizeof(float));
+        return;
     case DSLA_DTYPE_BF16:
-        for (size_t i = 0; i < n; i++) dst[i] = dsla_bf16_to_f32(h[i]);
+        for (size_t i = 0; i < n; i++)
+            dst[i] = dsla_bf16_to_f32(h[i]);
         return;
     case DSLA_DTYPE_F16:
-        for (size_t i = 0; i < n; i++) dst[i] = dsla_f16_to_f32(h[i]);
+        for (size_t i = 0; i < n; i++)
+            dst[i] = dsla_f16_to_f32(h[i]);
         return;
     case DSLA_DTYPE_F64:
-        for (size_t i = 0; i < n; i++) dst[i] = (float)((const double *)src)[i];
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)((const double *)src)[i];
         return;
     case DSLA_DTYPE_I32:
-        for (size_t i = 0; i < n; i++) dst[i] = (float)((const int32_t *)src)[i];
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)((const int32_t *)src)[i];
         return;
     case DSLA_DTYPE_I64:
-        for (size_t i = 0; i < n; i++) dst[i] = (float)((const int64_t *)src)[i];
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)((const int64_t *)src)[i];
         return;
     }
 }

@@ -1,8 +1,10 @@
-/* Tensors: a typed, shaped view of memory on one backend, plus aligned allocation and dtype helpers.
+/* Tensors: a typed, shaped view of memory on one backend, plus aligned allocation and dtype
+ * helpers.
  *
- * A tensor either owns its buffer (created by dsla_tensor_create, freed by dsla_tensor_destroy) or views
- * memory owned by someone else (an mmap'd checkpoint, a pool). Shapes are row-major, outermost first.
- * This module knows nothing of models or kernels; it must not launch device work. */
+ * A tensor either owns its buffer (created by dsla_tensor_create, freed by dsla_tensor_destroy) or
+ * views memory owned by someone else (an mmap'd checkpoint, a pool). Shapes are row-major,
+ * outermost first. This module knows nothing of models or kernels; it must not launch device work.
+ */
 #ifndef DSLA_CORE_TENSOR_H
 #define DSLA_CORE_TENSOR_H
 

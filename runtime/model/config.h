@@ -1,10 +1,11 @@
 /* Llama-family model configuration, read from a Hugging Face config.json.
  *
- * Accepts model_type "llama" (and "mistral" without sliding window) / LlamaForCausalLM. RoPE theta comes
- * from `rope_theta` or `rope_parameters.rope_theta`; `rope_scaling` / `rope_parameters` of type "default"
- * or "llama3" (Llama-3.1 frequency scaling) are supported. Anything that would change the maths and is not
- * implemented (attention_bias, mlp_bias, other activations or rope types, sliding windows) is a clear
- * UNSUPPORTED error naming the key and value; harmless keys are ignored. */
+ * Accepts model_type "llama" (and "mistral" without sliding window) / LlamaForCausalLM. RoPE theta
+ * comes from `rope_theta` or `rope_parameters.rope_theta`; `rope_scaling` / `rope_parameters` of
+ * type "default" or "llama3" (Llama-3.1 frequency scaling) are supported. Anything that would
+ * change the maths and is not implemented (attention_bias, mlp_bias, other activations or rope
+ * types, sliding windows) is a clear UNSUPPORTED error naming the key and value; harmless keys are
+ * ignored. */
 #ifndef DSLA_MODEL_CONFIG_H
 #define DSLA_MODEL_CONFIG_H
 
@@ -18,18 +19,18 @@ typedef enum {
 } dsla_rope_type_t;
 
 typedef struct {
-    int hidden_size;          /* D */
+    int hidden_size; /* D */
     int num_layers;
-    int num_heads;            /* H, query heads */
-    int num_kv_heads;         /* H_kv; H % H_kv == 0 */
-    int head_dim;             /* d; defaults to D / H */
+    int num_heads;    /* H, query heads */
+    int num_kv_heads; /* H_kv; H % H_kv == 0 */
+    int head_dim;     /* d; defaults to D / H */
     int intermediate_size;
     int vocab_size;
     int max_position_embeddings;
     float rms_norm_eps;
     bool tie_word_embeddings;
-    int bos_token_id;         /* -1 when absent */
-    int eos_token_ids[8];     /* eos_token_id may be a list */
+    int bos_token_id;     /* -1 when absent */
+    int eos_token_ids[8]; /* eos_token_id may be a list */
     int num_eos_token_ids;
     float rope_theta;
     dsla_rope_type_t rope_type;
@@ -38,7 +39,7 @@ typedef struct {
     float rope_low_freq_factor;
     float rope_high_freq_factor;
     int rope_original_max_position;
-    char torch_dtype[16];     /* "float32", "bfloat16", "float16" as declared */
+    char torch_dtype[16]; /* "float32", "bfloat16", "float16" as declared */
 } dsla_model_config_t;
 
 /* Parses a config.json file; on failure the message names the file and the key. */

@@ -107,7 +107,8 @@ static void check_greedy_vectors(const char *model_args, const char *vectors_rel
         const char *prompt = json_string_value(json_object_get(c, "prompt"));
         json_t *expected = json_object_get(c, "generated_ids");
         size_t n_expected = json_array_size(expected);
-        /* llama2.c stops on its own only when it samples BOS (id 1); otherwise at the step limit. */
+        /* llama2.c stops on its own only when it samples BOS (id 1); otherwise at the step limit.
+         */
         char args[4096];
         snprintf(args, sizeof args,
                  "generate %s --prompt '%s' --temperature 0 --max-tokens %zu --ignore-eos "
@@ -201,9 +202,10 @@ static void test_stop_string_and_max_tokens(void **state) {
     assert_string_equal(r.out, "Once upon a time, there was a little\n");
     assert_non_null(strstr(r.err, "finish: stop"));
     run_free(&r);
-    snprintf(args, sizeof args,
-             "generate --model '%s' --prompt 'Once upon a time' --temperature 0 --max-tokens 100000",
-             model);
+    snprintf(
+        args, sizeof args,
+        "generate --model '%s' --prompt 'Once upon a time' --temperature 0 --max-tokens 100000",
+        model);
     r = run_dsla(args);
     assert_int_equal(r.exit_code, 2);
     assert_non_null(strstr(r.err, "max_tokens 100000"));

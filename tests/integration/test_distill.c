@@ -77,16 +77,40 @@ static args_t distill_args(const char *model_rel, const char *out, const char *l
     a.owned[a.n_owned++] = dsla_test_data_or_skip(model_rel);
     a.owned[a.n_owned++] = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
     a.owned[a.n_owned++] = dsla_test_data_or_skip("data/tinystories_valid.txt");
-    const char *fixed[] = {"--model", a.owned[0], "--data", a.owned[1], "--eval-data", a.owned[2],
-                           "--out", out, "--layers", layers, "--steps", steps, "--seq-len", "128",
-                           "--batch", "4", "--max-sequences", "48", "--eval-sequences", "8",
-                           "--checkpoint-every", "5", "--seed", "7", "--report", report};
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) args_add(&a, fixed[i]);
+    const char *fixed[] = {"--model",
+                           a.owned[0],
+                           "--data",
+                           a.owned[1],
+                           "--eval-data",
+                           a.owned[2],
+                           "--out",
+                           out,
+                           "--layers",
+                           layers,
+                           "--steps",
+                           steps,
+                           "--seq-len",
+                           "128",
+                           "--batch",
+                           "4",
+                           "--max-sequences",
+                           "48",
+                           "--eval-sequences",
+                           "8",
+                           "--checkpoint-every",
+                           "5",
+                           "--seed",
+                           "7",
+                           "--report",
+                           report};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        args_add(&a, fixed[i]);
     return a;
 }
 
 static void args_free(args_t *a) {
-    for (int i = 0; i < a->n_owned; i++) free(a->owned[i]);
+    for (int i = 0; i < a->n_owned; i++)
+        free(a->owned[i]);
 }
 
 static void check_one_layer_cuts_mse(const char *model_rel, const char *steps) {

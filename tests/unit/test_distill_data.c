@@ -1,4 +1,5 @@
-/* Distillation data: packing text and token files into BOS-led sequences, held-out splits, errors. */
+/* Distillation data: packing text and token files into BOS-led sequences, held-out splits, errors.
+ */
 #include "tests/testutil.h"
 
 #include <stdlib.h>
@@ -25,7 +26,8 @@ static void test_text_packs_into_bos_sequences(void **state) {
     for (int i = 0; i < c.num_sequences; i++) {
         const int32_t *row = dsla_corpus_sequence(&c, i);
         assert_int_equal(row[0], dsla_tokenizer_bos_id(tok));
-        for (int t = 1; t < 64; t++) assert_true(row[t] >= 0 && row[t] < 512);
+        for (int t = 1; t < 64; t++)
+            assert_true(row[t] >= 0 && row[t] < 512);
     }
     /* The first paragraph's tokens open the stream. */
     int32_t *ids = NULL;
@@ -61,7 +63,8 @@ static void test_token_files_and_errors(void **state) {
     char path[512];
     snprintf(path, sizeof path, "%s/a.tokens", dir);
     int32_t ids[10];
-    for (int i = 0; i < 10; i++) ids[i] = 100 + i;
+    for (int i = 0; i < 10; i++)
+        ids[i] = 100 + i;
     dsla_test_write_file(path, ids, sizeof ids);
     const char *files[] = {path};
     dsla_corpus_t c;

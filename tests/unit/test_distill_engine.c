@@ -93,8 +93,10 @@ static void test_eval_nll_matches_the_forward_pass(void **state) {
     for (int t = 0; t < 63; t++) {
         const float *row = logits + (size_t)t * 512;
         double m = row[0], sum = 0;
-        for (int j = 1; j < 512; j++) m = row[j] > m ? row[j] : m;
-        for (int j = 0; j < 512; j++) sum += exp(row[j] - m);
+        for (int j = 1; j < 512; j++)
+            m = row[j] > m ? row[j] : m;
+        for (int j = 0; j < 512; j++)
+            sum += exp(row[j] - m);
         total += log(sum) + m - row[tokens[t + 1]];
     }
     assert_true(fabs(total / 63 - nll_one) < 1e-6);

@@ -1,4 +1,5 @@
-/* Stop strings over streamed text: held-back prefixes, matches across pieces, never showing the stop. */
+/* Stop strings over streamed text: held-back prefixes, matches across pieces, never showing the
+ * stop. */
 #include "tests/testutil.h"
 
 #include <string.h>
@@ -6,7 +7,8 @@
 #include "runtime/model/stop_strings.h"
 
 /* Feeds pieces one by one and returns everything emitted (static buffer). */
-static const char *feed_all(dsla_stop_matcher_t *m, const char *const *pieces, int n, bool *stopped) {
+static const char *feed_all(dsla_stop_matcher_t *m, const char *const *pieces, int n,
+                            bool *stopped) {
     static char out[1024];
     size_t used = 0;
     *stopped = false;
@@ -94,10 +96,8 @@ static void test_empty_stop_refused(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stop_across_pieces),
-        cmocka_unit_test(test_false_prefix_is_released),
-        cmocka_unit_test(test_earliest_match_wins),
-        cmocka_unit_test(test_no_stops_passes_through),
+        cmocka_unit_test(test_stop_across_pieces),  cmocka_unit_test(test_false_prefix_is_released),
+        cmocka_unit_test(test_earliest_match_wins), cmocka_unit_test(test_no_stops_passes_through),
         cmocka_unit_test(test_empty_stop_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
