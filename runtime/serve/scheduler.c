@@ -137,10 +137,28 @@ static dsla_status_t admit(dsla_engine_t *e, request_t *r) {
     return DSLA_OK;
 }
 
+/* Blocks that admitted requests will still take for their prefill (plus the first token) after
+ * this step's share: admission promised them, so a newcomer must not count them as free, or a
+ * nearly full pool would admit requests whose later chunks then preempt someone. */
+static int promised_blocks(const dsla_engine_t *e) {
+    int promised = 0;
+    for (int i = 0; i < e->n_running; i++) {
+        const request_t *r = e->running[i];
+        const int scheduled = r->sched_item >= 0 ? r->sched_tokens : 0;
+        const int left = r->prefill_end - r->n_computed - scheduled;
+        if (left <= 0) continue;
+        const int whole = e->backend->ops->seq_blocks_needed(e->backend, r->seq,
+                                                             r->prefill_end - r->n_computed + 1);
+        promised += whole - (r->sched_item >= 0 ? r->sched_blocks : 0);
+    }
+    return promised;
+}
+
 static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
     const dsla_plan_t *plan = e->plan;
     const int attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
     const int slots = dsla_plan_num_dsla(plan);
+    int promised = promised_blocks(e);
     while (e->wait_head && e->n_running < e->cfg.max_running) {
         request_t *r = e->wait_head;
         int total = dsla_request_total(r);
@@ -160,13 +178,17 @@ static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
                                            e->cfg.kv_blocks, e->cfg.state_slots));
             continue;
         }
-        if (need_all > free_blocks(e, sp) || slots > dsla_state_pool_free_slots(e->states)) return;
+        if (need_all > free_blocks(e, sp) - promised ||
+            slots > dsla_state_pool_free_slots(e->states))
+            return;
         dsla_engine_waiting_remove(e, r);
         if (admit(e, r) != DSLA_OK) {
             dsla_engine_waiting_push_front(e, r);
             return;
         }
-        schedule_item(e, sp, r, n, e->backend->ops->seq_blocks_needed(e->backend, r->seq, n));
+        const int now = e->backend->ops->seq_blocks_needed(e->backend, r->seq, n);
+        schedule_item(e, sp, r, n, now);
+        if (n < total) promised += need_all - now;
     }
 }
 
