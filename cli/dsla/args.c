@@ -136,3 +136,11 @@ int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *spe
     }
     return 0;
 }
+
+int dsla_args_parse_options(int argc, char **argv, const dsla_arg_spec_t *specs, int n_specs,
+                            const char *usage) {
+    int n_positional = 0;
+    int rc = dsla_args_parse(argc, argv, 2, specs, n_specs, NULL, 0, &n_positional, usage);
+    if (rc < 0) return 0;
+    return rc ? rc : -1;
+}

@@ -41,6 +41,12 @@ int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *spe
                     const char **positional, int max_positional, int *n_positional,
                     const char *usage);
 
+/* For a subcommand's options after argv[1], with no positional arguments: returns -1 when the
+ * command should go on, else the exit code to return at once (0 after --help, 2 on a usage error).
+ */
+int dsla_args_parse_options(int argc, char **argv, const dsla_arg_spec_t *specs, int n_specs,
+                            const char *usage);
+
 void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n_specs);
 
 #endif

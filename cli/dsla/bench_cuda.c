@@ -295,12 +295,9 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
          1 << 20, &margin_mib},
         {"seed", DSLA_ARG_INT, "weights (default 7)", 0, 9.2e18, &seed},
     };
-    const char *positional[1];
-    int n_pos = 0;
-    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
-                             positional, 0, &n_pos, usage);
-    if (rc < 0) return 0;
-    if (rc) return rc;
+    int rc =
+        dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
+    if (rc >= 0) return rc;
     if (!random_model || strcmp(random_model, "7b") != 0) {
         fprintf(stderr, "dsla bench: --device cuda needs --random-model 7b (the only shape)\n");
         return 2;

@@ -235,12 +235,9 @@ int dsla_cmd_bench(int argc, char **argv) {
          0, 0, &no_batch_invariance},
         {"seed", DSLA_ARG_INT, "lengths, prompts and arrivals (default 1)", 0, 9.2e18, &seed},
     };
-    const char *positional[1];
-    int n_positional = 0;
-    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
-                             positional, 0, &n_positional, usage);
-    if (rc < 0) return 0;
-    if (rc) return rc;
+    int rc =
+        dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
+    if (rc >= 0) return rc;
     if (strcmp(device, "cpu") != 0) {
         fprintf(stderr, "dsla bench: --device '%s' must be cpu or cuda\n", device);
         return 2;

@@ -49,12 +49,9 @@ int dsla_cmd_generate(int argc, char **argv) {
         {"ignore-eos", DSLA_ARG_FLAG, "do not stop at end-of-sequence tokens", 0, 0, &ignore_eos},
         {"print-ids", DSLA_ARG_FLAG, "print the generated token ids to stderr", 0, 0, &print_ids},
     };
-    const char *positional[1];
-    int n_positional = 0;
-    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
-                             positional, 0, &n_positional, usage);
-    if (rc < 0) return 0;
-    if (rc) return rc;
+    int rc =
+        dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
+    if (rc >= 0) return rc;
     if (!model_dir || !*model_dir) {
         fprintf(stderr, "dsla generate: --model is required (or set DSLA_MODEL)\n");
         return 2;
