@@ -10,6 +10,9 @@ packages=(
   libjansson-dev    # config.json, tokenizer.json, safetensors headers
   libxxhash-dev     # layer-version checksums
   libcmocka-dev     # unit tests
+  libzmq3-dev       # actor mailboxes and transport (ZeroMQ)
+  libmsgpack-dev    # message envelope and bodies (msgpack-c)
+  libuv1-dev        # one event loop per actor
 )
 
 missing=()

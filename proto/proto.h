@@ -1,0 +1,112 @@
+/* proto: the message envelope every actor speaks (DESIGN.md section 7), and the body of each type.
+ *
+ * A message is one msgpack map {v: protocol version, t: type, id: correlation id, src, dst, body}.
+ * dsla_proto_envelope_decode reads the header and hands back the body as the raw msgpack bytes of
+ * that map entry, still inside the frame; each type's own decode function reads them. Every type
+ * has exactly one encode and one decode function, listed in DSLA_PROTO_TYPES and documented in
+ * docs/protocol.md. Decoders treat every frame as hostile: unknown fields are ignored, anything
+ * malformed, truncated, oversized or of an unregistered type is a status with a message, never a
+ * crash and never an allocation sized by the frame's claims. proto must not know about engines,
+ * sockets or threads. */
+#ifndef DSLA_PROTO_PROTO_H
+#define DSLA_PROTO_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/core/status.h"
+
+/* Bumped on any change an older peer would misread; a frame of another version is refused. */
+#define DSLA_PROTO_VERSION 1
+
+/* The largest frame a decoder accepts: a bound on what a hostile peer can make us parse. Weight
+ * chunks (section 7) are sized below it. */
+#define DSLA_PROTO_FRAME_MAX (16u << 20)
+/* Actor names travel in src/dst and as ZeroMQ routing ids; short and printable keeps logs sane. */
+#define DSLA_PROTO_NAME_MAX 63
+/* An ERROR's message is for people; longer ones are cut on encode and refused on decode. */
+#define DSLA_PROTO_MESSAGE_MAX 511
+
+/* The type registry: X(NAME, number, summary). A new type adds one line here, a body struct with
+ * an encode/decode pair below, and a section in docs/protocol.md. Numbers are never reused. */
+#define DSLA_PROTO_TYPES(X)                                                                        \
+    X(PING, 1, "heartbeat probe; answered by PONG with the same body")                             \
+    X(PONG, 2, "heartbeat answer")                                                                 \
+    X(ERROR, 3, "a request failed: status code and message")
+
+typedef enum {
+#define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
+    DSLA_PROTO_TYPES(DSLA_PROTO_TYPE_ENUM_)
+#undef DSLA_PROTO_TYPE_ENUM_
+} dsla_msg_type_t;
+
+/* "PING" for a registered type, NULL otherwise. */
+const char *dsla_proto_type_name(uint32_t type);
+
+/* Wire status codes: the client-facing names of DESIGN.md section 8, with gRPC's numbers so that
+ * tooling reads them without a table. */
+typedef enum {
+    DSLA_CODE_OK = 0,
+    DSLA_CODE_CANCELLED = 1,
+    DSLA_CODE_INVALID_ARGUMENT = 3,
+    DSLA_CODE_DEADLINE_EXCEEDED = 4,
+    DSLA_CODE_RESOURCE_EXHAUSTED = 8,
+    DSLA_CODE_INTERNAL = 13,
+    DSLA_CODE_UNAVAILABLE = 14,
+    DSLA_CODE_UNAUTHENTICATED = 16,
+} dsla_proto_code_t;
+
+/* "INVALID_ARGUMENT"; "UNKNOWN" for a number this build does not know. */
+const char *dsla_proto_code_name(uint32_t code);
+/* The wire code a local failure travels as (a malformed frame is the sender's INVALID_ARGUMENT). */
+dsla_proto_code_t dsla_proto_code_from_status(dsla_status_t status);
+
+/* An encoded frame: malloc'd bytes owned by the holder, released by dsla_proto_buf_free. Encoders
+ * leave it empty ({NULL, 0}) when they fail, so freeing it is always safe. */
+typedef struct {
+    char *data;
+    size_t len;
+} dsla_proto_buf_t;
+
+void dsla_proto_buf_free(dsla_proto_buf_t *buf);
+
+typedef struct {
+    uint32_t version;
+    uint32_t type;
+    uint64_t id; /* correlation id: a reply carries its request's; 0 means none */
+    char src[DSLA_PROTO_NAME_MAX + 1];
+    char dst[DSLA_PROTO_NAME_MAX + 1];
+    /* The body's msgpack bytes: on encode, the output of the type's encode function (NULL with
+     * body_len 0 encodes an empty map); on decode, a view into the decoded frame. */
+    const void *body;
+    size_t body_len;
+} dsla_proto_envelope_t;
+
+/* Encodes env (version taken from env->version; 0 means DSLA_PROTO_VERSION) into a fresh buffer.
+ * Any type number encodes, so that tests can speak types a peer does not know. */
+dsla_status_t dsla_proto_envelope_encode(const dsla_proto_envelope_t *env, dsla_proto_buf_t *out);
+
+/* Decodes one frame. Fails with DSLA_ERR_FORMAT for a malformed frame and DSLA_ERR_UNSUPPORTED for
+ * another protocol version or an unregistered type; even then, the header fields that could be
+ * read are left in out (id 0 and empty names otherwise), so that an ERROR reply can carry them.
+ * out->body points into data, which must outlive its use. */
+dsla_status_t dsla_proto_envelope_decode(const void *data, size_t len, dsla_proto_envelope_t *out);
+
+/* PING and PONG share one body: PONG echoes the PING's. */
+typedef struct {
+    uint64_t seq;     /* the sender's heartbeat counter */
+    uint64_t sent_ns; /* the sender's monotonic clock when sent, for round-trip times */
+} dsla_proto_ping_t;
+
+dsla_status_t dsla_proto_ping_encode(const dsla_proto_ping_t *ping, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_ping_decode(const void *body, size_t len, dsla_proto_ping_t *out);
+
+typedef struct {
+    uint32_t code; /* a dsla_proto_code_t; numbers from newer peers are kept as they are */
+    char message[DSLA_PROTO_MESSAGE_MAX + 1];
+} dsla_proto_error_t;
+
+dsla_status_t dsla_proto_error_encode(const dsla_proto_error_t *err, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_error_decode(const void *body, size_t len, dsla_proto_error_t *out);
+
+#endif

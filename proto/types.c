@@ -1,0 +1,85 @@
+/* Bodies of the registered types: one encode and one decode function each (proto.h). Decoders
+ * ignore keys they do not know, so a later version may add fields without breaking this one. */
+#include "proto/proto.h"
+
+#include <string.h>
+
+#include "proto/wire.h"
+
+static void packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk) {
+    msgpack_sbuffer_init(sbuf);
+    msgpack_packer_init(pk, sbuf, msgpack_sbuffer_write);
+}
+
+/* Unpacks a body that must be a map; the caller destroys *u on success. */
+static dsla_status_t body_map(const void *body, size_t len, msgpack_unpacked *u, const char *what) {
+    DSLA_TRY(dsla_wire_unpack(body, len, u, what));
+    if (u->data.type != MSGPACK_OBJECT_MAP) {
+        msgpack_unpacked_destroy(u);
+        return dsla_error(DSLA_ERR_FORMAT, "%s: body must be a map (type %d)", what,
+                          (int)u->data.type);
+    }
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_proto_ping_encode(const dsla_proto_ping_t *ping, dsla_proto_buf_t *out) {
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    packer_open(&sbuf, &pk);
+    int rc = msgpack_pack_map(&pk, 2);
+    rc |= dsla_wire_pack_key(&pk, "seq");
+    rc |= msgpack_pack_uint64(&pk, ping->seq);
+    rc |= dsla_wire_pack_key(&pk, "sent_ns");
+    rc |= msgpack_pack_uint64(&pk, ping->sent_ns);
+    return dsla_wire_finish(&sbuf, rc, out, "PING");
+}
+
+dsla_status_t dsla_proto_ping_decode(const void *body, size_t len, dsla_proto_ping_t *out) {
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(body_map(body, len, &u, "PING"));
+    dsla_status_t st = DSLA_OK;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        if (dsla_wire_key_is(&m->ptr[i].key, "seq"))
+            st = dsla_wire_get_u64(&m->ptr[i].val, &out->seq, "PING", "seq");
+        else if (dsla_wire_key_is(&m->ptr[i].key, "sent_ns"))
+            st = dsla_wire_get_u64(&m->ptr[i].val, &out->sent_ns, "PING", "sent_ns");
+    }
+    msgpack_unpacked_destroy(&u);
+    return st;
+}
+
+dsla_status_t dsla_proto_error_encode(const dsla_proto_error_t *err, dsla_proto_buf_t *out) {
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    packer_open(&sbuf, &pk);
+    size_t n = strnlen(err->message, DSLA_PROTO_MESSAGE_MAX);
+    int rc = msgpack_pack_map(&pk, 2);
+    rc |= dsla_wire_pack_key(&pk, "code");
+    rc |= msgpack_pack_uint32(&pk, err->code);
+    rc |= dsla_wire_pack_key(&pk, "message");
+    rc |= msgpack_pack_str_with_body(&pk, err->message, n);
+    return dsla_wire_finish(&sbuf, rc, out, "ERROR");
+}
+
+dsla_status_t dsla_proto_error_decode(const void *body, size_t len, dsla_proto_error_t *out) {
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(body_map(body, len, &u, "ERROR"));
+    dsla_status_t st = DSLA_OK;
+    bool have_code = false;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        if (dsla_wire_key_is(&m->ptr[i].key, "code")) {
+            st = dsla_wire_get_u32(&m->ptr[i].val, &out->code, "ERROR", "code");
+            have_code = true;
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "message")) {
+            st = dsla_wire_get_str(&m->ptr[i].val, out->message, DSLA_PROTO_MESSAGE_MAX, "ERROR",
+                                   "message");
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+    if (st == DSLA_OK && !have_code) st = dsla_error(DSLA_ERR_FORMAT, "ERROR: missing field code");
+    return st;
+}

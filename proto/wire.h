@@ -1,0 +1,51 @@
+/* proto's private msgpack helpers: a bounds-checking walk that every frame passes before msgpack-c
+ * sees it, and small readers for map fields.
+ *
+ * msgpack-c allocates the elements of an array or map as soon as it reads the count, so a five-byte
+ * frame claiming 2^32 entries would ask for hundreds of gigabytes. dsla_wire_unpack therefore walks
+ * the bytes first and refuses any count larger than the bytes left could hold, any depth beyond
+ * DSLA_WIRE_DEPTH_MAX and any trailing byte. Only the sources of proto include this header. */
+#ifndef DSLA_PROTO_WIRE_H
+#define DSLA_PROTO_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "proto/proto.h"
+
+/* Deeper than any body we define and below msgpack-c's own parse stack (32). */
+#define DSLA_WIRE_DEPTH_MAX 16
+
+/* The end of the single msgpack object starting at p, or NULL when it runs past end, nests deeper
+ * than DSLA_WIRE_DEPTH_MAX, claims more elements than bytes remain, or uses the reserved byte. */
+const char *dsla_wire_skip(const char *p, const char *end, int depth);
+
+/* Validates [data, data+len) as exactly one object, then unpacks it into result (initialised here;
+ * the caller destroys it with msgpack_unpacked_destroy on success). what names the frame in the
+ * error message. */
+dsla_status_t dsla_wire_unpack(const char *data, size_t len, msgpack_unpacked *result,
+                               const char *what);
+
+/* True when key (a str object) equals name. */
+bool dsla_wire_key_is(const msgpack_object *key, const char *name);
+
+/* Field readers: a wrong type or range is DSLA_ERR_FORMAT naming what.field. */
+dsla_status_t dsla_wire_get_u64(const msgpack_object *v, uint64_t *out, const char *what,
+                                const char *field);
+dsla_status_t dsla_wire_get_u32(const msgpack_object *v, uint32_t *out, const char *what,
+                                const char *field);
+/* Copies a str of at most max bytes, without NUL bytes, into out[max + 1]. */
+dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, const char *what,
+                                const char *field);
+
+/* Packs a str key; returns msgpack's result. */
+int dsla_wire_pack_key(msgpack_packer *pk, const char *key);
+/* Hands the packed bytes of sbuf to out (msgpack_sbuffer allocates with malloc); pack_rc is the OR
+ * of the msgpack_pack_* results, non-zero when an allocation failed on the way. */
+dsla_status_t dsla_wire_finish(msgpack_sbuffer *sbuf, int pack_rc, dsla_proto_buf_t *out,
+                               const char *what);
+
+#endif

@@ -1,0 +1,714 @@
+/* Actor threads: libuv loop, ZeroMQ ROUTER mailbox and DEALER peers, dispatch and heartbeats. */
+#include "runtime/actor/actor.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <uv.h>
+#include <zmq.h>
+
+#include "runtime/core/log.h"
+
+/* Messages taken from the sockets before the loop gets a turn, so that heartbeats and timers still
+ * run while a flood arrives. */
+#define DSLA_ACTOR_DRAIN_BATCH 256
+/* A start-up failure's message, carried from the actor's thread to its creator's. */
+#define DSLA_ACTOR_START_ERROR_MAX 512
+
+struct dsla_actor_ctx {
+    void *zmq;
+};
+
+typedef enum { PEER_UNKNOWN, PEER_ALIVE, PEER_DEAD } peer_state_t;
+
+/* A peer this actor connected to (sock set) or one that heartbeats it from outside (sock NULL). */
+typedef struct {
+    bool used;
+    char name[DSLA_PROTO_NAME_MAX + 1];
+    char endpoint[DSLA_ACTOR_ENDPOINT_MAX];
+    void *sock;
+    uv_poll_t *poll; /* its own allocation: a closing handle outlives the socket it watched */
+    int liveness;    /* heartbeat intervals left before the peer counts as dead */
+    peer_state_t state;
+} peer_t;
+
+struct dsla_actor_timer {
+    uv_timer_t handle;
+    dsla_actor_t *actor;
+    dsla_actor_timer_fn fn;
+    void *user;
+    struct dsla_actor_timer *prev, *next;
+};
+
+struct dsla_actor {
+    char name[DSLA_PROTO_NAME_MAX + 1];
+    dsla_actor_ctx_t *ctx;
+    char endpoints[DSLA_ACTOR_BIND_MAX][DSLA_ACTOR_ENDPOINT_MAX];
+    dsla_actor_handler_t *handlers;
+    size_t n_handlers;
+    dsla_actor_start_fn on_start, on_stop;
+    dsla_actor_peer_fn on_peer;
+    void *user;
+    uint32_t heartbeat_ms;
+    uint64_t heartbeat_seq;
+
+    pthread_t thread; /* as the creator sees it, for join */
+    pthread_t self;   /* as the actor's thread sees itself, for the on-thread checks */
+    uv_loop_t loop;
+    bool loop_open;
+    uv_async_t stop;
+    uv_timer_t heartbeat;
+    uv_idle_t idle;
+    void *router;
+    uv_poll_t router_poll;
+    peer_t peers[DSLA_ACTOR_PEER_MAX];
+    struct dsla_actor_timer *timers;
+
+    /* Start-up hand-shake with the creator; def is valid only until ready is set. */
+    const dsla_actor_def_t *def;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool ready;
+    dsla_status_t start_status;
+    char start_error[DSLA_ACTOR_START_ERROR_MAX];
+};
+
+static void drain_all(dsla_actor_t *a);
+static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p);
+static void close_dealer(peer_t *p);
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static bool valid_name(const char *name, size_t len) {
+    if (len == 0 || len > DSLA_PROTO_NAME_MAX) return false;
+    for (size_t i = 0; i < len; i++)
+        if (name[i] < 0x21 || name[i] > 0x7e) return false;
+    return true;
+}
+
+static dsla_status_t zmq_failure(const char *what, const char *detail) {
+    return dsla_error(DSLA_ERR_INTERNAL, "%s %s: %s", what, detail, zmq_strerror(zmq_errno()));
+}
+
+static bool on_actor_thread(const dsla_actor_t *a) {
+    return pthread_equal(pthread_self(), a->self);
+}
+
+/* ---- context ---------------------------------------------------------------------------- */
+
+dsla_status_t dsla_actor_ctx_create(dsla_actor_ctx_t **out) {
+    *out = NULL;
+    dsla_actor_ctx_t *c = calloc(1, sizeof *c);
+    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor context: out of memory");
+    c->zmq = zmq_ctx_new();
+    if (!c->zmq) {
+        free(c);
+        return zmq_failure("actor context:", "zmq_ctx_new");
+    }
+    *out = c;
+    return DSLA_OK;
+}
+
+void dsla_actor_ctx_destroy(dsla_actor_ctx_t **ctx) {
+    if (!ctx || !*ctx) return;
+    while (zmq_ctx_term((*ctx)->zmq) != 0 && zmq_errno() == EINTR) {
+    }
+    free(*ctx);
+    *ctx = NULL;
+}
+
+/* ---- peers and heartbeats --------------------------------------------------------------- */
+
+static peer_t *peer_find(dsla_actor_t *a, const char *name) {
+    for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++)
+        if (a->peers[i].used && strcmp(a->peers[i].name, name) == 0) return &a->peers[i];
+    return NULL;
+}
+
+static peer_t *peer_add(dsla_actor_t *a, const char *name) {
+    for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++) {
+        peer_t *p = &a->peers[i];
+        if (p->used) continue;
+        memset(p, 0, sizeof *p);
+        p->used = true;
+        snprintf(p->name, sizeof p->name, "%s", name);
+        p->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
+        p->state = PEER_UNKNOWN;
+        return p;
+    }
+    return NULL;
+}
+
+static void peer_report(dsla_actor_t *a, peer_t *p, peer_state_t state) {
+    if (p->state == state) return;
+    p->state = state;
+    dsla_log_info("actor %s: peer %s is %s", a->name, p->name,
+                  state == PEER_ALIVE ? "alive" : "dead");
+    if (a->on_peer) a->on_peer(a, p->name, state == PEER_ALIVE, a->user);
+}
+
+/* Any message proves its sender alive; a PING from an unknown sender starts tracking it, so that
+ * liveness is watched both ways even when only one side connected. */
+static void peer_heard(dsla_actor_t *a, const char *from, bool is_ping) {
+    if (!from[0]) return;
+    peer_t *p = peer_find(a, from);
+    if (!p && is_ping) {
+        p = peer_add(a, from);
+        if (!p)
+            dsla_log_warn("actor %s: more than %d peers; not watching %s", a->name,
+                          DSLA_ACTOR_PEER_MAX, from);
+    }
+    if (!p) return;
+    p->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
+    peer_report(a, p, PEER_ALIVE);
+}
+
+static dsla_status_t send_frame(dsla_actor_t *a, void *sock, const void *route_id, size_t route_len,
+                                const char *dst, uint32_t type, uint64_t id, const void *body,
+                                size_t body_len) {
+    if (strlen(dst) > DSLA_PROTO_NAME_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "actor %s: destination '%.16s...' longer than %d bytes", a->name, dst,
+                          DSLA_PROTO_NAME_MAX);
+    dsla_proto_envelope_t env = {
+        .version = DSLA_PROTO_VERSION, .type = type, .id = id, .body = body, .body_len = body_len};
+    snprintf(env.src, sizeof env.src, "%s", a->name);
+    snprintf(env.dst, sizeof env.dst, "%s", dst);
+    dsla_proto_buf_t buf;
+    DSLA_TRY(dsla_proto_envelope_encode(&env, &buf));
+    int rc = 0;
+    if (route_id) rc = zmq_send(sock, route_id, route_len, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    if (rc >= 0) rc = zmq_send(sock, buf.data, buf.len, ZMQ_DONTWAIT);
+    int err = zmq_errno();
+    dsla_proto_buf_free(&buf);
+    if (rc >= 0) return DSLA_OK;
+    if (err == EAGAIN)
+        return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                          "actor %s: the queue to '%s' is full; message type %u dropped", a->name,
+                          dst, type);
+    if (err == EHOSTUNREACH)
+        return dsla_error(DSLA_ERR_NOT_FOUND,
+                          "actor %s: no route to '%s' (not a connected peer, not a client)",
+                          a->name, dst);
+    return dsla_error(DSLA_ERR_INTERNAL, "actor %s: sending to '%s': %s", a->name, dst,
+                      zmq_strerror(err));
+}
+
+/* Paranoid Pirate's recovery: a fresh socket drops whatever queued up for the dead peer, so that
+ * a restarted peer is not greeted by a burst of stale messages. */
+static void reconnect(dsla_actor_t *a, peer_t *p) {
+    close_dealer(p);
+    if (open_dealer(a, p) != DSLA_OK)
+        dsla_log_error("actor %s: %s; peer %s stays disconnected", a->name, dsla_last_error(),
+                       p->name);
+}
+
+static void on_heartbeat(uv_timer_t *t) {
+    dsla_actor_t *a = t->loop->data;
+    for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++) {
+        peer_t *p = &a->peers[i];
+        if (!p->used) continue;
+        if (p->sock) {
+            dsla_proto_ping_t ping = {.seq = ++a->heartbeat_seq, .sent_ns = now_ns()};
+            dsla_proto_buf_t body;
+            if (dsla_proto_ping_encode(&ping, &body) == DSLA_OK) {
+                /* A full queue to a silent peer drops the PING: its silence is the signal. */
+                if (send_frame(a, p->sock, NULL, 0, p->name, DSLA_MSG_PING, 0, body.data,
+                               body.len) != DSLA_OK)
+                    dsla_log_debug("%s", dsla_last_error());
+                dsla_proto_buf_free(&body);
+            }
+        }
+        if (p->liveness > 0) p->liveness--;
+        if (p->liveness == 0 && p->state != PEER_DEAD) {
+            peer_report(a, p, PEER_DEAD);
+            if (p->sock) {
+                reconnect(a, p);
+            } else {
+                p->used = false; /* it found us; it must find us again */
+            }
+        }
+    }
+    drain_all(a);
+}
+
+/* ---- receiving and dispatch ------------------------------------------------------------- */
+
+static dsla_actor_handler_fn handler_for(const dsla_actor_t *a, uint32_t type) {
+    for (size_t i = 0; i < a->n_handlers; i++)
+        if (a->handlers[i].type == type) return a->handlers[i].fn;
+    return NULL;
+}
+
+static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size_t route_len,
+                     const void *data, size_t len, int extra_frames) {
+    char from[DSLA_PROTO_NAME_MAX + 1] = "";
+    if (peer_index >= 0)
+        snprintf(from, sizeof from, "%s", a->peers[peer_index].name);
+    else if (valid_name(route_id, route_len)) {
+        memcpy(from, route_id, route_len);
+        from[route_len] = '\0';
+    }
+    dsla_proto_envelope_t env;
+    dsla_actor_msg_t msg = {.env = &env,
+                            .from = from,
+                            .route_id_ = route_id,
+                            .route_id_len_ = route_len,
+                            .route_peer_ = peer_index};
+    dsla_status_t st = dsla_proto_envelope_decode(data, len, &env);
+    if (st == DSLA_OK && extra_frames > 0)
+        st = dsla_error(DSLA_ERR_FORMAT, "%d frames where one envelope was expected",
+                        1 + extra_frames);
+    peer_heard(a, from, st == DSLA_OK && env.type == DSLA_MSG_PING);
+    if (st != DSLA_OK) {
+        dsla_log_warn("actor %s: refusing a frame from '%s': %s", a->name, from, dsla_last_error());
+        /* never answer an error with an error */
+        if (env.type != DSLA_MSG_ERROR &&
+            dsla_actor_reply_error(a, &msg, dsla_proto_code_from_status(st), dsla_last_error()) !=
+                DSLA_OK)
+            dsla_log_debug("%s", dsla_last_error());
+        return;
+    }
+    dsla_actor_handler_fn fn = handler_for(a, env.type);
+    if (fn) {
+        fn(a, &msg, a->user);
+        return;
+    }
+    switch (env.type) {
+    case DSLA_MSG_PING:
+        if (dsla_actor_reply(a, &msg, DSLA_MSG_PONG, env.body, env.body_len) != DSLA_OK)
+            dsla_log_debug("%s", dsla_last_error());
+        return;
+    case DSLA_MSG_PONG:
+        return; /* its arrival was the point */
+    case DSLA_MSG_ERROR: {
+        dsla_proto_error_t err;
+        if (dsla_proto_error_decode(env.body, env.body_len, &err) == DSLA_OK)
+            dsla_log_warn("actor %s: unhandled ERROR from '%s' (id %llu): %s: %s", a->name, from,
+                          (unsigned long long)env.id, dsla_proto_code_name(err.code), err.message);
+        else
+            dsla_log_warn("actor %s: malformed ERROR from '%s': %s", a->name, from,
+                          dsla_last_error());
+        return;
+    }
+    default: {
+        char text[DSLA_PROTO_MESSAGE_MAX + 1];
+        snprintf(text, sizeof text, "actor '%s' has no handler for message type %s (%u)", a->name,
+                 dsla_proto_type_name(env.type), env.type);
+        if (dsla_actor_reply_error(a, &msg, DSLA_CODE_INVALID_ARGUMENT, text) != DSLA_OK)
+            dsla_log_debug("%s", dsla_last_error());
+    }
+    }
+}
+
+static bool more_frames(void *sock) {
+    int more = 0;
+    size_t sz = sizeof more;
+    return zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz) == 0 && more;
+}
+
+/* Receives one whole message from sock (ROUTER when peer_index < 0: identity frame first) and
+ * dispatches it; false when none was waiting. */
+static bool receive_one(dsla_actor_t *a, void *sock, int peer_index) {
+    int events = 0;
+    size_t sz = sizeof events;
+    if (zmq_getsockopt(sock, ZMQ_EVENTS, &events, &sz) != 0 || !(events & ZMQ_POLLIN)) return false;
+    zmq_msg_t id, content;
+    zmq_msg_init(&id);
+    zmq_msg_init(&content);
+    bool ok = true;
+    if (peer_index < 0) ok = zmq_msg_recv(&id, sock, ZMQ_DONTWAIT) >= 0 && more_frames(sock);
+    if (ok) ok = zmq_msg_recv(&content, sock, ZMQ_DONTWAIT) >= 0;
+    int extra = 0;
+    while (ok && more_frames(sock)) {
+        zmq_msg_t skip;
+        zmq_msg_init(&skip);
+        ok = zmq_msg_recv(&skip, sock, ZMQ_DONTWAIT) >= 0;
+        zmq_msg_close(&skip);
+        extra++;
+    }
+    if (ok)
+        dispatch(a, peer_index, zmq_msg_data(&id), zmq_msg_size(&id), zmq_msg_data(&content),
+                 zmq_msg_size(&content), extra);
+    else
+        dsla_log_warn("actor %s: receive failed: %s", a->name, zmq_strerror(zmq_errno()));
+    zmq_msg_close(&id);
+    zmq_msg_close(&content);
+    return true;
+}
+
+static void on_idle(uv_idle_t *h) {
+    drain_all(h->loop->data);
+}
+
+/* ZMQ_FD only signals edges, and any ZeroMQ call on a socket (a handler's send included) may
+ * consume one, so every libuv callback ends here and keeps receiving until a whole pass over the
+ * sockets finds nothing. A spent budget leaves an idle handle running, which keeps the loop from
+ * sleeping in poll while messages still wait. */
+static void drain_all(dsla_actor_t *a) {
+    int budget = DSLA_ACTOR_DRAIN_BATCH;
+    bool progress = true;
+    while (progress && budget > 0) {
+        progress = false;
+        while (budget > 0 && receive_one(a, a->router, -1)) {
+            budget--;
+            progress = true;
+        }
+        for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++) {
+            while (budget > 0 && a->peers[i].used && a->peers[i].sock &&
+                   receive_one(a, a->peers[i].sock, i)) {
+                budget--;
+                progress = true;
+            }
+        }
+    }
+    if (budget <= 0)
+        uv_idle_start(&a->idle, on_idle);
+    else
+        uv_idle_stop(&a->idle);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+    (void)events;
+    dsla_actor_t *a = h->loop->data;
+    if (status < 0) dsla_log_warn("actor %s: poll: %s", a->name, uv_strerror(status));
+    drain_all(a);
+}
+
+/* ---- public: connect, send, reply ------------------------------------------------------- */
+
+static void free_on_close(uv_handle_t *h) {
+    free(h);
+}
+
+/* Opens p's DEALER to p->endpoint and polls it. */
+static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
+    void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
+    if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
+    int linger = 0;
+    int fd = -1;
+    size_t fd_len = sizeof fd;
+    if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(sock, ZMQ_ROUTING_ID, a->name, strlen(a->name)) != 0 ||
+        zmq_connect(sock, p->endpoint) != 0 || zmq_getsockopt(sock, ZMQ_FD, &fd, &fd_len) != 0) {
+        dsla_status_t st =
+            dsla_error(DSLA_ERR_INVALID_ARGUMENT, "actor %s: connecting to peer %s at %s: %s",
+                       a->name, p->name, p->endpoint, zmq_strerror(zmq_errno()));
+        zmq_close(sock);
+        return st;
+    }
+    uv_poll_t *poll = malloc(sizeof *poll);
+    int rc = poll ? uv_poll_init(&a->loop, poll, fd) : UV_ENOMEM;
+    if (rc != 0) { /* the handle never joined the loop: plain free */
+        free(poll);
+        zmq_close(sock);
+        return dsla_error(DSLA_ERR_INTERNAL, "actor %s: polling peer %s: %s", a->name, p->name,
+                          uv_strerror(rc));
+    }
+    rc = uv_poll_start(poll, UV_READABLE, on_poll);
+    /* Should starting ever fail, the socket is still drained by the pass that ends every
+     * heartbeat, so the peer keeps working, only slower. */
+    if (rc != 0)
+        dsla_log_warn("actor %s: polling peer %s: %s; serving it from heartbeats only", a->name,
+                      p->name, uv_strerror(rc));
+    p->sock = sock;
+    p->poll = poll;
+    return DSLA_OK;
+}
+
+/* uv_close stops watching the descriptor at once, so the socket may close before the handle's
+ * close callback runs. */
+static void close_dealer(peer_t *p) {
+    if (p->poll) uv_close((uv_handle_t *)p->poll, free_on_close);
+    if (p->sock) zmq_close(p->sock);
+    p->poll = NULL;
+    p->sock = NULL;
+}
+
+dsla_status_t dsla_actor_connect(dsla_actor_t *a, const char *peer, const char *endpoint) {
+    if (!on_actor_thread(a))
+        return dsla_error(DSLA_ERR_INTERNAL, "actor %s: connect called off the actor's thread",
+                          a->name);
+    if (!valid_name(peer, strlen(peer)))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "actor %s: peer name '%.16s' must be 1 to %d printable bytes without "
+                          "spaces",
+                          a->name, peer, DSLA_PROTO_NAME_MAX);
+    if (strlen(endpoint) >= DSLA_ACTOR_ENDPOINT_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "actor %s: endpoint of peer %s is %zu bytes, above the limit of %d",
+                          a->name, peer, strlen(endpoint), DSLA_ACTOR_ENDPOINT_MAX - 1);
+    peer_t *p = peer_find(a, peer);
+    if (p && p->sock)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "actor %s: already connected to peer %s",
+                          a->name, peer);
+    bool added = !p;
+    if (!p) p = peer_add(a, peer);
+    if (!p)
+        return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "actor %s: more than %d peers", a->name,
+                          DSLA_ACTOR_PEER_MAX);
+    snprintf(p->endpoint, sizeof p->endpoint, "%s", endpoint);
+    dsla_status_t st = open_dealer(a, p);
+    if (st != DSLA_OK) {
+        if (added) p->used = false;
+        return st;
+    }
+    p->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_actor_send(dsla_actor_t *a, const char *dst, uint32_t type, uint64_t id,
+                              const void *body, size_t body_len) {
+    if (!on_actor_thread(a))
+        return dsla_error(DSLA_ERR_INTERNAL, "actor %s: send called off the actor's thread",
+                          a->name);
+    peer_t *p = peer_find(a, dst);
+    if (p && p->sock) return send_frame(a, p->sock, NULL, 0, dst, type, id, body, body_len);
+    return send_frame(a, a->router, dst, strlen(dst), dst, type, id, body, body_len);
+}
+
+dsla_status_t dsla_actor_reply(dsla_actor_t *a, const dsla_actor_msg_t *msg, uint32_t type,
+                               const void *body, size_t body_len) {
+    if (!on_actor_thread(a))
+        return dsla_error(DSLA_ERR_INTERNAL, "actor %s: reply called off the actor's thread",
+                          a->name);
+    const char *dst = msg->env->src[0] ? msg->env->src : msg->from;
+    if (msg->route_peer_ >= 0)
+        return send_frame(a, a->peers[msg->route_peer_].sock, NULL, 0, dst, type, msg->env->id,
+                          body, body_len);
+    return send_frame(a, a->router, msg->route_id_, msg->route_id_len_, dst, type, msg->env->id,
+                      body, body_len);
+}
+
+dsla_status_t dsla_actor_reply_error(dsla_actor_t *a, const dsla_actor_msg_t *msg,
+                                     dsla_proto_code_t code, const char *message) {
+    dsla_proto_error_t err = {.code = code};
+    snprintf(err.message, sizeof err.message, "%s", message);
+    dsla_proto_buf_t body;
+    DSLA_TRY(dsla_proto_error_encode(&err, &body));
+    dsla_status_t st = dsla_actor_reply(a, msg, DSLA_MSG_ERROR, body.data, body.len);
+    dsla_proto_buf_free(&body);
+    return st;
+}
+
+/* ---- timers ----------------------------------------------------------------------------- */
+
+static void on_user_timer(uv_timer_t *h) {
+    struct dsla_actor_timer *t = (struct dsla_actor_timer *)h;
+    dsla_actor_t *a = t->actor;
+    t->fn(a, t->user);
+    drain_all(a);
+}
+
+dsla_status_t dsla_actor_timer_start(dsla_actor_t *a, uint64_t timeout_ms, uint64_t repeat_ms,
+                                     dsla_actor_timer_fn fn, void *user, dsla_actor_timer_t **out) {
+    *out = NULL;
+    if (!on_actor_thread(a))
+        return dsla_error(DSLA_ERR_INTERNAL, "actor %s: timer started off the actor's thread",
+                          a->name);
+    struct dsla_actor_timer *t = calloc(1, sizeof *t);
+    if (!t) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: timer: out of memory", a->name);
+    t->actor = a;
+    t->fn = fn;
+    t->user = user;
+    uv_timer_init(&a->loop, &t->handle);
+    uv_timer_start(&t->handle, on_user_timer, timeout_ms, repeat_ms);
+    t->next = a->timers;
+    if (a->timers) a->timers->prev = t;
+    a->timers = t;
+    *out = t;
+    return DSLA_OK;
+}
+
+static void timer_close(dsla_actor_t *a, struct dsla_actor_timer *t) {
+    if (t->prev) t->prev->next = t->next;
+    if (t->next) t->next->prev = t->prev;
+    if (a->timers == t) a->timers = t->next;
+    uv_timer_stop(&t->handle);
+    uv_close((uv_handle_t *)&t->handle, free_on_close);
+}
+
+void dsla_actor_timer_stop(dsla_actor_t *a, dsla_actor_timer_t **t) {
+    if (!t || !*t) return;
+    timer_close(a, *t);
+    *t = NULL;
+}
+
+/* ---- the thread ------------------------------------------------------------------------- */
+
+static void on_stop_signal(uv_async_t *h) {
+    uv_stop(h->loop);
+}
+
+static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
+    a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
+    if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
+    int linger = 0, on = 1, fd = -1;
+    size_t fd_len = sizeof fd;
+    /* MANDATORY turns a send to an unknown client into an error instead of a silent drop;
+     * HANDOVER lets a restarted peer take its name back from its dead predecessor. */
+    if (zmq_setsockopt(a->router, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_ROUTER_MANDATORY, &on, sizeof on) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_ROUTER_HANDOVER, &on, sizeof on) != 0)
+        return zmq_failure(a->name, "mailbox options");
+    for (int i = 0; i < DSLA_ACTOR_BIND_MAX && def->bind[i]; i++) {
+        size_t len = sizeof a->endpoints[i];
+        if (zmq_bind(a->router, def->bind[i]) != 0)
+            return dsla_error(
+                DSLA_ERR_INVALID_ARGUMENT,
+                "binding mailbox to %s: %s (is the address in use or the endpoint misspelt?)",
+                def->bind[i], zmq_strerror(zmq_errno()));
+        if (zmq_getsockopt(a->router, ZMQ_LAST_ENDPOINT, a->endpoints[i], &len) != 0)
+            return zmq_failure(def->bind[i], "ZMQ_LAST_ENDPOINT");
+    }
+    if (zmq_getsockopt(a->router, ZMQ_FD, &fd, &fd_len) != 0) return zmq_failure(a->name, "ZMQ_FD");
+    int rc = uv_poll_init(&a->loop, &a->router_poll, fd);
+    if (rc == 0) rc = uv_poll_start(&a->router_poll, UV_READABLE, on_poll);
+    if (rc != 0) return dsla_error(DSLA_ERR_INTERNAL, "polling the mailbox: %s", uv_strerror(rc));
+    return DSLA_OK;
+}
+
+static dsla_status_t actor_open(dsla_actor_t *a, const dsla_actor_def_t *def) {
+    int rc = uv_loop_init(&a->loop);
+    if (rc != 0) return dsla_error(DSLA_ERR_INTERNAL, "uv_loop_init: %s", uv_strerror(rc));
+    a->loop_open = true;
+    a->loop.data = a;
+    rc = uv_async_init(&a->loop, &a->stop, on_stop_signal);
+    if (rc != 0) return dsla_error(DSLA_ERR_INTERNAL, "uv_async_init: %s", uv_strerror(rc));
+    uv_idle_init(&a->loop, &a->idle);
+    uv_timer_init(&a->loop, &a->heartbeat);
+    DSLA_TRY(open_mailbox(a, def));
+    for (size_t i = 0; i < def->n_peers; i++)
+        DSLA_TRY(dsla_actor_connect(a, def->peers[i].name, def->peers[i].endpoint));
+    uv_timer_start(&a->heartbeat, on_heartbeat, a->heartbeat_ms, a->heartbeat_ms);
+    return DSLA_OK;
+}
+
+static void close_handle(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* libuv handles first (they watch ZeroMQ's descriptors), then the sockets. */
+static void actor_close(dsla_actor_t *a) {
+    if (a->loop_open) {
+        while (a->timers)
+            timer_close(a, a->timers);
+        for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++)
+            close_dealer(&a->peers[i]);
+        uv_walk(&a->loop, close_handle, NULL);
+        uv_run(&a->loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&a->loop) != 0)
+            dsla_log_error("actor %s: a libuv handle outlived its loop", a->name);
+    }
+    if (a->router) zmq_close(a->router);
+}
+
+static void *actor_main(void *arg) {
+    dsla_actor_t *a = arg;
+    a->self = pthread_self();
+    dsla_status_t st = actor_open(a, a->def);
+    pthread_mutex_lock(&a->mu);
+    a->start_status = st;
+    if (st != DSLA_OK) snprintf(a->start_error, sizeof a->start_error, "%s", dsla_last_error());
+    a->ready = true;
+    a->def = NULL;
+    pthread_cond_signal(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+    if (st == DSLA_OK) {
+        if (a->on_start) a->on_start(a, a->user);
+        drain_all(a);
+        uv_run(&a->loop, UV_RUN_DEFAULT);
+        if (a->on_stop) a->on_stop(a, a->user);
+    }
+    actor_close(a);
+    return NULL;
+}
+
+dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def) {
+    *out = NULL;
+    if (!def->name || !valid_name(def->name, strlen(def->name)))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "actor name '%.16s' must be 1 to %d printable bytes without spaces",
+                          def->name ? def->name : "(null)", DSLA_PROTO_NAME_MAX);
+    if (!def->ctx) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "actor %s: no context", def->name);
+    if (def->n_peers > DSLA_ACTOR_PEER_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "actor %s: %zu peers, above the limit of %d",
+                          def->name, def->n_peers, DSLA_ACTOR_PEER_MAX);
+    dsla_actor_t *a = calloc(1, sizeof *a);
+    if (!a) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: out of memory", def->name);
+    snprintf(a->name, sizeof a->name, "%s", def->name);
+    a->ctx = def->ctx;
+    a->on_start = def->on_start;
+    a->on_stop = def->on_stop;
+    a->on_peer = def->on_peer;
+    a->user = def->user;
+    a->heartbeat_ms = def->heartbeat_ms ? def->heartbeat_ms : DSLA_ACTOR_HEARTBEAT_MS;
+    if (def->n_handlers) {
+        a->handlers = malloc(def->n_handlers * sizeof *a->handlers);
+        if (!a->handlers) {
+            free(a);
+            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: out of memory", def->name);
+        }
+        memcpy(a->handlers, def->handlers, def->n_handlers * sizeof *a->handlers);
+        a->n_handlers = def->n_handlers;
+    }
+    a->def = def;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    dsla_status_t st = DSLA_OK;
+    if (pthread_create(&a->thread, NULL, actor_main, a) != 0) {
+        st = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "actor %s: cannot start a thread", a->name);
+    } else {
+        pthread_mutex_lock(&a->mu);
+        while (!a->ready)
+            pthread_cond_wait(&a->cv, &a->mu);
+        pthread_mutex_unlock(&a->mu);
+        if (a->start_status != DSLA_OK) {
+            pthread_join(a->thread, NULL);
+            st = dsla_error(a->start_status, "actor %s: %s", a->name, a->start_error);
+        }
+    }
+    if (st != DSLA_OK) {
+        pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->cv);
+        free(a->handlers);
+        free(a);
+        return st;
+    }
+    *out = a;
+    return DSLA_OK;
+}
+
+void dsla_actor_destroy(dsla_actor_t **a) {
+    if (!a || !*a) return;
+    dsla_actor_t *x = *a;
+    if (on_actor_thread(x)) {
+        dsla_log_error("actor %s: destroy called on its own thread; ignored", x->name);
+        return;
+    }
+    uv_async_send(&x->stop);
+    pthread_join(x->thread, NULL);
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x->handlers);
+    free(x);
+    *a = NULL;
+}
+
+const char *dsla_actor_endpoint(const dsla_actor_t *a, int i) {
+    if (i < 0 || i >= DSLA_ACTOR_BIND_MAX || !a->endpoints[i][0]) return NULL;
+    return a->endpoints[i];
+}
+
+const char *dsla_actor_name(const dsla_actor_t *a) {
+    return a->name;
+}

@@ -1,0 +1,128 @@
+/* An actor: one OS thread running one libuv loop around one ZeroMQ ROUTER mailbox (DESIGN.md 7).
+ *
+ * The loop polls the mailbox and one DEALER per connected peer, decodes each frame's envelope
+ * (proto/proto.h) and calls the handler registered for its type. Frames that do not decode, and
+ * types without a handler, are answered with ERROR, never a crash; an ERROR nobody handles is only
+ * logged, so that two actors cannot bounce errors forever. Heartbeats follow zguide's Paranoid
+ * Pirate: every interval an actor PINGs each peer it connected to and answers PINGs with PONG; any
+ * message from a peer proves it alive, and a peer silent for DSLA_ACTOR_HEARTBEAT_LIVENESS
+ * intervals is reported dead through on_peer. A dead peer this actor connected to gets a fresh
+ * DEALER (what was queued for it is dropped) and keeps being pinged, so a restart is noticed.
+ *
+ * Contract: everything but dsla_actor_create, dsla_actor_destroy and dsla_actor_endpoint runs on
+ * the actor's own thread, from its callbacks (on_start, handlers, timers). Callbacks must not
+ * block: a slow job goes to a worker or a CUDA stream, never to another actor's thread. An actor
+ * shares no mutable state with another; it only sends messages. This module knows the envelope but
+ * no engine and no body beyond PING, PONG and ERROR. */
+#ifndef DSLA_ACTOR_ACTOR_H
+#define DSLA_ACTOR_ACTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/proto.h"
+#include "runtime/core/status.h"
+
+/* DESIGN.md section 7: heartbeats every second, a peer missing three is dead. */
+#define DSLA_ACTOR_HEARTBEAT_MS 1000
+#define DSLA_ACTOR_HEARTBEAT_LIVENESS 3
+/* Endpoints one actor may bind, and peers it may connect to: a node runs few actors. */
+#define DSLA_ACTOR_BIND_MAX 4
+#define DSLA_ACTOR_PEER_MAX 64
+/* ZMQ_LAST_ENDPOINT of a tcp bind: "tcp://" + an IPv6 address + ":port" fits easily. */
+#define DSLA_ACTOR_ENDPOINT_MAX 256
+
+/* The process's ZeroMQ context: inproc:// endpoints only reach actors of the same context. Destroy
+ * it after every actor created on it. */
+typedef struct dsla_actor_ctx dsla_actor_ctx_t;
+dsla_status_t dsla_actor_ctx_create(dsla_actor_ctx_t **out);
+void dsla_actor_ctx_destroy(dsla_actor_ctx_t **ctx);
+
+typedef struct dsla_actor dsla_actor_t;
+
+/* One received message, valid only during the handler call. */
+typedef struct {
+    const dsla_proto_envelope_t *env;
+    /* Who sent it on the wire: the peer's name (its ZeroMQ routing id), "" for an anonymous
+     * client whose routing id is not a printable name. Replies go back the way it came. */
+    const char *from;
+    /* Private: the return route. */
+    const void *route_id_;
+    size_t route_id_len_;
+    int route_peer_;
+} dsla_actor_msg_t;
+
+typedef void (*dsla_actor_handler_fn)(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user);
+typedef void (*dsla_actor_start_fn)(dsla_actor_t *a, void *user);
+/* alive is true when a peer first answers or comes back, false once it has been silent for
+ * DSLA_ACTOR_HEARTBEAT_LIVENESS intervals (or never answered within them). */
+typedef void (*dsla_actor_peer_fn)(dsla_actor_t *a, const char *peer, bool alive, void *user);
+typedef void (*dsla_actor_timer_fn)(dsla_actor_t *a, void *user);
+
+typedef struct {
+    uint32_t type;
+    dsla_actor_handler_fn fn;
+} dsla_actor_handler_t;
+
+typedef struct {
+    const char *name;     /* peer's name as this actor addresses it */
+    const char *endpoint; /* "inproc://serving0", "tcp://127.0.0.1:7072" */
+} dsla_actor_peer_def_t;
+
+typedef struct {
+    const char *name; /* unique per cluster, at most DSLA_PROTO_NAME_MAX printable bytes */
+    dsla_actor_ctx_t *ctx;
+    const char *bind[DSLA_ACTOR_BIND_MAX]; /* mailbox endpoints; unused slots NULL; "tcp://h:*"
+                                              takes an ephemeral port (dsla_actor_endpoint) */
+    const dsla_actor_peer_def_t *peers;    /* connected before on_start */
+    size_t n_peers;
+    /* PING and PONG handlers replace the built-in answer (a PING handler must reply itself) and
+     * also see heartbeats, which carry id 0; liveness is recorded before any handler runs.
+     * Copied at create. */
+    const dsla_actor_handler_t *handlers;
+    size_t n_handlers;
+    dsla_actor_start_fn on_start; /* first callback on the actor's thread, after binds/connects */
+    dsla_actor_start_fn on_stop;  /* last callback on the actor's thread */
+    dsla_actor_peer_fn on_peer;
+    void *user;            /* passed to every callback */
+    uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS; tests use tens of milliseconds */
+} dsla_actor_def_t;
+
+/* Starts the thread and returns once its mailbox is bound and its peers connected, or with the
+ * reason it could not (a bind that failed names the endpoint). */
+dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def);
+/* Stops the loop (through a uv_async the thread listens to), runs on_stop, closes every handle and
+ * socket, joins the thread, frees, NULLs *a. Harmless on NULL. Never from the actor's own thread.
+ */
+void dsla_actor_destroy(dsla_actor_t **a);
+
+/* The endpoint of bind slot i as bound (a tcp wildcard port resolved); NULL for an unused slot.
+ * Any thread, after create. */
+const char *dsla_actor_endpoint(const dsla_actor_t *a, int i);
+const char *dsla_actor_name(const dsla_actor_t *a);
+
+/* Connects a DEALER to a peer's mailbox and starts heartbeating it. ZeroMQ queues messages until
+ * the connection is up, so sending right after connecting is fine. */
+dsla_status_t dsla_actor_connect(dsla_actor_t *a, const char *peer, const char *endpoint);
+
+/* Sends one envelope {type, id, src: this actor, dst, body} to dst: through the DEALER when dst is
+ * a connected peer, else through the mailbox to the client of that routing id. Never blocks: a full
+ * queue is DSLA_ERR_RESOURCE_EXHAUSTED, an unknown destination DSLA_ERR_NOT_FOUND. */
+dsla_status_t dsla_actor_send(dsla_actor_t *a, const char *dst, uint32_t type, uint64_t id,
+                              const void *body, size_t body_len);
+/* Sends back along msg's route with msg's correlation id. */
+dsla_status_t dsla_actor_reply(dsla_actor_t *a, const dsla_actor_msg_t *msg, uint32_t type,
+                               const void *body, size_t body_len);
+/* Replies with ERROR {code, message}. */
+dsla_status_t dsla_actor_reply_error(dsla_actor_t *a, const dsla_actor_msg_t *msg,
+                                     dsla_proto_code_t code, const char *message);
+
+/* A uv_timer on the actor's loop: first after timeout_ms, then every repeat_ms (0: once). Timers
+ * live until stopped or until the actor stops. */
+typedef struct dsla_actor_timer dsla_actor_timer_t;
+dsla_status_t dsla_actor_timer_start(dsla_actor_t *a, uint64_t timeout_ms, uint64_t repeat_ms,
+                                     dsla_actor_timer_fn fn, void *user, dsla_actor_timer_t **out);
+void dsla_actor_timer_stop(dsla_actor_t *a, dsla_actor_timer_t **t);
+
+#endif

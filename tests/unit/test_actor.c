@@ -1,0 +1,411 @@
+/* runtime/actor: ping-pong over inproc and tcp, ERROR replies to unknown types and malformed
+ * frames, heartbeat death in both directions, and clean shutdown of many actors. Every wait is a
+ * bounded poll on a counter the actors' threads set, never a sleep standing in for an event. */
+#include "tests/testutil.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <zmq.h>
+
+#include "proto/proto.h"
+#include "runtime/actor/actor.h"
+
+enum {
+    PINGS = 1000,
+    WAIT_MS = 10000,       /* generous: the suite also runs under ASan on shared cores */
+    FAST_BEAT_MS = 100,    /* heartbeat interval in the liveness tests: short, yet three of them
+                              outlast a thread starved by a loaded machine */
+    QUIET_BEAT_MS = 60000, /* heartbeats that never fire during a test */
+    RING = 16,
+    UNKNOWN_TYPE = 4242,
+};
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Polls until *v reaches target or WAIT_MS passes; returns whether it did. */
+static bool wait_for(atomic_int *v, int target) {
+    uint64_t deadline = now_ms() + WAIT_MS;
+    struct timespec tick = {0, 1000000};
+    while (atomic_load(v) < target) {
+        if (now_ms() > deadline) return false;
+        nanosleep(&tick, NULL);
+    }
+    return true;
+}
+
+/* What one actor's callbacks saw; written on its thread, read by the test's. */
+typedef struct {
+    atomic_int pongs;
+    atomic_int send_failures; /* cmocka's asserts must stay on the test's thread */
+    atomic_int errors;
+    atomic_uint last_error_code;
+    atomic_ullong last_error_id;
+    atomic_int alive;
+    atomic_int dead;
+    atomic_ullong dead_at_ms;
+    char peer[DSLA_PROTO_NAME_MAX + 1]; /* whom on_start talks to */
+    uint32_t first_type;                /* what on_start sends */
+} seen_t;
+
+static void send_ping(dsla_actor_t *a, seen_t *s, uint64_t id) {
+    dsla_proto_ping_t ping = {.seq = id};
+    dsla_proto_buf_t body;
+    if (dsla_proto_ping_encode(&ping, &body) != DSLA_OK ||
+        dsla_actor_send(a, s->peer, DSLA_MSG_PING, id, body.data, body.len) != DSLA_OK)
+        atomic_fetch_add(&s->send_failures, 1);
+    dsla_proto_buf_free(&body);
+}
+
+static void start_pinging(dsla_actor_t *a, void *user) {
+    seen_t *s = user;
+    if (s->first_type == DSLA_MSG_PING)
+        send_ping(a, s, 1);
+    else if (s->first_type && dsla_actor_send(a, s->peer, s->first_type, 77, NULL, 0) != DSLA_OK)
+        atomic_fetch_add(&s->send_failures, 1);
+}
+
+/* Answers each PONG (heartbeats carry id 0) with the next PING until PINGS round trips. */
+static void on_pong(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    seen_t *s = user;
+    if (msg->env->id == 0) return;
+    dsla_proto_ping_t ping;
+    if (dsla_proto_ping_decode(msg->env->body, msg->env->body_len, &ping) != DSLA_OK ||
+        ping.seq != msg->env->id || strcmp(msg->env->src, s->peer) != 0)
+        return; /* a wrong echo leaves the count short and the test fails on it */
+    int n = atomic_fetch_add(&s->pongs, 1) + 1;
+    if (n < PINGS) send_ping(a, s, (uint64_t)n + 1);
+}
+
+static void on_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    (void)a;
+    seen_t *s = user;
+    dsla_proto_error_t err;
+    if (dsla_proto_error_decode(msg->env->body, msg->env->body_len, &err) != DSLA_OK) return;
+    atomic_store(&s->last_error_code, err.code);
+    atomic_store(&s->last_error_id, msg->env->id);
+    atomic_fetch_add(&s->errors, 1);
+}
+
+static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
+    (void)a;
+    (void)peer;
+    seen_t *s = user;
+    if (alive) {
+        atomic_fetch_add(&s->alive, 1);
+    } else {
+        atomic_store(&s->dead_at_ms, now_ms());
+        atomic_fetch_add(&s->dead, 1);
+    }
+}
+
+static const dsla_actor_handler_t CLIENT_HANDLERS[] = {
+    {DSLA_MSG_PONG, on_pong},
+    {DSLA_MSG_ERROR, on_error},
+};
+
+static dsla_actor_t *start_actor(dsla_actor_ctx_t *ctx, const char *name, const char *bind,
+                                 const char *peer, const char *peer_endpoint, seen_t *seen,
+                                 uint32_t heartbeat_ms) {
+    dsla_actor_peer_def_t peers[1] = {{peer, peer_endpoint}};
+    dsla_actor_def_t def = {
+        .name = name,
+        .ctx = ctx,
+        .bind = {bind},
+        .peers = peers,
+        .n_peers = peer ? 1 : 0,
+        .handlers = CLIENT_HANDLERS,
+        .n_handlers = 2,
+        .on_start = start_pinging,
+        .on_peer = on_peer,
+        .user = seen,
+        .heartbeat_ms = heartbeat_ms,
+    };
+    if (peer) snprintf(seen->peer, sizeof seen->peer, "%s", peer);
+    dsla_actor_t *a = NULL;
+    dsla_status_t st = dsla_actor_create(&a, &def);
+    if (st != DSLA_OK) fail_msg("%s", dsla_last_error());
+    return a;
+}
+
+static void ping_pong(const char *bind) {
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0}, sa = {.first_type = DSLA_MSG_PING};
+    dsla_actor_t *b = start_actor(ctx, "b", bind, NULL, NULL, &sb, QUIET_BEAT_MS);
+    const char *endpoint = dsla_actor_endpoint(b, 0);
+    assert_non_null(endpoint);
+    assert_null(dsla_actor_endpoint(b, 1));
+    if (strncmp(bind, "tcp", 3) == 0) assert_null(strchr(endpoint, '*')); /* port resolved */
+    dsla_actor_t *a = start_actor(ctx, "a", NULL, "b", endpoint, &sa, QUIET_BEAT_MS);
+    assert_true(wait_for(&sa.pongs, PINGS));
+    assert_int_equal(atomic_load(&sa.errors), 0);
+    assert_int_equal(atomic_load(&sa.send_failures), 0);
+    dsla_actor_destroy(&a);
+    dsla_actor_destroy(&b);
+    assert_null(a);
+    dsla_actor_destroy(&b); /* harmless twice */
+    dsla_actor_ctx_destroy(&ctx);
+    assert_null(ctx);
+}
+
+static void test_ping_pong_inproc(void **state) {
+    (void)state;
+    ping_pong("inproc://test-actor-b");
+}
+
+static void test_ping_pong_tcp(void **state) {
+    (void)state;
+    ping_pong("tcp://127.0.0.1:*");
+}
+
+static void test_unknown_type_gets_error(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0}, sa = {.first_type = UNKNOWN_TYPE};
+    dsla_actor_t *b =
+        start_actor(ctx, "b", "inproc://test-unknown", NULL, NULL, &sb, QUIET_BEAT_MS);
+    dsla_actor_t *a = start_actor(ctx, "a", NULL, "b", "inproc://test-unknown", &sa, QUIET_BEAT_MS);
+    assert_true(wait_for(&sa.errors, 1));
+    assert_int_equal(atomic_load(&sa.last_error_code), DSLA_CODE_INVALID_ARGUMENT);
+    assert_int_equal(atomic_load(&sa.last_error_id), 77); /* correlated with the request */
+    assert_int_equal(atomic_load(&sb.errors), 0);         /* and no error bounced back */
+    assert_int_equal(atomic_load(&sa.send_failures), 0);
+    dsla_actor_destroy(&a);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A raw ZeroMQ client (its own context, over tcp) feeds the mailbox garbage and expects one ERROR
+ * per frame, then a PONG to prove the actor survived. */
+static void expect_reply(void *sock, uint32_t type, uint32_t code) {
+    zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&item, 1, WAIT_MS), 1);
+    char buf[4096];
+    int n = zmq_recv(sock, buf, sizeof buf, 0);
+    assert_true(n > 0 && n < (int)sizeof buf);
+    dsla_proto_envelope_t env;
+    assert_int_equal(dsla_proto_envelope_decode(buf, (size_t)n, &env), DSLA_OK);
+    assert_int_equal(env.type, type);
+    assert_string_equal(env.src, "b");
+    if (type == DSLA_MSG_ERROR) {
+        dsla_proto_error_t err;
+        assert_int_equal(dsla_proto_error_decode(env.body, env.body_len, &err), DSLA_OK);
+        assert_int_equal(err.code, code);
+        assert_true(err.message[0] != '\0');
+    }
+}
+
+static void test_malformed_frames_get_errors(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, QUIET_BEAT_MS);
+    void *zctx = zmq_ctx_new();
+    void *sock = zmq_socket(zctx, ZMQ_DEALER); /* anonymous: ZeroMQ picks a binary routing id */
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(sock, dsla_actor_endpoint(b, 0)), 0);
+
+    const unsigned char garbage[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0x01};
+    assert_true(zmq_send(sock, garbage, sizeof garbage, 0) >= 0);
+    expect_reply(sock, DSLA_MSG_ERROR, DSLA_CODE_INVALID_ARGUMENT);
+    assert_true(zmq_send(sock, "", 0, 0) >= 0);
+    expect_reply(sock, DSLA_MSG_ERROR, DSLA_CODE_INVALID_ARGUMENT);
+
+    dsla_proto_envelope_t env = {.type = DSLA_MSG_PING, .id = 5, .src = "raw", .dst = "b"};
+    dsla_proto_buf_t frame;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    /* two frames where one envelope belongs */
+    assert_true(zmq_send(sock, frame.data, frame.len, ZMQ_SNDMORE) >= 0);
+    assert_true(zmq_send(sock, frame.data, frame.len, 0) >= 0);
+    expect_reply(sock, DSLA_MSG_ERROR, DSLA_CODE_INVALID_ARGUMENT);
+    /* truncated */
+    assert_true(zmq_send(sock, frame.data, frame.len - 1, 0) >= 0);
+    expect_reply(sock, DSLA_MSG_ERROR, DSLA_CODE_INVALID_ARGUMENT);
+    dsla_proto_buf_free(&frame);
+    /* a version from the future */
+    env.version = DSLA_PROTO_VERSION + 1;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    assert_true(zmq_send(sock, frame.data, frame.len, 0) >= 0);
+    expect_reply(sock, DSLA_MSG_ERROR, DSLA_CODE_INVALID_ARGUMENT);
+    dsla_proto_buf_free(&frame);
+    /* an ERROR that nobody handles is not answered; the PING after it is */
+    env.version = 0;
+    env.type = DSLA_MSG_ERROR;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    assert_true(zmq_send(sock, frame.data, frame.len, 0) >= 0);
+    dsla_proto_buf_free(&frame);
+    env.type = DSLA_MSG_PING;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    assert_true(zmq_send(sock, frame.data, frame.len, 0) >= 0);
+    expect_reply(sock, DSLA_MSG_PONG, 0);
+    dsla_proto_buf_free(&frame);
+
+    zmq_close(sock);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* a connects to b; both see each other alive; then the one named by kill stops and the other
+ * must report it dead after about DSLA_ACTOR_HEARTBEAT_LIVENESS intervals. */
+static void heartbeat_death(bool kill_server) {
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0}, sa = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, FAST_BEAT_MS);
+    dsla_actor_t *a =
+        start_actor(ctx, "a", NULL, "b", dsla_actor_endpoint(b, 0), &sa, FAST_BEAT_MS);
+    assert_true(wait_for(&sa.alive, 1));
+    assert_true(wait_for(&sb.alive, 1));
+    char endpoint[DSLA_ACTOR_ENDPOINT_MAX];
+    snprintf(endpoint, sizeof endpoint, "%s", dsla_actor_endpoint(b, 0));
+    seen_t *survivor = kill_server ? &sa : &sb;
+    int dead_before = atomic_load(&survivor->dead);
+    uint64_t t0 = now_ms();
+    dsla_actor_destroy(kill_server ? &b : &a);
+    assert_true(wait_for(&survivor->dead, dead_before + 1));
+    uint64_t waited = atomic_load(&survivor->dead_at_ms) - t0;
+    /* the last answer came at most one interval before the stop */
+    assert_true(waited >= (DSLA_ACTOR_HEARTBEAT_LIVENESS - 2) * FAST_BEAT_MS);
+    assert_true(waited < 40 * FAST_BEAT_MS);
+    if (kill_server) { /* a server restarted on the same endpoint is found again */
+        seen_t sb2 = {0};
+        int alive_before = atomic_load(&sa.alive);
+        b = start_actor(ctx, "b", endpoint, NULL, NULL, &sb2, FAST_BEAT_MS);
+        assert_true(wait_for(&sa.alive, alive_before + 1));
+        assert_true(wait_for(&sb2.alive, 1));
+        dsla_actor_destroy(&b);
+    }
+    dsla_actor_destroy(&a);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+static void test_dead_server_reported(void **state) {
+    (void)state;
+    heartbeat_death(true);
+}
+
+static void test_dead_client_reported(void **state) {
+    (void)state;
+    heartbeat_death(false);
+}
+
+/* RING actors, each connected to the next: every one sees two neighbours alive (the one it pings,
+ * the one that pings it), then all stop; ASan's leak check covers the teardown. */
+static void test_many_actors_clean_shutdown(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    dsla_actor_t *actors[RING];
+    seen_t seen[RING];
+    memset(seen, 0, sizeof seen);
+    char names[RING][16], binds[RING][48];
+    for (int i = 0; i < RING; i++) {
+        snprintf(names[i], sizeof names[i], "r%d", i);
+        snprintf(binds[i], sizeof binds[i], "inproc://test-ring-%d", i);
+    }
+    /* connecting before the peer binds is fine for inproc: ZeroMQ queues until it does */
+    for (int i = 0; i < RING; i++)
+        actors[i] = start_actor(ctx, names[i], binds[i], names[(i + 1) % RING],
+                                binds[(i + 1) % RING], &seen[i], FAST_BEAT_MS);
+    for (int i = 0; i < RING; i++)
+        assert_true(wait_for(&seen[i].alive, 2));
+    for (int i = 0; i < RING; i++) {
+        dsla_actor_destroy(&actors[i]);
+        assert_null(actors[i]);
+    }
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A repeating timer that stops itself after TICKS firings, and a one-shot timer far in the future
+ * that the actor's stop must close without leaking. */
+enum { TICKS = 5 };
+typedef struct {
+    atomic_int ticks;
+    atomic_int stopped;
+    atomic_int failures;
+    dsla_actor_timer_t *repeat, *never;
+} timers_t;
+
+static void on_tick(dsla_actor_t *a, void *user) {
+    timers_t *t = user;
+    if (atomic_fetch_add(&t->ticks, 1) + 1 < TICKS) return;
+    dsla_actor_timer_stop(a, &t->repeat);
+    if (t->repeat) atomic_fetch_add(&t->failures, 1);
+    atomic_store(&t->stopped, 1);
+}
+
+static void start_timers(dsla_actor_t *a, void *user) {
+    timers_t *t = user;
+    if (dsla_actor_timer_start(a, 1, 1, on_tick, t, &t->repeat) != DSLA_OK ||
+        dsla_actor_timer_start(a, 3600 * 1000, 0, on_tick, t, &t->never) != DSLA_OK)
+        atomic_fetch_add(&t->failures, 1);
+}
+
+static void test_timers_and_thread_contract(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    timers_t t = {0};
+    dsla_actor_def_t def = {.name = "clock", .ctx = ctx, .on_start = start_timers, .user = &t};
+    dsla_actor_t *a = NULL;
+    assert_int_equal(dsla_actor_create(&a, &def), DSLA_OK);
+    assert_true(wait_for(&t.stopped, 1));
+    assert_int_equal(atomic_load(&t.ticks), TICKS);
+    assert_int_equal(atomic_load(&t.failures), 0);
+    /* the test's thread is not the actor's: sending from here is refused, not raced */
+    assert_int_equal(dsla_actor_send(a, "x", DSLA_MSG_PING, 1, NULL, 0), DSLA_ERR_INTERNAL);
+    assert_non_null(strstr(dsla_last_error(), "thread"));
+    assert_string_equal(dsla_actor_name(a), "clock");
+    dsla_actor_destroy(&a);
+    assert_int_equal(atomic_load(&t.ticks), TICKS);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+static void test_create_failures_name_the_cause(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t s1 = {0}, s2 = {0};
+    dsla_actor_t *a = start_actor(ctx, "a", "tcp://127.0.0.1:*", NULL, NULL, &s1, QUIET_BEAT_MS);
+    dsla_actor_def_t def = {
+        .name = "b", .ctx = ctx, .bind = {dsla_actor_endpoint(a, 0)}, .user = &s2};
+    dsla_actor_t *b = NULL;
+    assert_int_equal(dsla_actor_create(&b, &def), DSLA_ERR_INVALID_ARGUMENT);
+    assert_null(b);
+    assert_non_null(strstr(dsla_last_error(), dsla_actor_endpoint(a, 0))); /* port in use */
+    def.bind[0] = "nonsense://x";
+    assert_int_equal(dsla_actor_create(&b, &def), DSLA_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(dsla_last_error(), "nonsense://x"));
+    def.bind[0] = NULL;
+    def.name = "has space";
+    assert_int_equal(dsla_actor_create(&b, &def), DSLA_ERR_INVALID_ARGUMENT);
+    dsla_actor_destroy(&a);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ping_pong_inproc),
+        cmocka_unit_test(test_ping_pong_tcp),
+        cmocka_unit_test(test_unknown_type_gets_error),
+        cmocka_unit_test(test_malformed_frames_get_errors),
+        cmocka_unit_test(test_dead_server_reported),
+        cmocka_unit_test(test_dead_client_reported),
+        cmocka_unit_test(test_many_actors_clean_shutdown),
+        cmocka_unit_test(test_timers_and_thread_contract),
+        cmocka_unit_test(test_create_failures_name_the_cause),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
