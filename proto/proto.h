@@ -11,6 +11,7 @@
 #ifndef DSLA_PROTO_PROTO_H
 #define DSLA_PROTO_PROTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,7 +33,11 @@
 #define DSLA_PROTO_TYPES(X)                                                                        \
     X(PING, 1, "heartbeat probe; answered by PONG with the same body")                             \
     X(PONG, 2, "heartbeat answer")                                                                 \
-    X(ERROR, 3, "a request failed: status code and message")
+    X(ERROR, 3, "a request failed: status code and message")                                       \
+    X(GENERATE, 4, "client -> serving: generate from a prompt; answered by TOKENs, then DONE")     \
+    X(TOKEN, 5, "serving -> client: one streamed token and the text it makes final")               \
+    X(DONE, 6, "serving -> client: the generation ended: finish reason and usage")                 \
+    X(CANCEL, 7, "client -> serving: cancel a GENERATE of the same client")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -108,5 +113,77 @@ typedef struct {
 
 dsla_status_t dsla_proto_error_encode(const dsla_proto_error_t *err, dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_error_decode(const void *body, size_t len, dsla_proto_error_t *out);
+
+/* Bounds on what one GENERATE may claim: far above any model we serve, far below what would let
+ * one frame exhaust a server. */
+#define DSLA_PROTO_PROMPT_MAX (1u << 20) /* prompt text bytes */
+#define DSLA_PROTO_PROMPT_IDS_MAX 65536  /* prompt token ids */
+#define DSLA_PROTO_STOP_MAX 8            /* stop strings */
+#define DSLA_PROTO_STOP_LEN_MAX 256      /* bytes of one stop string */
+#define DSLA_PROTO_PIECE_MAX 4096        /* bytes of text in one TOKEN; longer text is split */
+
+/* GENERATE: the prompt is text (encoded by the server's tokenizer with its default BOS) or token
+ * ids, the ids winning when both are given. On encode every pointer is borrowed; on decode they
+ * point into allocations released by dsla_proto_generate_free. Range checks beyond the bounds
+ * above (max_tokens against the context, sampling parameters) are the server's business. */
+typedef struct {
+    const char *prompt; /* NUL-terminated after decode */
+    size_t prompt_len;
+    const int32_t *prompt_ids;
+    int n_prompt_ids;
+    int32_t max_tokens;
+    float temperature; /* <= 0: greedy */
+    int32_t top_k;     /* <= 0: off */
+    float top_p;       /* >= 1: off */
+    uint64_t seed;
+    const char *stop[DSLA_PROTO_STOP_MAX];
+    int n_stop;
+    bool ignore_eos;
+    bool stream; /* TOKENs as they come; the only mode served so far */
+} dsla_proto_generate_t;
+
+dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_generate_decode(const void *body, size_t len, dsla_proto_generate_t *out);
+/* Frees what decode allocated and zeroes *g; harmless on a zeroed struct. Never on an encode-side
+ * struct whose pointers are borrowed. */
+void dsla_proto_generate_free(dsla_proto_generate_t *g);
+
+/* TOKEN: the envelope's id is the GENERATE's. token is -1 when the frame only carries text (the
+ * detokenizer's last flush, or the rest of a piece longer than DSLA_PROTO_PIECE_MAX). */
+typedef struct {
+    int32_t token;
+    size_t text_len;
+    char text[DSLA_PROTO_PIECE_MAX + 1];
+} dsla_proto_token_t;
+
+dsla_status_t dsla_proto_token_encode(const dsla_proto_token_t *t, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_token_t *out);
+
+/* DONE's finish reasons; on the wire as "length", "stop", "cancelled". */
+typedef enum {
+    DSLA_PROTO_FINISH_LENGTH = 0,
+    DSLA_PROTO_FINISH_STOP,
+    DSLA_PROTO_FINISH_CANCELLED,
+} dsla_proto_finish_t;
+
+const char *dsla_proto_finish_name(dsla_proto_finish_t finish);
+
+/* DONE: the envelope's id is the GENERATE's; no TOKEN of that id follows it. */
+typedef struct {
+    dsla_proto_finish_t finish;
+    uint32_t prompt_tokens;
+    uint32_t completion_tokens;
+} dsla_proto_done_t;
+
+dsla_status_t dsla_proto_done_encode(const dsla_proto_done_t *d, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_done_decode(const void *body, size_t len, dsla_proto_done_t *out);
+
+/* CANCEL: request is the id of a GENERATE the same client sent. */
+typedef struct {
+    uint64_t request;
+} dsla_proto_cancel_t;
+
+dsla_status_t dsla_proto_cancel_encode(const dsla_proto_cancel_t *c, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_cancel_decode(const void *body, size_t len, dsla_proto_cancel_t *out);
 
 #endif

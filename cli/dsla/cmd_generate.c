@@ -6,13 +6,15 @@
 
 #include "args.h"
 #include "commands.h"
+#include "proto/dsla_client.h"
 #include "runtime/model/generate.h"
 
 static const char usage[] =
     "usage: dsla generate --model DIR --prompt TEXT [options]\n\n"
     "Generates a continuation of TEXT with the Llama model in DIR (Hugging Face layout: "
     "config.json,\n"
-    "safetensors, tokenizer.json). Text goes to stdout as it is produced; statistics to stderr.";
+    "safetensors, tokenizer.json). Text goes to stdout as it is produced; statistics to stderr.\n"
+    "With --endpoint, a dsla-serve at that address generates instead (no --model needed).";
 
 /* A default that suits a quick look at a model; the context still caps it. */
 enum { DEFAULT_MAX_TOKENS = 256 };
@@ -24,13 +26,78 @@ static int write_piece(void *user, const char *piece, size_t len) {
     return 0;
 }
 
+/* Token ids collected for --print-ids when generating through a server. */
+typedef struct {
+    int32_t *ids;
+    int n, cap;
+} remote_ids_t;
+
+static int remote_piece(void *user, int32_t token, const char *text, size_t len) {
+    remote_ids_t *r = user;
+    if (token >= 0) {
+        if (r->n == r->cap) {
+            int cap = r->cap ? 2 * r->cap : 256;
+            int32_t *ids = realloc(r->ids, sizeof *ids * (size_t)cap);
+            if (!ids) return 1;
+            r->ids = ids;
+            r->cap = cap;
+        }
+        r->ids[r->n++] = token;
+    }
+    return write_piece(NULL, text, len);
+}
+
+static int generate_remote(const char *endpoint, const char *prompt,
+                           const dsla_generate_params_t *params, bool print_ids) {
+    dsla_client_t *client = NULL;
+    if (dsla_client_connect(&client, endpoint, NULL) != DSLA_OK) {
+        fprintf(stderr, "dsla generate: %s\n", dsla_last_error());
+        return 2;
+    }
+    dsla_proto_generate_t req = {.prompt = prompt,
+                                 .prompt_len = strlen(prompt),
+                                 .max_tokens = params->max_tokens,
+                                 .temperature = params->sampling.temperature,
+                                 .top_k = params->sampling.top_k,
+                                 .top_p = params->sampling.top_p,
+                                 .seed = params->sampling.seed,
+                                 .n_stop = params->n_stop,
+                                 .ignore_eos = params->ignore_eos,
+                                 .stream = true};
+    for (int i = 0; i < params->n_stop && i < DSLA_PROTO_STOP_MAX; i++)
+        req.stop[i] = params->stop[i];
+    remote_ids_t ids = {0};
+    dsla_client_result_t result;
+    fputs(prompt, stdout);
+    fflush(stdout);
+    dsla_proto_code_t code = dsla_client_generate(client, &req, remote_piece, &ids, 0, &result);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (code == DSLA_CODE_OK) {
+        if (print_ids) {
+            fprintf(stderr, "ids:");
+            for (int i = 0; i < ids.n; i++)
+                fprintf(stderr, " %d", ids.ids[i]);
+            fputc('\n', stderr);
+        }
+        fprintf(stderr, "dsla generate: %u prompt tokens, %u new tokens from %s, finish: %s\n",
+                result.prompt_tokens, result.completion_tokens, endpoint,
+                dsla_proto_finish_name(result.finish));
+    } else {
+        fprintf(stderr, "dsla generate: %s: %s\n", dsla_proto_code_name(code), result.message);
+    }
+    free(ids.ids);
+    dsla_client_close(&client);
+    return code == DSLA_CODE_OK ? 0 : code == DSLA_CODE_INVALID_ARGUMENT ? 2 : 1;
+}
+
 static int exit_code_for(dsla_status_t status) {
     return status == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1;
 }
 
 int dsla_cmd_generate(int argc, char **argv) {
     const char *model_dir = getenv("DSLA_MODEL");
-    const char *prompt = NULL;
+    const char *prompt = NULL, *endpoint = NULL;
     long max_tokens = -1, top_k = 0, seed = -1;
     double temperature = 1.0, top_p = 1.0;
     bool print_ids = false, ignore_eos = false;
@@ -48,10 +115,35 @@ int dsla_cmd_generate(int argc, char **argv) {
         {"stop", DSLA_ARG_STRING_LIST, "stop before this text (repeatable)", 0, 0, &stops},
         {"ignore-eos", DSLA_ARG_FLAG, "do not stop at end-of-sequence tokens", 0, 0, &ignore_eos},
         {"print-ids", DSLA_ARG_FLAG, "print the generated token ids to stderr", 0, 0, &print_ids},
+        {"endpoint", DSLA_ARG_STRING, "generate on the dsla-serve at this URL, not in process", 0,
+         0, &endpoint},
     };
     int rc =
         dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
     if (rc >= 0) return rc;
+    if (seed < 0) seed = (long)time(NULL);
+    if (endpoint) {
+        if (!prompt) {
+            fprintf(stderr, "dsla generate: --prompt is required\n");
+            return 2;
+        }
+        if (stops.count > DSLA_PROTO_STOP_MAX) {
+            fprintf(stderr, "dsla generate: %d --stop strings, above the limit of %d\n",
+                    stops.count, DSLA_PROTO_STOP_MAX);
+            return 2;
+        }
+        dsla_generate_params_t params = {
+            .sampling = {.temperature = (float)temperature,
+                         .top_k = (int)top_k,
+                         .top_p = (float)top_p,
+                         .seed = (uint64_t)seed},
+            .max_tokens = (int)(max_tokens < 0 ? DEFAULT_MAX_TOKENS : max_tokens),
+            .stop = stops.items,
+            .n_stop = stops.count,
+            .ignore_eos = ignore_eos,
+        };
+        return generate_remote(endpoint, prompt, &params, print_ids);
+    }
     if (!model_dir || !*model_dir) {
         fprintf(stderr, "dsla generate: --model is required (or set DSLA_MODEL)\n");
         return 2;
@@ -60,7 +152,6 @@ int dsla_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "dsla generate: --prompt is required\n");
         return 2;
     }
-    if (seed < 0) seed = (long)time(NULL);
 
     dsla_model_t *model = NULL;
     dsla_tokenizer_t *tokenizer = NULL;

@@ -1,0 +1,51 @@
+/* The client stub (DESIGN.md section 8), minimal and gRPC-like: connect to a serving actor's
+ * mailbox, send one GENERATE, receive its TOKENs through a callback and its DONE or ERROR.
+ *
+ * Contract: one client is used by one thread at a time; dsla_client_generate blocks that thread
+ * until the request ends, its deadline passes or the server is found gone. While it waits it
+ * PINGs the server every heartbeat interval; silence for DSLA_CLIENT_LIVENESS intervals means
+ * UNAVAILABLE. A request that got UNAVAILABLE before its first token is sent again (up to
+ * `retries` times, over a fresh socket); after a token it is not, since the stream would repeat.
+ * The client is not an actor and knows nothing of engines: it speaks proto/ over one ZeroMQ
+ * DEALER whose routing id is a printable name, so that the server can stream to it. */
+#ifndef DSLA_PROTO_DSLA_CLIENT_H
+#define DSLA_PROTO_DSLA_CLIENT_H
+
+#include <stdint.h>
+
+#include "proto/proto.h"
+
+/* Heartbeats missed before the server counts as gone (as actors count, DESIGN.md section 7). */
+#define DSLA_CLIENT_LIVENESS 3
+
+typedef struct dsla_client dsla_client_t;
+
+typedef struct {
+    uint32_t heartbeat_ms; /* 0: 1000 (DSLA_ACTOR_HEARTBEAT_MS); tests use less */
+    int retries;           /* sends again after UNAVAILABLE before the first token; default 0 */
+} dsla_client_options_t;
+
+/* One streamed piece; return non-zero to cancel the request (it then ends CANCELLED). text is
+ * valid during the call and not NUL-terminated; token is -1 for text-only pieces. */
+typedef int (*dsla_client_token_fn)(void *user, int32_t token, const char *text, size_t len);
+
+typedef struct {
+    dsla_proto_code_t code;
+    char message[DSLA_PROTO_MESSAGE_MAX + 1];  /* why, when code is not OK */
+    dsla_proto_finish_t finish;                /* when OK */
+    uint32_t prompt_tokens, completion_tokens; /* when OK */
+} dsla_client_result_t;
+
+/* endpoint: "tcp://127.0.0.1:7070". ZeroMQ connects in the background, so a server that is not
+ * up yet is no error here; a malformed endpoint is INVALID_ARGUMENT. options may be NULL. */
+dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
+                                  const dsla_client_options_t *options);
+void dsla_client_close(dsla_client_t **c);
+
+/* Runs request (its stream flag is forced on) and returns result->code. deadline_ms <= 0: none;
+ * past it the client sends CANCEL and returns DEADLINE_EXCEEDED. */
+dsla_proto_code_t dsla_client_generate(dsla_client_t *c, const dsla_proto_generate_t *request,
+                                       dsla_client_token_fn on_token, void *user, int deadline_ms,
+                                       dsla_client_result_t *result);
+
+#endif

@@ -1,0 +1,353 @@
+/* Bodies of the generation types: GENERATE, TOKEN, DONE and CANCEL (proto.h, docs/protocol.md).
+ * Like every decoder here they ignore unknown keys, bound every length by the limits in proto.h
+ * and allocate only what the frame's bytes actually hold. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/proto.h"
+#include "proto/wire.h"
+
+static const char *const finish_names[] = {"length", "stop", "cancelled"};
+
+const char *dsla_proto_finish_name(dsla_proto_finish_t finish) {
+    return (unsigned)finish < sizeof finish_names / sizeof finish_names[0] ? finish_names[finish]
+                                                                           : "unknown";
+}
+
+static void packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk) {
+    msgpack_sbuffer_init(sbuf);
+    msgpack_packer_init(pk, sbuf, msgpack_sbuffer_write);
+}
+
+static dsla_status_t body_map(const void *body, size_t len, msgpack_unpacked *u, const char *what) {
+    DSLA_TRY(dsla_wire_unpack(body, len, u, what));
+    if (u->data.type != MSGPACK_OBJECT_MAP) {
+        msgpack_unpacked_destroy(u);
+        return dsla_error(DSLA_ERR_FORMAT, "%s: body must be a map (type %d)", what,
+                          (int)u->data.type);
+    }
+    return DSLA_OK;
+}
+
+static dsla_status_t get_i64(const msgpack_object *v, int64_t lo, int64_t hi, int64_t *out,
+                             const char *what, const char *field) {
+    int64_t x;
+    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= (uint64_t)INT64_MAX)
+        x = (int64_t)v->via.u64;
+    else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        x = v->via.i64;
+    else
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be an integer (type %d)", what, field,
+                          (int)v->type);
+    if (x < lo || x > hi)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s is %lld, outside [%lld, %lld]", what,
+                          field, (long long)x, (long long)lo, (long long)hi);
+    *out = x;
+    return DSLA_OK;
+}
+
+static dsla_status_t get_float(const msgpack_object *v, float *out, const char *what,
+                               const char *field) {
+    double x;
+    if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
+        x = v->via.f64;
+    else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        x = (double)v->via.u64;
+    else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        x = (double)v->via.i64;
+    else
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a number (type %d)", what, field,
+                          (int)v->type);
+    if (!isfinite(x))
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be finite", what, field);
+    *out = (float)x;
+    return DSLA_OK;
+}
+
+static dsla_status_t get_bool(const msgpack_object *v, bool *out, const char *what,
+                              const char *field) {
+    if (v->type != MSGPACK_OBJECT_BOOLEAN)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a boolean (type %d)", what, field,
+                          (int)v->type);
+    *out = v->via.boolean;
+    return DSLA_OK;
+}
+
+/* A malloc'd, NUL-terminated copy of a str of at most max bytes (NUL bytes refused). */
+static dsla_status_t dup_str(const msgpack_object *v, size_t max, char **out, size_t *len_out,
+                             const char *what, const char *field) {
+    if (v->type != MSGPACK_OBJECT_STR)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a string (type %d)", what, field,
+                          (int)v->type);
+    size_t n = v->via.str.size;
+    if (n > max)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s is %zu bytes, above the limit of %zu",
+                          what, field, n, max);
+    if (n && memchr(v->via.str.ptr, '\0', n))
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s contains a NUL byte", what, field);
+    char *s = malloc(n + 1);
+    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: field %s: out of memory", what, field);
+    if (n) memcpy(s, v->via.str.ptr, n);
+    s[n] = '\0';
+    *out = s;
+    if (len_out) *len_out = n;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_proto_buf_t *out) {
+    out->data = NULL;
+    out->len = 0;
+    if (g->prompt_len > DSLA_PROTO_PROMPT_MAX || g->n_prompt_ids < 0 ||
+        g->n_prompt_ids > DSLA_PROTO_PROMPT_IDS_MAX || g->n_stop < 0 ||
+        g->n_stop > DSLA_PROTO_STOP_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "GENERATE: prompt of %zu bytes (limit %u), %d prompt ids (limit %d) or "
+                          "%d stop strings (limit %d) out of range",
+                          g->prompt_len, DSLA_PROTO_PROMPT_MAX, g->n_prompt_ids,
+                          DSLA_PROTO_PROMPT_IDS_MAX, g->n_stop, DSLA_PROTO_STOP_MAX);
+    for (int i = 0; i < g->n_stop; i++)
+        if (!g->stop[i] || strlen(g->stop[i]) > DSLA_PROTO_STOP_LEN_MAX)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "GENERATE: stop string %d missing or longer than %d bytes", i,
+                              DSLA_PROTO_STOP_LEN_MAX);
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    packer_open(&sbuf, &pk);
+    bool have_text = g->prompt && !g->prompt_ids;
+    int rc = msgpack_pack_map(&pk, 8 + (have_text ? 1 : 0) + (g->prompt_ids ? 1 : 0));
+    if (have_text) {
+        rc |= dsla_wire_pack_key(&pk, "prompt");
+        rc |= msgpack_pack_str_with_body(&pk, g->prompt, g->prompt_len);
+    }
+    if (g->prompt_ids) {
+        rc |= dsla_wire_pack_key(&pk, "prompt_ids");
+        rc |= msgpack_pack_array(&pk, (size_t)g->n_prompt_ids);
+        for (int i = 0; i < g->n_prompt_ids; i++)
+            rc |= msgpack_pack_int32(&pk, g->prompt_ids[i]);
+    }
+    rc |= dsla_wire_pack_key(&pk, "max_tokens");
+    rc |= msgpack_pack_int32(&pk, g->max_tokens);
+    rc |= dsla_wire_pack_key(&pk, "temperature");
+    rc |= msgpack_pack_float(&pk, g->temperature);
+    rc |= dsla_wire_pack_key(&pk, "top_k");
+    rc |= msgpack_pack_int32(&pk, g->top_k);
+    rc |= dsla_wire_pack_key(&pk, "top_p");
+    rc |= msgpack_pack_float(&pk, g->top_p);
+    rc |= dsla_wire_pack_key(&pk, "seed");
+    rc |= msgpack_pack_uint64(&pk, g->seed);
+    rc |= dsla_wire_pack_key(&pk, "stop");
+    rc |= msgpack_pack_array(&pk, (size_t)g->n_stop);
+    for (int i = 0; i < g->n_stop; i++)
+        rc |= msgpack_pack_str_with_body(&pk, g->stop[i], strlen(g->stop[i]));
+    rc |= dsla_wire_pack_key(&pk, "ignore_eos");
+    rc |= g->ignore_eos ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+    rc |= dsla_wire_pack_key(&pk, "stream");
+    rc |= g->stream ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+    return dsla_wire_finish(&sbuf, rc, out, "GENERATE");
+}
+
+void dsla_proto_generate_free(dsla_proto_generate_t *g) {
+    if (!g) return;
+    free((void *)g->prompt);
+    free((void *)g->prompt_ids);
+    for (int i = 0; i < g->n_stop; i++)
+        free((void *)g->stop[i]);
+    memset(g, 0, sizeof *g);
+}
+
+static dsla_status_t generate_field(const msgpack_object *k, const msgpack_object *v,
+                                    dsla_proto_generate_t *out, bool *have_prompt, bool *have_max) {
+    static const char what[] = "GENERATE";
+    int64_t x = 0;
+    if (dsla_wire_key_is(k, "prompt")) {
+        if (out->prompt) return dsla_error(DSLA_ERR_FORMAT, "GENERATE: field prompt repeated");
+        char *s = NULL;
+        DSLA_TRY(dup_str(v, DSLA_PROTO_PROMPT_MAX, &s, &out->prompt_len, what, "prompt"));
+        out->prompt = s;
+        *have_prompt = true;
+    } else if (dsla_wire_key_is(k, "prompt_ids")) {
+        if (v->type != MSGPACK_OBJECT_ARRAY || out->prompt_ids)
+            return dsla_error(DSLA_ERR_FORMAT, "GENERATE: field prompt_ids must be one array");
+        uint32_t n = v->via.array.size;
+        if (n > DSLA_PROTO_PROMPT_IDS_MAX)
+            return dsla_error(DSLA_ERR_FORMAT,
+                              "GENERATE: field prompt_ids has %u ids, above the limit of %d", n,
+                              DSLA_PROTO_PROMPT_IDS_MAX);
+        int32_t *ids = malloc(sizeof *ids * (n ? n : 1));
+        if (!ids) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "GENERATE: prompt_ids: out of memory");
+        out->prompt_ids = ids;
+        for (uint32_t i = 0; i < n; i++) {
+            DSLA_TRY(get_i64(&v->via.array.ptr[i], INT32_MIN, INT32_MAX, &x, what, "prompt_ids"));
+            ids[i] = (int32_t)x;
+        }
+        out->n_prompt_ids = (int)n;
+        *have_prompt = true;
+    } else if (dsla_wire_key_is(k, "max_tokens")) {
+        DSLA_TRY(get_i64(v, INT32_MIN, INT32_MAX, &x, what, "max_tokens"));
+        out->max_tokens = (int32_t)x;
+        *have_max = true;
+    } else if (dsla_wire_key_is(k, "top_k")) {
+        DSLA_TRY(get_i64(v, INT32_MIN, INT32_MAX, &x, what, "top_k"));
+        out->top_k = (int32_t)x;
+    } else if (dsla_wire_key_is(k, "temperature")) {
+        DSLA_TRY(get_float(v, &out->temperature, what, "temperature"));
+    } else if (dsla_wire_key_is(k, "top_p")) {
+        DSLA_TRY(get_float(v, &out->top_p, what, "top_p"));
+    } else if (dsla_wire_key_is(k, "seed")) {
+        DSLA_TRY(dsla_wire_get_u64(v, &out->seed, what, "seed"));
+    } else if (dsla_wire_key_is(k, "ignore_eos")) {
+        DSLA_TRY(get_bool(v, &out->ignore_eos, what, "ignore_eos"));
+    } else if (dsla_wire_key_is(k, "stream")) {
+        DSLA_TRY(get_bool(v, &out->stream, what, "stream"));
+    } else if (dsla_wire_key_is(k, "stop")) {
+        if (v->type != MSGPACK_OBJECT_ARRAY || out->n_stop)
+            return dsla_error(DSLA_ERR_FORMAT, "GENERATE: field stop must be one array");
+        if (v->via.array.size > DSLA_PROTO_STOP_MAX)
+            return dsla_error(DSLA_ERR_FORMAT,
+                              "GENERATE: field stop has %u strings, above the limit of %d",
+                              v->via.array.size, DSLA_PROTO_STOP_MAX);
+        for (uint32_t i = 0; i < v->via.array.size; i++) {
+            char *s = NULL;
+            DSLA_TRY(
+                dup_str(&v->via.array.ptr[i], DSLA_PROTO_STOP_LEN_MAX, &s, NULL, what, "stop"));
+            out->stop[out->n_stop++] = s;
+        }
+    }
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_proto_generate_decode(const void *body, size_t len, dsla_proto_generate_t *out) {
+    memset(out, 0, sizeof *out);
+    out->top_p = 1.0f;
+    out->temperature = 1.0f;
+    out->stream = true;
+    msgpack_unpacked u;
+    DSLA_TRY(body_map(body, len, &u, "GENERATE"));
+    dsla_status_t st = DSLA_OK;
+    bool have_prompt = false, have_max = false;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++)
+        st = generate_field(&m->ptr[i].key, &m->ptr[i].val, out, &have_prompt, &have_max);
+    msgpack_unpacked_destroy(&u);
+    if (st == DSLA_OK && !have_prompt)
+        st = dsla_error(DSLA_ERR_FORMAT, "GENERATE: missing field prompt or prompt_ids");
+    if (st == DSLA_OK && !have_max)
+        st = dsla_error(DSLA_ERR_FORMAT, "GENERATE: missing field max_tokens");
+    if (st != DSLA_OK) dsla_proto_generate_free(out);
+    return st;
+}
+
+dsla_status_t dsla_proto_token_encode(const dsla_proto_token_t *t, dsla_proto_buf_t *out) {
+    out->data = NULL;
+    out->len = 0;
+    if (t->text_len > DSLA_PROTO_PIECE_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "TOKEN: text of %zu bytes above the limit of %d", t->text_len,
+                          DSLA_PROTO_PIECE_MAX);
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    packer_open(&sbuf, &pk);
+    int rc = msgpack_pack_map(&pk, 2);
+    rc |= dsla_wire_pack_key(&pk, "token");
+    rc |= msgpack_pack_int32(&pk, t->token);
+    rc |= dsla_wire_pack_key(&pk, "text");
+    rc |= msgpack_pack_str_with_body(&pk, t->text, t->text_len);
+    return dsla_wire_finish(&sbuf, rc, out, "TOKEN");
+}
+
+dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_token_t *out) {
+    memset(out, 0, sizeof *out);
+    out->token = -1;
+    msgpack_unpacked u;
+    DSLA_TRY(body_map(body, len, &u, "TOKEN"));
+    dsla_status_t st = DSLA_OK;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        const msgpack_object *v = &m->ptr[i].val;
+        if (dsla_wire_key_is(&m->ptr[i].key, "token")) {
+            int64_t x = 0;
+            st = get_i64(v, -1, INT32_MAX, &x, "TOKEN", "token");
+            out->token = (int32_t)x;
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "text")) {
+            st = dsla_wire_get_str(v, out->text, DSLA_PROTO_PIECE_MAX, "TOKEN", "text");
+            out->text_len = st == DSLA_OK ? v->via.str.size : 0;
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+    return st;
+}
+
+dsla_status_t dsla_proto_done_encode(const dsla_proto_done_t *d, dsla_proto_buf_t *out) {
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    packer_open(&sbuf, &pk);
+    const char *finish = dsla_proto_finish_name(d->finish);
+    int rc = msgpack_pack_map(&pk, 3);
+    rc |= dsla_wire_pack_key(&pk, "finish");
+    rc |= msgpack_pack_str_with_body(&pk, finish, strlen(finish));
+    rc |= dsla_wire_pack_key(&pk, "prompt_tokens");
+    rc |= msgpack_pack_uint32(&pk, d->prompt_tokens);
+    rc |= dsla_wire_pack_key(&pk, "completion_tokens");
+    rc |= msgpack_pack_uint32(&pk, d->completion_tokens);
+    return dsla_wire_finish(&sbuf, rc, out, "DONE");
+}
+
+dsla_status_t dsla_proto_done_decode(const void *body, size_t len, dsla_proto_done_t *out) {
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(body_map(body, len, &u, "DONE"));
+    dsla_status_t st = DSLA_OK;
+    bool have_finish = false;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        const msgpack_object *v = &m->ptr[i].val;
+        if (dsla_wire_key_is(&m->ptr[i].key, "finish")) {
+            char name[16];
+            st = dsla_wire_get_str(v, name, sizeof name - 1, "DONE", "finish");
+            for (unsigned f = 0; st == DSLA_OK && f < sizeof finish_names / sizeof finish_names[0];
+                 f++)
+                if (strcmp(name, finish_names[f]) == 0) {
+                    out->finish = (dsla_proto_finish_t)f;
+                    have_finish = true;
+                }
+            if (st == DSLA_OK && !have_finish)
+                st = dsla_error(DSLA_ERR_FORMAT, "DONE: unknown finish reason '%s'", name);
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "prompt_tokens")) {
+            st = dsla_wire_get_u32(v, &out->prompt_tokens, "DONE", "prompt_tokens");
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "completion_tokens")) {
+            st = dsla_wire_get_u32(v, &out->completion_tokens, "DONE", "completion_tokens");
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+    if (st == DSLA_OK && !have_finish)
+        st = dsla_error(DSLA_ERR_FORMAT, "DONE: missing field finish");
+    return st;
+}
+
+dsla_status_t dsla_proto_cancel_encode(const dsla_proto_cancel_t *c, dsla_proto_buf_t *out) {
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    packer_open(&sbuf, &pk);
+    int rc = msgpack_pack_map(&pk, 1);
+    rc |= dsla_wire_pack_key(&pk, "request");
+    rc |= msgpack_pack_uint64(&pk, c->request);
+    return dsla_wire_finish(&sbuf, rc, out, "CANCEL");
+}
+
+dsla_status_t dsla_proto_cancel_decode(const void *body, size_t len, dsla_proto_cancel_t *out) {
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(body_map(body, len, &u, "CANCEL"));
+    dsla_status_t st = DSLA_OK;
+    bool have = false;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++)
+        if (dsla_wire_key_is(&m->ptr[i].key, "request")) {
+            st = dsla_wire_get_u64(&m->ptr[i].val, &out->request, "CANCEL", "request");
+            have = true;
+        }
+    msgpack_unpacked_destroy(&u);
+    if (st == DSLA_OK && !have) st = dsla_error(DSLA_ERR_FORMAT, "CANCEL: missing field request");
+    return st;
+}
