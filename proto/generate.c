@@ -15,21 +15,6 @@ const char *dsla_proto_finish_name(dsla_proto_finish_t finish) {
                                                                            : "unknown";
 }
 
-static void packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk) {
-    msgpack_sbuffer_init(sbuf);
-    msgpack_packer_init(pk, sbuf, msgpack_sbuffer_write);
-}
-
-static dsla_status_t body_map(const void *body, size_t len, msgpack_unpacked *u, const char *what) {
-    DSLA_TRY(dsla_wire_unpack(body, len, u, what));
-    if (u->data.type != MSGPACK_OBJECT_MAP) {
-        msgpack_unpacked_destroy(u);
-        return dsla_error(DSLA_ERR_FORMAT, "%s: body must be a map (type %d)", what,
-                          (int)u->data.type);
-    }
-    return DSLA_OK;
-}
-
 static dsla_status_t get_i64(const msgpack_object *v, int64_t lo, int64_t hi, int64_t *out,
                              const char *what, const char *field) {
     int64_t x;
@@ -113,7 +98,7 @@ dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_pr
                               DSLA_PROTO_STOP_LEN_MAX);
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
-    packer_open(&sbuf, &pk);
+    dsla_wire_packer_open(&sbuf, &pk);
     bool have_text = g->prompt && !g->prompt_ids;
     int rc = msgpack_pack_map(&pk, 8 + (have_text ? 1 : 0) + (g->prompt_ids ? 1 : 0));
     if (have_text) {
@@ -223,7 +208,7 @@ dsla_status_t dsla_proto_generate_decode(const void *body, size_t len, dsla_prot
     out->temperature = 1.0f;
     out->stream = true;
     msgpack_unpacked u;
-    DSLA_TRY(body_map(body, len, &u, "GENERATE"));
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "GENERATE"));
     dsla_status_t st = DSLA_OK;
     bool have_prompt = false, have_max = false;
     const msgpack_object_map *m = &u.data.via.map;
@@ -247,7 +232,7 @@ dsla_status_t dsla_proto_token_encode(const dsla_proto_token_t *t, dsla_proto_bu
                           DSLA_PROTO_PIECE_MAX);
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
-    packer_open(&sbuf, &pk);
+    dsla_wire_packer_open(&sbuf, &pk);
     int rc = msgpack_pack_map(&pk, 2);
     rc |= dsla_wire_pack_key(&pk, "token");
     rc |= msgpack_pack_int32(&pk, t->token);
@@ -260,7 +245,7 @@ dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_t
     memset(out, 0, sizeof *out);
     out->token = -1;
     msgpack_unpacked u;
-    DSLA_TRY(body_map(body, len, &u, "TOKEN"));
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "TOKEN"));
     dsla_status_t st = DSLA_OK;
     const msgpack_object_map *m = &u.data.via.map;
     for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
@@ -281,7 +266,7 @@ dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_t
 dsla_status_t dsla_proto_done_encode(const dsla_proto_done_t *d, dsla_proto_buf_t *out) {
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
-    packer_open(&sbuf, &pk);
+    dsla_wire_packer_open(&sbuf, &pk);
     const char *finish = dsla_proto_finish_name(d->finish);
     int rc = msgpack_pack_map(&pk, 3);
     rc |= dsla_wire_pack_key(&pk, "finish");
@@ -296,7 +281,7 @@ dsla_status_t dsla_proto_done_encode(const dsla_proto_done_t *d, dsla_proto_buf_
 dsla_status_t dsla_proto_done_decode(const void *body, size_t len, dsla_proto_done_t *out) {
     memset(out, 0, sizeof *out);
     msgpack_unpacked u;
-    DSLA_TRY(body_map(body, len, &u, "DONE"));
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "DONE"));
     dsla_status_t st = DSLA_OK;
     bool have_finish = false;
     const msgpack_object_map *m = &u.data.via.map;
@@ -328,7 +313,7 @@ dsla_status_t dsla_proto_done_decode(const void *body, size_t len, dsla_proto_do
 dsla_status_t dsla_proto_cancel_encode(const dsla_proto_cancel_t *c, dsla_proto_buf_t *out) {
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
-    packer_open(&sbuf, &pk);
+    dsla_wire_packer_open(&sbuf, &pk);
     int rc = msgpack_pack_map(&pk, 1);
     rc |= dsla_wire_pack_key(&pk, "request");
     rc |= msgpack_pack_uint64(&pk, c->request);
@@ -338,7 +323,7 @@ dsla_status_t dsla_proto_cancel_encode(const dsla_proto_cancel_t *c, dsla_proto_
 dsla_status_t dsla_proto_cancel_decode(const void *body, size_t len, dsla_proto_cancel_t *out) {
     memset(out, 0, sizeof *out);
     msgpack_unpacked u;
-    DSLA_TRY(body_map(body, len, &u, "CANCEL"));
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "CANCEL"));
     dsla_status_t st = DSLA_OK;
     bool have = false;
     const msgpack_object_map *m = &u.data.via.map;

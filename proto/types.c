@@ -6,26 +6,10 @@
 
 #include "proto/wire.h"
 
-static void packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk) {
-    msgpack_sbuffer_init(sbuf);
-    msgpack_packer_init(pk, sbuf, msgpack_sbuffer_write);
-}
-
-/* Unpacks a body that must be a map; the caller destroys *u on success. */
-static dsla_status_t body_map(const void *body, size_t len, msgpack_unpacked *u, const char *what) {
-    DSLA_TRY(dsla_wire_unpack(body, len, u, what));
-    if (u->data.type != MSGPACK_OBJECT_MAP) {
-        msgpack_unpacked_destroy(u);
-        return dsla_error(DSLA_ERR_FORMAT, "%s: body must be a map (type %d)", what,
-                          (int)u->data.type);
-    }
-    return DSLA_OK;
-}
-
 dsla_status_t dsla_proto_ping_encode(const dsla_proto_ping_t *ping, dsla_proto_buf_t *out) {
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
-    packer_open(&sbuf, &pk);
+    dsla_wire_packer_open(&sbuf, &pk);
     int rc = msgpack_pack_map(&pk, 2);
     rc |= dsla_wire_pack_key(&pk, "seq");
     rc |= msgpack_pack_uint64(&pk, ping->seq);
@@ -37,7 +21,7 @@ dsla_status_t dsla_proto_ping_encode(const dsla_proto_ping_t *ping, dsla_proto_b
 dsla_status_t dsla_proto_ping_decode(const void *body, size_t len, dsla_proto_ping_t *out) {
     memset(out, 0, sizeof *out);
     msgpack_unpacked u;
-    DSLA_TRY(body_map(body, len, &u, "PING"));
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "PING"));
     dsla_status_t st = DSLA_OK;
     const msgpack_object_map *m = &u.data.via.map;
     for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
@@ -53,7 +37,7 @@ dsla_status_t dsla_proto_ping_decode(const void *body, size_t len, dsla_proto_pi
 dsla_status_t dsla_proto_error_encode(const dsla_proto_error_t *err, dsla_proto_buf_t *out) {
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
-    packer_open(&sbuf, &pk);
+    dsla_wire_packer_open(&sbuf, &pk);
     size_t n = strnlen(err->message, DSLA_PROTO_MESSAGE_MAX);
     int rc = msgpack_pack_map(&pk, 2);
     rc |= dsla_wire_pack_key(&pk, "code");
@@ -66,7 +50,7 @@ dsla_status_t dsla_proto_error_encode(const dsla_proto_error_t *err, dsla_proto_
 dsla_status_t dsla_proto_error_decode(const void *body, size_t len, dsla_proto_error_t *out) {
     memset(out, 0, sizeof *out);
     msgpack_unpacked u;
-    DSLA_TRY(body_map(body, len, &u, "ERROR"));
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "ERROR"));
     dsla_status_t st = DSLA_OK;
     bool have_code = false;
     const msgpack_object_map *m = &u.data.via.map;

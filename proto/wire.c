@@ -187,3 +187,19 @@ dsla_status_t dsla_wire_finish(msgpack_sbuffer *sbuf, int pack_rc, dsla_proto_bu
     out->data = msgpack_sbuffer_release(sbuf);
     return DSLA_OK;
 }
+
+void dsla_wire_packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk) {
+    msgpack_sbuffer_init(sbuf);
+    msgpack_packer_init(pk, sbuf, msgpack_sbuffer_write);
+}
+
+dsla_status_t dsla_wire_body_map(const void *body, size_t len, msgpack_unpacked *u,
+                                 const char *what) {
+    DSLA_TRY(dsla_wire_unpack(body, len, u, what));
+    if (u->data.type != MSGPACK_OBJECT_MAP) {
+        msgpack_unpacked_destroy(u);
+        return dsla_error(DSLA_ERR_FORMAT, "%s: body must be a map (type %d)", what,
+                          (int)u->data.type);
+    }
+    return DSLA_OK;
+}

@@ -43,6 +43,11 @@ dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, 
 
 /* Packs a str key; returns msgpack's result. */
 int dsla_wire_pack_key(msgpack_packer *pk, const char *key);
+/* Starts a body: an empty sbuffer and a packer writing into it (dsla_wire_finish ends it). */
+void dsla_wire_packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk);
+/* Unpacks a body that must be a map; the caller destroys *u on success. */
+dsla_status_t dsla_wire_body_map(const void *body, size_t len, msgpack_unpacked *u,
+                                 const char *what);
 /* Hands the packed bytes of sbuf to out (msgpack_sbuffer allocates with malloc); pack_rc is the OR
  * of the msgpack_pack_* results, non-zero when an allocation failed on the way. */
 dsla_status_t dsla_wire_finish(msgpack_sbuffer *sbuf, int pack_rc, dsla_proto_buf_t *out,
