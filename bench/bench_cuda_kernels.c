@@ -9,8 +9,8 @@
  * read a cache the previous one filled (the same effect as rotating input copies, without holding
  * copies of the large ones). Inputs hold random values, never zeros.
  *
- * usage: bench_cuda_kernels [--quick] [--only dsla]   (--quick: fewer reps and the smaller shapes
- * only; --only dsla: the ceilings, then the DSLA kernels alone) */
+ * usage: bench_cuda_kernels [--quick] [--only dsla|gemm]   (--quick: fewer reps and the smaller
+ * shapes only; --only: the ceilings, then the DSLA kernels or the GEMMs alone) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +44,7 @@ static void *l2_flush;
 static double peak_gbps, peak_tflops;
 static int reps = 20;
 static bool quick;
-static bool only_dsla;
+static const char *only; /* --only: "dsla" or "gemm" after the ceilings; NULL runs all */
 
 static void die(const char *what) {
     fprintf(stderr, "bench_cuda_kernels: %s: %s\n", what, dsla_last_error());
@@ -201,7 +201,7 @@ static void bench_gemms(dsla_cuda_blas_t *blas) {
                   {"o_proj", MODEL_D, MODEL_D},
                   {"gate_up", 2 * MODEL_I, MODEL_D},
                   {"down", MODEL_D, MODEL_I}};
-    const int tokens[] = {1, 8, 64, 1024, 4096, 8192};
+    const int tokens[] = {1, 2, 4, 8, 64, 1024, 4096, 8192};
     for (size_t l = 0; l < sizeof layers / sizeof layers[0]; l++) {
         const int n = layers[l].n, k = layers[l].k;
         void *w = random_buffer((size_t)n * k * 2);
@@ -211,14 +211,24 @@ static void bench_gemms(dsla_cuda_blas_t *blas) {
             void *x = random_buffer((size_t)m * k * 2);
             void *y = random_buffer((size_t)m * n * 4);
             gemm_ctx_t g = {blas, y, x, w, DSLA_DTYPE_F32, DSLA_DTYPE_BF16, m, n, k, 0.0f};
+            /* Up to the GEMV's largest m, time it even where the default sends m to cuBLAS. */
+            dsla_cuda_blas_set_gemv_rows(blas, DSLA_CUDA_GEMV_MAX_ROWS);
             const double ms = time_ms(run_gemm, &g);
             char shape[96];
             snprintf(shape, sizeof shape, "%s m=%d n=%d k=%d", layers[l].name, m, n, k);
             /* Few rows: the weight stream bounds it; many rows: the matrix rate. */
+            const double bytes = 2.0 * n * k + 2.0 * m * k + 4.0 * m * n;
             if (m <= 64)
-                emit_bytes("gemm_bf16", shape, ms, 2.0 * n * k + 2.0 * m * k + 4.0 * m * n);
+                emit_bytes(m <= DSLA_CUDA_GEMV_MAX_ROWS ? "gemm_bf16 (gemv)" : "gemm_bf16", shape,
+                           ms, bytes);
             else
                 emit_flops("gemm_bf16", shape, ms, 2.0 * m * n * k);
+            if (m <= DSLA_CUDA_GEMV_MAX_ROWS) {
+                /* The same shape through cuBLAS: what the GEMV replaced. */
+                dsla_cuda_blas_set_gemv_rows(blas, 0);
+                emit_bytes("gemm_bf16 (cublas)", shape, time_ms(run_gemm, &g), bytes);
+            }
+            dsla_cuda_blas_set_gemv_rows(blas, DSLA_CUDA_GEMV_DEFAULT_ROWS);
             dsla_cuda_free(&x);
             dsla_cuda_free(&y);
         }
@@ -633,11 +643,11 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = true;
             reps = 5;
-        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc && !strcmp(argv[i + 1], "dsla")) {
-            only_dsla = true;
-            i++;
+        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc &&
+                   (!strcmp(argv[i + 1], "dsla") || !strcmp(argv[i + 1], "gemm"))) {
+            only = argv[++i];
         } else {
-            fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla]\n");
+            fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla|gemm]\n");
             return 2;
         }
     }
@@ -655,13 +665,13 @@ int main(int argc, char **argv) {
     dsla_cuda_blas_t *blas = NULL;
     OK(dsla_cuda_blas_create(&blas));
     bench_ceilings(blas);
-    if (!only_dsla) {
-        bench_gemms(blas);
+    if (!only || !strcmp(only, "gemm")) bench_gemms(blas);
+    if (!only) {
         bench_elementwise();
         bench_attention();
         bench_sampling();
     }
-    bench_dsla();
+    if (!only || !strcmp(only, "dsla")) bench_dsla();
     dsla_cuda_blas_destroy(&blas);
     dsla_cuda_free(&l2_flush);
     return 0;

@@ -45,6 +45,8 @@ void dsla_cuda_free(void **p);
 /* Copies bytes between any two of host and device memory (direction inferred from the pointers),
  * ordered on stream. A pageable host source or destination makes the copy synchronous. */
 dsla_status_t dsla_cuda_copy(void *dst, const void *src, size_t bytes, dsla_cuda_stream_t stream);
+/* Sets bytes of device memory to zero, ordered on stream. */
+dsla_status_t dsla_cuda_zero(void *p, size_t bytes, dsla_cuda_stream_t stream);
 /* Sets n floats to value (NaN to poison an output before a test). */
 dsla_status_t dsla_cuda_fill_f32(float *p, float value, size_t n, dsla_cuda_stream_t stream);
 dsla_status_t dsla_cuda_stream_create(dsla_cuda_stream_t *out);
@@ -66,6 +68,21 @@ void dsla_cuda_blas_destroy(dsla_cuda_blas_t **h);
 dsla_status_t dsla_cuda_gemm(dsla_cuda_blas_t *h, dsla_cuda_stream_t stream, void *y,
                              dsla_dtype_t y_dtype, const void *x, const void *w,
                              dsla_dtype_t in_dtype, int m, int n, int k, float beta);
+
+/* The bf16 GEMV behind dsla_cuda_gemm for decode-sized m (1..DSLA_CUDA_GEMV_MAX_ROWS), callable
+ * directly (benchmarks): same contract as dsla_cuda_gemm with in_dtype BF16; it also needs k a
+ * multiple of 8 and x, w 16-byte aligned (dsla_cuda_gemv_supports says), UNSUPPORTED otherwise. */
+enum { DSLA_CUDA_GEMV_MAX_ROWS = 8 };
+/* Where the GEMV beats cuBLAS on an H200 (docs/perf.md: m = 1 and 2; from m = 4 cuBLAS's
+ * kernels, which reuse each weight across rows in shared memory, are faster). */
+enum { DSLA_CUDA_GEMV_DEFAULT_ROWS = 2 };
+int dsla_cuda_gemv_supports(const void *y, const void *x, const void *w, int m, int k);
+dsla_status_t dsla_cuda_gemv(dsla_cuda_stream_t stream, void *y, dsla_dtype_t y_dtype,
+                             const void *x, const void *w, int m, int n, int k, float beta);
+/* bf16 GEMMs with m <= max_rows take the GEMV (default DSLA_CUDA_GEMV_MAX_ROWS, or the
+ * environment's DSLA_CUDA_GEMV_ROWS when the handle is created; 0 sends every GEMM to cuBLAS, for
+ * comparisons). */
+void dsla_cuda_blas_set_gemv_rows(dsla_cuda_blas_t *h, int max_rows);
 
 /* ---- element-wise (kernels/cuda/elementwise.cu) ---- */
 
@@ -215,10 +232,17 @@ size_t dsla_cuda_cudnn_version(const dsla_cuda_cudnn_t *c);
 /* Whether the shape is one cuDNN's fused attention takes (head dim a multiple of 8 up to 128,
  * query heads a multiple of KV heads). */
 int dsla_cuda_cudnn_attention_supports(const dsla_attn_shape_t *shape);
+/* The rows a call for an n-token prompt touches: n rounded up to its bucket (64 rows up to 1K, 8
+ * buckets per octave above, so at most 12.5% more there), one plan per bucket instead of one per
+ * prompt length. */
+int dsla_cuda_cudnn_rows(int n);
 /* out[t, h*d..] = softmax(q_t k_j^T / sqrt(d), j <= t) v_j for t < n, all bf16 (uint16_t bits):
  * token t's head h of q at q + t*in_stride + h*d, KV head h / (H / H_kv) of k and v likewise
  * (the layout of a fused QKV row: k = q + H*d, v = k + H_kv*d); out rows out_stride apart.
- * Strides must be multiples of 8 and the pointers 16-byte aligned. */
+ * Strides must be multiples of 8 and the pointers 16-byte aligned. The call runs the bucket's
+ * shape, N = dsla_cuda_cudnn_rows(n): q, k, v are read and out written for N rows, and out rows
+ * n..N-1 receive values of no meaning. Rows t < n do not depend on rows >= n (causal), except that
+ * v rows n..N-1 enter the P V product with weight exactly 0: they must be finite. */
 dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_stream_t stream,
                                                 uint16_t *out, int out_stride, const uint16_t *q,
                                                 const uint16_t *k, const uint16_t *v, int in_stride,

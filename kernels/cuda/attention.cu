@@ -685,9 +685,21 @@ static __device__ __forceinline__ void merge(float &m, float &l, float *acc, flo
 
 /* GMAX: query heads per KV head the registers are reserved for (1, 2, 4 or 8, >= a.group): a
  * Llama-2 (group 1) block then holds one head's accumulators instead of eight. */
+/* Tokens in flight per lane group (UNROLL, so 2 x UNROLL 16-byte loads per lane) and blocks each
+ * SM must be able to hold (MINB, which caps the registers). A bf16 cache with one query head per
+ * KV head (Llama-2-7B) streams fastest with more, lighter blocks: UNROLL 2 at 8 blocks per SM (64
+ * registers) against UNROLL 4 at 4 (111 registers) took batch-1 16K decode attention from ~2.5 to
+ * ~3.7 TB/s on an H200, while UNROLL 8, or forcing 6 or 12 blocks (spills), lost (docs/perf.md).
+ * Other cases keep the schedule they were measured with. */
+template <typename T, int GMAX> struct decode_sched {
+    static constexpr int UNROLL = DEC_UNROLL, MINB = 1;
+};
+template <> struct decode_sched<__nv_bfloat16, 1> { static constexpr int UNROLL = 2, MINB = 8; };
+
 template <int D, typename T, int GMAX>
-static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
+static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP, decode_sched<T, GMAX>::MINB)
     decode_split(float *part_acc, float *part_m, float *part_l, const float *q, decode_args<T> a) {
+    constexpr int UNROLL = decode_sched<T, GMAX>::UNROLL;
     using G = decode_geom<D, T>;
     constexpr int LANES = G::LANES, EPL = G::EPL, TPW = G::TPW;
     constexpr int STEP = DEC_WARPS * TPW; /* tokens the block covers per unrolled slot */
@@ -720,11 +732,11 @@ static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
     }
 
     /* The loop bound is uniform across the warp (the shuffles below need every lane). */
-    for (int wbase = t0 + warp * TPW; wbase < t1; wbase += STEP * DEC_UNROLL) {
-        float kk[DEC_UNROLL][EPL], vv[DEC_UNROLL][EPL];
-        bool valid[DEC_UNROLL];
+    for (int wbase = t0 + warp * TPW; wbase < t1; wbase += STEP * UNROLL) {
+        float kk[UNROLL][EPL], vv[UNROLL][EPL];
+        bool valid[UNROLL];
 #pragma unroll
-        for (int u = 0; u < DEC_UNROLL; u++) {
+        for (int u = 0; u < UNROLL; u++) {
             const int t = wbase + sub + u * STEP;
             valid[u] = t < t1;
             if (valid[u]) {
@@ -741,9 +753,9 @@ static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
 #pragma unroll
         for (int g = 0; g < GMAX; g++) {
             if (g >= a.group) break; /* uniform across the block */
-            float sc[DEC_UNROLL], mx = m[g];
+            float sc[UNROLL], mx = m[g];
 #pragma unroll
-            for (int u = 0; u < DEC_UNROLL; u++) {
+            for (int u = 0; u < UNROLL; u++) {
                 float dot = 0.0f;
 #pragma unroll
                 for (int e = 0; e < EPL; e++)
@@ -761,7 +773,7 @@ static __global__ void __launch_bounds__(DEC_WARPS *DSLA_CUDA_WARP)
             for (int e = 0; e < EPL; e++)
                 acc[g][e] *= alpha;
 #pragma unroll
-            for (int u = 0; u < DEC_UNROLL; u++) {
+            for (int u = 0; u < UNROLL; u++) {
                 const float p = expf(sc[u] - mx);
                 l[g] += p;
 #pragma unroll

@@ -15,6 +15,18 @@
  * DSLA_ERR_INTERNAL naming the call, cuDNN's status and its last error message. */
 #include "kernels/kernels_cuda.h"
 
+/* Buckets of 64 rows up to 1024, then 8 per octave (granularity g < n / 8): at most 56 plans up to
+ * 32K tokens, at most 12.5% padded rows above 1K. */
+enum { CUDNN_ROW_QUANTUM = 64, CUDNN_BUCKETS_PER_OCTAVE = 8 };
+
+int dsla_cuda_cudnn_rows(int n) {
+    if (n <= 0) return 0;
+    int g = CUDNN_ROW_QUANTUM;
+    while ((long)g * 2 * CUDNN_BUCKETS_PER_OCTAVE < n)
+        g *= 2;
+    return (int)(((long)n + g - 1) / g * g);
+}
+
 #ifdef DSLA_HAVE_CUDNN_HEADERS
 
 #include <dlfcn.h>
@@ -28,9 +40,10 @@
 #include <cuda_runtime_api.h>
 #include <cudnn_graph.h>
 
-/* Shapes whose plans are kept; the oldest is dropped when full (a server sees few prompt lengths
- * at a time, and a plan is ~1 ms to rebuild against the ~5-20 ms attention it serves). */
-enum { CUDNN_PLAN_CACHE = 16 };
+/* Plans kept; the oldest is dropped when full. Prompt lengths are bucketed (dsla_cuda_cudnn_rows:
+ * 56 buckets up to 32K tokens), and finding and finalising a plan took ~80 ms per bucket on an
+ * H200, so the cache holds every bucket a server is likely to see. */
+enum { CUDNN_PLAN_CACHE = 64 };
 /* cuDNN's fused flash attention takes head dims that are multiples of 8 up to 128 on Hopper. */
 enum { CUDNN_MAX_HEAD_DIM = 128, CUDNN_HEAD_DIM_ALIGN = 8 };
 /* Unique ids of the tensors the caller binds at execution. */
@@ -125,19 +138,19 @@ static dsla_status_t load_api(void *lib, cudnn_api_t *a) {
     return DSLA_OK;
 }
 
-/* The graph below has not yet produced a working plan on a GPU (docs/perf.md), so the route is
- * opt-in until it has: without DSLA_CUDNN_ATTENTION=1 callers keep attention.cu's kernels. */
-static bool cudnn_opted_in(void) {
+/* DSLA_CUDNN_ATTENTION=0 keeps callers on attention.cu's kernels (comparisons, or a cuDNN that
+ * misbehaves); anything else, or unset, lets them use cuDNN where it loads. */
+static bool cudnn_disabled(void) {
     const char *v = getenv("DSLA_CUDNN_ATTENTION");
-    return v && strcmp(v, "1") == 0;
+    return v && strcmp(v, "0") == 0;
 }
 
 dsla_status_t dsla_cuda_cudnn_create(dsla_cuda_cudnn_t **out) {
     *out = NULL;
-    if (!cudnn_opted_in())
+    if (cudnn_disabled())
         return dsla_error(DSLA_ERR_UNSUPPORTED,
-                          "dsla_cuda_cudnn_create: cuDNN attention is experimental (not yet run "
-                          "on a GPU); set DSLA_CUDNN_ATTENTION=1 to try it");
+                          "dsla_cuda_cudnn_create: cuDNN attention turned off by "
+                          "DSLA_CUDNN_ATTENTION=0");
     void *lib = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return dsla_error(DSLA_ERR_UNSUPPORTED,
@@ -480,8 +493,14 @@ dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_
                           "dsla_cuda_attention_prefill_cudnn: strides %d and %d must be multiples "
                           "of %d (16-byte rows)",
                           in_stride, out_stride, CUDNN_HEAD_DIM_ALIGN);
-    const plan_entry_t key = {
-        n, shape->n_heads, shape->n_kv_heads, shape->head_dim, in_stride, out_stride, NULL, 0};
+    const plan_entry_t key = {dsla_cuda_cudnn_rows(n),
+                              shape->n_heads,
+                              shape->n_kv_heads,
+                              shape->head_dim,
+                              in_stride,
+                              out_stride,
+                              NULL,
+                              0};
     plan_entry_t *e = NULL;
     DSLA_TRY(find_plan(c, &key, &e));
     if ((size_t)e->workspace > c->workspace_bytes) {

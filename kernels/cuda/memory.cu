@@ -30,6 +30,12 @@ extern "C" dsla_status_t dsla_cuda_copy(void *dst, const void *src, size_t bytes
     return DSLA_OK;
 }
 
+extern "C" dsla_status_t dsla_cuda_zero(void *p, size_t bytes, dsla_cuda_stream_t stream) {
+    if (bytes == 0) return DSLA_OK;
+    DSLA_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
+    return DSLA_OK;
+}
+
 static __global__ void fill_f32(float *p, float value, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) p[i] = value;

@@ -25,6 +25,12 @@ enum { CUDNN_MIN_TOKENS = 64 };
 /* The five DSLA input projections, stacked in one weight: q, k, v, gate 1, gate 2. */
 enum { DSLA_PROJ = 5 };
 
+/* Rows past max_batch_tokens that a cuDNN call may touch: its bucket rounds an n-token prompt up by
+ * less than n / 8, or less than 64 rows below 1K (kernels_cuda.h, dsla_cuda_cudnn_rows). */
+static size_t cudnn_slack_rows(size_t max_batch_tokens) {
+    return max_batch_tokens / 8 + 64;
+}
+
 typedef struct {
     float *attn_norm, *mlp_norm; /* fp32 */
     void *wqkv, *wo, *w_gate_up, *w_down;
@@ -212,8 +218,8 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     DSLA_TRY(dev_alloc(&m->xn, T * D * m->wsize, NULL));
     DSLA_TRY(dev_alloc((void **)&m->qkv, T * proj_w * sizeof(float), NULL));
     DSLA_TRY(dev_alloc((void **)&m->att, T * qw * sizeof(float), NULL));
-    if (opts->weight_dtype == DSLA_DTYPE_BF16)
-        DSLA_TRY(dev_alloc(&m->att_c, T * qw * m->wsize, NULL));
+    if (opts->weight_dtype == DSLA_DTYPE_BF16) /* cuDNN writes its padded rows here, too */
+        DSLA_TRY(dev_alloc(&m->att_c, (T + cudnn_slack_rows(T)) * qw * m->wsize, NULL));
     else
         m->att_c = m->att;
     DSLA_TRY(dev_alloc((void **)&m->gu, T * 2 * I * sizeof(float), NULL));
@@ -756,24 +762,37 @@ typedef struct {
     step_layout_t lay;
 } step_t;
 
+/* A prompt with no cached past and at least CUDNN_MIN_TOKENS tokens: what cuDNN's graph computes.
+ */
+static bool cudnn_item(const item_plan_t *it) {
+    return it->past == 0 && it->n >= CUDNN_MIN_TOKENS;
+}
+
 /* Whether this step's prompts can run through cuDNN: bf16 weights (att_c is the bf16 input of
  * o_proj, which cuDNN then writes directly) and pool (the keys and values are rounded to bf16
- * either way, so the result does not depend on the route), no past, long enough. Loads cuDNN and
- * the bf16 scratch on first use; any failure turns the route off for good. */
+ * either way, so the result does not depend on the route), a prefill step with at least one
+ * prompt cuDNN takes. Loads cuDNN and the bf16 scratch on first use; any failure turns the route
+ * off for good. */
 static bool cudnn_usable(dsla_cuda_model_t *m, const step_t *st) {
     const dsla_model_config_t *c = &m->cfg;
     const dsla_attn_shape_t shape = {c->num_heads, c->num_kv_heads, c->head_dim};
     if (m->cudnn_off || st->decode || m->opts.weight_dtype != DSLA_DTYPE_BF16 ||
         st->kv->pool.dtype != DSLA_DTYPE_BF16)
         return false;
-    for (int i = 0; i < st->n_items; i++)
-        if (st->items[i].past != 0 || st->items[i].n < CUDNN_MIN_TOKENS) return false;
+    bool any = false;
+    for (int i = 0; i < st->n_items; i++) {
+        any = any || cudnn_item(&st->items[i]);
+        /* Padded rows of item i spill into item i + 1's, which must be computed after them. */
+        if (i > 0 && st->items[i].row0 < st->items[i - 1].row0 + st->items[i - 1].n) return false;
+    }
+    if (!any) return false;
     if (!m->cudnn) {
         const size_t qkv_w = (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim;
+        const size_t rows =
+            (size_t)m->opts.max_batch_tokens + cudnn_slack_rows((size_t)m->opts.max_batch_tokens);
         if (!dsla_cuda_cudnn_attention_supports(&shape) ||
             dsla_cuda_cudnn_create(&m->cudnn) != DSLA_OK ||
-            dsla_cuda_malloc((void **)&m->qkv_c, (size_t)m->opts.max_batch_tokens * qkv_w *
-                                                     sizeof(uint16_t)) != DSLA_OK) {
+            dsla_cuda_malloc((void **)&m->qkv_c, rows * qkv_w * sizeof(uint16_t)) != DSLA_OK) {
             dsla_cuda_cudnn_destroy(&m->cudnn);
             m->cudnn_off = true;
             dsla_clear_error();
@@ -783,36 +802,70 @@ static bool cudnn_usable(dsla_cuda_model_t *m, const step_t *st) {
     return true;
 }
 
-/* One layer's prefill attention through cuDNN; false (nothing written that matters) when the
- * route is not open, so the caller runs its own kernels. A plan that fails turns the route off
- * rather than failing the forward pass: prefill_tc computes the same function. */
-static bool cudnn_prefill(dsla_cuda_model_t *m, const step_t *st) {
-    if (!cudnn_usable(m, st)) return false;
+/* Prepares a cuDNN step: q, k, v rounded to bf16 once for the whole step, and the rows past the
+ * step that the last prompt's bucket reads zeroed (its padded v rows enter the product with weight
+ * 0 and must be finite; the earlier prompts' padded rows are the next prompt's real ones). */
+static dsla_status_t cudnn_prepare(dsla_cuda_model_t *m, const step_t *st) {
+    const dsla_model_config_t *c = &m->cfg;
+    const size_t qkv_w = (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim;
+    DSLA_TRY(dsla_cuda_to_bf16(m->stream, m->qkv_c, m->qkv, (size_t)st->rows * qkv_w));
+    size_t end = (size_t)st->rows;
+    for (int i = 0; i < st->n_items; i++) {
+        const item_plan_t *it = &st->items[i];
+        const size_t e = (size_t)it->row0 + (size_t)dsla_cuda_cudnn_rows(it->n);
+        if (cudnn_item(it) && e > end) end = e;
+    }
+    if (end == (size_t)st->rows) return DSLA_OK;
+    return dsla_cuda_zero(m->qkv_c + (size_t)st->rows * qkv_w,
+                          (end - (size_t)st->rows) * qkv_w * sizeof(uint16_t), m->stream);
+}
+
+/* One prompt's attention through cuDNN, straight into att_c (o_proj's bf16 input); false when the
+ * call failed, after which the route stays off (prefill_tc computes the same function). */
+static bool cudnn_prefill(dsla_cuda_model_t *m, const item_plan_t *it) {
     const dsla_model_config_t *c = &m->cfg;
     const int d = c->head_dim, qw = c->num_heads * d, kvw = c->num_kv_heads * d;
     const int qkv_w = qw + 2 * kvw;
     const dsla_attn_shape_t shape = {c->num_heads, c->num_kv_heads, d};
-    bool ok = dsla_cuda_to_bf16(m->stream, m->qkv_c, m->qkv, (size_t)st->rows * qkv_w) == DSLA_OK;
-    for (int i = 0; i < st->n_items && ok; i++) {
-        const item_plan_t *it = &st->items[i];
-        const uint16_t *q = m->qkv_c + (size_t)it->row0 * qkv_w;
-        ok = dsla_cuda_attention_prefill_cudnn(
-                 m->cudnn, m->stream, (uint16_t *)m->att_c + (size_t)it->row0 * qw, qw, q, q + qw,
-                 q + qw + kvw, qkv_w, it->n, &shape) == DSLA_OK;
+    const uint16_t *q = m->qkv_c + (size_t)it->row0 * qkv_w;
+    if (dsla_cuda_attention_prefill_cudnn(m->cudnn, m->stream,
+                                          (uint16_t *)m->att_c + (size_t)it->row0 * qw, qw, q,
+                                          q + qw, q + qw + kvw, qkv_w, it->n, &shape) == DSLA_OK) {
+        m->stats.cudnn_prefills++;
+        return true;
     }
-    if (!ok) {
-        m->cudnn_off = true;
-        dsla_clear_error();
-        return false;
+    m->cudnn_off = true;
+    dsla_clear_error();
+    return false;
+}
+
+/* One prompt's attention on attention.cu's kernels, into att: a lone token takes the decode
+ * kernel, as it would in a decode batch (its result then does not depend on what it was batched
+ * with); longer ones the prefill kernel over the paged cache. */
+static dsla_status_t own_attention(dsla_cuda_model_t *m, const step_t *st, int l,
+                                   const item_plan_t *it, int i) {
+    const dsla_model_config_t *c = &m->cfg;
+    const int d = c->head_dim, H = c->num_heads, Hkv = c->num_kv_heads, L = c->num_layers;
+    const int qw = H * d, kvw = Hkv * d, qkv_w = qw + 2 * kvw;
+    const dsla_attn_shape_t shape = {H, Hkv, d};
+    dsla_cuda_kv_t *kv = st->kv;
+    if (it->n == 1) {
+        const dsla_cuda_decode_batch_t one = {
+            kv->tables, m->dstep + st->lay.table_rows + (size_t)l * st->n_items + i,
+            m->dstep + st->lay.ctx_lens + i, kv->max_blocks};
+        return dsla_cuda_attention_decode_pool(
+            m->stream, m->att + (size_t)it->row0 * qw, qw, m->qkv + (size_t)it->row0 * qkv_w, qkv_w,
+            1, st->bucket, &shape, &kv->pool, &one, m->dec_ws, m->dec_ws_bytes);
     }
-    m->att_c_ready = true;
-    m->stats.cudnn_prefills++;
-    return true;
+    const int32_t *table = kv->tables + ((size_t)it->seq->slot * L + l) * (size_t)kv->max_blocks;
+    return dsla_cuda_attention_prefill_pool(m->stream, m->att + (size_t)it->row0 * qw, qw,
+                                            m->qkv + (size_t)it->row0 * qkv_w, qkv_w, it->n,
+                                            it->past, &shape, &kv->pool, table);
 }
 
 static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l) {
     const dsla_model_config_t *c = &m->cfg;
-    const int d = c->head_dim, H = c->num_heads, Hkv = c->num_kv_heads, L = c->num_layers;
+    const int d = c->head_dim, H = c->num_heads, Hkv = c->num_kv_heads;
     const int qw = H * d, kvw = Hkv * d, qkv_w = qw + 2 * kvw, D = c->hidden_size;
     const dsla_attn_shape_t shape = {H, Hkv, d};
     dsla_cuda_kv_t *kv = st->kv;
@@ -831,26 +884,20 @@ static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l
                                                st->bucket, &shape, &kv->pool, &batch, m->dec_ws,
                                                m->dec_ws_bytes);
     }
-    if (cudnn_prefill(m, st)) return DSLA_OK;
+    /* Prompts cuDNN takes write att_c directly; the others run attention.cu's kernels into att, and
+     * on a cuDNN step their rows are converted to att_c one item at a time (in row order: a
+     * cuDNN item's padded rows land on the next item's, which are written after them). */
+    const bool via_cudnn = cudnn_usable(m, st);
+    if (via_cudnn) DSLA_TRY(cudnn_prepare(m, st));
     for (int i = 0; i < st->n_items; i++) {
         const item_plan_t *it = &st->items[i];
-        if (it->n == 1) {
-            /* A lone token takes the decode kernel, as it would in a decode batch: its result
-             * then does not depend on what it was batched with. */
-            const dsla_cuda_decode_batch_t one = {
-                kv->tables, m->dstep + st->lay.table_rows + (size_t)l * st->n_items + i,
-                m->dstep + st->lay.ctx_lens + i, kv->max_blocks};
-            DSLA_TRY(dsla_cuda_attention_decode_pool(
-                m->stream, m->att + (size_t)it->row0 * qw, qw, m->qkv + (size_t)it->row0 * qkv_w,
-                qkv_w, 1, st->bucket, &shape, &kv->pool, &one, m->dec_ws, m->dec_ws_bytes));
-            continue;
-        }
-        const int32_t *table =
-            kv->tables + ((size_t)it->seq->slot * L + l) * (size_t)kv->max_blocks;
-        DSLA_TRY(dsla_cuda_attention_prefill_pool(m->stream, m->att + (size_t)it->row0 * qw, qw,
-                                                  m->qkv + (size_t)it->row0 * qkv_w, qkv_w, it->n,
-                                                  it->past, &shape, &kv->pool, table));
+        if (via_cudnn && !m->cudnn_off && cudnn_item(it) && cudnn_prefill(m, it)) continue;
+        DSLA_TRY(own_attention(m, st, l, it, i));
+        if (via_cudnn)
+            DSLA_TRY(dsla_cuda_to_bf16(m->stream, (uint16_t *)m->att_c + (size_t)it->row0 * qw,
+                                       m->att + (size_t)it->row0 * qw, (size_t)it->n * qw));
     }
+    m->att_c_ready = via_cudnn;
     return DSLA_OK;
 }
 

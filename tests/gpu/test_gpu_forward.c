@@ -7,6 +7,8 @@
  *   KV within 1% of fp32;
  * - tinystories-11M-hf: GPU fp32 logits close to the CPU's over a prompt and decode steps;
  * - a batch of several sequences (decode through CUDA graphs) equals each run alone;
+ * - a prefill step mixing prompts that cuDNN takes with decode tokens and chunks with a past equals
+ *   the same steps with cuDNN off;
  * - a hybrid with DSLA layers: GPU logits close to the CPU's.
  * Exits 77 without a CUDA device; model tests skip without DSLA_TEST_DATA. */
 #include "tests/testutil.h"
@@ -445,6 +447,93 @@ static void test_batch_equals_solo(void **state) {
     free(dir);
 }
 
+enum { MIX_ITEMS = 4, MIX_STEPS = 3 };
+
+/* Runs the mixed-step scenario of test_cudnn_mixed_step on g: step 0 prefills short prompts of
+ * sequences 1 and 3 (below cuDNN's minimum); step 1 mixes prompts of 100 and 70 tokens with no
+ * past (cuDNN's, their padded rows spilling over the next items' and past the step's end), a
+ * decode token and a 20-token chunk with a past; step 2 decodes all four. Logits into out
+ * [MIX_STEPS][MIX_ITEMS][V] (step 0 fills only its two rows). */
+static void mixed_steps(dsla_cuda_model_t *g, dsla_cuda_kv_t *kv, const int32_t *tokens,
+                        float *out) {
+    const int V = dsla_cuda_model_config(g)->vocab_size;
+    static const int first[MIX_ITEMS] = {0, 30, 0, 40}, second[MIX_ITEMS] = {100, 1, 70, 20};
+    dsla_cuda_seq_t *seqs[MIX_ITEMS];
+    for (int s = 0; s < MIX_ITEMS; s++)
+        CUDA_OK(dsla_cuda_seq_create(&seqs[s], kv, NULL));
+    const int32_t *src = tokens;
+    for (int step = 0; step < MIX_STEPS; step++) {
+        dsla_cuda_batch_item_t items[MIX_ITEMS];
+        int n_items = 0, which[MIX_ITEMS];
+        for (int s = 0; s < MIX_ITEMS; s++) {
+            const int n = step == 0 ? first[s] : step == 1 ? second[s] : 1;
+            if (n == 0) continue;
+            items[n_items] = (dsla_cuda_batch_item_t){seqs[s], src, n, false};
+            which[n_items++] = s;
+            src += n;
+        }
+        float *logits = malloc((size_t)n_items * V * sizeof *logits);
+        CUDA_OK(dsla_cuda_model_forward(g, items, n_items, logits));
+        for (int i = 0; i < n_items; i++)
+            memcpy(out + ((size_t)step * MIX_ITEMS + which[i]) * V, logits + (size_t)i * V,
+                   (size_t)V * sizeof *logits);
+        free(logits);
+    }
+    for (int s = 0; s < MIX_ITEMS; s++)
+        dsla_cuda_seq_destroy(&seqs[s]);
+}
+
+/* A prefill step that mixes prompts cuDNN takes with ones it does not (decode tokens, chunks with
+ * a past) gives the logits of the same steps with cuDNN turned off (DSLA_CUDNN_ATTENTION=0), for
+ * every item: the per-item routing, the bucket padding (rows spilling over later items and past
+ * the step) and the bf16 conversion of the other items' rows. bf16 weights (cuDNN's route). */
+static void test_cudnn_mixed_step(void **state) {
+    (void)state;
+    char *dir = model_dir("tinystories-11M-hf");
+    if (!dir) skip();
+    dsla_model_t *m = NULL;
+    CUDA_OK(dsla_model_load(&m, dir));
+    const int V = dsla_model_config(m)->vocab_size, ctx = 160;
+    int32_t tokens[400];
+    for (int i = 0; i < 400; i++)
+        tokens[i] = (int32_t)(dsla_test_rand_u64(&rng) % (uint64_t)V);
+    const size_t n_out = (size_t)MIX_STEPS * MIX_ITEMS * V;
+    float *with = calloc(n_out, sizeof *with), *without = calloc(n_out, sizeof *without);
+    long cudnn_layers = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) setenv("DSLA_CUDNN_ATTENTION", "0", 1);
+        dsla_cuda_model_t *g = gpu_model(m, DSLA_DTYPE_BF16, 256, MIX_ITEMS, ctx);
+        dsla_cuda_kv_t *kv = gpu_pool(g, DSLA_DTYPE_BF16, MIX_ITEMS, ctx);
+        mixed_steps(g, kv, tokens, pass == 0 ? with : without);
+        if (pass == 0) cudnn_layers = dsla_cuda_model_stats(g).cudnn_prefills;
+        dsla_cuda_kv_destroy(&kv);
+        dsla_cuda_model_destroy(&g);
+    }
+    unsetenv("DSLA_CUDNN_ATTENTION");
+    const int L = dsla_model_config(m)->num_layers;
+    if (cudnn_layers == 0) {
+        printf("cuDNN mixed step: cuDNN did not load here (%s); both passes ran attention.cu\n",
+               "libcudnn.so.9 absent or refused");
+    } else if (cudnn_layers != 2L * L) {
+        fail_msg("cuDNN ran %ld prompt-layers, expected %d (2 prompts x %d layers)", cudnn_layers,
+                 2 * L, L);
+    }
+    double worst = 0.0;
+    for (int step = 0; step < MIX_STEPS; step++)
+        for (int s = 0; s < MIX_ITEMS; s++) {
+            if (step == 0 && (s == 0 || s == 2)) continue;
+            const size_t o = ((size_t)step * MIX_ITEMS + s) * V;
+            const double e = dsla_test_rel_l2(with + o, without + o, (size_t)V);
+            worst = e > worst ? e : worst;
+        }
+    printf("cuDNN mixed step (%ld prompt-layers on cuDNN) vs attention.cu: worst logits rel err "
+           "%.2e\n",
+           cudnn_layers, worst);
+    if (!(worst < TOL_TC)) fail_msg("mixed step rel err %.3e (tol %.1e)", worst, TOL_TC);
+    free(with), free(without), free(dir);
+    dsla_model_destroy(&m);
+}
+
 static void test_dsla_hybrid(void **state) {
     (void)state;
     char *dir = model_dir("stories260K-hf");
@@ -496,7 +585,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_bf16),    cmocka_unit_test(test_stories_greedy),
         cmocka_unit_test(test_stories_ppl_bf16),  cmocka_unit_test(test_11m_logits),
-        cmocka_unit_test(test_batch_equals_solo), cmocka_unit_test(test_dsla_hybrid),
+        cmocka_unit_test(test_batch_equals_solo), cmocka_unit_test(test_cudnn_mixed_step),
+        cmocka_unit_test(test_dsla_hybrid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -81,6 +81,14 @@ static const row_t rows[] = {
     {OP_GEMM, "gemm", 128, 1024, 512, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
     {OP_GEMM, "gemm", 33, 2048, 1024, 0, 0, DSLA_DTYPE_BF16, TOL_F32_LONG, 0, 0},
     {OP_GEMM, "gemm->bf16", 64, 512, 4096, 0, 1, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    /* bf16 with m <= 8 takes the GEMV (kernels/cuda/gemm.cu): odd n, every m up to 8, a long k
+     * that is not a multiple of its 256-element round, bf16 output; k % 8 != 0 falls back. */
+    {OP_GEMM, "gemv", 1, 4096, 4096, 0, 0, DSLA_DTYPE_BF16, TOL_F32_LONG, 0, 0},
+    {OP_GEMM, "gemv", 3, 333, 1000, 0, 0, DSLA_DTYPE_BF16, TOL_F32_LONG, 0, 0},
+    {OP_GEMM, "gemv", 8, 4097, 11008, 0, 0, DSLA_DTYPE_BF16, TOL_F32_LONG, 0, 0},
+    {OP_GEMM, "gemv", 5, 77, 8, 0, 0, DSLA_DTYPE_BF16, TOL_F32_LONG, 0, 0},
+    {OP_GEMM, "gemv->bf16", 2, 512, 4096, 0, 1, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    {OP_GEMM, "gemv k%8 -> cuBLAS", 1, 64, 36, 0, 0, DSLA_DTYPE_BF16, TOL_F32_LONG, 0, 0},
     {OP_EMBEDDING, "embedding", 37, 4096, 1000, 0, 0, DSLA_DTYPE_F32, 0.0, 0, 0},
     {OP_EMBEDDING, "embedding", 9, 64, 512, 0, 0, DSLA_DTYPE_BF16, 0.0, 0, 0},
     {OP_RMSNORM, "rmsnorm", 7, 4096, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
