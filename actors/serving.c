@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/cancel.h"
 #include "runtime/core/log.h"
 
 /* A failed step is retried after this pause rather than at once, so a broken backend cannot make
@@ -175,7 +176,8 @@ static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
     kick(s, 0);
 }
 
-static request_t *request_find(dsla_serving_t *s, const char *client, uint64_t client_id) {
+static void *request_find(void *owner, const char *client, uint64_t client_id) {
+    dsla_serving_t *s = owner;
     for (request_t *r = s->requests; r; r = r->next)
         if (r->client_id == client_id && strcmp(r->client, client) == 0) return r;
     return NULL;
@@ -183,21 +185,8 @@ static request_t *request_find(dsla_serving_t *s, const char *client, uint64_t c
 
 static void on_cancel(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_serving_t *s = user;
-    dsla_proto_cancel_t c;
-    dsla_status_t st = dsla_proto_cancel_decode(msg->env->body, msg->env->body_len, &c);
-    if (st != DSLA_OK) {
-        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
-        return;
-    }
-    request_t *r = request_find(s, msg->from, c.request);
-    if (!r) {
-        char why[128];
-        snprintf(why, sizeof why, "CANCEL: no running request %llu of this client",
-                 (unsigned long long)c.request);
-        dsla_actor_reply_error(a, msg, DSLA_CODE_INVALID_ARGUMENT, why);
-        return;
-    }
-    if (dsla_engine_cancel(s->engine, r->engine_id) != DSLA_OK) /* its DONE follows otherwise */
+    request_t *r = dsla_cancel_lookup(a, msg, request_find, s);
+    if (r && dsla_engine_cancel(s->engine, r->engine_id) != DSLA_OK) /* its DONE follows else */
         dsla_log_warn("serving: %s", dsla_last_error());
 }
 

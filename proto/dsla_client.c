@@ -1,4 +1,6 @@
-/* The client stub: one DEALER, one request at a time, heartbeats while it waits (dsla_client.h). */
+/* The client stub: one DEALER, one request at a time, heartbeats while it waits (dsla_client.h).
+ * dsla_client_generate is dsla_client_start and a loop of dsla_client_next; every wait goes
+ * through wait_frame, which pings the server and watches its silence. */
 #include "proto/dsla_client.h"
 
 #include <stdatomic.h>
@@ -14,12 +16,25 @@ enum { DEFAULT_HEARTBEAT_MS = 1000, ENDPOINT_MAX = 256 };
 
 struct dsla_client {
     void *zctx;
+    bool own_zctx;
     void *sock;
     char endpoint[ENDPOINT_MAX];
     char name[DSLA_PROTO_NAME_MAX + 1];
     uint64_t next_id;
     uint32_t heartbeat_ms;
     int retries;
+
+    /* The request or STATUS in flight. */
+    bool active;
+    uint64_t id;
+    dsla_proto_buf_t body; /* the encoded GENERATE, kept for retries */
+    int64_t deadline;      /* -1: none */
+    int retries_left;
+    bool got_token;
+    bool send_failed; /* the last send did not leave; its message is in send_error */
+    char send_error[DSLA_PROTO_MESSAGE_MAX + 1];
+    int64_t last_heard, next_ping;
+    dsla_proto_token_t piece; /* what dsla_client_next hands out */
 };
 
 static int64_t now_ms(void) {
@@ -63,7 +78,11 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
     c->heartbeat_ms =
         options && options->heartbeat_ms ? options->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
     c->retries = options && options->retries > 0 ? options->retries : 0;
-    c->zctx = zmq_ctx_new();
+    c->zctx = options ? options->zmq_context : NULL;
+    if (!c->zctx) {
+        c->zctx = zmq_ctx_new();
+        c->own_zctx = true;
+    }
     dsla_status_t st = c->zctx ? open_socket(c)
                                : dsla_error(DSLA_ERR_INTERNAL, "client: zmq_ctx_new: %s",
                                             zmq_strerror(zmq_errno()));
@@ -78,7 +97,8 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
 void dsla_client_close(dsla_client_t **c) {
     if (!c || !*c) return;
     if ((*c)->sock) zmq_close((*c)->sock);
-    if ((*c)->zctx) zmq_ctx_term((*c)->zctx);
+    if ((*c)->zctx && (*c)->own_zctx) zmq_ctx_term((*c)->zctx);
+    dsla_proto_buf_free(&(*c)->body);
     free(*c);
     *c = NULL;
 }
@@ -133,113 +153,194 @@ static int64_t min64(int64_t a, int64_t b) {
     return a < b ? a : b;
 }
 
-/* One attempt; *got_token tells the caller whether it may retry an UNAVAILABLE. */
-static dsla_proto_code_t attempt(dsla_client_t *c, const dsla_proto_buf_t *body,
-                                 dsla_client_token_fn on_token, void *user, int64_t deadline,
-                                 dsla_client_result_t *r, bool *got_token) {
-    uint64_t id = ++c->next_id;
-    if (send_msg(c, DSLA_MSG_GENERATE, id, body) != DSLA_OK)
-        return fail(r, DSLA_CODE_UNAVAILABLE, dsla_last_error());
+/* Sends one message of a fresh id and restarts the liveness clock; a failure to send is kept for
+ * the wait that follows, so that it is retried like any other UNAVAILABLE. */
+static void send_fresh(dsla_client_t *c, uint32_t type, const dsla_proto_buf_t *body) {
+    c->id = ++c->next_id;
+    c->last_heard = now_ms();
+    c->next_ping = c->last_heard + c->heartbeat_ms;
+    c->send_failed = send_msg(c, type, c->id, body) != DSLA_OK;
+    if (c->send_failed) snprintf(c->send_error, sizeof c->send_error, "%s", dsla_last_error());
+}
+
+/* Waits for the next frame of the message in flight (c->id), pinging the server meanwhile. OK
+ * with *frame holding it (the caller closes it) and env decoded from it; otherwise the failure in
+ * r: DEADLINE_EXCEEDED, or UNAVAILABLE after DSLA_CLIENT_LIVENESS silent intervals. */
+static dsla_proto_code_t wait_frame(dsla_client_t *c, zmq_msg_t *frame, dsla_proto_envelope_t *env,
+                                    dsla_client_result_t *r) {
+    if (c->send_failed) return fail(r, DSLA_CODE_UNAVAILABLE, c->send_error);
     int64_t hb = c->heartbeat_ms, silent_limit = hb * DSLA_CLIENT_LIVENESS;
-    int64_t last_heard = now_ms(), next_ping = last_heard + hb;
-    char msg[DSLA_PROTO_MESSAGE_MAX + 128];
+    char msg[DSLA_PROTO_MESSAGE_MAX + 1];
     for (;;) {
         int64_t now = now_ms();
-        if (deadline >= 0 && now >= deadline) {
-            send_cancel(c, id);
+        if (c->deadline >= 0 && now >= c->deadline)
             return fail(r, DSLA_CODE_DEADLINE_EXCEEDED, "client: the request's deadline passed");
-        }
-        if (now - last_heard >= silent_limit) {
+        if (now - c->last_heard >= silent_limit) {
             snprintf(msg, sizeof msg, "client: no answer from %s for %lld ms", c->endpoint,
-                     (long long)(now - last_heard));
+                     (long long)(now - c->last_heard));
             return fail(r, DSLA_CODE_UNAVAILABLE, msg);
         }
-        if (now >= next_ping) {
+        if (now >= c->next_ping) {
             send_ping(c);
-            next_ping = now + hb;
+            c->next_ping = now + hb;
         }
-        int64_t wake = min64(next_ping, last_heard + silent_limit);
-        if (deadline >= 0) wake = min64(wake, deadline);
+        int64_t wake = min64(c->next_ping, c->last_heard + silent_limit);
+        if (c->deadline >= 0) wake = min64(wake, c->deadline);
         zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};
         int n = zmq_poll(&item, 1, (long)(wake > now ? wake - now : 0));
+        if (n < 0 && zmq_errno() == ETERM)
+            return fail(r, DSLA_CODE_UNAVAILABLE, "client: its ZeroMQ context was shut down");
         if (n <= 0) continue; /* a timeout, or EINTR: the checks above decide */
-        zmq_msg_t frame;
-        zmq_msg_init(&frame);
-        if (zmq_msg_recv(&frame, c->sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&frame);
+        zmq_msg_init(frame);
+        if (zmq_msg_recv(frame, c->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(frame);
             continue;
         }
-        last_heard = now_ms();
+        c->last_heard = now_ms();
+        if (dsla_proto_envelope_decode(zmq_msg_data(frame), zmq_msg_size(frame), env) == DSLA_OK &&
+            env->id == c->id)
+            return DSLA_CODE_OK;
+        zmq_msg_close(frame); /* a heartbeat answer, or the tail of an earlier request */
+    }
+}
+
+/* An ERROR frame's code and message into r. */
+static dsla_proto_code_t read_error(const dsla_proto_envelope_t *env, dsla_client_result_t *r) {
+    dsla_proto_error_t e;
+    if (dsla_proto_error_decode(env->body, env->body_len, &e) == DSLA_OK)
+        return fail(r, (dsla_proto_code_t)e.code, e.message);
+    char msg[DSLA_PROTO_MESSAGE_MAX + 1];
+    snprintf(msg, sizeof msg, "client: a malformed ERROR: %s", dsla_last_error());
+    return fail(r, DSLA_CODE_INTERNAL, msg);
+}
+
+static void finish_request(dsla_client_t *c) {
+    c->active = false;
+    dsla_proto_buf_free(&c->body);
+}
+
+dsla_status_t dsla_client_start(dsla_client_t *c, const dsla_proto_generate_t *request,
+                                int deadline_ms) {
+    finish_request(c);
+    dsla_proto_generate_t req = *request;
+    req.stream = true;
+    DSLA_TRY(dsla_proto_generate_encode(&req, &c->body));
+    c->active = true;
+    c->got_token = false;
+    c->retries_left = c->retries;
+    c->deadline = deadline_ms > 0 ? now_ms() + deadline_ms : -1;
+    send_fresh(c, DSLA_MSG_GENERATE, &c->body);
+    return DSLA_OK;
+}
+
+bool dsla_client_next(dsla_client_t *c, dsla_client_piece_t *piece, dsla_client_result_t *r) {
+    if (!c->active) {
+        fail(r, DSLA_CODE_INTERNAL, "client: no request was started");
+        return false;
+    }
+    char msg[DSLA_PROTO_MESSAGE_MAX + 1];
+    for (;;) {
+        zmq_msg_t frame;
         dsla_proto_envelope_t env;
-        dsla_status_t st =
-            dsla_proto_envelope_decode(zmq_msg_data(&frame), zmq_msg_size(&frame), &env);
-        dsla_proto_code_t done = DSLA_CODE_OK;
-        bool finished = false;
-        if (st != DSLA_OK || env.id != id) {
-            /* a heartbeat answer, or the tail of an earlier request: only proof of life */
-        } else if (env.type == DSLA_MSG_TOKEN) {
-            dsla_proto_token_t *tok = malloc(sizeof *tok);
-            st =
-                tok ? dsla_proto_token_decode(env.body, env.body_len, tok) : DSLA_ERR_OUT_OF_MEMORY;
-            if (st == DSLA_OK) {
-                *got_token = true;
-                if (on_token && on_token(user, tok->token, tok->text, tok->text_len)) {
-                    send_cancel(c, id);
-                    finished = true;
-                    done = fail(r, DSLA_CODE_CANCELLED, "client: cancelled by the token callback");
-                }
-            } else {
-                finished = true;
-                snprintf(msg, sizeof msg, "client: a malformed TOKEN: %s", dsla_last_error());
-                done = fail(r, DSLA_CODE_INTERNAL, msg);
+        dsla_proto_code_t code = wait_frame(c, &frame, &env, r);
+        if (code == DSLA_CODE_UNAVAILABLE && !c->got_token && c->retries_left > 0) {
+            /* nothing of it was streamed, so sending it again cannot repeat a piece */
+            c->retries_left--;
+            if (open_socket(c) == DSLA_OK) {
+                send_fresh(c, DSLA_MSG_GENERATE, &c->body);
+                continue;
             }
-            free(tok);
+            code = fail(r, DSLA_CODE_UNAVAILABLE, dsla_last_error());
+        }
+        if (code != DSLA_CODE_OK) {
+            if (code == DSLA_CODE_DEADLINE_EXCEEDED) send_cancel(c, c->id);
+            finish_request(c);
+            return false;
+        }
+        bool more = false, done = true;
+        if (env.type == DSLA_MSG_TOKEN) {
+            if (dsla_proto_token_decode(env.body, env.body_len, &c->piece) == DSLA_OK) {
+                c->got_token = true;
+                *piece = (dsla_client_piece_t){c->piece.token, c->piece.text, c->piece.text_len};
+                more = true;
+            } else {
+                snprintf(msg, sizeof msg, "client: a malformed TOKEN: %s", dsla_last_error());
+                fail(r, DSLA_CODE_INTERNAL, msg);
+            }
         } else if (env.type == DSLA_MSG_DONE) {
             dsla_proto_done_t d;
-            finished = true;
             if (dsla_proto_done_decode(env.body, env.body_len, &d) == DSLA_OK) {
                 r->finish = d.finish;
                 r->prompt_tokens = d.prompt_tokens;
                 r->completion_tokens = d.completion_tokens;
-                done = d.finish == DSLA_PROTO_FINISH_CANCELLED
-                           ? fail(r, DSLA_CODE_CANCELLED, "the server cancelled the request")
-                           : fail(r, DSLA_CODE_OK, "");
+                if (d.finish == DSLA_PROTO_FINISH_CANCELLED)
+                    fail(r, DSLA_CODE_CANCELLED, "the server cancelled the request");
+                else
+                    fail(r, DSLA_CODE_OK, "");
             } else {
                 snprintf(msg, sizeof msg, "client: a malformed DONE: %s", dsla_last_error());
-                done = fail(r, DSLA_CODE_INTERNAL, msg);
+                fail(r, DSLA_CODE_INTERNAL, msg);
             }
         } else if (env.type == DSLA_MSG_ERROR) {
-            dsla_proto_error_t e;
-            finished = true;
-            if (dsla_proto_error_decode(env.body, env.body_len, &e) == DSLA_OK) {
-                done = fail(r, (dsla_proto_code_t)e.code, e.message);
-            } else {
-                snprintf(msg, sizeof msg, "client: a malformed ERROR: %s", dsla_last_error());
-                done = fail(r, DSLA_CODE_INTERNAL, msg);
-            }
+            read_error(&env, r);
+        } else {
+            done = false; /* another type under this id: not ours to read */
         }
         zmq_msg_close(&frame);
-        if (finished) return done;
+        if (more) return true;
+        if (done) {
+            finish_request(c);
+            return false;
+        }
     }
+}
+
+void dsla_client_cancel(dsla_client_t *c, dsla_client_result_t *result) {
+    if (c->active) send_cancel(c, c->id);
+    finish_request(c);
+    fail(result, DSLA_CODE_CANCELLED, "client: cancelled by the caller");
 }
 
 dsla_proto_code_t dsla_client_generate(dsla_client_t *c, const dsla_proto_generate_t *request,
                                        dsla_client_token_fn on_token, void *user, int deadline_ms,
                                        dsla_client_result_t *result) {
     memset(result, 0, sizeof *result);
-    dsla_proto_generate_t req = *request;
-    req.stream = true;
-    dsla_proto_buf_t body;
-    if (dsla_proto_generate_encode(&req, &body) != DSLA_OK)
+    if (dsla_client_start(c, request, deadline_ms) != DSLA_OK)
         return fail(result, DSLA_CODE_INVALID_ARGUMENT, dsla_last_error());
-    int64_t deadline = deadline_ms > 0 ? now_ms() + deadline_ms : -1;
-    dsla_proto_code_t code = DSLA_CODE_UNAVAILABLE;
-    for (int i = 0; i <= c->retries; i++) {
-        bool got_token = false;
-        code = attempt(c, &body, on_token, user, deadline, result, &got_token);
-        if (code != DSLA_CODE_UNAVAILABLE || got_token) break;
-        if (i < c->retries && open_socket(c) != DSLA_OK) break;
+    dsla_client_piece_t p;
+    while (dsla_client_next(c, &p, result)) {
+        if (on_token && on_token(user, p.token, p.text, p.len)) {
+            dsla_client_cancel(c, result);
+            return fail(result, DSLA_CODE_CANCELLED, "client: cancelled by the token callback");
+        }
     }
-    dsla_proto_buf_free(&body);
-    return code;
+    return result->code;
+}
+
+dsla_proto_code_t dsla_client_status(dsla_client_t *c, dsla_proto_report_t *report, int deadline_ms,
+                                     dsla_client_result_t *result) {
+    memset(result, 0, sizeof *result);
+    if (c->active) return fail(result, DSLA_CODE_INTERNAL, "client: a request is in flight");
+    dsla_proto_buf_t empty = {0};
+    c->deadline = deadline_ms > 0 ? now_ms() + deadline_ms : -1;
+    send_fresh(c, DSLA_MSG_STATUS, &empty);
+    for (;;) {
+        zmq_msg_t frame;
+        dsla_proto_envelope_t env;
+        dsla_proto_code_t code = wait_frame(c, &frame, &env, result);
+        if (code != DSLA_CODE_OK) return code;
+        bool done = true;
+        if (env.type == DSLA_MSG_REPORT) {
+            if (dsla_proto_report_decode(env.body, env.body_len, report) == DSLA_OK)
+                fail(result, DSLA_CODE_OK, "");
+            else
+                fail(result, DSLA_CODE_INTERNAL, dsla_last_error());
+        } else if (env.type == DSLA_MSG_ERROR) {
+            read_error(&env, result);
+        } else {
+            done = false;
+        }
+        zmq_msg_close(&frame);
+        if (done) return result->code;
+    }
 }

@@ -1,8 +1,10 @@
-/* The client stub (DESIGN.md section 8), minimal and gRPC-like: connect to a serving actor's
- * mailbox, send one GENERATE, receive its TOKENs through a callback and its DONE or ERROR.
+/* The client stub (DESIGN.md section 8), minimal and gRPC-like: connect to a gateway's (or a
+ * serving actor's) mailbox, send one GENERATE, receive its TOKENs through a callback (or pull them
+ * one at a time) and its DONE or ERROR; ask a gateway for its REPORT.
  *
- * Contract: one client is used by one thread at a time; dsla_client_generate blocks that thread
- * until the request ends, its deadline passes or the server is found gone. While it waits it
+ * Contract: one client is used by one thread at a time, for one request at a time;
+ * dsla_client_generate (and each dsla_client_next) blocks that thread until the request ends (or
+ * its next piece comes), its deadline passes or the server is found gone. While it waits it
  * PINGs the server every heartbeat interval; silence for DSLA_CLIENT_LIVENESS intervals means
  * UNAVAILABLE. A request that got UNAVAILABLE before its first token is sent again (up to
  * `retries` times, over a fresh socket); after a token it is not, since the stream would repeat.
@@ -11,6 +13,8 @@
 #ifndef DSLA_PROTO_DSLA_CLIENT_H
 #define DSLA_PROTO_DSLA_CLIENT_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "proto/proto.h"
@@ -23,6 +27,10 @@ typedef struct dsla_client dsla_client_t;
 typedef struct {
     uint32_t heartbeat_ms; /* 0: 1000 (DSLA_ACTOR_HEARTBEAT_MS); tests use less */
     int retries;           /* sends again after UNAVAILABLE before the first token; default 0 */
+    /* A ZeroMQ context (zmq_ctx_new) to open the socket in, borrowed; NULL: the client makes and
+     * owns one. Many clients of one process share one, so that each need not start I/O threads;
+     * zmq_ctx_shutdown on it wakes every client blocked in it with UNAVAILABLE. */
+    void *zmq_context;
 } dsla_client_options_t;
 
 /* One streamed piece; return non-zero to cancel the request (it then ends CANCELLED). text is
@@ -47,5 +55,27 @@ void dsla_client_close(dsla_client_t **c);
 dsla_proto_code_t dsla_client_generate(dsla_client_t *c, const dsla_proto_generate_t *request,
                                        dsla_client_token_fn on_token, void *user, int deadline_ms,
                                        dsla_client_result_t *result);
+
+/* The same request pulled piece by piece, for callers that cannot hand over their thread to a
+ * callback (an HTTP response written as the client asks for more). dsla_client_start sends it
+ * (INVALID_ARGUMENT when it does not encode; a send failure shows in the first next);
+ * dsla_client_next blocks for the next piece: true with *piece filled (valid until the next call),
+ * or false once the request has ended, with result filled as dsla_client_generate fills it.
+ * dsla_client_cancel ends a started request early: it sends CANCEL and fills result CANCELLED. */
+typedef struct {
+    int32_t token; /* -1 for a text-only piece */
+    const char *text;
+    size_t len;
+} dsla_client_piece_t;
+
+dsla_status_t dsla_client_start(dsla_client_t *c, const dsla_proto_generate_t *request,
+                                int deadline_ms);
+bool dsla_client_next(dsla_client_t *c, dsla_client_piece_t *piece, dsla_client_result_t *result);
+void dsla_client_cancel(dsla_client_t *c, dsla_client_result_t *result);
+
+/* Sends STATUS to a gateway and waits for its REPORT; returns result->code (an actor without a
+ * STATUS handler answers INVALID_ARGUMENT). Never while a request is started. */
+dsla_proto_code_t dsla_client_status(dsla_client_t *c, dsla_proto_report_t *report, int deadline_ms,
+                                     dsla_client_result_t *result);
 
 #endif

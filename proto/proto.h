@@ -37,7 +37,9 @@
     X(GENERATE, 4, "client -> serving: generate from a prompt; answered by TOKENs, then DONE")     \
     X(TOKEN, 5, "serving -> client: one streamed token and the text it makes final")               \
     X(DONE, 6, "serving -> client: the generation ended: finish reason and usage")                 \
-    X(CANCEL, 7, "client -> serving: cancel a GENERATE of the same client")
+    X(CANCEL, 7, "client -> serving: cancel a GENERATE of the same client")                        \
+    X(STATUS, 8, "client -> gateway: ask for its routing state; empty body, answered by REPORT")   \
+    X(REPORT, 9, "gateway -> client: counters and the state of each serving replica")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -185,5 +187,42 @@ typedef struct {
 
 dsla_status_t dsla_proto_cancel_encode(const dsla_proto_cancel_t *c, dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_cancel_decode(const void *body, size_t len, dsla_proto_cancel_t *out);
+
+/* STATUS (8) has no body struct: its body is the empty map, which the envelope encodes for an
+ * absent body. REPORT (9) answers it. */
+#define DSLA_PROTO_REPLICAS_MAX 64  /* replicas one REPORT lists */
+#define DSLA_PROTO_ENDPOINT_MAX 255 /* bytes of a replica's endpoint */
+
+/* A replica's liveness as its gateway sees it; on the wire "unknown", "alive", "dead". */
+typedef enum {
+    DSLA_PROTO_REPLICA_UNKNOWN = 0, /* connected, not heard from yet */
+    DSLA_PROTO_REPLICA_ALIVE,
+    DSLA_PROTO_REPLICA_DEAD, /* silent for the liveness window */
+} dsla_proto_replica_state_t;
+
+const char *dsla_proto_replica_state_name(dsla_proto_replica_state_t state);
+
+typedef struct {
+    char name[DSLA_PROTO_NAME_MAX + 1];
+    char endpoint[DSLA_PROTO_ENDPOINT_MAX + 1];
+    dsla_proto_replica_state_t state;
+    uint32_t outstanding; /* requests routed to it that have not ended */
+    uint64_t routed;      /* requests ever routed to it (re-routes included) */
+    uint64_t failed;      /* requests that ended in an ERROR from it or because it died */
+} dsla_proto_replica_report_t;
+
+/* REPORT: the gateway's counters since it started, and its replicas in configuration order. */
+typedef struct {
+    uint64_t requests; /* GENERATEs accepted from clients */
+    uint64_t tokens;   /* TOKENs with a token id relayed to clients */
+    uint64_t errors;   /* ERRORs sent to clients for GENERATEs */
+    uint64_t rerouted; /* requests sent again to another replica after theirs died */
+    uint32_t in_flight;
+    uint32_t n_replicas;
+    dsla_proto_replica_report_t replicas[DSLA_PROTO_REPLICAS_MAX];
+} dsla_proto_report_t;
+
+dsla_status_t dsla_proto_report_encode(const dsla_proto_report_t *r, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_report_decode(const void *body, size_t len, dsla_proto_report_t *out);
 
 #endif

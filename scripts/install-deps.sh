@@ -13,6 +13,7 @@ packages=(
   libzmq3-dev       # actor mailboxes and transport (ZeroMQ)
   libmsgpack-dev    # message envelope and bodies (msgpack-c)
   libuv1-dev        # one event loop per actor
+  libmicrohttpd-dev # the gateway's OpenAI-compatible HTTP API
 )
 
 missing=()

@@ -1,27 +1,70 @@
-/* dsla-serve: runs the serving actor over one model until SIGINT or SIGTERM. Argument parsing
+/* dsla-serve: runs one node's actors (actors/node.h) until SIGINT or SIGTERM. Argument parsing
  * and start-up only; the work lives in actors/ and runtime/. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include "actors/serving.h"
+#include "actors/node.h"
 #include "cli/dsla/args.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/tokenizer.h"
 
 static const char usage[] =
-    "usage: dsla-serve --model DIR [--endpoint tcp://127.0.0.1:7070]\n\n"
-    "Serves the Llama model in DIR (Hugging Face layout) to clients of the protocol in\n"
-    "docs/protocol.md until SIGINT or SIGTERM. tcp://127.0.0.1:* picks a free port. The bound\n"
-    "endpoint is printed to stdout as \"listening on ENDPOINT\".";
+    "usage: dsla-serve [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
+    "127.0.0.1:8000|off]\n"
+    "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n\n"
+    "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
+    "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
+    "docs/http.md\n"
+    "at --http, and a serving actor over the Llama model in DIR (Hugging Face layout). Each\n"
+    "--replica adds a serving actor elsewhere (a `dsla-serve --serving-only`) for the gateway to\n"
+    "route to; without --model the node is a gateway only. --serving-only runs the serving actor\n"
+    "alone at --endpoint. tcp://127.0.0.1:* and port 0 pick free ports. Prints \"listening on\n"
+    "ENDPOINT\" and then, with HTTP on, \"http on http://HOST:PORT\" to stdout.";
+
+/* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
+static void model_id(const char *dir, char *out, size_t cap) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    size_t start = n;
+    while (start > 0 && dir[start - 1] != '/')
+        start--;
+    snprintf(out, cap, "%.*s", (int)(n - start), dir + start);
+}
+
+/* "host:port" of an address, for the printed URL. */
+static void http_url(const char *address, int port, char *out, size_t cap) {
+    const char *a = strncmp(address, "http://", 7) == 0 ? address + 7 : address;
+    const char *colon = strrchr(a, ':');
+    snprintf(out, cap, "http://%.*s:%d", (int)(colon ? colon - a : 0), a, port);
+}
 
 int main(int argc, char **argv) {
     const char *model_dir = getenv("DSLA_MODEL");
     const char *endpoint = "tcp://127.0.0.1:7070";
+    const char *http = "127.0.0.1:8000";
+    const char *model_name = NULL;
+    dsla_arg_list_t replicas = {0};
+    bool serving_only = false;
+    long heartbeat_ms = 0;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
-        {"endpoint", DSLA_ARG_STRING, "mailbox to bind (default tcp://127.0.0.1:7070)", 0, 0,
+        {"endpoint", DSLA_ARG_STRING, "clients' mailbox (default tcp://127.0.0.1:7070)", 0, 0,
          &endpoint},
+        {"http", DSLA_ARG_STRING, "HTTP address (default 127.0.0.1:8000); off disables it", 0, 0,
+         &http},
+        {"replica", DSLA_ARG_STRING_LIST, "a remote serving actor's endpoint (repeatable)", 0, 0,
+         &replicas},
+        {"serving-only", DSLA_ARG_FLAG, "run the serving actor alone at --endpoint", 0, 0,
+         &serving_only},
+        {"model-name", DSLA_ARG_STRING, "the model's id in the HTTP API (default: DIR's name)", 0,
+         0, &model_name},
+        {"heartbeat-ms", DSLA_ARG_INT,
+         "heartbeat interval (default 1000; a peer silent for 3 is "
+         "dead)",
+         10, 60000, &heartbeat_ms},
     };
     const char *positional[1];
     int n_positional = 0;
@@ -29,8 +72,14 @@ int main(int argc, char **argv) {
                              positional, 0, &n_positional, usage);
     if (rc == -1) return 0;
     if (rc != 0) return rc;
-    if (!model_dir || !*model_dir) {
-        fprintf(stderr, "dsla-serve: --model is required (or set DSLA_MODEL)\n");
+    if (model_dir && !*model_dir) model_dir = NULL;
+    if (!model_dir && (serving_only || replicas.count == 0)) {
+        fprintf(stderr, "dsla-serve: --model is required (or set DSLA_MODEL)%s\n",
+                serving_only ? "" : ", unless --replica names serving actors elsewhere");
+        return 2;
+    }
+    if (serving_only && replicas.count > 0) {
+        fprintf(stderr, "dsla-serve: --serving-only runs no gateway; drop --replica\n");
         return 2;
     }
     /* Blocked before any thread starts, so that every actor thread inherits the mask and only
@@ -40,24 +89,37 @@ int main(int argc, char **argv) {
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    signal(SIGPIPE, SIG_IGN); /* an HTTP client that hangs up is no reason to die */
 
+    char name[256];
+    model_id(model_name ? model_name : model_dir ? model_dir : "dsla", name, sizeof name);
     dsla_model_t *model = NULL;
     dsla_tokenizer_t *tokenizer = NULL;
-    dsla_actor_ctx_t *ctx = NULL;
-    dsla_serving_t *serving = NULL;
-    dsla_status_t st = dsla_model_load(&model, model_dir);
-    if (st == DSLA_OK) st = dsla_tokenizer_load_dir(&tokenizer, model_dir);
-    if (st == DSLA_OK) st = dsla_actor_ctx_create(&ctx);
+    dsla_node_t *node = NULL;
+    dsla_status_t st = DSLA_OK;
+    if (model_dir) st = dsla_model_load(&model, model_dir);
+    if (st == DSLA_OK && model_dir) st = dsla_tokenizer_load_dir(&tokenizer, model_dir);
     if (st == DSLA_OK) {
-        dsla_serving_config_t config = {.ctx = ctx,
-                                        .endpoint = endpoint,
-                                        .model = model,
-                                        .tokenizer = tokenizer,
-                                        .engine = dsla_engine_config_default()};
-        st = dsla_serving_create(&serving, &config);
+        bool http_on = !serving_only && strcmp(http, "off") != 0;
+        dsla_node_config_t config = {.model = model,
+                                     .tokenizer = tokenizer,
+                                     .engine = dsla_engine_config_default(),
+                                     .endpoint = endpoint,
+                                     .replicas = replicas.items,
+                                     .n_replicas = replicas.count,
+                                     .serving_only = serving_only,
+                                     .http = http_on ? http : NULL,
+                                     .model_name = name,
+                                     .heartbeat_ms = (uint32_t)heartbeat_ms};
+        st = dsla_node_create(&node, &config);
     }
     if (st == DSLA_OK) {
-        printf("listening on %s\n", dsla_serving_endpoint(serving));
+        printf("listening on %s\n", dsla_node_endpoint(node));
+        if (dsla_node_http_port(node) > 0) {
+            char url[300];
+            http_url(http, dsla_node_http_port(node), url, sizeof url);
+            printf("http on %s\n", url);
+        }
         fflush(stdout);
         int sig = 0;
         sigwait(&stop_signals, &sig);
@@ -65,8 +127,7 @@ int main(int argc, char **argv) {
     } else {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }
-    dsla_serving_destroy(&serving);
-    dsla_actor_ctx_destroy(&ctx);
+    dsla_node_destroy(&node);
     dsla_tokenizer_destroy(&tokenizer);
     dsla_model_destroy(&model);
     return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);

@@ -12,96 +12,18 @@
 #include <unistd.h>
 
 #include "proto/dsla_client.h"
+#include "tests/serverutil.h"
 
 /* HEARTBEAT_MS makes the liveness tests fast; requests that must succeed use the slower
  * SERVING_HEARTBEAT_MS, because on a loaded two-core CI machine (ctest -j2 beside a distillation)
  * a server can stall for longer than three 100 ms heartbeats without being dead. */
-enum { IDS_MAX = 4096, HEARTBEAT_MS = 100, SERVING_HEARTBEAT_MS = 1000 };
+enum { HEARTBEAT_MS = 100, SERVING_HEARTBEAT_MS = 1000 };
 
-typedef struct {
-    pid_t pid;
-    char endpoint[256];
-} server_t;
-
-static const char *bin_dir(void) {
-    const char *bin = getenv("DSLA_BIN");
-    return bin ? bin : "build/bin";
-}
-
-/* Servers still running: killed at exit, so that a failed assertion leaves no orphan holding
- * ctest's output pipe open. */
-static pid_t live_servers[8];
-
-static void servers_kill_all(void) {
-    for (int i = 0; i < 8; i++)
-        if (live_servers[i] > 0) {
-            kill(live_servers[i], SIGKILL);
-            waitpid(live_servers[i], NULL, 0);
-            live_servers[i] = 0;
-        }
-}
-
-static void server_forget(pid_t pid) {
-    for (int i = 0; i < 8; i++)
-        if (live_servers[i] == pid) live_servers[i] = 0;
-}
-
-/* Starts dsla-serve on an ephemeral loopback port and reads the endpoint it prints. */
-static server_t server_start(const char *model) {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    server_t s = {0};
-    s.pid = fork();
-    assert_true(s.pid >= 0);
-    if (s.pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        char path[1024];
-        snprintf(path, sizeof path, "%s/dsla-serve", bin_dir());
-        execl(path, path, "--model", model, "--endpoint", "tcp://127.0.0.1:*", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 8; i++)
-        if (live_servers[i] == 0) {
-            live_servers[i] = s.pid;
-            break;
-        }
-    close(fds[1]);
-    FILE *out = fdopen(fds[0], "r");
-    char line[512] = "";
-    if (!fgets(line, sizeof line, out)) fail_msg("dsla-serve printed no endpoint");
-    fclose(out);
-    if (sscanf(line, "listening on %255s", s.endpoint) != 1) fail_msg("dsla-serve said: %s", line);
-    return s;
-}
-
-static void server_stop(server_t *s) {
-    kill(s->pid, SIGTERM);
-    int status = 0;
-    assert_int_equal(waitpid(s->pid, &status, 0), s->pid);
-    server_forget(s->pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-}
-
-typedef struct {
-    int32_t ids[IDS_MAX];
-    int n;
-    pid_t kill_on_first; /* > 0: SIGKILL this process when the first token arrives */
-} collected_t;
-
-static int collect(void *user, int32_t token, const char *text, size_t len) {
-    (void)text;
-    (void)len;
-    collected_t *c = user;
-    if (token >= 0 && c->n < IDS_MAX) c->ids[c->n++] = token;
-    if (c->kill_on_first > 0 && c->n == 1) {
-        kill(c->kill_on_first, SIGKILL);
-        waitpid(c->kill_on_first, NULL, 0);
-        server_forget(c->kill_on_first);
-    }
-    return 0;
+/* Starts dsla-serve (gateway and serving actor, HTTP off) on an ephemeral loopback port. */
+static dsla_test_server_t server_start(const char *model) {
+    const char *args[] = {"--model", model, "--endpoint", "tcp://127.0.0.1:*",
+                          "--http",  "off", NULL};
+    return dsla_test_server_start(args);
 }
 
 static int stop_at_once(void *user, int32_t token, const char *text, size_t len) {
@@ -114,28 +36,8 @@ static int stop_at_once(void *user, int32_t token, const char *text, size_t len)
 
 /* In-process greedy ids from `dsla generate --print-ids`. */
 static int inprocess_ids(const char *model, const char *prompt, int max_tokens, int32_t *ids) {
-    char *dir = dsla_test_tempdir();
-    char cmd[4096], err_path[512];
-    snprintf(err_path, sizeof err_path, "%s/err", dir);
-    snprintf(cmd, sizeof cmd,
-             "%s/dsla generate --model '%s' --prompt '%s' --temperature 0 --max-tokens %d "
-             "--ignore-eos --print-ids >/dev/null 2>%s",
-             bin_dir(), model, prompt, max_tokens, err_path);
-    assert_int_equal(system(cmd), 0);
-    char *err = dsla_test_read_file(err_path, NULL);
-    assert_non_null(err);
-    const char *p = strstr(err, "ids:");
-    assert_non_null(p);
-    p += 4;
     int n = 0;
-    char *end;
-    for (long v = strtol(p, &end, 10); end != p && n < IDS_MAX; v = strtol(p, &end, 10)) {
-        ids[n++] = (int32_t)v;
-        p = end;
-    }
-    free(err);
-    dsla_test_rmtree(dir);
-    free(dir);
+    free(dsla_test_inprocess(model, prompt, max_tokens, ids, &n));
     return n;
 }
 
@@ -143,7 +45,7 @@ typedef struct {
     const char *endpoint;
     const char *prompt;
     int max_tokens;
-    collected_t got;
+    dsla_test_collected_t got;
     dsla_proto_code_t code;
 } job_t;
 
@@ -159,7 +61,7 @@ static void run_job(job_t *j) {
                                  .top_p = 1,
                                  .ignore_eos = true};
     dsla_client_result_t r;
-    j->code = dsla_client_generate(c, &req, collect, &j->got, 20000, &r);
+    j->code = dsla_client_generate(c, &req, dsla_test_collect, &j->got, 20000, &r);
     dsla_client_close(&c);
 }
 
@@ -177,9 +79,9 @@ static void test_greedy_and_concurrent(void **state) {
     json_t *cases = json_object_get(root, "greedy");
     size_t n_cases = json_array_size(cases);
     assert_true(n_cases > 0 && n_cases <= 8);
-    server_t srv = server_start(model);
+    dsla_test_server_t srv = server_start(model);
     job_t *jobs = calloc(2 * n_cases, sizeof *jobs);
-    static int32_t want[8][IDS_MAX];
+    static int32_t want[8][DSLA_TEST_IDS_MAX];
     int n_want[8];
     for (size_t i = 0; i < n_cases; i++) {
         json_t *c = json_array_get(cases, i);
@@ -206,7 +108,7 @@ static void test_greedy_and_concurrent(void **state) {
         assert_int_equal(j->got.n, n_want[i]);
         assert_memory_equal(j->got.ids, want[i], sizeof(int32_t) * (size_t)n_want[i]);
     }
-    server_stop(&srv);
+    dsla_test_server_stop(&srv);
     free(jobs);
     json_decref(root);
     free(vectors);
@@ -217,7 +119,7 @@ static void test_greedy_and_concurrent(void **state) {
 static void test_invalid_request(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
-    server_t srv = server_start(model);
+    dsla_test_server_t srv = server_start(model);
     dsla_client_options_t opt = {.heartbeat_ms = SERVING_HEARTBEAT_MS};
     dsla_client_t *c = NULL;
     assert_int_equal(dsla_client_connect(&c, srv.endpoint, &opt), DSLA_OK);
@@ -232,9 +134,10 @@ static void test_invalid_request(void **state) {
                      DSLA_CODE_INVALID_ARGUMENT);
     assert_true(r.message[0] != '\0');
     /* the server still serves after refusing */
-    collected_t got = {0};
+    dsla_test_collected_t got = {0};
     dsla_proto_generate_t ok = {.prompt = "Once", .prompt_len = 4, .max_tokens = 5};
-    assert_int_equal(dsla_client_generate(c, &ok, collect, &got, 10000, &r), DSLA_CODE_OK);
+    assert_int_equal(dsla_client_generate(c, &ok, dsla_test_collect, &got, 10000, &r),
+                     DSLA_CODE_OK);
     assert_int_equal(r.completion_tokens, got.n);
     /* a callback that asks to stop ends the request CANCELLED; the server carries on */
     dsla_proto_generate_t long_req = {
@@ -242,10 +145,11 @@ static void test_invalid_request(void **state) {
     assert_int_equal(dsla_client_generate(c, &long_req, stop_at_once, NULL, 10000, &r),
                      DSLA_CODE_CANCELLED);
     memset(&got, 0, sizeof got);
-    assert_int_equal(dsla_client_generate(c, &ok, collect, &got, 10000, &r), DSLA_CODE_OK);
+    assert_int_equal(dsla_client_generate(c, &ok, dsla_test_collect, &got, 10000, &r),
+                     DSLA_CODE_OK);
     assert_int_equal(got.n, 5);
     dsla_client_close(&c);
-    server_stop(&srv);
+    dsla_test_server_stop(&srv);
     free(model);
 }
 
@@ -260,18 +164,18 @@ static void test_server_killed_mid_stream(void **state) {
     (void)state;
     /* A model slow enough on the CPU that the stream is still running when the kill lands. */
     char *model = dsla_test_data_or_skip("models/tinystories-11M-hf");
-    server_t srv = server_start(model);
+    dsla_test_server_t srv = server_start(model);
     /* Retries would each wait out the liveness window again; after a token there must be none. */
     dsla_client_options_t opt = {.heartbeat_ms = HEARTBEAT_MS, .retries = 5};
     dsla_client_t *c = NULL;
     assert_int_equal(dsla_client_connect(&c, srv.endpoint, &opt), DSLA_OK);
     dsla_proto_generate_t req = {
         .prompt = "Once upon a time", .prompt_len = 16, .max_tokens = 1900, .ignore_eos = true};
-    collected_t *got = calloc(1, sizeof *got);
+    dsla_test_collected_t *got = calloc(1, sizeof *got);
     got->kill_on_first = srv.pid;
     dsla_client_result_t r;
     double t0 = now_s();
-    dsla_proto_code_t code = dsla_client_generate(c, &req, collect, got, 10000, &r);
+    dsla_proto_code_t code = dsla_client_generate(c, &req, dsla_test_collect, got, 10000, &r);
     double took = now_s() - t0;
     assert_int_equal(code, DSLA_CODE_UNAVAILABLE);
     assert_true(got->n >= 1 && got->n < 1900);
@@ -310,6 +214,6 @@ int main(void) {
         cmocka_unit_test(test_no_server),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    servers_kill_all();
+    dsla_test_servers_kill_all();
     return rc;
 }

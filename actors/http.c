@@ -1,0 +1,675 @@
+/* The HTTP front end: libmicrohttpd's handlers over clients of the gateway (http.h). */
+#include "actors/http.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <zmq.h>
+
+#include "actors/openai.h"
+#include "proto/dsla_client.h"
+#include "runtime/core/log.h"
+
+/* Idle gateway clients kept for the next request: a new one costs a socket and a handshake. */
+enum { CLIENT_POOL_MAX = 64 };
+/* How long health and metrics wait for the gateway's REPORT. */
+enum { REPORT_DEADLINE_MS = 2000 };
+/* Bytes MHD asks the stream reader for at most; an event longer than that goes in several. */
+enum { STREAM_BLOCK = 16 * 1024 };
+/* Idle keep-alive connections are closed after this many seconds. */
+enum { CONNECTION_TIMEOUT_S = 120 };
+
+/* Routes and the status codes counted in /metrics. */
+typedef enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS, R_OTHER, N_ROUTES } route_t;
+static const char *const route_paths[N_ROUTES] = {
+    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "other"};
+static const int counted_codes[] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503, 504};
+enum { N_CODES = sizeof counted_codes / sizeof counted_codes[0] };
+
+struct dsla_http {
+    struct MHD_Daemon *daemon;
+    void *zctx;
+    char gateway[DSLA_PROTO_ENDPOINT_MAX + 1];
+    char model[256];
+    uint32_t heartbeat_ms, max_in_flight;
+    long long started;
+    int port;
+
+    pthread_mutex_t mu; /* guards the pool */
+    dsla_client_t *pool[CLIENT_POOL_MAX];
+    int n_pool;
+
+    atomic_uint in_flight;
+    atomic_ullong next_id;
+    atomic_ullong responses[N_ROUTES][N_CODES + 1]; /* the last column: any other code */
+    atomic_ullong prompt_tokens, completion_tokens;
+};
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static dsla_client_t *client_get(dsla_http_t *h) {
+    dsla_client_t *c = NULL;
+    pthread_mutex_lock(&h->mu);
+    if (h->n_pool > 0) c = h->pool[--h->n_pool];
+    pthread_mutex_unlock(&h->mu);
+    if (c) return c;
+    dsla_client_options_t opt = {.heartbeat_ms = h->heartbeat_ms, .zmq_context = h->zctx};
+    if (dsla_client_connect(&c, h->gateway, &opt) != DSLA_OK) return NULL;
+    return c;
+}
+
+static void client_put(dsla_http_t *h, dsla_client_t *c) {
+    pthread_mutex_lock(&h->mu);
+    if (h->n_pool < CLIENT_POOL_MAX) {
+        h->pool[h->n_pool++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&h->mu);
+    dsla_client_close(&c);
+}
+
+static void count(dsla_http_t *h, route_t route, int status) {
+    int k = N_CODES;
+    for (int i = 0; i < N_CODES; i++)
+        if (counted_codes[i] == status) k = i;
+    atomic_fetch_add(&h->responses[route][k], 1);
+}
+
+/* Queues body (malloc'd, taken over; NULL is a 500) with its status and type. */
+static enum MHD_Result respond(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                               int status, const char *type, char *body) {
+    if (!body) {
+        status = 500;
+        type = "application/json";
+        body = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                      "\"param\":null,\"code\":null}}");
+        if (!body) return MHD_NO;
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    enum MHD_Result rc = MHD_queue_response(conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    count(h, route, status);
+    return rc;
+}
+
+static enum MHD_Result respond_error(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                     const dsla_openai_error_t *err) {
+    return respond(h, conn, route, err->status, "application/json", dsla_openai_error_body(err));
+}
+
+/* a + b in a fresh buffer; NULL when either is NULL or memory is short. */
+static char *concat(const char *a, const char *b) {
+    if (!a || !b) return NULL;
+    size_t na = strlen(a), nb = strlen(b);
+    char *s = malloc(na + nb + 1);
+    if (!s) return NULL;
+    memcpy(s, a, na);
+    memcpy(s + na, b, nb + 1);
+    return s;
+}
+
+static char *json_text(json_t *root) {
+    char *s = root ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    return s;
+}
+
+/* ---- generation ---------------------------------------------------------------------------- */
+
+/* One generation request from its start on the gateway to its last byte. */
+typedef struct {
+    dsla_http_t *h;
+    dsla_client_t *client;
+    bool running; /* the request still runs on the gateway */
+    bool first;   /* no piece has been formatted yet */
+    bool failed;  /* it ended with an error (err) */
+    dsla_openai_error_t err;
+    dsla_client_result_t result;
+    char id[40];
+    dsla_openai_meta_t meta;
+    /* What the stream reader hands out next. */
+    char *pending;
+    size_t pending_len, pending_off;
+} gen_t;
+
+static void gen_free(gen_t *g) {
+    if (!g) return;
+    if (g->client) {
+        if (g->running) dsla_client_cancel(g->client, &g->result);
+        client_put(g->h, g->client);
+    }
+    atomic_fetch_sub(&g->h->in_flight, 1);
+    free(g->pending);
+    free(g);
+}
+
+/* Records how the request ended: usage on success, the error otherwise. */
+static void gen_ended(gen_t *g) {
+    g->running = false;
+    if (g->result.code == DSLA_CODE_OK) {
+        atomic_fetch_add(&g->h->prompt_tokens, g->result.prompt_tokens);
+        atomic_fetch_add(&g->h->completion_tokens, g->result.completion_tokens);
+        return;
+    }
+    g->failed = true;
+    dsla_openai_error_from_code(g->meta.kind, g->result.code, g->result.message, &g->err);
+}
+
+static dsla_openai_end_t gen_end(const gen_t *g) {
+    return (dsla_openai_end_t){.finish =
+                                   g->result.finish == DSLA_PROTO_FINISH_LENGTH ? "length" : "stop",
+                               .prompt_tokens = g->result.prompt_tokens,
+                               .completion_tokens = g->result.completion_tokens};
+}
+
+/* Pulls the next piece from the gateway into g->pending as one or more server-sent events; the
+ * last piece carries finish_reason and usage, then "data: [DONE]". False when out of memory. */
+static bool gen_produce(gen_t *g) {
+    free(g->pending);
+    g->pending = NULL;
+    g->pending_len = g->pending_off = 0;
+    dsla_client_piece_t p;
+    if (dsla_client_next(g->client, &p, &g->result)) {
+        g->pending = dsla_openai_chunk(&g->meta, p.text, p.len, g->first, NULL);
+        g->first = false;
+    } else {
+        gen_ended(g);
+        if (g->failed) { /* an error event, and no [DONE]: the stream did not complete */
+            char *body = dsla_openai_error_body(&g->err), *line = concat("data: ", body);
+            g->pending = concat(line, "\n\n");
+            free(body);
+            free(line);
+        } else {
+            dsla_openai_end_t end = gen_end(g);
+            char *last = dsla_openai_chunk(&g->meta, "", 0, g->first, &end);
+            g->pending = concat(last, "data: [DONE]\n\n");
+            free(last);
+        }
+    }
+    if (!g->pending) return false;
+    g->pending_len = strlen(g->pending);
+    return true;
+}
+
+static ssize_t gen_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    gen_t *g = cls;
+    while (g->pending_off == g->pending_len) {
+        if (!g->running) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (!gen_produce(g)) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    size_t n = g->pending_len - g->pending_off < max ? g->pending_len - g->pending_off : max;
+    memcpy(buf, g->pending + g->pending_off, n);
+    g->pending_off += n;
+    return (ssize_t)n;
+}
+
+static void gen_read_done(void *cls) {
+    gen_free(cls);
+}
+
+/* stream false: every piece, then one JSON body. */
+static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t route) {
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    dsla_client_piece_t p;
+    bool oom = false;
+    while (dsla_client_next(g->client, &p, &g->result)) {
+        if (len + p.len > cap) {
+            size_t want = 2 * (len + p.len) + 256;
+            char *grown = realloc(text, want);
+            if (!grown) {
+                oom = true;
+                dsla_client_cancel(g->client, &g->result);
+                break;
+            }
+            text = grown;
+            cap = want;
+        }
+        memcpy(text + len, p.text, p.len);
+        len += p.len;
+    }
+    gen_ended(g);
+    dsla_openai_end_t end = gen_end(g);
+    char *body = oom         ? NULL
+                 : g->failed ? dsla_openai_error_body(&g->err)
+                             : dsla_openai_response_body(&g->meta, text, len, &end);
+    free(text);
+    int status = g->failed ? g->err.status : 200;
+    dsla_http_t *h = g->h;
+    gen_free(g);
+    return respond(h, conn, route, status, "application/json", body);
+}
+
+static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                const char *body, size_t len) {
+    dsla_openai_kind_t kind = route == R_CHAT ? DSLA_OPENAI_CHAT : DSLA_OPENAI_COMPLETION;
+    dsla_openai_error_t err;
+    unsigned long long n = atomic_fetch_add(&h->next_id, 1) + 1;
+    /* a request without a seed samples differently from the last one, as OpenAI's does */
+    uint64_t seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull ^ n;
+    dsla_openai_request_t req;
+    if (!dsla_openai_request_parse(kind, body, len, h->model, seed, &req, &err))
+        return respond_error(h, conn, route, &err);
+    if (atomic_fetch_add(&h->in_flight, 1) >= h->max_in_flight) {
+        atomic_fetch_sub(&h->in_flight, 1);
+        dsla_openai_request_free(&req);
+        dsla_openai_error_set(&err, 429, NULL,
+                              "%u requests in flight, the limit of this server; retry later",
+                              h->max_in_flight);
+        err.type = "rate_limit_exceeded";
+        return respond_error(h, conn, route, &err);
+    }
+    gen_t *g = calloc(1, sizeof *g);
+    if (g) g->h = h;
+    if (g) g->client = client_get(h);
+    if (!g || !g->client) {
+        if (g)
+            gen_free(g);
+        else
+            atomic_fetch_sub(&h->in_flight, 1);
+        dsla_openai_request_free(&req);
+        dsla_openai_error_set(&err, 500, NULL, "cannot reach the gateway: %s", dsla_last_error());
+        err.type = "server_error";
+        return respond_error(h, conn, route, &err);
+    }
+    snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
+    g->meta = (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model};
+    g->first = true;
+    bool stream = req.stream;
+    dsla_status_t st = dsla_client_start(g->client, &req.generate, 0);
+    dsla_openai_request_free(&req);
+    if (st != DSLA_OK) {
+        dsla_openai_error_set(&err, 400, NULL, "%s", dsla_last_error());
+        gen_free(g);
+        return respond_error(h, conn, route, &err);
+    }
+    g->running = true;
+    if (!stream) return gen_whole(g, conn, route);
+    /* the first piece decides the status: a refusal is a plain error, not a stream */
+    if (!gen_produce(g) || (g->failed && g->first)) {
+        dsla_openai_error_t e = g->err;
+        if (!g->failed) dsla_openai_error_set(&e, 500, NULL, "out of memory");
+        gen_free(g);
+        return respond_error(h, conn, route, &e);
+    }
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                                                  gen_read, g, gen_read_done);
+    if (!resp) {
+        gen_free(g);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    count(h, route, 200);
+    return rc;
+}
+
+/* ---- models, health, metrics --------------------------------------------------------------- */
+
+static enum MHD_Result models(dsla_http_t *h, struct MHD_Connection *conn) {
+    json_t *root =
+        json_pack("{s:s, s:[{s:s, s:s, s:I, s:s}]}", "object", "list", "data", "id", h->model,
+                  "object", "model", "created", (json_int_t)h->started, "owned_by", "dsla-serve");
+    return respond(h, conn, R_MODELS, 200, "application/json", json_text(root));
+}
+
+/* The gateway's REPORT, or why it could not be had. */
+static dsla_proto_code_t report(dsla_http_t *h, dsla_proto_report_t *rep,
+                                dsla_client_result_t *res) {
+    dsla_client_t *c = client_get(h);
+    if (!c) {
+        res->code = DSLA_CODE_INTERNAL;
+        snprintf(res->message, sizeof res->message, "%s", dsla_last_error());
+        return res->code;
+    }
+    dsla_proto_code_t code = dsla_client_status(c, rep, REPORT_DEADLINE_MS, res);
+    client_put(h, c);
+    return code;
+}
+
+static enum MHD_Result health(dsla_http_t *h, struct MHD_Connection *conn) {
+    dsla_proto_report_t *rep = calloc(1, sizeof *rep);
+    if (!rep) return respond(h, conn, R_HEALTH, 500, "application/json", NULL);
+    dsla_client_result_t res;
+    json_t *replicas = json_array();
+    int alive = 0;
+    if (report(h, rep, &res) == DSLA_CODE_OK)
+        for (uint32_t i = 0; i < rep->n_replicas; i++) {
+            const dsla_proto_replica_report_t *r = &rep->replicas[i];
+            alive += r->state == DSLA_PROTO_REPLICA_ALIVE;
+            json_array_append_new(replicas, json_pack("{s:s, s:s, s:s, s:I}", "name", r->name,
+                                                      "endpoint", r->endpoint, "state",
+                                                      dsla_proto_replica_state_name(r->state),
+                                                      "outstanding", (json_int_t)r->outstanding));
+        }
+    json_t *root =
+        json_pack("{s:s, s:o}", "status", alive ? "ok" : "unavailable", "replicas", replicas);
+    if (res.code != DSLA_CODE_OK) json_object_set_new(root, "error", json_string(res.message));
+    free(rep);
+    return respond(h, conn, R_HEALTH, alive ? 200 : 503, "application/json", json_text(root));
+}
+
+static void metric_head(FILE *f, const char *name, const char *type, const char *help) {
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Prometheus label values escape backslash, quote and newline. */
+static void label_value(FILE *f, const char *s) {
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"') fputc('\\', f);
+        if (*s == '\n')
+            fputs("\\n", f);
+        else
+            fputc(*s, f);
+    }
+}
+
+static void replica_metric(FILE *f, const dsla_proto_report_t *rep, const char *name,
+                           const char *type, const char *help, int field) {
+    metric_head(f, name, type, help);
+    for (uint32_t i = 0; i < rep->n_replicas; i++) {
+        const dsla_proto_replica_report_t *r = &rep->replicas[i];
+        unsigned long long v = field == 0   ? (r->state == DSLA_PROTO_REPLICA_ALIVE)
+                               : field == 1 ? r->outstanding
+                               : field == 2 ? r->routed
+                                            : r->failed;
+        fprintf(f, "%s{replica=\"", name);
+        label_value(f, r->name);
+        fputs("\",endpoint=\"", f);
+        label_value(f, r->endpoint);
+        fprintf(f, "\"} %llu\n", v);
+    }
+}
+
+static void gateway_metrics(FILE *f, const dsla_proto_report_t *rep, bool up) {
+    metric_head(f, "dsla_gateway_up", "gauge", "1 when the gateway answered STATUS");
+    fprintf(f, "dsla_gateway_up %d\n", up);
+    if (!up) return;
+    static const struct {
+        const char *name, *type, *help;
+    } g[] = {
+        {"dsla_gateway_requests_total", "counter", "GENERATE requests accepted by the gateway"},
+        {"dsla_gateway_tokens_total", "counter", "TOKEN frames relayed to clients"},
+        {"dsla_gateway_errors_total", "counter", "requests that ended with an ERROR"},
+        {"dsla_gateway_rerouted_total", "counter", "requests moved to another replica"},
+        {"dsla_gateway_in_flight", "gauge", "requests routed and not yet ended"},
+    };
+    const unsigned long long v[] = {rep->requests, rep->tokens, rep->errors, rep->rerouted,
+                                    rep->in_flight};
+    for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
+        metric_head(f, g[i].name, g[i].type, g[i].help);
+        fprintf(f, "%s %llu\n", g[i].name, v[i]);
+    }
+    replica_metric(f, rep, "dsla_replica_up", "gauge", "1 while the replica answers heartbeats", 0);
+    replica_metric(f, rep, "dsla_replica_outstanding", "gauge",
+                   "requests routed to the replica and not yet ended", 1);
+    replica_metric(f, rep, "dsla_replica_routed_total", "counter", "requests routed to the replica",
+                   2);
+    replica_metric(f, rep, "dsla_replica_failed_total", "counter",
+                   "requests that failed on the replica or with it", 3);
+}
+
+static enum MHD_Result metrics(dsla_http_t *h, struct MHD_Connection *conn) {
+    dsla_proto_report_t *rep = calloc(1, sizeof *rep);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = rep ? open_memstream(&text, &len) : NULL;
+    if (!f) {
+        free(rep);
+        return respond(h, conn, R_METRICS, 500, "application/json", NULL);
+    }
+    dsla_client_result_t res;
+    bool up = report(h, rep, &res) == DSLA_CODE_OK;
+    count(h, R_METRICS, 200); /* counted before it is written, so that it counts itself */
+    metric_head(f, "dsla_http_requests_total", "counter", "HTTP responses by path and status");
+    for (int r = 0; r < N_ROUTES; r++)
+        for (int k = 0; k <= N_CODES; k++) {
+            unsigned long long v = atomic_load(&h->responses[r][k]);
+            if (!v) continue;
+            fprintf(f, "dsla_http_requests_total{path=\"%s\",code=\"", route_paths[r]);
+            if (k < N_CODES)
+                fprintf(f, "%d\"} %llu\n", counted_codes[k], v);
+            else
+                fprintf(f, "other\"} %llu\n", v);
+        }
+    metric_head(f, "dsla_http_in_flight", "gauge", "generation requests in progress");
+    fprintf(f, "dsla_http_in_flight %u\n", atomic_load(&h->in_flight));
+    metric_head(f, "dsla_http_prompt_tokens_total", "counter",
+                "prompt tokens of finished requests");
+    fprintf(f, "dsla_http_prompt_tokens_total %llu\n", atomic_load(&h->prompt_tokens));
+    metric_head(f, "dsla_http_completion_tokens_total", "counter",
+                "tokens generated for finished requests");
+    fprintf(f, "dsla_http_completion_tokens_total %llu\n", atomic_load(&h->completion_tokens));
+    gateway_metrics(f, rep, up);
+    fclose(f);
+    free(rep);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8");
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+/* A request's body as it arrives. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+    bool too_large;
+} upload_t;
+
+static bool upload_add(upload_t *u, const char *data, size_t n) {
+    if (u->too_large || u->len + n > DSLA_HTTP_BODY_MAX) {
+        u->too_large = true;
+        return true; /* read and drop the rest, then answer 413 */
+    }
+    if (u->len + n + 1 > u->cap) {
+        size_t cap = 2 * (u->len + n) + 1024;
+        char *grown = realloc(u->data, cap);
+        if (!grown) return false;
+        u->data = grown;
+        u->cap = cap;
+    }
+    memcpy(u->data + u->len, data, n);
+    u->len += n;
+    u->data[u->len] = '\0';
+    return true;
+}
+
+static route_t route_of(const char *url) {
+    for (int r = 0; r < R_OTHER; r++)
+        if (strcmp(url, route_paths[r]) == 0) return (route_t)r;
+    return R_OTHER;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *data,
+                                  size_t *data_size, void **con_cls) {
+    (void)version;
+    dsla_http_t *h = cls;
+    upload_t *u = *con_cls;
+    if (!u) {
+        u = calloc(1, sizeof *u);
+        *con_cls = u;
+        return u ? MHD_YES : MHD_NO;
+    }
+    if (*data_size) {
+        bool ok = upload_add(u, data, *data_size);
+        *data_size = 0;
+        return ok ? MHD_YES : MHD_NO;
+    }
+    route_t route = route_of(url);
+    bool post = route == R_COMPLETIONS || route == R_CHAT;
+    dsla_openai_error_t err;
+    if (route == R_OTHER) {
+        dsla_openai_error_set(&err, 404, NULL, "no such path: %.200s (see docs/http.md)", url);
+        return respond_error(h, conn, route, &err);
+    }
+    if (strcmp(method, post ? "POST" : "GET") != 0) {
+        dsla_openai_error_set(&err, 405, NULL, "%s takes %s, not %.16s", url, post ? "POST" : "GET",
+                              method);
+        return respond_error(h, conn, route, &err);
+    }
+    if (u->too_large) {
+        dsla_openai_error_set(&err, 413, NULL, "the request body is larger than %u bytes",
+                              DSLA_HTTP_BODY_MAX);
+        return respond_error(h, conn, route, &err);
+    }
+    switch (route) {
+    case R_MODELS:
+        return models(h, conn);
+    case R_HEALTH:
+        return health(h, conn);
+    case R_METRICS:
+        return metrics(h, conn);
+    default:
+        return generate(h, conn, route, u->data ? u->data : "", u->len);
+    }
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode why) {
+    (void)cls;
+    (void)conn;
+    (void)why;
+    upload_t *u = *con_cls;
+    if (u) free(u->data);
+    free(u);
+    *con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    dsla_log_warn("http: %s", line);
+}
+
+/* ---- life cycle ---------------------------------------------------------------------------- */
+
+/* "127.0.0.1:8000", "[::1]:8000", "localhost:8000", with or without "http://". */
+static dsla_status_t parse_address(const char *address, struct sockaddr_storage *ss, bool *v6) {
+    const char *a = strncmp(address, "http://", 7) == 0 ? address + 7 : address;
+    const char *colon = strrchr(a, ':');
+    char host[64];
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    size_t host_len = colon ? (size_t)(colon - a) : 0;
+    if (!colon || !end || end == colon + 1 || (*end && strcmp(end, "/") != 0) || port < 0 ||
+        port > 65535 || host_len == 0 || host_len >= sizeof host)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "HTTP address '%s' must be HOST:PORT (127.0.0.1:8000, [::1]:8000; port "
+                          "0 picks a free one)",
+                          address);
+    memcpy(host, a, host_len);
+    host[host_len] = '\0';
+    memset(ss, 0, sizeof *ss);
+    *v6 = host[0] == '[';
+    if (*v6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        bool closed = host[host_len - 1] == ']';
+        host[host_len - 1] = '\0';
+        if (!closed || inet_pton(AF_INET6, host + 1, &s6->sin6_addr) != 1)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "HTTP address '%s': bad IPv6 host",
+                              address);
+        return DSLA_OK;
+    }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons((uint16_t)port);
+    if (strcmp(host, "localhost") == 0) snprintf(host, sizeof host, "127.0.0.1");
+    if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "HTTP address '%s': host '%s' is not an IPv4 address, [IPv6] or "
+                          "localhost",
+                          address, host);
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config) {
+    *out = NULL;
+    struct sockaddr_storage ss;
+    bool v6 = false;
+    DSLA_TRY(parse_address(config->address, &ss, &v6));
+    if (!config->gateway || strlen(config->gateway) > DSLA_PROTO_ENDPOINT_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "http: the gateway endpoint is missing");
+    dsla_http_t *h = calloc(1, sizeof *h);
+    if (!h) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "http: out of memory");
+    snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
+    snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
+    h->heartbeat_ms = config->heartbeat_ms;
+    h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
+    h->started = (long long)time(NULL);
+    pthread_mutex_init(&h->mu, NULL);
+    h->zctx = zmq_ctx_new();
+    if (!h->zctx) {
+        pthread_mutex_destroy(&h->mu);
+        free(h);
+        return dsla_error(DSLA_ERR_INTERNAL, "http: zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+    h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
+                                 on_mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)(2 * h->max_in_flight),
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+    if (!h->daemon) {
+        zmq_ctx_term(h->zctx);
+        pthread_mutex_destroy(&h->mu);
+        free(h);
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "http: cannot listen on %s (is the port in use? --http off disables "
+                          "HTTP)",
+                          config->address);
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = info ? info->port : 0;
+    *out = h;
+    return DSLA_OK;
+}
+
+void dsla_http_destroy(dsla_http_t **hp) {
+    if (!hp || !*hp) return;
+    dsla_http_t *h = *hp;
+    zmq_ctx_shutdown(h->zctx); /* requests waiting on the gateway end now */
+    MHD_stop_daemon(h->daemon);
+    for (int i = 0; i < h->n_pool; i++)
+        dsla_client_close(&h->pool[i]);
+    zmq_ctx_term(h->zctx);
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+    *hp = NULL;
+}
+
+int dsla_http_port(const dsla_http_t *h) {
+    return h->port;
+}

@@ -1,0 +1,99 @@
+/* One node's actors: serving, gateway and HTTP front end, started and stopped together (node.h). */
+#include "actors/node.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/http.h"
+#include "actors/serving.h"
+
+/* The local replica's name and mailbox: inproc, since it lives in the gateway's process. */
+#define NODE_LOCAL_REPLICA "serving0"
+#define NODE_LOCAL_ENDPOINT "inproc://serving0"
+/* HTTP clients reach the gateway over loopback on a port of its own: they run in libmicrohttpd's
+ * threads with a ZeroMQ context of their own, which inproc:// cannot cross. */
+#define NODE_HTTP_GATEWAY_BIND "tcp://127.0.0.1:*"
+
+struct dsla_node {
+    dsla_actor_ctx_t *ctx;
+    dsla_serving_t *serving;
+    dsla_gateway_t *gateway;
+    dsla_http_t *http;
+};
+
+static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) {
+    dsla_gateway_replica_t replicas[DSLA_GATEWAY_REPLICA_MAX];
+    char names[DSLA_GATEWAY_REPLICA_MAX][DSLA_PROTO_NAME_MAX + 1];
+    size_t count = 0;
+    if (n->serving)
+        replicas[count++] =
+            (dsla_gateway_replica_t){NODE_LOCAL_REPLICA, dsla_serving_endpoint(n->serving)};
+    for (int i = 0; i < c->n_replicas; i++) {
+        if (count == DSLA_GATEWAY_REPLICA_MAX)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "node: more than %d replicas",
+                              DSLA_GATEWAY_REPLICA_MAX);
+        snprintf(names[count], sizeof names[count], "replica%d", i + 1);
+        replicas[count] = (dsla_gateway_replica_t){names[count], c->replicas[i]};
+        count++;
+    }
+    dsla_gateway_config_t gc = {.ctx = n->ctx,
+                                .bind = {c->endpoint, c->http ? NODE_HTTP_GATEWAY_BIND : NULL},
+                                .replicas = replicas,
+                                .n_replicas = count,
+                                .heartbeat_ms = c->heartbeat_ms};
+    DSLA_TRY(dsla_gateway_create(&n->gateway, &gc));
+    if (!c->http) return DSLA_OK;
+    dsla_http_config_t hc = {.address = c->http,
+                             .gateway = dsla_gateway_endpoint(n->gateway, 1),
+                             .model = c->model_name,
+                             .heartbeat_ms = c->heartbeat_ms};
+    return dsla_http_create(&n->http, &hc);
+}
+
+dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config) {
+    *out = NULL;
+    if (config->serving_only && !config->model)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "node: a serving actor needs a model");
+    dsla_node_t *n = calloc(1, sizeof *n);
+    if (!n) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "node: out of memory");
+    dsla_status_t st = dsla_actor_ctx_create(&n->ctx);
+    if (st == DSLA_OK && config->model) {
+        dsla_serving_config_t sc = {
+            .name = NODE_LOCAL_REPLICA,
+            .ctx = n->ctx,
+            .endpoint = config->serving_only ? config->endpoint : NODE_LOCAL_ENDPOINT,
+            .model = config->model,
+            .tokenizer = config->tokenizer,
+            .engine = config->engine,
+            .heartbeat_ms = config->heartbeat_ms,
+        };
+        st = dsla_serving_create(&n->serving, &sc);
+    }
+    if (st == DSLA_OK && !config->serving_only) st = start_gateway(n, config);
+    if (st != DSLA_OK) {
+        dsla_node_destroy(&n);
+        return st;
+    }
+    *out = n;
+    return DSLA_OK;
+}
+
+void dsla_node_destroy(dsla_node_t **np) {
+    if (!np || !*np) return;
+    dsla_node_t *n = *np;
+    dsla_http_destroy(&n->http);
+    dsla_gateway_destroy(&n->gateway);
+    dsla_serving_destroy(&n->serving);
+    dsla_actor_ctx_destroy(&n->ctx);
+    free(n);
+    *np = NULL;
+}
+
+const char *dsla_node_endpoint(const dsla_node_t *n) {
+    return n->gateway ? dsla_gateway_endpoint(n->gateway, 0) : dsla_serving_endpoint(n->serving);
+}
+
+int dsla_node_http_port(const dsla_node_t *n) {
+    return n->http ? dsla_http_port(n->http) : 0;
+}

@@ -1,0 +1,42 @@
+/* One node's actors, started together (DESIGN.md section 3): with no cluster file, the embedded
+ * single-node default of a gateway and a serving actor in one process, talking over inproc://,
+ * with the HTTP front end on the gateway; or a gateway alone in front of remote replicas; or a
+ * serving actor alone (a replica for a gateway elsewhere).
+ *
+ * Contract: create starts every actor and returns once all are bound, or stops those it started
+ * and names what failed. The model and tokenizer are borrowed and must outlive the node. It only
+ * wires actors together: it parses no arguments and prints nothing. */
+#ifndef DSLA_ACTORS_NODE_H
+#define DSLA_ACTORS_NODE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "actors/gateway.h"
+#include "runtime/serve/engine.h"
+
+typedef struct dsla_node dsla_node_t;
+
+typedef struct {
+    dsla_model_t *model; /* NULL: no local serving actor (a gateway over remote replicas) */
+    const dsla_tokenizer_t *tokenizer;
+    dsla_engine_config_t engine;
+    const char *endpoint; /* the clients' endpoint: the gateway's, or the serving actor's when
+                             serving_only */
+    const char *const *replicas; /* remote serving endpoints the gateway also routes to */
+    int n_replicas;
+    bool serving_only;      /* no gateway, no HTTP: the model's serving actor binds endpoint */
+    const char *http;       /* HTTP address "127.0.0.1:8000" (port 0 picks one); NULL: no HTTP */
+    const char *model_name; /* the model's id in the HTTP API */
+    uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS, for every actor of the node */
+} dsla_node_config_t;
+
+dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);
+/* Stops HTTP, the gateway, then the serving actor. Harmless on NULL. */
+void dsla_node_destroy(dsla_node_t **n);
+/* The clients' endpoint as bound (a wildcard port resolved). */
+const char *dsla_node_endpoint(const dsla_node_t *n);
+/* The HTTP port as bound; 0 when HTTP is off. */
+int dsla_node_http_port(const dsla_node_t *n);
+
+#endif

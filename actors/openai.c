@@ -1,0 +1,433 @@
+/* OpenAI-compatible bodies: request parsing and checks, the chat template, responses (openai.h). */
+#include "actors/openai.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+void dsla_openai_error_set(dsla_openai_error_t *err, int status, const char *param, const char *fmt,
+                           ...) {
+    memset(err, 0, sizeof *err);
+    err->status = status;
+    err->type = "invalid_request_error";
+    snprintf(err->param, sizeof err->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+}
+
+void dsla_openai_request_free(dsla_openai_request_t *r) {
+    if (!r) return;
+    free(r->prompt);
+    for (int i = 0; i < DSLA_PROTO_STOP_MAX; i++)
+        free(r->stop[i]);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- request fields ------------------------------------------------------------------------ */
+
+/* A field's value, NULL when absent or null (OpenAI clients send null for "not set"). */
+static json_t *field(json_t *root, const char *name) {
+    json_t *v = json_object_get(root, name);
+    return json_is_null(v) ? NULL : v;
+}
+
+static bool get_number(json_t *root, const char *name, double lo, double hi, bool lo_open,
+                       double *out, dsla_openai_error_t *err) {
+    json_t *v = field(root, name);
+    if (!v) return true;
+    if (!json_is_number(v)) {
+        dsla_openai_error_set(err, 400, name, "%s must be a number", name);
+        return false;
+    }
+    double x = json_number_value(v);
+    if (!isfinite(x) || x > hi || (lo_open ? x <= lo : x < lo)) {
+        dsla_openai_error_set(err, 400, name, "%s is %g; it must be in %s%g, %g]", name, x,
+                              lo_open ? "(" : "[", lo, hi);
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+static bool get_integer(json_t *root, const char *name, long long lo, long long hi, long long *out,
+                        dsla_openai_error_t *err) {
+    json_t *v = field(root, name);
+    if (!v) return true;
+    if (!json_is_integer(v)) {
+        dsla_openai_error_set(err, 400, name, "%s must be an integer", name);
+        return false;
+    }
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) {
+        dsla_openai_error_set(err, 400, name, "%s is %lld; it must be in [%lld, %lld]", name, x, lo,
+                              hi);
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+static bool get_bool(json_t *root, const char *name, bool *out, dsla_openai_error_t *err) {
+    json_t *v = field(root, name);
+    if (!v) return true;
+    if (!json_is_boolean(v)) {
+        dsla_openai_error_set(err, 400, name, "%s must be true or false", name);
+        return false;
+    }
+    *out = json_is_true(v);
+    return true;
+}
+
+static bool add_stop(dsla_openai_request_t *r, const char *s, size_t n, dsla_openai_error_t *err) {
+    if (n == 0 || n > DSLA_PROTO_STOP_LEN_MAX) {
+        dsla_openai_error_set(err, 400, "stop",
+                              "stop strings must be 1 to %d bytes; one is %zu bytes",
+                              DSLA_PROTO_STOP_LEN_MAX, n);
+        return false;
+    }
+    char *copy = malloc(n + 1);
+    if (!copy) {
+        dsla_openai_error_set(err, 500, NULL, "out of memory");
+        return false;
+    }
+    memcpy(copy, s, n);
+    copy[n] = '\0';
+    r->stop[r->generate.n_stop] = copy;
+    r->generate.stop[r->generate.n_stop++] = copy;
+    return true;
+}
+
+static bool get_stop(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    json_t *v = field(root, "stop");
+    if (!v) return true;
+    if (json_is_string(v)) return add_stop(r, json_string_value(v), json_string_length(v), err);
+    if (!json_is_array(v)) {
+        dsla_openai_error_set(err, 400, "stop", "stop must be a string or an array of strings");
+        return false;
+    }
+    if (json_array_size(v) > DSLA_OPENAI_STOP_MAX) {
+        dsla_openai_error_set(err, 400, "stop", "stop has %zu strings; the limit is %d",
+                              json_array_size(v), DSLA_OPENAI_STOP_MAX);
+        return false;
+    }
+    size_t i;
+    json_t *s;
+    json_array_foreach(v, i, s) {
+        if (!json_is_string(s)) {
+            dsla_openai_error_set(err, 400, "stop", "stop[%zu] must be a string", i);
+            return false;
+        }
+        if (!add_stop(r, json_string_value(s), json_string_length(s), err)) return false;
+    }
+    return true;
+}
+
+/* ---- prompts ------------------------------------------------------------------------------- */
+
+static bool set_prompt(dsla_openai_request_t *r, const char *text, size_t n, const char *param,
+                       dsla_openai_error_t *err) {
+    if (n > DSLA_PROTO_PROMPT_MAX) {
+        dsla_openai_error_set(err, 400, param, "%s is %zu bytes; the limit is %u", param, n,
+                              DSLA_PROTO_PROMPT_MAX);
+        return false;
+    }
+    r->prompt = malloc(n + 1);
+    if (!r->prompt) {
+        dsla_openai_error_set(err, 500, NULL, "out of memory");
+        return false;
+    }
+    memcpy(r->prompt, text, n);
+    r->prompt[n] = '\0';
+    r->generate.prompt = r->prompt;
+    r->generate.prompt_len = n;
+    return true;
+}
+
+static bool get_prompt(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    json_t *v = field(root, "prompt");
+    if (!v) {
+        dsla_openai_error_set(err, 400, "prompt", "prompt is required");
+        return false;
+    }
+    if (!json_is_string(v)) {
+        dsla_openai_error_set(err, 400, "prompt",
+                              "prompt must be a string (arrays of prompts or of token ids are "
+                              "not served)");
+        return false;
+    }
+    return set_prompt(r, json_string_value(v), json_string_length(v), "prompt", err);
+}
+
+static const char *role_label(const char *role) {
+    static const char *const roles[][2] = {{"system", "System"},
+                                           {"developer", "System"},
+                                           {"user", "User"},
+                                           {"assistant", "Assistant"}};
+    for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
+        if (strcmp(role, roles[i][0]) == 0) return roles[i][1];
+    return NULL;
+}
+
+/* The chat template of openai.h into r->prompt. */
+static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    static const char tail[] = "Assistant:";
+    json_t *v = field(root, "messages");
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        dsla_openai_error_set(err, 400, "messages",
+                              "messages is required: a non-empty array of {role, content}");
+        return false;
+    }
+    size_t total = strlen(tail), i;
+    json_t *m;
+    json_array_foreach(v, i, m) {
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        const char *label = json_is_string(role) ? role_label(json_string_value(role)) : NULL;
+        if (!label) {
+            dsla_openai_error_set(err, 400, "messages",
+                                  "messages[%zu].role must be \"system\", \"user\" or "
+                                  "\"assistant\"",
+                                  i);
+            return false;
+        }
+        if (!json_is_string(content)) {
+            dsla_openai_error_set(err, 400, "messages",
+                                  "messages[%zu].content must be a string (content parts are "
+                                  "not served)",
+                                  i);
+            return false;
+        }
+        total += strlen(label) + strlen(": \n") + json_string_length(content);
+    }
+    if (total > DSLA_PROTO_PROMPT_MAX) {
+        dsla_openai_error_set(err, 400, "messages",
+                              "messages make a prompt of %zu bytes; the limit is %u", total,
+                              DSLA_PROTO_PROMPT_MAX);
+        return false;
+    }
+    r->prompt = malloc(total + 1);
+    if (!r->prompt) {
+        dsla_openai_error_set(err, 500, NULL, "out of memory");
+        return false;
+    }
+    size_t n = 0;
+    json_array_foreach(v, i, m) {
+        n += (size_t)snprintf(r->prompt + n, total + 1 - n, "%s: %s\n",
+                              role_label(json_string_value(json_object_get(m, "role"))),
+                              json_string_value(json_object_get(m, "content")));
+    }
+    n += (size_t)snprintf(r->prompt + n, total + 1 - n, "%s", tail);
+    r->generate.prompt = r->prompt;
+    r->generate.prompt_len = n;
+    return add_stop(r, DSLA_OPENAI_CHAT_STOP, strlen(DSLA_OPENAI_CHAT_STOP), err);
+}
+
+static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *model,
+                         dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    json_t *m = field(root, "model");
+    if (m && !json_is_string(m)) {
+        dsla_openai_error_set(err, 400, "model", "model must be a string");
+        return false;
+    }
+    if (m && model && strcmp(json_string_value(m), model) != 0) {
+        dsla_openai_error_set(err, 404, "model",
+                              "the model '%.64s' does not exist; this server serves '%.64s'",
+                              json_string_value(m), model);
+        err->code = "model_not_found";
+        return false;
+    }
+    long long n = 1, max_tokens = kind == DSLA_OPENAI_CHAT ? DSLA_OPENAI_CHAT_MAX_TOKENS_DEFAULT
+                                                           : DSLA_OPENAI_MAX_TOKENS_DEFAULT;
+    long long top_k = 0, seed = (long long)(r->generate.seed & INT64_MAX);
+    double temperature = 1.0, top_p = 1.0;
+    const char *max_name = kind == DSLA_OPENAI_CHAT && field(root, "max_completion_tokens")
+                               ? "max_completion_tokens"
+                               : "max_tokens";
+    if (!get_integer(root, "n", 1, 1, &n, err) ||
+        !get_integer(root, max_name, 1, INT32_MAX, &max_tokens, err) ||
+        !get_number(root, "temperature", 0, DSLA_OPENAI_TEMPERATURE_MAX, false, &temperature,
+                    err) ||
+        !get_number(root, "top_p", 0, 1, true, &top_p, err) ||
+        !get_integer(root, "top_k", 0, INT32_MAX, &top_k, err) ||
+        !get_integer(root, "seed", 0, INT64_MAX, &seed, err) ||
+        !get_bool(root, "stream", &r->stream, err) ||
+        !get_bool(root, "ignore_eos", &r->generate.ignore_eos, err) || !get_stop(root, r, err))
+        return false;
+    if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
+        return false;
+    r->generate.max_tokens = (int32_t)max_tokens;
+    r->generate.temperature = (float)temperature;
+    r->generate.top_p = (float)top_p;
+    r->generate.top_k = (int32_t)top_k;
+    r->generate.seed = (uint64_t)seed;
+    r->generate.stream = true;
+    return true;
+}
+
+bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t len,
+                               const char *model, uint64_t seed, dsla_openai_request_t *out,
+                               dsla_openai_error_t *err) {
+    memset(out, 0, sizeof *out);
+    memset(err, 0, sizeof *err);
+    out->kind = kind;
+    out->generate.seed = seed;
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    bool ok = false;
+    if (!root)
+        dsla_openai_error_set(err, 400, NULL,
+                              "the request body is not valid JSON: %s (line %d, column %d)",
+                              jerr.text, jerr.line, jerr.column);
+    else if (!json_is_object(root))
+        dsla_openai_error_set(err, 400, NULL, "the request body must be a JSON object");
+    else
+        ok = parse_fields(kind, root, model, out, err);
+    json_decref(root);
+    if (!ok) dsla_openai_request_free(out);
+    return ok;
+}
+
+/* ---- errors -------------------------------------------------------------------------------- */
+
+void dsla_openai_error_from_code(dsla_openai_kind_t kind, dsla_proto_code_t code,
+                                 const char *message, dsla_openai_error_t *err) {
+    static const struct {
+        dsla_proto_code_t code;
+        int status;
+        const char *type;
+    } map[] = {
+        {DSLA_CODE_INVALID_ARGUMENT, 400, "invalid_request_error"},
+        {DSLA_CODE_RESOURCE_EXHAUSTED, 429, "rate_limit_exceeded"},
+        {DSLA_CODE_UNAVAILABLE, 503, "service_unavailable"},
+        {DSLA_CODE_DEADLINE_EXCEEDED, 504, "timeout"},
+        {DSLA_CODE_CANCELLED, 499, "cancelled"},
+        {DSLA_CODE_UNAUTHENTICATED, 401, "authentication_error"},
+    };
+    dsla_openai_error_set(err, 500, NULL, "%s", message);
+    err->type = "server_error";
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (map[i].code == code) {
+            err->status = map[i].status;
+            err->type = map[i].type;
+        }
+    if (code != DSLA_CODE_INVALID_ARGUMENT) return;
+    /* the serving actor names the field it refused ("max_tokens 900 exceeds the context ...") */
+    static const char *const fields[] = {"max_tokens", "top_k", "top_p", "temperature",
+                                         "seed",       "stop",  "prompt"};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (strstr(message, fields[i])) {
+            const char *f = fields[i];
+            if (strcmp(f, "prompt") == 0 && kind == DSLA_OPENAI_CHAT) f = "messages";
+            snprintf(err->param, sizeof err->param, "%s", f);
+            break;
+        }
+}
+
+/* ---- responses ----------------------------------------------------------------------------- */
+
+/* The length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates, nothing
+ * above U+10FFFF), 0 when the bytes there are not one. */
+static size_t utf8_sequence(const unsigned char *p, size_t avail) {
+    unsigned char c = p[0];
+    size_t k = c < 0x80                 ? 1
+               : c >= 0xc2 && c <= 0xdf ? 2
+               : (c >> 4) == 0xe        ? 3
+               : c >= 0xf0 && c <= 0xf4 ? 4
+                                        : 0;
+    if (k == 0 || k > avail) return 0;
+    for (size_t j = 1; j < k; j++)
+        if ((p[j] >> 6) != 2) return 0;
+    if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) || (c == 0xf0 && p[1] < 0x90) ||
+        (c == 0xf4 && p[1] >= 0x90))
+        return 0;
+    return k;
+}
+
+/* A JSON string of text with each byte that does not start a valid UTF-8 sequence replaced by
+ * U+FFFD: a piece cut inside a character must not make the whole answer unencodable. */
+static json_t *utf8_string(const char *text, size_t len) {
+    char *clean = malloc(3 * len + 1);
+    if (!clean) return NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < len;) {
+        size_t k = utf8_sequence((const unsigned char *)text + i, len - i);
+        if (k) {
+            memcpy(clean + n, text + i, k);
+            n += k;
+            i += k;
+        } else {
+            memcpy(clean + n, "\xef\xbf\xbd", 3);
+            n += 3;
+            i++;
+        }
+    }
+    json_t *s = json_stringn(clean, n);
+    free(clean);
+    return s;
+}
+
+static json_t *usage_json(const dsla_openai_end_t *end) {
+    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)end->prompt_tokens,
+                     "completion_tokens", (json_int_t)end->completion_tokens, "total_tokens",
+                     (json_int_t)end->prompt_tokens + (json_int_t)end->completion_tokens);
+}
+
+/* choices[0]: the text (completion), the message (chat answer) or the delta (chat chunk). */
+static json_t *choice_json(dsla_openai_kind_t kind, bool chunk, bool first, const char *text,
+                           size_t len, const char *finish) {
+    json_t *t = utf8_string(text, text ? len : 0);
+    json_t *f = finish ? json_string(finish) : json_null();
+    if (kind == DSLA_OPENAI_COMPLETION)
+        return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "text", t, "logprobs", "finish_reason",
+                         f);
+    json_t *content = chunk && !first ? json_pack("{s:o}", "content", t)
+                                      : json_pack("{s:s, s:o}", "role", "assistant", "content", t);
+    return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, chunk ? "delta" : "message", content,
+                     "logprobs", "finish_reason", f);
+}
+
+static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, const char *text,
+                       size_t len, const dsla_openai_end_t *end) {
+    const char *object = meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion"
+                         : chunk                              ? "chat.completion.chunk"
+                                                              : "chat.completion";
+    json_t *root =
+        json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", meta->id, "object", object, "created",
+                  (json_int_t)meta->created, "model", meta->model ? meta->model : "", "choices",
+                  choice_json(meta->kind, chunk, first, text, len, end ? end->finish : NULL));
+    if (root && end) json_object_set_new(root, "usage", usage_json(end));
+    char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    return out;
+}
+
+char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
+                                const dsla_openai_end_t *end) {
+    return body_json(meta, false, true, text, len, end);
+}
+
+char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len, bool first,
+                        const dsla_openai_end_t *end) {
+    char *json = body_json(meta, true, first, text, len, end);
+    if (!json) return NULL;
+    size_t n = strlen(json);
+    char *event = malloc(n + sizeof "data: \n\n");
+    if (event) snprintf(event, n + sizeof "data: \n\n", "data: %s\n\n", json);
+    free(json);
+    return event;
+}
+
+char *dsla_openai_error_body(const dsla_openai_error_t *err) {
+    json_t *root = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", err->message, "type",
+                             err->type ? err->type : "server_error", "param",
+                             err->param[0] ? json_string(err->param) : json_null(), "code",
+                             err->code ? json_string(err->code) : json_null());
+    char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    return out;
+}

@@ -1,0 +1,88 @@
+/* The OpenAI-compatible request and response bodies of the HTTP front end (docs/http.md): JSON in,
+ * a GENERATE out; pieces of text and usage in, JSON out.
+ *
+ * A request body is parsed and checked field by field: a refusal names the field, the limit and
+ * the value in OpenAI's error shape ({"error": {message, type, param, code}}). Chat messages become
+ * one prompt through a plain-text template (the tiny models have no chat template of their own):
+ *
+ *     System: <content>\n   User: <content>\n   Assistant: <content>\n   ...   Assistant:
+ *
+ * with "\nUser:" added to the stop strings so that the model's answer ends before it speaks for
+ * the user. This module only transforms bytes: no sockets, no threads, no engine; the text it
+ * formats is whatever the serving actor streamed (the tokenizer lives there). */
+#ifndef DSLA_ACTORS_OPENAI_H
+#define DSLA_ACTORS_OPENAI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/proto.h"
+
+/* OpenAI's defaults where it has one (completions: 16 tokens); a chat answer gets more room. */
+#define DSLA_OPENAI_MAX_TOKENS_DEFAULT 16
+#define DSLA_OPENAI_CHAT_MAX_TOKENS_DEFAULT 128
+/* OpenAI's limits for temperature and for stop strings. */
+#define DSLA_OPENAI_TEMPERATURE_MAX 2.0
+#define DSLA_OPENAI_STOP_MAX 4
+#define DSLA_OPENAI_CHAT_STOP "\nUser:"
+
+typedef enum { DSLA_OPENAI_COMPLETION, DSLA_OPENAI_CHAT } dsla_openai_kind_t;
+
+typedef struct {
+    int status;       /* HTTP status */
+    const char *type; /* "invalid_request_error", "rate_limit_exceeded", ... */
+    const char *code; /* OpenAI's error code ("model_not_found"); NULL: none */
+    char param[32];   /* the field at fault; "" for none */
+    char message[DSLA_PROTO_MESSAGE_MAX + 1];
+} dsla_openai_error_t;
+
+typedef struct {
+    dsla_openai_kind_t kind;
+    bool stream;
+    char *prompt; /* the prompt, or the chat template's rendering */
+    char *stop[DSLA_PROTO_STOP_MAX];
+    dsla_proto_generate_t generate; /* borrows prompt and stop */
+} dsla_openai_request_t;
+
+/* Parses a request body of the given kind. model is the served model's id: a request naming
+ * another is refused (404, model_not_found); NULL accepts any. seed is used when the request gives
+ * none. False with *err filled when the body is refused; *out then holds nothing to free. */
+bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t len,
+                               const char *model, uint64_t seed, dsla_openai_request_t *out,
+                               dsla_openai_error_t *err);
+void dsla_openai_request_free(dsla_openai_request_t *r);
+
+/* err for a request that ended with a wire code: INVALID_ARGUMENT 400 (param guessed from the
+ * field the message names), RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504,
+ * CANCELLED 499, anything else 500. */
+void dsla_openai_error_from_code(dsla_openai_kind_t kind, dsla_proto_code_t code,
+                                 const char *message, dsla_openai_error_t *err);
+/* A refusal made here: type "invalid_request_error" unless status says otherwise. */
+void dsla_openai_error_set(dsla_openai_error_t *err, int status, const char *param, const char *fmt,
+                           ...) __attribute__((format(printf, 4, 5)));
+
+/* The response bodies, malloc'd NUL-terminated JSON (NULL when out of memory). Text that is not
+ * valid UTF-8 has each bad byte replaced by U+FFFD. */
+typedef struct {
+    dsla_openai_kind_t kind;
+    const char *id; /* "cmpl-7", "chatcmpl-7" */
+    long long created;
+    const char *model;
+} dsla_openai_meta_t;
+
+typedef struct {
+    const char *finish; /* "stop", "length"; NULL in chunks before the last */
+    uint32_t prompt_tokens, completion_tokens;
+} dsla_openai_end_t;
+
+char *dsla_openai_error_body(const dsla_openai_error_t *err);
+/* The whole answer of a request with stream false. */
+char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
+                                const dsla_openai_end_t *end);
+/* One server-sent event "data: {...}\n\n" with a piece of text; first marks the chat's first chunk
+ * (it carries the role), end the last (finish_reason and usage). */
+char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len, bool first,
+                        const dsla_openai_end_t *end);
+
+#endif

@@ -1,0 +1,485 @@
+/* The gateway and its HTTP API as real dsla-serve processes on loopback: OpenAI completions and
+ * chat (whole and streamed) equal in-process greedy generation; models, health and metrics; bad
+ * requests named; the client stub through a gateway equals a replica reached directly; a replica
+ * killed mid-stream ends the stream UNAVAILABLE promptly; a replica that dies before its first
+ * token has its request moved to another. */
+#include "tests/testutil.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/dsla_client.h"
+#include "runtime/actor/actor.h"
+#include "tests/serverutil.h"
+
+/* Liveness tests use FAST_HEARTBEAT_MS; clients whose requests must succeed use the default 1 s,
+ * since a loaded two-core CI machine can stall a process for longer than three short intervals. */
+enum { FAST_HEARTBEAT_MS = 100, CLIENT_HEARTBEAT_MS = 1000 };
+
+static const char prompt[] = "Once upon a time";
+enum { GREEDY_TOKENS = 40 };
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static char *inprocess(const char *model, int max_tokens, int32_t *ids, int *n_ids) {
+    return dsla_test_inprocess(model, prompt, max_tokens, ids, n_ids);
+}
+
+static json_t *json_body(const dsla_test_http_reply_t *r) {
+    json_error_t e;
+    json_t *j = json_loadb(r->body, r->body_len, 0, &e);
+    if (!j) fail_msg("not JSON (%s): %.300s", e.text, r->body);
+    return j;
+}
+
+static void wait_healthy(int port) {
+    for (int i = 0; i < 200; i++) {
+        dsla_test_http_reply_t r = dsla_test_http(port, "GET", "/health", NULL);
+        int status = r.status;
+        dsla_test_http_reply_free(&r);
+        if (status == 200) return;
+        sleep_ms(50);
+    }
+    fail_msg("/health never answered 200");
+}
+
+static dsla_test_server_t start_embedded(const char *model) {
+    const char *args[] = {"--model", model,         "--endpoint", "tcp://127.0.0.1:*",
+                          "--http",  "127.0.0.1:0", NULL};
+    dsla_test_server_t s = dsla_test_server_start(args);
+    assert_true(s.http_port > 0);
+    wait_healthy(s.http_port);
+    return s;
+}
+
+/* The text of a streamed answer: choices[0].text (or .delta.content) of every "data:" event, which
+ * must end with [DONE]; *finish gets the last finish_reason, *events the number of chunks. */
+static char *sse_text(const char *body, bool chat, char *finish, int *events) {
+    size_t cap = strlen(body) + 1, len = 0;
+    char *text = calloc(1, cap);
+    bool done = false;
+    *events = 0;
+    for (const char *p = body; (p = strstr(p, "data: ")) != NULL;) {
+        p += 6;
+        const char *end = strstr(p, "\n\n");
+        assert_non_null(end);
+        assert_false(done); /* nothing after [DONE] */
+        if (strncmp(p, "[DONE]", 6) == 0) {
+            done = true;
+        } else {
+            json_error_t e;
+            json_t *j = json_loadb(p, (size_t)(end - p), 0, &e);
+            assert_non_null(j);
+            json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+            json_t *t = chat ? json_object_get(json_object_get(c, "delta"), "content")
+                             : json_object_get(c, "text");
+            if (chat && *events == 0)
+                assert_string_equal(
+                    json_string_value(json_object_get(json_object_get(c, "delta"), "role")),
+                    "assistant");
+            if (t) {
+                memcpy(text + len, json_string_value(t), json_string_length(t));
+                len += json_string_length(t);
+            }
+            json_t *f = json_object_get(c, "finish_reason");
+            if (json_is_string(f)) snprintf(finish, 16, "%s", json_string_value(f));
+            (*events)++;
+            json_decref(j);
+        }
+        p = end;
+    }
+    assert_true(done);
+    return text;
+}
+
+static void test_completions(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char *want = inprocess(model, GREEDY_TOKENS, NULL, NULL);
+    dsla_test_server_t srv = start_embedded(model);
+    char req[512];
+    snprintf(req, sizeof req,
+             "{\"model\":\"stories260K-hf\",\"prompt\":\"%s\",\"max_tokens\":%d,"
+             "\"temperature\":0,\"ignore_eos\":true}",
+             prompt, GREEDY_TOKENS);
+    dsla_test_http_reply_t r = dsla_test_http(srv.http_port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(j, "object")), "text_completion");
+    assert_string_equal(json_string_value(json_object_get(c, "text")), want);
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "length");
+    json_t *usage = json_object_get(j, "usage");
+    long long pt = json_integer_value(json_object_get(usage, "prompt_tokens"));
+    assert_true(pt > 0);
+    assert_int_equal(json_integer_value(json_object_get(usage, "completion_tokens")),
+                     GREEDY_TOKENS);
+    assert_int_equal(json_integer_value(json_object_get(usage, "total_tokens")),
+                     pt + GREEDY_TOKENS);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    /* streamed: the chunks concatenate to the same text and end with [DONE] */
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"stream\":true}",
+             prompt, GREEDY_TOKENS);
+    r = dsla_test_http(srv.http_port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.head, "text/event-stream"));
+    char finish[16] = "";
+    int events = 0;
+    char *text = sse_text(r.body, false, finish, &events);
+    assert_string_equal(text, want);
+    assert_string_equal(finish, "length");
+    assert_true(events > 1);
+    free(text);
+    dsla_test_http_reply_free(&r);
+
+    /* a stop string ends the text before it, finish_reason "stop" */
+    char stop[8];
+    snprintf(stop, sizeof stop, "%.5s", want + 10);
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"stop\":[\"%s\"]}", prompt,
+             GREEDY_TOKENS, stop);
+    r = dsla_test_http(srv.http_port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    c = json_array_get(json_object_get(j, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "stop");
+    const char *cut = json_string_value(json_object_get(c, "text"));
+    assert_true(strlen(cut) <= 10 + 4 && strncmp(cut, want, strlen(cut)) == 0);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&srv);
+    free(want);
+    free(model);
+}
+
+static void test_chat_models_health_metrics(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    dsla_test_server_t srv = start_embedded(model);
+    const char *chat = "{\"messages\":[{\"role\":\"system\",\"content\":\"Tell stories.\"},"
+                       "{\"role\":\"user\",\"content\":\"A story about a cat\"}],"
+                       "\"max_tokens\":20,\"temperature\":0,\"seed\":7}";
+    dsla_test_http_reply_t r = dsla_test_http(srv.http_port, "POST", "/v1/chat/completions", chat);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    assert_string_equal(json_string_value(json_object_get(j, "object")), "chat.completion");
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    json_t *msg = json_object_get(c, "message");
+    assert_string_equal(json_string_value(json_object_get(msg, "role")), "assistant");
+    char *whole = strdup(json_string_value(json_object_get(msg, "content")));
+    assert_true(json_is_string(json_object_get(c, "finish_reason")));
+    assert_true(json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens")) >
+                10);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    char stream_req[512];
+    snprintf(stream_req, sizeof stream_req, "%.*s,\"stream\":true}", (int)strlen(chat) - 1, chat);
+    r = dsla_test_http(srv.http_port, "POST", "/v1/chat/completions", stream_req);
+    assert_int_equal(r.status, 200);
+    char finish[16] = "";
+    int events = 0;
+    char *text = sse_text(r.body, true, finish, &events);
+    assert_string_equal(text, whole);
+    free(text);
+    free(whole);
+    dsla_test_http_reply_free(&r);
+
+    r = dsla_test_http(srv.http_port, "GET", "/v1/models", NULL);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    json_t *m = json_array_get(json_object_get(j, "data"), 0);
+    assert_string_equal(json_string_value(json_object_get(m, "id")), "stories260K-hf");
+    assert_string_equal(json_string_value(json_object_get(m, "object")), "model");
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    r = dsla_test_http(srv.http_port, "GET", "/health", NULL);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "ok");
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    r = dsla_test_http(srv.http_port, "GET", "/metrics", NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.head, "text/plain"));
+    assert_non_null(
+        strstr(r.body, "dsla_http_requests_total{path=\"/v1/chat/completions\",code=\"200\"} 2"));
+    assert_non_null(strstr(r.body, "dsla_replica_up{replica=\"serving0\""));
+    assert_non_null(strstr(r.body, "dsla_gateway_requests_total 2\n"));
+    assert_non_null(strstr(r.body, "dsla_http_in_flight 0\n"));
+    assert_non_null(strstr(r.body, "# TYPE dsla_gateway_tokens_total counter\n"));
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&srv);
+    free(model);
+}
+
+/* Each refusal names its field; the server keeps serving. */
+static void test_bad_requests(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    dsla_test_server_t srv = start_embedded(model);
+    static const struct {
+        const char *method, *path, *body;
+        int status;
+        const char *param, *says;
+    } cases[] = {
+        {"POST", "/v1/completions", "{bad", 400, NULL, "not valid JSON"},
+        {"POST", "/v1/completions", "[1]", 400, NULL, "JSON object"},
+        {"POST", "/v1/completions", "{\"max_tokens\":4}", 400, "prompt", "required"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":0}", 400, "max_tokens",
+         "[1, 2147483647]"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":100000}", 400, "max_tokens",
+         "context"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"temperature\":3}", 400, "temperature",
+         "3"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":2}", 400, "n", "[1, 1]"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"stop\":[1]}", 400, "stop", "stop[0]"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"stream\":\"yes\"}", 400, "stream",
+         "true or false"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"model\":\"gpt-4\"}", 404, "model",
+         "gpt-4"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[]}", 400, "messages", "non-empty"},
+        {"POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}",
+         400, "messages", "role"},
+        {"GET", "/v1/completions", NULL, 405, NULL, "POST"},
+        {"GET", "/nowhere", NULL, 404, NULL, "no such path"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsla_test_http_reply_t r =
+            dsla_test_http(srv.http_port, cases[i].method, cases[i].path, cases[i].body);
+        if (r.status != cases[i].status)
+            fail_msg("case %zu (%s): status %d, body %s", i, cases[i].body, r.status, r.body);
+        json_t *j = json_body(&r);
+        json_t *e = json_object_get(j, "error");
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")), cases[i].says));
+        json_t *param = json_object_get(e, "param");
+        if (cases[i].param)
+            assert_string_equal(json_string_value(param), cases[i].param);
+        else
+            assert_true(json_is_null(param));
+        if (cases[i].status == 400)
+            assert_string_equal(json_string_value(json_object_get(e, "type")),
+                                "invalid_request_error");
+        json_decref(j);
+        dsla_test_http_reply_free(&r);
+    }
+    dsla_test_http_reply_t r = dsla_test_http(srv.http_port, "POST", "/v1/completions",
+                                              "{\"prompt\":\"Once\",\"max_tokens\":3}");
+    assert_int_equal(r.status, 200);
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&srv);
+    free(model);
+}
+
+/* The prompt, greedy, past end-of-sequence: what `dsla generate` runs in-process. */
+static dsla_proto_generate_t greedy(int max_tokens) {
+    return (dsla_proto_generate_t){.prompt = prompt,
+                                   .prompt_len = strlen(prompt),
+                                   .max_tokens = max_tokens,
+                                   .temperature = 0,
+                                   .top_p = 1,
+                                   .ignore_eos = true};
+}
+
+static dsla_proto_code_t stub_generate(const char *endpoint, int max_tokens,
+                                       dsla_test_collected_t *got, dsla_client_result_t *r) {
+    dsla_client_options_t opt = {.heartbeat_ms = CLIENT_HEARTBEAT_MS};
+    dsla_client_t *c = NULL;
+    assert_int_equal(dsla_client_connect(&c, endpoint, &opt), DSLA_OK);
+    dsla_proto_generate_t req = greedy(max_tokens);
+    dsla_proto_code_t code = dsla_client_generate(c, &req, dsla_test_collect, got, 30000, r);
+    dsla_client_close(&c);
+    return code;
+}
+
+static dsla_test_server_t start_replica(const char *model, const char *heartbeat_ms) {
+    const char *args[] = {
+        "--model",    model, "--serving-only", "--endpoint", "tcp://127.0.0.1:*", "--heartbeat-ms",
+        heartbeat_ms, NULL};
+    return dsla_test_server_start(args);
+}
+
+static dsla_test_server_t start_gateway(const char *const *replicas, int n,
+                                        const char *heartbeat_ms) {
+    const char *args[16] = {"--endpoint", "tcp://127.0.0.1:*", "--http",
+                            "off",        "--heartbeat-ms",    heartbeat_ms};
+    int k = 6;
+    for (int i = 0; i < n; i++) {
+        args[k++] = "--replica";
+        args[k++] = replicas[i];
+    }
+    args[k] = NULL;
+    return dsla_test_server_start(args);
+}
+
+/* The stub through a gateway-only node to a remote replica gives the ids the replica gives
+ * directly, which are the in-process ones. */
+static void test_client_stub_through_gateway(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    static int32_t want[DSLA_TEST_IDS_MAX];
+    int n_want = 0;
+    free(inprocess(model, GREEDY_TOKENS, want, &n_want));
+    assert_int_equal(n_want, GREEDY_TOKENS);
+    dsla_test_server_t replica = start_replica(model, "1000");
+    const char *eps[] = {replica.endpoint};
+    dsla_test_server_t gw = start_gateway(eps, 1, "1000");
+    dsla_test_collected_t *direct = calloc(1, sizeof *direct), *routed = calloc(1, sizeof *routed);
+    dsla_client_result_t r;
+    assert_int_equal(stub_generate(replica.endpoint, GREEDY_TOKENS, direct, &r), DSLA_CODE_OK);
+    assert_int_equal(stub_generate(gw.endpoint, GREEDY_TOKENS, routed, &r), DSLA_CODE_OK);
+    assert_int_equal(r.completion_tokens, GREEDY_TOKENS);
+    assert_int_equal(r.finish, DSLA_PROTO_FINISH_LENGTH);
+    assert_int_equal(direct->n, n_want);
+    assert_int_equal(routed->n, n_want);
+    assert_memory_equal(direct->ids, want, sizeof(int32_t) * (size_t)n_want);
+    assert_memory_equal(routed->ids, want, sizeof(int32_t) * (size_t)n_want);
+    /* a refusal by the replica reaches the client through the gateway unchanged */
+    dsla_client_t *c = NULL;
+    assert_int_equal(dsla_client_connect(&c, gw.endpoint, NULL), DSLA_OK);
+    dsla_proto_generate_t bad = {.prompt = "Once", .prompt_len = 4, .max_tokens = 100000};
+    assert_int_equal(dsla_client_generate(c, &bad, NULL, NULL, 10000, &r),
+                     DSLA_CODE_INVALID_ARGUMENT);
+    assert_non_null(strstr(r.message, "max_tokens"));
+    dsla_client_close(&c);
+    free(direct);
+    free(routed);
+    dsla_test_server_stop(&gw);
+    dsla_test_server_stop(&replica);
+    free(model);
+}
+
+/* kill -9 of the replica mid-stream: the gateway notices within its liveness window and the
+ * client gets UNAVAILABLE from it, well before its own deadline. */
+static void test_replica_killed_mid_stream(void **state) {
+    (void)state;
+    /* slow enough on the CPU that the stream is still running when the kill lands */
+    char *model = dsla_test_data_or_skip("models/tinystories-11M-hf");
+    char hb[16];
+    snprintf(hb, sizeof hb, "%d", FAST_HEARTBEAT_MS);
+    dsla_test_server_t replica = start_replica(model, hb);
+    const char *eps[] = {replica.endpoint};
+    dsla_test_server_t gw = start_gateway(eps, 1, hb);
+    dsla_test_collected_t *got = calloc(1, sizeof *got);
+    got->kill_on_first = replica.pid;
+    dsla_client_result_t r;
+    double t0 = now_s();
+    assert_int_equal(stub_generate(gw.endpoint, 1900, got, &r), DSLA_CODE_UNAVAILABLE);
+    double took = now_s() - t0;
+    assert_true(got->n >= 1 && got->n < 1900);
+    assert_non_null(strstr(r.message, "mid-stream"));
+    /* three intervals to notice, plus start-up and the tokens before the kill */
+    assert_true(took < 3.0);
+    free(got);
+    dsla_test_server_stop(&gw);
+    free(model);
+}
+
+/* A replica in the test process that takes GENERATEs and never answers them; the main thread
+ * destroys it once it has one, as if it had died. */
+static atomic_int fake_got;
+
+static void fake_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    (void)a;
+    (void)msg;
+    (void)user;
+    atomic_store(&fake_got, 1);
+}
+
+static void test_dead_replica_rerouted(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    static int32_t want[DSLA_TEST_IDS_MAX];
+    int n_want = 0;
+    free(inprocess(model, GREEDY_TOKENS, want, &n_want));
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_GENERATE, fake_generate}};
+    dsla_actor_def_t def = {.name = "fake",
+                            .ctx = ctx,
+                            .bind = {"tcp://127.0.0.1:*"},
+                            .handlers = handlers,
+                            .n_handlers = 1,
+                            .heartbeat_ms = 200};
+    dsla_actor_t *fake = NULL;
+    assert_int_equal(dsla_actor_create(&fake, &def), DSLA_OK);
+    dsla_test_server_t real = start_replica(model, "200");
+    const char *eps[] = {dsla_actor_endpoint(fake, 0), real.endpoint}; /* the fake first */
+    dsla_test_server_t gw = start_gateway(eps, 2, "200");
+    /* wait until the gateway sees both alive, so that the tie goes to the first, the fake */
+    dsla_client_t *c = NULL;
+    assert_int_equal(dsla_client_connect(&c, gw.endpoint, NULL), DSLA_OK);
+    dsla_proto_report_t *rep = calloc(1, sizeof *rep);
+    dsla_client_result_t r;
+    for (int i = 0;; i++) {
+        assert_true(i < 100);
+        assert_int_equal(dsla_client_status(c, rep, 5000, &r), DSLA_CODE_OK);
+        assert_int_equal(rep->n_replicas, 2);
+        if (rep->replicas[0].state == DSLA_PROTO_REPLICA_ALIVE &&
+            rep->replicas[1].state == DSLA_PROTO_REPLICA_ALIVE)
+            break;
+        sleep_ms(50);
+    }
+    dsla_proto_generate_t req = greedy(GREEDY_TOKENS);
+    assert_int_equal(dsla_client_start(c, &req, 30000), DSLA_OK);
+    for (int i = 0; !atomic_load(&fake_got); i++) {
+        assert_true(i < 1000);
+        sleep_ms(5);
+    }
+    dsla_actor_destroy(&fake); /* dies holding the request, before any token */
+    dsla_test_collected_t *got = calloc(1, sizeof *got);
+    dsla_client_piece_t p;
+    while (dsla_client_next(c, &p, &r))
+        dsla_test_collect(got, p.token, p.text, p.len);
+    assert_int_equal(r.code, DSLA_CODE_OK);
+    assert_int_equal(got->n, n_want);
+    assert_memory_equal(got->ids, want, sizeof(int32_t) * (size_t)n_want);
+    assert_int_equal(dsla_client_status(c, rep, 5000, &r), DSLA_CODE_OK);
+    assert_int_equal(rep->rerouted, 1);
+    assert_int_equal(rep->replicas[0].state, DSLA_PROTO_REPLICA_DEAD);
+    assert_int_equal(rep->replicas[1].routed, 1);
+    assert_int_equal(rep->in_flight, 0);
+    free(got);
+    free(rep);
+    dsla_client_close(&c);
+    dsla_test_server_stop(&gw);
+    dsla_test_server_stop(&real);
+    dsla_actor_ctx_destroy(&ctx);
+    free(model);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_completions),
+        cmocka_unit_test(test_chat_models_health_metrics),
+        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_client_stub_through_gateway),
+        cmocka_unit_test(test_replica_killed_mid_stream),
+        cmocka_unit_test(test_dead_replica_rerouted),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    dsla_test_servers_kill_all();
+    return rc;
+}

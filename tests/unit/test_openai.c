@@ -1,0 +1,207 @@
+/* actors/openai: request parsing and checks (each refusal names its field and limit), the chat
+ * template, wire codes as HTTP errors, and the response bodies (UTF-8 repaired, usage summed). */
+#include "tests/testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "actors/openai.h"
+
+static bool parse(dsla_openai_kind_t kind, const char *body, dsla_openai_request_t *r,
+                  dsla_openai_error_t *e) {
+    return dsla_openai_request_parse(kind, body, strlen(body), "tiny", 42, r, e);
+}
+
+static void test_completion_fields(void **state) {
+    (void)state;
+    dsla_openai_request_t r;
+    dsla_openai_error_t e;
+    assert_true(parse(DSLA_OPENAI_COMPLETION,
+                      "{\"model\":\"tiny\",\"prompt\":\"Once\",\"max_tokens\":9,"
+                      "\"temperature\":0.5,\"top_p\":0.9,\"top_k\":40,\"seed\":7,\"stop\":"
+                      "[\"a\",\"bc\"],\"stream\":true,\"n\":1,\"ignore_eos\":true,\"user\":\"x\","
+                      "\"logprobs\":null}",
+                      &r, &e));
+    assert_string_equal(r.generate.prompt, "Once");
+    assert_int_equal(r.generate.prompt_len, 4);
+    assert_int_equal(r.generate.max_tokens, 9);
+    assert_true(r.generate.temperature == 0.5f && r.generate.top_p == 0.9f);
+    assert_int_equal(r.generate.top_k, 40);
+    assert_int_equal(r.generate.seed, 7);
+    assert_int_equal(r.generate.n_stop, 2);
+    assert_string_equal(r.generate.stop[1], "bc");
+    assert_true(r.stream && r.generate.ignore_eos && r.generate.stream);
+    dsla_openai_request_free(&r);
+
+    /* defaults: 16 tokens, temperature 1, the caller's seed, no stops; null is "not given" */
+    assert_true(
+        parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"\",\"stop\":null,\"seed\":null}", &r, &e));
+    assert_int_equal(r.generate.max_tokens, DSLA_OPENAI_MAX_TOKENS_DEFAULT);
+    assert_true(r.generate.temperature == 1.0f && r.generate.top_p == 1.0f);
+    assert_int_equal(r.generate.seed, 42);
+    assert_int_equal(r.generate.n_stop, 0);
+    assert_false(r.stream);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"stop\":\"\\n\"}", &r, &e));
+    assert_int_equal(r.generate.n_stop, 1);
+    assert_string_equal(r.generate.stop[0], "\n");
+    dsla_openai_request_free(&r);
+}
+
+static void test_refusals(void **state) {
+    (void)state;
+    static const struct {
+        const char *body;
+        int status;
+        const char *param, *says;
+    } cases[] = {
+        {"", 400, "", "not valid JSON"},
+        {"{\"prompt\":\"x\",}", 400, "", "not valid JSON"},
+        {"{\"prompt\":\"x\",\"prompt\":\"y\"}", 400, "", "not valid JSON"},
+        {"\"x\"", 400, "", "JSON object"},
+        {"{}", 400, "prompt", "prompt is required"},
+        {"{\"prompt\":[\"a\"]}", 400, "prompt", "must be a string"},
+        {"{\"prompt\":7}", 400, "prompt", "must be a string"},
+        {"{\"prompt\":\"x\",\"max_tokens\":0}", 400, "max_tokens", "is 0; it must be in [1, "},
+        {"{\"prompt\":\"x\",\"max_tokens\":2.5}", 400, "max_tokens", "integer"},
+        {"{\"prompt\":\"x\",\"max_tokens\":4294967296}", 400, "max_tokens", "4294967296"},
+        {"{\"prompt\":\"x\",\"temperature\":-0.1}", 400, "temperature", "[0, 2]"},
+        {"{\"prompt\":\"x\",\"temperature\":\"hot\"}", 400, "temperature", "number"},
+        {"{\"prompt\":\"x\",\"top_p\":0}", 400, "top_p", "(0, 1]"},
+        {"{\"prompt\":\"x\",\"top_p\":1.5}", 400, "top_p", "(0, 1]"},
+        {"{\"prompt\":\"x\",\"top_k\":-1}", 400, "top_k", "-1"},
+        {"{\"prompt\":\"x\",\"seed\":-3}", 400, "seed", "-3"},
+        {"{\"prompt\":\"x\",\"n\":3}", 400, "n", "n is 3"},
+        {"{\"prompt\":\"x\",\"stream\":1}", 400, "stream", "true or false"},
+        {"{\"prompt\":\"x\",\"ignore_eos\":\"no\"}", 400, "ignore_eos", "true or false"},
+        {"{\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "stop",
+         "5 strings; the limit is 4"},
+        {"{\"prompt\":\"x\",\"stop\":\"\"}", 400, "stop", "1 to 256 bytes"},
+        {"{\"prompt\":\"x\",\"stop\":{}}", 400, "stop", "string or an array"},
+        {"{\"prompt\":\"x\",\"model\":\"other\"}", 404, "model", "'other' does not exist"},
+        {"{\"prompt\":\"x\",\"model\":3}", 400, "model", "string"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        dsla_openai_request_t r;
+        dsla_openai_error_t e;
+        if (parse(DSLA_OPENAI_COMPLETION, cases[i].body, &r, &e))
+            fail_msg("case %zu accepted: %s", i, cases[i].body);
+        assert_int_equal(e.status, cases[i].status);
+        assert_string_equal(e.param, cases[i].param);
+        if (!strstr(e.message, cases[i].says))
+            fail_msg("case %zu: '%s' lacks '%s'", i, e.message, cases[i].says);
+        assert_null(r.prompt); /* nothing left to free */
+    }
+}
+
+static void test_chat_template(void **state) {
+    (void)state;
+    dsla_openai_request_t r;
+    dsla_openai_error_t e;
+    assert_true(parse(DSLA_OPENAI_CHAT,
+                      "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                      "{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\","
+                      "\"content\":\"Hello!\"},{\"role\":\"user\",\"content\":\"A story\"}],"
+                      "\"stop\":\"END\",\"max_completion_tokens\":5}",
+                      &r, &e));
+    assert_string_equal(r.generate.prompt, "System: Be brief.\nUser: Hi\nAssistant: Hello!\n"
+                                           "User: A story\nAssistant:");
+    assert_int_equal(r.generate.prompt_len, strlen(r.generate.prompt));
+    assert_int_equal(r.generate.n_stop, 2);
+    assert_string_equal(r.generate.stop[0], "END");
+    assert_string_equal(r.generate.stop[1], DSLA_OPENAI_CHAT_STOP);
+    assert_int_equal(r.generate.max_tokens, 5);
+    dsla_openai_request_free(&r);
+    assert_true(
+        parse(DSLA_OPENAI_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\"}]}", &r, &e));
+    assert_int_equal(r.generate.max_tokens, DSLA_OPENAI_CHAT_MAX_TOKENS_DEFAULT);
+    dsla_openai_request_free(&r);
+
+    static const char *const bad[] = {
+        "{}",
+        "{\"messages\":{}}",
+        "{\"messages\":[]}",
+        "{\"messages\":[3]}",
+        "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}",
+        "{\"messages\":[{\"content\":\"x\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_false(parse(DSLA_OPENAI_CHAT, bad[i], &r, &e));
+        assert_int_equal(e.status, 400);
+        assert_string_equal(e.param, "messages");
+    }
+}
+
+static void test_errors_from_codes(void **state) {
+    (void)state;
+    dsla_openai_error_t e;
+    dsla_openai_error_from_code(DSLA_OPENAI_COMPLETION, DSLA_CODE_INVALID_ARGUMENT,
+                                "max_tokens 900 exceeds the model's context", &e);
+    assert_int_equal(e.status, 400);
+    assert_string_equal(e.param, "max_tokens");
+    dsla_openai_error_from_code(DSLA_OPENAI_CHAT, DSLA_CODE_INVALID_ARGUMENT,
+                                "request: the prompt has no tokens", &e);
+    assert_string_equal(e.param, "messages");
+    dsla_openai_error_from_code(DSLA_OPENAI_COMPLETION, DSLA_CODE_RESOURCE_EXHAUSTED, "full", &e);
+    assert_int_equal(e.status, 429);
+    assert_string_equal(e.param, "");
+    dsla_openai_error_from_code(DSLA_OPENAI_COMPLETION, DSLA_CODE_UNAVAILABLE, "gone", &e);
+    assert_int_equal(e.status, 503);
+    dsla_openai_error_from_code(DSLA_OPENAI_COMPLETION, DSLA_CODE_INTERNAL, "bug", &e);
+    assert_int_equal(e.status, 500);
+    char *body = dsla_openai_error_body(&e);
+    json_error_t je;
+    json_t *j = json_loads(body, 0, &je);
+    json_t *err = json_object_get(j, "error");
+    assert_string_equal(json_string_value(json_object_get(err, "message")), "bug");
+    assert_string_equal(json_string_value(json_object_get(err, "type")), "server_error");
+    assert_true(json_is_null(json_object_get(err, "param")));
+    json_decref(j);
+    free(body);
+}
+
+static void test_responses(void **state) {
+    (void)state;
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
+    dsla_openai_end_t end = {"length", 5, 3};
+    /* a stray continuation byte and a cut 3-byte sequence become U+FFFD each */
+    char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, &end);
+    json_error_t je;
+    json_t *j = json_loads(body, 0, &je);
+    assert_non_null(j);
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    assert_string_equal(json_string_value(json_object_get(c, "text")),
+                        "ok\xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd");
+    assert_string_equal(json_string_value(json_object_get(c, "finish_reason")), "length");
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(j, "usage"), "total_tokens")), 8);
+    json_decref(j);
+    free(body);
+
+    meta.kind = DSLA_OPENAI_CHAT;
+    char *first = dsla_openai_chunk(&meta, "Hi", 2, true, NULL);
+    char *next = dsla_openai_chunk(&meta, " there", 6, false, NULL);
+    assert_memory_equal(first, "data: {", 7);
+    assert_string_equal(first + strlen(first) - 2, "\n\n");
+    assert_non_null(strstr(first, "\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"}"));
+    assert_non_null(strstr(first, "\"finish_reason\":null"));
+    assert_non_null(strstr(next, "\"delta\":{\"content\":\" there\"}"));
+    assert_null(strstr(next, "usage"));
+    assert_non_null(strstr(next, "chat.completion.chunk"));
+    free(first);
+    free(next);
+    char *last = dsla_openai_chunk(&meta, "", 0, false, &end);
+    assert_non_null(strstr(last, "\"finish_reason\":\"length\""));
+    assert_non_null(strstr(last, "\"completion_tokens\":3"));
+    free(last);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_completion_fields), cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_chat_template),     cmocka_unit_test(test_errors_from_codes),
+        cmocka_unit_test(test_responses),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
