@@ -218,10 +218,10 @@ dsla_status_t dsla_cuda_attention_decode_pool(dsla_cuda_stream_t stream, float *
  * (bf16 operands, fp32 accumulation and softmax, bf16 output), which reaches the matrix units'
  * rate where prefill_tc does not (docs/perf.md). libcudnn.so.9 is loaded at run time, so builds
  * need no cuDNN library and a machine without one simply reports UNSUPPORTED. The context owns a
- * cuDNN handle, one execution plan per shape seen (a bounded cache: the first call of a shape
- * builds its plan, milliseconds) and a workspace it grows on demand (the one exception to "ops
- * allocate nothing": the size is only known once cuDNN has picked its engine). One context serves
- * one stream at a time. */
+ * cuDNN handle, one execution plan per shape bucket seen (a bounded cache: the first call of a
+ * bucket builds its plan, 50-80 ms on an H200) and a workspace it grows on demand (the one
+ * exception to "ops allocate nothing": the size is only known once cuDNN has picked its engine).
+ * One context serves one stream at a time. */
 typedef struct dsla_cuda_cudnn dsla_cuda_cudnn_t;
 
 /* UNSUPPORTED when libcudnn.so.9 (cuDNN >= 9.0) cannot be loaded; *out is NULL then. */

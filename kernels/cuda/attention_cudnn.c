@@ -7,7 +7,8 @@
  * accumulation), S *= scale, causal mask (generated row and column indices, row >= col, masked
  * scores replaced by the lowest float), softmax as max / subtract / exp / sum / divide, O = P V in
  * bf16. cuDNN fuses all of it into one kernel; no T x T matrix exists in memory. Finding an engine
- * and finalising its plan costs milliseconds, so plans are cached per shape.
+ * and finalising its plan costs 50-80 ms, so prompt lengths are bucketed (dsla_cuda_cudnn_rows)
+ * and plans cached per bucket.
  *
  * libcudnn.so.9 is opened at run time (dlopen): builds link without cuDNN, and a machine without it
  * gets UNSUPPORTED from dsla_cuda_cudnn_create, so the caller falls back to its own kernel. Only

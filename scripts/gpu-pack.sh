@@ -1,0 +1,35 @@
+#!/bin/bash
+# Packs what a GPU machine without this project's libraries needs to run the GPU tests and benchmarks:
+# the test and benchmark binaries of a CUDA build, every shared library they load that is not part of
+# the C runtime or CUDA, and the test models, vectors and text. Run here (where the libraries are
+# installed); carry the tarball; run scripts/gpu-run.sh there.
+#
+# usage: scripts/gpu-pack.sh [BUILD_DIR] [OUT_TARBALL]   (defaults: build-gpu, .devdeps/gpu.tar.xz)
+# BUILD_DIR is configured and built here with nvcc when it does not exist yet.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${1:-$root/build-gpu}
+out=${2:-$root/.devdeps/gpu.tar.xz}
+data=${DSLA_TEST_DATA:-$root/../shared}
+if [ ! -f "$build/CMakeCache.txt" ]; then
+    CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc} cmake -S "$root" -B "$build" -DDSLA_CUDA=ON
+fi
+cmake --build "$build" -j "$(nproc)"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/gpu/bin" "$stage/gpu/lib" "$stage/gpu/shared/models" "$stage/gpu/shared/data"
+bins="$build/tests/test_ops_harness $build/tests/test_gpu_forward $build/tests/test_gpu_serve
+      $build/bin/bench_cuda_kernels $build/bin/bench_e2e_cuda"
+for b in $bins; do cp "$b" "$stage/gpu/bin/"; done
+strip "$stage"/gpu/bin/*
+# Libraries: everything ldd resolves except the C runtime, the loader and CUDA's own (the GPU machine
+# has its driver and toolkit).
+for b in $bins; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
+    grep -vE '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
+    grep -vE 'libcu|libnv|libcudnn|libnccl' | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
+cp -r "$data/models/stories260K-hf" "$data/models/tinystories-11M-hf" "$stage/gpu/shared/models/"
+cp -r "$data/testvectors" "$stage/gpu/shared/"
+cp "$data/data/tinystories_valid.txt" "$stage/gpu/shared/data/"
+mkdir -p "$(dirname "$out")"
+tar -C "$stage" -cJf "$out" gpu
+echo "$out: $(du -h "$out" | cut -f1) (the device tool carries at most 64 MiB)"
