@@ -298,6 +298,7 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
     int rc =
         dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
     if (rc >= 0) return rc;
+    rc = 0; /* parsed: from here on, the exit status of the run */
     if (!random_model || strcmp(random_model, "7b") != 0) {
         fprintf(stderr, "dsla bench: --device cuda needs --random-model 7b (the only shape)\n");
         return 2;
