@@ -19,13 +19,13 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/gpu/bin" "$stage/gpu/lib" "$stage/gpu/shared/models" "$stage/gpu/shared/data"
 bins="$build/tests/test_ops_harness $build/tests/test_gpu_forward $build/tests/test_gpu_serve
-      $build/bin/bench_cuda_kernels $build/bin/bench_e2e_cuda"
+      $build/bin/bench_cuda_kernels $build/bin/bench_e2e_cuda $build/bin/dsla"
 for b in $bins; do cp "$b" "$stage/gpu/bin/"; done
 strip "$stage"/gpu/bin/*
 # Libraries: everything ldd resolves except the C runtime, the loader and CUDA's own (the GPU machine
 # has its driver and toolkit).
 for b in $bins; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
-    grep -vE '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
+    grep -vE '/(libc|libm|libdl|librt|libpthread|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
     grep -vE 'libcu|libnv|libcudnn|libnccl' | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
 cp -r "$data/models/stories260K-hf" "$data/models/tinystories-11M-hf" "$stage/gpu/shared/models/"
 cp -r "$data/testvectors" "$stage/gpu/shared/"
