@@ -11,6 +11,7 @@
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
 #   e2e      bench_e2e_cuda (the whole 7B table, ~3 minutes on an H200)
 #   torch    bench/pytorch_baseline.py --attention-only (SDPA on the same card)
+#   torch_model  bench/pytorch_baseline.py (SDPA, eager attention and transformers' 7B model)
 #   serving  dsla bench --device cuda --random-model 7b (8K sequences per card at 0-75% DSLA)
 # cuDNN is taken from PyTorch's wheel when python3 can import it, else from the loader's path.
 set -u
@@ -46,6 +47,7 @@ for s in ${STAGES:-harness forward serve gemm e2e torch}; do
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;
     torch) stage torch 300 python3 "$root/bench/pytorch_baseline.py" --attention-only ;;
+    torch_model) stage torch_model 600 python3 "$root/bench/pytorch_baseline.py" ;;
     serving) stage serving 600 "$D/bin/dsla" bench --device cuda --random-model 7b ;;
     *) echo "unknown stage $s" ;;
     esac
