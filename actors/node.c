@@ -1,10 +1,12 @@
-/* One node's actors: serving, gateway and HTTP front end, started and stopped together (node.h). */
+/* One node's actors: controller, serving, gateway and HTTP front end, started and stopped together
+ * (node.h). */
 #include "actors/node.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/controller.h"
 #include "actors/http.h"
 #include "actors/serving.h"
 
@@ -14,9 +16,12 @@
 /* HTTP clients reach the gateway over loopback on a port of its own: they run in libmicrohttpd's
  * threads with a ZeroMQ context of their own, which inproc:// cannot cross. */
 #define NODE_HTTP_GATEWAY_BIND "tcp://127.0.0.1:*"
+/* The controller's mailbox for the local serving actor. */
+#define NODE_CONTROLLER_ENDPOINT "inproc://controller"
 
 struct dsla_node {
     dsla_actor_ctx_t *ctx;
+    dsla_controller_t *controller;
     dsla_serving_t *serving;
     dsla_gateway_t *gateway;
     dsla_http_t *http;
@@ -58,6 +63,15 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
     dsla_node_t *n = calloc(1, sizeof *n);
     if (!n) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "node: out of memory");
     dsla_status_t st = dsla_actor_ctx_create(&n->ctx);
+    if (st == DSLA_OK && config->layers_dir) {
+        dsla_controller_config_t cc = {.ctx = n->ctx,
+                                       .bind = {NODE_CONTROLLER_ENDPOINT, config->admin},
+                                       .layers_dir = config->layers_dir,
+                                       .db_path = config->controller_db,
+                                       .policy = config->policy,
+                                       .heartbeat_ms = config->heartbeat_ms};
+        st = dsla_controller_create(&n->controller, &cc);
+    }
     if (st == DSLA_OK && config->model) {
         dsla_serving_config_t sc = {
             .name = NODE_LOCAL_REPLICA,
@@ -67,6 +81,8 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
             .tokenizer = config->tokenizer,
             .engine = config->engine,
             .heartbeat_ms = config->heartbeat_ms,
+            .controller = n->controller ? NODE_CONTROLLER_ENDPOINT : config->controller,
+            .report_ms = config->report_ms,
         };
         st = dsla_serving_create(&n->serving, &sc);
     }
@@ -85,6 +101,7 @@ void dsla_node_destroy(dsla_node_t **np) {
     dsla_http_destroy(&n->http);
     dsla_gateway_destroy(&n->gateway);
     dsla_serving_destroy(&n->serving);
+    dsla_controller_destroy(&n->controller);
     dsla_actor_ctx_destroy(&n->ctx);
     free(n);
     *np = NULL;
@@ -96,4 +113,8 @@ const char *dsla_node_endpoint(const dsla_node_t *n) {
 
 int dsla_node_http_port(const dsla_node_t *n) {
     return n->http ? dsla_http_port(n->http) : 0;
+}
+
+const char *dsla_node_admin_endpoint(const dsla_node_t *n) {
+    return n->controller ? dsla_controller_endpoint(n->controller, 1) : NULL;
 }

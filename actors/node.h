@@ -1,7 +1,8 @@
 /* One node's actors, started together (DESIGN.md section 3): with no cluster file, the embedded
  * single-node default of a gateway and a serving actor in one process, talking over inproc://,
- * with the HTTP front end on the gateway; or a gateway alone in front of remote replicas; or a
- * serving actor alone (a replica for a gateway elsewhere).
+ * with the HTTP front end on the gateway and, given a layer version directory, a controller that
+ * converts the serving actor's layers; or a gateway alone in front of remote replicas; or a
+ * serving actor alone (a replica for a gateway elsewhere, reporting to a remote controller).
  *
  * Contract: create starts every actor and returns once all are bound, or stops those it started
  * and names what failed. The model and tokenizer are borrowed and must outlive the node. It only
@@ -29,6 +30,14 @@ typedef struct {
     const char *http;       /* HTTP address "127.0.0.1:8000" (port 0 picks one); NULL: no HTTP */
     const char *model_name; /* the model's id in the HTTP API */
     uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS, for every actor of the node */
+    /* The controller (actors/controller.h), run when layers_dir is set: */
+    const char *layers_dir;    /* layer versions from `dsla distill --out` */
+    const char *controller_db; /* its SQLite database */
+    const char *admin;         /* its mailbox for dslactl (and remote replicas) */
+    const char *policy;        /* NULL: the stored policy */
+    /* serving_only: a remote controller's mailbox to report to; NULL: none */
+    const char *controller;
+    uint32_t report_ms; /* the serving actor's LOAD_REPORT interval; 0: the default */
 } dsla_node_config_t;
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);
@@ -38,5 +47,7 @@ void dsla_node_destroy(dsla_node_t **n);
 const char *dsla_node_endpoint(const dsla_node_t *n);
 /* The HTTP port as bound; 0 when HTTP is off. */
 int dsla_node_http_port(const dsla_node_t *n);
+/* The controller's admin mailbox as bound; NULL without a controller. */
+const char *dsla_node_admin_endpoint(const dsla_node_t *n);
 
 #endif

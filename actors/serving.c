@@ -1,11 +1,14 @@
-/* The serving actor: GENERATE/CANCEL handlers over dsla_engine_t and an idle-aware step driver. */
+/* The serving actor: GENERATE/CANCEL handlers over dsla_engine_t, an idle-aware step driver, and
+ * the controller's side of it: periodic LOAD_REPORTs and SET_PLAN. */
 #include "actors/serving.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "actors/cancel.h"
+#include "actors/clock.h"
 #include "runtime/core/log.h"
 
 /* A failed step is retried after this pause rather than at once, so a broken backend cannot make
@@ -19,6 +22,8 @@ typedef struct request {
     uint64_t engine_id;
     uint64_t client_id; /* the GENERATE's correlation id */
     char client[DSLA_PROTO_NAME_MAX + 1];
+    uint64_t submitted_ms;
+    bool started; /* its first token (or its end) has come */
 } request_t;
 
 struct dsla_serving {
@@ -27,6 +32,15 @@ struct dsla_serving {
     dsla_engine_t *engine;
     dsla_actor_timer_t *step_timer;
     request_t *requests;
+    const dsla_model_config_t *mcfg;
+    /* the controller's side: where reports go, and the plan's DSLA layers as SET_PLAN named them
+     * (so that reports need not checksum the weights again) */
+    char controller[DSLA_ACTOR_ENDPOINT_MAX];
+    uint32_t report_ms;
+    dsla_actor_timer_t *report_timer;
+    dsla_histogram_t last_ttft, last_tpot; /* at the previous report, for windowed quantiles */
+    uint32_t n_plan_dsla;
+    dsla_proto_dsla_layer_t plan_dsla[DSLA_PROTO_LAYERS_MAX];
 };
 
 static void request_unlink(dsla_serving_t *s, request_t *r) {
@@ -73,6 +87,7 @@ static int on_event(void *user, const dsla_stream_event_t *ev) {
     request_t *r = user;
     dsla_serving_t *s = r->s;
     int cancel = 0;
+    r->started = true;
     if (ev->token >= 0 || ev->text_len > 0) {
         if (send_text(s->self, r, ev->token, ev->text, ev->text_len) != DSLA_OK) {
             dsla_log_info("serving: cancelling request %llu of %s: %s",
@@ -145,6 +160,7 @@ static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
         return;
     }
     r->s = s;
+    r->submitted_ms = dsla_actors_now_ms();
     r->client_id = msg->env->id;
     snprintf(r->client, sizeof r->client, "%s", msg->from);
     dsla_request_params_t p = {
@@ -202,9 +218,144 @@ static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
     }
 }
 
+/* ---- the controller's side ---- */
+
+/* The p90 of what a cumulative histogram gained since *prev (then moved to now), in ms. */
+static double window_p90_ms(const dsla_histogram_t *now, dsla_histogram_t *prev) {
+    dsla_histogram_t d = *now;
+    for (int i = 0; i <= DSLA_HISTOGRAM_BUCKETS; i++)
+        d.counts[i] -= prev->counts[i];
+    d.count -= prev->count;
+    *prev = *now;
+    return dsla_histogram_quantile(&d, 0.9) * 1e3;
+}
+
+static void on_report(dsla_actor_t *a, void *user) {
+    dsla_serving_t *s = user;
+    dsla_engine_metrics_t *m = malloc(sizeof *m);
+    dsla_proto_load_report_t *r = calloc(1, sizeof *r);
+    if (!m || !r) {
+        free(m);
+        free(r);
+        return;
+    }
+    dsla_engine_metrics(s->engine, m);
+    uint64_t now = dsla_actors_now_ms(), oldest = now;
+    for (const request_t *q = s->requests; q; q = q->next)
+        if (!q->started && q->submitted_ms < oldest) oldest = q->submitted_ms;
+    *r = (dsla_proto_load_report_t){
+        .num_layers = (uint32_t)s->mcfg->num_layers,
+        .queue_length = (uint32_t)m->queue_length,
+        .running = (uint32_t)m->running,
+        .waiting_tokens = (uint64_t)m->waiting_prompt_tokens,
+        .oldest_wait_ms = (uint32_t)(now - oldest),
+        .kv_used = (uint32_t)m->kv_blocks_used,
+        .kv_total = (uint32_t)m->kv_blocks_total,
+        .slots_used = (uint32_t)m->state_slots_used,
+        .slots_total = (uint32_t)m->state_slots_total,
+        .ttft_p90_ms = window_p90_ms(&m->ttft, &s->last_ttft),
+        .tpot_p90_ms = window_p90_ms(&m->tpot, &s->last_tpot),
+        .tokens_per_s = m->tokens_per_second,
+        .plan_id = dsla_plan_id(dsla_engine_plan(s->engine)),
+        .n_dsla = s->n_plan_dsla,
+    };
+    memcpy(r->dsla, s->plan_dsla, s->n_plan_dsla * sizeof s->plan_dsla[0]);
+    dsla_proto_buf_t body;
+    if (dsla_proto_load_report_encode(r, &body) != DSLA_OK ||
+        dsla_actor_send(a, "controller", DSLA_MSG_LOAD_REPORT, 0, body.data, body.len) != DSLA_OK)
+        dsla_log_info("serving: LOAD_REPORT not sent: %s", dsla_last_error());
+    dsla_proto_buf_free(&body);
+    free(r);
+    free(m);
+}
+
+/* Loads and verifies the layer versions p names and installs them as the engine's plan. */
+static dsla_status_t adopt_plan(dsla_serving_t *s, const dsla_proto_set_plan_t *p) {
+    const int num_layers = s->mcfg->num_layers;
+    bool named[DSLA_PROTO_LAYERS_MAX] = {false};
+    dsla_plan_t *plan = NULL;
+    DSLA_TRY(dsla_plan_create(&plan, num_layers));
+    dsla_status_t st = DSLA_OK;
+    for (uint32_t i = 0; i < p->n_layers && st == DSLA_OK; i++) {
+        const dsla_proto_plan_layer_t *e = &p->layers[i];
+        if (e->layer >= num_layers || named[e->layer]) {
+            st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                            "SET_PLAN: layer %d is %s (the model has %d layers)", e->layer,
+                            e->layer >= num_layers ? "out of range" : "named twice", num_layers);
+            break;
+        }
+        named[e->layer] = true;
+        dsla_dsla_layer_t *w = NULL;
+        st = dsla_dsla_layer_load(&w, e->path, s->mcfg, NULL);
+        if (st == DSLA_OK && w->layer != e->layer)
+            st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "SET_PLAN: %s holds layer %d, not %d",
+                            e->path, w->layer, e->layer);
+        uint64_t sum = st == DSLA_OK ? dsla_dsla_layer_checksum(w) : 0;
+        if (st == DSLA_OK && sum != e->checksum)
+            st = dsla_error(DSLA_ERR_FORMAT,
+                            "SET_PLAN: layer %d: %s has checksum %016" PRIx64
+                            ", the controller announced %016" PRIx64,
+                            e->layer, e->path, sum, e->checksum);
+        dsla_layer_ref_t *ref = NULL;
+        if (st == DSLA_OK) st = dsla_layer_ref_create(&ref, &w);
+        if (st == DSLA_OK) st = dsla_plan_set_layer(plan, e->layer, ref);
+        dsla_layer_ref_release(&ref);
+        dsla_dsla_layer_destroy(&w);
+    }
+    if (st == DSLA_OK) st = dsla_engine_set_plan(s->engine, plan);
+    dsla_plan_release(&plan);
+    if (st != DSLA_OK) return st;
+    s->n_plan_dsla = 0; /* ascending by layer, as reports list them */
+    for (int l = 0; l < num_layers; l++)
+        for (uint32_t i = 0; named[l] && i < p->n_layers; i++)
+            if (p->layers[i].layer == l)
+                s->plan_dsla[s->n_plan_dsla++] =
+                    (dsla_proto_dsla_layer_t){.layer = l, .checksum = p->layers[i].checksum};
+    return DSLA_OK;
+}
+
+static void on_set_plan(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_serving_t *s = user;
+    dsla_proto_set_plan_t p;
+    dsla_status_t st = dsla_proto_set_plan_decode(msg->env->body, msg->env->body_len, &p);
+    if (st != DSLA_OK) {
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
+        return;
+    }
+    dsla_proto_plan_reply_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        dsla_proto_set_plan_free(&p);
+        dsla_actor_reply_error(a, msg, DSLA_CODE_RESOURCE_EXHAUSTED, "serving: out of memory");
+        return;
+    }
+    st = adopt_plan(s, &p);
+    r->seq = p.seq;
+    if (st != DSLA_OK) {
+        r->code = dsla_proto_code_from_status(st);
+        snprintf(r->reason, sizeof r->reason, "%s", dsla_last_error());
+        dsla_log_warn("serving: plan refused, the old one stays: %s", r->reason);
+    }
+    r->plan_id = dsla_plan_id(dsla_engine_plan(s->engine));
+    r->n_dsla = s->n_plan_dsla;
+    memcpy(r->dsla, s->plan_dsla, s->n_plan_dsla * sizeof s->plan_dsla[0]);
+    dsla_proto_buf_t body;
+    if (dsla_proto_plan_reply_encode(r, &body) == DSLA_OK)
+        dsla_actor_reply(a, msg, st == DSLA_OK ? DSLA_MSG_PLAN_ACK : DSLA_MSG_PLAN_NACK, body.data,
+                         body.len);
+    dsla_proto_buf_free(&body);
+    dsla_proto_set_plan_free(&p);
+    free(r);
+}
+
 static void on_start(dsla_actor_t *a, void *user) {
     dsla_serving_t *s = user;
     s->self = a;
+    if (!s->controller[0]) return;
+    if (dsla_actor_connect(a, "controller", s->controller) != DSLA_OK ||
+        dsla_actor_timer_start(a, s->report_ms, s->report_ms, on_report, s, &s->report_timer) !=
+            DSLA_OK)
+        dsla_log_error("serving: cannot report to the controller at %s: %s", s->controller,
+                       dsla_last_error());
 }
 
 dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_config_t *config) {
@@ -217,8 +368,12 @@ dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_confi
         free(s);
         return st;
     }
+    s->mcfg = dsla_model_config(config->model);
+    s->report_ms = config->report_ms ? config->report_ms : DSLA_SERVING_REPORT_MS;
+    if (config->controller) snprintf(s->controller, sizeof s->controller, "%s", config->controller);
     static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_GENERATE, on_generate},
-                                                    {DSLA_MSG_CANCEL, on_cancel}};
+                                                    {DSLA_MSG_CANCEL, on_cancel},
+                                                    {DSLA_MSG_SET_PLAN, on_set_plan}};
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "serving",
         .ctx = config->ctx,

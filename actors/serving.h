@@ -5,9 +5,18 @@
  * dsla_engine_step from zero-timeout timers while the engine has work and stops when it is idle,
  * so an idle server never spins. Events go to the client's routing id; a client that cannot be
  * reached any more (gone, or its queue full) has its request cancelled, as does one whose
- * heartbeats stop. Refused requests are answered with ERROR and the engine's message. It never
- * blocks on another actor and prints nothing; the model and tokenizer are borrowed and must
- * outlive it. */
+ * heartbeats stop. Refused requests are answered with ERROR and the engine's message.
+ *
+ * With a controller (DESIGN.md section 7) it connects to the controller's mailbox, sends it a
+ * LOAD_REPORT every report interval, and answers SET_PLAN: it loads each named layer version file,
+ * verifies its xxh64 checksum (the file's and the one announced) and shape, and installs the plan
+ * with dsla_engine_set_plan, which new requests take from the next step on (running ones finish on
+ * theirs); then PLAN_ACK. Any failure is PLAN_NACK with the reason, and the old plan stays. Loading
+ * runs on the actor's thread: fine for the small layers served on the CPU today, a worker's job
+ * for large ones (not built yet).
+ *
+ * It never blocks on another actor and prints nothing; the model and tokenizer are borrowed and
+ * must outlive it. */
 #ifndef DSLA_ACTORS_SERVING_H
 #define DSLA_ACTORS_SERVING_H
 
@@ -23,8 +32,14 @@ typedef struct {
     dsla_model_t *model;
     const dsla_tokenizer_t *tokenizer;
     dsla_engine_config_t engine;
-    uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS */
+    uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS */
+    const char *controller; /* the controller's mailbox; NULL: no reports, no plan changes */
+    uint32_t report_ms;     /* LOAD_REPORT interval; 0: DSLA_SERVING_REPORT_MS */
 } dsla_serving_config_t;
+
+/* Once a second: the controller follows load within a few seconds and its policies' cooldowns are
+ * seconds long. */
+#define DSLA_SERVING_REPORT_MS 1000
 
 dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_config_t *config);
 /* Stops the actor (requests in flight are dropped without events), then frees the engine. */

@@ -317,21 +317,21 @@ dsla_proto_code_t dsla_client_generate(dsla_client_t *c, const dsla_proto_genera
     return result->code;
 }
 
-dsla_proto_code_t dsla_client_status(dsla_client_t *c, dsla_proto_report_t *report, int deadline_ms,
-                                     dsla_client_result_t *result) {
+dsla_proto_code_t dsla_client_call(dsla_client_t *c, uint32_t type, const dsla_proto_buf_t *body,
+                                   uint32_t reply_type, dsla_client_decode_fn decode, void *out,
+                                   int deadline_ms, dsla_client_result_t *result) {
     memset(result, 0, sizeof *result);
     if (c->active) return fail(result, DSLA_CODE_INTERNAL, "client: a request is in flight");
-    dsla_proto_buf_t empty = {0};
     c->deadline = deadline_ms > 0 ? now_ms() + deadline_ms : -1;
-    send_fresh(c, DSLA_MSG_STATUS, &empty);
+    send_fresh(c, type, body);
     for (;;) {
         zmq_msg_t frame;
         dsla_proto_envelope_t env;
         dsla_proto_code_t code = wait_frame(c, &frame, &env, result);
         if (code != DSLA_CODE_OK) return code;
         bool done = true;
-        if (env.type == DSLA_MSG_REPORT) {
-            if (dsla_proto_report_decode(env.body, env.body_len, report) == DSLA_OK)
+        if (env.type == reply_type) {
+            if (decode(env.body, env.body_len, out) == DSLA_OK)
                 fail(result, DSLA_CODE_OK, "");
             else
                 fail(result, DSLA_CODE_INTERNAL, dsla_last_error());
@@ -343,4 +343,15 @@ dsla_proto_code_t dsla_client_status(dsla_client_t *c, dsla_proto_report_t *repo
         zmq_msg_close(&frame);
         if (done) return result->code;
     }
+}
+
+static dsla_status_t report_decode(const void *body, size_t len, void *out) {
+    return dsla_proto_report_decode(body, len, out);
+}
+
+dsla_proto_code_t dsla_client_status(dsla_client_t *c, dsla_proto_report_t *report, int deadline_ms,
+                                     dsla_client_result_t *result) {
+    dsla_proto_buf_t empty = {0};
+    return dsla_client_call(c, DSLA_MSG_STATUS, &empty, DSLA_MSG_REPORT, report_decode, report,
+                            deadline_ms, result);
 }

@@ -78,4 +78,14 @@ void dsla_client_cancel(dsla_client_t *c, dsla_client_result_t *result);
 dsla_proto_code_t dsla_client_status(dsla_client_t *c, dsla_proto_report_t *report, int deadline_ms,
                                      dsla_client_result_t *result);
 
+/* Decodes a reply body into out; the type's decode function, adapted. */
+typedef dsla_status_t (*dsla_client_decode_fn)(const void *body, size_t len, void *out);
+
+/* One request and its one reply: sends body as type and waits for reply_type (decoded into out by
+ * decode) or an ERROR; returns result->code. dslactl's ADMIN goes this way. Never while a request
+ * is started. */
+dsla_proto_code_t dsla_client_call(dsla_client_t *c, uint32_t type, const dsla_proto_buf_t *body,
+                                   uint32_t reply_type, dsla_client_decode_fn decode, void *out,
+                                   int deadline_ms, dsla_client_result_t *result);
+
 #endif

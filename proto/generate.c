@@ -15,71 +15,6 @@ const char *dsla_proto_finish_name(dsla_proto_finish_t finish) {
                                                                            : "unknown";
 }
 
-static dsla_status_t get_i64(const msgpack_object *v, int64_t lo, int64_t hi, int64_t *out,
-                             const char *what, const char *field) {
-    int64_t x;
-    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= (uint64_t)INT64_MAX)
-        x = (int64_t)v->via.u64;
-    else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-        x = v->via.i64;
-    else
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be an integer (type %d)", what, field,
-                          (int)v->type);
-    if (x < lo || x > hi)
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s is %lld, outside [%lld, %lld]", what,
-                          field, (long long)x, (long long)lo, (long long)hi);
-    *out = x;
-    return DSLA_OK;
-}
-
-static dsla_status_t get_float(const msgpack_object *v, float *out, const char *what,
-                               const char *field) {
-    double x;
-    if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
-        x = v->via.f64;
-    else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-        x = (double)v->via.u64;
-    else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-        x = (double)v->via.i64;
-    else
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a number (type %d)", what, field,
-                          (int)v->type);
-    if (!isfinite(x))
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be finite", what, field);
-    *out = (float)x;
-    return DSLA_OK;
-}
-
-static dsla_status_t get_bool(const msgpack_object *v, bool *out, const char *what,
-                              const char *field) {
-    if (v->type != MSGPACK_OBJECT_BOOLEAN)
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a boolean (type %d)", what, field,
-                          (int)v->type);
-    *out = v->via.boolean;
-    return DSLA_OK;
-}
-
-/* A malloc'd, NUL-terminated copy of a str of at most max bytes (NUL bytes refused). */
-static dsla_status_t dup_str(const msgpack_object *v, size_t max, char **out, size_t *len_out,
-                             const char *what, const char *field) {
-    if (v->type != MSGPACK_OBJECT_STR)
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a string (type %d)", what, field,
-                          (int)v->type);
-    size_t n = v->via.str.size;
-    if (n > max)
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s is %zu bytes, above the limit of %zu",
-                          what, field, n, max);
-    if (n && memchr(v->via.str.ptr, '\0', n))
-        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s contains a NUL byte", what, field);
-    char *s = malloc(n + 1);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: field %s: out of memory", what, field);
-    if (n) memcpy(s, v->via.str.ptr, n);
-    s[n] = '\0';
-    *out = s;
-    if (len_out) *len_out = n;
-    return DSLA_OK;
-}
-
 dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_proto_buf_t *out) {
     out->data = NULL;
     out->len = 0;
@@ -148,7 +83,7 @@ static dsla_status_t generate_field(const msgpack_object *k, const msgpack_objec
     if (dsla_wire_key_is(k, "prompt")) {
         if (out->prompt) return dsla_error(DSLA_ERR_FORMAT, "GENERATE: field prompt repeated");
         char *s = NULL;
-        DSLA_TRY(dup_str(v, DSLA_PROTO_PROMPT_MAX, &s, &out->prompt_len, what, "prompt"));
+        DSLA_TRY(dsla_wire_dup_str(v, DSLA_PROTO_PROMPT_MAX, &s, &out->prompt_len, what, "prompt"));
         out->prompt = s;
         *have_prompt = true;
     } else if (dsla_wire_key_is(k, "prompt_ids")) {
@@ -163,28 +98,29 @@ static dsla_status_t generate_field(const msgpack_object *k, const msgpack_objec
         if (!ids) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "GENERATE: prompt_ids: out of memory");
         out->prompt_ids = ids;
         for (uint32_t i = 0; i < n; i++) {
-            DSLA_TRY(get_i64(&v->via.array.ptr[i], INT32_MIN, INT32_MAX, &x, what, "prompt_ids"));
+            DSLA_TRY(dsla_wire_get_i64(&v->via.array.ptr[i], INT32_MIN, INT32_MAX, &x, what,
+                                       "prompt_ids"));
             ids[i] = (int32_t)x;
         }
         out->n_prompt_ids = (int)n;
         *have_prompt = true;
     } else if (dsla_wire_key_is(k, "max_tokens")) {
-        DSLA_TRY(get_i64(v, INT32_MIN, INT32_MAX, &x, what, "max_tokens"));
+        DSLA_TRY(dsla_wire_get_i64(v, INT32_MIN, INT32_MAX, &x, what, "max_tokens"));
         out->max_tokens = (int32_t)x;
         *have_max = true;
     } else if (dsla_wire_key_is(k, "top_k")) {
-        DSLA_TRY(get_i64(v, INT32_MIN, INT32_MAX, &x, what, "top_k"));
+        DSLA_TRY(dsla_wire_get_i64(v, INT32_MIN, INT32_MAX, &x, what, "top_k"));
         out->top_k = (int32_t)x;
     } else if (dsla_wire_key_is(k, "temperature")) {
-        DSLA_TRY(get_float(v, &out->temperature, what, "temperature"));
+        DSLA_TRY(dsla_wire_get_float(v, &out->temperature, what, "temperature"));
     } else if (dsla_wire_key_is(k, "top_p")) {
-        DSLA_TRY(get_float(v, &out->top_p, what, "top_p"));
+        DSLA_TRY(dsla_wire_get_float(v, &out->top_p, what, "top_p"));
     } else if (dsla_wire_key_is(k, "seed")) {
         DSLA_TRY(dsla_wire_get_u64(v, &out->seed, what, "seed"));
     } else if (dsla_wire_key_is(k, "ignore_eos")) {
-        DSLA_TRY(get_bool(v, &out->ignore_eos, what, "ignore_eos"));
+        DSLA_TRY(dsla_wire_get_bool(v, &out->ignore_eos, what, "ignore_eos"));
     } else if (dsla_wire_key_is(k, "stream")) {
-        DSLA_TRY(get_bool(v, &out->stream, what, "stream"));
+        DSLA_TRY(dsla_wire_get_bool(v, &out->stream, what, "stream"));
     } else if (dsla_wire_key_is(k, "stop")) {
         if (v->type != MSGPACK_OBJECT_ARRAY || out->n_stop)
             return dsla_error(DSLA_ERR_FORMAT, "GENERATE: field stop must be one array");
@@ -194,8 +130,8 @@ static dsla_status_t generate_field(const msgpack_object *k, const msgpack_objec
                               v->via.array.size, DSLA_PROTO_STOP_MAX);
         for (uint32_t i = 0; i < v->via.array.size; i++) {
             char *s = NULL;
-            DSLA_TRY(
-                dup_str(&v->via.array.ptr[i], DSLA_PROTO_STOP_LEN_MAX, &s, NULL, what, "stop"));
+            DSLA_TRY(dsla_wire_dup_str(&v->via.array.ptr[i], DSLA_PROTO_STOP_LEN_MAX, &s, NULL,
+                                       what, "stop"));
             out->stop[out->n_stop++] = s;
         }
     }
@@ -252,7 +188,7 @@ dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_t
         const msgpack_object *v = &m->ptr[i].val;
         if (dsla_wire_key_is(&m->ptr[i].key, "token")) {
             int64_t x = 0;
-            st = get_i64(v, -1, INT32_MAX, &x, "TOKEN", "token");
+            st = dsla_wire_get_i64(v, -1, INT32_MAX, &x, "TOKEN", "token");
             out->token = (int32_t)x;
         } else if (dsla_wire_key_is(&m->ptr[i].key, "text")) {
             st = dsla_wire_get_str(v, out->text, DSLA_PROTO_PIECE_MAX, "TOKEN", "text");

@@ -39,7 +39,13 @@
     X(DONE, 6, "serving -> client: the generation ended: finish reason and usage")                 \
     X(CANCEL, 7, "client -> serving: cancel a GENERATE of the same client")                        \
     X(STATUS, 8, "client -> gateway: ask for its routing state; empty body, answered by REPORT")   \
-    X(REPORT, 9, "gateway -> client: counters and the state of each serving replica")
+    X(REPORT, 9, "gateway -> client: counters and the state of each serving replica")              \
+    X(LOAD_REPORT, 10, "serving -> controller: periodic load and the plan new requests get")       \
+    X(SET_PLAN, 11, "controller -> serving: adopt a plan; answered by PLAN_ACK or PLAN_NACK")      \
+    X(PLAN_ACK, 12, "serving -> controller: the SET_PLAN's plan is adopted at a step boundary")    \
+    X(PLAN_NACK, 13, "serving -> controller: the SET_PLAN was refused; the old plan stays")        \
+    X(ADMIN, 14, "dslactl -> controller: an admin command; answered by ADMIN_REPLY or ERROR")      \
+    X(ADMIN_REPLY, 15, "controller -> dslactl: the command's result, as text for people")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -224,5 +230,105 @@ typedef struct {
 
 dsla_status_t dsla_proto_report_encode(const dsla_proto_report_t *r, dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_report_decode(const void *body, size_t len, dsla_proto_report_t *out);
+
+/* ---- the conversion control loop (DESIGN.md section 7): serving <-> controller <- dslactl ---- */
+
+/* Layers one plan message names: far beyond the 126 layers of the largest Llama. */
+#define DSLA_PROTO_LAYERS_MAX 512
+/* Bytes of a layer version file's path in SET_PLAN. */
+#define DSLA_PROTO_PATH_MAX 1023
+
+/* A layer running DSLA in a plan: its index and its version's xxh64 checksum. */
+typedef struct {
+    int32_t layer;
+    uint64_t checksum;
+} dsla_proto_dsla_layer_t;
+
+/* LOAD_REPORT: a serving replica's load, sent to its controller every report interval. The
+ * latency quantiles cover the requests since the previous report (0: none in that window). */
+typedef struct {
+    uint32_t num_layers;     /* the model's decoder layers */
+    uint32_t queue_length;   /* requests waiting for admission */
+    uint32_t running;        /* admitted sequences */
+    uint64_t waiting_tokens; /* prompt tokens the waiting requests will prefill */
+    uint32_t
+        oldest_wait_ms; /* longest a request now in the replica has waited for its first token */
+    uint32_t kv_used, kv_total;       /* KV blocks */
+    uint32_t slots_used, slots_total; /* DSLA state slots */
+    double ttft_p90_ms, tpot_p90_ms;
+    double tokens_per_s;
+    uint64_t plan_id; /* the engine's id of the plan new requests get */
+    uint32_t n_dsla;  /* its DSLA layers, ascending */
+    dsla_proto_dsla_layer_t dsla[DSLA_PROTO_LAYERS_MAX];
+} dsla_proto_load_report_t;
+
+dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_load_report_decode(const void *body, size_t len,
+                                            dsla_proto_load_report_t *out);
+
+/* One DSLA layer of a SET_PLAN: the layer version file to load and the checksum it must have. */
+typedef struct {
+    int32_t layer;
+    uint64_t checksum;
+    const char *path; /* NUL-terminated; borrowed on encode, allocated by decode */
+} dsla_proto_plan_layer_t;
+
+/* SET_PLAN: the layers listed run DSLA with those versions, every other layer ATTN. seq is the
+ * controller's number for this change, echoed by PLAN_ACK or PLAN_NACK. On decode, layers points
+ * into an allocation released by dsla_proto_set_plan_free. */
+typedef struct {
+    uint64_t seq;
+    uint32_t n_layers;
+    dsla_proto_plan_layer_t *layers;
+} dsla_proto_set_plan_t;
+
+dsla_status_t dsla_proto_set_plan_encode(const dsla_proto_set_plan_t *p, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_set_plan_decode(const void *body, size_t len, dsla_proto_set_plan_t *out);
+/* Frees what decode allocated and zeroes *p; harmless on a zeroed struct. */
+void dsla_proto_set_plan_free(dsla_proto_set_plan_t *p);
+
+/* PLAN_ACK and PLAN_NACK share one body: the plan the replica runs for new requests after the
+ * SET_PLAN (the new one for an ACK, the kept one for a NACK) and, for a NACK, why. */
+typedef struct {
+    uint64_t seq;     /* the SET_PLAN's */
+    uint64_t plan_id; /* the engine's id of the plan it now runs */
+    uint32_t code;    /* NACK: a dsla_proto_code_t */
+    char reason[DSLA_PROTO_MESSAGE_MAX + 1];
+    uint32_t n_dsla;
+    dsla_proto_dsla_layer_t dsla[DSLA_PROTO_LAYERS_MAX];
+} dsla_proto_plan_reply_t;
+
+dsla_status_t dsla_proto_plan_reply_encode(const dsla_proto_plan_reply_t *r, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_plan_reply_decode(const void *body, size_t len,
+                                           dsla_proto_plan_reply_t *out);
+
+/* ADMIN: a command and its words, as dslactl takes them ("policy", "set", "threshold",
+ * "queue_high=8"); the controller parses and checks them, so limits live in one place. */
+#define DSLA_PROTO_ADMIN_ARGS_MAX 32
+#define DSLA_PROTO_ADMIN_ARG_LEN_MAX 255
+/* The text of one ADMIN_REPLY: a long history fits, a hostile frame cannot claim more. */
+#define DSLA_PROTO_ADMIN_TEXT_MAX (1u << 20)
+
+typedef struct {
+    uint32_t n_args;
+    char args[DSLA_PROTO_ADMIN_ARGS_MAX][DSLA_PROTO_ADMIN_ARG_LEN_MAX + 1];
+} dsla_proto_admin_t;
+
+dsla_status_t dsla_proto_admin_encode(const dsla_proto_admin_t *a, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_admin_decode(const void *body, size_t len, dsla_proto_admin_t *out);
+
+/* ADMIN_REPLY: the result for people. text is borrowed on encode; decode allocates it
+ * (NUL-terminated), dsla_proto_admin_reply_free releases it. */
+typedef struct {
+    char *text;
+    size_t text_len;
+} dsla_proto_admin_reply_t;
+
+dsla_status_t dsla_proto_admin_reply_encode(const dsla_proto_admin_reply_t *r,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_admin_reply_decode(const void *body, size_t len,
+                                            dsla_proto_admin_reply_t *out);
+void dsla_proto_admin_reply_free(dsla_proto_admin_reply_t *r);
 
 #endif

@@ -13,14 +13,6 @@ const char *dsla_proto_replica_state_name(dsla_proto_replica_state_t state) {
     return (unsigned)state < N_STATES ? state_names[state] : "unknown";
 }
 
-static int pack_u64(msgpack_packer *pk, const char *key, uint64_t v) {
-    return dsla_wire_pack_key(pk, key) | msgpack_pack_uint64(pk, v);
-}
-
-static int pack_str(msgpack_packer *pk, const char *key, const char *v) {
-    return dsla_wire_pack_key(pk, key) | msgpack_pack_str_with_body(pk, v, strlen(v));
-}
-
 dsla_status_t dsla_proto_report_encode(const dsla_proto_report_t *r, dsla_proto_buf_t *out) {
     out->data = NULL;
     out->len = 0;
@@ -31,22 +23,22 @@ dsla_status_t dsla_proto_report_encode(const dsla_proto_report_t *r, dsla_proto_
     msgpack_packer pk;
     dsla_wire_packer_open(&sbuf, &pk);
     int rc = msgpack_pack_map(&pk, 6);
-    rc |= pack_u64(&pk, "requests", r->requests);
-    rc |= pack_u64(&pk, "tokens", r->tokens);
-    rc |= pack_u64(&pk, "errors", r->errors);
-    rc |= pack_u64(&pk, "rerouted", r->rerouted);
-    rc |= pack_u64(&pk, "in_flight", r->in_flight);
+    rc |= dsla_wire_pack_u64_field(&pk, "requests", r->requests);
+    rc |= dsla_wire_pack_u64_field(&pk, "tokens", r->tokens);
+    rc |= dsla_wire_pack_u64_field(&pk, "errors", r->errors);
+    rc |= dsla_wire_pack_u64_field(&pk, "rerouted", r->rerouted);
+    rc |= dsla_wire_pack_u64_field(&pk, "in_flight", r->in_flight);
     rc |= dsla_wire_pack_key(&pk, "replicas");
     rc |= msgpack_pack_array(&pk, r->n_replicas);
     for (uint32_t i = 0; i < r->n_replicas; i++) {
         const dsla_proto_replica_report_t *x = &r->replicas[i];
         rc |= msgpack_pack_map(&pk, 6);
-        rc |= pack_str(&pk, "name", x->name);
-        rc |= pack_str(&pk, "endpoint", x->endpoint);
-        rc |= pack_str(&pk, "state", dsla_proto_replica_state_name(x->state));
-        rc |= pack_u64(&pk, "outstanding", x->outstanding);
-        rc |= pack_u64(&pk, "routed", x->routed);
-        rc |= pack_u64(&pk, "failed", x->failed);
+        rc |= dsla_wire_pack_str_field(&pk, "name", x->name);
+        rc |= dsla_wire_pack_str_field(&pk, "endpoint", x->endpoint);
+        rc |= dsla_wire_pack_str_field(&pk, "state", dsla_proto_replica_state_name(x->state));
+        rc |= dsla_wire_pack_u64_field(&pk, "outstanding", x->outstanding);
+        rc |= dsla_wire_pack_u64_field(&pk, "routed", x->routed);
+        rc |= dsla_wire_pack_u64_field(&pk, "failed", x->failed);
     }
     return dsla_wire_finish(&sbuf, rc, out, "REPORT");
 }

@@ -1,6 +1,7 @@
 /* Bounds-checked msgpack walking and field reading; see wire.h for why the walk comes first. */
 #include "proto/wire.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -155,8 +156,9 @@ dsla_status_t dsla_wire_get_u32(const msgpack_object *v, uint32_t *out, const ch
     return DSLA_OK;
 }
 
-dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, const char *what,
-                                const char *field) {
+/* A str of at most max bytes without NUL bytes, or the error naming what.field. */
+static dsla_status_t check_str(const msgpack_object *v, size_t max, const char *what,
+                               const char *field) {
     if (v->type != MSGPACK_OBJECT_STR)
         return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a string (type %d)", what, field,
                           (int)v->type);
@@ -166,6 +168,13 @@ dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, 
                           what, field, n, max);
     if (n && memchr(v->via.str.ptr, '\0', n))
         return dsla_error(DSLA_ERR_FORMAT, "%s: field %s contains a NUL byte", what, field);
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, const char *what,
+                                const char *field) {
+    DSLA_TRY(check_str(v, max, what, field));
+    size_t n = v->via.str.size;
     if (n) memcpy(out, v->via.str.ptr, n);
     out[n] = '\0';
     return DSLA_OK;
@@ -202,4 +211,77 @@ dsla_status_t dsla_wire_body_map(const void *body, size_t len, msgpack_unpacked 
                           (int)u->data.type);
     }
     return DSLA_OK;
+}
+
+dsla_status_t dsla_wire_get_i64(const msgpack_object *v, int64_t lo, int64_t hi, int64_t *out,
+                                const char *what, const char *field) {
+    int64_t x;
+    if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= (uint64_t)INT64_MAX)
+        x = (int64_t)v->via.u64;
+    else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        x = v->via.i64;
+    else
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be an integer (type %d)", what, field,
+                          (int)v->type);
+    if (x < lo || x > hi)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s is %lld, outside [%lld, %lld]", what,
+                          field, (long long)x, (long long)lo, (long long)hi);
+    *out = x;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_wire_get_f64(const msgpack_object *v, double *out, const char *what,
+                                const char *field) {
+    double x;
+    if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
+        x = v->via.f64;
+    else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        x = (double)v->via.u64;
+    else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        x = (double)v->via.i64;
+    else
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a number (type %d)", what, field,
+                          (int)v->type);
+    if (!isfinite(x))
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be finite", what, field);
+    *out = x;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_wire_get_bool(const msgpack_object *v, bool *out, const char *what,
+                                 const char *field) {
+    if (v->type != MSGPACK_OBJECT_BOOLEAN)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a boolean (type %d)", what, field,
+                          (int)v->type);
+    *out = v->via.boolean;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_wire_dup_str(const msgpack_object *v, size_t max, char **out, size_t *len_out,
+                                const char *what, const char *field) {
+    DSLA_TRY(check_str(v, max, what, field));
+    size_t n = v->via.str.size;
+    char *s = malloc(n + 1);
+    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: field %s: out of memory", what, field);
+    if (n) memcpy(s, v->via.str.ptr, n);
+    s[n] = '\0';
+    *out = s;
+    if (len_out) *len_out = n;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_wire_get_float(const msgpack_object *v, float *out, const char *what,
+                                  const char *field) {
+    double x = 0;
+    DSLA_TRY(dsla_wire_get_f64(v, &x, what, field));
+    *out = (float)x;
+    return DSLA_OK;
+}
+
+int dsla_wire_pack_u64_field(msgpack_packer *pk, const char *key, uint64_t v) {
+    return dsla_wire_pack_key(pk, key) | msgpack_pack_uint64(pk, v);
+}
+
+int dsla_wire_pack_str_field(msgpack_packer *pk, const char *key, const char *v) {
+    return dsla_wire_pack_key(pk, key) | msgpack_pack_str_with_body(pk, v, strlen(v));
 }

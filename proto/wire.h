@@ -41,8 +41,26 @@ dsla_status_t dsla_wire_get_u32(const msgpack_object *v, uint32_t *out, const ch
 dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, const char *what,
                                 const char *field);
 
+/* An integer in [lo, hi] (either msgpack integer type). */
+dsla_status_t dsla_wire_get_i64(const msgpack_object *v, int64_t lo, int64_t hi, int64_t *out,
+                                const char *what, const char *field);
+/* A finite number: any msgpack integer or float. */
+dsla_status_t dsla_wire_get_f64(const msgpack_object *v, double *out, const char *what,
+                                const char *field);
+dsla_status_t dsla_wire_get_float(const msgpack_object *v, float *out, const char *what,
+                                  const char *field);
+dsla_status_t dsla_wire_get_bool(const msgpack_object *v, bool *out, const char *what,
+                                 const char *field);
+/* A malloc'd, NUL-terminated copy of a str of at most max bytes (NUL bytes refused); len_out may
+ * be NULL. */
+dsla_status_t dsla_wire_dup_str(const msgpack_object *v, size_t max, char **out, size_t *len_out,
+                                const char *what, const char *field);
+
 /* Packs a str key; returns msgpack's result. */
 int dsla_wire_pack_key(msgpack_packer *pk, const char *key);
+/* Packs key and value; return msgpack's results ORed. */
+int dsla_wire_pack_u64_field(msgpack_packer *pk, const char *key, uint64_t v);
+int dsla_wire_pack_str_field(msgpack_packer *pk, const char *key, const char *v);
 /* Starts a body: an empty sbuffer and a packer writing into it (dsla_wire_finish ends it). */
 void dsla_wire_packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk);
 /* Unpacks a body that must be a map; the caller destroys *u on success. */

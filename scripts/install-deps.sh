@@ -14,6 +14,7 @@ packages=(
   libmsgpack-dev    # message envelope and bodies (msgpack-c)
   libuv1-dev        # one event loop per actor
   libmicrohttpd-dev # the gateway's OpenAI-compatible HTTP API
+  libsqlite3-dev    # the controller's state (plans, policy, event history)
 )
 
 missing=()

@@ -13,15 +13,24 @@
 static const char usage[] =
     "usage: dsla-serve [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
     "127.0.0.1:8000|off]\n"
-    "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n\n"
+    "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n"
+    "                  [--layers DIR [--controller-db PATH] [--admin tcp://127.0.0.1:7071]\n"
+    "                   [--policy 'threshold|slo|manual [key=value]...']] [--controller URL]\n"
+    "                  [--report-ms N]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
     "at --http, and a serving actor over the Llama model in DIR (Hugging Face layout). Each\n"
     "--replica adds a serving actor elsewhere (a `dsla-serve --serving-only`) for the gateway to\n"
     "route to; without --model the node is a gateway only. --serving-only runs the serving actor\n"
-    "alone at --endpoint. tcp://127.0.0.1:* and port 0 pick free ports. Prints \"listening on\n"
-    "ENDPOINT\" and then, with HTTP on, \"http on http://HOST:PORT\" to stdout.";
+    "alone at --endpoint. --layers runs the controller (docs/controller.md) over the layer\n"
+    "versions `dsla distill --out DIR` wrote: it converts the local serving actor's layers by\n"
+    "--policy (default: the one stored in --controller-db, default DIR/controller.db), and "
+    "dslactl\n"
+    "talks to it at --admin. --controller makes a --serving-only replica report to a controller\n"
+    "elsewhere. tcp://127.0.0.1:* and port 0 pick free ports. Prints \"listening on ENDPOINT\",\n"
+    "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
+    "ENDPOINT\" to stdout.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -48,7 +57,9 @@ int main(int argc, char **argv) {
     const char *model_name = NULL;
     dsla_arg_list_t replicas = {0};
     bool serving_only = false;
-    long heartbeat_ms = 0;
+    long heartbeat_ms = 0, report_ms = 0;
+    const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
+    const char *policy = NULL, *controller = NULL;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
         {"endpoint", DSLA_ARG_STRING, "clients' mailbox (default tcp://127.0.0.1:7070)", 0, 0,
@@ -65,6 +76,17 @@ int main(int argc, char **argv) {
          "heartbeat interval (default 1000; a peer silent for 3 is "
          "dead)",
          10, 60000, &heartbeat_ms},
+        {"layers", DSLA_ARG_STRING, "layer versions from dsla distill: runs the controller", 0, 0,
+         &layers_dir},
+        {"controller-db", DSLA_ARG_STRING,
+         "the controller's SQLite state (default DIR/controller.db)", 0, 0, &controller_db},
+        {"admin", DSLA_ARG_STRING,
+         "the controller's mailbox for dslactl (default tcp://127.0.0.1:7071)", 0, 0, &admin},
+        {"policy", DSLA_ARG_STRING, "load policy, e.g. 'manual layers=2' (default: the stored one)",
+         0, 0, &policy},
+        {"controller", DSLA_ARG_STRING, "with --serving-only: a controller to report to", 0, 0,
+         &controller},
+        {"report-ms", DSLA_ARG_INT, "LOAD_REPORT interval (default 1000)", 10, 60000, &report_ms},
     };
     const char *positional[1];
     int n_positional = 0;
@@ -81,6 +103,21 @@ int main(int argc, char **argv) {
     if (serving_only && replicas.count > 0) {
         fprintf(stderr, "dsla-serve: --serving-only runs no gateway; drop --replica\n");
         return 2;
+    }
+    if (layers_dir && (serving_only || !model_dir)) {
+        fprintf(stderr, "dsla-serve: --layers runs a controller beside a local serving actor; it "
+                        "needs --model and no --serving-only (use --controller there)\n");
+        return 2;
+    }
+    if (controller && !serving_only) {
+        fprintf(stderr, "dsla-serve: --controller is for --serving-only replicas; this node runs "
+                        "its own with --layers\n");
+        return 2;
+    }
+    char db_default[4096];
+    if (layers_dir && !controller_db) {
+        snprintf(db_default, sizeof db_default, "%s/controller.db", layers_dir);
+        controller_db = db_default;
     }
     /* Blocked before any thread starts, so that every actor thread inherits the mask and only
      * sigwait below sees the signals. */
@@ -110,7 +147,13 @@ int main(int argc, char **argv) {
                                      .serving_only = serving_only,
                                      .http = http_on ? http : NULL,
                                      .model_name = name,
-                                     .heartbeat_ms = (uint32_t)heartbeat_ms};
+                                     .heartbeat_ms = (uint32_t)heartbeat_ms,
+                                     .layers_dir = layers_dir,
+                                     .controller_db = controller_db,
+                                     .admin = admin,
+                                     .policy = policy,
+                                     .controller = controller,
+                                     .report_ms = (uint32_t)report_ms};
         st = dsla_node_create(&node, &config);
     }
     if (st == DSLA_OK) {
@@ -120,6 +163,7 @@ int main(int argc, char **argv) {
             http_url(http, dsla_node_http_port(node), url, sizeof url);
             printf("http on %s\n", url);
         }
+        if (dsla_node_admin_endpoint(node)) printf("admin on %s\n", dsla_node_admin_endpoint(node));
         fflush(stdout);
         int sig = 0;
         sigwait(&stop_signals, &sig);

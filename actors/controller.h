@@ -1,0 +1,49 @@
+/* The controller actor (DESIGN.md sections 3, 7 and 8): decides how many layers of each serving
+ * replica run DSLA and tells the replicas, and answers dslactl.
+ *
+ * It holds the catalogue of layer versions (layer_catalogue.h), one policy for all replicas
+ * (policy.h) and, per replica, the DSLA layer count it chose (its target) and the plan the replica
+ * last reported. On every LOAD_REPORT it evaluates the policy for that replica; when the replica
+ * does not run the first `target` versions of the catalogue it sends SET_PLAN with them and waits
+ * for PLAN_ACK or PLAN_NACK before sending another. A refused plan is not sent again until the
+ * target or the policy changes. ADMIN commands (status, policy get/set, convert/revert, history,
+ * drain) are answered with ADMIN_REPLY text, or ERROR naming the field and the limit. Policy,
+ * drain flag, adopted plans and the event history live in SQLite (controller_store.h).
+ *
+ * Contract: replicas reach it at any of its mailboxes (they connect; it never connects to them)
+ * and are known by their actor names. Layer version paths travel as the controller sees them, so
+ * replicas must share its filesystem (weight transfer is not built yet). It never blocks on
+ * another actor and prints nothing. */
+#ifndef DSLA_ACTORS_CONTROLLER_H
+#define DSLA_ACTORS_CONTROLLER_H
+
+#include "runtime/actor/actor.h"
+
+/* A replica whose SET_PLAN got no answer for this long may be sent one again. */
+#define DSLA_CONTROLLER_PENDING_MS 10000
+/* History lines one `dslactl history` may ask for. */
+#define DSLA_CONTROLLER_HISTORY_MAX 10000
+
+typedef struct dsla_controller dsla_controller_t;
+
+typedef struct {
+    const char *name; /* actor name; NULL: "controller" */
+    dsla_actor_ctx_t *ctx;
+    /* mailboxes: replicas and dslactl may use any ("inproc://controller",
+     * "tcp://127.0.0.1:7071"); unused slots NULL */
+    const char *bind[2];
+    const char *layers_dir; /* layer versions written by `dsla distill --out` */
+    const char *db_path;    /* SQLite database, created when absent */
+    /* policy in text form ("manual layers=2"); replaces the stored one when given. NULL: the stored
+     * one, else the threshold defaults */
+    const char *policy;
+    uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS */
+} dsla_controller_config_t;
+
+/* Opens the database, scans the catalogue and starts the actor; errors name the file or field. */
+dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_controller_config_t *c);
+void dsla_controller_destroy(dsla_controller_t **c);
+/* Mailbox i as bound (a wildcard port resolved); NULL for an unused slot. */
+const char *dsla_controller_endpoint(const dsla_controller_t *c, int i);
+
+#endif

@@ -1,0 +1,50 @@
+/* The controller's durable state (DESIGN.md section 7) in one SQLite database in WAL mode: settings
+ * (the policy in its text form, the drain flag), each replica's adopted plan and the event history.
+ * A controller started again on the same file picks up where the last one stopped.
+ *
+ * Contract: one store is used by one thread (the controller's); every write is its own
+ * transaction, so a crash loses at most the write in progress. It stores text and numbers; it
+ * knows nothing of policies, plans or messages. */
+#ifndef DSLA_ACTORS_CONTROLLER_STORE_H
+#define DSLA_ACTORS_CONTROLLER_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/core/status.h"
+
+typedef struct dsla_ctl_store dsla_ctl_store_t;
+
+/* Opens (creating when absent) the database at path; ":memory:" keeps nothing. */
+dsla_status_t dsla_ctl_store_open(dsla_ctl_store_t **out, const char *path);
+void dsla_ctl_store_close(dsla_ctl_store_t **s);
+
+/* Settings: a value per key. get leaves out empty and *found false when the key is absent. */
+dsla_status_t dsla_ctl_store_set(dsla_ctl_store_t *s, const char *key, const char *value);
+dsla_status_t dsla_ctl_store_get(dsla_ctl_store_t *s, const char *key, char *out, size_t cap,
+                                 bool *found);
+
+/* A replica's plan as the controller last knew it adopted: its DSLA layer count, the engine's plan
+ * id and its layers in text ("3@1:0123456789abcdef,1@1:..."). */
+typedef struct {
+    char replica[64];
+    int n_dsla;
+    uint64_t plan_id;
+    char layers[4096];
+} dsla_ctl_plan_row_t;
+
+dsla_status_t dsla_ctl_store_put_plan(dsla_ctl_store_t *s, const dsla_ctl_plan_row_t *row);
+typedef void (*dsla_ctl_plan_fn)(void *user, const dsla_ctl_plan_row_t *row);
+dsla_status_t dsla_ctl_store_each_plan(dsla_ctl_store_t *s, dsla_ctl_plan_fn fn, void *user);
+
+/* The event history: wall-clock time in milliseconds since the epoch, a short event name and its
+ * details. each_event visits the newest limit events, oldest first. */
+dsla_status_t dsla_ctl_store_add_event(dsla_ctl_store_t *s, int64_t time_ms, const char *event,
+                                       const char *details);
+typedef void (*dsla_ctl_event_fn)(void *user, int64_t id, int64_t time_ms, const char *event,
+                                  const char *details);
+dsla_status_t dsla_ctl_store_each_event(dsla_ctl_store_t *s, int limit, dsla_ctl_event_fn fn,
+                                        void *user);
+
+#endif

@@ -1,0 +1,96 @@
+/* dslactl: the admin command of the controller (DESIGN.md section 8). Parses its own options,
+ * sends the command's words as one ADMIN message (the controller checks them, so that every limit
+ * lives in one place) and prints the ADMIN_REPLY text. Exit codes: 0 ok, 1 failure (the controller
+ * unreachable, or it failed), 2 usage (a bad command or value; the message names it). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/dsla/args.h"
+#include "proto/dsla_client.h"
+
+static const char usage[] =
+    "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] COMMAND\n\n"
+    "commands (docs/controller.md):\n"
+    "  status                                replicas, their plans and load; policy; catalogue\n"
+    "  policy get                            the load policy in force\n"
+    "  policy set threshold [key=value]...   queue_high, queue_low, wait_high_ms, wait_low_ms,\n"
+    "                                        cooldown_ms, step, max_ratio\n"
+    "  policy set slo [key=value]...         ttft_ms, tpot_ms, slack, cooldown_ms, step, "
+    "max_ratio\n"
+    "  policy set manual [key=value]...      layers, max_ratio\n"
+    "  convert N | revert N                  pin the manual policy N layers above or below now\n"
+    "  history [--limit N]                   the newest events (default 20)\n"
+    "  drain [on|off]                        stop (or resume) new conversions";
+
+static dsla_status_t admin_reply_decode(const void *body, size_t len, void *out) {
+    return dsla_proto_admin_reply_decode(body, len, out);
+}
+
+int main(int argc, char **argv) {
+    const char *admin = "tcp://127.0.0.1:7071";
+    long timeout_ms = 10000, limit = 0;
+    const dsla_arg_spec_t specs[] = {
+        {"admin", DSLA_ARG_STRING, "the controller's admin mailbox (default tcp://127.0.0.1:7071)",
+         0, 0, &admin},
+        {"timeout-ms", DSLA_ARG_INT, "give up after this long (default 10000)", 1, 3600000,
+         &timeout_ms},
+        {"limit", DSLA_ARG_INT, "history: events to show (default 20)", 1, 10000, &limit},
+    };
+    const char *words[DSLA_PROTO_ADMIN_ARGS_MAX];
+    int n_words = 0;
+    int rc = dsla_args_parse(argc, argv, 1, specs, (int)(sizeof specs / sizeof specs[0]), words,
+                             DSLA_PROTO_ADMIN_ARGS_MAX - 1, &n_words, usage);
+    if (rc == -1) return 0;
+    if (rc != 0) return rc;
+    if (n_words == 0) {
+        fprintf(stderr, "dslactl: name a command (dslactl --help lists them)\n");
+        return 2;
+    }
+    if (limit && strcmp(words[0], "history") != 0) {
+        fprintf(stderr, "dslactl: --limit is for history only\n");
+        return 2;
+    }
+    dsla_proto_admin_t *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return 1;
+    for (int i = 0; i < n_words; i++) {
+        if (strlen(words[i]) > DSLA_PROTO_ADMIN_ARG_LEN_MAX) {
+            fprintf(stderr, "dslactl: word %d is %zu bytes, above the limit of %d\n", i + 1,
+                    strlen(words[i]), DSLA_PROTO_ADMIN_ARG_LEN_MAX);
+            free(cmd);
+            return 2;
+        }
+        snprintf(cmd->args[cmd->n_args++], sizeof cmd->args[0], "%s", words[i]);
+    }
+    if (limit) snprintf(cmd->args[cmd->n_args++], sizeof cmd->args[0], "%ld", limit);
+
+    dsla_proto_buf_t body = {0};
+    dsla_client_t *client = NULL;
+    dsla_client_result_t result = {0};
+    dsla_proto_admin_reply_t reply = {0};
+    dsla_status_t st = dsla_proto_admin_encode(cmd, &body);
+    if (st == DSLA_OK) st = dsla_client_connect(&client, admin, NULL);
+    if (st != DSLA_OK) {
+        fprintf(stderr, "dslactl: %s\n", dsla_last_error());
+        rc = 2;
+    } else if (dsla_client_call(client, DSLA_MSG_ADMIN, &body, DSLA_MSG_ADMIN_REPLY,
+                                admin_reply_decode, &reply, (int)timeout_ms,
+                                &result) != DSLA_CODE_OK) {
+        if (result.code == DSLA_CODE_DEADLINE_EXCEEDED || result.code == DSLA_CODE_UNAVAILABLE)
+            fprintf(stderr,
+                    "dslactl: no answer from the controller at %s within %ld ms (is dsla-serve "
+                    "running with --layers, its admin mailbox at --admin %s?)\n",
+                    admin, timeout_ms, admin);
+        else
+            fprintf(stderr, "dslactl: %s: %s\n", dsla_proto_code_name(result.code), result.message);
+        rc = result.code == DSLA_CODE_INVALID_ARGUMENT ? 2 : 1;
+    } else {
+        fwrite(reply.text, 1, reply.text_len, stdout);
+        rc = 0;
+    }
+    dsla_proto_admin_reply_free(&reply);
+    dsla_client_close(&client);
+    dsla_proto_buf_free(&body);
+    free(cmd);
+    return rc;
+}

@@ -1,0 +1,360 @@
+/* Bodies of the conversion control loop: LOAD_REPORT, SET_PLAN, PLAN_ACK/PLAN_NACK, ADMIN and
+ * ADMIN_REPLY (proto.h, docs/protocol.md). Like every decoder here they ignore unknown keys, bound
+ * every count and length by the limits in proto.h and allocate only what the frame's bytes hold. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/proto.h"
+#include "proto/wire.h"
+
+static int pack_f64_field(msgpack_packer *pk, const char *key, double v) {
+    return dsla_wire_pack_key(pk, key) | msgpack_pack_double(pk, v);
+}
+
+/* The "dsla" array of LOAD_REPORT and the plan replies: [{layer, checksum}, ...]. */
+static int pack_dsla(msgpack_packer *pk, const dsla_proto_dsla_layer_t *dsla, uint32_t n) {
+    int rc = dsla_wire_pack_key(pk, "dsla") | msgpack_pack_array(pk, n);
+    for (uint32_t i = 0; i < n; i++) {
+        rc |= msgpack_pack_map(pk, 2);
+        rc |= dsla_wire_pack_key(pk, "layer") | msgpack_pack_int32(pk, dsla[i].layer);
+        rc |= dsla_wire_pack_u64_field(pk, "checksum", dsla[i].checksum);
+    }
+    return rc;
+}
+
+static dsla_status_t get_layer(const msgpack_object *v, int32_t *out, const char *what) {
+    int64_t x = 0;
+    DSLA_TRY(dsla_wire_get_i64(v, 0, DSLA_PROTO_LAYERS_MAX - 1, &x, what, "layer"));
+    *out = (int32_t)x;
+    return DSLA_OK;
+}
+
+/* An array of at most DSLA_PROTO_LAYERS_MAX maps; its size in *n. */
+static dsla_status_t check_layer_array(const msgpack_object *v, uint32_t *n, const char *what,
+                                       const char *field) {
+    if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size > DSLA_PROTO_LAYERS_MAX)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be an array of at most %d", what,
+                          field, DSLA_PROTO_LAYERS_MAX);
+    for (uint32_t i = 0; i < v->via.array.size; i++)
+        if (v->via.array.ptr[i].type != MSGPACK_OBJECT_MAP)
+            return dsla_error(DSLA_ERR_FORMAT, "%s: each entry of %s must be a map (type %d)", what,
+                              field, (int)v->via.array.ptr[i].type);
+    *n = v->via.array.size;
+    return DSLA_OK;
+}
+
+static dsla_status_t dsla_decode(const msgpack_object *v, dsla_proto_dsla_layer_t *dsla,
+                                 uint32_t *n, const char *what) {
+    DSLA_TRY(check_layer_array(v, n, what, "dsla"));
+    dsla_status_t st = DSLA_OK;
+    for (uint32_t i = 0; i < *n && st == DSLA_OK; i++) {
+        const msgpack_object_map *m = &v->via.array.ptr[i].via.map;
+        for (uint32_t j = 0; j < m->size && st == DSLA_OK; j++) {
+            const msgpack_object *k = &m->ptr[j].key, *x = &m->ptr[j].val;
+            if (dsla_wire_key_is(k, "layer"))
+                st = get_layer(x, &dsla[i].layer, what);
+            else if (dsla_wire_key_is(k, "checksum"))
+                st = dsla_wire_get_u64(x, &dsla[i].checksum, what, "checksum");
+        }
+    }
+    return st;
+}
+
+/* Starts the body of a type with a "dsla" array: out emptied, the count checked. */
+static dsla_status_t encode_begin(dsla_proto_buf_t *out, uint32_t n_dsla, const char *what,
+                                  msgpack_sbuffer *sbuf, msgpack_packer *pk) {
+    out->data = NULL;
+    out->len = 0;
+    if (n_dsla > DSLA_PROTO_LAYERS_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: %u DSLA layers, above the limit of %d",
+                          what, n_dsla, DSLA_PROTO_LAYERS_MAX);
+    dsla_wire_packer_open(sbuf, pk);
+    return DSLA_OK;
+}
+
+/* ---- LOAD_REPORT ---- */
+
+dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
+                                            dsla_proto_buf_t *out) {
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    DSLA_TRY(encode_begin(out, r->n_dsla, "LOAD_REPORT", &sbuf, &pk));
+    int rc = msgpack_pack_map(&pk, 14);
+    rc |= dsla_wire_pack_u64_field(&pk, "num_layers", r->num_layers);
+    rc |= dsla_wire_pack_u64_field(&pk, "queue_length", r->queue_length);
+    rc |= dsla_wire_pack_u64_field(&pk, "running", r->running);
+    rc |= dsla_wire_pack_u64_field(&pk, "waiting_tokens", r->waiting_tokens);
+    rc |= dsla_wire_pack_u64_field(&pk, "oldest_wait_ms", r->oldest_wait_ms);
+    rc |= dsla_wire_pack_u64_field(&pk, "kv_used", r->kv_used);
+    rc |= dsla_wire_pack_u64_field(&pk, "kv_total", r->kv_total);
+    rc |= dsla_wire_pack_u64_field(&pk, "slots_used", r->slots_used);
+    rc |= dsla_wire_pack_u64_field(&pk, "slots_total", r->slots_total);
+    rc |= pack_f64_field(&pk, "ttft_p90_ms", r->ttft_p90_ms);
+    rc |= pack_f64_field(&pk, "tpot_p90_ms", r->tpot_p90_ms);
+    rc |= pack_f64_field(&pk, "tokens_per_s", r->tokens_per_s);
+    rc |= dsla_wire_pack_u64_field(&pk, "plan_id", r->plan_id);
+    rc |= pack_dsla(&pk, r->dsla, r->n_dsla);
+    return dsla_wire_finish(&sbuf, rc, out, "LOAD_REPORT");
+}
+
+dsla_status_t dsla_proto_load_report_decode(const void *body, size_t len,
+                                            dsla_proto_load_report_t *out) {
+    static const char what[] = "LOAD_REPORT";
+    memset(out, 0, sizeof *out);
+    struct {
+        const char *key;
+        uint32_t *dst;
+    } u32s[] = {{"num_layers", &out->num_layers}, {"queue_length", &out->queue_length},
+                {"running", &out->running},       {"oldest_wait_ms", &out->oldest_wait_ms},
+                {"kv_used", &out->kv_used},       {"kv_total", &out->kv_total},
+                {"slots_used", &out->slots_used}, {"slots_total", &out->slots_total}};
+    struct {
+        const char *key;
+        double *dst;
+    } f64s[] = {{"ttft_p90_ms", &out->ttft_p90_ms},
+                {"tpot_p90_ms", &out->tpot_p90_ms},
+                {"tokens_per_s", &out->tokens_per_s}};
+    msgpack_unpacked u;
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, what));
+    dsla_status_t st = DSLA_OK;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+        for (size_t f = 0; f < sizeof u32s / sizeof u32s[0]; f++)
+            if (dsla_wire_key_is(k, u32s[f].key))
+                st = dsla_wire_get_u32(v, u32s[f].dst, what, u32s[f].key);
+        for (size_t f = 0; f < sizeof f64s / sizeof f64s[0]; f++)
+            if (dsla_wire_key_is(k, f64s[f].key))
+                st = dsla_wire_get_f64(v, f64s[f].dst, what, f64s[f].key);
+        if (dsla_wire_key_is(k, "waiting_tokens"))
+            st = dsla_wire_get_u64(v, &out->waiting_tokens, what, "waiting_tokens");
+        else if (dsla_wire_key_is(k, "plan_id"))
+            st = dsla_wire_get_u64(v, &out->plan_id, what, "plan_id");
+        else if (dsla_wire_key_is(k, "dsla"))
+            st = dsla_decode(v, out->dsla, &out->n_dsla, what);
+    }
+    msgpack_unpacked_destroy(&u);
+    return st;
+}
+
+/* ---- SET_PLAN ---- */
+
+dsla_status_t dsla_proto_set_plan_encode(const dsla_proto_set_plan_t *p, dsla_proto_buf_t *out) {
+    out->data = NULL;
+    out->len = 0;
+    if (p->n_layers > DSLA_PROTO_LAYERS_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "SET_PLAN: %u DSLA layers, above the limit of %d", p->n_layers,
+                          DSLA_PROTO_LAYERS_MAX);
+    for (uint32_t i = 0; i < p->n_layers; i++)
+        if (strlen(p->layers[i].path) > DSLA_PROTO_PATH_MAX)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "SET_PLAN: layer %d's path is %zu bytes, above the limit of %d",
+                              p->layers[i].layer, strlen(p->layers[i].path), DSLA_PROTO_PATH_MAX);
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    dsla_wire_packer_open(&sbuf, &pk);
+    int rc = msgpack_pack_map(&pk, 2);
+    rc |= dsla_wire_pack_u64_field(&pk, "seq", p->seq);
+    rc |= dsla_wire_pack_key(&pk, "layers") | msgpack_pack_array(&pk, p->n_layers);
+    for (uint32_t i = 0; i < p->n_layers; i++) {
+        rc |= msgpack_pack_map(&pk, 3);
+        rc |= dsla_wire_pack_key(&pk, "layer") | msgpack_pack_int32(&pk, p->layers[i].layer);
+        rc |= dsla_wire_pack_u64_field(&pk, "checksum", p->layers[i].checksum);
+        rc |= dsla_wire_pack_str_field(&pk, "path", p->layers[i].path);
+    }
+    return dsla_wire_finish(&sbuf, rc, out, "SET_PLAN");
+}
+
+void dsla_proto_set_plan_free(dsla_proto_set_plan_t *p) {
+    if (!p) return;
+    for (uint32_t i = 0; p->layers && i < p->n_layers; i++)
+        free((char *)p->layers[i].path);
+    free(p->layers);
+    memset(p, 0, sizeof *p);
+}
+
+static dsla_status_t plan_layers_decode(const msgpack_object *v, dsla_proto_set_plan_t *out) {
+    static const char what[] = "SET_PLAN";
+    uint32_t n = 0;
+    DSLA_TRY(check_layer_array(v, &n, what, "layers"));
+    if (n == 0) return DSLA_OK;
+    out->layers = calloc(n, sizeof *out->layers);
+    if (!out->layers) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "SET_PLAN: out of memory");
+    out->n_layers = n;
+    dsla_status_t st = DSLA_OK;
+    for (uint32_t i = 0; i < n && st == DSLA_OK; i++) {
+        dsla_proto_plan_layer_t *l = &out->layers[i];
+        l->layer = -1;
+        const msgpack_object_map *m = &v->via.array.ptr[i].via.map;
+        for (uint32_t j = 0; j < m->size && st == DSLA_OK; j++) {
+            const msgpack_object *k = &m->ptr[j].key, *x = &m->ptr[j].val;
+            if (dsla_wire_key_is(k, "layer")) {
+                st = get_layer(x, &l->layer, what);
+            } else if (dsla_wire_key_is(k, "checksum")) {
+                st = dsla_wire_get_u64(x, &l->checksum, what, "checksum");
+            } else if (dsla_wire_key_is(k, "path")) {
+                free((char *)l->path);
+                l->path = NULL;
+                char *path = NULL;
+                st = dsla_wire_dup_str(x, DSLA_PROTO_PATH_MAX, &path, NULL, what, "path");
+                l->path = path;
+            }
+        }
+        if (st == DSLA_OK && (l->layer < 0 || !l->path))
+            st = dsla_error(DSLA_ERR_FORMAT, "SET_PLAN: layers entry %u lacks layer or path", i);
+    }
+    return st;
+}
+
+dsla_status_t dsla_proto_set_plan_decode(const void *body, size_t len, dsla_proto_set_plan_t *out) {
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "SET_PLAN"));
+    dsla_status_t st = DSLA_OK;
+    bool have_layers = false;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+        if (dsla_wire_key_is(k, "seq")) {
+            st = dsla_wire_get_u64(v, &out->seq, "SET_PLAN", "seq");
+        } else if (dsla_wire_key_is(k, "layers") && !have_layers) {
+            have_layers = true;
+            st = plan_layers_decode(v, out);
+        }
+    }
+    if (st == DSLA_OK && !have_layers)
+        st = dsla_error(DSLA_ERR_FORMAT, "SET_PLAN: field layers is required");
+    msgpack_unpacked_destroy(&u);
+    if (st != DSLA_OK) dsla_proto_set_plan_free(out);
+    return st;
+}
+
+/* ---- PLAN_ACK / PLAN_NACK ---- */
+
+dsla_status_t dsla_proto_plan_reply_encode(const dsla_proto_plan_reply_t *r,
+                                           dsla_proto_buf_t *out) {
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    DSLA_TRY(encode_begin(out, r->n_dsla, "PLAN reply", &sbuf, &pk));
+    int rc = msgpack_pack_map(&pk, 5);
+    rc |= dsla_wire_pack_u64_field(&pk, "seq", r->seq);
+    rc |= dsla_wire_pack_u64_field(&pk, "plan_id", r->plan_id);
+    rc |= dsla_wire_pack_u64_field(&pk, "code", r->code);
+    rc |= dsla_wire_pack_key(&pk, "reason") |
+          msgpack_pack_str_with_body(&pk, r->reason, strnlen(r->reason, DSLA_PROTO_MESSAGE_MAX));
+    rc |= pack_dsla(&pk, r->dsla, r->n_dsla);
+    return dsla_wire_finish(&sbuf, rc, out, "PLAN reply");
+}
+
+dsla_status_t dsla_proto_plan_reply_decode(const void *body, size_t len,
+                                           dsla_proto_plan_reply_t *out) {
+    static const char what[] = "PLAN reply";
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, what));
+    dsla_status_t st = DSLA_OK;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+        if (dsla_wire_key_is(k, "seq"))
+            st = dsla_wire_get_u64(v, &out->seq, what, "seq");
+        else if (dsla_wire_key_is(k, "plan_id"))
+            st = dsla_wire_get_u64(v, &out->plan_id, what, "plan_id");
+        else if (dsla_wire_key_is(k, "code"))
+            st = dsla_wire_get_u32(v, &out->code, what, "code");
+        else if (dsla_wire_key_is(k, "reason"))
+            st = dsla_wire_get_str(v, out->reason, DSLA_PROTO_MESSAGE_MAX, what, "reason");
+        else if (dsla_wire_key_is(k, "dsla"))
+            st = dsla_decode(v, out->dsla, &out->n_dsla, what);
+    }
+    msgpack_unpacked_destroy(&u);
+    return st;
+}
+
+/* ---- ADMIN / ADMIN_REPLY ---- */
+
+dsla_status_t dsla_proto_admin_encode(const dsla_proto_admin_t *a, dsla_proto_buf_t *out) {
+    out->data = NULL;
+    out->len = 0;
+    if (a->n_args == 0 || a->n_args > DSLA_PROTO_ADMIN_ARGS_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "ADMIN: %u words; give 1 to %d", a->n_args,
+                          DSLA_PROTO_ADMIN_ARGS_MAX);
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    dsla_wire_packer_open(&sbuf, &pk);
+    int rc = msgpack_pack_map(&pk, 1);
+    rc |= dsla_wire_pack_key(&pk, "args") | msgpack_pack_array(&pk, a->n_args);
+    for (uint32_t i = 0; i < a->n_args; i++)
+        rc |= msgpack_pack_str_with_body(&pk, a->args[i],
+                                         strnlen(a->args[i], DSLA_PROTO_ADMIN_ARG_LEN_MAX));
+    return dsla_wire_finish(&sbuf, rc, out, "ADMIN");
+}
+
+dsla_status_t dsla_proto_admin_decode(const void *body, size_t len, dsla_proto_admin_t *out) {
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "ADMIN"));
+    dsla_status_t st = DSLA_OK;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
+        const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+        if (!dsla_wire_key_is(k, "args")) continue;
+        if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0 ||
+            v->via.array.size > DSLA_PROTO_ADMIN_ARGS_MAX) {
+            st = dsla_error(DSLA_ERR_FORMAT, "ADMIN: field args must be an array of 1 to %d",
+                            DSLA_PROTO_ADMIN_ARGS_MAX);
+            break;
+        }
+        out->n_args = v->via.array.size;
+        for (uint32_t j = 0; j < out->n_args && st == DSLA_OK; j++)
+            st = dsla_wire_get_str(&v->via.array.ptr[j], out->args[j], DSLA_PROTO_ADMIN_ARG_LEN_MAX,
+                                   "ADMIN", "args");
+    }
+    if (st == DSLA_OK && out->n_args == 0)
+        st = dsla_error(DSLA_ERR_FORMAT, "ADMIN: field args is required");
+    msgpack_unpacked_destroy(&u);
+    return st;
+}
+
+dsla_status_t dsla_proto_admin_reply_encode(const dsla_proto_admin_reply_t *r,
+                                            dsla_proto_buf_t *out) {
+    out->data = NULL;
+    out->len = 0;
+    if (r->text_len > DSLA_PROTO_ADMIN_TEXT_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "ADMIN_REPLY: %zu bytes of text, above the limit of %u", r->text_len,
+                          DSLA_PROTO_ADMIN_TEXT_MAX);
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    dsla_wire_packer_open(&sbuf, &pk);
+    int rc = msgpack_pack_map(&pk, 1);
+    rc |= dsla_wire_pack_key(&pk, "text") |
+          msgpack_pack_str_with_body(&pk, r->text ? r->text : "", r->text ? r->text_len : 0);
+    return dsla_wire_finish(&sbuf, rc, out, "ADMIN_REPLY");
+}
+
+dsla_status_t dsla_proto_admin_reply_decode(const void *body, size_t len,
+                                            dsla_proto_admin_reply_t *out) {
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked u;
+    DSLA_TRY(dsla_wire_body_map(body, len, &u, "ADMIN_REPLY"));
+    dsla_status_t st = DSLA_OK;
+    const msgpack_object_map *m = &u.data.via.map;
+    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++)
+        if (dsla_wire_key_is(&m->ptr[i].key, "text") && !out->text)
+            st = dsla_wire_dup_str(&m->ptr[i].val, DSLA_PROTO_ADMIN_TEXT_MAX, &out->text,
+                                   &out->text_len, "ADMIN_REPLY", "text");
+    if (st == DSLA_OK && !out->text && !(out->text = calloc(1, 1)))
+        st = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "ADMIN_REPLY: out of memory");
+    msgpack_unpacked_destroy(&u);
+    if (st != DSLA_OK) dsla_proto_admin_reply_free(out);
+    return st;
+}
+
+void dsla_proto_admin_reply_free(dsla_proto_admin_reply_t *r) {
+    if (!r) return;
+    free(r->text);
+    r->text = NULL;
+    r->text_len = 0;
+}
