@@ -22,6 +22,7 @@ typedef struct {
     dsla_model_t *model; /* NULL: no local serving actor (a gateway over remote replicas) */
     const dsla_tokenizer_t *tokenizer;
     dsla_engine_config_t engine;
+    dsla_serve_backend_t *backend; /* the serving actor's backend (a GPU deployment); NULL: CPU */
     const char *endpoint; /* the clients' endpoint: the gateway's, or the serving actor's when
                              serving_only */
     const char *const *replicas; /* remote serving endpoints the gateway also routes to */

@@ -363,7 +363,9 @@ dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_confi
     dsla_serving_t *s = calloc(1, sizeof *s);
     if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
     dsla_status_t st =
-        dsla_engine_create(&s->engine, config->model, config->tokenizer, &config->engine);
+        config->backend
+            ? dsla_engine_create_on(&s->engine, config->backend, config->tokenizer, &config->engine)
+            : dsla_engine_create(&s->engine, config->model, config->tokenizer, &config->engine);
     if (st != DSLA_OK) {
         free(s);
         return st;

@@ -21,6 +21,7 @@
 #define DSLA_ACTORS_SERVING_H
 
 #include "runtime/actor/actor.h"
+#include "runtime/serve/backend.h"
 #include "runtime/serve/engine.h"
 
 typedef struct dsla_serving dsla_serving_t;
@@ -29,9 +30,13 @@ typedef struct {
     const char *name; /* actor name; NULL: "serving" */
     dsla_actor_ctx_t *ctx;
     const char *endpoint; /* mailbox, "tcp://127.0.0.1:7070"; "tcp://127.0.0.1:*" picks a port */
-    dsla_model_t *model;
+    dsla_model_t *model;  /* the host model: its shape checks layer versions; the CPU runs it
+                             unless backend is set */
     const dsla_tokenizer_t *tokenizer;
     dsla_engine_config_t engine;
+    /* Another backend for the engine (runtime/serve/backend_cuda.h, a GPU deployment of model);
+     * borrowed, it must outlive the actor. NULL: the CPU runs model. */
+    dsla_serve_backend_t *backend;
     uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS */
     const char *controller; /* the controller's mailbox; NULL: no reports, no plan changes */
     uint32_t report_ms;     /* LOAD_REPORT interval; 0: DSLA_SERVING_REPORT_MS */

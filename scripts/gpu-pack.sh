@@ -19,7 +19,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/gpu/bin" "$stage/gpu/lib" "$stage/gpu/shared/models" "$stage/gpu/shared/data"
 bins="$build/tests/test_ops_harness $build/tests/test_gpu_forward $build/tests/test_gpu_serve
-      $build/bin/bench_cuda_kernels $build/bin/bench_e2e_cuda $build/bin/dsla"
+      $build/tests/test_gpu_serve_actor $build/bin/bench_cuda_kernels $build/bin/bench_e2e_cuda
+      $build/bin/dsla $build/bin/dsla-serve $build/bin/dslactl $build/tests/test_controller"
 for b in $bins; do cp "$b" "$stage/gpu/bin/"; done
 strip "$stage"/gpu/bin/*
 # Libraries: everything ldd resolves except the C runtime, the loader and CUDA's own (the GPU machine
@@ -29,7 +30,8 @@ for b in $bins; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
     grep -vE 'libcu|libnv|libcudnn|libnccl' | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
 cp -r "$data/models/stories260K-hf" "$data/models/tinystories-11M-hf" "$stage/gpu/shared/models/"
 cp -r "$data/testvectors" "$stage/gpu/shared/"
-cp "$data/data/tinystories_valid.txt" "$stage/gpu/shared/data/"
+cp "$data/data/tinystories_valid.txt" "$data/data/tinystories_train_sample.txt" \
+    "$stage/gpu/shared/data/"
 mkdir -p "$(dirname "$out")"
 tar -C "$stage" -cJf "$out" gpu
 echo "$out: $(du -h "$out" | cut -f1) (the device tool carries at most 64 MiB)"

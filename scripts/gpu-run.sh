@@ -4,9 +4,11 @@
 # printing one summary line (and, for benchmarks, the key rows).
 #
 # usage: OUT=dir scripts/gpu-run.sh [TARBALL]      (default .devdeps/gpu.tar.xz)
-# STAGES (default "harness forward serve gemm e2e torch"):
+# STAGES (default "harness forward serve serve_actor controller_gpu gemm e2e torch"):
 #   harness  tests/gpu/test_ops_harness (every op against the CPU)
 #   forward  tests/gpu/test_gpu_forward;  serve  tests/gpu/test_gpu_serve
+#   serve_actor  tests/gpu/test_gpu_serve_actor (dsla-serve --device cuda as a process)
+#   controller_gpu  tests/integration/test_controller with the served side on the GPU
 #   gemm     bench_cuda_kernels --only gemm;  kernels  bench_cuda_kernels (all kernels)
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
 #   e2e      bench_e2e_cuda (the whole 7B table, ~3 minutes on an H200)
@@ -22,7 +24,7 @@ mkdir -p "$OUT"
 work=$(mktemp -d)
 tar -C "$work" -xJf "$tarball"
 D=$work/gpu
-export LD_LIBRARY_PATH=$D/lib:${LD_LIBRARY_PATH:-} DSLA_TEST_DATA=$D/shared
+export LD_LIBRARY_PATH=$D/lib:${LD_LIBRARY_PATH:-} DSLA_TEST_DATA=$D/shared DSLA_BIN=$D/bin
 export NCCL_NVLS_ENABLE=0 # never NVLink multicast on shared machines
 cudnn=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0] + '/lib')" 2>/dev/null)
 [ -n "$cudnn" ] && [ -d "$cudnn" ] && export LD_LIBRARY_PATH=$cudnn:$LD_LIBRARY_PATH
@@ -36,12 +38,16 @@ stage() {
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "== $name rc=$? $(($(date +%s) - t0)) s"
 }
-for s in ${STAGES:-harness forward serve gemm e2e torch}; do
+for s in ${STAGES:-harness forward serve serve_actor controller_gpu gemm e2e torch}; do
     case $s in
     harness) stage harness 300 "$D/bin/test_ops_harness"
         grep -v ' ok$' "$OUT/harness.log" | grep -E 'FAIL|err' | head ;;
     forward) stage forward 300 "$D/bin/test_gpu_forward"; grep -E 'rel err|PASSED|FAILED' "$OUT/forward.log" ;;
     serve) stage serve 300 "$D/bin/test_gpu_serve"; grep -E 'PASSED|FAILED' "$OUT/serve.log" ;;
+    serve_actor) stage serve_actor 300 "$D/bin/test_gpu_serve_actor"
+        grep -E 'cuda|PASSED|FAILED|error' "$OUT/serve_actor.log" ;;
+    controller_gpu) DSLA_TEST_SERVE_DEVICE=cuda stage controller_gpu 300 "$D/bin/test_controller"
+        grep -E 'PASSED|FAILED|error|differ' "$OUT/controller_gpu.log" ;;
     gemm) stage gemm 300 "$D/bin/bench_cuda_kernels" --only gemm ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;

@@ -9,6 +9,9 @@
 #include "cli/dsla/args.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/tokenizer.h"
+#ifdef DSLA_HAVE_CUDA
+#include "runtime/serve/backend_cuda.h"
+#endif
 
 static const char usage[] =
     "usage: dsla-serve [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
@@ -16,7 +19,9 @@ static const char usage[] =
     "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n"
     "                  [--layers DIR [--controller-db PATH] [--admin tcp://127.0.0.1:7071]\n"
     "                   [--policy 'threshold|slo|manual [key=value]...']] [--controller URL]\n"
-    "                  [--report-ms N]\n\n"
+    "                  [--report-ms N] [--device cpu|cuda [--dtype bf16|f32] [--gpu-margin-mib "
+    "N]]\n"
+    "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -30,7 +35,9 @@ static const char usage[] =
     "talks to it at --admin. --controller makes a --serving-only replica report to a controller\n"
     "elsewhere. tcp://127.0.0.1:* and port 0 pick free ports. Prints \"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
-    "ENDPOINT\" to stdout.";
+    "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
+    "(bf16, or f32 for exact comparisons with the CPU), KV and DSLA state pools sized to the free\n"
+    "memory less --gpu-margin-mib (default 2048); the sizes go to stderr.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -50,6 +57,37 @@ static void http_url(const char *address, int port, char *out, size_t cap) {
     snprintf(out, cap, "http://%.*s:%d", (int)(colon ? colon - a : 0), a, port);
 }
 
+/* --device cuda: the model on the first GPU, its pools sized to the free memory (backend_cuda.h);
+ * the sizes go to stderr. */
+static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_config_t *engine,
+                                const char *dtype, long max_context, long margin_mib,
+                                dsla_serve_backend_t **out) {
+#ifdef DSLA_HAVE_CUDA
+    const dsla_serve_cuda_deploy_t d = {
+        .weight_dtype = strcmp(dtype, "f32") == 0 ? DSLA_DTYPE_F32 : DSLA_DTYPE_BF16,
+        .max_running = engine->max_running,
+        .step_tokens = engine->step_tokens,
+        .max_context = (int)max_context,
+        .margin_bytes = (size_t)margin_mib << 20,
+    };
+    dsla_serve_cuda_deployed_t info;
+    DSLA_TRY(dsla_serve_backend_cuda_deploy(out, model, &d, &info));
+    fprintf(stderr,
+            "dsla-serve: %s, %s weights %.2f GiB, KV %d blocks of %.0f KiB (%.2f GiB), %d DSLA "
+            "state slots (%.2f GiB), context up to %d\n",
+            info.device, dtype, (double)info.weight_bytes / (1u << 30), info.kv_blocks,
+            (double)info.kv_block_bytes / 1024,
+            (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.state_slots,
+            (double)info.state_slots * (double)info.slot_bytes / (1u << 30), info.max_context);
+    return DSLA_OK;
+#else
+    (void)model, (void)engine, (void)dtype, (void)max_context, (void)margin_mib;
+    *out = NULL;
+    return dsla_error(DSLA_ERR_UNSUPPORTED,
+                      "--device cuda: this dsla-serve was built without CUDA (-DDSLA_CUDA=ON)");
+#endif
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = getenv("DSLA_MODEL");
     const char *endpoint = "tcp://127.0.0.1:7070";
@@ -60,6 +98,8 @@ int main(int argc, char **argv) {
     long heartbeat_ms = 0, report_ms = 0;
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
     const char *policy = NULL, *controller = NULL;
+    const char *device = "cpu", *dtype = "bf16";
+    long margin_mib = 2048, max_running = 0, max_context = 0, prefill_chunk = 0;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
         {"endpoint", DSLA_ARG_STRING, "clients' mailbox (default tcp://127.0.0.1:7070)", 0, 0,
@@ -87,6 +127,19 @@ int main(int argc, char **argv) {
         {"controller", DSLA_ARG_STRING, "with --serving-only: a controller to report to", 0, 0,
          &controller},
         {"report-ms", DSLA_ARG_INT, "LOAD_REPORT interval (default 1000)", 10, 60000, &report_ms},
+        {"device", DSLA_ARG_STRING, "cpu (default) or cuda: where the serving actor runs", 0, 0,
+         &device},
+        {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32 weights and KV", 0, 0,
+         &dtype},
+        {"gpu-margin-mib", DSLA_ARG_INT, "device memory left out of the pools (default 2048)", 0,
+         1 << 20, &margin_mib},
+        {"max-running", DSLA_ARG_INT, "sequences decoding at once (default 64)", 1, 4096,
+         &max_running},
+        {"max-context", DSLA_ARG_INT, "with --device cuda: longest sequence (default: the model's)",
+         1, 1 << 20, &max_context},
+        {"prefill-chunk", DSLA_ARG_INT,
+         "prompt tokens per request per step (default 256 on the CPU, 2048 on a GPU)", 1, 1 << 20,
+         &prefill_chunk},
     };
     const char *positional[1];
     int n_positional = 0;
@@ -114,6 +167,19 @@ int main(int argc, char **argv) {
                         "its own with --layers\n");
         return 2;
     }
+    const bool on_gpu = strcmp(device, "cuda") == 0;
+    if (!on_gpu && strcmp(device, "cpu") != 0) {
+        fprintf(stderr, "dsla-serve: --device %s: cpu or cuda\n", device);
+        return 2;
+    }
+    if (strcmp(dtype, "bf16") != 0 && strcmp(dtype, "f32") != 0) {
+        fprintf(stderr, "dsla-serve: --dtype %s: bf16 or f32\n", dtype);
+        return 2;
+    }
+    if (on_gpu && !model_dir) {
+        fprintf(stderr, "dsla-serve: --device cuda runs a local serving actor: it needs --model\n");
+        return 2;
+    }
     char db_default[4096];
     if (layers_dir && !controller_db) {
         snprintf(db_default, sizeof db_default, "%s/controller.db", layers_dir);
@@ -136,11 +202,21 @@ int main(int argc, char **argv) {
     dsla_status_t st = DSLA_OK;
     if (model_dir) st = dsla_model_load(&model, model_dir);
     if (st == DSLA_OK && model_dir) st = dsla_tokenizer_load_dir(&tokenizer, model_dir);
+    dsla_engine_config_t engine = dsla_engine_config_default();
+    if (max_running) engine.max_running = (int)max_running;
+    if (on_gpu) engine.prefill_chunk = 2048; /* the GPU's prefill is GEMM-bound from ~1K rows */
+    if (prefill_chunk) engine.prefill_chunk = (int)prefill_chunk;
+    if (engine.step_tokens < engine.prefill_chunk + engine.max_running)
+        engine.step_tokens = engine.prefill_chunk + engine.max_running;
+    dsla_serve_backend_t *backend = NULL;
+    if (st == DSLA_OK && on_gpu)
+        st = deploy_gpu(model, &engine, dtype, max_context, margin_mib, &backend);
     if (st == DSLA_OK) {
         bool http_on = !serving_only && strcmp(http, "off") != 0;
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
-                                     .engine = dsla_engine_config_default(),
+                                     .engine = engine,
+                                     .backend = backend,
                                      .endpoint = endpoint,
                                      .replicas = replicas.items,
                                      .n_replicas = replicas.count,
@@ -172,6 +248,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }
     dsla_node_destroy(&node);
+    dsla_serve_backend_destroy(&backend);
     dsla_tokenizer_destroy(&tokenizer);
     dsla_model_destroy(&model);
     return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);

@@ -17,6 +17,9 @@ typedef struct {
 typedef struct {
     dsla_serve_backend_t base;
     dsla_cuda_model_t *m;
+    /* A deployment's own model and stream (dsla_serve_backend_cuda_deploy); NULL when borrowed. */
+    dsla_cuda_model_t *owned_model;
+    dsla_cuda_stream_t owned_stream;
     dsla_cuda_kv_t *kv;
     float *state_mem; /* device: state_slots slots */
     int max_items;
@@ -55,6 +58,8 @@ static void cuda_destroy(dsla_serve_backend_t *b) {
     free(c->group);
     free(c->done);
     free(c->rows);
+    dsla_cuda_model_destroy(&c->owned_model);
+    if (c->owned_stream) dsla_cuda_stream_destroy(&c->owned_stream);
     free(c);
 }
 
@@ -218,6 +223,88 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
         return s;
     }
     *out = &c->base;
+    return DSLA_OK;
+}
+
+static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_cuda_deploy_t *d,
+                                  dsla_serve_cuda_opts_t *o, dsla_serve_cuda_deployed_t *info) {
+    const dsla_model_config_t *mc = dsla_cuda_model_config(m);
+    const int L = mc->num_layers;
+    size_t free_b = 0, total = 0;
+    DSLA_TRY(dsla_cuda_mem_info(&free_b, &total));
+    const size_t block = dsla_cuda_kv_block_bytes(m, o->kv_dtype);
+    const size_t slot = dsla_serve_cuda_slot_bytes(mc);
+    const size_t slots = (size_t)d->max_running * (size_t)L;
+    const size_t full_context = (size_t)L * (size_t)blocks_for(o->max_context) * block;
+    size_t avail = free_b > d->margin_bytes ? free_b - d->margin_bytes : 0;
+    if (avail < slots * slot + full_context)
+        return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                          "cuda deploy: %.2f GiB free less a margin of %.2f GiB cannot hold %zu "
+                          "state slots (%.1f MiB each) and one %d-token context (%.1f MiB); lower "
+                          "--max-running, --max-context or the margin",
+                          (double)free_b / (1u << 30), (double)d->margin_bytes / (1u << 30), slots,
+                          (double)slot / (1u << 20), o->max_context,
+                          (double)full_context / (1u << 20));
+    avail -= slots * slot;
+    size_t blocks = avail / block;
+    const size_t most = (size_t)d->max_running * (size_t)L * (size_t)blocks_for(o->max_context);
+    if (blocks > most) blocks = most;
+    if (blocks > 0x7fffffff) blocks = 0x7fffffff;
+    o->kv_blocks = (int)blocks;
+    o->state_slots = (int)slots;
+    if (info) {
+        info->kv_block_bytes = block;
+        info->slot_bytes = slot;
+        info->kv_blocks = o->kv_blocks;
+        info->state_slots = o->state_slots;
+        info->max_context = o->max_context;
+        info->weight_bytes = dsla_cuda_model_weight_bytes(m);
+    }
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const dsla_model_t *model,
+                                             const dsla_serve_cuda_deploy_t *d,
+                                             dsla_serve_cuda_deployed_t *info) {
+    *out = NULL;
+    const dsla_model_config_t *mc = dsla_model_config(model);
+    if (d->weight_dtype != DSLA_DTYPE_BF16 && d->weight_dtype != DSLA_DTYPE_F32)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "cuda deploy: weights %s (bf16 or f32)",
+                          dsla_dtype_name(d->weight_dtype));
+    if (d->max_running < 1 || d->step_tokens < 1 || d->max_context < 0 ||
+        d->max_context > mc->max_position_embeddings)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "cuda deploy: max_running %d and step_tokens %d must be >= 1, "
+                          "max_context %d in [0, %d] (0: the model's)",
+                          d->max_running, d->step_tokens, d->max_context,
+                          mc->max_position_embeddings);
+    if (dsla_cuda_device_count() == 0)
+        return dsla_error(DSLA_ERR_UNSUPPORTED, "cuda deploy: no CUDA device");
+    if (info) {
+        memset(info, 0, sizeof *info);
+        DSLA_TRY(dsla_cuda_device_name(info->device, sizeof info->device));
+    }
+    dsla_serve_cuda_opts_t o = {
+        .kv_dtype = d->weight_dtype,
+        .max_seqs = d->max_running,
+        .max_context = d->max_context ? d->max_context : mc->max_position_embeddings,
+    };
+    const dsla_cuda_model_opts_t mo = {d->weight_dtype, d->step_tokens, d->max_running,
+                                       d->max_running,  o.max_context,  true};
+    dsla_cuda_stream_t stream = NULL;
+    dsla_cuda_model_t *m = NULL;
+    dsla_status_t s = dsla_cuda_stream_create(&stream);
+    if (s == DSLA_OK) s = dsla_cuda_model_create(&m, model, &mo, stream);
+    if (s == DSLA_OK) s = deploy_pools(m, d, &o, info);
+    if (s == DSLA_OK) s = dsla_serve_backend_cuda_create(out, m, &o);
+    if (s != DSLA_OK) {
+        dsla_cuda_model_destroy(&m);
+        if (stream) dsla_cuda_stream_destroy(&stream);
+        return s;
+    }
+    cuda_backend_t *c = (cuda_backend_t *)*out;
+    c->owned_model = m;
+    c->owned_stream = stream;
     return DSLA_OK;
 }
 

@@ -39,6 +39,32 @@ size_t dsla_serve_cuda_slot_bytes(const dsla_model_config_t *cfg);
 dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cuda_model_t *model,
                                              const dsla_serve_cuda_opts_t *opts);
 
+/* A deployment: the backend owns a device copy of a host model and its own stream, and sizes its
+ * pools from the device's free memory (what `dsla-serve --device cuda` runs). */
+typedef struct {
+    dsla_dtype_t weight_dtype; /* BF16 to serve (KV bf16 too); F32 for exact comparisons (KV f32) */
+    int max_running;           /* the engine's max_running (sequences and items per pass) */
+    int step_tokens;           /* the engine's step_tokens (sizes the activations) */
+    int max_context;           /* longest sequence; 0: the model's max_position_embeddings */
+    size_t margin_bytes;       /* device memory left out of the pools */
+} dsla_serve_cuda_deploy_t;
+
+/* What a deployment got, for the operator's log line. */
+typedef struct {
+    char device[128];
+    size_t weight_bytes, kv_block_bytes, slot_bytes;
+    int kv_blocks, state_slots, max_context;
+} dsla_serve_cuda_deployed_t;
+
+/* Uploads model's weights (model stays the caller's), then gives the pools the free memory less
+ * margin_bytes: state slots for every running sequence with every layer DSLA (max_running x
+ * layers), the rest to KV blocks, at most enough for max_running full contexts in every layer.
+ * RESOURCE_EXHAUSTED when not one full context fits. info may be NULL. Destroying the backend
+ * frees the device model and stream too. */
+dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const dsla_model_t *model,
+                                             const dsla_serve_cuda_deploy_t *d,
+                                             dsla_serve_cuda_deployed_t *info);
+
 /* For benchmarks whose DSLA weights were drawn on the device (dsla_cuda_model_set_dsla_random):
  * declares that the model already holds, for every DSLA layer of plan, that layer's version in
  * plan, so no upload happens for it (such versions may carry no host weights at all). The backend

@@ -4,7 +4,11 @@
  * the client stub equals in-process generation under the same hybrid plan, and HTTP still
  * answers; revert brings back the teacher's output. A corrupt layer version is refused (PLAN_NACK)
  * and the old plan stays. A restarted controller keeps its policy and history and converts the
- * fresh replica again. */
+ * fresh replica again.
+ *
+ * DSLA_TEST_SERVE_DEVICE=cuda runs the served side on the GPU (`--device cuda --dtype f32`, the
+ * layer versions uploaded on adoption) against the same in-process CPU references:
+ * scripts/gpu-run.sh does so (stage controller_gpu); ctest runs the CPU form. */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
 
@@ -172,9 +176,24 @@ static dsla_test_server_t start(const char *model, const char *layers, const cha
                           admin,
                           "--report-ms",
                           "50",
-                          policy ? "--policy" : NULL,
-                          policy,
+                          NULL,
+                          NULL,
+                          NULL,
+                          NULL,
+                          NULL,
+                          NULL,
                           NULL};
+    int n = 14;
+    const char *device = getenv("DSLA_TEST_SERVE_DEVICE");
+    if (device && strcmp(device, "cuda") == 0) {
+        static const char *const gpu[] = {"--device", "cuda", "--dtype", "f32"};
+        for (int i = 0; i < 4; i++)
+            args[n++] = gpu[i];
+    }
+    if (policy) {
+        args[n++] = "--policy";
+        args[n++] = policy;
+    }
     return dsla_test_server_start(args);
 }
 
