@@ -183,6 +183,13 @@ dsla_status_t dsla_cuda_kv_write(dsla_cuda_stream_t stream, const dsla_cuda_kv_p
                                  const int32_t *slots, int n, int width, const float *k_src,
                                  const float *v_src, int src_stride);
 
+/* The first n positions of one sequence's keys and values, copied out of a bf16 pool (through its
+ * block table) into k_out and v_out, width values per row, rows packed; rows n..rows-1 are zeroed
+ * (the padding dsla_cuda_attention_prefill_cudnn_past reads). width a multiple of 8. */
+dsla_status_t dsla_cuda_kv_gather(dsla_cuda_stream_t stream, const dsla_cuda_kv_pool_t *pool,
+                                  const int32_t *block_table, int n, int rows, int width,
+                                  uint16_t *k_out, uint16_t *v_out);
+
 /* dsla_cuda_attention_prefill over a pool of either dtype. A bf16 pool with head_dim 64 or 128
  * runs on tensor cores (bf16 Q, K, V and P; fp32 accumulation and softmax); other cases run the
  * fp32 kernel. */
@@ -247,6 +254,17 @@ dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_
                                                 uint16_t *out, int out_stride, const uint16_t *q,
                                                 const uint16_t *k, const uint16_t *v, int in_stride,
                                                 int n, const dsla_attn_shape_t *shape);
+/* The same for n new tokens after a cached past: q's n rows q_stride apart; k and v hold all
+ * past + n tokens' rows kv_stride apart (the past first, gathered from the cache:
+ * dsla_cuda_kv_gather). Query row t sees keys j <= past + t. Read and written: q and out for
+ * dsla_cuda_cudnn_rows(n) rows, k and v for dsla_cuda_cudnn_rows(past + n) rows, whose rows from
+ * past + n on must be finite (zeros); one plan per pair of buckets serves every past. */
+dsla_status_t dsla_cuda_attention_prefill_cudnn_past(dsla_cuda_cudnn_t *c,
+                                                     dsla_cuda_stream_t stream, uint16_t *out,
+                                                     int out_stride, const uint16_t *q,
+                                                     int q_stride, const uint16_t *k,
+                                                     const uint16_t *v, int kv_stride, int n,
+                                                     int past, const dsla_attn_shape_t *shape);
 
 /* ---- indexing and synthetic data (kernels/cuda/indexing.cu) ---- */
 

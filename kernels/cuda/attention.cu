@@ -103,6 +103,40 @@ extern "C" dsla_status_t dsla_cuda_kv_write(dsla_cuda_stream_t stream,
     return DSLA_OK;
 }
 
+/* One block row per token: rows past n are zeroed; 16-byte copies (width is a multiple of 8). */
+static __global__ void kv_gather(uint4 *k_out, uint4 *v_out, const uint4 *k, const uint4 *v,
+                                 const int32_t *table, int block_tokens, int n, int vecs) {
+    const int t = blockIdx.x;
+    const size_t dst = (size_t)t * vecs;
+    if (t >= n) {
+        for (int j = threadIdx.x; j < vecs; j += blockDim.x)
+            k_out[dst + j] = v_out[dst + j] = make_uint4(0, 0, 0, 0);
+        return;
+    }
+    const size_t src = ((size_t)table[t / block_tokens] * block_tokens + t % block_tokens) * vecs;
+    for (int j = threadIdx.x; j < vecs; j += blockDim.x) {
+        k_out[dst + j] = k[src + j];
+        v_out[dst + j] = v[src + j];
+    }
+}
+
+extern "C" dsla_status_t dsla_cuda_kv_gather(dsla_cuda_stream_t stream,
+                                             const dsla_cuda_kv_pool_t *pool,
+                                             const int32_t *block_table, int n, int rows, int width,
+                                             uint16_t *k_out, uint16_t *v_out) {
+    if (pool->dtype != DSLA_DTYPE_BF16 || width % 8 != 0 || n < 0 || rows < n)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "dsla_cuda_kv_gather: pool %s (bf16), width %d (a multiple of 8), n %d "
+                          "and rows %d (0 <= n <= rows)",
+                          dsla_dtype_name(pool->dtype), width, n, rows);
+    if (rows == 0) return DSLA_OK;
+    kv_gather<<<rows, 128, 0, stream>>>((uint4 *)k_out, (uint4 *)v_out, (const uint4 *)pool->k,
+                                        (const uint4 *)pool->v, block_table, pool->block_tokens, n,
+                                        width / 8);
+    DSLA_CUDA_CHECK_LAUNCH("kv_gather");
+    return DSLA_OK;
+}
+
 extern "C" int dsla_cuda_attention_supports(int head_dim) {
     return head_dim == 8 || head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
 }

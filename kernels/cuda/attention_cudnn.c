@@ -48,7 +48,7 @@ enum { CUDNN_PLAN_CACHE = 64 };
 /* cuDNN's fused flash attention takes head dims that are multiples of 8 up to 128 on Hopper. */
 enum { CUDNN_MAX_HEAD_DIM = 128, CUDNN_HEAD_DIM_ALIGN = 8 };
 /* Unique ids of the tensors the caller binds at execution. */
-enum { UID_Q = 1, UID_K, UID_V, UID_O, UID_SCALE, UID_NEG_INF, UID_VIRTUAL = 100 };
+enum { UID_Q = 1, UID_K, UID_V, UID_O, UID_SCALE, UID_NEG_INF, UID_SHIFT, UID_VIRTUAL = 100 };
 
 typedef struct {
     cudnnStatus_t (*create)(cudnnHandle_t *);
@@ -67,8 +67,11 @@ typedef struct {
     cudnnStatus_t (*execute)(cudnnHandle_t, cudnnBackendDescriptor_t, cudnnBackendDescriptor_t);
 } cudnn_api_t;
 
+/* A plan's shape. kv_n == 0: q, k and v are the rows of one fused buffer (in_stride apart), n of
+ * each, causal from the top left. kv_n > 0: k and v are kv_n rows kv_stride apart, and the mask
+ * is shifted by a run-time past (query row i sees keys <= i + past). */
 typedef struct {
-    int n, heads, kv_heads, head_dim, in_stride, out_stride;
+    int n, heads, kv_heads, head_dim, in_stride, out_stride, kv_n, kv_stride;
     cudnnBackendDescriptor_t plan;
     int64_t workspace;
 } plan_entry_t;
@@ -313,23 +316,28 @@ static dsla_status_t reduction(build_t *b, cudnnBackendDescriptor_t *op, cudnnRe
     return DSLA_OK;
 }
 
-enum { N_OPS = 14 };
+enum { N_OPS_MAX = 15 };
 
 /* The SDPA forward graph for one shape (batch 1; rows of the caller's buffers are tokens), in the
  * form cuDNN's flash attention engines are matched on (cudnn-frontend's inference SDPA): the
  * softmax also forms max + log(sum) into a virtual tensor nothing reads (without it cuDNN 9.19
  * offers no attention engine), and P, the second product's A operand, is typed bf16 like the
- * inputs (as fp32, Hopper's engines refuse it: "MHA only supports FP32 I/O" on sm_8x). */
+ * inputs (as fp32, Hopper's engines refuse it: "MHA only supports FP32 I/O" on sm_8x). With a past
+ * (e->kv_n > 0) the row index is shifted by a by-value INT32 before the causal compare, the way
+ * cudnn-frontend builds its shifted right bound, so one plan serves every past length. */
 static dsla_status_t build_graph(build_t *b, const plan_entry_t *e,
                                  cudnnBackendDescriptor_t *graph) {
-    const int64_t T = e->n, H = e->heads, Hk = e->kv_heads, d = e->head_dim;
-    const int64_t is = e->in_stride, os = e->out_stride;
+    const bool past = e->kv_n > 0;
+    const int64_t T = e->n, Tk = past ? e->kv_n : e->n, H = e->heads, Hk = e->kv_heads;
+    const int64_t d = e->head_dim, is = e->in_stride, os = e->out_stride;
+    const int64_t ks = past ? e->kv_stride : e->in_stride;
     const cudnnDataType_t bf16 = CUDNN_DATA_BFLOAT16, f32 = CUDNN_DATA_FLOAT;
-    cudnnBackendDescriptor_t q, kt, v, o, scale, neg_inf;
+    const cudnnDataType_t i32 = CUDNN_DATA_INT32;
+    cudnnBackendDescriptor_t q, kt, v, o, scale, neg_inf, shift = NULL;
     /* Head h of token t at t * stride + h * d: dims [1, heads, tokens, d]. */
     const int64_t q_dims[4] = {1, H, T, d}, q_str[4] = {T * is, d, is, 1};
-    const int64_t kt_dims[4] = {1, Hk, d, T}, kt_str[4] = {T * is, d, 1, is}; /* K^T: a view */
-    const int64_t v_dims[4] = {1, Hk, T, d}, v_str[4] = {T * is, d, is, 1};
+    const int64_t kt_dims[4] = {1, Hk, d, Tk}, kt_str[4] = {Tk * ks, d, 1, ks}; /* K^T: a view */
+    const int64_t v_dims[4] = {1, Hk, Tk, d}, v_str[4] = {Tk * ks, d, ks, 1};
     const int64_t o_str[4] = {T * os, d, os, 1};
     const int64_t one[4] = {1, 1, 1, 1};
     DSLA_TRY(tensor4(b, &q, UID_Q, bf16, q_dims, q_str, false));
@@ -338,14 +346,16 @@ static dsla_status_t build_graph(build_t *b, const plan_entry_t *e,
     DSLA_TRY(tensor4(b, &o, UID_O, bf16, q_dims, o_str, false));
     DSLA_TRY(tensor4(b, &scale, UID_SCALE, f32, one, one, true));
     DSLA_TRY(tensor4(b, &neg_inf, UID_NEG_INF, f32, one, one, true));
+    if (past) DSLA_TRY(tensor4(b, &shift, UID_SHIFT, i32, one, one, true));
 
-    const int64_t s_dims[4] = {1, H, T, T}, row_dims[4] = {1, H, T, 1};
-    cudnnBackendDescriptor_t s, s_scaled, row_i, col_i, keep, s_masked, mx, s_sub, s_exp, sum, p;
-    cudnnBackendDescriptor_t log_sum, lse;
+    const int64_t s_dims[4] = {1, H, T, Tk}, row_dims[4] = {1, H, T, 1};
+    cudnnBackendDescriptor_t s, s_scaled, row_i, row_s = NULL, col_i, keep, s_masked, mx, s_sub;
+    cudnnBackendDescriptor_t s_exp, sum, p, log_sum, lse;
     DSLA_TRY(virtual4(b, &s, f32, s_dims));
     DSLA_TRY(virtual4(b, &s_scaled, f32, s_dims));
-    DSLA_TRY(virtual4(b, &row_i, CUDNN_DATA_INT32, s_dims));
-    DSLA_TRY(virtual4(b, &col_i, CUDNN_DATA_INT32, s_dims));
+    DSLA_TRY(virtual4(b, &row_i, i32, s_dims));
+    if (past) DSLA_TRY(virtual4(b, &row_s, i32, s_dims));
+    DSLA_TRY(virtual4(b, &col_i, i32, s_dims));
     DSLA_TRY(virtual4(b, &keep, CUDNN_DATA_BOOLEAN, s_dims));
     DSLA_TRY(virtual4(b, &s_masked, f32, s_dims));
     DSLA_TRY(virtual4(b, &mx, f32, row_dims));
@@ -356,29 +366,32 @@ static dsla_status_t build_graph(build_t *b, const plan_entry_t *e,
     DSLA_TRY(virtual4(b, &log_sum, f32, row_dims));
     DSLA_TRY(virtual4(b, &lse, f32, row_dims));
 
-    cudnnBackendDescriptor_t ops[N_OPS];
-    DSLA_TRY(matmul(b, &ops[0], q, kt, s));
-    DSLA_TRY(pointwise(b, &ops[1], CUDNN_POINTWISE_MUL, f32, -1, s, scale, NULL, s_scaled));
-    DSLA_TRY(pointwise(b, &ops[2], CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, 2, s_scaled, NULL,
-                       NULL, row_i));
-    DSLA_TRY(pointwise(b, &ops[3], CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, 3, s_scaled, NULL,
-                       NULL, col_i));
-    DSLA_TRY(pointwise(b, &ops[4], CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, -1, row_i, col_i,
-                       NULL, keep));
-    DSLA_TRY(pointwise(b, &ops[5], CUDNN_POINTWISE_BINARY_SELECT, f32, -1, s_scaled, neg_inf, keep,
-                       s_masked));
-    DSLA_TRY(reduction(b, &ops[6], CUDNN_REDUCE_TENSOR_MAX, s_masked, mx));
-    DSLA_TRY(pointwise(b, &ops[7], CUDNN_POINTWISE_SUB, f32, -1, s_masked, mx, NULL, s_sub));
-    DSLA_TRY(pointwise(b, &ops[8], CUDNN_POINTWISE_EXP, f32, -1, s_sub, NULL, NULL, s_exp));
-    DSLA_TRY(reduction(b, &ops[9], CUDNN_REDUCE_TENSOR_ADD, s_exp, sum));
-    DSLA_TRY(pointwise(b, &ops[10], CUDNN_POINTWISE_DIV, f32, -1, s_exp, sum, NULL, p));
-    DSLA_TRY(matmul(b, &ops[11], p, v, o));
-    DSLA_TRY(pointwise(b, &ops[12], CUDNN_POINTWISE_LOG, f32, -1, sum, NULL, NULL, log_sum));
-    DSLA_TRY(pointwise(b, &ops[13], CUDNN_POINTWISE_ADD, f32, -1, mx, log_sum, NULL, lse));
+    cudnnBackendDescriptor_t ops[N_OPS_MAX];
+    int n = 0;
+    DSLA_TRY(matmul(b, &ops[n++], q, kt, s));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_MUL, f32, -1, s, scale, NULL, s_scaled));
+    DSLA_TRY(
+        pointwise(b, &ops[n++], CUDNN_POINTWISE_GEN_INDEX, i32, 2, s_scaled, NULL, NULL, row_i));
+    DSLA_TRY(
+        pointwise(b, &ops[n++], CUDNN_POINTWISE_GEN_INDEX, i32, 3, s_scaled, NULL, NULL, col_i));
+    if (past)
+        DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_ADD, i32, 3, row_i, shift, NULL, row_s));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, -1,
+                       past ? row_s : row_i, col_i, NULL, keep));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_BINARY_SELECT, f32, -1, s_scaled, neg_inf,
+                       keep, s_masked));
+    DSLA_TRY(reduction(b, &ops[n++], CUDNN_REDUCE_TENSOR_MAX, s_masked, mx));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_SUB, f32, -1, s_masked, mx, NULL, s_sub));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_EXP, f32, -1, s_sub, NULL, NULL, s_exp));
+    DSLA_TRY(reduction(b, &ops[n++], CUDNN_REDUCE_TENSOR_ADD, s_exp, sum));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_DIV, f32, -1, s_exp, sum, NULL, p));
+    DSLA_TRY(matmul(b, &ops[n++], p, v, o));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_LOG, f32, -1, sum, NULL, NULL, log_sum));
+    DSLA_TRY(pointwise(b, &ops[n++], CUDNN_POINTWISE_ADD, f32, -1, mx, log_sum, NULL, lse));
 
     DSLA_TRY(make_desc(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, graph));
     SET(b, *graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &b->c->handle);
-    SET(b, *graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, N_OPS, ops);
+    SET(b, *graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, ops);
     CUDNN_TRY(b->c, b->c->api.finalize(*graph));
     return DSLA_OK;
 }
@@ -458,7 +471,8 @@ static dsla_status_t find_plan(dsla_cuda_cudnn_t *c, const plan_entry_t *key, pl
         plan_entry_t *e = &c->plans[i];
         if (e->n == key->n && e->heads == key->heads && e->kv_heads == key->kv_heads &&
             e->head_dim == key->head_dim && e->in_stride == key->in_stride &&
-            e->out_stride == key->out_stride) {
+            e->out_stride == key->out_stride && e->kv_n == key->kv_n &&
+            e->kv_stride == key->kv_stride) {
             *out = e;
             return DSLA_OK;
         }
@@ -478,32 +492,31 @@ static dsla_status_t find_plan(dsla_cuda_cudnn_t *c, const plan_entry_t *key, pl
     return DSLA_OK;
 }
 
-dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_stream_t stream,
-                                                uint16_t *out, int out_stride, const uint16_t *q,
-                                                const uint16_t *k, const uint16_t *v, int in_stride,
-                                                int n, const dsla_attn_shape_t *shape) {
-    if (n <= 0) return DSLA_OK;
+static dsla_status_t check_shape(const char *who, const dsla_attn_shape_t *shape, int in_stride,
+                                 int out_stride, int kv_stride) {
     if (!dsla_cuda_cudnn_attention_supports(shape))
-        return dsla_error(DSLA_ERR_UNSUPPORTED,
-                          "dsla_cuda_attention_prefill_cudnn: head dim %d with %d/%d heads (needs "
-                          "a multiple of %d up to %d, heads a multiple of KV heads)",
-                          shape->head_dim, shape->n_heads, shape->n_kv_heads, CUDNN_HEAD_DIM_ALIGN,
-                          CUDNN_MAX_HEAD_DIM);
-    if (in_stride % CUDNN_HEAD_DIM_ALIGN || out_stride % CUDNN_HEAD_DIM_ALIGN)
+        return dsla_error(
+            DSLA_ERR_UNSUPPORTED,
+            "%s: head dim %d with %d/%d heads (needs a multiple of %d up to %d, heads "
+            "a multiple of KV heads)",
+            who, shape->head_dim, shape->n_heads, shape->n_kv_heads, CUDNN_HEAD_DIM_ALIGN,
+            CUDNN_MAX_HEAD_DIM);
+    if (in_stride % CUDNN_HEAD_DIM_ALIGN || out_stride % CUDNN_HEAD_DIM_ALIGN ||
+        kv_stride % CUDNN_HEAD_DIM_ALIGN)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "dsla_cuda_attention_prefill_cudnn: strides %d and %d must be multiples "
-                          "of %d (16-byte rows)",
-                          in_stride, out_stride, CUDNN_HEAD_DIM_ALIGN);
-    const plan_entry_t key = {dsla_cuda_cudnn_rows(n),
-                              shape->n_heads,
-                              shape->n_kv_heads,
-                              shape->head_dim,
-                              in_stride,
-                              out_stride,
-                              NULL,
-                              0};
+                          "%s: strides %d, %d and %d must be multiples of %d (16-byte rows)", who,
+                          in_stride, out_stride, kv_stride, CUDNN_HEAD_DIM_ALIGN);
+    return DSLA_OK;
+}
+
+/* Finds (or builds) key's plan, grows the workspace if it must, and runs it on stream. shift is
+ * bound only for plans with a past. */
+static dsla_status_t execute(dsla_cuda_cudnn_t *c, dsla_cuda_stream_t stream,
+                             const plan_entry_t *key, uint16_t *out, const uint16_t *q,
+                             const uint16_t *k, const uint16_t *v, int32_t shift,
+                             const dsla_attn_shape_t *shape) {
     plan_entry_t *e = NULL;
-    DSLA_TRY(find_plan(c, &key, &e));
+    DSLA_TRY(find_plan(c, key, &e));
     if ((size_t)e->workspace > c->workspace_bytes) {
         /* Grows only; the stream's earlier work may still use the old one, so wait for it. */
         const cudaError_t ce = cudaStreamSynchronize(stream);
@@ -521,16 +534,17 @@ dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_
     }
     CUDNN_TRY(c, c->api.set_stream(c->handle, (cudaStream_t)stream));
     float scale = 1.0f / sqrtf((float)shape->head_dim), neg_inf = -FLT_MAX;
-    void *ptrs[6] = {(void *)q, (void *)k, (void *)v, out, &scale, &neg_inf};
-    const int64_t uids[6] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_NEG_INF};
+    void *ptrs[7] = {(void *)q, (void *)k, (void *)v, out, &scale, &neg_inf, &shift};
+    const int64_t uids[7] = {UID_Q, UID_K, UID_V, UID_O, UID_SCALE, UID_NEG_INF, UID_SHIFT};
+    const int64_t n_bound = key->kv_n > 0 ? 7 : 6;
     build_t b = {c, {0}, 0, 0};
     cudnnBackendDescriptor_t pack;
     DSLA_TRY(make_desc(&b, CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
     cudnnStatus_t cs =
-        c->api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 6, uids);
+        c->api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n_bound, uids);
     if (cs == CUDNN_STATUS_SUCCESS)
-        cs = c->api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 6,
-                             ptrs);
+        cs = c->api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
+                             n_bound, ptrs);
     if (cs == CUDNN_STATUS_SUCCESS)
         cs = c->api.set_attr(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1,
                              &c->workspace);
@@ -540,6 +554,45 @@ dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_
     if (cs != CUDNN_STATUS_SUCCESS) st = cudnn_fail(c, "cudnnBackendExecute (attention)", cs);
     build_release(&b);
     return st;
+}
+
+dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_stream_t stream,
+                                                uint16_t *out, int out_stride, const uint16_t *q,
+                                                const uint16_t *k, const uint16_t *v, int in_stride,
+                                                int n, const dsla_attn_shape_t *shape) {
+    if (n <= 0) return DSLA_OK;
+    DSLA_TRY(
+        check_shape("dsla_cuda_attention_prefill_cudnn", shape, in_stride, out_stride, in_stride));
+    const plan_entry_t key = {.n = dsla_cuda_cudnn_rows(n),
+                              .heads = shape->n_heads,
+                              .kv_heads = shape->n_kv_heads,
+                              .head_dim = shape->head_dim,
+                              .in_stride = in_stride,
+                              .out_stride = out_stride};
+    return execute(c, stream, &key, out, q, k, v, 0, shape);
+}
+
+dsla_status_t dsla_cuda_attention_prefill_cudnn_past(dsla_cuda_cudnn_t *c,
+                                                     dsla_cuda_stream_t stream, uint16_t *out,
+                                                     int out_stride, const uint16_t *q,
+                                                     int q_stride, const uint16_t *k,
+                                                     const uint16_t *v, int kv_stride, int n,
+                                                     int past, const dsla_attn_shape_t *shape) {
+    if (n <= 0) return DSLA_OK;
+    if (past < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "dsla_cuda_attention_prefill_cudnn_past: past %d must be >= 0", past);
+    DSLA_TRY(check_shape("dsla_cuda_attention_prefill_cudnn_past", shape, q_stride, out_stride,
+                         kv_stride));
+    const plan_entry_t key = {.n = dsla_cuda_cudnn_rows(n),
+                              .heads = shape->n_heads,
+                              .kv_heads = shape->n_kv_heads,
+                              .head_dim = shape->head_dim,
+                              .in_stride = q_stride,
+                              .out_stride = out_stride,
+                              .kv_n = dsla_cuda_cudnn_rows(past + n),
+                              .kv_stride = kv_stride};
+    return execute(c, stream, &key, out, q, k, v, past, shape);
 }
 
 #else /* built without cuDNN's headers: cuDNN is absent, callers use their own kernels */
@@ -572,6 +625,18 @@ dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_
     (void)in_stride, (void)n, (void)shape;
     return dsla_error(DSLA_ERR_UNSUPPORTED,
                       "dsla_cuda_attention_prefill_cudnn: built without cuDNN's headers");
+}
+
+dsla_status_t dsla_cuda_attention_prefill_cudnn_past(dsla_cuda_cudnn_t *c,
+                                                     dsla_cuda_stream_t stream, uint16_t *out,
+                                                     int out_stride, const uint16_t *q,
+                                                     int q_stride, const uint16_t *k,
+                                                     const uint16_t *v, int kv_stride, int n,
+                                                     int past, const dsla_attn_shape_t *shape) {
+    (void)c, (void)stream, (void)out, (void)out_stride, (void)q, (void)q_stride, (void)k, (void)v;
+    (void)kv_stride, (void)n, (void)past, (void)shape;
+    return dsla_error(DSLA_ERR_UNSUPPORTED,
+                      "dsla_cuda_attention_prefill_cudnn_past: built without cuDNN's headers");
 }
 
 #endif

@@ -18,9 +18,9 @@ enum { GRAPH_CACHE = 32 };
  * only bounds the decode kernel's split count (its chunks are cut from each sequence's length on
  * the device), so powers of two cost no speed and keep the count of graphs small. */
 enum { CTX_BUCKET_MIN = 256 };
-/* Prompts at least this long (no past, bf16 weights and pool) take cuDNN's fused attention when
- * libcudnn.so.9 loads; shorter ones stay on attention.cu's prefill_tc, where a new shape's plan
- * (~milliseconds) would cost more than the kernel saves. */
+/* Prompts and prompt chunks at least this long (bf16 weights and pool) take cuDNN's fused attention
+ * when libcudnn.so.9 loads; shorter ones stay on attention.cu's prefill_tc, where a new bucket's
+ * plan (50-80 ms, once) would buy little. */
 enum { CUDNN_MIN_TOKENS = 64 };
 /* The five DSLA input projections, stacked in one weight: q, k, v, gate 1, gate 2. */
 enum { DSLA_PROJ = 5 };
@@ -87,6 +87,12 @@ struct dsla_cuda_model {
     dsla_cuda_cudnn_t *cudnn;
     uint16_t *qkv_c;
     bool cudnn_off;
+    /* Prompt chunks with a cached past: their keys and values gathered out of the pool into
+     * kv_gk / kv_gv (bf16, allocated on first use, kv_g_rows rows); off on its own after a
+     * failure, so prompts without a past keep cuDNN. */
+    uint16_t *kv_gk, *kv_gv;
+    size_t kv_g_rows;
+    bool cudnn_past_off;
     bool att_c_ready; /* this layer's attention wrote att_c directly (no conversion needed) */
     dsla_cuda_model_stats_t stats;
     dsla_cuda_kv_t *kv_in_graphs; /* graphs bake in one pool's pointers */
@@ -354,6 +360,8 @@ void dsla_cuda_model_destroy(dsla_cuda_model_t **pm) {
     free_graphs(m);
     dsla_cuda_cudnn_destroy(&m->cudnn);
     dsla_cuda_free((void **)&m->qkv_c);
+    dsla_cuda_free((void **)&m->kv_gk);
+    dsla_cuda_free((void **)&m->kv_gv);
     if (m->layers) {
         for (int l = 0; l < m->cfg.num_layers; l++) {
             dev_layer_t *w = &m->layers[l];
@@ -762,10 +770,10 @@ typedef struct {
     step_layout_t lay;
 } step_t;
 
-/* A prompt with no cached past and at least CUDNN_MIN_TOKENS tokens: what cuDNN's graph computes.
- */
-static bool cudnn_item(const item_plan_t *it) {
-    return it->past == 0 && it->n >= CUDNN_MIN_TOKENS;
+/* A prompt (or a chunk of one, after a cached past) of at least CUDNN_MIN_TOKENS tokens: what
+ * cuDNN's graphs compute, unless the route for chunks with a past has failed. */
+static bool cudnn_item(const dsla_cuda_model_t *m, const item_plan_t *it) {
+    return it->n >= CUDNN_MIN_TOKENS && (it->past == 0 || !m->cudnn_past_off);
 }
 
 /* Whether this step's prompts can run through cuDNN: bf16 weights (att_c is the bf16 input of
@@ -781,7 +789,7 @@ static bool cudnn_usable(dsla_cuda_model_t *m, const step_t *st) {
         return false;
     bool any = false;
     for (int i = 0; i < st->n_items; i++) {
-        any = any || cudnn_item(&st->items[i]);
+        any = any || cudnn_item(m, &st->items[i]);
         /* Padded rows of item i spill into item i + 1's, which must be computed after them. */
         if (i > 0 && st->items[i].row0 < st->items[i - 1].row0 + st->items[i - 1].n) return false;
     }
@@ -813,28 +821,66 @@ static dsla_status_t cudnn_prepare(dsla_cuda_model_t *m, const step_t *st) {
     for (int i = 0; i < st->n_items; i++) {
         const item_plan_t *it = &st->items[i];
         const size_t e = (size_t)it->row0 + (size_t)dsla_cuda_cudnn_rows(it->n);
-        if (cudnn_item(it) && e > end) end = e;
+        if (cudnn_item(m, it) && e > end) end = e;
     }
     if (end == (size_t)st->rows) return DSLA_OK;
     return dsla_cuda_zero(m->qkv_c + (size_t)st->rows * qkv_w,
                           (end - (size_t)st->rows) * qkv_w * sizeof(uint16_t), m->stream);
 }
 
+/* A chunk with a past: its keys and values (past + n positions, from the pool the step has just
+ * written) gathered into kv_gk / kv_gv, zero-padded to the bucket cuDNN reads. */
+static dsla_status_t cudnn_gather(dsla_cuda_model_t *m, const step_t *st, int l,
+                                  const item_plan_t *it) {
+    const dsla_model_config_t *c = &m->cfg;
+    const int kvw = c->num_kv_heads * c->head_dim;
+    const size_t rows = (size_t)dsla_cuda_cudnn_rows(it->past + it->n);
+    if (rows > m->kv_g_rows) {
+        dsla_cuda_free((void **)&m->kv_gk);
+        dsla_cuda_free((void **)&m->kv_gv);
+        m->kv_g_rows = 0;
+        const size_t cap = (size_t)m->opts.max_context + cudnn_slack_rows(m->opts.max_context);
+        const size_t want = rows > cap ? rows : cap;
+        DSLA_TRY(dsla_cuda_malloc((void **)&m->kv_gk, want * kvw * sizeof(uint16_t)));
+        DSLA_TRY(dsla_cuda_malloc((void **)&m->kv_gv, want * kvw * sizeof(uint16_t)));
+        m->kv_g_rows = want;
+    }
+    const dsla_cuda_kv_t *kv = st->kv;
+    const int32_t *table =
+        kv->tables + ((size_t)it->seq->slot * c->num_layers + l) * (size_t)kv->max_blocks;
+    return dsla_cuda_kv_gather(m->stream, &kv->pool, table, it->past + it->n, (int)rows, kvw,
+                               m->kv_gk, m->kv_gv);
+}
+
 /* One prompt's attention through cuDNN, straight into att_c (o_proj's bf16 input); false when the
- * call failed, after which the route stays off (prefill_tc computes the same function). */
-static bool cudnn_prefill(dsla_cuda_model_t *m, const item_plan_t *it) {
+ * call failed, after which that route (with or without a past) stays off: attention.cu's kernels
+ * compute the same function. */
+static bool cudnn_prefill(dsla_cuda_model_t *m, const step_t *st, int l, const item_plan_t *it) {
     const dsla_model_config_t *c = &m->cfg;
     const int d = c->head_dim, qw = c->num_heads * d, kvw = c->num_kv_heads * d;
     const int qkv_w = qw + 2 * kvw;
     const dsla_attn_shape_t shape = {c->num_heads, c->num_kv_heads, d};
     const uint16_t *q = m->qkv_c + (size_t)it->row0 * qkv_w;
-    if (dsla_cuda_attention_prefill_cudnn(m->cudnn, m->stream,
-                                          (uint16_t *)m->att_c + (size_t)it->row0 * qw, qw, q,
-                                          q + qw, q + qw + kvw, qkv_w, it->n, &shape) == DSLA_OK) {
+    uint16_t *out = (uint16_t *)m->att_c + (size_t)it->row0 * qw;
+    dsla_status_t s;
+    if (it->past == 0) {
+        s = dsla_cuda_attention_prefill_cudnn(m->cudnn, m->stream, out, qw, q, q + qw, q + qw + kvw,
+                                              qkv_w, it->n, &shape);
+    } else {
+        s = cudnn_gather(m, st, l, it);
+        if (s == DSLA_OK)
+            s = dsla_cuda_attention_prefill_cudnn_past(m->cudnn, m->stream, out, qw, q, qkv_w,
+                                                       m->kv_gk, m->kv_gv, kvw, it->n, it->past,
+                                                       &shape);
+    }
+    if (s == DSLA_OK) {
         m->stats.cudnn_prefills++;
         return true;
     }
-    m->cudnn_off = true;
+    if (it->past == 0)
+        m->cudnn_off = true;
+    else
+        m->cudnn_past_off = true;
     dsla_clear_error();
     return false;
 }
@@ -891,7 +937,8 @@ static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l
     if (via_cudnn) DSLA_TRY(cudnn_prepare(m, st));
     for (int i = 0; i < st->n_items; i++) {
         const item_plan_t *it = &st->items[i];
-        if (via_cudnn && !m->cudnn_off && cudnn_item(it) && cudnn_prefill(m, it)) continue;
+        if (via_cudnn && !m->cudnn_off && cudnn_item(m, it) && cudnn_prefill(m, st, l, it))
+            continue;
         DSLA_TRY(own_attention(m, st, l, it, i));
         if (via_cudnn)
             DSLA_TRY(dsla_cuda_to_bf16(m->stream, (uint16_t *)m->att_c + (size_t)it->row0 * qw,

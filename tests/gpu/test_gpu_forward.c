@@ -447,17 +447,20 @@ static void test_batch_equals_solo(void **state) {
     free(dir);
 }
 
-enum { MIX_ITEMS = 4, MIX_STEPS = 3 };
+enum { MIX_ITEMS = 5, MIX_STEPS = 3 };
 
-/* Runs the mixed-step scenario of test_cudnn_mixed_step on g: step 0 prefills short prompts of
- * sequences 1 and 3 (below cuDNN's minimum); step 1 mixes prompts of 100 and 70 tokens with no
- * past (cuDNN's, their padded rows spilling over the next items' and past the step's end), a
- * decode token and a 20-token chunk with a past; step 2 decodes all four. Logits into out
- * [MIX_STEPS][MIX_ITEMS][V] (step 0 fills only its two rows). */
+/* Runs the mixed-step scenario of test_cudnn_mixed_step on g: step 0 prefills prompts of
+ * sequences 1, 3 and 4 (30 and 40 tokens, below cuDNN's minimum; 80 tokens, cuDNN's); step 1
+ * mixes prompts of 100 and 70 tokens with no past (cuDNN's, their padded rows spilling over the
+ * next items'), a decode token, a 70-token chunk after 80 cached tokens (cuDNN's, keys gathered
+ * from the pool) and a 20-token chunk with a past (attention.cu's), the last padded rows past the
+ * step's end; step 2 decodes all five. Logits into out [MIX_STEPS][MIX_ITEMS][V] (step 0 fills
+ * three rows). */
 static void mixed_steps(dsla_cuda_model_t *g, dsla_cuda_kv_t *kv, const int32_t *tokens,
                         float *out) {
     const int V = dsla_cuda_model_config(g)->vocab_size;
-    static const int first[MIX_ITEMS] = {0, 30, 0, 40}, second[MIX_ITEMS] = {100, 1, 70, 20};
+    static const int first[MIX_ITEMS] = {0, 30, 0, 80, 40};
+    static const int second[MIX_ITEMS] = {100, 1, 70, 70, 20};
     dsla_cuda_seq_t *seqs[MIX_ITEMS];
     for (int s = 0; s < MIX_ITEMS; s++)
         CUDA_OK(dsla_cuda_seq_create(&seqs[s], kv, NULL));
@@ -494,15 +497,15 @@ static void test_cudnn_mixed_step(void **state) {
     dsla_model_t *m = NULL;
     CUDA_OK(dsla_model_load(&m, dir));
     const int V = dsla_model_config(m)->vocab_size, ctx = 160;
-    int32_t tokens[400];
-    for (int i = 0; i < 400; i++)
+    int32_t tokens[512];
+    for (int i = 0; i < 512; i++)
         tokens[i] = (int32_t)(dsla_test_rand_u64(&rng) % (uint64_t)V);
     const size_t n_out = (size_t)MIX_STEPS * MIX_ITEMS * V;
     float *with = calloc(n_out, sizeof *with), *without = calloc(n_out, sizeof *without);
     long cudnn_layers = 0;
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1) setenv("DSLA_CUDNN_ATTENTION", "0", 1);
-        dsla_cuda_model_t *g = gpu_model(m, DSLA_DTYPE_BF16, 256, MIX_ITEMS, ctx);
+        dsla_cuda_model_t *g = gpu_model(m, DSLA_DTYPE_BF16, 320, MIX_ITEMS, ctx);
         dsla_cuda_kv_t *kv = gpu_pool(g, DSLA_DTYPE_BF16, MIX_ITEMS, ctx);
         mixed_steps(g, kv, tokens, pass == 0 ? with : without);
         if (pass == 0) cudnn_layers = dsla_cuda_model_stats(g).cudnn_prefills;
@@ -514,9 +517,9 @@ static void test_cudnn_mixed_step(void **state) {
     if (cudnn_layers == 0) {
         printf("cuDNN mixed step: cuDNN did not load here (%s); both passes ran attention.cu\n",
                "libcudnn.so.9 absent or refused");
-    } else if (cudnn_layers != 2L * L) {
-        fail_msg("cuDNN ran %ld prompt-layers, expected %d (2 prompts x %d layers)", cudnn_layers,
-                 2 * L, L);
+    } else if (cudnn_layers != 4L * L) {
+        fail_msg("cuDNN ran %ld prompt-layers, expected %d (4 prompts or chunks x %d layers)",
+                 cudnn_layers, 4 * L, L);
     }
     double worst = 0.0;
     for (int step = 0; step < MIX_STEPS; step++)

@@ -33,7 +33,7 @@ typedef enum {
     OP_ADD,           /* a=n */
     OP_PREFILL,       /* a=n_new b=past c=H d=H_kv e=head_dim */
     OP_DECODE,        /* a=sequences b=longest context c=H d=H_kv e=head_dim */
-    OP_PREFILL_CUDNN, /* a=n_new c=H d=H_kv e=head_dim: cuDNN's fused attention, bf16 */
+    OP_PREFILL_CUDNN, /* a=n_new b=past c=H d=H_kv e=head_dim: cuDNN's fused attention, bf16 */
     OP_ARGMAX,        /* a=rows b=n */
     OP_SAMPLE,        /* a=rows b=vocab c=top_k; temperature and top_p from the row */
     OP_DSLA_DECODE,   /* a=B b=H c=d d=steps e=DSLA_* flags; dtype of the inputs */
@@ -110,6 +110,9 @@ static const row_t rows[] = {
     {OP_PREFILL, "attention_prefill", 1, 700, 16, 16, 32, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
     {OP_PREFILL_CUDNN, "attention_cudnn", 300, 0, 32, 8, 128, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
     {OP_PREFILL_CUDNN, "attention_cudnn", 1031, 0, 8, 8, 64, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    /* chunks after a cached past: keys gathered from the pool, the causal mask shifted */
+    {OP_PREFILL_CUDNN, "attention_cudnn", 200, 300, 32, 8, 128, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
+    {OP_PREFILL_CUDNN, "attention_cudnn", 77, 1100, 8, 8, 64, DSLA_DTYPE_BF16, TOL_BF16, 0, 0},
     {OP_DECODE, "attention_decode", 1, 1000, 32, 32, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
     {OP_DECODE, "attention_decode", 8, 3000, 32, 8, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
     {OP_DECODE, "attention_decode", 3, 37, 8, 4, 8, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
@@ -466,8 +469,20 @@ static double run_prefill(const row_t *r) {
 /* cuDNN's fused attention (bf16 q, k, v in one fused row, bf16 out) against the CPU's fp32
  * attention on the same bf16-rounded inputs: what is left is P's and the output's bf16 rounding.
  * Reports 0 (and says so) where libcudnn.so.9 does not load. */
+/* Device copy of rows of bf16 bits, zero-padded to cap rows (the bucket cuDNN reads). */
+static uint16_t *dev_rows_padded(const uint16_t *bits, size_t rows, size_t cap, size_t width) {
+    uint16_t *h = calloc(cap * width, sizeof *h);
+    memcpy(h, bits, rows * width * sizeof *h);
+    uint16_t *d = dev_copy(h, cap * width * sizeof *h);
+    free(h);
+    return d;
+}
+
+/* cuDNN's fused attention against the CPU's fp32 attention: a prompt with no past through the fused
+ * QKV rows, or (b > 0) a chunk of n tokens after b cached ones, its keys and values gathered from a
+ * shuffled bf16 pool (dsla_cuda_kv_gather). Buffers hold the bucket's rows, as the model's do. */
 static double run_prefill_cudnn(const row_t *r) {
-    const int n = r->a, d = r->e;
+    const int n = r->a, past = r->b, d = r->e, ctx = past + n;
     const dsla_attn_shape_t shape = {r->c, r->d, d};
     const int qw = shape.n_heads * d, width = shape.n_kv_heads * d, stride = qw + 2 * width;
     dsla_cuda_cudnn_t *c = NULL;
@@ -476,22 +491,41 @@ static double run_prefill_cudnn(const row_t *r) {
         dsla_clear_error();
         return 0.0;
     }
-    float *qkv = host_random((size_t)n * stride, 1.0f);
-    uint16_t *bits = round_bf16(qkv, (size_t)n * stride);
-    kv_host_t kv = kv_random(1, n, width);
-    for (int t = 0; t < n; t++) {
+    /* Token t's q, k, v in row t (the model's fused layout); the chunk is the last n rows. */
+    float *qkv = host_random((size_t)ctx * stride, 1.0f);
+    uint16_t *bits = round_bf16(qkv, (size_t)ctx * stride);
+    kv_host_t kv = kv_random(1, ctx, width);
+    for (int t = 0; t < ctx; t++) {
         const size_t slot = (size_t)kv.tables[t / DSLA_KV_BLOCK_TOKENS] * DSLA_KV_BLOCK_TOKENS +
                             t % DSLA_KV_BLOCK_TOKENS;
         memcpy(kv.k + slot * width, qkv + (size_t)t * stride + qw, (size_t)width * 4);
         memcpy(kv.v + slot * width, qkv + (size_t)t * stride + qw + width, (size_t)width * 4);
     }
     dsla_paged_kv_t cpu_kv = {kv.k, kv.v, kv.tables, DSLA_KV_BLOCK_TOKENS};
-    float *want = malloc((size_t)n * qw * 4), *scores = malloc((size_t)n * 4);
-    dsla_cpu_attention(want, qw, qkv, stride, n, 0, &shape, &cpu_kv, scores);
-    uint16_t *dqkv = dev_copy(bits, (size_t)n * stride * 2);
-    void *dout = dev_output((size_t)n * qw, true);
-    CUDA_OK(dsla_cuda_attention_prefill_cudnn(c, NULL, dout, qw, dqkv, dqkv + qw, dqkv + qw + width,
-                                              stride, n, &shape));
+    float *want = malloc((size_t)n * qw * 4), *scores = malloc((size_t)ctx * 4);
+    dsla_cpu_attention(want, qw, qkv + (size_t)past * stride, stride, n, past, &shape, &cpu_kv,
+                       scores);
+    const size_t q_rows = (size_t)dsla_cuda_cudnn_rows(n);
+    uint16_t *dqkv = dev_rows_padded(bits + (size_t)past * stride, (size_t)n, q_rows, stride);
+    void *dout = dev_output(q_rows * qw, true);
+    if (past == 0) {
+        CUDA_OK(dsla_cuda_attention_prefill_cudnn(c, NULL, dout, qw, dqkv, dqkv + qw,
+                                                  dqkv + qw + width, stride, n, &shape));
+    } else {
+        /* The pool in bf16, as the model keeps it; gathered back into packed rows. */
+        const size_t pool_n = (size_t)kv.blocks * DSLA_KV_BLOCK_TOKENS * width;
+        uint16_t *pk = round_bf16(kv.k, pool_n), *pv = round_bf16(kv.v, pool_n);
+        uint16_t *dpk = dev_copy(pk, pool_n * 2), *dpv = dev_copy(pv, pool_n * 2);
+        int32_t *dt = dev_copy(kv.tables, (size_t)kv.blocks * 4);
+        const size_t kv_rows = (size_t)dsla_cuda_cudnn_rows(ctx);
+        uint16_t *dk = dev_output(kv_rows * width, true), *dv = dev_output(kv_rows * width, true);
+        const dsla_cuda_kv_pool_t pool = {dpk, dpv, DSLA_DTYPE_BF16, DSLA_KV_BLOCK_TOKENS};
+        CUDA_OK(dsla_cuda_kv_gather(NULL, &pool, dt, ctx, (int)kv_rows, width, dk, dv));
+        CUDA_OK(dsla_cuda_attention_prefill_cudnn_past(c, NULL, dout, qw, dqkv, stride, dk, dv,
+                                                       width, n, past, &shape));
+        free(pk), free(pv);
+        dev_free(dpk), dev_free(dpv), dev_free(dt), dev_free(dk), dev_free(dv);
+    }
     float *got = host_result(dout, (size_t)n * qw, true);
     const double err = rel_err(got, want, (size_t)n * qw);
     printf("attention_cudnn: cuDNN %zu\n", dsla_cuda_cudnn_version(c));
