@@ -34,6 +34,14 @@ typedef struct {
     char refusal[DSLA_PROTO_MESSAGE_MAX + 1];
 } replica_t;
 
+/* The distiller that reports to this controller (one per controller in this slice). */
+typedef struct {
+    char name[DSLA_PROTO_NAME_MAX + 1]; /* "" until one reports */
+    bool alive;
+    bool have_progress;
+    dsla_proto_distill_progress_t progress;
+} distiller_t;
+
 struct dsla_controller {
     dsla_actor_t *actor;
     dsla_actor_t *self;
@@ -45,6 +53,7 @@ struct dsla_controller {
     uint64_t next_seq;
     int n_replicas;
     replica_t replicas[DSLA_PROTO_REPLICAS_MAX];
+    distiller_t distiller;
 };
 
 static int64_t wall_ms(void) {
@@ -223,10 +232,102 @@ static void on_plan_reply(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *us
 static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
     (void)a;
     dsla_controller_t *c = user;
+    if (c->distiller.name[0] && strcmp(peer, c->distiller.name) == 0) {
+        if (c->distiller.alive != alive)
+            event(c, alive ? "distiller_alive" : "distiller_dead", "%s", peer);
+        c->distiller.alive = alive;
+        return;
+    }
     replica_t *r = replica_find(c, peer, false);
     if (!r || r->alive == alive) return;
     r->alive = alive;
     event(c, alive ? "replica_alive" : "replica_dead", "%s", peer);
+}
+
+/* ---- distiller messages ---- */
+
+/* The verify phase of an announced version (DESIGN.md section 7): the file is there, of the
+ * announced size and xxh64, and its header names the announced layer, version and checksum. */
+static dsla_status_t verify_ready(const dsla_proto_layer_ready_t *r, dsla_catalogue_entry_t *e,
+                                  int *order, int *n_order) {
+    uint64_t size = 0, xxh = 0;
+    DSLA_TRY(dsla_catalogue_file_digest(r->path, &size, &xxh));
+    if (size != r->size || xxh != r->xxh64)
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "%s: %" PRIu64 " bytes with xxh64 %016" PRIx64 ", announced %" PRIu64
+                          " bytes with xxh64 %016" PRIx64,
+                          r->path, size, xxh, r->size, r->xxh64);
+    DSLA_TRY(dsla_catalogue_read(r->path, e, order, n_order));
+    if (e->layer != r->layer || e->version != (int)r->version || e->checksum != r->checksum)
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "%s: holds layer %d version %d checksum %016" PRIx64
+                          ", announced layer %d version %u checksum %016" PRIx64,
+                          r->path, e->layer, e->version, e->checksum, r->layer, r->version,
+                          r->checksum);
+    return DSLA_OK;
+}
+
+/* Verified versions join the catalogue and the database; every replica is then evaluated again,
+ * since a policy may now convert further. Versions the catalogue holds already change nothing. */
+static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_controller_t *c = user;
+    dsla_proto_layer_ready_t *r = malloc(sizeof *r);
+    int *order = malloc(sizeof(int) * DSLA_PROTO_LAYERS_MAX);
+    dsla_status_t st = r && order
+                           ? dsla_proto_layer_ready_decode(msg->env->body, msg->env->body_len, r)
+                           : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+    if (st != DSLA_OK) {
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
+        goto done;
+    }
+    dsla_catalogue_entry_t e;
+    int n_order = 0;
+    if (verify_ready(r, &e, order, &n_order) != DSLA_OK) {
+        event(c, "layer_refused", "%s: layer %d version %u: %s", msg->from, r->layer, r->version,
+              dsla_last_error());
+        goto done;
+    }
+    if (dsla_catalogue_add(&c->catalogue, &e, order, n_order) == DSLA_CATALOGUE_KEPT) goto done;
+    dsla_ctl_layer_row_t row = {.layer = e.layer,
+                                .version = e.version,
+                                .checksum = e.checksum,
+                                .size = r->size,
+                                .xxh64 = r->xxh64};
+    snprintf(row.path, sizeof row.path, "%s", e.path);
+    if (dsla_ctl_store_put_layer(c->store, &row) != DSLA_OK)
+        dsla_log_error("%s", dsla_last_error());
+    event(c, "layer_ready",
+          "%s: layer %d version %u (%u of %u in the order): %s, %" PRIu64
+          " bytes, xxh64 %016" PRIx64 "; held-out layer MSE %.5g, hybrid ppl %.4f",
+          msg->from, r->layer, r->version, r->position + 1, r->n_order, r->path, r->size, r->xxh64,
+          r->eval_mse, r->eval_ppl);
+    evaluate_all(c);
+done:
+    free(order);
+    free(r);
+}
+
+static void on_distill_progress(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_controller_t *c = user;
+    dsla_proto_distill_progress_t p;
+    dsla_status_t st = dsla_proto_distill_progress_decode(msg->env->body, msg->env->body_len, &p);
+    if (st != DSLA_OK || !msg->from[0]) {
+        dsla_actor_reply_error(a, msg, DSLA_CODE_INVALID_ARGUMENT,
+                               st != DSLA_OK ? dsla_last_error()
+                                             : "controller: a distiller must be a named peer");
+        return;
+    }
+    distiller_t *d = &c->distiller;
+    if (strcmp(d->name, msg->from) != 0) {
+        snprintf(d->name, sizeof d->name, "%s", msg->from);
+        d->have_progress = false;
+    }
+    d->alive = true;
+    if (!d->have_progress || d->progress.state != p.state)
+        event(c, "distill", "%s: %s, %u/%u layers done: %s", d->name,
+              dsla_proto_distill_state_name(p.state), p.layers_done, p.layers_total, p.message);
+    d->progress = p;
+    d->have_progress = true;
 }
 
 /* ---- admin ---- */
@@ -279,7 +380,18 @@ static void status_text(const dsla_controller_t *c, text_t *t) {
     for (int i = 0; i < c->catalogue.n; i++)
         text_add(t, "%s%d@%d", i ? "," : " ", c->catalogue.entries[i].layer,
                  c->catalogue.entries[i].version);
-    text_add(t, "\nreplicas: %d\n", c->n_replicas);
+    text_add(t, "\n");
+    const distiller_t *d = &c->distiller;
+    if (d->have_progress) {
+        const dsla_proto_distill_progress_t *p = &d->progress;
+        text_add(t, "distiller %s %s: %s, %u/%u layers done", d->name, d->alive ? "alive" : "dead",
+                 dsla_proto_distill_state_name(p->state), p->layers_done, p->layers_total);
+        if (p->state == DSLA_PROTO_DISTILL_TRAINING && p->layer >= 0)
+            text_add(t, "; layer %d step %u/%u, loss %.5f, %.0f tokens/s, %.0f s left", p->layer,
+                     p->step, p->steps, p->loss, p->tokens_per_s, p->seconds_left);
+        text_add(t, "\n  %s\n", p->message);
+    }
+    text_add(t, "replicas: %d\n", c->n_replicas);
     for (int i = 0; i < c->n_replicas; i++) {
         const replica_t *r = &c->replicas[i];
         const dsla_proto_load_report_t *l = &r->last;
@@ -466,7 +578,21 @@ static void restore_plan(void *user, const dsla_ctl_plan_row_t *row) {
     if (r) r->target = row->n_dsla;
 }
 
-/* Policy and drain flag from the database, then --policy over them; the replicas' last targets. */
+/* A version announced before a restart, where its file still holds what was announced. */
+static void restore_layer(void *user, const dsla_ctl_layer_row_t *row) {
+    dsla_controller_t *c = user;
+    dsla_catalogue_entry_t e;
+    int order[DSLA_PROTO_LAYERS_MAX], n_order = 0;
+    if (dsla_catalogue_read(row->path, &e, order, &n_order) != DSLA_OK ||
+        e.checksum != row->checksum) {
+        dsla_log_warn("controller: layer version %s is gone or changed; not catalogued", row->path);
+        return;
+    }
+    dsla_catalogue_add(&c->catalogue, &e, order, n_order);
+}
+
+/* Policy and drain flag from the database, then --policy over them; the replicas' last targets and
+ * the layer versions announced to it. */
 static dsla_status_t restore(dsla_controller_t *c, const dsla_controller_config_t *cfg) {
     char text[512];
     bool found = false;
@@ -482,6 +608,7 @@ static dsla_status_t restore(dsla_controller_t *c, const dsla_controller_config_
         DSLA_TRY(dsla_policy_parse_line(NULL, cfg->policy, &p));
         DSLA_TRY(save_policy(c, &p, "--policy"));
     }
+    DSLA_TRY(dsla_ctl_store_each_layer(c->store, restore_layer, c));
     return dsla_ctl_store_each_plan(c->store, restore_plan, c);
 }
 
@@ -497,10 +624,10 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     if (st == DSLA_OK) st = dsla_ctl_store_open(&c->store, cfg->db_path);
     if (st == DSLA_OK) st = restore(c, cfg);
     if (st == DSLA_OK) event(c, "start", "%d layer versions in %s", c->catalogue.n, c->layers_dir);
-    static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_LOAD_REPORT, on_load_report},
-                                                    {DSLA_MSG_PLAN_ACK, on_plan_reply},
-                                                    {DSLA_MSG_PLAN_NACK, on_plan_reply},
-                                                    {DSLA_MSG_ADMIN, on_admin}};
+    static const dsla_actor_handler_t handlers[] = {
+        {DSLA_MSG_LOAD_REPORT, on_load_report}, {DSLA_MSG_PLAN_ACK, on_plan_reply},
+        {DSLA_MSG_PLAN_NACK, on_plan_reply},    {DSLA_MSG_ADMIN, on_admin},
+        {DSLA_MSG_LAYER_READY, on_layer_ready}, {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress}};
     dsla_actor_def_t def = {
         .name = cfg->name ? cfg->name : "controller",
         .ctx = cfg->ctx,

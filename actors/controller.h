@@ -8,12 +8,19 @@
  * for PLAN_ACK or PLAN_NACK before sending another. A refused plan is not sent again until the
  * target or the policy changes. ADMIN commands (status, policy get/set, convert/revert, history,
  * drain) are answered with ADMIN_REPLY text, or ERROR naming the field and the limit. Policy,
- * drain flag, adopted plans and the event history live in SQLite (controller_store.h).
+ * drain flag, adopted plans, announced layer versions and the event history live in SQLite
+ * (controller_store.h).
  *
- * Contract: replicas reach it at any of its mailboxes (they connect; it never connects to them)
- * and are known by their actor names. Layer version paths travel as the controller sees them, so
- * replicas must share its filesystem (weight transfer is not built yet). It never blocks on
- * another actor and prints nothing. */
+ * A distiller (distiller.h) announces each layer version it writes with LAYER_READY: the controller
+ * verifies the file (size and xxh64, then the header's layer, version and checksum), adds it to
+ * the catalogue and the database, and evaluates every replica again. DISTILL_PROGRESS feeds the
+ * distiller line of `dslactl status`.
+ *
+ * Contract: replicas and distillers reach it at any of its mailboxes (they connect; it never
+ * connects to them) and are known by their actor names. Layer version paths travel as the
+ * controller sees them, so replicas must share its filesystem (weight transfer is not built yet).
+ * It never blocks on another actor and prints nothing; verifying an announced file reads it on
+ * the controller's thread, fine for CPU-sized layers. */
 #ifndef DSLA_ACTORS_CONTROLLER_H
 #define DSLA_ACTORS_CONTROLLER_H
 

@@ -21,6 +21,9 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS plans (replica TEXT PRIMARY KEY, n_dsla INTEGER NOT NULL,"
     " plan_id INTEGER NOT NULL, layers TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS layers (path TEXT PRIMARY KEY, layer INTEGER NOT NULL,"
+    " version INTEGER NOT NULL, checksum INTEGER NOT NULL, size INTEGER NOT NULL,"
+    " xxh64 INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " time_ms INTEGER NOT NULL, event TEXT NOT NULL, details TEXT NOT NULL);";
 
@@ -132,6 +135,44 @@ dsla_status_t dsla_ctl_store_each_plan(dsla_ctl_store_t *s, dsla_ctl_plan_fn fn,
     }
     free(row);
     dsla_status_t st = rc == SQLITE_DONE ? DSLA_OK : fail(s, "reading plans");
+    sqlite3_finalize(stmt);
+    return st;
+}
+
+/* 64-bit checksums are stored as SQLite's signed integers, bit for bit. */
+dsla_status_t dsla_ctl_store_put_layer(dsla_ctl_store_t *s, const dsla_ctl_layer_row_t *row) {
+    sqlite3_stmt *stmt = NULL;
+    DSLA_TRY(prepare(s,
+                     "INSERT OR REPLACE INTO layers (path, layer, version, checksum, size, xxh64) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     &stmt));
+    sqlite3_bind_text(stmt, 1, row->path, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(stmt, 2, row->layer);
+    sqlite3_bind_int(stmt, 3, row->version);
+    sqlite3_bind_int64(stmt, 4, (sqlite3_int64)row->checksum);
+    sqlite3_bind_int64(stmt, 5, (sqlite3_int64)row->size);
+    sqlite3_bind_int64(stmt, 6, (sqlite3_int64)row->xxh64);
+    return run(s, stmt, "writing a layer version");
+}
+
+dsla_status_t dsla_ctl_store_each_layer(dsla_ctl_store_t *s, dsla_ctl_layer_fn fn, void *user) {
+    sqlite3_stmt *stmt = NULL;
+    DSLA_TRY(prepare(s,
+                     "SELECT path, layer, version, checksum, size, xxh64 FROM layers ORDER BY "
+                     "rowid",
+                     &stmt));
+    dsla_ctl_layer_row_t row;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        copy_text(stmt, 0, row.path, sizeof row.path);
+        row.layer = sqlite3_column_int(stmt, 1);
+        row.version = sqlite3_column_int(stmt, 2);
+        row.checksum = (uint64_t)sqlite3_column_int64(stmt, 3);
+        row.size = (uint64_t)sqlite3_column_int64(stmt, 4);
+        row.xxh64 = (uint64_t)sqlite3_column_int64(stmt, 5);
+        fn(user, &row);
+    }
+    dsla_status_t st = rc == SQLITE_DONE ? DSLA_OK : fail(s, "reading layer versions");
     sqlite3_finalize(stmt);
     return st;
 }

@@ -1,5 +1,6 @@
 /* The controller's durable state (DESIGN.md section 7) in one SQLite database in WAL mode: settings
- * (the policy in its text form, the drain flag), each replica's adopted plan and the event history.
+ * (the policy in its text form, the drain flag), each replica's adopted plan, the layer versions
+ * announced to it (LAYER_READY) and the event history.
  * A controller started again on the same file picks up where the last one stopped.
  *
  * Contract: one store is used by one thread (the controller's); every write is its own
@@ -37,6 +38,22 @@ typedef struct {
 dsla_status_t dsla_ctl_store_put_plan(dsla_ctl_store_t *s, const dsla_ctl_plan_row_t *row);
 typedef void (*dsla_ctl_plan_fn)(void *user, const dsla_ctl_plan_row_t *row);
 dsla_status_t dsla_ctl_store_each_plan(dsla_ctl_store_t *s, dsla_ctl_plan_fn fn, void *user);
+
+/* A layer version the controller verified and catalogued: where it lies, what it is, and the
+ * size and xxh64 of the whole file. One row per path; a newer announcement replaces it. */
+typedef struct {
+    char path[1024];
+    int layer;
+    int version;
+    uint64_t checksum; /* the layer version's own */
+    uint64_t size;
+    uint64_t xxh64;
+} dsla_ctl_layer_row_t;
+
+dsla_status_t dsla_ctl_store_put_layer(dsla_ctl_store_t *s, const dsla_ctl_layer_row_t *row);
+typedef void (*dsla_ctl_layer_fn)(void *user, const dsla_ctl_layer_row_t *row);
+/* Visits them in the order they were first stored. */
+dsla_status_t dsla_ctl_store_each_layer(dsla_ctl_store_t *s, dsla_ctl_layer_fn fn, void *user);
 
 /* The event history: wall-clock time in milliseconds since the epoch, a short event name and its
  * details. each_event visits the newest limit events, oldest first. */

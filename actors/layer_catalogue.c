@@ -3,13 +3,20 @@
 #include "actors/layer_catalogue.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
+
 #include "runtime/core/log.h"
 #include "runtime/model/safetensors.h"
+
+/* Bytes read at a time while hashing a file: bounded memory for any layer size. */
+enum { DIGEST_CHUNK = 1 << 20 };
 
 /* A non-negative integer metadata value; -1 when absent or malformed. */
 static long meta_long(const dsla_safetensors_t *st, const char *key, int base) {
@@ -20,35 +27,61 @@ static long meta_long(const dsla_safetensors_t *st, const char *key, int base) {
     return *end || x > LONG_MAX ? -1 : (long)x;
 }
 
-/* Reads one file's header into e and its recorded order into order/n_order. false: not a layer
- * version (no layer, version or checksum metadata). */
-static bool read_entry(const char *path, dsla_catalogue_entry_t *e, int *order, int *n_order) {
+dsla_status_t dsla_catalogue_read(const char *path, dsla_catalogue_entry_t *e, int *order,
+                                  int *n_order) {
     dsla_safetensors_t *st = NULL;
-    if (dsla_safetensors_open(&st, path) != DSLA_OK) {
-        dsla_log_warn("controller: skipping %s: %s", path, dsla_last_error());
-        return false;
-    }
+    DSLA_TRY(dsla_safetensors_open(&st, path));
     const char *sum = dsla_safetensors_metadata(st, "checksum");
     long layer = meta_long(st, "layer", 10), version = meta_long(st, "version", 10);
     bool ok = layer >= 0 && layer < DSLA_PROTO_LAYERS_MAX && version >= 0 && sum &&
-              strlen(sum) == 16 && strspn(sum, "0123456789abcdefABCDEF") == 16;
+              strlen(sum) == 16 && strspn(sum, "0123456789abcdefABCDEF") == 16 &&
+              strlen(path) <= DSLA_PROTO_PATH_MAX;
     if (ok) {
         e->layer = (int)layer;
         e->version = (int)version;
         e->checksum = strtoull(sum, NULL, 16);
+        snprintf(e->path, sizeof e->path, "%s", path);
         const char *o = dsla_safetensors_metadata(st, "order");
-        *n_order = 0;
-        for (char *end = NULL; o && *o && *n_order < DSLA_PROTO_LAYERS_MAX;
+        int n = 0;
+        for (char *end = NULL; order && o && *o && n < DSLA_PROTO_LAYERS_MAX;
              o = end + (*end == ',')) {
             long x = strtol(o, &end, 10);
             if (end == o) break;
-            order[(*n_order)++] = (int)x;
+            order[n++] = (int)x;
         }
-    } else {
-        dsla_log_warn("controller: skipping %s: no layer, version or checksum metadata", path);
+        if (n_order) *n_order = n;
     }
     dsla_safetensors_close(&st);
-    return ok;
+    if (!ok)
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "%s: no layer, version or checksum metadata (not a layer version)", path);
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint64_t *xxh64) {
+    FILE *f = fopen(path, "rb");
+    char *buf = f ? malloc(DIGEST_CHUNK) : NULL;
+    if (!buf) {
+        dsla_status_t st = dsla_error(DSLA_ERR_IO, "%s: cannot read: %s", path,
+                                      f ? "out of memory" : strerror(errno));
+        if (f) fclose(f);
+        return st;
+    }
+    XXH64_state_t h;
+    XXH64_reset(&h, 0);
+    uint64_t total = 0;
+    size_t n;
+    while ((n = fread(buf, 1, DIGEST_CHUNK, f)) > 0) {
+        XXH64_update(&h, buf, n);
+        total += n;
+    }
+    bool failed = ferror(f) != 0;
+    fclose(f);
+    free(buf);
+    if (failed) return dsla_error(DSLA_ERR_IO, "%s: read error", path);
+    *size = total;
+    *xxh64 = XXH64_digest(&h);
+    return DSLA_OK;
 }
 
 /* Position of a layer in the recorded order; layers it does not name go after it, by index. */
@@ -65,8 +98,46 @@ static bool is_version_file(const char *name) {
            strcmp(name + n - (sizeof suffix - 1), suffix) == 0;
 }
 
+/* Insertion sort by rank in the recorded order: a few dozen entries at most. */
+static void sort_entries(dsla_catalogue_t *c) {
+    for (int i = 1; i < c->n; i++)
+        for (int j = i; j > 0; j--) {
+            dsla_catalogue_entry_t *a = &c->entries[j - 1], *b = &c->entries[j];
+            if (rank_of(a->layer, c->order, c->n_order) <= rank_of(b->layer, c->order, c->n_order))
+                break;
+            dsla_catalogue_entry_t t = *a;
+            *a = *b;
+            *b = t;
+        }
+}
+
+static dsla_catalogue_change_t add_unsorted(dsla_catalogue_t *c, const dsla_catalogue_entry_t *e,
+                                            const int *order, int n_order) {
+    if (n_order > c->n_order) {
+        memcpy(c->order, order, sizeof(int) * (size_t)n_order);
+        c->n_order = n_order;
+    }
+    for (int i = 0; i < c->n; i++) {
+        if (c->entries[i].layer != e->layer) continue;
+        if (c->entries[i].version >= e->version) return DSLA_CATALOGUE_KEPT;
+        c->entries[i] = *e;
+        return DSLA_CATALOGUE_REPLACED;
+    }
+    if (c->n == DSLA_PROTO_LAYERS_MAX) return DSLA_CATALOGUE_KEPT;
+    c->entries[c->n++] = *e;
+    return DSLA_CATALOGUE_ADDED;
+}
+
+dsla_catalogue_change_t dsla_catalogue_add(dsla_catalogue_t *c, const dsla_catalogue_entry_t *e,
+                                           const int *order, int n_order) {
+    dsla_catalogue_change_t change = add_unsorted(c, e, order, n_order);
+    sort_entries(c);
+    return change;
+}
+
 dsla_status_t dsla_catalogue_scan(dsla_catalogue_t *out, const char *dir) {
     out->n = 0;
+    out->n_order = 0;
     char root[PATH_MAX];
     DIR *d = realpath(dir, root) ? opendir(root) : NULL;
     if (!d)
@@ -74,40 +145,19 @@ dsla_status_t dsla_catalogue_scan(dsla_catalogue_t *out, const char *dir) {
                           "layer versions: cannot read directory %s (write it with dsla distill "
                           "--out)",
                           dir);
-    int order[DSLA_PROTO_LAYERS_MAX];
-    int n_order = 0;
-    int ranks[DSLA_PROTO_LAYERS_MAX];
     for (struct dirent *de; (de = readdir(d)) != NULL;) {
         if (!is_version_file(de->d_name)) continue;
+        char path[PATH_MAX + 256];
         dsla_catalogue_entry_t e;
-        int file_order[DSLA_PROTO_LAYERS_MAX], n_file_order = 0;
-        if ((size_t)snprintf(e.path, sizeof e.path, "%s/%s", root, de->d_name) >= sizeof e.path ||
-            !read_entry(e.path, &e, file_order, &n_file_order))
+        int order[DSLA_PROTO_LAYERS_MAX], n_order = 0;
+        snprintf(path, sizeof path, "%s/%s", root, de->d_name);
+        if (dsla_catalogue_read(path, &e, order, &n_order) != DSLA_OK) {
+            dsla_log_warn("controller: skipping %s", dsla_last_error());
             continue;
-        if (n_file_order > n_order) { /* the longest recorded order knows every layer distilled */
-            memcpy(order, file_order, sizeof(int) * (size_t)n_file_order);
-            n_order = n_file_order;
         }
-        int same = -1;
-        for (int i = 0; i < out->n; i++)
-            if (out->entries[i].layer == e.layer) same = i;
-        if (same >= 0) {
-            if (out->entries[same].version < e.version) out->entries[same] = e;
-        } else if (out->n < DSLA_PROTO_LAYERS_MAX) {
-            out->entries[out->n++] = e;
-        }
+        add_unsorted(out, &e, order, n_order);
     }
     closedir(d);
-    for (int i = 0; i < out->n; i++)
-        ranks[i] = rank_of(out->entries[i].layer, order, n_order);
-    for (int i = 1; i < out->n; i++) /* insertion sort by rank: a few dozen entries at most */
-        for (int j = i; j > 0 && ranks[j - 1] > ranks[j]; j--) {
-            dsla_catalogue_entry_t t = out->entries[j];
-            out->entries[j] = out->entries[j - 1];
-            out->entries[j - 1] = t;
-            int r = ranks[j];
-            ranks[j] = ranks[j - 1];
-            ranks[j - 1] = r;
-        }
+    sort_entries(out);
     return DSLA_OK;
 }

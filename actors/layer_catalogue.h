@@ -24,9 +24,30 @@ typedef struct {
 typedef struct {
     int n;
     dsla_catalogue_entry_t entries[DSLA_PROTO_LAYERS_MAX]; /* in conversion order */
+    int n_order; /* the longest order any entry recorded: it knows every layer distilled */
+    int order[DSLA_PROTO_LAYERS_MAX];
 } dsla_catalogue_t;
 
 /* Scans dir; an unreadable directory is NOT_FOUND naming it. */
 dsla_status_t dsla_catalogue_scan(dsla_catalogue_t *out, const char *dir);
+
+/* Reads one layer version's header into e (path as given) and its recorded order (order may be
+ * NULL). FORMAT naming the file when it is no layer version, IO when it cannot be read. */
+dsla_status_t dsla_catalogue_read(const char *path, dsla_catalogue_entry_t *e, int *order,
+                                  int *n_order);
+
+/* The size and xxh64 (seed 0) of a whole file, read in bounded chunks: what LAYER_READY announces
+ * and the controller verifies. IO naming the file when it cannot be read. */
+dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint64_t *xxh64);
+
+typedef enum {
+    DSLA_CATALOGUE_ADDED = 0, /* a layer the catalogue did not hold */
+    DSLA_CATALOGUE_REPLACED,  /* a higher version of a layer it held */
+    DSLA_CATALOGUE_KEPT,      /* it holds this version or a higher one: nothing changed */
+} dsla_catalogue_change_t;
+
+/* Adds one entry with the order its file recorded, keeping conversion order. */
+dsla_catalogue_change_t dsla_catalogue_add(dsla_catalogue_t *c, const dsla_catalogue_entry_t *e,
+                                           const int *order, int n_order);
 
 #endif

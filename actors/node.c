@@ -1,5 +1,5 @@
-/* One node's actors: controller, serving, gateway and HTTP front end, started and stopped together
- * (node.h). */
+/* One node's actors: distiller, controller, serving, gateway and HTTP front end, started and
+ * stopped together (node.h). */
 #include "actors/node.h"
 
 #include <stdio.h>
@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "actors/controller.h"
+#include "actors/distiller.h"
 #include "actors/http.h"
 #include "actors/serving.h"
 
@@ -18,10 +19,13 @@
 #define NODE_HTTP_GATEWAY_BIND "tcp://127.0.0.1:*"
 /* The controller's mailbox for the local serving actor. */
 #define NODE_CONTROLLER_ENDPOINT "inproc://controller"
+/* The distiller's mailbox: nobody sends to it but heartbeats. */
+#define NODE_DISTILLER_ENDPOINT "inproc://distiller"
 
 struct dsla_node {
     dsla_actor_ctx_t *ctx;
     dsla_controller_t *controller;
+    dsla_distiller_t *distiller;
     dsla_serving_t *serving;
     dsla_gateway_t *gateway;
     dsla_http_t *http;
@@ -62,11 +66,27 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "node: a serving actor needs a model");
     dsla_node_t *n = calloc(1, sizeof *n);
     if (!n) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "node: out of memory");
+    const bool distill = config->distiller.out_dir != NULL;
+    if (distill && config->serving_only) {
+        free(n);
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "node: a distiller reports to this node's controller; not with "
+                          "serving_only");
+    }
+    const char *layers_dir = config->layers_dir ? config->layers_dir : config->distiller.out_dir;
     dsla_status_t st = dsla_actor_ctx_create(&n->ctx);
-    if (st == DSLA_OK && config->layers_dir) {
+    if (st == DSLA_OK && distill) { /* first: it creates the directory the controller scans */
+        dsla_distiller_config_t dc = config->distiller;
+        dc.ctx = n->ctx;
+        dc.endpoint = NODE_DISTILLER_ENDPOINT;
+        dc.controller = NODE_CONTROLLER_ENDPOINT;
+        dc.heartbeat_ms = config->heartbeat_ms;
+        st = dsla_distiller_create(&n->distiller, &dc);
+    }
+    if (st == DSLA_OK && layers_dir) {
         dsla_controller_config_t cc = {.ctx = n->ctx,
                                        .bind = {NODE_CONTROLLER_ENDPOINT, config->admin},
-                                       .layers_dir = config->layers_dir,
+                                       .layers_dir = layers_dir,
                                        .db_path = config->controller_db,
                                        .policy = config->policy,
                                        .heartbeat_ms = config->heartbeat_ms};
@@ -102,6 +122,7 @@ void dsla_node_destroy(dsla_node_t **np) {
     dsla_http_destroy(&n->http);
     dsla_gateway_destroy(&n->gateway);
     dsla_serving_destroy(&n->serving);
+    dsla_distiller_destroy(&n->distiller);
     dsla_controller_destroy(&n->controller);
     dsla_actor_ctx_destroy(&n->ctx);
     free(n);

@@ -1,8 +1,10 @@
 /* One node's actors, started together (DESIGN.md section 3): with no cluster file, the embedded
  * single-node default of a gateway and a serving actor in one process, talking over inproc://,
  * with the HTTP front end on the gateway and, given a layer version directory, a controller that
- * converts the serving actor's layers; or a gateway alone in front of remote replicas; or a
- * serving actor alone (a replica for a gateway elsewhere, reporting to a remote controller).
+ * converts the serving actor's layers, and, given calibration data, a distiller that writes new
+ * layer versions and announces them to that controller; or a gateway alone in front of remote
+ * replicas; or a serving actor alone (a replica for a gateway elsewhere, reporting to a remote
+ * controller).
  *
  * Contract: create starts every actor and returns once all are bound, or stops those it started
  * and names what failed. The model and tokenizer are borrowed and must outlive the node. It only
@@ -13,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "actors/distiller.h"
 #include "actors/gateway.h"
 #include "runtime/serve/engine.h"
 
@@ -36,13 +39,18 @@ typedef struct {
     const char *controller_db; /* its SQLite database */
     const char *admin;         /* its mailbox for dslactl (and remote replicas) */
     const char *policy;        /* NULL: the stored policy */
+    /* The distiller (actors/distiller.h), run when distiller.out_dir is set; the node fills in its
+     * context, mailbox, controller and heartbeat, and the controller's layers_dir defaults to its
+     * out_dir. It needs the controller: not with serving_only. */
+    dsla_distiller_config_t distiller;
     /* serving_only: a remote controller's mailbox to report to; NULL: none */
     const char *controller;
     uint32_t report_ms; /* the serving actor's LOAD_REPORT interval; 0: the default */
 } dsla_node_config_t;
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);
-/* Stops HTTP, the gateway, then the serving actor. Harmless on NULL. */
+/* Stops HTTP, the gateway, the serving actor, the distiller (within a training step), then the
+ * controller. Harmless on NULL. */
 void dsla_node_destroy(dsla_node_t **n);
 /* The clients' endpoint as bound (a wildcard port resolved). */
 const char *dsla_node_endpoint(const dsla_node_t *n);

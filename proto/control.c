@@ -7,10 +7,6 @@
 #include "proto/proto.h"
 #include "proto/wire.h"
 
-static int pack_f64_field(msgpack_packer *pk, const char *key, double v) {
-    return dsla_wire_pack_key(pk, key) | msgpack_pack_double(pk, v);
-}
-
 /* The "dsla" array of LOAD_REPORT and the plan replies: [{layer, checksum}, ...]. */
 static int pack_dsla(msgpack_packer *pk, const dsla_proto_dsla_layer_t *dsla, uint32_t n) {
     int rc = dsla_wire_pack_key(pk, "dsla") | msgpack_pack_array(pk, n);
@@ -89,9 +85,9 @@ dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
     rc |= dsla_wire_pack_u64_field(&pk, "kv_total", r->kv_total);
     rc |= dsla_wire_pack_u64_field(&pk, "slots_used", r->slots_used);
     rc |= dsla_wire_pack_u64_field(&pk, "slots_total", r->slots_total);
-    rc |= pack_f64_field(&pk, "ttft_p90_ms", r->ttft_p90_ms);
-    rc |= pack_f64_field(&pk, "tpot_p90_ms", r->tpot_p90_ms);
-    rc |= pack_f64_field(&pk, "tokens_per_s", r->tokens_per_s);
+    rc |= dsla_wire_pack_f64_field(&pk, "ttft_p90_ms", r->ttft_p90_ms);
+    rc |= dsla_wire_pack_f64_field(&pk, "tpot_p90_ms", r->tpot_p90_ms);
+    rc |= dsla_wire_pack_f64_field(&pk, "tokens_per_s", r->tokens_per_s);
     rc |= dsla_wire_pack_u64_field(&pk, "plan_id", r->plan_id);
     rc |= pack_dsla(&pk, r->dsla, r->n_dsla);
     return dsla_wire_finish(&sbuf, rc, out, "LOAD_REPORT");
@@ -101,31 +97,23 @@ dsla_status_t dsla_proto_load_report_decode(const void *body, size_t len,
                                             dsla_proto_load_report_t *out) {
     static const char what[] = "LOAD_REPORT";
     memset(out, 0, sizeof *out);
-    struct {
-        const char *key;
-        uint32_t *dst;
-    } u32s[] = {{"num_layers", &out->num_layers}, {"queue_length", &out->queue_length},
-                {"running", &out->running},       {"oldest_wait_ms", &out->oldest_wait_ms},
-                {"kv_used", &out->kv_used},       {"kv_total", &out->kv_total},
-                {"slots_used", &out->slots_used}, {"slots_total", &out->slots_total}};
-    struct {
-        const char *key;
-        double *dst;
-    } f64s[] = {{"ttft_p90_ms", &out->ttft_p90_ms},
-                {"tpot_p90_ms", &out->tpot_p90_ms},
-                {"tokens_per_s", &out->tokens_per_s}};
+    const dsla_wire_u32_field_t u32s[] = {
+        {"num_layers", &out->num_layers}, {"queue_length", &out->queue_length},
+        {"running", &out->running},       {"oldest_wait_ms", &out->oldest_wait_ms},
+        {"kv_used", &out->kv_used},       {"kv_total", &out->kv_total},
+        {"slots_used", &out->slots_used}, {"slots_total", &out->slots_total}};
+    const dsla_wire_f64_field_t f64s[] = {{"ttft_p90_ms", &out->ttft_p90_ms},
+                                          {"tpot_p90_ms", &out->tpot_p90_ms},
+                                          {"tokens_per_s", &out->tokens_per_s}};
     msgpack_unpacked u;
     DSLA_TRY(dsla_wire_body_map(body, len, &u, what));
     dsla_status_t st = DSLA_OK;
     const msgpack_object_map *m = &u.data.via.map;
     for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
         const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
-        for (size_t f = 0; f < sizeof u32s / sizeof u32s[0]; f++)
-            if (dsla_wire_key_is(k, u32s[f].key))
-                st = dsla_wire_get_u32(v, u32s[f].dst, what, u32s[f].key);
-        for (size_t f = 0; f < sizeof f64s / sizeof f64s[0]; f++)
-            if (dsla_wire_key_is(k, f64s[f].key))
-                st = dsla_wire_get_f64(v, f64s[f].dst, what, f64s[f].key);
+        st = dsla_wire_get_listed(k, v, u32s, sizeof u32s / sizeof u32s[0], f64s,
+                                  sizeof f64s / sizeof f64s[0], what);
+        if (st != DSLA_OK) break;
         if (dsla_wire_key_is(k, "waiting_tokens"))
             st = dsla_wire_get_u64(v, &out->waiting_tokens, what, "waiting_tokens");
         else if (dsla_wire_key_is(k, "plan_id"))

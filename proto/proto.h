@@ -45,7 +45,9 @@
     X(PLAN_ACK, 12, "serving -> controller: the SET_PLAN's plan is adopted at a step boundary")    \
     X(PLAN_NACK, 13, "serving -> controller: the SET_PLAN was refused; the old plan stays")        \
     X(ADMIN, 14, "dslactl -> controller: an admin command; answered by ADMIN_REPLY or ERROR")      \
-    X(ADMIN_REPLY, 15, "controller -> dslactl: the command's result, as text for people")
+    X(ADMIN_REPLY, 15, "controller -> dslactl: the command's result, as text for people")          \
+    X(LAYER_READY, 16, "distiller -> controller: a layer version is written; verify, catalogue")   \
+    X(DISTILL_PROGRESS, 17, "distiller -> controller: the run's state, layer, step and loss")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -330,5 +332,57 @@ dsla_status_t dsla_proto_admin_reply_encode(const dsla_proto_admin_reply_t *r,
 dsla_status_t dsla_proto_admin_reply_decode(const void *body, size_t len,
                                             dsla_proto_admin_reply_t *out);
 void dsla_proto_admin_reply_free(dsla_proto_admin_reply_t *r);
+
+/* ---- online distillation (DESIGN.md sections 5.5 and 7): distiller -> controller ---- */
+
+/* LAYER_READY: the announce phase of a layer version. The file at path is complete (fsync'd and
+ * renamed); size and xxh64 cover its bytes, checksum is the layer version's own (the tensors',
+ * dsla_layer.h), the one SET_PLAN and the reports carry. order is the conversion order the run
+ * recorded, position this layer's place in it. The eval numbers are NaN when unknown. */
+typedef struct {
+    int32_t layer;
+    uint32_t version;
+    uint32_t position; /* 0-based place in order */
+    uint32_t n_order;
+    int32_t order[DSLA_PROTO_LAYERS_MAX];
+    char path[DSLA_PROTO_PATH_MAX + 1];
+    uint64_t size;     /* bytes of the file */
+    uint64_t xxh64;    /* of the whole file, seed 0 */
+    uint64_t checksum; /* the layer version's */
+    uint32_t steps;
+    double init_eval_mse, eval_mse, train_loss, eval_ppl;
+} dsla_proto_layer_ready_t;
+
+dsla_status_t dsla_proto_layer_ready_encode(const dsla_proto_layer_ready_t *r,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_layer_ready_decode(const void *body, size_t len,
+                                            dsla_proto_layer_ready_t *out);
+
+/* A distillation run's state; on the wire "loading", "training", "done", "failed", "stopped". */
+typedef enum {
+    DSLA_PROTO_DISTILL_LOADING = 0, /* reading the teacher and the corpus */
+    DSLA_PROTO_DISTILL_TRAINING,
+    DSLA_PROTO_DISTILL_DONE,
+    DSLA_PROTO_DISTILL_FAILED, /* message says why */
+    DSLA_PROTO_DISTILL_STOPPED,
+} dsla_proto_distill_state_t;
+
+const char *dsla_proto_distill_state_name(dsla_proto_distill_state_t state);
+
+/* DISTILL_PROGRESS: where a run stands. layer, step and loss are the latest step's (layer -1
+ * before the first). */
+typedef struct {
+    dsla_proto_distill_state_t state;
+    uint32_t layers_done, layers_total;
+    int32_t layer;
+    uint32_t step, steps;
+    double loss, tokens_per_s, seconds_left;
+    char message[DSLA_PROTO_MESSAGE_MAX + 1];
+} dsla_proto_distill_progress_t;
+
+dsla_status_t dsla_proto_distill_progress_encode(const dsla_proto_distill_progress_t *p,
+                                                 dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_distill_progress_decode(const void *body, size_t len,
+                                                 dsla_proto_distill_progress_t *out);
 
 #endif

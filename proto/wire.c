@@ -285,3 +285,20 @@ int dsla_wire_pack_u64_field(msgpack_packer *pk, const char *key, uint64_t v) {
 int dsla_wire_pack_str_field(msgpack_packer *pk, const char *key, const char *v) {
     return dsla_wire_pack_key(pk, key) | msgpack_pack_str_with_body(pk, v, strlen(v));
 }
+
+int dsla_wire_pack_f64_field(msgpack_packer *pk, const char *key, double v) {
+    return dsla_wire_pack_key(pk, key) | msgpack_pack_double(pk, v);
+}
+
+dsla_status_t dsla_wire_get_listed(const msgpack_object *key, const msgpack_object *v,
+                                   const dsla_wire_u32_field_t *u32s, size_t n_u32,
+                                   const dsla_wire_f64_field_t *f64s, size_t n_f64,
+                                   const char *what) {
+    for (size_t f = 0; f < n_u32; f++)
+        if (dsla_wire_key_is(key, u32s[f].key))
+            return dsla_wire_get_u32(v, u32s[f].dst, what, u32s[f].key);
+    for (size_t f = 0; f < n_f64; f++)
+        if (dsla_wire_key_is(key, f64s[f].key))
+            return dsla_wire_get_f64(v, f64s[f].dst, what, f64s[f].key);
+    return DSLA_OK;
+}

@@ -56,11 +56,29 @@ dsla_status_t dsla_wire_get_bool(const msgpack_object *v, bool *out, const char 
 dsla_status_t dsla_wire_dup_str(const msgpack_object *v, size_t max, char **out, size_t *len_out,
                                 const char *what, const char *field);
 
+/* Tables of plain numeric fields of a body, for dsla_wire_get_listed. */
+typedef struct {
+    const char *key;
+    uint32_t *dst;
+} dsla_wire_u32_field_t;
+typedef struct {
+    const char *key;
+    double *dst;
+} dsla_wire_f64_field_t;
+
+/* Reads v into the field of the tables that key names (a u32 or a finite number); DSLA_OK and
+ * nothing read when it names none of them. */
+dsla_status_t dsla_wire_get_listed(const msgpack_object *key, const msgpack_object *v,
+                                   const dsla_wire_u32_field_t *u32s, size_t n_u32,
+                                   const dsla_wire_f64_field_t *f64s, size_t n_f64,
+                                   const char *what);
+
 /* Packs a str key; returns msgpack's result. */
 int dsla_wire_pack_key(msgpack_packer *pk, const char *key);
 /* Packs key and value; return msgpack's results ORed. */
 int dsla_wire_pack_u64_field(msgpack_packer *pk, const char *key, uint64_t v);
 int dsla_wire_pack_str_field(msgpack_packer *pk, const char *key, const char *v);
+int dsla_wire_pack_f64_field(msgpack_packer *pk, const char *key, double v);
 /* Starts a body: an empty sbuffer and a packer writing into it (dsla_wire_finish ends it). */
 void dsla_wire_packer_open(msgpack_sbuffer *sbuf, msgpack_packer *pk);
 /* Unpacks a body that must be a map; the caller destroys *u on success. */

@@ -21,6 +21,8 @@ static const char usage[] =
     "                   [--policy 'threshold|slo|manual [key=value]...']] [--controller URL]\n"
     "                  [--report-ms N] [--device cpu|cuda [--dtype bf16|f32] [--gpu-margin-mib "
     "N]]\n"
+    "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
+    "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
@@ -33,7 +35,11 @@ static const char usage[] =
     "--policy (default: the one stored in --controller-db, default DIR/controller.db), and "
     "dslactl\n"
     "talks to it at --admin. --controller makes a --serving-only replica report to a controller\n"
-    "elsewhere. tcp://127.0.0.1:* and port 0 pick free ports. Prints \"listening on ENDPOINT\",\n"
+    "elsewhere. --distill-data and --distill-out run the distiller (docs/distiller.md): it\n"
+    "distils the model's attention layers into DSLA layer versions in --distill-out while the\n"
+    "node serves (resuming a run found there), and announces each to the controller, whose\n"
+    "--layers defaults to --distill-out. tcp://127.0.0.1:* and port 0 pick free ports. Prints "
+    "\"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
     "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
     "(bf16, or f32 for exact comparisons with the CPU), KV and DSLA state pools sized to the free\n"
@@ -100,6 +106,12 @@ int main(int argc, char **argv) {
     const char *policy = NULL, *controller = NULL;
     const char *device = "cpu", *dtype = "bf16";
     long margin_mib = 2048, max_running = 0, max_context = 0, prefill_chunk = 0;
+    dsla_distill_params_t distill = dsla_distill_params_default();
+    dsla_arg_list_t distill_data = {0};
+    const char *distill_out = NULL;
+    long distill_layers = 0, distill_steps = distill.steps, distill_batch = distill.batch;
+    long distill_seq_len = 256, distill_max_sequences = 0, distill_eval_sequences = 16;
+    long distill_seed = (long)distill.seed, distill_checkpoint = distill.checkpoint_every;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
         {"endpoint", DSLA_ARG_STRING, "clients' mailbox (default tcp://127.0.0.1:7070)", 0, 0,
@@ -140,6 +152,26 @@ int main(int argc, char **argv) {
         {"prefill-chunk", DSLA_ARG_INT,
          "prompt tokens per request per step (default 256 on the CPU, 2048 on a GPU)", 1, 1 << 20,
          &prefill_chunk},
+        {"distill-data", DSLA_ARG_STRING_LIST,
+         "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
+        {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
+         &distill_out},
+        {"distill-layers", DSLA_ARG_INT, "layers to distil, first of the order (default all)", 0,
+         DSLA_LAYER_ORDER_MAX, &distill_layers},
+        {"distill-steps", DSLA_ARG_INT, "optimizer steps per layer (default 200)", 1, 1e9,
+         &distill_steps},
+        {"distill-seq-len", DSLA_ARG_INT, "tokens per training sequence (default 256)", 2, 1 << 20,
+         &distill_seq_len},
+        {"distill-batch", DSLA_ARG_INT, "sequences per step (default 8)", 1, DSLA_LAYER_ORDER_MAX,
+         &distill_batch},
+        {"distill-max-sequences", DSLA_ARG_INT, "training sequences read at most (0: all)", 0, 1e9,
+         &distill_max_sequences},
+        {"distill-eval-sequences", DSLA_ARG_INT, "held-out sequences (default 16)", 1, 1e6,
+         &distill_eval_sequences},
+        {"distill-seed", DSLA_ARG_INT, "initialisation and batch seed (default 1234)", 0, 9.2e18,
+         &distill_seed},
+        {"distill-checkpoint-every", DSLA_ARG_INT, "steps between checkpoints (default 50)", 0, 1e9,
+         &distill_checkpoint},
     };
     const char *positional[1];
     int n_positional = 0;
@@ -167,6 +199,12 @@ int main(int argc, char **argv) {
                         "its own with --layers\n");
         return 2;
     }
+    if ((distill_data.count > 0) != (distill_out != NULL) || (distill_out && serving_only) ||
+        (distill_out && !model_dir)) {
+        fprintf(stderr, "dsla-serve: the distiller needs --distill-data and --distill-out "
+                        "together, with --model and without --serving-only\n");
+        return 2;
+    }
     const bool on_gpu = strcmp(device, "cuda") == 0;
     if (!on_gpu && strcmp(device, "cpu") != 0) {
         fprintf(stderr, "dsla-serve: --device %s: cpu or cuda\n", device);
@@ -181,8 +219,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     char db_default[4096];
-    if (layers_dir && !controller_db) {
-        snprintf(db_default, sizeof db_default, "%s/controller.db", layers_dir);
+    if ((layers_dir || distill_out) && !controller_db) {
+        snprintf(db_default, sizeof db_default, "%s/controller.db",
+                 layers_dir ? layers_dir : distill_out);
         controller_db = db_default;
     }
     /* Blocked before any thread starts, so that every actor thread inherits the mask and only
@@ -230,6 +269,24 @@ int main(int argc, char **argv) {
                                      .policy = policy,
                                      .controller = controller,
                                      .report_ms = (uint32_t)report_ms};
+        if (distill_out) {
+            distill.layers = (int)distill_layers;
+            distill.steps = (int)distill_steps;
+            distill.batch = (int)distill_batch;
+            distill.seed = (uint64_t)distill_seed;
+            distill.checkpoint_every = (int)distill_checkpoint;
+            distill.optim = dsla_adamw_params_default(distill.steps);
+            config.distiller = (dsla_distiller_config_t){
+                .model_dir = model_dir,
+                .data = distill_data.items,
+                .n_data = distill_data.count,
+                .out_dir = distill_out,
+                .params = distill,
+                .seq_len = (int)distill_seq_len,
+                .max_sequences = (int)distill_max_sequences,
+                .eval_sequences = (int)distill_eval_sequences,
+            };
+        }
         st = dsla_node_create(&node, &config);
     }
     if (st == DSLA_OK) {

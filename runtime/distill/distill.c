@@ -631,6 +631,13 @@ static dsla_status_t train_layer(run_t *r, int k) {
     int tail_count = 0;
     int idx[DSLA_LAYER_ORDER_MAX];
     while (step < p->steps) {
+        if (r->cb && r->cb->should_stop && r->cb->should_stop(r->cb->user)) {
+            st = dsla_error(DSLA_ERR_CANCELLED,
+                            "distillation stopped before layer %d's step %ld of %d; started again "
+                            "on %s it resumes from the last checkpoint",
+                            layer, step + 1, p->steps, r->out_dir);
+            goto done;
+        }
         double t0 = now_seconds();
         step++;
         uint64_t rng = p->seed ^ ((uint64_t)(layer + 1) << 40) ^ (uint64_t)step;

@@ -94,11 +94,16 @@ typedef struct {
     void (*on_progress)(void *user, const dsla_distill_progress_t *p);
     void (*on_layer_done)(void *user, const dsla_distill_layer_report_t *r);
     void *user;
+    /* Asked before every step; true stops the run with DSLA_ERR_CANCELLED, leaving the finished
+     * layer versions and the last checkpoint, so that a run started again resumes there. NULL:
+     * never. Lets an owner on another thread stop a run within one step. */
+    bool (*should_stop)(void *user);
 } dsla_distill_callbacks_t;
 
 /* Runs (or resumes) a distillation into out_dir (created if missing). train and eval hold packed
  * sequences of one length; eval must not overlap train. INVALID_ARGUMENT for parameters out of
- * range (named); FORMAT when out_dir holds versions of another order or teacher. */
+ * range (named); FORMAT when out_dir holds versions of another order or teacher; CANCELLED when
+ * callbacks->should_stop asked it to stop. */
 dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train,
                                const dsla_corpus_t *eval, const dsla_distill_params_t *params,
                                const char *out_dir, const dsla_distill_callbacks_t *callbacks,

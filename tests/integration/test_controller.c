@@ -12,132 +12,24 @@
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
 
-#include <arpa/inet.h>
 #include <dirent.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "actors/layer_catalogue.h"
-#include "proto/dsla_client.h"
 #include "runtime/model/tokenizer.h"
-#include "tests/serverutil.h"
-#include "tests/unit/serve_harness.h"
+#include "tests/integration/ctl_harness.h"
 
-enum { MAX_TOKENS = 24, WAIT_MS = 20000, OUT_MAX = 1 << 16 };
-
-static const int32_t prompt_ids[] = {1, 403, 407, 261, 78, 29, 300};
-
-/* A loopback TCP port free now (the kernel's pick for port 0). */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Runs a program of $DSLA_BIN with argv (NULL-terminated, after argv[0]); stdout and stderr
- * together into out. Returns the exit code. */
-static int run_bin(const char *prog, const char *const *args, char *out, size_t cap) {
-    char path[1024], log[1024];
-    snprintf(path, sizeof path, "%s/%s", dsla_test_bin_dir(), prog);
-    char *dir = dsla_test_tempdir();
-    snprintf(log, sizeof log, "%s/out", dir);
-    const char *argv[48] = {path};
-    for (int i = 0; args[i] && i < 46; i++)
-        argv[i + 1] = args[i];
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(127);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    char *text = dsla_test_read_file(log, NULL);
-    snprintf(out, cap, "%s", text ? text : "");
-    free(text);
-    dsla_test_rmtree(dir);
-    free(dir);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+enum { MAX_TOKENS = CTL_MAX_TOKENS, OUT_MAX = CTL_OUT_MAX };
 
 static char admin[64];
 
 static int dslactl(char *out, const char *a1, const char *a2, const char *a3) {
-    const char *args[] = {"--admin", admin, a1, a2, a3, NULL};
-    return run_bin("dslactl", args, out, OUT_MAX);
+    return ctl_dslactl(admin, out, a1, a2, a3);
 }
 
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Polls `dslactl status` until it shows needle; fails with the last status otherwise. */
 static void wait_status(const char *needle) {
-    static char out[OUT_MAX];
-    for (int waited = 0; waited < WAIT_MS; waited += 50) {
-        if (dslactl(out, "status", NULL, NULL) == 0 && strstr(out, needle)) return;
-        sleep_ms(50);
-    }
-    fail_msg("dslactl status never showed '%s'; last:\n%s", needle, out);
-}
-
-static void generate(const char *endpoint, dsla_test_collected_t *got) {
-    dsla_client_t *c = NULL;
-    assert_int_equal(dsla_client_connect(&c, endpoint, NULL), DSLA_OK);
-    dsla_proto_generate_t req = {.prompt_ids = prompt_ids,
-                                 .n_prompt_ids = sizeof prompt_ids / sizeof prompt_ids[0],
-                                 .max_tokens = MAX_TOKENS,
-                                 .temperature = 0,
-                                 .top_p = 1,
-                                 .ignore_eos = true,
-                                 .stream = true};
-    dsla_client_result_t res;
-    memset(got, 0, sizeof *got);
-    dsla_proto_code_t code = dsla_client_generate(c, &req, dsla_test_collect, got, 30000, &res);
-    if (code != DSLA_CODE_OK) fail_msg("generate: %s", res.message);
-    dsla_client_close(&c);
-}
-
-/* Greedy ids in-process, under the first n_dsla versions of the catalogue. */
-static void reference(dsla_model_t *m, const dsla_tokenizer_t *tok, const dsla_catalogue_t *cat,
-                      int n_dsla, harness_stream_t *out) {
-    dsla_plan_t *plan = NULL;
-    harness_ok(dsla_plan_create(&plan, dsla_model_config(m)->num_layers), "plan");
-    for (int i = 0; i < n_dsla; i++) {
-        dsla_dsla_layer_t *w = NULL;
-        harness_ok(dsla_dsla_layer_load(&w, cat->entries[i].path, dsla_model_config(m), NULL),
-                   "load layer version");
-        dsla_layer_ref_t *ref = NULL;
-        harness_ok(dsla_layer_ref_create(&ref, &w), "layer ref");
-        harness_ok(dsla_plan_set_layer(plan, cat->entries[i].layer, ref), "plan layer");
-        dsla_layer_ref_release(&ref);
-    }
-    harness_request_t q = {.n_prompt = sizeof prompt_ids / sizeof prompt_ids[0],
-                           .max_tokens = MAX_TOKENS,
-                           .ignore_eos = true};
-    memcpy(q.prompt, prompt_ids, sizeof prompt_ids);
-    dsla_engine_config_t cfg = dsla_engine_config_default();
-    harness_run_solo(m, tok, &cfg, plan, &q, out);
-    dsla_plan_release(&plan);
-}
-
-static void assert_same_ids(const dsla_test_collected_t *got, const harness_stream_t *want,
-                            const char *what) {
-    if (got->n != want->n || memcmp(got->ids, want->ids, sizeof got->ids[0] * (size_t)got->n))
-        fail_msg("%s: the served greedy ids differ from in-process generation (%d vs %d tokens)",
-                 what, got->n, want->n);
+    ctl_wait_status(admin, needle);
 }
 
 /* Flips bytes in the tensor data of every layer version in dir; keeps the originals in saved. */
@@ -217,7 +109,7 @@ static void test_convert_revert_refuse_restart(void **state) {
                              "8",       "--eval-sequences",
                              "2",       "--seed",
                              "7",       NULL};
-    if (run_bin("dsla", distill, out, OUT_MAX) != 0) fail_msg("dsla distill:\n%s", out);
+    if (ctl_run_bin("dsla", distill, out, OUT_MAX) != 0) fail_msg("dsla distill:\n%s", out);
     dsla_catalogue_t *cat = calloc(1, sizeof *cat);
     harness_ok(dsla_catalogue_scan(cat, layers), "catalogue");
     assert_int_equal(cat->n, 2);
@@ -226,12 +118,12 @@ static void test_convert_revert_refuse_restart(void **state) {
     dsla_tokenizer_t *tok = NULL;
     harness_ok(dsla_tokenizer_load_dir(&tok, model), "tokenizer");
     harness_stream_t *teacher = calloc(1, sizeof *teacher), *hybrid = calloc(1, sizeof *hybrid);
-    reference(m, tok, cat, 0, teacher);
-    reference(m, tok, cat, 2, hybrid);
+    ctl_reference(m, tok, cat, 0, teacher);
+    ctl_reference(m, tok, cat, 2, hybrid);
     /* the test means something only if the plans can be told apart by their outputs */
     assert_memory_not_equal(teacher->ids, hybrid->ids, sizeof teacher->ids[0] * MAX_TOKENS);
 
-    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", free_port());
+    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
     dsla_test_server_t srv = start(model, layers, db, "manual layers=0");
     wait_status("replica serving0 alive: plan 1 runs 0 DSLA layers");
     dsla_test_collected_t *got = calloc(1, sizeof *got);
@@ -242,8 +134,8 @@ static void test_convert_revert_refuse_restart(void **state) {
     assert_int_equal(dslactl(out, "status", NULL, NULL), 0);
     assert_non_null(strstr(out, "policy: manual max_ratio=0.5 layers=2"));
     assert_non_null(strstr(out, "target 2"));
-    generate(srv.endpoint, got);
-    assert_same_ids(got, hybrid, "2 DSLA layers");
+    ctl_generate(srv.endpoint, got);
+    ctl_assert_same_ids(got, hybrid, "2 DSLA layers");
     dsla_test_http_reply_t h = dsla_test_http(srv.http_port, "POST", "/v1/completions",
                                               "{\"prompt\": \"Once upon\", \"max_tokens\": 8}");
     assert_int_equal(h.status, 200);
@@ -261,8 +153,8 @@ static void test_convert_revert_refuse_restart(void **state) {
     /* revert 2: the teacher again */
     assert_int_equal(dslactl(out, "revert", "2", NULL), 0);
     wait_status("runs 0 DSLA layers []; target 0\n");
-    generate(srv.endpoint, got);
-    assert_same_ids(got, teacher, "0 DSLA layers");
+    ctl_generate(srv.endpoint, got);
+    ctl_assert_same_ids(got, teacher, "0 DSLA layers");
 
     /* corrupt versions: refused, the old plan stays and serves */
     char *saved[8];
@@ -277,8 +169,8 @@ static void test_convert_revert_refuse_restart(void **state) {
     assert_non_null(strstr(out, "checksum"));
     assert_int_equal(dslactl(out, "history", "--limit", "50"), 0);
     assert_non_null(strstr(out, "plan_refused"));
-    generate(srv.endpoint, got);
-    assert_same_ids(got, teacher, "after a refused plan");
+    ctl_generate(srv.endpoint, got);
+    ctl_assert_same_ids(got, teacher, "after a refused plan");
     dsla_test_server_stop(&srv);
 
     /* restart on the same database, without --policy: the pinned policy and the history stay,

@@ -38,6 +38,15 @@ static void collect_plan(void *user, const dsla_ctl_plan_row_t *row) {
     c->n++;
 }
 
+static void collect_layer(void *user, const dsla_ctl_layer_row_t *row) {
+    collected_t *c = user;
+    size_t len = strlen(c->text);
+    snprintf(c->text + len, sizeof c->text - len, "%s %d %d %016llx %llu %016llx\n", row->path,
+             row->layer, row->version, (unsigned long long)row->checksum,
+             (unsigned long long)row->size, (unsigned long long)row->xxh64);
+    c->n++;
+}
+
 static void test_restart_keeps_state(void **state) {
     (void)state;
     char *dir = dsla_test_tempdir();
@@ -50,6 +59,15 @@ static void test_restart_keeps_state(void **state) {
     dsla_ctl_plan_row_t row = {.replica = "serving0", .n_dsla = 1, .plan_id = 3};
     snprintf(row.layers, sizeof row.layers, "1@1:554b18f9fd33d39a");
     ok(dsla_ctl_store_put_plan(s, &row));
+    dsla_ctl_layer_row_t lr = {.path = "/v/layer-3.safetensors",
+                               .layer = 3,
+                               .version = 1,
+                               .checksum = UINT64_MAX,
+                               .size = 4096,
+                               .xxh64 = 0x8000000000000001ull};
+    ok(dsla_ctl_store_put_layer(s, &lr));
+    lr.version = 2; /* the same path announced again replaces its row */
+    ok(dsla_ctl_store_put_layer(s, &lr));
     for (int i = 0; i < 30; i++) {
         char details[32];
         snprintf(details, sizeof details, "event %d", i);
@@ -71,6 +89,11 @@ static void test_restart_keeps_state(void **state) {
     ok(dsla_ctl_store_each_plan(s, collect_plan, &plans));
     assert_int_equal(plans.n, 1);
     assert_string_equal(plans.text, "serving0 1 3 1@1:554b18f9fd33d39a\n");
+    collected_t layers = {0};
+    ok(dsla_ctl_store_each_layer(s, collect_layer, &layers));
+    assert_int_equal(layers.n, 1);
+    assert_string_equal(layers.text, "/v/layer-3.safetensors 3 2 ffffffffffffffff 4096 "
+                                     "8000000000000001\n");
     ok(dsla_ctl_store_each_event(s, 3, collect_event, &events));
     assert_int_equal(events.n, 3); /* the newest three, oldest first */
     assert_string_equal(events.text,
@@ -128,6 +151,20 @@ static void test_catalogue_order(void **state) {
         assert_true(dsla_dsla_layer_checksum(l) == cat->entries[i].checksum);
         dsla_dsla_layer_destroy(&l);
     }
+    /* adding announced versions: one kept (not newer), one replacing, one new at its rank */
+    dsla_catalogue_entry_t e = cat->entries[1];
+    int order[] = {2, 0, 3, 1};
+    assert_int_equal(dsla_catalogue_add(cat, &e, order, 3), DSLA_CATALOGUE_KEPT);
+    e.version = 3;
+    assert_int_equal(dsla_catalogue_add(cat, &e, order, 3), DSLA_CATALOGUE_REPLACED);
+    assert_int_equal(cat->entries[1].version, 3);
+    e.layer = 3;
+    assert_int_equal(dsla_catalogue_add(cat, &e, order, 4), DSLA_CATALOGUE_ADDED);
+    const int want_after[] = {2, 0, 3, 1};
+    assert_int_equal(cat->n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(cat->entries[i].layer, want_after[i]);
+    assert_int_equal(dsla_catalogue_read(junk, &e, NULL, NULL), DSLA_ERR_FORMAT);
     char missing[1024];
     snprintf(missing, sizeof missing, "%s/none", dir);
     assert_int_equal(dsla_catalogue_scan(cat, missing), DSLA_ERR_NOT_FOUND);

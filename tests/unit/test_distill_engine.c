@@ -1,10 +1,12 @@
 /* The distillation engine's pieces on stories260K: the entropy order, held-out NLL, parameter
- * checks, the gate cosine term, and that a short run lowers the held-out layer loss. */
+ * checks, the gate cosine term, that a short run lowers the held-out layer loss, and that
+ * should_stop stops a run within a step. */
 #include "tests/testutil.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime/distill/distill.h"
 
@@ -166,8 +168,40 @@ static void test_short_run_lowers_loss_and_gate_cosine_changes_training(void **s
     assert_true(plain_sum != cosine_sum);
 }
 
+/* should_stop: counts the steps it was asked about and says stop at the third. */
+static bool stop_at_third_step(void *user) {
+    return ++*(int *)user == 3;
+}
+
+static void test_should_stop_cancels_within_a_step(void **state) {
+    FIXTURE_OR_SKIP(state);
+    dsla_distill_params_t p = dsla_distill_params_default();
+    p.layers = 1;
+    p.steps = 10;
+    p.batch = 2;
+    p.checkpoint_every = 0;
+    p.optim = dsla_adamw_params_default(p.steps);
+    int asked = 0;
+    const dsla_distill_callbacks_t cb = {NULL, NULL, &asked, stop_at_third_step};
+    char out[1024];
+    snprintf(out, sizeof out, "%s/stopped", f->dir);
+    dsla_distill_report_t *r = calloc(1, sizeof *r);
+    assert_int_equal(dsla_distill_run(f->model, &f->train, &f->eval, &p, out, &cb, r),
+                     DSLA_ERR_CANCELLED);
+    assert_int_equal(asked, 3);
+    assert_int_equal(r->n_converted, 0);
+    assert_non_null(strstr(dsla_last_error(), "step 3 of 10"));
+    for (int l = 0; l < 5; l++) /* handed back clean, no version written */
+        assert_null(dsla_model_dsla_layer(f->model, l));
+    char path[1100];
+    snprintf(path, sizeof path, "%s/layer-%d.safetensors", out, r->order[0]);
+    assert_int_equal(access(path, F_OK), -1);
+    free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_should_stop_cancels_within_a_step),
         cmocka_unit_test(test_entropy_order_is_an_ascending_permutation),
         cmocka_unit_test(test_eval_nll_matches_the_forward_pass),
         cmocka_unit_test(test_bad_parameters_are_named),

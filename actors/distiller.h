@@ -1,0 +1,59 @@
+/* The distiller actor (DESIGN.md sections 3, 5 and 7): owns one online distillation run (teacher,
+ * calibration corpus, output directory, parameters) and announces each finished layer version to
+ * the controller.
+ *
+ * The run is dsla_distill_run (runtime/distill/distill.h), which trains for seconds to hours and
+ * blocks its caller, so it runs on a worker thread the actor owns, not in the actor's loop: slices
+ * from the loop would need the engine to hand back control mid-layer (its capture and eval passes
+ * are long too), and the loop must keep answering heartbeats. The worker loads its own copy of
+ * the teacher (the engine installs DSLA layers into the model it trains, so it cannot share the
+ * serving actor's) and the corpus, then runs; its callbacks only write a mutex-guarded outbox:
+ * the latest progress, and for each finished version an announcement (path, size and xxh64 of
+ * the whole file, the version's checksum, order, eval numbers) built on the worker, so that
+ * hashing never runs on the loop. runtime/actor has no cross-thread wake-up, so the actor drains
+ * the outbox from a timer every DSLA_DISTILLER_POLL_MS: one lock per tick, and an announcement
+ * at most that late, next to layers that take seconds or more to train.
+ *
+ * The actor sends LAYER_READY for each version and DISTILL_PROGRESS when the progress changed, to
+ * the controller while it answers heartbeats; when the controller comes (back) alive it announces
+ * every version of the run again (the controller ignores what it already holds), so a restarted
+ * controller misses nothing. A run started again on the same output directory resumes (the
+ * engine keeps finished versions and the last checkpoint); its kept versions are announced too.
+ *
+ * Contract: destroy stops the run within one training step (the engine's should_stop hook), joins
+ * the worker, then stops the actor. It never blocks its loop on the worker and prints nothing. */
+#ifndef DSLA_ACTORS_DISTILLER_H
+#define DSLA_ACTORS_DISTILLER_H
+
+#include "runtime/actor/actor.h"
+#include "runtime/distill/distill.h"
+
+/* How often the actor drains the worker's outbox; see above. */
+#define DSLA_DISTILLER_POLL_MS 100
+/* Data files one run reads. */
+#define DSLA_DISTILLER_DATA_MAX 16
+
+typedef struct dsla_distiller dsla_distiller_t;
+
+typedef struct {
+    const char *name; /* actor name; NULL: "distiller" */
+    dsla_actor_ctx_t *ctx;
+    const char *endpoint;    /* its mailbox ("inproc://distiller") */
+    const char *controller;  /* the controller's mailbox (required) */
+    const char *model_dir;   /* the teacher, Hugging Face layout */
+    const char *const *data; /* calibration text or .tokens files */
+    int n_data;
+    const char *out_dir; /* layer versions and the checkpoint; created when absent */
+    dsla_distill_params_t params;
+    int seq_len;           /* tokens per training sequence */
+    int max_sequences;     /* training sequences read at most; 0: all */
+    int eval_sequences;    /* held out from the end of the data */
+    uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS */
+} dsla_distiller_config_t;
+
+/* Checks the configuration, starts the actor and the worker; the teacher and data are read on the
+ * worker, so their failures arrive as a DISTILL_PROGRESS "failed" with the reason. */
+dsla_status_t dsla_distiller_create(dsla_distiller_t **out, const dsla_distiller_config_t *c);
+void dsla_distiller_destroy(dsla_distiller_t **d);
+
+#endif
