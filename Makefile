@@ -1,7 +1,8 @@
 # Thin front door over CMake. `make run` and `make test` are the two commands of the README.
 #   make run    install what is missing, build, generate text from $(DSLA_MODEL)
 #   make test   install what is missing, build with warnings as errors, run every test
-#               (then the unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer)
+#               (then the unit and integration tests again under AddressSanitizer +
+#               UndefinedBehaviorSanitizer; the integration tests' servers are sanitized too)
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 DSLA_MODEL ?= ../shared/models/stories260K-hf
@@ -31,7 +32,7 @@ test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DDSLA_CUDA=OFF -DDSLA_SANITIZE=ON -DDSLA_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-		ctest --output-on-failure -j $(JOBS) -L unit
+		ctest --output-on-failure -j $(JOBS) -L 'unit|integration'
 
 bench: build
 	$(BUILD)/bin/bench_cpu_infer
