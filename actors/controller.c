@@ -34,6 +34,14 @@ typedef struct {
     char refusal[DSLA_PROTO_MESSAGE_MAX + 1];
 } replica_t;
 
+/* What was announced of the file of a catalogued layer version: replicas fetching it (LAYER_FETCH)
+ * get its bytes only while the file still has this xxh64. */
+typedef struct {
+    bool known;
+    int version;
+    uint64_t size, xxh64;
+} layer_file_t;
+
 /* The distiller that reports to this controller (one per controller in this slice). */
 typedef struct {
     char name[DSLA_PROTO_NAME_MAX + 1]; /* "" until one reports */
@@ -54,6 +62,8 @@ struct dsla_controller {
     int n_replicas;
     replica_t replicas[DSLA_PROTO_REPLICAS_MAX];
     distiller_t distiller;
+    layer_file_t files[DSLA_PROTO_LAYERS_MAX]; /* by layer: the catalogued version's file */
+    uint64_t chunks_served, bytes_served, fetches_refused;
 };
 
 static int64_t wall_ms(void) {
@@ -118,10 +128,17 @@ static bool runs_prefix(const dsla_controller_t *c, const replica_t *r, int k) {
 
 static void send_plan(dsla_controller_t *c, replica_t *r, int k) {
     dsla_proto_plan_layer_t layers[DSLA_PROTO_LAYERS_MAX];
-    for (int i = 0; i < k; i++)
-        layers[i] = (dsla_proto_plan_layer_t){c->catalogue.entries[i].layer,
-                                              c->catalogue.entries[i].checksum,
-                                              c->catalogue.entries[i].path};
+    for (int i = 0; i < k; i++) {
+        const dsla_catalogue_entry_t *e = &c->catalogue.entries[i];
+        const layer_file_t *f = &c->files[e->layer];
+        const bool known = f->known && f->version == e->version;
+        layers[i] = (dsla_proto_plan_layer_t){.layer = e->layer,
+                                              .checksum = e->checksum,
+                                              .path = e->path,
+                                              .version = (uint32_t)e->version,
+                                              .size = known ? f->size : 0,
+                                              .xxh64 = known ? f->xxh64 : 0};
+    }
     dsla_proto_set_plan_t p = {.seq = ++c->next_seq, .n_layers = (uint32_t)k, .layers = layers};
     dsla_proto_buf_t body;
     dsla_status_t st = dsla_proto_set_plan_encode(&p, &body);
@@ -288,6 +305,7 @@ static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
         goto done;
     }
     if (dsla_catalogue_add(&c->catalogue, &e, order, n_order) == DSLA_CATALOGUE_KEPT) goto done;
+    c->files[e.layer] = (layer_file_t){true, e.version, r->size, r->xxh64};
     dsla_ctl_layer_row_t row = {.layer = e.layer,
                                 .version = e.version,
                                 .checksum = e.checksum,
@@ -328,6 +346,98 @@ static void on_distill_progress(dsla_actor_t *a, const dsla_actor_msg_t *msg, vo
               dsla_proto_distill_state_name(p.state), p.layers_done, p.layers_total, p.message);
     d->progress = p;
     d->have_progress = true;
+}
+
+/* ---- chunked layer transfer ---- */
+
+/* Reads the range f asks for into buf (DSLA_PROTO_CHUNK_MAX bytes) and describes it in out. The
+ * version must be catalogued with the xxh64 asked for; a transfer's first chunk (offset 0) also
+ * checks the whole file against it, so that a file changed since its announce is refused before
+ * a replica writes a byte of it (later changes fail the replica's own xxh64 check). */
+static dsla_status_t read_chunk(dsla_controller_t *c, const dsla_proto_layer_fetch_t *f, char *buf,
+                                dsla_proto_layer_chunk_t *out) {
+    const layer_file_t *lf = &c->files[f->layer];
+    const dsla_catalogue_entry_t *e = NULL;
+    for (int i = 0; i < c->catalogue.n && !e; i++)
+        if (c->catalogue.entries[i].layer == f->layer &&
+            c->catalogue.entries[i].version == (int)f->version)
+            e = &c->catalogue.entries[i];
+    if (!e || !lf->known || lf->version != (int)f->version)
+        return dsla_error(DSLA_ERR_NOT_FOUND,
+                          "LAYER_FETCH: layer %d version %u is not in the catalogue", f->layer,
+                          f->version);
+    if (lf->xxh64 != f->xxh64)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "LAYER_FETCH: layer %d version %u has xxh64 %016" PRIx64
+                          ", not the %016" PRIx64 " asked for",
+                          f->layer, f->version, lf->xxh64, f->xxh64);
+    if (f->offset > lf->size)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "LAYER_FETCH: offset %" PRIu64 " is past the end of %s (%" PRIu64
+                          " bytes)",
+                          f->offset, e->path, lf->size);
+    if (f->offset == 0) {
+        uint64_t size = 0, xxh = 0;
+        DSLA_TRY(dsla_catalogue_file_digest(e->path, &size, &xxh));
+        if (size != lf->size || xxh != lf->xxh64)
+            return dsla_error(DSLA_ERR_FORMAT,
+                              "LAYER_FETCH: %s changed since it was announced: %" PRIu64
+                              " bytes with xxh64 %016" PRIx64 ", announced %" PRIu64
+                              " bytes with xxh64 %016" PRIx64,
+                              e->path, size, xxh, lf->size, lf->xxh64);
+    }
+    uint64_t left = lf->size - f->offset;
+    size_t n = left < f->max_len ? (size_t)left : f->max_len;
+    FILE *fp = fopen(e->path, "rb");
+    bool ok = fp && fseeko(fp, (off_t)f->offset, SEEK_SET) == 0 && fread(buf, 1, n, fp) == n;
+    if (fp) fclose(fp);
+    if (!ok)
+        return dsla_error(DSLA_ERR_IO, "LAYER_FETCH: cannot read %zu bytes at %" PRIu64 " of %s", n,
+                          f->offset, e->path);
+    *out = (dsla_proto_layer_chunk_t){f->layer, f->version, f->xxh64, f->offset, lf->size, buf, n};
+    return DSLA_OK;
+}
+
+static void on_layer_fetch(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_controller_t *c = user;
+    dsla_proto_layer_fetch_t f = {0};
+    dsla_proto_layer_chunk_t chunk = {0};
+    char *buf = malloc(DSLA_PROTO_CHUNK_MAX);
+    dsla_proto_buf_t body = {0};
+    dsla_status_t st = buf ? dsla_proto_layer_fetch_decode(msg->env->body, msg->env->body_len, &f)
+                           : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+    if (st == DSLA_OK) st = read_chunk(c, &f, buf, &chunk);
+    if (st == DSLA_OK) st = dsla_proto_layer_chunk_encode(&chunk, &body);
+    if (st == DSLA_OK) st = dsla_actor_reply(a, msg, DSLA_MSG_LAYER_CHUNK, body.data, body.len);
+    if (st == DSLA_OK) {
+        c->chunks_served++;
+        c->bytes_served += chunk.len;
+        if (chunk.offset + chunk.len == chunk.total_size)
+            event(c, "layer_sent",
+                  "%s: layer %d version %u, %" PRIu64 " bytes (%" PRIu64 " chunks served in all)",
+                  msg->from, chunk.layer, chunk.version, chunk.total_size, c->chunks_served);
+    } else {
+        c->fetches_refused++;
+        char why[DSLA_PROTO_MESSAGE_MAX + 1];
+        snprintf(why, sizeof why, "%s", dsla_last_error());
+        if (f.offset == 0) event(c, "fetch_refused", "%s: %s", msg->from, why);
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), why);
+    }
+    dsla_proto_buf_free(&body);
+    free(buf);
+}
+
+/* Records the file of every catalogued version as it is now: the announce of versions found by
+ * the start-up scan or kept from before a restart. Reads each file once, at start-up. */
+static dsla_status_t digest_catalogue(dsla_controller_t *c) {
+    for (int i = 0; i < c->catalogue.n; i++) {
+        const dsla_catalogue_entry_t *e = &c->catalogue.entries[i];
+        layer_file_t *f = &c->files[e->layer];
+        DSLA_TRY(dsla_catalogue_file_digest(e->path, &f->size, &f->xxh64));
+        f->version = e->version;
+        f->known = true;
+    }
+    return DSLA_OK;
 }
 
 /* ---- admin ---- */
@@ -391,6 +501,9 @@ static void status_text(const dsla_controller_t *c, text_t *t) {
                      p->step, p->steps, p->loss, p->tokens_per_s, p->seconds_left);
         text_add(t, "\n  %s\n", p->message);
     }
+    text_add(
+        t, "transfers: %" PRIu64 " chunks, %" PRIu64 " bytes served; %" PRIu64 " fetches refused\n",
+        c->chunks_served, c->bytes_served, c->fetches_refused);
     text_add(t, "replicas: %d\n", c->n_replicas);
     for (int i = 0; i < c->n_replicas; i++) {
         const replica_t *r = &c->replicas[i];
@@ -623,11 +736,13 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     dsla_status_t st = dsla_catalogue_scan(&c->catalogue, cfg->layers_dir);
     if (st == DSLA_OK) st = dsla_ctl_store_open(&c->store, cfg->db_path);
     if (st == DSLA_OK) st = restore(c, cfg);
+    if (st == DSLA_OK) st = digest_catalogue(c);
     if (st == DSLA_OK) event(c, "start", "%d layer versions in %s", c->catalogue.n, c->layers_dir);
     static const dsla_actor_handler_t handlers[] = {
         {DSLA_MSG_LOAD_REPORT, on_load_report}, {DSLA_MSG_PLAN_ACK, on_plan_reply},
         {DSLA_MSG_PLAN_NACK, on_plan_reply},    {DSLA_MSG_ADMIN, on_admin},
-        {DSLA_MSG_LAYER_READY, on_layer_ready}, {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress}};
+        {DSLA_MSG_LAYER_READY, on_layer_ready}, {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress},
+        {DSLA_MSG_LAYER_FETCH, on_layer_fetch}};
     dsla_actor_def_t def = {
         .name = cfg->name ? cfg->name : "controller",
         .ctx = cfg->ctx,

@@ -16,11 +16,16 @@
  * the catalogue and the database, and evaluates every replica again. DISTILL_PROGRESS feeds the
  * distiller line of `dslactl status`.
  *
+ * Replicas without its filesystem fetch the versions it names with LAYER_FETCH (DESIGN.md section
+ * 7's chunked ZeroMQ transfer): it answers each with one LAYER_CHUNK of the catalogued file, only
+ * while the file still has the size and xxh64 announced (LAYER_READY, or read at start-up), and
+ * ERROR otherwise; `dslactl status` counts the chunks served.
+ *
  * Contract: replicas and distillers reach it at any of its mailboxes (they connect; it never
  * connects to them) and are known by their actor names. Layer version paths travel as the
- * controller sees them, so replicas must share its filesystem (weight transfer is not built yet).
- * It never blocks on another actor and prints nothing; verifying an announced file reads it on
- * the controller's thread, fine for CPU-sized layers. */
+ * controller sees them, with the size and xxh64 a fetching replica needs. It never blocks on
+ * another actor and prints nothing; verifying an announced file and reading a chunk (at most
+ * DSLA_PROTO_CHUNK_MAX bytes) run on the controller's thread, fine for CPU-sized layers. */
 #ifndef DSLA_ACTORS_CONTROLLER_H
 #define DSLA_ACTORS_CONTROLLER_H
 

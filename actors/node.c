@@ -94,7 +94,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
     }
     if (st == DSLA_OK && config->model) {
         dsla_serving_config_t sc = {
-            .name = NODE_LOCAL_REPLICA,
+            .name = config->serving_name ? config->serving_name : NODE_LOCAL_REPLICA,
             .ctx = n->ctx,
             .endpoint = config->serving_only ? config->endpoint : NODE_LOCAL_ENDPOINT,
             .model = config->model,
@@ -104,6 +104,8 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
             .heartbeat_ms = config->heartbeat_ms,
             .controller = n->controller ? NODE_CONTROLLER_ENDPOINT : config->controller,
             .report_ms = config->report_ms,
+            .layer_cache = n->controller ? NULL : config->layer_cache,
+            .fetch_chunk = config->fetch_chunk,
         };
         st = dsla_serving_create(&n->serving, &sc);
     }

@@ -4,7 +4,7 @@
  * converts the serving actor's layers, and, given calibration data, a distiller that writes new
  * layer versions and announces them to that controller; or a gateway alone in front of remote
  * replicas; or a serving actor alone (a replica for a gateway elsewhere, reporting to a remote
- * controller).
+ * controller and, given a layer cache, fetching its layer versions from it).
  *
  * Contract: create starts every actor and returns once all are bound, or stops those it started
  * and names what failed. The model and tokenizer are borrowed and must outlive the node. It only
@@ -46,6 +46,13 @@ typedef struct {
     /* serving_only: a remote controller's mailbox to report to; NULL: none */
     const char *controller;
     uint32_t report_ms; /* the serving actor's LOAD_REPORT interval; 0: the default */
+    /* serving_only with a controller: the layer cache the serving actor fetches layer versions
+     * into (serving.h); NULL: it opens the SET_PLAN's paths (a shared filesystem) */
+    const char *layer_cache;
+    /* the serving actor's name, its routing id at the controller; NULL: "serving0". Replicas
+     * reporting to one controller need distinct names. */
+    const char *serving_name;
+    uint32_t fetch_chunk; /* bytes per LAYER_FETCH; 0: the default */
 } dsla_node_config_t;
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);

@@ -9,6 +9,7 @@
 
 #include "actors/cancel.h"
 #include "actors/clock.h"
+#include "actors/transfer.h"
 #include "runtime/core/log.h"
 
 /* A failed step is retried after this pause rather than at once, so a broken backend cannot make
@@ -26,6 +27,17 @@ typedef struct request {
     bool started; /* its first token (or its end) has come */
 } request_t;
 
+/* A SET_PLAN whose layer versions are being fetched into the layer cache, one chunk in flight. */
+typedef struct {
+    dsla_proto_set_plan_t plan;         /* its paths replaced by the cache's */
+    char from[DSLA_PROTO_NAME_MAX + 1]; /* the SET_PLAN's sender: fetches and the answer go there */
+    uint64_t id;                        /* the SET_PLAN's correlation id */
+    uint32_t next;                      /* the entry of plan.layers being fetched */
+    dsla_transfer_t *xfer;
+    uint64_t fetch_id; /* the LAYER_FETCH in flight; other LAYER_CHUNKs and ERRORs are stale */
+    dsla_actor_timer_t *timer;
+} fetch_job_t;
+
 struct dsla_serving {
     dsla_actor_t *actor; /* the creator's handle: create, endpoint, destroy */
     dsla_actor_t *self;  /* the same actor as its own thread sees it, set in on_start */
@@ -41,6 +53,11 @@ struct dsla_serving {
     dsla_histogram_t last_ttft, last_tpot; /* at the previous report, for windowed quantiles */
     uint32_t n_plan_dsla;
     dsla_proto_dsla_layer_t plan_dsla[DSLA_PROTO_LAYERS_MAX];
+    /* chunked transfer: the cache ("" reads SET_PLAN paths) and the fetch in progress */
+    char layer_cache[DSLA_PROTO_PATH_MAX - 64];
+    uint32_t fetch_chunk, fetch_timeout_ms;
+    uint64_t next_fetch_id;
+    fetch_job_t *job;
 };
 
 static void request_unlink(dsla_serving_t *s, request_t *r) {
@@ -314,6 +331,151 @@ static dsla_status_t adopt_plan(dsla_serving_t *s, const dsla_proto_set_plan_t *
     return DSLA_OK;
 }
 
+/* The PLAN_ACK (st DSLA_OK) or PLAN_NACK (code, and dsla_last_error as the reason) for SET_PLAN
+ * seq, with the plan the engine now runs. */
+static dsla_status_t plan_reply_encode(dsla_serving_t *s, uint64_t seq, dsla_status_t st,
+                                       dsla_proto_code_t code, dsla_proto_buf_t *body) {
+    dsla_proto_plan_reply_t *r = calloc(1, sizeof *r);
+    if (!r) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
+    r->seq = seq;
+    if (st != DSLA_OK) {
+        r->code = code;
+        snprintf(r->reason, sizeof r->reason, "%s", dsla_last_error());
+        dsla_log_warn("serving: plan refused, the old one stays: %s", r->reason);
+    }
+    r->plan_id = dsla_plan_id(dsla_engine_plan(s->engine));
+    r->n_dsla = s->n_plan_dsla;
+    memcpy(r->dsla, s->plan_dsla, s->n_plan_dsla * sizeof s->plan_dsla[0]);
+    dsla_status_t est = dsla_proto_plan_reply_encode(r, body);
+    free(r);
+    return est;
+}
+
+/* Frees a job without touching the actor (its timer dies with the loop). */
+static void job_free(fetch_job_t **job) {
+    if (!*job) return;
+    dsla_transfer_destroy(&(*job)->xfer);
+    dsla_proto_set_plan_free(&(*job)->plan);
+    free(*job);
+    *job = NULL;
+}
+
+/* Ends the job: installs its plan when st is DSLA_OK and every file is in the cache, then answers
+ * the SET_PLAN's sender. */
+static void job_finish(dsla_serving_t *s, dsla_status_t st, dsla_proto_code_t code) {
+    fetch_job_t *job = s->job;
+    dsla_actor_timer_stop(s->self, &job->timer);
+    if (st == DSLA_OK) {
+        st = adopt_plan(s, &job->plan);
+        code = dsla_proto_code_from_status(st);
+    }
+    dsla_proto_buf_t body = {0};
+    if (plan_reply_encode(s, job->plan.seq, st, code, &body) != DSLA_OK ||
+        dsla_actor_send(s->self, job->from, st == DSLA_OK ? DSLA_MSG_PLAN_ACK : DSLA_MSG_PLAN_NACK,
+                        job->id, body.data, body.len) != DSLA_OK)
+        dsla_log_warn("serving: the answer to SET_PLAN %" PRIu64 " is lost: %s", job->plan.seq,
+                      dsla_last_error());
+    dsla_proto_buf_free(&body);
+    job_free(&s->job);
+}
+
+static void on_fetch_timeout(dsla_actor_t *a, void *user) {
+    dsla_serving_t *s = user;
+    (void)a;
+    if (!s->job) return;
+    const dsla_proto_plan_layer_t *l = &s->job->plan.layers[s->job->next];
+    dsla_error(DSLA_ERR_IO, "layer transfer: no LAYER_CHUNK of layer %d from %s within %u ms",
+               l->layer, s->job->from, s->fetch_timeout_ms);
+    job_finish(s, DSLA_ERR_IO, DSLA_CODE_DEADLINE_EXCEEDED);
+}
+
+/* Sends the LAYER_FETCH for the transfer's next chunk and arms the timeout. */
+static dsla_status_t job_request(dsla_serving_t *s) {
+    fetch_job_t *job = s->job;
+    dsla_proto_layer_fetch_t f;
+    dsla_transfer_request(job->xfer, &f);
+    dsla_proto_buf_t body;
+    DSLA_TRY(dsla_proto_layer_fetch_encode(&f, &body));
+    job->fetch_id = ++s->next_fetch_id;
+    dsla_status_t st = dsla_actor_send(s->self, job->from, DSLA_MSG_LAYER_FETCH, job->fetch_id,
+                                       body.data, body.len);
+    dsla_proto_buf_free(&body);
+    dsla_actor_timer_stop(s->self, &job->timer);
+    if (st == DSLA_OK)
+        st = dsla_actor_timer_start(s->self, s->fetch_timeout_ms, 0, on_fetch_timeout, s,
+                                    &job->timer);
+    return st;
+}
+
+/* Starts the fetch of the next layer version the cache lacks, or installs the plan when none. */
+static void job_advance(dsla_serving_t *s) {
+    fetch_job_t *job = s->job;
+    for (; job->next < job->plan.n_layers; job->next++) {
+        const dsla_proto_plan_layer_t *l = &job->plan.layers[job->next];
+        if (dsla_transfer_cached(l->path, l)) continue; /* fetched before: not again */
+        dsla_status_t st = dsla_transfer_begin(&job->xfer, l->path, l, s->fetch_chunk);
+        if (st == DSLA_OK) st = job_request(s);
+        if (st != DSLA_OK) job_finish(s, st, dsla_proto_code_from_status(st));
+        return;
+    }
+    job_finish(s, DSLA_OK, DSLA_CODE_OK);
+}
+
+/* Points every entry of p at its file in the layer cache. */
+static dsla_status_t plan_to_cache(dsla_serving_t *s, dsla_proto_set_plan_t *p) {
+    for (uint32_t i = 0; i < p->n_layers; i++) {
+        dsla_proto_plan_layer_t *l = &p->layers[i];
+        if (l->size == 0)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "SET_PLAN: layer %d carries no file size and xxh64 to fetch it by "
+                              "(a controller without transfers); run this replica with "
+                              "--layer-cache off on the controller's filesystem",
+                              l->layer);
+        char path[DSLA_PROTO_PATH_MAX + 1];
+        DSLA_TRY(dsla_transfer_cache_path(s->layer_cache, l, path, sizeof path));
+        char *dup = strdup(path);
+        if (!dup) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
+        free((char *)l->path);
+        l->path = dup;
+    }
+    return DSLA_OK;
+}
+
+/* With a layer cache, the plan's files come from the cache or from the SET_PLAN's sender, chunk by
+ * chunk, and the answer follows when the last one is in; a newer SET_PLAN supersedes an
+ * unfinished one. */
+static void fetch_plan(dsla_serving_t *s, const dsla_actor_msg_t *msg, dsla_proto_set_plan_t *p) {
+    if (s->job) {
+        dsla_error(DSLA_ERR_CANCELLED,
+                   "SET_PLAN %" PRIu64 " superseded by SET_PLAN %" PRIu64
+                   " before its layers arrived",
+                   s->job->plan.seq, p->seq);
+        job_finish(s, DSLA_ERR_CANCELLED, DSLA_CODE_CANCELLED);
+    }
+    fetch_job_t *job = calloc(1, sizeof *job);
+    dsla_status_t st = job ? DSLA_OK : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
+    if (st == DSLA_OK && !msg->from[0])
+        st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                        "SET_PLAN: a replica with a layer cache fetches from the SET_PLAN's "
+                        "sender, which must be a named peer");
+    if (st == DSLA_OK) st = plan_to_cache(s, p);
+    if (st != DSLA_OK) {
+        dsla_proto_buf_t body = {0};
+        if (plan_reply_encode(s, p->seq, st, dsla_proto_code_from_status(st), &body) == DSLA_OK)
+            dsla_actor_reply(s->self, msg, DSLA_MSG_PLAN_NACK, body.data, body.len);
+        dsla_proto_buf_free(&body);
+        dsla_proto_set_plan_free(p);
+        free(job);
+        return;
+    }
+    job->plan = *p;
+    memset(p, 0, sizeof *p);
+    snprintf(job->from, sizeof job->from, "%s", msg->from);
+    job->id = msg->env->id;
+    s->job = job;
+    job_advance(s);
+}
+
 static void on_set_plan(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_serving_t *s = user;
     dsla_proto_set_plan_t p;
@@ -322,29 +484,65 @@ static void on_set_plan(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
         dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
         return;
     }
-    dsla_proto_plan_reply_t *r = calloc(1, sizeof *r);
-    if (!r) {
-        dsla_proto_set_plan_free(&p);
-        dsla_actor_reply_error(a, msg, DSLA_CODE_RESOURCE_EXHAUSTED, "serving: out of memory");
+    if (s->layer_cache[0]) {
+        fetch_plan(s, msg, &p);
         return;
     }
     st = adopt_plan(s, &p);
-    r->seq = p.seq;
-    if (st != DSLA_OK) {
-        r->code = dsla_proto_code_from_status(st);
-        snprintf(r->reason, sizeof r->reason, "%s", dsla_last_error());
-        dsla_log_warn("serving: plan refused, the old one stays: %s", r->reason);
-    }
-    r->plan_id = dsla_plan_id(dsla_engine_plan(s->engine));
-    r->n_dsla = s->n_plan_dsla;
-    memcpy(r->dsla, s->plan_dsla, s->n_plan_dsla * sizeof s->plan_dsla[0]);
-    dsla_proto_buf_t body;
-    if (dsla_proto_plan_reply_encode(r, &body) == DSLA_OK)
+    dsla_proto_buf_t body = {0};
+    if (plan_reply_encode(s, p.seq, st, dsla_proto_code_from_status(st), &body) == DSLA_OK)
         dsla_actor_reply(a, msg, st == DSLA_OK ? DSLA_MSG_PLAN_ACK : DSLA_MSG_PLAN_NACK, body.data,
                          body.len);
+    else
+        dsla_actor_reply_error(a, msg, DSLA_CODE_RESOURCE_EXHAUSTED, dsla_last_error());
     dsla_proto_buf_free(&body);
     dsla_proto_set_plan_free(&p);
-    free(r);
+}
+
+static void on_layer_chunk(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    (void)a;
+    dsla_serving_t *s = user;
+    fetch_job_t *job = s->job;
+    if (!job || msg->env->id != job->fetch_id || strcmp(msg->from, job->from) != 0) {
+        dsla_log_debug("serving: a stale LAYER_CHUNK from '%s' (id %" PRIu64 ")", msg->from,
+                       msg->env->id);
+        return;
+    }
+    dsla_proto_layer_chunk_t c;
+    bool done = false;
+    dsla_status_t st = dsla_proto_layer_chunk_decode(msg->env->body, msg->env->body_len, &c);
+    if (st == DSLA_OK) st = dsla_transfer_take(job->xfer, &c, &done);
+    if (st == DSLA_OK && !done) st = job_request(s);
+    if (st != DSLA_OK) {
+        job_finish(s, st, dsla_proto_code_from_status(st));
+        return;
+    }
+    if (!done) return;
+    dsla_transfer_destroy(&job->xfer);
+    job->next++;
+    job_advance(s);
+}
+
+/* An ERROR answering the LAYER_FETCH in flight ends its SET_PLAN with a NACK carrying the
+ * sender's code and message; any other ERROR is logged, as the actor would. */
+static void on_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    (void)a;
+    dsla_serving_t *s = user;
+    dsla_proto_error_t err;
+    dsla_status_t st = dsla_proto_error_decode(msg->env->body, msg->env->body_len, &err);
+    if (st != DSLA_OK) {
+        dsla_log_warn("serving: malformed ERROR from '%s': %s", msg->from, dsla_last_error());
+        return;
+    }
+    if (!s->job || msg->env->id != s->job->fetch_id || strcmp(msg->from, s->job->from) != 0) {
+        dsla_log_warn("serving: ERROR from '%s' (id %" PRIu64 "): %s: %s", msg->from, msg->env->id,
+                      dsla_proto_code_name(err.code), err.message);
+        return;
+    }
+    const dsla_proto_plan_layer_t *l = &s->job->plan.layers[s->job->next];
+    dsla_error(DSLA_ERR_IO, "layer transfer of layer %d refused by %s: %s", l->layer, msg->from,
+               err.message);
+    job_finish(s, DSLA_ERR_IO, (dsla_proto_code_t)err.code);
 }
 
 static void on_start(dsla_actor_t *a, void *user) {
@@ -373,9 +571,34 @@ dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_confi
     s->mcfg = dsla_model_config(config->model);
     s->report_ms = config->report_ms ? config->report_ms : DSLA_SERVING_REPORT_MS;
     if (config->controller) snprintf(s->controller, sizeof s->controller, "%s", config->controller);
+    s->fetch_chunk = config->fetch_chunk ? config->fetch_chunk : DSLA_PROTO_CHUNK_MAX;
+    s->fetch_timeout_ms =
+        config->fetch_timeout_ms ? config->fetch_timeout_ms : DSLA_SERVING_FETCH_TIMEOUT_MS;
+    if (config->layer_cache) {
+        if (strlen(config->layer_cache) >= sizeof s->layer_cache) {
+            dsla_engine_destroy(&s->engine);
+            free(s);
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "serving: the layer cache path %s is longer than %zu bytes",
+                              config->layer_cache, sizeof s->layer_cache - 1);
+        }
+        snprintf(s->layer_cache, sizeof s->layer_cache, "%s", config->layer_cache);
+        st = dsla_transfer_cache_init(s->layer_cache);
+        if (st == DSLA_OK && (s->fetch_chunk > DSLA_PROTO_CHUNK_MAX))
+            st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                            "serving: fetch_chunk %u is above the limit of %u", s->fetch_chunk,
+                            DSLA_PROTO_CHUNK_MAX);
+        if (st != DSLA_OK) {
+            dsla_engine_destroy(&s->engine);
+            free(s);
+            return st;
+        }
+    }
     static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_GENERATE, on_generate},
                                                     {DSLA_MSG_CANCEL, on_cancel},
-                                                    {DSLA_MSG_SET_PLAN, on_set_plan}};
+                                                    {DSLA_MSG_SET_PLAN, on_set_plan},
+                                                    {DSLA_MSG_LAYER_CHUNK, on_layer_chunk},
+                                                    {DSLA_MSG_ERROR, on_error}};
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "serving",
         .ctx = config->ctx,
@@ -403,6 +626,7 @@ void dsla_serving_destroy(dsla_serving_t **s) {
     if (!s || !*s) return;
     dsla_actor_destroy(&(*s)->actor);
     dsla_engine_destroy(&(*s)->engine);
+    job_free(&(*s)->job);
     while ((*s)->requests)
         request_unlink(*s, (*s)->requests);
     free(*s);

@@ -15,6 +15,14 @@
  * runs on the actor's thread: fine for the small layers served on the CPU today, a worker's job
  * for large ones (not built yet).
  *
+ * With a layer cache (config.layer_cache), the files come from the cache instead of the
+ * SET_PLAN's paths: a version the cache lacks is fetched from the SET_PLAN's sender with
+ * LAYER_FETCH, one chunk in flight, each LAYER_CHUNK handled as it comes (GENERATE and heartbeats
+ * go on meanwhile), written, fsync'd, checked against the announced xxh64 and renamed
+ * (transfer.h); then the plan is loaded as above. A timeout, a bad chunk, a checksum mismatch or
+ * the sender's ERROR is a PLAN_NACK; a newer SET_PLAN supersedes an unfinished one (NACK
+ * CANCELLED).
+ *
  * It never blocks on another actor and prints nothing; the model and tokenizer are borrowed and
  * must outlive it. */
 #ifndef DSLA_ACTORS_SERVING_H
@@ -40,11 +48,21 @@ typedef struct {
     uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS */
     const char *controller; /* the controller's mailbox; NULL: no reports, no plan changes */
     uint32_t report_ms;     /* LOAD_REPORT interval; 0: DSLA_SERVING_REPORT_MS */
+    /* The layer cache (transfer.h), created when missing. Set: every SET_PLAN's layer versions are
+     * taken from it or fetched into it from the SET_PLAN's sender, never read at the SET_PLAN's
+     * paths. NULL: the paths are opened as they are (a filesystem shared with the controller). */
+    const char *layer_cache;
+    uint32_t fetch_chunk;      /* bytes per LAYER_FETCH; 0: DSLA_PROTO_CHUNK_MAX */
+    uint32_t fetch_timeout_ms; /* for each LAYER_CHUNK; 0: DSLA_SERVING_FETCH_TIMEOUT_MS */
 } dsla_serving_config_t;
 
 /* Once a second: the controller follows load within a few seconds and its policies' cooldowns are
  * seconds long. */
 #define DSLA_SERVING_REPORT_MS 1000
+/* A controller that does not answer a LAYER_FETCH within this long is given up on (PLAN_NACK
+ * DEADLINE_EXCEEDED): ample for a 1 MiB chunk on any network, and below the controller's
+ * DSLA_CONTROLLER_PENDING_MS, so the NACK arrives before it would send the plan again. */
+#define DSLA_SERVING_FETCH_TIMEOUT_MS 5000
 
 dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_config_t *config);
 /* Stops the actor (requests in flight are dropped without events), then frees the engine. */

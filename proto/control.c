@@ -1,6 +1,7 @@
 /* Bodies of the conversion control loop: LOAD_REPORT, SET_PLAN, PLAN_ACK/PLAN_NACK, ADMIN and
  * ADMIN_REPLY (proto.h, docs/protocol.md). Like every decoder here they ignore unknown keys, bound
  * every count and length by the limits in proto.h and allocate only what the frame's bytes hold. */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,10 +147,14 @@ dsla_status_t dsla_proto_set_plan_encode(const dsla_proto_set_plan_t *p, dsla_pr
     rc |= dsla_wire_pack_u64_field(&pk, "seq", p->seq);
     rc |= dsla_wire_pack_key(&pk, "layers") | msgpack_pack_array(&pk, p->n_layers);
     for (uint32_t i = 0; i < p->n_layers; i++) {
-        rc |= msgpack_pack_map(&pk, 3);
-        rc |= dsla_wire_pack_key(&pk, "layer") | msgpack_pack_int32(&pk, p->layers[i].layer);
-        rc |= dsla_wire_pack_u64_field(&pk, "checksum", p->layers[i].checksum);
-        rc |= dsla_wire_pack_str_field(&pk, "path", p->layers[i].path);
+        const dsla_proto_plan_layer_t *l = &p->layers[i];
+        rc |= msgpack_pack_map(&pk, 6);
+        rc |= dsla_wire_pack_key(&pk, "layer") | msgpack_pack_int32(&pk, l->layer);
+        rc |= dsla_wire_pack_u64_field(&pk, "checksum", l->checksum);
+        rc |= dsla_wire_pack_str_field(&pk, "path", l->path);
+        rc |= dsla_wire_pack_u64_field(&pk, "version", l->version);
+        rc |= dsla_wire_pack_u64_field(&pk, "size", l->size);
+        rc |= dsla_wire_pack_u64_field(&pk, "xxh64", l->xxh64);
     }
     return dsla_wire_finish(&sbuf, rc, out, "SET_PLAN");
 }
@@ -181,6 +186,16 @@ static dsla_status_t plan_layers_decode(const msgpack_object *v, dsla_proto_set_
                 st = get_layer(x, &l->layer, what);
             } else if (dsla_wire_key_is(k, "checksum")) {
                 st = dsla_wire_get_u64(x, &l->checksum, what, "checksum");
+            } else if (dsla_wire_key_is(k, "version")) {
+                st = dsla_wire_get_u32(x, &l->version, what, "version");
+            } else if (dsla_wire_key_is(k, "size")) {
+                st = dsla_wire_get_u64(x, &l->size, what, "size");
+                if (st == DSLA_OK && l->size > DSLA_PROTO_LAYER_FILE_MAX)
+                    st = dsla_error(DSLA_ERR_FORMAT,
+                                    "SET_PLAN: size %" PRIu64 " is above the limit of %llu",
+                                    l->size, (unsigned long long)DSLA_PROTO_LAYER_FILE_MAX);
+            } else if (dsla_wire_key_is(k, "xxh64")) {
+                st = dsla_wire_get_u64(x, &l->xxh64, what, "xxh64");
             } else if (dsla_wire_key_is(k, "path")) {
                 free((char *)l->path);
                 l->path = NULL;

@@ -47,7 +47,9 @@
     X(ADMIN, 14, "dslactl -> controller: an admin command; answered by ADMIN_REPLY or ERROR")      \
     X(ADMIN_REPLY, 15, "controller -> dslactl: the command's result, as text for people")          \
     X(LAYER_READY, 16, "distiller -> controller: a layer version is written; verify, catalogue")   \
-    X(DISTILL_PROGRESS, 17, "distiller -> controller: the run's state, layer, step and loss")
+    X(DISTILL_PROGRESS, 17, "distiller -> controller: the run's state, layer, step and loss")      \
+    X(LAYER_FETCH, 18, "serving -> controller: ask for a byte range of a layer version file")      \
+    X(LAYER_CHUNK, 19, "controller -> serving: that byte range; ERROR when it cannot be served")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -269,11 +271,17 @@ dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
 dsla_status_t dsla_proto_load_report_decode(const void *body, size_t len,
                                             dsla_proto_load_report_t *out);
 
-/* One DSLA layer of a SET_PLAN: the layer version file to load and the checksum it must have. */
+/* One DSLA layer of a SET_PLAN: the layer version file to load and the checksum it must have, and
+ * what a replica without the controller's filesystem needs to fetch it (LAYER_FETCH): the version
+ * and the file's size and xxh64 as announced. version, size and xxh64 are 0 when unknown (a peer
+ * that does not send them). */
 typedef struct {
     int32_t layer;
     uint64_t checksum;
     const char *path; /* NUL-terminated; borrowed on encode, allocated by decode */
+    uint32_t version;
+    uint64_t size;  /* bytes of the file */
+    uint64_t xxh64; /* of the whole file, seed 0 */
 } dsla_proto_plan_layer_t;
 
 /* SET_PLAN: the layers listed run DSLA with those versions, every other layer ATTN. seq is the
@@ -384,5 +392,49 @@ dsla_status_t dsla_proto_distill_progress_encode(const dsla_proto_distill_progre
                                                  dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_distill_progress_decode(const void *body, size_t len,
                                                  dsla_proto_distill_progress_t *out);
+
+/* ---- chunked layer transfer (DESIGN.md section 7's "chunked ZeroMQ"): serving -> controller ----
+ */
+
+/* The most bytes one LAYER_CHUNK carries: a fraction of DSLA_PROTO_FRAME_MAX, small enough that a
+ * chunk in flight does not hold up heartbeats, large enough that a layer of a large model takes a
+ * few hundred round trips. */
+#define DSLA_PROTO_CHUNK_MAX (1u << 20)
+/* The largest layer version file a transfer may announce: far above one layer of the largest
+ * Llama, a bound on what a hostile SET_PLAN can make a replica write. */
+#define DSLA_PROTO_LAYER_FILE_MAX (16ull << 30)
+
+/* LAYER_FETCH: max_len bytes (1..DSLA_PROTO_CHUNK_MAX) of the file of layer version (layer,
+ * version) from offset on, which must still have the announced xxh64. */
+typedef struct {
+    int32_t layer;
+    uint32_t version;
+    uint64_t xxh64;
+    uint64_t offset;
+    uint32_t max_len;
+} dsla_proto_layer_fetch_t;
+
+dsla_status_t dsla_proto_layer_fetch_encode(const dsla_proto_layer_fetch_t *f,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_layer_fetch_decode(const void *body, size_t len,
+                                            dsla_proto_layer_fetch_t *out);
+
+/* LAYER_CHUNK: the bytes [offset, offset + len) of a file of total_size bytes; fewer than asked
+ * only at its end. bytes is borrowed on encode; on decode it points into body, which must outlive
+ * its use. Decode checks that offset + len <= total_size <= DSLA_PROTO_LAYER_FILE_MAX. */
+typedef struct {
+    int32_t layer;
+    uint32_t version;
+    uint64_t xxh64;
+    uint64_t offset;
+    uint64_t total_size;
+    const void *bytes;
+    size_t len; /* at most DSLA_PROTO_CHUNK_MAX */
+} dsla_proto_layer_chunk_t;
+
+dsla_status_t dsla_proto_layer_chunk_encode(const dsla_proto_layer_chunk_t *c,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_layer_chunk_decode(const void *body, size_t len,
+                                            dsla_proto_layer_chunk_t *out);
 
 #endif

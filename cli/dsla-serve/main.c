@@ -19,7 +19,9 @@ static const char usage[] =
     "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n"
     "                  [--layers DIR [--controller-db PATH] [--admin tcp://127.0.0.1:7071]\n"
     "                   [--policy 'threshold|slo|manual [key=value]...']] [--controller URL]\n"
-    "                  [--report-ms N] [--device cpu|cuda [--dtype bf16|f32] [--gpu-margin-mib "
+    "                  [--report-ms N] [--name NAME] [--layer-cache DIR|off]\n"
+    "                  [--fetch-chunk BYTES]\n"
+    "                  [--device cpu|cuda [--dtype bf16|f32] [--gpu-margin-mib "
     "N]]\n"
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
     "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...]\n"
@@ -35,8 +37,12 @@ static const char usage[] =
     "--policy (default: the one stored in --controller-db, default DIR/controller.db), and "
     "dslactl\n"
     "talks to it at --admin. --controller makes a --serving-only replica report to a controller\n"
-    "elsewhere. --distill-data and --distill-out run the distiller (docs/distiller.md): it\n"
-    "distils the model's attention layers into DSLA layer versions in --distill-out while the\n"
+    "elsewhere; it fetches the layer versions the controller names over ZeroMQ, chunk by\n"
+    "chunk, into --layer-cache (default $XDG_CACHE_HOME/dsla-serve/layers, or\n"
+    "~/.cache/dsla-serve/layers) and reuses what is there; --layer-cache off opens the\n"
+    "controller's paths instead (a shared filesystem). --distill-data and --distill-out run\n"
+    "the distiller (docs/distiller.md): it distils the model's attention layers into DSLA\n"
+    "layer versions in --distill-out while the\n"
     "node serves (resuming a run found there), and announces each to the controller, whose\n"
     "--layers defaults to --distill-out. tcp://127.0.0.1:* and port 0 pick free ports. Prints "
     "\"listening on ENDPOINT\",\n"
@@ -61,6 +67,18 @@ static void http_url(const char *address, int port, char *out, size_t cap) {
     const char *a = strncmp(address, "http://", 7) == 0 ? address + 7 : address;
     const char *colon = strrchr(a, ':');
     snprintf(out, cap, "http://%.*s:%d", (int)(colon ? colon - a : 0), a, port);
+}
+
+/* $XDG_CACHE_HOME/dsla-serve/layers, else ~/.cache/dsla-serve/layers, else under /tmp: where a
+ * remote replica keeps the layer versions it fetched (XDG Base Directory's cache). */
+static void default_layer_cache(char *out, size_t cap) {
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && xdg[0] == '/')
+        snprintf(out, cap, "%s/dsla-serve/layers", xdg);
+    else if (home && home[0])
+        snprintf(out, cap, "%s/.cache/dsla-serve/layers", home);
+    else
+        snprintf(out, cap, "/tmp/dsla-serve-layers");
 }
 
 /* --device cuda: the model on the first GPU, its pools sized to the free memory (backend_cuda.h);
@@ -103,7 +121,9 @@ int main(int argc, char **argv) {
     bool serving_only = false;
     long heartbeat_ms = 0, report_ms = 0;
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
-    const char *policy = NULL, *controller = NULL;
+    const char *policy = NULL, *controller = NULL, *layer_cache = NULL;
+    const char *serving_name = NULL;
+    long fetch_chunk = 0;
     const char *device = "cpu", *dtype = "bf16";
     long margin_mib = 2048, max_running = 0, max_context = 0, prefill_chunk = 0;
     dsla_distill_params_t distill = dsla_distill_params_default();
@@ -139,6 +159,15 @@ int main(int argc, char **argv) {
         {"controller", DSLA_ARG_STRING, "with --serving-only: a controller to report to", 0, 0,
          &controller},
         {"report-ms", DSLA_ARG_INT, "LOAD_REPORT interval (default 1000)", 10, 60000, &report_ms},
+        {"name", DSLA_ARG_STRING,
+         "with --serving-only: the serving actor's name at its controller (default serving0)", 0, 0,
+         &serving_name},
+        {"layer-cache", DSLA_ARG_STRING,
+         "with --controller: where fetched layer versions go (default "
+         "$XDG_CACHE_HOME/dsla-serve/layers); off opens the controller's paths",
+         0, 0, &layer_cache},
+        {"fetch-chunk", DSLA_ARG_INT, "with --controller: bytes per LAYER_FETCH (default 1048576)",
+         1024, DSLA_PROTO_CHUNK_MAX, &fetch_chunk},
         {"device", DSLA_ARG_STRING, "cpu (default) or cuda: where the serving actor runs", 0, 0,
          &device},
         {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32 weights and KV", 0, 0,
@@ -205,6 +234,22 @@ int main(int argc, char **argv) {
                         "together, with --model and without --serving-only\n");
         return 2;
     }
+    if (serving_name && !serving_only) {
+        fprintf(stderr, "dsla-serve: --name names a --serving-only replica; this node's serving "
+                        "actor is serving0\n");
+        return 2;
+    }
+    if ((layer_cache || fetch_chunk) && !controller) {
+        fprintf(stderr, "dsla-serve: --layer-cache and --fetch-chunk are for --serving-only "
+                        "replicas with --controller\n");
+        return 2;
+    }
+    char cache_default[4096];
+    if (controller && !layer_cache) {
+        default_layer_cache(cache_default, sizeof cache_default);
+        layer_cache = cache_default;
+    }
+    if (layer_cache && strcmp(layer_cache, "off") == 0) layer_cache = NULL;
     const bool on_gpu = strcmp(device, "cuda") == 0;
     if (!on_gpu && strcmp(device, "cpu") != 0) {
         fprintf(stderr, "dsla-serve: --device %s: cpu or cuda\n", device);
@@ -268,7 +313,10 @@ int main(int argc, char **argv) {
                                      .admin = admin,
                                      .policy = policy,
                                      .controller = controller,
-                                     .report_ms = (uint32_t)report_ms};
+                                     .report_ms = (uint32_t)report_ms,
+                                     .layer_cache = layer_cache,
+                                     .fetch_chunk = (uint32_t)fetch_chunk,
+                                     .serving_name = serving_name};
         if (distill_out) {
             distill.layers = (int)distill_layers;
             distill.steps = (int)distill_steps;

@@ -1,7 +1,8 @@
 /* Shared by the integration tests of the control loop (test_controller.c, test_distiller.c): a free
  * loopback port, running $DSLA_BIN programs (dslactl above all) and polling `dslactl status`,
- * greedy generation through the client stub, and the in-process reference under the first
- * versions of a catalogue. Header-only (static inline) because each test is its own executable. */
+ * greedy generation through the client stub, the in-process reference under the first versions
+ * of a catalogue, and the fast `dsla distill` run those catalogues come from. Header-only (static
+ * inline) because each test is its own executable. */
 #ifndef DSLA_TESTS_CTL_HARNESS_H
 #define DSLA_TESTS_CTL_HARNESS_H
 
@@ -132,6 +133,57 @@ static inline void ctl_assert_same_ids(const dsla_test_collected_t *got,
     if (got->n != want->n || memcmp(got->ids, want->ids, sizeof got->ids[0] * (size_t)got->n))
         fail_msg("%s: the served greedy ids differ from in-process generation (%d vs %d tokens)",
                  what, got->n, want->n);
+}
+
+/* `dsla distill` of two layers of model with the integration tests' fast settings (3 steps of
+ * 2 x 64 tokens, seed 7) into out_dir; fails the test with its output otherwise. */
+static inline void ctl_distill_two(const char *model, const char *data, const char *out_dir) {
+    static char out[CTL_OUT_MAX];
+    const char *args[] = {"distill", "--model",
+                          model,     "--data",
+                          data,      "--out",
+                          out_dir,   "--layers",
+                          "2",       "--steps",
+                          "3",       "--seq-len",
+                          "64",      "--batch",
+                          "2",       "--max-sequences",
+                          "8",       "--eval-sequences",
+                          "2",       "--seed",
+                          "7",       NULL};
+    if (ctl_run_bin("dsla", args, out, CTL_OUT_MAX) != 0) fail_msg("dsla distill:\n%s", out);
+}
+
+/* The catalogue of a layer version directory of n entries, the model, and the in-process greedy
+ * ids under none of them (teacher) and all n (hybrid), which must differ for a test to mean
+ * anything. */
+typedef struct {
+    dsla_catalogue_t *cat;
+    dsla_model_t *model;
+    dsla_tokenizer_t *tok;
+    harness_stream_t *teacher, *hybrid;
+} ctl_refs_t;
+
+static inline void ctl_refs_load(ctl_refs_t *r, const char *model, const char *layers, int n) {
+    r->cat = calloc(1, sizeof *r->cat);
+    harness_ok(dsla_catalogue_scan(r->cat, layers), "catalogue");
+    assert_int_equal(r->cat->n, n);
+    r->model = harness_load_model(model);
+    r->tok = NULL;
+    harness_ok(dsla_tokenizer_load_dir(&r->tok, model), "tokenizer");
+    r->teacher = calloc(1, sizeof *r->teacher);
+    r->hybrid = calloc(1, sizeof *r->hybrid);
+    ctl_reference(r->model, r->tok, r->cat, 0, r->teacher);
+    ctl_reference(r->model, r->tok, r->cat, n, r->hybrid);
+    assert_memory_not_equal(r->teacher->ids, r->hybrid->ids,
+                            sizeof r->teacher->ids[0] * CTL_MAX_TOKENS);
+}
+
+static inline void ctl_refs_free(ctl_refs_t *r) {
+    free(r->teacher);
+    free(r->hybrid);
+    free(r->cat);
+    dsla_tokenizer_destroy(&r->tok);
+    dsla_model_destroy(&r->model);
 }
 
 #endif

@@ -98,30 +98,10 @@ static void test_convert_revert_refuse_restart(void **state) {
     snprintf(layers, sizeof layers, "%s/layers", dir);
     snprintf(db, sizeof db, "%s/controller.db", dir);
     static char out[OUT_MAX];
-    const char *distill[] = {"distill", "--model",
-                             model,     "--data",
-                             data,      "--out",
-                             layers,    "--layers",
-                             "2",       "--steps",
-                             "3",       "--seq-len",
-                             "64",      "--batch",
-                             "2",       "--max-sequences",
-                             "8",       "--eval-sequences",
-                             "2",       "--seed",
-                             "7",       NULL};
-    if (ctl_run_bin("dsla", distill, out, OUT_MAX) != 0) fail_msg("dsla distill:\n%s", out);
-    dsla_catalogue_t *cat = calloc(1, sizeof *cat);
-    harness_ok(dsla_catalogue_scan(cat, layers), "catalogue");
-    assert_int_equal(cat->n, 2);
-
-    dsla_model_t *m = harness_load_model(model);
-    dsla_tokenizer_t *tok = NULL;
-    harness_ok(dsla_tokenizer_load_dir(&tok, model), "tokenizer");
-    harness_stream_t *teacher = calloc(1, sizeof *teacher), *hybrid = calloc(1, sizeof *hybrid);
-    ctl_reference(m, tok, cat, 0, teacher);
-    ctl_reference(m, tok, cat, 2, hybrid);
-    /* the test means something only if the plans can be told apart by their outputs */
-    assert_memory_not_equal(teacher->ids, hybrid->ids, sizeof teacher->ids[0] * MAX_TOKENS);
+    ctl_distill_two(model, data, layers);
+    ctl_refs_t refs;
+    ctl_refs_load(&refs, model, layers, 2);
+    const harness_stream_t *teacher = refs.teacher, *hybrid = refs.hybrid;
 
     snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
     dsla_test_server_t srv = start(model, layers, db, "manual layers=0");
@@ -192,11 +172,7 @@ static void test_convert_revert_refuse_restart(void **state) {
     dsla_test_server_stop(&srv);
 
     free(got);
-    free(teacher);
-    free(hybrid);
-    free(cat);
-    dsla_tokenizer_destroy(&tok);
-    dsla_model_destroy(&m);
+    ctl_refs_free(&refs);
     dsla_test_rmtree(dir);
     free(dir);
     free(model);

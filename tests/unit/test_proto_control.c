@@ -7,9 +7,7 @@
 #include <string.h>
 
 #include "proto/proto.h"
-
-/* Each body type behind one signature, so that the hostile-input loop runs over all of them. */
-typedef dsla_status_t (*decode_fn)(const void *body, size_t len, void *out);
+#include "tests/unit/proto_hostile.h"
 
 static dsla_status_t load_report_decode(const void *b, size_t n, void *o) {
     return dsla_proto_load_report_decode(b, n, o);
@@ -29,21 +27,6 @@ static dsla_status_t admin_reply_decode(const void *b, size_t n, void *o) {
     dsla_status_t st = dsla_proto_admin_reply_decode(b, n, o);
     dsla_proto_admin_reply_free(o);
     return st;
-}
-
-/* Every prefix and every single-byte corruption of a valid body decodes or fails cleanly. */
-static void assert_hostile_safe(const dsla_proto_buf_t *buf, decode_fn decode, void *out) {
-    for (size_t n = 0; n < buf->len; n++)
-        assert_int_not_equal(decode(buf->data, n, out), DSLA_OK);
-    char *copy = malloc(buf->len);
-    uint64_t rng = 42;
-    for (size_t i = 0; i < buf->len; i++)
-        for (int k = 0; k < 4; k++) {
-            memcpy(copy, buf->data, buf->len);
-            copy[i] = (char)dsla_test_rand_u64(&rng);
-            (void)decode(copy, buf->len, out);
-        }
-    free(copy);
 }
 
 static void test_load_report(void **state) {
@@ -93,8 +76,9 @@ static void test_load_report(void **state) {
 
 static void test_set_plan(void **state) {
     (void)state;
-    dsla_proto_plan_layer_t layers[2] = {{3, 0x46055f6cb2c70768ull, "/tmp/v/layer-3.safetensors"},
-                                         {1, 1, "/tmp/v/layer-1.safetensors"}};
+    dsla_proto_plan_layer_t layers[2] = {
+        {3, 0x46055f6cb2c70768ull, "/tmp/v/layer-3.safetensors", 4, 70144, 0x9e3779b97f4a7c15ull},
+        {1, 1, "/tmp/v/layer-1.safetensors", 0, 0, 0}};
     dsla_proto_set_plan_t p = {.seq = 9, .n_layers = 2, .layers = layers}, d;
     dsla_proto_buf_t buf;
     assert_int_equal(dsla_proto_set_plan_encode(&p, &buf), DSLA_OK);
@@ -105,6 +89,8 @@ static void test_set_plan(void **state) {
         assert_int_equal(d.layers[i].layer, layers[i].layer);
         assert_true(d.layers[i].checksum == layers[i].checksum);
         assert_string_equal(d.layers[i].path, layers[i].path);
+        assert_int_equal(d.layers[i].version, layers[i].version);
+        assert_true(d.layers[i].size == layers[i].size && d.layers[i].xxh64 == layers[i].xxh64);
     }
     dsla_proto_set_plan_free(&d);
     dsla_proto_set_plan_free(&d); /* harmless twice */
