@@ -9,7 +9,7 @@
 #   forward  tests/gpu/test_gpu_forward;  serve  tests/gpu/test_gpu_serve
 #   serve_actor  tests/gpu/test_gpu_serve_actor (dsla-serve --device cuda as a process)
 #   controller_gpu  tests/integration/test_controller with the served side on the GPU
-#   gemm     bench_cuda_kernels --only gemm;  kernels  bench_cuda_kernels (all kernels)
+#   gemm     bench_cuda_kernels --only gemm;  dsla  --only dsla;  kernels  all of them
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
 #   e2e      bench_e2e_cuda (the whole 7B table, ~3 minutes on an H200)
 #   torch    bench/pytorch_baseline.py --attention-only (SDPA on the same card)
@@ -49,6 +49,7 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu gemm e2e tor
     controller_gpu) DSLA_TEST_SERVE_DEVICE=cuda stage controller_gpu 300 "$D/bin/test_controller"
         grep -E 'PASSED|FAILED|error|differ' "$OUT/controller_gpu.log" ;;
     gemm) stage gemm 300 "$D/bin/bench_cuda_kernels" --only gemm ;;
+    dsla) stage dsla 300 "$D/bin/bench_cuda_kernels" --only dsla ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;

@@ -19,6 +19,9 @@
  * Numerics are the CPU's (see dsla_chunk_parts.c): no factor above 1 is formed. Inside a sub-chunk
  * the pairwise decay is a running product of gates; between sub-chunks it is split at the reader's
  * sub-chunk start into two factors <= 1, each a short sum of log-gates from its own end. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "kernels/cuda/dsla_common.cuh"
 
 enum {
@@ -67,10 +70,13 @@ static __host__ __device__ size_t dsla_cu_bwd_block_floats(int d) {
 }
 
 /* Workspace carve: states and state gradients [B, H, 2, chunks, d, d], the dalpha partials (one
- * double per item), then the backward's scratch. */
+ * double per item), the backward's scratch, then the state pass's prepared keys and decays. */
 typedef struct {
     float *states, *dstates, *scratch;
     double *gpart;
+    /* The forward state pass's per-chunk inputs (dsla_state_prep): decay-scaled keys
+     * [B, H, 2, chunks, C, d] and each chunk's total decay per channel [B, H, 2, chunks, d]. */
+    float *kg, *gl;
 } dsla_cu_ws_t;
 
 static size_t dsla_cu_ws_carve(const dsla_dsla_dims_t *dims, void *base, dsla_cu_ws_t *ws) {
@@ -84,7 +90,13 @@ static size_t dsla_cu_ws_carve(const dsla_dsla_dims_t *dims, void *base, dsla_cu
     if (ws) ws->gpart = (double *)p;
     p += dsla_cu_align(dsla_cu_bwd_items(dims) * sizeof(double));
     if (ws) ws->scratch = (float *)p;
-    p += dsla_cu_bwd_blocks(dims) * dsla_cu_bwd_block_floats(dims->head_dim) * sizeof(float);
+    p += dsla_cu_align(dsla_cu_bwd_blocks(dims) * dsla_cu_bwd_block_floats(dims->head_dim) *
+                       sizeof(float));
+    const size_t items = (size_t)dims->batch * dims->heads * 2 * dsla_cu_chunks(dims);
+    if (ws) ws->kg = (float *)p;
+    p += dsla_cu_align(items * DSLA_CU_C * d * sizeof(float));
+    if (ws) ws->gl = (float *)p;
+    p += items * d * sizeof(float);
     return (size_t)(p - (char *)base);
 }
 
@@ -183,11 +195,42 @@ __device__ void dsla_cu_intra(float *A, int lda, const float *Q, const float *K,
 
 /* ---- state passes ---- */
 
+/* The forward state pass's inputs for every chunk at once, so that its serial walk over chunks
+ * does GEMMs only: kg[t, c] = k[t, c] exp(sum_{t<u<C} L[u, c]) and gl[c] = exp(sum_t L[t, c]),
+ * L the log-gates, per (sequence, head, state, chunk), in the order the pass itself used (so the
+ * results are bit-identical). One thread per (state, key channel), its 64 steps in sequence;
+ * blocks over (chunk, head, sequence). */
+template <typename T>
+static __global__ void __launch_bounds__(DSLA_CUDA_BLOCK)
+    dsla_state_prep(const T *k, const T *a1, const T *a2, float *kg, float *gl, int tokens, int H,
+                    int d) {
+    const int chunk = (int)blockIdx.x, chunks = (int)gridDim.x, h = (int)blockIdx.y;
+    const int b = (int)blockIdx.z, hd = H * d, t0 = chunk * DSLA_CU_C;
+    const int n = tokens - t0 < DSLA_CU_C ? tokens - t0 : DSLA_CU_C;
+    const size_t base = ((size_t)b * tokens + t0) * hd + (size_t)h * d;
+    for (int idx = (int)threadIdx.x; idx < 2 * d; idx += (int)blockDim.x) {
+        const int i = idx / d, c = idx % d;
+        const T *a = i ? a2 : a1;
+        const size_t item = (((size_t)b * H + h) * 2 + i) * (size_t)chunks + (size_t)chunk;
+        float *out = kg + item * DSLA_CU_C * (size_t)d;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int t = DSLA_CU_C - 1; t >= 0; t--) {
+            const float kv = t < n ? dsla_cu_load(k, base + (size_t)t * hd + c) : 0.0f;
+            const float l =
+                t < n ? dsla_cu_log_gate(dsla_cu_load(a, base + (size_t)t * hd + c)) : 0.0f;
+            out[(size_t)t * d + c] = kv * expf(acc);
+            acc += l;
+        }
+        gl[item * d + c] = expf(acc);
+    }
+}
+
 template <typename T, typename TY, bool TC, bool REV>
 static __global__ void __launch_bounds__(DSLA_CUDA_BLOCK)
     dsla_state_pass(const T *x, const T *a1, const T *a2, const TY *y, const float *alpha,
                     const float *S1_0, const float *S2_0, float *S1_T, float *S2_T, float *ws,
-                    int tokens, int H, int d, int slab) {
+                    const float *kg, const float *glw, int tokens, int H, int d, int slab) {
     extern __shared__ __align__(128) float sm[];
     const int ldx = d + DSLA_CU_PAD, ldy = slab + DSLA_CU_PAD;
     float *X = sm, *L = X + DSLA_CU_C * ldx, *Y = L + DSLA_CU_C * ldx, *S = Y + DSLA_CU_C * ldy;
@@ -216,6 +259,20 @@ static __global__ void __launch_bounds__(DSLA_CUDA_BLOCK)
         for (int idx = (int)threadIdx.x; idx < d * slab; idx += (int)blockDim.x) {
             const int r = idx / slab, j = idx % slab;
             wsS[(size_t)chunk * dd + (size_t)r * d + col0 + j] = S[r * ldy + j];
+        }
+        if (!REV && kg) { /* prepared by dsla_state_prep: this chunk's kg and gl */
+            const size_t item = (((size_t)b * H + h) * 2 + i) * (size_t)chunks + (size_t)chunk;
+            dsla_cu_load_tile<false>(X, ldx, kg, item * DSLA_CU_C * (size_t)d, d, DSLA_CU_C, d,
+                                     1.0f);
+            dsla_cu_load_tile<false>(Y, ldy, y, base + col0, hd, n, slab, 1.0f);
+            for (int c = (int)threadIdx.x; c < d; c += (int)blockDim.x)
+                gl[c] = glw[item * d + c];
+            __syncthreads();
+            for (int idx = (int)threadIdx.x; idx < d * slab; idx += (int)blockDim.x)
+                S[(idx / slab) * ldy + idx % slab] *= gl[idx / slab];
+            __syncthreads();
+            dsla_cu_gemm<TC, true, false>(S, ldy, X, ldx, Y, ldy, d, slab, DSLA_CU_C, true);
+            continue;
         }
         dsla_cu_load_rows(X, ldx, x, base, hd, n, d, scale);
         dsla_cu_load_log_gates(L, ldx, a, base, hd, n, d);
@@ -254,20 +311,39 @@ static size_t dsla_cu_state_pass_smem(int d, int slab) {
                             (size_t)(DSLA_CU_C + d) * (slab + DSLA_CU_PAD) + (size_t)d);
 }
 
+/* REV false (the forward pass over keys) first prepares every chunk's decayed keys in parallel
+ * (dsla_state_prep into prep->kg / prep->gl); REV true walks the chunks itself. */
 template <typename T, typename TY, bool TC, bool REV>
 static dsla_status_t dsla_cu_launch_state_pass(cudaStream_t stream, const dsla_dsla_dims_t *dims,
                                                const T *x, const T *a1, const T *a2, const TY *y,
                                                const float *alpha, const float *S1_0,
                                                const float *S2_0, float *S1_T, float *S2_T,
-                                               float *ws) {
+                                               float *ws, const dsla_cu_ws_t *prep) {
     const int d = dims->head_dim;
+    const float *kg = NULL, *gl = NULL;
+    const unsigned chunks = (unsigned)dsla_cu_chunks(dims);
+    /* DSLA_CUDA_STATE_PREP=0 keeps the in-pass walk (for side-by-side timings). */
+    static int use_prep = -1;
+    if (use_prep < 0) {
+        const char *env = getenv("DSLA_CUDA_STATE_PREP");
+        use_prep = !(env && strcmp(env, "0") == 0);
+    }
+    if (!REV && chunks > 0 && use_prep) {
+        const dim3 pgrid(chunks, (unsigned)dims->heads, (unsigned)dims->batch);
+        dsla_state_prep<T><<<pgrid, DSLA_CUDA_BLOCK, 0, stream>>>(x, a1, a2, prep->kg, prep->gl,
+                                                                  dims->tokens, dims->heads, d);
+        DSLA_CUDA_CHECK_LAUNCH("dsla_state_prep");
+        kg = prep->kg;
+        gl = prep->gl;
+    }
     const int slab = d < DSLA_CU_STATE_SLAB ? d : DSLA_CU_STATE_SLAB;
     const size_t smem = dsla_cu_state_pass_smem(d, slab);
     DSLA_CUDA_CHECK(cudaFuncSetAttribute(dsla_state_pass<T, TY, TC, REV>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)(d / slab), (unsigned)dims->heads * 2, (unsigned)dims->batch);
-    dsla_state_pass<T, TY, TC, REV><<<grid, DSLA_CUDA_BLOCK, smem, stream>>>(
-        x, a1, a2, y, alpha, S1_0, S2_0, S1_T, S2_T, ws, dims->tokens, dims->heads, d, slab);
+    dsla_state_pass<T, TY, TC, REV>
+        <<<grid, DSLA_CUDA_BLOCK, smem, stream>>>(x, a1, a2, y, alpha, S1_0, S2_0, S1_T, S2_T, ws,
+                                                  kg, gl, dims->tokens, dims->heads, d, slab);
     DSLA_CUDA_CHECK_LAUNCH("dsla_state_pass");
     return DSLA_OK;
 }
@@ -649,7 +725,7 @@ static dsla_status_t dsla_cu_forward(cudaStream_t stream, const dsla_dsla_dims_t
     const T *q = (const T *)in->q, *k = (const T *)in->k, *v = (const T *)in->v;
     const T *a1 = (const T *)in->a1, *a2 = (const T *)in->a2;
     DSLA_TRY((dsla_cu_launch_state_pass<T, T, TC, false>(stream, dims, k, a1, a2, v, in->alpha,
-                                                         S1_0, S2_0, S1_T, S2_T, ws->states)));
+                                                         S1_0, S2_0, S1_T, S2_T, ws->states, ws)));
     const int chunks = (int)dsla_cu_chunks(dims);
     if (chunks == 0) return DSLA_OK;
     const size_t smem = dsla_cu_fwd_out_smem(dims->head_dim);
@@ -671,9 +747,9 @@ static dsla_status_t dsla_cu_backward(cudaStream_t stream, const dsla_dsla_dims_
     const T *q = (const T *)in->q, *k = (const T *)in->k, *v = (const T *)in->v;
     const T *a1 = (const T *)in->a1, *a2 = (const T *)in->a2;
     DSLA_TRY((dsla_cu_launch_state_pass<T, T, TC, false>(stream, dims, k, a1, a2, v, in->alpha,
-                                                         S1_0, S2_0, NULL, NULL, ws->states)));
+                                                         S1_0, S2_0, NULL, NULL, ws->states, ws)));
     DSLA_TRY((dsla_cu_launch_state_pass<T, float, TC, true>(
-        stream, dims, q, a1, a2, dout, in->alpha, dS1_T, dS2_T, dS1_0, dS2_0, ws->dstates)));
+        stream, dims, q, a1, a2, dout, in->alpha, dS1_T, dS2_T, dS1_0, dS2_0, ws->dstates, ws)));
     const size_t n = (size_t)dims->batch * dims->tokens * dims->heads * dims->head_dim;
     DSLA_CUDA_CHECK(cudaMemsetAsync(grad->dq, 0, n * sizeof(float), stream));
     DSLA_CUDA_CHECK(cudaMemsetAsync(grad->dk, 0, n * sizeof(float), stream));
