@@ -500,6 +500,9 @@ static void status_text(const dsla_controller_t *c, text_t *t) {
             text_add(t, "; layer %d step %u/%u, loss %.5f, %.0f tokens/s, %.0f s left", p->layer,
                      p->step, p->steps, p->loss, p->tokens_per_s, p->seconds_left);
         text_add(t, "\n  %s\n", p->message);
+        text_add(t, "  prompt samples: %u received, %u held (%u tokens), %u used (%u tokens)\n",
+                 p->samples_received, p->samples_held, p->sample_tokens_held, p->samples_used,
+                 p->sample_tokens_used);
     }
     text_add(
         t, "transfers: %" PRIu64 " chunks, %" PRIu64 " bytes served; %" PRIu64 " fetches refused\n",

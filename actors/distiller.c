@@ -42,8 +42,12 @@ struct dsla_distiller {
     pthread_t worker;
     bool worker_started;
     atomic_bool stop;
+    int bos, vocab; /* the teacher's, for packing samples; worker only */
     pthread_mutex_t lock;
     outbox_t box;
+    /* prompts sampled from live traffic; guarded by lock */
+    dsla_reservoir_t reservoir;
+    uint64_t samples_received;
     /* actor thread only */
     dsla_actor_timer_t *poll_timer;
     bool controller_alive;
@@ -139,6 +143,22 @@ static bool should_stop(void *user) {
     return atomic_load(&d->stop);
 }
 
+/* The engine's extend_train: the reservoir's prompts as extra training sequences of this layer. */
+static dsla_status_t extend_train(void *user, int k, int layer, dsla_corpus_t *pool) {
+    (void)k;
+    dsla_distiller_t *d = user;
+    int added = 0;
+    pthread_mutex_lock(&d->lock);
+    const int held = d->reservoir.n;
+    dsla_status_t st = dsla_reservoir_pack(&d->reservoir, pool, d->bos, d->vocab, &added);
+    d->box.progress_seq++;
+    pthread_mutex_unlock(&d->lock);
+    if (held > 0)
+        dsla_log_info("distiller: layer %d trains on %d more sequences from %d sampled prompts",
+                      layer, added, held);
+    return st;
+}
+
 /* Loads the teacher and the corpus, then runs; every outcome ends in the posted state. */
 static void *worker_main(void *arg) {
     dsla_distiller_t *d = arg;
@@ -154,6 +174,8 @@ static void *worker_main(void *arg) {
                               d->max_sequences > 0 ? d->max_sequences + d->eval_sequences : 0);
     if (st == DSLA_OK) st = dsla_corpus_split(&train, &eval, d->eval_sequences);
     if (st == DSLA_OK) {
+        d->bos = dsla_tokenizer_bos_id(tok);
+        d->vocab = dsla_model_config(model)->vocab_size;
         const int n_layers = dsla_model_config(model)->num_layers;
         const int total = d->params.layers ? d->params.layers : n_layers;
         dsla_proto_distill_progress_t p = {
@@ -162,7 +184,8 @@ static void *worker_main(void *arg) {
                  "%d training and %d held-out sequences of %d tokens, into %.400s",
                  train.num_sequences, eval.num_sequences, d->seq_len, d->out_dir);
         post_progress(d, &p);
-        const dsla_distill_callbacks_t cb = {on_progress, on_layer_done, d, should_stop};
+        const dsla_distill_callbacks_t cb = {on_progress, on_layer_done, d, should_stop,
+                                             extend_train};
         st = dsla_distill_run(model, &train, &eval, &d->params, d->out_dir, &cb, report);
     }
     if (st == DSLA_OK) {
@@ -185,6 +208,42 @@ static void *worker_main(void *arg) {
 }
 
 /* ---- the actor ---- */
+
+static uint32_t saturate_u32(uint64_t x) {
+    return x > UINT32_MAX ? UINT32_MAX : (uint32_t)x;
+}
+
+/* Fills p's sample counts; the caller holds the lock. */
+static void sample_counts(const dsla_distiller_t *d, dsla_proto_distill_progress_t *p) {
+    const dsla_reservoir_t *r = &d->reservoir;
+    p->samples_received = saturate_u32(d->samples_received);
+    p->samples_held = (uint32_t)r->n;
+    p->sample_tokens_held = saturate_u32(dsla_reservoir_tokens(r));
+    p->samples_used = saturate_u32(r->used);
+    p->sample_tokens_used = saturate_u32(r->used_tokens);
+}
+
+/* PROMPT_SAMPLES from a serving actor: every prompt is offered to the reservoir. */
+static void on_prompt_samples(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_distiller_t *d = user;
+    dsla_proto_prompt_samples_t p;
+    dsla_status_t st = dsla_proto_prompt_samples_decode(msg->env->body, msg->env->body_len, &p);
+    if (st != DSLA_OK) {
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
+        return;
+    }
+    const int32_t *ids = p.ids;
+    pthread_mutex_lock(&d->lock);
+    for (uint32_t i = 0; i < p.n_prompts && st == DSLA_OK; i++) {
+        st = dsla_reservoir_offer(&d->reservoir, ids, (int)p.lens[i]);
+        ids += p.lens[i];
+    }
+    d->samples_received += p.n_prompts;
+    d->box.progress_seq++;
+    pthread_mutex_unlock(&d->lock);
+    if (st != DSLA_OK) dsla_log_warn("distiller: sampled prompts lost: %s", dsla_last_error());
+    dsla_proto_prompt_samples_free(&p);
+}
 
 static void send_body(dsla_distiller_t *d, uint32_t type, dsla_status_t encoded,
                       dsla_proto_buf_t *body) {
@@ -215,6 +274,7 @@ static void on_poll(dsla_actor_t *a, void *user) {
     pthread_mutex_lock(&d->lock);
     uint64_t seq = d->box.progress_seq;
     p = d->box.progress;
+    sample_counts(d, &p);
     pthread_mutex_unlock(&d->lock);
     if (seq == d->progress_sent) return;
     d->progress_sent = seq;
@@ -275,6 +335,10 @@ static dsla_status_t configure(dsla_distiller_t *d, const dsla_distiller_config_
         if (!(d->data[d->n_data++] = strdup(c->data[i])))
             return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "distiller: out of memory");
     d->params = c->params;
+    DSLA_TRY(dsla_reservoir_init(&d->reservoir,
+                                 c->reservoir_prompts > 0 ? c->reservoir_prompts
+                                                          : DSLA_DISTILLER_RESERVOIR_PROMPTS,
+                                 c->seq_len, c->params.seed));
     d->seq_len = c->seq_len;
     d->max_sequences = c->max_sequences;
     d->eval_sequences = c->eval_sequences;
@@ -294,12 +358,15 @@ dsla_status_t dsla_distiller_create(dsla_distiller_t **out, const dsla_distiller
     atomic_init(&d->stop, false);
     dsla_status_t st = configure(d, c);
     const dsla_actor_peer_def_t peers[] = {{CONTROLLER_PEER, c->controller}};
+    static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_PROMPT_SAMPLES, on_prompt_samples}};
     dsla_actor_def_t def = {
         .name = c->name ? c->name : "distiller",
         .ctx = c->ctx,
         .bind = {c->endpoint},
         .peers = peers,
         .n_peers = 1,
+        .handlers = handlers,
+        .n_handlers = 1,
         .on_start = on_start,
         .on_peer = on_peer,
         .user = d,
@@ -331,6 +398,7 @@ void dsla_distiller_destroy(dsla_distiller_t **dp) {
         free(d->box.ready[i]);
     for (int i = 0; i < d->n_data; i++)
         free(d->data[i]);
+    dsla_reservoir_free(&d->reservoir);
     pthread_mutex_destroy(&d->lock);
     free(d);
     *dp = NULL;

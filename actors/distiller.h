@@ -20,6 +20,15 @@
  * controller misses nothing. A run started again on the same output directory resumes (the
  * engine keeps finished versions and the last checkpoint); its kept versions are announced too.
  *
+ * Live traffic (DESIGN.md 5.4): serving actors send it PROMPT_SAMPLES, prompts they sampled. The
+ * actor offers each to a bounded reservoir (runtime/distill/data.h: at most reservoir_prompts
+ * prompts of at most seq_len tokens, seeded with params.seed), under the same lock as the outbox.
+ * Before the engine trains a layer it asks the worker (the engine's extend_train hook), which
+ * packs everything the reservoir then holds into that layer's training pool, after the corpus;
+ * layers already started keep their data, and held-out evaluation stays on the calibration
+ * corpus so the numbers stay comparable. With no samples the layer versions are bit-identical to
+ * offline `dsla distill`'s. The counts (received, held, used) travel in DISTILL_PROGRESS.
+ *
  * Contract: destroy stops the run within one training step (the engine's should_stop hook), joins
  * the worker, then stops the actor. It never blocks its loop on the worker and prints nothing. */
 #ifndef DSLA_ACTORS_DISTILLER_H
@@ -30,6 +39,9 @@
 
 /* How often the actor drains the worker's outbox; see above. */
 #define DSLA_DISTILLER_POLL_MS 100
+/* Sampled prompts the reservoir holds by default: at most this many extra training sequences
+ * per layer (each prompt is cut to seq_len tokens), next to a corpus of hundreds. */
+#define DSLA_DISTILLER_RESERVOIR_PROMPTS 64
 /* Data files one run reads. */
 #define DSLA_DISTILLER_DATA_MAX 16
 
@@ -49,6 +61,7 @@ typedef struct {
     int max_sequences;     /* training sequences read at most; 0: all */
     int eval_sequences;    /* held out from the end of the data */
     uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS */
+    int reservoir_prompts; /* sampled prompts held at most; 0: DSLA_DISTILLER_RESERVOIR_PROMPTS */
 } dsla_distiller_config_t;
 
 /* Checks the configuration, starts the actor and the worker; the teacher and data are read on the

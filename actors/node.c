@@ -19,7 +19,7 @@
 #define NODE_HTTP_GATEWAY_BIND "tcp://127.0.0.1:*"
 /* The controller's mailbox for the local serving actor. */
 #define NODE_CONTROLLER_ENDPOINT "inproc://controller"
-/* The distiller's mailbox: nobody sends to it but heartbeats. */
+/* The distiller's mailbox: the local serving actor sends it sampled prompts (PROMPT_SAMPLES). */
 #define NODE_DISTILLER_ENDPOINT "inproc://distiller"
 
 struct dsla_node {
@@ -106,6 +106,11 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
             .report_ms = config->report_ms,
             .layer_cache = n->controller ? NULL : config->layer_cache,
             .fetch_chunk = config->fetch_chunk,
+            .distiller =
+                n->distiller && !config->no_sample_prompts ? NODE_DISTILLER_ENDPOINT : NULL,
+            .sample_every = config->sample_every,
+            .sample_seed = config->sample_seed,
+            .sample_tokens_per_s = config->sample_tokens_per_s,
         };
         st = dsla_serving_create(&n->serving, &sc);
     }

@@ -2,7 +2,8 @@
  * single-node default of a gateway and a serving actor in one process, talking over inproc://,
  * with the HTTP front end on the gateway and, given a layer version directory, a controller that
  * converts the serving actor's layers, and, given calibration data, a distiller that writes new
- * layer versions and announces them to that controller; or a gateway alone in front of remote
+ * layer versions and announces them to that controller (the serving actor sends it sampled
+ * prompts directly, unless opted out); or a gateway alone in front of remote
  * replicas; or a serving actor alone (a replica for a gateway elsewhere, reporting to a remote
  * controller and, given a layer cache, fetching its layer versions from it).
  *
@@ -43,6 +44,14 @@ typedef struct {
      * context, mailbox, controller and heartbeat, and the controller's layers_dir defaults to its
      * out_dir. It needs the controller: not with serving_only. */
     dsla_distiller_config_t distiller;
+    /* With a distiller, the local serving actor samples 1 in sample_every of the prompts it serves
+     * (0: DSLA_SERVING_SAMPLE_EVERY) for it, at most sample_tokens_per_s tokens a second (0: the
+     * default), seeded with sample_seed (serving.h); no_sample_prompts opts out: no prompt leaves
+     * the serving actor. */
+    bool no_sample_prompts;
+    uint32_t sample_every;
+    uint32_t sample_tokens_per_s;
+    uint64_t sample_seed;
     /* serving_only: a remote controller's mailbox to report to; NULL: none */
     const char *controller;
     uint32_t report_ms; /* the serving actor's LOAD_REPORT interval; 0: the default */

@@ -45,6 +45,7 @@ struct dsla_serving {
     dsla_actor_timer_t *step_timer;
     request_t *requests;
     const dsla_model_config_t *mcfg;
+    const dsla_tokenizer_t *tokenizer;
     /* the controller's side: where reports go, and the plan's DSLA layers as SET_PLAN named them
      * (so that reports need not checksum the weights again) */
     char controller[DSLA_ACTOR_ENDPOINT_MAX];
@@ -58,6 +59,14 @@ struct dsla_serving {
     uint32_t fetch_chunk, fetch_timeout_ms;
     uint64_t next_fetch_id;
     fetch_job_t *job;
+    /* prompt sampling: the batch being filled (ids NULL: sampling off), the share of the rate
+     * cap each flush gets and what is left of it */
+    char distiller[DSLA_ACTOR_ENDPOINT_MAX];
+    uint32_t sample_every, sample_tick_tokens, sample_left;
+    uint64_t sample_seed, prompts_seen;
+    int32_t *sample_ids; /* DSLA_PROTO_SAMPLE_TOKENS_MAX */
+    dsla_proto_prompt_samples_t batch;
+    dsla_actor_timer_t *sample_timer;
 };
 
 static void request_unlink(dsla_serving_t *s, request_t *r) {
@@ -150,6 +159,58 @@ static void on_step(dsla_actor_t *a, void *user) {
     if (!dsla_engine_idle(s->engine)) kick(s, st == DSLA_OK ? 0 : STEP_RETRY_MS);
 }
 
+/* ---- prompt sampling (DESIGN.md 5.4) ---- */
+
+/* Whether the n-th prompt is sampled: a mix of the seed and n, so that the choice does not follow
+ * a client's round-robin and a seed repeats it. */
+static bool sample_chosen(const dsla_serving_t *s, uint64_t n) {
+    uint64_t x = (s->sample_seed ^ n) * 0x9e3779b97f4a7c15ull;
+    x ^= x >> 29;
+    x *= 0xbf58476d1ce4e5b9ull;
+    return (x ^ (x >> 32)) % s->sample_every == 0;
+}
+
+/* Adds the accepted prompt g to the batch when sampled and within the cap. */
+static void sample_prompt(dsla_serving_t *s, const dsla_proto_generate_t *g) {
+    if (!s->sample_ids || !sample_chosen(s, s->prompts_seen++)) return;
+    const int32_t *ids = g->prompt_ids;
+    size_t n = (size_t)g->n_prompt_ids;
+    int32_t *encoded = NULL;
+    if (!ids) {
+        if (dsla_tokenizer_encode(s->tokenizer, g->prompt, g->prompt_len,
+                                  dsla_tokenizer_add_bos_default(s->tokenizer), &encoded,
+                                  &n) != DSLA_OK)
+            return;
+        ids = encoded;
+    }
+    if (n > s->sample_tick_tokens) n = s->sample_tick_tokens;
+    dsla_proto_prompt_samples_t *b = &s->batch;
+    if (n == 0 || b->n_prompts == DSLA_PROTO_SAMPLES_MAX || n > s->sample_left) {
+        b->dropped += n > 0;
+    } else {
+        memcpy(s->sample_ids + b->n_ids, ids, n * sizeof *ids);
+        b->lens[b->n_prompts++] = (uint32_t)n;
+        b->n_ids += (uint32_t)n;
+        s->sample_left -= (uint32_t)n;
+    }
+    free(encoded);
+}
+
+/* Sends the batch, if any, and opens the next interval's share of the cap. */
+static void on_sample_flush(dsla_actor_t *a, void *user) {
+    dsla_serving_t *s = user;
+    s->sample_left = s->sample_tick_tokens;
+    dsla_proto_prompt_samples_t *b = &s->batch;
+    if (b->n_prompts == 0) return;
+    b->ids = s->sample_ids;
+    dsla_proto_buf_t body;
+    if (dsla_proto_prompt_samples_encode(b, &body) != DSLA_OK ||
+        dsla_actor_send(a, "distiller", DSLA_MSG_PROMPT_SAMPLES, 0, body.data, body.len) != DSLA_OK)
+        dsla_log_debug("serving: %u sampled prompts lost: %s", b->n_prompts, dsla_last_error());
+    dsla_proto_buf_free(&body);
+    memset(b, 0, sizeof *b);
+}
+
 static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_serving_t *s = user;
     if (!msg->from[0]) {
@@ -197,6 +258,7 @@ static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
         .user = r,
     };
     st = dsla_engine_submit(s->engine, &p, &r->engine_id);
+    if (st == DSLA_OK) sample_prompt(s, &g);
     dsla_proto_generate_free(&g);
     if (st != DSLA_OK) {
         dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
@@ -548,6 +610,15 @@ static void on_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
 static void on_start(dsla_actor_t *a, void *user) {
     dsla_serving_t *s = user;
     s->self = a;
+    if (s->sample_ids &&
+        (dsla_actor_connect(a, "distiller", s->distiller) != DSLA_OK ||
+         dsla_actor_timer_start(a, DSLA_SERVING_SAMPLE_FLUSH_MS, DSLA_SERVING_SAMPLE_FLUSH_MS,
+                                on_sample_flush, s, &s->sample_timer) != DSLA_OK)) {
+        dsla_log_error("serving: cannot sample prompts for the distiller at %s: %s", s->distiller,
+                       dsla_last_error());
+        free(s->sample_ids);
+        s->sample_ids = NULL;
+    }
     if (!s->controller[0]) return;
     if (dsla_actor_connect(a, "controller", s->controller) != DSLA_OK ||
         dsla_actor_timer_start(a, s->report_ms, s->report_ms, on_report, s, &s->report_timer) !=
@@ -569,6 +640,7 @@ dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_confi
         return st;
     }
     s->mcfg = dsla_model_config(config->model);
+    s->tokenizer = config->tokenizer;
     s->report_ms = config->report_ms ? config->report_ms : DSLA_SERVING_REPORT_MS;
     if (config->controller) snprintf(s->controller, sizeof s->controller, "%s", config->controller);
     s->fetch_chunk = config->fetch_chunk ? config->fetch_chunk : DSLA_PROTO_CHUNK_MAX;
@@ -594,6 +666,24 @@ dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_confi
             return st;
         }
     }
+    if (config->distiller) {
+        const uint64_t per_s = config->sample_tokens_per_s ? config->sample_tokens_per_s
+                                                           : DSLA_SERVING_SAMPLE_TOKENS_PER_S;
+        const uint64_t tick = per_s * DSLA_SERVING_SAMPLE_FLUSH_MS / 1000;
+        snprintf(s->distiller, sizeof s->distiller, "%s", config->distiller);
+        s->sample_every = config->sample_every ? config->sample_every : DSLA_SERVING_SAMPLE_EVERY;
+        s->sample_seed = config->sample_seed;
+        s->sample_tick_tokens = tick < 1                              ? 1
+                                : tick > DSLA_PROTO_SAMPLE_TOKENS_MAX ? DSLA_PROTO_SAMPLE_TOKENS_MAX
+                                                                      : (uint32_t)tick;
+        s->sample_left = s->sample_tick_tokens;
+        s->sample_ids = malloc(DSLA_PROTO_SAMPLE_TOKENS_MAX * sizeof *s->sample_ids);
+        if (!s->sample_ids) {
+            dsla_engine_destroy(&s->engine);
+            free(s);
+            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
+        }
+    }
     static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_GENERATE, on_generate},
                                                     {DSLA_MSG_CANCEL, on_cancel},
                                                     {DSLA_MSG_SET_PLAN, on_set_plan},
@@ -614,6 +704,7 @@ dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_confi
     st = dsla_actor_create(&actor, &def);
     if (st != DSLA_OK) {
         dsla_engine_destroy(&s->engine);
+        free(s->sample_ids);
         free(s);
         return st;
     }
@@ -629,6 +720,7 @@ void dsla_serving_destroy(dsla_serving_t **s) {
     job_free(&(*s)->job);
     while ((*s)->requests)
         request_unlink(*s, (*s)->requests);
+    free((*s)->sample_ids);
     free(*s);
     *s = NULL;
 }

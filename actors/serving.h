@@ -23,6 +23,15 @@
  * the sender's ERROR is a PLAN_NACK; a newer SET_PLAN supersedes an unfinished one (NACK
  * CANCELLED).
  *
+ * With a distiller (config.distiller, DESIGN.md 5.4), it samples 1 in sample_every of the prompts
+ * it accepts (a hash of sample_seed and the prompt's arrival count decides, so a seed gives the
+ * same choice every run), keeps their token ids (text prompts encoded again) in one batch, and
+ * every DSLA_SERVING_SAMPLE_FLUSH_MS sends the batch to the distiller as one PROMPT_SAMPLES. The
+ * batch is capped at sample_tokens_per_s per second (a prompt is cut to that much) and at
+ * DSLA_PROTO_SAMPLES_MAX prompts; what does not fit is dropped and counted, and a send that fails
+ * (the distiller's queue full) loses the batch: sampling never delays serving. Prompts leave the
+ * actor only to that distiller. No distiller: nothing is sampled.
+ *
  * It never blocks on another actor and prints nothing; the model and tokenizer are borrowed and
  * must outlive it. */
 #ifndef DSLA_ACTORS_SERVING_H
@@ -54,6 +63,13 @@ typedef struct {
     const char *layer_cache;
     uint32_t fetch_chunk;      /* bytes per LAYER_FETCH; 0: DSLA_PROTO_CHUNK_MAX */
     uint32_t fetch_timeout_ms; /* for each LAYER_CHUNK; 0: DSLA_SERVING_FETCH_TIMEOUT_MS */
+    /* Prompt sampling (above): the distiller's mailbox (NULL: no prompt leaves the actor), 1 in
+     * how many prompts (0: DSLA_SERVING_SAMPLE_EVERY), the seed, and the rate cap in tokens per
+     * second (0: DSLA_SERVING_SAMPLE_TOKENS_PER_S). */
+    const char *distiller;
+    uint32_t sample_every;
+    uint64_t sample_seed;
+    uint32_t sample_tokens_per_s;
 } dsla_serving_config_t;
 
 /* Once a second: the controller follows load within a few seconds and its policies' cooldowns are
@@ -63,6 +79,14 @@ typedef struct {
  * DEADLINE_EXCEEDED): ample for a 1 MiB chunk on any network, and below the controller's
  * DSLA_CONTROLLER_PENDING_MS, so the NACK arrives before it would send the plan again. */
 #define DSLA_SERVING_FETCH_TIMEOUT_MS 5000
+
+/* One prompt in eight: traffic quickly gives the distiller's reservoir more prompts than it
+ * holds, and most prompts never leave the actor. */
+#define DSLA_SERVING_SAMPLE_EVERY 8
+/* 4096 sampled tokens a second at most: a negligible share of a replica's prefill work. */
+#define DSLA_SERVING_SAMPLE_TOKENS_PER_S 4096
+/* Sampled prompts go out ten times a second, batched, each batch within the rate cap's share. */
+#define DSLA_SERVING_SAMPLE_FLUSH_MS 100
 
 dsla_status_t dsla_serving_create(dsla_serving_t **out, const dsla_serving_config_t *config);
 /* Stops the actor (requests in flight are dropped without events), then frees the engine. */

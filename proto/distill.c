@@ -137,7 +137,7 @@ dsla_status_t dsla_proto_distill_progress_encode(const dsla_proto_distill_progre
     out->data = NULL;
     out->len = 0;
     dsla_wire_packer_open(&sbuf, &pk);
-    int rc = msgpack_pack_map(&pk, 10);
+    int rc = msgpack_pack_map(&pk, 15);
     rc |= dsla_wire_pack_str_field(&pk, "state", dsla_proto_distill_state_name(p->state));
     rc |= dsla_wire_pack_u64_field(&pk, "layers_done", p->layers_done);
     rc |= dsla_wire_pack_u64_field(&pk, "layers_total", p->layers_total);
@@ -149,6 +149,11 @@ dsla_status_t dsla_proto_distill_progress_encode(const dsla_proto_distill_progre
     rc |= dsla_wire_pack_f64_field(&pk, "seconds_left", p->seconds_left);
     rc |= dsla_wire_pack_key(&pk, "message") |
           msgpack_pack_str_with_body(&pk, p->message, strnlen(p->message, DSLA_PROTO_MESSAGE_MAX));
+    rc |= dsla_wire_pack_u64_field(&pk, "samples_received", p->samples_received);
+    rc |= dsla_wire_pack_u64_field(&pk, "samples_held", p->samples_held);
+    rc |= dsla_wire_pack_u64_field(&pk, "sample_tokens_held", p->sample_tokens_held);
+    rc |= dsla_wire_pack_u64_field(&pk, "samples_used", p->samples_used);
+    rc |= dsla_wire_pack_u64_field(&pk, "sample_tokens_used", p->sample_tokens_used);
     return dsla_wire_finish(&sbuf, rc, out, "DISTILL_PROGRESS");
 }
 
@@ -160,7 +165,12 @@ dsla_status_t dsla_proto_distill_progress_decode(const void *body, size_t len,
     const dsla_wire_u32_field_t u32s[] = {{"layers_done", &out->layers_done},
                                           {"layers_total", &out->layers_total},
                                           {"step", &out->step},
-                                          {"steps", &out->steps}};
+                                          {"steps", &out->steps},
+                                          {"samples_received", &out->samples_received},
+                                          {"samples_held", &out->samples_held},
+                                          {"sample_tokens_held", &out->sample_tokens_held},
+                                          {"samples_used", &out->samples_used},
+                                          {"sample_tokens_used", &out->sample_tokens_used}};
     const dsla_wire_f64_field_t f64s[] = {{"loss", &out->loss},
                                           {"tokens_per_s", &out->tokens_per_s},
                                           {"seconds_left", &out->seconds_left}};

@@ -49,7 +49,8 @@
     X(LAYER_READY, 16, "distiller -> controller: a layer version is written; verify, catalogue")   \
     X(DISTILL_PROGRESS, 17, "distiller -> controller: the run's state, layer, step and loss")      \
     X(LAYER_FETCH, 18, "serving -> controller: ask for a byte range of a layer version file")      \
-    X(LAYER_CHUNK, 19, "controller -> serving: that byte range; ERROR when it cannot be served")
+    X(LAYER_CHUNK, 19, "controller -> serving: that byte range; ERROR when it cannot be served")   \
+    X(PROMPT_SAMPLES, 20, "serving -> distiller: token ids of prompts sampled from live traffic")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -386,12 +387,40 @@ typedef struct {
     uint32_t step, steps;
     double loss, tokens_per_s, seconds_left;
     char message[DSLA_PROTO_MESSAGE_MAX + 1];
+    /* prompts sampled from live traffic (PROMPT_SAMPLES): received in all, held in the
+     * distiller's reservoir (and their tokens), packed into a layer's training pool at least once
+     * (and their tokens) */
+    uint32_t samples_received, samples_held, sample_tokens_held, samples_used, sample_tokens_used;
 } dsla_proto_distill_progress_t;
 
 dsla_status_t dsla_proto_distill_progress_encode(const dsla_proto_distill_progress_t *p,
                                                  dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_distill_progress_decode(const void *body, size_t len,
                                                  dsla_proto_distill_progress_t *out);
+
+/* Prompts one PROMPT_SAMPLES carries at most, and token ids of all of them together: a few
+ * hundred KiB, far below DSLA_PROTO_FRAME_MAX, so that a batch never holds up heartbeats. */
+#define DSLA_PROTO_SAMPLES_MAX 64
+#define DSLA_PROTO_SAMPLE_TOKENS_MAX 65536
+
+/* PROMPT_SAMPLES: prompts a serving actor served, sampled for distillation (DESIGN.md 5.4), as
+ * token ids, concatenated in ids: prompt i is lens[i] ids, every one at least 1. dropped counts
+ * prompts sampled since the last message but left out by the rate cap. ids is borrowed on encode,
+ * malloc'd on decode (dsla_proto_prompt_samples_free); decode checks every id is in
+ * [0, INT32_MAX] and the counts against the limits above. */
+typedef struct {
+    uint32_t n_prompts;
+    uint32_t lens[DSLA_PROTO_SAMPLES_MAX];
+    const int32_t *ids;
+    uint32_t n_ids; /* the sum of lens */
+    uint32_t dropped;
+} dsla_proto_prompt_samples_t;
+
+dsla_status_t dsla_proto_prompt_samples_encode(const dsla_proto_prompt_samples_t *p,
+                                               dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_prompt_samples_decode(const void *body, size_t len,
+                                               dsla_proto_prompt_samples_t *out);
+void dsla_proto_prompt_samples_free(dsla_proto_prompt_samples_t *p);
 
 /* ---- chunked layer transfer (DESIGN.md section 7's "chunked ZeroMQ"): serving -> controller ----
  */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "actors/node.h"
+#include "actors/serving.h"
 #include "cli/dsla/args.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/tokenizer.h"
@@ -24,7 +25,8 @@ static const char usage[] =
     "                  [--device cpu|cuda [--dtype bf16|f32] [--gpu-margin-mib "
     "N]]\n"
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
-    "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...]\n"
+    "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...\n"
+    "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
@@ -44,7 +46,10 @@ static const char usage[] =
     "the distiller (docs/distiller.md): it distils the model's attention layers into DSLA\n"
     "layer versions in --distill-out while the\n"
     "node serves (resuming a run found there), and announces each to the controller, whose\n"
-    "--layers defaults to --distill-out. tcp://127.0.0.1:* and port 0 pick free ports. Prints "
+    "--layers defaults to --distill-out. The serving actor sends 1 in --sample-every (8) of the\n"
+    "prompts it serves to the local distiller as extra training data; they go nowhere else, and\n"
+    "--no-sample-prompts keeps every prompt in the serving actor. "
+    "tcp://127.0.0.1:* and port 0 pick free ports. Prints "
     "\"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
     "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
@@ -132,6 +137,9 @@ int main(int argc, char **argv) {
     long distill_layers = 0, distill_steps = distill.steps, distill_batch = distill.batch;
     long distill_seq_len = 256, distill_max_sequences = 0, distill_eval_sequences = 16;
     long distill_seed = (long)distill.seed, distill_checkpoint = distill.checkpoint_every;
+    bool no_sample_prompts = false;
+    long sample_every = DSLA_SERVING_SAMPLE_EVERY, sample_seed = 0;
+    long sample_tokens_per_s = DSLA_SERVING_SAMPLE_TOKENS_PER_S, distill_samples = 0;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
         {"endpoint", DSLA_ARG_STRING, "clients' mailbox (default tcp://127.0.0.1:7070)", 0, 0,
@@ -201,6 +209,18 @@ int main(int argc, char **argv) {
          &distill_seed},
         {"distill-checkpoint-every", DSLA_ARG_INT, "steps between checkpoints (default 50)", 0, 1e9,
          &distill_checkpoint},
+        {"distill-samples", DSLA_ARG_INT, "sampled prompts the distiller holds (default 64)", 1,
+         1 << 20, &distill_samples},
+        {"no-sample-prompts", DSLA_ARG_FLAG,
+         "with the distiller: no served prompt is sampled for it (opt-out)", 0, 0,
+         &no_sample_prompts},
+        {"sample-every", DSLA_ARG_INT,
+         "with the distiller: sample 1 in N served prompts (default 8)", 1, 1 << 30, &sample_every},
+        {"sample-seed", DSLA_ARG_INT, "with the distiller: the sampling seed (default 0)", 0,
+         9.2e18, &sample_seed},
+        {"sample-tokens-per-s", DSLA_ARG_INT,
+         "with the distiller: sampled tokens sent per second at most (default 4096)", 1, 1 << 30,
+         &sample_tokens_per_s},
     };
     const char *positional[1];
     int n_positional = 0;
@@ -232,6 +252,11 @@ int main(int argc, char **argv) {
         (distill_out && !model_dir)) {
         fprintf(stderr, "dsla-serve: the distiller needs --distill-data and --distill-out "
                         "together, with --model and without --serving-only\n");
+        return 2;
+    }
+    if (!distill_out && (no_sample_prompts || distill_samples)) {
+        fprintf(stderr, "dsla-serve: --no-sample-prompts and --distill-samples are for a node "
+                        "with the distiller (--distill-data, --distill-out)\n");
         return 2;
     }
     if (serving_name && !serving_only) {
@@ -333,7 +358,12 @@ int main(int argc, char **argv) {
                 .seq_len = (int)distill_seq_len,
                 .max_sequences = (int)distill_max_sequences,
                 .eval_sequences = (int)distill_eval_sequences,
+                .reservoir_prompts = (int)distill_samples,
             };
+            config.no_sample_prompts = no_sample_prompts;
+            config.sample_every = (uint32_t)sample_every;
+            config.sample_seed = (uint64_t)sample_seed;
+            config.sample_tokens_per_s = (uint32_t)sample_tokens_per_s;
         }
         st = dsla_node_create(&node, &config);
     }

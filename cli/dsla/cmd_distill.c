@@ -199,7 +199,7 @@ int dsla_cmd_distill(int argc, char **argv) {
         fprintf(stderr, "dsla distill: %d training and %d held-out sequences of %ld tokens\n",
                 train.num_sequences, eval.num_sequences, seq_len);
         bool tty = isatty(fileno(stderr));
-        const dsla_distill_callbacks_t cb = {print_progress, print_layer_done, &tty, NULL};
+        const dsla_distill_callbacks_t cb = {print_progress, print_layer_done, &tty, NULL, NULL};
         st = dsla_distill_run(model, &train, &eval, &p, out_dir, &cb, report);
     }
     int exit_code = 0;

@@ -1,6 +1,7 @@
 #include "data.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,20 +143,37 @@ dsla_status_t dsla_corpus_load(dsla_corpus_t *corpus, const dsla_tokenizer_t *to
                           "the data gives %zu tokens, not enough for one sequence of %d",
                           stream.len, seq_len);
     }
-    corpus->tokens = malloc(n * (size_t)seq_len * sizeof *corpus->tokens);
-    if (!corpus->tokens) {
-        free(stream.ids);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for %zu sequences", n);
-    }
-    for (size_t i = 0; i < n; i++) {
-        int32_t *row = corpus->tokens + i * (size_t)seq_len;
-        int off = 0;
-        if (bos >= 0) row[off++] = bos;
-        memcpy(row + off, stream.ids + i * (size_t)body, (size_t)body * sizeof *row);
-    }
     corpus->seq_len = seq_len;
-    corpus->num_sequences = (int)n;
+    st = dsla_corpus_pack(corpus, stream.ids, n * (size_t)body, bos, NULL);
     free(stream.ids);
+    return st;
+}
+
+dsla_status_t dsla_corpus_pack(dsla_corpus_t *corpus, const int32_t *stream, size_t n, int bos,
+                               int *added) {
+    if (added) *added = 0;
+    const int seq_len = corpus->seq_len;
+    if (seq_len < 2)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "seq_len %d must be at least 2", seq_len);
+    const size_t body = bos >= 0 ? (size_t)seq_len - 1 : (size_t)seq_len;
+    const size_t rows = n / body, have = (size_t)corpus->num_sequences;
+    if (rows == 0) return DSLA_OK;
+    if (have + rows > INT_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "a corpus holds at most %d sequences",
+                          INT_MAX);
+    int32_t *grown =
+        realloc(corpus->tokens, (have + rows) * (size_t)seq_len * sizeof *corpus->tokens);
+    if (!grown)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for %zu sequences", have + rows);
+    corpus->tokens = grown;
+    for (size_t i = 0; i < rows; i++) {
+        int32_t *row = grown + (have + i) * (size_t)seq_len;
+        size_t off = 0;
+        if (bos >= 0) row[off++] = bos;
+        memcpy(row + off, stream + i * body, body * sizeof *row);
+    }
+    corpus->num_sequences = (int)(have + rows);
+    if (added) *added = (int)rows;
     return DSLA_OK;
 }
 
@@ -180,4 +198,93 @@ dsla_status_t dsla_corpus_split(dsla_corpus_t *corpus, dsla_corpus_t *eval, int 
 void dsla_corpus_free(dsla_corpus_t *corpus) {
     free(corpus->tokens);
     memset(corpus, 0, sizeof *corpus);
+}
+
+/* ---- the prompt reservoir ---- */
+
+static uint64_t reservoir_next(dsla_reservoir_t *r) { /* splitmix64 */
+    uint64_t z = (r->rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+dsla_status_t dsla_reservoir_init(dsla_reservoir_t *r, int capacity, int max_len, uint64_t seed) {
+    memset(r, 0, sizeof *r);
+    if (capacity < 1 || max_len < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "reservoir: capacity %d and max_len %d must be at least 1", capacity,
+                          max_len);
+    r->slots = calloc((size_t)capacity, sizeof *r->slots);
+    if (!r->slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "reservoir: out of memory");
+    r->capacity = capacity;
+    r->max_len = max_len;
+    r->rng = seed;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_reservoir_offer(dsla_reservoir_t *r, const int32_t *ids, int n) {
+    if (n <= 0) return DSLA_OK;
+    r->offered++;
+    int at = r->n;
+    if (r->n == r->capacity) {
+        uint64_t j = reservoir_next(r) % r->offered;
+        if (j >= (uint64_t)r->capacity) return DSLA_OK;
+        at = (int)j;
+    }
+    if (n > r->max_len) n = r->max_len;
+    int32_t *copy = malloc((size_t)n * sizeof *copy);
+    if (!copy) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "reservoir: out of memory");
+    memcpy(copy, ids, (size_t)n * sizeof *copy);
+    dsla_reservoir_slot_t *s = &r->slots[at];
+    free(s->ids);
+    *s = (dsla_reservoir_slot_t){copy, n, false};
+    if (at == r->n) r->n++;
+    return DSLA_OK;
+}
+
+size_t dsla_reservoir_tokens(const dsla_reservoir_t *r) {
+    size_t n = 0;
+    for (int i = 0; i < r->n; i++)
+        n += (size_t)r->slots[i].len;
+    return n;
+}
+
+static bool slot_in_vocab(const dsla_reservoir_slot_t *s, int vocab) {
+    for (int i = 0; i < s->len; i++)
+        if (s->ids[i] < 0 || s->ids[i] >= vocab) return false;
+    return true;
+}
+
+dsla_status_t dsla_reservoir_pack(dsla_reservoir_t *r, dsla_corpus_t *corpus, int bos, int vocab,
+                                  int *added) {
+    *added = 0;
+    token_stream_t stream = {0};
+    dsla_status_t st = DSLA_OK;
+    bool *packed = calloc((size_t)r->capacity, sizeof *packed);
+    if (!packed) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "reservoir: out of memory");
+    for (int i = 0; i < r->n && st == DSLA_OK; i++) {
+        const dsla_reservoir_slot_t *s = &r->slots[i];
+        if (!(packed[i] = slot_in_vocab(s, vocab))) continue;
+        const int skip = bos >= 0 && s->ids[0] == bos ? 1 : 0;
+        if (s->len > skip) st = stream_append(&stream, s->ids + skip, (size_t)(s->len - skip));
+    }
+    if (st == DSLA_OK) st = dsla_corpus_pack(corpus, stream.ids, stream.len, bos, added);
+    free(stream.ids);
+    for (int i = 0; i < r->n && st == DSLA_OK; i++) {
+        dsla_reservoir_slot_t *s = &r->slots[i];
+        if (s->used || !packed[i]) continue;
+        s->used = true;
+        r->used++;
+        r->used_tokens += (uint64_t)s->len;
+    }
+    free(packed);
+    return st;
+}
+
+void dsla_reservoir_free(dsla_reservoir_t *r) {
+    for (int i = 0; i < r->n; i++)
+        free(r->slots[i].ids);
+    free(r->slots);
+    memset(r, 0, sizeof *r);
 }

@@ -580,10 +580,10 @@ static void install(run_t *r, int layer) {
     r->kinds[layer] = DSLA_LAYER_DSLA;
 }
 
-/* Trains the k-th layer of the order, saves its version and installs it. */
-static dsla_status_t train_layer(run_t *r, int k) {
+/* Trains the k-th layer of the order on train, saves its version and installs it. */
+static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     const dsla_distill_params_t *p = r->p;
-    const int layer = r->report->order[k], T = r->train->seq_len;
+    const int layer = r->report->order[k], T = train->seq_len;
     const size_t per_seq = (size_t)T * r->cfg->hidden_size;
     double started = now_seconds();
     dsla_dsla_layer_t *w = NULL;
@@ -597,8 +597,8 @@ static dsla_status_t train_layer(run_t *r, int k) {
     if (st == DSLA_OK) st = trainer_init(&t, r->model, w, p->batch, T, p->single_state);
     if (st != DSLA_OK) goto done;
 
-    h_in = dsla_alloc((size_t)r->train->num_sequences * per_seq * sizeof(float));
-    target = dsla_alloc((size_t)r->train->num_sequences * per_seq * sizeof(float));
+    h_in = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
+    target = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
     eval_in = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
     eval_target = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
     if (!h_in || !target || !eval_in || !eval_target) {
@@ -609,8 +609,8 @@ static dsla_status_t train_layer(run_t *r, int k) {
     /* The student learns on what it will see when served: the hybrid's stream (chained), or the
      * teacher's (the unchained ablation). The target is always the teacher's. */
     const dsla_layer_kind_t *input_plan = p->chained ? r->kinds : NULL;
-    st = capture_streams(r->model, input_plan, r->train, layer, h_in, layer, NULL);
-    if (st == DSLA_OK) st = capture_streams(r->model, NULL, r->train, layer, NULL, layer, target);
+    st = capture_streams(r->model, input_plan, train, layer, h_in, layer, NULL);
+    if (st == DSLA_OK) st = capture_streams(r->model, NULL, train, layer, NULL, layer, target);
     if (st == DSLA_OK)
         st = capture_streams(r->model, input_plan, r->eval, layer, eval_in, layer, NULL);
     if (st == DSLA_OK)
@@ -642,7 +642,7 @@ static dsla_status_t train_layer(run_t *r, int k) {
         step++;
         uint64_t rng = p->seed ^ ((uint64_t)(layer + 1) << 40) ^ (uint64_t)step;
         for (int i = 0; i < p->batch; i++)
-            idx[i] = (int)(splitmix64(&rng) % (uint64_t)r->train->num_sequences);
+            idx[i] = (int)(splitmix64(&rng) % (uint64_t)train->num_sequences);
         double loss;
         st = train_step(&t, h_in, target, idx, step, &optim, p->gate_cosine_weight, &loss);
         if (st != DSLA_OK) goto done;
@@ -711,6 +711,28 @@ done:
     return st;
 }
 
+/* The k-th layer's training pool: train, and what callbacks->extend_train appends to a copy. */
+static dsla_status_t train_layer_pooled(run_t *r, int k) {
+    if (!r->cb || !r->cb->extend_train) return train_layer(r, k, r->train);
+    const dsla_corpus_t *train = r->train;
+    const size_t bytes = (size_t)train->num_sequences * (size_t)train->seq_len * sizeof(int32_t);
+    dsla_corpus_t pool = {.seq_len = train->seq_len, .num_sequences = train->num_sequences};
+    if (!(pool.tokens = malloc(bytes)))
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the training pool");
+    memcpy(pool.tokens, train->tokens, bytes);
+    const int layer = r->report->order[k];
+    dsla_status_t st = r->cb->extend_train(r->cb->user, k, layer, &pool);
+    if (st == DSLA_OK &&
+        (pool.seq_len != train->seq_len || pool.num_sequences < train->num_sequences ||
+         memcmp(pool.tokens, train->tokens, bytes) != 0))
+        st =
+            dsla_error(DSLA_ERR_INTERNAL,
+                       "extend_train changed layer %d's training pool instead of appending", layer);
+    if (st == DSLA_OK) st = train_layer(r, k, &pool);
+    dsla_corpus_free(&pool);
+    return st;
+}
+
 static dsla_status_t make_dir(const char *dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s", dir);
@@ -760,7 +782,7 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
         if (found) {
             install(&r, report->order[k]);
         } else {
-            st = train_layer(&r, k);
+            st = train_layer_pooled(&r, k);
         }
         if (st == DSLA_OK) {
             report->n_converted = k + 1;

@@ -11,6 +11,15 @@
  * by (seed, layer, step), so a resumed run produces the same layer versions as an uninterrupted
  * one.
  *
+ * Training data beyond the corpus: before it trains a layer (not for one an earlier run finished)
+ * the engine hands callbacks->extend_train its training pool, a copy of train, which the callback
+ * may extend with more sequences of the same length (dsla_corpus_pack; prompts sampled from live
+ * traffic, DESIGN.md 5.4). That layer's captures and batches draw from the pool; the order, the
+ * held-out numbers and later layers' pools are unaffected (each layer's pool starts from train
+ * again). Determinism: a run whose extend_train appends nothing, or that has none, produces the
+ * same layer versions, bit for bit, as one without the hook; a run that appends sequences is as
+ * reproducible as the sequences it appends (a resumed layer asks again).
+ *
  * Per step: h_in = the hybrid's residual stream entering layer l (or the teacher's, for the
  * unchained ablation), target = the teacher's stream leaving layer l; the student computes
  * h_out = h_mid + MLP(RMSNorm(h_mid)), h_mid = h_in + DSLA(RMSNorm(h_in)) with the layer's frozen
@@ -98,6 +107,10 @@ typedef struct {
      * layer versions and the last checkpoint, so that a run started again resumes there. NULL:
      * never. Lets an owner on another thread stop a run within one step. */
     bool (*should_stop)(void *user);
+    /* Asked before training the k-th conversion (decoder layer `layer`), on the calling thread:
+     * may append sequences of pool->seq_len to pool (a copy of train, owned by the engine) and
+     * must leave what is there. An error stops the run with that status. NULL: train only. */
+    dsla_status_t (*extend_train)(void *user, int k, int layer, dsla_corpus_t *pool);
 } dsla_distill_callbacks_t;
 
 /* Runs (or resumes) a distillation into out_dir (created if missing). train and eval hold packed

@@ -2,7 +2,8 @@
  * and the serving actor, distils two layers of stories260K while it serves (greedy output during
  * the run is the teacher's), and announces each layer version (LAYER_READY); the controller
  * verifies and catalogues them, and dslactl status and history show the distiller's progress and
- * events. The versions equal what offline `dsla distill` writes with the same parameters;
+ * events. With --no-sample-prompts no served prompt reaches the distiller, and the versions equal
+ * what offline `dsla distill` writes with the same parameters;
  * `dslactl convert 2` converts the replica and greedy output through the client stub equals
  * in-process generation under that plan. An announcement whose file does not hash as announced is
  * refused. Started again on the same directory, the distiller keeps
@@ -36,13 +37,13 @@ static dsla_test_server_t start(const char *model, const char *data, const char 
                           "off",
                           "--admin",
                           admin,
-                          "--report-ms",
-                          "50",
+                          "--report-ms=50",
                           "--distill-data",
                           data,
                           "--distill-out",
                           out,
                           DISTILL_ARGS("--distill-"),
+                          "--no-sample-prompts",
                           policy ? "--policy" : NULL,
                           policy,
                           NULL};
@@ -114,6 +115,8 @@ static void test_distil_announce_convert_resume(void **state) {
 
     ctl_wait_status(admin, "distiller distiller alive: done, 2/2 layers done");
     ctl_wait_status(admin, "catalogue: 2 layer versions");
+    /* --no-sample-prompts: the served prompt never reached the distiller */
+    ctl_wait_status(admin, "prompt samples: 0 received, 0 held (0 tokens), 0 used (0 tokens)");
     assert_int_equal(ctl_dslactl(admin, out, "history", "--limit", "100"), 0);
     assert_int_equal(count(out, "layer_ready"), 2);
     assert_non_null(strstr(out, "distill        distiller: "));

@@ -1,6 +1,7 @@
 /* The distillation engine's pieces on stories260K: the entropy order, held-out NLL, parameter
- * checks, the gate cosine term, that a short run lowers the held-out layer loss, and that
- * should_stop stops a run within a step. */
+ * checks, the gate cosine term, that a short run lowers the held-out layer loss, that
+ * should_stop stops a run within a step, and the extend_train hook (nothing appended: the same
+ * versions bit for bit; sequences appended: other versions; a pool changed: refused). */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -125,19 +126,26 @@ static void test_bad_parameters_are_named(void **state) {
     free(r);
 }
 
+/* A run of the first n layers of the given order (2, 0), steps of batch, without checkpoints. */
+static dsla_distill_params_t given_order_params(int n, int steps, int batch) {
+    dsla_distill_params_t p = dsla_distill_params_default();
+    p.layers = n;
+    p.steps = steps;
+    p.batch = batch;
+    p.order_mode = DSLA_ORDER_GIVEN;
+    p.n_given_order = 2;
+    p.given_order[0] = 2;
+    p.given_order[1] = 0;
+    p.checkpoint_every = 0;
+    p.optim = dsla_adamw_params_default(p.steps);
+    return p;
+}
+
 /* Runs one layer of the given order for a few steps and returns the report's first entry. */
 static dsla_distill_layer_report_t short_run(fixture_t *f, double gate_cosine, const char *sub,
                                              uint64_t *checksum) {
-    dsla_distill_params_t p = dsla_distill_params_default();
-    p.layers = 1;
-    p.steps = 30;
-    p.batch = 4;
-    p.order_mode = DSLA_ORDER_GIVEN;
-    p.n_given_order = 1;
-    p.given_order[0] = 2;
-    p.checkpoint_every = 0;
+    dsla_distill_params_t p = given_order_params(1, 30, 4);
     p.gate_cosine_weight = gate_cosine;
-    p.optim = dsla_adamw_params_default(p.steps);
     char out[1024];
     snprintf(out, sizeof out, "%s/%s", f->dir, sub);
     dsla_distill_report_t *r = calloc(1, sizeof *r);
@@ -182,7 +190,7 @@ static void test_should_stop_cancels_within_a_step(void **state) {
     p.checkpoint_every = 0;
     p.optim = dsla_adamw_params_default(p.steps);
     int asked = 0;
-    const dsla_distill_callbacks_t cb = {NULL, NULL, &asked, stop_at_third_step};
+    const dsla_distill_callbacks_t cb = {NULL, NULL, &asked, stop_at_third_step, NULL};
     char out[1024];
     snprintf(out, sizeof out, "%s/stopped", f->dir);
     dsla_distill_report_t *r = calloc(1, sizeof *r);
@@ -199,9 +207,85 @@ static void test_should_stop_cancels_within_a_step(void **state) {
     free(r);
 }
 
+/* What the extend_train hook below saw and appends. */
+typedef struct {
+    int calls, k[4], layer[4];
+    int append;     /* sequences to append, copies of the pool's last with shifted ids */
+    bool overwrite; /* change the pool instead */
+} hook_t;
+
+static dsla_status_t hook_extend(void *user, int k, int layer, dsla_corpus_t *pool) {
+    hook_t *h = user;
+    h->k[h->calls] = k;
+    h->layer[h->calls++] = layer;
+    if (h->overwrite) {
+        pool->tokens[1] ^= 1;
+        return DSLA_OK;
+    }
+    const int T = pool->seq_len;
+    int32_t *stream = malloc((size_t)h->append * (size_t)(T - 1) * sizeof *stream);
+    for (int i = 0; i < h->append * (T - 1); i++)
+        stream[i] = 3 + (int32_t)(i * 7 % 500);
+    int added = -1;
+    dsla_status_t st = dsla_corpus_pack(pool, stream, (size_t)h->append * (size_t)(T - 1), 1,
+                                        &added); /* stories260K's BOS */
+    assert_int_equal(added, h->append);
+    free(stream);
+    return st;
+}
+
+/* Two layers (given order 2, 0) of three steps into f->dir/sub, with the hook when h is set;
+ * returns the run's status and the two versions' checksums. */
+static dsla_status_t hooked_run(fixture_t *f, hook_t *h, const char *sub, uint64_t sums[2]) {
+    const dsla_distill_params_t p = given_order_params(2, 3, 2);
+    const dsla_distill_callbacks_t cb = {NULL, NULL, h, NULL, hook_extend};
+    char out[1024];
+    snprintf(out, sizeof out, "%s/%s", f->dir, sub);
+    dsla_distill_report_t *r = calloc(1, sizeof *r);
+    dsla_status_t st = dsla_distill_run(f->model, &f->train, &f->eval, &p, out, h ? &cb : NULL, r);
+    free(r);
+    for (int i = 0; i < 2 && st == DSLA_OK; i++) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/layer-%d.safetensors", out, p.given_order[i]);
+        dsla_dsla_layer_t *l = NULL;
+        assert_int_equal(dsla_dsla_layer_load(&l, path, dsla_model_config(f->model), NULL),
+                         DSLA_OK);
+        sums[i] = dsla_dsla_layer_checksum(l);
+        dsla_dsla_layer_destroy(&l);
+    }
+    return st;
+}
+
+static void test_extend_train_hook(void **state) {
+    FIXTURE_OR_SKIP(state);
+    uint64_t plain[2], none[2], more[2];
+    assert_int_equal(hooked_run(f, NULL, "hook-plain", plain), DSLA_OK);
+    hook_t h = {0};
+    assert_int_equal(hooked_run(f, &h, "hook-none", none), DSLA_OK);
+    assert_int_equal(h.calls, 2); /* before each trained layer, in the order */
+    assert_int_equal(h.k[0], 0);
+    assert_int_equal(h.layer[0], 2);
+    assert_int_equal(h.k[1], 1);
+    assert_int_equal(h.layer[1], 0);
+    assert_memory_equal(plain, none, sizeof plain); /* nothing appended: bit-identical */
+    h = (hook_t){.append = 16};
+    assert_int_equal(hooked_run(f, &h, "hook-more", more), DSLA_OK);
+    assert_int_equal(h.calls, 2);
+    assert_true(more[0] != plain[0] && more[1] != plain[1]);
+    h = (hook_t){.append = 16};
+    assert_int_equal(hooked_run(f, &h, "hook-more", more), DSLA_OK);
+    assert_int_equal(h.calls, 0); /* both versions kept: no layer trained, nothing asked */
+    h = (hook_t){.overwrite = true};
+    assert_int_equal(hooked_run(f, &h, "hook-overwrite", more), DSLA_ERR_INTERNAL);
+    assert_non_null(strstr(dsla_last_error(), "instead of appending"));
+    for (int l = 0; l < 5; l++)
+        assert_null(dsla_model_dsla_layer(f->model, l));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_should_stop_cancels_within_a_step),
+        cmocka_unit_test(test_extend_train_hook),
         cmocka_unit_test(test_entropy_order_is_an_ascending_permutation),
         cmocka_unit_test(test_eval_nll_matches_the_forward_pass),
         cmocka_unit_test(test_bad_parameters_are_named),
