@@ -19,8 +19,14 @@
 #include "tests/serverutil.h"
 
 /* Liveness tests use FAST_HEARTBEAT_MS; clients whose requests must succeed use the default 1 s,
- * since a loaded two-core CI machine can stall a process for longer than three short intervals. */
-enum { FAST_HEARTBEAT_MS = 100, CLIENT_HEARTBEAT_MS = 1000 };
+ * since a loaded two-core CI machine can stall a process for longer than three short intervals
+ * (at 100 ms, a sanitized build under ctest -j8 on two cores declared a live replica dead before
+ * its first token). */
+enum { FAST_HEARTBEAT_MS = 250, CLIENT_HEARTBEAT_MS = 1000 };
+/* The re-route test needs the fake replica found dead (3 intervals) but the real one alive through
+ * a whole generation: at 200 ms a sanitized build on a loaded machine missed three beats of the
+ * real replica too and the request timed out (seen under ctest -j8 on two cores). */
+enum { REROUTE_HEARTBEAT_MS = 500 };
 
 static const char prompt[] = "Once upon a time";
 enum { GREEDY_TOKENS = 40 };
@@ -421,12 +427,14 @@ static void test_dead_replica_rerouted(void **state) {
                             .bind = {"tcp://127.0.0.1:*"},
                             .handlers = handlers,
                             .n_handlers = 1,
-                            .heartbeat_ms = 200};
+                            .heartbeat_ms = REROUTE_HEARTBEAT_MS};
     dsla_actor_t *fake = NULL;
     assert_int_equal(dsla_actor_create(&fake, &def), DSLA_OK);
-    dsla_test_server_t real = start_replica(model, "200");
+    char hb[16];
+    snprintf(hb, sizeof hb, "%d", REROUTE_HEARTBEAT_MS);
+    dsla_test_server_t real = start_replica(model, hb);
     const char *eps[] = {dsla_actor_endpoint(fake, 0), real.endpoint}; /* the fake first */
-    dsla_test_server_t gw = start_gateway(eps, 2, "200");
+    dsla_test_server_t gw = start_gateway(eps, 2, hb);
     /* wait until the gateway sees both alive, so that the tie goes to the first, the fake */
     dsla_client_t *c = NULL;
     assert_int_equal(dsla_client_connect(&c, gw.endpoint, NULL), DSLA_OK);
