@@ -60,6 +60,9 @@ dsla_test_server_t dsla_test_server_start(const char *const *args) {
         execv(path, (char *const *)argv);
         _exit(127);
     }
+    static bool reaper_registered;
+    if (!reaper_registered) /* a failed assertion must not leave servers holding ctest's pipe */
+        reaper_registered = atexit(dsla_test_servers_kill_all) == 0;
     for (int i = 0; i < LIVE_MAX; i++)
         if (live[i] == 0) {
             live[i] = s.pid;

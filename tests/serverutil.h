@@ -2,8 +2,9 @@
  * read the endpoints it prints, stop or kill it, and a tiny HTTP/1.1 client (raw sockets, chunked
  * bodies decoded) so that the HTTP API is tested without a new dependency.
  *
- * Servers still running at exit are killed (dsla_test_servers_kill_all), so that a failed
- * assertion leaves no orphan holding ctest's output pipe open. Nothing here talks to anything but
+ * Servers still running when the test process exits are killed (dsla_test_servers_kill_all,
+ * registered with atexit by the first start), so that a failed assertion leaves no orphan holding
+ * ctest's output pipe open; tests need not call it. Nothing here talks to anything but
  * 127.0.0.1. */
 #ifndef DSLA_TESTS_SERVERUTIL_H
 #define DSLA_TESTS_SERVERUTIL_H

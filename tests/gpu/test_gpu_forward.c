@@ -515,12 +515,15 @@ static void test_cudnn_mixed_step(void **state) {
     unsetenv("DSLA_CUDNN_ATTENTION");
     const int L = dsla_model_config(m)->num_layers;
     if (cudnn_layers == 0) {
-        printf("cuDNN mixed step: cuDNN did not load here (%s); both passes ran attention.cu\n",
-               "libcudnn.so.9 absent or refused");
-    } else if (cudnn_layers != 4L * L) {
+        /* Both passes ran attention.cu: comparing them would test nothing. */
+        printf("cuDNN mixed step: skipped, cuDNN did not load (libcudnn.so.9 absent or refused)\n");
+        free(with), free(without), free(dir);
+        dsla_model_destroy(&m);
+        skip();
+    }
+    if (cudnn_layers != 4L * L)
         fail_msg("cuDNN ran %ld prompt-layers, expected %d (4 prompts or chunks x %d layers)",
                  cudnn_layers, 4 * L, L);
-    }
     double worst = 0.0;
     for (int step = 0; step < MIX_STEPS; step++)
         for (int s = 0; s < MIX_ITEMS; s++) {

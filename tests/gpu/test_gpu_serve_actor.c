@@ -129,9 +129,7 @@ int main(void) {
         cmocka_unit_test(test_f32_greedy_equals_cpu),
         cmocka_unit_test(test_bf16_http),
     };
-    const int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    dsla_test_servers_kill_all();
-    return failed;
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
 
 #else

@@ -183,7 +183,5 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_convert_revert_refuse_restart),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    dsla_test_servers_kill_all();
-    return rc;
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -487,7 +487,5 @@ int main(void) {
         cmocka_unit_test(test_replica_killed_mid_stream),
         cmocka_unit_test(test_dead_replica_rerouted),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    dsla_test_servers_kill_all();
-    return rc;
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -97,7 +97,5 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_served_prompts_reach_the_distiller),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    dsla_test_servers_kill_all();
-    return rc;
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

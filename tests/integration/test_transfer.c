@@ -207,7 +207,5 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fetch_over_zeromq),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    dsla_test_servers_kill_all();
-    return rc;
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
