@@ -25,7 +25,7 @@ struct dsla_actor_ctx {
 
 typedef enum { PEER_UNKNOWN, PEER_ALIVE, PEER_DEAD } peer_state_t;
 
-/* A peer this actor connected to (sock set) or one that heartbeats it from outside (sock NULL). */
+/* A peer this actor connected to (sock set). */
 typedef struct {
     bool used;
     char name[DSLA_PROTO_NAME_MAX + 1];
@@ -35,6 +35,39 @@ typedef struct {
     int liveness;    /* heartbeat intervals left before the peer counts as dead */
     peer_state_t state;
 } peer_t;
+
+/* A client that heartbeats this actor from outside (it connected; we did not). There may be
+ * thousands (every HTTP request of a gateway is one), so they live in a growable array indexed by a
+ * chained hash of their names; a dead one is removed by moving the last entry into its place. */
+typedef struct {
+    char name[DSLA_PROTO_NAME_MAX + 1];
+    int liveness;
+    int next; /* the next entry of its hash bucket, -1 at the end */
+} watched_t;
+
+typedef struct {
+    watched_t *items;
+    size_t n, cap;
+    int *buckets; /* n_buckets heads, -1 when empty */
+    size_t n_buckets;
+} watch_table_t;
+
+/* A callback handed to the loop from another thread. */
+typedef struct post {
+    dsla_actor_post_fn fn;
+    void *user;
+    struct post *next;
+} post_t;
+
+/* A job on libuv's worker pool. */
+typedef struct work {
+    uv_work_t req;
+    dsla_actor_t *actor;
+    dsla_actor_work_fn work;
+    dsla_actor_done_fn done;
+    void *user;
+    struct work *prev, *next;
+} work_t;
 
 struct dsla_actor_timer {
     uv_timer_t handle;
@@ -66,7 +99,18 @@ struct dsla_actor {
     void *router;
     uv_poll_t router_poll;
     peer_t peers[DSLA_ACTOR_PEER_MAX];
+    watch_table_t watched;
+    dsla_log_limit_t watch_warn;
     struct dsla_actor_timer *timers;
+
+    /* Cross-thread posts: a queue under post_mu, drained by post_async on the loop. */
+    pthread_mutex_t post_mu;
+    uv_async_t post_async;
+    post_t *post_head, *post_tail;
+    bool post_closed;
+    /* Worker jobs not yet done, and whether a stop waits for them. */
+    work_t *works;
+    bool stopping;
 
     /* Start-up hand-shake with the creator; def is valid only until ready is set. */
     const dsla_actor_def_t *def;
@@ -127,6 +171,92 @@ void dsla_actor_ctx_destroy(dsla_actor_ctx_t **ctx) {
 
 /* ---- peers and heartbeats --------------------------------------------------------------- */
 
+static uint64_t name_hash(const char *name) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *name; name++)
+        h = (h ^ (uint8_t)*name) * 1099511628211ull;
+    return h;
+}
+
+static int *watch_bucket(watch_table_t *w, const char *name) {
+    return &w->buckets[name_hash(name) & (w->n_buckets - 1)];
+}
+
+static int watch_find(watch_table_t *w, const char *name) {
+    if (!w->n_buckets) return -1;
+    for (int i = *watch_bucket(w, name); i >= 0; i = w->items[i].next)
+        if (strcmp(w->items[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* Rebuilds the buckets for at least cap entries (a power of two, load factor <= 1). */
+static bool watch_rehash(watch_table_t *w, size_t cap) {
+    size_t nb = 64;
+    while (nb < cap)
+        nb *= 2;
+    int *b = malloc(nb * sizeof *b);
+    if (!b) return false;
+    for (size_t i = 0; i < nb; i++)
+        b[i] = -1;
+    free(w->buckets);
+    w->buckets = b;
+    w->n_buckets = nb;
+    for (size_t i = 0; i < w->n; i++) {
+        int *head = watch_bucket(w, w->items[i].name);
+        w->items[i].next = *head;
+        *head = (int)i;
+    }
+    return true;
+}
+
+static int watch_add(watch_table_t *w, const char *name) {
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 64;
+        watched_t *items = realloc(w->items, cap * sizeof *items);
+        if (!items) return -1;
+        w->items = items;
+        w->cap = cap;
+    }
+    if (w->n + 1 > w->n_buckets && !watch_rehash(w, w->n + 1)) return -1;
+    watched_t *e = &w->items[w->n];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
+    int *head = watch_bucket(w, name);
+    e->next = *head;
+    *head = (int)w->n;
+    return (int)w->n++;
+}
+
+/* Unlinks entry i from its bucket, then moves the last entry into its place. */
+static void watch_remove(watch_table_t *w, int i) {
+    for (int *link = watch_bucket(w, w->items[i].name); *link >= 0; link = &w->items[*link].next)
+        if (*link == i) {
+            *link = w->items[i].next;
+            break;
+        }
+    int last = (int)w->n - 1;
+    if (i != last) {
+        for (int *link = watch_bucket(w, w->items[last].name); *link >= 0;
+             link = &w->items[*link].next)
+            if (*link == last) {
+                *link = i;
+                break;
+            }
+        w->items[i] = w->items[last];
+    }
+    w->n--;
+}
+
+static void watch_free(watch_table_t *w) {
+    free(w->items);
+    free(w->buckets);
+    memset(w, 0, sizeof *w);
+}
+
+size_t dsla_actor_watched(const dsla_actor_t *a) {
+    return a->watched.n;
+}
+
 static peer_t *peer_find(dsla_actor_t *a, const char *name) {
     for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++)
         if (a->peers[i].used && strcmp(a->peers[i].name, name) == 0) return &a->peers[i];
@@ -155,20 +285,34 @@ static void peer_report(dsla_actor_t *a, peer_t *p, peer_state_t state) {
     if (a->on_peer) a->on_peer(a, p->name, state == PEER_ALIVE, a->user);
 }
 
-/* Any message proves its sender alive; a PING from an unknown sender starts tracking it, so that
+static void watched_report(dsla_actor_t *a, const char *name, bool alive) {
+    dsla_log_debug("actor %s: client %s is %s", a->name, name, alive ? "alive" : "dead");
+    if (a->on_peer) a->on_peer(a, name, alive, a->user);
+}
+
+/* Any message proves its sender alive; a PING from an unknown sender starts watching it, so that
  * liveness is watched both ways even when only one side connected. */
 static void peer_heard(dsla_actor_t *a, const char *from, bool is_ping) {
     if (!from[0]) return;
     peer_t *p = peer_find(a, from);
-    if (!p && is_ping) {
-        p = peer_add(a, from);
-        if (!p)
-            dsla_log_warn("actor %s: more than %d peers; not watching %s", a->name,
-                          DSLA_ACTOR_PEER_MAX, from);
+    if (p) {
+        p->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
+        peer_report(a, p, PEER_ALIVE);
+        return;
     }
-    if (!p) return;
-    p->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
-    peer_report(a, p, PEER_ALIVE);
+    int i = watch_find(&a->watched, from);
+    if (i >= 0) {
+        a->watched.items[i].liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
+        return;
+    }
+    if (!is_ping) return;
+    if (watch_add(&a->watched, from) < 0) {
+        DSLA_LOG_LIMITED(&a->watch_warn, DSLA_LOG_WARN,
+                         "actor %s: out of memory watching %zu clients; not watching %s", a->name,
+                         a->watched.n, from);
+        return;
+    }
+    watched_report(a, from, true);
 }
 
 static dsla_status_t send_frame(dsla_actor_t *a, void *sock, const void *route_id, size_t route_len,
@@ -211,8 +355,23 @@ static void reconnect(dsla_actor_t *a, peer_t *p) {
                        p->name);
 }
 
+/* A watched client silent for the liveness intervals is dead and forgotten: it must find us
+ * again. */
+static void watched_tick(dsla_actor_t *a) {
+    watch_table_t *w = &a->watched;
+    for (int i = (int)w->n - 1; i >= 0; i--) {
+        if (w->items[i].liveness > 0) w->items[i].liveness--;
+        if (w->items[i].liveness > 0) continue;
+        char name[DSLA_PROTO_NAME_MAX + 1];
+        snprintf(name, sizeof name, "%s", w->items[i].name);
+        watch_remove(w, i);
+        watched_report(a, name, false);
+    }
+}
+
 static void on_heartbeat(uv_timer_t *t) {
     dsla_actor_t *a = t->loop->data;
+    watched_tick(a);
     for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++) {
         peer_t *p = &a->peers[i];
         if (!p->used) continue;
@@ -230,11 +389,7 @@ static void on_heartbeat(uv_timer_t *t) {
         if (p->liveness > 0) p->liveness--;
         if (p->liveness == 0 && p->state != PEER_DEAD) {
             peer_report(a, p, PEER_DEAD);
-            if (p->sock) {
-                reconnect(a, p);
-            } else {
-                p->used = false; /* it found us; it must find us again */
-            }
+            reconnect(a, p);
         }
     }
     drain_all(a);
@@ -452,6 +607,13 @@ dsla_status_t dsla_actor_connect(dsla_actor_t *a, const char *peer, const char *
                           a->name, peer);
     bool added = !p;
     if (!p) p = peer_add(a, peer);
+    if (p && added) {
+        int w = watch_find(&a->watched, peer);
+        if (w >= 0) {
+            watch_remove(&a->watched, w);
+            p->state = PEER_ALIVE; /* it was heard from; its connection does not change that */
+        }
+    }
     if (!p)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "actor %s: more than %d peers", a->name,
                           DSLA_ACTOR_PEER_MAX);
@@ -542,10 +704,105 @@ void dsla_actor_timer_stop(dsla_actor_t *a, dsla_actor_timer_t **t) {
     *t = NULL;
 }
 
+/* ---- posts from other threads and worker jobs -------------------------------------------- */
+
+/* Runs the posts queued so far, in order; later ones wake the loop again. */
+static void run_posts(dsla_actor_t *a) {
+    pthread_mutex_lock(&a->post_mu);
+    post_t *p = a->post_head;
+    a->post_head = a->post_tail = NULL;
+    pthread_mutex_unlock(&a->post_mu);
+    while (p) {
+        post_t *next = p->next;
+        p->fn(a, p->user);
+        free(p);
+        p = next;
+    }
+}
+
+static void on_post(uv_async_t *h) {
+    dsla_actor_t *a = h->loop->data;
+    run_posts(a);
+    drain_all(a);
+}
+
+dsla_status_t dsla_actor_post(dsla_actor_t *a, dsla_actor_post_fn fn, void *user) {
+    post_t *p = malloc(sizeof *p);
+    if (!p) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: post: out of memory", a->name);
+    p->fn = fn;
+    p->user = user;
+    p->next = NULL;
+    pthread_mutex_lock(&a->post_mu);
+    bool closed = a->post_closed;
+    if (!closed) {
+        if (a->post_tail)
+            a->post_tail->next = p;
+        else
+            a->post_head = p;
+        a->post_tail = p;
+        /* under the lock: the handle is closed only after post_closed is set */
+        uv_async_send(&a->post_async);
+    }
+    pthread_mutex_unlock(&a->post_mu);
+    if (!closed) return DSLA_OK;
+    free(p);
+    return dsla_error(DSLA_ERR_CANCELLED, "actor %s has stopped; post refused", a->name);
+}
+
+static void work_run(uv_work_t *req) {
+    work_t *w = req->data;
+    w->work(w->user);
+}
+
+static void work_after(uv_work_t *req, int status) {
+    work_t *w = req->data;
+    dsla_actor_t *a = w->actor;
+    if (w->prev) w->prev->next = w->next;
+    if (w->next) w->next->prev = w->prev;
+    if (a->works == w) a->works = w->next;
+    w->done(a, w->user, status == UV_ECANCELED);
+    free(w);
+    if (a->stopping && !a->works) {
+        uv_stop(&a->loop);
+        return;
+    }
+    drain_all(a);
+}
+
+dsla_status_t dsla_actor_work(dsla_actor_t *a, dsla_actor_work_fn work, dsla_actor_done_fn done,
+                              void *user) {
+    if (!on_actor_thread(a))
+        return dsla_error(DSLA_ERR_INTERNAL, "actor %s: work queued off the actor's thread",
+                          a->name);
+    if (a->stopping) return dsla_error(DSLA_ERR_CANCELLED, "actor %s is stopping", a->name);
+    work_t *w = calloc(1, sizeof *w);
+    if (!w) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: work: out of memory", a->name);
+    w->actor = a;
+    w->work = work;
+    w->done = done;
+    w->user = user;
+    w->req.data = w;
+    int rc = uv_queue_work(&a->loop, &w->req, work_run, work_after);
+    if (rc != 0) {
+        free(w);
+        return dsla_error(DSLA_ERR_INTERNAL, "actor %s: uv_queue_work: %s", a->name,
+                          uv_strerror(rc));
+    }
+    w->next = a->works;
+    if (a->works) a->works->prev = w;
+    a->works = w;
+    return DSLA_OK;
+}
+
 /* ---- the thread ------------------------------------------------------------------------- */
 
+/* Jobs not yet started are cancelled; the loop stops once every job's done has run. */
 static void on_stop_signal(uv_async_t *h) {
-    uv_stop(h->loop);
+    dsla_actor_t *a = h->loop->data;
+    a->stopping = true;
+    for (work_t *w = a->works; w; w = w->next)
+        uv_cancel((uv_req_t *)&w->req);
+    if (!a->works) uv_stop(h->loop);
 }
 
 static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
@@ -582,6 +839,7 @@ static dsla_status_t actor_open(dsla_actor_t *a, const dsla_actor_def_t *def) {
     a->loop_open = true;
     a->loop.data = a;
     rc = uv_async_init(&a->loop, &a->stop, on_stop_signal);
+    if (rc == 0) rc = uv_async_init(&a->loop, &a->post_async, on_post);
     if (rc != 0) return dsla_error(DSLA_ERR_INTERNAL, "uv_async_init: %s", uv_strerror(rc));
     uv_idle_init(&a->loop, &a->idle);
     uv_timer_init(&a->loop, &a->heartbeat);
@@ -610,6 +868,7 @@ static void actor_close(dsla_actor_t *a) {
             dsla_log_error("actor %s: a libuv handle outlived its loop", a->name);
     }
     if (a->router) zmq_close(a->router);
+    watch_free(&a->watched);
 }
 
 static void *actor_main(void *arg) {
@@ -627,6 +886,14 @@ static void *actor_main(void *arg) {
         if (a->on_start) a->on_start(a, a->user);
         drain_all(a);
         uv_run(&a->loop, UV_RUN_DEFAULT);
+        run_posts(a);
+    }
+    /* From here posts are refused; those that raced in still run, before on_stop. */
+    pthread_mutex_lock(&a->post_mu);
+    a->post_closed = true;
+    pthread_mutex_unlock(&a->post_mu);
+    if (st == DSLA_OK) {
+        run_posts(a);
         if (a->on_stop) a->on_stop(a, a->user);
     }
     actor_close(a);
@@ -663,6 +930,7 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
     }
     a->def = def;
     pthread_mutex_init(&a->mu, NULL);
+    pthread_mutex_init(&a->post_mu, NULL);
     pthread_cond_init(&a->cv, NULL);
     dsla_status_t st = DSLA_OK;
     if (pthread_create(&a->thread, NULL, actor_main, a) != 0) {
@@ -678,6 +946,7 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
         }
     }
     if (st != DSLA_OK) {
+        pthread_mutex_destroy(&a->post_mu);
         pthread_mutex_destroy(&a->mu);
         pthread_cond_destroy(&a->cv);
         free(a->handlers);
@@ -697,6 +966,7 @@ void dsla_actor_destroy(dsla_actor_t **a) {
     }
     uv_async_send(&x->stop);
     pthread_join(x->thread, NULL);
+    pthread_mutex_destroy(&x->post_mu);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
     free(x->handlers);

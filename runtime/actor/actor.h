@@ -9,11 +9,17 @@
  * intervals is reported dead through on_peer. A dead peer this actor connected to gets a fresh
  * DEALER (what was queued for it is dropped) and keeps being pinged, so a restart is noticed.
  *
- * Contract: everything but dsla_actor_create, dsla_actor_destroy and dsla_actor_endpoint runs on
- * the actor's own thread, from its callbacks (on_start, handlers, timers). Callbacks must not
- * block: a slow job goes to a worker or a CUDA stream, never to another actor's thread. An actor
- * shares no mutable state with another; it only sends messages. This module knows the envelope but
- * no engine and no body beyond PING, PONG and ERROR. */
+ * Contract: everything but dsla_actor_create, dsla_actor_destroy, dsla_actor_endpoint and
+ * dsla_actor_post runs on the actor's own thread, from its callbacks (on_start, handlers, timers,
+ * posted and work-done callbacks). An actor shares no mutable state with another; it only sends
+ * messages.
+ *
+ * What may run on the loop: a callback runs for microseconds (a decode, a table update, a send).
+ * Anything whose time grows with data (reading, hashing or writing a file, a SQLite write, a model
+ * step) goes to dsla_actor_work (libuv's worker pool; its done callback comes back to the loop) or
+ * to a thread of the caller's own that hands results back with dsla_actor_post. Heartbeats and
+ * timers then keep their interval whatever the load. This module knows the envelope but no engine
+ * and no body beyond PING, PONG and ERROR. */
 #ifndef DSLA_ACTOR_ACTOR_H
 #define DSLA_ACTOR_ACTOR_H
 
@@ -27,7 +33,8 @@
 /* DESIGN.md section 7: heartbeats every second, a peer missing three is dead. */
 #define DSLA_ACTOR_HEARTBEAT_MS 1000
 #define DSLA_ACTOR_HEARTBEAT_LIVENESS 3
-/* Endpoints one actor may bind, and peers it may connect to: a node runs few actors. */
+/* Endpoints one actor may bind, and peers it may connect to: a node runs few actors. Peers that
+ * only heartbeat this actor from outside (clients) are tracked without a limit. */
 #define DSLA_ACTOR_BIND_MAX 4
 #define DSLA_ACTOR_PEER_MAX 64
 /* ZMQ_LAST_ENDPOINT of a tcp bind: "tcp://" + an IPv6 address + ":port" fits easily. */
@@ -124,5 +131,26 @@ typedef struct dsla_actor_timer dsla_actor_timer_t;
 dsla_status_t dsla_actor_timer_start(dsla_actor_t *a, uint64_t timeout_ms, uint64_t repeat_ms,
                                      dsla_actor_timer_fn fn, void *user, dsla_actor_timer_t **out);
 void dsla_actor_timer_stop(dsla_actor_t *a, dsla_actor_timer_t **t);
+
+/* Runs fn(a, user) on the actor's thread at its loop's next turn. The one call any thread may
+ * make: it is how a worker or an engine thread hands results back. Posts from one thread run in
+ * their order. Once the actor has stopped it returns DSLA_ERR_CANCELLED and fn never runs (the
+ * caller still owns user); every post accepted before the stop runs before on_stop. */
+typedef void (*dsla_actor_post_fn)(dsla_actor_t *a, void *user);
+dsla_status_t dsla_actor_post(dsla_actor_t *a, dsla_actor_post_fn fn, void *user);
+
+/* Runs work(user) on libuv's worker pool, then done(a, user, cancelled) on the actor's thread.
+ * work must not touch the actor (no send, no timers): it gets only user. When the actor stops,
+ * jobs not yet started are cancelled (work never runs, done sees cancelled true); done always runs,
+ * before on_stop, so user is freed in exactly one place. From the actor's thread only. The pool is
+ * libuv's (UV_THREADPOOL_SIZE threads, 4 by default, shared by the process): long-running loops
+ * (an engine) take a thread of their own instead. */
+typedef void (*dsla_actor_work_fn)(void *user);
+typedef void (*dsla_actor_done_fn)(dsla_actor_t *a, void *user, bool cancelled);
+dsla_status_t dsla_actor_work(dsla_actor_t *a, dsla_actor_work_fn work, dsla_actor_done_fn done,
+                              void *user);
+
+/* Clients watched through their heartbeats (peers that found this actor), for tests and status. */
+size_t dsla_actor_watched(const dsla_actor_t *a);
 
 #endif

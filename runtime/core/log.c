@@ -51,3 +51,24 @@ void dsla_log_write(dsla_log_level_t level, const char *file, int line, const ch
     /* One fputs per line so that lines from concurrent actor threads do not interleave. */
     fprintf(stderr, "%s\n", line_buf);
 }
+
+bool dsla_log_limit_pass(dsla_log_limit_t *lim, dsla_log_level_t level, const char *file,
+                         int line) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    if (lim->in_window == 0 || now_ms - lim->window_start_ms >= DSLA_LOG_LIMIT_WINDOW_MS) {
+        if (lim->held_back)
+            dsla_log_write(level, file, line, "(%llu lines from here held back in the last %u s)",
+                           (unsigned long long)lim->held_back, DSLA_LOG_LIMIT_WINDOW_MS / 1000u);
+        lim->window_start_ms = now_ms;
+        lim->in_window = 0;
+        lim->held_back = 0;
+    }
+    if (lim->in_window >= DSLA_LOG_LIMIT_BURST) {
+        lim->held_back++;
+        return false;
+    }
+    lim->in_window++;
+    return true;
+}

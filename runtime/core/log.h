@@ -7,6 +7,9 @@
 #ifndef DSLA_CORE_LOG_H
 #define DSLA_CORE_LOG_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 typedef enum {
     DSLA_LOG_ERROR = 0,
     DSLA_LOG_WARN,
@@ -27,5 +30,27 @@ void dsla_log_write(dsla_log_level_t level, const char *file, int line, const ch
 #define dsla_log_warn(...) DSLA_LOG_AT(DSLA_LOG_WARN, __VA_ARGS__)
 #define dsla_log_info(...) DSLA_LOG_AT(DSLA_LOG_INFO, __VA_ARGS__)
 #define dsla_log_debug(...) DSLA_LOG_AT(DSLA_LOG_DEBUG, __VA_ARGS__)
+
+/* A line that load can repeat (one per client, one per frame) goes through a limiter: at most
+ * DSLA_LOG_LIMIT_BURST lines per DSLA_LOG_LIMIT_WINDOW_MS, then, when the next line passes, one
+ * line saying how many were held back. One limiter per call site and thread (it is not locked);
+ * zero-initialised it is ready. */
+#define DSLA_LOG_LIMIT_BURST 5
+#define DSLA_LOG_LIMIT_WINDOW_MS 10000
+typedef struct {
+    uint64_t window_start_ms;
+    uint32_t in_window;
+    uint64_t held_back;
+} dsla_log_limit_t;
+
+/* Whether the next line may be written now (logging the held-back count first when it is). */
+bool dsla_log_limit_pass(dsla_log_limit_t *lim, dsla_log_level_t level, const char *file, int line);
+
+#define DSLA_LOG_LIMITED(lim, level, ...)                                                          \
+    do {                                                                                           \
+        if ((level) <= dsla_log_level() &&                                                         \
+            dsla_log_limit_pass((lim), (level), __FILE__, __LINE__))                               \
+            dsla_log_write((level), __FILE__, __LINE__, __VA_ARGS__);                              \
+    } while (0)
 
 #endif
