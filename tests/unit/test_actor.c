@@ -3,7 +3,9 @@
  * bounded poll on a counter the actors' threads set, never a sleep standing in for an event. */
 #include "tests/testutil.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -395,6 +397,225 @@ static void test_create_failures_name_the_cause(void **state) {
     dsla_actor_ctx_destroy(&ctx);
 }
 
+/* ---- posts, workers and watched clients ---------------------------------------------------- */
+
+enum { POSTERS = 2, POSTS = 5000, JOBS = 8, CANCEL_JOBS = 64, CLIENTS = 300 };
+
+typedef struct {
+    pthread_t loop_thread; /* the actor's thread, recorded in on_start */
+    atomic_int started;
+    atomic_int ran;
+    atomic_int off_thread; /* posts or dones that ran elsewhere than the actor's thread */
+    atomic_int out_of_order;
+    int last_seq[POSTERS];   /* touched only on the actor's thread */
+    atomic_int work_on_loop; /* work functions that ran on the actor's thread */
+    atomic_int worked, done, cancelled;
+    atomic_int stop_post_refused;
+} async_t;
+
+typedef struct {
+    async_t *t;
+    dsla_actor_t *a;
+    int poster, seq;
+} post_item_t;
+
+static void record_thread(dsla_actor_t *a, void *user) {
+    (void)a;
+    async_t *t = user;
+    t->loop_thread = pthread_self();
+    atomic_store(&t->started, 1);
+}
+
+static void on_posted(dsla_actor_t *a, void *user) {
+    (void)a;
+    post_item_t *it = user;
+    async_t *t = it->t;
+    if (!pthread_equal(pthread_self(), t->loop_thread)) atomic_fetch_add(&t->off_thread, 1);
+    if (it->seq != t->last_seq[it->poster] + 1) atomic_fetch_add(&t->out_of_order, 1);
+    t->last_seq[it->poster] = it->seq;
+    atomic_fetch_add(&t->ran, 1);
+    free(it);
+}
+
+typedef struct {
+    async_t *t;
+    dsla_actor_t *a;
+    int poster;
+} poster_arg_t;
+
+static void *poster_main(void *arg) {
+    poster_arg_t *p = arg;
+    for (int i = 1; i <= POSTS; i++) {
+        post_item_t *it = malloc(sizeof *it);
+        *it = (post_item_t){.t = p->t, .poster = p->poster, .seq = i};
+        if (dsla_actor_post(p->a, on_posted, it) != DSLA_OK) free(it);
+    }
+    return NULL;
+}
+
+static void post_in_stop(dsla_actor_t *a, void *user) {
+    async_t *t = user;
+    post_item_t *it = malloc(sizeof *it);
+    *it = (post_item_t){.t = t};
+    if (dsla_actor_post(a, on_posted, it) == DSLA_ERR_CANCELLED) {
+        atomic_store(&t->stop_post_refused, 1);
+        free(it);
+    }
+}
+
+/* Two threads post POSTS callbacks each: all run, on the actor's thread, each thread's in order;
+ * once the actor has stopped a post is refused. */
+static void test_posts_run_on_the_loop_in_order(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    async_t t = {0};
+    dsla_actor_def_t def = {.name = "poster",
+                            .ctx = ctx,
+                            .on_start = record_thread,
+                            .on_stop = post_in_stop,
+                            .user = &t};
+    dsla_actor_t *a = NULL;
+    assert_int_equal(dsla_actor_create(&a, &def), DSLA_OK);
+    assert_true(wait_for(&t.started, 1));
+    pthread_t threads[POSTERS];
+    poster_arg_t args[POSTERS];
+    for (int i = 0; i < POSTERS; i++) {
+        args[i] = (poster_arg_t){.t = &t, .a = a, .poster = i};
+        assert_int_equal(pthread_create(&threads[i], NULL, poster_main, &args[i]), 0);
+    }
+    for (int i = 0; i < POSTERS; i++)
+        pthread_join(threads[i], NULL);
+    assert_true(wait_for(&t.ran, POSTERS * POSTS));
+    assert_int_equal(atomic_load(&t.off_thread), 0);
+    assert_int_equal(atomic_load(&t.out_of_order), 0);
+    dsla_actor_destroy(&a);
+    assert_int_equal(atomic_load(&t.stop_post_refused), 1);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+typedef struct {
+    async_t *t;
+    int sleep_ms;
+} job_t;
+
+static void job_work(void *user) {
+    job_t *j = user;
+    if (pthread_equal(pthread_self(), j->t->loop_thread)) atomic_fetch_add(&j->t->work_on_loop, 1);
+    struct timespec ts = {0, (long)j->sleep_ms * 1000000L};
+    nanosleep(&ts, NULL);
+    atomic_fetch_add(&j->t->worked, 1);
+}
+
+static void job_done(dsla_actor_t *a, void *user, bool cancelled) {
+    (void)a;
+    job_t *j = user;
+    if (!pthread_equal(pthread_self(), j->t->loop_thread)) atomic_fetch_add(&j->t->off_thread, 1);
+    if (cancelled) atomic_fetch_add(&j->t->cancelled, 1);
+    atomic_fetch_add(&j->t->done, 1);
+    free(j);
+}
+
+static int queue_jobs(dsla_actor_t *a, async_t *t, int n, int sleep_ms) {
+    int failures = 0;
+    for (int i = 0; i < n; i++) {
+        job_t *j = malloc(sizeof *j);
+        *j = (job_t){.t = t, .sleep_ms = sleep_ms};
+        if (dsla_actor_work(a, job_work, job_done, j) != DSLA_OK) {
+            free(j);
+            failures++;
+        }
+    }
+    return failures;
+}
+
+static void start_jobs(dsla_actor_t *a, void *user) {
+    async_t *t = user;
+    record_thread(a, user);
+    if (queue_jobs(a, t, JOBS, 5)) atomic_fetch_add(&t->off_thread, 1000);
+}
+
+static void start_slow_jobs(dsla_actor_t *a, void *user) {
+    async_t *t = user;
+    record_thread(a, user);
+    if (queue_jobs(a, t, CANCEL_JOBS, 50)) atomic_fetch_add(&t->off_thread, 1000);
+}
+
+/* Jobs run off the loop and finish on it; at a stop, jobs not yet started are cancelled and every
+ * job's done still runs exactly once, before the actor is gone. */
+static void test_work_runs_off_the_loop(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    async_t t = {0};
+    dsla_actor_def_t def = {.name = "worker", .ctx = ctx, .on_start = start_jobs, .user = &t};
+    dsla_actor_t *a = NULL;
+    assert_int_equal(dsla_actor_create(&a, &def), DSLA_OK);
+    assert_true(wait_for(&t.done, JOBS));
+    assert_int_equal(atomic_load(&t.worked), JOBS);
+    assert_int_equal(atomic_load(&t.cancelled), 0);
+    assert_int_equal(atomic_load(&t.work_on_loop), 0);
+    assert_int_equal(atomic_load(&t.off_thread), 0);
+    dsla_actor_destroy(&a);
+
+    async_t u = {0};
+    def.on_start = start_slow_jobs;
+    def.user = &u;
+    assert_int_equal(dsla_actor_create(&a, &def), DSLA_OK);
+    assert_true(wait_for(&u.started, 1));
+    dsla_actor_destroy(&a); /* at once: most jobs are still queued */
+    assert_int_equal(atomic_load(&u.done), CANCEL_JOBS);
+    assert_true(atomic_load(&u.cancelled) > 0);
+    assert_int_equal(atomic_load(&u.worked) + atomic_load(&u.cancelled), CANCEL_JOBS);
+    assert_int_equal(atomic_load(&u.off_thread), 0);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* CLIENTS sockets that only PING an actor (as a gateway's clients do) are all watched, far past
+ * the connected-peer limit, and each is reported dead once it falls silent. */
+static void test_clients_watched_without_a_cap(void **state) {
+    (void)state;
+    assert_true(CLIENTS > DSLA_ACTOR_PEER_MAX);
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t s = {0};
+    dsla_actor_t *a = start_actor(ctx, "hub", "tcp://127.0.0.1:*", NULL, NULL, &s, FAST_BEAT_MS);
+    void *zctx = zmq_ctx_new();
+    void *socks[CLIENTS];
+    dsla_proto_buf_t body;
+    dsla_proto_ping_t ping = {.seq = 1};
+    assert_int_equal(dsla_proto_ping_encode(&ping, &body), DSLA_OK);
+    for (int i = 0; i < CLIENTS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "client-%d", i);
+        socks[i] = zmq_socket(zctx, ZMQ_DEALER);
+        int linger = 0;
+        zmq_setsockopt(socks[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_setsockopt(socks[i], ZMQ_ROUTING_ID, name, strlen(name));
+        assert_int_equal(zmq_connect(socks[i], dsla_actor_endpoint(a, 0)), 0);
+        dsla_proto_envelope_t env = {.version = DSLA_PROTO_VERSION,
+                                     .type = DSLA_MSG_PING,
+                                     .body = body.data,
+                                     .body_len = body.len};
+        snprintf(env.src, sizeof env.src, "%s", name);
+        snprintf(env.dst, sizeof env.dst, "hub");
+        dsla_proto_buf_t frame;
+        assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+        assert_true(zmq_send(socks[i], frame.data, frame.len, 0) >= 0);
+        dsla_proto_buf_free(&frame);
+    }
+    dsla_proto_buf_free(&body);
+    assert_true(wait_for(&s.alive, CLIENTS));
+    /* silent from here: after the liveness intervals every one is dead and forgotten */
+    assert_true(wait_for(&s.dead, CLIENTS));
+    assert_int_equal(atomic_load(&s.alive), CLIENTS);
+    for (int i = 0; i < CLIENTS; i++)
+        zmq_close(socks[i]);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&a);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ping_pong_inproc),
@@ -406,6 +627,9 @@ int main(void) {
         cmocka_unit_test(test_many_actors_clean_shutdown),
         cmocka_unit_test(test_timers_and_thread_contract),
         cmocka_unit_test(test_create_failures_name_the_cause),
+        cmocka_unit_test(test_posts_run_on_the_loop_in_order),
+        cmocka_unit_test(test_work_runs_off_the_loop),
+        cmocka_unit_test(test_clients_watched_without_a_cap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
