@@ -296,7 +296,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     dsla_status_t st = dsla_client_start(g->client, &req.generate, 0);
     dsla_openai_request_free(&req);
     if (st != DSLA_OK) {
-        dsla_openai_error_set(&err, 400, NULL, "%s", dsla_last_error());
+        dsla_openai_error_from_status(kind, st, &err);
         gen_free(g);
         return respond_error(h, conn, route, &err);
     }
@@ -305,7 +305,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     /* the first piece decides the status: a refusal is a plain error, not a stream */
     if (!gen_produce(g) || (g->failed && g->first)) {
         dsla_openai_error_t e = g->err;
-        if (!g->failed) dsla_openai_error_set(&e, 500, NULL, "out of memory");
+        if (!g->failed) dsla_openai_error_from_status(kind, dsla_error_oom("http: a stream"), &e);
         gen_free(g);
         return respond_error(h, conn, route, &e);
     }

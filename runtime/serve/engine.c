@@ -2,6 +2,7 @@
  * scheduling lives in scheduler.c. */
 #include "runtime/serve/engine.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -274,6 +275,9 @@ static dsla_usage_t usage_of(const request_t *r) {
 
 void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_finish_reason_t reason,
                          dsla_status_t status) {
+    /* The failure's message is this thread's last one; copied before anything can overwrite it. */
+    char message[DSLA_ERROR_MESSAGE_MAX] = "";
+    if (status != DSLA_OK) snprintf(message, sizeof message, "%s", dsla_last_error());
     dsla_stream_event_t ev = {
         .request_id = r->id,
         .token = token,
@@ -282,6 +286,7 @@ void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_fin
         .finished = true,
         .finish = reason,
         .status = status,
+        .message = message,
         .usage = usage_of(r),
     };
     e->m.requests_finished++;
