@@ -382,14 +382,14 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
     *out = NULL;
     DSLA_TRY(check_config(config));
     dsla_gateway_t *g = calloc(1, sizeof *g);
-    if (!g) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "gateway: out of memory");
+    if (!g) return dsla_error_oom("gateway");
     g->max_outstanding =
         config->max_outstanding ? config->max_outstanding : DSLA_GATEWAY_OUTSTANDING_MAX;
     g->routes = calloc(g->max_outstanding, sizeof *g->routes);
     g->free_slots = malloc(g->max_outstanding * sizeof *g->free_slots);
     if (!g->routes || !g->free_slots) {
         gateway_free(g);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "gateway: out of memory");
+        return dsla_error_oom("gateway");
     }
     for (uint32_t i = 0; i < g->max_outstanding; i++) /* lowest slots first */
         g->free_slots[i] = g->max_outstanding - 1 - i;

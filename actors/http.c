@@ -622,7 +622,7 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     if (!config->gateway || strlen(config->gateway) > DSLA_PROTO_ENDPOINT_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "http: the gateway endpoint is missing");
     dsla_http_t *h = calloc(1, sizeof *h);
-    if (!h) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "http: out of memory");
+    if (!h) return dsla_error_oom("http");
     snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
     h->heartbeat_ms = config->heartbeat_ms;

@@ -73,7 +73,7 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "client: endpoint missing or longer than %d",
                           ENDPOINT_MAX - 1);
     dsla_client_t *c = calloc(1, sizeof *c);
-    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "client: out of memory");
+    if (!c) return dsla_error_oom("client");
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
     c->heartbeat_ms =
         options && options->heartbeat_ms ? options->heartbeat_ms : DEFAULT_HEARTBEAT_MS;

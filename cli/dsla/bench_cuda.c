@@ -95,9 +95,7 @@ static dsla_status_t run_workload(dsla_engine_t *e, int vocab, int n, int prompt
     run.recs = calloc((size_t)n, sizeof *run.recs);
     int32_t *ids = malloc((size_t)prompt * sizeof *ids);
     double *ttft = malloc((size_t)n * sizeof *ttft), *tpot = malloc((size_t)n * sizeof *tpot);
-    dsla_status_t s = run.recs && ids && ttft && tpot
-                          ? DSLA_OK
-                          : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
+    dsla_status_t s = run.recs && ids && ttft && tpot ? DSLA_OK : dsla_error_oom("bench");
     const double t0 = now_s();
     for (int i = 0; i < n && s == DSLA_OK; i++) {
         uint64_t x = seed * 0x9e3779b97f4a7c15ULL + (uint64_t)i;
@@ -153,7 +151,7 @@ static dsla_status_t run_workload(dsla_engine_t *e, int vocab, int n, int prompt
 static dsla_status_t shape_only_version(dsla_layer_ref_t **out, const dsla_model_config_t *c,
                                         int layer) {
     dsla_dsla_layer_t *w = calloc(1, sizeof *w);
-    if (!w) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
+    if (!w) return dsla_error_oom("bench");
     *w = (dsla_dsla_layer_t){.layer = layer,
                              .heads = c->num_heads,
                              .head_dim = c->head_dim,

@@ -109,7 +109,7 @@ dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t
     const dsla_model_config_t *cfg = dsla_model_config(model);
     const int T = corpus->seq_len, V = cfg->vocab_size;
     float *logits = malloc((size_t)CAPTURE_BATCH * T * V * sizeof *logits);
-    if (!logits) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for eval logits");
+    if (!logits) return dsla_error_oom("eval logits");
     double total = 0.0;
     long count = 0;
     dsla_status_t st = DSLA_OK;
@@ -148,7 +148,7 @@ dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpu
     if (!per_item || !sum) {
         free(per_item);
         free(sum);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for entropies");
+        return dsla_error_oom("entropies");
     }
     dsla_status_t st = DSLA_OK;
     for (int first = 0; first < n_sequences && st == DSLA_OK; first += CAPTURE_BATCH) {
@@ -229,15 +229,14 @@ static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_l
     float **bufs[] = {&t->h_in, &t->target, &t->x, &t->y, &t->h_mid, &t->h_out, &t->dh, &t->dx};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         *bufs[i] = dsla_alloc(act * sizeof(float));
-        if (!*bufs[i]) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for training");
+        if (!*bufs[i]) return dsla_error_oom("training");
     }
     t->mlp_work =
         dsla_alloc(dsla_cpu_mlp_block_workspace_floats(&t->mlp, (int)t->rows) * sizeof(float));
     const dsla_dsla_dims_t dims = {batch, seq_len, cfg->num_heads, cfg->head_dim};
     size_t bytes = dsla_cpu_dsla_layer_workspace_bytes(&dims, cfg->hidden_size);
     t->dsla_mem = dsla_alloc(bytes);
-    if (!t->mlp_work || !t->dsla_mem)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for training workspaces");
+    if (!t->mlp_work || !t->dsla_mem) return dsla_error_oom("training workspaces");
     return dsla_cpu_dsla_layer_workspace_init(&t->ws, &dims, cfg->hidden_size, t->dsla_mem, bytes);
 }
 
@@ -602,8 +601,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     eval_in = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
     eval_target = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
     if (!h_in || !target || !eval_in || !eval_target) {
-        st =
-            dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's hidden states", layer);
+        st = dsla_error_oom("layer %d's hidden states", layer);
         goto done;
     }
     /* The student learns on what it will see when served: the hybrid's stream (chained), or the
@@ -717,8 +715,7 @@ static dsla_status_t train_layer_pooled(run_t *r, int k) {
     const dsla_corpus_t *train = r->train;
     const size_t bytes = (size_t)train->num_sequences * (size_t)train->seq_len * sizeof(int32_t);
     dsla_corpus_t pool = {.seq_len = train->seq_len, .num_sequences = train->num_sequences};
-    if (!(pool.tokens = malloc(bytes)))
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the training pool");
+    if (!(pool.tokens = malloc(bytes))) return dsla_error_oom("the training pool");
     memcpy(pool.tokens, train->tokens, bytes);
     const int layer = r->report->order[k];
     dsla_status_t st = r->cb->extend_train(r->cb->user, k, layer, &pool);

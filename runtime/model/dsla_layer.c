@@ -91,7 +91,7 @@ dsla_status_t dsla_dsla_layer_create(dsla_dsla_layer_t **out, const dsla_model_c
                           "DSLA layer: index %d is outside the model's %d layers", layer,
                           cfg->num_layers);
     dsla_dsla_layer_t *l = calloc(1, sizeof *l);
-    if (!l) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "DSLA layer: out of memory");
+    if (!l) return dsla_error_oom("DSLA layer");
     l->layer = layer;
     l->heads = cfg->num_heads;
     l->head_dim = cfg->head_dim;
@@ -103,8 +103,7 @@ dsla_status_t dsla_dsla_layer_create(dsla_dsla_layer_t **out, const dsla_model_c
     if (!l->data) {
         size_t numel = l->numel;
         free(l);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "DSLA layer %d: out of memory for %zu weights",
-                          layer, numel);
+        return dsla_error_oom("DSLA layer %d: %zu weights", layer, numel);
     }
     float *p = l->data;
     float **matrices[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->wg1, &l->wg2};
@@ -247,7 +246,7 @@ static dsla_status_t write_version(dsla_st_writer_t *w, const dsla_dsla_layer_t 
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "n_order %d is outside 0..%d", meta->n_order,
                           DSLA_LAYER_ORDER_MAX);
     char *order = format_order(meta);
-    if (!order) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the order");
+    if (!order) return dsla_error_oom("the order");
     dsla_status_t s = dsla_st_writer_set_metadata(w, "order", order);
     free(order);
     DSLA_TRY(s);

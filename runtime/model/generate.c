@@ -83,7 +83,7 @@ static dsla_status_t generation_setup(generation_t *g, dsla_model_t *model,
     DSLA_TRY(dsla_stop_matcher_create(&g->stops, p->stop, p->n_stop));
     g->logits = malloc((size_t)cfg->vocab_size * sizeof *g->logits);
     g->ids = malloc((size_t)p->max_tokens * sizeof *g->ids);
-    if (!g->logits || !g->ids) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory");
+    if (!g->logits || !g->ids) return dsla_error_oom("generation buffers");
     return DSLA_OK;
 }
 

@@ -184,7 +184,7 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     *out = NULL;
     DSLA_TRY(check_opts(cfg, opts));
     dsla_cuda_model_t *m = calloc(1, sizeof *m);
-    if (!m) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model: out of memory");
+    if (!m) return dsla_error_oom("dsla_cuda_model");
     *out = m;
     m->cfg = *cfg;
     m->opts = *opts;
@@ -197,8 +197,7 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     const int qw = c->num_heads * d, kvw = c->num_kv_heads * d, V = c->vocab_size;
     m->layers = calloc((size_t)L, sizeof *m->layers);
     m->dsla = calloc((size_t)L, sizeof *m->dsla);
-    if (!m->layers || !m->dsla)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model: out of memory");
+    if (!m->layers || !m->dsla) return dsla_error_oom("dsla_cuda_model");
     DSLA_TRY(dsla_cuda_blas_create(&m->blas));
     DSLA_TRY(alloc_weight(m, &m->embed, (size_t)V * D));
     if (c->tie_word_embeddings)
@@ -258,7 +257,7 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     DSLA_TRY(dsla_cuda_malloc(&m->sample_ws, m->sample_ws_bytes));
 
     float *inv = malloc((size_t)d / 2 * sizeof *inv);
-    if (!inv) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model: out of memory");
+    if (!inv) return dsla_error_oom("dsla_cuda_model");
     dsla_rope_params_t rp = {
         c->rope_theta,           c->rope_type == DSLA_ROPE_LLAMA3, c->rope_factor,
         c->rope_low_freq_factor, c->rope_high_freq_factor,         c->rope_original_max_position};
@@ -504,7 +503,7 @@ dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, ds
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "dsla_cuda_kv_create: %d blocks, %d sequences",
                           num_blocks, max_seqs);
     dsla_cuda_kv_t *kv = calloc(1, sizeof *kv);
-    if (!kv) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_kv_create: out of memory");
+    if (!kv) return dsla_error_oom("dsla_cuda_kv_create");
     kv->m = m;
     kv->num_blocks = num_blocks;
     kv->max_seqs = max_seqs;
@@ -515,9 +514,7 @@ dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, ds
     kv->free_list = malloc(((size_t)num_blocks + 1) * sizeof *kv->free_list);
     kv->slot_used = calloc((size_t)max_seqs, sizeof *kv->slot_used);
     dsla_status_t st =
-        kv->free_list && kv->slot_used
-            ? DSLA_OK
-            : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_kv_create: out of memory");
+        kv->free_list && kv->slot_used ? DSLA_OK : dsla_error_oom("dsla_cuda_kv_create");
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.k, half);
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.v, half);
     const size_t table_words = (size_t)max_seqs * m->cfg.num_layers * kv->max_blocks;
@@ -570,7 +567,7 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "dsla_cuda_seq_create: all %d slots in use",
                           kv->max_seqs);
     dsla_cuda_seq_t *s = calloc(1, sizeof *s);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_seq_create: out of memory");
+    if (!s) return dsla_error_oom("dsla_cuda_seq_create");
     s->kv = kv;
     s->slot = slot;
     s->kinds = calloc((size_t)L, sizeof *s->kinds);
@@ -578,7 +575,7 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
     s->states = calloc((size_t)L * 2, sizeof *s->states);
     if (!s->kinds || !s->blocks || !s->states) {
         dsla_cuda_seq_destroy(&s);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_seq_create: out of memory");
+        return dsla_error_oom("dsla_cuda_seq_create");
     }
     kv->slot_used[slot] = true;
     s->borrowed_states = states != NULL;
@@ -688,7 +685,7 @@ dsla_status_t dsla_cuda_seq_fill_synthetic(dsla_cuda_seq_t *s, int n_tokens, uin
                           "dsla_cuda_seq_fill_synthetic: needs %d blocks, %d free", need,
                           kv->n_free);
     int32_t *pidx = malloc((size_t)(need + 1) * 2 * sizeof *pidx);
-    if (!pidx) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "fill_synthetic: out of memory");
+    if (!pidx) return dsla_error_oom("fill_synthetic");
     int np = 0;
     seq_grow(s, n_tokens, pidx, pidx + need + 1, &np);
     dsla_status_t st = DSLA_OK;
@@ -1185,7 +1182,7 @@ dsla_status_t dsla_cuda_model_forward(dsla_cuda_model_t *m, const dsla_cuda_batc
     DSLA_TRY(validate(m, items, n_items, &rows, &n_logit, &n_blocks));
     dsla_cuda_kv_t *kv = items[0].seq->kv;
     item_plan_t *plan = malloc((size_t)n_items * sizeof *plan);
-    if (!plan) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model_forward: out of memory");
+    if (!plan) return dsla_error_oom("dsla_cuda_model_forward");
 
     /* The previous step's upload must have left the staging buffer before it is rewritten. */
     dsla_status_t status = dsla_cuda_event_sync(m->uploaded);

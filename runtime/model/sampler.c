@@ -65,15 +65,14 @@ dsla_status_t dsla_sampler_create(dsla_sampler_t **out, const dsla_sampler_param
                           "sampler: temperature %g and top_p %g must be finite",
                           (double)params->temperature, (double)params->top_p);
     dsla_sampler_t *s = calloc(1, sizeof *s);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "sampler: out of memory");
+    if (!s) return dsla_error_oom("sampler");
     s->params = *params;
     s->vocab_size = vocab_size;
     s->probs = malloc((size_t)vocab_size * sizeof *s->probs);
     s->candidates = malloc((size_t)vocab_size * sizeof *s->candidates);
     if (!s->probs || !s->candidates) {
         dsla_sampler_destroy(&s);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "sampler: out of memory for %d candidates",
-                          vocab_size);
+        return dsla_error_oom("sampler: %d candidates", vocab_size);
     }
     dsla_sampler_reseed(s, params->seed);
     *out = s;
