@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/random.h"
+
 typedef struct {
     int32_t *ids;
     size_t len, cap;
@@ -201,13 +203,6 @@ void dsla_corpus_free(dsla_corpus_t *corpus) {
 
 /* ---- the prompt reservoir ---- */
 
-static uint64_t reservoir_next(dsla_reservoir_t *r) { /* splitmix64 */
-    uint64_t z = (r->rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 dsla_status_t dsla_reservoir_init(dsla_reservoir_t *r, int capacity, int max_len, uint64_t seed) {
     memset(r, 0, sizeof *r);
     if (capacity < 1 || max_len < 1)
@@ -227,7 +222,7 @@ dsla_status_t dsla_reservoir_offer(dsla_reservoir_t *r, const int32_t *ids, int 
     r->offered++;
     int at = r->n;
     if (r->n == r->capacity) {
-        uint64_t j = reservoir_next(r) % r->offered;
+        uint64_t j = dsla_splitmix64(&r->rng) % r->offered;
         if (j >= (uint64_t)r->capacity) return DSLA_OK;
         at = (int)j;
     }

@@ -13,6 +13,7 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
 #include <xxhash.h>
 
+#include "runtime/core/random.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/safetensors.h"
 
@@ -123,18 +124,9 @@ void dsla_dsla_layer_destroy(dsla_dsla_layer_t **l) {
     *l = NULL;
 }
 
-/* splitmix64: tiny, seedable and the same on every platform, which is all the initialisation
- * needs (a version must be reproducible from its seed). */
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in [lo, hi) from the top 24 bits: exactly representable as float. */
 static float uniform(uint64_t *state, float lo, float hi) {
-    float u = (float)(splitmix64(state) >> 40) * (1.0f / 16777216.0f);
+    float u = (float)(dsla_splitmix64(state) >> 40) * (1.0f / 16777216.0f);
     return lo + (hi - lo) * u;
 }
 

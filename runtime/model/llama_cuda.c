@@ -507,7 +507,7 @@ dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, ds
     kv->m = m;
     kv->num_blocks = num_blocks;
     kv->max_seqs = max_seqs;
-    kv->max_blocks = (m->opts.max_context + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    kv->max_blocks = dsla_kv_blocks_for(m->opts.max_context);
     kv->pool.dtype = dtype;
     kv->pool.block_tokens = DSLA_KV_BLOCK_TOKENS;
     const size_t half = dsla_cuda_kv_block_bytes(m, dtype) / 2 * (size_t)num_blocks;
@@ -647,15 +647,11 @@ static int attn_layers(const dsla_cuda_seq_t *s, int L) {
     return n;
 }
 
-static int blocks_for(int tokens) {
-    return (tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
-}
-
 /* Takes blocks so the sequence holds new_len tokens; appends (table index, block) patches. The
  * caller has checked that the pool has them. */
 static void seq_grow(dsla_cuda_seq_t *s, int new_len, int32_t *pidx, int32_t *pval, int *np) {
     dsla_cuda_kv_t *kv = s->kv;
-    const int L = kv->m->cfg.num_layers, want = blocks_for(new_len);
+    const int L = kv->m->cfg.num_layers, want = dsla_kv_blocks_for(new_len);
     for (int l = 0; l < L; l++) {
         if (s->kinds[l] != DSLA_LAYER_ATTN) continue;
         for (int b = s->n_blocks; b < want; b++) {
@@ -679,7 +675,7 @@ dsla_status_t dsla_cuda_seq_fill_synthetic(dsla_cuda_seq_t *s, int n_tokens, uin
                           "dsla_cuda_seq_fill_synthetic: %d tokens into a sequence of %d (max "
                           "context %d)",
                           n_tokens, s->length, m->opts.max_context);
-    const int need = blocks_for(n_tokens) * attn_layers(s, L);
+    const int need = dsla_kv_blocks_for(n_tokens) * attn_layers(s, L);
     if (need > kv->n_free)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                           "dsla_cuda_seq_fill_synthetic: needs %d blocks, %d free", need,
@@ -1157,7 +1153,7 @@ static dsla_status_t validate(dsla_cuda_model_t *m, const dsla_cuda_batch_item_t
         }
         rows += it->n_tokens;
         logit += it->want_all_logits ? it->n_tokens : 1;
-        blocks += (blocks_for(len) - it->seq->n_blocks) * attn_layers(it->seq, L);
+        blocks += (dsla_kv_blocks_for(len) - it->seq->n_blocks) * attn_layers(it->seq, L);
     }
     if (rows > m->opts.max_batch_tokens || logit > m->opts.max_logit_rows)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,

@@ -34,10 +34,6 @@ typedef struct {
     float *rows;                    /* [max_items][vocab] host */
 } cuda_backend_t;
 
-static int blocks_for(int tokens) {
-    return (tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
-}
-
 size_t dsla_serve_cuda_slot_bytes(const dsla_model_config_t *cfg) {
     return 2 * (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim *
            sizeof(float);
@@ -98,7 +94,7 @@ static int cuda_seq_blocks_needed(const dsla_serve_backend_t *b, const dsla_serv
     (void)b;
     const cuda_seq_t *s = (const cuda_seq_t *)ss;
     const int len = dsla_cuda_seq_length(s->seq);
-    return s->attn * (blocks_for(len + n_tokens) - blocks_for(len));
+    return s->attn * (dsla_kv_blocks_for(len + n_tokens) - dsla_kv_blocks_for(len));
 }
 
 static int cuda_free_blocks(const dsla_serve_backend_t *b) {
@@ -235,7 +231,7 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
     const size_t block = dsla_cuda_kv_block_bytes(m, o->kv_dtype);
     const size_t slot = dsla_serve_cuda_slot_bytes(mc);
     const size_t slots = (size_t)d->max_running * (size_t)L;
-    const size_t full_context = (size_t)L * (size_t)blocks_for(o->max_context) * block;
+    const size_t full_context = (size_t)L * (size_t)dsla_kv_blocks_for(o->max_context) * block;
     size_t avail = free_b > d->margin_bytes ? free_b - d->margin_bytes : 0;
     if (avail < slots * slot + full_context)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
@@ -247,7 +243,8 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
                           (double)full_context / (1u << 20));
     avail -= slots * slot;
     size_t blocks = avail / block;
-    const size_t most = (size_t)d->max_running * (size_t)L * (size_t)blocks_for(o->max_context);
+    const size_t most =
+        (size_t)d->max_running * (size_t)L * (size_t)dsla_kv_blocks_for(o->max_context);
     if (blocks > most) blocks = most;
     if (blocks > 0x7fffffff) blocks = 0x7fffffff;
     o->kv_blocks = (int)blocks;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "runtime/core/clock.h"
 #include "runtime/serve/engine_internal.h"
 
 /* Defaults of dsla_engine_config_t: a batch wide enough to keep a CPU or GPU busy on decode, a step
@@ -33,17 +34,11 @@ dsla_engine_config_t dsla_engine_config_default(void) {
 
 static double monotonic_seconds(void *user) {
     (void)user;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return dsla_clock_seconds();
 }
 
 double dsla_engine_now(const dsla_engine_t *e) {
     return e->cfg.clock(e->cfg.clock_user);
-}
-
-static int blocks_for(long tokens) {
-    return (int)((tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
 }
 
 static dsla_status_t check_config(const dsla_engine_config_t *c) {
@@ -70,7 +65,8 @@ static dsla_status_t check_config(const dsla_engine_config_t *c) {
 
 /* kv_blocks 0: max_running full contexts over every layer, capped at the default byte budget. */
 static int default_kv_blocks(const dsla_model_config_t *mc, int max_running) {
-    size_t per_seq = (size_t)mc->num_layers * (size_t)blocks_for(mc->max_position_embeddings);
+    size_t per_seq =
+        (size_t)mc->num_layers * (size_t)dsla_kv_blocks_for(mc->max_position_embeddings);
     size_t block_bytes =
         2 * DSLA_KV_BLOCK_TOKENS * (size_t)mc->num_kv_heads * (size_t)mc->head_dim * sizeof(float);
     size_t blocks = per_seq * (size_t)max_running;
@@ -373,7 +369,7 @@ static dsla_status_t check_fits(const dsla_engine_t *e, const request_t *r) {
     const dsla_plan_t *plan = admission_plan(e);
     int attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
     long tokens = (long)r->n_prompt + r->max_tokens;
-    long blocks = (long)attn * blocks_for(tokens);
+    long blocks = (long)attn * dsla_kv_blocks_for(tokens);
     if (blocks > e->cfg.kv_blocks)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "request: %ld tokens over %d attention layers need %ld KV blocks; the "

@@ -328,7 +328,7 @@ static void test_finish_with_error_carries_message(void **state) {
     (void)state;
     dsla_engine_config_t cfg = small_config();
     enum { PROMPT = 20, OUT = 40 };
-    int blocks = (PROMPT + OUT + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    int blocks = dsla_kv_blocks_for(PROMPT + OUT);
     cfg.kv_blocks = blocks; /* one attention layer's worth: none under the all-attention plan */
     dsla_plan_t *all_dsla = harness_plan(model, ORDER, 5, 51);
     dsla_engine_t *e = NULL;
