@@ -280,13 +280,16 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     if (g) g->h = h;
     if (g) g->client = client_get(h);
     if (!g || !g->client) {
-        if (g)
+        if (g) {
+            dsla_openai_error_set(&err, 500, NULL, "cannot reach the gateway: %s",
+                                  dsla_last_error());
+            err.type = "server_error";
             gen_free(g);
-        else
+        } else {
+            dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), &err);
             atomic_fetch_sub(&h->in_flight, 1);
+        }
         dsla_openai_request_free(&req);
-        dsla_openai_error_set(&err, 500, NULL, "cannot reach the gateway: %s", dsla_last_error());
-        err.type = "server_error";
         return respond_error(h, conn, route, &err);
     }
     snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
