@@ -67,7 +67,7 @@ static dsla_status_t cuda_seq_create(dsla_serve_backend_t *b, const dsla_plan_t 
         c->state_ptrs[l] =
             kinds[l] == DSLA_LAYER_DSLA ? dsla_state_pool_slot(b->states, slots[k++]) : NULL;
     cuda_seq_t *s = calloc(1, sizeof *s);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+    if (!s) return dsla_error_oom("cuda backend");
     dsla_status_t st = dsla_cuda_seq_create_in_states(&s->seq, c->kv, kinds, c->state_ptrs);
     if (st != DSLA_OK) {
         free(s);
@@ -185,7 +185,7 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
                           "and max_context %d >= 1",
                           o->kv_blocks, o->state_slots, o->max_seqs, o->max_context);
     cuda_backend_t *c = calloc(1, sizeof *c);
-    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+    if (!c) return dsla_error_oom("cuda backend");
     c->base = (dsla_serve_backend_t){
         .ops = &cuda_ops,
         .cfg = mc,
@@ -206,7 +206,7 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
     dsla_status_t s =
         c->held && c->held_plan && c->state_ptrs && c->citems && c->group && c->done && c->rows
             ? DSLA_OK
-            : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+            : dsla_error_oom("cuda backend");
     if (s == DSLA_OK)
         s = dsla_cuda_kv_create(&c->kv, model, o->kv_dtype, o->kv_blocks, o->max_seqs);
     if (s == DSLA_OK && o->state_slots > 0)

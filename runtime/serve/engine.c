@@ -91,8 +91,7 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
     e->order = calloc(n, sizeof *e->order);
     e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
     if (!e->running || !e->items || !e->item_req || !e->order || !e->logits)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory for %d sequences",
-                          e->cfg.max_running);
+        return dsla_error_oom("engine: %d sequences", e->cfg.max_running);
     e->states = e->backend->states;
     e->cfg.kv_blocks = e->backend->kv_blocks;
     e->cfg.state_slots = dsla_state_pool_num_slots(e->states);
@@ -108,7 +107,7 @@ static dsla_status_t engine_new(dsla_engine_t **out, const dsla_engine_config_t 
     DSLA_TRY(check_config(c));
     if (!c->clock) c->clock = monotonic_seconds;
     *out = calloc(1, sizeof **out);
-    if (!*out) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory");
+    if (!*out) return dsla_error_oom("engine");
     return DSLA_OK;
 }
 
@@ -349,7 +348,7 @@ static dsla_status_t take_prompt(dsla_engine_t *e, request_t *r, const dsla_requ
                        p->max_tokens, context, n);
     if (s == DSLA_OK) {
         r->tokens = malloc((n + (size_t)p->max_tokens) * sizeof *r->tokens);
-        if (!r->tokens) s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
+        if (!r->tokens) s = dsla_error_oom("request");
     }
     if (s == DSLA_OK) {
         memcpy(r->tokens, p->prompt_ids ? p->prompt_ids : ids, n * sizeof *r->tokens);
@@ -396,7 +395,7 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           e->waiting_tokens, r->n_prompt, e->cfg.max_queued_tokens);
     DSLA_TRY(check_fits(e, r));
     r->slots = malloc((size_t)e->mcfg->num_layers * sizeof *r->slots);
-    if (!r->slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
+    if (!r->slots) return dsla_error_oom("request");
     DSLA_TRY(dsla_sampler_create(&r->sampler, &p->sampling, e->mcfg->vocab_size));
     DSLA_TRY(dsla_stop_matcher_create(&r->stops, p->stop, p->n_stop));
     if (e->tokenizer) {
@@ -418,7 +417,7 @@ dsla_status_t dsla_engine_submit(dsla_engine_t *e, const dsla_request_params_t *
                                  uint64_t *id_out) {
     if (id_out) *id_out = 0;
     request_t *r = calloc(1, sizeof *r);
-    if (!r) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
+    if (!r) return dsla_error_oom("request");
     dsla_status_t s = request_setup(e, r, params);
     if (s != DSLA_OK) {
         e->m.requests_rejected++;
