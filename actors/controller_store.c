@@ -35,7 +35,7 @@ static dsla_status_t fail(dsla_ctl_store_t *s, const char *what) {
 dsla_status_t dsla_ctl_store_open(dsla_ctl_store_t **out, const char *path) {
     *out = NULL;
     dsla_ctl_store_t *s = calloc(1, sizeof *s);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller database: out of memory");
+    if (!s) return dsla_error_oom("controller database");
     snprintf(s->path, sizeof s->path, "%s", path);
     dsla_status_t st = DSLA_OK;
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
@@ -123,7 +123,7 @@ dsla_status_t dsla_ctl_store_each_plan(dsla_ctl_store_t *s, dsla_ctl_plan_fn fn,
     dsla_ctl_plan_row_t *row = malloc(sizeof *row);
     if (!row) {
         sqlite3_finalize(stmt);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller database: out of memory");
+        return dsla_error_oom("controller database");
     }
     int rc;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {

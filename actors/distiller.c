@@ -120,8 +120,7 @@ static dsla_status_t build_ready(const dsla_distiller_t *d, const dsla_distill_l
 static void on_layer_done(void *user, const dsla_distill_layer_report_t *r) {
     dsla_distiller_t *d = user;
     dsla_proto_layer_ready_t *a = malloc(sizeof *a);
-    dsla_status_t st =
-        a ? build_ready(d, r, a) : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "distiller: out of memory");
+    dsla_status_t st = a ? build_ready(d, r, a) : dsla_error_oom("distiller");
     if (st != DSLA_OK) { /* not announced; the controller still finds it by scanning */
         dsla_log_error("distiller: layer %d's version cannot be announced: %s", r->layer,
                        dsla_last_error());
@@ -166,8 +165,7 @@ static void *worker_main(void *arg) {
     dsla_tokenizer_t *tok = NULL;
     dsla_corpus_t train = {0}, eval = {0};
     dsla_distill_report_t *report = calloc(1, sizeof *report);
-    dsla_status_t st = report ? dsla_model_load(&model, d->model_dir)
-                              : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "distiller: out of memory");
+    dsla_status_t st = report ? dsla_model_load(&model, d->model_dir) : dsla_error_oom("distiller");
     if (st == DSLA_OK) st = dsla_tokenizer_load_dir(&tok, d->model_dir);
     if (st == DSLA_OK)
         st = dsla_corpus_load(&train, tok, (const char *const *)d->data, d->n_data, d->seq_len,
@@ -332,8 +330,7 @@ static dsla_status_t configure(dsla_distiller_t *d, const dsla_distiller_config_
         return dsla_error(DSLA_ERR_IO, "distiller: %s: %s", c->out_dir, strerror(errno));
     snprintf(d->model_dir, sizeof d->model_dir, "%s", c->model_dir);
     for (int i = 0; i < c->n_data; i++)
-        if (!(d->data[d->n_data++] = strdup(c->data[i])))
-            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "distiller: out of memory");
+        if (!(d->data[d->n_data++] = strdup(c->data[i]))) return dsla_error_oom("distiller");
     d->params = c->params;
     DSLA_TRY(dsla_reservoir_init(&d->reservoir,
                                  c->reservoir_prompts > 0 ? c->reservoir_prompts
@@ -353,7 +350,7 @@ static dsla_status_t configure(dsla_distiller_t *d, const dsla_distiller_config_
 dsla_status_t dsla_distiller_create(dsla_distiller_t **out, const dsla_distiller_config_t *c) {
     *out = NULL;
     dsla_distiller_t *d = calloc(1, sizeof *d);
-    if (!d) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "distiller: out of memory");
+    if (!d) return dsla_error_oom("distiller");
     pthread_mutex_init(&d->lock, NULL);
     atomic_init(&d->stop, false);
     dsla_status_t st = configure(d, c);

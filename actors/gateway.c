@@ -187,27 +187,25 @@ static bool route_move(dsla_gateway_t *g, route_t *r) {
 
 static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_gateway_t *g = user;
-    char why[DSLA_PROTO_MESSAGE_MAX + 1];
     if (!msg->from[0]) {
         dsla_actor_reply_error(a, msg, DSLA_CODE_INVALID_ARGUMENT,
                                "GENERATE: the client's routing id must be a printable name of at "
                                "most 63 bytes, so that tokens can be streamed to it");
         return;
     }
-    dsla_proto_code_t code = DSLA_CODE_OK;
+    /* every refusal is a status with this thread's message, so that it reaches the client as the
+     * one sentence that explains it */
+    dsla_status_t st = DSLA_OK;
     int i = -1;
-    if (g->n_free == 0) {
-        code = DSLA_CODE_RESOURCE_EXHAUSTED;
-        snprintf(why, sizeof why,
-                 "gateway: %u requests outstanding, the limit; retry later or elsewhere",
-                 g->max_outstanding);
-    } else if ((i = replica_pick(g, -1)) < 0) {
-        code = DSLA_CODE_UNAVAILABLE;
-        snprintf(why, sizeof why, "gateway: none of its %d serving replicas is alive",
-                 g->n_replicas);
-    }
+    if (g->n_free == 0)
+        st = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                        "gateway: %u requests outstanding, the limit; retry later or elsewhere",
+                        g->max_outstanding);
+    else if ((i = replica_pick(g, -1)) < 0)
+        st = dsla_error(DSLA_ERR_UNAVAILABLE, "gateway: none of its %d serving replicas is alive",
+                        g->n_replicas);
     route_t *r = NULL;
-    if (code == DSLA_CODE_OK) {
+    if (st == DSLA_OK) {
         uint32_t slot = g->free_slots[--g->n_free];
         r = &g->routes[slot];
         *r = (route_t){.used = true,
@@ -218,21 +216,19 @@ static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
         g->counters.in_flight++;
         r->body = malloc(msg->env->body_len ? msg->env->body_len : 1);
         if (!r->body) {
-            code = DSLA_CODE_RESOURCE_EXHAUSTED;
-            snprintf(why, sizeof why, "gateway: out of memory");
+            st = dsla_error_oom("gateway: a GENERATE of %zu bytes", msg->env->body_len);
         } else {
             memcpy(r->body, msg->env->body, msg->env->body_len);
             r->body_len = msg->env->body_len;
-            if (route_send(g, r, i) != DSLA_OK) {
-                code = DSLA_CODE_UNAVAILABLE;
-                snprintf(why, sizeof why, "gateway: %s", dsla_last_error());
-            }
+            if (route_send(g, r, i) != DSLA_OK)
+                st = dsla_error_wrap(DSLA_ERR_UNAVAILABLE, "gateway: ");
         }
     }
-    if (code != DSLA_CODE_OK) {
+    if (st != DSLA_OK) {
         if (r) route_end(g, r);
         g->counters.errors++;
-        if (dsla_actor_reply_error(a, msg, code, why) != DSLA_OK)
+        if (dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error()) !=
+            DSLA_OK)
             dsla_log_info("gateway: %s", dsla_last_error());
         return;
     }
@@ -289,7 +285,8 @@ static void on_status(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) 
     dsla_gateway_t *g = user;
     dsla_proto_report_t *rep = malloc(sizeof *rep);
     if (!rep) {
-        dsla_actor_reply_error(a, msg, DSLA_CODE_RESOURCE_EXHAUSTED, "gateway: out of memory");
+        dsla_status_t st = dsla_error_oom("gateway: a REPORT");
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
         return;
     }
     *rep = g->counters;
@@ -385,14 +382,14 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
     *out = NULL;
     DSLA_TRY(check_config(config));
     dsla_gateway_t *g = calloc(1, sizeof *g);
-    if (!g) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "gateway: out of memory");
+    if (!g) return dsla_error_oom("gateway");
     g->max_outstanding =
         config->max_outstanding ? config->max_outstanding : DSLA_GATEWAY_OUTSTANDING_MAX;
     g->routes = calloc(g->max_outstanding, sizeof *g->routes);
     g->free_slots = malloc(g->max_outstanding * sizeof *g->free_slots);
     if (!g->routes || !g->free_slots) {
         gateway_free(g);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "gateway: out of memory");
+        return dsla_error_oom("gateway");
     }
     for (uint32_t i = 0; i < g->max_outstanding; i++) /* lowest slots first */
         g->free_slots[i] = g->max_outstanding - 1 - i;

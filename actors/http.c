@@ -280,13 +280,16 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     if (g) g->h = h;
     if (g) g->client = client_get(h);
     if (!g || !g->client) {
-        if (g)
+        if (g) {
+            dsla_openai_error_set(&err, 500, NULL, "cannot reach the gateway: %s",
+                                  dsla_last_error());
+            err.type = "server_error";
             gen_free(g);
-        else
+        } else {
+            dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), &err);
             atomic_fetch_sub(&h->in_flight, 1);
+        }
         dsla_openai_request_free(&req);
-        dsla_openai_error_set(&err, 500, NULL, "cannot reach the gateway: %s", dsla_last_error());
-        err.type = "server_error";
         return respond_error(h, conn, route, &err);
     }
     snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
@@ -296,7 +299,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     dsla_status_t st = dsla_client_start(g->client, &req.generate, 0);
     dsla_openai_request_free(&req);
     if (st != DSLA_OK) {
-        dsla_openai_error_set(&err, 400, NULL, "%s", dsla_last_error());
+        dsla_openai_error_from_status(kind, st, &err);
         gen_free(g);
         return respond_error(h, conn, route, &err);
     }
@@ -305,7 +308,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     /* the first piece decides the status: a refusal is a plain error, not a stream */
     if (!gen_produce(g) || (g->failed && g->first)) {
         dsla_openai_error_t e = g->err;
-        if (!g->failed) dsla_openai_error_set(&e, 500, NULL, "out of memory");
+        if (!g->failed) dsla_openai_error_from_status(kind, dsla_error_oom("http: a stream"), &e);
         gen_free(g);
         return respond_error(h, conn, route, &e);
     }
@@ -622,7 +625,7 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     if (!config->gateway || strlen(config->gateway) > DSLA_PROTO_ENDPOINT_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "http: the gateway endpoint is missing");
     dsla_http_t *h = calloc(1, sizeof *h);
-    if (!h) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "http: out of memory");
+    if (!h) return dsla_error_oom("http");
     snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
     h->heartbeat_ms = config->heartbeat_ms;

@@ -61,11 +61,10 @@ dsla_status_t dsla_catalogue_read(const char *path, dsla_catalogue_entry_t *e, i
 dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint64_t *xxh64) {
     FILE *f = fopen(path, "rb");
     char *buf = f ? malloc(DIGEST_CHUNK) : NULL;
+    if (!f) return dsla_error(DSLA_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
     if (!buf) {
-        dsla_status_t st = dsla_error(DSLA_ERR_IO, "%s: cannot read: %s", path,
-                                      f ? "out of memory" : strerror(errno));
-        if (f) fclose(f);
-        return st;
+        fclose(f);
+        return dsla_error_oom("%s: a read buffer", path);
     }
     XXH64_state_t h;
     XXH64_reset(&h, 0);

@@ -65,7 +65,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
     if (config->serving_only && !config->model)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "node: a serving actor needs a model");
     dsla_node_t *n = calloc(1, sizeof *n);
-    if (!n) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "node: out of memory");
+    if (!n) return dsla_error_oom("node");
     const bool distill = config->distiller.out_dir != NULL;
     if (distill && config->serving_only) {
         free(n);

@@ -93,7 +93,8 @@ static bool add_stop(dsla_openai_request_t *r, const char *s, size_t n, dsla_ope
     }
     char *copy = malloc(n + 1);
     if (!copy) {
-        dsla_openai_error_set(err, 500, NULL, "out of memory");
+        dsla_openai_error_from_status(r->kind, dsla_error_oom("a stop string of %zu bytes", n),
+                                      err);
         return false;
     }
     memcpy(copy, s, n);
@@ -139,7 +140,7 @@ static bool set_prompt(dsla_openai_request_t *r, const char *text, size_t n, con
     }
     r->prompt = malloc(n + 1);
     if (!r->prompt) {
-        dsla_openai_error_set(err, 500, NULL, "out of memory");
+        dsla_openai_error_from_status(r->kind, dsla_error_oom("a prompt of %zu bytes", n), err);
         return false;
     }
     memcpy(r->prompt, text, n);
@@ -212,7 +213,7 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
     }
     r->prompt = malloc(total + 1);
     if (!r->prompt) {
-        dsla_openai_error_set(err, 500, NULL, "out of memory");
+        dsla_openai_error_from_status(r->kind, dsla_error_oom("a prompt of %zu bytes", total), err);
         return false;
     }
     size_t n = 0;
@@ -294,20 +295,22 @@ bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t
 
 /* ---- errors -------------------------------------------------------------------------------- */
 
-void dsla_openai_error_from_code(dsla_openai_kind_t kind, dsla_proto_code_t code,
-                                 const char *message, dsla_openai_error_t *err) {
+void dsla_openai_error_from_code(dsla_openai_kind_t kind, uint32_t code, const char *message,
+                                 dsla_openai_error_t *err) {
     static const struct {
-        dsla_proto_code_t code;
+        dsla_status_t code;
         int status;
         const char *type;
     } map[] = {
-        {DSLA_CODE_INVALID_ARGUMENT, 400, "invalid_request_error"},
-        {DSLA_CODE_RESOURCE_EXHAUSTED, 429, "rate_limit_exceeded"},
-        {DSLA_CODE_UNAVAILABLE, 503, "service_unavailable"},
-        {DSLA_CODE_DEADLINE_EXCEEDED, 504, "timeout"},
-        {DSLA_CODE_CANCELLED, 499, "cancelled"},
-        {DSLA_CODE_UNAUTHENTICATED, 401, "authentication_error"},
+        {DSLA_ERR_INVALID_ARGUMENT, 400, "invalid_request_error"},
+        {DSLA_ERR_RESOURCE_EXHAUSTED, 429, "rate_limit_exceeded"},
+        {DSLA_ERR_UNAVAILABLE, 503, "service_unavailable"},
+        {DSLA_ERR_DEADLINE_EXCEEDED, 504, "timeout"},
+        {DSLA_ERR_CANCELLED, 499, "cancelled"},
+        {DSLA_ERR_UNAUTHENTICATED, 401, "authentication_error"},
     };
+    if (code != DSLA_ERR_OUT_OF_MEMORY && !dsla_status_is_client_code(code))
+        code = dsla_status_client_code((dsla_status_t)code);
     dsla_openai_error_set(err, 500, NULL, "%s", message);
     err->type = "server_error";
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
@@ -315,7 +318,7 @@ void dsla_openai_error_from_code(dsla_openai_kind_t kind, dsla_proto_code_t code
             err->status = map[i].status;
             err->type = map[i].type;
         }
-    if (code != DSLA_CODE_INVALID_ARGUMENT) return;
+    if (code != DSLA_ERR_INVALID_ARGUMENT) return;
     /* the serving actor names the field it refused ("max_tokens 900 exceeds the context ...") */
     static const char *const fields[] = {"max_tokens", "top_k", "top_p", "temperature",
                                          "seed",       "stop",  "prompt"};
@@ -326,6 +329,11 @@ void dsla_openai_error_from_code(dsla_openai_kind_t kind, dsla_proto_code_t code
             snprintf(err->param, sizeof err->param, "%s", f);
             break;
         }
+}
+
+void dsla_openai_error_from_status(dsla_openai_kind_t kind, dsla_status_t st,
+                                   dsla_openai_error_t *err) {
+    dsla_openai_error_from_code(kind, st, dsla_last_error(), err);
 }
 
 /* ---- responses ----------------------------------------------------------------------------- */

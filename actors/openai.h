@@ -53,11 +53,17 @@ bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t
                                dsla_openai_error_t *err);
 void dsla_openai_request_free(dsla_openai_request_t *r);
 
-/* err for a request that ended with a wire code: INVALID_ARGUMENT 400 (param guessed from the
- * field the message names), RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504,
- * CANCELLED 499, anything else 500. */
-void dsla_openai_error_from_code(dsla_openai_kind_t kind, dsla_proto_code_t code,
-                                 const char *message, dsla_openai_error_t *err);
+/* err for a request that ended with a status or a wire code (the same numbers, runtime/core/
+ * status.h): INVALID_ARGUMENT 400 (param guessed from the field the message names),
+ * RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, CANCELLED 499, UNAUTHENTICATED
+ * 401, anything else 500. A local status goes as the client code it travels as, except
+ * OUT_OF_MEMORY, which is this server's failure (500), not the client's to retry. The message is
+ * carried unchanged. */
+void dsla_openai_error_from_code(dsla_openai_kind_t kind, uint32_t code, const char *message,
+                                 dsla_openai_error_t *err);
+/* The same for a local failure st, with this thread's message (dsla_last_error). */
+void dsla_openai_error_from_status(dsla_openai_kind_t kind, dsla_status_t st,
+                                   dsla_openai_error_t *err);
 /* A refusal made here: type "invalid_request_error" unless status says otherwise. */
 void dsla_openai_error_set(dsla_openai_error_t *err, int status, const char *param, const char *fmt,
                            ...) __attribute__((format(printf, 4, 5)));

@@ -137,7 +137,7 @@ static int on_event(void *user, const dsla_stream_event_t *ev) {
         dsla_proto_buf_free(&body);
     } else {
         send_error(s->self, r->client, r->client_id, dsla_proto_code_from_status(ev->status),
-                   dsla_status_name(ev->status));
+                   ev->message);
     }
     request_unlink(s, r);
     return 0;

@@ -78,7 +78,7 @@ dsla_status_t dsla_transfer_begin(dsla_transfer_t **out, const char *path,
                           " bytes is above the limit of %llu",
                           l->layer, l->size, (unsigned long long)DSLA_PROTO_LAYER_FILE_MAX);
     dsla_transfer_t *t = calloc(1, sizeof *t);
-    if (!t) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "layer transfer: out of memory");
+    if (!t) return dsla_error_oom("layer transfer");
     t->layer = *l;
     t->layer.path = NULL;
     t->chunk = chunk;

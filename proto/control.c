@@ -173,7 +173,7 @@ static dsla_status_t plan_layers_decode(const msgpack_object *v, dsla_proto_set_
     DSLA_TRY(check_layer_array(v, &n, what, "layers"));
     if (n == 0) return DSLA_OK;
     out->layers = calloc(n, sizeof *out->layers);
-    if (!out->layers) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "SET_PLAN: out of memory");
+    if (!out->layers) return dsla_error_oom("SET_PLAN");
     out->n_layers = n;
     dsla_status_t st = DSLA_OK;
     for (uint32_t i = 0; i < n && st == DSLA_OK; i++) {
@@ -349,7 +349,7 @@ dsla_status_t dsla_proto_admin_reply_decode(const void *body, size_t len,
             st = dsla_wire_dup_str(&m->ptr[i].val, DSLA_PROTO_ADMIN_TEXT_MAX, &out->text,
                                    &out->text_len, "ADMIN_REPLY", "text");
     if (st == DSLA_OK && !out->text && !(out->text = calloc(1, 1)))
-        st = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "ADMIN_REPLY: out of memory");
+        st = dsla_error_oom("ADMIN_REPLY");
     msgpack_unpacked_destroy(&u);
     if (st != DSLA_OK) dsla_proto_admin_reply_free(out);
     return st;

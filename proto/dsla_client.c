@@ -12,6 +12,8 @@
 
 #include <zmq.h>
 
+#include "runtime/core/clock.h"
+
 enum { DEFAULT_HEARTBEAT_MS = 1000, ENDPOINT_MAX = 256 };
 
 struct dsla_client {
@@ -36,12 +38,6 @@ struct dsla_client {
     int64_t last_heard, next_ping;
     dsla_proto_token_t piece; /* what dsla_client_next hands out */
 };
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Routing ids are unique within the process: a ROUTER refuses a second connection that claims an
  * id still in use, and a closed client's connection may linger on the server's side. */
@@ -73,7 +69,7 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "client: endpoint missing or longer than %d",
                           ENDPOINT_MAX - 1);
     dsla_client_t *c = calloc(1, sizeof *c);
-    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "client: out of memory");
+    if (!c) return dsla_error_oom("client");
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
     c->heartbeat_ms =
         options && options->heartbeat_ms ? options->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
@@ -124,7 +120,7 @@ static dsla_status_t send_msg(dsla_client_t *c, uint32_t type, uint64_t id,
 }
 
 static void send_ping(dsla_client_t *c) {
-    dsla_proto_ping_t ping = {.seq = 0, .sent_ns = (uint64_t)now_ms() * 1000000u};
+    dsla_proto_ping_t ping = {.seq = 0, .sent_ns = dsla_clock_ns()};
     dsla_proto_buf_t body;
     if (dsla_proto_ping_encode(&ping, &body) == DSLA_OK) {
         send_msg(c, DSLA_MSG_PING, 0, &body); /* a PING that cannot leave is silence all the same */
@@ -157,7 +153,7 @@ static int64_t min64(int64_t a, int64_t b) {
  * the wait that follows, so that it is retried like any other UNAVAILABLE. */
 static void send_fresh(dsla_client_t *c, uint32_t type, const dsla_proto_buf_t *body) {
     c->id = ++c->next_id;
-    c->last_heard = now_ms();
+    c->last_heard = (int64_t)dsla_clock_ms();
     c->next_ping = c->last_heard + c->heartbeat_ms;
     c->send_failed = send_msg(c, type, c->id, body) != DSLA_OK;
     if (c->send_failed) snprintf(c->send_error, sizeof c->send_error, "%s", dsla_last_error());
@@ -172,7 +168,7 @@ static dsla_proto_code_t wait_frame(dsla_client_t *c, zmq_msg_t *frame, dsla_pro
     int64_t hb = c->heartbeat_ms, silent_limit = hb * DSLA_CLIENT_LIVENESS;
     char msg[DSLA_PROTO_MESSAGE_MAX + 1];
     for (;;) {
-        int64_t now = now_ms();
+        int64_t now = (int64_t)dsla_clock_ms();
         if (c->deadline >= 0 && now >= c->deadline)
             return fail(r, DSLA_CODE_DEADLINE_EXCEEDED, "client: the request's deadline passed");
         if (now - c->last_heard >= silent_limit) {
@@ -196,7 +192,7 @@ static dsla_proto_code_t wait_frame(dsla_client_t *c, zmq_msg_t *frame, dsla_pro
             zmq_msg_close(frame);
             continue;
         }
-        c->last_heard = now_ms();
+        c->last_heard = (int64_t)dsla_clock_ms();
         if (dsla_proto_envelope_decode(zmq_msg_data(frame), zmq_msg_size(frame), env) == DSLA_OK &&
             env->id == c->id)
             return DSLA_CODE_OK;
@@ -228,7 +224,7 @@ dsla_status_t dsla_client_start(dsla_client_t *c, const dsla_proto_generate_t *r
     c->active = true;
     c->got_token = false;
     c->retries_left = c->retries;
-    c->deadline = deadline_ms > 0 ? now_ms() + deadline_ms : -1;
+    c->deadline = deadline_ms > 0 ? (int64_t)dsla_clock_ms() + deadline_ms : -1;
     send_fresh(c, DSLA_MSG_GENERATE, &c->body);
     return DSLA_OK;
 }
@@ -322,7 +318,7 @@ dsla_proto_code_t dsla_client_call(dsla_client_t *c, uint32_t type, const dsla_p
                                    int deadline_ms, dsla_client_result_t *result) {
     memset(result, 0, sizeof *result);
     if (c->active) return fail(result, DSLA_CODE_INTERNAL, "client: a request is in flight");
-    c->deadline = deadline_ms > 0 ? now_ms() + deadline_ms : -1;
+    c->deadline = deadline_ms > 0 ? (int64_t)dsla_clock_ms() + deadline_ms : -1;
     send_fresh(c, type, body);
     for (;;) {
         zmq_msg_t frame;

@@ -30,47 +30,15 @@ const char *dsla_proto_type_name(uint32_t type) {
 }
 
 const char *dsla_proto_code_name(uint32_t code) {
-    switch (code) {
-    case DSLA_CODE_OK:
-        return "OK";
-    case DSLA_CODE_CANCELLED:
-        return "CANCELLED";
-    case DSLA_CODE_INVALID_ARGUMENT:
-        return "INVALID_ARGUMENT";
-    case DSLA_CODE_DEADLINE_EXCEEDED:
-        return "DEADLINE_EXCEEDED";
-    case DSLA_CODE_RESOURCE_EXHAUSTED:
-        return "RESOURCE_EXHAUSTED";
-    case DSLA_CODE_INTERNAL:
-        return "INTERNAL";
-    case DSLA_CODE_UNAVAILABLE:
-        return "UNAVAILABLE";
-    case DSLA_CODE_UNAUTHENTICATED:
-        return "UNAUTHENTICATED";
-    default:
-        return "UNKNOWN";
-    }
+    return dsla_status_is_client_code(code) ? dsla_status_name(code) : "UNKNOWN";
 }
 
 dsla_proto_code_t dsla_proto_code_from_status(dsla_status_t status) {
-    switch (status) {
-    case DSLA_OK:
-        return DSLA_CODE_OK;
-    case DSLA_ERR_INVALID_ARGUMENT:
-    case DSLA_ERR_NOT_FOUND:
-    case DSLA_ERR_FORMAT:
-    case DSLA_ERR_UNSUPPORTED:
-        return DSLA_CODE_INVALID_ARGUMENT;
-    case DSLA_ERR_OUT_OF_MEMORY:
-    case DSLA_ERR_RESOURCE_EXHAUSTED:
-        return DSLA_CODE_RESOURCE_EXHAUSTED;
-    case DSLA_ERR_CANCELLED:
-        return DSLA_CODE_CANCELLED;
-    case DSLA_ERR_IO:
-    case DSLA_ERR_INTERNAL:
-    default:
-        return DSLA_CODE_INTERNAL;
-    }
+    return (dsla_proto_code_t)dsla_status_client_code(status);
+}
+
+dsla_status_t dsla_proto_status_from_code(uint32_t code) {
+    return dsla_status_is_client_code(code) ? (dsla_status_t)code : DSLA_ERR_INTERNAL;
 }
 
 void dsla_proto_buf_free(dsla_proto_buf_t *buf) {

@@ -95,7 +95,7 @@ static dsla_status_t generate_field(const msgpack_object *k, const msgpack_objec
                               "GENERATE: field prompt_ids has %u ids, above the limit of %d", n,
                               DSLA_PROTO_PROMPT_IDS_MAX);
         int32_t *ids = malloc(sizeof *ids * (n ? n : 1));
-        if (!ids) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "GENERATE: prompt_ids: out of memory");
+        if (!ids) return dsla_error_oom("GENERATE: prompt_ids");
         out->prompt_ids = ids;
         for (uint32_t i = 0; i < n; i++) {
             DSLA_TRY(dsla_wire_get_i64(&v->via.array.ptr[i], INT32_MIN, INT32_MAX, &x, what,

@@ -61,23 +61,30 @@ typedef enum {
 /* "PING" for a registered type, NULL otherwise. */
 const char *dsla_proto_type_name(uint32_t type);
 
-/* Wire status codes: the client-facing names of DESIGN.md section 8, with gRPC's numbers so that
- * tooling reads them without a table. */
+/* Wire status codes: the client codes of runtime/core/status.h's DSLA_STATUS_TABLE (DESIGN.md
+ * section 8), whose numbers are gRPC's, so that tooling reads them without a table and a status
+ * travels as its own number. docs/protocol.md ("Status codes") lists them. */
 typedef enum {
-    DSLA_CODE_OK = 0,
-    DSLA_CODE_CANCELLED = 1,
-    DSLA_CODE_INVALID_ARGUMENT = 3,
-    DSLA_CODE_DEADLINE_EXCEEDED = 4,
-    DSLA_CODE_RESOURCE_EXHAUSTED = 8,
-    DSLA_CODE_INTERNAL = 13,
-    DSLA_CODE_UNAVAILABLE = 14,
-    DSLA_CODE_UNAUTHENTICATED = 16,
+    DSLA_CODE_OK = DSLA_OK,
+    DSLA_CODE_CANCELLED = DSLA_ERR_CANCELLED,
+    DSLA_CODE_INVALID_ARGUMENT = DSLA_ERR_INVALID_ARGUMENT,
+    DSLA_CODE_DEADLINE_EXCEEDED = DSLA_ERR_DEADLINE_EXCEEDED,
+    DSLA_CODE_RESOURCE_EXHAUSTED = DSLA_ERR_RESOURCE_EXHAUSTED,
+    DSLA_CODE_INTERNAL = DSLA_ERR_INTERNAL,
+    DSLA_CODE_UNAVAILABLE = DSLA_ERR_UNAVAILABLE,
+    DSLA_CODE_UNAUTHENTICATED = DSLA_ERR_UNAUTHENTICATED,
 } dsla_proto_code_t;
 
-/* "INVALID_ARGUMENT"; "UNKNOWN" for a number this build does not know. */
+/* "INVALID_ARGUMENT"; "UNKNOWN" for a number that is not a client code of this build. */
 const char *dsla_proto_code_name(uint32_t code);
-/* The wire code a local failure travels as (a malformed frame is the sender's INVALID_ARGUMENT). */
+/* The wire code a local failure travels as (dsla_status_client_code): a client code as itself,
+ * NOT_FOUND, FORMAT and UNSUPPORTED as INVALID_ARGUMENT, OUT_OF_MEMORY as RESOURCE_EXHAUSTED, IO as
+ * INTERNAL. */
 dsla_proto_code_t dsla_proto_code_from_status(dsla_status_t status);
+/* The status a wire code stands for: the same number for a client code, so that
+ * dsla_proto_status_from_code(dsla_proto_code_from_status(s)) == s for every client code s;
+ * INTERNAL for a number this build does not know. */
+dsla_status_t dsla_proto_status_from_code(uint32_t code);
 
 /* An encoded frame: malloc'd bytes owned by the holder, released by dsla_proto_buf_free. Encoders
  * leave it empty ({NULL, 0}) when they fail, so freeing it is always safe. */

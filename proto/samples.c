@@ -56,7 +56,7 @@ static dsla_status_t prompts_decode(const msgpack_object *v, dsla_proto_prompt_s
         return dsla_error(DSLA_ERR_FORMAT, "%s: %llu ids exceed the limit of %d", what,
                           (unsigned long long)total, DSLA_PROTO_SAMPLE_TOKENS_MAX);
     int32_t *ids = malloc((total ? total : 1) * sizeof *ids);
-    if (!ids) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
+    if (!ids) return dsla_error_oom("%s", what);
     out->ids = ids;
     for (uint32_t i = 0; i < a->size; i++) {
         const msgpack_object_array *p = &a->ptr[i].via.array;

@@ -190,7 +190,7 @@ dsla_status_t dsla_wire_finish(msgpack_sbuffer *sbuf, int pack_rc, dsla_proto_bu
     out->len = 0;
     if (pack_rc != 0 || !sbuf->data) {
         msgpack_sbuffer_destroy(sbuf);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: encoding ran out of memory", what);
+        return dsla_error_oom("%s: encoding", what);
     }
     out->len = sbuf->size;
     out->data = msgpack_sbuffer_release(sbuf);
@@ -262,7 +262,7 @@ dsla_status_t dsla_wire_dup_str(const msgpack_object *v, size_t max, char **out,
     DSLA_TRY(check_str(v, max, what, field));
     size_t n = v->via.str.size;
     char *s = malloc(n + 1);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: field %s: out of memory", what, field);
+    if (!s) return dsla_error_oom("%s: field %s", what, field);
     if (n) memcpy(s, v->via.str.ptr, n);
     s[n] = '\0';
     *out = s;

@@ -15,6 +15,8 @@ packages=(
   libuv1-dev        # one event loop per actor
   libmicrohttpd-dev # the gateway's OpenAI-compatible HTTP API
   libsqlite3-dev    # the controller's state (plans, policy, event history)
+  clang-format      # 14 on Debian 12: the formatting check (scripts/check-format.sh)
+  git               # the tree checks list the tracked sources
 )
 
 missing=()

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/core/random.h"
+
 char *dsla_test_data_path(const char *relative) {
     const char *root = getenv("DSLA_TEST_DATA");
     if (!root || !*root) root = "../shared";
@@ -133,10 +135,7 @@ double dsla_test_rel_l2(const float *a, const float *b, size_t n) {
 }
 
 uint64_t dsla_test_rand_u64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return dsla_splitmix64(state);
 }
 
 float dsla_test_rand_uniform(uint64_t *state, float lo, float hi) {

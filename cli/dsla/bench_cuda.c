@@ -21,6 +21,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "runtime/core/clock.h"
 #include "runtime/serve/engine.h"
 
 #ifdef DSLA_HAVE_CUDA
@@ -53,15 +54,9 @@ struct run {
     int finished;
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int on_event(void *user, const dsla_stream_event_t *ev) {
     rec_t *r = user;
-    const double t = now_s();
+    const double t = dsla_clock_seconds();
     if (ev->token >= 0) {
         if (r->tokens++ == 0) {
             r->first = t;
@@ -95,17 +90,15 @@ static dsla_status_t run_workload(dsla_engine_t *e, int vocab, int n, int prompt
     run.recs = calloc((size_t)n, sizeof *run.recs);
     int32_t *ids = malloc((size_t)prompt * sizeof *ids);
     double *ttft = malloc((size_t)n * sizeof *ttft), *tpot = malloc((size_t)n * sizeof *tpot);
-    dsla_status_t s = run.recs && ids && ttft && tpot
-                          ? DSLA_OK
-                          : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
-    const double t0 = now_s();
+    dsla_status_t s = run.recs && ids && ttft && tpot ? DSLA_OK : dsla_error_oom("bench");
+    const double t0 = dsla_clock_seconds();
     for (int i = 0; i < n && s == DSLA_OK; i++) {
         uint64_t x = seed * 0x9e3779b97f4a7c15ULL + (uint64_t)i;
         for (int t = 0; t < prompt; t++) {
             x = x * 6364136223846793005ULL + 1442695040888963407ULL;
             ids[t] = t == 0 ? 1 : (int32_t)(3 + (x >> 33) % (uint64_t)(vocab - 3));
         }
-        run.recs[i] = (rec_t){.submit = now_s(), .run = &run};
+        run.recs[i] = (rec_t){.submit = dsla_clock_seconds(), .run = &run};
         const dsla_request_params_t p = {
             .prompt_ids = ids,
             .n_prompt_ids = prompt,
@@ -120,7 +113,7 @@ static dsla_status_t run_workload(dsla_engine_t *e, int vocab, int n, int prompt
         s = dsla_engine_step(e, NULL);
     memset(res, 0, sizeof *res);
     if (s == DSLA_OK) {
-        res->elapsed = now_s() - t0;
+        res->elapsed = dsla_clock_seconds() - t0;
         for (int i = 0; i < n; i++) {
             const rec_t *r = &run.recs[i];
             if (r->tokens == 0) continue;
@@ -153,7 +146,7 @@ static dsla_status_t run_workload(dsla_engine_t *e, int vocab, int n, int prompt
 static dsla_status_t shape_only_version(dsla_layer_ref_t **out, const dsla_model_config_t *c,
                                         int layer) {
     dsla_dsla_layer_t *w = calloc(1, sizeof *w);
-    if (!w) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
+    if (!w) return dsla_error_oom("bench");
     *w = (dsla_dsla_layer_t){.layer = layer,
                              .heads = c->num_heads,
                              .head_dim = c->head_dim,
@@ -202,10 +195,8 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
     if (s == DSLA_OK) s = dsla_cuda_mem_info(&free_b, &total);
     const size_t block = dsla_cuda_kv_block_bytes(b->m, DSLA_DTYPE_BF16);
     const size_t slot = dsla_serve_cuda_slot_bytes(c);
-    const size_t per_seq =
-        (size_t)(L - n_dsla) *
-            (size_t)((b->context + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS) * block +
-        (size_t)n_dsla * slot;
+    const size_t per_seq = (size_t)(L - n_dsla) * (size_t)dsla_kv_blocks_for(b->context) * block +
+                           (size_t)n_dsla * slot;
     const size_t avail = free_b > b->margin ? free_b - b->margin : 0;
     row->free_gib = (double)free_b / (1u << 30);
     row->per_seq_mib = (double)per_seq / (1u << 20);
@@ -341,7 +332,7 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
                                        (int)context,    true};
     ratio_row_t rows[MAX_RATIOS];
     memset(rows, 0, sizeof rows);
-    const double t0 = now_s();
+    const double t0 = dsla_clock_seconds();
     dsla_status_t s = dsla_cuda_device_name(device, sizeof device);
     if (s == DSLA_OK) s = dsla_cuda_stream_create(&stream);
     if (s == DSLA_OK) s = dsla_cuda_model_create_random(&b.m, &cfg, (uint64_t)seed, &mo, stream);
@@ -354,7 +345,7 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
                "\"dsla_on_gpu\":%s,\"init_s\":%.1f}\n",
                device, (double)total / (1u << 30), dsla_cuda_model_weight_bytes(b.m),
                dsla_cuda_kv_block_bytes(b.m, DSLA_DTYPE_BF16), dsla_serve_cuda_slot_bytes(b.cfg),
-               dsla_cuda_model_dsla_supported(b.m) ? "true" : "false", now_s() - t0);
+               dsla_cuda_model_dsla_supported(b.m) ? "true" : "false", dsla_clock_seconds() - t0);
     }
     int done = 0;
     for (; done < n_ratios && s == DSLA_OK; done++) {

@@ -43,7 +43,7 @@ dsla_status_t dsla_cpu_dsla_naive_forward(const dsla_dsla_dims_t *dims, const ds
     const int T = dims->tokens, H = dims->heads, d = dims->head_dim, hd = H * d;
     const size_t dd = (size_t)d * d;
     double *S = malloc(sizeof(double) * dd);
-    if (!S) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: %zu bytes for a state", who, 8 * dd);
+    if (!S) return dsla_error_oom("%s: %zu bytes for a state", who, 8 * dd);
     const double scale = 1.0 / sqrt((double)d);
     double w[2];
     dsla_cpu_dsla_mix_weights64(in->alpha, w);
@@ -97,8 +97,7 @@ dsla_status_t dsla_cpu_dsla_naive_backward(const dsla_dsla_dims_t *dims, const d
     if (!states || !dS) {
         free(states);
         free(dS);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: %zu bytes for %d states", who,
-                          8 * dd * ((size_t)T + 2), T + 1);
+        return dsla_error_oom("%s: %zu bytes for %d states", who, 8 * dd * ((size_t)T + 2), T + 1);
     }
     const double scale = 1.0 / sqrt((double)d);
     double w[2];

@@ -32,7 +32,7 @@ static dsla_status_t dsla_cpu_dsla_naive_layer_run(const dsla_dsla_dims_t *dims,
     const int hd = dims->heads * dims->head_dim;
     size_t n = (size_t)rows * hd;
     double *mem = malloc(sizeof(double) * (n * DSLA_NAIVE_LAYER_ACTIVATIONS + 1));
-    if (!mem) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: activations of %zu doubles", who, n);
+    if (!mem) return dsla_error_oom("%s: activations of %zu doubles", who, n);
     for (int i = 0; i < DSLA_NAIVE_LAYER_ACTIVATIONS; i++)
         act[i] = mem + (size_t)i * n;
     const double *W[DSLA_NAIVE_LAYER_PROJECTIONS] = {w->wq, w->wk, w->wv, w->wg1, w->wg2};

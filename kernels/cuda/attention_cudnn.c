@@ -164,7 +164,7 @@ dsla_status_t dsla_cuda_cudnn_create(dsla_cuda_cudnn_t **out) {
     dsla_cuda_cudnn_t *c = calloc(1, sizeof *c);
     if (!c) {
         dlclose(lib);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_cudnn_create: out of memory");
+        return dsla_error_oom("dsla_cuda_cudnn_create");
     }
     c->lib = lib;
     dsla_status_t st = load_api(lib, &c->api);

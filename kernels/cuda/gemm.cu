@@ -25,7 +25,7 @@ struct dsla_cuda_blas {
 extern "C" dsla_status_t dsla_cuda_blas_create(dsla_cuda_blas_t **out) {
     *out = NULL;
     dsla_cuda_blas_t *h = (dsla_cuda_blas_t *)calloc(1, sizeof *h);
-    if (!h) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuBLAS handle: out of memory");
+    if (!h) return dsla_error_oom("cuBLAS handle");
     cublasStatus_t st = cublasCreate(&h->handle);
     if (st != CUBLAS_STATUS_SUCCESS) {
         free(h);

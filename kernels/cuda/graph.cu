@@ -37,7 +37,7 @@ extern "C" dsla_status_t dsla_cuda_capture_end(dsla_cuda_stream_t stream, dsla_c
     if (!g) {
         cudaGraphExecDestroy(exec);
         cudaGraphDestroy(graph);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "CUDA graph: out of memory");
+        return dsla_error_oom("CUDA graph");
     }
     g->graph = graph;
     g->exec = exec;

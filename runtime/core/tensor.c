@@ -62,7 +62,7 @@ static dsla_status_t tensor_init(dsla_tensor_t **out, dsla_dtype_t dtype, int nd
             return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "tensor shape[%d] = %lld is negative", i,
                               (long long)shape[i]);
     dsla_tensor_t *t = calloc(1, sizeof *t);
-    if (!t) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a tensor header");
+    if (!t) return dsla_error_oom("a tensor header");
     t->dtype = dtype;
     t->backend = DSLA_BACKEND_CPU;
     t->ndim = ndim;
@@ -80,7 +80,7 @@ dsla_status_t dsla_tensor_create(dsla_tensor_t **out, dsla_dtype_t dtype, int nd
     if (!(*out)->data) {
         free(*out);
         *out = NULL;
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a %zu-byte tensor", bytes);
+        return dsla_error_oom("a %zu-byte tensor", bytes);
     }
     (*out)->owns_data = true;
     return DSLA_OK;

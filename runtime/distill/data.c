@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/random.h"
+
 typedef struct {
     int32_t *ids;
     size_t len, cap;
@@ -17,7 +19,7 @@ static dsla_status_t stream_append(token_stream_t *s, const int32_t *ids, size_t
         while (cap < s->len + n)
             cap *= 2;
         int32_t *grown = realloc(s->ids, cap * sizeof *grown);
-        if (!grown) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for %zu tokens", cap);
+        if (!grown) return dsla_error_oom("%zu tokens", cap);
         s->ids = grown;
         s->cap = cap;
     }
@@ -38,7 +40,7 @@ static dsla_status_t read_whole_file(const char *path, char **data, size_t *len)
             if (!grown) {
                 free(buf);
                 fclose(f);
-                return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+                return dsla_error_oom("%s", path);
             }
             buf = grown;
         }
@@ -96,7 +98,7 @@ static dsla_status_t append_tokens(token_stream_t *s, const dsla_tokenizer_t *to
                           path, len);
     size_t n = len / sizeof(int32_t);
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
-    if (!ids) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    if (!ids) return dsla_error_oom("%s", path);
     memcpy(ids, data, n * sizeof *ids);
     int vocab = dsla_tokenizer_vocab_size(tok);
     for (size_t i = 0; i < n; i++)
@@ -163,8 +165,7 @@ dsla_status_t dsla_corpus_pack(dsla_corpus_t *corpus, const int32_t *stream, siz
                           INT_MAX);
     int32_t *grown =
         realloc(corpus->tokens, (have + rows) * (size_t)seq_len * sizeof *corpus->tokens);
-    if (!grown)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for %zu sequences", have + rows);
+    if (!grown) return dsla_error_oom("%zu sequences", have + rows);
     corpus->tokens = grown;
     for (size_t i = 0; i < rows; i++) {
         int32_t *row = grown + (have + i) * (size_t)seq_len;
@@ -185,7 +186,7 @@ dsla_status_t dsla_corpus_split(dsla_corpus_t *corpus, dsla_corpus_t *eval, int 
                           corpus->num_sequences - 1);
     size_t row = (size_t)corpus->seq_len;
     eval->tokens = malloc((size_t)n_eval * row * sizeof *eval->tokens);
-    if (!eval->tokens) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the split");
+    if (!eval->tokens) return dsla_error_oom("the split");
     int keep = corpus->num_sequences - n_eval;
     memcpy(eval->tokens, corpus->tokens + (size_t)keep * row,
            (size_t)n_eval * row * sizeof *eval->tokens);
@@ -202,13 +203,6 @@ void dsla_corpus_free(dsla_corpus_t *corpus) {
 
 /* ---- the prompt reservoir ---- */
 
-static uint64_t reservoir_next(dsla_reservoir_t *r) { /* splitmix64 */
-    uint64_t z = (r->rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 dsla_status_t dsla_reservoir_init(dsla_reservoir_t *r, int capacity, int max_len, uint64_t seed) {
     memset(r, 0, sizeof *r);
     if (capacity < 1 || max_len < 1)
@@ -216,7 +210,7 @@ dsla_status_t dsla_reservoir_init(dsla_reservoir_t *r, int capacity, int max_len
                           "reservoir: capacity %d and max_len %d must be at least 1", capacity,
                           max_len);
     r->slots = calloc((size_t)capacity, sizeof *r->slots);
-    if (!r->slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "reservoir: out of memory");
+    if (!r->slots) return dsla_error_oom("reservoir");
     r->capacity = capacity;
     r->max_len = max_len;
     r->rng = seed;
@@ -228,13 +222,13 @@ dsla_status_t dsla_reservoir_offer(dsla_reservoir_t *r, const int32_t *ids, int 
     r->offered++;
     int at = r->n;
     if (r->n == r->capacity) {
-        uint64_t j = reservoir_next(r) % r->offered;
+        uint64_t j = dsla_splitmix64(&r->rng) % r->offered;
         if (j >= (uint64_t)r->capacity) return DSLA_OK;
         at = (int)j;
     }
     if (n > r->max_len) n = r->max_len;
     int32_t *copy = malloc((size_t)n * sizeof *copy);
-    if (!copy) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "reservoir: out of memory");
+    if (!copy) return dsla_error_oom("reservoir");
     memcpy(copy, ids, (size_t)n * sizeof *copy);
     dsla_reservoir_slot_t *s = &r->slots[at];
     free(s->ids);
@@ -262,7 +256,7 @@ dsla_status_t dsla_reservoir_pack(dsla_reservoir_t *r, dsla_corpus_t *corpus, in
     token_stream_t stream = {0};
     dsla_status_t st = DSLA_OK;
     bool *packed = calloc((size_t)r->capacity, sizeof *packed);
-    if (!packed) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "reservoir: out of memory");
+    if (!packed) return dsla_error_oom("reservoir");
     for (int i = 0; i < r->n && st == DSLA_OK; i++) {
         const dsla_reservoir_slot_t *s = &r->slots[i];
         if (!(packed[i] = slot_in_vocab(s, vocab))) continue;

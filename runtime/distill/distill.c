@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include "kernels/kernels.h"
+#include "runtime/core/clock.h"
+#include "runtime/core/random.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/safetensors.h"
 
@@ -34,19 +36,6 @@ dsla_distill_params_t dsla_distill_params_default(void) {
     return p;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* ---- forward passes over a corpus --------------------------------------------------------------
  */
 
@@ -63,7 +52,7 @@ static dsla_status_t forward_sequences(dsla_model_t *model, const dsla_layer_kin
     int attn_layers = 0;
     for (int l = 0; l < L; l++)
         attn_layers += !kinds || kinds[l] == DSLA_LAYER_ATTN;
-    int blocks = n * attn_layers * ((T + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
+    int blocks = n * attn_layers * dsla_kv_blocks_for(T);
     dsla_kv_pool_t *pool = NULL;
     dsla_sequence_t *seqs[CAPTURE_BATCH] = {0};
     dsla_batch_item_t items[CAPTURE_BATCH];
@@ -109,7 +98,7 @@ dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t
     const dsla_model_config_t *cfg = dsla_model_config(model);
     const int T = corpus->seq_len, V = cfg->vocab_size;
     float *logits = malloc((size_t)CAPTURE_BATCH * T * V * sizeof *logits);
-    if (!logits) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for eval logits");
+    if (!logits) return dsla_error_oom("eval logits");
     double total = 0.0;
     long count = 0;
     dsla_status_t st = DSLA_OK;
@@ -148,7 +137,7 @@ dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpu
     if (!per_item || !sum) {
         free(per_item);
         free(sum);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for entropies");
+        return dsla_error_oom("entropies");
     }
     dsla_status_t st = DSLA_OK;
     for (int first = 0; first < n_sequences && st == DSLA_OK; first += CAPTURE_BATCH) {
@@ -229,15 +218,14 @@ static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_l
     float **bufs[] = {&t->h_in, &t->target, &t->x, &t->y, &t->h_mid, &t->h_out, &t->dh, &t->dx};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         *bufs[i] = dsla_alloc(act * sizeof(float));
-        if (!*bufs[i]) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for training");
+        if (!*bufs[i]) return dsla_error_oom("training");
     }
     t->mlp_work =
         dsla_alloc(dsla_cpu_mlp_block_workspace_floats(&t->mlp, (int)t->rows) * sizeof(float));
     const dsla_dsla_dims_t dims = {batch, seq_len, cfg->num_heads, cfg->head_dim};
     size_t bytes = dsla_cpu_dsla_layer_workspace_bytes(&dims, cfg->hidden_size);
     t->dsla_mem = dsla_alloc(bytes);
-    if (!t->mlp_work || !t->dsla_mem)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for training workspaces");
+    if (!t->mlp_work || !t->dsla_mem) return dsla_error_oom("training workspaces");
     return dsla_cpu_dsla_layer_workspace_init(&t->ws, &dims, cfg->hidden_size, t->dsla_mem, bytes);
 }
 
@@ -585,7 +573,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     const dsla_distill_params_t *p = r->p;
     const int layer = r->report->order[k], T = train->seq_len;
     const size_t per_seq = (size_t)T * r->cfg->hidden_size;
-    double started = now_seconds();
+    double started = dsla_clock_seconds();
     dsla_dsla_layer_t *w = NULL;
     trainer_t t = {0};
     float *h_in = NULL, *target = NULL, *eval_in = NULL, *eval_target = NULL;
@@ -602,8 +590,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     eval_in = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
     eval_target = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
     if (!h_in || !target || !eval_in || !eval_target) {
-        st =
-            dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's hidden states", layer);
+        st = dsla_error_oom("layer %d's hidden states", layer);
         goto done;
     }
     /* The student learns on what it will see when served: the hybrid's stream (chained), or the
@@ -638,11 +625,11 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
                             layer, step + 1, p->steps, r->out_dir);
             goto done;
         }
-        double t0 = now_seconds();
+        double t0 = dsla_clock_seconds();
         step++;
         uint64_t rng = p->seed ^ ((uint64_t)(layer + 1) << 40) ^ (uint64_t)step;
         for (int i = 0; i < p->batch; i++)
-            idx[i] = (int)(splitmix64(&rng) % (uint64_t)train->num_sequences);
+            idx[i] = (int)(dsla_splitmix64(&rng) % (uint64_t)train->num_sequences);
         double loss;
         st = train_step(&t, h_in, target, idx, step, &optim, p->gate_cosine_weight, &loss);
         if (st != DSLA_OK) goto done;
@@ -654,7 +641,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
             st = checkpoint_save(&t, r->out_dir, step);
             if (st != DSLA_OK) goto done;
         }
-        double dt = now_seconds() - t0;
+        double dt = dsla_clock_seconds() - t0;
         r->steps_done++;
         r->step_seconds +=
             (dt - r->step_seconds) / (double)(r->steps_done < 20 ? r->steps_done : 20);
@@ -700,7 +687,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     if (st != DSLA_OK) goto done;
     path_join(path, sizeof path, r->out_dir, CHECKPOINT_FILE);
     remove(path);
-    rep->seconds = now_seconds() - started;
+    rep->seconds = dsla_clock_seconds() - started;
 done:
     trainer_free(&t);
     dsla_dsla_layer_destroy(&w);
@@ -717,8 +704,7 @@ static dsla_status_t train_layer_pooled(run_t *r, int k) {
     const dsla_corpus_t *train = r->train;
     const size_t bytes = (size_t)train->num_sequences * (size_t)train->seq_len * sizeof(int32_t);
     dsla_corpus_t pool = {.seq_len = train->seq_len, .num_sequences = train->num_sequences};
-    if (!(pool.tokens = malloc(bytes)))
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the training pool");
+    if (!(pool.tokens = malloc(bytes))) return dsla_error_oom("the training pool");
     memcpy(pool.tokens, train->tokens, bytes);
     const int layer = r->report->order[k];
     dsla_status_t st = r->cb->extend_train(r->cb->user, k, layer, &pool);

@@ -326,7 +326,7 @@ dsla_status_t dsla_config_load(dsla_model_config_t *cfg, const char *path) {
     char *text = malloc(CONFIG_MAX_BYTES + 1);
     if (!text) {
         fclose(f);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory reading %s", path);
+        return dsla_error_oom("reading %s", path);
     }
     size_t n = fread(text, 1, CONFIG_MAX_BYTES + 1, f);
     int read_error = ferror(f);
@@ -490,7 +490,7 @@ dsla_status_t dsla_config_save(const dsla_model_config_t *cfg, const char *path)
     json_t *root = config_to_json(cfg);
     char *text = root ? json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(root);
-    if (!text) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory writing %s", path);
+    if (!text) return dsla_error_oom("writing %s", path);
 
     /* Written beside the target and renamed, so that a crash never leaves half a config. */
     size_t tmp_len = strlen(path) + 5;
@@ -498,7 +498,7 @@ dsla_status_t dsla_config_save(const dsla_model_config_t *cfg, const char *path)
     dsla_status_t status = DSLA_OK;
     int fd = -1;
     if (!tmp) {
-        status = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory writing %s", path);
+        status = dsla_error_oom("writing %s", path);
         goto done;
     }
     snprintf(tmp, tmp_len, "%s.tmp", path);

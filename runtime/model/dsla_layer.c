@@ -13,6 +13,7 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
 #include <xxhash.h>
 
+#include "runtime/core/random.h"
 #include "runtime/core/tensor.h"
 #include "runtime/model/safetensors.h"
 
@@ -91,7 +92,7 @@ dsla_status_t dsla_dsla_layer_create(dsla_dsla_layer_t **out, const dsla_model_c
                           "DSLA layer: index %d is outside the model's %d layers", layer,
                           cfg->num_layers);
     dsla_dsla_layer_t *l = calloc(1, sizeof *l);
-    if (!l) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "DSLA layer: out of memory");
+    if (!l) return dsla_error_oom("DSLA layer");
     l->layer = layer;
     l->heads = cfg->num_heads;
     l->head_dim = cfg->head_dim;
@@ -103,8 +104,7 @@ dsla_status_t dsla_dsla_layer_create(dsla_dsla_layer_t **out, const dsla_model_c
     if (!l->data) {
         size_t numel = l->numel;
         free(l);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "DSLA layer %d: out of memory for %zu weights",
-                          layer, numel);
+        return dsla_error_oom("DSLA layer %d: %zu weights", layer, numel);
     }
     float *p = l->data;
     float **matrices[] = {&l->wq, &l->wk, &l->wv, &l->wo, &l->wg1, &l->wg2};
@@ -124,18 +124,9 @@ void dsla_dsla_layer_destroy(dsla_dsla_layer_t **l) {
     *l = NULL;
 }
 
-/* splitmix64: tiny, seedable and the same on every platform, which is all the initialisation
- * needs (a version must be reproducible from its seed). */
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in [lo, hi) from the top 24 bits: exactly representable as float. */
 static float uniform(uint64_t *state, float lo, float hi) {
-    float u = (float)(splitmix64(state) >> 40) * (1.0f / 16777216.0f);
+    float u = (float)(dsla_splitmix64(state) >> 40) * (1.0f / 16777216.0f);
     return lo + (hi - lo) * u;
 }
 
@@ -247,7 +238,7 @@ static dsla_status_t write_version(dsla_st_writer_t *w, const dsla_dsla_layer_t 
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "n_order %d is outside 0..%d", meta->n_order,
                           DSLA_LAYER_ORDER_MAX);
     char *order = format_order(meta);
-    if (!order) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the order");
+    if (!order) return dsla_error_oom("the order");
     dsla_status_t s = dsla_st_writer_set_metadata(w, "order", order);
     free(order);
     DSLA_TRY(s);

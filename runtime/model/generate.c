@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "runtime/core/clock.h"
 #include "runtime/model/stop_strings.h"
 
 const char *dsla_finish_reason_name(dsla_finish_reason_t reason) {
@@ -18,16 +19,11 @@ const char *dsla_finish_reason_name(dsla_finish_reason_t reason) {
     return "?";
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static bool is_eos(const dsla_model_config_t *cfg, const dsla_tokenizer_t *tok, int32_t id) {
+bool dsla_token_ends_stream(const dsla_model_config_t *cfg, const dsla_tokenizer_t *tokenizer,
+                            int32_t id) {
     for (int i = 0; i < cfg->num_eos_token_ids; i++)
         if (cfg->eos_token_ids[i] == id) return true;
-    return id == dsla_tokenizer_eos_id(tok);
+    return tokenizer && id == dsla_tokenizer_eos_id(tokenizer);
 }
 
 /* Everything one generation holds, so that every exit path frees it in one place. */
@@ -74,7 +70,7 @@ static dsla_status_t generation_setup(generation_t *g, dsla_model_t *model,
                           "%zu tokens",
                           p->max_tokens, context, g->n_prompt);
     long total = (long)g->n_prompt + p->max_tokens;
-    long blocks_per_layer = (total + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    long blocks_per_layer = dsla_kv_blocks_for(total);
     DSLA_TRY(dsla_kv_pool_create(&g->pool, cfg, (int)(blocks_per_layer * cfg->num_layers)));
     DSLA_TRY(dsla_sequence_create(&g->seq, g->pool, cfg));
     DSLA_TRY(dsla_sampler_create(&g->sampler, &p->sampling, cfg->vocab_size));
@@ -83,7 +79,7 @@ static dsla_status_t generation_setup(generation_t *g, dsla_model_t *model,
     DSLA_TRY(dsla_stop_matcher_create(&g->stops, p->stop, p->n_stop));
     g->logits = malloc((size_t)cfg->vocab_size * sizeof *g->logits);
     g->ids = malloc((size_t)p->max_tokens * sizeof *g->ids);
-    if (!g->logits || !g->ids) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory");
+    if (!g->logits || !g->ids) return dsla_error_oom("generation buffers");
     return DSLA_OK;
 }
 
@@ -112,11 +108,11 @@ dsla_status_t dsla_generate(dsla_model_t *model, const dsla_tokenizer_t *tokeniz
     const dsla_model_config_t *cfg = dsla_model_config(model);
     result->prompt_tokens = (int)g.n_prompt;
 
-    double start = now_seconds();
+    double start = dsla_clock_seconds();
     dsla_batch_item_t item = {g.seq, g.prompt_ids, (int)g.n_prompt, false};
     status = dsla_model_forward(model, &item, 1, g.logits);
     if (status != DSLA_OK) goto done;
-    double decode_start = now_seconds();
+    double decode_start = dsla_clock_seconds();
     result->prefill_seconds = decode_start - start;
 
     dsla_finish_reason_t finish = DSLA_FINISH_LENGTH;
@@ -124,7 +120,7 @@ dsla_status_t dsla_generate(dsla_model_t *model, const dsla_tokenizer_t *tokeniz
     int n = 0;
     while (!ended && n < params->max_tokens) {
         int32_t id = dsla_sampler_sample(g.sampler, g.logits);
-        if (!params->ignore_eos && is_eos(cfg, tokenizer, id)) {
+        if (!params->ignore_eos && dsla_token_ends_stream(cfg, tokenizer, id)) {
             finish = DSLA_FINISH_STOP;
             break;
         }
@@ -149,7 +145,7 @@ dsla_status_t dsla_generate(dsla_model_t *model, const dsla_tokenizer_t *tokeniz
             if (len && on_text && on_text(user, piece, len)) finish = DSLA_FINISH_CANCELLED;
         }
     }
-    result->decode_seconds = now_seconds() - decode_start;
+    result->decode_seconds = dsla_clock_seconds() - decode_start;
     result->completion_tokens = n;
     result->finish = finish;
     result->ids = g.ids;

@@ -27,6 +27,12 @@ typedef enum {
 const char *
 dsla_finish_reason_name(dsla_finish_reason_t reason); /* "length", "stop", "cancelled" */
 
+/* Whether id ends the stream: one of the config's eos_token_id list or the tokenizer's EOS
+ * (tokenizer may be NULL). The one check dsla_generate and the serving engine share, so that a
+ * model stops at the same token whichever path serves it. */
+bool dsla_token_ends_stream(const dsla_model_config_t *cfg, const dsla_tokenizer_t *tokenizer,
+                            int32_t id);
+
 typedef struct {
     dsla_sampler_params_t sampling;
     int max_tokens;          /* new tokens at most; must fit the context after the prompt */

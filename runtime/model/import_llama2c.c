@@ -196,7 +196,7 @@ static dsla_status_t l2c_write_safetensors(const l2c_header_t *h, const float *w
     dsla_st_writer_t *w = NULL;
     dsla_status_t s = DSLA_OK;
     if (!tensors || !scratch) {
-        s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: no memory for %zu tensors", path, cap);
+        s = dsla_error_oom("%s: %zu tensors", path, cap);
         goto done;
     }
     size_t n = l2c_list_tensors(h, weights, tensors);
@@ -269,7 +269,7 @@ static dsla_status_t l2c_write_tokenizer_config(const l2c_header_t *h, const cha
     json_t *root = json_pack("{s:s, s:s, s:s, s:b, s:i, s:s}", "bos_token", "<s>", "eos_token",
                              "</s>", "unk_token", "<unk>", "add_bos_token", 1, "model_max_length",
                              (json_int_t)h->seq_len, "tokenizer_class", "LlamaTokenizerFast");
-    if (!root) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "%s: cannot build JSON", path);
+    if (!root) return dsla_error_oom("%s: building JSON", path);
     dsla_status_t s = l2c_write_json(root, path);
     json_decref(root);
     return s;

@@ -35,6 +35,12 @@
  * block table stays short and a block is a few contiguous KiB for the attention kernel. */
 enum { DSLA_KV_BLOCK_TOKENS = 16 };
 
+/* The blocks that hold tokens tokens: ceil(tokens / DSLA_KV_BLOCK_TOKENS), the one place that
+ * rounds up, so that admission, the pools and the backends never disagree by a block. */
+static inline int dsla_kv_blocks_for(long tokens) {
+    return (int)((tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
+}
+
 /* How a sequence runs one layer's token mixing. */
 typedef enum {
     DSLA_LAYER_ATTN = 0, /* softmax attention over the paged KV cache */

@@ -92,7 +92,7 @@ static dsla_status_t load_layer(dsla_model_t *m, const dsla_safetensors_t *st, i
     w->w_gate_up = alloc_floats((size_t)(2 * I * D));
     w->w_down = alloc_floats((size_t)(D * I));
     if (!w->attn_norm || !w->mlp_norm || !w->wqkv || !w->wo || !w->w_gate_up || !w->w_down)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's weights", l);
+        return dsla_error_oom("layer %d's weights", l);
     w->wq = w->wqkv;
     w->wk = w->wq + q_rows * D;
     w->wv = w->wk + kv_rows * D;
@@ -117,8 +117,7 @@ static dsla_status_t load_weights(dsla_model_t *m, const dsla_safetensors_t *st)
     m->embed = alloc_floats((size_t)(V * D));
     m->final_norm = alloc_floats((size_t)D);
     m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
-    if (!m->embed || !m->final_norm || !m->layers)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the embeddings");
+    if (!m->embed || !m->final_norm || !m->layers) return dsla_error_oom("the embeddings");
     DSLA_TRY(read_matrix(st, m->embed, V, D, "model.embed_tokens.weight", 0));
     DSLA_TRY(read_matrix(st, m->final_norm, D, 0, "model.norm.weight", 0));
     for (int l = 0; l < c->num_layers; l++)
@@ -130,7 +129,7 @@ static dsla_status_t load_weights(dsla_model_t *m, const dsla_safetensors_t *st)
         return DSLA_OK;
     }
     m->lm_head = alloc_floats((size_t)(V * D));
-    if (!m->lm_head) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for lm_head");
+    if (!m->lm_head) return dsla_error_oom("lm_head");
     return read_matrix(st, m->lm_head, V, D, "lm_head.weight", 0);
 }
 
@@ -146,8 +145,7 @@ static dsla_status_t model_load(dsla_model_t *m, const char *dir) {
     m->inv_freq = alloc_floats((size_t)c->head_dim / 2);
     m->scores = alloc_floats((size_t)c->max_position_embeddings);
     m->dsla_layers = calloc((size_t)c->num_layers, sizeof *m->dsla_layers);
-    if (!m->inv_freq || !m->scores || !m->dsla_layers)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the model's tables");
+    if (!m->inv_freq || !m->scores || !m->dsla_layers) return dsla_error_oom("the model's tables");
     dsla_rope_params_t rope = {
         .theta = c->rope_theta,
         .llama3 = c->rope_type == DSLA_ROPE_LLAMA3,
@@ -168,7 +166,7 @@ static dsla_status_t model_load(dsla_model_t *m, const char *dir) {
 dsla_status_t dsla_model_load(dsla_model_t **out, const char *dir) {
     *out = NULL;
     dsla_model_t *m = calloc(1, sizeof *m);
-    if (!m) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a model");
+    if (!m) return dsla_error_oom("a model");
     dsla_status_t s = model_load(m, dir);
     if (s != DSLA_OK) {
         dsla_model_destroy(&m);
@@ -346,9 +344,7 @@ static dsla_status_t scratch_reserve(dsla_model_t *m, int rows, int items) {
         !s->positions || !s->row_start || !s->sub_items || !s->sub_row_start || !s->item_ids ||
         !s->sub_ids) {
         scratch_free(s);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
-                          "out of memory for the activations of %d tokens in %d sequences", rows,
-                          items);
+        return dsla_error_oom("the activations of %d tokens in %d sequences", rows, items);
     }
     for (int i = 0; i < new_items; i++)
         s->item_ids[i] = i;
@@ -399,8 +395,7 @@ static dsla_status_t dsla_scratch_reserve(dsla_model_t *m, const dsla_batch_item
         if (s->work) s->cap_work = work;
     }
     if (!s->spare || !s->proj || !s->work)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
-                          "out of memory for the DSLA activations of %d tokens", rows);
+        return dsla_error_oom("the DSLA activations of %d tokens", rows);
     return DSLA_OK;
 }
 

@@ -184,7 +184,7 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     *out = NULL;
     DSLA_TRY(check_opts(cfg, opts));
     dsla_cuda_model_t *m = calloc(1, sizeof *m);
-    if (!m) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model: out of memory");
+    if (!m) return dsla_error_oom("dsla_cuda_model");
     *out = m;
     m->cfg = *cfg;
     m->opts = *opts;
@@ -197,8 +197,7 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     const int qw = c->num_heads * d, kvw = c->num_kv_heads * d, V = c->vocab_size;
     m->layers = calloc((size_t)L, sizeof *m->layers);
     m->dsla = calloc((size_t)L, sizeof *m->dsla);
-    if (!m->layers || !m->dsla)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model: out of memory");
+    if (!m->layers || !m->dsla) return dsla_error_oom("dsla_cuda_model");
     DSLA_TRY(dsla_cuda_blas_create(&m->blas));
     DSLA_TRY(alloc_weight(m, &m->embed, (size_t)V * D));
     if (c->tie_word_embeddings)
@@ -258,7 +257,7 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     DSLA_TRY(dsla_cuda_malloc(&m->sample_ws, m->sample_ws_bytes));
 
     float *inv = malloc((size_t)d / 2 * sizeof *inv);
-    if (!inv) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model: out of memory");
+    if (!inv) return dsla_error_oom("dsla_cuda_model");
     dsla_rope_params_t rp = {
         c->rope_theta,           c->rope_type == DSLA_ROPE_LLAMA3, c->rope_factor,
         c->rope_low_freq_factor, c->rope_high_freq_factor,         c->rope_original_max_position};
@@ -504,20 +503,18 @@ dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, ds
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "dsla_cuda_kv_create: %d blocks, %d sequences",
                           num_blocks, max_seqs);
     dsla_cuda_kv_t *kv = calloc(1, sizeof *kv);
-    if (!kv) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_kv_create: out of memory");
+    if (!kv) return dsla_error_oom("dsla_cuda_kv_create");
     kv->m = m;
     kv->num_blocks = num_blocks;
     kv->max_seqs = max_seqs;
-    kv->max_blocks = (m->opts.max_context + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    kv->max_blocks = dsla_kv_blocks_for(m->opts.max_context);
     kv->pool.dtype = dtype;
     kv->pool.block_tokens = DSLA_KV_BLOCK_TOKENS;
     const size_t half = dsla_cuda_kv_block_bytes(m, dtype) / 2 * (size_t)num_blocks;
     kv->free_list = malloc(((size_t)num_blocks + 1) * sizeof *kv->free_list);
     kv->slot_used = calloc((size_t)max_seqs, sizeof *kv->slot_used);
     dsla_status_t st =
-        kv->free_list && kv->slot_used
-            ? DSLA_OK
-            : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_kv_create: out of memory");
+        kv->free_list && kv->slot_used ? DSLA_OK : dsla_error_oom("dsla_cuda_kv_create");
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.k, half);
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.v, half);
     const size_t table_words = (size_t)max_seqs * m->cfg.num_layers * kv->max_blocks;
@@ -570,7 +567,7 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "dsla_cuda_seq_create: all %d slots in use",
                           kv->max_seqs);
     dsla_cuda_seq_t *s = calloc(1, sizeof *s);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_seq_create: out of memory");
+    if (!s) return dsla_error_oom("dsla_cuda_seq_create");
     s->kv = kv;
     s->slot = slot;
     s->kinds = calloc((size_t)L, sizeof *s->kinds);
@@ -578,7 +575,7 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
     s->states = calloc((size_t)L * 2, sizeof *s->states);
     if (!s->kinds || !s->blocks || !s->states) {
         dsla_cuda_seq_destroy(&s);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_seq_create: out of memory");
+        return dsla_error_oom("dsla_cuda_seq_create");
     }
     kv->slot_used[slot] = true;
     s->borrowed_states = states != NULL;
@@ -650,15 +647,11 @@ static int attn_layers(const dsla_cuda_seq_t *s, int L) {
     return n;
 }
 
-static int blocks_for(int tokens) {
-    return (tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
-}
-
 /* Takes blocks so the sequence holds new_len tokens; appends (table index, block) patches. The
  * caller has checked that the pool has them. */
 static void seq_grow(dsla_cuda_seq_t *s, int new_len, int32_t *pidx, int32_t *pval, int *np) {
     dsla_cuda_kv_t *kv = s->kv;
-    const int L = kv->m->cfg.num_layers, want = blocks_for(new_len);
+    const int L = kv->m->cfg.num_layers, want = dsla_kv_blocks_for(new_len);
     for (int l = 0; l < L; l++) {
         if (s->kinds[l] != DSLA_LAYER_ATTN) continue;
         for (int b = s->n_blocks; b < want; b++) {
@@ -682,13 +675,13 @@ dsla_status_t dsla_cuda_seq_fill_synthetic(dsla_cuda_seq_t *s, int n_tokens, uin
                           "dsla_cuda_seq_fill_synthetic: %d tokens into a sequence of %d (max "
                           "context %d)",
                           n_tokens, s->length, m->opts.max_context);
-    const int need = blocks_for(n_tokens) * attn_layers(s, L);
+    const int need = dsla_kv_blocks_for(n_tokens) * attn_layers(s, L);
     if (need > kv->n_free)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                           "dsla_cuda_seq_fill_synthetic: needs %d blocks, %d free", need,
                           kv->n_free);
     int32_t *pidx = malloc((size_t)(need + 1) * 2 * sizeof *pidx);
-    if (!pidx) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "fill_synthetic: out of memory");
+    if (!pidx) return dsla_error_oom("fill_synthetic");
     int np = 0;
     seq_grow(s, n_tokens, pidx, pidx + need + 1, &np);
     dsla_status_t st = DSLA_OK;
@@ -1160,7 +1153,7 @@ static dsla_status_t validate(dsla_cuda_model_t *m, const dsla_cuda_batch_item_t
         }
         rows += it->n_tokens;
         logit += it->want_all_logits ? it->n_tokens : 1;
-        blocks += (blocks_for(len) - it->seq->n_blocks) * attn_layers(it->seq, L);
+        blocks += (dsla_kv_blocks_for(len) - it->seq->n_blocks) * attn_layers(it->seq, L);
     }
     if (rows > m->opts.max_batch_tokens || logit > m->opts.max_logit_rows)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
@@ -1185,7 +1178,7 @@ dsla_status_t dsla_cuda_model_forward(dsla_cuda_model_t *m, const dsla_cuda_batc
     DSLA_TRY(validate(m, items, n_items, &rows, &n_logit, &n_blocks));
     dsla_cuda_kv_t *kv = items[0].seq->kv;
     item_plan_t *plan = malloc((size_t)n_items * sizeof *plan);
-    if (!plan) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_model_forward: out of memory");
+    if (!plan) return dsla_error_oom("dsla_cuda_model_forward");
 
     /* The previous step's upload must have left the staging buffer before it is rewritten. */
     dsla_status_t status = dsla_cuda_event_sync(m->uploaded);

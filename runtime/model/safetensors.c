@@ -157,7 +157,7 @@ static bool shape_bytes(int ndim, const int64_t *shape, size_t elem, uint64_t *o
 
 static dsla_status_t map_file(st_file_t *f, const char *path) {
     f->path = st_strdup(path);
-    if (!f->path) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a path");
+    if (!f->path) return dsla_error_oom("a path");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         dsla_status_t code = errno == ENOENT ? DSLA_ERR_NOT_FOUND : DSLA_ERR_IO;
@@ -198,7 +198,7 @@ static dsla_status_t push_entry(dsla_safetensors_t *st, st_entry_t **out) {
     if (st->num_entries == st->cap_entries) {
         size_t cap = st->cap_entries ? st->cap_entries * 2 : 64;
         st_entry_t *grown = realloc(st->entries, cap * sizeof *grown);
-        if (!grown) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for tensor entries");
+        if (!grown) return dsla_error_oom("tensor entries");
         st->entries = grown;
         st->cap_entries = cap;
     }
@@ -223,13 +223,12 @@ static dsla_status_t parse_metadata(dsla_safetensors_t *st, const char *path, js
     size_t n = json_object_size(meta);
     if (n == 0) return DSLA_OK;
     st->meta = calloc(n, sizeof *st->meta);
-    if (!st->meta) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for metadata");
+    if (!st->meta) return dsla_error_oom("metadata");
     json_object_foreach(meta, key, value) {
         st_meta_t *m = &st->meta[st->num_meta++];
         m->key = st_strdup(key);
         m->value = st_strdup(json_string_value(value));
-        if (!m->key || !m->value)
-            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for metadata");
+        if (!m->key || !m->value) return dsla_error_oom("metadata");
     }
     return DSLA_OK;
 }
@@ -319,7 +318,7 @@ static dsla_status_t parse_tensor(dsla_safetensors_t *st, size_t file_index, con
     st_entry_t *e = NULL;
     DSLA_TRY(push_entry(st, &e));
     char *owned = st_strdup(name);
-    if (!owned) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a tensor name");
+    if (!owned) return dsla_error_oom("a tensor name");
     e->pub.name = owned;
     e->pub.dtype = dt->dtype;
     e->pub.ndim = (int)ndim;
@@ -352,7 +351,7 @@ static dsla_status_t check_layout(dsla_safetensors_t *st, const char *path, size
         return DSLA_OK;
     }
     st_entry_t **sorted = malloc(n * sizeof *sorted);
-    if (!sorted) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory sorting tensors");
+    if (!sorted) return dsla_error_oom("sorting tensors");
     for (size_t i = 0; i < n; i++)
         sorted[i] = &st->entries[first + i];
     qsort(sorted, n, sizeof *sorted, cmp_entry_offset);
@@ -391,7 +390,7 @@ static dsla_status_t check_layout(dsla_safetensors_t *st, const char *path, size
 /* Maps and validates one file, appending its tensors; keep_meta for the first file only. */
 static dsla_status_t add_file(dsla_safetensors_t *st, const char *path, bool keep_meta) {
     st_file_t *grown = realloc(st->files, (st->num_files + 1) * sizeof *grown);
-    if (!grown) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a file entry");
+    if (!grown) return dsla_error_oom("a file entry");
     st->files = grown;
     size_t file_index = st->num_files++;
     st_file_t *f = &st->files[file_index];
@@ -455,7 +454,7 @@ static int cmp_entry_name(const void *a, const void *b) {
 static dsla_status_t build_name_index(dsla_safetensors_t *st) {
     if (st->num_entries == 0) return DSLA_OK;
     st->by_name = malloc(st->num_entries * sizeof *st->by_name);
-    if (!st->by_name) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a name index");
+    if (!st->by_name) return dsla_error_oom("a name index");
     for (size_t i = 0; i < st->num_entries; i++)
         st->by_name[i] = &st->entries[i];
     qsort(st->by_name, st->num_entries, sizeof *st->by_name, cmp_entry_name);
@@ -517,7 +516,7 @@ static dsla_status_t open_index(dsla_safetensors_t *st, const char *dir, const c
     }
     shards = malloc(n * sizeof *shards);
     if (!shards) {
-        status = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory reading %s", index_path);
+        status = dsla_error_oom("reading %s", index_path);
         goto done;
     }
     size_t k = 0;
@@ -546,7 +545,7 @@ static dsla_status_t open_index(dsla_safetensors_t *st, const char *dir, const c
         if (i > 0 && strcmp(shards[i], shards[i - 1]) == 0) continue;
         char *shard_path = st_join(dir, shards[i]);
         if (!shard_path) {
-            status = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a path");
+            status = dsla_error_oom("a path");
             break;
         }
         status = add_file(st, shard_path, st->num_files == 0);
@@ -592,14 +591,14 @@ dsla_status_t dsla_safetensors_open(dsla_safetensors_t **out, const char *path) 
     dsla_safetensors_t *st = calloc(1, sizeof *st);
     if (!st || !(st->path = st_strdup(path))) {
         free(st);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory opening %s", path);
+        return dsla_error_oom("opening %s", path);
     }
     dsla_status_t status;
     if (S_ISDIR(sb.st_mode)) {
         char *index_path = st_join(path, ST_INDEX_NAME);
         char *single_path = st_join(path, ST_SINGLE_NAME);
         if (!index_path || !single_path) {
-            status = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory opening %s", path);
+            status = dsla_error_oom("opening %s", path);
         } else if (access(index_path, F_OK) == 0) {
             status = open_index(st, path, index_path);
         } else if (access(single_path, F_OK) == 0) {
@@ -741,7 +740,7 @@ struct dsla_st_writer {
 dsla_status_t dsla_st_writer_create(dsla_st_writer_t **out) {
     if (!out) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "dsla_st_writer_create: NULL out");
     *out = calloc(1, sizeof **out);
-    if (!*out) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a safetensors writer");
+    if (!*out) return dsla_error_oom("a safetensors writer");
     return DSLA_OK;
 }
 
@@ -791,7 +790,7 @@ dsla_status_t dsla_st_writer_add(dsla_st_writer_t *w, const char *name, dsla_dty
     if (w->num == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 64;
         st_wtensor_t *grown = realloc(w->tensors, cap * sizeof *grown);
-        if (!grown) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory adding '%s'", name);
+        if (!grown) return dsla_error_oom("adding '%s'", name);
         w->tensors = grown;
         w->cap = cap;
     }
@@ -802,8 +801,7 @@ dsla_status_t dsla_st_writer_add(dsla_st_writer_t *w, const char *name, dsla_dty
     if (!t->name || (bytes && !t->data)) {
         free(t->name);
         free(t->data);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory copying tensor '%s' (%llu bytes)",
-                          name, (unsigned long long)bytes);
+        return dsla_error_oom("copying tensor '%s' (%llu bytes)", name, (unsigned long long)bytes);
     }
     if (bytes) memcpy(t->data, data, (size_t)bytes);
     t->dtype = dtype;
@@ -821,14 +819,14 @@ dsla_status_t dsla_st_writer_set_metadata(dsla_st_writer_t *w, const char *key, 
     for (size_t i = 0; i < w->num_meta; i++) {
         if (strcmp(w->meta[i].key, key) == 0) {
             char *v = st_strdup(value);
-            if (!v) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for metadata");
+            if (!v) return dsla_error_oom("metadata");
             free(w->meta[i].value);
             w->meta[i].value = v;
             return DSLA_OK;
         }
     }
     st_meta_t *grown = realloc(w->meta, (w->num_meta + 1) * sizeof *grown);
-    if (!grown) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for metadata");
+    if (!grown) return dsla_error_oom("metadata");
     w->meta = grown;
     st_meta_t *m = &w->meta[w->num_meta];
     m->key = st_strdup(key);
@@ -836,7 +834,7 @@ dsla_status_t dsla_st_writer_set_metadata(dsla_st_writer_t *w, const char *key, 
     if (!m->key || !m->value) {
         free(m->key);
         free(m->value);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for metadata");
+        return dsla_error_oom("metadata");
     }
     w->num_meta++;
     return DSLA_OK;
@@ -855,7 +853,7 @@ static int cmp_wtensor_name(const void *a, const void *b) {
 static dsla_status_t check_unique_names(const dsla_st_writer_t *w, const char *path) {
     if (w->num < 2) return DSLA_OK;
     const st_wtensor_t **sorted = malloc(w->num * sizeof *sorted);
-    if (!sorted) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory saving %s", path);
+    if (!sorted) return dsla_error_oom("saving %s", path);
     for (size_t i = 0; i < w->num; i++)
         sorted[i] = &w->tensors[i];
     qsort(sorted, w->num, sizeof *sorted, cmp_wtensor_name);
@@ -876,7 +874,7 @@ static dsla_status_t build_header(const dsla_st_writer_t *w, const char *path, c
                                   size_t *out_len) {
     *out = NULL;
     json_t *root = json_object();
-    if (!root) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory saving %s", path);
+    if (!root) return dsla_error_oom("saving %s", path);
     bool ok = true;
     if (w->num_meta > 0) {
         json_t *meta = json_object();
@@ -906,14 +904,13 @@ static dsla_status_t build_header(const dsla_st_writer_t *w, const char *path, c
     }
     char *text = ok ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(root);
-    if (!text)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory building the header of %s", path);
+    if (!text) return dsla_error_oom("building the header of %s", path);
     size_t len = strlen(text);
     size_t padded = (len + ST_HEADER_ALIGN - 1) / ST_HEADER_ALIGN * ST_HEADER_ALIGN;
     char *buf = malloc(padded ? padded : 1);
     if (!buf) {
         free(text);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory building the header of %s", path);
+        return dsla_error_oom("building the header of %s", path);
     }
     memcpy(buf, text, len);
     memset(buf + len, ' ', padded - len);
@@ -953,7 +950,7 @@ static dsla_status_t sync_parent_dir(const char *path) {
             dir[n] = '\0';
         }
     }
-    if (!dir) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a path");
+    if (!dir) return dsla_error_oom("a path");
     dsla_status_t status = DSLA_OK;
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0 || fsync(fd) != 0)
@@ -973,7 +970,7 @@ dsla_status_t dsla_st_writer_save(dsla_st_writer_t *w, const char *path) {
     char *tmp = malloc(strlen(path) + 5);
     if (!tmp) {
         free(header);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for a path");
+        return dsla_error_oom("a path");
     }
     snprintf(tmp, strlen(path) + 5, "%s.tmp", path);
     dsla_status_t status = DSLA_OK;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "kernels/kernels.h"
+#include "runtime/core/random.h"
 
 typedef struct {
     float prob;
@@ -19,13 +20,6 @@ struct dsla_sampler {
     float *probs;            /* [vocab] */
     candidate_t *candidates; /* [vocab] */
 };
-
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static uint64_t rotl(uint64_t x, int k) {
     return (x << k) | (x >> (64 - k));
@@ -51,7 +45,7 @@ static double uniform01(uint64_t s[4]) {
 void dsla_sampler_reseed(dsla_sampler_t *s, uint64_t seed) {
     uint64_t x = seed;
     for (int i = 0; i < 4; i++)
-        s->rng[i] = splitmix64(&x);
+        s->rng[i] = dsla_splitmix64(&x);
 }
 
 dsla_status_t dsla_sampler_create(dsla_sampler_t **out, const dsla_sampler_params_t *params,
@@ -65,15 +59,14 @@ dsla_status_t dsla_sampler_create(dsla_sampler_t **out, const dsla_sampler_param
                           "sampler: temperature %g and top_p %g must be finite",
                           (double)params->temperature, (double)params->top_p);
     dsla_sampler_t *s = calloc(1, sizeof *s);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "sampler: out of memory");
+    if (!s) return dsla_error_oom("sampler");
     s->params = *params;
     s->vocab_size = vocab_size;
     s->probs = malloc((size_t)vocab_size * sizeof *s->probs);
     s->candidates = malloc((size_t)vocab_size * sizeof *s->candidates);
     if (!s->probs || !s->candidates) {
         dsla_sampler_destroy(&s);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "sampler: out of memory for %d candidates",
-                          vocab_size);
+        return dsla_error_oom("sampler: %d candidates", vocab_size);
     }
     dsla_sampler_reseed(s, params->seed);
     *out = s;

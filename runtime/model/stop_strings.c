@@ -20,7 +20,7 @@ dsla_status_t dsla_stop_matcher_create(dsla_stop_matcher_t **out, const char *co
         if (!stops[i] || !stops[i][0])
             return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "stop string %d is empty", i);
     dsla_stop_matcher_t *m = calloc(1, sizeof *m);
-    if (!m) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for stop strings");
+    if (!m) return dsla_error_oom("stop strings");
     m->stops = calloc((size_t)n_stops + 1, sizeof *m->stops);
     m->stop_lens = calloc((size_t)n_stops + 1, sizeof *m->stop_lens);
     if (!m->stops || !m->stop_lens) goto oom;
@@ -34,7 +34,7 @@ dsla_status_t dsla_stop_matcher_create(dsla_stop_matcher_t **out, const char *co
     return DSLA_OK;
 oom:
     dsla_stop_matcher_destroy(&m);
-    return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for stop strings");
+    return dsla_error_oom("stop strings");
 }
 
 void dsla_stop_matcher_destroy(dsla_stop_matcher_t **m) {

@@ -17,7 +17,7 @@
 static dsla_status_t strmap_grow(dsla_tok_strmap_t *m) {
     size_t cap = m->slots ? (m->mask + 1) * 2 : 64;
     dsla_tok_slot_t *slots = malloc(cap * sizeof *slots);
-    if (!slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: vocabulary table");
+    if (!slots) return dsla_error_oom("tokenizer: vocabulary table");
     for (size_t i = 0; i < cap; i++)
         slots[i].id = -1;
     for (size_t i = 0; m->slots && i <= m->mask; i++) {
@@ -74,7 +74,7 @@ static size_t pair_hash(uint64_t key, size_t mask) {
 static dsla_status_t pairmap_grow(dsla_tok_pairmap_t *m) {
     size_t cap = m->slots ? (m->mask + 1) * 2 : 64;
     dsla_tok_pair_t *slots = malloc(cap * sizeof *slots);
-    if (!slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: merge table");
+    if (!slots) return dsla_error_oom("tokenizer: merge table");
     for (size_t i = 0; i < cap; i++)
         slots[i].key = UINT64_MAX;
     for (size_t i = 0; m->slots && i <= m->mask; i++) {
@@ -125,7 +125,7 @@ dsla_status_t dsla_tok_ids_push(dsla_tok_ids_t *ids, int32_t id) {
     if (ids->n == ids->cap) {
         size_t cap = ids->cap ? ids->cap * 2 : 64;
         int32_t *v = realloc(ids->v, cap * sizeof *v);
-        if (!v) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: %zu ids", cap);
+        if (!v) return dsla_error_oom("tokenizer: %zu ids", cap);
         ids->v = v;
         ids->cap = cap;
     }
@@ -145,7 +145,7 @@ dsla_status_t dsla_tok_alloc_tables(dsla_tokenizer_t *t, int32_t n) {
     t->dec_len = calloc(un, sizeof *t->dec_len);
     t->dec_is_byte = calloc(un, 1);
     if (!t->piece || !t->piece_len || !t->special || !t->dec || !t->dec_len || !t->dec_is_byte)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: tables for %d tokens", n);
+        return dsla_error_oom("tokenizer: tables for %d tokens", n);
     for (int32_t i = 0; i < n; i++)
         t->piece[i] = t->dec[i] = "";
     return DSLA_OK;
@@ -238,7 +238,7 @@ dsla_status_t dsla_tok_bpe_merge(const dsla_tokenizer_t *t, dsla_tok_ids_t *ids,
     if (!sym || !heap) {
         free(sym);
         free(heap);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: merging %zu symbols", n);
+        return dsla_error_oom("tokenizer: merging %zu symbols", n);
     }
     for (size_t i = 0; i < n; i++)
         sym[i] = (symbol_t){ids->v[from + i], (int32_t)i - 1, i + 1 < n ? (int32_t)i + 1 : -1};
@@ -323,7 +323,7 @@ static dsla_status_t read_file(const char *path, unsigned char **data, size_t *s
             if (!nb) {
                 free(buf);
                 fclose(f);
-                return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer %s: reading", path);
+                return dsla_error_oom("tokenizer %s: reading", path);
             }
             buf = nb;
         }
@@ -361,7 +361,7 @@ dsla_status_t dsla_tokenizer_load(dsla_tokenizer_t **out, const char *path) {
     dsla_tokenizer_t *t = tokenizer_new();
     if (!t) {
         free(data);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer %s", path);
+        return dsla_error_oom("tokenizer %s", path);
     }
     size_t i = 0;
     while (i < size && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r'))
@@ -478,14 +478,14 @@ dsla_status_t dsla_tokenizer_load_dir(dsla_tokenizer_t **out, const char *model_
                                   model_dir);
         }
     }
-    if (!path) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: path");
+    if (!path) return dsla_error_oom("tokenizer: path");
     dsla_tokenizer_t *t = NULL;
     dsla_status_t s = dsla_tokenizer_load(&t, path);
     free(path);
     if (s != DSLA_OK) return s;
     char *cfg = join_path(model_dir, "tokenizer_config.json");
     if (!cfg)
-        s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: path");
+        s = dsla_error_oom("tokenizer: path");
     else if (file_exists(cfg))
         s = apply_config(t, cfg);
     free(cfg);
@@ -609,7 +609,7 @@ static dsla_status_t out_put(dsla_detokenizer_t *d, const void *p, size_t n) {
         while (d->out_len + n + 1 > cap)
             cap *= 2;
         char *o = realloc(d->out, cap);
-        if (!o) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "detokenizer: %zu bytes", cap);
+        if (!o) return dsla_error_oom("detokenizer: %zu bytes", cap);
         d->out = o;
         d->out_cap = cap;
     }
@@ -715,7 +715,7 @@ dsla_status_t dsla_tokenizer_decode(const dsla_tokenizer_t *t, const int32_t *id
 dsla_status_t dsla_detokenizer_create(dsla_detokenizer_t **out, const dsla_tokenizer_t *t) {
     if (!out || !t) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "detokenizer: NULL argument");
     dsla_detokenizer_t *d = malloc(sizeof *d);
-    if (!d) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "detokenizer");
+    if (!d) return dsla_error_oom("detokenizer");
     dsla_status_t s = detok_init(d, t, true);
     if (s != DSLA_OK) {
         free(d);

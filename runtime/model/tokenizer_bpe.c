@@ -84,7 +84,7 @@ static dsla_status_t sbuf_put(sbuf_t *b, const void *p, size_t n) {
         while (b->len + n + 1 > cap)
             cap *= 2;
         char *np = realloc(b->p, cap);
-        if (!np) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: %zu bytes", cap);
+        if (!np) return dsla_error_oom("tokenizer: %zu bytes", cap);
         b->p = np;
         b->cap = cap;
     }
@@ -186,7 +186,7 @@ static dsla_status_t add_norm(dsla_tok_hf_t *hf, norm_t n) {
     if (!v) {
         free(n.from);
         free(n.to);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: normalizers");
+        return dsla_error_oom("tokenizer: normalizers");
     }
     hf->norms = v;
     hf->norms[hf->n_norms++] = n;
@@ -210,7 +210,7 @@ static dsla_status_t parse_normalizer(dsla_tok_hf_t *hf, json_t *n, const char *
         const char *p = json_string_value(json_object_get(n, "prepend"));
         if (!p) return dsla_error(DSLA_ERR_FORMAT, "tokenizer %s: Prepend has no string", path);
         char *to = dup_str(p);
-        if (!to) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer");
+        if (!to) return dsla_error_oom("tokenizer");
         return add_norm(hf, (norm_t){NORM_PREPEND, NULL, to});
     }
     if (strcmp(type, "Replace") == 0) {
@@ -227,7 +227,7 @@ static dsla_status_t parse_normalizer(dsla_tok_hf_t *hf, json_t *n, const char *
         if (!nm.from || !nm.to) {
             free(nm.from);
             free(nm.to);
-            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer");
+            return dsla_error_oom("tokenizer");
         }
         return add_norm(hf, nm);
     }
@@ -240,7 +240,7 @@ static dsla_status_t add_pre(dsla_tok_hf_t *hf, pre_t p) {
     if (!v) {
         pcre2_code_free(p.re);
         free(p.replacement);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: pre-tokenizers");
+        return dsla_error_oom("tokenizer: pre-tokenizers");
     }
     hf->pres = v;
     hf->pres[hf->n_pres++] = p;
@@ -271,7 +271,7 @@ static dsla_status_t parse_metaspace(json_t *n, pre_t *p, const char *path) {
                           path, scheme);
     p->split = bool_field(n, "split", true);
     p->replacement = dup_str(rep);
-    return p->replacement ? DSLA_OK : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer");
+    return p->replacement ? DSLA_OK : dsla_error_oom("tokenizer");
 }
 
 static dsla_status_t parse_pre_tokenizer(dsla_tok_hf_t *hf, json_t *n, const char *path) {
@@ -343,7 +343,7 @@ typedef struct {
 static dsla_status_t decoder_steps(json_t *d, json_t ***steps, size_t *n, const char *path) {
     if (strcmp(type_of(d), "Sequence") != 0) {
         *steps = malloc(sizeof **steps);
-        if (!*steps) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer");
+        if (!*steps) return dsla_error_oom("tokenizer");
         (*steps)[0] = d;
         *n = 1;
         return DSLA_OK;
@@ -353,7 +353,7 @@ static dsla_status_t decoder_steps(json_t *d, json_t ***steps, size_t *n, const 
         return dsla_error(DSLA_ERR_FORMAT, "tokenizer %s: decoder Sequence has no list", path);
     *n = json_array_size(list);
     *steps = malloc((*n + 1) * sizeof **steps);
-    if (!*steps) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer");
+    if (!*steps) return dsla_error_oom("tokenizer");
     for (size_t i = 0; i < *n; i++) {
         (*steps)[i] = json_array_get(list, i);
         if (strcmp(type_of((*steps)[i]), "Sequence") == 0)
@@ -478,7 +478,7 @@ static dsla_status_t build_decoder(dsla_tokenizer_t *t, json_t *d, const char *p
         u2b[b2u[b]] = (int16_t)b;
     sbuf_t arena = {0};
     size_t *off = malloc(((size_t)t->n_vocab + 1) * sizeof *off);
-    if (!off && s == DSLA_OK) s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer");
+    if (!off && s == DSLA_OK) s = dsla_error_oom("tokenizer");
     for (int32_t i = 0; i < t->n_vocab && s == DSLA_OK; i++) {
         bool is_byte = false;
         off[i] = arena.len;
@@ -539,7 +539,7 @@ static dsla_status_t load_vocab(dsla_tokenizer_t *t, json_t *vocab, json_t *adde
     if (max_id < 0) return dsla_error(DSLA_ERR_FORMAT, "tokenizer %s: empty vocabulary", path);
     DSLA_TRY(dsla_tok_alloc_tables(t, max_id + 1));
     t->arena = malloc(total + 1);
-    if (!t->arena) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer %s", path);
+    if (!t->arena) return dsla_error_oom("tokenizer %s", path);
     size_t at = 0;
     json_object_foreach(vocab, key, v) {
         int32_t id = (int32_t)json_integer_value(v);
@@ -585,7 +585,7 @@ static dsla_status_t load_added(dsla_tokenizer_t *t, json_t *added) {
     size_t n = json_array_size(added);
     if (n == 0) return DSLA_OK;
     hf->added = calloc(n, sizeof *hf->added);
-    if (!hf->added) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: added tokens");
+    if (!hf->added) return dsla_error_oom("tokenizer: added tokens");
     size_t i;
     json_t *v;
     json_array_foreach(added, i, v) {
@@ -594,7 +594,7 @@ static dsla_status_t load_added(dsla_tokenizer_t *t, json_t *added) {
         size_t len = strlen(content);
         if (len == 0) continue;
         char *copy = dup_str(content); /* the JSON is freed once loaded */
-        if (!copy) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: added tokens");
+        if (!copy) return dsla_error_oom("tokenizer: added tokens");
         hf->added[hf->n_added++] = (added_t){id,
                                              copy,
                                              len,
@@ -699,7 +699,7 @@ static void find_bos_eos(dsla_tokenizer_t *t, json_t *post) {
 
 dsla_status_t dsla_tok_hf_parse(dsla_tokenizer_t *t, json_t *root, const char *path) {
     t->hf = calloc(1, sizeof *t->hf);
-    if (!t->hf) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer %s", path);
+    if (!t->hf) return dsla_error_oom("tokenizer %s", path);
     dsla_tok_hf_t *hf = t->hf;
     json_t *model = json_object_get(root, "model");
     if (!json_is_object(model))
@@ -789,7 +789,7 @@ static dsla_status_t plist_add(plist_t *l, const char *s, size_t n, bool origin)
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
         span_t *sp = realloc(l->sp, cap * sizeof *sp);
-        if (!sp) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: pieces");
+        if (!sp) return dsla_error_oom("tokenizer: pieces");
         l->sp = sp;
         l->cap = cap;
     }
@@ -830,7 +830,7 @@ static dsla_status_t find_matches(const pcre2_code *re, pcre2_match_data *md, co
         if (out->n == out->cap) {
             size_t cap = out->cap ? out->cap * 2 : 64;
             range_t *v = realloc(out->v, cap * sizeof *v);
-            if (!v) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: matches");
+            if (!v) return dsla_error_oom("tokenizer: matches");
             out->v = v;
             out->cap = cap;
         }
@@ -879,7 +879,7 @@ static dsla_status_t literal_matches(const char *s, size_t n, const char *lit, r
         if (out->n == out->cap) {
             size_t cap = out->cap ? out->cap * 2 : 64;
             range_t *v = realloc(out->v, cap * sizeof *v);
-            if (!v) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: matches");
+            if (!v) return dsla_error_oom("tokenizer: matches");
             out->v = v;
             out->cap = cap;
         }
@@ -1059,7 +1059,7 @@ dsla_status_t dsla_tok_hf_encode(const dsla_tokenizer_t *t, const char *text, si
                                  dsla_tok_ids_t *ids) {
     work_t w = {0};
     w.md = pcre2_match_data_create(1, NULL);
-    if (!w.md) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer: match data");
+    if (!w.md) return dsla_error_oom("tokenizer: match data");
     dsla_status_t s = DSLA_OK;
     size_t seg = 0;
     while (s == DSLA_OK) {

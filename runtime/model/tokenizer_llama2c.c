@@ -108,8 +108,7 @@ dsla_status_t dsla_tok_llama2c_parse(dsla_tokenizer_t *t, const unsigned char *d
     DSLA_TRY(dsla_tok_alloc_tables(t, (int32_t)count));
     t->arena = malloc(total + 1);
     t->scores = malloc(count * sizeof *t->scores);
-    if (!t->arena || !t->scores)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer %s: %zu tokens", path, count);
+    if (!t->arena || !t->scores) return dsla_error_oom("tokenizer %s: %zu tokens", path, count);
     off = 4;
     size_t at = 0;
     for (size_t i = 0; i < count; i++) {
@@ -249,7 +248,7 @@ static dsla_status_t collect_merges(const dsla_tokenizer_t *t, json_build_t *b) 
             if (b->n_merges == b->cap_merges) {
                 size_t cap = b->cap_merges ? b->cap_merges * 2 : 1024;
                 json_merge_t *m = realloc(b->merges, cap * sizeof *m);
-                if (!m) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer save: merges");
+                if (!m) return dsla_error_oom("tokenizer save: merges");
                 b->merges = m;
                 b->cap_merges = cap;
             }
@@ -341,12 +340,11 @@ dsla_status_t dsla_tok_llama2c_save_json(const dsla_tokenizer_t *t, const char *
     dsla_status_t s = DSLA_OK;
     b.pieces = calloc((size_t)n, sizeof *b.pieces);
     b.lens = calloc((size_t)n, sizeof *b.lens);
-    if (!b.pieces || !b.lens)
-        s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer save: %d tokens", n);
+    if (!b.pieces || !b.lens) s = dsla_error_oom("tokenizer save: %d tokens", n);
     for (int32_t i = 0; i < n && s == DSLA_OK; i++) {
         b.pieces[i] = hf_piece(t, i, &b.lens[i]);
         if (!b.pieces[i]) {
-            s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "tokenizer save: token %d", i);
+            s = dsla_error_oom("tokenizer save: token %d", i);
         } else if (b.lens[i] == 0 || strlen(b.pieces[i]) != b.lens[i] ||
                    dsla_tok_utf8_validate((const unsigned char *)b.pieces[i], b.lens[i]) !=
                        b.lens[i]) {

@@ -82,7 +82,7 @@ dsla_status_t dsla_serve_backend_cpu_create(dsla_serve_backend_t **out, dsla_mod
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "cpu backend: max_items %d must be >= 1",
                           max_items);
     cpu_backend_t *c = calloc(1, sizeof *c);
-    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cpu backend: out of memory");
+    if (!c) return dsla_error_oom("cpu backend");
     const dsla_model_config_t *mc = dsla_model_config(model);
     c->base = (dsla_serve_backend_t){
         .ops = &cpu_ops,
@@ -99,8 +99,7 @@ dsla_status_t dsla_serve_backend_cpu_create(dsla_serve_backend_t **out, dsla_mod
     if (s == DSLA_OK) {
         c->items = calloc((size_t)max_items, sizeof *c->items);
         c->slot_ptrs = calloc((size_t)mc->num_layers, sizeof *c->slot_ptrs);
-        if (!c->items || !c->slot_ptrs)
-            s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cpu backend: out of memory");
+        if (!c->items || !c->slot_ptrs) s = dsla_error_oom("cpu backend");
     }
     if (s != DSLA_OK) {
         cpu_destroy(&c->base);

@@ -34,10 +34,6 @@ typedef struct {
     float *rows;                    /* [max_items][vocab] host */
 } cuda_backend_t;
 
-static int blocks_for(int tokens) {
-    return (tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
-}
-
 size_t dsla_serve_cuda_slot_bytes(const dsla_model_config_t *cfg) {
     return 2 * (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim *
            sizeof(float);
@@ -71,7 +67,7 @@ static dsla_status_t cuda_seq_create(dsla_serve_backend_t *b, const dsla_plan_t 
         c->state_ptrs[l] =
             kinds[l] == DSLA_LAYER_DSLA ? dsla_state_pool_slot(b->states, slots[k++]) : NULL;
     cuda_seq_t *s = calloc(1, sizeof *s);
-    if (!s) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+    if (!s) return dsla_error_oom("cuda backend");
     dsla_status_t st = dsla_cuda_seq_create_in_states(&s->seq, c->kv, kinds, c->state_ptrs);
     if (st != DSLA_OK) {
         free(s);
@@ -98,7 +94,7 @@ static int cuda_seq_blocks_needed(const dsla_serve_backend_t *b, const dsla_serv
     (void)b;
     const cuda_seq_t *s = (const cuda_seq_t *)ss;
     const int len = dsla_cuda_seq_length(s->seq);
-    return s->attn * (blocks_for(len + n_tokens) - blocks_for(len));
+    return s->attn * (dsla_kv_blocks_for(len + n_tokens) - dsla_kv_blocks_for(len));
 }
 
 static int cuda_free_blocks(const dsla_serve_backend_t *b) {
@@ -189,7 +185,7 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
                           "and max_context %d >= 1",
                           o->kv_blocks, o->state_slots, o->max_seqs, o->max_context);
     cuda_backend_t *c = calloc(1, sizeof *c);
-    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+    if (!c) return dsla_error_oom("cuda backend");
     c->base = (dsla_serve_backend_t){
         .ops = &cuda_ops,
         .cfg = mc,
@@ -210,7 +206,7 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
     dsla_status_t s =
         c->held && c->held_plan && c->state_ptrs && c->citems && c->group && c->done && c->rows
             ? DSLA_OK
-            : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "cuda backend: out of memory");
+            : dsla_error_oom("cuda backend");
     if (s == DSLA_OK)
         s = dsla_cuda_kv_create(&c->kv, model, o->kv_dtype, o->kv_blocks, o->max_seqs);
     if (s == DSLA_OK && o->state_slots > 0)
@@ -235,7 +231,7 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
     const size_t block = dsla_cuda_kv_block_bytes(m, o->kv_dtype);
     const size_t slot = dsla_serve_cuda_slot_bytes(mc);
     const size_t slots = (size_t)d->max_running * (size_t)L;
-    const size_t full_context = (size_t)L * (size_t)blocks_for(o->max_context) * block;
+    const size_t full_context = (size_t)L * (size_t)dsla_kv_blocks_for(o->max_context) * block;
     size_t avail = free_b > d->margin_bytes ? free_b - d->margin_bytes : 0;
     if (avail < slots * slot + full_context)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
@@ -247,7 +243,8 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
                           (double)full_context / (1u << 20));
     avail -= slots * slot;
     size_t blocks = avail / block;
-    const size_t most = (size_t)d->max_running * (size_t)L * (size_t)blocks_for(o->max_context);
+    const size_t most =
+        (size_t)d->max_running * (size_t)L * (size_t)dsla_kv_blocks_for(o->max_context);
     if (blocks > most) blocks = most;
     if (blocks > 0x7fffffff) blocks = 0x7fffffff;
     o->kv_blocks = (int)blocks;

@@ -2,10 +2,12 @@
  * scheduling lives in scheduler.c. */
 #include "runtime/serve/engine.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "runtime/core/clock.h"
 #include "runtime/serve/engine_internal.h"
 
 /* Defaults of dsla_engine_config_t: a batch wide enough to keep a CPU or GPU busy on decode, a step
@@ -32,17 +34,11 @@ dsla_engine_config_t dsla_engine_config_default(void) {
 
 static double monotonic_seconds(void *user) {
     (void)user;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return dsla_clock_seconds();
 }
 
 double dsla_engine_now(const dsla_engine_t *e) {
     return e->cfg.clock(e->cfg.clock_user);
-}
-
-static int blocks_for(long tokens) {
-    return (int)((tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
 }
 
 static dsla_status_t check_config(const dsla_engine_config_t *c) {
@@ -69,7 +65,8 @@ static dsla_status_t check_config(const dsla_engine_config_t *c) {
 
 /* kv_blocks 0: max_running full contexts over every layer, capped at the default byte budget. */
 static int default_kv_blocks(const dsla_model_config_t *mc, int max_running) {
-    size_t per_seq = (size_t)mc->num_layers * (size_t)blocks_for(mc->max_position_embeddings);
+    size_t per_seq =
+        (size_t)mc->num_layers * (size_t)dsla_kv_blocks_for(mc->max_position_embeddings);
     size_t block_bytes =
         2 * DSLA_KV_BLOCK_TOKENS * (size_t)mc->num_kv_heads * (size_t)mc->head_dim * sizeof(float);
     size_t blocks = per_seq * (size_t)max_running;
@@ -94,8 +91,7 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
     e->order = calloc(n, sizeof *e->order);
     e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
     if (!e->running || !e->items || !e->item_req || !e->order || !e->logits)
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory for %d sequences",
-                          e->cfg.max_running);
+        return dsla_error_oom("engine: %d sequences", e->cfg.max_running);
     e->states = e->backend->states;
     e->cfg.kv_blocks = e->backend->kv_blocks;
     e->cfg.state_slots = dsla_state_pool_num_slots(e->states);
@@ -111,7 +107,7 @@ static dsla_status_t engine_new(dsla_engine_t **out, const dsla_engine_config_t 
     DSLA_TRY(check_config(c));
     if (!c->clock) c->clock = monotonic_seconds;
     *out = calloc(1, sizeof **out);
-    if (!*out) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory");
+    if (!*out) return dsla_error_oom("engine");
     return DSLA_OK;
 }
 
@@ -274,6 +270,9 @@ static dsla_usage_t usage_of(const request_t *r) {
 
 void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_finish_reason_t reason,
                          dsla_status_t status) {
+    /* The failure's message is this thread's last one; copied before anything can overwrite it. */
+    char message[DSLA_ERROR_MESSAGE_MAX] = "";
+    if (status != DSLA_OK) snprintf(message, sizeof message, "%s", dsla_last_error());
     dsla_stream_event_t ev = {
         .request_id = r->id,
         .token = token,
@@ -282,6 +281,7 @@ void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_fin
         .finished = true,
         .finish = reason,
         .status = status,
+        .message = message,
         .usage = usage_of(r),
     };
     e->m.requests_finished++;
@@ -348,7 +348,7 @@ static dsla_status_t take_prompt(dsla_engine_t *e, request_t *r, const dsla_requ
                        p->max_tokens, context, n);
     if (s == DSLA_OK) {
         r->tokens = malloc((n + (size_t)p->max_tokens) * sizeof *r->tokens);
-        if (!r->tokens) s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
+        if (!r->tokens) s = dsla_error_oom("request");
     }
     if (s == DSLA_OK) {
         memcpy(r->tokens, p->prompt_ids ? p->prompt_ids : ids, n * sizeof *r->tokens);
@@ -368,7 +368,7 @@ static dsla_status_t check_fits(const dsla_engine_t *e, const request_t *r) {
     const dsla_plan_t *plan = admission_plan(e);
     int attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
     long tokens = (long)r->n_prompt + r->max_tokens;
-    long blocks = (long)attn * blocks_for(tokens);
+    long blocks = (long)attn * dsla_kv_blocks_for(tokens);
     if (blocks > e->cfg.kv_blocks)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "request: %ld tokens over %d attention layers need %ld KV blocks; the "
@@ -395,7 +395,7 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           e->waiting_tokens, r->n_prompt, e->cfg.max_queued_tokens);
     DSLA_TRY(check_fits(e, r));
     r->slots = malloc((size_t)e->mcfg->num_layers * sizeof *r->slots);
-    if (!r->slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
+    if (!r->slots) return dsla_error_oom("request");
     DSLA_TRY(dsla_sampler_create(&r->sampler, &p->sampling, e->mcfg->vocab_size));
     DSLA_TRY(dsla_stop_matcher_create(&r->stops, p->stop, p->n_stop));
     if (e->tokenizer) {
@@ -417,7 +417,7 @@ dsla_status_t dsla_engine_submit(dsla_engine_t *e, const dsla_request_params_t *
                                  uint64_t *id_out) {
     if (id_out) *id_out = 0;
     request_t *r = calloc(1, sizeof *r);
-    if (!r) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
+    if (!r) return dsla_error_oom("request");
     dsla_status_t s = request_setup(e, r, params);
     if (s != DSLA_OK) {
         e->m.requests_rejected++;

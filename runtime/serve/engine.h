@@ -88,6 +88,10 @@ typedef struct {
     bool finished;
     dsla_finish_reason_t finish; /* when finished and status is OK */
     dsla_status_t status;        /* OK, or why the engine gave up on the request */
+    /* When finished and status is not OK: the engine's sentence for it, naming the field, the
+     * limit and the value, for the client unchanged (valid during the callback); unset on other
+     * events */
+    const char *message;
     dsla_usage_t usage;
 } dsla_stream_event_t;
 

@@ -24,7 +24,7 @@ dsla_status_t dsla_layer_ref_create(dsla_layer_ref_t **out, dsla_dsla_layer_t **
     if (!layer || !*layer)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "layer version: no DSLA layer given");
     dsla_layer_ref_t *r = calloc(1, sizeof *r);
-    if (!r) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "layer version: out of memory");
+    if (!r) return dsla_error_oom("layer version");
     r->refs = 1;
     r->layer = *layer;
     *layer = NULL;
@@ -56,7 +56,7 @@ dsla_status_t dsla_plan_create(dsla_plan_t **out, int num_layers) {
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "plan: num_layers %d must be at least 1",
                           num_layers);
     dsla_plan_t *p = calloc(1, sizeof *p);
-    if (!p) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "plan: out of memory");
+    if (!p) return dsla_error_oom("plan");
     p->refs = 1;
     p->num_layers = num_layers;
     p->kinds = calloc((size_t)num_layers, sizeof *p->kinds);
@@ -64,7 +64,7 @@ dsla_status_t dsla_plan_create(dsla_plan_t **out, int num_layers) {
     p->versions = calloc((size_t)num_layers, sizeof *p->versions);
     if (!p->kinds || !p->layers || !p->versions) {
         dsla_plan_release(&p);
-        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "plan: out of memory for %d layers", num_layers);
+        return dsla_error_oom("plan: %d layers", num_layers);
     }
     *out = p;
     return DSLA_OK;

@@ -18,10 +18,6 @@ typedef struct {
     int n_items;
 } step_plan_t;
 
-static int blocks_for(long tokens) {
-    return (int)((tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
-}
-
 static int free_blocks(const dsla_engine_t *e, const step_plan_t *sp) {
     return e->backend->ops->free_blocks(e->backend) - sp->blocks;
 }
@@ -165,7 +161,7 @@ static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
         int n = total < e->cfg.prefill_chunk ? total : e->cfg.prefill_chunk;
         if (n > sp->budget) return;
         int room = total + 1 <= r->n_prompt + r->max_tokens ? total + 1 : total;
-        int need_all = attn * blocks_for(room);
+        int need_all = attn * dsla_kv_blocks_for(room);
         if (need_all > e->cfg.kv_blocks || slots > e->cfg.state_slots) {
             /* The plan changed since submission and the request can never fit under it. */
             dsla_engine_waiting_remove(e, r);
@@ -190,12 +186,6 @@ static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
         schedule_item(e, sp, r, n, now);
         if (n < total) promised += need_all - now;
     }
-}
-
-static bool is_eos(const dsla_engine_t *e, int32_t id) {
-    for (int i = 0; i < e->mcfg->num_eos_token_ids; i++)
-        if (e->mcfg->eos_token_ids[i] == id) return true;
-    return e->tokenizer && id == dsla_tokenizer_eos_id(e->tokenizer);
 }
 
 static void text_append(request_t *r, const char *s, size_t len) {
@@ -234,7 +224,7 @@ static void observe_token(dsla_engine_t *e, request_t *r, double now) {
 static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
     observe_token(e, r, now);
     r->text_len = 0;
-    const bool eos = !r->ignore_eos && is_eos(e, id);
+    const bool eos = !r->ignore_eos && dsla_token_ends_stream(e->mcfg, e->tokenizer, id);
     const char *piece = ""; /* no detokenizer: no text */
     size_t len = 0;
     if (!eos) {

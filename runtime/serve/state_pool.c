@@ -23,7 +23,7 @@ static dsla_status_t pool_create(dsla_state_pool_t **out, const dsla_model_confi
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "state pool: num_slots %d must not be negative", num_slots);
     dsla_state_pool_t *p = calloc(1, sizeof *p);
-    if (!p) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "state pool: out of memory");
+    if (!p) return dsla_error_oom("state pool");
     p->num_slots = num_slots;
     p->slot_floats = 2 * (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim;
     if (num_slots > 0) {
@@ -33,9 +33,7 @@ static dsla_status_t pool_create(dsla_state_pool_t **out, const dsla_model_confi
         if (!p->data || !p->free_stack) {
             const size_t slot_bytes = p->slot_floats * sizeof(float);
             dsla_state_pool_destroy(&p);
-            return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
-                              "state pool: out of memory for %d slots of %zu bytes", num_slots,
-                              slot_bytes);
+            return dsla_error_oom("state pool: %d slots of %zu bytes", num_slots, slot_bytes);
         }
     }
     for (int i = 0; i < num_slots; i++)

@@ -94,7 +94,7 @@ typedef struct {
 
 static void check_attention_case(const attn_case_t *tc) {
     const int ctx = tc->past + tc->n_new, width = tc->Hkv * tc->d, qw = tc->H * tc->d;
-    const int blocks = (ctx + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    const int blocks = dsla_kv_blocks_for(ctx);
     const size_t pool_n = (size_t)blocks * DSLA_KV_BLOCK_TOKENS * width;
     float *k = malloc(pool_n * sizeof *k), *v = malloc(pool_n * sizeof *v);
     uint16_t *kb = malloc(pool_n * 2), *vb = malloc(pool_n * 2);

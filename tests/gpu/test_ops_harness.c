@@ -17,6 +17,7 @@
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
 #include "kernels/kernels_cuda_dsla.h"
+#include "runtime/core/random.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/safetensors.h"
 #include "runtime/model/sampler.h"
@@ -399,7 +400,7 @@ typedef struct {
 
 static kv_host_t kv_random(int n_seqs, int max_context, int width) {
     kv_host_t kv;
-    kv.table_stride = (max_context + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    kv.table_stride = dsla_kv_blocks_for(max_context);
     kv.blocks = n_seqs * kv.table_stride;
     kv.width = width;
     const size_t floats = (size_t)kv.blocks * DSLA_KV_BLOCK_TOKENS * width;
@@ -597,17 +598,10 @@ static double run_argmax(const row_t *r) {
 
 /* The first uniform a dsla_sampler seeded with seed draws (sampler.c: splitmix64 seeding,
  * xoshiro256**, 53 bits), so the GPU gets the very number the CPU sampler uses. */
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static double sampler_first_uniform(uint64_t seed) {
     uint64_t s[4], x = seed;
     for (int i = 0; i < 4; i++)
-        s[i] = splitmix64(&x);
+        s[i] = dsla_splitmix64(&x);
     const uint64_t m = s[1] * 5;
     const uint64_t result = ((m << 7) | (m >> 57)) * 9;
     return (double)(result >> 11) * (1.0 / 9007199254740992.0);
@@ -1154,7 +1148,7 @@ static void gpu_model_init(gpu_model_t *g, const dsla_model_t *m, int max_tokens
                             &g->w_gate_up, &g->w_down, &g->k,  &g->v};
     for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++)
         *per_layer[i] = calloc((size_t)L, sizeof(float *));
-    const int blocks = (max_context + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    const int blocks = dsla_kv_blocks_for(max_context);
     for (int l = 0; l < L; l++) {
         const dsla_llama_layer_t *w = dsla_model_layer(m, l);
         g->attn_norm[l] = upload(w->attn_norm, (size_t)D);

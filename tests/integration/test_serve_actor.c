@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "proto/dsla_client.h"
+#include "runtime/core/clock.h"
 #include "tests/serverutil.h"
 
 /* HEARTBEAT_MS makes the liveness tests fast; requests that must succeed use the slower
@@ -153,12 +154,6 @@ static void test_invalid_request(void **state) {
     free(model);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* (d) kill -9 of the server mid-stream: UNAVAILABLE within the liveness window, never a hang. */
 static void test_server_killed_mid_stream(void **state) {
     (void)state;
@@ -174,9 +169,9 @@ static void test_server_killed_mid_stream(void **state) {
     dsla_test_collected_t *got = calloc(1, sizeof *got);
     got->kill_on_first = srv.pid;
     dsla_client_result_t r;
-    double t0 = now_s();
+    double t0 = dsla_clock_seconds();
     dsla_proto_code_t code = dsla_client_generate(c, &req, dsla_test_collect, got, 10000, &r);
-    double took = now_s() - t0;
+    double took = dsla_clock_seconds() - t0;
     assert_int_equal(code, DSLA_CODE_UNAVAILABLE);
     assert_true(got->n >= 1 && got->n < 1900);
     assert_true(took < HEARTBEAT_MS * 1e-3 * DSLA_CLIENT_LIVENESS * 5);
@@ -194,9 +189,9 @@ static void test_no_server(void **state) {
     assert_int_equal(dsla_client_connect(&c, "tcp://127.0.0.1:9", &opt), DSLA_OK);
     dsla_proto_generate_t req = {.prompt = "Once", .prompt_len = 4, .max_tokens = 4};
     dsla_client_result_t r;
-    double t0 = now_s();
+    double t0 = dsla_clock_seconds();
     assert_int_equal(dsla_client_generate(c, &req, NULL, NULL, 10000, &r), DSLA_CODE_UNAVAILABLE);
-    double took = now_s() - t0;
+    double took = dsla_clock_seconds() - t0;
     assert_true(took >= 2 * HEARTBEAT_MS * 1e-3 * DSLA_CLIENT_LIVENESS * 0.9 && took < 5.0);
     assert_non_null(strstr(r.message, "127.0.0.1:9"));
     /* a deadline shorter than the liveness window wins */

@@ -30,6 +30,7 @@ typedef struct {
     bool finished;
     dsla_finish_reason_t finish;
     dsla_status_t status;
+    char message[DSLA_ERROR_MESSAGE_MAX]; /* the engine's sentence when status is not OK */
     dsla_usage_t usage;
     int cancel_after; /* > 0: the callback cancels after this many tokens */
 } harness_stream_t;
@@ -52,6 +53,7 @@ static inline int harness_on_event(void *user, const dsla_stream_event_t *ev) {
         s->finished = true;
         s->finish = ev->finish;
         s->status = ev->status;
+        if (ev->status != DSLA_OK) snprintf(s->message, sizeof s->message, "%s", ev->message);
     }
     return s->cancel_after > 0 && s->n >= s->cancel_after;
 }

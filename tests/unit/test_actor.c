@@ -14,6 +14,7 @@
 
 #include "proto/proto.h"
 #include "runtime/actor/actor.h"
+#include "runtime/core/clock.h"
 
 enum {
     PINGS = 1000,
@@ -25,18 +26,12 @@ enum {
     UNKNOWN_TYPE = 4242,
 };
 
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Polls until *v reaches target or WAIT_MS passes; returns whether it did. */
 static bool wait_for(atomic_int *v, int target) {
-    uint64_t deadline = now_ms() + WAIT_MS;
+    uint64_t deadline = dsla_clock_ms() + WAIT_MS;
     struct timespec tick = {0, 1000000};
     while (atomic_load(v) < target) {
-        if (now_ms() > deadline) return false;
+        if (dsla_clock_ms() > deadline) return false;
         nanosleep(&tick, NULL);
     }
     return true;
@@ -102,7 +97,7 @@ static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
     if (alive) {
         atomic_fetch_add(&s->alive, 1);
     } else {
-        atomic_store(&s->dead_at_ms, now_ms());
+        atomic_store(&s->dead_at_ms, dsla_clock_ms());
         atomic_fetch_add(&s->dead, 1);
     }
 }
@@ -273,7 +268,7 @@ static void heartbeat_death(bool kill_server) {
     snprintf(endpoint, sizeof endpoint, "%s", dsla_actor_endpoint(b, 0));
     seen_t *survivor = kill_server ? &sa : &sb;
     int dead_before = atomic_load(&survivor->dead);
-    uint64_t t0 = now_ms();
+    uint64_t t0 = dsla_clock_ms();
     dsla_actor_destroy(kill_server ? &b : &a);
     assert_true(wait_for(&survivor->dead, dead_before + 1));
     uint64_t waited = atomic_load(&survivor->dead_at_ms) - t0;

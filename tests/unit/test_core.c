@@ -16,6 +16,36 @@ static void test_error_message_and_wrap(void **state) {
     assert_int_equal(s, DSLA_ERR_FORMAT);
     assert_string_equal(dsla_last_error(), "loading m.safetensors: tensor w: offset 7");
     assert_string_equal(dsla_status_name(DSLA_ERR_RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+    assert_string_equal(dsla_status_name(DSLA_ERR_UNAVAILABLE), "UNAVAILABLE");
+    assert_string_equal(dsla_status_name(12345), "UNKNOWN");
+}
+
+/* One table: a client code travels as itself, a local refinement as the code its row names. */
+static void test_status_table(void **state) {
+    (void)state;
+    assert_int_equal(DSLA_ERR_DEADLINE_EXCEEDED, 4); /* gRPC's numbers, which the wire uses */
+    assert_int_equal(dsla_status_client_code(DSLA_ERR_UNAVAILABLE), DSLA_ERR_UNAVAILABLE);
+    assert_int_equal(dsla_status_client_code(DSLA_ERR_FORMAT), DSLA_ERR_INVALID_ARGUMENT);
+    assert_int_equal(dsla_status_client_code(DSLA_ERR_OUT_OF_MEMORY), DSLA_ERR_RESOURCE_EXHAUSTED);
+    assert_int_equal(dsla_status_client_code((dsla_status_t)777), DSLA_ERR_INTERNAL);
+    assert_true(dsla_status_is_client_code(DSLA_OK));
+    assert_true(dsla_status_is_client_code(DSLA_ERR_UNAUTHENTICATED));
+    assert_false(dsla_status_is_client_code(DSLA_ERR_IO));
+    assert_false(dsla_status_is_client_code(2));
+}
+
+/* One sentence shape for every failed allocation, cut to fit without losing its ending. */
+static void test_error_oom(void **state) {
+    (void)state;
+    assert_int_equal(dsla_error_oom("plan of %d layers", 12), DSLA_ERR_OUT_OF_MEMORY);
+    assert_string_equal(dsla_last_error(), "plan of 12 layers: out of memory");
+    char long_what[2 * DSLA_ERROR_MESSAGE_MAX];
+    memset(long_what, 'x', sizeof long_what - 1);
+    long_what[sizeof long_what - 1] = '\0';
+    dsla_error_oom("%s", long_what);
+    assert_int_equal(strlen(dsla_last_error()), DSLA_ERROR_MESSAGE_MAX - 1);
+    const char *m = dsla_last_error();
+    assert_string_equal(m + strlen(m) - strlen(": out of memory"), ": out of memory");
 }
 
 static void test_bf16_round_trip(void **state) {
@@ -66,6 +96,8 @@ static void test_tensor_create_destroy(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_error_message_and_wrap),
+        cmocka_unit_test(test_status_table),
+        cmocka_unit_test(test_error_oom),
         cmocka_unit_test(test_bf16_round_trip),
         cmocka_unit_test(test_f16_round_trip),
         cmocka_unit_test(test_tensor_create_destroy),

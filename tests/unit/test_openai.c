@@ -159,6 +159,18 @@ static void test_errors_from_codes(void **state) {
     assert_true(json_is_null(json_object_get(err, "param")));
     json_decref(j);
     free(body);
+    /* local statuses go by the client code they travel as, their message unchanged; no memory on
+     * this server is its own failure */
+    dsla_openai_error_from_code(DSLA_OPENAI_COMPLETION, DSLA_ERR_NOT_FOUND, "no such layer", &e);
+    assert_int_equal(e.status, 400);
+    assert_string_equal(e.message, "no such layer");
+    dsla_openai_error_from_code(DSLA_OPENAI_COMPLETION, DSLA_CODE_DEADLINE_EXCEEDED, "late", &e);
+    assert_int_equal(e.status, 504);
+    dsla_openai_error_from_status(DSLA_OPENAI_COMPLETION, dsla_error_oom("a prompt of 9 bytes"),
+                                  &e);
+    assert_int_equal(e.status, 500);
+    assert_string_equal(e.type, "server_error");
+    assert_string_equal(e.message, "a prompt of 9 bytes: out of memory");
 }
 
 static void test_responses(void **state) {

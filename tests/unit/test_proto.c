@@ -69,6 +69,27 @@ static void test_error_body_and_codes(void **state) {
     assert_int_equal(dsla_proto_code_from_status(DSLA_ERR_RESOURCE_EXHAUSTED),
                      DSLA_CODE_RESOURCE_EXHAUSTED);
     assert_int_equal(dsla_proto_code_from_status(DSLA_ERR_CANCELLED), DSLA_CODE_CANCELLED);
+    /* every client code goes to the wire and back as itself; local refinements fold */
+    static const dsla_status_t client[] = {DSLA_OK,
+                                           DSLA_ERR_CANCELLED,
+                                           DSLA_ERR_INVALID_ARGUMENT,
+                                           DSLA_ERR_DEADLINE_EXCEEDED,
+                                           DSLA_ERR_RESOURCE_EXHAUSTED,
+                                           DSLA_ERR_INTERNAL,
+                                           DSLA_ERR_UNAVAILABLE,
+                                           DSLA_ERR_UNAUTHENTICATED};
+    for (size_t i = 0; i < sizeof client / sizeof client[0]; i++) {
+        assert_int_equal(dsla_proto_status_from_code(dsla_proto_code_from_status(client[i])),
+                         client[i]);
+        assert_string_equal(dsla_proto_code_name(dsla_proto_code_from_status(client[i])),
+                            dsla_status_name(client[i]));
+    }
+    assert_int_equal(dsla_proto_code_from_status(DSLA_ERR_NOT_FOUND), DSLA_CODE_INVALID_ARGUMENT);
+    assert_int_equal(dsla_proto_code_from_status(DSLA_ERR_OUT_OF_MEMORY),
+                     DSLA_CODE_RESOURCE_EXHAUSTED);
+    assert_int_equal(dsla_proto_code_from_status(DSLA_ERR_IO), DSLA_CODE_INTERNAL);
+    assert_string_equal(dsla_proto_code_name(DSLA_ERR_NOT_FOUND), "UNKNOWN");
+    assert_int_equal(dsla_proto_status_from_code(999), DSLA_ERR_INTERNAL);
     assert_string_equal(dsla_proto_type_name(DSLA_MSG_ERROR), "ERROR");
     assert_null(dsla_proto_type_name(0));
     assert_null(dsla_proto_type_name(9999));

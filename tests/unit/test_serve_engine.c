@@ -321,6 +321,44 @@ static void test_matches_generate(void **state) {
     }
 }
 
+/* A request the engine gives up on after admission ends with an event that carries the engine's
+ * own sentence, which the serving actor sends to the client unchanged: here a waiting request
+ * that fit under a 5-DSLA plan, which the all-attention plan that replaced it cannot hold. */
+static void test_finish_with_error_carries_message(void **state) {
+    (void)state;
+    dsla_engine_config_t cfg = small_config();
+    enum { PROMPT = 20, OUT = 40 };
+    int blocks = dsla_kv_blocks_for(PROMPT + OUT);
+    cfg.kv_blocks = blocks; /* one attention layer's worth: none under the all-attention plan */
+    dsla_plan_t *all_dsla = harness_plan(model, ORDER, 5, 51);
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    harness_ok(dsla_engine_set_plan(e, all_dsla), "set plan");
+    harness_request_t q = {.n_prompt = PROMPT, .max_tokens = OUT, .ignore_eos = true};
+    for (int i = 0; i < PROMPT; i++)
+        q.prompt[i] = 3 + i;
+    harness_stream_t got = {0};
+    dsla_request_params_t p = harness_params(&q, &got);
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    dsla_plan_t *all_attn = NULL;
+    harness_ok(dsla_plan_create(&all_attn, dsla_model_config(model)->num_layers), "plan");
+    harness_ok(dsla_engine_set_plan(e, all_attn), "set the all-attention plan");
+    uint64_t attn_id = dsla_plan_id(dsla_engine_plan(e));
+    dsla_clear_error();
+    harness_drain(e, 100);
+    assert_true(got.finished);
+    assert_int_equal(got.status, DSLA_ERR_RESOURCE_EXHAUSTED);
+    char want[160];
+    snprintf(want, sizeof want,
+             "KV blocks and 0 state slots under plan %llu; the pools have %d and",
+             (unsigned long long)attn_id, blocks);
+    if (strncmp(got.message, "request needs ", 14) != 0 || !strstr(got.message, want))
+        fail_msg("message '%s' is not the engine's sentence ('%s')", got.message, want);
+    dsla_engine_destroy(&e);
+    dsla_plan_release(&all_dsla);
+    dsla_plan_release(&all_attn);
+}
+
 int main(void) {
     model_dir = dsla_test_data_or_skip("models/stories260K-hf/config.json");
     *strrchr(model_dir, '/') = '\0';
@@ -332,6 +370,7 @@ int main(void) {
         cmocka_unit_test(test_plan_change_mid_run),
         cmocka_unit_test(test_plan_change_under_pressure),
         cmocka_unit_test(test_matches_generate),
+        cmocka_unit_test(test_finish_with_error_carries_message),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     free(model_dir);
