@@ -1,5 +1,5 @@
 /* Load policies: the decision rules and their text form (policy.h). */
-#include "actors/policy.h"
+#include "runtime/control/policy.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -34,7 +34,7 @@ typedef struct {
     { #n, k, false, offsetof(dsla_policy_config_t, n), lo, hi }
 static const field_t fields[] = {
     F64_FIELD(max_ratio, K_ALL, 0.0, 1.0),
-    U32_FIELD(layers, K_MANUAL, 0, DSLA_PROTO_LAYERS_MAX),
+    U32_FIELD(layers, K_MANUAL, 0, DSLA_POLICY_LAYERS_MAX),
     U32_FIELD(queue_high, K_THRESHOLD, 1, 1000000),
     U32_FIELD(queue_low, K_THRESHOLD, 0, 1000000),
     U32_FIELD(wait_high_ms, K_THRESHOLD, 1, 86400000),
@@ -43,7 +43,7 @@ static const field_t fields[] = {
     F64_FIELD(tpot_ms, K_SLO, 0.0, 86400000.0),
     F64_FIELD(slack, K_SLO, 0.01, 0.99),
     U32_FIELD(cooldown_ms, K_THRESHOLD | K_SLO, 0, 86400000),
-    U32_FIELD(step, K_THRESHOLD | K_SLO, 1, DSLA_PROTO_LAYERS_MAX),
+    U32_FIELD(step, K_THRESHOLD | K_SLO, 1, DSLA_POLICY_LAYERS_MAX),
 };
 enum { N_FIELDS = sizeof fields / sizeof fields[0] };
 
@@ -90,7 +90,7 @@ static int clamp(int v, int lo, int hi) {
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-int dsla_policy_target(const dsla_policy_config_t *c, const dsla_proto_load_report_t *load,
+int dsla_policy_target(const dsla_policy_config_t *c, const dsla_policy_load_t *load,
                        const dsla_policy_state_t *state, char *why, size_t why_cap) {
     char scratch[8];
     if (!why) {
