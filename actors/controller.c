@@ -23,6 +23,8 @@ struct dsla_controller {
     dsla_ctl_writer_t *writer;
     dsla_ctl_core_t *core;
     uint32_t tick_ms;
+    /* lines a misbehaving peer can repeat once per message */
+    dsla_log_limit_t reply_warn, send_warn;
 };
 
 /* ---- the core's environment ---- */
@@ -58,14 +60,15 @@ static void env_persist(void *user, const dsla_ctl_write_t *w) {
 }
 
 /* An ERROR to a named peer, for answers that come after their handler returned. */
-static void send_error(dsla_actor_t *a, const char *to, uint64_t id, dsla_status_t st,
-                       const char *message) {
+static void send_error(dsla_controller_t *c, dsla_actor_t *a, const char *to, uint64_t id,
+                       dsla_status_t st, const char *message) {
     dsla_proto_error_t err = {.code = dsla_proto_code_from_status(st)};
     snprintf(err.message, sizeof err.message, "%s", message);
     dsla_proto_buf_t body = {0};
     if (dsla_proto_error_encode(&err, &body) == DSLA_OK &&
         dsla_actor_send(a, to, DSLA_MSG_ERROR, id, body.data, body.len) != DSLA_OK)
-        dsla_log_warn("controller: ERROR to %s: %s", to, dsla_last_error());
+        DSLA_LOG_LIMITED(&c->send_warn, DSLA_LOG_WARN, "controller: ERROR to %s: %s", to,
+                         dsla_last_error());
     dsla_proto_buf_free(&body);
 }
 
@@ -91,7 +94,8 @@ static void on_plan_reply(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *us
     dsla_proto_plan_reply_t *p = malloc(sizeof *p);
     if (!p) return;
     if (dsla_proto_plan_reply_decode(msg->env->body, msg->env->body_len, p) != DSLA_OK)
-        dsla_log_warn("controller: plan reply from %s: %s", msg->from, dsla_last_error());
+        DSLA_LOG_LIMITED(&c->reply_warn, DSLA_LOG_WARN, "controller: plan reply from %s: %s",
+                         msg->from, dsla_last_error());
     else
         dsla_ctl_core_on_plan_reply(c->core, msg->from, msg->env->type == DSLA_MSG_PLAN_ACK, p);
     free(p);
@@ -177,7 +181,7 @@ static void chunk_done(dsla_actor_t *a, void *user, bool cancelled) {
                     dsla_actor_send(a, k->to, DSLA_MSG_LAYER_CHUNK, k->id, body.data, body.len);
             if (k->status != DSLA_OK) snprintf(k->error, sizeof k->error, "%s", dsla_last_error());
         } else {
-            send_error(a, k->to, k->id, k->status, k->error);
+            send_error(j->c, a, k->to, k->id, k->status, k->error);
         }
         dsla_proto_buf_free(&body);
         if (k->status == DSLA_OK)
@@ -221,6 +225,7 @@ static void on_layer_fetch(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
 
 /* `history` reads the database: behind every write queued before it, on a worker. */
 typedef struct {
+    dsla_controller_t *c;
     char to[DSLA_PROTO_NAME_MAX + 1];
     uint64_t id;
     int limit;
@@ -249,7 +254,7 @@ static void history_read(dsla_ctl_store_t *store, void *user) {
 static void history_done(dsla_actor_t *a, void *user) {
     history_job_t *h = user;
     if (a && h->status == DSLA_OK) send_text(a, h->to, h->id, &h->text);
-    if (a && h->status != DSLA_OK) send_error(a, h->to, h->id, h->status, h->error);
+    if (a && h->status != DSLA_OK) send_error(h->c, a, h->to, h->id, h->status, h->error);
     dsla_admin_text_free(&h->text);
     free(h);
 }
@@ -261,6 +266,7 @@ static dsla_status_t queue_history(dsla_controller_t *c, const dsla_actor_msg_t 
                           "answer could not find it; use dslactl or the client stub");
     history_job_t *h = calloc(1, sizeof *h);
     if (!h) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+    h->c = c;
     snprintf(h->to, sizeof h->to, "%s", msg->from);
     h->id = msg->env->id;
     h->limit = (int)limit;

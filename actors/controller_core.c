@@ -45,6 +45,7 @@ struct dsla_ctl_core {
     distiller_t distiller;
     layer_file_t files[DSLA_CATALOGUE_LAYERS_MAX]; /* by layer */
     uint64_t chunks_served, bytes_served, fetches_refused;
+    dsla_log_limit_t send_warn; /* a replica gone from the network fails every report's SET_PLAN */
 };
 
 static uint64_t now_ms(const dsla_ctl_core_t *c) {
@@ -147,7 +148,8 @@ static void send_plan(dsla_ctl_core_t *c, dsla_ctl_replica_t *r, int k) {
     dsla_status_t st = c->env.send(c->env.user, r->name, DSLA_MSG_SET_PLAN, p.seq, &p);
     free(layers);
     if (st != DSLA_OK) {
-        dsla_log_warn("controller: SET_PLAN to %s: %s", r->name, dsla_last_error());
+        DSLA_LOG_LIMITED(&c->send_warn, DSLA_LOG_WARN, "controller: SET_PLAN to %s: %s", r->name,
+                         dsla_last_error());
         return;
     }
     r->pending_seq = p.seq;

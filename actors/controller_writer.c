@@ -20,9 +20,10 @@ typedef struct job {
 
 struct dsla_ctl_writer {
     dsla_ctl_store_t *store;
-    dsla_actor_t *actor; /* NULL: jobs run inline */
-    job_t *head, *tail;  /* waiting */
-    bool busy;           /* one job on a worker */
+    dsla_actor_t *actor;        /* NULL: jobs run inline */
+    job_t *head, *tail;         /* waiting */
+    bool busy;                  /* one job on a worker */
+    dsla_log_limit_t fail_warn; /* a broken database fails every write */
 };
 
 /* The store half: on a worker, or inline. */
@@ -37,7 +38,8 @@ static void job_run(job_t *j) {
 
 static void job_finish(dsla_actor_t *a, job_t *j) {
     if (j->read && j->done) j->done(a, j->user);
-    if (!j->read && j->status != DSLA_OK) dsla_log_error("%s", j->error);
+    if (!j->read && j->status != DSLA_OK)
+        DSLA_LOG_LIMITED(&j->writer->fail_warn, DSLA_LOG_ERROR, "%s", j->error);
     free(j);
 }
 

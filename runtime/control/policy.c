@@ -137,6 +137,14 @@ int dsla_policy_target(const dsla_policy_config_t *c, const dsla_policy_load_t *
     return target;
 }
 
+void dsla_policy_fields(dsla_policy_kind_t kind, char *out, size_t cap) {
+    size_t n = 0;
+    if (cap) out[0] = '\0';
+    for (int i = 0; i < N_FIELDS && n < cap; i++)
+        if (fields[i].kinds & (1 << kind))
+            n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? ", " : "", fields[i].name);
+}
+
 static const field_t *field_find(const char *name, size_t len) {
     for (int i = 0; i < N_FIELDS; i++)
         if (strlen(fields[i].name) == len && strncmp(fields[i].name, name, len) == 0)
@@ -152,12 +160,8 @@ static dsla_status_t parse_word(dsla_policy_config_t *c, const char *word) {
                           "policy %s: '%s' is not key=value (e.g. max_ratio=0.5)", kind, word);
     const field_t *f = field_find(word, (size_t)(eq - word));
     if (!f || !(f->kinds & (1 << c->kind))) {
-        char names[256] = "";
-        for (int i = 0; i < N_FIELDS; i++)
-            if (fields[i].kinds & (1 << c->kind)) {
-                size_t n = strlen(names);
-                snprintf(names + n, sizeof names - n, "%s%s", n ? ", " : "", fields[i].name);
-            }
+        char names[256];
+        dsla_policy_fields(c->kind, names, sizeof names);
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "policy %s: no field '%.*s'; it takes %s",
                           kind, (int)(eq - word), word, names);
     }

@@ -67,6 +67,9 @@ dsla_policy_config_t dsla_policy_default(dsla_policy_kind_t kind);
 /* "threshold", "slo", "manual". */
 const char *dsla_policy_kind_name(dsla_policy_kind_t kind);
 
+/* The fields kind takes, comma-separated ("max_ratio, layers"): for errors and usage. */
+void dsla_policy_fields(dsla_policy_kind_t kind, char *out, size_t cap);
+
 /* The most DSLA layers the config allows on a model of num_layers layers with available versions:
  * floor(max_ratio * num_layers), at most available. */
 int dsla_policy_max_layers(const dsla_policy_config_t *c, int num_layers, int available);
