@@ -207,8 +207,11 @@ static void on_layer_fetch(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
         snprintf(k->to, sizeof k->to, "%s", msg->from);
         k->id = msg->env->id;
         st = dsla_ctl_chunk_check(c->core, k);
-        if (st != DSLA_OK)
+        if (st != DSLA_OK) { /* recording the refusal may log: answer with the words kept */
+            dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), k->error);
             dsla_ctl_core_on_fetch_refused(c->core, k->to, k->fetch.offset, k->error);
+            goto done;
+        }
     }
     if (st == DSLA_OK) {
         j->c = c;
@@ -217,6 +220,7 @@ static void on_layer_fetch(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
         if (st == DSLA_OK) return;
     }
     reply_status(a, msg, st);
+done:
     dsla_ctl_chunk_free(&k);
     free(j);
 }
