@@ -22,7 +22,7 @@
 #include "runtime/core/status.h"
 
 /* Layer versions one catalogue holds and bytes of one path: what one plan message may name
- * (DSLA_CATALOGUE_LAYERS_MAX, DSLA_CATALOGUE_PATH_MAX; the controller checks they agree). */
+ * (DSLA_PROTO_LAYERS_MAX, DSLA_PROTO_PATH_MAX; the controller checks they agree). */
 #define DSLA_CATALOGUE_LAYERS_MAX 512
 #define DSLA_CATALOGUE_PATH_MAX 1023
 
