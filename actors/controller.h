@@ -1,15 +1,15 @@
 /* The controller actor (DESIGN.md sections 3, 7 and 8): decides how many layers of each serving
  * replica run DSLA and tells the replicas, and answers dslactl.
  *
- * It holds the catalogue of layer versions (layer_catalogue.h), one policy for all replicas
- * (policy.h) and, per replica, the DSLA layer count it chose (its target) and the plan the replica
- * last reported. On every LOAD_REPORT it evaluates the policy for that replica; when the replica
- * does not run the first `target` versions of the catalogue it sends SET_PLAN with them and waits
- * for PLAN_ACK or PLAN_NACK before sending another. A refused plan is not sent again until the
- * target or the policy changes. ADMIN commands (status, policy get/set, convert/revert, history,
- * drain) are answered with ADMIN_REPLY text, or ERROR naming the field and the limit. Policy,
- * drain flag, adopted plans, announced layer versions and the event history live in SQLite
- * (controller_store.h).
+ * It holds the catalogue of layer versions (runtime/control/layer_catalogue.h), one policy for all
+ * replicas (runtime/control/policy.h) and, per replica, the DSLA layer count it chose (its target)
+ * and the plan the replica last reported. On every LOAD_REPORT it evaluates the policy for that
+ * replica; when the replica does not run the first `target` versions of the catalogue it sends
+ * SET_PLAN with them and waits for PLAN_ACK or PLAN_NACK before sending another. A refused plan is
+ * not sent again until the target or the policy changes. ADMIN commands (status, policy get/set,
+ * convert/revert, history, drain) are answered with ADMIN_REPLY text, or ERROR naming the field and
+ * the limit. Policy, drain flag, adopted plans, announced layer versions and the event history live
+ * in SQLite (runtime/control/controller_store.h).
  *
  * A distiller (distiller.h) announces each layer version it writes with LAYER_READY: the controller
  * verifies the file (size and xxh64, then the header's layer, version and checksum), adds it to
@@ -21,20 +21,21 @@
  * while the file still has the size and xxh64 announced (LAYER_READY, or read at start-up), and
  * ERROR otherwise; `dslactl status` counts the chunks served.
  *
+ * Built as a shell (controller.c: mailbox, timer, workers) around a state machine
+ * (controller_core.h) that tests step in-process; the admin words are parsed in
+ * controller_admin.h, chunks served by controller_chunks.h, SQLite jobs queued by
+ * controller_writer.h.
+ *
  * Contract: replicas and distillers reach it at any of its mailboxes (they connect; it never
- * connects to them) and are known by their actor names. Layer version paths travel as the
- * controller sees them, with the size and xxh64 a fetching replica needs. It never blocks on
- * another actor and prints nothing; verifying an announced file and reading a chunk (at most
- * DSLA_PROTO_CHUNK_MAX bytes) run on the controller's thread, fine for CPU-sized layers. */
+ * connects to them) and are known by their actor names; answers that come from a worker (a chunk,
+ * the history) go back by that name. Layer version paths travel as the controller sees them, with
+ * the size and xxh64 a fetching replica needs. It never blocks on another actor and prints
+ * nothing; its loop does no file or database work after start-up: verifying an announced file,
+ * reading a chunk and every SQLite write or history read run on libuv's worker pool. */
 #ifndef DSLA_ACTORS_CONTROLLER_H
 #define DSLA_ACTORS_CONTROLLER_H
 
 #include "runtime/actor/actor.h"
-
-/* A replica whose SET_PLAN got no answer for this long may be sent one again. */
-#define DSLA_CONTROLLER_PENDING_MS 10000
-/* History lines one `dslactl history` may ask for. */
-#define DSLA_CONTROLLER_HISTORY_MAX 10000
 
 typedef struct dsla_controller dsla_controller_t;
 
@@ -49,7 +50,7 @@ typedef struct {
     /* policy in text form ("manual layers=2"); replaces the stored one when given. NULL: the stored
      * one, else the threshold defaults */
     const char *policy;
-    uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS */
+    uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS; also the interval of its tick */
 } dsla_controller_config_t;
 
 /* Opens the database, scans the catalogue and starts the actor; errors name the file or field. */

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "actors/layer_catalogue.h"
+#include "runtime/control/layer_catalogue.h"
 #include "runtime/core/log.h"
 #include "runtime/model/tokenizer.h"
 

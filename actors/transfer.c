@@ -13,7 +13,7 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t inside the struct */
 #include <xxhash.h>
 
-#include "actors/layer_catalogue.h"
+#include "runtime/control/layer_catalogue.h"
 
 struct dsla_transfer {
     dsla_proto_plan_layer_t layer; /* path not kept */

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The dependency rule of DESIGN.md section 9, checked on every #include of the tracked C and CUDA
 # sources:
-#   cli -> actors -> runtime/{serve,distill} -> runtime/model -> kernels -> runtime/core
+#   cli -> actors -> runtime/{serve,distill,control} -> runtime/model -> kernels -> runtime/core
 #   actors -> runtime/actor -> proto -> runtime/core
 # Each folder may include its own headers and those of the folders it points down to, nothing
-# else; nothing under runtime/{core,model,serve,distill} or kernels includes ZeroMQ, msgpack or
+# else; nothing under runtime/{core,model,serve,distill,control} or kernels includes ZeroMQ, msgpack or
 # libuv (only runtime/actor, proto and what sits above them speak the transport); proto knows
 # nothing of engines. tests/ and bench/ may include anything.
 #
@@ -26,10 +26,11 @@ declare -A ALLOWED=(
   [runtime/model]="runtime/model kernels runtime/core"
   [runtime/serve]="runtime/serve runtime/model kernels runtime/core"
   [runtime/distill]="runtime/distill runtime/model kernels runtime/core"
+  [runtime/control]="runtime/control runtime/model kernels runtime/core"
   [proto]="proto runtime/core"
   [runtime/actor]="runtime/actor proto runtime/core"
-  [actors]="actors runtime/actor proto runtime/serve runtime/distill runtime/model kernels runtime/core"
-  [cli]="cli actors runtime/actor proto runtime/serve runtime/distill runtime/model kernels runtime/core"
+  [actors]="actors runtime/actor proto runtime/serve runtime/distill runtime/control runtime/model kernels runtime/core"
+  [cli]="cli actors runtime/actor proto runtime/serve runtime/distill runtime/control runtime/model kernels runtime/core"
 )
 
 # Sets LAYER to the folder of the rule a repository path is in; "" for none (tests, bench, ...).
@@ -39,6 +40,7 @@ layer_of() {
     runtime/model/*) LAYER=runtime/model ;;
     runtime/serve/*) LAYER=runtime/serve ;;
     runtime/distill/*) LAYER=runtime/distill ;;
+    runtime/control/*) LAYER=runtime/control ;;
     runtime/actor/*) LAYER=runtime/actor ;;
     kernels/*) LAYER=kernels ;;
     proto/*) LAYER=proto ;;
@@ -51,7 +53,7 @@ layer_of() {
 # The system headers of the transport: only runtime/actor, proto, actors and cli may use them.
 transport_free() {
   case "$1" in
-    runtime/core | runtime/model | runtime/serve | runtime/distill | kernels) return 0 ;;
+    runtime/core | runtime/model | runtime/serve | runtime/distill | runtime/control | kernels) return 0 ;;
     *) return 1 ;;
   esac
 }

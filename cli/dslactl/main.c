@@ -1,33 +1,41 @@
 /* dslactl: the admin command of the controller (DESIGN.md section 8). Parses its own options,
  * sends the command's words as one ADMIN message (the controller checks them, so that every limit
- * lives in one place) and prints the ADMIN_REPLY text. Exit codes: 0 ok, 1 failure (the controller
+ * lives in one place: the command table of actors/controller_admin.c, whose usage lines it
+ * prints) and prints the ADMIN_REPLY text. Exit codes: 0 ok, 1 failure (the controller
  * unreachable, or it failed), 2 usage (a bad command or value; the message names it). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/controller_admin.h"
 #include "cli/dsla/args.h"
 #include "proto/dsla_client.h"
+#include "runtime/control/policy.h"
 
-static const char usage[] =
-    "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] COMMAND\n\n"
-    "commands (docs/controller.md):\n"
-    "  status                                replicas, their plans and load; policy; catalogue\n"
-    "  policy get                            the load policy in force\n"
-    "  policy set threshold [key=value]...   queue_high, queue_low, wait_high_ms, wait_low_ms,\n"
-    "                                        cooldown_ms, step, max_ratio\n"
-    "  policy set slo [key=value]...         ttft_ms, tpot_ms, slack, cooldown_ms, step, "
-    "max_ratio\n"
-    "  policy set manual [key=value]...      layers, max_ratio\n"
-    "  convert N | revert N                  pin the manual policy N layers above or below now\n"
-    "  history [--limit N]                   the newest events (default 20)\n"
-    "  drain [on|off]                        stop (or resume) new conversions";
+/* The usage text, from the tables the controller parses with (controller_admin.c, policy.c). */
+static void build_usage(char *out, size_t cap) {
+    size_t n = (size_t)snprintf(out, cap,
+                                "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] "
+                                "COMMAND\n\ncommands (docs/controller.md):\n");
+    if (n < cap) dsla_admin_usage(out + n, cap - n);
+    n = strlen(out);
+    if (n < cap) n += (size_t)snprintf(out + n, cap - n, "policy fields:");
+    const dsla_policy_kind_t kinds[] = {DSLA_POLICY_THRESHOLD, DSLA_POLICY_SLO, DSLA_POLICY_MANUAL};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0] && n < cap; i++) {
+        char fields[256];
+        dsla_policy_fields(kinds[i], fields, sizeof fields);
+        n += (size_t)snprintf(out + n, cap - n, "\n  %-9s %s", dsla_policy_kind_name(kinds[i]),
+                              fields);
+    }
+}
 
 static dsla_status_t admin_reply_decode(const void *body, size_t len, void *out) {
     return dsla_proto_admin_reply_decode(body, len, out);
 }
 
 int main(int argc, char **argv) {
+    char usage[2048];
+    build_usage(usage, sizeof usage);
     const char *admin = "tcp://127.0.0.1:7071";
     long timeout_ms = 10000, limit = 0;
     const dsla_arg_spec_t specs[] = {

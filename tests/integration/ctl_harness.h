@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "actors/layer_catalogue.h"
+#include "runtime/control/layer_catalogue.h"
 #include "proto/dsla_client.h"
 #include "tests/serverutil.h"
 #include "tests/unit/serve_harness.h"

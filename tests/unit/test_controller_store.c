@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/controller_store.h"
-#include "actors/layer_catalogue.h"
+#include "runtime/control/controller_store.h"
+#include "runtime/control/layer_catalogue.h"
 #include "runtime/model/dsla_layer.h"
 
 static void ok(dsla_status_t st) {

@@ -1,15 +1,16 @@
-/* The controller's load policies (actors/policy.h) as pure functions: threshold with hysteresis and
- * cooldown driven by a synthetic stream of load reports, slo, manual, the maximum conversion ratio,
- * and the text form (parse errors name the field and the limit; format reads back). */
+/* The controller's load policies (runtime/control/policy.h) as pure functions: threshold with
+ * hysteresis and cooldown driven by a synthetic stream of load reports, slo, manual, the maximum
+ * conversion ratio, and the text form (parse errors name the field and the limit; format reads
+ * back). */
 #include "tests/testutil.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "actors/policy.h"
+#include "runtime/control/policy.h"
 
-static dsla_proto_load_report_t *load(uint32_t queue, uint32_t wait_ms) {
-    static dsla_proto_load_report_t r;
+static dsla_policy_load_t *load(uint32_t queue, uint32_t wait_ms) {
+    static dsla_policy_load_t r;
     memset(&r, 0, sizeof r);
     r.num_layers = 8;
     r.queue_length = queue;
@@ -74,7 +75,7 @@ static void test_slo(void **state) {
     (void)state;
     dsla_policy_config_t c = parse("slo ttft_ms=200 tpot_ms=20 slack=0.5 cooldown_ms=0 step=2");
     dsla_policy_state_t ps = {.current = 0, .available = 8, .now_ms = 10};
-    dsla_proto_load_report_t *l = load(0, 0);
+    dsla_policy_load_t *l = load(0, 0);
     l->ttft_p90_ms = 250; /* TTFT over target */
     assert_int_equal(dsla_policy_target(&c, l, &ps, NULL, 0), 2);
     ps.current = 2;

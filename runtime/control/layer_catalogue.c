@@ -1,9 +1,10 @@
 /* Scanning a directory of layer versions into conversion order (layer_catalogue.h). */
-#define _DEFAULT_SOURCE /* realpath */
-#include "actors/layer_catalogue.h"
+#define _DEFAULT_SOURCE /* realpath, fseeko */
+#include "runtime/control/layer_catalogue.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,9 +34,9 @@ dsla_status_t dsla_catalogue_read(const char *path, dsla_catalogue_entry_t *e, i
     DSLA_TRY(dsla_safetensors_open(&st, path));
     const char *sum = dsla_safetensors_metadata(st, "checksum");
     long layer = meta_long(st, "layer", 10), version = meta_long(st, "version", 10);
-    bool ok = layer >= 0 && layer < DSLA_PROTO_LAYERS_MAX && version >= 0 && sum &&
+    bool ok = layer >= 0 && layer < DSLA_CATALOGUE_LAYERS_MAX && version >= 0 && sum &&
               strlen(sum) == 16 && strspn(sum, "0123456789abcdefABCDEF") == 16 &&
-              strlen(path) <= DSLA_PROTO_PATH_MAX;
+              strlen(path) <= DSLA_CATALOGUE_PATH_MAX;
     if (ok) {
         e->layer = (int)layer;
         e->version = (int)version;
@@ -43,7 +44,7 @@ dsla_status_t dsla_catalogue_read(const char *path, dsla_catalogue_entry_t *e, i
         snprintf(e->path, sizeof e->path, "%s", path);
         const char *o = dsla_safetensors_metadata(st, "order");
         int n = 0;
-        for (char *end = NULL; order && o && *o && n < DSLA_PROTO_LAYERS_MAX;
+        for (char *end = NULL; order && o && *o && n < DSLA_CATALOGUE_LAYERS_MAX;
              o = end + (*end == ',')) {
             long x = strtol(o, &end, 10);
             if (end == o) break;
@@ -80,6 +81,34 @@ dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint6
     if (failed) return dsla_error(DSLA_ERR_IO, "%s: read error", path);
     *size = total;
     *xxh64 = XXH64_digest(&h);
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_catalogue_verify(const dsla_catalogue_announce_t *a, dsla_catalogue_entry_t *e,
+                                    int *order, int *n_order) {
+    uint64_t size = 0, xxh = 0;
+    DSLA_TRY(dsla_catalogue_file_digest(a->path, &size, &xxh));
+    if (size != a->size || xxh != a->xxh64)
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "%s: %" PRIu64 " bytes with xxh64 %016" PRIx64 ", announced %" PRIu64
+                          " bytes with xxh64 %016" PRIx64,
+                          a->path, size, xxh, a->size, a->xxh64);
+    DSLA_TRY(dsla_catalogue_read(a->path, e, order, n_order));
+    if (e->layer != a->layer || e->version != a->version || e->checksum != a->checksum)
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "%s: holds layer %d version %d checksum %016" PRIx64
+                          ", announced layer %d version %d checksum %016" PRIx64,
+                          a->path, e->layer, e->version, e->checksum, a->layer, a->version,
+                          a->checksum);
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_catalogue_file_read(const char *path, uint64_t offset, void *buf, size_t n) {
+    FILE *fp = fopen(path, "rb");
+    bool ok = fp && fseeko(fp, (off_t)offset, SEEK_SET) == 0 && fread(buf, 1, n, fp) == n;
+    if (fp) fclose(fp);
+    if (!ok)
+        return dsla_error(DSLA_ERR_IO, "%s: cannot read %zu bytes at %" PRIu64, path, n, offset);
     return DSLA_OK;
 }
 
@@ -122,7 +151,7 @@ static dsla_catalogue_change_t add_unsorted(dsla_catalogue_t *c, const dsla_cata
         c->entries[i] = *e;
         return DSLA_CATALOGUE_REPLACED;
     }
-    if (c->n == DSLA_PROTO_LAYERS_MAX) return DSLA_CATALOGUE_KEPT;
+    if (c->n == DSLA_CATALOGUE_LAYERS_MAX) return DSLA_CATALOGUE_KEPT;
     c->entries[c->n++] = *e;
     return DSLA_CATALOGUE_ADDED;
 }
@@ -148,7 +177,7 @@ dsla_status_t dsla_catalogue_scan(dsla_catalogue_t *out, const char *dir) {
         if (!is_version_file(de->d_name)) continue;
         char path[PATH_MAX + 256];
         dsla_catalogue_entry_t e;
-        int order[DSLA_PROTO_LAYERS_MAX], n_order = 0;
+        int order[DSLA_CATALOGUE_LAYERS_MAX], n_order = 0;
         snprintf(path, sizeof path, "%s/%s", root, de->d_name);
         if (dsla_catalogue_read(path, &e, order, &n_order) != DSLA_OK) {
             dsla_log_warn("controller: skipping %s", dsla_last_error());

@@ -1,5 +1,5 @@
 /* Load policies: the decision rules and their text form (policy.h). */
-#include "actors/policy.h"
+#include "runtime/control/policy.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -34,7 +34,7 @@ typedef struct {
     { #n, k, false, offsetof(dsla_policy_config_t, n), lo, hi }
 static const field_t fields[] = {
     F64_FIELD(max_ratio, K_ALL, 0.0, 1.0),
-    U32_FIELD(layers, K_MANUAL, 0, DSLA_PROTO_LAYERS_MAX),
+    U32_FIELD(layers, K_MANUAL, 0, DSLA_POLICY_LAYERS_MAX),
     U32_FIELD(queue_high, K_THRESHOLD, 1, 1000000),
     U32_FIELD(queue_low, K_THRESHOLD, 0, 1000000),
     U32_FIELD(wait_high_ms, K_THRESHOLD, 1, 86400000),
@@ -43,7 +43,7 @@ static const field_t fields[] = {
     F64_FIELD(tpot_ms, K_SLO, 0.0, 86400000.0),
     F64_FIELD(slack, K_SLO, 0.01, 0.99),
     U32_FIELD(cooldown_ms, K_THRESHOLD | K_SLO, 0, 86400000),
-    U32_FIELD(step, K_THRESHOLD | K_SLO, 1, DSLA_PROTO_LAYERS_MAX),
+    U32_FIELD(step, K_THRESHOLD | K_SLO, 1, DSLA_POLICY_LAYERS_MAX),
 };
 enum { N_FIELDS = sizeof fields / sizeof fields[0] };
 
@@ -90,7 +90,7 @@ static int clamp(int v, int lo, int hi) {
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-int dsla_policy_target(const dsla_policy_config_t *c, const dsla_proto_load_report_t *load,
+int dsla_policy_target(const dsla_policy_config_t *c, const dsla_policy_load_t *load,
                        const dsla_policy_state_t *state, char *why, size_t why_cap) {
     char scratch[8];
     if (!why) {
@@ -137,6 +137,14 @@ int dsla_policy_target(const dsla_policy_config_t *c, const dsla_proto_load_repo
     return target;
 }
 
+void dsla_policy_fields(dsla_policy_kind_t kind, char *out, size_t cap) {
+    size_t n = 0;
+    if (cap) out[0] = '\0';
+    for (int i = 0; i < N_FIELDS && n < cap; i++)
+        if (fields[i].kinds & (1 << kind))
+            n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? ", " : "", fields[i].name);
+}
+
 static const field_t *field_find(const char *name, size_t len) {
     for (int i = 0; i < N_FIELDS; i++)
         if (strlen(fields[i].name) == len && strncmp(fields[i].name, name, len) == 0)
@@ -152,12 +160,8 @@ static dsla_status_t parse_word(dsla_policy_config_t *c, const char *word) {
                           "policy %s: '%s' is not key=value (e.g. max_ratio=0.5)", kind, word);
     const field_t *f = field_find(word, (size_t)(eq - word));
     if (!f || !(f->kinds & (1 << c->kind))) {
-        char names[256] = "";
-        for (int i = 0; i < N_FIELDS; i++)
-            if (fields[i].kinds & (1 << c->kind)) {
-                size_t n = strlen(names);
-                snprintf(names + n, sizeof names - n, "%s%s", n ? ", " : "", fields[i].name);
-            }
+        char names[256];
+        dsla_policy_fields(c->kind, names, sizeof names);
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "policy %s: no field '%.*s'; it takes %s",
                           kind, (int)(eq - word), word, names);
     }

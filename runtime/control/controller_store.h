@@ -3,11 +3,12 @@
  * announced to it (LAYER_READY) and the event history.
  * A controller started again on the same file picks up where the last one stopped.
  *
- * Contract: one store is used by one thread (the controller's); every write is its own
+ * Contract: one store is used by one thread at a time (the controller's queue runs its jobs one
+ * after another on workers, so that its loop never waits on SQLite); every write is its own
  * transaction, so a crash loses at most the write in progress. It stores text and numbers; it
  * knows nothing of policies, plans or messages. */
-#ifndef DSLA_ACTORS_CONTROLLER_STORE_H
-#define DSLA_ACTORS_CONTROLLER_STORE_H
+#ifndef DSLA_CONTROL_CONTROLLER_STORE_H
+#define DSLA_CONTROL_CONTROLLER_STORE_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -63,5 +64,33 @@ typedef void (*dsla_ctl_event_fn)(void *user, int64_t id, int64_t time_ms, const
                                   const char *details);
 dsla_status_t dsla_ctl_store_each_event(dsla_ctl_store_t *s, int limit, dsla_ctl_event_fn fn,
                                         void *user);
+
+/* One write as a value, so that it can be queued and applied later on another thread. */
+typedef enum {
+    DSLA_CTL_WRITE_SETTING = 0,
+    DSLA_CTL_WRITE_PLAN,
+    DSLA_CTL_WRITE_LAYER,
+    DSLA_CTL_WRITE_EVENT,
+} dsla_ctl_write_kind_t;
+
+typedef struct {
+    dsla_ctl_write_kind_t kind;
+    union {
+        struct {
+            char key[32];
+            char value[512];
+        } setting;
+        dsla_ctl_plan_row_t plan;
+        dsla_ctl_layer_row_t layer;
+        struct {
+            int64_t time_ms;
+            char name[32];
+            char details[1024];
+        } event;
+    };
+} dsla_ctl_write_t;
+
+/* Applies w with the set, put or add call of its kind. */
+dsla_status_t dsla_ctl_store_apply(dsla_ctl_store_t *s, const dsla_ctl_write_t *w);
 
 #endif

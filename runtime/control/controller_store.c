@@ -1,5 +1,5 @@
 /* The controller's SQLite database (controller_store.h). */
-#include "actors/controller_store.h"
+#include "runtime/control/controller_store.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,4 +202,19 @@ dsla_status_t dsla_ctl_store_each_event(dsla_ctl_store_t *s, int limit, dsla_ctl
     dsla_status_t st = rc == SQLITE_DONE ? DSLA_OK : fail(s, "reading events");
     sqlite3_finalize(stmt);
     return st;
+}
+
+dsla_status_t dsla_ctl_store_apply(dsla_ctl_store_t *s, const dsla_ctl_write_t *w) {
+    switch (w->kind) {
+    case DSLA_CTL_WRITE_SETTING:
+        return dsla_ctl_store_set(s, w->setting.key, w->setting.value);
+    case DSLA_CTL_WRITE_PLAN:
+        return dsla_ctl_store_put_plan(s, &w->plan);
+    case DSLA_CTL_WRITE_LAYER:
+        return dsla_ctl_store_put_layer(s, &w->layer);
+    case DSLA_CTL_WRITE_EVENT:
+        return dsla_ctl_store_add_event(s, w->event.time_ms, w->event.name, w->event.details);
+    }
+    return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "controller database: write of kind %d",
+                      (int)w->kind);
 }

@@ -4,19 +4,22 @@
  * manual pins a number of layers; every policy is capped by a maximum conversion ratio and by the
  * layer versions available.
  *
- * Contract: pure functions over plain structs (a load report, the replica's policy state, the
- * config); no clock, no I/O, no threads, so that every rule is unit-tested without an actor. The
+ * Contract: pure functions over plain structs (a replica's load, its policy state, the config); no
+ * clock, no I/O, no threads, no messages (the controller translates a LOAD_REPORT into
+ * dsla_policy_load_t), so that every rule is unit-tested without an actor. The
  * text form ("threshold queue_high=8 cooldown_ms=5000") is the one way a policy is written, by
  * dslactl, by `dsla-serve --policy` and in the controller's database; parse errors name the field,
  * the limit and the value. */
-#ifndef DSLA_ACTORS_POLICY_H
-#define DSLA_ACTORS_POLICY_H
+#ifndef DSLA_CONTROL_POLICY_H
+#define DSLA_CONTROL_POLICY_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto/proto.h"
 #include "runtime/core/status.h"
+
+/* The most layers a policy may pin or step: as many as one plan names (DSLA_PROTO_LAYERS_MAX). */
+#define DSLA_POLICY_LAYERS_MAX 512
 
 typedef enum {
     DSLA_POLICY_THRESHOLD = 0,
@@ -41,7 +44,17 @@ typedef struct {
     uint32_t layers;
 } dsla_policy_config_t;
 
-/* What the policy knows of one replica besides its load report. */
+/* What a policy reads of one replica's latest load report. The latency quantiles cover the
+ * requests of the report's window (0: none in it). */
+typedef struct {
+    uint32_t num_layers;   /* the model's decoder layers */
+    uint32_t queue_length; /* requests waiting for admission */
+    uint32_t
+        oldest_wait_ms; /* longest a request now in the replica has waited for its first token */
+    double ttft_p90_ms, tpot_p90_ms;
+} dsla_policy_load_t;
+
+/* What the policy knows of one replica besides its load. */
 typedef struct {
     int current;             /* DSLA layers the controller last chose for it */
     uint64_t now_ms;         /* the controller's monotonic clock */
@@ -54,13 +67,16 @@ dsla_policy_config_t dsla_policy_default(dsla_policy_kind_t kind);
 /* "threshold", "slo", "manual". */
 const char *dsla_policy_kind_name(dsla_policy_kind_t kind);
 
+/* The fields kind takes, comma-separated ("max_ratio, layers"): for errors and usage. */
+void dsla_policy_fields(dsla_policy_kind_t kind, char *out, size_t cap);
+
 /* The most DSLA layers the config allows on a model of num_layers layers with available versions:
  * floor(max_ratio * num_layers), at most available. */
 int dsla_policy_max_layers(const dsla_policy_config_t *c, int num_layers, int available);
 
 /* The DSLA layer count the replica should run now. why (may be NULL) gets one line for the event
  * history: the rule that fired, with the numbers. */
-int dsla_policy_target(const dsla_policy_config_t *c, const dsla_proto_load_report_t *load,
+int dsla_policy_target(const dsla_policy_config_t *c, const dsla_policy_load_t *load,
                        const dsla_policy_state_t *state, char *why, size_t why_cap);
 
 /* Parses words[0] (the kind) and key=value words after it. Keys the kind does not use, values out
