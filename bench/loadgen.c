@@ -185,6 +185,7 @@ static dsla_status_t prompt_build(const prompter_t *p, int want, uint64_t seed, 
 typedef struct {
     transport_t transport;
     loadgen_http_target_t http;
+    bool chat; /* /v1/chat/completions: the prompt goes as one user message */
     const char *endpoint;
     void *zmq;
     const char *model;
@@ -214,7 +215,12 @@ static void run_http(run_t *r, int i) {
     const dsla_workload_request_t *q = &r->w->requests[i];
     dsla_load_record_t *rec = &r->recs[i];
     json_t *body = json_object();
-    json_object_set_new(body, "prompt", json_string(r->prompts[i].text));
+    if (r->chat) { /* the chat template adds a few tokens around the prompt (docs/http.md) */
+        json_t *msg = json_pack("{s:s, s:s}", "role", "user", "content", r->prompts[i].text);
+        json_object_set_new(body, "messages", json_pack("[o]", msg));
+    } else {
+        json_object_set_new(body, "prompt", json_string(r->prompts[i].text));
+    }
     json_object_set_new(body, "max_tokens", json_integer(q->output_tokens));
     json_object_set_new(body, "stream", json_true());
     json_object_set_new(body, "ignore_eos", json_true());
@@ -406,6 +412,7 @@ int main(int argc, char **argv) {
                .model = model,
                .temperature = temperature,
                .timeout_s = timeout_s};
+    r.chat = strstr(path, "chat") != NULL;
     if (transport == TRANSPORT_HTTP) {
         char err[256];
         if (!loadgen_http_target_parse(url, path, &r.http, err, sizeof err)) {
@@ -463,6 +470,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-loadgen: zmq_ctx_new: %s\n", zmq_strerror(errno));
         goto out;
     }
+    /* Jansson's only global state is its hash seed: set it before the workers make objects. */
+    json_object_seed(0);
     pthread_mutex_init(&r.mu, NULL);
     pthread_cond_init(&r.cv, NULL);
     const int n_workers = (int)(connections < n ? connections : n);
