@@ -190,6 +190,7 @@ typedef struct {
     void *zmq;
     const char *model;
     double temperature, timeout_s;
+    int retries; /* the stub's resends after UNAVAILABLE before a first token */
     const dsla_workload_t *w;
     prompt_t *prompts;
     dsla_load_record_t *recs;
@@ -294,14 +295,18 @@ static void run_stub(run_t *r, dsla_client_t *c, int i) {
     rec->outcome = code == DSLA_CODE_OK                   ? DSLA_LOAD_COMPLETED
                    : code == DSLA_CODE_RESOURCE_EXHAUSTED ? DSLA_LOAD_REFUSED
                                                           : DSLA_LOAD_ERROR;
-    snprintf(rec->detail, sizeof rec->detail, "%s", dsla_proto_code_name(code));
+    if (code == DSLA_CODE_OK)
+        snprintf(rec->detail, sizeof rec->detail, "OK");
+    else
+        snprintf(rec->detail, sizeof rec->detail, "%s: %.40s", dsla_proto_code_name(code),
+                 res.message);
 }
 
 static void *worker_main(void *arg) {
     run_t *r = arg;
     dsla_client_t *c = NULL;
     if (r->transport == TRANSPORT_STUB) {
-        const dsla_client_options_t o = {.zmq_context = r->zmq};
+        const dsla_client_options_t o = {.retries = r->retries, .zmq_context = r->zmq};
         if (dsla_client_connect(&c, r->endpoint, &o) != DSLA_OK) c = NULL;
     }
     for (int i; (i = queue_pop(r)) >= 0;) {
@@ -352,6 +357,7 @@ int main(int argc, char **argv) {
     dsla_workload_options_t wo = {0};
     long requests = 0, seed = 1, connections = DEFAULT_CONNECTIONS, max_context = 0;
     double slo_ttft_ms = 1000, slo_tpot_ms = 100, temperature = 0, timeout_s = 600;
+    long retries = 1;
     const dsla_arg_spec_t specs[] = {
         {"url", DSLA_ARG_STRING, "HTTP API base (default http://127.0.0.1:8000)", 0, 0, &url},
         {"endpoint", DSLA_ARG_STRING, "client stub endpoint instead of HTTP (tcp://HOST:PORT)", 0,
@@ -389,6 +395,8 @@ int main(int argc, char **argv) {
         {"temperature", DSLA_ARG_FLOAT, "sampling temperature (default 0)", 0, 2, &temperature},
         {"timeout", DSLA_ARG_FLOAT, "seconds a request may wait for its next piece (600)", 0.1, 1e6,
          &timeout_s},
+        {"retries", DSLA_ARG_INT,
+         "stub: resend after UNAVAILABLE before the first token (default 1)", 0, 10, &retries},
         {"timeline", DSLA_ARG_STRING, "write the per-request CSV here (bench/plot_latency.py)", 0,
          0, &timeline},
     };
@@ -411,7 +419,8 @@ int main(int argc, char **argv) {
                .endpoint = endpoint,
                .model = model,
                .temperature = temperature,
-               .timeout_s = timeout_s};
+               .timeout_s = timeout_s,
+               .retries = (int)retries};
     r.chat = strstr(path, "chat") != NULL;
     if (transport == TRANSPORT_HTTP) {
         char err[256];
