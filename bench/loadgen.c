@@ -240,6 +240,7 @@ static void run_http(run_t *r, int i) {
     rec->last_s = (res.last_s >= 0 && ok ? res.last_s : res.end_s) - r->t0;
     rec->prompt_tokens_served = res.prompt_tokens;
     rec->output_tokens = res.completion_tokens >= 0 ? res.completion_tokens : res.events;
+    rec->max_gap_s = res.max_gap_s;
     rec->outcome = ok                  ? DSLA_LOAD_COMPLETED
                    : res.status == 429 ? DSLA_LOAD_REFUSED
                                        : DSLA_LOAD_ERROR;
@@ -250,7 +251,7 @@ static void run_http(run_t *r, int i) {
 }
 
 typedef struct {
-    double t0, first, last;
+    double first, last, max_gap;
     int tokens;
 } stub_times_t;
 
@@ -260,7 +261,10 @@ static int on_stub_token(void *user, int32_t token, const char *text, size_t len
     stub_times_t *st = user;
     if (token < 0) return 0;
     const double t = now_s();
-    if (st->tokens++ == 0) st->first = t;
+    if (st->tokens++ == 0)
+        st->first = t;
+    else if (t - st->last > st->max_gap)
+        st->max_gap = t - st->last;
     st->last = t;
     return 0;
 }
@@ -292,6 +296,7 @@ static void run_stub(run_t *r, dsla_client_t *c, int i) {
     rec->last_s = (code == DSLA_CODE_OK && st.last >= 0 ? st.last : end) - r->t0;
     rec->output_tokens = code == DSLA_CODE_OK ? (int)res.completion_tokens : st.tokens;
     rec->prompt_tokens_served = code == DSLA_CODE_OK ? (int)res.prompt_tokens : 0;
+    rec->max_gap_s = st.max_gap;
     rec->outcome = code == DSLA_CODE_OK                   ? DSLA_LOAD_COMPLETED
                    : code == DSLA_CODE_RESOURCE_EXHAUSTED ? DSLA_LOAD_REFUSED
                                                           : DSLA_LOAD_ERROR;

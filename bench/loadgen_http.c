@@ -89,7 +89,10 @@ static void on_event(reader_t *rd, const char *data, size_t len) {
     if (!text) text = json_object_get(json_object_get(choice, "delta"), "content");
     if (json_string_length(text) > 0) {
         const double t = rd->now();
-        if (r->events++ == 0) r->first_s = t;
+        if (r->events++ == 0)
+            r->first_s = t;
+        else if (t - r->last_s > r->max_gap_s)
+            r->max_gap_s = t - r->last_s;
         r->last_s = t;
     }
     const char *finish = json_string_value(json_object_get(choice, "finish_reason"));

@@ -26,6 +26,7 @@ typedef struct {
     double first_s, last_s; /* first and last event with text; -1 when none */
     double end_s;           /* when the response ended */
     int events;             /* events that carried text */
+    double max_gap_s;       /* the longest wait between two of them */
     int prompt_tokens;      /* from usage; 0 when absent */
     int completion_tokens;  /* from usage; -1 when absent */
     bool done;              /* [DONE] was seen: the stream completed */

@@ -31,7 +31,8 @@ def read(path):
             def num(k):
                 return float(r[k]) if r.get(k) else None
             rows.append({"arrival": float(r["arrival_s"]), "ttft": num("ttft_s"),
-                         "tpot": num("tpot_s"), "e2e": num("e2e_s"), "status": r["status"]})
+                         "tpot": num("tpot_s"), "e2e": num("e2e_s"), "gap": num("max_gap_s"),
+                         "status": r["status"]})
     return rows
 
 
@@ -39,7 +40,7 @@ def text_summary(rows, windows):
     end = max(r["arrival"] for r in rows)
     width = end / windows if end > 0 else 1.0
     print(f"{'arrivals s':>14} {'n':>5} {'ok':>5} {'refused':>7} {'errors':>6} "
-          f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'E2E p99':>9}   (ms)")
+          f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'gap p99':>9} {'E2E p99':>9}   (ms)")
     for w in range(windows):
         lo, hi = w * width, (w + 1) * width
         sel = [r for r in rows if lo <= r["arrival"] < hi or (w == windows - 1 and r["arrival"] == hi)]
@@ -47,11 +48,13 @@ def text_summary(rows, windows):
         ttft = [1e3 * r["ttft"] for r in ok if r["ttft"] is not None]
         tpot = [1e3 * r["tpot"] for r in ok if r["tpot"] is not None]
         e2e = [1e3 * r["e2e"] for r in ok if r["e2e"] is not None]
+        gap = [1e3 * r["gap"] for r in ok if r.get("gap") is not None]
         print(f"{lo:6.1f}-{hi:6.1f} {len(sel):5d} {len(ok):5d} "
               f"{sum(r['status'] == 'refused' for r in sel):7d} "
               f"{sum(r['status'] in ('error', 'not_sent') for r in sel):6d} "
               f"{percentile(ttft, .5):9.1f} {percentile(ttft, .99):9.1f} "
-              f"{percentile(tpot, .5):9.2f} {percentile(e2e, .99):9.1f}")
+              f"{percentile(tpot, .5):9.2f} {percentile(gap, .99):9.1f} "
+              f"{percentile(e2e, .99):9.1f}")
 
 
 def plot(rows, out):

@@ -165,7 +165,10 @@ static int on_trace_event(void *user, const dsla_stream_event_t *ev) {
     trace_req_t *q = user;
     const double t = now_s() - q->t0;
     if (ev->token >= 0) {
-        if (q->rec->output_tokens++ == 0) q->rec->first_s = t;
+        if (q->rec->output_tokens++ == 0)
+            q->rec->first_s = t;
+        else if (t - q->rec->last_s > q->rec->max_gap_s)
+            q->rec->max_gap_s = t - q->rec->last_s;
         q->rec->last_s = t;
     }
     if (ev->finished) {

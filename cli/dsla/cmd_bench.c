@@ -81,7 +81,7 @@ static double bench_now(void *user) {
 }
 
 typedef struct {
-    double submit, first, done;
+    double submit, first, done, last, max_gap;
     int tokens, asked, prompt;
     bool finished;
     bool rejected;
@@ -95,7 +95,11 @@ static int record_event(void *user, const dsla_stream_event_t *ev) {
     record_t *r = user;
     double now = bench_now(g_clock);
     if (ev->token >= 0) {
-        if (r->tokens == 0) r->first = now;
+        if (r->tokens == 0)
+            r->first = now;
+        else if (now - r->last > r->max_gap)
+            r->max_gap = now - r->last;
+        r->last = now;
         r->tokens++;
     }
     if (ev->finished) {
@@ -438,6 +442,7 @@ int dsla_cmd_bench(int argc, char **argv) {
         l->prompt_tokens = l->prompt_tokens_served = r->prompt;
         l->output_tokens_asked = r->asked;
         l->output_tokens = r->tokens;
+        l->max_gap_s = r->max_gap;
         l->outcome = r->finished                                       ? DSLA_LOAD_COMPLETED
                      : r->submit_status == DSLA_ERR_RESOURCE_EXHAUSTED ? DSLA_LOAD_REFUSED
                                                                        : DSLA_LOAD_ERROR;

@@ -40,11 +40,12 @@ dsla_status_t dsla_load_summarize(const dsla_load_record_t *r, int n, double ela
     const size_t cap = n > 0 ? (size_t)n : 1;
     double *ttft = malloc(cap * sizeof *ttft), *tpot = malloc(cap * sizeof *tpot);
     double *e2e = malloc(cap * sizeof *e2e), *lag = malloc(cap * sizeof *lag);
-    if (!ttft || !tpot || !e2e || !lag) {
-        free(ttft), free(tpot), free(e2e), free(lag);
+    double *gap = malloc(cap * sizeof *gap);
+    if (!ttft || !tpot || !e2e || !lag || !gap) {
+        free(ttft), free(tpot), free(e2e), free(lag), free(gap);
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory summarising %d requests", n);
     }
-    int n_ttft = 0, n_tpot = 0, n_e2e = 0, n_lag = 0;
+    int n_ttft = 0, n_tpot = 0, n_e2e = 0, n_lag = 0, n_gap = 0;
     double start = n > 0 ? r[0].arrival_s : 0, end = start;
     for (int i = 0; i < n; i++) {
         const dsla_load_record_t *x = &r[i];
@@ -65,7 +66,7 @@ dsla_status_t dsla_load_summarize(const dsla_load_record_t *r, int n, double ela
         const double t1 = x->first_s >= 0 ? x->first_s - x->arrival_s : x->last_s - x->arrival_s;
         const double tp = tpot_of(x);
         ttft[n_ttft++] = t1;
-        if (x->output_tokens > 1) tpot[n_tpot++] = tp;
+        if (x->output_tokens > 1) tpot[n_tpot++] = tp, gap[n_gap++] = x->max_gap_s;
         e2e[n_e2e++] = x->last_s - x->arrival_s;
         if (t1 <= slo->ttft_s && tp <= slo->tpot_s) out->met_slo++;
     }
@@ -81,8 +82,9 @@ dsla_status_t dsla_load_summarize(const dsla_load_record_t *r, int n, double ela
     out->ttft_ms = percentiles_ms(ttft, n_ttft);
     out->tpot_ms = percentiles_ms(tpot, n_tpot);
     out->e2e_ms = percentiles_ms(e2e, n_e2e);
+    out->max_gap_ms = percentiles_ms(gap, n_gap);
     out->send_lag_ms = percentiles_ms(lag, n_lag);
-    free(ttft), free(tpot), free(e2e), free(lag);
+    free(ttft), free(tpot), free(e2e), free(lag), free(gap);
     return DSLA_OK;
 }
 
@@ -108,6 +110,8 @@ void dsla_load_print_json(FILE *f, const char *what, const char *extra,
     print_pct(f, "tpot_ms", &s->tpot_ms);
     fputc(',', f);
     print_pct(f, "e2e_ms", &s->e2e_ms);
+    fputc(',', f);
+    print_pct(f, "max_gap_ms", &s->max_gap_ms);
     fputc(',', f);
     print_pct(f, "send_lag_ms", &s->send_lag_ms);
     fputs("}\n", f);
@@ -137,6 +141,7 @@ void dsla_load_print_table(FILE *f, const char *title, const dsla_load_summary_t
     } rows[] = {{"TTFT ms", &s->ttft_ms},
                 {"TPOT ms", &s->tpot_ms},
                 {"E2E ms", &s->e2e_ms},
+                {"max token gap ms", &s->max_gap_ms},
                 {"send lag ms", &s->send_lag_ms}};
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
         fprintf(f, "  %-28s %10.2f %10.2f %10.2f\n", rows[i].name, rows[i].p->p50, rows[i].p->p90,
@@ -160,8 +165,8 @@ static const char *outcome_name(dsla_load_outcome_t o) {
 dsla_status_t dsla_load_write_timeline(const char *path, const dsla_load_record_t *r, int n) {
     FILE *f = fopen(path, "w");
     if (!f) return dsla_error(DSLA_ERR_IO, "%s: %s", path, strerror(errno));
-    fprintf(f, "index,arrival_s,sent_s,ttft_s,tpot_s,e2e_s,prompt_tokens,prompt_tokens_served,"
-               "output_tokens_asked,output_tokens,status,detail\n");
+    fprintf(f, "index,arrival_s,sent_s,ttft_s,tpot_s,e2e_s,max_gap_s,prompt_tokens,"
+               "prompt_tokens_served,output_tokens_asked,output_tokens,status,detail\n");
     for (int i = 0; i < n; i++) {
         const dsla_load_record_t *x = &r[i];
         fprintf(f, "%d,%.6f,%.6f,", i, x->arrival_s, x->sent_s);
@@ -173,9 +178,9 @@ dsla_status_t dsla_load_write_timeline(const char *path, const dsla_load_record_
                 fprintf(f, "%.6f,", tpot_of(x));
             else
                 fputc(',', f);
-            fprintf(f, "%.6f,", x->last_s - x->arrival_s);
+            fprintf(f, "%.6f,%.6f,", x->last_s - x->arrival_s, x->max_gap_s);
         } else {
-            fputs(",,,", f);
+            fputs(",,,,", f);
         }
         /* detail is ours ("429", "timeout"); commas would break the CSV, so none are written */
         char detail[DSLA_LOAD_DETAIL_MAX];

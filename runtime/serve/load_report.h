@@ -6,9 +6,10 @@
  * that the in-process and the over-the-network numbers are computed the same way. Definitions:
  * TTFT is from the request's scheduled arrival (not its send: a load generator that falls behind
  * shows as latency, not as a lighter load) to its first token; TPOT is (last token - first token)
- * / (tokens - 1) per request; E2E from arrival to the last token; goodput is the completed
- * requests meeting both targets per second of the run. This module knows nothing of engines,
- * actors or sockets; it writes only to the streams and paths its caller names. */
+ * / (tokens - 1) per request; E2E from arrival to the last token; the max gap is a request's
+ * longest wait between two consecutive tokens (a stall TPOT averages away); goodput is the
+ * completed requests meeting both targets per second of the run. This module knows nothing of
+ * engines, actors or sockets; it writes only to the streams and paths its caller names. */
 #ifndef DSLA_SERVE_LOAD_REPORT_H
 #define DSLA_SERVE_LOAD_REPORT_H
 
@@ -35,6 +36,7 @@ typedef struct {
     int output_tokens_asked;
     int prompt_tokens_served; /* as the server counted them; 0 when unknown */
     int output_tokens;        /* received */
+    double max_gap_s;         /* the longest wait between two tokens (pieces over HTTP): stalls */
     dsla_load_outcome_t outcome;
     char detail[DSLA_LOAD_DETAIL_MAX]; /* "200", "429", "RESOURCE_EXHAUSTED", "timeout" */
 } dsla_load_record_t;
@@ -54,7 +56,7 @@ typedef struct {
     long prompt_tokens, output_tokens;
     double elapsed_s; /* first arrival to the last request's end */
     double requests_per_s, output_tokens_per_s, goodput_rps;
-    dsla_load_pct_t ttft_ms, tpot_ms, e2e_ms, send_lag_ms;
+    dsla_load_pct_t ttft_ms, tpot_ms, e2e_ms, max_gap_ms, send_lag_ms;
     dsla_load_slo_t slo;
 } dsla_load_summary_t;
 
@@ -70,8 +72,9 @@ void dsla_load_print_json(FILE *f, const char *what, const char *extra,
 void dsla_load_print_table(FILE *f, const char *title, const dsla_load_summary_t *s);
 
 /* The timeline: one CSV line per request, in arrival order, with a header:
- * index,arrival_s,sent_s,ttft_s,tpot_s,e2e_s,prompt_tokens,prompt_tokens_served,output_tokens_asked,
- * output_tokens,status,detail (ttft/tpot/e2e empty when unknown). bench/plot_latency.py reads it.
+ * index,arrival_s,sent_s,ttft_s,tpot_s,e2e_s,max_gap_s,prompt_tokens,prompt_tokens_served,
+ * output_tokens_asked,output_tokens,status,detail (ttft..max_gap empty unless completed).
+ * bench/plot_latency.py reads it.
  */
 dsla_status_t dsla_load_write_timeline(const char *path, const dsla_load_record_t *r, int n);
 

@@ -87,11 +87,11 @@ static json_t *run_loadgen(const char *args, const char *name, int n) {
         if (lines++ == 0) continue;
         int prompt = 0, served = 0;
         char status[32] = "";
-        /* index,arrival,sent,ttft,tpot,e2e,prompt,served,asked,out,status,detail; ttft..e2e
-         * may be empty, so the prompt columns are found from the end. */
+        /* index,arrival,sent,ttft,tpot,e2e,max_gap,prompt,served,asked,out,status,detail;
+         * ttft..max_gap may be empty, so the prompt columns are found by counting commas. */
         const char *p = line;
         int commas = 0;
-        for (; *p && commas < 6; p++)
+        for (; *p && commas < 7; p++)
             commas += *p == ',';
         assert_int_equal(sscanf(p, "%d,%d,%*d,%*d,%31[^,]", &prompt, &served, status), 3);
         if (strcmp(status, "completed") == 0) {

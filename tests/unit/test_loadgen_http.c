@@ -122,6 +122,7 @@ static void test_stream_in_fragments(void **state) {
         assert_int_equal(r.completion_tokens, 30);
         assert_string_equal(r.finish, "length");
         assert_true(r.first_s >= r.sent_s && r.last_s >= r.first_s && r.end_s >= r.last_s);
+        assert_true(r.max_gap_s >= 0 && r.max_gap_s <= r.last_s - r.first_s);
     }
     free(resp);
 }

@@ -233,6 +233,7 @@ static void test_report(void **state) {
          .prompt_tokens = 10,
          .output_tokens_asked = 10,
          .output_tokens = 10,
+         .max_gap_s = 0.2,
          .outcome = DSLA_LOAD_COMPLETED},
         {.arrival_s = 1,
          .sent_s = 1.5,
@@ -241,6 +242,7 @@ static void test_report(void **state) {
          .prompt_tokens = 10,
          .output_tokens_asked = 20,
          .output_tokens = 10,
+         .max_gap_s = 0.3,
          .outcome = DSLA_LOAD_COMPLETED},
         {.arrival_s = 2, .sent_s = 2, .first_s = -1, .last_s = 2.01, .outcome = DSLA_LOAD_REFUSED},
         {.arrival_s = 3, .sent_s = 3, .first_s = -1, .last_s = 3.02, .outcome = DSLA_LOAD_ERROR},
@@ -263,6 +265,7 @@ static void test_report(void **state) {
     assert_true(fabs(s.ttft_ms.p50 - 1050.0) < 1e-6); /* 100 and 2000 ms: the midpoint */
     assert_true(fabs(s.tpot_ms.p50 - 100.0) < 1e-6);  /* 0.9 s over 9 gaps, both */
     assert_true(fabs(s.send_lag_ms.p99 - 1e3 * 0.5 * 0.97) < 1e-6);
+    assert_true(fabs(s.max_gap_ms.p50 - 250.0) < 1e-6); /* 0.2 and 0.3 s */
     char *dir = dsla_test_tempdir();
     char path[512];
     snprintf(path, sizeof path, "%s/timeline.csv", dir);
@@ -274,7 +277,7 @@ static void test_report(void **state) {
     assert_int_equal(lines, 6);
     assert_non_null(strstr(text, ",refused,429\n"));
     assert_non_null(strstr(text, ",error,a b\n"));
-    assert_non_null(strstr(text, "4,4.000000,0.000000,,,,0,0,0,0,not_sent,\n"));
+    assert_non_null(strstr(text, "4,4.000000,0.000000,,,,,0,0,0,0,not_sent,\n"));
     free(text);
     /* the JSON line parses and carries the counts */
     snprintf(path, sizeof path, "%s/line.json", dir);
