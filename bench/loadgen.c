@@ -345,7 +345,8 @@ static char *extra_fields(transport_t transport, const char *target, const char 
     json_object_set_new(o, "workload", json_string(desc));
     json_object_set_new(o, "connections", json_integer(connections));
     json_object_set_new(o, "prompt_tokens_exact", json_boolean(exact));
-    json_object_set_new(o, "prompt_tokens_max_off", json_integer(off_by));
+    /* unknown without a tokenizer: the server's counts are in the timeline */
+    json_object_set_new(o, "prompt_tokens_max_off", exact ? json_integer(off_by) : json_null());
     json_object_set_new(o, "requests_fitted", json_integer(fitted));
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
