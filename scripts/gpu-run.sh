@@ -15,6 +15,9 @@
 #   torch    bench/pytorch_baseline.py --attention-only (SDPA on the same card)
 #   torch_model  bench/pytorch_baseline.py (SDPA, eager attention and transformers' 7B model)
 #   serving  dsla bench --device cuda --random-model 7b (8K sequences per card at 0-75% DSLA)
+#   serving_load  the same model at 0 and 50% DSLA under 90 s of chat-preset Poisson arrivals
+#                 (goodput, TTFT/TPOT percentiles; docs/load.md)
+#   loadgen  dsla-serve --device cuda (tinystories-11M, bf16) under dsla-loadgen over HTTP
 # cuDNN is taken from PyTorch's wheel when python3 can import it, else from the loader's path.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,6 +59,24 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu gemm e2e tor
     torch) stage torch 300 python3 "$root/bench/pytorch_baseline.py" --attention-only ;;
     torch_model) stage torch_model 600 python3 "$root/bench/pytorch_baseline.py" ;;
     serving) stage serving 600 "$D/bin/dsla" bench --device cuda --random-model 7b ;;
+    serving_load) stage serving_load 600 "$D/bin/dsla" bench --device cuda --random-model 7b \
+        --ratios 0,50 --rate ${LOAD_RATE:-2} --preset chat --duration 90 --context 8192 \
+        --slo-ttft-ms 2000 --slo-tpot-ms 100 --timeline "$OUT/serving_load" ;;
+    loadgen)
+        M=$D/shared/models/tinystories-11M-hf
+        "$D/bin/dsla-serve" --model "$M" --device cuda --endpoint tcp://127.0.0.1:17070 \
+            --http 127.0.0.1:18000 >"$OUT/loadgen-serve.log" 2>&1 &
+        sp=$!
+        for _ in $(seq 120); do # ready when one request completes (no curl needed)
+            "$D/bin/dsla-loadgen" --url http://127.0.0.1:18000 --requests 1 --prompt-len 8 \
+                --output-len 1 >/dev/null 2>&1 && break
+            sleep 1
+        done
+        stage loadgen 300 "$D/bin/dsla-loadgen" --url http://127.0.0.1:18000 --tokenizer "$M" \
+            --rate ${LOAD_RATE:-50} --duration 60 --preset chat --max-context 2048 \
+            --timeline "$OUT/loadgen-timeline.csv"
+        kill $sp; wait $sp
+        grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/loadgen.log" ;;
     *) echo "unknown stage $s" ;;
     esac
 done

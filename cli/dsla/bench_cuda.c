@@ -10,6 +10,10 @@
  *     last starts); records the most that held their whole context and decoded in the same steps;
  *  3. fixed workload: --requests requests of context - --output-len prompt tokens and --output-len
  *     outputs, submitted at once; output tokens/s, TTFT and TPOT.
+ *  3'. or, with --trace FILE (or --rate [--cv] [--preset]), that workload on the wall clock
+ *     (runtime/serve/workload.h; requests cut to --context), reported as dsla-loadgen reports
+ *     (runtime/serve/load_report.h): goodput under --slo-ttft-ms/--slo-tpot-ms, percentiles,
+ *     refusals; --timeline PATH writes PATH.dsla<percent>.csv per ratio.
  * A step takes one whole prompt (prefill chunk = context) plus every running decode, so admission
  * never promises blocks that another prompt's later chunks will take. Prints one JSON line per
  * measurement and a table last. */
@@ -23,6 +27,8 @@
 #include "commands.h"
 #include "runtime/core/clock.h"
 #include "runtime/serve/engine.h"
+#include "runtime/serve/load_report.h"
+#include "runtime/serve/workload.h"
 
 #ifdef DSLA_HAVE_CUDA
 
@@ -142,6 +148,90 @@ static dsla_status_t run_workload(dsla_engine_t *e, int vocab, int n, int prompt
     return s;
 }
 
+/* One request of a trace run: its record, on the run's clock. */
+typedef struct {
+    dsla_load_record_t *rec;
+    double t0;
+} trace_req_t;
+
+static int on_trace_event(void *user, const dsla_stream_event_t *ev) {
+    trace_req_t *q = user;
+    const double t = now_s() - q->t0;
+    if (ev->token >= 0) {
+        if (q->rec->output_tokens++ == 0)
+            q->rec->first_s = t;
+        else if (t - q->rec->last_s > q->rec->max_gap_s)
+            q->rec->max_gap_s = t - q->rec->last_s;
+        q->rec->last_s = t;
+    }
+    if (ev->finished) {
+        if (q->rec->output_tokens == 0) q->rec->last_s = t;
+        q->rec->outcome = ev->status == DSLA_OK ? DSLA_LOAD_COMPLETED : DSLA_LOAD_ERROR;
+        snprintf(q->rec->detail, sizeof q->rec->detail, "%s", dsla_status_name(ev->status));
+    }
+    return 0;
+}
+
+/* Submits each request of w at its arrival (wall clock; random prompt ids) and steps the engine
+ * until every one has ended; fills recs (w->n of them). */
+static dsla_status_t run_trace(dsla_engine_t *e, int vocab, const dsla_workload_t *w,
+                               dsla_load_record_t *recs) {
+    trace_req_t *q = calloc((size_t)(w->n > 0 ? w->n : 1), sizeof *q);
+    int max_prompt = 1;
+    for (int i = 0; i < w->n; i++)
+        max_prompt =
+            w->requests[i].prompt_tokens > max_prompt ? w->requests[i].prompt_tokens : max_prompt;
+    int32_t *ids = malloc((size_t)max_prompt * sizeof *ids);
+    dsla_status_t s =
+        q && ids ? DSLA_OK : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
+    const double t0 = now_s();
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    int next = 0;
+    while (s == DSLA_OK && (next < w->n || !dsla_engine_idle(e))) {
+        const double now = now_s() - t0;
+        for (; next < w->n && w->requests[next].arrival_s <= now; next++) {
+            const dsla_workload_request_t *r = &w->requests[next];
+            for (int t = 0; t < r->prompt_tokens; t++) {
+                x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+                ids[t] = t == 0 ? 1 : (int32_t)(3 + (x >> 33) % (uint64_t)(vocab - 3));
+            }
+            dsla_load_record_t *rec = &recs[next];
+            *rec = (dsla_load_record_t){.arrival_s = r->arrival_s,
+                                        .sent_s = now,
+                                        .first_s = -1,
+                                        .prompt_tokens = r->prompt_tokens,
+                                        .prompt_tokens_served = r->prompt_tokens,
+                                        .output_tokens_asked = r->output_tokens};
+            q[next] = (trace_req_t){rec, t0};
+            const dsla_request_params_t p = {.prompt_ids = ids,
+                                             .n_prompt_ids = r->prompt_tokens,
+                                             .max_tokens = r->output_tokens,
+                                             .ignore_eos = true,
+                                             .on_event = on_trace_event,
+                                             .user = &q[next]};
+            const dsla_status_t sub = dsla_engine_submit(e, &p, NULL);
+            if (sub != DSLA_OK) {
+                rec->outcome =
+                    sub == DSLA_ERR_RESOURCE_EXHAUSTED ? DSLA_LOAD_REFUSED : DSLA_LOAD_ERROR;
+                rec->last_s = now;
+                snprintf(rec->detail, sizeof rec->detail, "%s", dsla_status_name(sub));
+            }
+        }
+        if (!dsla_engine_idle(e)) {
+            s = dsla_engine_step(e, NULL);
+        } else if (next < w->n) { /* nothing to run before the next arrival */
+            const double gap = w->requests[next].arrival_s - (now_s() - t0);
+            if (gap > 0) {
+                struct timespec ts = {(time_t)gap, (long)((gap - (double)(time_t)gap) * 1e9)};
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    free(q);
+    free(ids);
+    return s;
+}
+
 /* A DSLA layer version carrying its shape and no host weights: the device holds random ones. */
 static dsla_status_t shape_only_version(dsla_layer_ref_t **out, const dsla_model_config_t *c,
                                         int layer) {
@@ -168,6 +258,9 @@ typedef struct {
     int context, max_seqs, requests, output;
     size_t margin;
     const char *device;
+    const dsla_workload_t *trace; /* NULL: the fixed workload */
+    const char *trace_desc, *timeline;
+    dsla_load_slo_t slo;
 } bench_t;
 
 static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
@@ -243,10 +336,35 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
                row->n_fit, row->capped ? b->max_seqs : 0, row->kv_blocks, row->state_slots, admit_n,
                row->admit.peak_decoding, row->admit.peak_running, row->admit.elapsed);
     fflush(stdout);
-    if (s == DSLA_OK && b->requests > 0)
+    if (s == DSLA_OK && b->trace) {
+        dsla_load_record_t *recs = calloc((size_t)b->trace->n, sizeof *recs);
+        dsla_load_summary_t sum;
+        s = recs ? run_trace(e, c->vocab_size, b->trace, recs)
+                 : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
+        if (s == DSLA_OK) s = dsla_load_summarize(recs, b->trace->n, 0, &b->slo, &sum);
+        char path[4096];
+        snprintf(path, sizeof path, "%s.dsla%d.csv", b->timeline ? b->timeline : "", row->ratio);
+        if (s == DSLA_OK && b->timeline) s = dsla_load_write_timeline(path, recs, b->trace->n);
+        if (s == DSLA_OK) {
+            char extra[1024], title[1024];
+            snprintf(extra, sizeof extra,
+                     "\"device\":\"%s\",\"dsla_percent\":%d,\"context\":%d,\"workload\":\"%s\"",
+                     b->device, row->ratio, b->context, b->trace_desc);
+            dsla_load_print_json(stdout, "serve_trace", extra, &sum);
+            snprintf(title, sizeof title, "dsla bench --device cuda: %s, %d%% DSLA, %s", b->device,
+                     row->ratio, b->trace_desc);
+            dsla_load_print_table(stderr, title, &sum);
+            row->work.out_tps = sum.output_tokens_per_s;
+            row->work.ttft_p50 = 1e-3 * sum.ttft_ms.p50;
+            row->work.tpot_p50 = 1e-3 * sum.tpot_ms.p50;
+            row->work.elapsed = sum.elapsed_s;
+        }
+        free(recs);
+    }
+    if (s == DSLA_OK && !b->trace && b->requests > 0)
         s = run_workload(e, c->vocab_size, b->requests, b->context - b->output, b->output, 2,
                          &row->work);
-    if (s == DSLA_OK && b->requests > 0) {
+    if (s == DSLA_OK && !b->trace && b->requests > 0) {
         const result_t *w = &row->work;
         printf("{\"what\":\"serve_throughput\",\"device\":\"%s\",\"dsla_percent\":%d,"
                "\"requests\":%d,\"prompt\":%d,\"output\":%d,\"completed\":%d,\"elapsed_s\":%.3f,"
@@ -268,7 +386,10 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
 
 int dsla_cmd_bench_cuda(int argc, char **argv) {
     const char *device_arg = "cuda", *random_model = NULL, *ratios_arg = "0,25,50,75";
-    long context = 8192, requests = 16, output = 128, max_seqs = 128, margin_mib = 2048, seed = 7;
+    long context = 8192, requests = -1, output = 128, max_seqs = 128, margin_mib = 2048, seed = 7;
+    dsla_workload_options_t wo = {0};
+    double slo_ttft_ms = 1000, slo_tpot_ms = 100;
+    const char *timeline = NULL;
     const dsla_arg_spec_t specs[] = {
         {"device", DSLA_ARG_STRING, "cuda (this mode) or cpu", 0, 0, &device_arg},
         {"random-model", DSLA_ARG_STRING, "7b: Llama-2-7B's shape, random bf16 weights", 0, 0,
@@ -284,7 +405,27 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
         {"max-seqs", DSLA_ARG_INT, "sequences at once at most (default 128)", 1, 1024, &max_seqs},
         {"margin-mib", DSLA_ARG_INT, "device memory left out of the pools (default 2048)", 0,
          1 << 20, &margin_mib},
-        {"seed", DSLA_ARG_INT, "weights (default 7)", 0, 9.2e18, &seed},
+        {"seed", DSLA_ARG_INT, "weights and the synthetic workload (default 7)", 0, 9.2e18, &seed},
+        {"trace", DSLA_ARG_STRING, "replaces the fixed workload: a CSV trace (wall clock)", 0, 0,
+         &wo.trace},
+        {"rate", DSLA_ARG_FLOAT, "replaces the fixed workload: Poisson arrivals per second", 1e-6,
+         1e6, &wo.rate},
+        {"cv", DSLA_ARG_FLOAT, "with --rate: inter-arrival CV (1 Poisson, else gamma)", 0.01, 100,
+         &wo.cv},
+        {"preset", DSLA_ARG_STRING,
+         "with --rate: chat or long-doc lengths (default: the fixed "
+         "workload's)",
+         0, 0, &wo.preset},
+        {"rate-scale", DSLA_ARG_FLOAT, "multiply the arrival rate of --trace or --rate", 1e-6, 1e6,
+         &wo.scale},
+        {"duration", DSLA_ARG_FLOAT, "with --trace or --rate: seconds of arrivals", 0, 1e7,
+         &wo.duration_s},
+        {"slo-ttft-ms", DSLA_ARG_FLOAT, "goodput: TTFT target (default 1000)", 0, 1e9,
+         &slo_ttft_ms},
+        {"slo-tpot-ms", DSLA_ARG_FLOAT, "goodput: time-per-output-token target (default 100)", 0,
+         1e9, &slo_tpot_ms},
+        {"timeline", DSLA_ARG_STRING, "per-request CSVs: PATH.dsla<percent>.csv per ratio", 0, 0,
+         &timeline},
     };
     int rc =
         dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
@@ -294,6 +435,8 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
         fprintf(stderr, "dsla bench: --device cuda needs --random-model 7b (the only shape)\n");
         return 2;
     }
+    const bool workload = wo.trace || wo.rate > 0;
+    if (requests < 0) requests = workload ? 0 : 16;
     if (output >= context) {
         fprintf(stderr, "dsla bench: --output-len %ld must be below --context %ld\n", output,
                 context);
@@ -322,6 +465,27 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
                  .output = (int)output,
                  .margin = (size_t)margin_mib << 20,
                  .device = device};
+    dsla_workload_t trace = {0};
+    char trace_desc[768] = "", plen[32], olen[32];
+    if (workload) {
+        snprintf(plen, sizeof plen, "%ld", context - output);
+        snprintf(olen, sizeof olen, "%ld", output);
+        wo.prompt_len = wo.preset ? NULL : plen;
+        wo.output_len = wo.preset ? NULL : olen;
+        wo.max_requests = requests;
+        wo.seed = (uint64_t)seed;
+        wo.max_total = (int)context;
+        if (dsla_workload_build(&wo, &trace, trace_desc, sizeof trace_desc, NULL) != DSLA_OK) {
+            fprintf(stderr, "dsla bench: %s\n", dsla_last_error());
+            return 2;
+        }
+        /* the fixed workload's queue bound grows with --requests; a trace's stays the engine's */
+        b.requests = 0;
+        b.trace = &trace;
+        b.trace_desc = trace_desc;
+        b.timeline = timeline;
+        b.slo = (dsla_load_slo_t){slo_ttft_ms * 1e-3, slo_tpot_ms * 1e-3};
+    }
     dsla_model_config_t cfg = {0};
     cfg.hidden_size = 4096, cfg.num_layers = MODEL_LAYERS, cfg.num_heads = 32;
     cfg.num_kv_heads = 32, cfg.head_dim = 128, cfg.intermediate_size = 11008;
@@ -356,9 +520,14 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
         fprintf(stderr, "dsla bench: %s\n", dsla_last_error());
         rc = 1;
     }
-    printf("\ndsla bench --device cuda: %s, 7B shape (random bf16), bf16 KV, context %ld, "
-           "workload %ld x (%ld prompt + %ld output)\n",
-           device, context, requests, context - output, output);
+    if (b.trace)
+        printf("\ndsla bench --device cuda: %s, 7B shape (random bf16), bf16 KV, context %ld, "
+               "workload %s\n",
+               device, context, trace_desc);
+    else
+        printf("\ndsla bench --device cuda: %s, 7B shape (random bf16), bf16 KV, context %ld, "
+               "workload %ld x (%ld prompt + %ld output)\n",
+               device, context, requests, context - output, output);
     printf("  %-5s %-6s %-9s %-8s %-9s %-10s %-9s %-9s %-9s\n", "DSLA", "layers", "MiB/seq", "fit",
            "at once", "out tok/s", "TTFT p50", "TPOT p50", "elapsed");
     for (int i = 0; i < done; i++) {
@@ -368,6 +537,7 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
                r->admit.peak_decoding, r->work.out_tps, 1e3 * r->work.ttft_p50,
                1e3 * r->work.tpot_p50, r->work.elapsed);
     }
+    dsla_workload_free(&trace);
     dsla_cuda_model_destroy(&b.m);
     if (stream) dsla_cuda_stream_destroy(&stream);
     return rc;

@@ -1,10 +1,12 @@
 /* dsla bench: an offline load generator against the serving engine, in process.
  *
- * Requests of fixed or uniformly distributed prompt and output lengths (random token ids, or
- * windows of a text file) arrive by a Poisson process at --rate (on a virtual clock that skips
- * idle time, or the wall clock) or in a closed loop of --concurrency; the engine runs them with
- * continuous batching, optionally over a hybrid plan. Prints throughput, TTFT and TPOT percentiles,
- * peak concurrency and memory as a table, then one JSON line. */
+ * Requests (random token ids, or windows of a text file) arrive as a workload says
+ * (runtime/serve/workload.h: a CSV trace with --trace, or Poisson/gamma arrivals at --rate with
+ * fixed, uniform or lognormal lengths; on a virtual clock that skips idle time, or the wall clock)
+ * or in a closed loop of --concurrency; the engine runs them with continuous batching, optionally
+ * over a hybrid plan. Prints throughput, goodput under TTFT/TPOT targets, latency percentiles,
+ * peak concurrency and memory as a table, then one JSON line; --timeline writes the per-request
+ * CSV (runtime/serve/load_report.h), as dsla-loadgen does over the network. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +19,16 @@
 #include "runtime/distill/distill.h"
 #include "runtime/model/dsla_layer.h"
 #include "runtime/serve/engine.h"
+#include "runtime/serve/load_report.h"
+#include "runtime/serve/workload.h"
 
 static const char usage[] =
     "usage: dsla bench [--model DIR] [options]\n\n"
     "Drives the serving engine in process with synthetic requests and reports throughput and\n"
-    "latency. Lengths are N or LO:HI (uniform). --rate R: Poisson arrivals of R requests/s\n"
-    "(virtual clock unless --wall-clock); otherwise a closed loop of --concurrency requests.\n"
+    "latency. Lengths are N or LO:HI (uniform), or with --rate lognormal:MEAN:SIGMA[:MIN:MAX].\n"
+    "--rate R: Poisson arrivals of R requests/s (gamma with --cv), --trace FILE: a CSV trace\n"
+    "(timestamp,prompt_tokens,output_tokens), both on a virtual clock unless --wall-clock;\n"
+    "otherwise a closed loop of --concurrency requests.\n"
     "--device cuda runs the GPU mode (its own options: dsla bench --device cuda --help).";
 
 /* Default model: the shared test model beside the repository. */
@@ -54,10 +60,6 @@ static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
     return z ^ (z >> 31);
 }
 
-static double rng_uniform(uint64_t *s) {
-    return (double)(rng_next(s) >> 11) * 0x1.0p-53;
-}
-
 static int draw(uint64_t *s, range_t r) {
     return r.lo + (int)(rng_next(s) % (uint64_t)(r.hi - r.lo + 1));
 }
@@ -79,10 +81,11 @@ static double bench_now(void *user) {
 }
 
 typedef struct {
-    double submit, first, done;
-    int tokens;
+    double submit, first, done, last, max_gap;
+    int tokens, asked, prompt;
     bool finished;
     bool rejected;
+    dsla_status_t submit_status;
     int *in_flight;
 } record_t;
 
@@ -92,7 +95,11 @@ static int record_event(void *user, const dsla_stream_event_t *ev) {
     record_t *r = user;
     double now = bench_now(g_clock);
     if (ev->token >= 0) {
-        if (r->tokens == 0) r->first = now;
+        if (r->tokens == 0)
+            r->first = now;
+        else if (now - r->last > r->max_gap)
+            r->max_gap = now - r->last;
+        r->last = now;
         r->tokens++;
     }
     if (ev->finished) {
@@ -101,18 +108,6 @@ static int record_event(void *user, const dsla_stream_event_t *ev) {
         (*r->in_flight)--;
     }
     return 0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double percentile(const double *sorted, int n, double q) {
-    if (n == 0) return 0.0;
-    double pos = q * (n - 1);
-    int i = (int)pos;
-    return i + 1 < n ? sorted[i] + (pos - i) * (sorted[i + 1] - sorted[i]) : sorted[n - 1];
 }
 
 /* Installs the plan: layer versions from a distill output directory, or the first n layers of
@@ -181,11 +176,13 @@ static bool wants_cuda(int argc, char **argv) {
 
 int dsla_cmd_bench(int argc, char **argv) {
     if (wants_cuda(argc, argv)) return dsla_cmd_bench_cuda(argc, argv);
-    const char *model_dir = DEFAULT_MODEL, *prompt_lens = "32", *output_lens = "32";
+    const char *model_dir = DEFAULT_MODEL, *prompt_lens = NULL, *output_lens = NULL;
     const char *prompt_file = NULL, *dsla_dir = NULL, *order_arg = NULL;
-    long requests = DEFAULT_REQUESTS, concurrency = 0, seed = 1, dsla_layers = 0;
+    long requests = 0, concurrency = 0, seed = 1, dsla_layers = 0;
     long max_running = 0, step_tokens = 0, prefill_chunk = 0, kv_blocks = 0, max_queued = 0;
-    double rate = 0.0;
+    double rate = 0.0, cv = 1.0, rate_scale = 1.0, duration = 0.0;
+    double slo_ttft_ms = 1000, slo_tpot_ms = 100;
+    const char *trace = NULL, *preset = NULL, *timeline = NULL;
     bool wall_clock = false, no_batch_invariance = false;
     const char *device = "cpu";
     const dsla_arg_spec_t specs[] = {
@@ -203,6 +200,21 @@ int dsla_cmd_bench(int argc, char **argv) {
          0, 0, &prompt_file},
         {"rate", DSLA_ARG_FLOAT, "Poisson arrivals, requests per second (default: closed loop)", 0,
          1e9, &rate},
+        {"cv", DSLA_ARG_FLOAT, "with --rate: inter-arrival CV (1 Poisson, else gamma)", 0.01, 100,
+         &cv},
+        {"trace", DSLA_ARG_STRING, "arrivals and lengths from a CSV trace", 0, 0, &trace},
+        {"preset", DSLA_ARG_STRING,
+         "with --rate: lengths of chat (1.2K/0.2K) or long-doc (8K/0.3K)", 0, 0, &preset},
+        {"rate-scale", DSLA_ARG_FLOAT, "multiply the arrival rate of --rate or --trace", 1e-6, 1e6,
+         &rate_scale},
+        {"duration", DSLA_ARG_FLOAT, "with --rate or --trace: seconds of arrivals", 0, 1e7,
+         &duration},
+        {"slo-ttft-ms", DSLA_ARG_FLOAT, "goodput: TTFT target (default 1000)", 0, 1e9,
+         &slo_ttft_ms},
+        {"slo-tpot-ms", DSLA_ARG_FLOAT, "goodput: time-per-output-token target (default 100)", 0,
+         1e9, &slo_tpot_ms},
+        {"timeline", DSLA_ARG_STRING, "write the per-request CSV here (bench/plot_latency.py)", 0,
+         0, &timeline},
         {"wall-clock", DSLA_ARG_FLAG,
          "with --rate: sleep until arrivals instead of skipping idle "
          "time",
@@ -242,15 +254,29 @@ int dsla_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "dsla bench: --device '%s' must be cpu or cuda\n", device);
         return 2;
     }
-    range_t plen, olen;
-    if (parse_range(prompt_lens, "prompt-len", &plen) ||
-        parse_range(output_lens, "output-len", &olen))
+    /* Open loop: a workload (runtime/serve/workload.h) says when requests arrive. */
+    const bool open_loop = rate > 0 || trace;
+    range_t plen = {0, 0}, olen = {0, 0};
+    if (!open_loop && (parse_range(prompt_lens ? prompt_lens : "32", "prompt-len", &plen) ||
+                       parse_range(output_lens ? output_lens : "32", "output-len", &olen)))
         return 2;
-    if (rate > 0 && concurrency > 0) {
-        fprintf(stderr, "dsla bench: --rate and --concurrency exclude each other\n");
+    if (open_loop && concurrency > 0) {
+        fprintf(stderr, "dsla bench: --%s and --concurrency exclude each other\n",
+                trace ? "trace" : "rate");
         return 2;
     }
-    if (rate <= 0 && concurrency == 0) concurrency = DEFAULT_CONCURRENCY;
+    if (trace && rate > 0) {
+        fprintf(stderr, "dsla bench: --trace and --rate exclude each other (--rate-scale scales "
+                        "a trace)\n");
+        return 2;
+    }
+    if (!open_loop && (preset || duration > 0 || cv != 1.0 || rate_scale != 1.0)) {
+        fprintf(stderr, "dsla bench: --preset, --cv, --duration and --rate-scale need --rate or "
+                        "--trace\n");
+        return 2;
+    }
+    if (!open_loop && concurrency == 0) concurrency = DEFAULT_CONCURRENCY;
+    if (!open_loop && requests == 0) requests = DEFAULT_REQUESTS;
     int order[MAX_LAYERS], n_order = 0;
     for (const char *p = order_arg; p && *p && n_order < MAX_LAYERS;) {
         char *end;
@@ -268,11 +294,48 @@ int dsla_cmd_bench(int argc, char **argv) {
     dsla_corpus_t corpus = {0};
     record_t *recs = NULL;
     int32_t *prompt = NULL;
-    double *ttft = NULL, *tpot = NULL, *e2e = NULL;
+    dsla_workload_t work = {0};
+    dsla_load_record_t *lrecs = NULL;
+    char workload_desc[768] = "";
+    int fitted = 0;
     dsla_status_t s = dsla_model_load(&model, model_dir);
     if (s == DSLA_OK) s = dsla_tokenizer_load_dir(&tok, model_dir);
     if (s != DSLA_OK) goto fail;
     const dsla_model_config_t *mc = dsla_model_config(model);
+    if (open_loop) {
+        const dsla_workload_options_t wo = {
+            .trace = trace,
+            .preset = preset,
+            .prompt_len = prompt_lens ? prompt_lens
+                          : preset    ? NULL
+                                      : "32",
+            .output_len = output_lens ? output_lens
+                          : preset    ? NULL
+                                      : "32",
+            .rate = rate,
+            .cv = cv,
+            .scale = rate_scale,
+            .duration_s = duration,
+            .max_requests = requests,
+            .seed = (uint64_t)seed,
+            .max_total = mc->max_position_embeddings, /* the engine refuses what does not fit */
+        };
+        s = dsla_workload_build(&wo, &work, workload_desc, sizeof workload_desc, &fitted);
+        if (s != DSLA_OK) goto fail;
+        requests = work.n;
+        plen = (range_t){work.requests[0].prompt_tokens, work.requests[0].prompt_tokens};
+        olen = (range_t){work.requests[0].output_tokens, work.requests[0].output_tokens};
+        for (int i = 1; i < work.n; i++) {
+            const dsla_workload_request_t *q = &work.requests[i];
+            plen.lo = q->prompt_tokens < plen.lo ? q->prompt_tokens : plen.lo;
+            plen.hi = q->prompt_tokens > plen.hi ? q->prompt_tokens : plen.hi;
+            olen.lo = q->output_tokens < olen.lo ? q->output_tokens : olen.lo;
+            olen.hi = q->output_tokens > olen.hi ? q->output_tokens : olen.hi;
+        }
+        if (fitted)
+            fprintf(stderr, "dsla bench: %d requests cut to the model's context of %d tokens\n",
+                    fitted, mc->max_position_embeddings);
+    }
     if (prompt_file) {
         s = dsla_corpus_load(&corpus, tok, &prompt_file, 1, plen.hi, 0);
         if (s != DSLA_OK) goto fail;
@@ -312,40 +375,41 @@ int dsla_cmd_bench(int argc, char **argv) {
 
     recs = calloc((size_t)requests, sizeof *recs);
     prompt = malloc((size_t)plen.hi * sizeof *prompt);
-    ttft = malloc((size_t)requests * sizeof *ttft);
-    tpot = malloc((size_t)requests * sizeof *tpot);
-    e2e = malloc((size_t)requests * sizeof *e2e);
-    if (!recs || !prompt || !ttft || !tpot || !e2e) {
+    if (!recs || !prompt) {
         s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for %ld requests", requests);
         goto fail;
     }
     uint64_t rng = (uint64_t)seed;
     int in_flight = 0, next = 0, rejected = 0;
-    double start = bench_now(&clk), next_arrival = start;
+    const double start = bench_now(&clk);
+    double next_arrival = open_loop ? start + work.requests[0].arrival_s : start;
     while (next < requests || in_flight > 0) {
         double now = bench_now(&clk);
-        while (next < requests && (rate > 0 ? next_arrival <= now : in_flight < concurrency)) {
-            record_t *r = &recs[next++];
-            int n_prompt = draw(&rng, plen);
-            make_prompt(prompt, n_prompt, prompt_file ? &corpus : NULL, mc->vocab_size,
+        while (next < requests && (open_loop ? next_arrival <= now : in_flight < concurrency)) {
+            const int i = next++;
+            record_t *r = &recs[i];
+            r->prompt = open_loop ? work.requests[i].prompt_tokens : draw(&rng, plen);
+            r->asked = open_loop ? work.requests[i].output_tokens : draw(&rng, olen);
+            make_prompt(prompt, r->prompt, prompt_file ? &corpus : NULL, mc->vocab_size,
                         dsla_tokenizer_bos_id(tok), &rng);
             r->in_flight = &in_flight;
-            r->submit = rate > 0 ? next_arrival : now;
+            r->submit = open_loop ? next_arrival : now;
             dsla_request_params_t p = {
                 .prompt_ids = prompt,
-                .n_prompt_ids = n_prompt,
-                .max_tokens = draw(&rng, olen),
+                .n_prompt_ids = r->prompt,
+                .max_tokens = r->asked,
                 .ignore_eos = true,
                 .on_event = record_event,
                 .user = r,
             };
-            if (dsla_engine_submit(engine, &p, NULL) == DSLA_OK) {
+            r->submit_status = dsla_engine_submit(engine, &p, NULL);
+            if (r->submit_status == DSLA_OK) {
                 in_flight++;
             } else {
                 r->rejected = true;
                 rejected++;
             }
-            if (rate > 0) next_arrival += -log(1.0 - rng_uniform(&rng)) / rate;
+            if (open_loop && next < requests) next_arrival = start + work.requests[next].arrival_s;
         }
         if (dsla_engine_idle(engine)) {
             if (next >= requests) break;
@@ -362,71 +426,91 @@ int dsla_cmd_bench(int argc, char **argv) {
         if (s != DSLA_OK) goto fail;
     }
     double elapsed = bench_now(&clk) - start;
-    int n_ok = 0;
-    long out_tokens = 0, in_tokens = 0;
-    for (int i = 0; i < requests; i++) {
-        record_t *r = &recs[i];
-        if (r->rejected || !r->finished) continue;
-        ttft[n_ok] = r->first - r->submit;
-        tpot[n_ok] = r->tokens > 1 ? (r->done - r->first) / (r->tokens - 1) : 0.0;
-        e2e[n_ok] = r->done - r->submit;
-        out_tokens += r->tokens;
-        n_ok++;
+    /* Every request as the load report counts it (runtime/serve/load_report.h), the same sums
+     * dsla-loadgen makes over the network. */
+    lrecs = calloc((size_t)requests, sizeof *lrecs);
+    if (!lrecs) {
+        s = dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for %ld requests", requests);
+        goto fail;
     }
+    for (int i = 0; i < requests; i++) {
+        const record_t *r = &recs[i];
+        dsla_load_record_t *l = &lrecs[i];
+        l->arrival_s = l->sent_s = r->submit - start;
+        l->first_s = r->tokens > 0 ? r->first - start : -1;
+        l->last_s = r->finished ? r->done - start : l->arrival_s;
+        l->prompt_tokens = l->prompt_tokens_served = r->prompt;
+        l->output_tokens_asked = r->asked;
+        l->output_tokens = r->tokens;
+        l->max_gap_s = r->max_gap;
+        l->outcome = r->finished                                       ? DSLA_LOAD_COMPLETED
+                     : r->submit_status == DSLA_ERR_RESOURCE_EXHAUSTED ? DSLA_LOAD_REFUSED
+                                                                       : DSLA_LOAD_ERROR;
+        snprintf(l->detail, sizeof l->detail, "%s",
+                 r->finished ? "ok" : dsla_status_name(r->submit_status));
+    }
+    const dsla_load_slo_t slo = {slo_ttft_ms * 1e-3, slo_tpot_ms * 1e-3};
+    dsla_load_summary_t sum;
+    s = dsla_load_summarize(lrecs, (int)requests, elapsed, &slo, &sum);
+    if (s == DSLA_OK && timeline) s = dsla_load_write_timeline(timeline, lrecs, (int)requests);
+    if (s != DSLA_OK) goto fail;
+    const int n_ok = sum.completed;
+    const long out_tokens = sum.output_tokens;
     dsla_engine_metrics_t m;
     dsla_engine_metrics(engine, &m);
-    in_tokens = (long)m.prompt_tokens_computed;
-    qsort(ttft, (size_t)n_ok, sizeof *ttft, cmp_double);
-    qsort(tpot, (size_t)n_ok, sizeof *tpot, cmp_double);
-    qsort(e2e, (size_t)n_ok, sizeof *e2e, cmp_double);
+    const long in_tokens = (long)m.prompt_tokens_computed;
     const double kv_block_mib = 2.0 * DSLA_KV_BLOCK_TOKENS * mc->num_kv_heads * mc->head_dim *
                                 sizeof(float) / (1024.0 * 1024.0);
     const double slot_mib =
         2.0 * mc->num_heads * mc->head_dim * mc->head_dim * sizeof(float) / (1024.0 * 1024.0);
     const double peak_mib =
         m.peak_kv_blocks_used * kv_block_mib + m.peak_state_slots_used * slot_mib;
-    char mode[64];
-    if (rate > 0)
-        snprintf(mode, sizeof mode, "poisson %.3g/s (%s clock)", rate,
+    char mode[900];
+    if (open_loop)
+        snprintf(mode, sizeof mode, "%s (%s clock)", workload_desc,
                  wall_clock ? "wall" : "virtual");
     else
         snprintf(mode, sizeof mode, "closed loop x%ld", concurrency);
     printf("dsla bench: %s, %s, %ld requests, prompt %d..%d, output %d..%d, plan %llu (%d DSLA)\n",
            model_dir, mode, requests, plen.lo, plen.hi, olen.lo, olen.hi,
            (unsigned long long)m.plan_id, dsla_plan_num_dsla(dsla_engine_plan(engine)));
+    char goodput[64];
+    snprintf(goodput, sizeof goodput, "goodput req/s (%.0f/%.0f ms)", slo_ttft_ms, slo_tpot_ms);
     printf("  %-26s %12s\n", "metric", "value");
     printf("  %-26s %12d\n", "completed", n_ok);
-    printf("  %-26s %12d\n", "rejected", rejected);
+    printf("  %-26s %12d (%d refused, %d errors)\n", "rejected", rejected, sum.refused, sum.errors);
     printf("  %-26s %12.3f\n", "elapsed s", elapsed);
     printf("  %-26s %12.1f\n", "requests/s", n_ok / elapsed);
     printf("  %-26s %12.1f\n", "output tokens/s", out_tokens / elapsed);
     printf("  %-26s %12.1f\n", "total tokens/s", (out_tokens + in_tokens) / elapsed);
-    printf("  %-26s %12.2f %8.2f %8.2f\n", "TTFT ms p50 p90 p99", 1e3 * percentile(ttft, n_ok, .5),
-           1e3 * percentile(ttft, n_ok, .9), 1e3 * percentile(ttft, n_ok, .99));
-    printf("  %-26s %12.3f %8.3f %8.3f\n", "TPOT ms p50 p90 p99", 1e3 * percentile(tpot, n_ok, .5),
-           1e3 * percentile(tpot, n_ok, .9), 1e3 * percentile(tpot, n_ok, .99));
-    printf("  %-26s %12.2f %8.2f %8.2f\n", "latency ms p50 p90 p99",
-           1e3 * percentile(e2e, n_ok, .5), 1e3 * percentile(e2e, n_ok, .9),
-           1e3 * percentile(e2e, n_ok, .99));
+    printf("  %-26s %12.2f (%d met both)\n", goodput, sum.goodput_rps, sum.met_slo);
+    printf("  %-26s %12.2f %8.2f %8.2f\n", "TTFT ms p50 p90 p99", sum.ttft_ms.p50, sum.ttft_ms.p90,
+           sum.ttft_ms.p99);
+    printf("  %-26s %12.3f %8.3f %8.3f\n", "TPOT ms p50 p90 p99", sum.tpot_ms.p50, sum.tpot_ms.p90,
+           sum.tpot_ms.p99);
+    printf("  %-26s %12.2f %8.2f %8.2f\n", "latency ms p50 p90 p99", sum.e2e_ms.p50, sum.e2e_ms.p90,
+           sum.e2e_ms.p99);
     printf("  %-26s %12d\n", "peak running", m.peak_running);
     printf("  %-26s %12d / %d\n", "peak KV blocks", m.peak_kv_blocks_used, m.kv_blocks_total);
     printf("  %-26s %12d / %d\n", "peak state slots", m.peak_state_slots_used, m.state_slots_total);
     printf("  %-26s %12.2f\n", "peak KV+state MiB", peak_mib);
     printf("  %-26s %12llu\n", "preemptions", (unsigned long long)m.preemptions);
     printf("{\"what\":\"serve_bench\",\"model\":\"%s\",\"mode\":\"%s\",\"requests\":%ld,"
-           "\"completed\":%d,\"rejected\":%d,\"dsla_layers\":%ld,\"elapsed_s\":%.6f,"
-           "\"requests_per_s\":%.3f,\"output_tokens_per_s\":%.3f,\"total_tokens_per_s\":%.3f,"
+           "\"completed\":%d,\"rejected\":%d,\"refused\":%d,\"errors\":%d,\"dsla_layers\":%ld,"
+           "\"elapsed_s\":%.6f,\"requests_per_s\":%.3f,\"output_tokens_per_s\":%.3f,"
+           "\"total_tokens_per_s\":%.3f,\"slo_ttft_ms\":%.1f,\"slo_tpot_ms\":%.1f,"
+           "\"slo_met\":%d,\"goodput_rps\":%.3f,"
            "\"ttft_ms\":{\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f},"
-           "\"tpot_ms\":{\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f},\"peak_running\":%d,"
+           "\"tpot_ms\":{\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f},"
+           "\"e2e_ms\":{\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f},\"peak_running\":%d,"
            "\"peak_kv_blocks\":%d,\"kv_blocks_total\":%d,\"peak_state_slots\":%d,"
            "\"peak_memory_mib\":%.4f,\"preemptions\":%llu}\n",
-           model_dir, mode, requests, n_ok, rejected, dsla_layers, elapsed, n_ok / elapsed,
-           out_tokens / elapsed, (out_tokens + in_tokens) / elapsed,
-           1e3 * percentile(ttft, n_ok, .5), 1e3 * percentile(ttft, n_ok, .9),
-           1e3 * percentile(ttft, n_ok, .99), 1e3 * percentile(tpot, n_ok, .5),
-           1e3 * percentile(tpot, n_ok, .9), 1e3 * percentile(tpot, n_ok, .99), m.peak_running,
-           m.peak_kv_blocks_used, m.kv_blocks_total, m.peak_state_slots_used, peak_mib,
-           (unsigned long long)m.preemptions);
+           model_dir, mode, requests, n_ok, rejected, sum.refused, sum.errors, dsla_layers, elapsed,
+           n_ok / elapsed, out_tokens / elapsed, (out_tokens + in_tokens) / elapsed, slo_ttft_ms,
+           slo_tpot_ms, sum.met_slo, sum.goodput_rps, sum.ttft_ms.p50, sum.ttft_ms.p90,
+           sum.ttft_ms.p99, sum.tpot_ms.p50, sum.tpot_ms.p90, sum.tpot_ms.p99, sum.e2e_ms.p50,
+           sum.e2e_ms.p90, sum.e2e_ms.p99, m.peak_running, m.peak_kv_blocks_used, m.kv_blocks_total,
+           m.peak_state_slots_used, peak_mib, (unsigned long long)m.preemptions);
     rc = 0;
     goto done;
 fail:
@@ -434,10 +518,9 @@ fail:
     rc = s == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1;
 done:
     free(recs);
+    free(lrecs);
     free(prompt);
-    free(ttft);
-    free(tpot);
-    free(e2e);
+    dsla_workload_free(&work);
     dsla_corpus_free(&corpus);
     dsla_engine_destroy(&engine);
     dsla_tokenizer_destroy(&tok);
