@@ -475,31 +475,19 @@ typedef struct {
     long steps_done;
 } run_t;
 
-static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill_params_t *p,
-                              const dsla_corpus_t *train, const dsla_corpus_t *eval) {
+/* steps 0 writes teacher-initialised versions without training or scoring them; with a given order
+ * it needs no data at all (no entropy pass). */
+static bool init_only(const dsla_distill_params_t *p) {
+    return p->steps == 0;
+}
+
+static bool init_only_without_data(const dsla_distill_params_t *p) {
+    return init_only(p) && p->order_mode == DSLA_ORDER_GIVEN;
+}
+
+static dsla_status_t validate_order(const dsla_model_config_t *cfg,
+                                    const dsla_distill_params_t *p) {
     const int L = cfg->num_layers;
-    if (L > DSLA_LAYER_ORDER_MAX)
-        return dsla_error(DSLA_ERR_UNSUPPORTED, "model has %d layers; at most %d", L,
-                          DSLA_LAYER_ORDER_MAX);
-    if (p->layers < 0 || p->layers > L)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "layers %d is outside 0..%d (0: all)",
-                          p->layers, L);
-    if (p->steps < 1)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "steps %d must be at least 1", p->steps);
-    if (p->batch < 1 || p->batch > DSLA_LAYER_ORDER_MAX)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "batch %d is outside 1..%d", p->batch,
-                          DSLA_LAYER_ORDER_MAX);
-    if (train->num_sequences < 1 || eval->num_sequences < 1)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "need training and held-out sequences (have %d and %d)",
-                          train->num_sequences, eval->num_sequences);
-    if (train->seq_len != eval->seq_len)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "training and held-out sequences differ in length (%d and %d)",
-                          train->seq_len, eval->seq_len);
-    if (train->seq_len > cfg->max_position_embeddings)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "seq_len %d exceeds the model's context of %d",
-                          train->seq_len, cfg->max_position_embeddings);
     if (p->order_mode == DSLA_ORDER_GIVEN && p->n_given_order > 0) {
         bool seen[DSLA_LAYER_ORDER_MAX] = {false};
         for (int i = 0; i < p->n_given_order; i++) {
@@ -518,11 +506,47 @@ static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill
     return DSLA_OK;
 }
 
+static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill_params_t *p,
+                              const dsla_corpus_t *train, const dsla_corpus_t *eval) {
+    const int L = cfg->num_layers;
+    if (L > DSLA_LAYER_ORDER_MAX)
+        return dsla_error(DSLA_ERR_UNSUPPORTED, "model has %d layers; at most %d", L,
+                          DSLA_LAYER_ORDER_MAX);
+    if (p->layers < 0 || p->layers > L)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "layers %d is outside 0..%d (0: all)",
+                          p->layers, L);
+    if (p->steps < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "steps %d must be at least 0", p->steps);
+    if (p->batch < 1 || p->batch > DSLA_LAYER_ORDER_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "batch %d is outside 1..%d", p->batch,
+                          DSLA_LAYER_ORDER_MAX);
+    if (init_only_without_data(p)) return validate_order(cfg, p);
+    if (!train || !eval || train->num_sequences < 1 || eval->num_sequences < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "need training and held-out sequences (have %d and %d)",
+                          train ? train->num_sequences : 0, eval ? eval->num_sequences : 0);
+    if (train->seq_len != eval->seq_len)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "training and held-out sequences differ in length (%d and %d)",
+                          train->seq_len, eval->seq_len);
+    if (train->seq_len > cfg->max_position_embeddings)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "seq_len %d exceeds the model's context of %d",
+                          train->seq_len, cfg->max_position_embeddings);
+    return validate_order(cfg, p);
+}
+
 static dsla_status_t compute_order(run_t *r) {
     const int L = r->cfg->num_layers;
     dsla_distill_report_t *rep = r->report;
-    DSLA_TRY(dsla_distill_entropy_order(r->model, r->train, r->p->calib_sequences, rep->entropy,
-                                        rep->order));
+    if (init_only_without_data(r->p)) {
+        for (int l = 0; l < L; l++) {
+            rep->entropy[l] = NAN;
+            rep->order[l] = l;
+        }
+    } else {
+        DSLA_TRY(dsla_distill_entropy_order(r->model, r->train, r->p->calib_sequences, rep->entropy,
+                                            rep->order));
+    }
     if (r->p->order_mode == DSLA_ORDER_REVERSE) {
         for (int i = 0; i < L / 2; i++) {
             int tmp = rep->order[i];
@@ -560,12 +584,13 @@ static dsla_status_t load_finished(run_t *r, int k, bool *found) {
     bool same_order = meta.n_order == r->cfg->num_layers;
     for (int i = 0; same_order && i < meta.n_order; i++)
         same_order = meta.order[i] == r->report->order[i];
+    /* An untrained (steps 0) version must not pass for a trained one, nor the reverse. */
     if (!same_order || meta.teacher_checksum != r->teacher_checksum ||
-        l->single_state != r->p->single_state) {
+        l->single_state != r->p->single_state || (meta.steps == 0) != init_only(r->p)) {
         dsla_dsla_layer_destroy(&l);
         return dsla_error(DSLA_ERR_FORMAT,
-                          "%s was distilled with another order, teacher or state count; use a "
-                          "fresh output directory",
+                          "%s was distilled with another order, teacher, state count or "
+                          "init-only setting (--steps 0); use a fresh output directory",
                           path);
     }
     r->converted[layer] = l;
@@ -711,6 +736,42 @@ done:
     return st;
 }
 
+/* Writes the k-th layer of the order as the teacher initialises it (DESIGN.md section 4), untrained
+ * and unscored (steps 0, NaN losses): layer versions for benchmarks that need DSLA layers of a
+ * model's shape, not their quality. Same seed per layer as training starts from. */
+static dsla_status_t init_layer(run_t *r, int k) {
+    const int layer = r->report->order[k];
+    double started = now_seconds();
+    dsla_dsla_layer_t *w = NULL;
+    DSLA_TRY(dsla_dsla_layer_create(&w, r->cfg, layer));
+    w->single_state = r->p->single_state;
+    dsla_status_t st =
+        dsla_dsla_layer_init_from_teacher(w, r->model, layer, r->p->seed + (uint64_t)layer);
+    dsla_layer_version_meta_t meta = {
+        .version = 1,
+        .n_order = r->cfg->num_layers,
+        .steps = 0,
+        .train_loss = NAN,
+        .eval_mse = NAN,
+        .eval_ppl = NAN,
+        .teacher_ppl = NAN,
+        .teacher_checksum = r->teacher_checksum,
+    };
+    memcpy(meta.order, r->report->order, sizeof(int) * (size_t)r->cfg->num_layers);
+    char path[4096];
+    version_path(path, sizeof path, r->out_dir, layer);
+    if (st == DSLA_OK) st = dsla_dsla_layer_save(w, path, &meta);
+    if (st == DSLA_OK) {
+        r->converted[layer] = w;
+        w = NULL;
+        install(r, layer);
+        r->report->converted[k] = (dsla_distill_layer_report_t){
+            layer, k, false, NAN, NAN, NAN, NAN, now_seconds() - started};
+    }
+    dsla_dsla_layer_destroy(&w);
+    return st;
+}
+
 /* The k-th layer's training pool: train, and what callbacks->extend_train appends to a copy. */
 static dsla_status_t train_layer_pooled(run_t *r, int k) {
     if (!r->cb || !r->cb->extend_train) return train_layer(r, k, r->train);
@@ -773,7 +834,7 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
     r.teacher_checksum = dsla_model_checksum(teacher);
     dsla_status_t st = compute_order(&r);
     double nll = NAN;
-    if (st == DSLA_OK) st = dsla_distill_eval_nll(teacher, NULL, eval, &nll);
+    if (st == DSLA_OK && !init_only(params)) st = dsla_distill_eval_nll(teacher, NULL, eval, &nll);
     report->teacher_ppl = exp(nll);
     for (int k = 0; k < r.n_convert && st == DSLA_OK; k++) {
         bool found = false;
@@ -781,6 +842,8 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
         if (st != DSLA_OK) break;
         if (found) {
             install(&r, report->order[k]);
+        } else if (init_only(params)) {
+            st = init_layer(&r, k);
         } else {
             st = train_layer_pooled(&r, k);
         }

@@ -28,6 +28,13 @@
  * cosine similarity of the two states' log-gates over the batch, which pushes history and recency
  * apart. The logit KL term is not implemented: it needs a backward pass through every later layer.
  *
+ * Init-only (steps 0): each layer of the order is written as the teacher initialises it (DESIGN.md
+ * section 4, the seed training would start from), with steps 0 and NaN losses, and nothing is
+ * trained or scored (no teacher perplexity, no held-out numbers): layer versions of a model's shape
+ * for benchmarks, in seconds. With DSLA_ORDER_GIVEN it reads no data at all (train and eval may be
+ * NULL; entropies are NaN); otherwise the entropy pass still orders the layers. A directory of
+ * init-only versions is never resumed by a training run, nor the reverse (FORMAT).
+ *
  * Contract: the engine installs DSLA layers into the teacher model it is given (dsla_model_set_
  * dsla_layer) and uninstalls them before returning; it runs on the calling thread and reports
  * through callbacks; it must not print. */
@@ -52,7 +59,7 @@ typedef enum {
 /* Every hyper-parameter of a run; dsla_distill_params_default documents the defaults. */
 typedef struct {
     int layers; /* layers to convert, the first ones of the order; default: all */
-    int steps;  /* optimizer steps per layer; default 200 */
+    int steps;  /* optimizer steps per layer; default 200. 0: init-only (below) */
     int batch;  /* sequences per step; default 8 */
     dsla_order_mode_t order_mode;
     int given_order[DSLA_LAYER_ORDER_MAX];
