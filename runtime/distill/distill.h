@@ -45,6 +45,7 @@
 #include <stdint.h>
 
 #include "kernels/kernels_train.h"
+#include "runtime/core/tensor.h"
 #include "runtime/core/status.h"
 #include "runtime/distill/data.h"
 #include "runtime/model/dsla_layer.h"
@@ -128,6 +129,40 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
                                const dsla_corpus_t *eval, const dsla_distill_params_t *params,
                                const char *out_dir, const dsla_distill_callbacks_t *callbacks,
                                dsla_distill_report_t *report);
+
+/* Where a run computes: its forward passes, captures and training (runtime/distill/backend.h). The
+ * engine above it is the same, so runs with the same parameters on two backends draw the same
+ * batches, follow the same schedule and write the same kind of versions, checkpoints and reports.
+ */
+typedef struct dsla_distill_backend dsla_distill_backend_t;
+
+/* The CPU: llama.h's forward passes and kernels/cpu's training kernels, over teacher. */
+dsla_status_t dsla_distill_backend_cpu_create(dsla_distill_backend_t **out, dsla_model_t *teacher);
+
+/* A GPU (runtime/distill/distill_cuda.c). dtype F32: the teacher's forward with fp32 weights and
+ * the layer's training in full fp32 (the CPU's numbers, for comparisons); BF16: the teacher's
+ * forward with bf16 weights (cuDNN prefill where it loads) and the training's GEMMs and DSLA core
+ * on TF32 tensor cores. Either way the trained weights, AdamW moments, gradients, DSLA states and
+ * every reduction are fp32 (master weights). */
+typedef struct {
+    int gpu;            /* device index; default 0 */
+    dsla_dtype_t dtype; /* F32 or BF16; default BF16 */
+} dsla_distill_cuda_opts_t;
+
+/* UNSUPPORTED in a build without CUDA, or when the model's head dim is not one the chunked DSLA
+ * kernels take (multiples of 16 up to 128: not stories260K's 8); INVALID_ARGUMENT for a GPU that
+ * is not there. The teacher stays on the host too (entropy order, initialisation, checksum). */
+dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsla_model_t *teacher,
+                                               const dsla_distill_cuda_opts_t *opts);
+void dsla_distill_backend_destroy(dsla_distill_backend_t **b);
+
+/* dsla_distill_run on a backend made for the same teacher (dsla_distill_run is this on the CPU).
+ * The gate cosine term is CPU-only (UNSUPPORTED elsewhere). */
+dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *backend, dsla_model_t *teacher,
+                                  const dsla_corpus_t *train, const dsla_corpus_t *eval,
+                                  const dsla_distill_params_t *params, const char *out_dir,
+                                  const dsla_distill_callbacks_t *callbacks,
+                                  dsla_distill_report_t *report);
 
 /* The attention-entropy order (5.1) of a teacher on the first n sequences of corpus: entropy[l]
  * receives each layer's mean entropy, order[] the layers in ascending entropy. */
