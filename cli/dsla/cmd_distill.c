@@ -43,7 +43,9 @@ static void print_progress(void *user, const dsla_distill_progress_t *p) {
 
 static void print_layer_done(void *user, const dsla_distill_layer_report_t *r) {
     (void)user;
-    if (r->resumed_from_file)
+    if (r->resumed_from_file && isnan(r->eval_ppl))
+        fprintf(stderr, "layer %d: kept from an earlier run (teacher-initialised)\n", r->layer);
+    else if (r->resumed_from_file)
         fprintf(stderr, "layer %d: kept from an earlier run (held-out ppl %.3f)\n", r->layer,
                 r->eval_ppl);
 }

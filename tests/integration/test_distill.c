@@ -289,12 +289,49 @@ static void test_init_only_writes_teacher_initialised_versions(void **state) {
     free(dir);
 }
 
+/* --device cuda where it cannot run (a build without CUDA, or stories260K's head dim 8, which the
+ * GPU's DSLA kernels do not take) fails at once, saying why, before any work; a bad --device or
+ * --dtype is a usage error. */
+static void test_device_cuda_refusals_are_named(void **state) {
+    (void)state;
+    char *dir = dsla_test_tempdir();
+    char out[512], report[512], log[512];
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(report, sizeof report, "%s/report.json", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    args_t a = distill_args("models/stories260K-hf", out, "1", "5", report);
+    args_add(&a, "--device");
+    args_add(&a, "cuda");
+    assert_int_equal(wait_exit(spawn_dsla(a.argv, log)), 1);
+    char *text = dsla_test_read_file(log, NULL);
+    if (!strstr(text, "--device cuda")) fail_msg("no reason given:\n%s", text);
+    free(text);
+    assert_false(exists(out, "layer-1.safetensors"));
+    args_free(&a);
+
+    const char *bad[][2] = {{"--device", "tpu"}, {"--dtype", "f16"}, {"--gate-cosine", "0.1"}};
+    for (int i = 0; i < 3; i++) {
+        a = distill_args("models/stories260K-hf", out, "1", "5", report);
+        args_add(&a, bad[i][0]);
+        args_add(&a, bad[i][1]);
+        if (i == 2) {
+            args_add(&a, "--device");
+            args_add(&a, "cuda");
+        }
+        assert_int_equal(wait_exit(spawn_dsla(a.argv, log)), 2);
+        args_free(&a);
+    }
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_layer_stories260k),
         cmocka_unit_test(test_one_layer_tinystories11m),
         cmocka_unit_test(test_sigkill_resume_gives_the_same_versions),
         cmocka_unit_test(test_init_only_writes_teacher_initialised_versions),
+        cmocka_unit_test(test_device_cuda_refusals_are_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
