@@ -35,9 +35,13 @@
  * NULL; entropies are NaN); otherwise the entropy pass still orders the layers. A directory of
  * init-only versions is never resumed by a training run, nor the reverse (FORMAT).
  *
+ * Where it computes is a backend (dsla_distill_run_on): the CPU (dsla_distill_run) or a GPU
+ * (distill_cuda.c: the teacher's forward passes, captures and training on the device). The
+ * engine's decisions (order, batches, schedule, checkpoints, files) are the same on both.
+ *
  * Contract: the engine installs DSLA layers into the teacher model it is given (dsla_model_set_
- * dsla_layer) and uninstalls them before returning; it runs on the calling thread and reports
- * through callbacks; it must not print. */
+ * dsla_layer, or the backend's device copy) and uninstalls them before returning; it runs on the
+ * calling thread and reports through callbacks; it must not print. */
 #ifndef DSLA_DISTILL_DISTILL_H
 #define DSLA_DISTILL_DISTILL_H
 
