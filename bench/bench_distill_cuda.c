@@ -12,7 +12,9 @@
  * converted layer: wall seconds, the training steps' tokens/s, the time outside the steps (captures
  * of the training pool and held-out streams, held-out scoring), the floor of a step (its GEMM
  * FLOPs at the measured TF32 rate; the DSLA core, element-wise work and the optimizer are left out,
- * so the floor is optimistic), the fraction reached, and the projection to 2M training tokens.
+ * so the floor is optimistic), the fraction reached, the projection to 2M training tokens, and the
+ * same for the layer's whole run (teacher forwards of its captures and perplexity at the bf16
+ * rate plus the steps: run_tokens_per_s, run_floor_s, run_fraction_of_floor).
  *
  * usage: bench_distill_cuda [--dir DIR] [--layers N] [--steps N] [--batch N] [--seq-len T]
  *                           [--train-seqs N] */
@@ -230,8 +232,22 @@ int main(int argc, char **argv) {
     /* One teacher layer's forward per token at the bf16 rate (4 attention projections, the MLP;
      * the attention core left out). */
     const double layer_fwd_flops_per_token = 2.0 * (4.0 * D * D + 3.0 * D * I);
+    /* The layer's whole run (captures, held-out scoring, steps): teacher-layer forwards of its
+     * captures (inputs through max(l, 1) layers, targets through l + 1, for the pool and the
+     * held-out sequences) and of the hybrid's held-out perplexity (all layers) at the bf16 rate,
+     * the steps and two held-out student forwards at the TF32 rate. */
+    const double attn_core_per_token = 2.0 * T * D; /* causal QK^T and PV, averaged over t */
+    const double layer_fwd_per_token = layer_fwd_flops_per_token + attn_core_per_token;
     for (int k = 0; k < rep.n_converted; k++) {
         const dsla_distill_layer_report_t *c = &rep.converted[k];
+        const int l = c->layer;
+        const double pool_tokens = (double)(n_train + n_eval) * T;
+        const double teacher_flops =
+            layer_fwd_per_token *
+            (pool_tokens * ((l > 0 ? l : 1) + (l + 1)) + (double)n_eval * T * layers);
+        const double student_eval_flops = 2.0 * (double)n_eval * T / R * (6 * proj + 3 * mlp);
+        const double run_floor_s = teacher_flops / (bf16 * 1e12) +
+                                   (steps * step_flops + student_eval_flops) / (tf32 * 1e12);
         const double train_s = tm.last[k] - tm.first[k];
         const double step_ms = steps > 1 ? train_s / (steps - 1) * 1e3 : NAN;
         const double tok_s = R / (step_ms * 1e-3);
@@ -242,12 +258,13 @@ int main(int argc, char **argv) {
                "\"step_ms\": %.2f, \"train_tokens_per_s\": %.0f, \"outside_steps_s\": %.2f, "
                "\"captured_tokens\": %.0f, \"teacher_layer_fwd_tflop_per_1k_tokens\": %.3f, "
                "\"floor_step_ms\": %.2f, \"fraction_of_floor\": %.3f, "
-               "\"projected_s_for_2M_tokens\": %.0f, \"eval_mse_init\": %.4g, "
-               "\"eval_mse\": %.4g}\n",
-               name, c->layer, k + 1, k, batch, T, steps, n_train, D, I, c->seconds, step_ms,
-               tok_s, c->seconds - train_s, captured_tokens,
-               layer_fwd_flops_per_token * 1e3 / 1e12, floor_ms, floor_ms / step_ms,
-               2e6 / tok_s, c->init_eval_mse, c->eval_mse);
+               "\"projected_s_for_2M_tokens\": %.0f, \"run_tokens_per_s\": %.0f, "
+               "\"run_floor_s\": %.2f, \"run_fraction_of_floor\": %.3f, "
+               "\"eval_mse_init\": %.4g, \"eval_mse\": %.4g}\n",
+               name, c->layer, k + 1, k, batch, T, steps, n_train, D, I, c->seconds, step_ms, tok_s,
+               c->seconds - train_s, captured_tokens, layer_fwd_flops_per_token * 1e3 / 1e12,
+               floor_ms, floor_ms / step_ms, 2e6 / tok_s, steps * R / c->seconds, run_floor_s,
+               run_floor_s / c->seconds, c->init_eval_mse, c->eval_mse);
     }
     printf("{\"what\": \"distill_setup\", \"model_write_and_load_s\": %.1f, \"bf16_rate_tflops\": "
            "%.1f}\n",
