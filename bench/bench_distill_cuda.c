@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kernels/kernels.h"
 #include "runtime/distill/distill.h"
@@ -220,7 +221,8 @@ int main(int argc, char **argv) {
     timing_t tm = {{0}, {0}, steps};
     const dsla_distill_callbacks_t cb = {on_progress, NULL, &tm, NULL, NULL};
     char out[1100];
-    snprintf(out, sizeof out, "%s/versions", dir);
+    /* A directory of this run's own: the engine would keep versions an earlier run left. */
+    snprintf(out, sizeof out, "%s/versions-%ld", dir, (long)getpid());
     dsla_status_t st = dsla_distill_run_on(be, model, &train, &eval, &p, out, &cb, &rep);
     if (st != DSLA_OK) return fail("distillation");
 
