@@ -32,6 +32,7 @@
 #include "cli/dsla/args.h"
 #include "proto/dsla_client.h"
 #include "runtime/model/tokenizer.h"
+#include "runtime/core/clock.h"
 #include "runtime/serve/load_report.h"
 #include "runtime/serve/workload.h"
 
@@ -63,12 +64,6 @@ enum {
 };
 
 typedef enum { TRANSPORT_HTTP, TRANSPORT_STUB } transport_t;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- prompts ------------------------------------------------------------------------------- */
 
@@ -231,8 +226,8 @@ static void run_http(run_t *r, int i) {
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     loadgen_http_result_t res;
-    const bool ok =
-        text && loadgen_http_stream(&r->http, text, strlen(text), r->timeout_s, now_s, &res);
+    const bool ok = text && loadgen_http_stream(&r->http, text, strlen(text), r->timeout_s,
+                                                dsla_clock_seconds, &res);
     if (!text) snprintf(res.error, sizeof res.error, "out of memory");
     free(text);
     rec->sent_s = res.sent_s - r->t0;
@@ -260,7 +255,7 @@ static int on_stub_token(void *user, int32_t token, const char *text, size_t len
     (void)len;
     stub_times_t *st = user;
     if (token < 0) return 0;
-    const double t = now_s();
+    const double t = dsla_clock_seconds();
     if (st->tokens++ == 0)
         st->first = t;
     else if (t - st->last > st->max_gap)
@@ -288,10 +283,10 @@ static void run_stub(run_t *r, dsla_client_t *c, int i) {
     if (p->ids) g.prompt = NULL, g.prompt_len = 0;
     stub_times_t st = {.first = -1, .last = -1};
     dsla_client_result_t res;
-    rec->sent_s = now_s() - r->t0;
+    rec->sent_s = dsla_clock_seconds() - r->t0;
     const dsla_proto_code_t code =
         dsla_client_generate(c, &g, on_stub_token, &st, (int)(1e3 * r->timeout_s), &res);
-    const double end = now_s();
+    const double end = dsla_clock_seconds();
     rec->first_s = st.first >= 0 ? st.first - r->t0 : -1;
     rec->last_s = (code == DSLA_CODE_OK && st.last >= 0 ? st.last : end) - r->t0;
     rec->output_tokens = code == DSLA_CODE_OK ? (int)res.completion_tokens : st.tokens;
@@ -459,7 +454,7 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr, "dsla-loadgen: %s; making %d prompts (%s)\n", desc, n,
             tok ? "exact token counts" : "about one token per word: no --tokenizer");
-    const double t_prep = now_s();
+    const double t_prep = dsla_clock_seconds();
     int off_by = 0;
     for (int i = 0; i < n && s == DSLA_OK; i++) {
         s = prompt_build(&pr, w.requests[i].prompt_tokens, mix((uint64_t)seed * 1000003u + i),
@@ -478,8 +473,8 @@ int main(int argc, char **argv) {
     if (off_by)
         fprintf(stderr, "dsla-loadgen: prompts off their token count by up to %d (%s)\n", off_by,
                 tok ? "the vocabulary did not allow closer" : "estimated");
-    fprintf(stderr, "dsla-loadgen: prompts ready in %.1f s; sending to %s\n", now_s() - t_prep,
-            transport == TRANSPORT_HTTP ? url : endpoint);
+    fprintf(stderr, "dsla-loadgen: prompts ready in %.1f s; sending to %s\n",
+            dsla_clock_seconds() - t_prep, transport == TRANSPORT_HTTP ? url : endpoint);
 
     if (transport == TRANSPORT_STUB && !(r.zmq = zmq_ctx_new())) {
         fprintf(stderr, "dsla-loadgen: zmq_ctx_new: %s\n", zmq_strerror(errno));
@@ -498,7 +493,7 @@ int main(int argc, char **argv) {
     for (; workers && started < n_workers; started++)
         if (pthread_create(&workers[started], &attr, worker_main, &r) != 0) break;
     pthread_attr_destroy(&attr);
-    r.t0 = now_s() + 0.05; /* the first arrival a little after every worker is up */
+    r.t0 = dsla_clock_seconds() + 0.05; /* the first arrival a little after every worker is up */
     for (int i = 0; i < n && started > 0; i++) {
         sleep_until(r.t0 + w.requests[i].arrival_s);
         pthread_mutex_lock(&r.mu);

@@ -36,6 +36,11 @@ extern "C" {
  * while a cudaStream_t still converts without a cast. NULL is the legacy default stream. */
 typedef struct CUstream_st *dsla_cuda_stream_t;
 
+/* Makes device the calling thread's current GPU (kernels/cuda/device.cu): what every later
+ * allocation, stream and launch of the thread uses. INVALID_ARGUMENT names a device that is not
+ * there. */
+dsla_status_t dsla_cuda_set_device(int device);
+
 /* ---- device memory and streams (kernels/cuda/memory.cu) ---- */
 
 /* *out is NULL on failure (bytes == 0 gives NULL and DSLA_OK). */

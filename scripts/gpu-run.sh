@@ -18,6 +18,8 @@
 #   serving_load  the same model at 0 and 50% DSLA under 90 s of chat-preset Poisson arrivals
 #                 (goodput, TTFT/TPOT percentiles; docs/load.md)
 #   loadgen  dsla-serve --device cuda (tinystories-11M, bf16) under dsla-loadgen over HTTP
+#   distill_gpu  tests/gpu/test_distill_gpu (GPU distillation against the CPU, tinystories-11M)
+#   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
 # cuDNN is taken from PyTorch's wheel when python3 can import it, else from the loader's path.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,6 +60,9 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu gemm e2e tor
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;
     torch) stage torch 300 python3 "$root/bench/pytorch_baseline.py" --attention-only ;;
     torch_model) stage torch_model 600 python3 "$root/bench/pytorch_baseline.py" ;;
+    distill_gpu) stage distill_gpu 300 "$D/bin/test_distill_gpu"
+        grep -E 'relative difference|teacher ppl|->|PASSED|FAILED|error|rror' "$OUT/distill_gpu.log" ;;
+    distill_7b) stage distill_7b 300 "$D/bin/bench_distill_cuda" ;;
     serving) stage serving 600 "$D/bin/dsla" bench --device cuda --random-model 7b ;;
     serving_load) stage serving_load 600 "$D/bin/dsla" bench --device cuda --random-model 7b \
         --ratios 0,50 --rate ${LOAD_RATE:-2} --preset chat --duration 90 --context 8192 \

@@ -15,7 +15,17 @@ static const char usage[] =
     "Converts the model's attention layers into DSLA layers one at a time (DESIGN.md section 5),\n"
     "writing one layer version per converted layer into --out. Run it again on the same --out to\n"
     "resume after an interruption: finished layers are kept, the current one resumes from its\n"
-    "checkpoint. Text files are split at blank lines; .tokens files are raw int32 ids.";
+    "checkpoint. Text files are split at blank lines; .tokens files are raw int32 ids.\n\n"
+    "--steps 0 writes teacher-initialised layer versions (DESIGN.md section 4) without training "
+    "or\n"
+    "scoring them, for benchmarks that need DSLA layers of a model's shape; with --order given it\n"
+    "needs no --data.\n\n"
+    "--device cuda trains on a GPU (--gpu N): the teacher's forward passes, captures and the "
+    "layer's\n"
+    "training all on the device, with the same batches, schedule and outputs as the CPU. --dtype\n"
+    "bf16 (default): bf16 teacher weights and TF32 training math; f32: fp32 throughout (for\n"
+    "comparisons with the CPU). Master weights, moments and states are fp32 either way. Needs a\n"
+    "head dim the GPU's DSLA kernels take (multiples of 16 up to 128); no --gate-cosine there.";
 
 /* Held-out sequences when no --eval-data is given: enough for a stable perplexity, small next to
  * the calibration corpora this runs on. */
@@ -33,7 +43,9 @@ static void print_progress(void *user, const dsla_distill_progress_t *p) {
 
 static void print_layer_done(void *user, const dsla_distill_layer_report_t *r) {
     (void)user;
-    if (r->resumed_from_file)
+    if (r->resumed_from_file && isnan(r->eval_ppl))
+        fprintf(stderr, "layer %d: kept from an earlier run (teacher-initialised)\n", r->layer);
+    else if (r->resumed_from_file)
         fprintf(stderr, "layer %d: kept from an earlier run (held-out ppl %.3f)\n", r->layer,
                 r->eval_ppl);
 }
@@ -55,6 +67,14 @@ static int parse_order_list(const char *text, dsla_distill_params_t *p) {
     return 0;
 }
 
+/* A number, or null for the NaN of a number not measured (init-only runs): JSON has no NaN. */
+static void json_number(FILE *f, const char *fmt, double v) {
+    if (isfinite(v))
+        fprintf(f, fmt, v);
+    else
+        fputs("null", f);
+}
+
 /* The summary as JSON for scripts (scripts/quality.py): numbers only, nothing to escape. */
 static int write_report(const char *path, const dsla_distill_report_t *r) {
     FILE *f = fopen(path, "w");
@@ -62,31 +82,47 @@ static int write_report(const char *path, const dsla_distill_report_t *r) {
         fprintf(stderr, "dsla distill: cannot write --report %s\n", path);
         return 1;
     }
-    fprintf(f, "{\"teacher_ppl\": %.6f, \"order\": [", r->teacher_ppl);
+    fprintf(f, "{\"teacher_ppl\": ");
+    json_number(f, "%.6f", r->teacher_ppl);
+    fprintf(f, ", \"order\": [");
     for (int i = 0; i < r->n_layers; i++)
         fprintf(f, "%s%d", i ? ", " : "", r->order[i]);
     fprintf(f, "], \"entropy\": [");
-    for (int i = 0; i < r->n_layers; i++)
-        fprintf(f, "%s%.6f", i ? ", " : "", r->entropy[i]);
+    for (int i = 0; i < r->n_layers; i++) {
+        fputs(i ? ", " : "", f);
+        json_number(f, "%.6f", r->entropy[i]);
+    }
     fprintf(f, "], \"converted\": [");
     for (int i = 0; i < r->n_converted; i++) {
         const dsla_distill_layer_report_t *c = &r->converted[i];
-        fprintf(f,
-                "%s{\"k\": %d, \"layer\": %d, \"resumed\": %s, \"init_eval_mse\": %.8g, "
-                "\"eval_mse\": %.8g, \"train_loss\": %.8g, \"eval_ppl\": %.6f, "
-                "\"seconds\": %.2f}",
+        fprintf(f, "%s{\"k\": %d, \"layer\": %d, \"resumed\": %s, \"init_eval_mse\": %.8g, ",
                 i ? ", " : "", c->k + 1, c->layer, c->resumed_from_file ? "true" : "false",
-                isnan(c->init_eval_mse) ? -1.0 : c->init_eval_mse, c->eval_mse, c->train_loss,
-                c->eval_ppl, c->seconds);
+                isnan(c->init_eval_mse) ? -1.0 : c->init_eval_mse);
+        fprintf(f, "\"eval_mse\": ");
+        json_number(f, "%.8g", c->eval_mse);
+        fprintf(f, ", \"train_loss\": ");
+        json_number(f, "%.8g", c->train_loss);
+        fprintf(f, ", \"eval_ppl\": ");
+        json_number(f, "%.6f", c->eval_ppl);
+        fprintf(f, ", \"seconds\": %.2f}", c->seconds);
     }
     fprintf(f, "]}\n");
     return fclose(f) == 0 ? 0 : 1;
 }
 
-static void print_summary(const dsla_distill_report_t *r) {
+static void print_summary(const dsla_distill_report_t *r, bool init_only) {
     printf("\nconversion order (ascending attention entropy unless --order says otherwise):");
     for (int i = 0; i < r->n_layers; i++)
         printf(" %d", r->order[i]);
+    if (init_only) {
+        printf("\n%d teacher-initialised layer versions written (--steps 0: not trained, not "
+               "scored):",
+               r->n_converted);
+        for (int i = 0; i < r->n_converted; i++)
+            printf(" %d", r->converted[i].layer);
+        printf("\n");
+        return;
+    }
     printf("\nteacher held-out perplexity: %.4f\n\n", r->teacher_ppl);
     printf(
         "| k | layer | entropy | init eval MSE | eval MSE | reduction | hybrid ppl | seconds |\n");
@@ -103,7 +139,8 @@ static void print_summary(const dsla_distill_report_t *r) {
 int dsla_cmd_distill(int argc, char **argv) {
     dsla_distill_params_t p = dsla_distill_params_default();
     const char *model_dir = getenv("DSLA_MODEL"), *out_dir = NULL, *order = "entropy";
-    const char *layer_order = NULL, *report_path = NULL;
+    const char *layer_order = NULL, *report_path = NULL, *device = "cpu", *dtype = "bf16";
+    long gpu = 0;
     dsla_arg_list_t data = {0}, eval_data = {0};
     long layers = 0, steps = p.steps, batch = p.batch, seq_len = 256, seed = (long)p.seed;
     long max_sequences = 0, eval_sequences = DEFAULT_EVAL_SEQUENCES;
@@ -119,7 +156,8 @@ int dsla_cmd_distill(int argc, char **argv) {
         {"out", DSLA_ARG_STRING, "output directory for layer versions (required)", 0, 0, &out_dir},
         {"layers", DSLA_ARG_INT, "layers to convert, first ones of the order (default all)", 0,
          DSLA_LAYER_ORDER_MAX, &layers},
-        {"steps", DSLA_ARG_INT, "optimizer steps per layer (default 200)", 1, 1e9, &steps},
+        {"steps", DSLA_ARG_INT,
+         "optimizer steps per layer (default 200; 0: teacher-initialised only)", 0, 1e9, &steps},
         {"seq-len", DSLA_ARG_INT, "tokens per training sequence (default 256)", 2, 1 << 20,
          &seq_len},
         {"batch", DSLA_ARG_INT, "sequences per step (default 8)", 1, DSLA_LAYER_ORDER_MAX, &batch},
@@ -141,6 +179,9 @@ int dsla_cmd_distill(int argc, char **argv) {
          0, 100, &gate_cosine},
         {"report", DSLA_ARG_STRING, "also write the summary as JSON to this file", 0, 0,
          &report_path},
+        {"device", DSLA_ARG_STRING, "cpu (default) or cuda", 0, 0, &device},
+        {"gpu", DSLA_ARG_INT, "with --device cuda: the GPU's index (default 0)", 0, 1024, &gpu},
+        {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32", 0, 0, &dtype},
     };
     const char *positional[64];
     int n_positional = 0;
@@ -151,8 +192,10 @@ int dsla_cmd_distill(int argc, char **argv) {
     /* "--data a.txt b.txt": the words after --data's first value are data files too. */
     for (int i = 0; i < n_positional && data.count < DSLA_ARG_LIST_MAX; i++)
         data.items[data.count++] = positional[i];
-    if (!model_dir || !out_dir || data.count == 0) {
-        fprintf(stderr, "dsla distill: --model, --data and --out are required\n");
+    const bool needs_data = steps > 0 || strcmp(order, "given") != 0;
+    if (!model_dir || !out_dir || (needs_data && data.count == 0)) {
+        fprintf(stderr, "dsla distill: --model, --data and --out are required (--data is optional "
+                        "only with --steps 0 --order given)\n");
         return 2;
     }
     if (strcmp(order, "entropy") == 0) {
@@ -164,6 +207,23 @@ int dsla_cmd_distill(int argc, char **argv) {
         if (layer_order && parse_order_list(layer_order, &p)) return 2;
     } else {
         fprintf(stderr, "--order: '%s' is not one of entropy, reverse, given\n", order);
+        return 2;
+    }
+    const bool cuda = strcmp(device, "cuda") == 0;
+    if (!cuda && strcmp(device, "cpu") != 0) {
+        fprintf(stderr, "--device: '%s' is not one of cpu, cuda\n", device);
+        return 2;
+    }
+    dsla_distill_cuda_opts_t cuda_opts = {(int)gpu, DSLA_DTYPE_BF16};
+    if (strcmp(dtype, "f32") == 0) {
+        cuda_opts.dtype = DSLA_DTYPE_F32;
+    } else if (strcmp(dtype, "bf16") != 0) {
+        fprintf(stderr, "--dtype: '%s' is not one of bf16, f32\n", dtype);
+        return 2;
+    }
+    if (cuda && gate_cosine > 0) {
+        fprintf(stderr, "--gate-cosine: the term is implemented on the CPU only; drop it or "
+                        "--device cuda\n");
         return 2;
     }
     p.layers = (int)layers;
@@ -184,11 +244,12 @@ int dsla_cmd_distill(int argc, char **argv) {
     dsla_distill_report_t *report = calloc(1, sizeof *report);
     dsla_status_t st = dsla_model_load(&model, model_dir);
     if (st == DSLA_OK) st = dsla_tokenizer_load_dir(&tok, model_dir);
-    if (st == DSLA_OK)
+    const bool load_data = data.count > 0;
+    if (st == DSLA_OK && load_data)
         st = dsla_corpus_load(
             &train, tok, data.items, data.count, (int)seq_len,
             max_sequences > 0 ? (int)(max_sequences + (eval_data.count ? 0 : eval_sequences)) : 0);
-    if (st == DSLA_OK) {
+    if (st == DSLA_OK && load_data) {
         if (eval_data.count)
             st = dsla_corpus_load(&eval, tok, eval_data.items, eval_data.count, (int)seq_len,
                                   (int)eval_sequences);
@@ -196,15 +257,25 @@ int dsla_cmd_distill(int argc, char **argv) {
             st = dsla_corpus_split(&train, &eval, (int)eval_sequences);
     }
     if (st == DSLA_OK) {
-        fprintf(stderr, "dsla distill: %d training and %d held-out sequences of %ld tokens\n",
-                train.num_sequences, eval.num_sequences, seq_len);
+        if (load_data)
+            fprintf(stderr, "dsla distill: %d training and %d held-out sequences of %ld tokens\n",
+                    train.num_sequences, eval.num_sequences, seq_len);
         bool tty = isatty(fileno(stderr));
         const dsla_distill_callbacks_t cb = {print_progress, print_layer_done, &tty, NULL, NULL};
-        st = dsla_distill_run(model, &train, &eval, &p, out_dir, &cb, report);
+        dsla_distill_backend_t *backend = NULL;
+        st = cuda ? dsla_distill_backend_cuda_create(&backend, model, &cuda_opts)
+                  : dsla_distill_backend_cpu_create(&backend, model);
+        if (st == DSLA_OK) {
+            if (cuda)
+                fprintf(stderr, "dsla distill: on GPU %ld, %s\n", gpu,
+                        cuda_opts.dtype == DSLA_DTYPE_F32 ? "fp32" : "bf16 teacher, TF32 training");
+            st = dsla_distill_run_on(backend, model, &train, &eval, &p, out_dir, &cb, report);
+        }
+        dsla_distill_backend_destroy(&backend);
     }
     int exit_code = 0;
     if (st == DSLA_OK) {
-        print_summary(report);
+        print_summary(report, p.steps == 0);
         if (report_path) exit_code = write_report(report_path, report);
     } else {
         fprintf(stderr, "\ndsla distill: %s\n", dsla_last_error());

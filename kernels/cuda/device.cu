@@ -10,3 +10,14 @@ extern "C" int dsla_cuda_device_count(void) {
     }
     return count;
 }
+
+#include "kernels/cuda/cuda_check.h"
+
+extern "C" dsla_status_t dsla_cuda_set_device(int device) {
+    const int count = dsla_cuda_device_count();
+    if (device < 0 || device >= count)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "GPU %d does not exist (this machine has %d)",
+                          device, count);
+    DSLA_CUDA_CHECK(cudaSetDevice(device));
+    return DSLA_OK;
+}

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/kernels_cuda_train.h"
 
 struct dsla_cuda_blas {
     cublasHandle_t handle;
@@ -232,6 +233,30 @@ extern "C" dsla_status_t dsla_cuda_gemm(dsla_cuda_blas_t *h, dsla_cuda_stream_t 
      */
     DSLA_CUBLAS_CHECK(cublasGemmEx(h->handle, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, w, in_type,
                                    k, x, in_type, k, &beta, y, out_type, n, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+    return DSLA_OK;
+}
+
+/* ---- fp32 GEMMs with either operand transposed (training, kernels_cuda_train.h) ---- */
+
+extern "C" dsla_status_t dsla_cuda_gemm_f32(dsla_cuda_blas_t *h, dsla_cuda_stream_t stream,
+                                            float *c, const float *a, bool trans_a, const float *b,
+                                            bool trans_b, int m, int n, int k, float beta,
+                                            dsla_cuda_dsla_math_t math) {
+    if (m <= 0 || n <= 0) return DSLA_OK;
+    DSLA_CUBLAS_CHECK(cublasSetStream(h->handle, stream));
+    const float alpha = 1.0f;
+    /* Row-major c[m,n] is cuBLAS's column-major c^T [n,m] = op(b)^T op(a)^T. Row-major b read
+     * column-major is b^T: already op(b)^T when b is stored [k,n] (op N, ld n); transposed back
+     * when stored [n,k] (trans_b: op T, ld k). Likewise a: [m,k] stored gives op(a)^T as is (ld k),
+     * [k,m] (trans_a) needs op T (ld m). */
+    const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const int ldb = trans_b ? k : n, lda = trans_a ? m : k;
+    const cublasComputeType_t compute =
+        math == DSLA_CUDA_DSLA_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    DSLA_CUBLAS_CHECK(cublasGemmEx(h->handle, op_b, op_a, n, m, k, &alpha, b, CUDA_R_32F, ldb, a,
+                                   CUDA_R_32F, lda, &beta, c, CUDA_R_32F, n, compute,
                                    CUBLAS_GEMM_DEFAULT));
     return DSLA_OK;
 }

@@ -12,6 +12,7 @@
 #include "runtime/core/clock.h"
 #include "runtime/core/random.h"
 #include "runtime/core/tensor.h"
+#include "runtime/distill/backend.h"
 #include "runtime/model/safetensors.h"
 
 /* Sequences per forward pass when capturing hidden states or scoring: enough rows for the GEMMs to
@@ -93,6 +94,25 @@ static dsla_status_t capture_streams(dsla_model_t *model, const dsla_layer_kind_
     return DSLA_OK;
 }
 
+void dsla_distill_add_nll(const float *logits, const dsla_corpus_t *corpus, int first, int n,
+                          int vocab, double *total, long *count) {
+    const int T = corpus->seq_len, V = vocab;
+    for (int i = 0; i < n; i++) {
+        const int32_t *tokens = dsla_corpus_sequence(corpus, first + i);
+        for (int t = 0; t + 1 < T; t++) {
+            const float *row = logits + ((size_t)i * T + t) * V;
+            float max = row[0];
+            for (int j = 1; j < V; j++)
+                max = row[j] > max ? row[j] : max;
+            double sum = 0.0;
+            for (int j = 0; j < V; j++)
+                sum += exp((double)row[j] - max);
+            *total += log(sum) + max - row[tokens[t + 1]];
+            (*count)++;
+        }
+    }
+}
+
 dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
                                     const dsla_corpus_t *corpus, double *nll) {
     const dsla_model_config_t *cfg = dsla_model_config(model);
@@ -106,20 +126,7 @@ dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t
         int n = corpus->num_sequences - first;
         if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
         st = forward_sequences(model, kinds, corpus, first, n, NULL, 0, logits, NULL);
-        for (int i = 0; i < n && st == DSLA_OK; i++) {
-            const int32_t *tokens = dsla_corpus_sequence(corpus, first + i);
-            for (int t = 0; t + 1 < T; t++) {
-                const float *row = logits + ((size_t)i * T + t) * V;
-                float max = row[0];
-                for (int j = 1; j < V; j++)
-                    max = row[j] > max ? row[j] : max;
-                double sum = 0.0;
-                for (int j = 0; j < V; j++)
-                    sum += exp((double)row[j] - max);
-                total += log(sum) + max - row[tokens[t + 1]];
-                count++;
-            }
-        }
+        if (st == DSLA_OK) dsla_distill_add_nll(logits, corpus, first, n, V, &total, &count);
     }
     free(logits);
     if (st == DSLA_OK) *nll = count ? total / (double)count : NAN;
@@ -186,16 +193,17 @@ typedef struct {
 
 static void trainer_free(trainer_t *t) {
     dsla_dsla_layer_destroy(&t->grad);
-    dsla_dsla_layer_destroy(&t->m);
-    dsla_dsla_layer_destroy(&t->v);
     float *bufs[] = {t->h_in, t->target, t->x, t->y, t->h_mid, t->h_out, t->dh, t->dx, t->mlp_work};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dsla_free(bufs[i]);
     dsla_free(t->dsla_mem);
 }
 
+/* w, m, v are the engine's (the weights and moments it checkpoints); the trainer updates them in
+ * place. */
 static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_layer_t *w,
-                                  int batch, int seq_len, bool single_state) {
+                                  dsla_dsla_layer_t *m, dsla_dsla_layer_t *v, int batch,
+                                  int seq_len, bool single_state) {
     const dsla_model_config_t *cfg = dsla_model_config(model);
     memset(t, 0, sizeof *t);
     t->cfg = cfg;
@@ -204,9 +212,9 @@ static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_l
     t->seq_len = seq_len;
     t->single_state = single_state;
     t->w = w;
+    t->m = m;
+    t->v = v;
     DSLA_TRY(dsla_dsla_layer_create(&t->grad, cfg, w->layer));
-    DSLA_TRY(dsla_dsla_layer_create(&t->m, cfg, w->layer));
-    DSLA_TRY(dsla_dsla_layer_create(&t->v, cfg, w->layer));
     const dsla_llama_layer_t *teacher = dsla_model_layer(model, w->layer);
     t->attn_norm = teacher->attn_norm;
     t->mlp = (dsla_mlp_block_t){teacher->mlp_norm, teacher->w_gate,  teacher->w_up,
@@ -231,10 +239,11 @@ static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_l
 
 /* The weights the kernels run: a single-state layer mixes with softmax(0, -inf) = (1, 0), exactly
  * as the serving forward pass runs it (llama.c), so the recency state never reaches the output. */
+const float dsla_distill_history_only_alpha[2] = {0.0f, -INFINITY};
+
 static dsla_dsla_layer_weights_t trainer_weights(const trainer_t *t) {
-    static const float history_only[2] = {0.0f, -INFINITY};
     dsla_dsla_layer_weights_t w = dsla_dsla_layer_weights(t->w);
-    if (t->single_state) w.alpha = history_only;
+    if (t->single_state) w.alpha = dsla_distill_history_only_alpha;
     return w;
 }
 
@@ -261,35 +270,37 @@ typedef struct {
     bool decay;
 } param_view_t;
 
-/* The tensors AdamW updates, each with its own decay choice: matrices decay, biases and alpha do
- * not (as is usual for AdamW). A single-state layer does not train what its output never uses. */
-static int trainer_params(const trainer_t *t, param_view_t *out) {
-    const size_t hd = (size_t)t->cfg->num_heads * t->cfg->head_dim, D = t->width;
-    const dsla_dsla_layer_t *L[4] = {t->w, t->grad, t->m, t->v};
-    struct {
-        size_t offset, n;
+int dsla_distill_params_of(const dsla_dsla_layer_t *w, bool single_state,
+                           dsla_distill_param_t *out) {
+    const size_t hd = (size_t)w->heads * w->head_dim, D = (size_t)w->model_dim;
+    const struct {
+        const float *p;
+        size_t n;
         bool decay, history;
     } spec[] = {
-        {(size_t)(t->w->wq - t->w->data), hd * D, true, true},
-        {(size_t)(t->w->wk - t->w->data), hd * D, true, true},
-        {(size_t)(t->w->wv - t->w->data), hd * D, true, true},
-        {(size_t)(t->w->wo - t->w->data), D * hd, true, true},
-        {(size_t)(t->w->wg1 - t->w->data), hd * D, true, true},
-        {(size_t)(t->w->bg1 - t->w->data), hd, false, true},
-        {(size_t)(t->w->wg2 - t->w->data), hd * D, true, false},
-        {(size_t)(t->w->bg2 - t->w->data), hd, false, false},
-        {(size_t)(t->w->alpha - t->w->data), 2, false, false},
+        {w->wq, hd * D, true, true},   {w->wk, hd * D, true, true},  {w->wv, hd * D, true, true},
+        {w->wo, D * hd, true, true},   {w->wg1, hd * D, true, true}, {w->bg1, hd, false, true},
+        {w->wg2, hd * D, true, false}, {w->bg2, hd, false, false},   {w->alpha, 2, false, false},
     };
     int n = 0;
     for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
-        if (t->single_state && !spec[i].history) continue;
-        out[n++] = (param_view_t){L[0]->data + spec[i].offset,
-                                  L[1]->data + spec[i].offset,
-                                  L[2]->data + spec[i].offset,
-                                  L[3]->data + spec[i].offset,
-                                  spec[i].n,
-                                  spec[i].decay};
+        if (single_state && !spec[i].history) continue;
+        out[n++] = (dsla_distill_param_t){(size_t)(spec[i].p - w->data), spec[i].n, spec[i].decay};
     }
+    return n;
+}
+
+/* The tensors AdamW updates, as views into the four layers of one shape. */
+static int trainer_params(const trainer_t *t, param_view_t *out) {
+    dsla_distill_param_t spec[DSLA_DISTILL_PARAMS_MAX];
+    const int n = dsla_distill_params_of(t->w, t->single_state, spec);
+    for (int i = 0; i < n; i++)
+        out[i] = (param_view_t){t->w->data + spec[i].offset,
+                                t->grad->data + spec[i].offset,
+                                t->m->data + spec[i].offset,
+                                t->v->data + spec[i].offset,
+                                spec[i].n,
+                                spec[i].decay};
     return n;
 }
 
@@ -393,6 +404,101 @@ static dsla_status_t eval_layer_mse(trainer_t *t, const float *h_in_all, const f
     return DSLA_OK;
 }
 
+/* ---- the CPU backend ---------------------------------------------------------------------------
+ */
+
+typedef struct {
+    dsla_distill_backend_t base;
+    dsla_model_t *model;
+    trainer_t t;
+    float *h_in, *target, *eval_in, *eval_target; /* the layer's captured streams */
+    int n_eval;
+} cpu_backend_t;
+
+static dsla_status_t cpu_install(dsla_distill_backend_t *b, int layer, const dsla_dsla_layer_t *w) {
+    dsla_model_set_dsla_layer(((cpu_backend_t *)b)->model, layer, w);
+    return DSLA_OK;
+}
+
+static dsla_status_t cpu_eval_nll(dsla_distill_backend_t *b, const dsla_layer_kind_t *kinds,
+                                  const dsla_corpus_t *corpus, double *nll) {
+    return dsla_distill_eval_nll(((cpu_backend_t *)b)->model, kinds, corpus, nll);
+}
+
+static void cpu_layer_end(dsla_distill_backend_t *b) {
+    cpu_backend_t *c = (cpu_backend_t *)b;
+    trainer_free(&c->t);
+    memset(&c->t, 0, sizeof c->t);
+    float **bufs[] = {&c->h_in, &c->target, &c->eval_in, &c->eval_target};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        dsla_free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+}
+
+static dsla_status_t cpu_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer_t *w,
+                                     dsla_dsla_layer_t *m, dsla_dsla_layer_t *v, int batch,
+                                     bool single_state, const dsla_layer_kind_t *input_plan,
+                                     const dsla_corpus_t *train, const dsla_corpus_t *eval) {
+    cpu_backend_t *c = (cpu_backend_t *)b;
+    const int layer = w->layer, T = train->seq_len;
+    const size_t per_seq = (size_t)T * w->model_dim;
+    DSLA_TRY(trainer_init(&c->t, c->model, w, m, v, batch, T, single_state));
+    c->h_in = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
+    c->target = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
+    c->eval_in = dsla_alloc((size_t)eval->num_sequences * per_seq * sizeof(float));
+    c->eval_target = dsla_alloc((size_t)eval->num_sequences * per_seq * sizeof(float));
+    c->n_eval = eval->num_sequences;
+    if (!c->h_in || !c->target || !c->eval_in || !c->eval_target)
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's hidden states",
+                          layer);
+    DSLA_TRY(capture_streams(c->model, input_plan, train, layer, c->h_in, layer, NULL));
+    DSLA_TRY(capture_streams(c->model, NULL, train, layer, NULL, layer, c->target));
+    DSLA_TRY(capture_streams(c->model, input_plan, eval, layer, c->eval_in, layer, NULL));
+    return capture_streams(c->model, NULL, eval, layer, NULL, layer, c->eval_target);
+}
+
+static dsla_status_t cpu_eval_mse(dsla_distill_backend_t *b, double *mse) {
+    cpu_backend_t *c = (cpu_backend_t *)b;
+    return eval_layer_mse(&c->t, c->eval_in, c->eval_target, c->n_eval, mse);
+}
+
+static dsla_status_t cpu_step(dsla_distill_backend_t *b, const int *idx, long step,
+                              const dsla_adamw_params_t *optim, double gate_cosine_weight,
+                              double *loss) {
+    cpu_backend_t *c = (cpu_backend_t *)b;
+    return train_step(&c->t, c->h_in, c->target, idx, step, optim, gate_cosine_weight, loss);
+}
+
+/* The CPU trainer works on the engine's w, m, v in place: nothing to copy. */
+static dsla_status_t cpu_no_copy(dsla_distill_backend_t *b) {
+    (void)b;
+    return DSLA_OK;
+}
+
+static void cpu_destroy(dsla_distill_backend_t *b) {
+    cpu_layer_end(b);
+    free(b);
+}
+
+dsla_status_t dsla_distill_backend_cpu_create(dsla_distill_backend_t **out, dsla_model_t *teacher) {
+    *out = NULL;
+    cpu_backend_t *c = calloc(1, sizeof *c);
+    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the CPU backend");
+    c->base = (dsla_distill_backend_t){"cpu",           true,          cpu_install, cpu_eval_nll,
+                                       cpu_layer_begin, cpu_eval_mse,  cpu_step,    cpu_no_copy,
+                                       cpu_no_copy,     cpu_layer_end, cpu_destroy};
+    c->model = teacher;
+    *out = &c->base;
+    return DSLA_OK;
+}
+
+void dsla_distill_backend_destroy(dsla_distill_backend_t **b) {
+    if (!b || !*b) return;
+    (*b)->destroy(*b);
+    *b = NULL;
+}
+
 /* ---- checkpoints inside a layer ----------------------------------------------------------------
  */
 
@@ -400,7 +506,13 @@ static void path_join(char *out, size_t cap, const char *dir, const char *name) 
     snprintf(out, cap, "%s/%s", dir, name);
 }
 
-static dsla_status_t checkpoint_save(const trainer_t *t, const char *out_dir, long step) {
+/* The weights and moments of a layer in training, the engine's host copies. */
+typedef struct {
+    int layer;
+    dsla_dsla_layer_t *w, *m, *v;
+} layer_state_t;
+
+static dsla_status_t checkpoint_save(const layer_state_t *t, const char *out_dir, long step) {
     char path[4096], value[32];
     path_join(path, sizeof path, out_dir, CHECKPOINT_FILE);
     dsla_st_writer_t *wr = NULL;
@@ -420,7 +532,7 @@ static dsla_status_t checkpoint_save(const trainer_t *t, const char *out_dir, lo
 
 /* Restores weights and moments when out_dir holds a checkpoint of this layer; *step is the number
  * of steps it had done (0 when there is none to resume). */
-static dsla_status_t checkpoint_load(trainer_t *t, const char *out_dir, long *step) {
+static dsla_status_t checkpoint_load(layer_state_t *t, const char *out_dir, long *step) {
     char path[4096];
     path_join(path, sizeof path, out_dir, CHECKPOINT_FILE);
     *step = 0;
@@ -458,36 +570,25 @@ typedef struct {
     dsla_layer_kind_t kinds[DSLA_LAYER_ORDER_MAX];
     dsla_dsla_layer_t *converted[DSLA_LAYER_ORDER_MAX];
     int n_convert;
+    dsla_distill_backend_t *be;
     uint64_t teacher_checksum;
     double step_seconds; /* running mean, for the time left */
     long steps_done;
 } run_t;
 
-static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill_params_t *p,
-                              const dsla_corpus_t *train, const dsla_corpus_t *eval) {
+/* steps 0 writes teacher-initialised versions without training or scoring them; with a given order
+ * it needs no data at all (no entropy pass). */
+static bool init_only(const dsla_distill_params_t *p) {
+    return p->steps == 0;
+}
+
+static bool init_only_without_data(const dsla_distill_params_t *p) {
+    return init_only(p) && p->order_mode == DSLA_ORDER_GIVEN;
+}
+
+static dsla_status_t validate_order(const dsla_model_config_t *cfg,
+                                    const dsla_distill_params_t *p) {
     const int L = cfg->num_layers;
-    if (L > DSLA_LAYER_ORDER_MAX)
-        return dsla_error(DSLA_ERR_UNSUPPORTED, "model has %d layers; at most %d", L,
-                          DSLA_LAYER_ORDER_MAX);
-    if (p->layers < 0 || p->layers > L)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "layers %d is outside 0..%d (0: all)",
-                          p->layers, L);
-    if (p->steps < 1)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "steps %d must be at least 1", p->steps);
-    if (p->batch < 1 || p->batch > DSLA_LAYER_ORDER_MAX)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "batch %d is outside 1..%d", p->batch,
-                          DSLA_LAYER_ORDER_MAX);
-    if (train->num_sequences < 1 || eval->num_sequences < 1)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "need training and held-out sequences (have %d and %d)",
-                          train->num_sequences, eval->num_sequences);
-    if (train->seq_len != eval->seq_len)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "training and held-out sequences differ in length (%d and %d)",
-                          train->seq_len, eval->seq_len);
-    if (train->seq_len > cfg->max_position_embeddings)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "seq_len %d exceeds the model's context of %d",
-                          train->seq_len, cfg->max_position_embeddings);
     if (p->order_mode == DSLA_ORDER_GIVEN && p->n_given_order > 0) {
         bool seen[DSLA_LAYER_ORDER_MAX] = {false};
         for (int i = 0; i < p->n_given_order; i++) {
@@ -506,11 +607,47 @@ static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill
     return DSLA_OK;
 }
 
+static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill_params_t *p,
+                              const dsla_corpus_t *train, const dsla_corpus_t *eval) {
+    const int L = cfg->num_layers;
+    if (L > DSLA_LAYER_ORDER_MAX)
+        return dsla_error(DSLA_ERR_UNSUPPORTED, "model has %d layers; at most %d", L,
+                          DSLA_LAYER_ORDER_MAX);
+    if (p->layers < 0 || p->layers > L)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "layers %d is outside 0..%d (0: all)",
+                          p->layers, L);
+    if (p->steps < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "steps %d must be at least 0", p->steps);
+    if (p->batch < 1 || p->batch > DSLA_LAYER_ORDER_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "batch %d is outside 1..%d", p->batch,
+                          DSLA_LAYER_ORDER_MAX);
+    if (init_only_without_data(p)) return validate_order(cfg, p);
+    if (!train || !eval || train->num_sequences < 1 || eval->num_sequences < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "need training and held-out sequences (have %d and %d)",
+                          train ? train->num_sequences : 0, eval ? eval->num_sequences : 0);
+    if (train->seq_len != eval->seq_len)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "training and held-out sequences differ in length (%d and %d)",
+                          train->seq_len, eval->seq_len);
+    if (train->seq_len > cfg->max_position_embeddings)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "seq_len %d exceeds the model's context of %d",
+                          train->seq_len, cfg->max_position_embeddings);
+    return validate_order(cfg, p);
+}
+
 static dsla_status_t compute_order(run_t *r) {
     const int L = r->cfg->num_layers;
     dsla_distill_report_t *rep = r->report;
-    DSLA_TRY(dsla_distill_entropy_order(r->model, r->train, r->p->calib_sequences, rep->entropy,
-                                        rep->order));
+    if (init_only_without_data(r->p)) {
+        for (int l = 0; l < L; l++) {
+            rep->entropy[l] = NAN;
+            rep->order[l] = l;
+        }
+    } else {
+        DSLA_TRY(dsla_distill_entropy_order(r->model, r->train, r->p->calib_sequences, rep->entropy,
+                                            rep->order));
+    }
     if (r->p->order_mode == DSLA_ORDER_REVERSE) {
         for (int i = 0; i < L / 2; i++) {
             int tmp = rep->order[i];
@@ -548,12 +685,13 @@ static dsla_status_t load_finished(run_t *r, int k, bool *found) {
     bool same_order = meta.n_order == r->cfg->num_layers;
     for (int i = 0; same_order && i < meta.n_order; i++)
         same_order = meta.order[i] == r->report->order[i];
+    /* An untrained (steps 0) version must not pass for a trained one, nor the reverse. */
     if (!same_order || meta.teacher_checksum != r->teacher_checksum ||
-        l->single_state != r->p->single_state) {
+        l->single_state != r->p->single_state || (meta.steps == 0) != init_only(r->p)) {
         dsla_dsla_layer_destroy(&l);
         return dsla_error(DSLA_ERR_FORMAT,
-                          "%s was distilled with another order, teacher or state count; use a "
-                          "fresh output directory",
+                          "%s was distilled with another order, teacher, state count or "
+                          "init-only setting (--steps 0); use a fresh output directory",
                           path);
     }
     r->converted[layer] = l;
@@ -563,52 +701,39 @@ static dsla_status_t load_finished(run_t *r, int k, bool *found) {
     return DSLA_OK;
 }
 
-static void install(run_t *r, int layer) {
-    dsla_model_set_dsla_layer(r->model, layer, r->converted[layer]);
+static dsla_status_t install(run_t *r, int layer) {
+    DSLA_TRY(r->be->install(r->be, layer, r->converted[layer]));
     r->kinds[layer] = DSLA_LAYER_DSLA;
+    return DSLA_OK;
 }
 
 /* Trains the k-th layer of the order on train, saves its version and installs it. */
 static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     const dsla_distill_params_t *p = r->p;
     const int layer = r->report->order[k], T = train->seq_len;
-    const size_t per_seq = (size_t)T * r->cfg->hidden_size;
+    dsla_distill_backend_t *be = r->be;
     double started = dsla_clock_seconds();
-    dsla_dsla_layer_t *w = NULL;
-    trainer_t t = {0};
-    float *h_in = NULL, *target = NULL, *eval_in = NULL, *eval_target = NULL;
-    dsla_status_t st = dsla_dsla_layer_create(&w, r->cfg, layer);
+    layer_state_t ls = {.layer = layer};
+    dsla_status_t st = dsla_dsla_layer_create(&ls.w, r->cfg, layer);
+    if (st == DSLA_OK) st = dsla_dsla_layer_create(&ls.m, r->cfg, layer);
+    if (st == DSLA_OK) st = dsla_dsla_layer_create(&ls.v, r->cfg, layer);
     if (st == DSLA_OK) {
-        w->single_state = p->single_state;
-        st = dsla_dsla_layer_init_from_teacher(w, r->model, layer, p->seed + (uint64_t)layer);
-    }
-    if (st == DSLA_OK) st = trainer_init(&t, r->model, w, p->batch, T, p->single_state);
-    if (st != DSLA_OK) goto done;
-
-    h_in = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
-    target = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
-    eval_in = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
-    eval_target = dsla_alloc((size_t)r->eval->num_sequences * per_seq * sizeof(float));
-    if (!h_in || !target || !eval_in || !eval_target) {
-        st = dsla_error_oom("layer %d's hidden states", layer);
-        goto done;
+        ls.w->single_state = p->single_state;
+        st = dsla_dsla_layer_init_from_teacher(ls.w, r->model, layer, p->seed + (uint64_t)layer);
     }
     /* The student learns on what it will see when served: the hybrid's stream (chained), or the
      * teacher's (the unchained ablation). The target is always the teacher's. */
-    const dsla_layer_kind_t *input_plan = p->chained ? r->kinds : NULL;
-    st = capture_streams(r->model, input_plan, train, layer, h_in, layer, NULL);
-    if (st == DSLA_OK) st = capture_streams(r->model, NULL, train, layer, NULL, layer, target);
     if (st == DSLA_OK)
-        st = capture_streams(r->model, input_plan, r->eval, layer, eval_in, layer, NULL);
-    if (st == DSLA_OK)
-        st = capture_streams(r->model, NULL, r->eval, layer, NULL, layer, eval_target);
+        st = be->layer_begin(be, ls.w, ls.m, ls.v, p->batch, p->single_state,
+                             p->chained ? r->kinds : NULL, train, r->eval);
     if (st != DSLA_OK) goto done;
 
     dsla_distill_layer_report_t *rep = &r->report->converted[k];
     *rep = (dsla_distill_layer_report_t){.layer = layer, .k = k};
-    st = eval_layer_mse(&t, eval_in, eval_target, r->eval->num_sequences, &rep->init_eval_mse);
+    st = be->eval_mse(be, &rep->init_eval_mse);
     long step = 0;
-    if (st == DSLA_OK) st = checkpoint_load(&t, r->out_dir, &step);
+    if (st == DSLA_OK) st = checkpoint_load(&ls, r->out_dir, &step);
+    if (st == DSLA_OK && step > 0) st = be->push(be);
     if (st != DSLA_OK) goto done;
 
     dsla_adamw_params_t optim = p->optim;
@@ -631,14 +756,15 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
         for (int i = 0; i < p->batch; i++)
             idx[i] = (int)(dsla_splitmix64(&rng) % (uint64_t)train->num_sequences);
         double loss;
-        st = train_step(&t, h_in, target, idx, step, &optim, p->gate_cosine_weight, &loss);
+        st = be->step(be, idx, step, &optim, p->gate_cosine_weight, &loss);
         if (st != DSLA_OK) goto done;
         if (step > p->steps - tail) {
             tail_loss += loss;
             tail_count++;
         }
         if (p->checkpoint_every > 0 && step % p->checkpoint_every == 0 && step < p->steps) {
-            st = checkpoint_save(&t, r->out_dir, step);
+            st = be->pull(be);
+            if (st == DSLA_OK) st = checkpoint_save(&ls, r->out_dir, step);
             if (st != DSLA_OK) goto done;
         }
         double dt = dsla_clock_seconds() - t0;
@@ -659,14 +785,16 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
         }
     }
     rep->train_loss = tail_count ? tail_loss / tail_count : NAN;
-    st = eval_layer_mse(&t, eval_in, eval_target, r->eval->num_sequences, &rep->eval_mse);
+    st = be->eval_mse(be, &rep->eval_mse);
+    if (st == DSLA_OK) st = be->pull(be);
     if (st != DSLA_OK) goto done;
+    be->layer_end(be);
 
-    r->converted[layer] = w;
-    w = NULL;
-    install(r, layer);
-    double nll;
-    st = dsla_distill_eval_nll(r->model, r->kinds, r->eval, &nll);
+    r->converted[layer] = ls.w;
+    ls.w = NULL;
+    st = install(r, layer);
+    double nll = NAN;
+    if (st == DSLA_OK) st = be->eval_nll(be, r->kinds, r->eval, &nll);
     if (st != DSLA_OK) goto done;
     rep->eval_ppl = exp(nll);
 
@@ -689,12 +817,48 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     remove(path);
     rep->seconds = dsla_clock_seconds() - started;
 done:
-    trainer_free(&t);
+    be->layer_end(be);
+    dsla_dsla_layer_destroy(&ls.w);
+    dsla_dsla_layer_destroy(&ls.m);
+    dsla_dsla_layer_destroy(&ls.v);
+    return st;
+}
+
+/* Writes the k-th layer of the order as the teacher initialises it (DESIGN.md section 4), untrained
+ * and unscored (steps 0, NaN losses): layer versions for benchmarks that need DSLA layers of a
+ * model's shape, not their quality. Same seed per layer as training starts from. */
+static dsla_status_t init_layer(run_t *r, int k) {
+    const int layer = r->report->order[k];
+    double started = dsla_clock_seconds();
+    dsla_dsla_layer_t *w = NULL;
+    DSLA_TRY(dsla_dsla_layer_create(&w, r->cfg, layer));
+    w->single_state = r->p->single_state;
+    dsla_status_t st =
+        dsla_dsla_layer_init_from_teacher(w, r->model, layer, r->p->seed + (uint64_t)layer);
+    dsla_layer_version_meta_t meta = {
+        .version = 1,
+        .n_order = r->cfg->num_layers,
+        .steps = 0,
+        .train_loss = NAN,
+        .eval_mse = NAN,
+        .eval_ppl = NAN,
+        .teacher_ppl = NAN,
+        .teacher_checksum = r->teacher_checksum,
+    };
+    memcpy(meta.order, r->report->order, sizeof(int) * (size_t)r->cfg->num_layers);
+    char path[4096];
+    version_path(path, sizeof path, r->out_dir, layer);
+    if (st == DSLA_OK) st = dsla_dsla_layer_save(w, path, &meta);
+    if (st == DSLA_OK) {
+        r->converted[layer] = w;
+        w = NULL;
+        st = install(r, layer);
+    }
+    if (st == DSLA_OK) {
+        r->report->converted[k] = (dsla_distill_layer_report_t){
+            layer, k, false, NAN, NAN, NAN, NAN, dsla_clock_seconds() - started};
+    }
     dsla_dsla_layer_destroy(&w);
-    dsla_free(h_in);
-    dsla_free(target);
-    dsla_free(eval_in);
-    dsla_free(eval_target);
     return st;
 }
 
@@ -738,9 +902,28 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
                                const dsla_corpus_t *eval, const dsla_distill_params_t *params,
                                const char *out_dir, const dsla_distill_callbacks_t *callbacks,
                                dsla_distill_report_t *report) {
+    dsla_distill_backend_t *be = NULL;
+    memset(report, 0, sizeof *report);
+    DSLA_TRY(dsla_distill_backend_cpu_create(&be, teacher));
+    dsla_status_t st =
+        dsla_distill_run_on(be, teacher, train, eval, params, out_dir, callbacks, report);
+    dsla_distill_backend_destroy(&be);
+    return st;
+}
+
+dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *be, dsla_model_t *teacher,
+                                  const dsla_corpus_t *train, const dsla_corpus_t *eval,
+                                  const dsla_distill_params_t *params, const char *out_dir,
+                                  const dsla_distill_callbacks_t *callbacks,
+                                  dsla_distill_report_t *report) {
     memset(report, 0, sizeof *report);
     const dsla_model_config_t *cfg = dsla_model_config(teacher);
     DSLA_TRY(validate(cfg, params, train, eval));
+    if (params->gate_cosine_weight > 0 && !be->gate_cosine)
+        return dsla_error(DSLA_ERR_UNSUPPORTED,
+                          "the gate cosine term (weight %g) is not implemented on the %s backend; "
+                          "leave it at 0 there or distil on the CPU",
+                          params->gate_cosine_weight, be->name);
     DSLA_TRY(make_dir(out_dir));
     run_t r = {
         .model = teacher,
@@ -751,6 +934,7 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
         .out_dir = out_dir,
         .cb = callbacks,
         .report = report,
+        .be = be,
         .n_convert = params->layers ? params->layers : cfg->num_layers,
     };
     report->n_layers = cfg->num_layers;
@@ -759,14 +943,16 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
     r.teacher_checksum = dsla_model_checksum(teacher);
     dsla_status_t st = compute_order(&r);
     double nll = NAN;
-    if (st == DSLA_OK) st = dsla_distill_eval_nll(teacher, NULL, eval, &nll);
+    if (st == DSLA_OK && !init_only(params)) st = be->eval_nll(be, NULL, eval, &nll);
     report->teacher_ppl = exp(nll);
     for (int k = 0; k < r.n_convert && st == DSLA_OK; k++) {
         bool found = false;
         st = load_finished(&r, k, &found);
         if (st != DSLA_OK) break;
         if (found) {
-            install(&r, report->order[k]);
+            st = install(&r, report->order[k]);
+        } else if (init_only(params)) {
+            st = init_layer(&r, k);
         } else {
             st = train_layer_pooled(&r, k);
         }
@@ -777,6 +963,7 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
         }
     }
     for (int l = 0; l < cfg->num_layers; l++) {
+        if (r.converted[l]) be->install(be, l, NULL);
         dsla_model_set_dsla_layer(teacher, l, NULL);
         dsla_dsla_layer_destroy(&r.converted[l]);
     }

@@ -28,9 +28,20 @@
  * cosine similarity of the two states' log-gates over the batch, which pushes history and recency
  * apart. The logit KL term is not implemented: it needs a backward pass through every later layer.
  *
+ * Init-only (steps 0): each layer of the order is written as the teacher initialises it (DESIGN.md
+ * section 4, the seed training would start from), with steps 0 and NaN losses, and nothing is
+ * trained or scored (no teacher perplexity, no held-out numbers): layer versions of a model's shape
+ * for benchmarks, in seconds. With DSLA_ORDER_GIVEN it reads no data at all (train and eval may be
+ * NULL; entropies are NaN); otherwise the entropy pass still orders the layers. A directory of
+ * init-only versions is never resumed by a training run, nor the reverse (FORMAT).
+ *
+ * Where it computes is a backend (dsla_distill_run_on): the CPU (dsla_distill_run) or a GPU
+ * (distill_cuda.c: the teacher's forward passes, captures and training on the device). The
+ * engine's decisions (order, batches, schedule, checkpoints, files) are the same on both.
+ *
  * Contract: the engine installs DSLA layers into the teacher model it is given (dsla_model_set_
- * dsla_layer) and uninstalls them before returning; it runs on the calling thread and reports
- * through callbacks; it must not print. */
+ * dsla_layer, or the backend's device copy) and uninstalls them before returning; it runs on the
+ * calling thread and reports through callbacks; it must not print. */
 #ifndef DSLA_DISTILL_DISTILL_H
 #define DSLA_DISTILL_DISTILL_H
 
@@ -38,6 +49,7 @@
 #include <stdint.h>
 
 #include "kernels/kernels_train.h"
+#include "runtime/core/tensor.h"
 #include "runtime/core/status.h"
 #include "runtime/distill/data.h"
 #include "runtime/model/dsla_layer.h"
@@ -52,7 +64,7 @@ typedef enum {
 /* Every hyper-parameter of a run; dsla_distill_params_default documents the defaults. */
 typedef struct {
     int layers; /* layers to convert, the first ones of the order; default: all */
-    int steps;  /* optimizer steps per layer; default 200 */
+    int steps;  /* optimizer steps per layer; default 200. 0: init-only (below) */
     int batch;  /* sequences per step; default 8 */
     dsla_order_mode_t order_mode;
     int given_order[DSLA_LAYER_ORDER_MAX];
@@ -121,6 +133,40 @@ dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train
                                const dsla_corpus_t *eval, const dsla_distill_params_t *params,
                                const char *out_dir, const dsla_distill_callbacks_t *callbacks,
                                dsla_distill_report_t *report);
+
+/* Where a run computes: its forward passes, captures and training (runtime/distill/backend.h). The
+ * engine above it is the same, so runs with the same parameters on two backends draw the same
+ * batches, follow the same schedule and write the same kind of versions, checkpoints and reports.
+ */
+typedef struct dsla_distill_backend dsla_distill_backend_t;
+
+/* The CPU: llama.h's forward passes and kernels/cpu's training kernels, over teacher. */
+dsla_status_t dsla_distill_backend_cpu_create(dsla_distill_backend_t **out, dsla_model_t *teacher);
+
+/* A GPU (runtime/distill/distill_cuda.c). dtype F32: the teacher's forward with fp32 weights and
+ * the layer's training in full fp32 (the CPU's numbers, for comparisons); BF16: the teacher's
+ * forward with bf16 weights (cuDNN prefill where it loads) and the training's GEMMs and DSLA core
+ * on TF32 tensor cores. Either way the trained weights, AdamW moments, gradients, DSLA states and
+ * every reduction are fp32 (master weights). */
+typedef struct {
+    int gpu;            /* device index; default 0 */
+    dsla_dtype_t dtype; /* F32 or BF16; default BF16 */
+} dsla_distill_cuda_opts_t;
+
+/* UNSUPPORTED in a build without CUDA, or when the model's head dim is not one the chunked DSLA
+ * kernels take (multiples of 16 up to 128: not stories260K's 8); INVALID_ARGUMENT for a GPU that
+ * is not there. The teacher stays on the host too (entropy order, initialisation, checksum). */
+dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsla_model_t *teacher,
+                                               const dsla_distill_cuda_opts_t *opts);
+void dsla_distill_backend_destroy(dsla_distill_backend_t **b);
+
+/* dsla_distill_run on a backend made for the same teacher (dsla_distill_run is this on the CPU).
+ * The gate cosine term is CPU-only (UNSUPPORTED elsewhere). */
+dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *backend, dsla_model_t *teacher,
+                                  const dsla_corpus_t *train, const dsla_corpus_t *eval,
+                                  const dsla_distill_params_t *params, const char *out_dir,
+                                  const dsla_distill_callbacks_t *callbacks,
+                                  dsla_distill_report_t *report);
 
 /* The attention-entropy order (5.1) of a teacher on the first n sequences of corpus: entropy[l]
  * receives each layer's mean entropy, order[] the layers in ascending entropy. */

@@ -96,6 +96,10 @@ struct dsla_cuda_model {
     bool att_c_ready; /* this layer's attention wrote att_c directly (no conversion needed) */
     dsla_cuda_model_stats_t stats;
     dsla_cuda_kv_t *kv_in_graphs; /* graphs bake in one pool's pointers */
+    /* Distillation's capture (dsla_cuda_model_set_capture): where each layer's incoming stream
+     * goes, and how many layers to run. */
+    float *capture[DSLA_LAYER_ORDER_MAX + 1];
+    int capture_layers;
 };
 
 struct dsla_cuda_kv {
@@ -1018,8 +1022,12 @@ static dsla_status_t run_body(dsla_cuda_model_t *m, const step_t *st) {
     const float eps = c->rms_norm_eps;
     DSLA_TRY(
         dsla_cuda_embedding(m->stream, m->x, m->embed, wt, m->dstep + st->lay.tokens, rows, D, V));
-    for (int l = 0; l < c->num_layers; l++) {
+    const int run_layers = m->capture_layers > 0 ? m->capture_layers : c->num_layers;
+    for (int l = 0; l < run_layers; l++) {
         const dev_layer_t *w = &m->layers[l];
+        if (m->capture[l])
+            DSLA_TRY(
+                dsla_cuda_copy(m->capture[l], m->x, (size_t)rows * D * sizeof(float), m->stream));
         DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->xn, wt, m->x, w->attn_norm, rows, D, eps));
         const bool dsla = st->kinds[l] == DSLA_LAYER_DSLA;
         m->att_c_ready = false;
@@ -1036,6 +1044,9 @@ static dsla_status_t run_body(dsla_cuda_model_t *m, const step_t *st) {
         DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->x, DSLA_DTYPE_F32, m->act, w->w_down, wt,
                                 rows, D, I, 1.0f));
     }
+    if (m->capture[run_layers])
+        DSLA_TRY(dsla_cuda_copy(m->capture[run_layers], m->x, (size_t)rows * D * sizeof(float),
+                                m->stream));
     DSLA_TRY(dsla_cuda_gather_rows(m->stream, m->last_x, D, m->x, D, m->dstep + st->lay.logit_rows,
                                    st->n_logit, D));
     DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->last_xn, wt, m->last_x, m->final_norm, st->n_logit, D,
@@ -1245,6 +1256,18 @@ dsla_status_t dsla_cuda_model_forward(dsla_cuda_model_t *m, const dsla_cuda_batc
                                 (size_t)n_logit * c->vocab_size * sizeof(float), m->stream));
         DSLA_TRY(dsla_cuda_stream_sync(m->stream));
     }
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_cuda_model_set_capture(dsla_cuda_model_t *m, float *const *hidden,
+                                          int layers_to_run) {
+    const int L = m->cfg.num_layers;
+    if (layers_to_run < 0 || layers_to_run > L || L > DSLA_LAYER_ORDER_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "capture: layers_to_run %d is outside 0..%d",
+                          layers_to_run, L);
+    for (int l = 0; l <= L; l++)
+        m->capture[l] = hidden ? hidden[l] : NULL;
+    m->capture_layers = hidden ? layers_to_run : 0;
     return DSLA_OK;
 }
 

@@ -124,6 +124,15 @@ const float *dsla_cuda_model_logits(const dsla_cuda_model_t *m);
 dsla_status_t dsla_cuda_model_sample(dsla_cuda_model_t *m, const dsla_cuda_sample_row_t *params,
                                      int rows, int32_t *tokens_host);
 
+/* Distillation's hook (runtime/distill/distill_cuda.c): every later prompt forward pass (never a
+ * decode graph) copies the residual stream entering layer l into hidden[l] (device memory, rows x
+ * hidden_size fp32, the batch's tokens in item order), for each l in 0..num_layers whose entry is
+ * not NULL (hidden[num_layers]: after the last layer run), and runs only the first layers_to_run
+ * layers (0: all; fewer leave the logits without meaning). hidden NULL turns it off. The pointers
+ * are kept, not the array. */
+dsla_status_t dsla_cuda_model_set_capture(dsla_cuda_model_t *m, float *const *hidden,
+                                          int layers_to_run);
+
 /* Counters for benchmarks and tests: decode steps run through a graph replay, graphs captured,
  * whether capture failed (graphs are then off for the model's lifetime), and prefill attention
  * layers run through cuDNN. */

@@ -9,21 +9,16 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "runtime/core/random.h"
+
 /* Traces larger than this are refused before reading: a million-request trace is ~30 MB. */
 #define TRACE_BYTES_MAX (1u << 30)
 #define TWO_PI 6.283185307179586
 
 /* ---- draws --------------------------------------------------------------------------------- */
 
-static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 double dsla_workload_uniform(uint64_t *rng) {
-    return (double)(rng_next(rng) >> 11) * 0x1.0p-53;
+    return (double)(dsla_splitmix64(rng) >> 11) * 0x1.0p-53;
 }
 
 double dsla_workload_normal(uint64_t *rng) { /* Box-Muller; the second value is dropped */
@@ -61,7 +56,7 @@ int dsla_length_draw(const dsla_length_dist_t *d, uint64_t *rng) {
     double x;
     switch (d->kind) {
     case DSLA_LENGTH_UNIFORM:
-        x = d->a + (double)(rng_next(rng) % (uint64_t)(d->b - d->a + 1));
+        x = d->a + (double)(dsla_splitmix64(rng) % (uint64_t)(d->b - d->a + 1));
         break;
     case DSLA_LENGTH_LOGNORMAL: /* mean a: mu = ln a - sigma^2 / 2 */
         x = round(exp(log(d->a) - 0.5 * d->b * d->b + d->b * dsla_workload_normal(rng)));

@@ -17,6 +17,7 @@
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda.h"
 #include "kernels/kernels_cuda_dsla.h"
+#include "kernels/kernels_cuda_train.h"
 #include "runtime/core/random.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/safetensors.h"
@@ -42,7 +43,16 @@ typedef enum {
     OP_DSLA_BWD,      /* a=B b=T c=H d=d e=DSLA_* flags; dtype of the inputs */
     OP_DSLA_ADAMW,    /* a=n b=step */
     OP_DSLA_REF,      /* the reference vectors' cases through the GPU core; e=DSLA_* flags */
+    OP_GEMM_TRAIN,    /* a=m b=n c=k e=GEMM_* flags: dsla_cuda_gemm_f32 (training's GEMMs) */
+    OP_RMSNORM_BWD,   /* a=rows b=dim e=1: accumulate */
+    OP_SWIGLU_BWD,    /* a=rows b=n */
+    OP_BIAS_BWD,      /* a=m b=n e=1: accumulate */
+    OP_NMSE,          /* a=n: loss and gradient */
+    OP_SUM_SQUARES,   /* a=n: sum of squares, then the clipping rescale */
 } op_t;
+
+/* Flags of OP_GEMM_TRAIN (field e). */
+enum { GEMM_TRANS_A = 1, GEMM_TRANS_B = 2, GEMM_TF32 = 4, GEMM_BETA1 = 8 };
 
 /* Flags of the DSLA rows (field e): the gate mix, then options. */
 enum {
@@ -159,6 +169,22 @@ static const row_t rows[] = {
     {OP_DSLA_REF, "dsla_reference_vectors", 0, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_DSLA_F32, 0, 0},
     {OP_DSLA_REF, "dsla_reference(tf32)", 0, 0, 0, 0, DSLA_TF32, DSLA_DTYPE_F32, TOL_DSLA_TF32, 0,
      0},
+    /* training (kernels_cuda_train.h): a linear layer's forward, input and weight gradients */
+    {OP_GEMM_TRAIN, "gemm_f32 x w^T", 100, 96, 40, 0, GEMM_TRANS_B, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_GEMM_TRAIN, "gemm_f32 dy w", 257, 64, 384, 0, GEMM_BETA1, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_GEMM_TRAIN, "gemm_f32 dy^T x", 384, 64, 2048, 0, GEMM_TRANS_A, DSLA_DTYPE_F32, TOL_F32_LONG,
+     0, 0},
+    {OP_GEMM_TRAIN, "gemm_f32 a^T b^T", 33, 17, 65, 0, GEMM_TRANS_A | GEMM_TRANS_B, DSLA_DTYPE_F32,
+     TOL_F32, 0, 0},
+    {OP_GEMM_TRAIN, "gemm_tf32 dy^T x", 512, 256, 1024, 0, GEMM_TRANS_A | GEMM_TF32, DSLA_DTYPE_F32,
+     TOL_BF16, 0, 0},
+    {OP_RMSNORM_BWD, "rmsnorm_backward", 7, 4096, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_RMSNORM_BWD, "rmsnorm_backward+=", 65, 384, 0, 0, 1, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_SWIGLU_BWD, "swiglu_backward", 9, 1024, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_BIAS_BWD, "bias_backward", 1000, 384, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_BIAS_BWD, "bias_backward+=", 3, 77, 0, 0, 1, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_NMSE, "nmse_loss", (1 << 20) + 5, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_SUM_SQUARES, "sum_squares+scale", (1 << 20) + 9, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
 };
 
 static uint64_t rng;
@@ -1054,6 +1080,136 @@ static double run_dsla_reference(const row_t *r) {
     return worst;
 }
 
+/* ---- training kernels (kernels_cuda_train.h) ---- */
+
+static double run_gemm_train(const row_t *r) {
+    const int m = r->a, n = r->b, k = r->c, f = r->e;
+    const bool ta = f & GEMM_TRANS_A, tb = f & GEMM_TRANS_B;
+    const float beta = (f & GEMM_BETA1) ? 1.0f : 0.0f;
+    float *a = host_random((size_t)m * k, 1.0f), *b = host_random((size_t)k * n, 0.05f);
+    float *c0 = host_random((size_t)m * n, 1.0f), *want = malloc((size_t)m * n * sizeof *want);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double acc = beta * c0[(size_t)i * n + j];
+            for (int l = 0; l < k; l++)
+                acc += (double)a[ta ? (size_t)l * m + i : (size_t)i * k + l] *
+                       b[tb ? (size_t)j * k + l : (size_t)l * n + j];
+            want[(size_t)i * n + j] = (float)acc;
+        }
+    float *da = dev_copy(a, (size_t)m * k * 4), *db = dev_copy(b, (size_t)k * n * 4);
+    float *dc = beta != 0.0f ? dev_copy(c0, (size_t)m * n * 4) : dev_poisoned((size_t)m * n);
+    dsla_cuda_blas_t *h = NULL;
+    CUDA_OK(dsla_cuda_blas_create(&h));
+    CUDA_OK(
+        dsla_cuda_gemm_f32(h, NULL, dc, da, ta, db, tb, m, n, k, beta,
+                           (f & GEMM_TF32) ? DSLA_CUDA_DSLA_MATH_TF32 : DSLA_CUDA_DSLA_MATH_F32));
+    float *got = host_result(dc, (size_t)m * n, false);
+    double err = rel_err(got, want, (size_t)m * n);
+    dsla_cuda_blas_destroy(&h);
+    free(a), free(b), free(c0), free(want), free(got);
+    dev_free(da), dev_free(db), dev_free(dc);
+    return err;
+}
+
+static double run_rmsnorm_bwd(const row_t *r) {
+    const int rows_n = r->a, dim = r->b;
+    const size_t n = (size_t)rows_n * dim;
+    const bool acc = r->e == 1;
+    const float eps = 1e-5f;
+    float *x = host_random(n, 1.0f), *dy = host_random(n, 1.0f), *w = host_random(dim, 1.0f);
+    float *want = host_random(n, 1.0f);
+    float *dxd = acc ? dev_copy(want, n * 4) : dev_poisoned(n);
+    float *xd = dev_copy(x, n * 4), *dyd = dev_copy(dy, n * 4), *wd = dev_copy(w, dim * 4);
+    dsla_cpu_rmsnorm_backward(want, NULL, dy, x, w, rows_n, dim, eps, acc);
+    CUDA_OK(dsla_cuda_rmsnorm_backward(NULL, dxd, dyd, xd, wd, rows_n, dim, eps, acc));
+    float *got = host_result(dxd, n, false);
+    double err = rel_err(got, want, n);
+    free(x), free(dy), free(w), free(want), free(got);
+    dev_free(dxd), dev_free(xd), dev_free(dyd), dev_free(wd);
+    return err;
+}
+
+static double run_swiglu_bwd(const row_t *r) {
+    const int rows_n = r->a, n = r->b;
+    const size_t in = (size_t)rows_n * 2 * n, out = (size_t)rows_n * n;
+    float *gu = host_random(in, 2.0f), *dy = host_random(out, 1.0f);
+    float *want = malloc(in * sizeof *want);
+    float *dgu = dev_copy(gu, in * 4), *ddy = dev_copy(dy, out * 4), *dgrad = dev_poisoned(in);
+    dsla_cpu_swiglu_backward(want, want + n, dy, gu, gu + n, rows_n, n, 2 * n);
+    CUDA_OK(dsla_cuda_swiglu_backward(NULL, dgrad, dgrad + n, ddy, dgu, dgu + n, rows_n, n, 2 * n));
+    float *got = host_result(dgrad, in, false);
+    double err = rel_err(got, want, in);
+    free(gu), free(dy), free(want), free(got);
+    dev_free(dgu), dev_free(ddy), dev_free(dgrad);
+    return err;
+}
+
+static double run_bias_bwd(const row_t *r) {
+    const int m = r->a, n = r->b;
+    const bool acc = r->e == 1;
+    float *dy = host_random((size_t)m * n, 1.0f), *want = host_random((size_t)n, 1.0f);
+    float *ddy = dev_copy(dy, (size_t)m * n * 4);
+    float *db = acc ? dev_copy(want, (size_t)n * 4) : dev_poisoned((size_t)n);
+    dsla_cpu_bias_backward(want, dy, m, n, acc);
+    CUDA_OK(dsla_cuda_bias_backward(NULL, db, ddy, m, n, acc));
+    float *got = host_result(db, (size_t)n, false);
+    double err = rel_err(got, want, (size_t)n);
+    free(dy), free(want), free(got);
+    dev_free(ddy), dev_free(db);
+    return err;
+}
+
+/* A device double read back, after the stream's work. */
+static double host_double(const double *dev) {
+    double v = NAN;
+    CUDA_OK(dsla_cuda_stream_sync(NULL));
+    CUDA_OK(dsla_cuda_copy(&v, dev, sizeof v, NULL));
+    return v;
+}
+
+static double run_nmse(const row_t *r) {
+    const size_t n = (size_t)r->a;
+    float *s = host_random(n, 1.0f), *t = host_random(n, 1.0f), *want = malloc(n * 4);
+    float *ds = dev_copy(s, n * 4), *dt = dev_copy(t, n * 4), *dg = dev_poisoned(n);
+    double *sums = NULL;
+    CUDA_OK(dsla_cuda_malloc((void **)&sums, 2 * sizeof(double)));
+    CUDA_OK(dsla_cuda_zero(sums, 2 * sizeof(double), NULL));
+    const double loss = dsla_cpu_nmse_loss(want, s, t, n);
+    CUDA_OK(dsla_cuda_nmse_sums(NULL, sums, ds, dt, n));
+    CUDA_OK(dsla_cuda_nmse_grad(NULL, dg, ds, dt, n, sums));
+    double got_sums[2];
+    CUDA_OK(dsla_cuda_stream_sync(NULL));
+    CUDA_OK(dsla_cuda_copy(got_sums, sums, sizeof got_sums, NULL));
+    float *got = host_result(dg, n, false);
+    double worst = dsla_worse(0.0, "grad", rel_err(got, want, n), r->tol);
+    worst = dsla_worse(worst, "loss", fabs(got_sums[0] / got_sums[1] - loss) / loss, r->tol);
+    free(s), free(t), free(want), free(got);
+    dev_free(ds), dev_free(dt), dev_free(dg), dev_free(sums);
+    return worst;
+}
+
+static double run_sum_squares(const row_t *r) {
+    const size_t n = (size_t)r->a;
+    float *x = host_random(n, 0.01f);
+    float *dx = dev_copy(x, n * 4);
+    double *acc = NULL;
+    CUDA_OK(dsla_cuda_malloc((void **)&acc, sizeof(double)));
+    CUDA_OK(dsla_cuda_zero(acc, sizeof(double), NULL));
+    CUDA_OK(dsla_cuda_sum_squares(NULL, acc, dx, n));
+    const double got_norm = sqrt(host_double(acc));
+    /* The CPU clip: a max norm of half the norm rescales every element by a float 0.5-ish. */
+    float *arrays[1] = {x};
+    const size_t counts[1] = {n};
+    const double norm = dsla_cpu_clip_grad_norm(arrays, counts, 1, 0.5);
+    CUDA_OK(dsla_cuda_scale(NULL, dx, (float)(0.5 / norm), n));
+    float *got = host_result(dx, n, false);
+    double worst = dsla_worse(0.0, "norm", fabs(got_norm - norm) / norm, r->tol);
+    worst = dsla_worse(worst, "scaled", rel_err(got, x, n), r->tol);
+    free(x), free(got);
+    dev_free(dx), dev_free(acc);
+    return worst;
+}
+
 static double run_row(const row_t *r) {
     switch (r->op) {
     case OP_GEMM:
@@ -1090,6 +1246,18 @@ static double run_row(const row_t *r) {
         return run_dsla_adamw(r);
     case OP_DSLA_REF:
         return run_dsla_reference(r);
+    case OP_GEMM_TRAIN:
+        return run_gemm_train(r);
+    case OP_RMSNORM_BWD:
+        return run_rmsnorm_bwd(r);
+    case OP_SWIGLU_BWD:
+        return run_swiglu_bwd(r);
+    case OP_BIAS_BWD:
+        return run_bias_bwd(r);
+    case OP_NMSE:
+        return run_nmse(r);
+    case OP_SUM_SQUARES:
+        return run_sum_squares(r);
     }
     return INFINITY;
 }

@@ -1,8 +1,12 @@
 /* dsla distill end to end: distilling one layer of each shared model cuts its held-out layer MSE by
  * at least 10x, and a run killed with SIGKILL mid-layer resumes to the same layer versions an
- * uninterrupted run writes, without redoing finished layers. */
+ * uninterrupted run writes, without redoing finished layers. --steps 0 writes teacher-initialised
+ * versions (no data needed with --order given) that equal a training run's starting point. */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
+
+#include "runtime/model/dsla_layer.h"
+#include "runtime/model/llama.h"
 
 #include <signal.h>
 #include <stdbool.h>
@@ -221,11 +225,113 @@ static void test_sigkill_resume_gives_the_same_versions(void **state) {
     free(dir);
 }
 
+/* --steps 0 --order given, no --data: every layer of the order written, untrained, equal to
+ * DESIGN.md 4's initialisation with the run's seed; a training run refuses that directory. */
+static void test_init_only_writes_teacher_initialised_versions(void **state) {
+    (void)state;
+    char *model_dir = dsla_test_data_or_skip("models/stories260K-hf");
+    char *dir = dsla_test_tempdir();
+    char out[512], report[512], log[512];
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(report, sizeof report, "%s/report.json", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    args_t a = {.argc = 0};
+    const char *argv[] = {"dsla",     "distill", "--model", model_dir, "--out",         out,
+                          "--steps",  "0",       "--order", "given",   "--layer-order", "3,1",
+                          "--layers", "2",       "--seed",  "7",       "--report",      report};
+    for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
+        args_add(&a, argv[i]);
+    int code = wait_exit(spawn_dsla(a.argv, log));
+    if (code != 0) show_log_and_fail(log, code);
+    assert_true(exists(out, "layer-3.safetensors"));
+    assert_true(exists(out, "layer-1.safetensors"));
+    assert_false(exists(out, "layer-0.safetensors"));
+    json_t *root = dsla_test_load_json(report);
+    json_t *conv = json_object_get(root, "converted");
+    assert_int_equal(json_array_size(conv), 2);
+    assert_true(json_is_null(json_object_get(json_array_get(conv, 0), "eval_mse")));
+    assert_true(json_is_null(json_object_get(root, "teacher_ppl")));
+    json_decref(root);
+
+    dsla_model_t *m = NULL;
+    assert_int_equal(dsla_model_load(&m, model_dir), DSLA_OK);
+    const dsla_model_config_t *cfg = dsla_model_config(m);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/layer-1.safetensors", out);
+    dsla_dsla_layer_t *got = NULL, *want = NULL;
+    dsla_layer_version_meta_t meta;
+    assert_int_equal(dsla_dsla_layer_load(&got, path, cfg, &meta), DSLA_OK);
+    assert_int_equal(meta.steps, 0);
+    assert_int_equal(meta.order[0], 3);
+    assert_int_equal(meta.order[1], 1);
+    assert_int_equal(dsla_dsla_layer_create(&want, cfg, 1), DSLA_OK);
+    assert_int_equal(dsla_dsla_layer_init_from_teacher(want, m, 1, 7 + 1), DSLA_OK);
+    assert_int_equal(got->numel, want->numel);
+    assert_memory_equal(got->data, want->data, got->numel * sizeof(float));
+    dsla_dsla_layer_destroy(&got);
+    dsla_dsla_layer_destroy(&want);
+    dsla_model_destroy(&m);
+
+    /* Training on top of init-only versions would keep untrained layers as finished: refused. */
+    args_t t = distill_args("models/stories260K-hf", out, "2", "5", report);
+    args_add(&t, "--order");
+    args_add(&t, "given");
+    args_add(&t, "--layer-order");
+    args_add(&t, "3,1");
+    code = wait_exit(spawn_dsla(t.argv, log));
+    assert_int_equal(code, 1);
+    char *text = dsla_test_read_file(log, NULL);
+    assert_non_null(strstr(text, "init-only"));
+    free(text);
+    args_free(&t);
+    free(model_dir);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
+/* --device cuda where it cannot run (a build without CUDA, or stories260K's head dim 8, which the
+ * GPU's DSLA kernels do not take) fails at once, saying why, before any work; a bad --device or
+ * --dtype is a usage error. */
+static void test_device_cuda_refusals_are_named(void **state) {
+    (void)state;
+    char *dir = dsla_test_tempdir();
+    char out[512], report[512], log[512];
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(report, sizeof report, "%s/report.json", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    args_t a = distill_args("models/stories260K-hf", out, "1", "5", report);
+    args_add(&a, "--device");
+    args_add(&a, "cuda");
+    assert_int_equal(wait_exit(spawn_dsla(a.argv, log)), 1);
+    char *text = dsla_test_read_file(log, NULL);
+    if (!strstr(text, "--device cuda")) fail_msg("no reason given:\n%s", text);
+    free(text);
+    assert_false(exists(out, "layer-1.safetensors"));
+    args_free(&a);
+
+    const char *bad[][2] = {{"--device", "tpu"}, {"--dtype", "f16"}, {"--gate-cosine", "0.1"}};
+    for (int i = 0; i < 3; i++) {
+        a = distill_args("models/stories260K-hf", out, "1", "5", report);
+        args_add(&a, bad[i][0]);
+        args_add(&a, bad[i][1]);
+        if (i == 2) {
+            args_add(&a, "--device");
+            args_add(&a, "cuda");
+        }
+        assert_int_equal(wait_exit(spawn_dsla(a.argv, log)), 2);
+        args_free(&a);
+    }
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_layer_stories260k),
         cmocka_unit_test(test_one_layer_tinystories11m),
         cmocka_unit_test(test_sigkill_resume_gives_the_same_versions),
+        cmocka_unit_test(test_init_only_writes_teacher_initialised_versions),
+        cmocka_unit_test(test_device_cuda_refusals_are_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
