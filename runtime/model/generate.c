@@ -2,7 +2,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "runtime/core/clock.h"
 #include "runtime/model/stop_strings.h"
