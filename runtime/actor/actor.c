@@ -6,11 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <uv.h>
 #include <zmq.h>
 
+#include "runtime/core/clock.h"
 #include "runtime/core/log.h"
 
 /* Messages taken from the sockets before the loop gets a turn, so that heartbeats and timers still
@@ -125,12 +125,6 @@ static void drain_all(dsla_actor_t *a);
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p);
 static void close_dealer(peer_t *p);
 
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static bool valid_name(const char *name, size_t len) {
     if (len == 0 || len > DSLA_PROTO_NAME_MAX) return false;
     for (size_t i = 0; i < len; i++)
@@ -151,7 +145,7 @@ static bool on_actor_thread(const dsla_actor_t *a) {
 dsla_status_t dsla_actor_ctx_create(dsla_actor_ctx_t **out) {
     *out = NULL;
     dsla_actor_ctx_t *c = calloc(1, sizeof *c);
-    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor context: out of memory");
+    if (!c) return dsla_error_oom("actor context");
     c->zmq = zmq_ctx_new();
     if (!c->zmq) {
         free(c);
@@ -376,7 +370,7 @@ static void on_heartbeat(uv_timer_t *t) {
         peer_t *p = &a->peers[i];
         if (!p->used) continue;
         if (p->sock) {
-            dsla_proto_ping_t ping = {.seq = ++a->heartbeat_seq, .sent_ns = now_ns()};
+            dsla_proto_ping_t ping = {.seq = ++a->heartbeat_seq, .sent_ns = dsla_clock_ns()};
             dsla_proto_buf_t body;
             if (dsla_proto_ping_encode(&ping, &body) == DSLA_OK) {
                 /* A full queue to a silent peer drops the PING: its silence is the signal. */
@@ -677,7 +671,7 @@ dsla_status_t dsla_actor_timer_start(dsla_actor_t *a, uint64_t timeout_ms, uint6
         return dsla_error(DSLA_ERR_INTERNAL, "actor %s: timer started off the actor's thread",
                           a->name);
     struct dsla_actor_timer *t = calloc(1, sizeof *t);
-    if (!t) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: timer: out of memory", a->name);
+    if (!t) return dsla_error_oom("actor %s: timer", a->name);
     t->actor = a;
     t->fn = fn;
     t->user = user;
@@ -728,7 +722,7 @@ static void on_post(uv_async_t *h) {
 
 dsla_status_t dsla_actor_post(dsla_actor_t *a, dsla_actor_post_fn fn, void *user) {
     post_t *p = malloc(sizeof *p);
-    if (!p) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: post: out of memory", a->name);
+    if (!p) return dsla_error_oom("actor %s: post", a->name);
     p->fn = fn;
     p->user = user;
     p->next = NULL;
@@ -776,7 +770,7 @@ dsla_status_t dsla_actor_work(dsla_actor_t *a, dsla_actor_work_fn work, dsla_act
                           a->name);
     if (a->stopping) return dsla_error(DSLA_ERR_CANCELLED, "actor %s is stopping", a->name);
     work_t *w = calloc(1, sizeof *w);
-    if (!w) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: work: out of memory", a->name);
+    if (!w) return dsla_error_oom("actor %s: work", a->name);
     w->actor = a;
     w->work = work;
     w->done = done;
@@ -911,7 +905,7 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "actor %s: %zu peers, above the limit of %d",
                           def->name, def->n_peers, DSLA_ACTOR_PEER_MAX);
     dsla_actor_t *a = calloc(1, sizeof *a);
-    if (!a) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: out of memory", def->name);
+    if (!a) return dsla_error_oom("actor %s", def->name);
     snprintf(a->name, sizeof a->name, "%s", def->name);
     a->ctx = def->ctx;
     a->on_start = def->on_start;
@@ -923,7 +917,7 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
         a->handlers = malloc(def->n_handlers * sizeof *a->handlers);
         if (!a->handlers) {
             free(a);
-            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "actor %s: out of memory", def->name);
+            return dsla_error_oom("actor %s", def->name);
         }
         memcpy(a->handlers, def->handlers, def->n_handlers * sizeof *a->handlers);
         a->n_handlers = def->n_handlers;
