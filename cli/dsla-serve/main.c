@@ -53,8 +53,8 @@ static const char usage[] =
     "\"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
     "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
-    "(bf16, or f32 for exact comparisons with the CPU), KV and DSLA state pools sized to the free\n"
-    "memory less --gpu-margin-mib (default 2048); the sizes go to stderr.";
+    "(bf16, or f32 for exact comparisons with the CPU), one arena for KV and DSLA states sized to\n"
+    "the free memory less --gpu-margin-mib (default 2048); the sizes go to stderr.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -102,12 +102,14 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_con
     dsla_serve_cuda_deployed_t info;
     DSLA_TRY(dsla_serve_backend_cuda_deploy(out, model, &d, &info));
     fprintf(stderr,
-            "dsla-serve: %s, %s weights %.2f GiB, KV %d blocks of %.0f KiB (%.2f GiB), %d DSLA "
-            "state slots (%.2f GiB), context up to %d\n",
+            "dsla-serve: %s, %s weights %.2f GiB, one arena of %d blocks of %.0f KiB (%.2f GiB) "
+            "for KV and DSLA states, none reserved: a state slot is %d blocks (%.1f MiB), up to "
+            "%d slots; context up to %d\n",
             info.device, dtype, (double)info.weight_bytes / (1u << 30), info.kv_blocks,
             (double)info.kv_block_bytes / 1024,
-            (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.state_slots,
-            (double)info.state_slots * (double)info.slot_bytes / (1u << 30), info.max_context);
+            (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.blocks_per_slot,
+            (double)info.slot_bytes / (1 << 20), info.kv_blocks / info.blocks_per_slot,
+            info.max_context);
     return DSLA_OK;
 #else
     (void)model, (void)engine, (void)dtype, (void)max_context, (void)margin_mib;

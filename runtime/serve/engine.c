@@ -56,10 +56,9 @@ static dsla_status_t check_config(const dsla_engine_config_t *c) {
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "engine: prefill_chunk %d must be 1..step_tokens (%d)", c->prefill_chunk,
                           c->step_tokens);
-    if (c->kv_blocks < 0 || c->state_slots < 0)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "engine: kv_blocks %d and state_slots %d must not be negative",
-                          c->kv_blocks, c->state_slots);
+    if (c->kv_blocks < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "engine: kv_blocks %d must not be negative",
+                          c->kv_blocks);
     if (c->max_queued < 1 || c->max_queued_tokens < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "engine: max_queued %d and max_queued_tokens %ld must be at least 1",
@@ -96,11 +95,10 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
     if (!e->running || !e->items || !e->item_req || !e->order || !e->logits)
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory for %d sequences",
                           e->cfg.max_running);
-    e->states = e->backend->states;
     e->cfg.kv_blocks = e->backend->kv_blocks;
-    e->cfg.state_slots = dsla_state_pool_num_slots(e->states);
     e->m.kv_blocks_total = e->cfg.kv_blocks;
-    e->m.state_slots_total = e->cfg.state_slots;
+    e->m.state_slots_total = e->backend->max_slots;
+    e->m.blocks_per_slot = e->backend->blocks_per_slot;
     return DSLA_OK;
 }
 
@@ -123,13 +121,12 @@ dsla_status_t dsla_engine_create(dsla_engine_t **out, dsla_model_t *model,
     DSLA_TRY(engine_new(&e, config, &c));
     const dsla_model_config_t *mc = dsla_model_config(model);
     if (c.kv_blocks == 0) c.kv_blocks = default_kv_blocks(mc, c.max_running);
-    if (c.state_slots == 0) c.state_slots = c.max_running * mc->num_layers;
     e->tokenizer = tokenizer;
     e->mcfg = mc;
     e->cfg = c;
     e->owns_backend = true;
-    dsla_status_t s = dsla_serve_backend_cpu_create(&e->backend, model, c.kv_blocks, c.state_slots,
-                                                    c.max_running, c.batch_invariant);
+    dsla_status_t s = dsla_serve_backend_cpu_create(&e->backend, model, c.kv_blocks, c.max_running,
+                                                    c.batch_invariant);
     if (s == DSLA_OK) s = engine_init(e);
     if (s != DSLA_OK) {
         dsla_engine_destroy(&e);
@@ -166,7 +163,6 @@ static void request_free(dsla_engine_t *e, request_t **rp) {
     dsla_detokenizer_destroy(&r->detok);
     dsla_stop_matcher_destroy(&r->stops);
     free(r->tokens);
-    free(r->slots);
     free(r->text);
     free(r);
     *rp = NULL;
@@ -255,8 +251,6 @@ void dsla_engine_running_remove(dsla_engine_t *e, request_t *r) {
 void dsla_request_release_memory(dsla_engine_t *e, request_t *r) {
     if (r->seq) e->backend->ops->seq_destroy(e->backend, r->seq);
     r->seq = NULL;
-    dsla_state_pool_release(e->states, r->slots, r->n_slots);
-    r->n_slots = 0;
     dsla_plan_release(&r->plan);
     r->n_computed = 0;
 }
@@ -363,21 +357,20 @@ static dsla_status_t take_prompt(dsla_engine_t *e, request_t *r, const dsla_requ
     return s;
 }
 
-/* Whether the request could ever run alone under the plan new requests get. */
+/* Whether the request could ever run alone under the plan new requests get: its KV blocks and
+ * its state slots come from the one arena. */
 static dsla_status_t check_fits(const dsla_engine_t *e, const request_t *r) {
     const dsla_plan_t *plan = admission_plan(e);
-    int attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
+    const int dsla = dsla_plan_num_dsla(plan);
+    int attn = dsla_plan_num_layers(plan) - dsla;
     long tokens = (long)r->n_prompt + r->max_tokens;
     long blocks = (long)attn * blocks_for(tokens);
-    if (blocks > e->cfg.kv_blocks)
+    long slot_blocks = (long)dsla * e->backend->blocks_per_slot;
+    if (blocks + slot_blocks > e->cfg.kv_blocks)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "request: %ld tokens over %d attention layers need %ld KV blocks; the "
-                          "pool has %d",
-                          tokens, attn, blocks, e->cfg.kv_blocks);
-    if (dsla_plan_num_dsla(plan) > e->cfg.state_slots)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "request: the plan's %d DSLA layers need %d state slots; the pool has %d",
-                          dsla_plan_num_dsla(plan), dsla_plan_num_dsla(plan), e->cfg.state_slots);
+                          "request: %ld tokens over %d attention layers need %ld KV blocks and %d "
+                          "DSLA layers %ld blocks of state slots; the arena has %d",
+                          tokens, attn, blocks, dsla, slot_blocks, e->cfg.kv_blocks);
     return DSLA_OK;
 }
 
@@ -394,8 +387,6 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           "beyond max_queued_tokens %ld",
                           e->waiting_tokens, r->n_prompt, e->cfg.max_queued_tokens);
     DSLA_TRY(check_fits(e, r));
-    r->slots = malloc((size_t)e->mcfg->num_layers * sizeof *r->slots);
-    if (!r->slots) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "request: out of memory");
     DSLA_TRY(dsla_sampler_create(&r->sampler, &p->sampling, e->mcfg->vocab_size));
     DSLA_TRY(dsla_stop_matcher_create(&r->stops, p->stop, p->n_stop));
     if (e->tokenizer) {
@@ -518,7 +509,8 @@ void dsla_engine_metrics(const dsla_engine_t *e, dsla_engine_metrics_t *out) {
     out->queue_length = e->n_waiting;
     out->waiting_prompt_tokens = e->waiting_tokens;
     out->running = e->n_running;
-    out->kv_blocks_used = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend);
-    out->state_slots_used = e->cfg.state_slots - dsla_state_pool_free_slots(e->states);
+    out->state_slots_used = e->backend->ops->slots_used(e->backend);
+    out->kv_blocks_used = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend) -
+                          out->state_slots_used * e->backend->blocks_per_slot;
     out->plan_id = dsla_plan_id(admission_plan(e));
 }

@@ -94,8 +94,8 @@ static void test_engine_cuda_equals_cpu(void **state) {
     dsla_engine_destroy(&e);
 
     dsla_serve_backend_t *be = NULL;
-    const dsla_serve_cuda_opts_t bo = {DSLA_DTYPE_F32, KV_BLOCKS, MAX_RUNNING * mc->num_layers,
-                                       MAX_RUNNING, mc->max_position_embeddings};
+    const dsla_serve_cuda_opts_t bo = {DSLA_DTYPE_F32, KV_BLOCKS, MAX_RUNNING,
+                                       mc->max_position_embeddings};
     harness_ok(dsla_serve_backend_cuda_create(&be, g, &bo), "cuda backend");
     harness_ok(dsla_engine_create_on(&e, be, tok, &ec), "cuda engine");
     run(e, &sc, gpu);

@@ -45,16 +45,87 @@ static void check_bounds(const dsla_engine_t *e, const dsla_engine_config_t *cfg
     assert_true(m.queue_length <= cfg->max_queued);
     assert_true(m.waiting_prompt_tokens <= cfg->max_queued_tokens + 64);
     assert_true(m.running <= cfg->max_running);
-    assert_true(m.kv_blocks_used <= m.kv_blocks_total);
+    assert_true(m.kv_blocks_used >= 0 && m.state_slots_used >= 0);
+    assert_true(m.kv_blocks_used + m.state_slots_used * m.blocks_per_slot <= m.kv_blocks_total);
     assert_true(m.state_slots_used <= m.state_slots_total);
+}
+
+/* One arena for KV and states: with k of the 5 layers DSLA, a sequence of 31 prompt tokens (32
+ * with its first output: 2 blocks per attention layer) needs (5 - k) * 2 KV blocks and k slots
+ * (of 1 block on stories260K: 2 H d d floats are one block's K and V), so an arena of 120 blocks
+ * admits floor(120 / ((5 - k) * 2 + k * blocks_per_slot)) of them at once; at k = 0 every block
+ * is KV (12 sequences, the all-KV arithmetic). Plans change while they run (conversions and
+ * reversions) and every block comes back. */
+static void test_capacity_follows_plan_mix(void **state) {
+    (void)state;
+    enum { ARENA = 120, PROMPT = 31, BURST = 32, PER_LAYER = 2 };
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    cfg.kv_blocks = ARENA;
+    cfg.max_running = BURST;
+    cfg.step_tokens = BURST * PROMPT;
+    cfg.max_queued = BURST;
+    const int order[] = {3, 1, 4, 0, 2};
+    static harness_stream_t streams[BURST];
+    int admitted_at[6];
+    for (int k = 0; k <= 5; k++) {
+        dsla_engine_t *e = NULL;
+        harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+        dsla_plan_t *plan = harness_plan(model, order, k, 7);
+        harness_ok(dsla_engine_set_plan(e, plan), "set plan");
+        harness_request_t q = {.n_prompt = PROMPT, .max_tokens = 8, .ignore_eos = true};
+        for (int i = 0; i < PROMPT; i++)
+            q.prompt[i] = 3 + i;
+        memset(streams, 0, sizeof streams);
+        for (int i = 0; i < BURST; i++) {
+            dsla_request_params_t p = harness_params(&q, &streams[i]);
+            harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+        }
+        harness_ok(dsla_engine_step(e, NULL), "first step");
+        dsla_engine_metrics_t m;
+        dsla_engine_metrics(e, &m);
+        const int per_seq = (5 - k) * PER_LAYER + k * m.blocks_per_slot;
+        admitted_at[k] = m.running;
+        assert_int_equal(m.running, ARENA / per_seq);
+        assert_int_equal(m.state_slots_used, k * m.running);
+        assert_int_equal(m.kv_blocks_used, (5 - k) * PER_LAYER * m.running);
+        if (k == 0) assert_int_equal(m.running, ARENA / (5 * PER_LAYER));
+        /* A conversion and a reversion while they run: the newcomers take the new plans, and
+         * preemption under the tighter mix moves nobody's blocks anywhere but back. */
+        const int k2 = (k + 2) % 6;
+        dsla_plan_t *other = harness_plan(model, order, k2, 8);
+        for (int step = 0; !dsla_engine_idle(e); step++) {
+            if (step == 3) harness_ok(dsla_engine_set_plan(e, other), "convert");
+            if (step == 9) harness_ok(dsla_engine_set_plan(e, plan), "revert");
+            harness_ok(dsla_engine_step(e, NULL), "step");
+            check_bounds(e, &cfg);
+            if (step > 100000) fail_msg("not idle");
+        }
+        dsla_engine_metrics(e, &m);
+        assert_int_equal(m.kv_blocks_used, 0);
+        assert_int_equal(m.state_slots_used, 0);
+        assert_int_equal(m.requests_finished, BURST);
+        for (int i = 0; i < BURST; i++) {
+            assert_true(streams[i].finished);
+            assert_int_equal(streams[i].status, DSLA_OK);
+            assert_int_equal(streams[i].n, 8);
+        }
+        dsla_plan_release(&other);
+        dsla_plan_release(&plan);
+        dsla_engine_destroy(&e);
+    }
+    for (int k = 1; k <= 5; k++)
+        assert_true(admitted_at[k] > admitted_at[k - 1]);
+    printf("arena of %d blocks, sequences of %d tokens admitted at once with 0..5 DSLA layers: "
+           "%d %d %d %d %d %d\n",
+           ARENA, PROMPT + 1, admitted_at[0], admitted_at[1], admitted_at[2], admitted_at[3],
+           admitted_at[4], admitted_at[5]);
 }
 
 static void test_cancellation_stress_frees_everything(void **state) {
     (void)state;
     dsla_engine_config_t cfg = dsla_engine_config_default();
     cfg.max_running = 32;
-    cfg.kv_blocks = 60; /* tight enough for preemptions */
-    cfg.state_slots = 60;
+    cfg.kv_blocks = 60; /* tight enough for preemptions; DSLA plans carve slots from it too */
     cfg.max_queued = 64;
     cfg.max_queued_tokens = 256;
     dsla_engine_t *e = NULL;
@@ -242,7 +313,8 @@ static void test_invalid_requests(void **state) {
                         "12 tokens");
     p.max_tokens = 100; /* 112 tokens over 5 attention layers: 35 blocks, the pool has 20 */
     assert_int_equal(dsla_engine_submit(e, &p, NULL), DSLA_ERR_INVALID_ARGUMENT);
-    assert_non_null(strstr(dsla_last_error(), "need 35 KV blocks; the pool has 20"));
+    assert_non_null(strstr(dsla_last_error(), "need 35 KV blocks and 0 DSLA layers 0 blocks of "
+                                              "state slots; the arena has 20"));
     p.max_tokens = 10;
     q.prompt[3] = 4000;
     assert_int_equal(dsla_engine_submit(e, &p, NULL), DSLA_ERR_INVALID_ARGUMENT);
@@ -294,6 +366,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_histogram_buckets),
         cmocka_unit_test(test_invalid_requests),
+        cmocka_unit_test(test_capacity_follows_plan_mix),
         cmocka_unit_test(test_overload_refused_at_once),
         cmocka_unit_test(test_cancel_from_callback),
         cmocka_unit_test(test_cancellation_stress_frees_everything),
