@@ -271,8 +271,9 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         atomic_fetch_sub(&h->in_flight, 1);
         dsla_openai_request_free(&req);
         dsla_openai_error_set(&err, 429, NULL,
-                              "%u requests in flight, the limit of this server; retry later",
-                              h->max_in_flight);
+                              "%u requests in flight on this server (--http-max-in-flight %u); "
+                              "retry later",
+                              h->max_in_flight, h->max_in_flight);
         err.type = "rate_limit_exceeded";
         return respond_error(h, conn, route, &err);
     }

@@ -27,7 +27,9 @@ static const char usage[] =
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
     "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...\n"
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
-    "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n\n"
+    "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
+    "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
+    "                  [--http-max-in-flight N]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -54,7 +56,12 @@ static const char usage[] =
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
     "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
     "(bf16, or f32 for exact comparisons with the CPU), one arena for KV and DSLA states sized to\n"
-    "the free memory less --gpu-margin-mib (default 2048); the sizes go to stderr.";
+    "the free memory less --gpu-margin-mib (default 2048); the sizes go to stderr. Requests "
+    "beyond\n"
+    "--max-running wait in a queue bounded by --max-queued requests (4096), --max-queued-tokens\n"
+    "prompt tokens (2097152) and --max-queue-wait-ms (30000; 0: no time bound), beyond which they\n"
+    "fail RESOURCE_EXHAUSTED (HTTP 429) naming the bound; the gateway and HTTP carry as many\n"
+    "(--http-max-in-flight overrides HTTP's).";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -133,6 +140,7 @@ int main(int argc, char **argv) {
     long fetch_chunk = 0;
     const char *device = "cpu", *dtype = "bf16";
     long margin_mib = 2048, max_running = 0, max_context = 0, prefill_chunk = 0;
+    long max_queued = 0, max_queued_tokens = 0, max_queue_wait_ms = -1, http_max_in_flight = 0;
     dsla_distill_params_t distill = dsla_distill_params_default();
     dsla_arg_list_t distill_data = {0};
     const char *distill_out = NULL;
@@ -191,6 +199,19 @@ int main(int argc, char **argv) {
         {"prefill-chunk", DSLA_ARG_INT,
          "prompt tokens per request per step (default 256 on the CPU, 2048 on a GPU)", 1, 1 << 20,
          &prefill_chunk},
+        {"max-queued", DSLA_ARG_INT, "requests waiting for admission at most (default 4096)", 1,
+         1 << 24, &max_queued},
+        {"max-queued-tokens", DSLA_ARG_INT,
+         "prompt tokens waiting for admission at most (default 2097152)", 1, 1e12,
+         &max_queued_tokens},
+        {"max-queue-wait-ms", DSLA_ARG_INT,
+         "a request not admitted after this long fails RESOURCE_EXHAUSTED (default 30000; 0: "
+         "never)",
+         0, 1e9, &max_queue_wait_ms},
+        {"http-max-in-flight", DSLA_ARG_INT,
+         "HTTP generation requests at once, queued or running (default: the gateway's bound, "
+         "--max-queued plus --max-running per replica)",
+         1, 1 << 24, &http_max_in_flight},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
         {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
@@ -315,6 +336,9 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK && model_dir) st = dsla_tokenizer_load_dir(&tokenizer, model_dir);
     dsla_engine_config_t engine = dsla_engine_config_default();
     if (max_running) engine.max_running = (int)max_running;
+    if (max_queued) engine.max_queued = (int)max_queued;
+    if (max_queued_tokens) engine.max_queued_tokens = max_queued_tokens;
+    if (max_queue_wait_ms >= 0) engine.max_queue_wait_ms = max_queue_wait_ms;
     if (on_gpu) engine.prefill_chunk = 2048; /* the GPU's prefill is GEMM-bound from ~1K rows */
     if (prefill_chunk) engine.prefill_chunk = (int)prefill_chunk;
     if (engine.step_tokens < engine.prefill_chunk + engine.max_running)
@@ -333,6 +357,7 @@ int main(int argc, char **argv) {
                                      .n_replicas = replicas.count,
                                      .serving_only = serving_only,
                                      .http = http_on ? http : NULL,
+                                     .http_max_in_flight = (uint32_t)http_max_in_flight,
                                      .model_name = name,
                                      .heartbeat_ms = (uint32_t)heartbeat_ms,
                                      .layers_dir = layers_dir,

@@ -232,6 +232,7 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
     ec.step_tokens = b->context + b->max_seqs;
     ec.max_queued = 4 * b->max_seqs + b->requests;
     ec.max_queued_tokens = (long)ec.max_queued * b->context;
+    ec.max_queue_wait_ms = 0; /* the admission test's last request waits by design */
     if (s == DSLA_OK) s = dsla_engine_create_on(&e, be, NULL, &ec);
     if (s == DSLA_OK) s = dsla_engine_set_plan(e, plan);
     const int admit_n = row->capped ? row->n_pool : row->n_pool + 1;

@@ -83,6 +83,7 @@ typedef struct {
     int tokens;
     bool finished;
     bool rejected;
+    bool expired; /* ended RESOURCE_EXHAUSTED after --max-queue-wait-ms in the queue */
     int *in_flight;
 } record_t;
 
@@ -98,6 +99,7 @@ static int record_event(void *user, const dsla_stream_event_t *ev) {
     if (ev->finished) {
         r->done = now;
         r->finished = true;
+        r->expired = ev->status != DSLA_OK;
         (*r->in_flight)--;
     }
     return 0;
@@ -185,6 +187,7 @@ int dsla_cmd_bench(int argc, char **argv) {
     const char *prompt_file = NULL, *dsla_dir = NULL, *order_arg = NULL;
     long requests = DEFAULT_REQUESTS, concurrency = 0, seed = 1, dsla_layers = 0;
     long max_running = 0, step_tokens = 0, prefill_chunk = 0, kv_blocks = 0, max_queued = 0;
+    long max_queued_tokens = 0, max_queue_wait_ms = 0;
     double rate = 0.0;
     bool wall_clock = false, no_batch_invariance = false;
     const char *device = "cpu";
@@ -229,6 +232,12 @@ int dsla_cmd_bench(int argc, char **argv) {
          &kv_blocks},
         {"max-queued", DSLA_ARG_INT, "engine: queue bound (default: --requests)", 1, 1e9,
          &max_queued},
+        {"max-queued-tokens", DSLA_ARG_INT,
+         "engine: queued prompt tokens (default: --max-queued x longest prompt)", 1, 1e12,
+         &max_queued_tokens},
+        {"max-queue-wait-ms", DSLA_ARG_INT,
+         "engine: a request not admitted after this long (engine clock) fails (default: none)", 0,
+         1e9, &max_queue_wait_ms},
         {"no-batch-invariance", DSLA_ARG_FLAG,
          "engine: batched GEMMs (faster prefill, outputs may "
          "depend on load)",
@@ -301,7 +310,8 @@ int dsla_cmd_bench(int argc, char **argv) {
     if (cfg.prefill_chunk > cfg.step_tokens) cfg.prefill_chunk = cfg.step_tokens;
     if (kv_blocks) cfg.kv_blocks = (int)kv_blocks;
     cfg.max_queued = max_queued ? (int)max_queued : (int)requests;
-    cfg.max_queued_tokens = (long)cfg.max_queued * plen.hi;
+    cfg.max_queued_tokens = max_queued_tokens ? max_queued_tokens : (long)cfg.max_queued * plen.hi;
+    cfg.max_queue_wait_ms = max_queue_wait_ms;
     cfg.batch_invariant = !no_batch_invariance;
     cfg.clock = bench_now;
     cfg.clock_user = &clk;
@@ -366,7 +376,8 @@ int dsla_cmd_bench(int argc, char **argv) {
     long out_tokens = 0, in_tokens = 0;
     for (int i = 0; i < requests; i++) {
         record_t *r = &recs[i];
-        if (r->rejected || !r->finished) continue;
+        if (r->expired) rejected++;
+        if (r->rejected || r->expired || !r->finished) continue;
         ttft[n_ok] = r->first - r->submit;
         tpot[n_ok] = r->tokens > 1 ? (r->done - r->first) / (r->tokens - 1) : 0.0;
         e2e[n_ok] = r->done - r->submit;

@@ -59,8 +59,12 @@ typedef struct {
     int step_tokens;   /* tokens one step runs (decode + prefill); default 512 */
     int prefill_chunk; /* prefill tokens of one request per step; default 256 */
     int kv_blocks;  /* arena size in blocks of DSLA_KV_BLOCK_TOKENS (KV and states); 0: default */
-    int max_queued; /* waiting requests at most; default 256 */
-    long max_queued_tokens; /* prompt tokens waiting at most; default 65536 */
+    int max_queued; /* waiting requests at most; default 4096 */
+    long max_queued_tokens; /* prompt tokens waiting at most; default 2097152 */
+    /* A request still waiting for its first admission this long after submission ends with
+     * RESOURCE_EXHAUSTED naming the bound (checked at each step); 0: no time bound. Default
+     * 30000. Preempted requests, which have streamed already, never expire. */
+    long max_queue_wait_ms;
     /* Each sequence's logits bitwise independent of its batch (dsla_model_set_batch_invariant,
      * which the engine sets on its model): greedy outputs then never depend on load; default on */
     bool batch_invariant;
@@ -131,7 +135,8 @@ void dsla_engine_destroy(dsla_engine_t **e);
  * the vocabulary, max_tokens beyond the context left after the prompt, a request whose KV blocks
  * and state slots could not fit the arena even alone, bad sampling parameters or stop strings.
  * RESOURCE_EXHAUSTED, at once: the queue holds max_queued requests, or the prompt would take the
- * waiting prompt tokens past max_queued_tokens. Both name the limit and the value. */
+ * waiting prompt tokens past max_queued_tokens. Both name the limit and the value. Within those
+ * bounds a request waits for room, up to max_queue_wait_ms (dsla_engine_step ends it after). */
 dsla_status_t dsla_engine_submit(dsla_engine_t *e, const dsla_request_params_t *params,
                                  uint64_t *id_out);
 /* Ends a waiting or running request now: its KV blocks and state slots return before this
@@ -147,7 +152,8 @@ dsla_status_t dsla_engine_set_plan(dsla_engine_t *e, const dsla_plan_t *plan);
 /* The plan new requests get, with its id (borrowed; valid until the next set_plan). */
 const dsla_plan_t *dsla_engine_plan(const dsla_engine_t *e);
 
-/* One scheduler iteration: apply a pending plan, admit, preempt if short of KV blocks, run one
+/* One scheduler iteration: apply a pending plan, end the requests that waited beyond
+ * max_queue_wait_ms, admit, preempt if short of KV blocks, run one
  * forward pass over every scheduled request, sample, stream. *progressed (may be NULL) is false
  * when there was nothing to run. A failed forward pass is returned and changes no request. */
 dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed);

@@ -298,6 +298,32 @@ static void record_step(dsla_engine_t *e, double now) {
         dt > 0 ? (double)(m->generated_tokens - e->rate_tokens[oldest]) / dt : 0.0;
 }
 
+/* Ends the requests never admitted that have waited beyond max_queue_wait_ms. They are in
+ * submission order once the preempted ones (at the front, never expired: they have streamed
+ * already) are skipped, so the walk stops at the first that may still wait. */
+static void expire_waiting(dsla_engine_t *e) {
+    if (e->cfg.max_queue_wait_ms <= 0 || !e->wait_head) return;
+    const double now = dsla_engine_now(e), limit = (double)e->cfg.max_queue_wait_ms / 1000.0;
+    request_t *r = e->wait_head;
+    while (r) {
+        request_t *next = r->next;
+        if (r->admitted == 0) {
+            const double waited = now - r->t_submit;
+            if (waited <= limit) return;
+            dsla_engine_waiting_remove(e, r);
+            r->text_len = 0;
+            e->m.requests_expired++;
+            dsla_request_finish(
+                e, r, -1, DSLA_FINISH_LENGTH,
+                dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                           "queue wait: the request waited %.0f ms without being admitted "
+                           "(--max-queue-wait-ms %ld); the server is at capacity, retry later",
+                           waited * 1000.0, e->cfg.max_queue_wait_ms));
+        }
+        r = next;
+    }
+}
+
 dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
     if (progressed) *progressed = false;
     if (e->pending_plan) {
@@ -306,6 +332,7 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
         e->pending_plan = NULL;
     }
     e->in_step = true;
+    expire_waiting(e);
     step_plan_t sp = {.budget = e->cfg.step_tokens};
     schedule_running_set(e, &sp);
     admit_waiting(e, &sp);

@@ -1,8 +1,10 @@
 /* runtime/serve admission, cancellation and accounting on stories260K-hf (CPU): 10,000 requests
  * with random cancellations (between steps and from callbacks) and plan changes leave every KV
- * block and state slot free; overload is refused at once with RESOURCE_EXHAUSTED while the queue
- * and the pools stay within their bounds; requests that can never fit are INVALID_ARGUMENT with
- * the limit named; histograms bucket as documented. */
+ * block and state slot free; capacity follows the plan mix in the one arena; a burst beyond the
+ * running set waits in the queue and completes; overload beyond the queue's bounds is refused at
+ * once with RESOURCE_EXHAUSTED, and a request that waits too long ends so, naming the bound;
+ * requests that can never fit are INVALID_ARGUMENT with the limit named; histograms bucket as
+ * documented. */
 #include "tests/unit/serve_harness.h"
 
 #include <stdio.h>
@@ -267,9 +269,9 @@ static void test_overload_refused_at_once(void **state) {
             accepted++;
         } else {
             assert_int_equal(st, DSLA_ERR_RESOURCE_EXHAUSTED);
-            if (strstr(dsla_last_error(), "max_queued_tokens 200"))
+            if (strstr(dsla_last_error(), "(--max-queued-tokens 200)"))
                 refused_tokens++;
-            else if (strstr(dsla_last_error(), "max_queued is 8"))
+            else if (strstr(dsla_last_error(), "queue holds 8 requests (--max-queued 8)"))
                 refused_queue++;
             else
                 fail_msg("unexpected message: %s", dsla_last_error());
@@ -293,6 +295,106 @@ static void test_overload_refused_at_once(void **state) {
     assert_true(m.peak_running <= 4);
     printf("overload: %d accepted, %d refused on the queue bound, %d on the token budget\n",
            accepted, refused_queue, refused_tokens);
+    dsla_engine_destroy(&e);
+}
+
+/* A burst of five times max_running requests within the queue's bounds: none is refused, all
+ * complete, at most max_running at once. */
+static void test_burst_waits_in_queue(void **state) {
+    (void)state;
+    enum { RUNNING = 4, BURST = 5 * RUNNING };
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    cfg.max_running = RUNNING;
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    static harness_stream_t streams[BURST];
+    memset(streams, 0, sizeof streams);
+    harness_request_t q = {.n_prompt = 12, .max_tokens = 6, .ignore_eos = true};
+    for (int i = 0; i < q.n_prompt; i++)
+        q.prompt[i] = 5 + i;
+    for (int i = 0; i < BURST; i++) {
+        dsla_request_params_t p = harness_params(&q, &streams[i]);
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit within the queue's bounds");
+    }
+    harness_drain(e, 10000);
+    dsla_engine_metrics_t m;
+    dsla_engine_metrics(e, &m);
+    assert_int_equal(m.requests_rejected, 0);
+    assert_int_equal(m.requests_expired, 0);
+    assert_int_equal(m.requests_finished, BURST);
+    assert_int_equal(m.peak_running, RUNNING);
+    for (int i = 0; i < BURST; i++) {
+        assert_true(streams[i].finished);
+        assert_int_equal(streams[i].status, DSLA_OK);
+        assert_int_equal(streams[i].n, 6);
+    }
+    dsla_engine_destroy(&e);
+}
+
+static double fake_now;
+static double fake_clock(void *user) {
+    (void)user;
+    return fake_now;
+}
+
+/* With the running set full, a waiting request ends RESOURCE_EXHAUSTED once it has waited beyond
+ * max_queue_wait_ms on the engine's clock, naming the bound; one submitted later still waits, and
+ * the running ones are untouched. */
+static void test_queue_wait_expires(void **state) {
+    (void)state;
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    cfg.max_running = 1;
+    cfg.max_queue_wait_ms = 500;
+    cfg.clock = fake_clock;
+    fake_now = 100.0;
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    harness_request_t q = {.n_prompt = 8, .max_tokens = 40, .ignore_eos = true};
+    for (int i = 0; i < q.n_prompt; i++)
+        q.prompt[i] = 5 + i;
+    harness_stream_t running = {0}, early = {0}, late = {0};
+    dsla_request_params_t p = harness_params(&q, &running);
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    p = harness_params(&q, &early);
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    harness_ok(dsla_engine_step(e, NULL), "step"); /* the first runs, the second waits */
+    fake_now += 0.25;
+    p = harness_params(&q, &late);
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    fake_now += 0.25; /* early has waited 500 ms: not beyond */
+    harness_ok(dsla_engine_step(e, NULL), "step");
+    assert_false(early.finished);
+    fake_now += 0.001;
+    harness_ok(dsla_engine_step(e, NULL), "step");
+    assert_true(early.finished);
+    assert_int_equal(early.status, DSLA_ERR_RESOURCE_EXHAUSTED);
+    assert_int_equal(early.n, 0);
+    assert_non_null(strstr(dsla_last_error(), "waited 501 ms without being admitted "
+                                              "(--max-queue-wait-ms 500)"));
+    assert_false(late.finished);
+    assert_false(running.finished);
+    dsla_engine_metrics_t m;
+    dsla_engine_metrics(e, &m);
+    assert_int_equal(m.requests_expired, 1);
+    assert_int_equal(m.queue_length, 1);
+    /* Without a time bound nothing expires however long it waits. */
+    harness_drain(e, 10000);
+    assert_int_equal(running.n, 40);
+    assert_true(late.finished);
+    dsla_engine_destroy(&e);
+    cfg.max_queue_wait_ms = 0;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    memset(&running, 0, sizeof running);
+    memset(&late, 0, sizeof late);
+    p = harness_params(&q, &running);
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    p = harness_params(&q, &late);
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    harness_ok(dsla_engine_step(e, NULL), "step");
+    fake_now += 1e6;
+    harness_drain(e, 10000);
+    assert_int_equal(late.status, DSLA_OK);
+    assert_int_equal(late.n, 40);
     dsla_engine_destroy(&e);
 }
 
@@ -367,6 +469,8 @@ int main(void) {
         cmocka_unit_test(test_histogram_buckets),
         cmocka_unit_test(test_invalid_requests),
         cmocka_unit_test(test_capacity_follows_plan_mix),
+        cmocka_unit_test(test_burst_waits_in_queue),
+        cmocka_unit_test(test_queue_wait_expires),
         cmocka_unit_test(test_overload_refused_at_once),
         cmocka_unit_test(test_cancel_from_callback),
         cmocka_unit_test(test_cancellation_stress_frees_everything),
