@@ -199,8 +199,8 @@ static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
     if (g->n_free == 0) {
         code = DSLA_CODE_RESOURCE_EXHAUSTED;
         snprintf(why, sizeof why,
-                 "gateway: %u requests outstanding (its bound: --max-queued plus --max-running "
-                 "per replica); retry later or elsewhere",
+                 "gateway: %u requests outstanding (its bound: --max-queued plus twice "
+                 "--max-running per replica); retry later or elsewhere",
                  g->max_outstanding);
     } else if ((i = replica_pick(g, -1)) < 0) {
         code = DSLA_CODE_UNAVAILABLE;

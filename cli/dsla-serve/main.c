@@ -2,6 +2,7 @@
  * and start-up only; the work lives in actors/ and runtime/. */
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,6 +92,26 @@ static void default_layer_cache(char *out, size_t cap) {
         snprintf(out, cap, "%s/.cache/dsla-serve/layers", home);
     else
         snprintf(out, cap, "/tmp/dsla-serve-layers");
+}
+
+/* Each HTTP request in flight holds about four descriptors (its connection, a ZeroMQ client socket
+ * and its mailbox, the gateway's end): raise the soft limit to the hard one, and say so when even
+ * that cannot carry the in-flight bound. */
+static void raise_open_files(uint32_t in_flight) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    const rlim_t need = 4 * (rlim_t)in_flight + 256;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+        fprintf(stderr,
+                "dsla-serve: open files are limited to %llu (ulimit -n), about %llu HTTP requests "
+                "in flight; beyond that they fail. Raise the limit or lower "
+                "--http-max-in-flight (%u)\n",
+                (unsigned long long)rl.rlim_max,
+                (unsigned long long)(rl.rlim_max > 256 ? rl.rlim_max - 256 : 0) / 4, in_flight);
 }
 
 /* --device cuda: the model on the first GPU, its pools sized to the free memory (backend_cuda.h);
@@ -210,7 +231,7 @@ int main(int argc, char **argv) {
          0, 1e9, &max_queue_wait_ms},
         {"http-max-in-flight", DSLA_ARG_INT,
          "HTTP generation requests at once, queued or running (default: the gateway's bound, "
-         "--max-queued plus --max-running per replica)",
+         "--max-queued plus twice --max-running per replica)",
          1, 1 << 24, &http_max_in_flight},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
@@ -369,6 +390,9 @@ int main(int argc, char **argv) {
                                      .layer_cache = layer_cache,
                                      .fetch_chunk = (uint32_t)fetch_chunk,
                                      .serving_name = serving_name};
+        if (http_on)
+            raise_open_files(config.http_max_in_flight ? config.http_max_in_flight
+                                                       : dsla_node_request_bound(&config));
         if (distill_out) {
             distill.layers = (int)distill_layers;
             distill.steps = (int)distill_steps;
