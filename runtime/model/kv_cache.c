@@ -223,6 +223,8 @@ static dsla_status_t sequence_create(dsla_sequence_t **out, dsla_kv_pool_t *pool
     s->state_floats = pool->state_floats;
     if (layers) s->pinned = calloc((size_t)s->num_layers, sizeof *s->pinned);
     if (in_pool) s->slots = malloc((size_t)s->num_layers * sizeof *s->slots);
+    for (int l = 0; s->slots && l < s->num_layers; l++)
+        s->slots[l] = -1; /* before any failure: destroy gives back only real slots */
     if (!s->kinds || !s->tables || !s->table_len || !s->n_states || !s->states ||
         (layers && !s->pinned) || (in_pool && !s->slots)) {
         dsla_sequence_destroy(&s);
@@ -231,7 +233,6 @@ static dsla_status_t sequence_create(dsla_sequence_t **out, dsla_kv_pool_t *pool
     for (int l = 0; l < s->num_layers; l++) {
         s->kinds[l] = kinds ? kinds[l] : DSLA_LAYER_ATTN;
         if (s->pinned && s->kinds[l] == DSLA_LAYER_DSLA) s->pinned[l] = layers[l];
-        if (s->slots) s->slots[l] = -1;
     }
     dsla_status_t st = alloc_states(s, in_pool);
     if (st != DSLA_OK) {

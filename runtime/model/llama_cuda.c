@@ -628,6 +628,8 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
     s->blocks = calloc((size_t)L * kv->max_blocks, sizeof *s->blocks);
     s->states = calloc((size_t)L * 2, sizeof *s->states);
     if (in_pool) s->state_slots = malloc((size_t)L * sizeof *s->state_slots);
+    for (int l = 0; s->state_slots && l < L; l++)
+        s->state_slots[l] = -1; /* before any failure: destroy gives back only real slots */
     if (!s->kinds || !s->blocks || !s->states || (in_pool && !s->state_slots)) {
         dsla_cuda_seq_destroy(&s);
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "dsla_cuda_seq_create: out of memory");
@@ -635,7 +637,6 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
     kv->slot_used[slot] = true;
     for (int l = 0; l < L; l++) {
         s->kinds[l] = kinds ? kinds[l] : DSLA_LAYER_ATTN;
-        if (s->state_slots) s->state_slots[l] = -1;
     }
     dsla_status_t st = seq_states(s, in_pool);
     if (st != DSLA_OK) {
