@@ -298,6 +298,80 @@ static void test_overload_refused_at_once(void **state) {
     dsla_engine_destroy(&e);
 }
 
+/* Slots of several blocks, on tinystories-11M (6 heads of 64 over 2 KV heads: a slot's 2 H d d
+ * floats are 12 fp32 blocks): the arithmetic holds with runs, and requests of changing plans with
+ * cancellations, which mix KV blocks and slots in the arena, give every block back. */
+static void test_slots_of_many_blocks(void **state) {
+    (void)state;
+    char *dir = dsla_test_data_path("models/tinystories-11M-hf/config.json");
+    if (!dir) {
+        printf("tinystories-11M-hf absent: skipped\n");
+        return;
+    }
+    *strrchr(dir, '/') = '\0';
+    dsla_model_t *m = harness_load_model(dir);
+    dsla_tokenizer_t *tok = NULL;
+    harness_ok(dsla_tokenizer_load_dir(&tok, dir), "tokenizer");
+    free(dir);
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    cfg.kv_blocks = 200;
+    cfg.max_running = 16;
+    cfg.batch_invariant = false; /* outputs are not compared here */
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, m, tok, &cfg), "engine");
+    const int order[] = {2, 5, 0, 3, 1, 4};
+    dsla_plan_t *plans[4];
+    for (int i = 0; i < 4; i++)
+        plans[i] = harness_plan(m, order, 2 * i, 11);
+    /* 3 DSLA layers, 63-token prompts (4 blocks per attention layer with the first output):
+     * 3 * 4 + 3 * 12 = 48 blocks each, so 4 of 200; all attention would take 24 each (8 fit). */
+    harness_ok(dsla_engine_set_plan(e, plans[0]), "set plan");
+    dsla_plan_t *three = harness_plan(m, order, 3, 11);
+    harness_ok(dsla_engine_set_plan(e, three), "set plan");
+    static harness_stream_t streams[24];
+    memset(streams, 0, sizeof streams);
+    harness_request_t q = {.n_prompt = 63, .max_tokens = 2, .ignore_eos = true};
+    for (int i = 0; i < q.n_prompt; i++)
+        q.prompt[i] = 5 + i;
+    for (int i = 0; i < 6; i++) {
+        dsla_request_params_t p = harness_params(&q, &streams[i]);
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    }
+    harness_ok(dsla_engine_step(e, NULL), "step");
+    dsla_engine_metrics_t met;
+    dsla_engine_metrics(e, &met);
+    assert_int_equal(met.blocks_per_slot, 12);
+    assert_int_equal(met.state_slots_total, 200 / 12);
+    assert_int_equal(met.running, 200 / (3 * 4 + 3 * 12));
+    harness_drain(e, 10000);
+    /* Churn: plans of 0, 2, 4 and 6 DSLA layers in turn, short requests, some cancelled. */
+    uint64_t ids[24] = {0};
+    for (int i = 0; i < 24; i++) {
+        harness_random_request(&q, &rng, dsla_model_config(m)->vocab_size, 1, 40, 6);
+        memset(&streams[i], 0, sizeof streams[i]);
+        dsla_request_params_t p = harness_params(&q, &streams[i]);
+        harness_ok(dsla_engine_submit(e, &p, &ids[i]), "submit");
+        if (i % 3 == 0) harness_ok(dsla_engine_set_plan(e, plans[(i / 3) % 4]), "set plan");
+        if (i % 5 == 4 && !streams[i - 2].finished)
+            harness_ok(dsla_engine_cancel(e, ids[i - 2]), "cancel");
+        harness_ok(dsla_engine_step(e, NULL), "step");
+        check_bounds(e, &cfg);
+    }
+    harness_drain(e, 10000);
+    dsla_engine_metrics(e, &met);
+    assert_int_equal(met.kv_blocks_used, 0);
+    assert_int_equal(met.state_slots_used, 0);
+    assert_true(met.peak_state_slots_used > 0);
+    for (int i = 0; i < 24; i++)
+        assert_true(streams[i].finished);
+    dsla_engine_destroy(&e);
+    for (int i = 0; i < 4; i++)
+        dsla_plan_release(&plans[i]);
+    dsla_plan_release(&three);
+    dsla_tokenizer_destroy(&tok);
+    dsla_model_destroy(&m);
+}
+
 /* A burst of five times max_running requests within the queue's bounds: none is refused, all
  * complete, at most max_running at once. */
 static void test_burst_waits_in_queue(void **state) {
@@ -469,6 +543,7 @@ int main(void) {
         cmocka_unit_test(test_histogram_buckets),
         cmocka_unit_test(test_invalid_requests),
         cmocka_unit_test(test_capacity_follows_plan_mix),
+        cmocka_unit_test(test_slots_of_many_blocks),
         cmocka_unit_test(test_burst_waits_in_queue),
         cmocka_unit_test(test_queue_wait_expires),
         cmocka_unit_test(test_overload_refused_at_once),
