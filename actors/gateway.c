@@ -199,7 +199,8 @@ static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
     int i = -1;
     if (g->n_free == 0)
         st = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
-                        "gateway: %u requests outstanding, the limit; retry later or elsewhere",
+                        "gateway: %u requests outstanding (its bound: --max-queued plus twice "
+                        "--max-running per replica); retry later or elsewhere",
                         g->max_outstanding);
     else if ((i = replica_pick(g, -1)) < 0)
         st = dsla_error(DSLA_ERR_UNAVAILABLE, "gateway: none of its %d serving replicas is alive",

@@ -22,9 +22,11 @@
 #include "runtime/actor/actor.h"
 
 /* Outstanding requests, all replicas together, beyond which a GENERATE is refused at once with
- * RESOURCE_EXHAUSTED: four times a replica's default queue, so that the replicas' own admission
- * control speaks first while the gateway's table stays bounded. */
-#define DSLA_GATEWAY_OUTSTANDING_MAX 1024
+ * RESOURCE_EXHAUSTED, when the config gives none: one replica's default queue and twice its
+ * running set (runtime/serve/engine.c; the slack covers replies on their way), so that the
+ * replica's own admission control (a queue bounded by requests, tokens and time) speaks first.
+ * dsla-serve sizes it for its replicas (actors/node.c). */
+#define DSLA_GATEWAY_OUTSTANDING_MAX (4096 + 2 * 64)
 /* Replicas one gateway routes to: one REPORT lists them all. */
 #define DSLA_GATEWAY_REPLICA_MAX DSLA_PROTO_REPLICAS_MAX
 

@@ -271,8 +271,9 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         atomic_fetch_sub(&h->in_flight, 1);
         dsla_openai_request_free(&req);
         dsla_openai_error_set(&err, 429, NULL,
-                              "%u requests in flight, the limit of this server; retry later",
-                              h->max_in_flight);
+                              "%u requests in flight on this server (--http-max-in-flight %u); "
+                              "retry later",
+                              h->max_in_flight, h->max_in_flight);
         err.type = "rate_limit_exceeded";
         return respond_error(h, conn, route, &err);
     }
@@ -638,6 +639,9 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
         free(h);
         return dsla_error(DSLA_ERR_INTERNAL, "http: zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
     }
+    /* One client socket per request in flight (plus the pool and the health checks): ZeroMQ's
+     * default of 1023 sockets would fail requests well inside max_in_flight. */
+    zmq_ctx_set(h->zctx, ZMQ_MAX_SOCKETS, (int)h->max_in_flight + CLIENT_POOL_MAX + 64);
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
     h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,

@@ -15,9 +15,11 @@
 
 #include "runtime/core/status.h"
 
-/* Generation requests one front end carries at once (each holds a connection thread): the
- * gateway's own bound (DSLA_GATEWAY_OUTSTANDING_MAX) stays above it. */
-#define DSLA_HTTP_IN_FLIGHT_MAX 256
+/* Generation requests one front end carries at once, waiting in a replica's queue or running (each
+ * holds a connection thread), when the config gives none: the gateway's default bound, so that
+ * requests queue in the engine instead of being refused here. Separate from the engine's running
+ * set: dsla-serve sets it to the gateway's bound, or --http-max-in-flight. */
+#define DSLA_HTTP_IN_FLIGHT_MAX (4096 + 2 * 64) /* DSLA_GATEWAY_OUTSTANDING_MAX */
 /* A request body larger than this is refused (413): a prompt is at most 1 MiB
  * (DSLA_PROTO_PROMPT_MAX), and JSON escaping can double it. */
 #define DSLA_HTTP_BODY_MAX (2u << 20)

@@ -31,6 +31,16 @@ struct dsla_node {
     dsla_http_t *http;
 };
 
+/* Each replica may hold its queue and its running set: the gateway and HTTP carry that many, plus
+ * a running set's worth for replies still on their way, so that the engines' queues (bounded by
+ * requests, tokens and time, refusals naming --max-queued) decide who waits. */
+uint32_t dsla_node_request_bound(const dsla_node_config_t *c) {
+    const uint64_t replicas = (uint64_t)(c->model ? 1 : 0) + (uint64_t)c->n_replicas;
+    uint64_t bound = (replicas ? replicas : 1) *
+                     ((uint64_t)c->engine.max_queued + 2 * (uint64_t)c->engine.max_running);
+    return bound > (1u << 24) ? 1u << 24 : (uint32_t)bound;
+}
+
 static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) {
     dsla_gateway_replica_t replicas[DSLA_GATEWAY_REPLICA_MAX];
     char names[DSLA_GATEWAY_REPLICA_MAX][DSLA_PROTO_NAME_MAX + 1];
@@ -46,16 +56,19 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
         replicas[count] = (dsla_gateway_replica_t){names[count], c->replicas[i]};
         count++;
     }
+    const uint32_t bound = dsla_node_request_bound(c);
     dsla_gateway_config_t gc = {.ctx = n->ctx,
                                 .bind = {c->endpoint, c->http ? NODE_HTTP_GATEWAY_BIND : NULL},
                                 .replicas = replicas,
                                 .n_replicas = count,
+                                .max_outstanding = bound,
                                 .heartbeat_ms = c->heartbeat_ms};
     DSLA_TRY(dsla_gateway_create(&n->gateway, &gc));
     if (!c->http) return DSLA_OK;
     dsla_http_config_t hc = {.address = c->http,
                              .gateway = dsla_gateway_endpoint(n->gateway, 1),
                              .model = c->model_name,
+                             .max_in_flight = c->http_max_in_flight ? c->http_max_in_flight : bound,
                              .heartbeat_ms = c->heartbeat_ms};
     return dsla_http_create(&n->http, &hc);
 }

@@ -31,8 +31,11 @@ typedef struct {
                              serving_only */
     const char *const *replicas; /* remote serving endpoints the gateway also routes to */
     int n_replicas;
-    bool serving_only;      /* no gateway, no HTTP: the model's serving actor binds endpoint */
-    const char *http;       /* HTTP address "127.0.0.1:8000" (port 0 picks one); NULL: no HTTP */
+    bool serving_only; /* no gateway, no HTTP: the model's serving actor binds endpoint */
+    const char *http;  /* HTTP address "127.0.0.1:8000" (port 0 picks one); NULL: no HTTP */
+    /* Generation requests HTTP carries at once, queued or running; 0: the gateway's bound, which
+     * is engine.max_queued + 2 * engine.max_running per replica (remote ones assumed alike). */
+    uint32_t http_max_in_flight;
     const char *model_name; /* the model's id in the HTTP API */
     uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS, for every actor of the node */
     /* The controller (actors/controller.h), run when layers_dir is set: */
@@ -65,6 +68,9 @@ typedef struct {
 } dsla_node_config_t;
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);
+/* Requests the gateway keeps outstanding, and HTTP in flight unless http_max_in_flight says:
+ * engine.max_queued + 2 * engine.max_running per replica (local and remote), at most 2^24. */
+uint32_t dsla_node_request_bound(const dsla_node_config_t *config);
 /* Stops HTTP, the gateway, the serving actor, the distiller (within a training step), then the
  * controller. Harmless on NULL. */
 void dsla_node_destroy(dsla_node_t **n);

@@ -2,6 +2,7 @@
  * and start-up only; the work lives in actors/ and runtime/. */
 #include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,7 +28,9 @@ static const char usage[] =
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
     "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...\n"
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
-    "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n\n"
+    "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
+    "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
+    "                  [--http-max-in-flight N]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -53,8 +56,13 @@ static const char usage[] =
     "\"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
     "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
-    "(bf16, or f32 for exact comparisons with the CPU), KV and DSLA state pools sized to the free\n"
-    "memory less --gpu-margin-mib (default 2048); the sizes go to stderr.";
+    "(bf16, or f32 for exact comparisons with the CPU), one arena for KV and DSLA states sized to\n"
+    "the free memory less --gpu-margin-mib (default 2048); the sizes go to stderr. Requests "
+    "beyond\n"
+    "--max-running wait in a queue bounded by --max-queued requests (4096), --max-queued-tokens\n"
+    "prompt tokens (2097152) and --max-queue-wait-ms (30000; 0: no time bound), beyond which they\n"
+    "fail RESOURCE_EXHAUSTED (HTTP 429) naming the bound; the gateway and HTTP carry as many\n"
+    "(--http-max-in-flight overrides HTTP's).";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -86,6 +94,26 @@ static void default_layer_cache(char *out, size_t cap) {
         snprintf(out, cap, "/tmp/dsla-serve-layers");
 }
 
+/* Each HTTP request in flight holds about four descriptors (its connection, a ZeroMQ client socket
+ * and its mailbox, the gateway's end): raise the soft limit to the hard one, and say so when even
+ * that cannot carry the in-flight bound. */
+static void raise_open_files(uint32_t in_flight) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    const rlim_t need = 4 * (rlim_t)in_flight + 256;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+        fprintf(stderr,
+                "dsla-serve: open files are limited to %llu (ulimit -n), about %llu HTTP requests "
+                "in flight; beyond that they fail. Raise the limit or lower "
+                "--http-max-in-flight (%u)\n",
+                (unsigned long long)rl.rlim_max,
+                (unsigned long long)(rl.rlim_max > 256 ? rl.rlim_max - 256 : 0) / 4, in_flight);
+}
+
 /* --device cuda: the model on the first GPU, its pools sized to the free memory (backend_cuda.h);
  * the sizes go to stderr. */
 static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_config_t *engine,
@@ -102,12 +130,14 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_con
     dsla_serve_cuda_deployed_t info;
     DSLA_TRY(dsla_serve_backend_cuda_deploy(out, model, &d, &info));
     fprintf(stderr,
-            "dsla-serve: %s, %s weights %.2f GiB, KV %d blocks of %.0f KiB (%.2f GiB), %d DSLA "
-            "state slots (%.2f GiB), context up to %d\n",
+            "dsla-serve: %s, %s weights %.2f GiB, one arena of %d blocks of %.0f KiB (%.2f GiB) "
+            "for KV and DSLA states, none reserved: a state slot is %d blocks (%.1f MiB), up to "
+            "%d slots; context up to %d\n",
             info.device, dtype, (double)info.weight_bytes / (1u << 30), info.kv_blocks,
             (double)info.kv_block_bytes / 1024,
-            (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.state_slots,
-            (double)info.state_slots * (double)info.slot_bytes / (1u << 30), info.max_context);
+            (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.blocks_per_slot,
+            (double)info.slot_bytes / (1 << 20), info.kv_blocks / info.blocks_per_slot,
+            info.max_context);
     return DSLA_OK;
 #else
     (void)model, (void)engine, (void)dtype, (void)max_context, (void)margin_mib;
@@ -131,6 +161,7 @@ int main(int argc, char **argv) {
     long fetch_chunk = 0;
     const char *device = "cpu", *dtype = "bf16";
     long margin_mib = 2048, max_running = 0, max_context = 0, prefill_chunk = 0;
+    long max_queued = 0, max_queued_tokens = 0, max_queue_wait_ms = -1, http_max_in_flight = 0;
     dsla_distill_params_t distill = dsla_distill_params_default();
     dsla_arg_list_t distill_data = {0};
     const char *distill_out = NULL;
@@ -189,6 +220,19 @@ int main(int argc, char **argv) {
         {"prefill-chunk", DSLA_ARG_INT,
          "prompt tokens per request per step (default 256 on the CPU, 2048 on a GPU)", 1, 1 << 20,
          &prefill_chunk},
+        {"max-queued", DSLA_ARG_INT, "requests waiting for admission at most (default 4096)", 1,
+         1 << 24, &max_queued},
+        {"max-queued-tokens", DSLA_ARG_INT,
+         "prompt tokens waiting for admission at most (default 2097152)", 1, 1e12,
+         &max_queued_tokens},
+        {"max-queue-wait-ms", DSLA_ARG_INT,
+         "a request not admitted after this long fails RESOURCE_EXHAUSTED (default 30000; 0: "
+         "never)",
+         0, 1e9, &max_queue_wait_ms},
+        {"http-max-in-flight", DSLA_ARG_INT,
+         "HTTP generation requests at once, queued or running (default: the gateway's bound, "
+         "--max-queued plus twice --max-running per replica)",
+         1, 1 << 24, &http_max_in_flight},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
         {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
@@ -313,6 +357,9 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK && model_dir) st = dsla_tokenizer_load_dir(&tokenizer, model_dir);
     dsla_engine_config_t engine = dsla_engine_config_default();
     if (max_running) engine.max_running = (int)max_running;
+    if (max_queued) engine.max_queued = (int)max_queued;
+    if (max_queued_tokens) engine.max_queued_tokens = max_queued_tokens;
+    if (max_queue_wait_ms >= 0) engine.max_queue_wait_ms = max_queue_wait_ms;
     if (on_gpu) engine.prefill_chunk = 2048; /* the GPU's prefill is GEMM-bound from ~1K rows */
     if (prefill_chunk) engine.prefill_chunk = (int)prefill_chunk;
     if (engine.step_tokens < engine.prefill_chunk + engine.max_running)
@@ -331,6 +378,7 @@ int main(int argc, char **argv) {
                                      .n_replicas = replicas.count,
                                      .serving_only = serving_only,
                                      .http = http_on ? http : NULL,
+                                     .http_max_in_flight = (uint32_t)http_max_in_flight,
                                      .model_name = name,
                                      .heartbeat_ms = (uint32_t)heartbeat_ms,
                                      .layers_dir = layers_dir,
@@ -342,6 +390,9 @@ int main(int argc, char **argv) {
                                      .layer_cache = layer_cache,
                                      .fetch_chunk = (uint32_t)fetch_chunk,
                                      .serving_name = serving_name};
+        if (http_on)
+            raise_open_files(config.http_max_in_flight ? config.http_max_in_flight
+                                                       : dsla_node_request_bound(&config));
         if (distill_out) {
             distill.layers = (int)distill_layers;
             distill.steps = (int)distill_steps;

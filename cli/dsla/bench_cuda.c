@@ -285,8 +285,9 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
     }
     size_t free_b = 0, total = 0;
     if (s == DSLA_OK) s = dsla_cuda_mem_info(&free_b, &total);
+    /* One arena: a state slot takes whole blocks. */
     const size_t block = dsla_cuda_kv_block_bytes(b->m, DSLA_DTYPE_BF16);
-    const size_t slot = dsla_serve_cuda_slot_bytes(c);
+    const size_t slot = (size_t)dsla_cuda_kv_blocks_per_slot(b->m, DSLA_DTYPE_BF16) * block;
     const size_t per_seq = (size_t)(L - n_dsla) * (size_t)dsla_kv_blocks_for(b->context) * block +
                            (size_t)n_dsla * slot;
     const size_t avail = free_b > b->margin ? free_b - b->margin : 0;
@@ -296,12 +297,12 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
     row->capped = row->n_fit > b->max_seqs;
     row->n_pool = row->capped ? b->max_seqs : row->n_fit;
     row->state_slots = row->n_pool * n_dsla;
-    row->kv_blocks = (long)((avail - (size_t)row->state_slots * slot) / block);
+    row->kv_blocks = (long)(avail / block);
     if (row->kv_blocks > 0x7fffffffL) row->kv_blocks = 0x7fffffffL;
     dsla_serve_backend_t *be = NULL;
     dsla_engine_t *e = NULL;
-    const dsla_serve_cuda_opts_t o = {DSLA_DTYPE_BF16, (int)row->kv_blocks, row->state_slots,
-                                      b->max_seqs, b->context};
+    const dsla_serve_cuda_opts_t o = {DSLA_DTYPE_BF16, (int)row->kv_blocks, b->max_seqs,
+                                      b->context};
     if (s == DSLA_OK && row->n_pool < 1)
         s = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                        "bench: not one sequence of %d tokens fits: %.2f GiB free, %.1f MiB each",
@@ -314,6 +315,7 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
     ec.step_tokens = b->context + b->max_seqs;
     ec.max_queued = 4 * b->max_seqs + b->requests;
     ec.max_queued_tokens = (long)ec.max_queued * b->context;
+    ec.max_queue_wait_ms = 0; /* the admission test's last request waits by design */
     if (s == DSLA_OK) s = dsla_engine_create_on(&e, be, NULL, &ec);
     if (s == DSLA_OK) s = dsla_engine_set_plan(e, plan);
     const int admit_n = row->capped ? row->n_pool : row->n_pool + 1;

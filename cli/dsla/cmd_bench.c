@@ -86,6 +86,7 @@ typedef struct {
     bool finished;
     bool rejected;
     dsla_status_t submit_status;
+    bool expired; /* ended RESOURCE_EXHAUSTED after --max-queue-wait-ms in the queue */
     int *in_flight;
 } record_t;
 
@@ -105,6 +106,7 @@ static int record_event(void *user, const dsla_stream_event_t *ev) {
     if (ev->finished) {
         r->done = now;
         r->finished = true;
+        r->expired = ev->status != DSLA_OK;
         (*r->in_flight)--;
     }
     return 0;
@@ -183,6 +185,7 @@ int dsla_cmd_bench(int argc, char **argv) {
     double rate = 0.0, cv = 1.0, rate_scale = 1.0, duration = 0.0;
     double slo_ttft_ms = 1000, slo_tpot_ms = 100;
     const char *trace = NULL, *preset = NULL, *timeline = NULL;
+    long max_queued_tokens = 0, max_queue_wait_ms = 0;
     bool wall_clock = false, no_batch_invariance = false;
     const char *device = "cpu";
     const dsla_arg_spec_t specs[] = {
@@ -241,6 +244,12 @@ int dsla_cmd_bench(int argc, char **argv) {
          &kv_blocks},
         {"max-queued", DSLA_ARG_INT, "engine: queue bound (default: --requests)", 1, 1e9,
          &max_queued},
+        {"max-queued-tokens", DSLA_ARG_INT,
+         "engine: queued prompt tokens (default: --max-queued x longest prompt)", 1, 1e12,
+         &max_queued_tokens},
+        {"max-queue-wait-ms", DSLA_ARG_INT,
+         "engine: a request not admitted after this long (engine clock) fails (default: none)", 0,
+         1e9, &max_queue_wait_ms},
         {"no-batch-invariance", DSLA_ARG_FLAG,
          "engine: batched GEMMs (faster prefill, outputs may "
          "depend on load)",
@@ -364,7 +373,8 @@ int dsla_cmd_bench(int argc, char **argv) {
     if (cfg.prefill_chunk > cfg.step_tokens) cfg.prefill_chunk = cfg.step_tokens;
     if (kv_blocks) cfg.kv_blocks = (int)kv_blocks;
     cfg.max_queued = max_queued ? (int)max_queued : (int)requests;
-    cfg.max_queued_tokens = (long)cfg.max_queued * plen.hi;
+    cfg.max_queued_tokens = max_queued_tokens ? max_queued_tokens : (long)cfg.max_queued * plen.hi;
+    cfg.max_queue_wait_ms = max_queue_wait_ms;
     cfg.batch_invariant = !no_batch_invariance;
     cfg.clock = bench_now;
     cfg.clock_user = &clk;
@@ -443,11 +453,15 @@ int dsla_cmd_bench(int argc, char **argv) {
         l->output_tokens_asked = r->asked;
         l->output_tokens = r->tokens;
         l->max_gap_s = r->max_gap;
-        l->outcome = r->finished                                       ? DSLA_LOAD_COMPLETED
+        /* a request that timed out in the queue was refused, only later than at submit */
+        l->outcome = r->expired                                        ? DSLA_LOAD_REFUSED
+                     : r->finished                                     ? DSLA_LOAD_COMPLETED
                      : r->submit_status == DSLA_ERR_RESOURCE_EXHAUSTED ? DSLA_LOAD_REFUSED
                                                                        : DSLA_LOAD_ERROR;
         snprintf(l->detail, sizeof l->detail, "%s",
-                 r->finished ? "ok" : dsla_status_name(r->submit_status));
+                 r->expired    ? "queue wait"
+                 : r->finished ? "ok"
+                               : dsla_status_name(r->submit_status));
     }
     const dsla_load_slo_t slo = {slo_ttft_ms * 1e-3, slo_tpot_ms * 1e-3};
     dsla_load_summary_t sum;

@@ -1,4 +1,5 @@
-/* Paged KV cache: block pool with a free stack, per-layer block tables per sequence. */
+/* Paged KV cache: blocks from a KV arena (kv_arena.h), per-layer block tables per sequence, DSLA
+ * states in the sequence's own memory or in slots carved from the pool's arena. */
 #include "runtime/model/kv_cache.h"
 
 #include <stdlib.h>
@@ -6,6 +7,7 @@
 
 #include "runtime/core/tensor.h"
 #include "runtime/model/dsla_layer.h"
+#include "runtime/model/kv_arena.h"
 
 struct dsla_kv_pool {
     int num_blocks;
@@ -14,8 +16,8 @@ struct dsla_kv_pool {
     int max_blocks_per_layer; /* a full context: ceil(max_position_embeddings / block) */
     float *keys;              /* [num_blocks][DSLA_KV_BLOCK_TOKENS][token_width] */
     float *values;
-    int32_t *free_stack; /* ids of free blocks; the top is free_stack[num_free - 1] */
-    int num_free;
+    size_t state_floats; /* H d d: one DSLA state */
+    dsla_kv_arena_t *arena;
 };
 
 struct dsla_sequence {
@@ -27,14 +29,11 @@ struct dsla_sequence {
     int *table_len;      /* [num_layers] blocks held per layer */
     size_t state_floats; /* H d d: one state */
     int *n_states;       /* [num_layers] 0 (ATTN), 1 or 2 */
-    float **states;      /* [num_layers] n_states[l] states back to back, or NULL */
+    float **states;      /* [num_layers][2]: the history and recency states, or NULL */
     const dsla_dsla_layer_t **pinned; /* [num_layers] pinned versions, or NULL when unpinned */
-    bool borrowed_states;             /* states[] belong to the caller (create_in_slots) */
+    int *slots; /* [num_layers] the pool's slot holding layer l's states, -1 when none; NULL when
+                   the sequence allocated its states itself */
 };
-
-static int blocks_for(int tokens) {
-    return (tokens + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
-}
 
 dsla_status_t dsla_kv_pool_create(dsla_kv_pool_t **out, const dsla_model_config_t *cfg,
                                   int num_blocks) {
@@ -47,22 +46,27 @@ dsla_status_t dsla_kv_pool_create(dsla_kv_pool_t **out, const dsla_model_config_
     p->num_blocks = num_blocks;
     p->num_layers = cfg->num_layers;
     p->token_width = cfg->num_kv_heads * cfg->head_dim;
-    p->max_blocks_per_layer = blocks_for(cfg->max_position_embeddings);
-    size_t floats = (size_t)num_blocks * DSLA_KV_BLOCK_TOKENS * (size_t)p->token_width;
+    p->max_blocks_per_layer = dsla_kv_blocks_for(cfg->max_position_embeddings);
+    p->state_floats = (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim;
+    /* A slot lays its history state over the key halves of its blocks and its recency state over
+     * the value halves. */
+    const size_t half_block = (size_t)DSLA_KV_BLOCK_TOKENS * (size_t)p->token_width;
+    const int per_slot = (int)((p->state_floats + half_block - 1) / half_block);
+    dsla_status_t st = dsla_kv_arena_create(&p->arena, num_blocks, per_slot);
+    if (st != DSLA_OK) {
+        dsla_kv_pool_destroy(&p);
+        return st;
+    }
+    size_t floats = (size_t)num_blocks * half_block;
     p->keys = dsla_alloc(floats * sizeof(float));
     p->values = dsla_alloc(floats * sizeof(float));
-    p->free_stack = malloc((size_t)num_blocks * sizeof *p->free_stack);
-    if (!p->keys || !p->values || !p->free_stack) {
+    if (!p->keys || !p->values) {
         dsla_kv_pool_destroy(&p);
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
                           "KV pool: out of memory for %d blocks of %zu bytes", num_blocks,
                           2 * DSLA_KV_BLOCK_TOKENS * (size_t)cfg->num_kv_heads *
                               (size_t)cfg->head_dim * sizeof(float));
     }
-    /* Lowest ids on top, so a fresh pool hands out blocks in address order. */
-    for (int i = 0; i < num_blocks; i++)
-        p->free_stack[i] = num_blocks - 1 - i;
-    p->num_free = num_blocks;
     *out = p;
     return DSLA_OK;
 }
@@ -71,13 +75,29 @@ void dsla_kv_pool_destroy(dsla_kv_pool_t **p) {
     if (!p || !*p) return;
     dsla_free((*p)->keys);
     dsla_free((*p)->values);
-    free((*p)->free_stack);
+    dsla_kv_arena_destroy(&(*p)->arena);
     free(*p);
     *p = NULL;
 }
 
 int dsla_kv_pool_free_blocks(const dsla_kv_pool_t *p) {
-    return p->num_free;
+    return dsla_kv_arena_free_blocks(p->arena);
+}
+
+int dsla_kv_pool_blocks_per_slot(const dsla_kv_pool_t *p) {
+    return dsla_kv_arena_blocks_per_slot(p->arena);
+}
+
+int dsla_kv_pool_free_slots(const dsla_kv_pool_t *p) {
+    return dsla_kv_arena_free_slots(p->arena);
+}
+
+int dsla_kv_pool_max_slots(const dsla_kv_pool_t *p) {
+    return dsla_kv_arena_max_slots(p->arena);
+}
+
+int dsla_kv_pool_slots_used(const dsla_kv_pool_t *p) {
+    return dsla_kv_arena_slots_used(p->arena);
 }
 
 int dsla_kv_pool_num_blocks(const dsla_kv_pool_t *p) {
@@ -132,38 +152,46 @@ static dsla_status_t check_pinned(const dsla_model_config_t *cfg, const dsla_lay
     return DSLA_OK;
 }
 
-/* Zeroed state slots for the DSLA layers, in the caller's memory when given: all or none. */
-static dsla_status_t alloc_states(dsla_sequence_t *s, float *const *borrowed) {
-    s->borrowed_states = borrowed != NULL;
+/* The DSLA layers' zeroed states: carved from the pool's arena (all or none) or allocated. */
+static dsla_status_t alloc_states(dsla_sequence_t *s, bool in_pool) {
+    int n_dsla = 0;
     for (int l = 0; l < s->num_layers; l++) {
         if (s->kinds[l] != DSLA_LAYER_DSLA) continue;
         s->n_states[l] = s->pinned && s->pinned[l]->single_state ? 1 : 2;
-        if (borrowed) {
-            s->states[l] = borrowed[l];
-            memset(s->states[l], 0, (size_t)s->n_states[l] * s->state_floats * sizeof(float));
-            continue;
+        n_dsla++;
+    }
+    const size_t bytes = s->state_floats * sizeof(float);
+    if (in_pool) {
+        DSLA_TRY(dsla_kv_arena_take_slots(s->pool->arena, n_dsla, s->slots));
+        /* Spread from the front of slots[] to the DSLA layers, last first. */
+        for (int l = s->num_layers - 1; l >= 0; l--)
+            s->slots[l] = s->kinds[l] == DSLA_LAYER_DSLA ? s->slots[--n_dsla] : -1;
+        const size_t per_slot = (size_t)dsla_kv_arena_blocks_per_slot(s->pool->arena) *
+                                DSLA_KV_BLOCK_TOKENS * (size_t)s->pool->token_width;
+        for (int l = 0; l < s->num_layers; l++) {
+            if (s->slots[l] < 0) continue;
+            s->states[2 * l] = s->pool->keys + (size_t)s->slots[l] * per_slot;
+            s->states[2 * l + 1] = s->pool->values + (size_t)s->slots[l] * per_slot;
+            for (int w = 0; w < s->n_states[l]; w++)
+                memset(s->states[2 * l + w], 0, bytes);
         }
-        s->states[l] = dsla_calloc((size_t)s->n_states[l] * s->state_floats, sizeof(float));
-        if (!s->states[l])
+        return DSLA_OK;
+    }
+    for (int l = 0; l < s->num_layers; l++) {
+        if (s->kinds[l] != DSLA_LAYER_DSLA) continue;
+        s->states[2 * l] = dsla_calloc((size_t)s->n_states[l] * s->state_floats, sizeof(float));
+        if (!s->states[2 * l])
             return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
                               "sequence: out of memory for layer %d's DSLA state (%zu bytes)", l,
-                              (size_t)s->n_states[l] * s->state_floats * sizeof(float));
+                              (size_t)s->n_states[l] * bytes);
+        if (s->n_states[l] == 2) s->states[2 * l + 1] = s->states[2 * l] + s->state_floats;
     }
     return DSLA_OK;
 }
 
-dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t *pool,
-                                          const dsla_model_config_t *cfg,
-                                          const dsla_layer_kind_t *kinds,
-                                          const dsla_dsla_layer_t *const *layers) {
-    return dsla_sequence_create_in_slots(out, pool, cfg, kinds, layers, NULL);
-}
-
-dsla_status_t dsla_sequence_create_in_slots(dsla_sequence_t **out, dsla_kv_pool_t *pool,
-                                            const dsla_model_config_t *cfg,
-                                            const dsla_layer_kind_t *kinds,
-                                            const dsla_dsla_layer_t *const *layers,
-                                            float *const *states) {
+static dsla_status_t sequence_create(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                     const dsla_model_config_t *cfg, const dsla_layer_kind_t *kinds,
+                                     const dsla_dsla_layer_t *const *layers, bool in_pool) {
     *out = NULL;
     if (cfg->num_layers != pool->num_layers ||
         cfg->num_kv_heads * cfg->head_dim != pool->token_width)
@@ -187,11 +215,14 @@ dsla_status_t dsla_sequence_create_in_slots(dsla_sequence_t **out, dsla_kv_pool_
         malloc((size_t)s->num_layers * (size_t)pool->max_blocks_per_layer * sizeof *s->tables);
     s->table_len = calloc((size_t)s->num_layers, sizeof *s->table_len);
     s->n_states = calloc((size_t)s->num_layers, sizeof *s->n_states);
-    s->states = calloc((size_t)s->num_layers, sizeof *s->states);
-    s->state_floats = (size_t)cfg->num_heads * (size_t)cfg->head_dim * (size_t)cfg->head_dim;
+    s->states = calloc(2 * (size_t)s->num_layers, sizeof *s->states);
+    s->state_floats = pool->state_floats;
     if (layers) s->pinned = calloc((size_t)s->num_layers, sizeof *s->pinned);
+    if (in_pool) s->slots = malloc((size_t)s->num_layers * sizeof *s->slots);
+    for (int l = 0; s->slots && l < s->num_layers; l++)
+        s->slots[l] = -1; /* before any failure: destroy gives back only real slots */
     if (!s->kinds || !s->tables || !s->table_len || !s->n_states || !s->states ||
-        (layers && !s->pinned)) {
+        (layers && !s->pinned) || (in_pool && !s->slots)) {
         dsla_sequence_destroy(&s);
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "sequence: out of memory for block tables");
     }
@@ -199,13 +230,7 @@ dsla_status_t dsla_sequence_create_in_slots(dsla_sequence_t **out, dsla_kv_pool_
         s->kinds[l] = kinds ? kinds[l] : DSLA_LAYER_ATTN;
         if (s->pinned && s->kinds[l] == DSLA_LAYER_DSLA) s->pinned[l] = layers[l];
     }
-    for (int l = 0; states && l < s->num_layers; l++)
-        if (s->kinds[l] == DSLA_LAYER_DSLA && !states[l]) {
-            dsla_sequence_destroy(&s);
-            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                              "sequence: layer %d runs as DSLA but no state memory was given", l);
-        }
-    dsla_status_t st = alloc_states(s, states);
+    dsla_status_t st = alloc_states(s, in_pool);
     if (st != DSLA_OK) {
         dsla_sequence_destroy(&s);
         return st;
@@ -214,19 +239,40 @@ dsla_status_t dsla_sequence_create_in_slots(dsla_sequence_t **out, dsla_kv_pool_
     return DSLA_OK;
 }
 
+dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                          const dsla_model_config_t *cfg,
+                                          const dsla_layer_kind_t *kinds,
+                                          const dsla_dsla_layer_t *const *layers) {
+    return sequence_create(out, pool, cfg, kinds, layers, false);
+}
+
+dsla_status_t dsla_sequence_create_in_pool(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                           const dsla_model_config_t *cfg,
+                                           const dsla_layer_kind_t *kinds,
+                                           const dsla_dsla_layer_t *const *layers) {
+    return sequence_create(out, pool, cfg, kinds, layers, true);
+}
+
 static void release_blocks_from(dsla_sequence_t *s, int keep) {
     for (int l = 0; l < s->num_layers; l++) {
         int32_t *table = s->tables + (size_t)l * s->pool->max_blocks_per_layer;
         while (s->table_len[l] > keep)
-            s->pool->free_stack[s->pool->num_free++] = table[--s->table_len[l]];
+            dsla_kv_arena_give_block(s->pool->arena, table[--s->table_len[l]]);
     }
 }
 
 void dsla_sequence_destroy(dsla_sequence_t **s) {
     if (!s || !*s) return;
-    if ((*s)->table_len) release_blocks_from(*s, 0);
-    for (int l = 0; (*s)->states && !(*s)->borrowed_states && l < (*s)->num_layers; l++)
-        dsla_free((*s)->states[l]);
+    dsla_sequence_t *q = *s;
+    if (q->table_len) release_blocks_from(q, 0);
+    if (q->slots) {
+        for (int l = 0; l < q->num_layers; l++)
+            if (q->slots[l] >= 0) dsla_kv_arena_give_slots(q->pool->arena, &q->slots[l], 1);
+    } else if (q->states) {
+        for (int l = 0; l < q->num_layers; l++)
+            dsla_free(q->states[2 * l]);
+    }
+    free((*s)->slots);
     free((*s)->states);
     free((*s)->n_states);
     free((*s)->pinned);
@@ -257,7 +303,7 @@ int dsla_sequence_num_blocks(const dsla_sequence_t *s) {
 }
 
 int dsla_sequence_blocks_needed(const dsla_sequence_t *s, int n_tokens) {
-    int want = blocks_for(s->length + n_tokens);
+    int want = dsla_kv_blocks_for(s->length + n_tokens);
     int needed = 0;
     for (int l = 0; l < s->num_layers; l++)
         if (s->kinds[l] == DSLA_LAYER_ATTN && s->table_len[l] < want)
@@ -266,28 +312,29 @@ int dsla_sequence_blocks_needed(const dsla_sequence_t *s, int n_tokens) {
 }
 
 dsla_status_t dsla_sequence_reserve(dsla_sequence_t *s, int n_tokens) {
-    int want = blocks_for(s->length + n_tokens);
+    int want = dsla_kv_blocks_for(s->length + n_tokens);
     if (want > s->pool->max_blocks_per_layer)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "sequence: %d tokens exceed the context of %d blocks of %d tokens",
                           s->length + n_tokens, s->pool->max_blocks_per_layer,
                           DSLA_KV_BLOCK_TOKENS);
     int needed = dsla_sequence_blocks_needed(s, n_tokens);
-    if (needed > s->pool->num_free)
+    int free_blocks = dsla_kv_arena_free_blocks(s->pool->arena);
+    if (needed > free_blocks)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                           "KV pool exhausted: %d more tokens need %d blocks, %d of %d are free",
-                          n_tokens, needed, s->pool->num_free, s->pool->num_blocks);
+                          n_tokens, needed, free_blocks, s->pool->num_blocks);
     for (int l = 0; l < s->num_layers; l++) {
         if (s->kinds[l] != DSLA_LAYER_ATTN) continue;
         int32_t *table = s->tables + (size_t)l * s->pool->max_blocks_per_layer;
         while (s->table_len[l] < want)
-            table[s->table_len[l]++] = s->pool->free_stack[--s->pool->num_free];
+            table[s->table_len[l]++] = dsla_kv_arena_take_block(s->pool->arena);
     }
     return DSLA_OK;
 }
 
 void dsla_sequence_release_unused(dsla_sequence_t *s) {
-    release_blocks_from(s, blocks_for(s->length));
+    release_blocks_from(s, dsla_kv_blocks_for(s->length));
 }
 
 void dsla_sequence_advance(dsla_sequence_t *s, int n_tokens) {
@@ -300,7 +347,7 @@ int dsla_sequence_dsla_states(const dsla_sequence_t *s, int layer) {
 
 float *dsla_sequence_dsla_state(dsla_sequence_t *s, int layer, int which) {
     if (which < 0 || which >= s->n_states[layer]) return NULL;
-    return s->states[layer] + (size_t)which * s->state_floats;
+    return s->states[2 * layer + which];
 }
 
 const dsla_dsla_layer_t *dsla_sequence_dsla_layer(const dsla_sequence_t *s, int layer) {

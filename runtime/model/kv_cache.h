@@ -9,7 +9,11 @@
  *
  * For each layer it runs as DSLA, a sequence holds a fixed state slot instead: two fp32 states
  * [H, d, d] (history, recency), or one when the sequence is pinned to a single-state layer, zeroed
- * at creation and updated in place by the forward pass whatever the context length.
+ * at creation and updated in place by the forward pass whatever the context length. A sequence
+ * made with dsla_sequence_create_in_pool carves its slots out of the pool's blocks (the one arena
+ * of kv_arena.h: a slot is a run of dsla_kv_pool_blocks_per_slot blocks, its history state over
+ * their keys, its recency state over their values) and gives them back as KV when destroyed; the
+ * other constructors allocate their states themselves.
  *
  * Which DSLA weights a sequence runs: a sequence made with dsla_sequence_create_pinned keeps, per
  * DSLA layer, a pointer to the layer version it was admitted with (the plan pinning of DESIGN.md
@@ -55,8 +59,15 @@ typedef struct dsla_dsla_layer dsla_dsla_layer_t; /* dsla_layer.h */
 dsla_status_t dsla_kv_pool_create(dsla_kv_pool_t **out, const dsla_model_config_t *cfg,
                                   int num_blocks);
 void dsla_kv_pool_destroy(dsla_kv_pool_t **p);
+/* Blocks neither KV nor in a state slot. */
 int dsla_kv_pool_free_blocks(const dsla_kv_pool_t *p);
 int dsla_kv_pool_num_blocks(const dsla_kv_pool_t *p);
+/* State slots in the arena (kv_arena.h): blocks one takes, how many could be carved now, at most,
+ * and in use. */
+int dsla_kv_pool_blocks_per_slot(const dsla_kv_pool_t *p);
+int dsla_kv_pool_free_slots(const dsla_kv_pool_t *p);
+int dsla_kv_pool_max_slots(const dsla_kv_pool_t *p);
+int dsla_kv_pool_slots_used(const dsla_kv_pool_t *p);
 /* Floats per token slot: kv_heads * head_dim. */
 int dsla_kv_pool_token_width(const dsla_kv_pool_t *p);
 int dsla_kv_pool_num_layers(const dsla_kv_pool_t *p);
@@ -78,16 +89,14 @@ dsla_status_t dsla_sequence_create_pinned(dsla_sequence_t **out, dsla_kv_pool_t 
                                           const dsla_model_config_t *cfg,
                                           const dsla_layer_kind_t *kinds,
                                           const dsla_dsla_layer_t *const *layers);
-/* dsla_sequence_create_pinned over caller-owned state memory, for the serving engine's state pool:
- * states[l] (borrowed, non-NULL for each layer kinds runs as DSLA) holds the layer's 1 or 2 states
- * of H*d*d floats back to back. They are zeroed here and never freed by the sequence; the caller
- * keeps them alive until the sequence is destroyed. */
-dsla_status_t dsla_sequence_create_in_slots(dsla_sequence_t **out, dsla_kv_pool_t *pool,
-                                            const dsla_model_config_t *cfg,
-                                            const dsla_layer_kind_t *kinds,
-                                            const dsla_dsla_layer_t *const *layers,
-                                            float *const *states);
-/* Returns the sequence's blocks to its pool, frees it and NULLs *s. */
+/* dsla_sequence_create_pinned (layers may be NULL: unpinned) with its DSLA states in state slots
+ * carved from the pool, one per DSLA layer, all or none: RESOURCE_EXHAUSTED (naming the slots
+ * needed and those that can be carved) when the pool is short. The serving engine's sequences. */
+dsla_status_t dsla_sequence_create_in_pool(dsla_sequence_t **out, dsla_kv_pool_t *pool,
+                                           const dsla_model_config_t *cfg,
+                                           const dsla_layer_kind_t *kinds,
+                                           const dsla_dsla_layer_t *const *layers);
+/* Returns the sequence's blocks and slots to its pool, frees it and NULLs *s. */
 void dsla_sequence_destroy(dsla_sequence_t **s);
 
 int dsla_sequence_length(const dsla_sequence_t *s);

@@ -10,6 +10,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/kernels_cuda_dsla.h"
+#include "runtime/model/kv_arena.h"
 
 /* Decode graphs kept per model: one per (batch size, context bucket, plan) seen; a server cycles
  * through a few batch sizes, and a full cache is simply flushed. */
@@ -106,8 +107,10 @@ struct dsla_cuda_kv {
     dsla_cuda_model_t *m;
     dsla_cuda_kv_pool_t pool;
     int num_blocks, max_seqs, max_blocks; /* max_blocks: per sequence and layer */
-    int32_t *free_list;
-    int n_free;
+    /* Which blocks are KV, which are DSLA state slots and which are free (kv_arena.h); a slot lays
+     * its history state over its blocks' keys and its recency state over their values. */
+    dsla_kv_arena_t *arena;
+    size_t slot_stride; /* bytes from one slot's first key (or value) to the next's */
     bool *slot_used;
     int32_t *tables; /* device [max_seqs][L][max_blocks] */
 };
@@ -116,9 +119,10 @@ struct dsla_cuda_seq {
     dsla_cuda_kv_t *kv;
     int slot, length, n_blocks;
     dsla_layer_kind_t *kinds;
-    int32_t *blocks;      /* host [L][max_blocks] */
-    float **states;       /* [L][2] device */
-    bool borrowed_states; /* the caller's memory (dsla_cuda_seq_create_in_states): not freed */
+    int32_t *blocks;  /* host [L][max_blocks] */
+    float **states;   /* [L][2] device */
+    int *state_slots; /* [L] the arena slot of layer l's states, -1 for none; NULL when the
+                         sequence allocated its states itself */
 };
 
 /* ---- small helpers ---- */
@@ -515,10 +519,14 @@ dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, ds
     kv->pool.dtype = dtype;
     kv->pool.block_tokens = DSLA_KV_BLOCK_TOKENS;
     const size_t half = dsla_cuda_kv_block_bytes(m, dtype) / 2 * (size_t)num_blocks;
-    kv->free_list = malloc(((size_t)num_blocks + 1) * sizeof *kv->free_list);
+    const size_t half_block = dsla_cuda_kv_block_bytes(m, dtype) / 2;
+    const int per_slot = dsla_cuda_kv_blocks_per_slot(m, dtype);
+    kv->slot_stride = (size_t)per_slot * half_block;
     kv->slot_used = calloc((size_t)max_seqs, sizeof *kv->slot_used);
     dsla_status_t st =
-        kv->free_list && kv->slot_used ? DSLA_OK : dsla_error_oom("dsla_cuda_kv_create");
+        kv->slot_used ? DSLA_OK
+                      : dsla_error_oom("dsla_cuda_kv_create");
+    if (st == DSLA_OK) st = dsla_kv_arena_create(&kv->arena, num_blocks, per_slot);
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.k, half);
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.v, half);
     const size_t table_words = (size_t)max_seqs * m->cfg.num_layers * kv->max_blocks;
@@ -529,10 +537,6 @@ dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, ds
         dsla_cuda_kv_destroy(&kv);
         return st;
     }
-    /* Lowest block numbers come out first. */
-    for (int b = 0; b < num_blocks; b++)
-        kv->free_list[b] = num_blocks - 1 - b;
-    kv->n_free = num_blocks;
     *out = kv;
     return DSLA_OK;
 }
@@ -548,22 +552,71 @@ void dsla_cuda_kv_destroy(dsla_cuda_kv_t **pkv) {
     dsla_cuda_free(&kv->pool.k);
     dsla_cuda_free(&kv->pool.v);
     dsla_cuda_free((void **)&kv->tables);
-    free(kv->free_list);
+    dsla_kv_arena_destroy(&kv->arena);
     free(kv->slot_used);
     free(kv);
     *pkv = NULL;
 }
 
 int dsla_cuda_kv_free_blocks(const dsla_cuda_kv_t *kv) {
-    return kv->n_free;
+    return dsla_kv_arena_free_blocks(kv->arena);
 }
 
-/* states NULL: the sequence allocates its own. */
-static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
-                                const dsla_layer_kind_t *kinds, float *const *states) {
-    *out = NULL;
+int dsla_cuda_kv_free_slots(const dsla_cuda_kv_t *kv) {
+    return dsla_kv_arena_free_slots(kv->arena);
+}
+
+int dsla_cuda_kv_slots_used(const dsla_cuda_kv_t *kv) {
+    return dsla_kv_arena_slots_used(kv->arena);
+}
+
+int dsla_cuda_kv_max_slots(const dsla_cuda_kv_t *kv) {
+    return dsla_kv_arena_max_slots(kv->arena);
+}
+
+int dsla_cuda_kv_blocks_per_slot(const dsla_cuda_model_t *m, dsla_dtype_t dtype) {
+    const size_t state =
+        (size_t)m->cfg.num_heads * m->cfg.head_dim * m->cfg.head_dim * sizeof(float);
+    const size_t half_block = dsla_cuda_kv_block_bytes(m, dtype) / 2;
+    return (int)((state + half_block - 1) / half_block);
+}
+
+/* The sequence's DSLA states: slots carved from the pool's arena (all or none), or its own. */
+static dsla_status_t seq_states(dsla_cuda_seq_t *s, bool in_pool) {
+    dsla_cuda_kv_t *kv = s->kv;
     const dsla_cuda_model_t *m = kv->m;
-    const int L = m->cfg.num_layers, H = m->cfg.num_heads, d = m->cfg.head_dim;
+    const int L = m->cfg.num_layers;
+    const size_t state_floats = (size_t)m->cfg.num_heads * m->cfg.head_dim * m->cfg.head_dim;
+    if (in_pool) {
+        int n = 0;
+        for (int l = 0; l < L; l++)
+            n += s->kinds[l] == DSLA_LAYER_DSLA;
+        DSLA_TRY(dsla_kv_arena_take_slots(kv->arena, n, s->state_slots));
+        /* Spread from the front of state_slots[] to the DSLA layers, last first. */
+        for (int l = L - 1; l >= 0; l--)
+            s->state_slots[l] = s->kinds[l] == DSLA_LAYER_DSLA ? s->state_slots[--n] : -1;
+    }
+    for (int l = 0; l < L; l++) {
+        if (s->kinds[l] != DSLA_LAYER_DSLA) continue;
+        for (int w = 0; w < 2; w++) {
+            dsla_status_t st = DSLA_OK;
+            if (in_pool)
+                s->states[2 * l + w] = (float *)((char *)(w == 0 ? kv->pool.k : kv->pool.v) +
+                                                 (size_t)s->state_slots[l] * kv->slot_stride);
+            else
+                st = dsla_cuda_malloc((void **)&s->states[2 * l + w], state_floats * sizeof(float));
+            if (st == DSLA_OK)
+                st = dsla_cuda_fill_f32(s->states[2 * l + w], 0.0f, state_floats, m->stream);
+            if (st != DSLA_OK) return st;
+        }
+    }
+    return DSLA_OK;
+}
+
+static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
+                                const dsla_layer_kind_t *kinds, bool in_pool) {
+    *out = NULL;
+    const int L = kv->m->cfg.num_layers;
     int slot = -1;
     for (int i = 0; i < kv->max_seqs && slot < 0; i++)
         if (!kv->slot_used[i]) slot = i;
@@ -577,29 +630,21 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
     s->kinds = calloc((size_t)L, sizeof *s->kinds);
     s->blocks = calloc((size_t)L * kv->max_blocks, sizeof *s->blocks);
     s->states = calloc((size_t)L * 2, sizeof *s->states);
-    if (!s->kinds || !s->blocks || !s->states) {
+    if (in_pool) s->state_slots = malloc((size_t)L * sizeof *s->state_slots);
+    for (int l = 0; s->state_slots && l < L; l++)
+        s->state_slots[l] = -1; /* before any failure: destroy gives back only real slots */
+    if (!s->kinds || !s->blocks || !s->states || (in_pool && !s->state_slots)) {
         dsla_cuda_seq_destroy(&s);
         return dsla_error_oom("dsla_cuda_seq_create");
     }
     kv->slot_used[slot] = true;
-    s->borrowed_states = states != NULL;
-    const size_t state_floats = (size_t)H * d * d;
     for (int l = 0; l < L; l++) {
         s->kinds[l] = kinds ? kinds[l] : DSLA_LAYER_ATTN;
-        if (s->kinds[l] != DSLA_LAYER_DSLA) continue;
-        for (int w = 0; w < 2; w++) {
-            dsla_status_t st = DSLA_OK;
-            if (states)
-                s->states[2 * l + w] = states[l] + (size_t)w * state_floats;
-            else
-                st = dsla_cuda_malloc((void **)&s->states[2 * l + w], state_floats * sizeof(float));
-            if (st == DSLA_OK)
-                st = dsla_cuda_fill_f32(s->states[2 * l + w], 0.0f, state_floats, m->stream);
-            if (st != DSLA_OK) {
-                dsla_cuda_seq_destroy(&s);
-                return st;
-            }
-        }
+    }
+    dsla_status_t st = seq_states(s, in_pool);
+    if (st != DSLA_OK) {
+        dsla_cuda_seq_destroy(&s);
+        return st;
     }
     *out = s;
     return DSLA_OK;
@@ -607,12 +652,12 @@ static dsla_status_t seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
 
 dsla_status_t dsla_cuda_seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
                                    const dsla_layer_kind_t *kinds) {
-    return seq_create(out, kv, kinds, NULL);
+    return seq_create(out, kv, kinds, false);
 }
 
-dsla_status_t dsla_cuda_seq_create_in_states(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
-                                             const dsla_layer_kind_t *kinds, float *const *states) {
-    return seq_create(out, kv, kinds, states);
+dsla_status_t dsla_cuda_seq_create_in_pool(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
+                                           const dsla_layer_kind_t *kinds) {
+    return seq_create(out, kv, kinds, true);
 }
 
 void dsla_cuda_seq_destroy(dsla_cuda_seq_t **ps) {
@@ -624,11 +669,16 @@ void dsla_cuda_seq_destroy(dsla_cuda_seq_t **ps) {
         for (int l = 0; l < L; l++) {
             if (s->kinds[l] != DSLA_LAYER_ATTN) continue;
             for (int b = 0; b < s->n_blocks; b++)
-                kv->free_list[kv->n_free++] = s->blocks[(size_t)l * kv->max_blocks + b];
+                dsla_kv_arena_give_block(kv->arena, s->blocks[(size_t)l * kv->max_blocks + b]);
         }
         kv->slot_used[s->slot] = false;
     }
-    if (s->states && !s->borrowed_states) {
+    /* Slots go back at once: whatever reuses their blocks is ordered after this sequence's
+     * pending work on the one stream. */
+    if (s->state_slots) {
+        for (int l = 0; l < L; l++)
+            if (s->state_slots[l] >= 0) dsla_kv_arena_give_slots(kv->arena, &s->state_slots[l], 1);
+    } else if (s->states) {
         dsla_cuda_stream_sync(kv->m->stream); /* a pending step may still use the states */
         for (int i = 0; i < 2 * L; i++)
             dsla_cuda_free((void **)&s->states[i]);
@@ -636,6 +686,7 @@ void dsla_cuda_seq_destroy(dsla_cuda_seq_t **ps) {
     free(s->kinds);
     free(s->blocks);
     free(s->states);
+    free(s->state_slots);
     free(s);
     *ps = NULL;
 }
@@ -659,7 +710,7 @@ static void seq_grow(dsla_cuda_seq_t *s, int new_len, int32_t *pidx, int32_t *pv
     for (int l = 0; l < L; l++) {
         if (s->kinds[l] != DSLA_LAYER_ATTN) continue;
         for (int b = s->n_blocks; b < want; b++) {
-            const int32_t blk = kv->free_list[--kv->n_free];
+            const int32_t blk = dsla_kv_arena_take_block(kv->arena);
             const size_t at = (size_t)l * kv->max_blocks + b;
             s->blocks[at] = blk;
             pidx[*np] = (int32_t)((size_t)s->slot * L * kv->max_blocks + at);
@@ -680,10 +731,10 @@ dsla_status_t dsla_cuda_seq_fill_synthetic(dsla_cuda_seq_t *s, int n_tokens, uin
                           "context %d)",
                           n_tokens, s->length, m->opts.max_context);
     const int need = dsla_kv_blocks_for(n_tokens) * attn_layers(s, L);
-    if (need > kv->n_free)
+    if (need > dsla_kv_arena_free_blocks(kv->arena))
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                           "dsla_cuda_seq_fill_synthetic: needs %d blocks, %d free", need,
-                          kv->n_free);
+                          dsla_kv_arena_free_blocks(kv->arena));
     int32_t *pidx = malloc((size_t)(need + 1) * 2 * sizeof *pidx);
     if (!pidx) return dsla_error_oom("fill_synthetic");
     int np = 0;
@@ -1171,10 +1222,10 @@ static dsla_status_t validate(dsla_cuda_model_t *m, const dsla_cuda_batch_item_t
                           "dsla_cuda_model_forward: %d tokens and %d logit rows; the model was "
                           "made for %d and %d",
                           rows, logit, m->opts.max_batch_tokens, m->opts.max_logit_rows);
-    if (blocks > kv->n_free)
+    if (blocks > dsla_kv_arena_free_blocks(kv->arena))
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                           "dsla_cuda_model_forward: needs %d KV blocks, the pool has %d free",
-                          blocks, kv->n_free);
+                          blocks, dsla_kv_arena_free_blocks(kv->arena));
     *rows_out = rows;
     *logit_out = logit;
     *blocks_out = blocks;

@@ -75,24 +75,34 @@ dsla_status_t dsla_cuda_model_set_dsla_layer(dsla_cuda_model_t *m, int layer,
 dsla_status_t dsla_cuda_model_set_dsla_random(dsla_cuda_model_t *m, int layer, uint64_t seed);
 
 /* A device KV pool of num_blocks blocks for the model (dtype F32 or BF16), with room for max_seqs
- * live sequences. The model must outlive it, and it every sequence made from it. */
+ * live sequences. The model must outlive it, and it every sequence made from it. Its blocks are one
+ * arena (kv_arena.h) for KV and DSLA state slots: a slot is a run of dsla_cuda_kv_blocks_per_slot
+ * blocks, its history state over their keys and its recency state over their values, carved for a
+ * sequence made with dsla_cuda_seq_create_in_pool and KV again when it is destroyed. */
 dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, dsla_dtype_t dtype,
                                   int num_blocks, int max_seqs);
 void dsla_cuda_kv_destroy(dsla_cuda_kv_t **kv);
+/* Blocks neither KV nor in a state slot. */
 int dsla_cuda_kv_free_blocks(const dsla_cuda_kv_t *kv);
+/* State slots that could be carved now, in use, and at most. */
+int dsla_cuda_kv_free_slots(const dsla_cuda_kv_t *kv);
+int dsla_cuda_kv_slots_used(const dsla_cuda_kv_t *kv);
+int dsla_cuda_kv_max_slots(const dsla_cuda_kv_t *kv);
 /* Bytes one block takes (keys and values): a pool of n blocks takes n times this. */
 size_t dsla_cuda_kv_block_bytes(const dsla_cuda_model_t *m, dsla_dtype_t dtype);
+/* Blocks one state slot (2 H d d fp32) takes in a pool of dtype: ceil(slot bytes / block bytes). */
+int dsla_cuda_kv_blocks_per_slot(const dsla_cuda_model_t *m, dsla_dtype_t dtype);
 
 /* A sequence with a plan (kinds: num_layers entries, NULL for all ATTN); its DSLA states start at
  * zero. RESOURCE_EXHAUSTED when the pool's sequence slots are taken. */
 dsla_status_t dsla_cuda_seq_create(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
                                    const dsla_layer_kind_t *kinds);
-/* dsla_cuda_seq_create over caller-owned device memory (the serving engine's state slots):
- * states[l], for each layer kinds runs as DSLA, holds that layer's two [H, d, d] fp32 states back
- * to back (2 H d d floats). They are zeroed here on the stream and never freed by the sequence. */
-dsla_status_t dsla_cuda_seq_create_in_states(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
-                                             const dsla_layer_kind_t *kinds, float *const *states);
-/* Returns its blocks and slot to the pool, frees it, NULLs *s. */
+/* dsla_cuda_seq_create with its DSLA states in slots carved from the pool's arena (the serving
+ * engine's sequences), one per DSLA layer, all or none: RESOURCE_EXHAUSTED when they cannot be
+ * carved. They are zeroed here on the stream. */
+dsla_status_t dsla_cuda_seq_create_in_pool(dsla_cuda_seq_t **out, dsla_cuda_kv_t *kv,
+                                           const dsla_layer_kind_t *kinds);
+/* Returns its blocks, state slots and sequence slot to the pool, frees it, NULLs *s. */
 void dsla_cuda_seq_destroy(dsla_cuda_seq_t **s);
 int dsla_cuda_seq_length(const dsla_cuda_seq_t *s);
 /* Benchmarks: makes the sequence n_tokens long without running them, its KV blocks and DSLA states

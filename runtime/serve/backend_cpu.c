@@ -1,5 +1,6 @@
-/* The CPU backend (backend.h): dsla_model_forward over a host KV pool (kv_cache.h) and host state
- * slots; every layer of a batch is sub-batched per plan inside the model (DESIGN.md section 6). */
+/* The CPU backend (backend.h): dsla_model_forward over a host KV pool (kv_cache.h) whose arena
+ * also holds the sequences' DSLA state slots; every layer of a batch is sub-batched per plan inside
+ * the model (DESIGN.md section 6). */
 #include <stdlib.h>
 
 #include "runtime/model/kv_cache.h"
@@ -11,28 +12,21 @@ typedef struct {
     dsla_kv_pool_t *kv;
     int max_items;
     dsla_batch_item_t *items; /* [max_items] */
-    float **slot_ptrs;        /* [num_layers] */
 } cpu_backend_t;
 
 static void cpu_destroy(dsla_serve_backend_t *b) {
     cpu_backend_t *c = (cpu_backend_t *)b;
-    dsla_state_pool_destroy(&c->base.states);
     dsla_kv_pool_destroy(&c->kv);
     free(c->items);
-    free(c->slot_ptrs);
     free(c);
 }
 
 static dsla_status_t cpu_seq_create(dsla_serve_backend_t *b, const dsla_plan_t *plan,
-                                    const int *slots, dsla_serve_seq_t **out) {
+                                    dsla_serve_seq_t **out) {
     cpu_backend_t *c = (cpu_backend_t *)b;
-    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
-    for (int l = 0, k = 0; l < b->cfg->num_layers; l++)
-        c->slot_ptrs[l] =
-            kinds[l] == DSLA_LAYER_DSLA ? dsla_state_pool_slot(b->states, slots[k++]) : NULL;
     dsla_sequence_t *seq = NULL;
-    DSLA_TRY(dsla_sequence_create_in_slots(&seq, c->kv, b->cfg, kinds, dsla_plan_layers(plan),
-                                           c->slot_ptrs));
+    DSLA_TRY(dsla_sequence_create_in_pool(&seq, c->kv, b->cfg, dsla_plan_kinds(plan),
+                                          dsla_plan_layers(plan)));
     *out = (dsla_serve_seq_t *)seq;
     return DSLA_OK;
 }
@@ -53,6 +47,14 @@ static int cpu_free_blocks(const dsla_serve_backend_t *b) {
     return dsla_kv_pool_free_blocks(((const cpu_backend_t *)b)->kv);
 }
 
+static int cpu_free_slots(const dsla_serve_backend_t *b) {
+    return dsla_kv_pool_free_slots(((const cpu_backend_t *)b)->kv);
+}
+
+static int cpu_slots_used(const dsla_serve_backend_t *b) {
+    return dsla_kv_pool_slots_used(((const cpu_backend_t *)b)->kv);
+}
+
 static dsla_status_t cpu_forward(dsla_serve_backend_t *b, const dsla_serve_item_t *items,
                                  int n_items, float *logits) {
     cpu_backend_t *c = (cpu_backend_t *)b;
@@ -71,12 +73,13 @@ static const dsla_serve_backend_ops_t cpu_ops = {
     .seq_destroy = cpu_seq_destroy,
     .seq_blocks_needed = cpu_seq_blocks_needed,
     .free_blocks = cpu_free_blocks,
+    .free_slots = cpu_free_slots,
+    .slots_used = cpu_slots_used,
     .forward = cpu_forward,
 };
 
 dsla_status_t dsla_serve_backend_cpu_create(dsla_serve_backend_t **out, dsla_model_t *model,
-                                            int kv_blocks, int state_slots, int max_items,
-                                            bool batch_invariant) {
+                                            int kv_blocks, int max_items, bool batch_invariant) {
     *out = NULL;
     if (max_items < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "cpu backend: max_items %d must be >= 1",
@@ -95,11 +98,11 @@ dsla_status_t dsla_serve_backend_cpu_create(dsla_serve_backend_t **out, dsla_mod
     c->max_items = max_items;
     dsla_model_set_batch_invariant(model, batch_invariant);
     dsla_status_t s = dsla_kv_pool_create(&c->kv, mc, kv_blocks);
-    if (s == DSLA_OK) s = dsla_state_pool_create(&c->base.states, mc, state_slots);
     if (s == DSLA_OK) {
+        c->base.blocks_per_slot = dsla_kv_pool_blocks_per_slot(c->kv);
+        c->base.max_slots = dsla_kv_pool_max_slots(c->kv);
         c->items = calloc((size_t)max_items, sizeof *c->items);
-        c->slot_ptrs = calloc((size_t)mc->num_layers, sizeof *c->slot_ptrs);
-        if (!c->items || !c->slot_ptrs) s = dsla_error_oom("cpu backend");
+        if (!c->items) s = dsla_error_oom("cpu backend");
     }
     if (s != DSLA_OK) {
         cpu_destroy(&c->base);

@@ -1,4 +1,5 @@
-/* The GPU backend (backend_cuda.h): device pools, plan groups, pinned layer versions. */
+/* The GPU backend (backend_cuda.h): a device arena for KV and states, plan groups, pinned layer
+ * versions. */
 #include "runtime/serve/backend_cuda.h"
 
 #ifdef DSLA_HAVE_CUDA
@@ -20,14 +21,12 @@ typedef struct {
     /* A deployment's own model and stream (dsla_serve_backend_cuda_deploy); NULL when borrowed. */
     dsla_cuda_model_t *owned_model;
     dsla_cuda_stream_t owned_stream;
-    dsla_cuda_kv_t *kv;
-    float *state_mem; /* device: state_slots slots */
+    dsla_cuda_kv_t *kv; /* its blocks hold the KV and the DSLA state slots */
     int max_items;
     /* Per layer: the version whose weights the model holds, and a plan that keeps it alive (so
      * that a freed version's address cannot come back as a different one). */
     const dsla_dsla_layer_t **held;
     dsla_plan_t **held_plan;
-    float **state_ptrs;             /* [L] */
     dsla_cuda_batch_item_t *citems; /* [max_items] */
     int *group;                     /* [max_items] item indices of the running group */
     bool *done;                     /* [max_items] */
@@ -44,12 +43,9 @@ static void cuda_destroy(dsla_serve_backend_t *b) {
     if (c->held_plan)
         for (int l = 0; l < b->cfg->num_layers; l++)
             dsla_plan_release(&c->held_plan[l]);
-    dsla_state_pool_destroy(&c->base.states);
     dsla_cuda_kv_destroy(&c->kv);
-    dsla_cuda_free((void **)&c->state_mem);
     free(c->held);
     free(c->held_plan);
-    free(c->state_ptrs);
     free(c->citems);
     free(c->group);
     free(c->done);
@@ -60,15 +56,11 @@ static void cuda_destroy(dsla_serve_backend_t *b) {
 }
 
 static dsla_status_t cuda_seq_create(dsla_serve_backend_t *b, const dsla_plan_t *plan,
-                                     const int *slots, dsla_serve_seq_t **out) {
+                                     dsla_serve_seq_t **out) {
     cuda_backend_t *c = (cuda_backend_t *)b;
-    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
-    for (int l = 0, k = 0; l < b->cfg->num_layers; l++)
-        c->state_ptrs[l] =
-            kinds[l] == DSLA_LAYER_DSLA ? dsla_state_pool_slot(b->states, slots[k++]) : NULL;
     cuda_seq_t *s = calloc(1, sizeof *s);
     if (!s) return dsla_error_oom("cuda backend");
-    dsla_status_t st = dsla_cuda_seq_create_in_states(&s->seq, c->kv, kinds, c->state_ptrs);
+    dsla_status_t st = dsla_cuda_seq_create_in_pool(&s->seq, c->kv, dsla_plan_kinds(plan));
     if (st != DSLA_OK) {
         free(s);
         return st;
@@ -99,6 +91,14 @@ static int cuda_seq_blocks_needed(const dsla_serve_backend_t *b, const dsla_serv
 
 static int cuda_free_blocks(const dsla_serve_backend_t *b) {
     return dsla_cuda_kv_free_blocks(((const cuda_backend_t *)b)->kv);
+}
+
+static int cuda_free_slots(const dsla_serve_backend_t *b) {
+    return dsla_cuda_kv_free_slots(((const cuda_backend_t *)b)->kv);
+}
+
+static int cuda_slots_used(const dsla_serve_backend_t *b) {
+    return dsla_cuda_kv_slots_used(((const cuda_backend_t *)b)->kv);
 }
 
 /* Whether sequences of plans a and b can share a forward pass: the same kinds, the same versions.
@@ -172,6 +172,8 @@ static const dsla_serve_backend_ops_t cuda_ops = {
     .seq_destroy = cuda_seq_destroy,
     .seq_blocks_needed = cuda_seq_blocks_needed,
     .free_blocks = cuda_free_blocks,
+    .free_slots = cuda_free_slots,
+    .slots_used = cuda_slots_used,
     .forward = cuda_forward,
 };
 
@@ -179,11 +181,11 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
                                              const dsla_serve_cuda_opts_t *o) {
     *out = NULL;
     const dsla_model_config_t *mc = dsla_cuda_model_config(model);
-    if (o->kv_blocks < 0 || o->state_slots < 0 || o->max_seqs < 1 || o->max_context < 1)
+    if (o->kv_blocks < 0 || o->max_seqs < 1 || o->max_context < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "cuda backend: kv_blocks %d, state_slots %d must be >= 0, max_seqs %d "
-                          "and max_context %d >= 1",
-                          o->kv_blocks, o->state_slots, o->max_seqs, o->max_context);
+                          "cuda backend: kv_blocks %d must be >= 0, max_seqs %d and max_context "
+                          "%d >= 1",
+                          o->kv_blocks, o->max_seqs, o->max_context);
     cuda_backend_t *c = calloc(1, sizeof *c);
     if (!c) return dsla_error_oom("cuda backend");
     c->base = (dsla_serve_backend_t){
@@ -198,22 +200,19 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
     const size_t L = (size_t)mc->num_layers, n = (size_t)o->max_seqs;
     c->held = calloc(L, sizeof *c->held);
     c->held_plan = calloc(L, sizeof *c->held_plan);
-    c->state_ptrs = calloc(L, sizeof *c->state_ptrs);
     c->citems = calloc(n, sizeof *c->citems);
     c->group = calloc(n, sizeof *c->group);
     c->done = calloc(n, sizeof *c->done);
     c->rows = malloc(n * (size_t)mc->vocab_size * sizeof *c->rows);
-    dsla_status_t s =
-        c->held && c->held_plan && c->state_ptrs && c->citems && c->group && c->done && c->rows
-            ? DSLA_OK
-            : dsla_error_oom("cuda backend");
+    dsla_status_t s = c->held && c->held_plan && c->citems && c->group && c->done && c->rows
+                          ? DSLA_OK
+                          : dsla_error_oom("cuda backend");
     if (s == DSLA_OK)
         s = dsla_cuda_kv_create(&c->kv, model, o->kv_dtype, o->kv_blocks, o->max_seqs);
-    if (s == DSLA_OK && o->state_slots > 0)
-        s = dsla_cuda_malloc((void **)&c->state_mem,
-                             (size_t)o->state_slots * dsla_serve_cuda_slot_bytes(mc));
-    if (s == DSLA_OK)
-        s = dsla_state_pool_create_over(&c->base.states, mc, o->state_slots, c->state_mem);
+    if (s == DSLA_OK) {
+        c->base.blocks_per_slot = dsla_cuda_kv_blocks_per_slot(model, o->kv_dtype);
+        c->base.max_slots = dsla_cuda_kv_max_slots(c->kv);
+    }
     if (s != DSLA_OK) {
         cuda_destroy(&c->base);
         return s;
@@ -229,31 +228,30 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
     size_t free_b = 0, total = 0;
     DSLA_TRY(dsla_cuda_mem_info(&free_b, &total));
     const size_t block = dsla_cuda_kv_block_bytes(m, o->kv_dtype);
-    const size_t slot = dsla_serve_cuda_slot_bytes(mc);
-    const size_t slots = (size_t)d->max_running * (size_t)L;
+    const int per_slot = dsla_cuda_kv_blocks_per_slot(m, o->kv_dtype);
     const size_t full_context = (size_t)L * (size_t)dsla_kv_blocks_for(o->max_context) * block;
     size_t avail = free_b > d->margin_bytes ? free_b - d->margin_bytes : 0;
-    if (avail < slots * slot + full_context)
+    if (avail < full_context)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
-                          "cuda deploy: %.2f GiB free less a margin of %.2f GiB cannot hold %zu "
-                          "state slots (%.1f MiB each) and one %d-token context (%.1f MiB); lower "
-                          "--max-running, --max-context or the margin",
-                          (double)free_b / (1u << 30), (double)d->margin_bytes / (1u << 30), slots,
-                          (double)slot / (1u << 20), o->max_context,
-                          (double)full_context / (1u << 20));
-    avail -= slots * slot;
+                          "cuda deploy: %.2f GiB free less a margin of %.2f GiB cannot hold one "
+                          "%d-token context (%.1f MiB); lower --max-context or the margin",
+                          (double)free_b / (1u << 30), (double)d->margin_bytes / (1u << 30),
+                          o->max_context, (double)full_context / (1u << 20));
+    /* One arena for KV and states: nothing is set aside for states, which conversions carve from
+     * free blocks. It never needs more than max_running sequences of the hungrier kind per layer,
+     * a full context of KV or a state slot. */
     size_t blocks = avail / block;
-    const size_t most =
-        (size_t)d->max_running * (size_t)L * (size_t)dsla_kv_blocks_for(o->max_context);
+    const int per_layer =
+        dsla_kv_blocks_for(o->max_context) > per_slot ? dsla_kv_blocks_for(o->max_context) : per_slot;
+    const size_t most = (size_t)d->max_running * (size_t)L * (size_t)per_layer;
     if (blocks > most) blocks = most;
     if (blocks > 0x7fffffff) blocks = 0x7fffffff;
     o->kv_blocks = (int)blocks;
-    o->state_slots = (int)slots;
     if (info) {
         info->kv_block_bytes = block;
-        info->slot_bytes = slot;
+        info->slot_bytes = (size_t)per_slot * block;
+        info->blocks_per_slot = per_slot;
         info->kv_blocks = o->kv_blocks;
-        info->state_slots = o->state_slots;
         info->max_context = o->max_context;
         info->weight_bytes = dsla_cuda_model_weight_bytes(m);
     }

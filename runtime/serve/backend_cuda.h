@@ -1,5 +1,6 @@
 /* The GPU backend of the serving engine (backend.h): dsla_cuda_model_forward (llama_cuda.h) over a
- * device KV pool and a device state pool, both allocated once at creation.
+ * device KV pool allocated once at creation, whose blocks are one arena for the KV of attention
+ * layers and the DSLA state slots of DSLA layers (llama_cuda.h, kv_arena.h).
  *
  * Plans: llama_cuda runs every item of one forward pass with the same kind per layer, and holds
  * one set of DSLA weights per layer. So a step's items are grouped by plan (same kinds and the same
@@ -22,8 +23,7 @@
 
 typedef struct {
     dsla_dtype_t kv_dtype; /* BF16 for serving, F32 for exactness tests */
-    int kv_blocks;
-    int state_slots;
+    int kv_blocks;         /* the arena: KV blocks and state slots together */
     /* Sequences alive at once and items per forward pass (the engine's max_running); the model
      * must have been made with max_seqs and max_logit_rows at least this, and max_batch_tokens at
      * least the engine's step_tokens. */
@@ -31,8 +31,8 @@ typedef struct {
     int max_context; /* longest sequence; at most the model's max_context */
 } dsla_serve_cuda_opts_t;
 
-/* Bytes of one state slot (2 H d d fp32), for sizing pools (a KV block: dsla_cuda_kv_block_bytes).
- */
+/* Bytes of one state's data (2 H d d fp32); in the arena a slot takes
+ * dsla_cuda_kv_blocks_per_slot blocks of dsla_cuda_kv_block_bytes. */
 size_t dsla_serve_cuda_slot_bytes(const dsla_model_config_t *cfg);
 
 /* model is borrowed and must outlive the backend. */
@@ -52,13 +52,13 @@ typedef struct {
 /* What a deployment got, for the operator's log line. */
 typedef struct {
     char device[128];
-    size_t weight_bytes, kv_block_bytes, slot_bytes;
-    int kv_blocks, state_slots, max_context;
+    size_t weight_bytes, kv_block_bytes, slot_bytes; /* slot_bytes: blocks_per_slot blocks */
+    int kv_blocks, blocks_per_slot, max_context;
 } dsla_serve_cuda_deployed_t;
 
-/* Uploads model's weights (model stays the caller's), then gives the pools the free memory less
- * margin_bytes: state slots for every running sequence with every layer DSLA (max_running x
- * layers), the rest to KV blocks, at most enough for max_running full contexts in every layer.
+/* Uploads model's weights (model stays the caller's), then gives the arena the free memory less
+ * margin_bytes, nothing set aside for states: at most enough blocks for max_running sequences
+ * whose every layer holds a full context of KV or a state slot, whichever is larger.
  * RESOURCE_EXHAUSTED when not one full context fits. info may be NULL. Destroying the backend
  * frees the device model and stream too. */
 dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const dsla_model_t *model,

@@ -11,14 +11,20 @@
 #include "runtime/serve/engine_internal.h"
 
 /* Defaults of dsla_engine_config_t: a batch wide enough to keep a CPU or GPU busy on decode, a step
- * budget that lets two prefill chunks share a step with the decodes, and a queue that absorbs a
- * burst of a few seconds without growing without bound. */
+ * budget that lets two prefill chunks share a step with the decodes, and a queue that holds what a
+ * user would rather wait for than be refused. The queue's real bound is the time: a request not
+ * admitted within 30 s ends RESOURCE_EXHAUSTED, about when a user gives up anyway. The count and
+ * token bounds only cap memory, sized for tens of seconds of work at capacity on a GPU (an H200
+ * serving a 7B model at 2x its production rate refused 15% of requests when the queue held 256):
+ * 4096 requests is over a minute of arrivals at 50 requests/s, and 2M prompt tokens (8 MiB of ids)
+ * is about 30 s of prefill at 70K tokens/s; a CPU engine stays within them by the time bound. */
 enum {
     DEFAULT_MAX_RUNNING = 64,
     DEFAULT_STEP_TOKENS = 512,
     DEFAULT_PREFILL_CHUNK = 256,
-    DEFAULT_MAX_QUEUED = 256,
-    DEFAULT_MAX_QUEUED_TOKENS = 65536,
+    DEFAULT_MAX_QUEUED = 4096,
+    DEFAULT_MAX_QUEUED_TOKENS = 2 << 20,
+    DEFAULT_MAX_QUEUE_WAIT_MS = 30000,
 };
 
 dsla_engine_config_t dsla_engine_config_default(void) {
@@ -28,6 +34,7 @@ dsla_engine_config_t dsla_engine_config_default(void) {
         .prefill_chunk = DEFAULT_PREFILL_CHUNK,
         .max_queued = DEFAULT_MAX_QUEUED,
         .max_queued_tokens = DEFAULT_MAX_QUEUED_TOKENS,
+        .max_queue_wait_ms = DEFAULT_MAX_QUEUE_WAIT_MS,
         .batch_invariant = true,
     };
 }
@@ -52,14 +59,14 @@ static dsla_status_t check_config(const dsla_engine_config_t *c) {
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "engine: prefill_chunk %d must be 1..step_tokens (%d)", c->prefill_chunk,
                           c->step_tokens);
-    if (c->kv_blocks < 0 || c->state_slots < 0)
+    if (c->kv_blocks < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "engine: kv_blocks %d must not be negative",
+                          c->kv_blocks);
+    if (c->max_queued < 1 || c->max_queued_tokens < 1 || c->max_queue_wait_ms < 0)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "engine: kv_blocks %d and state_slots %d must not be negative",
-                          c->kv_blocks, c->state_slots);
-    if (c->max_queued < 1 || c->max_queued_tokens < 1)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "engine: max_queued %d and max_queued_tokens %ld must be at least 1",
-                          c->max_queued, c->max_queued_tokens);
+                          "engine: max_queued %d and max_queued_tokens %ld must be at least 1, "
+                          "max_queue_wait_ms %ld at least 0",
+                          c->max_queued, c->max_queued_tokens, c->max_queue_wait_ms);
     return DSLA_OK;
 }
 
@@ -92,11 +99,10 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
     e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
     if (!e->running || !e->items || !e->item_req || !e->order || !e->logits)
         return dsla_error_oom("engine: %d sequences", e->cfg.max_running);
-    e->states = e->backend->states;
     e->cfg.kv_blocks = e->backend->kv_blocks;
-    e->cfg.state_slots = dsla_state_pool_num_slots(e->states);
     e->m.kv_blocks_total = e->cfg.kv_blocks;
-    e->m.state_slots_total = e->cfg.state_slots;
+    e->m.state_slots_total = e->backend->max_slots;
+    e->m.blocks_per_slot = e->backend->blocks_per_slot;
     return DSLA_OK;
 }
 
@@ -119,13 +125,12 @@ dsla_status_t dsla_engine_create(dsla_engine_t **out, dsla_model_t *model,
     DSLA_TRY(engine_new(&e, config, &c));
     const dsla_model_config_t *mc = dsla_model_config(model);
     if (c.kv_blocks == 0) c.kv_blocks = default_kv_blocks(mc, c.max_running);
-    if (c.state_slots == 0) c.state_slots = c.max_running * mc->num_layers;
     e->tokenizer = tokenizer;
     e->mcfg = mc;
     e->cfg = c;
     e->owns_backend = true;
-    dsla_status_t s = dsla_serve_backend_cpu_create(&e->backend, model, c.kv_blocks, c.state_slots,
-                                                    c.max_running, c.batch_invariant);
+    dsla_status_t s = dsla_serve_backend_cpu_create(&e->backend, model, c.kv_blocks, c.max_running,
+                                                    c.batch_invariant);
     if (s == DSLA_OK) s = engine_init(e);
     if (s != DSLA_OK) {
         dsla_engine_destroy(&e);
@@ -162,7 +167,6 @@ static void request_free(dsla_engine_t *e, request_t **rp) {
     dsla_detokenizer_destroy(&r->detok);
     dsla_stop_matcher_destroy(&r->stops);
     free(r->tokens);
-    free(r->slots);
     free(r->text);
     free(r);
     *rp = NULL;
@@ -251,8 +255,6 @@ void dsla_engine_running_remove(dsla_engine_t *e, request_t *r) {
 void dsla_request_release_memory(dsla_engine_t *e, request_t *r) {
     if (r->seq) e->backend->ops->seq_destroy(e->backend, r->seq);
     r->seq = NULL;
-    dsla_state_pool_release(e->states, r->slots, r->n_slots);
-    r->n_slots = 0;
     dsla_plan_release(&r->plan);
     r->n_computed = 0;
 }
@@ -363,39 +365,36 @@ static dsla_status_t take_prompt(dsla_engine_t *e, request_t *r, const dsla_requ
     return s;
 }
 
-/* Whether the request could ever run alone under the plan new requests get. */
+/* Whether the request could ever run alone under the plan new requests get: its KV blocks and
+ * its state slots come from the one arena. */
 static dsla_status_t check_fits(const dsla_engine_t *e, const request_t *r) {
     const dsla_plan_t *plan = admission_plan(e);
-    int attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
+    const int dsla = dsla_plan_num_dsla(plan);
+    int attn = dsla_plan_num_layers(plan) - dsla;
     long tokens = (long)r->n_prompt + r->max_tokens;
     long blocks = (long)attn * dsla_kv_blocks_for(tokens);
-    if (blocks > e->cfg.kv_blocks)
+    long slot_blocks = (long)dsla * e->backend->blocks_per_slot;
+    if (blocks + slot_blocks > e->cfg.kv_blocks)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "request: %ld tokens over %d attention layers need %ld KV blocks; the "
-                          "pool has %d",
-                          tokens, attn, blocks, e->cfg.kv_blocks);
-    if (dsla_plan_num_dsla(plan) > e->cfg.state_slots)
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "request: the plan's %d DSLA layers need %d state slots; the pool has %d",
-                          dsla_plan_num_dsla(plan), dsla_plan_num_dsla(plan), e->cfg.state_slots);
+                          "request: %ld tokens over %d attention layers need %ld KV blocks and %d "
+                          "DSLA layers %ld blocks of state slots; the arena has %d",
+                          tokens, attn, blocks, dsla, slot_blocks, e->cfg.kv_blocks);
     return DSLA_OK;
 }
 
 static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_request_params_t *p) {
     if (e->n_waiting >= e->cfg.max_queued)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
-                          "queue full: %d requests are waiting, max_queued is %d", e->n_waiting,
+                          "queue full: the queue holds %d requests (--max-queued %d)", e->n_waiting,
                           e->cfg.max_queued);
     DSLA_TRY(take_prompt(e, r, p));
     r->max_tokens = p->max_tokens;
     if (e->waiting_tokens + r->n_prompt > e->cfg.max_queued_tokens)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
-                          "queued tokens: %ld prompt tokens are waiting and this prompt adds %d, "
-                          "beyond max_queued_tokens %ld",
+                          "queue full: the queue holds %ld prompt tokens and this prompt adds %d "
+                          "(--max-queued-tokens %ld)",
                           e->waiting_tokens, r->n_prompt, e->cfg.max_queued_tokens);
     DSLA_TRY(check_fits(e, r));
-    r->slots = malloc((size_t)e->mcfg->num_layers * sizeof *r->slots);
-    if (!r->slots) return dsla_error_oom("request");
     DSLA_TRY(dsla_sampler_create(&r->sampler, &p->sampling, e->mcfg->vocab_size));
     DSLA_TRY(dsla_stop_matcher_create(&r->stops, p->stop, p->n_stop));
     if (e->tokenizer) {
@@ -518,7 +517,8 @@ void dsla_engine_metrics(const dsla_engine_t *e, dsla_engine_metrics_t *out) {
     out->queue_length = e->n_waiting;
     out->waiting_prompt_tokens = e->waiting_tokens;
     out->running = e->n_running;
-    out->kv_blocks_used = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend);
-    out->state_slots_used = e->cfg.state_slots - dsla_state_pool_free_slots(e->states);
+    out->state_slots_used = e->backend->ops->slots_used(e->backend);
+    out->kv_blocks_used = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend) -
+                          out->state_slots_used * e->backend->blocks_per_slot;
     out->plan_id = dsla_plan_id(admission_plan(e));
 }

@@ -7,12 +7,14 @@
  * cancel (never inside submit), on the caller's thread. The engine starts no threads, never sleeps
  * and never blocks: a serving actor, the bench and the tests are its loops.
  *
- * Memory is decided at creation: a paged KV pool for the layers requests run as attention and a
- * DSLA state pool (state_pool.h) for the others, plus bounded queues. Both belong to the backend
- * (backend.h) that runs the forward passes: the CPU model by default, or the GPU model
- * (backend_cuda.h) through dsla_engine_create_on; the scheduling is the same on both. A request is
- * admitted when the running set, the step's token budget, the KV blocks of its whole prefill and
- * one state slot per DSLA layer of the current plan allow; it is pinned to that plan until it ends.
+ * Memory is decided at creation: one arena of blocks (runtime/model/kv_arena.h) holds the paged KV
+ * of the layers requests run as attention and the DSLA state slots of the others, carved from free
+ * blocks as needed, plus bounded queues. The arena belongs to the backend (backend.h) that runs the
+ * forward passes: the CPU model by default, or the GPU model (backend_cuda.h) through
+ * dsla_engine_create_on; the scheduling is the same on both. A request is admitted when the running
+ * set, the step's token budget and the arena allow: the KV blocks of its whole prefill in the
+ * current plan's attention layers plus one state slot per DSLA layer, so capacity follows the plan
+ * mix. It is pinned to that plan until it ends.
  * dsla_engine_set_plan changes the plan new admissions take from the next step on. When a running
  * request needs KV blocks that are not free, the scheduler preempts requests of the oldest plan
  * (the latest admitted among them first): their blocks and slots return at once, and they go back
@@ -53,13 +55,16 @@ typedef struct dsla_engine dsla_engine_t;
 typedef double (*dsla_clock_fn)(void *user);
 
 typedef struct {
-    int max_running;        /* sequences admitted at once; default 64 */
-    int step_tokens;        /* tokens one step runs (decode + prefill); default 512 */
-    int prefill_chunk;      /* prefill tokens of one request per step; default 256 */
-    int kv_blocks;          /* KV pool size in blocks of DSLA_KV_BLOCK_TOKENS; 0: the default */
-    int state_slots;        /* DSLA state slots; 0: max_running * num_layers */
-    int max_queued;         /* waiting requests at most; default 256 */
-    long max_queued_tokens; /* prompt tokens waiting at most; default 65536 */
+    int max_running;   /* sequences admitted at once; default 64 */
+    int step_tokens;   /* tokens one step runs (decode + prefill); default 512 */
+    int prefill_chunk; /* prefill tokens of one request per step; default 256 */
+    int kv_blocks;  /* arena size in blocks of DSLA_KV_BLOCK_TOKENS (KV and states); 0: default */
+    int max_queued; /* waiting requests at most; default 4096 */
+    long max_queued_tokens; /* prompt tokens waiting at most; default 2097152 */
+    /* A request still waiting for its first admission this long after submission ends with
+     * RESOURCE_EXHAUSTED naming the bound (checked at each step); 0: no time bound. Default
+     * 30000. Preempted requests, which have streamed already, never expire. */
+    long max_queue_wait_ms;
     /* Each sequence's logits bitwise independent of its batch (dsla_model_set_batch_invariant,
      * which the engine sets on its model): greedy outputs then never depend on load; default on */
     bool batch_invariant;
@@ -120,7 +125,7 @@ dsla_status_t dsla_engine_create(dsla_engine_t **out, dsla_model_t *model,
                                  const dsla_tokenizer_t *tokenizer,
                                  const dsla_engine_config_t *config);
 /* The engine over another backend (backend.h, backend_cuda.h): borrowed, it must outlive the
- * engine and serve no other. Its pools replace config's kv_blocks and state_slots, and its
+ * engine and serve no other. Its arena replaces config's kv_blocks, and its
  * max_context bounds prompt plus max_tokens; batch_invariant is the backend's business. tokenizer
  * may be NULL (benchmarks of random-weight models): requests then give token ids, events carry no
  * text, stop strings are refused and only the model's EOS ids end a request. */
@@ -131,10 +136,11 @@ dsla_status_t dsla_engine_create_on(dsla_engine_t **out, dsla_serve_backend_t *b
 void dsla_engine_destroy(dsla_engine_t **e);
 
 /* Queues a request and returns its id (> 0). INVALID_ARGUMENT: an empty prompt, a token outside
- * the vocabulary, max_tokens beyond the context left after the prompt, a request that could not
- * fit the KV pool or the state pool even alone, bad sampling parameters or stop strings.
+ * the vocabulary, max_tokens beyond the context left after the prompt, a request whose KV blocks
+ * and state slots could not fit the arena even alone, bad sampling parameters or stop strings.
  * RESOURCE_EXHAUSTED, at once: the queue holds max_queued requests, or the prompt would take the
- * waiting prompt tokens past max_queued_tokens. Both name the limit and the value. */
+ * waiting prompt tokens past max_queued_tokens. Both name the limit and the value. Within those
+ * bounds a request waits for room, up to max_queue_wait_ms (dsla_engine_step ends it after). */
 dsla_status_t dsla_engine_submit(dsla_engine_t *e, const dsla_request_params_t *params,
                                  uint64_t *id_out);
 /* Ends a waiting or running request now: its KV blocks and state slots return before this
@@ -150,7 +156,8 @@ dsla_status_t dsla_engine_set_plan(dsla_engine_t *e, const dsla_plan_t *plan);
 /* The plan new requests get, with its id (borrowed; valid until the next set_plan). */
 const dsla_plan_t *dsla_engine_plan(const dsla_engine_t *e);
 
-/* One scheduler iteration: apply a pending plan, admit, preempt if short of KV blocks, run one
+/* One scheduler iteration: apply a pending plan, end the requests that waited beyond
+ * max_queue_wait_ms, admit, preempt if short of KV blocks, run one
  * forward pass over every scheduled request, sample, stream. *progressed (may be NULL) is false
  * when there was nothing to run. A failed forward pass is returned and changes no request. */
 dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed);

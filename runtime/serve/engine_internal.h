@@ -8,13 +8,13 @@
 #include "runtime/model/stop_strings.h"
 #include "runtime/serve/backend.h"
 #include "runtime/serve/engine.h"
-#include "runtime/serve/state_pool.h"
 
 typedef struct request request_t;
 
 /* One request from submission to its final event. tokens[] holds the prompt and then every
  * generated token; the sequence has computed the first n_computed of them. A waiting request has
- * no sequence, plan or slots; admission gives it all three, preemption takes them back. */
+ * no sequence (so no blocks or state slots) and no plan; admission gives it both, preemption takes
+ * them back. */
 struct request {
     uint64_t id;
     request_t *prev, *next; /* the waiting list */
@@ -32,10 +32,8 @@ struct request {
     dsla_stream_fn on_event;
     void *user;
     dsla_plan_t *plan;
-    dsla_serve_seq_t *seq; /* the backend's */
-    int *slots;            /* [num_layers] state slot ids, n_slots of them in use */
-    int n_slots;
-    uint64_t admitted; /* admission order: the latest admitted are preempted first */
+    dsla_serve_seq_t *seq; /* the backend's: its KV blocks and state slots */
+    uint64_t admitted;     /* admission order: the latest admitted are preempted first */
     int preemptions;
     double t_submit;
     double t_last_token; /* 0 before the first */
@@ -54,7 +52,6 @@ struct dsla_engine {
     const dsla_tokenizer_t *tokenizer;
     const dsla_model_config_t *mcfg;
     dsla_engine_config_t cfg;
-    dsla_state_pool_t *states; /* the backend's */
     dsla_plan_t *plan;         /* new admissions take this one */
     dsla_plan_t *pending_plan; /* installed by set_plan, current from the next step */
     uint64_t last_plan_id;
@@ -88,7 +85,7 @@ void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_fin
 void dsla_engine_running_remove(dsla_engine_t *e, request_t *r);
 void dsla_engine_waiting_push_front(dsla_engine_t *e, request_t *r);
 void dsla_engine_waiting_remove(dsla_engine_t *e, request_t *r);
-/* Returns the sequence's blocks and slots, and the plan reference. */
+/* Returns the sequence's blocks and slots to the arena, and the plan reference. */
 void dsla_request_release_memory(dsla_engine_t *e, request_t *r);
 /* Ends the requests cancelled from callbacks during the step. */
 void dsla_engine_run_pending_cancels(dsla_engine_t *e);

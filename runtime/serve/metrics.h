@@ -36,12 +36,17 @@ typedef struct {
     int queue_length;           /* requests waiting for admission (preempted ones included) */
     long waiting_prompt_tokens; /* tokens those requests will prefill */
     int running;                /* admitted sequences */
+    /* One arena holds both (backend.h): kv_blocks_total blocks, of which kv_blocks_used hold KV and
+     * state_slots_used * blocks_per_slot hold DSLA states; state_slots_total is the most slots it
+     * could hold (every block a state), not a reservation. */
     int kv_blocks_used, kv_blocks_total;
     int state_slots_used, state_slots_total;
+    int blocks_per_slot;
     uint64_t plan_id; /* the plan new requests are admitted under */
     /* counters */
     uint64_t requests_submitted; /* accepted by dsla_engine_submit */
     uint64_t requests_rejected;  /* refused: RESOURCE_EXHAUSTED or INVALID_ARGUMENT */
+    uint64_t requests_expired;   /* waited beyond max_queue_wait_ms and ended RESOURCE_EXHAUSTED */
     uint64_t requests_finished;  /* every end: length, stop, cancelled, error */
     uint64_t requests_cancelled;
     uint64_t preemptions;

@@ -44,7 +44,7 @@ void dsla_plan_release(dsla_plan_t **p);
 
 uint64_t dsla_plan_id(const dsla_plan_t *p);
 int dsla_plan_num_layers(const dsla_plan_t *p);
-/* kinds[num_layers], for dsla_sequence_create_in_slots. */
+/* kinds[num_layers], for dsla_sequence_create_in_pool. */
 const dsla_layer_kind_t *dsla_plan_kinds(const dsla_plan_t *p);
 /* layers[num_layers]: the version's weights for DSLA layers, NULL for ATTN ones. */
 const dsla_dsla_layer_t *const *dsla_plan_layers(const dsla_plan_t *p);

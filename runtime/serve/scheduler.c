@@ -113,17 +113,9 @@ static void schedule_running_set(dsla_engine_t *e, step_plan_t *sp) {
     }
 }
 
-/* Pins r to the current plan: slots, a sequence over them, the running set. */
+/* Pins r to the current plan: a sequence with its state slots, the running set. */
 static dsla_status_t admit(dsla_engine_t *e, request_t *r) {
-    const dsla_plan_t *plan = e->plan;
-    DSLA_TRY(dsla_state_pool_acquire(e->states, dsla_plan_num_dsla(plan), r->slots));
-    r->n_slots = dsla_plan_num_dsla(plan);
-    dsla_status_t s = e->backend->ops->seq_create(e->backend, plan, r->slots, &r->seq);
-    if (s != DSLA_OK) {
-        dsla_state_pool_release(e->states, r->slots, r->n_slots);
-        r->n_slots = 0;
-        return s;
-    }
+    DSLA_TRY(e->backend->ops->seq_create(e->backend, e->plan, &r->seq));
     r->plan = dsla_plan_retain(e->plan);
     r->n_computed = 0;
     r->prefill_end = dsla_request_total(r);
@@ -150,10 +142,14 @@ static int promised_blocks(const dsla_engine_t *e) {
     return promised;
 }
 
+/* KV blocks and state slots come from one arena (backend.h): a request under a plan with k DSLA
+ * layers needs (layers - k) layers' KV blocks and k slots of blocks_per_slot blocks, and the slots
+ * also need whole free runs (free_slots). */
 static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
     const dsla_plan_t *plan = e->plan;
     const int attn = dsla_plan_num_layers(plan) - dsla_plan_num_dsla(plan);
     const int slots = dsla_plan_num_dsla(plan);
+    const int slot_blocks = slots * e->backend->blocks_per_slot;
     int promised = promised_blocks(e);
     while (e->wait_head && e->n_running < e->cfg.max_running) {
         request_t *r = e->wait_head;
@@ -161,21 +157,22 @@ static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
         int n = total < e->cfg.prefill_chunk ? total : e->cfg.prefill_chunk;
         if (n > sp->budget) return;
         int room = total + 1 <= r->n_prompt + r->max_tokens ? total + 1 : total;
-        int need_all = attn * dsla_kv_blocks_for(room);
-        if (need_all > e->cfg.kv_blocks || slots > e->cfg.state_slots) {
+        int need_kv = attn * dsla_kv_blocks_for(room);
+        if (need_kv + slot_blocks > e->cfg.kv_blocks || slots > e->backend->max_slots) {
             /* The plan changed since submission and the request can never fit under it. */
             dsla_engine_waiting_remove(e, r);
             r->text_len = 0;
             dsla_request_finish(e, r, -1, DSLA_FINISH_LENGTH,
                                 dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
-                                           "request needs %d KV blocks and %d state slots under "
-                                           "plan %llu; the pools have %d and %d",
-                                           need_all, slots, (unsigned long long)dsla_plan_id(plan),
-                                           e->cfg.kv_blocks, e->cfg.state_slots));
+                                           "request needs %d KV blocks and %d state slots of %d "
+                                           "blocks under plan %llu; the arena has %d blocks",
+                                           need_kv, slots, e->backend->blocks_per_slot,
+                                           (unsigned long long)dsla_plan_id(plan),
+                                           e->cfg.kv_blocks));
             continue;
         }
-        if (need_all > free_blocks(e, sp) - promised ||
-            slots > dsla_state_pool_free_slots(e->states))
+        if (need_kv + slot_blocks > free_blocks(e, sp) - promised ||
+            slots > e->backend->ops->free_slots(e->backend))
             return;
         dsla_engine_waiting_remove(e, r);
         if (admit(e, r) != DSLA_OK) {
@@ -184,7 +181,7 @@ static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
         }
         const int now = e->backend->ops->seq_blocks_needed(e->backend, r->seq, n);
         schedule_item(e, sp, r, n, now);
-        if (n < total) promised += need_all - now;
+        if (n < total) promised += need_kv - now;
     }
 }
 
@@ -273,8 +270,9 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
 static void record_step(dsla_engine_t *e, double now) {
     dsla_engine_metrics_t *m = &e->m;
     m->steps++;
-    int used_blocks = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend);
-    int used_slots = e->cfg.state_slots - dsla_state_pool_free_slots(e->states);
+    int used_slots = e->backend->ops->slots_used(e->backend);
+    int used_blocks = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend) -
+                      used_slots * e->backend->blocks_per_slot;
     if (e->n_running > m->peak_running) m->peak_running = e->n_running;
     if (used_blocks > m->peak_kv_blocks_used) m->peak_kv_blocks_used = used_blocks;
     if (used_slots > m->peak_state_slots_used) m->peak_state_slots_used = used_slots;
@@ -290,6 +288,32 @@ static void record_step(dsla_engine_t *e, double now) {
         dt > 0 ? (double)(m->generated_tokens - e->rate_tokens[oldest]) / dt : 0.0;
 }
 
+/* Ends the requests never admitted that have waited beyond max_queue_wait_ms. They are in
+ * submission order once the preempted ones (at the front, never expired: they have streamed
+ * already) are skipped, so the walk stops at the first that may still wait. */
+static void expire_waiting(dsla_engine_t *e) {
+    if (e->cfg.max_queue_wait_ms <= 0 || !e->wait_head) return;
+    const double now = dsla_engine_now(e), limit = (double)e->cfg.max_queue_wait_ms / 1000.0;
+    request_t *r = e->wait_head;
+    while (r) {
+        request_t *next = r->next;
+        if (r->admitted == 0) {
+            const double waited = now - r->t_submit;
+            if (waited <= limit) return;
+            dsla_engine_waiting_remove(e, r);
+            r->text_len = 0;
+            e->m.requests_expired++;
+            dsla_request_finish(
+                e, r, -1, DSLA_FINISH_LENGTH,
+                dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                           "queue wait: the request waited %.0f ms without being admitted "
+                           "(--max-queue-wait-ms %ld); the server is at capacity, retry later",
+                           waited * 1000.0, e->cfg.max_queue_wait_ms));
+        }
+        r = next;
+    }
+}
+
 dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
     if (progressed) *progressed = false;
     if (e->pending_plan) {
@@ -298,6 +322,7 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
         e->pending_plan = NULL;
     }
     e->in_step = true;
+    expire_waiting(e);
     step_plan_t sp = {.budget = e->cfg.step_tokens};
     schedule_running_set(e, &sp);
     admit_waiting(e, &sp);

@@ -91,11 +91,13 @@ static void test_engine_cuda_equals_cpu(void **state) {
     dsla_engine_t *e = NULL;
     harness_ok(dsla_engine_create(&e, m, tok, &ec), "cpu engine");
     run(e, &sc, cpu);
+    dsla_engine_metrics_t cpu_met;
+    dsla_engine_metrics(e, &cpu_met);
     dsla_engine_destroy(&e);
 
     dsla_serve_backend_t *be = NULL;
-    const dsla_serve_cuda_opts_t bo = {DSLA_DTYPE_F32, KV_BLOCKS, MAX_RUNNING * mc->num_layers,
-                                       MAX_RUNNING, mc->max_position_embeddings};
+    const dsla_serve_cuda_opts_t bo = {DSLA_DTYPE_F32, KV_BLOCKS, MAX_RUNNING,
+                                       mc->max_position_embeddings};
     harness_ok(dsla_serve_backend_cuda_create(&be, g, &bo), "cuda backend");
     harness_ok(dsla_engine_create_on(&e, be, tok, &ec), "cuda engine");
     run(e, &sc, gpu);
@@ -104,6 +106,13 @@ static void test_engine_cuda_equals_cpu(void **state) {
     dsla_engine_destroy(&e);
     dsla_serve_backend_destroy(&be);
 
+    /* One arena on both, fp32 blocks of the same shape: the same accounting, step for step. */
+    assert_int_equal(met.blocks_per_slot, cpu_met.blocks_per_slot);
+    assert_int_equal(met.kv_blocks_total, cpu_met.kv_blocks_total);
+    assert_int_equal(met.peak_kv_blocks_used, cpu_met.peak_kv_blocks_used);
+    assert_int_equal(met.peak_state_slots_used, cpu_met.peak_state_slots_used);
+    assert_int_equal(met.kv_blocks_used, 0);
+    assert_int_equal(met.state_slots_used, 0);
     int tokens = 0;
     for (int i = 0; i < N_REQ; i++) {
         if (!gpu[i].finished || gpu[i].status != DSLA_OK)
@@ -114,9 +123,10 @@ static void test_engine_cuda_equals_cpu(void **state) {
         tokens += gpu[i].n;
     }
     printf("engine on cuda == engine on cpu: %d requests, %d greedy tokens, plans %s, peak "
-           "running %d, %llu steps\n",
+           "running %d, %llu steps, arena peaks %d KV blocks and %d slots of %d blocks\n",
            N_REQ, tokens, sc.dsla ? "1 -> 2 (layers 1,3) -> 3 (layer 1, other version)" : "1 only",
-           met.peak_running, (unsigned long long)met.steps);
+           met.peak_running, (unsigned long long)met.steps, met.peak_kv_blocks_used,
+           met.peak_state_slots_used, met.blocks_per_slot);
     dsla_plan_release(&sc.hybrid);
     dsla_plan_release(&sc.other);
     dsla_cuda_model_destroy(&g);
