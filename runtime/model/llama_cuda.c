@@ -523,9 +523,7 @@ dsla_status_t dsla_cuda_kv_create(dsla_cuda_kv_t **out, dsla_cuda_model_t *m, ds
     const int per_slot = dsla_cuda_kv_blocks_per_slot(m, dtype);
     kv->slot_stride = (size_t)per_slot * half_block;
     kv->slot_used = calloc((size_t)max_seqs, sizeof *kv->slot_used);
-    dsla_status_t st =
-        kv->slot_used ? DSLA_OK
-                      : dsla_error_oom("dsla_cuda_kv_create");
+    dsla_status_t st = kv->slot_used ? DSLA_OK : dsla_error_oom("dsla_cuda_kv_create");
     if (st == DSLA_OK) st = dsla_kv_arena_create(&kv->arena, num_blocks, per_slot);
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.k, half);
     if (st == DSLA_OK) st = dsla_cuda_malloc(&kv->pool.v, half);

@@ -241,8 +241,9 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
      * free blocks. It never needs more than max_running sequences of the hungrier kind per layer,
      * a full context of KV or a state slot. */
     size_t blocks = avail / block;
-    const int per_layer =
-        dsla_kv_blocks_for(o->max_context) > per_slot ? dsla_kv_blocks_for(o->max_context) : per_slot;
+    const int per_layer = dsla_kv_blocks_for(o->max_context) > per_slot
+                              ? dsla_kv_blocks_for(o->max_context)
+                              : per_slot;
     const size_t most = (size_t)d->max_running * (size_t)L * (size_t)per_layer;
     if (blocks > most) blocks = most;
     if (blocks > 0x7fffffff) blocks = 0x7fffffff;

@@ -328,8 +328,11 @@ static void test_finish_with_error_carries_message(void **state) {
     (void)state;
     dsla_engine_config_t cfg = small_config();
     enum { PROMPT = 20, OUT = 40 };
-    int blocks = dsla_kv_blocks_for(PROMPT + OUT);
-    cfg.kv_blocks = blocks; /* one attention layer's worth: none under the all-attention plan */
+    /* One block per DSLA layer's state slot (stories260K's slot fits one block): the request fits
+     * under the all-DSLA plan it is submitted to, never under the all-attention one. */
+    int blocks = dsla_model_config(model)->num_layers;
+    assert_true(blocks < dsla_model_config(model)->num_layers * dsla_kv_blocks_for(PROMPT + OUT));
+    cfg.kv_blocks = blocks;
     dsla_plan_t *all_dsla = harness_plan(model, ORDER, 5, 51);
     dsla_engine_t *e = NULL;
     harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
@@ -350,7 +353,7 @@ static void test_finish_with_error_carries_message(void **state) {
     assert_int_equal(got.status, DSLA_ERR_RESOURCE_EXHAUSTED);
     char want[160];
     snprintf(want, sizeof want,
-             "KV blocks and 0 state slots under plan %llu; the pools have %d and",
+             "KV blocks and 0 state slots of 1 blocks under plan %llu; the arena has %d blocks",
              (unsigned long long)attn_id, blocks);
     if (strncmp(got.message, "request needs ", 14) != 0 || !strstr(got.message, want))
         fail_msg("message '%s' is not the engine's sentence ('%s')", got.message, want);
