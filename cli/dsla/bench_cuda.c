@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "args.h"
 #include "commands.h"
@@ -155,7 +156,7 @@ typedef struct {
 
 static int on_trace_event(void *user, const dsla_stream_event_t *ev) {
     trace_req_t *q = user;
-    const double t = now_s() - q->t0;
+    const double t = dsla_clock_seconds() - q->t0;
     if (ev->token >= 0) {
         if (q->rec->output_tokens++ == 0)
             q->rec->first_s = t;
@@ -183,11 +184,11 @@ static dsla_status_t run_trace(dsla_engine_t *e, int vocab, const dsla_workload_
     int32_t *ids = malloc((size_t)max_prompt * sizeof *ids);
     dsla_status_t s =
         q && ids ? DSLA_OK : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
-    const double t0 = now_s();
+    const double t0 = dsla_clock_seconds();
     uint64_t x = 0x9e3779b97f4a7c15ULL;
     int next = 0;
     while (s == DSLA_OK && (next < w->n || !dsla_engine_idle(e))) {
-        const double now = now_s() - t0;
+        const double now = dsla_clock_seconds() - t0;
         for (; next < w->n && w->requests[next].arrival_s <= now; next++) {
             const dsla_workload_request_t *r = &w->requests[next];
             for (int t = 0; t < r->prompt_tokens; t++) {
@@ -219,7 +220,7 @@ static dsla_status_t run_trace(dsla_engine_t *e, int vocab, const dsla_workload_
         if (!dsla_engine_idle(e)) {
             s = dsla_engine_step(e, NULL);
         } else if (next < w->n) { /* nothing to run before the next arrival */
-            const double gap = w->requests[next].arrival_s - (now_s() - t0);
+            const double gap = w->requests[next].arrival_s - (dsla_clock_seconds() - t0);
             if (gap > 0) {
                 struct timespec ts = {(time_t)gap, (long)((gap - (double)(time_t)gap) * 1e9)};
                 nanosleep(&ts, NULL);
