@@ -24,6 +24,7 @@
 #include "runtime/model/llama.h"
 #include "runtime/serve/plan.h"
 #include "runtime/serve/state_pool.h"
+#include "runtime/serve/step_stats.h"
 
 typedef struct dsla_serve_backend dsla_serve_backend_t;
 typedef struct dsla_serve_seq dsla_serve_seq_t; /* a backend's sequence, opaque to the engine */
@@ -58,6 +59,12 @@ struct dsla_serve_backend {
     int kv_blocks;             /* the pool's size */
     int max_context;           /* longest sequence the backend runs (prompt + output) */
     dsla_state_pool_t *states; /* its slots; the engine acquires and releases them */
+    /* Step accounting (step_stats.h): the model's costs (set at creation), what the engine asks
+     * the next forward call to time on the device, and what that call measured. */
+    dsla_step_costs_t costs;
+    dsla_step_timing_t timing;
+    bool time_phases; /* split the device phases in the next call (it then runs no graph) */
+    dsla_step_device_t measured;
 };
 
 /* The CPU model over a host pool of kv_blocks blocks and state_slots host slots; max_items bounds

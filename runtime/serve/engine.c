@@ -60,6 +60,11 @@ static dsla_status_t check_config(const dsla_engine_config_t *c) {
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "engine: kv_blocks %d and state_slots %d must not be negative",
                           c->kv_blocks, c->state_slots);
+    if (c->step_timing < DSLA_STEP_TIMING_HOST || c->step_timing > DSLA_STEP_TIMING_PHASES ||
+        c->step_phase_every < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "engine: step_timing %d must be 0..2 and step_phase_every %d >= 0",
+                          (int)c->step_timing, c->step_phase_every);
     if (c->max_queued < 1 || c->max_queued_tokens < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "engine: max_queued %d and max_queued_tokens %ld must be at least 1",
@@ -93,7 +98,10 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
     e->item_req = calloc(n, sizeof *e->item_req);
     e->order = calloc(n, sizeof *e->order);
     e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
-    if (!e->running || !e->items || !e->item_req || !e->order || !e->logits)
+    e->sampled = calloc(n, sizeof *e->sampled);
+    e->acct_items = calloc(n, sizeof *e->acct_items);
+    if (!e->running || !e->items || !e->item_req || !e->order || !e->logits || !e->sampled ||
+        !e->acct_items)
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "engine: out of memory for %d sequences",
                           e->cfg.max_running);
     e->states = e->backend->states;
@@ -193,6 +201,8 @@ void dsla_engine_destroy(dsla_engine_t **ep) {
     free(e->item_req);
     free(e->order);
     free(e->logits);
+    free(e->sampled);
+    free(e->acct_items);
     free(e);
     *ep = NULL;
 }
@@ -521,4 +531,9 @@ void dsla_engine_metrics(const dsla_engine_t *e, dsla_engine_metrics_t *out) {
     out->kv_blocks_used = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend);
     out->state_slots_used = e->cfg.state_slots - dsla_state_pool_free_slots(e->states);
     out->plan_id = dsla_plan_id(admission_plan(e));
+}
+
+bool dsla_engine_last_step(const dsla_engine_t *e, dsla_step_record_t *out) {
+    *out = e->last_step;
+    return e->last_step.step > 0;
 }
