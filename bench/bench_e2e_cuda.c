@@ -354,7 +354,7 @@ static void mixed(bench_t *b, int B, int C, int P, int past, const dsla_step_rat
     const dsla_model_config_t *c = &b->cfg;
     const int L = c->num_layers, steps = DECODE_WARMUP + DECODE_STEPS;
     const size_t blocks =
-        (size_t)L * ((size_t)B * ((C + steps + DSLA_KV_BLOCK_TOKENS) / DSLA_KV_BLOCK_TOKENS) +
+        (size_t)L * ((size_t)B * ((C + 2 * steps + DSLA_KV_BLOCK_TOKENS) / DSLA_KV_BLOCK_TOKENS) +
                      (size_t)(past + P + DSLA_KV_BLOCK_TOKENS) / DSLA_KV_BLOCK_TOKENS + 1);
     dsla_cuda_kv_t *kv = NULL;
     CHECK(dsla_cuda_kv_create(&kv, b->m, DSLA_DTYPE_BF16, (int)blocks, B + 1));
@@ -426,6 +426,9 @@ static void serving_rows(bench_t *b) {
         kinds[l] = DSLA_LAYER_ATTN;
     decode(b, kinds, 128, 1024, 0.0);
     decode(b, kinds, 64, 1024, 0.0);
+    /* the shapes of the batch-1 and batch-8 tables at 4K, for the decode split's balance */
+    decode(b, kinds, 1, 4000, 0.0);
+    decode(b, kinds, 8, 4000, 0.0);
     mixed(b, 128, 1024, 512, 0, &rates);
     mixed(b, 128, 1024, 512, 1024, &rates);
     mixed(b, 128, 1024, 2048, 0, &rates);

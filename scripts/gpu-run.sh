@@ -103,7 +103,8 @@ for path in sorted(glob.glob(sys.argv[1] + "/trace_*.log")):
             continue
         j = json.loads(line)
         if j["what"] == "serve_trace":
-            print(j["run"], "req", j["requests"], "done", j["completed"], "served/s", j["served_req_per_s"],
+            print(j["run"], "req", j["requests"], "done", j["completed"], "offered/s",
+                  j.get("offered_req_per_s"), "sustained/s", j.get("sustained_req_per_s"),
                   "ttft", j["ttft_ms"], "tpot", j["tpot_ms"], "peak", j["peak_running"],
                   "graphs", j["graph_replays"], j["graph_captures"])
         elif j["what"] == "serve_steps":

@@ -503,9 +503,12 @@ static dsla_status_t run_trace(dsla_cuda_model_t *m, const trace_opts_t *o, cons
     if (s == DSLA_OK) {
         double *a = malloc((size_t)(count + n_steps + 1) * sizeof *a);
         double *b = malloc((size_t)(count + 1) * sizeof *b);
-        int done = 0;
+        int done = 0, late = 0;
         long out_tokens = 0;
         double last_done = t0;
+        /* Sustained rate: completions in the second half of the arrival window (the offered rate
+         * below saturation, the capacity above it, without the drain after the last arrival). */
+        const double half = t0 + 0.5 * o->duration, end = t0 + o->duration;
         for (int i = 0; i < count; i++) {
             const trace_req_t *r = &reqs[i];
             if (r->refused || r->tokens == 0) continue;
@@ -513,6 +516,7 @@ static dsla_status_t run_trace(dsla_cuda_model_t *m, const trace_opts_t *o, cons
             b[done] = r->tokens > 1 ? (r->done - r->first) / (r->tokens - 1) : 0.0;
             out_tokens += r->tokens;
             if (r->done > last_done) last_done = r->done;
+            late += r->done >= half && r->done < end;
             done++;
         }
         const double ttft50 = pct(a, done, 0.5), ttft90 = pct(a, done, 0.9),
@@ -527,7 +531,8 @@ static dsla_status_t run_trace(dsla_cuda_model_t *m, const trace_opts_t *o, cons
                "\"output_mean\":%.0f,\"output_sigma\":%.2f,\"max_running\":%d,"
                "\"prefill_chunk\":%d,\"step_tokens\":%d,\"decode_runs\":%s,\"vocab\":%d,"
                "\"copy_gbps\":%.1f,\"bf16_tflops\":%.1f,\"requests\":%d,\"completed\":%d,"
-               "\"refused\":%d,\"elapsed_s\":%.2f,\"served_req_per_s\":%.2f,"
+               "\"refused\":%d,\"elapsed_s\":%.2f,\"offered_req_per_s\":%.2f,"
+               "\"sustained_req_per_s\":%.2f,\"served_req_per_s\":%.2f,"
                "\"output_tokens_per_s\":%.1f,\"ttft_ms\":{\"p50\":%.1f,\"p90\":%.1f,"
                "\"p99\":%.1f},\"tpot_ms\":{\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f},"
                "\"peak_running\":%d,\"steps\":%llu,\"graph_replays\":%ld,"
@@ -535,11 +540,11 @@ static dsla_status_t run_trace(dsla_cuda_model_t *m, const trace_opts_t *o, cons
                device, label, o->rate, o->duration, o->prompt_mean, o->prompt_sigma, o->output_mean,
                o->output_sigma, o->max_running, o->prefill_chunk, o->step_tokens,
                o->decode_runs ? "true" : "false", c->vocab_size, rates.copy_bytes_per_s / 1e9,
-               rates.matrix_flops_per_s / 1e12, count, done, refused, elapsed,
-               done / (last_done - t0), out_tokens / (last_done - t0), 1e3 * ttft50, 1e3 * ttft90,
-               1e3 * ttft99, 1e3 * tpot50, 1e3 * tpot90, 1e3 * tpot99, m1.peak_running,
-               (unsigned long long)(m1.steps - m0.steps), st1.graph_replays - st0.graph_replays,
-               st1.graph_captures - st0.graph_captures,
+               rates.matrix_flops_per_s / 1e12, count, done, refused, elapsed, count / o->duration,
+               late / (0.5 * o->duration), done / (last_done - t0), out_tokens / (last_done - t0),
+               1e3 * ttft50, 1e3 * ttft90, 1e3 * ttft99, 1e3 * tpot50, 1e3 * tpot90, 1e3 * tpot99,
+               m1.peak_running, (unsigned long long)(m1.steps - m0.steps),
+               st1.graph_replays - st0.graph_replays, st1.graph_captures - st0.graph_captures,
                (unsigned long long)(m1.preemptions - m0.preemptions));
         for (int keep = 0; keep < 3; keep++)
             print_steps(device, label, recs, n_steps, keep, a);
