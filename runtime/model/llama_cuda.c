@@ -865,7 +865,7 @@ static dsla_status_t cudnn_gather(dsla_cuda_model_t *m, const step_t *st, int l,
                                   const item_plan_t *it) {
     const dsla_model_config_t *c = &m->cfg;
     const int kvw = c->num_kv_heads * c->head_dim;
-    const size_t rows = (size_t)dsla_cuda_cudnn_rows(it->past + it->n);
+    const size_t rows = (size_t)dsla_cuda_cudnn_kv_rows(it->past + it->n);
     if (rows > m->kv_g_rows) {
         dsla_cuda_free((void **)&m->kv_gk);
         dsla_cuda_free((void **)&m->kv_gv);
