@@ -637,7 +637,7 @@ enum {
     DEC_TARGET_BLOCKS = 1024, /* enough blocks to fill 132 SMs several times over */
     DEC_MIN_CHUNK = 64,       /* below this a chunk's merge costs more than its keys */
     DEC_CHUNK_ALIGN = 32,     /* chunks start on whole rounds of a block's loads */
-    DEC_BALANCE_CHUNK = 512, /* the longest sequence is cut in chunks of at most about this */
+    DEC_BALANCE_CHUNK = 512,  /* the longest sequence is cut in chunks of at most about this */
 };
 
 /* DEC_BALANCE_CHUNK, or the environment's DSLA_DECODE_BALANCE_CHUNK when the first decode runs
