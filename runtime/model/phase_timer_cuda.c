@@ -86,7 +86,7 @@ bool dsla_cuda_phase_timer_read(dsla_cuda_phase_timer_t *t, double *device_s, do
             dsla_clear_error();
             return false;
         }
-        phase_s[t->phase[i]] += ms * 1e-3;
+        if (t->phases) phase_s[t->phase[i]] += ms * 1e-3;
         *device_s += ms * 1e-3;
     }
     *split = t->phases;
