@@ -9,8 +9,9 @@
  * read a cache the previous one filled (the same effect as rotating input copies, without holding
  * copies of the large ones). Inputs hold random values, never zeros.
  *
- * usage: bench_cuda_kernels [--quick] [--only dsla|gemm]   (--quick: fewer reps and the smaller
- * shapes only; --only: the ceilings, then the DSLA kernels or the GEMMs alone) */
+ * usage: bench_cuda_kernels [--quick] [--only dsla|gemm|decode]   (--quick: fewer reps and the
+ * smaller shapes only; --only: the ceilings, then the DSLA kernels, the GEMMs or the serving
+ * batch's paged decode attention alone) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,7 @@ static void *l2_flush;
 static double peak_gbps, peak_tflops;
 static int reps = 20;
 static bool quick;
-static const char *only; /* --only: "dsla" or "gemm" after the ceilings; NULL runs all */
+static const char *only; /* --only: "dsla", "gemm" or "decode" after the ceilings; NULL: all */
 
 static void die(const char *what) {
     fprintf(stderr, "bench_cuda_kernels: %s: %s\n", what, dsla_last_error());
@@ -430,6 +431,91 @@ static void bench_attention(void) {
         }
 }
 
+/* Paged decode attention of a serving batch (issue 11): n_seqs sequences of mixed lengths, uniform
+ * in 256..2304 (mean ~1.3K, a chat-like running set), over a bf16 pool with scattered blocks, one
+ * layer; the target is >= 0.70 of copy bandwidth from 64 to 256 sequences. */
+enum { MIXED_LO = 256, MIXED_HI = 2304 };
+
+typedef struct {
+    dsla_cuda_kv_pool_t pool;
+    float *q, *out;
+    int32_t *tables, *lens;
+    void *ws;
+    size_t ws_bytes;
+    int n_seqs, table_stride;
+    long total_tokens;
+    dsla_attn_shape_t shape;
+} mixed_ctx_t;
+
+static void mixed_setup(mixed_ctx_t *a, int n_seqs) {
+    const size_t width = (size_t)MODEL_H * MODEL_HEAD_DIM;
+    a->n_seqs = n_seqs;
+    a->shape = (dsla_attn_shape_t){MODEL_H, MODEL_H, MODEL_HEAD_DIM};
+    a->table_stride = (MIXED_HI + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    int32_t *lens = malloc((size_t)n_seqs * sizeof *lens);
+    uint64_t x = 777 + (uint64_t)n_seqs;
+    size_t blocks = 0;
+    a->total_tokens = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        lens[s] = MIXED_LO + (int)((x >> 33) % (MIXED_HI - MIXED_LO + 1));
+        a->total_tokens += lens[s];
+        blocks += (size_t)a->table_stride;
+    }
+    /* Every sequence's table is full width; its blocks are a random permutation of the pool. */
+    int32_t *t = malloc(blocks * sizeof *t);
+    for (size_t i = 0; i < blocks; i++)
+        t[i] = (int32_t)i;
+    for (size_t i = blocks - 1; i > 0; i--) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        size_t j = (size_t)(x >> 33) % (i + 1);
+        int32_t tmp = t[i];
+        t[i] = t[j];
+        t[j] = tmp;
+    }
+    a->pool = (dsla_cuda_kv_pool_t){random_buffer(blocks * DSLA_KV_BLOCK_TOKENS * width * 2),
+                                    random_buffer(blocks * DSLA_KV_BLOCK_TOKENS * width * 2),
+                                    DSLA_DTYPE_BF16, DSLA_KV_BLOCK_TOKENS};
+    a->q = random_buffer((size_t)n_seqs * width * 4);
+    a->out = random_buffer((size_t)n_seqs * width * 4);
+    OK(dsla_cuda_malloc((void **)&a->tables, blocks * 4));
+    OK(dsla_cuda_copy(a->tables, t, blocks * 4, NULL));
+    OK(dsla_cuda_malloc((void **)&a->lens, (size_t)n_seqs * 4));
+    OK(dsla_cuda_copy(a->lens, lens, (size_t)n_seqs * 4, NULL));
+    free(t), free(lens);
+    a->ws_bytes = dsla_cuda_attention_decode_workspace(n_seqs, MIXED_HI, &a->shape);
+    OK(dsla_cuda_malloc(&a->ws, a->ws_bytes));
+}
+
+static void mixed_free(mixed_ctx_t *a) {
+    void *p[] = {a->pool.k, a->pool.v, a->q, a->out, a->tables, a->lens, a->ws};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        dsla_cuda_free(&p[i]);
+}
+
+static void run_decode_mixed(void *p) {
+    mixed_ctx_t *a = p;
+    const int w = MODEL_H * MODEL_HEAD_DIM;
+    const dsla_cuda_decode_batch_t batch = {a->tables, NULL, a->lens, a->table_stride};
+    OK(dsla_cuda_attention_decode_pool(NULL, a->out, w, a->q, w, a->n_seqs, MIXED_HI, &a->shape,
+                                       &a->pool, &batch, a->ws, a->ws_bytes));
+}
+
+static void bench_decode_mixed(void) {
+    const int batches[] = {64, 128, 192, 256};
+    for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+        mixed_ctx_t a;
+        mixed_setup(&a, batches[b]);
+        char shape[96];
+        snprintf(shape, sizeof shape, "batch=%d ctx=%d..%d mean=%ld H=%d d=%d bf16", a.n_seqs,
+                 MIXED_LO, MIXED_HI, a.total_tokens / a.n_seqs, MODEL_H, MODEL_HEAD_DIM);
+        const double width = (double)MODEL_H * MODEL_HEAD_DIM;
+        emit_bytes("attention_decode_pool_mixed", shape, time_ms(run_decode_mixed, &a),
+                   (double)a.total_tokens * width * 2 * 2 + 2.0 * a.n_seqs * width * 4);
+        mixed_free(&a);
+    }
+}
+
 /* ---- token selection ---- */
 
 typedef struct {
@@ -644,10 +730,11 @@ int main(int argc, char **argv) {
             quick = true;
             reps = 5;
         } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc &&
-                   (!strcmp(argv[i + 1], "dsla") || !strcmp(argv[i + 1], "gemm"))) {
+                   (!strcmp(argv[i + 1], "dsla") || !strcmp(argv[i + 1], "gemm") ||
+                    !strcmp(argv[i + 1], "decode"))) {
             only = argv[++i];
         } else {
-            fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla|gemm]\n");
+            fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla|gemm|decode]\n");
             return 2;
         }
     }
@@ -671,6 +758,7 @@ int main(int argc, char **argv) {
         bench_attention();
         bench_sampling();
     }
+    if (!only || !strcmp(only, "decode")) bench_decode_mixed();
     if (!only || !strcmp(only, "dsla")) bench_dsla();
     dsla_cuda_blas_destroy(&blas);
     dsla_cuda_free(&l2_flush);

@@ -11,7 +11,9 @@
  * skipped with the bytes they need. Decode contexts are synthetic (random KV and states): the work
  * of a step does not depend on the values, and it saves prefilling 1M tokens per row. Prefill rows
  * are one timed pass each, after an untimed first chunk of the same shape (cuDNN plans and
- * cuBLAS's first-call set-up are one-time costs, not prefill speed). */
+ * cuBLAS's first-call set-up are one-time costs, not prefill speed). `bench_e2e_cuda serving`
+ * runs issue 11's shapes instead: decode at 128 x 1K and steps mixing 128 decodes with a prompt
+ * chunk, against the step accounting's floor. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 
 #include "kernels/kernels.h"
 #include "runtime/model/llama_cuda.h"
+#include "runtime/serve/step_stats.h"
 
 #ifdef DSLA_HAVE_CUDA
 
@@ -343,6 +346,94 @@ static void decode(bench_t *b, const dsla_layer_kind_t *kinds, int B, int C, dou
     free(seqs), free(items), free(tok);
 }
 
+/* A serving step (issue 11): B decodes at context C plus one prompt chunk of P tokens after a
+ * cached past, as the engine composes steps under load; timed with the one-token items run as one
+ * batched decode call and, for comparison, one call per item (the version before). The floor is
+ * the step accounting's (runtime/serve/step_stats.h): max(bytes / copy, FLOPs / bf16 rate). */
+static void mixed(bench_t *b, int B, int C, int P, int past, const dsla_step_rates_t *rates) {
+    const dsla_model_config_t *c = &b->cfg;
+    const int L = c->num_layers, steps = DECODE_WARMUP + DECODE_STEPS;
+    const size_t blocks =
+        (size_t)L * ((size_t)B * ((C + 2 * steps + DSLA_KV_BLOCK_TOKENS) / DSLA_KV_BLOCK_TOKENS) +
+                     (size_t)(past + P + DSLA_KV_BLOCK_TOKENS) / DSLA_KV_BLOCK_TOKENS + 1);
+    dsla_cuda_kv_t *kv = NULL;
+    CHECK(dsla_cuda_kv_create(&kv, b->m, DSLA_DTYPE_BF16, (int)blocks, B + 1));
+    dsla_cuda_seq_t **seqs = calloc((size_t)B + 1, sizeof *seqs);
+    dsla_cuda_batch_item_t *items = calloc((size_t)B + 1, sizeof *items);
+    int32_t *tok = calloc((size_t)B + (size_t)P, sizeof *tok);
+    for (int s = 0; s < B; s++) {
+        CHECK(dsla_cuda_seq_create(&seqs[s], kv, NULL));
+        CHECK(dsla_cuda_seq_fill_synthetic(seqs[s], C, 2000u + (uint64_t)s));
+        tok[s] = (int32_t)(s * 31 + 7);
+    }
+    for (int t = 0; t < P; t++)
+        tok[B + t] = (int32_t)((t * 7919u + 13u) % (unsigned)c->vocab_size);
+    dsla_step_item_t *acct = calloc((size_t)B + 1, sizeof *acct);
+    for (int s = 0; s < B; s++)
+        acct[s] = (dsla_step_item_t){C, 1, 0, true};
+    acct[B] = (dsla_step_item_t){past, P, 0, true};
+    dsla_step_record_t rec;
+    memset(&rec, 0, sizeof rec);
+    const dsla_step_costs_t costs = dsla_step_costs_for(c, 2, 2);
+    dsla_step_account(&rec, &costs, rates, acct, B + 1);
+    dsla_cuda_event_t e0, e1;
+    CHECK(dsla_cuda_event_create(&e0));
+    CHECK(dsla_cuda_event_create(&e1));
+    for (int runs = 0; runs <= 1; runs++) {
+        dsla_cuda_model_set_decode_runs(b->m, runs != 0);
+        float t[DECODE_STEPS];
+        for (int i = 0; i < steps; i++) {
+            CHECK(dsla_cuda_seq_create(&seqs[B], kv, NULL));
+            if (past > 0) CHECK(dsla_cuda_seq_fill_synthetic(seqs[B], past, 99u + (uint64_t)i));
+            for (int s = 0; s < B; s++)
+                items[s] = (dsla_cuda_batch_item_t){seqs[s], &tok[s], 1, false};
+            items[B] = (dsla_cuda_batch_item_t){seqs[B], tok + B, P, false};
+            CHECK(dsla_cuda_event_record(e0, stream));
+            CHECK(dsla_cuda_model_forward(b->m, items, B + 1, NULL));
+            CHECK(dsla_cuda_event_record(e1, stream));
+            CHECK(dsla_cuda_event_sync(e1));
+            if (i >= DECODE_WARMUP)
+                CHECK(dsla_cuda_event_elapsed_ms(&t[i - DECODE_WARMUP], e0, e1));
+            dsla_cuda_seq_destroy(&seqs[B]);
+        }
+        const double ms = median(t, DECODE_STEPS);
+        printf("{\"what\":\"mixed_step\",\"shape\":{\"batch\":%d,\"context\":%d,\"prefill\":%d,"
+               "\"past\":%d},\"device\":\"%s\",\"decode_runs\":%s,\"median_ms\":%.3f,"
+               "\"bytes_per_step\":%.0f,\"flops_per_step\":%.4g,\"floor_ms\":%.3f,"
+               "\"fraction_of_floor\":%.3f}\n",
+               B, C, P, past, device, runs ? "true" : "false", ms, rec.bytes, rec.flops,
+               rec.floor_s * 1e3, rec.floor_s * 1e3 / ms);
+        fflush(stdout);
+    }
+    dsla_cuda_model_set_decode_runs(b->m, true);
+    dsla_cuda_event_destroy(&e0);
+    dsla_cuda_event_destroy(&e1);
+    for (int s = 0; s < B; s++)
+        dsla_cuda_seq_destroy(&seqs[s]);
+    dsla_cuda_kv_destroy(&kv);
+    free(seqs), free(items), free(tok), free(acct);
+}
+
+/* "serving": the acceptance shapes of issue 11 on a model sized for a serving engine (256
+ * sequences, 2304-token steps): decode at 128 x 1K with its floor, and mixed steps. */
+static void serving_rows(bench_t *b) {
+    dsla_step_rates_t rates;
+    CHECK(dsla_step_rates_measure_cuda(&rates));
+    printf("{\"what\":\"rates\",\"device\":\"%s\",\"copy_gbps\":%.1f,\"bf16_tflops\":%.1f}\n",
+           device, rates.copy_bytes_per_s / 1e9, rates.matrix_flops_per_s / 1e12);
+    dsla_layer_kind_t kinds[32];
+    for (int l = 0; l < b->cfg.num_layers; l++)
+        kinds[l] = DSLA_LAYER_ATTN;
+    decode(b, kinds, 128, 1024, 0.0);
+    decode(b, kinds, 64, 1024, 0.0);
+    /* the shapes of the batch-1 and batch-8 tables at 4K, for the decode split's balance */
+    decode(b, kinds, 1, 4000, 0.0);
+    decode(b, kinds, 8, 4000, 0.0);
+    mixed(b, 128, 1024, 512, 0, &rates);
+    mixed(b, 128, 1024, 512, 1024, &rates);
+    mixed(b, 128, 1024, 2048, 0, &rates);
+}
+
 int main(int argc, char **argv) {
     if (dsla_cuda_device_count() == 0) {
         fprintf(stderr, "bench_e2e_cuda: no CUDA device\n");
@@ -352,11 +443,26 @@ int main(int argc, char **argv) {
      * and batch-1 decode at each context, all attention layers (the attention targets). */
     const bool quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     const bool attention_only = argc > 1 && strcmp(argv[1], "attention") == 0;
+    const bool serving = argc > 1 && strcmp(argv[1], "serving") == 0;
     CHECK(dsla_cuda_stream_create(&stream));
     CHECK(dsla_cuda_device_name(device, sizeof device));
     bench_t b;
     memset(&b, 0, sizeof b);
     b.copy_gbps = copy_bandwidth();
+    if (serving) {
+        dsla_model_config_t *c = &b.cfg;
+        c->hidden_size = 4096, c->num_layers = 32, c->num_heads = 32, c->num_kv_heads = 32;
+        c->head_dim = 128, c->intermediate_size = 11008, c->vocab_size = 32000;
+        c->max_position_embeddings = 32768, c->rms_norm_eps = 1e-5f, c->rope_theta = 10000.0f;
+        c->bos_token_id = 1;
+        const dsla_cuda_model_opts_t so = {DSLA_DTYPE_BF16, 2048 + 256, 256, 256, 4096, true};
+        CHECK(dsla_cuda_model_create_random(&b.m, c, 7, &so, stream));
+        b.block_bytes = dsla_cuda_kv_block_bytes(b.m, DSLA_DTYPE_BF16);
+        serving_rows(&b);
+        dsla_cuda_model_destroy(&b.m);
+        dsla_cuda_stream_destroy(&stream);
+        return 0;
+    }
     const int attn_T[] = {1024, 4096, 8192, 16384};
     for (int i = 0; i < 4; i++)
         attention_prefill(attn_T[i]);

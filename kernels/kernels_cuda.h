@@ -248,6 +248,12 @@ int dsla_cuda_cudnn_attention_supports(const dsla_attn_shape_t *shape);
  * buckets per octave above, so at most 12.5% more there), one plan per bucket instead of one per
  * prompt length. */
 int dsla_cuda_cudnn_rows(int n);
+/* The key rows a chunk with a past reads for past + n keys: dsla_cuda_cudnn_rows(past + n) rounded
+ * up to a power of two, so that chunks with a past need one plan per query bucket and octave of
+ * context (8 per octave made ~190 plans for a 2K-4K server, each a 50-80 ms stall the first time
+ * and more than the plan cache holds; a serving trace's prompt steps spent ~20 ms a step on them
+ * on an H200, docs/perf.md). Padded keys are zeros and masked. */
+int dsla_cuda_cudnn_kv_rows(int n);
 /* out[t, h*d..] = softmax(q_t k_j^T / sqrt(d), j <= t) v_j for t < n, all bf16 (uint16_t bits):
  * token t's head h of q at q + t*in_stride + h*d, KV head h / (H / H_kv) of k and v likewise
  * (the layout of a fused QKV row: k = q + H*d, v = k + H_kv*d); out rows out_stride apart.
@@ -262,7 +268,7 @@ dsla_status_t dsla_cuda_attention_prefill_cudnn(dsla_cuda_cudnn_t *c, dsla_cuda_
 /* The same for n new tokens after a cached past: q's n rows q_stride apart; k and v hold all
  * past + n tokens' rows kv_stride apart (the past first, gathered from the cache:
  * dsla_cuda_kv_gather). Query row t sees keys j <= past + t. Read and written: q and out for
- * dsla_cuda_cudnn_rows(n) rows, k and v for dsla_cuda_cudnn_rows(past + n) rows, whose rows from
+ * dsla_cuda_cudnn_rows(n) rows, k and v for dsla_cuda_cudnn_kv_rows(past + n) rows, whose rows from
  * past + n on must be finite (zeros); one plan per pair of buckets serves every past. */
 dsla_status_t dsla_cuda_attention_prefill_cudnn_past(dsla_cuda_cudnn_t *c,
                                                      dsla_cuda_stream_t stream, uint16_t *out,

@@ -20,6 +20,11 @@
 #   loadgen  dsla-serve --device cuda (tinystories-11M, bf16) under dsla-loadgen over HTTP
 #   distill_gpu  tests/gpu/test_distill_gpu (GPU distillation against the CPU, tinystories-11M)
 #   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
+#   decode_mixed  bench_cuda_kernels --only decode (paged decode attention, 64-256 mixed lengths)
+#   e2e_serving   bench_e2e_cuda serving (decode 128 x 1K, steps mixing 128 decodes and a prompt)
+#   trace    dsla bench --device cuda --random-model 7b --rate R: a chat-like Poisson trace with
+#            the step accounting (TRACE="runs rate label ..." triples, default before and after
+#            the decode-run fix at 8 req/s and after at 12; TRACE_S seconds of arrivals, 20)
 # cuDNN is taken from PyTorch's wheel when python3 can import it, else from the loader's path.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -82,6 +87,18 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu gemm e2e tor
             --timeline "$OUT/loadgen-timeline.csv"
         kill $sp; wait $sp
         grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/loadgen.log" ;;
+    decode_mixed) stage decode_mixed 300 "$D/bin/bench_cuda_kernels" --only decode ;;
+    e2e_serving) stage e2e_serving 300 "$D/bin/bench_e2e_cuda" serving ;;
+    trace)
+        set -- ${TRACE:-0 8 before 1 8 after 1 12 after}
+        : >"$OUT/trace.log"
+        while [ $# -ge 3 ]; do
+            stage "trace_$3_$2" 300 "$D/bin/dsla" bench --device cuda --random-model 7b \
+                --vocab 2048 --max-seqs 256 --context 4096 --ratios 0 --preset chat \
+                --rate "$2" --duration "${TRACE_S:-20}" --decode-runs "$1"
+            grep -h '"serve_trace"\|"serve_steps"' "$OUT/trace_$3_$2.log" >>"$OUT/trace.log"
+            shift 3
+        done ;;
     *) echo "unknown stage $s" ;;
     esac
 done
@@ -96,6 +113,8 @@ for path in sorted(glob.glob(sys.argv[1] + "/*.log")):
             j = json.loads(line)
         except ValueError:
             continue
+        if j.get("what") in ("serve_trace", "serve_steps"):
+            continue  # whole lines in trace.log; the table below summarises them
         shape = j.get("shape", "")
         if isinstance(shape, dict):
             shape = ",".join(f"{k}={v}" for k, v in shape.items() if k in ("batch", "tokens", "context", "dsla_fraction"))
@@ -103,5 +122,21 @@ for path in sorted(glob.glob(sys.argv[1] + "/*.log")):
                             "fraction_of_floor", "graphs", "skipped", "error") if k in j]
         print(os.path.basename(path)[:-4], j.get("what", ""), shape,
               " ".join(f"{k}={j[k]:.4g}" if isinstance(j[k], float) else f"{k}={j[k]}" for k in keys))
+# The traces: requests, TTFT / TPOT and the step accounting, one row per run and kind of step.
+for path in sorted(glob.glob(sys.argv[1] + "/trace_*.log")):
+    for line in open(path):
+        if not line.startswith("{"):
+            continue
+        j = json.loads(line)
+        if j["what"] == "serve_trace":
+            print(j["run"], "req", j["requests"], "done", j["completed"], "offered/s",
+                  j.get("offered_req_per_s"), "sustained/s", j.get("sustained_req_per_s"),
+                  "ttft", j["ttft_ms"], "tpot", j["tpot_ms"], "peak", j["peak_running"],
+                  "graphs", j["graph_replays"], j["graph_captures"])
+        elif j["what"] == "serve_steps":
+            print(" ", j["steps"], j["count"], "step", j["step_ms"], "floor", j["floor_ms"]["p50"],
+                  "frac", j["fraction_of_floor"], "dec", j["decode_seqs_mean"], "pre",
+                  j["prefill_tokens_mean"], "kvGB", j["kv_read_gb_mean"], "phases",
+                  {k: round(v, 2) for k, v in j["phase_ms_mean"].items()})
 PY
 rm -rf "$work"

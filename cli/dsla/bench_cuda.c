@@ -13,7 +13,11 @@
  *  3'. or, with --trace FILE (or --rate [--cv] [--preset]), that workload on the wall clock
  *     (runtime/serve/workload.h; requests cut to --context), reported as dsla-loadgen reports
  *     (runtime/serve/load_report.h): goodput under --slo-ttft-ms/--slo-tpot-ms, percentiles,
- *     refusals; --timeline PATH writes PATH.dsla<percent>.csv per ratio.
+ *     refusals; --timeline PATH writes PATH.dsla<percent>.csv per ratio. The trace runs on an
+ *     engine of its own: prompts in --prefill-chunk pieces, --step-tokens a step, an untimed
+ *     warm-up that builds cuDNN's plans first, and the step accounting (runtime/serve/
+ *     step_stats.h) summarised over all steps, decode-only steps and steps with a prefill: step
+ *     time percentiles, floor, fraction of floor, phases (--step-timing, --phase-every).
  * A step takes one whole prompt (prefill chunk = context) plus every running decode, so admission
  * never promises blocks that another prompt's later chunks will take. Prints one JSON line per
  * measurement and a table last. */
@@ -35,6 +39,7 @@
 #include "kernels/kernels_cuda.h"
 #include "runtime/model/llama_cuda.h"
 #include "runtime/serve/backend_cuda.h"
+#include "runtime/serve/step_stats.h"
 
 static const char usage[] =
     "usage: dsla bench --device cuda --random-model 7b [options]\n\n"
@@ -174,8 +179,13 @@ static int on_trace_event(void *user, const dsla_stream_event_t *ev) {
 
 /* Submits each request of w at its arrival (wall clock; random prompt ids) and steps the engine
  * until every one has ended; fills recs (w->n of them). */
+typedef struct {
+    dsla_step_record_t *recs;
+    int n, cap;
+} step_log_t;
+
 static dsla_status_t run_trace(dsla_engine_t *e, int vocab, const dsla_workload_t *w,
-                               dsla_load_record_t *recs) {
+                               dsla_load_record_t *recs, step_log_t *steps) {
     trace_req_t *q = calloc((size_t)(w->n > 0 ? w->n : 1), sizeof *q);
     int max_prompt = 1;
     for (int i = 0; i < w->n; i++)
@@ -218,7 +228,11 @@ static dsla_status_t run_trace(dsla_engine_t *e, int vocab, const dsla_workload_
             }
         }
         if (!dsla_engine_idle(e)) {
-            s = dsla_engine_step(e, NULL);
+            bool progressed = false;
+            s = dsla_engine_step(e, &progressed);
+            if (s == DSLA_OK && progressed && steps->n < steps->cap &&
+                dsla_engine_last_step(e, &steps->recs[steps->n]))
+                steps->n++;
         } else if (next < w->n) { /* nothing to run before the next arrival */
             const double gap = w->requests[next].arrival_s - (dsla_clock_seconds() - t0);
             if (gap > 0) {
@@ -233,6 +247,96 @@ static dsla_status_t run_trace(dsla_engine_t *e, int vocab, const dsla_workload_
 }
 
 /* A DSLA layer version carrying its shape and no host weights: the device holds random ones. */
+static double pct(double *v, int n, double q) {
+    if (n == 0) return 0.0;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    const int i = (int)(q * (n - 1) + 0.5);
+    return v[i];
+}
+
+/* One JSON line summarising the steps that `keep` selects (0 all, 1 decode-only, 2 with prefill).
+ */
+static void print_steps(const char *device, const char *label, const dsla_step_record_t *recs,
+                        int n, int keep, double *scratch) {
+    int k = 0, kp = 0;
+    double floor_sum = 0, step_sum = 0, dec = 0, pre = 0, kv = 0;
+    double ph[DSLA_STEP_PHASES] = {0}, ph_step = 0;
+    for (int i = 0; i < n; i++) {
+        const dsla_step_record_t *r = &recs[i];
+        if ((keep == 1 && r->prefill_tokens > 0) || (keep == 2 && r->prefill_tokens == 0)) continue;
+        scratch[k++] = r->step_s;
+        floor_sum += r->floor_s;
+        step_sum += r->step_s;
+        dec += r->decode_seqs;
+        pre += r->prefill_tokens;
+        kv += r->kv_read_bytes;
+        if (r->phases_measured) {
+            kp++;
+            ph_step += r->step_s;
+            for (int p = 0; p < DSLA_STEP_PHASES; p++)
+                ph[p] += r->phase_s[p];
+        }
+    }
+    if (k == 0) return;
+    const double p50 = pct(scratch, k, 0.5), p90 = pct(scratch, k, 0.9),
+                 p99 = pct(scratch, k, 0.99);
+    int j = 0;
+    for (int i = 0; i < n; i++) {
+        const dsla_step_record_t *r = &recs[i];
+        if ((keep == 1 && r->prefill_tokens > 0) || (keep == 2 && r->prefill_tokens == 0)) continue;
+        scratch[j++] = r->fraction;
+    }
+    const double frac_p50 = pct(scratch, k, 0.5);
+    j = 0;
+    for (int i = 0; i < n; i++) {
+        const dsla_step_record_t *r = &recs[i];
+        if ((keep == 1 && r->prefill_tokens > 0) || (keep == 2 && r->prefill_tokens == 0)) continue;
+        scratch[j++] = r->floor_s;
+    }
+    const double floor_p50 = pct(scratch, k, 0.5);
+    printf(
+        "{\"what\":\"serve_steps\",\"device\":\"%s\",\"run\":\"%s\",\"steps\":\"%s\",\"count\":%d,"
+        "\"step_ms\":{\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f,\"mean\":%.2f},"
+        "\"floor_ms\":{\"p50\":%.2f,\"mean\":%.2f},\"fraction_of_floor\":{\"p50\":%.3f,"
+        "\"of_sums\":%.3f},\"decode_seqs_mean\":%.1f,\"prefill_tokens_mean\":%.1f,"
+        "\"kv_read_gb_mean\":%.2f,\"phase_steps\":%d,\"phase_ms_mean\":{",
+        device, label,
+        keep == 0   ? "all"
+        : keep == 1 ? "decode"
+                    : "mixed",
+        k, 1e3 * p50, 1e3 * p90, 1e3 * p99, 1e3 * step_sum / k, 1e3 * floor_p50,
+        1e3 * floor_sum / k, frac_p50, step_sum > 0 ? floor_sum / step_sum : 0.0, dec / k, pre / k,
+        kv / k / 1e9, kp);
+    for (int p = 0; p < DSLA_STEP_PHASES; p++)
+        printf("%s\"%s\":%.3f", p ? "," : "", dsla_step_phase_name(p), kp ? 1e3 * ph[p] / kp : 0.0);
+    printf("},\"phase_step_ms_mean\":%.3f}\n", kp ? 1e3 * ph_step / kp : 0.0);
+}
+
+/* Untimed: one prompt per cuDNN row bucket up to the prefill chunk, and one per bucket of a second
+ * chunk after a whole first one (each bucket's plan takes 50-80 ms once), so that the run measures
+ * serving, not plan building. */
+static dsla_status_t trace_warmup(dsla_engine_t *e, int vocab, int chunk, int context) {
+    int32_t *ids = malloc((size_t)context * sizeof *ids);
+    if (!ids) return dsla_error_oom("bench");
+    for (int t = 0; t < context; t++)
+        ids[t] = (int32_t)(1 + (t * 7919) % (vocab - 1));
+    dsla_status_t s = DSLA_OK;
+    for (int pass = 0; pass < 2; pass++) {
+        const int base = pass ? chunk : 0, most = pass ? context - 2 - chunk : chunk;
+        for (int n = 64; n <= most && s == DSLA_OK; n = dsla_cuda_cudnn_rows(n) + 1) {
+            const int len =
+                base + (dsla_cuda_cudnn_rows(n) < most ? dsla_cuda_cudnn_rows(n) : most);
+            const dsla_request_params_t p = {
+                .prompt_ids = ids, .n_prompt_ids = len, .max_tokens = 2, .ignore_eos = true};
+            s = dsla_engine_submit(e, &p, NULL);
+        }
+    }
+    while (s == DSLA_OK && !dsla_engine_idle(e))
+        s = dsla_engine_step(e, NULL);
+    free(ids);
+    return s;
+}
+
 static dsla_status_t shape_only_version(dsla_layer_ref_t **out, const dsla_model_config_t *c,
                                         int layer) {
     dsla_dsla_layer_t *w = calloc(1, sizeof *w);
@@ -261,6 +365,10 @@ typedef struct {
     const dsla_workload_t *trace; /* NULL: the fixed workload */
     const char *trace_desc, *timeline;
     dsla_load_slo_t slo;
+    /* the trace's engine and its step accounting */
+    int prefill_chunk, step_tokens, phase_every;
+    dsla_step_timing_t step_timing;
+    dsla_step_rates_t rates;
 } bench_t;
 
 static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
@@ -339,10 +447,27 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
                row->admit.peak_decoding, row->admit.peak_running, row->admit.elapsed);
     fflush(stdout);
     if (s == DSLA_OK && b->trace) {
+        /* A serving engine, not the admission test's: prompts in chunks under a step budget. */
+        dsla_engine_destroy(&e);
+        ec.prefill_chunk = b->prefill_chunk;
+        ec.step_tokens = b->step_tokens;
+        ec.max_queued = 1 << 16;
+        ec.max_queued_tokens = (long)ec.max_queued * b->context;
+        ec.max_queue_wait_ms = dsla_engine_config_default().max_queue_wait_ms;
+        ec.batch_invariant = false;
+        ec.step_timing = b->step_timing;
+        ec.step_phase_every = b->phase_every;
+        ec.step_rates = b->rates;
+        s = dsla_engine_create_on(&e, be, NULL, &ec);
+        if (s == DSLA_OK) s = dsla_engine_set_plan(e, plan);
+        if (s == DSLA_OK) s = trace_warmup(e, c->vocab_size, b->prefill_chunk, b->context);
         dsla_load_record_t *recs = calloc((size_t)b->trace->n, sizeof *recs);
+        step_log_t steps = {.cap = 1 << 16};
+        steps.recs = malloc((size_t)steps.cap * sizeof *steps.recs);
         dsla_load_summary_t sum;
-        s = recs ? run_trace(e, c->vocab_size, b->trace, recs)
-                 : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "bench: out of memory");
+        if (s == DSLA_OK)
+            s = recs && steps.recs ? run_trace(e, c->vocab_size, b->trace, recs, &steps)
+                                   : dsla_error_oom("bench: %d requests", b->trace->n);
         if (s == DSLA_OK) s = dsla_load_summarize(recs, b->trace->n, 0, &b->slo, &sum);
         char path[4096];
         snprintf(path, sizeof path, "%s.dsla%d.csv", b->timeline ? b->timeline : "", row->ratio);
@@ -360,8 +485,15 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
             row->work.ttft_p50 = 1e-3 * sum.ttft_ms.p50;
             row->work.tpot_p50 = 1e-3 * sum.tpot_ms.p50;
             row->work.elapsed = sum.elapsed_s;
+            char label[64];
+            snprintf(label, sizeof label, "dsla%d", row->ratio);
+            double *scratch = malloc((size_t)(steps.n + 1) * sizeof *scratch);
+            for (int keep = 0; keep < 3 && scratch; keep++)
+                print_steps(b->device, label, steps.recs, steps.n, keep, scratch);
+            free(scratch);
         }
         free(recs);
+        free(steps.recs);
     }
     if (s == DSLA_OK && !b->trace && b->requests > 0)
         s = run_workload(e, c->vocab_size, b->requests, b->context - b->output, b->output, 2,
@@ -391,6 +523,8 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
     long context = 8192, requests = -1, output = 128, max_seqs = 128, margin_mib = 2048, seed = 7;
     dsla_workload_options_t wo = {0};
     double slo_ttft_ms = 1000, slo_tpot_ms = 100;
+    long prefill_chunk = 2048, step_tokens = 0, step_timing = 2, phase_every = 8, decode_runs = 1;
+    long vocab = 32000;
     const char *timeline = NULL;
     const dsla_arg_spec_t specs[] = {
         {"device", DSLA_ARG_STRING, "cuda (this mode) or cpu", 0, 0, &device_arg},
@@ -428,6 +562,19 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
          1e9, &slo_tpot_ms},
         {"timeline", DSLA_ARG_STRING, "per-request CSVs: PATH.dsla<percent>.csv per ratio", 0, 0,
          &timeline},
+        {"vocab", DSLA_ARG_INT, "vocabulary of the random model (default 32000)", 16, 1 << 20,
+         &vocab},
+        {"prefill-chunk", DSLA_ARG_INT, "trace: prefill chunk (default 2048)", 16, 1 << 20,
+         &prefill_chunk},
+        {"step-tokens", DSLA_ARG_INT, "trace: tokens per step (default chunk + max-seqs)", 0,
+         1 << 20, &step_tokens},
+        {"step-timing", DSLA_ARG_INT, "trace: 0 host clocks, 1 + device span, 2 + phases (2)", 0, 2,
+         &step_timing},
+        {"phase-every", DSLA_ARG_INT, "trace: phases on every Nth step (default 8)", 0, 1 << 20,
+         &phase_every},
+        {"decode-runs", DSLA_ARG_INT,
+         "trace: 1 batches a mixed step's decodes (default), 0 one call each (before)", 0, 1,
+         &decode_runs},
     };
     int rc =
         dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
@@ -487,12 +634,17 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
         b.trace_desc = trace_desc;
         b.timeline = timeline;
         b.slo = (dsla_load_slo_t){slo_ttft_ms * 1e-3, slo_tpot_ms * 1e-3};
+        b.prefill_chunk = (int)(prefill_chunk < context ? prefill_chunk : context);
+        b.step_tokens = step_tokens ? (int)step_tokens : b.prefill_chunk + (int)max_seqs;
+        b.step_timing = (dsla_step_timing_t)step_timing;
+        b.phase_every = (int)phase_every;
     }
     dsla_model_config_t cfg = {0};
     cfg.hidden_size = 4096, cfg.num_layers = MODEL_LAYERS, cfg.num_heads = 32;
     cfg.num_kv_heads = 32, cfg.head_dim = 128, cfg.intermediate_size = 11008;
     cfg.vocab_size = 32000, cfg.max_position_embeddings = 32768, cfg.rms_norm_eps = 1e-5f;
     cfg.rope_theta = 10000.0f, cfg.bos_token_id = 1;
+    cfg.vocab_size = (int)vocab;
     const dsla_cuda_model_opts_t mo = {DSLA_DTYPE_BF16, (int)(context + max_seqs),
                                        (int)max_seqs,   (int)max_seqs,
                                        (int)context,    true};
@@ -502,6 +654,10 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
     dsla_status_t s = dsla_cuda_device_name(device, sizeof device);
     if (s == DSLA_OK) s = dsla_cuda_stream_create(&stream);
     if (s == DSLA_OK) s = dsla_cuda_model_create_random(&b.m, &cfg, (uint64_t)seed, &mo, stream);
+    if (s == DSLA_OK && workload) {
+        dsla_cuda_model_set_decode_runs(b.m, decode_runs != 0);
+        s = dsla_step_rates_measure_cuda(&b.rates);
+    }
     if (s == DSLA_OK) {
         b.cfg = dsla_cuda_model_config(b.m);
         size_t free_b = 0, total = 0;

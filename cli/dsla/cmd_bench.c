@@ -112,6 +112,24 @@ static int record_event(void *user, const dsla_stream_event_t *ev) {
     return 0;
 }
 
+/* The engine's step accounting (runtime/serve/step_stats.h) as one JSON line: the CPU backend
+ * splits no device phases, so the forward call, sampling and scheduling. */
+static void print_step_totals(const dsla_engine_metrics_t *m) {
+    const dsla_step_totals_t *t = &m->step_totals;
+    const double n = t->steps ? (double)t->steps : 1.0;
+    printf("{\"what\":\"serve_bench_steps\",\"steps\":%llu,\"prefill_tokens\":%llu,"
+           "\"decode_tokens\":%llu,\"step_ms\":{\"mean\":%.4f,\"p50\":%.4f,\"p99\":%.4f},"
+           "\"kv_read_mib_mean\":%.4f,\"phase_ms_mean\":{",
+           (unsigned long long)t->steps, (unsigned long long)t->prefill_tokens,
+           (unsigned long long)t->decode_tokens, 1e3 * t->step_seconds / n,
+           1e3 * dsla_histogram_quantile(&m->step_time, 0.5),
+           1e3 * dsla_histogram_quantile(&m->step_time, 0.99), t->kv_read_bytes / n / (1 << 20));
+    for (int p = 0; p < DSLA_STEP_PHASES; p++)
+        printf("%s\"%s\":%.4f", p ? "," : "", dsla_step_phase_name(p),
+               1e3 * t->phase_seconds[p] / n);
+    printf("}}\n");
+}
+
 /* Installs the plan: layer versions from a distill output directory, or the first n layers of
  * order initialised from the teacher. */
 static dsla_status_t build_plan(dsla_engine_t *e, dsla_model_t *model, const char *dsla_dir,
@@ -525,6 +543,7 @@ int dsla_cmd_bench(int argc, char **argv) {
            sum.ttft_ms.p99, sum.tpot_ms.p50, sum.tpot_ms.p90, sum.tpot_ms.p99, sum.e2e_ms.p50,
            sum.e2e_ms.p90, sum.e2e_ms.p99, m.peak_running, m.peak_kv_blocks_used, m.kv_blocks_total,
            m.peak_state_slots_used, peak_mib, (unsigned long long)m.preemptions);
+    print_step_totals(&m);
     rc = 0;
     goto done;
 fail:

@@ -26,6 +26,7 @@
  * __expf) so that fp32 results agree with the CPU to rounding. */
 #include <cuda_bf16.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "kernels/cuda/cuda_check.h"
 
@@ -636,7 +637,20 @@ enum {
     DEC_TARGET_BLOCKS = 1024, /* enough blocks to fill 132 SMs several times over */
     DEC_MIN_CHUNK = 64,       /* below this a chunk's merge costs more than its keys */
     DEC_CHUNK_ALIGN = 32,     /* chunks start on whole rounds of a block's loads */
+    DEC_BALANCE_CHUNK = 512,  /* the longest sequence is cut in chunks of at most about this */
 };
+
+/* DEC_BALANCE_CHUNK, or the environment's DSLA_DECODE_BALANCE_CHUNK when the first decode runs
+ * (benchmarks compare values; 0 or unset keeps the default). */
+static int balance_chunk(void) {
+    static int chunk;
+    if (chunk == 0) {
+        const char *e = getenv("DSLA_DECODE_BALANCE_CHUNK");
+        const int v = e ? atoi(e) : 0;
+        chunk = v >= DEC_MIN_CHUNK ? v : DEC_BALANCE_CHUNK;
+    }
+    return chunk;
+}
 
 template <typename T> struct decode_args {
     const T *k, *v;
@@ -650,9 +664,14 @@ template <typename T> struct decode_args {
  * from each sequence's actual length on the device (decode_chunk), so a bound far above the real
  * context (a graph's bucket) leaves no block idle: version 1 cut chunks from max_context, and a
  * context just past a power-of-two bucket left half the blocks without keys. */
+/* Version 3 adds a floor of max_context / DEC_BALANCE_CHUNK splits: a serving batch mixes
+ * lengths, and with one split per sequence (64 sequences of 256..2304 tokens) the blocks of the
+ * longest ran alone at the end, 0.67 of copy bandwidth on an H200 against 0.88 at 256 sequences. */
 static int decode_splits(int n_seqs, int max_context, const dsla_attn_shape_t *shape) {
     const int base = n_seqs * shape->n_kv_heads;
     int want = (DEC_TARGET_BLOCKS + base - 1) / base;
+    const int balance = (max_context + balance_chunk() - 1) / balance_chunk();
+    if (want < balance) want = balance;
     int most = (max_context + DEC_MIN_CHUNK - 1) / DEC_MIN_CHUNK;
     int splits = want < most ? want : most;
     return splits < 1 ? 1 : splits;

@@ -28,6 +28,14 @@ int dsla_cuda_cudnn_rows(int n) {
     return (int)(((long)n + g - 1) / g * g);
 }
 
+int dsla_cuda_cudnn_kv_rows(int n) {
+    const int rows = dsla_cuda_cudnn_rows(n);
+    int p = CUDNN_ROW_QUANTUM;
+    while (p < rows)
+        p *= 2;
+    return p;
+}
+
 #ifdef DSLA_HAVE_CUDNN_HEADERS
 
 #include <dlfcn.h>
@@ -43,8 +51,9 @@ int dsla_cuda_cudnn_rows(int n) {
 
 /* Plans kept; the oldest is dropped when full. Prompt lengths are bucketed (dsla_cuda_cudnn_rows:
  * 56 buckets up to 32K tokens), and finding and finalising a plan took ~80 ms per bucket on an
- * H200, so the cache holds every bucket a server is likely to see. */
-enum { CUDNN_PLAN_CACHE = 64 };
+ * H200, so the cache holds every bucket a server is likely to see, and chunks with a past (one plan
+ * per query bucket and power-of-two key bucket, dsla_cuda_cudnn_kv_rows) beside them. */
+enum { CUDNN_PLAN_CACHE = 128 };
 /* cuDNN's fused flash attention takes head dims that are multiples of 8 up to 128 on Hopper. */
 enum { CUDNN_MAX_HEAD_DIM = 128, CUDNN_HEAD_DIM_ALIGN = 8 };
 /* Unique ids of the tensors the caller binds at execution. */
@@ -590,7 +599,7 @@ dsla_status_t dsla_cuda_attention_prefill_cudnn_past(dsla_cuda_cudnn_t *c,
                               .head_dim = shape->head_dim,
                               .in_stride = q_stride,
                               .out_stride = out_stride,
-                              .kv_n = dsla_cuda_cudnn_rows(past + n),
+                              .kv_n = dsla_cuda_cudnn_kv_rows(past + n),
                               .kv_stride = kv_stride};
     return execute(c, stream, &key, out, q, k, v, past, shape);
 }

@@ -12,9 +12,11 @@
 #include "kernels/kernels_cuda_dsla.h"
 #include "runtime/model/kv_arena.h"
 
-/* Decode graphs kept per model: one per (batch size, context bucket, plan) seen; a server cycles
- * through a few batch sizes, and a full cache is simply flushed. */
-enum { GRAPH_CACHE = 32 };
+/* Decode graphs kept per model: one per (batch size, context bucket, plan) seen. A server under
+ * load walks through every batch size up to its running set (256) in a few buckets, so the cache
+ * holds many and evicts the least recently used one (version 1 kept 32 and flushed them all when
+ * full, so a server past 32 shapes recaptured almost every step). */
+enum { GRAPH_CACHE = 256 };
 /* Smallest context bucket. A graph captured for a bucket serves every context up to it; the bucket
  * only bounds the decode kernel's split count (its chunks are cut from each sequence's length on
  * the device), so powers of two cost no speed and keep the count of graphs small. */
@@ -51,6 +53,7 @@ typedef struct {
     int bucket;
     uint64_t plan; /* hash of the batch's plan */
     dsla_cuda_graph_t *graph;
+    uint64_t used; /* the model's graph_clock at its last launch */
 } graph_entry_t;
 
 struct dsla_cuda_model {
@@ -101,6 +104,11 @@ struct dsla_cuda_model {
      * goes, and how many layers to run. */
     float *capture[DSLA_LAYER_ORDER_MAX + 1];
     int capture_layers;
+    /* step accounting: device timing of the passes (NULL timer: off) */
+    dsla_cuda_phase_timer_t *timer;
+    dsla_cuda_timing_t timing;
+    bool decode_runs_off; /* mixed steps run their one-token items one call each */
+    uint64_t graph_clock; /* uses of the graph cache, for its least-recently-used eviction */
 };
 
 struct dsla_cuda_kv {
@@ -397,6 +405,7 @@ void dsla_cuda_model_destroy(dsla_cuda_model_t **pm) {
     dsla_cuda_host_free((void **)&m->tok_host);
     dsla_cuda_host_free((void **)&m->sample_host);
     dsla_cuda_event_destroy(&m->uploaded);
+    dsla_cuda_phase_timer_destroy(&m->timer);
     dsla_cuda_blas_destroy(&m->blas);
     free(m->layers);
     free(m->dsla);
@@ -418,6 +427,28 @@ dsla_cuda_model_stats_t dsla_cuda_model_stats(const dsla_cuda_model_t *m) {
 
 void dsla_cuda_model_set_graphs(dsla_cuda_model_t *m, bool on) {
     m->opts.graphs = on && m->stream && !m->stats.graphs_disabled;
+}
+
+dsla_status_t dsla_cuda_model_set_timing(dsla_cuda_model_t *m, dsla_cuda_timing_t timing) {
+    if (timing != DSLA_CUDA_TIMING_OFF && !m->timer)
+        DSLA_TRY(dsla_cuda_phase_timer_create(&m->timer));
+    m->timing = timing;
+    return DSLA_OK;
+}
+
+bool dsla_cuda_model_last_timing(dsla_cuda_model_t *m, double *device_s, double *phase_s,
+                                 bool *split) {
+    if (!m->timer) return false;
+    return dsla_cuda_phase_timer_read(m->timer, device_s, phase_s, split);
+}
+
+void dsla_cuda_model_set_decode_runs(dsla_cuda_model_t *m, bool on) {
+    m->decode_runs_off = !on;
+}
+
+/* The work enqueued from here on belongs to phase p (when the pass is timed by phase). */
+static void mark(dsla_cuda_model_t *m, dsla_cuda_phase_t p) {
+    if (m->timer) dsla_cuda_phase_timer_mark(m->timer, m->stream, p);
 }
 
 const float *dsla_cuda_model_logits(const dsla_cuda_model_t *m) {
@@ -880,7 +911,7 @@ static dsla_status_t cudnn_gather(dsla_cuda_model_t *m, const step_t *st, int l,
                                   const item_plan_t *it) {
     const dsla_model_config_t *c = &m->cfg;
     const int kvw = c->num_kv_heads * c->head_dim;
-    const size_t rows = (size_t)dsla_cuda_cudnn_rows(it->past + it->n);
+    const size_t rows = (size_t)dsla_cuda_cudnn_kv_rows(it->past + it->n);
     if (rows > m->kv_g_rows) {
         dsla_cuda_free((void **)&m->kv_gk);
         dsla_cuda_free((void **)&m->kv_gv);
@@ -931,28 +962,41 @@ static bool cudnn_prefill(dsla_cuda_model_t *m, const step_t *st, int l, const i
     return false;
 }
 
-/* One prompt's attention on attention.cu's kernels, into att: a lone token takes the decode
- * kernel, as it would in a decode batch (its result then does not depend on what it was batched
- * with); longer ones the prefill kernel over the paged cache. */
+/* Attention on attention.cu's kernels, into att, for item i or, when it is a lone token, for
+ * the `count` one-token items from i on (their rows are consecutive): those take the decode
+ * kernel as one batch, as in a decode step, so that a step mixing prompts with many decodes costs
+ * one launch per layer for the decodes rather than one per decode (version 1 ran one per item:
+ * with 140 decodes of ~1.2K tokens, ~20 us each, ~90 ms a step on an H200). Longer items take the
+ * prefill kernel over the paged cache. */
 static dsla_status_t own_attention(dsla_cuda_model_t *m, const step_t *st, int l,
-                                   const item_plan_t *it, int i) {
+                                   const item_plan_t *it, int i, int count) {
     const dsla_model_config_t *c = &m->cfg;
     const int d = c->head_dim, H = c->num_heads, Hkv = c->num_kv_heads, L = c->num_layers;
     const int qw = H * d, kvw = Hkv * d, qkv_w = qw + 2 * kvw;
     const dsla_attn_shape_t shape = {H, Hkv, d};
     dsla_cuda_kv_t *kv = st->kv;
     if (it->n == 1) {
-        const dsla_cuda_decode_batch_t one = {
+        const dsla_cuda_decode_batch_t run = {
             kv->tables, m->dstep + st->lay.table_rows + (size_t)l * st->n_items + i,
             m->dstep + st->lay.ctx_lens + i, kv->max_blocks};
         return dsla_cuda_attention_decode_pool(
             m->stream, m->att + (size_t)it->row0 * qw, qw, m->qkv + (size_t)it->row0 * qkv_w, qkv_w,
-            1, st->bucket, &shape, &kv->pool, &one, m->dec_ws, m->dec_ws_bytes);
+            count, st->bucket, &shape, &kv->pool, &run, m->dec_ws, m->dec_ws_bytes);
     }
     const int32_t *table = kv->tables + ((size_t)it->seq->slot * L + l) * (size_t)kv->max_blocks;
     return dsla_cuda_attention_prefill_pool(m->stream, m->att + (size_t)it->row0 * qw, qw,
                                             m->qkv + (size_t)it->row0 * qkv_w, qkv_w, it->n,
                                             it->past, &shape, &kv->pool, table);
+}
+
+/* Items from i on that are lone tokens (at least 1 when item i is one; 1 for a prompt): one
+ * batched decode call serves them, unless runs are off. */
+static int decode_run(const dsla_cuda_model_t *m, const step_t *st, int i) {
+    int n = 1;
+    if (st->items[i].n != 1 || m->decode_runs_off) return n;
+    while (i + n < st->n_items && st->items[i + n].n == 1)
+        n++;
+    return n;
 }
 
 static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l) {
@@ -961,8 +1005,10 @@ static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l
     const int qw = H * d, kvw = Hkv * d, qkv_w = qw + 2 * kvw, D = c->hidden_size;
     const dsla_attn_shape_t shape = {H, Hkv, d};
     dsla_cuda_kv_t *kv = st->kv;
+    mark(m, DSLA_CUDA_PHASE_GEMM);
     DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->qkv, DSLA_DTYPE_F32, m->xn, m->layers[l].wqkv,
                             m->opts.weight_dtype, st->rows, qkv_w, D, 0.0f));
+    mark(m, DSLA_CUDA_PHASE_ATTENTION);
     DSLA_TRY(dsla_cuda_rope(m->stream, m->qkv, st->rows, qkv_w, H + Hkv, d,
                             m->dstep + st->lay.positions, m->inv_freq));
     DSLA_TRY(dsla_cuda_kv_write(m->stream, &kv->pool,
@@ -981,14 +1027,17 @@ static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l
      * cuDNN item's padded rows land on the next item's, which are written after them). */
     const bool via_cudnn = cudnn_usable(m, st);
     if (via_cudnn) DSLA_TRY(cudnn_prepare(m, st));
-    for (int i = 0; i < st->n_items; i++) {
+    for (int i = 0, count; i < st->n_items; i += count) {
         const item_plan_t *it = &st->items[i];
+        count = 1;
         if (via_cudnn && !m->cudnn_off && cudnn_item(m, it) && cudnn_prefill(m, st, l, it))
             continue;
-        DSLA_TRY(own_attention(m, st, l, it, i));
+        count = decode_run(m, st, i);
+        DSLA_TRY(own_attention(m, st, l, it, i, count));
+        const int rows = it->n == 1 ? count : it->n;
         if (via_cudnn)
             DSLA_TRY(dsla_cuda_to_bf16(m->stream, (uint16_t *)m->att_c + (size_t)it->row0 * qw,
-                                       m->att + (size_t)it->row0 * qw, (size_t)it->n * qw));
+                                       m->att + (size_t)it->row0 * qw, (size_t)rows * qw));
     }
     m->att_c_ready = via_cudnn;
     return DSLA_OK;
@@ -1011,11 +1060,13 @@ static dsla_status_t run_dsla(dsla_cuda_model_t *m, const step_t *st, int l) {
     const int d = c->head_dim, H = c->num_heads, qw = H * d, D = c->hidden_size;
     const dev_dsla_t *w = &m->dsla[l];
     const size_t pn = (size_t)st->rows * qw;
+    mark(m, DSLA_CUDA_PHASE_GEMM);
     for (int p = 0; p < DSLA_PROJ; p++)
         DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->qkv + p * pn, DSLA_DTYPE_F32, m->xn,
                                 offset(w->w5, (size_t)p * qw * D, m->wsize), m->opts.weight_dtype,
                                 st->rows, qw, D, 0.0f));
     float *q = m->qkv, *k = q + pn, *v = k + pn, *a1 = v + pn, *a2 = a1 + pn;
+    mark(m, DSLA_CUDA_PHASE_DSLA);
     DSLA_TRY(dsla_cuda_add_row_bias(m->stream, a1, qw, w->bias, st->rows, qw));
     DSLA_TRY(dsla_cuda_add_row_bias(m->stream, a2, qw, w->bias + qw, st->rows, qw));
     if (st->decode) {
@@ -1029,10 +1080,23 @@ static dsla_status_t run_dsla(dsla_cuda_model_t *m, const step_t *st, int l) {
     const bool chunked = dsla_cuda_dsla_chunked_supports(d) != 0;
     const dsla_dsla_dims_t dims = {1, 1, H, d};
     const size_t state_bytes = (size_t)H * d * d * sizeof(float);
-    for (int i = 0; i < st->n_items; i++) {
+    float *const *slots =
+        (float *const *)(m->dstep + st->lay.states + (size_t)l * 2 * st->n_items * 2);
+    for (int i = 0, count; i < st->n_items; i += count) {
         const item_plan_t *it = &st->items[i];
         float *s1 = it->seq->states[2 * l], *s2 = it->seq->states[2 * l + 1];
         const dsla_cuda_dsla_states_t states = {s1, s2, NULL, NULL};
+        count = decode_run(m, st, i);
+        if (count > 1) {
+            /* Consecutive lone tokens: one recurrent step over their slots, as a decode step. */
+            const dsla_dsla_dims_t rd = {count, 1, H, d};
+            const size_t r = (size_t)it->row0 * qw;
+            const dsla_cuda_dsla_in_t in = {q + r,  k + r,          v + r,   a1 + r,
+                                            a2 + r, DSLA_DTYPE_F32, w->alpha};
+            const dsla_cuda_dsla_states_t run = {NULL, NULL, slots + i, slots + st->n_items + i};
+            DSLA_TRY(dsla_cuda_dsla_decode(m->stream, &rd, &in, &run, m->att + r));
+            continue;
+        }
         if (chunked && it->n > 1) {
             /* Prompts: the chunked form, from the sequence's states into scratch, copied back
              * (the kernel's final states must not alias its initial ones). */
@@ -1077,6 +1141,7 @@ static dsla_status_t run_body(dsla_cuda_model_t *m, const step_t *st) {
         if (m->capture[l])
             DSLA_TRY(
                 dsla_cuda_copy(m->capture[l], m->x, (size_t)rows * D * sizeof(float), m->stream));
+        mark(m, DSLA_CUDA_PHASE_OTHER);
         DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->xn, wt, m->x, w->attn_norm, rows, D, eps));
         const bool dsla = st->kinds[l] == DSLA_LAYER_DSLA;
         m->att_c_ready = false;
@@ -1084,22 +1149,29 @@ static dsla_status_t run_body(dsla_cuda_model_t *m, const step_t *st) {
         if (m->att_c != m->att && !m->att_c_ready)
             DSLA_TRY(dsla_cuda_to_bf16(m->stream, m->att_c, m->att, (size_t)rows * qw));
         /* The residual adds ride on the output projections (beta = 1). */
+        mark(m, DSLA_CUDA_PHASE_GEMM);
         DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->x, DSLA_DTYPE_F32, m->att_c,
                                 dsla ? m->dsla[l].wo : w->wo, wt, rows, D, qw, 1.0f));
+        mark(m, DSLA_CUDA_PHASE_OTHER);
         DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->xn, wt, m->x, w->mlp_norm, rows, D, eps));
+        mark(m, DSLA_CUDA_PHASE_GEMM);
         DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->gu, DSLA_DTYPE_F32, m->xn, w->w_gate_up, wt,
                                 rows, 2 * I, D, 0.0f));
+        mark(m, DSLA_CUDA_PHASE_OTHER);
         DSLA_TRY(dsla_cuda_swiglu(m->stream, m->act, wt, m->gu, m->gu + I, rows, I, 2 * I));
+        mark(m, DSLA_CUDA_PHASE_GEMM);
         DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->x, DSLA_DTYPE_F32, m->act, w->w_down, wt,
                                 rows, D, I, 1.0f));
     }
     if (m->capture[run_layers])
         DSLA_TRY(dsla_cuda_copy(m->capture[run_layers], m->x, (size_t)rows * D * sizeof(float),
                                 m->stream));
+    mark(m, DSLA_CUDA_PHASE_OTHER);
     DSLA_TRY(dsla_cuda_gather_rows(m->stream, m->last_x, D, m->x, D, m->dstep + st->lay.logit_rows,
                                    st->n_logit, D));
     DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->last_xn, wt, m->last_x, m->final_norm, st->n_logit, D,
                                eps));
+    mark(m, DSLA_CUDA_PHASE_GEMM);
     return dsla_cuda_gemm(m->blas, m->stream, m->logits, DSLA_DTYPE_F32, m->last_xn, m->lm_head, wt,
                           st->n_logit, V, D, 0.0f);
 }
@@ -1124,13 +1196,22 @@ static dsla_status_t run_graph(dsla_cuda_model_t *m, const step_t *st, bool *ran
     for (int i = 0; i < m->n_graphs; i++) {
         graph_entry_t *g = &m->graphs[i];
         if (g->batch == st->n_items && g->bucket == st->bucket && g->plan == plan) {
+            g->used = ++m->graph_clock;
             DSLA_TRY(dsla_cuda_graph_launch(g->graph, m->stream));
             m->stats.graph_replays++;
             *ran = true;
             return DSLA_OK;
         }
     }
-    if (m->n_graphs == GRAPH_CACHE) free_graphs(m);
+    int at = m->n_graphs;
+    if (at == GRAPH_CACHE) {
+        at = 0;
+        for (int i = 1; i < GRAPH_CACHE; i++)
+            if (m->graphs[i].used < m->graphs[at].used) at = i;
+        dsla_cuda_graph_destroy(&m->graphs[at].graph);
+        m->graphs[at] = m->graphs[--m->n_graphs];
+        at = m->n_graphs;
+    }
     if (dsla_cuda_capture_begin(m->stream) != DSLA_OK) {
         m->stats.graphs_disabled = true;
         m->opts.graphs = false;
@@ -1148,7 +1229,8 @@ static dsla_status_t run_graph(dsla_cuda_model_t *m, const step_t *st, bool *ran
         dsla_clear_error();
         return DSLA_OK;
     }
-    m->graphs[m->n_graphs++] = (graph_entry_t){st->n_items, st->bucket, plan, graph};
+    m->graphs[at] = (graph_entry_t){st->n_items, st->bucket, plan, graph, ++m->graph_clock};
+    m->n_graphs = at + 1;
     m->stats.graph_captures++;
     DSLA_TRY(dsla_cuda_graph_launch(graph, m->stream));
     m->stats.graph_replays++;
@@ -1293,8 +1375,13 @@ dsla_status_t dsla_cuda_model_forward(dsla_cuda_model_t *m, const dsla_cuda_batc
                        decode,  items[0].seq->kinds,
                        lay};
     bool ran = false;
-    if (status == DSLA_OK && decode && m->opts.graphs) status = run_graph(m, &st, &ran);
+    const bool phases = m->timing == DSLA_CUDA_TIMING_PHASES;
+    if (m->timing != DSLA_CUDA_TIMING_OFF)
+        dsla_cuda_phase_timer_begin(m->timer, m->stream, phases, DSLA_CUDA_PHASE_OTHER);
+    /* A pass split by phase records events between kernels, which a graph cannot hold. */
+    if (status == DSLA_OK && decode && m->opts.graphs && !phases) status = run_graph(m, &st, &ran);
     if (status == DSLA_OK && !ran) status = run_body(m, &st);
+    if (m->timing != DSLA_CUDA_TIMING_OFF) dsla_cuda_phase_timer_end(m->timer, m->stream);
     for (int i = 0; i < n_items; i++)
         items[i].seq->length = plan[i].past + plan[i].n;
     m->logit_rows = n_logit;

@@ -37,6 +37,7 @@
 #include "runtime/model/dsla_layer.h"
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/llama.h"
+#include "runtime/model/phase_timer_cuda.h"
 
 typedef struct dsla_cuda_model dsla_cuda_model_t;
 typedef struct dsla_cuda_kv dsla_cuda_kv_t;
@@ -155,6 +156,26 @@ typedef struct {
 dsla_cuda_model_stats_t dsla_cuda_model_stats(const dsla_cuda_model_t *m);
 /* Turns decode graphs on or off (benchmarks measure both). */
 void dsla_cuda_model_set_graphs(dsla_cuda_model_t *m, bool on);
+
+/* Device timing of the next forward passes, for step accounting (phase_timer_cuda.h): OFF; SPAN,
+ * two events around each pass (graphs stay on); PHASES, events between its GEMMs, attention, DSLA
+ * and other kernels (such a pass runs eagerly, without a graph). */
+typedef enum {
+    DSLA_CUDA_TIMING_OFF,
+    DSLA_CUDA_TIMING_SPAN,
+    DSLA_CUDA_TIMING_PHASES
+} dsla_cuda_timing_t;
+dsla_status_t dsla_cuda_model_set_timing(dsla_cuda_model_t *m, dsla_cuda_timing_t timing);
+/* What the last forward pass measured, once it returned logits to the host: its device seconds
+ * and, under PHASES, seconds per dsla_cuda_phase_t (phase_s[DSLA_CUDA_PHASES]). False when
+ * nothing was measured. */
+bool dsla_cuda_model_last_timing(dsla_cuda_model_t *m, double *device_s, double *phase_s,
+                                 bool *split);
+
+/* In a step that is not all decodes, consecutive one-token items run their attention and DSLA
+ * layers as one batched decode call (on, the default) or one call per item (off: the version
+ * before, kept for benchmarks and the test that compares the two). */
+void dsla_cuda_model_set_decode_runs(dsla_cuda_model_t *m, bool on);
 
 #endif /* DSLA_HAVE_CUDA */
 

@@ -23,6 +23,7 @@
 #include "runtime/model/config.h"
 #include "runtime/model/llama.h"
 #include "runtime/serve/plan.h"
+#include "runtime/serve/step_stats.h"
 
 typedef struct dsla_serve_backend dsla_serve_backend_t;
 typedef struct dsla_serve_seq dsla_serve_seq_t; /* a backend's sequence, opaque to the engine */
@@ -63,6 +64,12 @@ struct dsla_serve_backend {
     int blocks_per_slot; /* blocks one DSLA state slot (2 H d d fp32) takes */
     int max_slots;       /* slots the arena holds at most: kv_blocks / blocks_per_slot */
     int max_context;     /* longest sequence the backend runs (prompt + output) */
+    /* Step accounting (step_stats.h): the model's costs (set at creation), what the engine asks
+     * the next forward call to time on the device, and what that call measured. */
+    dsla_step_costs_t costs;
+    dsla_step_timing_t timing;
+    bool time_phases; /* split the device phases in the next call (it then runs no graph) */
+    dsla_step_device_t measured;
 };
 
 /* The CPU model over a host arena of kv_blocks blocks; max_items bounds the items of one forward

@@ -93,6 +93,7 @@ dsla_status_t dsla_serve_backend_cpu_create(dsla_serve_backend_t **out, dsla_mod
         .name = "cpu",
         .kv_blocks = kv_blocks,
         .max_context = mc->max_position_embeddings,
+        .costs = dsla_step_costs_for(mc, sizeof(float), sizeof(float)), /* fp32 weights and KV */
     };
     c->model = model;
     c->max_items = max_items;

@@ -135,6 +135,22 @@ static dsla_status_t install(cuda_backend_t *c, dsla_plan_t *plan) {
     return DSLA_OK;
 }
 
+/* Adds what the model timed in its last pass to the call's measurement (step_stats.h). */
+static void account_pass(cuda_backend_t *c) {
+    double device = 0, phase[DSLA_CUDA_PHASES];
+    bool split = false;
+    dsla_step_device_t *out = &c->base.measured;
+    if (!dsla_cuda_model_last_timing(c->m, &device, phase, &split)) return;
+    out->device_measured = true;
+    out->device_s += device;
+    if (!split) return;
+    out->phases_measured = true;
+    out->phase_s[DSLA_STEP_GEMM] += phase[DSLA_CUDA_PHASE_GEMM];
+    out->phase_s[DSLA_STEP_ATTENTION] += phase[DSLA_CUDA_PHASE_ATTENTION];
+    out->phase_s[DSLA_STEP_DSLA] += phase[DSLA_CUDA_PHASE_DSLA];
+    out->phase_s[DSLA_STEP_OTHER_GPU] += phase[DSLA_CUDA_PHASE_OTHER];
+}
+
 static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item_t *items,
                                   int n_items, float *logits) {
     cuda_backend_t *c = (cuda_backend_t *)b;
@@ -142,6 +158,10 @@ static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "cuda backend: %d items, at most %d (max_seqs)", n_items, c->max_items);
     const size_t V = (size_t)b->cfg->vocab_size;
+    DSLA_TRY(dsla_cuda_model_set_timing(c->m, b->time_phases ? DSLA_CUDA_TIMING_PHASES
+                                              : b->timing != DSLA_STEP_TIMING_HOST
+                                                  ? DSLA_CUDA_TIMING_SPAN
+                                                  : DSLA_CUDA_TIMING_OFF));
     memset(c->done, 0, (size_t)n_items * sizeof *c->done);
     for (int i = 0; i < n_items; i++) {
         if (c->done[i]) continue;
@@ -158,6 +178,7 @@ static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item
         /* One group (the usual case) lands in place; several are scattered by item. */
         float *dst = n == n_items ? logits : c->rows;
         DSLA_TRY(dsla_cuda_model_forward(c->m, c->citems, n, dst));
+        account_pass(c);
         if (dst != logits)
             for (int g = 0; g < n; g++)
                 memcpy(logits + (size_t)c->group[g] * V, c->rows + (size_t)g * V,
@@ -194,6 +215,9 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
         .name = "cuda",
         .kv_blocks = o->kv_blocks,
         .max_context = o->max_context,
+        /* deployments store weights and KV in one dtype */
+        .costs = dsla_step_costs_for(mc, o->kv_dtype == DSLA_DTYPE_BF16 ? 2 : 4,
+                                     o->kv_dtype == DSLA_DTYPE_BF16 ? 2 : 4),
     };
     c->m = model;
     c->max_items = o->max_seqs;

@@ -67,6 +67,11 @@ static dsla_status_t check_config(const dsla_engine_config_t *c) {
                           "engine: max_queued %d and max_queued_tokens %ld must be at least 1, "
                           "max_queue_wait_ms %ld at least 0",
                           c->max_queued, c->max_queued_tokens, c->max_queue_wait_ms);
+    if (c->step_timing < DSLA_STEP_TIMING_HOST || c->step_timing > DSLA_STEP_TIMING_PHASES ||
+        c->step_phase_every < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "engine: step_timing %d must be 0..2 and step_phase_every %d >= 0",
+                          (int)c->step_timing, c->step_phase_every);
     return DSLA_OK;
 }
 
@@ -97,7 +102,10 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
     e->item_req = calloc(n, sizeof *e->item_req);
     e->order = calloc(n, sizeof *e->order);
     e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
-    if (!e->running || !e->items || !e->item_req || !e->order || !e->logits)
+    e->sampled = calloc(n, sizeof *e->sampled);
+    e->acct_items = calloc(n, sizeof *e->acct_items);
+    if (!e->running || !e->items || !e->item_req || !e->order || !e->logits || !e->sampled ||
+        !e->acct_items)
         return dsla_error_oom("engine: %d sequences", e->cfg.max_running);
     e->cfg.kv_blocks = e->backend->kv_blocks;
     e->m.kv_blocks_total = e->cfg.kv_blocks;
@@ -193,6 +201,8 @@ void dsla_engine_destroy(dsla_engine_t **ep) {
     free(e->item_req);
     free(e->order);
     free(e->logits);
+    free(e->sampled);
+    free(e->acct_items);
     free(e);
     *ep = NULL;
 }
@@ -521,4 +531,9 @@ void dsla_engine_metrics(const dsla_engine_t *e, dsla_engine_metrics_t *out) {
     out->kv_blocks_used = e->cfg.kv_blocks - e->backend->ops->free_blocks(e->backend) -
                           out->state_slots_used * e->backend->blocks_per_slot;
     out->plan_id = dsla_plan_id(admission_plan(e));
+}
+
+bool dsla_engine_last_step(const dsla_engine_t *e, dsla_step_record_t *out) {
+    *out = e->last_step;
+    return e->last_step.step > 0;
 }

@@ -70,6 +70,12 @@ typedef struct {
     bool batch_invariant;
     dsla_clock_fn clock; /* NULL: CLOCK_MONOTONIC */
     void *clock_user;
+    /* Step accounting (step_stats.h): what the device times beyond host clocks (default HOST:
+     * nothing), every how many steps PHASES splits the device phases (0 or 1: every step), and
+     * the device's rates for the floor (zeros: no floor). */
+    dsla_step_timing_t step_timing;
+    int step_phase_every;
+    dsla_step_rates_t step_rates;
 } dsla_engine_config_t;
 
 /* The defaults above. kv_blocks 0 becomes enough blocks for max_running full contexts over every
@@ -165,5 +171,8 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed);
 bool dsla_engine_idle(const dsla_engine_t *e);
 
 void dsla_engine_metrics(const dsla_engine_t *e, dsla_engine_metrics_t *out);
+/* The accounting of the last step that ran a forward pass (step_stats.h); false before the first.
+ */
+bool dsla_engine_last_step(const dsla_engine_t *e, dsla_step_record_t *out);
 
 #endif

@@ -68,7 +68,10 @@ struct dsla_engine {
     dsla_serve_item_t *items;
     request_t **item_req;
     request_t **order;
-    float *logits; /* [max_running, vocab] */
+    float *logits;                /* [max_running, vocab] */
+    int32_t *sampled;             /* [max_running] this step's tokens, by item */
+    dsla_step_item_t *acct_items; /* [max_running] this step's items, for the accounting */
+    dsla_step_record_t last_step; /* the last step that ran a forward pass */
     dsla_engine_metrics_t m;
     double rate_time[DSLA_METRICS_RATE_STEPS];
     uint64_t rate_tokens[DSLA_METRICS_RATE_STEPS];

@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "runtime/serve/step_stats.h"
+
 /* 100 us .. 100 us * 2^23 (about 14 minutes): from a fast CPU decode step to a request that sat in
  * a long queue; anything slower lands in the overflow bucket. */
 #define DSLA_HISTOGRAM_FIRST_BOUND 1e-4
@@ -60,6 +62,11 @@ typedef struct {
     int peak_state_slots_used;
     dsla_histogram_t ttft; /* submit to first generated token */
     dsla_histogram_t tpot; /* between consecutive generated tokens of one request */
+    /* Step accounting (step_stats.h): sums over every step (phase seconds, bytes, FLOPs, the
+     * floor) and the distribution of step times. Export as counters and a histogram:
+     * dsla_step_phase_seconds_total{phase}, dsla_step_floor_seconds_total, dsla_step_seconds. */
+    dsla_step_totals_t step_totals;
+    dsla_histogram_t step_time;
 } dsla_engine_metrics_t;
 
 /* Steps over which tokens_per_second is measured: long enough to smooth prefill bursts, short

@@ -314,8 +314,57 @@ static void expire_waiting(dsla_engine_t *e) {
     }
 }
 
+/* The step's work and floor (step_stats.h), before its forward pass changes n_computed; and what
+ * the backend should time on the device. */
+static void account_items(dsla_engine_t *e, int n_items) {
+    for (int i = 0; i < n_items; i++) {
+        const request_t *r = e->item_req[i];
+        e->acct_items[i] = (dsla_step_item_t){
+            .past = r->n_computed,
+            .n = r->sched_tokens,
+            .dsla_layers = dsla_plan_num_dsla(r->plan),
+            .samples = r->n_computed + r->sched_tokens >= dsla_request_total(r),
+        };
+    }
+    dsla_step_record_t *rec = &e->last_step;
+    dsla_step_account(rec, &e->backend->costs, &e->cfg.step_rates, e->acct_items, n_items);
+    dsla_serve_backend_t *b = e->backend;
+    const int every = e->cfg.step_phase_every > 1 ? e->cfg.step_phase_every : 1;
+    b->timing = e->cfg.step_timing;
+    b->time_phases = e->cfg.step_timing == DSLA_STEP_TIMING_PHASES && (e->m.steps + 1) % every == 0;
+    b->measured = (dsla_step_device_t){0};
+}
+
+/* Closes the step's record: times, phases, fraction; adds it to the metrics. */
+static void account_times(dsla_engine_t *e, double t0, double forward_s, double sampling_s,
+                          double t_end) {
+    dsla_step_record_t *rec = &e->last_step;
+    const dsla_step_device_t *dev = &e->backend->measured;
+    rec->step = e->m.steps;
+    rec->step_s = t_end - t0;
+    rec->forward_s = forward_s;
+    rec->device_measured = dev->device_measured;
+    rec->phases_measured = dev->phases_measured;
+    rec->device_s = dev->device_s;
+    double device = 0;
+    for (int p = 0; p < DSLA_STEP_PHASES; p++)
+        rec->phase_s[p] = 0;
+    if (dev->phases_measured)
+        for (int p = 0; p < DSLA_STEP_DEVICE_PHASES; p++)
+            rec->phase_s[p] = dev->phase_s[p];
+    if (dev->device_measured) device = dev->device_s;
+    rec->phase_s[DSLA_STEP_FORWARD_HOST] = forward_s > device ? forward_s - device : 0.0;
+    rec->phase_s[DSLA_STEP_SAMPLING] = sampling_s;
+    const double sched = rec->step_s - forward_s - sampling_s;
+    rec->phase_s[DSLA_STEP_SCHEDULING] = sched > 0 ? sched : 0.0;
+    rec->fraction = rec->step_s > 0 && rec->floor_s > 0 ? rec->floor_s / rec->step_s : 0.0;
+    dsla_step_totals_add(&e->m.step_totals, rec);
+    dsla_histogram_observe(&e->m.step_time, rec->step_s);
+}
+
 dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
     if (progressed) *progressed = false;
+    const double t0 = dsla_engine_now(e);
     if (e->pending_plan) {
         dsla_plan_release(&e->plan);
         e->plan = e->pending_plan;
@@ -330,14 +379,19 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
         request_t *r = e->item_req[i];
         e->items[i] = (dsla_serve_item_t){r->seq, r->tokens + r->n_computed, r->sched_tokens};
     }
+    account_items(e, sp.n_items);
     dsla_status_t status = DSLA_OK;
+    const double t_fwd = dsla_engine_now(e);
     if (sp.n_items > 0)
         status = e->backend->ops->forward(e->backend, e->items, sp.n_items, e->logits);
+    const double forward_s = dsla_engine_now(e) - t_fwd;
     for (int i = 0; i < sp.n_items; i++)
         e->item_req[i]->sched_item = -1;
     if (status == DSLA_OK && sp.n_items > 0) {
         double now = dsla_engine_now(e);
         const size_t V = (size_t)e->mcfg->vocab_size;
+        /* Every row is sampled before any token is taken: a token can end its request, and the
+         * sampling's time is then one interval of the step's accounting. */
         for (int i = 0; i < sp.n_items; i++) {
             request_t *r = e->item_req[i];
             int end = r->n_computed + r->sched_tokens;
@@ -345,10 +399,17 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
                 e->m.prompt_tokens_computed +=
                     (uint64_t)((end < r->prefill_end ? end : r->prefill_end) - r->n_computed);
             r->n_computed = end;
-            if (end < dsla_request_total(r)) continue;
-            take_token(e, r, dsla_sampler_sample(r->sampler, e->logits + (size_t)i * V), now);
+            if (end >= dsla_request_total(r))
+                e->sampled[i] = dsla_sampler_sample(r->sampler, e->logits + (size_t)i * V);
+        }
+        const double sampling_s = dsla_engine_now(e) - now;
+        for (int i = 0; i < sp.n_items; i++) {
+            request_t *r = e->item_req[i];
+            if (r->n_computed < dsla_request_total(r)) continue;
+            take_token(e, r, e->sampled[i], now);
         }
         record_step(e, now);
+        account_times(e, t0, forward_s, sampling_s, dsla_engine_now(e));
         if (progressed) *progressed = true;
     }
     e->in_step = false;

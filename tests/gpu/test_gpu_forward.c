@@ -578,6 +578,106 @@ static void test_dsla_hybrid(void **state) {
     free(dir);
 }
 
+enum { RUN_SEQS = 6, RUN_STEPS = 3 };
+
+/* Runs RUN_STEPS steps that mix prompts with runs of decode tokens on the CPU model and on g (with
+ * the one-token items batched into decode runs or not), returning the worst logits rel err. Step
+ * 0 prefills five prompts; step 1 puts a sixth prompt between a run of three decodes and a run of
+ * two; step 2 leads with a chunk after that prompt's past, then five decodes. */
+static double runs_vs_cpu(dsla_model_t *m, dsla_cuda_model_t *g, const dsla_layer_kind_t *kinds,
+                          bool runs) {
+    const dsla_model_config_t *cfg = dsla_model_config(m);
+    const int V = cfg->vocab_size, ctx = 96;
+    static const int first[RUN_SEQS] = {12, 20, 7, 0, 15, 9};
+    dsla_kv_pool_t *pool = NULL;
+    CUDA_OK(dsla_kv_pool_create(&pool, cfg,
+                                RUN_SEQS * cfg->num_layers * (ctx / DSLA_KV_BLOCK_TOKENS + 2)));
+    dsla_cuda_kv_t *kv = gpu_pool(g, DSLA_DTYPE_F32, RUN_SEQS, ctx);
+    dsla_sequence_t *cs[RUN_SEQS];
+    dsla_cuda_seq_t *gs[RUN_SEQS];
+    for (int s = 0; s < RUN_SEQS; s++) {
+        CUDA_OK(dsla_sequence_create_planned(&cs[s], pool, cfg, kinds));
+        CUDA_OK(dsla_cuda_seq_create(&gs[s], kv, kinds));
+    }
+    int32_t tokens[256];
+    for (int i = 0; i < 256; i++)
+        tokens[i] = (int32_t)(dsla_test_rand_u64(&rng) % (uint64_t)V);
+    dsla_cuda_model_set_decode_runs(g, runs);
+    float *cpu = malloc((size_t)RUN_SEQS * V * sizeof *cpu);
+    float *gl = malloc((size_t)RUN_SEQS * V * sizeof *gl);
+    double worst = 0.0;
+    const int32_t *src = tokens;
+    for (int step = 0; step < RUN_STEPS; step++) {
+        dsla_batch_item_t ci[RUN_SEQS];
+        dsla_cuda_batch_item_t gi[RUN_SEQS];
+        int n = 0;
+        for (int k = 0; k < RUN_SEQS; k++) {
+            /* step 2 starts with sequence 3's second chunk, the decodes after it */
+            const int s = step == 2 ? (k + 3) % RUN_SEQS : k;
+            const int len = step == 0 ? first[s] : s == 3 ? (step == 1 ? 25 : 10) : 1;
+            if (len == 0) continue;
+            ci[n] = (dsla_batch_item_t){cs[s], src, len, false};
+            gi[n++] = (dsla_cuda_batch_item_t){gs[s], src, len, false};
+            src += len;
+        }
+        CUDA_OK(dsla_model_forward(m, ci, n, cpu));
+        CUDA_OK(dsla_cuda_model_forward(g, gi, n, gl));
+        for (int i = 0; i < n; i++) {
+            const double e = dsla_test_rel_l2(gl + (size_t)i * V, cpu + (size_t)i * V, (size_t)V);
+            worst = e > worst || e != e ? e : worst;
+        }
+    }
+    free(cpu), free(gl);
+    for (int s = 0; s < RUN_SEQS; s++) {
+        dsla_sequence_destroy(&cs[s]);
+        dsla_cuda_seq_destroy(&gs[s]);
+    }
+    dsla_kv_pool_destroy(&pool);
+    dsla_cuda_kv_destroy(&kv);
+    dsla_cuda_model_set_decode_runs(g, true);
+    return worst;
+}
+
+/* Steps that mix prompts with runs of decode tokens: the decodes batched into one call per run
+ * (attention and DSLA layers) give the CPU model's logits, as the version with one call per item
+ * does; fp32, all attention and odd layers DSLA. */
+static void test_mixed_decode_runs(void **state) {
+    (void)state;
+    char *dir = model_dir("stories260K-hf");
+    if (!dir) skip();
+    dsla_model_t *m = NULL;
+    CUDA_OK(dsla_model_load(&m, dir));
+    const dsla_model_config_t *cfg = dsla_model_config(m);
+    dsla_cuda_model_t *g = gpu_model(m, DSLA_DTYPE_F32, 128, RUN_SEQS, 96);
+    dsla_layer_kind_t kinds[64];
+    dsla_dsla_layer_t *layers[64] = {0};
+    const bool hybrid = dsla_cuda_model_dsla_supported(g);
+    for (int pass = 0; pass < (hybrid ? 2 : 1); pass++) {
+        for (int l = 0; l < cfg->num_layers; l++) {
+            kinds[l] = pass == 1 && l % 2 ? DSLA_LAYER_DSLA : DSLA_LAYER_ATTN;
+            if (kinds[l] != DSLA_LAYER_DSLA) continue;
+            CUDA_OK(dsla_dsla_layer_create(&layers[l], cfg, l));
+            CUDA_OK(dsla_dsla_layer_init_from_teacher(layers[l], m, l, 31u + (uint64_t)l));
+            CUDA_OK(dsla_model_set_dsla_layer(m, l, layers[l]));
+            CUDA_OK(dsla_cuda_model_set_dsla_layer(g, l, layers[l]));
+        }
+        const double on = runs_vs_cpu(m, g, kinds, true), off = runs_vs_cpu(m, g, kinds, false);
+        printf("stories260K-hf %s, mixed steps, fp32: decode runs %.2e, one call per item %.2e "
+               "(worst logits rel err vs CPU)\n",
+               pass ? "odd layers DSLA" : "all attention", on, off);
+        if (!(on < TOL_LOGITS) || !(off < TOL_LOGITS))
+            fail_msg("mixed steps rel err %.3e / %.3e (tol %.0e)", on, off, TOL_LOGITS);
+    }
+    dsla_cuda_model_destroy(&g);
+    for (int l = 0; l < cfg->num_layers; l++) {
+        if (!layers[l]) continue;
+        CUDA_OK(dsla_model_set_dsla_layer(m, l, NULL));
+        dsla_dsla_layer_destroy(&layers[l]);
+    }
+    dsla_model_destroy(&m);
+    free(dir);
+}
+
 int main(void) {
     if (dsla_cuda_device_count() == 0) {
         fprintf(stderr, "no CUDA device: skipped\n");
@@ -592,7 +692,7 @@ int main(void) {
         cmocka_unit_test(test_attention_bf16),    cmocka_unit_test(test_stories_greedy),
         cmocka_unit_test(test_stories_ppl_bf16),  cmocka_unit_test(test_11m_logits),
         cmocka_unit_test(test_batch_equals_solo), cmocka_unit_test(test_cudnn_mixed_step),
-        cmocka_unit_test(test_dsla_hybrid),
+        cmocka_unit_test(test_dsla_hybrid),       cmocka_unit_test(test_mixed_decode_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -544,7 +544,7 @@ static double run_prefill_cudnn(const row_t *r) {
         uint16_t *pk = round_bf16(kv.k, pool_n), *pv = round_bf16(kv.v, pool_n);
         uint16_t *dpk = dev_copy(pk, pool_n * 2), *dpv = dev_copy(pv, pool_n * 2);
         int32_t *dt = dev_copy(kv.tables, (size_t)kv.blocks * 4);
-        const size_t kv_rows = (size_t)dsla_cuda_cudnn_rows(ctx);
+        const size_t kv_rows = (size_t)dsla_cuda_cudnn_kv_rows(ctx);
         uint16_t *dk = dev_output(kv_rows * width, true), *dv = dev_output(kv_rows * width, true);
         const dsla_cuda_kv_pool_t pool = {dpk, dpv, DSLA_DTYPE_BF16, DSLA_KV_BLOCK_TOKENS};
         CUDA_OK(dsla_cuda_kv_gather(NULL, &pool, dt, ctx, (int)kv_rows, width, dk, dv));
