@@ -982,3 +982,7 @@ const char *dsla_actor_endpoint(const dsla_actor_t *a, int i) {
 const char *dsla_actor_name(const dsla_actor_t *a) {
     return a->name;
 }
+
+void *dsla_actor_user(const dsla_actor_t *a) {
+    return a->user;
+}

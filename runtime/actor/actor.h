@@ -108,6 +108,9 @@ void dsla_actor_destroy(dsla_actor_t **a);
  * Any thread, after create. */
 const char *dsla_actor_endpoint(const dsla_actor_t *a, int i);
 const char *dsla_actor_name(const dsla_actor_t *a);
+/* The def's user pointer: what posted and work-done callbacks, whose own user is the job, reach
+ * their actor's state by. */
+void *dsla_actor_user(const dsla_actor_t *a);
 
 /* Connects a DEALER to a peer's mailbox and starts heartbeating it. ZeroMQ queues messages until
  * the connection is up, so sending right after connecting is fine. */
