@@ -291,6 +291,10 @@ void dsla_serving_core_on_report(dsla_serving_core_t *c) {
         c->ops.send(c->ops.user, c->controller, DSLA_MSG_LOAD_REPORT, 0, body.data, body.len) !=
             DSLA_OK)
         dsla_log_info("serving: LOAD_REPORT not sent: %s", dsla_last_error());
+    else /* the cadence under load, for operators and tests/integration/test_serve_load.c */
+        dsla_log_debug("serving: LOAD_REPORT sent: queue %u, running %u, plan %" PRIu64
+                       " with %u DSLA layers",
+                       r->queue_length, r->running, r->plan_id, r->n_dsla);
     dsla_proto_buf_free(&body);
     free(r);
     free(m);
