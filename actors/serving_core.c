@@ -19,8 +19,13 @@ typedef struct request {
     uint64_t client_id; /* the GENERATE's correlation id */
     char client[DSLA_PROTO_NAME_MAX + 1];
     uint64_t submitted_ms;
-    bool started;     /* its first event has come */
-    bool unreachable; /* a send to its client failed: it is being cancelled, nothing more goes */
+    bool started; /* its first event has come */
+    /* a send to its client failed, or the client's heartbeats stopped: the request is being
+     * cancelled, no TOKEN goes any more, and its end is an ERROR saying why (best effort: a
+     * client that merely stalled, or an upstream gateway whose queue was full, still learns that
+     * the stream ended rather than waiting for it forever) */
+    bool unreachable;
+    char why[DSLA_PROTO_MESSAGE_MAX / 2];
     /* a sampled prompt, kept until the engine accepts it (ids, or text when ids is NULL) */
     bool sampled;
     int32_t *sample_ids;
@@ -148,12 +153,17 @@ dsla_status_t dsla_serving_core_on_cancel(dsla_serving_core_t *c, const char *fr
                       (unsigned long long)m.request);
 }
 
+/* Cancels r because its client cannot be reached (why). */
+static void abandon(dsla_serving_core_t *c, request_t *r, const char *why) {
+    r->unreachable = true;
+    snprintf(r->why, sizeof r->why, "serving: request cancelled: %s", why);
+    c->ops.cancel(c->ops.user, r->key);
+}
+
 void dsla_serving_core_on_peer_gone(dsla_serving_core_t *c, const char *peer) {
     for (request_t *r = c->requests; r; r = r->next)
-        if (!r->unreachable && strcmp(r->client, peer) == 0) {
-            r->unreachable = true;
-            c->ops.cancel(c->ops.user, r->key);
-        }
+        if (!r->unreachable && strcmp(r->client, peer) == 0)
+            abandon(c, r, "the client's heartbeats stopped");
 }
 
 /* ---- streaming ---- */
@@ -186,7 +196,7 @@ static void send_end(dsla_serving_core_t *c, const request_t *r, const dsla_serv
     dsla_proto_buf_t body = {0};
     dsla_status_t st;
     uint32_t type;
-    if (ev->status == DSLA_OK) {
+    if (ev->status == DSLA_OK && !r->unreachable) {
         dsla_proto_done_t done = {.finish = ev->finish == DSLA_FINISH_STOP ? DSLA_PROTO_FINISH_STOP
                                             : ev->finish == DSLA_FINISH_CANCELLED
                                                 ? DSLA_PROTO_FINISH_CANCELLED
@@ -195,6 +205,11 @@ static void send_end(dsla_serving_core_t *c, const request_t *r, const dsla_serv
                                   .completion_tokens = (uint32_t)ev->usage.completion_tokens};
         type = DSLA_MSG_DONE;
         st = dsla_proto_done_encode(&done, &body);
+    } else if (r->unreachable) {
+        dsla_proto_error_t err = {.code = DSLA_CODE_UNAVAILABLE};
+        snprintf(err.message, sizeof err.message, "%s", r->why);
+        type = DSLA_MSG_ERROR;
+        st = dsla_proto_error_encode(&err, &body);
     } else { /* the engine's own sentence, which names the field, the limit and the value */
         dsla_proto_error_t err = {.code = dsla_proto_code_from_status(ev->status)};
         if (ev->message_len)
@@ -231,11 +246,10 @@ void dsla_serving_core_on_events(dsla_serving_core_t *c, const dsla_serving_batc
             DSLA_LOG_LIMITED(&c->unreachable_log, DSLA_LOG_INFO,
                              "serving: cancelling request %" PRIu64 " of %s: %s", r->client_id,
                              r->client, dsla_last_error());
-            r->unreachable = true;
-            c->ops.cancel(c->ops.user, r->key);
+            abandon(c, r, dsla_last_error());
         }
         if (!ev->finished) continue;
-        if (!r->unreachable) send_end(c, r, ev, b);
+        send_end(c, r, ev, b);
         request_remove(c, r);
     }
 }

@@ -3,7 +3,8 @@
  * streaming and DONE; a refusal carrying the engine's own sentence; a request cancelled mid-stream
  * by its client (and a CANCEL naming another client's request refused); a client vanishing
  * (heartbeats stop) and one that cannot be reached (its sends fail); the LOAD_REPORT from the
- * metrics snapshot and the request ages; prompt sampling of accepted prompts only. */
+ * metrics snapshot and the request ages; prompt sampling of accepted prompts only. A request given
+ * up on for its client still ends with an ERROR saying why, in case the client only stalled. */
 #include "tests/testutil.h"
 
 #include <stdio.h>
