@@ -127,8 +127,11 @@ static void on_set_plan(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
                                "answer go to");
         return;
     }
-    dsla_serving_plans_on_set_plan(s->plans, msg->from, msg->env->id, msg->env->body,
-                                   msg->env->body_len, dsla_actors_now_ms());
+    dsla_status_t st =
+        dsla_serving_plans_on_set_plan(s->plans, msg->from, msg->env->id, msg->env->body,
+                                       msg->env->body_len, dsla_actors_now_ms());
+    if (st != DSLA_OK)
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
 }
 
 static void on_layer_chunk(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {

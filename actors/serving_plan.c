@@ -235,20 +235,16 @@ static void start(dsla_serving_plans_t *p, uint64_t now_ms) {
     advance(p, now_ms);
 }
 
-void dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char *from, uint64_t id,
-                                    const void *body, size_t len, uint64_t now_ms) {
+dsla_status_t dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char *from, uint64_t id,
+                                             const void *body, size_t len, uint64_t now_ms) {
     change_t *c = calloc(1, sizeof *c);
-    if (!c) {
-        dsla_log_error("serving: SET_PLAN from %s dropped: out of memory", from);
-        return;
-    }
+    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: SET_PLAN: out of memory");
     snprintf(c->from, sizeof c->from, "%s", from);
     c->id = id;
     dsla_status_t st = dsla_proto_set_plan_decode(body, len, &c->plan);
     if (st != DSLA_OK) {
-        reply(p, from, id, 0, st, dsla_proto_code_from_status(st), dsla_last_error());
         change_free(&c);
-        return;
+        return st;
     }
     if (p->cur && p->cur->stage == STAGE_FETCH) {
         dsla_error(DSLA_ERR_CANCELLED,
@@ -264,7 +260,7 @@ void dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char *from, u
     if (!p->cur) {
         p->cur = c;
         start(p, now_ms);
-        return;
+        return DSLA_OK;
     }
     if (p->waiting) {
         dsla_error(DSLA_ERR_CANCELLED,
@@ -276,6 +272,7 @@ void dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char *from, u
         change_free(&p->waiting);
     }
     p->waiting = c;
+    return DSLA_OK;
 }
 
 void dsla_serving_plans_on_chunk(dsla_serving_plans_t *p, const char *from, uint64_t id,

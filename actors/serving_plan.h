@@ -74,9 +74,11 @@ dsla_status_t dsla_serving_plans_create(dsla_serving_plans_t **out,
 /* Drops every change in progress unanswered (a transfer's .part file removed). */
 void dsla_serving_plans_destroy(dsla_serving_plans_t **p);
 
-/* A SET_PLAN from `from` (a named peer: fetches and the answer go there) with correlation id. */
-void dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char *from, uint64_t id,
-                                    const void *body, size_t len, uint64_t now_ms);
+/* A SET_PLAN from `from` (a named peer: fetches and the answer go there) with correlation id.
+ * A body that does not decode is returned (the caller answers ERROR, as for any malformed
+ * frame); everything else is answered with PLAN_ACK or PLAN_NACK. */
+dsla_status_t dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char *from, uint64_t id,
+                                             const void *body, size_t len, uint64_t now_ms);
 void dsla_serving_plans_on_chunk(dsla_serving_plans_t *p, const char *from, uint64_t id,
                                  const void *body, size_t len, uint64_t now_ms);
 /* An ERROR; false when it does not answer the LAYER_FETCH in flight (the caller logs it). */

@@ -126,7 +126,9 @@ static void set_plan(dsla_serving_plans_t *p, uint64_t seq, uint64_t checksum) {
     dsla_proto_set_plan_t sp = {.seq = seq, .n_layers = 1, .layers = &l};
     dsla_proto_buf_t body;
     harness_ok(dsla_proto_set_plan_encode(&sp, &body), "encode SET_PLAN");
-    dsla_serving_plans_on_set_plan(p, "controller", 100 + seq, body.data, body.len, t.now);
+    harness_ok(
+        dsla_serving_plans_on_set_plan(p, "controller", 100 + seq, body.data, body.len, t.now),
+        "SET_PLAN");
     dsla_proto_buf_free(&body);
 }
 
@@ -213,6 +215,11 @@ static int teardown(void **state) {
 static void test_load_adopt_ack(void **state) {
     (void)state;
     dsla_serving_plans_t *p = plans_new(NULL);
+    /* a body that does not decode is the caller's to answer with ERROR; nothing starts */
+    assert_int_not_equal(dsla_serving_plans_on_set_plan(p, "controller", 9, "\xc1", 1, t.now),
+                         DSLA_OK);
+    assert_false(dsla_serving_plans_busy(p));
+    assert_int_equal(t.n_sent, 0);
     set_plan(p, 1, t.checksum);
     assert_int_equal(t.n_sent, 0); /* nothing is answered before the engine adopts */
     run_load(p);
