@@ -8,7 +8,9 @@
  * - the threshold policy converts layers during the load and reverts them after it.
  * Before the engine ran on a thread of its own, the serving actor stepped the engine from 0 ms
  * timers on its loop and, on libuv 1.44, heartbeats and reports stopped within seconds: this test
- * failed there (replica dead, no reports during the load). */
+ * failed there (the load line froze at queue 0, no report left during the load, nothing was
+ * converted). DSLA_TEST_SERVE_DEVICE=cuda runs the server on the GPU backend (`--device cuda
+ * --dtype f32`), as test_controller.c does. */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
 
@@ -77,9 +79,11 @@ static void *client_main(void *arg) {
                                      .n_prompt_ids =
                                          (int)(sizeof ctl_prompt_ids / sizeof ctl_prompt_ids[0]),
                                      .max_tokens = MAX_TOKENS,
-                                     .temperature = 0.8f,
+                                     /* greedy: a sampled byte-fallback token <0x00> would
+                                      * stream a NUL, which TOKEN's decoder refuses (a
+                                      * separate issue) */
+                                     .temperature = 0,
                                      .top_p = 1,
-                                     .seed = now,
                                      .ignore_eos = true,
                                      .stream = true};
         dsla_client_result_t res;
@@ -160,7 +164,17 @@ static void test_liveness_and_conversion_under_load(void **state) {
                           "--policy",
                           "threshold queue_high=32 queue_low=4 wait_high_ms=5000 wait_low_ms=1000 "
                           "cooldown_ms=1000 step=1",
+                          NULL,
+                          NULL,
+                          NULL,
+                          NULL,
                           NULL};
+    const char *device = getenv("DSLA_TEST_SERVE_DEVICE");
+    if (device && strcmp(device, "cuda") == 0) { /* the engine thread on the GPU backend */
+        static const char *const gpu[] = {"--device", "cuda", "--dtype", "f32"};
+        for (int i = 0; i < 4; i++)
+            args[16 + i] = gpu[i];
+    }
     setenv("DSLA_LOG", "debug", 1); /* the server's LOAD_REPORT lines */
     dsla_test_server_t srv = dsla_test_server_start_logged(args, log_path);
     unsetenv("DSLA_LOG");
