@@ -10,7 +10,7 @@
 #include "runtime/core/log.h"
 #include "runtime/model/dsla_layer.h"
 
-typedef enum { STAGE_FETCH, STAGE_LOAD, STAGE_ADOPT } stage_t;
+typedef enum { STAGE_PROBE, STAGE_FETCH, STAGE_LOAD, STAGE_ADOPT } stage_t;
 
 /* One SET_PLAN on its way. */
 typedef struct {
@@ -18,7 +18,8 @@ typedef struct {
     char from[DSLA_PROTO_NAME_MAX + 1]; /* the sender: fetches and the answer go there */
     uint64_t id;                        /* the SET_PLAN's correlation id */
     stage_t stage;
-    uint32_t next; /* the entry of plan.layers being fetched */
+    uint32_t next;                      /* the entry of plan.layers being fetched */
+    bool cached[DSLA_PROTO_LAYERS_MAX]; /* the probe's answer: entries not to fetch */
     dsla_transfer_t *xfer;
     uint64_t fetch_id; /* the LAYER_FETCH in flight; other LAYER_CHUNKs and ERRORs are stale */
     uint64_t deadline_ms;
@@ -80,6 +81,12 @@ static dsla_status_t load(dsla_serving_load_t *job) {
 }
 
 void dsla_serving_load_run(dsla_serving_load_t *job) {
+    if (job->probe) {
+        for (uint32_t i = 0; i < job->request.n_layers; i++) /* a mismatching file is removed */
+            job->cached[i] =
+                dsla_transfer_cached(job->request.layers[i].path, &job->request.layers[i]);
+        return;
+    }
     job->status = load(job);
     if (job->status != DSLA_OK) {
         snprintf(job->message, sizeof job->message, "%s", dsla_last_error());
@@ -135,6 +142,35 @@ static void reply(dsla_serving_plans_t *p, const char *to, uint64_t id, uint64_t
 
 static void start(dsla_serving_plans_t *p, uint64_t now_ms);
 
+/* A worker job over a copy of c's layers (paths included): the change may be answered and freed
+ * while the job runs. */
+static dsla_status_t job_new(dsla_serving_plans_t *p, const change_t *c, bool probe,
+                             dsla_serving_load_t **out) {
+    dsla_serving_load_t *job = calloc(1, sizeof *job);
+    if (!job) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
+    job->probe = probe;
+    job->mcfg = p->config.mcfg;
+    job->request.seq = c->plan.seq;
+    if (c->plan.n_layers) {
+        job->request.layers = calloc(c->plan.n_layers, sizeof *job->request.layers);
+        if (!job->request.layers) {
+            free(job);
+            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
+        }
+    }
+    for (uint32_t i = 0; i < c->plan.n_layers; i++) {
+        job->request.layers[i] = c->plan.layers[i];
+        job->request.layers[i].path = strdup(c->plan.layers[i].path);
+        job->request.n_layers = i + 1;
+        if (!job->request.layers[i].path) {
+            dsla_serving_load_free(&job);
+            return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
+        }
+    }
+    *out = job;
+    return DSLA_OK;
+}
+
 /* Ends the current change with its answer and starts the waiting one. */
 static void finish(dsla_serving_plans_t *p, dsla_status_t st, dsla_proto_code_t code,
                    const char *reason, uint64_t now_ms) {
@@ -154,21 +190,14 @@ static void fail(dsla_serving_plans_t *p, dsla_status_t st, uint64_t now_ms) {
 
 static void begin_load(dsla_serving_plans_t *p, uint64_t now_ms) {
     change_t *c = p->cur;
-    dsla_serving_load_t *job = calloc(1, sizeof *job);
-    if (!job) {
-        fail(p, dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory"), now_ms);
-        return;
+    dsla_serving_load_t *job = NULL;
+    dsla_status_t st = job_new(p, c, false, &job);
+    if (st == DSLA_OK) {
+        c->stage = STAGE_LOAD;
+        st = p->ops.load(p->ops.user, job);
+        if (st != DSLA_OK) dsla_serving_load_free(&job);
     }
-    job->request = c->plan; /* moved: the change keeps only its seq */
-    c->plan.layers = NULL;
-    c->plan.n_layers = 0;
-    job->mcfg = p->config.mcfg;
-    c->stage = STAGE_LOAD;
-    dsla_status_t st = p->ops.load(p->ops.user, job);
-    if (st != DSLA_OK) {
-        dsla_serving_load_free(&job);
-        fail(p, st, now_ms);
-    }
+    if (st != DSLA_OK) fail(p, st, now_ms);
 }
 
 /* Sends the LAYER_FETCH for the transfer's next chunk and sets its deadline. */
@@ -191,7 +220,7 @@ static void advance(dsla_serving_plans_t *p, uint64_t now_ms) {
     change_t *c = p->cur;
     for (; c->next < c->plan.n_layers; c->next++) {
         const dsla_proto_plan_layer_t *l = &c->plan.layers[c->next];
-        if (dsla_transfer_cached(l->path, l)) continue; /* fetched before: not again */
+        if (c->cached[c->next]) continue; /* fetched before: not again */
         dsla_status_t st = dsla_transfer_begin(&c->xfer, l->path, l, p->config.fetch_chunk);
         if (st == DSLA_OK) st = request_chunk(p, now_ms);
         if (st != DSLA_OK) fail(p, st, now_ms);
@@ -227,12 +256,14 @@ static void start(dsla_serving_plans_t *p, uint64_t now_ms) {
         return;
     }
     dsla_status_t st = plan_to_cache(p, &c->plan);
-    if (st != DSLA_OK) {
-        fail(p, st, now_ms);
-        return;
+    dsla_serving_load_t *job = NULL;
+    if (st == DSLA_OK) st = job_new(p, c, true, &job);
+    if (st == DSLA_OK) {
+        c->stage = STAGE_PROBE;
+        st = p->ops.load(p->ops.user, job);
+        if (st != DSLA_OK) dsla_serving_load_free(&job);
     }
-    c->stage = STAGE_FETCH;
-    advance(p, now_ms);
+    if (st != DSLA_OK) fail(p, st, now_ms);
 }
 
 dsla_status_t dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char *from, uint64_t id,
@@ -321,7 +352,14 @@ void dsla_serving_plans_on_tick(dsla_serving_plans_t *p, uint64_t now_ms) {
 void dsla_serving_plans_loaded(dsla_serving_plans_t *p, dsla_serving_load_t *job, bool cancelled,
                                uint64_t now_ms) {
     change_t *c = p->cur;
-    if (cancelled || !c || c->stage != STAGE_LOAD) {
+    if (!cancelled && c && c->stage == STAGE_PROBE && job->probe) {
+        memcpy(c->cached, job->cached, c->plan.n_layers * sizeof c->cached[0]);
+        dsla_serving_load_free(&job);
+        c->stage = STAGE_FETCH;
+        advance(p, now_ms);
+        return;
+    }
+    if (cancelled || !c || c->stage != STAGE_LOAD || job->probe) {
         dsla_serving_load_free(&job);
         return;
     }

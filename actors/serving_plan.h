@@ -3,7 +3,8 @@
  * loop) -> the engine adopts the plan at a step boundary -> PLAN_ACK, or PLAN_NACK at any stage
  * with the reason, the old plan kept.
  *
- * Fetching (config.layer_cache set): each version the cache lacks is fetched from the SET_PLAN's
+ * Fetching (config.layer_cache set): a worker first checks which versions the cache holds (their
+ * size and whole-file xxh64); each version the cache lacks is then fetched from the SET_PLAN's
  * sender with LAYER_FETCH, one chunk in flight, each LAYER_CHUNK written and hashed as it comes
  * (transfer.h), the file checked against the announced size and xxh64 before it is renamed into
  * the cache. No chunk within fetch_timeout_ms (on_tick's clock), a chunk that does not belong, a
@@ -33,10 +34,14 @@
 
 typedef struct dsla_serving_plans dsla_serving_plans_t;
 
-/* A load: filled by the state machine, run by dsla_serving_load_run anywhere (it touches nothing
- * else), handed back with dsla_serving_plans_loaded. */
+/* A job for a worker: filled by the state machine, run by dsla_serving_load_run anywhere (it
+ * touches nothing else), handed back with dsla_serving_plans_loaded. A probe (before fetching)
+ * only checks which versions the layer cache already holds, which reads and hashes whole files;
+ * a load reads and verifies them into a plan. */
 typedef struct {
-    dsla_proto_set_plan_t request; /* the paths to read */
+    bool probe;
+    bool cached[DSLA_PROTO_LAYERS_MAX]; /* a probe's result, per entry of request */
+    dsla_proto_set_plan_t request;      /* the paths to read (the job's own copy) */
     const dsla_model_config_t *mcfg;
     dsla_plan_t *plan; /* the result */
     dsla_status_t status;
@@ -45,7 +50,8 @@ typedef struct {
     dsla_proto_dsla_layer_t dsla[DSLA_PROTO_LAYERS_MAX];
 } dsla_serving_load_t;
 
-/* Loads and verifies the versions job->request names into job->plan (or status and message). */
+/* A probe: fills cached. A load: loads and verifies the versions job->request names into
+ * job->plan (or status and message). */
 void dsla_serving_load_run(dsla_serving_load_t *job);
 void dsla_serving_load_free(dsla_serving_load_t **job);
 
@@ -86,7 +92,7 @@ bool dsla_serving_plans_on_error(dsla_serving_plans_t *p, const char *from, uint
                                  const dsla_proto_error_t *err, uint64_t now_ms);
 /* Time passes: a fetch whose chunk is overdue ends. */
 void dsla_serving_plans_on_tick(dsla_serving_plans_t *p, uint64_t now_ms);
-/* A load done (cancelled: the shell is stopping; nothing is sent). Takes job. */
+/* A probe or load done (cancelled: the shell is stopping; nothing is sent). Takes job. */
 void dsla_serving_plans_loaded(dsla_serving_plans_t *p, dsla_serving_load_t *job, bool cancelled,
                                uint64_t now_ms);
 /* The engine's answer to ops.adopt: status OK and its new plan id, or why not (message). */

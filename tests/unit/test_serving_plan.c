@@ -89,9 +89,21 @@ static const sent_t *last_sent(void) {
 /* The worker's part, then its done callback. */
 static void run_load(dsla_serving_plans_t *p) {
     assert_non_null(t.job);
+    assert_false(t.job->probe);
     dsla_serving_load_t *job = t.job;
     t.job = NULL;
     dsla_serving_load_run(job);
+    dsla_serving_plans_loaded(p, job, false, t.now);
+}
+
+/* The worker's check of the cache before a fetch; cached: what it must find. */
+static void probe(dsla_serving_plans_t *p, bool cached) {
+    assert_non_null(t.job);
+    assert_true(t.job->probe);
+    dsla_serving_load_t *job = t.job;
+    t.job = NULL;
+    dsla_serving_load_run(job);
+    assert_int_equal(job->cached[0], cached);
     dsla_serving_plans_loaded(p, job, false, t.now);
 }
 
@@ -266,6 +278,7 @@ static void test_fetch_chunks_then_ack(void **state) {
     cache_dir(cache, sizeof cache, "cache-ok");
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
+    probe(p, false);
     int chunks = 0;
     while (!t.job) {
         answer_fetch(p, false);
@@ -281,6 +294,7 @@ static void test_fetch_chunks_then_ack(void **state) {
     /* the same version again: straight from the cache, no LAYER_FETCH */
     int before = t.n_sent;
     set_plan(p, 2, t.checksum);
+    probe(p, true);
     assert_int_equal(t.n_sent, before);
     run_load(p);
     run_adopt(p, 3);
@@ -294,6 +308,7 @@ static void test_controller_dies_mid_fetch(void **state) {
     cache_dir(cache, sizeof cache, "cache-dead");
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
+    probe(p, false);
     answer_fetch(p, false);
     answer_fetch(p, false); /* then silence */
     const int fetches = t.n_sent;
@@ -319,6 +334,7 @@ static void test_corrupt_chunk_nack(void **state) {
     cache_dir(cache, sizeof cache, "cache-corrupt");
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
+    probe(p, false);
     answer_fetch(p, true); /* the first chunk's bytes are damaged on the way */
     while (last_sent()->type == DSLA_MSG_LAYER_FETCH)
         answer_fetch(p, false);
@@ -333,6 +349,7 @@ static void test_controller_error_and_stale_chunks(void **state) {
     cache_dir(cache, sizeof cache, "cache-error");
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
+    probe(p, false);
     const sent_t fetch = *last_sent();
     /* a chunk under another id, or from another peer, is stale */
     dsla_serving_plans_on_chunk(p, "controller", fetch.id + 7, "x", 1, t.now);
@@ -353,8 +370,10 @@ static void test_newer_plan_supersedes(void **state) {
     cache_dir(cache, sizeof cache, "cache-super");
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
+    probe(p, false);
     answer_fetch(p, false);
     set_plan(p, 2, t.checksum); /* the first is answered CANCELLED, the second starts afresh */
+    probe(p, false);
     int nack = -1;
     for (int i = 0; i < t.n_sent; i++)
         if (t.sent[i].type == DSLA_MSG_PLAN_NACK) nack = i;
@@ -371,7 +390,8 @@ static void test_newer_plan_supersedes(void **state) {
     run_adopt(p, 2);
     assert_int_equal(t.sent[t.n_sent - 1].type, DSLA_MSG_PLAN_ACK);
     assert_int_equal(t.sent[t.n_sent - 1].id, 102);
-    run_load(p); /* plan 4, from the cache */
+    probe(p, true); /* plan 4, from the cache */
+    run_load(p);
     run_adopt(p, 3);
     assert_answer(4, true, DSLA_CODE_OK, "", 3, 1);
     dsla_serving_plans_destroy(&p);
@@ -383,6 +403,7 @@ static void test_destroy_mid_fetch_and_load(void **state) {
     cache_dir(cache, sizeof cache, "cache-destroy");
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
+    probe(p, false);
     answer_fetch(p, false);
     dsla_serving_plans_destroy(&p); /* the .part goes with it; nothing leaks (ASan) */
     p = plans_new(NULL);
