@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "actors/clock.h"
+#include "runtime/core/clock.h"
 #include "actors/controller_admin.h"
 #include "actors/controller_chunks.h"
 #include "actors/controller_core.h"
@@ -31,7 +31,7 @@ struct dsla_controller {
 
 static uint64_t env_now_ms(void *user) {
     (void)user;
-    return dsla_actors_now_ms();
+    return dsla_clock_ms();
 }
 
 static int64_t env_wall_ms(void *user) {
@@ -82,7 +82,7 @@ static void on_load_report(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
     dsla_controller_t *c = user;
     dsla_proto_load_report_t *rep = malloc(sizeof *rep);
     dsla_status_t st = rep ? dsla_proto_load_report_decode(msg->env->body, msg->env->body_len, rep)
-                           : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+                           : dsla_error_oom("controller");
     if (st == DSLA_OK) st = dsla_ctl_core_on_load_report(c->core, msg->from, rep);
     if (st != DSLA_OK) reply_status(a, msg, st);
     free(rep);
@@ -138,7 +138,7 @@ static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
     verify_job_t *j = calloc(1, sizeof *j);
     dsla_status_t st =
         j ? dsla_proto_layer_ready_decode(msg->env->body, msg->env->body_len, &j->v.ready)
-          : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+          : dsla_error_oom("controller");
     if (st == DSLA_OK) {
         j->c = c;
         snprintf(j->v.from, sizeof j->v.from, "%s", msg->from);
@@ -200,7 +200,7 @@ static void on_layer_fetch(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
     dsla_ctl_chunk_t *k = j ? calloc(1, sizeof *k) : NULL;
     dsla_status_t st =
         k ? dsla_proto_layer_fetch_decode(msg->env->body, msg->env->body_len, &k->fetch)
-          : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+          : dsla_error_oom("controller");
     if (st == DSLA_OK && !msg->from[0])
         st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "LAYER_FETCH: only a named replica may fetch");
     if (st == DSLA_OK) {
@@ -269,7 +269,7 @@ static dsla_status_t queue_history(dsla_controller_t *c, const dsla_actor_msg_t 
                           "history: the client's routing id is not a printable name, so the "
                           "answer could not find it; use dslactl or the client stub");
     history_job_t *h = calloc(1, sizeof *h);
-    if (!h) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+    if (!h) return dsla_error_oom("controller");
     h->c = c;
     snprintf(h->to, sizeof h->to, "%s", msg->from);
     h->id = msg->env->id;
@@ -286,7 +286,7 @@ static void on_admin(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_admin_text_t t = {0};
     dsla_status_t st = wire && cmd
                            ? dsla_proto_admin_decode(msg->env->body, msg->env->body_len, wire)
-                           : dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+                           : dsla_error_oom("controller");
     if (st == DSLA_OK) st = dsla_admin_parse_msg(wire, cmd);
     if (st == DSLA_OK && cmd->op == DSLA_ADMIN_HISTORY) {
         st = queue_history(c, msg, cmd->n);
@@ -337,7 +337,7 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "controller: needs a layer version directory and a database path");
     dsla_controller_t *c = calloc(1, sizeof *c);
-    if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
+    if (!c) return dsla_error_oom("controller");
     c->tick_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : DSLA_ACTOR_HEARTBEAT_MS;
     dsla_ctl_env_t env = {.user = c,
                           .now_ms = env_now_ms,

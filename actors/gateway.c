@@ -46,6 +46,10 @@ struct dsla_gateway {
     uint32_t n_free, max_outstanding;
     uint64_t generation;
     dsla_proto_report_t counters; /* requests, tokens, errors, rerouted, in_flight */
+    /* Lines that load repeats once per client or request: rate-limited, one limiter per line. */
+    struct {
+        dsla_log_limit_t tell, cancel_lost, unreachable, moved, reply, malformed, stray;
+    } log;
 };
 
 /* ---- replicas and routes ------------------------------------------------------------------- */
@@ -134,7 +138,8 @@ static void send_error(dsla_gateway_t *g, const char *dst, uint64_t id, dsla_pro
     dsla_proto_buf_t body;
     if (dsla_proto_error_encode(&err, &body) != DSLA_OK ||
         dsla_actor_send(g->self, dst, DSLA_MSG_ERROR, id, body.data, body.len) != DSLA_OK)
-        dsla_log_info("gateway: could not tell %s of a failure: %s", dst, dsla_last_error());
+        DSLA_LOG_LIMITED(&g->log.tell, DSLA_LOG_INFO, "gateway: could not tell %s of a failure: %s",
+                         dst, dsla_last_error());
     dsla_proto_buf_free(&body);
 }
 
@@ -152,8 +157,8 @@ static void send_cancel(dsla_gateway_t *g, const route_t *r) {
     if (dsla_proto_cancel_encode(&c, &body) != DSLA_OK ||
         dsla_actor_send(g->self, g->replicas[r->replica].name, DSLA_MSG_CANCEL, r->id, body.data,
                         body.len) != DSLA_OK)
-        dsla_log_info("gateway: CANCEL to %s lost: %s", g->replicas[r->replica].name,
-                      dsla_last_error());
+        DSLA_LOG_LIMITED(&g->log.cancel_lost, DSLA_LOG_INFO, "gateway: CANCEL to %s lost: %s",
+                         g->replicas[r->replica].name, dsla_last_error());
     dsla_proto_buf_free(&body);
 }
 
@@ -163,8 +168,9 @@ static bool relay(dsla_gateway_t *g, route_t *r, const dsla_actor_msg_t *msg) {
     if (dsla_actor_send(g->self, r->client, msg->env->type, r->client_id, msg->env->body,
                         msg->env->body_len) == DSLA_OK)
         return true;
-    dsla_log_info("gateway: cancelling request %llu of %s: %s", (unsigned long long)r->client_id,
-                  r->client, dsla_last_error());
+    DSLA_LOG_LIMITED(&g->log.unreachable, DSLA_LOG_INFO,
+                     "gateway: cancelling request %llu of %s: %s", (unsigned long long)r->client_id,
+                     r->client, dsla_last_error());
     send_cancel(g, r);
     route_end(g, r);
     return false;
@@ -177,9 +183,9 @@ static bool route_move(dsla_gateway_t *g, route_t *r) {
     if (to < 0 || route_send(g, r, to) != DSLA_OK) return false;
     g->replicas[from].outstanding--;
     g->counters.rerouted++;
-    dsla_log_info("gateway: request %llu of %s moved from %s to %s",
-                  (unsigned long long)r->client_id, r->client, g->replicas[from].name,
-                  g->replicas[to].name);
+    DSLA_LOG_LIMITED(
+        &g->log.moved, DSLA_LOG_INFO, "gateway: request %llu of %s moved from %s to %s",
+        (unsigned long long)r->client_id, r->client, g->replicas[from].name, g->replicas[to].name);
     return true;
 }
 
@@ -230,7 +236,7 @@ static void on_generate(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user
         g->counters.errors++;
         if (dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error()) !=
             DSLA_OK)
-            dsla_log_info("gateway: %s", dsla_last_error());
+            DSLA_LOG_LIMITED(&g->log.reply, DSLA_LOG_INFO, "gateway: %s", dsla_last_error());
         return;
     }
     g->counters.requests++;
@@ -258,14 +264,15 @@ static void on_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_gateway_t *g = user;
     dsla_proto_error_t err;
     if (dsla_proto_error_decode(msg->env->body, msg->env->body_len, &err) != DSLA_OK) {
-        dsla_log_warn("gateway: malformed ERROR from '%s': %s", msg->from, dsla_last_error());
+        DSLA_LOG_LIMITED(&g->log.malformed, DSLA_LOG_WARN, "gateway: malformed ERROR from '%s': %s",
+                         msg->from, dsla_last_error());
         return;
     }
     route_t *r = route_find(g, msg->env->id, msg->from);
     if (!r) {
-        dsla_log_info("gateway: ERROR from '%s' (id %llu): %s: %s", msg->from,
-                      (unsigned long long)msg->env->id, dsla_proto_code_name(err.code),
-                      err.message);
+        DSLA_LOG_LIMITED(&g->log.stray, DSLA_LOG_INFO, "gateway: ERROR from '%s' (id %llu): %s: %s",
+                         msg->from, (unsigned long long)msg->env->id,
+                         dsla_proto_code_name(err.code), err.message);
         return;
     }
     /* a full replica is no reason to refuse while another has room */

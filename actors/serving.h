@@ -1,39 +1,42 @@
 /* The serving actor (DESIGN.md sections 6 and 7): one actor owning one serving engine, answering
  * GENERATE with streamed TOKENs and a DONE, and CANCEL by cancelling.
  *
- * Contract: after create, the engine belongs to the actor's thread. A step driver runs
- * dsla_engine_step from zero-timeout timers while the engine has work and stops when it is idle,
- * so an idle server never spins. Events go to the client's routing id; a client that cannot be
- * reached any more (gone, or its queue full) has its request cancelled, as does one whose
- * heartbeats stop. Refused requests are answered with ERROR and the engine's message.
+ * Threads and hand-offs (docs/serving.md, "The serving actor's threads"):
+ * - the actor's loop runs the mailbox, heartbeats and timers and the state machines: requests and
+ *   streaming (serving_core.h), plan changes (serving_plan.h), prompt sampling (serving_sample.h).
+ *   It never runs a model step, reads a layer file or hashes one.
+ * - the engine thread (serving_engine.h) owns the engine: it takes submits, cancels and plans from
+ *   a locked inbox at step boundaries, sleeps while idle, and posts each step's events to the loop
+ *   as one batch (dsla_actor_post); it publishes a metrics snapshot that LOAD_REPORTs read. With
+ *   a GPU backend it binds the device it was deployed on and alone runs (and captures) the
+ *   model's kernels and graphs.
+ * - libuv's worker pool (dsla_actor_work) loads and verifies the layer versions of a SET_PLAN; the
+ *   engine adopts the loaded plan at its next step boundary.
+ * Heartbeats and load reports therefore keep their interval however long a step takes.
+ *
+ * Requests: events go to the client's routing id; a client that cannot be reached any more (gone,
+ * or its queue full) has its request cancelled, as does one whose heartbeats stop. Refused
+ * requests are answered with ERROR carrying the engine's own sentence.
  *
  * With a controller (DESIGN.md section 7) it connects to the controller's mailbox, sends it a
- * LOAD_REPORT every report interval, and answers SET_PLAN: it loads each named layer version file,
- * verifies its xxh64 checksum (the file's and the one announced) and shape, and installs the plan
- * with dsla_engine_set_plan, which new requests take from the next step on (running ones finish on
- * theirs); then PLAN_ACK. Any failure is PLAN_NACK with the reason, and the old plan stays. Loading
- * runs on the actor's thread: fine for the small layers served on the CPU today, a worker's job
- * for large ones (not built yet).
+ * LOAD_REPORT every report interval, and answers SET_PLAN: each named layer version file is loaded
+ * and verified (its xxh64 checksum, the file's and the one announced, and its shape) on a worker,
+ * the engine installs the plan (new requests take it from the next step on, running ones finish on
+ * theirs), then PLAN_ACK. Any failure is PLAN_NACK with the reason, and the old plan stays.
  *
  * With a layer cache (config.layer_cache), the files come from the cache instead of the
  * SET_PLAN's paths: a version the cache lacks is fetched from the SET_PLAN's sender with
- * LAYER_FETCH, one chunk in flight, each LAYER_CHUNK handled as it comes (GENERATE and heartbeats
- * go on meanwhile), written, fsync'd, checked against the announced xxh64 and renamed
- * (transfer.h); then the plan is loaded as above. A timeout, a bad chunk, a checksum mismatch or
- * the sender's ERROR is a PLAN_NACK; a newer SET_PLAN supersedes an unfinished one (NACK
- * CANCELLED).
+ * LAYER_FETCH, one chunk in flight (GENERATE and heartbeats go on meanwhile), written, fsync'd,
+ * checked against the announced xxh64 and renamed (transfer.h); then the plan is loaded as above.
+ * A timeout, a bad chunk, a checksum mismatch or the sender's ERROR is a PLAN_NACK; a newer
+ * SET_PLAN supersedes an unfinished fetch (NACK CANCELLED).
  *
  * With a distiller (config.distiller, DESIGN.md 5.4), it samples 1 in sample_every of the prompts
- * it accepts (a hash of sample_seed and the prompt's arrival count decides, so a seed gives the
- * same choice every run), keeps their token ids (text prompts encoded again) in one batch, and
- * every DSLA_SERVING_SAMPLE_FLUSH_MS sends the batch to the distiller as one PROMPT_SAMPLES. The
- * batch is capped at sample_tokens_per_s per second (a prompt is cut to that much) and at
- * DSLA_PROTO_SAMPLES_MAX prompts; what does not fit is dropped and counted, and a send that fails
- * (the distiller's queue full) loses the batch: sampling never delays serving. Prompts leave the
- * actor only to that distiller. No distiller: nothing is sampled.
+ * the engine accepts and sends them to the distiller in batches, rate-capped (serving_sample.h).
+ * Prompts leave the actor only to that distiller. No distiller: nothing is sampled.
  *
- * It never blocks on another actor and prints nothing; the model and tokenizer are borrowed and
- * must outlive it. */
+ * It never blocks on another actor and prints nothing but rate-limited warnings; the model and
+ * tokenizer are borrowed and must outlive it. */
 #ifndef DSLA_ACTORS_SERVING_H
 #define DSLA_ACTORS_SERVING_H
 

@@ -22,6 +22,11 @@
 
 /* Number of usable CUDA devices; 0 when built without CUDA or when no driver/device is present. */
 int dsla_cuda_device_count(void);
+/* The calling thread's current CUDA device (0 without CUDA), and making device the current one of
+ * the calling thread: CUDA's current device is per thread, so a thread that runs a model uploaded
+ * by another binds that thread's device first. */
+int dsla_cuda_device_current(void);
+dsla_status_t dsla_cuda_device_bind(int device);
 
 /* ---- linear algebra (kernels/cpu/gemm.c) ---- */
 

@@ -21,7 +21,8 @@ mkdir -p "$stage/gpu/bin" "$stage/gpu/lib" "$stage/gpu/shared/models" "$stage/gp
 bins="$build/tests/test_ops_harness $build/tests/test_gpu_forward $build/tests/test_gpu_serve
       $build/tests/test_gpu_serve_actor $build/bin/bench_cuda_kernels $build/bin/bench_e2e_cuda
       $build/bin/dsla $build/bin/dsla-serve $build/bin/dslactl $build/bin/dsla-loadgen
-      $build/tests/test_controller $build/tests/test_distill_gpu $build/bin/bench_distill_cuda"
+      $build/tests/test_controller $build/tests/test_distill_gpu $build/bin/bench_distill_cuda
+      $build/tests/test_serve_load"
 for b in $bins; do cp "$b" "$stage/gpu/bin/"; done
 strip "$stage"/gpu/bin/*
 # Libraries: everything ldd resolves except the C runtime, the loader and CUDA's own (the GPU machine

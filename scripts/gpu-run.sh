@@ -4,11 +4,13 @@
 # printing one summary line (and, for benchmarks, the key rows).
 #
 # usage: OUT=dir scripts/gpu-run.sh [TARBALL]      (default .devdeps/gpu.tar.xz)
-# STAGES (default "harness forward serve serve_actor controller_gpu gemm e2e torch"):
+# STAGES (default "harness forward serve serve_actor controller_gpu load_gpu gemm e2e torch"):
 #   harness  tests/gpu/test_ops_harness (every op against the CPU)
 #   forward  tests/gpu/test_gpu_forward;  serve  tests/gpu/test_gpu_serve
 #   serve_actor  tests/gpu/test_gpu_serve_actor (dsla-serve --device cuda as a process)
 #   controller_gpu  tests/integration/test_controller with the served side on the GPU
+#   load_gpu  tests/integration/test_serve_load on the GPU (300 long requests for 30 s: liveness,
+#            report intervals, threshold conversion; the engine steps on its own thread)
 #   gemm     bench_cuda_kernels --only gemm;  dsla  --only dsla;  kernels  all of them
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
 #   e2e      bench_e2e_cuda (the whole 7B table, ~3 minutes on an H200)
@@ -48,7 +50,7 @@ stage() {
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "== $name rc=$? $(($(date +%s) - t0)) s"
 }
-for s in ${STAGES:-harness forward serve serve_actor controller_gpu gemm e2e torch}; do
+for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gemm e2e torch}; do
     case $s in
     harness) stage harness 300 "$D/bin/test_ops_harness"
         grep -v ' ok$' "$OUT/harness.log" | grep -E 'FAIL|err' | head ;;
@@ -58,6 +60,8 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu gemm e2e tor
         grep -E 'cuda|PASSED|FAILED|error' "$OUT/serve_actor.log" ;;
     controller_gpu) DSLA_TEST_SERVE_DEVICE=cuda stage controller_gpu 300 "$D/bin/test_controller"
         grep -E 'PASSED|FAILED|error|differ' "$OUT/controller_gpu.log" ;;
+    load_gpu) DSLA_TEST_SERVE_DEVICE=cuda stage load_gpu 300 "$D/bin/test_serve_load"
+        grep -E 'load:|LOAD_REPORTs|PASSED|FAILED|error' "$OUT/load_gpu.log" ;;
     gemm) stage gemm 300 "$D/bin/bench_cuda_kernels" --only gemm ;;
     dsla) stage dsla 300 "$D/bin/bench_cuda_kernels" --only dsla ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;

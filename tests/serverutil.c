@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -40,6 +41,10 @@ void dsla_test_servers_kill_all(void) {
 }
 
 dsla_test_server_t dsla_test_server_start(const char *const *args) {
+    return dsla_test_server_start_logged(args, NULL);
+}
+
+dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const char *log_path) {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
     dsla_test_server_t s = {0};
@@ -55,6 +60,11 @@ dsla_test_server_t dsla_test_server_start(const char *const *args) {
     assert_true(s.pid >= 0);
     if (s.pid == 0) {
         dup2(fds[1], STDOUT_FILENO);
+        if (log_path) {
+            int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+            if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(127);
+            close(fd);
+        }
         close(fds[0]);
         close(fds[1]);
         execv(path, (char *const *)argv);

@@ -22,6 +22,9 @@ typedef struct {
 /* Runs $DSLA_BIN/dsla-serve with the NULL-terminated arguments after argv[0]; returns once it
  * printed its endpoints (fails the test otherwise). */
 dsla_test_server_t dsla_test_server_start(const char *const *args);
+/* The same with the server's stderr appended to log_path (NULL: the test's stderr), for tests
+ * that read what it logs. */
+dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const char *log_path);
 /* SIGTERM, and the test fails unless it exits 0. */
 void dsla_test_server_stop(dsla_test_server_t *s);
 /* SIGKILL, reaped; safe from a callback in the middle of a request. */

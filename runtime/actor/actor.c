@@ -802,13 +802,14 @@ static void on_stop_signal(uv_async_t *h) {
 static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
     a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
     if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
-    int linger = 0, on = 1, fd = -1;
+    int linger = 0, on = 1, fd = -1, backlog = DSLA_ACTOR_BACKLOG;
     size_t fd_len = sizeof fd;
     /* MANDATORY turns a send to an unknown client into an error instead of a silent drop;
      * HANDOVER lets a restarted peer take its name back from its dead predecessor. */
     if (zmq_setsockopt(a->router, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(a->router, ZMQ_ROUTER_MANDATORY, &on, sizeof on) != 0 ||
-        zmq_setsockopt(a->router, ZMQ_ROUTER_HANDOVER, &on, sizeof on) != 0)
+        zmq_setsockopt(a->router, ZMQ_ROUTER_HANDOVER, &on, sizeof on) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_BACKLOG, &backlog, sizeof backlog) != 0)
         return zmq_failure(a->name, "mailbox options");
     for (int i = 0; i < DSLA_ACTOR_BIND_MAX && def->bind[i]; i++) {
         size_t len = sizeof a->endpoints[i];
@@ -975,4 +976,8 @@ const char *dsla_actor_endpoint(const dsla_actor_t *a, int i) {
 
 const char *dsla_actor_name(const dsla_actor_t *a) {
     return a->name;
+}
+
+void *dsla_actor_user(const dsla_actor_t *a) {
+    return a->user;
 }

@@ -37,6 +37,10 @@
  * only heartbeat this actor from outside (clients) are tracked without a limit. */
 #define DSLA_ACTOR_BIND_MAX 4
 #define DSLA_ACTOR_PEER_MAX 64
+/* Pending TCP connections a mailbox's listener queues (ZMQ_BACKLOG; the kernel caps it at
+ * net.core.somaxconn): ZeroMQ's default of 100 drops the SYNs of a burst of clients, whose
+ * connections then come seconds later, after the clients' own heartbeats have given up. */
+#define DSLA_ACTOR_BACKLOG 4096
 /* ZMQ_LAST_ENDPOINT of a tcp bind: "tcp://" + an IPv6 address + ":port" fits easily. */
 #define DSLA_ACTOR_ENDPOINT_MAX 256
 
@@ -108,6 +112,9 @@ void dsla_actor_destroy(dsla_actor_t **a);
  * Any thread, after create. */
 const char *dsla_actor_endpoint(const dsla_actor_t *a, int i);
 const char *dsla_actor_name(const dsla_actor_t *a);
+/* The def's user pointer: what posted and work-done callbacks, whose own user is the job, reach
+ * their actor's state by. */
+void *dsla_actor_user(const dsla_actor_t *a);
 
 /* Connects a DEALER to a peer's mailbox and starts heartbeating it. ZeroMQ queues messages until
  * the connection is up, so sending right after connecting is fine. */

@@ -1,0 +1,430 @@
+/* actors/serving_plan: the serving actor's plan changes driven in-process, with a fake send, a
+ * virtual clock and the load and adoption run by the test where the actor would hand them to a
+ * worker and to the engine thread. A layer version of stories260K (initialised from the teacher)
+ * is the file a controller would serve.
+ * - without a cache: load, adopt, PLAN_ACK naming the new plan; a wrong checksum is PLAN_NACK and
+ *   the old plan stays; a refusal by the engine is PLAN_NACK;
+ * - with a cache: the file fetched chunk by chunk, PLAN_ACK; the controller dying mid-fetch
+ *   (no chunk within the timeout) is PLAN_NACK DEADLINE_EXCEEDED; a corrupt chunk is a hash
+ *   mismatch and PLAN_NACK; the controller's ERROR is PLAN_NACK with its code; stale chunks are
+ *   ignored; a newer SET_PLAN supersedes a fetch (PLAN_NACK CANCELLED); a fetched version is not
+ *   fetched again. Every NACK goes to the SET_PLAN's sender with the reason and the kept plan. */
+#include "tests/testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "actors/serving_plan.h"
+#include "runtime/model/dsla_layer.h"
+#include "tests/unit/serve_harness.h"
+
+enum { SENT_MAX = 256, CHUNK = 4096, TIMEOUT_MS = 5000, LAYER = 1 };
+
+typedef struct {
+    char dst[64];
+    uint32_t type;
+    uint64_t id;
+    void *body;
+    size_t len;
+} sent_t;
+
+static struct {
+    sent_t sent[SENT_MAX];
+    int n_sent;
+    dsla_serving_load_t *job; /* a load asked for, not yet run */
+    dsla_plan_t *adopting;    /* a plan handed to the "engine" */
+    uint64_t now;
+    dsla_model_t *model;
+    char *dir;
+    char file[1024]; /* the layer version the "controller" serves */
+    char *bytes;
+    size_t size;
+    uint64_t xxh, checksum;
+} t;
+
+static dsla_status_t fake_send(void *user, const char *dst, uint32_t type, uint64_t id,
+                               const void *body, size_t len) {
+    (void)user;
+    assert_true(t.n_sent < SENT_MAX);
+    sent_t *s = &t.sent[t.n_sent++];
+    snprintf(s->dst, sizeof s->dst, "%s", dst);
+    s->type = type;
+    s->id = id;
+    s->body = malloc(len + 1);
+    memcpy(s->body, body, len);
+    s->len = len;
+    return DSLA_OK;
+}
+
+static dsla_status_t fake_load(void *user, dsla_serving_load_t *job) {
+    (void)user;
+    assert_null(t.job);
+    t.job = job;
+    return DSLA_OK;
+}
+
+static dsla_status_t fake_adopt(void *user, dsla_plan_t **plan) {
+    (void)user;
+    assert_null(t.adopting);
+    t.adopting = *plan;
+    *plan = NULL;
+    return DSLA_OK;
+}
+
+static void sent_clear(void) {
+    for (int i = 0; i < t.n_sent; i++)
+        free(t.sent[i].body);
+    t.n_sent = 0;
+}
+
+static const sent_t *last_sent(void) {
+    assert_true(t.n_sent > 0);
+    return &t.sent[t.n_sent - 1];
+}
+
+/* The worker's part, then its done callback. */
+static void run_load(dsla_serving_plans_t *p) {
+    assert_non_null(t.job);
+    assert_false(t.job->probe);
+    dsla_serving_load_t *job = t.job;
+    t.job = NULL;
+    dsla_serving_load_run(job);
+    dsla_serving_plans_loaded(p, job, false, t.now);
+}
+
+/* The worker's check of the cache before a fetch; cached: what it must find. */
+static void probe(dsla_serving_plans_t *p, bool cached) {
+    assert_non_null(t.job);
+    assert_true(t.job->probe);
+    dsla_serving_load_t *job = t.job;
+    t.job = NULL;
+    dsla_serving_load_run(job);
+    assert_int_equal(job->cached[0], cached);
+    dsla_serving_plans_loaded(p, job, false, t.now);
+}
+
+/* The engine thread's adoption at its next step boundary. */
+static void run_adopt(dsla_serving_plans_t *p, uint64_t plan_id) {
+    assert_non_null(t.adopting);
+    assert_int_equal(dsla_plan_num_dsla(t.adopting), 1);
+    dsla_plan_release(&t.adopting);
+    dsla_serving_plans_adopted(p, DSLA_OK, plan_id, "", t.now);
+}
+
+static dsla_serving_plans_t *plans_new(const char *cache) {
+    dsla_serving_plans_config_t c = {.mcfg = dsla_model_config(t.model),
+                                     .layer_cache = cache,
+                                     .fetch_chunk = CHUNK,
+                                     .fetch_timeout_ms = TIMEOUT_MS,
+                                     .plan_id = 1};
+    dsla_serving_plan_ops_t ops = {.send = fake_send, .load = fake_load, .adopt = fake_adopt};
+    dsla_serving_plans_t *p = NULL;
+    harness_ok(dsla_serving_plans_create(&p, &c, &ops), "plans");
+    return p;
+}
+
+/* SET_PLAN seq naming the served version (checksum as given) from "controller" with id 100+seq. */
+static void set_plan(dsla_serving_plans_t *p, uint64_t seq, uint64_t checksum) {
+    dsla_proto_plan_layer_t l = {.layer = LAYER,
+                                 .checksum = checksum,
+                                 .path = t.file,
+                                 .version = 3,
+                                 .size = t.size,
+                                 .xxh64 = t.xxh};
+    dsla_proto_set_plan_t sp = {.seq = seq, .n_layers = 1, .layers = &l};
+    dsla_proto_buf_t body;
+    harness_ok(dsla_proto_set_plan_encode(&sp, &body), "encode SET_PLAN");
+    harness_ok(
+        dsla_serving_plans_on_set_plan(p, "controller", 100 + seq, body.data, body.len, t.now),
+        "SET_PLAN");
+    dsla_proto_buf_free(&body);
+}
+
+/* The last message must be the answer to SET_PLAN seq: ACK or NACK (with code and a reason
+ * containing needle), naming plan_id. */
+static void assert_answer(uint64_t seq, bool ack, dsla_proto_code_t code, const char *needle,
+                          uint64_t plan_id, uint32_t n_dsla) {
+    const sent_t *s = last_sent();
+    assert_string_equal(s->dst, "controller");
+    assert_int_equal(s->id, 100 + seq);
+    assert_int_equal(s->type, ack ? DSLA_MSG_PLAN_ACK : DSLA_MSG_PLAN_NACK);
+    dsla_proto_plan_reply_t *r = malloc(sizeof *r);
+    harness_ok(dsla_proto_plan_reply_decode(s->body, s->len, r), "decode plan reply");
+    assert_int_equal(r->seq, seq);
+    assert_int_equal(r->plan_id, plan_id);
+    assert_int_equal(r->n_dsla, n_dsla);
+    if (!ack) {
+        assert_int_equal(r->code, code);
+        if (!strstr(r->reason, needle)) fail_msg("reason '%s' lacks '%s'", r->reason, needle);
+    }
+    free(r);
+}
+
+/* Answers the LAYER_FETCH last sent with its chunk of the file; corrupt flips a byte in it. */
+static void answer_fetch(dsla_serving_plans_t *p, bool corrupt) {
+    const sent_t *s = last_sent();
+    assert_int_equal(s->type, DSLA_MSG_LAYER_FETCH);
+    assert_string_equal(s->dst, "controller");
+    dsla_proto_layer_fetch_t f;
+    harness_ok(dsla_proto_layer_fetch_decode(s->body, s->len, &f), "decode LAYER_FETCH");
+    assert_int_equal(f.layer, LAYER);
+    assert_true(f.offset < t.size);
+    size_t n = t.size - f.offset < f.max_len ? t.size - f.offset : f.max_len;
+    char *bytes = malloc(n);
+    memcpy(bytes, t.bytes + f.offset, n);
+    if (corrupt) bytes[n / 2] ^= 0x5a;
+    dsla_proto_layer_chunk_t c = {.layer = f.layer,
+                                  .version = f.version,
+                                  .xxh64 = f.xxh64,
+                                  .offset = f.offset,
+                                  .total_size = t.size,
+                                  .bytes = bytes,
+                                  .len = n};
+    dsla_proto_buf_t body;
+    harness_ok(dsla_proto_layer_chunk_encode(&c, &body), "encode LAYER_CHUNK");
+    uint64_t id = s->id;
+    dsla_serving_plans_on_chunk(p, "controller", id, body.data, body.len, t.now);
+    dsla_proto_buf_free(&body);
+    free(bytes);
+}
+
+static int setup(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    memset(&t, 0, sizeof t);
+    t.model = harness_load_model(model);
+    free(model);
+    t.dir = dsla_test_tempdir();
+    snprintf(t.file, sizeof t.file, "%s/layer-%d.safetensors", t.dir, LAYER);
+    dsla_dsla_layer_t *l = NULL;
+    harness_ok(dsla_dsla_layer_create(&l, dsla_model_config(t.model), LAYER), "layer");
+    harness_ok(dsla_dsla_layer_init_from_teacher(l, t.model, LAYER, 7), "init");
+    t.checksum = dsla_dsla_layer_checksum(l);
+    harness_ok(dsla_dsla_layer_save(l, t.file, NULL), "save");
+    dsla_dsla_layer_destroy(&l);
+    t.bytes = dsla_test_read_file(t.file, &t.size);
+    assert_non_null(t.bytes);
+    assert_true(t.size > 4 * CHUNK); /* several round trips */
+    t.xxh = XXH64(t.bytes, t.size, 0);
+    t.now = 1000000;
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    sent_clear();
+    free(t.bytes);
+    dsla_test_rmtree(t.dir);
+    free(t.dir);
+    dsla_model_destroy(&t.model);
+    return 0;
+}
+
+static void test_load_adopt_ack(void **state) {
+    (void)state;
+    dsla_serving_plans_t *p = plans_new(NULL);
+    /* a body that does not decode is the caller's to answer with ERROR; nothing starts */
+    assert_int_not_equal(dsla_serving_plans_on_set_plan(p, "controller", 9, "\xc1", 1, t.now),
+                         DSLA_OK);
+    assert_false(dsla_serving_plans_busy(p));
+    assert_int_equal(t.n_sent, 0);
+    set_plan(p, 1, t.checksum);
+    assert_int_equal(t.n_sent, 0); /* nothing is answered before the engine adopts */
+    run_load(p);
+    assert_int_equal(t.n_sent, 0);
+    assert_true(dsla_serving_plans_busy(p));
+    run_adopt(p, 2);
+    assert_answer(1, true, DSLA_CODE_OK, "", 2, 1);
+    const dsla_proto_dsla_layer_t *layers;
+    assert_int_equal(dsla_serving_plans_dsla(p, &layers), 1);
+    assert_int_equal(layers[0].layer, LAYER);
+    assert_true(layers[0].checksum == t.checksum);
+    assert_int_equal(dsla_serving_plans_id(p), 2);
+    assert_false(dsla_serving_plans_busy(p));
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_bad_checksum_nack_keeps_plan(void **state) {
+    (void)state;
+    dsla_serving_plans_t *p = plans_new(NULL);
+    set_plan(p, 1, t.checksum ^ 1);
+    run_load(p);
+    assert_null(t.adopting); /* never reaches the engine */
+    assert_answer(1, false, dsla_proto_code_from_status(DSLA_ERR_FORMAT), "checksum", 1, 0);
+    /* the engine's refusal is a NACK too */
+    set_plan(p, 2, t.checksum);
+    run_load(p);
+    assert_non_null(t.adopting);
+    dsla_plan_release(&t.adopting);
+    dsla_serving_plans_adopted(p, DSLA_ERR_INVALID_ARGUMENT, 1,
+                               "plan: layer 1 shaped for another "
+                               "model",
+                               t.now);
+    assert_answer(2, false, DSLA_CODE_INVALID_ARGUMENT, "another model", 1, 0);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void cache_dir(char *out, size_t cap, const char *name) {
+    snprintf(out, cap, "%s/%s", t.dir, name);
+}
+
+static void test_fetch_chunks_then_ack(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-ok");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    int chunks = 0;
+    while (!t.job) {
+        answer_fetch(p, false);
+        chunks++;
+        t.now += 10;
+    }
+    assert_int_equal(chunks, (int)((t.size + CHUNK - 1) / CHUNK));
+    /* the load reads the cache's copy, not the controller's path */
+    assert_non_null(strstr(t.job->request.layers[0].path, cache));
+    run_load(p);
+    run_adopt(p, 2);
+    assert_answer(1, true, DSLA_CODE_OK, "", 2, 1);
+    /* the same version again: straight from the cache, no LAYER_FETCH */
+    int before = t.n_sent;
+    set_plan(p, 2, t.checksum);
+    probe(p, true);
+    assert_int_equal(t.n_sent, before);
+    run_load(p);
+    run_adopt(p, 3);
+    assert_answer(2, true, DSLA_CODE_OK, "", 3, 1);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_controller_dies_mid_fetch(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-dead");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    answer_fetch(p, false);
+    answer_fetch(p, false); /* then silence */
+    const int fetches = t.n_sent;
+    t.now += TIMEOUT_MS - 1;
+    dsla_serving_plans_on_tick(p, t.now);
+    assert_int_equal(t.n_sent, fetches);
+    assert_true(dsla_serving_plans_busy(p));
+    t.now += 1;
+    dsla_serving_plans_on_tick(p, t.now);
+    assert_answer(1, false, DSLA_CODE_DEADLINE_EXCEEDED, "within 5000 ms", 1, 0);
+    assert_false(dsla_serving_plans_busy(p));
+    assert_null(t.job);
+    /* a chunk that arrives after the NACK changes nothing */
+    const int after = t.n_sent;
+    dsla_serving_plans_on_chunk(p, "controller", t.sent[fetches - 1].id, "x", 1, t.now);
+    assert_int_equal(t.n_sent, after);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_corrupt_chunk_nack(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-corrupt");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    answer_fetch(p, true); /* the first chunk's bytes are damaged on the way */
+    while (last_sent()->type == DSLA_MSG_LAYER_FETCH)
+        answer_fetch(p, false);
+    assert_answer(1, false, dsla_proto_code_from_status(DSLA_ERR_FORMAT), "xxh64", 1, 0);
+    assert_null(t.job);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_controller_error_and_stale_chunks(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-error");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    const sent_t fetch = *last_sent();
+    /* a chunk under another id, or from another peer, is stale */
+    dsla_serving_plans_on_chunk(p, "controller", fetch.id + 7, "x", 1, t.now);
+    dsla_serving_plans_on_chunk(p, "intruder", fetch.id, "x", 1, t.now);
+    assert_int_equal(last_sent()->type, DSLA_MSG_LAYER_FETCH);
+    dsla_proto_error_t other = {.code = DSLA_CODE_INTERNAL};
+    assert_false(dsla_serving_plans_on_error(p, "controller", fetch.id + 7, &other, t.now));
+    dsla_proto_error_t err = {.code = DSLA_CODE_UNAVAILABLE};
+    snprintf(err.message, sizeof err.message, "layer 1 version 3 is no longer in the catalogue");
+    assert_true(dsla_serving_plans_on_error(p, "controller", fetch.id, &err, t.now));
+    assert_answer(1, false, DSLA_CODE_UNAVAILABLE, "no longer in the catalogue", 1, 0);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_newer_plan_supersedes(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-super");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    answer_fetch(p, false);
+    set_plan(p, 2, t.checksum); /* the first is answered CANCELLED, the second starts afresh */
+    probe(p, false);
+    int nack = -1;
+    for (int i = 0; i < t.n_sent; i++)
+        if (t.sent[i].type == DSLA_MSG_PLAN_NACK) nack = i;
+    assert_true(nack >= 0);
+    assert_int_equal(t.sent[nack].id, 101);
+    assert_int_equal(last_sent()->type, DSLA_MSG_LAYER_FETCH);
+    while (!t.job)
+        answer_fetch(p, false);
+    run_load(p);
+    /* while a change is being adopted a newer one waits, and a third replaces the waiting one */
+    set_plan(p, 3, t.checksum);
+    set_plan(p, 4, t.checksum);
+    assert_answer(3, false, DSLA_CODE_CANCELLED, "superseded", 1, 0);
+    run_adopt(p, 2);
+    assert_int_equal(t.sent[t.n_sent - 1].type, DSLA_MSG_PLAN_ACK);
+    assert_int_equal(t.sent[t.n_sent - 1].id, 102);
+    probe(p, true); /* plan 4, from the cache */
+    run_load(p);
+    run_adopt(p, 3);
+    assert_answer(4, true, DSLA_CODE_OK, "", 3, 1);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_destroy_mid_fetch_and_load(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-destroy");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    answer_fetch(p, false);
+    dsla_serving_plans_destroy(&p); /* the .part goes with it; nothing leaks (ASan) */
+    p = plans_new(NULL);
+    set_plan(p, 1, t.checksum);
+    dsla_serving_load_t *job = t.job;
+    t.job = NULL;
+    dsla_serving_plans_loaded(p, job, true, t.now); /* the actor stopping: cancelled, unanswered */
+    assert_int_equal(last_sent()->type, DSLA_MSG_LAYER_FETCH);
+    dsla_serving_plans_destroy(&p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_load_adopt_ack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_checksum_nack_keeps_plan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_chunks_then_ack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_controller_dies_mid_fetch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_chunk_nack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_controller_error_and_stale_chunks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_newer_plan_supersedes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_mid_fetch_and_load, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
