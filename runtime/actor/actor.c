@@ -542,10 +542,12 @@ static void free_on_close(uv_handle_t *h) {
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
-    int linger = 0;
+    int linger = 0, hwm = DSLA_ACTOR_QUEUE_MAX;
     int fd = -1;
     size_t fd_len = sizeof fd;
     if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_ROUTING_ID, a->name, strlen(a->name)) != 0 ||
         zmq_connect(sock, p->endpoint) != 0 || zmq_getsockopt(sock, ZMQ_FD, &fd, &fd_len) != 0) {
         dsla_status_t st =
@@ -802,14 +804,16 @@ static void on_stop_signal(uv_async_t *h) {
 static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
     a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
     if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
-    int linger = 0, on = 1, fd = -1, backlog = DSLA_ACTOR_BACKLOG;
+    int linger = 0, on = 1, fd = -1, backlog = DSLA_ACTOR_BACKLOG, hwm = DSLA_ACTOR_QUEUE_MAX;
     size_t fd_len = sizeof fd;
     /* MANDATORY turns a send to an unknown client into an error instead of a silent drop;
      * HANDOVER lets a restarted peer take its name back from its dead predecessor. */
     if (zmq_setsockopt(a->router, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(a->router, ZMQ_ROUTER_MANDATORY, &on, sizeof on) != 0 ||
         zmq_setsockopt(a->router, ZMQ_ROUTER_HANDOVER, &on, sizeof on) != 0 ||
-        zmq_setsockopt(a->router, ZMQ_BACKLOG, &backlog, sizeof backlog) != 0)
+        zmq_setsockopt(a->router, ZMQ_BACKLOG, &backlog, sizeof backlog) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
         return zmq_failure(a->name, "mailbox options");
     for (int i = 0; i < DSLA_ACTOR_BIND_MAX && def->bind[i]; i++) {
         size_t len = sizeof a->endpoints[i];

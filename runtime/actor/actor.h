@@ -41,6 +41,11 @@
  * net.core.somaxconn): ZeroMQ's default of 100 drops the SYNs of a burst of clients, whose
  * connections then come seconds later, after the clients' own heartbeats have given up. */
 #define DSLA_ACTOR_BACKLOG 4096
+/* Messages queued per connection each way (ZMQ_SNDHWM / ZMQ_RCVHWM) before a send reports a full
+ * queue: a replica streaming 300 sequences on a GPU sends ~15,000 TOKENs a second to its gateway,
+ * so ZeroMQ's default of 1,000 overflowed whenever the gateway's loop paused for 70 ms (measured:
+ * 270 of 8,954 streams cut on an H200). 65,536 is seconds of such traffic in a few MB. */
+#define DSLA_ACTOR_QUEUE_MAX 65536
 /* ZMQ_LAST_ENDPOINT of a tcp bind: "tcp://" + an IPv6 address + ":port" fits easily. */
 #define DSLA_ACTOR_ENDPOINT_MAX 256
 
