@@ -17,6 +17,7 @@
 #   torch    bench/pytorch_baseline.py --attention-only (SDPA on the same card)
 #   torch_model  bench/pytorch_baseline.py (SDPA, eager attention and transformers' 7B model)
 #   serving  dsla bench --device cuda --random-model 7b (8K sequences per card at 0-75% DSLA)
+#   capacity the same without the fixed workload: the admission runs only (one arena's capacity)
 #   serving_load  the same model at 0 and 50% DSLA under 90 s of chat-preset Poisson arrivals
 #                 (goodput, TTFT/TPOT percentiles; docs/load.md)
 #   loadgen  dsla-serve --device cuda (tinystories-11M, bf16) under dsla-loadgen over HTTP
@@ -73,6 +74,7 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         grep -E 'relative difference|teacher ppl|->|PASSED|FAILED|error|rror' "$OUT/distill_gpu.log" ;;
     distill_7b) stage distill_7b 300 "$D/bin/bench_distill_cuda" ;;
     serving) stage serving 600 "$D/bin/dsla" bench --device cuda --random-model 7b ;;
+    capacity) stage capacity 300 "$D/bin/dsla" bench --device cuda --random-model 7b --requests 0 ;;
     serving_load) stage serving_load 600 "$D/bin/dsla" bench --device cuda --random-model 7b \
         --ratios 0,50 --rate ${LOAD_RATE:-2} --preset chat --duration 90 --context 8192 \
         --slo-ttft-ms 2000 --slo-tpot-ms 100 --timeline "$OUT/serving_load" ;;
