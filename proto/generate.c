@@ -191,8 +191,8 @@ dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_t
             st = dsla_wire_get_i64(v, -1, INT32_MAX, &x, "TOKEN", "token");
             out->token = (int32_t)x;
         } else if (dsla_wire_key_is(&m->ptr[i].key, "text")) {
-            st = dsla_wire_get_str(v, out->text, DSLA_PROTO_PIECE_MAX, "TOKEN", "text");
-            out->text_len = st == DSLA_OK ? v->via.str.size : 0;
+            st = dsla_wire_get_bytes(v, out->text, DSLA_PROTO_PIECE_MAX, &out->text_len, "TOKEN",
+                                     "text");
         }
     }
     msgpack_unpacked_destroy(&u);

@@ -157,8 +157,8 @@ dsla_status_t dsla_wire_get_u32(const msgpack_object *v, uint32_t *out, const ch
 }
 
 /* A str of at most max bytes without NUL bytes, or the error naming what.field. */
-static dsla_status_t check_str(const msgpack_object *v, size_t max, const char *what,
-                               const char *field) {
+static dsla_status_t check_str(const msgpack_object *v, size_t max, bool allow_nul,
+                               const char *what, const char *field) {
     if (v->type != MSGPACK_OBJECT_STR)
         return dsla_error(DSLA_ERR_FORMAT, "%s: field %s must be a string (type %d)", what, field,
                           (int)v->type);
@@ -166,17 +166,29 @@ static dsla_status_t check_str(const msgpack_object *v, size_t max, const char *
     if (n > max)
         return dsla_error(DSLA_ERR_FORMAT, "%s: field %s is %zu bytes, above the limit of %zu",
                           what, field, n, max);
-    if (n && memchr(v->via.str.ptr, '\0', n))
+    if (!allow_nul && n && memchr(v->via.str.ptr, '\0', n))
         return dsla_error(DSLA_ERR_FORMAT, "%s: field %s contains a NUL byte", what, field);
+    return DSLA_OK;
+}
+
+static dsla_status_t copy_str(const msgpack_object *v, char *out, size_t max, bool allow_nul,
+                              const char *what, const char *field) {
+    DSLA_TRY(check_str(v, max, allow_nul, what, field));
+    size_t n = v->via.str.size;
+    if (n) memcpy(out, v->via.str.ptr, n);
+    out[n] = '\0';
     return DSLA_OK;
 }
 
 dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, const char *what,
                                 const char *field) {
-    DSLA_TRY(check_str(v, max, what, field));
-    size_t n = v->via.str.size;
-    if (n) memcpy(out, v->via.str.ptr, n);
-    out[n] = '\0';
+    return copy_str(v, out, max, false, what, field);
+}
+
+dsla_status_t dsla_wire_get_bytes(const msgpack_object *v, char *out, size_t max, size_t *len,
+                                  const char *what, const char *field) {
+    DSLA_TRY(copy_str(v, out, max, true, what, field));
+    *len = v->via.str.size;
     return DSLA_OK;
 }
 
@@ -259,7 +271,7 @@ dsla_status_t dsla_wire_get_bool(const msgpack_object *v, bool *out, const char 
 
 dsla_status_t dsla_wire_dup_str(const msgpack_object *v, size_t max, char **out, size_t *len_out,
                                 const char *what, const char *field) {
-    DSLA_TRY(check_str(v, max, what, field));
+    DSLA_TRY(check_str(v, max, false, what, field));
     size_t n = v->via.str.size;
     char *s = malloc(n + 1);
     if (!s) return dsla_error_oom("%s: field %s", what, field);

@@ -40,6 +40,10 @@ dsla_status_t dsla_wire_get_u32(const msgpack_object *v, uint32_t *out, const ch
 /* Copies a str of at most max bytes, without NUL bytes, into out[max + 1]. */
 dsla_status_t dsla_wire_get_str(const msgpack_object *v, char *out, size_t max, const char *what,
                                 const char *field);
+/* Copies a str of at most max bytes that may hold NUL bytes (text a model produced: a byte token
+ * can be 0x00) into out[max + 1]; its length goes to *len. */
+dsla_status_t dsla_wire_get_bytes(const msgpack_object *v, char *out, size_t max, size_t *len,
+                                  const char *what, const char *field);
 
 /* An integer in [lo, hi] (either msgpack integer type). */
 dsla_status_t dsla_wire_get_i64(const msgpack_object *v, int64_t lo, int64_t hi, int64_t *out,

@@ -76,6 +76,14 @@ static void test_token_done_cancel_round_trip(void **state) {
     assert_int_equal(td.text_len, 5);
     assert_string_equal(td.text, ", the");
     dsla_proto_buf_free(&buf);
+    /* A model's byte token can be 0x00: the piece carries it, with its length. */
+    memcpy(t.text, "a\0b", 3);
+    t.text_len = 3;
+    assert_int_equal(dsla_proto_token_encode(&t, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_token_decode(buf.data, buf.len, &td), DSLA_OK);
+    assert_int_equal(td.text_len, 3);
+    assert_memory_equal(td.text, "a\0b", 3);
+    dsla_proto_buf_free(&buf);
     t.text_len = DSLA_PROTO_PIECE_MAX + 1;
     assert_int_equal(dsla_proto_token_encode(&t, &buf), DSLA_ERR_INVALID_ARGUMENT);
 
