@@ -13,29 +13,17 @@
  * Contract: it is a plain message router: it never decodes a prompt, never tokenizes and holds no
  * engine, so it forwards GENERATE bodies byte for byte. It never blocks: a replica or client whose
  * queue is full gets the request failed, not waited on. Everything after create runs on the
- * actor's thread; nothing is shared with another thread. */
+ * actor's thread; nothing is shared with another thread. The routing itself lives in
+ * gateway_core.h; this is its shell. */
 #ifndef DSLA_ACTORS_GATEWAY_H
 #define DSLA_ACTORS_GATEWAY_H
 
 #include <stdint.h>
 
+#include "actors/gateway_core.h"
 #include "runtime/actor/actor.h"
 
-/* Outstanding requests, all replicas together, beyond which a GENERATE is refused at once with
- * RESOURCE_EXHAUSTED, when the config gives none: one replica's default queue and twice its
- * running set (runtime/serve/engine.c; the slack covers replies on their way), so that the
- * replica's own admission control (a queue bounded by requests, tokens and time) speaks first.
- * dsla-serve sizes it for its replicas (actors/node.c). */
-#define DSLA_GATEWAY_OUTSTANDING_MAX (4096 + 2 * 64)
-/* Replicas one gateway routes to: one REPORT lists them all. */
-#define DSLA_GATEWAY_REPLICA_MAX DSLA_PROTO_REPLICAS_MAX
-
 typedef struct dsla_gateway dsla_gateway_t;
-
-typedef struct {
-    const char *name;     /* the replica's actor name: "serving0" */
-    const char *endpoint; /* its mailbox: "inproc://serving0", "tcp://10.0.0.2:7072" */
-} dsla_gateway_replica_t;
 
 typedef struct {
     const char *name; /* actor name; NULL: "gateway" */
