@@ -35,7 +35,7 @@ struct dsla_node {
  * a running set's worth for replies still on their way, so that the engines' queues (bounded by
  * requests, tokens and time, refusals naming --max-queued) decide who waits. */
 uint32_t dsla_node_request_bound(const dsla_node_config_t *c) {
-    const uint64_t replicas = (uint64_t)(c->model ? 1 : 0) + (uint64_t)c->n_replicas;
+    const uint64_t replicas = (uint64_t)(c->model || c->backend ? 1 : 0) + (uint64_t)c->n_replicas;
     uint64_t bound = (replicas ? replicas : 1) *
                      ((uint64_t)c->engine.max_queued + 2 * (uint64_t)c->engine.max_running);
     return bound > (1u << 24) ? 1u << 24 : (uint32_t)bound;
@@ -75,7 +75,8 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config) {
     *out = NULL;
-    if (config->serving_only && !config->model)
+    const bool local = config->model || config->backend;
+    if (config->serving_only && !local)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "node: a serving actor needs a model");
     dsla_node_t *n = calloc(1, sizeof *n);
     if (!n) return dsla_error_oom("node");
@@ -105,7 +106,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
                                        .heartbeat_ms = config->heartbeat_ms};
         st = dsla_controller_create(&n->controller, &cc);
     }
-    if (st == DSLA_OK && config->model) {
+    if (st == DSLA_OK && local) {
         dsla_serving_config_t sc = {
             .name = config->serving_name ? config->serving_name : NODE_LOCAL_REPLICA,
             .ctx = n->ctx,

@@ -23,7 +23,8 @@
 typedef struct dsla_node dsla_node_t;
 
 typedef struct {
-    dsla_model_t *model; /* NULL: no local serving actor (a gateway over remote replicas) */
+    /* model and backend NULL: no local serving actor (a gateway over remote replicas) */
+    dsla_model_t *model; /* NULL with a backend: a model with no host copy (random weights) */
     const dsla_tokenizer_t *tokenizer;
     dsla_engine_config_t engine;
     dsla_serve_backend_t *backend; /* the serving actor's backend (a GPU deployment); NULL: CPU */

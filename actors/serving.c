@@ -213,7 +213,8 @@ static void serving_free(dsla_serving_t *s) {
 }
 
 static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t *config) {
-    const dsla_model_config_t *mcfg = dsla_model_config(config->model);
+    const dsla_model_config_t *mcfg =
+        config->backend ? config->backend->cfg : dsla_model_config(config->model);
     dsla_engine_t *engine = NULL;
     DSLA_TRY(
         config->backend

@@ -51,7 +51,7 @@ typedef struct {
     dsla_actor_ctx_t *ctx;
     const char *endpoint; /* mailbox, "tcp://127.0.0.1:7070"; "tcp://127.0.0.1:*" picks a port */
     dsla_model_t *model;  /* the host model: its shape checks layer versions; the CPU runs it
-                             unless backend is set */
+                             unless backend is set. NULL with a backend: the backend's shape */
     const dsla_tokenizer_t *tokenizer;
     dsla_engine_config_t engine;
     /* Another backend for the engine (runtime/serve/backend_cuda.h, a GPU deployment of model);

@@ -21,6 +21,8 @@
 #   serving_load  the same model at 0 and 50% DSLA under 90 s of chat-preset Poisson arrivals
 #                 (goodput, TTFT/TPOT percentiles; docs/load.md)
 #   loadgen  dsla-serve --device cuda (tinystories-11M, bf16) under dsla-loadgen over HTTP
+#   serve_7b  dsla-serve --device cuda --random-model 7b (tinystories-11M's tokenizer) under
+#            dsla-loadgen over HTTP: chat preset at LOAD_RATE (12) req/s for 30 s, context 4096
 #   distill_gpu  tests/gpu/test_distill_gpu (GPU distillation against the CPU, tinystories-11M)
 #   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
 #   decode_mixed  bench_cuda_kernels --only decode (paged decode attention, 64-256 mixed lengths)
@@ -93,6 +95,22 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
             --timeline "$OUT/loadgen-timeline.csv"
         kill $sp; wait $sp
         grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/loadgen.log" ;;
+    serve_7b)
+        M=$D/shared/models/tinystories-11M-hf
+        "$D/bin/dsla-serve" --device cuda --random-model 7b --tokenizer "$M" --max-context 4096 \
+            --endpoint tcp://127.0.0.1:17072 --http 127.0.0.1:18002 >"$OUT/serve_7b-serve.log" 2>&1 &
+        sp=$!
+        for _ in $(seq 300); do # 13.5 GB of weights drawn first; ready when one request completes
+            "$D/bin/dsla-loadgen" --url http://127.0.0.1:18002 --requests 1 --prompt-len 8 \
+                --output-len 1 >/dev/null 2>&1 && break
+            sleep 1
+        done
+        stage serve_7b 300 "$D/bin/dsla-loadgen" --url http://127.0.0.1:18002 --tokenizer "$M" \
+            --preset chat --rate ${LOAD_RATE:-12} --duration 30 --max-context 4096 \
+            --timeline "$OUT/serve_7b-timeline.csv"
+        kill $sp; wait $sp
+        grep -E 'dsla-serve:' "$OUT/serve_7b-serve.log" | head -3
+        grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/serve_7b.log" ;;
     decode_mixed) stage decode_mixed 300 "$D/bin/bench_cuda_kernels" --only decode ;;
     e2e_serving) stage e2e_serving 300 "$D/bin/bench_e2e_cuda" serving ;;
     trace)

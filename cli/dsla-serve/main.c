@@ -25,6 +25,7 @@ static const char usage[] =
     "                  [--fetch-chunk BYTES]\n"
     "                  [--device cpu|cuda [--dtype bf16|f32] [--gpu-margin-mib "
     "N]]\n"
+    "                  [--device cuda --random-model 7b --tokenizer DIR [--vocab N]]\n"
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
     "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...\n"
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
@@ -62,7 +63,10 @@ static const char usage[] =
     "--max-running wait in a queue bounded by --max-queued requests (4096), --max-queued-tokens\n"
     "prompt tokens (2097152) and --max-queue-wait-ms (30000; 0: no time bound), beyond which they\n"
     "fail RESOURCE_EXHAUSTED (HTTP 429) naming the bound; the gateway and HTTP carry as many\n"
-    "(--http-max-in-flight overrides HTTP's).";
+    "(--http-max-in-flight overrides HTTP's). --random-model 7b (with --device cuda) serves a\n"
+    "Llama-2-7B-shaped model of random weights drawn on the GPU (no checkpoint needed; no\n"
+    "controller or distiller) with the tokenizer of --tokenizer DIR; --vocab defaults to its\n"
+    "vocabulary.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -114,11 +118,14 @@ static void raise_open_files(uint32_t in_flight) {
                 (unsigned long long)(rl.rlim_max > 256 ? rl.rlim_max - 256 : 0) / 4, in_flight);
 }
 
-/* --device cuda: the model on the first GPU, its pools sized to the free memory (backend_cuda.h);
- * the sizes go to stderr. */
-static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_config_t *engine,
-                                const char *dtype, long max_context, long margin_mib,
-                                dsla_serve_backend_t **out) {
+/* Random weights are drawn from this seed: every --random-model server is the same model. */
+#define RANDOM_MODEL_SEED 1
+
+/* --device cuda: the model on the first GPU (model NULL: random weights of random_cfg's shape), its
+ * pools sized to the free memory (backend_cuda.h); the sizes go to stderr. */
+static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_model_config_t *random_cfg,
+                                const dsla_engine_config_t *engine, const char *dtype,
+                                long max_context, long margin_mib, dsla_serve_backend_t **out) {
 #ifdef DSLA_HAVE_CUDA
     const dsla_serve_cuda_deploy_t d = {
         .weight_dtype = strcmp(dtype, "f32") == 0 ? DSLA_DTYPE_F32 : DSLA_DTYPE_BF16,
@@ -128,7 +135,9 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_con
         .margin_bytes = (size_t)margin_mib << 20,
     };
     dsla_serve_cuda_deployed_t info;
-    DSLA_TRY(dsla_serve_backend_cuda_deploy(out, model, &d, &info));
+    DSLA_TRY(model ? dsla_serve_backend_cuda_deploy(out, model, &d, &info)
+                   : dsla_serve_backend_cuda_deploy_random(out, random_cfg, RANDOM_MODEL_SEED, &d,
+                                                           &info));
     fprintf(stderr,
             "dsla-serve: %s, %s weights %.2f GiB, one arena of %d blocks of %.0f KiB (%.2f GiB) "
             "for KV and DSLA states, none reserved: a state slot is %d blocks (%.1f MiB), up to "
@@ -140,7 +149,7 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_con
             info.max_context);
     return DSLA_OK;
 #else
-    (void)model, (void)engine, (void)dtype, (void)max_context, (void)margin_mib;
+    (void)model, (void)random_cfg, (void)engine, (void)dtype, (void)max_context, (void)margin_mib;
     *out = NULL;
     return dsla_error(DSLA_ERR_UNSUPPORTED,
                       "--device cuda: this dsla-serve was built without CUDA (-DDSLA_CUDA=ON)");
@@ -148,7 +157,8 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_engine_con
 }
 
 int main(int argc, char **argv) {
-    const char *model_dir = getenv("DSLA_MODEL");
+    const char *model_dir = NULL, *random_model = NULL, *tokenizer_dir = NULL;
+    long vocab = 0;
     const char *endpoint = "tcp://127.0.0.1:7070";
     const char *http = "127.0.0.1:8000";
     const char *model_name = NULL;
@@ -173,6 +183,14 @@ int main(int argc, char **argv) {
     long sample_tokens_per_s = DSLA_SERVING_SAMPLE_TOKENS_PER_S, distill_samples = 0;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
+        {"random-model", DSLA_ARG_STRING,
+         "with --device cuda: 7b, Llama-2-7B's shape with random weights drawn on the GPU", 0, 0,
+         &random_model},
+        {"tokenizer", DSLA_ARG_STRING, "with --random-model: the tokenizer's directory", 0, 0,
+         &tokenizer_dir},
+        {"vocab", DSLA_ARG_INT,
+         "with --random-model: its vocabulary (default: the tokenizer's, which it must hold)", 16,
+         1 << 24, &vocab},
         {"endpoint", DSLA_ARG_STRING, "clients' mailbox (default tcp://127.0.0.1:7070)", 0, 0,
          &endpoint},
         {"http", DSLA_ARG_STRING, "HTTP address (default 127.0.0.1:8000); off disables it", 0, 0,
@@ -272,8 +290,46 @@ int main(int argc, char **argv) {
                              positional, 0, &n_positional, usage);
     if (rc == -1) return 0;
     if (rc != 0) return rc;
+    if (random_model && model_dir) {
+        fprintf(stderr, "dsla-serve: --model and --random-model name two models; give one\n");
+        return 2;
+    }
+    if (!random_model && !model_dir) model_dir = getenv("DSLA_MODEL");
     if (model_dir && !*model_dir) model_dir = NULL;
-    if (!model_dir && (serving_only || replicas.count == 0)) {
+    if (random_model) {
+        const char *refused = layers_dir           ? "--layers"
+                              : controller         ? "--controller"
+                              : distill_out        ? "--distill-out"
+                              : distill_data.count ? "--distill-data"
+                                                   : NULL;
+        if (strcmp(random_model, "7b") != 0) {
+            fprintf(stderr, "dsla-serve: --random-model %s: the only shape is 7b\n", random_model);
+            return 2;
+        }
+        if (strcmp(device, "cuda") != 0) {
+            fprintf(stderr, "dsla-serve: --random-model draws its weights on the GPU: it needs "
+                            "--device cuda\n");
+            return 2;
+        }
+        if (!tokenizer_dir) {
+            fprintf(stderr, "dsla-serve: --random-model needs --tokenizer DIR (e.g. a Llama "
+                            "model's directory) for text prompts\n");
+            return 2;
+        }
+        if (refused) {
+            fprintf(stderr,
+                    "dsla-serve: %s needs a model's real weights (layer versions "
+                    "distilled from it); not with --random-model\n",
+                    refused);
+            return 2;
+        }
+    } else if (tokenizer_dir || vocab) {
+        fprintf(stderr, "dsla-serve: --tokenizer and --vocab are for --random-model; --model "
+                        "DIR's tokenizer is DIR's\n");
+        return 2;
+    }
+    const bool local = model_dir || random_model;
+    if (!local && (serving_only || replicas.count == 0)) {
         fprintf(stderr, "dsla-serve: --model is required (or set DSLA_MODEL)%s\n",
                 serving_only ? "" : ", unless --replica names serving actors elsewhere");
         return 2;
@@ -328,7 +384,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: --dtype %s: bf16 or f32\n", dtype);
         return 2;
     }
-    if (on_gpu && !model_dir) {
+    if (on_gpu && !local) {
         fprintf(stderr, "dsla-serve: --device cuda runs a local serving actor: it needs --model\n");
         return 2;
     }
@@ -348,13 +404,29 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN); /* an HTTP client that hangs up is no reason to die */
 
     char name[256];
-    model_id(model_name ? model_name : model_dir ? model_dir : "dsla", name, sizeof name);
+    model_id(model_name     ? model_name
+             : model_dir    ? model_dir
+             : random_model ? "llama-2-7b-random"
+                            : "dsla",
+             name, sizeof name);
     dsla_model_t *model = NULL;
     dsla_tokenizer_t *tokenizer = NULL;
     dsla_node_t *node = NULL;
     dsla_status_t st = DSLA_OK;
     if (model_dir) st = dsla_model_load(&model, model_dir);
-    if (st == DSLA_OK && model_dir) st = dsla_tokenizer_load_dir(&tokenizer, model_dir);
+    if (st == DSLA_OK && (model_dir || tokenizer_dir))
+        st = dsla_tokenizer_load_dir(&tokenizer, model_dir ? model_dir : tokenizer_dir);
+    dsla_model_config_t random_cfg = {0};
+    if (st == DSLA_OK && random_model) {
+        const int tv = dsla_tokenizer_vocab_size(tokenizer);
+        if (vocab == 0) vocab = tv;
+        random_cfg = dsla_model_config_llama2_7b((int)vocab);
+        if (tv > vocab)
+            st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                            "--tokenizer %s has a vocabulary of %d tokens, more than --vocab %ld: "
+                            "its ids would fall outside the model's",
+                            tokenizer_dir, tv, vocab);
+    }
     dsla_engine_config_t engine = dsla_engine_config_default();
     if (max_running) engine.max_running = (int)max_running;
     if (max_queued) engine.max_queued = (int)max_queued;
@@ -366,7 +438,7 @@ int main(int argc, char **argv) {
         engine.step_tokens = engine.prefill_chunk + engine.max_running;
     dsla_serve_backend_t *backend = NULL;
     if (st == DSLA_OK && on_gpu)
-        st = deploy_gpu(model, &engine, dtype, max_context, margin_mib, &backend);
+        st = deploy_gpu(model, &random_cfg, &engine, dtype, max_context, margin_mib, &backend);
     if (st == DSLA_OK) {
         bool http_on = !serving_only && strcmp(http, "off") != 0;
         dsla_node_config_t config = {.model = model,

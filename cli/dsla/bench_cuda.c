@@ -49,7 +49,7 @@ static const char usage[] =
 
 /* Admission run: outputs beyond the one per later prompt, i.e. decode steps with every sequence
  * full. */
-enum { ADMIT_SLACK = 8, MAX_RATIOS = 8, MODEL_LAYERS = 32 };
+enum { ADMIT_SLACK = 8, MAX_RATIOS = 8 };
 
 typedef struct run run_t;
 typedef struct {
@@ -639,12 +639,7 @@ int dsla_cmd_bench_cuda(int argc, char **argv) {
         b.step_timing = (dsla_step_timing_t)step_timing;
         b.phase_every = (int)phase_every;
     }
-    dsla_model_config_t cfg = {0};
-    cfg.hidden_size = 4096, cfg.num_layers = MODEL_LAYERS, cfg.num_heads = 32;
-    cfg.num_kv_heads = 32, cfg.head_dim = 128, cfg.intermediate_size = 11008;
-    cfg.vocab_size = 32000, cfg.max_position_embeddings = 32768, cfg.rms_norm_eps = 1e-5f;
-    cfg.rope_theta = 10000.0f, cfg.bos_token_id = 1;
-    cfg.vocab_size = (int)vocab;
+    const dsla_model_config_t cfg = dsla_model_config_llama2_7b((int)vocab);
     const dsla_cuda_model_opts_t mo = {DSLA_DTYPE_BF16, (int)(context + max_seqs),
                                        (int)max_seqs,   (int)max_seqs,
                                        (int)context,    true};

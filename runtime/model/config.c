@@ -347,6 +347,15 @@ dsla_status_t dsla_config_load(dsla_model_config_t *cfg, const char *path) {
     return status;
 }
 
+dsla_model_config_t dsla_model_config_llama2_7b(int vocab_size) {
+    dsla_model_config_t cfg = {0};
+    cfg.hidden_size = 4096, cfg.num_layers = 32, cfg.num_heads = 32, cfg.num_kv_heads = 32;
+    cfg.head_dim = 128, cfg.intermediate_size = 11008, cfg.vocab_size = vocab_size;
+    cfg.max_position_embeddings = 32768, cfg.rms_norm_eps = 1e-5f, cfg.rope_theta = 10000.0f;
+    cfg.bos_token_id = 1;
+    return cfg;
+}
+
 dsla_status_t dsla_config_validate(const dsla_model_config_t *cfg, const char *source) {
     if (!cfg) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "dsla_config_validate: NULL config");
     if (!source) source = "config";

@@ -48,6 +48,10 @@ dsla_status_t dsla_config_load(dsla_model_config_t *cfg, const char *path);
 dsla_status_t dsla_config_parse(dsla_model_config_t *cfg, const char *json, const char *source);
 /* Checks internal consistency (positive sizes, H % H_kv, ...). Called by load and parse. */
 dsla_status_t dsla_config_validate(const dsla_model_config_t *cfg, const char *source);
+/* Llama-2-7B's shape (hidden 4096, 32 layers of 32 heads of 128, intermediate 11008, context 32768,
+ * rope_theta 10000, BOS 1, no EOS) with vocab_size entries: the random models of
+ * `dsla bench --device cuda` and `dsla-serve --random-model 7b`, no checkpoint being at hand. */
+dsla_model_config_t dsla_model_config_llama2_7b(int vocab_size);
 /* Writes config.json for cfg (used by `dsla import`). */
 dsla_status_t dsla_config_save(const dsla_model_config_t *cfg, const char *path);
 

@@ -283,11 +283,11 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
     return DSLA_OK;
 }
 
-dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const dsla_model_t *model,
-                                             const dsla_serve_cuda_deploy_t *d,
-                                             dsla_serve_cuda_deployed_t *info) {
+/* A deployment of model's weights or, model NULL, of random weights of mc's shape from seed. */
+static dsla_status_t deploy(dsla_serve_backend_t **out, const dsla_model_t *model,
+                            const dsla_model_config_t *mc, uint64_t seed,
+                            const dsla_serve_cuda_deploy_t *d, dsla_serve_cuda_deployed_t *info) {
     *out = NULL;
-    const dsla_model_config_t *mc = dsla_model_config(model);
     if (d->weight_dtype != DSLA_DTYPE_BF16 && d->weight_dtype != DSLA_DTYPE_F32)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "cuda deploy: weights %s (bf16 or f32)",
                           dsla_dtype_name(d->weight_dtype));
@@ -314,7 +314,9 @@ dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const d
     dsla_cuda_stream_t stream = NULL;
     dsla_cuda_model_t *m = NULL;
     dsla_status_t s = dsla_cuda_stream_create(&stream);
-    if (s == DSLA_OK) s = dsla_cuda_model_create(&m, model, &mo, stream);
+    if (s == DSLA_OK)
+        s = model ? dsla_cuda_model_create(&m, model, &mo, stream)
+                  : dsla_cuda_model_create_random(&m, mc, seed, &mo, stream);
     if (s == DSLA_OK) s = deploy_pools(m, d, &o, info);
     if (s == DSLA_OK) s = dsla_serve_backend_cuda_create(out, m, &o);
     if (s != DSLA_OK) {
@@ -326,6 +328,19 @@ dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const d
     c->owned_model = m;
     c->owned_stream = stream;
     return DSLA_OK;
+}
+
+dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const dsla_model_t *model,
+                                             const dsla_serve_cuda_deploy_t *d,
+                                             dsla_serve_cuda_deployed_t *info) {
+    return deploy(out, model, dsla_model_config(model), 0, d, info);
+}
+
+dsla_status_t dsla_serve_backend_cuda_deploy_random(dsla_serve_backend_t **out,
+                                                    const dsla_model_config_t *cfg, uint64_t seed,
+                                                    const dsla_serve_cuda_deploy_t *d,
+                                                    dsla_serve_cuda_deployed_t *info) {
+    return deploy(out, NULL, cfg, seed, d, info);
 }
 
 dsla_status_t dsla_serve_backend_cuda_adopt_plan(dsla_serve_backend_t *b, dsla_plan_t *plan) {

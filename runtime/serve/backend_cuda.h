@@ -65,6 +65,13 @@ dsla_status_t dsla_serve_backend_cuda_deploy(dsla_serve_backend_t **out, const d
                                              const dsla_serve_cuda_deploy_t *d,
                                              dsla_serve_cuda_deployed_t *info);
 
+/* dsla_serve_backend_cuda_deploy of a model of cfg's shape whose weights are drawn on the device
+ * from seed (dsla_cuda_model_create_random): serving shapes no checkpoint is at hand for. */
+dsla_status_t dsla_serve_backend_cuda_deploy_random(dsla_serve_backend_t **out,
+                                                    const dsla_model_config_t *cfg, uint64_t seed,
+                                                    const dsla_serve_cuda_deploy_t *d,
+                                                    dsla_serve_cuda_deployed_t *info);
+
 /* For benchmarks whose DSLA weights were drawn on the device (dsla_cuda_model_set_dsla_random):
  * declares that the model already holds, for every DSLA layer of plan, that layer's version in
  * plan, so no upload happens for it (such versions may carry no host weights at all). The backend

@@ -18,15 +18,15 @@ static void run_free(run_result_t *r) {
     free(r->err);
 }
 
-/* Runs "$DSLA_BIN/dsla <args>" through the shell; args must already be shell-quoted. */
-static run_result_t run_dsla(const char *args) {
+/* Runs "$DSLA_BIN/<prog> <args>" through the shell; args must already be shell-quoted. */
+static run_result_t run_bin(const char *prog, const char *args) {
     const char *bin = getenv("DSLA_BIN");
     if (!bin) bin = "build/bin";
     char *dir = dsla_test_tempdir();
     char cmd[8192], out_path[512], err_path[512];
     snprintf(out_path, sizeof out_path, "%s/out", dir);
     snprintf(err_path, sizeof err_path, "%s/err", dir);
-    snprintf(cmd, sizeof cmd, "%s/dsla %s >%s 2>%s", bin, args, out_path, err_path);
+    snprintf(cmd, sizeof cmd, "%s/%s %s >%s 2>%s", bin, prog, args, out_path, err_path);
     int status = system(cmd);
     run_result_t r = {0};
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -36,6 +36,46 @@ static run_result_t run_dsla(const char *args) {
     free(dir);
     if (!r.out || !r.err) fail_msg("could not read the output of: %s", cmd);
     return r;
+}
+
+static run_result_t run_dsla(const char *args) {
+    return run_bin("dsla", args);
+}
+
+/* Runs dsla-serve with args and checks that it exits with code, stderr naming want and want2. */
+static void serve_fails(const char *args, int code, const char *want, const char *want2) {
+    run_result_t r = run_bin("dsla-serve", args);
+    if (r.exit_code != code || !strstr(r.err, want) || (want2 && !strstr(r.err, want2)))
+        fail_msg("dsla-serve %s: exit %d (want %d), stderr: %s", args, r.exit_code, code, r.err);
+    run_free(&r);
+}
+
+/* --random-model's usage errors, all before any GPU is touched (this build may have none). */
+static void test_serve_random_model_usage(void **state) {
+    (void)state;
+    serve_fails("--random-model 7b --tokenizer /nonexistent --http off", 2, "--random-model",
+                "--device cuda");
+    serve_fails("--device cuda --random-model 13b --tokenizer /nonexistent", 2, "13b", NULL);
+    serve_fails("--device cuda --random-model 7b", 2, "--tokenizer", NULL);
+    serve_fails("--device cuda --random-model 7b --model /nonexistent --tokenizer /nonexistent", 2,
+                "--model", "--random-model");
+    serve_fails("--device cuda --random-model 7b --tokenizer /nonexistent --layers /nonexistent", 2,
+                "--layers", "--random-model");
+    serve_fails("--device cuda --random-model 7b --tokenizer /nonexistent --distill-data x "
+                "--distill-out /nonexistent",
+                2, "--distill-out", "--random-model");
+    serve_fails("--device cuda --random-model 7b --tokenizer /nonexistent --serving-only "
+                "--controller tcp://127.0.0.1:1",
+                2, "--controller", "--random-model");
+    serve_fails("--model /nonexistent --vocab 32000", 2, "--vocab", "--random-model");
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char args[4096];
+    snprintf(args, sizeof args,
+             "--device cuda --random-model 7b --tokenizer '%s' --vocab 100 --http off "
+             "--endpoint 'tcp://127.0.0.1:*'",
+             model);
+    serve_fails(args, 2, "512", "--vocab 100");
+    free(model);
 }
 
 static void test_usage_errors(void **state) {
@@ -234,6 +274,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_missing_model_is_a_clear_failure),
+        cmocka_unit_test(test_serve_random_model_usage),
         cmocka_unit_test(test_greedy_stories260k_hf),
         cmocka_unit_test(test_import_then_generate_stories260k),
         cmocka_unit_test(test_import_then_generate_babyllama105),
