@@ -115,6 +115,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
             .tokenizer = config->tokenizer,
             .engine = config->engine,
             .backend = config->backend,
+            .gpu_warmup = config->gpu_warmup,
             .heartbeat_ms = config->heartbeat_ms,
             .controller = n->controller ? NODE_CONTROLLER_ENDPOINT : config->controller,
             .report_ms = config->report_ms,

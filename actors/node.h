@@ -28,6 +28,7 @@ typedef struct {
     const dsla_tokenizer_t *tokenizer;
     dsla_engine_config_t engine;
     dsla_serve_backend_t *backend; /* the serving actor's backend (a GPU deployment); NULL: CPU */
+    bool gpu_warmup;               /* dsla_serving_config_t.gpu_warmup */
     const char *endpoint; /* the clients' endpoint: the gateway's, or the serving actor's when
                              serving_only */
     const char *const *replicas; /* remote serving endpoints the gateway also routes to */

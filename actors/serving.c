@@ -225,6 +225,11 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
     const bool gpu = config->backend && strcmp(config->backend->name, "cuda") == 0;
     dsla_serving_engine_config_t ec = {
         .deliver = deliver, .user = s, .cuda_device = gpu ? dsla_cuda_device_current() : -1};
+    if (gpu && config->gpu_warmup) {
+        ec.warmup_vocab = mcfg->vocab_size;
+        ec.warmup_chunk = config->engine.prefill_chunk;
+        ec.warmup_context = config->backend->max_context;
+    }
     DSLA_TRY(dsla_serving_engine_create(&s->engine, &engine, &ec));
 
     s->report_ms = config->report_ms ? config->report_ms : DSLA_SERVING_REPORT_MS;

@@ -57,6 +57,10 @@ typedef struct {
     /* Another backend for the engine (runtime/serve/backend_cuda.h, a GPU deployment of model);
      * borrowed, it must outlive the actor. NULL: the CPU runs model. */
     dsla_serve_backend_t *backend;
+    /* With a GPU backend: before its first request the engine thread runs the backend's warm-up
+     * (dsla_serve_cuda_warmup: cuDNN's plans for every prompt bucket, 10-15 s at 7B), so that the
+     * first minutes of traffic do not pay for plan building. */
+    bool gpu_warmup;
     uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS */
     const char *controller; /* the controller's mailbox; NULL: no reports, no plan changes */
     uint32_t report_ms;     /* LOAD_REPORT interval; 0: DSLA_SERVING_REPORT_MS */

@@ -8,7 +8,9 @@
 #include <time.h>
 
 #include "kernels/kernels.h"
+#include "runtime/core/clock.h"
 #include "runtime/core/log.h"
+#include "runtime/serve/backend_cuda.h"
 
 /* A failed step is tried again after this pause rather than at once, so that a broken backend
  * cannot make the thread spin. */
@@ -215,6 +217,14 @@ static void *engine_main(void *arg) {
     struct dsla_serving_engine *e = arg;
     if (e->config.cuda_device >= 0 && dsla_cuda_device_bind(e->config.cuda_device) != DSLA_OK)
         dsla_log_error("serving engine: %s", dsla_last_error());
+    if (e->config.warmup_vocab > 0) {
+        const double t0 = dsla_clock_seconds();
+        if (dsla_serve_cuda_warmup(e->engine, e->config.warmup_vocab, e->config.warmup_chunk,
+                                   e->config.warmup_context) != DSLA_OK)
+            dsla_log_error("serving engine: warm-up: %s", dsla_last_error());
+        else
+            dsla_log_info("serving engine: warmed up in %.1f s", dsla_clock_seconds() - t0);
+    }
     dsla_engine_metrics_t *m = malloc(sizeof *m);
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {

@@ -74,6 +74,9 @@ typedef struct {
     dsla_serving_deliver_fn deliver;
     void *user;
     int cuda_device; /* bound on the engine thread before its first step; -1: none (CPU) */
+    /* > 0: dsla_serve_cuda_warmup(engine, warmup_vocab, warmup_chunk, warmup_context) on the
+     * engine thread before it takes any work (requests submitted meanwhile wait in the inbox) */
+    int warmup_vocab, warmup_chunk, warmup_context;
 } dsla_serving_engine_config_t;
 
 /* Takes engine (NULLs *engine, also on failure) and starts its thread. */

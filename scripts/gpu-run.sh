@@ -98,7 +98,7 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     serve_7b)
         M=$D/shared/models/tinystories-11M-hf
         "$D/bin/dsla-serve" --device cuda --random-model 7b --tokenizer "$M" --max-context 4096 \
-            --max-running ${MAX_RUNNING:-256} --prefill-chunk ${PREFILL_CHUNK:-2048} \
+            --max-running ${MAX_RUNNING:-256} --prefill-chunk ${PREFILL_CHUNK:-2048} --gpu-warmup \
             --endpoint tcp://127.0.0.1:17072 --http 127.0.0.1:18002 >"$OUT/serve_7b-serve.log" 2>&1 &
         sp=$!
         for _ in $(seq 300); do # 13.5 GB of weights drawn first; ready when one request completes

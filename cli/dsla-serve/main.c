@@ -178,7 +178,7 @@ int main(int argc, char **argv) {
     long distill_layers = 0, distill_steps = distill.steps, distill_batch = distill.batch;
     long distill_seq_len = 256, distill_max_sequences = 0, distill_eval_sequences = 16;
     long distill_seed = (long)distill.seed, distill_checkpoint = distill.checkpoint_every;
-    bool no_sample_prompts = false;
+    bool no_sample_prompts = false, gpu_warmup = false;
     long sample_every = DSLA_SERVING_SAMPLE_EVERY, sample_seed = 0;
     long sample_tokens_per_s = DSLA_SERVING_SAMPLE_TOKENS_PER_S, distill_samples = 0;
     const dsla_arg_spec_t specs[] = {
@@ -235,6 +235,9 @@ int main(int argc, char **argv) {
          &max_running},
         {"max-context", DSLA_ARG_INT, "with --device cuda: longest sequence (default: the model's)",
          1, 1 << 20, &max_context},
+        {"gpu-warmup", DSLA_ARG_FLAG,
+         "with --device cuda: build cuDNN's plan for every prompt bucket before serving", 0, 0,
+         &gpu_warmup},
         {"prefill-chunk", DSLA_ARG_INT,
          "prompt tokens per request per step (default 256 on the CPU, 2048 on a GPU)", 1, 1 << 20,
          &prefill_chunk},
@@ -445,6 +448,7 @@ int main(int argc, char **argv) {
                                      .tokenizer = tokenizer,
                                      .engine = engine,
                                      .backend = backend,
+                                     .gpu_warmup = gpu_warmup,
                                      .endpoint = endpoint,
                                      .replicas = replicas.items,
                                      .n_replicas = replicas.count,

@@ -312,31 +312,6 @@ static void print_steps(const char *device, const char *label, const dsla_step_r
     printf("},\"phase_step_ms_mean\":%.3f}\n", kp ? 1e3 * ph_step / kp : 0.0);
 }
 
-/* Untimed: one prompt per cuDNN row bucket up to the prefill chunk, and one per bucket of a second
- * chunk after a whole first one (each bucket's plan takes 50-80 ms once), so that the run measures
- * serving, not plan building. */
-static dsla_status_t trace_warmup(dsla_engine_t *e, int vocab, int chunk, int context) {
-    int32_t *ids = malloc((size_t)context * sizeof *ids);
-    if (!ids) return dsla_error_oom("bench");
-    for (int t = 0; t < context; t++)
-        ids[t] = (int32_t)(1 + (t * 7919) % (vocab - 1));
-    dsla_status_t s = DSLA_OK;
-    for (int pass = 0; pass < 2; pass++) {
-        const int base = pass ? chunk : 0, most = pass ? context - 2 - chunk : chunk;
-        for (int n = 64; n <= most && s == DSLA_OK; n = dsla_cuda_cudnn_rows(n) + 1) {
-            const int len =
-                base + (dsla_cuda_cudnn_rows(n) < most ? dsla_cuda_cudnn_rows(n) : most);
-            const dsla_request_params_t p = {
-                .prompt_ids = ids, .n_prompt_ids = len, .max_tokens = 2, .ignore_eos = true};
-            s = dsla_engine_submit(e, &p, NULL);
-        }
-    }
-    while (s == DSLA_OK && !dsla_engine_idle(e))
-        s = dsla_engine_step(e, NULL);
-    free(ids);
-    return s;
-}
-
 static dsla_status_t shape_only_version(dsla_layer_ref_t **out, const dsla_model_config_t *c,
                                         int layer) {
     dsla_dsla_layer_t *w = calloc(1, sizeof *w);
@@ -460,7 +435,8 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
         ec.step_rates = b->rates;
         s = dsla_engine_create_on(&e, be, NULL, &ec);
         if (s == DSLA_OK) s = dsla_engine_set_plan(e, plan);
-        if (s == DSLA_OK) s = trace_warmup(e, c->vocab_size, b->prefill_chunk, b->context);
+        if (s == DSLA_OK)
+            s = dsla_serve_cuda_warmup(e, c->vocab_size, b->prefill_chunk, b->context);
         dsla_load_record_t *recs = calloc((size_t)b->trace->n, sizeof *recs);
         step_log_t steps = {.cap = 1 << 16};
         steps.recs = malloc((size_t)steps.cap * sizeof *steps.recs);

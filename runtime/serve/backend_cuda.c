@@ -357,4 +357,36 @@ dsla_status_t dsla_serve_backend_cuda_adopt_plan(dsla_serve_backend_t *b, dsla_p
     return DSLA_OK;
 }
 
+dsla_status_t dsla_serve_cuda_warmup(dsla_engine_t *e, int vocab, int chunk, int context) {
+    int32_t *ids = malloc((size_t)context * sizeof *ids);
+    if (!ids) return dsla_error_oom("warm-up: %d prompt ids", context);
+    for (int t = 0; t < context; t++)
+        ids[t] = (int32_t)(1 + (t * 7919) % (vocab - 1));
+    dsla_status_t s = DSLA_OK;
+    for (int pass = 0; pass < 2; pass++) {
+        const int base = pass ? chunk : 0, most = pass ? context - 2 - chunk : chunk;
+        for (int n = 64; n <= most && s == DSLA_OK; n = dsla_cuda_cudnn_rows(n) + 1) {
+            const int len =
+                base + (dsla_cuda_cudnn_rows(n) < most ? dsla_cuda_cudnn_rows(n) : most);
+            const dsla_request_params_t p = {
+                .prompt_ids = ids, .n_prompt_ids = len, .max_tokens = 2, .ignore_eos = true};
+            s = dsla_engine_submit(e, &p, NULL);
+        }
+    }
+    while (s == DSLA_OK && !dsla_engine_idle(e))
+        s = dsla_engine_step(e, NULL);
+    free(ids);
+    return s;
+}
+
+#else
+
+dsla_status_t dsla_serve_cuda_warmup(dsla_engine_t *e, int vocab, int chunk, int context) {
+    (void)e;
+    (void)vocab;
+    (void)chunk;
+    (void)context;
+    return DSLA_OK;
+}
+
 #endif /* DSLA_HAVE_CUDA */

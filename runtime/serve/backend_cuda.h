@@ -80,4 +80,13 @@ dsla_status_t dsla_serve_backend_cuda_adopt_plan(dsla_serve_backend_t *b, dsla_p
 
 #endif /* DSLA_HAVE_CUDA */
 
+#include "runtime/serve/engine.h"
+
+/* Untimed warm-up of an engine on this backend: one short prompt per cuDNN row bucket up to chunk,
+ * and one per bucket of a second chunk after a whole first one (each bucket's plan takes 50-80 ms
+ * to build once), stepped until idle, so that serving or a benchmark does not build plans inside
+ * its first requests. Outputs are discarded; the engine's counters include these requests. From the
+ * thread that steps the engine. DSLA_OK and nothing done in a build without CUDA. */
+dsla_status_t dsla_serve_cuda_warmup(dsla_engine_t *e, int vocab, int chunk, int context);
+
 #endif
