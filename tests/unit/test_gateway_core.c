@@ -11,43 +11,14 @@
 #include <string.h>
 
 #include "actors/gateway_core.h"
+#include "tests/unit/outbox.h"
 
-enum { SENT_MAX = 256 };
-
-typedef struct {
-    char dst[64];
-    uint32_t type;
-    uint64_t id;
-    void *body;
-    size_t len;
-} sent_t;
-
-static struct {
-    sent_t sent[SENT_MAX];
-    int n_sent;
-    char unreachable[64]; /* sends to this peer fail */
-} t;
+static struct { outbox_t out; } t;
 
 static dsla_status_t fake_send(void *user, const char *dst, uint32_t type, uint64_t id,
                                const void *body, size_t len) {
     (void)user;
-    if (strcmp(dst, t.unreachable) == 0)
-        return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "%s: its queue is full", dst);
-    assert_true(t.n_sent < SENT_MAX);
-    sent_t *s = &t.sent[t.n_sent++];
-    snprintf(s->dst, sizeof s->dst, "%s", dst);
-    s->type = type;
-    s->id = id;
-    s->body = malloc(len + 1);
-    memcpy(s->body, body, len);
-    s->len = len;
-    return DSLA_OK;
-}
-
-static void sent_clear(void) {
-    for (int i = 0; i < t.n_sent; i++)
-        free(t.sent[i].body);
-    t.n_sent = 0;
+    return outbox_send(&t.out, dst, type, id, body, len);
 }
 
 static int setup(void **state) {
@@ -58,7 +29,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    sent_clear();
+    outbox_clear(&t.out);
     return 0;
 }
 
@@ -83,8 +54,8 @@ static const char body[] = "a GENERATE body, forwarded unread";
 
 /* The last message sent, which must be to dst of type. */
 static const sent_t *last(const char *dst, uint32_t type) {
-    assert_true(t.n_sent > 0);
-    const sent_t *s = &t.sent[t.n_sent - 1];
+    assert_true(t.out.n > 0);
+    const sent_t *s = &t.out.sent[t.out.n - 1];
     assert_string_equal(s->dst, dst);
     assert_int_equal(s->type, type);
     return s;
@@ -92,10 +63,10 @@ static const sent_t *last(const char *dst, uint32_t type) {
 
 /* A GENERATE from client with id; returns the message that carried it to its replica. */
 static const sent_t *generate(dsla_gateway_core_t *c, const char *client, uint64_t id) {
-    int before = t.n_sent;
+    int before = t.out.n;
     assert_int_equal(dsla_gateway_core_on_generate(c, client, id, body, sizeof body), DSLA_OK);
-    assert_int_equal(t.n_sent, before + 1);
-    const sent_t *s = &t.sent[t.n_sent - 1];
+    assert_int_equal(t.out.n, before + 1);
+    const sent_t *s = &t.out.sent[t.out.n - 1];
     assert_int_equal(s->type, DSLA_MSG_GENERATE);
     assert_int_equal(s->len, sizeof body);
     assert_memory_equal(s->body, body, sizeof body);
@@ -141,9 +112,9 @@ static void test_least_loaded(void **state) {
     assert_int_equal(last("client-a", DSLA_MSG_DONE)->id, 11);
     assert_int_equal(dsla_gateway_core_routes(c), 2);
     /* a frame under the id from the wrong replica matches nothing */
-    int before = t.n_sent;
+    int before = t.out.n;
     dsla_gateway_core_on_token(c, where[2], up[0], "x", 1);
-    assert_int_equal(t.n_sent, before);
+    assert_int_equal(t.out.n, before);
     /* the replica that finished has the fewest outstanding now */
     assert_string_equal(generate(c, "client-b", 1)->dst, where[1]);
     dsla_proto_report_t rep;
@@ -163,12 +134,12 @@ static void test_bound(void **state) {
     dsla_gateway_core_t *c = core_new(2, 2);
     generate(c, "client-a", 1);
     generate(c, "client-a", 2);
-    int before = t.n_sent;
+    int before = t.out.n;
     assert_int_equal(dsla_gateway_core_on_generate(c, "client-a", 3, body, sizeof body),
                      DSLA_ERR_RESOURCE_EXHAUSTED);
     assert_non_null(strstr(dsla_last_error(), "2 requests outstanding"));
     assert_non_null(strstr(dsla_last_error(), "--max-queued"));
-    assert_int_equal(t.n_sent, before); /* the shell answers the refusal */
+    assert_int_equal(t.out.n, before); /* the shell answers the refusal */
     /* a nameless client cannot be streamed to */
     assert_int_equal(dsla_gateway_core_on_generate(c, "", 4, body, sizeof body),
                      DSLA_ERR_INVALID_ARGUMENT);
@@ -201,9 +172,9 @@ static void test_replica_dies_before_token(void **state) {
     assert_int_equal(s->id, up);
     assert_memory_equal(s->body, body, sizeof body);
     /* the dead replica's late frames are dropped */
-    int before = t.n_sent;
+    int before = t.out.n;
     dsla_gateway_core_on_token(c, first, up, "x", 1);
-    assert_int_equal(t.n_sent, before);
+    assert_int_equal(t.out.n, before);
     dsla_proto_report_t rep;
     dsla_gateway_core_report(c, &rep);
     assert_int_equal(rep.rerouted, 1);
@@ -256,15 +227,15 @@ static void test_client_dies(void **state) {
     assert_int_equal(m.request, up);
     assert_int_equal(dsla_gateway_core_routes(c), 1);
     /* the replica's DONE "cancelled" finds no route, and nothing goes to the dead client */
-    int before = t.n_sent;
+    int before = t.out.n;
     dsla_gateway_core_on_done(c, replica, up, "done", 4);
-    assert_int_equal(t.n_sent, before);
+    assert_int_equal(t.out.n, before);
     /* a client's CANCEL goes on to the replica; one naming nothing of that client is refused */
     dsla_proto_cancel_t cb = {.request = 1};
     dsla_proto_buf_t b;
     assert_int_equal(dsla_proto_cancel_encode(&cb, &b), DSLA_OK);
     assert_int_equal(dsla_gateway_core_on_cancel(c, "client-b", b.data, b.len), DSLA_OK);
-    assert_int_equal(t.sent[t.n_sent - 1].type, DSLA_MSG_CANCEL);
+    assert_int_equal(t.out.sent[t.out.n - 1].type, DSLA_MSG_CANCEL);
     assert_int_equal(dsla_gateway_core_on_cancel(c, "client-a", b.data, b.len),
                      DSLA_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(dsla_last_error(), "no running request 1 of this client"));
@@ -273,7 +244,7 @@ static void test_client_dies(void **state) {
     s = generate(c, "client-c", 9);
     snprintf(replica, sizeof replica, "%s", s->dst);
     up = s->id;
-    snprintf(t.unreachable, sizeof t.unreachable, "client-c");
+    snprintf(t.out.unreachable, sizeof t.out.unreachable, "client-c");
     dsla_gateway_core_on_token(c, replica, up, "x", 1);
     s = last(replica, DSLA_MSG_CANCEL);
     assert_int_equal(dsla_proto_cancel_decode(s->body, s->len, &m), DSLA_OK);
@@ -300,7 +271,7 @@ static void test_error_forwarded(void **state) {
     char full[64];
     snprintf(full, sizeof full, "%s", s->dst);
     replica_error(c, full, s->id, DSLA_CODE_RESOURCE_EXHAUSTED, "queue full");
-    s = &t.sent[t.n_sent - 1];
+    s = &t.out.sent[t.out.n - 1];
     assert_int_equal(s->type, DSLA_MSG_GENERATE);
     assert_string_not_equal(s->dst, full);
     assert_int_equal(dsla_gateway_core_routes(c), 1);
@@ -343,7 +314,7 @@ static void test_no_leaks(void **state) {
     uint64_t next_id = 1;
     char client[32];
     for (int step = 0; step < STEPS; step++) {
-        sent_clear();
+        outbox_clear(&t.out);
         snprintf(client, sizeof client, "client-%u", rnd(CLIENTS));
         pending_t *p = n_pending ? &pending[rnd((uint32_t)n_pending)] : NULL;
         switch (rnd(10)) {
@@ -371,15 +342,15 @@ static void test_no_leaks(void **state) {
             dsla_gateway_core_on_peer(c, client, false);
             break;
         default:
-            snprintf(t.unreachable, sizeof t.unreachable, "%s", rnd(4) ? "" : client);
+            snprintf(t.out.unreachable, sizeof t.out.unreachable, "%s", rnd(4) ? "" : client);
             break;
         }
-        for (int i = 0; i < t.n_sent; i++) /* what reached a replica may answer later */
-            if (t.sent[i].type == DSLA_MSG_GENERATE) {
+        for (int i = 0; i < t.out.n; i++) /* what reached a replica may answer later */
+            if (t.out.sent[i].type == DSLA_MSG_GENERATE) {
                 pending_t *q =
                     n_pending < PENDING_MAX ? &pending[n_pending++] : &pending[rnd(PENDING_MAX)];
-                snprintf(q->replica, sizeof q->replica, "%s", t.sent[i].dst);
-                q->id = t.sent[i].id;
+                snprintf(q->replica, sizeof q->replica, "%s", t.out.sent[i].dst);
+                q->id = t.out.sent[i].id;
             }
         check_invariants(c);
     }

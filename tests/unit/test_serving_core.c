@@ -12,21 +12,12 @@
 #include <string.h>
 
 #include "actors/serving_core.h"
+#include "tests/unit/outbox.h"
 
-enum { SENT_MAX = 256, KEYS_MAX = 64 };
-
-typedef struct {
-    char dst[64];
-    uint32_t type;
-    uint64_t id;
-    void *body;
-    size_t len;
-} sent_t;
+enum { KEYS_MAX = 64 };
 
 static struct {
-    sent_t sent[SENT_MAX];
-    int n_sent;
-    char unreachable[64]; /* sends to this client fail */
+    outbox_t out;
     uint64_t submitted[KEYS_MAX];
     int n_submitted;
     uint64_t cancelled[KEYS_MAX];
@@ -38,17 +29,7 @@ static struct {
 static dsla_status_t fake_send(void *user, const char *dst, uint32_t type, uint64_t id,
                                const void *body, size_t len) {
     (void)user;
-    if (strcmp(dst, t.unreachable) == 0)
-        return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "%s: its queue is full", dst);
-    assert_true(t.n_sent < SENT_MAX);
-    sent_t *s = &t.sent[t.n_sent++];
-    snprintf(s->dst, sizeof s->dst, "%s", dst);
-    s->type = type;
-    s->id = id;
-    s->body = malloc(len + 1);
-    memcpy(s->body, body, len);
-    s->len = len;
-    return DSLA_OK;
+    return outbox_send(&t.out, dst, type, id, body, len);
 }
 
 static uint64_t fake_now(void *user) {
@@ -91,8 +72,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    for (int i = 0; i < t.n_sent; i++)
-        free(t.sent[i].body);
+    outbox_clear(&t.out);
     return 0;
 }
 
@@ -158,8 +138,8 @@ static dsla_serving_event_t end_ev(uint64_t key, dsla_finish_reason_t finish, in
 
 static int count_to(const char *dst, uint32_t type) {
     int n = 0;
-    for (int i = 0; i < t.n_sent; i++)
-        n += strcmp(t.sent[i].dst, dst) == 0 && t.sent[i].type == type;
+    for (int i = 0; i < t.out.n; i++)
+        n += strcmp(t.out.sent[i].dst, dst) == 0 && t.out.sent[i].type == type;
     return n;
 }
 
@@ -173,12 +153,12 @@ static void test_stream_and_done(void **state) {
     batch_add(&x, token_ev(a, 42), "Once", NULL);
     batch_add(&x, token_ev(b, 43), " upon", NULL);
     dsla_serving_core_on_events(c, &x.b);
-    assert_int_equal(t.n_sent, 2);
-    assert_string_equal(t.sent[0].dst, "client-a");
-    assert_int_equal(t.sent[0].type, DSLA_MSG_TOKEN);
-    assert_int_equal(t.sent[0].id, 7);
+    assert_int_equal(t.out.n, 2);
+    assert_string_equal(t.out.sent[0].dst, "client-a");
+    assert_int_equal(t.out.sent[0].type, DSLA_MSG_TOKEN);
+    assert_int_equal(t.out.sent[0].id, 7);
     dsla_proto_token_t *tok = malloc(sizeof *tok);
-    assert_int_equal(dsla_proto_token_decode(t.sent[0].body, t.sent[0].len, tok), DSLA_OK);
+    assert_int_equal(dsla_proto_token_decode(t.out.sent[0].body, t.out.sent[0].len, tok), DSLA_OK);
     assert_int_equal(tok->token, 42);
     assert_int_equal(tok->text_len, 4);
     assert_memory_equal(tok->text, "Once", 4);
@@ -186,9 +166,9 @@ static void test_stream_and_done(void **state) {
     batch_init(&x);
     batch_add(&x, end_ev(a, DSLA_FINISH_LENGTH, 16), NULL, NULL);
     dsla_serving_core_on_events(c, &x.b);
-    assert_int_equal(t.sent[2].type, DSLA_MSG_DONE);
+    assert_int_equal(t.out.sent[2].type, DSLA_MSG_DONE);
     dsla_proto_done_t done;
-    assert_int_equal(dsla_proto_done_decode(t.sent[2].body, t.sent[2].len, &done), DSLA_OK);
+    assert_int_equal(dsla_proto_done_decode(t.out.sent[2].body, t.out.sent[2].len, &done), DSLA_OK);
     assert_int_equal(done.finish, DSLA_PROTO_FINISH_LENGTH);
     assert_int_equal(done.completion_tokens, 16);
     assert_int_equal(dsla_serving_core_requests(c), 1);
@@ -196,7 +176,7 @@ static void test_stream_and_done(void **state) {
     batch_init(&x);
     batch_add(&x, token_ev(a, 1), "late", NULL);
     dsla_serving_core_on_events(c, &x.b);
-    assert_int_equal(t.n_sent, 3);
+    assert_int_equal(t.out.n, 3);
     dsla_serving_core_destroy(&c);
 }
 
@@ -224,10 +204,10 @@ static void test_refusals(void **state) {
                       "tokens";
     batch_add(&x, ev, NULL, why);
     dsla_serving_core_on_events(c, &x.b);
-    assert_int_equal(t.n_sent, 1);
-    assert_int_equal(t.sent[0].type, DSLA_MSG_ERROR);
+    assert_int_equal(t.out.n, 1);
+    assert_int_equal(t.out.sent[0].type, DSLA_MSG_ERROR);
     dsla_proto_error_t err;
-    assert_int_equal(dsla_proto_error_decode(t.sent[0].body, t.sent[0].len, &err), DSLA_OK);
+    assert_int_equal(dsla_proto_error_decode(t.out.sent[0].body, t.out.sent[0].len, &err), DSLA_OK);
     assert_int_equal(err.code, DSLA_CODE_INVALID_ARGUMENT);
     assert_string_equal(err.message, why);
     assert_int_equal(dsla_serving_core_requests(c), 0);
@@ -265,7 +245,7 @@ static void test_cancelled_mid_stream(void **state) {
     assert_int_equal(count_to("client-a", DSLA_MSG_TOKEN), 2);
     assert_int_equal(count_to("client-a", DSLA_MSG_DONE), 1);
     dsla_proto_done_t done;
-    const sent_t *s = &t.sent[t.n_sent - 1];
+    const sent_t *s = &t.out.sent[t.out.n - 1];
     assert_int_equal(dsla_proto_done_decode(s->body, s->len, &done), DSLA_OK);
     assert_int_equal(done.finish, DSLA_PROTO_FINISH_CANCELLED);
     assert_int_equal(dsla_serving_core_requests(c), 0);
@@ -294,7 +274,7 @@ static void test_client_vanishing(void **state) {
     assert_int_equal(count_to("client-b", DSLA_MSG_TOKEN), 1);
     assert_int_equal(dsla_serving_core_requests(c), 1);
     /* a client whose sends fail: cancelled at the first failure, nothing more tried */
-    snprintf(t.unreachable, sizeof t.unreachable, "client-b");
+    snprintf(t.out.unreachable, sizeof t.out.unreachable, "client-b");
     batch_init(&x);
     batch_add(&x, token_ev(b, 6), "z", NULL);
     batch_add(&x, token_ev(b, 7), "w", NULL);
@@ -327,7 +307,7 @@ static void test_load_report(void **state) {
     dsla_serving_core_on_events(c, &x.b);
     t.now += 2500;
     dsla_serving_core_on_report(c);
-    const sent_t *s = &t.sent[t.n_sent - 1];
+    const sent_t *s = &t.out.sent[t.out.n - 1];
     assert_string_equal(s->dst, "controller");
     assert_int_equal(s->type, DSLA_MSG_LOAD_REPORT);
     dsla_proto_load_report_t *r = malloc(sizeof *r);
@@ -341,7 +321,7 @@ static void test_load_report(void **state) {
     assert_true(r->ttft_p90_ms > 25 && r->ttft_p90_ms <= 52);
     /* the next report's window holds nothing new */
     dsla_serving_core_on_report(c);
-    s = &t.sent[t.n_sent - 1];
+    s = &t.out.sent[t.out.n - 1];
     assert_int_equal(dsla_proto_load_report_decode(s->body, s->len, r), DSLA_OK);
     assert_true(r->ttft_p90_ms == 0);
     free(r);
@@ -364,7 +344,7 @@ static void test_samples_accepted_prompts_only(void **state) {
     dsla_serving_core_on_events(c, &x.b);
     dsla_serving_core_on_sample_flush(c);
     assert_int_equal(count_to("distiller", DSLA_MSG_PROMPT_SAMPLES), 1);
-    const sent_t *s = &t.sent[t.n_sent - 1];
+    const sent_t *s = &t.out.sent[t.out.n - 1];
     dsla_proto_prompt_samples_t p;
     assert_int_equal(dsla_proto_prompt_samples_decode(s->body, s->len, &p), DSLA_OK);
     assert_int_equal(p.n_prompts, 1);

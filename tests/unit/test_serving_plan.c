@@ -21,20 +21,12 @@
 #include "actors/serving_plan.h"
 #include "runtime/model/dsla_layer.h"
 #include "tests/unit/serve_harness.h"
+#include "tests/unit/outbox.h"
 
-enum { SENT_MAX = 256, CHUNK = 4096, TIMEOUT_MS = 5000, LAYER = 1 };
-
-typedef struct {
-    char dst[64];
-    uint32_t type;
-    uint64_t id;
-    void *body;
-    size_t len;
-} sent_t;
+enum { CHUNK = 4096, TIMEOUT_MS = 5000, LAYER = 1 };
 
 static struct {
-    sent_t sent[SENT_MAX];
-    int n_sent;
+    outbox_t out;
     dsla_serving_load_t *job; /* a load asked for, not yet run */
     dsla_plan_t *adopting;    /* a plan handed to the "engine" */
     uint64_t now;
@@ -49,15 +41,7 @@ static struct {
 static dsla_status_t fake_send(void *user, const char *dst, uint32_t type, uint64_t id,
                                const void *body, size_t len) {
     (void)user;
-    assert_true(t.n_sent < SENT_MAX);
-    sent_t *s = &t.sent[t.n_sent++];
-    snprintf(s->dst, sizeof s->dst, "%s", dst);
-    s->type = type;
-    s->id = id;
-    s->body = malloc(len + 1);
-    memcpy(s->body, body, len);
-    s->len = len;
-    return DSLA_OK;
+    return outbox_send(&t.out, dst, type, id, body, len);
 }
 
 static dsla_status_t fake_load(void *user, dsla_serving_load_t *job) {
@@ -75,15 +59,9 @@ static dsla_status_t fake_adopt(void *user, dsla_plan_t **plan) {
     return DSLA_OK;
 }
 
-static void sent_clear(void) {
-    for (int i = 0; i < t.n_sent; i++)
-        free(t.sent[i].body);
-    t.n_sent = 0;
-}
-
 static const sent_t *last_sent(void) {
-    assert_true(t.n_sent > 0);
-    return &t.sent[t.n_sent - 1];
+    assert_true(t.out.n > 0);
+    return &t.out.sent[t.out.n - 1];
 }
 
 /* The worker's part, then its done callback. */
@@ -216,7 +194,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    sent_clear();
+    outbox_clear(&t.out);
     free(t.bytes);
     dsla_test_rmtree(t.dir);
     free(t.dir);
@@ -231,11 +209,11 @@ static void test_load_adopt_ack(void **state) {
     assert_int_not_equal(dsla_serving_plans_on_set_plan(p, "controller", 9, "\xc1", 1, t.now),
                          DSLA_OK);
     assert_false(dsla_serving_plans_busy(p));
-    assert_int_equal(t.n_sent, 0);
+    assert_int_equal(t.out.n, 0);
     set_plan(p, 1, t.checksum);
-    assert_int_equal(t.n_sent, 0); /* nothing is answered before the engine adopts */
+    assert_int_equal(t.out.n, 0); /* nothing is answered before the engine adopts */
     run_load(p);
-    assert_int_equal(t.n_sent, 0);
+    assert_int_equal(t.out.n, 0);
     assert_true(dsla_serving_plans_busy(p));
     run_adopt(p, 2);
     assert_answer(1, true, DSLA_CODE_OK, "", 2, 1);
@@ -292,10 +270,10 @@ static void test_fetch_chunks_then_ack(void **state) {
     run_adopt(p, 2);
     assert_answer(1, true, DSLA_CODE_OK, "", 2, 1);
     /* the same version again: straight from the cache, no LAYER_FETCH */
-    int before = t.n_sent;
+    int before = t.out.n;
     set_plan(p, 2, t.checksum);
     probe(p, true);
-    assert_int_equal(t.n_sent, before);
+    assert_int_equal(t.out.n, before);
     run_load(p);
     run_adopt(p, 3);
     assert_answer(2, true, DSLA_CODE_OK, "", 3, 1);
@@ -311,10 +289,10 @@ static void test_controller_dies_mid_fetch(void **state) {
     probe(p, false);
     answer_fetch(p, false);
     answer_fetch(p, false); /* then silence */
-    const int fetches = t.n_sent;
+    const int fetches = t.out.n;
     t.now += TIMEOUT_MS - 1;
     dsla_serving_plans_on_tick(p, t.now);
-    assert_int_equal(t.n_sent, fetches);
+    assert_int_equal(t.out.n, fetches);
     assert_true(dsla_serving_plans_busy(p));
     t.now += 1;
     dsla_serving_plans_on_tick(p, t.now);
@@ -322,9 +300,9 @@ static void test_controller_dies_mid_fetch(void **state) {
     assert_false(dsla_serving_plans_busy(p));
     assert_null(t.job);
     /* a chunk that arrives after the NACK changes nothing */
-    const int after = t.n_sent;
-    dsla_serving_plans_on_chunk(p, "controller", t.sent[fetches - 1].id, "x", 1, t.now);
-    assert_int_equal(t.n_sent, after);
+    const int after = t.out.n;
+    dsla_serving_plans_on_chunk(p, "controller", t.out.sent[fetches - 1].id, "x", 1, t.now);
+    assert_int_equal(t.out.n, after);
     dsla_serving_plans_destroy(&p);
 }
 
@@ -375,10 +353,10 @@ static void test_newer_plan_supersedes(void **state) {
     set_plan(p, 2, t.checksum); /* the first is answered CANCELLED, the second starts afresh */
     probe(p, false);
     int nack = -1;
-    for (int i = 0; i < t.n_sent; i++)
-        if (t.sent[i].type == DSLA_MSG_PLAN_NACK) nack = i;
+    for (int i = 0; i < t.out.n; i++)
+        if (t.out.sent[i].type == DSLA_MSG_PLAN_NACK) nack = i;
     assert_true(nack >= 0);
-    assert_int_equal(t.sent[nack].id, 101);
+    assert_int_equal(t.out.sent[nack].id, 101);
     assert_int_equal(last_sent()->type, DSLA_MSG_LAYER_FETCH);
     while (!t.job)
         answer_fetch(p, false);
@@ -388,8 +366,8 @@ static void test_newer_plan_supersedes(void **state) {
     set_plan(p, 4, t.checksum);
     assert_answer(3, false, DSLA_CODE_CANCELLED, "superseded", 1, 0);
     run_adopt(p, 2);
-    assert_int_equal(t.sent[t.n_sent - 1].type, DSLA_MSG_PLAN_ACK);
-    assert_int_equal(t.sent[t.n_sent - 1].id, 102);
+    assert_int_equal(t.out.sent[t.out.n - 1].type, DSLA_MSG_PLAN_ACK);
+    assert_int_equal(t.out.sent[t.out.n - 1].id, 102);
     probe(p, true); /* plan 4, from the cache */
     run_load(p);
     run_adopt(p, 3);
