@@ -1,6 +1,7 @@
 #include "args.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,4 +144,25 @@ int dsla_args_parse_options(int argc, char **argv, const dsla_arg_spec_t *specs,
     int rc = dsla_args_parse(argc, argv, 2, specs, n_specs, NULL, 0, &n_positional, usage);
     if (rc < 0) return 0;
     return rc ? rc : -1;
+}
+
+int dsla_args_int_list(const char *text, const char *option, int *out, int max, int *n) {
+    *n = 0;
+    const char *s = text;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || (*end && *end != ',') || *n >= max || v < INT_MIN || v > INT_MAX) {
+            fprintf(stderr, "--%s: '%s' is not a comma-separated list of at most %d integers\n",
+                    option, text, max);
+            return 2;
+        }
+        out[(*n)++] = (int)v;
+        s = *end ? end + 1 : end;
+    }
+    if (*n == 0) {
+        fprintf(stderr, "--%s: the list is empty\n", option);
+        return 2;
+    }
+    return 0;
 }

@@ -47,6 +47,10 @@ int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *spe
 int dsla_args_parse_options(int argc, char **argv, const dsla_arg_spec_t *specs, int n_specs,
                             const char *usage);
 
+/* Parses "3,1,0" into out[0..*n) (at most max entries); 2 with a message naming --option when the
+ * text is not such a list (empty, a non-number, too many). */
+int dsla_args_int_list(const char *text, const char *option, int *out, int max, int *n);
+
 void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n_specs);
 
 #endif

@@ -50,23 +50,6 @@ static void print_layer_done(void *user, const dsla_distill_layer_report_t *r) {
                 r->eval_ppl);
 }
 
-static int parse_order_list(const char *text, dsla_distill_params_t *p) {
-    char *copy = strdup(text), *save = NULL;
-    p->n_given_order = 0;
-    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        char *end;
-        long v = strtol(tok, &end, 10);
-        if (*end || end == tok || p->n_given_order >= DSLA_LAYER_ORDER_MAX) {
-            fprintf(stderr, "--layer-order: '%s' is not a comma-separated list of layers\n", text);
-            free(copy);
-            return 2;
-        }
-        p->given_order[p->n_given_order++] = (int)v;
-    }
-    free(copy);
-    return 0;
-}
-
 /* A number, or null for the NaN of a number not measured (init-only runs): JSON has no NaN. */
 static void json_number(FILE *f, const char *fmt, double v) {
     if (isfinite(v))
@@ -204,7 +187,9 @@ int dsla_cmd_distill(int argc, char **argv) {
         p.order_mode = DSLA_ORDER_REVERSE;
     } else if (strcmp(order, "given") == 0) {
         p.order_mode = DSLA_ORDER_GIVEN;
-        if (layer_order && parse_order_list(layer_order, &p)) return 2;
+        if (layer_order && dsla_args_int_list(layer_order, "layer-order", p.given_order,
+                                              DSLA_LAYER_ORDER_MAX, &p.n_given_order))
+            return 2;
     } else {
         fprintf(stderr, "--order: '%s' is not one of entropy, reverse, given\n", order);
         return 2;

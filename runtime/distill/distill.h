@@ -178,4 +178,36 @@ dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpu
 dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
                                     const dsla_corpus_t *corpus, double *nll);
 
+/* ---- scoring a plan (dsla eval) ---- */
+
+/* What dsla_distill_eval_plan measured: mean next-token NLL (nats/token), its perplexity exp(nll),
+ * and the tokens scored (every sequence's T - 1 next-token predictions). */
+typedef struct {
+    double nll, ppl;
+    long tokens;
+    int sequences;
+} dsla_distill_eval_t;
+
+/* The held-out perplexity of corpus under a plan, on backend b (made for the teacher the layers
+ * belong to): layers[l] (n_layers = the model's layers) runs decoder layer l as that DSLA layer, a
+ * NULL entry as attention (all NULL: the teacher). The backend's eval_nll, the one the engine's
+ * eval_ppl and teacher_ppl come from, so the numbers equal a distill report's for the same layers
+ * and data. The layers are installed for the call only; the caller keeps them. */
+dsla_status_t dsla_distill_eval_plan(dsla_distill_backend_t *b, dsla_dsla_layer_t *const *layers,
+                                     int n_layers, const dsla_corpus_t *corpus,
+                                     dsla_distill_eval_t *out);
+
+/* Loads the layer versions of a dsla distill output directory that a plan names into
+ * layers[0..num_layers) (the rest NULL; destroy with dsla_distill_plan_free):
+ *  - plan_k >= 0 (pick NULL): the first plan_k layers of the stored conversion order, as the
+ *    controller converts them; plan_k must not exceed the versions the order's prefix has on disk;
+ *  - pick[0..n_pick) (plan_k < 0): those decoder layers;
+ *  - neither (plan_k < 0, n_pick 0): every version the directory holds.
+ * Every version read must have been distilled from this teacher (its checksum) in one order;
+ * errors name the option (--plan, --dsla), the layer and the limit. *n_out: layers loaded. */
+dsla_status_t dsla_distill_load_plan(const dsla_model_t *teacher, const char *dir, int plan_k,
+                                     const int *pick, int n_pick, dsla_dsla_layer_t **layers,
+                                     int *n_out);
+void dsla_distill_plan_free(dsla_dsla_layer_t **layers, int n_layers);
+
 #endif

@@ -1,0 +1,156 @@
+/* dsla eval: the held-out perplexity of the teacher or of a hybrid plan of distilled layers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
+#include "commands.h"
+#include "runtime/distill/distill.h"
+#include "runtime/model/tokenizer.h"
+
+static const char usage[] =
+    "usage: dsla eval --model DIR --data FILE... [--layers DIR [--plan K | --dsla i,j,...]] "
+    "[options]\n\n"
+    "Scores --data (text split at blank lines, or raw int32 .tokens) in packed sequences of\n"
+    "--seq-len tokens: the mean next-token negative log-likelihood (nats/token), its perplexity\n"
+    "and the tokens scored, with the arithmetic dsla distill reports its teacher_ppl and eval_ppl\n"
+    "with (same data, same numbers). Without --layers it scores the teacher. With --layers (a\n"
+    "dsla distill --out directory) it scores a hybrid: --plan K, the first K layers of the stored\n"
+    "conversion order (as the controller converts them; 0: the teacher); --dsla i,j,..., those\n"
+    "layers; neither, every layer version the directory holds. --device cuda scores on a GPU\n"
+    "(--gpu N, --dtype bf16 or f32, as dsla distill).";
+
+/* The plan as text: "teacher (all attention)" or "DSLA layers 3,1". */
+static void describe_plan(char *out, size_t cap, dsla_dsla_layer_t *const *layers, int n) {
+    int len = snprintf(out, cap, "DSLA layers");
+    int count = 0;
+    for (int l = 0; l < n && len < (int)cap; l++)
+        if (layers[l])
+            len += snprintf(out + len, cap - (size_t)len, "%s%d", count++ ? "," : " ", l);
+    if (!count) snprintf(out, cap, "teacher (all attention)");
+}
+
+static void print_json(dsla_dsla_layer_t *const *layers, int n, const dsla_distill_eval_t *e,
+                       int seq_len, const char *device) {
+    printf("{\"what\": \"dsla_eval\", \"device\": \"%s\", \"dsla_layers\": [", device);
+    int count = 0;
+    for (int l = 0; l < n; l++)
+        if (layers[l]) printf("%s%d", count++ ? ", " : "", l);
+    printf("], \"sequences\": %d, \"seq_len\": %d, \"tokens\": %ld, \"nll\": %.10g, "
+           "\"ppl\": %.10g}\n",
+           e->sequences, seq_len, e->tokens, e->nll, e->ppl);
+}
+
+int dsla_cmd_eval(int argc, char **argv) {
+    const char *model_dir = getenv("DSLA_MODEL"), *layers_dir = NULL, *dsla_list = NULL;
+    const char *device = "cpu", *dtype = "bf16";
+    dsla_arg_list_t data = {0};
+    long plan_k = -1, seq_len = 256, max_sequences = 0, gpu = 0;
+    bool json = false;
+    const dsla_arg_spec_t specs[] = {
+        {"model", DSLA_ARG_STRING, "teacher model directory (default: $DSLA_MODEL)", 0, 0,
+         &model_dir},
+        {"data", DSLA_ARG_STRING_LIST, "held-out text or .tokens file (repeatable; required)", 0, 0,
+         &data},
+        {"layers", DSLA_ARG_STRING, "a dsla distill --out directory (default: score the teacher)",
+         0, 0, &layers_dir},
+        {"plan", DSLA_ARG_INT, "with --layers: the first K layers of the stored order", 0,
+         DSLA_LAYER_ORDER_MAX, &plan_k},
+        {"dsla", DSLA_ARG_STRING, "with --layers: these layers, e.g. 3,1", 0, 0, &dsla_list},
+        {"seq-len", DSLA_ARG_INT, "tokens per scored sequence (default 256)", 2, 1 << 20, &seq_len},
+        {"max-sequences", DSLA_ARG_INT, "score at most this many sequences (0: all)", 0, 1e9,
+         &max_sequences},
+        {"device", DSLA_ARG_STRING, "cpu (default) or cuda", 0, 0, &device},
+        {"gpu", DSLA_ARG_INT, "with --device cuda: the GPU's index (default 0)", 0, 1024, &gpu},
+        {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32", 0, 0, &dtype},
+        {"json", DSLA_ARG_FLAG, "print one JSON object instead of the sentence", 0, 0, &json},
+    };
+    const char *positional[64];
+    int n_positional = 0;
+    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
+                             positional, 64, &n_positional, usage);
+    if (rc < 0) return 0;
+    if (rc) return rc;
+    for (int i = 0; i < n_positional && data.count < DSLA_ARG_LIST_MAX; i++)
+        data.items[data.count++] = positional[i];
+    if (!model_dir || data.count == 0) {
+        fprintf(stderr, "dsla eval: --model and --data are required\n");
+        return 2;
+    }
+    if (!layers_dir && (plan_k >= 0 || dsla_list)) {
+        fprintf(stderr, "dsla eval: --plan and --dsla choose layers of a --layers directory; "
+                        "give --layers\n");
+        return 2;
+    }
+    if (plan_k >= 0 && dsla_list) {
+        fprintf(stderr, "dsla eval: --plan and --dsla name a plan each; give one\n");
+        return 2;
+    }
+    int pick[DSLA_LAYER_ORDER_MAX], n_pick = 0;
+    if (dsla_list && dsla_args_int_list(dsla_list, "dsla", pick, DSLA_LAYER_ORDER_MAX, &n_pick))
+        return 2;
+    const bool cuda = strcmp(device, "cuda") == 0;
+    if (!cuda && strcmp(device, "cpu") != 0) {
+        fprintf(stderr, "--device: '%s' is not one of cpu, cuda\n", device);
+        return 2;
+    }
+    dsla_distill_cuda_opts_t cuda_opts = {(int)gpu, DSLA_DTYPE_BF16};
+    if (strcmp(dtype, "f32") == 0) {
+        cuda_opts.dtype = DSLA_DTYPE_F32;
+    } else if (strcmp(dtype, "bf16") != 0) {
+        fprintf(stderr, "--dtype: '%s' is not one of bf16, f32\n", dtype);
+        return 2;
+    }
+
+    dsla_model_t *model = NULL;
+    dsla_tokenizer_t *tok = NULL;
+    dsla_corpus_t corpus = {0};
+    dsla_dsla_layer_t *layers[DSLA_LAYER_ORDER_MAX] = {0};
+    dsla_distill_backend_t *backend = NULL;
+    dsla_distill_eval_t e = {0};
+    int L = 0, n_loaded = 0;
+    dsla_status_t st = dsla_model_load(&model, model_dir);
+    if (st == DSLA_OK) {
+        L = dsla_model_config(model)->num_layers;
+        const int ctx = dsla_model_config(model)->max_position_embeddings;
+        if (seq_len > ctx)
+            st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                            "--seq-len %ld exceeds the model's context "
+                            "of %d",
+                            seq_len, ctx);
+    }
+    if (st == DSLA_OK) st = dsla_tokenizer_load_dir(&tok, model_dir);
+    if (st == DSLA_OK)
+        st = dsla_corpus_load(&corpus, tok, data.items, data.count, (int)seq_len,
+                              (int)max_sequences);
+    if (st == DSLA_OK && layers_dir)
+        st =
+            dsla_distill_load_plan(model, layers_dir, (int)plan_k, pick, n_pick, layers, &n_loaded);
+    if (st == DSLA_OK)
+        st = cuda ? dsla_distill_backend_cuda_create(&backend, model, &cuda_opts)
+                  : dsla_distill_backend_cpu_create(&backend, model);
+    if (st == DSLA_OK) st = dsla_distill_eval_plan(backend, layers, L, &corpus, &e);
+    if (st == DSLA_OK) {
+        const char *where = !cuda                               ? "cpu"
+                            : cuda_opts.dtype == DSLA_DTYPE_F32 ? "cuda-f32"
+                                                                : "cuda-bf16";
+        if (json) {
+            print_json(layers, L, &e, (int)seq_len, where);
+        } else {
+            char plan[1024];
+            describe_plan(plan, sizeof plan, layers, L);
+            printf("%s: held-out perplexity %.4f (mean NLL %.5f nats/token over %ld tokens, %d "
+                   "sequences of %ld; %s)\n",
+                   plan, e.ppl, e.nll, e.tokens, e.sequences, seq_len, where);
+        }
+    } else {
+        fprintf(stderr, "dsla eval: %s\n", dsla_last_error());
+    }
+    dsla_distill_backend_destroy(&backend);
+    if (L > 0) dsla_distill_plan_free(layers, L);
+    dsla_corpus_free(&corpus);
+    dsla_tokenizer_destroy(&tok);
+    dsla_model_destroy(&model);
+    if (st == DSLA_OK) return 0;
+    return st == DSLA_ERR_INVALID_ARGUMENT || st == DSLA_ERR_NOT_FOUND ? 2 : 1;
+}
