@@ -38,6 +38,8 @@ struct dsla_distiller {
     int n_data;
     dsla_distill_params_t params;
     int seq_len, max_sequences, eval_sequences;
+    bool on_gpu;
+    dsla_distill_cuda_opts_t cuda;
     /* worker */
     pthread_t worker;
     bool worker_started;
@@ -158,12 +160,22 @@ static dsla_status_t extend_train(void *user, int k, int layer, dsla_corpus_t *p
     return st;
 }
 
+/* Device bytes the run needs on its GPU: the corpus, and as many extra training sequences as the
+ * reservoir may add to a layer's pool. */
+static size_t gpu_need(const dsla_distiller_t *d, const dsla_model_t *model,
+                       const dsla_corpus_t *train, const dsla_corpus_t *eval) {
+    return dsla_distill_cuda_bytes(dsla_model_config(model), d->cuda.dtype, d->seq_len,
+                                   d->params.batch, train->num_sequences + d->reservoir.capacity,
+                                   eval->num_sequences);
+}
+
 /* Loads the teacher and the corpus, then runs; every outcome ends in the posted state. */
 static void *worker_main(void *arg) {
     dsla_distiller_t *d = arg;
     dsla_model_t *model = NULL;
     dsla_tokenizer_t *tok = NULL;
     dsla_corpus_t train = {0}, eval = {0};
+    dsla_distill_backend_t *backend = NULL;
     dsla_distill_report_t *report = calloc(1, sizeof *report);
     dsla_status_t st = report ? dsla_model_load(&model, d->model_dir) : dsla_error_oom("distiller");
     if (st == DSLA_OK) st = dsla_tokenizer_load_dir(&tok, d->model_dir);
@@ -178,14 +190,25 @@ static void *worker_main(void *arg) {
         const int total = d->params.layers ? d->params.layers : n_layers;
         dsla_proto_distill_progress_t p = {
             .state = DSLA_PROTO_DISTILL_TRAINING, .layers_total = (uint32_t)total, .layer = -1};
+        char device[96] = "";
+        if (d->on_gpu) /* the backend binds this thread to the GPU: never the actor's loop */
+            snprintf(device, sizeof device, " on GPU %d (%s, about %zu MiB of device memory)",
+                     d->cuda.gpu, d->cuda.dtype == DSLA_DTYPE_F32 ? "fp32" : "bf16",
+                     (gpu_need(d, model, &train, &eval) >> 20) + 1);
         snprintf(p.message, sizeof p.message,
-                 "%d training and %d held-out sequences of %d tokens, into %.400s",
-                 train.num_sequences, eval.num_sequences, d->seq_len, d->out_dir);
+                 "%d training and %d held-out sequences of %d tokens%s, into %.300s",
+                 train.num_sequences, eval.num_sequences, d->seq_len, device, d->out_dir);
         post_progress(d, &p);
+        if (d->on_gpu) dsla_log_info("distiller: %s", p.message);
         const dsla_distill_callbacks_t cb = {on_progress, on_layer_done, d, should_stop,
                                              extend_train};
-        st = dsla_distill_run(model, &train, &eval, &d->params, d->out_dir, &cb, report);
+        st = d->on_gpu ? dsla_distill_backend_cuda_create(&backend, model, &d->cuda)
+                       : dsla_distill_backend_cpu_create(&backend, model);
+        if (st == DSLA_OK)
+            st = dsla_distill_run_on(backend, model, &train, &eval, &d->params, d->out_dir, &cb,
+                                     report);
     }
+    dsla_distill_backend_destroy(&backend);
     if (st == DSLA_OK) {
         char message[DSLA_PROTO_MESSAGE_MAX + 1];
         snprintf(message, sizeof message, "%d layer versions in %.400s (teacher ppl %.4f)",
@@ -332,6 +355,8 @@ static dsla_status_t configure(dsla_distiller_t *d, const dsla_distiller_config_
     for (int i = 0; i < c->n_data; i++)
         if (!(d->data[d->n_data++] = strdup(c->data[i]))) return dsla_error_oom("distiller");
     d->params = c->params;
+    d->on_gpu = c->cuda != NULL;
+    if (c->cuda) d->cuda = *c->cuda;
     DSLA_TRY(dsla_reservoir_init(&d->reservoir,
                                  c->reservoir_prompts > 0 ? c->reservoir_prompts
                                                           : DSLA_DISTILLER_RESERVOIR_PROMPTS,

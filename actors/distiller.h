@@ -2,7 +2,10 @@
  * calibration corpus, output directory, parameters) and announces each finished layer version to
  * the controller.
  *
- * The run is dsla_distill_run (runtime/distill/distill.h), which trains for seconds to hours and
+ * The run is dsla_distill_run_on (runtime/distill/distill.h) on the CPU backend or, given cuda, on
+ * a GPU (the teacher's forward passes, captures and training on the device: the worker creates the
+ * backend, so the device is bound to the worker thread, never to the actor's loop); either trains
+ * for seconds to hours and
  * blocks its caller, so it runs on a worker thread the actor owns, not in the actor's loop: slices
  * from the loop would need the engine to hand back control mid-layer (its capture and eval passes
  * are long too), and the loop must keep answering heartbeats. The worker loads its own copy of
@@ -62,6 +65,10 @@ typedef struct {
     int eval_sequences;    /* held out from the end of the data */
     uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS */
     int reservoir_prompts; /* sampled prompts held at most; 0: DSLA_DISTILLER_RESERVOIR_PROMPTS */
+    /* Where the run computes: NULL, the CPU; else the GPU cuda->gpu in cuda->dtype (copied). The
+     * worker logs the device memory the run needs (dsla_distill_cuda_bytes) before it starts: a
+     * serving pool on the same GPU must leave that much out (--gpu-margin-mib). */
+    const dsla_distill_cuda_opts_t *cuda;
 } dsla_distiller_config_t;
 
 /* Checks the configuration, starts the actor and the worker; the teacher and data are read on the

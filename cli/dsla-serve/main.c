@@ -28,6 +28,7 @@ static const char usage[] =
     "                  [--device cuda --random-model 7b --tokenizer DIR [--vocab N]]\n"
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
     "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...\n"
+    "                   [--distill-device cpu|cuda [--distill-gpu N] [--distill-dtype bf16|f32]]\n"
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
@@ -52,7 +53,9 @@ static const char usage[] =
     "node serves (resuming a run found there), and announces each to the controller, whose\n"
     "--layers defaults to --distill-out. The serving actor sends 1 in --sample-every (8) of the\n"
     "prompts it serves to the local distiller as extra training data; they go nowhere else, and\n"
-    "--no-sample-prompts keeps every prompt in the serving actor. "
+    "--no-sample-prompts keeps every prompt in the serving actor. --distill-device cuda trains on\n"
+    "GPU --distill-gpu (default 0) as `dsla distill --device cuda` does; it logs the device\n"
+    "memory it needs, which --gpu-margin-mib must leave when serving shares that GPU. "
     "tcp://127.0.0.1:* and port 0 pick free ports. Prints "
     "\"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
@@ -156,6 +159,32 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_model_conf
 #endif
 }
 
+/* What the distiller needs on its GPU, to stderr: a serving arena on that GPU (the first) is sized
+ * to the free memory less --gpu-margin-mib, so the margin must hold it (docs/distiller.md). */
+static void print_distiller_need(const dsla_model_t *model, const dsla_distill_cuda_opts_t *o,
+                                 int seq_len, int batch, long max_sequences, int eval_sequences,
+                                 int reservoir, bool serving_there, long margin_mib) {
+    const dsla_model_config_t *cfg = dsla_model_config(model);
+    const size_t base =
+        dsla_distill_cuda_bytes(cfg, o->dtype, seq_len, batch, reservoir, eval_sequences);
+    const size_t one =
+        dsla_distill_cuda_bytes(cfg, o->dtype, seq_len, batch, reservoir + 1, eval_sequences);
+    fprintf(stderr,
+            "dsla-serve: the distiller trains on GPU %d (%s): about %zu MiB of device memory "
+            "plus %.2f MiB per training sequence",
+            o->gpu, o->dtype == DSLA_DTYPE_F32 ? "fp32" : "bf16", (base >> 20) + 1,
+            (double)(one - base) / (1 << 20));
+    if (max_sequences > 0) {
+        const size_t all = base + (size_t)max_sequences * (one - base);
+        fprintf(stderr, ", %zu MiB with --distill-max-sequences %ld", (all >> 20) + 1,
+                max_sequences);
+        if (serving_there && (long)(all >> 20) + 1 > margin_mib)
+            fprintf(stderr, "; more than --gpu-margin-mib %ld leaves it beside the serving arena",
+                    margin_mib);
+    }
+    fputc('\n', stderr);
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *random_model = NULL, *tokenizer_dir = NULL;
     long vocab = 0;
@@ -174,7 +203,8 @@ int main(int argc, char **argv) {
     long max_queued = 0, max_queued_tokens = 0, max_queue_wait_ms = -1, http_max_in_flight = 0;
     dsla_distill_params_t distill = dsla_distill_params_default();
     dsla_arg_list_t distill_data = {0};
-    const char *distill_out = NULL;
+    const char *distill_out = NULL, *distill_device = NULL, *distill_dtype = NULL;
+    long distill_gpu = -1;
     long distill_layers = 0, distill_steps = distill.steps, distill_batch = distill.batch;
     long distill_seq_len = 256, distill_max_sequences = 0, distill_eval_sequences = 16;
     long distill_seed = (long)distill.seed, distill_checkpoint = distill.checkpoint_every;
@@ -274,6 +304,12 @@ int main(int argc, char **argv) {
          &distill_seed},
         {"distill-checkpoint-every", DSLA_ARG_INT, "steps between checkpoints (default 50)", 0, 1e9,
          &distill_checkpoint},
+        {"distill-device", DSLA_ARG_STRING, "the distiller's device: cpu (default) or cuda", 0, 0,
+         &distill_device},
+        {"distill-gpu", DSLA_ARG_INT, "with --distill-device cuda: the GPU's index (default 0)", 0,
+         1024, &distill_gpu},
+        {"distill-dtype", DSLA_ARG_STRING, "with --distill-device cuda: bf16 (default) or f32", 0,
+         0, &distill_dtype},
         {"distill-samples", DSLA_ARG_INT, "sampled prompts the distiller holds (default 64)", 1,
          1 << 20, &distill_samples},
         {"no-sample-prompts", DSLA_ARG_FLAG,
@@ -357,9 +393,27 @@ int main(int argc, char **argv) {
                         "together, with --model and without --serving-only\n");
         return 2;
     }
-    if (!distill_out && (no_sample_prompts || distill_samples)) {
-        fprintf(stderr, "dsla-serve: --no-sample-prompts and --distill-samples are for a node "
-                        "with the distiller (--distill-data, --distill-out)\n");
+    dsla_distill_cuda_opts_t distill_cuda = {0, DSLA_DTYPE_BF16};
+    const bool distill_on_gpu = distill_device && strcmp(distill_device, "cuda") == 0;
+    if (distill_device && !distill_on_gpu && strcmp(distill_device, "cpu") != 0) {
+        fprintf(stderr, "--distill-device: '%s' is not one of cpu, cuda\n", distill_device);
+        return 2;
+    }
+    if ((distill_gpu >= 0 || distill_dtype) && !distill_on_gpu) {
+        fprintf(stderr, "dsla-serve: --distill-gpu and --distill-dtype are for --distill-device "
+                        "cuda\n");
+        return 2;
+    }
+    if (distill_gpu >= 0) distill_cuda.gpu = (int)distill_gpu;
+    if (distill_dtype && strcmp(distill_dtype, "f32") == 0) {
+        distill_cuda.dtype = DSLA_DTYPE_F32;
+    } else if (distill_dtype && strcmp(distill_dtype, "bf16") != 0) {
+        fprintf(stderr, "--distill-dtype: '%s' is not one of bf16, f32\n", distill_dtype);
+        return 2;
+    }
+    if (!distill_out && (no_sample_prompts || distill_samples || distill_device)) {
+        fprintf(stderr, "dsla-serve: --no-sample-prompts, --distill-samples and --distill-device "
+                        "are for a node with the distiller (--distill-data, --distill-out)\n");
         return 2;
     }
     if (serving_name && !serving_only) {
@@ -486,7 +540,16 @@ int main(int argc, char **argv) {
                 .max_sequences = (int)distill_max_sequences,
                 .eval_sequences = (int)distill_eval_sequences,
                 .reservoir_prompts = (int)distill_samples,
+                .cuda = distill_on_gpu ? &distill_cuda : NULL,
             };
+            if (distill_on_gpu)
+                print_distiller_need(model, &distill_cuda, (int)distill_seq_len, (int)distill_batch,
+                                     distill_max_sequences, (int)distill_eval_sequences,
+                                     no_sample_prompts
+                                         ? 0
+                                         : (distill_samples ? (int)distill_samples
+                                                            : DSLA_DISTILLER_RESERVOIR_PROMPTS),
+                                     on_gpu && distill_cuda.gpu == 0, margin_mib);
             config.no_sample_prompts = no_sample_prompts;
             config.sample_every = (uint32_t)sample_every;
             config.sample_seed = (uint64_t)sample_seed;

@@ -158,6 +158,14 @@ typedef struct {
  * is not there. The teacher stays on the host too (entropy order, initialisation, checksum). */
 dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsla_model_t *teacher,
                                                const dsla_distill_cuda_opts_t *opts);
+/* Device bytes a GPU run of a teacher shaped cfg needs at its peak, from the sizes distill_cuda.c
+ * allocates: the teacher's weights in dtype with a KV pool and activations for one capture batch
+ * of seq_len-token sequences and their logits, the captured streams (inputs and targets of n_train
+ * + n_eval sequences, fp32), and one layer's training (weights, gradients, moments, the frozen MLP,
+ * a batch's activations and the chunked DSLA workspace). Not counted: the CUDA context and
+ * cuBLAS's workspace (a few hundred MiB per process). */
+size_t dsla_distill_cuda_bytes(const dsla_model_config_t *cfg, dsla_dtype_t dtype, int seq_len,
+                               int batch, int n_train, int n_eval);
 void dsla_distill_backend_destroy(dsla_distill_backend_t **b);
 
 /* dsla_distill_run on a backend made for the same teacher (dsla_distill_run is this on the CPU).

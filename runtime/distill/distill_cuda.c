@@ -26,13 +26,46 @@
 #include "runtime/distill/backend.h"
 
 #ifdef DSLA_HAVE_CUDA
-
 #include "kernels/kernels_cuda_train.h"
-#include "runtime/model/llama_cuda.h"
+#endif
 
 /* Sequences per forward pass, as on the CPU (distill.c): the activations and all-token logits of
  * eight sequences stay small next to the weights. */
 enum { CAPTURE_BATCH = 8 };
+
+size_t dsla_distill_cuda_bytes(const dsla_model_config_t *cfg, dsla_dtype_t dtype, int seq_len,
+                               int batch, int n_train, int n_eval) {
+    const size_t D = (size_t)cfg->hidden_size, I = (size_t)cfg->intermediate_size;
+    const size_t V = (size_t)cfg->vocab_size, L = (size_t)cfg->num_layers, T = (size_t)seq_len;
+    const size_t hd = (size_t)cfg->num_heads * cfg->head_dim;
+    const size_t kvd = (size_t)cfg->num_kv_heads * cfg->head_dim;
+    const size_t elt = dtype == DSLA_DTYPE_F32 ? 4 : 2, f = sizeof(float);
+    /* the teacher: embeddings and head, each layer's projections, MLP and norms */
+    const size_t weights = ((cfg->tie_word_embeddings ? 1 : 2) * V * D +
+                            L * (2 * hd * D + 2 * kvd * D + 3 * D * I + 2 * D) + D) *
+                           elt;
+    const size_t rows = CAPTURE_BATCH * T;
+    const size_t blocks = (T + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS;
+    const size_t kv = CAPTURE_BATCH * L * blocks * DSLA_KV_BLOCK_TOKENS * 2 * kvd * elt;
+    const size_t forward = rows * (V + 4 * D + 3 * I + hd + 2 * kvd) * f;
+    const size_t streams = 2 * ((size_t)n_train + (size_t)n_eval) * T * D * f;
+    const size_t layer_numel = 6 * hd * D + 2 * hd + 2;
+    const size_t R = (size_t)batch * T;
+    size_t train = 4 * layer_numel * f + 3 * D * I * f + R * (9 * D + 12 * hd + 3 * I) * f;
+#ifdef DSLA_HAVE_CUDA
+    const dsla_dsla_dims_t dims = {batch, seq_len, cfg->num_heads, cfg->head_dim};
+    train += dsla_cuda_dsla_chunked_workspace_bytes(&dims);
+#else
+    /* the states before every 64-token chunk and their gradients, both DSLA states */
+    train +=
+        4 * (size_t)batch * cfg->num_heads * ((T + 63) / 64) * cfg->head_dim * cfg->head_dim * f;
+#endif
+    return weights + kv + forward + streams + train;
+}
+
+#ifdef DSLA_HAVE_CUDA
+
+#include "runtime/model/llama_cuda.h"
 
 typedef struct {
     float *h_in, *target; /* [n, T, D] */

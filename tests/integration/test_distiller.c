@@ -178,9 +178,81 @@ static void test_distil_announce_convert_resume(void **state) {
     free(data);
 }
 
+/* --distill-device cuda wires the GPU backend into the distiller: dsla-serve prints what it needs
+ * there, and a model the GPU cannot train (stories260K's head dim 8; or no CUDA in this build)
+ * fails the run with the reason while the node keeps serving. Usage errors name the option. */
+static void test_distill_device_cuda(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
+    char *dir = dsla_test_tempdir();
+    char online[512], log[512];
+    snprintf(online, sizeof online, "%s/online", dir);
+    snprintf(log, sizeof log, "%s/serve.log", dir);
+    static char out[CTL_OUT_MAX];
+    const char *bad[][4] = {{"--distill-device", "tpu", "'tpu' is not one of cpu, cuda", NULL},
+                            {"--distill-gpu", "1", "--distill-device", NULL},
+                            {"--distill-dtype", "f16", "--distill-device", NULL}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *args[] = {"--model", model,     "--distill-data", data, "--distill-out",
+                              online,    bad[i][0], bad[i][1],        NULL};
+        assert_int_equal(ctl_run_bin("dsla-serve", args, out, CTL_OUT_MAX), 2);
+        if (!strstr(out, bad[i][2])) fail_msg("dsla-serve %s %s: %s", bad[i][0], bad[i][1], out);
+    }
+
+    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    const char *args[] = {"--model",
+                          model,
+                          "--endpoint",
+                          "tcp://127.0.0.1:*",
+                          "--http",
+                          "off",
+                          "--admin",
+                          admin,
+                          "--distill-data",
+                          data,
+                          "--distill-out",
+                          online,
+                          DISTILL_ARGS("--distill-"),
+                          "--distill-device",
+                          "cuda",
+                          "--distill-dtype",
+                          "f32",
+                          NULL};
+    dsla_test_server_t srv = dsla_test_server_start_logged(args, log);
+    ctl_wait_status(admin, "distiller distiller alive: failed, 0/2 layers done");
+    assert_int_equal(ctl_dslactl(admin, out, "status", NULL, NULL), 0);
+    if (!strstr(out, "head dim 8") && !strstr(out, "no CUDA")) fail_msg("status: %s", out);
+    dsla_model_t *m = harness_load_model(model);
+    dsla_tokenizer_t *tok = NULL;
+    harness_ok(dsla_tokenizer_load_dir(&tok, model), "tokenizer");
+    harness_stream_t *teacher = calloc(1, sizeof *teacher);
+    dsla_catalogue_t *cat = calloc(1, sizeof *cat);
+    ctl_reference(m, tok, cat, 0, teacher);
+    dsla_test_collected_t *got = calloc(1, sizeof *got);
+    ctl_generate(srv.endpoint, got); /* the node serves on */
+    ctl_assert_same_ids(got, teacher, "after the distiller failed");
+    dsla_test_server_stop(&srv);
+    char *text = dsla_test_read_file(log, NULL);
+    if (!text || !strstr(text, "the distiller trains on GPU 0 (fp32): about ") ||
+        !strstr(text, "MiB with --distill-max-sequences 8"))
+        fail_msg("dsla-serve did not print the distiller's need:\n%s", text ? text : "(none)");
+    free(text);
+    free(got);
+    free(teacher);
+    free(cat);
+    dsla_tokenizer_destroy(&tok);
+    dsla_model_destroy(&m);
+    dsla_test_rmtree(dir);
+    free(dir);
+    free(model);
+    free(data);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distil_announce_convert_resume),
+        cmocka_unit_test(test_distill_device_cuda),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

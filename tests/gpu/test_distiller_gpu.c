@@ -1,0 +1,158 @@
+/* The distiller actor on a GPU beside a serving actor on the same GPU, in one dsla-serve process
+ * (`--device cuda --dtype f32 --distill-device cuda --distill-dtype f32`), tinystories-11M-hf:
+ * - served greedy ids during the run are the teacher's (in-process CPU generation);
+ * - the distiller trains two layers on the GPU, logs the device memory it needs, and announces
+ *   both versions; the controller verifies and catalogues them;
+ * - `dslactl convert 2` converts the GPU replica, and its greedy ids equal in-process generation
+ *   under that plan (the versions the GPU distiller wrote, run on the CPU);
+ * - the versions' held-out numbers are within 1% of the CPU distiller's on the same data (an
+ *   offline `dsla distill` with the same parameters).
+ * Exits 77 without a CUDA device or the shared models. */
+#define _DEFAULT_SOURCE
+#include "tests/testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "runtime/model/tokenizer.h"
+#include "tests/integration/ctl_harness.h"
+
+#ifdef DSLA_HAVE_CUDA
+
+static char admin[64];
+
+/* The distillation parameters of both runs, online and offline: seconds on a GPU. */
+#define DISTILL_ARGS(prefix)                                                                       \
+    prefix "layers", "2", prefix "steps", "20", prefix "seq-len", "64", prefix "batch", "4",       \
+        prefix "max-sequences", "24", prefix "eval-sequences", "4", prefix "seed", "7"
+
+static void test_gpu_distiller_beside_gpu_serving(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/tinystories-11M-hf");
+    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
+    char *dir = dsla_test_tempdir();
+    char online[512], offline[512], log[512];
+    snprintf(online, sizeof online, "%s/online", dir);
+    snprintf(offline, sizeof offline, "%s/offline", dir);
+    snprintf(log, sizeof log, "%s/serve.log", dir);
+    static char out[CTL_OUT_MAX];
+
+    dsla_model_t *m = harness_load_model(model);
+    dsla_tokenizer_t *tok = NULL;
+    harness_ok(dsla_tokenizer_load_dir(&tok, model), "tokenizer");
+    harness_stream_t *teacher = calloc(1, sizeof *teacher), *hybrid = calloc(1, sizeof *hybrid);
+    dsla_catalogue_t *cat = calloc(1, sizeof *cat), *ref_cat = calloc(1, sizeof *ref_cat);
+    ctl_reference(m, tok, cat, 0, teacher);
+
+    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    /* The serving arena leaves 4 GiB of the GPU to the distiller (it logs what it needs). */
+    const char *args[] = {"--model",
+                          model,
+                          "--device",
+                          "cuda",
+                          "--dtype",
+                          "f32",
+                          "--gpu-margin-mib",
+                          "4096",
+                          "--max-context",
+                          "1024",
+                          "--endpoint",
+                          "tcp://127.0.0.1:*",
+                          "--http",
+                          "off",
+                          "--admin",
+                          admin,
+                          "--report-ms=50",
+                          "--distill-data",
+                          data,
+                          "--distill-out",
+                          online,
+                          DISTILL_ARGS("--distill-"),
+                          "--distill-device",
+                          "cuda",
+                          "--distill-dtype",
+                          "f32",
+                          "--no-sample-prompts",
+                          "--policy",
+                          "manual layers=0",
+                          NULL};
+    dsla_test_server_t srv = dsla_test_server_start_logged(args, log);
+    dsla_test_collected_t *got = calloc(1, sizeof *got);
+    ctl_generate(srv.endpoint, got); /* served on the GPU while the GPU distiller works */
+    ctl_assert_same_ids(got, teacher, "during distillation");
+
+    ctl_wait_status(admin, "distiller distiller alive: done, 2/2 layers done");
+    ctl_wait_status(admin, "catalogue: 2 layer versions");
+    char *text = dsla_test_read_file(log, NULL);
+    if (!text || !strstr(text, "distiller: training on GPU 0 (fp32)") || !strstr(text, "MiB"))
+        fail_msg("the distiller did not log its GPU and memory:\n%s", text ? text : "(no log)");
+    fprintf(stderr, "%s", strstr(text, "distiller: training on GPU"));
+    free(text);
+
+    harness_ok(dsla_catalogue_scan(cat, online), "online catalogue");
+    assert_int_equal(cat->n, 2);
+    ctl_reference(m, tok, cat, 2, hybrid);
+    assert_memory_not_equal(teacher->ids, hybrid->ids, sizeof teacher->ids[0] * CTL_MAX_TOKENS);
+    assert_int_equal(ctl_dslactl(admin, out, "convert", "2", NULL), 0);
+    ctl_wait_status(admin, "runs 2 DSLA layers");
+    ctl_generate(srv.endpoint, got);
+    ctl_assert_same_ids(got, hybrid, "2 layers distilled on the GPU, served on the GPU");
+    dsla_test_server_stop(&srv);
+
+    /* the CPU distiller's versions of the same run: the same layers, numbers within 1% */
+    const char *distill[] = {"distill", "--model",          model, "--data", data, "--out",
+                             offline,   DISTILL_ARGS("--"), NULL};
+    if (ctl_run_bin("dsla", distill, out, CTL_OUT_MAX) != 0) fail_msg("dsla distill:\n%s", out);
+    harness_ok(dsla_catalogue_scan(ref_cat, offline), "offline catalogue");
+    assert_int_equal(ref_cat->n, 2);
+    for (int i = 0; i < 2; i++) {
+        dsla_layer_version_meta_t *g = calloc(1, sizeof *g), *c = calloc(1, sizeof *c);
+        dsla_dsla_layer_t *lg = NULL, *lc = NULL;
+        harness_ok(dsla_dsla_layer_load(&lg, cat->entries[i].path, dsla_model_config(m), g), "gpu");
+        harness_ok(dsla_dsla_layer_load(&lc, ref_cat->entries[i].path, dsla_model_config(m), c),
+                   "cpu");
+        fprintf(stderr, "layer %d: eval mse gpu %.5f cpu %.5f, hybrid ppl gpu %.4f cpu %.4f\n",
+                lg->layer, g->eval_mse, c->eval_mse, g->eval_ppl, c->eval_ppl);
+        assert_int_equal(lg->layer, lc->layer);
+        assert_true(fabs(g->eval_ppl - c->eval_ppl) < 0.01 * c->eval_ppl);
+        assert_true(fabs(g->eval_mse - c->eval_mse) < 0.02 * c->eval_mse);
+        dsla_dsla_layer_destroy(&lg);
+        dsla_dsla_layer_destroy(&lc);
+        free(g);
+        free(c);
+    }
+
+    free(got);
+    free(teacher);
+    free(hybrid);
+    free(cat);
+    free(ref_cat);
+    dsla_tokenizer_destroy(&tok);
+    dsla_model_destroy(&m);
+    dsla_test_rmtree(dir);
+    free(dir);
+    free(model);
+    free(data);
+}
+
+int main(void) {
+    if (dsla_cuda_device_count() == 0) {
+        fprintf(stderr, "no CUDA device: skipped\n");
+        return DSLA_TEST_SKIP;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpu_distiller_beside_gpu_serving),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
+
+#else
+
+int main(void) {
+    return 77; /* built without CUDA: nothing to test */
+}
+
+#endif
