@@ -24,6 +24,8 @@
 #   serve_7b  dsla-serve --device cuda --random-model 7b (tinystories-11M's tokenizer) under
 #            dsla-loadgen over HTTP: chat preset at LOAD_RATE (12) req/s for 30 s, context 4096
 #   distill_gpu  tests/gpu/test_distill_gpu (GPU distillation against the CPU, tinystories-11M)
+#   eval_gpu     tests/gpu/test_eval_gpu (dsla eval's perplexities on the GPU against the CPU)
+#   distiller_gpu  tests/gpu/test_distiller_gpu (dsla-serve: the distiller and serving on one GPU)
 #   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
 #   decode_mixed  bench_cuda_kernels --only decode (paged decode attention, 64-256 mixed lengths)
 #   e2e_serving   bench_e2e_cuda serving (decode 128 x 1K, steps mixing 128 decodes and a prompt)
@@ -74,6 +76,10 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     torch_model) stage torch_model 600 python3 "$root/bench/pytorch_baseline.py" ;;
     distill_gpu) stage distill_gpu 300 "$D/bin/test_distill_gpu"
         grep -E 'relative difference|teacher ppl|->|PASSED|FAILED|error|rror' "$OUT/distill_gpu.log" ;;
+    eval_gpu) stage eval_gpu 300 "$D/bin/test_eval_gpu"
+        grep -E 'ppl|relative|PASSED|FAILED|error|rror' "$OUT/eval_gpu.log" ;;
+    distiller_gpu) stage distiller_gpu 300 "$D/bin/test_distiller_gpu"
+        grep -E 'GPU|layer [0-9]|PASSED|FAILED|error|rror|differ' "$OUT/distiller_gpu.log" ;;
     distill_7b) stage distill_7b 300 "$D/bin/bench_distill_cuda" ;;
     serving) stage serving 600 "$D/bin/dsla" bench --device cuda --random-model 7b ;;
     capacity) stage capacity 300 "$D/bin/dsla" bench --device cuda --random-model 7b --requests 0 ;;

@@ -55,10 +55,40 @@ typedef struct {
 int dsla_distill_params_of(const dsla_dsla_layer_t *w, bool single_state,
                            dsla_distill_param_t *out);
 
-/* Adds the next-token negative log-likelihoods of n sequences of T tokens (logits: n * T rows of
- * vocab floats) to *total and their count to *count: eval_nll's arithmetic on either backend. */
-void dsla_distill_add_nll(const float *logits, const dsla_corpus_t *corpus, int first, int n,
-                          int vocab, double *total, long *count);
+/* Sequences per forward pass when capturing hidden states or scoring, on either backend: enough
+ * rows for the GEMMs to run near their best, few enough that logits of a 32K vocabulary stay a few
+ * hundred MB. */
+enum { DSLA_DISTILL_CAPTURE_BATCH = 8 };
+
+/* One forward pass of a backend over sequences [first, first + n) of corpus (n at most
+ * DSLA_DISTILL_CAPTURE_BATCH) under plan kinds (NULL: the teacher's): hidden (num_layers + 1
+ * entries, or NULL) receives each named stream at row offset first * seq_len, running only the
+ * first layers_to_run layers when no logits are asked; logits (when not NULL) every token's row. */
+typedef dsla_status_t (*dsla_distill_forward_fn)(void *ctx, const dsla_layer_kind_t *kinds,
+                                                 const dsla_corpus_t *corpus, int first, int n,
+                                                 float *const *hidden, int layers_to_run,
+                                                 float *logits);
+
+/* Where layer_begin's captures go, [sequences, T, D] each, in the backend's memory. */
+typedef struct {
+    float *train_in, *train_target, *eval_in, *eval_target;
+} dsla_distill_captures_t;
+
+/* The captures of layer_begin on either backend, batch by batch through fwd (each pass stopping
+ * after the last stream it captures): for every sequence of train and of eval, the stream entering
+ * layer under input_plan (NULL: the teacher's) into *_in and the teacher's stream leaving it into
+ * *_target. */
+dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
+                                         const dsla_layer_kind_t *input_plan, int layer,
+                                         const dsla_corpus_t *train, const dsla_corpus_t *eval,
+                                         const dsla_distill_captures_t *out);
+
+/* eval_nll on either backend: the mean next-token negative log-likelihood of corpus under kinds,
+ * batch by batch through fwd into logits (host memory for DSLA_DISTILL_CAPTURE_BATCH * seq_len
+ * rows of vocab floats), scored on the host in double. */
+dsla_status_t dsla_distill_score(dsla_distill_forward_fn fwd, void *ctx,
+                                 const dsla_layer_kind_t *kinds, const dsla_corpus_t *corpus,
+                                 float *logits, int vocab, double *nll);
 
 /* The weights the kernels run for a single-state layer: softmax(0, -inf) = (1, 0), exactly as
  * serving runs it, so the recency state never reaches the output. */

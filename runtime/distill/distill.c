@@ -14,9 +14,7 @@
 #include "runtime/distill/backend.h"
 #include "runtime/model/safetensors.h"
 
-/* Sequences per forward pass when capturing hidden states or scoring: enough rows for the GEMMs to
- * run near their best, few enough that logits of a 32K vocabulary stay a few hundred MB. */
-enum { CAPTURE_BATCH = 8 };
+enum { CAPTURE_BATCH = DSLA_DISTILL_CAPTURE_BATCH };
 
 static const char CHECKPOINT_FILE[] = "checkpoint.safetensors";
 
@@ -75,11 +73,18 @@ static dsla_status_t forward_sequences(dsla_model_t *model, const dsla_layer_kin
     return st;
 }
 
-/* Captures, for every sequence of corpus, the stream entering layer `in_layer` into h_in and the
- * stream leaving layer `out_layer` into h_out (either may be NULL), [num_sequences, T, D]. */
-static dsla_status_t capture_streams(dsla_model_t *model, const dsla_layer_kind_t *kinds,
-                                     const dsla_corpus_t *corpus, int in_layer, float *h_in,
-                                     int out_layer, float *h_out) {
+/* dsla_distill_forward_fn over the model in ctx. */
+static dsla_status_t cpu_forward(void *ctx, const dsla_layer_kind_t *kinds,
+                                 const dsla_corpus_t *corpus, int first, int n,
+                                 float *const *hidden, int layers_to_run, float *logits) {
+    return forward_sequences(ctx, kinds, corpus, first, n, hidden, layers_to_run, logits, NULL);
+}
+
+/* For every sequence of corpus, the stream entering in_layer into h_in and the one leaving
+ * out_layer into h_out (either NULL), [n, T, D]. */
+static dsla_status_t capture_streams(dsla_distill_forward_fn fwd, void *ctx,
+                                     const dsla_layer_kind_t *kinds, const dsla_corpus_t *corpus,
+                                     int in_layer, float *h_in, int out_layer, float *h_out) {
     float *hidden[DSLA_LAYER_ORDER_MAX + 1] = {0};
     if (h_in) hidden[in_layer] = h_in;
     if (h_out) hidden[out_layer + 1] = h_out;
@@ -88,13 +93,25 @@ static dsla_status_t capture_streams(dsla_model_t *model, const dsla_layer_kind_
     for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
         int n = corpus->num_sequences - first;
         if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
-        DSLA_TRY(forward_sequences(model, kinds, corpus, first, n, hidden, last + 1, NULL, NULL));
+        DSLA_TRY(fwd(ctx, kinds, corpus, first, n, hidden, last + 1, NULL));
     }
     return DSLA_OK;
 }
 
-void dsla_distill_add_nll(const float *logits, const dsla_corpus_t *corpus, int first, int n,
-                          int vocab, double *total, long *count) {
+dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
+                                         const dsla_layer_kind_t *input_plan, int layer,
+                                         const dsla_corpus_t *train, const dsla_corpus_t *eval,
+                                         const dsla_distill_captures_t *out) {
+    DSLA_TRY(capture_streams(fwd, ctx, input_plan, train, layer, out->train_in, layer, NULL));
+    DSLA_TRY(capture_streams(fwd, ctx, NULL, train, layer, NULL, layer, out->train_target));
+    DSLA_TRY(capture_streams(fwd, ctx, input_plan, eval, layer, out->eval_in, layer, NULL));
+    return capture_streams(fwd, ctx, NULL, eval, layer, NULL, layer, out->eval_target);
+}
+
+/* Adds the next-token negative log-likelihoods of n sequences of T tokens (logits: n * T rows of
+ * vocab floats) to *total and their count to *count. */
+static void add_nll(const float *logits, const dsla_corpus_t *corpus, int first, int n, int vocab,
+                    double *total, long *count) {
     const int T = corpus->seq_len, V = vocab;
     for (int i = 0; i < n; i++) {
         const int32_t *tokens = dsla_corpus_sequence(corpus, first + i);
@@ -112,23 +129,28 @@ void dsla_distill_add_nll(const float *logits, const dsla_corpus_t *corpus, int 
     }
 }
 
-dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
-                                    const dsla_corpus_t *corpus, double *nll) {
-    const dsla_model_config_t *cfg = dsla_model_config(model);
-    const int T = corpus->seq_len, V = cfg->vocab_size;
-    float *logits = malloc((size_t)CAPTURE_BATCH * T * V * sizeof *logits);
-    if (!logits) return dsla_error_oom("eval logits");
+dsla_status_t dsla_distill_score(dsla_distill_forward_fn fwd, void *ctx,
+                                 const dsla_layer_kind_t *kinds, const dsla_corpus_t *corpus,
+                                 float *logits, int vocab, double *nll) {
     double total = 0.0;
     long count = 0;
-    dsla_status_t st = DSLA_OK;
-    for (int first = 0; first < corpus->num_sequences && st == DSLA_OK; first += CAPTURE_BATCH) {
+    for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
         int n = corpus->num_sequences - first;
         if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
-        st = forward_sequences(model, kinds, corpus, first, n, NULL, 0, logits, NULL);
-        if (st == DSLA_OK) dsla_distill_add_nll(logits, corpus, first, n, V, &total, &count);
+        DSLA_TRY(fwd(ctx, kinds, corpus, first, n, NULL, 0, logits));
+        add_nll(logits, corpus, first, n, vocab, &total, &count);
     }
+    *nll = count ? total / (double)count : NAN;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
+                                    const dsla_corpus_t *corpus, double *nll) {
+    const int T = corpus->seq_len, V = dsla_model_config(model)->vocab_size;
+    float *logits = malloc((size_t)CAPTURE_BATCH * T * V * sizeof *logits);
+    if (!logits) return dsla_error_oom("eval logits");
+    dsla_status_t st = dsla_distill_score(cpu_forward, model, kinds, corpus, logits, V, nll);
     free(logits);
-    if (st == DSLA_OK) *nll = count ? total / (double)count : NAN;
     return st;
 }
 
@@ -451,10 +473,8 @@ static dsla_status_t cpu_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer_
     if (!c->h_in || !c->target || !c->eval_in || !c->eval_target)
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's hidden states",
                           layer);
-    DSLA_TRY(capture_streams(c->model, input_plan, train, layer, c->h_in, layer, NULL));
-    DSLA_TRY(capture_streams(c->model, NULL, train, layer, NULL, layer, c->target));
-    DSLA_TRY(capture_streams(c->model, input_plan, eval, layer, c->eval_in, layer, NULL));
-    return capture_streams(c->model, NULL, eval, layer, NULL, layer, c->eval_target);
+    const dsla_distill_captures_t to = {c->h_in, c->target, c->eval_in, c->eval_target};
+    return dsla_distill_capture_layer(cpu_forward, c->model, input_plan, layer, train, eval, &to);
 }
 
 static dsla_status_t cpu_eval_mse(dsla_distill_backend_t *b, double *mse) {

@@ -4,7 +4,8 @@
  * engine's converted layers installed as they are finished; captures go straight from the model's
  * residual stream into device arrays (dsla_cuda_model_set_capture), so a layer's training pool, its
  * held-out streams and their teacher targets never leave the GPU. Perplexities copy logits to the
- * host and score them with the CPU's arithmetic (dsla_distill_add_nll).
+ * host and score them with the CPU's arithmetic; captures and scoring run the engine's loops
+ * (dsla_distill_capture_layer, dsla_distill_score) over this backend's forward_batch.
  *
  * Training: the CPU trainer's step (distill.c) with kernels/cuda: RMSNorm, five projections and the
  * gates' biases by GEMM, the chunked DSLA forward, Wo with the residual, the frozen MLP block;
@@ -29,9 +30,7 @@
 #include "kernels/kernels_cuda_train.h"
 #endif
 
-/* Sequences per forward pass, as on the CPU (distill.c): the activations and all-token logits of
- * eight sequences stay small next to the weights. */
-enum { CAPTURE_BATCH = 8 };
+enum { CAPTURE_BATCH = DSLA_DISTILL_CAPTURE_BATCH };
 
 size_t dsla_distill_cuda_bytes(const dsla_model_config_t *cfg, dsla_dtype_t dtype, int seq_len,
                                int batch, int n_train, int n_eval) {
@@ -154,9 +153,10 @@ static dsla_status_t ensure_model(cuda_backend_t *c, int T) {
 /* Runs sequences [first, first + n) of corpus under plan kinds: hidden (num_layers + 1 device
  * pointers or NULL) receives the captured streams at row offset first * T, logits_host (when not
  * NULL) every token's logits. */
-static dsla_status_t forward_batch(cuda_backend_t *c, const dsla_layer_kind_t *kinds,
+static dsla_status_t forward_batch(void *ctx, const dsla_layer_kind_t *kinds,
                                    const dsla_corpus_t *corpus, int first, int n,
                                    float *const *hidden, int layers_to_run, float *logits_host) {
+    cuda_backend_t *c = ctx;
     const int L = c->cfg.num_layers, T = corpus->seq_len;
     dsla_cuda_seq_t *seqs[CAPTURE_BATCH] = {0};
     dsla_cuda_batch_item_t items[CAPTURE_BATCH];
@@ -178,23 +178,6 @@ static dsla_status_t forward_batch(cuda_backend_t *c, const dsla_layer_kind_t *k
     return st;
 }
 
-/* The stream entering in_layer into h_in and the one leaving out_layer into h_out (either NULL),
- * for every sequence of corpus: distill.c's capture_streams on the device. */
-static dsla_status_t capture(cuda_backend_t *c, const dsla_layer_kind_t *kinds,
-                             const dsla_corpus_t *corpus, int in_layer, float *h_in, int out_layer,
-                             float *h_out) {
-    float *hidden[DSLA_LAYER_ORDER_MAX + 1] = {0};
-    if (h_in) hidden[in_layer] = h_in;
-    if (h_out) hidden[out_layer + 1] = h_out;
-    const int last = h_out ? out_layer : (in_layer > 0 ? in_layer - 1 : 0);
-    for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
-        int n = corpus->num_sequences - first;
-        if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
-        DSLA_TRY(forward_batch(c, kinds, corpus, first, n, hidden, last + 1, NULL));
-    }
-    return dsla_cuda_stream_sync(c->stream);
-}
-
 static dsla_status_t cuda_install(dsla_distill_backend_t *b, int layer,
                                   const dsla_dsla_layer_t *w) {
     cuda_backend_t *c = (cuda_backend_t *)b;
@@ -206,16 +189,8 @@ static dsla_status_t cuda_eval_nll(dsla_distill_backend_t *b, const dsla_layer_k
                                    const dsla_corpus_t *corpus, double *nll) {
     cuda_backend_t *c = (cuda_backend_t *)b;
     DSLA_TRY(ensure_model(c, corpus->seq_len));
-    double total = 0.0;
-    long count = 0;
-    for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
-        int n = corpus->num_sequences - first;
-        if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
-        DSLA_TRY(forward_batch(c, kinds, corpus, first, n, NULL, 0, c->logits_host));
-        dsla_distill_add_nll(c->logits_host, corpus, first, n, c->cfg.vocab_size, &total, &count);
-    }
-    *nll = count ? total / (double)count : NAN;
-    return DSLA_OK;
+    return dsla_distill_score(forward_batch, c, kinds, corpus, c->logits_host, c->cfg.vocab_size,
+                              nll);
 }
 
 /* ---- one layer's training ---- */
@@ -289,10 +264,10 @@ static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer
     DSLA_TRY(alloc_dev(&c->train.target, (size_t)c->train.n * per_seq(c)));
     DSLA_TRY(alloc_dev(&c->eval.h_in, (size_t)c->eval.n * per_seq(c)));
     DSLA_TRY(alloc_dev(&c->eval.target, (size_t)c->eval.n * per_seq(c)));
-    DSLA_TRY(capture(c, input_plan, train, layer, c->train.h_in, layer, NULL));
-    DSLA_TRY(capture(c, NULL, train, layer, NULL, layer, c->train.target));
-    DSLA_TRY(capture(c, input_plan, eval, layer, c->eval.h_in, layer, NULL));
-    DSLA_TRY(capture(c, NULL, eval, layer, NULL, layer, c->eval.target));
+    const dsla_distill_captures_t to = {c->train.h_in, c->train.target, c->eval.h_in,
+                                        c->eval.target};
+    DSLA_TRY(dsla_distill_capture_layer(forward_batch, c, input_plan, layer, train, eval, &to));
+    DSLA_TRY(dsla_cuda_stream_sync(c->stream));
 
     const dsla_llama_layer_t *tl = dsla_model_layer(c->teacher, layer);
     DSLA_TRY(upload(&c->attn_norm, tl->attn_norm, (size_t)D, c->stream));
