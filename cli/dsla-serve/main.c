@@ -9,6 +9,7 @@
 #include "actors/node.h"
 #include "actors/serving.h"
 #include "cli/dsla/args.h"
+#include "cli/dsla/distill_device.h"
 #include "runtime/model/llama.h"
 #include "runtime/model/tokenizer.h"
 #ifdef DSLA_HAVE_CUDA
@@ -393,22 +394,14 @@ int main(int argc, char **argv) {
                         "together, with --model and without --serving-only\n");
         return 2;
     }
-    dsla_distill_cuda_opts_t distill_cuda = {0, DSLA_DTYPE_BF16};
-    const bool distill_on_gpu = distill_device && strcmp(distill_device, "cuda") == 0;
-    if (distill_device && !distill_on_gpu && strcmp(distill_device, "cpu") != 0) {
-        fprintf(stderr, "--distill-device: '%s' is not one of cpu, cuda\n", distill_device);
+    bool distill_on_gpu = false;
+    dsla_distill_cuda_opts_t distill_cuda;
+    if (dsla_cli_distill_device("distill-", distill_device, distill_dtype, distill_gpu,
+                                &distill_on_gpu, &distill_cuda))
         return 2;
-    }
     if ((distill_gpu >= 0 || distill_dtype) && !distill_on_gpu) {
         fprintf(stderr, "dsla-serve: --distill-gpu and --distill-dtype are for --distill-device "
                         "cuda\n");
-        return 2;
-    }
-    if (distill_gpu >= 0) distill_cuda.gpu = (int)distill_gpu;
-    if (distill_dtype && strcmp(distill_dtype, "f32") == 0) {
-        distill_cuda.dtype = DSLA_DTYPE_F32;
-    } else if (distill_dtype && strcmp(distill_dtype, "bf16") != 0) {
-        fprintf(stderr, "--distill-dtype: '%s' is not one of bf16, f32\n", distill_dtype);
         return 2;
     }
     if (!distill_out && (no_sample_prompts || distill_samples || distill_device)) {

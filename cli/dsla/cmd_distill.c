@@ -7,6 +7,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "distill_device.h"
 #include "runtime/distill/distill.h"
 #include "runtime/model/tokenizer.h"
 
@@ -194,18 +195,9 @@ int dsla_cmd_distill(int argc, char **argv) {
         fprintf(stderr, "--order: '%s' is not one of entropy, reverse, given\n", order);
         return 2;
     }
-    const bool cuda = strcmp(device, "cuda") == 0;
-    if (!cuda && strcmp(device, "cpu") != 0) {
-        fprintf(stderr, "--device: '%s' is not one of cpu, cuda\n", device);
-        return 2;
-    }
-    dsla_distill_cuda_opts_t cuda_opts = {(int)gpu, DSLA_DTYPE_BF16};
-    if (strcmp(dtype, "f32") == 0) {
-        cuda_opts.dtype = DSLA_DTYPE_F32;
-    } else if (strcmp(dtype, "bf16") != 0) {
-        fprintf(stderr, "--dtype: '%s' is not one of bf16, f32\n", dtype);
-        return 2;
-    }
+    bool cuda = false;
+    dsla_distill_cuda_opts_t cuda_opts;
+    if (dsla_cli_distill_device("", device, dtype, gpu, &cuda, &cuda_opts)) return 2;
     if (cuda && gate_cosine > 0) {
         fprintf(stderr, "--gate-cosine: the term is implemented on the CPU only; drop it or "
                         "--device cuda\n");

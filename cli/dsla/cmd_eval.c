@@ -5,6 +5,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "distill_device.h"
 #include "runtime/distill/distill.h"
 #include "runtime/model/tokenizer.h"
 
@@ -89,18 +90,9 @@ int dsla_cmd_eval(int argc, char **argv) {
     int pick[DSLA_LAYER_ORDER_MAX], n_pick = 0;
     if (dsla_list && dsla_args_int_list(dsla_list, "dsla", pick, DSLA_LAYER_ORDER_MAX, &n_pick))
         return 2;
-    const bool cuda = strcmp(device, "cuda") == 0;
-    if (!cuda && strcmp(device, "cpu") != 0) {
-        fprintf(stderr, "--device: '%s' is not one of cpu, cuda\n", device);
-        return 2;
-    }
-    dsla_distill_cuda_opts_t cuda_opts = {(int)gpu, DSLA_DTYPE_BF16};
-    if (strcmp(dtype, "f32") == 0) {
-        cuda_opts.dtype = DSLA_DTYPE_F32;
-    } else if (strcmp(dtype, "bf16") != 0) {
-        fprintf(stderr, "--dtype: '%s' is not one of bf16, f32\n", dtype);
-        return 2;
-    }
+    bool cuda = false;
+    dsla_distill_cuda_opts_t cuda_opts;
+    if (dsla_cli_distill_device("", device, dtype, gpu, &cuda, &cuda_opts)) return 2;
 
     dsla_model_t *model = NULL;
     dsla_tokenizer_t *tok = NULL;

@@ -192,10 +192,12 @@ static void test_distill_device_cuda(void **state) {
     static char out[CTL_OUT_MAX];
     const char *bad[][4] = {{"--distill-device", "tpu", "'tpu' is not one of cpu, cuda", NULL},
                             {"--distill-gpu", "1", "--distill-device", NULL},
-                            {"--distill-dtype", "f16", "--distill-device", NULL}};
+                            {"--distill-dtype=f32", NULL, "--distill-device", NULL},
+                            {"--distill-dtype", "f16", "'f16' is not one of bf16, f32", NULL}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *args[] = {"--model", model,     "--distill-data", data, "--distill-out",
                               online,    bad[i][0], bad[i][1],        NULL};
+        /* a NULL value ends the arguments after the option */
         assert_int_equal(ctl_run_bin("dsla-serve", args, out, CTL_OUT_MAX), 2);
         if (!strstr(out, bad[i][2])) fail_msg("dsla-serve %s %s: %s", bad[i][0], bad[i][1], out);
     }
