@@ -81,7 +81,14 @@ dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const 
     close(fds[1]);
     FILE *out = fdopen(fds[0], "r");
     char line[512] = "";
-    if (!fgets(line, sizeof line, out)) fail_msg("dsla-serve printed no endpoint");
+    if (!fgets(line, sizeof line, out)) {
+        int status = 0; /* how it ended says where to look: a usage error, a failure, a signal */
+        waitpid(s.pid, &status, 0);
+        fail_msg("dsla-serve printed no endpoint (%s %d%s%s)",
+                 WIFSIGNALED(status) ? "killed by signal" : "exit code",
+                 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
+                 log_path ? "; its stderr is in " : "", log_path ? log_path : "");
+    }
     if (sscanf(line, "listening on %255s", s.endpoint) != 1) fail_msg("dsla-serve said: %s", line);
     bool http = true;
     for (int i = 0; args[i]; i++)
