@@ -166,3 +166,16 @@ int dsla_args_int_list(const char *text, const char *option, int *out, int max, 
     }
     return 0;
 }
+
+int dsla_args_parse_with_list(int argc, char **argv, const dsla_arg_spec_t *specs, int n_specs,
+                              const char *usage, dsla_arg_list_t *list) {
+    const char *positional[DSLA_ARG_LIST_MAX];
+    int n_positional = 0;
+    int rc = dsla_args_parse(argc, argv, 2, specs, n_specs, positional, DSLA_ARG_LIST_MAX,
+                             &n_positional, usage);
+    if (rc < 0) return 0;
+    if (rc) return rc;
+    for (int i = 0; i < n_positional && list->count < DSLA_ARG_LIST_MAX; i++)
+        list->items[list->count++] = positional[i];
+    return -1;
+}

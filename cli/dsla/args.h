@@ -47,6 +47,11 @@ int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *spe
 int dsla_args_parse_options(int argc, char **argv, const dsla_arg_spec_t *specs, int n_specs,
                             const char *usage);
 
+/* dsla_args_parse_options for a subcommand whose positional words are more values of a list option
+ * ("--data a.txt b.txt"): they are appended to *list (up to DSLA_ARG_LIST_MAX in all). */
+int dsla_args_parse_with_list(int argc, char **argv, const dsla_arg_spec_t *specs, int n_specs,
+                              const char *usage, dsla_arg_list_t *list);
+
 /* Parses "3,1,0" into out[0..*n) (at most max entries); 2 with a message naming --option when the
  * text is not such a list (empty, a non-number, too many). */
 int dsla_args_int_list(const char *text, const char *option, int *out, int max, int *n);

@@ -167,15 +167,10 @@ int dsla_cmd_distill(int argc, char **argv) {
         {"gpu", DSLA_ARG_INT, "with --device cuda: the GPU's index (default 0)", 0, 1024, &gpu},
         {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32", 0, 0, &dtype},
     };
-    const char *positional[64];
-    int n_positional = 0;
-    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
-                             positional, 64, &n_positional, usage);
-    if (rc < 0) return 0;
-    if (rc) return rc;
     /* "--data a.txt b.txt": the words after --data's first value are data files too. */
-    for (int i = 0; i < n_positional && data.count < DSLA_ARG_LIST_MAX; i++)
-        data.items[data.count++] = positional[i];
+    int rc = dsla_args_parse_with_list(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]),
+                                       usage, &data);
+    if (rc >= 0) return rc;
     const bool needs_data = steps > 0 || strcmp(order, "given") != 0;
     if (!model_dir || !out_dir || (needs_data && data.count == 0)) {
         fprintf(stderr, "dsla distill: --model, --data and --out are required (--data is optional "

@@ -66,14 +66,10 @@ int dsla_cmd_eval(int argc, char **argv) {
         {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32", 0, 0, &dtype},
         {"json", DSLA_ARG_FLAG, "print one JSON object instead of the sentence", 0, 0, &json},
     };
-    const char *positional[64];
-    int n_positional = 0;
-    int rc = dsla_args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof specs[0]),
-                             positional, 64, &n_positional, usage);
-    if (rc < 0) return 0;
-    if (rc) return rc;
-    for (int i = 0; i < n_positional && data.count < DSLA_ARG_LIST_MAX; i++)
-        data.items[data.count++] = positional[i];
+    /* "--data a.txt b.txt": the words after --data's first value are data files too. */
+    int rc = dsla_args_parse_with_list(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]),
+                                       usage, &data);
+    if (rc >= 0) return rc;
     if (!model_dir || data.count == 0) {
         fprintf(stderr, "dsla eval: --model and --data are required\n");
         return 2;

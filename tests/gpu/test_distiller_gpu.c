@@ -31,20 +31,14 @@ static char admin[64];
 
 static void test_gpu_distiller_beside_gpu_serving(void **state) {
     (void)state;
-    char *model = dsla_test_data_or_skip("models/tinystories-11M-hf");
-    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
-    char *dir = dsla_test_tempdir();
-    char online[512], offline[512];
-    snprintf(online, sizeof online, "%s/online", dir);
-    snprintf(offline, sizeof offline, "%s/offline", dir);
+    static ctl_distill_fx_t f;
+    ctl_distill_fx_open(&f, "models/tinystories-11M-hf");
+    const char *model = f.model, *data = f.data, *online = f.online, *offline = f.offline;
+    dsla_model_t *m = f.m;
+    dsla_tokenizer_t *tok = f.tok;
+    harness_stream_t *teacher = f.teacher, *hybrid = f.hybrid;
+    dsla_catalogue_t *cat = f.cat, *ref_cat = f.ref_cat;
     static char out[CTL_OUT_MAX];
-
-    dsla_model_t *m = harness_load_model(model);
-    dsla_tokenizer_t *tok = NULL;
-    harness_ok(dsla_tokenizer_load_dir(&tok, model), "tokenizer");
-    harness_stream_t *teacher = calloc(1, sizeof *teacher), *hybrid = calloc(1, sizeof *hybrid);
-    dsla_catalogue_t *cat = calloc(1, sizeof *cat), *ref_cat = calloc(1, sizeof *ref_cat);
-    ctl_reference(m, tok, cat, 0, teacher);
 
     snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
     /* The serving arena leaves 4 GiB of the GPU to the distiller (it logs what it needs). */
@@ -123,16 +117,7 @@ static void test_gpu_distiller_beside_gpu_serving(void **state) {
     }
 
     free(got);
-    free(teacher);
-    free(hybrid);
-    free(cat);
-    free(ref_cat);
-    dsla_tokenizer_destroy(&tok);
-    dsla_model_destroy(&m);
-    dsla_test_rmtree(dir);
-    free(dir);
-    free(model);
-    free(data);
+    ctl_distill_fx_close(&f);
 }
 
 int main(void) {

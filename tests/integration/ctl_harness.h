@@ -186,4 +186,45 @@ static inline void ctl_refs_free(ctl_refs_t *r) {
     dsla_model_destroy(&r->model);
 }
 
+/* What the distiller tests share: the model and calibration data, a temporary directory with the
+ * online (dsla-serve's) and offline (dsla distill's) output paths, the model and tokenizer loaded,
+ * the teacher's in-process greedy ids, and two empty catalogues. */
+typedef struct {
+    char *model, *data, *dir;
+    char online[512], offline[512];
+    dsla_model_t *m;
+    dsla_tokenizer_t *tok;
+    harness_stream_t *teacher, *hybrid;
+    dsla_catalogue_t *cat, *ref_cat;
+} ctl_distill_fx_t;
+
+static inline void ctl_distill_fx_open(ctl_distill_fx_t *f, const char *model_rel) {
+    f->model = dsla_test_data_or_skip(model_rel);
+    f->data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
+    f->dir = dsla_test_tempdir();
+    snprintf(f->online, sizeof f->online, "%s/online", f->dir);
+    snprintf(f->offline, sizeof f->offline, "%s/offline", f->dir);
+    f->m = harness_load_model(f->model);
+    f->tok = NULL;
+    harness_ok(dsla_tokenizer_load_dir(&f->tok, f->model), "tokenizer");
+    f->teacher = calloc(1, sizeof *f->teacher);
+    f->hybrid = calloc(1, sizeof *f->hybrid);
+    f->cat = calloc(1, sizeof *f->cat);
+    f->ref_cat = calloc(1, sizeof *f->ref_cat);
+    ctl_reference(f->m, f->tok, f->cat, 0, f->teacher); /* an empty catalogue: the teacher */
+}
+
+static inline void ctl_distill_fx_close(ctl_distill_fx_t *f) {
+    free(f->teacher);
+    free(f->hybrid);
+    free(f->cat);
+    free(f->ref_cat);
+    dsla_tokenizer_destroy(&f->tok);
+    dsla_model_destroy(&f->m);
+    dsla_test_rmtree(f->dir);
+    free(f->dir);
+    free(f->model);
+    free(f->data);
+}
+
 #endif

@@ -92,20 +92,14 @@ static int count(const char *text, const char *needle) {
 
 static void test_distil_announce_convert_resume(void **state) {
     (void)state;
-    char *model = dsla_test_data_or_skip("models/stories260K-hf");
-    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
-    char *dir = dsla_test_tempdir();
-    char online[512], offline[512];
-    snprintf(online, sizeof online, "%s/online", dir);
-    snprintf(offline, sizeof offline, "%s/offline", dir);
+    static ctl_distill_fx_t f;
+    ctl_distill_fx_open(&f, "models/stories260K-hf");
+    const char *model = f.model, *data = f.data, *online = f.online, *offline = f.offline;
+    dsla_model_t *m = f.m;
+    dsla_tokenizer_t *tok = f.tok;
+    harness_stream_t *teacher = f.teacher, *hybrid = f.hybrid;
+    dsla_catalogue_t *cat = f.cat, *ref_cat = f.ref_cat;
     static char out[CTL_OUT_MAX];
-
-    dsla_model_t *m = harness_load_model(model);
-    dsla_tokenizer_t *tok = NULL;
-    harness_ok(dsla_tokenizer_load_dir(&tok, model), "tokenizer");
-    harness_stream_t *teacher = calloc(1, sizeof *teacher), *hybrid = calloc(1, sizeof *hybrid);
-    dsla_catalogue_t *cat = calloc(1, sizeof *cat), *ref_cat = calloc(1, sizeof *ref_cat);
-    ctl_reference(m, tok, cat, 0, teacher); /* an empty catalogue: the teacher */
 
     snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
     dsla_test_server_t srv = start(model, data, online, "manual layers=0");
@@ -166,16 +160,7 @@ static void test_distil_announce_convert_resume(void **state) {
     dsla_test_server_stop(&srv);
 
     free(got);
-    free(teacher);
-    free(hybrid);
-    free(cat);
-    free(ref_cat);
-    dsla_tokenizer_destroy(&tok);
-    dsla_model_destroy(&m);
-    dsla_test_rmtree(dir);
-    free(dir);
-    free(model);
-    free(data);
+    ctl_distill_fx_close(&f);
 }
 
 /* --distill-device cuda wires the GPU backend into the distiller: dsla-serve prints what it needs
@@ -183,12 +168,11 @@ static void test_distil_announce_convert_resume(void **state) {
  * fails the run with the reason while the node keeps serving. Usage errors name the option. */
 static void test_distill_device_cuda(void **state) {
     (void)state;
-    char *model = dsla_test_data_or_skip("models/stories260K-hf");
-    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
-    char *dir = dsla_test_tempdir();
-    char online[512], log[512];
-    snprintf(online, sizeof online, "%s/online", dir);
-    snprintf(log, sizeof log, "%s/serve.log", dir);
+    static ctl_distill_fx_t f;
+    ctl_distill_fx_open(&f, "models/stories260K-hf");
+    const char *model = f.model, *data = f.data, *online = f.online;
+    char log[512];
+    snprintf(log, sizeof log, "%s/serve.log", f.dir);
     static char out[CTL_OUT_MAX];
     const char *bad[][4] = {{"--distill-device", "tpu", "'tpu' is not one of cpu, cuda", NULL},
                             {"--distill-gpu", "1", "--distill-device", NULL},
@@ -225,15 +209,9 @@ static void test_distill_device_cuda(void **state) {
     ctl_wait_status(admin, "distiller distiller alive: failed, 0/2 layers done");
     assert_int_equal(ctl_dslactl(admin, out, "status", NULL, NULL), 0);
     if (!strstr(out, "head dim 8") && !strstr(out, "no CUDA")) fail_msg("status: %s", out);
-    dsla_model_t *m = harness_load_model(model);
-    dsla_tokenizer_t *tok = NULL;
-    harness_ok(dsla_tokenizer_load_dir(&tok, model), "tokenizer");
-    harness_stream_t *teacher = calloc(1, sizeof *teacher);
-    dsla_catalogue_t *cat = calloc(1, sizeof *cat);
-    ctl_reference(m, tok, cat, 0, teacher);
     dsla_test_collected_t *got = calloc(1, sizeof *got);
     ctl_generate(srv.endpoint, got); /* the node serves on */
-    ctl_assert_same_ids(got, teacher, "after the distiller failed");
+    ctl_assert_same_ids(got, f.teacher, "after the distiller failed");
     dsla_test_server_stop(&srv);
     char *text = dsla_test_read_file(log, NULL);
     if (!text || !strstr(text, "the distiller trains on GPU 0 (fp32): about ") ||
@@ -241,14 +219,7 @@ static void test_distill_device_cuda(void **state) {
         fail_msg("dsla-serve did not print the distiller's need:\n%s", text ? text : "(none)");
     free(text);
     free(got);
-    free(teacher);
-    free(cat);
-    dsla_tokenizer_destroy(&tok);
-    dsla_model_destroy(&m);
-    dsla_test_rmtree(dir);
-    free(dir);
-    free(model);
-    free(data);
+    ctl_distill_fx_close(&f);
 }
 
 int main(void) {
