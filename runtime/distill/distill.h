@@ -207,8 +207,9 @@ dsla_status_t dsla_distill_eval_plan(dsla_distill_backend_t *b, dsla_dsla_layer_
 
 /* Loads the layer versions of a dsla distill output directory that a plan names into
  * layers[0..num_layers) (the rest NULL; destroy with dsla_distill_plan_free):
- *  - plan_k >= 0 (pick NULL): the first plan_k layers of the stored conversion order, as the
- *    controller converts them; plan_k must not exceed the versions the order's prefix has on disk;
+ *  - plan_k >= 0 (pick NULL): the first plan_k versions on disk in the stored conversion order,
+ *    as the controller converts them (a layer of the order without a version is passed over);
+ *    plan_k must not exceed the versions there;
  *  - pick[0..n_pick) (plan_k < 0): those decoder layers;
  *  - neither (plan_k < 0, n_pick 0): every version the directory holds.
  * Every version read must have been distilled from this teacher (its checksum) in one order;

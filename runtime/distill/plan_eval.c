@@ -114,21 +114,21 @@ static dsla_status_t load_prefix(plan_loader_t *p, int plan_k, dsla_dsla_layer_t
                           "%s: the versions record an order of %d layers, the model has %d; "
                           "--plan needs a dsla distill output of this model",
                           p->dir, p->n_order, L);
-    int held = 0; /* how long a prefix of the order the directory holds */
-    while (held < L && version_exists(p, p->order[held], path, sizeof path))
-        held++;
-    if (plan_k > held)
+    /* As the controller converts them: the first plan_k versions present, in the stored order
+     * (a layer of the order without a version is passed over, as its catalogue has no entry). */
+    int picked[DSLA_LAYER_ORDER_MAX], n_picked = 0;
+    for (int i = 0; i < L && n_picked < plan_k; i++)
+        if (version_exists(p, p->order[i], path, sizeof path)) picked[n_picked++] = p->order[i];
+    if (n_picked < plan_k)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "--plan %d: %s holds the first %d layers of the stored order (layer %d, "
-                          "position %d, has no version)",
-                          plan_k, p->dir, held, p->order[held], held + 1);
+                          "--plan %d: %s holds %d layer versions of the stored order", plan_k,
+                          p->dir, n_picked);
     bool wanted[DSLA_LAYER_ORDER_MAX] = {false};
     for (int i = 0; i < plan_k; i++)
-        wanted[p->order[i]] = true;
+        wanted[picked[i]] = true;
     if (!wanted[first]) dsla_dsla_layer_destroy(&layers[first]);
     for (int i = 0; i < plan_k; i++)
-        if (!layers[p->order[i]])
-            DSLA_TRY(load_version(p, p->order[i], "--plan", &layers[p->order[i]]));
+        if (!layers[picked[i]]) DSLA_TRY(load_version(p, picked[i], "--plan", &layers[picked[i]]));
     return DSLA_OK;
 }
 

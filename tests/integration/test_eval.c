@@ -1,8 +1,9 @@
 /* dsla eval end to end on stories260K-hf: after a small chained distillation of two layers, the
  * teacher's perplexity and plans 1 and 2 (the first layers of the stored order) equal the distill
  * report's teacher_ppl and eval_ppl for the same held-out data; --dsla naming the same layers and
- * the default (every stored version) give the same numbers; bad plans are refused with exit 2
- * naming the option and the limit. */
+ * the default (every stored version) give the same numbers; --plan passes over a layer of the order
+ * without a version, as the controller does; bad plans are refused with exit 2 naming the option
+ * and the limit. */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -141,6 +142,15 @@ static void test_numbers_equal_the_distill_report(void **state) {
     snprintf(plan, sizeof plan, "--layers '%s' --dsla %d", fx.out, second);
     const double alone = eval_ppl(plan, want_alone);
     assert_true(fabs(alone - ppl2) > 1e-3 * ppl2 && fabs(alone - ppl1) > 1e-3 * ppl1);
+    /* A directory whose first layer of the order has no version: --plan 1 passes over it, as the
+     * controller's catalogue does, and runs the second. */
+    char gap[1024], cmd[4096];
+    snprintf(gap, sizeof gap, "%s/gap", fx.dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s/layer-%d.safetensors' '%s/'", gap, fx.out,
+             second, gap);
+    assert_int_equal(system(cmd), 0);
+    snprintf(plan, sizeof plan, "--layers '%s' --plan 1", gap);
+    assert_same_ppl(eval_ppl(plan, want_alone), alone, "--plan 1 over a gap");
     json_decref(rep);
 }
 
@@ -160,7 +170,7 @@ static void test_bad_plans_are_refused(void **state) {
     (void)state;
     char extra[4096];
     snprintf(extra, sizeof extra, "--layers '%s' --plan 3", fx.out);
-    refused(extra, "--plan 3", "first 2 layers");
+    refused(extra, "--plan 3", "holds 2 layer versions");
     snprintf(extra, sizeof extra, "--layers '%s' --plan 6", fx.out);
     refused(extra, "--plan 6", "5 layers");
     snprintf(extra, sizeof extra, "--layers '%s' --dsla 9", fx.out);
