@@ -16,7 +16,8 @@ static const char usage[] =
     "--seq-len tokens: the mean next-token negative log-likelihood (nats/token), its perplexity\n"
     "and the tokens scored, with the arithmetic dsla distill reports its teacher_ppl and eval_ppl\n"
     "with (same data, same numbers). Without --layers it scores the teacher. With --layers (a\n"
-    "dsla distill --out directory) it scores a hybrid: --plan K, the first K layers of the stored\n"
+    "dsla distill --out directory) it scores a hybrid: --plan K, the first K versions in the "
+    "stored\n"
     "conversion order (as the controller converts them; 0: the teacher); --dsla i,j,..., those\n"
     "layers; neither, every layer version the directory holds. --device cuda scores on a GPU\n"
     "(--gpu N, --dtype bf16 or f32, as dsla distill).";
@@ -55,7 +56,7 @@ int dsla_cmd_eval(int argc, char **argv) {
          &data},
         {"layers", DSLA_ARG_STRING, "a dsla distill --out directory (default: score the teacher)",
          0, 0, &layers_dir},
-        {"plan", DSLA_ARG_INT, "with --layers: the first K layers of the stored order", 0,
+        {"plan", DSLA_ARG_INT, "with --layers: the first K versions in the stored order", 0,
          DSLA_LAYER_ORDER_MAX, &plan_k},
         {"dsla", DSLA_ARG_STRING, "with --layers: these layers, e.g. 3,1", 0, 0, &dsla_list},
         {"seq-len", DSLA_ARG_INT, "tokens per scored sequence (default 256)", 2, 1 << 20, &seq_len},
