@@ -151,3 +151,33 @@ int32_t dsla_sampler_sample(dsla_sampler_t *s, const float *logits) {
     }
     return draw(s, s->candidates, n);
 }
+
+void dsla_logprobs_compute(const float *logits, int vocab_size, int32_t token, int n_top,
+                           dsla_token_logprobs_t *out) {
+    double max = -INFINITY;
+    for (int i = 0; i < vocab_size; i++)
+        if (logits[i] > max) max = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab_size; i++)
+        sum += exp((double)logits[i] - max);
+    const double lse = max + log(sum);
+    out->logprob = (float)((double)logits[token] - lse);
+    if (n_top < 0) n_top = 0;
+    if (n_top > DSLA_LOGPROBS_TOP_MAX) n_top = DSLA_LOGPROBS_TOP_MAX;
+    if (n_top > vocab_size) n_top = vocab_size;
+    /* insertion into a short sorted list: n_top is at most 20 */
+    int n = 0;
+    for (int i = 0; i < vocab_size && n_top > 0; i++) {
+        const float x = logits[i];
+        if (n == n_top && !(x > logits[out->top_ids[n - 1]])) continue;
+        int j = n < n_top ? n++ : n - 1;
+        while (j > 0 && x > logits[out->top_ids[j - 1]]) {
+            out->top_ids[j] = out->top_ids[j - 1];
+            j--;
+        }
+        out->top_ids[j] = i;
+    }
+    out->n_top = n;
+    for (int j = 0; j < n; j++)
+        out->top_logprobs[j] = (float)((double)logits[out->top_ids[j]] - lse);
+}

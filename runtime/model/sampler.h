@@ -33,4 +33,23 @@ int32_t dsla_sampler_sample(dsla_sampler_t *s, const float *logits);
 /* Restarts the random stream from seed (the parameters stay). */
 void dsla_sampler_reseed(dsla_sampler_t *s, uint64_t seed);
 
+/* The most alternatives a token's logprobs list (OpenAI's top_logprobs limit of 20). */
+#define DSLA_LOGPROBS_TOP_MAX 20
+
+/* The log-probabilities of one position: of the token taken there, and of the n_top likeliest
+ * tokens, likeliest first (ties by lower id). They are the log-softmax of the raw logits, before
+ * temperature, top-k and top-p: the model's own distribution, as vLLM reports by default. */
+typedef struct {
+    float logprob;
+    int n_top;
+    int32_t top_ids[DSLA_LOGPROBS_TOP_MAX];
+    float top_logprobs[DSLA_LOGPROBS_TOP_MAX];
+} dsla_token_logprobs_t;
+
+/* Fills *out for token (in [0, vocab_size)) from logits[vocab_size], with the n_top likeliest
+ * (clamped to [0, min(DSLA_LOGPROBS_TOP_MAX, vocab_size)]). Computed in double, one pass for the
+ * log-sum-exp and one for the top list: the same on every backend that hands rows to the host. */
+void dsla_logprobs_compute(const float *logits, int vocab_size, int32_t token, int n_top,
+                           dsla_token_logprobs_t *out);
+
 #endif

@@ -295,6 +295,7 @@ void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_fin
         .status = status,
         .message = message,
         .usage = usage_of(r),
+        .logprobs = r->logprobs && token >= 0 ? &r->lp : NULL,
     };
     e->m.requests_finished++;
     if (reason == DSLA_FINISH_CANCELLED) e->m.requests_cancelled++;
@@ -415,6 +416,11 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           "request: %d stop strings need a tokenizer; this engine has none",
                           p->n_stop);
     }
+    if (p->logprobs && (p->top_logprobs < 0 || p->top_logprobs > DSLA_LOGPROBS_TOP_MAX))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "top_logprobs is %d; it must be in [0, %d]",
+                          p->top_logprobs, DSLA_LOGPROBS_TOP_MAX);
+    r->logprobs = p->logprobs;
+    r->top_logprobs = p->top_logprobs;
     r->ignore_eos = p->ignore_eos;
     r->on_event = p->on_event;
     r->user = p->user;

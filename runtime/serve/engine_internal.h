@@ -26,6 +26,9 @@ struct request {
     int n_computed;
     int prefill_end; /* tokens known at admission: the prefill (or recomputation) */
     bool ignore_eos;
+    bool logprobs;            /* lp is filled for each sampled token */
+    int top_logprobs;         /* alternatives lp lists */
+    dsla_token_logprobs_t lp; /* of the token sampled last */
     dsla_sampler_t *sampler;
     dsla_detokenizer_t *detok;
     dsla_stop_matcher_t *stops;

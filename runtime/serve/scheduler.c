@@ -245,6 +245,7 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
                 .text = r->text ? r->text : "",
                 .text_len = r->text_len,
                 .usage = {r->n_prompt, r->n_generated, r->preemptions, dsla_plan_id(r->plan)},
+                .logprobs = r->logprobs ? &r->lp : NULL,
             };
             if (r->on_event && r->on_event(r->user, &ev) != 0) {
                 dsla_engine_running_remove(e, r);
@@ -399,8 +400,11 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
                 e->m.prompt_tokens_computed +=
                     (uint64_t)((end < r->prefill_end ? end : r->prefill_end) - r->n_computed);
             r->n_computed = end;
-            if (end >= dsla_request_total(r))
-                e->sampled[i] = dsla_sampler_sample(r->sampler, e->logits + (size_t)i * V);
+            if (end < dsla_request_total(r)) continue;
+            const float *row = e->logits + (size_t)i * V;
+            e->sampled[i] = dsla_sampler_sample(r->sampler, row);
+            if (r->logprobs)
+                dsla_logprobs_compute(row, (int)V, e->sampled[i], r->top_logprobs, &r->lp);
         }
         const double sampling_s = dsla_engine_now(e) - now;
         for (int i = 0; i < sp.n_items; i++) {

@@ -137,6 +137,49 @@ static void test_invalid_parameters(void **state) {
     assert_int_equal(dsla_sampler_create(&s, &p, 0), DSLA_ERR_INVALID_ARGUMENT);
 }
 
+/* Hand-computed: logits {1, 2, 3, 2} have log-sum-exp log(e + 2e^2 + e^3); the top 2 are id 2
+ * and, of the tie at 2, the lower id 1. */
+static void test_logprobs(void **state) {
+    (void)state;
+    const float logits[4] = {1, 2, 3, 2};
+    const double lse = log(exp(1.0) + 2 * exp(2.0) + exp(3.0));
+    dsla_token_logprobs_t lp;
+    dsla_logprobs_compute(logits, 4, 0, 2, &lp);
+    assert_float_equal(lp.logprob, 1.0 - lse, 1e-6);
+    assert_int_equal(lp.n_top, 2);
+    assert_int_equal(lp.top_ids[0], 2);
+    assert_int_equal(lp.top_ids[1], 1);
+    assert_float_equal(lp.top_logprobs[0], 3.0 - lse, 1e-6);
+    assert_float_equal(lp.top_logprobs[1], 2.0 - lse, 1e-6);
+    /* n_top clamps to the vocabulary, and the list is in order */
+    dsla_logprobs_compute(logits, 4, 3, 50, &lp);
+    assert_int_equal(lp.n_top, 4);
+    const int32_t want[4] = {2, 1, 3, 0};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(lp.top_ids[i], want[i]);
+    dsla_logprobs_compute(logits, 4, 3, 0, &lp);
+    assert_int_equal(lp.n_top, 0);
+    /* a large vocabulary: the top list matches a full sort, and exp of the logprobs sums to 1 */
+    enum { V = 1000 };
+    float big[V];
+    random_logits(big, V, 4.0f);
+    dsla_logprobs_compute(big, V, 7, DSLA_LOGPROBS_TOP_MAX, &lp);
+    assert_int_equal(lp.n_top, DSLA_LOGPROBS_TOP_MAX);
+    for (int j = 1; j < lp.n_top; j++)
+        assert_true(lp.top_logprobs[j] <= lp.top_logprobs[j - 1]);
+    int above = 0;
+    for (int i = 0; i < V; i++)
+        above += big[i] > big[lp.top_ids[lp.n_top - 1]];
+    assert_int_equal(above, DSLA_LOGPROBS_TOP_MAX - 1);
+    double total = 0;
+    dsla_token_logprobs_t one;
+    for (int i = 0; i < V; i++) {
+        dsla_logprobs_compute(big, V, i, 0, &one);
+        total += exp((double)one.logprob);
+    }
+    assert_float_equal(total, 1.0, 1e-4);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_and_its_equivalents),
@@ -144,6 +187,7 @@ int main(void) {
         cmocka_unit_test(test_top_k_top_p_support),
         cmocka_unit_test(test_temperature_distribution),
         cmocka_unit_test(test_invalid_parameters),
+        cmocka_unit_test(test_logprobs),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

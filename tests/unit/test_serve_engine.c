@@ -362,6 +362,81 @@ static void test_finish_with_error_carries_message(void **state) {
     dsla_plan_release(&all_attn);
 }
 
+/* What a request with logprobs streamed: each token's own and its top list. */
+typedef struct {
+    int n;
+    int32_t ids[64];
+    dsla_token_logprobs_t lp[64];
+    bool missing; /* an event with a token and no logprobs */
+} lp_sink_t;
+
+static int lp_event(void *user, const dsla_stream_event_t *ev) {
+    lp_sink_t *s = user;
+    if (ev->token < 0) return 0;
+    if (!ev->logprobs) s->missing = true;
+    if (s->n < 64 && ev->logprobs) {
+        s->ids[s->n] = ev->token;
+        s->lp[s->n++] = *ev->logprobs;
+    }
+    return 0;
+}
+
+static void run_logprobs(float temperature, int top_k, int top_logprobs, lp_sink_t *got) {
+    const char *prompt = "Once upon a time";
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    dsla_request_params_t p = {
+        .prompt_text = prompt,
+        .prompt_text_len = strlen(prompt),
+        .sampling = {.temperature = temperature, .top_k = top_k, .top_p = 1.0f, .seed = 9},
+        .max_tokens = 12,
+        .ignore_eos = true,
+        .logprobs = true,
+        .top_logprobs = top_logprobs,
+        .on_event = lp_event,
+        .user = got,
+    };
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    harness_drain(e, 1000);
+    dsla_engine_destroy(&e);
+}
+
+/* Every generated token carries its logprobs; greedy takes the likeliest; the values are of the
+ * raw distribution, so a greedy sampler that gets there through temperature and top-k reports the
+ * same numbers; top_logprobs beyond the limit is refused naming the field. */
+static void test_logprobs_in_events(void **state) {
+    (void)state;
+    lp_sink_t greedy = {0}, via_top_k = {0};
+    run_logprobs(0.0f, 0, 5, &greedy);
+    run_logprobs(0.5f, 1, 5, &via_top_k);
+    assert_int_equal(greedy.n, 12);
+    assert_false(greedy.missing);
+    assert_int_equal(via_top_k.n, 12);
+    for (int i = 0; i < greedy.n; i++) {
+        const dsla_token_logprobs_t *lp = &greedy.lp[i];
+        assert_int_equal(lp->n_top, 5);
+        assert_int_equal(lp->top_ids[0], greedy.ids[i]);
+        assert_float_equal(lp->logprob, lp->top_logprobs[0], 0);
+        assert_true(lp->logprob <= 0);
+        for (int j = 1; j < lp->n_top; j++)
+            assert_true(lp->top_logprobs[j] <= lp->top_logprobs[j - 1]);
+        assert_int_equal(via_top_k.ids[i], greedy.ids[i]);
+        assert_memory_equal(&via_top_k.lp[i], lp, sizeof *lp);
+    }
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    dsla_request_params_t p = {.prompt_text = "x",
+                               .prompt_text_len = 1,
+                               .max_tokens = 1,
+                               .logprobs = true,
+                               .top_logprobs = DSLA_LOGPROBS_TOP_MAX + 1};
+    assert_int_equal(dsla_engine_submit(e, &p, NULL), DSLA_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(dsla_last_error(), "top_logprobs is 21; it must be in [0, 20]"));
+    dsla_engine_destroy(&e);
+}
+
 int main(void) {
     model_dir = dsla_test_data_or_skip("models/stories260K-hf/config.json");
     *strrchr(model_dir, '/') = '\0';
@@ -374,6 +449,7 @@ int main(void) {
         cmocka_unit_test(test_plan_change_under_pressure),
         cmocka_unit_test(test_matches_generate),
         cmocka_unit_test(test_finish_with_error_carries_message),
+        cmocka_unit_test(test_logprobs_in_events),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     free(model_dir);
