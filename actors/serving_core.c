@@ -168,15 +168,41 @@ void dsla_serving_core_on_peer_gone(dsla_serving_core_t *c, const char *peer) {
 
 /* ---- streaming ---- */
 
-static dsla_status_t send_text(dsla_serving_core_t *c, const request_t *r, int32_t token,
-                               const char *text, size_t len) {
-    dsla_proto_token_t *t = malloc(sizeof *t);
+/* A listed token with its own text: the token decoded alone, special tokens kept. */
+static void logprob_entry(const dsla_serving_core_t *c, int32_t id, float logprob,
+                          dsla_proto_logprob_t *out) {
+    out->id = id;
+    out->logprob = logprob;
+    out->text_len = 0;
+    char *text = NULL;
+    if (c->config.tokenizer &&
+        dsla_tokenizer_decode(c->config.tokenizer, &id, 1, false, &text) == DSLA_OK) {
+        size_t n = strlen(text);
+        out->text_len = n < DSLA_PROTO_TOKEN_TEXT_MAX ? n : DSLA_PROTO_TOKEN_TEXT_MAX;
+        memcpy(out->text, text, out->text_len);
+    }
+    free(text);
+}
+
+static dsla_status_t send_text(dsla_serving_core_t *c, const request_t *r,
+                               const dsla_serving_event_t *ev, const char *text, size_t len) {
+    dsla_proto_token_t *t = calloc(1, sizeof *t);
     if (!t) return dsla_error_oom("serving: TOKEN");
+    const int32_t token = ev->token;
+    if (ev->has_logprobs && token >= 0) {
+        const dsla_token_logprobs_t *lp = &ev->logprobs;
+        t->has_logprobs = true;
+        logprob_entry(c, token, lp->logprob, &t->chosen);
+        t->n_top = lp->n_top < DSLA_PROTO_LOGPROBS_MAX ? lp->n_top : DSLA_PROTO_LOGPROBS_MAX;
+        for (int i = 0; i < t->n_top; i++)
+            logprob_entry(c, lp->top_ids[i], lp->top_logprobs[i], &t->top[i]);
+    }
     dsla_status_t st = DSLA_OK;
     size_t off = 0;
     do { /* pieces longer than a TOKEN holds go as several, the extra ones without a token */
         size_t n = len - off < DSLA_PROTO_PIECE_MAX ? len - off : DSLA_PROTO_PIECE_MAX;
         t->token = off == 0 ? token : -1;
+        t->has_logprobs = t->has_logprobs && off == 0;
         t->text_len = n;
         if (n) memcpy(t->text, text + off, n);
         dsla_proto_buf_t body;
@@ -242,7 +268,7 @@ void dsla_serving_core_on_events(dsla_serving_core_t *c, const dsla_serving_batc
             sample_drop(r);
         }
         if (!r->unreachable && (ev->token >= 0 || ev->text_len > 0) &&
-            send_text(c, r, ev->token, b->text + ev->text_off, ev->text_len) != DSLA_OK) {
+            send_text(c, r, ev, b->text + ev->text_off, ev->text_len) != DSLA_OK) {
             DSLA_LOG_LIMITED(&c->unreachable_log, DSLA_LOG_INFO,
                              "serving: cancelling request %" PRIu64 " of %s: %s", r->client_id,
                              r->client, dsla_last_error());

@@ -133,7 +133,9 @@ static int on_event(void *user, const dsla_stream_event_t *ev) {
                               .finished = ev->finished,
                               .finish = ev->finish,
                               .status = ev->status,
-                              .usage = ev->usage};
+                              .usage = ev->usage,
+                              .has_logprobs = ev->logprobs != NULL};
+    if (ev->logprobs) x.logprobs = *ev->logprobs;
     /* the engine says why in the thread's message when it gives up on a request */
     const char *message = ev->finished && ev->status != DSLA_OK ? dsla_last_error() : NULL;
     batch_event(l->e, &x, ev->text, ev->text_len, message);
@@ -168,6 +170,8 @@ static void do_submit(struct dsla_serving_engine *e, item_t *it) {
         .stop = g->stop,
         .n_stop = g->n_stop,
         .ignore_eos = g->ignore_eos,
+        .logprobs = g->logprobs,
+        .top_logprobs = g->top_logprobs,
         .on_event = on_event,
         .user = l,
     };

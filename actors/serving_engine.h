@@ -44,6 +44,8 @@ typedef struct {
     dsla_status_t status;
     size_t message_off, message_len; /* into text, when status is not OK */
     dsla_usage_t usage;
+    bool has_logprobs; /* the request asked for them and token is not -1 */
+    dsla_token_logprobs_t logprobs;
 } dsla_serving_event_t;
 
 /* A plan handed over with set_plan, adopted (status OK, plan_id the engine's new id) or refused

@@ -35,7 +35,8 @@ dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_pr
     msgpack_packer pk;
     dsla_wire_packer_open(&sbuf, &pk);
     bool have_text = g->prompt && !g->prompt_ids;
-    int rc = msgpack_pack_map(&pk, 8 + (have_text ? 1 : 0) + (g->prompt_ids ? 1 : 0));
+    int rc = msgpack_pack_map(&pk, 8 + (have_text ? 1 : 0) + (g->prompt_ids ? 1 : 0) +
+                                       (g->logprobs ? 1 : 0));
     if (have_text) {
         rc |= dsla_wire_pack_key(&pk, "prompt");
         rc |= msgpack_pack_str_with_body(&pk, g->prompt, g->prompt_len);
@@ -64,6 +65,10 @@ dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_pr
     rc |= g->ignore_eos ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
     rc |= dsla_wire_pack_key(&pk, "stream");
     rc |= g->stream ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+    if (g->logprobs) { /* absent: none; an old server ignores it */
+        rc |= dsla_wire_pack_key(&pk, "top_logprobs");
+        rc |= msgpack_pack_int32(&pk, g->top_logprobs);
+    }
     return dsla_wire_finish(&sbuf, rc, out, "GENERATE");
 }
 
@@ -119,6 +124,10 @@ static dsla_status_t generate_field(const msgpack_object *k, const msgpack_objec
         DSLA_TRY(dsla_wire_get_u64(v, &out->seed, what, "seed"));
     } else if (dsla_wire_key_is(k, "ignore_eos")) {
         DSLA_TRY(dsla_wire_get_bool(v, &out->ignore_eos, what, "ignore_eos"));
+    } else if (dsla_wire_key_is(k, "top_logprobs")) {
+        DSLA_TRY(dsla_wire_get_i64(v, 0, DSLA_PROTO_LOGPROBS_MAX, &x, what, "top_logprobs"));
+        out->logprobs = true;
+        out->top_logprobs = (int32_t)x;
     } else if (dsla_wire_key_is(k, "stream")) {
         DSLA_TRY(dsla_wire_get_bool(v, &out->stream, what, "stream"));
     } else if (dsla_wire_key_is(k, "stop")) {
@@ -159,21 +168,54 @@ dsla_status_t dsla_proto_generate_decode(const void *body, size_t len, dsla_prot
     return st;
 }
 
+static int pack_logprob(msgpack_packer *pk, const dsla_proto_logprob_t *l) {
+    int rc = msgpack_pack_array(pk, 3);
+    rc |= msgpack_pack_int32(pk, l->id);
+    rc |= msgpack_pack_float(pk, l->logprob);
+    return rc | msgpack_pack_str_with_body(pk, l->text, l->text_len);
+}
+
+static dsla_status_t unpack_logprob(const msgpack_object *v, dsla_proto_logprob_t *l) {
+    if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 3)
+        return dsla_error(DSLA_ERR_FORMAT, "TOKEN: a logprob must be [id, logprob, text]");
+    const msgpack_object *a = v->via.array.ptr;
+    int64_t id = 0;
+    DSLA_TRY(dsla_wire_get_i64(&a[0], 0, INT32_MAX, &id, "TOKEN", "logprob id"));
+    l->id = (int32_t)id;
+    DSLA_TRY(dsla_wire_get_float(&a[1], &l->logprob, "TOKEN", "logprob"));
+    return dsla_wire_get_bytes(&a[2], l->text, DSLA_PROTO_TOKEN_TEXT_MAX, &l->text_len, "TOKEN",
+                               "logprob text");
+}
+
 dsla_status_t dsla_proto_token_encode(const dsla_proto_token_t *t, dsla_proto_buf_t *out) {
     out->data = NULL;
     out->len = 0;
-    if (t->text_len > DSLA_PROTO_PIECE_MAX)
+    bool bad_lp = t->has_logprobs && (t->n_top < 0 || t->n_top > DSLA_PROTO_LOGPROBS_MAX ||
+                                      t->chosen.text_len > DSLA_PROTO_TOKEN_TEXT_MAX);
+    for (int i = 0; t->has_logprobs && !bad_lp && i < t->n_top; i++)
+        bad_lp = t->top[i].text_len > DSLA_PROTO_TOKEN_TEXT_MAX;
+    if (t->text_len > DSLA_PROTO_PIECE_MAX || bad_lp)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "TOKEN: text of %zu bytes above the limit of %d", t->text_len,
-                          DSLA_PROTO_PIECE_MAX);
+                          "TOKEN: text of %zu bytes (limit %d), %d alternatives (limit %d) or a "
+                          "token text above %d bytes",
+                          t->text_len, DSLA_PROTO_PIECE_MAX, t->n_top, DSLA_PROTO_LOGPROBS_MAX,
+                          DSLA_PROTO_TOKEN_TEXT_MAX);
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
     dsla_wire_packer_open(&sbuf, &pk);
-    int rc = msgpack_pack_map(&pk, 2);
+    int rc = msgpack_pack_map(&pk, t->has_logprobs ? 4 : 2);
     rc |= dsla_wire_pack_key(&pk, "token");
     rc |= msgpack_pack_int32(&pk, t->token);
     rc |= dsla_wire_pack_key(&pk, "text");
     rc |= msgpack_pack_str_with_body(&pk, t->text, t->text_len);
+    if (t->has_logprobs) {
+        rc |= dsla_wire_pack_key(&pk, "logprob");
+        rc |= pack_logprob(&pk, &t->chosen);
+        rc |= dsla_wire_pack_key(&pk, "top");
+        rc |= msgpack_pack_array(&pk, (size_t)t->n_top);
+        for (int i = 0; i < t->n_top; i++)
+            rc |= pack_logprob(&pk, &t->top[i]);
+    }
     return dsla_wire_finish(&sbuf, rc, out, "TOKEN");
 }
 
@@ -193,6 +235,18 @@ dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_t
         } else if (dsla_wire_key_is(&m->ptr[i].key, "text")) {
             st = dsla_wire_get_bytes(v, out->text, DSLA_PROTO_PIECE_MAX, &out->text_len, "TOKEN",
                                      "text");
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "logprob")) {
+            st = unpack_logprob(v, &out->chosen);
+            out->has_logprobs = true;
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "top")) {
+            if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size > DSLA_PROTO_LOGPROBS_MAX) {
+                st = dsla_error(DSLA_ERR_FORMAT, "TOKEN: field top must be an array of at most %d",
+                                DSLA_PROTO_LOGPROBS_MAX);
+                break;
+            }
+            out->n_top = 0;
+            for (uint32_t j = 0; j < v->via.array.size && st == DSLA_OK; j++)
+                st = unpack_logprob(&v->via.array.ptr[j], &out->top[out->n_top++]);
         }
     }
     msgpack_unpacked_destroy(&u);
