@@ -143,6 +143,7 @@ typedef struct {
     dsla_client_result_t result;
     char id[40];
     dsla_openai_meta_t meta;
+    dsla_openai_logprobs_t *lp; /* NULL: the request asked for no logprobs */
     /* What the stream reader hands out next. */
     char *pending;
     size_t pending_len, pending_off;
@@ -155,6 +156,7 @@ static void gen_free(gen_t *g) {
         client_put(g->h, g->client);
     }
     atomic_fetch_sub(&g->h->in_flight, 1);
+    dsla_openai_logprobs_free(&g->lp);
     free(g->pending);
     free(g);
 }
@@ -186,7 +188,9 @@ static bool gen_produce(gen_t *g) {
     g->pending_len = g->pending_off = 0;
     dsla_client_piece_t p;
     if (dsla_client_next(g->client, &p, &g->result)) {
-        g->pending = dsla_openai_chunk(&g->meta, p.text, p.len, g->first, NULL);
+        if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) return false;
+        g->pending = dsla_openai_chunk(&g->meta, p.text, p.len, g->lp, g->first, NULL);
+        if (g->lp) dsla_openai_logprobs_clear(g->lp);
         g->first = false;
     } else {
         gen_ended(g);
@@ -197,7 +201,7 @@ static bool gen_produce(gen_t *g) {
             free(line);
         } else {
             dsla_openai_end_t end = gen_end(g);
-            char *last = dsla_openai_chunk(&g->meta, "", 0, g->first, &end);
+            char *last = dsla_openai_chunk(&g->meta, "", 0, g->lp, g->first, &end);
             g->pending = concat(last, "data: [DONE]\n\n");
             free(last);
         }
@@ -231,6 +235,11 @@ static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t 
     dsla_client_piece_t p;
     bool oom = false;
     while (dsla_client_next(g->client, &p, &g->result)) {
+        if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) {
+            oom = true;
+            dsla_client_cancel(g->client, &g->result);
+            break;
+        }
         if (len + p.len > cap) {
             size_t want = 2 * (len + p.len) + 256;
             char *grown = realloc(text, want);
@@ -249,7 +258,7 @@ static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t 
     dsla_openai_end_t end = gen_end(g);
     char *body = oom         ? NULL
                  : g->failed ? dsla_openai_error_body(&g->err)
-                             : dsla_openai_response_body(&g->meta, text, len, &end);
+                             : dsla_openai_response_body(&g->meta, text, len, g->lp, &end);
     free(text);
     int status = g->failed ? g->err.status : 200;
     dsla_http_t *h = g->h;
@@ -297,6 +306,12 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     g->meta = (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model};
     g->first = true;
     bool stream = req.stream;
+    if (req.generate.logprobs && !(g->lp = dsla_openai_logprobs_new(kind))) {
+        dsla_openai_request_free(&req);
+        dsla_openai_error_from_status(kind, dsla_error_oom("http: logprobs"), &err);
+        gen_free(g);
+        return respond_error(h, conn, route, &err);
+    }
     dsla_status_t st = dsla_client_start(g->client, &req.generate, 0);
     dsla_openai_request_free(&req);
     if (st != DSLA_OK) {

@@ -228,6 +228,69 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
     return add_stop(r, DSLA_OPENAI_CHAT_STOP, strlen(DSLA_OPENAI_CHAT_STOP), err);
 }
 
+/* logprobs: an integer of alternatives (completions), or true with top_logprobs (chat). */
+static bool get_logprobs(dsla_openai_kind_t kind, json_t *root, dsla_proto_generate_t *g,
+                         dsla_openai_error_t *err) {
+    long long top = -1;
+    if (kind == DSLA_OPENAI_COMPLETION) {
+        if (!get_integer(root, "logprobs", 0, DSLA_OPENAI_LOGPROBS_MAX, &top, err)) return false;
+        g->logprobs = top >= 0;
+    } else {
+        if (!get_bool(root, "logprobs", &g->logprobs, err) ||
+            !get_integer(root, "top_logprobs", 0, DSLA_OPENAI_LOGPROBS_MAX, &top, err))
+            return false;
+        if (top >= 0 && !g->logprobs) {
+            dsla_openai_error_set(err, 400, "top_logprobs",
+                                  "top_logprobs is %lld but logprobs is not true; set logprobs "
+                                  "to true to get them",
+                                  top);
+            return false;
+        }
+    }
+    g->top_logprobs = top > 0 ? (int32_t)top : 0;
+    return true;
+}
+
+/* Fields this server does not serve: a request that gives one other than its neutral value is
+ * refused naming it, rather than answered as if it had not been given. */
+static bool refuse_unserved(json_t *root, dsla_openai_error_t *err) {
+    static const struct {
+        const char *name, *neutral; /* neutral: the JSON value accepted, NULL: none */
+    } unserved[] = {
+        {"echo", "false"},
+        {"best_of", "1"},
+        {"suffix", "\"\""},
+        {"presence_penalty", "0"},
+        {"frequency_penalty", "0"},
+        {"logit_bias", "{}"},
+        {"stream_options", NULL},
+        {"response_format", "{\"type\":\"text\"}"},
+        {"tools", "[]"},
+        {"tool_choice", "\"none\""},
+        {"functions", "[]"},
+        {"function_call", "\"none\""},
+    };
+    for (size_t i = 0; i < sizeof unserved / sizeof unserved[0]; i++) {
+        json_t *v = field(root, unserved[i].name);
+        if (!v) continue;
+        json_t *neutral =
+            unserved[i].neutral ? json_loads(unserved[i].neutral, JSON_DECODE_ANY, NULL) : NULL;
+        bool ok = neutral && (json_is_number(v) && json_is_number(neutral)
+                                  ? json_number_value(v) == json_number_value(neutral)
+                                  : json_equal(v, neutral));
+        json_decref(neutral);
+        if (ok) continue;
+        dsla_openai_error_set(err, 400, unserved[i].name,
+                              "%s is not served by this server%s%s (docs/http.md lists the "
+                              "fields)",
+                              unserved[i].name,
+                              unserved[i].neutral ? "; the only value taken is " : "",
+                              unserved[i].neutral ? unserved[i].neutral : "");
+        return false;
+    }
+    return true;
+}
+
 static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *model,
                          dsla_openai_request_t *r, dsla_openai_error_t *err) {
     json_t *m = field(root, "model");
@@ -257,7 +320,8 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         !get_integer(root, "top_k", 0, INT32_MAX, &top_k, err) ||
         !get_integer(root, "seed", 0, INT64_MAX, &seed, err) ||
         !get_bool(root, "stream", &r->stream, err) ||
-        !get_bool(root, "ignore_eos", &r->generate.ignore_eos, err) || !get_stop(root, r, err))
+        !get_bool(root, "ignore_eos", &r->generate.ignore_eos, err) || !get_stop(root, r, err) ||
+        !get_logprobs(kind, root, &r->generate, err) || !refuse_unserved(root, err))
         return false;
     if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
         return false;
@@ -379,6 +443,90 @@ static json_t *utf8_string(const char *text, size_t len) {
     return s;
 }
 
+/* ---- logprobs ----------------------------------------------------------------------------- */
+
+struct dsla_openai_logprobs {
+    dsla_openai_kind_t kind;
+    size_t offset; /* text_offset of the next token */
+    json_t *root;  /* {tokens, token_logprobs, top_logprobs, text_offset} or {content} */
+};
+
+static json_t *logprobs_root(dsla_openai_kind_t kind) {
+    return kind == DSLA_OPENAI_COMPLETION
+               ? json_pack("{s:[], s:[], s:[], s:[]}", "tokens", "token_logprobs", "top_logprobs",
+                           "text_offset")
+               : json_pack("{s:[]}", "content");
+}
+
+dsla_openai_logprobs_t *dsla_openai_logprobs_new(dsla_openai_kind_t kind) {
+    dsla_openai_logprobs_t *l = calloc(1, sizeof *l);
+    if (l) l->kind = kind;
+    if (l) l->root = logprobs_root(kind);
+    if (l && !l->root) dsla_openai_logprobs_free(&l);
+    return l;
+}
+
+void dsla_openai_logprobs_free(dsla_openai_logprobs_t **l) {
+    if (!l || !*l) return;
+    json_decref((*l)->root);
+    free(*l);
+    *l = NULL;
+}
+
+void dsla_openai_logprobs_clear(dsla_openai_logprobs_t *l) {
+    json_t *fresh = logprobs_root(l->kind);
+    if (!fresh) return; /* out of memory: the old ones stay, repeated rather than lost */
+    json_decref(l->root);
+    l->root = fresh;
+}
+
+/* A logprob as JSON: -9999 stands for minus infinity (a token the model rules out), as OpenAI's
+ * and vLLM's answers have it, since JSON has no infinity. */
+static json_t *logprob_json(float x) {
+    return json_real(isfinite(x) ? (double)x : -9999.0);
+}
+
+/* chat's {token, logprob, bytes} */
+static json_t *chat_entry(const dsla_proto_logprob_t *e) {
+    json_t *bytes = json_array();
+    for (size_t i = 0; bytes && i < e->text_len; i++)
+        json_array_append_new(bytes, json_integer((unsigned char)e->text[i]));
+    return json_pack("{s:o, s:o, s:o}", "token", utf8_string(e->text, e->text_len), "logprob",
+                     logprob_json(e->logprob), "bytes", bytes);
+}
+
+bool dsla_openai_logprobs_add(dsla_openai_logprobs_t *l, const dsla_proto_token_t *t) {
+    if (!t->has_logprobs) return true;
+    const dsla_proto_logprob_t *c = &t->chosen;
+    int rc = 0;
+    if (l->kind == DSLA_OPENAI_COMPLETION) {
+        /* the alternatives by their text, the taken token among them as vLLM lists it */
+        json_t *top = json_object();
+        for (int i = 0; top && i <= t->n_top; i++) {
+            const dsla_proto_logprob_t *e = i < t->n_top ? &t->top[i] : c;
+            json_t *s = utf8_string(e->text, e->text_len);
+            if (s && !json_object_get(top, json_string_value(s)))
+                rc |= json_object_set_new(top, json_string_value(s), logprob_json(e->logprob));
+            json_decref(s);
+        }
+        rc |= json_array_append_new(json_object_get(l->root, "tokens"),
+                                    utf8_string(c->text, c->text_len));
+        rc |= json_array_append_new(json_object_get(l->root, "token_logprobs"),
+                                    logprob_json(c->logprob));
+        rc |= json_array_append_new(json_object_get(l->root, "top_logprobs"), top);
+        rc |= json_array_append_new(json_object_get(l->root, "text_offset"),
+                                    json_integer((json_int_t)l->offset));
+    } else {
+        json_t *entry = chat_entry(c), *top = json_array();
+        for (int i = 0; top && i < t->n_top; i++)
+            rc |= json_array_append_new(top, chat_entry(&t->top[i]));
+        rc |= json_object_set_new(entry, "top_logprobs", top);
+        rc |= json_array_append_new(json_object_get(l->root, "content"), entry);
+    }
+    l->offset += c->text_len;
+    return rc == 0;
+}
+
 static json_t *usage_json(const dsla_openai_end_t *end) {
     return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)end->prompt_tokens,
                      "completion_tokens", (json_int_t)end->completion_tokens, "total_tokens",
@@ -387,27 +535,28 @@ static json_t *usage_json(const dsla_openai_end_t *end) {
 
 /* choices[0]: the text (completion), the message (chat answer) or the delta (chat chunk). */
 static json_t *choice_json(dsla_openai_kind_t kind, bool chunk, bool first, const char *text,
-                           size_t len, const char *finish) {
+                           size_t len, const dsla_openai_logprobs_t *lp, const char *finish) {
     json_t *t = utf8_string(text, text ? len : 0);
     json_t *f = finish ? json_string(finish) : json_null();
+    json_t *l = lp ? json_deep_copy(lp->root) : json_null();
     if (kind == DSLA_OPENAI_COMPLETION)
-        return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, "text", t, "logprobs", "finish_reason",
-                         f);
+        return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", t, "logprobs", l,
+                         "finish_reason", f);
     json_t *content = chunk && !first ? json_pack("{s:o}", "content", t)
                                       : json_pack("{s:s, s:o}", "role", "assistant", "content", t);
-    return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, chunk ? "delta" : "message", content,
-                     "logprobs", "finish_reason", f);
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, chunk ? "delta" : "message", content,
+                     "logprobs", l, "finish_reason", f);
 }
 
 static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, const char *text,
-                       size_t len, const dsla_openai_end_t *end) {
+                       size_t len, const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end) {
     const char *object = meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion"
                          : chunk                              ? "chat.completion.chunk"
                                                               : "chat.completion";
     json_t *root =
         json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", meta->id, "object", object, "created",
                   (json_int_t)meta->created, "model", meta->model ? meta->model : "", "choices",
-                  choice_json(meta->kind, chunk, first, text, len, end ? end->finish : NULL));
+                  choice_json(meta->kind, chunk, first, text, len, lp, end ? end->finish : NULL));
     if (root && end) json_object_set_new(root, "usage", usage_json(end));
     char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
@@ -415,13 +564,14 @@ static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, c
 }
 
 char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
-                                const dsla_openai_end_t *end) {
-    return body_json(meta, false, true, text, len, end);
+                                const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end) {
+    return body_json(meta, false, true, text, len, lp, end);
 }
 
-char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len, bool first,
+char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len,
+                        const dsla_openai_logprobs_t *lp, bool first,
                         const dsla_openai_end_t *end) {
-    char *json = body_json(meta, true, first, text, len, end);
+    char *json = body_json(meta, true, first, text, len, lp, end);
     if (!json) return NULL;
     size_t n = strlen(json);
     char *event = malloc(n + sizeof "data: \n\n");

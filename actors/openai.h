@@ -26,6 +26,9 @@
 #define DSLA_OPENAI_TEMPERATURE_MAX 2.0
 #define DSLA_OPENAI_STOP_MAX 4
 #define DSLA_OPENAI_CHAT_STOP "\nUser:"
+/* Alternatives per token that logprobs (completions) and top_logprobs (chat) may ask for: chat's
+ * OpenAI limit, also taken for completions (OpenAI's legacy limit there is 5). */
+#define DSLA_OPENAI_LOGPROBS_MAX 20
 
 typedef enum { DSLA_OPENAI_COMPLETION, DSLA_OPENAI_CHAT } dsla_openai_kind_t;
 
@@ -82,13 +85,27 @@ typedef struct {
     uint32_t prompt_tokens, completion_tokens;
 } dsla_openai_end_t;
 
+/* The logprobs of a choice, gathered token by token from the TOKENs that carry them: OpenAI's
+ * completions shape ({tokens, token_logprobs, top_logprobs, text_offset}) or chat's
+ * ({content: [{token, logprob, bytes, top_logprobs}]}). text_offset counts bytes of the text from
+ * the first token on; a chunk takes what was gathered since the last one (clear). */
+typedef struct dsla_openai_logprobs dsla_openai_logprobs_t;
+
+dsla_openai_logprobs_t *dsla_openai_logprobs_new(dsla_openai_kind_t kind); /* NULL: no memory */
+void dsla_openai_logprobs_free(dsla_openai_logprobs_t **l);
+/* Adds t's token when it carries logprobs (others are skipped); false when out of memory. */
+bool dsla_openai_logprobs_add(dsla_openai_logprobs_t *l, const dsla_proto_token_t *t);
+/* Forgets the tokens gathered so far (the text offset runs on). */
+void dsla_openai_logprobs_clear(dsla_openai_logprobs_t *l);
+
 char *dsla_openai_error_body(const dsla_openai_error_t *err);
-/* The whole answer of a request with stream false. */
+/* The whole answer of a request with stream false; lp NULL: "logprobs": null. */
 char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
-                                const dsla_openai_end_t *end);
-/* One server-sent event "data: {...}\n\n" with a piece of text; first marks the chat's first chunk
- * (it carries the role), end the last (finish_reason and usage). */
-char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len, bool first,
-                        const dsla_openai_end_t *end);
+                                const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end);
+/* One server-sent event "data: {...}\n\n" with a piece of text and its tokens' logprobs (lp NULL:
+ * null); first marks the chat's first chunk (it carries the role), end the last (finish_reason and
+ * usage). */
+char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len,
+                        const dsla_openai_logprobs_t *lp, bool first, const dsla_openai_end_t *end);
 
 #endif

@@ -45,6 +45,10 @@ struct dsla_serving_core {
     uint64_t next_key;
     dsla_histogram_t last_ttft, last_tpot; /* at the previous report, for windowed quantiles */
     dsla_log_limit_t unreachable_log, lost_log;
+    /* the texts of listed tokens: a detokenizer primed with a plain token before each, so that a
+     * token's leading space survives as it does mid-text (NULL until the first, or no tokenizer) */
+    dsla_detokenizer_t *lp_detok;
+    int32_t lp_context;
 };
 
 /* ---- the request table ---- */
@@ -168,20 +172,48 @@ void dsla_serving_core_on_peer_gone(dsla_serving_core_t *c, const char *peer) {
 
 /* ---- streaming ---- */
 
-/* A listed token with its own text: the token decoded alone, special tokens kept. */
-static void logprob_entry(const dsla_serving_core_t *c, int32_t id, float logprob,
+/* The first token whose vocabulary string is plain ASCII letters: the context the texts of listed
+ * tokens are decoded after. -1: none. */
+static int32_t plain_token(const dsla_tokenizer_t *t) {
+    for (int32_t id = 0; id < dsla_tokenizer_vocab_size(t); id++) {
+        size_t len = 0;
+        const char *s = dsla_tokenizer_id_to_token(t, id, &len);
+        bool plain = s && len > 0 && !dsla_tokenizer_is_special(t, id);
+        for (size_t i = 0; plain && i < len; i++)
+            plain = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z');
+        if (plain) return id;
+    }
+    return -1;
+}
+
+/* Appends src to out (cut at DSLA_PROTO_TOKEN_TEXT_MAX). */
+static void entry_text(dsla_proto_logprob_t *out, const char *src, size_t n) {
+    size_t room = DSLA_PROTO_TOKEN_TEXT_MAX - out->text_len;
+    n = n < room ? n : room;
+    memcpy(out->text + out->text_len, src, n);
+    out->text_len += n;
+}
+
+/* A listed token with its text as it reads mid-text (" there", not "there"); special tokens have
+ * none, as in the streamed text. No tokenizer: no text. */
+static void logprob_entry(dsla_serving_core_t *c, int32_t id, float logprob,
                           dsla_proto_logprob_t *out) {
     out->id = id;
     out->logprob = logprob;
     out->text_len = 0;
-    char *text = NULL;
-    if (c->config.tokenizer &&
-        dsla_tokenizer_decode(c->config.tokenizer, &id, 1, false, &text) == DSLA_OK) {
-        size_t n = strlen(text);
-        out->text_len = n < DSLA_PROTO_TOKEN_TEXT_MAX ? n : DSLA_PROTO_TOKEN_TEXT_MAX;
-        memcpy(out->text, text, out->text_len);
+    const dsla_tokenizer_t *t = c->config.tokenizer;
+    if (!t) return;
+    if (!c->lp_detok) {
+        if (dsla_detokenizer_create(&c->lp_detok, t) != DSLA_OK) return;
+        c->lp_context = plain_token(t);
     }
-    free(text);
+    const char *piece;
+    size_t len;
+    if (c->lp_context >= 0 && dsla_detokenizer_prime(c->lp_detok, &c->lp_context, 1) != DSLA_OK)
+        return;
+    if (dsla_detokenizer_push(c->lp_detok, id, &piece, &len) == DSLA_OK)
+        entry_text(out, piece, len);
+    if (dsla_detokenizer_flush(c->lp_detok, &piece, &len) == DSLA_OK) entry_text(out, piece, len);
 }
 
 static dsla_status_t send_text(dsla_serving_core_t *c, const request_t *r,
@@ -373,6 +405,7 @@ void dsla_serving_core_destroy(dsla_serving_core_t **c) {
     if (!c || !*c) return;
     while ((*c)->requests)
         request_remove(*c, (*c)->requests);
+    dsla_detokenizer_destroy(&(*c)->lp_detok);
     free(*c);
     *c = NULL;
 }

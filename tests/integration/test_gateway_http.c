@@ -108,6 +108,88 @@ static char *sse_text(const char *body, bool chat, char *finish, int *events) {
     return text;
 }
 
+/* logprobs through the whole path (engine, TOKEN, gateway, HTTP): greedy takes the likeliest
+ * token, so each token's logprob is the largest of its top list; the tokens' texts make the text;
+ * text_offset runs over them; streamed chunks carry the same numbers; chat has its own shape. */
+static void check_logprobs(int port, const char *want) {
+    char req[512];
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"logprobs\":5}",
+             prompt, GREEDY_TOKENS);
+    dsla_test_http_reply_t r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    json_t *tokens = json_object_get(lp, "tokens"), *lps = json_object_get(lp, "token_logprobs");
+    json_t *tops = json_object_get(lp, "top_logprobs"), *offs = json_object_get(lp, "text_offset");
+    assert_int_equal(json_array_size(tokens), GREEDY_TOKENS);
+    assert_int_equal(json_array_size(lps), GREEDY_TOKENS);
+    assert_int_equal(json_array_size(tops), GREEDY_TOKENS);
+    assert_int_equal(json_array_size(offs), GREEDY_TOKENS);
+    char joined[4096] = "";
+    double whole[GREEDY_TOKENS];
+    size_t off = 0;
+    for (size_t i = 0; i < GREEDY_TOKENS; i++) {
+        const char *tok = json_string_value(json_array_get(tokens, i));
+        double x = json_real_value(json_array_get(lps, i));
+        whole[i] = x;
+        assert_true(x <= 0 && x > -100);
+        json_t *top = json_array_get(tops, i);
+        assert_true(json_object_size(top) >= 1 && json_object_size(top) <= 6);
+        const char *key;
+        json_t *v;
+        json_object_foreach(top, key, v) assert_true(json_real_value(v) <= x + 1e-6);
+        assert_float_equal(json_real_value(json_object_get(top, tok)), x, 1e-6);
+        assert_int_equal(json_integer_value(json_array_get(offs, i)), (json_int_t)off);
+        off += strlen(tok);
+        strncat(joined, tok, sizeof joined - strlen(joined) - 1);
+    }
+    assert_string_equal(joined, want);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    /* streamed: the same logprobs, spread over the chunks */
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"logprobs\":2,\"stream\":true}",
+             prompt, GREEDY_TOKENS);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    size_t n = 0;
+    for (const char *p = r.body; (p = strstr(p, "data: {")) != NULL; p++) {
+        json_t *c = json_loadb(p + 6, (size_t)(strstr(p, "\n\n") - p - 6), 0, NULL);
+        assert_non_null(c);
+        json_t *l = json_object_get(json_array_get(json_object_get(c, "choices"), 0), "logprobs");
+        json_t *x = json_object_get(l, "token_logprobs");
+        for (size_t i = 0; i < json_array_size(x); i++, n++)
+            assert_float_equal(json_real_value(json_array_get(x, i)), whole[n], 1e-6);
+        json_decref(c);
+    }
+    assert_int_equal(n, GREEDY_TOKENS);
+    dsla_test_http_reply_free(&r);
+
+    snprintf(req, sizeof req,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":6,"
+             "\"temperature\":0,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":3}",
+             prompt);
+    r = dsla_test_http(port, "POST", "/v1/chat/completions", req);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    json_t *content = json_object_get(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs"), "content");
+    long long completion =
+        json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+    assert_true(completion >= 1);
+    assert_int_equal(json_array_size(content), completion);
+    json_t *first = json_array_get(content, 0);
+    assert_int_equal(json_array_size(json_object_get(first, "top_logprobs")), 3);
+    assert_int_equal(json_array_size(json_object_get(first, "bytes")),
+                     strlen(json_string_value(json_object_get(first, "token"))));
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+}
+
 static void test_completions(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -167,6 +249,7 @@ static void test_completions(void **state) {
     assert_true(strlen(cut) <= 10 + 4 && strncmp(cut, want, strlen(cut)) == 0);
     json_decref(j);
     dsla_test_http_reply_free(&r);
+    check_logprobs(srv.http_port, want);
     dsla_test_server_stop(&srv);
     free(want);
     free(model);

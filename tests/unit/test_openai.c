@@ -9,7 +9,9 @@
 
 static bool parse(dsla_openai_kind_t kind, const char *body, dsla_openai_request_t *r,
                   dsla_openai_error_t *e) {
-    return dsla_openai_request_parse(kind, body, strlen(body), "tiny", 42, r, e);
+    bool ok = dsla_openai_request_parse(kind, body, strlen(body), "tiny", 42, r, e);
+    if (!ok) print_message("refused: %s\n", e->message);
+    return ok;
 }
 
 static void test_completion_fields(void **state) {
@@ -80,6 +82,15 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"stop\":{}}", 400, "stop", "string or an array"},
         {"{\"prompt\":\"x\",\"model\":\"other\"}", 404, "model", "'other' does not exist"},
         {"{\"prompt\":\"x\",\"model\":3}", 400, "model", "string"},
+        {"{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", "is 21; it must be in [0, 20]"},
+        {"{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", "integer"},
+        {"{\"prompt\":\"x\",\"echo\":true}", 400, "echo", "echo is not served"},
+        {"{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of", "best_of is not served"},
+        {"{\"prompt\":\"x\",\"presence_penalty\":0.5}", 400, "presence_penalty", "not served"},
+        {"{\"prompt\":\"x\",\"logit_bias\":{\"5\":1}}", 400, "logit_bias", "not served"},
+        {"{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}", 400,
+         "response_format", "only value taken is {\"type\":\"text\"}"},
+        {"{\"prompt\":\"x\",\"tools\":[{\"type\":\"function\"}]}", 400, "tools", "not served"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         dsla_openai_request_t r;
@@ -92,6 +103,98 @@ static void test_refusals(void **state) {
             fail_msg("case %zu: '%s' lacks '%s'", i, e.message, cases[i].says);
         assert_null(r.prompt); /* nothing left to free */
     }
+}
+
+/* logprobs as each kind takes it; neutral values of unserved fields pass */
+static void test_logprobs_fields(void **state) {
+    (void)state;
+    dsla_openai_request_t r;
+    dsla_openai_error_t e;
+    assert_true(parse(DSLA_OPENAI_COMPLETION,
+                      "{\"prompt\":\"x\",\"logprobs\":3,\"echo\":false,\"best_of\":1,"
+                      "\"presence_penalty\":0.0,\"frequency_penalty\":0,\"logit_bias\":{},"
+                      "\"tools\":[],\"response_format\":{\"type\":\"text\"}}",
+                      &r, &e));
+    assert_true(r.generate.logprobs);
+    assert_int_equal(r.generate.top_logprobs, 3);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":0}", &r, &e));
+    assert_true(r.generate.logprobs);
+    assert_int_equal(r.generate.top_logprobs, 0);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\"}", &r, &e));
+    assert_false(r.generate.logprobs);
+    dsla_openai_request_free(&r);
+    const char *msgs = "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]";
+    char body[256];
+    snprintf(body, sizeof body, "{%s,\"logprobs\":true,\"top_logprobs\":20}", msgs);
+    assert_true(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_true(r.generate.logprobs);
+    assert_int_equal(r.generate.top_logprobs, 20);
+    dsla_openai_request_free(&r);
+    snprintf(body, sizeof body, "{%s,\"top_logprobs\":2}", msgs);
+    assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_string_equal(e.param, "top_logprobs");
+    snprintf(body, sizeof body, "{%s,\"logprobs\":true,\"top_logprobs\":21}", msgs);
+    assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_non_null(strstr(e.message, "top_logprobs is 21; it must be in [0, 20]"));
+}
+
+static dsla_proto_token_t *token_with(int32_t id, const char *text, float lp) {
+    dsla_proto_token_t *t = calloc(1, sizeof *t);
+    t->token = id;
+    t->has_logprobs = true;
+    t->chosen = (dsla_proto_logprob_t){.id = id, .logprob = lp, .text_len = strlen(text)};
+    memcpy(t->chosen.text, text, strlen(text));
+    t->n_top = 2;
+    t->top[0] = (dsla_proto_logprob_t){.id = 9, .logprob = -0.25f, .text_len = 2};
+    memcpy(t->top[0].text, " a", 2);
+    t->top[1] = t->chosen;
+    return t;
+}
+
+/* The completions shape (tokens, token_logprobs, top_logprobs, text_offset) and chat's
+ * (content[] with bytes and top_logprobs), whole and chunk by chunk. */
+static void test_logprobs_shapes(void **state) {
+    (void)state;
+    dsla_proto_token_t *t1 = token_with(5, " Once", -0.5f), *t2 = token_with(6, " up", -1.0f);
+    dsla_openai_logprobs_t *lp = dsla_openai_logprobs_new(DSLA_OPENAI_COMPLETION);
+    assert_true(dsla_openai_logprobs_add(lp, t1));
+    assert_true(dsla_openai_logprobs_add(lp, t2));
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
+    dsla_openai_end_t end = {"length", 5, 2};
+    char *body = dsla_openai_response_body(&meta, " Once up", 8, lp, &end);
+    assert_non_null(strstr(body, "\"logprobs\":{\"tokens\":[\" Once\",\" up\"],"
+                                 "\"token_logprobs\":[-0.5,-1.0],"
+                                 "\"top_logprobs\":[{\" a\":-0.25,\" Once\":-0.5},"
+                                 "{\" a\":-0.25,\" up\":-1.0}],\"text_offset\":[0,5]}"));
+    free(body);
+    /* a chunk has its own tokens; offsets run on */
+    dsla_openai_logprobs_clear(lp);
+    assert_true(dsla_openai_logprobs_add(lp, t1));
+    body = dsla_openai_chunk(&meta, " Once", 5, lp, false, NULL);
+    assert_non_null(strstr(body, "\"text_offset\":[8]"));
+    free(body);
+    dsla_openai_logprobs_free(&lp);
+
+    meta.kind = DSLA_OPENAI_CHAT;
+    lp = dsla_openai_logprobs_new(DSLA_OPENAI_CHAT);
+    assert_true(dsla_openai_logprobs_add(lp, t2));
+    body = dsla_openai_response_body(&meta, " up", 3, lp, &end);
+    assert_non_null(strstr(body, "\"logprobs\":{\"content\":[{\"token\":\" up\",\"logprob\":-1.0,"
+                                 "\"bytes\":[32,117,112],\"top_logprobs\":[{\"token\":\" a\","
+                                 "\"logprob\":-0.25,\"bytes\":[32,97]},{\"token\":\" up\""));
+    free(body);
+    /* a token without logprobs adds nothing */
+    t1->has_logprobs = false;
+    dsla_openai_logprobs_clear(lp);
+    assert_true(dsla_openai_logprobs_add(lp, t1));
+    body = dsla_openai_chunk(&meta, " Once", 5, lp, false, NULL);
+    assert_non_null(strstr(body, "\"logprobs\":{\"content\":[]}"));
+    free(body);
+    dsla_openai_logprobs_free(&lp);
+    free(t1);
+    free(t2);
 }
 
 static void test_chat_template(void **state) {
@@ -178,7 +281,7 @@ static void test_responses(void **state) {
     dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
     dsla_openai_end_t end = {"length", 5, 3};
     /* a stray continuation byte and a cut 3-byte sequence become U+FFFD each */
-    char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, &end);
+    char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, NULL, &end);
     json_error_t je;
     json_t *j = json_loads(body, 0, &je);
     assert_non_null(j);
@@ -192,8 +295,8 @@ static void test_responses(void **state) {
     free(body);
 
     meta.kind = DSLA_OPENAI_CHAT;
-    char *first = dsla_openai_chunk(&meta, "Hi", 2, true, NULL);
-    char *next = dsla_openai_chunk(&meta, " there", 6, false, NULL);
+    char *first = dsla_openai_chunk(&meta, "Hi", 2, NULL, true, NULL);
+    char *next = dsla_openai_chunk(&meta, " there", 6, NULL, false, NULL);
     assert_memory_equal(first, "data: {", 7);
     assert_string_equal(first + strlen(first) - 2, "\n\n");
     assert_non_null(strstr(first, "\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"}"));
@@ -203,7 +306,7 @@ static void test_responses(void **state) {
     assert_non_null(strstr(next, "chat.completion.chunk"));
     free(first);
     free(next);
-    char *last = dsla_openai_chunk(&meta, "", 0, false, &end);
+    char *last = dsla_openai_chunk(&meta, "", 0, NULL, false, &end);
     assert_non_null(strstr(last, "\"finish_reason\":\"length\""));
     assert_non_null(strstr(last, "\"completion_tokens\":3"));
     free(last);
@@ -213,7 +316,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completion_fields), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_chat_template),     cmocka_unit_test(test_errors_from_codes),
-        cmocka_unit_test(test_responses),
+        cmocka_unit_test(test_responses),         cmocka_unit_test(test_logprobs_fields),
+        cmocka_unit_test(test_logprobs_shapes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
