@@ -144,6 +144,8 @@ typedef struct {
     char id[40];
     dsla_openai_meta_t meta;
     dsla_openai_logprobs_t *lp; /* NULL: the request asked for no logprobs */
+    char *echo;                 /* the prompt to put before the text (echo); NULL: none */
+    size_t echo_len;
     /* What the stream reader hands out next. */
     char *pending;
     size_t pending_len, pending_off;
@@ -157,6 +159,7 @@ static void gen_free(gen_t *g) {
     }
     atomic_fetch_sub(&g->h->in_flight, 1);
     dsla_openai_logprobs_free(&g->lp);
+    free(g->echo);
     free(g->pending);
     free(g);
 }
@@ -187,13 +190,26 @@ static bool gen_produce(gen_t *g) {
     g->pending = NULL;
     g->pending_len = g->pending_off = 0;
     dsla_client_piece_t p;
-    if (dsla_client_next(g->client, &p, &g->result)) {
+    bool more;
+    /* the prompt's frames (echo with logprobs) go into the echo's chunk */
+    while ((more = dsla_client_next(g->client, &p, &g->result)) && p.frame->prompt)
+        if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) return false;
+    if (!more) gen_ended(g);
+    char *echoed = NULL;
+    if (g->echo && !g->failed) { /* the prompt as the first chunk, with its logprobs */
+        echoed = dsla_openai_chunk(&g->meta, g->echo, g->echo_len, g->lp, g->first, NULL);
+        if (g->lp) dsla_openai_logprobs_clear(g->lp);
+        free(g->echo);
+        g->echo = NULL;
+        g->first = false;
+        if (!echoed) return false;
+    }
+    if (more) {
         if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) return false;
         g->pending = dsla_openai_chunk(&g->meta, p.text, p.len, g->lp, g->first, NULL);
         if (g->lp) dsla_openai_logprobs_clear(g->lp);
         g->first = false;
     } else {
-        gen_ended(g);
         if (g->failed) { /* an error event, and no [DONE]: the stream did not complete */
             char *body = dsla_openai_error_body(&g->err), *line = concat("data: ", body);
             g->pending = concat(line, "\n\n");
@@ -205,6 +221,12 @@ static bool gen_produce(gen_t *g) {
             g->pending = concat(last, "data: [DONE]\n\n");
             free(last);
         }
+    }
+    if (echoed) {
+        char *both = g->pending ? concat(echoed, g->pending) : NULL;
+        free(echoed);
+        free(g->pending);
+        g->pending = both;
     }
     if (!g->pending) return false;
     g->pending_len = strlen(g->pending);
@@ -234,12 +256,18 @@ static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t 
     size_t len = 0, cap = 0;
     dsla_client_piece_t p;
     bool oom = false;
+    if (g->echo) { /* the prompt before the text */
+        text = g->echo;
+        len = cap = g->echo_len;
+        g->echo = NULL;
+    }
     while (dsla_client_next(g->client, &p, &g->result)) {
         if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) {
             oom = true;
             dsla_client_cancel(g->client, &g->result);
             break;
         }
+        if (p.frame->prompt) continue; /* its text is the echo's */
         if (len + p.len > cap) {
             size_t want = 2 * (len + p.len) + 256;
             char *grown = realloc(text, want);
@@ -306,6 +334,11 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     g->meta = (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model};
     g->first = true;
     bool stream = req.stream;
+    if (req.echo) {
+        g->echo = req.prompt;
+        g->echo_len = req.generate.prompt_len;
+        req.prompt = NULL; /* moved: the GENERATE borrows it until sent */
+    }
     if (req.generate.logprobs && !(g->lp = dsla_openai_logprobs_new(kind))) {
         dsla_openai_request_free(&req);
         dsla_openai_error_from_status(kind, dsla_error_oom("http: logprobs"), &err);

@@ -251,13 +251,25 @@ static bool get_logprobs(dsla_openai_kind_t kind, json_t *root, dsla_proto_gener
     return true;
 }
 
+/* echo (completions): the prompt before the text, and with logprobs the prompt's logprobs. */
+static bool get_echo(dsla_openai_kind_t kind, json_t *root, dsla_openai_request_t *r,
+                     dsla_openai_error_t *err) {
+    if (!get_bool(root, "echo", &r->echo, err)) return false;
+    if (r->echo && kind == DSLA_OPENAI_CHAT) {
+        dsla_openai_error_set(err, 400, "echo",
+                              "echo is served for completions only; chat takes only false");
+        return false;
+    }
+    r->generate.prompt_logprobs = r->echo && r->generate.logprobs;
+    return true;
+}
+
 /* Fields this server does not serve: a request that gives one other than its neutral value is
  * refused naming it, rather than answered as if it had not been given. */
 static bool refuse_unserved(json_t *root, dsla_openai_error_t *err) {
     static const struct {
         const char *name, *neutral; /* neutral: the JSON value accepted, NULL: none */
     } unserved[] = {
-        {"echo", "false"},
         {"best_of", "1"},
         {"suffix", "\"\""},
         {"presence_penalty", "0"},
@@ -321,7 +333,8 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         !get_integer(root, "seed", 0, INT64_MAX, &seed, err) ||
         !get_bool(root, "stream", &r->stream, err) ||
         !get_bool(root, "ignore_eos", &r->generate.ignore_eos, err) || !get_stop(root, r, err) ||
-        !get_logprobs(kind, root, &r->generate, err) || !refuse_unserved(root, err))
+        !get_logprobs(kind, root, &r->generate, err) || !get_echo(kind, root, r, err) ||
+        !refuse_unserved(root, err))
         return false;
     if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
         return false;
@@ -496,9 +509,19 @@ static json_t *chat_entry(const dsla_proto_logprob_t *e) {
 }
 
 bool dsla_openai_logprobs_add(dsla_openai_logprobs_t *l, const dsla_proto_token_t *t) {
-    if (!t->has_logprobs) return true;
+    if (!t->has_logprobs && !t->prompt) return true;
     const dsla_proto_logprob_t *c = &t->chosen;
     int rc = 0;
+    if (!t->has_logprobs) { /* the prompt's first token: nothing before it to predict it */
+        rc |= json_array_append_new(json_object_get(l->root, "tokens"),
+                                    utf8_string(t->text, t->text_len));
+        rc |= json_array_append_new(json_object_get(l->root, "token_logprobs"), json_null());
+        rc |= json_array_append_new(json_object_get(l->root, "top_logprobs"), json_null());
+        rc |= json_array_append_new(json_object_get(l->root, "text_offset"),
+                                    json_integer((json_int_t)l->offset));
+        l->offset += t->text_len;
+        return rc == 0;
+    }
     if (l->kind == DSLA_OPENAI_COMPLETION) {
         /* the alternatives by their text, the taken token among them as vLLM lists it */
         json_t *top = json_object();

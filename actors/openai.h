@@ -43,6 +43,7 @@ typedef struct {
 typedef struct {
     dsla_openai_kind_t kind;
     bool stream;
+    bool echo;    /* completions: the prompt goes before the text (and its logprobs before) */
     char *prompt; /* the prompt, or the chat template's rendering */
     char *stop[DSLA_PROTO_STOP_MAX];
     dsla_proto_generate_t generate; /* borrows prompt and stop */
@@ -88,7 +89,8 @@ typedef struct {
 /* The logprobs of a choice, gathered token by token from the TOKENs that carry them: OpenAI's
  * completions shape ({tokens, token_logprobs, top_logprobs, text_offset}) or chat's
  * ({content: [{token, logprob, bytes, top_logprobs}]}). text_offset counts bytes of the text from
- * the first token on; a chunk takes what was gathered since the last one (clear). */
+ * the first token on; a chunk takes what was gathered since the last one (clear). The prompt's
+ * frames (echo) come first, the first of them with null logprobs. */
 typedef struct dsla_openai_logprobs dsla_openai_logprobs_t;
 
 dsla_openai_logprobs_t *dsla_openai_logprobs_new(dsla_openai_kind_t kind); /* NULL: no memory */

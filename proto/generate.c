@@ -36,7 +36,7 @@ dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_pr
     dsla_wire_packer_open(&sbuf, &pk);
     bool have_text = g->prompt && !g->prompt_ids;
     int rc = msgpack_pack_map(&pk, 8 + (have_text ? 1 : 0) + (g->prompt_ids ? 1 : 0) +
-                                       (g->logprobs ? 1 : 0));
+                                       (g->logprobs ? 1 : 0) + (g->prompt_logprobs ? 1 : 0));
     if (have_text) {
         rc |= dsla_wire_pack_key(&pk, "prompt");
         rc |= msgpack_pack_str_with_body(&pk, g->prompt, g->prompt_len);
@@ -68,6 +68,10 @@ dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_pr
     if (g->logprobs) { /* absent: none; an old server ignores it */
         rc |= dsla_wire_pack_key(&pk, "top_logprobs");
         rc |= msgpack_pack_int32(&pk, g->top_logprobs);
+    }
+    if (g->prompt_logprobs) {
+        rc |= dsla_wire_pack_key(&pk, "prompt_logprobs");
+        rc |= msgpack_pack_true(&pk);
     }
     return dsla_wire_finish(&sbuf, rc, out, "GENERATE");
 }
@@ -128,6 +132,8 @@ static dsla_status_t generate_field(const msgpack_object *k, const msgpack_objec
         DSLA_TRY(dsla_wire_get_i64(v, 0, DSLA_PROTO_LOGPROBS_MAX, &x, what, "top_logprobs"));
         out->logprobs = true;
         out->top_logprobs = (int32_t)x;
+    } else if (dsla_wire_key_is(k, "prompt_logprobs")) {
+        DSLA_TRY(dsla_wire_get_bool(v, &out->prompt_logprobs, what, "prompt_logprobs"));
     } else if (dsla_wire_key_is(k, "stream")) {
         DSLA_TRY(dsla_wire_get_bool(v, &out->stream, what, "stream"));
     } else if (dsla_wire_key_is(k, "stop")) {
@@ -203,7 +209,11 @@ dsla_status_t dsla_proto_token_encode(const dsla_proto_token_t *t, dsla_proto_bu
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
     dsla_wire_packer_open(&sbuf, &pk);
-    int rc = msgpack_pack_map(&pk, t->has_logprobs ? 4 : 2);
+    int rc = msgpack_pack_map(&pk, (t->has_logprobs ? 4 : 2) + (t->prompt ? 1 : 0));
+    if (t->prompt) {
+        rc |= dsla_wire_pack_key(&pk, "prompt");
+        rc |= msgpack_pack_true(&pk);
+    }
     rc |= dsla_wire_pack_key(&pk, "token");
     rc |= msgpack_pack_int32(&pk, t->token);
     rc |= dsla_wire_pack_key(&pk, "text");
@@ -235,6 +245,8 @@ dsla_status_t dsla_proto_token_decode(const void *body, size_t len, dsla_proto_t
         } else if (dsla_wire_key_is(&m->ptr[i].key, "text")) {
             st = dsla_wire_get_bytes(v, out->text, DSLA_PROTO_PIECE_MAX, &out->text_len, "TOKEN",
                                      "text");
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "prompt")) {
+            st = dsla_wire_get_bool(v, &out->prompt, "TOKEN", "prompt");
         } else if (dsla_wire_key_is(&m->ptr[i].key, "logprob")) {
             st = unpack_logprob(v, &out->chosen);
             out->has_logprobs = true;

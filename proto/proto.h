@@ -164,6 +164,8 @@ typedef struct {
      * server refuses more than its limit, 20) */
     bool logprobs;
     int32_t top_logprobs;
+    /* with logprobs: the prompt's too (echo), as TOKENs marked prompt before the first generated */
+    bool prompt_logprobs;
 } dsla_proto_generate_t;
 
 dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_proto_buf_t *out);
@@ -192,6 +194,9 @@ typedef struct {
     int32_t token;
     size_t text_len;
     char text[DSLA_PROTO_PIECE_MAX + 1];
+    /* a prompt token's frame (prompt_logprobs): text is the token's own, not part of the
+     * completion; every prompt position has one, in order, the first without logprobs */
+    bool prompt;
     bool has_logprobs;
     dsla_proto_logprob_t chosen;
     int n_top;

@@ -108,6 +108,54 @@ static char *sse_text(const char *body, bool chat, char *finish, int *events) {
     return text;
 }
 
+/* echo: the prompt before the text; with logprobs, the prompt's tokens first (the first with null
+ * logprobs), then the generated ones with the same numbers as without echo; streamed, the prompt
+ * is the first chunk. */
+static void check_echo(int port, const char *want, const double *whole) {
+    char req[512], full[1024];
+    snprintf(full, sizeof full, "%s%s", prompt, want);
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"echo\":true,\"logprobs\":1}",
+             prompt, GREEDY_TOKENS);
+    dsla_test_http_reply_t r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0),
+           *lp = json_object_get(c, "logprobs");
+    assert_string_equal(json_string_value(json_object_get(c, "text")), full);
+    size_t pt =
+        (size_t)json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens"));
+    json_t *lps = json_object_get(lp, "token_logprobs"),
+           *tops = json_object_get(lp, "top_logprobs");
+    assert_int_equal(json_array_size(lps), pt + GREEDY_TOKENS);
+    assert_int_equal(json_array_size(json_object_get(lp, "tokens")), pt + GREEDY_TOKENS);
+    assert_true(json_is_null(json_array_get(lps, 0)) && json_is_null(json_array_get(tops, 0)));
+    for (size_t i = 1; i < pt; i++) {
+        double x = json_real_value(json_array_get(lps, i));
+        assert_true(x <= 0 && x > -100);
+        assert_true(json_object_size(json_array_get(tops, i)) >= 1);
+    }
+    for (size_t i = 0; i < GREEDY_TOKENS; i++)
+        assert_float_equal(json_real_value(json_array_get(lps, pt + i)), whole[i], 1e-6);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"echo\":true,\"stream\":true}",
+             prompt, GREEDY_TOKENS);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    char finish[16] = "";
+    int events = 0;
+    char *text = sse_text(r.body, false, finish, &events);
+    assert_string_equal(text, full);
+    assert_non_null(strstr(r.body, prompt));
+    free(text);
+    dsla_test_http_reply_free(&r);
+}
+
 /* logprobs through the whole path (engine, TOKEN, gateway, HTTP): greedy takes the likeliest
  * token, so each token's logprob is the largest of its top list; the tokens' texts make the text;
  * text_offset runs over them; streamed chunks carry the same numbers; chat has its own shape. */
@@ -188,6 +236,7 @@ static void check_logprobs(int port, const char *want) {
                      strlen(json_string_value(json_object_get(first, "token"))));
     json_decref(j);
     dsla_test_http_reply_free(&r);
+    check_echo(port, want, whole);
 }
 
 static void test_completions(void **state) {

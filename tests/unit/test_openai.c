@@ -84,7 +84,7 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"model\":3}", 400, "model", "string"},
         {"{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", "is 21; it must be in [0, 20]"},
         {"{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", "integer"},
-        {"{\"prompt\":\"x\",\"echo\":true}", 400, "echo", "echo is not served"},
+        {"{\"prompt\":\"x\",\"echo\":1}", 400, "echo", "true or false"},
         {"{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of", "best_of is not served"},
         {"{\"prompt\":\"x\",\"presence_penalty\":0.5}", 400, "presence_penalty", "not served"},
         {"{\"prompt\":\"x\",\"logit_bias\":{\"5\":1}}", 400, "logit_bias", "not served"},
@@ -131,6 +131,17 @@ static void test_logprobs_fields(void **state) {
     assert_true(parse(DSLA_OPENAI_CHAT, body, &r, &e));
     assert_true(r.generate.logprobs);
     assert_int_equal(r.generate.top_logprobs, 20);
+    dsla_openai_request_free(&r);
+    snprintf(body, sizeof body, "{%s,\"echo\":true}", msgs);
+    assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_string_equal(e.param, "echo");
+    /* echo alone asks for no prompt logprobs; with logprobs it does */
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"echo\":true}", &r, &e));
+    assert_true(r.echo && !r.generate.prompt_logprobs);
+    dsla_openai_request_free(&r);
+    assert_true(
+        parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"echo\":true,\"logprobs\":1}", &r, &e));
+    assert_true(r.echo && r.generate.prompt_logprobs);
     dsla_openai_request_free(&r);
     snprintf(body, sizeof body, "{%s,\"top_logprobs\":2}", msgs);
     assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
