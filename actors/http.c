@@ -250,8 +250,8 @@ static void gen_read_done(void *cls) {
     gen_free(cls);
 }
 
-/* stream false: every piece, then one JSON body. */
-static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t route) {
+/* stream false: every piece into *text (malloc'd); false when out of memory. */
+static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
     char *text = NULL;
     size_t len = 0, cap = 0;
     dsla_client_piece_t p;
@@ -283,15 +283,72 @@ static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t 
         len += p.len;
     }
     gen_ended(g);
-    dsla_openai_end_t end = gen_end(g);
-    char *body = oom         ? NULL
-                 : g->failed ? dsla_openai_error_body(&g->err)
-                             : dsla_openai_response_body(&g->meta, text, len, g->lp, &end);
-    free(text);
-    int status = g->failed ? g->err.status : 200;
-    dsla_http_t *h = g->h;
-    gen_free(g);
+    *text_out = text;
+    *len_out = len;
+    return !oom;
+}
+
+/* stream false: every choice's pieces, then one JSON body (the first failure's error if any). */
+static enum MHD_Result gen_whole(gen_t **gs, int n, struct MHD_Connection *conn, route_t route) {
+    dsla_openai_choice_t *c = calloc((size_t)n, sizeof *c);
+    bool oom = !c;
+    const gen_t *failed = NULL;
+    for (int i = 0; i < n && !oom && !failed; i++) {
+        char *text = NULL;
+        oom = !gen_collect(gs[i], &text, &c[i].len);
+        c[i] = (dsla_openai_choice_t){text, c[i].len, gs[i]->lp, gen_end(gs[i])};
+        if (gs[i]->failed) failed = gs[i];
+    }
+    char *body = oom      ? NULL
+                 : failed ? dsla_openai_error_body(&failed->err)
+                          : dsla_openai_response_body_n(&gs[0]->meta, c, n);
+    int status = failed ? failed->err.status : 200;
+    dsla_http_t *h = gs[0]->h;
+    for (int i = 0; c && i < n; i++)
+        free((char *)c[i].text);
+    free(c);
+    for (int i = 0; i < n; i++)
+        gen_free(gs[i]);
+    free(gs);
     return respond(h, conn, route, status, "application/json", body);
+}
+
+/* Starts choice i of req on a gateway client of its own: NULL with *err filled on failure. */
+static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_openai_request_t *req,
+                        int i, unsigned long long n, dsla_openai_error_t *err) {
+    gen_t *g = calloc(1, sizeof *g);
+    if (!g) {
+        dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), err);
+        atomic_fetch_sub(&h->in_flight, 1);
+        return NULL;
+    }
+    g->h = h;
+    snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
+    g->meta = (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model};
+    g->first = true;
+    dsla_proto_generate_t gen;
+    dsla_openai_request_choice(req, i, &gen);
+    if (!(g->client = client_get(h))) {
+        dsla_openai_error_set(err, 500, NULL, "cannot reach the gateway: %s", dsla_last_error());
+        err->type = "server_error";
+        gen_free(g);
+        return NULL;
+    }
+    if ((req->echo && !(g->echo = strndup(gen.prompt, gen.prompt_len))) ||
+        (gen.logprobs && !(g->lp = dsla_openai_logprobs_new(kind)))) {
+        dsla_openai_error_from_status(kind, dsla_error_oom("http: echo or logprobs"), err);
+        gen_free(g);
+        return NULL;
+    }
+    g->echo_len = g->echo ? gen.prompt_len : 0;
+    dsla_status_t st = dsla_client_start(g->client, &gen, 0);
+    if (st != DSLA_OK) {
+        dsla_openai_error_from_status(kind, st, err);
+        gen_free(g);
+        return NULL;
+    }
+    g->running = true;
+    return g;
 }
 
 static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
@@ -304,8 +361,18 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     dsla_openai_request_t req;
     if (!dsla_openai_request_parse(kind, body, len, h->model, seed, &req, &err))
         return respond_error(h, conn, route, &err);
-    if (atomic_fetch_add(&h->in_flight, 1) >= h->max_in_flight) {
-        atomic_fetch_sub(&h->in_flight, 1);
+    const int choices = dsla_openai_request_choices(&req);
+    if (choices > 1 && req.stream) {
+        dsla_openai_error_set(&err, 400, req.n > 1 ? "n" : "prompt",
+                              "stream with %d choices (n %d, %d prompts) is not served; stream "
+                              "one choice per request",
+                              choices, req.n, req.n_prompts);
+        dsla_openai_request_free(&req);
+        return respond_error(h, conn, route, &err);
+    }
+    /* each choice is one request in flight */
+    if (atomic_fetch_add(&h->in_flight, (unsigned)choices) + (unsigned)choices > h->max_in_flight) {
+        atomic_fetch_sub(&h->in_flight, (unsigned)choices);
         dsla_openai_request_free(&req);
         dsla_openai_error_set(&err, 429, NULL,
                               "%u requests in flight on this server (--http-max-in-flight %u); "
@@ -314,46 +381,28 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         err.type = "rate_limit_exceeded";
         return respond_error(h, conn, route, &err);
     }
-    gen_t *g = calloc(1, sizeof *g);
-    if (g) g->h = h;
-    if (g) g->client = client_get(h);
-    if (!g || !g->client) {
-        if (g) {
-            dsla_openai_error_set(&err, 500, NULL, "cannot reach the gateway: %s",
-                                  dsla_last_error());
-            err.type = "server_error";
-            gen_free(g);
-        } else {
-            dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), &err);
-            atomic_fetch_sub(&h->in_flight, 1);
-        }
+    gen_t **gs = calloc((size_t)choices, sizeof *gs);
+    if (!gs) {
+        atomic_fetch_sub(&h->in_flight, (unsigned)choices);
         dsla_openai_request_free(&req);
+        dsla_openai_error_from_status(kind, dsla_error_oom("http: choices"), &err);
         return respond_error(h, conn, route, &err);
     }
-    snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
-    g->meta = (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model};
-    g->first = true;
+    int started = 0;
+    while (started < choices && (gs[started] = gen_start(h, kind, &req, started, n, &err)))
+        started++;
     bool stream = req.stream;
-    if (req.echo) {
-        g->echo = req.prompt;
-        g->echo_len = req.generate.prompt_len;
-        req.prompt = NULL; /* moved: the GENERATE borrows it until sent */
-    }
-    if (req.generate.logprobs && !(g->lp = dsla_openai_logprobs_new(kind))) {
-        dsla_openai_request_free(&req);
-        dsla_openai_error_from_status(kind, dsla_error_oom("http: logprobs"), &err);
-        gen_free(g);
-        return respond_error(h, conn, route, &err);
-    }
-    dsla_status_t st = dsla_client_start(g->client, &req.generate, 0);
     dsla_openai_request_free(&req);
-    if (st != DSLA_OK) {
-        dsla_openai_error_from_status(kind, st, &err);
-        gen_free(g);
+    if (started < choices) {
+        atomic_fetch_sub(&h->in_flight, (unsigned)(choices - started - 1));
+        for (int i = 0; i < started; i++)
+            gen_free(gs[i]);
+        free(gs);
         return respond_error(h, conn, route, &err);
     }
-    g->running = true;
-    if (!stream) return gen_whole(g, conn, route);
+    if (!stream) return gen_whole(gs, choices, conn, route);
+    gen_t *g = gs[0];
+    free(gs);
     /* the first piece decides the status: a refusal is a plain error, not a stream */
     if (!gen_produce(g) || (g->failed && g->first)) {
         dsla_openai_error_t e = g->err;

@@ -26,6 +26,11 @@ void dsla_openai_request_free(dsla_openai_request_t *r) {
     free(r->prompt);
     for (int i = 0; i < DSLA_PROTO_STOP_MAX; i++)
         free(r->stop[i]);
+    for (int i = 0; r->prompts && i < r->n_prompts; i++) {
+        free(r->prompts[i].text);
+        free(r->prompts[i].ids);
+    }
+    free(r->prompts);
     memset(r, 0, sizeof *r);
 }
 
@@ -150,19 +155,105 @@ static bool set_prompt(dsla_openai_request_t *r, const char *text, size_t n, con
     return true;
 }
 
+/* A prompt of token ids (an array of integers) into *p. */
+static bool get_ids(json_t *v, const char *where, dsla_openai_prompt_t *p,
+                    dsla_openai_error_t *err) {
+    size_t n = json_array_size(v), i;
+    if (n == 0 || n > DSLA_PROTO_PROMPT_IDS_MAX) {
+        dsla_openai_error_set(err, 400, "prompt", "%s has %zu token ids; it must have 1 to %d",
+                              where, n, DSLA_PROTO_PROMPT_IDS_MAX);
+        return false;
+    }
+    p->ids = malloc(n * sizeof *p->ids);
+    if (!p->ids) {
+        dsla_openai_error_set(err, 500, "prompt", "out of memory for %zu token ids", n);
+        return false;
+    }
+    json_t *x;
+    json_array_foreach(v, i, x) {
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > INT32_MAX) {
+            dsla_openai_error_set(err, 400, "prompt",
+                                  "%s[%zu] must be a token id (an integer >= 0)", where, i);
+            return false;
+        }
+        p->ids[i] = (int32_t)json_integer_value(x);
+    }
+    p->n_ids = (int)n;
+    return true;
+}
+
+/* prompt: a string, an array of strings, an array of token ids, or an array of arrays of them. */
 static bool get_prompt(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
     json_t *v = field(root, "prompt");
     if (!v) {
         dsla_openai_error_set(err, 400, "prompt", "prompt is required");
         return false;
     }
-    if (!json_is_string(v)) {
+    if (json_is_string(v))
+        return set_prompt(r, json_string_value(v), json_string_length(v), "prompt", err);
+    if (!json_is_array(v) || json_array_size(v) == 0) {
         dsla_openai_error_set(err, 400, "prompt",
-                              "prompt must be a string (arrays of prompts or of token ids are "
-                              "not served)");
+                              "prompt must be a string, an array of strings, an array of token "
+                              "ids or an array of arrays of token ids, and not empty");
         return false;
     }
-    return set_prompt(r, json_string_value(v), json_string_length(v), "prompt", err);
+    const bool one_ids = json_is_integer(json_array_get(v, 0));
+    const size_t n = one_ids ? 1 : json_array_size(v);
+    if (n > DSLA_OPENAI_CHOICES_MAX) {
+        dsla_openai_error_set(err, 400, "prompt", "prompt has %zu prompts; the limit is %d", n,
+                              DSLA_OPENAI_CHOICES_MAX);
+        return false;
+    }
+    r->prompts = calloc(n, sizeof *r->prompts);
+    if (!r->prompts) {
+        dsla_openai_error_set(err, 500, "prompt", "out of memory for %zu prompts", n);
+        return false;
+    }
+    r->n_prompts = (int)n;
+    if (one_ids) return get_ids(v, "prompt", &r->prompts[0], err);
+    size_t i;
+    json_t *x;
+    char where[32];
+    json_array_foreach(v, i, x) {
+        snprintf(where, sizeof where, "prompt[%zu]", i);
+        dsla_openai_prompt_t *p = &r->prompts[i];
+        if (json_is_array(x)) {
+            if (!get_ids(x, where, p, err)) return false;
+        } else if (json_is_string(x)) {
+            if (json_string_length(x) > DSLA_PROTO_PROMPT_MAX) {
+                dsla_openai_error_set(err, 400, "prompt", "%s is %zu bytes; the limit is %u", where,
+                                      json_string_length(x), DSLA_PROTO_PROMPT_MAX);
+                return false;
+            }
+            p->text = strndup(json_string_value(x), json_string_length(x));
+            p->len = json_string_length(x);
+            if (!p->text) {
+                dsla_openai_error_set(err, 500, "prompt", "out of memory for %s", where);
+                return false;
+            }
+        } else {
+            dsla_openai_error_set(err, 400, "prompt",
+                                  "%s must be a string or an array of token ids", where);
+            return false;
+        }
+    }
+    return true;
+}
+
+int dsla_openai_request_choices(const dsla_openai_request_t *r) {
+    return (r->n_prompts > 0 ? r->n_prompts : 1) * (r->n > 0 ? r->n : 1);
+}
+
+void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g) {
+    const int n = r->n > 0 ? r->n : 1;
+    *g = r->generate;
+    g->seed = r->generate.seed + (uint64_t)(i % n);
+    if (!r->prompts) return;
+    const dsla_openai_prompt_t *p = &r->prompts[i / n];
+    g->prompt = p->text;
+    g->prompt_len = p->len;
+    g->prompt_ids = p->ids;
+    g->n_prompt_ids = p->ids ? p->n_ids : 0;
 }
 
 static const char *role_label(const char *role) {
@@ -251,6 +342,20 @@ static bool get_logprobs(dsla_openai_kind_t kind, json_t *root, dsla_proto_gener
     return true;
 }
 
+/* best_of: only n itself (each choice is one sample; ranking beyond n is not served). */
+static bool get_best_of(json_t *root, long long n, dsla_openai_error_t *err) {
+    long long best_of = n;
+    if (!get_integer(root, "best_of", 1, DSLA_OPENAI_N_MAX, &best_of, err)) return false;
+    if (best_of != n) {
+        dsla_openai_error_set(err, 400, "best_of",
+                              "best_of is %lld and n is %lld; only best_of equal to n is served "
+                              "(no ranking of extra samples)",
+                              best_of, n);
+        return false;
+    }
+    return true;
+}
+
 /* echo (completions): the prompt before the text, and with logprobs the prompt's logprobs. */
 static bool get_echo(dsla_openai_kind_t kind, json_t *root, dsla_openai_request_t *r,
                      dsla_openai_error_t *err) {
@@ -270,7 +375,6 @@ static bool refuse_unserved(json_t *root, dsla_openai_error_t *err) {
     static const struct {
         const char *name, *neutral; /* neutral: the JSON value accepted, NULL: none */
     } unserved[] = {
-        {"best_of", "1"},
         {"suffix", "\"\""},
         {"presence_penalty", "0"},
         {"frequency_penalty", "0"},
@@ -324,7 +428,7 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
     const char *max_name = kind == DSLA_OPENAI_CHAT && field(root, "max_completion_tokens")
                                ? "max_completion_tokens"
                                : "max_tokens";
-    if (!get_integer(root, "n", 1, 1, &n, err) ||
+    if (!get_integer(root, "n", 1, DSLA_OPENAI_N_MAX, &n, err) ||
         !get_integer(root, max_name, 1, INT32_MAX, &max_tokens, err) ||
         !get_number(root, "temperature", 0, DSLA_OPENAI_TEMPERATURE_MAX, false, &temperature,
                     err) ||
@@ -338,6 +442,24 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         return false;
     if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
         return false;
+    if (!get_best_of(root, n, err)) return false;
+    r->n = (int)n;
+    if (r->prompts) {
+        if (r->n_prompts * r->n > DSLA_OPENAI_CHOICES_MAX) {
+            dsla_openai_error_set(err, 400, "n",
+                                  "%d prompts times n %d make %d choices; the limit is %d",
+                                  r->n_prompts, r->n, r->n_prompts * r->n, DSLA_OPENAI_CHOICES_MAX);
+            return false;
+        }
+        for (int i = 0; r->echo && i < r->n_prompts; i++)
+            if (r->prompts[i].ids) {
+                dsla_openai_error_set(err, 400, "echo",
+                                      "echo with a prompt of token ids is not served (the text "
+                                      "to echo is the tokenizer's, on the replica)");
+                return false;
+            }
+        dsla_openai_request_choice(r, 0, &r->generate);
+    }
     r->generate.max_tokens = (int32_t)max_tokens;
     r->generate.temperature = (float)temperature;
     r->generate.top_p = (float)top_p;
@@ -589,6 +711,31 @@ static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, c
 char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
                                 const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end) {
     return body_json(meta, false, true, text, len, lp, end);
+}
+
+char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
+                                  int n) {
+    json_t *choices = json_array();
+    dsla_openai_end_t total = {0};
+    for (int i = 0; choices && i < n; i++) {
+        json_t *one =
+            choice_json(meta->kind, false, true, c[i].text, c[i].len, c[i].lp, c[i].end.finish);
+        if (one) json_object_set_new(one, "index", json_integer(i));
+        if (json_array_append_new(choices, one) != 0) {
+            json_decref(choices);
+            choices = NULL;
+        }
+        total.prompt_tokens += c[i].end.prompt_tokens;
+        total.completion_tokens += c[i].end.completion_tokens;
+    }
+    json_t *root =
+        json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", meta->id, "object",
+                  meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion" : "chat.completion",
+                  "created", (json_int_t)meta->created, "model", meta->model ? meta->model : "",
+                  "choices", choices, "usage", usage_json(&total));
+    char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    return out;
 }
 
 char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len,

@@ -29,6 +29,10 @@
 /* Alternatives per token that logprobs (completions) and top_logprobs (chat) may ask for: chat's
  * OpenAI limit, also taken for completions (OpenAI's legacy limit there is 5). */
 #define DSLA_OPENAI_LOGPROBS_MAX 20
+/* Choices per prompt (n), and choices of one request in all (prompts times n): each is one
+ * engine request. */
+#define DSLA_OPENAI_N_MAX 16
+#define DSLA_OPENAI_CHOICES_MAX 64
 
 typedef enum { DSLA_OPENAI_COMPLETION, DSLA_OPENAI_CHAT } dsla_openai_kind_t;
 
@@ -40,14 +44,31 @@ typedef struct {
     char message[DSLA_PROTO_MESSAGE_MAX + 1];
 } dsla_openai_error_t;
 
+/* One prompt of a completions request: text, or token ids (ids non-NULL). */
+typedef struct {
+    char *text;
+    size_t len;
+    int32_t *ids;
+    int n_ids;
+} dsla_openai_prompt_t;
+
 typedef struct {
     dsla_openai_kind_t kind;
     bool stream;
     bool echo;    /* completions: the prompt goes before the text (and its logprobs before) */
     char *prompt; /* the prompt, or the chat template's rendering */
     char *stop[DSLA_PROTO_STOP_MAX];
-    dsla_proto_generate_t generate; /* borrows prompt and stop */
+    dsla_proto_generate_t generate; /* borrows prompt and stop: choice 0's */
+    int n;                          /* choices per prompt */
+    int n_prompts;                  /* completions: prompts (an array of them), else 1 */
+    dsla_openai_prompt_t *prompts;  /* [n_prompts] when the prompt was an array or token ids */
 } dsla_openai_request_t;
+
+/* Choices the request asks for: n_prompts times n, index i = prompt (i / n), sample (i % n). */
+int dsla_openai_request_choices(const dsla_openai_request_t *r);
+/* The GENERATE of choice i (borrowing from r): its prompt, and the seed plus its sample number,
+ * so that the n samples of one prompt differ and a seed repeats them all. */
+void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g);
 
 /* Parses a request body of the given kind. model is the served model's id: a request naming
  * another is refused (404, model_not_found); NULL accepts any. seed is used when the request gives
@@ -104,6 +125,16 @@ char *dsla_openai_error_body(const dsla_openai_error_t *err);
 /* The whole answer of a request with stream false; lp NULL: "logprobs": null. */
 char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
                                 const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end);
+/* The same with several choices (choices[i].index is i); usage is the sum of theirs, the prompt
+ * tokens counted once per engine request as vLLM counts them. */
+typedef struct {
+    const char *text;
+    size_t len;
+    const dsla_openai_logprobs_t *lp;
+    dsla_openai_end_t end;
+} dsla_openai_choice_t;
+char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
+                                  int n);
 /* One server-sent event "data: {...}\n\n" with a piece of text and its tokens' logprobs (lp NULL:
  * null); first marks the chat's first chunk (it carries the role), end the last (finish_reason and
  * usage). */

@@ -17,6 +17,7 @@
 #include "proto/dsla_client.h"
 #include "runtime/actor/actor.h"
 #include "runtime/core/clock.h"
+#include "runtime/model/tokenizer.h"
 #include "tests/serverutil.h"
 
 /* Liveness tests use FAST_HEARTBEAT_MS; clients whose requests must succeed use the default 1 s,
@@ -153,6 +154,62 @@ static void check_echo(int port, const char *want, const double *whole) {
     assert_string_equal(text, full);
     assert_non_null(strstr(r.body, prompt));
     free(text);
+    dsla_test_http_reply_free(&r);
+}
+
+/* n and prompt arrays: one choice per prompt and sample, index in order, usage summed; the
+ * token-id prompt of the same text gives the same greedy text; n = 2 samples differ by seed. */
+static void check_choices(int port, const char *model, const char *want) {
+    dsla_tokenizer_t *tok = NULL;
+    assert_int_equal(dsla_tokenizer_load_dir(&tok, model), DSLA_OK);
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    assert_int_equal(dsla_tokenizer_encode(tok, prompt, strlen(prompt),
+                                           dsla_tokenizer_add_bos_default(tok), &ids, &n_ids),
+                     DSLA_OK);
+    dsla_tokenizer_destroy(&tok);
+    char req[1024], list[512] = "";
+    for (size_t i = 0; i < n_ids; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "", ids[i]);
+    free(ids);
+    snprintf(req, sizeof req,
+             "{\"prompt\":[\"%s\",[%s]],\"max_tokens\":%d,\"temperature\":0,"
+             "\"ignore_eos\":true}",
+             prompt, list, GREEDY_TOKENS);
+    dsla_test_http_reply_t r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    json_t *ch = json_object_get(j, "choices");
+    assert_int_equal(json_array_size(ch), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *c = json_array_get(ch, i);
+        assert_int_equal(json_integer_value(json_object_get(c, "index")), (json_int_t)i);
+        assert_string_equal(json_string_value(json_object_get(c, "text")), want);
+    }
+    json_t *u = json_object_get(j, "usage");
+    assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")),
+                     2 * GREEDY_TOKENS);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":24,\"temperature\":1,\"seed\":5,\"n\":2,"
+             "\"ignore_eos\":true}",
+             prompt);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    ch = json_object_get(j, "choices");
+    assert_int_equal(json_array_size(ch), 2);
+    assert_string_not_equal(json_string_value(json_object_get(json_array_get(ch, 0), "text")),
+                            json_string_value(json_object_get(json_array_get(ch, 1), "text")));
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
+    snprintf(req, sizeof req, "{\"prompt\":\"%s\",\"n\":2,\"stream\":true}", prompt);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "\"param\":\"n\""));
     dsla_test_http_reply_free(&r);
 }
 
@@ -299,6 +356,7 @@ static void test_completions(void **state) {
     json_decref(j);
     dsla_test_http_reply_free(&r);
     check_logprobs(srv.http_port, want);
+    check_choices(srv.http_port, model, want);
     dsla_test_server_stop(&srv);
     free(want);
     free(model);
@@ -392,7 +450,7 @@ static void test_bad_requests(void **state) {
          ENGINE_CONTEXT_REFUSAL},
         {"POST", "/v1/completions", "{\"prompt\":\"x\",\"temperature\":3}", 400, "temperature",
          "3"},
-        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":2}", 400, "n", "[1, 1]"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":17}", 400, "n", "[1, 16]"},
         {"POST", "/v1/completions", "{\"prompt\":\"x\",\"stop\":[1]}", 400, "stop", "stop[0]"},
         {"POST", "/v1/completions", "{\"prompt\":\"x\",\"stream\":\"yes\"}", 400, "stream",
          "true or false"},

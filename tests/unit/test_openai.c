@@ -62,7 +62,14 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"prompt\":\"y\"}", 400, "", "not valid JSON"},
         {"\"x\"", 400, "", "JSON object"},
         {"{}", 400, "prompt", "prompt is required"},
-        {"{\"prompt\":[\"a\"]}", 400, "prompt", "must be a string"},
+        {"{\"prompt\":[]}", 400, "prompt", "not empty"},
+        {"{\"prompt\":[[]]}", 400, "prompt", "prompt[0] has 0 token ids"},
+        {"{\"prompt\":[1,-2]}", 400, "prompt", "prompt[1] must be a token id"},
+        {"{\"prompt\":[\"a\",7]}", 400, "prompt", "prompt[1] must be a string or an array"},
+        {"{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":16}", 400, "n",
+         "5 prompts times n 16 make 80"},
+        {"{\"prompt\":[5],\"echo\":true}", 400, "echo", "token ids is not served"},
+        {"{\"prompt\":\"x\",\"n\":2,\"best_of\":3}", 400, "best_of", "only best_of equal to n"},
         {"{\"prompt\":7}", 400, "prompt", "must be a string"},
         {"{\"prompt\":\"x\",\"max_tokens\":0}", 400, "max_tokens", "is 0; it must be in [1, "},
         {"{\"prompt\":\"x\",\"max_tokens\":2.5}", 400, "max_tokens", "integer"},
@@ -73,7 +80,7 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"top_p\":1.5}", 400, "top_p", "(0, 1]"},
         {"{\"prompt\":\"x\",\"top_k\":-1}", 400, "top_k", "-1"},
         {"{\"prompt\":\"x\",\"seed\":-3}", 400, "seed", "-3"},
-        {"{\"prompt\":\"x\",\"n\":3}", 400, "n", "n is 3"},
+        {"{\"prompt\":\"x\",\"n\":17}", 400, "n", "n is 17; it must be in [1, 16]"},
         {"{\"prompt\":\"x\",\"stream\":1}", 400, "stream", "true or false"},
         {"{\"prompt\":\"x\",\"ignore_eos\":\"no\"}", 400, "ignore_eos", "true or false"},
         {"{\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "stop",
@@ -85,7 +92,7 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", "is 21; it must be in [0, 20]"},
         {"{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", "integer"},
         {"{\"prompt\":\"x\",\"echo\":1}", 400, "echo", "true or false"},
-        {"{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of", "best_of is not served"},
+        {"{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of", "best_of is 2 and n is 1"},
         {"{\"prompt\":\"x\",\"presence_penalty\":0.5}", 400, "presence_penalty", "not served"},
         {"{\"prompt\":\"x\",\"logit_bias\":{\"5\":1}}", 400, "logit_bias", "not served"},
         {"{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}", 400,
@@ -149,6 +156,50 @@ static void test_logprobs_fields(void **state) {
     snprintf(body, sizeof body, "{%s,\"logprobs\":true,\"top_logprobs\":21}", msgs);
     assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
     assert_non_null(strstr(e.message, "top_logprobs is 21; it must be in [0, 20]"));
+}
+
+/* prompt arrays and n: one GENERATE per choice, prompt (i / n), seed plus (i % n) */
+static void test_choices(void **state) {
+    (void)state;
+    dsla_openai_request_t r;
+    dsla_openai_error_t e;
+    assert_true(parse(DSLA_OPENAI_COMPLETION,
+                      "{\"prompt\":[\"ab\",[5,6,7]],\"n\":2,\"best_of\":2,\"seed\":10}", &r, &e));
+    assert_int_equal(dsla_openai_request_choices(&r), 4);
+    dsla_proto_generate_t g;
+    dsla_openai_request_choice(&r, 1, &g);
+    assert_int_equal(g.prompt_len, 2);
+    assert_memory_equal(g.prompt, "ab", 2);
+    assert_null(g.prompt_ids);
+    assert_int_equal(g.seed, 11);
+    dsla_openai_request_choice(&r, 2, &g);
+    assert_int_equal(g.n_prompt_ids, 3);
+    assert_int_equal(g.prompt_ids[2], 7);
+    assert_int_equal(g.seed, 10);
+    assert_int_equal(r.generate.n_prompt_ids, 0); /* choice 0's */
+    assert_memory_equal(r.generate.prompt, "ab", 2);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":[1,2,3]}", &r, &e));
+    assert_int_equal(dsla_openai_request_choices(&r), 1);
+    assert_int_equal(r.generate.n_prompt_ids, 3);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\"}", &r, &e));
+    assert_int_equal(dsla_openai_request_choices(&r), 1);
+    dsla_openai_request_free(&r);
+
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
+    dsla_openai_choice_t c[2] = {{"a", 1, NULL, {"length", 3, 1}}, {"bc", 2, NULL, {"stop", 3, 2}}};
+    char *body = dsla_openai_response_body_n(&meta, c, 2);
+    json_t *j = json_loads(body, 0, NULL);
+    json_t *ch = json_object_get(j, "choices");
+    assert_int_equal(json_array_size(ch), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(ch, 1), "index")), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(ch, 1), "text")), "bc");
+    json_t *u = json_object_get(j, "usage");
+    assert_int_equal(json_integer_value(json_object_get(u, "prompt_tokens")), 6);
+    assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")), 3);
+    json_decref(j);
+    free(body);
 }
 
 static dsla_proto_token_t *token_with(int32_t id, const char *text, float lp) {
@@ -328,7 +379,7 @@ int main(void) {
         cmocka_unit_test(test_completion_fields), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_chat_template),     cmocka_unit_test(test_errors_from_codes),
         cmocka_unit_test(test_responses),         cmocka_unit_test(test_logprobs_fields),
-        cmocka_unit_test(test_logprobs_shapes),
+        cmocka_unit_test(test_logprobs_shapes),   cmocka_unit_test(test_choices),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
