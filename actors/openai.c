@@ -31,6 +31,8 @@ void dsla_openai_request_free(dsla_openai_request_t *r) {
         free(r->prompts[i].ids);
     }
     free(r->prompts);
+    free(r->bias_ids);
+    free(r->bias_values);
     memset(r, 0, sizeof *r);
 }
 
@@ -342,6 +344,67 @@ static bool get_logprobs(dsla_openai_kind_t kind, json_t *root, dsla_proto_gener
     return true;
 }
 
+/* logit_bias: {"token id": bias in [-100, 100]}, at most DSLA_PROTO_LOGIT_BIAS_MAX entries; the
+ * arrays are the request's (freed with it). */
+static bool get_logit_bias(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    json_t *v = field(root, "logit_bias");
+    if (!v) return true;
+    if (!json_is_object(v) || json_object_size(v) > DSLA_PROTO_LOGIT_BIAS_MAX) {
+        dsla_openai_error_set(err, 400, "logit_bias",
+                              "logit_bias must be an object of at most %d token ids to biases",
+                              DSLA_PROTO_LOGIT_BIAS_MAX);
+        return false;
+    }
+    const size_t n = json_object_size(v);
+    r->bias_ids = malloc((n ? n : 1) * sizeof *r->bias_ids);
+    r->bias_values = malloc((n ? n : 1) * sizeof *r->bias_values);
+    if (!r->bias_ids || !r->bias_values) {
+        dsla_openai_error_set(err, 500, "logit_bias", "out of memory for logit_bias");
+        return false;
+    }
+    const char *key;
+    json_t *b;
+    int i = 0;
+    json_object_foreach(v, key, b) {
+        char *end = NULL;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || id < 0 || id > INT32_MAX) {
+            dsla_openai_error_set(err, 400, "logit_bias",
+                                  "logit_bias key '%.32s' must be a token id (an integer >= 0)",
+                                  key);
+            return false;
+        }
+        double x = json_is_number(b) ? json_number_value(b) : NAN;
+        if (!(x >= -100 && x <= 100)) {
+            dsla_openai_error_set(err, 400, "logit_bias",
+                                  "logit_bias[%ld] must be a number in [-100, 100]", id);
+            return false;
+        }
+        r->bias_ids[i] = (int32_t)id;
+        r->bias_values[i++] = (float)x;
+    }
+    r->generate.bias_ids = r->bias_ids;
+    r->generate.bias_values = r->bias_values;
+    r->generate.n_bias = i;
+    return true;
+}
+
+/* The sampling extensions: min_p, the penalties, logit_bias. */
+static bool get_sampling(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    double min_p = 0, presence = 0, frequency = 0, repetition = 0;
+    if (!get_number(root, "min_p", 0, 1, false, &min_p, err) ||
+        !get_number(root, "presence_penalty", -2, 2, false, &presence, err) ||
+        !get_number(root, "frequency_penalty", -2, 2, false, &frequency, err) ||
+        !get_number(root, "repetition_penalty", 0, 2, true, &repetition, err) ||
+        !get_logit_bias(root, r, err))
+        return false;
+    r->generate.min_p = (float)min_p;
+    r->generate.presence_penalty = (float)presence;
+    r->generate.frequency_penalty = (float)frequency;
+    r->generate.repetition_penalty = (float)repetition;
+    return true;
+}
+
 /* best_of: only n itself (each choice is one sample; ranking beyond n is not served). */
 static bool get_best_of(json_t *root, long long n, dsla_openai_error_t *err) {
     long long best_of = n;
@@ -376,9 +439,6 @@ static bool refuse_unserved(json_t *root, dsla_openai_error_t *err) {
         const char *name, *neutral; /* neutral: the JSON value accepted, NULL: none */
     } unserved[] = {
         {"suffix", "\"\""},
-        {"presence_penalty", "0"},
-        {"frequency_penalty", "0"},
-        {"logit_bias", "{}"},
         {"stream_options", NULL},
         {"response_format", "{\"type\":\"text\"}"},
         {"tools", "[]"},
@@ -438,7 +498,7 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         !get_bool(root, "stream", &r->stream, err) ||
         !get_bool(root, "ignore_eos", &r->generate.ignore_eos, err) || !get_stop(root, r, err) ||
         !get_logprobs(kind, root, &r->generate, err) || !get_echo(kind, root, r, err) ||
-        !refuse_unserved(root, err))
+        !get_sampling(root, r, err) || !refuse_unserved(root, err))
         return false;
     if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
         return false;

@@ -62,6 +62,8 @@ typedef struct {
     int n;                          /* choices per prompt */
     int n_prompts;                  /* completions: prompts (an array of them), else 1 */
     dsla_openai_prompt_t *prompts;  /* [n_prompts] when the prompt was an array or token ids */
+    int32_t *bias_ids;              /* logit_bias, borrowed by generate */
+    float *bias_values;
 } dsla_openai_request_t;
 
 /* Choices the request asks for: n_prompts times n, index i = prompt (i / n), sample (i % n). */

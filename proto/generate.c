@@ -15,17 +15,25 @@ const char *dsla_proto_finish_name(dsla_proto_finish_t finish) {
                                                                            : "unknown";
 }
 
+/* The optional sampling keys a GENERATE carries (those not off). */
+static int n_sampling_extras(const dsla_proto_generate_t *g) {
+    return (g->min_p != 0.0f) + (g->presence_penalty != 0.0f) + (g->frequency_penalty != 0.0f) +
+           (g->repetition_penalty != 0.0f) + (g->n_bias > 0);
+}
+
 dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_proto_buf_t *out) {
     out->data = NULL;
     out->len = 0;
     if (g->prompt_len > DSLA_PROTO_PROMPT_MAX || g->n_prompt_ids < 0 ||
         g->n_prompt_ids > DSLA_PROTO_PROMPT_IDS_MAX || g->n_stop < 0 ||
-        g->n_stop > DSLA_PROTO_STOP_MAX)
+        g->n_stop > DSLA_PROTO_STOP_MAX || g->n_bias < 0 || g->n_bias > DSLA_PROTO_LOGIT_BIAS_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "GENERATE: prompt of %zu bytes (limit %u), %d prompt ids (limit %d) or "
-                          "%d stop strings (limit %d) out of range",
+                          "GENERATE: prompt of %zu bytes (limit %u), %d prompt ids (limit %d), "
+                          "%d stop strings (limit %d) or %d logit_bias entries (limit %d) out of "
+                          "range",
                           g->prompt_len, DSLA_PROTO_PROMPT_MAX, g->n_prompt_ids,
-                          DSLA_PROTO_PROMPT_IDS_MAX, g->n_stop, DSLA_PROTO_STOP_MAX);
+                          DSLA_PROTO_PROMPT_IDS_MAX, g->n_stop, DSLA_PROTO_STOP_MAX, g->n_bias,
+                          DSLA_PROTO_LOGIT_BIAS_MAX);
     for (int i = 0; i < g->n_stop; i++)
         if (!g->stop[i] || strlen(g->stop[i]) > DSLA_PROTO_STOP_LEN_MAX)
             return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
@@ -36,7 +44,8 @@ dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_pr
     dsla_wire_packer_open(&sbuf, &pk);
     bool have_text = g->prompt && !g->prompt_ids;
     int rc = msgpack_pack_map(&pk, 8 + (have_text ? 1 : 0) + (g->prompt_ids ? 1 : 0) +
-                                       (g->logprobs ? 1 : 0) + (g->prompt_logprobs ? 1 : 0));
+                                       (g->logprobs ? 1 : 0) + (g->prompt_logprobs ? 1 : 0) +
+                                       n_sampling_extras(g));
     if (have_text) {
         rc |= dsla_wire_pack_key(&pk, "prompt");
         rc |= msgpack_pack_str_with_body(&pk, g->prompt, g->prompt_len);
@@ -73,6 +82,27 @@ dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_pr
         rc |= dsla_wire_pack_key(&pk, "prompt_logprobs");
         rc |= msgpack_pack_true(&pk);
     }
+    const struct {
+        const char *key;
+        float value, off;
+    } extras[] = {{"min_p", g->min_p, 0.0f},
+                  {"presence_penalty", g->presence_penalty, 0.0f},
+                  {"frequency_penalty", g->frequency_penalty, 0.0f},
+                  {"repetition_penalty", g->repetition_penalty, 0.0f}};
+    for (size_t i = 0; i < sizeof extras / sizeof extras[0]; i++)
+        if (extras[i].value != extras[i].off) {
+            rc |= dsla_wire_pack_key(&pk, extras[i].key);
+            rc |= msgpack_pack_float(&pk, extras[i].value);
+        }
+    if (g->n_bias > 0) {
+        rc |= dsla_wire_pack_key(&pk, "logit_bias");
+        rc |= msgpack_pack_array(&pk, (size_t)g->n_bias);
+        for (int i = 0; i < g->n_bias; i++) {
+            rc |= msgpack_pack_array(&pk, 2);
+            rc |= msgpack_pack_int32(&pk, g->bias_ids[i]);
+            rc |= msgpack_pack_float(&pk, g->bias_values[i]);
+        }
+    }
     return dsla_wire_finish(&sbuf, rc, out, "GENERATE");
 }
 
@@ -80,9 +110,39 @@ void dsla_proto_generate_free(dsla_proto_generate_t *g) {
     if (!g) return;
     free((void *)g->prompt);
     free((void *)g->prompt_ids);
+    free((void *)g->bias_ids);
+    free((void *)g->bias_values);
     for (int i = 0; i < g->n_stop; i++)
         free((void *)g->stop[i]);
     memset(g, 0, sizeof *g);
+}
+
+/* logit_bias: an array of [id, bias] pairs. */
+static dsla_status_t logit_bias_field(const msgpack_object *v, dsla_proto_generate_t *out) {
+    if (v->type != MSGPACK_OBJECT_ARRAY || out->bias_ids ||
+        v->via.array.size > DSLA_PROTO_LOGIT_BIAS_MAX)
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "GENERATE: field logit_bias must be one array of at most %d pairs",
+                          DSLA_PROTO_LOGIT_BIAS_MAX);
+    const uint32_t n = v->via.array.size;
+    int32_t *ids = malloc(sizeof *ids * (n ? n : 1));
+    float *values = malloc(sizeof *values * (n ? n : 1));
+    out->bias_ids = ids;
+    out->bias_values = values;
+    if (!ids || !values) return dsla_error_oom("GENERATE: logit_bias");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *pair = &v->via.array.ptr[i];
+        if (pair->type != MSGPACK_OBJECT_ARRAY || pair->via.array.size != 2)
+            return dsla_error(DSLA_ERR_FORMAT, "GENERATE: logit_bias[%u] must be [id, bias]", i);
+        int64_t id = 0;
+        DSLA_TRY(dsla_wire_get_i64(&pair->via.array.ptr[0], 0, INT32_MAX, &id, "GENERATE",
+                                   "logit_bias id"));
+        DSLA_TRY(dsla_wire_get_float(&pair->via.array.ptr[1], &values[i], "GENERATE",
+                                     "logit_bias value"));
+        ids[i] = (int32_t)id;
+        out->n_bias = (int)i + 1;
+    }
+    return DSLA_OK;
 }
 
 static dsla_status_t generate_field(const msgpack_object *k, const msgpack_object *v,
@@ -132,6 +192,16 @@ static dsla_status_t generate_field(const msgpack_object *k, const msgpack_objec
         DSLA_TRY(dsla_wire_get_i64(v, 0, DSLA_PROTO_LOGPROBS_MAX, &x, what, "top_logprobs"));
         out->logprobs = true;
         out->top_logprobs = (int32_t)x;
+    } else if (dsla_wire_key_is(k, "min_p")) {
+        DSLA_TRY(dsla_wire_get_float(v, &out->min_p, what, "min_p"));
+    } else if (dsla_wire_key_is(k, "presence_penalty")) {
+        DSLA_TRY(dsla_wire_get_float(v, &out->presence_penalty, what, "presence_penalty"));
+    } else if (dsla_wire_key_is(k, "frequency_penalty")) {
+        DSLA_TRY(dsla_wire_get_float(v, &out->frequency_penalty, what, "frequency_penalty"));
+    } else if (dsla_wire_key_is(k, "repetition_penalty")) {
+        DSLA_TRY(dsla_wire_get_float(v, &out->repetition_penalty, what, "repetition_penalty"));
+    } else if (dsla_wire_key_is(k, "logit_bias")) {
+        DSLA_TRY(logit_bias_field(v, out));
     } else if (dsla_wire_key_is(k, "prompt_logprobs")) {
         DSLA_TRY(dsla_wire_get_bool(v, &out->prompt_logprobs, what, "prompt_logprobs"));
     } else if (dsla_wire_key_is(k, "stream")) {

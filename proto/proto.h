@@ -141,6 +141,7 @@ dsla_status_t dsla_proto_error_decode(const void *body, size_t len, dsla_proto_e
 #define DSLA_PROTO_STOP_MAX 8            /* stop strings */
 #define DSLA_PROTO_STOP_LEN_MAX 256      /* bytes of one stop string */
 #define DSLA_PROTO_PIECE_MAX 4096        /* bytes of text in one TOKEN; longer text is split */
+#define DSLA_PROTO_LOGIT_BIAS_MAX 300    /* logit_bias entries (OpenAI's limit) */
 
 /* GENERATE: the prompt is text (encoded by the server's tokenizer with its default BOS) or token
  * ids, the ids winning when both are given. On encode every pointer is borrowed; on decode they
@@ -166,6 +167,11 @@ typedef struct {
     int32_t top_logprobs;
     /* with logprobs: the prompt's too (echo), as TOKENs marked prompt before the first generated */
     bool prompt_logprobs;
+    /* sampler.h's; zero (and repetition_penalty 1) are off and go unsent */
+    float min_p, presence_penalty, frequency_penalty, repetition_penalty;
+    int n_bias; /* logit_bias: [id, bias] pairs, at most DSLA_PROTO_LOGIT_BIAS_MAX */
+    const int32_t *bias_ids;
+    const float *bias_values;
 } dsla_proto_generate_t;
 
 dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_proto_buf_t *out);

@@ -418,6 +418,8 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           e->waiting_tokens, r->n_prompt, e->cfg.max_queued_tokens);
     DSLA_TRY(check_fits(e, r));
     DSLA_TRY(dsla_sampler_create(&r->sampler, &p->sampling, e->mcfg->vocab_size));
+    for (int i = 0; i < r->n_prompt; i++) /* the repetition penalty counts the prompt */
+        dsla_sampler_observe(r->sampler, r->tokens[i], false);
     DSLA_TRY(dsla_stop_matcher_create(&r->stops, p->stop, p->n_stop));
     if (e->tokenizer) {
         DSLA_TRY(dsla_detokenizer_create(&r->detok, e->tokenizer));

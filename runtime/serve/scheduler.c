@@ -226,6 +226,7 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
     size_t len = 0;
     if (!eos) {
         r->tokens[dsla_request_total(r)] = id;
+        dsla_sampler_observe(r->sampler, id, true);
         r->n_generated++;
         e->m.generated_tokens++;
         if (r->detok && dsla_detokenizer_push(r->detok, id, &piece, &len) != DSLA_OK) {

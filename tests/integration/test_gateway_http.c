@@ -206,6 +206,23 @@ static void check_choices(int port, const char *model, const char *want) {
     json_decref(j);
     dsla_test_http_reply_free(&r);
 
+    /* logit_bias reaches the sampler: +100 on one token makes every token that one */
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":3,\"temperature\":0,\"ignore_eos\":true,"
+             "\"logprobs\":0,\"logit_bias\":{\"300\":100},\"repetition_penalty\":1.1}",
+             prompt);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    json_t *toks = json_object_get(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs"), "tokens");
+    assert_int_equal(json_array_size(toks), 3);
+    for (size_t i = 1; i < 3; i++)
+        assert_string_equal(json_string_value(json_array_get(toks, i)),
+                            json_string_value(json_array_get(toks, 0)));
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+
     snprintf(req, sizeof req, "{\"prompt\":\"%s\",\"n\":2,\"stream\":true}", prompt);
     r = dsla_test_http(port, "POST", "/v1/completions", req);
     assert_int_equal(r.status, 400);

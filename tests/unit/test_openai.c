@@ -93,8 +93,11 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", "integer"},
         {"{\"prompt\":\"x\",\"echo\":1}", 400, "echo", "true or false"},
         {"{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of", "best_of is 2 and n is 1"},
-        {"{\"prompt\":\"x\",\"presence_penalty\":0.5}", 400, "presence_penalty", "not served"},
-        {"{\"prompt\":\"x\",\"logit_bias\":{\"5\":1}}", 400, "logit_bias", "not served"},
+        {"{\"prompt\":\"x\",\"presence_penalty\":2.5}", 400, "presence_penalty", "[-2, 2]"},
+        {"{\"prompt\":\"x\",\"repetition_penalty\":0}", 400, "repetition_penalty", "(0, 2]"},
+        {"{\"prompt\":\"x\",\"min_p\":1.5}", 400, "min_p", "[0, 1]"},
+        {"{\"prompt\":\"x\",\"logit_bias\":{\"5\":101}}", 400, "logit_bias", "[-100, 100]"},
+        {"{\"prompt\":\"x\",\"logit_bias\":{\"a\":1}}", 400, "logit_bias", "token id"},
         {"{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}", 400,
          "response_format", "only value taken is {\"type\":\"text\"}"},
         {"{\"prompt\":\"x\",\"tools\":[{\"type\":\"function\"}]}", 400, "tools", "not served"},
@@ -119,11 +122,16 @@ static void test_logprobs_fields(void **state) {
     dsla_openai_error_t e;
     assert_true(parse(DSLA_OPENAI_COMPLETION,
                       "{\"prompt\":\"x\",\"logprobs\":3,\"echo\":false,\"best_of\":1,"
-                      "\"presence_penalty\":0.0,\"frequency_penalty\":0,\"logit_bias\":{},"
+                      "\"presence_penalty\":0.5,\"frequency_penalty\":-1,\"logit_bias\":{\"7\":"
+                      "-100,\"9\":2.5},\"min_p\":0.1,\"repetition_penalty\":1.3,"
                       "\"tools\":[],\"response_format\":{\"type\":\"text\"}}",
                       &r, &e));
     assert_true(r.generate.logprobs);
     assert_int_equal(r.generate.top_logprobs, 3);
+    assert_true(r.generate.presence_penalty == 0.5f && r.generate.frequency_penalty == -1.0f &&
+                r.generate.min_p == 0.1f && r.generate.repetition_penalty == 1.3f);
+    assert_int_equal(r.generate.n_bias, 2);
+    assert_true(r.generate.bias_ids[0] + r.generate.bias_ids[1] == 16);
     dsla_openai_request_free(&r);
     assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":0}", &r, &e));
     assert_true(r.generate.logprobs);

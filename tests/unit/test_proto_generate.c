@@ -47,6 +47,26 @@ static void test_generate_round_trip(void **state) {
     assert_int_equal(dsla_proto_generate_decode(buf.data, buf.len, &d), DSLA_OK);
     assert_true(d.logprobs);
     assert_int_equal(d.top_logprobs, 7);
+    assert_true(d.min_p == 0 && d.repetition_penalty == 0 && d.n_bias == 0);
+    dsla_proto_generate_free(&d);
+    dsla_proto_buf_free(&buf);
+
+    const int32_t bias_ids[2] = {3, 400};
+    const float bias_values[2] = {-100.0f, 2.5f};
+    g.min_p = 0.05f;
+    g.presence_penalty = 0.5f;
+    g.frequency_penalty = -0.25f;
+    g.repetition_penalty = 1.2f;
+    g.bias_ids = bias_ids;
+    g.bias_values = bias_values;
+    g.n_bias = 2;
+    assert_int_equal(dsla_proto_generate_encode(&g, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_generate_decode(buf.data, buf.len, &d), DSLA_OK);
+    assert_true(d.min_p == 0.05f && d.presence_penalty == 0.5f && d.frequency_penalty == -0.25f &&
+                d.repetition_penalty == 1.2f);
+    assert_int_equal(d.n_bias, 2);
+    assert_memory_equal(d.bias_ids, bias_ids, sizeof bias_ids);
+    assert_memory_equal(d.bias_values, bias_values, sizeof bias_values);
     dsla_proto_generate_free(&d);
     dsla_proto_buf_free(&buf);
 
