@@ -218,8 +218,13 @@ static bool gen_produce(gen_t *g) {
         } else {
             dsla_openai_end_t end = gen_end(g);
             char *last = dsla_openai_chunk(&g->meta, "", 0, g->lp, g->first, &end);
-            g->pending = concat(last, "data: [DONE]\n\n");
+            char *usage =
+                g->meta.include_usage ? dsla_openai_usage_chunk(&g->meta, &end) : strdup("");
+            char *both = concat(last, usage);
+            g->pending = concat(both, "data: [DONE]\n\n");
             free(last);
+            free(usage);
+            free(both);
         }
     }
     if (echoed) {
@@ -324,7 +329,8 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
     }
     g->h = h;
     snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
-    g->meta = (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model};
+    g->meta =
+        (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model, req->include_usage};
     g->first = true;
     dsla_proto_generate_t gen;
     dsla_openai_request_choice(req, i, &gen);

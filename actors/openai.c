@@ -262,10 +262,48 @@ static const char *role_label(const char *role) {
     static const char *const roles[][2] = {{"system", "System"},
                                            {"developer", "System"},
                                            {"user", "User"},
-                                           {"assistant", "Assistant"}};
+                                           {"assistant", "Assistant"},
+                                           {"tool", "Tool"}};
     for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++)
         if (strcmp(role, roles[i][0]) == 0) return roles[i][1];
     return NULL;
+}
+
+/* messages[i].content: a string, or an array of {"type": "text", "text": ...} parts joined by
+ * "\n" (as vLLM joins them). Writes into out (when not NULL) and sets *len; false with *err for
+ * another shape or part type. */
+static bool content_text(json_t *content, size_t i, char *out, size_t *len,
+                         dsla_openai_error_t *err) {
+    if (json_is_string(content)) {
+        *len = json_string_length(content);
+        if (out) memcpy(out, json_string_value(content), *len);
+        return true;
+    }
+    if (!json_is_array(content)) {
+        dsla_openai_error_set(err, 400, "messages",
+                              "messages[%zu].content must be a string or an array of text parts",
+                              i);
+        return false;
+    }
+    size_t n = 0, k;
+    json_t *part;
+    json_array_foreach(content, k, part) {
+        json_t *type = json_object_get(part, "type"), *text = json_object_get(part, "text");
+        if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0 ||
+            !json_is_string(text)) {
+            dsla_openai_error_set(err, 400, "messages",
+                                  "messages[%zu].content[%zu] is of type '%.32s'; only "
+                                  "{\"type\": \"text\", \"text\": ...} parts are served",
+                                  i, k, json_is_string(type) ? json_string_value(type) : "?");
+            return false;
+        }
+        if (k > 0 && out) out[n] = '\n';
+        n += k > 0;
+        if (out) memcpy(out + n, json_string_value(text), json_string_length(text));
+        n += json_string_length(text);
+    }
+    *len = n;
+    return true;
 }
 
 /* The chat template of openai.h into r->prompt. */
@@ -277,26 +315,25 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
                               "messages is required: a non-empty array of {role, content}");
         return false;
     }
-    size_t total = strlen(tail), i;
+    size_t total = strlen(tail), i, len;
     json_t *m;
     json_array_foreach(v, i, m) {
-        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        json_t *role = json_object_get(m, "role");
         const char *label = json_is_string(role) ? role_label(json_string_value(role)) : NULL;
         if (!label) {
             dsla_openai_error_set(err, 400, "messages",
-                                  "messages[%zu].role must be \"system\", \"user\" or "
-                                  "\"assistant\"",
+                                  "messages[%zu].role must be \"system\", \"developer\", "
+                                  "\"user\", \"assistant\" or \"tool\"",
                                   i);
             return false;
         }
-        if (!json_is_string(content)) {
+        if (field(m, "tool_calls") || field(m, "function_call")) {
             dsla_openai_error_set(err, 400, "messages",
-                                  "messages[%zu].content must be a string (content parts are "
-                                  "not served)",
-                                  i);
+                                  "messages[%zu] has tool calls; tools are not served", i);
             return false;
         }
-        total += strlen(label) + strlen(": \n") + json_string_length(content);
+        if (!content_text(json_object_get(m, "content"), i, NULL, &len, err)) return false;
+        total += strlen(label) + strlen(": \n") + len;
     }
     if (total > DSLA_PROTO_PROMPT_MAX) {
         dsla_openai_error_set(err, 400, "messages",
@@ -311,9 +348,11 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
     }
     size_t n = 0;
     json_array_foreach(v, i, m) {
-        n += (size_t)snprintf(r->prompt + n, total + 1 - n, "%s: %s\n",
-                              role_label(json_string_value(json_object_get(m, "role"))),
-                              json_string_value(json_object_get(m, "content")));
+        const char *label = role_label(json_string_value(json_object_get(m, "role")));
+        n += (size_t)snprintf(r->prompt + n, total + 1 - n, "%s: ", label);
+        content_text(json_object_get(m, "content"), i, r->prompt + n, &len, err);
+        n += len;
+        r->prompt[n++] = '\n';
     }
     n += (size_t)snprintf(r->prompt + n, total + 1 - n, "%s", tail);
     r->generate.prompt = r->prompt;
@@ -405,6 +444,28 @@ static bool get_sampling(json_t *root, dsla_openai_request_t *r, dsla_openai_err
     return true;
 }
 
+/* stream_options: {"include_usage": bool}; other keys are not served. */
+static bool get_stream_options(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    json_t *v = field(root, "stream_options");
+    if (!v) return true;
+    const char *key;
+    json_t *x;
+    if (json_is_object(v)) json_object_foreach(v, key, x) if (strcmp(key, "include_usage") != 0) {
+            dsla_openai_error_set(err, 400, "stream_options",
+                                  "stream_options.%.32s is not served; only include_usage is", key);
+            return false;
+        }
+    if (!json_is_object(v) || !get_bool(v, "include_usage", &r->include_usage, err)) {
+        if (json_is_object(v))
+            snprintf(err->param, sizeof err->param, "stream_options");
+        else
+            dsla_openai_error_set(err, 400, "stream_options",
+                                  "stream_options must be an object {\"include_usage\": bool}");
+        return false;
+    }
+    return true;
+}
+
 /* best_of: only n itself (each choice is one sample; ranking beyond n is not served). */
 static bool get_best_of(json_t *root, long long n, dsla_openai_error_t *err) {
     long long best_of = n;
@@ -438,13 +499,9 @@ static bool refuse_unserved(json_t *root, dsla_openai_error_t *err) {
     static const struct {
         const char *name, *neutral; /* neutral: the JSON value accepted, NULL: none */
     } unserved[] = {
-        {"suffix", "\"\""},
-        {"stream_options", NULL},
-        {"response_format", "{\"type\":\"text\"}"},
-        {"tools", "[]"},
-        {"tool_choice", "\"none\""},
-        {"functions", "[]"},
-        {"function_call", "\"none\""},
+        {"suffix", "\"\""},  {"response_format", "{\"type\":\"text\"}"},
+        {"tools", "[]"},     {"tool_choice", "\"none\""},
+        {"functions", "[]"}, {"function_call", "\"none\""},
     };
     for (size_t i = 0; i < sizeof unserved / sizeof unserved[0]; i++) {
         json_t *v = field(root, unserved[i].name);
@@ -498,7 +555,8 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         !get_bool(root, "stream", &r->stream, err) ||
         !get_bool(root, "ignore_eos", &r->generate.ignore_eos, err) || !get_stop(root, r, err) ||
         !get_logprobs(kind, root, &r->generate, err) || !get_echo(kind, root, r, err) ||
-        !get_sampling(root, r, err) || !refuse_unserved(root, err))
+        !get_sampling(root, r, err) || !get_stream_options(root, r, err) ||
+        !refuse_unserved(root, err))
         return false;
     if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
         return false;
@@ -762,7 +820,8 @@ static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, c
         json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", meta->id, "object", object, "created",
                   (json_int_t)meta->created, "model", meta->model ? meta->model : "", "choices",
                   choice_json(meta->kind, chunk, first, text, len, lp, end ? end->finish : NULL));
-    if (root && end) json_object_set_new(root, "usage", usage_json(end));
+    if (root && end && !(chunk && meta->include_usage))
+        json_object_set_new(root, "usage", usage_json(end));
     char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     return out;
@@ -798,16 +857,31 @@ char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_ope
     return out;
 }
 
+/* "data: <json>\n\n", taking json (NULL in, NULL out). */
+static char *sse_event(char *json) {
+    if (!json) return NULL;
+    size_t n = strlen(json);
+    char *e = malloc(n + sizeof "data: \n\n");
+    if (e) snprintf(e, n + sizeof "data: \n\n", "data: %s\n\n", json);
+    free(json);
+    return e;
+}
+
+char *dsla_openai_usage_chunk(const dsla_openai_meta_t *meta, const dsla_openai_end_t *end) {
+    json_t *root = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", meta->id, "object",
+                             meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion"
+                                                                  : "chat.completion.chunk",
+                             "created", (json_int_t)meta->created, "model",
+                             meta->model ? meta->model : "", "choices", "usage", usage_json(end));
+    char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    return sse_event(out);
+}
+
 char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len,
                         const dsla_openai_logprobs_t *lp, bool first,
                         const dsla_openai_end_t *end) {
-    char *json = body_json(meta, true, first, text, len, lp, end);
-    if (!json) return NULL;
-    size_t n = strlen(json);
-    char *event = malloc(n + sizeof "data: \n\n");
-    if (event) snprintf(event, n + sizeof "data: \n\n", "data: %s\n\n", json);
-    free(json);
-    return event;
+    return sse_event(body_json(meta, true, first, text, len, lp, end));
 }
 
 char *dsla_openai_error_body(const dsla_openai_error_t *err) {

@@ -55,8 +55,9 @@ typedef struct {
 typedef struct {
     dsla_openai_kind_t kind;
     bool stream;
-    bool echo;    /* completions: the prompt goes before the text (and its logprobs before) */
-    char *prompt; /* the prompt, or the chat template's rendering */
+    bool echo;          /* completions: the prompt goes before the text (and its logprobs before) */
+    bool include_usage; /* stream_options.include_usage */
+    char *prompt;       /* the prompt, or the chat template's rendering */
     char *stop[DSLA_PROTO_STOP_MAX];
     dsla_proto_generate_t generate; /* borrows prompt and stop: choice 0's */
     int n;                          /* choices per prompt */
@@ -102,6 +103,9 @@ typedef struct {
     const char *id; /* "cmpl-7", "chatcmpl-7" */
     long long created;
     const char *model;
+    /* stream_options.include_usage: the last chunk has no usage; dsla_openai_usage_chunk follows
+     * it (else usage rides on the last chunk, an extension) */
+    bool include_usage;
 } dsla_openai_meta_t;
 
 typedef struct {
@@ -142,5 +146,7 @@ char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_ope
  * usage). */
 char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len,
                         const dsla_openai_logprobs_t *lp, bool first, const dsla_openai_end_t *end);
+/* OpenAI's usage chunk of include_usage: "choices": [] and the usage. */
+char *dsla_openai_usage_chunk(const dsla_openai_meta_t *meta, const dsla_openai_end_t *end);
 
 #endif

@@ -223,6 +223,19 @@ static void check_choices(int port, const char *model, const char *want) {
     json_decref(j);
     dsla_test_http_reply_free(&r);
 
+    /* include_usage: a last chunk with choices [] and the usage, then [DONE] */
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":4,\"stream\":true,\"stream_options\":"
+             "{\"include_usage\":true}}",
+             prompt);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    const char *u_chunk = strstr(r.body, "\"choices\":[],\"usage\":{");
+    assert_non_null(u_chunk);
+    assert_non_null(strstr(u_chunk, "data: [DONE]"));
+    assert_int_equal(strstr(r.body, "\"usage\"") - r.body, strstr(u_chunk, "\"usage\"") - r.body);
+    dsla_test_http_reply_free(&r);
+
     snprintf(req, sizeof req, "{\"prompt\":\"%s\",\"n\":2,\"stream\":true}", prompt);
     r = dsla_test_http(port, "POST", "/v1/completions", req);
     assert_int_equal(r.status, 400);

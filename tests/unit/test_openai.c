@@ -195,7 +195,7 @@ static void test_choices(void **state) {
     assert_int_equal(dsla_openai_request_choices(&r), 1);
     dsla_openai_request_free(&r);
 
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
     dsla_openai_choice_t c[2] = {{"a", 1, NULL, {"length", 3, 1}}, {"bc", 2, NULL, {"stop", 3, 2}}};
     char *body = dsla_openai_response_body_n(&meta, c, 2);
     json_t *j = json_loads(body, 0, NULL);
@@ -231,7 +231,7 @@ static void test_logprobs_shapes(void **state) {
     dsla_openai_logprobs_t *lp = dsla_openai_logprobs_new(DSLA_OPENAI_COMPLETION);
     assert_true(dsla_openai_logprobs_add(lp, t1));
     assert_true(dsla_openai_logprobs_add(lp, t2));
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
     dsla_openai_end_t end = {"length", 5, 2};
     char *body = dsla_openai_response_body(&meta, " Once up", 8, lp, &end);
     assert_non_null(strstr(body, "\"logprobs\":{\"tokens\":[\" Once\",\" up\"],"
@@ -290,14 +290,45 @@ static void test_chat_template(void **state) {
     assert_int_equal(r.generate.max_tokens, DSLA_OPENAI_CHAT_MAX_TOKENS_DEFAULT);
     dsla_openai_request_free(&r);
 
+    /* text parts joined by newlines; tool messages carried as "Tool:" */
+    assert_true(parse(DSLA_OPENAI_CHAT,
+                      "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+                      "\"text\":\"Hi\"},{\"type\":\"text\",\"text\":\"there\"}]},{\"role\":"
+                      "\"tool\",\"content\":\"42\",\"tool_call_id\":\"c1\"}]}",
+                      &r, &e));
+    assert_string_equal(r.generate.prompt, "User: Hi\nthere\nTool: 42\nAssistant:");
+    assert_int_equal(r.generate.prompt_len, strlen(r.generate.prompt));
+    dsla_openai_request_free(&r);
+    assert_false(parse(DSLA_OPENAI_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                       "\"image_url\",\"image_url\":{}}]}]}",
+                       &r, &e));
+    assert_non_null(strstr(e.message, "content[0] is of type 'image_url'"));
+    /* stream_options: include_usage only */
+    assert_true(parse(DSLA_OPENAI_CHAT,
+                      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true,"
+                      "\"stream_options\":{\"include_usage\":true}}",
+                      &r, &e));
+    assert_true(r.include_usage);
+    dsla_openai_request_free(&r);
+    assert_false(parse(DSLA_OPENAI_COMPLETION,
+                       "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":true}}",
+                       &r, &e));
+    assert_string_equal(e.param, "stream_options");
+    assert_false(parse(DSLA_OPENAI_COMPLETION,
+                       "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":1}}", &r, &e));
+    assert_string_equal(e.param, "stream_options");
+
     static const char *const bad[] = {
         "{}",
         "{\"messages\":{}}",
         "{\"messages\":[]}",
         "{\"messages\":[3]}",
-        "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}",
+        "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}",
         "{\"messages\":[{\"content\":\"x\"}]}",
         "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":null}]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{}]}]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_false(parse(DSLA_OPENAI_CHAT, bad[i], &r, &e));
@@ -348,7 +379,7 @@ static void test_errors_from_codes(void **state) {
 
 static void test_responses(void **state) {
     (void)state;
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
     dsla_openai_end_t end = {"length", 5, 3};
     /* a stray continuation byte and a cut 3-byte sequence become U+FFFD each */
     char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, NULL, &end);
@@ -379,6 +410,14 @@ static void test_responses(void **state) {
     char *last = dsla_openai_chunk(&meta, "", 0, NULL, false, &end);
     assert_non_null(strstr(last, "\"finish_reason\":\"length\""));
     assert_non_null(strstr(last, "\"completion_tokens\":3"));
+    free(last);
+    /* include_usage: the last chunk without usage, then choices [] with it */
+    meta.include_usage = true;
+    last = dsla_openai_chunk(&meta, "", 0, NULL, false, &end);
+    assert_null(strstr(last, "usage"));
+    free(last);
+    last = dsla_openai_usage_chunk(&meta, &end);
+    assert_non_null(strstr(last, "\"choices\":[],\"usage\":{\"prompt_tokens\":5"));
     free(last);
 }
 
