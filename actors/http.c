@@ -17,6 +17,7 @@
 #include <zmq.h>
 
 #include "actors/openai.h"
+#include "actors/openai_tokens.h"
 #include "proto/dsla_client.h"
 #include "runtime/core/log.h"
 
@@ -30,9 +31,22 @@ enum { STREAM_BLOCK = 16 * 1024 };
 enum { CONNECTION_TIMEOUT_S = 120 };
 
 /* Routes and the status codes counted in /metrics. */
-typedef enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS, R_OTHER, N_ROUTES } route_t;
+typedef enum {
+    R_COMPLETIONS,
+    R_CHAT,
+    R_MODELS,
+    R_HEALTH,
+    R_METRICS,
+    R_TOKENIZE,
+    R_DETOKENIZE,
+    R_VERSION,
+    R_MODEL, /* "/v1/models/{id}", matched by prefix */
+    R_OTHER,
+    N_ROUTES
+} route_t;
 static const char *const route_paths[N_ROUTES] = {
-    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "other"};
+    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health",         "/metrics",
+    "/tokenize",       "/detokenize",          "/version",   "/v1/models/{id}", "other"};
 static const int counted_codes[] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503, 504};
 enum { N_CODES = sizeof counted_codes / sizeof counted_codes[0] };
 
@@ -41,6 +55,7 @@ struct dsla_http {
     void *zctx;
     char gateway[DSLA_PROTO_ENDPOINT_MAX + 1];
     char model[256];
+    const dsla_tokenizer_t *tokenizer; /* /tokenize, /detokenize; NULL: 501 */
     uint32_t heartbeat_ms, max_in_flight;
     long long started;
     int port;
@@ -102,6 +117,8 @@ static enum MHD_Result respond(dsla_http_t *h, struct MHD_Connection *conn, rout
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    /* overload and unavailability pass: a client may come back in a second */
+    if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
     enum MHD_Result rc = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     count(h, route, status);
@@ -432,11 +449,39 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
 
 /* ---- models, health, metrics --------------------------------------------------------------- */
 
+static json_t *model_json(const dsla_http_t *h) {
+    return json_pack("{s:s, s:s, s:I, s:s}", "id", h->model, "object", "model", "created",
+                     (json_int_t)h->started, "owned_by", "dsla-serve");
+}
+
 static enum MHD_Result models(dsla_http_t *h, struct MHD_Connection *conn) {
-    json_t *root =
-        json_pack("{s:s, s:[{s:s, s:s, s:I, s:s}]}", "object", "list", "data", "id", h->model,
-                  "object", "model", "created", (json_int_t)h->started, "owned_by", "dsla-serve");
+    json_t *root = json_pack("{s:s, s:[o]}", "object", "list", "data", model_json(h));
     return respond(h, conn, R_MODELS, 200, "application/json", json_text(root));
+}
+
+/* GET /v1/models/{id}: the served model, 404 for any other id. */
+static enum MHD_Result model_by_id(dsla_http_t *h, struct MHD_Connection *conn, const char *id) {
+    if (strcmp(id, h->model) == 0)
+        return respond(h, conn, R_MODEL, 200, "application/json", json_text(model_json(h)));
+    dsla_openai_error_t err;
+    dsla_openai_error_set(&err, 404, "model",
+                          "the model '%.64s' does not exist; this server serves '%.64s'", id,
+                          h->model);
+    err.code = "model_not_found";
+    return respond_error(h, conn, R_MODEL, &err);
+}
+
+/* /tokenize, /detokenize, /version (openai_tokens.h). */
+static enum MHD_Result utility(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                               const char *body, size_t len) {
+    dsla_openai_error_t err;
+    memset(&err, 0, sizeof err);
+    char *out = route == R_VERSION ? dsla_openai_version()
+                : route == R_TOKENIZE
+                    ? dsla_openai_tokenize(h->tokenizer, h->model, body, len, &err)
+                    : dsla_openai_detokenize(h->tokenizer, h->model, body, len, &err);
+    if (!out && err.status) return respond_error(h, conn, route, &err);
+    return respond(h, conn, route, 200, "application/json", out);
 }
 
 /* The gateway's REPORT, or why it could not be had. */
@@ -611,6 +656,7 @@ static bool upload_add(upload_t *u, const char *data, size_t n) {
 static route_t route_of(const char *url) {
     for (int r = 0; r < R_OTHER; r++)
         if (strcmp(url, route_paths[r]) == 0) return (route_t)r;
+    if (strncmp(url, "/v1/models/", 11) == 0 && url[11]) return R_MODEL;
     return R_OTHER;
 }
 
@@ -631,7 +677,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return ok ? MHD_YES : MHD_NO;
     }
     route_t route = route_of(url);
-    bool post = route == R_COMPLETIONS || route == R_CHAT;
+    bool post =
+        route == R_COMPLETIONS || route == R_CHAT || route == R_TOKENIZE || route == R_DETOKENIZE;
     dsla_openai_error_t err;
     if (route == R_OTHER) {
         dsla_openai_error_set(&err, 404, NULL, "no such path: %.200s (see docs/http.md)", url);
@@ -654,6 +701,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return health(h, conn);
     case R_METRICS:
         return metrics(h, conn);
+    case R_MODEL:
+        return model_by_id(h, conn, url + 11);
+    case R_TOKENIZE:
+    case R_DETOKENIZE:
+    case R_VERSION:
+        return utility(h, conn, route, u->data ? u->data : "", u->len);
     default:
         return generate(h, conn, route, u->data ? u->data : "", u->len);
     }
@@ -732,6 +785,7 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     if (!h) return dsla_error_oom("http");
     snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
+    h->tokenizer = config->tokenizer;
     h->heartbeat_ms = config->heartbeat_ms;
     h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
     h->started = (long long)time(NULL);

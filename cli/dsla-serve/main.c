@@ -16,7 +16,7 @@
 #endif
 
 static const char usage[] =
-    "usage: dsla-serve [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
+    "usage: dsla-serve [--version] [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
     "127.0.0.1:8000|off]\n"
     "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n"
     "                  [--layers DIR [--controller-db PATH] [--admin tcp://127.0.0.1:7071]\n"
@@ -157,6 +157,11 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_model_conf
 }
 
 int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) /* the build's version (CMake's project version) */
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("dsla-serve %s\n", DSLA_VERSION);
+            return 0;
+        }
     const char *model_dir = NULL, *random_model = NULL, *tokenizer_dir = NULL;
     long vocab = 0;
     const char *endpoint = "tcp://127.0.0.1:7070";

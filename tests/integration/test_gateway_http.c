@@ -461,6 +461,36 @@ static void test_chat_models_health_metrics(void **state) {
     "max_tokens 100000 exceeds the model's context of 512 minus the prompt's"
 
 /* Each refusal names its field; the server keeps serving. */
+/* /tokenize and /detokenize round trip; /v1/models/{id}; /version. */
+static void check_utility_endpoints(int port) {
+    dsla_test_http_reply_t r =
+        dsla_test_http(port, "POST", "/tokenize", "{\"prompt\":\"Once upon a time\"}");
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    json_t *tokens = json_object_get(j, "tokens");
+    assert_true(json_array_size(tokens) > 1);
+    assert_int_equal(json_integer_value(json_object_get(j, "count")), json_array_size(tokens));
+    char *list = json_dumps(tokens, JSON_COMPACT), body[512];
+    snprintf(body, sizeof body, "{\"tokens\":%s}", list);
+    free(list);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(port, "POST", "/detokenize", body);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    assert_string_equal(json_string_value(json_object_get(j, "prompt")), "Once upon a time");
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(port, "GET", "/v1/models/stories260K-hf", NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"id\":\"stories260K-hf\""));
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(port, "GET", "/version", NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"version\":\"" DSLA_VERSION "\""));
+    dsla_test_http_reply_free(&r);
+}
+
 static void test_bad_requests(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -491,6 +521,10 @@ static void test_bad_requests(void **state) {
          400, "messages", "role"},
         {"GET", "/v1/completions", NULL, 405, NULL, "POST"},
         {"GET", "/nowhere", NULL, 404, NULL, "no such path"},
+        {"GET", "/v1/models/gpt-4", NULL, 404, "model", "'gpt-4' does not exist"},
+        {"POST", "/tokenize", "{}", 400, "prompt", "required"},
+        {"POST", "/detokenize", "{\"tokens\":[1,99999]}", 400, "tokens", "[0, 512)"},
+        {"GET", "/tokenize", NULL, 405, NULL, "POST"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         dsla_test_http_reply_t r =
@@ -515,6 +549,7 @@ static void test_bad_requests(void **state) {
                                               "{\"prompt\":\"Once\",\"max_tokens\":3}");
     assert_int_equal(r.status, 200);
     dsla_test_http_reply_free(&r);
+    check_utility_endpoints(srv.http_port);
     dsla_test_server_stop(&srv);
     free(model);
 }
@@ -624,6 +659,31 @@ static void test_replica_killed_mid_stream(void **state) {
     free(model);
 }
 
+/* A gateway whose only replica never answers: /health and generation are 503, each with
+ * Retry-After so that clients know to come back. */
+static void test_retry_after(void **state) {
+    (void)state;
+    const char *args[] = {"--endpoint",  "tcp://127.0.0.1:*", "--http",
+                          "127.0.0.1:0", "--heartbeat-ms",    "100",
+                          "--replica",   "tcp://127.0.0.1:9", NULL};
+    dsla_test_server_t gw = dsla_test_server_start(args);
+    assert_true(gw.http_port > 0);
+    dsla_test_http_reply_t r = dsla_test_http(gw.http_port, "GET", "/health", NULL);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.head, "Retry-After: 1"));
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(gw.http_port, "POST", "/v1/completions",
+                       "{\"prompt\":\"x\",\"max_tokens\":2}");
+    assert_true(r.status == 503 || r.status == 504);
+    if (r.status == 503) assert_non_null(strstr(r.head, "Retry-After: 1"));
+    dsla_test_http_reply_free(&r);
+    /* without a local model there is no tokenizer */
+    r = dsla_test_http(gw.http_port, "POST", "/tokenize", "{\"prompt\":\"x\"}");
+    assert_int_equal(r.status, 501);
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&gw);
+}
+
 /* A replica in the test process that takes GENERATEs and never answers them; the main thread
  * destroys it once it has one, as if it had died. */
 static atomic_int fake_got;
@@ -708,6 +768,7 @@ int main(void) {
         cmocka_unit_test(test_client_stub_through_gateway),
         cmocka_unit_test(test_replica_killed_mid_stream),
         cmocka_unit_test(test_dead_replica_rerouted),
+        cmocka_unit_test(test_retry_after),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
