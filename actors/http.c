@@ -19,6 +19,7 @@
 #include "actors/openai.h"
 #include "actors/openai_tokens.h"
 #include "proto/dsla_client.h"
+#include "runtime/core/clock.h"
 #include "runtime/core/log.h"
 
 /* Idle gateway clients kept for the next request: a new one costs a socket and a handshake. */
@@ -163,13 +164,43 @@ typedef struct {
     dsla_openai_logprobs_t *lp; /* NULL: the request asked for no logprobs */
     char *echo;                 /* the prompt to put before the text (echo); NULL: none */
     size_t echo_len;
+    int choice;                   /* its index among the request's choices */
+    uint64_t t_start, t_first_ms; /* monotonic ms: started, first generated piece (0: none) */
     /* What the stream reader hands out next. */
     char *pending;
     size_t pending_len, pending_off;
 } gen_t;
 
+static dsla_openai_end_t gen_end(const gen_t *g);
+
+/* The request's line at info level (docs/http.md, "Logs"): one per choice that was started. */
+static void gen_log(const gen_t *g, bool cancelled) {
+    if (!g->t_start || DSLA_LOG_INFO > dsla_log_level()) return;
+    const uint64_t now = dsla_clock_ms();
+    char ttft[32] = "none";
+    if (g->t_first_ms)
+        snprintf(ttft, sizeof ttft, "%llu", (unsigned long long)(g->t_first_ms - g->t_start));
+    const bool ok = !cancelled && !g->failed;
+    dsla_log_info("request id=%s choice=%d status=%d prompt_tokens=%u output_tokens=%u "
+                  "ttft_ms=%s total_ms=%llu finish=%s%s%.200s",
+                  g->id, g->choice,
+                  cancelled   ? 499
+                  : g->failed ? g->err.status
+                              : 200,
+                  g->result.prompt_tokens, g->result.completion_tokens, ttft,
+                  (unsigned long long)(now - g->t_start),
+                  cancelled ? "cancelled"
+                  : ok      ? gen_end(g).finish
+                            : "error",
+                  ok ? "" : " error=",
+                  ok          ? ""
+                  : cancelled ? "client went away"
+                              : g->err.message);
+}
+
 static void gen_free(gen_t *g) {
     if (!g) return;
+    gen_log(g, g->running);
     if (g->client) {
         if (g->running) dsla_client_cancel(g->client, &g->result);
         client_put(g->h, g->client);
@@ -211,6 +242,7 @@ static bool gen_produce(gen_t *g) {
     /* the prompt's frames (echo with logprobs) go into the echo's chunk */
     while ((more = dsla_client_next(g->client, &p, &g->result)) && p.frame->prompt)
         if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) return false;
+    if (more && !g->t_first_ms) g->t_first_ms = dsla_clock_ms();
     if (!more) gen_ended(g);
     char *echoed = NULL;
     if (g->echo && !g->failed) { /* the prompt as the first chunk, with its logprobs */
@@ -290,6 +322,7 @@ static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
             break;
         }
         if (p.frame->prompt) continue; /* its text is the echo's */
+        if (!g->t_first_ms) g->t_first_ms = dsla_clock_ms();
         if (len + p.len > cap) {
             size_t want = 2 * (len + p.len) + 256;
             char *grown = realloc(text, want);
@@ -371,6 +404,8 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
         return NULL;
     }
     g->running = true;
+    g->choice = i;
+    g->t_start = dsla_clock_ms();
     return g;
 }
 

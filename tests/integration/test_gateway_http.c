@@ -659,6 +659,48 @@ static void test_replica_killed_mid_stream(void **state) {
     free(model);
 }
 
+/* --log-level info --log-format json: one JSON line per finished request with its id, tokens,
+ * TTFT, total time and status; a bad option value is a usage error naming it. */
+static void test_request_log(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char *dir = dsla_test_tempdir(), log[512];
+    snprintf(log, sizeof log, "%s/serve.log", dir);
+    const char *args[] = {"--model",      model,         "--endpoint",  "tcp://127.0.0.1:*",
+                          "--http",       "127.0.0.1:0", "--log-level", "info",
+                          "--log-format", "json",        NULL};
+    dsla_test_server_t srv = dsla_test_server_start_logged(args, log);
+    wait_healthy(srv.http_port);
+    dsla_test_http_reply_t r = dsla_test_http(srv.http_port, "POST", "/v1/completions",
+                                              "{\"prompt\":\"Once\",\"max_tokens\":5,"
+                                              "\"ignore_eos\":true}");
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    char want[96];
+    snprintf(want, sizeof want, "request id=%s choice=0 status=200 prompt_tokens=",
+             json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&srv);
+    char *text = dsla_test_read_file(log, NULL);
+    assert_non_null(text);
+    char *line = strstr(text, want);
+    if (!line) fail_msg("no request line '%s' in:\n%s", want, text);
+    assert_non_null(strstr(line, "output_tokens=5 ttft_ms="));
+    assert_non_null(strstr(line, "finish=length"));
+    while (line > text && line[-1] != '\n')
+        line--;
+    char *end = strchr(line, '\n');
+    json_t *obj = json_loadb(line, end ? (size_t)(end - line) : strlen(line), 0, NULL);
+    assert_non_null(obj);
+    assert_string_equal(json_string_value(json_object_get(obj, "level")), "info");
+    json_decref(obj);
+    free(text);
+    dsla_test_rmtree(dir);
+    free(dir);
+    free(model);
+}
+
 /* A gateway whose only replica never answers: /health and generation are 503, each with
  * Retry-After so that clients know to come back. */
 static void test_retry_after(void **state) {
@@ -769,6 +811,7 @@ int main(void) {
         cmocka_unit_test(test_replica_killed_mid_stream),
         cmocka_unit_test(test_dead_replica_rerouted),
         cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_request_log),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
