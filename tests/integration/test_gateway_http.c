@@ -109,19 +109,33 @@ static char *sse_text(const char *body, bool chat, char *finish, int *events) {
     return text;
 }
 
+/* POSTs body to path, expects 200 and returns the parsed JSON answer. */
+static json_t *post_ok(int port, const char *path, const char *body) {
+    dsla_test_http_reply_t r = dsla_test_http(port, "POST", path, body);
+    if (r.status != 200) fail_msg("%s: status %d, body %s", path, r.status, r.body);
+    json_t *j = json_body(&r);
+    dsla_test_http_reply_free(&r);
+    return j;
+}
+
+/* choices[0].logprobs[key] of an answer. */
+static json_t *choice_logprobs(json_t *j, const char *key) {
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    return json_object_get(json_object_get(c, "logprobs"), key);
+}
+
 /* echo: the prompt before the text; with logprobs, the prompt's tokens first (the first with null
  * logprobs), then the generated ones with the same numbers as without echo; streamed, the prompt
  * is the first chunk. */
 static void check_echo(int port, const char *want, const double *whole) {
+    dsla_test_http_reply_t r;
     char req[512], full[1024];
     snprintf(full, sizeof full, "%s%s", prompt, want);
     snprintf(req, sizeof req,
              "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
              "\"echo\":true,\"logprobs\":1}",
              prompt, GREEDY_TOKENS);
-    dsla_test_http_reply_t r = dsla_test_http(port, "POST", "/v1/completions", req);
-    assert_int_equal(r.status, 200);
-    json_t *j = json_body(&r);
+    json_t *j = post_ok(port, "/v1/completions", req);
     json_t *c = json_array_get(json_object_get(j, "choices"), 0),
            *lp = json_object_get(c, "logprobs");
     assert_string_equal(json_string_value(json_object_get(c, "text")), full);
@@ -140,7 +154,6 @@ static void check_echo(int port, const char *want, const double *whole) {
     for (size_t i = 0; i < GREEDY_TOKENS; i++)
         assert_float_equal(json_real_value(json_array_get(lps, pt + i)), whole[i], 1e-6);
     json_decref(j);
-    dsla_test_http_reply_free(&r);
 
     snprintf(req, sizeof req,
              "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
@@ -160,6 +173,7 @@ static void check_echo(int port, const char *want, const double *whole) {
 /* n and prompt arrays: one choice per prompt and sample, index in order, usage summed; the
  * token-id prompt of the same text gives the same greedy text; n = 2 samples differ by seed. */
 static void check_choices(int port, const char *model, const char *want) {
+    dsla_test_http_reply_t r;
     dsla_tokenizer_t *tok = NULL;
     assert_int_equal(dsla_tokenizer_load_dir(&tok, model), DSLA_OK);
     int32_t *ids = NULL;
@@ -176,9 +190,7 @@ static void check_choices(int port, const char *model, const char *want) {
              "{\"prompt\":[\"%s\",[%s]],\"max_tokens\":%d,\"temperature\":0,"
              "\"ignore_eos\":true}",
              prompt, list, GREEDY_TOKENS);
-    dsla_test_http_reply_t r = dsla_test_http(port, "POST", "/v1/completions", req);
-    assert_int_equal(r.status, 200);
-    json_t *j = json_body(&r);
+    json_t *j = post_ok(port, "/v1/completions", req);
     json_t *ch = json_object_get(j, "choices");
     assert_int_equal(json_array_size(ch), 2);
     for (size_t i = 0; i < 2; i++) {
@@ -190,38 +202,30 @@ static void check_choices(int port, const char *model, const char *want) {
     assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")),
                      2 * GREEDY_TOKENS);
     json_decref(j);
-    dsla_test_http_reply_free(&r);
 
     snprintf(req, sizeof req,
              "{\"prompt\":\"%s\",\"max_tokens\":24,\"temperature\":1,\"seed\":5,\"n\":2,"
              "\"ignore_eos\":true}",
              prompt);
-    r = dsla_test_http(port, "POST", "/v1/completions", req);
-    assert_int_equal(r.status, 200);
-    j = json_body(&r);
+    j = post_ok(port, "/v1/completions", req);
     ch = json_object_get(j, "choices");
     assert_int_equal(json_array_size(ch), 2);
     assert_string_not_equal(json_string_value(json_object_get(json_array_get(ch, 0), "text")),
                             json_string_value(json_object_get(json_array_get(ch, 1), "text")));
     json_decref(j);
-    dsla_test_http_reply_free(&r);
 
     /* logit_bias reaches the sampler: +100 on one token makes every token that one */
     snprintf(req, sizeof req,
              "{\"prompt\":\"%s\",\"max_tokens\":3,\"temperature\":0,\"ignore_eos\":true,"
              "\"logprobs\":0,\"logit_bias\":{\"300\":100},\"repetition_penalty\":1.1}",
              prompt);
-    r = dsla_test_http(port, "POST", "/v1/completions", req);
-    assert_int_equal(r.status, 200);
-    j = json_body(&r);
-    json_t *toks = json_object_get(
-        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs"), "tokens");
+    j = post_ok(port, "/v1/completions", req);
+    json_t *toks = choice_logprobs(j, "tokens");
     assert_int_equal(json_array_size(toks), 3);
     for (size_t i = 1; i < 3; i++)
         assert_string_equal(json_string_value(json_array_get(toks, i)),
                             json_string_value(json_array_get(toks, 0)));
     json_decref(j);
-    dsla_test_http_reply_free(&r);
 
     /* include_usage: a last chunk with choices [] and the usage, then [DONE] */
     snprintf(req, sizeof req,
@@ -247,14 +251,13 @@ static void check_choices(int port, const char *model, const char *want) {
  * token, so each token's logprob is the largest of its top list; the tokens' texts make the text;
  * text_offset runs over them; streamed chunks carry the same numbers; chat has its own shape. */
 static void check_logprobs(int port, const char *want) {
+    dsla_test_http_reply_t r;
     char req[512];
     snprintf(req, sizeof req,
              "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
              "\"logprobs\":5}",
              prompt, GREEDY_TOKENS);
-    dsla_test_http_reply_t r = dsla_test_http(port, "POST", "/v1/completions", req);
-    assert_int_equal(r.status, 200);
-    json_t *j = json_body(&r);
+    json_t *j = post_ok(port, "/v1/completions", req);
     json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
     json_t *tokens = json_object_get(lp, "tokens"), *lps = json_object_get(lp, "token_logprobs");
     json_t *tops = json_object_get(lp, "top_logprobs"), *offs = json_object_get(lp, "text_offset");
@@ -282,7 +285,6 @@ static void check_logprobs(int port, const char *want) {
     }
     assert_string_equal(joined, want);
     json_decref(j);
-    dsla_test_http_reply_free(&r);
 
     /* streamed: the same logprobs, spread over the chunks */
     snprintf(req, sizeof req,
@@ -308,11 +310,8 @@ static void check_logprobs(int port, const char *want) {
              "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":6,"
              "\"temperature\":0,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":3}",
              prompt);
-    r = dsla_test_http(port, "POST", "/v1/chat/completions", req);
-    assert_int_equal(r.status, 200);
-    j = json_body(&r);
-    json_t *content = json_object_get(
-        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs"), "content");
+    j = post_ok(port, "/v1/chat/completions", req);
+    json_t *content = choice_logprobs(j, "content");
     long long completion =
         json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
     assert_true(completion >= 1);
@@ -322,7 +321,6 @@ static void check_logprobs(int port, const char *want) {
     assert_int_equal(json_array_size(json_object_get(first, "bytes")),
                      strlen(json_string_value(json_object_get(first, "token"))));
     json_decref(j);
-    dsla_test_http_reply_free(&r);
     check_echo(port, want, whole);
 }
 
