@@ -17,7 +17,9 @@
 #include <zmq.h>
 
 #include "actors/openai.h"
+#include "actors/openai_tokens.h"
 #include "proto/dsla_client.h"
+#include "runtime/core/clock.h"
 #include "runtime/core/log.h"
 
 /* Idle gateway clients kept for the next request: a new one costs a socket and a handshake. */
@@ -30,9 +32,22 @@ enum { STREAM_BLOCK = 16 * 1024 };
 enum { CONNECTION_TIMEOUT_S = 120 };
 
 /* Routes and the status codes counted in /metrics. */
-typedef enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS, R_OTHER, N_ROUTES } route_t;
+typedef enum {
+    R_COMPLETIONS,
+    R_CHAT,
+    R_MODELS,
+    R_HEALTH,
+    R_METRICS,
+    R_TOKENIZE,
+    R_DETOKENIZE,
+    R_VERSION,
+    R_MODEL, /* "/v1/models/{id}", matched by prefix */
+    R_OTHER,
+    N_ROUTES
+} route_t;
 static const char *const route_paths[N_ROUTES] = {
-    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "other"};
+    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health",         "/metrics",
+    "/tokenize",       "/detokenize",          "/version",   "/v1/models/{id}", "other"};
 static const int counted_codes[] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503, 504};
 enum { N_CODES = sizeof counted_codes / sizeof counted_codes[0] };
 
@@ -41,6 +56,7 @@ struct dsla_http {
     void *zctx;
     char gateway[DSLA_PROTO_ENDPOINT_MAX + 1];
     char model[256];
+    const dsla_tokenizer_t *tokenizer; /* /tokenize, /detokenize; NULL: 501 */
     uint32_t heartbeat_ms, max_in_flight;
     long long started;
     int port;
@@ -102,6 +118,8 @@ static enum MHD_Result respond(dsla_http_t *h, struct MHD_Connection *conn, rout
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    /* overload and unavailability pass: a client may come back in a second */
+    if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
     enum MHD_Result rc = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     count(h, route, status);
@@ -143,18 +161,53 @@ typedef struct {
     dsla_client_result_t result;
     char id[40];
     dsla_openai_meta_t meta;
+    dsla_openai_logprobs_t *lp; /* NULL: the request asked for no logprobs */
+    char *echo;                 /* the prompt to put before the text (echo); NULL: none */
+    size_t echo_len;
+    int choice;                   /* its index among the request's choices */
+    uint64_t t_start, t_first_ms; /* monotonic ms: started, first generated piece (0: none) */
     /* What the stream reader hands out next. */
     char *pending;
     size_t pending_len, pending_off;
 } gen_t;
 
+static dsla_openai_end_t gen_end(const gen_t *g);
+
+/* The request's line at info level (docs/http.md, "Logs"): one per choice that was started. */
+static void gen_log(const gen_t *g, bool cancelled) {
+    if (!g->t_start || DSLA_LOG_INFO > dsla_log_level()) return;
+    const uint64_t now = dsla_clock_ms();
+    char ttft[32] = "none";
+    if (g->t_first_ms)
+        snprintf(ttft, sizeof ttft, "%llu", (unsigned long long)(g->t_first_ms - g->t_start));
+    const bool ok = !cancelled && !g->failed;
+    dsla_log_info("request id=%s choice=%d status=%d prompt_tokens=%u output_tokens=%u "
+                  "ttft_ms=%s total_ms=%llu finish=%s%s%.200s",
+                  g->id, g->choice,
+                  cancelled   ? 499
+                  : g->failed ? g->err.status
+                              : 200,
+                  g->result.prompt_tokens, g->result.completion_tokens, ttft,
+                  (unsigned long long)(now - g->t_start),
+                  cancelled ? "cancelled"
+                  : ok      ? gen_end(g).finish
+                            : "error",
+                  ok ? "" : " error=",
+                  ok          ? ""
+                  : cancelled ? "client went away"
+                              : g->err.message);
+}
+
 static void gen_free(gen_t *g) {
     if (!g) return;
+    gen_log(g, g->running);
     if (g->client) {
         if (g->running) dsla_client_cancel(g->client, &g->result);
         client_put(g->h, g->client);
     }
     atomic_fetch_sub(&g->h->in_flight, 1);
+    dsla_openai_logprobs_free(&g->lp);
+    free(g->echo);
     free(g->pending);
     free(g);
 }
@@ -185,11 +238,27 @@ static bool gen_produce(gen_t *g) {
     g->pending = NULL;
     g->pending_len = g->pending_off = 0;
     dsla_client_piece_t p;
-    if (dsla_client_next(g->client, &p, &g->result)) {
-        g->pending = dsla_openai_chunk(&g->meta, p.text, p.len, g->first, NULL);
+    bool more;
+    /* the prompt's frames (echo with logprobs) go into the echo's chunk */
+    while ((more = dsla_client_next(g->client, &p, &g->result)) && p.frame->prompt)
+        if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) return false;
+    if (more && !g->t_first_ms) g->t_first_ms = dsla_clock_ms();
+    if (!more) gen_ended(g);
+    char *echoed = NULL;
+    if (g->echo && !g->failed) { /* the prompt as the first chunk, with its logprobs */
+        echoed = dsla_openai_chunk(&g->meta, g->echo, g->echo_len, g->lp, g->first, NULL);
+        if (g->lp) dsla_openai_logprobs_clear(g->lp);
+        free(g->echo);
+        g->echo = NULL;
+        g->first = false;
+        if (!echoed) return false;
+    }
+    if (more) {
+        if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) return false;
+        g->pending = dsla_openai_chunk(&g->meta, p.text, p.len, g->lp, g->first, NULL);
+        if (g->lp) dsla_openai_logprobs_clear(g->lp);
         g->first = false;
     } else {
-        gen_ended(g);
         if (g->failed) { /* an error event, and no [DONE]: the stream did not complete */
             char *body = dsla_openai_error_body(&g->err), *line = concat("data: ", body);
             g->pending = concat(line, "\n\n");
@@ -197,10 +266,21 @@ static bool gen_produce(gen_t *g) {
             free(line);
         } else {
             dsla_openai_end_t end = gen_end(g);
-            char *last = dsla_openai_chunk(&g->meta, "", 0, g->first, &end);
-            g->pending = concat(last, "data: [DONE]\n\n");
+            char *last = dsla_openai_chunk(&g->meta, "", 0, g->lp, g->first, &end);
+            char *usage =
+                g->meta.include_usage ? dsla_openai_usage_chunk(&g->meta, &end) : strdup("");
+            char *both = concat(last, usage);
+            g->pending = concat(both, "data: [DONE]\n\n");
             free(last);
+            free(usage);
+            free(both);
         }
+    }
+    if (echoed) {
+        char *both = g->pending ? concat(echoed, g->pending) : NULL;
+        free(echoed);
+        free(g->pending);
+        g->pending = both;
     }
     if (!g->pending) return false;
     g->pending_len = strlen(g->pending);
@@ -224,13 +304,25 @@ static void gen_read_done(void *cls) {
     gen_free(cls);
 }
 
-/* stream false: every piece, then one JSON body. */
-static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t route) {
+/* stream false: every piece into *text (malloc'd); false when out of memory. */
+static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
     char *text = NULL;
     size_t len = 0, cap = 0;
     dsla_client_piece_t p;
     bool oom = false;
+    if (g->echo) { /* the prompt before the text */
+        text = g->echo;
+        len = cap = g->echo_len;
+        g->echo = NULL;
+    }
     while (dsla_client_next(g->client, &p, &g->result)) {
+        if (g->lp && !dsla_openai_logprobs_add(g->lp, p.frame)) {
+            oom = true;
+            dsla_client_cancel(g->client, &g->result);
+            break;
+        }
+        if (p.frame->prompt) continue; /* its text is the echo's */
+        if (!g->t_first_ms) g->t_first_ms = dsla_clock_ms();
         if (len + p.len > cap) {
             size_t want = 2 * (len + p.len) + 256;
             char *grown = realloc(text, want);
@@ -246,15 +338,75 @@ static enum MHD_Result gen_whole(gen_t *g, struct MHD_Connection *conn, route_t 
         len += p.len;
     }
     gen_ended(g);
-    dsla_openai_end_t end = gen_end(g);
-    char *body = oom         ? NULL
-                 : g->failed ? dsla_openai_error_body(&g->err)
-                             : dsla_openai_response_body(&g->meta, text, len, &end);
-    free(text);
-    int status = g->failed ? g->err.status : 200;
-    dsla_http_t *h = g->h;
-    gen_free(g);
+    *text_out = text;
+    *len_out = len;
+    return !oom;
+}
+
+/* stream false: every choice's pieces, then one JSON body (the first failure's error if any). */
+static enum MHD_Result gen_whole(gen_t **gs, int n, struct MHD_Connection *conn, route_t route) {
+    dsla_openai_choice_t *c = calloc((size_t)n, sizeof *c);
+    bool oom = !c;
+    const gen_t *failed = NULL;
+    for (int i = 0; i < n && !oom && !failed; i++) {
+        char *text = NULL;
+        oom = !gen_collect(gs[i], &text, &c[i].len);
+        c[i] = (dsla_openai_choice_t){text, c[i].len, gs[i]->lp, gen_end(gs[i])};
+        if (gs[i]->failed) failed = gs[i];
+    }
+    char *body = oom      ? NULL
+                 : failed ? dsla_openai_error_body(&failed->err)
+                          : dsla_openai_response_body_n(&gs[0]->meta, c, n);
+    int status = failed ? failed->err.status : 200;
+    dsla_http_t *h = gs[0]->h;
+    for (int i = 0; c && i < n; i++)
+        free((char *)c[i].text);
+    free(c);
+    for (int i = 0; i < n; i++)
+        gen_free(gs[i]);
+    free(gs);
     return respond(h, conn, route, status, "application/json", body);
+}
+
+/* Starts choice i of req on a gateway client of its own: NULL with *err filled on failure. */
+static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_openai_request_t *req,
+                        int i, unsigned long long n, dsla_openai_error_t *err) {
+    gen_t *g = calloc(1, sizeof *g);
+    if (!g) {
+        dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), err);
+        atomic_fetch_sub(&h->in_flight, 1);
+        return NULL;
+    }
+    g->h = h;
+    snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
+    g->meta =
+        (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model, req->include_usage};
+    g->first = true;
+    dsla_proto_generate_t gen;
+    dsla_openai_request_choice(req, i, &gen);
+    if (!(g->client = client_get(h))) {
+        dsla_openai_error_set(err, 500, NULL, "cannot reach the gateway: %s", dsla_last_error());
+        err->type = "server_error";
+        gen_free(g);
+        return NULL;
+    }
+    if ((req->echo && !(g->echo = strndup(gen.prompt, gen.prompt_len))) ||
+        (gen.logprobs && !(g->lp = dsla_openai_logprobs_new(kind)))) {
+        dsla_openai_error_from_status(kind, dsla_error_oom("http: echo or logprobs"), err);
+        gen_free(g);
+        return NULL;
+    }
+    g->echo_len = g->echo ? gen.prompt_len : 0;
+    dsla_status_t st = dsla_client_start(g->client, &gen, 0);
+    if (st != DSLA_OK) {
+        dsla_openai_error_from_status(kind, st, err);
+        gen_free(g);
+        return NULL;
+    }
+    g->running = true;
+    g->choice = i;
+    g->t_start = dsla_clock_ms();
+    return g;
 }
 
 static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
@@ -267,8 +419,18 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     dsla_openai_request_t req;
     if (!dsla_openai_request_parse(kind, body, len, h->model, seed, &req, &err))
         return respond_error(h, conn, route, &err);
-    if (atomic_fetch_add(&h->in_flight, 1) >= h->max_in_flight) {
-        atomic_fetch_sub(&h->in_flight, 1);
+    const int choices = dsla_openai_request_choices(&req);
+    if (choices > 1 && req.stream) {
+        dsla_openai_error_set(&err, 400, req.n > 1 ? "n" : "prompt",
+                              "stream with %d choices (n %d, %d prompts) is not served; stream "
+                              "one choice per request",
+                              choices, req.n, req.n_prompts);
+        dsla_openai_request_free(&req);
+        return respond_error(h, conn, route, &err);
+    }
+    /* each choice is one request in flight */
+    if (atomic_fetch_add(&h->in_flight, (unsigned)choices) + (unsigned)choices > h->max_in_flight) {
+        atomic_fetch_sub(&h->in_flight, (unsigned)choices);
         dsla_openai_request_free(&req);
         dsla_openai_error_set(&err, 429, NULL,
                               "%u requests in flight on this server (--http-max-in-flight %u); "
@@ -277,35 +439,28 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         err.type = "rate_limit_exceeded";
         return respond_error(h, conn, route, &err);
     }
-    gen_t *g = calloc(1, sizeof *g);
-    if (g) g->h = h;
-    if (g) g->client = client_get(h);
-    if (!g || !g->client) {
-        if (g) {
-            dsla_openai_error_set(&err, 500, NULL, "cannot reach the gateway: %s",
-                                  dsla_last_error());
-            err.type = "server_error";
-            gen_free(g);
-        } else {
-            dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), &err);
-            atomic_fetch_sub(&h->in_flight, 1);
-        }
+    gen_t **gs = calloc((size_t)choices, sizeof *gs);
+    if (!gs) {
+        atomic_fetch_sub(&h->in_flight, (unsigned)choices);
         dsla_openai_request_free(&req);
+        dsla_openai_error_from_status(kind, dsla_error_oom("http: choices"), &err);
         return respond_error(h, conn, route, &err);
     }
-    snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
-    g->meta = (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model};
-    g->first = true;
+    int started = 0;
+    while (started < choices && (gs[started] = gen_start(h, kind, &req, started, n, &err)))
+        started++;
     bool stream = req.stream;
-    dsla_status_t st = dsla_client_start(g->client, &req.generate, 0);
     dsla_openai_request_free(&req);
-    if (st != DSLA_OK) {
-        dsla_openai_error_from_status(kind, st, &err);
-        gen_free(g);
+    if (started < choices) {
+        atomic_fetch_sub(&h->in_flight, (unsigned)(choices - started - 1));
+        for (int i = 0; i < started; i++)
+            gen_free(gs[i]);
+        free(gs);
         return respond_error(h, conn, route, &err);
     }
-    g->running = true;
-    if (!stream) return gen_whole(g, conn, route);
+    if (!stream) return gen_whole(gs, choices, conn, route);
+    gen_t *g = gs[0];
+    free(gs);
     /* the first piece decides the status: a refusal is a plain error, not a stream */
     if (!gen_produce(g) || (g->failed && g->first)) {
         dsla_openai_error_t e = g->err;
@@ -329,11 +484,39 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
 
 /* ---- models, health, metrics --------------------------------------------------------------- */
 
+static json_t *model_json(const dsla_http_t *h) {
+    return json_pack("{s:s, s:s, s:I, s:s}", "id", h->model, "object", "model", "created",
+                     (json_int_t)h->started, "owned_by", "dsla-serve");
+}
+
 static enum MHD_Result models(dsla_http_t *h, struct MHD_Connection *conn) {
-    json_t *root =
-        json_pack("{s:s, s:[{s:s, s:s, s:I, s:s}]}", "object", "list", "data", "id", h->model,
-                  "object", "model", "created", (json_int_t)h->started, "owned_by", "dsla-serve");
+    json_t *root = json_pack("{s:s, s:[o]}", "object", "list", "data", model_json(h));
     return respond(h, conn, R_MODELS, 200, "application/json", json_text(root));
+}
+
+/* GET /v1/models/{id}: the served model, 404 for any other id. */
+static enum MHD_Result model_by_id(dsla_http_t *h, struct MHD_Connection *conn, const char *id) {
+    if (strcmp(id, h->model) == 0)
+        return respond(h, conn, R_MODEL, 200, "application/json", json_text(model_json(h)));
+    dsla_openai_error_t err;
+    dsla_openai_error_set(&err, 404, "model",
+                          "the model '%.64s' does not exist; this server serves '%.64s'", id,
+                          h->model);
+    err.code = "model_not_found";
+    return respond_error(h, conn, R_MODEL, &err);
+}
+
+/* /tokenize, /detokenize, /version (openai_tokens.h). */
+static enum MHD_Result utility(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                               const char *body, size_t len) {
+    dsla_openai_error_t err;
+    memset(&err, 0, sizeof err);
+    char *out = route == R_VERSION ? dsla_openai_version()
+                : route == R_TOKENIZE
+                    ? dsla_openai_tokenize(h->tokenizer, h->model, body, len, &err)
+                    : dsla_openai_detokenize(h->tokenizer, h->model, body, len, &err);
+    if (!out && err.status) return respond_error(h, conn, route, &err);
+    return respond(h, conn, route, 200, "application/json", out);
 }
 
 /* The gateway's REPORT, or why it could not be had. */
@@ -508,6 +691,7 @@ static bool upload_add(upload_t *u, const char *data, size_t n) {
 static route_t route_of(const char *url) {
     for (int r = 0; r < R_OTHER; r++)
         if (strcmp(url, route_paths[r]) == 0) return (route_t)r;
+    if (strncmp(url, "/v1/models/", 11) == 0 && url[11]) return R_MODEL;
     return R_OTHER;
 }
 
@@ -528,7 +712,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return ok ? MHD_YES : MHD_NO;
     }
     route_t route = route_of(url);
-    bool post = route == R_COMPLETIONS || route == R_CHAT;
+    bool post =
+        route == R_COMPLETIONS || route == R_CHAT || route == R_TOKENIZE || route == R_DETOKENIZE;
     dsla_openai_error_t err;
     if (route == R_OTHER) {
         dsla_openai_error_set(&err, 404, NULL, "no such path: %.200s (see docs/http.md)", url);
@@ -551,6 +736,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return health(h, conn);
     case R_METRICS:
         return metrics(h, conn);
+    case R_MODEL:
+        return model_by_id(h, conn, url + 11);
+    case R_TOKENIZE:
+    case R_DETOKENIZE:
+    case R_VERSION:
+        return utility(h, conn, route, u->data ? u->data : "", u->len);
     default:
         return generate(h, conn, route, u->data ? u->data : "", u->len);
     }
@@ -629,6 +820,7 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     if (!h) return dsla_error_oom("http");
     snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
+    h->tokenizer = config->tokenizer;
     h->heartbeat_ms = config->heartbeat_ms;
     h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
     h->started = (long long)time(NULL);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "runtime/core/status.h"
+#include "runtime/model/tokenizer.h"
 
 /* Generation requests one front end carries at once, waiting in a replica's queue or running (each
  * holds a connection thread), when the config gives none: the gateway's default bound, so that
@@ -32,6 +33,9 @@ typedef struct {
     const char *model;   /* the served model's id */
     uint32_t max_in_flight; /* 0: DSLA_HTTP_IN_FLIGHT_MAX */
     uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS, for its clients of the gateway */
+    /* borrowed, for /tokenize and /detokenize (NULL: they answer 501); must outlive the front end
+     */
+    const dsla_tokenizer_t *tokenizer;
 } dsla_http_config_t;
 
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config);

@@ -26,6 +26,13 @@
 #define DSLA_OPENAI_TEMPERATURE_MAX 2.0
 #define DSLA_OPENAI_STOP_MAX 4
 #define DSLA_OPENAI_CHAT_STOP "\nUser:"
+/* Alternatives per token that logprobs (completions) and top_logprobs (chat) may ask for: chat's
+ * OpenAI limit, also taken for completions (OpenAI's legacy limit there is 5). */
+#define DSLA_OPENAI_LOGPROBS_MAX 20
+/* Choices per prompt (n), and choices of one request in all (prompts times n): each is one
+ * engine request. */
+#define DSLA_OPENAI_N_MAX 16
+#define DSLA_OPENAI_CHOICES_MAX 64
 
 typedef enum { DSLA_OPENAI_COMPLETION, DSLA_OPENAI_CHAT } dsla_openai_kind_t;
 
@@ -37,13 +44,34 @@ typedef struct {
     char message[DSLA_PROTO_MESSAGE_MAX + 1];
 } dsla_openai_error_t;
 
+/* One prompt of a completions request: text, or token ids (ids non-NULL). */
+typedef struct {
+    char *text;
+    size_t len;
+    int32_t *ids;
+    int n_ids;
+} dsla_openai_prompt_t;
+
 typedef struct {
     dsla_openai_kind_t kind;
     bool stream;
-    char *prompt; /* the prompt, or the chat template's rendering */
+    bool echo;          /* completions: the prompt goes before the text (and its logprobs before) */
+    bool include_usage; /* stream_options.include_usage */
+    char *prompt;       /* the prompt, or the chat template's rendering */
     char *stop[DSLA_PROTO_STOP_MAX];
-    dsla_proto_generate_t generate; /* borrows prompt and stop */
+    dsla_proto_generate_t generate; /* borrows prompt and stop: choice 0's */
+    int n;                          /* choices per prompt */
+    int n_prompts;                  /* completions: prompts (an array of them), else 1 */
+    dsla_openai_prompt_t *prompts;  /* [n_prompts] when the prompt was an array or token ids */
+    int32_t *bias_ids;              /* logit_bias, borrowed by generate */
+    float *bias_values;
 } dsla_openai_request_t;
+
+/* Choices the request asks for: n_prompts times n, index i = prompt (i / n), sample (i % n). */
+int dsla_openai_request_choices(const dsla_openai_request_t *r);
+/* The GENERATE of choice i (borrowing from r): its prompt, and the seed plus its sample number,
+ * so that the n samples of one prompt differ and a seed repeats them all. */
+void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g);
 
 /* Parses a request body of the given kind. model is the served model's id: a request naming
  * another is refused (404, model_not_found); NULL accepts any. seed is used when the request gives
@@ -75,6 +103,9 @@ typedef struct {
     const char *id; /* "cmpl-7", "chatcmpl-7" */
     long long created;
     const char *model;
+    /* stream_options.include_usage: the last chunk has no usage; dsla_openai_usage_chunk follows
+     * it (else usage rides on the last chunk, an extension) */
+    bool include_usage;
 } dsla_openai_meta_t;
 
 typedef struct {
@@ -82,13 +113,40 @@ typedef struct {
     uint32_t prompt_tokens, completion_tokens;
 } dsla_openai_end_t;
 
+/* The logprobs of a choice, gathered token by token from the TOKENs that carry them: OpenAI's
+ * completions shape ({tokens, token_logprobs, top_logprobs, text_offset}) or chat's
+ * ({content: [{token, logprob, bytes, top_logprobs}]}). text_offset counts bytes of the text from
+ * the first token on; a chunk takes what was gathered since the last one (clear). The prompt's
+ * frames (echo) come first, the first of them with null logprobs. */
+typedef struct dsla_openai_logprobs dsla_openai_logprobs_t;
+
+dsla_openai_logprobs_t *dsla_openai_logprobs_new(dsla_openai_kind_t kind); /* NULL: no memory */
+void dsla_openai_logprobs_free(dsla_openai_logprobs_t **l);
+/* Adds t's token when it carries logprobs (others are skipped); false when out of memory. */
+bool dsla_openai_logprobs_add(dsla_openai_logprobs_t *l, const dsla_proto_token_t *t);
+/* Forgets the tokens gathered so far (the text offset runs on). */
+void dsla_openai_logprobs_clear(dsla_openai_logprobs_t *l);
+
 char *dsla_openai_error_body(const dsla_openai_error_t *err);
-/* The whole answer of a request with stream false. */
+/* The whole answer of a request with stream false; lp NULL: "logprobs": null. */
 char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
-                                const dsla_openai_end_t *end);
-/* One server-sent event "data: {...}\n\n" with a piece of text; first marks the chat's first chunk
- * (it carries the role), end the last (finish_reason and usage). */
-char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len, bool first,
-                        const dsla_openai_end_t *end);
+                                const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end);
+/* The same with several choices (choices[i].index is i); usage is the sum of theirs, the prompt
+ * tokens counted once per engine request as vLLM counts them. */
+typedef struct {
+    const char *text;
+    size_t len;
+    const dsla_openai_logprobs_t *lp;
+    dsla_openai_end_t end;
+} dsla_openai_choice_t;
+char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
+                                  int n);
+/* One server-sent event "data: {...}\n\n" with a piece of text and its tokens' logprobs (lp NULL:
+ * null); first marks the chat's first chunk (it carries the role), end the last (finish_reason and
+ * usage). */
+char *dsla_openai_chunk(const dsla_openai_meta_t *meta, const char *text, size_t len,
+                        const dsla_openai_logprobs_t *lp, bool first, const dsla_openai_end_t *end);
+/* OpenAI's usage chunk of include_usage: "choices": [] and the usage. */
+char *dsla_openai_usage_chunk(const dsla_openai_meta_t *meta, const dsla_openai_end_t *end);
 
 #endif

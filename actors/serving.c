@@ -263,6 +263,7 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
         .num_layers = (uint32_t)mcfg->num_layers,
         .controller = config->controller ? "controller" : NULL,
         .plans = s->plans,
+        .tokenizer = config->tokenizer,
         .sample = s->sample,
         .distiller = "distiller",
     };

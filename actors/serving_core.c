@@ -45,6 +45,10 @@ struct dsla_serving_core {
     uint64_t next_key;
     dsla_histogram_t last_ttft, last_tpot; /* at the previous report, for windowed quantiles */
     dsla_log_limit_t unreachable_log, lost_log;
+    /* the texts of listed tokens: a detokenizer primed with a plain token before each, so that a
+     * token's leading space survives as it does mid-text (NULL until the first, or no tokenizer) */
+    dsla_detokenizer_t *lp_detok;
+    int32_t lp_context;
 };
 
 /* ---- the request table ---- */
@@ -168,23 +172,109 @@ void dsla_serving_core_on_peer_gone(dsla_serving_core_t *c, const char *peer) {
 
 /* ---- streaming ---- */
 
-static dsla_status_t send_text(dsla_serving_core_t *c, const request_t *r, int32_t token,
-                               const char *text, size_t len) {
+/* The first token whose vocabulary string is plain ASCII letters: the context the texts of listed
+ * tokens are decoded after. -1: none. */
+static int32_t plain_token(const dsla_tokenizer_t *t) {
+    for (int32_t id = 0; id < dsla_tokenizer_vocab_size(t); id++) {
+        size_t len = 0;
+        const char *s = dsla_tokenizer_id_to_token(t, id, &len);
+        bool plain = s && len > 0 && !dsla_tokenizer_is_special(t, id);
+        for (size_t i = 0; plain && i < len; i++)
+            plain = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z');
+        if (plain) return id;
+    }
+    return -1;
+}
+
+/* Appends src to out (cut at DSLA_PROTO_TOKEN_TEXT_MAX). */
+static void entry_text(dsla_proto_logprob_t *out, const char *src, size_t n) {
+    size_t room = DSLA_PROTO_TOKEN_TEXT_MAX - out->text_len;
+    n = n < room ? n : room;
+    memcpy(out->text + out->text_len, src, n);
+    out->text_len += n;
+}
+
+/* A listed token with its text as it reads mid-text (" there", not "there"); special tokens have
+ * none, as in the streamed text. No tokenizer: no text. */
+static void logprob_entry(dsla_serving_core_t *c, int32_t id, float logprob,
+                          dsla_proto_logprob_t *out) {
+    out->id = id;
+    out->logprob = logprob;
+    out->text_len = 0;
+    const dsla_tokenizer_t *t = c->config.tokenizer;
+    if (!t) return;
+    if (!c->lp_detok) {
+        if (dsla_detokenizer_create(&c->lp_detok, t) != DSLA_OK) return;
+        c->lp_context = plain_token(t);
+    }
+    const char *piece;
+    size_t len;
+    if (c->lp_context >= 0 && dsla_detokenizer_prime(c->lp_detok, &c->lp_context, 1) != DSLA_OK)
+        return;
+    if (dsla_detokenizer_push(c->lp_detok, id, &piece, &len) == DSLA_OK)
+        entry_text(out, piece, len);
+    if (dsla_detokenizer_flush(c->lp_detok, &piece, &len) == DSLA_OK) entry_text(out, piece, len);
+}
+
+/* t's logprobs of token from lp, the listed tokens with their texts. */
+static void fill_logprobs(dsla_serving_core_t *c, dsla_proto_token_t *t, int32_t token,
+                          const dsla_token_logprobs_t *lp) {
+    t->has_logprobs = true;
+    logprob_entry(c, token, lp->logprob, &t->chosen);
+    t->n_top = lp->n_top < DSLA_PROTO_LOGPROBS_MAX ? lp->n_top : DSLA_PROTO_LOGPROBS_MAX;
+    for (int i = 0; i < t->n_top; i++)
+        logprob_entry(c, lp->top_ids[i], lp->top_logprobs[i], &t->top[i]);
+}
+
+static dsla_status_t send_token(dsla_serving_core_t *c, const request_t *r,
+                                const dsla_proto_token_t *t) {
+    dsla_proto_buf_t body;
+    dsla_status_t st = dsla_proto_token_encode(t, &body);
+    if (st == DSLA_OK)
+        st = c->ops.send(c->ops.user, r->client, DSLA_MSG_TOKEN, r->client_id, body.data, body.len);
+    dsla_proto_buf_free(&body);
+    return st;
+}
+
+/* The prompt's frames (echo with logprobs): each prompt token with its own text, and from the
+ * second on its logprobs. */
+static dsla_status_t send_prompt(dsla_serving_core_t *c, const request_t *r,
+                                 const dsla_serving_event_t *ev, const dsla_serving_batch_t *b) {
     dsla_proto_token_t *t = malloc(sizeof *t);
     if (!t) return dsla_error_oom("serving: TOKEN");
+    dsla_status_t st = DSLA_OK;
+    for (int p = 0; p < ev->n_prompt && st == DSLA_OK; p++) {
+        const int32_t id = b->prompt_ids[ev->prompt_off + (size_t)p];
+        memset(t, 0, sizeof *t);
+        t->token = id;
+        t->prompt = true;
+        if (p > 0)
+            fill_logprobs(c, t, id, &b->prompt_lp[ev->prompt_off + (size_t)p]);
+        else
+            logprob_entry(c, id, 0.0f, &t->chosen);
+        t->text_len = t->chosen.text_len;
+        memcpy(t->text, t->chosen.text, t->text_len);
+        st = send_token(c, r, t);
+    }
+    free(t);
+    return st;
+}
+
+static dsla_status_t send_text(dsla_serving_core_t *c, const request_t *r,
+                               const dsla_serving_event_t *ev, const char *text, size_t len) {
+    dsla_proto_token_t *t = calloc(1, sizeof *t);
+    if (!t) return dsla_error_oom("serving: TOKEN");
+    const int32_t token = ev->token;
+    if (ev->has_logprobs && token >= 0) fill_logprobs(c, t, token, &ev->logprobs);
     dsla_status_t st = DSLA_OK;
     size_t off = 0;
     do { /* pieces longer than a TOKEN holds go as several, the extra ones without a token */
         size_t n = len - off < DSLA_PROTO_PIECE_MAX ? len - off : DSLA_PROTO_PIECE_MAX;
         t->token = off == 0 ? token : -1;
+        t->has_logprobs = t->has_logprobs && off == 0;
         t->text_len = n;
         if (n) memcpy(t->text, text + off, n);
-        dsla_proto_buf_t body;
-        st = dsla_proto_token_encode(t, &body);
-        if (st == DSLA_OK)
-            st = c->ops.send(c->ops.user, r->client, DSLA_MSG_TOKEN, r->client_id, body.data,
-                             body.len);
-        dsla_proto_buf_free(&body);
+        st = send_token(c, r, t);
         off += n;
     } while (st == DSLA_OK && off < len);
     free(t);
@@ -241,8 +331,10 @@ void dsla_serving_core_on_events(dsla_serving_core_t *c, const dsla_serving_batc
                                         r->sample_text, r->sample_text_len);
             sample_drop(r);
         }
-        if (!r->unreachable && (ev->token >= 0 || ev->text_len > 0) &&
-            send_text(c, r, ev->token, b->text + ev->text_off, ev->text_len) != DSLA_OK) {
+        if (!r->unreachable &&
+            ((ev->n_prompt > 0 && send_prompt(c, r, ev, b) != DSLA_OK) ||
+             ((ev->token >= 0 || ev->text_len > 0) &&
+              send_text(c, r, ev, b->text + ev->text_off, ev->text_len) != DSLA_OK))) {
             DSLA_LOG_LIMITED(&c->unreachable_log, DSLA_LOG_INFO,
                              "serving: cancelling request %" PRIu64 " of %s: %s", r->client_id,
                              r->client, dsla_last_error());
@@ -347,6 +439,7 @@ void dsla_serving_core_destroy(dsla_serving_core_t **c) {
     if (!c || !*c) return;
     while ((*c)->requests)
         request_remove(*c, (*c)->requests);
+    dsla_detokenizer_destroy(&(*c)->lp_detok);
     free(*c);
     *c = NULL;
 }

@@ -41,6 +41,8 @@ typedef struct {
     dsla_serving_plans_t *plans;   /* borrowed: the plan reports name; NULL: the engine's id */
     dsla_serving_sample_t *sample; /* borrowed; NULL: no prompt is sampled */
     const char *distiller;         /* where sampled prompts go, with sample */
+    /* borrowed: the texts of the tokens that logprobs list; NULL: they go without text */
+    const dsla_tokenizer_t *tokenizer;
 } dsla_serving_core_config_t;
 
 dsla_status_t dsla_serving_core_create(dsla_serving_core_t **out,

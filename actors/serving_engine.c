@@ -59,6 +59,8 @@ void dsla_serving_batch_free(dsla_serving_batch_t **b) {
     free((*b)->events);
     free((*b)->text);
     free((*b)->adoptions);
+    free((*b)->prompt_ids);
+    free((*b)->prompt_lp);
     free(*b);
     *b = NULL;
 }
@@ -89,14 +91,32 @@ static bool batch_text(dsla_serving_batch_t *b, const char *text, size_t len, si
     return true;
 }
 
+/* The prompt's ids and logprobs of an event, copied into the batch. */
+static bool batch_prompt(dsla_serving_batch_t *b, const dsla_stream_event_t *ev,
+                         dsla_serving_event_t *x) {
+    if (!ev || !ev->prompt_logprobs) return true;
+    const size_t n = (size_t)ev->n_prompt;
+    if (!grow((void **)&b->prompt_ids, &b->cap_prompt_ids, b->n_prompt + n, sizeof(int32_t)) ||
+        !grow((void **)&b->prompt_lp, &b->cap_prompt_lp, b->n_prompt + n,
+              sizeof(dsla_token_logprobs_t)))
+        return false;
+    memcpy(b->prompt_ids + b->n_prompt, ev->prompt_ids, n * sizeof *b->prompt_ids);
+    memcpy(b->prompt_lp + b->n_prompt, ev->prompt_logprobs, n * sizeof *b->prompt_lp);
+    x->prompt_off = b->n_prompt;
+    x->n_prompt = ev->n_prompt;
+    b->n_prompt += n;
+    return true;
+}
+
 static void batch_event(struct dsla_serving_engine *e, const dsla_serving_event_t *ev,
-                        const char *text, size_t text_len, const char *message) {
+                        const dsla_stream_event_t *src, const char *text, size_t text_len,
+                        const char *message) {
     dsla_serving_batch_t *b = batch_get(e);
     dsla_serving_event_t x = *ev;
     size_t mlen = message ? strlen(message) : 0;
     if (!b || !grow((void **)&b->events, &b->cap_events, b->n_events + 1, sizeof *b->events) ||
         !batch_text(b, text, text_len, &x.text_off) ||
-        !batch_text(b, message, mlen, &x.message_off)) {
+        !batch_text(b, message, mlen, &x.message_off) || !batch_prompt(b, src, &x)) {
         dsla_log_error("serving engine: out of memory; an event of request %llu is lost",
                        (unsigned long long)ev->key);
         return;
@@ -133,17 +153,19 @@ static int on_event(void *user, const dsla_stream_event_t *ev) {
                               .finished = ev->finished,
                               .finish = ev->finish,
                               .status = ev->status,
-                              .usage = ev->usage};
+                              .usage = ev->usage,
+                              .has_logprobs = ev->logprobs != NULL};
+    if (ev->logprobs) x.logprobs = *ev->logprobs;
     /* the engine says why in the thread's message when it gives up on a request */
     const char *message = ev->finished && ev->status != DSLA_OK ? dsla_last_error() : NULL;
-    batch_event(l->e, &x, ev->text, ev->text_len, message);
+    batch_event(l->e, &x, ev, ev->text, ev->text_len, message);
     if (ev->finished) live_unlink(l->e, l);
     return 0;
 }
 
 static void refuse(struct dsla_serving_engine *e, uint64_t key, dsla_status_t st) {
     dsla_serving_event_t x = {.key = key, .token = -1, .finished = true, .status = st};
-    batch_event(e, &x, NULL, 0, dsla_last_error());
+    batch_event(e, &x, NULL, NULL, 0, dsla_last_error());
 }
 
 static void do_submit(struct dsla_serving_engine *e, item_t *it) {
@@ -163,11 +185,21 @@ static void do_submit(struct dsla_serving_engine *e, item_t *it) {
         .sampling = {.temperature = g->temperature,
                      .top_k = g->top_k,
                      .top_p = g->top_p,
-                     .seed = g->seed},
+                     .seed = g->seed,
+                     .min_p = g->min_p,
+                     .presence_penalty = g->presence_penalty,
+                     .frequency_penalty = g->frequency_penalty,
+                     .repetition_penalty = g->repetition_penalty,
+                     .bias_ids = g->bias_ids,
+                     .bias_values = g->bias_values,
+                     .n_bias = g->n_bias},
         .max_tokens = g->max_tokens,
         .stop = g->stop,
         .n_stop = g->n_stop,
         .ignore_eos = g->ignore_eos,
+        .logprobs = g->logprobs,
+        .top_logprobs = g->top_logprobs,
+        .prompt_logprobs = g->prompt_logprobs,
         .on_event = on_event,
         .user = l,
     };

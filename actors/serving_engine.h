@@ -44,6 +44,11 @@ typedef struct {
     dsla_status_t status;
     size_t message_off, message_len; /* into text, when status is not OK */
     dsla_usage_t usage;
+    bool has_logprobs; /* the request asked for them and token is not -1 */
+    dsla_token_logprobs_t logprobs;
+    /* > 0: the prompt's ids and logprobs (engine.h) at prompt_off in the batch's prompt arrays */
+    int n_prompt;
+    size_t prompt_off;
 } dsla_serving_event_t;
 
 /* A plan handed over with set_plan, adopted (status OK, plan_id the engine's new id) or refused
@@ -63,6 +68,9 @@ typedef struct {
     size_t text_len, text_cap;
     dsla_serving_adoption_t *adoptions;
     size_t n_adoptions, cap_adoptions;
+    int32_t *prompt_ids; /* the events' prompts, with their logprobs */
+    dsla_token_logprobs_t *prompt_lp;
+    size_t n_prompt, cap_prompt_ids, cap_prompt_lp;
 } dsla_serving_batch_t;
 
 void dsla_serving_batch_free(dsla_serving_batch_t **b);

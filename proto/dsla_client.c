@@ -256,7 +256,8 @@ bool dsla_client_next(dsla_client_t *c, dsla_client_piece_t *piece, dsla_client_
         if (env.type == DSLA_MSG_TOKEN) {
             if (dsla_proto_token_decode(env.body, env.body_len, &c->piece) == DSLA_OK) {
                 c->got_token = true;
-                *piece = (dsla_client_piece_t){c->piece.token, c->piece.text, c->piece.text_len};
+                *piece = (dsla_client_piece_t){c->piece.token, c->piece.text, c->piece.text_len,
+                                               &c->piece};
                 more = true;
             } else {
                 snprintf(msg, sizeof msg, "client: a malformed TOKEN: %s", dsla_last_error());

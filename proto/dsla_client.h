@@ -66,6 +66,7 @@ typedef struct {
     int32_t token; /* -1 for a text-only piece */
     const char *text;
     size_t len;
+    const dsla_proto_token_t *frame; /* the whole TOKEN (its logprobs), valid as text is */
 } dsla_client_piece_t;
 
 dsla_status_t dsla_client_start(dsla_client_t *c, const dsla_proto_generate_t *request,

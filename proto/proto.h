@@ -141,6 +141,7 @@ dsla_status_t dsla_proto_error_decode(const void *body, size_t len, dsla_proto_e
 #define DSLA_PROTO_STOP_MAX 8            /* stop strings */
 #define DSLA_PROTO_STOP_LEN_MAX 256      /* bytes of one stop string */
 #define DSLA_PROTO_PIECE_MAX 4096        /* bytes of text in one TOKEN; longer text is split */
+#define DSLA_PROTO_LOGIT_BIAS_MAX 300    /* logit_bias entries (OpenAI's limit) */
 
 /* GENERATE: the prompt is text (encoded by the server's tokenizer with its default BOS) or token
  * ids, the ids winning when both are given. On encode every pointer is borrowed; on decode they
@@ -160,6 +161,17 @@ typedef struct {
     int n_stop;
     bool ignore_eos;
     bool stream; /* TOKENs as they come; the only mode served so far */
+    /* each TOKEN carries its token's logprob and the top_logprobs likeliest alternatives (the
+     * server refuses more than its limit, 20) */
+    bool logprobs;
+    int32_t top_logprobs;
+    /* with logprobs: the prompt's too (echo), as TOKENs marked prompt before the first generated */
+    bool prompt_logprobs;
+    /* sampler.h's; zero (and repetition_penalty 1) are off and go unsent */
+    float min_p, presence_penalty, frequency_penalty, repetition_penalty;
+    int n_bias; /* logit_bias: [id, bias] pairs, at most DSLA_PROTO_LOGIT_BIAS_MAX */
+    const int32_t *bias_ids;
+    const float *bias_values;
 } dsla_proto_generate_t;
 
 dsla_status_t dsla_proto_generate_encode(const dsla_proto_generate_t *g, dsla_proto_buf_t *out);
@@ -168,12 +180,33 @@ dsla_status_t dsla_proto_generate_decode(const void *body, size_t len, dsla_prot
  * struct whose pointers are borrowed. */
 void dsla_proto_generate_free(dsla_proto_generate_t *g);
 
+/* Alternatives one TOKEN lists at most, and bytes of one token's own text. */
+#define DSLA_PROTO_LOGPROBS_MAX 20
+#define DSLA_PROTO_TOKEN_TEXT_MAX 256
+
+/* A token's log-probability with its own text (the token decoded alone, cut to
+ * DSLA_PROTO_TOKEN_TEXT_MAX bytes); on the wire as [id, logprob, text]. */
+typedef struct {
+    int32_t id;
+    float logprob;
+    size_t text_len;
+    char text[DSLA_PROTO_TOKEN_TEXT_MAX + 1];
+} dsla_proto_logprob_t;
+
 /* TOKEN: the envelope's id is the GENERATE's. token is -1 when the frame only carries text (the
- * detokenizer's last flush, or the rest of a piece longer than DSLA_PROTO_PIECE_MAX). */
+ * detokenizer's last flush, or the rest of a piece longer than DSLA_PROTO_PIECE_MAX). A request
+ * with logprobs gets them in the frames that carry a token: "logprob" (the token's) and "top". */
 typedef struct {
     int32_t token;
     size_t text_len;
     char text[DSLA_PROTO_PIECE_MAX + 1];
+    /* a prompt token's frame (prompt_logprobs): text is the token's own, not part of the
+     * completion; every prompt position has one, in order, the first without logprobs */
+    bool prompt;
+    bool has_logprobs;
+    dsla_proto_logprob_t chosen;
+    int n_top;
+    dsla_proto_logprob_t top[DSLA_PROTO_LOGPROBS_MAX];
 } dsla_proto_token_t;
 
 dsla_status_t dsla_proto_token_encode(const dsla_proto_token_t *t, dsla_proto_buf_t *out);

@@ -11,13 +11,14 @@
 #include "cli/dsla/args.h"
 #include "cli/dsla/distill_device.h"
 #include "runtime/model/llama.h"
+#include "runtime/core/log.h"
 #include "runtime/model/tokenizer.h"
 #ifdef DSLA_HAVE_CUDA
 #include "runtime/serve/backend_cuda.h"
 #endif
 
 static const char usage[] =
-    "usage: dsla-serve [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
+    "usage: dsla-serve [--version] [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
     "127.0.0.1:8000|off]\n"
     "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n"
     "                  [--layers DIR [--controller-db PATH] [--admin tcp://127.0.0.1:7071]\n"
@@ -187,11 +188,17 @@ static void print_distiller_need(const dsla_model_t *model, const dsla_distill_c
 }
 
 int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) /* the build's version (CMake's project version) */
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("dsla-serve %s\n", DSLA_VERSION);
+            return 0;
+        }
     const char *model_dir = NULL, *random_model = NULL, *tokenizer_dir = NULL;
     long vocab = 0;
     const char *endpoint = "tcp://127.0.0.1:7070";
     const char *http = "127.0.0.1:8000";
     const char *model_name = NULL;
+    const char *log_level = NULL, *log_format = NULL;
     dsla_arg_list_t replicas = {0};
     bool serving_only = false;
     long heartbeat_ms = 0, report_ms = 0;
@@ -323,6 +330,11 @@ int main(int argc, char **argv) {
         {"sample-tokens-per-s", DSLA_ARG_INT,
          "with the distiller: sampled tokens sent per second at most (default 4096)", 1, 1 << 30,
          &sample_tokens_per_s},
+        {"log-level", DSLA_ARG_STRING,
+         "error, warn (default, or DSLA_LOG), info (one line per request), debug", 0, 0,
+         &log_level},
+        {"log-format", DSLA_ARG_STRING, "text (default) or json: one object per line", 0, 0,
+         &log_format},
     };
     const char *positional[1];
     int n_positional = 0;
@@ -330,6 +342,20 @@ int main(int argc, char **argv) {
                              positional, 0, &n_positional, usage);
     if (rc == -1) return 0;
     if (rc != 0) return rc;
+    dsla_log_level_t level;
+    if (log_level && !dsla_log_level_parse(log_level, &level)) {
+        fprintf(stderr, "dsla-serve: --log-level '%s' must be error, warn, info or debug\n",
+                log_level);
+        return 2;
+    }
+    if (log_level) dsla_log_set_level(level);
+    if (log_format && strcmp(log_format, "text") != 0 && strcmp(log_format, "json") != 0) {
+        fprintf(stderr, "dsla-serve: --log-format '%s' must be text or json\n", log_format);
+        return 2;
+    }
+    if (log_format)
+        dsla_log_set_format(strcmp(log_format, "json") == 0 ? DSLA_LOG_FORMAT_JSON
+                                                            : DSLA_LOG_FORMAT_TEXT);
     if (random_model && model_dir) {
         fprintf(stderr, "dsla-serve: --model and --random-model name two models; give one\n");
         return 2;

@@ -1,7 +1,9 @@
 /* Leveled logging to stderr.
  *
  * The level comes from DSLA_LOG (error, warn, info, debug; default warn) the first time a message
- * is logged, or from dsla_log_set_level. Lines carry a timestamp, the level and the source file.
+ * is logged, or from dsla_log_set_level. Lines carry a timestamp, the level and the source file:
+ * as text ("12:00:01.234 INFO  http.c:210 message"), or with DSLA_LOG_FORMAT=json (or
+ * dsla_log_set_format) as one JSON object per line: {"ts", "level", "src", "msg"}.
  * Logging is for operators; it must never carry data a caller needs (that goes through return
  * values). */
 #ifndef DSLA_CORE_LOG_H
@@ -17,8 +19,13 @@ typedef enum {
     DSLA_LOG_DEBUG,
 } dsla_log_level_t;
 
+typedef enum { DSLA_LOG_FORMAT_TEXT = 0, DSLA_LOG_FORMAT_JSON } dsla_log_format_t;
+
 void dsla_log_set_level(dsla_log_level_t level);
 dsla_log_level_t dsla_log_level(void);
+void dsla_log_set_format(dsla_log_format_t format);
+/* "error", "warn", "info", "debug" into *out; false for anything else. */
+bool dsla_log_level_parse(const char *name, dsla_log_level_t *out);
 void dsla_log_write(dsla_log_level_t level, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -33,6 +33,7 @@ typedef struct {
     dsla_serve_seq_t *seq;
     const int32_t *tokens;
     int n_tokens;
+    bool want_all_logits; /* a row for each of the n_tokens (prompt scoring), else the last only */
 } dsla_serve_item_t;
 
 typedef struct {
@@ -50,7 +51,8 @@ typedef struct {
     /* Slots that could be carved now (whole free runs of blocks_per_slot blocks), and in use. */
     int (*free_slots)(const dsla_serve_backend_t *b);
     int (*slots_used)(const dsla_serve_backend_t *b);
-    /* Runs the items and writes one logit row (vocab floats, host memory) per item, item order. */
+    /* Runs the items and writes their logit rows (vocab floats, host memory) in item order: one
+     * per item, or n_tokens for an item that wants all (only when all_logits). */
     dsla_status_t (*forward)(dsla_serve_backend_t *b, const dsla_serve_item_t *items, int n_items,
                              float *logits);
 } dsla_serve_backend_ops_t;
@@ -64,6 +66,7 @@ struct dsla_serve_backend {
     int blocks_per_slot; /* blocks one DSLA state slot (2 H d d fp32) takes */
     int max_slots;       /* slots the arena holds at most: kv_blocks / blocks_per_slot */
     int max_context;     /* longest sequence the backend runs (prompt + output) */
+    bool all_logits;     /* forward takes items that want a row for every token */
     /* Step accounting (step_stats.h): the model's costs (set at creation), what the engine asks
      * the next forward call to time on the device, and what that call measured. */
     dsla_step_costs_t costs;

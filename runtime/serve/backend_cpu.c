@@ -63,7 +63,7 @@ static dsla_status_t cpu_forward(dsla_serve_backend_t *b, const dsla_serve_item_
                           c->max_items);
     for (int i = 0; i < n_items; i++)
         c->items[i] = (dsla_batch_item_t){(dsla_sequence_t *)items[i].seq, items[i].tokens,
-                                          items[i].n_tokens, false};
+                                          items[i].n_tokens, items[i].want_all_logits};
     return dsla_model_forward(c->model, c->items, n_items, logits);
 }
 
@@ -93,6 +93,7 @@ dsla_status_t dsla_serve_backend_cpu_create(dsla_serve_backend_t **out, dsla_mod
         .name = "cpu",
         .kv_blocks = kv_blocks,
         .max_context = mc->max_position_embeddings,
+        .all_logits = true,
         .costs = dsla_step_costs_for(mc, sizeof(float), sizeof(float)), /* fp32 weights and KV */
     };
     c->model = model;

@@ -102,6 +102,7 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
     e->item_req = calloc(n, sizeof *e->item_req);
     e->order = calloc(n, sizeof *e->order);
     e->logits = malloc(n * (size_t)mc->vocab_size * sizeof *e->logits);
+    e->logit_rows = n;
     e->sampled = calloc(n, sizeof *e->sampled);
     e->acct_items = calloc(n, sizeof *e->acct_items);
     if (!e->running || !e->items || !e->item_req || !e->order || !e->logits || !e->sampled ||
@@ -175,6 +176,7 @@ static void request_free(dsla_engine_t *e, request_t **rp) {
     dsla_detokenizer_destroy(&r->detok);
     dsla_stop_matcher_destroy(&r->stops);
     free(r->tokens);
+    free(r->prompt_lp);
     free(r->text);
     free(r);
     *rp = NULL;
@@ -280,6 +282,14 @@ static dsla_usage_t usage_of(const request_t *r) {
     };
 }
 
+void dsla_request_prompt_logprobs(request_t *r, dsla_stream_event_t *ev) {
+    if (!r->prompt_lp || r->prompt_lp_done != r->n_prompt) return;
+    ev->prompt_ids = r->tokens;
+    ev->prompt_logprobs = r->prompt_lp;
+    ev->n_prompt = r->n_prompt;
+    r->prompt_lp_done = r->n_prompt + 1; /* handed over: never again */
+}
+
 void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_finish_reason_t reason,
                          dsla_status_t status) {
     /* The failure's message is this thread's last one; copied before anything can overwrite it. */
@@ -295,7 +305,9 @@ void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_fin
         .status = status,
         .message = message,
         .usage = usage_of(r),
+        .logprobs = r->logprobs && token >= 0 ? &r->lp : NULL,
     };
+    dsla_request_prompt_logprobs(r, &ev);
     e->m.requests_finished++;
     if (reason == DSLA_FINISH_CANCELLED) e->m.requests_cancelled++;
     /* Memory first, so that a callback reading the metrics sees the request gone. */
@@ -406,6 +418,8 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           e->waiting_tokens, r->n_prompt, e->cfg.max_queued_tokens);
     DSLA_TRY(check_fits(e, r));
     DSLA_TRY(dsla_sampler_create(&r->sampler, &p->sampling, e->mcfg->vocab_size));
+    for (int i = 0; i < r->n_prompt; i++) /* the repetition penalty counts the prompt */
+        dsla_sampler_observe(r->sampler, r->tokens[i], false);
     DSLA_TRY(dsla_stop_matcher_create(&r->stops, p->stop, p->n_stop));
     if (e->tokenizer) {
         DSLA_TRY(dsla_detokenizer_create(&r->detok, e->tokenizer));
@@ -415,6 +429,21 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           "request: %d stop strings need a tokenizer; this engine has none",
                           p->n_stop);
     }
+    if (p->logprobs && (p->top_logprobs < 0 || p->top_logprobs > DSLA_LOGPROBS_TOP_MAX))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "top_logprobs is %d; it must be in [0, %d]",
+                          p->top_logprobs, DSLA_LOGPROBS_TOP_MAX);
+    if (p->prompt_logprobs && !e->backend->all_logits)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "echo with logprobs: prompt logprobs need every position's logits, "
+                          "which the %s backend does not return",
+                          e->backend->name);
+    if (p->prompt_logprobs) {
+        r->prompt_lp = calloc((size_t)r->n_prompt, sizeof *r->prompt_lp);
+        if (!r->prompt_lp) return dsla_error_oom("request: prompt logprobs");
+        r->prompt_lp_done = 1;
+    }
+    r->logprobs = p->logprobs || p->prompt_logprobs;
+    r->top_logprobs = p->top_logprobs;
     r->ignore_eos = p->ignore_eos;
     r->on_event = p->on_event;
     r->user = p->user;

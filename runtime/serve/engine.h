@@ -104,6 +104,15 @@ typedef struct {
      * events */
     const char *message;
     dsla_usage_t usage;
+    /* The log-probabilities of token's position (sampler.h) when the request asked for them and
+     * token is not -1 (valid during the callback); NULL otherwise */
+    const dsla_token_logprobs_t *logprobs;
+    /* With prompt_logprobs, once (in the request's first event): the prompt's ids and, for each
+     * position from 1 on, the logprobs of its token given the ones before (n_prompt - 1 of them;
+     * position 0 has none). Valid during the callback; NULL otherwise. */
+    const int32_t *prompt_ids;
+    const dsla_token_logprobs_t *prompt_logprobs;
+    int n_prompt;
 } dsla_stream_event_t;
 
 /* Return non-zero to cancel the request (a final event with reason "cancelled" follows). */
@@ -121,6 +130,15 @@ typedef struct {
     const char *const *stop; /* stop strings (copied) */
     int n_stop;
     bool ignore_eos;
+    /* Each generated token's log-probability in its event, with the top_logprobs likeliest
+     * alternatives (0 to DSLA_LOGPROBS_TOP_MAX): the raw model distribution, before temperature,
+     * top-k and top-p (dsla_logprobs_compute) */
+    bool logprobs;
+    int top_logprobs;
+    /* The prompt's logprobs too (echo), with top_logprobs alternatives: the prefill then computes
+     * a logit row per prompt token. Needs a backend with all_logits (the CPU's; INVALID_ARGUMENT
+     * naming the backend otherwise). */
+    bool prompt_logprobs;
     dsla_stream_fn on_event;
     void *user;
 } dsla_request_params_t;

@@ -26,6 +26,13 @@ struct request {
     int n_computed;
     int prefill_end; /* tokens known at admission: the prefill (or recomputation) */
     bool ignore_eos;
+    bool logprobs;            /* lp is filled for each sampled token */
+    int top_logprobs;         /* alternatives lp lists */
+    dsla_token_logprobs_t lp; /* of the token sampled last */
+    /* [n_prompt] with prompt_logprobs: entry p for prompt position p >= 1; filled up to
+     * prompt_lp_done (exclusive) as prefill runs, handed over in the first event, then freed */
+    dsla_token_logprobs_t *prompt_lp;
+    int prompt_lp_done;
     dsla_sampler_t *sampler;
     dsla_detokenizer_t *detok;
     dsla_stop_matcher_t *stops;
@@ -68,7 +75,8 @@ struct dsla_engine {
     dsla_serve_item_t *items;
     request_t **item_req;
     request_t **order;
-    float *logits;                /* [max_running, vocab] */
+    float *logits;                /* [logit_rows, vocab] */
+    size_t logit_rows;            /* rows logits holds: max_running, more for prompt scoring */
     int32_t *sampled;             /* [max_running] this step's tokens, by item */
     dsla_step_item_t *acct_items; /* [max_running] this step's items, for the accounting */
     dsla_step_record_t last_step; /* the last step that ran a forward pass */
@@ -80,6 +88,9 @@ struct dsla_engine {
 double dsla_engine_now(const dsla_engine_t *e);
 /* Tokens the request's sequence must hold before its next sample: prompt and generated. */
 int dsla_request_total(const request_t *r);
+/* Puts the prompt's logprobs into ev when the request asked for them, all are computed and none
+ * went out yet. */
+void dsla_request_prompt_logprobs(request_t *r, dsla_stream_event_t *ev);
 /* Streams the final event (token -1 unless given, text from r->text) and frees the request and
  * everything it holds; it must already be off the waiting list and the running set. */
 void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_finish_reason_t reason,

@@ -226,6 +226,7 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
     size_t len = 0;
     if (!eos) {
         r->tokens[dsla_request_total(r)] = id;
+        dsla_sampler_observe(r->sampler, id, true);
         r->n_generated++;
         e->m.generated_tokens++;
         if (r->detok && dsla_detokenizer_push(r->detok, id, &piece, &len) != DSLA_OK) {
@@ -245,7 +246,9 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
                 .text = r->text ? r->text : "",
                 .text_len = r->text_len,
                 .usage = {r->n_prompt, r->n_generated, r->preemptions, dsla_plan_id(r->plan)},
+                .logprobs = r->logprobs ? &r->lp : NULL,
             };
+            dsla_request_prompt_logprobs(r, &ev);
             if (r->on_event && r->on_event(r->user, &ev) != 0) {
                 dsla_engine_running_remove(e, r);
                 r->text_len = 0;
@@ -265,6 +268,36 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
     dsla_engine_running_remove(e, r);
     dsla_request_finish(e, r, eos ? -1 : id, eos || stopped ? DSLA_FINISH_STOP : DSLA_FINISH_LENGTH,
                         DSLA_OK);
+}
+
+/* Whether this step's item of r needs a logit row per token: its prompt logprobs are wanted and
+ * its chunk covers prompt positions not scored yet. */
+static bool scores_prompt(const request_t *r) {
+    return r->prompt_lp && r->prompt_lp_done < r->n_prompt && r->n_computed < r->n_prompt;
+}
+
+/* Grows the logits buffer to rows rows (prompt scoring needs more than one per item). */
+static dsla_status_t logits_room(dsla_engine_t *e, size_t rows) {
+    if (rows <= e->logit_rows) return DSLA_OK;
+    float *grown = realloc(e->logits, rows * (size_t)e->mcfg->vocab_size * sizeof *grown);
+    if (!grown) return dsla_error_oom("engine: %zu logit rows", rows);
+    e->logits = grown;
+    e->logit_rows = rows;
+    return DSLA_OK;
+}
+
+/* The prompt logprobs of r's chunk, from its rows (row j predicts position n_computed + j + 1):
+ * each prompt position not scored yet gets its token's logprob and the top alternatives. */
+static void score_prompt(dsla_engine_t *e, request_t *r, const float *rows) {
+    const int V = e->mcfg->vocab_size;
+    for (int j = 0; j < r->sched_tokens; j++) {
+        const int p = r->n_computed + j + 1;
+        if (p >= r->n_prompt) break;
+        if (p < r->prompt_lp_done) continue;
+        dsla_logprobs_compute(rows + (size_t)j * (size_t)V, V, r->tokens[p], r->top_logprobs,
+                              &r->prompt_lp[p]);
+        r->prompt_lp_done = p + 1;
+    }
 }
 
 static void record_step(dsla_engine_t *e, double now) {
@@ -375,14 +408,17 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
     step_plan_t sp = {.budget = e->cfg.step_tokens};
     schedule_running_set(e, &sp);
     admit_waiting(e, &sp);
+    size_t rows = 0;
     for (int i = 0; i < sp.n_items; i++) {
         request_t *r = e->item_req[i];
-        e->items[i] = (dsla_serve_item_t){r->seq, r->tokens + r->n_computed, r->sched_tokens};
+        const bool all = scores_prompt(r);
+        e->items[i] = (dsla_serve_item_t){r->seq, r->tokens + r->n_computed, r->sched_tokens, all};
+        rows += all ? (size_t)r->sched_tokens : 1;
     }
     account_items(e, sp.n_items);
-    dsla_status_t status = DSLA_OK;
+    dsla_status_t status = logits_room(e, rows);
     const double t_fwd = dsla_engine_now(e);
-    if (sp.n_items > 0)
+    if (sp.n_items > 0 && status == DSLA_OK)
         status = e->backend->ops->forward(e->backend, e->items, sp.n_items, e->logits);
     const double forward_s = dsla_engine_now(e) - t_fwd;
     for (int i = 0; i < sp.n_items; i++)
@@ -392,15 +428,22 @@ dsla_status_t dsla_engine_step(dsla_engine_t *e, bool *progressed) {
         const size_t V = (size_t)e->mcfg->vocab_size;
         /* Every row is sampled before any token is taken: a token can end its request, and the
          * sampling's time is then one interval of the step's accounting. */
+        const float *item_rows = e->logits;
         for (int i = 0; i < sp.n_items; i++) {
             request_t *r = e->item_req[i];
             int end = r->n_computed + r->sched_tokens;
+            const int n_rows = e->items[i].want_all_logits ? r->sched_tokens : 1;
+            if (e->items[i].want_all_logits) score_prompt(e, r, item_rows);
+            const float *row = item_rows + (size_t)(n_rows - 1) * V; /* the last token's */
+            item_rows += (size_t)n_rows * V;
             if (r->n_computed < r->prefill_end)
                 e->m.prompt_tokens_computed +=
                     (uint64_t)((end < r->prefill_end ? end : r->prefill_end) - r->n_computed);
             r->n_computed = end;
-            if (end >= dsla_request_total(r))
-                e->sampled[i] = dsla_sampler_sample(r->sampler, e->logits + (size_t)i * V);
+            if (end < dsla_request_total(r)) continue;
+            e->sampled[i] = dsla_sampler_sample(r->sampler, row);
+            if (r->logprobs)
+                dsla_logprobs_compute(row, (int)V, e->sampled[i], r->top_logprobs, &r->lp);
         }
         const double sampling_s = dsla_engine_now(e) - now;
         for (int i = 0; i < sp.n_items; i++) {

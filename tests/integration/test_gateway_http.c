@@ -17,6 +17,7 @@
 #include "proto/dsla_client.h"
 #include "runtime/actor/actor.h"
 #include "runtime/core/clock.h"
+#include "runtime/model/tokenizer.h"
 #include "tests/serverutil.h"
 
 /* Liveness tests use FAST_HEARTBEAT_MS; clients whose requests must succeed use the default 1 s,
@@ -108,6 +109,221 @@ static char *sse_text(const char *body, bool chat, char *finish, int *events) {
     return text;
 }
 
+/* POSTs body to path, expects 200 and returns the parsed JSON answer. */
+static json_t *post_ok(int port, const char *path, const char *body) {
+    dsla_test_http_reply_t r = dsla_test_http(port, "POST", path, body);
+    if (r.status != 200) fail_msg("%s: status %d, body %s", path, r.status, r.body);
+    json_t *j = json_body(&r);
+    dsla_test_http_reply_free(&r);
+    return j;
+}
+
+/* choices[0].logprobs[key] of an answer. */
+static json_t *choice_logprobs(json_t *j, const char *key) {
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0);
+    return json_object_get(json_object_get(c, "logprobs"), key);
+}
+
+/* echo: the prompt before the text; with logprobs, the prompt's tokens first (the first with null
+ * logprobs), then the generated ones with the same numbers as without echo; streamed, the prompt
+ * is the first chunk. */
+static void check_echo(int port, const char *want, const double *whole) {
+    dsla_test_http_reply_t r;
+    char req[512], full[1024];
+    snprintf(full, sizeof full, "%s%s", prompt, want);
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"echo\":true,\"logprobs\":1}",
+             prompt, GREEDY_TOKENS);
+    json_t *j = post_ok(port, "/v1/completions", req);
+    json_t *c = json_array_get(json_object_get(j, "choices"), 0),
+           *lp = json_object_get(c, "logprobs");
+    assert_string_equal(json_string_value(json_object_get(c, "text")), full);
+    size_t pt =
+        (size_t)json_integer_value(json_object_get(json_object_get(j, "usage"), "prompt_tokens"));
+    json_t *lps = json_object_get(lp, "token_logprobs"),
+           *tops = json_object_get(lp, "top_logprobs");
+    assert_int_equal(json_array_size(lps), pt + GREEDY_TOKENS);
+    assert_int_equal(json_array_size(json_object_get(lp, "tokens")), pt + GREEDY_TOKENS);
+    assert_true(json_is_null(json_array_get(lps, 0)) && json_is_null(json_array_get(tops, 0)));
+    for (size_t i = 1; i < pt; i++) {
+        double x = json_real_value(json_array_get(lps, i));
+        assert_true(x <= 0 && x > -100);
+        assert_true(json_object_size(json_array_get(tops, i)) >= 1);
+    }
+    for (size_t i = 0; i < GREEDY_TOKENS; i++)
+        assert_float_equal(json_real_value(json_array_get(lps, pt + i)), whole[i], 1e-6);
+    json_decref(j);
+
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"echo\":true,\"stream\":true}",
+             prompt, GREEDY_TOKENS);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    char finish[16] = "";
+    int events = 0;
+    char *text = sse_text(r.body, false, finish, &events);
+    assert_string_equal(text, full);
+    assert_non_null(strstr(r.body, prompt));
+    free(text);
+    dsla_test_http_reply_free(&r);
+}
+
+/* n and prompt arrays: one choice per prompt and sample, index in order, usage summed; the
+ * token-id prompt of the same text gives the same greedy text; n = 2 samples differ by seed. */
+static void check_choices(int port, const char *model, const char *want) {
+    dsla_test_http_reply_t r;
+    dsla_tokenizer_t *tok = NULL;
+    assert_int_equal(dsla_tokenizer_load_dir(&tok, model), DSLA_OK);
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    assert_int_equal(dsla_tokenizer_encode(tok, prompt, strlen(prompt),
+                                           dsla_tokenizer_add_bos_default(tok), &ids, &n_ids),
+                     DSLA_OK);
+    dsla_tokenizer_destroy(&tok);
+    char req[1024], list[512] = "";
+    for (size_t i = 0; i < n_ids; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "", ids[i]);
+    free(ids);
+    snprintf(req, sizeof req,
+             "{\"prompt\":[\"%s\",[%s]],\"max_tokens\":%d,\"temperature\":0,"
+             "\"ignore_eos\":true}",
+             prompt, list, GREEDY_TOKENS);
+    json_t *j = post_ok(port, "/v1/completions", req);
+    json_t *ch = json_object_get(j, "choices");
+    assert_int_equal(json_array_size(ch), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *c = json_array_get(ch, i);
+        assert_int_equal(json_integer_value(json_object_get(c, "index")), (json_int_t)i);
+        assert_string_equal(json_string_value(json_object_get(c, "text")), want);
+    }
+    json_t *u = json_object_get(j, "usage");
+    assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")),
+                     2 * GREEDY_TOKENS);
+    json_decref(j);
+
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":24,\"temperature\":1,\"seed\":5,\"n\":2,"
+             "\"ignore_eos\":true}",
+             prompt);
+    j = post_ok(port, "/v1/completions", req);
+    ch = json_object_get(j, "choices");
+    assert_int_equal(json_array_size(ch), 2);
+    assert_string_not_equal(json_string_value(json_object_get(json_array_get(ch, 0), "text")),
+                            json_string_value(json_object_get(json_array_get(ch, 1), "text")));
+    json_decref(j);
+
+    /* logit_bias reaches the sampler: +100 on one token makes every token that one */
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":3,\"temperature\":0,\"ignore_eos\":true,"
+             "\"logprobs\":0,\"logit_bias\":{\"300\":100},\"repetition_penalty\":1.1}",
+             prompt);
+    j = post_ok(port, "/v1/completions", req);
+    json_t *toks = choice_logprobs(j, "tokens");
+    assert_int_equal(json_array_size(toks), 3);
+    for (size_t i = 1; i < 3; i++)
+        assert_string_equal(json_string_value(json_array_get(toks, i)),
+                            json_string_value(json_array_get(toks, 0)));
+    json_decref(j);
+
+    /* include_usage: a last chunk with choices [] and the usage, then [DONE] */
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":4,\"stream\":true,\"stream_options\":"
+             "{\"include_usage\":true}}",
+             prompt);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    const char *u_chunk = strstr(r.body, "\"choices\":[],\"usage\":{");
+    assert_non_null(u_chunk);
+    assert_non_null(strstr(u_chunk, "data: [DONE]"));
+    assert_int_equal(strstr(r.body, "\"usage\"") - r.body, strstr(u_chunk, "\"usage\"") - r.body);
+    dsla_test_http_reply_free(&r);
+
+    snprintf(req, sizeof req, "{\"prompt\":\"%s\",\"n\":2,\"stream\":true}", prompt);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "\"param\":\"n\""));
+    dsla_test_http_reply_free(&r);
+}
+
+/* logprobs through the whole path (engine, TOKEN, gateway, HTTP): greedy takes the likeliest
+ * token, so each token's logprob is the largest of its top list; the tokens' texts make the text;
+ * text_offset runs over them; streamed chunks carry the same numbers; chat has its own shape. */
+static void check_logprobs(int port, const char *want) {
+    dsla_test_http_reply_t r;
+    char req[512];
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"logprobs\":5}",
+             prompt, GREEDY_TOKENS);
+    json_t *j = post_ok(port, "/v1/completions", req);
+    json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
+    json_t *tokens = json_object_get(lp, "tokens"), *lps = json_object_get(lp, "token_logprobs");
+    json_t *tops = json_object_get(lp, "top_logprobs"), *offs = json_object_get(lp, "text_offset");
+    assert_int_equal(json_array_size(tokens), GREEDY_TOKENS);
+    assert_int_equal(json_array_size(lps), GREEDY_TOKENS);
+    assert_int_equal(json_array_size(tops), GREEDY_TOKENS);
+    assert_int_equal(json_array_size(offs), GREEDY_TOKENS);
+    char joined[4096] = "";
+    double whole[GREEDY_TOKENS];
+    size_t off = 0;
+    for (size_t i = 0; i < GREEDY_TOKENS; i++) {
+        const char *tok = json_string_value(json_array_get(tokens, i));
+        double x = json_real_value(json_array_get(lps, i));
+        whole[i] = x;
+        assert_true(x <= 0 && x > -100);
+        json_t *top = json_array_get(tops, i);
+        assert_true(json_object_size(top) >= 1 && json_object_size(top) <= 6);
+        const char *key;
+        json_t *v;
+        json_object_foreach(top, key, v) assert_true(json_real_value(v) <= x + 1e-6);
+        assert_float_equal(json_real_value(json_object_get(top, tok)), x, 1e-6);
+        assert_int_equal(json_integer_value(json_array_get(offs, i)), (json_int_t)off);
+        off += strlen(tok);
+        strncat(joined, tok, sizeof joined - strlen(joined) - 1);
+    }
+    assert_string_equal(joined, want);
+    json_decref(j);
+
+    /* streamed: the same logprobs, spread over the chunks */
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"ignore_eos\":true,"
+             "\"logprobs\":2,\"stream\":true}",
+             prompt, GREEDY_TOKENS);
+    r = dsla_test_http(port, "POST", "/v1/completions", req);
+    assert_int_equal(r.status, 200);
+    size_t n = 0;
+    for (const char *p = r.body; (p = strstr(p, "data: {")) != NULL; p++) {
+        json_t *c = json_loadb(p + 6, (size_t)(strstr(p, "\n\n") - p - 6), 0, NULL);
+        assert_non_null(c);
+        json_t *l = json_object_get(json_array_get(json_object_get(c, "choices"), 0), "logprobs");
+        json_t *x = json_object_get(l, "token_logprobs");
+        for (size_t i = 0; i < json_array_size(x); i++, n++)
+            assert_float_equal(json_real_value(json_array_get(x, i)), whole[n], 1e-6);
+        json_decref(c);
+    }
+    assert_int_equal(n, GREEDY_TOKENS);
+    dsla_test_http_reply_free(&r);
+
+    snprintf(req, sizeof req,
+             "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":6,"
+             "\"temperature\":0,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":3}",
+             prompt);
+    j = post_ok(port, "/v1/chat/completions", req);
+    json_t *content = choice_logprobs(j, "content");
+    long long completion =
+        json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
+    assert_true(completion >= 1);
+    assert_int_equal(json_array_size(content), completion);
+    json_t *first = json_array_get(content, 0);
+    assert_int_equal(json_array_size(json_object_get(first, "top_logprobs")), 3);
+    assert_int_equal(json_array_size(json_object_get(first, "bytes")),
+                     strlen(json_string_value(json_object_get(first, "token"))));
+    json_decref(j);
+    check_echo(port, want, whole);
+}
+
 static void test_completions(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -167,6 +383,8 @@ static void test_completions(void **state) {
     assert_true(strlen(cut) <= 10 + 4 && strncmp(cut, want, strlen(cut)) == 0);
     json_decref(j);
     dsla_test_http_reply_free(&r);
+    check_logprobs(srv.http_port, want);
+    check_choices(srv.http_port, model, want);
     dsla_test_server_stop(&srv);
     free(want);
     free(model);
@@ -241,6 +459,36 @@ static void test_chat_models_health_metrics(void **state) {
     "max_tokens 100000 exceeds the model's context of 512 minus the prompt's"
 
 /* Each refusal names its field; the server keeps serving. */
+/* /tokenize and /detokenize round trip; /v1/models/{id}; /version. */
+static void check_utility_endpoints(int port) {
+    dsla_test_http_reply_t r =
+        dsla_test_http(port, "POST", "/tokenize", "{\"prompt\":\"Once upon a time\"}");
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    json_t *tokens = json_object_get(j, "tokens");
+    assert_true(json_array_size(tokens) > 1);
+    assert_int_equal(json_integer_value(json_object_get(j, "count")), json_array_size(tokens));
+    char *list = json_dumps(tokens, JSON_COMPACT), body[512];
+    snprintf(body, sizeof body, "{\"tokens\":%s}", list);
+    free(list);
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(port, "POST", "/detokenize", body);
+    assert_int_equal(r.status, 200);
+    j = json_body(&r);
+    assert_string_equal(json_string_value(json_object_get(j, "prompt")), "Once upon a time");
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(port, "GET", "/v1/models/stories260K-hf", NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"id\":\"stories260K-hf\""));
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(port, "GET", "/version", NULL);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"version\":\"" DSLA_VERSION "\""));
+    dsla_test_http_reply_free(&r);
+}
+
 static void test_bad_requests(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -260,7 +508,7 @@ static void test_bad_requests(void **state) {
          ENGINE_CONTEXT_REFUSAL},
         {"POST", "/v1/completions", "{\"prompt\":\"x\",\"temperature\":3}", 400, "temperature",
          "3"},
-        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":2}", 400, "n", "[1, 1]"},
+        {"POST", "/v1/completions", "{\"prompt\":\"x\",\"n\":17}", 400, "n", "[1, 16]"},
         {"POST", "/v1/completions", "{\"prompt\":\"x\",\"stop\":[1]}", 400, "stop", "stop[0]"},
         {"POST", "/v1/completions", "{\"prompt\":\"x\",\"stream\":\"yes\"}", 400, "stream",
          "true or false"},
@@ -271,6 +519,10 @@ static void test_bad_requests(void **state) {
          400, "messages", "role"},
         {"GET", "/v1/completions", NULL, 405, NULL, "POST"},
         {"GET", "/nowhere", NULL, 404, NULL, "no such path"},
+        {"GET", "/v1/models/gpt-4", NULL, 404, "model", "'gpt-4' does not exist"},
+        {"POST", "/tokenize", "{}", 400, "prompt", "required"},
+        {"POST", "/detokenize", "{\"tokens\":[1,99999]}", 400, "tokens", "[0, 512)"},
+        {"GET", "/tokenize", NULL, 405, NULL, "POST"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         dsla_test_http_reply_t r =
@@ -295,6 +547,7 @@ static void test_bad_requests(void **state) {
                                               "{\"prompt\":\"Once\",\"max_tokens\":3}");
     assert_int_equal(r.status, 200);
     dsla_test_http_reply_free(&r);
+    check_utility_endpoints(srv.http_port);
     dsla_test_server_stop(&srv);
     free(model);
 }
@@ -404,6 +657,73 @@ static void test_replica_killed_mid_stream(void **state) {
     free(model);
 }
 
+/* --log-level info --log-format json: one JSON line per finished request with its id, tokens,
+ * TTFT, total time and status; a bad option value is a usage error naming it. */
+static void test_request_log(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char *dir = dsla_test_tempdir(), log[512];
+    snprintf(log, sizeof log, "%s/serve.log", dir);
+    const char *args[] = {"--model",      model,         "--endpoint",  "tcp://127.0.0.1:*",
+                          "--http",       "127.0.0.1:0", "--log-level", "info",
+                          "--log-format", "json",        NULL};
+    dsla_test_server_t srv = dsla_test_server_start_logged(args, log);
+    wait_healthy(srv.http_port);
+    dsla_test_http_reply_t r = dsla_test_http(srv.http_port, "POST", "/v1/completions",
+                                              "{\"prompt\":\"Once\",\"max_tokens\":5,"
+                                              "\"ignore_eos\":true}");
+    assert_int_equal(r.status, 200);
+    json_t *j = json_body(&r);
+    char want[96];
+    snprintf(want, sizeof want, "request id=%s choice=0 status=200 prompt_tokens=",
+             json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&srv);
+    char *text = dsla_test_read_file(log, NULL);
+    assert_non_null(text);
+    char *line = strstr(text, want);
+    if (!line) fail_msg("no request line '%s' in:\n%s", want, text);
+    assert_non_null(strstr(line, "output_tokens=5 ttft_ms="));
+    assert_non_null(strstr(line, "finish=length"));
+    while (line > text && line[-1] != '\n')
+        line--;
+    char *end = strchr(line, '\n');
+    json_t *obj = json_loadb(line, end ? (size_t)(end - line) : strlen(line), 0, NULL);
+    assert_non_null(obj);
+    assert_string_equal(json_string_value(json_object_get(obj, "level")), "info");
+    json_decref(obj);
+    free(text);
+    dsla_test_rmtree(dir);
+    free(dir);
+    free(model);
+}
+
+/* A gateway whose only replica never answers: /health and generation are 503, each with
+ * Retry-After so that clients know to come back. */
+static void test_retry_after(void **state) {
+    (void)state;
+    const char *args[] = {"--endpoint",  "tcp://127.0.0.1:*", "--http",
+                          "127.0.0.1:0", "--heartbeat-ms",    "100",
+                          "--replica",   "tcp://127.0.0.1:9", NULL};
+    dsla_test_server_t gw = dsla_test_server_start(args);
+    assert_true(gw.http_port > 0);
+    dsla_test_http_reply_t r = dsla_test_http(gw.http_port, "GET", "/health", NULL);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.head, "Retry-After: 1"));
+    dsla_test_http_reply_free(&r);
+    r = dsla_test_http(gw.http_port, "POST", "/v1/completions",
+                       "{\"prompt\":\"x\",\"max_tokens\":2}");
+    assert_true(r.status == 503 || r.status == 504);
+    if (r.status == 503) assert_non_null(strstr(r.head, "Retry-After: 1"));
+    dsla_test_http_reply_free(&r);
+    /* without a local model there is no tokenizer */
+    r = dsla_test_http(gw.http_port, "POST", "/tokenize", "{\"prompt\":\"x\"}");
+    assert_int_equal(r.status, 501);
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&gw);
+}
+
 /* A replica in the test process that takes GENERATEs and never answers them; the main thread
  * destroys it once it has one, as if it had died. */
 static atomic_int fake_got;
@@ -488,6 +808,8 @@ int main(void) {
         cmocka_unit_test(test_client_stub_through_gateway),
         cmocka_unit_test(test_replica_killed_mid_stream),
         cmocka_unit_test(test_dead_replica_rerouted),
+        cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_request_log),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,9 @@
 
 static bool parse(dsla_openai_kind_t kind, const char *body, dsla_openai_request_t *r,
                   dsla_openai_error_t *e) {
-    return dsla_openai_request_parse(kind, body, strlen(body), "tiny", 42, r, e);
+    bool ok = dsla_openai_request_parse(kind, body, strlen(body), "tiny", 42, r, e);
+    if (!ok) print_message("refused: %s\n", e->message);
+    return ok;
 }
 
 static void test_completion_fields(void **state) {
@@ -60,7 +62,14 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"prompt\":\"y\"}", 400, "", "not valid JSON"},
         {"\"x\"", 400, "", "JSON object"},
         {"{}", 400, "prompt", "prompt is required"},
-        {"{\"prompt\":[\"a\"]}", 400, "prompt", "must be a string"},
+        {"{\"prompt\":[]}", 400, "prompt", "not empty"},
+        {"{\"prompt\":[[]]}", 400, "prompt", "prompt[0] has 0 token ids"},
+        {"{\"prompt\":[1,-2]}", 400, "prompt", "prompt[1] must be a token id"},
+        {"{\"prompt\":[\"a\",7]}", 400, "prompt", "prompt[1] must be a string or an array"},
+        {"{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":16}", 400, "n",
+         "5 prompts times n 16 make 80"},
+        {"{\"prompt\":[5],\"echo\":true}", 400, "echo", "token ids is not served"},
+        {"{\"prompt\":\"x\",\"n\":2,\"best_of\":3}", 400, "best_of", "only best_of equal to n"},
         {"{\"prompt\":7}", 400, "prompt", "must be a string"},
         {"{\"prompt\":\"x\",\"max_tokens\":0}", 400, "max_tokens", "is 0; it must be in [1, "},
         {"{\"prompt\":\"x\",\"max_tokens\":2.5}", 400, "max_tokens", "integer"},
@@ -71,7 +80,7 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"top_p\":1.5}", 400, "top_p", "(0, 1]"},
         {"{\"prompt\":\"x\",\"top_k\":-1}", 400, "top_k", "-1"},
         {"{\"prompt\":\"x\",\"seed\":-3}", 400, "seed", "-3"},
-        {"{\"prompt\":\"x\",\"n\":3}", 400, "n", "n is 3"},
+        {"{\"prompt\":\"x\",\"n\":17}", 400, "n", "n is 17; it must be in [1, 16]"},
         {"{\"prompt\":\"x\",\"stream\":1}", 400, "stream", "true or false"},
         {"{\"prompt\":\"x\",\"ignore_eos\":\"no\"}", 400, "ignore_eos", "true or false"},
         {"{\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "stop",
@@ -80,6 +89,18 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"stop\":{}}", 400, "stop", "string or an array"},
         {"{\"prompt\":\"x\",\"model\":\"other\"}", 404, "model", "'other' does not exist"},
         {"{\"prompt\":\"x\",\"model\":3}", 400, "model", "string"},
+        {"{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", "is 21; it must be in [0, 20]"},
+        {"{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", "integer"},
+        {"{\"prompt\":\"x\",\"echo\":1}", 400, "echo", "true or false"},
+        {"{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of", "best_of is 2 and n is 1"},
+        {"{\"prompt\":\"x\",\"presence_penalty\":2.5}", 400, "presence_penalty", "[-2, 2]"},
+        {"{\"prompt\":\"x\",\"repetition_penalty\":0}", 400, "repetition_penalty", "(0, 2]"},
+        {"{\"prompt\":\"x\",\"min_p\":1.5}", 400, "min_p", "[0, 1]"},
+        {"{\"prompt\":\"x\",\"logit_bias\":{\"5\":101}}", 400, "logit_bias", "[-100, 100]"},
+        {"{\"prompt\":\"x\",\"logit_bias\":{\"a\":1}}", 400, "logit_bias", "token id"},
+        {"{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}", 400,
+         "response_format", "only value taken is {\"type\":\"text\"}"},
+        {"{\"prompt\":\"x\",\"tools\":[{\"type\":\"function\"}]}", 400, "tools", "not served"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         dsla_openai_request_t r;
@@ -92,6 +113,158 @@ static void test_refusals(void **state) {
             fail_msg("case %zu: '%s' lacks '%s'", i, e.message, cases[i].says);
         assert_null(r.prompt); /* nothing left to free */
     }
+}
+
+/* logprobs as each kind takes it; neutral values of unserved fields pass */
+static void test_logprobs_fields(void **state) {
+    (void)state;
+    dsla_openai_request_t r;
+    dsla_openai_error_t e;
+    assert_true(parse(DSLA_OPENAI_COMPLETION,
+                      "{\"prompt\":\"x\",\"logprobs\":3,\"echo\":false,\"best_of\":1,"
+                      "\"presence_penalty\":0.5,\"frequency_penalty\":-1,\"logit_bias\":{\"7\":"
+                      "-100,\"9\":2.5},\"min_p\":0.1,\"repetition_penalty\":1.3,"
+                      "\"tools\":[],\"response_format\":{\"type\":\"text\"}}",
+                      &r, &e));
+    assert_true(r.generate.logprobs);
+    assert_int_equal(r.generate.top_logprobs, 3);
+    assert_true(r.generate.presence_penalty == 0.5f && r.generate.frequency_penalty == -1.0f &&
+                r.generate.min_p == 0.1f && r.generate.repetition_penalty == 1.3f);
+    assert_int_equal(r.generate.n_bias, 2);
+    assert_true(r.generate.bias_ids[0] + r.generate.bias_ids[1] == 16);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":0}", &r, &e));
+    assert_true(r.generate.logprobs);
+    assert_int_equal(r.generate.top_logprobs, 0);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\"}", &r, &e));
+    assert_false(r.generate.logprobs);
+    dsla_openai_request_free(&r);
+    const char *msgs = "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]";
+    char body[256];
+    snprintf(body, sizeof body, "{%s,\"logprobs\":true,\"top_logprobs\":20}", msgs);
+    assert_true(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_true(r.generate.logprobs);
+    assert_int_equal(r.generate.top_logprobs, 20);
+    dsla_openai_request_free(&r);
+    snprintf(body, sizeof body, "{%s,\"echo\":true}", msgs);
+    assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_string_equal(e.param, "echo");
+    /* echo alone asks for no prompt logprobs; with logprobs it does */
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"echo\":true}", &r, &e));
+    assert_true(r.echo && !r.generate.prompt_logprobs);
+    dsla_openai_request_free(&r);
+    assert_true(
+        parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\",\"echo\":true,\"logprobs\":1}", &r, &e));
+    assert_true(r.echo && r.generate.prompt_logprobs);
+    dsla_openai_request_free(&r);
+    snprintf(body, sizeof body, "{%s,\"top_logprobs\":2}", msgs);
+    assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_string_equal(e.param, "top_logprobs");
+    snprintf(body, sizeof body, "{%s,\"logprobs\":true,\"top_logprobs\":21}", msgs);
+    assert_false(parse(DSLA_OPENAI_CHAT, body, &r, &e));
+    assert_non_null(strstr(e.message, "top_logprobs is 21; it must be in [0, 20]"));
+}
+
+/* prompt arrays and n: one GENERATE per choice, prompt (i / n), seed plus (i % n) */
+static void test_choices(void **state) {
+    (void)state;
+    dsla_openai_request_t r;
+    dsla_openai_error_t e;
+    assert_true(parse(DSLA_OPENAI_COMPLETION,
+                      "{\"prompt\":[\"ab\",[5,6,7]],\"n\":2,\"best_of\":2,\"seed\":10}", &r, &e));
+    assert_int_equal(dsla_openai_request_choices(&r), 4);
+    dsla_proto_generate_t g;
+    dsla_openai_request_choice(&r, 1, &g);
+    assert_int_equal(g.prompt_len, 2);
+    assert_memory_equal(g.prompt, "ab", 2);
+    assert_null(g.prompt_ids);
+    assert_int_equal(g.seed, 11);
+    dsla_openai_request_choice(&r, 2, &g);
+    assert_int_equal(g.n_prompt_ids, 3);
+    assert_int_equal(g.prompt_ids[2], 7);
+    assert_int_equal(g.seed, 10);
+    assert_int_equal(r.generate.n_prompt_ids, 0); /* choice 0's */
+    assert_memory_equal(r.generate.prompt, "ab", 2);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":[1,2,3]}", &r, &e));
+    assert_int_equal(dsla_openai_request_choices(&r), 1);
+    assert_int_equal(r.generate.n_prompt_ids, 3);
+    dsla_openai_request_free(&r);
+    assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\"}", &r, &e));
+    assert_int_equal(dsla_openai_request_choices(&r), 1);
+    dsla_openai_request_free(&r);
+
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_choice_t c[2] = {{"a", 1, NULL, {"length", 3, 1}}, {"bc", 2, NULL, {"stop", 3, 2}}};
+    char *body = dsla_openai_response_body_n(&meta, c, 2);
+    json_t *j = json_loads(body, 0, NULL);
+    json_t *ch = json_object_get(j, "choices");
+    assert_int_equal(json_array_size(ch), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(ch, 1), "index")), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(ch, 1), "text")), "bc");
+    json_t *u = json_object_get(j, "usage");
+    assert_int_equal(json_integer_value(json_object_get(u, "prompt_tokens")), 6);
+    assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")), 3);
+    json_decref(j);
+    free(body);
+}
+
+static dsla_proto_token_t *token_with(int32_t id, const char *text, float lp) {
+    dsla_proto_token_t *t = calloc(1, sizeof *t);
+    t->token = id;
+    t->has_logprobs = true;
+    t->chosen = (dsla_proto_logprob_t){.id = id, .logprob = lp, .text_len = strlen(text)};
+    memcpy(t->chosen.text, text, strlen(text));
+    t->n_top = 2;
+    t->top[0] = (dsla_proto_logprob_t){.id = 9, .logprob = -0.25f, .text_len = 2};
+    memcpy(t->top[0].text, " a", 2);
+    t->top[1] = t->chosen;
+    return t;
+}
+
+/* The completions shape (tokens, token_logprobs, top_logprobs, text_offset) and chat's
+ * (content[] with bytes and top_logprobs), whole and chunk by chunk. */
+static void test_logprobs_shapes(void **state) {
+    (void)state;
+    dsla_proto_token_t *t1 = token_with(5, " Once", -0.5f), *t2 = token_with(6, " up", -1.0f);
+    dsla_openai_logprobs_t *lp = dsla_openai_logprobs_new(DSLA_OPENAI_COMPLETION);
+    assert_true(dsla_openai_logprobs_add(lp, t1));
+    assert_true(dsla_openai_logprobs_add(lp, t2));
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_end_t end = {"length", 5, 2};
+    char *body = dsla_openai_response_body(&meta, " Once up", 8, lp, &end);
+    assert_non_null(strstr(body, "\"logprobs\":{\"tokens\":[\" Once\",\" up\"],"
+                                 "\"token_logprobs\":[-0.5,-1.0],"
+                                 "\"top_logprobs\":[{\" a\":-0.25,\" Once\":-0.5},"
+                                 "{\" a\":-0.25,\" up\":-1.0}],\"text_offset\":[0,5]}"));
+    free(body);
+    /* a chunk has its own tokens; offsets run on */
+    dsla_openai_logprobs_clear(lp);
+    assert_true(dsla_openai_logprobs_add(lp, t1));
+    body = dsla_openai_chunk(&meta, " Once", 5, lp, false, NULL);
+    assert_non_null(strstr(body, "\"text_offset\":[8]"));
+    free(body);
+    dsla_openai_logprobs_free(&lp);
+
+    meta.kind = DSLA_OPENAI_CHAT;
+    lp = dsla_openai_logprobs_new(DSLA_OPENAI_CHAT);
+    assert_true(dsla_openai_logprobs_add(lp, t2));
+    body = dsla_openai_response_body(&meta, " up", 3, lp, &end);
+    assert_non_null(strstr(body, "\"logprobs\":{\"content\":[{\"token\":\" up\",\"logprob\":-1.0,"
+                                 "\"bytes\":[32,117,112],\"top_logprobs\":[{\"token\":\" a\","
+                                 "\"logprob\":-0.25,\"bytes\":[32,97]},{\"token\":\" up\""));
+    free(body);
+    /* a token without logprobs adds nothing */
+    t1->has_logprobs = false;
+    dsla_openai_logprobs_clear(lp);
+    assert_true(dsla_openai_logprobs_add(lp, t1));
+    body = dsla_openai_chunk(&meta, " Once", 5, lp, false, NULL);
+    assert_non_null(strstr(body, "\"logprobs\":{\"content\":[]}"));
+    free(body);
+    dsla_openai_logprobs_free(&lp);
+    free(t1);
+    free(t2);
 }
 
 static void test_chat_template(void **state) {
@@ -117,14 +290,45 @@ static void test_chat_template(void **state) {
     assert_int_equal(r.generate.max_tokens, DSLA_OPENAI_CHAT_MAX_TOKENS_DEFAULT);
     dsla_openai_request_free(&r);
 
+    /* text parts joined by newlines; tool messages carried as "Tool:" */
+    assert_true(parse(DSLA_OPENAI_CHAT,
+                      "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+                      "\"text\":\"Hi\"},{\"type\":\"text\",\"text\":\"there\"}]},{\"role\":"
+                      "\"tool\",\"content\":\"42\",\"tool_call_id\":\"c1\"}]}",
+                      &r, &e));
+    assert_string_equal(r.generate.prompt, "User: Hi\nthere\nTool: 42\nAssistant:");
+    assert_int_equal(r.generate.prompt_len, strlen(r.generate.prompt));
+    dsla_openai_request_free(&r);
+    assert_false(parse(DSLA_OPENAI_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                       "\"image_url\",\"image_url\":{}}]}]}",
+                       &r, &e));
+    assert_non_null(strstr(e.message, "content[0] is of type 'image_url'"));
+    /* stream_options: include_usage only */
+    assert_true(parse(DSLA_OPENAI_CHAT,
+                      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":true,"
+                      "\"stream_options\":{\"include_usage\":true}}",
+                      &r, &e));
+    assert_true(r.include_usage);
+    dsla_openai_request_free(&r);
+    assert_false(parse(DSLA_OPENAI_COMPLETION,
+                       "{\"prompt\":\"x\",\"stream_options\":{\"continuous_usage_stats\":true}}",
+                       &r, &e));
+    assert_string_equal(e.param, "stream_options");
+    assert_false(parse(DSLA_OPENAI_COMPLETION,
+                       "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":1}}", &r, &e));
+    assert_string_equal(e.param, "stream_options");
+
     static const char *const bad[] = {
         "{}",
         "{\"messages\":{}}",
         "{\"messages\":[]}",
         "{\"messages\":[3]}",
-        "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}",
+        "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}",
         "{\"messages\":[{\"content\":\"x\"}]}",
         "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":null}]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{}]}]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_false(parse(DSLA_OPENAI_CHAT, bad[i], &r, &e));
@@ -175,10 +379,10 @@ static void test_errors_from_codes(void **state) {
 
 static void test_responses(void **state) {
     (void)state;
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny"};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
     dsla_openai_end_t end = {"length", 5, 3};
     /* a stray continuation byte and a cut 3-byte sequence become U+FFFD each */
-    char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, &end);
+    char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, NULL, &end);
     json_error_t je;
     json_t *j = json_loads(body, 0, &je);
     assert_non_null(j);
@@ -192,8 +396,8 @@ static void test_responses(void **state) {
     free(body);
 
     meta.kind = DSLA_OPENAI_CHAT;
-    char *first = dsla_openai_chunk(&meta, "Hi", 2, true, NULL);
-    char *next = dsla_openai_chunk(&meta, " there", 6, false, NULL);
+    char *first = dsla_openai_chunk(&meta, "Hi", 2, NULL, true, NULL);
+    char *next = dsla_openai_chunk(&meta, " there", 6, NULL, false, NULL);
     assert_memory_equal(first, "data: {", 7);
     assert_string_equal(first + strlen(first) - 2, "\n\n");
     assert_non_null(strstr(first, "\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"}"));
@@ -203,9 +407,17 @@ static void test_responses(void **state) {
     assert_non_null(strstr(next, "chat.completion.chunk"));
     free(first);
     free(next);
-    char *last = dsla_openai_chunk(&meta, "", 0, false, &end);
+    char *last = dsla_openai_chunk(&meta, "", 0, NULL, false, &end);
     assert_non_null(strstr(last, "\"finish_reason\":\"length\""));
     assert_non_null(strstr(last, "\"completion_tokens\":3"));
+    free(last);
+    /* include_usage: the last chunk without usage, then choices [] with it */
+    meta.include_usage = true;
+    last = dsla_openai_chunk(&meta, "", 0, NULL, false, &end);
+    assert_null(strstr(last, "usage"));
+    free(last);
+    last = dsla_openai_usage_chunk(&meta, &end);
+    assert_non_null(strstr(last, "\"choices\":[],\"usage\":{\"prompt_tokens\":5"));
     free(last);
 }
 
@@ -213,7 +425,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completion_fields), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_chat_template),     cmocka_unit_test(test_errors_from_codes),
-        cmocka_unit_test(test_responses),
+        cmocka_unit_test(test_responses),         cmocka_unit_test(test_logprobs_fields),
+        cmocka_unit_test(test_logprobs_shapes),   cmocka_unit_test(test_choices),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

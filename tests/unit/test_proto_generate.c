@@ -37,6 +37,36 @@ static void test_generate_round_trip(void **state) {
     assert_string_equal(d.stop[0], "The end");
     assert_string_equal(d.stop[1], "\n\n");
     assert_true(d.ignore_eos && d.stream);
+    assert_false(d.logprobs);
+    dsla_proto_generate_free(&d);
+    dsla_proto_buf_free(&buf);
+
+    g.logprobs = true;
+    g.top_logprobs = 7;
+    assert_int_equal(dsla_proto_generate_encode(&g, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_generate_decode(buf.data, buf.len, &d), DSLA_OK);
+    assert_true(d.logprobs);
+    assert_int_equal(d.top_logprobs, 7);
+    assert_true(d.min_p == 0 && d.repetition_penalty == 0 && d.n_bias == 0);
+    dsla_proto_generate_free(&d);
+    dsla_proto_buf_free(&buf);
+
+    const int32_t bias_ids[2] = {3, 400};
+    const float bias_values[2] = {-100.0f, 2.5f};
+    g.min_p = 0.05f;
+    g.presence_penalty = 0.5f;
+    g.frequency_penalty = -0.25f;
+    g.repetition_penalty = 1.2f;
+    g.bias_ids = bias_ids;
+    g.bias_values = bias_values;
+    g.n_bias = 2;
+    assert_int_equal(dsla_proto_generate_encode(&g, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_generate_decode(buf.data, buf.len, &d), DSLA_OK);
+    assert_true(d.min_p == 0.05f && d.presence_penalty == 0.5f && d.frequency_penalty == -0.25f &&
+                d.repetition_penalty == 1.2f);
+    assert_int_equal(d.n_bias, 2);
+    assert_memory_equal(d.bias_ids, bias_ids, sizeof bias_ids);
+    assert_memory_equal(d.bias_values, bias_values, sizeof bias_values);
     dsla_proto_generate_free(&d);
     dsla_proto_buf_free(&buf);
 
@@ -138,11 +168,58 @@ static void test_generate_mutations(void **state) {
     dsla_proto_buf_free(&buf);
 }
 
+/* A TOKEN with logprobs: the token's own [id, logprob, text] and the alternatives, in order. */
+static void test_token_logprobs_round_trip(void **state) {
+    (void)state;
+    dsla_proto_token_t *t = calloc(2, sizeof *t), *d = t + 1;
+    assert_non_null(t);
+    t->token = 12;
+    t->text_len = 4;
+    memcpy(t->text, " cat", 4);
+    t->has_logprobs = true;
+    t->chosen = (dsla_proto_logprob_t){.id = 12, .logprob = -0.25f, .text_len = 4};
+    memcpy(t->chosen.text, " cat", 4);
+    t->n_top = 3;
+    for (int i = 0; i < 3; i++) {
+        t->top[i] =
+            (dsla_proto_logprob_t){.id = 100 + i, .logprob = -1.0f * (float)i, .text_len = 2};
+        memcpy(t->top[i].text, "a\0", 2);
+        t->top[i].text[0] = (char)('a' + i);
+    }
+    dsla_proto_buf_t buf;
+    assert_int_equal(dsla_proto_token_encode(t, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_token_decode(buf.data, buf.len, d), DSLA_OK);
+    assert_true(d->has_logprobs);
+    assert_int_equal(d->chosen.id, 12);
+    assert_true(d->chosen.logprob == -0.25f);
+    assert_int_equal(d->chosen.text_len, 4);
+    assert_memory_equal(d->chosen.text, " cat", 4);
+    assert_int_equal(d->n_top, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(d->top[i].id, 100 + i);
+        assert_true(d->top[i].logprob == -1.0f * (float)i);
+        assert_int_equal(d->top[i].text_len, 2);
+        assert_memory_equal(d->top[i].text, t->top[i].text, 2);
+    }
+    dsla_proto_buf_free(&buf);
+    t->n_top = DSLA_PROTO_LOGPROBS_MAX + 1;
+    assert_int_equal(dsla_proto_token_encode(t, &buf), DSLA_ERR_INVALID_ARGUMENT);
+    /* without logprobs the frame has none */
+    t->has_logprobs = false;
+    assert_int_equal(dsla_proto_token_encode(t, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_token_decode(buf.data, buf.len, d), DSLA_OK);
+    assert_false(d->has_logprobs);
+    assert_int_equal(d->n_top, 0);
+    dsla_proto_buf_free(&buf);
+    free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_round_trip),
         cmocka_unit_test(test_generate_refusals),
         cmocka_unit_test(test_token_done_cancel_round_trip),
+        cmocka_unit_test(test_token_logprobs_round_trip),
         cmocka_unit_test(test_generate_mutations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -362,6 +362,159 @@ static void test_finish_with_error_carries_message(void **state) {
     dsla_plan_release(&all_attn);
 }
 
+/* What a request with logprobs streamed: each token's own and its top list. */
+typedef struct {
+    int n;
+    int32_t ids[64];
+    dsla_token_logprobs_t lp[64];
+    bool missing; /* an event with a token and no logprobs */
+} lp_sink_t;
+
+static int lp_event(void *user, const dsla_stream_event_t *ev) {
+    lp_sink_t *s = user;
+    if (ev->token < 0) return 0;
+    if (!ev->logprobs) s->missing = true;
+    if (s->n < 64 && ev->logprobs) {
+        s->ids[s->n] = ev->token;
+        s->lp[s->n++] = *ev->logprobs;
+    }
+    return 0;
+}
+
+static void run_logprobs(float temperature, int top_k, int top_logprobs, lp_sink_t *got) {
+    const char *prompt = "Once upon a time";
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    dsla_request_params_t p = {
+        .prompt_text = prompt,
+        .prompt_text_len = strlen(prompt),
+        .sampling = {.temperature = temperature, .top_k = top_k, .top_p = 1.0f, .seed = 9},
+        .max_tokens = 12,
+        .ignore_eos = true,
+        .logprobs = true,
+        .top_logprobs = top_logprobs,
+        .on_event = lp_event,
+        .user = got,
+    };
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    harness_drain(e, 1000);
+    dsla_engine_destroy(&e);
+}
+
+/* Every generated token carries its logprobs; greedy takes the likeliest; the values are of the
+ * raw distribution, so a greedy sampler that gets there through temperature and top-k reports the
+ * same numbers; top_logprobs beyond the limit is refused naming the field. */
+static void test_logprobs_in_events(void **state) {
+    (void)state;
+    lp_sink_t greedy = {0}, via_top_k = {0};
+    run_logprobs(0.0f, 0, 5, &greedy);
+    run_logprobs(0.5f, 1, 5, &via_top_k);
+    assert_int_equal(greedy.n, 12);
+    assert_false(greedy.missing);
+    assert_int_equal(via_top_k.n, 12);
+    for (int i = 0; i < greedy.n; i++) {
+        const dsla_token_logprobs_t *lp = &greedy.lp[i];
+        assert_int_equal(lp->n_top, 5);
+        assert_int_equal(lp->top_ids[0], greedy.ids[i]);
+        assert_float_equal(lp->logprob, lp->top_logprobs[0], 0);
+        assert_true(lp->logprob <= 0);
+        for (int j = 1; j < lp->n_top; j++)
+            assert_true(lp->top_logprobs[j] <= lp->top_logprobs[j - 1]);
+        assert_int_equal(via_top_k.ids[i], greedy.ids[i]);
+        assert_memory_equal(&via_top_k.lp[i], lp, sizeof *lp);
+    }
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    dsla_request_params_t p = {.prompt_text = "x",
+                               .prompt_text_len = 1,
+                               .max_tokens = 1,
+                               .logprobs = true,
+                               .top_logprobs = DSLA_LOGPROBS_TOP_MAX + 1};
+    assert_int_equal(dsla_engine_submit(e, &p, NULL), DSLA_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(dsla_last_error(), "top_logprobs is 21; it must be in [0, 20]"));
+    dsla_engine_destroy(&e);
+}
+
+/* The first event of a prompt-scoring request. */
+typedef struct {
+    int n_prompt, events_with_prompt;
+    int32_t ids[32];
+    dsla_token_logprobs_t lp[32];
+    dsla_token_logprobs_t first; /* the first generated token's */
+    bool have_first;
+} prompt_sink_t;
+
+static int prompt_event(void *user, const dsla_stream_event_t *ev) {
+    prompt_sink_t *s = user;
+    if (ev->prompt_logprobs) {
+        s->events_with_prompt++;
+        s->n_prompt = ev->n_prompt;
+        for (int i = 0; i < ev->n_prompt && i < 32; i++) {
+            s->ids[i] = ev->prompt_ids[i];
+            s->lp[i] = ev->prompt_logprobs[i];
+        }
+    }
+    if (ev->token >= 0 && ev->logprobs && !s->have_first) {
+        s->first = *ev->logprobs;
+        s->have_first = true;
+    }
+    return 0;
+}
+
+static void run_prompt(const int32_t *ids, int n, bool score, int prefill_chunk,
+                       prompt_sink_t *got) {
+    dsla_engine_config_t cfg = dsla_engine_config_default();
+    cfg.prefill_chunk = prefill_chunk;
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    dsla_request_params_t p = {
+        .prompt_ids = ids,
+        .n_prompt_ids = n,
+        .max_tokens = 2,
+        .ignore_eos = true,
+        .logprobs = true,
+        .top_logprobs = 4,
+        .prompt_logprobs = score,
+        .on_event = prompt_event,
+        .user = got,
+    };
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    harness_drain(e, 1000);
+    dsla_engine_destroy(&e);
+}
+
+/* echo's prompt logprobs: position p's are those of the next-token distribution after the first p
+ * tokens, the same numbers a request whose prompt ends there gets for its first token; they come
+ * once, whole, in the first event, also when the prefill runs in chunks of 3. */
+static void test_prompt_logprobs(void **state) {
+    (void)state;
+    const int32_t ids[] = {1, 403, 407, 261, 300, 290, 288, 310};
+    enum { N = 8 };
+    prompt_sink_t scored = {0};
+    run_prompt(ids, N, true, 3, &scored);
+    assert_int_equal(scored.events_with_prompt, 1);
+    assert_int_equal(scored.n_prompt, N);
+    assert_memory_equal(scored.ids, ids, sizeof ids);
+    for (int p = 1; p < N; p++) {
+        prompt_sink_t prefix = {0};
+        run_prompt(ids, p, false, 256, &prefix);
+        assert_int_equal(prefix.events_with_prompt, 0);
+        assert_true(prefix.have_first);
+        const dsla_token_logprobs_t *a = &scored.lp[p], *b = &prefix.first;
+        assert_int_equal(a->n_top, 4);
+        for (int j = 0; j < 4; j++) {
+            assert_int_equal(a->top_ids[j], b->top_ids[j]);
+            assert_float_equal(a->top_logprobs[j], b->top_logprobs[j], 1e-4);
+        }
+        /* the prompt token's own logprob, checked against the list when it is in it */
+        assert_true(a->logprob <= 0);
+        for (int j = 0; j < 4; j++)
+            if (b->top_ids[j] == ids[p]) assert_float_equal(a->logprob, b->top_logprobs[j], 1e-4);
+    }
+}
+
 int main(void) {
     model_dir = dsla_test_data_or_skip("models/stories260K-hf/config.json");
     *strrchr(model_dir, '/') = '\0';
@@ -374,6 +527,8 @@ int main(void) {
         cmocka_unit_test(test_plan_change_under_pressure),
         cmocka_unit_test(test_matches_generate),
         cmocka_unit_test(test_finish_with_error_carries_message),
+        cmocka_unit_test(test_logprobs_in_events),
+        cmocka_unit_test(test_prompt_logprobs),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     free(model_dir);

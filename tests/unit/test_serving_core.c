@@ -357,8 +357,39 @@ static void test_samples_accepted_prompts_only(void **state) {
     dsla_serving_sample_destroy(&sample);
 }
 
+/* An event with logprobs becomes a TOKEN that carries them (the first frame of the piece only). */
+static void test_token_logprobs(void **state) {
+    (void)state;
+    dsla_serving_core_t *c = core_new(NULL);
+    uint64_t a = generate(c, "client-a", 3);
+    batch_t x;
+    batch_init(&x);
+    dsla_serving_event_t ev = token_ev(a, 42);
+    ev.has_logprobs = true;
+    ev.logprobs = (dsla_token_logprobs_t){
+        .logprob = -1.5f, .n_top = 2, .top_ids = {7, 42}, .top_logprobs = {-0.5f, -1.5f}};
+    batch_add(&x, ev, "Once", NULL);
+    batch_add(&x, token_ev(a, 43), " upon", NULL);
+    dsla_serving_core_on_events(c, &x.b);
+    assert_int_equal(t.out.n, 2);
+    dsla_proto_token_t *tok = malloc(sizeof *tok);
+    assert_int_equal(dsla_proto_token_decode(t.out.sent[0].body, t.out.sent[0].len, tok), DSLA_OK);
+    assert_true(tok->has_logprobs);
+    assert_int_equal(tok->chosen.id, 42);
+    assert_true(tok->chosen.logprob == -1.5f);
+    assert_int_equal(tok->n_top, 2);
+    assert_int_equal(tok->top[0].id, 7);
+    assert_true(tok->top[0].logprob == -0.5f);
+    assert_int_equal(tok->top[1].id, 42);
+    assert_int_equal(dsla_proto_token_decode(t.out.sent[1].body, t.out.sent[1].len, tok), DSLA_OK);
+    assert_false(tok->has_logprobs);
+    free(tok);
+    dsla_serving_core_destroy(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_token_logprobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_and_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancelled_mid_stream, setup, teardown),
