@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "runtime/core/log.h"
+#include "runtime/core/secret.h"
 
 /* The domain's limits are the wire's: a catalogue fits one plan message, its paths one field. */
 _Static_assert(DSLA_CATALOGUE_LAYERS_MAX == DSLA_PROTO_LAYERS_MAX, "catalogue and plan sizes");
@@ -209,6 +210,7 @@ dsla_status_t dsla_ctl_core_on_load_report(dsla_ctl_core_t *c, const char *from,
                           DSLA_PROTO_REPLICAS_MAX);
     r->last = *rep;
     r->have_report = true;
+    r->last_report_ms = now_ms(c);
     r->alive = true; /* a report proves it alive before its heartbeats do */
     evaluate(c, r);
     return DSLA_OK;
@@ -273,8 +275,19 @@ void dsla_ctl_core_on_peer(dsla_ctl_core_t *c, const char *peer, bool alive) {
     event(c, alive ? "replica_alive" : "replica_dead", "%s", peer);
 }
 
+/* Drops replica i by moving the last one into its place. */
+static void replica_forget(dsla_ctl_core_t *c, int i) {
+    dsla_log_info("controller: forgetting replica %s: no LOAD_REPORT for %d ms",
+                  c->replicas[i].name, DSLA_CONTROLLER_REPLICA_EXPIRE_MS);
+    c->replicas[i] = c->replicas[--c->n_replicas];
+}
+
 void dsla_ctl_core_on_tick(dsla_ctl_core_t *c) {
     uint64_t now = now_ms(c);
+    for (int i = c->n_replicas - 1; i >= 0; i--)
+        if (c->replicas[i].have_report &&
+            now - c->replicas[i].last_report_ms >= DSLA_CONTROLLER_REPLICA_EXPIRE_MS)
+            replica_forget(c, i);
     for (int i = 0; i < c->n_replicas; i++) {
         dsla_ctl_replica_t *r = &c->replicas[i];
         if (!r->pending_seq || now - r->pending_since_ms < DSLA_CONTROLLER_PENDING_MS) continue;
@@ -289,7 +302,8 @@ void dsla_ctl_core_on_tick(dsla_ctl_core_t *c) {
 
 void dsla_ctl_verify_run(dsla_ctl_verify_t *v) {
     const dsla_proto_layer_ready_t *r = &v->ready;
-    dsla_catalogue_announce_t a = {.path = r->path,
+    dsla_catalogue_announce_t a = {.dir = v->layers_dir,
+                                   .path = r->path,
                                    .layer = r->layer,
                                    .version = (int)r->version,
                                    .checksum = r->checksum,
@@ -531,6 +545,10 @@ dsla_status_t dsla_ctl_core_admin(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cm
 
 /* ---- life cycle ---- */
 
+const char *dsla_ctl_core_layers_dir(const dsla_ctl_core_t *c) {
+    return c->layers_dir;
+}
+
 dsla_status_t dsla_ctl_core_create(dsla_ctl_core_t **out, const char *layers_dir,
                                    const dsla_ctl_env_t *env) {
     *out = NULL;
@@ -538,6 +556,9 @@ dsla_status_t dsla_ctl_core_create(dsla_ctl_core_t **out, const char *layers_dir
     if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
     c->env = *env;
     c->policy = dsla_policy_default(DSLA_POLICY_THRESHOLD);
+    /* plan sequence numbers rise from a random start: a PLAN_ACK must name the one in flight,
+     * which no one who did not see the SET_PLAN can guess */
+    c->next_seq = dsla_secret_u64() >> 2;
     snprintf(c->layers_dir, sizeof c->layers_dir, "%s", layers_dir);
     dsla_status_t st = dsla_catalogue_scan(&c->catalogue, layers_dir);
     if (st != DSLA_OK) {

@@ -543,9 +543,11 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
     int linger = 0, hwm = DSLA_ACTOR_QUEUE_MAX;
+    int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     int fd = -1;
     size_t fd_len = sizeof fd;
     if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_ROUTING_ID, a->name, strlen(a->name)) != 0 ||
@@ -644,6 +646,16 @@ dsla_status_t dsla_actor_reply(dsla_actor_t *a, const dsla_actor_msg_t *msg, uin
                           body, body_len);
     return send_frame(a, a->router, msg->route_id_, msg->route_id_len_, dst, type, msg->env->id,
                       body, body_len);
+}
+
+const char *dsla_actor_msg_peer(const dsla_actor_t *a, const dsla_actor_msg_t *msg) {
+    return msg->route_peer_ >= 0 ? a->peers[msg->route_peer_].name : NULL;
+}
+
+bool dsla_actor_msg_from_peer(const dsla_actor_t *a, const dsla_actor_msg_t *msg,
+                              const char *peer) {
+    const char *via = dsla_actor_msg_peer(a, msg);
+    return via && peer && strcmp(via, peer) == 0;
 }
 
 dsla_status_t dsla_actor_reply_error(dsla_actor_t *a, const dsla_actor_msg_t *msg,
@@ -805,12 +817,17 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
     a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
     if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
     int linger = 0, on = 1, fd = -1, backlog = DSLA_ACTOR_BACKLOG, hwm = DSLA_ACTOR_QUEUE_MAX;
+    int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     size_t fd_len = sizeof fd;
-    /* MANDATORY turns a send to an unknown client into an error instead of a silent drop;
-     * HANDOVER lets a restarted peer take its name back from its dead predecessor. */
+    /* MANDATORY turns a send to an unknown client into an error instead of a silent drop.
+     * ZMQ_ROUTER_HANDOVER stays off (libzmq's default): with it the newest connection claiming a
+     * routing id takes the name and every reply meant for it, so anyone who can reach the
+     * mailbox could capture a live peer's traffic. Without it a second connection claiming a
+     * live id is refused, and a restarted peer gets its name back once the dead one's connection
+     * has closed (at once for a killed process: its kernel closes the socket). */
     if (zmq_setsockopt(a->router, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(a->router, ZMQ_ROUTER_MANDATORY, &on, sizeof on) != 0 ||
-        zmq_setsockopt(a->router, ZMQ_ROUTER_HANDOVER, &on, sizeof on) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(a->router, ZMQ_BACKLOG, &backlog, sizeof backlog) != 0 ||
         zmq_setsockopt(a->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
