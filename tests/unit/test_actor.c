@@ -74,7 +74,8 @@ static void on_pong(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     if (msg->env->id == 0) return;
     dsla_proto_ping_t ping;
     if (dsla_proto_ping_decode(msg->env->body, msg->env->body_len, &ping) != DSLA_OK ||
-        ping.seq != msg->env->id || strcmp(msg->env->src, s->peer) != 0)
+        ping.seq != msg->env->id || strcmp(msg->env->src, s->peer) != 0 ||
+        !dsla_actor_msg_from_peer(a, msg, s->peer))
         return; /* a wrong echo leaves the count short and the test fails on it */
     int n = atomic_fetch_add(&s->pongs, 1) + 1;
     if (n < PINGS) send_ping(a, s, (uint64_t)n + 1);
@@ -248,6 +249,90 @@ static void test_malformed_frames_get_errors(void **state) {
     dsla_proto_buf_free(&frame);
 
     zmq_close(sock);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A raw DEALER on the test's own ZeroMQ context. */
+static void *raw_dealer(void *zctx, const char *routing_id, const char *endpoint) {
+    void *sock = zmq_socket(zctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (routing_id) zmq_setsockopt(sock, ZMQ_ROUTING_ID, routing_id, strlen(routing_id));
+    assert_int_equal(zmq_connect(sock, endpoint), 0);
+    return sock;
+}
+
+/* Frames that reach sock within ms. */
+static int frames_within(void *sock, int ms) {
+    int n = 0;
+    uint64_t deadline = dsla_clock_ms() + (uint64_t)ms;
+    for (uint64_t now; (now = dsla_clock_ms()) < deadline;) {
+        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, (long)(deadline - now)) <= 0) continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) >= 0) n++;
+        zmq_msg_close(&m);
+    }
+    return n;
+}
+
+/* A second connection that claims a live peer's routing id ("a", as anyone can see in a log)
+ * must not take its traffic: with ZMQ_ROUTER_HANDOVER it got every PONG meant for a, and a saw
+ * its server die. */
+static void test_routing_id_not_captured(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0}, sa = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, FAST_BEAT_MS);
+    dsla_actor_t *a =
+        start_actor(ctx, "a", NULL, "b", dsla_actor_endpoint(b, 0), &sa, FAST_BEAT_MS);
+    assert_true(wait_for(&sa.alive, 1));
+    void *zctx = zmq_ctx_new();
+    void *thief = raw_dealer(zctx, "a", dsla_actor_endpoint(b, 0));
+    dsla_proto_envelope_t env = {.type = DSLA_MSG_PING, .id = 9, .src = "a", .dst = "b"};
+    dsla_proto_buf_t frame;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    assert_true(zmq_send(thief, frame.data, frame.len, 0) >= 0);
+    dsla_proto_buf_free(&frame);
+    /* ten heartbeats: b's PONGs to a keep going to a, none to the thief */
+    assert_int_equal(frames_within(thief, 10 * FAST_BEAT_MS), 0);
+    assert_int_equal(atomic_load(&sa.dead), 0);
+    zmq_close(thief);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&a);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A frame above DSLA_ACTOR_FRAME_MAX is refused by ZeroMQ from its length prefix, never handed
+ * to the actor (which would answer it with an ERROR after holding it whole); the actor then
+ * serves the next client as before. */
+static void test_oversized_frame_refused_unread(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, QUIET_BEAT_MS);
+    void *zctx = zmq_ctx_new();
+    void *big = raw_dealer(zctx, "big", dsla_actor_endpoint(b, 0));
+    size_t len = (size_t)DSLA_ACTOR_FRAME_MAX + 1;
+    char *junk = calloc(1, len);
+    assert_true(zmq_send(big, junk, len, 0) >= 0);
+    free(junk);
+    assert_int_equal(frames_within(big, 1000), 0);
+    void *next = raw_dealer(zctx, "next", dsla_actor_endpoint(b, 0));
+    dsla_proto_envelope_t env = {.type = DSLA_MSG_PING, .id = 5, .src = "next", .dst = "b"};
+    dsla_proto_buf_t frame;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    assert_true(zmq_send(next, frame.data, frame.len, 0) >= 0);
+    dsla_proto_buf_free(&frame);
+    expect_reply(next, DSLA_MSG_PONG, 0);
+    zmq_close(big);
+    zmq_close(next);
     zmq_ctx_term(zctx);
     dsla_actor_destroy(&b);
     dsla_actor_ctx_destroy(&ctx);
@@ -617,6 +702,8 @@ int main(void) {
         cmocka_unit_test(test_ping_pong_tcp),
         cmocka_unit_test(test_unknown_type_gets_error),
         cmocka_unit_test(test_malformed_frames_get_errors),
+        cmocka_unit_test(test_routing_id_not_captured),
+        cmocka_unit_test(test_oversized_frame_refused_unread),
         cmocka_unit_test(test_dead_server_reported),
         cmocka_unit_test(test_dead_client_reported),
         cmocka_unit_test(test_many_actors_clean_shutdown),
