@@ -42,6 +42,7 @@ struct dsla_http {
     char gateway[DSLA_PROTO_ENDPOINT_MAX + 1];
     char model[256];
     uint32_t heartbeat_ms, max_in_flight;
+    const dsla_http_auth_t *auth; /* NULL: no key required */
     long long started;
     int port;
 
@@ -485,9 +486,11 @@ typedef struct {
     char *data;
     size_t len, cap;
     bool too_large;
+    bool unauthorized; /* decided from the headers: the body is dropped unread */
 } upload_t;
 
 static bool upload_add(upload_t *u, const char *data, size_t n) {
+    if (u->unauthorized) return true;
     if (u->too_large || u->len + n > DSLA_HTTP_BODY_MAX) {
         u->too_large = true;
         return true; /* read and drop the rest, then answer 413 */
@@ -520,6 +523,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!u) {
         u = calloc(1, sizeof *u);
         *con_cls = u;
+        if (u && h->auth && route_of(url) != R_HEALTH)
+            u->unauthorized = !dsla_http_auth_check(
+                h->auth,
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
         return u ? MHD_YES : MHD_NO;
     }
     if (*data_size) {
@@ -530,6 +537,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     route_t route = route_of(url);
     bool post = route == R_COMPLETIONS || route == R_CHAT;
     dsla_openai_error_t err;
+    if (u->unauthorized) {
+        dsla_openai_error_set(&err, 401, NULL,
+                              "missing or unknown API key: send it as 'Authorization: Bearer "
+                              "KEY' (/health needs none)");
+        err.type = "invalid_request_error";
+        err.code = "invalid_api_key";
+        return respond_error(h, conn, route, &err);
+    }
     if (route == R_OTHER) {
         dsla_openai_error_set(&err, 404, NULL, "no such path: %.200s (see docs/http.md)", url);
         return respond_error(h, conn, route, &err);
@@ -618,11 +633,24 @@ static dsla_status_t parse_address(const char *address, struct sockaddr_storage 
     return DSLA_OK;
 }
 
+/* 127.0.0.0/8 and ::1: the only addresses where a front end without keys may listen. */
+static bool is_loopback(const struct sockaddr_storage *ss) {
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config) {
     *out = NULL;
     struct sockaddr_storage ss;
     bool v6 = false;
     DSLA_TRY(parse_address(config->address, &ss, &v6));
+    if (!config->auth && !config->allow_insecure && !is_loopback(&ss))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "http: refusing to listen on %s, beyond loopback, without an API key: "
+                          "give --api-key-file FILE or DSLA_API_KEY (or --allow-insecure to "
+                          "serve anyone who can reach it)",
+                          config->address);
     if (!config->gateway || strlen(config->gateway) > DSLA_PROTO_ENDPOINT_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "http: the gateway endpoint is missing");
     dsla_http_t *h = calloc(1, sizeof *h);
@@ -630,6 +658,7 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
     h->heartbeat_ms = config->heartbeat_ms;
+    h->auth = config->auth;
     h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
     h->started = (long long)time(NULL);
     pthread_mutex_init(&h->mu, NULL);

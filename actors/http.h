@@ -11,8 +11,10 @@
 #ifndef DSLA_ACTORS_HTTP_H
 #define DSLA_ACTORS_HTTP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
+#include "actors/http_auth.h"
 #include "runtime/core/status.h"
 
 /* Generation requests one front end carries at once, waiting in a replica's queue or running (each
@@ -32,6 +34,11 @@ typedef struct {
     const char *model;   /* the served model's id */
     uint32_t max_in_flight; /* 0: DSLA_HTTP_IN_FLIGHT_MAX */
     uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS, for its clients of the gateway */
+    /* API keys every route but /health requires (`Authorization: Bearer KEY`; 401 otherwise);
+     * borrowed, must outlive the front end. NULL: none required, which is refused for an address
+     * beyond loopback unless allow_insecure. */
+    const dsla_http_auth_t *auth;
+    bool allow_insecure;
 } dsla_http_config_t;
 
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config);

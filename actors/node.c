@@ -71,7 +71,9 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
                              .gateway = dsla_gateway_endpoint(n->gateway, 1),
                              .model = c->model_name,
                              .max_in_flight = c->http_max_in_flight ? c->http_max_in_flight : bound,
-                             .heartbeat_ms = c->heartbeat_ms};
+                             .heartbeat_ms = c->heartbeat_ms,
+                             .auth = c->http_auth,
+                             .allow_insecure = c->http_allow_insecure};
     return dsla_http_create(&n->http, &hc);
 }
 

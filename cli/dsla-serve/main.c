@@ -163,7 +163,9 @@ int main(int argc, char **argv) {
     const char *http = "127.0.0.1:8000";
     const char *model_name = NULL;
     dsla_arg_list_t replicas = {0};
-    bool serving_only = false;
+    bool serving_only = false, allow_insecure = false;
+    const char *api_key_file = NULL;
+    dsla_http_auth_t *http_auth = NULL;
     long heartbeat_ms = 0, report_ms = 0;
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
     const char *policy = NULL, *controller = NULL, *layer_cache = NULL;
@@ -254,6 +256,12 @@ int main(int argc, char **argv) {
          "HTTP generation requests at once, queued or running (default: the gateway's bound, "
          "--max-queued plus twice --max-running per replica)",
          1, 1 << 24, &http_max_in_flight},
+        {"api-key-file", DSLA_ARG_STRING,
+         "HTTP API keys, one a line (also DSLA_API_KEY): every route but /health needs "
+         "'Authorization: Bearer KEY'",
+         0, 0, &api_key_file},
+        {"allow-insecure", DSLA_ARG_FLAG, "let HTTP listen beyond loopback without an API key", 0,
+         0, &allow_insecure},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
         {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
@@ -442,8 +450,10 @@ int main(int argc, char **argv) {
     dsla_serve_backend_t *backend = NULL;
     if (st == DSLA_OK && on_gpu)
         st = deploy_gpu(model, &random_cfg, &engine, dtype, max_context, margin_mib, &backend);
+    bool http_on = !serving_only && strcmp(http, "off") != 0;
+    if (st == DSLA_OK && http_on)
+        st = dsla_http_auth_load(&http_auth, api_key_file, getenv("DSLA_API_KEY"));
     if (st == DSLA_OK) {
-        bool http_on = !serving_only && strcmp(http, "off") != 0;
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
                                      .engine = engine,
@@ -455,6 +465,8 @@ int main(int argc, char **argv) {
                                      .serving_only = serving_only,
                                      .http = http_on ? http : NULL,
                                      .http_max_in_flight = (uint32_t)http_max_in_flight,
+                                     .http_auth = http_auth,
+                                     .http_allow_insecure = allow_insecure,
                                      .model_name = name,
                                      .heartbeat_ms = (uint32_t)heartbeat_ms,
                                      .layers_dir = layers_dir,
@@ -510,6 +522,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }
     dsla_node_destroy(&node);
+    dsla_http_auth_destroy(&http_auth);
     dsla_serve_backend_destroy(&backend);
     dsla_tokenizer_destroy(&tokenizer);
     dsla_model_destroy(&model);
