@@ -24,6 +24,7 @@ struct dsla_controller {
     dsla_ctl_core_t *core;
     uint32_t tick_ms;
     char distiller[DSLA_PROTO_NAME_MAX + 1]; /* the one name LAYER_READY and progress come from */
+    const dsla_http_auth_t *admin_auth;      /* NULL: no admin key required */
     /* lines a misbehaving peer can repeat once per message */
     dsla_log_limit_t reply_warn, send_warn, refused_warn;
 };
@@ -305,6 +306,11 @@ static void on_admin(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_status_t st = wire && cmd
                            ? dsla_proto_admin_decode(msg->env->body, msg->env->body_len, wire)
                            : dsla_error_oom("controller");
+    if (st == DSLA_OK && c->admin_auth &&
+        !dsla_http_auth_has(c->admin_auth, wire->key, strlen(wire->key)))
+        st = dsla_error(DSLA_ERR_UNAUTHENTICATED,
+                        "ADMIN: missing or unknown admin key (dslactl --admin-key-file FILE or "
+                        "DSLA_ADMIN_KEY)");
     if (st == DSLA_OK) st = dsla_admin_parse_msg(wire, cmd);
     if (st == DSLA_OK && cmd->op == DSLA_ADMIN_HISTORY) {
         st = queue_history(c, msg, cmd->n);
@@ -359,6 +365,7 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     c->tick_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : DSLA_ACTOR_HEARTBEAT_MS;
     snprintf(c->distiller, sizeof c->distiller, "%s",
              cfg->distiller ? cfg->distiller : "distiller");
+    c->admin_auth = cfg->admin_auth;
     dsla_ctl_env_t env = {.user = c,
                           .now_ms = env_now_ms,
                           .wall_ms = env_wall_ms,

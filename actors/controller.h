@@ -36,6 +36,7 @@
 #ifndef DSLA_ACTORS_CONTROLLER_H
 #define DSLA_ACTORS_CONTROLLER_H
 
+#include "actors/http_auth.h"
 #include "runtime/actor/actor.h"
 
 typedef struct dsla_controller dsla_controller_t;
@@ -50,6 +51,9 @@ typedef struct {
     /* the actor name of its distiller, the only sender of LAYER_READY and DISTILL_PROGRESS it
      * takes; NULL: "distiller" (a distiller's default name) */
     const char *distiller;
+    /* keys an ADMIN must carry (dslactl --admin-key-file, DSLA_ADMIN_KEY); borrowed. NULL: the
+     * admin mailbox is open to anyone who reaches it (loopback by default) */
+    const dsla_http_auth_t *admin_auth;
     const char *db_path; /* SQLite database, created when absent */
     /* policy in text form ("manual layers=2"); replaces the stored one when given. NULL: the stored
      * one, else the threshold defaults */

@@ -39,20 +39,19 @@ static dsla_status_t add_key(dsla_http_auth_t *a, const char *key, size_t len, c
 }
 
 /* Reads the whole key file: a regular file (no FIFO to block on), within the size limit. */
-static dsla_status_t read_file(const char *path, char **out, size_t *len) {
+static dsla_status_t read_file(const char *option, const char *path, char **out, size_t *len) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return dsla_error(DSLA_ERR_NOT_FOUND, "--api-key-file %s: %s", path, strerror(errno));
+    if (fd < 0) return dsla_error(DSLA_ERR_NOT_FOUND, "%s %s: %s", option, path, strerror(errno));
     struct stat sb;
     dsla_status_t st = DSLA_OK;
     char *buf = NULL;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
         (uint64_t)sb.st_size > DSLA_HTTP_AUTH_FILE_MAX)
         st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                        "--api-key-file %s: must be a regular file of at most %u bytes", path,
+                        "%s %s: must be a regular file of at most %u bytes", option, path,
                         DSLA_HTTP_AUTH_FILE_MAX);
     else if (!(buf = malloc((size_t)sb.st_size + 1)))
-        st = dsla_error_oom("--api-key-file %s", path);
+        st = dsla_error_oom("%s %s", option, path);
     size_t n = 0;
     while (st == DSLA_OK && n < (size_t)sb.st_size) {
         ssize_t got = read(fd, buf + n, (size_t)sb.st_size - n);
@@ -71,10 +70,10 @@ static dsla_status_t read_file(const char *path, char **out, size_t *len) {
     return DSLA_OK;
 }
 
-static dsla_status_t load_file(dsla_http_auth_t *a, const char *path) {
+static dsla_status_t load_file(dsla_http_auth_t *a, const char *option, const char *path) {
     char *text = NULL;
     size_t len = 0;
-    DSLA_TRY(read_file(path, &text, &len));
+    DSLA_TRY(read_file(option, path, &text, &len));
     dsla_status_t st = DSLA_OK;
     int line = 0;
     for (char *p = text; st == DSLA_OK && p < text + len;) {
@@ -93,18 +92,19 @@ static dsla_status_t load_file(dsla_http_auth_t *a, const char *path) {
     }
     free(text);
     if (st == DSLA_OK && a->n == 0)
-        st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "--api-key-file %s: holds no key", path);
+        st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s %s: holds no key", option, path);
     return st;
 }
 
-dsla_status_t dsla_http_auth_load(dsla_http_auth_t **out, const char *key_file, const char *key) {
+dsla_status_t dsla_http_auth_load(dsla_http_auth_t **out, const char *key_file, const char *key,
+                                  const dsla_http_auth_source_t *source) {
     *out = NULL;
     bool have_key = key && *key;
     if (!key_file && !have_key) return DSLA_OK;
     dsla_http_auth_t *a = calloc(1, sizeof *a);
     if (!a) return dsla_error_oom("API keys");
-    dsla_status_t st = key_file ? load_file(a, key_file) : DSLA_OK;
-    if (st == DSLA_OK && have_key) st = add_key(a, key, strlen(key), "DSLA_API_KEY");
+    dsla_status_t st = key_file ? load_file(a, source->option, key_file) : DSLA_OK;
+    if (st == DSLA_OK && have_key) st = add_key(a, key, strlen(key), source->env);
     if (st != DSLA_OK) {
         dsla_http_auth_destroy(&a);
         return st;
@@ -124,14 +124,8 @@ size_t dsla_http_auth_count(const dsla_http_auth_t *a) {
     return a ? a->n : 0;
 }
 
-bool dsla_http_auth_check(const dsla_http_auth_t *a, const char *authorization) {
-    if (!a || !authorization || strncasecmp(authorization, "Bearer ", 7) != 0) return false;
-    const char *key = authorization + 7;
-    while (*key == ' ')
-        key++;
-    size_t len = strnlen(key, DSLA_HTTP_KEY_MAX + 1);
-    while (len > 0 && key[len - 1] == ' ')
-        len--;
+bool dsla_http_auth_has(const dsla_http_auth_t *a, const char *key, size_t len) {
+    if (!a || !key) return false;
     unsigned found = 0;
     for (size_t i = 0; i < a->n; i++) {
         if (a->lens[i] != len) continue; /* a key's length is no secret worth the bytes */
@@ -142,4 +136,15 @@ bool dsla_http_auth_check(const dsla_http_auth_t *a, const char *authorization) 
         found |= diff == 0;
     }
     return found != 0;
+}
+
+bool dsla_http_auth_check(const dsla_http_auth_t *a, const char *authorization) {
+    if (!a || !authorization || strncasecmp(authorization, "Bearer ", 7) != 0) return false;
+    const char *key = authorization + 7;
+    while (*key == ' ')
+        key++;
+    size_t len = strnlen(key, DSLA_HTTP_KEY_MAX + 1);
+    while (len > 0 && key[len - 1] == ' ')
+        len--;
+    return dsla_http_auth_has(a, key, len);
 }

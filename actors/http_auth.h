@@ -1,4 +1,5 @@
-/* API keys for the HTTP front end (docs/security.md): the set of keys a request may present as
+/* API keys for the HTTP front end, and the admin keys of the controller (docs/security.md): the
+ * set of keys a request may present as
  * `Authorization: Bearer KEY`, loaded from a key file (one key per line; blank lines and lines
  * starting with # skipped) and from one key given directly (DSLA_API_KEY).
  *
@@ -23,12 +24,21 @@
 
 typedef struct dsla_http_auth dsla_http_auth_t;
 
+/* Where keys come from, for the errors: the option naming the file and the variable of the key. */
+typedef struct {
+    const char *option; /* "--api-key-file" */
+    const char *env;    /* "DSLA_API_KEY" */
+} dsla_http_auth_source_t;
+
 /* Loads the keys of key_file (NULL: none) and key (NULL or "": none). With neither, *out is NULL
- * and DSLA_OK: no key is required. Errors name the file, the line and the limit. */
-dsla_status_t dsla_http_auth_load(dsla_http_auth_t **out, const char *key_file, const char *key);
+ * and DSLA_OK: no key is required. Errors name the option or variable, the line and the limit. */
+dsla_status_t dsla_http_auth_load(dsla_http_auth_t **out, const char *key_file, const char *key,
+                                  const dsla_http_auth_source_t *source);
 void dsla_http_auth_destroy(dsla_http_auth_t **a);
 size_t dsla_http_auth_count(const dsla_http_auth_t *a);
 
+/* Whether key (len bytes) is one of the keys: the comparison behind both checks. */
+bool dsla_http_auth_has(const dsla_http_auth_t *a, const char *key, size_t len);
 /* Whether an Authorization header value ("Bearer KEY"; NULL when absent) carries one of the keys.
  */
 bool dsla_http_auth_check(const dsla_http_auth_t *a, const char *authorization);

@@ -120,6 +120,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
                                        .layers_dir = layers_dir,
                                        .db_path = config->controller_db,
                                        .policy = config->policy,
+                                       .admin_auth = config->admin_auth,
                                        .heartbeat_ms = config->heartbeat_ms};
         st = dsla_controller_create(&n->controller, &cc);
     }

@@ -339,9 +339,14 @@ dsla_status_t dsla_proto_plan_reply_decode(const void *body, size_t len,
 /* The text of one ADMIN_REPLY: a long history fits, a hostile frame cannot claim more. */
 #define DSLA_PROTO_ADMIN_TEXT_MAX (1u << 20)
 
+/* The admin key an ADMIN may carry: a controller configured with admin keys answers only those
+ * that carry one of them (UNAUTHENTICATED otherwise). */
+#define DSLA_PROTO_ADMIN_KEY_MAX 256
+
 typedef struct {
     uint32_t n_args;
     char args[DSLA_PROTO_ADMIN_ARGS_MAX][DSLA_PROTO_ADMIN_ARG_LEN_MAX + 1];
+    char key[DSLA_PROTO_ADMIN_KEY_MAX + 1]; /* "" : none; travels only when set */
 } dsla_proto_admin_t;
 
 dsla_status_t dsla_proto_admin_encode(const dsla_proto_admin_t *a, dsla_proto_buf_t *out);

@@ -237,9 +237,61 @@ static void test_shell(void **state) {
     free(dir);
 }
 
+/* With admin keys configured, an ADMIN without one, or with another, is UNAUTHENTICATED; with
+ * one it is answered. */
+static void test_admin_key(void **state) {
+    (void)state;
+    char *dir = dsla_test_tempdir();
+    write_version(dir, 0);
+    dsla_actor_ctx_t *ctx = NULL;
+    ok(dsla_actor_ctx_create(&ctx));
+    char db[1024];
+    snprintf(db, sizeof db, "%s/controller.db", dir);
+    dsla_http_auth_t *keys = NULL;
+    ok(dsla_http_auth_load(&keys, NULL, "sk-admin-0123456789abcdef",
+                           &(dsla_http_auth_source_t){"--admin-key-file", "DSLA_ADMIN_KEY"}));
+    dsla_controller_config_t cc = {.ctx = ctx,
+                                   .bind = {"tcp://127.0.0.1:*"},
+                                   .layers_dir = dir,
+                                   .db_path = db,
+                                   .admin_auth = keys,
+                                   .heartbeat_ms = BEAT_MS};
+    dsla_controller_t *ctl = NULL;
+    ok(dsla_controller_create(&ctl, &cc));
+    dsla_client_t *client = NULL;
+    ok(dsla_client_connect(&client, dsla_controller_endpoint(ctl, 0), NULL));
+    const char *tries[] = {"", "sk-admin-0123456789abcdeX", "sk-admin-0123456789abcdef"};
+    for (int i = 0; i < 3; i++) {
+        dsla_proto_admin_t *cmd = calloc(1, sizeof *cmd);
+        snprintf(cmd->args[cmd->n_args++], sizeof cmd->args[0], "status");
+        snprintf(cmd->key, sizeof cmd->key, "%s", tries[i]);
+        dsla_proto_buf_t body = {0};
+        ok(dsla_proto_admin_encode(cmd, &body));
+        dsla_proto_admin_reply_t reply = {0};
+        dsla_client_result_t result = {0};
+        dsla_proto_code_t code =
+            dsla_client_call(client, DSLA_MSG_ADMIN, &body, DSLA_MSG_ADMIN_REPLY,
+                             admin_reply_decode, &reply, 10000, &result);
+        if (i < 2 && (code != DSLA_CODE_UNAUTHENTICATED || !strstr(result.message, "admin key")))
+            fail_msg("key '%s': %s: %s", tries[i], dsla_proto_code_name(code), result.message);
+        if (i == 2 && (code != DSLA_CODE_OK || !strstr(reply.text, "catalogue")))
+            fail_msg("the key: %s: %s", dsla_proto_code_name(code), result.message);
+        dsla_proto_admin_reply_free(&reply);
+        dsla_proto_buf_free(&body);
+        free(cmd);
+    }
+    dsla_client_close(&client);
+    dsla_controller_destroy(&ctl);
+    dsla_actor_ctx_destroy(&ctx);
+    dsla_http_auth_destroy(&keys);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shell),
+        cmocka_unit_test(test_admin_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
