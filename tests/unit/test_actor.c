@@ -264,6 +264,16 @@ static void *raw_dealer(void *zctx, const char *routing_id, const char *endpoint
     return sock;
 }
 
+/* A PING envelope from a raw socket, under whatever src it claims. */
+static void raw_ping(void *sock, const char *src, uint64_t id) {
+    dsla_proto_envelope_t env = {.type = DSLA_MSG_PING, .id = id, .dst = "b"};
+    snprintf(env.src, sizeof env.src, "%s", src);
+    dsla_proto_buf_t frame;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    assert_true(zmq_send(sock, frame.data, frame.len, 0) >= 0);
+    dsla_proto_buf_free(&frame);
+}
+
 /* Frames that reach sock within ms. */
 static int frames_within(void *sock, int ms) {
     int n = 0;
@@ -293,11 +303,7 @@ static void test_routing_id_not_captured(void **state) {
     assert_true(wait_for(&sa.alive, 1));
     void *zctx = zmq_ctx_new();
     void *thief = raw_dealer(zctx, "a", dsla_actor_endpoint(b, 0));
-    dsla_proto_envelope_t env = {.type = DSLA_MSG_PING, .id = 9, .src = "a", .dst = "b"};
-    dsla_proto_buf_t frame;
-    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
-    assert_true(zmq_send(thief, frame.data, frame.len, 0) >= 0);
-    dsla_proto_buf_free(&frame);
+    raw_ping(thief, "a", 9);
     /* ten heartbeats: b's PONGs to a keep going to a, none to the thief */
     assert_int_equal(frames_within(thief, 10 * FAST_BEAT_MS), 0);
     assert_int_equal(atomic_load(&sa.dead), 0);
@@ -325,11 +331,7 @@ static void test_oversized_frame_refused_unread(void **state) {
     free(junk);
     assert_int_equal(frames_within(big, 1000), 0);
     void *next = raw_dealer(zctx, "next", dsla_actor_endpoint(b, 0));
-    dsla_proto_envelope_t env = {.type = DSLA_MSG_PING, .id = 5, .src = "next", .dst = "b"};
-    dsla_proto_buf_t frame;
-    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
-    assert_true(zmq_send(next, frame.data, frame.len, 0) >= 0);
-    dsla_proto_buf_free(&frame);
+    raw_ping(next, "next", 5);
     expect_reply(next, DSLA_MSG_PONG, 0);
     zmq_close(big);
     zmq_close(next);
