@@ -101,6 +101,7 @@ struct dsla_actor {
     peer_t peers[DSLA_ACTOR_PEER_MAX];
     watch_table_t watched;
     dsla_log_limit_t watch_warn;
+    dsla_log_limit_t frame_warn; /* lines any peer can repeat once per frame it sends */
     struct dsla_actor_timer *timers;
 
     /* Cross-thread posts: a queue under post_mu, drained by post_async on the loop. */
@@ -274,8 +275,11 @@ static peer_t *peer_add(dsla_actor_t *a, const char *name) {
 static void peer_report(dsla_actor_t *a, peer_t *p, peer_state_t state) {
     if (p->state == state) return;
     p->state = state;
-    dsla_log_info("actor %s: peer %s is %s", a->name, p->name,
-                  state == PEER_ALIVE ? "alive" : "dead");
+    /* a peer's death is news at the default level (it was logged below it, unseen) */
+    if (state == PEER_ALIVE)
+        dsla_log_info("actor %s: peer %s is alive", a->name, p->name);
+    else
+        dsla_log_warn("actor %s: peer %s is dead", a->name, p->name);
     if (a->on_peer) a->on_peer(a, p->name, state == PEER_ALIVE, a->user);
 }
 
@@ -418,7 +422,8 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
                         1 + extra_frames);
     peer_heard(a, from, st == DSLA_OK && env.type == DSLA_MSG_PING);
     if (st != DSLA_OK) {
-        dsla_log_warn("actor %s: refusing a frame from '%s': %s", a->name, from, dsla_last_error());
+        DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN, "actor %s: refusing a frame from '%s': %s",
+                         a->name, from, dsla_last_error());
         /* never answer an error with an error */
         if (env.type != DSLA_MSG_ERROR &&
             dsla_actor_reply_error(a, &msg, dsla_proto_code_from_status(st), dsla_last_error()) !=
@@ -441,11 +446,14 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
     case DSLA_MSG_ERROR: {
         dsla_proto_error_t err;
         if (dsla_proto_error_decode(env.body, env.body_len, &err) == DSLA_OK)
-            dsla_log_warn("actor %s: unhandled ERROR from '%s' (id %llu): %s: %s", a->name, from,
-                          (unsigned long long)env.id, dsla_proto_code_name(err.code), err.message);
+            DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN,
+                             "actor %s: unhandled ERROR from '%s' (id %llu): %s: %s", a->name, from,
+                             (unsigned long long)env.id, dsla_proto_code_name(err.code),
+                             err.message);
         else
-            dsla_log_warn("actor %s: malformed ERROR from '%s': %s", a->name, from,
-                          dsla_last_error());
+            DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN,
+                             "actor %s: malformed ERROR from '%s': %s", a->name, from,
+                             dsla_last_error());
         return;
     }
     default: {
@@ -488,7 +496,8 @@ static bool receive_one(dsla_actor_t *a, void *sock, int peer_index) {
         dispatch(a, peer_index, zmq_msg_data(&id), zmq_msg_size(&id), zmq_msg_data(&content),
                  zmq_msg_size(&content), extra);
     else
-        dsla_log_warn("actor %s: receive failed: %s", a->name, zmq_strerror(zmq_errno()));
+        DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN, "actor %s: receive failed: %s", a->name,
+                         zmq_strerror(zmq_errno()));
     zmq_msg_close(&id);
     zmq_msg_close(&content);
     return true;

@@ -8,13 +8,16 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
 #include "proto/proto.h"
 #include "runtime/actor/actor.h"
 #include "runtime/core/clock.h"
+#include "runtime/core/log.h"
 
 enum {
     PINGS = 1000,
@@ -338,6 +341,46 @@ static void test_oversized_frame_refused_unread(void **state) {
     zmq_ctx_term(zctx);
     dsla_actor_destroy(&b);
     dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A flood of malformed frames is each answered, but logged at most DSLA_LOG_LIMIT_BURST times a
+ * window (5,000 frames wrote 5,000 lines before). */
+static void test_frame_flood_log_bounded(void **state) {
+    (void)state;
+    enum { FLOOD = 300 };
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, QUIET_BEAT_MS);
+    char *dir = dsla_test_tempdir(), path[1024];
+    snprintf(path, sizeof path, "%s/stderr", dir);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(saved >= 0 && fd >= 0 && dup2(fd, STDERR_FILENO) >= 0);
+    void *zctx = zmq_ctx_new();
+    void *sock = raw_dealer(zctx, "flood", dsla_actor_endpoint(b, 0));
+    for (int i = 0; i < FLOOD; i++) {
+        assert_true(zmq_send(sock, "\xc1", 1, 0) >= 0); /* a reserved msgpack byte */
+        expect_reply(sock, DSLA_MSG_ERROR, DSLA_CODE_INVALID_ARGUMENT);
+    }
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fd);
+    size_t len = 0;
+    char *text = dsla_test_read_file(path, &len);
+    int lines = 0;
+    for (const char *p = text; (p = strstr(p, "refusing a frame")) != NULL; p++)
+        lines++;
+    if (lines < 1 || lines > DSLA_LOG_LIMIT_BURST + 1)
+        fail_msg("%d lines for %d malformed frames:\n%s", lines, FLOOD, text);
+    free(text);
+    zmq_close(sock);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+    dsla_test_rmtree(dir);
+    free(dir);
 }
 
 /* a connects to b; both see each other alive; then the one named by kill stops and the other
@@ -706,6 +749,7 @@ int main(void) {
         cmocka_unit_test(test_malformed_frames_get_errors),
         cmocka_unit_test(test_routing_id_not_captured),
         cmocka_unit_test(test_oversized_frame_refused_unread),
+        cmocka_unit_test(test_frame_flood_log_bounded),
         cmocka_unit_test(test_dead_server_reported),
         cmocka_unit_test(test_dead_client_reported),
         cmocka_unit_test(test_many_actors_clean_shutdown),
