@@ -2,6 +2,7 @@
 #include "actors/controller_core.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -582,12 +583,20 @@ static void restore_plan(void *user, const dsla_ctl_plan_row_t *row) {
 }
 
 /* A version announced before a restart, where its file still holds what was announced. */
+/* A recorded version is restored only from inside the layer directory: a database written
+ * before announcements were confined may name any file (a zero-weight layer in /tmp was still
+ * served after a restart). */
 static void restore_layer(void *user, const dsla_ctl_layer_row_t *row) {
     dsla_ctl_core_t *c = user;
     dsla_catalogue_entry_t e;
     int order[DSLA_CATALOGUE_LAYERS_MAX], n_order = 0;
-    if (dsla_catalogue_read(row->path, &e, order, &n_order) != DSLA_OK ||
-        e.checksum != row->checksum) {
+    char path[PATH_MAX];
+    if (dsla_catalogue_confine(c->layers_dir, row->path, path) != DSLA_OK) {
+        dsla_log_warn("controller: recorded layer version %s: %s; not catalogued", row->path,
+                      dsla_last_error());
+        return;
+    }
+    if (dsla_catalogue_read(path, &e, order, &n_order) != DSLA_OK || e.checksum != row->checksum) {
         dsla_log_warn("controller: layer version %s is gone or changed; not catalogued", row->path);
         return;
     }

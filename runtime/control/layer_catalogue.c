@@ -111,10 +111,7 @@ dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint6
     return DSLA_OK;
 }
 
-/* Resolves an announced path into resolved, which must then be a version file directly inside
- * dir (itself resolved): symbolic links, "..", and files elsewhere are refused without opening
- * anything. */
-static dsla_status_t confine(const char *dir, const char *path, char resolved[PATH_MAX]) {
+dsla_status_t dsla_catalogue_confine(const char *dir, const char *path, char *resolved) {
     char root[PATH_MAX];
     if (!dir || !realpath(dir, root))
         return dsla_error(DSLA_ERR_NOT_FOUND, "layer versions: cannot resolve directory %s",
@@ -135,7 +132,7 @@ static dsla_status_t confine(const char *dir, const char *path, char resolved[PA
 dsla_status_t dsla_catalogue_verify(const dsla_catalogue_announce_t *a, dsla_catalogue_entry_t *e,
                                     int *order, int *n_order) {
     char path[PATH_MAX];
-    DSLA_TRY(confine(a->dir, a->path, path));
+    DSLA_TRY(dsla_catalogue_confine(a->dir, a->path, path));
     uint64_t size = 0, xxh = 0;
     DSLA_TRY(dsla_catalogue_file_digest(path, &size, &xxh));
     if (size != a->size || xxh != a->xxh64)
@@ -229,7 +226,9 @@ dsla_status_t dsla_catalogue_scan(dsla_catalogue_t *out, const char *dir) {
         dsla_catalogue_entry_t e;
         int order[DSLA_CATALOGUE_LAYERS_MAX], n_order = 0;
         snprintf(path, sizeof path, "%s/%s", root, de->d_name);
-        if (dsla_catalogue_read(path, &e, order, &n_order) != DSLA_OK) {
+        char resolved[PATH_MAX];
+        if (dsla_catalogue_confine(root, path, resolved) != DSLA_OK ||
+            dsla_catalogue_read(resolved, &e, order, &n_order) != DSLA_OK) {
             dsla_log_warn("controller: skipping %s", dsla_last_error());
             continue;
         }

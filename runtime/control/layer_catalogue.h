@@ -79,6 +79,12 @@ typedef struct {
 dsla_status_t dsla_catalogue_verify(const dsla_catalogue_announce_t *a, dsla_catalogue_entry_t *e,
                                     int *order, int *n_order);
 
+/* Resolves path (every symbolic link, "..") into resolved (PATH_MAX bytes), which must then name
+ * a version file (layer-*.safetensors) directly inside dir, itself resolved: PERMISSION_DENIED
+ * naming both otherwise, NOT_FOUND when either cannot be resolved. Opens nothing. What the scan,
+ * the verification of an announcement and a restart's restore all apply. */
+dsla_status_t dsla_catalogue_confine(const char *dir, const char *path, char *resolved);
+
 /* Reads exactly n bytes at offset of path into buf; IO naming the file and range otherwise. */
 dsla_status_t dsla_catalogue_file_read(const char *path, uint64_t offset, void *buf, size_t n);
 

@@ -540,6 +540,35 @@ static void test_hostile_announcements_refused(void **state) {
     free(outside);
 }
 
+/* A database from before announcements were confined may record a version outside the layer
+ * directory: a restart does not catalogue it (a zero-weight layer in /tmp was served again). */
+static void test_restore_refuses_outside(void **state) {
+    (void)state;
+    char *dir = versions_dir(), *outside = dsla_test_tempdir();
+    write_version(outside, 5, 1, "layer-5.safetensors");
+    char db[1024], path[1024];
+    snprintf(db, sizeof db, "%s/controller.db", dir);
+    snprintf(path, sizeof path, "%s/layer-5.safetensors", outside);
+    dsla_catalogue_entry_t e;
+    ok(dsla_catalogue_read(path, &e, NULL, NULL));
+    fake_t *f = calloc(1, sizeof *f);
+    ok(dsla_ctl_store_open(&f->store, db));
+    dsla_ctl_layer_row_t row = {.layer = 5, .version = 1, .checksum = e.checksum};
+    snprintf(row.path, sizeof row.path, "%s", path);
+    ok(dsla_ctl_store_put_layer(f->store, &row));
+    dsla_ctl_core_t *c = core_new(f, dir, NULL);
+    assert_int_equal(dsla_ctl_core_catalogue(c)->n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_not_equal(dsla_ctl_core_catalogue(c)->entries[i].layer, 5);
+    dsla_ctl_core_destroy(&c);
+    dsla_ctl_store_close(&f->store);
+    free(f);
+    dsla_test_rmtree(dir);
+    dsla_test_rmtree(outside);
+    free(dir);
+    free(outside);
+}
+
 /* Names that reported once and fell silent leave the replica table: 64 invented names filled it
  * for good before. A replica that keeps reporting stays. */
 static void test_silent_replicas_expire(void **state) {
@@ -690,6 +719,7 @@ int main(void) {
         cmocka_unit_test(test_restart_from_sqlite),
         cmocka_unit_test(test_hostile_announcements_refused),
         cmocka_unit_test(test_silent_replicas_expire),
+        cmocka_unit_test(test_restore_refuses_outside),
         cmocka_unit_test(test_corrupt_version_refused),
         cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_admin_against_state),
