@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <msgpack.h>
 #include <zmq.h>
@@ -230,10 +231,48 @@ static void test_unforwardable_generate_takes_no_slot(void **state) {
     rig_stop(g);
 }
 
+/* Client names were client-<pid>-<n>, and the pid is in ps: a stranger who claimed the next names
+ * first had the real client's connection refused (a mailbox keeps a live name). Now the names
+ * carry random bits, and the client is served whatever names were taken. */
+static void test_client_names_cannot_be_taken_first(void **state) {
+    (void)state;
+    rig_t *g = rig_start();
+    const char *endpoint = dsla_gateway_endpoint(g->gateway, 0);
+    enum { CLAIMED = 64 };
+    void *zctx = zmq_ctx_new(), *squatters[CLAIMED];
+    for (int i = 0; i < CLAIMED; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "client-%ld-%d", (long)getpid(), i + 1);
+        squatters[i] = zmq_socket(zctx, ZMQ_DEALER);
+        int linger = 0;
+        zmq_setsockopt(squatters[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_setsockopt(squatters[i], ZMQ_ROUTING_ID, name, strlen(name));
+        assert_int_equal(zmq_connect(squatters[i], endpoint), 0);
+        dsla_proto_buf_t empty = {.data = "\x80", .len = 1};
+        raw_send(squatters[i], name, DSLA_MSG_PING, 0, &empty); /* the name is live now */
+    }
+    struct timespec settle = {0, 200000000};
+    nanosleep(&settle, NULL);
+    dsla_client_options_t opt = {.heartbeat_ms = BEAT_MS};
+    dsla_client_t *client = NULL;
+    ok(dsla_client_connect(&client, endpoint, &opt));
+    dsla_proto_report_t *rep = calloc(1, sizeof *rep);
+    dsla_client_result_t result = {0};
+    if (dsla_client_status(client, rep, 3000, &result) != DSLA_CODE_OK)
+        fail_msg("the client was not served: %s", result.message);
+    free(rep);
+    dsla_client_close(&client);
+    for (int i = 0; i < CLAIMED; i++)
+        zmq_close(squatters[i]);
+    zmq_ctx_term(zctx);
+    rig_stop(g);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forged_tokens_reach_no_client),
         cmocka_unit_test(test_unforwardable_generate_takes_no_slot),
+        cmocka_unit_test(test_client_names_cannot_be_taken_first),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
