@@ -222,6 +222,12 @@ static void on_layer_fetch(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
           : dsla_error_oom("controller");
     if (st == DSLA_OK && !msg->from[0])
         st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "LAYER_FETCH: only a named replica may fetch");
+    /* only replicas that report to this controller fetch: not anyone who reaches the mailbox */
+    if (st == DSLA_OK && !dsla_ctl_core_is_replica(c->core, msg->from))
+        st = dsla_error(DSLA_ERR_PERMISSION_DENIED,
+                        "LAYER_FETCH: '%s' is no replica of this controller (it has sent no "
+                        "LOAD_REPORT)",
+                        msg->from);
     if (st == DSLA_OK) {
         snprintf(k->to, sizeof k->to, "%s", msg->from);
         k->id = msg->env->id;

@@ -367,6 +367,12 @@ dsla_status_t dsla_ctl_core_on_distill_progress(dsla_ctl_core_t *c, const char *
 
 /* ---- chunked layer transfer ---- */
 
+bool dsla_ctl_core_is_replica(const dsla_ctl_core_t *c, const char *name) {
+    for (int i = 0; i < c->n_replicas; i++)
+        if (strcmp(c->replicas[i].name, name) == 0) return c->replicas[i].have_report;
+    return false;
+}
+
 bool dsla_ctl_core_file(const dsla_ctl_core_t *c, int layer, int version, dsla_ctl_file_t *out) {
     if (layer < 0 || layer >= DSLA_CATALOGUE_LAYERS_MAX) return false;
     const layer_file_t *f = &c->files[layer];

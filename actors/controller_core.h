@@ -120,6 +120,8 @@ void dsla_ctl_core_on_layer_verified(dsla_ctl_core_t *c, const dsla_ctl_verify_t
 /* LAYER_FETCH bookkeeping (controller_chunks.h serves the bytes): the announced file of a
  * catalogued version (false when the catalogue does not hold it), and the outcome of one fetch. */
 bool dsla_ctl_core_file(const dsla_ctl_core_t *c, int layer, int version, dsla_ctl_file_t *out);
+/* Whether name is a replica in the table (it has reported): who may fetch layer versions. */
+bool dsla_ctl_core_is_replica(const dsla_ctl_core_t *c, const char *name);
 void dsla_ctl_core_on_chunk_served(dsla_ctl_core_t *c, const char *to,
                                    const dsla_proto_layer_chunk_t *chunk);
 void dsla_ctl_core_on_fetch_refused(dsla_ctl_core_t *c, const char *to, uint64_t offset,

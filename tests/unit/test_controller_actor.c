@@ -101,6 +101,10 @@ static bool wait_for(atomic_int *v, int target) {
     return true;
 }
 
+static dsla_status_t chunk_decode(const void *body, size_t len, void *out) {
+    return dsla_proto_layer_chunk_decode(body, len, out);
+}
+
 static dsla_status_t admin_reply_decode(const void *body, size_t len, void *out) {
     return dsla_proto_admin_reply_decode(body, len, out);
 }
@@ -220,6 +224,15 @@ static void test_shell(void **state) {
         !strstr(text, "transfers: 1 chunks, 64 bytes served; 1 fetches refused"))
         fail_msg("status:\n%s", text);
     free(text);
+    /* a stranger who never reported as a replica fetches nothing */
+    dsla_proto_buf_t fetch = {0};
+    ok(dsla_proto_layer_fetch_encode(&r->good, &fetch));
+    dsla_client_result_t refused = {0};
+    dsla_proto_layer_chunk_t stolen;
+    assert_int_equal(dsla_client_call(client, DSLA_MSG_LAYER_FETCH, &fetch, DSLA_MSG_LAYER_CHUNK,
+                                      chunk_decode, &stolen, 10000, &refused),
+                     DSLA_CODE_PERMISSION_DENIED);
+    dsla_proto_buf_free(&fetch);
     text = admin(client, "history", "50");
     const char *events[] = {"start", "plan_sent", "fetch_refused", "layer_ready"};
     for (size_t i = 0; i < sizeof events / sizeof events[0]; i++)
