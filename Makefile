@@ -2,9 +2,12 @@
 #   make run    install what is missing, build, generate text from $(DSLA_MODEL)
 #   make test   install what is missing, build with warnings as errors, run every test
 #               (then the unit and integration tests again under AddressSanitizer +
-#               UndefinedBehaviorSanitizer; the integration tests' servers are sanitized too)
+#               UndefinedBehaviorSanitizer; the integration tests' servers are sanitized too;
+#               then each libFuzzer target of tests/fuzz for a few seconds)
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 4
 DSLA_MODEL ?= ../shared/models/stories260K-hf
 PROMPT ?= Once upon a time
 JOBS ?= $(shell nproc)
@@ -12,7 +15,7 @@ JOBS ?= $(shell nproc)
 NVCC := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
 CMAKE_ENV := $(if $(NVCC),CUDACXX=$(NVCC),)
 
-.PHONY: deps build run test test-asan bench clean
+.PHONY: deps build run test test-asan test-fuzz bench clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -27,6 +30,7 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) test-asan
+	$(MAKE) test-fuzz
 
 test-asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DDSLA_CUDA=OFF -DDSLA_SANITIZE=ON -DDSLA_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -34,8 +38,16 @@ test-asan: deps
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS) -L 'unit|integration'
 
+# The fuzz targets (docs/security.md): clang, every library instrumented, each run FUZZ_SECONDS.
+test-fuzz: deps
+	CC=clang-14 cmake -S . -B $(FUZZ_BUILD) -DDSLA_CUDA=OFF -DDSLA_FUZZ=ON \
+		-DDSLA_FUZZ_SECONDS=$(FUZZ_SECONDS) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_envelope fuzz_safetensors fuzz_config \
+		fuzz_tokenizer fuzz_http_body
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -j $(JOBS) -L fuzz
+
 bench: build
 	$(BUILD)/bin/bench_cpu_infer
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

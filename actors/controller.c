@@ -23,8 +23,10 @@ struct dsla_controller {
     dsla_ctl_writer_t *writer;
     dsla_ctl_core_t *core;
     uint32_t tick_ms;
+    char distiller[DSLA_PROTO_NAME_MAX + 1]; /* the one name LAYER_READY and progress come from */
+    const dsla_http_auth_t *admin_auth;      /* NULL: no admin key required */
     /* lines a misbehaving peer can repeat once per message */
-    dsla_log_limit_t reply_warn, send_warn;
+    dsla_log_limit_t reply_warn, send_warn, refused_warn;
 };
 
 /* ---- the core's environment ---- */
@@ -133,8 +135,23 @@ static void verify_done(dsla_actor_t *a, void *user, bool cancelled) {
     free(j);
 }
 
+/* Announcements and progress come only from the configured distiller: anything else is refused
+ * before it is decoded, and leaves no event (anonymous messages must not grow the event log). */
+static bool from_distiller(dsla_controller_t *c, dsla_actor_t *a, const dsla_actor_msg_t *msg) {
+    if (strcmp(msg->from, c->distiller) == 0) return true;
+    DSLA_LOG_LIMITED(&c->refused_warn, DSLA_LOG_WARN,
+                     "controller: refusing %s from '%s': only its distiller '%s' may send it",
+                     dsla_proto_type_name(msg->env->type), msg->from, c->distiller);
+    char text[DSLA_PROTO_MESSAGE_MAX + 1];
+    snprintf(text, sizeof text, "%s: only the controller's distiller may send it",
+             dsla_proto_type_name(msg->env->type));
+    dsla_actor_reply_error(a, msg, DSLA_CODE_PERMISSION_DENIED, text);
+    return false;
+}
+
 static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_controller_t *c = user;
+    if (!from_distiller(c, a, msg)) return;
     verify_job_t *j = calloc(1, sizeof *j);
     dsla_status_t st =
         j ? dsla_proto_layer_ready_decode(msg->env->body, msg->env->body_len, &j->v.ready)
@@ -142,6 +159,7 @@ static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
     if (st == DSLA_OK) {
         j->c = c;
         snprintf(j->v.from, sizeof j->v.from, "%s", msg->from);
+        snprintf(j->v.layers_dir, sizeof j->v.layers_dir, "%s", dsla_ctl_core_layers_dir(c->core));
         st = dsla_actor_work(a, verify_work, verify_done, j);
         if (st == DSLA_OK) return;
     }
@@ -151,6 +169,7 @@ static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
 
 static void on_distill_progress(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_controller_t *c = user;
+    if (!from_distiller(c, a, msg)) return;
     dsla_proto_distill_progress_t p;
     dsla_status_t st = dsla_proto_distill_progress_decode(msg->env->body, msg->env->body_len, &p);
     if (st == DSLA_OK) st = dsla_ctl_core_on_distill_progress(c->core, msg->from, &p);
@@ -203,6 +222,12 @@ static void on_layer_fetch(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
           : dsla_error_oom("controller");
     if (st == DSLA_OK && !msg->from[0])
         st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "LAYER_FETCH: only a named replica may fetch");
+    /* only replicas that report to this controller fetch: not anyone who reaches the mailbox */
+    if (st == DSLA_OK && !dsla_ctl_core_is_replica(c->core, msg->from))
+        st = dsla_error(DSLA_ERR_PERMISSION_DENIED,
+                        "LAYER_FETCH: '%s' is no replica of this controller (it has sent no "
+                        "LOAD_REPORT)",
+                        msg->from);
     if (st == DSLA_OK) {
         snprintf(k->to, sizeof k->to, "%s", msg->from);
         k->id = msg->env->id;
@@ -287,6 +312,11 @@ static void on_admin(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_status_t st = wire && cmd
                            ? dsla_proto_admin_decode(msg->env->body, msg->env->body_len, wire)
                            : dsla_error_oom("controller");
+    if (st == DSLA_OK && c->admin_auth &&
+        !dsla_http_auth_has(c->admin_auth, wire->key, strlen(wire->key)))
+        st = dsla_error(DSLA_ERR_UNAUTHENTICATED,
+                        "ADMIN: missing or unknown admin key (dslactl --admin-key-file FILE or "
+                        "DSLA_ADMIN_KEY)");
     if (st == DSLA_OK) st = dsla_admin_parse_msg(wire, cmd);
     if (st == DSLA_OK && cmd->op == DSLA_ADMIN_HISTORY) {
         st = queue_history(c, msg, cmd->n);
@@ -339,6 +369,9 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     dsla_controller_t *c = calloc(1, sizeof *c);
     if (!c) return dsla_error_oom("controller");
     c->tick_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : DSLA_ACTOR_HEARTBEAT_MS;
+    snprintf(c->distiller, sizeof c->distiller, "%s",
+             cfg->distiller ? cfg->distiller : "distiller");
+    c->admin_auth = cfg->admin_auth;
     dsla_ctl_env_t env = {.user = c,
                           .now_ms = env_now_ms,
                           .wall_ms = env_wall_ms,

@@ -12,9 +12,10 @@
  * in SQLite (runtime/control/controller_store.h).
  *
  * A distiller (distiller.h) announces each layer version it writes with LAYER_READY: the controller
- * verifies the file (size and xxh64, then the header's layer, version and checksum), adds it to
- * the catalogue and the database, and evaluates every replica again. DISTILL_PROGRESS feeds the
- * distiller line of `dslactl status`.
+ * takes it only from its configured distiller, only for a regular file directly inside its layer
+ * directory, and verifies the file (size and xxh64, then the header's layer, version and checksum),
+ * adds it to the catalogue and the database, and evaluates every replica again. DISTILL_PROGRESS
+ * feeds the distiller line of `dslactl status`.
  *
  * Replicas without its filesystem fetch the versions it names with LAYER_FETCH (DESIGN.md section
  * 7's chunked ZeroMQ transfer): it answers each with one LAYER_CHUNK of the catalogued file, only
@@ -35,6 +36,7 @@
 #ifndef DSLA_ACTORS_CONTROLLER_H
 #define DSLA_ACTORS_CONTROLLER_H
 
+#include "actors/http_auth.h"
 #include "runtime/actor/actor.h"
 
 typedef struct dsla_controller dsla_controller_t;
@@ -46,7 +48,13 @@ typedef struct {
      * "tcp://127.0.0.1:7071"); unused slots NULL */
     const char *bind[2];
     const char *layers_dir; /* layer versions written by `dsla distill --out` */
-    const char *db_path;    /* SQLite database, created when absent */
+    /* the actor name of its distiller, the only sender of LAYER_READY and DISTILL_PROGRESS it
+     * takes; NULL: "distiller" (a distiller's default name) */
+    const char *distiller;
+    /* keys an ADMIN must carry (dslactl --admin-key-file, DSLA_ADMIN_KEY); borrowed. NULL: the
+     * admin mailbox is open to anyone who reaches it (loopback by default) */
+    const dsla_http_auth_t *admin_auth;
+    const char *db_path; /* SQLite database, created when absent */
     /* policy in text form ("manual layers=2"); replaces the stored one when given. NULL: the stored
      * one, else the threshold defaults */
     const char *policy;

@@ -2,12 +2,14 @@
 #include "actors/controller_core.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "runtime/core/log.h"
+#include "runtime/core/secret.h"
 
 /* The domain's limits are the wire's: a catalogue fits one plan message, its paths one field. */
 _Static_assert(DSLA_CATALOGUE_LAYERS_MAX == DSLA_PROTO_LAYERS_MAX, "catalogue and plan sizes");
@@ -209,6 +211,7 @@ dsla_status_t dsla_ctl_core_on_load_report(dsla_ctl_core_t *c, const char *from,
                           DSLA_PROTO_REPLICAS_MAX);
     r->last = *rep;
     r->have_report = true;
+    r->last_report_ms = now_ms(c);
     r->alive = true; /* a report proves it alive before its heartbeats do */
     evaluate(c, r);
     return DSLA_OK;
@@ -273,8 +276,19 @@ void dsla_ctl_core_on_peer(dsla_ctl_core_t *c, const char *peer, bool alive) {
     event(c, alive ? "replica_alive" : "replica_dead", "%s", peer);
 }
 
+/* Drops replica i by moving the last one into its place. */
+static void replica_forget(dsla_ctl_core_t *c, int i) {
+    dsla_log_info("controller: forgetting replica %s: no LOAD_REPORT for %d ms",
+                  c->replicas[i].name, DSLA_CONTROLLER_REPLICA_EXPIRE_MS);
+    c->replicas[i] = c->replicas[--c->n_replicas];
+}
+
 void dsla_ctl_core_on_tick(dsla_ctl_core_t *c) {
     uint64_t now = now_ms(c);
+    for (int i = c->n_replicas - 1; i >= 0; i--)
+        if (c->replicas[i].have_report &&
+            now - c->replicas[i].last_report_ms >= DSLA_CONTROLLER_REPLICA_EXPIRE_MS)
+            replica_forget(c, i);
     for (int i = 0; i < c->n_replicas; i++) {
         dsla_ctl_replica_t *r = &c->replicas[i];
         if (!r->pending_seq || now - r->pending_since_ms < DSLA_CONTROLLER_PENDING_MS) continue;
@@ -289,7 +303,8 @@ void dsla_ctl_core_on_tick(dsla_ctl_core_t *c) {
 
 void dsla_ctl_verify_run(dsla_ctl_verify_t *v) {
     const dsla_proto_layer_ready_t *r = &v->ready;
-    dsla_catalogue_announce_t a = {.path = r->path,
+    dsla_catalogue_announce_t a = {.dir = v->layers_dir,
+                                   .path = r->path,
                                    .layer = r->layer,
                                    .version = (int)r->version,
                                    .checksum = r->checksum,
@@ -351,6 +366,12 @@ dsla_status_t dsla_ctl_core_on_distill_progress(dsla_ctl_core_t *c, const char *
 }
 
 /* ---- chunked layer transfer ---- */
+
+bool dsla_ctl_core_is_replica(const dsla_ctl_core_t *c, const char *name) {
+    for (int i = 0; i < c->n_replicas; i++)
+        if (strcmp(c->replicas[i].name, name) == 0) return c->replicas[i].have_report;
+    return false;
+}
 
 bool dsla_ctl_core_file(const dsla_ctl_core_t *c, int layer, int version, dsla_ctl_file_t *out) {
     if (layer < 0 || layer >= DSLA_CATALOGUE_LAYERS_MAX) return false;
@@ -531,6 +552,10 @@ dsla_status_t dsla_ctl_core_admin(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cm
 
 /* ---- life cycle ---- */
 
+const char *dsla_ctl_core_layers_dir(const dsla_ctl_core_t *c) {
+    return c->layers_dir;
+}
+
 dsla_status_t dsla_ctl_core_create(dsla_ctl_core_t **out, const char *layers_dir,
                                    const dsla_ctl_env_t *env) {
     *out = NULL;
@@ -538,6 +563,9 @@ dsla_status_t dsla_ctl_core_create(dsla_ctl_core_t **out, const char *layers_dir
     if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "controller: out of memory");
     c->env = *env;
     c->policy = dsla_policy_default(DSLA_POLICY_THRESHOLD);
+    /* plan sequence numbers rise from a random start: a PLAN_ACK must name the one in flight,
+     * which no one who did not see the SET_PLAN can guess */
+    c->next_seq = dsla_secret_u64() >> 2;
     snprintf(c->layers_dir, sizeof c->layers_dir, "%s", layers_dir);
     dsla_status_t st = dsla_catalogue_scan(&c->catalogue, layers_dir);
     if (st != DSLA_OK) {
@@ -561,12 +589,20 @@ static void restore_plan(void *user, const dsla_ctl_plan_row_t *row) {
 }
 
 /* A version announced before a restart, where its file still holds what was announced. */
+/* A recorded version is restored only from inside the layer directory: a database written
+ * before announcements were confined may name any file (a zero-weight layer in /tmp was still
+ * served after a restart). */
 static void restore_layer(void *user, const dsla_ctl_layer_row_t *row) {
     dsla_ctl_core_t *c = user;
     dsla_catalogue_entry_t e;
     int order[DSLA_CATALOGUE_LAYERS_MAX], n_order = 0;
-    if (dsla_catalogue_read(row->path, &e, order, &n_order) != DSLA_OK ||
-        e.checksum != row->checksum) {
+    char path[PATH_MAX];
+    if (dsla_catalogue_confine(c->layers_dir, row->path, path) != DSLA_OK) {
+        dsla_log_warn("controller: recorded layer version %s: %s; not catalogued", row->path,
+                      dsla_last_error());
+        return;
+    }
+    if (dsla_catalogue_read(path, &e, order, &n_order) != DSLA_OK || e.checksum != row->checksum) {
         dsla_log_warn("controller: layer version %s is gone or changed; not catalogued", row->path);
         return;
     }

@@ -27,6 +27,11 @@
 
 /* A replica whose SET_PLAN got no answer for this long may be sent one again. */
 #define DSLA_CONTROLLER_PENDING_MS 10000
+/* A replica that has reported and then sent no LOAD_REPORT for this long (thirty of the replicas'
+ * default report intervals) is dropped from the table, so that names which reported once (a
+ * replica gone for good, or anyone's invented ones) cannot fill its DSLA_PROTO_REPLICAS_MAX slots
+ * for good. It is added again at its next report. */
+#define DSLA_CONTROLLER_REPLICA_EXPIRE_MS 30000
 
 /* What the core may do to the world, injected. */
 typedef struct {
@@ -49,7 +54,8 @@ typedef struct {
     dsla_proto_load_report_t last; /* its latest report; the plan updated by its answers */
     int target;                    /* DSLA layers the controller chose for it */
     uint64_t last_change_ms;
-    uint64_t pending_seq; /* SET_PLAN in flight; 0: none */
+    uint64_t last_report_ms; /* when its latest LOAD_REPORT came */
+    uint64_t pending_seq;    /* SET_PLAN in flight; 0: none */
     uint64_t pending_since_ms;
     int pending_target;
     int refused_target; /* -1: none; a refused plan is not sent again until the target moves */
@@ -97,6 +103,7 @@ dsla_status_t dsla_ctl_core_on_distill_progress(dsla_ctl_core_t *c, const char *
  * records it and evaluates every replica again, or records `layer_refused`. */
 typedef struct {
     char from[DSLA_PROTO_NAME_MAX + 1];
+    char layers_dir[DSLA_CATALOGUE_PATH_MAX + 1]; /* the announced file must lie directly inside */
     dsla_proto_layer_ready_t ready;
     dsla_status_t status; /* of the verification */
     char error[DSLA_PROTO_MESSAGE_MAX + 1];
@@ -106,11 +113,15 @@ typedef struct {
 } dsla_ctl_verify_t;
 
 void dsla_ctl_verify_run(dsla_ctl_verify_t *v);
+/* The layer version directory verification confines announced files to. */
+const char *dsla_ctl_core_layers_dir(const dsla_ctl_core_t *c);
 void dsla_ctl_core_on_layer_verified(dsla_ctl_core_t *c, const dsla_ctl_verify_t *v);
 
 /* LAYER_FETCH bookkeeping (controller_chunks.h serves the bytes): the announced file of a
  * catalogued version (false when the catalogue does not hold it), and the outcome of one fetch. */
 bool dsla_ctl_core_file(const dsla_ctl_core_t *c, int layer, int version, dsla_ctl_file_t *out);
+/* Whether name is a replica in the table (it has reported): who may fetch layer versions. */
+bool dsla_ctl_core_is_replica(const dsla_ctl_core_t *c, const char *name);
 void dsla_ctl_core_on_chunk_served(dsla_ctl_core_t *c, const char *to,
                                    const dsla_proto_layer_chunk_t *chunk);
 void dsla_ctl_core_on_fetch_refused(dsla_ctl_core_t *c, const char *to, uint64_t offset,

@@ -40,23 +40,28 @@ static void on_cancel(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) 
         dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
 }
 
+/* A replica's answers are believed only from the connection the gateway opened to it: a name in
+ * the mailbox is whatever the sender chose ("" matches no route). */
+static const char *replica_of(dsla_actor_t *a, const dsla_actor_msg_t *msg) {
+    const char *peer = dsla_actor_msg_peer(a, msg);
+    return peer ? peer : "";
+}
+
 static void on_token(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
-    (void)a;
     dsla_gateway_t *g = user;
-    dsla_gateway_core_on_token(g->core, msg->from, msg->env->id, msg->env->body,
+    dsla_gateway_core_on_token(g->core, replica_of(a, msg), msg->env->id, msg->env->body,
                                msg->env->body_len);
 }
 
 static void on_done(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
-    (void)a;
     dsla_gateway_t *g = user;
-    dsla_gateway_core_on_done(g->core, msg->from, msg->env->id, msg->env->body, msg->env->body_len);
+    dsla_gateway_core_on_done(g->core, replica_of(a, msg), msg->env->id, msg->env->body,
+                              msg->env->body_len);
 }
 
 static void on_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
-    (void)a;
     dsla_gateway_t *g = user;
-    dsla_gateway_core_on_error(g->core, msg->from, msg->env->id, msg->env->body,
+    dsla_gateway_core_on_error(g->core, replica_of(a, msg), msg->env->id, msg->env->body,
                                msg->env->body_len);
 }
 

@@ -7,9 +7,11 @@
 #include <string.h>
 
 #include "runtime/core/log.h"
+#include "runtime/core/secret.h"
 
-/* A route's upstream id is (generation << ROUTE_SLOT_BITS) | slot: the slot finds it at once, and
- * the generation keeps a late frame for a finished route from matching the slot's next tenant. */
+/* A route's upstream id is (tag << ROUTE_SLOT_BITS) | slot: the slot finds it at once, and the
+ * tag, 32 random bits drawn per request, keeps a late frame for a finished route from matching the
+ * slot's next tenant, and keeps anyone who has not seen the id from guessing it. */
 enum { ROUTE_SLOT_BITS = 32 };
 
 typedef struct {
@@ -41,7 +43,6 @@ struct dsla_gateway_core {
     route_t *routes;
     uint32_t *free_slots;
     uint32_t n_free, max_outstanding;
-    uint64_t generation;
     dsla_proto_report_t counters; /* requests, tokens, errors, rerouted, in_flight */
     /* Lines that load repeats once per client or request: rate-limited, one limiter per line. */
     struct {
@@ -200,7 +201,14 @@ dsla_status_t dsla_gateway_core_on_generate(dsla_gateway_core_t *c, const char *
                           "63 bytes, so that tokens can be streamed to it");
     dsla_status_t st = DSLA_OK;
     int i = -1;
-    if (c->n_free == 0)
+    /* checked before a slot is taken: forwarded under longer names it may no longer fit a frame,
+     * and the replica could then only refuse it under an id that matches no route */
+    if (len > DSLA_PROTO_BODY_MAX)
+        st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                        "GENERATE: body of %zu bytes exceeds the limit of %u that the gateway can "
+                        "forward",
+                        len, DSLA_PROTO_BODY_MAX);
+    else if (c->n_free == 0)
         st = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                         "gateway: %u requests outstanding (its bound: --max-queued plus twice "
                         "--max-running per replica); retry later or elsewhere",
@@ -213,7 +221,7 @@ dsla_status_t dsla_gateway_core_on_generate(dsla_gateway_core_t *c, const char *
         uint32_t slot = c->free_slots[--c->n_free];
         r = &c->routes[slot];
         *r = (route_t){.used = true,
-                       .id = (++c->generation << ROUTE_SLOT_BITS) | slot,
+                       .id = (dsla_secret_u64() << ROUTE_SLOT_BITS) | slot,
                        .client_id = id,
                        .replica = i};
         snprintf(r->client, sizeof r->client, "%s", from);

@@ -30,6 +30,8 @@ enum { REPORT_DEADLINE_MS = 2000 };
 enum { STREAM_BLOCK = 16 * 1024 };
 /* Idle keep-alive connections are closed after this many seconds. */
 enum { CONNECTION_TIMEOUT_S = 120 };
+/* How often the slow-reader sweep runs, at most: a fraction of any sensible read deadline. */
+enum { SWEEP_MS = 100 };
 
 /* Routes and the status codes counted in /metrics. */
 typedef enum {
@@ -51,6 +53,15 @@ static const char *const route_paths[N_ROUTES] = {
 static const int counted_codes[] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503, 504};
 enum { N_CODES = sizeof counted_codes / sizeof counted_codes[0] };
 
+/* One open connection, for the read deadline: since when it has been reading a request (its
+ * headers and body), or not reading (a request being answered). */
+typedef struct conn {
+    int fd;
+    bool reading;
+    uint64_t since_ms;
+    struct conn *prev, *next;
+} conn_t;
+
 struct dsla_http {
     struct MHD_Daemon *daemon;
     void *zctx;
@@ -58,6 +69,7 @@ struct dsla_http {
     char model[256];
     const dsla_tokenizer_t *tokenizer; /* /tokenize, /detokenize; NULL: 501 */
     uint32_t heartbeat_ms, max_in_flight;
+    const dsla_http_auth_t *auth; /* NULL: no key required */
     long long started;
     int port;
 
@@ -65,11 +77,101 @@ struct dsla_http {
     dsla_client_t *pool[CLIENT_POOL_MAX];
     int n_pool;
 
+    /* The read deadline: a sweeper thread shuts the socket of a connection that has been reading
+     * one request for longer than read_deadline_ms, so slow senders (slowloris) cannot hold
+     * connections open by trickling bytes; ZeroMQ-style idle timeouts restart at every byte. */
+    uint32_t read_deadline_ms;
+    pthread_mutex_t conn_mu; /* guards conns and stopping */
+    pthread_cond_t conn_cv;
+    conn_t *conns;
+    bool stopping, sweeper_on;
+    pthread_t sweeper;
+    dsla_log_limit_t slow_log, mhd_log; /* under conn_mu */
+
     atomic_uint in_flight;
     atomic_ullong next_id;
     atomic_ullong responses[N_ROUTES][N_CODES + 1]; /* the last column: any other code */
     atomic_ullong prompt_tokens, completion_tokens;
 };
+
+/* ---- the read deadline --------------------------------------------------------------------- */
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static conn_t *conn_of(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
+
+/* A connection starts reading (true) or stops (false, its request read whole). */
+static void conn_reading(dsla_http_t *h, struct MHD_Connection *c, bool reading) {
+    conn_t *e = conn_of(c);
+    if (!e) return;
+    pthread_mutex_lock(&h->conn_mu);
+    e->reading = reading;
+    e->since_ms = now_ms();
+    pthread_mutex_unlock(&h->conn_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    dsla_http_t *h = cls;
+    pthread_mutex_lock(&h->conn_mu);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        conn_t *e = info ? calloc(1, sizeof *e) : NULL;
+        if (e) {
+            *e = (conn_t){.fd = info->connect_fd, .reading = true, .since_ms = now_ms()};
+            e->next = h->conns;
+            if (h->conns) h->conns->prev = e;
+            h->conns = e;
+        }
+        *socket_context = e;
+    } else if (*socket_context) { /* closed: MHD closes the socket only after this */
+        conn_t *e = *socket_context;
+        if (e->prev) e->prev->next = e->next;
+        if (e->next) e->next->prev = e->prev;
+        if (h->conns == e) h->conns = e->next;
+        free(e);
+        *socket_context = NULL;
+    }
+    pthread_mutex_unlock(&h->conn_mu);
+}
+
+static void *sweep(void *arg) {
+    dsla_http_t *h = arg;
+    uint32_t every = h->read_deadline_ms / 4 < SWEEP_MS ? h->read_deadline_ms / 4 + 1 : SWEEP_MS;
+    pthread_mutex_lock(&h->conn_mu);
+    while (!h->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += (long)every * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&h->conn_cv, &h->conn_mu, &until);
+        uint64_t now = now_ms();
+        unsigned cut = 0;
+        for (conn_t *e = h->conns; e; e = e->next)
+            if (e->reading && now - e->since_ms > h->read_deadline_ms) {
+                shutdown(e->fd, SHUT_RDWR); /* its thread's read ends; MHD closes it */
+                e->reading = false;
+                cut++;
+            }
+        if (cut)
+            DSLA_LOG_LIMITED(&h->slow_log, DSLA_LOG_WARN,
+                             "http: closed %u connections that took over %u ms to send one "
+                             "request",
+                             cut, h->read_deadline_ms);
+    }
+    pthread_mutex_unlock(&h->conn_mu);
+    return NULL;
+}
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
@@ -668,9 +770,11 @@ typedef struct {
     char *data;
     size_t len, cap;
     bool too_large;
+    bool unauthorized; /* decided from the headers: the body is dropped unread */
 } upload_t;
 
 static bool upload_add(upload_t *u, const char *data, size_t n) {
+    if (u->unauthorized) return true;
     if (u->too_large || u->len + n > DSLA_HTTP_BODY_MAX) {
         u->too_large = true;
         return true; /* read and drop the rest, then answer 413 */
@@ -704,6 +808,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!u) {
         u = calloc(1, sizeof *u);
         *con_cls = u;
+        if (u && h->auth && route_of(url) != R_HEALTH)
+            u->unauthorized = !dsla_http_auth_check(
+                h->auth,
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
         return u ? MHD_YES : MHD_NO;
     }
     if (*data_size) {
@@ -711,10 +819,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *data_size = 0;
         return ok ? MHD_YES : MHD_NO;
     }
+    conn_reading(h, conn, false); /* the request is read whole: the deadline stops */
     route_t route = route_of(url);
     bool post =
         route == R_COMPLETIONS || route == R_CHAT || route == R_TOKENIZE || route == R_DETOKENIZE;
     dsla_openai_error_t err;
+    if (u->unauthorized) {
+        dsla_openai_error_set(&err, 401, NULL,
+                              "missing or unknown API key: send it as 'Authorization: Bearer "
+                              "KEY' (/health needs none)");
+        err.type = "invalid_request_error";
+        err.code = "invalid_api_key";
+        return respond_error(h, conn, route, &err);
+    }
     if (route == R_OTHER) {
         dsla_openai_error_set(&err, 404, NULL, "no such path: %.200s (see docs/http.md)", url);
         return respond_error(h, conn, route, &err);
@@ -749,21 +866,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode why) {
-    (void)cls;
-    (void)conn;
     (void)why;
+    conn_reading(cls, conn, true); /* a kept-alive connection's next request starts now */
     upload_t *u = *con_cls;
     if (u) free(u->data);
     free(u);
     *con_cls = NULL;
 }
 
+/* Rate-limited: with descriptors exhausted libmicrohttpd logs every failed accept, and it retries
+ * at once (a flood of 59 MB/s of log was measured). */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
-    (void)cls;
+    dsla_http_t *h = cls;
     char line[512];
     vsnprintf(line, sizeof line, fmt, ap);
     line[strcspn(line, "\n")] = '\0';
-    dsla_log_warn("http: %s", line);
+    pthread_mutex_lock(&h->conn_mu); /* MHD logs from any connection's thread */
+    DSLA_LOG_LIMITED(&h->mhd_log, DSLA_LOG_WARN, "http: %s", line);
+    pthread_mutex_unlock(&h->conn_mu);
 }
 
 /* ---- life cycle ---------------------------------------------------------------------------- */
@@ -809,11 +929,24 @@ static dsla_status_t parse_address(const char *address, struct sockaddr_storage 
     return DSLA_OK;
 }
 
+/* 127.0.0.0/8 and ::1: the only addresses where a front end without keys may listen. */
+static bool is_loopback(const struct sockaddr_storage *ss) {
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config) {
     *out = NULL;
     struct sockaddr_storage ss;
     bool v6 = false;
     DSLA_TRY(parse_address(config->address, &ss, &v6));
+    if (!config->auth && !config->allow_insecure && !is_loopback(&ss))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "http: refusing to listen on %s, beyond loopback, without an API key: "
+                          "give --api-key-file FILE or DSLA_API_KEY (or --allow-insecure to "
+                          "serve anyone who can reach it)",
+                          config->address);
     if (!config->gateway || strlen(config->gateway) > DSLA_PROTO_ENDPOINT_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "http: the gateway endpoint is missing");
     dsla_http_t *h = calloc(1, sizeof *h);
@@ -822,14 +955,20 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
     h->tokenizer = config->tokenizer;
     h->heartbeat_ms = config->heartbeat_ms;
+    h->auth = config->auth;
     h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
+    h->read_deadline_ms =
+        config->read_deadline_ms ? config->read_deadline_ms : DSLA_HTTP_READ_DEADLINE_MS;
     h->started = (long long)time(NULL);
     pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->conn_mu, NULL);
+    pthread_cond_init(&h->conn_cv, NULL);
     h->zctx = zmq_ctx_new();
     if (!h->zctx) {
-        pthread_mutex_destroy(&h->mu);
-        free(h);
-        return dsla_error(DSLA_ERR_INTERNAL, "http: zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+        dsla_status_t st =
+            dsla_error(DSLA_ERR_INTERNAL, "http: zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+        dsla_http_destroy(&h);
+        return st;
     }
     /* One client socket per request in flight (plus the pool and the health checks): ZeroMQ's
      * default of 1023 sockets would fail requests well inside max_in_flight. */
@@ -840,15 +979,19 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
                                  on_mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)(2 * h->max_in_flight),
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
     if (!h->daemon) {
-        zmq_ctx_term(h->zctx);
-        pthread_mutex_destroy(&h->mu);
-        free(h);
+        dsla_http_destroy(&h);
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "http: cannot listen on %s (is the port in use? --http off disables "
                           "HTTP)",
                           config->address);
+    }
+    h->sweeper_on = pthread_create(&h->sweeper, NULL, sweep, h) == 0;
+    if (!h->sweeper_on) {
+        dsla_http_destroy(&h);
+        return dsla_error(DSLA_ERR_INTERNAL, "http: cannot start the read-deadline thread");
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     h->port = info ? info->port : 0;
@@ -859,11 +1002,18 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
 void dsla_http_destroy(dsla_http_t **hp) {
     if (!hp || !*hp) return;
     dsla_http_t *h = *hp;
-    zmq_ctx_shutdown(h->zctx); /* requests waiting on the gateway end now */
-    MHD_stop_daemon(h->daemon);
+    pthread_mutex_lock(&h->conn_mu);
+    h->stopping = true;
+    pthread_cond_signal(&h->conn_cv);
+    pthread_mutex_unlock(&h->conn_mu);
+    if (h->sweeper_on) pthread_join(h->sweeper, NULL);
+    if (h->zctx) zmq_ctx_shutdown(h->zctx); /* requests waiting on the gateway end now */
+    if (h->daemon) MHD_stop_daemon(h->daemon);
     for (int i = 0; i < h->n_pool; i++)
         dsla_client_close(&h->pool[i]);
-    zmq_ctx_term(h->zctx);
+    if (h->zctx) zmq_ctx_term(h->zctx);
+    pthread_cond_destroy(&h->conn_cv);
+    pthread_mutex_destroy(&h->conn_mu);
     pthread_mutex_destroy(&h->mu);
     free(h);
     *hp = NULL;

@@ -11,8 +11,10 @@
 #ifndef DSLA_ACTORS_HTTP_H
 #define DSLA_ACTORS_HTTP_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
+#include "actors/http_auth.h"
 #include "runtime/core/status.h"
 #include "runtime/model/tokenizer.h"
 
@@ -25,6 +27,11 @@
  * (DSLA_PROTO_PROMPT_MAX), and JSON escaping can double it. */
 #define DSLA_HTTP_BODY_MAX (2u << 20)
 
+/* The longest one request may take to arrive, headers and body, before its connection is closed
+ * (slowloris: a client trickling bytes resets any idle timeout and holds a connection thread
+ * forever). 2 MiB at 100 kB/s, and any sane client's headers, take far less. */
+#define DSLA_HTTP_READ_DEADLINE_MS 30000
+
 typedef struct dsla_http dsla_http_t;
 
 typedef struct {
@@ -36,6 +43,12 @@ typedef struct {
     /* borrowed, for /tokenize and /detokenize (NULL: they answer 501); must outlive the front end
      */
     const dsla_tokenizer_t *tokenizer;
+    /* API keys every route but /health requires (`Authorization: Bearer KEY`; 401 otherwise);
+     * borrowed, must outlive the front end. NULL: none required, which is refused for an address
+     * beyond loopback unless allow_insecure. */
+    const dsla_http_auth_t *auth;
+    bool allow_insecure;
+    uint32_t read_deadline_ms; /* 0: DSLA_HTTP_READ_DEADLINE_MS; tests use less */
 } dsla_http_config_t;
 
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config);

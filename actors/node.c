@@ -1,7 +1,9 @@
 /* One node's actors: distiller, controller, serving, gateway and HTTP front end, started and
  * stopped together (node.h). */
+#define _DEFAULT_SOURCE /* realpath */
 #include "actors/node.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,8 +72,21 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
                              .model = c->model_name,
                              .max_in_flight = c->http_max_in_flight ? c->http_max_in_flight : bound,
                              .heartbeat_ms = c->heartbeat_ms,
-                             .tokenizer = c->tokenizer};
+                             .tokenizer = c->tokenizer,
+                             .auth = c->http_auth,
+                             .allow_insecure = c->http_allow_insecure};
     return dsla_http_create(&n->http, &hc);
+}
+
+/* The controller takes announced versions only from inside its own directory: a distiller
+ * writing elsewhere would have every announcement refused, so the pair is refused at start. */
+static dsla_status_t same_directory(const char *layers, const char *out) {
+    char a[PATH_MAX], b[PATH_MAX];
+    if (realpath(layers, a) && realpath(out, b) && strcmp(a, b) == 0) return DSLA_OK;
+    return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                      "node: the distiller's output directory %s must be the controller's layer "
+                      "directory %s (give one of the two)",
+                      out, layers);
 }
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config) {
@@ -98,12 +113,15 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
         dc.heartbeat_ms = config->heartbeat_ms;
         st = dsla_distiller_create(&n->distiller, &dc);
     }
+    if (st == DSLA_OK && distill && config->layers_dir)
+        st = same_directory(config->layers_dir, config->distiller.out_dir);
     if (st == DSLA_OK && layers_dir) {
         dsla_controller_config_t cc = {.ctx = n->ctx,
                                        .bind = {NODE_CONTROLLER_ENDPOINT, config->admin},
                                        .layers_dir = layers_dir,
                                        .db_path = config->controller_db,
                                        .policy = config->policy,
+                                       .admin_auth = config->admin_auth,
                                        .heartbeat_ms = config->heartbeat_ms};
         st = dsla_controller_create(&n->controller, &cc);
     }

@@ -18,6 +18,7 @@
 
 #include "actors/distiller.h"
 #include "actors/gateway.h"
+#include "actors/http_auth.h"
 #include "runtime/serve/engine.h"
 
 typedef struct dsla_node dsla_node_t;
@@ -38,8 +39,11 @@ typedef struct {
     /* Generation requests HTTP carries at once, queued or running; 0: the gateway's bound, which
      * is engine.max_queued + 2 * engine.max_running per replica (remote ones assumed alike). */
     uint32_t http_max_in_flight;
-    const char *model_name; /* the model's id in the HTTP API */
-    uint32_t heartbeat_ms;  /* 0: DSLA_ACTOR_HEARTBEAT_MS, for every actor of the node */
+    const dsla_http_auth_t *http_auth;  /* dsla_http_config_t.auth; borrowed */
+    bool http_allow_insecure;           /* dsla_http_config_t.allow_insecure */
+    const dsla_http_auth_t *admin_auth; /* dsla_controller_config_t.admin_auth; borrowed */
+    const char *model_name;             /* the model's id in the HTTP API */
+    uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS, for every actor of the node */
     /* The controller (actors/controller.h), run when layers_dir is set: */
     const char *layers_dir;    /* layer versions from `dsla distill --out` */
     const char *controller_db; /* its SQLite database */

@@ -31,7 +31,7 @@ struct dsla_serving {
     bool fetching; /* a layer cache: fetch deadlines to check */
     uint64_t next_adoption;
     dsla_actor_timer_t *report_timer, *sample_timer, *fetch_timer;
-    dsla_log_limit_t error_log;
+    dsla_log_limit_t error_log, refused_log;
 };
 
 /* ---- what the state machines are given ---- */
@@ -118,30 +118,48 @@ static void on_cancel(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) 
         dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
 }
 
+/* Plans and layer chunks are taken only from the controller this replica was configured with,
+ * over the connection it opened to it: anyone can reach the mailbox under any name, and a plan
+ * names files for this process to open. Without a controller no plan is taken at all. */
+static bool from_controller(dsla_actor_t *a, const dsla_actor_msg_t *msg, const dsla_serving_t *s) {
+    return s->controller[0] && dsla_actor_msg_from_peer(a, msg, "controller");
+}
+
 static void on_set_plan(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_serving_t *s = user;
-    if (!msg->from[0]) {
-        dsla_actor_reply_error(a, msg, DSLA_CODE_INVALID_ARGUMENT,
-                               "SET_PLAN: the sender must be a named peer, which fetches and the "
-                               "answer go to");
+    if (!from_controller(a, msg, s)) {
+        DSLA_LOG_LIMITED(&s->refused_log, DSLA_LOG_WARN,
+                         "serving: refusing SET_PLAN from '%s': not the configured controller",
+                         msg->from);
+        dsla_actor_reply_error(a, msg, DSLA_CODE_PERMISSION_DENIED,
+                               s->controller[0]
+                                   ? "SET_PLAN: only the controller this replica reports to may "
+                                     "send plans"
+                                   : "SET_PLAN: this replica has no --controller and takes no "
+                                     "plans");
         return;
     }
     dsla_status_t st = dsla_serving_plans_on_set_plan(
-        s->plans, msg->from, msg->env->id, msg->env->body, msg->env->body_len, dsla_clock_ms());
+        s->plans, "controller", msg->env->id, msg->env->body, msg->env->body_len, dsla_clock_ms());
     if (st != DSLA_OK)
         dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
 }
 
 static void on_layer_chunk(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
-    (void)a;
     dsla_serving_t *s = user;
-    dsla_serving_plans_on_chunk(s->plans, msg->from, msg->env->id, msg->env->body,
+    if (!from_controller(a, msg, s)) {
+        DSLA_LOG_LIMITED(&s->refused_log, DSLA_LOG_WARN,
+                         "serving: dropping a LAYER_CHUNK from '%s': not the configured "
+                         "controller",
+                         msg->from);
+        return;
+    }
+    dsla_serving_plans_on_chunk(s->plans, "controller", msg->env->id, msg->env->body,
                                 msg->env->body_len, dsla_clock_ms());
 }
 
 /* An ERROR answering the LAYER_FETCH in flight ends its plan change; any other is logged. */
 static void on_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
-    (void)a;
     dsla_serving_t *s = user;
     dsla_proto_error_t err;
     if (dsla_proto_error_decode(msg->env->body, msg->env->body_len, &err) != DSLA_OK) {
@@ -149,7 +167,9 @@ static void on_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
                          msg->from, dsla_last_error());
         return;
     }
-    if (!dsla_serving_plans_on_error(s->plans, msg->from, msg->env->id, &err, dsla_clock_ms()))
+    /* only the controller's own connection can end a fetch; other ERRORs are only logged */
+    if (!from_controller(a, msg, s) ||
+        !dsla_serving_plans_on_error(s->plans, "controller", msg->env->id, &err, dsla_clock_ms()))
         DSLA_LOG_LIMITED(&s->error_log, DSLA_LOG_WARN, "serving: ERROR from '%s' (id %llu): %s: %s",
                          msg->from, (unsigned long long)msg->env->id,
                          dsla_proto_code_name(err.code), err.message);

@@ -286,11 +286,14 @@ dsla_status_t dsla_proto_admin_encode(const dsla_proto_admin_t *a, dsla_proto_bu
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
     dsla_wire_packer_open(&sbuf, &pk);
-    int rc = msgpack_pack_map(&pk, 1);
+    size_t key_len = strnlen(a->key, DSLA_PROTO_ADMIN_KEY_MAX);
+    int rc = msgpack_pack_map(&pk, key_len ? 2 : 1);
     rc |= dsla_wire_pack_key(&pk, "args") | msgpack_pack_array(&pk, a->n_args);
     for (uint32_t i = 0; i < a->n_args; i++)
         rc |= msgpack_pack_str_with_body(&pk, a->args[i],
                                          strnlen(a->args[i], DSLA_PROTO_ADMIN_ARG_LEN_MAX));
+    if (key_len)
+        rc |= dsla_wire_pack_key(&pk, "key") | msgpack_pack_str_with_body(&pk, a->key, key_len);
     return dsla_wire_finish(&sbuf, rc, out, "ADMIN");
 }
 
@@ -302,6 +305,10 @@ dsla_status_t dsla_proto_admin_decode(const void *body, size_t len, dsla_proto_a
     const msgpack_object_map *m = &u.data.via.map;
     for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
         const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
+        if (dsla_wire_key_is(k, "key")) {
+            st = dsla_wire_get_str(v, out->key, DSLA_PROTO_ADMIN_KEY_MAX, "ADMIN", "key");
+            continue;
+        }
         if (!dsla_wire_key_is(k, "args")) continue;
         if (v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size == 0 ||
             v->via.array.size > DSLA_PROTO_ADMIN_ARGS_MAX) {

@@ -12,6 +12,7 @@
 #include <zmq.h>
 
 #include "runtime/core/clock.h"
+#include "runtime/core/secret.h"
 
 enum { DEFAULT_HEARTBEAT_MS = 1000, ENDPOINT_MAX = 256 };
 
@@ -48,8 +49,11 @@ static dsla_status_t open_socket(dsla_client_t *c) {
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
     if (!c->sock)
         return dsla_error(DSLA_ERR_INTERNAL, "client: zmq_socket: %s", zmq_strerror(zmq_errno()));
-    snprintf(c->name, sizeof c->name, "client-%ld-%u", (long)getpid(),
-             atomic_fetch_add(&sockets_opened, 1) + 1);
+    /* 64 random bits besides the pid and counter: a mailbox refuses a second connection under a
+     * live name, so a guessable name (the pid is in ps) could be claimed first and this client's
+     * requests refused */
+    snprintf(c->name, sizeof c->name, "client-%ld-%u-%016llx", (long)getpid(),
+             atomic_fetch_add(&sockets_opened, 1) + 1, (unsigned long long)dsla_secret_u64());
     int linger = 0;
     if (zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, c->name, strlen(c->name)) != 0 ||
         zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) != 0)

@@ -63,6 +63,11 @@ dsla_status_t dsla_proto_envelope_encode(const dsla_proto_envelope_t *env, dsla_
     out->len = 0;
     DSLA_TRY(check_name(env->src, "src"));
     DSLA_TRY(check_name(env->dst, "dst"));
+    if (env->body_len > DSLA_PROTO_BODY_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "envelope: body of %zu bytes exceeds the limit of %u (the frame limit "
+                          "of %u less the envelope's own bytes)",
+                          env->body_len, DSLA_PROTO_BODY_MAX, DSLA_PROTO_FRAME_MAX);
     const char *body = env->body_len ? env->body : EMPTY_MAP;
     size_t body_len = env->body_len ? env->body_len : sizeof EMPTY_MAP;
     /* The body is spliced in as bytes, so it must be exactly one object or the frame would lie. */

@@ -25,6 +25,14 @@
 #define DSLA_PROTO_FRAME_MAX (16u << 20)
 /* Actor names travel in src/dst and as ZeroMQ routing ids; short and printable keeps logs sane. */
 #define DSLA_PROTO_NAME_MAX 63
+/* The envelope's own bytes around a body: its map, six one-to-four-byte keys, three integers and
+ * two names of DSLA_PROTO_NAME_MAX bytes take at most 170; rounded up. */
+#define DSLA_PROTO_ENVELOPE_OVERHEAD_MAX 256
+/* The largest body an envelope carries: what any envelope around it keeps within
+ * DSLA_PROTO_FRAME_MAX. A relay (the gateway forwarding a GENERATE under its own names and ids)
+ * checks a body against it before taking any resource, since a frame that fits under the sender's
+ * short names may not fit under the relay's. */
+#define DSLA_PROTO_BODY_MAX (DSLA_PROTO_FRAME_MAX - DSLA_PROTO_ENVELOPE_OVERHEAD_MAX)
 /* An ERROR's message is for people; longer ones are cut on encode and refused on decode. */
 #define DSLA_PROTO_MESSAGE_MAX 511
 
@@ -69,6 +77,7 @@ typedef enum {
     DSLA_CODE_CANCELLED = DSLA_ERR_CANCELLED,
     DSLA_CODE_INVALID_ARGUMENT = DSLA_ERR_INVALID_ARGUMENT,
     DSLA_CODE_DEADLINE_EXCEEDED = DSLA_ERR_DEADLINE_EXCEEDED,
+    DSLA_CODE_PERMISSION_DENIED = DSLA_ERR_PERMISSION_DENIED,
     DSLA_CODE_RESOURCE_EXHAUSTED = DSLA_ERR_RESOURCE_EXHAUSTED,
     DSLA_CODE_INTERNAL = DSLA_ERR_INTERNAL,
     DSLA_CODE_UNAVAILABLE = DSLA_ERR_UNAVAILABLE,
@@ -108,7 +117,9 @@ typedef struct {
 } dsla_proto_envelope_t;
 
 /* Encodes env (version taken from env->version; 0 means DSLA_PROTO_VERSION) into a fresh buffer.
- * Any type number encodes, so that tests can speak types a peer does not know. */
+ * A body above DSLA_PROTO_BODY_MAX is refused (INVALID_ARGUMENT naming both), so that no frame
+ * leaves that its receiver would refuse without knowing its id. Any type number encodes, so that
+ * tests can speak types a peer does not know. */
 dsla_status_t dsla_proto_envelope_encode(const dsla_proto_envelope_t *env, dsla_proto_buf_t *out);
 
 /* Decodes one frame. Fails with DSLA_ERR_FORMAT for a malformed frame and DSLA_ERR_UNSUPPORTED for
@@ -361,9 +372,14 @@ dsla_status_t dsla_proto_plan_reply_decode(const void *body, size_t len,
 /* The text of one ADMIN_REPLY: a long history fits, a hostile frame cannot claim more. */
 #define DSLA_PROTO_ADMIN_TEXT_MAX (1u << 20)
 
+/* The admin key an ADMIN may carry: a controller configured with admin keys answers only those
+ * that carry one of them (UNAUTHENTICATED otherwise). */
+#define DSLA_PROTO_ADMIN_KEY_MAX 256
+
 typedef struct {
     uint32_t n_args;
     char args[DSLA_PROTO_ADMIN_ARGS_MAX][DSLA_PROTO_ADMIN_ARG_LEN_MAX + 1];
+    char key[DSLA_PROTO_ADMIN_KEY_MAX + 1]; /* "" : none; travels only when set */
 } dsla_proto_admin_t;
 
 dsla_status_t dsla_proto_admin_encode(const dsla_proto_admin_t *a, dsla_proto_buf_t *out);

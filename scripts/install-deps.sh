@@ -16,6 +16,7 @@ packages=(
   libmicrohttpd-dev # the gateway's OpenAI-compatible HTTP API
   libsqlite3-dev    # the controller's state (plans, policy, event history)
   clang-format      # 14 on Debian 12: the formatting check (scripts/check-format.sh)
+  clang-14 libclang-rt-14-dev # libFuzzer, ASan and UBSan for the fuzz targets (make test-fuzz)
   git               # the tree checks list the tracked sources
 )
 

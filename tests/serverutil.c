@@ -181,6 +181,11 @@ static size_t dechunk(char *body, size_t len) {
 
 dsla_test_http_reply_t dsla_test_http(int port, const char *method, const char *path,
                                       const char *body) {
+    return dsla_test_http_with(port, method, path, "", body);
+}
+
+dsla_test_http_reply_t dsla_test_http_with(int port, const char *method, const char *path,
+                                           const char *headers, const char *body) {
     dsla_test_http_reply_t r = {0};
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
@@ -193,11 +198,12 @@ dsla_test_http_reply_t dsla_test_http(int port, const char *method, const char *
         return r;
     }
     size_t blen = body ? strlen(body) : 0;
-    char head[512];
+    char head[1024];
     int hn = snprintf(head, sizeof head,
                       "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n"
-                      "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                      method, path, port, blen);
+                      "Content-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
+                      method, path, port, blen, headers);
+    assert_true(hn > 0 && hn < (int)sizeof head);
     assert_int_equal(write(fd, head, (size_t)hn), hn);
     if (blen) assert_int_equal(write(fd, body, blen), (ssize_t)blen);
     size_t cap = 4096, len = 0;

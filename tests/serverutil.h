@@ -61,6 +61,9 @@ typedef struct {
  * Gives up after 60 s. */
 dsla_test_http_reply_t dsla_test_http(int port, const char *method, const char *path,
                                       const char *body);
+/* The same with extra header lines, each ending in \r\n ("Authorization: Bearer K\r\n"). */
+dsla_test_http_reply_t dsla_test_http_with(int port, const char *method, const char *path,
+                                           const char *headers, const char *body);
 void dsla_test_http_reply_free(dsla_test_http_reply_t *r);
 
 #endif

@@ -200,7 +200,9 @@ int main(int argc, char **argv) {
     const char *model_name = NULL;
     const char *log_level = NULL, *log_format = NULL;
     dsla_arg_list_t replicas = {0};
-    bool serving_only = false;
+    bool serving_only = false, allow_insecure = false;
+    const char *api_key_file = NULL, *admin_key_file = NULL;
+    dsla_http_auth_t *http_auth = NULL, *admin_auth = NULL;
     long heartbeat_ms = 0, report_ms = 0;
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
     const char *policy = NULL, *controller = NULL, *layer_cache = NULL;
@@ -292,6 +294,15 @@ int main(int argc, char **argv) {
          "HTTP generation requests at once, queued or running (default: the gateway's bound, "
          "--max-queued plus twice --max-running per replica)",
          1, 1 << 24, &http_max_in_flight},
+        {"api-key-file", DSLA_ARG_STRING,
+         "HTTP API keys, one a line (also DSLA_API_KEY): every route but /health needs "
+         "'Authorization: Bearer KEY'",
+         0, 0, &api_key_file},
+        {"admin-key-file", DSLA_ARG_STRING,
+         "keys dslactl must present at --admin, one a line (also DSLA_ADMIN_KEY)", 0, 0,
+         &admin_key_file},
+        {"allow-insecure", DSLA_ARG_FLAG, "let HTTP listen beyond loopback without an API key", 0,
+         0, &allow_insecure},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
         {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
@@ -515,8 +526,14 @@ int main(int argc, char **argv) {
     dsla_serve_backend_t *backend = NULL;
     if (st == DSLA_OK && on_gpu)
         st = deploy_gpu(model, &random_cfg, &engine, dtype, max_context, margin_mib, &backend);
+    bool http_on = !serving_only && strcmp(http, "off") != 0;
+    if (st == DSLA_OK && http_on)
+        st = dsla_http_auth_load(&http_auth, api_key_file, getenv("DSLA_API_KEY"),
+                                 &(dsla_http_auth_source_t){"--api-key-file", "DSLA_API_KEY"});
+    if (st == DSLA_OK)
+        st = dsla_http_auth_load(&admin_auth, admin_key_file, getenv("DSLA_ADMIN_KEY"),
+                                 &(dsla_http_auth_source_t){"--admin-key-file", "DSLA_ADMIN_KEY"});
     if (st == DSLA_OK) {
-        bool http_on = !serving_only && strcmp(http, "off") != 0;
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
                                      .engine = engine,
@@ -528,6 +545,9 @@ int main(int argc, char **argv) {
                                      .serving_only = serving_only,
                                      .http = http_on ? http : NULL,
                                      .http_max_in_flight = (uint32_t)http_max_in_flight,
+                                     .http_auth = http_auth,
+                                     .http_allow_insecure = allow_insecure,
+                                     .admin_auth = admin_auth,
                                      .model_name = name,
                                      .heartbeat_ms = (uint32_t)heartbeat_ms,
                                      .layers_dir = layers_dir,
@@ -592,6 +612,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }
     dsla_node_destroy(&node);
+    dsla_http_auth_destroy(&http_auth);
+    dsla_http_auth_destroy(&admin_auth);
     dsla_serve_backend_destroy(&backend);
     dsla_tokenizer_destroy(&tokenizer);
     dsla_model_destroy(&model);

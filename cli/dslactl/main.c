@@ -3,6 +3,7 @@
  * lives in one place: the command table of actors/controller_admin.c, whose usage lines it
  * prints) and prints the ADMIN_REPLY text. Exit codes: 0 ok, 1 failure (the controller
  * unreachable, or it failed), 2 usage (a bad command or value; the message names it). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +15,10 @@
 
 /* The usage text, from the tables the controller parses with (controller_admin.c, policy.c). */
 static void build_usage(char *out, size_t cap) {
-    size_t n = (size_t)snprintf(out, cap,
-                                "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] "
-                                "COMMAND\n\ncommands (docs/controller.md):\n");
+    size_t n = (size_t)snprintf(
+        out, cap,
+        "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] [--admin-key-file F] "
+        "COMMAND\n\ncommands (docs/controller.md):\n");
     if (n < cap) dsla_admin_usage(out + n, cap - n);
     n = strlen(out);
     if (n < cap) n += (size_t)snprintf(out + n, cap - n, "policy fields:");
@@ -29,6 +31,44 @@ static void build_usage(char *out, size_t cap) {
     }
 }
 
+/* The admin key: the first line of path that is neither blank nor a # comment, trimmed; else
+ * DSLA_ADMIN_KEY; else none. False (with a message) when the file cannot be read or holds none. */
+static bool admin_key(const char *path, char *key, size_t cap) {
+    key[0] = '\0';
+    if (!path) {
+        const char *env = getenv("DSLA_ADMIN_KEY");
+        if (env && strlen(env) >= cap) {
+            fprintf(stderr, "dslactl: DSLA_ADMIN_KEY is %zu bytes, above %zu\n", strlen(env),
+                    cap - 1);
+            return false;
+        }
+        snprintf(key, cap, "%s", env ? env : "");
+        return true;
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "dslactl: --admin-key-file %s: cannot read it\n", path);
+        return false;
+    }
+    char line[1024];
+    while (!key[0] && fgets(line, sizeof line, f)) {
+        size_t n = strcspn(line, "\r\n");
+        while (n > 0 && (line[n - 1] == ' ' || line[n - 1] == '\t'))
+            n--;
+        line[n] = '\0';
+        if (n == 0 || line[0] == '#') continue;
+        if (n >= cap) {
+            fprintf(stderr, "dslactl: --admin-key-file %s: the key is %zu bytes, above %zu\n", path,
+                    n, cap - 1);
+            break;
+        }
+        snprintf(key, cap, "%.*s", (int)(cap - 1), line);
+    }
+    fclose(f);
+    if (!key[0]) fprintf(stderr, "dslactl: --admin-key-file %s: holds no key\n", path);
+    return key[0] != '\0';
+}
+
 static dsla_status_t admin_reply_decode(const void *body, size_t len, void *out) {
     return dsla_proto_admin_reply_decode(body, len, out);
 }
@@ -36,7 +76,7 @@ static dsla_status_t admin_reply_decode(const void *body, size_t len, void *out)
 int main(int argc, char **argv) {
     char usage[2048];
     build_usage(usage, sizeof usage);
-    const char *admin = "tcp://127.0.0.1:7071";
+    const char *admin = "tcp://127.0.0.1:7071", *key_file = NULL;
     long timeout_ms = 10000, limit = 0;
     const dsla_arg_spec_t specs[] = {
         {"admin", DSLA_ARG_STRING, "the controller's admin mailbox (default tcp://127.0.0.1:7071)",
@@ -44,6 +84,8 @@ int main(int argc, char **argv) {
         {"timeout-ms", DSLA_ARG_INT, "give up after this long (default 10000)", 1, 3600000,
          &timeout_ms},
         {"limit", DSLA_ARG_INT, "history: events to show (default 20)", 1, 10000, &limit},
+        {"admin-key-file", DSLA_ARG_STRING,
+         "the controller's admin key, its first line (default: DSLA_ADMIN_KEY)", 0, 0, &key_file},
     };
     const char *words[DSLA_PROTO_ADMIN_ARGS_MAX];
     int n_words = 0;
@@ -71,6 +113,10 @@ int main(int argc, char **argv) {
         snprintf(cmd->args[cmd->n_args++], sizeof cmd->args[0], "%s", words[i]);
     }
     if (limit) snprintf(cmd->args[cmd->n_args++], sizeof cmd->args[0], "%ld", limit);
+    if (!admin_key(key_file, cmd->key, sizeof cmd->key)) {
+        free(cmd);
+        return 2;
+    }
 
     dsla_proto_buf_t body = {0};
     dsla_client_t *client = NULL;

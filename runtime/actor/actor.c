@@ -101,6 +101,7 @@ struct dsla_actor {
     peer_t peers[DSLA_ACTOR_PEER_MAX];
     watch_table_t watched;
     dsla_log_limit_t watch_warn;
+    dsla_log_limit_t frame_warn; /* lines any peer can repeat once per frame it sends */
     struct dsla_actor_timer *timers;
 
     /* Cross-thread posts: a queue under post_mu, drained by post_async on the loop. */
@@ -274,8 +275,11 @@ static peer_t *peer_add(dsla_actor_t *a, const char *name) {
 static void peer_report(dsla_actor_t *a, peer_t *p, peer_state_t state) {
     if (p->state == state) return;
     p->state = state;
-    dsla_log_info("actor %s: peer %s is %s", a->name, p->name,
-                  state == PEER_ALIVE ? "alive" : "dead");
+    /* a peer's death is news at the default level (it was logged below it, unseen) */
+    if (state == PEER_ALIVE)
+        dsla_log_info("actor %s: peer %s is alive", a->name, p->name);
+    else
+        dsla_log_warn("actor %s: peer %s is dead", a->name, p->name);
     if (a->on_peer) a->on_peer(a, p->name, state == PEER_ALIVE, a->user);
 }
 
@@ -418,7 +422,8 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
                         1 + extra_frames);
     peer_heard(a, from, st == DSLA_OK && env.type == DSLA_MSG_PING);
     if (st != DSLA_OK) {
-        dsla_log_warn("actor %s: refusing a frame from '%s': %s", a->name, from, dsla_last_error());
+        DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN, "actor %s: refusing a frame from '%s': %s",
+                         a->name, from, dsla_last_error());
         /* never answer an error with an error */
         if (env.type != DSLA_MSG_ERROR &&
             dsla_actor_reply_error(a, &msg, dsla_proto_code_from_status(st), dsla_last_error()) !=
@@ -441,11 +446,14 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
     case DSLA_MSG_ERROR: {
         dsla_proto_error_t err;
         if (dsla_proto_error_decode(env.body, env.body_len, &err) == DSLA_OK)
-            dsla_log_warn("actor %s: unhandled ERROR from '%s' (id %llu): %s: %s", a->name, from,
-                          (unsigned long long)env.id, dsla_proto_code_name(err.code), err.message);
+            DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN,
+                             "actor %s: unhandled ERROR from '%s' (id %llu): %s: %s", a->name, from,
+                             (unsigned long long)env.id, dsla_proto_code_name(err.code),
+                             err.message);
         else
-            dsla_log_warn("actor %s: malformed ERROR from '%s': %s", a->name, from,
-                          dsla_last_error());
+            DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN,
+                             "actor %s: malformed ERROR from '%s': %s", a->name, from,
+                             dsla_last_error());
         return;
     }
     default: {
@@ -488,7 +496,8 @@ static bool receive_one(dsla_actor_t *a, void *sock, int peer_index) {
         dispatch(a, peer_index, zmq_msg_data(&id), zmq_msg_size(&id), zmq_msg_data(&content),
                  zmq_msg_size(&content), extra);
     else
-        dsla_log_warn("actor %s: receive failed: %s", a->name, zmq_strerror(zmq_errno()));
+        DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN, "actor %s: receive failed: %s", a->name,
+                         zmq_strerror(zmq_errno()));
     zmq_msg_close(&id);
     zmq_msg_close(&content);
     return true;
@@ -543,9 +552,11 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
     int linger = 0, hwm = DSLA_ACTOR_QUEUE_MAX;
+    int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     int fd = -1;
     size_t fd_len = sizeof fd;
     if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_ROUTING_ID, a->name, strlen(a->name)) != 0 ||
@@ -644,6 +655,16 @@ dsla_status_t dsla_actor_reply(dsla_actor_t *a, const dsla_actor_msg_t *msg, uin
                           body, body_len);
     return send_frame(a, a->router, msg->route_id_, msg->route_id_len_, dst, type, msg->env->id,
                       body, body_len);
+}
+
+const char *dsla_actor_msg_peer(const dsla_actor_t *a, const dsla_actor_msg_t *msg) {
+    return msg->route_peer_ >= 0 ? a->peers[msg->route_peer_].name : NULL;
+}
+
+bool dsla_actor_msg_from_peer(const dsla_actor_t *a, const dsla_actor_msg_t *msg,
+                              const char *peer) {
+    const char *via = dsla_actor_msg_peer(a, msg);
+    return via && peer && strcmp(via, peer) == 0;
 }
 
 dsla_status_t dsla_actor_reply_error(dsla_actor_t *a, const dsla_actor_msg_t *msg,
@@ -805,12 +826,17 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
     a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
     if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
     int linger = 0, on = 1, fd = -1, backlog = DSLA_ACTOR_BACKLOG, hwm = DSLA_ACTOR_QUEUE_MAX;
+    int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     size_t fd_len = sizeof fd;
-    /* MANDATORY turns a send to an unknown client into an error instead of a silent drop;
-     * HANDOVER lets a restarted peer take its name back from its dead predecessor. */
+    /* MANDATORY turns a send to an unknown client into an error instead of a silent drop.
+     * ZMQ_ROUTER_HANDOVER stays off (libzmq's default): with it the newest connection claiming a
+     * routing id takes the name and every reply meant for it, so anyone who can reach the
+     * mailbox could capture a live peer's traffic. Without it a second connection claiming a
+     * live id is refused, and a restarted peer gets its name back once the dead one's connection
+     * has closed (at once for a killed process: its kernel closes the socket). */
     if (zmq_setsockopt(a->router, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(a->router, ZMQ_ROUTER_MANDATORY, &on, sizeof on) != 0 ||
-        zmq_setsockopt(a->router, ZMQ_ROUTER_HANDOVER, &on, sizeof on) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(a->router, ZMQ_BACKLOG, &backlog, sizeof backlog) != 0 ||
         zmq_setsockopt(a->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)

@@ -46,6 +46,11 @@
  * so ZeroMQ's default of 1,000 overflowed whenever the gateway's loop paused for 70 ms (measured:
  * 270 of 8,954 streams cut on an H200). 65,536 is seconds of such traffic in a few MB. */
 #define DSLA_ACTOR_QUEUE_MAX 65536
+/* The largest frame a socket takes (ZMQ_MAXMSGSIZE): the envelope's own limit. ZeroMQ refuses a
+ * longer one from its length prefix and drops the connection, before any of it is buffered, so
+ * a peer cannot make this process hold gigabytes to be refused afterwards. (inproc:// frames are
+ * not checked by ZeroMQ; they come from this process.) */
+#define DSLA_ACTOR_FRAME_MAX DSLA_PROTO_FRAME_MAX
 /* ZMQ_LAST_ENDPOINT of a tcp bind: "tcp://" + an IPv6 address + ":port" fits easily. */
 #define DSLA_ACTOR_ENDPOINT_MAX 256
 
@@ -133,6 +138,15 @@ dsla_status_t dsla_actor_send(dsla_actor_t *a, const char *dst, uint32_t type, u
 /* Sends back along msg's route with msg's correlation id. */
 dsla_status_t dsla_actor_reply(dsla_actor_t *a, const dsla_actor_msg_t *msg, uint32_t type,
                                const void *body, size_t body_len);
+/* Who sent msg, as far as this actor can vouch for it: the name of the peer whose connection
+ * (one this actor opened, to the endpoint it was configured with) the message arrived on; NULL
+ * when it came in through the mailbox, where the name in msg->from is the routing id the sender
+ * chose for itself. Messages only a configured peer may send (a plan from the controller,
+ * tokens from a replica) are checked with this, never with msg->from. */
+const char *dsla_actor_msg_peer(const dsla_actor_t *a, const dsla_actor_msg_t *msg);
+/* True when msg arrived on this actor's connection to the peer of that name. */
+bool dsla_actor_msg_from_peer(const dsla_actor_t *a, const dsla_actor_msg_t *msg, const char *peer);
+
 /* Replies with ERROR {code, message}. */
 dsla_status_t dsla_actor_reply_error(dsla_actor_t *a, const dsla_actor_msg_t *msg,
                                      dsla_proto_code_t code, const char *message);

@@ -13,6 +13,7 @@ enum { STORE_BUSY_TIMEOUT_MS = 5000 };
 struct dsla_ctl_store {
     sqlite3 *db;
     char path[512];
+    int64_t events_keep;
 };
 
 static const char schema[] =
@@ -36,6 +37,7 @@ dsla_status_t dsla_ctl_store_open(dsla_ctl_store_t **out, const char *path) {
     *out = NULL;
     dsla_ctl_store_t *s = calloc(1, sizeof *s);
     if (!s) return dsla_error_oom("controller database");
+    s->events_keep = DSLA_CTL_EVENTS_KEEP;
     snprintf(s->path, sizeof s->path, "%s", path);
     dsla_status_t st = DSLA_OK;
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
@@ -184,7 +186,16 @@ dsla_status_t dsla_ctl_store_add_event(dsla_ctl_store_t *s, int64_t time_ms, con
     sqlite3_bind_int64(stmt, 1, time_ms);
     sqlite3_bind_text(stmt, 2, event, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(stmt, 3, details, -1, SQLITE_TRANSIENT);
-    return run(s, stmt, "writing an event");
+    DSLA_TRY(run(s, stmt, "writing an event"));
+    /* retention: the oldest rows beyond events_keep go with each insert (a primary-key range,
+     * one row in the steady state), so no sender can grow the file without bound */
+    DSLA_TRY(prepare(s, "DELETE FROM events WHERE id <= ?1", &stmt));
+    sqlite3_bind_int64(stmt, 1, sqlite3_last_insert_rowid(s->db) - s->events_keep);
+    return run(s, stmt, "pruning old events");
+}
+
+void dsla_ctl_store_set_events_keep(dsla_ctl_store_t *s, int64_t keep) {
+    s->events_keep = keep > 0 ? keep : DSLA_CTL_EVENTS_KEEP;
 }
 
 dsla_status_t dsla_ctl_store_each_event(dsla_ctl_store_t *s, int limit, dsla_ctl_event_fn fn,

@@ -56,10 +56,17 @@ typedef void (*dsla_ctl_layer_fn)(void *user, const dsla_ctl_layer_row_t *row);
 /* Visits them in the order they were first stored. */
 dsla_status_t dsla_ctl_store_each_layer(dsla_ctl_store_t *s, dsla_ctl_layer_fn fn, void *user);
 
+/* Events the history keeps: the newest this many, older ones deleted as new ones come. At most
+ * ~600 bytes each, a few tens of MB; months of a busy cluster's plan changes. */
+#define DSLA_CTL_EVENTS_KEEP 100000
+
 /* The event history: wall-clock time in milliseconds since the epoch, a short event name and its
- * details. each_event visits the newest limit events, oldest first. */
+ * details. each_event visits the newest limit events, oldest first. Only the newest
+ * DSLA_CTL_EVENTS_KEEP (or set_events_keep's number) are kept. */
 dsla_status_t dsla_ctl_store_add_event(dsla_ctl_store_t *s, int64_t time_ms, const char *event,
                                        const char *details);
+/* Changes the retention (keep <= 0: DSLA_CTL_EVENTS_KEEP); tests use a few. */
+void dsla_ctl_store_set_events_keep(dsla_ctl_store_t *s, int64_t keep);
 typedef void (*dsla_ctl_event_fn)(void *user, int64_t id, int64_t time_ms, const char *event,
                                   const char *details);
 dsla_status_t dsla_ctl_store_each_event(dsla_ctl_store_t *s, int limit, dsla_ctl_event_fn fn,

@@ -4,6 +4,9 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -18,6 +21,8 @@
 
 /* Bytes read at a time while hashing a file: bounded memory for any layer size. */
 enum { DIGEST_CHUNK = 1 << 20 };
+
+static bool is_version_file(const char *name);
 
 /* A non-negative integer metadata value; -1 when absent or malformed. */
 static long meta_long(const dsla_safetensors_t *st, const char *key, int base) {
@@ -60,9 +65,27 @@ dsla_status_t dsla_catalogue_read(const char *path, dsla_catalogue_entry_t *e, i
 }
 
 dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint64_t *xxh64) {
-    FILE *f = fopen(path, "rb");
-    char *buf = f ? malloc(DIGEST_CHUNK) : NULL;
-    if (!f) return dsla_error(DSLA_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return dsla_error(errno == ELOOP ? DSLA_ERR_FORMAT : DSLA_ERR_IO, "%s: cannot read: %s",
+                          path, errno == ELOOP ? "a symbolic link" : strerror(errno));
+    struct stat sb;
+    dsla_status_t st = DSLA_OK;
+    if (fstat(fd, &sb) != 0)
+        st = dsla_error(DSLA_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    else if (!S_ISREG(sb.st_mode))
+        st = dsla_error(DSLA_ERR_FORMAT, "%s: not a regular file", path);
+    else if ((uint64_t)sb.st_size > DSLA_CATALOGUE_FILE_MAX)
+        st = dsla_error(DSLA_ERR_FORMAT, "%s: %lld bytes exceeds the layer file limit of %llu",
+                        path, (long long)sb.st_size, (unsigned long long)DSLA_CATALOGUE_FILE_MAX);
+    FILE *f = st == DSLA_OK ? fdopen(fd, "rb") : NULL;
+    if (!f) {
+        if (st == DSLA_OK)
+            st = dsla_error(DSLA_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+        close(fd);
+        return st;
+    }
+    char *buf = malloc(DIGEST_CHUNK);
     if (!buf) {
         fclose(f);
         return dsla_error_oom("%s: a read buffer", path);
@@ -71,7 +94,8 @@ dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint6
     XXH64_reset(&h, 0);
     uint64_t total = 0;
     size_t n;
-    while ((n = fread(buf, 1, DIGEST_CHUNK, f)) > 0) {
+    /* the size limit holds for a file that grows while it is read, too */
+    while (total <= DSLA_CATALOGUE_FILE_MAX && (n = fread(buf, 1, DIGEST_CHUNK, f)) > 0) {
         XXH64_update(&h, buf, n);
         total += n;
     }
@@ -79,26 +103,49 @@ dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint6
     fclose(f);
     free(buf);
     if (failed) return dsla_error(DSLA_ERR_IO, "%s: read error", path);
+    if (total > DSLA_CATALOGUE_FILE_MAX)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: grew past the layer file limit of %llu bytes", path,
+                          (unsigned long long)DSLA_CATALOGUE_FILE_MAX);
     *size = total;
     *xxh64 = XXH64_digest(&h);
     return DSLA_OK;
 }
 
+dsla_status_t dsla_catalogue_confine(const char *dir, const char *path, char *resolved) {
+    char root[PATH_MAX];
+    if (!dir || !realpath(dir, root))
+        return dsla_error(DSLA_ERR_NOT_FOUND, "layer versions: cannot resolve directory %s",
+                          dir ? dir : "(none)");
+    if (!realpath(path, resolved))
+        return dsla_error(DSLA_ERR_NOT_FOUND, "%s: cannot resolve: %s", path, strerror(errno));
+    size_t n = strlen(root);
+    const char *slash = strrchr(resolved, '/');
+    if (strncmp(resolved, root, n) != 0 || resolved + n != slash || !is_version_file(slash + 1) ||
+        strlen(resolved) > DSLA_CATALOGUE_PATH_MAX)
+        return dsla_error(DSLA_ERR_PERMISSION_DENIED,
+                          "%s: not a layer version file (layer-*.safetensors) directly inside the "
+                          "controller's layer directory %s",
+                          path, root);
+    return DSLA_OK;
+}
+
 dsla_status_t dsla_catalogue_verify(const dsla_catalogue_announce_t *a, dsla_catalogue_entry_t *e,
                                     int *order, int *n_order) {
+    char path[PATH_MAX];
+    DSLA_TRY(dsla_catalogue_confine(a->dir, a->path, path));
     uint64_t size = 0, xxh = 0;
-    DSLA_TRY(dsla_catalogue_file_digest(a->path, &size, &xxh));
+    DSLA_TRY(dsla_catalogue_file_digest(path, &size, &xxh));
     if (size != a->size || xxh != a->xxh64)
         return dsla_error(DSLA_ERR_FORMAT,
                           "%s: %" PRIu64 " bytes with xxh64 %016" PRIx64 ", announced %" PRIu64
                           " bytes with xxh64 %016" PRIx64,
-                          a->path, size, xxh, a->size, a->xxh64);
-    DSLA_TRY(dsla_catalogue_read(a->path, e, order, n_order));
+                          path, size, xxh, a->size, a->xxh64);
+    DSLA_TRY(dsla_catalogue_read(path, e, order, n_order));
     if (e->layer != a->layer || e->version != a->version || e->checksum != a->checksum)
         return dsla_error(DSLA_ERR_FORMAT,
                           "%s: holds layer %d version %d checksum %016" PRIx64
                           ", announced layer %d version %d checksum %016" PRIx64,
-                          a->path, e->layer, e->version, e->checksum, a->layer, a->version,
+                          path, e->layer, e->version, e->checksum, a->layer, a->version,
                           a->checksum);
     return DSLA_OK;
 }
@@ -179,7 +226,9 @@ dsla_status_t dsla_catalogue_scan(dsla_catalogue_t *out, const char *dir) {
         dsla_catalogue_entry_t e;
         int order[DSLA_CATALOGUE_LAYERS_MAX], n_order = 0;
         snprintf(path, sizeof path, "%s/%s", root, de->d_name);
-        if (dsla_catalogue_read(path, &e, order, &n_order) != DSLA_OK) {
+        char resolved[PATH_MAX];
+        if (dsla_catalogue_confine(root, path, resolved) != DSLA_OK ||
+            dsla_catalogue_read(resolved, &e, order, &n_order) != DSLA_OK) {
             dsla_log_warn("controller: skipping %s", dsla_last_error());
             continue;
         }

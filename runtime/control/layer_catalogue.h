@@ -25,6 +25,9 @@
  * (DSLA_PROTO_LAYERS_MAX, DSLA_PROTO_PATH_MAX; the controller checks they agree). */
 #define DSLA_CATALOGUE_LAYERS_MAX 512
 #define DSLA_CATALOGUE_PATH_MAX 1023
+/* The largest layer version file digested or verified: a DSLA layer of a 405B-parameter Llama is
+ * under 4 GiB; the bound keeps a sparse file of exabytes from occupying a worker for hours. */
+#define DSLA_CATALOGUE_FILE_MAX (64ull << 30)
 
 typedef struct {
     int layer;
@@ -49,11 +52,15 @@ dsla_status_t dsla_catalogue_read(const char *path, dsla_catalogue_entry_t *e, i
                                   int *n_order);
 
 /* The size and xxh64 (seed 0) of a whole file, read in bounded chunks: what LAYER_READY announces
- * and the controller verifies. IO naming the file when it cannot be read. */
+ * and the controller verifies. Only a regular file is read, opened without following a final
+ * symbolic link and without blocking (a FIFO or a device such as /dev/zero is refused at once, as
+ * FORMAT), and only up to DSLA_CATALOGUE_FILE_MAX bytes. IO naming the file when it cannot be
+ * read. */
 dsla_status_t dsla_catalogue_file_digest(const char *path, uint64_t *size, uint64_t *xxh64);
 
 /* A layer version as announced (LAYER_READY): the file, what it holds, and its size and xxh64. */
 typedef struct {
+    const char *dir; /* the layer version directory the file must lie directly inside */
     const char *path;
     int layer;
     int version;
@@ -62,12 +69,21 @@ typedef struct {
     uint64_t xxh64;
 } dsla_catalogue_announce_t;
 
-/* The verify phase of an announced version (DESIGN.md section 7): the file is there, of the
- * announced size and xxh64, and its header names the announced layer, version and checksum. On
- * success e and order (DSLA_CATALOGUE_LAYERS_MAX entries) describe it; otherwise FORMAT (or IO)
- * naming the file and both values. Reads the whole file. */
+/* The verify phase of an announced version (DESIGN.md section 7): the path, once every symbolic
+ * link in it is resolved, names a version file (layer-*.safetensors) directly inside a->dir
+ * (PERMISSION_DENIED otherwise: an announcement names files for this process to read and serve);
+ * the file is a regular one of the announced size and xxh64, and its header names the announced
+ * layer, version and checksum. On success e (its path the resolved one) and order
+ * (DSLA_CATALOGUE_LAYERS_MAX entries) describe it; otherwise FORMAT (or IO) naming the file and
+ * both values, never the file's contents. Reads the whole file. */
 dsla_status_t dsla_catalogue_verify(const dsla_catalogue_announce_t *a, dsla_catalogue_entry_t *e,
                                     int *order, int *n_order);
+
+/* Resolves path (every symbolic link, "..") into resolved (PATH_MAX bytes), which must then name
+ * a version file (layer-*.safetensors) directly inside dir, itself resolved: PERMISSION_DENIED
+ * naming both otherwise, NOT_FOUND when either cannot be resolved. Opens nothing. What the scan,
+ * the verification of an announcement and a restart's restore all apply. */
+dsla_status_t dsla_catalogue_confine(const char *dir, const char *path, char *resolved);
 
 /* Reads exactly n bytes at offset of path into buf; IO naming the file and range otherwise. */
 dsla_status_t dsla_catalogue_file_read(const char *path, uint64_t offset, void *buf, size_t n);

@@ -22,6 +22,8 @@
     X(INVALID_ARGUMENT, 3, INVALID_ARGUMENT,                                                       \
       "bad input from a caller, a peer or a file: names the field, the limit and the value")       \
     X(DEADLINE_EXCEEDED, 4, DEADLINE_EXCEEDED, "the request's deadline passed before it finished") \
+    X(PERMISSION_DENIED, 7, PERMISSION_DENIED,                                                     \
+      "the sender's role may not send this message (a plan not from the configured controller)")   \
     X(RESOURCE_EXHAUSTED, 8, RESOURCE_EXHAUSTED, "a bounded queue, pool or budget is full")        \
     X(INTERNAL, 13, INTERNAL, "a broken invariant: a bug in dsla-serve")                           \
     X(UNAVAILABLE, 14, UNAVAILABLE, "the actor that should serve the request is down; retry")      \

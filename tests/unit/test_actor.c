@@ -8,13 +8,16 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
 #include "proto/proto.h"
 #include "runtime/actor/actor.h"
 #include "runtime/core/clock.h"
+#include "runtime/core/log.h"
 
 enum {
     PINGS = 1000,
@@ -74,7 +77,8 @@ static void on_pong(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     if (msg->env->id == 0) return;
     dsla_proto_ping_t ping;
     if (dsla_proto_ping_decode(msg->env->body, msg->env->body_len, &ping) != DSLA_OK ||
-        ping.seq != msg->env->id || strcmp(msg->env->src, s->peer) != 0)
+        ping.seq != msg->env->id || strcmp(msg->env->src, s->peer) != 0 ||
+        !dsla_actor_msg_from_peer(a, msg, s->peer))
         return; /* a wrong echo leaves the count short and the test fails on it */
     int n = atomic_fetch_add(&s->pongs, 1) + 1;
     if (n < PINGS) send_ping(a, s, (uint64_t)n + 1);
@@ -251,6 +255,132 @@ static void test_malformed_frames_get_errors(void **state) {
     zmq_ctx_term(zctx);
     dsla_actor_destroy(&b);
     dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A raw DEALER on the test's own ZeroMQ context. */
+static void *raw_dealer(void *zctx, const char *routing_id, const char *endpoint) {
+    void *sock = zmq_socket(zctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (routing_id) zmq_setsockopt(sock, ZMQ_ROUTING_ID, routing_id, strlen(routing_id));
+    assert_int_equal(zmq_connect(sock, endpoint), 0);
+    return sock;
+}
+
+/* A PING envelope from a raw socket, under whatever src it claims. */
+static void raw_ping(void *sock, const char *src, uint64_t id) {
+    dsla_proto_envelope_t env = {.type = DSLA_MSG_PING, .id = id, .dst = "b"};
+    snprintf(env.src, sizeof env.src, "%s", src);
+    dsla_proto_buf_t frame;
+    assert_int_equal(dsla_proto_envelope_encode(&env, &frame), DSLA_OK);
+    assert_true(zmq_send(sock, frame.data, frame.len, 0) >= 0);
+    dsla_proto_buf_free(&frame);
+}
+
+/* Frames that reach sock within ms. */
+static int frames_within(void *sock, int ms) {
+    int n = 0;
+    uint64_t deadline = dsla_clock_ms() + (uint64_t)ms;
+    for (uint64_t now; (now = dsla_clock_ms()) < deadline;) {
+        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, (long)(deadline - now)) <= 0) continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) >= 0) n++;
+        zmq_msg_close(&m);
+    }
+    return n;
+}
+
+/* A second connection that claims a live peer's routing id ("a", as anyone can see in a log)
+ * must not take its traffic: with ZMQ_ROUTER_HANDOVER it got every PONG meant for a, and a saw
+ * its server die. */
+static void test_routing_id_not_captured(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0}, sa = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, FAST_BEAT_MS);
+    dsla_actor_t *a =
+        start_actor(ctx, "a", NULL, "b", dsla_actor_endpoint(b, 0), &sa, FAST_BEAT_MS);
+    assert_true(wait_for(&sa.alive, 1));
+    void *zctx = zmq_ctx_new();
+    void *thief = raw_dealer(zctx, "a", dsla_actor_endpoint(b, 0));
+    raw_ping(thief, "a", 9);
+    /* ten heartbeats: b's PONGs to a keep going to a, none to the thief */
+    assert_int_equal(frames_within(thief, 10 * FAST_BEAT_MS), 0);
+    assert_int_equal(atomic_load(&sa.dead), 0);
+    zmq_close(thief);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&a);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A frame above DSLA_ACTOR_FRAME_MAX is refused by ZeroMQ from its length prefix, never handed
+ * to the actor (which would answer it with an ERROR after holding it whole); the actor then
+ * serves the next client as before. */
+static void test_oversized_frame_refused_unread(void **state) {
+    (void)state;
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, QUIET_BEAT_MS);
+    void *zctx = zmq_ctx_new();
+    void *big = raw_dealer(zctx, "big", dsla_actor_endpoint(b, 0));
+    size_t len = (size_t)DSLA_ACTOR_FRAME_MAX + 1;
+    char *junk = calloc(1, len);
+    assert_true(zmq_send(big, junk, len, 0) >= 0);
+    free(junk);
+    assert_int_equal(frames_within(big, 1000), 0);
+    void *next = raw_dealer(zctx, "next", dsla_actor_endpoint(b, 0));
+    raw_ping(next, "next", 5);
+    expect_reply(next, DSLA_MSG_PONG, 0);
+    zmq_close(big);
+    zmq_close(next);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
+/* A flood of malformed frames is each answered, but logged at most DSLA_LOG_LIMIT_BURST times a
+ * window (5,000 frames wrote 5,000 lines before). */
+static void test_frame_flood_log_bounded(void **state) {
+    (void)state;
+    enum { FLOOD = 300 };
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t sb = {0};
+    dsla_actor_t *b = start_actor(ctx, "b", "tcp://127.0.0.1:*", NULL, NULL, &sb, QUIET_BEAT_MS);
+    char *dir = dsla_test_tempdir(), path[1024];
+    snprintf(path, sizeof path, "%s/stderr", dir);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO), fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(saved >= 0 && fd >= 0 && dup2(fd, STDERR_FILENO) >= 0);
+    void *zctx = zmq_ctx_new();
+    void *sock = raw_dealer(zctx, "flood", dsla_actor_endpoint(b, 0));
+    for (int i = 0; i < FLOOD; i++) {
+        assert_true(zmq_send(sock, "\xc1", 1, 0) >= 0); /* a reserved msgpack byte */
+        expect_reply(sock, DSLA_MSG_ERROR, DSLA_CODE_INVALID_ARGUMENT);
+    }
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fd);
+    size_t len = 0;
+    char *text = dsla_test_read_file(path, &len);
+    int lines = 0;
+    for (const char *p = text; (p = strstr(p, "refusing a frame")) != NULL; p++)
+        lines++;
+    if (lines < 1 || lines > DSLA_LOG_LIMIT_BURST + 1)
+        fail_msg("%d lines for %d malformed frames:\n%s", lines, FLOOD, text);
+    free(text);
+    zmq_close(sock);
+    zmq_ctx_term(zctx);
+    dsla_actor_destroy(&b);
+    dsla_actor_ctx_destroy(&ctx);
+    dsla_test_rmtree(dir);
+    free(dir);
 }
 
 /* a connects to b; both see each other alive; then the one named by kill stops and the other
@@ -617,6 +747,9 @@ int main(void) {
         cmocka_unit_test(test_ping_pong_tcp),
         cmocka_unit_test(test_unknown_type_gets_error),
         cmocka_unit_test(test_malformed_frames_get_errors),
+        cmocka_unit_test(test_routing_id_not_captured),
+        cmocka_unit_test(test_oversized_frame_refused_unread),
+        cmocka_unit_test(test_frame_flood_log_bounded),
         cmocka_unit_test(test_dead_server_reported),
         cmocka_unit_test(test_dead_client_reported),
         cmocka_unit_test(test_many_actors_clean_shutdown),

@@ -12,9 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "actors/controller_chunks.h"
 #include "actors/controller_core.h"
+#include "runtime/core/clock.h"
 #include "runtime/model/dsla_layer.h"
 
 enum { NUM_LAYERS = 8, SENT_MAX = 64 };
@@ -356,10 +359,11 @@ static void test_replica_dies_mid_rollout(void **state) {
     free(dir);
 }
 
-/* An announced version in another directory, as a distiller's --out. */
-static void announce(const char *path, dsla_ctl_verify_t *v) {
+/* An announced version, written into the controller's directory by a distiller after its scan. */
+static void announce(const dsla_ctl_core_t *c, const char *path, dsla_ctl_verify_t *v) {
     memset(v, 0, sizeof *v);
     snprintf(v->from, sizeof v->from, "distiller");
+    snprintf(v->layers_dir, sizeof v->layers_dir, "%s", dsla_ctl_core_layers_dir(c));
     dsla_catalogue_entry_t e;
     ok(dsla_catalogue_read(path, &e, NULL, NULL));
     dsla_proto_layer_ready_t *r = &v->ready;
@@ -372,19 +376,19 @@ static void announce(const char *path, dsla_ctl_verify_t *v) {
 
 static void test_restart_from_sqlite(void **state) {
     (void)state;
-    char *dir = dsla_test_tempdir(), *out = dsla_test_tempdir();
+    char *dir = dsla_test_tempdir();
     write_version(dir, 2, 1, "layer-2.safetensors");
     write_version(dir, 0, 1, "layer-0.safetensors");
-    write_version(out, 1, 1, "layer-1.safetensors"); /* announced later by a distiller */
     char db[1024], path[1024];
     snprintf(db, sizeof db, "%s/controller.db", dir);
-    snprintf(path, sizeof path, "%s/layer-1.safetensors", out);
+    snprintf(path, sizeof path, "%s/layer-1.safetensors", dir);
     fake_t *f = calloc(1, sizeof *f);
     ok(dsla_ctl_store_open(&f->store, db));
     dsla_ctl_core_t *c = core_new(f, dir, NULL);
     assert_int_equal(dsla_ctl_core_policy(c)->kind, DSLA_POLICY_THRESHOLD); /* fresh: defaults */
+    write_version(dir, 1, 1, "layer-1.safetensors"); /* announced after the scan by a distiller */
     dsla_ctl_verify_t *v = malloc(sizeof *v);
-    announce(path, v);
+    announce(c, path, v);
     dsla_ctl_verify_run(v);
     ok(v->status);
     dsla_ctl_core_on_layer_verified(c, v);
@@ -433,23 +437,21 @@ static void test_restart_from_sqlite(void **state) {
     free(f);
     free(g);
     dsla_test_rmtree(dir);
-    dsla_test_rmtree(out);
     free(dir);
-    free(out);
 }
 
 static void test_corrupt_version_refused(void **state) {
     (void)state;
-    char *dir = versions_dir(), *out = dsla_test_tempdir();
-    write_version(out, 5, 2, "layer-5.safetensors");
+    char *dir = versions_dir();
     char path[1024];
-    snprintf(path, sizeof path, "%s/layer-5.safetensors", out);
+    snprintf(path, sizeof path, "%s/layer-5.safetensors", dir);
     fake_t *f = calloc(1, sizeof *f);
     dsla_ctl_core_t *c = core_new(f, dir, NULL);
+    write_version(dir, 5, 2, "layer-5.safetensors");
     dsla_ctl_verify_t *v = malloc(sizeof *v);
 
     /* a byte of its tensors flipped after the announce: size and xxh64 disagree */
-    announce(path, v);
+    announce(c, path, v);
     size_t len = 0;
     char *bytes = dsla_test_read_file(path, &len);
     bytes[len - 5] ^= 0x5a;
@@ -463,16 +465,16 @@ static void test_corrupt_version_refused(void **state) {
     assert_non_null(strstr(f->events, "layer_refused"));
 
     /* the file as announced, but its header names another checksum than the announce */
-    announce(path, v);
+    announce(c, path, v);
     v->ready.checksum ^= 1;
     dsla_ctl_verify_run(v);
     assert_int_equal(v->status, DSLA_ERR_FORMAT);
     assert_non_null(strstr(v->error, "announced layer 5 version 2 checksum"));
     /* and a file that is gone */
-    announce(path, v);
-    snprintf(v->ready.path, sizeof v->ready.path, "%s/none.safetensors", out);
+    announce(c, path, v);
+    snprintf(v->ready.path, sizeof v->ready.path, "%s/layer-7.safetensors", dir);
     dsla_ctl_verify_run(v);
-    assert_int_equal(v->status, DSLA_ERR_IO);
+    assert_int_equal(v->status, DSLA_ERR_NOT_FOUND);
     dsla_ctl_core_on_layer_verified(c, v);
     assert_int_equal(count(f->events, "layer_refused"), 2);
     assert_int_equal(dsla_ctl_core_catalogue(c)->n, 4);
@@ -481,9 +483,125 @@ static void test_corrupt_version_refused(void **state) {
     dsla_ctl_core_destroy(&c);
     free(f);
     dsla_test_rmtree(dir);
-    dsla_test_rmtree(out);
     free(dir);
-    free(out);
+}
+
+/* Announcements that name anything but a version file inside the layer directory are refused
+ * before the file is read: a device that never ends (/dev/zero pinned a worker), a FIFO (blocked
+ * open), a file outside by path, by "..", or by a symbolic link inside; none of the refusals
+ * echoes the file's contents, and none takes time. */
+static void test_hostile_announcements_refused(void **state) {
+    (void)state;
+    char *dir = versions_dir(), *outside = dsla_test_tempdir();
+    fake_t *f = calloc(1, sizeof *f);
+    dsla_ctl_core_t *c = core_new(f, dir, NULL);
+    char good[1024], fifo[1024], link[1024], dotdot[1024], other[1024], stray[1024];
+    snprintf(good, sizeof good, "%s/layer-1.safetensors", dir);
+    write_version(outside, 6, 1, "layer-6.safetensors");
+    snprintf(fifo, sizeof fifo, "%s/layer-9.safetensors", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    snprintf(link, sizeof link, "%s/layer-8.safetensors", dir);
+    assert_int_equal(symlink("/etc/passwd", link), 0);
+    snprintf(dotdot, sizeof dotdot, "%s/../%s/layer-6.safetensors", dir, strrchr(outside, '/') + 1);
+    snprintf(other, sizeof other, "%s/layer-6.safetensors", outside);
+    snprintf(stray, sizeof stray, "%s/notes.txt", dir);
+    dsla_test_write_file(stray, "secret", 6);
+    const struct {
+        const char *path;
+        dsla_status_t status;
+    } cases[] = {{"/dev/zero", DSLA_ERR_PERMISSION_DENIED},
+                 {"/etc/passwd", DSLA_ERR_PERMISSION_DENIED},
+                 {fifo, DSLA_ERR_FORMAT},
+                 {link, DSLA_ERR_PERMISSION_DENIED},
+                 {dotdot, DSLA_ERR_PERMISSION_DENIED},
+                 {other, DSLA_ERR_PERMISSION_DENIED},
+                 {stray, DSLA_ERR_PERMISSION_DENIED}};
+    dsla_ctl_verify_t *v = malloc(sizeof *v);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        announce(c, good, v);
+        snprintf(v->ready.path, sizeof v->ready.path, "%s", cases[i].path);
+        uint64_t t0 = dsla_clock_ms();
+        dsla_ctl_verify_run(v);
+        if (v->status != cases[i].status || dsla_clock_ms() - t0 > 1000)
+            fail_msg("%s: %s after %llu ms: %s", cases[i].path, dsla_status_name(v->status),
+                     (unsigned long long)(dsla_clock_ms() - t0), v->error);
+        if (strstr(v->error, "root:") || strstr(v->error, "secret"))
+            fail_msg("%s: the refusal echoes the file: %s", cases[i].path, v->error);
+        dsla_ctl_core_on_layer_verified(c, v);
+    }
+    assert_int_equal(dsla_ctl_core_catalogue(c)->n, 4);
+    assert_int_equal(count(f->events, "layer_refused"), 7);
+    free(v);
+    dsla_ctl_core_destroy(&c);
+    free(f);
+    dsla_test_rmtree(dir);
+    dsla_test_rmtree(outside);
+    free(dir);
+    free(outside);
+}
+
+/* A database from before announcements were confined may record a version outside the layer
+ * directory: a restart does not catalogue it (a zero-weight layer in /tmp was served again). */
+static void test_restore_refuses_outside(void **state) {
+    (void)state;
+    char *dir = versions_dir(), *outside = dsla_test_tempdir();
+    write_version(outside, 5, 1, "layer-5.safetensors");
+    char db[1024], path[1024];
+    snprintf(db, sizeof db, "%s/controller.db", dir);
+    snprintf(path, sizeof path, "%s/layer-5.safetensors", outside);
+    dsla_catalogue_entry_t e;
+    ok(dsla_catalogue_read(path, &e, NULL, NULL));
+    fake_t *f = calloc(1, sizeof *f);
+    ok(dsla_ctl_store_open(&f->store, db));
+    dsla_ctl_layer_row_t row = {.layer = 5, .version = 1, .checksum = e.checksum};
+    snprintf(row.path, sizeof row.path, "%s", path);
+    ok(dsla_ctl_store_put_layer(f->store, &row));
+    dsla_ctl_core_t *c = core_new(f, dir, NULL);
+    assert_int_equal(dsla_ctl_core_catalogue(c)->n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_not_equal(dsla_ctl_core_catalogue(c)->entries[i].layer, 5);
+    dsla_ctl_core_destroy(&c);
+    dsla_ctl_store_close(&f->store);
+    free(f);
+    dsla_test_rmtree(dir);
+    dsla_test_rmtree(outside);
+    free(dir);
+    free(outside);
+}
+
+/* Names that reported once and fell silent leave the replica table: 64 invented names filled it
+ * for good before. A replica that keeps reporting stays. */
+static void test_silent_replicas_expire(void **state) {
+    (void)state;
+    char *dir = versions_dir();
+    fake_t *f = calloc(1, sizeof *f);
+    dsla_ctl_core_t *c = core_new(f, dir, "manual layers=0");
+    replica_t real = {.name = "serving0", .plan_id = 1};
+    report(c, &real, 0, 0);
+    char names[DSLA_PROTO_REPLICAS_MAX][16];
+    for (int i = 0; i < DSLA_PROTO_REPLICAS_MAX - 1; i++) {
+        snprintf(names[i], sizeof names[i], "fake%d", i);
+        replica_t r = {.name = names[i], .plan_id = 1};
+        report(c, &r, 0, 0);
+    }
+    static dsla_proto_load_report_t rep;
+    rep.num_layers = NUM_LAYERS;
+    assert_int_equal(dsla_ctl_core_on_load_report(c, "late", &rep), DSLA_ERR_RESOURCE_EXHAUSTED);
+    for (uint64_t t = 0; t < DSLA_CONTROLLER_REPLICA_EXPIRE_MS; t += 1000) {
+        f->now_ms += 1000;
+        report(c, &real, 0, 0);
+        dsla_ctl_core_on_tick(c);
+    }
+    ok(dsla_ctl_core_on_load_report(c, "late", &rep));
+    dsla_admin_text_t t = {0};
+    ok(admin(c, "status", &t));
+    if (!strstr(t.data, "serving0") || strstr(t.data, "fake0"))
+        fail_msg("status after expiry:\n%s", t.data);
+    dsla_admin_text_free(&t);
+    dsla_ctl_core_destroy(&c);
+    free(f);
+    dsla_test_rmtree(dir);
+    free(dir);
 }
 
 static dsla_ctl_chunk_t *fetch(const dsla_ctl_core_t *c, int layer, uint32_t version,
@@ -595,9 +713,15 @@ static void test_admin_against_state(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_load_rises_then_falls),    cmocka_unit_test(test_nack_keeps_old_plan),
-        cmocka_unit_test(test_replica_dies_mid_rollout), cmocka_unit_test(test_restart_from_sqlite),
-        cmocka_unit_test(test_corrupt_version_refused),  cmocka_unit_test(test_chunks),
+        cmocka_unit_test(test_load_rises_then_falls),
+        cmocka_unit_test(test_nack_keeps_old_plan),
+        cmocka_unit_test(test_replica_dies_mid_rollout),
+        cmocka_unit_test(test_restart_from_sqlite),
+        cmocka_unit_test(test_hostile_announcements_refused),
+        cmocka_unit_test(test_silent_replicas_expire),
+        cmocka_unit_test(test_restore_refuses_outside),
+        cmocka_unit_test(test_corrupt_version_refused),
+        cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_admin_against_state),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

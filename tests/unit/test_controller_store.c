@@ -98,6 +98,18 @@ static void test_restart_keeps_state(void **state) {
     assert_int_equal(events.n, 3); /* the newest three, oldest first */
     assert_string_equal(events.text,
                         "28 1027 test event 27\n29 1028 test event 28\n30 1029 test event 29\n");
+    /* retention: with 5 kept, the 30 events above and 10 more leave the newest 5 */
+    dsla_ctl_store_set_events_keep(s, 5);
+    for (int i = 30; i < 40; i++) {
+        char details[32];
+        snprintf(details, sizeof details, "event %d", i);
+        ok(dsla_ctl_store_add_event(s, 1000 + i, "test", details));
+    }
+    collected_t kept = {0};
+    ok(dsla_ctl_store_each_event(s, 100, collect_event, &kept));
+    assert_int_equal(kept.n, 5);
+    assert_non_null(strstr(kept.text, "40 1039 test event 39\n"));
+    assert_null(strstr(kept.text, "event 34\n"));
     dsla_ctl_store_close(&s);
 
     /* a directory that does not exist: an error naming the file */

@@ -144,6 +144,14 @@ static void test_admin(void **state) {
     assert_memory_equal(a, d, sizeof *a);
     assert_hostile_safe(&buf, admin_decode, d);
     dsla_proto_buf_free(&buf);
+    /* with an admin key, which travels only when set */
+    snprintf(a->key, sizeof a->key, "sk-admin-0123456789abcdef");
+    assert_int_equal(dsla_proto_admin_encode(a, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_admin_decode(buf.data, buf.len, d), DSLA_OK);
+    assert_memory_equal(a, d, sizeof *a);
+    assert_hostile_safe(&buf, admin_decode, d);
+    dsla_proto_buf_free(&buf);
+    a->key[0] = '\0';
     a->n_args = 0;
     assert_int_equal(dsla_proto_admin_encode(a, &buf), DSLA_ERR_INVALID_ARGUMENT);
     /* {"args": []} and {"args": [1]} */
