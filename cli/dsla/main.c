@@ -14,6 +14,7 @@ static const command_t commands[] = {
     {"generate", dsla_cmd_generate, "generate text from a prompt, streamed as it is produced"},
     {"import", dsla_cmd_import, "convert a llama2.c checkpoint to the Hugging Face layout"},
     {"distill", dsla_cmd_distill, "distil attention layers into DSLA layers (offline, chained)"},
+    {"random-model", dsla_cmd_random_model, "write a model of random weights (benchmark shapes)"},
     {"eval", dsla_cmd_eval, "held-out perplexity of the teacher or a plan of distilled layers"},
     {"bench", dsla_cmd_bench, "load-test the serving engine in process: throughput, TTFT, TPOT"},
 };
