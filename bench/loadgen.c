@@ -371,6 +371,10 @@ int main(int argc, char **argv) {
         {"preset", DSLA_ARG_STRING, "lengths of a preset: chat (1.2K/0.2K) or long-doc (8K/0.3K)",
          0, 0, &wo.preset},
         {"rate", DSLA_ARG_FLOAT, "synthetic arrivals, requests/s (default 1)", 1e-6, 1e6, &wo.rate},
+        {"rate-profile", DSLA_ARG_STRING,
+         "--rate times a piecewise-linear multiplier, SECONDS:MULT,... (e.g. 0:0.5,60:4,120:0.5); "
+         "--duration defaults to its last point",
+         0, 0, &wo.rate_profile},
         {"cv", DSLA_ARG_FLOAT, "inter-arrival CV: 1 Poisson (default), else gamma", 0.01, 100,
          &wo.cv},
         {"prompt-len", DSLA_ARG_STRING, "prompt tokens (default 128, or the preset's)", 0, 0,

@@ -189,6 +189,68 @@ static dsla_status_t push(dsla_workload_t *w, int *cap, dsla_workload_request_t 
     return DSLA_OK;
 }
 
+dsla_status_t dsla_rate_profile_parse(const char *s, const char *option, dsla_rate_profile_t *out) {
+    memset(out, 0, sizeof *out);
+    const char *p = s;
+    while (*p) {
+        char *end = NULL;
+        const double t = strtod(p, &end);
+        if (end == p || *end != ':')
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "%s '%s': point %d is not SECONDS:MULTIPLIER", option, s, out->n + 1);
+        p = end + 1;
+        const double m = strtod(p, &end);
+        if (end == p || (*end && *end != ','))
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "%s '%s': point %d is not SECONDS:MULTIPLIER", option, s, out->n + 1);
+        if (out->n == DSLA_RATE_PROFILE_MAX)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: more than %d points", option,
+                              DSLA_RATE_PROFILE_MAX);
+        const double prev = out->n ? out->t[out->n - 1] : -1.0;
+        if (!isfinite(t) || (out->n == 0 && t != 0) || (out->n > 0 && !(t > prev)))
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "%s '%s': point %d at %g s; times start at 0 and increase", option, s,
+                              out->n + 1, t);
+        if (!isfinite(m) || m < 0 || m > 1e6)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "%s '%s': point %d multiplier %g; it must be in [0, 1e6]", option, s,
+                              out->n + 1, m);
+        out->t[out->n] = t, out->mult[out->n] = m, out->n++;
+        p = *end ? end + 1 : end;
+    }
+    if (out->n < 2)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s '%s': at least two points", option, s);
+    return DSLA_OK;
+}
+
+double dsla_rate_profile_at(const dsla_rate_profile_t *p, double t) {
+    if (t >= p->t[p->n - 1]) return p->mult[p->n - 1];
+    int i = 0;
+    while (t >= p->t[i + 1])
+        i++;
+    const double f = (t - p->t[i]) / (p->t[i + 1] - p->t[i]);
+    return p->mult[i] + f * (p->mult[i + 1] - p->mult[i]);
+}
+
+/* The time by which the multiplier's integral reaches u (time-rescaling: a process of constant
+ * rate r at operational time u is one of rate r m(t) at real time t); INFINITY if never. */
+static double profile_invert(const dsla_rate_profile_t *p, double u) {
+    for (int i = 0; i + 1 < p->n; i++) {
+        const double dt = p->t[i + 1] - p->t[i], m0 = p->mult[i], m1 = p->mult[i + 1];
+        const double area = 0.5 * (m0 + m1) * dt;
+        if (u > area) {
+            u -= area;
+            continue;
+        }
+        /* m0 x + (m1 - m0) x^2 / (2 dt) = u on [0, dt] */
+        const double a = 0.5 * (m1 - m0) / dt;
+        const double x = fabs(a) < 1e-12 ? u / m0 : (-m0 + sqrt(m0 * m0 + 4 * a * u)) / (2 * a);
+        return p->t[i] + fmin(fmax(x, 0.0), dt);
+    }
+    const double last = p->mult[p->n - 1];
+    return last > 0 ? p->t[p->n - 1] + u / last : INFINITY;
+}
+
 dsla_status_t dsla_workload_generate(const dsla_workload_spec_t *spec, dsla_workload_t *out) {
     memset(out, 0, sizeof *out);
     if (!(spec->rate > 0) || !isfinite(spec->rate))
@@ -200,10 +262,11 @@ dsla_status_t dsla_workload_generate(const dsla_workload_spec_t *spec, dsla_work
                           "a synthetic workload needs a duration or a request count");
     uint64_t rng = spec->seed;
     int cap = 0;
-    double t = 0.0;
+    double u = 0.0; /* operational time: the constant-rate process's */
     for (;;) {
-        t += dsla_workload_interarrival(&rng, spec->rate, spec->cv);
-        if (spec->duration_s > 0 && t >= spec->duration_s) break;
+        u += dsla_workload_interarrival(&rng, spec->rate, spec->cv);
+        const double t = spec->profile.n ? profile_invert(&spec->profile, u) : u;
+        if (!isfinite(t) || (spec->duration_s > 0 && t >= spec->duration_s)) break;
         if (spec->max_requests > 0 && out->n >= spec->max_requests) break;
         dsla_workload_request_t r = {.arrival_s = t};
         r.prompt_tokens = dsla_length_draw(&spec->prompt, &rng);
@@ -436,6 +499,10 @@ dsla_status_t dsla_workload_build(const dsla_workload_options_t *o, dsla_workloa
             .max_requests = (int)o->max_requests,
             .seed = o->seed,
         };
+        if (o->rate_profile) {
+            DSLA_TRY(dsla_rate_profile_parse(o->rate_profile, "--rate-profile", &spec.profile));
+            if (spec.duration_s <= 0) spec.duration_s = spec.profile.t[spec.profile.n - 1];
+        }
         if (spec.duration_s <= 0 && spec.max_requests <= 0)
             spec.max_requests = DSLA_WORKLOAD_DEFAULT_REQUESTS;
         DSLA_TRY(dsla_length_parse("128", "--prompt-len", &spec.prompt));
@@ -448,7 +515,12 @@ dsla_status_t dsla_workload_build(const dsla_workload_options_t *o, dsla_workloa
         dsla_length_format(&spec.prompt, pl, sizeof pl);
         dsla_length_format(&spec.output, ol, sizeof ol);
         const double rate = spec.rate * (spec.scale > 0 ? spec.scale : 1.0);
-        if (spec.cv == 1.0)
+        if (o->rate_profile)
+            snprintf(what, sizeof what, "%s %g/s x profile %s, prompt %s, output %s, seed %llu%s%s",
+                     spec.cv == 1.0 ? "poisson" : "gamma", rate, o->rate_profile, pl, ol,
+                     (unsigned long long)spec.seed, o->preset ? ", preset " : "",
+                     o->preset ? o->preset : "");
+        else if (spec.cv == 1.0)
             snprintf(what, sizeof what, "poisson %g/s, prompt %s, output %s, seed %llu%s%s", rate,
                      pl, ol, (unsigned long long)spec.seed, o->preset ? ", preset " : "",
                      o->preset ? o->preset : "");

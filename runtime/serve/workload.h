@@ -48,14 +48,30 @@ typedef struct {
     int min, max; /* draws are clamped here (lognormal tails); 0 max: no upper clamp */
 } dsla_length_dist_t;
 
+/* A rate that changes over the run: the rate times a multiplier that is piecewise linear between
+ * points (seconds from the start, multiplier >= 0) and holds its last value after them. Written
+ * "0:0.5,60:4,120:0.5" (0.5x at 0 s, rising to 4x at 60 s, back to 0.5x at 120 s). */
+enum { DSLA_RATE_PROFILE_MAX = 64 };
 typedef struct {
-    double rate;  /* requests per second, > 0 */
+    int n; /* 0: a constant rate */
+    double t[DSLA_RATE_PROFILE_MAX], mult[DSLA_RATE_PROFILE_MAX];
+} dsla_rate_profile_t;
+
+/* Parses the text form; the message names option and the offending point. Times start at 0 and
+ * increase; at least two points. */
+dsla_status_t dsla_rate_profile_parse(const char *s, const char *option, dsla_rate_profile_t *out);
+/* The multiplier at time t. */
+double dsla_rate_profile_at(const dsla_rate_profile_t *p, double t);
+
+typedef struct {
+    double rate;  /* requests per second, > 0 (times profile's multiplier, when it has points) */
     double cv;    /* coefficient of variation of inter-arrival times; 1 is Poisson */
     double scale; /* rate multiplier (arrival times divided by it); 0 or 1: none */
     dsla_length_dist_t prompt, output;
     double duration_s; /* arrivals before this; 0: no limit */
     int max_requests;  /* at most this many; 0: no limit (duration_s must then be set) */
     uint64_t seed;
+    dsla_rate_profile_t profile; /* arrivals are the constant-rate process's, time-rescaled */
 } dsla_workload_spec_t;
 
 /* "N" (fixed), "LO:HI" (uniform), "lognormal:MEAN:SIGMA" or "lognormal:MEAN:SIGMA:MIN:MAX"; the
@@ -94,15 +110,16 @@ void dsla_workload_free(dsla_workload_t *w);
 /* What a load tool's options say, in one place for every tool: a trace (then rate, cv and the
  * lengths are ignored) or a synthetic spec; NULL strings and zero numbers take the defaults. */
 typedef struct {
-    const char *trace;      /* CSV path */
-    const char *preset;     /* "chat", "long-doc" */
-    const char *prompt_len; /* dsla_length_parse forms; over the preset's; default "128" */
-    const char *output_len; /* default "128" */
-    double rate;            /* default 1 request/s */
-    double cv;              /* default 1 (Poisson) */
-    double scale;           /* rate multiplier, traces too; default 1 */
-    double duration_s;      /* arrivals before this */
-    long max_requests;      /* at most this many; default 100 when duration_s is 0 too */
+    const char *trace;        /* CSV path */
+    const char *preset;       /* "chat", "long-doc" */
+    const char *prompt_len;   /* dsla_length_parse forms; over the preset's; default "128" */
+    const char *output_len;   /* default "128" */
+    double rate;              /* default 1 request/s */
+    const char *rate_profile; /* dsla_rate_profile_parse form; duration defaults to its end */
+    double cv;                /* default 1 (Poisson) */
+    double scale;             /* rate multiplier, traces too; default 1 */
+    double duration_s;        /* arrivals before this */
+    long max_requests;        /* at most this many; default 100 when duration_s is 0 too */
     uint64_t seed;
     int max_total; /* > 0: dsla_workload_fit to it */
 } dsla_workload_options_t;

@@ -117,6 +117,40 @@ static void test_arrivals(void **state) {
     }
 }
 
+/* A ramp 0.5x -> 4x -> 0.5x of 100/s: each 10 s window holds the profile's integral over it
+ * (within 5 sigma of Poisson noise), and nothing arrives after the last point's time when the
+ * duration is the profile's. Bad profiles name the option and the point. */
+static void test_rate_profile(void **state) {
+    (void)state;
+    dsla_workload_options_t o = {.rate = 100, .rate_profile = "0:0.5,60:4,120:0.5", .seed = 3};
+    dsla_workload_t w;
+    char desc[512];
+    assert_int_equal(dsla_workload_build(&o, &w, desc, sizeof desc, NULL), DSLA_OK);
+    assert_non_null(strstr(desc, "profile 0:0.5,60:4,120:0.5"));
+    dsla_rate_profile_t p;
+    assert_int_equal(dsla_rate_profile_parse(o.rate_profile, "--rate-profile", &p), DSLA_OK);
+    assert_true(fabs(dsla_rate_profile_at(&p, 30) - 2.25) < 1e-12);
+    assert_true(fabs(dsla_rate_profile_at(&p, 500) - 0.5) < 1e-12);
+    int counts[12] = {0};
+    for (int i = 0; i < w.n; i++) {
+        assert_true(w.requests[i].arrival_s < 120.0);
+        counts[(int)(w.requests[i].arrival_s / 10)]++;
+    }
+    for (int k = 0; k < 12; k++) {
+        const double want =
+            100 * 5 * (dsla_rate_profile_at(&p, 10 * k) + dsla_rate_profile_at(&p, 10 * k + 10));
+        if (fabs(counts[k] - want) > 5 * sqrt(want))
+            fail_msg("window %d: %d arrivals, want %g", k, counts[k], want);
+    }
+    dsla_workload_free(&w);
+    const char *bad[] = {"0:1", "1:1,2:2", "0:1,0:2", "0:1,5:-1", "0:1,x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(dsla_rate_profile_parse(bad[i], "--rate-profile", &p),
+                         DSLA_ERR_INVALID_ARGUMENT);
+        assert_non_null(strstr(dsla_last_error(), "--rate-profile"));
+    }
+}
+
 static void test_determinism_scale_limit(void **state) {
     (void)state;
     dsla_workload_spec_t spec = {.rate = 5.0, .cv = 1.5, .duration_s = 20.0, .seed = 42};
@@ -295,9 +329,10 @@ static void test_report(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_csv),      cmocka_unit_test(test_csv_file),
-        cmocka_unit_test(test_arrivals), cmocka_unit_test(test_determinism_scale_limit),
-        cmocka_unit_test(test_lengths),  cmocka_unit_test(test_report),
+        cmocka_unit_test(test_csv),          cmocka_unit_test(test_csv_file),
+        cmocka_unit_test(test_arrivals),     cmocka_unit_test(test_determinism_scale_limit),
+        cmocka_unit_test(test_lengths),      cmocka_unit_test(test_report),
+        cmocka_unit_test(test_rate_profile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
