@@ -74,7 +74,7 @@ static void on_event(reader_t *rd, const char *data, size_t len) {
         r->done = true;
         return;
     }
-    json_t *j = json_loadb(data, len, 0, NULL);
+    json_t *j = json_loadb(data, len, JSON_ALLOW_NUL, NULL); /* "\u0000" is valid JSON */
     if (!j) {
         set_error(r, "%s", "an event that is not JSON");
         return;

@@ -92,7 +92,7 @@ static char *sse_response(bool complete) {
         "data: {\"choices\":[{\"index\":0,\"text\":\" upon\",\"finish_reason\":null}]}\n\n",
         "data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":null}]}\n\n",
         "data: {\"choices\":[{\"index\":0,\"text\":\" a time, there was a little girl named "
-        "Lily. She liked to play outside in the sun with her big red ball.\","
+        "Lily.\\u0000 She liked to play outside in the sun with her big red ball.\","
         "\"finish_reason\":null}]}\n\n",
         "data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}],"
         "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":30,\"total_tokens\":35}}\n\n",
@@ -117,7 +117,7 @@ static void test_stream_in_fragments(void **state) {
         if (!run(resp, sizes[k], &r)) fail_msg("fragments of %zu: %s", sizes[k], r.error);
         assert_int_equal(r.status, 200);
         assert_true(r.done);
-        assert_int_equal(r.events, 3); /* the empty pieces carry no text */
+        assert_int_equal(r.events, 3); /* the empty pieces carry no text; a NUL (\\u0000) is text */
         assert_int_equal(r.prompt_tokens, 5);
         assert_int_equal(r.completion_tokens, 30);
         assert_string_equal(r.finish, "length");

@@ -1,0 +1,109 @@
+#!/bin/bash
+# The adaptive loop on one GPU (issue 13): a Llama-2-7B-shaped model of random weights served by
+# dsla-serve with its controller, under a load that ramps from 0.5x to 4x to 0.5x of a base rate,
+# measured in three arms on the same server: all attention (manual layers=0), a static plan of
+# half the layers DSLA (manual layers=N/2), and the adaptive threshold policy. Per arm it writes the
+# load generator's report (ARM.json) and per-request timeline (ARM.csv); for the whole run, the
+# controller's status once a second (status.log: plan, queue, running, KV blocks and state slots
+# over time) and its event history (history.log). bench/adaptive/report.py makes the table and
+# the plots from them.
+#
+# usage: bench/adaptive/run.sh   (environment, with defaults:)
+#   BIN=build/bin  TOKENIZER=../shared/models/tinystories-11M-hf  WORK=/tmp/dsla-adaptive  OUT=WORK/out
+#   RATE=2.5 (the base rate, req/s: about the all-attention capacity of the default pool)
+#   PROFILE=0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5 (multiplier over seconds)
+#   ARMS="attention static adaptive"
+#   MARGIN_MIB=100000 (device memory left out of the KV pool: the pool is what is left, ~25 GiB
+#     on an H200, so that memory, not compute, caps the all-attention arm at a load the load
+#     generator and one GPU's prefill can offer 4x of; the same for every arm)
+#   PROMPT=lognormal:1000:0.5:256:3000  OUTPUT=lognormal:1000:0.3:256:2000  (tokens)
+#   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold queue_high=4 ..." (see below)
+set -u
+root=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${BIN:-$root/build/bin}
+TOKENIZER=${TOKENIZER:-$root/../shared/models/tinystories-11M-hf}
+WORK=${WORK:-/tmp/dsla-adaptive}
+OUT=${OUT:-$WORK/out}
+RATE=${RATE:-2.5}
+PROFILE=${PROFILE:-0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5}
+ARMS=${ARMS:-attention static adaptive}
+MARGIN_MIB=${MARGIN_MIB:-100000}
+PROMPT=${PROMPT:-lognormal:1000:0.5:256:3000}
+OUTPUT=${OUTPUT:-lognormal:1000:0.3:256:2000}
+SLO_TTFT_MS=${SLO_TTFT_MS:-3000}
+SLO_TPOT_MS=${SLO_TPOT_MS:-100}
+SHAPE=${SHAPE:-7b}     # tiny (2 layers) with DEVICE=cpu smoke-tests this script without a GPU
+DEVICE=${DEVICE:-cuda}
+LAYERS=$([ "$SHAPE" = tiny ] && echo 2 || echo 32)
+HALF=${HALF:-$((LAYERS / 2))}
+MAXCTX=${MAXCTX:-$([ "$SHAPE" = tiny ] && echo 1024 || echo 4096)}
+POLICY=${POLICY:-threshold max_ratio=0.5 step=4 queue_high=4 queue_low=0 wait_high_ms=1500 wait_low_ms=300 cooldown_ms=4000}
+HTTP=127.0.0.1:18090 ADMIN=tcp://127.0.0.1:17091
+mkdir -p "$WORK" "$OUT"
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log"; }
+
+# 1. The model and its layer versions (teacher-initialised: the arms measure capacity, not
+# quality; docs/quality.md measures what trained layers cost).
+model=$WORK/model-$SHAPE layers=$WORK/layers-$SHAPE
+if [ ! -f "$model/config.json" ]; then
+    log "writing the random $SHAPE model"
+    "$BIN/dsla" random-model --shape "$SHAPE" --tokenizer "$TOKENIZER" --out "$model" || exit 1
+fi
+if [ ! -f "$layers/done" ]; then
+    log "writing $HALF teacher-initialised layer versions"
+    order=$(seq -s, $((LAYERS - 1)) -1 0)
+    "$BIN/dsla" distill --model "$model" --steps 0 --order given --layer-order "$order" \
+        --layers "$HALF" --out "$layers" >"$OUT/distill.log" 2>&1 || { tail "$OUT/distill.log"; exit 1; }
+    touch "$layers/done"
+fi
+
+# 2. The server: serving actor on the GPU, controller, gateway, HTTP.
+rm -f "$layers/controller.db"
+gpu=()
+[ "$DEVICE" = cuda ] && gpu=(--gpu-margin-mib "$MARGIN_MIB" --gpu-warmup --max-context "$MAXCTX")
+log "starting dsla-serve"
+"$BIN/dsla-serve" --device "$DEVICE" "${gpu[@]}" --model "$model" --layers "$layers" \
+    --policy "manual layers=0" --max-running 512 \
+    --endpoint tcp://127.0.0.1:17090 --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
+    >"$OUT/serve.log" 2>&1 &
+server=$!
+trap 'kill $poller $server 2>/dev/null; wait' EXIT
+ctl() { "$BIN/dslactl" --admin "$ADMIN" "$@"; }
+for _ in $(seq 600); do
+    "$BIN/dsla-loadgen" --url "http://$HTTP" --requests 1 --prompt-len 8 --output-len 1 \
+        >/dev/null 2>&1 && break
+    kill -0 $server 2>/dev/null || { log "dsla-serve died"; tail "$OUT/serve.log"; exit 1; }
+    sleep 1
+done
+log "serving"
+(while :; do echo "@ $(date +%s.%N)"; ctl status 2>&1; sleep 1; done) >"$OUT/status.log" &
+poller=$!
+
+# Waits until the replica runs n DSLA layers and nothing is queued or running.
+settle() {
+    for _ in $(seq 300); do
+        s=$(ctl status 2>/dev/null)
+        echo "$s" | grep -q "runs $1 DSLA layers" && echo "$s" | grep -q "queue 0, running 0," && return 0
+        sleep 1
+    done
+    log "plan did not settle at $1 layers"
+}
+
+for arm in $ARMS; do
+    case $arm in
+        attention) ctl policy set manual layers=0 >/dev/null; settle 0 ;;
+        static) ctl policy set manual layers=$HALF >/dev/null; settle $HALF ;;
+        adaptive) ctl policy set manual layers=0 >/dev/null; settle 0; ctl policy set $POLICY >/dev/null ;;
+    esac
+    log "arm $arm: $(ctl policy get 2>&1 | tail -1)"
+    echo "arm $arm start $(date +%s.%N)" >>"$OUT/arms.log"
+    "$BIN/dsla-loadgen" --url "http://$HTTP" --tokenizer "$model" --rate "$RATE" \
+        --rate-profile "$PROFILE" --prompt-len "$PROMPT" --output-len "$OUTPUT" --max-context "$MAXCTX" \
+        --slo-ttft-ms "$SLO_TTFT_MS" --slo-tpot-ms "$SLO_TPOT_MS" --connections 1024 --seed 7 \
+        --timeline "$OUT/$arm.csv" >"$OUT/$arm.json" 2>"$OUT/$arm.txt"
+    echo "arm $arm end $(date +%s.%N)" >>"$OUT/arms.log"
+    grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/$arm.txt" | tee -a "$OUT/run.log"
+done
+ctl --limit 5000 history >"$OUT/history.log" 2>&1
+ctl policy set manual layers=0 >/dev/null
+log "done"
