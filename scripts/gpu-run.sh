@@ -27,6 +27,9 @@
 #   eval_gpu     tests/gpu/test_eval_gpu (dsla eval's perplexities on the GPU against the CPU)
 #   distiller_gpu  tests/gpu/test_distiller_gpu (dsla-serve: the distiller and serving on one GPU)
 #   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
+#   adaptive  bench/adaptive/run.sh (a random 7B-shaped model on disk, its controller, three arms:
+#            all attention, static half DSLA, the threshold policy, under a ramping load; RATE,
+#            PROFILE, ARMS, MARGIN_MIB pass through; the logs come back as adaptive.tgz)
 #   decode_mixed  bench_cuda_kernels --only decode (paged decode attention, 64-256 mixed lengths)
 #   e2e_serving   bench_e2e_cuda serving (decode 128 x 1K, steps mixing 128 decodes and a prompt)
 #   trace    dsla bench --device cuda --random-model 7b --rate R: a chat-like Poisson trace with
@@ -118,6 +121,12 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         kill $sp; wait $sp
         grep -E 'dsla-serve:' "$OUT/serve_7b-serve.log" | head -3
         grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/serve_7b.log" ;;
+    adaptive) # bench/adaptive/run.sh: three arms under a 0.5x -> 4x -> 0.5x ramp (ADAPTIVE_*)
+        mkdir -p "$OUT/adaptive"
+        BIN=$D/bin TOKENIZER=$D/shared/models/tinystories-11M-hf WORK=${ADAPTIVE_WORK:-/tmp/adaptive} \
+            OUT=$OUT/adaptive stage adaptive 580 bash "$root/bench/adaptive/run.sh"
+        tail -25 "$OUT/adaptive/run.log"
+        tar -C "$OUT" -czf "$OUT/adaptive.tgz" adaptive && rm -rf "$OUT/adaptive" ;;
     decode_mixed) stage decode_mixed 300 "$D/bin/bench_cuda_kernels" --only decode ;;
     e2e_serving) stage e2e_serving 300 "$D/bin/bench_e2e_cuda" serving ;;
     trace)

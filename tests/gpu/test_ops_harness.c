@@ -639,7 +639,10 @@ static double run_sample(const row_t *r) {
     dsla_cuda_sample_row_t *params = malloc((size_t)rows_n * sizeof *params);
     int32_t *want = malloc((size_t)rows_n * sizeof *want);
     for (int i = 0; i < rows_n; i++) {
-        dsla_sampler_params_t sp = {r->temperature, r->c, r->top_p, dsla_test_rand_u64(&rng)};
+        dsla_sampler_params_t sp = {.temperature = r->temperature,
+                                    .top_k = r->c,
+                                    .top_p = r->top_p,
+                                    .seed = dsla_test_rand_u64(&rng)};
         dsla_sampler_t *s = NULL;
         CUDA_OK(dsla_sampler_create(&s, &sp, vocab));
         want[i] = dsla_sampler_sample(s, x + (size_t)i * vocab);

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""The adaptive scenario's table and plots, from bench/adaptive/run.sh's OUT directory.
+
+Per arm (all attention, static half-DSLA plan, adaptive threshold policy): goodput under the TTFT
+and TPOT targets over the whole run and over the peak (the arrivals while the rate multiplier is at
+its maximum), requests completed, refused and failed, TTFT and TPOT percentiles, the most sequences
+admitted at once and the most KV blocks in use (from the controller's status, once a second), the
+plan changes seen and how long each took from the controller's target to the replica running it.
+Prints a Markdown table; with matplotlib, draws per arm the TTFT and TPOT of every request against
+its arrival, and the running sequences, queue and DSLA layers against time, into OUT/adaptive.png.
+
+usage: bench/adaptive/report.py OUT [--profile 0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5]
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+
+STATUS_LOAD = re.compile(r"load: queue (\d+), running (\d+), waiting tokens \d+, longest wait (\d+) "
+                         r"ms, KV blocks (\d+)/(\d+), state slots (\d+)/(\d+)")
+STATUS_PLAN = re.compile(r"plan \d+ runs (\d+) DSLA layers \[[^\]]*\]; target (-?\d+)")
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    i = int(pos)
+    return v[i] + (pos - i) * (v[i + 1] - v[i]) if i + 1 < len(v) else v[-1]
+
+
+def read_status(path):
+    """[(time, dsla layers, target, queue, running, kv used, kv total, slots used)]"""
+    rows, t, plan = [], None, None
+    for line in open(path, errors="replace"):
+        if line.startswith("@ "):
+            t, plan = float(line[2:]), None
+            continue
+        m = STATUS_PLAN.search(line)
+        if m:
+            plan = (int(m.group(1)), int(m.group(2)))
+        m = STATUS_LOAD.search(line)
+        if m and t is not None and plan is not None:
+            q, run, _, kv, kvt, sl, _ = (int(x) for x in m.groups())
+            rows.append((t, plan[0], plan[1], q, run, kv, kvt, sl))
+    return rows
+
+
+def read_arms(path):
+    arms = {}
+    for line in open(path):
+        _, name, what, t = line.split()  # "arm NAME start|end TIME"
+        arms.setdefault(name, {})[what] = float(t)
+    return arms
+
+
+def peak_window(profile):
+    pts = [tuple(float(x) for x in p.split(":")) for p in profile.split(",")]
+    top = max(m for _, m in pts)
+    at = [t for t, m in pts if m == top]
+    return min(at), max(at), top
+
+
+def plan_changes(status):
+    """Changes of the replica's DSLA layer count, and the seconds from the controller's target
+    first differing from the plan to the replica reporting the target."""
+    changes, waits, asked = [], [], None
+    for i, (t, n, target, *_rest) in enumerate(status):
+        if i and n != status[i - 1][1]:
+            changes.append((t, status[i - 1][1], n))
+        if target != n and asked is None:
+            asked = t
+        if target == n and asked is not None:
+            waits.append(t - asked)
+            asked = None
+    return changes, waits
+
+
+def summarize(out, arm, span, status_all, peak, slo):
+    rows = list(csv.DictReader(open(os.path.join(out, arm + ".csv"))))
+    rep = json.load(open(os.path.join(out, arm + ".json")))
+    status = [s for s in status_all if span["start"] <= s[0] <= span.get("end", 1e30)]
+    lo, hi, _ = peak
+    at_peak = [r for r in rows if lo <= float(r["arrival_s"]) < hi]
+
+    def met(r):
+        return (r["status"] == "completed" and r["ttft_s"] and float(r["ttft_s"]) * 1e3 <= slo[0]
+                and (not r["tpot_s"] or float(r["tpot_s"]) * 1e3 <= slo[1]))
+    changes, waits = plan_changes(status)
+    ttft = [float(r["ttft_s"]) * 1e3 for r in rows if r["status"] == "completed" and r["ttft_s"]]
+    tpot = [float(r["tpot_s"]) * 1e3 for r in rows if r["status"] == "completed" and r["tpot_s"]]
+    return {
+        "arm": arm, "sent": rep["sent"], "completed": rep["completed"], "refused": rep["refused"],
+        "errors": rep["errors"], "goodput": rep["goodput_rps"],
+        "peak_goodput": sum(met(r) for r in at_peak) / (hi - lo) if hi > lo else float("nan"),
+        "peak_offered": len(at_peak) / (hi - lo) if hi > lo else float("nan"),
+        "ttft_p50": percentile(ttft, .5), "ttft_p99": percentile(ttft, .99),
+        "tpot_p50": percentile(tpot, .5), "tpot_p99": percentile(tpot, .99),
+        "max_running": max((s[4] for s in status), default=0),
+        "max_kv": max((s[5] for s in status), default=0), "kv_total": status[0][6] if status else 0,
+        "max_dsla": max((s[1] for s in status), default=0),
+        "changes": len(changes), "change_wait_s": max(waits) if waits else float("nan"),
+        "rows": rows, "status": status, "t0": span["start"],
+    }
+
+
+def table(results):
+    print("| arm | sent | completed | refused | errors | goodput req/s | at peak: offered, goodput "
+          "req/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | most running | most KV blocks | most "
+          "DSLA layers | plan changes (slowest, s) |")
+    print("|" + "---|" * 13)
+    for r in results:
+        print(f"| {r['arm']} | {r['sent']} | {r['completed']} | {r['refused']} | {r['errors']} | "
+              f"{r['goodput']:.2f} | {r['peak_offered']:.2f}, {r['peak_goodput']:.2f} | "
+              f"{r['ttft_p50']:.0f} / {r['ttft_p99']:.0f} | {r['tpot_p50']:.1f} / "
+              f"{r['tpot_p99']:.1f} | {r['max_running']} | {r['max_kv']}/{r['kv_total']} | "
+              f"{r['max_dsla']} | {r['changes']} ({r['change_wait_s']:.1f}) |")
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no matplotlib: no plot)", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 7), squeeze=False)
+    for k, r in enumerate(results):
+        ok = [x for x in r["rows"] if x["status"] == "completed" and x["ttft_s"]]
+        bad = [x for x in r["rows"] if x["status"] != "completed"]
+        ax = axes[0][k]
+        ax.scatter([float(x["arrival_s"]) for x in ok], [float(x["ttft_s"]) for x in ok], s=3,
+                   label="TTFT s")
+        ax.scatter([float(x["arrival_s"]) for x in ok],
+                   [float(x["tpot_s"]) * 10 if x["tpot_s"] else 0 for x in ok], s=3,
+                   label="TPOT x10 s")
+        if bad:
+            ax.scatter([float(x["arrival_s"]) for x in bad], [0] * len(bad), marker="x", c="r",
+                       label="refused/failed")
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_title(f"{r['arm']}: latency by arrival")
+        ax.set_xlabel("arrival s")
+        ax.legend(fontsize=7)
+        ax = axes[1][k]
+        ts = [s[0] - r["t0"] for s in r["status"]]
+        ax.plot(ts, [s[4] for s in r["status"]], label="running")
+        ax.plot(ts, [s[3] for s in r["status"]], label="queued")
+        ax2 = ax.twinx()
+        ax2.step(ts, [s[1] for s in r["status"]], where="post", c="k", label="DSLA layers")
+        ax2.set_ylabel("DSLA layers")
+        ax.set_xlabel("s")
+        ax.set_title(f"{r['arm']}: admitted, queued, plan")
+        ax.legend(fontsize=7, loc="upper left")
+        ax2.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--profile", default="0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5")
+    ap.add_argument("--slo-ttft-ms", type=float, default=3000)
+    ap.add_argument("--slo-tpot-ms", type=float, default=100)
+    ap.add_argument("--png", default=None)
+    a = ap.parse_args()
+    status = read_status(os.path.join(a.out, "status.log"))
+    arms = read_arms(os.path.join(a.out, "arms.log"))
+    peak = peak_window(a.profile)
+    results = [summarize(a.out, arm, span, status, peak, (a.slo_ttft_ms, a.slo_tpot_ms))
+               for arm, span in arms.items() if os.path.exists(os.path.join(a.out, arm + ".csv"))]
+    table(results)
+    plot(results, a.png or os.path.join(a.out, "adaptive.png"))
+
+
+if __name__ == "__main__":
+    main()
