@@ -15,7 +15,7 @@
 
 #include "tests/testutil.h"
 
-enum { LIVE_MAX = 8, HTTP_TIMEOUT_S = 60, ARGS_MAX = 32 };
+enum { LIVE_MAX = 8, HTTP_TIMEOUT_S = 60, ARGS_MAX = 96 };
 
 static pid_t live[LIVE_MAX];
 
@@ -52,7 +52,8 @@ dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const 
     snprintf(path, sizeof path, "%s/dsla-serve", dsla_test_bin_dir());
     const char *argv[ARGS_MAX] = {path};
     int n = 1;
-    while (args[n - 1] && n < ARGS_MAX - 1) {
+    while (args[n - 1]) { /* never cut short: a missing value reads as a usage error */
+        if (n == ARGS_MAX - 1) fail_msg("dsla-serve: more than %d arguments", ARGS_MAX - 2);
         argv[n] = args[n - 1];
         n++;
     }
