@@ -10,22 +10,28 @@
 #
 # usage: bench/adaptive/run.sh   (environment, with defaults:)
 #   BIN=build/bin  TOKENIZER=../shared/models/tinystories-11M-hf  WORK=/tmp/dsla-adaptive  OUT=WORK/out
-#   RATE=2.5 (the base rate, req/s: about the all-attention capacity of the default pool)
-#   PROFILE=0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5 (multiplier over seconds)
+#   RATE=3 (the base rate, req/s: about the all-attention capacity of the default pool, measured
+#     on an H200 with a 0.25x -> 3x ramp of 2.5 req/s: TTFT climbs from about 3 req/s)
+#   PROFILE=0:0.5,10:0.5,25:4,50:4,65:0.5,80:0.5 (multiplier over seconds)
 #   ARMS="attention static adaptive"
 #   MARGIN_MIB=100000 (device memory left out of the KV pool: the pool is what is left, ~25 GiB
 #     on an H200, so that memory, not compute, caps the all-attention arm at a load the load
 #     generator and one GPU's prefill can offer 4x of; the same for every arm)
 #   PROMPT=lognormal:1000:0.5:256:3000  OUTPUT=lognormal:1000:0.3:256:2000  (tokens)
 #   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold queue_high=4 ..." (see below)
+#   QUEUE_WAIT_MS=3000: a request not admitted within the TTFT target is refused (429), in every
+#     arm, so that an overloaded server sheds what it cannot serve in time instead of queueing
+#     everyone past the target
+#   LAYER_VERSIONS=24 (3/4 of the layers: the adaptive policy's max_ratio); the static arm runs HALF
+#   TAIL_S=30: seconds the status is still polled after the last arm (the adaptive arm's reverts)
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$root/build/bin}
 TOKENIZER=${TOKENIZER:-$root/../shared/models/tinystories-11M-hf}
 WORK=${WORK:-/tmp/dsla-adaptive}
 OUT=${OUT:-$WORK/out}
-RATE=${RATE:-2.5}
-PROFILE=${PROFILE:-0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5}
+RATE=${RATE:-3}
+PROFILE=${PROFILE:-0:0.5,10:0.5,25:4,50:4,65:0.5,80:0.5}
 ARMS=${ARMS:-attention static adaptive}
 MARGIN_MIB=${MARGIN_MIB:-100000}
 PROMPT=${PROMPT:-lognormal:1000:0.5:256:3000}
@@ -36,8 +42,11 @@ SHAPE=${SHAPE:-7b}     # tiny (2 layers) with DEVICE=cpu smoke-tests this script
 DEVICE=${DEVICE:-cuda}
 LAYERS=$([ "$SHAPE" = tiny ] && echo 2 || echo 32)
 HALF=${HALF:-$((LAYERS / 2))}
+LAYER_VERSIONS=${LAYER_VERSIONS:-$((LAYERS * 3 / 4))}
+QUEUE_WAIT_MS=${QUEUE_WAIT_MS:-3000}
+TAIL_S=${TAIL_S:-30}
 MAXCTX=${MAXCTX:-$([ "$SHAPE" = tiny ] && echo 1024 || echo 4096)}
-POLICY=${POLICY:-threshold max_ratio=0.5 step=4 queue_high=4 queue_low=0 wait_high_ms=1500 wait_low_ms=300 cooldown_ms=4000}
+POLICY=${POLICY:-threshold max_ratio=0.75 step=4 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=3000}
 HTTP=127.0.0.1:18090 ADMIN=tcp://127.0.0.1:17091
 mkdir -p "$WORK" "$OUT"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log"; }
@@ -50,10 +59,10 @@ if [ ! -f "$model/config.json" ]; then
     "$BIN/dsla" random-model --shape "$SHAPE" --tokenizer "$TOKENIZER" --out "$model" || exit 1
 fi
 if [ ! -f "$layers/done" ]; then
-    log "writing $HALF teacher-initialised layer versions"
+    log "writing $LAYER_VERSIONS teacher-initialised layer versions"
     order=$(seq -s, $((LAYERS - 1)) -1 0)
     "$BIN/dsla" distill --model "$model" --steps 0 --order given --layer-order "$order" \
-        --layers "$HALF" --out "$layers" >"$OUT/distill.log" 2>&1 || { tail "$OUT/distill.log"; exit 1; }
+        --layers "$LAYER_VERSIONS" --out "$layers" >"$OUT/distill.log" 2>&1 || { tail "$OUT/distill.log"; exit 1; }
     touch "$layers/done"
 fi
 
@@ -63,7 +72,7 @@ gpu=()
 [ "$DEVICE" = cuda ] && gpu=(--gpu-margin-mib "$MARGIN_MIB" --gpu-warmup --max-context "$MAXCTX")
 log "starting dsla-serve"
 "$BIN/dsla-serve" --device "$DEVICE" "${gpu[@]}" --model "$model" --layers "$layers" \
-    --policy "manual layers=0" --max-running 512 \
+    --policy "manual layers=0" --max-running 512 --max-queue-wait-ms "$QUEUE_WAIT_MS" \
     --endpoint tcp://127.0.0.1:17090 --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
     >"$OUT/serve.log" 2>&1 &
 server=$!
@@ -104,6 +113,7 @@ for arm in $ARMS; do
     echo "arm $arm end $(date +%s.%N)" >>"$OUT/arms.log"
     grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/$arm.txt" | tee -a "$OUT/run.log"
 done
+sleep "$TAIL_S"
 ctl --limit 5000 history >"$OUT/history.log" 2>&1
 ctl policy set manual layers=0 >/dev/null
 log "done"
