@@ -18,18 +18,12 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from plot_latency import percentile  # noqa: E402  (bench/plot_latency.py: load_report.c's rule)
+
 STATUS_LOAD = re.compile(r"load: queue (\d+), running (\d+), waiting tokens \d+, longest wait (\d+) "
                          r"ms, KV blocks (\d+)/(\d+), state slots (\d+)/(\d+)")
 STATUS_PLAN = re.compile(r"plan \d+ runs (\d+) DSLA layers \[[^\]]*\]; target (-?\d+)")
-
-
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    pos = q * (len(v) - 1)
-    i = int(pos)
-    return v[i] + (pos - i) * (v[i + 1] - v[i]) if i + 1 < len(v) else v[-1]
 
 
 def read_status(path):
