@@ -281,6 +281,7 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
     }
     const dsla_serving_core_config_t cc = {
         .num_layers = (uint32_t)mcfg->num_layers,
+        .name = config->name ? config->name : "serving",
         .controller = config->controller ? "controller" : NULL,
         .plans = s->plans,
         .tokenizer = config->tokenizer,

@@ -232,11 +232,19 @@ typedef enum {
 
 const char *dsla_proto_finish_name(dsla_proto_finish_t finish);
 
-/* DONE: the envelope's id is the GENERATE's; no TOKEN of that id follows it. */
+/* DONE: the envelope's id is the GENERATE's; no TOKEN of that id follows it. Where the answer
+ * was computed (optional on the wire; a decoder of an older sender leaves them 0 and empty): the
+ * replica's name, the id of the plan the request ran under at its end (the id the replica's
+ * PLAN_ACKs and the controller's plan_adopted events carry) and the times it was preempted and
+ * recomputed (0: the whole answer ran under that one plan). */
+#define DSLA_PROTO_REPLICA_MAX 63
 typedef struct {
     dsla_proto_finish_t finish;
     uint32_t prompt_tokens;
     uint32_t completion_tokens;
+    char replica[DSLA_PROTO_REPLICA_MAX + 1];
+    uint64_t plan_id;
+    uint32_t preemptions;
 } dsla_proto_done_t;
 
 dsla_status_t dsla_proto_done_encode(const dsla_proto_done_t *d, dsla_proto_buf_t *out);
