@@ -169,6 +169,14 @@ def main():
     results = [summarize(a.out, arm, span, status, peak, (a.slo_ttft_ms, a.slo_tpot_ms))
                for arm, span in arms.items() if os.path.exists(os.path.join(a.out, arm + ".csv"))]
     table(results)
+    replay = os.path.join(a.out, "replay.json")
+    if os.path.exists(replay):
+        with open(replay, encoding="utf-8") as f:
+            r = json.load(f)
+        print(f"\npinned-plan replay (bench/adaptive/replay.py): {r['equal']} of {r['checked']} "
+              f"answers equal when run again alone under their plan; skipped {r['skipped']}")
+        for d in r["differ"]:
+            print(f"  differs: {d}")
     plot(results, a.png or os.path.join(a.out, "adaptive.png"))
 
 

@@ -24,6 +24,8 @@
 #     everyone past the target
 #   LAYER_VERSIONS=24 (3/4 of the layers: the adaptive policy's max_ratio); the static arm runs HALF
 #   TAIL_S=30: seconds the status is still polled after the last arm (the adaptive arm's reverts)
+#   REPLAY=1: then replay some of the adaptive arm's answers, each alone under the plan that
+#     computed it (bench/adaptive/replay.py, replay.json): pinned plans leave answers unchanged
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$root/build/bin}
@@ -74,7 +76,7 @@ log "starting dsla-serve"
 "$BIN/dsla-serve" --device "$DEVICE" "${gpu[@]}" --model "$model" --layers "$layers" \
     --policy "manual layers=0" --max-running 512 --max-queue-wait-ms "$QUEUE_WAIT_MS" \
     --endpoint tcp://127.0.0.1:17090 --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
-    >"$OUT/serve.log" 2>&1 &
+    --log-level info >"$OUT/serve.log" 2>&1 &
 server=$!
 trap 'kill $poller $server 2>/dev/null; wait' EXIT
 ctl() { "$BIN/dslactl" --admin "$ADMIN" "$@"; }
@@ -109,11 +111,18 @@ for arm in $ARMS; do
     "$BIN/dsla-loadgen" --url "http://$HTTP" --tokenizer "$model" --rate "$RATE" \
         --rate-profile "$PROFILE" --prompt-len "$PROMPT" --output-len "$OUTPUT" --max-context "$MAXCTX" \
         --slo-ttft-ms "$SLO_TTFT_MS" --slo-tpot-ms "$SLO_TPOT_MS" --connections 1024 --seed 7 \
-        --timeline "$OUT/$arm.csv" >"$OUT/$arm.json" 2>"$OUT/$arm.txt"
+        --timeline "$OUT/$arm.csv" --outputs "$OUT/$arm.jsonl" >"$OUT/$arm.json" 2>"$OUT/$arm.txt"
     echo "arm $arm end $(date +%s.%N)" >>"$OUT/arms.log"
     grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/$arm.txt" | tee -a "$OUT/run.log"
 done
 sleep "$TAIL_S"
 ctl --limit 5000 history >"$OUT/history.log" 2>&1
+# 3. The pinned-plan check: answers of the adaptive arm replayed alone under their own plans.
+if [ -f "$OUT/adaptive.jsonl" ] && [ "${REPLAY:-1}" = 1 ]; then
+    log "replaying adaptive answers under their plans"
+    python3 "$root/bench/adaptive/replay.py" --outputs "$OUT/adaptive.jsonl" --serve-log "$OUT/serve.log" \
+        --url "http://$HTTP" --admin "$ADMIN" --dslactl "$BIN/dslactl" --out "$OUT/replay.json" \
+        2>&1 | tee -a "$OUT/run.log"
+fi
 ctl policy set manual layers=0 >/dev/null
 log "done"
