@@ -12,13 +12,16 @@
 #   BIN=build/bin  TOKENIZER=../shared/models/tinystories-11M-hf  WORK=/tmp/dsla-adaptive  OUT=WORK/out
 #   RATE=3 (the base rate, req/s: about the all-attention capacity of the default pool, measured
 #     on an H200 with a 0.25x -> 3x ramp of 2.5 req/s: TTFT climbs from about 3 req/s)
-#   PROFILE=0:0.5,10:0.5,25:4,50:4,65:0.5,80:0.5 (multiplier over seconds)
+#   PROFILE=0:0.5,10:0.5,20:4,70:4,85:0.5,100:0.5 (multiplier over seconds: a 50 s peak, since
+#     sequences keep the plan they were admitted under and the first H200 run's 25 s peak ended
+#     before the all-attention sequences that filled the arena had finished)
 #   ARMS="attention static adaptive"
 #   MARGIN_MIB=100000 (device memory left out of the KV pool: the pool is what is left, ~25 GiB
 #     on an H200, so that memory, not compute, caps the all-attention arm at a load the load
 #     generator and one GPU's prefill can offer 4x of; the same for every arm)
 #   PROMPT=lognormal:1000:0.5:256:3000  OUTPUT=lognormal:1000:0.3:256:2000  (tokens)
-#   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold queue_high=4 ..." (see below)
+#   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold ... step=8 cooldown_ms=2000" (below: 24
+#     layers in three steps; the first run's step=4 with a 3 s cooldown took 54 s to get there)
 #   QUEUE_WAIT_MS=3000: a request not admitted within the TTFT target is refused (429), in every
 #     arm, so that an overloaded server sheds what it cannot serve in time instead of queueing
 #     everyone past the target
@@ -33,7 +36,7 @@ TOKENIZER=${TOKENIZER:-$root/../shared/models/tinystories-11M-hf}
 WORK=${WORK:-/tmp/dsla-adaptive}
 OUT=${OUT:-$WORK/out}
 RATE=${RATE:-3}
-PROFILE=${PROFILE:-0:0.5,10:0.5,25:4,50:4,65:0.5,80:0.5}
+PROFILE=${PROFILE:-0:0.5,10:0.5,20:4,70:4,85:0.5,100:0.5}
 ARMS=${ARMS:-attention static adaptive}
 MARGIN_MIB=${MARGIN_MIB:-100000}
 PROMPT=${PROMPT:-lognormal:1000:0.5:256:3000}
@@ -48,7 +51,7 @@ LAYER_VERSIONS=${LAYER_VERSIONS:-$((LAYERS * 3 / 4))}
 QUEUE_WAIT_MS=${QUEUE_WAIT_MS:-3000}
 TAIL_S=${TAIL_S:-30}
 MAXCTX=${MAXCTX:-$([ "$SHAPE" = tiny ] && echo 1024 || echo 4096)}
-POLICY=${POLICY:-threshold max_ratio=0.75 step=4 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=3000}
+POLICY=${POLICY:-threshold max_ratio=0.75 step=8 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=2000}
 HTTP=127.0.0.1:18090 ADMIN=tcp://127.0.0.1:17091
 mkdir -p "$WORK" "$OUT"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log"; }
