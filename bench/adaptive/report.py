@@ -158,7 +158,7 @@ def plot(results, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
-    ap.add_argument("--profile", default="0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5")
+    ap.add_argument("--profile", default="0:0.5,10:0.5,20:4,70:4,85:0.5,100:0.5")  # run.sh's
     ap.add_argument("--slo-ttft-ms", type=float, default=3000)
     ap.add_argument("--slo-tpot-ms", type=float, default=100)
     ap.add_argument("--png", default=None)
