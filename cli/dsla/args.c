@@ -127,11 +127,17 @@ int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *spe
                     const char **positional, int max_positional, int *n_positional,
                     const char *usage) {
     *n_positional = 0;
-    for (int i = first; i < argc; i++) /* before any value is stored: help shows the defaults */
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+    for (int i = first; i < argc; i++) { /* before any value is stored: help shows defaults */
+        const char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
             dsla_args_print_help(usage, specs, n_specs);
             return -1;
         }
+        const dsla_arg_spec_t *spec = strncmp(arg, "--", 2) == 0 && !strchr(arg, '=')
+                                          ? find_spec(specs, n_specs, arg + 2, strlen(arg + 2))
+                                          : NULL;
+        if (spec && (spec->kind & DSLA_ARG_KIND_MASK) != DSLA_ARG_FLAG) i++; /* its value */
+    }
     for (int i = first; i < argc; i++) {
         const char *arg = argv[i];
         if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
