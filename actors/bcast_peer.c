@@ -74,15 +74,21 @@ static dsla_status_t send_file(dsla_bcast_job_t *job, char *buf) {
 }
 
 /* Each slice goes to the chunked transfer's writer in its chunks, so that the file is hashed,
- * synced, checked and renamed exactly as a fetched one. */
+ * synced, checked and renamed exactly as a fetched one, under its cache name plus ".bcast" (and
+ * that plus ".part" while it grows): a chunked fetch of the same version running meanwhile writes
+ * its own ".part", and whichever verified file is renamed to the cache name last wins. A crash
+ * between the two renames leaves a verified ".bcast" file that the next broadcast of that version
+ * overwrites; the cache name then is simply absent and fetched again. */
 static dsla_status_t receive_file(dsla_bcast_job_t *job, char *buf) {
     const dsla_bcast_transport_t *t = job->transport;
     const dsla_proto_bcast_t *m = &job->msg;
     const dsla_proto_plan_layer_t l = {
         .layer = m->layer, .version = m->version, .size = m->size, .xxh64 = m->xxh64};
     DSLA_TRY(join(job));
+    char staged[DSLA_PROTO_PATH_MAX + 16];
+    snprintf(staged, sizeof staged, "%s.bcast", job->path);
     dsla_transfer_t *x = NULL;
-    DSLA_TRY(dsla_transfer_begin(&x, job->path, &l, DSLA_PROTO_CHUNK_MAX));
+    DSLA_TRY(dsla_transfer_begin(&x, staged, &l, DSLA_PROTO_CHUNK_MAX));
     dsla_status_t st = DSLA_OK;
     bool done = false;
     for (uint64_t off = 0; st == DSLA_OK && off < m->size;) {
@@ -103,6 +109,8 @@ static dsla_status_t receive_file(dsla_bcast_job_t *job, char *buf) {
         st = dsla_error(DSLA_ERR_INTERNAL, "broadcast: %s incomplete after %" PRIu64 " bytes",
                         job->path, m->size);
     dsla_transfer_destroy(&x);
+    if (st == DSLA_OK && rename(staged, job->path) != 0)
+        st = dsla_error(DSLA_ERR_IO, "broadcast: cannot rename %s: %s", staged, strerror(errno));
     return st;
 }
 
