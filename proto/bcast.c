@@ -67,13 +67,16 @@ static dsla_status_t get_id(const msgpack_object *v, dsla_proto_bcast_t *b, cons
     return DSLA_OK;
 }
 
-dsla_status_t dsla_proto_bcast_decode(const void *body, size_t len, dsla_proto_bcast_t *out) {
-    static const char what[] = "BCAST";
-    memset(out, 0, sizeof *out);
+/* Reads one field other than session into a body struct. */
+typedef dsla_status_t (*field_fn)(const msgpack_object *k, const msgpack_object *v, void *out,
+                                  const char *what);
+
+/* Walks a body map of either struct: session (required) into *session, every other key through
+ * field (unknown ones ignored there). */
+static dsla_status_t walk(const void *body, size_t len, uint64_t *session, field_fn field,
+                          void *out, const char *what) {
     msgpack_unpacked u;
     DSLA_TRY(dsla_wire_body_map(body, len, &u, what));
-    const dsla_wire_u32_field_t u32s[] = {
-        {"rank", &out->rank}, {"nranks", &out->nranks}, {"version", &out->version}};
     dsla_status_t st = DSLA_OK;
     bool have_session = false;
     const msgpack_object_map *m = &u.data.via.map;
@@ -81,29 +84,40 @@ dsla_status_t dsla_proto_bcast_decode(const void *body, size_t len, dsla_proto_b
         const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
         if (dsla_wire_key_is(k, "session")) {
             have_session = true;
-            st = dsla_wire_get_u64(v, &out->session, what, "session");
-        } else if (dsla_wire_key_is(k, "comm"))
-            st = dsla_wire_get_u64(v, &out->comm, what, "comm");
-        else if (dsla_wire_key_is(k, "fresh"))
-            st = dsla_wire_get_bool(v, &out->fresh, what, "fresh");
-        else if (dsla_wire_key_is(k, "layer")) {
-            int64_t x = 0;
-            st = dsla_wire_get_i64(v, 0, DSLA_PROTO_LAYERS_MAX - 1, &x, what, "layer");
-            out->layer = (int32_t)x;
-        } else if (dsla_wire_key_is(k, "size"))
-            st = dsla_wire_get_u64(v, &out->size, what, "size");
-        else if (dsla_wire_key_is(k, "xxh64"))
-            st = dsla_wire_get_u64(v, &out->xxh64, what, "xxh64");
-        else if (dsla_wire_key_is(k, "id"))
-            st = get_id(v, out, what);
-        else if (dsla_wire_key_is(k, "path"))
-            st = dsla_wire_get_str(v, out->path, DSLA_PROTO_PATH_MAX, what, "path");
-        else
-            st = dsla_wire_get_listed(k, v, u32s, sizeof u32s / sizeof u32s[0], NULL, 0, what);
+            st = dsla_wire_get_u64(v, session, what, "session");
+        } else
+            st = field(k, v, out, what);
     }
     msgpack_unpacked_destroy(&u);
     if (st == DSLA_OK && !have_session)
         st = dsla_error(DSLA_ERR_FORMAT, "%s: field session is required", what);
+    return st;
+}
+
+static dsla_status_t bcast_field(const msgpack_object *k, const msgpack_object *v, void *out,
+                                 const char *what) {
+    dsla_proto_bcast_t *b = out;
+    if (dsla_wire_key_is(k, "comm")) return dsla_wire_get_u64(v, &b->comm, what, "comm");
+    if (dsla_wire_key_is(k, "fresh")) return dsla_wire_get_bool(v, &b->fresh, what, "fresh");
+    if (dsla_wire_key_is(k, "layer")) {
+        int64_t x = 0;
+        DSLA_TRY(dsla_wire_get_i64(v, 0, DSLA_PROTO_LAYERS_MAX - 1, &x, what, "layer"));
+        b->layer = (int32_t)x;
+        return DSLA_OK;
+    }
+    if (dsla_wire_key_is(k, "size")) return dsla_wire_get_u64(v, &b->size, what, "size");
+    if (dsla_wire_key_is(k, "xxh64")) return dsla_wire_get_u64(v, &b->xxh64, what, "xxh64");
+    if (dsla_wire_key_is(k, "id")) return get_id(v, b, what);
+    if (dsla_wire_key_is(k, "path"))
+        return dsla_wire_get_str(v, b->path, DSLA_PROTO_PATH_MAX, what, "path");
+    const dsla_wire_u32_field_t u32s[] = {
+        {"rank", &b->rank}, {"nranks", &b->nranks}, {"version", &b->version}};
+    return dsla_wire_get_listed(k, v, u32s, sizeof u32s / sizeof u32s[0], NULL, 0, what);
+}
+
+dsla_status_t dsla_proto_bcast_decode(const void *body, size_t len, dsla_proto_bcast_t *out) {
+    memset(out, 0, sizeof *out);
+    dsla_status_t st = walk(body, len, &out->session, bcast_field, out, "BCAST");
     if (st == DSLA_OK) st = check_bcast(out, DSLA_ERR_FORMAT);
     if (st != DSLA_OK) memset(out, 0, sizeof *out);
     return st;
@@ -129,32 +143,24 @@ dsla_status_t dsla_proto_bcast_reply_encode(const dsla_proto_bcast_reply_t *r,
     return dsla_wire_finish(&sbuf, rc, out, "BCAST_ACK");
 }
 
+static dsla_status_t reply_field(const msgpack_object *k, const msgpack_object *v, void *out,
+                                 const char *what) {
+    dsla_proto_bcast_reply_t *r = out;
+    if (dsla_wire_key_is(k, "rank")) {
+        DSLA_TRY(dsla_wire_get_u32(v, &r->rank, what, "rank"));
+        if (r->rank >= DSLA_PROTO_BCAST_RANKS_MAX)
+            return dsla_error(DSLA_ERR_FORMAT, "%s: rank %u is not below %u", what, r->rank,
+                              DSLA_PROTO_BCAST_RANKS_MAX);
+        return DSLA_OK;
+    }
+    if (dsla_wire_key_is(k, "code")) return dsla_wire_get_u32(v, &r->code, what, "code");
+    if (dsla_wire_key_is(k, "reason"))
+        return dsla_wire_get_str(v, r->reason, DSLA_PROTO_MESSAGE_MAX, what, "reason");
+    return DSLA_OK;
+}
+
 dsla_status_t dsla_proto_bcast_reply_decode(const void *body, size_t len,
                                             dsla_proto_bcast_reply_t *out) {
-    static const char what[] = "BCAST_ACK";
     memset(out, 0, sizeof *out);
-    msgpack_unpacked u;
-    DSLA_TRY(dsla_wire_body_map(body, len, &u, what));
-    dsla_status_t st = DSLA_OK;
-    bool have_session = false;
-    const msgpack_object_map *m = &u.data.via.map;
-    for (uint32_t i = 0; i < m->size && st == DSLA_OK; i++) {
-        const msgpack_object *k = &m->ptr[i].key, *v = &m->ptr[i].val;
-        if (dsla_wire_key_is(k, "session")) {
-            have_session = true;
-            st = dsla_wire_get_u64(v, &out->session, what, "session");
-        } else if (dsla_wire_key_is(k, "rank")) {
-            st = dsla_wire_get_u32(v, &out->rank, what, "rank");
-            if (st == DSLA_OK && out->rank >= DSLA_PROTO_BCAST_RANKS_MAX)
-                st = dsla_error(DSLA_ERR_FORMAT, "%s: rank %u is not below %u", what, out->rank,
-                                DSLA_PROTO_BCAST_RANKS_MAX);
-        } else if (dsla_wire_key_is(k, "code"))
-            st = dsla_wire_get_u32(v, &out->code, what, "code");
-        else if (dsla_wire_key_is(k, "reason"))
-            st = dsla_wire_get_str(v, out->reason, DSLA_PROTO_MESSAGE_MAX, what, "reason");
-    }
-    msgpack_unpacked_destroy(&u);
-    if (st == DSLA_OK && !have_session)
-        st = dsla_error(DSLA_ERR_FORMAT, "%s: field session is required", what);
-    return st;
+    return walk(body, len, &out->session, reply_field, out, "BCAST_ACK");
 }
