@@ -304,6 +304,13 @@ static bool cached(world_t *w, int i, const dsla_bcast_file_t *f) {
     return dsla_transfer_cached(path, &l);
 }
 
+/* The latest session's ranks all ended in state. */
+static void assert_every_rank(const world_t *w, dsla_bcast_rank_state_t state) {
+    assert_int_equal(w->last.nranks, PEERS);
+    for (int r = 0; r < PEERS; r++)
+        assert_int_equal(w->last.state[r], state);
+}
+
 static uint64_t start(world_t *w, const dsla_bcast_file_t *f, uint32_t n) {
     static const char *const receivers[] = {"r1", "r2", "r3"};
     uint64_t session = 0;
@@ -323,8 +330,7 @@ static void test_all_ack_then_reuse(void **state) {
     assert_false(dsla_bcast_core_busy(w->core));
     assert_int_equal(w->done_calls, 1);
     assert_true(w->last.session == s && w->last.fresh && w->last.nranks == PEERS);
-    for (int r = 0; r < PEERS; r++)
-        assert_int_equal(w->last.state[r], DSLA_BCAST_ACKED);
+    assert_every_rank(w, DSLA_BCAST_ACKED);
     for (int i = 1; i < PEERS; i++)
         assert_true(cached(w, i, &f));
     assert_int_equal(w->net.creates, PEERS);
@@ -339,8 +345,7 @@ static void test_all_ack_then_reuse(void **state) {
     pump(w, NULL);
     assert_int_equal(w->done_calls, 2);
     assert_true(!w->last.fresh && w->last.comm == comm);
-    for (int r = 0; r < PEERS; r++)
-        assert_int_equal(w->last.state[r], DSLA_BCAST_ACKED);
+    assert_every_rank(w, DSLA_BCAST_ACKED);
     for (int i = 1; i < PEERS; i++)
         assert_true(cached(w, i, &g));
     assert_int_equal(w->net.creates, PEERS);
@@ -383,8 +388,7 @@ static void test_corrupt_receiver(void **state) {
     start(w, &f, RECEIVERS);
     pump(w, NULL);
     assert_true(w->last.fresh && w->last.comm != comm);
-    for (int r = 0; r < PEERS; r++)
-        assert_int_equal(w->last.state[r], DSLA_BCAST_ACKED);
+    assert_every_rank(w, DSLA_BCAST_ACKED);
     assert_true(cached(w, 2, &f));
     free(path);
     world_destroy(&w);
@@ -403,8 +407,7 @@ static void test_owner_dies(void **state) {
     assert_int_equal(w->peers[0].n_jobs, 1); /* its send, never to run */
     dsla_bcast_core_on_peer_dead(w->core, "distiller", w->now);
     assert_int_equal(w->done_calls, 1);
-    for (int r = 0; r < PEERS; r++)
-        assert_int_equal(w->last.state[r], DSLA_BCAST_FAILED);
+    assert_every_rank(w, DSLA_BCAST_FAILED);
     assert_non_null(strstr(w->last.reason[1], "owner died"));
     /* the receivers' jobs time out on their own; their late NACKs change nothing */
     pump(w, "distiller");
@@ -459,8 +462,7 @@ static void test_no_transport_and_timeouts(void **state) {
     start(w, &f, RECEIVERS);
     pump(w, NULL);
     assert_int_equal(w->done_calls, 1);
-    for (int r = 0; r < PEERS; r++)
-        assert_int_equal(w->last.state[r], DSLA_BCAST_FAILED);
+    assert_every_rank(w, DSLA_BCAST_FAILED);
     assert_non_null(strstr(w->last.reason[0], "no transport"));
     world_destroy(&w);
 
@@ -482,8 +484,7 @@ static void test_no_transport_and_timeouts(void **state) {
     deliver(w, NULL);           /* the JOINs out; nobody runs a job */
     dsla_bcast_core_on_tick(w->core, w->now + 30000);
     assert_false(dsla_bcast_core_busy(w->core));
-    for (int r = 0; r < PEERS; r++)
-        assert_int_equal(w->last.state[r], DSLA_BCAST_FAILED);
+    assert_every_rank(w, DSLA_BCAST_FAILED);
     free(path);
     world_destroy(&w);
 }
@@ -518,8 +519,7 @@ static void test_wrong_senders_and_bad_starts(void **state) {
                      DSLA_ERR_UNAVAILABLE);
     pump(w, NULL);
     assert_int_equal(w->done_calls, 1);
-    for (int r = 0; r < PEERS; r++)
-        assert_int_equal(w->last.state[r], DSLA_BCAST_ACKED);
+    assert_every_rank(w, DSLA_BCAST_ACKED);
     /* bad sets of names, a bad file */
     assert_int_equal(dsla_bcast_core_start(w->core, &f, "distiller", dup, 2, w->now, &other),
                      DSLA_ERR_INVALID_ARGUMENT);
