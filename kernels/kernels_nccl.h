@@ -43,6 +43,10 @@ dsla_status_t dsla_nccl_comm_create(dsla_nccl_comm_t **out, const uint8_t id[DSL
  * of the staging buffer; each slice gets timeout_ms. A failure aborts the communicator: only
  * dsla_nccl_comm_destroy is left to do with it. */
 dsla_status_t dsla_nccl_broadcast(dsla_nccl_comm_t *c, void *host, size_t len, uint32_t timeout_ms);
+/* len bytes of the device staging buffer itself (at most its size) from rank 0 to every rank,
+ * with no host copy: NCCL's own rate over this communicator (nccl-tests' broadcast), for
+ * benchmarks. */
+dsla_status_t dsla_nccl_broadcast_staging(dsla_nccl_comm_t *c, size_t len, uint32_t timeout_ms);
 /* Aborts and frees (never waits for other ranks); NULLs *c; harmless on NULL. */
 void dsla_nccl_comm_destroy(dsla_nccl_comm_t **c);
 

@@ -207,34 +207,50 @@ dsla_status_t dsla_nccl_comm_create(dsla_nccl_comm_t **out, const uint8_t id[DSL
     return DSLA_OK;
 }
 
-dsla_status_t dsla_nccl_broadcast(dsla_nccl_comm_t *c, void *host, size_t len,
-                                  uint32_t timeout_ms) {
+/* One slice of n bytes: host (NULL: none) copied into the staging buffer on rank 0, broadcast in
+ * place, copied out to host on the others. */
+static dsla_status_t broadcast_slice(dsla_nccl_comm_t *c, char *host, size_t n,
+                                     uint32_t timeout_ms) {
     if (c->aborted) return dsla_error(DSLA_ERR_UNAVAILABLE, "nccl: the communicator was aborted");
     cudaError_t e = cudaSetDevice(c->device);
-    if (e != cudaSuccess) return cuda_fail("cudaSetDevice", e);
+    if (host && c->rank == 0) {
+        memcpy(c->pin, host, n);
+        if (e == cudaSuccess)
+            e = cudaMemcpyAsync(c->dev, c->pin, n, cudaMemcpyHostToDevice, c->stream);
+    }
+    if (e != cudaSuccess) return cuda_fail("staging a slice", e);
+    ncclResult_t r = api.broadcast(c->dev, c->dev, n, ncclUint8, 0, c->comm, c->stream);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        api.abort(c->comm);
+        c->aborted = true;
+        return nccl_fail("ncclBroadcast", r);
+    }
+    DSLA_TRY(comm_wait(c, false, timeout_ms, "ncclBroadcast"));
+    if (host && c->rank != 0) {
+        e = cudaMemcpyAsync(c->pin, c->dev, n, cudaMemcpyDeviceToHost, c->stream);
+        if (e != cudaSuccess) return cuda_fail("cudaMemcpyAsync", e);
+    }
+    DSLA_TRY(comm_wait(c, true, timeout_ms, "ncclBroadcast"));
+    if (host && c->rank != 0) memcpy(host, c->pin, n);
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_nccl_broadcast(dsla_nccl_comm_t *c, void *host, size_t len,
+                                  uint32_t timeout_ms) {
     for (size_t off = 0; off < len;) {
         const size_t n = len - off < c->staging ? len - off : c->staging;
-        if (c->rank == 0) {
-            memcpy(c->pin, (char *)host + off, n);
-            e = cudaMemcpyAsync(c->dev, c->pin, n, cudaMemcpyHostToDevice, c->stream);
-            if (e != cudaSuccess) return cuda_fail("cudaMemcpyAsync", e);
-        }
-        ncclResult_t r = api.broadcast(c->dev, c->dev, n, ncclUint8, 0, c->comm, c->stream);
-        if (r != ncclSuccess && r != ncclInProgress) {
-            api.abort(c->comm);
-            c->aborted = true;
-            return nccl_fail("ncclBroadcast", r);
-        }
-        DSLA_TRY(comm_wait(c, false, timeout_ms, "ncclBroadcast"));
-        if (c->rank != 0) {
-            e = cudaMemcpyAsync(c->pin, c->dev, n, cudaMemcpyDeviceToHost, c->stream);
-            if (e != cudaSuccess) return cuda_fail("cudaMemcpyAsync", e);
-        }
-        DSLA_TRY(comm_wait(c, true, timeout_ms, "ncclBroadcast"));
-        if (c->rank != 0) memcpy((char *)host + off, c->pin, n);
+        DSLA_TRY(broadcast_slice(c, (char *)host + off, n, timeout_ms));
         off += n;
     }
     return DSLA_OK;
+}
+
+dsla_status_t dsla_nccl_broadcast_staging(dsla_nccl_comm_t *c, size_t len, uint32_t timeout_ms) {
+    if (len == 0 || len > c->staging)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "nccl: %zu bytes of a staging buffer of %zu (at least 1)", len,
+                          c->staging);
+    return broadcast_slice(c, NULL, len, timeout_ms);
 }
 
 void dsla_nccl_comm_destroy(dsla_nccl_comm_t **cp) {
@@ -276,6 +292,11 @@ dsla_status_t dsla_nccl_comm_create(dsla_nccl_comm_t **out, const uint8_t id[DSL
 dsla_status_t dsla_nccl_broadcast(dsla_nccl_comm_t *c, void *host, size_t len,
                                   uint32_t timeout_ms) {
     (void)c, (void)host, (void)len, (void)timeout_ms;
+    return absent();
+}
+
+dsla_status_t dsla_nccl_broadcast_staging(dsla_nccl_comm_t *c, size_t len, uint32_t timeout_ms) {
+    (void)c, (void)len, (void)timeout_ms;
     return absent();
 }
 
