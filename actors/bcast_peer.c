@@ -1,6 +1,8 @@
 /* The layer broadcast's owner and receiver sides (bcast_peer.h). */
+#define _DEFAULT_SOURCE /* realpath */
 #include "actors/bcast_peer.h"
 
+#include <limits.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -17,6 +19,7 @@
 struct dsla_bcast_peer {
     dsla_bcast_peer_config_t cfg;
     char layer_cache[DSLA_PROTO_PATH_MAX - 64]; /* "": none */
+    char owner_dir[PATH_MAX];                   /* resolved; "": none */
     dsla_bcast_peer_ops_t ops;
     bool busy;
     char from[DSLA_PROTO_NAME_MAX + 1]; /* the controller of the job out */
@@ -155,8 +158,14 @@ dsla_status_t dsla_bcast_peer_create(dsla_bcast_peer_t **out, const dsla_bcast_p
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "broadcast: layer cache path %s is too long",
                           cfg->layer_cache);
     }
+    if (cfg->owner_dir && !realpath(cfg->owner_dir, p->owner_dir)) {
+        dsla_status_t st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "broadcast: owner dir %s: %s",
+                                      cfg->owner_dir, strerror(errno));
+        free(p);
+        return st;
+    }
     p->cfg = *cfg;
-    p->cfg.layer_cache = NULL;
+    p->cfg.layer_cache = p->cfg.owner_dir = NULL;
     p->ops = *ops;
     *out = p;
     return DSLA_OK;
@@ -236,6 +245,22 @@ static void run(dsla_bcast_peer_t *p, dsla_bcast_job_t *job) {
     drop(p, job);
 }
 
+/* The file an OPEN names, resolved into out, when it lies inside the owner's directory (a path a
+ * message names is hostile until checked: no "..", no link, leads out of it). */
+static dsla_status_t owned(const dsla_bcast_peer_t *p, const char *path, char *out, size_t cap) {
+    char real[PATH_MAX];
+    const size_t n = strlen(p->owner_dir);
+    if (!p->owner_dir[0])
+        return dsla_error(DSLA_ERR_UNAVAILABLE, "broadcast: this peer sends no files");
+    if (!realpath(path, real))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "broadcast: %s: %s", path, strerror(errno));
+    if (strncmp(real, p->owner_dir, n) != 0 || real[n] != '/' ||
+        snprintf(out, cap, "%s", real) >= (int)cap)
+        return dsla_error(DSLA_ERR_PERMISSION_DENIED, "broadcast: %s is not a file under %s", path,
+                          p->owner_dir);
+    return DSLA_OK;
+}
+
 /* A job for m, the held communicator moved into it (reused) or to be dropped (fresh); NULL and
  * the reason when m cannot be taken. */
 static dsla_bcast_job_t *take(dsla_bcast_peer_t *p, const char *from, const dsla_proto_bcast_t *m,
@@ -268,7 +293,7 @@ static dsla_bcast_job_t *take(dsla_bcast_peer_t *p, const char *from, const dsla
             st = dsla_transfer_cache_path(p->layer_cache, &l, job->path, sizeof job->path);
         }
     } else if (st == DSLA_OK)
-        snprintf(job->path, sizeof job->path, "%s", m->path);
+        st = owned(p, m->path, job->path, sizeof job->path);
     if (st != DSLA_OK) {
         free(job);
         refuse(p, from, m, st);

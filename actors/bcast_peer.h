@@ -80,7 +80,8 @@ typedef struct {
 } dsla_bcast_peer_ops_t;
 
 typedef struct {
-    const char *layer_cache;                 /* a receiver's; NULL: every JOIN is NACKed */
+    const char *layer_cache; /* a receiver's; NULL: every JOIN is NACKed */
+    const char *owner_dir;   /* an owner's: OPENs name regular files inside it; NULL: none taken */
     const dsla_bcast_transport_t *transport; /* NULL: every OPEN and JOIN is NACKed */
     uint32_t timeout_ms;                     /* for joining, and for each slice */
     size_t slice;                            /* bytes per broadcast call, at least 1 */

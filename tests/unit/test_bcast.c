@@ -5,8 +5,8 @@
  * verified file under its cache name; the communicator reused for the same members; one receiver's
  * bytes corrupted (its NACK, its file absent, the others' files there, a fresh communicator next);
  * the owner dying mid-way (everyone fails, no file anywhere); a receiver dying (the next session
- * makes a fresh communicator); an owner without a transport; silence past the deadlines; replies
- * from the wrong peer ignored. */
+ * makes a fresh communicator); an owner without a transport; an owner asked for a file outside
+ * its directory; silence past the deadlines; replies from the wrong peer ignored. */
 #include "tests/testutil.h"
 
 #include <inttypes.h>
@@ -188,6 +188,7 @@ static world_t *world_create(bool owner_has_transport) {
         assert_int_equal(dsla_transfer_cache_init(p->cache), DSLA_OK);
         const dsla_bcast_peer_config_t pc = {
             .layer_cache = i ? p->cache : NULL,
+            .owner_dir = i ? NULL : w->dir,
             .transport = i || owner_has_transport ? &w->transport : NULL,
             .timeout_ms = 2000,
             .slice = 64 * 1024 + 3}; /* slices that straddle the writer's chunks */
@@ -533,6 +534,15 @@ static void test_wrong_senders_and_bad_starts(void **state) {
     assert_int_equal(dsla_bcast_core_start(w->core, &empty, "distiller", dup, 1, w->now, &other),
                      DSLA_ERR_INVALID_ARGUMENT);
     assert_false(dsla_bcast_core_busy(w->core));
+    /* the owner sends only files under its directory */
+    dsla_bcast_file_t outside = f;
+    outside.path = "/etc/passwd";
+    start(w, &outside, RECEIVERS);
+    pump(w, NULL);
+    assert_int_equal(w->done_calls, 2);
+    assert_every_rank(w, DSLA_BCAST_FAILED);
+    assert_non_null(strstr(w->last.reason[0], "PERMISSION_DENIED"));
+    assert_non_null(strstr(w->last.reason[0], "not a file under"));
     /* a JOIN to a peer as rank 0, a reused communicator a peer does not hold: NACKed */
     dsla_proto_bcast_t join = {.session = 77, .comm = 999, .rank = 0, .nranks = 2, .size = 10};
     assert_int_equal(dsla_proto_bcast_encode(&join, &buf), DSLA_OK);
@@ -551,7 +561,7 @@ static void test_wrong_senders_and_bad_starts(void **state) {
         assert_non_null(strstr(r.reason, i == w->head ? "not a receiver" : "not held here"));
     }
     deliver(w, NULL); /* stale NACKs: ignored */
-    assert_int_equal(w->done_calls, 1);
+    assert_int_equal(w->done_calls, 2);
     free(path);
     world_destroy(&w);
 }
