@@ -1,11 +1,12 @@
 /* The layer broadcast's NCCL transport on GPUs (kernels_nccl.h, bcast_nccl.h, bcast_peer.h's
  * jobs). One GPU: a one-rank communicator broadcasts a buffer of several staging slices and leaves
- * it intact. Two GPUs: an owner thread on GPU 0 and a receiver thread on GPU 1 run the real
- * SEND and RECEIVE jobs; the file lands in the receiver's cache under its cache name, verified;
- * a second file goes over the kept communicator; a receiver whose owner never joins gives up at
- * its timeout (DEADLINE_EXCEEDED, the communicator aborted) instead of hanging. Exits 77 without a
- * CUDA device or without a loadable libnccl.so.2; the two-GPU part is skipped (with a message)
- * on one GPU. */
+ * it intact, and its staging buffer alone; the transport is made on device 0 and refused on a
+ * device that does not exist. Two GPUs: an owner thread on GPU 0 and a receiver thread on GPU 1
+ * run the real SEND and RECEIVE jobs; the file lands in the receiver's cache under its cache name,
+ * verified; a second file goes over the kept communicator; a receiver whose owner never joins
+ * gives up at its timeout (DEADLINE_EXCEEDED, the communicator aborted) instead of hanging. Exits
+ * 77 without a CUDA device or without a loadable libnccl.so.2; the two-GPU part is skipped (with
+ * a message) on one GPU. */
 #include "tests/testutil.h"
 
 #include <pthread.h>
@@ -39,6 +40,10 @@ static void test_one_rank(void **state) {
     memcpy(buf, want, n);
     assert_int_equal(dsla_nccl_broadcast(c, buf, n, TIMEOUT_MS), DSLA_OK);
     assert_memory_equal(buf, want, n);
+    /* the staging buffer alone (the benchmark's NCCL-only row); never more than it holds */
+    assert_int_equal(dsla_nccl_broadcast_staging(c, STAGING, TIMEOUT_MS), DSLA_OK);
+    assert_int_equal(dsla_nccl_broadcast_staging(c, STAGING + 1, TIMEOUT_MS),
+                     DSLA_ERR_INVALID_ARGUMENT);
     dsla_nccl_comm_destroy(&c);
     assert_null(c);
     /* a rank outside the communicator is refused before anything is made */
@@ -46,6 +51,15 @@ static void test_one_rank(void **state) {
                      DSLA_ERR_INVALID_ARGUMENT);
     free(buf);
     free(want);
+    /* the actors' transport: on an existing device only */
+    dsla_bcast_nccl_t *t = NULL;
+    assert_int_equal(dsla_bcast_nccl_create(&t, 0, STAGING), DSLA_OK);
+    assert_non_null(dsla_bcast_nccl_transport(t)->unique_id);
+    dsla_bcast_nccl_destroy(&t);
+    assert_null(t);
+    assert_int_equal(dsla_bcast_nccl_create(&t, dsla_cuda_device_count(), STAGING),
+                     DSLA_ERR_UNSUPPORTED);
+    assert_null(t);
 }
 
 static void *run_job(void *job) {
