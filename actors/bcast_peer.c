@@ -76,44 +76,32 @@ static dsla_status_t send_file(dsla_bcast_job_t *job, char *buf) {
     return st;
 }
 
-/* Each slice goes to the chunked transfer's writer in its chunks, so that the file is hashed,
- * synced, checked and renamed exactly as a fetched one, under its cache name plus ".bcast" (and
- * that plus ".part" while it grows): a chunked fetch of the same version running meanwhile writes
- * its own ".part", and whichever verified file is renamed to the cache name last wins. A crash
- * between the two renames leaves a verified ".bcast" file that the next broadcast of that version
- * overwrites; the cache name then is simply absent and fetched again. */
+/* Each slice goes to the chunked transfer's writer as one chunk, so that the file is hashed,
+ * synced, checked and renamed exactly as a fetched one; its ".part" name is unique to this
+ * transfer, so a chunked fetch of the same version running meanwhile never shares a file with it,
+ * and whichever verified file is renamed to the cache name last wins. */
 static dsla_status_t receive_file(dsla_bcast_job_t *job, char *buf) {
     const dsla_bcast_transport_t *t = job->transport;
     const dsla_proto_bcast_t *m = &job->msg;
     const dsla_proto_plan_layer_t l = {
         .layer = m->layer, .version = m->version, .size = m->size, .xxh64 = m->xxh64};
     DSLA_TRY(join(job));
-    char staged[DSLA_PROTO_PATH_MAX + 16];
-    snprintf(staged, sizeof staged, "%s.bcast", job->path);
     dsla_transfer_t *x = NULL;
-    DSLA_TRY(dsla_transfer_begin(&x, staged, &l, DSLA_PROTO_CHUNK_MAX));
+    DSLA_TRY(dsla_transfer_begin(&x, job->path, &l, DSLA_PROTO_CHUNK_MAX));
     dsla_status_t st = DSLA_OK;
-    bool done = false;
+    bool last = false, done = false;
     for (uint64_t off = 0; st == DSLA_OK && off < m->size;) {
         size_t n = m->size - off < job->slice ? (size_t)(m->size - off) : job->slice;
+        const dsla_proto_layer_chunk_t c = {m->layer, m->version, m->xxh64, off, m->size, buf, n};
         st = t->broadcast(t->user, job->comm, buf, n, job->timeout_ms);
-        for (size_t at = 0; st == DSLA_OK && at < n;) {
-            dsla_proto_layer_fetch_t want;
-            dsla_transfer_request(x, &want);
-            size_t k = n - at < want.max_len ? n - at : want.max_len;
-            const dsla_proto_layer_chunk_t c = {m->layer, m->version, m->xxh64, off + at,
-                                                m->size,  buf + at,   k};
-            st = dsla_transfer_take(x, &c, &done);
-            at += k;
-        }
+        if (st == DSLA_OK) st = dsla_transfer_accept(x, &c, &last);
+        if (st == DSLA_OK) st = dsla_transfer_write(x, buf, n, &done);
         off += n;
     }
     if (st == DSLA_OK && !done)
         st = dsla_error(DSLA_ERR_INTERNAL, "broadcast: %s incomplete after %" PRIu64 " bytes",
                         job->path, m->size);
     dsla_transfer_destroy(&x);
-    if (st == DSLA_OK && rename(staged, job->path) != 0)
-        st = dsla_error(DSLA_ERR_IO, "broadcast: cannot rename %s: %s", staged, strerror(errno));
     return st;
 }
 
