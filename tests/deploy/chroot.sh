@@ -83,13 +83,13 @@ patchelf --set-rpath '$ORIGIN/../lib' "$top/bin/client_stub"
 
 log=$work/server.log
 server=
-proc_mounted=
+mounts=()
 cleanup() {
     if [ -n "$server" ]; then
         kill "$server" 2>/dev/null || true
         wait "$server" 2>/dev/null || true
     fi
-    [ -z "$proc_mounted" ] || umount "$cache/proc" || true
+    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" || true; done
     rm -rf "${cache:?}$opt"
 }
 trap cleanup EXIT
@@ -98,10 +98,27 @@ trap 'exit 143' TERM INT
 # /proc/self/exe (without it the bundle's RUNPATH of $ORIGIN/../lib cannot be expanded).
 if ! mountpoint -q "$cache/proc"; then
     mount -t proc proc "$cache/proc" || skip "cannot mount /proc in the chroot (no CAP_SYS_ADMIN)"
-    proc_mounted=1
+    mounts+=("$cache/proc")
 fi
-# env -i: nothing of this machine's environment (LD_LIBRARY_PATH above all) reaches the server.
-env -i PATH=/usr/bin:/bin "$chroot" "$cache" "$bundle/bin/dsla-serve" \
+# env -i: nothing of this machine's environment (LD_LIBRARY_PATH above all) reaches the chroot.
+run_env=(PATH=/usr/bin:/bin)
+# A CUDA build's bundle leaves the CUDA runtime and cuBLAS to the machine, as deploy/Dockerfile's
+# base image provides them (in /usr/local/cuda/lib64, on the loader's path). The chroot gets this
+# machine's copies the same way, read-only; the serving actor itself runs on the CPU here.
+cuda_needed=$(readelf -d "$top/bin/dsla-serve" | grep -oE 'lib(cudart|cublas|cublasLt)\.so[.0-9]*' | sort -u || true)
+if [ -n "$cuda_needed" ]; then
+    cuda_dirs=$(for lib in $cuda_needed; do
+        ldd "$build/bin/dsla-serve" | awk -v l="$lib" '$1 == l && $3 ~ /^\// {print $3}'
+    done | xargs -r -n1 dirname | sort -u)
+    [ "$(wc -w <<<"$cuda_dirs")" -eq 1 ] ||
+        { echo "FAIL: the CUDA libraries $cuda_needed are not in one folder here: $cuda_dirs"; exit 1; }
+    mkdir -p "$cache/usr/local/cuda/lib64"
+    mount --bind -o ro "$cuda_dirs" "$cache/usr/local/cuda/lib64"
+    mounts+=("$cache/usr/local/cuda/lib64")
+    run_env+=(LD_LIBRARY_PATH=/usr/local/cuda/lib64)
+    echo "a CUDA build: $(echo "$cuda_needed" | tr '\n' ' ')from $cuda_dirs, as the CUDA base image has them"
+fi
+env -i "${run_env[@]}" "$chroot" "$cache" "$bundle/bin/dsla-serve" \
     --model $opt/model --endpoint tcp://127.0.0.1:0 --http 127.0.0.1:0 >"$log" 2>&1 &
 server=$!
 http=
@@ -120,7 +137,7 @@ echo "dsla-serve in the chroot: $endpoint, http port $port"
 # HTTP from inside the chroot (no curl there): bash's /dev/tcp, HTTP/1.1 with Connection: close.
 body='{"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}'
 # shellcheck disable=SC2016 # the script runs in the chroot's bash, with PORT and BODY from env
-response=$(env -i PATH=/usr/bin:/bin PORT="$port" BODY="$body" "$chroot" "$cache" /bin/bash -c '
+response=$(env -i "${run_env[@]}" PORT="$port" BODY="$body" "$chroot" "$cache" /bin/bash -c '
     exec 3<>/dev/tcp/127.0.0.1/$PORT
     printf "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" "${#BODY}" "$BODY" >&3
     timeout 60 cat <&3')
@@ -130,11 +147,11 @@ echo "$response" | grep -q '"completion_tokens": *[1-9]' || { echo "FAIL: the co
 echo "$response" | grep -q '"text": *"[^"]' || { echo "FAIL: the completion's text is empty"; exit 1; }
 
 # The bundled dsla command and the client stub, over ZeroMQ, from inside the chroot.
-env -i PATH=/usr/bin:/bin "$chroot" "$cache" "$bundle/bin/dsla" generate --endpoint "$endpoint" \
+env -i "${run_env[@]}" "$chroot" "$cache" "$bundle/bin/dsla" generate --endpoint "$endpoint" \
     --prompt "Once upon a time" --max-tokens 8 --temperature 0 ||
     { echo "FAIL: the bundled dsla generate failed in the chroot"; exit 1; }
-env -i PATH=/usr/bin:/bin "$chroot" "$cache" "$bundle/bin/client_stub" "$endpoint" "Once upon a time" ||
+env -i "${run_env[@]}" "$chroot" "$cache" "$bundle/bin/client_stub" "$endpoint" "Once upon a time" ||
     { echo "FAIL: the client stub built from the bundle failed in the chroot"; exit 1; }
-env -i PATH=/usr/bin:/bin "$chroot" "$cache" "$bundle/bin/dslactl" --help >/dev/null ||
+env -i "${run_env[@]}" "$chroot" "$cache" "$bundle/bin/dslactl" --help >/dev/null ||
     { echo "FAIL: the bundled dslactl does not start in the chroot"; exit 1; }
 echo "ok: the bundle serves in a minimal Debian chroot without the build dependencies"
