@@ -67,10 +67,12 @@ function lineOf(doc, lineCounter, p) {
 // ---- pass 1: the schema ----
 
 async function modelClass(apiVersion, kind) {
-  if (typeof apiVersion !== "string" || typeof kind !== "string") return null;
-  const group = apiVersion.includes("/") ? apiVersion : `${apiVersion}`;
-  const file = path.join(modules, "kubernetes-models", group, `${kind}.mjs`);
-  if (!/^[A-Za-z0-9./-]+$/.test(group + kind) || !fs.existsSync(file)) return null;
+  // kubernetes-models lays its classes out by apiVersion: v1/Service, apps/v1/StatefulSet.
+  if (!/^([a-z0-9-]+(\.[a-z0-9-]+)*\/)?v[0-9a-z]+$/.test(String(apiVersion)) || !/^[A-Za-z0-9]+$/.test(String(kind))) {
+    return null;
+  }
+  const file = path.join(modules, "kubernetes-models", apiVersion, `${kind}.mjs`);
+  if (!fs.existsSync(file)) return null;
   const mod = await import(pathToFileURL(file).href);
   return { Model: mod[kind], dts: file.replace(/\.mjs$/, ".d.ts") };
 }
