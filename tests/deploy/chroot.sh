@@ -35,8 +35,10 @@ fi
 mkdir -p "$work"
 
 if [ ! -f "$cache/.dsla-complete" ]; then
-    host=$(echo "$mirror" | sed -E 's#^[a-z]+://([^/:]+).*#\1#')
-    timeout 15 bash -c "exec 3<>/dev/tcp/$host/80" 2>/dev/null || skip "the mirror $mirror is unreachable (offline)"
+    host=$(sed -E 's#^[a-z]+://([^/:]+).*#\1#' <<<"$mirror")
+    port=$(sed -nE 's#^[a-z]+://[^/:]+:([0-9]+).*#\1#p' <<<"$mirror")
+    [ -n "$port" ] || { [[ $mirror == https:* ]] && port=443 || port=80; }
+    timeout 15 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null || skip "the mirror $mirror is unreachable (offline)"
     rm -rf "$cache"
     echo "debootstrap --variant=minbase bookworm into $cache (once; cached for later runs)"
     start=$(date +%s)
