@@ -11,13 +11,15 @@
 //    name container ports, volumes that exist, and the cluster file in the ConfigMap against the
 //    workloads that run it: one node per pod (StatefulSet ordinals or a Deployment's literal
 //    --node), each node's host the pod's DNS name, its actors' ports opened, GPUs requested for
-//    cuda actors, and every path the file names under a mount of the pods that use it.
+//    cuda actors, every path the file names under a mount of the pods that use it, and the
+//    controller's state and layer versions on persistent volumes. (The file's own rules, such as
+//    the controller on the gateway's node, are its parser's: dsla-serve and dslactl --cluster.)
 //
 // usage: node check-k8s.mjs MANIFEST_DIR...
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
-import { LineCounter, parseAllDocuments, parse as parseYaml } from "yaml";
+import { LineCounter, parseAllDocuments, parseDocument } from "yaml";
 
 const modules = path.join(process.cwd(), "node_modules");
 const problems = [];
@@ -268,14 +270,18 @@ function checkService(objects, o) {
 function checkCluster(objects) {
   const maps = byKind(objects, "ConfigMap").filter((o) => typeof o.obj.data?.["cluster.yaml"] === "string");
   for (const map of maps) {
-    let cluster;
-    try {
-      cluster = parseYaml(map.obj.data["cluster.yaml"]);
-    } catch (e) {
-      report(map.at(["data", "cluster.yaml"]), `the cluster file does not parse: ${e.message}`);
+    // The file is a block scalar: its line n is the manifest's line of the key plus n.
+    const text = map.obj.data["cluster.yaml"];
+    const at = map.at(["data", "cluster.yaml"]);
+    const [file, keyLine] = [at.replace(/:\d+$/, ""), Number(at.match(/:(\d+)$/)[1])];
+    const inner = new LineCounter();
+    const doc = parseDocument(text, { lineCounter: inner });
+    if (doc.errors.length > 0) {
+      for (const e of doc.errors) report(`${file}:${keyLine + inner.linePos(e.pos[0]).line}`, `cluster file: ${e.message}`);
       continue;
     }
-    const at = map.at(["data", "cluster.yaml"]);
+    const cluster = doc.toJS();
+    const nodeAt = (i) => `${file}:${keyLine + lineOf(doc, inner, ["nodes", i])}`;
     if (!cluster || !Array.isArray(cluster.nodes)) {
       report(at, "the cluster file has no nodes: list");
       continue;
@@ -315,8 +321,8 @@ function checkCluster(objects) {
       }
     }
     const declared = new Set();
-    cluster.nodes.forEach((node) => {
-      const where = `${at} (cluster file, node ${node?.name})`;
+    cluster.nodes.forEach((node, i) => {
+      const where = `${nodeAt(i)} (cluster file, node ${node?.name})`;
       declared.add(node?.name);
       const r = run.get(node?.name);
       if (!r) {
@@ -386,52 +392,15 @@ function checkNodeNeeds(cluster, node, { w, c }, where) {
   for (const [what, p] of paths) {
     if (typeof p === "string" && !mounted(p)) report(where, `${what} ${p} is under no volumeMount of ${w.obj.metadata.name}/${c.name}`);
   }
-  if (actors.controller && typeof cluster.state === "string") {
-    const m = mounts.find((m) => cluster.state === m.mountPath || cluster.state.startsWith(m.mountPath.replace(/\/?$/, "/")));
+  // The controller's state and layer versions outlive the pod: a volume claim, not an emptyDir.
+  if (actors.controller) {
     const claims = new Set((w.obj.spec.volumeClaimTemplates || []).map((t) => t.metadata?.name));
-    const vol = (w.obj.spec.template.spec.volumes || []).find((v) => v.name === m?.name);
-    if (m && !claims.has(m.name) && !vol?.persistentVolumeClaim) {
-      report(where, `state ${cluster.state} is not on a persistent volume in ${w.obj.metadata.name} (controller.db would be lost with the pod)`);
-    }
-  }
-}
-
-// The controller catalogues what the distiller writes: both must mount one claim at layers.
-function checkSharedLayers(objects) {
-  const claimsAt = (w, p) => {
-    for (const c of w.obj.spec.template.spec.containers || []) {
-      const m = (c.volumeMounts || []).find((m) => p === m.mountPath || p.startsWith(m.mountPath.replace(/\/?$/, "/")));
-      const v = m && (w.obj.spec.template.spec.volumes || []).find((v) => v.name === m.name);
-      if (v) return v.persistentVolumeClaim?.claimName ?? `(${Object.keys(v).filter((k) => k !== "name")[0]} ${v.name})`;
-    }
-    return undefined;
-  };
-  for (const map of byKind(objects, "ConfigMap").filter((o) => typeof o.obj.data?.["cluster.yaml"] === "string")) {
-    let cluster;
-    try {
-      cluster = parseYaml(map.obj.data["cluster.yaml"]);
-    } catch {
-      continue;
-    }
-    if (typeof cluster?.layers !== "string") continue;
-    const roles = (role) =>
-      (cluster.nodes || []).filter((n) => n?.actors?.[role]).map((n) => n.name);
-    const owners = workloads(objects).filter((w) =>
-      (w.obj.spec.template.spec.containers || []).some((c) => {
-        const args = (c.args || []).map(String);
-        const i = args.indexOf("--node");
-        const v = args[i + 1];
-        return i >= 0 && [...roles("controller"), ...roles("distiller")].some((n) => v === n || n.startsWith(`${w.obj.metadata.name}-`));
-      }),
-    );
-    const claims = new Set(owners.map((w) => claimsAt(w, cluster.layers)));
-    if (claims.size > 1) {
-      report(map.at(["data", "cluster.yaml"]), `the controller and the distiller mount different volumes at layers ${cluster.layers}: ${[...claims].join(", ")}`);
-    }
-    for (const cl of claims) {
-      const pvc = named(objects, "PersistentVolumeClaim", cl);
-      if (owners.length > 1 && pvc && !(pvc.obj.spec?.accessModes || []).includes("ReadWriteMany")) {
-        report(pvc.at(["spec", "accessModes"]), `${cl} is mounted by the controller and the distiller (two pods): it needs ReadWriteMany`);
+    for (const [what, p] of [["state", cluster.state], ["layers", cluster.layers]]) {
+      if (typeof p !== "string") continue;
+      const m = mounts.find((m) => p === m.mountPath || p.startsWith(m.mountPath.replace(/\/?$/, "/")));
+      const vol = (w.obj.spec.template.spec.volumes || []).find((v) => v.name === m?.name);
+      if (m && !claims.has(m.name) && !vol?.persistentVolumeClaim) {
+        report(where, `${what} ${p} is not on a persistent volume in ${w.obj.metadata.name} (the controller's ${what} would be lost with the pod)`);
       }
     }
   }
@@ -453,7 +422,6 @@ async function checkDir(dir) {
   for (const w of workloads(objects)) checkWorkload(objects, w);
   for (const s of byKind(objects, "Service")) checkService(objects, s);
   checkCluster(objects);
-  checkSharedLayers(objects);
   for (const p of problems) console.log(p);
   const kinds = objects.map((o) => o.obj.kind).join(", ");
   console.log(`${dir}: ${objects.length} objects (${kinds}): ${problems.length} problem(s)`);

@@ -36,21 +36,22 @@ mutants=(
     "40-serving.yaml|s/replicas: 2/replicas: two/|spec.replicas: must be integer"
     "40-serving.yaml|s/replicas: 2/replicas: 3/|runs node dsla-serving-2, which the cluster file does not have"
     "40-serving.yaml|s/limits: {memory: 64Gi, nvidia.com\/gpu: 1}/limits: {memory: 64Gi}/|nvidia.com/gpu must be in limits"
-    "60-gateway.yaml|s/httpGet: {path: \/health, port: http}/httpGet: {path: \/health, port: htp}/|readinessProbe port htp is none of the container's ports"
-    "60-gateway.yaml|s/strategy: {type: Recreate}/strategy: {type: RollingUpdate}/|must not run twice during a rollout"
-    "60-gateway.yaml|s/- {name: http, port: 8000, targetPort: http}/- {name: http, port: 8000, targetPort: web}/|targetPort web is not a port of the pods"
+    "40-serving.yaml|s/claimName: dsla-models/claimName: dsla-model/|no PersistentVolumeClaim dsla-model"
+    "40-serving.yaml|s/secretName: dsla-keys/secretName: dsla-key/|no Secret dsla-key"
+    "30-head.yaml|s/httpGet: {path: \/health, port: http}/httpGet: {path: \/health, port: htp}/|readinessProbe port htp is none of the container's ports"
+    "30-head.yaml|s/replicas: 1 # one gateway/replicas: 2 # one gateway/|runs node dsla-head-1, which the cluster file does not have"
+    "30-head.yaml|s/{name: state, mountPath: \/var\/lib\/dsla\/state}/{name: cache, mountPath: \/var\/lib\/dsla\/state}/|state /var/lib/dsla/state is not on a persistent volume"
+    "30-head.yaml|s/{name: layers, mountPath: \/var\/lib\/dsla\/layers}/{name: cache, mountPath: \/var\/lib\/dsla\/layers}/|layers /var/lib/dsla/layers is not on a persistent volume"
+    "30-head.yaml|s/serviceName: dsla-head/serviceName: dsla-hed/|serviceName dsla-hed is no Service"
+    "30-head.yaml|s/nvidia.com\/gpu: 2/nvidia.com\/gpu: 1/g|an actor runs on cuda gpu 1, but dsla-head/head has nvidia.com/gpu 1"
+    "30-head.yaml|s/  serviceName: dsla-head/  serviceName: dsla-head\n  replica: 2/|unknown field spec.replica"
+    "50-gateway-service.yaml|s/- {name: http, port: 8000, targetPort: http}/- {name: http, port: 8000, targetPort: web}/|targetPort web is not a port of the pods"
     "10-cluster-configmap.yaml|s/port: 7080, device/port: 7081, device/|serving serving-0 port 7081 is not a containerPort"
     "10-cluster-configmap.yaml|s/dsla-serving-1.dsla-serving.dsla/dsla-serving-1.dsla-serve.dsla/|is not the DNS name of dsla-serving's pod"
     "10-cluster-configmap.yaml|s/model: \/models\/llama/model: \/srv\/llama/|model /srv/llama is under no volumeMount"
-    "10-cluster-configmap.yaml|s/      - name: distiller/      - name: distill/|no workload runs node distill"
-    "30-controller.yaml|s/claimName: dsla-layers/claimName: dsla-layer/|no PersistentVolumeClaim dsla-layer"
-    "30-controller.yaml|s/{name: state, mountPath: \/var\/lib\/dsla\/state}/{name: cache, mountPath: \/var\/lib\/dsla\/state}/|is not on a persistent volume"
-    "30-controller.yaml|s/serviceName: dsla-controller/serviceName: dsla-control/|serviceName dsla-control is no Service"
-    "20-volumes.yaml|s/ReadWriteMany/ReadWriteOnce/|it needs ReadWriteMany"
-    "50-distiller.yaml|s/requests: {cpu: \"4\", memory: 32Gi, nvidia.com\/gpu: 1}/requests: {cpu: \"4\", memory: 32Gi}/; s/limits: {memory: 64Gi, nvidia.com\/gpu: 1}/limits: {memory: 64Gi}/|an actor runs on cuda gpu 0"
-    "50-distiller.yaml|s/secretName: dsla-keys/secretName: dsla-key/|no Secret dsla-key"
+    "10-cluster-configmap.yaml|s/      - name: dsla-serving-1/      - name: dsla-serving-9/|no workload runs node dsla-serving-9"
+    "10-cluster-configmap.yaml|s/admin_key_file: \/etc\/dsla\/keys/admin_key_file: \/etc\/dsla\/key/|keys.admin_key_file /etc/dsla/key/admin.key is under no volumeMount"
     "00-namespace.yaml|s/kind: Namespace/kind: Namespaces/|unknown apiVersion/kind v1/Namespaces"
-    "60-gateway.yaml|s/  replicas: 1/  replicas: 1\n  replica: 2/|unknown field spec.replica"
 )
 # Each broken copy in a folder of its own, all checked by one node run (the schemas load once).
 failed=0
@@ -86,3 +87,45 @@ for i in "${!mutants[@]}"; do
 done
 [ "$failed" -eq 0 ] || exit 1
 echo "ok: deploy/k8s passes; ${#mutants[@]} broken copies refused"
+
+# The ConfigMap's cluster file through the real parser, where this build has it: dslactl --cluster
+# loads the file (exit 2 when it refuses it, naming the line) before it asks the controller, whose
+# hosts become 127.0.0.1 here so that the question stays on this machine (exit 1: no answer).
+dslactl=${DSLA_BIN:-}/dslactl
+if [ -z "${DSLA_BIN:-}" ] || [ ! -x "$dslactl" ] || ! "$dslactl" --help 2>&1 | grep -q -- --cluster; then
+    echo "dslactl --cluster absent from this build: the cluster file's own rules are not checked here"
+    exit 0
+fi
+node --input-type=module -e '
+import fs from "node:fs";
+import { parseAllDocuments } from "yaml";
+for (const d of parseAllDocuments(fs.readFileSync(process.argv[1], "utf8"))) {
+  const text = d.toJS()?.data?.["cluster.yaml"];
+  if (text) process.stdout.write(text);
+}' "$manifests/10-cluster-configmap.yaml" | sed -E 's/^( *host: ).*/\1127.0.0.1/' >"$mutants_dir/cluster.yaml"
+printf 'deploy-k8s-check-admin-key-0123456789\n' >"$mutants_dir/admin.key"
+parse() {
+    local rc=0
+    "$dslactl" --cluster "$1" --admin-key-file "$mutants_dir/admin.key" --timeout-ms 200 status \
+        >"$mutants_dir/dslactl.out" 2>&1 || rc=$?
+    return "$rc"
+}
+rc=0
+parse "$mutants_dir/cluster.yaml" || rc=$?
+if [ "$rc" -eq 2 ]; then
+    echo "FAIL: dslactl refuses the ConfigMap's cluster file (its line N is the ConfigMap's key line + N):"
+    cat "$mutants_dir/dslactl.out"
+    exit 1
+fi
+# ... and the parser does refuse a file against its rules: the distiller off the controller's node.
+awk '/distiller:/ {next} {print} /name: serving-0,/ {print "      distiller: {data: [/models/data/train.txt]}"}' \
+    "$mutants_dir/cluster.yaml" >"$mutants_dir/moved.yaml"
+rc=0
+parse "$mutants_dir/moved.yaml" || rc=$?
+if [ "$rc" -ne 2 ]; then
+    echo "FAIL: dslactl took a cluster file with the distiller off the controller's node (exit $rc):"
+    cat "$mutants_dir/dslactl.out"
+    exit 1
+fi
+echo "ok: the ConfigMap's cluster file passes dslactl --cluster's parser, which refuses a moved distiller:"
+cat "$mutants_dir/dslactl.out"
