@@ -97,3 +97,25 @@ grep -q "names {{node:2}} beyond the allocation's 2 machines" <<<"$out" ||
 out=$(run FAKE_HOSTS="n01" DSLA_CLUSTER="$work/absent.yaml" 2)
 grep -q "cannot read the cluster file" <<<"$out" || { echo "FAIL: a missing cluster file: $out"; exit 1; }
 echo "ok: mappings that do not fit the allocation are refused"
+
+# The example cluster file, rendered for an allocation of two loopback addresses, through the real
+# parser where this build has it (dslactl --cluster: exit 2 when it refuses the file; 1 when the
+# file is taken and no controller answers, on this machine).
+out=$(run FAKE_HOSTS="127.0.0.1 127.0.0.2" DSLA_CLUSTER="$src/deploy/slurm/cluster.example.yaml" \
+    DSLA_NODES="head gpu-a" 0)
+expect "$out" "1: dsla-serve --cluster $work/dsla-cluster-42.yaml --node gpu-a"
+dslactl=${DSLA_BIN:-}/dslactl
+if [ -n "${DSLA_BIN:-}" ] && [ -x "$dslactl" ] && "$dslactl" --help 2>&1 | grep -q -- --cluster; then
+    printf 'slurm-check-admin-key-0123456789\n' >"$work/admin.key"
+    rc=0
+    "$dslactl" --cluster "$work/dsla-cluster-42.yaml" --admin-key-file "$work/admin.key" \
+        --timeout-ms 200 status >"$work/dslactl.out" 2>&1 || rc=$?
+    if [ "$rc" -eq 2 ]; then
+        echo "FAIL: dslactl refuses deploy/slurm/cluster.example.yaml as rendered:"
+        cat "$work/dslactl.out"
+        exit 1
+    fi
+    echo "ok: the example cluster file, rendered, passes dslactl --cluster's parser"
+else
+    echo "dslactl --cluster absent from this build: the example's own rules are not checked here"
+fi
