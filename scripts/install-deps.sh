@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
+  debootstrap patchelf # deploy/bundle.sh (RUNPATH) and its test in a minimal Debian chroot
+  shellcheck        # the deploy scripts' check (tests/deploy)
   libopenblas-dev   # CPU GEMM
   libpcre2-dev      # byte-level tokenizer pre-tokenizer regex
   libjansson-dev    # config.json, tokenizer.json, safetensors headers
