@@ -17,6 +17,7 @@
 #include <microhttpd.h>
 #include <zmq.h>
 
+#include "actors/http_metrics.h"
 #include "actors/openai.h"
 #include "actors/openai_tokens.h"
 #include "proto/dsla_client.h"
@@ -668,17 +669,6 @@ static void metric_head(FILE *f, const char *name, const char *type, const char 
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* Prometheus label values escape backslash, quote and newline. */
-static void label_value(FILE *f, const char *s) {
-    for (; *s; s++) {
-        if (*s == '\\' || *s == '"') fputc('\\', f);
-        if (*s == '\n')
-            fputs("\\n", f);
-        else
-            fputc(*s, f);
-    }
-}
-
 static void replica_metric(FILE *f, const dsla_proto_report_t *rep, const char *name,
                            const char *type, const char *help, int field) {
     metric_head(f, name, type, help);
@@ -689,9 +679,9 @@ static void replica_metric(FILE *f, const dsla_proto_report_t *rep, const char *
                                : field == 2 ? r->routed
                                             : r->failed;
         fprintf(f, "%s{replica=\"", name);
-        label_value(f, r->name);
+        dsla_http_metrics_label(f, r->name);
         fputs("\",endpoint=\"", f);
-        label_value(f, r->endpoint);
+        dsla_http_metrics_label(f, r->endpoint);
         fprintf(f, "\"} %llu\n", v);
     }
 }
@@ -756,6 +746,7 @@ static enum MHD_Result metrics(dsla_http_t *h, struct MHD_Connection *conn) {
                 "tokens generated for finished requests");
     fprintf(f, "dsla_http_completion_tokens_total %llu\n", atomic_load(&h->completion_tokens));
     gateway_metrics(f, rep, up);
+    if (up) dsla_http_metrics_engines(f, rep, h->model);
     fclose(f);
     free(rep);
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
