@@ -17,6 +17,7 @@
 #include <microhttpd.h>
 #include <zmq.h>
 
+#include "actors/http_cors.h"
 #include "actors/http_metrics.h"
 #include "actors/openai.h"
 #include "actors/openai_tokens.h"
@@ -52,7 +53,8 @@ typedef enum {
 static const char *const route_paths[N_ROUTES] = {
     "/v1/completions", "/v1/chat/completions", "/v1/models", "/health",         "/metrics",
     "/tokenize",       "/detokenize",          "/version",   "/v1/models/{id}", "other"};
-static const int counted_codes[] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503, 504};
+static const int counted_codes[] = {200, 204, 400, 401, 403, 404, 405,
+                                    413, 429, 499, 500, 503, 504};
 enum { N_CODES = sizeof counted_codes / sizeof counted_codes[0] };
 
 /* One open connection, for the read deadline: since when it has been reading a request (its
@@ -72,6 +74,7 @@ struct dsla_http {
     const dsla_tokenizer_t *tokenizer; /* /tokenize, /detokenize; NULL: 501 */
     uint32_t heartbeat_ms, max_in_flight;
     const dsla_http_auth_t *auth; /* NULL: no key required */
+    dsla_http_cors_t *cors;       /* NULL: CORS off */
     long long started;
     int port;
 
@@ -205,9 +208,32 @@ static void count(dsla_http_t *h, route_t route, int status) {
     atomic_fetch_add(&h->responses[route][k], 1);
 }
 
+/* Access-Control-Allow-Origin for a request from an allowed origin (http_cors.h); with a list of
+ * origins the answer depends on Origin, which caches must know (Vary). */
+static void add_cors(const dsla_http_t *h, struct MHD_Connection *conn, struct MHD_Response *resp) {
+    if (!h->cors) return;
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    const char *allow = dsla_http_cors_allow(h->cors, origin);
+    if (!dsla_http_cors_any(h->cors)) MHD_add_response_header(resp, "Vary", "Origin");
+    if (!allow) return;
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", allow);
+    MHD_add_response_header(resp, "Access-Control-Expose-Headers", "Retry-After");
+}
+
+static enum MHD_Result respond_with(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                    int status, const char *type, char *body,
+                                    const char *const *extra);
+
 /* Queues body (malloc'd, taken over; NULL is a 500) with its status and type. */
 static enum MHD_Result respond(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
                                int status, const char *type, char *body) {
+    return respond_with(h, conn, route, status, type, body, NULL);
+}
+
+/* respond, with extra headers: name, value pairs ending in NULL. */
+static enum MHD_Result respond_with(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                    int status, const char *type, char *body,
+                                    const char *const *extra) {
     if (!body) {
         status = 500;
         type = "application/json";
@@ -221,9 +247,12 @@ static enum MHD_Result respond(dsla_http_t *h, struct MHD_Connection *conn, rout
         free(body);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     /* overload and unavailability pass: a client may come back in a second */
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    for (; extra && extra[0]; extra += 2)
+        MHD_add_response_header(resp, extra[0], extra[1]);
+    add_cors(h, conn, resp);
     enum MHD_Result rc = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     count(h, route, status);
@@ -586,6 +615,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_cors(h, conn, resp);
     enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     count(h, route, 200);
@@ -756,12 +786,47 @@ static enum MHD_Result metrics(dsla_http_t *h, struct MHD_Connection *conn) {
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             "text/plain; version=0.0.4; charset=utf-8");
+    add_cors(h, conn, resp);
     enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     return rc;
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
+
+/* A CORS preflight (OPTIONS, with CORS on): 204 with what the route allows for a listed origin,
+ * 403 for another. No key needed: browsers send none with a preflight. */
+static enum MHD_Result preflight(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                 bool post) {
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    const char *asked =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+    dsla_openai_error_t err;
+    if (!dsla_http_cors_allow(h->cors, origin)) {
+        dsla_openai_error_set(&err, 403, NULL,
+                              "origin '%.200s' may not call this API from a browser: dsla-serve "
+                              "--cors-origin lists the origins that may",
+                              origin ? origin : "(none sent)");
+        return respond_error(h, conn, route, &err);
+    }
+    if (!dsla_http_cors_headers_ok(asked)) {
+        dsla_openai_error_set(&err, 400, NULL,
+                              "Access-Control-Request-Headers must be a list of header names of "
+                              "at most %d bytes",
+                              DSLA_HTTP_CORS_REQUEST_HEADERS_MAX);
+        return respond_error(h, conn, route, &err);
+    }
+    char max_age[16];
+    snprintf(max_age, sizeof max_age, "%d", DSLA_HTTP_CORS_MAX_AGE_S);
+    const char *const extra[] = {"Access-Control-Allow-Methods",
+                                 post ? "POST, OPTIONS" : "GET, OPTIONS",
+                                 "Access-Control-Allow-Headers",
+                                 asked && *asked ? asked : "Authorization, Content-Type",
+                                 "Access-Control-Max-Age",
+                                 max_age,
+                                 NULL};
+    return respond_with(h, conn, route, 204, NULL, strdup(""), extra);
+}
 
 /* A request's body as it arrives. */
 typedef struct {
@@ -806,7 +871,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!u) {
         u = calloc(1, sizeof *u);
         *con_cls = u;
-        if (u && h->auth && route_of(url) != R_HEALTH)
+        /* a preflight carries no key (browsers send none), and grants nothing by itself */
+        bool preflight_ok = h->cors && strcmp(method, "OPTIONS") == 0;
+        if (u && h->auth && route_of(url) != R_HEALTH && !preflight_ok)
             u->unauthorized = !dsla_http_auth_check(
                 h->auth,
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
@@ -834,6 +901,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         dsla_openai_error_set(&err, 404, NULL, "no such path: %.200s (see docs/http.md)", url);
         return respond_error(h, conn, route, &err);
     }
+    if (h->cors && strcmp(method, "OPTIONS") == 0) return preflight(h, conn, route, post);
     if (strcmp(method, post ? "POST" : "GET") != 0) {
         dsla_openai_error_set(&err, 405, NULL, "%s takes %s, not %.16s", url, post ? "POST" : "GET",
                               method);
@@ -954,6 +1022,14 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     h->tokenizer = config->tokenizer;
     h->heartbeat_ms = config->heartbeat_ms;
     h->auth = config->auth;
+    if (config->n_cors_origins) {
+        dsla_status_t st =
+            dsla_http_cors_create(&h->cors, config->cors_origins, config->n_cors_origins);
+        if (st != DSLA_OK) {
+            free(h);
+            return st;
+        }
+    }
     h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
     h->read_deadline_ms =
         config->read_deadline_ms ? config->read_deadline_ms : DSLA_HTTP_READ_DEADLINE_MS;
@@ -1013,6 +1089,7 @@ void dsla_http_destroy(dsla_http_t **hp) {
     pthread_cond_destroy(&h->conn_cv);
     pthread_mutex_destroy(&h->conn_mu);
     pthread_mutex_destroy(&h->mu);
+    dsla_http_cors_destroy(&h->cors);
     free(h);
     *hp = NULL;
 }
