@@ -32,93 +32,101 @@ static double fraction(uint32_t used, uint32_t total) {
     return total ? (double)used / (double)total : 0.0;
 }
 
-/* One gauge or counter of every replica with a load: value(load) per line. */
+/* The gauges and counters: one line per replica with a load. */
+typedef enum {
+    RUNNING,
+    WAITING,
+    WAITING_TOKENS,
+    KV_USAGE,
+    KV_USED,
+    KV_TOTAL,
+    STATE_USAGE,
+    SLOTS_USED,
+    SLOTS_TOTAL,
+    NUM_LAYERS,
+    DSLA_LAYERS,
+    PLAN_ID,
+    TOKENS_PER_S,
+    FINISHED,
+    PROMPT_TOKENS,
+    GENERATED_TOKENS,
+    PREEMPTIONS,
+} field_t;
+
+static double value_of(field_t field, const dsla_proto_load_report_t *l) {
+    switch (field) {
+    case RUNNING:
+        return l->running;
+    case WAITING:
+        return l->queue_length;
+    case WAITING_TOKENS:
+        return (double)l->waiting_tokens;
+    case KV_USAGE:
+        return fraction(l->kv_used, l->kv_total);
+    case KV_USED:
+        return l->kv_used;
+    case KV_TOTAL:
+        return l->kv_total;
+    case STATE_USAGE:
+        return fraction(l->slots_used, l->slots_total);
+    case SLOTS_USED:
+        return l->slots_used;
+    case SLOTS_TOTAL:
+        return l->slots_total;
+    case NUM_LAYERS:
+        return l->num_layers;
+    case DSLA_LAYERS:
+        return l->n_dsla;
+    case PLAN_ID:
+        return (double)l->plan_id;
+    case TOKENS_PER_S:
+        return l->tokens_per_s;
+    case FINISHED:
+        return (double)l->requests_finished;
+    case PROMPT_TOKENS:
+        return (double)l->prompt_tokens;
+    case GENERATED_TOKENS:
+        return (double)l->generated_tokens;
+    case PREEMPTIONS:
+        return (double)l->preemptions;
+    }
+    return 0.0;
+}
+
 typedef struct {
     const char *name, *type, *help;
-    double (*value)(const dsla_proto_load_report_t *l);
+    field_t field;
 } series_t;
 
-static double running(const dsla_proto_load_report_t *l) {
-    return l->running;
-}
-static double waiting(const dsla_proto_load_report_t *l) {
-    return l->queue_length;
-}
-static double waiting_tokens(const dsla_proto_load_report_t *l) {
-    return (double)l->waiting_tokens;
-}
-static double kv_usage(const dsla_proto_load_report_t *l) {
-    return fraction(l->kv_used, l->kv_total);
-}
-static double kv_used(const dsla_proto_load_report_t *l) {
-    return l->kv_used;
-}
-static double kv_total(const dsla_proto_load_report_t *l) {
-    return l->kv_total;
-}
-static double state_usage(const dsla_proto_load_report_t *l) {
-    return fraction(l->slots_used, l->slots_total);
-}
-static double slots_used(const dsla_proto_load_report_t *l) {
-    return l->slots_used;
-}
-static double slots_total(const dsla_proto_load_report_t *l) {
-    return l->slots_total;
-}
-static double num_layers(const dsla_proto_load_report_t *l) {
-    return l->num_layers;
-}
-static double dsla_layers(const dsla_proto_load_report_t *l) {
-    return l->n_dsla;
-}
-static double plan_id(const dsla_proto_load_report_t *l) {
-    return (double)l->plan_id;
-}
-static double tokens_per_s(const dsla_proto_load_report_t *l) {
-    return l->tokens_per_s;
-}
-static double finished(const dsla_proto_load_report_t *l) {
-    return (double)l->requests_finished;
-}
-static double prompt_tokens(const dsla_proto_load_report_t *l) {
-    return (double)l->prompt_tokens;
-}
-static double generated_tokens(const dsla_proto_load_report_t *l) {
-    return (double)l->generated_tokens;
-}
-static double preemptions(const dsla_proto_load_report_t *l) {
-    return (double)l->preemptions;
-}
-
 static const series_t series[] = {
-    {"dsla_num_requests_running", "gauge", "requests admitted and running on the engine", running},
+    {"dsla_num_requests_running", "gauge", "requests admitted and running on the engine", RUNNING},
     {"dsla_num_requests_waiting", "gauge", "requests waiting for admission (preempted included)",
-     waiting},
+     WAITING},
     {"dsla_num_waiting_prompt_tokens", "gauge", "prompt tokens the waiting requests will prefill",
-     waiting_tokens},
+     WAITING_TOKENS},
     {"dsla_kv_cache_usage_perc", "gauge",
-     "fraction of the arena's blocks holding KV (1 is full; DSLA states take the rest)", kv_usage},
-    {"dsla_kv_cache_blocks_used", "gauge", "arena blocks holding KV", kv_used},
+     "fraction of the arena's blocks holding KV (1 is full; DSLA states take the rest)", KV_USAGE},
+    {"dsla_kv_cache_blocks_used", "gauge", "arena blocks holding KV", KV_USED},
     {"dsla_kv_cache_blocks_capacity", "gauge",
-     "blocks of the arena (KV and DSLA states share them)", kv_total},
+     "blocks of the arena (KV and DSLA states share them)", KV_TOTAL},
     {"dsla_state_usage_perc", "gauge", "DSLA state slots in use over the most the arena could hold",
-     state_usage},
-    {"dsla_state_slots_used", "gauge", "DSLA state slots in use", slots_used},
+     STATE_USAGE},
+    {"dsla_state_slots_used", "gauge", "DSLA state slots in use", SLOTS_USED},
     {"dsla_state_slots_capacity", "gauge", "DSLA state slots the arena could hold at most",
-     slots_total},
-    {"dsla_num_layers", "gauge", "decoder layers of the model", num_layers},
+     SLOTS_TOTAL},
+    {"dsla_num_layers", "gauge", "decoder layers of the model", NUM_LAYERS},
     {"dsla_plan_dsla_layers", "gauge", "layers that run DSLA in the plan new requests get",
-     dsla_layers},
-    {"dsla_plan_id", "gauge", "the engine's id of the plan new requests get", plan_id},
+     DSLA_LAYERS},
+    {"dsla_plan_id", "gauge", "the engine's id of the plan new requests get", PLAN_ID},
     {"dsla_generation_tokens_per_second", "gauge", "tokens generated per second, recent steps",
-     tokens_per_s},
+     TOKENS_PER_S},
     {"dsla_requests_finished_total", "counter",
-     "requests that ended on the engine: length, stop, cancelled or error", finished},
+     "requests that ended on the engine: length, stop, cancelled or error", FINISHED},
     {"dsla_prompt_tokens_total", "counter", "prefill tokens computed, recomputation included",
-     prompt_tokens},
-    {"dsla_generation_tokens_total", "counter", "tokens generated", generated_tokens},
+     PROMPT_TOKENS},
+    {"dsla_generation_tokens_total", "counter", "tokens generated", GENERATED_TOKENS},
     {"dsla_num_preemptions_total", "counter", "requests preempted and recomputed later",
-     preemptions},
+     PREEMPTIONS},
 };
 
 /* The histograms, in the order of dsla_proto_hist_kind_t. */
@@ -164,7 +172,7 @@ void dsla_http_metrics_engines(FILE *f, const dsla_proto_report_t *rep, const ch
             /* counters an older replica does not send are left out, not shown as 0 */
             if (series[s].type[0] == 'c' && !r->load.has_totals) continue;
             labels(f, series[s].name, "", model, r);
-            fprintf(f, "} %.10g\n", series[s].value(&r->load));
+            fprintf(f, "} %.10g\n", value_of(series[s].field, &r->load));
         }
     }
     /* The plan layer by layer: one line per layer, mode "dsla" or "attn", value 1. */

@@ -73,16 +73,32 @@ static void wait_healthy(int port) {
     fail_msg("the server never became healthy");
 }
 
+/* dsla-serve on the model with HTTP on a free port and extra arguments (NULL-terminated; NULL:
+ * none), once healthy. */
+static dsla_test_server_t start(const char *const *extra) {
+    const char *args[16] = {"--model",           model,    "--endpoint",
+                            "tcp://127.0.0.1:*", "--http", "127.0.0.1:0"};
+    int n = 6;
+    for (; extra && *extra && n < 15; extra++)
+        args[n++] = *extra;
+    args[n] = NULL;
+    dsla_test_server_t srv = dsla_test_server_start(args);
+    wait_healthy(srv.http_port);
+    return srv;
+}
+
+/* The preflight of a POST /v1/completions from origin. */
+static dsla_test_http_reply_t preflight_post(int port, const char *origin) {
+    return request(port, "OPTIONS", "/v1/completions", origin,
+                   "Access-Control-Request-Method: POST\r\n", NULL);
+}
+
 static const char *const completion = "{\"prompt\": \"Once\", \"max_tokens\": 2}";
 
 static void test_off_by_default(void **state) {
     (void)state;
-    const char *args[] = {"--model", model,         "--endpoint", "tcp://127.0.0.1:*",
-                          "--http",  "127.0.0.1:0", NULL};
-    dsla_test_server_t srv = dsla_test_server_start(args);
-    wait_healthy(srv.http_port);
-    dsla_test_http_reply_t r = request(srv.http_port, "OPTIONS", "/v1/completions", APP,
-                                       "Access-Control-Request-Method: POST\r\n", NULL);
+    dsla_test_server_t srv = start(NULL);
+    dsla_test_http_reply_t r = preflight_post(srv.http_port, APP);
     assert_int_equal(r.status, 405);
     expect_header(&r, "Access-Control-Allow-Origin", NULL);
     dsla_test_http_reply_free(&r);
@@ -99,22 +115,10 @@ static void test_listed_origin(void **state) {
     char *dir = dsla_test_tempdir(), keys[1024];
     snprintf(keys, sizeof keys, "%s/keys", dir);
     dsla_test_write_file(keys, KEY "\n", strlen(KEY) + 1);
-    const char *args[] = {"--model",
-                          model,
-                          "--endpoint",
-                          "tcp://127.0.0.1:*",
-                          "--http",
-                          "127.0.0.1:0",
-                          "--api-key-file",
-                          keys,
-                          "--cors-origin",
-                          APP,
-                          "--cors-origin",
-                          "http://localhost:3000",
-                          NULL};
-    dsla_test_server_t srv = dsla_test_server_start(args);
+    const char *args[] = {"--api-key-file",        keys, "--cors-origin", APP, "--cors-origin",
+                          "http://localhost:3000", NULL};
+    dsla_test_server_t srv = start(args);
     const int port = srv.http_port;
-    wait_healthy(port);
 
     /* a preflight needs no key: the methods of the route, the headers asked for, a max age */
     dsla_test_http_reply_t r =
@@ -139,8 +143,7 @@ static void test_listed_origin(void **state) {
     dsla_test_http_reply_free(&r);
 
     /* another origin: its preflight is refused, naming the option, and nothing names it */
-    r = request(port, "OPTIONS", "/v1/completions", EVIL, "Access-Control-Request-Method: POST\r\n",
-                NULL);
+    r = preflight_post(port, EVIL);
     assert_int_equal(r.status, 403);
     assert_non_null(strstr(r.body, "--cors-origin"));
     expect_header(&r, "Access-Control-Allow-Origin", NULL);
@@ -181,13 +184,9 @@ static void test_listed_origin(void **state) {
 
 static void test_any_origin(void **state) {
     (void)state;
-    const char *args[] = {"--model",           model,    "--endpoint",
-                          "tcp://127.0.0.1:*", "--http", "127.0.0.1:0",
-                          "--cors-origin",     "*",      NULL};
-    dsla_test_server_t srv = dsla_test_server_start(args);
-    wait_healthy(srv.http_port);
-    dsla_test_http_reply_t r = request(srv.http_port, "OPTIONS", "/v1/completions", EVIL,
-                                       "Access-Control-Request-Method: POST\r\n", NULL);
+    const char *args[] = {"--cors-origin", "*", NULL};
+    dsla_test_server_t srv = start(args);
+    dsla_test_http_reply_t r = preflight_post(srv.http_port, EVIL);
     assert_int_equal(r.status, 204);
     expect_header(&r, "Access-Control-Allow-Origin", "*");
     expect_header(&r, "Vary", NULL);
