@@ -298,7 +298,8 @@ typedef struct {
     dsla_openai_logprobs_t *lp; /* NULL: the request asked for no logprobs */
     char *echo;                 /* the prompt to put before the text (echo); NULL: none */
     size_t echo_len;
-    int choice;                   /* its index among the request's choices */
+    int choice; /* its index among the request's choices */
+    bool tail;  /* its stream's end is its own ([DONE], the usage chunk): one choice streamed */
     uint64_t t_start, t_first_ms; /* monotonic ms: started, first generated piece (0: none) */
     /* What the stream reader hands out next. */
     char *pending;
@@ -406,10 +407,10 @@ static bool gen_produce(gen_t *g) {
         } else {
             dsla_openai_end_t end = gen_end(g);
             char *last = dsla_openai_chunk(&g->meta, "", 0, g->lp, g->first, &end);
-            char *usage =
-                g->meta.include_usage ? dsla_openai_usage_chunk(&g->meta, &end) : strdup("");
+            char *usage = g->meta.include_usage && g->tail ? dsla_openai_usage_chunk(&g->meta, &end)
+                                                           : strdup("");
             char *both = concat(last, usage);
-            g->pending = concat(both, "data: [DONE]\n\n");
+            g->pending = concat(both, g->tail ? "data: [DONE]\n\n" : "");
             free(last);
             free(usage);
             free(both);
@@ -441,6 +442,123 @@ static ssize_t gen_read(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void gen_read_done(void *cls) {
     gen_free(cls);
+}
+
+/* Several choices streamed as one: their chunks interleaved (each under its index), taken from
+ * the running choices in turn, then the usage chunk (include_usage) and [DONE]. A choice's failure
+ * ends the whole stream with its error event, as one choice's does. */
+typedef struct {
+    gen_t **gs;
+    int n, next;
+    bool done;
+    char *pending;
+    size_t pending_len, pending_off;
+} multi_t;
+
+static void multi_free(void *cls) {
+    multi_t *m = cls;
+    for (int i = 0; i < m->n; i++)
+        gen_free(m->gs[i]);
+    free(m->gs);
+    free(m->pending);
+    free(m);
+}
+
+/* The next choice's next piece into m->pending, or the tail once every choice ended; false when
+ * out of memory. */
+static bool multi_produce(multi_t *m) {
+    free(m->pending);
+    m->pending = NULL;
+    m->pending_len = m->pending_off = 0;
+    for (int k = 0; k < m->n; k++) {
+        gen_t *g = m->gs[(m->next + k) % m->n];
+        if (!g->running) continue;
+        m->next = (m->next + k + 1) % m->n;
+        if (!gen_produce(g)) return false;
+        m->pending = g->pending;
+        m->pending_len = g->pending_len;
+        g->pending = NULL;
+        g->pending_len = g->pending_off = 0;
+        m->done = g->failed;
+        return true;
+    }
+    dsla_openai_end_t total = {0};
+    for (int i = 0; i < m->n; i++) {
+        total.prompt_tokens += m->gs[i]->result.prompt_tokens;
+        total.completion_tokens += m->gs[i]->result.completion_tokens;
+    }
+    char *usage = m->gs[0]->meta.include_usage ? dsla_openai_usage_chunk(&m->gs[0]->meta, &total)
+                                               : strdup("");
+    m->pending = concat(usage, "data: [DONE]\n\n");
+    free(usage);
+    m->done = true;
+    if (!m->pending) return false;
+    m->pending_len = strlen(m->pending);
+    return true;
+}
+
+static ssize_t multi_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    multi_t *m = cls;
+    while (m->pending_off == m->pending_len) {
+        if (m->done) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (!multi_produce(m)) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    size_t n = m->pending_len - m->pending_off < max ? m->pending_len - m->pending_off : max;
+    memcpy(buf, m->pending + m->pending_off, n);
+    m->pending_off += n;
+    return (ssize_t)n;
+}
+
+/* stream true with several choices: each choice's first piece decides the status (a refusal of
+ * any is a plain error, not a stream); then multi_read. */
+static enum MHD_Result gen_stream_n(gen_t **gs, int n, struct MHD_Connection *conn, route_t route) {
+    dsla_http_t *h = gs[0]->h;
+    multi_t *m = calloc(1, sizeof *m);
+    size_t len = 0;
+    bool oom = !m;
+    const gen_t *failed = NULL;
+    for (int i = 0; i < n && !oom && !failed; i++) {
+        oom = !gen_produce(gs[i]);
+        if (gs[i]->failed && gs[i]->first) failed = gs[i];
+        len += gs[i]->pending_len;
+    }
+    char *first = oom || failed ? NULL : malloc(len + 1);
+    if (!first || !m) {
+        dsla_openai_error_t e;
+        if (failed)
+            e = failed->err;
+        else
+            dsla_openai_error_from_status(gs[0]->meta.kind, dsla_error_oom("http: a stream"), &e);
+        free(first);
+        free(m);
+        for (int i = 0; i < n; i++)
+            gen_free(gs[i]);
+        free(gs);
+        return respond_error(h, conn, route, &e);
+    }
+    len = 0;
+    for (int i = 0; i < n; i++) { /* the first pieces, in order of index */
+        memcpy(first + len, gs[i]->pending, gs[i]->pending_len);
+        len += gs[i]->pending_len;
+        gs[i]->pending_len = gs[i]->pending_off = 0;
+        m->done = m->done || gs[i]->failed;
+    }
+    first[len] = '\0';
+    *m = (multi_t){.gs = gs, .n = n, .done = m->done, .pending = first, .pending_len = len};
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                                                  multi_read, m, multi_free);
+    if (!resp) {
+        multi_free(m);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_cors(h, conn, resp);
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    count(h, route, 200);
+    return rc;
 }
 
 /* stream false: every piece into *text (malloc'd); false when out of memory. */
@@ -519,7 +637,8 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
     g->h = h;
     snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
     g->meta =
-        (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model, req->include_usage};
+        (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model, req->include_usage, i};
+    g->tail = dsla_openai_request_choices(req) == 1;
     g->first = true;
     dsla_proto_generate_t gen;
     dsla_openai_request_choice(req, i, &gen);
@@ -559,14 +678,6 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     if (!dsla_openai_request_parse(kind, body, len, h->model, seed, &req, &err))
         return respond_error(h, conn, route, &err);
     const int choices = dsla_openai_request_choices(&req);
-    if (choices > 1 && req.stream) {
-        dsla_openai_error_set(&err, 400, req.n > 1 ? "n" : "prompt",
-                              "stream with %d choices (n %d, %d prompts) is not served; stream "
-                              "one choice per request",
-                              choices, req.n, req.n_prompts);
-        dsla_openai_request_free(&req);
-        return respond_error(h, conn, route, &err);
-    }
     /* each choice is one request in flight */
     if (atomic_fetch_add(&h->in_flight, (unsigned)choices) + (unsigned)choices > h->max_in_flight) {
         atomic_fetch_sub(&h->in_flight, (unsigned)choices);
@@ -598,6 +709,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         return respond_error(h, conn, route, &err);
     }
     if (!stream) return gen_whole(gs, choices, conn, route);
+    if (choices > 1) return gen_stream_n(gs, choices, conn, route);
     gen_t *g = gs[0];
     free(gs);
     /* the first piece decides the status: a refusal is a plain error, not a stream */

@@ -796,18 +796,20 @@ static json_t *usage_json(const dsla_openai_end_t *end) {
                      (json_int_t)end->prompt_tokens + (json_int_t)end->completion_tokens);
 }
 
-/* choices[0]: the text (completion), the message (chat answer) or the delta (chat chunk). */
-static json_t *choice_json(dsla_openai_kind_t kind, bool chunk, bool first, const char *text,
-                           size_t len, const dsla_openai_logprobs_t *lp, const char *finish) {
+/* One entry of choices: the text (completion), the message (chat answer) or the delta (chat
+ * chunk), under its index. */
+static json_t *choice_json(dsla_openai_kind_t kind, int index, bool chunk, bool first,
+                           const char *text, size_t len, const dsla_openai_logprobs_t *lp,
+                           const char *finish) {
     json_t *t = utf8_string(text, text ? len : 0);
     json_t *f = finish ? json_string(finish) : json_null();
     json_t *l = lp ? json_deep_copy(lp->root) : json_null();
     if (kind == DSLA_OPENAI_COMPLETION)
-        return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", t, "logprobs", l,
+        return json_pack("{s:i, s:o, s:o, s:o}", "index", index, "text", t, "logprobs", l,
                          "finish_reason", f);
     json_t *content = chunk && !first ? json_pack("{s:o}", "content", t)
                                       : json_pack("{s:s, s:o}", "role", "assistant", "content", t);
-    return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, chunk ? "delta" : "message", content,
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", index, chunk ? "delta" : "message", content,
                      "logprobs", l, "finish_reason", f);
 }
 
@@ -819,7 +821,8 @@ static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, c
     json_t *root =
         json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", meta->id, "object", object, "created",
                   (json_int_t)meta->created, "model", meta->model ? meta->model : "", "choices",
-                  choice_json(meta->kind, chunk, first, text, len, lp, end ? end->finish : NULL));
+                  choice_json(meta->kind, meta->index, chunk, first, text, len, lp,
+                              end ? end->finish : NULL));
     if (root && end && !(chunk && meta->include_usage))
         json_object_set_new(root, "usage", usage_json(end));
     if (root && end && end->fingerprint && end->fingerprint[0])
@@ -840,8 +843,7 @@ char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_ope
     dsla_openai_end_t total = {0};
     for (int i = 0; choices && i < n; i++) {
         json_t *one =
-            choice_json(meta->kind, false, true, c[i].text, c[i].len, c[i].lp, c[i].end.finish);
-        if (one) json_object_set_new(one, "index", json_integer(i));
+            choice_json(meta->kind, i, false, true, c[i].text, c[i].len, c[i].lp, c[i].end.finish);
         if (json_array_append_new(choices, one) != 0) {
             json_decref(choices);
             choices = NULL;

@@ -106,6 +106,7 @@ typedef struct {
     /* stream_options.include_usage: the last chunk has no usage; dsla_openai_usage_chunk follows
      * it (else usage rides on the last chunk, an extension) */
     bool include_usage;
+    int index; /* the choice a chunk or a single answer belongs to (choices[0].index) */
 } dsla_openai_meta_t;
 
 typedef struct {

@@ -195,7 +195,7 @@ static void test_choices(void **state) {
     assert_int_equal(dsla_openai_request_choices(&r), 1);
     dsla_openai_request_free(&r);
 
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false, 0};
     dsla_openai_choice_t c[2] = {{"a", 1, NULL, {"length", 3, 1, "serving0:plan-2"}},
                                  {"bc", 2, NULL, {"stop", 3, 2, "serving0:plan-2"}}};
     char *body = dsla_openai_response_body_n(&meta, c, 2);
@@ -242,7 +242,7 @@ static void test_logprobs_shapes(void **state) {
     dsla_openai_logprobs_t *lp = dsla_openai_logprobs_new(DSLA_OPENAI_COMPLETION);
     assert_true(dsla_openai_logprobs_add(lp, t1));
     assert_true(dsla_openai_logprobs_add(lp, t2));
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false, 0};
     dsla_openai_end_t end = {"length", 5, 2, NULL};
     char *body = dsla_openai_response_body(&meta, " Once up", 8, lp, &end);
     assert_non_null(strstr(body, "\"logprobs\":{\"tokens\":[\" Once\",\" up\"],"
@@ -390,7 +390,7 @@ static void test_errors_from_codes(void **state) {
 
 static void test_responses(void **state) {
     (void)state;
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false, 0};
     dsla_openai_end_t end = {"length", 5, 3, NULL};
     /* a stray continuation byte and a cut 3-byte sequence become U+FFFD each */
     char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, NULL, &end);
