@@ -300,6 +300,7 @@ typedef struct {
     size_t echo_len;
     int choice; /* its index among the request's choices */
     bool tail;  /* its stream's end is its own ([DONE], the usage chunk): one choice streamed */
+    double cum_logprob;           /* of its generated tokens, for best_of's ranking */
     uint64_t t_start, t_first_ms; /* monotonic ms: started, first generated piece (0: none) */
     /* What the stream reader hands out next. */
     char *pending;
@@ -579,6 +580,7 @@ static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
             break;
         }
         if (p.frame->prompt) continue; /* its text is the echo's */
+        if (p.frame->has_logprobs) g->cum_logprob += p.frame->chosen.logprob;
         if (!g->t_first_ms) g->t_first_ms = dsla_clock_ms();
         if (len + p.len > cap) {
             size_t want = 2 * (len + p.len) + 256;
@@ -600,10 +602,30 @@ static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
     return !oom;
 }
 
-/* stream false: every choice's pieces, then one JSON body (the first failure's error if any). */
-static enum MHD_Result gen_whole(gen_t **gs, int n, struct MHD_Connection *conn, route_t route) {
-    dsla_openai_choice_t *c = calloc((size_t)n, sizeof *c);
-    bool oom = !c;
+/* best_of: for each of the prompts, the n of its best_of samples with the highest cumulative
+ * logprob, best first (a tie keeps the earlier sample), into order[prompts * n]. */
+static void rank_samples(gen_t *const *gs, int prompts, int best_of, int n, int *order) {
+    for (int p = 0; p < prompts; p++) {
+        gen_t *const *s = gs + p * best_of;
+        bool taken[DSLA_OPENAI_N_MAX] = {false};
+        for (int k = 0; k < n; k++) {
+            int best = -1;
+            for (int j = 0; j < best_of; j++)
+                if (!taken[j] && (best < 0 || s[j]->cum_logprob > s[best]->cum_logprob)) best = j;
+            taken[best] = true;
+            order[p * n + k] = p * best_of + best;
+        }
+    }
+}
+
+/* stream false: every sample's pieces, then one JSON body (the first failure's error if any):
+ * with best_of above n, the best n of each prompt's samples, usage counting them all. */
+static enum MHD_Result gen_whole(gen_t **gs, int n, int per_prompt, int best_of,
+                                 struct MHD_Connection *conn, route_t route) {
+    const int prompts = n / best_of, shown = prompts * per_prompt;
+    dsla_openai_choice_t *c = calloc((size_t)n, sizeof *c), *out = calloc((size_t)n, sizeof *out);
+    int *order = calloc((size_t)n, sizeof *order);
+    bool oom = !c || !out || !order;
     const gen_t *failed = NULL;
     for (int i = 0; i < n && !oom && !failed; i++) {
         char *text = NULL;
@@ -611,14 +633,26 @@ static enum MHD_Result gen_whole(gen_t **gs, int n, struct MHD_Connection *conn,
         c[i] = (dsla_openai_choice_t){text, c[i].len, gs[i]->lp, gen_end(gs[i])};
         if (gs[i]->failed) failed = gs[i];
     }
+    dsla_openai_end_t usage = {0};
+    for (int i = 0; !oom && i < n; i++) {
+        usage.prompt_tokens += c[i].end.prompt_tokens;
+        usage.completion_tokens += c[i].end.completion_tokens;
+        order[i] = i;
+    }
+    if (!oom && !failed && best_of > per_prompt)
+        rank_samples(gs, prompts, best_of, per_prompt, order);
+    for (int i = 0; !oom && i < shown; i++)
+        out[i] = c[order[i]];
     char *body = oom      ? NULL
                  : failed ? dsla_openai_error_body(&failed->err)
-                          : dsla_openai_response_body_n(&gs[0]->meta, c, n);
+                          : dsla_openai_response_body_n(&gs[0]->meta, out, shown, &usage);
     int status = failed ? failed->err.status : 200;
     dsla_http_t *h = gs[0]->h;
     for (int i = 0; c && i < n; i++)
         free((char *)c[i].text);
     free(c);
+    free(out);
+    free(order);
     for (int i = 0; i < n; i++)
         gen_free(gs[i]);
     free(gs);
@@ -642,6 +676,8 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
     g->first = true;
     dsla_proto_generate_t gen;
     dsla_openai_request_choice(req, i, &gen);
+    const bool shown_logprobs = gen.logprobs;
+    gen.logprobs = gen.logprobs || req->best_of > req->n; /* best_of ranks by them */
     if (!(g->client = client_get(h))) {
         dsla_openai_error_set(err, 500, NULL, "cannot reach the gateway: %s", dsla_last_error());
         err->type = "server_error";
@@ -649,7 +685,7 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
         return NULL;
     }
     if ((req->echo && !(g->echo = strndup(gen.prompt, gen.prompt_len))) ||
-        (gen.logprobs && !(g->lp = dsla_openai_logprobs_new(kind)))) {
+        (shown_logprobs && !(g->lp = dsla_openai_logprobs_new(kind)))) {
         dsla_openai_error_from_status(kind, dsla_error_oom("http: echo or logprobs"), err);
         gen_free(g);
         return NULL;
@@ -699,7 +735,8 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     int started = 0;
     while (started < choices && (gs[started] = gen_start(h, kind, &req, started, n, &err)))
         started++;
-    bool stream = req.stream;
+    const bool stream = req.stream;
+    const int per_prompt = req.n, best_of = req.best_of > req.n ? req.best_of : req.n;
     dsla_openai_request_free(&req);
     if (started < choices) {
         atomic_fetch_sub(&h->in_flight, (unsigned)(choices - started - 1));
@@ -708,7 +745,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         free(gs);
         return respond_error(h, conn, route, &err);
     }
-    if (!stream) return gen_whole(gs, choices, conn, route);
+    if (!stream) return gen_whole(gs, choices, per_prompt, best_of, conn, route);
     if (choices > 1) return gen_stream_n(gs, choices, conn, route);
     gen_t *g = gs[0];
     free(gs);

@@ -242,12 +242,17 @@ static bool get_prompt(json_t *root, dsla_openai_request_t *r, dsla_openai_error
     return true;
 }
 
+/* Samples per prompt: best_of, else n. */
+static int samples(const dsla_openai_request_t *r) {
+    return r->best_of > r->n ? r->best_of : r->n > 0 ? r->n : 1;
+}
+
 int dsla_openai_request_choices(const dsla_openai_request_t *r) {
-    return (r->n_prompts > 0 ? r->n_prompts : 1) * (r->n > 0 ? r->n : 1);
+    return (r->n_prompts > 0 ? r->n_prompts : 1) * samples(r);
 }
 
 void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g) {
-    const int n = r->n > 0 ? r->n : 1;
+    const int n = samples(r);
     *g = r->generate;
     g->seed = r->generate.seed + (uint64_t)(i % n);
     if (!r->prompts) return;
@@ -466,17 +471,34 @@ static bool get_stream_options(json_t *root, dsla_openai_request_t *r, dsla_open
     return true;
 }
 
-/* best_of: only n itself (each choice is one sample; ranking beyond n is not served). */
-static bool get_best_of(json_t *root, long long n, dsla_openai_error_t *err) {
+/* best_of (completions): samples per prompt, of which the n of highest cumulative logprob are
+ * returned; at least n, and not with stream (the best are known only at the end), as in vLLM and
+ * OpenAI. Chat has no best_of: only n itself. */
+static bool get_best_of(dsla_openai_kind_t kind, json_t *root, dsla_openai_request_t *r,
+                        long long n, dsla_openai_error_t *err) {
     long long best_of = n;
     if (!get_integer(root, "best_of", 1, DSLA_OPENAI_N_MAX, &best_of, err)) return false;
-    if (best_of != n) {
+    if (best_of != n && kind == DSLA_OPENAI_CHAT) {
         dsla_openai_error_set(err, 400, "best_of",
-                              "best_of is %lld and n is %lld; only best_of equal to n is served "
-                              "(no ranking of extra samples)",
+                              "best_of is %lld and n is %lld; chat takes only best_of equal to n "
+                              "(best_of is a completions field)",
                               best_of, n);
         return false;
     }
+    if (best_of < n) {
+        dsla_openai_error_set(err, 400, "best_of",
+                              "best_of is %lld and n is %lld; best_of must be at least n", best_of,
+                              n);
+        return false;
+    }
+    if (best_of > n && r->stream) {
+        dsla_openai_error_set(err, 400, "best_of",
+                              "best_of %lld above n %lld is not served with stream (the best are "
+                              "known only when every sample has ended)",
+                              best_of, n);
+        return false;
+    }
+    r->best_of = (int)best_of;
     return true;
 }
 
@@ -560,13 +582,15 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         return false;
     if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
         return false;
-    if (!get_best_of(root, n, err)) return false;
+    if (!get_best_of(kind, root, r, n, err)) return false;
     r->n = (int)n;
     if (r->prompts) {
-        if (r->n_prompts * r->n > DSLA_OPENAI_CHOICES_MAX) {
-            dsla_openai_error_set(err, 400, "n",
-                                  "%d prompts times n %d make %d choices; the limit is %d",
-                                  r->n_prompts, r->n, r->n_prompts * r->n, DSLA_OPENAI_CHOICES_MAX);
+        if (r->n_prompts * r->best_of > DSLA_OPENAI_CHOICES_MAX) {
+            const bool by_n = r->best_of == r->n;
+            dsla_openai_error_set(err, 400, by_n ? "n" : "best_of",
+                                  "%d prompts times %s %d make %d samples; the limit is %d",
+                                  r->n_prompts, by_n ? "n" : "best_of", r->best_of,
+                                  r->n_prompts * r->best_of, DSLA_OPENAI_CHOICES_MAX);
             return false;
         }
         for (int i = 0; r->echo && i < r->n_prompts; i++)
@@ -838,7 +862,7 @@ char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text
 }
 
 char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
-                                  int n) {
+                                  int n, const dsla_openai_end_t *usage) {
     json_t *choices = json_array();
     dsla_openai_end_t total = {0};
     for (int i = 0; choices && i < n; i++) {
@@ -855,7 +879,7 @@ char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_ope
         json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", meta->id, "object",
                   meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion" : "chat.completion",
                   "created", (json_int_t)meta->created, "model", meta->model ? meta->model : "",
-                  "choices", choices, "usage", usage_json(&total));
+                  "choices", choices, "usage", usage_json(usage ? usage : &total));
     /* one fingerprint when every choice came from the same replica and plan, else none */
     const char *fp = n > 0 ? c[0].end.fingerprint : NULL;
     for (int i = 1; fp && i < n; i++)

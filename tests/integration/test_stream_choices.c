@@ -2,7 +2,9 @@
  * with n > 1 and prompt arrays, the chunks of every choice come interleaved under their index, and
  * each choice's text, finish reason and usage equal what the same request gives unstreamed; the
  * usage chunk (include_usage) sums them before [DONE]; each chat choice's first delta carries the
- * role; a refused request is a plain error, never a stream. */
+ * role; a refused request is a plain error, never a stream. And best_of above n: the n samples of
+ * highest cumulative logprob among best_of, best first, as the same seeds sampled with n = best_of
+ * and logprobs rank them, usage counting every sample. */
 #include "tests/testutil.h"
 
 #include <stdio.h>
@@ -177,6 +179,66 @@ static void test_refused_is_not_a_stream(void **state) {
     dsla_test_http_reply_free(&r);
 }
 
+/* The sum of a completion choice's token_logprobs. */
+static double cumulative(json_t *choice) {
+    json_t *lp = json_object_get(json_object_get(choice, "logprobs"), "token_logprobs");
+    double sum = 0;
+    for (size_t i = 0; i < json_array_size(lp); i++)
+        sum += json_number_value(json_array_get(lp, i));
+    return sum;
+}
+
+static void test_best_of(void **state) {
+    (void)state;
+    enum { BEST_OF = 4, N = 2 };
+    const char *fields = "\"prompt\": [\"Once upon a time\", \"The cat\"], \"max_tokens\": 6, "
+                         "\"seed\": 9, \"ignore_eos\": true, \"temperature\": 1.5";
+    char body[512];
+    snprintf(body, sizeof body, "{%s, \"n\": %d, \"logprobs\": 0}", fields, BEST_OF);
+    json_t *all = post_json("/v1/completions", body);
+    snprintf(body, sizeof body, "{%s, \"n\": %d, \"best_of\": %d}", fields, N, BEST_OF);
+    json_t *best = post_json("/v1/completions", body);
+    json_t *ac = json_object_get(all, "choices"), *bc = json_object_get(best, "choices");
+    assert_int_equal(json_array_size(ac), 2 * BEST_OF);
+    assert_int_equal(json_array_size(bc), 2 * N);
+    for (int p = 0; p < 2; p++) {
+        bool taken[BEST_OF] = {false};
+        for (int k = 0; k < N; k++) { /* the k-th best of prompt p's samples */
+            int top = -1;
+            for (int j = 0; j < BEST_OF; j++)
+                if (!taken[j] &&
+                    (top < 0 || cumulative(json_array_get(ac, (size_t)(p * BEST_OF + j))) >
+                                    cumulative(json_array_get(ac, (size_t)(p * BEST_OF + top)))))
+                    top = j;
+            taken[top] = true;
+            json_t *want = json_array_get(ac, (size_t)(p * BEST_OF + top));
+            json_t *got = json_array_get(bc, (size_t)(p * N + k));
+            assert_int_equal(json_integer_value(json_object_get(got, "index")), p * N + k);
+            if (strcmp(json_string_value(json_object_get(got, "text")),
+                       json_string_value(json_object_get(want, "text"))) != 0)
+                fail_msg("prompt %d, best %d: '%s', wanted sample %d '%s'", p, k,
+                         json_string_value(json_object_get(got, "text")), top,
+                         json_string_value(json_object_get(want, "text")));
+            assert_true(json_is_null(json_object_get(got, "logprobs"))); /* not asked for */
+        }
+    }
+    /* usage counts every sample, shown or not */
+    json_t *au = json_object_get(all, "usage"), *bu = json_object_get(best, "usage");
+    assert_int_equal(json_integer_value(json_object_get(bu, "completion_tokens")),
+                     json_integer_value(json_object_get(au, "completion_tokens")));
+    assert_int_equal(json_integer_value(json_object_get(bu, "prompt_tokens")),
+                     json_integer_value(json_object_get(au, "prompt_tokens")));
+    json_decref(all);
+    json_decref(best);
+    /* with stream it is refused, naming the field */
+    dsla_test_http_reply_t r =
+        dsla_test_http(srv.http_port, "POST", "/v1/completions",
+                       "{\"prompt\": \"Once\", \"best_of\": 2, \"stream\": true}");
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "\"param\":\"best_of\""));
+    dsla_test_http_reply_free(&r);
+}
+
 static int setup(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -198,6 +260,7 @@ int main(void) {
         cmocka_unit_test(test_completions_choices),
         cmocka_unit_test(test_chat_choices),
         cmocka_unit_test(test_refused_is_not_a_stream),
+        cmocka_unit_test(test_best_of),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
