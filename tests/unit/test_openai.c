@@ -232,7 +232,7 @@ static void test_choices(void **state) {
     free(body);
     /* from two plans: no fingerprint */
     c[1].end.fingerprint = "serving0:plan-3";
-    body = dsla_openai_response_body_n(&meta, c, 2);
+    body = dsla_openai_response_body_n(&meta, c, 2, NULL);
     j = json_loads(body, 0, NULL);
     assert_null(json_object_get(j, "system_fingerprint"));
     json_decref(j);
