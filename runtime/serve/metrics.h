@@ -2,9 +2,10 @@
  *
  * Buckets are the same for every histogram and every process (upper bounds 100 us * 2^i), so that
  * histograms from several replicas add bucket by bucket and map one to one onto a Prometheus
- * histogram later. Quantiles read from buckets are estimates (linear inside the bucket); exact
- * percentiles need the raw samples, which the bench keeps itself. This module only counts: it
- * never reads a clock and never prints. */
+ * histogram (they travel in LOAD_REPORT and become /metrics' dsla_*_seconds, docs/http.md).
+ * Quantiles read from buckets are estimates (linear inside the bucket); exact percentiles need the
+ * raw samples, which the bench keeps itself. This module only counts: it never reads a clock and
+ * never prints. */
 #ifndef DSLA_SERVE_METRICS_H
 #define DSLA_SERVE_METRICS_H
 
