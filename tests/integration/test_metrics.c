@@ -4,7 +4,10 @@
  * one per request, inter-token one per token after the first), the token and request counters
  * match, the gauges are back at rest, and the plan lists every layer. Then the Grafana dashboard
  * (deploy/grafana/dsla-serve.json) parses and every metric its queries name is one /metrics
- * exposes. Skipped (77) only where promtool is absent. */
+ * exposes. With a second replica over TCP (--serving-only, named to the gateway with --replica),
+ * each replica has its own lines, their counts add up to the requests served, promtool still
+ * passes, and a replica that dies loses its engine lines while dsla_replica_up says 0. Skipped
+ * (77) only where promtool is absent. */
 #define _DEFAULT_SOURCE /* mkstemp, popen */
 #include "tests/testutil.h"
 
@@ -84,6 +87,16 @@ static int teardown(void **state) {
     return 0;
 }
 
+/* promtool check metrics on text, or the test fails with its verdict. */
+static void promtool(const char *text) {
+    char path[1024], cmd[1200];
+    snprintf(path, sizeof path, "%s/metrics.txt", fx.dir);
+    dsla_test_write_file(path, text, strlen(text));
+    snprintf(cmd, sizeof cmd, "promtool check metrics < '%s' 2>&1", path);
+    int rc = system(cmd);
+    if (rc != 0) fail_msg("promtool check metrics failed (%d) on:\n%s", rc, text);
+}
+
 static void test_promtool_and_counts(void **state) {
     (void)state;
     char body[256];
@@ -106,12 +119,7 @@ static void test_promtool_and_counts(void **state) {
         if (tries == 300) fail_msg("%s never reached %d:\n%s", e2e, REQUESTS, fx.text);
         sleep_ms(100);
     }
-    char path[1024], cmd[1200];
-    snprintf(path, sizeof path, "%s/metrics.txt", fx.dir);
-    dsla_test_write_file(path, fx.text, strlen(fx.text));
-    snprintf(cmd, sizeof cmd, "promtool check metrics < '%s' 2>&1", path);
-    int rc = system(cmd);
-    if (rc != 0) fail_msg("promtool check metrics failed (%d) on:\n%s", rc, fx.text);
+    promtool(fx.text);
 
     static const struct {
         const char *series;
@@ -227,10 +235,96 @@ static void test_dashboard(void **state) {
     json_decref(dash);
 }
 
+/* The sum of a series over both replicas, -1 when either is absent. */
+static double both(const char *text, const char *metric) {
+    static const char *const names[] = {"serving0", "replica1"};
+    double sum = 0;
+    for (int i = 0; i < 2; i++) {
+        char series[256];
+        snprintf(series, sizeof series, "%s{model_name=\"stories260K-hf\",replica=\"%s\"}", metric,
+                 names[i]);
+        double v = sample(text, series);
+        if (v < 0) return -1;
+        sum += v;
+    }
+    return sum;
+}
+
+static void test_two_replicas(void **state) {
+    (void)state;
+    enum { SERVED = 6 };
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    const char *rargs[] = {"--model",           model, "--serving-only", "--endpoint",
+                           "tcp://127.0.0.1:*", NULL};
+    dsla_test_server_t replica = dsla_test_server_start(rargs);
+    const char *gargs[] = {"--model",
+                           model,
+                           "--replica",
+                           replica.endpoint,
+                           "--endpoint",
+                           "tcp://127.0.0.1:*",
+                           "--http",
+                           "127.0.0.1:0",
+                           "--heartbeat-ms",
+                           "100",
+                           NULL};
+    dsla_test_server_t gw = dsla_test_server_start(gargs);
+    for (int i = 0; i < SERVED; i++) {
+        dsla_test_http_reply_t r = dsla_test_http(gw.http_port, "POST", "/v1/completions",
+                                                  "{\"prompt\": \"Once\", \"max_tokens\": 3}");
+        if (r.status != 200) fail_msg("completion %d: %d %s", i, r.status, r.body ? r.body : "");
+        dsla_test_http_reply_free(&r);
+    }
+    char *text = NULL;
+    for (int tries = 0;; tries++) {
+        dsla_test_http_reply_t r = dsla_test_http(gw.http_port, "GET", "/metrics", NULL);
+        free(text);
+        text = r.body;
+        r.body = NULL;
+        dsla_test_http_reply_free(&r);
+        if (both(text, "dsla_e2e_request_latency_seconds_count") == SERVED) break;
+        if (tries == 300)
+            fail_msg("the replicas' e2e counts never added up to %d:\n%s", SERVED, text);
+        sleep_ms(100);
+    }
+    promtool(text);
+    /* least loaded, ties rotating: both served some */
+    assert_true(sample(text, "dsla_requests_finished_total{model_name=\"stories260K-hf\","
+                             "replica=\"replica1\"}") > 0);
+    assert_true(sample(text, "dsla_requests_finished_total{model_name=\"stories260K-hf\","
+                             "replica=\"serving0\"}") > 0);
+    assert_true(both(text, "dsla_time_to_first_token_seconds_count") == SERVED);
+    /* the replica dies: its engine lines go, its up line stays at 0 */
+    dsla_test_server_kill(replica.pid);
+    for (int tries = 0;; tries++) {
+        dsla_test_http_reply_t r = dsla_test_http(gw.http_port, "GET", "/metrics", NULL);
+        free(text);
+        text = r.body;
+        r.body = NULL;
+        dsla_test_http_reply_free(&r);
+        if (sample(text, "dsla_num_requests_running{model_name=\"stories260K-hf\","
+                         "replica=\"replica1\"}") < 0)
+            break;
+        if (tries == 300) fail_msg("the dead replica's engine lines stayed:\n%s", text);
+        sleep_ms(100);
+    }
+    char up[512];
+    snprintf(up, sizeof up, "dsla_replica_up{replica=\"replica1\",endpoint=\"%s\"}",
+             replica.endpoint);
+    if (sample(text, up) != 0) fail_msg("%s is not 0:\n%s", up, text);
+    assert_true(sample(text, "dsla_num_requests_running{model_name=\"stories260K-hf\","
+                             "replica=\"serving0\"}") == 0);
+    promtool(text);
+    free(text);
+    dsla_test_server_stop(&gw);
+    free(model);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_promtool_and_counts),
         cmocka_unit_test(test_dashboard),
+        cmocka_unit_test(test_two_replicas),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
