@@ -1,10 +1,16 @@
-/* proto's REPORT body: a round trip, unknown keys and states, and refusals of malformed bodies. */
+/* proto's REPORT body: a round trip (a replica's load inside), hostile input (every truncation,
+ * flipped bytes), unknown keys and states, and refusals of malformed bodies. */
 #include "tests/testutil.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto/proto.h"
+#include "tests/unit/proto_hostile.h"
+
+static dsla_status_t report_decode(const void *b, size_t n, void *o) {
+    return dsla_proto_report_decode(b, n, o);
+}
 
 static void test_report_round_trip(void **state) {
     (void)state;
@@ -45,6 +51,7 @@ static void test_report_round_trip(void **state) {
     assert_int_equal(dsla_proto_report_encode(r, &buf), DSLA_OK);
     assert_int_equal(dsla_proto_report_decode(buf.data, buf.len, d), DSLA_OK);
     assert_memory_equal(r, d, sizeof *r);
+    assert_hostile_safe(&buf, report_decode, d); /* the load nested as bytes included */
     dsla_proto_buf_free(&buf);
     assert_string_equal(dsla_proto_replica_state_name(DSLA_PROTO_REPLICA_DEAD), "dead");
 
