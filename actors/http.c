@@ -445,6 +445,26 @@ static void gen_read_done(void *cls) {
     gen_free(cls);
 }
 
+/* A 200 text/event-stream whose events read(cls) writes; done(cls) when it ends (or at once,
+ * when the response cannot be made). */
+static enum MHD_Result respond_stream(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                      MHD_ContentReaderCallback read, void *cls,
+                                      MHD_ContentReaderFreeCallback done) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, read, cls, done);
+    if (!resp) {
+        done(cls);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_cors(h, conn, resp);
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    count(h, route, 200);
+    return rc;
+}
+
 /* Several choices streamed as one: their chunks interleaved (each under its index), taken from
  * the running choices in turn, then the usage chunk (include_usage) and [DONE]. A choice's failure
  * ends the whole stream with its error event, as one choice's does. */
@@ -547,19 +567,7 @@ static enum MHD_Result gen_stream_n(gen_t **gs, int n, struct MHD_Connection *co
     }
     first[len] = '\0';
     *m = (multi_t){.gs = gs, .n = n, .done = m->done, .pending = first, .pending_len = len};
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
-                                                                  multi_read, m, multi_free);
-    if (!resp) {
-        multi_free(m);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    add_cors(h, conn, resp);
-    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-    MHD_destroy_response(resp);
-    count(h, route, 200);
-    return rc;
+    return respond_stream(h, conn, route, multi_read, m, multi_free);
 }
 
 /* stream false: every piece into *text (malloc'd); false when out of memory. */
@@ -756,19 +764,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         gen_free(g);
         return respond_error(h, conn, route, &e);
     }
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
-                                                                  gen_read, g, gen_read_done);
-    if (!resp) {
-        gen_free(g);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    add_cors(h, conn, resp);
-    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-    MHD_destroy_response(resp);
-    count(h, route, 200);
-    return rc;
+    return respond_stream(h, conn, route, gen_read, g, gen_read_done);
 }
 
 /* ---- models, health, metrics --------------------------------------------------------------- */
