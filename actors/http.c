@@ -428,6 +428,14 @@ static bool gen_produce(gen_t *g) {
     return true;
 }
 
+/* A stream reader's next bytes: as many of pending[*off..len) as fit in max. */
+static ssize_t hand_out(const char *pending, size_t len, size_t *off, char *buf, size_t max) {
+    size_t n = len - *off < max ? len - *off : max;
+    memcpy(buf, pending + *off, n);
+    *off += n;
+    return (ssize_t)n;
+}
+
 static ssize_t gen_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     gen_t *g = cls;
@@ -435,10 +443,7 @@ static ssize_t gen_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (!g->running) return MHD_CONTENT_READER_END_OF_STREAM;
         if (!gen_produce(g)) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
-    size_t n = g->pending_len - g->pending_off < max ? g->pending_len - g->pending_off : max;
-    memcpy(buf, g->pending + g->pending_off, n);
-    g->pending_off += n;
-    return (ssize_t)n;
+    return hand_out(g->pending, g->pending_len, &g->pending_off, buf, max);
 }
 
 static void gen_read_done(void *cls) {
@@ -525,10 +530,7 @@ static ssize_t multi_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (m->done) return MHD_CONTENT_READER_END_OF_STREAM;
         if (!multi_produce(m)) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
-    size_t n = m->pending_len - m->pending_off < max ? m->pending_len - m->pending_off : max;
-    memcpy(buf, m->pending + m->pending_off, n);
-    m->pending_off += n;
-    return (ssize_t)n;
+    return hand_out(m->pending, m->pending_len, &m->pending_off, buf, max);
 }
 
 /* stream true with several choices: each choice's first piece decides the status (a refusal of

@@ -35,8 +35,9 @@ static void sleep_ms(long ms) {
     nanosleep(&ts, NULL);
 }
 
-static char *get_metrics(void) {
-    dsla_test_http_reply_t r = dsla_test_http(fx.srv.http_port, "GET", "/metrics", NULL);
+/* /metrics of the server on port (200, Prometheus text), malloc'd. */
+static char *get_metrics(int port) {
+    dsla_test_http_reply_t r = dsla_test_http(port, "GET", "/metrics", NULL);
     if (r.status != 200) fail_msg("/metrics answered %d: %s", r.status, r.body ? r.body : "");
     if (!strstr(r.head, "text/plain; version=0.0.4"))
         fail_msg("/metrics has the wrong content type:\n%s", r.head);
@@ -114,7 +115,7 @@ static void test_promtool_and_counts(void **state) {
     const char *e2e = "dsla_e2e_request_latency_seconds_count" REPLICA;
     for (int tries = 0;; tries++) {
         free(fx.text);
-        fx.text = get_metrics();
+        fx.text = get_metrics(fx.srv.http_port);
         if (sample(fx.text, e2e) == REQUESTS) break;
         if (tries == 300) fail_msg("%s never reached %d:\n%s", e2e, REQUESTS, fx.text);
         sleep_ms(100);
@@ -277,11 +278,8 @@ static void test_two_replicas(void **state) {
     }
     char *text = NULL;
     for (int tries = 0;; tries++) {
-        dsla_test_http_reply_t r = dsla_test_http(gw.http_port, "GET", "/metrics", NULL);
         free(text);
-        text = r.body;
-        r.body = NULL;
-        dsla_test_http_reply_free(&r);
+        text = get_metrics(gw.http_port);
         if (both(text, "dsla_e2e_request_latency_seconds_count") == SERVED) break;
         if (tries == 300)
             fail_msg("the replicas' e2e counts never added up to %d:\n%s", SERVED, text);
@@ -297,11 +295,8 @@ static void test_two_replicas(void **state) {
     /* the replica dies: its engine lines go, its up line stays at 0 */
     dsla_test_server_kill(replica.pid);
     for (int tries = 0;; tries++) {
-        dsla_test_http_reply_t r = dsla_test_http(gw.http_port, "GET", "/metrics", NULL);
         free(text);
-        text = r.body;
-        r.body = NULL;
-        dsla_test_http_reply_free(&r);
+        text = get_metrics(gw.http_port);
         if (sample(text, "dsla_num_requests_running{model_name=\"stories260K-hf\","
                          "replica=\"replica1\"}") < 0)
             break;
