@@ -20,6 +20,7 @@ packages=(
   clang-format      # 14 on Debian 12: the formatting check (scripts/check-format.sh)
   clang-14 libclang-rt-14-dev # libFuzzer, ASan and UBSan for the fuzz targets (make test-fuzz)
   git               # the tree checks list the tracked sources
+  prometheus        # promtool: test_metrics checks /metrics with `promtool check metrics`
 )
 
 missing=()
