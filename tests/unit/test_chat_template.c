@@ -1,0 +1,357 @@
+/* runtime/model/chat_template: the templates of real model families (tests/data/chat_templates,
+ * sources in templates.json) render byte-identical to the vectors made by
+ * tests/vectors/make_chat_template_vectors.py (transformers' apply_chat_template, or jinja2 as
+ * transformers configures it); Jinja's semantics case by case; errors and hostile templates. */
+#include "tests/testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/model/chat_template.h"
+
+#define OUT_MAX (1u << 20)
+
+static char *source_path(const char *relative) {
+    const char *root = getenv("DSLA_SOURCE");
+    char *p = malloc(4096);
+    assert_non_null(p);
+    snprintf(p, 4096, "%s/%s", root ? root : ".", relative);
+    return p;
+}
+
+/* Renders src with vars (JSON text); NULL with the message in err (if given) on failure. */
+static char *render(const char *src, const char *vars_json, char *err, size_t err_size) {
+    dsla_chat_template_t *t = NULL;
+    dsla_status_t st = dsla_chat_template_create(&t, src, strlen(src), "test", "<s>", "</s>");
+    char *out = NULL;
+    size_t len = 0;
+    if (st == DSLA_OK) {
+        json_t *vars = json_loads(vars_json ? vars_json : "{}", 0, NULL);
+        assert_non_null(vars);
+        st = dsla_chat_template_render(t, vars, OUT_MAX, &out, &len);
+        json_decref(vars);
+        if (st == DSLA_OK) assert_int_equal(strlen(out), len);
+    }
+    if (st != DSLA_OK && err) snprintf(err, err_size, "%s", dsla_last_error());
+    if (st != DSLA_OK) print_message("%s\n", dsla_last_error());
+    dsla_chat_template_destroy(&t);
+    return out;
+}
+
+static void expect(const char *src, const char *vars, const char *want) {
+    char *got = render(src, vars, NULL, 0);
+    if (!got || strcmp(got, want) != 0)
+        print_message("template: %s\nwant: [%s]\ngot:  [%s]\n", src, want, got ? got : "(error)");
+    assert_non_null(got);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+static void expect_error(const char *src, const char *vars, const char *needle) {
+    char err[1024] = "";
+    char *got = render(src, vars, err, sizeof err);
+    if (got) print_message("template: %s rendered [%s]; expected an error\n", src, got);
+    assert_null(got);
+    if (!strstr(err, needle)) print_message("error [%s] lacks [%s]\n", err, needle);
+    assert_non_null(strstr(err, needle));
+}
+
+static void test_vectors(void **state) {
+    (void)state;
+    char *path = source_path("tests/data/chat_templates/vectors.json");
+    json_t *doc = dsla_test_load_json(path);
+    free(path);
+    path = source_path("tests/data/chat_templates/templates.json");
+    json_t *templates = dsla_test_load_json(path);
+    free(path);
+    json_t *conversations = json_object_get(doc, "conversations");
+    json_t *extra = json_object_get(doc, "extra_variables");
+    print_message("vectors by %s\n", json_string_value(json_object_get(doc, "renderer")));
+    size_t i, checked = 0, families = 0;
+    json_t *tinfo;
+    json_array_foreach(templates, i, tinfo) {
+        char rel[512];
+        snprintf(rel, sizeof rel, "tests/data/chat_templates/%s",
+                 json_string_value(json_object_get(tinfo, "file")));
+        path = source_path(rel);
+        json_t *tokens = json_object_get(tinfo, "tokens");
+        dsla_chat_template_t *t = NULL;
+        size_t len;
+        char *src = dsla_test_read_file(path, &len);
+        dsla_status_t st = dsla_chat_template_create(
+            &t, src, len, path, json_string_value(json_object_get(tokens, "bos_token")),
+            json_string_value(json_object_get(tokens, "eos_token")));
+        if (st != DSLA_OK) print_message("%s\n", dsla_last_error());
+        assert_int_equal(st, DSLA_OK);
+        free(src);
+        free(path);
+        const char *name = json_string_value(json_object_get(tinfo, "name"));
+        size_t k, mine = 0;
+        json_t *v;
+        json_array_foreach(json_object_get(doc, "vectors"), k, v) {
+            if (strcmp(json_string_value(json_object_get(v, "template")), name) != 0) continue;
+            const char *conv = json_string_value(json_object_get(v, "conversation"));
+            json_t *vars = json_deep_copy(extra);
+            json_object_set(vars, "messages", json_object_get(conversations, conv));
+            json_object_set(vars, "add_generation_prompt",
+                            json_object_get(v, "add_generation_prompt"));
+            if (strcmp(conv, "tool") == 0) json_object_set(vars, "tools", json_object_get(doc, "tools"));
+            char *out = NULL;
+            st = dsla_chat_template_render(t, vars, OUT_MAX, &out, &len);
+            json_decref(vars);
+            json_t *want = json_object_get(v, "text");
+            if (want) {
+                if (st != DSLA_OK) print_message("%s %s: %s\n", name, conv, dsla_last_error());
+                assert_int_equal(st, DSLA_OK);
+                if (len != json_string_length(want) ||
+                    memcmp(out, json_string_value(want), len) != 0)
+                    print_message("%s %s agp=%d\nwant: [%s]\ngot:  [%s]\n", name, conv,
+                                  json_is_true(json_object_get(v, "add_generation_prompt")),
+                                  json_string_value(want), out);
+                assert_int_equal(len, json_string_length(want));
+                assert_memory_equal(out, json_string_value(want), len);
+            } else {
+                /* the template's own raise_exception, message for message */
+                assert_int_equal(st, DSLA_ERR_INVALID_ARGUMENT);
+                char msg[1024];
+                snprintf(msg, sizeof msg, "chat template: %s",
+                         json_string_value(json_object_get(v, "error")));
+                assert_string_equal(dsla_last_error(), msg);
+            }
+            free(out);
+            checked++;
+            mine++;
+        }
+        families += mine > 0;
+        dsla_chat_template_destroy(&t);
+    }
+    print_message("%zu vectors of %zu templates byte-identical\n", checked, families);
+    assert_true(checked >= 60 && families >= 6);
+    json_decref(doc);
+    json_decref(templates);
+}
+
+static void test_whitespace(void **state) {
+    (void)state;
+    /* trim_blocks: the newline after a block tag goes; lstrip_blocks: indentation before one */
+    expect("{% if true %}\nyes\n{% endif %}\nend", NULL, "yes\nend");
+    expect("  {% if true %}\n    x\n  {% endif %}\n", NULL, "    x\n");
+    expect("a  {{- ' b ' -}}  c", NULL, "a b c");
+    expect("a\n  {%- if true -%}\n  b\n{%- endif %}", NULL, "ab");
+    expect("{# comment #}\nx {#- c -#} y", NULL, "xy");
+    expect("  {%+ if true %}x{% endif %}", NULL, "  x");
+    expect("{% if true +%}\nx{% endif %}", NULL, "\nx");
+    expect("{{ 'a' }}\n{{ 'b' }}\n", NULL, "a\nb"); /* one trailing newline dropped */
+    expect("x  {{ 'y' }}", NULL, "x  y");              /* lstrip is for blocks only */
+    expect("{{ \"}}\" }}{{ '%}' }}", NULL, "}}%}");
+}
+
+static void test_expressions(void **state) {
+    (void)state;
+    expect("{{ 1 + 2 * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }}",
+           NULL, "7 3 -4 2 3.5 1024");
+    expect("{{ 'a' ~ 1 ~ none ~ true }} {{ 'ab' * 3 }} {{ [1] + [2] }}", NULL,
+           "a1NoneTrue ababab [1, 2]");
+    expect("{{ x }}|{{ x is defined }}|{{ y is none }}|{{ not x }}", "{\"y\":null}",
+           "|False|True|True");
+    expect("{{ 'b' in 'abc' }} {{ 2 in [1, 2] }} {{ 'k' in {'k': 1} }} {{ 3 not in [1] }}", NULL,
+           "True True True True");
+    expect("{{ 'yes' if 1 < 2 else 'no' }}{{ 'x' if false }}", NULL, "yes");
+    expect("{{ a or 'd' }} {{ a and 'x' }} {{ 0 or '' }}", "{\"a\":\"v\"}", "v x ");
+    expect("{{ m[1:] }} {{ m[-1] }} {{ m[::-1] }} {{ 'h\xc3\xa9llo'[1:3] }} {{ m[9] }}",
+           "{\"m\":[1,2,3]}", "[2, 3] 3 [3, 2, 1] \xc3\xa9l ");
+    expect("{{ d.k }} {{ d['k'] }} {{ d.z }} {{ d }}", "{\"d\":{\"k\":\"v\"}}", "v v  {'k': 'v'}");
+    expect("{{ 1.0 }} {{ 0.1 + 0.2 }} {{ 1e20 }} {{ 3 == 3.0 }} {{ true == 1 }}", NULL,
+           "1.0 0.30000000000000004 1e+20 True True");
+    expect("{{ [1, 'a', none, {'k': [true]}] }}", NULL, "[1, 'a', None, {'k': [True]}]");
+    expect("{{ \"it's\" }} {{ ['it\\'s'] }}", NULL, "it's [\"it's\"]");
+}
+
+static void test_statements(void **state) {
+    (void)state;
+    expect("{% for x in m %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}"
+           "{{ loop.length }}{{ loop.revindex }};{% endfor %}",
+           "{\"m\":[\"a\",\"b\"]}", "10TrueFalse22;21FalseTrue21;");
+    expect("{% for k, v in d.items() %}{{ k }}={{ v }},{% endfor %}", "{\"d\":{\"a\":1,\"b\":2}}",
+           "a=1,b=2,");
+    expect("{% for x in m if x != 2 %}{{ x }}{{ loop.last }}{% endfor %}", "{\"m\":[1,2,3]}",
+           "1False3True");
+    expect("{% for x in m %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 4 %}{% break %}"
+           "{% endif %}{{ x }}{% endfor %}",
+           "{\"m\":[1,2,3,4,5]}", "13");
+    expect("{% for x in [] %}a{% else %}empty{% endfor %}", NULL, "empty");
+    /* a set inside a loop stays there; a namespace carries across */
+    expect("{% set n = 0 %}{% set ns = namespace(n=0) %}{% for x in [1, 2] %}{% set n = n + x %}"
+           "{% set ns.n = ns.n + x %}{% endfor %}{{ n }} {{ ns.n }}",
+           NULL, "0 3");
+    expect("{% set a, b = 1, 2 %}{{ a }}{{ b }}{% set s %}in{{ a }}{% endset %}{{ s }}", NULL,
+           "12in1");
+    expect("{% macro greet(name, p='Hi') %}{{ p }} {{ name }}{% endmacro %}{{ greet('Ann') }}, "
+           "{{ greet('Bo', p='Yo') }}",
+           NULL, "Hi Ann, Yo Bo");
+    expect("{% generation %}x{% endgeneration %}", NULL, "x");
+    expect("{% for x in range(3) %}{{ x }}{% endfor %}{{ range(1, 7, 2) }}", NULL, "012[1, 3, 5]");
+    expect("{{ bos_token }}{{ eos_token }}", NULL, "<s></s>");
+    expect("{{ bos_token }}", "{\"bos_token\":\"B\"}", "B");
+}
+
+static void test_filters_and_methods(void **state) {
+    (void)state;
+    expect("{{ ' a b '|trim }}|{{ 'xxaxx'|trim('x') }}|{{ s|length }}|{{ m|length }}",
+           "{\"s\":\"h\xc3\xa9\",\"m\":[1,2]}", "a b|a|2|2");
+    expect("{{ 'Ab'|upper }}{{ 'Ab'|lower }} {{ 'hello world'|title }} {{ 'hELLO'|capitalize }}",
+           NULL, "ABab Hello World Hello");
+    expect("{{ d|tojson }} {{ d|tojson(indent=2) }}",
+           "{\"d\":{\"b\":[1,2.5,null,true],\"a\":\"\xc3\xa9\\\"\\n\"}}",
+           "{\"b\": [1, 2.5, null, true], \"a\": \"\xc3\xa9\\\"\\n\"} {\n  \"b\": [\n    1,\n    "
+           "2.5,\n    null,\n    true\n  ],\n  \"a\": \"\xc3\xa9\\\"\\n\"\n}");
+    expect("{{ d|tojson(sort_keys=true) }} {{ [] | tojson(indent=4) }}",
+           "{\"d\":{\"b\":1,\"a\":2}}", "{\"a\": 2, \"b\": 1} []");
+    expect("{{ x|default('d') }} {{ ''|default('d', true) }} {{ none|default('d') }}", NULL,
+           "d d None");
+    expect("{{ m|join(', ') }} {{ m|first }} {{ m|last }} {{ m|reverse|list }} {{ 'ab'|list }}",
+           "{\"m\":[\"a\",\"b\"]}", "a, b a b ['b', 'a'] ['a', 'b']");
+    expect("{{ m|selectattr('role', 'equalto', 'user')|map(attribute='c')|join }} "
+           "{{ m|rejectattr('role', 'eq', 'user')|list|length }} {{ m|map(attribute='role')|list }}",
+           "{\"m\":[{\"role\":\"user\",\"c\":\"1\"},{\"role\":\"bot\",\"c\":\"2\"},"
+           "{\"role\":\"user\",\"c\":\"3\"}]}",
+           "13 1 ['user', 'bot', 'user']");
+    expect("{{ [1, 2, 3, 4]|select('odd')|list }} {{ ['a', 'b']|map('upper')|join }}", NULL,
+           "[1, 3] AB");
+    expect("{{ 3|string ~ ('1'|int + 1) }} {{ '2.5'|float }} {{ -3|abs }} {{ 'a-b'|replace('-', '+') }}",
+           NULL, "32 2.5 3 a+b");
+    expect("{{ d|items|list }} {{ '<a>'|e }}", "{\"d\":{\"k\":1}}", "[['k', 1]] &lt;a&gt;");
+    expect("{{ ' x '.strip() }}|{{ 'xyx'.strip('x') }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}",
+           NULL, "x|y|x | x");
+    expect("{{ 'a b  c'.split() }} {{ 'a,b,,c'.split(',') }} {{ 'a,b,c'.split(',', 1) }}", NULL,
+           "['a', 'b', 'c'] ['a', 'b', '', 'c'] ['a', 'b,c']");
+    expect("{{ 'abc'.startswith('ab') }} {{ 'abc'.endswith('bc') }} {{ 'abc'.startswith(('x', 'a')) }}",
+           NULL, "True True True");
+    expect("{{ 'aXbX'.replace('X', '') }} {{ 'abcb'.find('b') }} {{ 'abcb'.count('b') }} "
+           "{{ '-'.join(['a', 'b']) }} {{ 'Ab'.upper() }}{{ 'Ab'.lower() }}",
+           NULL, "ab 1 2 a-b ABab");
+    expect("{{ d.get('k') }} {{ d.get('z', 0) }} {{ d.keys()|list }} {{ d.values()|list }}",
+           "{\"d\":{\"k\":1}}", "1 0 ['k'] [1]");
+    expect("{{ x is string }}{{ x is mapping }}{{ m is iterable }}{{ 3 is odd }}{{ 4 is even }}"
+           "{{ 9 is divisibleby 3 }}{{ x is not none }}{{ n is number }}",
+           "{\"x\":\"s\",\"m\":[],\"n\":1.5}", "TrueFalseTrueTrueTrueTrueTrueTrue");
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    char err[1024];
+    expect_error("{{ raise_exception('Roles must alternate') }}", NULL,
+                 "chat template: Roles must alternate");
+    expect_error("{{ x.y }}", NULL, "undefined value has no attribute 'y'");
+    expect_error("{{ 1 + 'a' }}", NULL, "unsupported operand types for +: 'int' and 'str'");
+    expect_error("{{ x|frobnicate }}", NULL, "unknown filter 'frobnicate'");
+    expect_error("{{ x is frob }}", NULL, "unknown test 'frob'");
+    expect_error("{{ [].append(1) }}", NULL, "the sandbox is immutable");
+    expect_error("{% set d = {} %}{% set d.x = 1 %}", NULL, "only a namespace()");
+    expect_error("{{ 1 // 0 }}", NULL, "by zero");
+    /* syntax errors name the line at load */
+    dsla_chat_template_t *t = NULL;
+    assert_int_equal(dsla_chat_template_create(&t, "a\n{% if x %}", 12, "f.jinja", NULL, NULL),
+                     DSLA_ERR_FORMAT);
+    assert_non_null(strstr(dsla_last_error(), "f.jinja: line 2"));
+    print_message("%s\n", dsla_last_error());
+    assert_non_null(strstr(dsla_last_error(), "endif"));
+    const char *bad[] = {"{{ }}", "{% for %}", "{{ 'a' ", "{% frob %}", "{{ a b }}", "{% endif %}",
+                         "{{ (1 }}", "{% raw %}x{% endraw %}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(dsla_chat_template_create(&t, bad[i], strlen(bad[i]), "b", NULL, NULL),
+                         DSLA_ERR_FORMAT);
+        assert_null(t);
+    }
+    assert_int_equal(dsla_chat_template_create(&t, "\xff", 1, "b", NULL, NULL), DSLA_ERR_FORMAT);
+    (void)err;
+}
+
+static void test_limits(void **state) {
+    (void)state;
+    /* runaway loops, strings that double, output past the limit, deep nesting: clear errors */
+    expect_error("{% for i in range(2000000) %}{% endfor %}", NULL, "DSLA_CHAT_TEMPLATE_STEPS_MAX");
+    expect_error("{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(10) %}"
+                 "{% endfor %}{% endfor %}{% endfor %}",
+                 NULL, "DSLA_CHAT_TEMPLATE_STEPS_MAX");
+    expect_error("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+                 "{% endfor %}",
+                 NULL, "output limit");
+    expect_error("{{ 'x' * 100000000000 }}", NULL, "output limit");
+    expect_error("{% for i in range(100000) %}{{ 'abcdefghijklmnopqrstuvwxyz' }}{% endfor %}", NULL,
+                 "output limit");
+    expect_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL,
+                 "DSLA_CHAT_TEMPLATE_DEPTH_MAX");
+    char deep[2048] = "";
+    for (int i = 0; i < 300; i++)
+        strcat(deep, "(");
+    dsla_chat_template_t *t = NULL;
+    char src[4096];
+    snprintf(src, sizeof src, "{{ %s1 }}", deep);
+    assert_int_equal(dsla_chat_template_create(&t, src, strlen(src), "deep", NULL, NULL),
+                     DSLA_ERR_FORMAT);
+    assert_non_null(strstr(dsla_last_error(), "nesting deeper"));
+}
+
+static void test_load(void **state) {
+    (void)state;
+    char *dir = dsla_test_tempdir();
+    char path[4096];
+    dsla_chat_template_t *t = NULL;
+    /* no tokenizer_config.json, or none with a template: no template, no error */
+    assert_int_equal(dsla_chat_template_load_dir(&t, dir), DSLA_OK);
+    assert_null(t);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    const char *plain = "{\"bos_token\": {\"content\": \"<s>\"}, \"eos_token\": \"</s>\"}";
+    dsla_test_write_file(path, plain, strlen(plain));
+    assert_int_equal(dsla_chat_template_load_dir(&t, dir), DSLA_OK);
+    assert_null(t);
+    /* the list form: "default" */
+    const char *list = "{\"bos_token\": {\"content\": \"<s>\"}, \"eos_token\": \"</s>\", "
+                       "\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
+                       "{\"name\": \"default\", \"template\": \"{{ bos_token }}D{{ eos_token }}\"}]}";
+    dsla_test_write_file(path, list, strlen(list));
+    assert_int_equal(dsla_chat_template_load_dir(&t, dir), DSLA_OK);
+    assert_non_null(t);
+    assert_string_equal(dsla_chat_template_bos_token(t), "<s>");
+    char *out;
+    size_t len;
+    json_t *vars = json_object();
+    assert_int_equal(dsla_chat_template_render(t, vars, OUT_MAX, &out, &len), DSLA_OK);
+    assert_string_equal(out, "<s>D</s>");
+    free(out);
+    dsla_chat_template_destroy(&t);
+    /* a file, with the directory's tokens */
+    char file[4096];
+    snprintf(file, sizeof file, "%s/t.jinja", dir);
+    dsla_test_write_file(file, "F{{ eos_token }}\n", 17);
+    assert_int_equal(dsla_chat_template_load_file(&t, file, dir), DSLA_OK);
+    assert_int_equal(dsla_chat_template_render(t, vars, OUT_MAX, &out, &len), DSLA_OK);
+    assert_string_equal(out, "F</s>");
+    free(out);
+    dsla_chat_template_destroy(&t);
+    assert_int_equal(dsla_chat_template_render(NULL, vars, OUT_MAX, &out, &len),
+                     DSLA_ERR_INVALID_ARGUMENT);
+    /* a list without "default", and a missing file, are errors naming the file */
+    const char *nodefault = "{\"chat_template\": [{\"name\": \"rag\", \"template\": \"R\"}]}";
+    dsla_test_write_file(path, nodefault, strlen(nodefault));
+    assert_int_equal(dsla_chat_template_load_dir(&t, dir), DSLA_ERR_FORMAT);
+    assert_non_null(strstr(dsla_last_error(), "default"));
+    snprintf(file, sizeof file, "%s/missing.jinja", dir);
+    assert_int_equal(dsla_chat_template_load_file(&t, file, NULL), DSLA_ERR_NOT_FOUND);
+    assert_non_null(strstr(dsla_last_error(), "missing.jinja"));
+    json_decref(vars);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_vectors),    cmocka_unit_test(test_whitespace),
+        cmocka_unit_test(test_expressions), cmocka_unit_test(test_statements),
+        cmocka_unit_test(test_filters_and_methods), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_limits),     cmocka_unit_test(test_load),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
