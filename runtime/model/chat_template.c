@@ -28,8 +28,8 @@ static char *dup_or_null(const char *s, bool *oom) {
     return d;
 }
 
-dsla_status_t dsla_chat_template_create(dsla_chat_template_t **out, const char *source,
-                                        size_t len, const char *name, const char *bos_token,
+dsla_status_t dsla_chat_template_create(dsla_chat_template_t **out, const char *source, size_t len,
+                                        const char *name, const char *bos_token,
                                         const char *eos_token) {
     if (!out || !source || !name)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "chat template: NULL argument");
@@ -88,7 +88,8 @@ static dsla_status_t read_file(const char *path, char **out, size_t *len) {
     if (stat(path, &st) != 0)
         return dsla_error(errno == ENOENT ? DSLA_ERR_NOT_FOUND : DSLA_ERR_IO, "%s: %s", path,
                           strerror(errno));
-    if (!S_ISREG(st.st_mode)) return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: not a regular file", path);
+    if (!S_ISREG(st.st_mode))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "%s: not a regular file", path);
     if ((unsigned long long)st.st_size > DSLA_CHAT_TEMPLATE_SOURCE_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "%s: %lld bytes; a chat template file is at most %u "
@@ -167,10 +168,10 @@ dsla_status_t dsla_chat_template_load_dir(dsla_chat_template_t **out, const char
     if (st == DSLA_OK && json_is_array(tmpl)) { /* [{name, template}, ...]: "default" */
         json_t *pick = NULL, *item;
         size_t i;
-        json_array_foreach(tmpl, i, item) if (json_is_string(json_object_get(item, "name")) &&
-                                              strcmp(json_string_value(json_object_get(item, "name")),
-                                                     "default") == 0) pick =
-            json_object_get(item, "template");
+        json_array_foreach(
+            tmpl, i, item) if (json_is_string(json_object_get(item, "name")) &&
+                               strcmp(json_string_value(json_object_get(item, "name")),
+                                      "default") == 0) pick = json_object_get(item, "template");
         if (!json_is_string(pick))
             st = dsla_error(DSLA_ERR_FORMAT,
                             "%s: chat_template is a list without a \"default\" {name, template}; "
@@ -185,7 +186,8 @@ dsla_status_t dsla_chat_template_load_dir(dsla_chat_template_t **out, const char
         char name[512];
         snprintf(name, sizeof name, "%s chat_template", path);
         st = dsla_chat_template_create(out, json_string_value(tmpl), json_string_length(tmpl), name,
-                                       config_token(cfg, "bos_token"), config_token(cfg, "eos_token"));
+                                       config_token(cfg, "bos_token"),
+                                       config_token(cfg, "eos_token"));
     }
     free(path);
     json_decref(cfg);

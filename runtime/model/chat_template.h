@@ -42,8 +42,8 @@ typedef struct dsla_chat_template dsla_chat_template_t;
 /* Parses source (len bytes of UTF-8); name says where it came from in messages ("FILE",
  * "DIR/tokenizer_config.json"). bos_token/eos_token (NULL: none) are the template's variables of
  * those names. A syntax error is a FORMAT error naming the line. */
-dsla_status_t dsla_chat_template_create(dsla_chat_template_t **out, const char *source,
-                                        size_t len, const char *name, const char *bos_token,
+dsla_status_t dsla_chat_template_create(dsla_chat_template_t **out, const char *source, size_t len,
+                                        const char *name, const char *bos_token,
                                         const char *eos_token);
 /* A template file (--chat-template FILE); the tokens from model_dir's tokenizer_config.json when
  * model_dir is not NULL and has one. */

@@ -6,12 +6,15 @@
 #include "runtime/model/chat_template_internal.h"
 
 #include <ctype.h>
+#include <locale.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <wctype.h>
 
 #define ARGS_MAX 16
 
@@ -20,7 +23,7 @@ typedef struct {
     ct_buf_t *out;
     json_t **scopes;
     int n_scopes, cap_scopes, floor; /* lookups walk scopes[n-1..floor], then scopes[0] */
-    json_t *namespaces;              /* the objects namespace() made: the only ones set may change */
+    json_t *namespaces; /* the objects namespace() made: the only ones set may change */
     const ct_node_t **macros;
     int n_macros;
     long long steps;
@@ -44,11 +47,12 @@ static bool fail(ctx_t *c, const ct_node_t *n, const char *fmt, ...)
 static bool fail(ctx_t *c, const ct_node_t *n, const char *fmt, ...) {
     if (c->failed) return false;
     c->failed = true;
-    int k = snprintf(c->err, sizeof c->err, "chat template %s line %d: ", c->t->name,
-                     n ? n->line : 0);
+    int k =
+        snprintf(c->err, sizeof c->err, "chat template %s line %d: ", c->t->name, n ? n->line : 0);
     va_list ap;
     va_start(ap, fmt);
-    if (k >= 0 && (size_t)k < sizeof c->err) vsnprintf(c->err + k, sizeof c->err - (size_t)k, fmt, ap);
+    if (k >= 0 && (size_t)k < sizeof c->err)
+        vsnprintf(c->err + k, sizeof c->err - (size_t)k, fmt, ap);
     va_end(ap);
     return false;
 }
@@ -56,14 +60,21 @@ static bool fail(ctx_t *c, const ct_node_t *n, const char *fmt, ...) {
 static const char *type_name(const json_t *v) {
     if (!v) return "undefined";
     switch (json_typeof(v)) {
-    case JSON_STRING: return "str";
-    case JSON_INTEGER: return "int";
-    case JSON_REAL: return "float";
+    case JSON_STRING:
+        return "str";
+    case JSON_INTEGER:
+        return "int";
+    case JSON_REAL:
+        return "float";
     case JSON_TRUE:
-    case JSON_FALSE: return "bool";
-    case JSON_NULL: return "NoneType";
-    case JSON_ARRAY: return "list";
-    case JSON_OBJECT: return "dict";
+    case JSON_FALSE:
+        return "bool";
+    case JSON_NULL:
+        return "NoneType";
+    case JSON_ARRAY:
+        return "list";
+    case JSON_OBJECT:
+        return "dict";
     }
     return "?";
 }
@@ -203,7 +214,8 @@ static bool str_arg(ctx_t *c, const ct_node_t *n, const args_t *a, int pos, cons
                     const char *what, const json_t **out) {
     bool found;
     json_t *v = arg(a, pos, name, &found);
-    if (found && !json_is_string(v)) return fail(c, n, "%s takes a string, not %s", what, type_name(v));
+    if (found && !json_is_string(v))
+        return fail(c, n, "%s takes a string, not %s", what, type_name(v));
     *out = found ? v : NULL;
     return true;
 }
@@ -220,9 +232,8 @@ static bool int_arg(ctx_t *c, const ct_node_t *n, const args_t *a, int pos, cons
 }
 
 /* Python's slice indices (PySlice_AdjustIndices): the positions start, start+step, ... */
-static bool slice_indices(ctx_t *c, const ct_node_t *n, const json_t *const parts[3],
-                          long long len, long long *start, long long *stop, long long *stepv,
-                          long long *count) {
+static bool slice_indices(ctx_t *c, const ct_node_t *n, const json_t *const parts[3], long long len,
+                          long long *start, long long *stop, long long *stepv, long long *count) {
     for (int i = 0; i < 3; i++)
         if (parts[i] && !json_is_null(parts[i]) && !json_is_integer(parts[i]))
             return fail(c, n, "slice indices must be integers or none, not %s",
@@ -236,8 +247,10 @@ static bool slice_indices(ctx_t *c, const ct_node_t *n, const json_t *const part
     for (int i = 0; i < 2; i++) {
         if (!has[i]) {
             v[i] = (i == 0) == (st > 0) ? lo : hi;
-            if (i == 0) v[i] = st > 0 ? 0 : len - 1;
-            else v[i] = st > 0 ? len : -1;
+            if (i == 0)
+                v[i] = st > 0 ? 0 : len - 1;
+            else
+                v[i] = st > 0 ? len : -1;
             continue;
         }
         if (v[i] < 0) v[i] += len;
@@ -318,10 +331,14 @@ static bool do_index(ctx_t *c, const ct_node_t *n, json_t *base, json_t *key, js
 /* ---- operators ------------------------------------------------------------------------------ */
 
 static bool to_double(const json_t *v, double *x) {
-    if (json_is_integer(v)) *x = (double)json_integer_value(v);
-    else if (json_is_real(v)) *x = json_real_value(v);
-    else if (json_is_boolean(v)) *x = json_is_true(v);
-    else return false;
+    if (json_is_integer(v))
+        *x = (double)json_integer_value(v);
+    else if (json_is_real(v))
+        *x = json_real_value(v);
+    else if (json_is_boolean(v))
+        *x = json_is_true(v);
+    else
+        return false;
     return true;
 }
 
@@ -372,9 +389,15 @@ static bool arith(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, js
         long long i = int_of(a), j = int_of(b), r = 0;
         bool overflow = false;
         switch (op) {
-        case CT_OP_ADD: overflow = __builtin_add_overflow(i, j, &r); break;
-        case CT_OP_SUB: overflow = __builtin_sub_overflow(i, j, &r); break;
-        case CT_OP_MUL: overflow = __builtin_mul_overflow(i, j, &r); break;
+        case CT_OP_ADD:
+            overflow = __builtin_add_overflow(i, j, &r);
+            break;
+        case CT_OP_SUB:
+            overflow = __builtin_sub_overflow(i, j, &r);
+            break;
+        case CT_OP_MUL:
+            overflow = __builtin_mul_overflow(i, j, &r);
+            break;
         case CT_OP_FLOORDIV:
         case CT_OP_MOD:
             if (j == 0) return fail(c, n, "integer division or modulo by zero");
@@ -398,16 +421,24 @@ static bool arith(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, js
     }
     double r = 0;
     switch (op) {
-    case CT_OP_ADD: r = x + y; break;
-    case CT_OP_SUB: r = x - y; break;
-    case CT_OP_MUL: r = x * y; break;
+    case CT_OP_ADD:
+        r = x + y;
+        break;
+    case CT_OP_SUB:
+        r = x - y;
+        break;
+    case CT_OP_MUL:
+        r = x * y;
+        break;
     case CT_OP_DIV:
     case CT_OP_FLOORDIV:
     case CT_OP_MOD:
         if (y == 0) return fail(c, n, "division by zero");
         r = op == CT_OP_DIV ? x / y : op == CT_OP_FLOORDIV ? floor(x / y) : x - y * floor(x / y);
         break;
-    case CT_OP_POW: r = pow(x, y); break;
+    case CT_OP_POW:
+        r = pow(x, y);
+        break;
     }
     return new_value(c, n, json_real(r), out);
 }
@@ -424,7 +455,8 @@ static bool compare(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, 
                 return fail(c, n, "'in <string>' requires a string on the left, not %s",
                             type_name(a));
             size_t la = json_string_length(a), lb = json_string_length(b);
-            in = la == 0 || (la <= lb && ct_memmem(json_string_value(b), lb, json_string_value(a), la));
+            in = la == 0 ||
+                 (la <= lb && ct_memmem(json_string_value(b), lb, json_string_value(a), la));
         } else if (json_is_array(b)) {
             for (size_t i = 0; !in && i < json_array_size(b); i++)
                 in = ct_equal(a, json_array_get(b, i));
@@ -447,7 +479,10 @@ static bool compare(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, 
     } else {
         return fail(c, n, "'%s' and '%s' cannot be ordered", type_name(a), type_name(b));
     }
-    *out = op == CT_OP_LT ? cmp < 0 : op == CT_OP_LE ? cmp <= 0 : op == CT_OP_GT ? cmp > 0 : cmp >= 0;
+    *out = op == CT_OP_LT   ? cmp < 0
+           : op == CT_OP_LE ? cmp <= 0
+           : op == CT_OP_GT ? cmp > 0
+                            : cmp >= 0;
     return true;
 }
 
@@ -457,25 +492,40 @@ static bool run_test(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, 
                      bool *out) {
     json_t *x = arg(a, 0, NULL, NULL);
     double d;
-    if (!strcmp(name, "defined")) *out = v != NULL;
-    else if (!strcmp(name, "undefined")) *out = v == NULL;
-    else if (!strcmp(name, "none")) *out = json_is_null(v);
-    else if (!strcmp(name, "string")) *out = json_is_string(v);
-    else if (!strcmp(name, "number")) *out = json_is_number(v) || json_is_boolean(v);
-    else if (!strcmp(name, "integer")) *out = json_is_integer(v);
-    else if (!strcmp(name, "float")) *out = json_is_real(v);
-    else if (!strcmp(name, "boolean")) *out = json_is_boolean(v);
-    else if (!strcmp(name, "true")) *out = json_is_true(v);
-    else if (!strcmp(name, "false")) *out = json_is_false(v);
-    else if (!strcmp(name, "mapping")) *out = json_is_object(v);
-    else if (!strcmp(name, "iterable")) *out = !v || json_is_string(v) || json_is_array(v) || json_is_object(v);
-    else if (!strcmp(name, "sequence")) *out = json_is_string(v) || json_is_array(v) || json_is_object(v);
-    else if (!strcmp(name, "callable")) *out = false;
+    if (!strcmp(name, "defined"))
+        *out = v != NULL;
+    else if (!strcmp(name, "undefined"))
+        *out = v == NULL;
+    else if (!strcmp(name, "none"))
+        *out = json_is_null(v);
+    else if (!strcmp(name, "string"))
+        *out = json_is_string(v);
+    else if (!strcmp(name, "number"))
+        *out = json_is_number(v) || json_is_boolean(v);
+    else if (!strcmp(name, "integer"))
+        *out = json_is_integer(v);
+    else if (!strcmp(name, "float"))
+        *out = json_is_real(v);
+    else if (!strcmp(name, "boolean"))
+        *out = json_is_boolean(v);
+    else if (!strcmp(name, "true"))
+        *out = json_is_true(v);
+    else if (!strcmp(name, "false"))
+        *out = json_is_false(v);
+    else if (!strcmp(name, "mapping"))
+        *out = json_is_object(v);
+    else if (!strcmp(name, "iterable"))
+        *out = !v || json_is_string(v) || json_is_array(v) || json_is_object(v);
+    else if (!strcmp(name, "sequence"))
+        *out = json_is_string(v) || json_is_array(v) || json_is_object(v);
+    else if (!strcmp(name, "callable"))
+        *out = false;
     else if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
         *out = json_is_string(v);
         for (size_t i = 0; *out && i < json_string_length(v); i++) {
             char ch = json_string_value(v)[i];
-            if (name[0] == 'l' ? isupper((unsigned char)ch) : islower((unsigned char)ch)) *out = false;
+            if (name[0] == 'l' ? isupper((unsigned char)ch) : islower((unsigned char)ch))
+                *out = false;
         }
     } else if (!strcmp(name, "odd") || !strcmp(name, "even")) {
         if (!is_int(v)) return fail(c, n, "'%s' tests an integer, not %s", name, type_name(v));
@@ -528,13 +578,13 @@ static bool strip(ctx_t *c, const ct_node_t *n, const json_t *v, const json_t *c
     size_t a = 0, e = json_string_length(v), size;
     const char *set = chars ? json_string_value(chars) : NULL;
     size_t set_len = chars ? json_string_length(chars) : 0;
-#define CT_STRIP_HIT(p, len)                                                                        \
+#define CT_STRIP_HIT(p, len)                                                                       \
     (set ? ((size = 1, ((unsigned char)(p)[0] >= 0xc0)                                             \
-                           ? (size = ((unsigned char)(p)[0] >= 0xf0   ? 4                         \
-                                      : (unsigned char)(p)[0] >= 0xe0 ? 3                         \
-                                                                        : 2))                     \
+                           ? (size = ((unsigned char)(p)[0] >= 0xf0   ? 4                          \
+                                      : (unsigned char)(p)[0] >= 0xe0 ? 3                          \
+                                                                      : 2))                        \
                            : 0),                                                                   \
-            size <= (len) && ct_memmem(set, set_len, (p), size) != NULL)                              \
+            size <= (len) && ct_memmem(set, set_len, (p), size) != NULL)                           \
          : ct_space_at((p), (len), &size))
     while (left && a < e && CT_STRIP_HIT(s + a, e - a))
         a += size;
@@ -549,26 +599,76 @@ static bool strip(ctx_t *c, const ct_node_t *n, const json_t *v, const json_t *c
     return str_value(c, n, s + a, e - a, out);
 }
 
-static bool change_case(ctx_t *c, const ct_node_t *n, const json_t *v, char mode, json_t **out) {
-    size_t len = json_string_length(v);
-    char *s = malloc(len + 1);
-    if (!s) return fail(c, n, "out of memory");
-    memcpy(s, json_string_value(v), len);
-    bool word_start = true;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (mode == 'u') s[i] = (char)toupper(ch);
-        else if (mode == 'l') s[i] = (char)tolower(ch);
-        else if (mode == 'c') s[i] = (char)(i == 0 ? toupper(ch) : tolower(ch));
-        else { /* title: a letter after a non-letter starts a word */
-            bool alpha = isalpha(ch) || ch >= 0x80;
-            s[i] = (char)(alpha ? (word_start ? toupper(ch) : tolower(ch)) : ch);
-            word_start = !alpha;
-        }
+static locale_t utf8_locale_loc;
+
+static void utf8_locale_init(void) {
+    utf8_locale_loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+}
+
+/* The C.UTF-8 locale for towupper/towlower beyond ASCII (glibc has it built in); NULL: ASCII. */
+static locale_t utf8_locale(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, utf8_locale_init);
+    return utf8_locale_loc;
+}
+
+static int decode_cp(const unsigned char *s, size_t n, size_t *size) {
+    *size = 1;
+    if (s[0] < 0x80) return s[0];
+    int len = s[0] >= 0xf0 ? 4 : s[0] >= 0xe0 ? 3 : 2;
+    if ((size_t)len > n) return s[0];
+    int cp = s[0] & (0x3f >> (len - 1));
+    for (int i = 1; i < len; i++)
+        cp = cp << 6 | (s[i] & 0x3f);
+    *size = (size_t)len;
+    return cp;
+}
+
+static size_t encode_cp(int cp, char *out) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
     }
-    bool ok = str_value(c, n, s, len, out);
-    free(s);
-    return ok;
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* upper, lower, capitalize (first upper, the rest lower) and title (a letter after a non-letter
+ * upper, other letters lower), code point by code point (Python's special cases such as "ß" ->
+ * "SS" are not made). */
+static bool change_case(ctx_t *c, const ct_node_t *n, const json_t *v, char mode, json_t **out) {
+    const unsigned char *s = (const unsigned char *)json_string_value(v);
+    size_t len = json_string_length(v), size;
+    locale_t loc = utf8_locale();
+    ct_buf_t b = tmp_buf(c);
+    bool word_start = true;
+    for (size_t i = 0; i < len; i += size) {
+        int cp = decode_cp(s + i, len - i, &size);
+        bool alpha = loc ? iswalpha_l((wint_t)cp, loc) != 0 : isalpha(cp) != 0;
+        bool up = mode == 'u' || (mode == 'c' && i == 0) || (mode == 't' && word_start);
+        if (mode == 't') word_start = !alpha;
+        int m = up ? (loc ? (int)towupper_l((wint_t)cp, loc) : (cp < 0x80 ? toupper(cp) : cp))
+                   : (loc ? (int)towlower_l((wint_t)cp, loc) : (cp < 0x80 ? tolower(cp) : cp));
+        if (mode == 't' && !alpha) m = cp;
+        char enc[4];
+        if (!ct_buf_add(&b, enc, encode_cp(m, enc))) return too_long(c, n, &b);
+    }
+    if (!b.data && !ct_buf_add(&b, "", 0)) return too_long(c, n, &b);
+    return buf_value(c, n, &b, out);
 }
 
 static bool replace(ctx_t *c, const ct_node_t *n, const json_t *v, const json_t *old,
@@ -641,9 +741,10 @@ static bool split(ctx_t *c, const ct_node_t *n, const json_t *v, const json_t *s
             }
             i = e;
         } else {
-            const char *hit = maxsplit >= 0 && done >= maxsplit
-                                  ? NULL
-                                  : ct_memmem(s + a, len - a, json_string_value(sep), json_string_length(sep));
+            const char *hit =
+                maxsplit >= 0 && done >= maxsplit
+                    ? NULL
+                    : ct_memmem(s + a, len - a, json_string_value(sep), json_string_length(sep));
             e = hit ? (size_t)(hit - s) : len;
             i = hit ? e + json_string_length(sep) : len + 1;
         }
@@ -665,7 +766,8 @@ static bool join(ctx_t *c, const ct_node_t *n, json_t *items, const json_t *sep,
         *out = json_incref(items);
         return true;
     }
-    if (items && !json_is_array(items)) return fail(c, n, "join takes a list, not %s", type_name(items));
+    if (items && !json_is_array(items))
+        return fail(c, n, "join takes a list, not %s", type_name(items));
     for (size_t i = 0; i < json_array_size(items); i++) {
         json_t *x = json_array_get(items, i);
         if (attr) x = json_is_object(x) ? json_object_get(x, json_string_value(attr)) : NULL;
@@ -734,18 +836,20 @@ static json_t *attr_path(json_t *item, const char *path) {
         if (len >= sizeof key) return NULL;
         memcpy(key, path, len);
         key[len] = '\0';
-        if (json_is_object(item)) item = json_object_get(item, key);
+        if (json_is_object(item))
+            item = json_object_get(item, key);
         else if (json_is_array(item) && isdigit((unsigned char)key[0]))
             item = json_array_get(item, (size_t)strtoul(key, NULL, 10));
-        else item = NULL;
+        else
+            item = NULL;
         path += len + (dot != NULL);
     }
     return item;
 }
 
 /* select/reject/selectattr/rejectattr/map over a list. */
-static bool select_items(ctx_t *c, const ct_node_t *n, const char *name, json_t *v,
-                         const args_t *a, json_t **out) {
+static bool select_items(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, const args_t *a,
+                         json_t **out) {
     bool by_attr = strstr(name, "attr") != NULL, keep = name[0] == 's', is_map = name[0] == 'm';
     json_t *list;
     if (!as_list(c, n, v, &list)) return false;
@@ -758,8 +862,10 @@ static bool select_items(ctx_t *c, const ct_node_t *n, const char *name, json_t 
     if (is_map) {
         bool found;
         attr = arg(a, 0, "attribute", &found);
-        if (found && a->name[0] && strcmp(a->name[0], "attribute") == 0) first = -1;
-        else attr = NULL;
+        if (found && a->name[0] && strcmp(a->name[0], "attribute") == 0)
+            first = -1;
+        else
+            attr = NULL;
     } else if (by_attr) {
         attr = arg(a, 0, NULL, NULL);
     }
@@ -785,13 +891,15 @@ static bool select_items(ctx_t *c, const ct_node_t *n, const char *name, json_t 
         json_t *x = attr ? attr_path(item, json_string_value(attr)) : item;
         if (is_map) {
             json_t *m = NULL;
-            if (!attr) ok = filter(c, n, json_string_value(test), x, &rest, &m);
+            if (!attr)
+                ok = filter(c, n, json_string_value(test), x, &rest, &m);
             else {
                 bool found;
                 json_t *dflt = arg(a, 0, "default", &found);
                 m = json_incref(x ? x : found ? dflt : NULL);
             }
-            if (ok && json_array_append_new(r, m ? m : json_null()) != 0) ok = fail(c, n, "out of memory");
+            if (ok && json_array_append_new(r, m ? m : json_null()) != 0)
+                ok = fail(c, n, "out of memory");
             continue;
         }
         bool hit = ct_truthy(x);
@@ -828,7 +936,8 @@ static bool tojson(ctx_t *c, const ct_node_t *n, json_t *v, const args_t *a, jso
     bool found;
     json_t *ascii = arg(a, 0, "ensure_ascii", &found);
     if (found && ct_truthy(ascii)) return fail(c, n, "tojson: ensure_ascii=True is not supported");
-    if (arg(a, 2, "separators", &found), found) return fail(c, n, "tojson: separators= is not supported");
+    if (arg(a, 2, "separators", &found), found)
+        return fail(c, n, "tojson: separators= is not supported");
     if (!int_arg(c, n, a, 1, "indent", "tojson's indent", -1, &indent)) return false;
     if (indent > 64) return fail(c, n, "tojson: indent %lld is over 64", indent);
     json_t *sort = arg(a, 3, "sort_keys", NULL);
@@ -860,11 +969,12 @@ static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, co
         return true;
     }
     if (!strcmp(name, "length") || !strcmp(name, "count")) {
-        size_t len = !v                   ? 0
-                     : json_is_string(v)  ? ct_utf8_count(json_string_value(v), json_string_length(v))
-                     : json_is_array(v)   ? json_array_size(v)
-                     : json_is_object(v)  ? json_object_size(v)
-                                          : (size_t)-1;
+        size_t len = !v ? 0
+                     : json_is_string(v)
+                         ? ct_utf8_count(json_string_value(v), json_string_length(v))
+                     : json_is_array(v)  ? json_array_size(v)
+                     : json_is_object(v) ? json_object_size(v)
+                                         : (size_t)-1;
         if (len == (size_t)-1) return fail(c, n, "object of type '%s' has no len()", type_name(v));
         return new_value(c, n, json_integer((json_int_t)len), out);
     }
@@ -903,7 +1013,8 @@ static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, co
         return new_value(c, n, r, out);
     }
     if (!strcmp(name, "join")) {
-        if (!str_arg(c, n, a, 0, "d", "join", &s1) || !str_arg(c, n, a, 1, "attribute", "join", &s2))
+        if (!str_arg(c, n, a, 0, "d", "join", &s1) ||
+            !str_arg(c, n, a, 1, "attribute", "join", &s2))
             return false;
         return join(c, n, v, s1, s2, out);
     }
@@ -949,7 +1060,8 @@ static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, co
                !strcmp(name, "title")) {
         ok = change_case(c, n, s, name[0] == 'u' ? 'u' : name[0] == 'l' ? 'l' : name[0], out);
     } else if (!strcmp(name, "replace")) {
-        ok = str_arg(c, n, a, 0, "old", "replace", &s1) && str_arg(c, n, a, 1, "new", "replace", &s2) &&
+        ok = str_arg(c, n, a, 0, "old", "replace", &s1) &&
+             str_arg(c, n, a, 1, "new", "replace", &s2) &&
              int_arg(c, n, a, 2, "count", "replace", -1, &k);
         if (ok && (!s1 || !s2)) ok = fail(c, n, "replace takes the old and the new string");
         if (ok) ok = replace(c, n, s, s1, s2, k, out);
@@ -997,13 +1109,18 @@ static bool method(ctx_t *c, const ct_node_t *n, json_t *obj, const char *name, 
         }
         if (!strcmp(name, "upper") || !strcmp(name, "lower") || !strcmp(name, "capitalize") ||
             !strcmp(name, "title"))
-            return change_case(c, n, obj, name[0] == 'u' ? 'u' : name[0] == 'l' ? 'l' : name[0], out);
+            return change_case(c, n, obj,
+                               name[0] == 'u'   ? 'u'
+                               : name[0] == 'l' ? 'l'
+                                                : name[0],
+                               out);
         if (!strcmp(name, "startswith") || !strcmp(name, "endswith")) {
             json_t *p = arg(a, 0, NULL, NULL);
             bool hit = false;
             for (size_t i = 0; i < (json_is_array(p) ? json_array_size(p) : 1); i++) {
                 json_t *q = json_is_array(p) ? json_array_get(p, i) : p;
-                if (!json_is_string(q)) return fail(c, n, "%s takes a string or a tuple of them", name);
+                if (!json_is_string(q))
+                    return fail(c, n, "%s takes a string or a tuple of them", name);
                 size_t lq = json_string_length(q), ls = json_string_length(obj);
                 const char *at = json_string_value(obj) + (name[0] == 's' ? 0 : ls - lq);
                 hit |= lq <= ls && memcmp(at, json_string_value(q), lq) == 0;
@@ -1012,12 +1129,14 @@ static bool method(ctx_t *c, const ct_node_t *n, json_t *obj, const char *name, 
         }
         if (!strcmp(name, "split")) {
             json_t *sep = arg(a, 0, "sep", NULL);
-            if (sep && !json_is_null(sep) && !json_is_string(sep)) return fail(c, n, "split takes a string");
+            if (sep && !json_is_null(sep) && !json_is_string(sep))
+                return fail(c, n, "split takes a string");
             return int_arg(c, n, a, 1, "maxsplit", "split", -1, &k) &&
                    split(c, n, obj, json_is_string(sep) ? sep : NULL, k, out);
         }
         if (!strcmp(name, "replace")) {
-            if (!str_arg(c, n, a, 0, NULL, "replace", &s1) || !str_arg(c, n, a, 1, NULL, "replace", &s2) ||
+            if (!str_arg(c, n, a, 0, NULL, "replace", &s1) ||
+                !str_arg(c, n, a, 1, NULL, "replace", &s2) ||
                 !int_arg(c, n, a, 2, NULL, "replace", -1, &k))
                 return false;
             if (!s1 || !s2) return fail(c, n, "replace takes the old and the new string");
@@ -1030,19 +1149,24 @@ static bool method(ctx_t *c, const ct_node_t *n, json_t *obj, const char *name, 
             size_t len = json_string_length(obj), ls = json_string_length(s1);
             if (name[0] == 'f') {
                 const char *hit = ct_memmem(s, len, sub, ls);
-                return new_value(c, n, json_integer(hit ? (json_int_t)ct_utf8_count(s, (size_t)(hit - s)) : -1), out);
+                return new_value(
+                    c, n, json_integer(hit ? (json_int_t)ct_utf8_count(s, (size_t)(hit - s)) : -1),
+                    out);
             }
             long long count = 0;
-            for (const char *p = s; ls && (p = ct_memmem(p, len - (size_t)(p - s), sub, ls)); p += ls)
+            for (const char *p = s; ls && (p = ct_memmem(p, len - (size_t)(p - s), sub, ls));
+                 p += ls)
                 count++;
-            return new_value(c, n, json_integer(ls ? count : (json_int_t)ct_utf8_count(s, len) + 1), out);
+            return new_value(c, n, json_integer(ls ? count : (json_int_t)ct_utf8_count(s, len) + 1),
+                             out);
         }
         if (!strcmp(name, "join")) return join(c, n, arg(a, 0, NULL, NULL), obj, NULL, out);
         if (!strcmp(name, "format"))
             return fail(c, n, "str.format is not supported; use ~ or + to join strings");
     }
     if (!obj) return fail(c, n, "calling '%s' on an undefined value", name);
-    return fail(c, n, "'%s' has no method '%s' here (the sandbox is immutable)", type_name(obj), name);
+    return fail(c, n, "'%s' has no method '%s' here (the sandbox is immutable)", type_name(obj),
+                name);
 }
 
 static bool call_macro(ctx_t *c, const ct_node_t *n, const ct_node_t *m, const args_t *a,
@@ -1055,7 +1179,8 @@ static bool call_macro(ctx_t *c, const ct_node_t *n, const ct_node_t *m, const a
     for (int i = 0; i < a->n; i++)
         positional += !a->name[i];
     if (positional > m->n_names)
-        return fail(c, n, "macro '%s' takes %d arguments, %d given", m->str, m->n_names, positional);
+        return fail(c, n, "macro '%s' takes %d arguments, %d given", m->str, m->n_names,
+                    positional);
     int saved_floor = c->floor;
     if (!push_scope(c, n)) return false;
     c->floor = c->n_scopes - 1;
@@ -1104,7 +1229,8 @@ static bool call_builtin(ctx_t *c, const ct_node_t *n, const char *name, const a
         bool ok = ns != NULL;
         for (int i = 0; ok && i < a->n; i++) {
             if (!a->name[i]) {
-                if (json_is_object(a->v[i])) ok = json_object_update(ns, a->v[i]) == 0;
+                if (json_is_object(a->v[i]))
+                    ok = json_object_update(ns, a->v[i]) == 0;
                 else {
                     json_decref(ns);
                     return fail(c, n, "%s() takes name=value arguments", name);
@@ -1125,12 +1251,14 @@ static bool call_builtin(ctx_t *c, const ct_node_t *n, const char *name, const a
         long long lo = 0, hi, st = 1;
         for (int i = 0; i < a->n; i++)
             if (!json_is_integer(a->v[i])) return fail(c, n, "range takes integers");
-        if (a->n == 1) hi = json_integer_value(a->v[0]);
+        if (a->n == 1)
+            hi = json_integer_value(a->v[0]);
         else if (a->n == 2 || a->n == 3) {
             lo = json_integer_value(a->v[0]);
             hi = json_integer_value(a->v[1]);
             if (a->n == 3) st = json_integer_value(a->v[2]);
-        } else return fail(c, n, "range takes 1 to 3 integers");
+        } else
+            return fail(c, n, "range takes 1 to 3 integers");
         if (st == 0) return fail(c, n, "range step cannot be zero");
         double count = st > 0 ? ceil(((double)hi - lo) / st) : ceil(((double)lo - hi) / -st);
         if (count < 0) count = 0;
@@ -1192,11 +1320,16 @@ static bool eval(ctx_t *c, const ct_node_t *n, json_t **out) {
     json_t *a = NULL, *b = NULL;
     bool ok = true, t;
     switch (n->kind) {
-    case CT_STR: return str_value(c, n, n->str, n->len, out);
-    case CT_INT: return new_value(c, n, json_integer(n->i), out);
-    case CT_FLOAT: return new_value(c, n, json_real(n->f), out);
-    case CT_BOOL: return new_value(c, n, json_boolean(n->i), out);
-    case CT_NONE: return new_value(c, n, json_null(), out);
+    case CT_STR:
+        return str_value(c, n, n->str, n->len, out);
+    case CT_INT:
+        return new_value(c, n, json_integer(n->i), out);
+    case CT_FLOAT:
+        return new_value(c, n, json_real(n->f), out);
+    case CT_BOOL:
+        return new_value(c, n, json_boolean(n->i), out);
+    case CT_NONE:
+        return new_value(c, n, json_null(), out);
     case CT_NAME: {
         json_t *v = lookup(c, n->str);
         if (v) {
@@ -1259,7 +1392,8 @@ static bool eval(ctx_t *c, const ct_node_t *n, json_t **out) {
             json_decref(parts[i]);
         break;
     }
-    case CT_CALL: return eval_call(c, n, out);
+    case CT_CALL:
+        return eval_call(c, n, out);
     case CT_FILTER:
     case CT_TEST: {
         args_t args;
@@ -1283,10 +1417,13 @@ static bool eval(ctx_t *c, const ct_node_t *n, json_t **out) {
             ok = new_value(c, n, json_boolean(!ct_truthy(a)), out);
         } else if (json_is_integer(a) || json_is_boolean(a)) {
             long long i = int_of(a);
-            if (n->op == '-' && i == INT64_MIN) ok = fail(c, n, "an integer overflow in '-'");
-            else ok = new_value(c, n, json_integer(n->op == '-' ? -i : i), out);
+            if (n->op == '-' && i == INT64_MIN)
+                ok = fail(c, n, "an integer overflow in '-'");
+            else
+                ok = new_value(c, n, json_integer(n->op == '-' ? -i : i), out);
         } else if (json_is_real(a)) {
-            ok = new_value(c, n, json_real(n->op == '-' ? -json_real_value(a) : json_real_value(a)), out);
+            ok = new_value(c, n, json_real(n->op == '-' ? -json_real_value(a) : json_real_value(a)),
+                           out);
         } else {
             ok = fail(c, n, "bad operand type for unary %c: '%s'", n->op, type_name(a));
         }
@@ -1320,7 +1457,8 @@ static bool eval(ctx_t *c, const ct_node_t *n, json_t **out) {
             ok = arith(c, n, n->op, a, b, out);
         }
         break;
-    default: ok = fail(c, n, "a statement where an expression belongs");
+    default:
+        ok = fail(c, n, "a statement where an expression belongs");
     }
     json_decref(a);
     json_decref(b);
@@ -1333,7 +1471,8 @@ static bool eval(ctx_t *c, const ct_node_t *n, json_t **out) {
 
 /* ---- statements ----------------------------------------------------------------------------- */
 
-static bool bind_targets(ctx_t *c, const ct_node_t *n, char *const *names, int n_names, json_t *item) {
+static bool bind_targets(ctx_t *c, const ct_node_t *n, char *const *names, int n_names,
+                         json_t *item) {
     if (n_names == 1) return assign(c, n, names[0], item);
     if (!json_is_array(item) || json_array_size(item) != (size_t)n_names)
         return fail(c, n, "cannot unpack a %s into %d names", type_name(item), n_names);
@@ -1367,11 +1506,11 @@ static bool render_for(ctx_t *c, const ct_node_t *n) {
     }
     size_t len = json_array_size(list);
     for (size_t i = 0; ok && i < len; i++) {
-        json_t *loop = json_pack("{sI sI sI sI sb sb sI sI sI}", "index", (json_int_t)i + 1, "index0",
-                                 (json_int_t)i, "revindex", (json_int_t)(len - i), "revindex0",
-                                 (json_int_t)(len - i - 1), "first", i == 0, "last", i + 1 == len,
-                                 "length", (json_int_t)len, "depth", (json_int_t)1, "depth0",
-                                 (json_int_t)0);
+        json_t *loop =
+            json_pack("{sI sI sI sI sb sb sI sI sI}", "index", (json_int_t)i + 1, "index0",
+                      (json_int_t)i, "revindex", (json_int_t)(len - i), "revindex0",
+                      (json_int_t)(len - i - 1), "first", i == 0, "last", i + 1 == len, "length",
+                      (json_int_t)len, "depth", (json_int_t)1, "depth0", (json_int_t)0);
         if (loop && i > 0) json_object_set(loop, "previtem", json_array_get(list, i - 1));
         if (loop && i + 1 < len) json_object_set(loop, "nextitem", json_array_get(list, i + 1));
         ok = step(c, n, 1) && (loop || fail(c, n, "out of memory")) && assign(c, n, "loop", loop) &&
@@ -1412,16 +1551,20 @@ static bool render_set(ctx_t *c, const ct_node_t *n) {
     } else if (target->kind == CT_ATTR) {
         json_t *ns = target->kids[0]->kind == CT_NAME ? lookup(c, target->kids[0]->str) : NULL;
         if (!is_namespace(c, ns))
-            ok = fail(c, n, "only a namespace() takes attribute assignments (the sandbox is immutable)");
+            ok = fail(c, n,
+                      "only a namespace() takes attribute assignments (the sandbox is immutable)");
         else
-            ok = json_object_set(ns, target->str, v ? v : json_null()) == 0 || fail(c, n, "out of memory");
+            ok = json_object_set(ns, target->str, v ? v : json_null()) == 0 ||
+                 fail(c, n, "out of memory");
     } else {
         char *names[ARGS_MAX];
         int k = 0;
         ok = true;
         for (int i = 0; ok && i < target->n_kids; i++) {
-            if (target->kids[i]->kind != CT_NAME || k == ARGS_MAX) ok = fail(c, n, "set unpacks into names");
-            else names[k++] = target->kids[i]->str;
+            if (target->kids[i]->kind != CT_NAME || k == ARGS_MAX)
+                ok = fail(c, n, "set unpacks into names");
+            else
+                names[k++] = target->kids[i]->str;
         }
         if (ok) ok = bind_targets(c, n, names, k, v);
     }
@@ -1446,7 +1589,8 @@ static bool render(ctx_t *c, const ct_node_t *n) {
         if (!eval(c, n->kids[0], &v)) return false;
         bool ok = ct_buf_str(c->out, v);
         json_decref(v);
-        if (!ok) return fail(c, n, "the rendering passes the output limit of %zu bytes", c->out->limit);
+        if (!ok)
+            return fail(c, n, "the rendering passes the output limit of %zu bytes", c->out->limit);
         return true;
     }
     case CT_IF:
@@ -1458,11 +1602,17 @@ static bool render(ctx_t *c, const ct_node_t *n) {
             if (t) return render(c, n->kids[i + 1]);
         }
         return n->n_kids % 2 == 0 || render(c, n->kids[n->n_kids - 1]);
-    case CT_FOR: return render_for(c, n);
+    case CT_FOR:
+        return render_for(c, n);
     case CT_SET:
-    case CT_SET_BLOCK: return render_set(c, n);
-    case CT_BREAK: c->flow = FLOW_BREAK; return true;
-    case CT_CONTINUE: c->flow = FLOW_CONTINUE; return true;
+    case CT_SET_BLOCK:
+        return render_set(c, n);
+    case CT_BREAK:
+        c->flow = FLOW_BREAK;
+        return true;
+    case CT_CONTINUE:
+        c->flow = FLOW_CONTINUE;
+        return true;
     case CT_MACRO: {
         const ct_node_t **m = realloc(c->macros, (size_t)(c->n_macros + 1) * sizeof *m);
         if (!m) return fail(c, n, "out of memory");
@@ -1470,14 +1620,16 @@ static bool render(ctx_t *c, const ct_node_t *n) {
         c->macros[c->n_macros++] = n;
         return true;
     }
-    default: return fail(c, n, "an expression where a statement belongs");
+    default:
+        return fail(c, n, "an expression where a statement belongs");
     }
 }
 
 dsla_status_t dsla_chat_template_render(const dsla_chat_template_t *t, const json_t *vars,
                                         size_t max_output, char **out, size_t *len) {
     if (!t || !out || !len || (vars && !json_is_object(vars)))
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "chat template: render needs an object of variables");
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "chat template: render needs an object of variables");
     *out = NULL;
     *len = 0;
     ct_buf_t buf = {.limit = max_output};

@@ -16,38 +16,38 @@
 
 typedef enum {
     /* expressions */
-    CT_STR,     /* str, len */
-    CT_INT,     /* i */
-    CT_FLOAT,   /* f */
-    CT_BOOL,    /* i */
-    CT_NONE,    /* */
-    CT_NAME,    /* str */
-    CT_LIST,    /* kids: items */
-    CT_TUPLE,   /* kids: items */
-    CT_DICT,    /* kids: key, value, key, value, ... */
-    CT_ATTR,    /* kids[0] . str */
-    CT_INDEX,   /* kids[0] [ kids[1] ] */
-    CT_SLICE,   /* kids[0] [ kids[1] : kids[2] : kids[3] ] (NULL kids: absent) */
-    CT_CALL,    /* kids[0] ( kids[1..] ); names: keyword names (NULL: positional) */
-    CT_FILTER,  /* kids[0] | str ( kids[1..] ) */
-    CT_TEST,    /* kids[0] is [not: i] str ( kids[1..] ) */
-    CT_UNARY,   /* op kids[0] ('-', '+', '!' for not) */
-    CT_BINARY,  /* kids[0] op kids[1] */
-    CT_AND,     /* kids[0] and kids[1] */
-    CT_OR,      /* kids[0] or kids[1] */
-    CT_COND,    /* kids[1] if kids[0] else kids[2] (kids[2] NULL: undefined) */
+    CT_STR,    /* str, len */
+    CT_INT,    /* i */
+    CT_FLOAT,  /* f */
+    CT_BOOL,   /* i */
+    CT_NONE,   /* */
+    CT_NAME,   /* str */
+    CT_LIST,   /* kids: items */
+    CT_TUPLE,  /* kids: items */
+    CT_DICT,   /* kids: key, value, key, value, ... */
+    CT_ATTR,   /* kids[0] . str */
+    CT_INDEX,  /* kids[0] [ kids[1] ] */
+    CT_SLICE,  /* kids[0] [ kids[1] : kids[2] : kids[3] ] (NULL kids: absent) */
+    CT_CALL,   /* kids[0] ( kids[1..] ); names: keyword names (NULL: positional) */
+    CT_FILTER, /* kids[0] | str ( kids[1..] ) */
+    CT_TEST,   /* kids[0] is [not: i] str ( kids[1..] ) */
+    CT_UNARY,  /* op kids[0] ('-', '+', '!' for not) */
+    CT_BINARY, /* kids[0] op kids[1] */
+    CT_AND,    /* kids[0] and kids[1] */
+    CT_OR,     /* kids[0] or kids[1] */
+    CT_COND,   /* kids[1] if kids[0] else kids[2] (kids[2] NULL: undefined) */
     /* statements */
-    CT_BODY,    /* kids: statements in order */
-    CT_TEXT,    /* str, len */
-    CT_OUTPUT,  /* {{ kids[0] }} */
-    CT_IF,      /* kids: cond, body, cond, body, ..., [else body] (odd count: else) */
-    CT_FOR,     /* names: targets; kids[0] iterable, kids[1] filter (or NULL), kids[2] body,
-                   kids[3] else body (or NULL) */
-    CT_SET,     /* kids[0] target (CT_NAME, CT_ATTR or CT_TUPLE of names), kids[1] value */
+    CT_BODY,      /* kids: statements in order */
+    CT_TEXT,      /* str, len */
+    CT_OUTPUT,    /* {{ kids[0] }} */
+    CT_IF,        /* kids: cond, body, cond, body, ..., [else body] (odd count: else) */
+    CT_FOR,       /* names: targets; kids[0] iterable, kids[1] filter (or NULL), kids[2] body,
+                     kids[3] else body (or NULL) */
+    CT_SET,       /* kids[0] target (CT_NAME, CT_ATTR or CT_TUPLE of names), kids[1] value */
     CT_SET_BLOCK, /* kids[0] target name, kids[1] body */
     CT_BREAK,
     CT_CONTINUE,
-    CT_MACRO,   /* str name; names: parameters; kids[0] body, kids[1..]: defaults (NULL: none) */
+    CT_MACRO, /* str name; names: parameters; kids[0] body, kids[1..]: defaults (NULL: none) */
 } ct_kind_t;
 
 /* binary operators */

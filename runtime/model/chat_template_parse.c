@@ -4,6 +4,7 @@
 #include "runtime/model/chat_template_internal.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,14 +35,16 @@ typedef struct {
     bool failed;
 } parser_t;
 
-static void fail(parser_t *ps, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(parser_t *ps, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void fail(parser_t *ps, int line, const char *fmt, ...) {
     if (ps->failed) return;
     ps->failed = true;
     int n = snprintf(ps->err, ps->err_size, "line %d: ", line);
     va_list ap;
     va_start(ap, fmt);
-    if (n >= 0 && (size_t)n < ps->err_size) vsnprintf(ps->err + n, ps->err_size - (size_t)n, fmt, ap);
+    if (n >= 0 && (size_t)n < ps->err_size)
+        vsnprintf(ps->err + n, ps->err_size - (size_t)n, fmt, ap);
     va_end(ap);
 }
 
@@ -78,7 +81,8 @@ static bool split_pieces(parser_t *ps) {
     const char *text = s;
     while (text <= end) {
         const char *tag = text;
-        while (tag + 1 < end && !(tag[0] == '{' && (tag[1] == '{' || tag[1] == '%' || tag[1] == '#')))
+        while (tag + 1 < end &&
+               !(tag[0] == '{' && (tag[1] == '{' || tag[1] == '%' || tag[1] == '#')))
             tag++;
         if (tag + 1 >= end) tag = end;
         const char *t0 = text, *t1 = tag;
@@ -200,9 +204,9 @@ static tok_t peek_at(parser_t *ps, const char **after) {
             q += *q == '\\' && q + 1 < ps->end ? 2 : 1;
         t = (tok_t){T_STRING, p, (size_t)(q < ps->end ? q + 1 - p : q - p)};
     } else {
-        static const char *const ops[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*", "/",
-                                          "%",  "~",  "<",  ">",  "=",  "(",  ")", "[", "]", "{",
-                                          "}",  ",",  ".",  ":",  "|"};
+        static const char *const ops[] = {"//", "**", "==", "!=", "<=", ">=", "+", "-", "*",
+                                          "/",  "%",  "~",  "<",  ">",  "=",  "(", ")", "[",
+                                          "]",  "{",  "}",  ",",  ".",  ":",  "|"};
         t = (tok_t){T_OP, p, 1};
         for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
             if (strncmp(p, ops[i], strlen(ops[i])) == 0 && p + strlen(ops[i]) <= ps->end) {
@@ -359,13 +363,23 @@ static bool string_value(parser_t *ps, tok_t t, ct_node_t *n) {
         }
         c = t.s[++i];
         switch (c) {
-        case 'n': out[k++] = '\n'; break;
-        case 't': out[k++] = '\t'; break;
-        case 'r': out[k++] = '\r'; break;
-        case '0': out[k++] = '\0'; break;
+        case 'n':
+            out[k++] = '\n';
+            break;
+        case 't':
+            out[k++] = '\t';
+            break;
+        case 'r':
+            out[k++] = '\r';
+            break;
+        case '0':
+            out[k++] = '\0';
+            break;
         case '\\':
         case '\'':
-        case '"': out[k++] = c; break;
+        case '"':
+            out[k++] = c;
+            break;
         case 'u':
         case 'x': {
             size_t digits = c == 'u' ? 4 : 2;
@@ -374,8 +388,9 @@ static bool string_value(parser_t *ps, tok_t t, ct_node_t *n) {
             for (; j < digits && i + 1 + j + 1 < t.len && isxdigit((unsigned char)t.s[i + 1 + j]);
                  j++) {
                 char h = t.s[i + 1 + j];
-                cp = cp * 16 + (unsigned)(isdigit((unsigned char)h) ? h - '0'
-                                                                     : (tolower((unsigned char)h) - 'a' + 10));
+                cp = cp * 16 + (unsigned)(isdigit((unsigned char)h)
+                                              ? h - '0'
+                                              : (tolower((unsigned char)h) - 'a' + 10));
             }
             if (j < digits || (cp >= 0xd800 && cp < 0xe000)) {
                 out[k++] = '\\';
@@ -463,10 +478,16 @@ static ct_node_t *parse_primary(parser_t *ps) {
         buf[k] = '\0';
         n = node_new(ps, t.kind == T_INT ? CT_INT : CT_FLOAT);
         if (!n) return NULL;
+        errno = 0;
         if (t.kind == T_INT)
             n->i = strtoll(buf, NULL, 10);
         else
             n->f = strtod(buf, NULL);
+        if (errno == ERANGE && t.kind == T_INT) {
+            fail(ps, ps->line, "the integer %s is out of range", buf);
+            ct_node_free(n);
+            return NULL;
+        }
         return n;
     }
     if (t.kind == T_NAME) {
@@ -707,12 +728,12 @@ static ct_node_t *parse_math1(parser_t *ps) {
 static ct_node_t *parse_compare(parser_t *ps) {
     ct_node_t *n = parse_math1(ps);
     for (;;) {
-        int op = is_op(ps, "==")   ? CT_OP_EQ
-                 : is_op(ps, "!=") ? CT_OP_NE
-                 : is_op(ps, "<")  ? CT_OP_LT
-                 : is_op(ps, "<=") ? CT_OP_LE
-                 : is_op(ps, ">")  ? CT_OP_GT
-                 : is_op(ps, ">=") ? CT_OP_GE
+        int op = is_op(ps, "==")     ? CT_OP_EQ
+                 : is_op(ps, "!=")   ? CT_OP_NE
+                 : is_op(ps, "<")    ? CT_OP_LT
+                 : is_op(ps, "<=")   ? CT_OP_LE
+                 : is_op(ps, ">")    ? CT_OP_GT
+                 : is_op(ps, ">=")   ? CT_OP_GE
                  : is_name(ps, "in") ? CT_OP_IN
                                      : 0;
         if (!op && is_name(ps, "not")) {

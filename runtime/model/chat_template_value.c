@@ -14,21 +14,32 @@ json_t *ct_string(const char *s, size_t len) {
 bool ct_truthy(const json_t *v) {
     if (!v) return false;
     switch (json_typeof(v)) {
-    case JSON_STRING: return json_string_length(v) > 0;
-    case JSON_INTEGER: return json_integer_value(v) != 0;
-    case JSON_REAL: return json_real_value(v) != 0;
-    case JSON_TRUE: return true;
-    case JSON_ARRAY: return json_array_size(v) > 0;
-    case JSON_OBJECT: return json_object_size(v) > 0;
-    default: return false;
+    case JSON_STRING:
+        return json_string_length(v) > 0;
+    case JSON_INTEGER:
+        return json_integer_value(v) != 0;
+    case JSON_REAL:
+        return json_real_value(v) != 0;
+    case JSON_TRUE:
+        return true;
+    case JSON_ARRAY:
+        return json_array_size(v) > 0;
+    case JSON_OBJECT:
+        return json_object_size(v) > 0;
+    default:
+        return false;
     }
 }
 
 static bool numeric(const json_t *v, double *x) {
-    if (json_is_integer(v)) *x = (double)json_integer_value(v);
-    else if (json_is_real(v)) *x = json_real_value(v);
-    else if (json_is_boolean(v)) *x = json_is_true(v);
-    else return false;
+    if (json_is_integer(v))
+        *x = (double)json_integer_value(v);
+    else if (json_is_real(v))
+        *x = json_real_value(v);
+    else if (json_is_boolean(v))
+        *x = json_is_true(v);
+    else
+        return false;
     return true;
 }
 
@@ -45,7 +56,8 @@ bool ct_equal(const json_t *a, const json_t *b) {
     case JSON_STRING:
         return json_string_length(a) == json_string_length(b) &&
                memcmp(json_string_value(a), json_string_value(b), json_string_length(a)) == 0;
-    case JSON_NULL: return true;
+    case JSON_NULL:
+        return true;
     case JSON_ARRAY:
         if (json_array_size(a) != json_array_size(b)) return false;
         for (size_t i = 0; i < json_array_size(a); i++)
@@ -55,10 +67,12 @@ bool ct_equal(const json_t *a, const json_t *b) {
         if (json_object_size(a) != json_object_size(b)) return false;
         const char *k;
         json_t *v;
-        json_object_foreach((json_t *)a, k, v) if (!ct_equal(v, json_object_get(b, k))) return false;
+        json_object_foreach((json_t *)a, k,
+                            v) if (!ct_equal(v, json_object_get(b, k))) return false;
         return true;
     }
-    default: return false;
+    default:
+        return false;
     }
 }
 
@@ -80,7 +94,8 @@ bool ct_space_at(const char *s, size_t n, size_t *size) {
     const unsigned char *u = (const unsigned char *)s;
     *size = 1;
     if (n == 0) return false;
-    if (u[0] < 0x80) return u[0] == ' ' || (u[0] >= '\t' && u[0] <= '\r') || (u[0] >= 0x1c && u[0] <= 0x1f);
+    if (u[0] < 0x80)
+        return u[0] == ' ' || (u[0] >= '\t' && u[0] <= '\r') || (u[0] >= 0x1c && u[0] <= 0x1f);
     unsigned cp = 0;
     if ((u[0] & 0xe0) == 0xc0 && n >= 2) {
         cp = (unsigned)(u[0] & 0x1f) << 6 | (u[1] & 0x3f);
@@ -166,11 +181,16 @@ static bool buf_repr_string(ct_buf_t *b, const char *s, size_t n) {
         unsigned char c = (unsigned char)s[i];
         char esc[8];
         const char *out = NULL;
-        if (c == '\\') out = "\\\\";
-        else if (c == '\n') out = "\\n";
-        else if (c == '\r') out = "\\r";
-        else if (c == '\t') out = "\\t";
-        else if (c == (unsigned char)q) out = q == '\'' ? "\\'" : "\\\"";
+        if (c == '\\')
+            out = "\\\\";
+        else if (c == '\n')
+            out = "\\n";
+        else if (c == '\r')
+            out = "\\r";
+        else if (c == '\t')
+            out = "\\t";
+        else if (c == (unsigned char)q)
+            out = q == '\'' ? "\\'" : "\\\"";
         else if (c < 0x20 || c == 0x7f) {
             snprintf(esc, sizeof esc, "\\x%02x", c);
             out = esc;
@@ -208,15 +228,22 @@ bool ct_buf_str(ct_buf_t *b, const json_t *v) {
     char num[64];
     if (!v) return true;
     switch (json_typeof(v)) {
-    case JSON_STRING: return ct_buf_add(b, json_string_value(v), json_string_length(v));
+    case JSON_STRING:
+        return ct_buf_add(b, json_string_value(v), json_string_length(v));
     case JSON_INTEGER:
         snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         return buf_cstr(b, num);
-    case JSON_REAL: ct_float_repr(json_real_value(v), num, sizeof num); return buf_cstr(b, num);
-    case JSON_TRUE: return buf_cstr(b, "True");
-    case JSON_FALSE: return buf_cstr(b, "False");
-    case JSON_NULL: return buf_cstr(b, "None");
-    default: return buf_repr(b, v);
+    case JSON_REAL:
+        ct_float_repr(json_real_value(v), num, sizeof num);
+        return buf_cstr(b, num);
+    case JSON_TRUE:
+        return buf_cstr(b, "True");
+    case JSON_FALSE:
+        return buf_cstr(b, "False");
+    case JSON_NULL:
+        return buf_cstr(b, "None");
+    default:
+        return buf_repr(b, v);
     }
 }
 
@@ -227,13 +254,20 @@ static bool json_string_out(ct_buf_t *b, const char *s, size_t n) {
         unsigned char c = (unsigned char)s[i];
         const char *esc = NULL;
         char u[8];
-        if (c == '"') esc = "\\\"";
-        else if (c == '\\') esc = "\\\\";
-        else if (c == '\n') esc = "\\n";
-        else if (c == '\r') esc = "\\r";
-        else if (c == '\t') esc = "\\t";
-        else if (c == '\b') esc = "\\b";
-        else if (c == '\f') esc = "\\f";
+        if (c == '"')
+            esc = "\\\"";
+        else if (c == '\\')
+            esc = "\\\\";
+        else if (c == '\n')
+            esc = "\\n";
+        else if (c == '\r')
+            esc = "\\r";
+        else if (c == '\t')
+            esc = "\\t";
+        else if (c == '\b')
+            esc = "\\b";
+        else if (c == '\f')
+            esc = "\\f";
         else if (c < 0x20) {
             snprintf(u, sizeof u, "\\u%04x", c);
             esc = u;
@@ -256,8 +290,8 @@ static int key_cmp(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static bool json_out(ct_buf_t *b, const json_t *v, int indent, bool sort_keys, int level,
-                     char *err, size_t err_size) {
+static bool json_out(ct_buf_t *b, const json_t *v, int indent, bool sort_keys, int level, char *err,
+                     size_t err_size) {
     if (level > DSLA_CHAT_TEMPLATE_DEPTH_MAX) {
         snprintf(err, err_size, "tojson: a value nested deeper than %d",
                  DSLA_CHAT_TEMPLATE_DEPTH_MAX);
@@ -269,17 +303,22 @@ static bool json_out(ct_buf_t *b, const json_t *v, int indent, bool sort_keys, i
     }
     const char *item_sep = indent >= 0 ? "," : ", ";
     switch (json_typeof(v)) {
-    case JSON_STRING: return json_string_out(b, json_string_value(v), json_string_length(v));
-    case JSON_TRUE: return buf_cstr(b, "true");
-    case JSON_FALSE: return buf_cstr(b, "false");
-    case JSON_NULL: return buf_cstr(b, "null");
+    case JSON_STRING:
+        return json_string_out(b, json_string_value(v), json_string_length(v));
+    case JSON_TRUE:
+        return buf_cstr(b, "true");
+    case JSON_FALSE:
+        return buf_cstr(b, "false");
+    case JSON_NULL:
+        return buf_cstr(b, "null");
     case JSON_REAL: {
         char num[64];
         double x = json_real_value(v);
         ct_float_repr(x, num, sizeof num);
         return buf_cstr(b, isnan(x) ? "NaN" : isinf(x) ? (x < 0 ? "-Infinity" : "Infinity") : num);
     }
-    case JSON_INTEGER: return ct_buf_str(b, v);
+    case JSON_INTEGER:
+        return ct_buf_str(b, v);
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
         if (n == 0) return buf_cstr(b, "[]");

@@ -96,7 +96,8 @@ static void test_vectors(void **state) {
             json_object_set(vars, "messages", json_object_get(conversations, conv));
             json_object_set(vars, "add_generation_prompt",
                             json_object_get(v, "add_generation_prompt"));
-            if (strcmp(conv, "tool") == 0) json_object_set(vars, "tools", json_object_get(doc, "tools"));
+            if (strcmp(conv, "tool") == 0)
+                json_object_set(vars, "tools", json_object_get(doc, "tools"));
             char *out = NULL;
             st = dsla_chat_template_render(t, vars, OUT_MAX, &out, &len);
             json_decref(vars);
@@ -143,7 +144,7 @@ static void test_whitespace(void **state) {
     expect("  {%+ if true %}x{% endif %}", NULL, "  x");
     expect("{% if true +%}\nx{% endif %}", NULL, "\nx");
     expect("{{ 'a' }}\n{{ 'b' }}\n", NULL, "a\nb"); /* one trailing newline dropped */
-    expect("x  {{ 'y' }}", NULL, "x  y");              /* lstrip is for blocks only */
+    expect("x  {{ 'y' }}", NULL, "x  y");           /* lstrip is for blocks only */
     expect("{{ \"}}\" }}{{ '%}' }}", NULL, "}}%}");
 }
 
@@ -212,21 +213,24 @@ static void test_filters_and_methods(void **state) {
            "d d None");
     expect("{{ m|join(', ') }} {{ m|first }} {{ m|last }} {{ m|reverse|list }} {{ 'ab'|list }}",
            "{\"m\":[\"a\",\"b\"]}", "a, b a b ['b', 'a'] ['a', 'b']");
-    expect("{{ m|selectattr('role', 'equalto', 'user')|map(attribute='c')|join }} "
-           "{{ m|rejectattr('role', 'eq', 'user')|list|length }} {{ m|map(attribute='role')|list }}",
-           "{\"m\":[{\"role\":\"user\",\"c\":\"1\"},{\"role\":\"bot\",\"c\":\"2\"},"
-           "{\"role\":\"user\",\"c\":\"3\"}]}",
-           "13 1 ['user', 'bot', 'user']");
+    expect(
+        "{{ m|selectattr('role', 'equalto', 'user')|map(attribute='c')|join }} "
+        "{{ m|rejectattr('role', 'eq', 'user')|list|length }} {{ m|map(attribute='role')|list }}",
+        "{\"m\":[{\"role\":\"user\",\"c\":\"1\"},{\"role\":\"bot\",\"c\":\"2\"},"
+        "{\"role\":\"user\",\"c\":\"3\"}]}",
+        "13 1 ['user', 'bot', 'user']");
     expect("{{ [1, 2, 3, 4]|select('odd')|list }} {{ ['a', 'b']|map('upper')|join }}", NULL,
            "[1, 3] AB");
-    expect("{{ 3|string ~ ('1'|int + 1) }} {{ '2.5'|float }} {{ -3|abs }} {{ 'a-b'|replace('-', '+') }}",
+    expect("{{ 3|string ~ ('1'|int + 1) }} {{ '2.5'|float }} {{ -3|abs }} {{ 'a-b'|replace('-', "
+           "'+') }}",
            NULL, "32 2.5 3 a+b");
     expect("{{ d|items|list }} {{ '<a>'|e }}", "{\"d\":{\"k\":1}}", "[['k', 1]] &lt;a&gt;");
     expect("{{ ' x '.strip() }}|{{ 'xyx'.strip('x') }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}",
            NULL, "x|y|x | x");
     expect("{{ 'a b  c'.split() }} {{ 'a,b,,c'.split(',') }} {{ 'a,b,c'.split(',', 1) }}", NULL,
            "['a', 'b', 'c'] ['a', 'b', '', 'c'] ['a', 'b,c']");
-    expect("{{ 'abc'.startswith('ab') }} {{ 'abc'.endswith('bc') }} {{ 'abc'.startswith(('x', 'a')) }}",
+    expect("{{ 'abc'.startswith('ab') }} {{ 'abc'.endswith('bc') }} {{ 'abc'.startswith(('x', "
+           "'a')) }}",
            NULL, "True True True");
     expect("{{ 'aXbX'.replace('X', '') }} {{ 'abcb'.find('b') }} {{ 'abcb'.count('b') }} "
            "{{ '-'.join(['a', 'b']) }} {{ 'Ab'.upper() }}{{ 'Ab'.lower() }}",
@@ -257,8 +261,8 @@ static void test_errors(void **state) {
     assert_non_null(strstr(dsla_last_error(), "f.jinja: line 2"));
     print_message("%s\n", dsla_last_error());
     assert_non_null(strstr(dsla_last_error(), "endif"));
-    const char *bad[] = {"{{ }}", "{% for %}", "{{ 'a' ", "{% frob %}", "{{ a b }}", "{% endif %}",
-                         "{{ (1 }}", "{% raw %}x{% endraw %}"};
+    const char *bad[] = {"{{ }}",     "{% for %}",   "{{ 'a' ",  "{% frob %}",
+                         "{{ a b }}", "{% endif %}", "{{ (1 }}", "{% raw %}x{% endraw %}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(dsla_chat_template_create(&t, bad[i], strlen(bad[i]), "b", NULL, NULL),
                          DSLA_ERR_FORMAT);
@@ -275,9 +279,10 @@ static void test_limits(void **state) {
     expect_error("{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(10) %}"
                  "{% endfor %}{% endfor %}{% endfor %}",
                  NULL, "DSLA_CHAT_TEMPLATE_STEPS_MAX");
-    expect_error("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
-                 "{% endfor %}",
-                 NULL, "output limit");
+    expect_error(
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+        "{% endfor %}",
+        NULL, "output limit");
     expect_error("{{ 'x' * 100000000000 }}", NULL, "output limit");
     expect_error("{% for i in range(100000) %}{{ 'abcdefghijklmnopqrstuvwxyz' }}{% endfor %}", NULL,
                  "output limit");
@@ -308,9 +313,10 @@ static void test_load(void **state) {
     assert_int_equal(dsla_chat_template_load_dir(&t, dir), DSLA_OK);
     assert_null(t);
     /* the list form: "default" */
-    const char *list = "{\"bos_token\": {\"content\": \"<s>\"}, \"eos_token\": \"</s>\", "
-                       "\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
-                       "{\"name\": \"default\", \"template\": \"{{ bos_token }}D{{ eos_token }}\"}]}";
+    const char *list =
+        "{\"bos_token\": {\"content\": \"<s>\"}, \"eos_token\": \"</s>\", "
+        "\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
+        "{\"name\": \"default\", \"template\": \"{{ bos_token }}D{{ eos_token }}\"}]}";
     dsla_test_write_file(path, list, strlen(list));
     assert_int_equal(dsla_chat_template_load_dir(&t, dir), DSLA_OK);
     assert_non_null(t);
@@ -348,10 +354,14 @@ static void test_load(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors),    cmocka_unit_test(test_whitespace),
-        cmocka_unit_test(test_expressions), cmocka_unit_test(test_statements),
-        cmocka_unit_test(test_filters_and_methods), cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_limits),     cmocka_unit_test(test_load),
+        cmocka_unit_test(test_vectors),
+        cmocka_unit_test(test_whitespace),
+        cmocka_unit_test(test_expressions),
+        cmocka_unit_test(test_statements),
+        cmocka_unit_test(test_filters_and_methods),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
