@@ -34,7 +34,7 @@ static const char usage[] =
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
-    "                  [--http-max-in-flight N]\n\n"
+    "                  [--http-max-in-flight N] [--chat-template FILE]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -71,7 +71,10 @@ static const char usage[] =
     "(--http-max-in-flight overrides HTTP's). --random-model 7b (with --device cuda) serves a\n"
     "Llama-2-7B-shaped model of random weights drawn on the GPU (no checkpoint needed; no\n"
     "controller or distiller) with the tokenizer of --tokenizer DIR; --vocab defaults to its\n"
-    "vocabulary.";
+    "vocabulary. Chat requests render through the model's own chat template "
+    "(tokenizer_config.json's\n"
+    "chat_template, or DIR/chat_template.jinja), --chat-template FILE's when given, else a plain\n"
+    "'Role: content' template (docs/http.md).";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -211,6 +214,7 @@ int main(int argc, char **argv) {
     const char *device = "cpu", *dtype = "bf16";
     long margin_mib = 2048, max_running = 0, max_context = 0, prefill_chunk = 0;
     long max_queued = 0, max_queued_tokens = 0, max_queue_wait_ms = -1, http_max_in_flight = 0;
+    const char *chat_template_file = NULL;
     dsla_distill_params_t distill = dsla_distill_params_default();
     dsla_arg_list_t distill_data = {0};
     const char *distill_out = NULL, *distill_device = NULL, *distill_dtype = NULL;
@@ -294,6 +298,9 @@ int main(int argc, char **argv) {
          "HTTP generation requests at once, queued or running (default: the gateway's bound, "
          "--max-queued plus twice --max-running per replica)",
          1, 1 << 24, &http_max_in_flight},
+        {"chat-template", DSLA_ARG_STRING,
+         "a Jinja chat template file for chat requests (default: the model's own)", 0, 0,
+         &chat_template_file},
         {"api-key-file", DSLA_ARG_STRING,
          "HTTP API keys, one a line (also DSLA_API_KEY): every route but /health needs "
          "'Authorization: Bearer KEY'",
@@ -503,6 +510,15 @@ int main(int argc, char **argv) {
     if (model_dir) st = dsla_model_load(&model, model_dir);
     if (st == DSLA_OK && (model_dir || tokenizer_dir))
         st = dsla_tokenizer_load_dir(&tokenizer, model_dir ? model_dir : tokenizer_dir);
+    dsla_chat_template_t *chat_template = NULL;
+    const char *tokenizer_home = model_dir ? model_dir : tokenizer_dir;
+    if (st == DSLA_OK && chat_template_file)
+        st = dsla_chat_template_load_file(&chat_template, chat_template_file, tokenizer_home);
+    else if (st == DSLA_OK && tokenizer_home)
+        st = dsla_chat_template_load_dir(&chat_template, tokenizer_home);
+    if (st == DSLA_OK && chat_template)
+        dsla_log_info("chat requests render through the chat template of %s",
+                      dsla_chat_template_name(chat_template));
     dsla_model_config_t random_cfg = {0};
     if (st == DSLA_OK && random_model) {
         const int tv = dsla_tokenizer_vocab_size(tokenizer);
@@ -536,6 +552,7 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK) {
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
+                                     .chat_template = chat_template,
                                      .engine = engine,
                                      .backend = backend,
                                      .gpu_warmup = gpu_warmup,
@@ -616,6 +633,7 @@ int main(int argc, char **argv) {
     dsla_http_auth_destroy(&admin_auth);
     dsla_serve_backend_destroy(&backend);
     dsla_tokenizer_destroy(&tokenizer);
+    dsla_chat_template_destroy(&chat_template);
     dsla_model_destroy(&model);
     return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);
 }

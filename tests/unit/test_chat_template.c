@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/openai.h"
 #include "runtime/model/chat_template.h"
 
 #define OUT_MAX (1u << 20)
@@ -352,6 +353,54 @@ static void test_load(void **state) {
     free(dir);
 }
 
+/* actors/openai renders chat requests through the template: BOS left to the engine, the
+ * template's own refusal a 400 on messages, no plain-template stop string. */
+static void test_openai_chat(void **state) {
+    (void)state;
+    static const char src[] =
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'assistant' and loop.first %}"
+        "{{ raise_exception('the first message must not be the assistant') }}{% endif %}"
+        "<|{{ m.role }}|>{{ m.content }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}";
+    dsla_chat_template_t *t = NULL;
+    assert_int_equal(dsla_chat_template_create(&t, src, strlen(src), "t", "<s>", "</s>"), DSLA_OK);
+    dsla_openai_chat_template_t chat = {t, true};
+    dsla_openai_request_t r;
+    dsla_openai_error_t e;
+    const char *body = "{\"messages\":[{\"role\":\"developer\",\"content\":\"Be brief.\"},"
+                       "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
+                       "{\"type\":\"text\",\"text\":\"b\"}]}]}";
+    assert_true(dsla_openai_request_parse_chat(DSLA_OPENAI_CHAT, body, strlen(body), NULL, 1, &chat,
+                                               &r, &e));
+    static const char want[] = "<|system|>Be brief.</s><|user|>a\nb</s><|assistant|>";
+    assert_int_equal(r.generate.prompt_len, strlen(want));
+    assert_memory_equal(r.generate.prompt, want, strlen(want));
+    assert_int_equal(r.generate.n_stop, 0);
+    dsla_openai_request_free(&r);
+    /* the tokenizer does not add BOS: the rendering keeps it; add_generation_prompt false */
+    chat.engine_adds_bos = false;
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+           "\"add_generation_prompt\":false}";
+    assert_true(dsla_openai_request_parse_chat(DSLA_OPENAI_CHAT, body, strlen(body), NULL, 1, &chat,
+                                               &r, &e));
+    assert_int_equal(r.generate.prompt_len, strlen("<s><|user|>hi</s>"));
+    assert_memory_equal(r.generate.prompt, "<s><|user|>hi</s>", r.generate.prompt_len);
+    dsla_openai_request_free(&r);
+    body = "{\"messages\":[{\"role\":\"assistant\",\"content\":\"hi\"}]}";
+    assert_false(dsla_openai_request_parse_chat(DSLA_OPENAI_CHAT, body, strlen(body), NULL, 1,
+                                                &chat, &r, &e));
+    assert_int_equal(e.status, 400);
+    assert_string_equal(e.param, "messages");
+    assert_string_equal(e.message, "chat template: the first message must not be the assistant");
+    /* the plain template has no way to leave the generation prompt out */
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+           "\"add_generation_prompt\":false}";
+    assert_false(dsla_openai_request_parse_chat(DSLA_OPENAI_CHAT, body, strlen(body), NULL, 1, NULL,
+                                                &r, &e));
+    assert_string_equal(e.param, "add_generation_prompt");
+    dsla_chat_template_destroy(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vectors),
@@ -362,6 +411,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_load),
+        cmocka_unit_test(test_openai_chat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
