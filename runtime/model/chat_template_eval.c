@@ -330,18 +330,6 @@ static bool do_index(ctx_t *c, const ct_node_t *n, json_t *base, json_t *key, js
 
 /* ---- operators ------------------------------------------------------------------------------ */
 
-static bool to_double(const json_t *v, double *x) {
-    if (json_is_integer(v))
-        *x = (double)json_integer_value(v);
-    else if (json_is_real(v))
-        *x = json_real_value(v);
-    else if (json_is_boolean(v))
-        *x = json_is_true(v);
-    else
-        return false;
-    return true;
-}
-
 static bool is_int(const json_t *v) {
     return json_is_integer(v) || json_is_boolean(v);
 }
@@ -382,7 +370,7 @@ static bool arith(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, js
     if (op == CT_OP_MUL && (json_is_string(a) || json_is_string(b)) && (is_int(a) || is_int(b)))
         return repeat(c, n, json_is_string(a) ? a : b, int_of(json_is_string(a) ? b : a), out);
     double x, y;
-    if (!to_double(a, &x) || !to_double(b, &y))
+    if (!ct_to_double(a, &x) || !ct_to_double(b, &y))
         return fail(c, n, "unsupported operand types for %s: '%s' and '%s'", names[op],
                     type_name(a), type_name(b));
     if (is_int(a) && is_int(b) && op != CT_OP_DIV) {
@@ -474,7 +462,7 @@ static bool compare(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, 
         size_t la = json_string_length(a), lb = json_string_length(b);
         cmp = memcmp(json_string_value(a), json_string_value(b), la < lb ? la : lb);
         if (cmp == 0) cmp = la < lb ? -1 : la > lb;
-    } else if (to_double(a, &x) && to_double(b, &y)) {
+    } else if (ct_to_double(a, &x) && ct_to_double(b, &y)) {
         cmp = x < y ? -1 : x > y;
     } else {
         return fail(c, n, "'%s' and '%s' cannot be ordered", type_name(a), type_name(b));
@@ -1037,7 +1025,7 @@ static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, co
                 end++;
             if (*end || end == buf) x = 0;
         } else {
-            to_double(v, &x);
+            ct_to_double(v, &x);
         }
         if (name[0] == 'f') return new_value(c, n, json_real(x), out);
         if (!(x > -9.2e18 && x < 9.2e18)) x = 0;
@@ -1047,7 +1035,7 @@ static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, co
         if (json_is_integer(v))
             return new_value(c, n, json_integer(llabs(json_integer_value(v))), out);
         double x;
-        if (!to_double(v, &x)) return fail(c, n, "abs of a %s", type_name(v));
+        if (!ct_to_double(v, &x)) return fail(c, n, "abs of a %s", type_name(v));
         return new_value(c, n, json_real(fabs(x)), out);
     }
     /* the string filters take str(v) */

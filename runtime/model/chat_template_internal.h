@@ -102,6 +102,8 @@ void ct_node_free(ct_node_t *n);
 json_t *ct_string(const char *s, size_t len);
 /* Python's truth value (undefined is false). */
 bool ct_truthy(const json_t *v);
+/* A number's (or a boolean's) value as a double; false for anything else. */
+bool ct_to_double(const json_t *v, double *x);
 /* Python's == (1 == 1.0 == True; undefined equals nothing). */
 bool ct_equal(const json_t *a, const json_t *b);
 /* Code points of a UTF-8 string; ct_utf8_offset: the byte offset of code point i. */

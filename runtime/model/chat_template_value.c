@@ -31,7 +31,7 @@ bool ct_truthy(const json_t *v) {
     }
 }
 
-static bool numeric(const json_t *v, double *x) {
+bool ct_to_double(const json_t *v, double *x) {
     if (json_is_integer(v))
         *x = (double)json_integer_value(v);
     else if (json_is_real(v))
@@ -46,7 +46,7 @@ static bool numeric(const json_t *v, double *x) {
 bool ct_equal(const json_t *a, const json_t *b) {
     if (!a || !b) return false;
     double x, y;
-    if (numeric(a, &x) && numeric(b, &y)) {
+    if (ct_to_double(a, &x) && ct_to_double(b, &y)) {
         if (json_is_integer(a) && json_is_integer(b))
             return json_integer_value(a) == json_integer_value(b);
         return x == y;

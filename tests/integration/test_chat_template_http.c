@@ -9,7 +9,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "runtime/model/chat_template.h"
@@ -27,22 +26,6 @@ static const char chat[] = "{\"messages\":[{\"role\":\"system\",\"content\":\" T
                            "{\"role\":\"user\",\"content\":\"A story about a cat\"}],"
                            "\"max_tokens\":3,\"temperature\":0}";
 
-static void sleep_ms(long ms) {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void wait_healthy(int port) {
-    for (int i = 0; i < 200; i++) {
-        dsla_test_http_reply_t r = dsla_test_http(port, "GET", "/health", NULL);
-        int status = r.status;
-        dsla_test_http_reply_free(&r);
-        if (status == 200) return;
-        sleep_ms(50);
-    }
-    fail_msg("/health never answered 200");
-}
-
 static dsla_test_server_t start(const char *model, const char *template_file) {
     const char *args[] = {"--model",
                           model,
@@ -55,7 +38,7 @@ static dsla_test_server_t start(const char *model, const char *template_file) {
                           NULL};
     dsla_test_server_t s = dsla_test_server_start(args);
     assert_true(s.http_port > 0);
-    wait_healthy(s.http_port);
+    dsla_test_http_wait_healthy(s.http_port);
     return s;
 }
 
