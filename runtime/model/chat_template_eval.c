@@ -612,29 +612,6 @@ static int decode_cp(const unsigned char *s, size_t n, size_t *size) {
     return cp;
 }
 
-static size_t encode_cp(int cp, char *out) {
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xc0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3f));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
 /* upper, lower, capitalize (first upper, the rest lower) and title (a letter after a non-letter
  * upper, other letters lower), code point by code point (Python's special cases such as "ß" ->
  * "SS" are not made). */
@@ -653,7 +630,7 @@ static bool change_case(ctx_t *c, const ct_node_t *n, const json_t *v, char mode
                    : (loc ? (int)towlower_l((wint_t)cp, loc) : (cp < 0x80 ? tolower(cp) : cp));
         if (mode == 't' && !alpha) m = cp;
         char enc[4];
-        if (!ct_buf_add(&b, enc, encode_cp(m, enc))) return too_long(c, n, &b);
+        if (!ct_buf_add(&b, enc, ct_utf8_encode((unsigned)m, enc))) return too_long(c, n, &b);
     }
     if (!b.data && !ct_buf_add(&b, "", 0)) return too_long(c, n, &b);
     return buf_value(c, n, &b, out);

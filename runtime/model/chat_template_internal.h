@@ -111,6 +111,8 @@ size_t ct_utf8_count(const char *s, size_t len);
 size_t ct_utf8_offset(const char *s, size_t len, size_t i);
 /* The first k bytes of needle in hay's n bytes, or NULL (memmem without _GNU_SOURCE). */
 const char *ct_memmem(const char *hay, size_t n, const char *needle, size_t k);
+/* Writes code point cp as UTF-8 (1 to 4 bytes) into out; the byte count. */
+size_t ct_utf8_encode(unsigned cp, char *out);
 /* Python's whitespace (str.strip()). Reads one code point at s (n bytes left) into *size. */
 bool ct_space_at(const char *s, size_t n, size_t *size);
 

@@ -398,16 +398,7 @@ static bool string_value(parser_t *ps, tok_t t, ct_node_t *n) {
                 break;
             }
             i += digits;
-            if (cp < 0x80) {
-                out[k++] = (char)cp;
-            } else if (cp < 0x800) {
-                out[k++] = (char)(0xc0 | (cp >> 6));
-                out[k++] = (char)(0x80 | (cp & 0x3f));
-            } else {
-                out[k++] = (char)(0xe0 | (cp >> 12));
-                out[k++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-                out[k++] = (char)(0x80 | (cp & 0x3f));
-            }
+            k += ct_utf8_encode(cp, out + k);
             break;
         }
         default:
