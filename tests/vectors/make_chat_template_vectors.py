@@ -57,6 +57,11 @@ CONVERSATIONS = {
     "unicode": [
         {"role": "user", "content": "Caf\u00e9 \u2615, na\u00efve \u65e5\u672c\u8a9e \U0001f600 \"quotes\" \\ back"},
     ],
+    "reasoning": [
+        {"role": "user", "content": "What is 6 * 7?"},
+        {"role": "assistant", "content": "<think>6 * 7 = 42</think>It is 42."},
+        {"role": "user", "content": "And 6 * 8?"},
+    ],
     "assistant_last": [
         {"role": "user", "content": "Say yes."},
         {"role": "assistant", "content": "Yes."},
@@ -71,7 +76,8 @@ CONVERSATIONS = {
 }
 
 # The tool conversation only for templates that carry the tool role (others raise or drop it).
-TOOL_TEMPLATES = {"qwen2.5-7b-instruct", "llama-3.2-3b-instruct", "mistral-nemo-instruct-2407"}
+TOOL_TEMPLATES = {"qwen2.5-7b-instruct", "llama-3.2-3b-instruct", "mistral-nemo-instruct-2407",
+                  "deepseek-r1-distill-llama-8b", "hermes-3-llama-3.1-70b-tool_use"}
 
 
 def jinja2_renderer():
