@@ -479,7 +479,6 @@ static bool compare(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, 
 static bool run_test(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, const args_t *a,
                      bool *out) {
     json_t *x = arg(a, 0, NULL, NULL);
-    double d;
     if (!strcmp(name, "defined"))
         *out = v != NULL;
     else if (!strcmp(name, "undefined"))
@@ -537,7 +536,6 @@ static bool run_test(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, 
                                        : CT_OP_IN;
         return compare(c, n, op, v, x, out);
     } else {
-        (void)d;
         return fail(c, n, "unknown test '%s'", name);
     }
     return true;
