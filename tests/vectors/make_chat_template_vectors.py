@@ -77,7 +77,7 @@ CONVERSATIONS = {
 
 # The tool conversation only for templates that carry the tool role (others raise or drop it).
 TOOL_TEMPLATES = {"qwen2.5-7b-instruct", "llama-3.2-3b-instruct", "mistral-nemo-instruct-2407",
-                  "deepseek-r1-distill-llama-8b", "hermes-3-llama-3.1-70b-tool_use"}
+                  "deepseek-r1-distill-llama-8b", "hermes-3-llama-3.1-70b-tool_use", "qwen3-0.6b"}
 
 
 def jinja2_renderer():
