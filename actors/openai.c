@@ -394,10 +394,10 @@ static json_t *template_messages(json_t *v) {
 }
 
 /* The model's chat template into r->prompt (messages checked). */
-static bool model_template(json_t *v, bool add_generation_prompt,
+static bool model_template(json_t *v, json_t *kwargs, bool add_generation_prompt,
                            const dsla_openai_chat_template_t *chat, dsla_openai_request_t *r,
                            dsla_openai_error_t *err) {
-    json_t *vars = json_object(), *messages = template_messages(v);
+    json_t *vars = kwargs ? json_copy(kwargs) : json_object(), *messages = template_messages(v);
     if (!vars || !messages || json_object_set_new(vars, "messages", messages) != 0 ||
         json_object_set_new(vars, "add_generation_prompt", json_boolean(add_generation_prompt))) {
         json_decref(vars);
@@ -429,10 +429,24 @@ static bool get_messages(json_t *root, const dsla_openai_chat_template_t *chat,
                          dsla_openai_request_t *r, dsla_openai_error_t *err) {
     json_t *v = field(root, "messages");
     bool add_generation_prompt = true;
+    json_t *kwargs = field(root, "chat_template_kwargs");
     if (!check_messages(v, err) ||
         !get_bool(root, "add_generation_prompt", &add_generation_prompt, err))
         return false;
-    if (chat && chat->tmpl) return model_template(v, add_generation_prompt, chat, r, err);
+    if (kwargs && (!json_is_object(kwargs) || json_object_get(kwargs, "messages"))) {
+        dsla_openai_error_set(err, 400, "chat_template_kwargs",
+                              "chat_template_kwargs must be an object of the template's variables "
+                              "(other than messages)");
+        return false;
+    }
+    if (chat && chat->tmpl) return model_template(v, kwargs, add_generation_prompt, chat, r, err);
+    if (kwargs && json_object_size(kwargs) > 0) {
+        dsla_openai_error_set(err, 400, "chat_template_kwargs",
+                              "chat_template_kwargs needs the model's chat template "
+                              "(tokenizer_config.json's chat_template or dsla-serve "
+                              "--chat-template FILE)");
+        return false;
+    }
     if (!add_generation_prompt) {
         dsla_openai_error_set(err, 400, "add_generation_prompt",
                               "add_generation_prompt false needs the model's chat template "

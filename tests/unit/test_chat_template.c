@@ -418,6 +418,30 @@ static void test_openai_chat(void **state) {
     assert_int_equal(e.status, 400);
     assert_string_equal(e.param, "messages");
     assert_string_equal(e.message, "chat template: the first message must not be the assistant");
+    /* chat_template_kwargs: more variables (vLLM's extension), messages not among them */
+    static const char src2[] =
+        "{{ messages|length }}{% if enable_thinking is false %}no{% endif %}";
+    dsla_chat_template_t *t2 = NULL;
+    assert_int_equal(dsla_chat_template_create(&t2, src2, strlen(src2), "t2", NULL, NULL), DSLA_OK);
+    dsla_openai_chat_template_t chat2 = {t2, true};
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+           "\"chat_template_kwargs\":{\"enable_thinking\":false}}";
+    assert_true(dsla_openai_request_parse_chat(DSLA_OPENAI_CHAT, body, strlen(body), NULL, 1,
+                                               &chat2, &r, &e));
+    assert_int_equal(r.generate.prompt_len, 3);
+    assert_memory_equal(r.generate.prompt, "1no", 3);
+    dsla_openai_request_free(&r);
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+           "\"chat_template_kwargs\":{\"messages\":[]}}";
+    assert_false(dsla_openai_request_parse_chat(DSLA_OPENAI_CHAT, body, strlen(body), NULL, 1,
+                                                &chat2, &r, &e));
+    assert_string_equal(e.param, "chat_template_kwargs");
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+           "\"chat_template_kwargs\":{\"x\":1}}";
+    assert_false(dsla_openai_request_parse_chat(DSLA_OPENAI_CHAT, body, strlen(body), NULL, 1, NULL,
+                                                &r, &e));
+    assert_string_equal(e.param, "chat_template_kwargs");
+    dsla_chat_template_destroy(&t2);
     /* the plain template has no way to leave the generation prompt out */
     body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
            "\"add_generation_prompt\":false}";
