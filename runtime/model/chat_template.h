@@ -5,7 +5,8 @@
  * transformers sets up (trim_blocks, lstrip_blocks, loopcontrols, no trailing newline kept): text,
  * {{ }}, {% if/elif/else %}, {% for a[, b] in x [if c] %} with loop.index/index0/revindex/
  * revindex0/first/last/length/previtem/nextitem and {% else %}, {% break/continue %}, {% set %}
- * (names, namespace() attributes, blocks), {% macro %}, {% generation %}, {# #}, whitespace control
+ * (names, namespace() attributes, blocks), {% macro %}, {% generation %}, {% raw %}, {# #},
+ * whitespace control
  * ({%- -%}, {{- -}}, {%+ %}); strings, numbers, booleans, none, lists, dicts; member, subscript
  * and slice access; arithmetic, comparisons, and/or/not, in, ~, conditional expressions; the
  * tests, filters and string/dict methods templates use (docs/http.md lists them), with

@@ -70,6 +70,50 @@ static int count_lines(const char *s, size_t n) {
     return k;
 }
 
+/* Whether [s, e) is word, surrounded by whitespace only. */
+static bool is_word(const char *s, const char *e, const char *word) {
+    while (s < e && isspace((unsigned char)*s))
+        s++;
+    while (e > s && isspace((unsigned char)e[-1]))
+        e--;
+    return (size_t)(e - s) == strlen(word) && memcmp(s, word, (size_t)(e - s)) == 0;
+}
+
+/* {% raw %}...{% endraw %} from tag (the raw tag) to body (just after it): the body is text as it
+ * stands, bar - marks (raw's trailing one strips its start, endraw's leading one its end); *close
+ * and *rmark are endraw's closing "%}" and its trailing mark, *line runs on. */
+static bool raw_block(parser_t *ps, int *line, const char *tag, const char *body, const char *end,
+                      char raw_rmark, const char **close, char *rmark) {
+    for (const char *p = body; p + 1 < end; p++) {
+        if (p[0] != '{' || p[1] != '%') continue;
+        const char *q = p + 2, *inner = q;
+        bool strip = q < end && *q == '-';
+        if (q < end && (*q == '-' || *q == '+')) inner = ++q;
+        while (q + 1 < end && !(q[0] == '%' && q[1] == '}'))
+            q++;
+        if (q + 1 >= end) break;
+        const char *inner_end = q;
+        char mark = q > inner && (q[-1] == '-' || q[-1] == '+') ? q[-1] : 0;
+        if (mark) inner_end--;
+        if (!is_word(inner, inner_end, "endraw")) continue;
+        const char *t0 = body, *t1 = p;
+        if (raw_rmark == '-')
+            while (t0 < t1 && isspace((unsigned char)*t0))
+                t0++;
+        if (strip)
+            while (t1 > t0 && isspace((unsigned char)t1[-1]))
+                t1--;
+        int text_line = *line + count_lines(tag, (size_t)(t0 - tag));
+        if (t1 > t0 && !add_piece(ps, P_TEXT, t0, (size_t)(t1 - t0), text_line)) return false;
+        *line += count_lines(tag, (size_t)(q + 2 - tag));
+        *close = q;
+        *rmark = mark;
+        return true;
+    }
+    fail(ps, *line, "a raw block without its endraw");
+    return false;
+}
+
 /* Splits the source into pieces, applying -/+ marks, trim_blocks (one newline after a block or
  * comment tag goes) and lstrip_blocks (spaces and tabs from a line's start to a block or comment
  * tag go). */
@@ -131,11 +175,16 @@ static bool split_pieces(parser_t *ps) {
         const char *inner_end = c;
         char rmark = c > inner && (c[-1] == '-' || c[-1] == '+') ? c[-1] : 0;
         if (rmark) inner_end--;
-        if (open != '#' &&
-            !add_piece(ps, open == '{' ? P_VAR : P_BLOCK, inner, (size_t)(inner_end - inner), line))
-            return false;
-        line += count_lines(tag, (size_t)(c + 2 - tag));
-        text = c + 2;
+        if (open == '%' && is_word(inner, inner_end, "raw")) {
+            if (!raw_block(ps, &line, tag, c + 2, end, rmark, &c, &rmark)) return false;
+            text = c + 2;
+        } else {
+            if (open != '#' && !add_piece(ps, open == '{' ? P_VAR : P_BLOCK, inner,
+                                          (size_t)(inner_end - inner), line))
+                return false;
+            line += count_lines(tag, (size_t)(c + 2 - tag));
+            text = c + 2;
+        }
         strip_next = rmark == '-';
         trim_next = open != '{' && rmark != '+';
         /* whether the next text starts a line: the newline this tag's end consumed */

@@ -158,6 +158,9 @@ static const case_t whitespace_cases[] = {
     {"{{ 'a' }}\n{{ 'b' }}\n", NULL, "a\nb"},
     {"x  {{ 'y' }}", NULL, "x  y"},
     {"{{ \"}}\" }}{{ '%}' }}", NULL, "}}%}"},
+    {"{% raw %}\nx {{ y }}{% endraw %}\nz", NULL, "\nx {{ y }}z"},
+    {"q\n  {%- raw -%}  a  {%- endraw -%}  z", NULL, "qaz"},
+    {"  {% raw %}a{% if %}{%+ endraw +%}\nb", NULL, "a{% if %}\nb"},
 };
 
 static void test_whitespace(void **state) {
@@ -290,7 +293,7 @@ static void test_errors(void **state) {
     print_message("%s\n", dsla_last_error());
     assert_non_null(strstr(dsla_last_error(), "endif"));
     const char *bad[] = {"{{ }}",     "{% for %}",   "{{ 'a' ",  "{% frob %}",
-                         "{{ a b }}", "{% endif %}", "{{ (1 }}", "{% raw %}x{% endraw %}"};
+                         "{{ a b }}", "{% endif %}", "{{ (1 }}", "{% raw %}x{% endfor %}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(dsla_chat_template_create(&t, bad[i], strlen(bad[i]), "b", NULL, NULL),
                          DSLA_ERR_FORMAT);
