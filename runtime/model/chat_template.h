@@ -6,12 +6,11 @@
  * {{ }}, {% if/elif/else %}, {% for a[, b] in x [if c] %} with loop.index/index0/revindex/
  * revindex0/first/last/length/previtem/nextitem and {% else %}, {% break/continue %}, {% set %}
  * (names, namespace() attributes, blocks), {% macro %}, {% generation %}, {% raw %}, {# #},
- * whitespace control
- * ({%- -%}, {{- -}}, {%+ %}); strings, numbers, booleans, none, lists, dicts; member, subscript
- * and slice access; arithmetic, comparisons, and/or/not, in, ~, conditional expressions; the
- * tests, filters and string/dict methods templates use (docs/http.md lists them), with
- * transformers' tojson (json.dumps, ensure_ascii off) and raise_exception, strftime_now, range and
- * namespace. Anything else is a clear error at load (syntax) or at render (an unknown filter,
+ * whitespace control ({%- -%}, {{- -}}, {%+ %}); strings, numbers, booleans, none, lists, dicts;
+ * member, subscript and slice access; arithmetic, comparisons, and/or/not, in, ~, conditional
+ * expressions; the tests, filters and string/dict methods templates use (docs/http.md lists them),
+ * with transformers' tojson (json.dumps, ensure_ascii off) and raise_exception, strftime_now, range
+ * and namespace. Anything else is a clear error at load (syntax) or at render (an unknown filter,
  * method or test), never a silent approximation.
  *
  * Contract: a template is immutable once created and may render from several threads at once.
