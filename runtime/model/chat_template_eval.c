@@ -916,6 +916,169 @@ static bool tojson(ctx_t *c, const ct_node_t *n, json_t *v, const args_t *a, jso
     return buf_value(c, n, &b, out);
 }
 
+/* Python's a < b for sorting (strings compared case-blind unless case_sensitive, as Jinja's
+ * sorting filters do); false with an error for values that have no order. */
+static bool less(ctx_t *c, const ct_node_t *n, json_t *a, json_t *b, bool case_sensitive,
+                 bool *out) {
+    if (case_sensitive || !json_is_string(a) || !json_is_string(b))
+        return compare(c, n, CT_OP_LT, a, b, out);
+    const char *x = json_string_value(a), *y = json_string_value(b);
+    size_t lx = json_string_length(a), ly = json_string_length(b), i = 0;
+    for (; i < lx && i < ly; i++) {
+        int p = tolower((unsigned char)x[i]), q = tolower((unsigned char)y[i]);
+        if (p != q) {
+            *out = p < q;
+            return true;
+        }
+    }
+    *out = lx - i < ly - i;
+    return true;
+}
+
+/* A stable insertion sort of list's items by key(item) (attribute path, or the item itself;
+ * for dictsort pairs, key_index 0 or 1), each comparison a step. */
+static bool sort_list(ctx_t *c, const ct_node_t *n, json_t *list, const char *attr, int key_index,
+                      bool case_sensitive, bool reverse) {
+    size_t len = json_array_size(list);
+    for (size_t i = 1; i < len; i++) {
+        json_t *item = json_incref(json_array_get(list, i));
+        json_t *ki = key_index >= 0 ? json_array_get(item, (size_t)key_index)
+                     : attr         ? attr_path(item, attr)
+                                    : item;
+        size_t j = i;
+        while (j > 0) {
+            json_t *prev = json_array_get(list, j - 1);
+            json_t *kp = key_index >= 0 ? json_array_get(prev, (size_t)key_index)
+                         : attr         ? attr_path(prev, attr)
+                                        : prev;
+            bool lt;
+            if (!step(c, n, 1) ||
+                !less(c, n, reverse ? kp : ki, reverse ? ki : kp, case_sensitive, &lt)) {
+                json_decref(item);
+                return false;
+            }
+            if (!lt) break;
+            json_array_set(list, j, prev);
+            j--;
+        }
+        json_array_set_new(list, j, item);
+    }
+    return true;
+}
+
+/* dictsort, unique, sum, min, max: Jinja's list filters over an iterable. */
+static bool list_filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, const args_t *a,
+                        json_t **out) {
+    json_t *list = NULL, *r = NULL;
+    bool cs = ct_truthy(arg(a, 0, "case_sensitive", NULL)), ok = true;
+    const json_t *attr = NULL;
+    if (!strcmp(name, "dictsort")) {
+        if (!json_is_object(v)) return fail(c, n, "dictsort takes a dict, not %s", type_name(v));
+        json_t *by = arg(a, 1, "by", NULL);
+        bool by_value = json_is_string(by) && !strcmp(json_string_value(by), "value");
+        if (!items(c, n, v, &r)) return false;
+        if (!sort_list(c, n, r, NULL, by_value, cs, ct_truthy(arg(a, 2, "reverse", NULL)))) {
+            json_decref(r);
+            return false;
+        }
+        *out = r;
+        return true;
+    }
+    if (!as_list(c, n, v, &list)) return false;
+    if (!strcmp(name, "sum")) {
+        ok = str_arg(c, n, a, 0, "attribute", "sum", &attr);
+        json_t *start = arg(a, 1, "start", NULL);
+        json_t *total = start ? json_incref(start) : json_integer(0);
+        for (size_t i = 0; ok && i < json_array_size(list); i++) {
+            json_t *x = json_array_get(list, i), *t = NULL;
+            if (attr) x = attr_path(x, json_string_value(attr));
+            ok = arith(c, n, CT_OP_ADD, total, x, &t);
+            json_decref(total);
+            total = t;
+        }
+        r = ok ? total : (json_decref(total), NULL);
+    } else if (!strcmp(name, "unique")) {
+        ok = str_arg(c, n, a, 1, "attribute", "unique", &attr);
+        r = json_array();
+        for (size_t i = 0; ok && r && i < json_array_size(list); i++) {
+            json_t *x = json_array_get(list, i);
+            json_t *kx = attr ? attr_path(x, json_string_value(attr)) : x;
+            bool seen = false;
+            for (size_t j = 0; ok && !seen && j < json_array_size(r); j++) {
+                json_t *y = json_array_get(r, j);
+                json_t *ky = attr ? attr_path(y, json_string_value(attr)) : y;
+                bool lt1, lt2;
+                ok = step(c, n, 1);
+                if (ok && !cs && json_is_string(kx) && json_is_string(ky)) {
+                    ok = less(c, n, kx, ky, false, &lt1) && less(c, n, ky, kx, false, &lt2);
+                    seen = ok && !lt1 && !lt2;
+                } else {
+                    seen = ct_equal(kx, ky);
+                }
+            }
+            if (ok && !seen) json_array_append(r, x);
+        }
+    } else { /* min, max */
+        ok = str_arg(c, n, a, 1, "attribute", name, &attr);
+        json_t *best = NULL;
+        for (size_t i = 0; ok && i < json_array_size(list); i++) {
+            json_t *x = json_array_get(list, i);
+            bool lt = false;
+            if (best)
+                ok = less(c, n, attr ? attr_path(x, json_string_value(attr)) : x,
+                          attr ? attr_path(best, json_string_value(attr)) : best, cs, &lt);
+            if (ok && name[1] == 'a' && best) /* max: x > best */
+                ok = less(c, n, attr ? attr_path(best, json_string_value(attr)) : best,
+                          attr ? attr_path(x, json_string_value(attr)) : x, cs, &lt);
+            if (ok && (!best || lt)) best = x;
+        }
+        r = json_incref(best);
+    }
+    json_decref(list);
+    if (!ok) {
+        json_decref(r);
+        return false;
+    }
+    *out = r;
+    return true;
+}
+
+/* indent(width=4, first=False, blank=False): Jinja's, lines split at "\n" only (Python's
+ * splitlines also splits at \r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029). */
+static bool indent(ctx_t *c, const ct_node_t *n, const json_t *v, const args_t *a, json_t **out) {
+    bool found;
+    json_t *w = arg(a, 0, "width", &found);
+    ct_buf_t pad = tmp_buf(c), b = tmp_buf(c);
+    if (found && json_is_string(w)) {
+        if (!ct_buf_add(&pad, json_string_value(w), json_string_length(w)))
+            return too_long(c, n, &pad);
+    } else {
+        long long k;
+        if (!int_arg(c, n, a, 0, "width", "indent", 4, &k)) return false;
+        for (long long i = 0; i < k && i < 256; i++)
+            if (!ct_buf_add(&pad, " ", 1)) return too_long(c, n, &pad);
+    }
+    if (!ct_buf_add(&pad, "", 0)) return too_long(c, n, &pad);
+    bool first = ct_truthy(arg(a, 1, "first", NULL)), blank = ct_truthy(arg(a, 2, "blank", NULL));
+    const char *s = json_string_value(v);
+    size_t len = json_string_length(v), i = 0;
+    bool ok = !first || ct_buf_add(&b, pad.data, pad.len);
+    for (bool line0 = true; ok; line0 = false) { /* the pieces between newlines, the last too */
+        const char *nl = memchr(s + i, '\n', len - i);
+        size_t e = nl ? (size_t)(nl - s) : len;
+        if (!line0)
+            ok = ct_buf_add(&b, "\n", 1) &&
+                 ((!blank && e == i) || ct_buf_add(&b, pad.data, pad.len));
+        if (ok) ok = ct_buf_add(&b, s + i, e - i);
+        if (!nl) break;
+        i = e + 1;
+    }
+    free(pad.data);
+    if (!ok) return too_long(c, n, &b);
+    if (!b.data && !ct_buf_add(&b, "", 0)) return too_long(c, n, &b);
+    return buf_value(c, n, &b, out);
+}
+
 static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, const args_t *a,
                    json_t **out) {
     *out = NULL;
@@ -1006,6 +1169,9 @@ static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, co
         if (!(x > -9.2e18 && x < 9.2e18)) x = 0;
         return new_value(c, n, json_integer((json_int_t)x), out);
     }
+    if (!strcmp(name, "dictsort") || !strcmp(name, "unique") || !strcmp(name, "sum") ||
+        !strcmp(name, "min") || !strcmp(name, "max"))
+        return list_filter(c, n, name, v, a, out);
     if (!strcmp(name, "abs")) {
         if (json_is_integer(v))
             return new_value(c, n, json_integer(llabs(json_integer_value(v))), out);
@@ -1028,6 +1194,8 @@ static bool filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, co
              int_arg(c, n, a, 2, "count", "replace", -1, &k);
         if (ok && (!s1 || !s2)) ok = fail(c, n, "replace takes the old and the new string");
         if (ok) ok = replace(c, n, s, s1, s2, k, out);
+    } else if (!strcmp(name, "indent")) {
+        ok = indent(c, n, s, a, out);
     } else if (!strcmp(name, "e") || !strcmp(name, "escape")) {
         ok = escape_html(c, n, s, out);
     } else {

@@ -225,6 +225,16 @@ static void test_statements(void **state) {
 }
 
 static const case_t filter_cases[] = {
+    {"{% for k, v in {'B': 1, 'a': 2, 'c': 0}|dictsort %}{{ k }}{{ v }}{% endfor %} "
+     "{% for k, v in {'b': 1, 'a': 2}|dictsort(by='value', reverse=true) %}{{ k }}{% endfor %}",
+     NULL, "a2B1c0 ab"},
+    {"{{ [3, 1, 2]|sum }}|{{ [1.5, 2]|sum }}|{{ [1, 2]|sum(start=10) }}|{{ []|sum }}|"
+     "{{ ['a', 'B', 'A', 'b', 'c']|unique|list }}|{{ [3, 1, 2]|min }}{{ [3, 1, 2]|max }}"
+     "{{ ['b', 'A', 'c']|min }}{{ ['b', 'A', 'C']|max }}",
+     NULL, "6|3.5|13|0|['a', 'B', 'c']|13AC"},
+    {"{{ \"a\\nb\\n\\nc\"|indent }}|{{ \"a\\nb\"|indent(2, true) }}|{{ \"a\\n\\nb\"|indent(1, "
+     "blank=true) }}|{{ \"x\\n\"|indent(first=true) }}",
+     NULL, "a\n    b\n\n    c|  a\n  b|a\n \n b|    x\n"},
     {"{{ ' a b '|trim }}|{{ 'xxaxx'|trim('x') }}|{{ s|length }}|{{ m|length }}",
      "{\"s\":\"h\xc3\xa9\",\"m\":[1,2]}", "a b|a|2|2"},
     {"{{ 'Ab'|upper }}{{ 'Ab'|lower }} {{ 'hello world'|title }} {{ 'hELLO'|capitalize }}", NULL,
