@@ -24,7 +24,10 @@ typedef struct {
     json_t **scopes;
     int n_scopes, cap_scopes, floor; /* lookups walk scopes[n-1..floor], then scopes[0] */
     json_t *namespaces; /* the objects namespace() made: the only ones set may change */
+    /* the macros defined so far; each is a variable whose value is its marker, an empty object no
+     * one else holds, so that a macro shadows and is shadowed like any name */
     const ct_node_t **macros;
+    json_t **macro_markers;
     int n_macros;
     long long steps;
     int depth;
@@ -152,9 +155,9 @@ static bool assign(ctx_t *c, const ct_node_t *n, const char *name, json_t *v) {
     return true;
 }
 
-static const ct_node_t *find_macro(const ctx_t *c, const char *name) {
-    for (int i = c->n_macros - 1; i >= 0; i--)
-        if (strcmp(c->macros[i]->str, name) == 0) return c->macros[i];
+static const ct_node_t *find_macro(const ctx_t *c, const json_t *v) {
+    for (int i = c->n_macros - 1; v && i >= 0; i--)
+        if (c->macro_markers[i] == v) return c->macros[i];
     return NULL;
 }
 
@@ -1424,9 +1427,12 @@ static bool eval_call(ctx_t *c, const ct_node_t *n, json_t **out) {
     bool ok;
     if (callee->kind == CT_ATTR) {
         ok = method(c, n, obj, callee->str, &a, out);
-    } else if (callee->kind == CT_NAME && !lookup(c, callee->str)) {
-        const ct_node_t *m = find_macro(c, callee->str);
-        ok = m ? call_macro(c, n, m, &a, out) : call_builtin(c, n, callee->str, &a, out);
+    } else if (callee->kind == CT_NAME) {
+        json_t *v = lookup(c, callee->str);
+        const ct_node_t *m = find_macro(c, v);
+        ok = m   ? call_macro(c, n, m, &a, out)
+             : v ? fail(c, n, "'%s' is a %s, not callable", callee->str, type_name(v))
+                 : call_builtin(c, n, callee->str, &a, out);
     } else {
         ok = fail(c, n, "only macros, functions and methods can be called");
     }
@@ -1467,7 +1473,7 @@ static bool eval(ctx_t *c, const ct_node_t *n, json_t **out) {
             *out = json_incref(v);
             return true;
         }
-        bool known = find_macro(c, n->str) != NULL;
+        bool known = false;
         for (size_t i = 0; !known && i < sizeof builtins / sizeof builtins[0]; i++)
             known = strcmp(builtins[i], n->str) == 0;
         if (known) return str_value(c, n, n->str, strlen(n->str), out); /* defined, callable */
@@ -1627,6 +1633,7 @@ static bool render_for(ctx_t *c, const ct_node_t *n) {
         ok = kept != NULL;
         for (size_t i = 0; ok && i < json_array_size(list); i++) {
             json_t *item = json_array_get(list, i), *cond = NULL;
+            json_object_clear(c->scopes[c->n_scopes - 1]);
             ok = step(c, n, 1) && bind_targets(c, n, n->names, n->n_names, item) &&
                  eval(c, n->kids[1], &cond);
             if (ok && ct_truthy(cond)) ok = json_array_append(kept, item) == 0;
@@ -1637,6 +1644,8 @@ static bool render_for(ctx_t *c, const ct_node_t *n) {
     }
     size_t len = json_array_size(list);
     for (size_t i = 0; ok && i < len; i++) {
+        /* each pass starts afresh: what a pass sets is gone in the next, as in Jinja */
+        json_object_clear(c->scopes[c->n_scopes - 1]);
         json_t *loop =
             json_pack("{sI sI sI sI sb sb sI sI sI}", "index", (json_int_t)i + 1, "index0",
                       (json_int_t)i, "revindex", (json_int_t)(len - i), "revindex0",
@@ -1654,6 +1663,7 @@ static bool render_for(ctx_t *c, const ct_node_t *n) {
         }
         c->flow = FLOW_NONE;
     }
+    json_object_clear(c->scopes[c->n_scopes - 1]);
     if (ok && len == 0 && n->kids[3]) ok = render(c, n->kids[3]);
     pop_scope(c);
     json_decref(list);
@@ -1746,10 +1756,14 @@ static bool render(ctx_t *c, const ct_node_t *n) {
         return true;
     case CT_MACRO: {
         const ct_node_t **m = realloc(c->macros, (size_t)(c->n_macros + 1) * sizeof *m);
-        if (!m) return fail(c, n, "out of memory");
-        c->macros = m;
-        c->macros[c->n_macros++] = n;
-        return true;
+        if (m) c->macros = m;
+        json_t **mk = m ? realloc(c->macro_markers, (size_t)(c->n_macros + 1) * sizeof *mk) : NULL;
+        if (mk) c->macro_markers = mk;
+        json_t *marker = mk ? json_object() : NULL;
+        if (!marker) return fail(c, n, "out of memory");
+        c->macros[c->n_macros] = n;
+        c->macro_markers[c->n_macros++] = marker;
+        return assign(c, n, n->str, marker);
     }
     default:
         return fail(c, n, "an expression where a statement belongs");
@@ -1777,7 +1791,10 @@ dsla_status_t dsla_chat_template_render(const dsla_chat_template_t *t, const jso
     while (c.n_scopes > 0)
         pop_scope(&c);
     free(c.scopes);
+    for (int i = 0; i < c.n_macros; i++)
+        json_decref(c.macro_markers[i]);
     free(c.macros);
+    free(c.macro_markers);
     json_decref(c.namespaces);
     if (!ok) {
         free(buf.data);

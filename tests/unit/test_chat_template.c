@@ -195,6 +195,15 @@ static void test_expressions(void **state) {
 /* loops, loop filters, break/continue; a set inside a loop stays there, a namespace carries
  * across; macros, set blocks, generation blocks, range, the tokens */
 static const case_t statement_cases[] = {
+    /* Jinja's scoping: each pass of a loop starts from the outer values; a macro is a name */
+    {"{% set y = 'outer' %}{% for x in [1, 2] %}{{ y }}{% set y = 'inner' %}{{ y }};{% endfor %}"
+     "{{ y }}",
+     NULL, "outerinner;outerinner;outer"},
+    {"{% for x in [1, 2] %}{% if loop.first %}{% set y = 'first' %}{% endif %}{{ y }};{% endfor %}",
+     NULL, "first;;"},
+    {"{% macro f() %}{{ y }}{% endmacro %}{% set y = 'top' %}{{ f() }}{% for x in [1] %}"
+     "{% set y = 'loop' %}{{ f() }}{% endfor %}{{ f is defined }}",
+     "{\"f\":2.5}", "toptopTrue"},
     {"{% for x in m %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}"
      "{{ loop.length }}{{ loop.revindex }};{% endfor %}",
      "{\"m\":[\"a\",\"b\"]}", "10TrueFalse22;21FalseTrue21;"},
