@@ -351,6 +351,57 @@ static bool repeat(ctx_t *c, const ct_node_t *n, const json_t *s, long long time
     return buf_value(c, n, &b, out);
 }
 
+/* Python's "fmt" % args for %s, %d, %i and %% (args a list for several). */
+static bool format_percent(ctx_t *c, const ct_node_t *n, const json_t *fmt, json_t *args,
+                           json_t **out) {
+    const char *f = json_string_value(fmt);
+    size_t len = json_string_length(fmt), used = 0;
+    size_t n_args = json_is_array(args) ? json_array_size(args) : 1;
+    ct_buf_t b = tmp_buf(c);
+    for (size_t i = 0; i < len; i++) {
+        if (f[i] != '%') {
+            if (!ct_buf_add(&b, f + i, 1)) return too_long(c, n, &b);
+            continue;
+        }
+        char spec = i + 1 < len ? f[++i] : 0;
+        if (spec == '%') {
+            if (!ct_buf_add(&b, "%", 1)) return too_long(c, n, &b);
+            continue;
+        }
+        if (spec != 's' && spec != 'd' && spec != 'i') {
+            free(b.data);
+            return fail(c, n,
+                        "%%-formatting: only %%s, %%d, %%i and %%%% are supported, not '%%%c'",
+                        spec ? spec : ' ');
+        }
+        if (used >= n_args) {
+            free(b.data);
+            return fail(c, n, "%%-formatting: not enough arguments for the format string");
+        }
+        json_t *x = json_is_array(args) ? json_array_get(args, used) : args;
+        used++;
+        double d;
+        if (spec != 's' && !json_is_integer(x)) {
+            if (!ct_to_double(x, &d) || !(d > -9.2e18 && d < 9.2e18)) {
+                free(b.data);
+                return fail(c, n, "%%-formatting: %%%c needs a number, not %s", spec, type_name(x));
+            }
+            x = json_integer((json_int_t)d);
+            bool ok = ct_buf_str(&b, x);
+            json_decref(x);
+            if (!ok) return too_long(c, n, &b);
+        } else if (!ct_buf_str(&b, x)) {
+            return too_long(c, n, &b);
+        }
+    }
+    if (used < n_args) {
+        free(b.data);
+        return fail(c, n, "%%-formatting: not all arguments converted");
+    }
+    if (!b.data && !ct_buf_add(&b, "", 0)) return too_long(c, n, &b);
+    return buf_value(c, n, &b, out);
+}
+
 static bool arith(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, json_t **out) {
     static const char *const names[] = {"", "+", "-", "*", "/", "//", "%", "**"};
     if (!a || !b) return fail(c, n, "an undefined value in '%s'", names[op]);
@@ -370,6 +421,7 @@ static bool arith(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, js
         }
         return new_value(c, n, r, out);
     }
+    if (op == CT_OP_MOD && json_is_string(a)) return format_percent(c, n, a, b, out);
     if (op == CT_OP_MUL && (json_is_string(a) || json_is_string(b)) && (is_int(a) || is_int(b)))
         return repeat(c, n, json_is_string(a) ? a : b, int_of(json_is_string(a) ? b : a), out);
     double x, y;

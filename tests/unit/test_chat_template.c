@@ -169,6 +169,7 @@ static void test_whitespace(void **state) {
 }
 
 static const case_t expression_cases[] = {
+    {"{{ \"%s and %s\" % (1, 'a') }} {{ '%d%%' % 5 }} {{ '<%s>' % 'x' }}", NULL, "1 and a 5% <x>"},
     {"{{ 1 + 2 * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }}", NULL,
      "7 3 -4 2 3.5 1024"},
     {"{{ 'a' ~ 1 ~ none ~ true }} {{ 'ab' * 3 }} {{ [1] + [2] }}", NULL,
