@@ -145,6 +145,40 @@ static void test_vectors(void **state) {
     json_decref(templates);
 }
 
+/* The snippets of vectors.json: Jinja's semantics feature by feature, as the reference rendered
+ * them (their variables include bos_token and eos_token; the template's are none). */
+static void test_snippets(void **state) {
+    (void)state;
+    char *path = source_path("tests/data/chat_templates/vectors.json");
+    json_t *doc = dsla_test_load_json(path);
+    free(path);
+    json_t *vars = json_object_get(doc, "snippet_variables"), *v;
+    size_t i, errors = 0;
+    json_array_foreach(json_object_get(doc, "snippets"), i, v) {
+        const char *src = json_string_value(json_object_get(v, "src"));
+        json_t *want = json_object_get(v, "text");
+        dsla_chat_template_t *t = NULL;
+        dsla_status_t st = dsla_chat_template_create(&t, src, strlen(src), "snippet", NULL, NULL);
+        char *out = NULL;
+        size_t len = 0;
+        if (st == DSLA_OK) st = dsla_chat_template_render(t, vars, OUT_MAX, &out, &len);
+        if (want && (st != DSLA_OK || len != json_string_length(want) ||
+                     memcmp(out, json_string_value(want), len) != 0))
+            print_message("snippet %zu: %s\nwant: [%s]\ngot:  [%s]\n", i, src,
+                          json_string_value(want), st == DSLA_OK ? out : dsla_last_error());
+        if (!want && st == DSLA_OK)
+            print_message("snippet %zu: %s: rendered, not an error\n", i, src);
+        assert_int_equal(st == DSLA_OK, want != NULL);
+        if (want) assert_memory_equal(out, json_string_value(want), len);
+        errors += !want;
+        free(out);
+        dsla_chat_template_destroy(&t);
+    }
+    print_message("%zu snippets as the reference renders them (%zu errors)\n", i, errors);
+    assert_true(i >= 80);
+    json_decref(doc);
+}
+
 /* trim_blocks: the newline after a block tag goes; lstrip_blocks: indentation before a block tag
  * (not before {{ }}); - and + marks; one trailing newline of the source dropped */
 static const case_t whitespace_cases[] = {
@@ -476,15 +510,11 @@ static void test_openai_chat(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors),
-        cmocka_unit_test(test_whitespace),
-        cmocka_unit_test(test_expressions),
-        cmocka_unit_test(test_statements),
-        cmocka_unit_test(test_filters_and_methods),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_load),
-        cmocka_unit_test(test_openai_chat),
+        cmocka_unit_test(test_vectors),    cmocka_unit_test(test_snippets),
+        cmocka_unit_test(test_whitespace), cmocka_unit_test(test_expressions),
+        cmocka_unit_test(test_statements), cmocka_unit_test(test_filters_and_methods),
+        cmocka_unit_test(test_errors),     cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_load),       cmocka_unit_test(test_openai_chat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

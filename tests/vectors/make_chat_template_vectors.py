@@ -4,7 +4,10 @@
 Renders a fixed set of conversations through each template of tests/data/chat_templates/
 (templates.json names each file, its source, and the tokens the model's tokenizer_config.json
 gives) and writes tests/data/chat_templates/vectors.json: for every (template, conversation,
-add_generation_prompt) the exact text, or the template's own error (raise_exception).
+add_generation_prompt) the exact text, or the template's own error (raise_exception). It also
+renders the small templates of snippets.json (Jinja's semantics one feature at a time: scoping,
+whitespace control, filters, methods, tests, operators) over SNIPPET_VARIABLES, each to its text
+or to "error" (the engine must then fail too, with its own words).
 
 The renderer is transformers' apply_chat_template(tokenize=False) when transformers is importable
 (the GPU machine's Python); otherwise jinja2 configured as transformers configures it in
@@ -75,6 +78,15 @@ CONVERSATIONS = {
     ],
 }
 
+SNIPPET_VARIABLES = {
+    "m": [{"role": "user", "content": " Hi \n", "n": 2},
+          {"role": "assistant", "content": "Yo", "x": None, "n": 1}],
+    "s": "h\u00e9llo w\u00f6rld  ", "n": 3, "f": 2.5,
+    "d": {"b": 1, "a": [1, 2.0, "x"], "c": {"z": None}}, "e": [], "t": True,
+    "u": "a\tb\\c\"d'e\u0001",
+    "bos_token": "<s>", "eos_token": "</s>",
+}
+
 # The tool conversation only for templates that carry the tool role (others raise or drop it).
 TOOL_TEMPLATES = {"qwen2.5-7b-instruct", "llama-3.2-3b-instruct", "mistral-nemo-instruct-2407",
                   "deepseek-r1-distill-llama-8b", "hermes-3-llama-3.1-70b-tool_use", "qwen3-0.6b"}
@@ -97,6 +109,12 @@ def jinja2_renderer():
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
 
+    def render_snippet(source, variables):
+        try:
+            return {"text": env.from_string(source).render(**variables)}
+        except Exception as e:  # an UndefinedError, TypeError... as much as a TemplateError
+            return {"error": type(e).__name__ + ": " + str(e)}
+
     def render(source, tokens, messages, add_generation_prompt, tools):
         kw = dict(tokens)
         kw.update(EXTRA)
@@ -107,7 +125,7 @@ def jinja2_renderer():
                 messages=messages, add_generation_prompt=add_generation_prompt, **kw)}
         except jinja2.exceptions.TemplateError as e:
             return {"error": str(e)}
-    return "jinja2 " + jinja2.__version__ + " (transformers' settings)", render
+    return "jinja2 " + jinja2.__version__ + " (transformers' settings)", render, render_snippet
 
 
 def transformers_renderer():
@@ -115,6 +133,14 @@ def transformers_renderer():
     import transformers
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    def render_snippet(source, variables):
+        try:
+            return {"text": _compile_jinja_template(source).render(**variables)}
+        except Exception as e:
+            return {"error": type(e).__name__ + ": " + str(e)}
 
     def render(source, tokens, messages, add_generation_prompt, tools):
         tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), **tokens)
@@ -124,18 +150,19 @@ def transformers_renderer():
                 add_generation_prompt=add_generation_prompt, **EXTRA)}
         except jinja2.exceptions.TemplateError as e:
             return {"error": str(e)}
-    return "transformers " + transformers.__version__ + " apply_chat_template", render
+    return ("transformers " + transformers.__version__ + " apply_chat_template", render,
+            render_snippet)
 
 
 def main():
-    name, render = None, None
+    name, render, render_snippet = None, None, None
     if "--jinja2" not in sys.argv:
         try:
-            name, render = transformers_renderer()
+            name, render, render_snippet = transformers_renderer()
         except ImportError:
             pass
     if render is None:
-        name, render = jinja2_renderer()
+        name, render, render_snippet = jinja2_renderer()
     with open(os.path.join(DATA, "templates.json")) as f:
         templates = json.load(f)
     vectors = []
@@ -151,17 +178,21 @@ def main():
                 v = {"template": t["name"], "conversation": conv, "add_generation_prompt": agp}
                 v.update(render(source, tokens, messages, agp, tools))
                 vectors.append(v)
+    with open(os.path.join(DATA, "snippets.json"), encoding="utf-8") as f:
+        snippets = [dict(src=src, **render_snippet(src, SNIPPET_VARIABLES)) for src in json.load(f)]
     out = {
         "renderer": name,
         "extra_variables": EXTRA,
         "tools": TOOLS,
         "conversations": CONVERSATIONS,
         "vectors": vectors,
+        "snippet_variables": SNIPPET_VARIABLES,
+        "snippets": snippets,
     }
     with open(os.path.join(DATA, "vectors.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
         f.write("\n")
-    print(f"{len(vectors)} vectors by {name}")
+    print(f"{len(vectors)} vectors and {len(snippets)} snippets by {name}")
 
 
 if __name__ == "__main__":
