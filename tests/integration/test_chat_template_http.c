@@ -159,7 +159,7 @@ static void test_bad_template_stops_start(void **state) {
     out[n] = '\0';
     int rc = pclose(p);
     print_message("%s", out);
-    assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 1);
+    assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) != 0); /* 1; a sanitizer build may say more */
     assert_non_null(strstr(out, "bad.jinja: line 2"));
     assert_non_null(strstr(out, "endfor"));
     dsla_test_rmtree(dir);
