@@ -686,7 +686,6 @@ static ct_node_t *parse_filters(parser_t *ps, ct_node_t *n) {
             ct_node_free(n);
             return NULL;
         }
-        /* dotted names (jinja allows "is sameas"); only single names here */
         ct_node_t *f = node1(ps, filter ? CT_FILTER : CT_TEST, n);
         if (!f || !(f->str = strndup(t.s, t.len))) {
             if (f) fail(ps, ps->line, "out of memory");
