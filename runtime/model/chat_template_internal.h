@@ -132,4 +132,76 @@ bool ct_buf_json(ct_buf_t *b, const json_t *v, int indent, bool sort_keys, char 
 /* Python's repr of a float (shortest round-trip, "1.0", "inf"). */
 void ct_float_repr(double x, char *out, size_t size);
 
+/* ---- rendering (chat_template_eval.c, chat_template_filters.c) ---- */
+
+#define CT_ARGS_MAX 16
+
+typedef struct {
+    const dsla_chat_template_t *t;
+    ct_buf_t *out;
+    json_t **scopes;
+    int n_scopes, cap_scopes, floor; /* lookups walk scopes[n-1..floor], then scopes[0] */
+    json_t *namespaces; /* the objects namespace() made: the only ones set may change */
+    /* the macros defined so far; each is a variable whose value is its marker, an empty object no
+     * one else holds, so that a macro shadows and is shadowed like any name */
+    const ct_node_t **macros;
+    json_t **macro_markers;
+    int n_macros;
+    long long steps;
+    int depth;
+    size_t max_str;
+    int flow; /* FLOW_* after break or continue */
+    bool failed;
+    char err[DSLA_ERROR_MESSAGE_MAX];
+} ctx_t;
+
+enum { FLOW_NONE, FLOW_BREAK, FLOW_CONTINUE };
+
+typedef struct {
+    int n;
+    json_t *v[CT_ARGS_MAX];
+    const char *name[CT_ARGS_MAX]; /* NULL: positional */
+} args_t;
+
+/* Records the render's error (the first one) with the node's line; false. */
+bool ct_fail(ctx_t *c, const ct_node_t *n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Python's name of v's type ("str", "dict", "undefined"). */
+const char *ct_type_name(const json_t *v);
+/* Counts k steps against DSLA_CHAT_TEMPLATE_STEPS_MAX. */
+bool ct_step(ctx_t *c, const ct_node_t *n, long long k);
+/* A buffer bounded like the output; ct_too_long frees it and fails naming the limit;
+ * ct_buf_value makes it a string value, taking its memory. */
+ct_buf_t ct_tmp_buf(const ctx_t *c);
+bool ct_too_long(ctx_t *c, const ct_node_t *n, ct_buf_t *b);
+bool ct_buf_value(ctx_t *c, const ct_node_t *n, ct_buf_t *b, json_t **out);
+bool ct_str_value(ctx_t *c, const ct_node_t *n, const char *s, size_t len, json_t **out);
+/* *out = v, failing "out of memory" when v is NULL. */
+bool ct_new_value(ctx_t *c, const ct_node_t *n, json_t *v, json_t **out);
+/* Positional argument pos, or keyword name (NULL: none); *found (if given) says whether given.
+ * ct_str_arg and ct_int_arg check its type (what names the callee in the message). */
+json_t *ct_arg(const args_t *a, int pos, const char *name, bool *found);
+bool ct_str_arg(ctx_t *c, const ct_node_t *n, const args_t *a, int pos, const char *name,
+                const char *what, const json_t **out);
+bool ct_int_arg(ctx_t *c, const ct_node_t *n, const args_t *a, int pos, const char *name,
+                const char *what, long long dflt, long long *out);
+/* Python's integers (booleans count as 0 and 1). */
+bool ct_is_int(const json_t *v);
+long long ct_int_of(const json_t *v);
+/* a op b for CT_OP_ADD..CT_OP_POW, and a op b for CT_OP_EQ..CT_OP_NOT_IN. */
+bool ct_arith(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, json_t **out);
+bool ct_compare(ctx_t *c, const ct_node_t *n, int op, json_t *a, json_t *b, bool *out);
+
+/* ---- tests, filters and methods (chat_template_filters.c) ---- */
+
+bool ct_run_test(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, const args_t *a,
+                 bool *out);
+bool ct_filter(ctx_t *c, const ct_node_t *n, const char *name, json_t *v, const args_t *a,
+               json_t **out);
+bool ct_method(ctx_t *c, const ct_node_t *n, json_t *obj, const char *name, const args_t *a,
+               json_t **out);
+/* An iterable as a list: a list as it is (a new reference), a dict's keys, a string's code
+ * points, undefined as empty; anything else an error. */
+bool ct_as_list(ctx_t *c, const ct_node_t *n, json_t *v, json_t **out);
+
 #endif
