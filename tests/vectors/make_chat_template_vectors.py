@@ -150,6 +150,8 @@ def transformers_renderer():
                 add_generation_prompt=add_generation_prompt, **EXTRA)}
         except jinja2.exceptions.TemplateError as e:
             return {"error": str(e)}
+        except TypeError as e:  # e.g. a template iterating tools, which transformers passes as None
+            return {"error": type(e).__name__ + ": " + str(e)}
     return ("transformers " + transformers.__version__ + " apply_chat_template", render,
             render_snippet)
 
