@@ -108,8 +108,10 @@ static void test_vectors(void **state) {
             json_object_set(vars, "messages", json_object_get(conversations, conv));
             json_object_set(vars, "add_generation_prompt",
                             json_object_get(v, "add_generation_prompt"));
-            if (strcmp(conv, "tool") == 0)
-                json_object_set(vars, "tools", json_object_get(doc, "tools"));
+            /* transformers passes tools=None when a conversation has none */
+            json_object_set(vars, "tools",
+                            strcmp(conv, "tool") == 0 ? json_object_get(doc, "tools")
+                                                      : json_null());
             char *out = NULL;
             st = dsla_chat_template_render(t, vars, OUT_MAX, &out, &len);
             json_decref(vars);
@@ -124,6 +126,12 @@ static void test_vectors(void **state) {
                                   json_string_value(want), out);
                 assert_int_equal(len, json_string_length(want));
                 assert_memory_equal(out, json_string_value(want), len);
+            } else if (strncmp(json_string_value(json_object_get(v, "error")), "TypeError: ", 11) ==
+                       0) {
+                /* Python's own error (iterating None): an error here too, in our words */
+                if (st == DSLA_OK)
+                    print_message("%s %s rendered; the reference fails\n", name, conv);
+                assert_int_equal(st, DSLA_ERR_INVALID_ARGUMENT);
             } else {
                 /* the template's own raise_exception, message for message */
                 assert_int_equal(st, DSLA_ERR_INVALID_ARGUMENT);
