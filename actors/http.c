@@ -471,8 +471,9 @@ static enum MHD_Result gen_whole(gen_t **gs, int n, struct MHD_Connection *conn,
 }
 
 /* Starts choice i of req on a gateway client of its own: NULL with *err filled on failure. */
-static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_openai_request_t *req,
-                        int i, unsigned long long n, dsla_openai_error_t *err) {
+static gen_t *gen_start(dsla_http_t *h, struct MHD_Connection *conn, dsla_openai_kind_t kind,
+                        const dsla_openai_request_t *req, int i, unsigned long long n,
+                        dsla_openai_error_t *err) {
     gen_t *g = calloc(1, sizeof *g);
     if (!g) {
         dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), err);
@@ -505,6 +506,11 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
         gen_free(g);
         return NULL;
     }
+    /* a client that goes away cancels the request at once, answered or not yet (an abandoned
+     * non-streamed request held its place in flight until it finished, ~40 s under load) */
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (info) dsla_client_watch(g->client, info->connect_fd);
     g->running = true;
     g->choice = i;
     g->t_start = dsla_clock_ms();
@@ -549,7 +555,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         return respond_error(h, conn, route, &err);
     }
     int started = 0;
-    while (started < choices && (gs[started] = gen_start(h, kind, &req, started, n, &err)))
+    while (started < choices && (gs[started] = gen_start(h, conn, kind, &req, started, n, &err)))
         started++;
     bool stream = req.stream;
     dsla_openai_request_free(&req);
