@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,6 +45,8 @@ dsla_test_server_t dsla_test_server_start(const char *const *args) {
     return dsla_test_server_start_logged(args, NULL);
 }
 
+unsigned long dsla_test_server_nofile;
+
 dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const char *log_path) {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -60,6 +63,10 @@ dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const 
     s.pid = fork();
     assert_true(s.pid >= 0);
     if (s.pid == 0) {
+        if (dsla_test_server_nofile) {
+            struct rlimit rl = {dsla_test_server_nofile, dsla_test_server_nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(127);
+        }
         dup2(fds[1], STDOUT_FILENO);
         if (log_path) {
             int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);

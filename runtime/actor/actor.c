@@ -10,6 +10,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "runtime/actor/conn_guard.h"
 #include "runtime/core/clock.h"
 #include "runtime/core/log.h"
 
@@ -98,6 +99,8 @@ struct dsla_actor {
     uv_idle_t idle;
     void *router;
     uv_poll_t router_poll;
+    dsla_conn_guard_t *guard; /* a bound on the mailbox's TCP connections (conn_guard.h) */
+    uv_poll_t guard_poll;
     peer_t peers[DSLA_ACTOR_PEER_MAX];
     watch_table_t watched;
     dsla_log_limit_t watch_warn;
@@ -390,6 +393,7 @@ static void on_heartbeat(uv_timer_t *t) {
             reconnect(a, p);
         }
     }
+    if (a->guard) dsla_conn_guard_drain(a->guard); /* an edge of its ZMQ_FD may have been missed */
     drain_all(a);
 }
 
@@ -822,6 +826,29 @@ static void on_stop_signal(uv_async_t *h) {
     if (!a->works) uv_stop(h->loop);
 }
 
+static void on_guard_poll(uv_poll_t *h, int status, int events) {
+    (void)status;
+    (void)events;
+    dsla_actor_t *a = h->loop->data;
+    dsla_conn_guard_drain(a->guard);
+}
+
+/* A mailbox bound to TCP accepts at most dsla_conn_guard_limit() connections at once. */
+static dsla_status_t guard_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
+    bool tcp = false;
+    for (int i = 0; i < DSLA_ACTOR_BIND_MAX && def->bind[i]; i++)
+        tcp = tcp || strncmp(def->bind[i], "tcp://", 6) == 0;
+    if (!tcp) return DSLA_OK;
+    int fd = -1;
+    DSLA_TRY(dsla_conn_guard_open(&a->guard, a->ctx->zmq, a->router, a->name,
+                                  dsla_conn_guard_limit(), &fd));
+    int rc = uv_poll_init(&a->loop, &a->guard_poll, fd);
+    if (rc == 0) rc = uv_poll_start(&a->guard_poll, UV_READABLE, on_guard_poll);
+    if (rc != 0)
+        return dsla_error(DSLA_ERR_INTERNAL, "polling the connection monitor: %s", uv_strerror(rc));
+    return DSLA_OK;
+}
+
 static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
     a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
     if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
@@ -855,7 +882,7 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
     int rc = uv_poll_init(&a->loop, &a->router_poll, fd);
     if (rc == 0) rc = uv_poll_start(&a->router_poll, UV_READABLE, on_poll);
     if (rc != 0) return dsla_error(DSLA_ERR_INTERNAL, "polling the mailbox: %s", uv_strerror(rc));
-    return DSLA_OK;
+    return guard_mailbox(a, def);
 }
 
 static dsla_status_t actor_open(dsla_actor_t *a, const dsla_actor_def_t *def) {
@@ -892,6 +919,7 @@ static void actor_close(dsla_actor_t *a) {
         if (uv_loop_close(&a->loop) != 0)
             dsla_log_error("actor %s: a libuv handle outlived its loop", a->name);
     }
+    dsla_conn_guard_close(&a->guard);
     if (a->router) zmq_close(a->router);
     watch_free(&a->watched);
 }
