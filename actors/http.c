@@ -41,7 +41,10 @@ enum { SWEEP_MS = 100 };
  * and its mailbox, the gateway's end), and the rest of the process keeps some (the model, the
  * actors' sockets, the log): connections are limited to what the open-files limit leaves. */
 enum { FDS_PER_CONNECTION = 4, FDS_KEPT = 128, CONNECTIONS_MIN = 16 };
-/* HTTP takes half of what the open-files limit leaves (a bound mailbox a quarter, conn_guard.h). */
+/* HTTP takes half of what the open-files limit leaves (a bound mailbox a quarter, conn_guard.h).
+ * Within that, twice max_in_flight connections and CONNECTIONS_SLACK more: beyond max_in_flight a
+ * request is answered 429 with Retry-After, which a connection closed unserved cannot say. */
+enum { CONNECTIONS_SLACK = 256 };
 /* Accepting with descriptors exhausted fails at once while the connection waits: the accept
  * thread then sheds it (with a descriptor kept in reserve for that) and waits before the next try,
  * from ACCEPT_BACKOFF_MIN_MS doubling to ACCEPT_BACKOFF_MAX_MS, rather than retrying in a loop. */
@@ -287,9 +290,9 @@ static dsla_status_t listen_on(const struct sockaddr_storage *ss, bool v6, const
     return DSLA_OK;
 }
 
-/* Connections this process's open-files limit can carry, within 2 * max_in_flight. */
+/* Connections this process's open-files limit can carry, within 2 * max_in_flight + slack. */
 static unsigned connection_limit(uint32_t max_in_flight) {
-    unsigned limit = 2 * max_in_flight;
+    unsigned limit = 2 * max_in_flight + CONNECTIONS_SLACK;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
         rlim_t fit = rl.rlim_cur > FDS_KEPT ? (rl.rlim_cur - FDS_KEPT) / 2 / FDS_PER_CONNECTION : 0;
