@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ typedef struct {
     char endpoint[DSLA_ACTOR_ENDPOINT_MAX];
     void *sock;
     uv_poll_t *poll; /* its own allocation: a closing handle outlives the socket it watched */
+    void *mon;       /* the DEALER's monitor (its disconnections), read at each heartbeat */
     int liveness;    /* heartbeat intervals left before the peer counts as dead */
     peer_state_t state;
 } peer_t;
@@ -127,6 +129,7 @@ struct dsla_actor {
 
 static void drain_all(dsla_actor_t *a);
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p);
+static bool dealer_dropped(peer_t *p);
 static void close_dealer(peer_t *p);
 
 static bool valid_name(const char *name, size_t len) {
@@ -388,6 +391,7 @@ static void on_heartbeat(uv_timer_t *t) {
             }
         }
         if (p->liveness > 0) p->liveness--;
+        if (dealer_dropped(p)) p->liveness = 0;
         if (p->liveness == 0 && p->state != PEER_DEAD) {
             peer_report(a, p, PEER_DEAD);
             reconnect(a, p);
@@ -552,6 +556,44 @@ static void free_on_close(uv_handle_t *h) {
 }
 
 /* Opens p's DEALER to p->endpoint and polls it. */
+/* A peer whose connection drops has lost whatever was in flight on it, even when it is back (a
+ * restarted process on the same endpoint) before its silence shows: the DEALER's monitor tells of
+ * the drop, and the next heartbeat reports the peer dead (the soak found requests of a replica
+ * killed and restarted within its liveness waiting forever). Without a monitor, silence alone. */
+static void monitor_dealer(dsla_actor_t *a, peer_t *p) {
+    static atomic_uint monitors;
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://dsla-peer-monitor-%u", atomic_fetch_add(&monitors, 1));
+    int linger = 0;
+    if (zmq_socket_monitor(p->sock, ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(p->mon = zmq_socket(a->ctx->zmq, ZMQ_PAIR)) ||
+        zmq_setsockopt(p->mon, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(p->mon, ep) != 0) {
+        dsla_log_warn("actor %s: no monitor on peer %s (%s): its death shows by silence only",
+                      a->name, p->name, zmq_strerror(zmq_errno()));
+        zmq_socket_monitor(p->sock, NULL, 0);
+        if (p->mon) zmq_close(p->mon);
+        p->mon = NULL;
+    }
+}
+
+/* Whether the peer's connection dropped since the last look. */
+static bool dealer_dropped(peer_t *p) {
+    bool dropped = false;
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (!p->mon || zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return dropped;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&m) >= 2) memcpy(&event, zmq_msg_data(&m), 2);
+        dropped = dropped || event == ZMQ_EVENT_DISCONNECTED;
+        zmq_msg_close(&m);
+    }
+}
+
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
@@ -587,6 +629,7 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
                       p->name, uv_strerror(rc));
     p->sock = sock;
     p->poll = poll;
+    monitor_dealer(a, p);
     return DSLA_OK;
 }
 
@@ -594,6 +637,11 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
  * close callback runs. */
 static void close_dealer(peer_t *p) {
     if (p->poll) uv_close((uv_handle_t *)p->poll, free_on_close);
+    if (p->mon) { /* stopped first: a socket closed while monitored is not released */
+        zmq_socket_monitor(p->sock, NULL, 0);
+        zmq_close(p->mon);
+        p->mon = NULL;
+    }
     if (p->sock) zmq_close(p->sock);
     p->poll = NULL;
     p->sock = NULL;
