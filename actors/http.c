@@ -1146,6 +1146,23 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     return DSLA_OK;
 }
 
+unsigned dsla_http_drain(dsla_http_t *h, uint32_t grace_ms) {
+    atomic_store(&h->accept_stop, true); /* no new connection: its clients are refused */
+    if (h->acceptor_on) pthread_join(h->acceptor, NULL);
+    h->acceptor_on = false;
+    if (h->listen_fd >= 0) close(h->listen_fd);
+    h->listen_fd = -1;
+    unsigned left = atomic_load(&h->in_flight);
+    if (left) dsla_log_info("http: draining %u requests in flight (at most %u ms)", left, grace_ms);
+    const uint64_t until = now_ms() + grace_ms;
+    while ((left = atomic_load(&h->in_flight)) > 0 && now_ms() < until)
+        sleep_ms(10);
+    if (left)
+        dsla_log_warn("http: %u requests still in flight after %u ms; they end UNAVAILABLE", left,
+                      grace_ms);
+    return left;
+}
+
 void dsla_http_destroy(dsla_http_t **hp) {
     if (!hp || !*hp) return;
     dsla_http_t *h = *hp;

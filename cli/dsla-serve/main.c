@@ -609,6 +609,7 @@ int main(int argc, char **argv) {
         int sig = 0;
         sigwait(&stop_signals, &sig);
         fprintf(stderr, "dsla-serve: signal %d, shutting down\n", sig);
+        dsla_node_drain(node, DSLA_NODE_GRACE_MS);
     } else {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }

@@ -12,7 +12,9 @@
  * - lost: an answer that claims success but is incomplete (fewer tokens than its usage says, a 200
  *   without its usage);
  * - hung: no answer within HUNG_MS.
- * lost and hung must be 0; after the faults the cluster must serve again. */
+ * lost and hung must be 0; after the faults the cluster must serve again. Last, SIGTERM stops the
+ * gateway while four long requests are in flight: they finish (200, all their tokens) before it
+ * exits 0 (a graceful stop: HTTP stops accepting and drains, DSLA_NODE_GRACE_MS at most). */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
 
@@ -174,6 +176,33 @@ static int health(int port) {
     return status;
 }
 
+enum { GRACEFUL = 4, LONG_TOKENS = 400 };
+
+typedef struct {
+    int port, status, tokens;
+} graceful_t;
+
+static void *long_request(void *arg) {
+    graceful_t *g = arg;
+    dsla_test_http_reply_t r = dsla_test_http(
+        g->port, "POST", "/v1/completions",
+        "{\"prompt\": \"Once upon a time\", \"max_tokens\": 400, \"ignore_eos\": true}");
+    g->status = r.status;
+    const char *u = r.body ? strstr(r.body, "\"completion_tokens\":") : NULL;
+    g->tokens = u ? atoi(u + strlen("\"completion_tokens\":")) : -1;
+    dsla_test_http_reply_free(&r);
+    return NULL;
+}
+
+/* dsla_http_in_flight from /metrics; -1 when it cannot be read. */
+static long in_flight(int port) {
+    dsla_test_http_reply_t r = dsla_test_http(port, "GET", "/metrics", NULL);
+    const char *at = r.body ? strstr(r.body, "\ndsla_http_in_flight ") : NULL;
+    long v = at ? strtol(at + strlen("\ndsla_http_in_flight "), NULL, 10) : -1;
+    dsla_test_http_reply_free(&r);
+    return v;
+}
+
 static void test_soak(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -256,7 +285,23 @@ static void test_soak(void **state) {
     assert_true(atomic_load(&s.ok) > 0);
     assert_int_equal(atomic_load(&s.sent), atomic_load(&s.ok) + atomic_load(&s.error));
 
-    dsla_test_server_stop(&cl.gateway);
+    /* graceful stop: SIGTERM with requests in flight; they finish, then the gateway exits 0 */
+    graceful_t gr[GRACEFUL] = {0};
+    pthread_t gth[GRACEFUL];
+    for (int i = 0; i < GRACEFUL; i++) {
+        gr[i].port = cl.gateway.http_port;
+        assert_int_equal(pthread_create(&gth[i], NULL, long_request, &gr[i]), 0);
+    }
+    t0 = dsla_clock_ms();
+    while (in_flight(cl.gateway.http_port) < GRACEFUL && dsla_clock_ms() - t0 < RECOVER_MS)
+        sleep_ms(10);
+    dsla_test_server_stop(&cl.gateway); /* SIGTERM; fails unless it exits 0 */
+    for (int i = 0; i < GRACEFUL; i++) {
+        pthread_join(gth[i], NULL);
+        if (gr[i].status != 200 || gr[i].tokens != LONG_TOKENS)
+            fail_msg("a request in flight at SIGTERM ended %d with %d tokens", gr[i].status,
+                     gr[i].tokens);
+    }
     dsla_test_server_stop(&cl.replica[0]);
     dsla_test_server_stop(&cl.replica[1]);
     free(model);
