@@ -52,8 +52,7 @@ test-fuzz: deps
 test-tsan: deps
 	cmake -S . -B $(TSAN_BUILD) -DDSLA_CUDA=OFF -DDSLA_TSAN=ON -DDSLA_WERROR=ON \
 		-DCMAKE_BUILD_TYPE=RelWithDebInfo
-	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_actor test_serving_engine \
-		test_serving_tokenize
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_actor test_serving_engine
 	cd $(TSAN_BUILD) && TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp" \
 		ctest --output-on-failure -j $(JOBS) -L tsan
 

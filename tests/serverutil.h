@@ -68,5 +68,8 @@ dsla_test_http_reply_t dsla_test_http(int port, const char *method, const char *
 dsla_test_http_reply_t dsla_test_http_with(int port, const char *method, const char *path,
                                            const char *headers, const char *body);
 void dsla_test_http_reply_free(dsla_test_http_reply_t *r);
+/* A plain TCP connection to 127.0.0.1:port (for tests that hold connections open or write raw
+ * bytes); -1 when it cannot be made. */
+int dsla_test_connect(int port);
 
 #endif

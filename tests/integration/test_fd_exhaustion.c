@@ -32,17 +32,6 @@ enum {
     RECOVER_MS = 20000,
 };
 
-static int connect_nb(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* The process's user + system CPU time in ms (/proc/PID/stat). */
 static long cpu_ms(pid_t pid) {
     char path[64], buf[2048];
@@ -119,9 +108,9 @@ static void test_descriptors_exhausted(void **state) {
     int *fds = malloc((IDLE_HTTP + IDLE_ZMQ + KNOCKS) * sizeof *fds);
     int n = 0, zmq_open = 0;
     for (int i = 0; i < IDLE_HTTP; i++)
-        if ((fds[n] = connect_nb(s.http_port)) >= 0) n++;
+        if ((fds[n] = dsla_test_connect(s.http_port)) >= 0) n++;
     for (int i = 0; i < IDLE_ZMQ; i++)
-        if ((fds[n] = connect_nb(zport)) >= 0) {
+        if ((fds[n] = dsla_test_connect(zport)) >= 0) {
             n++;
             zmq_open++;
         }
@@ -129,7 +118,7 @@ static void test_descriptors_exhausted(void **state) {
     const long lines0 = count_lines(log_path), cpu0 = cpu_ms(s.pid);
     const uint64_t t0 = dsla_clock_ms();
     for (int i = 0; i < KNOCKS; i++) { /* new clients keep coming while nothing is left */
-        if ((fds[n] = connect_nb(s.http_port)) >= 0) {
+        if ((fds[n] = dsla_test_connect(s.http_port)) >= 0) {
             const char req[] = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
             (void)send(fds[n], req, sizeof req - 1, MSG_NOSIGNAL);
             n++;

@@ -96,15 +96,6 @@ static void *fake_main(void *arg) {
     return NULL;
 }
 
-static int connect_to(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_true(fd >= 0);
-    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0);
-    return fd;
-}
-
 static void post(int fd, const char *body) {
     char req[1024];
     int n =
@@ -152,7 +143,8 @@ static void test_abandoned_requests_cancelled(void **state) {
     /* N long requests fill the places: N-1 whole answers and one stream before its first token */
     int fds[N];
     for (int i = 0; i < N; i++) {
-        fds[i] = connect_to(port);
+        fds[i] = dsla_test_connect(port);
+        assert_true(fds[i] >= 0);
         post(fds[i], i == 0 ? "{\"prompt\": \"long\", \"max_tokens\": 100, \"stream\": true}"
                             : "{\"prompt\": \"long\", \"max_tokens\": 100}");
     }
