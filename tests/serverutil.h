@@ -71,5 +71,7 @@ void dsla_test_http_reply_free(dsla_test_http_reply_t *r);
 /* A plain TCP connection to 127.0.0.1:port (for tests that hold connections open or write raw
  * bytes); -1 when it cannot be made. */
 int dsla_test_connect(int port);
+/* Waits (up to 10 s) until GET /health answers 200; fails the test otherwise. */
+void dsla_test_http_wait_healthy(int port);
 
 #endif

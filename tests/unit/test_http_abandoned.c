@@ -80,7 +80,9 @@ static void *fake_main(void *arg) {
                     assert_int_equal(dsla_proto_token_encode(&t, &body), DSLA_OK);
                     reply(f, rid, (size_t)rid_len, DSLA_MSG_TOKEN, env.id, &body);
                     dsla_proto_buf_free(&body);
-                    dsla_proto_done_t d = {DSLA_PROTO_FINISH_STOP, 1, 1};
+                    dsla_proto_done_t d = {.finish = DSLA_PROTO_FINISH_STOP,
+                                           .prompt_tokens = 1,
+                                           .completion_tokens = 1};
                     assert_int_equal(dsla_proto_done_encode(&d, &body), DSLA_OK);
                     reply(f, rid, (size_t)rid_len, DSLA_MSG_DONE, env.id, &body);
                     atomic_fetch_add(&f->quick, 1);
