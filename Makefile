@@ -7,6 +7,7 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
+TSAN_BUILD ?= build-tsan
 FUZZ_SECONDS ?= 4
 DSLA_MODEL ?= ../shared/models/stories260K-hf
 PROMPT ?= Once upon a time
@@ -15,7 +16,7 @@ JOBS ?= $(shell nproc)
 NVCC := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
 CMAKE_ENV := $(if $(NVCC),CUDACXX=$(NVCC),)
 
-.PHONY: deps build run test test-asan test-fuzz bench clean
+.PHONY: deps build run test test-asan test-fuzz test-tsan bench clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -46,11 +47,20 @@ test-fuzz: deps
 		fuzz_tokenizer fuzz_http_body fuzz_chat_template
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -j $(JOBS) -L fuzz
 
+# ThreadSanitizer over the actor runtime's and the serving engine threads' tests (label tsan):
+# only their targets are built. Not part of `make test` (docs/reliability.md, "TSan").
+test-tsan: deps
+	cmake -S . -B $(TSAN_BUILD) -DDSLA_CUDA=OFF -DDSLA_TSAN=ON -DDSLA_WERROR=ON \
+		-DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_actor test_serving_engine
+	cd $(TSAN_BUILD) && TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp" \
+		ctest --output-on-failure -j $(JOBS) -L tsan
+
 bench: build
 	$(BUILD)/bin/bench_cpu_infer
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(TSAN_BUILD)
 
 # A relocatable tarball of the binaries, their libraries and the client stub (deploy/README.md).
 .PHONY: bundle

@@ -2,7 +2,10 @@
 #include "actors/http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -10,8 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -35,6 +40,18 @@ enum { STREAM_BLOCK = 16 * 1024 };
 enum { CONNECTION_TIMEOUT_S = 120 };
 /* How often the slow-reader sweep runs, at most: a fraction of any sensible read deadline. */
 enum { SWEEP_MS = 100 };
+/* Descriptors: a connection carrying a request holds about four (its own, a ZeroMQ client socket
+ * and its mailbox, the gateway's end), and the rest of the process keeps some (the model, the
+ * actors' sockets, the log): connections are limited to what the open-files limit leaves. */
+enum { FDS_PER_CONNECTION = 4, FDS_KEPT = 128, CONNECTIONS_MIN = 16 };
+/* HTTP takes half of what the open-files limit leaves (a bound mailbox a quarter, conn_guard.h).
+ * Within that, twice max_in_flight connections and CONNECTIONS_SLACK more: beyond max_in_flight a
+ * request is answered 429 with Retry-After, which a connection closed unserved cannot say. */
+enum { CONNECTIONS_SLACK = 256 };
+/* Accepting with descriptors exhausted fails at once while the connection waits: the accept
+ * thread then sheds it (with a descriptor kept in reserve for that) and waits before the next try,
+ * from ACCEPT_BACKOFF_MIN_MS doubling to ACCEPT_BACKOFF_MAX_MS, rather than retrying in a loop. */
+enum { ACCEPT_BACKOFF_MIN_MS = 10, ACCEPT_BACKOFF_MAX_MS = 1000, ACCEPT_BACKLOG = 1024 };
 
 /* Routes and the status codes counted in /metrics. */
 typedef enum {
@@ -94,6 +111,17 @@ struct dsla_http {
     pthread_t sweeper;
     dsla_log_limit_t slow_log, mhd_log; /* under conn_mu */
 
+    /* The listening socket is this front end's, not libmicrohttpd's: its accept thread backs off
+     * when descriptors run out (libmicrohttpd retried at once, a busy loop) and hands each
+     * connection over with MHD_add_connection, up to conn_limit of them. */
+    int listen_fd, reserve_fd; /* reserve_fd: /dev/null, given up to shed a connection */
+    bool acceptor_on;
+    pthread_t acceptor;
+    atomic_bool accept_stop;
+    unsigned conn_limit;
+    atomic_uint n_conns;         /* handed to MHD and not yet closed */
+    dsla_log_limit_t accept_log; /* the accept thread's own */
+
     atomic_uint in_flight;
     atomic_ullong next_id;
     atomic_ullong responses[N_ROUTES][N_CODES + 1]; /* the last column: any other code */
@@ -139,7 +167,11 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             h->conns = e;
         }
         *socket_context = e;
-    } else if (*socket_context) { /* closed: MHD closes the socket only after this */
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && atomic_load(&h->n_conns) > 0) {
+        atomic_fetch_sub(&h->n_conns, 1);
+    }
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        /* closed: MHD closes the socket only after this */
         conn_t *e = *socket_context;
         if (e->prev) e->prev->next = e->next;
         if (e->next) e->next->prev = e->prev;
@@ -177,6 +209,103 @@ static void *sweep(void *arg) {
     }
     pthread_mutex_unlock(&h->conn_mu);
     return NULL;
+}
+
+/* ---- the accept thread ----------------------------------------------------------------------- */
+
+static void sleep_ms(uint32_t ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Out of descriptors with a connection waiting: take it with the reserve descriptor and close it
+ * at once (its client sees the close rather than waiting in the backlog), then get the reserve
+ * back. */
+static void shed_one(dsla_http_t *h) {
+    if (h->reserve_fd < 0) return;
+    close(h->reserve_fd);
+    int fd = accept(h->listen_fd, NULL, NULL);
+    if (fd >= 0) close(fd);
+    h->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void *accept_main(void *arg) {
+    dsla_http_t *h = arg;
+    uint32_t backoff = 0;
+    unsigned long long shed = 0, over = 0;
+    while (!atomic_load(&h->accept_stop)) {
+        struct pollfd p = {h->listen_fd, POLLIN, 0};
+        if (poll(&p, 1, (int)SWEEP_MS) <= 0) continue;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept(h->listen_fd, (struct sockaddr *)&ss, &len);
+        if (fd < 0) {
+            int err = errno;
+            if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) continue;
+            shed_one(h);
+            shed++;
+            DSLA_LOG_LIMITED(&h->accept_log, DSLA_LOG_WARN,
+                             "http: out of descriptors (%s): %llu connections closed unserved so "
+                             "far; accepting again in %u ms",
+                             strerror(err), shed, backoff ? backoff : ACCEPT_BACKOFF_MIN_MS);
+            backoff = backoff ? backoff * 2 : ACCEPT_BACKOFF_MIN_MS;
+            if (backoff > ACCEPT_BACKOFF_MAX_MS) backoff = ACCEPT_BACKOFF_MAX_MS;
+            sleep_ms(backoff);
+            continue;
+        }
+        backoff = 0;
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+        /* counted from the add to MHD's close notice, earlier than MHD's own count (which is
+         * taken on its polling thread, and dropped only once a closed connection's thread is
+         * joined): libmicrohttpd 0.9.75, made to meet its own limit by MHD_add_connection, kept
+         * one of its locks held and every connection thread stuck on it */
+        if (atomic_load(&h->n_conns) >= h->conn_limit) {
+            close(fd);
+            over++;
+            DSLA_LOG_LIMITED(&h->accept_log, DSLA_LOG_WARN,
+                             "http: %u connections open (the limit for this process's open-files "
+                             "limit): %llu closed unserved so far",
+                             h->conn_limit, over);
+            continue;
+        }
+        atomic_fetch_add(&h->n_conns, 1);
+        if (MHD_add_connection(h->daemon, fd, (struct sockaddr *)&ss, len) != MHD_YES)
+            atomic_fetch_sub(&h->n_conns, 1); /* it closed fd */
+    }
+    return NULL;
+}
+
+/* The listening socket for address, bound, into *out. */
+static dsla_status_t listen_on(const struct sockaddr_storage *ss, bool v6, const char *address,
+                               int *out) {
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    if (fd >= 0) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    socklen_t len = v6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (v6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
+        bind(fd, (const struct sockaddr *)ss, len) != 0 || listen(fd, ACCEPT_BACKLOG) != 0) {
+        const int err = errno;
+        if (fd >= 0) close(fd);
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "http: cannot listen on %s: %s (is the port in use? --http off "
+                          "disables HTTP)",
+                          address, strerror(err));
+    }
+    *out = fd;
+    return DSLA_OK;
+}
+
+/* Connections this process's open-files limit can carry, within 2 * max_in_flight + slack. */
+static unsigned connection_limit(uint32_t max_in_flight) {
+    unsigned limit = 2 * max_in_flight + CONNECTIONS_SLACK;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        rlim_t fit = rl.rlim_cur > FDS_KEPT ? (rl.rlim_cur - FDS_KEPT) / 2 / FDS_PER_CONNECTION : 0;
+        if (fit < CONNECTIONS_MIN) fit = CONNECTIONS_MIN;
+        if (fit < limit) limit = (unsigned)fit;
+    }
+    return limit;
 }
 
 /* ---- small helpers ------------------------------------------------------------------------- */
@@ -671,8 +800,9 @@ static enum MHD_Result gen_whole(gen_t **gs, int n, int per_prompt, int best_of,
 }
 
 /* Starts choice i of req on a gateway client of its own: NULL with *err filled on failure. */
-static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_openai_request_t *req,
-                        int i, unsigned long long n, dsla_openai_error_t *err) {
+static gen_t *gen_start(dsla_http_t *h, struct MHD_Connection *conn, dsla_openai_kind_t kind,
+                        const dsla_openai_request_t *req, int i, unsigned long long n,
+                        dsla_openai_error_t *err) {
     gen_t *g = calloc(1, sizeof *g);
     if (!g) {
         dsla_openai_error_from_status(kind, dsla_error_oom("http: a generation request"), err);
@@ -708,6 +838,11 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
         gen_free(g);
         return NULL;
     }
+    /* a client that goes away cancels the request at once, answered or not yet (an abandoned
+     * non-streamed request held its place in flight until it finished, ~40 s under load) */
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (info) dsla_client_watch(g->client, info->connect_fd);
     g->running = true;
     g->choice = i;
     g->t_start = dsla_clock_ms();
@@ -744,7 +879,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         return respond_error(h, conn, route, &err);
     }
     int started = 0;
-    while (started < choices && (gs[started] = gen_start(h, kind, &req, started, n, &err)))
+    while (started < choices && (gs[started] = gen_start(h, conn, kind, &req, started, n, &err)))
         started++;
     const bool stream = req.stream;
     const int per_prompt = req.n, best_of = req.best_of > req.n ? req.best_of : req.n;
@@ -1165,6 +1300,7 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "http: the gateway endpoint is missing");
     dsla_http_t *h = calloc(1, sizeof *h);
     if (!h) return dsla_error_oom("http");
+    h->listen_fd = h->reserve_fd = -1;
     snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
     h->tokenizer = config->tokenizer;
@@ -1198,30 +1334,58 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     /* One client socket per request in flight (plus the pool and the health checks): ZeroMQ's
      * default of 1023 sockets would fail requests well inside max_in_flight. */
     zmq_ctx_set(h->zctx, ZMQ_MAX_SOCKETS, (int)h->max_in_flight + CLIENT_POOL_MAX + 64);
+    h->conn_limit = connection_limit(h->max_in_flight);
+    dsla_status_t lst = listen_on(&ss, v6, config->address, &h->listen_fd);
+    if (lst != DSLA_OK) {
+        dsla_http_destroy(&h);
+        return lst;
+    }
+    h->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC |
+                     (v6 ? MHD_USE_IPv6 : 0);
+    /* MHD's own limit stays above the accept thread's (conn_limit), never met (see accept_main)
+     */
     h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
-                                 on_mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)(2 * h->max_in_flight),
+                                 on_mhd_log, h, MHD_OPTION_CONNECTION_LIMIT, 2 * h->conn_limit + 64,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
                                  MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
     if (!h->daemon) {
         dsla_http_destroy(&h);
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "http: cannot listen on %s (is the port in use? --http off disables "
-                          "HTTP)",
+        return dsla_error(DSLA_ERR_INTERNAL, "http: libmicrohttpd did not start on %s",
                           config->address);
     }
     h->sweeper_on = pthread_create(&h->sweeper, NULL, sweep, h) == 0;
-    if (!h->sweeper_on) {
+    h->acceptor_on = h->sweeper_on && pthread_create(&h->acceptor, NULL, accept_main, h) == 0;
+    if (!h->acceptor_on) {
         dsla_http_destroy(&h);
-        return dsla_error(DSLA_ERR_INTERNAL, "http: cannot start the read-deadline thread");
+        return dsla_error(DSLA_ERR_INTERNAL, "http: cannot start the front end's threads");
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = info ? info->port : 0;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    if (getsockname(h->listen_fd, (struct sockaddr *)&bound, &blen) == 0)
+        h->port = ntohs(v6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                           : ((struct sockaddr_in *)&bound)->sin_port);
     *out = h;
     return DSLA_OK;
+}
+
+unsigned dsla_http_drain(dsla_http_t *h, uint32_t grace_ms) {
+    atomic_store(&h->accept_stop, true); /* no new connection: its clients are refused */
+    if (h->acceptor_on) pthread_join(h->acceptor, NULL);
+    h->acceptor_on = false;
+    if (h->listen_fd >= 0) close(h->listen_fd);
+    h->listen_fd = -1;
+    unsigned left = atomic_load(&h->in_flight);
+    if (left) dsla_log_info("http: draining %u requests in flight (at most %u ms)", left, grace_ms);
+    const uint64_t until = now_ms() + grace_ms;
+    while ((left = atomic_load(&h->in_flight)) > 0 && now_ms() < until)
+        sleep_ms(10);
+    if (left)
+        dsla_log_warn("http: %u requests still in flight after %u ms; they end UNAVAILABLE", left,
+                      grace_ms);
+    return left;
 }
 
 void dsla_http_destroy(dsla_http_t **hp) {
@@ -1232,6 +1396,10 @@ void dsla_http_destroy(dsla_http_t **hp) {
     pthread_cond_signal(&h->conn_cv);
     pthread_mutex_unlock(&h->conn_mu);
     if (h->sweeper_on) pthread_join(h->sweeper, NULL);
+    atomic_store(&h->accept_stop, true);
+    if (h->acceptor_on) pthread_join(h->acceptor, NULL);
+    if (h->listen_fd >= 0) close(h->listen_fd);
+    if (h->reserve_fd >= 0) close(h->reserve_fd);
     if (h->zctx) zmq_ctx_shutdown(h->zctx); /* requests waiting on the gateway end now */
     if (h->daemon) MHD_stop_daemon(h->daemon);
     for (int i = 0; i < h->n_pool; i++)

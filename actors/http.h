@@ -61,6 +61,10 @@ typedef struct {
 } dsla_http_config_t;
 
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config);
+/* Graceful stop, first half: stops accepting connections (new clients are refused) and waits up
+ * to grace_ms for the generation requests in flight to finish (their connections stay served).
+ * Returns how many are still in flight. Then destroy. */
+unsigned dsla_http_drain(dsla_http_t *h, uint32_t grace_ms);
 /* Wakes every request waiting on the gateway (they end UNAVAILABLE), closes every connection,
  * joins the threads. Harmless on NULL. */
 void dsla_http_destroy(dsla_http_t **h);

@@ -160,6 +160,10 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
     return DSLA_OK;
 }
 
+void dsla_node_drain(dsla_node_t *n, uint32_t grace_ms) {
+    if (n && n->http) dsla_http_drain(n->http, grace_ms);
+}
+
 void dsla_node_destroy(dsla_node_t **np) {
     if (!np || !*np) return;
     dsla_node_t *n = *np;

@@ -85,6 +85,10 @@ uint32_t dsla_node_request_bound(const dsla_node_config_t *config);
 /* Stops HTTP, the gateway, the serving actor, the distiller (within a training step), then the
  * controller. Harmless on NULL. */
 void dsla_node_destroy(dsla_node_t **n);
+/* Before destroy on SIGTERM: HTTP stops accepting and its requests in flight get up to grace_ms
+ * to finish (dsla_http_drain); a node without HTTP returns at once. */
+#define DSLA_NODE_GRACE_MS 10000
+void dsla_node_drain(dsla_node_t *n, uint32_t grace_ms);
 /* The clients' endpoint as bound (a wildcard port resolved). */
 const char *dsla_node_endpoint(const dsla_node_t *n);
 /* The HTTP port as bound; 0 when HTTP is off. */

@@ -277,8 +277,10 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
     const uint64_t plan_id = dsla_plan_id(dsla_engine_plan(engine));
     /* the engine thread steps on the device the backend was deployed to from this thread */
     const bool gpu = config->backend && strcmp(config->backend->name, "cuda") == 0;
-    dsla_serving_engine_config_t ec = {
-        .deliver = deliver, .user = s, .cuda_device = gpu ? dsla_cuda_device_current() : -1};
+    dsla_serving_engine_config_t ec = {.deliver = deliver,
+                                       .user = s,
+                                       .cuda_device = gpu ? dsla_cuda_device_current() : -1,
+                                       .tokenizer = config->tokenizer};
     if (gpu && config->gpu_warmup) {
         ec.warmup_vocab = mcfg->vocab_size;
         ec.warmup_chunk = config->engine.prefill_chunk;

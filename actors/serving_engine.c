@@ -24,6 +24,11 @@ typedef struct item {
     uint64_t key; /* SUBMIT, CANCEL: the request; PLAN: the adoption's token */
     dsla_proto_generate_t g;
     dsla_plan_t *plan;
+    /* a SUBMIT that went through the tokenizer thread: cancelled meanwhile, or its prompt could
+     * not be tokenised (refused, with the tokenizer's sentence) */
+    bool cancelled;
+    dsla_status_t refused;
+    char why[DSLA_PROTO_MESSAGE_MAX + 1];
 } item_t;
 
 /* A request in the engine, known on the engine thread only. */
@@ -50,6 +55,13 @@ struct dsla_serving_engine {
     live_t *live;
     dsla_serving_batch_t *batch;
     dsla_log_limit_t step_log;
+    /* the tokenizer thread's, under tok_mu: long text prompts waiting to be tokenised (FIFO) and
+     * the one being tokenised; taken before mu when both are held */
+    pthread_t tok_thread;
+    bool tok_started, tok_stop;
+    pthread_mutex_t tok_mu;
+    pthread_cond_t tok_cv;
+    item_t *tok_head, *tok_tail, *tok_current;
 };
 
 /* ---- batches ---- */
@@ -169,6 +181,16 @@ static void refuse(struct dsla_serving_engine *e, uint64_t key, dsla_status_t st
 }
 
 static void do_submit(struct dsla_serving_engine *e, item_t *it) {
+    if (it->cancelled) { /* while its prompt was tokenised */
+        dsla_serving_event_t x = {
+            .key = it->key, .token = -1, .finished = true, .finish = DSLA_FINISH_CANCELLED};
+        batch_event(e, &x, NULL, NULL, 0, NULL);
+        return;
+    }
+    if (it->refused != DSLA_OK) {
+        refuse(e, it->key, dsla_error(it->refused, "%s", it->why));
+        return;
+    }
     live_t *l = calloc(1, sizeof *l);
     if (!l) {
         refuse(e, it->key, dsla_error_oom("serving"));
@@ -293,6 +315,58 @@ static void *engine_main(void *arg) {
     return NULL;
 }
 
+static dsla_status_t enqueue(struct dsla_serving_engine *e, item_t *it);
+
+/* ---- the tokenizer thread ---- */
+
+/* Tokenises a long text prompt into ids, off the engine thread: a 200,000-character prompt takes
+ * seconds, and the engine's steps (every other request's tokens) would wait for it. */
+static void tokenise(struct dsla_serving_engine *e, item_t *it) {
+    const dsla_tokenizer_t *t = e->config.tokenizer;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    dsla_status_t st = dsla_tokenizer_encode(t, it->g.prompt, it->g.prompt_len,
+                                             dsla_tokenizer_add_bos_default(t), &ids, &n);
+    if (st == DSLA_OK && n == 0) {
+        free(ids);
+        ids = NULL;
+        st = dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                        "request: the prompt is empty and the tokenizer has no BOS token");
+    }
+    if (st != DSLA_OK) {
+        it->refused = st;
+        snprintf(it->why, sizeof it->why, "%s", dsla_last_error());
+        return;
+    }
+    free((void *)it->g.prompt); /* the ids stand for it now, as a GENERATE's ids win */
+    it->g.prompt = NULL;
+    it->g.prompt_len = 0;
+    it->g.prompt_ids = ids;
+    it->g.n_prompt_ids = (int)n;
+}
+
+static void *tokenizer_main(void *arg) {
+    struct dsla_serving_engine *e = arg;
+    pthread_mutex_lock(&e->tok_mu);
+    for (;;) {
+        while (!e->tok_stop && !e->tok_head)
+            pthread_cond_wait(&e->tok_cv, &e->tok_mu);
+        if (e->tok_stop) break;
+        item_t *it = e->tok_head;
+        e->tok_head = it->next;
+        if (!e->tok_head) e->tok_tail = NULL;
+        it->next = NULL;
+        e->tok_current = it;
+        pthread_mutex_unlock(&e->tok_mu);
+        if (!it->cancelled) tokenise(e, it);
+        pthread_mutex_lock(&e->tok_mu);
+        e->tok_current = NULL;
+        enqueue(e, it); /* under tok_mu: a cancel of it that finds it no longer here follows it */
+    }
+    pthread_mutex_unlock(&e->tok_mu);
+    return NULL;
+}
+
 /* ---- the caller's side ---- */
 
 static dsla_status_t enqueue(struct dsla_serving_engine *e, item_t *it) {
@@ -318,7 +392,17 @@ dsla_status_t dsla_serving_engine_submit(dsla_serving_engine_t *e, uint64_t key,
     it->key = key;
     it->g = *g;
     memset(g, 0, sizeof *g);
-    return enqueue(e, it);
+    if (!e->tok_started || it->g.prompt_ids || it->g.prompt_len <= DSLA_SERVING_TOKENIZE_INLINE_MAX)
+        return enqueue(e, it);
+    pthread_mutex_lock(&e->tok_mu);
+    if (e->tok_tail)
+        e->tok_tail->next = it;
+    else
+        e->tok_head = it;
+    e->tok_tail = it;
+    pthread_cond_signal(&e->tok_cv);
+    pthread_mutex_unlock(&e->tok_mu);
+    return DSLA_OK;
 }
 
 dsla_status_t dsla_serving_engine_cancel(dsla_serving_engine_t *e, uint64_t key) {
@@ -326,7 +410,19 @@ dsla_status_t dsla_serving_engine_cancel(dsla_serving_engine_t *e, uint64_t key)
     if (!it) return dsla_error_oom("serving");
     it->kind = ITEM_CANCEL;
     it->key = key;
-    return enqueue(e, it);
+    pthread_mutex_lock(&e->tok_mu);
+    item_t *waiting = e->tok_current && e->tok_current->key == key ? e->tok_current : NULL;
+    for (item_t *w = e->tok_head; w && !waiting; w = w->next)
+        if (w->key == key) waiting = w;
+    dsla_status_t st = DSLA_OK;
+    if (waiting) { /* still being tokenised: it ends "cancelled" instead of being submitted */
+        waiting->cancelled = true;
+        free(it);
+    } else {
+        st = enqueue(e, it);
+    }
+    pthread_mutex_unlock(&e->tok_mu);
+    return st;
 }
 
 dsla_status_t dsla_serving_engine_set_plan(dsla_serving_engine_t *e, uint64_t token,
@@ -363,7 +459,17 @@ dsla_status_t dsla_serving_engine_create(dsla_serving_engine_t **out, dsla_engin
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     pthread_mutex_init(&e->metrics_mu, NULL);
+    pthread_mutex_init(&e->tok_mu, NULL);
+    pthread_cond_init(&e->tok_cv, NULL);
     dsla_engine_metrics(e->engine, &e->metrics); /* before the thread: nobody else touches it */
+    if (e->config.tokenizer) {
+        if (pthread_create(&e->tok_thread, NULL, tokenizer_main, e) != 0) {
+            dsla_serving_engine_destroy(&e);
+            return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
+                              "serving: cannot start the tokenizer thread");
+        }
+        e->tok_started = true;
+    }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
         dsla_serving_engine_destroy(&e);
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "serving: cannot start the engine thread");
@@ -374,6 +480,14 @@ dsla_status_t dsla_serving_engine_create(dsla_serving_engine_t **out, dsla_engin
 }
 
 void dsla_serving_engine_stop(dsla_serving_engine_t *e) {
+    if (e->tok_started) {
+        pthread_mutex_lock(&e->tok_mu);
+        e->tok_stop = true;
+        pthread_cond_signal(&e->tok_cv);
+        pthread_mutex_unlock(&e->tok_mu);
+        pthread_join(e->tok_thread, NULL);
+        e->tok_started = false;
+    }
     if (!e->started) return;
     pthread_mutex_lock(&e->mu);
     e->stop = true;
@@ -391,6 +505,10 @@ void dsla_serving_engine_destroy(dsla_serving_engine_t **ep) {
         next = it->next;
         item_free(it);
     }
+    for (item_t *it = e->tok_head, *next; it; it = next) {
+        next = it->next;
+        item_free(it);
+    }
     dsla_engine_destroy(&e->engine);
     while (e->live)
         live_unlink(e, e->live);
@@ -398,6 +516,8 @@ void dsla_serving_engine_destroy(dsla_serving_engine_t **ep) {
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
     pthread_mutex_destroy(&e->metrics_mu);
+    pthread_cond_destroy(&e->tok_cv);
+    pthread_mutex_destroy(&e->tok_mu);
     free(e);
     *ep = NULL;
 }

@@ -85,7 +85,15 @@ typedef struct {
     /* > 0: dsla_serve_cuda_warmup(engine, warmup_vocab, warmup_chunk, warmup_context) on the
      * engine thread before it takes any work (requests submitted meanwhile wait in the inbox) */
     int warmup_vocab, warmup_chunk, warmup_context;
+    /* the engine's tokenizer (borrowed), to tokenise text prompts longer than
+     * DSLA_SERVING_TOKENIZE_INLINE_MAX bytes on a thread of their own, in arrival order, so that
+     * the engine's steps never wait for one; NULL: every prompt is tokenised by the engine */
+    const dsla_tokenizer_t *tokenizer;
 } dsla_serving_engine_config_t;
+
+/* Text prompts up to this many bytes are tokenised on the engine thread (microseconds); longer
+ * ones on the tokenizer thread. */
+#define DSLA_SERVING_TOKENIZE_INLINE_MAX 4096
 
 /* Takes engine (NULLs *engine, also on failure) and starts its thread. */
 dsla_status_t dsla_serving_engine_create(dsla_serving_engine_t **out, dsla_engine_t **engine,

@@ -3,10 +3,12 @@
  * through wait_frame, which pings the server and watches its silence. */
 #include "proto/dsla_client.h"
 
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <zmq.h>
@@ -36,6 +38,7 @@ struct dsla_client {
     bool send_failed; /* the last send did not leave; its message is in send_error */
     char send_error[DSLA_PROTO_MESSAGE_MAX + 1];
     int64_t last_heard, next_ping;
+    int watch_fd;             /* the caller's connection, watched while a request runs; -1: none */
     dsla_proto_token_t piece; /* what dsla_client_next hands out */
 };
 
@@ -74,6 +77,7 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
     dsla_client_t *c = calloc(1, sizeof *c);
     if (!c) return dsla_error_oom("client");
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
+    c->watch_fd = -1;
     c->heartbeat_ms =
         options && options->heartbeat_ms ? options->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
     c->retries = options && options->retries > 0 ? options->retries : 0;
@@ -162,6 +166,17 @@ static void send_fresh(dsla_client_t *c, uint32_t type, const dsla_proto_buf_t *
     if (c->send_failed) snprintf(c->send_error, sizeof c->send_error, "%s", dsla_last_error());
 }
 
+/* Whether the watched connection, found readable, was closed by its peer (end of file or an
+ * error). Bytes waiting (a pipelined request) are no close: the watch stops, so that they do not
+ * wake every poll. */
+static bool watched_closed(dsla_client_t *c) {
+    char byte;
+    ssize_t n = recv(c->watch_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return true;
+    if (n > 0) c->watch_fd = -1;
+    return false;
+}
+
 /* Waits for the next frame of the message in flight (c->id), pinging the server meanwhile. OK
  * with *frame holding it (the caller closes it) and env decoded from it; otherwise the failure in
  * r: DEADLINE_EXCEEDED, or UNAVAILABLE after DSLA_CLIENT_LIVENESS silent intervals. */
@@ -185,11 +200,15 @@ static dsla_proto_code_t wait_frame(dsla_client_t *c, zmq_msg_t *frame, dsla_pro
         }
         int64_t wake = min64(c->next_ping, c->last_heard + silent_limit);
         if (c->deadline >= 0) wake = min64(wake, c->deadline);
-        zmq_pollitem_t item = {.socket = c->sock, .events = ZMQ_POLLIN};
-        int n = zmq_poll(&item, 1, (long)(wake > now ? wake - now : 0));
+        zmq_pollitem_t items[2] = {{.socket = c->sock, .events = ZMQ_POLLIN},
+                                   {.fd = c->watch_fd, .events = ZMQ_POLLIN}};
+        int n = zmq_poll(items, c->watch_fd >= 0 ? 2 : 1, (long)(wake > now ? wake - now : 0));
         if (n < 0 && zmq_errno() == ETERM)
             return fail(r, DSLA_CODE_UNAVAILABLE, "client: its ZeroMQ context was shut down");
         if (n <= 0) continue; /* a timeout, or EINTR: the checks above decide */
+        if (c->watch_fd >= 0 && items[1].revents && watched_closed(c))
+            return fail(r, DSLA_CODE_CANCELLED, "client: the caller's connection closed");
+        if (!(items[0].revents & ZMQ_POLLIN)) continue;
         zmq_msg_init(frame);
         if (zmq_msg_recv(frame, c->sock, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(frame);
@@ -215,6 +234,7 @@ static dsla_proto_code_t read_error(const dsla_proto_envelope_t *env, dsla_clien
 
 static void finish_request(dsla_client_t *c) {
     c->active = false;
+    c->watch_fd = -1;
     dsla_proto_buf_free(&c->body);
 }
 
@@ -252,7 +272,8 @@ bool dsla_client_next(dsla_client_t *c, dsla_client_piece_t *piece, dsla_client_
             code = fail(r, DSLA_CODE_UNAVAILABLE, dsla_last_error());
         }
         if (code != DSLA_CODE_OK) {
-            if (code == DSLA_CODE_DEADLINE_EXCEEDED) send_cancel(c, c->id);
+            if (code == DSLA_CODE_DEADLINE_EXCEEDED || code == DSLA_CODE_CANCELLED)
+                send_cancel(c, c->id);
             finish_request(c);
             return false;
         }
@@ -296,6 +317,10 @@ bool dsla_client_next(dsla_client_t *c, dsla_client_piece_t *piece, dsla_client_
             return false;
         }
     }
+}
+
+void dsla_client_watch(dsla_client_t *c, int fd) {
+    if (c->active) c->watch_fd = fd;
 }
 
 void dsla_client_cancel(dsla_client_t *c, dsla_client_result_t *result) {

@@ -77,6 +77,11 @@ dsla_status_t dsla_client_start(dsla_client_t *c, const dsla_proto_generate_t *r
                                 int deadline_ms);
 bool dsla_client_next(dsla_client_t *c, dsla_client_piece_t *piece, dsla_client_result_t *result);
 void dsla_client_cancel(dsla_client_t *c, dsla_client_result_t *result);
+/* Watches fd (a socket: the caller's own client connection) for the rest of the started request:
+ * once its peer closes it, the waiting dsla_client_next sends CANCEL and ends the request
+ * CANCELLED, rather than waiting for an answer nobody will read. Bytes arriving on fd (a
+ * pipelined request) end the watch instead. */
+void dsla_client_watch(dsla_client_t *c, int fd);
 
 /* Sends STATUS to a gateway and waits for its REPORT; returns result->code (an actor without a
  * STATUS handler answers INVALID_ARGUMENT). Never while a request is started. */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +46,8 @@ dsla_test_server_t dsla_test_server_start(const char *const *args) {
     return dsla_test_server_start_logged(args, NULL);
 }
 
+unsigned long dsla_test_server_nofile;
+
 dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const char *log_path) {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -61,6 +64,10 @@ dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const 
     s.pid = fork();
     assert_true(s.pid >= 0);
     if (s.pid == 0) {
+        if (dsla_test_server_nofile) {
+            struct rlimit rl = {dsla_test_server_nofile, dsla_test_server_nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(127);
+        }
         dup2(fds[1], STDOUT_FILENO);
         if (log_path) {
             int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -241,6 +248,17 @@ void dsla_test_http_reply_free(dsla_test_http_reply_t *r) {
     free(r->head);
     free(r->body);
     r->head = r->body = NULL;
+}
+
+int dsla_test_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 void dsla_test_http_wait_healthy(int port) {

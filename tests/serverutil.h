@@ -25,6 +25,9 @@ dsla_test_server_t dsla_test_server_start(const char *const *args);
 /* The same with the server's stderr appended to log_path (NULL: the test's stderr), for tests
  * that read what it logs. */
 dsla_test_server_t dsla_test_server_start_logged(const char *const *args, const char *log_path);
+/* > 0: servers started from now on run with this RLIMIT_NOFILE, soft and hard (so that they
+ * cannot raise it). */
+extern unsigned long dsla_test_server_nofile;
 /* SIGTERM, and the test fails unless it exits 0. */
 void dsla_test_server_stop(dsla_test_server_t *s);
 /* SIGKILL, reaped; safe from a callback in the middle of a request. */
@@ -65,6 +68,9 @@ dsla_test_http_reply_t dsla_test_http(int port, const char *method, const char *
 dsla_test_http_reply_t dsla_test_http_with(int port, const char *method, const char *path,
                                            const char *headers, const char *body);
 void dsla_test_http_reply_free(dsla_test_http_reply_t *r);
+/* A plain TCP connection to 127.0.0.1:port (for tests that hold connections open or write raw
+ * bytes); -1 when it cannot be made. */
+int dsla_test_connect(int port);
 /* Waits (up to 10 s) until GET /health answers 200; fails the test otherwise. */
 void dsla_test_http_wait_healthy(int port);
 

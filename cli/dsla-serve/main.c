@@ -109,8 +109,9 @@ static void default_layer_cache(char *out, size_t cap) {
 }
 
 /* Each HTTP request in flight holds about four descriptors (its connection, a ZeroMQ client socket
- * and its mailbox, the gateway's end): raise the soft limit to the hard one, and say so when even
- * that cannot carry the in-flight bound. */
+ * and its mailbox, the gateway's end), and HTTP takes at most half of the limit (http.c; a bound
+ * mailbox a quarter, conn_guard.h): raise the soft limit to the hard one, and say so when even
+ * that cannot carry the in-flight bound (in_flight 0: HTTP is off, nothing to say). */
 static void raise_open_files(uint32_t in_flight) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
@@ -118,14 +119,14 @@ static void raise_open_files(uint32_t in_flight) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    const rlim_t need = 4 * (rlim_t)in_flight + 256;
-    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+    const rlim_t need = 8 * (rlim_t)in_flight + 128;
+    if (in_flight && rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
         fprintf(stderr,
-                "dsla-serve: open files are limited to %llu (ulimit -n), about %llu HTTP requests "
-                "in flight; beyond that they fail. Raise the limit or lower "
+                "dsla-serve: open files are limited to %llu (ulimit -n), about %llu HTTP "
+                "connections; beyond that they are closed unserved. Raise the limit or lower "
                 "--http-max-in-flight (%u)\n",
                 (unsigned long long)rl.rlim_max,
-                (unsigned long long)(rl.rlim_max > 256 ? rl.rlim_max - 256 : 0) / 4, in_flight);
+                (unsigned long long)(rl.rlim_max > 128 ? rl.rlim_max - 128 : 0) / 8, in_flight);
 }
 
 /* Random weights are drawn from this seed: every --random-model server is the same model. */
@@ -573,9 +574,9 @@ int main(int argc, char **argv) {
                                      .layer_cache = layer_cache,
                                      .fetch_chunk = (uint32_t)fetch_chunk,
                                      .serving_name = serving_name};
-        if (http_on)
-            raise_open_files(config.http_max_in_flight ? config.http_max_in_flight
-                                                       : dsla_node_request_bound(&config));
+        raise_open_files(!http_on                    ? 0
+                         : config.http_max_in_flight ? config.http_max_in_flight
+                                                     : dsla_node_request_bound(&config));
         if (distill_out) {
             distill.layers = (int)distill_layers;
             distill.steps = (int)distill_steps;
@@ -619,6 +620,7 @@ int main(int argc, char **argv) {
         int sig = 0;
         sigwait(&stop_signals, &sig);
         fprintf(stderr, "dsla-serve: signal %d, shutting down\n", sig);
+        dsla_node_drain(node, DSLA_NODE_GRACE_MS);
     } else {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }

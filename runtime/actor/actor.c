@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <uv.h>
 #include <zmq.h>
 
+#include "runtime/actor/conn_guard.h"
 #include "runtime/core/clock.h"
 #include "runtime/core/log.h"
 
@@ -32,6 +34,7 @@ typedef struct {
     char endpoint[DSLA_ACTOR_ENDPOINT_MAX];
     void *sock;
     uv_poll_t *poll; /* its own allocation: a closing handle outlives the socket it watched */
+    void *mon;       /* the DEALER's monitor (its disconnections), read at each heartbeat */
     int liveness;    /* heartbeat intervals left before the peer counts as dead */
     peer_state_t state;
 } peer_t;
@@ -98,6 +101,8 @@ struct dsla_actor {
     uv_idle_t idle;
     void *router;
     uv_poll_t router_poll;
+    dsla_conn_guard_t *guard; /* a bound on the mailbox's TCP connections (conn_guard.h) */
+    uv_poll_t guard_poll;
     peer_t peers[DSLA_ACTOR_PEER_MAX];
     watch_table_t watched;
     dsla_log_limit_t watch_warn;
@@ -124,6 +129,7 @@ struct dsla_actor {
 
 static void drain_all(dsla_actor_t *a);
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p);
+static bool dealer_dropped(peer_t *p);
 static void close_dealer(peer_t *p);
 
 static bool valid_name(const char *name, size_t len) {
@@ -385,11 +391,13 @@ static void on_heartbeat(uv_timer_t *t) {
             }
         }
         if (p->liveness > 0) p->liveness--;
+        if (dealer_dropped(p)) p->liveness = 0;
         if (p->liveness == 0 && p->state != PEER_DEAD) {
             peer_report(a, p, PEER_DEAD);
             reconnect(a, p);
         }
     }
+    if (a->guard) dsla_conn_guard_drain(a->guard); /* an edge of its ZMQ_FD may have been missed */
     drain_all(a);
 }
 
@@ -548,6 +556,44 @@ static void free_on_close(uv_handle_t *h) {
 }
 
 /* Opens p's DEALER to p->endpoint and polls it. */
+/* A peer whose connection drops has lost whatever was in flight on it, even when it is back (a
+ * restarted process on the same endpoint) before its silence shows: the DEALER's monitor tells of
+ * the drop, and the next heartbeat reports the peer dead (the soak found requests of a replica
+ * killed and restarted within its liveness waiting forever). Without a monitor, silence alone. */
+static void monitor_dealer(dsla_actor_t *a, peer_t *p) {
+    static atomic_uint monitors;
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://dsla-peer-monitor-%u", atomic_fetch_add(&monitors, 1));
+    int linger = 0;
+    if (zmq_socket_monitor(p->sock, ep, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(p->mon = zmq_socket(a->ctx->zmq, ZMQ_PAIR)) ||
+        zmq_setsockopt(p->mon, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(p->mon, ep) != 0) {
+        dsla_log_warn("actor %s: no monitor on peer %s (%s): its death shows by silence only",
+                      a->name, p->name, zmq_strerror(zmq_errno()));
+        zmq_socket_monitor(p->sock, NULL, 0);
+        if (p->mon) zmq_close(p->mon);
+        p->mon = NULL;
+    }
+}
+
+/* Whether the peer's connection dropped since the last look. */
+static bool dealer_dropped(peer_t *p) {
+    bool dropped = false;
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (!p->mon || zmq_msg_recv(&m, p->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return dropped;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&m) >= 2) memcpy(&event, zmq_msg_data(&m), 2);
+        dropped = dropped || event == ZMQ_EVENT_DISCONNECTED;
+        zmq_msg_close(&m);
+    }
+}
+
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
@@ -583,6 +629,7 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
                       p->name, uv_strerror(rc));
     p->sock = sock;
     p->poll = poll;
+    monitor_dealer(a, p);
     return DSLA_OK;
 }
 
@@ -590,6 +637,11 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
  * close callback runs. */
 static void close_dealer(peer_t *p) {
     if (p->poll) uv_close((uv_handle_t *)p->poll, free_on_close);
+    if (p->mon) { /* stopped first: a socket closed while monitored is not released */
+        zmq_socket_monitor(p->sock, NULL, 0);
+        zmq_close(p->mon);
+        p->mon = NULL;
+    }
     if (p->sock) zmq_close(p->sock);
     p->poll = NULL;
     p->sock = NULL;
@@ -822,6 +874,29 @@ static void on_stop_signal(uv_async_t *h) {
     if (!a->works) uv_stop(h->loop);
 }
 
+static void on_guard_poll(uv_poll_t *h, int status, int events) {
+    (void)status;
+    (void)events;
+    dsla_actor_t *a = h->loop->data;
+    dsla_conn_guard_drain(a->guard);
+}
+
+/* A mailbox bound to TCP accepts at most dsla_conn_guard_limit() connections at once. */
+static dsla_status_t guard_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
+    bool tcp = false;
+    for (int i = 0; i < DSLA_ACTOR_BIND_MAX && def->bind[i]; i++)
+        tcp = tcp || strncmp(def->bind[i], "tcp://", 6) == 0;
+    if (!tcp) return DSLA_OK;
+    int fd = -1;
+    DSLA_TRY(dsla_conn_guard_open(&a->guard, a->ctx->zmq, a->router, a->name,
+                                  dsla_conn_guard_limit(), &fd));
+    int rc = uv_poll_init(&a->loop, &a->guard_poll, fd);
+    if (rc == 0) rc = uv_poll_start(&a->guard_poll, UV_READABLE, on_guard_poll);
+    if (rc != 0)
+        return dsla_error(DSLA_ERR_INTERNAL, "polling the connection monitor: %s", uv_strerror(rc));
+    return DSLA_OK;
+}
+
 static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
     a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
     if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
@@ -855,7 +930,7 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
     int rc = uv_poll_init(&a->loop, &a->router_poll, fd);
     if (rc == 0) rc = uv_poll_start(&a->router_poll, UV_READABLE, on_poll);
     if (rc != 0) return dsla_error(DSLA_ERR_INTERNAL, "polling the mailbox: %s", uv_strerror(rc));
-    return DSLA_OK;
+    return guard_mailbox(a, def);
 }
 
 static dsla_status_t actor_open(dsla_actor_t *a, const dsla_actor_def_t *def) {
@@ -892,6 +967,7 @@ static void actor_close(dsla_actor_t *a) {
         if (uv_loop_close(&a->loop) != 0)
             dsla_log_error("actor %s: a libuv handle outlived its loop", a->name);
     }
+    dsla_conn_guard_close(&a->guard);
     if (a->router) zmq_close(a->router);
     watch_free(&a->watched);
 }

@@ -23,17 +23,6 @@
 
 enum { SLOW = 512, DEADLINE_MS = 1500 };
 
-static int connect_to(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Whether the server closed fd (a read sees the end or a reset). */
 static bool closed_by_server(int fd) {
     struct pollfd p = {fd, POLLIN, 0};
@@ -58,7 +47,7 @@ static void test_slow_senders_cut(void **state) {
     int *fds = malloc(SLOW * sizeof *fds);
     int opened = 0;
     for (int i = 0; i < SLOW; i++) {
-        fds[i] = connect_to(port);
+        fds[i] = dsla_test_connect(port);
         if (fds[i] < 0) break;
         opened++;
         const char part[] = "GET /health HTTP/1.1\r\nHost: x\r\n";
