@@ -381,11 +381,15 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     if (st == DSLA_OK) st = dsla_ctl_writer_create(&c->writer, c->store);
     if (st == DSLA_OK) st = dsla_ctl_core_create(&c->core, cfg->layers_dir, &env);
     if (st == DSLA_OK) st = dsla_ctl_core_start(c->core, c->store, cfg->policy);
+    /* with CURVE, each type only from keys of its role (runtime/actor/curve.h) */
     static const dsla_actor_handler_t handlers[] = {
-        {DSLA_MSG_LOAD_REPORT, on_load_report}, {DSLA_MSG_PLAN_ACK, on_plan_reply},
-        {DSLA_MSG_PLAN_NACK, on_plan_reply},    {DSLA_MSG_ADMIN, on_admin},
-        {DSLA_MSG_LAYER_READY, on_layer_ready}, {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress},
-        {DSLA_MSG_LAYER_FETCH, on_layer_fetch}};
+        {DSLA_MSG_LOAD_REPORT, on_load_report, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_PLAN_ACK, on_plan_reply, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_PLAN_NACK, on_plan_reply, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_ADMIN, on_admin, DSLA_ROLE_ADMIN},
+        {DSLA_MSG_LAYER_READY, on_layer_ready, DSLA_ROLE_DISTILLER},
+        {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress, DSLA_ROLE_DISTILLER},
+        {DSLA_MSG_LAYER_FETCH, on_layer_fetch, DSLA_ROLE_REPLICA}};
     dsla_actor_def_t def = {
         .name = cfg->name ? cfg->name : "controller",
         .ctx = cfg->ctx,

@@ -380,7 +380,8 @@ dsla_status_t dsla_distiller_create(dsla_distiller_t **out, const dsla_distiller
     atomic_init(&d->stop, false);
     dsla_status_t st = configure(d, c);
     const dsla_actor_peer_def_t peers[] = {{CONTROLLER_PEER, c->controller}};
-    static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_PROMPT_SAMPLES, on_prompt_samples}};
+    static const dsla_actor_handler_t handlers[] = {
+        {DSLA_MSG_PROMPT_SAMPLES, on_prompt_samples, DSLA_ROLE_REPLICA}};
     dsla_actor_def_t def = {
         .name = c->name ? c->name : "distiller",
         .ctx = c->ctx,

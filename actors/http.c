@@ -70,6 +70,8 @@ struct dsla_http {
     const dsla_tokenizer_t *tokenizer; /* /tokenize, /detokenize; NULL: 501 */
     uint32_t heartbeat_ms, max_in_flight;
     const dsla_http_auth_t *auth; /* NULL: no key required */
+    bool curve;                   /* CURVE to the gateway with these keys (Z85 and NUL) */
+    char curve_server[41], curve_public[41], curve_secret[41];
     long long started;
     int port;
 
@@ -182,6 +184,11 @@ static dsla_client_t *client_get(dsla_http_t *h) {
     pthread_mutex_unlock(&h->mu);
     if (c) return c;
     dsla_client_options_t opt = {.heartbeat_ms = h->heartbeat_ms, .zmq_context = h->zctx};
+    if (h->curve) {
+        opt.curve_server_key = h->curve_server;
+        opt.curve_public_key = h->curve_public;
+        opt.curve_secret_key = h->curve_secret;
+    }
     if (dsla_client_connect(&c, h->gateway, &opt) != DSLA_OK) return NULL;
     return c;
 }
@@ -956,6 +963,12 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     h->tokenizer = config->tokenizer;
     h->heartbeat_ms = config->heartbeat_ms;
     h->auth = config->auth;
+    if (config->curve_server_key && config->curve_public_key && config->curve_secret_key) {
+        h->curve = true;
+        snprintf(h->curve_server, sizeof h->curve_server, "%s", config->curve_server_key);
+        snprintf(h->curve_public, sizeof h->curve_public, "%s", config->curve_public_key);
+        snprintf(h->curve_secret, sizeof h->curve_secret, "%s", config->curve_secret_key);
+    }
     h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
     h->read_deadline_ms =
         config->read_deadline_ms ? config->read_deadline_ms : DSLA_HTTP_READ_DEADLINE_MS;

@@ -31,6 +31,7 @@ struct dsla_node {
     dsla_serving_t *serving;
     dsla_gateway_t *gateway;
     dsla_http_t *http;
+    dsla_curve_keys_t *http_keys; /* the HTTP front end's CURVE keypair; NULL without CURVE */
 };
 
 /* Each replica may hold its queue and its running set: the gateway and HTTP carry that many, plus
@@ -75,6 +76,11 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
                              .tokenizer = c->tokenizer,
                              .auth = c->http_auth,
                              .allow_insecure = c->http_allow_insecure};
+    if (n->http_keys) { /* the gateway's mailbox is this node's CURVE server */
+        hc.curve_server_key = c->curve->self.public_key;
+        hc.curve_public_key = n->http_keys->self.public_key;
+        hc.curve_secret_key = n->http_keys->secret_key;
+    }
     return dsla_http_create(&n->http, &hc);
 }
 
@@ -87,6 +93,24 @@ static dsla_status_t same_directory(const char *layers, const char *out) {
                       "node: the distiller's output directory %s must be the controller's layer "
                       "directory %s (give one of the two)",
                       out, layers);
+}
+
+/* CURVE for the node's context: its keys, plus a keypair made now for the HTTP front end (a
+ * client of its own gateway, authorized under the name "http"). */
+static dsla_status_t secure_node(dsla_node_t *n, const dsla_node_config_t *c) {
+    if (!c->curve) {
+        if (c->http_allow_insecure) dsla_actor_ctx_allow_insecure(n->ctx);
+        return DSLA_OK;
+    }
+    dsla_curve_keys_t *keys = NULL;
+    DSLA_TRY(dsla_curve_keys_new(&n->http_keys, DSLA_ROLE_CLIENT, "http"));
+    dsla_status_t st = dsla_curve_keys_copy(&keys, c->curve);
+    if (st == DSLA_OK)
+        st = dsla_curve_keys_authorize(keys, DSLA_ROLE_CLIENT, "http",
+                                       n->http_keys->self.public_key);
+    if (st == DSLA_OK) st = dsla_actor_ctx_secure(n->ctx, keys);
+    dsla_curve_keys_destroy(&keys);
+    return st;
 }
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config) {
@@ -105,6 +129,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
     }
     const char *layers_dir = config->layers_dir ? config->layers_dir : config->distiller.out_dir;
     dsla_status_t st = dsla_actor_ctx_create(&n->ctx);
+    if (st == DSLA_OK) st = secure_node(n, config);
     if (st == DSLA_OK && distill) { /* first: it creates the directory the controller scans */
         dsla_distiller_config_t dc = config->distiller;
         dc.ctx = n->ctx;
@@ -166,6 +191,7 @@ void dsla_node_destroy(dsla_node_t **np) {
     dsla_distiller_destroy(&n->distiller);
     dsla_controller_destroy(&n->controller);
     dsla_actor_ctx_destroy(&n->ctx);
+    dsla_curve_keys_destroy(&n->http_keys);
     free(n);
     *np = NULL;
 }

@@ -295,11 +295,13 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
                                         .user = s};
     DSLA_TRY(dsla_serving_core_create(&s->core, &cc, &co));
 
-    static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_GENERATE, on_generate},
-                                                    {DSLA_MSG_CANCEL, on_cancel},
-                                                    {DSLA_MSG_SET_PLAN, on_set_plan},
-                                                    {DSLA_MSG_LAYER_CHUNK, on_layer_chunk},
-                                                    {DSLA_MSG_ERROR, on_error}};
+    /* with CURVE, requests come only from gateway keys (clients go through a gateway) */
+    static const dsla_actor_handler_t handlers[] = {
+        {DSLA_MSG_GENERATE, on_generate, DSLA_ROLE_GATEWAY},
+        {DSLA_MSG_CANCEL, on_cancel, DSLA_ROLE_GATEWAY},
+        {DSLA_MSG_SET_PLAN, on_set_plan, DSLA_ROLE_CONTROLLER},
+        {DSLA_MSG_LAYER_CHUNK, on_layer_chunk, DSLA_ROLE_CONTROLLER},
+        {DSLA_MSG_ERROR, on_error, 0}};
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "serving",
         .ctx = config->ctx,

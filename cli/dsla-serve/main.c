@@ -34,7 +34,8 @@ static const char usage[] =
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
-    "                  [--http-max-in-flight N]\n\n"
+    "                  [--http-max-in-flight N]\n"
+    "                  [--curve-keys DIR] [--allow-insecure]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -71,7 +72,9 @@ static const char usage[] =
     "(--http-max-in-flight overrides HTTP's). --random-model 7b (with --device cuda) serves a\n"
     "Llama-2-7B-shaped model of random weights drawn on the GPU (no checkpoint needed; no\n"
     "controller or distiller) with the tokenizer of --tokenizer DIR; --vocab defaults to its\n"
-    "vocabulary.";
+    "vocabulary. --curve-keys DIR puts CURVE on every tcp:// mailbox and connection\n"
+    "(docs/security.md: node.key, node.pub, authorized_keys, known_servers; `dslactl keygen`\n"
+    "makes a keypair); without it a mailbox binds only loopback unless --allow-insecure.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -201,7 +204,8 @@ int main(int argc, char **argv) {
     const char *log_level = NULL, *log_format = NULL;
     dsla_arg_list_t replicas = {0};
     bool serving_only = false, allow_insecure = false;
-    const char *api_key_file = NULL, *admin_key_file = NULL;
+    const char *api_key_file = NULL, *admin_key_file = NULL, *curve_dir = NULL;
+    dsla_curve_keys_t *curve = NULL;
     dsla_http_auth_t *http_auth = NULL, *admin_auth = NULL;
     long heartbeat_ms = 0, report_ms = 0;
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
@@ -301,8 +305,12 @@ int main(int argc, char **argv) {
         {"admin-key-file", DSLA_ARG_STRING,
          "keys dslactl must present at --admin, one a line (also DSLA_ADMIN_KEY)", 0, 0,
          &admin_key_file},
-        {"allow-insecure", DSLA_ARG_FLAG, "let HTTP listen beyond loopback without an API key", 0,
-         0, &allow_insecure},
+        {"allow-insecure", DSLA_ARG_FLAG,
+         "let HTTP listen beyond loopback without an API key, and mailboxes without CURVE", 0, 0,
+         &allow_insecure},
+        {"curve-keys", DSLA_ARG_STRING,
+         "CURVE key directory: node.key, node.pub, authorized_keys, known_servers", 0, 0,
+         &curve_dir},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
         {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
@@ -533,6 +541,7 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK)
         st = dsla_http_auth_load(&admin_auth, admin_key_file, getenv("DSLA_ADMIN_KEY"),
                                  &(dsla_http_auth_source_t){"--admin-key-file", "DSLA_ADMIN_KEY"});
+    if (st == DSLA_OK && curve_dir) st = dsla_curve_keys_load(&curve, curve_dir);
     if (st == DSLA_OK) {
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
@@ -558,7 +567,8 @@ int main(int argc, char **argv) {
                                      .report_ms = (uint32_t)report_ms,
                                      .layer_cache = layer_cache,
                                      .fetch_chunk = (uint32_t)fetch_chunk,
-                                     .serving_name = serving_name};
+                                     .serving_name = serving_name,
+                                     .curve = curve};
         if (http_on)
             raise_open_files(config.http_max_in_flight ? config.http_max_in_flight
                                                        : dsla_node_request_bound(&config));
@@ -612,6 +622,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }
     dsla_node_destroy(&node);
+    dsla_curve_keys_destroy(&curve);
     dsla_http_auth_destroy(&http_auth);
     dsla_http_auth_destroy(&admin_auth);
     dsla_serve_backend_destroy(&backend);
