@@ -25,6 +25,8 @@ struct dsla_controller {
     uint32_t tick_ms;
     char distiller[DSLA_PROTO_NAME_MAX + 1]; /* the one name LAYER_READY and progress come from */
     const dsla_http_auth_t *admin_auth;      /* NULL: no admin key required */
+    bool has_layer_key;                      /* announced versions must carry its MAC */
+    dsla_layer_key_t layer_key;
     /* lines a misbehaving peer can repeat once per message */
     dsla_log_limit_t reply_warn, send_warn, refused_warn;
 };
@@ -160,6 +162,7 @@ static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
         j->c = c;
         snprintf(j->v.from, sizeof j->v.from, "%s", msg->from);
         snprintf(j->v.layers_dir, sizeof j->v.layers_dir, "%s", dsla_ctl_core_layers_dir(c->core));
+        j->v.layer_key = c->has_layer_key ? &c->layer_key : NULL;
         st = dsla_actor_work(a, verify_work, verify_done, j);
         if (st == DSLA_OK) return;
     }
@@ -372,6 +375,10 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     snprintf(c->distiller, sizeof c->distiller, "%s",
              cfg->distiller ? cfg->distiller : "distiller");
     c->admin_auth = cfg->admin_auth;
+    if (cfg->layer_key) {
+        c->has_layer_key = true;
+        c->layer_key = *cfg->layer_key;
+    }
     dsla_ctl_env_t env = {.user = c,
                           .now_ms = env_now_ms,
                           .wall_ms = env_wall_ms,
@@ -381,21 +388,28 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     if (st == DSLA_OK) st = dsla_ctl_writer_create(&c->writer, c->store);
     if (st == DSLA_OK) st = dsla_ctl_core_create(&c->core, cfg->layers_dir, &env);
     if (st == DSLA_OK) st = dsla_ctl_core_start(c->core, c->store, cfg->policy);
-    /* with CURVE, each type only from keys of its role (runtime/actor/curve.h) */
     static const dsla_actor_handler_t handlers[] = {
-        {DSLA_MSG_LOAD_REPORT, on_load_report, DSLA_ROLE_REPLICA},
-        {DSLA_MSG_PLAN_ACK, on_plan_reply, DSLA_ROLE_REPLICA},
-        {DSLA_MSG_PLAN_NACK, on_plan_reply, DSLA_ROLE_REPLICA},
-        {DSLA_MSG_ADMIN, on_admin, DSLA_ROLE_ADMIN},
-        {DSLA_MSG_LAYER_READY, on_layer_ready, DSLA_ROLE_DISTILLER},
-        {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress, DSLA_ROLE_DISTILLER},
-        {DSLA_MSG_LAYER_FETCH, on_layer_fetch, DSLA_ROLE_REPLICA}};
+        {DSLA_MSG_LOAD_REPORT, on_load_report}, {DSLA_MSG_PLAN_ACK, on_plan_reply},
+        {DSLA_MSG_PLAN_NACK, on_plan_reply},    {DSLA_MSG_ADMIN, on_admin},
+        {DSLA_MSG_LAYER_READY, on_layer_ready}, {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress},
+        {DSLA_MSG_LAYER_FETCH, on_layer_fetch}};
+    /* with CURVE, each type only from keys of its role (runtime/actor/curve.h) */
+    static const dsla_actor_role_rule_t roles[] = {
+        {DSLA_MSG_LOAD_REPORT, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_PLAN_ACK, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_PLAN_NACK, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_LAYER_FETCH, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_ADMIN, DSLA_ROLE_ADMIN},
+        {DSLA_MSG_LAYER_READY, DSLA_ROLE_DISTILLER},
+        {DSLA_MSG_DISTILL_PROGRESS, DSLA_ROLE_DISTILLER}};
     dsla_actor_def_t def = {
         .name = cfg->name ? cfg->name : "controller",
         .ctx = cfg->ctx,
         .bind = {cfg->bind[0], cfg->bind[1]},
         .handlers = handlers,
         .n_handlers = sizeof handlers / sizeof handlers[0],
+        .role_rules = roles,
+        .n_role_rules = sizeof roles / sizeof roles[0],
         .on_start = on_start,
         .on_stop = on_stop,
         .on_peer = on_peer,

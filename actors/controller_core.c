@@ -309,7 +309,8 @@ void dsla_ctl_verify_run(dsla_ctl_verify_t *v) {
                                    .version = (int)r->version,
                                    .checksum = r->checksum,
                                    .size = r->size,
-                                   .xxh64 = r->xxh64};
+                                   .xxh64 = r->xxh64,
+                                   .key = v->layer_key};
     v->status = dsla_catalogue_verify(&a, &v->entry, v->order, &v->n_order);
     if (v->status != DSLA_OK) snprintf(v->error, sizeof v->error, "%s", dsla_last_error());
 }

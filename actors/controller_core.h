@@ -104,6 +104,7 @@ dsla_status_t dsla_ctl_core_on_distill_progress(dsla_ctl_core_t *c, const char *
 typedef struct {
     char from[DSLA_PROTO_NAME_MAX + 1];
     char layers_dir[DSLA_CATALOGUE_PATH_MAX + 1]; /* the announced file must lie directly inside */
+    const dsla_layer_key_t *layer_key; /* its MAC is checked with it; NULL: none (borrowed) */
     dsla_proto_layer_ready_t ready;
     dsla_status_t status; /* of the verification */
     char error[DSLA_PROTO_MESSAGE_MAX + 1];

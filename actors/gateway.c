@@ -111,14 +111,16 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
     dsla_actor_peer_def_t peers[DSLA_GATEWAY_REPLICA_MAX];
     for (size_t i = 0; i < config->n_replicas; i++)
         peers[i] = (dsla_actor_peer_def_t){config->replicas[i].name, config->replicas[i].endpoint};
-    const uint32_t callers = DSLA_ROLE_CLIENT | DSLA_ROLE_ADMIN | DSLA_ROLE_GATEWAY;
-    const dsla_actor_handler_t handlers[] = {
-        {DSLA_MSG_GENERATE, on_generate, callers},
-        {DSLA_MSG_CANCEL, on_cancel, callers},
-        {DSLA_MSG_TOKEN, on_token, DSLA_ROLE_REPLICA},
-        {DSLA_MSG_DONE, on_done, DSLA_ROLE_REPLICA},
-        {DSLA_MSG_ERROR, on_error, 0},
-        {DSLA_MSG_STATUS, on_status, callers},
+    static const dsla_actor_handler_t handlers[] = {
+        {DSLA_MSG_GENERATE, on_generate}, {DSLA_MSG_CANCEL, on_cancel},
+        {DSLA_MSG_TOKEN, on_token},       {DSLA_MSG_DONE, on_done},
+        {DSLA_MSG_ERROR, on_error},       {DSLA_MSG_STATUS, on_status},
+    };
+    enum { CALLERS = DSLA_ROLE_CLIENT | DSLA_ROLE_ADMIN | DSLA_ROLE_GATEWAY };
+    static const dsla_actor_role_rule_t roles[] = {
+        {DSLA_MSG_GENERATE, CALLERS},       {DSLA_MSG_CANCEL, CALLERS},
+        {DSLA_MSG_STATUS, CALLERS},         {DSLA_MSG_TOKEN, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_DONE, DSLA_ROLE_REPLICA},
     };
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "gateway",
@@ -127,6 +129,8 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
         .n_peers = config->n_replicas,
         .handlers = handlers,
         .n_handlers = sizeof handlers / sizeof handlers[0],
+        .role_rules = roles,
+        .n_role_rules = sizeof roles / sizeof roles[0],
         .on_start = on_start,
         .on_peer = on_peer,
         .user = g,

@@ -136,6 +136,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
         dc.endpoint = NODE_DISTILLER_ENDPOINT;
         dc.controller = NODE_CONTROLLER_ENDPOINT;
         dc.heartbeat_ms = config->heartbeat_ms;
+        dc.params.mac_key = config->layer_key;
         st = dsla_distiller_create(&n->distiller, &dc);
     }
     if (st == DSLA_OK && distill && config->layers_dir)
@@ -147,6 +148,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
                                        .db_path = config->controller_db,
                                        .policy = config->policy,
                                        .admin_auth = config->admin_auth,
+                                       .layer_key = config->layer_key,
                                        .heartbeat_ms = config->heartbeat_ms};
         st = dsla_controller_create(&n->controller, &cc);
     }
@@ -170,6 +172,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
             .sample_every = config->sample_every,
             .sample_seed = config->sample_seed,
             .sample_tokens_per_s = config->sample_tokens_per_s,
+            .layer_key = config->layer_key,
         };
         st = dsla_serving_create(&n->serving, &sc);
     }

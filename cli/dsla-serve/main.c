@@ -35,7 +35,7 @@ static const char usage[] =
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
     "                  [--http-max-in-flight N]\n"
-    "                  [--curve-keys DIR] [--allow-insecure]\n\n"
+    "                  [--curve-keys DIR] [--allow-insecure] [--layer-key-file FILE]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -74,7 +74,10 @@ static const char usage[] =
     "controller or distiller) with the tokenizer of --tokenizer DIR; --vocab defaults to its\n"
     "vocabulary. --curve-keys DIR puts CURVE on every tcp:// mailbox and connection\n"
     "(docs/security.md: node.key, node.pub, authorized_keys, known_servers; `dslactl keygen`\n"
-    "makes a keypair); without it a mailbox binds only loopback unless --allow-insecure.";
+    "makes a keypair); without it a mailbox binds only loopback unless --allow-insecure.\n"
+    "--layer-key-file FILE (shared by distiller, controller and replicas) seals each layer\n"
+    "version the distiller writes with a keyed MAC, and the controller and replicas refuse\n"
+    "versions without it (`dslactl keygen --layer-key FILE` writes one).";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -205,6 +208,8 @@ int main(int argc, char **argv) {
     dsla_arg_list_t replicas = {0};
     bool serving_only = false, allow_insecure = false;
     const char *api_key_file = NULL, *admin_key_file = NULL, *curve_dir = NULL;
+    const char *layer_key_file = NULL;
+    dsla_layer_key_t layer_key;
     dsla_curve_keys_t *curve = NULL;
     dsla_http_auth_t *http_auth = NULL, *admin_auth = NULL;
     long heartbeat_ms = 0, report_ms = 0;
@@ -311,6 +316,9 @@ int main(int argc, char **argv) {
         {"curve-keys", DSLA_ARG_STRING,
          "CURVE key directory: node.key, node.pub, authorized_keys, known_servers", 0, 0,
          &curve_dir},
+        {"layer-key-file", DSLA_ARG_STRING,
+         "layer MAC key: the distiller seals versions, the controller and replicas check them", 0,
+         0, &layer_key_file},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
         {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
@@ -542,6 +550,7 @@ int main(int argc, char **argv) {
         st = dsla_http_auth_load(&admin_auth, admin_key_file, getenv("DSLA_ADMIN_KEY"),
                                  &(dsla_http_auth_source_t){"--admin-key-file", "DSLA_ADMIN_KEY"});
     if (st == DSLA_OK && curve_dir) st = dsla_curve_keys_load(&curve, curve_dir);
+    if (st == DSLA_OK && layer_key_file) st = dsla_layer_key_load(layer_key_file, &layer_key);
     if (st == DSLA_OK) {
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
@@ -568,7 +577,8 @@ int main(int argc, char **argv) {
                                      .layer_cache = layer_cache,
                                      .fetch_chunk = (uint32_t)fetch_chunk,
                                      .serving_name = serving_name,
-                                     .curve = curve};
+                                     .curve = curve,
+                                     .layer_key = layer_key_file ? &layer_key : NULL};
         if (http_on)
             raise_open_files(config.http_max_in_flight ? config.http_max_in_flight
                                                        : dsla_node_request_bound(&config));

@@ -15,6 +15,7 @@
 #include "proto/dsla_client.h"
 #include "runtime/actor/curve.h"
 #include "runtime/control/policy.h"
+#include "runtime/model/layer_mac.h"
 
 /* The usage text, from the tables the controller parses with (controller_admin.c, policy.c). */
 static void build_usage(char *out, size_t cap) {
@@ -24,7 +25,9 @@ static void build_usage(char *out, size_t cap) {
         "[--curve-keys DIR] COMMAND\n"
         "       dslactl keygen --out DIR --role ROLE [--name NAME]  (a CURVE keypair: "
         "DIR/node.key, DIR/node.pub; roles gateway, replica, controller, distiller, admin, "
-        "client)\n\ncommands (docs/controller.md):\n");
+        "client)\n"
+        "       dslactl keygen --layer-key FILE  (a layer MAC key for --layer-key-file, mode "
+        "0600)\n\ncommands (docs/controller.md):\n");
     if (n < cap) dsla_admin_usage(out + n, cap - n);
     n = strlen(out);
     if (n < cap) n += (size_t)snprintf(out + n, cap - n, "policy fields:");
@@ -123,7 +126,7 @@ int main(int argc, char **argv) {
     char usage[2048];
     build_usage(usage, sizeof usage);
     const char *admin = "tcp://127.0.0.1:7071", *key_file = NULL, *curve_dir = NULL;
-    const char *out = NULL, *role = NULL, *name = NULL;
+    const char *out = NULL, *role = NULL, *name = NULL, *layer_key = NULL;
     long timeout_ms = 10000, limit = 0;
     const dsla_arg_spec_t specs[] = {
         {"admin", DSLA_ARG_STRING, "the controller's admin mailbox (default tcp://127.0.0.1:7071)",
@@ -139,6 +142,8 @@ int main(int argc, char **argv) {
          &out},
         {"role", DSLA_ARG_STRING, "keygen: the key's role", 0, 0, &role},
         {"name", DSLA_ARG_STRING, "keygen: the key's name (default: the role)", 0, 0, &name},
+        {"layer-key", DSLA_ARG_STRING, "keygen: write a layer MAC key to this file instead", 0, 0,
+         &layer_key},
     };
     const char *words[DSLA_PROTO_ADMIN_ARGS_MAX];
     int n_words = 0;
@@ -149,6 +154,11 @@ int main(int argc, char **argv) {
     if (n_words == 0) {
         fprintf(stderr, "dslactl: name a command (dslactl --help lists them)\n");
         return 2;
+    }
+    if (strcmp(words[0], "keygen") == 0 && layer_key) {
+        if (dsla_layer_key_generate(layer_key) == DSLA_OK) return 0;
+        fprintf(stderr, "dslactl: keygen: %s\n", dsla_last_error());
+        return 1;
     }
     if (strcmp(words[0], "keygen") == 0) return keygen(out, role, name);
     if (limit && strcmp(words[0], "history") != 0) {

@@ -96,6 +96,8 @@ struct dsla_actor {
     char endpoints[DSLA_ACTOR_BIND_MAX][DSLA_ACTOR_ENDPOINT_MAX];
     dsla_actor_handler_t *handlers;
     size_t n_handlers;
+    dsla_actor_role_rule_t *role_rules;
+    size_t n_role_rules;
     dsla_actor_start_fn on_start, on_stop;
     dsla_actor_peer_fn on_peer;
     void *user;
@@ -507,10 +509,17 @@ static void on_heartbeat(uv_timer_t *t) {
 
 /* ---- receiving and dispatch ------------------------------------------------------------- */
 
-static const dsla_actor_handler_t *handler_for(const dsla_actor_t *a, uint32_t type) {
+static dsla_actor_handler_fn handler_for(const dsla_actor_t *a, uint32_t type) {
     for (size_t i = 0; i < a->n_handlers; i++)
-        if (a->handlers[i].type == type) return &a->handlers[i];
+        if (a->handlers[i].type == type) return a->handlers[i].fn;
     return NULL;
+}
+
+/* The roles that may send type; 0: any. */
+static uint32_t roles_for(const dsla_actor_t *a, uint32_t type) {
+    for (size_t i = 0; i < a->n_role_rules; i++)
+        if (a->role_rules[i].type == type) return a->role_rules[i].roles;
+    return 0;
 }
 
 /* The ZAP handler's user id "ROLE NAME" into role and name; false when it is not one. */
@@ -573,8 +582,8 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
             dsla_log_debug("%s", dsla_last_error());
         return;
     }
-    const dsla_actor_handler_t *h = handler_for(a, env.type);
-    if (h && role && h->roles && !(h->roles & role)) {
+    const uint32_t allowed = role ? roles_for(a, env.type) : 0;
+    if (allowed && !(allowed & role)) {
         char text[DSLA_PROTO_MESSAGE_MAX + 1];
         snprintf(text, sizeof text, "%s: the key '%s' has the role %s, which may not send it here",
                  dsla_proto_type_name(env.type), key_name, dsla_role_name(role));
@@ -584,8 +593,9 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
             dsla_log_debug("%s", dsla_last_error());
         return;
     }
-    if (h) {
-        h->fn(a, &msg, a->user);
+    dsla_actor_handler_fn fn = handler_for(a, env.type);
+    if (fn) {
+        fn(a, &msg, a->user);
         return;
     }
     switch (env.type) {
@@ -1154,6 +1164,16 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
         memcpy(a->handlers, def->handlers, def->n_handlers * sizeof *a->handlers);
         a->n_handlers = def->n_handlers;
     }
+    if (def->n_role_rules) {
+        a->role_rules = malloc(def->n_role_rules * sizeof *a->role_rules);
+        if (!a->role_rules) {
+            free(a->handlers);
+            free(a);
+            return dsla_error_oom("actor %s", def->name);
+        }
+        memcpy(a->role_rules, def->role_rules, def->n_role_rules * sizeof *a->role_rules);
+        a->n_role_rules = def->n_role_rules;
+    }
     a->def = def;
     pthread_mutex_init(&a->mu, NULL);
     pthread_mutex_init(&a->post_mu, NULL);
@@ -1176,6 +1196,7 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
         pthread_mutex_destroy(&a->mu);
         pthread_cond_destroy(&a->cv);
         free(a->handlers);
+        free(a->role_rules);
         free(a);
         return st;
     }
@@ -1196,6 +1217,7 @@ void dsla_actor_destroy(dsla_actor_t **a) {
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
     free(x->handlers);
+    free(x->role_rules);
     free(x);
     *a = NULL;
 }

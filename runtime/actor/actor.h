@@ -101,14 +101,19 @@ typedef void (*dsla_actor_start_fn)(dsla_actor_t *a, void *user);
 typedef void (*dsla_actor_peer_fn)(dsla_actor_t *a, const char *peer, bool alive, void *user);
 typedef void (*dsla_actor_timer_fn)(dsla_actor_t *a, void *user);
 
-/* roles: the DSLA_ROLE_* bits whose keys may send this type through the mailbox when CURVE is on
- * (0: any authorized key); anything else is answered PERMISSION_DENIED before fn runs. Messages
- * from peers this actor connected to, and links without CURVE, are not checked here. */
 typedef struct {
     uint32_t type;
     dsla_actor_handler_fn fn;
-    uint32_t roles;
 } dsla_actor_handler_t;
+
+/* With CURVE on, a message of this type through the mailbox must come from a key holding one of
+ * the DSLA_ROLE_* bits in roles; anything else is answered PERMISSION_DENIED before its handler
+ * runs. Types without a rule take any authorized key. Messages from peers this actor connected
+ * to (whose server key CURVE checked), and links without CURVE, are not checked here. */
+typedef struct {
+    uint32_t type;
+    uint32_t roles;
+} dsla_actor_role_rule_t;
 
 typedef struct {
     const char *name;     /* peer's name as this actor addresses it */
@@ -127,6 +132,8 @@ typedef struct {
      * Copied at create. */
     const dsla_actor_handler_t *handlers;
     size_t n_handlers;
+    const dsla_actor_role_rule_t *role_rules; /* copied at create */
+    size_t n_role_rules;
     dsla_actor_start_fn on_start; /* first callback on the actor's thread, after binds/connects */
     dsla_actor_start_fn on_stop;  /* last callback on the actor's thread */
     dsla_actor_peer_fn on_peer;

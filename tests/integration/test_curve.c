@@ -60,9 +60,10 @@ static void on_status(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) 
 }
 
 static const dsla_actor_handler_t SERVER_HANDLERS[] = {
-    {DSLA_MSG_SET_PLAN, on_plan, DSLA_ROLE_CONTROLLER},
-    {DSLA_MSG_STATUS, on_status, 0},
+    {DSLA_MSG_SET_PLAN, on_plan},
+    {DSLA_MSG_STATUS, on_status},
 };
+static const dsla_actor_role_rule_t SERVER_ROLES[] = {{DSLA_MSG_SET_PLAN, DSLA_ROLE_CONTROLLER}};
 
 /* The client's view: answers to what its on_start sent. */
 typedef struct {
@@ -95,8 +96,8 @@ static void client_error(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *use
 }
 
 static const dsla_actor_handler_t CLIENT_HANDLERS[] = {
-    {DSLA_MSG_PONG, client_pong, 0},
-    {DSLA_MSG_ERROR, client_error, 0},
+    {DSLA_MSG_PONG, client_pong},
+    {DSLA_MSG_ERROR, client_error},
 };
 
 /* A server actor "replica1" on a CURVE context of its own, bound to a loopback port. */
@@ -122,6 +123,8 @@ static void server_start(server_t *s, const dsla_curve_keys_t *authorize) {
                             .bind = {"tcp://127.0.0.1:*"},
                             .handlers = SERVER_HANDLERS,
                             .n_handlers = 2,
+                            .role_rules = SERVER_ROLES,
+                            .n_role_rules = 1,
                             .user = &s->seen,
                             .heartbeat_ms = 60000};
     if (dsla_actor_create(&s->actor, &def) != DSLA_OK) fail_msg("%s", dsla_last_error());
