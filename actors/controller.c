@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "runtime/core/clock.h"
 #include "actors/controller_admin.h"
 #include "actors/controller_chunks.h"
@@ -307,6 +309,27 @@ static dsla_status_t queue_history(dsla_controller_t *c, const dsla_actor_msg_t 
     return st;
 }
 
+/* Who sent an ADMIN, as far as the controller can tell, for its audit event: a CURVE key's role
+ * and name; else, with admin keys configured, a fingerprint of the key it presented (8 hex digits
+ * of its BLAKE2b: which key, without the key); else only the routing id it chose. */
+static void admin_who(const dsla_controller_t *c, const dsla_actor_msg_t *msg, const char *key,
+                      char *out, size_t cap) {
+    const char *from = msg->from[0] ? msg->from : "?";
+    char fp[16] = "";
+    if (c->admin_auth && sodium_init() >= 0) {
+        uint8_t h[4];
+        crypto_generichash(h, sizeof h, (const uint8_t *)key, strlen(key), NULL, 0);
+        snprintf(fp, sizeof fp, "%02x%02x%02x%02x", h[0], h[1], h[2], h[3]);
+    }
+    if (msg->key_name)
+        snprintf(out, cap, "%s key '%s' (CURVE)%s%s", dsla_role_name(msg->role), msg->key_name,
+                 fp[0] ? ", admin key " : "", fp);
+    else if (fp[0])
+        snprintf(out, cap, "admin key %s from '%s'", fp, from);
+    else
+        snprintf(out, cap, "'%s' (unauthenticated: no admin key or CURVE)", from);
+}
+
 static void on_admin(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_controller_t *c = user;
     dsla_proto_admin_t *wire = malloc(sizeof *wire);
@@ -326,7 +349,10 @@ static void on_admin(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
         if (st != DSLA_OK) reply_status(a, msg, st);
         goto done;
     }
-    if (st == DSLA_OK) st = dsla_ctl_core_admin(c->core, cmd, &t);
+    if (st == DSLA_OK) {
+        admin_who(c, msg, wire->key, cmd->who, sizeof cmd->who);
+        st = dsla_ctl_core_admin(c->core, cmd, &t);
+    }
     if (st == DSLA_OK && t.failed)
         st = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "controller: the reply exceeds %u bytes",
                         DSLA_PROTO_ADMIN_TEXT_MAX);

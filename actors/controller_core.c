@@ -544,10 +544,32 @@ static dsla_status_t admin_run(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cmd,
                       dsla_admin_op_name(cmd->op));
 }
 
+/* The audit trail: every command that changed something, its words and who sent it, one
+ * "admin" event (kept like every event: the newest DSLA_CTL_EVENTS_KEEP). Refused commands leave
+ * none, so that strangers cannot grow the log. */
+static void audit(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cmd) {
+    dsla_proto_admin_t *words = calloc(1, sizeof *words);
+    if (!words) {
+        dsla_log_error("controller: out of memory auditing %s", dsla_admin_op_name(cmd->op));
+        return;
+    }
+    dsla_admin_format(cmd, words);
+    char text[512] = "";
+    for (uint32_t i = 0; i < words->n_args; i++) {
+        size_t len = strlen(text);
+        snprintf(text + len, sizeof text - len, "%s%s", i ? " " : "", words->args[i]);
+    }
+    free(words);
+    event(c, "admin", "%s by %s", text, cmd->who[0] ? cmd->who : "an unknown sender");
+}
+
 dsla_status_t dsla_ctl_core_admin(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cmd,
                                   dsla_admin_text_t *out) {
     DSLA_TRY(admin_run(c, cmd, out));
-    if (cmd->op != DSLA_ADMIN_STATUS && cmd->op != DSLA_ADMIN_POLICY_GET) evaluate_all(c);
+    if (cmd->op != DSLA_ADMIN_STATUS && cmd->op != DSLA_ADMIN_POLICY_GET) {
+        audit(c, cmd);
+        evaluate_all(c);
+    }
     return DSLA_OK;
 }
 

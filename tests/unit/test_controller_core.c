@@ -711,6 +711,40 @@ static void test_admin_against_state(void **state) {
     free(dir);
 }
 
+/* The audit trail: a change made through ADMIN leaves an "admin" event with the command's words
+ * and its sender as the controller proved it; reads and refused commands leave none. */
+static void test_admin_audited(void **state) {
+    (void)state;
+    char *dir = versions_dir(), db[1024];
+    snprintf(db, sizeof db, "%s/controller.db", dir);
+    fake_t *f = calloc(1, sizeof *f);
+    ok(dsla_ctl_store_open(&f->store, db));
+    dsla_ctl_core_t *c = core_new(f, dir, NULL);
+    const char *words[] = {"policy", "set", "manual", "layers=1"};
+    dsla_admin_cmd_t cmd;
+    ok(dsla_admin_parse(words, 4, &cmd));
+    snprintf(cmd.who, sizeof cmd.who, "admin key 'alice' (CURVE)");
+    dsla_admin_text_t t = {0};
+    ok(dsla_ctl_core_admin(c, &cmd, &t));
+    assert_int_equal(admin(c, "convert 9", &t), DSLA_ERR_INVALID_ARGUMENT); /* refused: no event */
+    ok(admin(c, "policy get", &t));
+    ok(admin(c, "drain", &t)); /* sent by nobody the controller knows */
+    dsla_admin_text_free(&t);
+    dsla_admin_text_t h = {0};
+    ok(dsla_ctl_store_each_event(f->store, 50, dsla_admin_history_line, &h));
+    assert_non_null(strstr(h.data, "admin          policy set manual layers=1 by admin key 'alice' "
+                                   "(CURVE)"));
+    assert_non_null(strstr(h.data, "admin          drain on by an unknown sender"));
+    assert_null(strstr(h.data, "convert 9"));
+    assert_null(strstr(h.data, "policy get"));
+    dsla_admin_text_free(&h);
+    dsla_ctl_core_destroy(&c);
+    dsla_ctl_store_close(&f->store);
+    free(f);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_rises_then_falls),
@@ -723,6 +757,7 @@ int main(void) {
         cmocka_unit_test(test_corrupt_version_refused),
         cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_admin_against_state),
+        cmocka_unit_test(test_admin_audited),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
