@@ -4,6 +4,7 @@
  * a connection to a server whose key is unknown is refused at start; a plaintext mailbox does not
  * bind beyond loopback; key files are checked (mode, links, malformed lines). Every wait is a
  * bounded poll for an event, never a sleep standing in for one. */
+#include "tests/integration/ctl_harness.h"
 #include "tests/testutil.h"
 
 #include <stdatomic.h>
@@ -394,6 +395,108 @@ static void test_key_files(void **state) {
     free(dir);
 }
 
+/* Appends dir/node.pub (a keygen's public line) to file. */
+static void append_pub(const char *dir, const char *file) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/node.pub", dir);
+    char *line = dsla_test_read_file(path, NULL);
+    assert_non_null(line);
+    FILE *f = fopen(file, "a");
+    assert_non_null(f);
+    fputs(line, f);
+    fclose(f);
+    free(line);
+}
+
+/* The public key in dir/node.pub ("ROLE KEY NAME"). */
+static void pub_key(const char *dir, char key[DSLA_CURVE_KEY_LEN + 1]) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/node.pub", dir);
+    char *line = dsla_test_read_file(path, NULL);
+    assert_non_null(line);
+    assert_int_equal(sscanf(line, "%*s %40s", key), 1);
+    free(line);
+}
+
+/* dsla-serve --curve-keys end to end: keys made by `dslactl keygen`; an admin key changes the
+ * policy through dslactl --curve-keys and the history names it; a client key is refused the
+ * admin command by role, and dslactl without keys gets no answer; HTTP still serves (its front
+ * end reaches the gateway over CURVE with a keypair of its own). */
+static void test_dsla_serve_with_curve(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char *dir = dsla_test_tempdir();
+    char node[1024], adm[1024], cli[1024], layers[1024], db[1024], file[1100], out[CTL_OUT_MAX];
+    snprintf(node, sizeof node, "%s/node", dir);
+    snprintf(adm, sizeof adm, "%s/admin", dir);
+    snprintf(cli, sizeof cli, "%s/client", dir);
+    snprintf(layers, sizeof layers, "%s/layers", dir);
+    snprintf(db, sizeof db, "%s/controller.db", dir);
+    assert_int_equal(mkdir(layers, 0700), 0);
+    const char *kg_node[] = {"keygen",     "--out",  node,    "--role",
+                             "controller", "--name", "node1", NULL};
+    const char *kg_admin[] = {"keygen", "--out", adm, "--role", "admin", "--name", "alice", NULL};
+    const char *kg_client[] = {"keygen", "--out", cli, "--role", "client", "--name", "bob", NULL};
+    assert_int_equal(ctl_run_bin("dslactl", kg_node, out, sizeof out), 0);
+    assert_int_equal(ctl_run_bin("dslactl", kg_admin, out, sizeof out), 0);
+    assert_non_null(strstr(out, "admin ")); /* the line it prints is node.pub's */
+    assert_int_equal(ctl_run_bin("dslactl", kg_client, out, sizeof out), 0);
+    snprintf(file, sizeof file, "%s/authorized_keys", node);
+    append_pub(adm, file);
+    append_pub(cli, file);
+    char admin[64], server[DSLA_CURVE_KEY_LEN + 1], line[256];
+    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    pub_key(node, server);
+    snprintf(line, sizeof line, "%s %s\n", admin, server);
+    snprintf(file, sizeof file, "%s/known_servers", adm);
+    dsla_test_write_file(file, line, strlen(line));
+    snprintf(file, sizeof file, "%s/known_servers", cli);
+    dsla_test_write_file(file, line, strlen(line));
+
+    const char *args[] = {"--model",
+                          model,
+                          "--endpoint",
+                          "tcp://127.0.0.1:*",
+                          "--http",
+                          "127.0.0.1:0",
+                          "--layers",
+                          layers,
+                          "--controller-db",
+                          db,
+                          "--admin",
+                          admin,
+                          "--curve-keys",
+                          node,
+                          NULL};
+    dsla_test_server_t srv = dsla_test_server_start(args);
+
+    const char *as_alice[] = {"--admin", admin,    "--curve-keys", adm, "policy",
+                              "set",     "manual", "layers=0",     NULL};
+    assert_int_equal(ctl_run_bin("dslactl", as_alice, out, sizeof out), 0);
+    const char *history[] = {"--admin", admin, "--curve-keys", adm, "history", NULL};
+    assert_int_equal(ctl_run_bin("dslactl", history, out, sizeof out), 0);
+    if (!strstr(out, "policy set manual layers=0 by admin key 'alice' (CURVE)"))
+        fail_msg("history lacks the audit line:\n%s", out);
+
+    const char *as_bob[] = {"--admin", admin, "--curve-keys", cli, "drain", NULL};
+    assert_int_equal(ctl_run_bin("dslactl", as_bob, out, sizeof out), 1);
+    if (!strstr(out, "PERMISSION_DENIED") || !strstr(out, "role client"))
+        fail_msg("a client key's ADMIN: %s", out);
+    const char *plain[] = {"--admin", admin, "--timeout-ms", "1500", "drain", NULL};
+    assert_int_not_equal(ctl_run_bin("dslactl", plain, out, sizeof out), 0);
+    assert_non_null(strstr(out, "no answer"));
+
+    dsla_test_http_reply_t r =
+        dsla_test_http(srv.http_port, "POST", "/v1/completions",
+                       "{\"model\":\"stories260K-hf\",\"prompt\":\"Once\",\"max_tokens\":4}");
+    if (r.status != 200) fail_msg("HTTP over a CURVE gateway: %d %s", r.status, r.body);
+    dsla_test_http_reply_free(&r);
+    dsla_test_server_stop(&srv);
+    dsla_test_rmtree(dir);
+    free(dir);
+    free(model);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_curve_peers_talk),
@@ -403,6 +506,7 @@ int main(void) {
         cmocka_unit_test(test_unknown_server_key_refused_at_start),
         cmocka_unit_test(test_plaintext_bind_stays_on_loopback),
         cmocka_unit_test(test_key_files),
+        cmocka_unit_test(test_dsla_serve_with_curve),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
