@@ -413,6 +413,7 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     dsla_status_t st = dsla_ctl_store_open(&c->store, cfg->db_path);
     if (st == DSLA_OK) st = dsla_ctl_writer_create(&c->writer, c->store);
     if (st == DSLA_OK) st = dsla_ctl_core_create(&c->core, cfg->layers_dir, &env);
+    if (st == DSLA_OK) dsla_ctl_core_set_layer_key(c->core, cfg->layer_key);
     if (st == DSLA_OK) st = dsla_ctl_core_start(c->core, c->store, cfg->policy);
     static const dsla_actor_handler_t handlers[] = {
         {DSLA_MSG_LOAD_REPORT, on_load_report}, {DSLA_MSG_PLAN_ACK, on_plan_reply},

@@ -76,6 +76,8 @@ typedef struct dsla_ctl_core dsla_ctl_core_t;
 dsla_status_t dsla_ctl_core_create(dsla_ctl_core_t **out, const char *layers_dir,
                                    const dsla_ctl_env_t *env);
 void dsla_ctl_core_destroy(dsla_ctl_core_t **c);
+/* Before start: catalogued versions must carry this key's MAC (layer_mac.h); copied. */
+void dsla_ctl_core_set_layer_key(dsla_ctl_core_t *c, const dsla_layer_key_t *key);
 /* Start-up, before any message: the policy, drain flag, announced layer versions and replicas'
  * last DSLA layer counts from store (NULL: a fresh start), then policy over them when given
  * (INVALID_ARGUMENT naming the field); digests every catalogued file; records `start`. */

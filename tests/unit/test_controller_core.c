@@ -745,6 +745,35 @@ static void test_admin_audited(void **state) {
     free(dir);
 }
 
+/* With a layer key, versions in the directory without its MAC stay out of the catalogue (an
+ * event says why) and a sealed one is catalogued. */
+static void test_start_with_layer_key(void **state) {
+    (void)state;
+    char *dir = versions_dir(); /* four unsealed versions */
+    const dsla_layer_key_t key = {{42}};
+    dsla_dsla_layer_t *l = NULL;
+    ok(dsla_dsla_layer_create(&l, &cfg, 0));
+    dsla_layer_version_meta_t meta = {.version = 2, .order = {2, 0, 1, 3}, .n_order = 4};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/layer-0.safetensors", dir);
+    ok(dsla_dsla_layer_save_sealed(l, path, &meta, &key));
+    dsla_dsla_layer_destroy(&l);
+    fake_t *f = calloc(1, sizeof *f);
+    dsla_ctl_core_t *c = NULL;
+    dsla_ctl_env_t env = env_of(f);
+    ok(dsla_ctl_core_create(&c, dir, &env));
+    dsla_ctl_core_set_layer_key(c, &key);
+    ok(dsla_ctl_core_start(c, NULL, NULL));
+    dsla_ctl_file_t file;
+    assert_true(dsla_ctl_core_file(c, 0, 2, &file));
+    assert_false(dsla_ctl_core_file(c, 1, 1, &file) || dsla_ctl_core_file(c, 2, 1, &file));
+    assert_non_null(strstr(f->events, "layer_refused layer_refused layer_refused start"));
+    dsla_ctl_core_destroy(&c);
+    free(f);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_rises_then_falls),
@@ -758,6 +787,7 @@ int main(void) {
         cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_admin_against_state),
         cmocka_unit_test(test_admin_audited),
+        cmocka_unit_test(test_start_with_layer_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
