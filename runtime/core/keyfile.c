@@ -9,26 +9,38 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+dsla_status_t dsla_keyfile_open(const char *path, bool writable, int *fd, uint64_t *size,
+                                unsigned *mode) {
+    *fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (*fd < 0)
+        return dsla_error(errno == ELOOP    ? DSLA_ERR_FORMAT
+                          : errno == ENOENT ? DSLA_ERR_NOT_FOUND
+                                            : DSLA_ERR_IO,
+                          "%s: cannot open: %s", path,
+                          errno == ELOOP ? "a symbolic link" : strerror(errno));
+    struct stat sb;
+    if (fstat(*fd, &sb) != 0)
+        return dsla_error(DSLA_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return dsla_error(DSLA_ERR_FORMAT, "%s: not a regular file", path);
+    *size = (uint64_t)sb.st_size;
+    if (mode) *mode = (unsigned)(sb.st_mode & 07777);
+    return DSLA_OK;
+}
+
 dsla_status_t dsla_keyfile_read(const char *path, bool secret, char *out, size_t cap, size_t *len) {
     out[0] = '\0';
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return dsla_error(errno == ENOENT ? DSLA_ERR_NOT_FOUND : DSLA_ERR_IO,
-                          "key file %s: %s (a symbolic link is refused)", path, strerror(errno));
-    struct stat sb;
-    dsla_status_t st = DSLA_OK;
-    if (fstat(fd, &sb) != 0)
-        st = dsla_error(DSLA_ERR_IO, "key file %s: %s", path, strerror(errno));
-    else if (!S_ISREG(sb.st_mode))
-        st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "key file %s: not a regular file", path);
-    else if (secret && (sb.st_mode & 077))
+    int fd = -1;
+    uint64_t size = 0;
+    unsigned mode = 0;
+    dsla_status_t st = dsla_keyfile_open(path, false, &fd, &size, &mode);
+    if (st == DSLA_OK && secret && (mode & 077))
         st = dsla_error(DSLA_ERR_PERMISSION_DENIED,
                         "key file %s: mode %03o lets group or others at a secret key; chmod 600 %s",
-                        path, (unsigned)(sb.st_mode & 0777), path);
-    else if ((size_t)sb.st_size >= cap)
+                        path, mode & 0777, path);
+    else if (st == DSLA_OK && size >= cap)
         st =
-            dsla_error(DSLA_ERR_INVALID_ARGUMENT, "key file %s: %lld bytes, above the limit of %zu",
-                       path, (long long)sb.st_size, cap - 1);
+            dsla_error(DSLA_ERR_INVALID_ARGUMENT, "key file %s: %llu bytes, above the limit of %zu",
+                       path, (unsigned long long)size, cap - 1);
     size_t got = 0;
     while (st == DSLA_OK && got < cap - 1) {
         ssize_t n = read(fd, out + got, cap - 1 - got);
@@ -37,7 +49,7 @@ dsla_status_t dsla_keyfile_read(const char *path, bool secret, char *out, size_t
         if (n <= 0) break;
         got += (size_t)n;
     }
-    close(fd);
+    if (fd >= 0) close(fd);
     out[st == DSLA_OK ? got : 0] = '\0';
     if (len) *len = st == DSLA_OK ? got : 0;
     return st;

@@ -11,9 +11,17 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "runtime/core/status.h"
 
+/* Opens a file that configuration or a message names, for reading (or writing): without
+ * following a final symbolic link, never blocking (a FIFO or device answers at once), and only
+ * when it is a regular file; *size its size. FORMAT naming the file for a link or anything not
+ * regular, NOT_FOUND or IO otherwise; *mode (may be NULL) its permission bits. The caller closes
+ * *fd (-1 when open failed). */
+dsla_status_t dsla_keyfile_open(const char *path, bool writable, int *fd, uint64_t *size,
+                                unsigned *mode);
 /* Reads path into out (NUL-terminated; at most cap - 1 bytes, else INVALID_ARGUMENT naming the
  * limit), *len its length when len is not NULL. */
 dsla_status_t dsla_keyfile_read(const char *path, bool secret, char *out, size_t cap, size_t *len);

@@ -1,14 +1,11 @@
 /* Keyed MACs of layer version files (layer_mac.h). */
-#define _DEFAULT_SOURCE /* O_NOFOLLOW */
 #include "runtime/model/layer_mac.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -88,14 +85,7 @@ static dsla_status_t read_at(int fd, const char *path, uint64_t offset, void *bu
 /* Opens path (regular file, no final link, never blocking) and finds the MAC entry's digits. */
 static dsla_status_t mac_open(const char *path, bool writable, mac_file_t *m) {
     memset(m, 0, sizeof *m);
-    m->fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (m->fd < 0)
-        return dsla_error(errno == ELOOP ? DSLA_ERR_FORMAT : DSLA_ERR_IO, "%s: cannot open: %s",
-                          path, errno == ELOOP ? "a symbolic link" : strerror(errno));
-    struct stat sb;
-    if (fstat(m->fd, &sb) != 0 || !S_ISREG(sb.st_mode))
-        return dsla_error(DSLA_ERR_FORMAT, "%s: not a regular file", path);
-    m->size = (uint64_t)sb.st_size;
+    DSLA_TRY(dsla_keyfile_open(path, writable, &m->fd, &m->size, NULL));
     uint8_t prefix[8];
     if (m->size < sizeof prefix)
         return dsla_error(DSLA_ERR_FORMAT, "%s: %llu bytes, too short for safetensors", path,

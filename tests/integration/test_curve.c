@@ -167,6 +167,13 @@ static dsla_status_t client_start_with(client_t *c, dsla_curve_keys_t *keys, con
     return dsla_actor_create(&c->actor, &def);
 }
 
+/* client_start_with that must succeed. */
+static void client_open(client_t *c, dsla_curve_keys_t *keys, const server_t *s,
+                        uint32_t first_type, bool know_server) {
+    if (client_start_with(c, keys, s, first_type, know_server) != DSLA_OK)
+        fail_msg("%s", dsla_last_error());
+}
+
 static void client_stop(client_t *c) {
     dsla_actor_destroy(&c->actor);
     dsla_actor_ctx_destroy(&c->ctx);
@@ -179,8 +186,7 @@ static void test_curve_peers_talk(void **state) {
     server_t s;
     server_start(&s, keys);
     client_t c;
-    if (client_start_with(&c, keys, &s, DSLA_MSG_SET_PLAN, true) != DSLA_OK)
-        fail_msg("%s", dsla_last_error());
+    client_open(&c, keys, &s, DSLA_MSG_SET_PLAN, true);
     assert_true(wait_for(&c.seen.pongs, 1));
     assert_int_equal(atomic_load(&s.seen.plans), 1);
     assert_int_equal(atomic_load(&s.seen.role), DSLA_ROLE_CONTROLLER);
@@ -199,15 +205,13 @@ static void test_wrong_role_refused(void **state) {
     server_t s;
     server_start(&s, keys);
     client_t c;
-    if (client_start_with(&c, keys, &s, DSLA_MSG_SET_PLAN, true) != DSLA_OK)
-        fail_msg("%s", dsla_last_error());
+    client_open(&c, keys, &s, DSLA_MSG_SET_PLAN, true);
     assert_true(wait_for(&c.seen.errors, 1));
     assert_int_equal(atomic_load(&c.seen.error_code), DSLA_CODE_PERMISSION_DENIED);
     assert_int_equal(atomic_load(&s.seen.plans), 0);
     client_stop(&c);
 
-    if (client_start_with(&c, keys, &s, DSLA_MSG_STATUS, false) != DSLA_OK)
-        fail_msg("%s", dsla_last_error());
+    client_open(&c, keys, &s, DSLA_MSG_STATUS, false);
     assert_true(wait_for(&c.seen.pongs, 1));
     assert_int_equal(atomic_load(&s.seen.role), DSLA_ROLE_CLIENT);
     assert_string_equal(s.seen.key_name, "client-x");
@@ -228,12 +232,10 @@ static void test_key_name_binds_routing_id(void **state) {
     server_start(&s, keys);
     snprintf(keys->self.name, sizeof keys->self.name, "controller"); /* the routing id it uses */
     client_t liar;
-    if (client_start_with(&liar, keys, &s, DSLA_MSG_STATUS, true) != DSLA_OK)
-        fail_msg("%s", dsla_last_error());
+    client_open(&liar, keys, &s, DSLA_MSG_STATUS, true);
     snprintf(keys->self.name, sizeof keys->self.name, "other");
     client_t honest;
-    if (client_start_with(&honest, keys, &s, DSLA_MSG_STATUS, false) != DSLA_OK)
-        fail_msg("%s", dsla_last_error());
+    client_open(&honest, keys, &s, DSLA_MSG_STATUS, false);
     assert_true(wait_for(&honest.seen.pongs, 1));
     assert_int_equal(atomic_load(&liar.seen.pongs), 0);
     assert_int_equal(atomic_load(&s.seen.statuses), 1);
