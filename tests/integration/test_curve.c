@@ -499,6 +499,72 @@ static void test_dsla_serve_with_curve(void **state) {
     free(model);
 }
 
+/* Saves a fresh keypair into base/sub; the keys stay the caller's. */
+static dsla_curve_keys_t *keys_in(const char *base, const char *sub, uint32_t role,
+                                  const char *name, char *dir, size_t cap) {
+    snprintf(dir, cap, "%s/%s", base, sub);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    dsla_curve_keys_t *k = NULL;
+    assert_int_equal(dsla_curve_keys_new(&k, role, name), DSLA_OK);
+    assert_int_equal(dsla_curve_keys_save(k, dir), DSLA_OK);
+    return k;
+}
+
+/* A gateway node and a --serving-only replica in two processes, every link CURVE: the gateway
+ * proves the replica by known_servers, the replica takes GENERATE from the gateway key, and a
+ * client stub with a client key streams tokens through both. */
+static void test_gateway_and_replica_over_curve(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char *dir = dsla_test_tempdir();
+    char gw_dir[1024], rep_dir[1024], cl_dir[1024], file[1100], line[512], replica[64];
+    dsla_curve_keys_t *gw = keys_in(dir, "gw", DSLA_ROLE_GATEWAY, "gateway", gw_dir, sizeof gw_dir);
+    dsla_curve_keys_t *rep =
+        keys_in(dir, "rep", DSLA_ROLE_REPLICA, "serving0", rep_dir, sizeof rep_dir);
+    dsla_curve_keys_t *cl = keys_in(dir, "cl", DSLA_ROLE_CLIENT, "carol", cl_dir, sizeof cl_dir);
+    snprintf(file, sizeof file, "%s/authorized_keys", rep_dir);
+    append_pub(gw_dir, file);
+    snprintf(file, sizeof file, "%s/authorized_keys", gw_dir);
+    append_pub(cl_dir, file);
+    snprintf(replica, sizeof replica, "tcp://127.0.0.1:%d", ctl_free_port());
+    snprintf(line, sizeof line, "%s %s\n", replica, rep->self.public_key);
+    snprintf(file, sizeof file, "%s/known_servers", gw_dir);
+    dsla_test_write_file(file, line, strlen(line));
+
+    const char *rep_args[] = {"--model", model,          "--serving-only", "--endpoint",
+                              replica,   "--curve-keys", rep_dir,          NULL};
+    dsla_test_server_t r = dsla_test_server_start(rep_args);
+    const char *gw_args[] = {"--endpoint", "tcp://127.0.0.1:*", "--http", "off", "--replica",
+                             replica,      "--curve-keys",      gw_dir,   NULL};
+    dsla_test_server_t g = dsla_test_server_start(gw_args);
+
+    dsla_client_options_t opt = {.curve_server_key = gw->self.public_key,
+                                 .curve_public_key = cl->self.public_key,
+                                 .curve_secret_key = cl->secret_key};
+    dsla_client_t *c = NULL;
+    assert_int_equal(dsla_client_connect(&c, g.endpoint, &opt), DSLA_OK);
+    dsla_proto_generate_t req = {.prompt_ids = ctl_prompt_ids,
+                                 .n_prompt_ids = sizeof ctl_prompt_ids / sizeof ctl_prompt_ids[0],
+                                 .max_tokens = 4,
+                                 .top_p = 1,
+                                 .ignore_eos = true,
+                                 .stream = true};
+    dsla_test_collected_t got = {0};
+    dsla_client_result_t res;
+    if (dsla_client_generate(c, &req, dsla_test_collect, &got, 30000, &res) != DSLA_CODE_OK)
+        fail_msg("generate through CURVE links: %s", res.message);
+    assert_int_equal(got.n, 4);
+    dsla_client_close(&c);
+    dsla_test_server_stop(&g);
+    dsla_test_server_stop(&r);
+    dsla_curve_keys_destroy(&gw);
+    dsla_curve_keys_destroy(&rep);
+    dsla_curve_keys_destroy(&cl);
+    dsla_test_rmtree(dir);
+    free(dir);
+    free(model);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_curve_peers_talk),
@@ -509,6 +575,7 @@ int main(void) {
         cmocka_unit_test(test_plaintext_bind_stays_on_loopback),
         cmocka_unit_test(test_key_files),
         cmocka_unit_test(test_dsla_serve_with_curve),
+        cmocka_unit_test(test_gateway_and_replica_over_curve),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
