@@ -188,10 +188,12 @@ void dsla_actor_ctx_allow_insecure(dsla_actor_ctx_t *ctx) {
     ctx->allow_insecure = true;
 }
 
-static void zap_reply(void *sock, const zmq_msg_t *request_id, const char *code, const char *text,
+/* Every request is answered, even one too short to carry its id (libzmq sends none such): a REP
+ * socket that skipped an answer would refuse every later request. */
+static void zap_reply(void *sock, zmq_msg_t *f, int n, const char *code, const char *text,
                       const char *user_id) {
     zmq_send(sock, "1.0", 3, ZMQ_SNDMORE);
-    zmq_send(sock, zmq_msg_data((zmq_msg_t *)request_id), zmq_msg_size((zmq_msg_t *)request_id),
+    zmq_send(sock, n >= 2 ? zmq_msg_data(&f[1]) : "", n >= 2 ? zmq_msg_size(&f[1]) : 0,
              ZMQ_SNDMORE);
     zmq_send(sock, code, strlen(code), ZMQ_SNDMORE);
     zmq_send(sock, text, strlen(text), ZMQ_SNDMORE);
@@ -219,12 +221,12 @@ static void zap_answer(dsla_actor_ctx_t *c, zmq_msg_t *f, int n) {
         DSLA_LOG_LIMITED(&c->zap_warn, DSLA_LOG_WARN,
                          "CURVE: refusing a connection from %s: key %s is not in authorized_keys",
                          address[0] ? address : "?", key[0] ? key : "(not a CURVE handshake)");
-        if (n >= 2) zap_reply(c->zap, &f[1], "400", "key not authorized", "");
+        zap_reply(c->zap, f, n, "400", "key not authorized", "");
         return;
     }
     char user_id[DSLA_PROTO_NAME_MAX + 32];
     snprintf(user_id, sizeof user_id, "%s %s", dsla_role_name(who->role), who->name);
-    zap_reply(c->zap, &f[1], "200", "OK", user_id);
+    zap_reply(c->zap, f, n, "200", "OK", user_id);
 }
 
 static void *zap_main(void *arg) {
