@@ -153,11 +153,39 @@ static void test_controller_verifies_mac(void **state) {
     free(dir);
 }
 
+/* A file sealed by an independent implementation (Python's hmac with SHA-512, truncated to 32
+ * bytes: what libsodium's HMAC-SHA-512-256 is), key 01 02 03 00..., checked here. */
+static void test_independent_vector(void **state) {
+    (void)state;
+    static const char header[] =
+        "{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
+        "\"__metadata__\":{\"layer\":\"1\",\"dsla_mac\":"
+        "\"aa7eedc089f6c02fc579cbf2c599956da0f27ec16c77a99c7ce83a1978ab99d8\"}}";
+    const float data[4] = {1, 2, 3, 4};
+    uint8_t file[8 + sizeof header - 1 + sizeof data];
+    const uint64_t len = sizeof header - 1;
+    for (int i = 0; i < 8; i++)
+        file[i] = (uint8_t)(len >> (8 * i));
+    memcpy(file + 8, header, len);
+    memcpy(file + 8 + len, data, sizeof data);
+    char *dir = dsla_test_tempdir(), path[1024];
+    snprintf(path, sizeof path, "%s/layer-1.safetensors", dir);
+    dsla_test_write_file(path, file, sizeof file);
+    const dsla_layer_key_t key = {{1, 2, 3}};
+    ok(dsla_layer_mac_check(&key, path));
+    file[sizeof file - 1] ^= 0x80;
+    dsla_test_write_file(path, file, sizeof file);
+    refused(dsla_layer_mac_check(&key, path), DSLA_ERR_PERMISSION_DENIED, "does not match");
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_key_files),
         cmocka_unit_test(test_seal_and_check),
         cmocka_unit_test(test_controller_verifies_mac),
+        cmocka_unit_test(test_independent_vector),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
