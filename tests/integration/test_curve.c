@@ -512,7 +512,7 @@ static dsla_curve_keys_t *keys_in(const char *base, const char *sub, uint32_t ro
 
 /* A gateway node and a --serving-only replica in two processes, every link CURVE: the gateway
  * proves the replica by known_servers, the replica takes GENERATE from the gateway key, and a
- * client stub with a client key streams tokens through both. */
+ * client stub with a client key (then `dsla generate --curve-keys`) streams tokens through both. */
 static void test_gateway_and_replica_over_curve(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -555,6 +555,16 @@ static void test_gateway_and_replica_over_curve(void **state) {
         fail_msg("generate through CURVE links: %s", res.message);
     assert_int_equal(got.n, 4);
     dsla_client_close(&c);
+    /* dsla generate --curve-keys: the same through the command line client */
+    snprintf(line, sizeof line, "%s %s\n", g.endpoint, gw->self.public_key);
+    snprintf(file, sizeof file, "%s/known_servers", cl_dir);
+    dsla_test_write_file(file, line, strlen(line));
+    char out[CTL_OUT_MAX];
+    const char *gen[] = {"generate", "--endpoint",    g.endpoint, "--curve-keys",
+                         cl_dir,     "--prompt",      "Once",     "--max-tokens",
+                         "3",        "--temperature", "0",        NULL};
+    if (ctl_run_bin("dsla", gen, out, sizeof out) != 0) fail_msg("dsla generate: %s", out);
+    assert_non_null(strstr(out, "3 new tokens"));
     dsla_test_server_stop(&g);
     dsla_test_server_stop(&r);
     dsla_curve_keys_destroy(&gw);
