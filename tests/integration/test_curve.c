@@ -137,6 +137,19 @@ static void server_stop(server_t *s) {
     dsla_curve_keys_destroy(&s->keys);
 }
 
+/* A fresh keypair of role and name, and a server that authorizes it. */
+static dsla_curve_keys_t *key_and_server(uint32_t role, const char *name, server_t *s) {
+    dsla_curve_keys_t *keys = NULL;
+    assert_int_equal(dsla_curve_keys_new(&keys, role, name), DSLA_OK);
+    server_start(s, keys);
+    return keys;
+}
+
+static void key_and_server_stop(dsla_curve_keys_t **keys, server_t *s) {
+    server_stop(s);
+    dsla_curve_keys_destroy(keys);
+}
+
 /* A client actor holding keys that knows the server's key, sending first_type on start. */
 typedef struct {
     dsla_actor_ctx_t *ctx;
@@ -181,10 +194,8 @@ static void client_stop(client_t *c) {
 
 static void test_curve_peers_talk(void **state) {
     (void)state;
-    dsla_curve_keys_t *keys = NULL;
-    assert_int_equal(dsla_curve_keys_new(&keys, DSLA_ROLE_CONTROLLER, "controller"), DSLA_OK);
     server_t s;
-    server_start(&s, keys);
+    dsla_curve_keys_t *keys = key_and_server(DSLA_ROLE_CONTROLLER, "controller", &s);
     client_t c;
     client_open(&c, keys, &s, DSLA_MSG_SET_PLAN, true);
     assert_true(wait_for(&c.seen.pongs, 1));
@@ -193,17 +204,14 @@ static void test_curve_peers_talk(void **state) {
     assert_string_equal(s.seen.key_name, "controller");
     assert_int_equal(atomic_load(&c.seen.send_failures), 0);
     client_stop(&c);
-    server_stop(&s);
-    dsla_curve_keys_destroy(&keys);
+    key_and_server_stop(&keys, &s);
 }
 
 /* A "client" key may reach the mailbox (STATUS is open to every role) but not send SET_PLAN. */
 static void test_wrong_role_refused(void **state) {
     (void)state;
-    dsla_curve_keys_t *keys = NULL;
-    assert_int_equal(dsla_curve_keys_new(&keys, DSLA_ROLE_CLIENT, "client-x"), DSLA_OK);
     server_t s;
-    server_start(&s, keys);
+    dsla_curve_keys_t *keys = key_and_server(DSLA_ROLE_CLIENT, "client-x", &s);
     client_t c;
     client_open(&c, keys, &s, DSLA_MSG_SET_PLAN, true);
     assert_true(wait_for(&c.seen.errors, 1));
@@ -217,8 +225,7 @@ static void test_wrong_role_refused(void **state) {
     assert_string_equal(s.seen.key_name, "client-x");
     assert_int_equal(atomic_load(&s.seen.plans), 0);
     client_stop(&c);
-    server_stop(&s);
-    dsla_curve_keys_destroy(&keys);
+    key_and_server_stop(&keys, &s);
 }
 
 /* A cluster-role key speaks only under its own name: a replica key named "other" connecting as
@@ -226,10 +233,8 @@ static void test_wrong_role_refused(void **state) {
  * under its own name is. */
 static void test_key_name_binds_routing_id(void **state) {
     (void)state;
-    dsla_curve_keys_t *keys = NULL;
-    assert_int_equal(dsla_curve_keys_new(&keys, DSLA_ROLE_REPLICA, "other"), DSLA_OK);
     server_t s;
-    server_start(&s, keys);
+    dsla_curve_keys_t *keys = key_and_server(DSLA_ROLE_REPLICA, "other", &s);
     snprintf(keys->self.name, sizeof keys->self.name, "controller"); /* the routing id it uses */
     client_t liar;
     client_open(&liar, keys, &s, DSLA_MSG_STATUS, true);
@@ -242,8 +247,7 @@ static void test_key_name_binds_routing_id(void **state) {
     assert_string_equal(s.seen.key_name, "other");
     client_stop(&liar);
     client_stop(&honest);
-    server_stop(&s);
-    dsla_curve_keys_destroy(&keys);
+    key_and_server_stop(&keys, &s);
 }
 
 /* A raw DEALER (curve_server NULL: plaintext) with a monitor: the first handshake event. */
@@ -299,17 +303,14 @@ static void test_unknown_key_and_plaintext_refused(void **state) {
 
 static void test_unknown_server_key_refused_at_start(void **state) {
     (void)state;
-    dsla_curve_keys_t *keys = NULL;
-    assert_int_equal(dsla_curve_keys_new(&keys, DSLA_ROLE_CONTROLLER, "controller"), DSLA_OK);
     server_t s;
-    server_start(&s, keys);
+    dsla_curve_keys_t *keys = key_and_server(DSLA_ROLE_CONTROLLER, "controller", &s);
     client_t c;
     assert_int_equal(client_start_with(&c, keys, &s, DSLA_MSG_STATUS, false),
                      DSLA_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(dsla_last_error(), "known_servers"));
     client_stop(&c);
-    server_stop(&s);
-    dsla_curve_keys_destroy(&keys);
+    key_and_server_stop(&keys, &s);
 }
 
 static void test_plaintext_bind_stays_on_loopback(void **state) {
