@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,6 +270,7 @@ typedef struct {
     dsla_openai_error_t err;
     dsla_client_result_t result;
     char id[40];
+    char fingerprint[DSLA_PROTO_REPLICA_MAX + 32]; /* "serving0:plan-7" once ended; "": none */
     dsla_openai_meta_t meta;
     dsla_openai_logprobs_t *lp; /* NULL: the request asked for no logprobs */
     char *echo;                 /* the prompt to put before the text (echo); NULL: none */
@@ -291,13 +293,14 @@ static void gen_log(const gen_t *g, bool cancelled) {
         snprintf(ttft, sizeof ttft, "%llu", (unsigned long long)(g->t_first_ms - g->t_start));
     const bool ok = !cancelled && !g->failed;
     dsla_log_info("request id=%s choice=%d status=%d prompt_tokens=%u output_tokens=%u "
-                  "ttft_ms=%s total_ms=%llu finish=%s%s%.200s",
+                  "ttft_ms=%s total_ms=%llu served_by=%s preemptions=%u finish=%s%s%.200s",
                   g->id, g->choice,
                   cancelled   ? 499
                   : g->failed ? g->err.status
                               : 200,
                   g->result.prompt_tokens, g->result.completion_tokens, ttft,
                   (unsigned long long)(now - g->t_start),
+                  g->fingerprint[0] ? g->fingerprint : "none", g->result.preemptions,
                   cancelled ? "cancelled"
                   : ok      ? gen_end(g).finish
                             : "error",
@@ -327,6 +330,9 @@ static void gen_ended(gen_t *g) {
     if (g->result.code == DSLA_CODE_OK) {
         atomic_fetch_add(&g->h->prompt_tokens, g->result.prompt_tokens);
         atomic_fetch_add(&g->h->completion_tokens, g->result.completion_tokens);
+        if (g->result.replica[0])
+            snprintf(g->fingerprint, sizeof g->fingerprint, "%s:plan-%" PRIu64, g->result.replica,
+                     g->result.plan_id);
         return;
     }
     g->failed = true;
@@ -337,7 +343,8 @@ static dsla_openai_end_t gen_end(const gen_t *g) {
     return (dsla_openai_end_t){.finish =
                                    g->result.finish == DSLA_PROTO_FINISH_LENGTH ? "length" : "stop",
                                .prompt_tokens = g->result.prompt_tokens,
-                               .completion_tokens = g->result.completion_tokens};
+                               .completion_tokens = g->result.completion_tokens,
+                               .fingerprint = g->fingerprint};
 }
 
 /* Pulls the next piece from the gateway into g->pending as one or more server-sent events; the

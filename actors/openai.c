@@ -822,6 +822,8 @@ static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, c
                   choice_json(meta->kind, chunk, first, text, len, lp, end ? end->finish : NULL));
     if (root && end && !(chunk && meta->include_usage))
         json_object_set_new(root, "usage", usage_json(end));
+    if (root && end && end->fingerprint && end->fingerprint[0])
+        json_object_set_new(root, "system_fingerprint", json_string(end->fingerprint));
     char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     return out;
@@ -852,6 +854,11 @@ char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_ope
                   meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion" : "chat.completion",
                   "created", (json_int_t)meta->created, "model", meta->model ? meta->model : "",
                   "choices", choices, "usage", usage_json(&total));
+    /* one fingerprint when every choice came from the same replica and plan, else none */
+    const char *fp = n > 0 ? c[0].end.fingerprint : NULL;
+    for (int i = 1; fp && i < n; i++)
+        if (!c[i].end.fingerprint || strcmp(c[i].end.fingerprint, fp) != 0) fp = NULL;
+    if (root && fp && fp[0]) json_object_set_new(root, "system_fingerprint", json_string(fp));
     char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     return out;

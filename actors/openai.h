@@ -111,6 +111,9 @@ typedef struct {
 typedef struct {
     const char *finish; /* "stop", "length"; NULL in chunks before the last */
     uint32_t prompt_tokens, completion_tokens;
+    /* "system_fingerprint": the replica and the plan that computed the answer ("serving0:plan-7",
+     * docs/http.md); NULL or "": none is given */
+    const char *fingerprint;
 } dsla_openai_end_t;
 
 /* The logprobs of a choice, gathered token by token from the TOKENs that carry them: OpenAI's

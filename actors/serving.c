@@ -32,6 +32,8 @@ struct dsla_serving {
     uint64_t next_adoption;
     dsla_actor_timer_t *report_timer, *sample_timer, *fetch_timer;
     dsla_log_limit_t error_log, refused_log;
+    void (*write_hook)(void *user);
+    void *write_hook_user;
 };
 
 /* ---- what the state machines are given ---- */
@@ -74,6 +76,25 @@ static void load_done(dsla_actor_t *a, void *user, bool cancelled) {
 static dsla_status_t op_load(void *user, dsla_serving_load_t *job) {
     dsla_serving_t *s = user;
     return dsla_actor_work(s->self, load_work, load_done, job);
+}
+
+/* Fetched chunks: written, and the last one synced, verified and renamed, on a worker. */
+static void write_work(void *user) {
+    dsla_serving_write_t *job = user;
+    if (job->hook) job->hook(job->hook_user);
+    dsla_serving_write_run(job);
+}
+
+static void write_done(dsla_actor_t *a, void *user, bool cancelled) {
+    dsla_serving_t *s = dsla_actor_user(a);
+    dsla_serving_plans_written(s->plans, user, cancelled, dsla_clock_ms());
+}
+
+static dsla_status_t op_write(void *user, dsla_serving_write_t *job) {
+    dsla_serving_t *s = user;
+    job->hook = s->write_hook;
+    job->hook_user = s->write_hook_user;
+    return dsla_actor_work(s->self, write_work, write_done, job);
 }
 
 static dsla_status_t op_adopt(void *user, dsla_plan_t **plan) {
@@ -255,6 +276,8 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
     s->report_ms = config->report_ms ? config->report_ms : DSLA_SERVING_REPORT_MS;
     if (config->controller) snprintf(s->controller, sizeof s->controller, "%s", config->controller);
     s->fetching = config->layer_cache != NULL;
+    s->write_hook = config->fetch_write_hook;
+    s->write_hook_user = config->fetch_write_hook_user;
     const dsla_serving_plans_config_t pc = {
         .mcfg = mcfg,
         .layer_cache = config->layer_cache,
@@ -265,7 +288,7 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
         .layer_key = config->layer_key,
     };
     const dsla_serving_plan_ops_t po = {
-        .send = op_send, .load = op_load, .adopt = op_adopt, .user = s};
+        .send = op_send, .load = op_load, .write = op_write, .adopt = op_adopt, .user = s};
     DSLA_TRY(dsla_serving_plans_create(&s->plans, &pc, &po));
 
     if (config->distiller) {
@@ -282,6 +305,7 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
     }
     const dsla_serving_core_config_t cc = {
         .num_layers = (uint32_t)mcfg->num_layers,
+        .name = config->name ? config->name : "serving",
         .controller = config->controller ? "controller" : NULL,
         .plans = s->plans,
         .tokenizer = config->tokenizer,

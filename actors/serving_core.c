@@ -292,7 +292,10 @@ static void send_end(dsla_serving_core_t *c, const request_t *r, const dsla_serv
                                                 ? DSLA_PROTO_FINISH_CANCELLED
                                                 : DSLA_PROTO_FINISH_LENGTH,
                                   .prompt_tokens = (uint32_t)ev->usage.prompt_tokens,
-                                  .completion_tokens = (uint32_t)ev->usage.completion_tokens};
+                                  .completion_tokens = (uint32_t)ev->usage.completion_tokens,
+                                  .plan_id = ev->usage.plan_id,
+                                  .preemptions = (uint32_t)ev->usage.preemptions};
+        if (c->config.name) snprintf(done.replica, sizeof done.replica, "%s", c->config.name);
         type = DSLA_MSG_DONE;
         st = dsla_proto_done_encode(&done, &body);
     } else if (r->unreachable) {

@@ -37,6 +37,7 @@ typedef struct {
 
 typedef struct {
     uint32_t num_layers;
+    const char *name;              /* this replica's, told to clients in DONE; NULL: none */
     const char *controller;        /* where LOAD_REPORTs go (a peer name); NULL: nowhere */
     dsla_serving_plans_t *plans;   /* borrowed: the plan reports name; NULL: the engine's id */
     dsla_serving_sample_t *sample; /* borrowed; NULL: no prompt is sampled */

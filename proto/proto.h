@@ -58,7 +58,12 @@
     X(DISTILL_PROGRESS, 17, "distiller -> controller: the run's state, layer, step and loss")      \
     X(LAYER_FETCH, 18, "serving -> controller: ask for a byte range of a layer version file")      \
     X(LAYER_CHUNK, 19, "controller -> serving: that byte range; ERROR when it cannot be served")   \
-    X(PROMPT_SAMPLES, 20, "serving -> distiller: token ids of prompts sampled from live traffic")
+    X(PROMPT_SAMPLES, 20, "serving -> distiller: token ids of prompts sampled from live traffic")  \
+    X(BCAST_OPEN, 21, "controller -> owner: send a layer version file over a broadcast session")   \
+    X(BCAST_ID, 22, "owner -> controller: the session's communicator id (or: ready on the old)")   \
+    X(BCAST_JOIN, 23, "controller -> receiver: join a broadcast session and receive its file")     \
+    X(BCAST_ACK, 24, "owner/receiver -> controller: the file went out, or landed verified")        \
+    X(BCAST_NACK, 25, "owner/receiver -> controller: the session failed here; fall back to chunks")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -232,11 +237,19 @@ typedef enum {
 
 const char *dsla_proto_finish_name(dsla_proto_finish_t finish);
 
-/* DONE: the envelope's id is the GENERATE's; no TOKEN of that id follows it. */
+/* DONE: the envelope's id is the GENERATE's; no TOKEN of that id follows it. Where the answer
+ * was computed (optional on the wire; a decoder of an older sender leaves them 0 and empty): the
+ * replica's name, the id of the plan the request ran under at its end (the id the replica's
+ * PLAN_ACKs and the controller's plan_adopted events carry) and the times it was preempted and
+ * recomputed (0: the whole answer ran under that one plan). */
+#define DSLA_PROTO_REPLICA_MAX 63
 typedef struct {
     dsla_proto_finish_t finish;
     uint32_t prompt_tokens;
     uint32_t completion_tokens;
+    char replica[DSLA_PROTO_REPLICA_MAX + 1];
+    uint64_t plan_id;
+    uint32_t preemptions;
 } dsla_proto_done_t;
 
 dsla_status_t dsla_proto_done_encode(const dsla_proto_done_t *d, dsla_proto_buf_t *out);
@@ -521,5 +534,47 @@ dsla_status_t dsla_proto_layer_chunk_encode(const dsla_proto_layer_chunk_t *c,
                                             dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_layer_chunk_decode(const void *body, size_t len,
                                             dsla_proto_layer_chunk_t *out);
+
+/* ---- layer broadcast (DESIGN.md section 7's "NCCL broadcast"; docs/broadcast.md) ---- */
+
+/* Bytes of a communicator's unique id: NCCL's NCCL_UNIQUE_ID_BYTES, which proto must not include.
+ */
+#define DSLA_PROTO_BCAST_ID_MAX 128
+/* Ranks of one broadcast session (the owner and its receivers): a node's GPUs, with room. */
+#define DSLA_PROTO_BCAST_RANKS_MAX 64
+
+/* BCAST_OPEN, BCAST_ID and BCAST_JOIN share one body; each type uses the fields docs/protocol.md
+ * lists for it and leaves the others zero and empty (absent on the wire). session is the
+ * controller's number for one broadcast of one file; comm names a communicator (same key, same
+ * members in the same ranks), fresh says it is to be made from id rather than reused. */
+typedef struct {
+    uint64_t session;
+    uint64_t comm;
+    bool fresh;
+    uint32_t rank, nranks; /* rank 0 is the owner; nranks 0 when absent (BCAST_ID) */
+    int32_t layer;
+    uint32_t version;
+    uint64_t size, xxh64; /* of the file */
+    uint32_t id_len;      /* 0: none */
+    uint8_t id[DSLA_PROTO_BCAST_ID_MAX];
+    char path[DSLA_PROTO_PATH_MAX + 1]; /* BCAST_OPEN: the file to send; "" otherwise */
+} dsla_proto_bcast_t;
+
+dsla_status_t dsla_proto_bcast_encode(const dsla_proto_bcast_t *b, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_bcast_decode(const void *body, size_t len, dsla_proto_bcast_t *out);
+
+/* BCAST_ACK and BCAST_NACK share one body: the session and the sender's rank in it, and for a
+ * NACK the code and why. */
+typedef struct {
+    uint64_t session;
+    uint32_t rank;
+    uint32_t code; /* NACK: a dsla_proto_code_t */
+    char reason[DSLA_PROTO_MESSAGE_MAX + 1];
+} dsla_proto_bcast_reply_t;
+
+dsla_status_t dsla_proto_bcast_reply_encode(const dsla_proto_bcast_reply_t *r,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_bcast_reply_decode(const void *body, size_t len,
+                                            dsla_proto_bcast_reply_t *out);
 
 #endif

@@ -39,6 +39,17 @@ dsla_engine_config_t dsla_engine_config_default(void) {
     };
 }
 
+dsla_engine_config_t dsla_engine_config_for(bool gpu) {
+    dsla_engine_config_t c = dsla_engine_config_default();
+    if (gpu) c.prefill_chunk = DSLA_ENGINE_GPU_PREFILL_CHUNK;
+    return c;
+}
+
+void dsla_engine_config_fit(dsla_engine_config_t *c) {
+    if (c->step_tokens < c->prefill_chunk + c->max_running)
+        c->step_tokens = c->prefill_chunk + c->max_running;
+}
+
 static double monotonic_seconds(void *user) {
     (void)user;
     return dsla_clock_seconds();

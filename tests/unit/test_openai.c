@@ -196,7 +196,8 @@ static void test_choices(void **state) {
     dsla_openai_request_free(&r);
 
     dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
-    dsla_openai_choice_t c[2] = {{"a", 1, NULL, {"length", 3, 1}}, {"bc", 2, NULL, {"stop", 3, 2}}};
+    dsla_openai_choice_t c[2] = {{"a", 1, NULL, {"length", 3, 1, "serving0:plan-2"}},
+                                 {"bc", 2, NULL, {"stop", 3, 2, "serving0:plan-2"}}};
     char *body = dsla_openai_response_body_n(&meta, c, 2);
     json_t *j = json_loads(body, 0, NULL);
     json_t *ch = json_object_get(j, "choices");
@@ -206,6 +207,16 @@ static void test_choices(void **state) {
     json_t *u = json_object_get(j, "usage");
     assert_int_equal(json_integer_value(json_object_get(u, "prompt_tokens")), 6);
     assert_int_equal(json_integer_value(json_object_get(u, "completion_tokens")), 3);
+    /* both choices from one replica and plan: it is named */
+    assert_string_equal(json_string_value(json_object_get(j, "system_fingerprint")),
+                        "serving0:plan-2");
+    json_decref(j);
+    free(body);
+    /* from two plans: no fingerprint */
+    c[1].end.fingerprint = "serving0:plan-3";
+    body = dsla_openai_response_body_n(&meta, c, 2);
+    j = json_loads(body, 0, NULL);
+    assert_null(json_object_get(j, "system_fingerprint"));
     json_decref(j);
     free(body);
 }
@@ -232,7 +243,7 @@ static void test_logprobs_shapes(void **state) {
     assert_true(dsla_openai_logprobs_add(lp, t1));
     assert_true(dsla_openai_logprobs_add(lp, t2));
     dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
-    dsla_openai_end_t end = {"length", 5, 2};
+    dsla_openai_end_t end = {"length", 5, 2, NULL};
     char *body = dsla_openai_response_body(&meta, " Once up", 8, lp, &end);
     assert_non_null(strstr(body, "\"logprobs\":{\"tokens\":[\" Once\",\" up\"],"
                                  "\"token_logprobs\":[-0.5,-1.0],"
@@ -380,7 +391,7 @@ static void test_errors_from_codes(void **state) {
 static void test_responses(void **state) {
     (void)state;
     dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
-    dsla_openai_end_t end = {"length", 5, 3};
+    dsla_openai_end_t end = {"length", 5, 3, NULL};
     /* a stray continuation byte and a cut 3-byte sequence become U+FFFD each */
     char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, NULL, &end);
     json_error_t je;
