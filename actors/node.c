@@ -75,7 +75,9 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
                              .heartbeat_ms = c->heartbeat_ms,
                              .tokenizer = c->tokenizer,
                              .auth = c->http_auth,
-                             .allow_insecure = c->http_allow_insecure};
+                             .allow_insecure = c->http_allow_insecure,
+                             .cors_origins = c->http_cors_origins,
+                             .n_cors_origins = c->n_http_cors_origins};
     if (n->http_keys) { /* the gateway's mailbox is this node's CURVE server */
         hc.curve_server_key = c->curve->self.public_key;
         hc.curve_public_key = n->http_keys->self.public_key;
