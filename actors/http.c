@@ -72,6 +72,7 @@ struct dsla_http {
     char gateway[DSLA_PROTO_ENDPOINT_MAX + 1];
     char model[256];
     const dsla_tokenizer_t *tokenizer; /* /tokenize, /detokenize; NULL: 501 */
+    dsla_openai_chat_template_t chat;  /* the model's chat template (tmpl NULL: the plain one) */
     uint32_t heartbeat_ms, max_in_flight;
     const dsla_http_auth_t *auth; /* NULL: no key required */
     bool curve;                   /* CURVE to the gateway with these keys (Z85 and NUL) */
@@ -728,7 +729,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     /* a request without a seed samples differently from the last one, as OpenAI's does */
     uint64_t seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull ^ n;
     dsla_openai_request_t req;
-    if (!dsla_openai_request_parse(kind, body, len, h->model, seed, &req, &err))
+    if (!dsla_openai_request_parse_chat(kind, body, len, h->model, seed, &h->chat, &req, &err))
         return respond_error(h, conn, route, &err);
     const int choices = dsla_openai_request_choices(&req);
     /* each choice is one request in flight */
@@ -1174,6 +1175,9 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     snprintf(h->gateway, sizeof h->gateway, "%s", config->gateway);
     snprintf(h->model, sizeof h->model, "%s", config->model ? config->model : "dsla");
     h->tokenizer = config->tokenizer;
+    h->chat = (dsla_openai_chat_template_t){config->chat_template,
+                                            !config->tokenizer ||
+                                                dsla_tokenizer_add_bos_default(config->tokenizer)};
     h->heartbeat_ms = config->heartbeat_ms;
     h->auth = config->auth;
     if (config->curve_server_key && config->curve_public_key && config->curve_secret_key) {

@@ -17,6 +17,7 @@
 
 #include "actors/http_auth.h"
 #include "runtime/core/status.h"
+#include "runtime/model/chat_template.h"
 #include "runtime/model/tokenizer.h"
 
 /* Generation requests one front end carries at once, waiting in a replica's queue or running (each
@@ -44,6 +45,10 @@ typedef struct {
     /* borrowed, for /tokenize and /detokenize (NULL: they answer 501); must outlive the front end
      */
     const dsla_tokenizer_t *tokenizer;
+    /* borrowed, the chat template chat requests render with (NULL: the plain one, actors/openai.h);
+     * must outlive the front end. A leading bos_token of a rendering is dropped when tokenizer is
+     * NULL or prepends BOS itself. */
+    const dsla_chat_template_t *chat_template;
     /* API keys every route but /health requires (`Authorization: Bearer KEY`; 401 otherwise);
      * borrowed, must outlive the front end. NULL: none required, which is refused for an address
      * beyond loopback unless allow_insecure. */

@@ -19,6 +19,7 @@
 #include "actors/distiller.h"
 #include "actors/gateway.h"
 #include "actors/http_auth.h"
+#include "runtime/model/chat_template.h"
 #include "runtime/serve/engine.h"
 
 typedef struct dsla_node dsla_node_t;
@@ -27,6 +28,8 @@ typedef struct {
     /* model and backend NULL: no local serving actor (a gateway over remote replicas) */
     dsla_model_t *model; /* NULL with a backend: a model with no host copy (random weights) */
     const dsla_tokenizer_t *tokenizer;
+    /* borrowed: the chat template HTTP chat requests render with (NULL: the plain one) */
+    const dsla_chat_template_t *chat_template;
     dsla_engine_config_t engine;
     dsla_serve_backend_t *backend; /* the serving actor's backend (a GPU deployment); NULL: CPU */
     bool gpu_warmup;               /* dsla_serving_config_t.gpu_warmup */

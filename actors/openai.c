@@ -311,21 +311,18 @@ static bool content_text(json_t *content, size_t i, char *out, size_t *len,
     return true;
 }
 
-/* The chat template of openai.h into r->prompt. */
-static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
-    static const char tail[] = "Assistant:";
-    json_t *v = field(root, "messages");
+/* messages: checked, each a {role, content} the plain template or a model's template can take. */
+static bool check_messages(json_t *v, dsla_openai_error_t *err) {
     if (!json_is_array(v) || json_array_size(v) == 0) {
         dsla_openai_error_set(err, 400, "messages",
                               "messages is required: a non-empty array of {role, content}");
         return false;
     }
-    size_t total = strlen(tail), i, len;
+    size_t i, len;
     json_t *m;
     json_array_foreach(v, i, m) {
         json_t *role = json_object_get(m, "role");
-        const char *label = json_is_string(role) ? role_label(json_string_value(role)) : NULL;
-        if (!label) {
+        if (!json_is_string(role) || !role_label(json_string_value(role))) {
             dsla_openai_error_set(err, 400, "messages",
                                   "messages[%zu].role must be \"system\", \"developer\", "
                                   "\"user\", \"assistant\" or \"tool\"",
@@ -338,7 +335,19 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
             return false;
         }
         if (!content_text(json_object_get(m, "content"), i, NULL, &len, err)) return false;
-        total += strlen(label) + strlen(": \n") + len;
+    }
+    return true;
+}
+
+/* The plain template of openai.h into r->prompt (messages checked). */
+static bool plain_template(json_t *v, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    static const char tail[] = "Assistant:";
+    size_t total = strlen(tail), i, len;
+    json_t *m;
+    json_array_foreach(v, i, m) {
+        content_text(json_object_get(m, "content"), i, NULL, &len, err);
+        total += strlen(role_label(json_string_value(json_object_get(m, "role")))) +
+                 strlen(": \n") + len;
     }
     if (total > DSLA_PROTO_PROMPT_MAX) {
         dsla_openai_error_set(err, 400, "messages",
@@ -363,6 +372,95 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
     r->generate.prompt = r->prompt;
     r->generate.prompt_len = n;
     return add_stop(r, DSLA_OPENAI_CHAT_STOP, strlen(DSLA_OPENAI_CHAT_STOP), err);
+}
+
+/* The messages as the model's template sees them: each message's fields, its content as one
+ * string (text parts joined), "developer" as "system". */
+static json_t *template_messages(json_t *v) {
+    json_t *out = json_array(), *m;
+    size_t i, len;
+    dsla_openai_error_t unused;
+    json_array_foreach(v, i, m) {
+        json_t *copy = json_copy(m);
+        content_text(json_object_get(m, "content"), i, NULL, &len, &unused);
+        char *text = malloc(len + 1);
+        if (text) content_text(json_object_get(m, "content"), i, text, &len, &unused);
+        json_t *content = text ? json_stringn(text, len) : NULL;
+        free(text);
+        if (!out || !copy || !content || json_object_set_new(copy, "content", content) != 0 ||
+            (strcmp(json_string_value(json_object_get(m, "role")), "developer") == 0 &&
+             json_object_set_new(copy, "role", json_string("system")) != 0) ||
+            json_array_append_new(out, copy) != 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* The model's chat template into r->prompt (messages checked). */
+static bool model_template(json_t *v, json_t *kwargs, bool add_generation_prompt,
+                           const dsla_openai_chat_template_t *chat, dsla_openai_request_t *r,
+                           dsla_openai_error_t *err) {
+    json_t *vars = kwargs ? json_copy(kwargs) : json_object(), *messages = template_messages(v);
+    if (!vars || !messages || json_object_set_new(vars, "messages", messages) != 0 ||
+        json_object_set_new(vars, "add_generation_prompt", json_boolean(add_generation_prompt))) {
+        json_decref(vars);
+        dsla_openai_error_from_status(r->kind, dsla_error_oom("chat template variables"), err);
+        return false;
+    }
+    size_t len;
+    dsla_status_t st =
+        dsla_chat_template_render(chat->tmpl, vars, DSLA_PROTO_PROMPT_MAX, &r->prompt, &len);
+    json_decref(vars);
+    if (st != DSLA_OK) {
+        if (st == DSLA_ERR_INVALID_ARGUMENT) /* the template's own message, or a limit */
+            dsla_openai_error_set(err, 400, "messages", "%s", dsla_last_error());
+        else
+            dsla_openai_error_from_status(r->kind, st, err);
+        return false;
+    }
+    /* transformers tokenizes the rendering without special tokens; the engine adds BOS */
+    const char *bos = dsla_chat_template_bos_token(chat->tmpl);
+    size_t skip = chat->engine_adds_bos && bos && *bos && strncmp(r->prompt, bos, strlen(bos)) == 0
+                      ? strlen(bos)
+                      : 0;
+    r->generate.prompt = r->prompt + skip;
+    r->generate.prompt_len = len - skip;
+    return true;
+}
+
+static bool get_messages(json_t *root, const dsla_openai_chat_template_t *chat,
+                         dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    json_t *v = field(root, "messages");
+    bool add_generation_prompt = true;
+    json_t *kwargs = field(root, "chat_template_kwargs");
+    if (!check_messages(v, err) ||
+        !get_bool(root, "add_generation_prompt", &add_generation_prompt, err))
+        return false;
+    if (kwargs && (!json_is_object(kwargs) || json_object_get(kwargs, "messages"))) {
+        dsla_openai_error_set(err, 400, "chat_template_kwargs",
+                              "chat_template_kwargs must be an object of the template's variables "
+                              "(other than messages)");
+        return false;
+    }
+    if (chat && chat->tmpl) return model_template(v, kwargs, add_generation_prompt, chat, r, err);
+    if (kwargs && json_object_size(kwargs) > 0) {
+        dsla_openai_error_set(err, 400, "chat_template_kwargs",
+                              "chat_template_kwargs needs the model's chat template "
+                              "(tokenizer_config.json's chat_template or dsla-serve "
+                              "--chat-template FILE)");
+        return false;
+    }
+    if (!add_generation_prompt) {
+        dsla_openai_error_set(err, 400, "add_generation_prompt",
+                              "add_generation_prompt false needs the model's chat template "
+                              "(tokenizer_config.json's chat_template or dsla-serve "
+                              "--chat-template FILE); the plain template always ends with "
+                              "\"Assistant:\"");
+        return false;
+    }
+    return plain_template(v, r, err);
 }
 
 /* logprobs: an integer of alternatives (completions), or true with top_logprobs (chat). */
@@ -547,7 +645,8 @@ static bool refuse_unserved(json_t *root, dsla_openai_error_t *err) {
 }
 
 static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *model,
-                         dsla_openai_request_t *r, dsla_openai_error_t *err) {
+                         const dsla_openai_chat_template_t *chat, dsla_openai_request_t *r,
+                         dsla_openai_error_t *err) {
     json_t *m = field(root, "model");
     if (m && !json_is_string(m)) {
         dsla_openai_error_set(err, 400, "model", "model must be a string");
@@ -580,7 +679,7 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         !get_sampling(root, r, err) || !get_stream_options(root, r, err) ||
         !refuse_unserved(root, err))
         return false;
-    if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
+    if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, chat, r, err) : !get_prompt(root, r, err))
         return false;
     if (!get_best_of(kind, root, r, n, err)) return false;
     r->n = (int)n;
@@ -614,6 +713,13 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
 bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t len,
                                const char *model, uint64_t seed, dsla_openai_request_t *out,
                                dsla_openai_error_t *err) {
+    return dsla_openai_request_parse_chat(kind, body, len, model, seed, NULL, out, err);
+}
+
+bool dsla_openai_request_parse_chat(dsla_openai_kind_t kind, const char *body, size_t len,
+                                    const char *model, uint64_t seed,
+                                    const dsla_openai_chat_template_t *chat,
+                                    dsla_openai_request_t *out, dsla_openai_error_t *err) {
     memset(out, 0, sizeof *out);
     memset(err, 0, sizeof *err);
     out->kind = kind;
@@ -628,7 +734,7 @@ bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t
     else if (!json_is_object(root))
         dsla_openai_error_set(err, 400, NULL, "the request body must be a JSON object");
     else
-        ok = parse_fields(kind, root, model, out, err);
+        ok = parse_fields(kind, root, model, chat, out, err);
     json_decref(root);
     if (!ok) dsla_openai_request_free(out);
     return ok;

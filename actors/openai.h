@@ -3,13 +3,16 @@
  *
  * A request body is parsed and checked field by field: a refusal names the field, the limit and
  * the value in OpenAI's error shape ({"error": {message, type, param, code}}). Chat messages become
- * one prompt through a plain-text template (the tiny models have no chat template of their own):
+ * one prompt through the model's own chat template when it has one (runtime/model/chat_template.h:
+ * tokenizer_config.json's, or dsla-serve --chat-template FILE), else through a plain-text template
+ * (the tiny models have no chat template of their own):
  *
  *     System: <content>\n   User: <content>\n   Assistant: <content>\n   ...   Assistant:
  *
- * with "\nUser:" added to the stop strings so that the model's answer ends before it speaks for
- * the user. This module only transforms bytes: no sockets, no threads, no engine; the text it
- * formats is whatever the serving actor streamed (the tokenizer lives there). */
+ * with "\nUser:" added to the stop strings (the plain template only) so that the model's answer
+ * ends before it speaks for the user. This module only transforms bytes: no sockets, no threads, no
+ * engine; the text it formats is whatever the serving actor streamed (the tokenizer lives there).
+ */
 #ifndef DSLA_ACTORS_OPENAI_H
 #define DSLA_ACTORS_OPENAI_H
 
@@ -18,6 +21,7 @@
 #include <stdint.h>
 
 #include "proto/proto.h"
+#include "runtime/model/chat_template.h"
 
 /* OpenAI's defaults where it has one (completions: 16 tokens); a chat answer gets more room. */
 #define DSLA_OPENAI_MAX_TOKENS_DEFAULT 16
@@ -83,6 +87,23 @@ bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t
                                const char *model, uint64_t seed, dsla_openai_request_t *out,
                                dsla_openai_error_t *err);
 void dsla_openai_request_free(dsla_openai_request_t *r);
+
+/* How chat messages become a prompt: the model's template (tmpl NULL: the plain template above),
+ * rendered with the messages (content parts joined into one string, "developer" as "system") and
+ * add_generation_prompt (the request's, default true). engine_adds_bos: the replicas' tokenizer
+ * prepends BOS itself, so a rendering that starts with the template's bos_token is sent without
+ * it (transformers tokenizes the rendering without adding special tokens: the same ids). A
+ * template's raise_exception is a 400 on "messages" carrying its message. */
+typedef struct {
+    const dsla_chat_template_t *tmpl;
+    bool engine_adds_bos;
+} dsla_openai_chat_template_t;
+
+/* dsla_openai_request_parse with chat requests rendered through chat (NULL: the plain template). */
+bool dsla_openai_request_parse_chat(dsla_openai_kind_t kind, const char *body, size_t len,
+                                    const char *model, uint64_t seed,
+                                    const dsla_openai_chat_template_t *chat,
+                                    dsla_openai_request_t *out, dsla_openai_error_t *err);
 
 /* err for a request that ended with a status or a wire code (the same numbers, runtime/core/
  * status.h): INVALID_ARGUMENT 400 (param guessed from the field the message names),

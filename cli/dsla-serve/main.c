@@ -35,6 +35,7 @@ static const char usage[] =
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
     "                  [--http-max-in-flight N] [--cors-origin ORIGIN|*]...\n"
+    "                  [--chat-template FILE]\n"
     "                  [--curve-keys DIR] [--allow-insecure] [--layer-key-file FILE]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
@@ -72,13 +73,16 @@ static const char usage[] =
     "(--http-max-in-flight overrides HTTP's). --random-model 7b (with --device cuda) serves a\n"
     "Llama-2-7B-shaped model of random weights drawn on the GPU (no checkpoint needed; no\n"
     "controller or distiller) with the tokenizer of --tokenizer DIR; --vocab defaults to its\n"
-    "vocabulary. --curve-keys DIR puts CURVE on every tcp:// mailbox and connection\n"
-    "(docs/security.md: node.key, node.pub, authorized_keys, known_servers; `dslactl keygen`\n"
-    "makes a keypair); without it a mailbox binds only loopback unless --allow-insecure.\n"
-    "--layer-key-file FILE (shared by distiller, controller and replicas) seals each layer\n"
-    "version the distiller writes with a keyed MAC, and the controller and replicas refuse\n"
-    "versions without it (`dslactl keygen --layer-key FILE` writes one). Each option's default\n"
-    "below is the value the code uses.";
+    "vocabulary. Chat requests render through the model's own chat template "
+    "(tokenizer_config.json's\n"
+    "chat_template, or DIR/chat_template.jinja), --chat-template FILE's when given, else a plain\n"
+    "'Role: content' template (docs/http.md). --curve-keys DIR puts CURVE on every tcp://\n"
+    "mailbox and connection (docs/security.md: node.key, node.pub, authorized_keys,\n"
+    "known_servers; `dslactl keygen` makes a keypair); without it a mailbox binds only loopback\n"
+    "unless --allow-insecure. --layer-key-file FILE (shared by distiller, controller and\n"
+    "replicas) seals each layer version the distiller writes with a keyed MAC, and the controller\n"
+    "and replicas refuse versions without it (`dslactl keygen --layer-key FILE` writes one). Each\n"
+    "option's default below is the value the code uses.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -228,6 +232,7 @@ int main(int argc, char **argv) {
     snprintf(prefill_help, sizeof prefill_help,
              "prompt tokens per request per step (default %d on the CPU, %d on a GPU)",
              engine_defaults.prefill_chunk, DSLA_ENGINE_GPU_PREFILL_CHUNK);
+    const char *chat_template_file = NULL;
     dsla_distill_params_t distill = dsla_distill_params_default();
     dsla_arg_list_t distill_data = {0};
     const char *distill_out = NULL, *distill_device = NULL, *distill_dtype = NULL;
@@ -305,6 +310,9 @@ int main(int argc, char **argv) {
          "an origin browsers may call the HTTP API from, e.g. https://app.example.com, or * for "
          "any (repeatable; default: none, CORS off)",
          0, 0, &cors_origins},
+        {"chat-template", DSLA_ARG_STRING,
+         "a Jinja chat template file for chat requests (default: the model's own)", 0, 0,
+         &chat_template_file},
         {"api-key-file", DSLA_ARG_STRING,
          "HTTP API keys, one a line (also DSLA_API_KEY): every route but /health needs "
          "'Authorization: Bearer KEY'",
@@ -515,6 +523,15 @@ int main(int argc, char **argv) {
     if (model_dir) st = dsla_model_load(&model, model_dir);
     if (st == DSLA_OK && (model_dir || tokenizer_dir))
         st = dsla_tokenizer_load_dir(&tokenizer, model_dir ? model_dir : tokenizer_dir);
+    dsla_chat_template_t *chat_template = NULL;
+    const char *tokenizer_home = model_dir ? model_dir : tokenizer_dir;
+    if (st == DSLA_OK && chat_template_file)
+        st = dsla_chat_template_load_file(&chat_template, chat_template_file, tokenizer_home);
+    else if (st == DSLA_OK && tokenizer_home)
+        st = dsla_chat_template_load_dir(&chat_template, tokenizer_home);
+    if (st == DSLA_OK && chat_template)
+        dsla_log_info("chat requests render through the chat template of %s",
+                      dsla_chat_template_name(chat_template));
     dsla_model_config_t random_cfg = {0};
     if (st == DSLA_OK && random_model) {
         const int tv = dsla_tokenizer_vocab_size(tokenizer);
@@ -548,6 +565,7 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK) {
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
+                                     .chat_template = chat_template,
                                      .engine = engine,
                                      .backend = backend,
                                      .gpu_warmup = gpu_warmup,
@@ -630,6 +648,7 @@ int main(int argc, char **argv) {
     dsla_http_auth_destroy(&admin_auth);
     dsla_serve_backend_destroy(&backend);
     dsla_tokenizer_destroy(&tokenizer);
+    dsla_chat_template_destroy(&chat_template);
     dsla_model_destroy(&model);
     return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);
 }
