@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "runtime/core/clock.h"
 #include "actors/controller_admin.h"
 #include "actors/controller_chunks.h"
@@ -25,6 +27,8 @@ struct dsla_controller {
     uint32_t tick_ms;
     char distiller[DSLA_PROTO_NAME_MAX + 1]; /* the one name LAYER_READY and progress come from */
     const dsla_http_auth_t *admin_auth;      /* NULL: no admin key required */
+    bool has_layer_key;                      /* announced versions must carry its MAC */
+    dsla_layer_key_t layer_key;
     /* lines a misbehaving peer can repeat once per message */
     dsla_log_limit_t reply_warn, send_warn, refused_warn;
 };
@@ -160,6 +164,7 @@ static void on_layer_ready(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
         j->c = c;
         snprintf(j->v.from, sizeof j->v.from, "%s", msg->from);
         snprintf(j->v.layers_dir, sizeof j->v.layers_dir, "%s", dsla_ctl_core_layers_dir(c->core));
+        j->v.layer_key = c->has_layer_key ? &c->layer_key : NULL;
         st = dsla_actor_work(a, verify_work, verify_done, j);
         if (st == DSLA_OK) return;
     }
@@ -304,6 +309,27 @@ static dsla_status_t queue_history(dsla_controller_t *c, const dsla_actor_msg_t 
     return st;
 }
 
+/* Who sent an ADMIN, as far as the controller can tell, for its audit event: a CURVE key's role
+ * and name; else, with admin keys configured, a fingerprint of the key it presented (8 hex digits
+ * of its BLAKE2b: which key, without the key); else only the routing id it chose. */
+static void admin_who(const dsla_controller_t *c, const dsla_actor_msg_t *msg, const char *key,
+                      char *out, size_t cap) {
+    const char *from = msg->from[0] ? msg->from : "?";
+    char fp[16] = "";
+    if (c->admin_auth && sodium_init() >= 0) {
+        uint8_t h[4];
+        crypto_generichash(h, sizeof h, (const uint8_t *)key, strlen(key), NULL, 0);
+        snprintf(fp, sizeof fp, "%02x%02x%02x%02x", h[0], h[1], h[2], h[3]);
+    }
+    if (msg->key_name)
+        snprintf(out, cap, "%s key '%s' (CURVE)%s%s", dsla_role_name(msg->role), msg->key_name,
+                 fp[0] ? ", admin key " : "", fp);
+    else if (fp[0])
+        snprintf(out, cap, "admin key %s from '%s'", fp, from);
+    else
+        snprintf(out, cap, "'%s' (unauthenticated: no admin key or CURVE)", from);
+}
+
 static void on_admin(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_controller_t *c = user;
     dsla_proto_admin_t *wire = malloc(sizeof *wire);
@@ -323,7 +349,10 @@ static void on_admin(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
         if (st != DSLA_OK) reply_status(a, msg, st);
         goto done;
     }
-    if (st == DSLA_OK) st = dsla_ctl_core_admin(c->core, cmd, &t);
+    if (st == DSLA_OK) {
+        admin_who(c, msg, wire->key, cmd->who, sizeof cmd->who);
+        st = dsla_ctl_core_admin(c->core, cmd, &t);
+    }
     if (st == DSLA_OK && t.failed)
         st = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "controller: the reply exceeds %u bytes",
                         DSLA_PROTO_ADMIN_TEXT_MAX);
@@ -372,6 +401,10 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     snprintf(c->distiller, sizeof c->distiller, "%s",
              cfg->distiller ? cfg->distiller : "distiller");
     c->admin_auth = cfg->admin_auth;
+    if (cfg->layer_key) {
+        c->has_layer_key = true;
+        c->layer_key = *cfg->layer_key;
+    }
     dsla_ctl_env_t env = {.user = c,
                           .now_ms = env_now_ms,
                           .wall_ms = env_wall_ms,
@@ -380,18 +413,30 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     dsla_status_t st = dsla_ctl_store_open(&c->store, cfg->db_path);
     if (st == DSLA_OK) st = dsla_ctl_writer_create(&c->writer, c->store);
     if (st == DSLA_OK) st = dsla_ctl_core_create(&c->core, cfg->layers_dir, &env);
+    if (st == DSLA_OK) dsla_ctl_core_set_layer_key(c->core, cfg->layer_key);
     if (st == DSLA_OK) st = dsla_ctl_core_start(c->core, c->store, cfg->policy);
     static const dsla_actor_handler_t handlers[] = {
         {DSLA_MSG_LOAD_REPORT, on_load_report}, {DSLA_MSG_PLAN_ACK, on_plan_reply},
         {DSLA_MSG_PLAN_NACK, on_plan_reply},    {DSLA_MSG_ADMIN, on_admin},
         {DSLA_MSG_LAYER_READY, on_layer_ready}, {DSLA_MSG_DISTILL_PROGRESS, on_distill_progress},
         {DSLA_MSG_LAYER_FETCH, on_layer_fetch}};
+    /* with CURVE, each type only from keys of its role (runtime/actor/curve.h) */
+    static const dsla_actor_role_rule_t roles[] = {
+        {DSLA_MSG_LOAD_REPORT, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_PLAN_ACK, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_PLAN_NACK, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_LAYER_FETCH, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_ADMIN, DSLA_ROLE_ADMIN},
+        {DSLA_MSG_LAYER_READY, DSLA_ROLE_DISTILLER},
+        {DSLA_MSG_DISTILL_PROGRESS, DSLA_ROLE_DISTILLER}};
     dsla_actor_def_t def = {
         .name = cfg->name ? cfg->name : "controller",
         .ctx = cfg->ctx,
         .bind = {cfg->bind[0], cfg->bind[1]},
         .handlers = handlers,
         .n_handlers = sizeof handlers / sizeof handlers[0],
+        .role_rules = roles,
+        .n_role_rules = sizeof roles / sizeof roles[0],
         .on_start = on_start,
         .on_stop = on_stop,
         .on_peer = on_peer,

@@ -37,6 +37,7 @@
 #define DSLA_ACTORS_CONTROLLER_H
 
 #include "actors/http_auth.h"
+#include "runtime/model/layer_mac.h"
 #include "runtime/actor/actor.h"
 
 typedef struct dsla_controller dsla_controller_t;
@@ -54,6 +55,9 @@ typedef struct {
     /* keys an ADMIN must carry (dslactl --admin-key-file, DSLA_ADMIN_KEY); borrowed. NULL: the
      * admin mailbox is open to anyone who reaches it (loopback by default) */
     const dsla_http_auth_t *admin_auth;
+    /* the layer key: announced versions must carry its MAC (layer_mac.h); copied. NULL: versions
+     * are unauthenticated (xxh64 only) */
+    const dsla_layer_key_t *layer_key;
     const char *db_path; /* SQLite database, created when absent */
     /* policy in text form ("manual layers=2"); replaces the stored one when given. NULL: the stored
      * one, else the threshold defaults */

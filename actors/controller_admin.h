@@ -30,6 +30,9 @@ typedef enum {
     DSLA_ADMIN_DRAIN,
 } dsla_admin_op_t;
 
+/* A sender's description in the audit event: a role, a key name and a routing id fit. */
+#define DSLA_ADMIN_WHO_MAX 160
+
 typedef struct {
     dsla_admin_op_t op;
     long n;  /* convert, revert: layers; history: events */
@@ -37,6 +40,10 @@ typedef struct {
     /* policy set: the kind and its key=value words, as given */
     int n_words;
     char words[DSLA_PROTO_ADMIN_ARGS_MAX][DSLA_PROTO_ADMIN_ARG_LEN_MAX + 1];
+    /* Who sent it, as the controller could prove it (its CURVE key's role and name, a
+     * fingerprint of its admin key, or only its routing id): what the audit event records. Not
+     * parsed: the controller fills it in; "" reads as unknown. */
+    char who[DSLA_ADMIN_WHO_MAX];
 } dsla_admin_cmd_t;
 
 /* Parses the words of one command ("convert", "2"). INVALID_ARGUMENT naming the command, the field

@@ -46,6 +46,8 @@ struct dsla_ctl_core {
     dsla_ctl_replica_t replicas[DSLA_PROTO_REPLICAS_MAX];
     distiller_t distiller;
     layer_file_t files[DSLA_CATALOGUE_LAYERS_MAX]; /* by layer */
+    bool has_layer_key;                            /* catalogued versions must carry its MAC */
+    dsla_layer_key_t layer_key;
     uint64_t chunks_served, bytes_served, fetches_refused;
     dsla_log_limit_t send_warn; /* a replica gone from the network fails every report's SET_PLAN */
 };
@@ -309,7 +311,8 @@ void dsla_ctl_verify_run(dsla_ctl_verify_t *v) {
                                    .version = (int)r->version,
                                    .checksum = r->checksum,
                                    .size = r->size,
-                                   .xxh64 = r->xxh64};
+                                   .xxh64 = r->xxh64,
+                                   .key = v->layer_key};
     v->status = dsla_catalogue_verify(&a, &v->entry, v->order, &v->n_order);
     if (v->status != DSLA_OK) snprintf(v->error, sizeof v->error, "%s", dsla_last_error());
 }
@@ -543,10 +546,32 @@ static dsla_status_t admin_run(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cmd,
                       dsla_admin_op_name(cmd->op));
 }
 
+/* The audit trail: every command that changed something, its words and who sent it, one
+ * "admin" event (kept like every event: the newest DSLA_CTL_EVENTS_KEEP). Refused commands leave
+ * none, so that strangers cannot grow the log. */
+static void audit(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cmd) {
+    dsla_proto_admin_t *words = calloc(1, sizeof *words);
+    if (!words) {
+        dsla_log_error("controller: out of memory auditing %s", dsla_admin_op_name(cmd->op));
+        return;
+    }
+    dsla_admin_format(cmd, words);
+    char text[512] = "";
+    for (uint32_t i = 0; i < words->n_args; i++) {
+        size_t len = strlen(text);
+        snprintf(text + len, sizeof text - len, "%s%s", i ? " " : "", words->args[i]);
+    }
+    free(words);
+    event(c, "admin", "%s by %s", text, cmd->who[0] ? cmd->who : "an unknown sender");
+}
+
 dsla_status_t dsla_ctl_core_admin(dsla_ctl_core_t *c, const dsla_admin_cmd_t *cmd,
                                   dsla_admin_text_t *out) {
     DSLA_TRY(admin_run(c, cmd, out));
-    if (cmd->op != DSLA_ADMIN_STATUS && cmd->op != DSLA_ADMIN_POLICY_GET) evaluate_all(c);
+    if (cmd->op != DSLA_ADMIN_STATUS && cmd->op != DSLA_ADMIN_POLICY_GET) {
+        audit(c, cmd);
+        evaluate_all(c);
+    }
     return DSLA_OK;
 }
 
@@ -611,15 +636,30 @@ static void restore_layer(void *user, const dsla_ctl_layer_row_t *row) {
 
 /* Records the file of every catalogued version as it is now: the announce of versions found by
  * the start-up scan or kept from before a restart. */
+/* With a layer key, a version found in the directory or restored from the database without its
+ * MAC is left out of the catalogue (with an event): no replica would adopt it. */
 static dsla_status_t digest_catalogue(dsla_ctl_core_t *c) {
+    int kept = 0;
     for (int i = 0; i < c->catalogue.n; i++) {
         const dsla_catalogue_entry_t *e = &c->catalogue.entries[i];
+        if (c->has_layer_key && dsla_layer_mac_check(&c->layer_key, e->path) != DSLA_OK) {
+            event(c, "layer_refused", "layer %d version %d: %s", e->layer, e->version,
+                  dsla_last_error());
+            continue;
+        }
         layer_file_t *f = &c->files[e->layer];
         DSLA_TRY(dsla_catalogue_file_digest(e->path, &f->size, &f->xxh64));
         f->version = e->version;
         f->known = true;
+        c->catalogue.entries[kept++] = *e;
     }
+    c->catalogue.n = kept;
     return DSLA_OK;
+}
+
+void dsla_ctl_core_set_layer_key(dsla_ctl_core_t *c, const dsla_layer_key_t *key) {
+    c->has_layer_key = key != NULL;
+    if (key) c->layer_key = *key;
 }
 
 dsla_status_t dsla_ctl_core_start(dsla_ctl_core_t *c, dsla_ctl_store_t *store, const char *policy) {

@@ -76,6 +76,8 @@ typedef struct dsla_ctl_core dsla_ctl_core_t;
 dsla_status_t dsla_ctl_core_create(dsla_ctl_core_t **out, const char *layers_dir,
                                    const dsla_ctl_env_t *env);
 void dsla_ctl_core_destroy(dsla_ctl_core_t **c);
+/* Before start: catalogued versions must carry this key's MAC (layer_mac.h); copied. */
+void dsla_ctl_core_set_layer_key(dsla_ctl_core_t *c, const dsla_layer_key_t *key);
 /* Start-up, before any message: the policy, drain flag, announced layer versions and replicas'
  * last DSLA layer counts from store (NULL: a fresh start), then policy over them when given
  * (INVALID_ARGUMENT naming the field); digests every catalogued file; records `start`. */
@@ -104,6 +106,7 @@ dsla_status_t dsla_ctl_core_on_distill_progress(dsla_ctl_core_t *c, const char *
 typedef struct {
     char from[DSLA_PROTO_NAME_MAX + 1];
     char layers_dir[DSLA_CATALOGUE_PATH_MAX + 1]; /* the announced file must lie directly inside */
+    const dsla_layer_key_t *layer_key; /* its MAC is checked with it; NULL: none (borrowed) */
     dsla_proto_layer_ready_t ready;
     dsla_status_t status; /* of the verification */
     char error[DSLA_PROTO_MESSAGE_MAX + 1];

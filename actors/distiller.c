@@ -330,6 +330,7 @@ dsla_status_t dsla_distiller_create(dsla_distiller_t **out, const dsla_distiller
     dsla_status_t st = configure(d, c);
     const dsla_actor_peer_def_t peers[] = {{CONTROLLER_PEER, c->controller}};
     static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_PROMPT_SAMPLES, on_prompt_samples}};
+    static const dsla_actor_role_rule_t roles[] = {{DSLA_MSG_PROMPT_SAMPLES, DSLA_ROLE_REPLICA}};
     dsla_actor_def_t def = {
         .name = c->name ? c->name : "distiller",
         .ctx = c->ctx,
@@ -338,6 +339,8 @@ dsla_status_t dsla_distiller_create(dsla_distiller_t **out, const dsla_distiller
         .n_peers = 1,
         .handlers = handlers,
         .n_handlers = 1,
+        .role_rules = roles,
+        .n_role_rules = 1,
         .on_start = on_start,
         .on_peer = on_peer,
         .user = d,

@@ -134,6 +134,12 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
         {DSLA_MSG_ERROR, on_error},       {DSLA_MSG_STATUS, on_status},
         {DSLA_MSG_LOAD_REPORT, on_load},
     };
+    enum { CALLERS = DSLA_ROLE_CLIENT | DSLA_ROLE_ADMIN | DSLA_ROLE_GATEWAY };
+    static const dsla_actor_role_rule_t roles[] = {
+        {DSLA_MSG_GENERATE, CALLERS},       {DSLA_MSG_CANCEL, CALLERS},
+        {DSLA_MSG_STATUS, CALLERS},         {DSLA_MSG_TOKEN, DSLA_ROLE_REPLICA},
+        {DSLA_MSG_DONE, DSLA_ROLE_REPLICA},
+    };
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "gateway",
         .ctx = config->ctx,
@@ -141,6 +147,8 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
         .n_peers = config->n_replicas,
         .handlers = handlers,
         .n_handlers = sizeof handlers / sizeof handlers[0],
+        .role_rules = roles,
+        .n_role_rules = sizeof roles / sizeof roles[0],
         .on_start = on_start,
         .on_peer = on_peer,
         .user = g,

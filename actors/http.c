@@ -92,7 +92,9 @@ struct dsla_http {
     dsla_openai_chat_template_t chat;  /* the model's chat template (tmpl NULL: the plain one) */
     uint32_t heartbeat_ms, max_in_flight;
     const dsla_http_auth_t *auth; /* NULL: no key required */
-    dsla_http_cors_t *cors;       /* NULL: CORS off */
+    bool curve;                   /* CURVE to the gateway with these keys (Z85 and NUL) */
+    char curve_server[41], curve_public[41], curve_secret[41];
+    dsla_http_cors_t *cors; /* NULL: CORS off */
     long long started;
     int port;
 
@@ -317,6 +319,11 @@ static dsla_client_t *client_get(dsla_http_t *h) {
     pthread_mutex_unlock(&h->mu);
     if (c) return c;
     dsla_client_options_t opt = {.heartbeat_ms = h->heartbeat_ms, .zmq_context = h->zctx};
+    if (h->curve) {
+        opt.curve_server_key = h->curve_server;
+        opt.curve_public_key = h->curve_public;
+        opt.curve_secret_key = h->curve_secret;
+    }
     if (dsla_client_connect(&c, h->gateway, &opt) != DSLA_OK) return NULL;
     return c;
 }
@@ -1309,6 +1316,12 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
                                                 dsla_tokenizer_add_bos_default(config->tokenizer)};
     h->heartbeat_ms = config->heartbeat_ms;
     h->auth = config->auth;
+    if (config->curve_server_key && config->curve_public_key && config->curve_secret_key) {
+        h->curve = true;
+        snprintf(h->curve_server, sizeof h->curve_server, "%s", config->curve_server_key);
+        snprintf(h->curve_public, sizeof h->curve_public, "%s", config->curve_public_key);
+        snprintf(h->curve_secret, sizeof h->curve_secret, "%s", config->curve_secret_key);
+    }
     if (config->n_cors_origins) {
         dsla_status_t st =
             dsla_http_cors_create(&h->cors, config->cors_origins, config->n_cors_origins);

@@ -54,6 +54,9 @@ typedef struct {
      * beyond loopback unless allow_insecure. */
     const dsla_http_auth_t *auth;
     bool allow_insecure;
+    /* CURVE to the gateway's mailbox (dsla_client_options_t): its server key and this front
+     * end's keypair; NULL: plaintext. Copied. */
+    const char *curve_server_key, *curve_public_key, *curve_secret_key;
     uint32_t read_deadline_ms; /* 0: DSLA_HTTP_READ_DEADLINE_MS; tests use less */
     /* Origins browsers may call from (http_cors.h; "*": any); none: CORS off. Borrowed. */
     const char *const *cors_origins;

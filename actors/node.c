@@ -31,6 +31,7 @@ struct dsla_node {
     dsla_serving_t *serving;
     dsla_gateway_t *gateway;
     dsla_http_t *http;
+    dsla_curve_keys_t *http_keys; /* the HTTP front end's CURVE keypair; NULL without CURVE */
 };
 
 /* Each replica may hold its queue and its running set: the gateway and HTTP carry that many, plus
@@ -78,6 +79,11 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
                              .allow_insecure = c->http_allow_insecure,
                              .cors_origins = c->http_cors_origins,
                              .n_cors_origins = c->n_http_cors_origins};
+    if (n->http_keys) { /* the gateway's mailbox is this node's CURVE server */
+        hc.curve_server_key = c->curve->self.public_key;
+        hc.curve_public_key = n->http_keys->self.public_key;
+        hc.curve_secret_key = n->http_keys->secret_key;
+    }
     return dsla_http_create(&n->http, &hc);
 }
 
@@ -90,6 +96,24 @@ static dsla_status_t same_directory(const char *layers, const char *out) {
                       "node: the distiller's output directory %s must be the controller's layer "
                       "directory %s (give one of the two)",
                       out, layers);
+}
+
+/* CURVE for the node's context: its keys, plus a keypair made now for the HTTP front end (a
+ * client of its own gateway, authorized under the name "http"). */
+static dsla_status_t secure_node(dsla_node_t *n, const dsla_node_config_t *c) {
+    if (!c->curve) {
+        if (c->http_allow_insecure) dsla_actor_ctx_allow_insecure(n->ctx);
+        return DSLA_OK;
+    }
+    dsla_curve_keys_t *keys = NULL;
+    DSLA_TRY(dsla_curve_keys_new(&n->http_keys, DSLA_ROLE_CLIENT, "http"));
+    dsla_status_t st = dsla_curve_keys_copy(&keys, c->curve);
+    if (st == DSLA_OK)
+        st = dsla_curve_keys_authorize(keys, DSLA_ROLE_CLIENT, "http",
+                                       n->http_keys->self.public_key);
+    if (st == DSLA_OK) st = dsla_actor_ctx_secure(n->ctx, keys);
+    dsla_curve_keys_destroy(&keys);
+    return st;
 }
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config) {
@@ -108,12 +132,14 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
     }
     const char *layers_dir = config->layers_dir ? config->layers_dir : config->distiller.out_dir;
     dsla_status_t st = dsla_actor_ctx_create(&n->ctx);
+    if (st == DSLA_OK) st = secure_node(n, config);
     if (st == DSLA_OK && distill) { /* first: it creates the directory the controller scans */
         dsla_distiller_config_t dc = config->distiller;
         dc.ctx = n->ctx;
         dc.endpoint = NODE_DISTILLER_ENDPOINT;
         dc.controller = NODE_CONTROLLER_ENDPOINT;
         dc.heartbeat_ms = config->heartbeat_ms;
+        dc.params.mac_key = config->layer_key;
         st = dsla_distiller_create(&n->distiller, &dc);
     }
     if (st == DSLA_OK && distill && config->layers_dir)
@@ -125,6 +151,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
                                        .db_path = config->controller_db,
                                        .policy = config->policy,
                                        .admin_auth = config->admin_auth,
+                                       .layer_key = config->layer_key,
                                        .heartbeat_ms = config->heartbeat_ms};
         st = dsla_controller_create(&n->controller, &cc);
     }
@@ -148,6 +175,7 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
             .sample_every = config->sample_every,
             .sample_seed = config->sample_seed,
             .sample_tokens_per_s = config->sample_tokens_per_s,
+            .layer_key = config->layer_key,
         };
         st = dsla_serving_create(&n->serving, &sc);
     }
@@ -173,6 +201,7 @@ void dsla_node_destroy(dsla_node_t **np) {
     dsla_distiller_destroy(&n->distiller);
     dsla_controller_destroy(&n->controller);
     dsla_actor_ctx_destroy(&n->ctx);
+    dsla_curve_keys_destroy(&n->http_keys);
     free(n);
     *np = NULL;
 }

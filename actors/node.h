@@ -76,6 +76,13 @@ typedef struct {
      * reporting to one controller need distinct names. */
     const char *serving_name;
     uint32_t fetch_chunk; /* bytes per LAYER_FETCH; 0: the default */
+    /* CURVE on every tcp:// link of the node (dsla_actor_ctx_secure); borrowed. NULL: plaintext,
+     * whose mailboxes bind only loopback unless http_allow_insecure (which then covers them too).
+     * The HTTP front end reaches its gateway with a keypair of its own, made at start. */
+    const dsla_curve_keys_t *curve;
+    /* The layer key (layer_mac.h), borrowed: the distiller seals the versions it writes, the
+     * controller and the serving actor accept only sealed ones. NULL: unauthenticated versions. */
+    const dsla_layer_key_t *layer_key;
 } dsla_node_config_t;
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);

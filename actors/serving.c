@@ -300,6 +300,7 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
         .fetch_timeout_ms =
             config->fetch_timeout_ms ? config->fetch_timeout_ms : DSLA_SERVING_FETCH_TIMEOUT_MS,
         .plan_id = plan_id,
+        .layer_key = config->layer_key,
     };
     const dsla_serving_plan_ops_t po = {
         .send = op_send, .load = op_load, .write = op_write, .adopt = op_adopt, .user = s};
@@ -338,12 +339,20 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
         {DSLA_MSG_GENERATE, on_generate}, {DSLA_MSG_CANCEL, on_cancel},
         {DSLA_MSG_SET_PLAN, on_set_plan}, {DSLA_MSG_LAYER_CHUNK, on_layer_chunk},
         {DSLA_MSG_ERROR, on_error},       {DSLA_MSG_STATUS, on_status}};
+    /* with CURVE, requests come only from gateway keys (clients go through a gateway); STATUS
+     * from any authorized key */
+    static const dsla_actor_role_rule_t roles[] = {{DSLA_MSG_GENERATE, DSLA_ROLE_GATEWAY},
+                                                   {DSLA_MSG_CANCEL, DSLA_ROLE_GATEWAY},
+                                                   {DSLA_MSG_SET_PLAN, DSLA_ROLE_CONTROLLER},
+                                                   {DSLA_MSG_LAYER_CHUNK, DSLA_ROLE_CONTROLLER}};
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "serving",
         .ctx = config->ctx,
         .bind = {config->endpoint},
         .handlers = handlers,
         .n_handlers = sizeof handlers / sizeof handlers[0],
+        .role_rules = roles,
+        .n_role_rules = sizeof roles / sizeof roles[0],
         .on_start = on_start,
         .on_peer = on_peer,
         .user = s,

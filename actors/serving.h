@@ -43,6 +43,7 @@
 #define DSLA_ACTORS_SERVING_H
 
 #include "runtime/actor/actor.h"
+#include "runtime/model/layer_mac.h"
 #include "runtime/serve/backend.h"
 #include "runtime/serve/engine.h"
 
@@ -82,6 +83,10 @@ typedef struct {
     uint32_t sample_every;
     uint64_t sample_seed;
     uint32_t sample_tokens_per_s;
+    /* The layer key (layer_mac.h): a plan's versions must carry its MAC, checked on the bytes
+     * this replica holds before it adopts them (NACK naming the file otherwise); copied. NULL:
+     * versions are unauthenticated (xxh64 and the checksum only). */
+    const dsla_layer_key_t *layer_key;
 } dsla_serving_config_t;
 
 /* Once a second: the controller follows load within a few seconds and its policies' cooldowns are

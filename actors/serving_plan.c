@@ -33,6 +33,8 @@ typedef struct {
 
 struct dsla_serving_plans {
     dsla_serving_plans_config_t config;
+    bool check_mac;
+    dsla_layer_key_t layer_key;
     char layer_cache[DSLA_PROTO_PATH_MAX - 64]; /* "": none */
     dsla_serving_plan_ops_t ops;
     change_t *cur, *waiting;
@@ -58,7 +60,10 @@ static dsla_status_t load(dsla_serving_load_t *job) {
                 num_layers);
         named[e->layer] = true;
         dsla_dsla_layer_t *w = NULL;
-        dsla_status_t st = dsla_dsla_layer_load(&w, e->path, job->mcfg, NULL);
+        /* the MAC first: nothing of a file the distiller did not seal is parsed */
+        dsla_status_t st =
+            job->check_mac ? dsla_layer_mac_check(&job->layer_key, e->path) : DSLA_OK;
+        if (st == DSLA_OK) st = dsla_dsla_layer_load(&w, e->path, job->mcfg, NULL);
         if (st == DSLA_OK && w->layer != e->layer)
             st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "SET_PLAN: %s holds layer %d, not %d",
                             e->path, w->layer, e->layer);
@@ -174,6 +179,8 @@ static dsla_status_t job_new(dsla_serving_plans_t *p, const change_t *c, bool pr
     if (!job) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "serving: out of memory");
     job->probe = probe;
     job->mcfg = p->config.mcfg;
+    job->check_mac = p->check_mac;
+    job->layer_key = p->layer_key;
     job->request.seq = c->plan.seq;
     if (c->plan.n_layers) {
         job->request.layers = calloc(c->plan.n_layers, sizeof *job->request.layers);
@@ -514,6 +521,11 @@ dsla_status_t dsla_serving_plans_create(dsla_serving_plans_t **out,
         return st;
     }
     p->config.layer_cache = NULL; /* p->layer_cache holds it */
+    if (config->layer_key) {
+        p->check_mac = true;
+        p->layer_key = *config->layer_key;
+    }
+    p->config.layer_key = NULL; /* p->layer_key holds it */
     *out = p;
     return DSLA_OK;
 }

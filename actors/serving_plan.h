@@ -37,6 +37,7 @@
 #include "actors/transfer.h"
 #include "proto/proto.h"
 #include "runtime/model/config.h"
+#include "runtime/model/layer_mac.h"
 #include "runtime/serve/plan.h"
 
 typedef struct dsla_serving_plans dsla_serving_plans_t;
@@ -50,6 +51,8 @@ typedef struct {
     bool cached[DSLA_PROTO_LAYERS_MAX]; /* a probe's result, per entry of request */
     dsla_proto_set_plan_t request;      /* the paths to read (the job's own copy) */
     const dsla_model_config_t *mcfg;
+    bool check_mac; /* each file must carry layer_key's MAC (layer_mac.h) */
+    dsla_layer_key_t layer_key;
     dsla_plan_t *plan; /* the result */
     dsla_status_t status;
     char message[DSLA_PROTO_MESSAGE_MAX + 1];
@@ -97,10 +100,11 @@ typedef struct {
 
 typedef struct {
     const dsla_model_config_t *mcfg;
-    const char *layer_cache;   /* created when missing; NULL: the SET_PLAN's paths */
-    uint32_t fetch_chunk;      /* bytes per LAYER_FETCH, 1..DSLA_PROTO_CHUNK_MAX */
-    uint32_t fetch_timeout_ms; /* for each LAYER_CHUNK */
-    uint64_t plan_id;          /* the engine's plan at the start */
+    const char *layer_cache;           /* created when missing; NULL: the SET_PLAN's paths */
+    uint32_t fetch_chunk;              /* bytes per LAYER_FETCH, 1..DSLA_PROTO_CHUNK_MAX */
+    uint32_t fetch_timeout_ms;         /* for each LAYER_CHUNK */
+    uint64_t plan_id;                  /* the engine's plan at the start */
+    const dsla_layer_key_t *layer_key; /* versions must carry its MAC; NULL: none. Copied. */
 } dsla_serving_plans_config_t;
 
 dsla_status_t dsla_serving_plans_create(dsla_serving_plans_t **out,

@@ -17,6 +17,8 @@
 #include "runtime/core/secret.h"
 
 enum { DEFAULT_HEARTBEAT_MS = 1000, ENDPOINT_MAX = 256 };
+/* a Z85 CURVE key and its NUL */
+enum { CURVE_KEY_TEXT = 41 };
 
 struct dsla_client {
     void *zctx;
@@ -27,6 +29,8 @@ struct dsla_client {
     uint64_t next_id;
     uint32_t heartbeat_ms;
     int retries;
+    bool curve;
+    char curve_server[CURVE_KEY_TEXT], curve_public[CURVE_KEY_TEXT], curve_secret[CURVE_KEY_TEXT];
 
     /* The request or STATUS in flight. */
     bool active;
@@ -59,7 +63,11 @@ static dsla_status_t open_socket(dsla_client_t *c) {
              atomic_fetch_add(&sockets_opened, 1) + 1, (unsigned long long)dsla_secret_u64());
     int linger = 0;
     if (zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, c->name, strlen(c->name)) != 0 ||
-        zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
+        zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        (c->curve &&
+         (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, c->curve_server, CURVE_KEY_TEXT - 1) != 0 ||
+          zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, c->curve_public, CURVE_KEY_TEXT - 1) != 0 ||
+          zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, c->curve_secret, CURVE_KEY_TEXT - 1) != 0)))
         return dsla_error(DSLA_ERR_INTERNAL, "client: socket options: %s",
                           zmq_strerror(zmq_errno()));
     if (zmq_connect(c->sock, c->endpoint) != 0)
@@ -82,6 +90,23 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
         options && options->heartbeat_ms ? options->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
     c->retries = options && options->retries > 0 ? options->retries : 0;
     c->zctx = options ? options->zmq_context : NULL;
+    if (options &&
+        (options->curve_server_key || options->curve_public_key || options->curve_secret_key)) {
+        const char *keys[3] = {options->curve_server_key, options->curve_public_key,
+                               options->curve_secret_key};
+        for (int i = 0; i < 3; i++)
+            if (!keys[i] || strlen(keys[i]) != CURVE_KEY_TEXT - 1) {
+                free(c);
+                return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                                  "client: CURVE needs the server's public key and a keypair, "
+                                  "each %d characters of Z85 text",
+                                  CURVE_KEY_TEXT - 1);
+            }
+        c->curve = true;
+        snprintf(c->curve_server, sizeof c->curve_server, "%s", keys[0]);
+        snprintf(c->curve_public, sizeof c->curve_public, "%s", keys[1]);
+        snprintf(c->curve_secret, sizeof c->curve_secret, "%s", keys[2]);
+    }
     if (!c->zctx) {
         c->zctx = zmq_ctx_new();
         c->own_zctx = true;
@@ -102,6 +127,7 @@ void dsla_client_close(dsla_client_t **c) {
     if ((*c)->sock) zmq_close((*c)->sock);
     if ((*c)->zctx && (*c)->own_zctx) zmq_ctx_term((*c)->zctx);
     dsla_proto_buf_free(&(*c)->body);
+    memset((*c)->curve_secret, 0, sizeof(*c)->curve_secret);
     free(*c);
     *c = NULL;
 }

@@ -31,6 +31,10 @@ typedef struct {
      * owns one. Many clients of one process share one, so that each need not start I/O threads;
      * zmq_ctx_shutdown on it wakes every client blocked in it with UNAVAILABLE. */
     void *zmq_context;
+    /* CURVE (40-character Z85 keys, all three or none): the server's public key and this client's
+     * keypair, which the server's authorized_keys must list (runtime/actor/curve.h). NULL:
+     * plaintext, which a CURVE server refuses. Copied. */
+    const char *curve_server_key, *curve_public_key, *curve_secret_key;
 } dsla_client_options_t;
 
 /* One streamed piece; return non-zero to cancel the request (it then ends CANCELLED). text is

@@ -17,6 +17,7 @@ packages=(
   libuv1-dev        # one event loop per actor
   libmicrohttpd-dev # the gateway's OpenAI-compatible HTTP API
   libsqlite3-dev    # the controller's state (plans, policy, event history)
+  libsodium-dev     # the keyed MAC of layer versions (libzmq's CURVE uses it too)
   clang-format      # 14 on Debian 12: the formatting check (scripts/check-format.sh)
   clang-14 libclang-rt-14-dev # libFuzzer, ASan and UBSan for the fuzz targets (make test-fuzz)
   git               # the tree checks list the tracked sources

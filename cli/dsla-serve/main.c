@@ -35,7 +35,8 @@ static const char usage[] =
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
     "                  [--http-max-in-flight N] [--cors-origin ORIGIN|*]...\n"
-    "                  [--chat-template FILE]\n\n"
+    "                  [--chat-template FILE]\n"
+    "                  [--curve-keys DIR] [--allow-insecure] [--layer-key-file FILE]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -75,8 +76,13 @@ static const char usage[] =
     "vocabulary. Chat requests render through the model's own chat template "
     "(tokenizer_config.json's\n"
     "chat_template, or DIR/chat_template.jinja), --chat-template FILE's when given, else a plain\n"
-    "'Role: content' template (docs/http.md). Each option's default below is the value the code "
-    "uses.";
+    "'Role: content' template (docs/http.md). --curve-keys DIR puts CURVE on every tcp://\n"
+    "mailbox and connection (docs/security.md: node.key, node.pub, authorized_keys,\n"
+    "known_servers; `dslactl keygen` makes a keypair); without it a mailbox binds only loopback\n"
+    "unless --allow-insecure. --layer-key-file FILE (shared by distiller, controller and\n"
+    "replicas) seals each layer version the distiller writes with a keyed MAC, and the controller\n"
+    "and replicas refuse versions without it (`dslactl keygen --layer-key FILE` writes one). Each\n"
+    "option's default below is the value the code uses.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -207,7 +213,10 @@ int main(int argc, char **argv) {
     const char *log_level = NULL, *log_format = NULL;
     dsla_arg_list_t replicas = {0}, cors_origins = {0};
     bool serving_only = false, allow_insecure = false;
-    const char *api_key_file = NULL, *admin_key_file = NULL;
+    const char *api_key_file = NULL, *admin_key_file = NULL, *curve_dir = NULL;
+    const char *layer_key_file = NULL;
+    dsla_layer_key_t layer_key;
+    dsla_curve_keys_t *curve = NULL;
     dsla_http_auth_t *http_auth = NULL, *admin_auth = NULL;
     long heartbeat_ms = DSLA_ACTOR_HEARTBEAT_MS, report_ms = DSLA_SERVING_REPORT_MS;
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
@@ -312,8 +321,15 @@ int main(int argc, char **argv) {
         {"admin-key-file", DSLA_ARG_STRING,
          "keys dslactl must present at --admin, one a line (also DSLA_ADMIN_KEY)", 0, 0,
          &admin_key_file},
-        {"allow-insecure", DSLA_ARG_FLAG, "let HTTP listen beyond loopback without an API key", 0,
-         0, &allow_insecure},
+        {"allow-insecure", DSLA_ARG_FLAG,
+         "let HTTP listen beyond loopback without an API key, and mailboxes without CURVE", 0, 0,
+         &allow_insecure},
+        {"curve-keys", DSLA_ARG_STRING,
+         "CURVE key directory: node.key, node.pub, authorized_keys, known_servers", 0, 0,
+         &curve_dir},
+        {"layer-key-file", DSLA_ARG_STRING,
+         "layer MAC key: the distiller seals versions, the controller and replicas check them", 0,
+         0, &layer_key_file},
         {"distill-data", DSLA_ARG_STRING_LIST,
          "calibration text or .tokens file: runs the distiller (repeatable)", 0, 0, &distill_data},
         {"distill-out", DSLA_ARG_STRING, "the distiller's layer versions and checkpoint", 0, 0,
@@ -545,6 +561,8 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK)
         st = dsla_http_auth_load(&admin_auth, admin_key_file, getenv("DSLA_ADMIN_KEY"),
                                  &(dsla_http_auth_source_t){"--admin-key-file", "DSLA_ADMIN_KEY"});
+    if (st == DSLA_OK && curve_dir) st = dsla_curve_keys_load(&curve, curve_dir);
+    if (st == DSLA_OK && layer_key_file) st = dsla_layer_key_load(layer_key_file, &layer_key);
     if (st == DSLA_OK) {
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
@@ -573,7 +591,9 @@ int main(int argc, char **argv) {
                                      .report_ms = (uint32_t)report_ms,
                                      .layer_cache = layer_cache,
                                      .fetch_chunk = (uint32_t)fetch_chunk,
-                                     .serving_name = serving_name};
+                                     .serving_name = serving_name,
+                                     .curve = curve,
+                                     .layer_key = layer_key_file ? &layer_key : NULL};
         raise_open_files(!http_on                    ? 0
                          : config.http_max_in_flight ? config.http_max_in_flight
                                                      : dsla_node_request_bound(&config));
@@ -625,6 +645,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: %s\n", dsla_last_error());
     }
     dsla_node_destroy(&node);
+    dsla_curve_keys_destroy(&curve);
     dsla_http_auth_destroy(&http_auth);
     dsla_http_auth_destroy(&admin_auth);
     dsla_serve_backend_destroy(&backend);

@@ -124,6 +124,8 @@ int dsla_cmd_distill(int argc, char **argv) {
     dsla_distill_params_t p = dsla_distill_params_default();
     const char *model_dir = getenv("DSLA_MODEL"), *out_dir = NULL, *order = "entropy";
     const char *layer_order = NULL, *report_path = NULL, *device = "cpu", *dtype = "bf16";
+    const char *layer_key_file = NULL;
+    dsla_layer_key_t layer_key;
     long gpu = 0;
     dsla_arg_list_t data = {0}, eval_data = {0};
     long layers = 0, steps = p.steps, batch = p.batch, seq_len = 256, seed = (long)p.seed;
@@ -166,6 +168,9 @@ int dsla_cmd_distill(int argc, char **argv) {
         {"device", DSLA_ARG_STRING, "cpu (default) or cuda", 0, 0, &device},
         {"gpu", DSLA_ARG_INT, "with --device cuda: the GPU's index (default 0)", 0, 1024, &gpu},
         {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32", 0, 0, &dtype},
+        {"layer-key-file", DSLA_ARG_STRING,
+         "seal each layer version with this key's MAC (the serving nodes' --layer-key-file)", 0, 0,
+         &layer_key_file},
     };
     /* "--data a.txt b.txt": the words after --data's first value are data files too. */
     int rc = dsla_args_parse_with_list(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]),
@@ -214,7 +219,12 @@ int dsla_cmd_distill(int argc, char **argv) {
     dsla_tokenizer_t *tok = NULL;
     dsla_corpus_t train = {0}, eval = {0};
     dsla_distill_report_t *report = calloc(1, sizeof *report);
-    dsla_status_t st = dsla_model_load(&model, model_dir);
+    dsla_status_t st = DSLA_OK;
+    if (layer_key_file) {
+        st = dsla_layer_key_load(layer_key_file, &layer_key);
+        p.mac_key = &layer_key;
+    }
+    if (st == DSLA_OK) st = dsla_model_load(&model, model_dir);
     if (st == DSLA_OK) st = dsla_tokenizer_load_dir(&tok, model_dir);
     const bool load_data = data.count > 0;
     if (st == DSLA_OK && load_data)

@@ -7,6 +7,7 @@
 #include "args.h"
 #include "commands.h"
 #include "proto/dsla_client.h"
+#include "runtime/actor/curve.h"
 #include "runtime/model/generate.h"
 
 static const char usage[] =
@@ -47,10 +48,30 @@ static int remote_piece(void *user, int32_t token, const char *text, size_t len)
     return write_piece(NULL, text, len);
 }
 
-static int generate_remote(const char *endpoint, const char *prompt,
+/* With --curve-keys DIR: its keypair, and the server key known_servers names for endpoint. */
+static dsla_status_t connect_remote(dsla_client_t **client, const char *endpoint,
+                                    const char *curve_dir) {
+    if (!curve_dir) return dsla_client_connect(client, endpoint, NULL);
+    dsla_curve_keys_t *keys = NULL;
+    DSLA_TRY(dsla_curve_keys_load(&keys, curve_dir));
+    const char *server = dsla_curve_server_key(keys, endpoint);
+    dsla_client_options_t opt = {.curve_server_key = server,
+                                 .curve_public_key = keys->self.public_key,
+                                 .curve_secret_key = keys->secret_key};
+    dsla_status_t st =
+        server ? dsla_client_connect(client, endpoint, &opt)
+               : dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                            "--curve-keys %s: known_servers has no key for %s; add the line '%s "
+                            "PUBLIC-KEY' (the gateway's node.pub)",
+                            curve_dir, endpoint, endpoint);
+    dsla_curve_keys_destroy(&keys);
+    return st;
+}
+
+static int generate_remote(const char *endpoint, const char *curve_dir, const char *prompt,
                            const dsla_generate_params_t *params, bool print_ids) {
     dsla_client_t *client = NULL;
-    if (dsla_client_connect(&client, endpoint, NULL) != DSLA_OK) {
+    if (connect_remote(&client, endpoint, curve_dir) != DSLA_OK) {
         fprintf(stderr, "dsla generate: %s\n", dsla_last_error());
         return 2;
     }
@@ -97,7 +118,7 @@ static int exit_code_for(dsla_status_t status) {
 
 int dsla_cmd_generate(int argc, char **argv) {
     const char *model_dir = getenv("DSLA_MODEL");
-    const char *prompt = NULL, *endpoint = NULL;
+    const char *prompt = NULL, *endpoint = NULL, *curve_dir = NULL;
     long max_tokens = -1, top_k = 0, seed = -1;
     double temperature = 1.0, top_p = 1.0;
     bool print_ids = false, ignore_eos = false;
@@ -117,6 +138,8 @@ int dsla_cmd_generate(int argc, char **argv) {
         {"print-ids", DSLA_ARG_FLAG, "print the generated token ids to stderr", 0, 0, &print_ids},
         {"endpoint", DSLA_ARG_STRING, "generate on the dsla-serve at this URL, not in process", 0,
          0, &endpoint},
+        {"curve-keys", DSLA_ARG_STRING, "with --endpoint: a CURVE key directory (a client key)", 0,
+         0, &curve_dir},
     };
     int rc =
         dsla_args_parse_options(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]), usage);
@@ -142,7 +165,7 @@ int dsla_cmd_generate(int argc, char **argv) {
             .n_stop = stops.count,
             .ignore_eos = ignore_eos,
         };
-        return generate_remote(endpoint, prompt, &params, print_ids);
+        return generate_remote(endpoint, curve_dir, prompt, &params, print_ids);
     }
     if (!model_dir || !*model_dir) {
         fprintf(stderr, "dsla generate: --model is required (or set DSLA_MODEL)\n");

@@ -3,22 +3,31 @@
  * lives in one place: the command table of actors/controller_admin.c, whose usage lines it
  * prints) and prints the ADMIN_REPLY text. Exit codes: 0 ok, 1 failure (the controller
  * unreachable, or it failed), 2 usage (a bad command or value; the message names it). */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "actors/controller_admin.h"
 #include "cli/dsla/args.h"
 #include "proto/dsla_client.h"
+#include "runtime/actor/curve.h"
 #include "runtime/control/policy.h"
+#include "runtime/model/layer_mac.h"
 
 /* The usage text, from the tables the controller parses with (controller_admin.c, policy.c). */
 static void build_usage(char *out, size_t cap) {
     size_t n = (size_t)snprintf(
         out, cap,
         "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] [--admin-key-file F] "
-        "COMMAND\n\ncommands (docs/controller.md):\n");
+        "[--curve-keys DIR] COMMAND\n"
+        "       dslactl keygen --out DIR --role ROLE [--name NAME]  (a CURVE keypair: "
+        "DIR/node.key, DIR/node.pub; roles gateway, replica, controller, distiller, admin, "
+        "client)\n"
+        "       dslactl keygen --layer-key FILE  (a layer MAC key for --layer-key-file, mode "
+        "0600)\n\ncommands (docs/controller.md):\n");
     if (n < cap) dsla_admin_usage(out + n, cap - n);
     n = strlen(out);
     if (n < cap) n += (size_t)snprintf(out + n, cap - n, "policy fields:");
@@ -73,10 +82,51 @@ static dsla_status_t admin_reply_decode(const void *body, size_t len, void *out)
     return dsla_proto_admin_reply_decode(body, len, out);
 }
 
+/* dslactl keygen: a fresh keypair into out (made 0700 when missing); the name defaults to the
+ * role. Returns the exit code. */
+static int keygen(const char *out, const char *role_text, const char *name) {
+    uint32_t role = role_text ? dsla_role_parse(role_text) : 0;
+    if (!out || !role) {
+        fprintf(stderr, "dslactl: keygen needs --out DIR and --role gateway|replica|controller|"
+                        "distiller|admin|client\n");
+        return 2;
+    }
+    if (mkdir(out, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "dslactl: keygen: cannot make %s: %s\n", out, strerror(errno));
+        return 1;
+    }
+    dsla_curve_keys_t *keys = NULL;
+    dsla_status_t st = dsla_curve_keys_new(&keys, role, name ? name : role_text);
+    if (st == DSLA_OK) st = dsla_curve_keys_save(keys, out);
+    if (st == DSLA_OK)
+        printf("%s %s %s\n", dsla_role_name(keys->self.role), keys->self.public_key,
+               keys->self.name);
+    else
+        fprintf(stderr, "dslactl: keygen: %s\n", dsla_last_error());
+    dsla_curve_keys_destroy(&keys);
+    return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);
+}
+
+/* With --curve-keys, the client options that prove the controller by its key in known_servers. */
+static dsla_status_t curve_options(const dsla_curve_keys_t *keys, const char *admin,
+                                   dsla_client_options_t *opt) {
+    const char *server = dsla_curve_server_key(keys, admin);
+    if (!server)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "--curve-keys: known_servers has no key for %s; add the line '%s "
+                          "PUBLIC-KEY' (the controller's node.pub)",
+                          admin, admin);
+    opt->curve_server_key = server;
+    opt->curve_public_key = keys->self.public_key;
+    opt->curve_secret_key = keys->secret_key;
+    return DSLA_OK;
+}
+
 int main(int argc, char **argv) {
     char usage[2048];
     build_usage(usage, sizeof usage);
-    const char *admin = "tcp://127.0.0.1:7071", *key_file = NULL;
+    const char *admin = "tcp://127.0.0.1:7071", *key_file = NULL, *curve_dir = NULL;
+    const char *out = NULL, *role = NULL, *name = NULL, *layer_key = NULL;
     long timeout_ms = 10000, limit = 0;
     const dsla_arg_spec_t specs[] = {
         {"admin", DSLA_ARG_STRING, "the controller's admin mailbox (default tcp://127.0.0.1:7071)",
@@ -86,6 +136,14 @@ int main(int argc, char **argv) {
         {"limit", DSLA_ARG_INT, "history: events to show (default 20)", 1, 10000, &limit},
         {"admin-key-file", DSLA_ARG_STRING,
          "the controller's admin key, its first line (default: DSLA_ADMIN_KEY)", 0, 0, &key_file},
+        {"curve-keys", DSLA_ARG_STRING, "CURVE key directory (an admin key; known_servers)", 0, 0,
+         &curve_dir},
+        {"out", DSLA_ARG_STRING, "keygen: the directory to write node.key and node.pub into", 0, 0,
+         &out},
+        {"role", DSLA_ARG_STRING, "keygen: the key's role", 0, 0, &role},
+        {"name", DSLA_ARG_STRING, "keygen: the key's name (default: the role)", 0, 0, &name},
+        {"layer-key", DSLA_ARG_STRING, "keygen: write a layer MAC key to this file instead", 0, 0,
+         &layer_key},
     };
     const char *words[DSLA_PROTO_ADMIN_ARGS_MAX];
     int n_words = 0;
@@ -97,6 +155,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dslactl: name a command (dslactl --help lists them)\n");
         return 2;
     }
+    if (strcmp(words[0], "keygen") == 0 && layer_key) {
+        if (dsla_layer_key_generate(layer_key) == DSLA_OK) return 0;
+        fprintf(stderr, "dslactl: keygen: %s\n", dsla_last_error());
+        return 1;
+    }
+    if (strcmp(words[0], "keygen") == 0) return keygen(out, role, name);
     if (limit && strcmp(words[0], "history") != 0) {
         fprintf(stderr, "dslactl: --limit is for history only\n");
         return 2;
@@ -122,8 +186,12 @@ int main(int argc, char **argv) {
     dsla_client_t *client = NULL;
     dsla_client_result_t result = {0};
     dsla_proto_admin_reply_t reply = {0};
+    dsla_curve_keys_t *keys = NULL;
+    dsla_client_options_t opt = {0};
     dsla_status_t st = dsla_proto_admin_encode(cmd, &body);
-    if (st == DSLA_OK) st = dsla_client_connect(&client, admin, NULL);
+    if (st == DSLA_OK && curve_dir) st = dsla_curve_keys_load(&keys, curve_dir);
+    if (st == DSLA_OK && keys) st = curve_options(keys, admin, &opt);
+    if (st == DSLA_OK) st = dsla_client_connect(&client, admin, &opt);
     if (st != DSLA_OK) {
         fprintf(stderr, "dslactl: %s\n", dsla_last_error());
         rc = 2;
@@ -144,6 +212,7 @@ int main(int argc, char **argv) {
     }
     dsla_proto_admin_reply_free(&reply);
     dsla_client_close(&client);
+    dsla_curve_keys_destroy(&keys);
     dsla_proto_buf_free(&body);
     free(cmd);
     return rc;

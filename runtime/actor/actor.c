@@ -21,8 +21,21 @@
 /* A start-up failure's message, carried from the actor's thread to its creator's. */
 #define DSLA_ACTOR_START_ERROR_MAX 512
 
+/* RFC 27's fixed endpoint of a context's ZAP handler. */
+#define DSLA_ACTOR_ZAP_ENDPOINT "inproc://zeromq.zap.01"
+/* Frames of a ZAP request: version, request id, domain, address, routing id, mechanism and, for
+ * CURVE, one credential (the client's public key); more are refused. */
+#define DSLA_ACTOR_ZAP_FRAMES 7
+#define DSLA_ACTOR_ZAP_DOMAIN "dsla"
+
 struct dsla_actor_ctx {
     void *zmq;
+    dsla_curve_keys_t *keys; /* NULL: no CURVE */
+    bool allow_insecure;
+    void *zap; /* the ZAP handler's REP socket, used only by its thread once started */
+    pthread_t zap_thread;
+    bool zap_running;
+    dsla_log_limit_t zap_warn;
 };
 
 typedef enum { PEER_UNKNOWN, PEER_ALIVE, PEER_DEAD } peer_state_t;
@@ -86,6 +99,8 @@ struct dsla_actor {
     char endpoints[DSLA_ACTOR_BIND_MAX][DSLA_ACTOR_ENDPOINT_MAX];
     dsla_actor_handler_t *handlers;
     size_t n_handlers;
+    dsla_actor_role_rule_t *role_rules;
+    size_t n_role_rules;
     dsla_actor_start_fn on_start, on_stop;
     dsla_actor_peer_fn on_peer;
     void *user;
@@ -162,12 +177,113 @@ dsla_status_t dsla_actor_ctx_create(dsla_actor_ctx_t **out) {
     return DSLA_OK;
 }
 
+/* The ZAP handler's thread closes its socket once zmq_ctx_term has woken it with ETERM. */
 void dsla_actor_ctx_destroy(dsla_actor_ctx_t **ctx) {
     if (!ctx || !*ctx) return;
-    while (zmq_ctx_term((*ctx)->zmq) != 0 && zmq_errno() == EINTR) {
+    dsla_actor_ctx_t *c = *ctx;
+    if (c->zap && !c->zap_running) zmq_close(c->zap);
+    while (zmq_ctx_term(c->zmq) != 0 && zmq_errno() == EINTR) {
     }
-    free(*ctx);
+    if (c->zap_running) pthread_join(c->zap_thread, NULL);
+    dsla_curve_keys_destroy(&c->keys);
+    free(c);
     *ctx = NULL;
+}
+
+void dsla_actor_ctx_allow_insecure(dsla_actor_ctx_t *ctx) {
+    ctx->allow_insecure = true;
+}
+
+/* Every request is answered, even one too short to carry its id (libzmq sends none such): a REP
+ * socket that skipped an answer would refuse every later request. */
+static void zap_reply(void *sock, zmq_msg_t *f, int n, const char *code, const char *text,
+                      const char *user_id) {
+    zmq_send(sock, "1.0", 3, ZMQ_SNDMORE);
+    zmq_send(sock, n >= 2 ? zmq_msg_data(&f[1]) : "", n >= 2 ? zmq_msg_size(&f[1]) : 0,
+             ZMQ_SNDMORE);
+    zmq_send(sock, code, strlen(code), ZMQ_SNDMORE);
+    zmq_send(sock, text, strlen(text), ZMQ_SNDMORE);
+    zmq_send(sock, user_id, strlen(user_id), ZMQ_SNDMORE);
+    zmq_send(sock, "", 0, 0);
+}
+
+/* One handshake's question: is this public key authorized, and as whom? The answer's user id,
+ * "ROLE NAME", comes back with every message of the connection as its "User-Id" property. */
+static void zap_answer(dsla_actor_ctx_t *c, zmq_msg_t *f, int n) {
+    char key[DSLA_CURVE_KEY_LEN + 1] = "", address[64] = "";
+    const char *mechanism_ok = "CURVE";
+    if (n == DSLA_ACTOR_ZAP_FRAMES && zmq_msg_size(&f[5]) == strlen(mechanism_ok) &&
+        memcmp(zmq_msg_data(&f[5]), mechanism_ok, strlen(mechanism_ok)) == 0 &&
+        zmq_msg_size(&f[6]) == 32)
+        zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
+    if (n >= 4) {
+        size_t len =
+            zmq_msg_size(&f[3]) < sizeof address ? zmq_msg_size(&f[3]) : sizeof address - 1;
+        memcpy(address, zmq_msg_data(&f[3]), len);
+        address[len] = '\0';
+    }
+    const dsla_curve_identity_t *who = key[0] ? dsla_curve_lookup(c->keys, key) : NULL;
+    if (!who) {
+        DSLA_LOG_LIMITED(&c->zap_warn, DSLA_LOG_WARN,
+                         "CURVE: refusing a connection from %s: key %s is not in authorized_keys",
+                         address[0] ? address : "?", key[0] ? key : "(not a CURVE handshake)");
+        zap_reply(c->zap, f, n, "400", "key not authorized", "");
+        return;
+    }
+    char user_id[DSLA_PROTO_NAME_MAX + 32];
+    snprintf(user_id, sizeof user_id, "%s %s", dsla_role_name(who->role), who->name);
+    zap_reply(c->zap, f, n, "200", "OK", user_id);
+}
+
+static void *zap_main(void *arg) {
+    dsla_actor_ctx_t *c = arg;
+    for (;;) {
+        zmq_msg_t f[DSLA_ACTOR_ZAP_FRAMES], scratch;
+        int n = 0, more = 1;
+        bool ok = true;
+        while (more) {
+            zmq_msg_t *m = n < DSLA_ACTOR_ZAP_FRAMES ? &f[n] : &scratch;
+            zmq_msg_init(m);
+            if (zmq_msg_recv(m, c->zap, 0) < 0) {
+                zmq_msg_close(m);
+                ok = false;
+                break;
+            }
+            more = zmq_msg_more(m);
+            if (m == &scratch) zmq_msg_close(m);
+            n++;
+        }
+        int err = zmq_errno();
+        if (ok) zap_answer(c, f, n);
+        for (int i = 0; i < n && i < DSLA_ACTOR_ZAP_FRAMES; i++)
+            zmq_msg_close(&f[i]);
+        if (!ok && err == ETERM) break;
+    }
+    zmq_close(c->zap);
+    return NULL;
+}
+
+dsla_status_t dsla_actor_ctx_secure(dsla_actor_ctx_t *ctx, const dsla_curve_keys_t *keys) {
+    if (ctx->keys)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "actor context: CURVE is already on");
+    DSLA_TRY(dsla_curve_available());
+    DSLA_TRY(dsla_curve_keys_copy(&ctx->keys, keys));
+    int linger = 0;
+    ctx->zap = zmq_socket(ctx->zmq, ZMQ_REP);
+    dsla_status_t st = DSLA_OK;
+    if (!ctx->zap || zmq_setsockopt(ctx->zap, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_bind(ctx->zap, DSLA_ACTOR_ZAP_ENDPOINT) != 0)
+        st = zmq_failure("actor context:", "the ZAP handler's socket");
+    else if (pthread_create(&ctx->zap_thread, NULL, zap_main, ctx) != 0)
+        st = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED, "actor context: cannot start the ZAP thread");
+    else
+        ctx->zap_running = true;
+    if (st != DSLA_OK) {
+        if (ctx->zap) zmq_close(ctx->zap);
+        ctx->zap = NULL;
+        dsla_curve_keys_destroy(&ctx->keys);
+    }
+    return st;
 }
 
 /* ---- peers and heartbeats --------------------------------------------------------------- */
@@ -409,18 +525,55 @@ static dsla_actor_handler_fn handler_for(const dsla_actor_t *a, uint32_t type) {
     return NULL;
 }
 
+/* The roles that may send type; 0: any. */
+static uint32_t roles_for(const dsla_actor_t *a, uint32_t type) {
+    for (size_t i = 0; i < a->n_role_rules; i++)
+        if (a->role_rules[i].type == type) return a->role_rules[i].roles;
+    return 0;
+}
+
+/* The ZAP handler's user id "ROLE NAME" into role and name; false when it is not one. */
+static bool parse_user_id(const char *user_id, uint32_t *role, char *name, size_t cap) {
+    const char *space = strchr(user_id, ' ');
+    char text[16];
+    if (!space || (size_t)(space - user_id) >= sizeof text) return false;
+    memcpy(text, user_id, (size_t)(space - user_id));
+    text[space - user_id] = '\0';
+    *role = dsla_role_parse(text);
+    snprintf(name, cap, "%s", space + 1);
+    return *role != 0 && valid_name(name, strlen(name));
+}
+
+/* A key of a cluster role (not a client or admin) speaks only under its own name: routing ids are
+ * the sender's choice, and the controller and the gateway address replicas, distillers and
+ * gateways by them. */
+static bool name_matches_key(uint32_t role, const char *key_name, const char *from) {
+    return (role & (DSLA_ROLE_CLIENT | DSLA_ROLE_ADMIN)) || strcmp(key_name, from) == 0;
+}
+
 static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size_t route_len,
-                     const void *data, size_t len, int extra_frames) {
-    char from[DSLA_PROTO_NAME_MAX + 1] = "";
+                     const void *data, size_t len, int extra_frames, const char *user_id) {
+    char from[DSLA_PROTO_NAME_MAX + 1] = "", key_name[DSLA_PROTO_NAME_MAX + 1] = "";
     if (peer_index >= 0)
         snprintf(from, sizeof from, "%s", a->peers[peer_index].name);
     else if (valid_name(route_id, route_len)) {
         memcpy(from, route_id, route_len);
         from[route_len] = '\0';
     }
+    uint32_t role = 0;
+    if (user_id && (!parse_user_id(user_id, &role, key_name, sizeof key_name) ||
+                    !name_matches_key(role, key_name, from))) {
+        DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN,
+                         "actor %s: dropping a message from '%s': its CURVE key is '%s', and a %s "
+                         "key speaks only under its own name",
+                         a->name, from, user_id, role ? dsla_role_name(role) : "cluster");
+        return;
+    }
     dsla_proto_envelope_t env;
     dsla_actor_msg_t msg = {.env = &env,
                             .from = from,
+                            .role = role,
+                            .key_name = role ? key_name : NULL,
                             .route_id_ = route_id,
                             .route_id_len_ = route_len,
                             .route_peer_ = peer_index};
@@ -436,6 +589,17 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
         if (env.type != DSLA_MSG_ERROR &&
             dsla_actor_reply_error(a, &msg, dsla_proto_code_from_status(st), dsla_last_error()) !=
                 DSLA_OK)
+            dsla_log_debug("%s", dsla_last_error());
+        return;
+    }
+    const uint32_t allowed = role ? roles_for(a, env.type) : 0;
+    if (allowed && !(allowed & role)) {
+        char text[DSLA_PROTO_MESSAGE_MAX + 1];
+        snprintf(text, sizeof text, "%s: the key '%s' has the role %s, which may not send it here",
+                 dsla_proto_type_name(env.type), key_name, dsla_role_name(role));
+        DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN, "actor %s: refusing from '%s': %s", a->name,
+                         from, text);
+        if (dsla_actor_reply_error(a, &msg, DSLA_CODE_PERMISSION_DENIED, text) != DSLA_OK)
             dsla_log_debug("%s", dsla_last_error());
         return;
     }
@@ -500,9 +664,11 @@ static bool receive_one(dsla_actor_t *a, void *sock, int peer_index) {
         zmq_msg_close(&skip);
         extra++;
     }
+    /* CURVE's proof of the sender, from the ZAP handler; absent on inproc:// and plaintext */
+    const char *user_id = ok && peer_index < 0 ? zmq_msg_gets(&content, "User-Id") : NULL;
     if (ok)
         dispatch(a, peer_index, zmq_msg_data(&id), zmq_msg_size(&id), zmq_msg_data(&content),
-                 zmq_msg_size(&content), extra);
+                 zmq_msg_size(&content), extra, user_id);
     else
         DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN, "actor %s: receive failed: %s", a->name,
                          zmq_strerror(zmq_errno()));
@@ -555,7 +721,17 @@ static void free_on_close(uv_handle_t *h) {
     free(h);
 }
 
-/* Opens p's DEALER to p->endpoint and polls it. */
+/* With CURVE, a DEALER to a tcp:// endpoint proves the server by the key known_servers names for
+ * it (server, NULL for a link without CURVE). */
+static int curve_client(const dsla_curve_keys_t *keys, void *sock, const char *server) {
+    if (!server) return 0;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, DSLA_CURVE_KEY_LEN) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, keys->self.public_key, DSLA_CURVE_KEY_LEN) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, keys->secret_key, DSLA_CURVE_KEY_LEN) != 0)
+        return -1;
+    return 0;
+}
+
 /* A peer whose connection drops has lost whatever was in flight on it, even when it is back (a
  * restarted process on the same endpoint) before its silence shows: the DEALER's monitor tells of
  * the drop, and the next heartbeat reports the peer dead (the soak found requests of a replica
@@ -594,7 +770,19 @@ static bool dealer_dropped(peer_t *p) {
     }
 }
 
+/* Opens p's DEALER to p->endpoint and polls it. */
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
+    const dsla_curve_keys_t *keys = a->ctx->keys;
+    const char *server = NULL;
+    if (keys && strncmp(p->endpoint, "tcp://", 6) == 0) {
+        server = dsla_curve_server_key(keys, p->endpoint);
+        if (!server)
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "actor %s: connecting to peer %s at %s: CURVE needs that server's "
+                              "public key; add the line '%s PUBLIC-KEY' to known_servers in the "
+                              "--curve-keys directory",
+                              a->name, p->name, p->endpoint, p->endpoint);
+    }
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
     int linger = 0, hwm = DSLA_ACTOR_QUEUE_MAX;
@@ -606,7 +794,8 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
         zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_ROUTING_ID, a->name, strlen(a->name)) != 0 ||
-        zmq_connect(sock, p->endpoint) != 0 || zmq_getsockopt(sock, ZMQ_FD, &fd, &fd_len) != 0) {
+        curve_client(keys, sock, server) != 0 || zmq_connect(sock, p->endpoint) != 0 ||
+        zmq_getsockopt(sock, ZMQ_FD, &fd, &fd_len) != 0) {
         dsla_status_t st =
             dsla_error(DSLA_ERR_INVALID_ARGUMENT, "actor %s: connecting to peer %s at %s: %s",
                        a->name, p->name, p->endpoint, zmq_strerror(zmq_errno()));
@@ -897,6 +1086,16 @@ static dsla_status_t guard_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def)
     return DSLA_OK;
 }
 
+/* tcp://127.x.x.x:P, tcp://localhost:P, tcp://[::1]:P: what only this host can reach. */
+static bool loopback_endpoint(const char *endpoint) {
+    const char *host = endpoint + strlen("tcp://");
+    const char *colon = strrchr(host, ':');
+    size_t len = colon ? (size_t)(colon - host) : strlen(host);
+    if (len == 5 && strncmp(host, "[::1]", 5) == 0) return true;
+    if (len == 9 && strncmp(host, "localhost", 9) == 0) return true;
+    return len > 4 && strncmp(host, "127.", 4) == 0 && strspn(host, "0123456789.") == len;
+}
+
 static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) {
     a->router = zmq_socket(a->ctx->zmq, ZMQ_ROUTER);
     if (!a->router) return zmq_failure(a->name, "zmq_socket(ROUTER)");
@@ -916,8 +1115,22 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
         zmq_setsockopt(a->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
         return zmq_failure(a->name, "mailbox options");
+    const dsla_curve_keys_t *keys = a->ctx->keys;
+    int server = 1;
+    if (keys && (zmq_setsockopt(a->router, ZMQ_CURVE_SERVER, &server, sizeof server) != 0 ||
+                 zmq_setsockopt(a->router, ZMQ_CURVE_SECRETKEY, keys->secret_key,
+                                DSLA_CURVE_KEY_LEN) != 0 ||
+                 zmq_setsockopt(a->router, ZMQ_ZAP_DOMAIN, DSLA_ACTOR_ZAP_DOMAIN,
+                                strlen(DSLA_ACTOR_ZAP_DOMAIN)) != 0))
+        return zmq_failure(a->name, "CURVE server options");
     for (int i = 0; i < DSLA_ACTOR_BIND_MAX && def->bind[i]; i++) {
         size_t len = sizeof a->endpoints[i];
+        if (!keys && !a->ctx->allow_insecure && strncmp(def->bind[i], "tcp://", 6) == 0 &&
+            !loopback_endpoint(def->bind[i]))
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "binding mailbox to %s: beyond loopback a mailbox needs CURVE "
+                              "(--curve-keys DIR); --allow-insecure binds it in plaintext",
+                              def->bind[i]);
         if (zmq_bind(a->router, def->bind[i]) != 0)
             return dsla_error(
                 DSLA_ERR_INVALID_ARGUMENT,
@@ -1029,6 +1242,16 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
         memcpy(a->handlers, def->handlers, def->n_handlers * sizeof *a->handlers);
         a->n_handlers = def->n_handlers;
     }
+    if (def->n_role_rules) {
+        a->role_rules = malloc(def->n_role_rules * sizeof *a->role_rules);
+        if (!a->role_rules) {
+            free(a->handlers);
+            free(a);
+            return dsla_error_oom("actor %s", def->name);
+        }
+        memcpy(a->role_rules, def->role_rules, def->n_role_rules * sizeof *a->role_rules);
+        a->n_role_rules = def->n_role_rules;
+    }
     a->def = def;
     pthread_mutex_init(&a->mu, NULL);
     pthread_mutex_init(&a->post_mu, NULL);
@@ -1051,6 +1274,7 @@ dsla_status_t dsla_actor_create(dsla_actor_t **out, const dsla_actor_def_t *def)
         pthread_mutex_destroy(&a->mu);
         pthread_cond_destroy(&a->cv);
         free(a->handlers);
+        free(a->role_rules);
         free(a);
         return st;
     }
@@ -1071,6 +1295,7 @@ void dsla_actor_destroy(dsla_actor_t **a) {
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
     free(x->handlers);
+    free(x->role_rules);
     free(x);
     *a = NULL;
 }

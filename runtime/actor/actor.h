@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "proto/proto.h"
+#include "runtime/actor/curve.h"
 #include "runtime/core/status.h"
 
 /* DESIGN.md section 7: heartbeats every second, a peer missing three is dead. */
@@ -59,6 +60,18 @@
 typedef struct dsla_actor_ctx dsla_actor_ctx_t;
 dsla_status_t dsla_actor_ctx_create(dsla_actor_ctx_t **out);
 void dsla_actor_ctx_destroy(dsla_actor_ctx_t **ctx);
+/* Turns CURVE on for every tcp:// link of the actors created on ctx afterwards (call it before
+ * the first): each mailbox is a CURVE server with keys' secret key; each DEALER to a tcp://
+ * endpoint a CURVE client with keys' keypair, refused at connect unless known_servers names the
+ * endpoint's key; and a ZAP handler (a thread of the context's, answering one lookup per
+ * handshake) accepts only the public keys in keys (authorized_keys and its own), whose role and
+ * name then come with every message (dsla_actor_msg_t.role and key_name). inproc:// links stay
+ * as they are: they never leave the process. keys is copied. UNSUPPORTED when libzmq lacks
+ * CURVE. */
+dsla_status_t dsla_actor_ctx_secure(dsla_actor_ctx_t *ctx, const dsla_curve_keys_t *keys);
+/* Without CURVE a mailbox refuses to bind a tcp:// address beyond loopback (127.0.0.0/8, ::1,
+ * localhost), as HTTP does without a key; this lets it (dsla-serve --allow-insecure). */
+void dsla_actor_ctx_allow_insecure(dsla_actor_ctx_t *ctx);
 
 typedef struct dsla_actor dsla_actor_t;
 
@@ -68,6 +81,13 @@ typedef struct {
     /* Who sent it on the wire: the peer's name (its ZeroMQ routing id), "" for an anonymous
      * client whose routing id is not a printable name. Replies go back the way it came. */
     const char *from;
+    /* Who sent it, as CURVE proved (dsla_actor_ctx_secure): its key's role (one DSLA_ROLE_* bit)
+     * and name from authorized_keys; 0 and NULL on a link without CURVE (inproc://, plaintext
+     * loopback) and on messages from a peer this actor connected to (whose server key CURVE
+     * checked instead). A non-client key's name is also its routing id: a message whose routing
+     * id differs from its key's name never reaches a handler. */
+    uint32_t role;
+    const char *key_name;
     /* Private: the return route. */
     const void *route_id_;
     size_t route_id_len_;
@@ -86,6 +106,15 @@ typedef struct {
     dsla_actor_handler_fn fn;
 } dsla_actor_handler_t;
 
+/* With CURVE on, a message of this type through the mailbox must come from a key holding one of
+ * the DSLA_ROLE_* bits in roles; anything else is answered PERMISSION_DENIED before its handler
+ * runs. Types without a rule take any authorized key. Messages from peers this actor connected
+ * to (whose server key CURVE checked), and links without CURVE, are not checked here. */
+typedef struct {
+    uint32_t type;
+    uint32_t roles;
+} dsla_actor_role_rule_t;
+
 typedef struct {
     const char *name;     /* peer's name as this actor addresses it */
     const char *endpoint; /* "inproc://serving0", "tcp://127.0.0.1:7072" */
@@ -103,6 +132,8 @@ typedef struct {
      * Copied at create. */
     const dsla_actor_handler_t *handlers;
     size_t n_handlers;
+    const dsla_actor_role_rule_t *role_rules; /* copied at create */
+    size_t n_role_rules;
     dsla_actor_start_fn on_start; /* first callback on the actor's thread, after binds/connects */
     dsla_actor_start_fn on_stop;  /* last callback on the actor's thread */
     dsla_actor_peer_fn on_peer;

@@ -140,6 +140,7 @@ dsla_status_t dsla_catalogue_verify(const dsla_catalogue_announce_t *a, dsla_cat
                           "%s: %" PRIu64 " bytes with xxh64 %016" PRIx64 ", announced %" PRIu64
                           " bytes with xxh64 %016" PRIx64,
                           path, size, xxh, a->size, a->xxh64);
+    if (a->key) DSLA_TRY(dsla_layer_mac_check(a->key, path));
     DSLA_TRY(dsla_catalogue_read(path, e, order, n_order));
     if (e->layer != a->layer || e->version != a->version || e->checksum != a->checksum)
         return dsla_error(DSLA_ERR_FORMAT,

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "runtime/core/status.h"
+#include "runtime/model/layer_mac.h"
 
 /* Layer versions one catalogue holds and bytes of one path: what one plan message may name
  * (DSLA_PROTO_LAYERS_MAX, DSLA_PROTO_PATH_MAX; the controller checks they agree). */
@@ -67,6 +68,9 @@ typedef struct {
     uint64_t checksum; /* the layer version's own */
     uint64_t size;
     uint64_t xxh64;
+    /* the layer key (layer_mac.h): the file must carry its MAC, PERMISSION_DENIED otherwise;
+     * NULL: none checked */
+    const dsla_layer_key_t *key;
 } dsla_catalogue_announce_t;
 
 /* The verify phase of an announced version (DESIGN.md section 7): the path, once every symbolic

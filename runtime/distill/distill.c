@@ -838,7 +838,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     memcpy(meta.order, r->report->order, sizeof(int) * (size_t)r->cfg->num_layers);
     char path[4096];
     version_path(path, sizeof path, r->out_dir, layer);
-    st = dsla_dsla_layer_save(r->converted[layer], path, &meta);
+    st = dsla_dsla_layer_save_sealed(r->converted[layer], path, &meta, r->p->mac_key);
     if (st != DSLA_OK) goto done;
     path_join(path, sizeof path, r->out_dir, CHECKPOINT_FILE);
     remove(path);
@@ -875,7 +875,7 @@ static dsla_status_t init_layer(run_t *r, int k) {
     memcpy(meta.order, r->report->order, sizeof(int) * (size_t)r->cfg->num_layers);
     char path[4096];
     version_path(path, sizeof path, r->out_dir, layer);
-    if (st == DSLA_OK) st = dsla_dsla_layer_save(w, path, &meta);
+    if (st == DSLA_OK) st = dsla_dsla_layer_save_sealed(w, path, &meta, r->p->mac_key);
     if (st == DSLA_OK) {
         r->converted[layer] = w;
         w = NULL;

@@ -76,6 +76,9 @@ typedef struct {
     uint64_t seed;             /* initialisation and batches; default 1234 */
     double gate_cosine_weight; /* the paper's contrastive term; default 0 (off) */
     dsla_adamw_params_t optim; /* lr 1e-3 -> 1e-4 cosine, 10% warm-up, wd 0.01, clip 1.0 */
+    /* seals every layer version written with this key's MAC (layer_mac.h); borrowed. NULL:
+     * unsealed (unauthenticated) versions */
+    const dsla_layer_key_t *mac_key;
 } dsla_distill_params_t;
 
 dsla_distill_params_t dsla_distill_params_default(void);

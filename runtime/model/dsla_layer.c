@@ -2,6 +2,7 @@
 #include "runtime/model/dsla_layer.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "runtime/core/random.h"
@@ -260,20 +262,57 @@ static void meta_defaults(dsla_layer_version_meta_t *meta) {
     meta->train_loss = meta->eval_mse = meta->eval_ppl = meta->teacher_ppl = NAN;
 }
 
-dsla_status_t dsla_dsla_layer_save(const dsla_dsla_layer_t *l, const char *path,
-                                   const dsla_layer_version_meta_t *meta) {
+/* The rename of a sealed file into place, made durable like the writer's own. */
+static dsla_status_t rename_durably(const char *from, const char *to) {
+    if (rename(from, to) != 0)
+        return dsla_error(DSLA_ERR_IO, "cannot rename %s to %s: %s", from, to, strerror(errno));
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", to);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dsla_status_t st =
+        fd >= 0 && fsync(fd) == 0
+            ? DSLA_OK
+            : dsla_error(DSLA_ERR_IO, "%s: cannot sync directory: %s", dir, strerror(errno));
+    if (fd >= 0) close(fd);
+    return st;
+}
+
+dsla_status_t dsla_dsla_layer_save_sealed(const dsla_dsla_layer_t *l, const char *path,
+                                          const dsla_layer_version_meta_t *meta,
+                                          const dsla_layer_key_t *key) {
     dsla_layer_version_meta_t defaults;
     if (!meta) {
         meta_defaults(&defaults);
         meta = &defaults;
     }
+    char sealing[4096];
+    if (key && (size_t)snprintf(sealing, sizeof sealing, "%s.seal", path) >= sizeof sealing)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "saving DSLA layer %d: path %s too long",
+                          l->layer, path);
     dsla_st_writer_t *w = NULL;
     DSLA_TRY(dsla_st_writer_create(&w));
     dsla_status_t s = write_version(w, l, meta);
-    if (s == DSLA_OK) s = dsla_st_writer_save(w, path);
+    if (s == DSLA_OK && key)
+        s = dsla_st_writer_set_metadata(w, DSLA_LAYER_MAC_META, DSLA_LAYER_MAC_UNSEALED);
+    if (s == DSLA_OK) s = dsla_st_writer_save(w, key ? sealing : path);
     dsla_st_writer_destroy(&w);
+    if (s == DSLA_OK && key) {
+        s = dsla_layer_mac_seal(key, sealing);
+        if (s == DSLA_OK) s = rename_durably(sealing, path);
+        if (s != DSLA_OK) unlink(sealing);
+    }
     if (s != DSLA_OK) return dsla_error_wrap(s, "saving DSLA layer %d to %s: ", l->layer, path);
     return DSLA_OK;
+}
+
+dsla_status_t dsla_dsla_layer_save(const dsla_dsla_layer_t *l, const char *path,
+                                   const dsla_layer_version_meta_t *meta) {
+    return dsla_dsla_layer_save_sealed(l, path, meta, NULL);
 }
 
 /* Metadata parsers: absent keys keep the default; present ones must parse whole. */

@@ -31,6 +31,7 @@
 #include "kernels/kernels_dsla.h"
 #include "runtime/core/status.h"
 #include "runtime/model/config.h"
+#include "runtime/model/layer_mac.h"
 #include "runtime/model/llama.h"
 
 /* Longest conversion order a version file records: far beyond the 126 layers of the largest
@@ -91,6 +92,11 @@ uint64_t dsla_dsla_layer_checksum(const dsla_dsla_layer_t *l);
  * numbers. The layer index, single_state and checksum come from l. */
 dsla_status_t dsla_dsla_layer_save(const dsla_dsla_layer_t *l, const char *path,
                                    const dsla_layer_version_meta_t *meta);
+/* As save, with the keyed MAC of layer_mac.h (key NULL: save). The file is written as path.seal,
+ * sealed, then renamed to path (and the directory fsync'd): under its name it is always sealed. */
+dsla_status_t dsla_dsla_layer_save_sealed(const dsla_dsla_layer_t *l, const char *path,
+                                          const dsla_layer_version_meta_t *meta,
+                                          const dsla_layer_key_t *key);
 
 /* Reads a layer version shaped for cfg. The layer index is the "layer" metadata or, without it,
  * the one layer whose q_proj the file holds. Every tensor must be present with its exact shape

@@ -711,6 +711,69 @@ static void test_admin_against_state(void **state) {
     free(dir);
 }
 
+/* The audit trail: a change made through ADMIN leaves an "admin" event with the command's words
+ * and its sender as the controller proved it; reads and refused commands leave none. */
+static void test_admin_audited(void **state) {
+    (void)state;
+    char *dir = versions_dir(), db[1024];
+    snprintf(db, sizeof db, "%s/controller.db", dir);
+    fake_t *f = calloc(1, sizeof *f);
+    ok(dsla_ctl_store_open(&f->store, db));
+    dsla_ctl_core_t *c = core_new(f, dir, NULL);
+    const char *words[] = {"policy", "set", "manual", "layers=1"};
+    dsla_admin_cmd_t cmd;
+    ok(dsla_admin_parse(words, 4, &cmd));
+    snprintf(cmd.who, sizeof cmd.who, "admin key 'alice' (CURVE)");
+    dsla_admin_text_t t = {0};
+    ok(dsla_ctl_core_admin(c, &cmd, &t));
+    assert_int_equal(admin(c, "convert 9", &t), DSLA_ERR_INVALID_ARGUMENT); /* refused: no event */
+    ok(admin(c, "policy get", &t));
+    ok(admin(c, "drain", &t)); /* sent by nobody the controller knows */
+    dsla_admin_text_free(&t);
+    dsla_admin_text_t h = {0};
+    ok(dsla_ctl_store_each_event(f->store, 50, dsla_admin_history_line, &h));
+    assert_non_null(strstr(h.data, "admin          policy set manual layers=1 by admin key 'alice' "
+                                   "(CURVE)"));
+    assert_non_null(strstr(h.data, "admin          drain on by an unknown sender"));
+    assert_null(strstr(h.data, "convert 9"));
+    assert_null(strstr(h.data, "policy get"));
+    dsla_admin_text_free(&h);
+    dsla_ctl_core_destroy(&c);
+    dsla_ctl_store_close(&f->store);
+    free(f);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
+/* With a layer key, versions in the directory without its MAC stay out of the catalogue (an
+ * event says why) and a sealed one is catalogued. */
+static void test_start_with_layer_key(void **state) {
+    (void)state;
+    char *dir = versions_dir(); /* four unsealed versions */
+    const dsla_layer_key_t key = {{42}};
+    dsla_dsla_layer_t *l = NULL;
+    ok(dsla_dsla_layer_create(&l, &cfg, 0));
+    dsla_layer_version_meta_t meta = {.version = 2, .order = {2, 0, 1, 3}, .n_order = 4};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/layer-0.safetensors", dir);
+    ok(dsla_dsla_layer_save_sealed(l, path, &meta, &key));
+    dsla_dsla_layer_destroy(&l);
+    fake_t *f = calloc(1, sizeof *f);
+    dsla_ctl_core_t *c = NULL;
+    dsla_ctl_env_t env = env_of(f);
+    ok(dsla_ctl_core_create(&c, dir, &env));
+    dsla_ctl_core_set_layer_key(c, &key);
+    ok(dsla_ctl_core_start(c, NULL, NULL));
+    dsla_ctl_file_t file;
+    assert_true(dsla_ctl_core_file(c, 0, 2, &file));
+    assert_false(dsla_ctl_core_file(c, 1, 1, &file) || dsla_ctl_core_file(c, 2, 1, &file));
+    assert_non_null(strstr(f->events, "layer_refused layer_refused layer_refused start"));
+    dsla_ctl_core_destroy(&c);
+    free(f);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_rises_then_falls),
@@ -723,6 +786,8 @@ int main(void) {
         cmocka_unit_test(test_corrupt_version_refused),
         cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_admin_against_state),
+        cmocka_unit_test(test_admin_audited),
+        cmocka_unit_test(test_start_with_layer_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

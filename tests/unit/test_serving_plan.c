@@ -276,6 +276,43 @@ static void test_bad_checksum_nack_keeps_plan(void **state) {
     dsla_serving_plans_destroy(&p);
 }
 
+/* With a layer key the replica adopts only versions carrying its MAC: the unsealed file is NACKed
+ * PERMISSION_DENIED naming the missing MAC, one sealed with another key too; sealed with the key,
+ * the same layer is adopted. */
+static void test_layer_mac_checked_before_adopting(void **state) {
+    (void)state;
+    dsla_layer_key_t key = {{1, 2, 3}}, other = {{9}};
+    dsla_serving_plans_config_t c = {.mcfg = dsla_model_config(t.model),
+                                     .fetch_chunk = CHUNK,
+                                     .fetch_timeout_ms = TIMEOUT_MS,
+                                     .plan_id = 1,
+                                     .layer_key = &key};
+    dsla_serving_plan_ops_t ops = {.send = fake_send, .load = fake_load, .adopt = fake_adopt};
+    dsla_serving_plans_t *p = NULL;
+    harness_ok(dsla_serving_plans_create(&p, &c, &ops), "plans");
+    set_plan(p, 1, t.checksum);
+    run_load(p);
+    assert_null(t.adopting);
+    assert_answer(1, false, DSLA_CODE_PERMISSION_DENIED, "no layer MAC", 1, 0);
+
+    dsla_dsla_layer_t *l = NULL;
+    harness_ok(dsla_dsla_layer_create(&l, dsla_model_config(t.model), LAYER), "layer");
+    harness_ok(dsla_dsla_layer_init_from_teacher(l, t.model, LAYER, 7), "init");
+    harness_ok(dsla_dsla_layer_save_sealed(l, t.file, NULL, &other), "save sealed");
+    set_plan(p, 2, t.checksum);
+    run_load(p);
+    assert_null(t.adopting);
+    assert_answer(2, false, DSLA_CODE_PERMISSION_DENIED, "does not match", 1, 0);
+
+    harness_ok(dsla_dsla_layer_save_sealed(l, t.file, NULL, &key), "save sealed");
+    dsla_dsla_layer_destroy(&l);
+    set_plan(p, 3, t.checksum);
+    run_load(p);
+    run_adopt(p, 2);
+    assert_answer(3, true, DSLA_CODE_OK, "", 2, 1);
+    dsla_serving_plans_destroy(&p);
+}
+
 static void cache_dir(char *out, size_t cap, const char *name) {
     snprintf(out, cap, "%s/%s", t.dir, name);
 }
@@ -552,6 +589,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_load_adopt_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_checksum_nack_keeps_plan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_layer_mac_checked_before_adopting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_chunks_then_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_controller_dies_mid_fetch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_chunk_nack, setup, teardown),
