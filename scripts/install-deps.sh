@@ -15,6 +15,9 @@ packages=(
   libuv1-dev        # one event loop per actor
   libmicrohttpd-dev # the gateway's OpenAI-compatible HTTP API
   libsqlite3-dev    # the controller's state (plans, policy, event history)
+  libyaml-dev       # the cluster file (actors/cluster_file.c)
+  iproute2          # the multi-host test's network namespaces (tests/integration/cluster_netns.sh)
+  curl              # the multi-host test's HTTP requests
   clang-format      # 14 on Debian 12: the formatting check (scripts/check-format.sh)
   clang-14 libclang-rt-14-dev # libFuzzer, ASan and UBSan for the fuzz targets (make test-fuzz)
   git               # the tree checks list the tracked sources
