@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "actors/cluster_file.h"
 #include "actors/controller_admin.h"
 #include "cli/dsla/args.h"
 #include "proto/dsla_client.h"
@@ -17,8 +18,10 @@
 static void build_usage(char *out, size_t cap) {
     size_t n = (size_t)snprintf(
         out, cap,
-        "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] [--admin-key-file F] "
-        "COMMAND\n\ncommands (docs/controller.md):\n");
+        "usage: dslactl [--admin tcp://127.0.0.1:7071 | --cluster FILE] [--timeout-ms N] "
+        "[--admin-key-file F] COMMAND\n\n--cluster finds the controller's admin mailbox (and "
+        "the admin key file) in a cluster file (docs/operations.md).\n\ncommands "
+        "(docs/controller.md):\n");
     if (n < cap) dsla_admin_usage(out + n, cap - n);
     n = strlen(out);
     if (n < cap) n += (size_t)snprintf(out + n, cap - n, "policy fields:");
@@ -76,7 +79,7 @@ static dsla_status_t admin_reply_decode(const void *body, size_t len, void *out)
 int main(int argc, char **argv) {
     char usage[2048];
     build_usage(usage, sizeof usage);
-    const char *admin = "tcp://127.0.0.1:7071", *key_file = NULL;
+    const char *admin = NULL, *key_file = NULL, *cluster_path = NULL;
     long timeout_ms = 10000, limit = 0;
     const dsla_arg_spec_t specs[] = {
         {"admin", DSLA_ARG_STRING, "the controller's admin mailbox (default tcp://127.0.0.1:7071)",
@@ -86,6 +89,9 @@ int main(int argc, char **argv) {
         {"limit", DSLA_ARG_INT, "history: events to show (default 20)", 1, 10000, &limit},
         {"admin-key-file", DSLA_ARG_STRING,
          "the controller's admin key, its first line (default: DSLA_ADMIN_KEY)", 0, 0, &key_file},
+        {"cluster", DSLA_ARG_STRING,
+         "a cluster file: the controller's admin mailbox and admin key file come from it", 0, 0,
+         &cluster_path},
     };
     const char *words[DSLA_PROTO_ADMIN_ARGS_MAX];
     int n_words = 0;
@@ -93,6 +99,32 @@ int main(int argc, char **argv) {
                              DSLA_PROTO_ADMIN_ARGS_MAX - 1, &n_words, usage);
     if (rc == -1) return 0;
     if (rc != 0) return rc;
+    char cluster_admin[512];
+    dsla_cluster_t *cluster = NULL;
+    if (cluster_path && admin) {
+        fprintf(stderr, "dslactl: --cluster and --admin both name the controller; give one\n");
+        return 2;
+    }
+    if (cluster_path) {
+        if (dsla_cluster_load(&cluster, cluster_path) != DSLA_OK) {
+            fprintf(stderr, "dslactl: %s\n", dsla_last_error());
+            return 2;
+        }
+        const bool found =
+            dsla_cluster_admin_endpoint(cluster, cluster_admin, sizeof cluster_admin);
+        if (found && !key_file && cluster->admin_key_file) {
+            static char key_path[4096]; /* outlives the cluster */
+            snprintf(key_path, sizeof key_path, "%s", cluster->admin_key_file);
+            key_file = key_path;
+        }
+        dsla_cluster_destroy(&cluster);
+        if (!found) {
+            fprintf(stderr, "dslactl: %s: no node runs a controller\n", cluster_path);
+            return 2;
+        }
+        admin = cluster_admin;
+    }
+    if (!admin) admin = "tcp://127.0.0.1:7071";
     if (n_words == 0) {
         fprintf(stderr, "dslactl: name a command (dslactl --help lists them)\n");
         return 2;

@@ -828,6 +828,13 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
     int linger = 0, on = 1, fd = -1, backlog = DSLA_ACTOR_BACKLOG, hwm = DSLA_ACTOR_QUEUE_MAX;
     int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     size_t fd_len = sizeof fd;
+    /* A peer cut off by the network (a host unplugged, a link down), not killed, sends no FIN: its
+     * connection would stay open here, holding its routing id, and refuse its reconnection once
+     * the network is back (below). libzmq's own ZMTP heartbeats on every connection close one
+     * silent for the liveness intervals; they run on libzmq's I/O thread, whatever this loop is
+     * doing. */
+    const int hb_ivl = (int)a->heartbeat_ms,
+              hb_timeout = (int)a->heartbeat_ms * DSLA_ACTOR_HEARTBEAT_LIVENESS;
     /* MANDATORY turns a send to an unknown client into an error instead of a silent drop.
      * ZMQ_ROUTER_HANDOVER stays off (libzmq's default): with it the newest connection claiming a
      * routing id takes the name and every reply meant for it, so anyone who can reach the
@@ -839,7 +846,9 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
         zmq_setsockopt(a->router, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(a->router, ZMQ_BACKLOG, &backlog, sizeof backlog) != 0 ||
         zmq_setsockopt(a->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
-        zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
+        zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout) != 0)
         return zmq_failure(a->name, "mailbox options");
     for (int i = 0; i < DSLA_ACTOR_BIND_MAX && def->bind[i]; i++) {
         size_t len = sizeof a->endpoints[i];
