@@ -48,21 +48,22 @@ fail() {
 }
 in_ns() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
 
-# --- the network: 10.77.0.0/24, one bridge; the client is 10.77.0.100 on the bridge
+# --- step 1, the hosts: 10.77.0.0/24, one bridge; the client is 10.77.0.100 on the bridge
 in_ns br ip link set lo up
-in_ns br ip link add br0 type bridge
+in_ns br ip link add br0 type bridge 2>/dev/null || skip "no bridge devices in this kernel"
 in_ns br ip addr add 10.77.0.100/24 dev br0
 in_ns br ip link set br0 up
 for i in 1 2 3; do
     ip netns add "$P-h$i"
-    ip link add eth0 netns "$P-h$i" type veth peer name h$i netns "$P-br"
+    ip link add eth0 netns "$P-h$i" type veth peer name h$i netns "$P-br" 2>/dev/null ||
+        skip "no veth pairs in this kernel"
     in_ns "h$i" ip addr add 10.77.0.$i/24 dev eth0
     in_ns "h$i" ip link set eth0 up
     in_ns "h$i" ip link set lo up
     in_ns br ip link set h$i master br0 up
 done
 
-# --- layer versions (teacher-initialised: seconds) on the head, keys, the cluster file
+# --- steps 2-4: layer versions (teacher-initialised: seconds) on the head, keys, the cluster file
 "$BIN/dsla" distill --model "$MODEL" --data "$TEXT" --out "$WORK/layers" --layers 2 --steps 0 \
     >"$WORK/distill.log" 2>&1 || fail "dsla distill --steps 0"
 KEY=api-key-$P-$RANDOM$RANDOM$RANDOM
@@ -97,7 +98,7 @@ nodes:
 EOF
 mkdir -p "$WORK/state"
 
-# --- each node's dsla-serve in its host's namespace, from the one file
+# --- step 5: each node's dsla-serve in its host's namespace, from the one file; step 6: status
 start() { # node namespace
     ip netns exec "$P-$2" "$BIN/dsla-serve" --cluster "$WORK/cluster.yaml" --node "$1" \
         >"$WORK/$1.log" 2>&1 & # ip netns exec execs: $! is dsla-serve
@@ -122,7 +123,7 @@ wait_status() { # what (a grep -E pattern every line of it must show) seconds
 wait_status "replica serving-h2 alive:" 20
 wait_status "replica serving-h3 alive:" 20
 
-# --- requests over HTTP from the client's namespace, through the gateway on the head
+# --- step 7: requests over HTTP from the client's namespace, through the gateway on the head
 URL=http://10.77.0.1:8000/v1/completions
 request() { # out_file [max_tokens]: the HTTP status to out_file.code, the body to out_file.body
     in_ns br curl -s -o "$1.body" -w '%{http_code}' --max-time 30 -H "Authorization: Bearer $KEY" \
@@ -136,7 +137,7 @@ for i in 1 2 3 4; do
     [ "$(cat "$WORK/warm$i.code")" = 200 ] || fail "request $i: $(cat "$WORK/warm$i.code") $(cat "$WORK/warm$i.body")"
 done
 
-# --- convert two layers: both remote replicas fetch the versions from the head
+# --- step 8: convert two layers: both remote replicas fetch the versions from the head
 ctl convert 2 >/dev/null || fail "dslactl convert 2"
 wait_status "replica serving-h2 .*runs 2 DSLA layers" 20
 wait_status "replica serving-h3 .*runs 2 DSLA layers" 20
@@ -147,7 +148,7 @@ done
 request "$WORK/hybrid"
 [ "$(cat "$WORK/hybrid.code")" = 200 ] || fail "after convert: $(cat "$WORK/hybrid.code")"
 
-# --- cut h3's link with long requests in flight on both replicas, then restore it
+# --- step 9: cut h3's link with long requests in flight on both replicas, then restore it
 REQ=()
 for i in $(seq 8); do request "$WORK/cut$i" 400 & REQ+=($!); done
 sleep 0.3
@@ -200,4 +201,10 @@ for i in $(seq 4); do request "$WORK/alone$i"; done
 for i in $(seq 4); do
     [ "$(cat "$WORK/alone$i.code")" = 200 ] || fail "h3 alone, request $i: $(cat "$WORK/alone$i.code") $(cat "$WORK/alone$i.body")"
 done
+# --- step 10: back up the controller's state while it runs (sqlite3's online backup)
+if command -v sqlite3 >/dev/null; then
+    sqlite3 "$WORK/state/controller.db" ".backup '$WORK/controller-backup.db'"
+    n=$(sqlite3 "$WORK/controller-backup.db" "select count(*) from events where event = 'replica_dead'")
+    [ "$n" -ge 2 ] || fail "the backup holds $n replica_dead events, want 2 (h3's cut, h2's kill)"
+fi
 echo "ok: 3 hosts, layers fetched across hosts, h3 cut and rejoined"
