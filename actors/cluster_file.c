@@ -273,6 +273,24 @@ static dsla_status_t get_device(walk_t *w, const dsla_cluster_node_t *node, cons
     return DSLA_OK;
 }
 
+/* key's value v of a mapping as a port in field.key; 0 when absent and not required */
+static dsla_status_t get_port(walk_t *w, const yaml_node_t *map, const yaml_node_t *v,
+                              const char *field, const char *key, bool required, int *out) {
+    char item[160];
+    field_name(item, sizeof item, "%s.%s", field, key);
+    *out = 0;
+    if (required) DSLA_TRY(need(w, map, v, field, key));
+    return v ? get_int(w, v, item, 1, CLUSTER_PORT_MAX, out) : DSLA_OK;
+}
+
+/* an actor's options: map, when v is there */
+static dsla_status_t get_actor_options(walk_t *w, const yaml_node_t *v, const char *field,
+                                       dsla_cluster_options_t *o) {
+    char item[160];
+    field_name(item, sizeof item, "%s.options", field);
+    return v ? get_options(w, v, item, o) : DSLA_OK;
+}
+
 static dsla_status_t walk_gateway(walk_t *w, const yaml_node_t *n, const char *field,
                                   dsla_cluster_gateway_t *g) {
     static const char *const keys[] = {"http", "port", "options"};
@@ -281,35 +299,25 @@ static dsla_status_t walk_gateway(walk_t *w, const yaml_node_t *n, const char *f
     DSLA_TRY(walk_map(w, n, field, keys, 3, v));
     g->present = true;
     g->line = line_of(n);
-    field_name(item, sizeof item, "%s.port", field);
-    DSLA_TRY(need(w, n, v[1], field, "port"));
-    DSLA_TRY(get_int(w, v[1], item, 1, CLUSTER_PORT_MAX, &g->port));
+    DSLA_TRY(get_port(w, n, v[1], field, "port", true, &g->port));
     field_name(item, sizeof item, "%s.http", field);
     if (v[0]) DSLA_TRY(get_string(w, v[0], item, &g->http));
     if (g->http && strcmp(g->http, "off") == 0)
         return fail(w, v[0], item, "leave http out for no HTTP");
-    field_name(item, sizeof item, "%s.options", field);
-    if (v[2]) DSLA_TRY(get_options(w, v[2], item, &g->options));
-    return DSLA_OK;
+    return get_actor_options(w, v[2], field, &g->options);
 }
 
 static dsla_status_t walk_controller(walk_t *w, const yaml_node_t *n, const char *field,
                                      dsla_cluster_controller_t *c) {
     static const char *const keys[] = {"port", "admin_port", "options"};
     yaml_node_t *v[3];
-    char item[160];
     DSLA_TRY(walk_map(w, n, field, keys, 3, v));
     c->present = true;
     c->line = line_of(n);
-    field_name(item, sizeof item, "%s.port", field);
-    DSLA_TRY(need(w, n, v[0], field, "port"));
-    DSLA_TRY(get_int(w, v[0], item, 1, CLUSTER_PORT_MAX, &c->port));
-    field_name(item, sizeof item, "%s.admin_port", field);
-    if (v[1]) DSLA_TRY(get_int(w, v[1], item, 1, CLUSTER_PORT_MAX, &c->admin_port));
+    DSLA_TRY(get_port(w, n, v[0], field, "port", true, &c->port));
+    DSLA_TRY(get_port(w, n, v[1], field, "admin_port", false, &c->admin_port));
     if (c->admin_port == c->port) c->admin_port = 0;
-    field_name(item, sizeof item, "%s.options", field);
-    if (v[2]) DSLA_TRY(get_options(w, v[2], item, &c->options));
-    return DSLA_OK;
+    return get_actor_options(w, v[2], field, &c->options);
 }
 
 static dsla_status_t walk_serving(walk_t *w, const dsla_cluster_node_t *node, const yaml_node_t *n,
@@ -322,12 +330,9 @@ static dsla_status_t walk_serving(walk_t *w, const dsla_cluster_node_t *node, co
     field_name(item, sizeof item, "%s.name", field);
     DSLA_TRY(need(w, n, v[0], field, "name"));
     DSLA_TRY(get_name(w, v[0], item, &s->name));
-    field_name(item, sizeof item, "%s.port", field);
-    if (v[1]) DSLA_TRY(get_int(w, v[1], item, 1, CLUSTER_PORT_MAX, &s->port));
+    DSLA_TRY(get_port(w, n, v[1], field, "port", false, &s->port));
     DSLA_TRY(get_device(w, node, n, v[2], v[3], field, &s->device, &s->gpu));
-    field_name(item, sizeof item, "%s.options", field);
-    if (v[4]) DSLA_TRY(get_options(w, v[4], item, &s->options));
-    return DSLA_OK;
+    return get_actor_options(w, v[4], field, &s->options);
 }
 
 static dsla_status_t walk_distiller(walk_t *w, const dsla_cluster_node_t *node,
@@ -343,9 +348,7 @@ static dsla_status_t walk_distiller(walk_t *w, const dsla_cluster_node_t *node,
     field_name(item, sizeof item, "%s.data", field);
     DSLA_TRY(need(w, n, v[2], field, "data"));
     DSLA_TRY(get_strings(w, v[2], item, d->data, &d->n_data));
-    field_name(item, sizeof item, "%s.options", field);
-    if (v[3]) DSLA_TRY(get_options(w, v[3], item, &d->options));
-    return DSLA_OK;
+    return get_actor_options(w, v[3], field, &d->options);
 }
 
 static dsla_status_t walk_actors(walk_t *w, dsla_cluster_node_t *node, const yaml_node_t *n,

@@ -188,27 +188,16 @@ static int order_gpus(const dsla_cluster_node_t *node, int serving_gpu, int dist
     return 0;
 }
 
-static const char *basename_of(const char *path, char *out, size_t cap) {
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/')
-        n--;
-    size_t start = n;
-    while (start > 0 && path[start - 1] != '/')
-        start--;
-    snprintf(out, cap, "%.*s", (int)(n - start), path + start);
-    return out;
-}
-
 /* The node's command line, options: maps last. */
 static int build(dsla_serve_cluster_t *c, const dsla_cluster_node_t *node, int ni,
                  const dsla_arg_spec_t *specs, int n_specs) {
     const dsla_cluster_t *f = c->file;
     const dsla_cluster_serving_t *sv = node->n_serving ? &node->serving[0] : NULL;
     const dsla_cluster_node_t *ctl = f->controller_node >= 0 ? &f->nodes[f->controller_node] : NULL;
-    char name[256], db[4096];
-    bool ok = push(c, "dsla-serve") &&
-              push2(c, "--model-name",
-                    f->model_name ? f->model_name : basename_of(f->model, name, sizeof name));
+    char db[4096];
+    /* dsla-serve takes the last part of a path as the model's id */
+    bool ok =
+        push(c, "dsla-serve") && push2(c, "--model-name", f->model_name ? f->model_name : f->model);
     if (ok && sv) ok = push2(c, "--model", f->model) && push2(c, "--name", sv->name);
     if (ok && sv && strcmp(sv->device, "cuda") == 0) ok = push2(c, "--device", "cuda");
     if (ok && node->gateway.present) {
