@@ -547,15 +547,26 @@ static void free_on_close(uv_handle_t *h) {
     free(h);
 }
 
+/* How long a connection may stay silent, or a connect unanswered, before libzmq gives it up: the
+ * actors' own liveness (three heartbeats). */
+static int link_timeout_ms(const dsla_actor_t *a) {
+    return (int)a->heartbeat_ms * DSLA_ACTOR_HEARTBEAT_LIVENESS;
+}
+
 /* Opens p's DEALER to p->endpoint and polls it. */
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
     int linger = 0, hwm = DSLA_ACTOR_QUEUE_MAX;
+    /* A connect begun while the peer's host is cut off would wait on the kernel's SYN backoff
+     * (1, 2, 4, 8, ... s) long after the network is back: libzmq gives it up after
+     * link_timeout_ms and tries again with a fresh one. */
+    int connect_timeout = link_timeout_ms(a);
     int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     int fd = -1;
     size_t fd_len = sizeof fd;
     if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CONNECT_TIMEOUT, &connect_timeout, sizeof connect_timeout) != 0 ||
         zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
@@ -830,11 +841,9 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
     size_t fd_len = sizeof fd;
     /* A peer cut off by the network (a host unplugged, a link down), not killed, sends no FIN: its
      * connection would stay open here, holding its routing id, and refuse its reconnection once
-     * the network is back (below). libzmq's own ZMTP heartbeats on every connection close one
-     * silent for the liveness intervals; they run on libzmq's I/O thread, whatever this loop is
-     * doing. */
-    const int hb_ivl = (int)a->heartbeat_ms,
-              hb_timeout = (int)a->heartbeat_ms * DSLA_ACTOR_HEARTBEAT_LIVENESS;
+     * the network is back (below). libzmq's own ZMTP heartbeats close a connection silent for
+     * link_timeout_ms; they run on libzmq's I/O thread, whatever this loop is doing. */
+    const int hb_ivl = (int)a->heartbeat_ms, hb_timeout = link_timeout_ms(a);
     /* MANDATORY turns a send to an unknown client into an error instead of a silent drop.
      * ZMQ_ROUTER_HANDOVER stays off (libzmq's default): with it the newest connection claiming a
      * routing id takes the name and every reply meant for it, so anyone who can reach the
