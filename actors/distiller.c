@@ -1,5 +1,6 @@
-/* The distiller actor: a worker thread running the distillation engine, an outbox it fills, and
- * the actor's timer that announces what it holds to the controller (distiller.h). */
+/* The distiller actor's shell: a worker thread running the distillation engine, whose reports it
+ * hands to the state machine in distiller_core.c (announcements, progress, sampled prompts) on
+ * the actor's loop (distiller.h). */
 #define _DEFAULT_SOURCE /* realpath */
 #include "actors/distiller.h"
 
@@ -13,20 +14,21 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "actors/distiller_core.h"
 #include "runtime/control/layer_catalogue.h"
+#include "runtime/core/clock.h"
 #include "runtime/core/log.h"
 #include "runtime/model/tokenizer.h"
 
 /* The controller as the actor names its peer. */
 #define CONTROLLER_PEER "controller"
 
-/* What the worker hands the actor; guarded by lock. */
+/* The run's latest progress, which the worker overwrites at every step and the loop's tick takes
+ * when it changed; guarded by lock. */
 typedef struct {
     dsla_proto_distill_progress_t progress;
-    uint64_t progress_seq; /* bumped on every change */
-    int n_ready;
-    dsla_proto_layer_ready_t *ready[DSLA_PROTO_LAYERS_MAX];
-} outbox_t;
+    uint64_t seq; /* bumped on every change */
+} progress_slot_t;
 
 struct dsla_distiller {
     dsla_actor_t *actor;
@@ -45,31 +47,28 @@ struct dsla_distiller {
     bool worker_started;
     atomic_bool stop;
     int bos, vocab; /* the teacher's, for packing samples; worker only */
+    int reservoir_prompts;
     pthread_mutex_t lock;
-    outbox_t box;
-    /* prompts sampled from live traffic; guarded by lock */
-    dsla_reservoir_t reservoir;
-    uint64_t samples_received;
+    progress_slot_t slot;
     /* actor thread only */
+    dsla_distiller_core_t *core;
     dsla_actor_timer_t *poll_timer;
-    bool controller_alive;
-    int n_sent;             /* announcements sent since the controller was last found alive */
-    uint64_t progress_sent; /* progress_seq last sent */
+    uint64_t slot_taken; /* slot.seq last handed to the core */
 };
 
 /* ---- the worker ---- */
 
 static void post_progress(dsla_distiller_t *d, const dsla_proto_distill_progress_t *p) {
     pthread_mutex_lock(&d->lock);
-    d->box.progress = *p;
-    d->box.progress_seq++;
+    d->slot.progress = *p;
+    d->slot.seq++;
     pthread_mutex_unlock(&d->lock);
 }
 
 /* Updates the state (and the message) of the posted progress. */
 static void post_state(dsla_distiller_t *d, dsla_proto_distill_state_t state, const char *message) {
     pthread_mutex_lock(&d->lock);
-    dsla_proto_distill_progress_t p = d->box.progress;
+    dsla_proto_distill_progress_t p = d->slot.progress;
     pthread_mutex_unlock(&d->lock);
     p.state = state;
     snprintf(p.message, sizeof p.message, "%s", message);
@@ -79,64 +78,29 @@ static void post_state(dsla_distiller_t *d, dsla_proto_distill_state_t state, co
 static void on_progress(void *user, const dsla_distill_progress_t *g) {
     dsla_distiller_t *d = user;
     pthread_mutex_lock(&d->lock);
-    dsla_proto_distill_progress_t *p = &d->box.progress;
-    p->state = DSLA_PROTO_DISTILL_TRAINING;
-    p->layers_total = (uint32_t)g->n_layers;
-    p->layer = g->layer;
-    p->step = (uint32_t)g->step;
-    p->steps = (uint32_t)g->steps;
-    p->loss = g->loss;
-    p->tokens_per_s = g->tokens_per_second;
-    p->seconds_left = g->seconds_left;
-    d->box.progress_seq++;
+    dsla_distiller_progress_update(&d->slot.progress, g);
+    d->slot.seq++;
     pthread_mutex_unlock(&d->lock);
 }
 
-/* The announcement of a finished version: its header, and the size and hash of the whole file. */
-static dsla_status_t build_ready(const dsla_distiller_t *d, const dsla_distill_layer_report_t *r,
-                                 dsla_proto_layer_ready_t *a) {
-    char name[PATH_MAX + 64];
-    snprintf(name, sizeof name, "%s/layer-%d.safetensors", d->out_dir, r->layer);
-    dsla_catalogue_entry_t e;
-    int order[DSLA_PROTO_LAYERS_MAX], n_order = 0;
-    DSLA_TRY(dsla_catalogue_read(name, &e, order, &n_order));
-    *a = (dsla_proto_layer_ready_t){.layer = e.layer,
-                                    .version = (uint32_t)e.version,
-                                    .position = (uint32_t)r->k,
-                                    .n_order = (uint32_t)n_order,
-                                    .checksum = e.checksum,
-                                    .steps = (uint32_t)d->params.steps,
-                                    .init_eval_mse = r->init_eval_mse,
-                                    .eval_mse = r->eval_mse,
-                                    .train_loss = r->train_loss,
-                                    .eval_ppl = r->eval_ppl};
-    for (int i = 0; i < n_order; i++)
-        a->order[i] = order[i];
-    if (a->position >= a->n_order)
-        return dsla_error(DSLA_ERR_FORMAT, "%s: order position %u outside its order of %u", name,
-                          a->position, a->n_order);
-    snprintf(a->path, sizeof a->path, "%s", e.path);
-    return dsla_catalogue_file_digest(name, &a->size, &a->xxh64);
+/* On the loop: a finished version's announcement, built on the worker. */
+static void ready_on_loop(dsla_actor_t *a, void *user) {
+    dsla_distiller_t *d = dsla_actor_user(a);
+    dsla_proto_layer_ready_t *r = user;
+    dsla_distiller_core_on_layer_ready(d->core, &r, dsla_clock_ms());
 }
 
 static void on_layer_done(void *user, const dsla_distill_layer_report_t *r) {
     dsla_distiller_t *d = user;
     dsla_proto_layer_ready_t *a = malloc(sizeof *a);
-    dsla_status_t st = a ? build_ready(d, r, a) : dsla_error_oom("distiller");
+    dsla_status_t st = a ? dsla_distiller_announcement(d->out_dir, d->params.steps, r, a)
+                         : dsla_error_oom("distiller");
+    if (st == DSLA_OK) st = dsla_actor_post(d->actor, ready_on_loop, a);
     if (st != DSLA_OK) { /* not announced; the controller still finds it by scanning */
         dsla_log_error("distiller: layer %d's version cannot be announced: %s", r->layer,
                        dsla_last_error());
         free(a);
-        return;
     }
-    pthread_mutex_lock(&d->lock);
-    if (d->box.n_ready < DSLA_PROTO_LAYERS_MAX)
-        d->box.ready[d->box.n_ready++] = a;
-    else
-        free(a);
-    d->box.progress.layers_done = (uint32_t)d->box.n_ready;
-    d->box.progress_seq++;
-    pthread_mutex_unlock(&d->lock);
 }
 
 static bool should_stop(void *user) {
@@ -144,19 +108,49 @@ static bool should_stop(void *user) {
     return atomic_load(&d->stop);
 }
 
+/* The worker's request to pack the reservoir (the core's, on the loop) into its pool; the worker
+ * waits for the loop's answer, a few microseconds of copying. */
+typedef struct {
+    dsla_distiller_t *d;
+    dsla_corpus_t *pool;
+    int added;
+    dsla_status_t status;
+    char message[DSLA_PROTO_MESSAGE_MAX + 1];
+    bool done;
+    pthread_cond_t cond;
+} pack_request_t;
+
+static void pack_on_loop(dsla_actor_t *a, void *user) {
+    (void)a;
+    pack_request_t *q = user;
+    dsla_distiller_t *d = q->d;
+    dsla_status_t st = dsla_distiller_core_pack(d->core, q->pool, d->bos, d->vocab, &q->added);
+    pthread_mutex_lock(&d->lock);
+    q->status = st;
+    if (st != DSLA_OK) snprintf(q->message, sizeof q->message, "%s", dsla_last_error());
+    q->done = true;
+    pthread_cond_signal(&q->cond);
+    pthread_mutex_unlock(&d->lock);
+}
+
 /* The engine's extend_train: the reservoir's prompts as extra training sequences of this layer. */
 static dsla_status_t extend_train(void *user, int k, int layer, dsla_corpus_t *pool) {
     (void)k;
     dsla_distiller_t *d = user;
-    int added = 0;
-    pthread_mutex_lock(&d->lock);
-    const int held = d->reservoir.n;
-    dsla_status_t st = dsla_reservoir_pack(&d->reservoir, pool, d->bos, d->vocab, &added);
-    d->box.progress_seq++;
-    pthread_mutex_unlock(&d->lock);
-    if (held > 0)
-        dsla_log_info("distiller: layer %d trains on %d more sequences from %d sampled prompts",
-                      layer, added, held);
+    pack_request_t q = {.d = d, .pool = pool};
+    pthread_cond_init(&q.cond, NULL);
+    dsla_status_t st = DSLA_OK;
+    if (dsla_actor_post(d->actor, pack_on_loop, &q) == DSLA_OK) {
+        pthread_mutex_lock(&d->lock);
+        while (!q.done)
+            pthread_cond_wait(&q.cond, &d->lock);
+        pthread_mutex_unlock(&d->lock);
+        st = q.status == DSLA_OK ? DSLA_OK : dsla_error(q.status, "%s", q.message);
+    } /* else the actor is stopping: the layer trains on the corpus alone */
+    pthread_cond_destroy(&q.cond);
+    if (q.added > 0)
+        dsla_log_info("distiller: layer %d trains on %d more sequences from sampled prompts", layer,
+                      q.added);
     return st;
 }
 
@@ -165,7 +159,7 @@ static dsla_status_t extend_train(void *user, int k, int layer, dsla_corpus_t *p
 static size_t gpu_need(const dsla_distiller_t *d, const dsla_model_t *model,
                        const dsla_corpus_t *train, const dsla_corpus_t *eval) {
     return dsla_distill_cuda_bytes(dsla_model_config(model), d->cuda.dtype, d->seq_len,
-                                   d->params.batch, train->num_sequences + d->reservoir.capacity,
+                                   d->params.batch, train->num_sequences + d->reservoir_prompts,
                                    eval->num_sequences);
 }
 
@@ -230,87 +224,38 @@ static void *worker_main(void *arg) {
 
 /* ---- the actor ---- */
 
-static uint32_t saturate_u32(uint64_t x) {
-    return x > UINT32_MAX ? UINT32_MAX : (uint32_t)x;
-}
-
-/* Fills p's sample counts; the caller holds the lock. */
-static void sample_counts(const dsla_distiller_t *d, dsla_proto_distill_progress_t *p) {
-    const dsla_reservoir_t *r = &d->reservoir;
-    p->samples_received = saturate_u32(d->samples_received);
-    p->samples_held = (uint32_t)r->n;
-    p->sample_tokens_held = saturate_u32(dsla_reservoir_tokens(r));
-    p->samples_used = saturate_u32(r->used);
-    p->sample_tokens_used = saturate_u32(r->used_tokens);
-}
-
 /* PROMPT_SAMPLES from a serving actor: every prompt is offered to the reservoir. */
 static void on_prompt_samples(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
     dsla_distiller_t *d = user;
-    dsla_proto_prompt_samples_t p;
-    dsla_status_t st = dsla_proto_prompt_samples_decode(msg->env->body, msg->env->body_len, &p);
-    if (st != DSLA_OK) {
+    dsla_status_t st = dsla_distiller_core_on_samples(d->core, msg->env->body, msg->env->body_len);
+    if (st != DSLA_OK)
         dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
-        return;
-    }
-    const int32_t *ids = p.ids;
-    pthread_mutex_lock(&d->lock);
-    for (uint32_t i = 0; i < p.n_prompts && st == DSLA_OK; i++) {
-        st = dsla_reservoir_offer(&d->reservoir, ids, (int)p.lens[i]);
-        ids += p.lens[i];
-    }
-    d->samples_received += p.n_prompts;
-    d->box.progress_seq++;
-    pthread_mutex_unlock(&d->lock);
-    if (st != DSLA_OK) dsla_log_warn("distiller: sampled prompts lost: %s", dsla_last_error());
-    dsla_proto_prompt_samples_free(&p);
 }
 
-static void send_body(dsla_distiller_t *d, uint32_t type, dsla_status_t encoded,
-                      dsla_proto_buf_t *body) {
-    if (encoded != DSLA_OK ||
-        dsla_actor_send(d->self, CONTROLLER_PEER, type, 0, body->data, body->len) != DSLA_OK)
-        dsla_log_warn("distiller: %s not sent: %s", dsla_proto_type_name(type), dsla_last_error());
-    dsla_proto_buf_free(body);
-}
-
-/* Sends what the outbox holds that the controller has not been sent. */
+/* The tick: the run's progress when it changed, then whatever the core has pending. */
 static void on_poll(dsla_actor_t *a, void *user) {
     (void)a;
     dsla_distiller_t *d = user;
-    if (!d->controller_alive) return;
-    dsla_proto_distill_progress_t p;
-    dsla_proto_buf_t body;
-    for (;;) { /* one lock per announcement, so the worker never waits on a send */
-        pthread_mutex_lock(&d->lock);
-        const dsla_proto_layer_ready_t *r =
-            d->n_sent < d->box.n_ready ? d->box.ready[d->n_sent] : NULL;
-        pthread_mutex_unlock(&d->lock);
-        if (!r) break; /* announcements are never freed before the actor stops */
-        send_body(d, DSLA_MSG_LAYER_READY, dsla_proto_layer_ready_encode(r, &body), &body);
-        dsla_log_info("distiller: announced layer %d version %u (%s)", r->layer, r->version,
-                      r->path);
-        d->n_sent++;
-    }
+    const uint64_t now = dsla_clock_ms();
     pthread_mutex_lock(&d->lock);
-    uint64_t seq = d->box.progress_seq;
-    p = d->box.progress;
-    sample_counts(d, &p);
+    const bool changed = d->slot.seq != d->slot_taken;
+    const dsla_proto_distill_progress_t p = d->slot.progress;
+    d->slot_taken = d->slot.seq;
     pthread_mutex_unlock(&d->lock);
-    if (seq == d->progress_sent) return;
-    d->progress_sent = seq;
-    send_body(d, DSLA_MSG_DISTILL_PROGRESS, dsla_proto_distill_progress_encode(&p, &body), &body);
+    if (changed) dsla_distiller_core_on_progress(d->core, &p, now);
+    dsla_distiller_core_on_tick(d->core, now);
 }
 
-/* A controller found (again) gets every announcement of the run and the latest progress. */
 static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
+    (void)a;
     dsla_distiller_t *d = user;
-    if (strcmp(peer, CONTROLLER_PEER) != 0) return;
-    d->controller_alive = alive;
-    if (!alive) return;
-    d->n_sent = 0;
-    d->progress_sent = 0;
-    on_poll(a, d);
+    dsla_distiller_core_on_peer(d->core, peer, alive, dsla_clock_ms());
+}
+
+static dsla_status_t op_send(void *user, const char *dst, uint32_t type, uint64_t id,
+                             const void *body, size_t len) {
+    dsla_distiller_t *d = user;
+    return dsla_actor_send(d->self, dst, type, id, body, len);
 }
 
 static void on_start(dsla_actor_t *a, void *user) {
@@ -357,19 +302,23 @@ static dsla_status_t configure(dsla_distiller_t *d, const dsla_distiller_config_
     d->params = c->params;
     d->on_gpu = c->cuda != NULL;
     if (c->cuda) d->cuda = *c->cuda;
-    DSLA_TRY(dsla_reservoir_init(&d->reservoir,
-                                 c->reservoir_prompts > 0 ? c->reservoir_prompts
-                                                          : DSLA_DISTILLER_RESERVOIR_PROMPTS,
-                                 c->seq_len, c->params.seed));
+    d->reservoir_prompts =
+        c->reservoir_prompts > 0 ? c->reservoir_prompts : DSLA_DISTILLER_RESERVOIR_PROMPTS;
     d->seq_len = c->seq_len;
     d->max_sequences = c->max_sequences;
     d->eval_sequences = c->eval_sequences;
-    d->box.progress =
+    char first[DSLA_PROTO_MESSAGE_MAX + 1];
+    snprintf(first, sizeof first, "reading %.400s", c->model_dir);
+    d->slot.progress =
         (dsla_proto_distill_progress_t){.state = DSLA_PROTO_DISTILL_LOADING, .layer = -1};
-    snprintf(d->box.progress.message, sizeof d->box.progress.message, "reading %.400s",
-             c->model_dir);
-    d->box.progress_seq = 1;
-    return DSLA_OK;
+    snprintf(d->slot.progress.message, sizeof d->slot.progress.message, "%s", first);
+    const dsla_distiller_core_config_t cc = {.controller = CONTROLLER_PEER,
+                                             .reservoir_prompts = d->reservoir_prompts,
+                                             .seq_len = c->seq_len,
+                                             .seed = c->params.seed,
+                                             .first_message = first};
+    const dsla_distiller_core_ops_t ops = {.send = op_send, .user = d};
+    return dsla_distiller_core_create(&d->core, &cc, &ops);
 }
 
 dsla_status_t dsla_distiller_create(dsla_distiller_t **out, const dsla_distiller_config_t *c) {
@@ -415,12 +364,10 @@ void dsla_distiller_destroy(dsla_distiller_t **dp) {
     dsla_distiller_t *d = *dp;
     atomic_store(&d->stop, true);
     if (d->worker_started) pthread_join(d->worker, NULL);
-    dsla_actor_destroy(&d->actor);
-    for (int i = 0; i < d->box.n_ready; i++)
-        free(d->box.ready[i]);
+    dsla_actor_destroy(&d->actor); /* what the worker posted has run */
+    dsla_distiller_core_destroy(&d->core);
     for (int i = 0; i < d->n_data; i++)
         free(d->data[i]);
-    dsla_reservoir_free(&d->reservoir);
     pthread_mutex_destroy(&d->lock);
     free(d);
     *dp = NULL;

@@ -10,12 +10,16 @@
  * from the loop would need the engine to hand back control mid-layer (its capture and eval passes
  * are long too), and the loop must keep answering heartbeats. The worker loads its own copy of
  * the teacher (the engine installs DSLA layers into the model it trains, so it cannot share the
- * serving actor's) and the corpus, then runs; its callbacks only write a mutex-guarded outbox:
- * the latest progress, and for each finished version an announcement (path, size and xxh64 of
- * the whole file, the version's checksum, order, eval numbers) built on the worker, so that
- * hashing never runs on the loop. runtime/actor has no cross-thread wake-up, so the actor drains
- * the outbox from a timer every DSLA_DISTILLER_POLL_MS: one lock per tick, and an announcement
- * at most that late, next to layers that take seconds or more to train.
+ * serving actor's) and the corpus, then runs. Its callbacks hand the loop what it needs: each
+ * finished version's announcement (path, size and xxh64 of the whole file, the version's
+ * checksum, order, eval numbers), built on the worker so that hashing never runs on the loop, is
+ * posted to it (dsla_actor_post); the latest progress is overwritten in a mutex-guarded slot at
+ * every step, which the loop's timer takes every DSLA_DISTILLER_POLL_MS when it changed (one lock
+ * a tick, however fast the steps).
+ *
+ * The loop's side is a state machine, distiller_core.h (announcements, progress, the reservoir),
+ * which tests/unit/test_distiller_core.c drives in-process with a fake send, a virtual clock and
+ * the real distillation engine.
  *
  * The actor sends LAYER_READY for each version and DISTILL_PROGRESS when the progress changed, to
  * the controller while it answers heartbeats; when the controller comes (back) alive it announces
@@ -25,9 +29,10 @@
  *
  * Live traffic (DESIGN.md 5.4): serving actors send it PROMPT_SAMPLES, prompts they sampled. The
  * actor offers each to a bounded reservoir (runtime/distill/data.h: at most reservoir_prompts
- * prompts of at most seq_len tokens, seeded with params.seed), under the same lock as the outbox.
+ * prompts of at most seq_len tokens, seeded with params.seed) that the state machine owns.
  * Before the engine trains a layer it asks the worker (the engine's extend_train hook), which
- * packs everything the reservoir then holds into that layer's training pool, after the corpus;
+ * posts a request to the loop and waits while the loop packs everything the reservoir then holds
+ * into that layer's training pool, after the corpus (microseconds of copying);
  * layers already started keep their data, and held-out evaluation stays on the calibration
  * corpus so the numbers stay comparable. With no samples the layer versions are bit-identical to
  * offline `dsla distill`'s. The counts (received, held, used) travel in DISTILL_PROGRESS.

@@ -12,10 +12,12 @@
 #define DSLA_ACTORS_HTTP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "actors/http_auth.h"
 #include "runtime/core/status.h"
+#include "runtime/model/chat_template.h"
 #include "runtime/model/tokenizer.h"
 
 /* Generation requests one front end carries at once, waiting in a replica's queue or running (each
@@ -43,12 +45,19 @@ typedef struct {
     /* borrowed, for /tokenize and /detokenize (NULL: they answer 501); must outlive the front end
      */
     const dsla_tokenizer_t *tokenizer;
+    /* borrowed, the chat template chat requests render with (NULL: the plain one, actors/openai.h);
+     * must outlive the front end. A leading bos_token of a rendering is dropped when tokenizer is
+     * NULL or prepends BOS itself. */
+    const dsla_chat_template_t *chat_template;
     /* API keys every route but /health requires (`Authorization: Bearer KEY`; 401 otherwise);
      * borrowed, must outlive the front end. NULL: none required, which is refused for an address
      * beyond loopback unless allow_insecure. */
     const dsla_http_auth_t *auth;
     bool allow_insecure;
     uint32_t read_deadline_ms; /* 0: DSLA_HTTP_READ_DEADLINE_MS; tests use less */
+    /* Origins browsers may call from (http_cors.h; "*": any); none: CORS off. Borrowed. */
+    const char *const *cors_origins;
+    size_t n_cors_origins;
 } dsla_http_config_t;
 
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config);

@@ -19,6 +19,7 @@
 #include "actors/distiller.h"
 #include "actors/gateway.h"
 #include "actors/http_auth.h"
+#include "runtime/model/chat_template.h"
 #include "runtime/serve/engine.h"
 
 typedef struct dsla_node dsla_node_t;
@@ -27,6 +28,8 @@ typedef struct {
     /* model and backend NULL: no local serving actor (a gateway over remote replicas) */
     dsla_model_t *model; /* NULL with a backend: a model with no host copy (random weights) */
     const dsla_tokenizer_t *tokenizer;
+    /* borrowed: the chat template HTTP chat requests render with (NULL: the plain one) */
+    const dsla_chat_template_t *chat_template;
     dsla_engine_config_t engine;
     dsla_serve_backend_t *backend; /* the serving actor's backend (a GPU deployment); NULL: CPU */
     bool gpu_warmup;               /* dsla_serving_config_t.gpu_warmup */
@@ -39,8 +42,10 @@ typedef struct {
     /* Generation requests HTTP carries at once, queued or running; 0: the gateway's bound, which
      * is engine.max_queued + 2 * engine.max_running per replica (remote ones assumed alike). */
     uint32_t http_max_in_flight;
-    const dsla_http_auth_t *http_auth;  /* dsla_http_config_t.auth; borrowed */
-    bool http_allow_insecure;           /* dsla_http_config_t.allow_insecure */
+    const dsla_http_auth_t *http_auth;    /* dsla_http_config_t.auth; borrowed */
+    bool http_allow_insecure;             /* dsla_http_config_t.allow_insecure */
+    const char *const *http_cors_origins; /* dsla_http_config_t.cors_origins; borrowed */
+    size_t n_http_cors_origins;
     const dsla_http_auth_t *admin_auth; /* dsla_controller_config_t.admin_auth; borrowed */
     const char *model_name;             /* the model's id in the HTTP API */
     uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS, for every actor of the node */

@@ -242,12 +242,17 @@ static bool get_prompt(json_t *root, dsla_openai_request_t *r, dsla_openai_error
     return true;
 }
 
+/* Samples per prompt: best_of, else n. */
+static int samples(const dsla_openai_request_t *r) {
+    return r->best_of > r->n ? r->best_of : r->n > 0 ? r->n : 1;
+}
+
 int dsla_openai_request_choices(const dsla_openai_request_t *r) {
-    return (r->n_prompts > 0 ? r->n_prompts : 1) * (r->n > 0 ? r->n : 1);
+    return (r->n_prompts > 0 ? r->n_prompts : 1) * samples(r);
 }
 
 void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g) {
-    const int n = r->n > 0 ? r->n : 1;
+    const int n = samples(r);
     *g = r->generate;
     g->seed = r->generate.seed + (uint64_t)(i % n);
     if (!r->prompts) return;
@@ -306,21 +311,18 @@ static bool content_text(json_t *content, size_t i, char *out, size_t *len,
     return true;
 }
 
-/* The chat template of openai.h into r->prompt. */
-static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_error_t *err) {
-    static const char tail[] = "Assistant:";
-    json_t *v = field(root, "messages");
+/* messages: checked, each a {role, content} the plain template or a model's template can take. */
+static bool check_messages(json_t *v, dsla_openai_error_t *err) {
     if (!json_is_array(v) || json_array_size(v) == 0) {
         dsla_openai_error_set(err, 400, "messages",
                               "messages is required: a non-empty array of {role, content}");
         return false;
     }
-    size_t total = strlen(tail), i, len;
+    size_t i, len;
     json_t *m;
     json_array_foreach(v, i, m) {
         json_t *role = json_object_get(m, "role");
-        const char *label = json_is_string(role) ? role_label(json_string_value(role)) : NULL;
-        if (!label) {
+        if (!json_is_string(role) || !role_label(json_string_value(role))) {
             dsla_openai_error_set(err, 400, "messages",
                                   "messages[%zu].role must be \"system\", \"developer\", "
                                   "\"user\", \"assistant\" or \"tool\"",
@@ -333,7 +335,19 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
             return false;
         }
         if (!content_text(json_object_get(m, "content"), i, NULL, &len, err)) return false;
-        total += strlen(label) + strlen(": \n") + len;
+    }
+    return true;
+}
+
+/* The plain template of openai.h into r->prompt (messages checked). */
+static bool plain_template(json_t *v, dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    static const char tail[] = "Assistant:";
+    size_t total = strlen(tail), i, len;
+    json_t *m;
+    json_array_foreach(v, i, m) {
+        content_text(json_object_get(m, "content"), i, NULL, &len, err);
+        total += strlen(role_label(json_string_value(json_object_get(m, "role")))) +
+                 strlen(": \n") + len;
     }
     if (total > DSLA_PROTO_PROMPT_MAX) {
         dsla_openai_error_set(err, 400, "messages",
@@ -358,6 +372,95 @@ static bool get_messages(json_t *root, dsla_openai_request_t *r, dsla_openai_err
     r->generate.prompt = r->prompt;
     r->generate.prompt_len = n;
     return add_stop(r, DSLA_OPENAI_CHAT_STOP, strlen(DSLA_OPENAI_CHAT_STOP), err);
+}
+
+/* The messages as the model's template sees them: each message's fields, its content as one
+ * string (text parts joined), "developer" as "system". */
+static json_t *template_messages(json_t *v) {
+    json_t *out = json_array(), *m;
+    size_t i, len;
+    dsla_openai_error_t unused;
+    json_array_foreach(v, i, m) {
+        json_t *copy = json_copy(m);
+        content_text(json_object_get(m, "content"), i, NULL, &len, &unused);
+        char *text = malloc(len + 1);
+        if (text) content_text(json_object_get(m, "content"), i, text, &len, &unused);
+        json_t *content = text ? json_stringn(text, len) : NULL;
+        free(text);
+        if (!out || !copy || !content || json_object_set_new(copy, "content", content) != 0 ||
+            (strcmp(json_string_value(json_object_get(m, "role")), "developer") == 0 &&
+             json_object_set_new(copy, "role", json_string("system")) != 0) ||
+            json_array_append_new(out, copy) != 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* The model's chat template into r->prompt (messages checked). */
+static bool model_template(json_t *v, json_t *kwargs, bool add_generation_prompt,
+                           const dsla_openai_chat_template_t *chat, dsla_openai_request_t *r,
+                           dsla_openai_error_t *err) {
+    json_t *vars = kwargs ? json_copy(kwargs) : json_object(), *messages = template_messages(v);
+    if (!vars || !messages || json_object_set_new(vars, "messages", messages) != 0 ||
+        json_object_set_new(vars, "add_generation_prompt", json_boolean(add_generation_prompt))) {
+        json_decref(vars);
+        dsla_openai_error_from_status(r->kind, dsla_error_oom("chat template variables"), err);
+        return false;
+    }
+    size_t len;
+    dsla_status_t st =
+        dsla_chat_template_render(chat->tmpl, vars, DSLA_PROTO_PROMPT_MAX, &r->prompt, &len);
+    json_decref(vars);
+    if (st != DSLA_OK) {
+        if (st == DSLA_ERR_INVALID_ARGUMENT) /* the template's own message, or a limit */
+            dsla_openai_error_set(err, 400, "messages", "%s", dsla_last_error());
+        else
+            dsla_openai_error_from_status(r->kind, st, err);
+        return false;
+    }
+    /* transformers tokenizes the rendering without special tokens; the engine adds BOS */
+    const char *bos = dsla_chat_template_bos_token(chat->tmpl);
+    size_t skip = chat->engine_adds_bos && bos && *bos && strncmp(r->prompt, bos, strlen(bos)) == 0
+                      ? strlen(bos)
+                      : 0;
+    r->generate.prompt = r->prompt + skip;
+    r->generate.prompt_len = len - skip;
+    return true;
+}
+
+static bool get_messages(json_t *root, const dsla_openai_chat_template_t *chat,
+                         dsla_openai_request_t *r, dsla_openai_error_t *err) {
+    json_t *v = field(root, "messages");
+    bool add_generation_prompt = true;
+    json_t *kwargs = field(root, "chat_template_kwargs");
+    if (!check_messages(v, err) ||
+        !get_bool(root, "add_generation_prompt", &add_generation_prompt, err))
+        return false;
+    if (kwargs && (!json_is_object(kwargs) || json_object_get(kwargs, "messages"))) {
+        dsla_openai_error_set(err, 400, "chat_template_kwargs",
+                              "chat_template_kwargs must be an object of the template's variables "
+                              "(other than messages)");
+        return false;
+    }
+    if (chat && chat->tmpl) return model_template(v, kwargs, add_generation_prompt, chat, r, err);
+    if (kwargs && json_object_size(kwargs) > 0) {
+        dsla_openai_error_set(err, 400, "chat_template_kwargs",
+                              "chat_template_kwargs needs the model's chat template "
+                              "(tokenizer_config.json's chat_template or dsla-serve "
+                              "--chat-template FILE)");
+        return false;
+    }
+    if (!add_generation_prompt) {
+        dsla_openai_error_set(err, 400, "add_generation_prompt",
+                              "add_generation_prompt false needs the model's chat template "
+                              "(tokenizer_config.json's chat_template or dsla-serve "
+                              "--chat-template FILE); the plain template always ends with "
+                              "\"Assistant:\"");
+        return false;
+    }
+    return plain_template(v, r, err);
 }
 
 /* logprobs: an integer of alternatives (completions), or true with top_logprobs (chat). */
@@ -466,17 +569,34 @@ static bool get_stream_options(json_t *root, dsla_openai_request_t *r, dsla_open
     return true;
 }
 
-/* best_of: only n itself (each choice is one sample; ranking beyond n is not served). */
-static bool get_best_of(json_t *root, long long n, dsla_openai_error_t *err) {
+/* best_of (completions): samples per prompt, of which the n of highest cumulative logprob are
+ * returned; at least n, and not with stream (the best are known only at the end), as in vLLM and
+ * OpenAI. Chat has no best_of: only n itself. */
+static bool get_best_of(dsla_openai_kind_t kind, json_t *root, dsla_openai_request_t *r,
+                        long long n, dsla_openai_error_t *err) {
     long long best_of = n;
     if (!get_integer(root, "best_of", 1, DSLA_OPENAI_N_MAX, &best_of, err)) return false;
-    if (best_of != n) {
+    if (best_of != n && kind == DSLA_OPENAI_CHAT) {
         dsla_openai_error_set(err, 400, "best_of",
-                              "best_of is %lld and n is %lld; only best_of equal to n is served "
-                              "(no ranking of extra samples)",
+                              "best_of is %lld and n is %lld; chat takes only best_of equal to n "
+                              "(best_of is a completions field)",
                               best_of, n);
         return false;
     }
+    if (best_of < n) {
+        dsla_openai_error_set(err, 400, "best_of",
+                              "best_of is %lld and n is %lld; best_of must be at least n", best_of,
+                              n);
+        return false;
+    }
+    if (best_of > n && r->stream) {
+        dsla_openai_error_set(err, 400, "best_of",
+                              "best_of %lld above n %lld is not served with stream (the best are "
+                              "known only when every sample has ended)",
+                              best_of, n);
+        return false;
+    }
+    r->best_of = (int)best_of;
     return true;
 }
 
@@ -525,7 +645,8 @@ static bool refuse_unserved(json_t *root, dsla_openai_error_t *err) {
 }
 
 static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *model,
-                         dsla_openai_request_t *r, dsla_openai_error_t *err) {
+                         const dsla_openai_chat_template_t *chat, dsla_openai_request_t *r,
+                         dsla_openai_error_t *err) {
     json_t *m = field(root, "model");
     if (m && !json_is_string(m)) {
         dsla_openai_error_set(err, 400, "model", "model must be a string");
@@ -558,15 +679,17 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         !get_sampling(root, r, err) || !get_stream_options(root, r, err) ||
         !refuse_unserved(root, err))
         return false;
-    if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
+    if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, chat, r, err) : !get_prompt(root, r, err))
         return false;
-    if (!get_best_of(root, n, err)) return false;
+    if (!get_best_of(kind, root, r, n, err)) return false;
     r->n = (int)n;
     if (r->prompts) {
-        if (r->n_prompts * r->n > DSLA_OPENAI_CHOICES_MAX) {
-            dsla_openai_error_set(err, 400, "n",
-                                  "%d prompts times n %d make %d choices; the limit is %d",
-                                  r->n_prompts, r->n, r->n_prompts * r->n, DSLA_OPENAI_CHOICES_MAX);
+        if (r->n_prompts * r->best_of > DSLA_OPENAI_CHOICES_MAX) {
+            const bool by_n = r->best_of == r->n;
+            dsla_openai_error_set(err, 400, by_n ? "n" : "best_of",
+                                  "%d prompts times %s %d make %d samples; the limit is %d",
+                                  r->n_prompts, by_n ? "n" : "best_of", r->best_of,
+                                  r->n_prompts * r->best_of, DSLA_OPENAI_CHOICES_MAX);
             return false;
         }
         for (int i = 0; r->echo && i < r->n_prompts; i++)
@@ -590,6 +713,13 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
 bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t len,
                                const char *model, uint64_t seed, dsla_openai_request_t *out,
                                dsla_openai_error_t *err) {
+    return dsla_openai_request_parse_chat(kind, body, len, model, seed, NULL, out, err);
+}
+
+bool dsla_openai_request_parse_chat(dsla_openai_kind_t kind, const char *body, size_t len,
+                                    const char *model, uint64_t seed,
+                                    const dsla_openai_chat_template_t *chat,
+                                    dsla_openai_request_t *out, dsla_openai_error_t *err) {
     memset(out, 0, sizeof *out);
     memset(err, 0, sizeof *err);
     out->kind = kind;
@@ -604,7 +734,7 @@ bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t
     else if (!json_is_object(root))
         dsla_openai_error_set(err, 400, NULL, "the request body must be a JSON object");
     else
-        ok = parse_fields(kind, root, model, out, err);
+        ok = parse_fields(kind, root, model, chat, out, err);
     json_decref(root);
     if (!ok) dsla_openai_request_free(out);
     return ok;
@@ -796,18 +926,20 @@ static json_t *usage_json(const dsla_openai_end_t *end) {
                      (json_int_t)end->prompt_tokens + (json_int_t)end->completion_tokens);
 }
 
-/* choices[0]: the text (completion), the message (chat answer) or the delta (chat chunk). */
-static json_t *choice_json(dsla_openai_kind_t kind, bool chunk, bool first, const char *text,
-                           size_t len, const dsla_openai_logprobs_t *lp, const char *finish) {
+/* One entry of choices: the text (completion), the message (chat answer) or the delta (chat
+ * chunk), under its index. */
+static json_t *choice_json(dsla_openai_kind_t kind, int index, bool chunk, bool first,
+                           const char *text, size_t len, const dsla_openai_logprobs_t *lp,
+                           const char *finish) {
     json_t *t = utf8_string(text, text ? len : 0);
     json_t *f = finish ? json_string(finish) : json_null();
     json_t *l = lp ? json_deep_copy(lp->root) : json_null();
     if (kind == DSLA_OPENAI_COMPLETION)
-        return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", t, "logprobs", l,
+        return json_pack("{s:i, s:o, s:o, s:o}", "index", index, "text", t, "logprobs", l,
                          "finish_reason", f);
     json_t *content = chunk && !first ? json_pack("{s:o}", "content", t)
                                       : json_pack("{s:s, s:o}", "role", "assistant", "content", t);
-    return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, chunk ? "delta" : "message", content,
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", index, chunk ? "delta" : "message", content,
                      "logprobs", l, "finish_reason", f);
 }
 
@@ -819,9 +951,12 @@ static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, c
     json_t *root =
         json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", meta->id, "object", object, "created",
                   (json_int_t)meta->created, "model", meta->model ? meta->model : "", "choices",
-                  choice_json(meta->kind, chunk, first, text, len, lp, end ? end->finish : NULL));
+                  choice_json(meta->kind, meta->index, chunk, first, text, len, lp,
+                              end ? end->finish : NULL));
     if (root && end && !(chunk && meta->include_usage))
         json_object_set_new(root, "usage", usage_json(end));
+    if (root && end && end->fingerprint && end->fingerprint[0])
+        json_object_set_new(root, "system_fingerprint", json_string(end->fingerprint));
     char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     return out;
@@ -833,13 +968,12 @@ char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text
 }
 
 char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
-                                  int n) {
+                                  int n, const dsla_openai_end_t *usage) {
     json_t *choices = json_array();
     dsla_openai_end_t total = {0};
     for (int i = 0; choices && i < n; i++) {
         json_t *one =
-            choice_json(meta->kind, false, true, c[i].text, c[i].len, c[i].lp, c[i].end.finish);
-        if (one) json_object_set_new(one, "index", json_integer(i));
+            choice_json(meta->kind, i, false, true, c[i].text, c[i].len, c[i].lp, c[i].end.finish);
         if (json_array_append_new(choices, one) != 0) {
             json_decref(choices);
             choices = NULL;
@@ -851,7 +985,12 @@ char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_ope
         json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", meta->id, "object",
                   meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion" : "chat.completion",
                   "created", (json_int_t)meta->created, "model", meta->model ? meta->model : "",
-                  "choices", choices, "usage", usage_json(&total));
+                  "choices", choices, "usage", usage_json(usage ? usage : &total));
+    /* one fingerprint when every choice came from the same replica and plan, else none */
+    const char *fp = n > 0 ? c[0].end.fingerprint : NULL;
+    for (int i = 1; fp && i < n; i++)
+        if (!c[i].end.fingerprint || strcmp(c[i].end.fingerprint, fp) != 0) fp = NULL;
+    if (root && fp && fp[0]) json_object_set_new(root, "system_fingerprint", json_string(fp));
     char *out = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     return out;

@@ -3,13 +3,16 @@
  *
  * A request body is parsed and checked field by field: a refusal names the field, the limit and
  * the value in OpenAI's error shape ({"error": {message, type, param, code}}). Chat messages become
- * one prompt through a plain-text template (the tiny models have no chat template of their own):
+ * one prompt through the model's own chat template when it has one (runtime/model/chat_template.h:
+ * tokenizer_config.json's, or dsla-serve --chat-template FILE), else through a plain-text template
+ * (the tiny models have no chat template of their own):
  *
  *     System: <content>\n   User: <content>\n   Assistant: <content>\n   ...   Assistant:
  *
- * with "\nUser:" added to the stop strings so that the model's answer ends before it speaks for
- * the user. This module only transforms bytes: no sockets, no threads, no engine; the text it
- * formats is whatever the serving actor streamed (the tokenizer lives there). */
+ * with "\nUser:" added to the stop strings (the plain template only) so that the model's answer
+ * ends before it speaks for the user. This module only transforms bytes: no sockets, no threads, no
+ * engine; the text it formats is whatever the serving actor streamed (the tokenizer lives there).
+ */
 #ifndef DSLA_ACTORS_OPENAI_H
 #define DSLA_ACTORS_OPENAI_H
 
@@ -18,6 +21,7 @@
 #include <stdint.h>
 
 #include "proto/proto.h"
+#include "runtime/model/chat_template.h"
 
 /* OpenAI's defaults where it has one (completions: 16 tokens); a chat answer gets more room. */
 #define DSLA_OPENAI_MAX_TOKENS_DEFAULT 16
@@ -61,16 +65,19 @@ typedef struct {
     char *stop[DSLA_PROTO_STOP_MAX];
     dsla_proto_generate_t generate; /* borrows prompt and stop: choice 0's */
     int n;                          /* choices per prompt */
-    int n_prompts;                  /* completions: prompts (an array of them), else 1 */
-    dsla_openai_prompt_t *prompts;  /* [n_prompts] when the prompt was an array or token ids */
-    int32_t *bias_ids;              /* logit_bias, borrowed by generate */
+    int best_of;   /* samples per prompt (>= n; completions): the n of highest cumulative logprob
+                      are the choices */
+    int n_prompts; /* completions: prompts (an array of them), else 1 */
+    dsla_openai_prompt_t *prompts; /* [n_prompts] when the prompt was an array or token ids */
+    int32_t *bias_ids;             /* logit_bias, borrowed by generate */
     float *bias_values;
 } dsla_openai_request_t;
 
-/* Choices the request asks for: n_prompts times n, index i = prompt (i / n), sample (i % n). */
+/* Engine requests the request makes: n_prompts times best_of (n unless best_of is larger),
+ * index i = prompt (i / best_of), sample (i % best_of). */
 int dsla_openai_request_choices(const dsla_openai_request_t *r);
-/* The GENERATE of choice i (borrowing from r): its prompt, and the seed plus its sample number,
- * so that the n samples of one prompt differ and a seed repeats them all. */
+/* The GENERATE of engine request i (borrowing from r): its prompt, and the seed plus its sample
+ * number, so that the samples of one prompt differ and a seed repeats them all. */
 void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g);
 
 /* Parses a request body of the given kind. model is the served model's id: a request naming
@@ -80,6 +87,23 @@ bool dsla_openai_request_parse(dsla_openai_kind_t kind, const char *body, size_t
                                const char *model, uint64_t seed, dsla_openai_request_t *out,
                                dsla_openai_error_t *err);
 void dsla_openai_request_free(dsla_openai_request_t *r);
+
+/* How chat messages become a prompt: the model's template (tmpl NULL: the plain template above),
+ * rendered with the messages (content parts joined into one string, "developer" as "system") and
+ * add_generation_prompt (the request's, default true). engine_adds_bos: the replicas' tokenizer
+ * prepends BOS itself, so a rendering that starts with the template's bos_token is sent without
+ * it (transformers tokenizes the rendering without adding special tokens: the same ids). A
+ * template's raise_exception is a 400 on "messages" carrying its message. */
+typedef struct {
+    const dsla_chat_template_t *tmpl;
+    bool engine_adds_bos;
+} dsla_openai_chat_template_t;
+
+/* dsla_openai_request_parse with chat requests rendered through chat (NULL: the plain template). */
+bool dsla_openai_request_parse_chat(dsla_openai_kind_t kind, const char *body, size_t len,
+                                    const char *model, uint64_t seed,
+                                    const dsla_openai_chat_template_t *chat,
+                                    dsla_openai_request_t *out, dsla_openai_error_t *err);
 
 /* err for a request that ended with a status or a wire code (the same numbers, runtime/core/
  * status.h): INVALID_ARGUMENT 400 (param guessed from the field the message names),
@@ -106,11 +130,15 @@ typedef struct {
     /* stream_options.include_usage: the last chunk has no usage; dsla_openai_usage_chunk follows
      * it (else usage rides on the last chunk, an extension) */
     bool include_usage;
+    int index; /* the choice a chunk or a single answer belongs to (choices[0].index) */
 } dsla_openai_meta_t;
 
 typedef struct {
     const char *finish; /* "stop", "length"; NULL in chunks before the last */
     uint32_t prompt_tokens, completion_tokens;
+    /* "system_fingerprint": the replica and the plan that computed the answer ("serving0:plan-7",
+     * docs/http.md); NULL or "": none is given */
+    const char *fingerprint;
 } dsla_openai_end_t;
 
 /* The logprobs of a choice, gathered token by token from the TOKENs that carry them: OpenAI's
@@ -132,7 +160,8 @@ char *dsla_openai_error_body(const dsla_openai_error_t *err);
 char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
                                 const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end);
 /* The same with several choices (choices[i].index is i); usage is the sum of theirs, the prompt
- * tokens counted once per engine request as vLLM counts them. */
+ * tokens counted once per engine request as vLLM counts them, unless usage (not NULL) says
+ * otherwise (best_of: every sample counts, shown or not). */
 typedef struct {
     const char *text;
     size_t len;
@@ -140,7 +169,7 @@ typedef struct {
     dsla_openai_end_t end;
 } dsla_openai_choice_t;
 char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
-                                  int n);
+                                  int n, const dsla_openai_end_t *usage);
 /* One server-sent event "data: {...}\n\n" with a piece of text and its tokens' logprobs (lp NULL:
  * null); first marks the chat's first chunk (it carries the role), end the last (finish_reason and
  * usage). */

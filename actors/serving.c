@@ -32,6 +32,8 @@ struct dsla_serving {
     uint64_t next_adoption;
     dsla_actor_timer_t *report_timer, *sample_timer, *fetch_timer;
     dsla_log_limit_t error_log, refused_log;
+    void (*write_hook)(void *user);
+    void *write_hook_user;
 };
 
 /* ---- what the state machines are given ---- */
@@ -74,6 +76,25 @@ static void load_done(dsla_actor_t *a, void *user, bool cancelled) {
 static dsla_status_t op_load(void *user, dsla_serving_load_t *job) {
     dsla_serving_t *s = user;
     return dsla_actor_work(s->self, load_work, load_done, job);
+}
+
+/* Fetched chunks: written, and the last one synced, verified and renamed, on a worker. */
+static void write_work(void *user) {
+    dsla_serving_write_t *job = user;
+    if (job->hook) job->hook(job->hook_user);
+    dsla_serving_write_run(job);
+}
+
+static void write_done(dsla_actor_t *a, void *user, bool cancelled) {
+    dsla_serving_t *s = dsla_actor_user(a);
+    dsla_serving_plans_written(s->plans, user, cancelled, dsla_clock_ms());
+}
+
+static dsla_status_t op_write(void *user, dsla_serving_write_t *job) {
+    dsla_serving_t *s = user;
+    job->hook = s->write_hook;
+    job->hook_user = s->write_hook_user;
+    return dsla_actor_work(s->self, write_work, write_done, job);
 }
 
 static dsla_status_t op_adopt(void *user, dsla_plan_t **plan) {
@@ -182,6 +203,19 @@ static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
     if (!alive) dsla_serving_core_on_peer_gone(s->core, peer);
 }
 
+/* Anyone may ask (the load is no secret, and a gateway polls it for /metrics). */
+static void on_status(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_serving_t *s = user;
+    dsla_proto_buf_t body = {0};
+    dsla_status_t st = dsla_serving_core_on_status(s->core, &body);
+    if (st == DSLA_OK)
+        st = dsla_actor_reply(a, msg, DSLA_MSG_LOAD_REPORT, body.data, body.len);
+    else
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
+    if (st != DSLA_OK) dsla_log_info("serving: no LOAD_REPORT for a STATUS: %s", dsla_last_error());
+    dsla_proto_buf_free(&body);
+}
+
 static void on_report(dsla_actor_t *a, void *user) {
     (void)a;
     dsla_serving_t *s = user;
@@ -255,6 +289,8 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
     s->report_ms = config->report_ms ? config->report_ms : DSLA_SERVING_REPORT_MS;
     if (config->controller) snprintf(s->controller, sizeof s->controller, "%s", config->controller);
     s->fetching = config->layer_cache != NULL;
+    s->write_hook = config->fetch_write_hook;
+    s->write_hook_user = config->fetch_write_hook_user;
     const dsla_serving_plans_config_t pc = {
         .mcfg = mcfg,
         .layer_cache = config->layer_cache,
@@ -264,7 +300,7 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
         .plan_id = plan_id,
     };
     const dsla_serving_plan_ops_t po = {
-        .send = op_send, .load = op_load, .adopt = op_adopt, .user = s};
+        .send = op_send, .load = op_load, .write = op_write, .adopt = op_adopt, .user = s};
     DSLA_TRY(dsla_serving_plans_create(&s->plans, &pc, &po));
 
     if (config->distiller) {
@@ -281,6 +317,7 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
     }
     const dsla_serving_core_config_t cc = {
         .num_layers = (uint32_t)mcfg->num_layers,
+        .name = config->name ? config->name : "serving",
         .controller = config->controller ? "controller" : NULL,
         .plans = s->plans,
         .tokenizer = config->tokenizer,
@@ -295,11 +332,10 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
                                         .user = s};
     DSLA_TRY(dsla_serving_core_create(&s->core, &cc, &co));
 
-    static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_GENERATE, on_generate},
-                                                    {DSLA_MSG_CANCEL, on_cancel},
-                                                    {DSLA_MSG_SET_PLAN, on_set_plan},
-                                                    {DSLA_MSG_LAYER_CHUNK, on_layer_chunk},
-                                                    {DSLA_MSG_ERROR, on_error}};
+    static const dsla_actor_handler_t handlers[] = {
+        {DSLA_MSG_GENERATE, on_generate}, {DSLA_MSG_CANCEL, on_cancel},
+        {DSLA_MSG_SET_PLAN, on_set_plan}, {DSLA_MSG_LAYER_CHUNK, on_layer_chunk},
+        {DSLA_MSG_ERROR, on_error},       {DSLA_MSG_STATUS, on_status}};
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "serving",
         .ctx = config->ctx,

@@ -10,8 +10,9 @@
  *   as one batch (dsla_actor_post); it publishes a metrics snapshot that LOAD_REPORTs read. With
  *   a GPU backend it binds the device it was deployed on and alone runs (and captures) the
  *   model's kernels and graphs.
- * - libuv's worker pool (dsla_actor_work) loads and verifies the layer versions of a SET_PLAN; the
- *   engine adopts the loaded plan at its next step boundary.
+ * - libuv's worker pool (dsla_actor_work) checks the layer cache, writes each fetched chunk (and
+ *   fsyncs, verifies and renames the finished file), and loads and verifies the layer versions of
+ *   a SET_PLAN; the engine adopts the loaded plan at its next step boundary.
  * Heartbeats and load reports therefore keep their interval however long a step takes.
  *
  * Requests: events go to the client's routing id; a client that cannot be reached any more (gone,
@@ -27,7 +28,8 @@
  * With a layer cache (config.layer_cache), the files come from the cache instead of the
  * SET_PLAN's paths: a version the cache lacks is fetched from the SET_PLAN's sender with
  * LAYER_FETCH, one chunk in flight (GENERATE and heartbeats go on meanwhile), written, fsync'd,
- * checked against the announced xxh64 and renamed (transfer.h); then the plan is loaded as above.
+ * checked against the announced xxh64 and renamed on a worker, one write at a time in order
+ * (serving_plan.h, transfer.h); then the plan is loaded as above.
  * A timeout, a bad chunk, a checksum mismatch or the sender's ERROR is a PLAN_NACK; a newer
  * SET_PLAN supersedes an unfinished fetch (NACK CANCELLED).
  *
@@ -70,6 +72,9 @@ typedef struct {
     const char *layer_cache;
     uint32_t fetch_chunk;      /* bytes per LAYER_FETCH; 0: DSLA_PROTO_CHUNK_MAX */
     uint32_t fetch_timeout_ms; /* for each LAYER_CHUNK; 0: DSLA_SERVING_FETCH_TIMEOUT_MS */
+    /* Tests: runs on the worker before each fetched chunk is written (a slow disk). */
+    void (*fetch_write_hook)(void *user);
+    void *fetch_write_hook_user;
     /* Prompt sampling (above): the distiller's mailbox (NULL: no prompt leaves the actor), 1 in
      * how many prompts (0: DSLA_SERVING_SAMPLE_EVERY), the seed, and the rate cap in tokens per
      * second (0: DSLA_SERVING_SAMPLE_TOKENS_PER_S). */

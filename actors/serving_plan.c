@@ -21,9 +21,13 @@ typedef struct {
     uint32_t next;                      /* the entry of plan.layers being fetched */
     bool cached[DSLA_PROTO_LAYERS_MAX]; /* the probe's answer: entries not to fetch */
     dsla_transfer_t *xfer;
-    uint64_t fetch_id; /* the LAYER_FETCH in flight; other LAYER_CHUNKs and ERRORs are stale */
+    uint64_t fetch_id; /* the last LAYER_FETCH; other LAYER_CHUNKs and ERRORs are stale */
+    bool awaiting;     /* its chunk has not come yet: the deadline runs */
     uint64_t deadline_ms;
-    uint32_t n_dsla; /* what the loaded plan runs, for the ACK */
+    bool received_all;             /* the file's last chunk accepted: no LAYER_FETCH more */
+    dsla_serving_write_t *writing; /* the write job out on a worker */
+    dsla_serving_write_t *queued;  /* the chunk accepted after it, waiting */
+    uint32_t n_dsla;               /* what the loaded plan runs, for the ACK */
     dsla_proto_dsla_layer_t dsla[DSLA_PROTO_LAYERS_MAX];
 } change_t;
 
@@ -102,10 +106,30 @@ void dsla_serving_load_free(dsla_serving_load_t **job) {
     *job = NULL;
 }
 
+void dsla_serving_write_run(dsla_serving_write_t *job) {
+    job->status = dsla_transfer_write(job->xfer, job->bytes, job->len, &job->done);
+    if (job->status != DSLA_OK)
+        snprintf(job->message, sizeof job->message, "%s", dsla_last_error());
+}
+
+void dsla_serving_write_free(dsla_serving_write_t **job) {
+    if (!job || !*job) return;
+    if ((*job)->orphaned) dsla_transfer_destroy(&(*job)->xfer);
+    free((*job)->bytes);
+    free(*job);
+    *job = NULL;
+}
+
 /* ---- the state machine (the actor's thread) ---- */
 
 static void change_free(change_t **c) {
     if (!*c) return;
+    dsla_serving_write_free(&(*c)->queued);
+    if ((*c)->writing) { /* the worker still writes into the transfer: the job takes it */
+        (*c)->writing->orphaned = true;
+        (*c)->writing = NULL;
+        (*c)->xfer = NULL;
+    }
     dsla_transfer_destroy(&(*c)->xfer);
     dsla_proto_set_plan_free(&(*c)->plan);
     free(*c);
@@ -211,6 +235,7 @@ static dsla_status_t request_chunk(dsla_serving_plans_t *p, uint64_t now_ms) {
     dsla_status_t st =
         p->ops.send(p->ops.user, c->from, DSLA_MSG_LAYER_FETCH, c->fetch_id, body.data, body.len);
     dsla_proto_buf_free(&body);
+    c->awaiting = true;
     c->deadline_ms = now_ms + p->config.fetch_timeout_ms;
     return st;
 }
@@ -221,6 +246,7 @@ static void advance(dsla_serving_plans_t *p, uint64_t now_ms) {
     for (; c->next < c->plan.n_layers; c->next++) {
         const dsla_proto_plan_layer_t *l = &c->plan.layers[c->next];
         if (c->cached[c->next]) continue; /* fetched before: not again */
+        c->received_all = false;
         dsla_status_t st = dsla_transfer_begin(&c->xfer, l->path, l, p->config.fetch_chunk);
         if (st == DSLA_OK) st = request_chunk(p, now_ms);
         if (st != DSLA_OK) fail(p, st, now_ms);
@@ -306,32 +332,90 @@ dsla_status_t dsla_serving_plans_on_set_plan(dsla_serving_plans_t *p, const char
     return DSLA_OK;
 }
 
+/* The accepted chunk's bytes as a write job: to the worker when none is out, else queued. */
+static dsla_status_t write_chunk(dsla_serving_plans_t *p, const dsla_proto_layer_chunk_t *chunk) {
+    change_t *c = p->cur;
+    dsla_serving_write_t *job = calloc(1, sizeof *job);
+    if (!job) return dsla_error_oom("serving: layer transfer");
+    job->xfer = c->xfer;
+    job->len = chunk->len;
+    job->bytes = malloc(chunk->len ? chunk->len : 1);
+    if (!job->bytes) {
+        free(job);
+        return dsla_error_oom("serving: layer transfer");
+    }
+    memcpy(job->bytes, chunk->bytes, chunk->len);
+    if (c->writing) { /* at most one waits: the next LAYER_FETCH waits for the disk */
+        c->queued = job;
+        return DSLA_OK;
+    }
+    dsla_status_t st = p->ops.write(p->ops.user, job);
+    if (st != DSLA_OK) {
+        dsla_serving_write_free(&job);
+        return st;
+    }
+    c->writing = job;
+    return DSLA_OK;
+}
+
 void dsla_serving_plans_on_chunk(dsla_serving_plans_t *p, const char *from, uint64_t id,
                                  const void *body, size_t len, uint64_t now_ms) {
     change_t *c = p->cur;
-    if (!c || c->stage != STAGE_FETCH || id != c->fetch_id || strcmp(from, c->from) != 0) {
+    if (!c || c->stage != STAGE_FETCH || !c->awaiting || id != c->fetch_id ||
+        strcmp(from, c->from) != 0) {
         dsla_log_debug("serving: a stale LAYER_CHUNK from '%s' (id %" PRIu64 ")", from, id);
         return;
     }
     dsla_proto_layer_chunk_t chunk;
-    bool done = false;
     dsla_status_t st = dsla_proto_layer_chunk_decode(body, len, &chunk);
-    if (st == DSLA_OK) st = dsla_transfer_take(c->xfer, &chunk, &done);
-    if (st == DSLA_OK && !done) st = request_chunk(p, now_ms);
-    if (st != DSLA_OK) {
-        fail(p, st, now_ms);
+    if (st == DSLA_OK) st = dsla_transfer_accept(c->xfer, &chunk, &c->received_all);
+    if (st == DSLA_OK) {
+        c->awaiting = false;
+        st = write_chunk(p, &chunk);
+    }
+    if (st == DSLA_OK && !c->received_all && !c->queued) st = request_chunk(p, now_ms);
+    if (st != DSLA_OK) fail(p, st, now_ms);
+}
+
+void dsla_serving_plans_written(dsla_serving_plans_t *p, dsla_serving_write_t *job, bool cancelled,
+                                uint64_t now_ms) {
+    if (job->orphaned || cancelled) { /* its change is gone, or the shell is stopping */
+        if (!job->orphaned && p->cur && p->cur->writing == job) p->cur->writing = NULL;
+        dsla_serving_write_free(&job);
         return;
     }
-    if (!done) return;
-    dsla_transfer_destroy(&c->xfer);
-    c->next++;
-    advance(p, now_ms);
+    change_t *c = p->cur;
+    c->writing = NULL; /* not orphaned: the current change's */
+    const bool done = job->done;
+    if (job->status != DSLA_OK) {
+        finish(p, job->status, dsla_proto_code_from_status(job->status), job->message, now_ms);
+        dsla_serving_write_free(&job);
+        return;
+    }
+    dsla_serving_write_free(&job);
+    if (done) {
+        dsla_transfer_destroy(&c->xfer);
+        c->next++;
+        advance(p, now_ms);
+        return;
+    }
+    if (!c->queued) return; /* the next chunk is on its way */
+    dsla_serving_write_t *next = c->queued;
+    c->queued = NULL;
+    dsla_status_t st = p->ops.write(p->ops.user, next);
+    if (st != DSLA_OK)
+        dsla_serving_write_free(&next);
+    else
+        c->writing = next;
+    if (st == DSLA_OK && !c->received_all) st = request_chunk(p, now_ms);
+    if (st != DSLA_OK) fail(p, st, now_ms);
 }
 
 bool dsla_serving_plans_on_error(dsla_serving_plans_t *p, const char *from, uint64_t id,
                                  const dsla_proto_error_t *err, uint64_t now_ms) {
     change_t *c = p->cur;
-    if (!c || c->stage != STAGE_FETCH || id != c->fetch_id || strcmp(from, c->from) != 0)
+    if (!c || c->stage != STAGE_FETCH || !c->awaiting || id != c->fetch_id ||
+        strcmp(from, c->from) != 0)
         return false;
     const dsla_proto_plan_layer_t *l = &c->plan.layers[c->next];
     dsla_error(DSLA_ERR_IO, "layer transfer of layer %d refused by %s: %s", l->layer, from,
@@ -342,7 +426,7 @@ bool dsla_serving_plans_on_error(dsla_serving_plans_t *p, const char *from, uint
 
 void dsla_serving_plans_on_tick(dsla_serving_plans_t *p, uint64_t now_ms) {
     change_t *c = p->cur;
-    if (!c || c->stage != STAGE_FETCH || now_ms < c->deadline_ms) return;
+    if (!c || c->stage != STAGE_FETCH || !c->awaiting || now_ms < c->deadline_ms) return;
     const dsla_proto_plan_layer_t *l = &c->plan.layers[c->next];
     dsla_error(DSLA_ERR_IO, "layer transfer: no LAYER_CHUNK of layer %d from %s within %u ms",
                l->layer, c->from, p->config.fetch_timeout_ms);

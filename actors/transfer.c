@@ -2,9 +2,11 @@
  * (transfer.h). */
 #include "actors/transfer.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,10 +20,11 @@
 struct dsla_transfer {
     dsla_proto_plan_layer_t layer; /* path not kept */
     char path[DSLA_PROTO_PATH_MAX + 1];
-    char part[DSLA_PROTO_PATH_MAX + 8];
-    int fd;
-    uint64_t offset;
+    char part[DSLA_PROTO_PATH_MAX + 32];
     uint32_t chunk;
+    uint64_t received; /* the loop's: bytes accepted, the next LAYER_FETCH's offset */
+    int fd;            /* the worker's, from here on */
+    uint64_t written;
     bool done;
     XXH64_state_t hash;
 };
@@ -40,6 +43,15 @@ dsla_status_t dsla_transfer_cache_init(const char *dir) {
         *p = c;
         if (!c) break;
     }
+    DIR *d = opendir(dir); /* what a crash left mid-fetch: never resumed, so removed */
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "layer-", 6) == 0 && n > 5 &&
+            strcmp(e->d_name + n - 5, ".part") == 0 &&
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path)
+            unlink(path);
+    }
+    if (d) closedir(d);
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || access(dir, W_OK) != 0)
         return dsla_error(DSLA_ERR_IO, "layer cache: %s is not a writable directory", dir);
@@ -83,7 +95,9 @@ dsla_status_t dsla_transfer_begin(dsla_transfer_t **out, const char *path,
     t->layer.path = NULL;
     t->chunk = chunk;
     snprintf(t->path, sizeof t->path, "%s", path);
-    snprintf(t->part, sizeof t->part, "%s.part", path);
+    /* a name of its own: a superseded fetch of the same version may still be writing its own */
+    static atomic_uint next_part;
+    snprintf(t->part, sizeof t->part, "%s.%u.part", path, atomic_fetch_add(&next_part, 1));
     XXH64_reset(&t->hash, 0);
     t->fd = open(t->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (t->fd < 0) {
@@ -97,12 +111,12 @@ dsla_status_t dsla_transfer_begin(dsla_transfer_t **out, const char *path,
 }
 
 void dsla_transfer_request(const dsla_transfer_t *t, dsla_proto_layer_fetch_t *out) {
-    uint64_t left = t->layer.size - t->offset;
+    uint64_t left = t->layer.size - t->received;
     *out =
         (dsla_proto_layer_fetch_t){.layer = t->layer.layer,
                                    .version = t->layer.version,
                                    .xxh64 = t->layer.xxh64,
-                                   .offset = t->offset,
+                                   .offset = t->received,
                                    .max_len = left && left < t->chunk ? (uint32_t)left : t->chunk};
 }
 
@@ -136,34 +150,44 @@ static dsla_status_t commit(dsla_transfer_t *t) {
     return DSLA_OK;
 }
 
-dsla_status_t dsla_transfer_take(dsla_transfer_t *t, const dsla_proto_layer_chunk_t *c,
-                                 bool *done) {
-    *done = false;
-    if (t->fd < 0 || t->done)
-        return dsla_error(DSLA_ERR_INTERNAL, "layer transfer: %s is finished", t->path);
+dsla_status_t dsla_transfer_accept(dsla_transfer_t *t, const dsla_proto_layer_chunk_t *c,
+                                   bool *last) {
+    *last = false;
+    if (t->received >= t->layer.size && t->layer.size > 0)
+        return dsla_error(DSLA_ERR_INTERNAL, "layer transfer: %s is complete", t->path);
     if (c->layer != t->layer.layer || c->version != t->layer.version ||
-        c->xxh64 != t->layer.xxh64 || c->offset != t->offset)
+        c->xxh64 != t->layer.xxh64 || c->offset != t->received)
         return dsla_error(DSLA_ERR_FORMAT,
                           "layer transfer: got layer %d version %u offset %" PRIu64
                           ", asked for layer %d version %u offset %" PRIu64,
                           c->layer, c->version, c->offset, t->layer.layer, t->layer.version,
-                          t->offset);
-    if (c->total_size != t->layer.size || (c->len == 0 && t->offset < t->layer.size))
+                          t->received);
+    if (c->total_size != t->layer.size || (c->len == 0 && t->received < t->layer.size) ||
+        c->len > t->layer.size - t->received)
         return dsla_error(DSLA_ERR_FORMAT,
                           "layer transfer: layer %d's file is %" PRIu64
                           " bytes at the controller, announced %" PRIu64,
                           t->layer.layer, c->total_size, t->layer.size);
-    for (size_t off = 0; off < c->len;) {
-        ssize_t n = write(t->fd, (const char *)c->bytes + off, c->len - off);
+    t->received += c->len;
+    *last = t->received == t->layer.size;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_transfer_write(dsla_transfer_t *t, const void *bytes, size_t len, bool *done) {
+    *done = false;
+    if (t->fd < 0 || t->done)
+        return dsla_error(DSLA_ERR_INTERNAL, "layer transfer: %s is finished", t->path);
+    for (size_t off = 0; off < len;) {
+        ssize_t n = write(t->fd, (const char *)bytes + off, len - off);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0)
             return dsla_error(DSLA_ERR_IO, "layer transfer: cannot write %s: %s", t->part,
                               n < 0 ? strerror(errno) : "no space");
         off += (size_t)n;
     }
-    XXH64_update(&t->hash, c->bytes, c->len);
-    t->offset += c->len;
-    if (t->offset < t->layer.size) return DSLA_OK;
+    XXH64_update(&t->hash, bytes, len);
+    t->written += len;
+    if (t->written < t->layer.size) return DSLA_OK;
     DSLA_TRY(commit(t));
     *done = true;
     return DSLA_OK;

@@ -187,6 +187,7 @@ typedef struct {
     double temperature, timeout_s;
     int retries; /* the stub's resends after UNAVAILABLE before a first token */
     const dsla_workload_t *w;
+    FILE *outputs; /* --outputs: one JSON line per completed HTTP request; NULL: none */
     prompt_t *prompts;
     dsla_load_record_t *recs;
     double t0;
@@ -207,6 +208,21 @@ static int queue_pop(run_t *r) {
     return i;
 }
 
+/* --outputs: the request, what answered it and the answer, for bench/adaptive/replay.py. */
+static void write_output(run_t *r, int i, json_t *request, const loadgen_http_result_t *res) {
+    json_t *o =
+        json_pack("{s:i, s:O, s:s, s:s, s:s%, s:i}", "index", i, "request", request, "id", res->id,
+                  "system_fingerprint", res->fingerprint, "text", res->text ? res->text : "",
+                  res->text ? res->text_len : 0, "completion_tokens", res->completion_tokens);
+    char *line = o ? json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(o);
+    pthread_mutex_lock(&r->mu);
+    if (line) fprintf(r->outputs, "%s\n", line);
+    pthread_mutex_unlock(&r->mu);
+    if (!line) fprintf(stderr, "dsla-loadgen: out of memory for request %d's output line\n", i);
+    free(line);
+}
+
 static void run_http(run_t *r, int i) {
     const dsla_workload_request_t *q = &r->w->requests[i];
     dsla_load_record_t *rec = &r->recs[i];
@@ -224,11 +240,13 @@ static void run_http(run_t *r, int i) {
     json_object_set_new(body, "seed", json_integer(i));
     if (r->model) json_object_set_new(body, "model", json_string(r->model));
     char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
     loadgen_http_result_t res;
     const bool ok = text && loadgen_http_stream(&r->http, text, strlen(text), r->timeout_s,
                                                 dsla_clock_seconds, &res);
     if (!text) snprintf(res.error, sizeof res.error, "out of memory");
+    if (ok && r->outputs) write_output(r, i, body, &res);
+    json_decref(body);
+    free(res.text);
     free(text);
     rec->sent_s = res.sent_s - r->t0;
     rec->first_s = res.first_s >= 0 ? res.first_s - r->t0 : -1;
@@ -353,7 +371,8 @@ static char *extra_fields(transport_t transport, const char *target, const char 
 }
 
 int main(int argc, char **argv) {
-    const char *url = NULL, *endpoint = NULL, *tokenizer_dir = NULL, *timeline = NULL;
+    const char *url = NULL, *endpoint = NULL, *tokenizer_dir = NULL, *timeline = NULL,
+               *outputs = NULL;
     const char *model = NULL, *path = "/v1/completions";
     dsla_workload_options_t wo = {0};
     long requests = 0, seed = 1, connections = DEFAULT_CONNECTIONS, max_context = 0;
@@ -404,6 +423,9 @@ int main(int argc, char **argv) {
          "stub: resend after UNAVAILABLE before the first token (default 1)", 0, 10, &retries},
         {"timeline", DSLA_ARG_STRING, "write the per-request CSV here (bench/plot_latency.py)", 0,
          0, &timeline},
+        {"outputs", DSLA_ARG_STRING,
+         "http: write each answer (request, text, system_fingerprint) here, one JSON per line", 0,
+         0, &outputs},
     };
     int n_pos = 0;
     const int prc = dsla_args_parse(argc, argv, 1, specs, (int)(sizeof specs / sizeof specs[0]),
@@ -427,12 +449,21 @@ int main(int argc, char **argv) {
                .timeout_s = timeout_s,
                .retries = (int)retries};
     r.chat = strstr(path, "chat") != NULL;
+    if (outputs && transport != TRANSPORT_HTTP) {
+        fprintf(stderr, "dsla-loadgen: --outputs needs --url (HTTP answers)\n");
+        return 2;
+    }
     if (transport == TRANSPORT_HTTP) {
         char err[256];
         if (!loadgen_http_target_parse(url, path, &r.http, err, sizeof err)) {
             fprintf(stderr, "dsla-loadgen: %s\n", err);
             return 2;
         }
+        r.http.keep_text = outputs != NULL;
+    }
+    if (outputs && !(r.outputs = fopen(outputs, "w"))) {
+        fprintf(stderr, "dsla-loadgen: --outputs %s: %s\n", outputs, strerror(errno));
+        return 1;
     }
     dsla_workload_t w = {0};
     dsla_tokenizer_t *tok = NULL;
@@ -554,6 +585,10 @@ out:
     free(r.prompts);
     free(r.recs);
     free(r.queue);
+    if (r.outputs && fclose(r.outputs) != 0) {
+        fprintf(stderr, "dsla-loadgen: --outputs %s: %s\n", outputs, strerror(errno));
+        rc = 1;
+    }
     if (r.zmq) zmq_ctx_term(r.zmq);
     free(pr.words);
     dsla_tokenizer_destroy(&tok);

@@ -53,6 +53,8 @@ typedef enum { CHUNK_SIZE, CHUNK_DATA, CHUNK_END, BODY_DONE } chunk_state_t;
 typedef struct {
     loadgen_http_result_t *res;
     double (*now)(void);
+    bool keep_text;
+    size_t text_cap;
     bool chunked;
     chunk_state_t state;
     size_t chunk_left;
@@ -65,6 +67,25 @@ typedef struct {
 
 static void set_error(loadgen_http_result_t *r, const char *fmt, const char *what) {
     if (!r->error[0]) snprintf(r->error, sizeof r->error, fmt, what);
+}
+
+/* Adds a piece of the answer to the result's text (a failure to grow it fails the request). */
+static void append_text(reader_t *rd, const json_t *piece) {
+    loadgen_http_result_t *r = rd->res;
+    const size_t n = json_string_length(piece);
+    if (r->text_len + n + 1 > rd->text_cap) {
+        const size_t cap = 2 * (r->text_len + n + 1) + 256;
+        char *grown = realloc(r->text, cap);
+        if (!grown) {
+            set_error(r, "%s", "out of memory for the answer's text");
+            return;
+        }
+        r->text = grown;
+        rd->text_cap = cap;
+    }
+    memcpy(r->text + r->text_len, json_string_value(piece), n);
+    r->text_len += n;
+    r->text[r->text_len] = '\0';
 }
 
 /* One `data: ...` payload. */
@@ -87,6 +108,7 @@ static void on_event(reader_t *rd, const char *data, size_t len) {
     json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
     json_t *text = json_object_get(choice, "text");
     if (!text) text = json_object_get(json_object_get(choice, "delta"), "content");
+    if (json_string_length(text) > 0 && rd->keep_text) append_text(rd, text);
     if (json_string_length(text) > 0) {
         const double t = rd->now();
         if (r->events++ == 0)
@@ -95,6 +117,10 @@ static void on_event(reader_t *rd, const char *data, size_t len) {
             r->max_gap_s = t - r->last_s;
         r->last_s = t;
     }
+    const char *id = json_string_value(json_object_get(j, "id"));
+    if (id) snprintf(r->id, sizeof r->id, "%s", id);
+    const char *fp = json_string_value(json_object_get(j, "system_fingerprint"));
+    if (fp) snprintf(r->fingerprint, sizeof r->fingerprint, "%s", fp);
     const char *finish = json_string_value(json_object_get(choice, "finish_reason"));
     if (finish) snprintf(r->finish, sizeof r->finish, "%s", finish);
     json_t *usage = json_object_get(j, "usage");
@@ -209,7 +235,7 @@ bool loadgen_http_stream(const loadgen_http_target_t *t, const char *body, size_
                             "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                             "Content-Length: %zu\r\n\r\n",
                             t->path, t->host, len);
-    reader_t rd = {.res = r, .now = now};
+    reader_t rd = {.res = r, .now = now, .keep_text = t->keep_text};
     char *buf = malloc(RECV_BYTES), *hbuf = malloc(HEAD_MAX + 1);
     size_t hlen = 0;
     bool in_body = false;

@@ -18,6 +18,7 @@ typedef struct {
     socklen_t addr_len;
     char host[192]; /* the Host header: "127.0.0.1:8000" */
     char path[256]; /* "/v1/completions" */
+    bool keep_text; /* gather the answer's text into the result's text (the caller frees it) */
 } loadgen_http_target_t;
 
 typedef struct {
@@ -32,6 +33,10 @@ typedef struct {
     bool done;              /* [DONE] was seen: the stream completed */
     char finish[16];        /* finish_reason of the last chunk */
     char error[96];         /* why it failed, short: "connect: Connection refused" */
+    char id[64];            /* the response's id ("cmpl-7"); "" when absent */
+    char fingerprint[128];  /* its system_fingerprint (the replica and plan); "" when absent */
+    char *text;             /* with keep_text: the text, NUL-terminated (malloc'd); else NULL */
+    size_t text_len;
 } loadgen_http_result_t;
 
 /* "http://HOST:PORT[/]" (an IPv4 address or a name) into t, with path as the request path. */

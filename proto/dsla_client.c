@@ -273,6 +273,9 @@ bool dsla_client_next(dsla_client_t *c, dsla_client_piece_t *piece, dsla_client_
                 r->finish = d.finish;
                 r->prompt_tokens = d.prompt_tokens;
                 r->completion_tokens = d.completion_tokens;
+                memcpy(r->replica, d.replica, sizeof r->replica);
+                r->plan_id = d.plan_id;
+                r->preemptions = d.preemptions;
                 if (d.finish == DSLA_PROTO_FINISH_CANCELLED)
                     fail(r, DSLA_CODE_CANCELLED, "the server cancelled the request");
                 else

@@ -42,6 +42,10 @@ typedef struct {
     char message[DSLA_PROTO_MESSAGE_MAX + 1];  /* why, when code is not OK */
     dsla_proto_finish_t finish;                /* when OK */
     uint32_t prompt_tokens, completion_tokens; /* when OK */
+    /* when OK, where the answer came from (DONE's; empty and 0 from an older replica) */
+    char replica[DSLA_PROTO_REPLICA_MAX + 1];
+    uint64_t plan_id;
+    uint32_t preemptions;
 } dsla_client_result_t;
 
 /* endpoint: "tcp://127.0.0.1:7070". ZeroMQ connects in the background, so a server that is not

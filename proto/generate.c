@@ -340,13 +340,22 @@ dsla_status_t dsla_proto_done_encode(const dsla_proto_done_t *d, dsla_proto_buf_
     msgpack_packer pk;
     dsla_wire_packer_open(&sbuf, &pk);
     const char *finish = dsla_proto_finish_name(d->finish);
-    int rc = msgpack_pack_map(&pk, 3);
+    const size_t replica_len = strnlen(d->replica, DSLA_PROTO_REPLICA_MAX);
+    int rc = msgpack_pack_map(&pk, replica_len ? 6 : 5);
     rc |= dsla_wire_pack_key(&pk, "finish");
     rc |= msgpack_pack_str_with_body(&pk, finish, strlen(finish));
     rc |= dsla_wire_pack_key(&pk, "prompt_tokens");
     rc |= msgpack_pack_uint32(&pk, d->prompt_tokens);
     rc |= dsla_wire_pack_key(&pk, "completion_tokens");
     rc |= msgpack_pack_uint32(&pk, d->completion_tokens);
+    rc |= dsla_wire_pack_key(&pk, "plan_id");
+    rc |= msgpack_pack_uint64(&pk, d->plan_id);
+    rc |= dsla_wire_pack_key(&pk, "preemptions");
+    rc |= msgpack_pack_uint32(&pk, d->preemptions);
+    if (replica_len) {
+        rc |= dsla_wire_pack_key(&pk, "replica");
+        rc |= msgpack_pack_str_with_body(&pk, d->replica, replica_len);
+    }
     return dsla_wire_finish(&sbuf, rc, out, "DONE");
 }
 
@@ -374,6 +383,12 @@ dsla_status_t dsla_proto_done_decode(const void *body, size_t len, dsla_proto_do
             st = dsla_wire_get_u32(v, &out->prompt_tokens, "DONE", "prompt_tokens");
         } else if (dsla_wire_key_is(&m->ptr[i].key, "completion_tokens")) {
             st = dsla_wire_get_u32(v, &out->completion_tokens, "DONE", "completion_tokens");
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "plan_id")) {
+            st = dsla_wire_get_u64(v, &out->plan_id, "DONE", "plan_id");
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "preemptions")) {
+            st = dsla_wire_get_u32(v, &out->preemptions, "DONE", "preemptions");
+        } else if (dsla_wire_key_is(&m->ptr[i].key, "replica")) {
+            st = dsla_wire_get_str(v, out->replica, DSLA_PROTO_REPLICA_MAX, "DONE", "replica");
         }
     }
     msgpack_unpacked_destroy(&u);

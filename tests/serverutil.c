@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tests/testutil.h"
@@ -240,4 +241,15 @@ void dsla_test_http_reply_free(dsla_test_http_reply_t *r) {
     free(r->head);
     free(r->body);
     r->head = r->body = NULL;
+}
+
+void dsla_test_http_wait_healthy(int port) {
+    for (int i = 0; i < 200; i++) {
+        dsla_test_http_reply_t r = dsla_test_http(port, "GET", "/health", NULL);
+        int status = r.status;
+        dsla_test_http_reply_free(&r);
+        if (status == 200) return;
+        nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = 50 * 1000000L}, NULL);
+    }
+    fail_msg("/health never answered 200");
 }

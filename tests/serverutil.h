@@ -65,5 +65,7 @@ dsla_test_http_reply_t dsla_test_http(int port, const char *method, const char *
 dsla_test_http_reply_t dsla_test_http_with(int port, const char *method, const char *path,
                                            const char *headers, const char *body);
 void dsla_test_http_reply_free(dsla_test_http_reply_t *r);
+/* Waits (up to 10 s) until GET /health answers 200; fails the test otherwise. */
+void dsla_test_http_wait_healthy(int port);
 
 #endif

@@ -158,7 +158,7 @@ def plot(results, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
-    ap.add_argument("--profile", default="0:0.5,20:0.5,50:4,75:4,105:0.5,120:0.5")
+    ap.add_argument("--profile", default="0:0.5,10:0.5,20:4,70:4,85:0.5,100:0.5")  # run.sh's
     ap.add_argument("--slo-ttft-ms", type=float, default=3000)
     ap.add_argument("--slo-tpot-ms", type=float, default=100)
     ap.add_argument("--png", default=None)
@@ -169,6 +169,14 @@ def main():
     results = [summarize(a.out, arm, span, status, peak, (a.slo_ttft_ms, a.slo_tpot_ms))
                for arm, span in arms.items() if os.path.exists(os.path.join(a.out, arm + ".csv"))]
     table(results)
+    replay = os.path.join(a.out, "replay.json")
+    if os.path.exists(replay):
+        with open(replay, encoding="utf-8") as f:
+            r = json.load(f)
+        print(f"\npinned-plan replay (bench/adaptive/replay.py): {r['equal']} of {r['checked']} "
+              f"answers equal when run again alone under their plan; skipped {r['skipped']}")
+        for d in r["differ"]:
+            print(f"  differs: {d}")
     plot(results, a.png or os.path.join(a.out, "adaptive.png"))
 
 

@@ -12,18 +12,23 @@
 #   BIN=build/bin  TOKENIZER=../shared/models/tinystories-11M-hf  WORK=/tmp/dsla-adaptive  OUT=WORK/out
 #   RATE=3 (the base rate, req/s: about the all-attention capacity of the default pool, measured
 #     on an H200 with a 0.25x -> 3x ramp of 2.5 req/s: TTFT climbs from about 3 req/s)
-#   PROFILE=0:0.5,10:0.5,25:4,50:4,65:0.5,80:0.5 (multiplier over seconds)
+#   PROFILE=0:0.5,10:0.5,20:4,70:4,85:0.5,100:0.5 (multiplier over seconds: a 50 s peak, since
+#     sequences keep the plan they were admitted under and the first H200 run's 25 s peak ended
+#     before the all-attention sequences that filled the arena had finished)
 #   ARMS="attention static adaptive"
-#   MARGIN_MIB=100000 (device memory left out of the KV pool: the pool is what is left, ~25 GiB
-#     on an H200, so that memory, not compute, caps the all-attention arm at a load the load
-#     generator and one GPU's prefill can offer 4x of; the same for every arm)
+#   MARGIN_MIB=(the card's memory - 42000) (device memory left out of the KV pool: the pool is
+#     what is left, ~28 GiB, so that memory, not compute, caps the all-attention arm at a load the
+#     load generator and one GPU's prefill can offer 4x of; the same for every arm)
 #   PROMPT=lognormal:1000:0.5:256:3000  OUTPUT=lognormal:1000:0.3:256:2000  (tokens)
-#   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold queue_high=4 ..." (see below)
+#   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold ... step=8 cooldown_ms=2000" (below: 24
+#     layers in three steps; the first run's step=4 with a 3 s cooldown took 54 s to get there)
 #   QUEUE_WAIT_MS=3000: a request not admitted within the TTFT target is refused (429), in every
 #     arm, so that an overloaded server sheds what it cannot serve in time instead of queueing
 #     everyone past the target
 #   LAYER_VERSIONS=24 (3/4 of the layers: the adaptive policy's max_ratio); the static arm runs HALF
 #   TAIL_S=30: seconds the status is still polled after the last arm (the adaptive arm's reverts)
+#   REPLAY=1: then replay some of the adaptive arm's answers, under the plan that
+#     computed it (bench/adaptive/replay.py, replay.json): pinned plans leave answers unchanged
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$root/build/bin}
@@ -31,9 +36,14 @@ TOKENIZER=${TOKENIZER:-$root/../shared/models/tinystories-11M-hf}
 WORK=${WORK:-/tmp/dsla-adaptive}
 OUT=${OUT:-$WORK/out}
 RATE=${RATE:-3}
-PROFILE=${PROFILE:-0:0.5,10:0.5,25:4,50:4,65:0.5,80:0.5}
+PROFILE=${PROFILE:-0:0.5,10:0.5,20:4,70:4,85:0.5,100:0.5}
 ARMS=${ARMS:-attention static adaptive}
-MARGIN_MIB=${MARGIN_MIB:-100000}
+# The KV pool held near 28 GiB on any card: what the card has beyond ~42 GB (weights 12.6 GiB,
+# the pool, activations and workspaces) is left out (100000 MiB on a 141 GB H200, as measured).
+if [ -z "${MARGIN_MIB:-}" ]; then
+    total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+    MARGIN_MIB=$(( ${total:-142000} > 42000 ? ${total:-142000} - 42000 : 2048 ))
+fi
 PROMPT=${PROMPT:-lognormal:1000:0.5:256:3000}
 OUTPUT=${OUTPUT:-lognormal:1000:0.3:256:2000}
 SLO_TTFT_MS=${SLO_TTFT_MS:-3000}
@@ -46,7 +56,7 @@ LAYER_VERSIONS=${LAYER_VERSIONS:-$((LAYERS * 3 / 4))}
 QUEUE_WAIT_MS=${QUEUE_WAIT_MS:-3000}
 TAIL_S=${TAIL_S:-30}
 MAXCTX=${MAXCTX:-$([ "$SHAPE" = tiny ] && echo 1024 || echo 4096)}
-POLICY=${POLICY:-threshold max_ratio=0.75 step=4 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=3000}
+POLICY=${POLICY:-threshold max_ratio=0.75 step=8 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=2000}
 HTTP=127.0.0.1:18090 ADMIN=tcp://127.0.0.1:17091
 mkdir -p "$WORK" "$OUT"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log"; }
@@ -74,7 +84,7 @@ log "starting dsla-serve"
 "$BIN/dsla-serve" --device "$DEVICE" "${gpu[@]}" --model "$model" --layers "$layers" \
     --policy "manual layers=0" --max-running 512 --max-queue-wait-ms "$QUEUE_WAIT_MS" \
     --endpoint tcp://127.0.0.1:17090 --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
-    >"$OUT/serve.log" 2>&1 &
+    --log-level info >"$OUT/serve.log" 2>&1 &
 server=$!
 trap 'kill $poller $server 2>/dev/null; wait' EXIT
 ctl() { "$BIN/dslactl" --admin "$ADMIN" "$@"; }
@@ -109,11 +119,18 @@ for arm in $ARMS; do
     "$BIN/dsla-loadgen" --url "http://$HTTP" --tokenizer "$model" --rate "$RATE" \
         --rate-profile "$PROFILE" --prompt-len "$PROMPT" --output-len "$OUTPUT" --max-context "$MAXCTX" \
         --slo-ttft-ms "$SLO_TTFT_MS" --slo-tpot-ms "$SLO_TPOT_MS" --connections 1024 --seed 7 \
-        --timeline "$OUT/$arm.csv" >"$OUT/$arm.json" 2>"$OUT/$arm.txt"
+        --timeline "$OUT/$arm.csv" --outputs "$OUT/$arm.jsonl" >"$OUT/$arm.json" 2>"$OUT/$arm.txt"
     echo "arm $arm end $(date +%s.%N)" >>"$OUT/arms.log"
     grep -E '^  (sent|completed|refused|errors|goodput|TTFT|TPOT)' "$OUT/$arm.txt" | tee -a "$OUT/run.log"
 done
 sleep "$TAIL_S"
 ctl --limit 5000 history >"$OUT/history.log" 2>&1
+# 3. The pinned-plan check: answers of the adaptive arm replayed under their own plans.
+if [ -f "$OUT/adaptive.jsonl" ] && [ "${REPLAY:-1}" = 1 ]; then
+    log "replaying adaptive answers under their plans"
+    python3 "$root/bench/adaptive/replay.py" --outputs "$OUT/adaptive.jsonl" --serve-log "$OUT/serve.log" \
+        --url "http://$HTTP" --admin "$ADMIN" --dslactl "$BIN/dslactl" --out "$OUT/replay.json" \
+        2>&1 | tee -a "$OUT/run.log"
+fi
 ctl policy set manual layers=0 >/dev/null
 log "done"

@@ -36,7 +36,8 @@ static const char usage[] =
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
-    "                  [--http-max-in-flight N]\n\n"
+    "                  [--http-max-in-flight N] [--cors-origin ORIGIN|*]...\n"
+    "                  [--chat-template FILE]\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -55,26 +56,30 @@ static const char usage[] =
     "the distiller (docs/distiller.md): it distils the model's attention layers into DSLA\n"
     "layer versions in --distill-out while the\n"
     "node serves (resuming a run found there), and announces each to the controller, whose\n"
-    "--layers defaults to --distill-out. The serving actor sends 1 in --sample-every (8) of the\n"
+    "--layers defaults to --distill-out. The serving actor sends 1 in --sample-every of the\n"
     "prompts it serves to the local distiller as extra training data; they go nowhere else, and\n"
     "--no-sample-prompts keeps every prompt in the serving actor. --distill-device cuda trains on\n"
-    "GPU --distill-gpu (default 0) as `dsla distill --device cuda` does; it logs the device\n"
+    "GPU --distill-gpu as `dsla distill --device cuda` does; it logs the device\n"
     "memory it needs, which --gpu-margin-mib must leave when serving shares that GPU. "
     "tcp://127.0.0.1:* and port 0 pick free ports. Prints "
     "\"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
     "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
     "(bf16, or f32 for exact comparisons with the CPU), one arena for KV and DSLA states sized to\n"
-    "the free memory less --gpu-margin-mib (default 2048); the sizes go to stderr. Requests "
+    "the free memory less --gpu-margin-mib; the sizes go to stderr. Requests "
     "beyond\n"
-    "--max-running wait in a queue bounded by --max-queued requests (4096), --max-queued-tokens\n"
-    "prompt tokens (2097152) and --max-queue-wait-ms (30000; 0: no time bound), beyond which they\n"
+    "--max-running wait in a queue bounded by --max-queued requests, --max-queued-tokens\n"
+    "prompt tokens and --max-queue-wait-ms (0: no time bound), beyond which they\n"
     "fail RESOURCE_EXHAUSTED (HTTP 429) naming the bound; the gateway and HTTP carry as many\n"
     "(--http-max-in-flight overrides HTTP's). --random-model 7b (with --device cuda) serves a\n"
     "Llama-2-7B-shaped model of random weights drawn on the GPU (no checkpoint needed; no\n"
     "controller or distiller) with the tokenizer of --tokenizer DIR; --vocab defaults to its\n"
-    "vocabulary. --cluster FILE --node NAME starts the actors the cluster file gives node NAME\n"
-    "(docs/operations.md): the file's fields and options: maps become the options above.";
+    "vocabulary. Chat requests render through the model's own chat template "
+    "(tokenizer_config.json's\n"
+    "chat_template, or DIR/chat_template.jinja), --chat-template FILE's when given, else a plain\n"
+    "'Role: content' template (docs/http.md). Each option's default below is the value the code "
+    "uses. --cluster FILE --node NAME starts the actors the cluster file gives node NAME\n"
+    "(docs/operations.md): the file's fields and options: maps become the options below.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -206,29 +211,41 @@ int main(int argc, char **argv) {
     const char *http = "127.0.0.1:8000";
     const char *model_name = NULL;
     const char *log_level = NULL, *log_format = NULL;
-    dsla_arg_list_t replicas = {0};
+    dsla_arg_list_t replicas = {0}, cors_origins = {0};
     bool serving_only = false, allow_insecure = false;
     const char *api_key_file = NULL, *admin_key_file = NULL;
     dsla_http_auth_t *http_auth = NULL, *admin_auth = NULL;
-    long heartbeat_ms = 0, report_ms = 0;
+    long heartbeat_ms = DSLA_ACTOR_HEARTBEAT_MS, report_ms = DSLA_SERVING_REPORT_MS;
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
     const char *policy = NULL, *controller = NULL, *layer_cache = NULL;
     const char *serving_name = NULL;
     const char *cluster_file = NULL, *cluster_node = NULL, *controller_bind = NULL;
-    long fetch_chunk = 0;
+    long fetch_chunk = DSLA_PROTO_CHUNK_MAX;
     const char *device = "cpu", *dtype = "bf16";
-    long margin_mib = 2048, max_running = 0, max_context = 0, prefill_chunk = 0;
-    long max_queued = 0, max_queued_tokens = 0, max_queue_wait_ms = -1, http_max_in_flight = 0;
+    const dsla_engine_config_t engine_defaults = dsla_engine_config_default();
+    long margin_mib = 2048, max_running = engine_defaults.max_running, max_context = 0;
+    long prefill_chunk = 0, max_queued = engine_defaults.max_queued;
+    long max_queued_tokens = engine_defaults.max_queued_tokens;
+    long max_queue_wait_ms = engine_defaults.max_queue_wait_ms, http_max_in_flight = 0;
+    char prefill_help[128];
+    snprintf(prefill_help, sizeof prefill_help,
+             "prompt tokens per request per step (default %d on the CPU, %d on a GPU)",
+             engine_defaults.prefill_chunk, DSLA_ENGINE_GPU_PREFILL_CHUNK);
+    const char *chat_template_file = NULL;
     dsla_distill_params_t distill = dsla_distill_params_default();
     dsla_arg_list_t distill_data = {0};
     const char *distill_out = NULL, *distill_device = NULL, *distill_dtype = NULL;
-    long distill_gpu = -1;
+    long distill_gpu = 0;
     long distill_layers = 0, distill_steps = distill.steps, distill_batch = distill.batch;
     long distill_seq_len = 256, distill_max_sequences = 0, distill_eval_sequences = 16;
     long distill_seed = (long)distill.seed, distill_checkpoint = distill.checkpoint_every;
     bool no_sample_prompts = false, gpu_warmup = false;
     long sample_every = DSLA_SERVING_SAMPLE_EVERY, sample_seed = 0;
-    long sample_tokens_per_s = DSLA_SERVING_SAMPLE_TOKENS_PER_S, distill_samples = 0;
+    long sample_tokens_per_s = DSLA_SERVING_SAMPLE_TOKENS_PER_S;
+    long distill_samples = DSLA_DISTILLER_RESERVOIR_PROMPTS;
+    /* Options whose default is a value the code uses: the table shows it. */
+    const dsla_arg_kind_t INT_D = DSLA_ARG_INT | DSLA_ARG_SHOW_DEFAULT;
+    const dsla_arg_kind_t STR_D = DSLA_ARG_STRING | DSLA_ARG_SHOW_DEFAULT;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "model directory (default: $DSLA_MODEL)", 0, 0, &model_dir},
         {"random-model", DSLA_ARG_STRING,
@@ -239,31 +256,26 @@ int main(int argc, char **argv) {
         {"vocab", DSLA_ARG_INT,
          "with --random-model: its vocabulary (default: the tokenizer's, which it must hold)", 16,
          1 << 24, &vocab},
-        {"endpoint", DSLA_ARG_STRING, "clients' mailbox (default tcp://127.0.0.1:7070)", 0, 0,
-         &endpoint},
-        {"http", DSLA_ARG_STRING, "HTTP address (default 127.0.0.1:8000); off disables it", 0, 0,
-         &http},
+        {"endpoint", STR_D, "clients' mailbox", 0, 0, &endpoint},
+        {"http", STR_D, "HTTP address; off disables it", 0, 0, &http},
         {"replica", DSLA_ARG_STRING_LIST, "a remote serving actor's endpoint (repeatable)", 0, 0,
          &replicas},
         {"serving-only", DSLA_ARG_FLAG, "run the serving actor alone at --endpoint", 0, 0,
          &serving_only},
         {"model-name", DSLA_ARG_STRING, "the model's id in the HTTP API (default: DIR's name)", 0,
          0, &model_name},
-        {"heartbeat-ms", DSLA_ARG_INT,
-         "heartbeat interval (default 1000; a peer silent for 3 is "
-         "dead)",
-         10, 60000, &heartbeat_ms},
+        {"heartbeat-ms", INT_D, "heartbeat interval (a peer silent for 3 is dead)", 10, 60000,
+         &heartbeat_ms},
         {"layers", DSLA_ARG_STRING, "layer versions from dsla distill: runs the controller", 0, 0,
          &layers_dir},
         {"controller-db", DSLA_ARG_STRING,
          "the controller's SQLite state (default DIR/controller.db)", 0, 0, &controller_db},
-        {"admin", DSLA_ARG_STRING,
-         "the controller's mailbox for dslactl (default tcp://127.0.0.1:7071)", 0, 0, &admin},
+        {"admin", STR_D, "the controller's mailbox for dslactl", 0, 0, &admin},
         {"policy", DSLA_ARG_STRING, "load policy, e.g. 'manual layers=2' (default: the stored one)",
          0, 0, &policy},
         {"controller", DSLA_ARG_STRING, "with --serving-only: a controller to report to", 0, 0,
          &controller},
-        {"report-ms", DSLA_ARG_INT, "LOAD_REPORT interval (default 1000)", 10, 60000, &report_ms},
+        {"report-ms", INT_D, "LOAD_REPORT interval", 10, 60000, &report_ms},
         {"name", DSLA_ARG_STRING,
          "with --serving-only: the serving actor's name at its controller (default serving0)", 0, 0,
          &serving_name},
@@ -271,37 +283,35 @@ int main(int argc, char **argv) {
          "with --controller: where fetched layer versions go (default "
          "$XDG_CACHE_HOME/dsla-serve/layers); off opens the controller's paths",
          0, 0, &layer_cache},
-        {"fetch-chunk", DSLA_ARG_INT, "with --controller: bytes per LAYER_FETCH (default 1048576)",
-         1024, DSLA_PROTO_CHUNK_MAX, &fetch_chunk},
-        {"device", DSLA_ARG_STRING, "cpu (default) or cuda: where the serving actor runs", 0, 0,
-         &device},
-        {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32 weights and KV", 0, 0,
-         &dtype},
-        {"gpu-margin-mib", DSLA_ARG_INT, "device memory left out of the pools (default 2048)", 0,
-         1 << 20, &margin_mib},
-        {"max-running", DSLA_ARG_INT, "sequences decoding at once (default 64)", 1, 4096,
-         &max_running},
+        {"fetch-chunk", INT_D, "with --controller: bytes per LAYER_FETCH", 1024,
+         DSLA_PROTO_CHUNK_MAX, &fetch_chunk},
+        {"device", STR_D, "cpu or cuda: where the serving actor runs", 0, 0, &device},
+        {"dtype", STR_D, "with --device cuda: bf16 or f32 weights and KV", 0, 0, &dtype},
+        {"gpu-margin-mib", INT_D, "device memory left out of the pools", 0, 1 << 20, &margin_mib},
+        {"max-running", INT_D, "sequences decoding at once", 1, 4096, &max_running},
         {"max-context", DSLA_ARG_INT, "with --device cuda: longest sequence (default: the model's)",
          1, 1 << 20, &max_context},
         {"gpu-warmup", DSLA_ARG_FLAG,
          "with --device cuda: build cuDNN's plan for every prompt bucket before serving", 0, 0,
          &gpu_warmup},
-        {"prefill-chunk", DSLA_ARG_INT,
-         "prompt tokens per request per step (default 256 on the CPU, 2048 on a GPU)", 1, 1 << 20,
-         &prefill_chunk},
-        {"max-queued", DSLA_ARG_INT, "requests waiting for admission at most (default 4096)", 1,
-         1 << 24, &max_queued},
-        {"max-queued-tokens", DSLA_ARG_INT,
-         "prompt tokens waiting for admission at most (default 2097152)", 1, 1e12,
+        {"prefill-chunk", DSLA_ARG_INT, prefill_help, 1, 1 << 20, &prefill_chunk},
+        {"max-queued", INT_D, "requests waiting for admission at most", 1, 1 << 24, &max_queued},
+        {"max-queued-tokens", INT_D, "prompt tokens waiting for admission at most", 1, 1e12,
          &max_queued_tokens},
-        {"max-queue-wait-ms", DSLA_ARG_INT,
-         "a request not admitted after this long fails RESOURCE_EXHAUSTED (default 30000; 0: "
-         "never)",
-         0, 1e9, &max_queue_wait_ms},
+        {"max-queue-wait-ms", INT_D,
+         "a request not admitted after this long fails RESOURCE_EXHAUSTED (0: never)", 0, 1e9,
+         &max_queue_wait_ms},
         {"http-max-in-flight", DSLA_ARG_INT,
          "HTTP generation requests at once, queued or running (default: the gateway's bound, "
          "--max-queued plus twice --max-running per replica)",
          1, 1 << 24, &http_max_in_flight},
+        {"cors-origin", DSLA_ARG_STRING_LIST,
+         "an origin browsers may call the HTTP API from, e.g. https://app.example.com, or * for "
+         "any (repeatable; default: none, CORS off)",
+         0, 0, &cors_origins},
+        {"chat-template", DSLA_ARG_STRING,
+         "a Jinja chat template file for chat requests (default: the model's own)", 0, 0,
+         &chat_template_file},
         {"api-key-file", DSLA_ARG_STRING,
          "HTTP API keys, one a line (also DSLA_API_KEY): every route but /health needs "
          "'Authorization: Bearer KEY'",
@@ -317,38 +327,31 @@ int main(int argc, char **argv) {
          &distill_out},
         {"distill-layers", DSLA_ARG_INT, "layers to distil, first of the order (default all)", 0,
          DSLA_LAYER_ORDER_MAX, &distill_layers},
-        {"distill-steps", DSLA_ARG_INT, "optimizer steps per layer (default 200)", 1, 1e9,
-         &distill_steps},
-        {"distill-seq-len", DSLA_ARG_INT, "tokens per training sequence (default 256)", 2, 1 << 20,
-         &distill_seq_len},
-        {"distill-batch", DSLA_ARG_INT, "sequences per step (default 8)", 1, DSLA_LAYER_ORDER_MAX,
-         &distill_batch},
-        {"distill-max-sequences", DSLA_ARG_INT, "training sequences read at most (0: all)", 0, 1e9,
+        {"distill-steps", INT_D, "optimizer steps per layer", 1, 1e9, &distill_steps},
+        {"distill-seq-len", INT_D, "tokens per training sequence", 2, 1 << 20, &distill_seq_len},
+        {"distill-batch", INT_D, "sequences per step", 1, DSLA_LAYER_ORDER_MAX, &distill_batch},
+        {"distill-max-sequences", INT_D, "training sequences read at most (0: all)", 0, 1e9,
          &distill_max_sequences},
-        {"distill-eval-sequences", DSLA_ARG_INT, "held-out sequences (default 16)", 1, 1e6,
-         &distill_eval_sequences},
-        {"distill-seed", DSLA_ARG_INT, "initialisation and batch seed (default 1234)", 0, 9.2e18,
-         &distill_seed},
-        {"distill-checkpoint-every", DSLA_ARG_INT, "steps between checkpoints (default 50)", 0, 1e9,
+        {"distill-eval-sequences", INT_D, "held-out sequences", 1, 1e6, &distill_eval_sequences},
+        {"distill-seed", INT_D, "initialisation and batch seed", 0, 9.2e18, &distill_seed},
+        {"distill-checkpoint-every", INT_D, "steps between checkpoints", 0, 1e9,
          &distill_checkpoint},
         {"distill-device", DSLA_ARG_STRING, "the distiller's device: cpu (default) or cuda", 0, 0,
          &distill_device},
-        {"distill-gpu", DSLA_ARG_INT, "with --distill-device cuda: the GPU's index (default 0)", 0,
-         1024, &distill_gpu},
+        {"distill-gpu", INT_D, "with --distill-device cuda: the GPU's index", 0, 1024,
+         &distill_gpu},
         {"distill-dtype", DSLA_ARG_STRING, "with --distill-device cuda: bf16 (default) or f32", 0,
          0, &distill_dtype},
-        {"distill-samples", DSLA_ARG_INT, "sampled prompts the distiller holds (default 64)", 1,
-         1 << 20, &distill_samples},
+        {"distill-samples", INT_D, "sampled prompts the distiller holds", 1, 1 << 20,
+         &distill_samples},
         {"no-sample-prompts", DSLA_ARG_FLAG,
          "with the distiller: no served prompt is sampled for it (opt-out)", 0, 0,
          &no_sample_prompts},
-        {"sample-every", DSLA_ARG_INT,
-         "with the distiller: sample 1 in N served prompts (default 8)", 1, 1 << 30, &sample_every},
-        {"sample-seed", DSLA_ARG_INT, "with the distiller: the sampling seed (default 0)", 0,
-         9.2e18, &sample_seed},
-        {"sample-tokens-per-s", DSLA_ARG_INT,
-         "with the distiller: sampled tokens sent per second at most (default 4096)", 1, 1 << 30,
-         &sample_tokens_per_s},
+        {"sample-every", INT_D, "with the distiller: sample 1 in N served prompts", 1, 1 << 30,
+         &sample_every},
+        {"sample-seed", INT_D, "with the distiller: the sampling seed", 0, 9.2e18, &sample_seed},
+        {"sample-tokens-per-s", INT_D, "with the distiller: sampled tokens sent per second at most",
+         1, 1 << 30, &sample_tokens_per_s},
         {"log-level", DSLA_ARG_STRING,
          "error, warn (default, or DSLA_LOG), info (one line per request), debug", 0, 0,
          &log_level},
@@ -458,12 +461,13 @@ int main(int argc, char **argv) {
     if (dsla_cli_distill_device("distill-", distill_device, distill_dtype, distill_gpu,
                                 &distill_on_gpu, &distill_cuda))
         return 2;
-    if ((distill_gpu >= 0 || distill_dtype) && !distill_on_gpu) {
+    if ((dsla_args_given(argc, argv, 1, "distill-gpu") || distill_dtype) && !distill_on_gpu) {
         fprintf(stderr, "dsla-serve: --distill-gpu and --distill-dtype are for --distill-device "
                         "cuda\n");
         return 2;
     }
-    if (!distill_out && (no_sample_prompts || distill_samples || distill_device)) {
+    if (!distill_out && (no_sample_prompts || dsla_args_given(argc, argv, 1, "distill-samples") ||
+                         distill_device)) {
         fprintf(stderr, "dsla-serve: --no-sample-prompts, --distill-samples and --distill-device "
                         "are for a node with the distiller (--distill-data, --distill-out)\n");
         return 2;
@@ -478,7 +482,7 @@ int main(int argc, char **argv) {
                         "--layers\n");
         return 2;
     }
-    if ((layer_cache || fetch_chunk) && !controller) {
+    if ((layer_cache || dsla_args_given(argc, argv, 1, "fetch-chunk")) && !controller) {
         fprintf(stderr, "dsla-serve: --layer-cache and --fetch-chunk are for --serving-only "
                         "replicas with --controller\n");
         return 2;
@@ -530,6 +534,15 @@ int main(int argc, char **argv) {
     if (model_dir) st = dsla_model_load(&model, model_dir);
     if (st == DSLA_OK && (model_dir || tokenizer_dir))
         st = dsla_tokenizer_load_dir(&tokenizer, model_dir ? model_dir : tokenizer_dir);
+    dsla_chat_template_t *chat_template = NULL;
+    const char *tokenizer_home = model_dir ? model_dir : tokenizer_dir;
+    if (st == DSLA_OK && chat_template_file)
+        st = dsla_chat_template_load_file(&chat_template, chat_template_file, tokenizer_home);
+    else if (st == DSLA_OK && tokenizer_home)
+        st = dsla_chat_template_load_dir(&chat_template, tokenizer_home);
+    if (st == DSLA_OK && chat_template)
+        dsla_log_info("chat requests render through the chat template of %s",
+                      dsla_chat_template_name(chat_template));
     dsla_model_config_t random_cfg = {0};
     if (st == DSLA_OK && random_model) {
         const int tv = dsla_tokenizer_vocab_size(tokenizer);
@@ -541,15 +554,13 @@ int main(int argc, char **argv) {
                             "its ids would fall outside the model's",
                             tokenizer_dir, tv, vocab);
     }
-    dsla_engine_config_t engine = dsla_engine_config_default();
-    if (max_running) engine.max_running = (int)max_running;
-    if (max_queued) engine.max_queued = (int)max_queued;
-    if (max_queued_tokens) engine.max_queued_tokens = max_queued_tokens;
-    if (max_queue_wait_ms >= 0) engine.max_queue_wait_ms = max_queue_wait_ms;
-    if (on_gpu) engine.prefill_chunk = 2048; /* the GPU's prefill is GEMM-bound from ~1K rows */
+    dsla_engine_config_t engine = dsla_engine_config_for(on_gpu);
+    engine.max_running = (int)max_running;
+    engine.max_queued = (int)max_queued;
+    engine.max_queued_tokens = max_queued_tokens;
+    engine.max_queue_wait_ms = max_queue_wait_ms;
     if (prefill_chunk) engine.prefill_chunk = (int)prefill_chunk;
-    if (engine.step_tokens < engine.prefill_chunk + engine.max_running)
-        engine.step_tokens = engine.prefill_chunk + engine.max_running;
+    dsla_engine_config_fit(&engine);
     dsla_serve_backend_t *backend = NULL;
     if (st == DSLA_OK && on_gpu)
         st = deploy_gpu(model, &random_cfg, &engine, dtype, max_context, margin_mib, &backend);
@@ -563,6 +574,7 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK) {
         dsla_node_config_t config = {.model = model,
                                      .tokenizer = tokenizer,
+                                     .chat_template = chat_template,
                                      .engine = engine,
                                      .backend = backend,
                                      .gpu_warmup = gpu_warmup,
@@ -574,6 +586,8 @@ int main(int argc, char **argv) {
                                      .http_max_in_flight = (uint32_t)http_max_in_flight,
                                      .http_auth = http_auth,
                                      .http_allow_insecure = allow_insecure,
+                                     .http_cors_origins = cors_origins.items,
+                                     .n_http_cors_origins = cors_origins.count,
                                      .admin_auth = admin_auth,
                                      .model_name = name,
                                      .heartbeat_ms = (uint32_t)heartbeat_ms,
@@ -612,10 +626,7 @@ int main(int argc, char **argv) {
             if (distill_on_gpu)
                 print_distiller_need(model, &distill_cuda, (int)distill_seq_len, (int)distill_batch,
                                      distill_max_sequences, (int)distill_eval_sequences,
-                                     no_sample_prompts
-                                         ? 0
-                                         : (distill_samples ? (int)distill_samples
-                                                            : DSLA_DISTILLER_RESERVOIR_PROMPTS),
+                                     no_sample_prompts ? 0 : (int)distill_samples,
                                      on_gpu && distill_cuda.gpu == 0, margin_mib);
             config.no_sample_prompts = no_sample_prompts;
             config.sample_every = (uint32_t)sample_every;
@@ -644,6 +655,7 @@ int main(int argc, char **argv) {
     dsla_http_auth_destroy(&admin_auth);
     dsla_serve_backend_destroy(&backend);
     dsla_tokenizer_destroy(&tokenizer);
+    dsla_chat_template_destroy(&chat_template);
     dsla_model_destroy(&model);
     dsla_serve_cluster_free(&cluster);
     return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);

@@ -7,11 +7,40 @@
 #include <stdlib.h>
 #include <string.h>
 
+void dsla_args_default_text(const dsla_arg_spec_t *spec, char *out, size_t cap) {
+    out[0] = '\0';
+    if (!(spec->kind & DSLA_ARG_SHOW_DEFAULT)) return;
+    switch (spec->kind & DSLA_ARG_KIND_MASK) {
+    case DSLA_ARG_STRING: {
+        const char *v = *(const char *const *)spec->dest;
+        if (v) snprintf(out, cap, " (default %s)", v);
+        break;
+    }
+    case DSLA_ARG_INT:
+        snprintf(out, cap, " (default %ld)", *(const long *)spec->dest);
+        break;
+    case DSLA_ARG_FLOAT:
+        snprintf(out, cap, " (default %g)", *(const double *)spec->dest);
+        break;
+    default: /* flags are off, lists empty */
+        break;
+    }
+}
+
+bool dsla_args_given(int argc, char **argv, int first, const char *name) {
+    const size_t n = strlen(name);
+    for (int i = first; i < argc; i++)
+        if (strncmp(argv[i], "--", 2) == 0 && strncmp(argv[i] + 2, name, n) == 0 &&
+            (argv[i][2 + n] == '\0' || argv[i][2 + n] == '='))
+            return true;
+    return false;
+}
+
 void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n_specs) {
     printf("%s\n\noptions:\n", usage);
     for (int i = 0; i < n_specs; i++) {
         const char *value = "";
-        switch (specs[i].kind) {
+        switch (specs[i].kind & DSLA_ARG_KIND_MASK) {
         case DSLA_ARG_STRING:
         case DSLA_ARG_STRING_LIST:
             value = " TEXT";
@@ -27,7 +56,9 @@ void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n
         }
         char left[64];
         snprintf(left, sizeof left, "--%s%s", specs[i].name, value);
-        printf("  %-22s %s\n", left, specs[i].help);
+        char def[256];
+        dsla_args_default_text(&specs[i], def, sizeof def);
+        printf("  %-22s %s%s\n", left, specs[i].help, def);
     }
     printf("  %-22s %s\n", "--help", "show this help");
 }
@@ -43,7 +74,7 @@ static const dsla_arg_spec_t *find_spec(const dsla_arg_spec_t *specs, int n, con
 static int store_value(const dsla_arg_spec_t *spec, const char *value) {
     char *end = NULL;
     errno = 0;
-    switch (spec->kind) {
+    switch (spec->kind & DSLA_ARG_KIND_MASK) {
     case DSLA_ARG_STRING:
         *(const char **)spec->dest = value;
         return 0;
@@ -96,12 +127,19 @@ int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *spe
                     const char **positional, int max_positional, int *n_positional,
                     const char *usage) {
     *n_positional = 0;
-    for (int i = first; i < argc; i++) {
+    for (int i = first; i < argc; i++) { /* before any value is stored: help shows defaults */
         const char *arg = argv[i];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
             dsla_args_print_help(usage, specs, n_specs);
             return -1;
         }
+        const dsla_arg_spec_t *spec = strncmp(arg, "--", 2) == 0 && !strchr(arg, '=')
+                                          ? find_spec(specs, n_specs, arg + 2, strlen(arg + 2))
+                                          : NULL;
+        if (spec && (spec->kind & DSLA_ARG_KIND_MASK) != DSLA_ARG_FLAG) i++; /* its value */
+    }
+    for (int i = first; i < argc; i++) {
+        const char *arg = argv[i];
         if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
             if (*n_positional >= max_positional) {
                 fprintf(stderr, "unexpected argument '%s'\n%s\n", arg, usage);
@@ -119,7 +157,7 @@ int dsla_args_parse(int argc, char **argv, int first, const dsla_arg_spec_t *spe
             return 2;
         }
         const char *value = NULL;
-        if (spec->kind == DSLA_ARG_FLAG) {
+        if ((spec->kind & DSLA_ARG_KIND_MASK) == DSLA_ARG_FLAG) {
             if (eq) {
                 fprintf(stderr, "--%s takes no value\n", spec->name);
                 return 2;

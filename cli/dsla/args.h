@@ -8,6 +8,7 @@
 #define DSLA_CLI_ARGS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef enum {
     DSLA_ARG_STRING,
@@ -15,6 +16,11 @@ typedef enum {
     DSLA_ARG_FLOAT,
     DSLA_ARG_FLAG,
     DSLA_ARG_STRING_LIST, /* repeatable; values collected in order */
+    DSLA_ARG_KIND_MASK = 0xff,
+    /* Or'ed into a kind: --help ends the option's line with "(default V)", V the value dest holds
+     * before parsing, the one the code uses when the option is absent (nothing for a NULL
+     * string). The table then needs no default written by hand. */
+    DSLA_ARG_SHOW_DEFAULT = 0x100,
 } dsla_arg_kind_t;
 
 enum { DSLA_ARG_LIST_MAX = 16 };
@@ -57,5 +63,12 @@ int dsla_args_parse_with_list(int argc, char **argv, const dsla_arg_spec_t *spec
 int dsla_args_int_list(const char *text, const char *option, int *out, int max, int *n);
 
 void dsla_args_print_help(const char *usage, const dsla_arg_spec_t *specs, int n_specs);
+
+/* The " (default V)" --help prints after spec's help ("" when none) into out. */
+void dsla_args_default_text(const dsla_arg_spec_t *spec, char *out, size_t cap);
+
+/* Whether argv[first..argc) gives option name ("--name" or "--name=..."): for options whose
+ * default is a value, where only the user's giving it is an error. */
+bool dsla_args_given(int argc, char **argv, int first, const char *name);
 
 #endif

@@ -39,6 +39,17 @@ dsla_engine_config_t dsla_engine_config_default(void) {
     };
 }
 
+dsla_engine_config_t dsla_engine_config_for(bool gpu) {
+    dsla_engine_config_t c = dsla_engine_config_default();
+    if (gpu) c.prefill_chunk = DSLA_ENGINE_GPU_PREFILL_CHUNK;
+    return c;
+}
+
+void dsla_engine_config_fit(dsla_engine_config_t *c) {
+    if (c->step_tokens < c->prefill_chunk + c->max_running)
+        c->step_tokens = c->prefill_chunk + c->max_running;
+}
+
 static double monotonic_seconds(void *user) {
     (void)user;
     return dsla_clock_seconds();
@@ -310,6 +321,8 @@ void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_fin
     dsla_request_prompt_logprobs(r, &ev);
     e->m.requests_finished++;
     if (reason == DSLA_FINISH_CANCELLED) e->m.requests_cancelled++;
+    if (status == DSLA_OK && reason != DSLA_FINISH_CANCELLED)
+        dsla_histogram_observe(&e->m.e2e, dsla_engine_now(e) - r->t_submit);
     /* Memory first, so that a callback reading the metrics sees the request gone. */
     dsla_request_release_memory(e, r);
     if (r->on_event) r->on_event(r->user, &ev);

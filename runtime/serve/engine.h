@@ -81,6 +81,14 @@ typedef struct {
 /* The defaults above. kv_blocks 0 becomes enough blocks for max_running full contexts over every
  * layer, capped at DSLA_ENGINE_DEFAULT_KV_BYTES of K and V. */
 dsla_engine_config_t dsla_engine_config_default(void);
+/* A GPU's prefill is GEMM-bound from ~1K rows: its default chunk is larger. */
+#define DSLA_ENGINE_GPU_PREFILL_CHUNK 2048
+/* The defaults for the device the engine steps on: dsla_engine_config_default, with
+ * DSLA_ENGINE_GPU_PREFILL_CHUNK on a GPU. */
+dsla_engine_config_t dsla_engine_config_for(bool gpu);
+/* After max_running or prefill_chunk changed: raises step_tokens so that one step holds a whole
+ * prefill chunk beside a decode token for every running sequence. */
+void dsla_engine_config_fit(dsla_engine_config_t *c);
 
 /* What a request has used, in every event. */
 typedef struct {

@@ -240,10 +240,11 @@ static void check_choices(int port, const char *model, const char *want) {
     assert_int_equal(strstr(r.body, "\"usage\"") - r.body, strstr(u_chunk, "\"usage\"") - r.body);
     dsla_test_http_reply_free(&r);
 
+    /* several choices stream too, interleaved under their index (test_stream_choices) */
     snprintf(req, sizeof req, "{\"prompt\":\"%s\",\"n\":2,\"stream\":true}", prompt);
     r = dsla_test_http(port, "POST", "/v1/completions", req);
-    assert_int_equal(r.status, 400);
-    assert_non_null(strstr(r.body, "\"param\":\"n\""));
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"index\":1"));
     dsla_test_http_reply_free(&r);
 }
 
@@ -674,9 +675,14 @@ static void test_request_log(void **state) {
                                               "\"ignore_eos\":true}");
     assert_int_equal(r.status, 200);
     json_t *j = json_body(&r);
-    char want[96];
+    char want[96], served_by[160];
     snprintf(want, sizeof want, "request id=%s choice=0 status=200 prompt_tokens=",
              json_string_value(json_object_get(j, "id")));
+    /* the replica and the plan that computed it, as the response's system_fingerprint says */
+    const char *fp = json_string_value(json_object_get(j, "system_fingerprint"));
+    assert_non_null(fp);
+    assert_non_null(strstr(fp, ":plan-"));
+    snprintf(served_by, sizeof served_by, "served_by=%s preemptions=0 ", fp);
     json_decref(j);
     dsla_test_http_reply_free(&r);
     dsla_test_server_stop(&srv);
@@ -685,6 +691,7 @@ static void test_request_log(void **state) {
     char *line = strstr(text, want);
     if (!line) fail_msg("no request line '%s' in:\n%s", want, text);
     assert_non_null(strstr(line, "output_tokens=5 ttft_ms="));
+    assert_non_null(strstr(line, served_by));
     assert_non_null(strstr(line, "finish=length"));
     while (line > text && line[-1] != '\n')
         line--;

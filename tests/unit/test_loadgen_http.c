@@ -62,7 +62,8 @@ static void *serve_once(void *arg) {
 }
 
 /* Serves response once on a fresh port and runs one request against it. */
-static bool run(const char *response, size_t fragment, loadgen_http_result_t *r) {
+static bool run_kept(const char *response, size_t fragment, bool keep_text,
+                     loadgen_http_result_t *r) {
     canned_t c = {.response = response, .fragment = fragment};
     c.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in addr = {.sin_family = AF_INET};
@@ -77,11 +78,16 @@ static bool run(const char *response, size_t fragment, loadgen_http_result_t *r)
     snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(addr.sin_port));
     loadgen_http_target_t target;
     assert_true(loadgen_http_target_parse(url, "/v1/completions", &target, err, sizeof err));
+    target.keep_text = keep_text;
     const char body[] = "{\"prompt\": \"x\", \"stream\": true}";
     const bool ok = loadgen_http_stream(&target, body, sizeof body - 1, 10.0, now_s, r);
     pthread_join(t, NULL);
     close(c.listen_fd);
     return ok;
+}
+
+static bool run(const char *response, size_t fragment, loadgen_http_result_t *r) {
+    return run_kept(response, fragment, false, r);
 }
 
 /* An SSE body as docs/http.md streams it, chunked: one chunk per event, plus a chunk extension
@@ -94,7 +100,8 @@ static char *sse_response(bool complete) {
         "data: {\"choices\":[{\"index\":0,\"text\":\" a time, there was a little girl named "
         "Lily.\\u0000 She liked to play outside in the sun with her big red ball.\","
         "\"finish_reason\":null}]}\n\n",
-        "data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}],"
+        "data: {\"id\":\"cmpl-9\",\"system_fingerprint\":\"serving0:plan-4\","
+        "\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}],"
         "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":30,\"total_tokens\":35}}\n\n",
         "data: [DONE]\n\n",
     };
@@ -123,7 +130,20 @@ static void test_stream_in_fragments(void **state) {
         assert_string_equal(r.finish, "length");
         assert_true(r.first_s >= r.sent_s && r.last_s >= r.first_s && r.end_s >= r.last_s);
         assert_true(r.max_gap_s >= 0 && r.max_gap_s <= r.last_s - r.first_s);
+        assert_null(r.text); /* not asked for */
+        assert_string_equal(r.id, "cmpl-9");
+        assert_string_equal(r.fingerprint, "serving0:plan-4");
     }
+    /* keep_text gathers the pieces, the NUL byte included */
+    loadgen_http_result_t r;
+    if (!run_kept(resp, 5, true, &r)) fail_msg("keep_text: %s", r.error);
+    const char want[] =
+        " Once upon a time, there was a little girl named Lily.\0 She liked to play "
+        "outside in the sun with her big red ball.";
+    assert_int_equal(r.text_len, sizeof want - 1);
+    assert_memory_equal(r.text, want, sizeof want - 1);
+    assert_int_equal(r.text[r.text_len], '\0');
+    free(r.text);
     free(resp);
 }
 

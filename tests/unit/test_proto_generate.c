@@ -117,15 +117,32 @@ static void test_token_done_cancel_round_trip(void **state) {
     t.text_len = DSLA_PROTO_PIECE_MAX + 1;
     assert_int_equal(dsla_proto_token_encode(&t, &buf), DSLA_ERR_INVALID_ARGUMENT);
 
-    dsla_proto_done_t done = {
-        .finish = DSLA_PROTO_FINISH_STOP, .prompt_tokens = 5, .completion_tokens = 9};
+    dsla_proto_done_t done = {.finish = DSLA_PROTO_FINISH_STOP,
+                              .prompt_tokens = 5,
+                              .completion_tokens = 9,
+                              .replica = "serving2",
+                              .plan_id = 1ull << 40,
+                              .preemptions = 2};
     assert_int_equal(dsla_proto_done_encode(&done, &buf), DSLA_OK);
     dsla_proto_done_t dd;
     assert_int_equal(dsla_proto_done_decode(buf.data, buf.len, &dd), DSLA_OK);
     assert_int_equal(dd.finish, DSLA_PROTO_FINISH_STOP);
     assert_int_equal(dd.prompt_tokens, 5);
     assert_int_equal(dd.completion_tokens, 9);
+    assert_string_equal(dd.replica, "serving2");
+    assert_true(dd.plan_id == 1ull << 40);
+    assert_int_equal(dd.preemptions, 2);
     dsla_proto_buf_free(&buf);
+    /* an older replica's DONE (finish and usage only) still decodes, naming nobody */
+    assert_int_equal(dsla_proto_done_decode("\x83\xa6"
+                                            "finish\xa4"
+                                            "stop\xadprompt_tokens\x01\xb1"
+                                            "completion_tokens\x02",
+                                            47, &dd),
+                     DSLA_OK);
+    assert_int_equal(dd.completion_tokens, 2);
+    assert_string_equal(dd.replica, "");
+    assert_int_equal(dd.plan_id, 0);
     assert_int_equal(dsla_proto_done_decode("\x81\xa6"
                                             "finish\xa3"
                                             "odd",

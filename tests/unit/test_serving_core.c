@@ -77,8 +77,11 @@ static int teardown(void **state) {
 }
 
 static dsla_serving_core_t *core_new(dsla_serving_sample_t *sample) {
-    dsla_serving_core_config_t c = {
-        .num_layers = 5, .controller = "controller", .sample = sample, .distiller = "distiller"};
+    dsla_serving_core_config_t c = {.num_layers = 5,
+                                    .name = "serving7",
+                                    .controller = "controller",
+                                    .sample = sample,
+                                    .distiller = "distiller"};
     dsla_serving_core_t *core = NULL;
     assert_int_equal(dsla_serving_core_create(&core, &c, &ops), DSLA_OK);
     return core;
@@ -129,11 +132,13 @@ static dsla_serving_event_t token_ev(uint64_t key, int32_t token) {
 }
 
 static dsla_serving_event_t end_ev(uint64_t key, dsla_finish_reason_t finish, int completion) {
-    return (dsla_serving_event_t){.key = key,
-                                  .token = -1,
-                                  .finished = true,
-                                  .finish = finish,
-                                  .usage = {.prompt_tokens = 4, .completion_tokens = completion}};
+    return (dsla_serving_event_t){
+        .key = key,
+        .token = -1,
+        .finished = true,
+        .finish = finish,
+        .usage = {
+            .prompt_tokens = 4, .completion_tokens = completion, .preemptions = 1, .plan_id = 3}};
 }
 
 static int count_to(const char *dst, uint32_t type) {
@@ -171,6 +176,9 @@ static void test_stream_and_done(void **state) {
     assert_int_equal(dsla_proto_done_decode(t.out.sent[2].body, t.out.sent[2].len, &done), DSLA_OK);
     assert_int_equal(done.finish, DSLA_PROTO_FINISH_LENGTH);
     assert_int_equal(done.completion_tokens, 16);
+    assert_string_equal(done.replica, "serving7"); /* where it was computed */
+    assert_int_equal(done.plan_id, 3);
+    assert_int_equal(done.preemptions, 1);
     assert_int_equal(dsla_serving_core_requests(c), 1);
     /* events for a key that has ended are dropped */
     batch_init(&x);

@@ -8,7 +8,11 @@
  *   (no chunk within the timeout) is PLAN_NACK DEADLINE_EXCEEDED; a corrupt chunk is a hash
  *   mismatch and PLAN_NACK; the controller's ERROR is PLAN_NACK with its code; stale chunks are
  *   ignored; a newer SET_PLAN supersedes a fetch (PLAN_NACK CANCELLED); a fetched version is not
- *   fetched again. Every NACK goes to the SET_PLAN's sender with the reason and the kept plan. */
+ *   fetched again. Every NACK goes to the SET_PLAN's sender with the reason and the kept plan.
+ * - the writes, which the actor runs on a worker: one at a time, in the chunks' order, the next
+ *   LAYER_FETCH out while a chunk is written but none more while one waits behind it; time spent
+ *   on the disk is no fetch timeout; a failed write is PLAN_NACK with its reason; a change ended
+ *   while a write is out leaves the job owning its transfer, which goes with it. */
 #include "tests/testutil.h"
 
 #include <stdio.h>
@@ -27,8 +31,10 @@ enum { CHUNK = 4096, TIMEOUT_MS = 5000, LAYER = 1 };
 
 static struct {
     outbox_t out;
-    dsla_serving_load_t *job; /* a load asked for, not yet run */
-    dsla_plan_t *adopting;    /* a plan handed to the "engine" */
+    dsla_serving_load_t *job;   /* a load asked for, not yet run */
+    dsla_serving_write_t *wjob; /* a write asked for, not yet run */
+    int writes;                 /* write jobs asked for */
+    dsla_plan_t *adopting;      /* a plan handed to the "engine" */
     uint64_t now;
     dsla_model_t *model;
     char *dir;
@@ -49,6 +55,23 @@ static dsla_status_t fake_load(void *user, dsla_serving_load_t *job) {
     assert_null(t.job);
     t.job = job;
     return DSLA_OK;
+}
+
+static dsla_status_t fake_write(void *user, dsla_serving_write_t *job) {
+    (void)user;
+    assert_null(t.wjob); /* one write at a time */
+    t.wjob = job;
+    t.writes++;
+    return DSLA_OK;
+}
+
+/* The worker's write of the chunk handed out, then its done callback. */
+static void run_write(dsla_serving_plans_t *p) {
+    assert_non_null(t.wjob);
+    dsla_serving_write_t *job = t.wjob;
+    t.wjob = NULL;
+    dsla_serving_write_run(job);
+    dsla_serving_plans_written(p, job, false, t.now);
 }
 
 static dsla_status_t fake_adopt(void *user, dsla_plan_t **plan) {
@@ -99,7 +122,8 @@ static dsla_serving_plans_t *plans_new(const char *cache) {
                                      .fetch_chunk = CHUNK,
                                      .fetch_timeout_ms = TIMEOUT_MS,
                                      .plan_id = 1};
-    dsla_serving_plan_ops_t ops = {.send = fake_send, .load = fake_load, .adopt = fake_adopt};
+    dsla_serving_plan_ops_t ops = {
+        .send = fake_send, .load = fake_load, .write = fake_write, .adopt = fake_adopt};
     dsla_serving_plans_t *p = NULL;
     harness_ok(dsla_serving_plans_create(&p, &c, &ops), "plans");
     return p;
@@ -168,6 +192,12 @@ static void answer_fetch(dsla_serving_plans_t *p, bool corrupt) {
     dsla_serving_plans_on_chunk(p, "controller", id, body.data, body.len, t.now);
     dsla_proto_buf_free(&body);
     free(bytes);
+}
+
+/* One round trip: the chunk answered, then written by the "worker". */
+static void fetch_chunk(dsla_serving_plans_t *p, bool corrupt) {
+    answer_fetch(p, corrupt);
+    run_write(p);
 }
 
 static int setup(void **state) {
@@ -259,7 +289,7 @@ static void test_fetch_chunks_then_ack(void **state) {
     probe(p, false);
     int chunks = 0;
     while (!t.job) {
-        answer_fetch(p, false);
+        fetch_chunk(p, false);
         chunks++;
         t.now += 10;
     }
@@ -287,8 +317,8 @@ static void test_controller_dies_mid_fetch(void **state) {
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
     probe(p, false);
-    answer_fetch(p, false);
-    answer_fetch(p, false); /* then silence */
+    fetch_chunk(p, false);
+    fetch_chunk(p, false); /* then silence */
     const int fetches = t.out.n;
     t.now += TIMEOUT_MS - 1;
     dsla_serving_plans_on_tick(p, t.now);
@@ -313,9 +343,9 @@ static void test_corrupt_chunk_nack(void **state) {
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
     probe(p, false);
-    answer_fetch(p, true); /* the first chunk's bytes are damaged on the way */
+    fetch_chunk(p, true); /* the first chunk's bytes are damaged on the way */
     while (last_sent()->type == DSLA_MSG_LAYER_FETCH)
-        answer_fetch(p, false);
+        fetch_chunk(p, false);
     assert_answer(1, false, dsla_proto_code_from_status(DSLA_ERR_FORMAT), "xxh64", 1, 0);
     assert_null(t.job);
     dsla_serving_plans_destroy(&p);
@@ -349,7 +379,7 @@ static void test_newer_plan_supersedes(void **state) {
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
     probe(p, false);
-    answer_fetch(p, false);
+    fetch_chunk(p, false);
     set_plan(p, 2, t.checksum); /* the first is answered CANCELLED, the second starts afresh */
     probe(p, false);
     int nack = -1;
@@ -359,7 +389,7 @@ static void test_newer_plan_supersedes(void **state) {
     assert_int_equal(t.out.sent[nack].id, 101);
     assert_int_equal(last_sent()->type, DSLA_MSG_LAYER_FETCH);
     while (!t.job)
-        answer_fetch(p, false);
+        fetch_chunk(p, false);
     run_load(p);
     /* while a change is being adopted a newer one waits, and a third replaces the waiting one */
     set_plan(p, 3, t.checksum);
@@ -382,7 +412,7 @@ static void test_destroy_mid_fetch_and_load(void **state) {
     dsla_serving_plans_t *p = plans_new(cache);
     set_plan(p, 1, t.checksum);
     probe(p, false);
-    answer_fetch(p, false);
+    fetch_chunk(p, false);
     dsla_serving_plans_destroy(&p); /* the .part goes with it; nothing leaks (ASan) */
     p = plans_new(NULL);
     set_plan(p, 1, t.checksum);
@@ -391,6 +421,131 @@ static void test_destroy_mid_fetch_and_load(void **state) {
     dsla_serving_plans_loaded(p, job, true, t.now); /* the actor stopping: cancelled, unanswered */
     assert_int_equal(last_sent()->type, DSLA_MSG_LAYER_FETCH);
     dsla_serving_plans_destroy(&p);
+}
+
+/* The offset of the LAYER_FETCH last sent. */
+static uint64_t last_fetch_offset(void) {
+    const sent_t *s = last_sent();
+    assert_int_equal(s->type, DSLA_MSG_LAYER_FETCH);
+    dsla_proto_layer_fetch_t f;
+    harness_ok(dsla_proto_layer_fetch_decode(s->body, s->len, &f), "decode LAYER_FETCH");
+    return f.offset;
+}
+
+static void test_writes_in_order_off_the_loop(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-order");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    /* chunk 0 accepted: its write goes out and chunk 1 is asked for at once */
+    answer_fetch(p, false);
+    assert_non_null(t.wjob);
+    assert_int_equal(t.writes, 1);
+    assert_int_equal(t.wjob->len, CHUNK);
+    assert_memory_equal(t.wjob->bytes, t.bytes, CHUNK);
+    assert_int_equal(last_fetch_offset(), CHUNK);
+    /* chunk 1 arrives while chunk 0 is still on the disk: it waits, and nothing more is asked */
+    const int sent = t.out.n;
+    answer_fetch(p, false);
+    assert_int_equal(t.out.n, sent);
+    assert_int_equal(t.writes, 1);
+    /* a disk slower than the fetch timeout is no timeout: no LAYER_FETCH is outstanding */
+    t.now += 10 * TIMEOUT_MS;
+    dsla_serving_plans_on_tick(p, t.now);
+    assert_int_equal(t.out.n, sent);
+    assert_true(dsla_serving_plans_busy(p));
+    /* chunk 0 written: chunk 1's write goes out, and chunk 2 is asked for */
+    run_write(p);
+    assert_int_equal(t.writes, 2);
+    assert_memory_equal(t.wjob->bytes, t.bytes + CHUNK, CHUNK);
+    assert_int_equal(last_fetch_offset(), 2 * CHUNK);
+    /* the rest, each write finishing before the next chunk comes */
+    run_write(p);
+    while (!t.job)
+        fetch_chunk(p, false);
+    assert_int_equal(t.writes, (int)((t.size + CHUNK - 1) / CHUNK));
+    size_t n = 0;
+    char *copy = dsla_test_read_file(t.job->request.layers[0].path, &n);
+    assert_non_null(copy);
+    assert_int_equal(n, t.size);
+    assert_memory_equal(copy, t.bytes, t.size); /* byte for byte, in order */
+    free(copy);
+    run_load(p);
+    run_adopt(p, 2);
+    assert_answer(1, true, DSLA_CODE_OK, "", 2, 1);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_failed_write_nack(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-full");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    fetch_chunk(p, false);
+    answer_fetch(p, false);
+    /* the worker's write fails (a full disk) */
+    dsla_serving_write_t *job = t.wjob;
+    t.wjob = NULL;
+    job->status = dsla_error(DSLA_ERR_IO, "layer transfer: cannot write x.part: No space left");
+    snprintf(job->message, sizeof job->message, "%s", dsla_last_error());
+    dsla_serving_plans_written(p, job, false, t.now);
+    assert_answer(1, false, dsla_proto_code_from_status(DSLA_ERR_IO), "No space left", 1, 0);
+    assert_false(dsla_serving_plans_busy(p));
+    /* the chunk asked for before the failure is stale when it comes */
+    const int after = t.out.n;
+    dsla_serving_plans_on_chunk(p, "controller", t.out.sent[after - 2].id, "x", 1, t.now);
+    assert_int_equal(t.out.n, after);
+    assert_null(t.wjob);
+    dsla_serving_plans_destroy(&p);
+}
+
+static void test_change_ends_while_writing(void **state) {
+    (void)state;
+    char cache[1024];
+    cache_dir(cache, sizeof cache, "cache-orphan");
+    dsla_serving_plans_t *p = plans_new(cache);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    answer_fetch(p, false);
+    answer_fetch(p, false); /* one write out, one waiting */
+    /* a newer SET_PLAN ends the fetch: NACK CANCELLED at once, the write job keeps its transfer */
+    set_plan(p, 2, t.checksum);
+    assert_int_equal(t.out.sent[t.out.n - 1].type, DSLA_MSG_PLAN_NACK);
+    assert_int_equal(t.out.sent[t.out.n - 1].id, 101);
+    dsla_serving_write_t *old = t.wjob;
+    t.wjob = NULL;
+    assert_true(old->orphaned);
+    probe(p, false); /* plan 2 starts its own fetch */
+    answer_fetch(p, false);
+    assert_non_null(t.wjob); /* plan 2's first write: the old job does not hold it up */
+    /* the old job comes back: it frees itself and its .part, touching nothing of plan 2 */
+    const int sent = t.out.n;
+    dsla_serving_write_run(old);
+    dsla_serving_plans_written(p, old, false, t.now);
+    assert_int_equal(t.out.n, sent);
+    run_write(p);
+    while (!t.job)
+        fetch_chunk(p, false);
+    run_load(p);
+    run_adopt(p, 2);
+    assert_answer(2, true, DSLA_CODE_OK, "", 2, 1);
+    dsla_serving_plans_destroy(&p);
+    /* destroyed with a write out: the job is orphaned and freed by whoever holds it */
+    char cache2[1024];
+    cache_dir(cache2, sizeof cache2, "cache-orphan2");
+    p = plans_new(cache2);
+    set_plan(p, 1, t.checksum);
+    probe(p, false);
+    answer_fetch(p, false);
+    old = t.wjob;
+    t.wjob = NULL;
+    dsla_serving_plans_destroy(&p);
+    assert_true(old->orphaned);
+    dsla_serving_write_free(&old); /* the .part goes too; nothing leaks (ASan) */
 }
 
 int main(void) {
@@ -403,6 +558,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_controller_error_and_stale_chunks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_newer_plan_supersedes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_mid_fetch_and_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writes_in_order_off_the_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_write_nack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_change_ends_while_writing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
