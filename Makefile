@@ -44,7 +44,7 @@ test-fuzz: deps
 	CC=clang-14 cmake -S . -B $(FUZZ_BUILD) -DDSLA_CUDA=OFF -DDSLA_FUZZ=ON \
 		-DDSLA_FUZZ_SECONDS=$(FUZZ_SECONDS) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_envelope fuzz_safetensors fuzz_config \
-		fuzz_tokenizer fuzz_http_body fuzz_chat_template
+		fuzz_tokenizer fuzz_http_body fuzz_chat_template fuzz_cluster_file
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -j $(JOBS) -L fuzz
 
 # ThreadSanitizer over the actor runtime's and the serving engine threads' tests (label tsan):

@@ -432,7 +432,7 @@ dsla_status_t dsla_controller_create(dsla_controller_t **out, const dsla_control
     dsla_actor_def_t def = {
         .name = cfg->name ? cfg->name : "controller",
         .ctx = cfg->ctx,
-        .bind = {cfg->bind[0], cfg->bind[1]},
+        .bind = {cfg->bind[0], cfg->bind[1], cfg->bind[2]},
         .handlers = handlers,
         .n_handlers = sizeof handlers / sizeof handlers[0],
         .role_rules = roles,

@@ -46,8 +46,8 @@ typedef struct {
     const char *name; /* actor name; NULL: "controller" */
     dsla_actor_ctx_t *ctx;
     /* mailboxes: replicas and dslactl may use any ("inproc://controller",
-     * "tcp://127.0.0.1:7071"); unused slots NULL */
-    const char *bind[2];
+     * "tcp://127.0.0.1:7071", a second tcp port apart from dslactl's); unused slots NULL */
+    const char *bind[3];
     const char *layers_dir; /* layer versions written by `dsla distill --out` */
     /* the actor name of its distiller, the only sender of LAYER_READY and DISTILL_PROGRESS it
      * takes; NULL: "distiller" (a distiller's default name) */

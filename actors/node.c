@@ -145,14 +145,15 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
     if (st == DSLA_OK && distill && config->layers_dir)
         st = same_directory(config->layers_dir, config->distiller.out_dir);
     if (st == DSLA_OK && layers_dir) {
-        dsla_controller_config_t cc = {.ctx = n->ctx,
-                                       .bind = {NODE_CONTROLLER_ENDPOINT, config->admin},
-                                       .layers_dir = layers_dir,
-                                       .db_path = config->controller_db,
-                                       .policy = config->policy,
-                                       .admin_auth = config->admin_auth,
-                                       .layer_key = config->layer_key,
-                                       .heartbeat_ms = config->heartbeat_ms};
+        dsla_controller_config_t cc = {
+            .ctx = n->ctx,
+            .bind = {NODE_CONTROLLER_ENDPOINT, config->admin, config->controller_bind},
+            .layers_dir = layers_dir,
+            .db_path = config->controller_db,
+            .policy = config->policy,
+            .admin_auth = config->admin_auth,
+            .layer_key = config->layer_key,
+            .heartbeat_ms = config->heartbeat_ms};
         st = dsla_controller_create(&n->controller, &cc);
     }
     if (st == DSLA_OK && local) {

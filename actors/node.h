@@ -54,6 +54,9 @@ typedef struct {
     const char *controller_db; /* its SQLite database */
     const char *admin;         /* its mailbox for dslactl (and remote replicas) */
     const char *policy;        /* NULL: the stored policy */
+    /* another mailbox of the controller, for replicas and a distiller on other hosts when dslactl
+     * has admin to itself (a cluster file's controller port and admin_port); NULL: none */
+    const char *controller_bind;
     /* The distiller (actors/distiller.h), run when distiller.out_dir is set; the node fills in its
      * context, mailbox, controller and heartbeat, and the controller's layers_dir defaults to its
      * out_dir. It needs the controller: not with serving_only. */

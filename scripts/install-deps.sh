@@ -18,6 +18,10 @@ packages=(
   libmicrohttpd-dev # the gateway's OpenAI-compatible HTTP API
   libsqlite3-dev    # the controller's state (plans, policy, event history)
   libsodium-dev     # the keyed MAC of layer versions (libzmq's CURVE uses it too)
+  libyaml-dev       # the cluster file (actors/cluster_file.c)
+  iproute2          # the multi-host test's network namespaces (tests/integration/cluster_netns.sh)
+  curl              # the multi-host test's HTTP requests
+  sqlite3           # the multi-host test backs up the controller's state (docs/operations.md)
   clang-format      # 14 on Debian 12: the formatting check (scripts/check-format.sh)
   clang-14 libclang-rt-14-dev # libFuzzer, ASan and UBSan for the fuzz targets (make test-fuzz)
   git               # the tree checks list the tracked sources

@@ -8,6 +8,7 @@
 
 #include "actors/node.h"
 #include "actors/serving.h"
+#include "cli/dsla-serve/cluster.h"
 #include "cli/dsla/args.h"
 #include "cli/dsla/distill_device.h"
 #include "runtime/model/llama.h"
@@ -18,7 +19,8 @@
 #endif
 
 static const char usage[] =
-    "usage: dsla-serve [--version] [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
+    "usage: dsla-serve --cluster FILE --node NAME [option]...\n"
+    "       dsla-serve [--version] [--model DIR] [--endpoint tcp://127.0.0.1:7070] [--http "
     "127.0.0.1:8000|off]\n"
     "                  [--replica tcp://HOST:PORT]... [--serving-only] [--heartbeat-ms N]\n"
     "                  [--layers DIR [--controller-db PATH] [--admin tcp://127.0.0.1:7071]\n"
@@ -81,8 +83,12 @@ static const char usage[] =
     "known_servers; `dslactl keygen` makes a keypair); without it a mailbox binds only loopback\n"
     "unless --allow-insecure. --layer-key-file FILE (shared by distiller, controller and\n"
     "replicas) seals each layer version the distiller writes with a keyed MAC, and the controller\n"
-    "and replicas refuse versions without it (`dslactl keygen --layer-key FILE` writes one). Each\n"
-    "option's default below is the value the code uses.";
+    "and replicas refuse versions without it (`dslactl keygen --layer-key FILE` writes one). "
+    "--cluster\n"
+    "FILE --node NAME starts the actors the cluster file gives node NAME (docs/operations.md): "
+    "the\n"
+    "file's fields and options: maps become the options below. Each option's default below is\n"
+    "the value the code uses.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -134,6 +140,10 @@ static void raise_open_files(uint32_t in_flight) {
                 (unsigned long long)rl.rlim_max,
                 (unsigned long long)(rl.rlim_max > 128 ? rl.rlim_max - 128 : 0) / 8, in_flight);
 }
+
+/* With --cluster, the node's command line (cluster.h): argv and every option's value point into
+ * it until exit; static, so that a usage error's early return leaves nothing unreachable. */
+static dsla_serve_cluster_t *cluster;
 
 /* Random weights are drawn from this seed: every --random-model server is the same model. */
 #define RANDOM_MODEL_SEED 1
@@ -222,6 +232,7 @@ int main(int argc, char **argv) {
     const char *layers_dir = NULL, *controller_db = NULL, *admin = "tcp://127.0.0.1:7071";
     const char *policy = NULL, *controller = NULL, *layer_cache = NULL;
     const char *serving_name = NULL;
+    const char *cluster_file = NULL, *cluster_node = NULL, *controller_bind = NULL;
     long fetch_chunk = DSLA_PROTO_CHUNK_MAX;
     const char *device = "cpu", *dtype = "bf16";
     const dsla_engine_config_t engine_defaults = dsla_engine_config_default();
@@ -366,7 +377,20 @@ int main(int argc, char **argv) {
          &log_level},
         {"log-format", DSLA_ARG_STRING, "text (default) or json: one object per line", 0, 0,
          &log_format},
+        {"cluster", DSLA_ARG_STRING, "a cluster file (docs/operations.md); with --node", 0, 0,
+         &cluster_file},
+        {"node", DSLA_ARG_STRING, "with --cluster: the node whose actors to start", 0, 0,
+         &cluster_node},
+        {"controller-bind", DSLA_ARG_STRING,
+         "with --layers: another mailbox for replicas and the distiller (--admin stays dslactl's)",
+         0, 0, &controller_bind},
     };
+    const int cluster_rc = dsla_serve_cluster_args(&argc, &argv, specs,
+                                                   (int)(sizeof specs / sizeof specs[0]), &cluster);
+    if (cluster_rc != -1) {
+        dsla_serve_cluster_free(&cluster);
+        return cluster_rc;
+    }
     const char *positional[1];
     int n_positional = 0;
     int rc = dsla_args_parse(argc, argv, 1, specs, (int)(sizeof specs / sizeof specs[0]),
@@ -435,9 +459,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: --serving-only runs no gateway; drop --replica\n");
         return 2;
     }
-    if (layers_dir && (serving_only || !model_dir)) {
-        fprintf(stderr, "dsla-serve: --layers runs a controller beside a local serving actor; it "
-                        "needs --model and no --serving-only (use --controller there)\n");
+    if (layers_dir && (serving_only || (!model_dir && replicas.count == 0))) {
+        fprintf(stderr, "dsla-serve: --layers runs a controller for the local serving actor or "
+                        "the --replica ones; it needs --model or --replica and no --serving-only "
+                        "(use --controller there)\n");
         return 2;
     }
     if (controller && !serving_only) {
@@ -467,9 +492,14 @@ int main(int argc, char **argv) {
                         "are for a node with the distiller (--distill-data, --distill-out)\n");
         return 2;
     }
-    if (serving_name && !serving_only) {
-        fprintf(stderr, "dsla-serve: --name names a --serving-only replica; this node's serving "
-                        "actor is serving0\n");
+    if (serving_name && !local) {
+        fprintf(stderr, "dsla-serve: --name names the local serving actor (default serving0); "
+                        "this node runs none (--model)\n");
+        return 2;
+    }
+    if (controller_bind && !layers_dir) {
+        fprintf(stderr, "dsla-serve: --controller-bind is a mailbox of the controller: it needs "
+                        "--layers\n");
         return 2;
     }
     if ((layer_cache || dsla_args_given(argc, argv, 1, "fetch-chunk")) && !controller) {
@@ -587,6 +617,7 @@ int main(int argc, char **argv) {
                                      .controller_db = controller_db,
                                      .admin = admin,
                                      .policy = policy,
+                                     .controller_bind = controller_bind,
                                      .controller = controller,
                                      .report_ms = (uint32_t)report_ms,
                                      .layer_cache = layer_cache,
@@ -652,5 +683,6 @@ int main(int argc, char **argv) {
     dsla_tokenizer_destroy(&tokenizer);
     dsla_chat_template_destroy(&chat_template);
     dsla_model_destroy(&model);
+    dsla_serve_cluster_free(&cluster);
     return st == DSLA_OK ? 0 : (st == DSLA_ERR_INVALID_ARGUMENT ? 2 : 1);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "actors/cluster_file.h"
 #include "actors/controller_admin.h"
 #include "cli/dsla/args.h"
 #include "proto/dsla_client.h"
@@ -21,13 +22,14 @@
 static void build_usage(char *out, size_t cap) {
     size_t n = (size_t)snprintf(
         out, cap,
-        "usage: dslactl [--admin tcp://127.0.0.1:7071] [--timeout-ms N] [--admin-key-file F] "
-        "[--curve-keys DIR] COMMAND\n"
+        "usage: dslactl [--admin tcp://127.0.0.1:7071 | --cluster FILE] [--timeout-ms N] "
+        "[--admin-key-file F] [--curve-keys DIR] COMMAND\n"
         "       dslactl keygen --out DIR --role ROLE [--name NAME]  (a CURVE keypair: "
         "DIR/node.key, DIR/node.pub; roles gateway, replica, controller, distiller, admin, "
         "client)\n"
         "       dslactl keygen --layer-key FILE  (a layer MAC key for --layer-key-file, mode "
-        "0600)\n\ncommands (docs/controller.md):\n");
+        "0600)\n\n--cluster finds the controller's admin mailbox (and the admin key file) in a "
+        "cluster file (docs/operations.md).\n\ncommands (docs/controller.md):\n");
     if (n < cap) dsla_admin_usage(out + n, cap - n);
     n = strlen(out);
     if (n < cap) n += (size_t)snprintf(out + n, cap - n, "policy fields:");
@@ -125,7 +127,7 @@ static dsla_status_t curve_options(const dsla_curve_keys_t *keys, const char *ad
 int main(int argc, char **argv) {
     char usage[2048];
     build_usage(usage, sizeof usage);
-    const char *admin = "tcp://127.0.0.1:7071", *key_file = NULL, *curve_dir = NULL;
+    const char *admin = NULL, *key_file = NULL, *cluster_path = NULL, *curve_dir = NULL;
     const char *out = NULL, *role = NULL, *name = NULL, *layer_key = NULL;
     long timeout_ms = 10000, limit = 0;
     const dsla_arg_spec_t specs[] = {
@@ -144,6 +146,9 @@ int main(int argc, char **argv) {
         {"name", DSLA_ARG_STRING, "keygen: the key's name (default: the role)", 0, 0, &name},
         {"layer-key", DSLA_ARG_STRING, "keygen: write a layer MAC key to this file instead", 0, 0,
          &layer_key},
+        {"cluster", DSLA_ARG_STRING,
+         "a cluster file: the controller's admin mailbox and admin key file come from it", 0, 0,
+         &cluster_path},
     };
     const char *words[DSLA_PROTO_ADMIN_ARGS_MAX];
     int n_words = 0;
@@ -151,6 +156,32 @@ int main(int argc, char **argv) {
                              DSLA_PROTO_ADMIN_ARGS_MAX - 1, &n_words, usage);
     if (rc == -1) return 0;
     if (rc != 0) return rc;
+    char cluster_admin[512];
+    dsla_cluster_t *cluster = NULL;
+    if (cluster_path && admin) {
+        fprintf(stderr, "dslactl: --cluster and --admin both name the controller; give one\n");
+        return 2;
+    }
+    if (cluster_path) {
+        if (dsla_cluster_load(&cluster, cluster_path) != DSLA_OK) {
+            fprintf(stderr, "dslactl: %s\n", dsla_last_error());
+            return 2;
+        }
+        const bool found =
+            dsla_cluster_admin_endpoint(cluster, cluster_admin, sizeof cluster_admin);
+        if (found && !key_file && cluster->admin_key_file) {
+            static char key_path[4096]; /* outlives the cluster */
+            snprintf(key_path, sizeof key_path, "%s", cluster->admin_key_file);
+            key_file = key_path;
+        }
+        dsla_cluster_destroy(&cluster);
+        if (!found) {
+            fprintf(stderr, "dslactl: %s: no node runs a controller\n", cluster_path);
+            return 2;
+        }
+        admin = cluster_admin;
+    }
+    if (!admin) admin = "tcp://127.0.0.1:7071";
     if (n_words == 0) {
         fprintf(stderr, "dslactl: name a command (dslactl --help lists them)\n");
         return 2;

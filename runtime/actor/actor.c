@@ -770,6 +770,12 @@ static bool dealer_dropped(peer_t *p) {
     }
 }
 
+/* How long a connection may stay silent, or a connect unanswered, before libzmq gives it up: the
+ * actors' own liveness (three heartbeats). */
+static int link_timeout_ms(const dsla_actor_t *a) {
+    return (int)a->heartbeat_ms * DSLA_ACTOR_HEARTBEAT_LIVENESS;
+}
+
 /* Opens p's DEALER to p->endpoint and polls it. */
 static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     const dsla_curve_keys_t *keys = a->ctx->keys;
@@ -786,10 +792,15 @@ static dsla_status_t open_dealer(dsla_actor_t *a, peer_t *p) {
     void *sock = zmq_socket(a->ctx->zmq, ZMQ_DEALER);
     if (!sock) return zmq_failure(a->name, "zmq_socket(DEALER)");
     int linger = 0, hwm = DSLA_ACTOR_QUEUE_MAX;
+    /* A connect begun while the peer's host is cut off would wait on the kernel's SYN backoff
+     * (1, 2, 4, 8, ... s) long after the network is back: libzmq gives it up after
+     * link_timeout_ms and tries again with a fresh one. */
+    int connect_timeout = link_timeout_ms(a);
     int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     int fd = -1;
     size_t fd_len = sizeof fd;
     if (zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CONNECT_TIMEOUT, &connect_timeout, sizeof connect_timeout) != 0 ||
         zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
@@ -1102,6 +1113,11 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
     int linger = 0, on = 1, fd = -1, backlog = DSLA_ACTOR_BACKLOG, hwm = DSLA_ACTOR_QUEUE_MAX;
     int64_t max_frame = DSLA_ACTOR_FRAME_MAX;
     size_t fd_len = sizeof fd;
+    /* A peer cut off by the network (a host unplugged, a link down), not killed, sends no FIN: its
+     * connection would stay open here, holding its routing id, and refuse its reconnection once
+     * the network is back (below). libzmq's own ZMTP heartbeats close a connection silent for
+     * link_timeout_ms; they run on libzmq's I/O thread, whatever this loop is doing. */
+    const int hb_ivl = (int)a->heartbeat_ms, hb_timeout = link_timeout_ms(a);
     /* MANDATORY turns a send to an unknown client into an error instead of a silent drop.
      * ZMQ_ROUTER_HANDOVER stays off (libzmq's default): with it the newest connection claiming a
      * routing id takes the name and every reply meant for it, so anyone who can reach the
@@ -1113,7 +1129,9 @@ static dsla_status_t open_mailbox(dsla_actor_t *a, const dsla_actor_def_t *def) 
         zmq_setsockopt(a->router, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) != 0 ||
         zmq_setsockopt(a->router, ZMQ_BACKLOG, &backlog, sizeof backlog) != 0 ||
         zmq_setsockopt(a->router, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
-        zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
+        zmq_setsockopt(a->router, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl) != 0 ||
+        zmq_setsockopt(a->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout) != 0)
         return zmq_failure(a->name, "mailbox options");
     const dsla_curve_keys_t *keys = a->ctx->keys;
     int server = 1;
