@@ -23,6 +23,16 @@
 
 typedef struct dsla_node dsla_node_t;
 
+/* One local serving replica of several (dsla_node_config_t.local): its own model (a CPU engine
+ * runs the host model and its scratch, so CPU replicas never share one) and backend (a GPU
+ * deployment: its own device copy, pools, stream and CUDA context on gpu). */
+typedef struct {
+    dsla_model_t *model;           /* borrowed; NULL with a backend: the backend's shape */
+    dsla_serve_backend_t *backend; /* borrowed; NULL: the CPU runs model */
+    int gpu; /* made the current CUDA device while its serving actor starts, so that its engine
+                thread binds it (the device the backend was deployed on); -1: none (CPU) */
+} dsla_node_local_t;
+
 typedef struct {
     /* model and backend NULL: no local serving actor (a gateway over remote replicas) */
     dsla_model_t *model; /* NULL with a backend: a model with no host copy (random weights) */
@@ -71,6 +81,12 @@ typedef struct {
      * reporting to one controller need distinct names. */
     const char *serving_name;
     uint32_t fetch_chunk; /* bytes per LAYER_FETCH; 0: the default */
+    /* Several local serving replicas in this process (n_local > 0; model and backend above then
+     * stay NULL): serving0..serving{n_local-1} at inproc://servingI, each its own engine, all
+     * routed to by the gateway (beside any remote replicas), all reporting to the controller and
+     * adopting its plans, all sampling prompts for the distiller. Not with serving_only. */
+    const dsla_node_local_t *local;
+    int n_local;
 } dsla_node_config_t;
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);

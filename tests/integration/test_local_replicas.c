@@ -1,0 +1,266 @@
+/* Several serving actors in one dsla-serve (`--local-replicas 3`, the CPU form of `--gpus 0-2`):
+ * `dsla distill --steps 0` writes two layer versions of stories260K; one process runs the gateway,
+ * the controller (manual policy) and three local replicas, plus a remote `--serving-only` replica
+ * reporting to the same controller. HTTP requests spread over all the replicas (each answer's
+ * system_fingerprint names its replica, and /metrics counts what the gateway routed to each);
+ * `dslactl convert 2` converts all three local replicas, whose greedy outputs then equal the
+ * in-process hybrid's; the remote replica's plan is refused (its layer cache is made unusable)
+ * and it keeps the teacher's plan without holding the others back; killing it leaves the three
+ * serving and still following the controller (revert). Bad --gpus and --local-replicas values are
+ * refused naming the option and the value. */
+#define _DEFAULT_SOURCE
+#include "tests/testutil.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/integration/ctl_harness.h"
+
+enum { N_LOCAL = 3, N_HTTP = 12, N_STUB = 6 };
+
+static char admin[64];
+
+/* `dsla distill --steps 0` (teacher-initialised versions) of two layers into out_dir. */
+static void distill_init_only(const char *model, const char *data, const char *out_dir) {
+    static char out[CTL_OUT_MAX];
+    const char *args[] = {"distill", "--model",  model, "--data",          data, "--out",
+                          out_dir,   "--layers", "2",   "--steps",         "0",  "--seq-len",
+                          "64",      "--batch",  "2",   "--max-sequences", "8",  "--eval-sequences",
+                          "2",       NULL};
+    if (ctl_run_bin("dsla", args, out, CTL_OUT_MAX) != 0) fail_msg("dsla distill:\n%s", out);
+}
+
+/* Index of the replica a fingerprint "NAME:plan-N" names among serving0..2 and remote; -1: none. */
+static int replica_index(const char *fp) {
+    static const char *const names[] = {"serving0:", "serving1:", "serving2:", "remote:"};
+    for (int i = 0; i < 4; i++)
+        if (strncmp(fp, names[i], strlen(names[i])) == 0) return i;
+    return -1;
+}
+
+/* The system_fingerprint of a completion's JSON body into out. */
+static void fingerprint(const char *body, char *out, size_t cap) {
+    const char *p = strstr(body, "\"system_fingerprint\"");
+    if (!p) fail_msg("no system_fingerprint in %s", body);
+    p = strchr(p + 20, '"');
+    assert_non_null(p);
+    const char *end = strchr(p + 1, '"');
+    assert_non_null(end);
+    snprintf(out, cap, "%.*s", (int)(end - p - 1), p + 1);
+}
+
+/* Polls `dslactl status` until replica name is alive and runs k DSLA layers, whatever its plan's
+ * id; fails with the last status otherwise. */
+static void wait_runs(const char *name, int k) {
+    static char out[CTL_OUT_MAX];
+    char head[96], runs[64];
+    snprintf(head, sizeof head, "replica %s alive: plan ", name);
+    snprintf(runs, sizeof runs, " runs %d DSLA layers", k);
+    for (int waited = 0; waited < CTL_WAIT_MS; waited += 50) {
+        if (ctl_dslactl(admin, out, "status", NULL, NULL) == 0) {
+            const char *line = strstr(out, head);
+            const char *eol = line ? strchr(line, '\n') : NULL;
+            const char *hit = line ? strstr(line, runs) : NULL;
+            if (hit && (!eol || hit < eol)) return;
+        }
+        ctl_sleep_ms(50);
+    }
+    fail_msg("replica %s never ran %d DSLA layers; last status:\n%s", name, k, out);
+}
+
+/* Polls /health until the gateway counts n replicas alive (it routes to those before the ones it
+ * has not heard from yet). */
+static void wait_gateway_alive(int port, int n) {
+    int alive = 0;
+    for (int waited = 0; waited < CTL_WAIT_MS; waited += 50) {
+        dsla_test_http_reply_t h = dsla_test_http(port, "GET", "/health", NULL);
+        alive = 0;
+        for (const char *p = h.body; p && (p = strstr(p, "\"state\":\"alive\"")); p++)
+            alive++;
+        dsla_test_http_reply_free(&h);
+        if (alive == n) return;
+        ctl_sleep_ms(50);
+    }
+    fail_msg("the gateway never saw %d replicas alive (last %d)", n, alive);
+}
+
+/* Greedy ids of ctl_prompt_ids through the gateway, and the name of the replica that answered. */
+static void generate(const char *endpoint, dsla_test_collected_t *got, char *replica, size_t cap) {
+    dsla_client_t *c = NULL;
+    assert_int_equal(dsla_client_connect(&c, endpoint, NULL), DSLA_OK);
+    dsla_proto_generate_t req = {.prompt_ids = ctl_prompt_ids,
+                                 .n_prompt_ids = sizeof ctl_prompt_ids / sizeof ctl_prompt_ids[0],
+                                 .max_tokens = CTL_MAX_TOKENS,
+                                 .temperature = 0,
+                                 .top_p = 1,
+                                 .ignore_eos = true,
+                                 .stream = true};
+    dsla_client_result_t res;
+    memset(got, 0, sizeof *got);
+    dsla_proto_code_t code = dsla_client_generate(c, &req, dsla_test_collect, got, 30000, &res);
+    if (code != DSLA_CODE_OK) fail_msg("generate: %s", res.message);
+    snprintf(replica, cap, "%s", res.replica);
+    dsla_client_close(&c);
+}
+
+static void test_bad_options(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    static char out[CTL_OUT_MAX];
+    const struct {
+        const char *args[6];
+        const char *want;
+    } cases[] = {
+        {{"--device", "cuda", "--gpus", "2-1"}, "--gpus 2-1: the range 2-1 runs backwards"},
+        {{"--device", "cuda", "--gpus", "0,a"}, "--gpus 0,a: 'a' is not a GPU index"},
+        {{"--device", "cuda", "--gpus", "0,1,1"}, "--gpus 0,1,1: GPU 1 is named twice"},
+        {{"--gpus", "0-1"}, "--gpus 0-1 serves on GPUs: it needs --device cuda"},
+        {{"--local-replicas", "0"}, "--local-replicas: 0 is outside the allowed range 1..64"},
+        {{"--local-replicas", "2", "--device", "cuda"}, "--local-replicas 2 runs CPU serving"},
+        {{"--local-replicas", "2", "--serving-only"}, "--serving-only runs one serving actor"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *args[12] = {"--model", model, "--http", "off"};
+        int n = 4;
+        for (int k = 0; cases[i].args[k]; k++)
+            args[n++] = cases[i].args[k];
+        assert_int_equal(ctl_run_bin("dsla-serve", args, out, CTL_OUT_MAX), 2);
+        if (!strstr(out, cases[i].want))
+            fail_msg("case %zu: wanted '%s' in:\n%s", i, cases[i].want, out);
+    }
+    free(model);
+}
+
+static void test_three_local_replicas(void **state) {
+    (void)state;
+    char *model = dsla_test_data_or_skip("models/stories260K-hf");
+    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
+    char *dir = dsla_test_tempdir();
+    char layers[512], db[512], cache[512], remote_ep[64];
+    snprintf(layers, sizeof layers, "%s/layers", dir);
+    snprintf(db, sizeof db, "%s/controller.db", dir);
+    snprintf(cache, sizeof cache, "%s/remote-cache", dir);
+    static char out[CTL_OUT_MAX];
+    distill_init_only(model, data, layers);
+    ctl_refs_t refs;
+    ctl_refs_load(&refs, model, layers, 2);
+
+    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    snprintf(remote_ep, sizeof remote_ep, "tcp://127.0.0.1:%d", ctl_free_port());
+    const char *remote_args[] = {
+        "--model", model,    "--serving-only", "--endpoint", remote_ep,     "--controller", admin,
+        "--name",  "remote", "--layer-cache",  cache,        "--report-ms", "50",           NULL};
+    dsla_test_server_t remote = dsla_test_server_start(remote_args);
+    const char *args[] = {"--model",
+                          model,
+                          "--local-replicas",
+                          "3",
+                          "--endpoint",
+                          "tcp://127.0.0.1:*",
+                          "--http",
+                          "127.0.0.1:0",
+                          "--layers",
+                          layers,
+                          "--controller-db",
+                          db,
+                          "--admin",
+                          admin,
+                          "--report-ms",
+                          "50",
+                          "--policy",
+                          "manual layers=0",
+                          "--replica",
+                          remote_ep,
+                          NULL};
+    dsla_test_server_t srv = dsla_test_server_start(args);
+    wait_runs("serving0", 0);
+    wait_runs("serving1", 0);
+    wait_runs("serving2", 0);
+    wait_runs("remote", 0);
+    wait_gateway_alive(srv.http_port, 4);
+
+    /* HTTP spreads over every replica: each answer names the one that served it */
+    int served[4] = {0};
+    for (int i = 0; i < N_HTTP; i++) {
+        dsla_test_http_reply_t h = dsla_test_http(srv.http_port, "POST", "/v1/completions",
+                                                  "{\"prompt\": \"Once upon\", \"max_tokens\": 4}");
+        assert_int_equal(h.status, 200);
+        char fp[128];
+        fingerprint(h.body, fp, sizeof fp);
+        const int r = replica_index(fp);
+        if (r < 0) fail_msg("fingerprint %s names no replica of this node", fp);
+        served[r]++;
+        dsla_test_http_reply_free(&h);
+    }
+    for (int i = 0; i < 4; i++)
+        if (served[i] == 0)
+            fail_msg("replica %d served none of %d requests (%d %d %d %d)", i, N_HTTP, served[0],
+                     served[1], served[2], served[3]);
+    dsla_test_http_reply_t m = dsla_test_http(srv.http_port, "GET", "/metrics", NULL);
+    assert_int_equal(m.status, 200);
+    for (int i = 0; i < N_LOCAL; i++) {
+        char want[128];
+        snprintf(want, sizeof want, "replica=\"serving%d\",endpoint=\"inproc://serving%d\"", i, i);
+        if (!strstr(m.body, want)) fail_msg("/metrics lacks %s:\n%s", want, m.body);
+    }
+    dsla_test_http_reply_free(&m);
+
+    /* the remote replica's layer cache becomes a plain file: its fetch fails, it refuses the
+     * plan, and the three local replicas adopt it all the same */
+    dsla_test_rmtree(cache);
+    dsla_test_write_file(cache, "not a directory", 15);
+    assert_int_equal(ctl_dslactl(admin, out, "convert", "2", NULL), 0);
+    wait_runs("serving0", 2);
+    wait_runs("serving1", 2);
+    wait_runs("serving2", 2);
+    ctl_wait_status(admin, "last refusal:");
+    assert_int_equal(ctl_dslactl(admin, out, "status", NULL, NULL), 0);
+    if (!strstr(out, "replica remote alive: plan 1 runs 0 DSLA layers"))
+        fail_msg("the remote replica left its plan:\n%s", out);
+    assert_int_equal(ctl_dslactl(admin, out, "history", "--limit", "100"), 0);
+    assert_non_null(strstr(out, "plan_refused"));
+
+    /* every answer equals the in-process run of the plan its replica runs */
+    dsla_test_collected_t *got = calloc(1, sizeof *got);
+    int hybrid_seen = 0;
+    for (int i = 0; i < N_STUB; i++) {
+        char replica[64];
+        generate(srv.endpoint, got, replica, sizeof replica);
+        const bool remote_one = strcmp(replica, "remote") == 0;
+        ctl_assert_same_ids(got, remote_one ? refs.teacher : refs.hybrid, replica);
+        hybrid_seen += !remote_one;
+    }
+    assert_true(hybrid_seen > 0);
+
+    /* the remote replica dies: the local three serve on and still follow the controller */
+    dsla_test_server_kill(remote.pid);
+    ctl_wait_status(admin, "replica remote dead");
+    for (int i = 0; i < N_HTTP; i++) {
+        dsla_test_http_reply_t h = dsla_test_http(srv.http_port, "POST", "/v1/completions",
+                                                  "{\"prompt\": \"Once upon\", \"max_tokens\": 4}");
+        assert_int_equal(h.status, 200);
+        dsla_test_http_reply_free(&h);
+    }
+    assert_int_equal(ctl_dslactl(admin, out, "revert", "1", NULL), 0);
+    wait_runs("serving0", 1);
+    wait_runs("serving1", 1);
+    wait_runs("serving2", 1);
+    dsla_test_server_stop(&srv);
+
+    free(got);
+    ctl_refs_free(&refs);
+    dsla_test_rmtree(dir);
+    free(dir);
+    free(model);
+    free(data);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_options),
+        cmocka_unit_test(test_three_local_replicas),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
