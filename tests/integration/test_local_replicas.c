@@ -16,20 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tests/integration/ctl_harness.h"
+#include "tests/integration/replicas_harness.h"
 
 enum { N_LOCAL = 3, N_HTTP = 12, N_STUB = 6 };
 
 static char admin[64];
 
-/* `dsla distill --steps 0` (teacher-initialised versions) of two layers into out_dir. */
-static void distill_init_only(const char *model, const char *data, const char *out_dir) {
-    static char out[CTL_OUT_MAX];
-    const char *args[] = {"distill", "--model",  model, "--data",          data, "--out",
-                          out_dir,   "--layers", "2",   "--steps",         "0",  "--seq-len",
-                          "64",      "--batch",  "2",   "--max-sequences", "8",  "--eval-sequences",
-                          "2",       NULL};
-    if (ctl_run_bin("dsla", args, out, CTL_OUT_MAX) != 0) fail_msg("dsla distill:\n%s", out);
+static void wait_runs(const char *name, int k) {
+    replicas_wait_runs(admin, name, k);
 }
 
 /* Index of the replica a fingerprint "NAME:plan-N" names among serving0..2 and remote; -1: none. */
@@ -38,71 +32,6 @@ static int replica_index(const char *fp) {
     for (int i = 0; i < 4; i++)
         if (strncmp(fp, names[i], strlen(names[i])) == 0) return i;
     return -1;
-}
-
-/* The system_fingerprint of a completion's JSON body into out. */
-static void fingerprint(const char *body, char *out, size_t cap) {
-    const char *p = strstr(body, "\"system_fingerprint\"");
-    if (!p) fail_msg("no system_fingerprint in %s", body);
-    p = strchr(p + 20, '"');
-    assert_non_null(p);
-    const char *end = strchr(p + 1, '"');
-    assert_non_null(end);
-    snprintf(out, cap, "%.*s", (int)(end - p - 1), p + 1);
-}
-
-/* Polls `dslactl status` until replica name is alive and runs k DSLA layers, whatever its plan's
- * id; fails with the last status otherwise. */
-static void wait_runs(const char *name, int k) {
-    static char out[CTL_OUT_MAX];
-    char head[96], runs[64];
-    snprintf(head, sizeof head, "replica %s alive: plan ", name);
-    snprintf(runs, sizeof runs, " runs %d DSLA layers", k);
-    for (int waited = 0; waited < CTL_WAIT_MS; waited += 50) {
-        if (ctl_dslactl(admin, out, "status", NULL, NULL) == 0) {
-            const char *line = strstr(out, head);
-            const char *eol = line ? strchr(line, '\n') : NULL;
-            const char *hit = line ? strstr(line, runs) : NULL;
-            if (hit && (!eol || hit < eol)) return;
-        }
-        ctl_sleep_ms(50);
-    }
-    fail_msg("replica %s never ran %d DSLA layers; last status:\n%s", name, k, out);
-}
-
-/* Polls /health until the gateway counts n replicas alive (it routes to those before the ones it
- * has not heard from yet). */
-static void wait_gateway_alive(int port, int n) {
-    int alive = 0;
-    for (int waited = 0; waited < CTL_WAIT_MS; waited += 50) {
-        dsla_test_http_reply_t h = dsla_test_http(port, "GET", "/health", NULL);
-        alive = 0;
-        for (const char *p = h.body; p && (p = strstr(p, "\"state\":\"alive\"")); p++)
-            alive++;
-        dsla_test_http_reply_free(&h);
-        if (alive == n) return;
-        ctl_sleep_ms(50);
-    }
-    fail_msg("the gateway never saw %d replicas alive (last %d)", n, alive);
-}
-
-/* Greedy ids of ctl_prompt_ids through the gateway, and the name of the replica that answered. */
-static void generate(const char *endpoint, dsla_test_collected_t *got, char *replica, size_t cap) {
-    dsla_client_t *c = NULL;
-    assert_int_equal(dsla_client_connect(&c, endpoint, NULL), DSLA_OK);
-    dsla_proto_generate_t req = {.prompt_ids = ctl_prompt_ids,
-                                 .n_prompt_ids = sizeof ctl_prompt_ids / sizeof ctl_prompt_ids[0],
-                                 .max_tokens = CTL_MAX_TOKENS,
-                                 .temperature = 0,
-                                 .top_p = 1,
-                                 .ignore_eos = true,
-                                 .stream = true};
-    dsla_client_result_t res;
-    memset(got, 0, sizeof *got);
-    dsla_proto_code_t code = dsla_client_generate(c, &req, dsla_test_collect, got, 30000, &res);
-    if (code != DSLA_CODE_OK) fail_msg("generate: %s", res.message);
-    snprintf(replica, cap, "%s", res.replica);
-    dsla_client_close(&c);
 }
 
 static void test_bad_options(void **state) {
@@ -143,7 +72,7 @@ static void test_three_local_replicas(void **state) {
     snprintf(db, sizeof db, "%s/controller.db", dir);
     snprintf(cache, sizeof cache, "%s/remote-cache", dir);
     static char out[CTL_OUT_MAX];
-    distill_init_only(model, data, layers);
+    replicas_distill_init_only(model, data, layers);
     ctl_refs_t refs;
     ctl_refs_load(&refs, model, layers, 2);
 
@@ -179,7 +108,7 @@ static void test_three_local_replicas(void **state) {
     wait_runs("serving1", 0);
     wait_runs("serving2", 0);
     wait_runs("remote", 0);
-    wait_gateway_alive(srv.http_port, 4);
+    replicas_wait_gateway_alive(srv.http_port, 4);
 
     /* HTTP spreads over every replica: each answer names the one that served it */
     int served[4] = {0};
@@ -188,7 +117,7 @@ static void test_three_local_replicas(void **state) {
                                                   "{\"prompt\": \"Once upon\", \"max_tokens\": 4}");
         assert_int_equal(h.status, 200);
         char fp[128];
-        fingerprint(h.body, fp, sizeof fp);
+        replicas_fingerprint(h.body, fp, sizeof fp);
         const int r = replica_index(fp);
         if (r < 0) fail_msg("fingerprint %s names no replica of this node", fp);
         served[r]++;
@@ -227,7 +156,7 @@ static void test_three_local_replicas(void **state) {
     int hybrid_seen = 0;
     for (int i = 0; i < N_STUB; i++) {
         char replica[64];
-        generate(srv.endpoint, got, replica, sizeof replica);
+        ctl_generate_at(srv.endpoint, got, replica, sizeof replica);
         const bool remote_one = strcmp(replica, "remote") == 0;
         ctl_assert_same_ids(got, remote_one ? refs.teacher : refs.hybrid, replica);
         hybrid_seen += !remote_one;
