@@ -1,5 +1,6 @@
 /* One node's actors, started together (DESIGN.md section 3): with no cluster file, the embedded
- * single-node default of a gateway and a serving actor in one process, talking over inproc://,
+ * single-node default of a gateway and a serving actor (or several: one per GPU, or CPU engines,
+ * config.local) in one process, talking over inproc://,
  * with the HTTP front end on the gateway and, given a layer version directory, a controller that
  * converts the serving actor's layers, and, given calibration data, a distiller that writes new
  * layer versions and announces them to that controller (the serving actor sends it sampled
