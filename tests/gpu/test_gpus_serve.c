@@ -18,91 +18,37 @@
 
 enum { N_HTTP = 8, N_STUB = 6 };
 
-static char admin[64];
-
-/* dsla-serve over stories260K in fp32 on gpus, its controller over layers (manual layers=0). */
-static dsla_test_server_t start(const char *model, const char *gpus, const char *layers,
-                                const char *db) {
-    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
-    const char *args[] = {"--model",
-                          model,
-                          "--device",
-                          "cuda",
-                          "--dtype",
-                          "f32",
-                          "--gpus",
-                          gpus,
-                          "--endpoint",
-                          "tcp://127.0.0.1:*",
-                          "--http",
-                          "127.0.0.1:0",
-                          "--layers",
-                          layers,
-                          "--controller-db",
-                          db,
-                          "--admin",
-                          admin,
-                          "--report-ms",
-                          "50",
-                          "--policy",
-                          "manual layers=0",
-                          NULL};
-    return dsla_test_server_start(args);
-}
-
 /* n replicas on n GPUs: routed to, converted, and serving the hybrid's greedy ids. */
 static void run_replicas(const char *gpus, int n) {
-    char *model = dsla_test_data_or_skip("models/stories260K-hf");
-    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
-    char *dir = dsla_test_tempdir();
-    char layers[512], db[512], name[32];
-    snprintf(layers, sizeof layers, "%s/layers", dir);
-    snprintf(db, sizeof db, "%s/controller.db", dir);
+    replicas_fx_t fx;
+    replicas_fx_init(&fx);
+    char name[32];
     static char out[CTL_OUT_MAX];
-    replicas_distill_init_only(model, data, layers);
-    ctl_refs_t refs;
-    ctl_refs_load(&refs, model, layers, 2);
-    dsla_test_server_t srv = start(model, gpus, layers, db);
+    const char *extra[] = {"--device", "cuda", "--dtype", "f32", "--gpus", gpus, NULL};
+    dsla_test_server_t srv = replicas_start(&fx, extra);
     for (int i = 0; i < n; i++) {
         snprintf(name, sizeof name, "serving%d", i);
-        replicas_wait_runs(admin, name, 0);
+        replicas_wait_runs(fx.admin, name, 0);
     }
     replicas_wait_gateway_alive(srv.http_port, n);
 
-    int served[8] = {0};
-    for (int i = 0; i < N_HTTP; i++) {
-        dsla_test_http_reply_t h = dsla_test_http(srv.http_port, "POST", "/v1/completions",
-                                                  "{\"prompt\": \"Once upon\", \"max_tokens\": 4}");
-        assert_int_equal(h.status, 200);
-        char fp[128];
-        replicas_fingerprint(h.body, fp, sizeof fp);
-        int r = -1;
-        if (sscanf(fp, "serving%d:", &r) != 1 || r < 0 || r >= n)
-            fail_msg("fingerprint %s names no replica of this node", fp);
-        served[r]++;
-        dsla_test_http_reply_free(&h);
-    }
-    for (int i = 0; i < n; i++)
-        if (served[i] == 0) fail_msg("serving%d (GPU %d) served none of %d requests", i, i, N_HTTP);
+    static const char *const names[] = {"serving0", "serving1"};
+    replicas_spread(srv.http_port, N_HTTP, names, n);
 
-    assert_int_equal(ctl_dslactl(admin, out, "convert", "2", NULL), 0);
+    assert_int_equal(ctl_dslactl(fx.admin, out, "convert", "2", NULL), 0);
     for (int i = 0; i < n; i++) {
         snprintf(name, sizeof name, "serving%d", i);
-        replicas_wait_runs(admin, name, 2);
+        replicas_wait_runs(fx.admin, name, 2);
     }
     dsla_test_collected_t *got = calloc(1, sizeof *got);
     for (int i = 0; i < N_STUB; i++) {
         char replica[64];
         ctl_generate_at(srv.endpoint, got, replica, sizeof replica);
-        ctl_assert_same_ids(got, refs.hybrid, replica);
+        ctl_assert_same_ids(got, fx.refs.hybrid, replica);
     }
     dsla_test_server_stop(&srv);
     free(got);
-    ctl_refs_free(&refs);
-    dsla_test_rmtree(dir);
-    free(dir);
-    free(model);
-    free(data);
+    replicas_fx_free(&fx);
 }
 
 static void test_two_gpus(void **state) {

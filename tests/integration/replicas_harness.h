@@ -64,4 +64,68 @@ static inline void replicas_wait_gateway_alive(int port, int n) {
     fail_msg("the gateway never saw %d replicas alive (last %d)", n, alive);
 }
 
+/* Sends requests completions over HTTP to port and fails unless every answer names one of
+ * names[0..n) (its system_fingerprint "NAME:plan-N") and each of them answered at least one. */
+static inline void replicas_spread(int port, int requests, const char *const *names, int n) {
+    int served[64] = {0};
+    for (int i = 0; i < requests; i++) {
+        dsla_test_http_reply_t h = dsla_test_http(port, "POST", "/v1/completions",
+                                                  "{\"prompt\": \"Once upon\", \"max_tokens\": 4}");
+        assert_int_equal(h.status, 200);
+        char fp[128];
+        replicas_fingerprint(h.body, fp, sizeof fp);
+        int r = 0;
+        while (r < n &&
+               !(strncmp(fp, names[r], strlen(names[r])) == 0 && fp[strlen(names[r])] == ':'))
+            r++;
+        if (r == n) fail_msg("fingerprint %s names no replica of this node", fp);
+        served[r]++;
+        dsla_test_http_reply_free(&h);
+    }
+    for (int r = 0; r < n; r++)
+        if (served[r] == 0) fail_msg("%s served none of %d requests", names[r], requests);
+}
+
+/* What both tests share: stories260K and its calibration data (skipping without them), a
+ * temporary directory with two teacher-initialised layer versions in layers/, the in-process
+ * references under none and both of them, and a free port for the controller's admin mailbox. */
+typedef struct {
+    char *model, *data, *dir;
+    char layers[512], db[512], admin[64];
+    ctl_refs_t refs;
+} replicas_fx_t;
+
+static inline void replicas_fx_init(replicas_fx_t *f) {
+    f->model = dsla_test_data_or_skip("models/stories260K-hf");
+    f->data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
+    f->dir = dsla_test_tempdir();
+    snprintf(f->layers, sizeof f->layers, "%s/layers", f->dir);
+    snprintf(f->db, sizeof f->db, "%s/controller.db", f->dir);
+    snprintf(f->admin, sizeof f->admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    replicas_distill_init_only(f->model, f->data, f->layers);
+    ctl_refs_load(&f->refs, f->model, f->layers, 2);
+}
+
+static inline void replicas_fx_free(replicas_fx_t *f) {
+    ctl_refs_free(&f->refs);
+    dsla_test_rmtree(f->dir);
+    free(f->dir);
+    free(f->model);
+    free(f->data);
+}
+
+/* dsla-serve over f's model: its gateway on a free port, HTTP on another, the controller over
+ * f->layers at f->admin (manual layers=0, reports every 50 ms), then extra (NULL-terminated, at
+ * most 16: the replicas' options). */
+static inline dsla_test_server_t replicas_start(const replicas_fx_t *f, const char *const *extra) {
+    const char *args[48] = {"--model",         f->model,      "--endpoint", "tcp://127.0.0.1:*",
+                            "--http",          "127.0.0.1:0", "--layers",   f->layers,
+                            "--controller-db", f->db,         "--admin",    f->admin,
+                            "--report-ms",     "50",          "--policy",   "manual layers=0"};
+    int n = 16;
+    for (int i = 0; extra[i] && i < 16; i++)
+        args[n++] = extra[i];
+    return dsla_test_server_start(args);
+}
+
 #endif

@@ -26,14 +26,6 @@ static void wait_runs(const char *name, int k) {
     replicas_wait_runs(admin, name, k);
 }
 
-/* Index of the replica a fingerprint "NAME:plan-N" names among serving0..2 and remote; -1: none. */
-static int replica_index(const char *fp) {
-    static const char *const names[] = {"serving0:", "serving1:", "serving2:", "remote:"};
-    for (int i = 0; i < 4; i++)
-        if (strncmp(fp, names[i], strlen(names[i])) == 0) return i;
-    return -1;
-}
-
 static void test_bad_options(void **state) {
     (void)state;
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
@@ -64,46 +56,19 @@ static void test_bad_options(void **state) {
 
 static void test_three_local_replicas(void **state) {
     (void)state;
-    char *model = dsla_test_data_or_skip("models/stories260K-hf");
-    char *data = dsla_test_data_or_skip("data/tinystories_train_sample.txt");
-    char *dir = dsla_test_tempdir();
-    char layers[512], db[512], cache[512], remote_ep[64];
-    snprintf(layers, sizeof layers, "%s/layers", dir);
-    snprintf(db, sizeof db, "%s/controller.db", dir);
-    snprintf(cache, sizeof cache, "%s/remote-cache", dir);
-    static char out[CTL_OUT_MAX];
-    replicas_distill_init_only(model, data, layers);
-    ctl_refs_t refs;
-    ctl_refs_load(&refs, model, layers, 2);
-
-    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    replicas_fx_t fx;
+    replicas_fx_init(&fx);
+    snprintf(admin, sizeof admin, "%s", fx.admin);
+    char cache[512], remote_ep[64];
+    snprintf(cache, sizeof cache, "%s/remote-cache", fx.dir);
     snprintf(remote_ep, sizeof remote_ep, "tcp://127.0.0.1:%d", ctl_free_port());
+    static char out[CTL_OUT_MAX];
     const char *remote_args[] = {
-        "--model", model,    "--serving-only", "--endpoint", remote_ep,     "--controller", admin,
+        "--model", fx.model, "--serving-only", "--endpoint", remote_ep,     "--controller", admin,
         "--name",  "remote", "--layer-cache",  cache,        "--report-ms", "50",           NULL};
     dsla_test_server_t remote = dsla_test_server_start(remote_args);
-    const char *args[] = {"--model",
-                          model,
-                          "--local-replicas",
-                          "3",
-                          "--endpoint",
-                          "tcp://127.0.0.1:*",
-                          "--http",
-                          "127.0.0.1:0",
-                          "--layers",
-                          layers,
-                          "--controller-db",
-                          db,
-                          "--admin",
-                          admin,
-                          "--report-ms",
-                          "50",
-                          "--policy",
-                          "manual layers=0",
-                          "--replica",
-                          remote_ep,
-                          NULL};
-    dsla_test_server_t srv = dsla_test_server_start(args);
+    const char *extra[] = {"--local-replicas", "3", "--replica", remote_ep, NULL};
+    dsla_test_server_t srv = replicas_start(&fx, extra);
     wait_runs("serving0", 0);
     wait_runs("serving1", 0);
     wait_runs("serving2", 0);
@@ -111,22 +76,8 @@ static void test_three_local_replicas(void **state) {
     replicas_wait_gateway_alive(srv.http_port, 4);
 
     /* HTTP spreads over every replica: each answer names the one that served it */
-    int served[4] = {0};
-    for (int i = 0; i < N_HTTP; i++) {
-        dsla_test_http_reply_t h = dsla_test_http(srv.http_port, "POST", "/v1/completions",
-                                                  "{\"prompt\": \"Once upon\", \"max_tokens\": 4}");
-        assert_int_equal(h.status, 200);
-        char fp[128];
-        replicas_fingerprint(h.body, fp, sizeof fp);
-        const int r = replica_index(fp);
-        if (r < 0) fail_msg("fingerprint %s names no replica of this node", fp);
-        served[r]++;
-        dsla_test_http_reply_free(&h);
-    }
-    for (int i = 0; i < 4; i++)
-        if (served[i] == 0)
-            fail_msg("replica %d served none of %d requests (%d %d %d %d)", i, N_HTTP, served[0],
-                     served[1], served[2], served[3]);
+    static const char *const names[] = {"serving0", "serving1", "serving2", "remote"};
+    replicas_spread(srv.http_port, N_HTTP, names, 4);
     dsla_test_http_reply_t m = dsla_test_http(srv.http_port, "GET", "/metrics", NULL);
     assert_int_equal(m.status, 200);
     for (int i = 0; i < N_LOCAL; i++) {
@@ -158,7 +109,7 @@ static void test_three_local_replicas(void **state) {
         char replica[64];
         ctl_generate_at(srv.endpoint, got, replica, sizeof replica);
         const bool remote_one = strcmp(replica, "remote") == 0;
-        ctl_assert_same_ids(got, remote_one ? refs.teacher : refs.hybrid, replica);
+        ctl_assert_same_ids(got, remote_one ? fx.refs.teacher : fx.refs.hybrid, replica);
         hybrid_seen += !remote_one;
     }
     assert_true(hybrid_seen > 0);
@@ -179,11 +130,7 @@ static void test_three_local_replicas(void **state) {
     dsla_test_server_stop(&srv);
 
     free(got);
-    ctl_refs_free(&refs);
-    dsla_test_rmtree(dir);
-    free(dir);
-    free(model);
-    free(data);
+    replicas_fx_free(&fx);
 }
 
 int main(void) {
