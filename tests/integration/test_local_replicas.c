@@ -7,7 +7,8 @@
  * in-process hybrid's; the remote replica's plan is refused (its layer cache is made unusable)
  * and it keeps the teacher's plan without holding the others back; killing it leaves the three
  * serving and still following the controller (revert). Bad --gpus and --local-replicas values are
- * refused naming the option and the value. */
+ * refused naming the option and the value, as are more than one --distill-gpus and one GPU in both
+ * lists. */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
 
@@ -31,7 +32,7 @@ static void test_bad_options(void **state) {
     char *model = dsla_test_data_or_skip("models/stories260K-hf");
     static char out[CTL_OUT_MAX];
     const struct {
-        const char *args[6];
+        const char *args[12];
         const char *want;
     } cases[] = {
         {{"--device", "cuda", "--gpus", "2-1"}, "--gpus 2-1: the range 2-1 runs backwards"},
@@ -41,9 +42,18 @@ static void test_bad_options(void **state) {
         {{"--local-replicas", "0"}, "--local-replicas: 0 is outside the allowed range 1..64"},
         {{"--local-replicas", "2", "--device", "cuda"}, "--local-replicas 2 runs CPU serving"},
         {{"--local-replicas", "2", "--serving-only"}, "--serving-only runs one serving actor"},
+        {{"--distill-data", "d.txt", "--distill-out", "out", "--distill-gpus", "6,7"},
+         "--distill-gpus 6,7: one distiller GPU for now"},
+        {{"--distill-data", "d.txt", "--distill-out", "out", "--distill-gpus", "6", "--distill-gpu",
+          "6"},
+         "--distill-gpus 6 trains on CUDA GPUs: not with --distill-gpu"},
+        {{"--device", "cuda", "--gpus", "0-1", "--distill-data", "d.txt", "--distill-out", "out",
+          "--distill-gpus", "1"},
+         "GPU 1 is in both --gpus 0-1 and --distill-gpus 1"},
+        {{"--distill-gpus", "6"}, "--distill-gpus is for a node with the distiller"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const char *args[12] = {"--model", model, "--http", "off"};
+        const char *args[20] = {"--model", model, "--http", "off"};
         int n = 4;
         for (int k = 0; cases[i].args[k]; k++)
             args[n++] = cases[i].args[k];
