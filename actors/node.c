@@ -36,14 +36,14 @@ struct dsla_node {
     dsla_http_t *http;
 };
 
-/* Each replica may hold its queue and its running set: the gateway and HTTP carry that many, plus
- * a running set's worth for replies still on their way, so that the engines' queues (bounded by
- * requests, tokens and time, refusals naming --max-queued) decide who waits. */
 /* Local replicas: the list, else one of model and backend, else none. */
 static int local_count(const dsla_node_config_t *c) {
     return c->n_local > 0 ? c->n_local : (c->model || c->backend ? 1 : 0);
 }
 
+/* Each replica may hold its queue and its running set: the gateway and HTTP carry that many, plus
+ * a running set's worth for replies still on their way, so that the engines' queues (bounded by
+ * requests, tokens and time, refusals naming --max-queued) decide who waits. */
 uint32_t dsla_node_request_bound(const dsla_node_config_t *c) {
     const uint64_t replicas = (uint64_t)local_count(c) + (uint64_t)c->n_replicas;
     uint64_t bound = (replicas ? replicas : 1) *
