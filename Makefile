@@ -51,3 +51,8 @@ bench: build
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+
+# A relocatable tarball of the binaries, their libraries and the client stub (deploy/README.md).
+.PHONY: bundle
+bundle: build
+	bash deploy/bundle.sh $(BUILD)

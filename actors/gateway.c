@@ -13,6 +13,8 @@ struct dsla_gateway {
     dsla_actor_t *self;  /* the same actor on its own thread */
     dsla_gateway_core_t *core;
     dsla_log_limit_t reply_lost; /* a line load repeats once per refused request: rate-limited */
+    uint32_t poll_ms;            /* STATUS to the replicas, for /metrics: the heartbeat interval */
+    dsla_actor_timer_t *poll_timer;
 };
 
 static dsla_status_t core_send(void *user, const char *dst, uint32_t type, uint64_t id,
@@ -82,6 +84,17 @@ static void on_status(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) 
     free(rep);
 }
 
+static void on_load(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_gateway_t *g = user;
+    dsla_gateway_core_on_load(g->core, replica_of(a, msg), msg->env->body, msg->env->body_len);
+}
+
+static void on_poll(dsla_actor_t *a, void *user) {
+    (void)a;
+    dsla_gateway_t *g = user;
+    dsla_gateway_core_poll(g->core);
+}
+
 static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
     (void)a;
     dsla_gateway_t *g = user;
@@ -91,6 +104,9 @@ static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
 static void on_start(dsla_actor_t *a, void *user) {
     dsla_gateway_t *g = user;
     g->self = a;
+    if (dsla_actor_timer_start(a, 0, g->poll_ms, on_poll, g, &g->poll_timer) != DSLA_OK)
+        dsla_log_warn("gateway: no load polls, /metrics will lack the replicas' figures: %s",
+                      dsla_last_error());
 }
 
 /* ---- life cycle ---------------------------------------------------------------------------- */
@@ -103,6 +119,7 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
                                      .n_replicas = config->n_replicas,
                                      .max_outstanding = config->max_outstanding};
     dsla_gateway_core_ops_t ops = {.send = core_send, .user = g};
+    g->poll_ms = config->heartbeat_ms ? config->heartbeat_ms : DSLA_ACTOR_HEARTBEAT_MS;
     dsla_status_t st = dsla_gateway_core_create(&g->core, &cc, &ops);
     if (st != DSLA_OK) {
         free(g);
@@ -115,6 +132,7 @@ dsla_status_t dsla_gateway_create(dsla_gateway_t **out, const dsla_gateway_confi
         {DSLA_MSG_GENERATE, on_generate}, {DSLA_MSG_CANCEL, on_cancel},
         {DSLA_MSG_TOKEN, on_token},       {DSLA_MSG_DONE, on_done},
         {DSLA_MSG_ERROR, on_error},       {DSLA_MSG_STATUS, on_status},
+        {DSLA_MSG_LOAD_REPORT, on_load},
     };
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "gateway",

@@ -20,6 +20,8 @@ typedef struct {
     dsla_proto_replica_state_t state;
     uint32_t outstanding;
     uint64_t routed, failed;
+    bool has_load; /* its last answer to STATUS (dsla_gateway_core_poll) */
+    dsla_proto_load_report_t load;
 } replica_t;
 
 /* One client request in flight. */
@@ -293,9 +295,30 @@ void dsla_gateway_core_on_error(dsla_gateway_core_t *c, const char *replica, uin
     route_fail(c, r, (dsla_proto_code_t)err.code, err.message);
 }
 
+void dsla_gateway_core_poll(dsla_gateway_core_t *c) {
+    for (int i = 0; i < c->n_replicas; i++)
+        if (c->replicas[i].state != DSLA_PROTO_REPLICA_DEAD &&
+            core_send(c, c->replicas[i].name, DSLA_MSG_STATUS, 0, NULL, 0) != DSLA_OK)
+            DSLA_LOG_LIMITED(&c->log.tell, DSLA_LOG_INFO, "gateway: STATUS to %s lost: %s",
+                             c->replicas[i].name, dsla_last_error());
+}
+
+void dsla_gateway_core_on_load(dsla_gateway_core_t *c, const char *replica, const void *body,
+                               size_t len) {
+    int i = replica_find(c, replica);
+    if (i < 0) return;
+    replica_t *r = &c->replicas[i];
+    r->has_load = dsla_proto_load_report_decode(body, len, &r->load) == DSLA_OK;
+    if (!r->has_load)
+        DSLA_LOG_LIMITED(&c->log.malformed, DSLA_LOG_WARN,
+                         "gateway: malformed LOAD_REPORT from '%s': %s", replica,
+                         dsla_last_error());
+}
+
 void dsla_gateway_core_on_peer(dsla_gateway_core_t *c, const char *peer, bool alive) {
     int i = replica_find(c, peer);
     if (i >= 0) c->replicas[i].state = alive ? DSLA_PROTO_REPLICA_ALIVE : DSLA_PROTO_REPLICA_DEAD;
+    if (i >= 0 && !alive) c->replicas[i].has_load = false; /* its figures are history now */
     if (alive) return;
     char why[DSLA_PROTO_MESSAGE_MAX + 1];
     for (uint32_t s = 0; s < c->max_outstanding; s++) {
@@ -330,6 +353,8 @@ void dsla_gateway_core_report(const dsla_gateway_core_t *c, dsla_proto_report_t 
         x->outstanding = r->outstanding;
         x->routed = r->routed;
         x->failed = r->failed;
+        x->has_load = r->has_load;
+        if (r->has_load) x->load = r->load;
     }
 }
 

@@ -72,6 +72,13 @@ void dsla_gateway_core_on_error(dsla_gateway_core_t *c, const char *replica, uin
 /* A peer found alive or dead: a replica's state follows; a dead replica's requests move or fail,
  * a dead client's requests are cancelled. */
 void dsla_gateway_core_on_peer(dsla_gateway_core_t *c, const char *peer, bool alive);
+/* Asks every replica not known dead for its load (STATUS); their LOAD_REPORTs come back through
+ * dsla_gateway_core_on_load and travel in REPORT, for /metrics. The shell calls it every
+ * heartbeat interval. */
+void dsla_gateway_core_poll(dsla_gateway_core_t *c);
+/* A replica's LOAD_REPORT (the answer to STATUS): kept as its latest load. */
+void dsla_gateway_core_on_load(dsla_gateway_core_t *c, const char *replica, const void *body,
+                               size_t len);
 /* The counters and the replicas, for a REPORT. */
 void dsla_gateway_core_report(const dsla_gateway_core_t *c, dsla_proto_report_t *out);
 

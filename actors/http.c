@@ -17,6 +17,8 @@
 #include <microhttpd.h>
 #include <zmq.h>
 
+#include "actors/http_cors.h"
+#include "actors/http_metrics.h"
 #include "actors/openai.h"
 #include "actors/openai_tokens.h"
 #include "proto/dsla_client.h"
@@ -51,7 +53,8 @@ typedef enum {
 static const char *const route_paths[N_ROUTES] = {
     "/v1/completions", "/v1/chat/completions", "/v1/models", "/health",         "/metrics",
     "/tokenize",       "/detokenize",          "/version",   "/v1/models/{id}", "other"};
-static const int counted_codes[] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503, 504};
+static const int counted_codes[] = {200, 204, 400, 401, 403, 404, 405,
+                                    413, 429, 499, 500, 503, 504};
 enum { N_CODES = sizeof counted_codes / sizeof counted_codes[0] };
 
 /* One open connection, for the read deadline: since when it has been reading a request (its
@@ -71,6 +74,7 @@ struct dsla_http {
     const dsla_tokenizer_t *tokenizer; /* /tokenize, /detokenize; NULL: 501 */
     uint32_t heartbeat_ms, max_in_flight;
     const dsla_http_auth_t *auth; /* NULL: no key required */
+    dsla_http_cors_t *cors;       /* NULL: CORS off */
     long long started;
     int port;
 
@@ -204,9 +208,32 @@ static void count(dsla_http_t *h, route_t route, int status) {
     atomic_fetch_add(&h->responses[route][k], 1);
 }
 
+/* Access-Control-Allow-Origin for a request from an allowed origin (http_cors.h); with a list of
+ * origins the answer depends on Origin, which caches must know (Vary). */
+static void add_cors(const dsla_http_t *h, struct MHD_Connection *conn, struct MHD_Response *resp) {
+    if (!h->cors) return;
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    const char *allow = dsla_http_cors_allow(h->cors, origin);
+    if (!dsla_http_cors_any(h->cors)) MHD_add_response_header(resp, "Vary", "Origin");
+    if (!allow) return;
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", allow);
+    MHD_add_response_header(resp, "Access-Control-Expose-Headers", "Retry-After");
+}
+
+static enum MHD_Result respond_with(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                    int status, const char *type, char *body,
+                                    const char *const *extra);
+
 /* Queues body (malloc'd, taken over; NULL is a 500) with its status and type. */
 static enum MHD_Result respond(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
                                int status, const char *type, char *body) {
+    return respond_with(h, conn, route, status, type, body, NULL);
+}
+
+/* respond, with extra headers: name, value pairs ending in NULL. */
+static enum MHD_Result respond_with(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                    int status, const char *type, char *body,
+                                    const char *const *extra) {
     if (!body) {
         status = 500;
         type = "application/json";
@@ -220,9 +247,12 @@ static enum MHD_Result respond(dsla_http_t *h, struct MHD_Connection *conn, rout
         free(body);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     /* overload and unavailability pass: a client may come back in a second */
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    for (; extra && extra[0]; extra += 2)
+        MHD_add_response_header(resp, extra[0], extra[1]);
+    add_cors(h, conn, resp);
     enum MHD_Result rc = MHD_queue_response(conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     count(h, route, status);
@@ -268,7 +298,9 @@ typedef struct {
     dsla_openai_logprobs_t *lp; /* NULL: the request asked for no logprobs */
     char *echo;                 /* the prompt to put before the text (echo); NULL: none */
     size_t echo_len;
-    int choice;                   /* its index among the request's choices */
+    int choice; /* its index among the request's choices */
+    bool tail;  /* its stream's end is its own ([DONE], the usage chunk): one choice streamed */
+    double cum_logprob;           /* of its generated tokens, for best_of's ranking */
     uint64_t t_start, t_first_ms; /* monotonic ms: started, first generated piece (0: none) */
     /* What the stream reader hands out next. */
     char *pending;
@@ -376,10 +408,10 @@ static bool gen_produce(gen_t *g) {
         } else {
             dsla_openai_end_t end = gen_end(g);
             char *last = dsla_openai_chunk(&g->meta, "", 0, g->lp, g->first, &end);
-            char *usage =
-                g->meta.include_usage ? dsla_openai_usage_chunk(&g->meta, &end) : strdup("");
+            char *usage = g->meta.include_usage && g->tail ? dsla_openai_usage_chunk(&g->meta, &end)
+                                                           : strdup("");
             char *both = concat(last, usage);
-            g->pending = concat(both, "data: [DONE]\n\n");
+            g->pending = concat(both, g->tail ? "data: [DONE]\n\n" : "");
             free(last);
             free(usage);
             free(both);
@@ -396,6 +428,14 @@ static bool gen_produce(gen_t *g) {
     return true;
 }
 
+/* A stream reader's next bytes: as many of pending[*off..len) as fit in max. */
+static ssize_t hand_out(const char *pending, size_t len, size_t *off, char *buf, size_t max) {
+    size_t n = len - *off < max ? len - *off : max;
+    memcpy(buf, pending + *off, n);
+    *off += n;
+    return (ssize_t)n;
+}
+
 static ssize_t gen_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     gen_t *g = cls;
@@ -403,14 +443,133 @@ static ssize_t gen_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (!g->running) return MHD_CONTENT_READER_END_OF_STREAM;
         if (!gen_produce(g)) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
-    size_t n = g->pending_len - g->pending_off < max ? g->pending_len - g->pending_off : max;
-    memcpy(buf, g->pending + g->pending_off, n);
-    g->pending_off += n;
-    return (ssize_t)n;
+    return hand_out(g->pending, g->pending_len, &g->pending_off, buf, max);
 }
 
 static void gen_read_done(void *cls) {
     gen_free(cls);
+}
+
+/* A 200 text/event-stream whose events read(cls) writes; done(cls) when it ends (or at once,
+ * when the response cannot be made). */
+static enum MHD_Result respond_stream(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                      MHD_ContentReaderCallback read, void *cls,
+                                      MHD_ContentReaderFreeCallback done) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, read, cls, done);
+    if (!resp) {
+        done(cls);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    add_cors(h, conn, resp);
+    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    count(h, route, 200);
+    return rc;
+}
+
+/* Several choices streamed as one: their chunks interleaved (each under its index), taken from
+ * the running choices in turn, then the usage chunk (include_usage) and [DONE]. A choice's failure
+ * ends the whole stream with its error event, as one choice's does. */
+typedef struct {
+    gen_t **gs;
+    int n, next;
+    bool done;
+    char *pending;
+    size_t pending_len, pending_off;
+} multi_t;
+
+static void multi_free(void *cls) {
+    multi_t *m = cls;
+    for (int i = 0; i < m->n; i++)
+        gen_free(m->gs[i]);
+    free(m->gs);
+    free(m->pending);
+    free(m);
+}
+
+/* The next choice's next piece into m->pending, or the tail once every choice ended; false when
+ * out of memory. */
+static bool multi_produce(multi_t *m) {
+    free(m->pending);
+    m->pending = NULL;
+    m->pending_len = m->pending_off = 0;
+    for (int k = 0; k < m->n; k++) {
+        gen_t *g = m->gs[(m->next + k) % m->n];
+        if (!g->running) continue;
+        m->next = (m->next + k + 1) % m->n;
+        if (!gen_produce(g)) return false;
+        m->pending = g->pending;
+        m->pending_len = g->pending_len;
+        g->pending = NULL;
+        g->pending_len = g->pending_off = 0;
+        m->done = g->failed;
+        return true;
+    }
+    dsla_openai_end_t total = {0};
+    for (int i = 0; i < m->n; i++) {
+        total.prompt_tokens += m->gs[i]->result.prompt_tokens;
+        total.completion_tokens += m->gs[i]->result.completion_tokens;
+    }
+    char *usage = m->gs[0]->meta.include_usage ? dsla_openai_usage_chunk(&m->gs[0]->meta, &total)
+                                               : strdup("");
+    m->pending = concat(usage, "data: [DONE]\n\n");
+    free(usage);
+    m->done = true;
+    if (!m->pending) return false;
+    m->pending_len = strlen(m->pending);
+    return true;
+}
+
+static ssize_t multi_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    multi_t *m = cls;
+    while (m->pending_off == m->pending_len) {
+        if (m->done) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (!multi_produce(m)) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    return hand_out(m->pending, m->pending_len, &m->pending_off, buf, max);
+}
+
+/* stream true with several choices: each choice's first piece decides the status (a refusal of
+ * any is a plain error, not a stream); then multi_read. */
+static enum MHD_Result gen_stream_n(gen_t **gs, int n, struct MHD_Connection *conn, route_t route) {
+    dsla_http_t *h = gs[0]->h;
+    multi_t *m = calloc(1, sizeof *m);
+    size_t len = 0;
+    bool oom = !m;
+    const gen_t *failed = NULL;
+    for (int i = 0; i < n && !oom && !failed; i++) {
+        oom = !gen_produce(gs[i]);
+        if (gs[i]->failed && gs[i]->first) failed = gs[i];
+        len += gs[i]->pending_len;
+    }
+    char *first = oom || failed ? NULL : malloc(len + 1);
+    if (!first || !m) {
+        dsla_openai_error_t e;
+        if (failed)
+            e = failed->err;
+        else
+            dsla_openai_error_from_status(gs[0]->meta.kind, dsla_error_oom("http: a stream"), &e);
+        free(first);
+        free(m);
+        for (int i = 0; i < n; i++)
+            gen_free(gs[i]);
+        free(gs);
+        return respond_error(h, conn, route, &e);
+    }
+    len = 0;
+    for (int i = 0; i < n; i++) { /* the first pieces, in order of index */
+        memcpy(first + len, gs[i]->pending, gs[i]->pending_len);
+        len += gs[i]->pending_len;
+        gs[i]->pending_len = gs[i]->pending_off = 0;
+        m->done = m->done || gs[i]->failed;
+    }
+    first[len] = '\0';
+    *m = (multi_t){.gs = gs, .n = n, .done = m->done, .pending = first, .pending_len = len};
+    return respond_stream(h, conn, route, multi_read, m, multi_free);
 }
 
 /* stream false: every piece into *text (malloc'd); false when out of memory. */
@@ -431,6 +590,7 @@ static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
             break;
         }
         if (p.frame->prompt) continue; /* its text is the echo's */
+        if (p.frame->has_logprobs) g->cum_logprob += p.frame->chosen.logprob;
         if (!g->t_first_ms) g->t_first_ms = dsla_clock_ms();
         if (len + p.len > cap) {
             size_t want = 2 * (len + p.len) + 256;
@@ -452,10 +612,30 @@ static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
     return !oom;
 }
 
-/* stream false: every choice's pieces, then one JSON body (the first failure's error if any). */
-static enum MHD_Result gen_whole(gen_t **gs, int n, struct MHD_Connection *conn, route_t route) {
-    dsla_openai_choice_t *c = calloc((size_t)n, sizeof *c);
-    bool oom = !c;
+/* best_of: for each of the prompts, the n of its best_of samples with the highest cumulative
+ * logprob, best first (a tie keeps the earlier sample), into order[prompts * n]. */
+static void rank_samples(gen_t *const *gs, int prompts, int best_of, int n, int *order) {
+    for (int p = 0; p < prompts; p++) {
+        gen_t *const *s = gs + p * best_of;
+        bool taken[DSLA_OPENAI_N_MAX] = {false};
+        for (int k = 0; k < n; k++) {
+            int best = -1;
+            for (int j = 0; j < best_of; j++)
+                if (!taken[j] && (best < 0 || s[j]->cum_logprob > s[best]->cum_logprob)) best = j;
+            taken[best] = true;
+            order[p * n + k] = p * best_of + best;
+        }
+    }
+}
+
+/* stream false: every sample's pieces, then one JSON body (the first failure's error if any):
+ * with best_of above n, the best n of each prompt's samples, usage counting them all. */
+static enum MHD_Result gen_whole(gen_t **gs, int n, int per_prompt, int best_of,
+                                 struct MHD_Connection *conn, route_t route) {
+    const int prompts = n / best_of, shown = prompts * per_prompt;
+    dsla_openai_choice_t *c = calloc((size_t)n, sizeof *c), *out = calloc((size_t)n, sizeof *out);
+    int *order = calloc((size_t)n, sizeof *order);
+    bool oom = !c || !out || !order;
     const gen_t *failed = NULL;
     for (int i = 0; i < n && !oom && !failed; i++) {
         char *text = NULL;
@@ -463,14 +643,26 @@ static enum MHD_Result gen_whole(gen_t **gs, int n, struct MHD_Connection *conn,
         c[i] = (dsla_openai_choice_t){text, c[i].len, gs[i]->lp, gen_end(gs[i])};
         if (gs[i]->failed) failed = gs[i];
     }
+    dsla_openai_end_t usage = {0};
+    for (int i = 0; !oom && i < n; i++) {
+        usage.prompt_tokens += c[i].end.prompt_tokens;
+        usage.completion_tokens += c[i].end.completion_tokens;
+        order[i] = i;
+    }
+    if (!oom && !failed && best_of > per_prompt)
+        rank_samples(gs, prompts, best_of, per_prompt, order);
+    for (int i = 0; !oom && i < shown; i++)
+        out[i] = c[order[i]];
     char *body = oom      ? NULL
                  : failed ? dsla_openai_error_body(&failed->err)
-                          : dsla_openai_response_body_n(&gs[0]->meta, c, n);
+                          : dsla_openai_response_body_n(&gs[0]->meta, out, shown, &usage);
     int status = failed ? failed->err.status : 200;
     dsla_http_t *h = gs[0]->h;
     for (int i = 0; c && i < n; i++)
         free((char *)c[i].text);
     free(c);
+    free(out);
+    free(order);
     for (int i = 0; i < n; i++)
         gen_free(gs[i]);
     free(gs);
@@ -489,10 +681,13 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
     g->h = h;
     snprintf(g->id, sizeof g->id, "%s-%llu", kind == DSLA_OPENAI_CHAT ? "chatcmpl" : "cmpl", n);
     g->meta =
-        (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model, req->include_usage};
+        (dsla_openai_meta_t){kind, g->id, (long long)time(NULL), h->model, req->include_usage, i};
+    g->tail = dsla_openai_request_choices(req) == 1;
     g->first = true;
     dsla_proto_generate_t gen;
     dsla_openai_request_choice(req, i, &gen);
+    const bool shown_logprobs = gen.logprobs;
+    gen.logprobs = gen.logprobs || req->best_of > req->n; /* best_of ranks by them */
     if (!(g->client = client_get(h))) {
         dsla_openai_error_set(err, 500, NULL, "cannot reach the gateway: %s", dsla_last_error());
         err->type = "server_error";
@@ -500,7 +695,7 @@ static gen_t *gen_start(dsla_http_t *h, dsla_openai_kind_t kind, const dsla_open
         return NULL;
     }
     if ((req->echo && !(g->echo = strndup(gen.prompt, gen.prompt_len))) ||
-        (gen.logprobs && !(g->lp = dsla_openai_logprobs_new(kind)))) {
+        (shown_logprobs && !(g->lp = dsla_openai_logprobs_new(kind)))) {
         dsla_openai_error_from_status(kind, dsla_error_oom("http: echo or logprobs"), err);
         gen_free(g);
         return NULL;
@@ -529,14 +724,6 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     if (!dsla_openai_request_parse(kind, body, len, h->model, seed, &req, &err))
         return respond_error(h, conn, route, &err);
     const int choices = dsla_openai_request_choices(&req);
-    if (choices > 1 && req.stream) {
-        dsla_openai_error_set(&err, 400, req.n > 1 ? "n" : "prompt",
-                              "stream with %d choices (n %d, %d prompts) is not served; stream "
-                              "one choice per request",
-                              choices, req.n, req.n_prompts);
-        dsla_openai_request_free(&req);
-        return respond_error(h, conn, route, &err);
-    }
     /* each choice is one request in flight */
     if (atomic_fetch_add(&h->in_flight, (unsigned)choices) + (unsigned)choices > h->max_in_flight) {
         atomic_fetch_sub(&h->in_flight, (unsigned)choices);
@@ -558,7 +745,8 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
     int started = 0;
     while (started < choices && (gs[started] = gen_start(h, kind, &req, started, n, &err)))
         started++;
-    bool stream = req.stream;
+    const bool stream = req.stream;
+    const int per_prompt = req.n, best_of = req.best_of > req.n ? req.best_of : req.n;
     dsla_openai_request_free(&req);
     if (started < choices) {
         atomic_fetch_sub(&h->in_flight, (unsigned)(choices - started - 1));
@@ -567,7 +755,8 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         free(gs);
         return respond_error(h, conn, route, &err);
     }
-    if (!stream) return gen_whole(gs, choices, conn, route);
+    if (!stream) return gen_whole(gs, choices, per_prompt, best_of, conn, route);
+    if (choices > 1) return gen_stream_n(gs, choices, conn, route);
     gen_t *g = gs[0];
     free(gs);
     /* the first piece decides the status: a refusal is a plain error, not a stream */
@@ -577,18 +766,7 @@ static enum MHD_Result generate(dsla_http_t *h, struct MHD_Connection *conn, rou
         gen_free(g);
         return respond_error(h, conn, route, &e);
     }
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
-                                                                  gen_read, g, gen_read_done);
-    if (!resp) {
-        gen_free(g);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-    MHD_destroy_response(resp);
-    count(h, route, 200);
-    return rc;
+    return respond_stream(h, conn, route, gen_read, g, gen_read_done);
 }
 
 /* ---- models, health, metrics --------------------------------------------------------------- */
@@ -668,17 +846,6 @@ static void metric_head(FILE *f, const char *name, const char *type, const char 
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* Prometheus label values escape backslash, quote and newline. */
-static void label_value(FILE *f, const char *s) {
-    for (; *s; s++) {
-        if (*s == '\\' || *s == '"') fputc('\\', f);
-        if (*s == '\n')
-            fputs("\\n", f);
-        else
-            fputc(*s, f);
-    }
-}
-
 static void replica_metric(FILE *f, const dsla_proto_report_t *rep, const char *name,
                            const char *type, const char *help, int field) {
     metric_head(f, name, type, help);
@@ -689,9 +856,9 @@ static void replica_metric(FILE *f, const dsla_proto_report_t *rep, const char *
                                : field == 2 ? r->routed
                                             : r->failed;
         fprintf(f, "%s{replica=\"", name);
-        label_value(f, r->name);
+        dsla_http_metrics_label(f, r->name);
         fputs("\",endpoint=\"", f);
-        label_value(f, r->endpoint);
+        dsla_http_metrics_label(f, r->endpoint);
         fprintf(f, "\"} %llu\n", v);
     }
 }
@@ -756,6 +923,7 @@ static enum MHD_Result metrics(dsla_http_t *h, struct MHD_Connection *conn) {
                 "tokens generated for finished requests");
     fprintf(f, "dsla_http_completion_tokens_total %llu\n", atomic_load(&h->completion_tokens));
     gateway_metrics(f, rep, up);
+    if (up) dsla_http_metrics_engines(f, rep, h->model);
     fclose(f);
     free(rep);
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
@@ -765,12 +933,47 @@ static enum MHD_Result metrics(dsla_http_t *h, struct MHD_Connection *conn) {
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             "text/plain; version=0.0.4; charset=utf-8");
+    add_cors(h, conn, resp);
     enum MHD_Result rc = MHD_queue_response(conn, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     return rc;
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
+
+/* A CORS preflight (OPTIONS, with CORS on): 204 with what the route allows for a listed origin,
+ * 403 for another. No key needed: browsers send none with a preflight. */
+static enum MHD_Result preflight(dsla_http_t *h, struct MHD_Connection *conn, route_t route,
+                                 bool post) {
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    const char *asked =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+    dsla_openai_error_t err;
+    if (!dsla_http_cors_allow(h->cors, origin)) {
+        dsla_openai_error_set(&err, 403, NULL,
+                              "origin '%.200s' may not call this API from a browser: dsla-serve "
+                              "--cors-origin lists the origins that may",
+                              origin ? origin : "(none sent)");
+        return respond_error(h, conn, route, &err);
+    }
+    if (!dsla_http_cors_headers_ok(asked)) {
+        dsla_openai_error_set(&err, 400, NULL,
+                              "Access-Control-Request-Headers must be a list of header names of "
+                              "at most %d bytes",
+                              DSLA_HTTP_CORS_REQUEST_HEADERS_MAX);
+        return respond_error(h, conn, route, &err);
+    }
+    char max_age[16];
+    snprintf(max_age, sizeof max_age, "%d", DSLA_HTTP_CORS_MAX_AGE_S);
+    const char *const extra[] = {"Access-Control-Allow-Methods",
+                                 post ? "POST, OPTIONS" : "GET, OPTIONS",
+                                 "Access-Control-Allow-Headers",
+                                 asked && *asked ? asked : "Authorization, Content-Type",
+                                 "Access-Control-Max-Age",
+                                 max_age,
+                                 NULL};
+    return respond_with(h, conn, route, 204, NULL, strdup(""), extra);
+}
 
 /* A request's body as it arrives. */
 typedef struct {
@@ -815,7 +1018,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!u) {
         u = calloc(1, sizeof *u);
         *con_cls = u;
-        if (u && h->auth && route_of(url) != R_HEALTH)
+        /* a preflight carries no key (browsers send none), and grants nothing by itself */
+        bool preflight_ok = h->cors && strcmp(method, "OPTIONS") == 0;
+        if (u && h->auth && route_of(url) != R_HEALTH && !preflight_ok)
             u->unauthorized = !dsla_http_auth_check(
                 h->auth,
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
@@ -843,6 +1048,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         dsla_openai_error_set(&err, 404, NULL, "no such path: %.200s (see docs/http.md)", url);
         return respond_error(h, conn, route, &err);
     }
+    if (h->cors && strcmp(method, "OPTIONS") == 0) return preflight(h, conn, route, post);
     if (strcmp(method, post ? "POST" : "GET") != 0) {
         dsla_openai_error_set(&err, 405, NULL, "%s takes %s, not %.16s", url, post ? "POST" : "GET",
                               method);
@@ -963,6 +1169,14 @@ dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *conf
     h->tokenizer = config->tokenizer;
     h->heartbeat_ms = config->heartbeat_ms;
     h->auth = config->auth;
+    if (config->n_cors_origins) {
+        dsla_status_t st =
+            dsla_http_cors_create(&h->cors, config->cors_origins, config->n_cors_origins);
+        if (st != DSLA_OK) {
+            free(h);
+            return st;
+        }
+    }
     h->max_in_flight = config->max_in_flight ? config->max_in_flight : DSLA_HTTP_IN_FLIGHT_MAX;
     h->read_deadline_ms =
         config->read_deadline_ms ? config->read_deadline_ms : DSLA_HTTP_READ_DEADLINE_MS;
@@ -1022,6 +1236,7 @@ void dsla_http_destroy(dsla_http_t **hp) {
     pthread_cond_destroy(&h->conn_cv);
     pthread_mutex_destroy(&h->conn_mu);
     pthread_mutex_destroy(&h->mu);
+    dsla_http_cors_destroy(&h->cors);
     free(h);
     *hp = NULL;
 }

@@ -12,6 +12,7 @@
 #define DSLA_ACTORS_HTTP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "actors/http_auth.h"
@@ -49,6 +50,9 @@ typedef struct {
     const dsla_http_auth_t *auth;
     bool allow_insecure;
     uint32_t read_deadline_ms; /* 0: DSLA_HTTP_READ_DEADLINE_MS; tests use less */
+    /* Origins browsers may call from (http_cors.h; "*": any); none: CORS off. Borrowed. */
+    const char *const *cors_origins;
+    size_t n_cors_origins;
 } dsla_http_config_t;
 
 dsla_status_t dsla_http_create(dsla_http_t **out, const dsla_http_config_t *config);

@@ -82,7 +82,9 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
                              .heartbeat_ms = c->heartbeat_ms,
                              .tokenizer = c->tokenizer,
                              .auth = c->http_auth,
-                             .allow_insecure = c->http_allow_insecure};
+                             .allow_insecure = c->http_allow_insecure,
+                             .cors_origins = c->http_cors_origins,
+                             .n_cors_origins = c->n_http_cors_origins};
     return dsla_http_create(&n->http, &hc);
 }
 

@@ -50,8 +50,10 @@ typedef struct {
     /* Generation requests HTTP carries at once, queued or running; 0: the gateway's bound, which
      * is engine.max_queued + 2 * engine.max_running per replica (remote ones assumed alike). */
     uint32_t http_max_in_flight;
-    const dsla_http_auth_t *http_auth;  /* dsla_http_config_t.auth; borrowed */
-    bool http_allow_insecure;           /* dsla_http_config_t.allow_insecure */
+    const dsla_http_auth_t *http_auth;    /* dsla_http_config_t.auth; borrowed */
+    bool http_allow_insecure;             /* dsla_http_config_t.allow_insecure */
+    const char *const *http_cors_origins; /* dsla_http_config_t.cors_origins; borrowed */
+    size_t n_http_cors_origins;
     const dsla_http_auth_t *admin_auth; /* dsla_controller_config_t.admin_auth; borrowed */
     const char *model_name;             /* the model's id in the HTTP API */
     uint32_t heartbeat_ms; /* 0: DSLA_ACTOR_HEARTBEAT_MS, for every actor of the node */

@@ -242,12 +242,17 @@ static bool get_prompt(json_t *root, dsla_openai_request_t *r, dsla_openai_error
     return true;
 }
 
+/* Samples per prompt: best_of, else n. */
+static int samples(const dsla_openai_request_t *r) {
+    return r->best_of > r->n ? r->best_of : r->n > 0 ? r->n : 1;
+}
+
 int dsla_openai_request_choices(const dsla_openai_request_t *r) {
-    return (r->n_prompts > 0 ? r->n_prompts : 1) * (r->n > 0 ? r->n : 1);
+    return (r->n_prompts > 0 ? r->n_prompts : 1) * samples(r);
 }
 
 void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g) {
-    const int n = r->n > 0 ? r->n : 1;
+    const int n = samples(r);
     *g = r->generate;
     g->seed = r->generate.seed + (uint64_t)(i % n);
     if (!r->prompts) return;
@@ -466,17 +471,34 @@ static bool get_stream_options(json_t *root, dsla_openai_request_t *r, dsla_open
     return true;
 }
 
-/* best_of: only n itself (each choice is one sample; ranking beyond n is not served). */
-static bool get_best_of(json_t *root, long long n, dsla_openai_error_t *err) {
+/* best_of (completions): samples per prompt, of which the n of highest cumulative logprob are
+ * returned; at least n, and not with stream (the best are known only at the end), as in vLLM and
+ * OpenAI. Chat has no best_of: only n itself. */
+static bool get_best_of(dsla_openai_kind_t kind, json_t *root, dsla_openai_request_t *r,
+                        long long n, dsla_openai_error_t *err) {
     long long best_of = n;
     if (!get_integer(root, "best_of", 1, DSLA_OPENAI_N_MAX, &best_of, err)) return false;
-    if (best_of != n) {
+    if (best_of != n && kind == DSLA_OPENAI_CHAT) {
         dsla_openai_error_set(err, 400, "best_of",
-                              "best_of is %lld and n is %lld; only best_of equal to n is served "
-                              "(no ranking of extra samples)",
+                              "best_of is %lld and n is %lld; chat takes only best_of equal to n "
+                              "(best_of is a completions field)",
                               best_of, n);
         return false;
     }
+    if (best_of < n) {
+        dsla_openai_error_set(err, 400, "best_of",
+                              "best_of is %lld and n is %lld; best_of must be at least n", best_of,
+                              n);
+        return false;
+    }
+    if (best_of > n && r->stream) {
+        dsla_openai_error_set(err, 400, "best_of",
+                              "best_of %lld above n %lld is not served with stream (the best are "
+                              "known only when every sample has ended)",
+                              best_of, n);
+        return false;
+    }
+    r->best_of = (int)best_of;
     return true;
 }
 
@@ -560,13 +582,15 @@ static bool parse_fields(dsla_openai_kind_t kind, json_t *root, const char *mode
         return false;
     if (kind == DSLA_OPENAI_CHAT ? !get_messages(root, r, err) : !get_prompt(root, r, err))
         return false;
-    if (!get_best_of(root, n, err)) return false;
+    if (!get_best_of(kind, root, r, n, err)) return false;
     r->n = (int)n;
     if (r->prompts) {
-        if (r->n_prompts * r->n > DSLA_OPENAI_CHOICES_MAX) {
-            dsla_openai_error_set(err, 400, "n",
-                                  "%d prompts times n %d make %d choices; the limit is %d",
-                                  r->n_prompts, r->n, r->n_prompts * r->n, DSLA_OPENAI_CHOICES_MAX);
+        if (r->n_prompts * r->best_of > DSLA_OPENAI_CHOICES_MAX) {
+            const bool by_n = r->best_of == r->n;
+            dsla_openai_error_set(err, 400, by_n ? "n" : "best_of",
+                                  "%d prompts times %s %d make %d samples; the limit is %d",
+                                  r->n_prompts, by_n ? "n" : "best_of", r->best_of,
+                                  r->n_prompts * r->best_of, DSLA_OPENAI_CHOICES_MAX);
             return false;
         }
         for (int i = 0; r->echo && i < r->n_prompts; i++)
@@ -796,18 +820,20 @@ static json_t *usage_json(const dsla_openai_end_t *end) {
                      (json_int_t)end->prompt_tokens + (json_int_t)end->completion_tokens);
 }
 
-/* choices[0]: the text (completion), the message (chat answer) or the delta (chat chunk). */
-static json_t *choice_json(dsla_openai_kind_t kind, bool chunk, bool first, const char *text,
-                           size_t len, const dsla_openai_logprobs_t *lp, const char *finish) {
+/* One entry of choices: the text (completion), the message (chat answer) or the delta (chat
+ * chunk), under its index. */
+static json_t *choice_json(dsla_openai_kind_t kind, int index, bool chunk, bool first,
+                           const char *text, size_t len, const dsla_openai_logprobs_t *lp,
+                           const char *finish) {
     json_t *t = utf8_string(text, text ? len : 0);
     json_t *f = finish ? json_string(finish) : json_null();
     json_t *l = lp ? json_deep_copy(lp->root) : json_null();
     if (kind == DSLA_OPENAI_COMPLETION)
-        return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, "text", t, "logprobs", l,
+        return json_pack("{s:i, s:o, s:o, s:o}", "index", index, "text", t, "logprobs", l,
                          "finish_reason", f);
     json_t *content = chunk && !first ? json_pack("{s:o}", "content", t)
                                       : json_pack("{s:s, s:o}", "role", "assistant", "content", t);
-    return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, chunk ? "delta" : "message", content,
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", index, chunk ? "delta" : "message", content,
                      "logprobs", l, "finish_reason", f);
 }
 
@@ -819,7 +845,8 @@ static char *body_json(const dsla_openai_meta_t *meta, bool chunk, bool first, c
     json_t *root =
         json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", meta->id, "object", object, "created",
                   (json_int_t)meta->created, "model", meta->model ? meta->model : "", "choices",
-                  choice_json(meta->kind, chunk, first, text, len, lp, end ? end->finish : NULL));
+                  choice_json(meta->kind, meta->index, chunk, first, text, len, lp,
+                              end ? end->finish : NULL));
     if (root && end && !(chunk && meta->include_usage))
         json_object_set_new(root, "usage", usage_json(end));
     if (root && end && end->fingerprint && end->fingerprint[0])
@@ -835,13 +862,12 @@ char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text
 }
 
 char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
-                                  int n) {
+                                  int n, const dsla_openai_end_t *usage) {
     json_t *choices = json_array();
     dsla_openai_end_t total = {0};
     for (int i = 0; choices && i < n; i++) {
         json_t *one =
-            choice_json(meta->kind, false, true, c[i].text, c[i].len, c[i].lp, c[i].end.finish);
-        if (one) json_object_set_new(one, "index", json_integer(i));
+            choice_json(meta->kind, i, false, true, c[i].text, c[i].len, c[i].lp, c[i].end.finish);
         if (json_array_append_new(choices, one) != 0) {
             json_decref(choices);
             choices = NULL;
@@ -853,7 +879,7 @@ char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_ope
         json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", meta->id, "object",
                   meta->kind == DSLA_OPENAI_COMPLETION ? "text_completion" : "chat.completion",
                   "created", (json_int_t)meta->created, "model", meta->model ? meta->model : "",
-                  "choices", choices, "usage", usage_json(&total));
+                  "choices", choices, "usage", usage_json(usage ? usage : &total));
     /* one fingerprint when every choice came from the same replica and plan, else none */
     const char *fp = n > 0 ? c[0].end.fingerprint : NULL;
     for (int i = 1; fp && i < n; i++)

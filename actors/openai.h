@@ -61,16 +61,19 @@ typedef struct {
     char *stop[DSLA_PROTO_STOP_MAX];
     dsla_proto_generate_t generate; /* borrows prompt and stop: choice 0's */
     int n;                          /* choices per prompt */
-    int n_prompts;                  /* completions: prompts (an array of them), else 1 */
-    dsla_openai_prompt_t *prompts;  /* [n_prompts] when the prompt was an array or token ids */
-    int32_t *bias_ids;              /* logit_bias, borrowed by generate */
+    int best_of;   /* samples per prompt (>= n; completions): the n of highest cumulative logprob
+                      are the choices */
+    int n_prompts; /* completions: prompts (an array of them), else 1 */
+    dsla_openai_prompt_t *prompts; /* [n_prompts] when the prompt was an array or token ids */
+    int32_t *bias_ids;             /* logit_bias, borrowed by generate */
     float *bias_values;
 } dsla_openai_request_t;
 
-/* Choices the request asks for: n_prompts times n, index i = prompt (i / n), sample (i % n). */
+/* Engine requests the request makes: n_prompts times best_of (n unless best_of is larger),
+ * index i = prompt (i / best_of), sample (i % best_of). */
 int dsla_openai_request_choices(const dsla_openai_request_t *r);
-/* The GENERATE of choice i (borrowing from r): its prompt, and the seed plus its sample number,
- * so that the n samples of one prompt differ and a seed repeats them all. */
+/* The GENERATE of engine request i (borrowing from r): its prompt, and the seed plus its sample
+ * number, so that the samples of one prompt differ and a seed repeats them all. */
 void dsla_openai_request_choice(const dsla_openai_request_t *r, int i, dsla_proto_generate_t *g);
 
 /* Parses a request body of the given kind. model is the served model's id: a request naming
@@ -106,6 +109,7 @@ typedef struct {
     /* stream_options.include_usage: the last chunk has no usage; dsla_openai_usage_chunk follows
      * it (else usage rides on the last chunk, an extension) */
     bool include_usage;
+    int index; /* the choice a chunk or a single answer belongs to (choices[0].index) */
 } dsla_openai_meta_t;
 
 typedef struct {
@@ -135,7 +139,8 @@ char *dsla_openai_error_body(const dsla_openai_error_t *err);
 char *dsla_openai_response_body(const dsla_openai_meta_t *meta, const char *text, size_t len,
                                 const dsla_openai_logprobs_t *lp, const dsla_openai_end_t *end);
 /* The same with several choices (choices[i].index is i); usage is the sum of theirs, the prompt
- * tokens counted once per engine request as vLLM counts them. */
+ * tokens counted once per engine request as vLLM counts them, unless usage (not NULL) says
+ * otherwise (best_of: every sample counts, shown or not). */
 typedef struct {
     const char *text;
     size_t len;
@@ -143,7 +148,7 @@ typedef struct {
     dsla_openai_end_t end;
 } dsla_openai_choice_t;
 char *dsla_openai_response_body_n(const dsla_openai_meta_t *meta, const dsla_openai_choice_t *c,
-                                  int n);
+                                  int n, const dsla_openai_end_t *usage);
 /* One server-sent event "data: {...}\n\n" with a piece of text and its tokens' logprobs (lp NULL:
  * null); first marks the chat's first chunk (it carries the role), end the last (finish_reason and
  * usage). */

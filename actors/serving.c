@@ -203,6 +203,19 @@ static void on_peer(dsla_actor_t *a, const char *peer, bool alive, void *user) {
     if (!alive) dsla_serving_core_on_peer_gone(s->core, peer);
 }
 
+/* Anyone may ask (the load is no secret, and a gateway polls it for /metrics). */
+static void on_status(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *user) {
+    dsla_serving_t *s = user;
+    dsla_proto_buf_t body = {0};
+    dsla_status_t st = dsla_serving_core_on_status(s->core, &body);
+    if (st == DSLA_OK)
+        st = dsla_actor_reply(a, msg, DSLA_MSG_LOAD_REPORT, body.data, body.len);
+    else
+        dsla_actor_reply_error(a, msg, dsla_proto_code_from_status(st), dsla_last_error());
+    if (st != DSLA_OK) dsla_log_info("serving: no LOAD_REPORT for a STATUS: %s", dsla_last_error());
+    dsla_proto_buf_free(&body);
+}
+
 static void on_report(dsla_actor_t *a, void *user) {
     (void)a;
     dsla_serving_t *s = user;
@@ -319,11 +332,10 @@ static dsla_status_t serving_init(dsla_serving_t *s, const dsla_serving_config_t
                                         .user = s};
     DSLA_TRY(dsla_serving_core_create(&s->core, &cc, &co));
 
-    static const dsla_actor_handler_t handlers[] = {{DSLA_MSG_GENERATE, on_generate},
-                                                    {DSLA_MSG_CANCEL, on_cancel},
-                                                    {DSLA_MSG_SET_PLAN, on_set_plan},
-                                                    {DSLA_MSG_LAYER_CHUNK, on_layer_chunk},
-                                                    {DSLA_MSG_ERROR, on_error}};
+    static const dsla_actor_handler_t handlers[] = {
+        {DSLA_MSG_GENERATE, on_generate}, {DSLA_MSG_CANCEL, on_cancel},
+        {DSLA_MSG_SET_PLAN, on_set_plan}, {DSLA_MSG_LAYER_CHUNK, on_layer_chunk},
+        {DSLA_MSG_ERROR, on_error},       {DSLA_MSG_STATUS, on_status}};
     dsla_actor_def_t def = {
         .name = config->name ? config->name : "serving",
         .ctx = config->ctx,

@@ -361,16 +361,18 @@ static double window_p90_ms(const dsla_histogram_t *now, dsla_histogram_t *prev)
     return dsla_histogram_quantile(&d, 0.9) * 1e3;
 }
 
-void dsla_serving_core_on_report(dsla_serving_core_t *c) {
-    if (!c->controller[0]) return;
-    dsla_engine_metrics_t *m = malloc(sizeof *m);
-    dsla_proto_load_report_t *r = calloc(1, sizeof *r);
-    if (!m || !r) {
-        free(m);
-        free(r);
-        return;
-    }
-    c->ops.metrics(c->ops.user, m);
+static void histogram_copy(dsla_proto_histogram_t *out, const dsla_histogram_t *h) {
+    _Static_assert(DSLA_PROTO_HISTOGRAM_BUCKETS == DSLA_HISTOGRAM_BUCKETS,
+                   "the wire's histogram is the engine's");
+    memcpy(out->counts, h->counts, sizeof out->counts);
+    out->count = h->count;
+    out->sum = h->sum;
+}
+
+/* The engine's load, the plan and the totals into *r; window: the p90s of the requests since the
+ * previous call with window (the controller's reports), else 0. */
+static void load_fill(dsla_serving_core_t *c, const dsla_engine_metrics_t *m,
+                      dsla_proto_load_report_t *r, bool window) {
     uint64_t now = c->ops.now_ms(c->ops.user), oldest = now;
     for (const request_t *q = c->requests; q; q = q->next)
         if (!q->started && q->submitted_ms < oldest) oldest = q->submitted_ms;
@@ -384,19 +386,52 @@ void dsla_serving_core_on_report(dsla_serving_core_t *c) {
         .kv_total = (uint32_t)m->kv_blocks_total,
         .slots_used = (uint32_t)m->state_slots_used,
         .slots_total = (uint32_t)m->state_slots_total,
-        .ttft_p90_ms = window_p90_ms(&m->ttft, &c->last_ttft),
-        .tpot_p90_ms = window_p90_ms(&m->tpot, &c->last_tpot),
+        .ttft_p90_ms = window ? window_p90_ms(&m->ttft, &c->last_ttft) : 0.0,
+        .tpot_p90_ms = window ? window_p90_ms(&m->tpot, &c->last_tpot) : 0.0,
         .tokens_per_s = m->tokens_per_second,
         .plan_id = m->plan_id,
+        .has_totals = true,
+        .requests_finished = m->requests_finished,
+        .prompt_tokens = m->prompt_tokens_computed,
+        .generated_tokens = m->generated_tokens,
+        .preemptions = m->preemptions,
     };
+    histogram_copy(&r->hist[DSLA_PROTO_HIST_TTFT], &m->ttft);
+    histogram_copy(&r->hist[DSLA_PROTO_HIST_TPOT], &m->tpot);
+    histogram_copy(&r->hist[DSLA_PROTO_HIST_E2E], &m->e2e);
+    histogram_copy(&r->hist[DSLA_PROTO_HIST_QUEUE], &m->queue);
     if (c->config.plans) {
         const dsla_proto_dsla_layer_t *layers;
         r->plan_id = dsla_serving_plans_id(c->config.plans);
         r->n_dsla = dsla_serving_plans_dsla(c->config.plans, &layers);
         memcpy(r->dsla, layers, r->n_dsla * sizeof layers[0]);
     }
+}
+
+/* The load report, encoded into *body; window as for load_fill. */
+static dsla_status_t load_encode(dsla_serving_core_t *c, bool window, dsla_proto_buf_t *body,
+                                 dsla_proto_load_report_t **kept) {
+    dsla_engine_metrics_t *m = malloc(sizeof *m);
+    dsla_proto_load_report_t *r = calloc(1, sizeof *r);
+    dsla_status_t st = dsla_error_oom("serving: a LOAD_REPORT");
+    if (m && r) {
+        c->ops.metrics(c->ops.user, m);
+        load_fill(c, m, r, window);
+        st = dsla_proto_load_report_encode(r, body);
+    }
+    free(m);
+    if (kept && st == DSLA_OK)
+        *kept = r;
+    else
+        free(r);
+    return st;
+}
+
+void dsla_serving_core_on_report(dsla_serving_core_t *c) {
+    if (!c->controller[0]) return;
     dsla_proto_buf_t body = {0};
-    if (dsla_proto_load_report_encode(r, &body) != DSLA_OK ||
+    dsla_proto_load_report_t *r = NULL;
+    if (load_encode(c, true, &body, &r) != DSLA_OK ||
         c->ops.send(c->ops.user, c->controller, DSLA_MSG_LOAD_REPORT, 0, body.data, body.len) !=
             DSLA_OK)
         dsla_log_info("serving: LOAD_REPORT not sent: %s", dsla_last_error());
@@ -406,7 +441,10 @@ void dsla_serving_core_on_report(dsla_serving_core_t *c) {
                        r->queue_length, r->running, r->plan_id, r->n_dsla);
     dsla_proto_buf_free(&body);
     free(r);
-    free(m);
+}
+
+dsla_status_t dsla_serving_core_on_status(dsla_serving_core_t *c, dsla_proto_buf_t *body) {
+    return load_encode(c, false, body, NULL);
 }
 
 static dsla_status_t send_samples(void *user, const void *body, size_t len) {

@@ -67,6 +67,9 @@ void dsla_serving_core_on_peer_gone(dsla_serving_core_t *c, const char *peer);
 void dsla_serving_core_on_events(dsla_serving_core_t *c, const dsla_serving_batch_t *batch);
 /* The report interval came: one LOAD_REPORT to the controller. */
 void dsla_serving_core_on_report(dsla_serving_core_t *c);
+/* A STATUS (the gateway's poll for /metrics): the LOAD_REPORT body to answer with, cumulative
+ * counters and histograms, no windowed p90s (those belong to the controller's reports). */
+dsla_status_t dsla_serving_core_on_status(dsla_serving_core_t *c, dsla_proto_buf_t *body);
 /* The sampling interval came: the batch of sampled prompts to the distiller. */
 void dsla_serving_core_on_sample_flush(dsla_serving_core_t *c);
 

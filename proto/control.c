@@ -2,6 +2,7 @@
  * ADMIN_REPLY (proto.h, docs/protocol.md). Like every decoder here they ignore unknown keys, bound
  * every count and length by the limits in proto.h and allocate only what the frame's bytes hold. */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,12 +72,107 @@ static dsla_status_t encode_begin(dsla_proto_buf_t *out, uint32_t n_dsla, const 
 
 /* ---- LOAD_REPORT ---- */
 
+static const char *const hist_names[DSLA_PROTO_HISTS] = {"ttft", "tpot", "e2e", "queue"};
+
+const char *dsla_proto_hist_name(dsla_proto_hist_kind_t kind) {
+    return (unsigned)kind < DSLA_PROTO_HISTS ? hist_names[kind] : "unknown";
+}
+
+/* The counters under "totals", in one table for both directions. */
+typedef struct {
+    const char *key;
+    size_t offset;
+} total_field_t;
+static const total_field_t totals[] = {
+    {"requests_finished", offsetof(dsla_proto_load_report_t, requests_finished)},
+    {"prompt_tokens", offsetof(dsla_proto_load_report_t, prompt_tokens)},
+    {"generated_tokens", offsetof(dsla_proto_load_report_t, generated_tokens)},
+    {"preemptions", offsetof(dsla_proto_load_report_t, preemptions)},
+};
+enum { N_TOTALS = sizeof totals / sizeof totals[0] };
+
+static uint64_t *total_of(dsla_proto_load_report_t *r, int i) {
+    return (uint64_t *)((char *)r + totals[i].offset);
+}
+
+static uint64_t total_get(const dsla_proto_load_report_t *r, int i) {
+    return *(const uint64_t *)((const char *)r + totals[i].offset);
+}
+
+static int pack_totals(msgpack_packer *pk, const dsla_proto_load_report_t *r) {
+    int rc = dsla_wire_pack_key(pk, "totals") | msgpack_pack_map(pk, N_TOTALS);
+    for (int i = 0; i < N_TOTALS; i++)
+        rc |= dsla_wire_pack_u64_field(pk, totals[i].key, total_get(r, i));
+    rc |= dsla_wire_pack_key(pk, "hist") | msgpack_pack_map(pk, DSLA_PROTO_HISTS);
+    for (int k = 0; k < DSLA_PROTO_HISTS; k++) {
+        const dsla_proto_histogram_t *h = &r->hist[k];
+        rc |= dsla_wire_pack_key(pk, hist_names[k]) | msgpack_pack_map(pk, 2);
+        rc |= dsla_wire_pack_key(pk, "counts") |
+              msgpack_pack_array(pk, DSLA_PROTO_HISTOGRAM_BUCKETS + 1);
+        for (int i = 0; i <= DSLA_PROTO_HISTOGRAM_BUCKETS; i++)
+            rc |= msgpack_pack_uint64(pk, h->counts[i]);
+        rc |= dsla_wire_pack_f64_field(pk, "sum", h->sum);
+    }
+    return rc;
+}
+
+static dsla_status_t totals_decode(const msgpack_object *v, dsla_proto_load_report_t *out,
+                                   const char *what) {
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field totals must be a map", what);
+    out->has_totals = true;
+    dsla_status_t st = DSLA_OK;
+    for (uint32_t i = 0; i < v->via.map.size && st == DSLA_OK; i++)
+        for (int t = 0; t < N_TOTALS && st == DSLA_OK; t++)
+            if (dsla_wire_key_is(&v->via.map.ptr[i].key, totals[t].key))
+                st = dsla_wire_get_u64(&v->via.map.ptr[i].val, total_of(out, t), what,
+                                       totals[t].key);
+    return st;
+}
+
+static dsla_status_t histogram_decode(const msgpack_object *v, dsla_proto_histogram_t *h,
+                                      const char *what, const char *name) {
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: histogram %s must be a map", what, name);
+    dsla_status_t st = DSLA_OK;
+    for (uint32_t i = 0; i < v->via.map.size && st == DSLA_OK; i++) {
+        const msgpack_object *k = &v->via.map.ptr[i].key, *x = &v->via.map.ptr[i].val;
+        if (dsla_wire_key_is(k, "sum")) {
+            st = dsla_wire_get_f64(x, &h->sum, what, "sum");
+        } else if (dsla_wire_key_is(k, "counts")) {
+            if (x->type != MSGPACK_OBJECT_ARRAY ||
+                x->via.array.size != DSLA_PROTO_HISTOGRAM_BUCKETS + 1)
+                return dsla_error(DSLA_ERR_FORMAT,
+                                  "%s: histogram %s's counts must be an array of %d integers", what,
+                                  name, DSLA_PROTO_HISTOGRAM_BUCKETS + 1);
+            h->count = 0;
+            for (int b = 0; b <= DSLA_PROTO_HISTOGRAM_BUCKETS && st == DSLA_OK; b++) {
+                st = dsla_wire_get_u64(&x->via.array.ptr[b], &h->counts[b], what, "counts");
+                h->count += h->counts[b];
+            }
+        }
+    }
+    return st;
+}
+
+static dsla_status_t hists_decode(const msgpack_object *v, dsla_proto_load_report_t *out,
+                                  const char *what) {
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return dsla_error(DSLA_ERR_FORMAT, "%s: field hist must be a map", what);
+    dsla_status_t st = DSLA_OK;
+    for (uint32_t i = 0; i < v->via.map.size && st == DSLA_OK; i++)
+        for (int k = 0; k < DSLA_PROTO_HISTS && st == DSLA_OK; k++)
+            if (dsla_wire_key_is(&v->via.map.ptr[i].key, hist_names[k]))
+                st = histogram_decode(&v->via.map.ptr[i].val, &out->hist[k], what, hist_names[k]);
+    return st;
+}
+
 dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
                                             dsla_proto_buf_t *out) {
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
     DSLA_TRY(encode_begin(out, r->n_dsla, "LOAD_REPORT", &sbuf, &pk));
-    int rc = msgpack_pack_map(&pk, 14);
+    int rc = msgpack_pack_map(&pk, r->has_totals ? 16 : 14);
     rc |= dsla_wire_pack_u64_field(&pk, "num_layers", r->num_layers);
     rc |= dsla_wire_pack_u64_field(&pk, "queue_length", r->queue_length);
     rc |= dsla_wire_pack_u64_field(&pk, "running", r->running);
@@ -91,6 +187,7 @@ dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
     rc |= dsla_wire_pack_f64_field(&pk, "tokens_per_s", r->tokens_per_s);
     rc |= dsla_wire_pack_u64_field(&pk, "plan_id", r->plan_id);
     rc |= pack_dsla(&pk, r->dsla, r->n_dsla);
+    if (r->has_totals) rc |= pack_totals(&pk, r);
     return dsla_wire_finish(&sbuf, rc, out, "LOAD_REPORT");
 }
 
@@ -121,6 +218,10 @@ dsla_status_t dsla_proto_load_report_decode(const void *body, size_t len,
             st = dsla_wire_get_u64(v, &out->plan_id, what, "plan_id");
         else if (dsla_wire_key_is(k, "dsla"))
             st = dsla_decode(v, out->dsla, &out->n_dsla, what);
+        else if (dsla_wire_key_is(k, "totals"))
+            st = totals_decode(v, out, what);
+        else if (dsla_wire_key_is(k, "hist"))
+            st = hists_decode(v, out, what);
     }
     msgpack_unpacked_destroy(&u);
     return st;

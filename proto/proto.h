@@ -58,7 +58,12 @@
     X(DISTILL_PROGRESS, 17, "distiller -> controller: the run's state, layer, step and loss")      \
     X(LAYER_FETCH, 18, "serving -> controller: ask for a byte range of a layer version file")      \
     X(LAYER_CHUNK, 19, "controller -> serving: that byte range; ERROR when it cannot be served")   \
-    X(PROMPT_SAMPLES, 20, "serving -> distiller: token ids of prompts sampled from live traffic")
+    X(PROMPT_SAMPLES, 20, "serving -> distiller: token ids of prompts sampled from live traffic")  \
+    X(BCAST_OPEN, 21, "controller -> owner: send a layer version file over a broadcast session")   \
+    X(BCAST_ID, 22, "owner -> controller: the session's communicator id (or: ready on the old)")   \
+    X(BCAST_JOIN, 23, "controller -> receiver: join a broadcast session and receive its file")     \
+    X(BCAST_ACK, 24, "owner/receiver -> controller: the file went out, or landed verified")        \
+    X(BCAST_NACK, 25, "owner/receiver -> controller: the session failed here; fall back to chunks")
 
 typedef enum {
 #define DSLA_PROTO_TYPE_ENUM_(name, num, summary) DSLA_MSG_##name = num,
@@ -258,6 +263,77 @@ typedef struct {
 dsla_status_t dsla_proto_cancel_encode(const dsla_proto_cancel_t *c, dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_cancel_decode(const void *body, size_t len, dsla_proto_cancel_t *out);
 
+/* ---- the conversion control loop (DESIGN.md section 7): serving <-> controller <- dslactl ---- */
+
+/* Layers one plan message names: far beyond the 126 layers of the largest Llama. */
+#define DSLA_PROTO_LAYERS_MAX 512
+/* Bytes of a layer version file's path in SET_PLAN. */
+#define DSLA_PROTO_PATH_MAX 1023
+
+/* A layer running DSLA in a plan: its index and its version's xxh64 checksum. */
+typedef struct {
+    int32_t layer;
+    uint64_t checksum;
+} dsla_proto_dsla_layer_t;
+
+/* A latency histogram as the engine keeps it (runtime/serve/metrics.h), cumulative since the
+ * replica started: counts[i] for i < DSLA_PROTO_HISTOGRAM_BUCKETS holds the values in
+ * (bound(i-1), bound(i)] with bound(i) = DSLA_PROTO_HISTOGRAM_FIRST_BOUND * 2^i seconds, the last
+ * one those above every bound. On the wire {"counts": [...], "sum": seconds}; other bounds would
+ * travel under another key, so a peer never misreads them. */
+#define DSLA_PROTO_HISTOGRAM_BUCKETS 24
+#define DSLA_PROTO_HISTOGRAM_FIRST_BOUND 1e-4
+typedef struct {
+    uint64_t counts[DSLA_PROTO_HISTOGRAM_BUCKETS + 1];
+    uint64_t count;
+    double sum;
+} dsla_proto_histogram_t;
+
+/* The histograms a LOAD_REPORT carries, under "hist": submit to first token, between tokens,
+ * submit to the end (requests that ended by length or stop), submit to the first admission. */
+typedef enum {
+    DSLA_PROTO_HIST_TTFT = 0,
+    DSLA_PROTO_HIST_TPOT,
+    DSLA_PROTO_HIST_E2E,
+    DSLA_PROTO_HIST_QUEUE,
+    DSLA_PROTO_HISTS
+} dsla_proto_hist_kind_t;
+
+/* "ttft", "tpot", "e2e", "queue": the keys under "hist". */
+const char *dsla_proto_hist_name(dsla_proto_hist_kind_t kind);
+
+/* LOAD_REPORT: a serving replica's load, sent to its controller every report interval and to
+ * whoever asks with STATUS (its gateway, for /metrics). The latency quantiles cover the requests
+ * since the previous report to the controller (0: none in that window, or an answer to STATUS).
+ * The counters and histograms are cumulative; has_totals is false when the sender sent none (an
+ * older replica). */
+typedef struct {
+    uint32_t num_layers;     /* the model's decoder layers */
+    uint32_t queue_length;   /* requests waiting for admission */
+    uint32_t running;        /* admitted sequences */
+    uint64_t waiting_tokens; /* prompt tokens the waiting requests will prefill */
+    uint32_t
+        oldest_wait_ms; /* longest a request now in the replica has waited for its first token */
+    uint32_t kv_used, kv_total;       /* KV blocks */
+    uint32_t slots_used, slots_total; /* DSLA state slots */
+    double ttft_p90_ms, tpot_p90_ms;
+    double tokens_per_s;
+    uint64_t plan_id; /* the engine's id of the plan new requests get */
+    uint32_t n_dsla;  /* its DSLA layers, ascending */
+    dsla_proto_dsla_layer_t dsla[DSLA_PROTO_LAYERS_MAX];
+    bool has_totals;
+    uint64_t requests_finished; /* every end: length, stop, cancelled, error */
+    uint64_t prompt_tokens;     /* prefill tokens run, recomputation included */
+    uint64_t generated_tokens;
+    uint64_t preemptions;
+    dsla_proto_histogram_t hist[DSLA_PROTO_HISTS];
+} dsla_proto_load_report_t;
+
+dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_load_report_decode(const void *body, size_t len,
+                                            dsla_proto_load_report_t *out);
+
 /* STATUS (8) has no body struct: its body is the empty map, which the envelope encodes for an
  * absent body. REPORT (9) answers it. */
 #define DSLA_PROTO_REPLICAS_MAX 64  /* replicas one REPORT lists */
@@ -279,6 +355,11 @@ typedef struct {
     uint32_t outstanding; /* requests routed to it that have not ended */
     uint64_t routed;      /* requests ever routed to it (re-routes included) */
     uint64_t failed;      /* requests that ended in an ERROR from it or because it died */
+    /* the replica's last answer to the gateway's STATUS polls (on the wire "load": the
+     * LOAD_REPORT body as bytes); has_load is false before the first, after the replica died, or
+     * from a gateway that does not poll */
+    bool has_load;
+    dsla_proto_load_report_t load;
 } dsla_proto_replica_report_t;
 
 /* REPORT: the gateway's counters since it started, and its replicas in configuration order. */
@@ -294,42 +375,6 @@ typedef struct {
 
 dsla_status_t dsla_proto_report_encode(const dsla_proto_report_t *r, dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_report_decode(const void *body, size_t len, dsla_proto_report_t *out);
-
-/* ---- the conversion control loop (DESIGN.md section 7): serving <-> controller <- dslactl ---- */
-
-/* Layers one plan message names: far beyond the 126 layers of the largest Llama. */
-#define DSLA_PROTO_LAYERS_MAX 512
-/* Bytes of a layer version file's path in SET_PLAN. */
-#define DSLA_PROTO_PATH_MAX 1023
-
-/* A layer running DSLA in a plan: its index and its version's xxh64 checksum. */
-typedef struct {
-    int32_t layer;
-    uint64_t checksum;
-} dsla_proto_dsla_layer_t;
-
-/* LOAD_REPORT: a serving replica's load, sent to its controller every report interval. The
- * latency quantiles cover the requests since the previous report (0: none in that window). */
-typedef struct {
-    uint32_t num_layers;     /* the model's decoder layers */
-    uint32_t queue_length;   /* requests waiting for admission */
-    uint32_t running;        /* admitted sequences */
-    uint64_t waiting_tokens; /* prompt tokens the waiting requests will prefill */
-    uint32_t
-        oldest_wait_ms; /* longest a request now in the replica has waited for its first token */
-    uint32_t kv_used, kv_total;       /* KV blocks */
-    uint32_t slots_used, slots_total; /* DSLA state slots */
-    double ttft_p90_ms, tpot_p90_ms;
-    double tokens_per_s;
-    uint64_t plan_id; /* the engine's id of the plan new requests get */
-    uint32_t n_dsla;  /* its DSLA layers, ascending */
-    dsla_proto_dsla_layer_t dsla[DSLA_PROTO_LAYERS_MAX];
-} dsla_proto_load_report_t;
-
-dsla_status_t dsla_proto_load_report_encode(const dsla_proto_load_report_t *r,
-                                            dsla_proto_buf_t *out);
-dsla_status_t dsla_proto_load_report_decode(const void *body, size_t len,
-                                            dsla_proto_load_report_t *out);
 
 /* One DSLA layer of a SET_PLAN: the layer version file to load and the checksum it must have, and
  * what a replica without the controller's filesystem needs to fetch it (LAYER_FETCH): the version
@@ -529,5 +574,47 @@ dsla_status_t dsla_proto_layer_chunk_encode(const dsla_proto_layer_chunk_t *c,
                                             dsla_proto_buf_t *out);
 dsla_status_t dsla_proto_layer_chunk_decode(const void *body, size_t len,
                                             dsla_proto_layer_chunk_t *out);
+
+/* ---- layer broadcast (DESIGN.md section 7's "NCCL broadcast"; docs/broadcast.md) ---- */
+
+/* Bytes of a communicator's unique id: NCCL's NCCL_UNIQUE_ID_BYTES, which proto must not include.
+ */
+#define DSLA_PROTO_BCAST_ID_MAX 128
+/* Ranks of one broadcast session (the owner and its receivers): a node's GPUs, with room. */
+#define DSLA_PROTO_BCAST_RANKS_MAX 64
+
+/* BCAST_OPEN, BCAST_ID and BCAST_JOIN share one body; each type uses the fields docs/protocol.md
+ * lists for it and leaves the others zero and empty (absent on the wire). session is the
+ * controller's number for one broadcast of one file; comm names a communicator (same key, same
+ * members in the same ranks), fresh says it is to be made from id rather than reused. */
+typedef struct {
+    uint64_t session;
+    uint64_t comm;
+    bool fresh;
+    uint32_t rank, nranks; /* rank 0 is the owner; nranks 0 when absent (BCAST_ID) */
+    int32_t layer;
+    uint32_t version;
+    uint64_t size, xxh64; /* of the file */
+    uint32_t id_len;      /* 0: none */
+    uint8_t id[DSLA_PROTO_BCAST_ID_MAX];
+    char path[DSLA_PROTO_PATH_MAX + 1]; /* BCAST_OPEN: the file to send; "" otherwise */
+} dsla_proto_bcast_t;
+
+dsla_status_t dsla_proto_bcast_encode(const dsla_proto_bcast_t *b, dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_bcast_decode(const void *body, size_t len, dsla_proto_bcast_t *out);
+
+/* BCAST_ACK and BCAST_NACK share one body: the session and the sender's rank in it, and for a
+ * NACK the code and why. */
+typedef struct {
+    uint64_t session;
+    uint32_t rank;
+    uint32_t code; /* NACK: a dsla_proto_code_t */
+    char reason[DSLA_PROTO_MESSAGE_MAX + 1];
+} dsla_proto_bcast_reply_t;
+
+dsla_status_t dsla_proto_bcast_reply_encode(const dsla_proto_bcast_reply_t *r,
+                                            dsla_proto_buf_t *out);
+dsla_status_t dsla_proto_bcast_reply_decode(const void *body, size_t len,
+                                            dsla_proto_bcast_reply_t *out);
 
 #endif

@@ -32,7 +32,17 @@ dsla_status_t dsla_proto_report_encode(const dsla_proto_report_t *r, dsla_proto_
     rc |= msgpack_pack_array(&pk, r->n_replicas);
     for (uint32_t i = 0; i < r->n_replicas; i++) {
         const dsla_proto_replica_report_t *x = &r->replicas[i];
-        rc |= msgpack_pack_map(&pk, 6);
+        dsla_proto_buf_t load = {0};
+        if (x->has_load && dsla_proto_load_report_encode(&x->load, &load) != DSLA_OK) {
+            msgpack_sbuffer_destroy(&sbuf);
+            return dsla_error_wrap(DSLA_ERR_INVALID_ARGUMENT, "REPORT: replica %s: ", x->name);
+        }
+        rc |= msgpack_pack_map(&pk, x->has_load ? 7 : 6);
+        if (x->has_load) {
+            rc |= dsla_wire_pack_key(&pk, "load") | msgpack_pack_bin(&pk, load.len);
+            rc |= msgpack_pack_bin_body(&pk, load.data, load.len);
+            dsla_proto_buf_free(&load);
+        }
         rc |= dsla_wire_pack_str_field(&pk, "name", x->name);
         rc |= dsla_wire_pack_str_field(&pk, "endpoint", x->endpoint);
         rc |= dsla_wire_pack_str_field(&pk, "state", dsla_proto_replica_state_name(x->state));
@@ -68,6 +78,11 @@ static dsla_status_t replica_decode(const msgpack_object *o, dsla_proto_replica_
             st = dsla_wire_get_u64(v, &x->routed, what, "routed");
         } else if (dsla_wire_key_is(k, "failed")) {
             st = dsla_wire_get_u64(v, &x->failed, what, "failed");
+        } else if (dsla_wire_key_is(k, "load")) {
+            if (v->type != MSGPACK_OBJECT_BIN)
+                return dsla_error(DSLA_ERR_FORMAT, "REPORT: a replica's load must be bytes");
+            st = dsla_proto_load_report_decode(v->via.bin.ptr, v->via.bin.size, &x->load);
+            x->has_load = st == DSLA_OK;
         }
     }
     return st;

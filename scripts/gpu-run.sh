@@ -30,6 +30,8 @@
 #   adaptive  bench/adaptive/run.sh (a random 7B-shaped model on disk, its controller, three arms:
 #            all attention, static half DSLA, the threshold policy, under a ramping load; RATE,
 #            PROFILE, ARMS, MARGIN_MIB pass through; the logs come back as adaptive.tgz)
+#   nccl     tests/gpu/test_nccl_bcast (one rank on one GPU; owner and receiver with two GPUs)
+#   nccl_bench  bench_nccl_bcast (a 7B layer to 1, 3, 7 receivers: needs that many GPUs)
 #   decode_mixed  bench_cuda_kernels --only decode (paged decode attention, 64-256 mixed lengths)
 #   e2e_serving   bench_e2e_cuda serving (decode 128 x 1K, steps mixing 128 decodes and a prompt)
 #   trace    dsla bench --device cuda --random-model 7b --rate R: a chat-like Poisson trace with
@@ -84,6 +86,9 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     distiller_gpu) stage distiller_gpu 300 "$D/bin/test_distiller_gpu"
         grep -E 'GPU|layer [0-9]|PASSED|FAILED|error|rror|differ' "$OUT/distiller_gpu.log" ;;
     distill_7b) stage distill_7b 300 "$D/bin/bench_distill_cuda" ;;
+    nccl) NCCL_NVLS_ENABLE=0 stage nccl 120 "$D/bin/test_nccl_bcast"
+        grep -E 'rank|GB/s|PASSED|FAILED|SKIP|error|rror' "$OUT/nccl.log" ;;
+    nccl_bench) NCCL_NVLS_ENABLE=0 stage nccl_bench 300 "$D/bin/bench_nccl_bcast" ;;
     serving) stage serving 600 "$D/bin/dsla" bench --device cuda --random-model 7b ;;
     capacity) stage capacity 300 "$D/bin/dsla" bench --device cuda --random-model 7b --requests 0 ;;
     serving_load) stage serving_load 600 "$D/bin/dsla" bench --device cuda --random-model 7b \

@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
+  debootstrap patchelf # deploy/bundle.sh (RUNPATH) and its test in a minimal Debian chroot
+  shellcheck        # the deploy scripts' check (tests/deploy)
   libopenblas-dev   # CPU GEMM
   libpcre2-dev      # byte-level tokenizer pre-tokenizer regex
   libjansson-dev    # config.json, tokenizer.json, safetensors headers
@@ -18,6 +20,7 @@ packages=(
   clang-format      # 14 on Debian 12: the formatting check (scripts/check-format.sh)
   clang-14 libclang-rt-14-dev # libFuzzer, ASan and UBSan for the fuzz targets (make test-fuzz)
   git               # the tree checks list the tracked sources
+  prometheus        # promtool: test_metrics checks /metrics with `promtool check metrics`
 )
 
 missing=()

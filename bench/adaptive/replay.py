@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replays answers of the adaptive arm under the plan that computed them (issue 13's check that a
 conversion happens at a step boundary without disturbing running requests: their plans stay
-pinned, so each answer must equal the same request run again, alone, under that plan).
+pinned, so each answer must equal the same request run again under that plan, with no other plan in the engine).
 
 Inputs, all written by bench/adaptive/run.sh:
   --outputs ARM.jsonl   dsla-loadgen --outputs: each completed request's body, its response id,
@@ -15,7 +15,7 @@ Only answers with preemptions=0 ran wholly under one plan, so only those are rep
 plan (up to --plans of them, the ones that served most), the controller is pinned with
 `manual layers=K` (the adaptive policy converts prefixes of the layer order, so K names the
 plan); the check refuses a replay whose own plan (read back from history) has other layers.
-Then up to --per-plan answers of that plan are sent again, one at a time, and compared byte for
+Then up to --per-plan answers of that plan are sent again, together, and compared byte for
 byte. Prints one JSON object (and writes it to --out): checked, equal, and per differing answer
 the index, plan and the first differing character.
 
@@ -24,6 +24,7 @@ flip a near tie), so a difference is reported with where it starts; the run's ta
 many answers matched exactly.
 """
 import argparse
+import concurrent.futures
 import json
 import re
 import subprocess
@@ -138,10 +139,12 @@ def main():
             continue
         recs = by_plan[key]
         step = max(1, len(recs) // args.per_plan)
-        for rec in recs[::step][: args.per_plan]:
-            body = dict(rec["request"])
-            body["stream"] = False
-            got = post(args.url + args.path, body, args.timeout_s)
+        picked = recs[::step][: args.per_plan]
+        bodies = [dict(rec["request"], stream=False) for rec in picked]
+        # sent together: the plan is what is checked, and the answers were batched when served too
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: post(args.url + args.path, b, args.timeout_s), bodies))
+        for rec, got in zip(picked, answers):
             text = got["choices"][0].get("text")
             if text is None:
                 text = got["choices"][0]["message"]["content"]

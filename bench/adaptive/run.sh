@@ -16,9 +16,9 @@
 #     sequences keep the plan they were admitted under and the first H200 run's 25 s peak ended
 #     before the all-attention sequences that filled the arena had finished)
 #   ARMS="attention static adaptive"
-#   MARGIN_MIB=100000 (device memory left out of the KV pool: the pool is what is left, ~25 GiB
-#     on an H200, so that memory, not compute, caps the all-attention arm at a load the load
-#     generator and one GPU's prefill can offer 4x of; the same for every arm)
+#   MARGIN_MIB=(the card's memory - 42000) (device memory left out of the KV pool: the pool is
+#     what is left, ~28 GiB, so that memory, not compute, caps the all-attention arm at a load the
+#     load generator and one GPU's prefill can offer 4x of; the same for every arm)
 #   PROMPT=lognormal:1000:0.5:256:3000  OUTPUT=lognormal:1000:0.3:256:2000  (tokens)
 #   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold ... step=8 cooldown_ms=2000" (below: 24
 #     layers in three steps; the first run's step=4 with a 3 s cooldown took 54 s to get there)
@@ -27,7 +27,7 @@
 #     everyone past the target
 #   LAYER_VERSIONS=24 (3/4 of the layers: the adaptive policy's max_ratio); the static arm runs HALF
 #   TAIL_S=30: seconds the status is still polled after the last arm (the adaptive arm's reverts)
-#   REPLAY=1: then replay some of the adaptive arm's answers, each alone under the plan that
+#   REPLAY=1: then replay some of the adaptive arm's answers, under the plan that
 #     computed it (bench/adaptive/replay.py, replay.json): pinned plans leave answers unchanged
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -38,7 +38,12 @@ OUT=${OUT:-$WORK/out}
 RATE=${RATE:-3}
 PROFILE=${PROFILE:-0:0.5,10:0.5,20:4,70:4,85:0.5,100:0.5}
 ARMS=${ARMS:-attention static adaptive}
-MARGIN_MIB=${MARGIN_MIB:-100000}
+# The KV pool held near 28 GiB on any card: what the card has beyond ~42 GB (weights 12.6 GiB,
+# the pool, activations and workspaces) is left out (100000 MiB on a 141 GB H200, as measured).
+if [ -z "${MARGIN_MIB:-}" ]; then
+    total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+    MARGIN_MIB=$(( ${total:-142000} > 42000 ? ${total:-142000} - 42000 : 2048 ))
+fi
 PROMPT=${PROMPT:-lognormal:1000:0.5:256:3000}
 OUTPUT=${OUTPUT:-lognormal:1000:0.3:256:2000}
 SLO_TTFT_MS=${SLO_TTFT_MS:-3000}
@@ -120,7 +125,7 @@ for arm in $ARMS; do
 done
 sleep "$TAIL_S"
 ctl --limit 5000 history >"$OUT/history.log" 2>&1
-# 3. The pinned-plan check: answers of the adaptive arm replayed alone under their own plans.
+# 3. The pinned-plan check: answers of the adaptive arm replayed under their own plans.
 if [ -f "$OUT/adaptive.jsonl" ] && [ "${REPLAY:-1}" = 1 ]; then
     log "replaying adaptive answers under their plans"
     python3 "$root/bench/adaptive/replay.py" --outputs "$OUT/adaptive.jsonl" --serve-log "$OUT/serve.log" \

@@ -37,7 +37,7 @@ static const char usage[] =
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
     "                  [--max-queued N] [--max-queued-tokens N] [--max-queue-wait-ms N]\n"
-    "                  [--http-max-in-flight N]\n\n"
+    "                  [--http-max-in-flight N] [--cors-origin ORIGIN|*]...\n\n"
     "With no cluster file, runs the embedded single-node default (DESIGN.md section 3): a gateway\n"
     "at --endpoint for clients of docs/protocol.md, the OpenAI-compatible HTTP API of "
     "docs/http.md\n"
@@ -218,7 +218,7 @@ int main(int argc, char **argv) {
     const char *http = "127.0.0.1:8000";
     const char *model_name = NULL;
     const char *log_level = NULL, *log_format = NULL;
-    dsla_arg_list_t replicas = {0};
+    dsla_arg_list_t replicas = {0}, cors_origins = {0};
     bool serving_only = false, allow_insecure = false;
     const char *api_key_file = NULL, *admin_key_file = NULL;
     dsla_http_auth_t *http_auth = NULL, *admin_auth = NULL;
@@ -312,6 +312,10 @@ int main(int argc, char **argv) {
          "HTTP generation requests at once, queued or running (default: the gateway's bound, "
          "--max-queued plus twice --max-running per replica)",
          1, 1 << 24, &http_max_in_flight},
+        {"cors-origin", DSLA_ARG_STRING_LIST,
+         "an origin browsers may call the HTTP API from, e.g. https://app.example.com, or * for "
+         "any (repeatable; default: none, CORS off)",
+         0, 0, &cors_origins},
         {"api-key-file", DSLA_ARG_STRING,
          "HTTP API keys, one a line (also DSLA_API_KEY): every route but /health needs "
          "'Authorization: Bearer KEY'",
@@ -644,6 +648,8 @@ int main(int argc, char **argv) {
                                      .http_max_in_flight = (uint32_t)http_max_in_flight,
                                      .http_auth = http_auth,
                                      .http_allow_insecure = allow_insecure,
+                                     .http_cors_origins = cors_origins.items,
+                                     .n_http_cors_origins = cors_origins.count,
                                      .admin_auth = admin_auth,
                                      .model_name = name,
                                      .heartbeat_ms = (uint32_t)heartbeat_ms,

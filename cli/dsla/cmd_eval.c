@@ -20,7 +20,10 @@ static const char usage[] =
     "stored\n"
     "conversion order (as the controller converts them; 0: the teacher); --dsla i,j,..., those\n"
     "layers; neither, every layer version the directory holds. --device cuda scores on a GPU\n"
-    "(--gpu N, --dtype bf16 or f32, as dsla distill).";
+    "(--gpu N, --dtype bf16 or f32, as dsla distill). --per-token FILE also writes each scored\n"
+    "token's log-probability, one line per token: sequence, position, token id, logprob (tab-\n"
+    "separated, after a header line), position t >= 1 being token t given tokens 0..t-1; these\n"
+    "are the numbers an OpenAI-style echo with logprobs returns for the same tokens.";
 
 /* The plan as text: "teacher (all attention)" or "DSLA layers 3,1". */
 static void describe_plan(char *out, size_t cap, dsla_dsla_layer_t *const *layers, int n) {
@@ -30,6 +33,23 @@ static void describe_plan(char *out, size_t cap, dsla_dsla_layer_t *const *layer
         if (layers[l])
             len += snprintf(out + len, cap - (size_t)len, "%s%d", count++ ? "," : " ", l);
     if (!count) snprintf(out, cap, "teacher (all attention)");
+}
+
+/* The --per-token file: a header, then one line per scored token. */
+static dsla_status_t write_per_token(const char *path, const dsla_corpus_t *corpus,
+                                     const double *token_nll) {
+    FILE *f = fopen(path, "w");
+    if (!f) return dsla_error(DSLA_ERR_IO, "--per-token: cannot write %s", path);
+    fputs("sequence\tposition\ttoken\tlogprob\n", f);
+    const int T = corpus->seq_len;
+    for (int s = 0; s < corpus->num_sequences; s++) {
+        const int32_t *tokens = dsla_corpus_sequence(corpus, s);
+        for (int t = 1; t < T; t++)
+            fprintf(f, "%d\t%d\t%d\t%.10g\n", s, t, tokens[t],
+                    -token_nll[(size_t)s * (size_t)(T - 1) + (size_t)(t - 1)]);
+    }
+    if (fclose(f) != 0) return dsla_error(DSLA_ERR_IO, "--per-token: writing %s failed", path);
+    return DSLA_OK;
 }
 
 static void print_json(dsla_dsla_layer_t *const *layers, int n, const dsla_distill_eval_t *e,
@@ -45,7 +65,7 @@ static void print_json(dsla_dsla_layer_t *const *layers, int n, const dsla_disti
 
 int dsla_cmd_eval(int argc, char **argv) {
     const char *model_dir = getenv("DSLA_MODEL"), *layers_dir = NULL, *dsla_list = NULL;
-    const char *device = "cpu", *dtype = "bf16";
+    const char *device = "cpu", *dtype = "bf16", *per_token = NULL;
     dsla_arg_list_t data = {0};
     long plan_k = -1, seq_len = 256, max_sequences = 0, gpu = 0;
     bool json = false;
@@ -66,6 +86,8 @@ int dsla_cmd_eval(int argc, char **argv) {
         {"gpu", DSLA_ARG_INT, "with --device cuda: the GPU's index (default 0)", 0, 1024, &gpu},
         {"dtype", DSLA_ARG_STRING, "with --device cuda: bf16 (default) or f32", 0, 0, &dtype},
         {"json", DSLA_ARG_FLAG, "print one JSON object instead of the sentence", 0, 0, &json},
+        {"per-token", DSLA_ARG_STRING, "also write each token's logprob to this file (TSV)", 0, 0,
+         &per_token},
     };
     /* "--data a.txt b.txt": the words after --data's first value are data files too. */
     int rc = dsla_args_parse_with_list(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]),
@@ -97,6 +119,7 @@ int dsla_cmd_eval(int argc, char **argv) {
     dsla_dsla_layer_t *layers[DSLA_LAYER_ORDER_MAX] = {0};
     dsla_distill_backend_t *backend = NULL;
     dsla_distill_eval_t e = {0};
+    double *token_nll = NULL;
     int L = 0, n_loaded = 0;
     dsla_status_t st = dsla_model_load(&model, model_dir);
     if (st == DSLA_OK) {
@@ -118,7 +141,14 @@ int dsla_cmd_eval(int argc, char **argv) {
     if (st == DSLA_OK)
         st = cuda ? dsla_distill_backend_cuda_create(&backend, model, &cuda_opts)
                   : dsla_distill_backend_cpu_create(&backend, model);
-    if (st == DSLA_OK) st = dsla_distill_eval_plan(backend, layers, L, &corpus, &e);
+    if (st == DSLA_OK && per_token) {
+        token_nll =
+            malloc((size_t)corpus.num_sequences * (size_t)(corpus.seq_len - 1) * sizeof *token_nll);
+        if (!token_nll) st = dsla_error_oom("--per-token: %d sequences", corpus.num_sequences);
+    }
+    if (st == DSLA_OK)
+        st = dsla_distill_eval_plan_tokens(backend, layers, L, &corpus, token_nll, &e);
+    if (st == DSLA_OK && per_token) st = write_per_token(per_token, &corpus, token_nll);
     if (st == DSLA_OK) {
         const char *where = !cuda                               ? "cpu"
                             : cuda_opts.dtype == DSLA_DTYPE_F32 ? "cuda-f32"
@@ -135,6 +165,7 @@ int dsla_cmd_eval(int argc, char **argv) {
     } else {
         fprintf(stderr, "dsla eval: %s\n", dsla_last_error());
     }
+    free(token_nll);
     dsla_distill_backend_destroy(&backend);
     if (L > 0) dsla_distill_plan_free(layers, L);
     dsla_corpus_free(&corpus);

@@ -21,9 +21,10 @@ struct dsla_distill_backend {
     /* Installs w as the DSLA weights of layer for later forward passes (NULL: uninstalls). The
      * engine keeps w alive while installed. */
     dsla_status_t (*install)(dsla_distill_backend_t *b, int layer, const dsla_dsla_layer_t *w);
-    /* dsla_distill_eval_nll on this backend. */
+    /* dsla_distill_eval_nll on this backend; token_nll (NULL: not wanted) receives each scored
+     * token's NLL, [num_sequences][seq_len - 1]. */
     dsla_status_t (*eval_nll)(dsla_distill_backend_t *b, const dsla_layer_kind_t *kinds,
-                              const dsla_corpus_t *corpus, double *nll);
+                              const dsla_corpus_t *corpus, double *nll, double *token_nll);
     /* Prepares to train layer w->layer: captures, for every sequence of train and of eval, the
      * stream entering the layer under input_plan (NULL: the teacher's) and the teacher's stream
      * leaving it, and uploads w, m, v. */
@@ -85,10 +86,11 @@ dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
 
 /* eval_nll on either backend: the mean next-token negative log-likelihood of corpus under kinds,
  * batch by batch through fwd into logits (host memory for DSLA_DISTILL_CAPTURE_BATCH * seq_len
- * rows of vocab floats), scored on the host in double. */
+ * rows of vocab floats), scored on the host in double; each token's into token_nll when not
+ * NULL ([num_sequences][seq_len - 1]). */
 dsla_status_t dsla_distill_score(dsla_distill_forward_fn fwd, void *ctx,
                                  const dsla_layer_kind_t *kinds, const dsla_corpus_t *corpus,
-                                 float *logits, int vocab, double *nll);
+                                 float *logits, int vocab, double *nll, double *token_nll);
 
 /* The weights the kernels run for a single-state layer: softmax(0, -inf) = (1, 0), exactly as
  * serving runs it, so the recency state never reaches the output. */

@@ -111,7 +111,7 @@ dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
 /* Adds the next-token negative log-likelihoods of n sequences of T tokens (logits: n * T rows of
  * vocab floats) to *total and their count to *count. */
 static void add_nll(const float *logits, const dsla_corpus_t *corpus, int first, int n, int vocab,
-                    double *total, long *count) {
+                    double *total, long *count, double *token_nll) {
     const int T = corpus->seq_len, V = vocab;
     for (int i = 0; i < n; i++) {
         const int32_t *tokens = dsla_corpus_sequence(corpus, first + i);
@@ -123,7 +123,9 @@ static void add_nll(const float *logits, const dsla_corpus_t *corpus, int first,
             double sum = 0.0;
             for (int j = 0; j < V; j++)
                 sum += exp((double)row[j] - max);
-            *total += log(sum) + max - row[tokens[t + 1]];
+            const double nll = log(sum) + max - row[tokens[t + 1]];
+            if (token_nll) token_nll[(size_t)(first + i) * (size_t)(T - 1) + (size_t)t] = nll;
+            *total += nll;
             (*count)++;
         }
     }
@@ -131,27 +133,33 @@ static void add_nll(const float *logits, const dsla_corpus_t *corpus, int first,
 
 dsla_status_t dsla_distill_score(dsla_distill_forward_fn fwd, void *ctx,
                                  const dsla_layer_kind_t *kinds, const dsla_corpus_t *corpus,
-                                 float *logits, int vocab, double *nll) {
+                                 float *logits, int vocab, double *nll, double *token_nll) {
     double total = 0.0;
     long count = 0;
     for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
         int n = corpus->num_sequences - first;
         if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
         DSLA_TRY(fwd(ctx, kinds, corpus, first, n, NULL, 0, logits));
-        add_nll(logits, corpus, first, n, vocab, &total, &count);
+        add_nll(logits, corpus, first, n, vocab, &total, &count, token_nll);
     }
     *nll = count ? total / (double)count : NAN;
     return DSLA_OK;
 }
 
-dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
-                                    const dsla_corpus_t *corpus, double *nll) {
+static dsla_status_t eval_nll_tokens(dsla_model_t *model, const dsla_layer_kind_t *kinds,
+                                     const dsla_corpus_t *corpus, double *nll, double *token_nll) {
     const int T = corpus->seq_len, V = dsla_model_config(model)->vocab_size;
     float *logits = malloc((size_t)CAPTURE_BATCH * T * V * sizeof *logits);
     if (!logits) return dsla_error_oom("eval logits");
-    dsla_status_t st = dsla_distill_score(cpu_forward, model, kinds, corpus, logits, V, nll);
+    dsla_status_t st =
+        dsla_distill_score(cpu_forward, model, kinds, corpus, logits, V, nll, token_nll);
     free(logits);
     return st;
+}
+
+dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t *kinds,
+                                    const dsla_corpus_t *corpus, double *nll) {
+    return eval_nll_tokens(model, kinds, corpus, nll, NULL);
 }
 
 dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpus_t *corpus,
@@ -442,8 +450,8 @@ static dsla_status_t cpu_install(dsla_distill_backend_t *b, int layer, const dsl
 }
 
 static dsla_status_t cpu_eval_nll(dsla_distill_backend_t *b, const dsla_layer_kind_t *kinds,
-                                  const dsla_corpus_t *corpus, double *nll) {
-    return dsla_distill_eval_nll(((cpu_backend_t *)b)->model, kinds, corpus, nll);
+                                  const dsla_corpus_t *corpus, double *nll, double *token_nll) {
+    return eval_nll_tokens(((cpu_backend_t *)b)->model, kinds, corpus, nll, token_nll);
 }
 
 static void cpu_layer_end(dsla_distill_backend_t *b) {
@@ -813,7 +821,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     ls.w = NULL;
     st = install(r, layer);
     double nll = NAN;
-    if (st == DSLA_OK) st = be->eval_nll(be, r->kinds, r->eval, &nll);
+    if (st == DSLA_OK) st = be->eval_nll(be, r->kinds, r->eval, &nll, NULL);
     if (st != DSLA_OK) goto done;
     rep->eval_ppl = exp(nll);
 
@@ -962,7 +970,7 @@ dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *be, dsla_model_t *teac
     r.teacher_checksum = dsla_model_checksum(teacher);
     dsla_status_t st = compute_order(&r);
     double nll = NAN;
-    if (st == DSLA_OK && !init_only(params)) st = be->eval_nll(be, NULL, eval, &nll);
+    if (st == DSLA_OK && !init_only(params)) st = be->eval_nll(be, NULL, eval, &nll, NULL);
     report->teacher_ppl = exp(nll);
     for (int k = 0; k < r.n_convert && st == DSLA_OK; k++) {
         bool found = false;

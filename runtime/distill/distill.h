@@ -204,6 +204,12 @@ typedef struct {
 dsla_status_t dsla_distill_eval_plan(dsla_distill_backend_t *b, dsla_dsla_layer_t *const *layers,
                                      int n_layers, const dsla_corpus_t *corpus,
                                      dsla_distill_eval_t *out);
+/* The same, with each scored token's NLL in token_nll[num_sequences][seq_len - 1] (position t of
+ * a sequence: the NLL of its token t + 1 given those before; dsla eval --per-token). */
+dsla_status_t dsla_distill_eval_plan_tokens(dsla_distill_backend_t *b,
+                                            dsla_dsla_layer_t *const *layers, int n_layers,
+                                            const dsla_corpus_t *corpus, double *token_nll,
+                                            dsla_distill_eval_t *out);
 
 /* Loads the layer versions of a dsla distill output directory that a plan names into
  * layers[0..num_layers) (the rest NULL; destroy with dsla_distill_plan_free):

@@ -186,11 +186,11 @@ static dsla_status_t cuda_install(dsla_distill_backend_t *b, int layer,
 }
 
 static dsla_status_t cuda_eval_nll(dsla_distill_backend_t *b, const dsla_layer_kind_t *kinds,
-                                   const dsla_corpus_t *corpus, double *nll) {
+                                   const dsla_corpus_t *corpus, double *nll, double *token_nll) {
     cuda_backend_t *c = (cuda_backend_t *)b;
     DSLA_TRY(ensure_model(c, corpus->seq_len));
     return dsla_distill_score(forward_batch, c, kinds, corpus, c->logits_host, c->cfg.vocab_size,
-                              nll);
+                              nll, token_nll);
 }
 
 /* ---- one layer's training ---- */

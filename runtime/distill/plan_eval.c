@@ -12,6 +12,13 @@
 dsla_status_t dsla_distill_eval_plan(dsla_distill_backend_t *b, dsla_dsla_layer_t *const *layers,
                                      int n_layers, const dsla_corpus_t *corpus,
                                      dsla_distill_eval_t *out) {
+    return dsla_distill_eval_plan_tokens(b, layers, n_layers, corpus, NULL, out);
+}
+
+dsla_status_t dsla_distill_eval_plan_tokens(dsla_distill_backend_t *b,
+                                            dsla_dsla_layer_t *const *layers, int n_layers,
+                                            const dsla_corpus_t *corpus, double *token_nll,
+                                            dsla_distill_eval_t *out) {
     if (n_layers < 1 || n_layers > DSLA_LAYER_ORDER_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "plan of %d layers is outside 1..%d", n_layers,
                           DSLA_LAYER_ORDER_MAX);
@@ -34,7 +41,7 @@ dsla_status_t dsla_distill_eval_plan(dsla_distill_backend_t *b, dsla_dsla_layer_
     for (int l = 0; l < n_layers && st == DSLA_OK; l++)
         if (layers[l]) st = b->install(b, l, layers[l]);
     double nll = 0.0;
-    if (st == DSLA_OK) st = b->eval_nll(b, n_dsla ? kinds : NULL, corpus, &nll);
+    if (st == DSLA_OK) st = b->eval_nll(b, n_dsla ? kinds : NULL, corpus, &nll, token_nll);
     for (int l = 0; l < n_layers; l++)
         if (layers[l]) b->install(b, l, NULL);
     if (st != DSLA_OK) return st;

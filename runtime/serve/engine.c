@@ -321,6 +321,8 @@ void dsla_request_finish(dsla_engine_t *e, request_t *r, int32_t token, dsla_fin
     dsla_request_prompt_logprobs(r, &ev);
     e->m.requests_finished++;
     if (reason == DSLA_FINISH_CANCELLED) e->m.requests_cancelled++;
+    if (status == DSLA_OK && reason != DSLA_FINISH_CANCELLED)
+        dsla_histogram_observe(&e->m.e2e, dsla_engine_now(e) - r->t_submit);
     /* Memory first, so that a callback reading the metrics sees the request gone. */
     dsla_request_release_memory(e, r);
     if (r->on_event) r->on_event(r->user, &ev);

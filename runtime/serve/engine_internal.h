@@ -43,8 +43,9 @@ struct request {
     uint64_t admitted;     /* admission order: the latest admitted are preempted first */
     int preemptions;
     double t_submit;
-    double t_last_token; /* 0 before the first */
-    bool cancel_pending; /* cancelled from a callback: ends when the step does */
+    double t_last_token;  /* 0 before the first */
+    bool queued_observed; /* its wait for the first admission went into the queue histogram */
+    bool cancel_pending;  /* cancelled from a callback: ends when the step does */
     /* this step's share: n tokens taking need blocks, at item index item (-1: not scheduled) */
     int sched_item;
     int sched_tokens;

@@ -2,9 +2,10 @@
  *
  * Buckets are the same for every histogram and every process (upper bounds 100 us * 2^i), so that
  * histograms from several replicas add bucket by bucket and map one to one onto a Prometheus
- * histogram later. Quantiles read from buckets are estimates (linear inside the bucket); exact
- * percentiles need the raw samples, which the bench keeps itself. This module only counts: it
- * never reads a clock and never prints. */
+ * histogram (they travel in LOAD_REPORT and become /metrics' dsla_*_seconds, docs/http.md).
+ * Quantiles read from buckets are estimates (linear inside the bucket); exact percentiles need the
+ * raw samples, which the bench keeps itself. This module only counts: it never reads a clock and
+ * never prints. */
 #ifndef DSLA_SERVE_METRICS_H
 #define DSLA_SERVE_METRICS_H
 
@@ -60,8 +61,11 @@ typedef struct {
     int peak_running;
     int peak_kv_blocks_used;
     int peak_state_slots_used;
-    dsla_histogram_t ttft; /* submit to first generated token */
-    dsla_histogram_t tpot; /* between consecutive generated tokens of one request */
+    dsla_histogram_t ttft;  /* submit to first generated token */
+    dsla_histogram_t tpot;  /* between consecutive generated tokens of one request */
+    dsla_histogram_t e2e;   /* submit to the end, for requests that ended by length or stop */
+    dsla_histogram_t queue; /* submit to the first admission (a preempted request's later waits
+                               are not counted again) */
     /* Step accounting (step_stats.h): sums over every step (phase seconds, bytes, FLOPs, the
      * floor) and the distribution of step times. Export as counters and a histogram:
      * dsla_step_phase_seconds_total{phase}, dsla_step_floor_seconds_total, dsla_step_seconds. */

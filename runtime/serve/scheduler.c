@@ -122,6 +122,10 @@ static dsla_status_t admit(dsla_engine_t *e, request_t *r) {
     r->running = true;
     r->admitted = ++e->last_admitted;
     e->running[e->n_running++] = r;
+    if (!r->queued_observed) { /* a preempted request's second wait is not queueing time */
+        dsla_histogram_observe(&e->m.queue, dsla_engine_now(e) - r->t_submit);
+        r->queued_observed = true;
+    }
     return DSLA_OK;
 }
 

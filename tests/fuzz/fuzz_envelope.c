@@ -34,6 +34,8 @@ DSLA_FUZZ_BODY(distill_progress, dsla_proto_distill_progress_t, (void)0)
 DSLA_FUZZ_BODY(prompt_samples, dsla_proto_prompt_samples_t, dsla_proto_prompt_samples_free(out))
 DSLA_FUZZ_BODY(layer_fetch, dsla_proto_layer_fetch_t, (void)0)
 DSLA_FUZZ_BODY(layer_chunk, dsla_proto_layer_chunk_t, (void)0)
+DSLA_FUZZ_BODY(bcast, dsla_proto_bcast_t, (void)0)
+DSLA_FUZZ_BODY(bcast_reply, dsla_proto_bcast_reply_t, (void)0)
 
 static void (*const bodies[])(const void *, size_t) = {fuzz_ping,           fuzz_error,
                                                        fuzz_generate,       fuzz_token,
@@ -43,7 +45,8 @@ static void (*const bodies[])(const void *, size_t) = {fuzz_ping,           fuzz
                                                        fuzz_admin,          fuzz_admin_reply,
                                                        fuzz_layer_ready,    fuzz_distill_progress,
                                                        fuzz_prompt_samples, fuzz_layer_fetch,
-                                                       fuzz_layer_chunk};
+                                                       fuzz_layer_chunk,    fuzz_bcast,
+                                                       fuzz_bcast_reply};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     dsla_proto_envelope_t env;

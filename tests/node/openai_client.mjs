@@ -1,6 +1,6 @@
 // The official OpenAI Node client against a real dsla-serve on stories260K-hf (tests/node/run.sh):
-// completions, chat, streaming (with include_usage), logprobs in both shapes, n = 2, echo with
-// prompt logprobs, chat content parts. Each check throws with what it saw; exit 1 on the first.
+// completions, chat, streaming (with include_usage), logprobs in both shapes, n = 2 (streamed too)
+// and best_of, echo with prompt logprobs, chat content parts. Each check throws with what it saw; exit 1 on the first.
 import { spawn } from "node:child_process";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
@@ -102,6 +102,20 @@ check("n = 2", async () => {
                                              seed: 3, n: 2 });
   assert.deepEqual(r.choices.map((c) => c.index), [0, 1]);
   assert.notEqual(r.choices[0].text, r.choices[1].text);
+});
+check("n = 2 streamed, and best_of", async () => {
+  const stream = await client.completions.create({ model, prompt, max_tokens: 8, temperature: 1,
+                                                  seed: 3, n: 2, stream: true });
+  const texts = ["", ""];
+  for await (const chunk of stream)
+    for (const c of chunk.choices) texts[c.index] += c.text;
+  const whole = await client.completions.create({ model, prompt, max_tokens: 8, temperature: 1,
+                                                 seed: 3, n: 2 });
+  assert.deepEqual(texts, whole.choices.map((c) => c.text));
+  const best = await client.completions.create({ model, prompt, max_tokens: 8, temperature: 1,
+                                                seed: 3, n: 1, best_of: 3 });
+  assert.equal(best.choices.length, 1);
+  assert.equal(best.usage.completion_tokens, 3 * 8);
 });
 check("echo with logprobs", async () => {
   const r = await client.completions.create({ model, prompt, max_tokens: 4, temperature: 0,

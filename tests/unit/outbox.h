@@ -37,7 +37,7 @@ static inline dsla_status_t outbox_send(outbox_t *o, const char *dst, uint32_t t
     s->type = type;
     s->id = id;
     s->body = malloc(len + 1);
-    memcpy(s->body, body, len);
+    if (len) memcpy(s->body, body, len); /* an empty body may be NULL (STATUS) */
     s->len = len;
     return DSLA_OK;
 }

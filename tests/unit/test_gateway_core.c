@@ -365,6 +365,42 @@ static void test_no_leaks(void **state) {
     dsla_gateway_core_destroy(&c);
 }
 
+/* STATUS goes to every replica not known dead; a replica's LOAD_REPORT travels in REPORT until it
+ * dies; a malformed one leaves no load. */
+static void test_load_polls(void **state) {
+    (void)state;
+    dsla_gateway_core_t *c = core_new(3, 0);
+    dsla_gateway_core_on_peer(c, "serving2", false);
+    int before = t.out.n;
+    dsla_gateway_core_poll(c);
+    assert_int_equal(t.out.n, before + 2);
+    assert_string_equal(t.out.sent[before].dst, "serving0");
+    assert_int_equal(t.out.sent[before].type, DSLA_MSG_STATUS);
+    assert_string_equal(t.out.sent[before + 1].dst, "serving1");
+    dsla_proto_load_report_t *l = calloc(1, sizeof *l);
+    *l = (dsla_proto_load_report_t){.num_layers = 4, .running = 3, .has_totals = true};
+    l->hist[DSLA_PROTO_HIST_TTFT].counts[5] = 7;
+    l->hist[DSLA_PROTO_HIST_TTFT].count = 7;
+    dsla_proto_buf_t b;
+    assert_int_equal(dsla_proto_load_report_encode(l, &b), DSLA_OK);
+    dsla_gateway_core_on_load(c, "serving1", b.data, b.len);
+    dsla_gateway_core_on_load(c, "nobody", b.data, b.len); /* ignored */
+    dsla_gateway_core_on_load(c, "serving0", "\x01", 1);   /* malformed: no load */
+    dsla_proto_buf_free(&b);
+    dsla_proto_report_t *rep = calloc(1, sizeof *rep);
+    dsla_gateway_core_report(c, rep);
+    assert_false(rep->replicas[0].has_load);
+    assert_true(rep->replicas[1].has_load);
+    assert_int_equal(rep->replicas[1].load.running, 3);
+    assert_int_equal(rep->replicas[1].load.hist[DSLA_PROTO_HIST_TTFT].count, 7);
+    dsla_gateway_core_on_peer(c, "serving1", false); /* its figures are gone with it */
+    dsla_gateway_core_report(c, rep);
+    assert_false(rep->replicas[1].has_load);
+    free(rep);
+    free(l);
+    dsla_gateway_core_destroy(&c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_least_loaded, setup, teardown),
@@ -374,6 +410,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_client_dies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_forwarded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_leaks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_load_polls, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

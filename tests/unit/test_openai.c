@@ -69,7 +69,11 @@ static void test_refusals(void **state) {
         {"{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":16}", 400, "n",
          "5 prompts times n 16 make 80"},
         {"{\"prompt\":[5],\"echo\":true}", 400, "echo", "token ids is not served"},
-        {"{\"prompt\":\"x\",\"n\":2,\"best_of\":3}", 400, "best_of", "only best_of equal to n"},
+        {"{\"prompt\":\"x\",\"n\":2,\"best_of\":1}", 400, "best_of", "must be at least n"},
+        {"{\"prompt\":\"x\",\"best_of\":2,\"stream\":true}", 400, "best_of",
+         "not served with stream"},
+        {"{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":2,\"best_of\":13}", 400, "best_of",
+         "5 prompts times best_of 13 make 65 samples"},
         {"{\"prompt\":7}", 400, "prompt", "must be a string"},
         {"{\"prompt\":\"x\",\"max_tokens\":0}", 400, "max_tokens", "is 0; it must be in [1, "},
         {"{\"prompt\":\"x\",\"max_tokens\":2.5}", 400, "max_tokens", "integer"},
@@ -92,7 +96,7 @@ static void test_refusals(void **state) {
         {"{\"prompt\":\"x\",\"logprobs\":21}", 400, "logprobs", "is 21; it must be in [0, 20]"},
         {"{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs", "integer"},
         {"{\"prompt\":\"x\",\"echo\":1}", 400, "echo", "true or false"},
-        {"{\"prompt\":\"x\",\"best_of\":2}", 400, "best_of", "best_of is 2 and n is 1"},
+        {"{\"prompt\":\"x\",\"best_of\":17}", 400, "best_of", "is 17; it must be in [1, 16]"},
         {"{\"prompt\":\"x\",\"presence_penalty\":2.5}", 400, "presence_penalty", "[-2, 2]"},
         {"{\"prompt\":\"x\",\"repetition_penalty\":0}", 400, "repetition_penalty", "(0, 2]"},
         {"{\"prompt\":\"x\",\"min_p\":1.5}", 400, "min_p", "[0, 1]"},
@@ -194,11 +198,25 @@ static void test_choices(void **state) {
     assert_true(parse(DSLA_OPENAI_COMPLETION, "{\"prompt\":\"x\"}", &r, &e));
     assert_int_equal(dsla_openai_request_choices(&r), 1);
     dsla_openai_request_free(&r);
+    /* best_of: that many samples per prompt, the seed numbering them */
+    assert_true(parse(DSLA_OPENAI_COMPLETION,
+                      "{\"prompt\":[\"a\",\"b\"],\"n\":2,\"best_of\":3,\"seed\":4}", &r, &e));
+    assert_int_equal(dsla_openai_request_choices(&r), 6);
+    assert_int_equal(r.best_of, 3);
+    dsla_openai_request_choice(&r, 5, &g);
+    assert_memory_equal(g.prompt, "b", 1);
+    assert_int_equal(g.seed, 6);
+    dsla_openai_request_free(&r);
+    /* chat has no best_of beyond n */
+    assert_false(parse(DSLA_OPENAI_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"best_of\":2}", &r,
+                       &e));
+    assert_string_equal(e.param, "best_of");
 
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false, 0};
     dsla_openai_choice_t c[2] = {{"a", 1, NULL, {"length", 3, 1, "serving0:plan-2"}},
                                  {"bc", 2, NULL, {"stop", 3, 2, "serving0:plan-2"}}};
-    char *body = dsla_openai_response_body_n(&meta, c, 2);
+    char *body = dsla_openai_response_body_n(&meta, c, 2, NULL);
     json_t *j = json_loads(body, 0, NULL);
     json_t *ch = json_object_get(j, "choices");
     assert_int_equal(json_array_size(ch), 2);
@@ -214,7 +232,7 @@ static void test_choices(void **state) {
     free(body);
     /* from two plans: no fingerprint */
     c[1].end.fingerprint = "serving0:plan-3";
-    body = dsla_openai_response_body_n(&meta, c, 2);
+    body = dsla_openai_response_body_n(&meta, c, 2, NULL);
     j = json_loads(body, 0, NULL);
     assert_null(json_object_get(j, "system_fingerprint"));
     json_decref(j);
@@ -242,7 +260,7 @@ static void test_logprobs_shapes(void **state) {
     dsla_openai_logprobs_t *lp = dsla_openai_logprobs_new(DSLA_OPENAI_COMPLETION);
     assert_true(dsla_openai_logprobs_add(lp, t1));
     assert_true(dsla_openai_logprobs_add(lp, t2));
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false, 0};
     dsla_openai_end_t end = {"length", 5, 2, NULL};
     char *body = dsla_openai_response_body(&meta, " Once up", 8, lp, &end);
     assert_non_null(strstr(body, "\"logprobs\":{\"tokens\":[\" Once\",\" up\"],"
@@ -390,7 +408,7 @@ static void test_errors_from_codes(void **state) {
 
 static void test_responses(void **state) {
     (void)state;
-    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false};
+    dsla_openai_meta_t meta = {DSLA_OPENAI_COMPLETION, "cmpl-1", 1700000000, "tiny", false, 0};
     dsla_openai_end_t end = {"length", 5, 3, NULL};
     /* a stray continuation byte and a cut 3-byte sequence become U+FFFD each */
     char *body = dsla_openai_response_body(&meta, "ok\x80 \xe2\x82", 6, NULL, &end);

@@ -54,6 +54,29 @@ static void test_load_report(void **state) {
     assert_memory_equal(r, d, sizeof *r);
     assert_hostile_safe(&buf, load_report_decode, d);
     dsla_proto_buf_free(&buf);
+    /* the totals and histograms (an answer to STATUS) survive the trip, the count derived */
+    r->has_totals = true;
+    r->requests_finished = 9;
+    r->prompt_tokens = 1u << 30;
+    r->generated_tokens = 77;
+    r->preemptions = 2;
+    for (int k = 0; k < DSLA_PROTO_HISTS; k++) {
+        r->hist[k].counts[k] = 2;
+        r->hist[k].counts[DSLA_PROTO_HISTOGRAM_BUCKETS] = 1;
+        r->hist[k].count = 3;
+        r->hist[k].sum = 1e3 + k;
+    }
+    assert_int_equal(dsla_proto_load_report_encode(r, &buf), DSLA_OK);
+    assert_int_equal(dsla_proto_load_report_decode(buf.data, buf.len, d), DSLA_OK);
+    assert_memory_equal(r, d, sizeof *r);
+    assert_hostile_safe(&buf, load_report_decode, d);
+    dsla_proto_buf_free(&buf);
+    assert_string_equal(dsla_proto_hist_name(DSLA_PROTO_HIST_QUEUE), "queue");
+    /* {"hist": {"ttft": {"counts": [1]}}}: another number of buckets is refused, not misread */
+    static const char short_hist[] = "\x81\xa4hist\x81\xa4ttft\x81\xa6"
+                                     "counts\x91\x01";
+    assert_int_equal(dsla_proto_load_report_decode(short_hist, sizeof short_hist - 1, d),
+                     DSLA_ERR_FORMAT);
     r->n_dsla = DSLA_PROTO_LAYERS_MAX + 1;
     assert_int_equal(dsla_proto_load_report_encode(r, &buf), DSLA_ERR_INVALID_ARGUMENT);
     assert_null(buf.data);
