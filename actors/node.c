@@ -12,10 +12,11 @@
 #include "actors/distiller.h"
 #include "actors/http.h"
 #include "actors/serving.h"
+#include "kernels/kernels.h"
 
-/* The local replica's name and mailbox: inproc, since it lives in the gateway's process. */
-#define NODE_LOCAL_REPLICA "serving0"
-#define NODE_LOCAL_ENDPOINT "inproc://serving0"
+/* The local replicas' names and mailboxes: inproc, since they live in the gateway's process. */
+#define NODE_LOCAL_REPLICA "serving%d"
+#define NODE_LOCAL_ENDPOINT "inproc://serving%d"
 /* HTTP clients reach the gateway over loopback on a port of its own: they run in libmicrohttpd's
  * threads with a ZeroMQ context of their own, which inproc:// cannot cross. */
 #define NODE_HTTP_GATEWAY_BIND "tcp://127.0.0.1:*"
@@ -28,17 +29,24 @@ struct dsla_node {
     dsla_actor_ctx_t *ctx;
     dsla_controller_t *controller;
     dsla_distiller_t *distiller;
-    dsla_serving_t *serving;
+    dsla_serving_t *serving[DSLA_GATEWAY_REPLICA_MAX];
+    char names[DSLA_GATEWAY_REPLICA_MAX][DSLA_PROTO_NAME_MAX + 1];
+    int n_serving;
     dsla_gateway_t *gateway;
     dsla_http_t *http;
     dsla_curve_keys_t *http_keys; /* the HTTP front end's CURVE keypair; NULL without CURVE */
 };
 
+/* Local replicas: the list, else one of model and backend, else none. */
+static int local_count(const dsla_node_config_t *c) {
+    return c->n_local > 0 ? c->n_local : (c->model || c->backend ? 1 : 0);
+}
+
 /* Each replica may hold its queue and its running set: the gateway and HTTP carry that many, plus
  * a running set's worth for replies still on their way, so that the engines' queues (bounded by
  * requests, tokens and time, refusals naming --max-queued) decide who waits. */
 uint32_t dsla_node_request_bound(const dsla_node_config_t *c) {
-    const uint64_t replicas = (uint64_t)(c->model || c->backend ? 1 : 0) + (uint64_t)c->n_replicas;
+    const uint64_t replicas = (uint64_t)local_count(c) + (uint64_t)c->n_replicas;
     uint64_t bound = (replicas ? replicas : 1) *
                      ((uint64_t)c->engine.max_queued + 2 * (uint64_t)c->engine.max_running);
     return bound > (1u << 24) ? 1u << 24 : (uint32_t)bound;
@@ -48,9 +56,9 @@ static dsla_status_t start_gateway(dsla_node_t *n, const dsla_node_config_t *c) 
     dsla_gateway_replica_t replicas[DSLA_GATEWAY_REPLICA_MAX];
     char names[DSLA_GATEWAY_REPLICA_MAX][DSLA_PROTO_NAME_MAX + 1];
     size_t count = 0;
-    if (n->serving)
+    for (int i = 0; i < n->n_serving; i++)
         replicas[count++] =
-            (dsla_gateway_replica_t){NODE_LOCAL_REPLICA, dsla_serving_endpoint(n->serving)};
+            (dsla_gateway_replica_t){n->names[i], dsla_serving_endpoint(n->serving[i])};
     for (int i = 0; i < c->n_replicas; i++) {
         if (count == DSLA_GATEWAY_REPLICA_MAX)
             return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "node: more than %d replicas",
@@ -116,11 +124,60 @@ static dsla_status_t secure_node(dsla_node_t *n, const dsla_node_config_t *c) {
     return st;
 }
 
+/* The next local serving actor, serving<n_serving>, on its own engine over r's model and backend;
+ * r->gpu is current while it starts, so that its engine thread binds that device. */
+static dsla_status_t start_serving(dsla_node_t *n, const dsla_node_config_t *config,
+                                   const dsla_node_local_t *r) {
+    const int i = n->n_serving;
+    if (!r->model && !r->backend)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "node: local replica %d has neither a model nor a backend", i);
+    if (r->gpu >= 0) DSLA_TRY(dsla_cuda_device_bind(r->gpu));
+    char endpoint[64];
+    snprintf(n->names[i], sizeof n->names[i], NODE_LOCAL_REPLICA, i);
+    snprintf(endpoint, sizeof endpoint, NODE_LOCAL_ENDPOINT, i);
+    const bool named = config->serving_name && config->n_local <= 0;
+    dsla_serving_config_t sc = {
+        .name = named ? config->serving_name : n->names[i],
+        .ctx = n->ctx,
+        .endpoint = config->serving_only ? config->endpoint : endpoint,
+        .model = r->model,
+        .tokenizer = config->tokenizer,
+        .engine = config->engine,
+        .backend = r->backend,
+        .gpu_warmup = config->gpu_warmup,
+        .heartbeat_ms = config->heartbeat_ms,
+        .controller = n->controller ? NODE_CONTROLLER_ENDPOINT : config->controller,
+        .report_ms = config->report_ms,
+        .layer_cache = n->controller ? NULL : config->layer_cache,
+        .fetch_chunk = config->fetch_chunk,
+        .distiller = n->distiller && !config->no_sample_prompts ? NODE_DISTILLER_ENDPOINT : NULL,
+        .sample_every = config->sample_every,
+        /* distinct seeds: replicas serving alike traffic sample different prompts */
+        .sample_seed = config->sample_seed + (uint64_t)i,
+        .sample_tokens_per_s = config->sample_tokens_per_s,
+        .layer_key = config->layer_key,
+    };
+    DSLA_TRY(dsla_serving_create(&n->serving[i], &sc));
+    n->n_serving++;
+    return DSLA_OK;
+}
+
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config) {
     *out = NULL;
-    const bool local = config->model || config->backend;
+    const bool local = local_count(config) > 0;
     if (config->serving_only && !local)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "node: a serving actor needs a model");
+    if (config->n_local > 0 && (config->model || config->backend || config->serving_only))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "node: %d local replicas come with their own models and backends: not "
+                          "with config.model, config.backend or serving_only",
+                          config->n_local);
+    if (config->n_local < 0 || config->n_local + config->n_replicas > DSLA_GATEWAY_REPLICA_MAX)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "node: %d local and %d remote replicas: at most %d in all (and "
+                          "n_local >= 0)",
+                          config->n_local, config->n_replicas, DSLA_GATEWAY_REPLICA_MAX);
     dsla_node_t *n = calloc(1, sizeof *n);
     if (!n) return dsla_error_oom("node");
     const bool distill = config->distiller.out_dir != NULL;
@@ -156,30 +213,10 @@ dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *conf
             .heartbeat_ms = config->heartbeat_ms};
         st = dsla_controller_create(&n->controller, &cc);
     }
-    if (st == DSLA_OK && local) {
-        dsla_serving_config_t sc = {
-            .name = config->serving_name ? config->serving_name : NODE_LOCAL_REPLICA,
-            .ctx = n->ctx,
-            .endpoint = config->serving_only ? config->endpoint : NODE_LOCAL_ENDPOINT,
-            .model = config->model,
-            .tokenizer = config->tokenizer,
-            .engine = config->engine,
-            .backend = config->backend,
-            .gpu_warmup = config->gpu_warmup,
-            .heartbeat_ms = config->heartbeat_ms,
-            .controller = n->controller ? NODE_CONTROLLER_ENDPOINT : config->controller,
-            .report_ms = config->report_ms,
-            .layer_cache = n->controller ? NULL : config->layer_cache,
-            .fetch_chunk = config->fetch_chunk,
-            .distiller =
-                n->distiller && !config->no_sample_prompts ? NODE_DISTILLER_ENDPOINT : NULL,
-            .sample_every = config->sample_every,
-            .sample_seed = config->sample_seed,
-            .sample_tokens_per_s = config->sample_tokens_per_s,
-            .layer_key = config->layer_key,
-        };
-        st = dsla_serving_create(&n->serving, &sc);
-    }
+    const dsla_node_local_t one = {config->model, config->backend, -1};
+    const dsla_node_local_t *locals = config->n_local > 0 ? config->local : &one;
+    for (int i = 0; st == DSLA_OK && local && i < local_count(config); i++)
+        st = start_serving(n, config, &locals[i]);
     if (st == DSLA_OK && !config->serving_only) st = start_gateway(n, config);
     if (st != DSLA_OK) {
         dsla_node_destroy(&n);
@@ -198,7 +235,8 @@ void dsla_node_destroy(dsla_node_t **np) {
     dsla_node_t *n = *np;
     dsla_http_destroy(&n->http);
     dsla_gateway_destroy(&n->gateway);
-    dsla_serving_destroy(&n->serving);
+    for (int i = n->n_serving - 1; i >= 0; i--)
+        dsla_serving_destroy(&n->serving[i]);
     dsla_distiller_destroy(&n->distiller);
     dsla_controller_destroy(&n->controller);
     dsla_actor_ctx_destroy(&n->ctx);
@@ -208,7 +246,7 @@ void dsla_node_destroy(dsla_node_t **np) {
 }
 
 const char *dsla_node_endpoint(const dsla_node_t *n) {
-    return n->gateway ? dsla_gateway_endpoint(n->gateway, 0) : dsla_serving_endpoint(n->serving);
+    return n->gateway ? dsla_gateway_endpoint(n->gateway, 0) : dsla_serving_endpoint(n->serving[0]);
 }
 
 int dsla_node_http_port(const dsla_node_t *n) {

@@ -1,5 +1,6 @@
 /* One node's actors, started together (DESIGN.md section 3): with no cluster file, the embedded
- * single-node default of a gateway and a serving actor in one process, talking over inproc://,
+ * single-node default of a gateway and a serving actor (or several: one per GPU, or CPU engines,
+ * config.local) in one process, talking over inproc://,
  * with the HTTP front end on the gateway and, given a layer version directory, a controller that
  * converts the serving actor's layers, and, given calibration data, a distiller that writes new
  * layer versions and announces them to that controller (the serving actor sends it sampled
@@ -23,6 +24,16 @@
 #include "runtime/serve/engine.h"
 
 typedef struct dsla_node dsla_node_t;
+
+/* One local serving replica of several (dsla_node_config_t.local): its own model (a CPU engine
+ * runs the host model and its scratch, so CPU replicas never share one) and backend (a GPU
+ * deployment: its own device copy, pools, stream and CUDA context on gpu). */
+typedef struct {
+    dsla_model_t *model;           /* borrowed; NULL with a backend: the backend's shape */
+    dsla_serve_backend_t *backend; /* borrowed; NULL: the CPU runs model */
+    int gpu; /* made the current CUDA device while its serving actor starts, so that its engine
+                thread binds it (the device the backend was deployed on); -1: none (CPU) */
+} dsla_node_local_t;
 
 typedef struct {
     /* model and backend NULL: no local serving actor (a gateway over remote replicas) */
@@ -86,6 +97,12 @@ typedef struct {
     /* The layer key (layer_mac.h), borrowed: the distiller seals the versions it writes, the
      * controller and the serving actor accept only sealed ones. NULL: unauthenticated versions. */
     const dsla_layer_key_t *layer_key;
+    /* Several local serving replicas in this process (n_local > 0; model and backend above then
+     * stay NULL): serving0..serving{n_local-1} at inproc://servingI, each its own engine, all
+     * routed to by the gateway (beside any remote replicas), all reporting to the controller and
+     * adopting its plans, all sampling prompts for the distiller. Not with serving_only. */
+    const dsla_node_local_t *local;
+    int n_local;
 } dsla_node_config_t;
 
 dsla_status_t dsla_node_create(dsla_node_t **out, const dsla_node_config_t *config);

@@ -132,6 +132,8 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
             OUT=$OUT/adaptive stage adaptive 580 bash "$root/bench/adaptive/run.sh"
         tail -25 "$OUT/adaptive/run.log"
         tar -C "$OUT" -czf "$OUT/adaptive.tgz" adaptive && rm -rf "$OUT/adaptive" ;;
+    gpus_serve) stage gpus_serve 300 "$D/bin/test_gpus_serve" # --gpus 0, and 0-1 on two GPUs
+        grep -E 'GPU|PASSED|FAILED|skipped|differ' "$OUT/gpus_serve.log" ;;
     decode_mixed) stage decode_mixed 300 "$D/bin/bench_cuda_kernels" --only decode ;;
     e2e_serving) stage e2e_serving 300 "$D/bin/bench_e2e_cuda" serving ;;
     trace)

@@ -11,6 +11,8 @@
 #include "cli/dsla-serve/cluster.h"
 #include "cli/dsla/args.h"
 #include "cli/dsla/distill_device.h"
+#include "cli/dsla-serve/gpus.h"
+#include "kernels/kernels.h"
 #include "runtime/model/llama.h"
 #include "runtime/core/log.h"
 #include "runtime/model/tokenizer.h"
@@ -29,6 +31,7 @@ static const char usage[] =
     "                  [--fetch-chunk BYTES]\n"
     "                  [--device cpu|cuda [--dtype bf16|f32] [--gpu-margin-mib "
     "N]]\n"
+    "                  [--device cuda --gpus 0-5 [--distill-gpus 6]] [--local-replicas N]\n"
     "                  [--device cuda --random-model 7b --tokenizer DIR [--vocab N]]\n"
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
     "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...\n"
@@ -65,7 +68,8 @@ static const char usage[] =
     "tcp://127.0.0.1:* and port 0 pick free ports. Prints "
     "\"listening on ENDPOINT\",\n"
     "then, with HTTP on, \"http on http://HOST:PORT\" and, with a controller, \"admin on\n"
-    "ENDPOINT\" to stdout. --device cuda serves on the first GPU: the weights uploaded in --dtype\n"
+    "ENDPOINT\" to stdout. --device cuda serves on GPU 0 (or each of --gpus): the weights uploaded "
+    "in --dtype\n"
     "(bf16, or f32 for exact comparisons with the CPU), one arena for KV and DSLA states sized to\n"
     "the free memory less --gpu-margin-mib; the sizes go to stderr. Requests "
     "beyond\n"
@@ -87,8 +91,15 @@ static const char usage[] =
     "--cluster\n"
     "FILE --node NAME starts the actors the cluster file gives node NAME (docs/operations.md): "
     "the\n"
-    "file's fields and options: maps become the options below. Each option's default below is\n"
-    "the value the code uses.";
+    "file's fields and options: maps become the options below.\n"
+
+    "--gpus LIST (indices and ranges: 0-5, 0,2-3) runs one serving actor per GPU in\n"
+    "this process, serving0 on the first and so on, each its own engine, weights and arena (each\n"
+    "GPU's free memory less --gpu-margin-mib), all behind the gateway and the controller;\n"
+    "--distill-gpus 6 trains the distiller there (one GPU: the layers distil as one chain).\n"
+    "--local-replicas N is the CPU's counterpart: N serving actors, each its own copy of the\n"
+    "model and its own engine (docs/serving.md). Each option's default below is the value the\n"
+    "code uses.";
 
 /* "DIR/" or "a/b/DIR" -> "DIR": the model's id in the HTTP API. */
 static void model_id(const char *dir, char *out, size_t cap) {
@@ -148,12 +159,19 @@ static dsla_serve_cluster_t *cluster;
 /* Random weights are drawn from this seed: every --random-model server is the same model. */
 #define RANDOM_MODEL_SEED 1
 
-/* --device cuda: the model on the first GPU (model NULL: random weights of random_cfg's shape), its
- * pools sized to the free memory (backend_cuda.h); the sizes go to stderr. */
-static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_model_config_t *random_cfg,
+/* --device cuda: the model on GPU gpu (model NULL: random weights of random_cfg's shape), its
+ * pools sized to that GPU's free memory (backend_cuda.h); the sizes go to stderr. gpu is left the
+ * calling thread's current device. */
+static dsla_status_t deploy_gpu(int gpu, const dsla_model_t *model,
+                                const dsla_model_config_t *random_cfg,
                                 const dsla_engine_config_t *engine, const char *dtype,
                                 long max_context, long margin_mib, dsla_serve_backend_t **out) {
 #ifdef DSLA_HAVE_CUDA
+    if (dsla_cuda_device_bind(gpu) != DSLA_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", dsla_last_error());
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "--gpus: %s", why);
+    }
     const dsla_serve_cuda_deploy_t d = {
         .weight_dtype = strcmp(dtype, "f32") == 0 ? DSLA_DTYPE_F32 : DSLA_DTYPE_BF16,
         .max_running = engine->max_running,
@@ -166,17 +184,19 @@ static dsla_status_t deploy_gpu(const dsla_model_t *model, const dsla_model_conf
                    : dsla_serve_backend_cuda_deploy_random(out, random_cfg, RANDOM_MODEL_SEED, &d,
                                                            &info));
     fprintf(stderr,
-            "dsla-serve: %s, %s weights %.2f GiB, one arena of %d blocks of %.0f KiB (%.2f GiB) "
+            "dsla-serve: GPU %d: %s, %s weights %.2f GiB, one arena of %d blocks of %.0f KiB (%.2f "
+            "GiB) "
             "for KV and DSLA states, none reserved: a state slot is %d blocks (%.1f MiB), up to "
             "%d slots; context up to %d\n",
-            info.device, dtype, (double)info.weight_bytes / (1u << 30), info.kv_blocks,
+            gpu, info.device, dtype, (double)info.weight_bytes / (1u << 30), info.kv_blocks,
             (double)info.kv_block_bytes / 1024,
             (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.blocks_per_slot,
             (double)info.slot_bytes / (1 << 20), info.kv_blocks / info.blocks_per_slot,
             info.max_context);
     return DSLA_OK;
 #else
-    (void)model, (void)random_cfg, (void)engine, (void)dtype, (void)max_context, (void)margin_mib;
+    (void)gpu, (void)model, (void)random_cfg, (void)engine, (void)dtype, (void)max_context,
+        (void)margin_mib;
     *out = NULL;
     return dsla_error(DSLA_ERR_UNSUPPORTED,
                       "--device cuda: this dsla-serve was built without CUDA (-DDSLA_CUDA=ON)");
@@ -256,6 +276,8 @@ int main(int argc, char **argv) {
     long sample_every = DSLA_SERVING_SAMPLE_EVERY, sample_seed = 0;
     long sample_tokens_per_s = DSLA_SERVING_SAMPLE_TOKENS_PER_S;
     long distill_samples = DSLA_DISTILLER_RESERVOIR_PROMPTS;
+    const char *gpus_text = NULL, *distill_gpus_text = NULL;
+    long local_replicas = 0;
     /* Options whose default is a value the code uses: the table shows it. */
     const dsla_arg_kind_t INT_D = DSLA_ARG_INT | DSLA_ARG_SHOW_DEFAULT;
     const dsla_arg_kind_t STR_D = DSLA_ARG_STRING | DSLA_ARG_SHOW_DEFAULT;
@@ -372,6 +394,16 @@ int main(int argc, char **argv) {
         {"sample-seed", INT_D, "with the distiller: the sampling seed", 0, 9.2e18, &sample_seed},
         {"sample-tokens-per-s", INT_D, "with the distiller: sampled tokens sent per second at most",
          1, 1 << 30, &sample_tokens_per_s},
+        {"gpus", DSLA_ARG_STRING,
+         "with --device cuda: GPUs to serve on, one serving actor each (default 0), e.g. 0-5", 0, 0,
+         &gpus_text},
+        {"distill-gpus", DSLA_ARG_STRING,
+         "with the distiller: the GPU it trains on (--distill-device cuda --distill-gpu N)", 0, 0,
+         &distill_gpus_text},
+        {"local-replicas", DSLA_ARG_INT,
+         "on the CPU: serving actors in this process, each its own model copy and engine "
+         "(default 1)",
+         1, DSLA_GATEWAY_REPLICA_MAX, &local_replicas},
         {"log-level", DSLA_ARG_STRING,
          "error, warn (default, or DSLA_LOG), info (one line per request), debug", 0, 0,
          &log_level},
@@ -476,6 +508,37 @@ int main(int argc, char **argv) {
                         "together, with --model and without --serving-only\n");
         return 2;
     }
+    int distill_gpus[DSLA_GATEWAY_REPLICA_MAX], n_distill_gpus = 0;
+    if (distill_gpus_text) {
+        if (!distill_out) {
+            fprintf(stderr, "dsla-serve: --distill-gpus is for a node with the distiller "
+                            "(--distill-data, --distill-out)\n");
+            return 2;
+        }
+        if (dsla_args_given(argc, argv, 1, "distill-gpu") ||
+            (distill_device && strcmp(distill_device, "cuda") != 0)) {
+            fprintf(stderr,
+                    "dsla-serve: --distill-gpus %s trains on CUDA GPUs: not with "
+                    "--distill-gpu or --distill-device cpu\n",
+                    distill_gpus_text);
+            return 2;
+        }
+        if (dsla_serve_parse_gpus("distill-gpus", distill_gpus_text, distill_gpus,
+                                  DSLA_GATEWAY_REPLICA_MAX, &n_distill_gpus))
+            return 2;
+        /* The order's layers distil as one chain, each on the hybrid of the layers before it:
+         * a second distiller would wait on the first until chaining across distillers exists. */
+        if (n_distill_gpus > 1) {
+            fprintf(stderr,
+                    "dsla-serve: --distill-gpus %s: one distiller GPU for now (the layers distil "
+                    "as one chain, each on the layers before it); give one, e.g. --distill-gpus "
+                    "%d\n",
+                    distill_gpus_text, distill_gpus[0]);
+            return 2;
+        }
+        distill_device = "cuda";
+        distill_gpu = distill_gpus[0];
+    }
     bool distill_on_gpu = false;
     dsla_distill_cuda_opts_t distill_cuda;
     if (dsla_cli_distill_device("distill-", distill_device, distill_dtype, distill_gpu,
@@ -526,6 +589,36 @@ int main(int argc, char **argv) {
         fprintf(stderr, "dsla-serve: --device cuda runs a local serving actor: it needs --model\n");
         return 2;
     }
+    int gpus[DSLA_GATEWAY_REPLICA_MAX] = {0}, n_gpus = on_gpu ? 1 : 0;
+    if (gpus_text && !on_gpu) {
+        fprintf(stderr, "dsla-serve: --gpus %s serves on GPUs: it needs --device cuda\n",
+                gpus_text);
+        return 2;
+    }
+    if (gpus_text &&
+        dsla_serve_parse_gpus("gpus", gpus_text, gpus, DSLA_GATEWAY_REPLICA_MAX, &n_gpus))
+        return 2;
+    if (serving_only && (n_gpus > 1 || local_replicas > 1)) {
+        fprintf(stderr, "dsla-serve: --serving-only runs one serving actor: --gpus names one GPU "
+                        "and --local-replicas is 1\n");
+        return 2;
+    }
+    if (local_replicas && (on_gpu || !local)) {
+        fprintf(stderr,
+                "dsla-serve: --local-replicas %ld runs CPU serving actors over --model; "
+                "with --device cuda, --gpus names one GPU per serving actor\n",
+                local_replicas);
+        return 2;
+    }
+    for (int i = 0; i < n_distill_gpus && on_gpu; i++)
+        if (dsla_serve_gpu_listed(gpus, n_gpus, distill_gpus[i])) {
+            fprintf(stderr,
+                    "dsla-serve: GPU %d is in both --gpus %s and --distill-gpus %s; a distiller "
+                    "beside a serving actor is --distill-device cuda --distill-gpu %d\n",
+                    distill_gpus[i], gpus_text ? gpus_text : "0", distill_gpus_text,
+                    distill_gpus[i]);
+            return 2;
+        }
     char db_default[4096];
     if ((layers_dir || distill_out) && !controller_db) {
         snprintf(db_default, sizeof db_default, "%s/controller.db",
@@ -581,9 +674,23 @@ int main(int argc, char **argv) {
     engine.max_queue_wait_ms = max_queue_wait_ms;
     if (prefill_chunk) engine.prefill_chunk = (int)prefill_chunk;
     dsla_engine_config_fit(&engine);
-    dsla_serve_backend_t *backend = NULL;
-    if (st == DSLA_OK && on_gpu)
-        st = deploy_gpu(model, &random_cfg, &engine, dtype, max_context, margin_mib, &backend);
+    /* The local serving actors: one per GPU of --gpus, each its own deployment, or
+     * --local-replicas CPU engines, each over its own copy of the model (a CPU engine runs in its
+     * model's scratch). */
+    dsla_node_local_t locals[DSLA_GATEWAY_REPLICA_MAX];
+    dsla_model_t *copies[DSLA_GATEWAY_REPLICA_MAX] = {NULL};
+    dsla_serve_backend_t *backends[DSLA_GATEWAY_REPLICA_MAX] = {NULL};
+    const int n_local = !local ? 0 : on_gpu ? n_gpus : local_replicas ? (int)local_replicas : 1;
+    for (int i = 0; st == DSLA_OK && i < n_local; i++) {
+        locals[i] = (dsla_node_local_t){.model = model, .gpu = on_gpu ? gpus[i] : -1};
+        if (on_gpu)
+            st = deploy_gpu(gpus[i], model, &random_cfg, &engine, dtype, max_context, margin_mib,
+                            &backends[i]);
+        else if (i > 0)
+            st = dsla_model_load(&copies[i], model_dir);
+        locals[i].backend = backends[i];
+        if (i > 0 && !on_gpu) locals[i].model = copies[i];
+    }
     bool http_on = !serving_only && strcmp(http, "off") != 0;
     if (st == DSLA_OK && http_on)
         st = dsla_http_auth_load(&http_auth, api_key_file, getenv("DSLA_API_KEY"),
@@ -594,11 +701,13 @@ int main(int argc, char **argv) {
     if (st == DSLA_OK && curve_dir) st = dsla_curve_keys_load(&curve, curve_dir);
     if (st == DSLA_OK && layer_key_file) st = dsla_layer_key_load(layer_key_file, &layer_key);
     if (st == DSLA_OK) {
-        dsla_node_config_t config = {.model = model,
+        dsla_node_config_t config = {.model = serving_only ? model : NULL,
                                      .tokenizer = tokenizer,
                                      .chat_template = chat_template,
                                      .engine = engine,
-                                     .backend = backend,
+                                     .backend = serving_only ? backends[0] : NULL,
+                                     .local = locals,
+                                     .n_local = serving_only ? 0 : n_local,
                                      .gpu_warmup = gpu_warmup,
                                      .endpoint = endpoint,
                                      .replicas = replicas.items,
@@ -651,7 +760,8 @@ int main(int argc, char **argv) {
                 print_distiller_need(model, &distill_cuda, (int)distill_seq_len, (int)distill_batch,
                                      distill_max_sequences, (int)distill_eval_sequences,
                                      no_sample_prompts ? 0 : (int)distill_samples,
-                                     on_gpu && distill_cuda.gpu == 0, margin_mib);
+                                     dsla_serve_gpu_listed(gpus, n_gpus, distill_cuda.gpu),
+                                     margin_mib);
             config.no_sample_prompts = no_sample_prompts;
             config.sample_every = (uint32_t)sample_every;
             config.sample_seed = (uint64_t)sample_seed;
@@ -679,7 +789,11 @@ int main(int argc, char **argv) {
     dsla_curve_keys_destroy(&curve);
     dsla_http_auth_destroy(&http_auth);
     dsla_http_auth_destroy(&admin_auth);
-    dsla_serve_backend_destroy(&backend);
+    for (int i = 0; i < n_local; i++) {
+        if (backends[i]) dsla_cuda_device_bind(gpus[i]); /* freed on the device it lives on */
+        dsla_serve_backend_destroy(&backends[i]);
+        dsla_model_destroy(&copies[i]);
+    }
     dsla_tokenizer_destroy(&tokenizer);
     dsla_chat_template_destroy(&chat_template);
     dsla_model_destroy(&model);

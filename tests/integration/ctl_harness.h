@@ -87,8 +87,10 @@ static inline void ctl_wait_status(const char *admin, const char *needle) {
     fail_msg("dslactl status never showed '%s'; last:\n%s", needle, out);
 }
 
-/* Greedy ids of ctl_prompt_ids through the client stub. */
-static inline void ctl_generate(const char *endpoint, dsla_test_collected_t *got) {
+/* Greedy ids of ctl_prompt_ids through the client stub; the answering replica's name into replica
+ * (cap bytes) unless NULL. */
+static inline void ctl_generate_at(const char *endpoint, dsla_test_collected_t *got, char *replica,
+                                   size_t cap) {
     dsla_client_t *c = NULL;
     assert_int_equal(dsla_client_connect(&c, endpoint, NULL), DSLA_OK);
     dsla_proto_generate_t req = {.prompt_ids = ctl_prompt_ids,
@@ -102,7 +104,12 @@ static inline void ctl_generate(const char *endpoint, dsla_test_collected_t *got
     memset(got, 0, sizeof *got);
     dsla_proto_code_t code = dsla_client_generate(c, &req, dsla_test_collect, got, 30000, &res);
     if (code != DSLA_CODE_OK) fail_msg("generate: %s", res.message);
+    if (replica) snprintf(replica, cap, "%s", res.replica);
     dsla_client_close(&c);
+}
+
+static inline void ctl_generate(const char *endpoint, dsla_test_collected_t *got) {
+    ctl_generate_at(endpoint, got, NULL, 0);
 }
 
 /* Greedy ids in-process, under the first n_dsla versions of the catalogue. */
