@@ -107,6 +107,17 @@ static dsla_status_t get_string(walk_t *w, const yaml_node_t *n, const char *fie
     return keep(w, scalar_text(n), len, out);
 }
 
+/* true or false. */
+static dsla_status_t get_bool(walk_t *w, const yaml_node_t *n, const char *field, bool *out) {
+    if (n->type != YAML_SCALAR_NODE)
+        return fail(w, n, field, "must be true or false, not %s", kind_name(n));
+    const char *t = scalar_text(n);
+    if (strcmp(t, "true") != 0 && strcmp(t, "false") != 0)
+        return fail(w, n, field, "'%.40s' is not true or false", t);
+    *out = t[0] == 't';
+    return DSLA_OK;
+}
+
 /* A decimal integer scalar within [min, max]. */
 static dsla_status_t get_int(walk_t *w, const yaml_node_t *n, const char *field, long min, long max,
                              int *out) {
@@ -559,11 +570,17 @@ static dsla_status_t walk_root(walk_t *w, const yaml_node_t *root) {
     if (v[STATE]) DSLA_TRY(get_string(w, v[STATE], "state", &c->state));
     if (v[POLICY]) DSLA_TRY(get_string(w, v[POLICY], "policy", &c->policy));
     if (v[KEYS]) {
-        static const char *const key_keys[] = {"api_key_file", "admin_key_file"};
-        yaml_node_t *k[2];
-        DSLA_TRY(walk_map(w, v[KEYS], "keys", key_keys, 2, k));
+        static const char *const key_keys[] = {"api_key_file", "admin_key_file", "curve_keys",
+                                               "allow_insecure"};
+        yaml_node_t *k[4];
+        DSLA_TRY(walk_map(w, v[KEYS], "keys", key_keys, 4, k));
         if (k[0]) DSLA_TRY(get_string(w, k[0], "keys.api_key_file", &c->api_key_file));
         if (k[1]) DSLA_TRY(get_string(w, k[1], "keys.admin_key_file", &c->admin_key_file));
+        if (k[2]) DSLA_TRY(get_string(w, k[2], "keys.curve_keys", &c->curve_keys));
+        if (k[3]) DSLA_TRY(get_bool(w, k[3], "keys.allow_insecure", &c->allow_insecure));
+        if (c->curve_keys && c->allow_insecure)
+            return fail(w, k[3], "keys.allow_insecure",
+                        "contradicts keys.curve_keys: links are either CURVE or plaintext");
     }
     DSLA_TRY(need(w, root, v[NODES], "the file", "nodes"));
     DSLA_TRY(walk_seq(w, v[NODES], "nodes", DSLA_CLUSTER_NODES_MAX, &c->n_nodes));

@@ -98,7 +98,12 @@ typedef struct dsla_cluster {
     const char *layers;     /* layer versions: the controller's directory, the distiller's out */
     const char *state;      /* the controller's state directory (controller.db); NULL: layers */
     const char *api_key_file, *admin_key_file; /* NULL: none */
-    const char *policy;                        /* NULL: the stored one */
+    /* keys.curve_keys: a directory with one CURVE key directory per node, DIR/NODE (node.key,
+     * node.pub, authorized_keys, known_servers: docs/security.md); NULL: plaintext links, which
+     * bind beyond loopback only with keys.allow_insecure: true */
+    const char *curve_keys;
+    bool allow_insecure;
+    const char *policy; /* NULL: the stored one */
     dsla_cluster_node_t *nodes;
     int n_nodes;
     /* the one controller's node and the gateway's; -1 when the file has none */

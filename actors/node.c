@@ -136,7 +136,7 @@ static dsla_status_t start_serving(dsla_node_t *n, const dsla_node_config_t *con
     char endpoint[64];
     snprintf(n->names[i], sizeof n->names[i], NODE_LOCAL_REPLICA, i);
     snprintf(endpoint, sizeof endpoint, NODE_LOCAL_ENDPOINT, i);
-    const bool named = config->serving_name && config->n_local <= 0;
+    const bool named = config->serving_name && local_count(config) == 1;
     dsla_serving_config_t sc = {
         .name = named ? config->serving_name : n->names[i],
         .ctx = n->ctx,

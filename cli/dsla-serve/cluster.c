@@ -223,6 +223,12 @@ static int build(dsla_serve_cluster_t *c, const dsla_cluster_node_t *node, int n
         if (ok && f->policy) ok = push2(c, "--policy", f->policy);
         if (ok && f->admin_key_file) ok = push2(c, "--admin-key-file", f->admin_key_file);
     }
+    if (ok && f->curve_keys) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/%s", f->curve_keys, node->name);
+        ok = push2(c, "--curve-keys", dir);
+    }
+    if (ok && f->allow_insecure) ok = push(c, "--allow-insecure");
     const dsla_cluster_distiller_t *d = node->distiller.present ? &node->distiller : NULL;
     for (int i = 0; ok && d && i < d->n_data; i++)
         ok = push2(c, "--distill-data", d->data[i]);

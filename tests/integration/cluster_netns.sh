@@ -75,7 +75,7 @@ model: $MODEL
 model_name: stories
 layers: $WORK/layers
 state: $WORK/state
-keys: {api_key_file: $WORK/api.key, admin_key_file: $WORK/admin.key}
+keys: {api_key_file: $WORK/api.key, admin_key_file: $WORK/admin.key, allow_insecure: true}
 policy: "manual layers=0"
 nodes:
   - name: head

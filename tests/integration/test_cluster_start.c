@@ -141,7 +141,7 @@ static void test_two_nodes(void **state) {
              "model: %s\n"
              "model_name: stories\n"
              "layers: %s\n"
-             "keys: {api_key_file: %s, admin_key_file: %s}\n"
+             "keys: {api_key_file: %s, admin_key_file: %s, allow_insecure: true}\n"
              "policy: \"manual layers=0\"\n"
              "nodes:\n"
              "  - name: head\n"
