@@ -1,6 +1,8 @@
 #define _XOPEN_SOURCE 700
 #include "testutil.h"
 
+#include "runtime/core/clock.h"
+
 #include <errno.h>
 #include <ftw.h>
 #include <math.h>
@@ -161,4 +163,14 @@ uint64_t dsla_test_seed(void) {
     }
     fprintf(stderr, "DSLA_TEST_SEED=%llu\n", (unsigned long long)seed);
     return seed;
+}
+
+bool dsla_test_wait_atomic(atomic_int *v, int target, int ms) {
+    const uint64_t deadline = dsla_clock_ms() + (uint64_t)ms;
+    const struct timespec tick = {0, 1000000};
+    while (atomic_load(v) < target) {
+        if (dsla_clock_ms() > deadline) return false;
+        nanosleep(&tick, NULL);
+    }
+    return true;
 }

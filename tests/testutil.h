@@ -13,6 +13,8 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 
 #include "runtime/model/config.h"
 
@@ -34,6 +36,8 @@ void dsla_test_write_file(const char *path, const void *data, size_t len);
 /* A fresh directory under $TMPDIR (or /tmp), removed by dsla_test_rmtree. Caller frees. */
 char *dsla_test_tempdir(void);
 void dsla_test_rmtree(const char *path);
+/* Polls every millisecond until *v reaches target or ms pass; returns whether it did. */
+bool dsla_test_wait_atomic(atomic_int *v, int target, int ms);
 
 /* Fails the test unless every field that changes the maths is equal (llama3 scaling included). */
 void dsla_test_assert_config_equal(const dsla_model_config_t *a, const dsla_model_config_t *b);

@@ -25,13 +25,7 @@
 enum { WAIT_MS = 10000, MSG_ID = 77 };
 
 static bool wait_for(atomic_int *v, int target) {
-    uint64_t deadline = dsla_clock_ms() + WAIT_MS;
-    struct timespec tick = {0, 1000000};
-    while (atomic_load(v) < target) {
-        if (dsla_clock_ms() > deadline) return false;
-        nanosleep(&tick, NULL);
-    }
-    return true;
+    return dsla_test_wait_atomic(v, target, WAIT_MS);
 }
 
 /* The server's view: what reached its handlers, with the sender's proven identity. */

@@ -31,13 +31,7 @@ enum {
 
 /* Polls until *v reaches target or WAIT_MS passes; returns whether it did. */
 static bool wait_for(atomic_int *v, int target) {
-    uint64_t deadline = dsla_clock_ms() + WAIT_MS;
-    struct timespec tick = {0, 1000000};
-    while (atomic_load(v) < target) {
-        if (dsla_clock_ms() > deadline) return false;
-        nanosleep(&tick, NULL);
-    }
-    return true;
+    return dsla_test_wait_atomic(v, target, WAIT_MS);
 }
 
 /* What one actor's callbacks saw; written on its thread, read by the test's. */
