@@ -89,7 +89,8 @@ static void on_load_report(dsla_actor_t *a, const dsla_actor_msg_t *msg, void *u
     dsla_proto_load_report_t *rep = malloc(sizeof *rep);
     dsla_status_t st = rep ? dsla_proto_load_report_decode(msg->env->body, msg->env->body_len, rep)
                            : dsla_error_oom("controller");
-    if (st == DSLA_OK) st = dsla_ctl_core_on_load_report(c->core, msg->from, rep);
+    if (st == DSLA_OK)
+        st = dsla_ctl_core_on_load_report(c->core, msg->from, rep, dsla_actor_hears(a, msg->from));
     if (st != DSLA_OK) reply_status(a, msg, st);
     free(rep);
 }

@@ -204,8 +204,22 @@ static void evaluate_all(dsla_ctl_core_t *c) {
 
 /* ---- replica messages ---- */
 
+static void set_alive(dsla_ctl_core_t *c, dsla_ctl_replica_t *r, bool alive) {
+    if (r->alive == alive) return;
+    r->alive = alive;
+    if (!alive) r->dead_since_ms = now_ms(c);
+    if (!alive && r->pending_seq) {
+        /* its answer, if it ever comes, is ignored; its next report says what it runs */
+        event(c, "replica_dead", "%s; SET_PLAN %" PRIu64 " (%d DSLA layers) given up", r->name,
+              r->pending_seq, r->pending_target);
+        r->pending_seq = 0;
+        return;
+    }
+    event(c, alive ? "replica_alive" : "replica_dead", "%s", r->name);
+}
+
 dsla_status_t dsla_ctl_core_on_load_report(dsla_ctl_core_t *c, const char *from,
-                                           const dsla_proto_load_report_t *rep) {
+                                           const dsla_proto_load_report_t *rep, bool heard) {
     dsla_ctl_replica_t *r = from[0] ? replica_find(c, from, true) : NULL;
     if (!r)
         return dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
@@ -214,7 +228,9 @@ dsla_status_t dsla_ctl_core_on_load_report(dsla_ctl_core_t *c, const char *from,
     r->last = *rep;
     r->have_report = true;
     r->last_report_ms = now_ms(c);
-    r->alive = true; /* a report proves it alive before its heartbeats do */
+    /* The report itself is no proof of life, only the mailbox's verdict is: a replica revived by
+     * a report its mailbox no longer watched would never be reported dead again. */
+    set_alive(c, r, heard);
     evaluate(c, r);
     return DSLA_OK;
 }
@@ -267,15 +283,8 @@ void dsla_ctl_core_on_peer(dsla_ctl_core_t *c, const char *peer, bool alive) {
     }
     dsla_ctl_replica_t *r = replica_find(c, peer, false);
     if (!r || r->alive == alive) return;
-    r->alive = alive;
-    if (!alive && r->pending_seq) {
-        /* its answer, if it ever comes, is ignored; its next report says what it runs */
-        event(c, "replica_dead", "%s; SET_PLAN %" PRIu64 " (%d DSLA layers) given up", peer,
-              r->pending_seq, r->pending_target);
-        r->pending_seq = 0;
-        return;
-    }
-    event(c, alive ? "replica_alive" : "replica_dead", "%s", peer);
+    set_alive(c, r, alive);
+    if (alive && r->have_report && r->last_report_ms >= r->dead_since_ms) evaluate(c, r);
 }
 
 /* Drops replica i by moving the last one into its place. */

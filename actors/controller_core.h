@@ -55,6 +55,7 @@ typedef struct {
     int target;                    /* DSLA layers the controller chose for it */
     uint64_t last_change_ms;
     uint64_t last_report_ms; /* when its latest LOAD_REPORT came */
+    uint64_t dead_since_ms;  /* when it was last counted dead (0: never) */
     uint64_t pending_seq;    /* SET_PLAN in flight; 0: none */
     uint64_t pending_since_ms;
     int pending_target;
@@ -85,14 +86,16 @@ dsla_status_t dsla_ctl_core_start(dsla_ctl_core_t *c, dsla_ctl_store_t *store, c
 
 /* ---- messages and timers ---- */
 
-/* A LOAD_REPORT from the replica named from ("" for an anonymous client: refused). */
+/* A LOAD_REPORT from the replica named from ("" for an anonymous client: refused); heard: whether
+ * the mailbox hears its heartbeats now (dsla_actor_hears), which alone makes it alive. */
 dsla_status_t dsla_ctl_core_on_load_report(dsla_ctl_core_t *c, const char *from,
-                                           const dsla_proto_load_report_t *r);
+                                           const dsla_proto_load_report_t *r, bool heard);
 /* PLAN_ACK (ack) or PLAN_NACK; answers to anything but the SET_PLAN in flight are ignored. */
 void dsla_ctl_core_on_plan_reply(dsla_ctl_core_t *c, const char *from, bool ack,
                                  const dsla_proto_plan_reply_t *p);
 /* A peer's liveness changed (the actor's heartbeats). A replica that dies gives up the SET_PLAN in
- * flight; one that comes back is sent its target again at its next report. */
+ * flight; one that comes back is sent its target at once when it reported since it was counted
+ * dead (a new replica's first report often precedes its first PING), else at its next report. */
 void dsla_ctl_core_on_peer(dsla_ctl_core_t *c, const char *peer, bool alive);
 /* Every so often (the actor: each heartbeat interval): SET_PLANs unanswered for
  * DSLA_CONTROLLER_PENDING_MS are given up and sent again. */

@@ -75,6 +75,7 @@ static dsla_status_t load(dsla_serving_load_t *job) {
                             e->layer, e->path, sum, e->checksum);
         dsla_layer_ref_t *ref = NULL;
         if (st == DSLA_OK) st = dsla_layer_ref_create(&ref, &w);
+        if (st == DSLA_OK) dsla_layer_ref_set_checksum(ref, sum);
         if (st == DSLA_OK) st = dsla_plan_set_layer(job->plan, e->layer, ref);
         dsla_layer_ref_release(&ref);
         dsla_dsla_layer_destroy(&w);

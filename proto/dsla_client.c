@@ -153,7 +153,7 @@ static dsla_status_t send_msg(dsla_client_t *c, uint32_t type, uint64_t id,
 }
 
 static void send_ping(dsla_client_t *c) {
-    dsla_proto_ping_t ping = {.seq = 0, .sent_ns = dsla_clock_ns()};
+    dsla_proto_ping_t ping = {.seq = 0, .sent_ns = dsla_clock_ns(), .interval_ms = c->heartbeat_ms};
     dsla_proto_buf_t body;
     if (dsla_proto_ping_encode(&ping, &body) == DSLA_OK) {
         send_msg(c, DSLA_MSG_PING, 0, &body); /* a PING that cannot leave is silence all the same */

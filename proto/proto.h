@@ -137,6 +137,9 @@ dsla_status_t dsla_proto_envelope_decode(const void *data, size_t len, dsla_prot
 typedef struct {
     uint64_t seq;     /* the sender's heartbeat counter */
     uint64_t sent_ns; /* the sender's monotonic clock when sent, for round-trip times */
+    /* How often the sender pings, so that a receiver beating faster does not count it dead
+     * between two of its pings; 0 (or absent, from older peers): unknown, the receiver's own. */
+    uint32_t interval_ms;
 } dsla_proto_ping_t;
 
 dsla_status_t dsla_proto_ping_encode(const dsla_proto_ping_t *ping, dsla_proto_buf_t *out);

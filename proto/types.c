@@ -10,11 +10,15 @@ dsla_status_t dsla_proto_ping_encode(const dsla_proto_ping_t *ping, dsla_proto_b
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
     dsla_wire_packer_open(&sbuf, &pk);
-    int rc = msgpack_pack_map(&pk, 2);
+    int rc = msgpack_pack_map(&pk, ping->interval_ms ? 3 : 2);
     rc |= dsla_wire_pack_key(&pk, "seq");
     rc |= msgpack_pack_uint64(&pk, ping->seq);
     rc |= dsla_wire_pack_key(&pk, "sent_ns");
     rc |= msgpack_pack_uint64(&pk, ping->sent_ns);
+    if (ping->interval_ms) {
+        rc |= dsla_wire_pack_key(&pk, "interval_ms");
+        rc |= msgpack_pack_uint32(&pk, ping->interval_ms);
+    }
     return dsla_wire_finish(&sbuf, rc, out, "PING");
 }
 
@@ -29,6 +33,8 @@ dsla_status_t dsla_proto_ping_decode(const void *body, size_t len, dsla_proto_pi
             st = dsla_wire_get_u64(&m->ptr[i].val, &out->seq, "PING", "seq");
         else if (dsla_wire_key_is(&m->ptr[i].key, "sent_ns"))
             st = dsla_wire_get_u64(&m->ptr[i].val, &out->sent_ns, "PING", "sent_ns");
+        else if (dsla_wire_key_is(&m->ptr[i].key, "interval_ms"))
+            st = dsla_wire_get_u32(&m->ptr[i].val, &out->interval_ms, "PING", "interval_ms");
     }
     msgpack_unpacked_destroy(&u);
     return st;

@@ -2,6 +2,7 @@
 #include "runtime/actor/actor.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -57,8 +58,9 @@ typedef struct {
  * chained hash of their names; a dead one is removed by moving the last entry into its place. */
 typedef struct {
     char name[DSLA_PROTO_NAME_MAX + 1];
-    int liveness;
-    int next; /* the next entry of its hash bucket, -1 at the end */
+    int liveness;      /* heartbeat intervals (this actor's) left before it counts as dead */
+    int liveness_full; /* what hearing from it resets liveness to: its own pings' pace */
+    int next;          /* the next entry of its hash bucket, -1 at the end */
 } watched_t;
 
 typedef struct {
@@ -295,11 +297,11 @@ static uint64_t name_hash(const char *name) {
     return h;
 }
 
-static int *watch_bucket(watch_table_t *w, const char *name) {
+static int *watch_bucket(const watch_table_t *w, const char *name) {
     return &w->buckets[name_hash(name) & (w->n_buckets - 1)];
 }
 
-static int watch_find(watch_table_t *w, const char *name) {
+static int watch_find(const watch_table_t *w, const char *name) {
     if (!w->n_buckets) return -1;
     for (int i = *watch_bucket(w, name); i >= 0; i = w->items[i].next)
         if (strcmp(w->items[i].name, name) == 0) return i;
@@ -337,7 +339,7 @@ static int watch_add(watch_table_t *w, const char *name) {
     if (w->n + 1 > w->n_buckets && !watch_rehash(w, w->n + 1)) return -1;
     watched_t *e = &w->items[w->n];
     snprintf(e->name, sizeof e->name, "%s", name);
-    e->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
+    e->liveness = e->liveness_full = DSLA_ACTOR_HEARTBEAT_LIVENESS;
     int *head = watch_bucket(w, name);
     e->next = *head;
     *head = (int)w->n;
@@ -374,10 +376,20 @@ size_t dsla_actor_watched(const dsla_actor_t *a) {
     return a->watched.n;
 }
 
-static peer_t *peer_find(dsla_actor_t *a, const char *name) {
+static const peer_t *peer_find_const(const dsla_actor_t *a, const char *name) {
     for (int i = 0; i < DSLA_ACTOR_PEER_MAX; i++)
         if (a->peers[i].used && strcmp(a->peers[i].name, name) == 0) return &a->peers[i];
     return NULL;
+}
+
+bool dsla_actor_hears(const dsla_actor_t *a, const char *name) {
+    const peer_t *p = peer_find_const(a, name);
+    if (p) return p->state == PEER_ALIVE;
+    return watch_find(&a->watched, name) >= 0;
+}
+
+static peer_t *peer_find(dsla_actor_t *a, const char *name) {
+    return (peer_t *)peer_find_const(a, name);
 }
 
 static peer_t *peer_add(dsla_actor_t *a, const char *name) {
@@ -410,9 +422,20 @@ static void watched_report(dsla_actor_t *a, const char *name, bool alive) {
     if (a->on_peer) a->on_peer(a, name, alive, a->user);
 }
 
-/* Any message proves its sender alive; a PING from an unknown sender starts watching it, so that
- * liveness is watched both ways even when only one side connected. */
-static void peer_heard(dsla_actor_t *a, const char *from, bool is_ping) {
+/* A client counts as dead after DSLA_ACTOR_HEARTBEAT_LIVENESS of its own intervals of silence,
+ * in this actor's heartbeats: a replica pinging every second is not dead to a controller beating
+ * every 200 ms just because a load report came late. */
+static int watch_liveness(const dsla_actor_t *a, uint32_t interval_ms) {
+    uint32_t own = a->heartbeat_ms;
+    if (interval_ms <= own) return DSLA_ACTOR_HEARTBEAT_LIVENESS;
+    uint64_t beats = ((uint64_t)interval_ms * DSLA_ACTOR_HEARTBEAT_LIVENESS + own - 1) / own;
+    return beats > INT_MAX ? INT_MAX : (int)beats;
+}
+
+/* Any message proves its sender alive; a PING (ping, NULL for any other message) from an unknown
+ * sender starts watching it, so that liveness is watched both ways even when only one side
+ * connected. */
+static void peer_heard(dsla_actor_t *a, const char *from, const dsla_proto_ping_t *ping) {
     if (!from[0]) return;
     peer_t *p = peer_find(a, from);
     if (p) {
@@ -421,18 +444,18 @@ static void peer_heard(dsla_actor_t *a, const char *from, bool is_ping) {
         return;
     }
     int i = watch_find(&a->watched, from);
-    if (i >= 0) {
-        a->watched.items[i].liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
-        return;
-    }
-    if (!is_ping) return;
-    if (watch_add(&a->watched, from) < 0) {
+    if (i < 0 && !ping) return;
+    bool added = i < 0;
+    if (added && (i = watch_add(&a->watched, from)) < 0) {
         DSLA_LOG_LIMITED(&a->watch_warn, DSLA_LOG_WARN,
                          "actor %s: out of memory watching %zu clients; not watching %s", a->name,
                          a->watched.n, from);
         return;
     }
-    watched_report(a, from, true);
+    watched_t *w = &a->watched.items[i];
+    if (ping) w->liveness_full = watch_liveness(a, ping->interval_ms);
+    w->liveness = w->liveness_full;
+    if (added) watched_report(a, from, true);
 }
 
 static dsla_status_t send_frame(dsla_actor_t *a, void *sock, const void *route_id, size_t route_len,
@@ -496,7 +519,9 @@ static void on_heartbeat(uv_timer_t *t) {
         peer_t *p = &a->peers[i];
         if (!p->used) continue;
         if (p->sock) {
-            dsla_proto_ping_t ping = {.seq = ++a->heartbeat_seq, .sent_ns = dsla_clock_ns()};
+            dsla_proto_ping_t ping = {.seq = ++a->heartbeat_seq,
+                                      .sent_ns = dsla_clock_ns(),
+                                      .interval_ms = a->heartbeat_ms};
             dsla_proto_buf_t body;
             if (dsla_proto_ping_encode(&ping, &body) == DSLA_OK) {
                 /* A full queue to a silent peer drops the PING: its silence is the signal. */
@@ -508,9 +533,16 @@ static void on_heartbeat(uv_timer_t *t) {
         }
         if (p->liveness > 0) p->liveness--;
         if (dealer_dropped(p)) p->liveness = 0;
-        if (p->liveness == 0 && p->state != PEER_DEAD) {
-            peer_report(a, p, PEER_DEAD);
+        /* Dead, and every liveness period it stays unanswered, a fresh connection: the peer's
+         * mailbox may still hold this actor's routing id on a connection cut off by the network,
+         * and libzmq's ROUTER then keeps a new connection claiming that id anonymous (neither
+         * refused nor heard) for as long as it lasts; the next one, begun after the stale
+         * connection's ZMTP heartbeats closed it, is heard (cluster_netns.sh: the gateway saw a
+         * rejoined replica dead for good in 1 run of 8). */
+        if (p->liveness == 0) {
+            if (p->state != PEER_DEAD) peer_report(a, p, PEER_DEAD);
             reconnect(a, p);
+            p->liveness = DSLA_ACTOR_HEARTBEAT_LIVENESS;
         }
     }
     if (a->guard) dsla_conn_guard_drain(a->guard); /* an edge of its ZMQ_FD may have been missed */
@@ -581,7 +613,10 @@ static void dispatch(dsla_actor_t *a, int peer_index, const void *route_id, size
     if (st == DSLA_OK && extra_frames > 0)
         st = dsla_error(DSLA_ERR_FORMAT, "%d frames where one envelope was expected",
                         1 + extra_frames);
-    peer_heard(a, from, st == DSLA_OK && env.type == DSLA_MSG_PING);
+    dsla_proto_ping_t ping;
+    bool is_ping = st == DSLA_OK && env.type == DSLA_MSG_PING &&
+                   dsla_proto_ping_decode(env.body, env.body_len, &ping) == DSLA_OK;
+    peer_heard(a, from, is_ping ? &ping : NULL);
     if (st != DSLA_OK) {
         DSLA_LOG_LIMITED(&a->frame_warn, DSLA_LOG_WARN, "actor %s: refusing a frame from '%s': %s",
                          a->name, from, dsla_last_error());

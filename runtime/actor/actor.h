@@ -210,4 +210,9 @@ dsla_status_t dsla_actor_work(dsla_actor_t *a, dsla_actor_work_fn work, dsla_act
 /* Clients watched through their heartbeats (peers that found this actor), for tests and status. */
 size_t dsla_actor_watched(const dsla_actor_t *a);
 
+/* Whether name's heartbeats reach this actor now: a peer it connected to that answers, or a client
+ * that pings it. What a message other than a PING claims about its sender is not proof: a
+ * cut-off sender's last report may arrive after its death was noticed. From the actor's thread. */
+bool dsla_actor_hears(const dsla_actor_t *a, const char *name);
+
 #endif

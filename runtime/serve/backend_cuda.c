@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels/kernels_cuda.h"
+#include "runtime/core/log.h"
 
 typedef struct {
     dsla_cuda_seq_t *seq;
@@ -31,6 +32,8 @@ typedef struct {
     int *group;                     /* [max_items] item indices of the running group */
     bool *done;                     /* [max_items] */
     float *rows;                    /* [max_items][vocab] host */
+    uint64_t uploads;               /* layer versions uploaded, for the log */
+    dsla_log_limit_t upload_log;
 } cuda_backend_t;
 
 size_t dsla_serve_cuda_slot_bytes(const dsla_model_config_t *cfg) {
@@ -131,6 +134,14 @@ static dsla_status_t install(cuda_backend_t *c, dsla_plan_t *plan) {
                               l);
         DSLA_TRY(dsla_cuda_model_set_dsla_layer(c->m, l, layers[l]));
         hold(c, l, plan);
+        c->uploads++;
+        /* A few per conversion; many a second means two versions of one layer run together (the
+         * model holds one a layer), each step uploading them in turn. */
+        DSLA_LOG_LIMITED(&c->upload_log, DSLA_LOG_INFO,
+                         "cuda backend: layer %d's DSLA version uploaded (%.0f MB; %llu uploads "
+                         "so far)",
+                         l, (double)layers[l]->numel * sizeof(float) / 1e6,
+                         (unsigned long long)c->uploads);
     }
     return DSLA_OK;
 }

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "runtime/core/clock.h"
+#include "runtime/core/log.h"
 #include "runtime/serve/engine_internal.h"
 
 /* Defaults of dsla_engine_config_t: a batch wide enough to keep a CPU or GPU busy on decode, a step
@@ -552,6 +553,16 @@ dsla_status_t dsla_engine_set_plan(dsla_engine_t *e, const dsla_plan_t *plan) {
     }
     dsla_plan_t *copy = NULL;
     DSLA_TRY(dsla_plan_freeze_copy(&copy, plan, e->last_plan_id + 1));
+    int shared = 0, from_pending = 0;
+    dsla_status_t st = dsla_plan_share_versions(copy, e->pending_plan, &from_pending);
+    if (st == DSLA_OK) st = dsla_plan_share_versions(copy, e->plan, &shared);
+    if (st != DSLA_OK) {
+        dsla_plan_release(&copy);
+        return st;
+    }
+    if (shared + from_pending)
+        dsla_log_debug("engine: plan %llu shares %d layer versions with the plans before it",
+                       (unsigned long long)(e->last_plan_id + 1), shared + from_pending);
     e->last_plan_id++;
     dsla_plan_release(&e->pending_plan);
     e->pending_plan = copy;

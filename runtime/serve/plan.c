@@ -5,6 +5,7 @@
 
 struct dsla_layer_ref {
     int refs;
+    uint64_t checksum; /* 0: unknown */
     dsla_dsla_layer_t *layer;
 };
 
@@ -48,6 +49,14 @@ void dsla_layer_ref_release(dsla_layer_ref_t **r) {
 
 const dsla_dsla_layer_t *dsla_layer_ref_layer(const dsla_layer_ref_t *r) {
     return r->layer;
+}
+
+void dsla_layer_ref_set_checksum(dsla_layer_ref_t *r, uint64_t checksum) {
+    r->checksum = checksum;
+}
+
+uint64_t dsla_layer_ref_checksum(const dsla_layer_ref_t *r) {
+    return r->checksum;
 }
 
 dsla_status_t dsla_plan_create(dsla_plan_t **out, int num_layers) {
@@ -139,5 +148,25 @@ dsla_status_t dsla_plan_freeze_copy(dsla_plan_t **out, const dsla_plan_t *p, uin
         if (p->versions[l]) DSLA_TRY(dsla_plan_set_layer(*out, l, p->versions[l]));
     (*out)->id = id;
     (*out)->frozen = true;
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_plan_share_versions(dsla_plan_t *p, const dsla_plan_t *from, int *shared) {
+    if (shared) *shared = 0;
+    if (p->refs != 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "plan %llu: %d holders; versions are shared only before anything runs it",
+                          (unsigned long long)p->id, p->refs);
+    if (!from || from->num_layers != p->num_layers) return DSLA_OK;
+    for (int l = 0; l < p->num_layers; l++) {
+        dsla_layer_ref_t *mine = p->versions[l], *theirs = from->versions[l];
+        if (!mine || !theirs || mine == theirs || !mine->checksum ||
+            mine->checksum != theirs->checksum)
+            continue;
+        p->versions[l] = dsla_layer_ref_retain(theirs);
+        p->layers[l] = theirs->layer;
+        dsla_layer_ref_release(&mine);
+        if (shared) (*shared)++;
+    }
     return DSLA_OK;
 }

@@ -32,6 +32,10 @@ dsla_layer_ref_t *dsla_layer_ref_retain(dsla_layer_ref_t *r);
 /* Drops one reference and NULLs *r; the last one destroys the layer. */
 void dsla_layer_ref_release(dsla_layer_ref_t **r);
 const dsla_dsla_layer_t *dsla_layer_ref_layer(const dsla_layer_ref_t *r);
+/* The version's dsla_dsla_layer_checksum, when its loader computed it (0: unknown). Two versions of
+ * one layer with equal nonzero checksums hold the same weights (dsla_plan_share_versions). */
+void dsla_layer_ref_set_checksum(dsla_layer_ref_t *r, uint64_t checksum);
+uint64_t dsla_layer_ref_checksum(const dsla_layer_ref_t *r);
 
 /* A plan of num_layers layers, all ATTN, id 0 (engines number their copies); reference count 1. */
 dsla_status_t dsla_plan_create(dsla_plan_t **out, int num_layers);
@@ -52,5 +56,11 @@ int dsla_plan_num_dsla(const dsla_plan_t *p);
 bool dsla_plan_frozen(const dsla_plan_t *p);
 /* For the engine: a frozen copy of p with id (its versions retained, not copied). */
 dsla_status_t dsla_plan_freeze_copy(dsla_plan_t **out, const dsla_plan_t *p, uint64_t id);
+/* For the engine, on a copy nothing holds but its caller (INVALID_ARGUMENT otherwise): each DSLA
+ * layer of p whose version has the checksum of from's version of that layer takes from's (p's
+ * own is released), and *shared (may be NULL) counts them. Every SET_PLAN loads its versions
+ * afresh; without this, requests of two plans that run one version each hold it twice, and a GPU
+ * (which holds one version a layer) uploads them in turn at every step. */
+dsla_status_t dsla_plan_share_versions(dsla_plan_t *p, const dsla_plan_t *from, int *shared);
 
 #endif

@@ -126,10 +126,7 @@ static void test_three_local_replicas(void **state) {
 
     /* the remote replica dies: the local three serve on and still follow the controller */
     dsla_test_server_kill(remote.pid);
-    /* Not awaited: "replica remote dead" in dslactl status. The controller of this setup (three
-     * local replicas and a remote one whose plan change failed) kept the killed remote alive past
-     * the harness's wait on 2026-12-05, reproducibly on the branch that added this test too; a
-     * bug to find (docs/serving.md, "Not yet"). The local three must serve on meanwhile. */
+    ctl_wait_status(admin, "replica remote dead:");
     for (int i = 0; i < N_HTTP; i++) {
         dsla_test_http_reply_t h = dsla_test_http(srv.http_port, "POST", "/v1/completions",
                                                   "{\"prompt\": \"Once upon\", \"max_tokens\": 4}");

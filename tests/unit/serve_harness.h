@@ -72,9 +72,10 @@ static inline dsla_model_t *harness_load_model(const char *dir) {
     return m;
 }
 
-/* A plan running the given layers as DSLA, each initialised from the teacher with seed + layer. */
-static inline dsla_plan_t *harness_plan(const dsla_model_t *m, const int *layers, int n,
-                                        uint64_t seed) {
+/* A plan running the given layers as DSLA, each initialised from the teacher with seed + layer;
+ * with checksummed, each version carries its checksum, as a serving actor's loads do. */
+static inline dsla_plan_t *harness_plan_sums(const dsla_model_t *m, const int *layers, int n,
+                                             uint64_t seed, bool checksummed) {
     const dsla_model_config_t *cfg = dsla_model_config(m);
     dsla_plan_t *p = NULL;
     harness_ok(dsla_plan_create(&p, cfg->num_layers), "plan");
@@ -83,12 +84,19 @@ static inline dsla_plan_t *harness_plan(const dsla_model_t *m, const int *layers
         harness_ok(dsla_dsla_layer_create(&w, cfg, layers[i]), "DSLA layer");
         harness_ok(dsla_dsla_layer_init_from_teacher(w, m, layers[i], seed + (uint64_t)layers[i]),
                    "init from teacher");
+        const uint64_t sum = checksummed ? dsla_dsla_layer_checksum(w) : 0;
         dsla_layer_ref_t *ref = NULL;
         harness_ok(dsla_layer_ref_create(&ref, &w), "layer ref");
+        dsla_layer_ref_set_checksum(ref, sum);
         harness_ok(dsla_plan_set_layer(p, layers[i], ref), "plan layer");
         dsla_layer_ref_release(&ref);
     }
     return p;
+}
+
+static inline dsla_plan_t *harness_plan(const dsla_model_t *m, const int *layers, int n,
+                                        uint64_t seed) {
+    return harness_plan_sums(m, layers, n, seed, false);
 }
 
 static inline dsla_request_params_t harness_params(const harness_request_t *q,

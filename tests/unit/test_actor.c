@@ -423,6 +423,33 @@ static void test_dead_client_reported(void **state) {
     heartbeat_death(false);
 }
 
+/* A client that pings five times slower than the actor it connected to: the actor counts its
+ * silence in the client's intervals (the PING says them), so it is not dead between two pings
+ * (a replica beating every second flapped dead at a controller beating every 200 ms), and still
+ * dead soon after it stops. */
+static void test_slow_pinger_not_dead_between_pings(void **state) {
+    (void)state;
+    enum { SLOW = 5 };
+    dsla_actor_ctx_t *ctx = NULL;
+    assert_int_equal(dsla_actor_ctx_create(&ctx), DSLA_OK);
+    seen_t hub = {0}, slow = {0};
+    dsla_actor_t *h = start_actor(ctx, "hub", "tcp://127.0.0.1:*", NULL, NULL, &hub, FAST_BEAT_MS);
+    dsla_actor_t *c = start_actor(ctx, "slow", NULL, "hub", dsla_actor_endpoint(h, 0), &slow,
+                                  SLOW * FAST_BEAT_MS);
+    assert_true(wait_for(&hub.alive, 1));
+    const long ms = 4L * SLOW * FAST_BEAT_MS; /* four of its pings, twenty of the hub's beats */
+    struct timespec four_pings = {ms / 1000, ms % 1000 * 1000000L};
+    nanosleep(&four_pings, NULL);
+    assert_int_equal(atomic_load(&hub.dead), 0);
+    assert_int_equal(atomic_load(&hub.alive), 1);
+    uint64_t t0 = dsla_clock_ms();
+    dsla_actor_destroy(&c);
+    assert_true(wait_for(&hub.dead, 1));
+    assert_true(atomic_load(&hub.dead_at_ms) - t0 < 40 * SLOW * FAST_BEAT_MS);
+    dsla_actor_destroy(&h);
+    dsla_actor_ctx_destroy(&ctx);
+}
+
 /* RING actors, each connected to the next: every one sees two neighbours alive (the one it pings,
  * the one that pings it), then all stop; ASan's leak check covers the teardown. */
 static void test_many_actors_clean_shutdown(void **state) {
@@ -747,6 +774,7 @@ int main(void) {
         cmocka_unit_test(test_frame_flood_log_bounded),
         cmocka_unit_test(test_dead_server_reported),
         cmocka_unit_test(test_dead_client_reported),
+        cmocka_unit_test(test_slow_pinger_not_dead_between_pings),
         cmocka_unit_test(test_many_actors_clean_shutdown),
         cmocka_unit_test(test_timers_and_thread_contract),
         cmocka_unit_test(test_create_failures_name_the_cause),

@@ -142,7 +142,7 @@ static void report(dsla_ctl_core_t *c, const replica_t *r, uint32_t queue, uint3
     rep.plan_id = r->plan_id;
     rep.n_dsla = r->n_dsla;
     memcpy(rep.dsla, r->dsla, sizeof r->dsla);
-    ok(dsla_ctl_core_on_load_report(c, r->name, &rep));
+    ok(dsla_ctl_core_on_load_report(c, r->name, &rep, true));
 }
 
 /* Answers the latest SET_PLAN: ACK adopts it, NACK keeps the plan the replica had. */
@@ -335,6 +335,15 @@ static void test_replica_dies_mid_rollout(void **state) {
     assert_int_equal(f->n_sent, 3); /* to serving1 only */
     assert_string_equal(f->sent[2].dst, "serving1");
     answer(c, f, &other, true, NULL);
+    /* a report whose sender the mailbox does not hear (a late one, or one sent before its next
+     * PING) is no proof of life: it stays dead and is sent nothing (cluster_netns.sh found a
+     * replica revived so that stayed alive in dslactl status long after its link was cut) */
+    static dsla_proto_load_report_t late;
+    late.num_layers = NUM_LAYERS;
+    late.plan_id = 1;
+    ok(dsla_ctl_core_on_load_report(c, "serving0", &late, false));
+    assert_false(cr->alive);
+    assert_int_equal(f->n_sent, 3);
     /* back, restarted with the teacher's plan: sent its target again under a new id */
     r = (replica_t){.name = "serving0", .plan_id = 1};
     dsla_ctl_core_on_peer(c, "serving0", true);
@@ -586,13 +595,14 @@ static void test_silent_replicas_expire(void **state) {
     }
     static dsla_proto_load_report_t rep;
     rep.num_layers = NUM_LAYERS;
-    assert_int_equal(dsla_ctl_core_on_load_report(c, "late", &rep), DSLA_ERR_RESOURCE_EXHAUSTED);
+    assert_int_equal(dsla_ctl_core_on_load_report(c, "late", &rep, true),
+                     DSLA_ERR_RESOURCE_EXHAUSTED);
     for (uint64_t t = 0; t < DSLA_CONTROLLER_REPLICA_EXPIRE_MS; t += 1000) {
         f->now_ms += 1000;
         report(c, &real, 0, 0);
         dsla_ctl_core_on_tick(c);
     }
-    ok(dsla_ctl_core_on_load_report(c, "late", &rep));
+    ok(dsla_ctl_core_on_load_report(c, "late", &rep, true));
     dsla_admin_text_t t = {0};
     ok(admin(c, "status", &t));
     if (!strstr(t.data, "serving0") || strstr(t.data, "fake0"))

@@ -192,6 +192,63 @@ static void test_plan_change_mid_run(void **state) {
     dsla_plan_release(&b);
 }
 
+/* Every SET_PLAN loads its versions afresh: a plan whose version of a layer has the checksum of the
+ * running plan's takes the running one, so requests of both plans run one copy (a GPU holds one
+ * version a layer and would upload the two in turn at every step). Versions of other weights, or
+ * without a checksum, stay their own; the answers are unchanged. */
+static void test_plan_versions_shared(void **state) {
+    (void)state;
+    dsla_engine_config_t cfg = small_config();
+    dsla_plan_t *a = harness_plan_sums(model, ORDER, 2, 21, true);
+    dsla_plan_t *b = harness_plan_sums(model, ORDER, 5, 21, true);  /* ORDER[0..1] as a's */
+    dsla_plan_t *c = harness_plan_sums(model, ORDER, 5, 22, true);  /* other weights */
+    dsla_plan_t *d = harness_plan_sums(model, ORDER, 5, 21, false); /* a's, no checksums */
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    harness_ok(dsla_engine_set_plan(e, a), "set plan A");
+    const dsla_dsla_layer_t *la[64]; /* A's copy goes when B replaces it; a keeps the versions */
+    assert_true(dsla_model_config(model)->num_layers <= 64);
+    memcpy(la, dsla_plan_layers(dsla_engine_plan(e)),
+           (size_t)dsla_model_config(model)->num_layers * sizeof la[0]);
+    harness_ok(dsla_engine_set_plan(e, b), "set plan B");
+    const dsla_dsla_layer_t *const *lb = dsla_plan_layers(dsla_engine_plan(e));
+    for (int i = 0; i < 5; i++) {
+        const int l = ORDER[i];
+        if (i < 2)
+            assert_ptr_equal(lb[l], la[l]);
+        else
+            assert_ptr_equal(lb[l], dsla_plan_layers(b)[l]);
+    }
+    harness_ok(dsla_engine_set_plan(e, c), "set plan C");
+    const dsla_dsla_layer_t *const *lc = dsla_plan_layers(dsla_engine_plan(e));
+    for (int i = 0; i < 5; i++)
+        assert_ptr_equal(lc[ORDER[i]], dsla_plan_layers(c)[ORDER[i]]);
+    harness_ok(dsla_engine_set_plan(e, d), "set plan D");
+    const dsla_dsla_layer_t *const *ld = dsla_plan_layers(dsla_engine_plan(e));
+    for (int i = 0; i < 5; i++)
+        assert_ptr_equal(ld[ORDER[i]], dsla_plan_layers(d)[ORDER[i]]);
+    /* B with A's versions shared answers as B alone */
+    harness_ok(dsla_engine_set_plan(e, b), "set plan B again");
+    harness_request_t q[2];
+    harness_stream_t got[2], want;
+    make_requests(q, 2);
+    for (int i = 0; i < 2; i++) {
+        memset(&got[i], 0, sizeof got[i]);
+        dsla_request_params_t p = harness_params(&q[i], &got[i]);
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    }
+    harness_drain(e, 10000);
+    for (int i = 0; i < 2; i++) {
+        harness_run_solo(model, tokenizer, &cfg, b, &q[i], &want);
+        harness_assert_same(&got[i], &want, i);
+    }
+    dsla_engine_destroy(&e);
+    dsla_plan_release(&a);
+    dsla_plan_release(&b);
+    dsla_plan_release(&c);
+    dsla_plan_release(&d);
+}
+
 /* Memory pressure across a plan change: the first wave runs on an all-attention plan in a small KV
  * pool; plan B (2 DSLA layers) arrives and a second wave pushes the pool over. Preempted first-wave
  * requests recompute under B: their output is A's solo output up to the preemption, then B's solo
@@ -524,6 +581,7 @@ int main(void) {
         cmocka_unit_test(test_concurrent_matches_solo_5_dsla),
         cmocka_unit_test(test_preemption_same_plan),
         cmocka_unit_test(test_plan_change_mid_run),
+        cmocka_unit_test(test_plan_versions_shared),
         cmocka_unit_test(test_plan_change_under_pressure),
         cmocka_unit_test(test_matches_generate),
         cmocka_unit_test(test_finish_with_error_carries_message),
