@@ -29,7 +29,8 @@
 #   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
 #   adaptive  bench/adaptive/run.sh (a random 7B-shaped model on disk, its controller, three arms:
 #            all attention, static half DSLA, the threshold policy, under a ramping load; RATE,
-#            PROFILE, ARMS, MARGIN_MIB pass through; the logs come back as adaptive.tgz)
+#            PROFILE, ARMS, MARGIN_MIB pass through, ADAPTIVE_LIMIT (580 s) bounds the stage; the
+#            logs come back as adaptive.tgz)
 #   nccl     tests/gpu/test_nccl_bcast (one rank on one GPU; owner and receiver with two GPUs)
 #   nccl_bench  bench_nccl_bcast (a 7B layer to 1, 3, 7 receivers: needs that many GPUs)
 #   decode_mixed  bench_cuda_kernels --only decode (paged decode attention, 64-256 mixed lengths)
@@ -129,7 +130,7 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     adaptive) # bench/adaptive/run.sh: three arms under a 0.5x -> 4x -> 0.5x ramp (ADAPTIVE_*)
         mkdir -p "$OUT/adaptive"
         BIN=$D/bin TOKENIZER=$D/shared/models/tinystories-11M-hf WORK=${ADAPTIVE_WORK:-/tmp/adaptive} \
-            OUT=$OUT/adaptive stage adaptive 580 bash "$root/bench/adaptive/run.sh"
+            OUT=$OUT/adaptive stage adaptive "${ADAPTIVE_LIMIT:-580}" bash "$root/bench/adaptive/run.sh"
         tail -25 "$OUT/adaptive/run.log"
         tar -C "$OUT" -czf "$OUT/adaptive.tgz" adaptive && rm -rf "$OUT/adaptive" ;;
     gpus_serve) stage gpus_serve 300 "$D/bin/test_gpus_serve" # --gpus 0, and 0-1 on two GPUs

@@ -27,6 +27,7 @@
 #     everyone past the target
 #   LAYER_VERSIONS=24 (3/4 of the layers: the adaptive policy's max_ratio); the static arm runs HALF
 #   TAIL_S=30: seconds the status is still polled after the last arm (the adaptive arm's reverts)
+#   LOG_LEVEL=info (debug adds a line per LOAD_REPORT sent: their intervals under load, issue 9)
 #   REPLAY=1: then replay some of the adaptive arm's answers, under the plan that
 #     computed it (bench/adaptive/replay.py, replay.json): pinned plans leave answers unchanged
 set -u
@@ -57,6 +58,7 @@ QUEUE_WAIT_MS=${QUEUE_WAIT_MS:-3000}
 TAIL_S=${TAIL_S:-30}
 MAXCTX=${MAXCTX:-$([ "$SHAPE" = tiny ] && echo 1024 || echo 4096)}
 POLICY=${POLICY:-threshold max_ratio=0.75 step=8 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=2000}
+LOG_LEVEL=${LOG_LEVEL:-info}
 HTTP=127.0.0.1:18090 ADMIN=tcp://127.0.0.1:17091
 mkdir -p "$WORK" "$OUT"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log"; }
@@ -84,7 +86,7 @@ log "starting dsla-serve"
 "$BIN/dsla-serve" --device "$DEVICE" "${gpu[@]}" --model "$model" --layers "$layers" \
     --policy "manual layers=0" --max-running 512 --max-queue-wait-ms "$QUEUE_WAIT_MS" \
     --endpoint tcp://127.0.0.1:17090 --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
-    --log-level info >"$OUT/serve.log" 2>&1 &
+    --log-level "$LOG_LEVEL" >"$OUT/serve.log" 2>&1 &
 server=$!
 trap 'kill $poller $server 2>/dev/null; wait' EXIT
 ctl() { "$BIN/dslactl" --admin "$ADMIN" "$@"; }
