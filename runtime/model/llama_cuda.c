@@ -838,14 +838,41 @@ typedef struct {
     dsla_cuda_seq_t *seq;
 } item_plan_t;
 
+/* A step, or one run of it: the consecutive items that run a layer with one kind (per-layer
+ * sub-batching, DESIGN.md section 6). A run's items and rows are a window of the step's; the
+ * upload is laid out by the whole step (all_items, all_rows), so a run indexes it from item0 and
+ * row0. Rows index the activation buffers absolutely (an item's row0 is the step's). */
 typedef struct {
     dsla_cuda_kv_t *kv;
     const item_plan_t *items;
     int n_items, rows, n_logit, bucket;
     bool decode;
-    const dsla_layer_kind_t *kinds; /* the batch's plan (item 0's) */
+    bool mixed;                     /* items run some layer with different kinds */
+    const dsla_layer_kind_t *kinds; /* item 0's plan (the graphs' key when not mixed) */
     step_layout_t lay;
+    int item0, row0, all_items, all_rows;
 } step_t;
+
+/* The run of st's items from i on that run layer l with item i's kind. */
+static step_t layer_run(const step_t *st, int l, int i) {
+    const dsla_layer_kind_t k = st->items[i].seq->kinds[l];
+    int n = 1;
+    while (i + n < st->n_items && st->items[i + n].seq->kinds[l] == k)
+        n++;
+    step_t run = *st;
+    run.items = st->items + i;
+    run.n_items = n;
+    run.item0 = st->item0 + i;
+    run.row0 = st->items[i].row0;
+    const item_plan_t *last = &st->items[i + n - 1];
+    run.rows = last->row0 + last->n - run.row0;
+    return run;
+}
+
+/* Row r of a [rows][width] buffer of elem-byte elements. */
+static void *row_at(void *base, int r, int width, size_t elem) {
+    return (char *)base + (size_t)r * (size_t)width * elem;
+}
 
 /* A prompt (or a chunk of one, after a cached past) of at least CUDNN_MIN_TOKENS tokens: what
  * cuDNN's graphs compute, unless the route for chunks with a past has failed. */
@@ -893,16 +920,18 @@ static bool cudnn_usable(dsla_cuda_model_t *m, const step_t *st) {
 static dsla_status_t cudnn_prepare(dsla_cuda_model_t *m, const step_t *st) {
     const dsla_model_config_t *c = &m->cfg;
     const size_t qkv_w = (size_t)(c->num_heads + 2 * c->num_kv_heads) * c->head_dim;
-    DSLA_TRY(dsla_cuda_to_bf16(m->stream, m->qkv_c, m->qkv, (size_t)st->rows * qkv_w));
-    size_t end = (size_t)st->rows;
+    const size_t row0 = (size_t)st->row0, stop = row0 + (size_t)st->rows;
+    DSLA_TRY(dsla_cuda_to_bf16(m->stream, m->qkv_c + row0 * qkv_w, m->qkv + row0 * qkv_w,
+                               (size_t)st->rows * qkv_w));
+    size_t end = stop;
     for (int i = 0; i < st->n_items; i++) {
         const item_plan_t *it = &st->items[i];
         const size_t e = (size_t)it->row0 + (size_t)dsla_cuda_cudnn_rows(it->n);
         if (cudnn_item(m, it) && e > end) end = e;
     }
-    if (end == (size_t)st->rows) return DSLA_OK;
-    return dsla_cuda_zero(m->qkv_c + (size_t)st->rows * qkv_w,
-                          (end - (size_t)st->rows) * qkv_w * sizeof(uint16_t), m->stream);
+    if (end == stop) return DSLA_OK;
+    return dsla_cuda_zero(m->qkv_c + stop * qkv_w, (end - stop) * qkv_w * sizeof(uint16_t),
+                          m->stream);
 }
 
 /* A chunk with a past: its keys and values (past + n positions, from the pool the step has just
@@ -977,8 +1006,8 @@ static dsla_status_t own_attention(dsla_cuda_model_t *m, const step_t *st, int l
     dsla_cuda_kv_t *kv = st->kv;
     if (it->n == 1) {
         const dsla_cuda_decode_batch_t run = {
-            kv->tables, m->dstep + st->lay.table_rows + (size_t)l * st->n_items + i,
-            m->dstep + st->lay.ctx_lens + i, kv->max_blocks};
+            kv->tables, m->dstep + st->lay.table_rows + (size_t)l * st->all_items + st->item0 + i,
+            m->dstep + st->lay.ctx_lens + st->item0 + i, kv->max_blocks};
         return dsla_cuda_attention_decode_pool(
             m->stream, m->att + (size_t)it->row0 * qw, qw, m->qkv + (size_t)it->row0 * qkv_w, qkv_w,
             count, st->bucket, &shape, &kv->pool, &run, m->dec_ws, m->dec_ws_bytes);
@@ -1005,22 +1034,24 @@ static dsla_status_t run_attention(dsla_cuda_model_t *m, const step_t *st, int l
     const int qw = H * d, kvw = Hkv * d, qkv_w = qw + 2 * kvw, D = c->hidden_size;
     const dsla_attn_shape_t shape = {H, Hkv, d};
     dsla_cuda_kv_t *kv = st->kv;
+    float *qkv = m->qkv + (size_t)st->row0 * qkv_w;
     mark(m, DSLA_CUDA_PHASE_GEMM);
-    DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->qkv, DSLA_DTYPE_F32, m->xn, m->layers[l].wqkv,
+    DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, qkv, DSLA_DTYPE_F32,
+                            row_at(m->xn, st->row0, D, m->wsize), m->layers[l].wqkv,
                             m->opts.weight_dtype, st->rows, qkv_w, D, 0.0f));
     mark(m, DSLA_CUDA_PHASE_ATTENTION);
-    DSLA_TRY(dsla_cuda_rope(m->stream, m->qkv, st->rows, qkv_w, H + Hkv, d,
-                            m->dstep + st->lay.positions, m->inv_freq));
+    DSLA_TRY(dsla_cuda_rope(m->stream, qkv, st->rows, qkv_w, H + Hkv, d,
+                            m->dstep + st->lay.positions + st->row0, m->inv_freq));
     DSLA_TRY(dsla_cuda_kv_write(m->stream, &kv->pool,
-                                m->dstep + st->lay.slots + (size_t)l * st->rows, st->rows, kvw,
-                                m->qkv + qw, m->qkv + qw + kvw, qkv_w));
+                                m->dstep + st->lay.slots + (size_t)l * st->all_rows + st->row0,
+                                st->rows, kvw, qkv + qw, qkv + qw + kvw, qkv_w));
     if (st->decode) {
         const dsla_cuda_decode_batch_t batch = {
-            kv->tables, m->dstep + st->lay.table_rows + (size_t)l * st->n_items,
-            m->dstep + st->lay.ctx_lens, kv->max_blocks};
-        return dsla_cuda_attention_decode_pool(m->stream, m->att, qw, m->qkv, qkv_w, st->n_items,
-                                               st->bucket, &shape, &kv->pool, &batch, m->dec_ws,
-                                               m->dec_ws_bytes);
+            kv->tables, m->dstep + st->lay.table_rows + (size_t)l * st->all_items + st->item0,
+            m->dstep + st->lay.ctx_lens + st->item0, kv->max_blocks};
+        return dsla_cuda_attention_decode_pool(m->stream, m->att + (size_t)st->row0 * qw, qw, qkv,
+                                               qkv_w, st->n_items, st->bucket, &shape, &kv->pool,
+                                               &batch, m->dec_ws, m->dec_ws_bytes);
     }
     /* Prompts cuDNN takes write att_c directly; the others run attention.cu's kernels into att, and
      * on a cuDNN step their rows are converted to att_c one item at a time (in row order: a
@@ -1059,10 +1090,14 @@ static dsla_status_t run_dsla(dsla_cuda_model_t *m, const step_t *st, int l) {
     const dsla_model_config_t *c = &m->cfg;
     const int d = c->head_dim, H = c->num_heads, qw = H * d, D = c->hidden_size;
     const dev_dsla_t *w = &m->dsla[l];
+    /* The five projections of the run's rows, one plane each (row j of a plane is the run's row
+     * row0 + j); the outputs go to att at the step's rows. */
     const size_t pn = (size_t)st->rows * qw;
+    float *att = m->att + (size_t)st->row0 * qw;
     mark(m, DSLA_CUDA_PHASE_GEMM);
     for (int p = 0; p < DSLA_PROJ; p++)
-        DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->qkv + p * pn, DSLA_DTYPE_F32, m->xn,
+        DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->qkv + p * pn, DSLA_DTYPE_F32,
+                                row_at(m->xn, st->row0, D, m->wsize),
                                 offset(w->w5, (size_t)p * qw * D, m->wsize), m->opts.weight_dtype,
                                 st->rows, qw, D, 0.0f));
     float *q = m->qkv, *k = q + pn, *v = k + pn, *a1 = v + pn, *a2 = a1 + pn;
@@ -1073,15 +1108,16 @@ static dsla_status_t run_dsla(dsla_cuda_model_t *m, const step_t *st, int l) {
         const dsla_dsla_dims_t dims = {st->n_items, 1, H, d};
         const dsla_cuda_dsla_in_t in = {q, k, v, a1, a2, DSLA_DTYPE_F32, w->alpha};
         float *const *slots =
-            (float *const *)(m->dstep + st->lay.states + (size_t)l * 2 * st->n_items * 2);
-        const dsla_cuda_dsla_states_t states = {NULL, NULL, slots, slots + st->n_items};
-        return dsla_cuda_dsla_decode(m->stream, &dims, &in, &states, m->att);
+            (float *const *)(m->dstep + st->lay.states + (size_t)l * 2 * st->all_items * 2) +
+            st->item0;
+        const dsla_cuda_dsla_states_t states = {NULL, NULL, slots, slots + st->all_items};
+        return dsla_cuda_dsla_decode(m->stream, &dims, &in, &states, att);
     }
     const bool chunked = dsla_cuda_dsla_chunked_supports(d) != 0;
     const dsla_dsla_dims_t dims = {1, 1, H, d};
     const size_t state_bytes = (size_t)H * d * d * sizeof(float);
     float *const *slots =
-        (float *const *)(m->dstep + st->lay.states + (size_t)l * 2 * st->n_items * 2);
+        (float *const *)(m->dstep + st->lay.states + (size_t)l * 2 * st->all_items * 2) + st->item0;
     for (int i = 0, count; i < st->n_items; i += count) {
         const item_plan_t *it = &st->items[i];
         float *s1 = it->seq->states[2 * l], *s2 = it->seq->states[2 * l + 1];
@@ -1090,25 +1126,25 @@ static dsla_status_t run_dsla(dsla_cuda_model_t *m, const step_t *st, int l) {
         if (count > 1) {
             /* Consecutive lone tokens: one recurrent step over their slots, as a decode step. */
             const dsla_dsla_dims_t rd = {count, 1, H, d};
-            const size_t r = (size_t)it->row0 * qw;
+            const size_t r = (size_t)(it->row0 - st->row0) * qw;
             const dsla_cuda_dsla_in_t in = {q + r,  k + r,          v + r,   a1 + r,
                                             a2 + r, DSLA_DTYPE_F32, w->alpha};
-            const dsla_cuda_dsla_states_t run = {NULL, NULL, slots + i, slots + st->n_items + i};
-            DSLA_TRY(dsla_cuda_dsla_decode(m->stream, &rd, &in, &run, m->att + r));
+            const dsla_cuda_dsla_states_t run = {NULL, NULL, slots + i, slots + st->all_items + i};
+            DSLA_TRY(dsla_cuda_dsla_decode(m->stream, &rd, &in, &run, att + r));
             continue;
         }
         if (chunked && it->n > 1) {
             /* Prompts: the chunked form, from the sequence's states into scratch, copied back
              * (the kernel's final states must not alias its initial ones). */
             const dsla_dsla_dims_t cd = {1, it->n, H, d};
-            const size_t r = (size_t)it->row0 * qw;
+            const size_t r = (size_t)(it->row0 - st->row0) * qw;
             const dsla_cuda_dsla_in_t in = {q + r,  k + r,          v + r,   a1 + r,
                                             a2 + r, DSLA_DTYPE_F32, w->alpha};
             const dsla_cuda_dsla_math_t math = m->opts.weight_dtype == DSLA_DTYPE_F32
                                                    ? DSLA_CUDA_DSLA_MATH_F32
                                                    : DSLA_CUDA_DSLA_MATH_TF32;
             DSLA_TRY(dsla_chunked_scratch(m));
-            DSLA_TRY(dsla_cuda_dsla_chunked_forward(m->stream, &cd, &in, math, s1, s2, m->att + r,
+            DSLA_TRY(dsla_cuda_dsla_chunked_forward(m->stream, &cd, &in, math, s1, s2, att + r,
                                                     m->dsla_s1, m->dsla_s2, m->dsla_ws,
                                                     m->dsla_ws_bytes));
             DSLA_TRY(dsla_cuda_copy(s1, m->dsla_s1, state_bytes, m->stream));
@@ -1117,10 +1153,10 @@ static dsla_status_t run_dsla(dsla_cuda_model_t *m, const step_t *st, int l) {
         }
         /* Head dims the chunked kernel does not take: one recurrent step per token. */
         for (int t = 0; t < it->n; t++) {
-            const size_t r = (size_t)(it->row0 + t) * qw;
+            const size_t r = (size_t)(it->row0 - st->row0 + t) * qw;
             const dsla_cuda_dsla_in_t in = {q + r,  k + r,          v + r,   a1 + r,
                                             a2 + r, DSLA_DTYPE_F32, w->alpha};
-            DSLA_TRY(dsla_cuda_dsla_decode(m->stream, &dims, &in, &states, m->att + r));
+            DSLA_TRY(dsla_cuda_dsla_decode(m->stream, &dims, &in, &states, att + r));
         }
     }
     return DSLA_OK;
@@ -1143,15 +1179,25 @@ static dsla_status_t run_body(dsla_cuda_model_t *m, const step_t *st) {
                 dsla_cuda_copy(m->capture[l], m->x, (size_t)rows * D * sizeof(float), m->stream));
         mark(m, DSLA_CUDA_PHASE_OTHER);
         DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->xn, wt, m->x, w->attn_norm, rows, D, eps));
-        const bool dsla = st->kinds[l] == DSLA_LAYER_DSLA;
-        m->att_c_ready = false;
-        DSLA_TRY(dsla ? run_dsla(m, st, l) : run_attention(m, st, l));
-        if (m->att_c != m->att && !m->att_c_ready)
-            DSLA_TRY(dsla_cuda_to_bf16(m->stream, m->att_c, m->att, (size_t)rows * qw));
-        /* The residual adds ride on the output projections (beta = 1). */
-        mark(m, DSLA_CUDA_PHASE_GEMM);
-        DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->x, DSLA_DTYPE_F32, m->att_c,
-                                dsla ? m->dsla[l].wo : w->wo, wt, rows, D, qw, 1.0f));
+        /* Items that run this layer as attention and items that run it as DSLA take their own
+         * projections and kernels, a run of consecutive items at a time (one run unless plans
+         * mix); the MLP below takes every row at once. */
+        for (int i = 0; i < st->n_items;) {
+            const step_t run = layer_run(st, l, i);
+            const bool dsla = run.items[0].seq->kinds[l] == DSLA_LAYER_DSLA;
+            m->att_c_ready = false;
+            DSLA_TRY(dsla ? run_dsla(m, &run, l) : run_attention(m, &run, l));
+            void *att_c = row_at(m->att_c, run.row0, qw, m->wsize);
+            if (m->att_c != m->att && !m->att_c_ready)
+                DSLA_TRY(dsla_cuda_to_bf16(m->stream, att_c, m->att + (size_t)run.row0 * qw,
+                                           (size_t)run.rows * qw));
+            /* The residual adds ride on the output projections (beta = 1). */
+            mark(m, DSLA_CUDA_PHASE_GEMM);
+            DSLA_TRY(dsla_cuda_gemm(m->blas, m->stream, m->x + (size_t)run.row0 * D, DSLA_DTYPE_F32,
+                                    att_c, dsla ? m->dsla[l].wo : w->wo, wt, run.rows, D, qw,
+                                    1.0f));
+            i += run.n_items;
+        }
         mark(m, DSLA_CUDA_PHASE_OTHER);
         DSLA_TRY(dsla_cuda_rmsnorm(m->stream, m->xn, wt, m->x, w->mlp_norm, rows, D, eps));
         mark(m, DSLA_CUDA_PHASE_GEMM);
@@ -1281,12 +1327,6 @@ static dsla_status_t validate(dsla_cuda_model_t *m, const dsla_cuda_batch_item_t
                                   i, t, it->tokens[t], c->vocab_size);
         for (int l = 0; l < L; l++) {
             const dsla_layer_kind_t k = it->seq->kinds[l];
-            if (k != items[0].seq->kinds[l])
-                return dsla_error(DSLA_ERR_UNSUPPORTED,
-                                  "dsla_cuda_model_forward: layer %d runs as %s for item 0 and %s "
-                                  "for item %d; mixed plans in one GPU batch are not supported",
-                                  l, items[0].seq->kinds[l] == DSLA_LAYER_DSLA ? "DSLA" : "ATTN",
-                                  k == DSLA_LAYER_DSLA ? "DSLA" : "ATTN", i);
             if (k == DSLA_LAYER_DSLA && !m->dsla[l].installed)
                 return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                                   "dsla_cuda_model_forward: layer %d runs as DSLA but no DSLA "
@@ -1369,17 +1409,31 @@ dsla_status_t dsla_cuda_model_forward(dsla_cuda_model_t *m, const dsla_cuda_batc
     if (status == DSLA_OK)
         status = dsla_cuda_scatter_i32(m->stream, kv->tables, m->dstep + lay.patch_idx,
                                        m->dstep + lay.patch_val, np);
-    const step_t st = {kv,      plan,
-                       n_items, rows,
-                       n_logit, context_bucket(max_len, m->opts.max_context),
-                       decode,  items[0].seq->kinds,
-                       lay};
+    bool mixed = false;
+    for (int i = 1; i < n_items && !mixed; i++)
+        mixed = memcmp(items[i].seq->kinds, items[0].seq->kinds,
+                       (size_t)c->num_layers * sizeof(dsla_layer_kind_t)) != 0;
+    const step_t st = {.kv = kv,
+                       .items = plan,
+                       .n_items = n_items,
+                       .rows = rows,
+                       .n_logit = n_logit,
+                       .bucket = context_bucket(max_len, m->opts.max_context),
+                       .decode = decode,
+                       .mixed = mixed,
+                       .kinds = items[0].seq->kinds,
+                       .lay = lay,
+                       .all_items = n_items,
+                       .all_rows = rows};
     bool ran = false;
     const bool phases = m->timing == DSLA_CUDA_TIMING_PHASES;
     if (m->timing != DSLA_CUDA_TIMING_OFF)
         dsla_cuda_phase_timer_begin(m->timer, m->stream, phases, DSLA_CUDA_PHASE_OTHER);
     /* A pass split by phase records events between kernels, which a graph cannot hold. */
-    if (status == DSLA_OK && decode && m->opts.graphs && !phases) status = run_graph(m, &st, &ran);
+    /* Graphs are keyed by one plan: a step mixing plans runs uncaptured (its runs change with
+     * the mix, step to step). */
+    if (status == DSLA_OK && decode && m->opts.graphs && !phases && !mixed)
+        status = run_graph(m, &st, &ran);
     if (status == DSLA_OK && !ran) status = run_body(m, &st);
     if (m->timing != DSLA_CUDA_TIMING_OFF) dsla_cuda_phase_timer_end(m->timer, m->stream);
     for (int i = 0; i < n_items; i++)

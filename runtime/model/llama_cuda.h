@@ -13,9 +13,11 @@
  *
  * DSLA layers run through kernels_cuda_dsla.h: decode steps through its fused step, prompts through
  * its chunked form (token by token through the step for head dims the chunked kernel does not
- * take). Within
- * one batch every item must run a given layer with the same kind (UNSUPPORTED otherwise): the
- * per-layer sub-batching of DESIGN.md section 6 is not done on the GPU yet.
+ * take). Items of one batch may run a layer with different kinds (sequences admitted under
+ * different plans): each layer takes its attention and DSLA items a run of consecutive items at a
+ * time, and the MLP all rows at once (per-layer sub-batching, DESIGN.md section 6); such a mixed
+ * decode step runs without a graph. The model holds one DSLA version a layer, which every item
+ * running that layer as DSLA uses.
  *
  * Contract: weights are immutable after creation except the installed DSLA slots; one forward pass
  * runs at a time per model; everything is enqueued on the model's stream and the calls that return

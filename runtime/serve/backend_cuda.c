@@ -28,11 +28,12 @@ typedef struct {
      * that a freed version's address cannot come back as a different one). */
     const dsla_dsla_layer_t **held;
     dsla_plan_t **held_plan;
-    dsla_cuda_batch_item_t *citems; /* [max_items] */
-    int *group;                     /* [max_items] item indices of the running group */
-    bool *done;                     /* [max_items] */
-    float *rows;                    /* [max_items][vocab] host */
-    uint64_t uploads;               /* layer versions uploaded, for the log */
+    const dsla_dsla_layer_t **pass_ver; /* [layers] the running pass's DSLA versions (or NULL) */
+    dsla_cuda_batch_item_t *citems;     /* [max_items] */
+    int *group;                         /* [max_items] item indices of the running group */
+    bool *done;                         /* [max_items] */
+    float *rows;                        /* [max_items][vocab] host */
+    uint64_t uploads;                   /* layer versions uploaded, for the log */
     dsla_log_limit_t upload_log;
 } cuda_backend_t;
 
@@ -49,6 +50,7 @@ static void cuda_destroy(dsla_serve_backend_t *b) {
     dsla_cuda_kv_destroy(&c->kv);
     free(c->held);
     free(c->held_plan);
+    free(c->pass_ver);
     free(c->citems);
     free(c->group);
     free(c->done);
@@ -104,8 +106,7 @@ static int cuda_slots_used(const dsla_serve_backend_t *b) {
     return dsla_cuda_kv_slots_used(((const cuda_backend_t *)b)->kv);
 }
 
-/* Whether sequences of plans a and b can share a forward pass: the same kinds, the same versions.
- */
+/* Whether sequences of plans a and b run alike: the same kinds, the same versions. */
 static bool same_group(const dsla_plan_t *a, const dsla_plan_t *b) {
     if (a == b) return true;
     const int L = dsla_plan_num_layers(a);
@@ -113,6 +114,24 @@ static bool same_group(const dsla_plan_t *a, const dsla_plan_t *b) {
                0 &&
            memcmp(dsla_plan_layers(a), dsla_plan_layers(b),
                   (size_t)L * sizeof(const dsla_dsla_layer_t *)) == 0;
+}
+
+/* Whether plan can join a pass whose DSLA layers run the versions of ver (NULL: no item of the
+ * pass runs that layer as DSLA yet): the model holds one version a layer, so plans whose DSLA
+ * layers overlap must agree on the versions there (the engine shares equal versions between
+ * plans, dsla_plan_share_versions); their kinds may differ (llama_cuda's per-layer runs). */
+static bool fits_pass(const dsla_plan_t *plan, const dsla_dsla_layer_t *const *ver, int L) {
+    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
+    const dsla_dsla_layer_t *const *layers = dsla_plan_layers(plan);
+    for (int l = 0; l < L; l++)
+        if (kinds[l] == DSLA_LAYER_DSLA && ver[l] && ver[l] != layers[l]) return false;
+    return true;
+}
+
+static void join_pass(const dsla_plan_t *plan, const dsla_dsla_layer_t **ver, int L) {
+    const dsla_layer_kind_t *kinds = dsla_plan_kinds(plan);
+    for (int l = 0; l < L; l++)
+        if (kinds[l] == DSLA_LAYER_DSLA) ver[l] = dsla_plan_layers(plan)[l];
 }
 
 static void hold(cuda_backend_t *c, int l, dsla_plan_t *plan) {
@@ -173,21 +192,33 @@ static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item
                                               : b->timing != DSLA_STEP_TIMING_HOST
                                                   ? DSLA_CUDA_TIMING_SPAN
                                                   : DSLA_CUDA_TIMING_OFF));
+    const int L = b->cfg->num_layers;
     memset(c->done, 0, (size_t)n_items * sizeof *c->done);
     for (int i = 0; i < n_items; i++) {
         if (c->done[i]) continue;
-        dsla_plan_t *plan = ((cuda_seq_t *)items[i].seq)->plan;
+        /* One pass takes every item whose plan agrees with the pass's versions: in practice all
+         * of them, since the engine shares versions between plans. Items of one plan are kept
+         * together, so that each layer's runs of one kind are few. */
+        memset(c->pass_ver, 0, (size_t)L * sizeof *c->pass_ver);
         int n = 0;
+        bool in_order = true;
         for (int j = i; j < n_items; j++) {
-            if (c->done[j] || !same_group(plan, ((cuda_seq_t *)items[j].seq)->plan)) continue;
-            c->group[n] = j;
-            c->citems[n++] = (dsla_cuda_batch_item_t){((cuda_seq_t *)items[j].seq)->seq,
-                                                      items[j].tokens, items[j].n_tokens, false};
-            c->done[j] = true;
+            dsla_plan_t *plan = ((cuda_seq_t *)items[j].seq)->plan;
+            if (c->done[j] || !fits_pass(plan, c->pass_ver, L)) continue;
+            DSLA_TRY(install(c, plan));
+            join_pass(plan, c->pass_ver, L);
+            for (int k = j; k < n_items; k++) {
+                if (c->done[k] || !same_group(plan, ((cuda_seq_t *)items[k].seq)->plan)) continue;
+                in_order = in_order && k == n;
+                c->group[n] = k;
+                c->citems[n++] = (dsla_cuda_batch_item_t){
+                    ((cuda_seq_t *)items[k].seq)->seq, items[k].tokens, items[k].n_tokens, false};
+                c->done[k] = true;
+            }
         }
-        DSLA_TRY(install(c, plan));
-        /* One group (the usual case) lands in place; several are scattered by item. */
-        float *dst = n == n_items ? logits : c->rows;
+        /* One pass in the items' order (the usual case) lands in place; else rows are scattered
+         * by item. */
+        float *dst = n == n_items && in_order ? logits : c->rows;
         DSLA_TRY(dsla_cuda_model_forward(c->m, c->citems, n, dst));
         account_pass(c);
         if (dst != logits)
@@ -235,13 +266,15 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
     const size_t L = (size_t)mc->num_layers, n = (size_t)o->max_seqs;
     c->held = calloc(L, sizeof *c->held);
     c->held_plan = calloc(L, sizeof *c->held_plan);
+    c->pass_ver = calloc(L, sizeof *c->pass_ver);
     c->citems = calloc(n, sizeof *c->citems);
     c->group = calloc(n, sizeof *c->group);
     c->done = calloc(n, sizeof *c->done);
     c->rows = malloc(n * (size_t)mc->vocab_size * sizeof *c->rows);
-    dsla_status_t s = c->held && c->held_plan && c->citems && c->group && c->done && c->rows
-                          ? DSLA_OK
-                          : dsla_error_oom("cuda backend");
+    dsla_status_t s =
+        c->held && c->held_plan && c->pass_ver && c->citems && c->group && c->done && c->rows
+            ? DSLA_OK
+            : dsla_error_oom("cuda backend");
     if (s == DSLA_OK)
         s = dsla_cuda_kv_create(&c->kv, model, o->kv_dtype, o->kv_blocks, o->max_seqs);
     if (s == DSLA_OK) {

@@ -2,14 +2,16 @@
  * device KV pool allocated once at creation, whose blocks are one arena for the KV of attention
  * layers and the DSLA state slots of DSLA layers (llama_cuda.h, kv_arena.h).
  *
- * Plans: llama_cuda runs every item of one forward pass with the same kind per layer, and holds
- * one set of DSLA weights per layer. So a step's items are grouped by plan (same kinds and the same
- * DSLA layer versions) and each group runs as its own forward pass; before a group runs, any layer
- * version it is pinned to that the model does not hold is uploaded (dsla_cuda_model_set_dsla_layer,
- * which also drops the captured decode graphs). Pinning is therefore exact, and costs a second
- * pass per step (and uploads, when versions differ) only while requests of several plans run at
- * once. A failure in a later group leaves the earlier groups' sequences advanced: callers treat a
- * failed GPU forward pass as fatal for the engine.
+ * Plans: llama_cuda runs items of different plans in one forward pass (per-layer runs of each
+ * kind) but holds one set of DSLA weights per layer. So a step's items go into one pass as long as
+ * their plans agree on the version of every layer that more than one of them runs as DSLA (the
+ * engine shares equal versions between plans, so the plans of a conversion and its reversion all
+ * agree); a plan pinned to another version of such a layer waits for a second pass. Before a
+ * plan's items join a pass, any version it is pinned to that the model does not hold is uploaded
+ * (dsla_cuda_model_set_dsla_layer, which also drops the captured decode graphs). Pinning is
+ * therefore exact, and costs a second pass per step (and uploads) only while requests pinned to
+ * different versions of one layer run at once. A failure in a later pass leaves the earlier
+ * passes' sequences advanced: callers treat a failed GPU forward pass as fatal for the engine.
  *
  * Logits come back to the host (one row per item) and are sampled there by the engine's samplers,
  * so sampling, stops and seeds behave exactly as on the CPU. Compiled only with DSLA_HAVE_CUDA. */

@@ -455,15 +455,15 @@ enum { MIX_ITEMS = 5, MIX_STEPS = 3 };
  * next items'), a decode token, a 70-token chunk after 80 cached tokens (cuDNN's, keys gathered
  * from the pool) and a 20-token chunk with a past (attention.cu's), the last padded rows past the
  * step's end; step 2 decodes all five. Logits into out [MIX_STEPS][MIX_ITEMS][V] (step 0 fills
- * three rows). */
-static void mixed_steps(dsla_cuda_model_t *g, dsla_cuda_kv_t *kv, const int32_t *tokens,
-                        float *out) {
+ * three rows). Sequence s runs the plan kinds[s] (NULL: all attention). */
+static void mixed_steps(dsla_cuda_model_t *g, dsla_cuda_kv_t *kv, const int32_t *tokens, float *out,
+                        const dsla_layer_kind_t *const *kinds) {
     const int V = dsla_cuda_model_config(g)->vocab_size;
     static const int first[MIX_ITEMS] = {0, 30, 0, 80, 40};
     static const int second[MIX_ITEMS] = {100, 1, 70, 70, 20};
     dsla_cuda_seq_t *seqs[MIX_ITEMS];
     for (int s = 0; s < MIX_ITEMS; s++)
-        CUDA_OK(dsla_cuda_seq_create(&seqs[s], kv, NULL));
+        CUDA_OK(dsla_cuda_seq_create(&seqs[s], kv, kinds[s]));
     const int32_t *src = tokens;
     for (int step = 0; step < MIX_STEPS; step++) {
         dsla_cuda_batch_item_t items[MIX_ITEMS];
@@ -486,56 +486,86 @@ static void mixed_steps(dsla_cuda_model_t *g, dsla_cuda_kv_t *kv, const int32_t 
         dsla_cuda_seq_destroy(&seqs[s]);
 }
 
+/* The scenario of mixed_steps with cuDNN on (out_with) and off (out_without); returns the
+ * prompt-layers cuDNN ran. With dsla, sequences 1 and 4 run every layer as DSLA (teacher-
+ * initialised versions), so each layer of step 1 runs as attention, DSLA, attention, DSLA runs of
+ * items: cuDNN's padded rows then spill over a DSLA run's rows. */
+static long cudnn_on_off(dsla_model_t *m, const int32_t *tokens, bool dsla, float *out_with,
+                         float *out_without) {
+    const dsla_model_config_t *cfg = dsla_model_config(m);
+    const int ctx = 160, L = cfg->num_layers;
+    dsla_layer_kind_t all_dsla[64];
+    dsla_dsla_layer_t *layers[64] = {0};
+    const dsla_layer_kind_t *kinds[MIX_ITEMS] = {0};
+    for (int l = 0; l < L && dsla; l++) {
+        all_dsla[l] = DSLA_LAYER_DSLA;
+        CUDA_OK(dsla_dsla_layer_create(&layers[l], cfg, l));
+        CUDA_OK(dsla_dsla_layer_init_from_teacher(layers[l], m, l, 53u + (uint64_t)l));
+    }
+    if (dsla) kinds[1] = kinds[4] = all_dsla;
+    long cudnn_layers = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) setenv("DSLA_CUDNN_ATTENTION", "0", 1);
+        dsla_cuda_model_t *g = gpu_model(m, DSLA_DTYPE_BF16, 320, MIX_ITEMS, ctx);
+        for (int l = 0; l < L && dsla; l++)
+            CUDA_OK(dsla_cuda_model_set_dsla_layer(g, l, layers[l]));
+        dsla_cuda_kv_t *kv = gpu_pool(g, DSLA_DTYPE_BF16, MIX_ITEMS, ctx);
+        mixed_steps(g, kv, tokens, pass == 0 ? out_with : out_without, kinds);
+        if (pass == 0) cudnn_layers = dsla_cuda_model_stats(g).cudnn_prefills;
+        dsla_cuda_kv_destroy(&kv);
+        dsla_cuda_model_destroy(&g);
+    }
+    unsetenv("DSLA_CUDNN_ATTENTION");
+    for (int l = 0; l < L; l++)
+        dsla_dsla_layer_destroy(&layers[l]);
+    return cudnn_layers;
+}
+
 /* A prefill step that mixes prompts cuDNN takes with ones it does not (decode tokens, chunks with
  * a past) gives the logits of the same steps with cuDNN turned off (DSLA_CUDNN_ATTENTION=0), for
  * every item: the per-item routing, the bucket padding (rows spilling over later items and past
- * the step) and the bf16 conversion of the other items' rows. bf16 weights (cuDNN's route). */
+ * the step) and the bf16 conversion of the other items' rows; then the same with two sequences
+ * running every layer as DSLA in the same steps (per-layer runs of each kind). bf16 weights
+ * (cuDNN's route). */
 static void test_cudnn_mixed_step(void **state) {
     (void)state;
     char *dir = model_dir("tinystories-11M-hf");
     if (!dir) skip();
     dsla_model_t *m = NULL;
     CUDA_OK(dsla_model_load(&m, dir));
-    const int V = dsla_model_config(m)->vocab_size, ctx = 160;
+    const int V = dsla_model_config(m)->vocab_size, L = dsla_model_config(m)->num_layers;
     int32_t tokens[512];
     for (int i = 0; i < 512; i++)
         tokens[i] = (int32_t)(dsla_test_rand_u64(&rng) % (uint64_t)V);
     const size_t n_out = (size_t)MIX_STEPS * MIX_ITEMS * V;
     float *with = calloc(n_out, sizeof *with), *without = calloc(n_out, sizeof *without);
-    long cudnn_layers = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) setenv("DSLA_CUDNN_ATTENTION", "0", 1);
-        dsla_cuda_model_t *g = gpu_model(m, DSLA_DTYPE_BF16, 320, MIX_ITEMS, ctx);
-        dsla_cuda_kv_t *kv = gpu_pool(g, DSLA_DTYPE_BF16, MIX_ITEMS, ctx);
-        mixed_steps(g, kv, tokens, pass == 0 ? with : without);
-        if (pass == 0) cudnn_layers = dsla_cuda_model_stats(g).cudnn_prefills;
-        dsla_cuda_kv_destroy(&kv);
-        dsla_cuda_model_destroy(&g);
-    }
-    unsetenv("DSLA_CUDNN_ATTENTION");
-    const int L = dsla_model_config(m)->num_layers;
-    if (cudnn_layers == 0) {
-        /* Both passes ran attention.cu: comparing them would test nothing. */
-        printf("cuDNN mixed step: skipped, cuDNN did not load (libcudnn.so.9 absent or refused)\n");
-        free(with), free(without), free(dir);
-        dsla_model_destroy(&m);
-        skip();
-    }
-    if (cudnn_layers != 4L * L)
-        fail_msg("cuDNN ran %ld prompt-layers, expected %d (4 prompts or chunks x %d layers)",
-                 cudnn_layers, 4 * L, L);
-    double worst = 0.0;
-    for (int step = 0; step < MIX_STEPS; step++)
-        for (int s = 0; s < MIX_ITEMS; s++) {
-            if (step == 0 && (s == 0 || s == 2)) continue;
-            const size_t o = ((size_t)step * MIX_ITEMS + s) * V;
-            const double e = dsla_test_rel_l2(with + o, without + o, (size_t)V);
-            worst = e > worst ? e : worst;
+    for (int dsla = 0; dsla < 2; dsla++) {
+        const long cudnn_layers = cudnn_on_off(m, tokens, dsla, with, without);
+        if (cudnn_layers == 0) {
+            /* Both passes ran attention.cu: comparing them would test nothing. */
+            printf("cuDNN mixed step: skipped, cuDNN did not load (libcudnn.so.9 absent or "
+                   "refused)\n");
+            free(with), free(without), free(dir);
+            dsla_model_destroy(&m);
+            skip();
         }
-    printf("cuDNN mixed step (%ld prompt-layers on cuDNN) vs attention.cu: worst logits rel err "
-           "%.2e\n",
-           cudnn_layers, worst);
-    if (!(worst < TOL_TC)) fail_msg("mixed step rel err %.3e (tol %.1e)", worst, TOL_TC);
+        /* 4 prompts or chunks x L layers: the DSLA sequences' items are not among them */
+        if (cudnn_layers != 4L * L)
+            fail_msg("cuDNN ran %ld prompt-layers, expected %d (4 prompts or chunks x %d layers)",
+                     cudnn_layers, 4 * L, L);
+        double worst = 0.0;
+        for (int step = 0; step < MIX_STEPS; step++)
+            for (int s = 0; s < MIX_ITEMS; s++) {
+                if (step == 0 && (s == 0 || s == 2)) continue;
+                const size_t o = ((size_t)step * MIX_ITEMS + s) * V;
+                const double e = dsla_test_rel_l2(with + o, without + o, (size_t)V);
+                worst = e > worst || e != e ? e : worst;
+            }
+        printf("cuDNN mixed step%s (%ld prompt-layers on cuDNN) vs attention.cu: worst logits "
+               "rel err %.2e\n",
+               dsla ? ", sequences 1 and 4 all DSLA" : "", cudnn_layers, worst);
+        if (!(worst < TOL_TC)) fail_msg("mixed step rel err %.3e (tol %.1e)", worst, TOL_TC);
+    }
     free(with), free(without), free(dir);
     dsla_model_destroy(&m);
 }
@@ -583,9 +613,10 @@ enum { RUN_SEQS = 6, RUN_STEPS = 3 };
 /* Runs RUN_STEPS steps that mix prompts with runs of decode tokens on the CPU model and on g (with
  * the one-token items batched into decode runs or not), returning the worst logits rel err. Step
  * 0 prefills five prompts; step 1 puts a sixth prompt between a run of three decodes and a run of
- * two; step 2 leads with a chunk after that prompt's past, then five decodes. */
-static double runs_vs_cpu(dsla_model_t *m, dsla_cuda_model_t *g, const dsla_layer_kind_t *kinds,
-                          bool runs) {
+ * two; step 2 leads with a chunk after that prompt's past, then five decodes. Sequence s runs the
+ * plan kinds[s % n_plans] (several plans: every step mixes them, layer by layer). */
+static double runs_vs_cpu(dsla_model_t *m, dsla_cuda_model_t *g,
+                          const dsla_layer_kind_t *const *kinds, int n_plans, bool runs) {
     const dsla_model_config_t *cfg = dsla_model_config(m);
     const int V = cfg->vocab_size, ctx = 96;
     static const int first[RUN_SEQS] = {12, 20, 7, 0, 15, 9};
@@ -596,8 +627,8 @@ static double runs_vs_cpu(dsla_model_t *m, dsla_cuda_model_t *g, const dsla_laye
     dsla_sequence_t *cs[RUN_SEQS];
     dsla_cuda_seq_t *gs[RUN_SEQS];
     for (int s = 0; s < RUN_SEQS; s++) {
-        CUDA_OK(dsla_sequence_create_planned(&cs[s], pool, cfg, kinds));
-        CUDA_OK(dsla_cuda_seq_create(&gs[s], kv, kinds));
+        CUDA_OK(dsla_sequence_create_planned(&cs[s], pool, cfg, kinds[s % n_plans]));
+        CUDA_OK(dsla_cuda_seq_create(&gs[s], kv, kinds[s % n_plans]));
     }
     int32_t tokens[256];
     for (int i = 0; i < 256; i++)
@@ -640,7 +671,8 @@ static double runs_vs_cpu(dsla_model_t *m, dsla_cuda_model_t *g, const dsla_laye
 
 /* Steps that mix prompts with runs of decode tokens: the decodes batched into one call per run
  * (attention and DSLA layers) give the CPU model's logits, as the version with one call per item
- * does; fp32, all attention and odd layers DSLA. */
+ * does; fp32, all attention, odd layers DSLA, and the two with all-DSLA sequences in one batch
+ * (per-layer sub-batching: sequences of three plans in every step). */
 static void test_mixed_decode_runs(void **state) {
     (void)state;
     char *dir = model_dir("stories260K-hf");
@@ -649,22 +681,31 @@ static void test_mixed_decode_runs(void **state) {
     CUDA_OK(dsla_model_load(&m, dir));
     const dsla_model_config_t *cfg = dsla_model_config(m);
     dsla_cuda_model_t *g = gpu_model(m, DSLA_DTYPE_F32, 128, RUN_SEQS, 96);
-    dsla_layer_kind_t kinds[64];
+    /* plans: all attention, odd layers DSLA, all DSLA */
+    dsla_layer_kind_t kinds[3][64];
     dsla_dsla_layer_t *layers[64] = {0};
     const bool hybrid = dsla_cuda_model_dsla_supported(g);
-    for (int pass = 0; pass < (hybrid ? 2 : 1); pass++) {
+    static const char *const names[] = {"all attention", "odd layers DSLA",
+                                        "three plans in one batch"};
+    for (int pass = 0; pass < (hybrid ? 3 : 1); pass++) {
         for (int l = 0; l < cfg->num_layers; l++) {
-            kinds[l] = pass == 1 && l % 2 ? DSLA_LAYER_DSLA : DSLA_LAYER_ATTN;
-            if (kinds[l] != DSLA_LAYER_DSLA) continue;
+            kinds[0][l] = DSLA_LAYER_ATTN;
+            kinds[1][l] = l % 2 ? DSLA_LAYER_DSLA : DSLA_LAYER_ATTN;
+            kinds[2][l] = DSLA_LAYER_DSLA;
+            if (pass == 0 || layers[l] || (pass == 1 && kinds[1][l] != DSLA_LAYER_DSLA)) continue;
             CUDA_OK(dsla_dsla_layer_create(&layers[l], cfg, l));
             CUDA_OK(dsla_dsla_layer_init_from_teacher(layers[l], m, l, 31u + (uint64_t)l));
             CUDA_OK(dsla_model_set_dsla_layer(m, l, layers[l]));
             CUDA_OK(dsla_cuda_model_set_dsla_layer(g, l, layers[l]));
         }
-        const double on = runs_vs_cpu(m, g, kinds, true), off = runs_vs_cpu(m, g, kinds, false);
+        const dsla_layer_kind_t *plans[3] = {kinds[0], kinds[1], kinds[2]};
+        const dsla_layer_kind_t *const *use = pass == 2 ? plans : &plans[pass];
+        const int n_plans = pass == 2 ? 3 : 1;
+        const double on = runs_vs_cpu(m, g, use, n_plans, true),
+                     off = runs_vs_cpu(m, g, use, n_plans, false);
         printf("stories260K-hf %s, mixed steps, fp32: decode runs %.2e, one call per item %.2e "
                "(worst logits rel err vs CPU)\n",
-               pass ? "odd layers DSLA" : "all attention", on, off);
+               names[pass], on, off);
         if (!(on < TOL_LOGITS) || !(off < TOL_LOGITS))
             fail_msg("mixed steps rel err %.3e / %.3e (tol %.0e)", on, off, TOL_LOGITS);
     }
