@@ -189,7 +189,7 @@ static dsla_status_t deploy_gpu(int gpu, const dsla_model_t *model,
             "dsla-serve: GPU %d: %s, %s weights %.2f GiB, one arena of %d blocks of %.0f KiB (%.2f "
             "GiB) "
             "for KV and DSLA states, none reserved: a state slot is %d blocks (%.1f MiB), up to "
-            "%d slots; context up to %d; up to %d logit rows a step (%.0f MiB)\n",
+            "%d slots; context up to %d; up to %d logit rows a step (%.1f MiB)\n",
             gpu, info.device, dtype, (double)info.weight_bytes / (1u << 30), info.kv_blocks,
             (double)info.kv_block_bytes / 1024,
             (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.blocks_per_slot,
