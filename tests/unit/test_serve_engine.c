@@ -3,7 +3,9 @@
  * requests served one at a time, under plans of 0, 2 and 5 teacher-initialised DSLA layers; a plan
  * change mid-run keeps running requests on their plan and gives new ones the new plan; preemption
  * under forced memory pressure recomputes requests (under the newest plan) and their streams go on
- * correctly; the engine agrees with dsla_generate on sampling, stop strings and text. */
+ * correctly; the engine agrees with dsla_generate on sampling, stop strings and text; prompt
+ * logprobs (echo) are those of prefixes, and scoring several prompts at once stays within
+ * dsla_engine_logit_rows rows a step (a backend made for fewer refuses them). */
 #include "tests/unit/serve_harness.h"
 
 #include <stdio.h>
