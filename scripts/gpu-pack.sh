@@ -23,7 +23,8 @@ bins="$build/tests/test_ops_harness $build/tests/test_gpu_forward $build/tests/t
       $build/bin/dsla $build/bin/dsla-serve $build/bin/dslactl $build/bin/dsla-loadgen
       $build/tests/test_controller $build/tests/test_distill_gpu $build/bin/bench_distill_cuda
       $build/tests/test_serve_load $build/tests/test_eval_gpu $build/tests/test_distiller_gpu
-      $build/tests/test_nccl_bcast $build/bin/bench_nccl_bcast"
+      $build/tests/test_nccl_bcast $build/bin/bench_nccl_bcast $build/tests/test_gpu_prompt_lp
+      $build/tests/test_eval_echo"
 for b in $bins; do cp "$b" "$stage/gpu/bin/"; done
 strip "$stage"/gpu/bin/*
 # Libraries: everything ldd resolves except the C runtime, the loader and CUDA's own (the GPU machine

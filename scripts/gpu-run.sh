@@ -25,6 +25,10 @@
 #            dsla-loadgen over HTTP: chat preset at LOAD_RATE (12) req/s for 30 s, context 4096
 #   distill_gpu  tests/gpu/test_distill_gpu (GPU distillation against the CPU, tinystories-11M)
 #   eval_gpu     tests/gpu/test_eval_gpu (dsla eval's perplexities on the GPU against the CPU)
+#   prompt_lp    tests/gpu/test_gpu_prompt_lp (echo with logprobs: the GPU engine's prompt logprobs
+#                against the CPU engine's, scoring chunks, two plan groups in a step, a deployment),
+#                then tests/integration/test_eval_echo on the GPU (dsla-serve --device cuda's echo
+#                over HTTP against dsla eval --device cuda --per-token, fp32; log prompt_lp_echo)
 #   distiller_gpu  tests/gpu/test_distiller_gpu (dsla-serve: the distiller and serving on one GPU)
 #   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
 #   adaptive  bench/adaptive/run.sh (a random 7B-shaped model on disk, its controller, three arms:
@@ -84,6 +88,10 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         grep -E 'relative difference|teacher ppl|->|PASSED|FAILED|error|rror' "$OUT/distill_gpu.log" ;;
     eval_gpu) stage eval_gpu 300 "$D/bin/test_eval_gpu"
         grep -E 'ppl|relative|PASSED|FAILED|error|rror' "$OUT/eval_gpu.log" ;;
+    prompt_lp) stage prompt_lp 300 "$D/bin/test_gpu_prompt_lp"
+        grep -E 'prompt logprobs|deployed|without the rows|PASSED|FAILED|error|rror' "$OUT/prompt_lp.log"
+        DSLA_TEST_SERVE_DEVICE=cuda stage prompt_lp_echo 300 "$D/bin/test_eval_echo"
+        grep -E 'differ|PASSED|FAILED|error|rror' "$OUT/prompt_lp_echo.log" ;;
     distiller_gpu) stage distiller_gpu 300 "$D/bin/test_distiller_gpu"
         grep -E 'GPU|layer [0-9]|PASSED|FAILED|error|rror|differ' "$OUT/distiller_gpu.log" ;;
     distill_7b) stage distill_7b 300 "$D/bin/bench_distill_cuda" ;;

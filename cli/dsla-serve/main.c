@@ -178,6 +178,8 @@ static dsla_status_t deploy_gpu(int gpu, const dsla_model_t *model,
         .step_tokens = engine->step_tokens,
         .max_context = (int)max_context,
         .margin_bytes = (size_t)margin_mib << 20,
+        /* echo with logprobs: one scoring chunk of rows beside one per sequence */
+        .max_logit_rows = dsla_engine_logit_rows(engine),
     };
     dsla_serve_cuda_deployed_t info;
     DSLA_TRY(model ? dsla_serve_backend_cuda_deploy(out, model, &d, &info)
@@ -187,12 +189,15 @@ static dsla_status_t deploy_gpu(int gpu, const dsla_model_t *model,
             "dsla-serve: GPU %d: %s, %s weights %.2f GiB, one arena of %d blocks of %.0f KiB (%.2f "
             "GiB) "
             "for KV and DSLA states, none reserved: a state slot is %d blocks (%.1f MiB), up to "
-            "%d slots; context up to %d\n",
+            "%d slots; context up to %d; up to %d logit rows a step (%.1f MiB)\n",
             gpu, info.device, dtype, (double)info.weight_bytes / (1u << 30), info.kv_blocks,
             (double)info.kv_block_bytes / 1024,
             (double)info.kv_blocks * (double)info.kv_block_bytes / (1u << 30), info.blocks_per_slot,
             (double)info.slot_bytes / (1 << 20), info.kv_blocks / info.blocks_per_slot,
-            info.max_context);
+            info.max_context, info.max_logit_rows,
+            (double)info.max_logit_rows *
+                (double)(model ? dsla_model_config(model)->vocab_size : random_cfg->vocab_size) *
+                sizeof(float) / (1 << 20));
     return DSLA_OK;
 #else
     (void)gpu, (void)model, (void)random_cfg, (void)engine, (void)dtype, (void)max_context,

@@ -385,8 +385,9 @@ static dsla_status_t run_ratio(const bench_t *b, ratio_row_t *row) {
     if (row->kv_blocks > 0x7fffffffL) row->kv_blocks = 0x7fffffffL;
     dsla_serve_backend_t *be = NULL;
     dsla_engine_t *e = NULL;
-    const dsla_serve_cuda_opts_t o = {DSLA_DTYPE_BF16, (int)row->kv_blocks, b->max_seqs,
-                                      b->context};
+    /* one logit row per sequence: the bench never asks for prompt logprobs */
+    const dsla_serve_cuda_opts_t o = {DSLA_DTYPE_BF16, (int)row->kv_blocks, b->max_seqs, b->context,
+                                      0};
     if (s == DSLA_OK && row->n_pool < 1)
         s = dsla_error(DSLA_ERR_RESOURCE_EXHAUSTED,
                        "bench: not one sequence of %d tokens fits: %.2f GiB free, %.1f MiB each",

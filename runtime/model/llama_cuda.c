@@ -269,7 +269,9 @@ static dsla_status_t model_alloc(dsla_cuda_model_t **out, const dsla_model_confi
     DSLA_TRY(dsla_cuda_malloc((void **)&m->tok_dev, R * sizeof(int32_t)));
     DSLA_TRY(dsla_cuda_host_alloc((void **)&m->sample_host, R * sizeof(dsla_cuda_sample_row_t)));
     DSLA_TRY(dsla_cuda_malloc((void **)&m->sample_dev, R * sizeof(dsla_cuda_sample_row_t)));
-    m->sample_ws_bytes = dsla_cuda_sample_workspace((int)R, V);
+    /* Sampling rows past max_seqs (prompt scoring's) go to the host: a workspace of R rows would
+     * double the device logits' memory for nothing. */
+    m->sample_ws_bytes = dsla_cuda_sample_workspace((int)(R < S ? R : S), V);
     DSLA_TRY(dsla_cuda_malloc(&m->sample_ws, m->sample_ws_bytes));
 
     float *inv = malloc((size_t)d / 2 * sizeof *inv);

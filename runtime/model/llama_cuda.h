@@ -133,7 +133,8 @@ const float *dsla_cuda_model_logits(const dsla_cuda_model_t *m);
 
 /* Picks one token per row of the last forward pass's logits on the device (params: host array of
  * rows entries, kernels_cuda.h's semantics: greedy rows take the argmax) and copies them to
- * tokens_host; synchronises. */
+ * tokens_host; synchronises. Unless every row is greedy, at most max_seqs rows (the sampler's
+ * workspace; INVALID_ARGUMENT beyond). */
 dsla_status_t dsla_cuda_model_sample(dsla_cuda_model_t *m, const dsla_cuda_sample_row_t *params,
                                      int rows, int32_t *tokens_host);
 

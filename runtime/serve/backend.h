@@ -67,6 +67,7 @@ struct dsla_serve_backend {
     int max_slots;       /* slots the arena holds at most: kv_blocks / blocks_per_slot */
     int max_context;     /* longest sequence the backend runs (prompt + output) */
     bool all_logits;     /* forward takes items that want a row for every token */
+    int max_logit_rows;  /* rows one forward call returns at most; 0: no bound (the CPU's) */
     /* Step accounting (step_stats.h): the model's costs (set at creation), what the engine asks
      * the next forward call to time on the device, and what that call measured. */
     dsla_step_costs_t costs;

@@ -30,10 +30,14 @@ typedef struct {
     dsla_plan_t **held_plan;
     const dsla_dsla_layer_t **pass_ver; /* [layers] the running pass's DSLA versions (or NULL) */
     dsla_cuda_batch_item_t *citems;     /* [max_items] */
-    int *group;                         /* [max_items] item indices of the running group */
+    int *group;                         /* [max_items] item indices of the running pass */
     bool *done;                         /* [max_items] */
-    float *rows;                        /* [max_items][vocab] host */
-    uint64_t uploads;                   /* layer versions uploaded, for the log */
+    int *offset;                        /* [max_items] each item's first row in the call's logits */
+    /* A pass's rows when a step needs several passes or reorders its items, to scatter by item:
+     * grown on demand up to the rows of one call (max_logit_rows) */
+    float *rows;
+    size_t rows_cap;
+    uint64_t uploads; /* layer versions uploaded, for the log */
     dsla_log_limit_t upload_log;
 } cuda_backend_t;
 
@@ -54,6 +58,7 @@ static void cuda_destroy(dsla_serve_backend_t *b) {
     free(c->citems);
     free(c->group);
     free(c->done);
+    free(c->offset);
     free(c->rows);
     dsla_cuda_model_destroy(&c->owned_model);
     if (c->owned_stream) dsla_cuda_stream_destroy(&c->owned_stream);
@@ -194,6 +199,16 @@ static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item
                                                   : DSLA_CUDA_TIMING_OFF));
     const int L = b->cfg->num_layers;
     memset(c->done, 0, (size_t)n_items * sizeof *c->done);
+    /* Rows in item order: n_tokens for an item that wants all, else one (backend.h). */
+    int total = 0;
+    for (int i = 0; i < n_items; i++) {
+        c->offset[i] = total;
+        total += items[i].want_all_logits ? items[i].n_tokens : 1;
+    }
+    if (total > b->max_logit_rows)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "cuda backend: %d logit rows, at most %d (max_logit_rows)", total,
+                          b->max_logit_rows);
     for (int i = 0; i < n_items; i++) {
         if (c->done[i]) continue;
         /* One pass takes every item whose plan agrees with the pass's versions: in practice all
@@ -202,6 +217,7 @@ static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item
         memset(c->pass_ver, 0, (size_t)L * sizeof *c->pass_ver);
         int n = 0;
         bool in_order = true;
+        size_t pass_rows = 0;
         for (int j = i; j < n_items; j++) {
             dsla_plan_t *plan = ((cuda_seq_t *)items[j].seq)->plan;
             if (c->done[j] || !fits_pass(plan, c->pass_ver, L)) continue;
@@ -211,20 +227,33 @@ static dsla_status_t cuda_forward(dsla_serve_backend_t *b, const dsla_serve_item
                 if (c->done[k] || !same_group(plan, ((cuda_seq_t *)items[k].seq)->plan)) continue;
                 in_order = in_order && k == n;
                 c->group[n] = k;
-                c->citems[n++] = (dsla_cuda_batch_item_t){
-                    ((cuda_seq_t *)items[k].seq)->seq, items[k].tokens, items[k].n_tokens, false};
+                c->citems[n++] =
+                    (dsla_cuda_batch_item_t){((cuda_seq_t *)items[k].seq)->seq, items[k].tokens,
+                                             items[k].n_tokens, items[k].want_all_logits};
+                pass_rows += items[k].want_all_logits ? (size_t)items[k].n_tokens : 1;
                 c->done[k] = true;
             }
         }
         /* One pass in the items' order (the usual case) lands in place; else rows are scattered
-         * by item. */
+         * by item, each its rows (one, or n_tokens when it wants all). */
         float *dst = n == n_items && in_order ? logits : c->rows;
+        if (dst != logits && pass_rows > c->rows_cap) {
+            float *grown = realloc(c->rows, pass_rows * V * sizeof *grown);
+            if (!grown) return dsla_error_oom("cuda backend: %zu logit rows", pass_rows);
+            c->rows = dst = grown;
+            c->rows_cap = pass_rows;
+        }
         DSLA_TRY(dsla_cuda_model_forward(c->m, c->citems, n, dst));
         account_pass(c);
-        if (dst != logits)
-            for (int g = 0; g < n; g++)
-                memcpy(logits + (size_t)c->group[g] * V, c->rows + (size_t)g * V,
-                       V * sizeof *logits);
+        if (dst == logits) continue;
+        size_t at = 0;
+        for (int g = 0; g < n; g++) {
+            const dsla_serve_item_t *it = &items[c->group[g]];
+            const size_t k = it->want_all_logits ? (size_t)it->n_tokens : 1;
+            memcpy(logits + (size_t)c->offset[c->group[g]] * V, c->rows + at * V,
+                   k * V * sizeof *logits);
+            at += k;
+        }
     }
     return DSLA_OK;
 }
@@ -244,11 +273,12 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
                                              const dsla_serve_cuda_opts_t *o) {
     *out = NULL;
     const dsla_model_config_t *mc = dsla_cuda_model_config(model);
-    if (o->kv_blocks < 0 || o->max_seqs < 1 || o->max_context < 1)
+    if (o->kv_blocks < 0 || o->max_seqs < 1 || o->max_context < 1 ||
+        (o->max_logit_rows != 0 && o->max_logit_rows < o->max_seqs))
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "cuda backend: kv_blocks %d must be >= 0, max_seqs %d and max_context "
-                          "%d >= 1",
-                          o->kv_blocks, o->max_seqs, o->max_context);
+                          "%d >= 1, max_logit_rows %d 0 or >= max_seqs",
+                          o->kv_blocks, o->max_seqs, o->max_context, o->max_logit_rows);
     cuda_backend_t *c = calloc(1, sizeof *c);
     if (!c) return dsla_error_oom("cuda backend");
     c->base = (dsla_serve_backend_t){
@@ -257,6 +287,10 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
         .name = "cuda",
         .kv_blocks = o->kv_blocks,
         .max_context = o->max_context,
+        /* Items that want all rows are taken; the engine asks max_logit_rows whether its steps
+         * fit (engine.h dsla_engine_logit_rows). */
+        .all_logits = true,
+        .max_logit_rows = o->max_logit_rows ? o->max_logit_rows : o->max_seqs,
         /* deployments store weights and KV in one dtype */
         .costs = dsla_step_costs_for(mc, o->kv_dtype == DSLA_DTYPE_BF16 ? 2 : 4,
                                      o->kv_dtype == DSLA_DTYPE_BF16 ? 2 : 4),
@@ -270,11 +304,13 @@ dsla_status_t dsla_serve_backend_cuda_create(dsla_serve_backend_t **out, dsla_cu
     c->citems = calloc(n, sizeof *c->citems);
     c->group = calloc(n, sizeof *c->group);
     c->done = calloc(n, sizeof *c->done);
+    c->offset = calloc(n, sizeof *c->offset);
     c->rows = malloc(n * (size_t)mc->vocab_size * sizeof *c->rows);
-    dsla_status_t s =
-        c->held && c->held_plan && c->pass_ver && c->citems && c->group && c->done && c->rows
-            ? DSLA_OK
-            : dsla_error_oom("cuda backend");
+    c->rows_cap = n;
+    dsla_status_t s = c->held && c->held_plan && c->pass_ver && c->citems && c->group && c->done &&
+                              c->offset && c->rows
+                          ? DSLA_OK
+                          : dsla_error_oom("cuda backend");
     if (s == DSLA_OK)
         s = dsla_cuda_kv_create(&c->kv, model, o->kv_dtype, o->kv_blocks, o->max_seqs);
     if (s == DSLA_OK) {
@@ -322,6 +358,7 @@ static dsla_status_t deploy_pools(const dsla_cuda_model_t *m, const dsla_serve_c
         info->blocks_per_slot = per_slot;
         info->kv_blocks = o->kv_blocks;
         info->max_context = o->max_context;
+        info->max_logit_rows = o->max_logit_rows;
         info->weight_bytes = dsla_cuda_model_weight_bytes(m);
     }
     return DSLA_OK;
@@ -336,12 +373,14 @@ static dsla_status_t deploy(dsla_serve_backend_t **out, const dsla_model_t *mode
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "cuda deploy: weights %s (bf16 or f32)",
                           dsla_dtype_name(d->weight_dtype));
     if (d->max_running < 1 || d->step_tokens < 1 || d->max_context < 0 ||
-        d->max_context > mc->max_position_embeddings)
+        d->max_context > mc->max_position_embeddings ||
+        (d->max_logit_rows != 0 && d->max_logit_rows < d->max_running))
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "cuda deploy: max_running %d and step_tokens %d must be >= 1, "
-                          "max_context %d in [0, %d] (0: the model's)",
+                          "max_context %d in [0, %d] (0: the model's), max_logit_rows %d 0 or "
+                          ">= max_running",
                           d->max_running, d->step_tokens, d->max_context,
-                          mc->max_position_embeddings);
+                          mc->max_position_embeddings, d->max_logit_rows);
     if (dsla_cuda_device_count() == 0)
         return dsla_error(DSLA_ERR_UNSUPPORTED, "cuda deploy: no CUDA device");
     if (info) {
@@ -352,8 +391,9 @@ static dsla_status_t deploy(dsla_serve_backend_t **out, const dsla_model_t *mode
         .kv_dtype = d->weight_dtype,
         .max_seqs = d->max_running,
         .max_context = d->max_context ? d->max_context : mc->max_position_embeddings,
+        .max_logit_rows = d->max_logit_rows ? d->max_logit_rows : d->max_running,
     };
-    const dsla_cuda_model_opts_t mo = {d->weight_dtype, d->step_tokens, d->max_running,
+    const dsla_cuda_model_opts_t mo = {d->weight_dtype, d->step_tokens, o.max_logit_rows,
                                        d->max_running,  o.max_context,  true};
     dsla_cuda_stream_t stream = NULL;
     dsla_cuda_model_t *m = NULL;

@@ -13,8 +13,12 @@
  * different versions of one layer run at once. A failure in a later pass leaves the earlier
  * passes' sequences advanced: callers treat a failed GPU forward pass as fatal for the engine.
  *
- * Logits come back to the host (one row per item) and are sampled there by the engine's samplers,
- * so sampling, stops and seeds behave exactly as on the CPU. Compiled only with DSLA_HAVE_CUDA. */
+ * Logits come back to the host (one row per item, or one per token for an item that wants all:
+ * prompt logprobs) and are sampled there by the engine's samplers, so sampling, stops and seeds
+ * behave exactly as on the CPU. A call returns at most max_logit_rows rows, the size of the model's
+ * device logits (rows x vocab fp32) and of the engine's host copy: a deployment takes the engine's
+ * dsla_engine_logit_rows (max_running plus one scoring chunk, engine.h), so that echo with logprobs
+ * works however long the prompt while memory stays bounded. Compiled only with DSLA_HAVE_CUDA. */
 #ifndef DSLA_SERVE_BACKEND_CUDA_H
 #define DSLA_SERVE_BACKEND_CUDA_H
 
@@ -31,6 +35,10 @@ typedef struct {
      * least the engine's step_tokens. */
     int max_seqs;
     int max_context; /* longest sequence; at most the model's max_context */
+    /* Logit rows one forward call returns at most: the model's max_logit_rows, which must be at
+     * least this. 0: max_seqs (one row per item), which leaves prompt logprobs refused by the
+     * engine unless its dsla_engine_logit_rows fits. */
+    int max_logit_rows;
 } dsla_serve_cuda_opts_t;
 
 /* Bytes of one state's data (2 H d d fp32); in the arena a slot takes
@@ -49,6 +57,10 @@ typedef struct {
     int step_tokens;           /* the engine's step_tokens (sizes the activations) */
     int max_context;           /* longest sequence; 0: the model's max_position_embeddings */
     size_t margin_bytes;       /* device memory left out of the pools */
+    /* Logit rows a step returns at most: the engine's dsla_engine_logit_rows, so that it takes
+     * echo with logprobs; 0: max_running (one row per item, prompt logprobs refused). The model's
+     * device logits take this times the vocabulary in fp32, before the arena is sized. */
+    int max_logit_rows;
 } dsla_serve_cuda_deploy_t;
 
 /* What a deployment got, for the operator's log line. */
@@ -56,6 +68,7 @@ typedef struct {
     char device[128];
     size_t weight_bytes, kv_block_bytes, slot_bytes; /* slot_bytes: blocks_per_slot blocks */
     int kv_blocks, blocks_per_slot, max_context;
+    int max_logit_rows; /* rows of fp32 logits a step returns at most (device and host) */
 } dsla_serve_cuda_deployed_t;
 
 /* Uploads model's weights (model stays the caller's), then gives the arena the free memory less

@@ -33,6 +33,7 @@ dsla_engine_config_t dsla_engine_config_default(void) {
         .max_running = DEFAULT_MAX_RUNNING,
         .step_tokens = DEFAULT_STEP_TOKENS,
         .prefill_chunk = DEFAULT_PREFILL_CHUNK,
+        .score_chunk = DSLA_ENGINE_SCORE_CHUNK,
         .max_queued = DEFAULT_MAX_QUEUED,
         .max_queued_tokens = DEFAULT_MAX_QUEUED_TOKENS,
         .max_queue_wait_ms = DEFAULT_MAX_QUEUE_WAIT_MS,
@@ -44,6 +45,16 @@ dsla_engine_config_t dsla_engine_config_for(bool gpu) {
     dsla_engine_config_t c = dsla_engine_config_default();
     if (gpu) c.prefill_chunk = DSLA_ENGINE_GPU_PREFILL_CHUNK;
     return c;
+}
+
+/* score_chunk 0 (a config not made by dsla_engine_config_default) takes the default. */
+static int score_chunk_of(const dsla_engine_config_t *c) {
+    const int sc = c->score_chunk > 0 ? c->score_chunk : DSLA_ENGINE_SCORE_CHUNK;
+    return sc < c->prefill_chunk ? sc : c->prefill_chunk;
+}
+
+int dsla_engine_logit_rows(const dsla_engine_config_t *c) {
+    return c->max_running + score_chunk_of(c);
 }
 
 void dsla_engine_config_fit(dsla_engine_config_t *c) {
@@ -74,6 +85,10 @@ static dsla_status_t check_config(const dsla_engine_config_t *c) {
     if (c->kv_blocks < 0)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "engine: kv_blocks %d must not be negative",
                           c->kv_blocks);
+    if (c->score_chunk < 0)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "engine: score_chunk %d must not be negative (0: the default)",
+                          c->score_chunk);
     if (c->max_queued < 1 || c->max_queued_tokens < 1 || c->max_queue_wait_ms < 0)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "engine: max_queued %d and max_queued_tokens %ld must be at least 1, "
@@ -121,6 +136,7 @@ static dsla_status_t engine_init(dsla_engine_t *e) {
         !e->acct_items)
         return dsla_error_oom("engine: %d sequences", e->cfg.max_running);
     e->cfg.kv_blocks = e->backend->kv_blocks;
+    e->score_chunk = score_chunk_of(&e->cfg);
     e->m.kv_blocks_total = e->cfg.kv_blocks;
     e->m.state_slots_total = e->backend->max_slots;
     e->m.blocks_per_slot = e->backend->blocks_per_slot;
@@ -451,6 +467,14 @@ static dsla_status_t request_setup(dsla_engine_t *e, request_t *r, const dsla_re
                           "echo with logprobs: prompt logprobs need every position's logits, "
                           "which the %s backend does not return",
                           e->backend->name);
+    const int rows = dsla_engine_logit_rows(&e->cfg);
+    if (p->prompt_logprobs && e->backend->max_logit_rows > 0 && e->backend->max_logit_rows < rows)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "echo with logprobs: prompt logprobs need up to %d logit rows a step "
+                          "(max_running %d plus a scoring chunk of %d), and the %s backend was "
+                          "made for %d",
+                          rows, e->cfg.max_running, e->score_chunk, e->backend->name,
+                          e->backend->max_logit_rows);
     if (p->prompt_logprobs) {
         r->prompt_lp = calloc((size_t)r->n_prompt, sizeof *r->prompt_lp);
         if (!r->prompt_lp) return dsla_error_oom("request: prompt logprobs");

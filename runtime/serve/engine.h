@@ -58,6 +58,11 @@ typedef struct {
     int max_running;   /* sequences admitted at once; default 64 */
     int step_tokens;   /* tokens one step runs (decode + prefill); default 512 */
     int prefill_chunk; /* prefill tokens of one request per step; default 256 */
+    /* Prompt tokens of one request per step while its prompt logprobs are computed (echo with
+     * logprobs: a logit row per token), at most prefill_chunk; default DSLA_ENGINE_SCORE_CHUNK.
+     * A step's rows beyond one per item are at most this too, so its logits stay within
+     * dsla_engine_logit_rows rows whatever the prompts. */
+    int score_chunk;
     int kv_blocks;  /* arena size in blocks of DSLA_KV_BLOCK_TOKENS (KV and states); 0: default */
     int max_queued; /* waiting requests at most; default 4096 */
     long max_queued_tokens; /* prompt tokens waiting at most; default 2097152 */
@@ -86,6 +91,14 @@ dsla_engine_config_t dsla_engine_config_default(void);
 /* The defaults for the device the engine steps on: dsla_engine_config_default, with
  * DSLA_ENGINE_GPU_PREFILL_CHUNK on a GPU. */
 dsla_engine_config_t dsla_engine_config_for(bool gpu);
+/* The default scoring chunk: 512 rows of fp32 logits are 64 MiB at a 32K vocabulary (256 MiB at
+ * Llama 3's 128K), where a GPU's 2048-token prefill chunk would hold four times that on the device
+ * and again on the host; 512-row prefill GEMMs still run near a GPU's rate. */
+#define DSLA_ENGINE_SCORE_CHUNK 512
+/* The most logit rows one step of an engine of config c returns: one per running sequence plus
+ * one scoring chunk (min(score_chunk, prefill_chunk)) beyond those. A backend that returns fewer
+ * (backend.h max_logit_rows) refuses prompt logprobs. */
+int dsla_engine_logit_rows(const dsla_engine_config_t *c);
 /* After max_running or prefill_chunk changed: raises step_tokens so that one step holds a whole
  * prefill chunk beside a decode token for every running sequence. */
 void dsla_engine_config_fit(dsla_engine_config_t *c);
@@ -144,8 +157,9 @@ typedef struct {
     bool logprobs;
     int top_logprobs;
     /* The prompt's logprobs too (echo), with top_logprobs alternatives: the prefill then computes
-     * a logit row per prompt token. Needs a backend with all_logits (the CPU's; INVALID_ARGUMENT
-     * naming the backend otherwise). */
+     * a logit row per prompt token, in chunks of score_chunk tokens. Needs a backend with
+     * all_logits whose max_logit_rows holds dsla_engine_logit_rows (the CPU's; the GPU's deployed
+     * with it, backend_cuda.h); INVALID_ARGUMENT naming the backend and the rows otherwise. */
     bool prompt_logprobs;
     dsla_stream_fn on_event;
     void *user;

@@ -76,9 +76,10 @@ struct dsla_engine {
     dsla_serve_item_t *items;
     request_t **item_req;
     request_t **order;
-    float *logits;                /* [logit_rows, vocab] */
-    size_t logit_rows;            /* rows logits holds: max_running, more for prompt scoring */
-    int32_t *sampled;             /* [max_running] this step's tokens, by item */
+    float *logits;     /* [logit_rows, vocab] */
+    size_t logit_rows; /* rows logits holds: max_running, up to dsla_engine_logit_rows */
+    int score_chunk;   /* min(cfg.score_chunk, prefill_chunk): a scoring request's chunk */
+    int32_t *sampled;  /* [max_running] this step's tokens, by item */
     dsla_step_item_t *acct_items; /* [max_running] this step's items, for the accounting */
     dsla_step_record_t last_step; /* the last step that ran a forward pass */
     dsla_engine_metrics_t m;

@@ -6,7 +6,15 @@
  * prefill advances by min(remaining, prefill_chunk) tokens or not at all: cutting it elsewhere to
  * fill the budget would make its numerics depend on its neighbours. Admission is FIFO (the head
  * blocks the queue, so nobody starves) and needs the KV blocks of the whole prefill plus one
- * token, so that an admitted request is not preempted at its first decode. */
+ * token, so that an admitted request is not preempted at its first decode.
+ *
+ * Prompt scoring (echo with logprobs) takes a logit row per prompt token. A scoring request's
+ * prompt is cut into score_chunk pieces instead (still from its start, whatever runs beside it),
+ * and a step's rows beyond one per item are at most score_chunk: a scoring chunk that would pass
+ * that waits for the next step, as one beyond the token budget does. So a step returns at most
+ * max_running + score_chunk rows (dsla_engine_logit_rows), which sizes the engine's logits and a
+ * GPU backend's device buffers, however long the prompts; the first scoring chunk of a step always
+ * fits, so none starves. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,8 +23,31 @@
 typedef struct {
     int budget; /* tokens left in this step */
     int blocks; /* KV blocks this step's items will take */
+    int extra;  /* logit rows beyond one per item (scoring chunks), at most score_chunk */
     int n_items;
 } step_plan_t;
+
+/* Whether r's item computed from position n_computed needs a logit row per token: its prompt
+ * logprobs are wanted and the chunk covers prompt positions not scored yet. */
+static bool scores_from(const request_t *r, int n_computed) {
+    return r->prompt_lp && r->prompt_lp_done < r->n_prompt && n_computed < r->n_prompt;
+}
+
+static bool scores_prompt(const request_t *r) {
+    return scores_from(r, r->n_computed);
+}
+
+/* The tokens r's next item takes when computed from n_computed (remaining left): a prefill chunk,
+ * or a scoring chunk while its prompt is scored. */
+static int chunk_of(const dsla_engine_t *e, const request_t *r, int n_computed, int remaining) {
+    const int chunk = scores_from(r, n_computed) ? e->score_chunk : e->cfg.prefill_chunk;
+    return remaining < chunk ? remaining : chunk;
+}
+
+/* The rows beyond one that an item of n tokens of r adds (from n_computed). */
+static int extra_rows(const request_t *r, int n_computed, int n) {
+    return scores_from(r, n_computed) ? n - 1 : 0;
+}
 
 static int free_blocks(const dsla_engine_t *e, const step_plan_t *sp) {
     return e->backend->ops->free_blocks(e->backend) - sp->blocks;
@@ -29,6 +60,7 @@ static void schedule_item(dsla_engine_t *e, step_plan_t *sp, request_t *r, int n
     e->item_req[sp->n_items++] = r;
     sp->budget -= n;
     sp->blocks += blocks;
+    sp->extra += extra_rows(r, r->n_computed, n);
 }
 
 static void unschedule(dsla_engine_t *e, step_plan_t *sp, request_t *r) {
@@ -40,6 +72,7 @@ static void unschedule(dsla_engine_t *e, step_plan_t *sp, request_t *r) {
         e->item_req[j]->sched_item = j;
     sp->budget += r->sched_tokens;
     sp->blocks -= r->sched_blocks;
+    sp->extra -= extra_rows(r, r->n_computed, r->sched_tokens);
     r->sched_item = -1;
 }
 
@@ -76,9 +109,8 @@ static void preempt(dsla_engine_t *e, step_plan_t *sp, request_t *v) {
 /* Schedules r's next tokens if the budget allows, preempting others for blocks. Returns false when
  * r itself cannot run at all (it is then finished with RESOURCE_EXHAUSTED). */
 static bool schedule_running(dsla_engine_t *e, step_plan_t *sp, request_t *r) {
-    int remaining = dsla_request_total(r) - r->n_computed;
-    int n = remaining < e->cfg.prefill_chunk ? remaining : e->cfg.prefill_chunk;
-    if (n > sp->budget) return true;
+    int n = chunk_of(e, r, r->n_computed, dsla_request_total(r) - r->n_computed);
+    if (n > sp->budget || sp->extra + extra_rows(r, r->n_computed, n) > e->score_chunk) return true;
     int need = e->backend->ops->seq_blocks_needed(e->backend, r->seq, n);
     while (need > free_blocks(e, sp)) {
         request_t *v = pick_victim(e, r);
@@ -158,8 +190,8 @@ static void admit_waiting(dsla_engine_t *e, step_plan_t *sp) {
     while (e->wait_head && e->n_running < e->cfg.max_running) {
         request_t *r = e->wait_head;
         int total = dsla_request_total(r);
-        int n = total < e->cfg.prefill_chunk ? total : e->cfg.prefill_chunk;
-        if (n > sp->budget) return;
+        int n = chunk_of(e, r, 0, total); /* admitted, it computes from its start */
+        if (n > sp->budget || sp->extra + extra_rows(r, 0, n) > e->score_chunk) return;
         int room = total + 1 <= r->n_prompt + r->max_tokens ? total + 1 : total;
         int need_kv = attn * dsla_kv_blocks_for(room);
         if (need_kv + slot_blocks > e->cfg.kv_blocks || slots > e->backend->max_slots) {
@@ -274,13 +306,8 @@ static void take_token(dsla_engine_t *e, request_t *r, int32_t id, double now) {
                         DSLA_OK);
 }
 
-/* Whether this step's item of r needs a logit row per token: its prompt logprobs are wanted and
- * its chunk covers prompt positions not scored yet. */
-static bool scores_prompt(const request_t *r) {
-    return r->prompt_lp && r->prompt_lp_done < r->n_prompt && r->n_computed < r->n_prompt;
-}
-
-/* Grows the logits buffer to rows rows (prompt scoring needs more than one per item). */
+/* Grows the logits buffer to rows rows (prompt scoring needs more than one per item; at most
+ * dsla_engine_logit_rows). */
 static dsla_status_t logits_room(dsla_engine_t *e, size_t rows) {
     if (rows <= e->logit_rows) return DSLA_OK;
     float *grown = realloc(e->logits, rows * (size_t)e->mcfg->vocab_size * sizeof *grown);

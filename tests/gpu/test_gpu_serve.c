@@ -97,7 +97,7 @@ static void test_engine_cuda_equals_cpu(void **state) {
 
     dsla_serve_backend_t *be = NULL;
     const dsla_serve_cuda_opts_t bo = {DSLA_DTYPE_F32, KV_BLOCKS, MAX_RUNNING,
-                                       mc->max_position_embeddings};
+                                       mc->max_position_embeddings, 0};
     harness_ok(dsla_serve_backend_cuda_create(&be, g, &bo), "cuda backend");
     harness_ok(dsla_engine_create_on(&e, be, tok, &ec), "cuda engine");
     run(e, &sc, gpu);

@@ -3,7 +3,9 @@
  * requests served one at a time, under plans of 0, 2 and 5 teacher-initialised DSLA layers; a plan
  * change mid-run keeps running requests on their plan and gives new ones the new plan; preemption
  * under forced memory pressure recomputes requests (under the newest plan) and their streams go on
- * correctly; the engine agrees with dsla_generate on sampling, stop strings and text. */
+ * correctly; the engine agrees with dsla_generate on sampling, stop strings and text; prompt
+ * logprobs (echo) are those of prefixes, and scoring several prompts at once stays within
+ * dsla_engine_logit_rows rows a step (a backend made for fewer refuses them). */
 #include "tests/unit/serve_harness.h"
 
 #include <stdio.h>
@@ -572,6 +574,124 @@ static void test_prompt_logprobs(void **state) {
     }
 }
 
+/* The CPU backend's forward pass, counting the rows of each call (a GPU backend's device logits
+ * hold dsla_engine_logit_rows rows, so the scheduler must never ask for more). */
+static dsla_serve_backend_ops_t counting_ops;
+static dsla_status_t (*real_forward)(dsla_serve_backend_t *, const dsla_serve_item_t *, int,
+                                     float *);
+static int most_rows, scoring_calls;
+
+static dsla_status_t counting_forward(dsla_serve_backend_t *b, const dsla_serve_item_t *items,
+                                      int n_items, float *logits) {
+    int rows = 0, scoring = 0;
+    for (int i = 0; i < n_items; i++) {
+        rows += items[i].want_all_logits ? items[i].n_tokens : 1;
+        scoring += items[i].want_all_logits;
+    }
+    if (rows > most_rows) most_rows = rows;
+    if (scoring > 1) scoring_calls++;
+    return real_forward(b, items, n_items, logits);
+}
+
+enum { BOUND_REQS = 4, BOUND_PROMPT = 30 };
+
+static void run_scoring(const dsla_engine_config_t *cfg, int max_logit_rows,
+                        const int32_t (*ids)[BOUND_PROMPT], prompt_sink_t *got) {
+    dsla_serve_backend_t *be = NULL;
+    harness_ok(dsla_serve_backend_cpu_create(&be, model, 1024, cfg->max_running, true), "backend");
+    counting_ops = *be->ops;
+    real_forward = counting_ops.forward;
+    counting_ops.forward = counting_forward;
+    be->ops = &counting_ops;
+    be->max_logit_rows = max_logit_rows;
+    most_rows = scoring_calls = 0;
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create_on(&e, be, tokenizer, cfg), "engine");
+    for (int i = 0; i < BOUND_REQS; i++) {
+        const dsla_request_params_t p = {
+            .prompt_ids = ids[i],
+            .n_prompt_ids = BOUND_PROMPT,
+            .max_tokens = 3,
+            .ignore_eos = true,
+            .logprobs = true,
+            .top_logprobs = 2,
+            .prompt_logprobs = true,
+            .on_event = prompt_event,
+            .user = &got[i],
+        };
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    }
+    harness_drain(e, 1000);
+    dsla_engine_destroy(&e);
+    dsla_serve_backend_destroy(&be);
+}
+
+/* Prompt scoring is bounded per step: several scoring requests at once never ask a forward pass
+ * for more than dsla_engine_logit_rows rows (max_running + score_chunk), their prompts are cut in
+ * score_chunk pieces, and the logprobs equal those of one whole-prompt chunk. A backend made for
+ * fewer rows refuses echo with logprobs, naming the rows. */
+static void test_prompt_scoring_bounds_rows(void **state) {
+    (void)state;
+    int32_t ids[BOUND_REQS][BOUND_PROMPT];
+    const int V = dsla_model_config(model)->vocab_size;
+    for (int i = 0; i < BOUND_REQS; i++) {
+        ids[i][0] = dsla_tokenizer_bos_id(tokenizer);
+        for (int t = 1; t < BOUND_PROMPT; t++)
+            ids[i][t] = (int32_t)(2 + (dsla_test_rand_u64(&rng) % (uint64_t)(V - 2)));
+    }
+    dsla_engine_config_t whole = dsla_engine_config_default();
+    whole.max_running = BOUND_REQS;
+    static prompt_sink_t ref[BOUND_REQS], got[BOUND_REQS];
+    memset(ref, 0, sizeof ref);
+    memset(got, 0, sizeof got);
+    run_scoring(&whole, 0, ids, ref); /* one chunk each: 30 < 256 */
+    assert_int_equal(most_rows, BOUND_REQS * BOUND_PROMPT);
+
+    dsla_engine_config_t cut = whole;
+    cut.score_chunk = 8;
+    cut.prefill_chunk = 16;
+    cut.step_tokens = 64;
+    const int bound = dsla_engine_logit_rows(&cut);
+    assert_int_equal(bound, BOUND_REQS + 8);
+    run_scoring(&cut, bound, ids, got);
+    printf("scoring %d prompts of %d tokens in chunks of 8: at most %d rows a step (bound %d), "
+           "%d steps scoring two or more\n",
+           BOUND_REQS, BOUND_PROMPT, most_rows, bound, scoring_calls);
+    assert_true(most_rows <= bound);
+    assert_true(most_rows > BOUND_REQS); /* a whole scoring chunk ran */
+    for (int i = 0; i < BOUND_REQS; i++) {
+        assert_int_equal(got[i].events_with_prompt, 1);
+        assert_int_equal(got[i].n_prompt, BOUND_PROMPT);
+        for (int p = 1; p < BOUND_PROMPT && p < 32; p++) {
+            assert_float_equal(got[i].lp[p].logprob, ref[i].lp[p].logprob, 1e-5);
+            assert_float_equal(got[i].lp[p].top_logprobs[0], ref[i].lp[p].top_logprobs[0], 1e-5);
+        }
+        assert_float_equal(got[i].first.logprob, ref[i].first.logprob, 1e-5);
+    }
+
+    /* A backend of one row per sequence cannot hold a scoring chunk: refused at submit. */
+    dsla_serve_backend_t *be = NULL;
+    harness_ok(dsla_serve_backend_cpu_create(&be, model, 1024, cut.max_running, true), "backend");
+    be->max_logit_rows = cut.max_running;
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create_on(&e, be, tokenizer, &cut), "engine");
+    prompt_sink_t sink = {0};
+    dsla_request_params_t p = {.prompt_ids = ids[0],
+                               .n_prompt_ids = BOUND_PROMPT,
+                               .max_tokens = 1,
+                               .logprobs = true,
+                               .prompt_logprobs = true,
+                               .on_event = prompt_event,
+                               .user = &sink};
+    assert_int_equal(dsla_engine_submit(e, &p, NULL), DSLA_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(dsla_last_error(), "12 logit rows"));
+    p.prompt_logprobs = false; /* plain logprobs take one row: served */
+    harness_ok(dsla_engine_submit(e, &p, NULL), "submit without echo");
+    harness_drain(e, 100);
+    dsla_engine_destroy(&e);
+    dsla_serve_backend_destroy(&be);
+}
+
 int main(void) {
     model_dir = dsla_test_data_or_skip("models/stories260K-hf/config.json");
     *strrchr(model_dir, '/') = '\0';
@@ -587,6 +707,7 @@ int main(void) {
         cmocka_unit_test(test_finish_with_error_carries_message),
         cmocka_unit_test(test_logprobs_in_events),
         cmocka_unit_test(test_prompt_logprobs),
+        cmocka_unit_test(test_prompt_scoring_bounds_rows),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     free(model_dir);
