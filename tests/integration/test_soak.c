@@ -626,7 +626,20 @@ static void test_soak(void **state) {
     const int refused = count_events(h, 0, "plan_refused", NULL, NULL, NULL, NULL, 0);
     const int fetch_refused = count_events(h, 0, "fetch_refused", NULL, NULL, NULL, NULL, 0);
     const int layer_ready = count_events(h, 0, "layer_ready", NULL, NULL, NULL, NULL, 0);
+    /* the refusals by cause, for docs/reliability.md */
+    static const char *const causes[] = {
+        "changed since it was announced",   "arrived with xxh64", "no LAYER_CHUNK",
+        "is no replica of this controller", "superseded",         "checksum mismatch"};
+    enum { N_CAUSES = sizeof causes / sizeof causes[0] };
+    int by_cause[N_CAUSES];
+    for (int i = 0; i < N_CAUSES; i++)
+        by_cause[i] = count_events(h, 0, "plan_refused", causes[i], NULL, NULL, NULL, 0);
+    const int retried = count_events(h, 0, "plan_retry", NULL, NULL, NULL, NULL, 0);
     free(h);
+    print_message("plan refusals by cause:");
+    for (int i = 0; i < N_CAUSES; i++)
+        print_message("%s '%s' %d", i ? "," : "", causes[i], by_cause[i]);
+    print_message("; plans retried after a refusal %d\n", retried);
     print_message("soak %lds:", seconds);
     for (int i = 0; i < F_KINDS; i++)
         print_message("%s %s %d", i ? "," : "", fault_names[i], faults[i]);
