@@ -7,8 +7,9 @@
  * frame is otherwise whole, so the replica sees a well-formed chunk whose file does not hash as
  * announced.
  *
- * One acceptor thread and two pump threads per connection; a connection whose upstream cannot be
- * reached (the controller killed) is closed at once. Header-only (static inline) because each test
+ * One acceptor thread and two pump threads per connection (joined when the next connection comes,
+ * or at stop); a connection whose upstream cannot be reached (the controller killed) is closed at
+ * once. Header-only (static inline) because each test
  * is its own executable. Nothing here talks to anything but 127.0.0.1. */
 #ifndef DSLA_TESTS_CHUNK_PROXY_H
 #define DSLA_TESTS_CHUNK_PROXY_H
@@ -26,7 +27,7 @@
 #include "proto/proto.h"
 
 enum {
-    CHUNK_PROXY_CONNS = 64,    /* connections over a soak: one per (re)connect of the replica */
+    CHUNK_PROXY_CONNS = 64,    /* connections open at once; a closed one's slot is reused */
     CHUNK_PROXY_GREETING = 64, /* ZMTP 3's greeting, each way */
     CHUNK_PROXY_FLAG_LONG = 2, /* an 8-byte size follows the flags */
     CHUNK_PROXY_FLAG_COMMAND = 4,
@@ -38,6 +39,8 @@ typedef struct {
     chunk_proxy_t *proxy;
     int client, server; /* the replica's connection, and ours to the controller */
     pthread_t up, down;
+    bool used;
+    atomic_int pumps_done; /* 2: both threads have ended, the slot may be reclaimed */
 } chunk_proxy_conn_t;
 
 struct chunk_proxy {
@@ -49,7 +52,6 @@ struct chunk_proxy {
     atomic_long chunks; /* LAYER_CHUNKs seen */
     pthread_mutex_t mu;
     chunk_proxy_conn_t conns[CHUNK_PROXY_CONNS];
-    int n_conns;
 };
 
 static inline bool chunk_proxy_read(int fd, void *buf, size_t n) {
@@ -85,6 +87,7 @@ static inline void *chunk_proxy_up(void *arg) {
         if (r <= 0 || !chunk_proxy_write(c->server, buf, (size_t)r)) break;
     }
     chunk_proxy_hang_up(c);
+    atomic_fetch_add(&c->pumps_done, 1);
     return NULL;
 }
 
@@ -133,7 +136,28 @@ static inline void *chunk_proxy_down(void *arg) {
     }
 out:
     chunk_proxy_hang_up(c);
+    atomic_fetch_add(&c->pumps_done, 1);
     return NULL;
+}
+
+/* Joins a used slot's threads and closes its sockets. */
+static inline void chunk_proxy_reclaim(chunk_proxy_conn_t *c) {
+    pthread_join(c->up, NULL);
+    pthread_join(c->down, NULL);
+    close(c->client);
+    close(c->server);
+    c->used = false;
+}
+
+/* A free slot, reclaiming those whose connection has ended; NULL when all are open. */
+static inline chunk_proxy_conn_t *chunk_proxy_slot(chunk_proxy_t *p) {
+    chunk_proxy_conn_t *free_slot = NULL;
+    for (int i = 0; i < CHUNK_PROXY_CONNS; i++) {
+        chunk_proxy_conn_t *c = &p->conns[i];
+        if (c->used && atomic_load(&c->pumps_done) == 2) chunk_proxy_reclaim(c);
+        if (!c->used && !free_slot) free_slot = c;
+    }
+    return free_slot;
 }
 
 static inline void *chunk_proxy_accept(void *arg) {
@@ -146,17 +170,19 @@ static inline void *chunk_proxy_accept(void *arg) {
                                 .sin_port = htons((uint16_t)p->upstream_port),
                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         pthread_mutex_lock(&p->mu);
-        const bool room = p->n_conns < CHUNK_PROXY_CONNS;
-        pthread_mutex_unlock(&p->mu);
-        if (atomic_load(&p->stop) || !room || server < 0 ||
+        chunk_proxy_conn_t *c = chunk_proxy_slot(p);
+        if (atomic_load(&p->stop) || !c || server < 0 ||
             connect(server, (struct sockaddr *)&a, sizeof a) != 0) {
+            pthread_mutex_unlock(&p->mu);
             close(client); /* the controller is down: the replica retries, as it would */
             if (server >= 0) close(server);
             continue;
         }
-        pthread_mutex_lock(&p->mu);
-        chunk_proxy_conn_t *c = &p->conns[p->n_conns++];
-        *c = (chunk_proxy_conn_t){.proxy = p, .client = client, .server = server};
+        c->proxy = p;
+        c->client = client;
+        c->server = server;
+        c->used = true;
+        atomic_store(&c->pumps_done, 0);
         pthread_create(&c->up, NULL, chunk_proxy_up, c);
         pthread_create(&c->down, NULL, chunk_proxy_down, c);
         pthread_mutex_unlock(&p->mu);
@@ -191,13 +217,11 @@ static inline void chunk_proxy_stop(chunk_proxy_t *p) {
     shutdown(p->listen_fd, SHUT_RDWR);
     pthread_join(p->acceptor, NULL);
     close(p->listen_fd);
-    for (int i = 0; i < p->n_conns; i++) {
-        chunk_proxy_hang_up(&p->conns[i]);
-        pthread_join(p->conns[i].up, NULL);
-        pthread_join(p->conns[i].down, NULL);
-        close(p->conns[i].client);
-        close(p->conns[i].server);
-    }
+    for (int i = 0; i < CHUNK_PROXY_CONNS; i++)
+        if (p->conns[i].used) {
+            chunk_proxy_hang_up(&p->conns[i]);
+            chunk_proxy_reclaim(&p->conns[i]);
+        }
     pthread_mutex_destroy(&p->mu);
 }
 
