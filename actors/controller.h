@@ -6,7 +6,8 @@
  * and the plan the replica last reported. On every LOAD_REPORT it evaluates the policy for that
  * replica; when the replica does not run the first `target` versions of the catalogue it sends
  * SET_PLAN with them and waits for PLAN_ACK or PLAN_NACK before sending another. A refused plan is
- * not sent again until the target or the policy changes. ADMIN commands (status, policy get/set,
+ * sent again after a backoff (DSLA_CONTROLLER_RETRY_MS, doubling) or at once when the target or the
+ * policy changes. ADMIN commands (status, policy get/set,
  * convert/revert, history, drain) are answered with ADMIN_REPLY text, or ERROR naming the field and
  * the limit. Policy, drain flag, adopted plans, announced layer versions and the event history live
  * in SQLite (runtime/control/controller_store.h).

@@ -190,14 +190,25 @@ static void evaluate(dsla_ctl_core_t *c, dsla_ctl_replica_t *r) {
         r->target = target;
         r->last_change_ms = now;
         r->refused_target = -1;
+        r->refusals = 0;
     }
-    if (r->target == r->refused_target || runs_prefix(c, r, r->target)) return;
+    if (runs_prefix(c, r, r->target)) return;
+    if (r->target == r->refused_target) {
+        const int doublings = r->refusals - 1 < DSLA_CONTROLLER_RETRY_DOUBLINGS
+                                  ? r->refusals - 1
+                                  : DSLA_CONTROLLER_RETRY_DOUBLINGS;
+        const uint64_t wait = (uint64_t)DSLA_CONTROLLER_RETRY_MS << (doublings > 0 ? doublings : 0);
+        if (now - r->refused_at_ms < wait) return;
+        event(c, "plan_retry", "%s: %d DSLA layers again, %" PRIu64 " ms after refusal %d: %s",
+              r->name, r->target, now - r->refused_at_ms, r->refusals, r->refusal);
+    }
     send_plan(c, r, r->target);
 }
 
 static void evaluate_all(dsla_ctl_core_t *c) {
     for (int i = 0; i < c->n_replicas; i++) {
         c->replicas[i].refused_target = -1; /* an operator's change retries refused plans */
+        c->replicas[i].refusals = 0;
         evaluate(c, &c->replicas[i]);
     }
 }
@@ -263,10 +274,14 @@ void dsla_ctl_core_on_plan_reply(dsla_ctl_core_t *c, const char *from, bool ack,
     layers_text(c, p->dsla, p->n_dsla, layers, sizeof layers);
     if (ack) {
         r->refusal[0] = '\0';
+        r->refused_target = -1;
+        r->refusals = 0;
         event(c, "plan_adopted", "%s: plan %" PRIu64 ", %u DSLA layers [%s]", r->name, p->plan_id,
               p->n_dsla, layers);
     } else {
+        r->refusals = r->refused_target == r->pending_target ? r->refusals + 1 : 1;
         r->refused_target = r->pending_target;
+        r->refused_at_ms = now_ms(c);
         snprintf(r->refusal, sizeof r->refusal, "%s", p->reason);
         event(c, "plan_refused", "%s: %s; keeps plan %" PRIu64 ", %u DSLA layers [%s]", r->name,
               p->reason, p->plan_id, p->n_dsla, layers);

@@ -27,6 +27,13 @@
 
 /* A replica whose SET_PLAN got no answer for this long may be sent one again. */
 #define DSLA_CONTROLLER_PENDING_MS 10000
+/* A refused plan is sent again this long after the refusal, then after twice as long at each
+ * further refusal of the same target, up to 2^DSLA_CONTROLLER_RETRY_DOUBLINGS times as long (10 s
+ * to 5 min 20 s). Many refusals are transient (a fetch cut by a dropped connection or a restarted
+ * controller, a chunk corrupted on the wire); a lasting one (a bad version) then costs one
+ * SET_PLAN and fetch attempt per interval. */
+#define DSLA_CONTROLLER_RETRY_MS 10000
+#define DSLA_CONTROLLER_RETRY_DOUBLINGS 5
 /* A replica that has reported and then sent no LOAD_REPORT for this long (thirty of the replicas'
  * default report intervals) is dropped from the table, so that names which reported once (a
  * replica gone for good, or anyone's invented ones) cannot fill its DSLA_PROTO_REPLICAS_MAX slots
@@ -59,7 +66,9 @@ typedef struct {
     uint64_t pending_seq;    /* SET_PLAN in flight; 0: none */
     uint64_t pending_since_ms;
     int pending_target;
-    int refused_target; /* -1: none; a refused plan is not sent again until the target moves */
+    int refused_target; /* -1: none; a refused plan waits for its retry or a target change */
+    int refusals;       /* of refused_target in a row */
+    uint64_t refused_at_ms;
     char refusal[DSLA_PROTO_MESSAGE_MAX + 1];
 } dsla_ctl_replica_t;
 

@@ -30,6 +30,8 @@ struct dsla_client {
     uint32_t heartbeat_ms;
     int retries;
     bool curve;
+    bool watch_drops;
+    void *monitor; /* with watch_drops: a PAIR receiving the socket's DISCONNECTED events */
     char curve_server[CURVE_KEY_TEXT], curve_public[CURVE_KEY_TEXT], curve_secret[CURVE_KEY_TEXT];
 
     /* The request or STATUS in flight. */
@@ -50,9 +52,48 @@ struct dsla_client {
  * id still in use, and a closed client's connection may linger on the server's side. */
 static atomic_uint sockets_opened;
 
+static void close_socket(dsla_client_t *c) {
+    if (c->monitor) zmq_close(c->monitor);
+    if (c->sock) zmq_close(c->sock);
+    c->monitor = c->sock = NULL;
+}
+
+/* With watch_drops, a PAIR connected to sock's monitor: DISCONNECTED events only (a session that
+ * was up and dropped; failed connection attempts are heartbeat silence). */
+static dsla_status_t open_monitor(dsla_client_t *c) {
+    char at[DSLA_PROTO_NAME_MAX + 64];
+    snprintf(at, sizeof at, "inproc://dsla-client-monitor-%s", c->name);
+    c->monitor = zmq_socket(c->zctx, ZMQ_PAIR);
+    if (!c->monitor || zmq_socket_monitor(c->sock, at, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        zmq_connect(c->monitor, at) != 0)
+        return dsla_error(DSLA_ERR_INTERNAL, "client: monitoring its socket: %s",
+                          zmq_strerror(zmq_errno()));
+    return DSLA_OK;
+}
+
+/* Whether the monitor reported a drop since the last call; reads every event waiting. */
+static bool dropped(dsla_client_t *c) {
+    bool any = false;
+    for (;;) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, c->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return any;
+        }
+        any = true; /* the event's first frame (its number and value); the address follows */
+        while (zmq_msg_more(&m)) {
+            zmq_msg_close(&m);
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, c->monitor, 0) < 0) break;
+        }
+        zmq_msg_close(&m);
+    }
+}
+
 /* A fresh DEALER under a fresh routing id. */
 static dsla_status_t open_socket(dsla_client_t *c) {
-    if (c->sock) zmq_close(c->sock);
+    close_socket(c);
     c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
     if (!c->sock)
         return dsla_error(DSLA_ERR_INTERNAL, "client: zmq_socket: %s", zmq_strerror(zmq_errno()));
@@ -70,6 +111,7 @@ static dsla_status_t open_socket(dsla_client_t *c) {
           zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, c->curve_secret, CURVE_KEY_TEXT - 1) != 0)))
         return dsla_error(DSLA_ERR_INTERNAL, "client: socket options: %s",
                           zmq_strerror(zmq_errno()));
+    if (c->watch_drops) DSLA_TRY(open_monitor(c));
     if (zmq_connect(c->sock, c->endpoint) != 0)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "client: cannot connect to '%s': %s",
                           c->endpoint, zmq_strerror(zmq_errno()));
@@ -89,6 +131,7 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
     c->heartbeat_ms =
         options && options->heartbeat_ms ? options->heartbeat_ms : DEFAULT_HEARTBEAT_MS;
     c->retries = options && options->retries > 0 ? options->retries : 0;
+    c->watch_drops = options && options->watch_drops;
     c->zctx = options ? options->zmq_context : NULL;
     if (options &&
         (options->curve_server_key || options->curve_public_key || options->curve_secret_key)) {
@@ -124,7 +167,7 @@ dsla_status_t dsla_client_connect(dsla_client_t **out, const char *endpoint,
 
 void dsla_client_close(dsla_client_t **c) {
     if (!c || !*c) return;
-    if ((*c)->sock) zmq_close((*c)->sock);
+    close_socket(*c);
     if ((*c)->zctx && (*c)->own_zctx) zmq_ctx_term((*c)->zctx);
     dsla_proto_buf_free(&(*c)->body);
     memset((*c)->curve_secret, 0, sizeof(*c)->curve_secret);
@@ -185,6 +228,7 @@ static int64_t min64(int64_t a, int64_t b) {
 /* Sends one message of a fresh id and restarts the liveness clock; a failure to send is kept for
  * the wait that follows, so that it is retried like any other UNAVAILABLE. */
 static void send_fresh(dsla_client_t *c, uint32_t type, const dsla_proto_buf_t *body) {
+    if (c->monitor) dropped(c); /* a drop before this message is none of its business */
     c->id = ++c->next_id;
     c->last_heard = (int64_t)dsla_clock_ms();
     c->next_ping = c->last_heard + c->heartbeat_ms;
@@ -226,14 +270,26 @@ static dsla_proto_code_t wait_frame(dsla_client_t *c, zmq_msg_t *frame, dsla_pro
         }
         int64_t wake = min64(c->next_ping, c->last_heard + silent_limit);
         if (c->deadline >= 0) wake = min64(wake, c->deadline);
-        zmq_pollitem_t items[2] = {{.socket = c->sock, .events = ZMQ_POLLIN},
-                                   {.fd = c->watch_fd, .events = ZMQ_POLLIN}};
-        int n = zmq_poll(items, c->watch_fd >= 0 ? 2 : 1, (long)(wake > now ? wake - now : 0));
+        zmq_pollitem_t items[3] = {{.socket = c->sock, .events = ZMQ_POLLIN}};
+        int n_items = 1, watch_at = -1, monitor_at = -1;
+        if (c->watch_fd >= 0) {
+            watch_at = n_items;
+            items[n_items++] = (zmq_pollitem_t){.fd = c->watch_fd, .events = ZMQ_POLLIN};
+        }
+        if (c->monitor) {
+            monitor_at = n_items;
+            items[n_items++] = (zmq_pollitem_t){.socket = c->monitor, .events = ZMQ_POLLIN};
+        }
+        int n = zmq_poll(items, n_items, (long)(wake > now ? wake - now : 0));
         if (n < 0 && zmq_errno() == ETERM)
             return fail(r, DSLA_CODE_UNAVAILABLE, "client: its ZeroMQ context was shut down");
         if (n <= 0) continue; /* a timeout, or EINTR: the checks above decide */
-        if (c->watch_fd >= 0 && items[1].revents && watched_closed(c))
+        if (watch_at > 0 && items[watch_at].revents && watched_closed(c))
             return fail(r, DSLA_CODE_CANCELLED, "client: the caller's connection closed");
+        if (monitor_at > 0 && items[monitor_at].revents && dropped(c)) {
+            snprintf(msg, sizeof msg, "client: the connection to %s dropped", c->endpoint);
+            return fail(r, DSLA_CODE_UNAVAILABLE, msg);
+        }
         if (!(items[0].revents & ZMQ_POLLIN)) continue;
         zmq_msg_init(frame);
         if (zmq_msg_recv(frame, c->sock, ZMQ_DONTWAIT) < 0) {

@@ -35,6 +35,14 @@ typedef struct {
      * keypair, which the server's authorized_keys must list (runtime/actor/curve.h). NULL:
      * plaintext, which a CURVE server refuses. Copied. */
     const char *curve_server_key, *curve_public_key, *curve_secret_key;
+    /* A dropped connection ends the request in flight UNAVAILABLE (retried as any UNAVAILABLE),
+     * rather than waiting for its answer. Heartbeats alone miss a server that is killed and
+     * restarted on its port within DSLA_CLIENT_LIVENESS intervals: the socket reconnects, the
+     * successor answers the PINGs, and the request it never heard of waits for its deadline. Off
+     * by default: it watches the socket through a monitor, two more ZeroMQ sockets per client,
+     * which a process of thousands of clients on one server (the HTTP front end, in the same
+     * process as its gateway) does not need. */
+    bool watch_drops;
 } dsla_client_options_t;
 
 /* One streamed piece; return non-zero to cancel the request (it then ends CANCELLED). text is

@@ -419,7 +419,8 @@ int main(int argc, char **argv) {
         {"node", DSLA_ARG_STRING, "with --cluster: the node whose actors to start", 0, 0,
          &cluster_node},
         {"controller-bind", DSLA_ARG_STRING,
-         "with --layers: another mailbox for replicas and the distiller (--admin stays dslactl's)",
+         "with --layers or the distiller: another mailbox for replicas and the distiller (--admin "
+         "stays dslactl's)",
          0, 0, &controller_bind},
     };
     const int cluster_rc = dsla_serve_cluster_args(&argc, &argv, specs,
@@ -565,9 +566,10 @@ int main(int argc, char **argv) {
                         "this node runs none (--model)\n");
         return 2;
     }
-    if (controller_bind && !layers_dir) {
+    /* The distiller's node runs the controller over --distill-out when --layers is absent. */
+    if (controller_bind && !layers_dir && !distill_out) {
         fprintf(stderr, "dsla-serve: --controller-bind is a mailbox of the controller: it needs "
-                        "--layers\n");
+                        "--layers or the distiller (--distill-data, --distill-out)\n");
         return 2;
     }
     if ((layer_cache || dsla_args_given(argc, argv, 1, "fetch-chunk")) && !controller) {

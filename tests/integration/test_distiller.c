@@ -231,10 +231,50 @@ static void test_distill_device_cuda(void **state) {
     ctl_distill_fx_close(&f);
 }
 
+/* --controller-bind on the distiller's node without --layers (the controller then runs over
+ * --distill-out): it was refused as needing --layers. A --serving-only replica reports to the
+ * controller through that mailbox. */
+static void test_controller_bind_beside_distiller(void **state) {
+    (void)state;
+    static ctl_distill_fx_t f;
+    ctl_distill_fx_open(&f, "models/stories260K-hf");
+    char bind[64], replica_ep[64], cache[600];
+    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    snprintf(bind, sizeof bind, "tcp://127.0.0.1:%d", ctl_free_port());
+    snprintf(replica_ep, sizeof replica_ep, "tcp://127.0.0.1:%d", ctl_free_port());
+    snprintf(cache, sizeof cache, "%s/cache", f.dir);
+    const char *args[] = {"--model",
+                          f.model,
+                          "--endpoint",
+                          "tcp://127.0.0.1:*",
+                          "--http",
+                          "off",
+                          "--admin",
+                          admin,
+                          "--controller-bind",
+                          bind,
+                          "--distill-data",
+                          f.data,
+                          "--distill-out",
+                          f.online,
+                          DISTILL_ARGS("--distill-"),
+                          NULL};
+    dsla_test_server_t srv = dsla_test_server_start(args);
+    const char *replica_args[] = {
+        "--model", f.model,  "--serving-only", "--endpoint", replica_ep,    "--controller", bind,
+        "--name",  "remote", "--layer-cache",  cache,        "--report-ms", "50",           NULL};
+    dsla_test_server_t replica = dsla_test_server_start(replica_args);
+    ctl_wait_status(admin, "replica remote alive");
+    dsla_test_server_stop(&replica);
+    dsla_test_server_stop(&srv);
+    ctl_distill_fx_close(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_distil_announce_convert_resume),
         cmocka_unit_test(test_distill_device_cuda),
+        cmocka_unit_test(test_controller_bind_beside_distiller),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,12 +1,13 @@
 /* The controller's state machine (actors/controller_core.h) stepped in-process: a fake send that
  * records every SET_PLAN, a virtual clock, and simulated replicas that answer. Load rising converts
  * layers in catalogue order, one per cooldown, up to the cap; load falling reverts them in reverse.
- * A PLAN_NACK keeps the old plan, is recorded and is not sent again until the operator changes
- * something. A replica dying mid-rollout gives up its SET_PLAN, ignores its late answer and is sent
- * its target again when it comes back; an unanswered SET_PLAN times out on the tick. A restart on
- * the same SQLite file brings back the policy, the drain flag, the plans and the announced
- * versions. A corrupt or misannounced version is refused by verification; chunks are served only
- * from catalogued, unchanged files. */
+ * A PLAN_NACK keeps the old plan, is recorded and is sent again only after a backoff (10 s,
+ * doubling at each refusal of the same target) or when the operator changes something. A replica
+ * dying mid-rollout gives up its SET_PLAN, ignores its late answer and is sent its target again
+ * when it comes back; an unanswered SET_PLAN times out on the tick. A restart on the same SQLite
+ * file brings back the policy, the drain flag, the plans and the announced versions. A corrupt or
+ * misannounced version is refused by verification; chunks are served only from catalogued,
+ * unchanged files. */
 #include "tests/testutil.h"
 
 #include <stdio.h>
@@ -260,6 +261,44 @@ static void test_load_rises_then_falls(void **state) {
     dsla_admin_text_free(&t);
     dsla_ctl_core_destroy(&c);
     dsla_ctl_core_destroy(&c); /* harmless twice */
+    free(f);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
+/* A refusal may be transient (the soak saw fetches cut by a dropped connection and by a restarted
+ * controller, and a chunk corrupted on the wire): the refused plan was never sent again while the
+ * target stayed, leaving a replica on its old plan for as long as the policy held. It is now sent
+ * again after DSLA_CONTROLLER_RETRY_MS, then twice as long at each further refusal. */
+static void test_nack_retried_after_backoff(void **state) {
+    (void)state;
+    char *dir = versions_dir();
+    fake_t *f = calloc(1, sizeof *f);
+    dsla_ctl_core_t *c = core_new(f, dir, "manual layers=1");
+    replica_t r = {.name = "serving0", .plan_id = 5};
+    report(c, &r, 0, 0);
+    assert_int_equal(f->n_sent, 1);
+    answer(c, f, &r, false, "layer transfer: no LAYER_CHUNK of layer 2 from controller");
+    const int waits[] = {DSLA_CONTROLLER_RETRY_MS, 2 * DSLA_CONTROLLER_RETRY_MS};
+    for (int k = 0; k < 2; k++) {
+        const uint64_t refused = f->now_ms;
+        while (f->now_ms + 1000 < refused + (uint64_t)waits[k]) { /* nothing before the wait */
+            f->now_ms += 1000;
+            report(c, &r, 0, 0);
+            assert_int_equal(f->n_sent, 1 + k);
+        }
+        f->now_ms = refused + (uint64_t)waits[k];
+        report(c, &r, 0, 0);
+        assert_int_equal(f->n_sent, 2 + k);
+        if (k == 0) answer(c, f, &r, false, "layer 2 version 1 arrived with xxh64 1, announced 2");
+    }
+    assert_non_null(strstr(f->events, "plan_retry"));
+    answer(c, f, &r, true, NULL); /* adopted: nothing more to send */
+    assert_int_equal(dsla_ctl_core_replica(c, "serving0")->refusal[0], '\0');
+    f->now_ms += 10 * DSLA_CONTROLLER_RETRY_MS;
+    report(c, &r, 0, 0);
+    assert_int_equal(f->n_sent, 3);
+    dsla_ctl_core_destroy(&c);
     free(f);
     dsla_test_rmtree(dir);
     free(dir);
@@ -788,6 +827,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_load_rises_then_falls),
         cmocka_unit_test(test_nack_keeps_old_plan),
+        cmocka_unit_test(test_nack_retried_after_backoff),
         cmocka_unit_test(test_replica_dies_mid_rollout),
         cmocka_unit_test(test_restart_from_sqlite),
         cmocka_unit_test(test_hostile_announcements_refused),
