@@ -558,6 +558,29 @@ void dsla_engine_run_pending_cancels(dsla_engine_t *e) {
 
 /* ---- plans ---- */
 
+/* Gives copy every loaded version of equal checksum that something still runs: the pending plan,
+ * the current one, and the plans running requests are pinned to. The last matter after a revert:
+ * when the load rises again, the controller re-sends versions that requests of the plan before the
+ * revert still run, and without them a GPU would hold two copies of one layer and upload them in
+ * turn at every mixed step. Every version alive is held by one of these. */
+static dsla_status_t share_with_live_plans(dsla_engine_t *e, dsla_plan_t *copy, int *shared) {
+    *shared = 0;
+    int n = 0;
+    DSLA_TRY(dsla_plan_share_versions(copy, e->pending_plan, &n));
+    *shared += n;
+    DSLA_TRY(dsla_plan_share_versions(copy, e->plan, &n));
+    *shared += n;
+    const dsla_plan_t *seen = e->plan;
+    for (int i = 0; i < e->n_running; i++) {
+        const dsla_plan_t *p = e->running[i]->plan;
+        if (!p || p == seen || p == e->pending_plan) continue; /* runs of one plan: once */
+        DSLA_TRY(dsla_plan_share_versions(copy, p, &n));
+        *shared += n;
+        seen = p;
+    }
+    return DSLA_OK;
+}
+
 dsla_status_t dsla_engine_set_plan(dsla_engine_t *e, const dsla_plan_t *plan) {
     const dsla_model_config_t *mc = e->mcfg;
     if (dsla_plan_num_layers(plan) != mc->num_layers)
@@ -577,16 +600,15 @@ dsla_status_t dsla_engine_set_plan(dsla_engine_t *e, const dsla_plan_t *plan) {
     }
     dsla_plan_t *copy = NULL;
     DSLA_TRY(dsla_plan_freeze_copy(&copy, plan, e->last_plan_id + 1));
-    int shared = 0, from_pending = 0;
-    dsla_status_t st = dsla_plan_share_versions(copy, e->pending_plan, &from_pending);
-    if (st == DSLA_OK) st = dsla_plan_share_versions(copy, e->plan, &shared);
+    int shared = 0;
+    dsla_status_t st = share_with_live_plans(e, copy, &shared);
     if (st != DSLA_OK) {
         dsla_plan_release(&copy);
         return st;
     }
-    if (shared + from_pending)
+    if (shared)
         dsla_log_debug("engine: plan %llu shares %d layer versions with the plans before it",
-                       (unsigned long long)(e->last_plan_id + 1), shared + from_pending);
+                       (unsigned long long)(e->last_plan_id + 1), shared);
     e->last_plan_id++;
     dsla_plan_release(&e->pending_plan);
     e->pending_plan = copy;

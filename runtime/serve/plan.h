@@ -60,7 +60,8 @@ dsla_status_t dsla_plan_freeze_copy(dsla_plan_t **out, const dsla_plan_t *p, uin
  * layer of p whose version has the checksum of from's version of that layer takes from's (p's
  * own is released), and *shared (may be NULL) counts them. Every SET_PLAN loads its versions
  * afresh; without this, requests of two plans that run one version each hold it twice, and a GPU
- * (which holds one version a layer) uploads them in turn at every step. */
+ * (which holds one version a layer) uploads them in turn at every step. The engine calls it with
+ * every plan still alive: pending, current, and each running request's. */
 dsla_status_t dsla_plan_share_versions(dsla_plan_t *p, const dsla_plan_t *from, int *shared);
 
 #endif

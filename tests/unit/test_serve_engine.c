@@ -251,6 +251,56 @@ static void test_plan_versions_shared(void **state) {
     dsla_plan_release(&d);
 }
 
+/* Convert, revert, convert again: the controller re-sends the same versions while requests of the
+ * first conversion still run. The third plan must take their copies (not only the current plan's,
+ * which is all attention by then), so that one version of each layer is loaded; the requests of
+ * both conversions answer as their plans do alone. */
+static void test_plan_versions_shared_after_revert(void **state) {
+    (void)state;
+    dsla_engine_config_t cfg = small_config();
+    dsla_plan_t *a = harness_plan_sums(model, ORDER, 3, 21, true);
+    dsla_plan_t *a_again = harness_plan_sums(model, ORDER, 3, 21, true); /* loaded afresh */
+    dsla_plan_t *attn = NULL;
+    harness_ok(dsla_plan_create(&attn, dsla_model_config(model)->num_layers), "plan");
+    dsla_engine_t *e = NULL;
+    harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
+    harness_ok(dsla_engine_set_plan(e, a), "set plan A");
+    harness_request_t q[2];
+    harness_stream_t got[2], want;
+    make_requests(q, 2);
+    for (int i = 0; i < 2; i++) {
+        q[i].max_tokens = MAX_OUT;
+        q[i].ignore_eos = true; /* still running when the third plan comes */
+        memset(&got[i], 0, sizeof got[i]);
+        dsla_request_params_t p = harness_params(&q[i], &got[i]);
+        harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
+    }
+    harness_ok(dsla_engine_step(e, NULL), "step under A");
+    const dsla_dsla_layer_t *running[64];
+    assert_true(dsla_model_config(model)->num_layers <= 64);
+    memcpy(running, dsla_plan_layers(dsla_engine_plan(e)),
+           (size_t)dsla_model_config(model)->num_layers * sizeof running[0]);
+    harness_ok(dsla_engine_set_plan(e, attn), "revert");
+    harness_ok(dsla_engine_step(e, NULL), "step after the revert");
+    assert_int_equal(dsla_plan_num_dsla(dsla_engine_plan(e)), 0);
+    assert_false(dsla_engine_idle(e));
+    harness_ok(dsla_engine_set_plan(e, a_again), "convert again");
+    const dsla_dsla_layer_t *const *now = dsla_plan_layers(dsla_engine_plan(e));
+    for (int i = 0; i < 3; i++) {
+        assert_ptr_equal(now[ORDER[i]], running[ORDER[i]]);
+        assert_ptr_not_equal(now[ORDER[i]], dsla_plan_layers(a_again)[ORDER[i]]);
+    }
+    harness_drain(e, 10000);
+    for (int i = 0; i < 2; i++) {
+        harness_run_solo(model, tokenizer, &cfg, a, &q[i], &want);
+        harness_assert_same(&got[i], &want, i);
+    }
+    dsla_engine_destroy(&e);
+    dsla_plan_release(&a);
+    dsla_plan_release(&a_again);
+    dsla_plan_release(&attn);
+}
+
 /* Memory pressure across a plan change: the first wave runs on an all-attention plan in a small KV
  * pool; plan B (2 DSLA layers) arrives and a second wave pushes the pool over. Preempted first-wave
  * requests recompute under B: their output is A's solo output up to the preemption, then B's solo
@@ -702,6 +752,7 @@ int main(void) {
         cmocka_unit_test(test_preemption_same_plan),
         cmocka_unit_test(test_plan_change_mid_run),
         cmocka_unit_test(test_plan_versions_shared),
+        cmocka_unit_test(test_plan_versions_shared_after_revert),
         cmocka_unit_test(test_plan_change_under_pressure),
         cmocka_unit_test(test_matches_generate),
         cmocka_unit_test(test_finish_with_error_carries_message),
