@@ -19,9 +19,16 @@ Then up to --per-plan answers of that plan are sent again, together, and compare
 byte. Prints one JSON object (and writes it to --out): checked, equal, and per differing answer
 the index, plan and the first differing character.
 
-Greedy decoding on a GPU is not always batch-invariant (a reduction over another batch shape can
-flip a near tie), so a difference is reported with where it starts; the run's table says how
-many answers matched exactly.
+Greedy decoding on a GPU is not always batch-invariant: another batch shape rounds bf16 GEMMs
+differently and can flip a near tie, after which the two texts go their own ways. So replays ask
+for logprobs (the top --top alternatives per token) and a differing answer is judged at its first
+difference: the token the served answer took there must be among the replay's alternatives within
+--tie-nats of the replay's own choice, under the same plan. Such an answer is a "near tie"
+(consistent with rounding); anything else "differs". A request run under another plan (the harm
+this check looks for) leaves the served answer's first different token well below the top. To
+show that the check can tell the two apart, each replayed answer is also sent under another plan
+of the run (--control, on by default), where it must be judged "differs" or "near tie" far more
+rarely than under its own plan.
 """
 import argparse
 import concurrent.futures
@@ -62,6 +69,33 @@ def preemptions_from_log(path):
     return out
 
 
+def judge(served, got, tie_nats):
+    """How a replayed completion choice `got` (with legacy logprobs) compares to the served text:
+    (verdict, gap, at): ("equal", None, None), ("near tie", gap, at), ("differs", gap, at), or
+    ("unresolved", None, at) when the served token at the first difference is not among the
+    replay's alternatives' texts (it is then at least as far below as the last of them, and counts
+    as differing). gap: the replay's own choice's logprob minus the served token's, in nats; at:
+    the byte offset of the first difference."""
+    text = got.get("text", "")
+    if text == served:
+        return "equal", None, None
+    a, b = text.encode(), served.encode()
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lp = got.get("logprobs") or {}
+    offsets, tokens = lp.get("text_offset") or [], lp.get("tokens") or []
+    chosen, tops = lp.get("token_logprobs") or [], lp.get("top_logprobs") or []
+    j = max((k for k, off in enumerate(offsets) if off <= at), default=None)
+    if j is None or j >= len(tops) or not tops[j] or chosen[j] is None:
+        return "unresolved", None, at
+    rest = b[offsets[j]:]
+    gaps = [chosen[j] - v for t, v in tops[j].items()
+            if t and t != tokens[j] and "\ufffd" not in t and rest.startswith(t.encode())]
+    if not gaps:
+        return "unresolved", None, at
+    gap = min(gaps)
+    return ("near tie" if gap <= tie_nats else "differs"), gap, at
+
+
 def split_fingerprint(fp):
     replica, _, plan = fp.rpartition(":plan-")
     return (replica, int(plan)) if replica and plan.isdigit() else None
@@ -91,6 +125,24 @@ def pin(args, k):
     return False
 
 
+def replay(args, k, picked):
+    """Pins k DSLA layers and sends the picked answers' requests again, together (they were
+    batched when served too), with logprobs; None when the plan did not settle."""
+    if not pin(args, k):
+        return None
+    bodies = [dict(rec["request"], stream=False, logprobs=args.top) for rec in picked]
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda b: post(args.url + args.path, b, args.timeout_s), bodies))
+
+
+def replay_layers(args, got):
+    """The layers of the plan that computed a replay, from its fingerprint and the history."""
+    key = split_fingerprint(got.get("system_fingerprint", ""))
+    if key is not None and key[1] == 1:
+        return []
+    return plans_from_history(args).get(key, (0, None))[1]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--outputs", required=True)
@@ -103,6 +155,11 @@ def main():
     ap.add_argument("--per-plan", type=int, default=4)
     ap.add_argument("--settle-s", type=float, default=120)
     ap.add_argument("--timeout-s", type=float, default=600)
+    ap.add_argument("--top", type=int, default=5, help="logprobs alternatives per replayed token")
+    ap.add_argument("--tie-nats", type=float, default=0.1,
+                    help="a first difference within this of the replay's choice is a near tie")
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="skip replaying each answer under another plan too")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -127,51 +184,68 @@ def main():
     for replica, _ in by_plan:
         plans.setdefault((replica, 1), (0, []))
     chosen = sorted(by_plan, key=lambda k: -len(by_plan[k]))[: args.plans]
-    result = {"checked": 0, "equal": 0, "differ": [], "skipped": skipped,
+    verdicts = ("equal", "near tie", "differs", "unresolved")
+    result = {"checked": 0, **{v: 0 for v in verdicts}, "tie_nats": args.tie_nats, "gaps": [],
+              "first_difference_at": [],
+              "differ": [], "skipped": skipped,
               "plans": {f"{r}:plan-{p}": len(by_plan[(r, p)]) for r, p in by_plan}}
+    control = {"checked": 0, **{v: 0 for v in verdicts}, "gaps": [], "first_difference_at": []}
+    picks = {}
     for key in chosen:
         if key not in plans:
             result.setdefault("unknown_plans", []).append(f"{key[0]}:plan-{key[1]}")
             continue
-        k, layers = plans[key]
-        if not pin(args, k):
-            result.setdefault("unsettled", []).append(k)
-            continue
         recs = by_plan[key]
         step = max(1, len(recs) // args.per_plan)
-        picked = recs[::step][: args.per_plan]
-        bodies = [dict(rec["request"], stream=False) for rec in picked]
-        # sent together: the plan is what is checked, and the answers were batched when served too
-        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-            answers = list(pool.map(lambda b: post(args.url + args.path, b, args.timeout_s), bodies))
+        picks[key] = recs[::step][: args.per_plan]
+    for key, picked in picks.items():
+        k, layers = plans[key]
+        answers = replay(args, k, picked)
+        if answers is None:
+            result.setdefault("unsettled", []).append(k)
+            continue
         for rec, got in zip(picked, answers):
-            text = got["choices"][0].get("text")
-            if text is None:
-                text = got["choices"][0]["message"]["content"]
-            replay_key = split_fingerprint(got.get("system_fingerprint", ""))
-            replay_plan = plans_from_history(args).get(replay_key, (0, None))[1]
-            if replay_key is not None and replay_key[1] == 1:
-                replay_plan = []
             result["checked"] += 1
+            replay_plan = replay_layers(args, got)
             if replay_plan is not None and replay_plan != layers:
+                result["differs"] += 1
                 result["differ"].append({"index": rec["index"], "plan": f"{key[0]}:plan-{key[1]}",
                                          "why": f"the replay ran layers {replay_plan}, "
                                                 f"the answer {layers}"})
-            elif text == rec["text"]:
-                result["equal"] += 1
-            else:
-                at = next((i for i, (a, b) in enumerate(zip(text, rec["text"])) if a != b),
-                          min(len(text), len(rec["text"])))
+                continue
+            verdict, gap, at = judge(rec["text"], got["choices"][0], args.tie_nats)
+            result[verdict] += 1
+            if gap is not None:
+                result["gaps"].append(round(gap, 4))
+            if at is not None:
+                result["first_difference_at"].append(at)
+            if verdict in ("differs", "unresolved"):
                 result["differ"].append({"index": rec["index"], "plan": f"{key[0]}:plan-{key[1]}",
-                                         "dsla_layers": k, "first_difference_at": at,
-                                         "chars": len(rec["text"])})
+                                         "dsla_layers": k, "verdict": verdict, "gap": gap,
+                                         "first_difference_at": at, "chars": len(rec["text"])})
+    # The control: the same answers under the plan of the run farthest from their own.
+    ks = sorted({plans[key][0] for key in picks})
+    for key, picked in picks.items() if args.control and len(ks) > 1 else ():
+        k = plans[key][0]
+        other = max(ks, key=lambda x: abs(x - k))
+        answers = replay(args, other, picked)
+        for rec, got in zip(picked, answers or ()):
+            verdict, gap, at = judge(rec["text"], got["choices"][0], args.tie_nats)
+            control["checked"] += 1
+            control[verdict] += 1
+            if gap is not None:
+                control["gaps"].append(round(gap, 4))
+            if at is not None:
+                control["first_difference_at"].append(at)
+    if control["checked"]:
+        result["control"] = control
     ctl(args, "policy", "set", "manual", "layers=0")
     line = json.dumps(result)
     print(line)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(line + "\n")
-    return 0 if result["checked"] and not result["differ"] else 1
+    return 0 if result["checked"] and result["equal"] + result["near tie"] == result["checked"] else 1
 
 
 if __name__ == "__main__":

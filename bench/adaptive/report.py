@@ -114,7 +114,7 @@ def table(results):
               f"{r['max_dsla']} | {r['changes']} ({r['change_wait_s']:.1f}) |")
 
 
-def plot(results, path):
+def plot(results, path, peak, num_layers):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -122,11 +122,13 @@ def plot(results, path):
     except ImportError:
         print("(no matplotlib: no plot)", file=sys.stderr)
         return
-    fig, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 7), squeeze=False)
+    lo, hi, _ = peak
+    fig, axes = plt.subplots(3, len(results), figsize=(5 * len(results), 10), squeeze=False)
     for k, r in enumerate(results):
         ok = [x for x in r["rows"] if x["status"] == "completed" and x["ttft_s"]]
         bad = [x for x in r["rows"] if x["status"] != "completed"]
         ax = axes[0][k]
+        ax.axvspan(lo, hi, color="0.92", label="peak arrivals")
         ax.scatter([float(x["arrival_s"]) for x in ok], [float(x["ttft_s"]) for x in ok], s=3,
                    label="TTFT s")
         ax.scatter([float(x["arrival_s"]) for x in ok],
@@ -139,19 +141,31 @@ def plot(results, path):
         ax.set_title(f"{r['arm']}: latency by arrival")
         ax.set_xlabel("arrival s")
         ax.legend(fontsize=7)
-        ax = axes[1][k]
         ts = [s[0] - r["t0"] for s in r["status"]]
+        ax = axes[1][k]
         ax.plot(ts, [s[4] for s in r["status"]], label="running")
         ax.plot(ts, [s[3] for s in r["status"]], label="queued")
         ax2 = ax.twinx()
         ax2.step(ts, [s[1] for s in r["status"]], where="post", c="k", label="DSLA layers")
+        ax2.set_ylim(-0.5, num_layers + 0.5)
         ax2.set_ylabel("DSLA layers")
         ax.set_xlabel("s")
         ax.set_title(f"{r['arm']}: admitted, queued, plan")
         ax.legend(fontsize=7, loc="upper left")
         ax2.legend(fontsize=7, loc="upper right")
+        ax = axes[2][k]
+        total = r["kv_total"] or 1
+        ax.plot(ts, [100.0 * s[5] / total for s in r["status"]], label="KV blocks in use %")
+        ax.set_ylim(0, 100)
+        ax2 = ax.twinx()
+        ax2.plot(ts, [s[7] for s in r["status"]], c="tab:green", label="DSLA state slots")
+        ax2.set_ylabel("state slots")
+        ax.set_xlabel("s")
+        ax.set_title(f"{r['arm']}: KV pool ({total} blocks) and DSLA states")
+        ax.legend(fontsize=7, loc="upper left")
+        ax2.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -162,6 +176,7 @@ def main():
     ap.add_argument("--slo-ttft-ms", type=float, default=3000)
     ap.add_argument("--slo-tpot-ms", type=float, default=100)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--num-layers", type=int, default=32, help="the model's layers (plot scale)")
     a = ap.parse_args()
     status = read_status(os.path.join(a.out, "status.log"))
     arms = read_arms(os.path.join(a.out, "arms.log"))
@@ -173,11 +188,18 @@ def main():
     if os.path.exists(replay):
         with open(replay, encoding="utf-8") as f:
             r = json.load(f)
-        print(f"\npinned-plan replay (bench/adaptive/replay.py): {r['equal']} of {r['checked']} "
-              f"answers equal when run again alone under their plan; skipped {r['skipped']}")
+        print(f"\npinned-plan replay (bench/adaptive/replay.py): of {r['checked']} answers run "
+              f"again alone under their plan, {r['equal']} equal, {r.get('near tie', 0)} parted at a "
+              f"near tie (within {r.get('tie_nats', 0)} nats), {r.get('differs', 0)} differ, "
+              f"{r.get('unresolved', 0)} unresolved; skipped {r['skipped']}; gaps {r.get('gaps')}")
         for d in r["differ"]:
             print(f"  differs: {d}")
-    plot(results, a.png or os.path.join(a.out, "adaptive.png"))
+        c = r.get("control")
+        if c:
+            print(f"control, the same answers under another plan: of {c['checked']}, {c['equal']} "
+                  f"equal, {c['near tie']} near tie, {c['differs']} differ, {c['unresolved']} "
+                  f"unresolved; gaps {c['gaps']}")
+    plot(results, a.png or os.path.join(a.out, "adaptive.png"), peak, a.num_layers)
 
 
 if __name__ == "__main__":

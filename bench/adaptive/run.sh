@@ -29,7 +29,9 @@
 #   TAIL_S=30: seconds the status is still polled after the last arm (the adaptive arm's reverts)
 #   LOG_LEVEL=info (debug adds a line per LOAD_REPORT sent: their intervals under load, issue 9)
 #   REPLAY=1: then replay some of the adaptive arm's answers, under the plan that
-#     computed it (bench/adaptive/replay.py, replay.json): pinned plans leave answers unchanged
+#     computed it (bench/adaptive/replay.py, replay.json): pinned plans leave answers unchanged,
+#     up to near ties where the GPU's rounding differs between batches
+#   HTTP=127.0.0.1:18090 ADMIN=tcp://127.0.0.1:17091 ENDPOINT=tcp://127.0.0.1:17090 (addresses)
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$root/build/bin}
@@ -59,7 +61,8 @@ TAIL_S=${TAIL_S:-30}
 MAXCTX=${MAXCTX:-$([ "$SHAPE" = tiny ] && echo 1024 || echo 4096)}
 POLICY=${POLICY:-threshold max_ratio=0.75 step=8 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=2000}
 LOG_LEVEL=${LOG_LEVEL:-info}
-HTTP=127.0.0.1:18090 ADMIN=tcp://127.0.0.1:17091
+HTTP=${HTTP:-127.0.0.1:18090} ADMIN=${ADMIN:-tcp://127.0.0.1:17091}
+ENDPOINT=${ENDPOINT:-tcp://127.0.0.1:17090}
 mkdir -p "$WORK" "$OUT"
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log"; }
 
@@ -85,7 +88,7 @@ gpu=()
 log "starting dsla-serve"
 "$BIN/dsla-serve" --device "$DEVICE" "${gpu[@]}" --model "$model" --layers "$layers" \
     --policy "manual layers=0" --max-running 512 --max-queue-wait-ms "$QUEUE_WAIT_MS" \
-    --endpoint tcp://127.0.0.1:17090 --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
+    --endpoint "$ENDPOINT" --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
     --log-level "$LOG_LEVEL" >"$OUT/serve.log" 2>&1 &
 server=$!
 trap 'kill $poller $server 2>/dev/null; wait' EXIT
