@@ -81,6 +81,25 @@ void dsla_cpu_mlp_block_forward(float *h_out, const float *h_mid, const dsla_mlp
 void dsla_cpu_mlp_block_backward(float *dh_mid, const float *dh_out, const float *h_mid,
                                  const dsla_mlp_block_t *mlp, int rows, float *work);
 
+/* ---- causal softmax attention (kernels/cpu/train_attention.c) ---------------------------------
+ */
+
+/* Causal grouped-query attention over B whole sequences of T positions, for training: q [B*T, H*d]
+ * and k, v [B*T, Hkv*d] (RoPE already applied), query head h reading KV head h / (H / Hkv), scores
+ * scaled by 1/sqrt(d); out [B*T, H*d]. probs [B, H, T, T] receives the softmax of every query row
+ * (zeros above the diagonal), which the backward reads. Exact, not fast: the logit term's teacher
+ * layers at the lengths distillation trains on (hundreds of tokens). */
+void dsla_cpu_causal_attention_train_forward(float *out, float *probs, const float *q,
+                                             const float *k, const float *v, int B, int T, int H,
+                                             int Hkv, int d);
+
+/* The backward of that forward given its probs: dq [B*T, H*d] (=), dk and dv [B*T, Hkv*d] (=,
+ * summed over each KV head's query heads). scratch: T floats. No output may alias an input. */
+void dsla_cpu_causal_attention_train_backward(float *dq, float *dk, float *dv, const float *dout,
+                                              const float *probs, const float *q, const float *k,
+                                              const float *v, int B, int T, int H, int Hkv, int d,
+                                              float *scratch);
+
 /* ---- losses (kernels/cpu/train_loss.c) --------------------------------------------------------
  */
 

@@ -382,6 +382,88 @@ static void test_mlp_block(void **state) {
     }
 }
 
+/* ---- causal attention ---------------------------------------------------------------------------
+ */
+
+/* F = sum(dout * attention(q, k, v)) in fp64, written from the definition. */
+typedef struct {
+    int B, T, H, Hkv, d;
+    double *q, *k, *v, *dout;
+} attn_ctx_t;
+
+static double attn_probe(const void *p) {
+    const attn_ctx_t *c = p;
+    const int T = c->T, H = c->H, Hkv = c->Hkv, d = c->d;
+    double F = 0.0, s[64];
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                const double *qi = c->q + ((size_t)(b * T + i) * H + h) * d;
+                double max = -INFINITY, sum = 0.0;
+                for (int j = 0; j <= i; j++) {
+                    const double *kj = c->k + ((size_t)(b * T + j) * Hkv + h / (H / Hkv)) * d;
+                    s[j] = 0.0;
+                    for (int e = 0; e < d; e++)
+                        s[j] += qi[e] * kj[e] / sqrt((double)d);
+                    max = fmax(max, s[j]);
+                }
+                for (int j = 0; j <= i; j++)
+                    sum += exp(s[j] - max);
+                for (int e = 0; e < d; e++) {
+                    double o = 0.0;
+                    for (int j = 0; j <= i; j++)
+                        o += exp(s[j] - max) / sum *
+                             c->v[((size_t)(b * T + j) * Hkv + h / (H / Hkv)) * d + e];
+                    F += c->dout[((size_t)(b * T + i) * H + h) * d + e] * o;
+                }
+            }
+    return F;
+}
+
+static void test_causal_attention(void **state) {
+    (void)state;
+    uint64_t rng = dsla_test_seed();
+    const int shapes[][5] = {{2, 5, 4, 2, 3}, {1, 7, 2, 2, 4}, {1, 1, 3, 1, 2}}; /* B T H Hkv d */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], Hkv = shapes[s][3];
+        const int d = shapes[s][4];
+        const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * Hkv * d;
+        float *q = f32_normal(&rng, nq, 1.0f), *k = f32_normal(&rng, nk, 1.0f);
+        float *v = f32_normal(&rng, nk, 1.0f), *dout = f32_normal(&rng, nq, 1.0f);
+        attn_ctx_t c = {
+            B, T, H, Hkv, d, f64_from(q, nq), f64_from(k, nk), f64_from(v, nk), f64_from(dout, nq)};
+        float *out = f32_poisoned(nq), *probs = f32_poisoned((size_t)B * H * T * T);
+        dsla_cpu_causal_attention_train_forward(out, probs, q, k, v, B, T, H, Hkv, d);
+        /* The forward against the probe: F's derivative in dout is the output itself. */
+        double *out_ref = fd_grad(c.dout, nq, attn_probe, &c);
+        assert_true(rel_err(out, out_ref, nq) < TOL_GRAD);
+        for (int b = 0; b < B; b++) /* rows sum to 1, nothing above the diagonal */
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < T; i++) {
+                    const float *p = probs + (((size_t)b * H + h) * T + i) * T;
+                    double sum = 0.0;
+                    for (int j = 0; j < T; j++) {
+                        if (j > i) assert_true(p[j] == 0.0f);
+                        sum += p[j];
+                    }
+                    assert_true(fabs(sum - 1.0) < 1e-6);
+                }
+        float *dq = f32_poisoned(nq), *dk = f32_poisoned(nk), *dv = f32_poisoned(nk);
+        float *scratch = f32_poisoned((size_t)T);
+        dsla_cpu_causal_attention_train_backward(dq, dk, dv, dout, probs, q, k, v, B, T, H, Hkv, d,
+                                                 scratch);
+        double *dq_ref = fd_grad(c.q, nq, attn_probe, &c);
+        double *dk_ref = fd_grad(c.k, nk, attn_probe, &c);
+        double *dv_ref = fd_grad(c.v, nk, attn_probe, &c);
+        assert_true(rel_err(dq, dq_ref, nq) < TOL_GRAD);
+        assert_true(rel_err(dk, dk_ref, nk) < TOL_GRAD);
+        assert_true(rel_err(dv, dv_ref, nk) < TOL_GRAD);
+        free(q), free(k), free(v), free(dout), free(c.q), free(c.k), free(c.v), free(c.dout);
+        free(out), free(probs), free(out_ref), free(dq), free(dk), free(dv), free(scratch);
+        free(dq_ref), free(dk_ref), free(dv_ref);
+    }
+}
+
 /* ---- losses -----------------------------------------------------------------------------------
  */
 
@@ -645,15 +727,11 @@ static void test_clip_grad_norm(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_gemm_backward),
-        cmocka_unit_test(test_rmsnorm_backward),
-        cmocka_unit_test(test_swiglu_backward),
-        cmocka_unit_test(test_mlp_block),
-        cmocka_unit_test(test_nmse_loss),
-        cmocka_unit_test(test_kl_div_loss),
-        cmocka_unit_test(test_cosine_similarity),
-        cmocka_unit_test(test_adamw_two_steps),
-        cmocka_unit_test(test_adamw_defaults_and_schedule),
+        cmocka_unit_test(test_gemm_backward),    cmocka_unit_test(test_rmsnorm_backward),
+        cmocka_unit_test(test_swiglu_backward),  cmocka_unit_test(test_mlp_block),
+        cmocka_unit_test(test_causal_attention), cmocka_unit_test(test_nmse_loss),
+        cmocka_unit_test(test_kl_div_loss),      cmocka_unit_test(test_cosine_similarity),
+        cmocka_unit_test(test_adamw_two_steps),  cmocka_unit_test(test_adamw_defaults_and_schedule),
         cmocka_unit_test(test_clip_grad_norm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
