@@ -194,6 +194,17 @@ static void test_plan_change_mid_run(void **state) {
     dsla_plan_release(&b);
 }
 
+/* Runs e dry, then holds each of the n answers to the same request alone under plan. */
+static void drain_as_solo(dsla_engine_t *e, const dsla_engine_config_t *cfg, dsla_plan_t *plan,
+                          const harness_request_t *q, const harness_stream_t *got, int n) {
+    harness_stream_t want;
+    harness_drain(e, 10000);
+    for (int i = 0; i < n; i++) {
+        harness_run_solo(model, tokenizer, cfg, plan, &q[i], &want);
+        harness_assert_same(&got[i], &want, i);
+    }
+}
+
 /* Every SET_PLAN loads its versions afresh: a plan whose version of a layer has the checksum of the
  * running plan's takes the running one, so requests of both plans run one copy (a GPU holds one
  * version a layer and would upload the two in turn at every step). Versions of other weights, or
@@ -232,18 +243,14 @@ static void test_plan_versions_shared(void **state) {
     /* B with A's versions shared answers as B alone */
     harness_ok(dsla_engine_set_plan(e, b), "set plan B again");
     harness_request_t q[2];
-    harness_stream_t got[2], want;
+    harness_stream_t got[2];
     make_requests(q, 2);
     for (int i = 0; i < 2; i++) {
         memset(&got[i], 0, sizeof got[i]);
         dsla_request_params_t p = harness_params(&q[i], &got[i]);
         harness_ok(dsla_engine_submit(e, &p, NULL), "submit");
     }
-    harness_drain(e, 10000);
-    for (int i = 0; i < 2; i++) {
-        harness_run_solo(model, tokenizer, &cfg, b, &q[i], &want);
-        harness_assert_same(&got[i], &want, i);
-    }
+    drain_as_solo(e, &cfg, b, q, got, 2);
     dsla_engine_destroy(&e);
     dsla_plan_release(&a);
     dsla_plan_release(&b);
@@ -266,7 +273,7 @@ static void test_plan_versions_shared_after_revert(void **state) {
     harness_ok(dsla_engine_create(&e, model, tokenizer, &cfg), "engine");
     harness_ok(dsla_engine_set_plan(e, a), "set plan A");
     harness_request_t q[2];
-    harness_stream_t got[2], want;
+    harness_stream_t got[2];
     make_requests(q, 2);
     for (int i = 0; i < 2; i++) {
         q[i].max_tokens = MAX_OUT;
@@ -290,11 +297,7 @@ static void test_plan_versions_shared_after_revert(void **state) {
         assert_ptr_equal(now[ORDER[i]], running[ORDER[i]]);
         assert_ptr_not_equal(now[ORDER[i]], dsla_plan_layers(a_again)[ORDER[i]]);
     }
-    harness_drain(e, 10000);
-    for (int i = 0; i < 2; i++) {
-        harness_run_solo(model, tokenizer, &cfg, a, &q[i], &want);
-        harness_assert_same(&got[i], &want, i);
-    }
+    drain_as_solo(e, &cfg, a, q, got, 2);
     dsla_engine_destroy(&e);
     dsla_plan_release(&a);
     dsla_plan_release(&a_again);
