@@ -194,8 +194,8 @@ static void *worker_main(void *arg) {
                  train.num_sequences, eval.num_sequences, d->seq_len, device, d->out_dir);
         post_progress(d, &p);
         if (d->on_gpu) dsla_log_info("distiller: %s", p.message);
-        const dsla_distill_callbacks_t cb = {on_progress, on_layer_done, d, should_stop,
-                                             extend_train};
+        const dsla_distill_callbacks_t cb = {on_progress, on_layer_done, d,
+                                             should_stop, extend_train,  NULL};
         st = d->on_gpu ? dsla_distill_backend_cuda_create(&backend, model, &d->cuda)
                        : dsla_distill_backend_cpu_create(&backend, model);
         if (st == DSLA_OK)

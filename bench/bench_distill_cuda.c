@@ -208,7 +208,7 @@ int main(int argc, char **argv) {
     if (dsla_distill_backend_cuda_create(&be, model, &o) != DSLA_OK) return fail("CUDA backend");
     static dsla_distill_report_t rep;
     timing_t tm = {{0}, {0}, steps};
-    const dsla_distill_callbacks_t cb = {on_progress, NULL, &tm, NULL, NULL};
+    const dsla_distill_callbacks_t cb = {on_progress, NULL, &tm, NULL, NULL, NULL};
     char out[1100];
     /* A directory of this run's own: the engine would keep versions an earlier run left. */
     snprintf(out, sizeof out, "%s/versions-%ld", dir, (long)getpid());

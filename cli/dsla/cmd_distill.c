@@ -35,11 +35,16 @@ enum { DEFAULT_EVAL_SEQUENCES = 16 };
 static void print_progress(void *user, const dsla_distill_progress_t *p) {
     (void)user;
     int left = (int)p->seconds_left;
-    fprintf(stderr, "\rlayer %d (%d/%d)  step %d/%d  loss %.5f  %.0f tok/s  time left %dm%02ds   ",
-            p->layer, p->k + 1, p->n_layers, p->step, p->steps, p->loss, p->tokens_per_second,
-            left / 60, left % 60);
+    fprintf(stderr, "\r%s %d (%d/%d)  step %d/%d  loss %.5f  %.0f tok/s  time left %dm%02ds   ",
+            p->probe ? "probe layer" : "layer", p->layer, p->k + 1, p->n_layers, p->step, p->steps,
+            p->loss, p->tokens_per_second, left / 60, left % 60);
     if (p->step == p->steps) fputc('\n', stderr);
     fflush(stderr);
+}
+
+static void print_probe_done(void *user, int layer, double ppl) {
+    (void)user;
+    fprintf(stderr, "probe layer %d: held-out ppl %.4f with only it converted\n", layer, ppl);
 }
 
 static void print_layer_done(void *user, const dsla_distill_layer_report_t *r) {
@@ -76,6 +81,11 @@ static int write_report(const char *path, const dsla_distill_report_t *r) {
         fputs(i ? ", " : "", f);
         json_number(f, "%.6f", r->entropy[i]);
     }
+    fprintf(f, "], \"probe_steps\": %d, \"probe_ppl\": [", r->probe_steps);
+    for (int i = 0; i < r->n_layers; i++) {
+        fputs(i ? ", " : "", f);
+        json_number(f, "%.6f", r->probe_ppl[i]);
+    }
     fprintf(f, "], \"converted\": [");
     for (int i = 0; i < r->n_converted; i++) {
         const dsla_distill_layer_report_t *c = &r->converted[i];
@@ -94,10 +104,16 @@ static int write_report(const char *path, const dsla_distill_report_t *r) {
     return fclose(f) == 0 ? 0 : 1;
 }
 
-static void print_summary(const dsla_distill_report_t *r, bool init_only) {
-    printf("\nconversion order (ascending attention entropy unless --order says otherwise):");
+static void print_summary(const dsla_distill_report_t *r, bool init_only, const char *order) {
+    printf("\nconversion order (%s):", order);
     for (int i = 0; i < r->n_layers; i++)
         printf(" %d", r->order[i]);
+    if (r->probe_steps > 0) {
+        printf("\nprobe perplexity, each layer alone after %d steps%s:", r->probe_steps,
+               r->probes_resumed ? " (from an earlier run)" : "");
+        for (int i = 0; i < r->n_layers; i++)
+            printf(" %d: %.4f", r->order[i], r->probe_ppl[r->order[i]]);
+    }
     if (init_only) {
         printf("\n%d teacher-initialised layer versions written (--steps 0: not trained, not "
                "scored):",
@@ -130,7 +146,7 @@ int dsla_cmd_distill(int argc, char **argv) {
     dsla_arg_list_t data = {0}, eval_data = {0};
     long layers = 0, steps = p.steps, batch = p.batch, seq_len = 256, seed = (long)p.seed;
     long max_sequences = 0, eval_sequences = DEFAULT_EVAL_SEQUENCES;
-    long checkpoint_every = p.checkpoint_every;
+    long checkpoint_every = p.checkpoint_every, probe_steps = p.probe_steps;
     double lr = p.optim.lr, gate_cosine = p.gate_cosine_weight;
     bool independent = false, single_state = false;
     const dsla_arg_spec_t specs[] = {
@@ -148,7 +164,10 @@ int dsla_cmd_distill(int argc, char **argv) {
          &seq_len},
         {"batch", DSLA_ARG_INT, "sequences per step (default 8)", 1, DSLA_LAYER_ORDER_MAX, &batch},
         {"lr", DSLA_ARG_FLOAT, "peak learning rate (default 1e-3)", 1e-8, 1, &lr},
-        {"order", DSLA_ARG_STRING, "entropy (default), reverse, or given", 0, 0, &order},
+        {"order", DSLA_ARG_STRING, "entropy (default), reverse, given, or measured", 0, 0, &order},
+        {"probe-steps", DSLA_ARG_INT,
+         "with --order measured: steps each layer trains alone to measure its cost (default 30)", 1,
+         1e9, &probe_steps},
         {"layer-order", DSLA_ARG_STRING, "with --order given: e.g. 3,1,0,2,4", 0, 0, &layer_order},
         {"independent", DSLA_ARG_FLAG, "train each layer on the teacher's inputs (not chained)", 0,
          0, &independent},
@@ -182,17 +201,23 @@ int dsla_cmd_distill(int argc, char **argv) {
                         "only with --steps 0 --order given)\n");
         return 2;
     }
+    const char *order_name = "given";
     if (strcmp(order, "entropy") == 0) {
         p.order_mode = DSLA_ORDER_ENTROPY;
+        order_name = "ascending attention entropy";
     } else if (strcmp(order, "reverse") == 0) {
         p.order_mode = DSLA_ORDER_REVERSE;
+        order_name = "descending attention entropy";
+    } else if (strcmp(order, "measured") == 0) {
+        p.order_mode = DSLA_ORDER_MEASURED;
+        order_name = "ascending measured cost";
     } else if (strcmp(order, "given") == 0) {
         p.order_mode = DSLA_ORDER_GIVEN;
         if (layer_order && dsla_args_int_list(layer_order, "layer-order", p.given_order,
                                               DSLA_LAYER_ORDER_MAX, &p.n_given_order))
             return 2;
     } else {
-        fprintf(stderr, "--order: '%s' is not one of entropy, reverse, given\n", order);
+        fprintf(stderr, "--order: '%s' is not one of entropy, reverse, given, measured\n", order);
         return 2;
     }
     bool cuda = false;
@@ -210,6 +235,7 @@ int dsla_cmd_distill(int argc, char **argv) {
     p.chained = !independent;
     p.single_state = single_state;
     p.checkpoint_every = (int)checkpoint_every;
+    p.probe_steps = (int)probe_steps;
     p.optim = dsla_adamw_params_default(p.steps);
     p.optim.lr = lr;
     p.optim.min_lr = lr / 10;
@@ -243,7 +269,8 @@ int dsla_cmd_distill(int argc, char **argv) {
             fprintf(stderr, "dsla distill: %d training and %d held-out sequences of %ld tokens\n",
                     train.num_sequences, eval.num_sequences, seq_len);
         bool tty = isatty(fileno(stderr));
-        const dsla_distill_callbacks_t cb = {print_progress, print_layer_done, &tty, NULL, NULL};
+        const dsla_distill_callbacks_t cb = {print_progress, print_layer_done, &tty, NULL,
+                                             NULL,           print_probe_done};
         dsla_distill_backend_t *backend = NULL;
         st = cuda ? dsla_distill_backend_cuda_create(&backend, model, &cuda_opts)
                   : dsla_distill_backend_cpu_create(&backend, model);
@@ -257,7 +284,7 @@ int dsla_cmd_distill(int argc, char **argv) {
     }
     int exit_code = 0;
     if (st == DSLA_OK) {
-        print_summary(report, p.steps == 0);
+        print_summary(report, p.steps == 0, order_name);
         if (report_path) exit_code = write_report(report_path, report);
     } else {
         fprintf(stderr, "\ndsla distill: %s\n", dsla_last_error());

@@ -27,6 +27,7 @@ dsla_distill_params_t dsla_distill_params_default(void) {
         .chained = true,
         .single_state = false,
         .calib_sequences = 16,
+        .probe_steps = 30,
         .checkpoint_every = 50,
         .seed = 1234,
     };
@@ -162,6 +163,19 @@ dsla_status_t dsla_distill_eval_nll(dsla_model_t *model, const dsla_layer_kind_t
     return eval_nll_tokens(model, kinds, corpus, nll, NULL);
 }
 
+/* order[0..n) = the indices 0..n-1 by ascending cost; an insertion sort, stable, so equal costs
+ * keep the layers' natural order. */
+static void order_ascending(int *order, const double *cost, int n) {
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && cost[order[j]] < cost[order[j - 1]]; j--) {
+            int tmp = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = tmp;
+        }
+}
+
 dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpus_t *corpus,
                                          int n_sequences, float *entropy, int *order) {
     const int L = dsla_model_config(teacher)->num_layers;
@@ -187,15 +201,9 @@ dsla_status_t dsla_distill_entropy_order(dsla_model_t *teacher, const dsla_corpu
     if (st == DSLA_OK) {
         for (int l = 0; l < L; l++) {
             entropy[l] = (float)(sum[l] / n_sequences);
-            order[l] = l;
+            sum[l] = entropy[l];
         }
-        /* Insertion sort: stable, so equal entropies keep the layers' natural order. */
-        for (int i = 1; i < L; i++)
-            for (int j = i; j > 0 && entropy[order[j]] < entropy[order[j - 1]]; j--) {
-                int tmp = order[j];
-                order[j] = order[j - 1];
-                order[j - 1] = tmp;
-            }
+        order_ascending(order, sum, L);
     }
     free(per_item);
     free(sum);
@@ -648,6 +656,14 @@ static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill
     if (p->batch < 1 || p->batch > DSLA_LAYER_ORDER_MAX)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT, "batch %d is outside 1..%d", p->batch,
                           DSLA_LAYER_ORDER_MAX);
+    if (p->order_mode == DSLA_ORDER_MEASURED && init_only(p))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "the measured order trains and scores a probe per layer; an init-only "
+                          "run (steps 0) takes the entropy, reverse or given order");
+    if (p->order_mode == DSLA_ORDER_MEASURED && p->probe_steps < 1)
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "probe_steps %d must be at least 1 for the measured order",
+                          p->probe_steps);
     if (init_only_without_data(p)) return validate_order(cfg, p);
     if (!train || !eval || train->num_sequences < 1 || eval->num_sequences < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
@@ -666,6 +682,8 @@ static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill
 static dsla_status_t compute_order(run_t *r) {
     const int L = r->cfg->num_layers;
     dsla_distill_report_t *rep = r->report;
+    for (int l = 0; l < L; l++)
+        rep->probe_ppl[l] = NAN;
     if (init_only_without_data(r->p)) {
         for (int l = 0; l < L; l++) {
             rep->entropy[l] = NAN;
@@ -734,25 +752,128 @@ static dsla_status_t install(run_t *r, int layer) {
     return DSLA_OK;
 }
 
+/* One layer's fit: the k-th conversion of the order, or the k-th probe of a measured order. */
+typedef struct {
+    int k, layer;
+    bool probe;
+    int steps;
+    const dsla_layer_kind_t *input_plan; /* NULL: the teacher's inputs */
+    const dsla_corpus_t *train;
+} fit_t;
+
+/* Creates ls's weights (initialised from the teacher) and moments for f->layer and hands them to
+ * the backend, which captures the layer's inputs under f->input_plan. */
+static dsla_status_t fit_begin(run_t *r, layer_state_t *ls, const fit_t *f) {
+    const dsla_distill_params_t *p = r->p;
+    *ls = (layer_state_t){.layer = f->layer};
+    DSLA_TRY(dsla_dsla_layer_create(&ls->w, r->cfg, f->layer));
+    DSLA_TRY(dsla_dsla_layer_create(&ls->m, r->cfg, f->layer));
+    DSLA_TRY(dsla_dsla_layer_create(&ls->v, r->cfg, f->layer));
+    ls->w->single_state = p->single_state;
+    DSLA_TRY(
+        dsla_dsla_layer_init_from_teacher(ls->w, r->model, f->layer, p->seed + (uint64_t)f->layer));
+    return r->be->layer_begin(r->be, ls->w, ls->m, ls->v, p->batch, p->single_state, f->input_plan,
+                              f->train, r->eval);
+}
+
+static void fit_end(run_t *r, layer_state_t *ls) {
+    r->be->layer_end(r->be);
+    dsla_dsla_layer_destroy(&ls->w);
+    dsla_dsla_layer_destroy(&ls->m);
+    dsla_dsla_layer_destroy(&ls->v);
+}
+
+/* Optimizer steps left in the whole run after step of f: the probes still to come, then the
+ * conversions (all of them while probing). */
+static long steps_left(const run_t *r, const fit_t *f, long step) {
+    const dsla_distill_params_t *p = r->p;
+    long left = f->steps - step;
+    if (f->probe)
+        left +=
+            (long)(r->cfg->num_layers - f->k - 1) * p->probe_steps + (long)r->n_convert * p->steps;
+    else
+        left += (long)(r->n_convert - f->k - 1) * p->steps;
+    return left;
+}
+
+/* Runs f's steps after `step` (those a checkpoint restored) on the backend's layer: batches drawn
+ * by (seed, layer, step), the schedule over f->steps, checkpoints for conversions only (a probe is
+ * short and runs again). *tail_loss: the mean loss of the last tenth of the steps. */
+static dsla_status_t fit_steps(run_t *r, layer_state_t *ls, const fit_t *f, long step,
+                               double *tail_loss) {
+    const dsla_distill_params_t *p = r->p;
+    dsla_distill_backend_t *be = r->be;
+    const int layer = f->layer;
+    dsla_adamw_params_t optim = p->optim;
+    optim.total_steps = f->steps;
+    /* A probe runs the run's schedule compressed to its length: the same share of warm-up. */
+    if (f->probe) optim.warmup_steps = (int)((long)p->optim.warmup_steps * f->steps / p->steps);
+    int tail = f->steps / 10 > 0 ? f->steps / 10 : 1;
+    double tail_sum = 0.0;
+    int tail_count = 0;
+    int idx[DSLA_LAYER_ORDER_MAX];
+    while (step < f->steps) {
+        if (r->cb && r->cb->should_stop && r->cb->should_stop(r->cb->user)) {
+            if (f->probe)
+                return dsla_error(DSLA_ERR_CANCELLED,
+                                  "distillation stopped during layer %d's probe (step %ld of %d); "
+                                  "started again on %s it probes again",
+                                  layer, step + 1, f->steps, r->out_dir);
+            return dsla_error(DSLA_ERR_CANCELLED,
+                              "distillation stopped before layer %d's step %ld of %d; started "
+                              "again on %s it resumes from the last checkpoint",
+                              layer, step + 1, f->steps, r->out_dir);
+        }
+        double t0 = dsla_clock_seconds();
+        step++;
+        uint64_t rng = p->seed ^ ((uint64_t)(layer + 1) << 40) ^ (uint64_t)step;
+        for (int i = 0; i < p->batch; i++)
+            idx[i] = (int)(dsla_splitmix64(&rng) % (uint64_t)f->train->num_sequences);
+        double loss;
+        DSLA_TRY(be->step(be, idx, step, &optim, p->gate_cosine_weight, &loss));
+        if (step > f->steps - tail) {
+            tail_sum += loss;
+            tail_count++;
+        }
+        if (!f->probe && p->checkpoint_every > 0 && step % p->checkpoint_every == 0 &&
+            step < f->steps) {
+            DSLA_TRY(be->pull(be));
+            DSLA_TRY(checkpoint_save(ls, r->out_dir, step));
+        }
+        double dt = dsla_clock_seconds() - t0;
+        r->steps_done++;
+        r->step_seconds +=
+            (dt - r->step_seconds) / (double)(r->steps_done < 20 ? r->steps_done : 20);
+        if (r->cb && r->cb->on_progress) {
+            const dsla_distill_progress_t prog = {
+                .probe = f->probe,
+                .k = f->k,
+                .n_layers = f->probe ? r->cfg->num_layers : r->n_convert,
+                .layer = layer,
+                .step = (int)step,
+                .steps = f->steps,
+                .loss = loss,
+                .tokens_per_second = (double)p->batch * f->train->seq_len / dt,
+                .seconds_left = (double)steps_left(r, f, step) * r->step_seconds,
+            };
+            r->cb->on_progress(r->cb->user, &prog);
+        }
+    }
+    if (tail_loss) *tail_loss = tail_count ? tail_sum / tail_count : NAN;
+    return DSLA_OK;
+}
+
 /* Trains the k-th layer of the order on train, saves its version and installs it. */
 static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     const dsla_distill_params_t *p = r->p;
-    const int layer = r->report->order[k], T = train->seq_len;
+    const int layer = r->report->order[k];
     dsla_distill_backend_t *be = r->be;
     double started = dsla_clock_seconds();
-    layer_state_t ls = {.layer = layer};
-    dsla_status_t st = dsla_dsla_layer_create(&ls.w, r->cfg, layer);
-    if (st == DSLA_OK) st = dsla_dsla_layer_create(&ls.m, r->cfg, layer);
-    if (st == DSLA_OK) st = dsla_dsla_layer_create(&ls.v, r->cfg, layer);
-    if (st == DSLA_OK) {
-        ls.w->single_state = p->single_state;
-        st = dsla_dsla_layer_init_from_teacher(ls.w, r->model, layer, p->seed + (uint64_t)layer);
-    }
     /* The student learns on what it will see when served: the hybrid's stream (chained), or the
      * teacher's (the unchained ablation). The target is always the teacher's. */
-    if (st == DSLA_OK)
-        st = be->layer_begin(be, ls.w, ls.m, ls.v, p->batch, p->single_state,
-                             p->chained ? r->kinds : NULL, train, r->eval);
+    const fit_t f = {k, layer, false, p->steps, p->chained ? r->kinds : NULL, train};
+    layer_state_t ls;
+    dsla_status_t st = fit_begin(r, &ls, &f);
     if (st != DSLA_OK) goto done;
 
     dsla_distill_layer_report_t *rep = &r->report->converted[k];
@@ -761,58 +882,8 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     long step = 0;
     if (st == DSLA_OK) st = checkpoint_load(&ls, r->out_dir, &step);
     if (st == DSLA_OK && step > 0) st = be->push(be);
-    if (st != DSLA_OK) goto done;
-
-    dsla_adamw_params_t optim = p->optim;
-    optim.total_steps = p->steps;
-    int tail = p->steps / 10 > 0 ? p->steps / 10 : 1;
-    double tail_loss = 0.0;
-    int tail_count = 0;
-    int idx[DSLA_LAYER_ORDER_MAX];
-    while (step < p->steps) {
-        if (r->cb && r->cb->should_stop && r->cb->should_stop(r->cb->user)) {
-            st = dsla_error(DSLA_ERR_CANCELLED,
-                            "distillation stopped before layer %d's step %ld of %d; started again "
-                            "on %s it resumes from the last checkpoint",
-                            layer, step + 1, p->steps, r->out_dir);
-            goto done;
-        }
-        double t0 = dsla_clock_seconds();
-        step++;
-        uint64_t rng = p->seed ^ ((uint64_t)(layer + 1) << 40) ^ (uint64_t)step;
-        for (int i = 0; i < p->batch; i++)
-            idx[i] = (int)(dsla_splitmix64(&rng) % (uint64_t)train->num_sequences);
-        double loss;
-        st = be->step(be, idx, step, &optim, p->gate_cosine_weight, &loss);
-        if (st != DSLA_OK) goto done;
-        if (step > p->steps - tail) {
-            tail_loss += loss;
-            tail_count++;
-        }
-        if (p->checkpoint_every > 0 && step % p->checkpoint_every == 0 && step < p->steps) {
-            st = be->pull(be);
-            if (st == DSLA_OK) st = checkpoint_save(&ls, r->out_dir, step);
-            if (st != DSLA_OK) goto done;
-        }
-        double dt = dsla_clock_seconds() - t0;
-        r->steps_done++;
-        r->step_seconds +=
-            (dt - r->step_seconds) / (double)(r->steps_done < 20 ? r->steps_done : 20);
-        if (r->cb && r->cb->on_progress) {
-            long left = (long)(r->n_convert - k - 1) * p->steps + (p->steps - step);
-            const dsla_distill_progress_t prog = {k,
-                                                  r->n_convert,
-                                                  layer,
-                                                  (int)step,
-                                                  p->steps,
-                                                  loss,
-                                                  (double)p->batch * T / dt,
-                                                  (double)left * r->step_seconds};
-            r->cb->on_progress(r->cb->user, &prog);
-        }
-    }
-    rep->train_loss = tail_count ? tail_loss / tail_count : NAN;
-    st = be->eval_mse(be, &rep->eval_mse);
+    if (st == DSLA_OK) st = fit_steps(r, &ls, &f, step, &rep->train_loss);
+    if (st == DSLA_OK) st = be->eval_mse(be, &rep->eval_mse);
     if (st == DSLA_OK) st = be->pull(be);
     if (st != DSLA_OK) goto done;
     be->layer_end(be);
@@ -844,11 +915,157 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     remove(path);
     rep->seconds = dsla_clock_seconds() - started;
 done:
-    be->layer_end(be);
-    dsla_dsla_layer_destroy(&ls.w);
-    dsla_dsla_layer_destroy(&ls.m);
-    dsla_dsla_layer_destroy(&ls.v);
+    fit_end(r, &ls);
     return st;
+}
+
+/* ---- the measured order ------------------------------------------------------------------------
+ */
+
+static const char PROBES_FILE[] = "probes.safetensors";
+
+/* The measured order's probe of layer (the k-th probed): trained alone on the teacher's inputs for
+ * probe_steps, then the held-out perplexity of the hybrid with only it converted. */
+static dsla_status_t probe_layer(run_t *r, int k, int layer, double *ppl) {
+    dsla_distill_backend_t *be = r->be;
+    const fit_t f = {k, layer, true, r->p->probe_steps, NULL, r->train};
+    layer_state_t ls;
+    dsla_status_t st = fit_begin(r, &ls, &f);
+    if (st == DSLA_OK) st = fit_steps(r, &ls, &f, 0, NULL);
+    if (st == DSLA_OK) st = be->pull(be);
+    be->layer_end(be);
+    dsla_layer_kind_t kinds[DSLA_LAYER_ORDER_MAX];
+    for (int l = 0; l < r->cfg->num_layers; l++)
+        kinds[l] = l == layer ? DSLA_LAYER_DSLA : DSLA_LAYER_ATTN;
+    double nll = NAN;
+    if (st == DSLA_OK) st = be->install(be, layer, ls.w);
+    if (st == DSLA_OK) st = be->eval_nll(be, kinds, r->eval, &nll, NULL);
+    be->install(be, layer, NULL);
+    fit_end(r, &ls);
+    *ppl = exp(nll);
+    return st;
+}
+
+/* What makes two runs' probes the same, as the probe file's metadata. */
+static void probes_key(const run_t *r, char keys[][24], char values[][32]) {
+    const dsla_distill_params_t *p = r->p;
+    snprintf(keys[0], 24, "teacher_checksum");
+    snprintf(values[0], 32, "%016llx", (unsigned long long)r->teacher_checksum);
+    snprintf(keys[1], 24, "probe_steps");
+    snprintf(values[1], 32, "%d", p->probe_steps);
+    snprintf(keys[2], 24, "seed");
+    snprintf(values[2], 32, "%llu", (unsigned long long)p->seed);
+    snprintf(keys[3], 24, "batch");
+    snprintf(values[3], 32, "%d", p->batch);
+    snprintf(keys[4], 24, "single_state");
+    snprintf(values[4], 32, "%d", p->single_state ? 1 : 0);
+    snprintf(keys[5], 24, "lr");
+    snprintf(values[5], 32, "%.9g", p->optim.lr);
+}
+enum { PROBES_KEYS = 6 };
+
+/* Writes the order and the probe perplexities (exactly: %.17g) beside the layer versions. */
+static dsla_status_t probes_save(const run_t *r) {
+    const int L = r->cfg->num_layers;
+    char keys[PROBES_KEYS][24], values[PROBES_KEYS][32], path[4096];
+    char *order = malloc((size_t)L * 8 + 1), *ppl = malloc((size_t)L * 32 + 1);
+    if (!order || !ppl) {
+        free(order);
+        free(ppl);
+        return dsla_error_oom("the probe file");
+    }
+    size_t no = 0, np = 0;
+    for (int i = 0; i < L; i++) {
+        no += (size_t)sprintf(order + no, "%s%d", i ? "," : "", r->report->order[i]);
+        np += (size_t)sprintf(ppl + np, "%s%.17g", i ? "," : "", r->report->probe_ppl[i]);
+    }
+    probes_key(r, keys, values);
+    dsla_st_writer_t *wr = NULL;
+    dsla_status_t st = dsla_st_writer_create(&wr);
+    for (int i = 0; i < PROBES_KEYS && st == DSLA_OK; i++)
+        st = dsla_st_writer_set_metadata(wr, keys[i], values[i]);
+    if (st == DSLA_OK) st = dsla_st_writer_set_metadata(wr, "order", order);
+    if (st == DSLA_OK) st = dsla_st_writer_set_metadata(wr, "probe_ppl", ppl);
+    path_join(path, sizeof path, r->out_dir, PROBES_FILE);
+    if (st == DSLA_OK) st = dsla_st_writer_save(wr, path);
+    dsla_st_writer_destroy(&wr);
+    free(order);
+    free(ppl);
+    return st;
+}
+
+/* Parses n comma-separated numbers; false unless there are exactly n. */
+static bool parse_list(const char *s, int n, double *out) {
+    for (int i = 0; i < n; i++) {
+        char *end;
+        out[i] = strtod(s, &end);
+        if (end == s || *end != (i + 1 < n ? ',' : '\0')) return false;
+        s = end + (i + 1 < n);
+    }
+    return true;
+}
+
+/* Reads the probe file of an earlier run into the report, when out_dir holds one (*found). */
+static dsla_status_t probes_load(run_t *r, bool *found) {
+    const int L = r->cfg->num_layers;
+    char keys[PROBES_KEYS][24], values[PROBES_KEYS][32], path[4096];
+    path_join(path, sizeof path, r->out_dir, PROBES_FILE);
+    struct stat sb;
+    *found = stat(path, &sb) == 0;
+    if (!*found) return DSLA_OK;
+    dsla_safetensors_t *sf = NULL;
+    DSLA_TRY(dsla_safetensors_open(&sf, path));
+    probes_key(r, keys, values);
+    dsla_status_t st = DSLA_OK;
+    for (int i = 0; i < PROBES_KEYS && st == DSLA_OK; i++) {
+        const char *v = dsla_safetensors_metadata(sf, keys[i]);
+        if (!v || strcmp(v, values[i]) != 0)
+            st = dsla_error(DSLA_ERR_FORMAT,
+                            "%s holds probes with %s %s, this run's is %s; use a fresh output "
+                            "directory or the same parameters",
+                            path, keys[i], v ? v : "(none)", values[i]);
+    }
+    double *order = malloc((size_t)L * sizeof *order);
+    if (st == DSLA_OK && !order) st = dsla_error_oom("the probe file");
+    const char *o = dsla_safetensors_metadata(sf, "order");
+    const char *p = dsla_safetensors_metadata(sf, "probe_ppl");
+    bool seen[DSLA_LAYER_ORDER_MAX] = {false};
+    bool ok = st == DSLA_OK && o && p && parse_list(o, L, order) &&
+              parse_list(p, L, r->report->probe_ppl);
+    for (int i = 0; ok && i < L; i++) {
+        const int l = (int)order[i];
+        ok = order[i] == l && l >= 0 && l < L && !seen[l];
+        if (ok) seen[l] = true;
+        r->report->order[i] = l;
+    }
+    if (st == DSLA_OK && !ok)
+        st = dsla_error(DSLA_ERR_FORMAT,
+                        "%s: 'order' must list the model's %d layers once each and 'probe_ppl' "
+                        "hold %d numbers",
+                        path, L, L);
+    free(order);
+    dsla_safetensors_close(&sf);
+    return st;
+}
+
+/* DSLA_ORDER_MEASURED (distill.h): the stored order on resume, else a probe of every layer, the
+ * layers sorted by ascending probe perplexity, and the order stored before anything trains. */
+static dsla_status_t measured_order(run_t *r) {
+    const int L = r->cfg->num_layers;
+    dsla_distill_report_t *rep = r->report;
+    rep->probe_steps = r->p->probe_steps;
+    bool found = false;
+    DSLA_TRY(probes_load(r, &found));
+    if (found) {
+        rep->probes_resumed = true;
+        return DSLA_OK;
+    }
+    for (int l = 0; l < L; l++) {
+        DSLA_TRY(probe_layer(r, l, l, &rep->probe_ppl[l]));
+        if (r->cb && r->cb->on_probe_done) r->cb->on_probe_done(r->cb->user, l, rep->probe_ppl[l]);
+    }
+    order_ascending(rep->order, rep->probe_ppl, L);
+    return probes_save(r);
 }
 
 /* Writes the k-th layer of the order as the teacher initialises it (DESIGN.md section 4), untrained
@@ -969,6 +1186,7 @@ dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *be, dsla_model_t *teac
         r.kinds[l] = DSLA_LAYER_ATTN;
     r.teacher_checksum = dsla_model_checksum(teacher);
     dsla_status_t st = compute_order(&r);
+    if (st == DSLA_OK && params->order_mode == DSLA_ORDER_MEASURED) st = measured_order(&r);
     double nll = NAN;
     if (st == DSLA_OK && !init_only(params)) st = be->eval_nll(be, NULL, eval, &nll, NULL);
     report->teacher_ppl = exp(nll);

@@ -1,6 +1,15 @@
 /* The chained distillation engine (DESIGN.md section 5): converts a teacher's attention layers into
- * DSLA layers one at a time, in ascending attention-entropy order, each trained on the hidden
- * states of the hybrid in which the layers before it are already DSLA.
+ * DSLA layers one at a time, in the order params->order_mode names (ascending attention entropy,
+ * its reverse, a given list, or a measured per-layer cost), each trained on the hidden states of
+ * the hybrid in which the layers before it are already DSLA.
+ *
+ * Measured order (DSLA_ORDER_MEASURED): before chaining, every layer is trained alone for
+ * probe_steps steps on the teacher's inputs (the initialisation, batches and optimizer of training,
+ * its schedule compressed to probe_steps with the same share of warm-up; train only, not the
+ * extend_train pool) and the hybrid with only that layer converted is scored on eval; the layers
+ * are converted in ascending probe perplexity (ties keep the layers' natural order). The order and
+ * the probe perplexities are stored in out_dir (probes.safetensors) before any layer trains, and a
+ * resumed run reads them back instead of probing again, so it follows the same order.
  *
  * A run over an output directory writes, for the k-th converted layer l, the layer version
  * layer-<l>.safetensors (dsla_layer.h: tensors plus metadata: order, steps, losses, eval numbers,
@@ -33,7 +42,8 @@
  * trained or scored (no teacher perplexity, no held-out numbers): layer versions of a model's shape
  * for benchmarks, in seconds. With DSLA_ORDER_GIVEN it reads no data at all (train and eval may be
  * NULL; entropies are NaN); otherwise the entropy pass still orders the layers. A directory of
- * init-only versions is never resumed by a training run, nor the reverse (FORMAT).
+ * init-only versions is never resumed by a training run, nor the reverse (FORMAT). A measured
+ * order needs training, so it takes no init-only run (INVALID_ARGUMENT).
  *
  * Where it computes is a backend (dsla_distill_run_on): the CPU (dsla_distill_run) or a GPU
  * (distill_cuda.c: the teacher's forward passes, captures and training on the device). The
@@ -59,6 +69,7 @@ typedef enum {
     DSLA_ORDER_ENTROPY = 0, /* ascending attention entropy (5.1) */
     DSLA_ORDER_REVERSE,     /* descending: the ablation */
     DSLA_ORDER_GIVEN,       /* the caller's list (default: 0, 1, 2, ...) */
+    DSLA_ORDER_MEASURED,    /* ascending perplexity cost of each layer converted alone (above) */
 } dsla_order_mode_t;
 
 /* Every hyper-parameter of a run; dsla_distill_params_default documents the defaults. */
@@ -72,6 +83,7 @@ typedef struct {
     bool chained;              /* default true; false trains every layer on the teacher's inputs */
     bool single_state;         /* the ablation with the history state only; default false */
     int calib_sequences;       /* sequences whose attention entropy sets the order; default 16 */
+    int probe_steps;           /* DSLA_ORDER_MEASURED: steps of each layer's probe; default 30 */
     int checkpoint_every;      /* steps between in-layer checkpoints; default 50; 0: never */
     uint64_t seed;             /* initialisation and batches; default 1234 */
     double gate_cosine_weight; /* the paper's contrastive term; default 0 (off) */
@@ -85,6 +97,7 @@ dsla_distill_params_t dsla_distill_params_default(void);
 
 /* What the progress callback sees after each step. */
 typedef struct {
+    bool probe;      /* a measured order's probe: k-th probe of n_layers (every model layer) */
     int k, n_layers; /* k-th conversion (0-based) of n_layers */
     int layer;       /* the decoder layer being trained */
     int step, steps; /* 1-based step of steps */
@@ -108,7 +121,12 @@ typedef struct {
 typedef struct {
     int order[DSLA_LAYER_ORDER_MAX];
     float entropy[DSLA_LAYER_ORDER_MAX]; /* per decoder layer, by layer index */
-    int n_layers;                        /* model layers */
+    /* DSLA_ORDER_MEASURED: the held-out perplexity of the hybrid with only layer l converted after
+     * its probe, by layer index (NaN in other modes); probe_steps: the probes' length (0: none) */
+    double probe_ppl[DSLA_LAYER_ORDER_MAX];
+    int probe_steps;
+    bool probes_resumed; /* read from out_dir, not measured now */
+    int n_layers;        /* model layers */
     double teacher_ppl;
     dsla_distill_layer_report_t converted[DSLA_LAYER_ORDER_MAX];
     int n_converted;
@@ -126,11 +144,15 @@ typedef struct {
      * may append sequences of pool->seq_len to pool (a copy of train, owned by the engine) and
      * must leave what is there. An error stops the run with that status. NULL: train only. */
     dsla_status_t (*extend_train)(void *user, int k, int layer, dsla_corpus_t *pool);
+    /* After each probe of a measured order: decoder layer `layer`'s probe perplexity (the hybrid
+     * with only it converted). NULL: not wanted. Not called for probes read back on resume. */
+    void (*on_probe_done)(void *user, int layer, double probe_ppl);
 } dsla_distill_callbacks_t;
 
 /* Runs (or resumes) a distillation into out_dir (created if missing). train and eval hold packed
  * sequences of one length; eval must not overlap train. INVALID_ARGUMENT for parameters out of
- * range (named); FORMAT when out_dir holds versions of another order or teacher; CANCELLED when
+ * range (named); FORMAT when out_dir holds versions of another order or teacher, or probes of
+ * another teacher, probe length, seed, batch or state count; CANCELLED when
  * callbacks->should_stop asked it to stop. */
 dsla_status_t dsla_distill_run(dsla_model_t *teacher, const dsla_corpus_t *train,
                                const dsla_corpus_t *eval, const dsla_distill_params_t *params,

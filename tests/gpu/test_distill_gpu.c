@@ -125,7 +125,7 @@ static void test_gpu_matches_cpu_f32_and_resumes(void **state) {
 
     /* Stopped inside the second layer after its first checkpoint, then started again. */
     stopper_t stop = {0, 0, 15};
-    const dsla_distill_callbacks_t cb = {count_step, NULL, &stop, stop_now, NULL};
+    const dsla_distill_callbacks_t cb = {count_step, NULL, &stop, stop_now, NULL, NULL};
     run(be, resumed_out, &p, &cb, &resumed, DSLA_ERR_CANCELLED);
     char ck[1024];
     snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", resumed_out);

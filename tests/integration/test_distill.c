@@ -1,7 +1,8 @@
 /* dsla distill end to end: distilling one layer of each shared model cuts its held-out layer MSE by
  * at least 10x, and a run killed with SIGKILL mid-layer resumes to the same layer versions an
  * uninterrupted run writes, without redoing finished layers. --steps 0 writes teacher-initialised
- * versions (no data needed with --order given) that equal a training run's starting point. */
+ * versions (no data needed with --order given) that equal a training run's starting point.
+ * --order measured reports its per-layer probes and stores them. */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
 
@@ -225,6 +226,43 @@ static void test_sigkill_resume_gives_the_same_versions(void **state) {
     free(dir);
 }
 
+/* --order measured: every layer probed (their perplexities in the progress output and the report,
+ * the order ascending in them), the probes stored beside the versions. */
+static void test_measured_order_reports_its_probes(void **state) {
+    (void)state;
+    char *dir = dsla_test_tempdir();
+    char out[512], report[512], log[512];
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(report, sizeof report, "%s/report.json", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    args_t a = distill_args("models/stories260K-hf", out, "1", "4", report);
+    args_add(&a, "--order");
+    args_add(&a, "measured");
+    args_add(&a, "--probe-steps");
+    args_add(&a, "4");
+    int code = wait_exit(spawn_dsla(a.argv, log));
+    if (code != 0) show_log_and_fail(log, code);
+    args_free(&a);
+    assert_true(exists(out, "probes.safetensors"));
+    char *text = dsla_test_read_file(log, NULL);
+    assert_non_null(strstr(text, "probe layer 4: held-out ppl"));
+    free(text);
+    json_t *root = dsla_test_load_json(report);
+    assert_int_equal(json_integer_value(json_object_get(root, "probe_steps")), 4);
+    json_t *order = json_object_get(root, "order"), *ppl = json_object_get(root, "probe_ppl");
+    assert_int_equal(json_array_size(ppl), 5);
+    double last = 0.0;
+    for (size_t i = 0; i < 5; i++) {
+        const double v = json_real_value(
+            json_array_get(ppl, (size_t)json_integer_value(json_array_get(order, i))));
+        assert_true(v > 1.0 && v >= last);
+        last = v;
+    }
+    json_decref(root);
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 /* --steps 0 --order given, no --data: every layer of the order written, untrained, equal to
  * DESIGN.md 4's initialisation with the run's seed; a training run refuses that directory. */
 static void test_init_only_writes_teacher_initialised_versions(void **state) {
@@ -331,6 +369,7 @@ int main(void) {
         cmocka_unit_test(test_one_layer_tinystories11m),
         cmocka_unit_test(test_sigkill_resume_gives_the_same_versions),
         cmocka_unit_test(test_init_only_writes_teacher_initialised_versions),
+        cmocka_unit_test(test_measured_order_reports_its_probes),
         cmocka_unit_test(test_device_cuda_refusals_are_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,8 @@
 /* The distillation engine's pieces on stories260K: the entropy order, held-out NLL, parameter
  * checks, the gate cosine term, that a short run lowers the held-out layer loss, that
- * should_stop stops a run within a step, and the extend_train hook (nothing appended: the same
- * versions bit for bit; sequences appended: other versions; a pool changed: refused). */
+ * should_stop stops a run within a step, the extend_train hook (nothing appended: the same
+ * versions bit for bit; sequences appended: other versions; a pool changed: refused), and the
+ * measured order (probe costs equal to single-layer runs, sorted, kept on resume). */
 #include "tests/testutil.h"
 
 #include <math.h>
@@ -123,6 +124,17 @@ static void test_bad_parameters_are_named(void **state) {
     assert_int_equal(dsla_distill_run(f->model, &f->train, &f->eval, &p, f->dir, NULL, r),
                      DSLA_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(dsla_last_error(), "repeated"));
+    p = dsla_distill_params_default();
+    p.order_mode = DSLA_ORDER_MEASURED;
+    p.steps = 0;
+    assert_int_equal(dsla_distill_run(f->model, &f->train, &f->eval, &p, f->dir, NULL, r),
+                     DSLA_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(dsla_last_error(), "measured order"));
+    p.steps = 10;
+    p.probe_steps = 0;
+    assert_int_equal(dsla_distill_run(f->model, &f->train, &f->eval, &p, f->dir, NULL, r),
+                     DSLA_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(dsla_last_error(), "probe_steps 0"));
     free(r);
 }
 
@@ -190,7 +202,7 @@ static void test_should_stop_cancels_within_a_step(void **state) {
     p.checkpoint_every = 0;
     p.optim = dsla_adamw_params_default(p.steps);
     int asked = 0;
-    const dsla_distill_callbacks_t cb = {NULL, NULL, &asked, stop_at_third_step, NULL};
+    const dsla_distill_callbacks_t cb = {NULL, NULL, &asked, stop_at_third_step, NULL, NULL};
     char out[1024];
     snprintf(out, sizeof out, "%s/stopped", f->dir);
     dsla_distill_report_t *r = calloc(1, sizeof *r);
@@ -238,7 +250,7 @@ static dsla_status_t hook_extend(void *user, int k, int layer, dsla_corpus_t *po
  * returns the run's status and the two versions' checksums. */
 static dsla_status_t hooked_run(fixture_t *f, hook_t *h, const char *sub, uint64_t sums[2]) {
     const dsla_distill_params_t p = given_order_params(2, 3, 2);
-    const dsla_distill_callbacks_t cb = {NULL, NULL, h, NULL, hook_extend};
+    const dsla_distill_callbacks_t cb = {NULL, NULL, h, NULL, hook_extend, NULL};
     char out[1024];
     snprintf(out, sizeof out, "%s/%s", f->dir, sub);
     dsla_distill_report_t *r = calloc(1, sizeof *r);
@@ -282,6 +294,106 @@ static void test_extend_train_hook(void **state) {
         assert_null(dsla_model_dsla_layer(f->model, l));
 }
 
+/* What the probe callback saw. */
+typedef struct {
+    int calls, layer[8];
+    double ppl[8];
+} probes_seen_t;
+
+static void count_probe(void *user, int layer, double ppl) {
+    probes_seen_t *s = user;
+    s->layer[s->calls] = layer;
+    s->ppl[s->calls++] = ppl;
+}
+
+/* The measured order's run: probes of 10 steps, then the first n layers of the order for 10 steps
+ * (so a probe's schedule equals a 10-step run's), into f->dir/sub. */
+static dsla_status_t measured_run(fixture_t *f, int n, int probe_steps, const char *sub,
+                                  probes_seen_t *seen, dsla_distill_report_t *r) {
+    dsla_distill_params_t p = dsla_distill_params_default();
+    p.order_mode = DSLA_ORDER_MEASURED;
+    p.probe_steps = probe_steps;
+    p.layers = n;
+    p.steps = 10;
+    p.batch = 2;
+    p.checkpoint_every = 0;
+    p.optim = dsla_adamw_params_default(p.steps);
+    const dsla_distill_callbacks_t cb = {NULL, NULL, seen, NULL, NULL, count_probe};
+    char out[1024];
+    snprintf(out, sizeof out, "%s/%s", f->dir, sub);
+    return dsla_distill_run(f->model, &f->train, &f->eval, &p, out, &cb, r);
+}
+
+/* The perplexity cost of one layer computed through the public API, as the measured order's probe
+ * defines it: a run that converts only that layer (given order, teacher inputs) for 10 steps. */
+static double one_layer_ppl(fixture_t *f, int layer) {
+    dsla_distill_params_t p = given_order_params(1, 10, 2);
+    p.n_given_order = 1;
+    p.given_order[0] = layer;
+    char out[1024];
+    snprintf(out, sizeof out, "%s/alone-%d", f->dir, layer);
+    dsla_distill_report_t *r = calloc(1, sizeof *r);
+    assert_int_equal(dsla_distill_run(f->model, &f->train, &f->eval, &p, out, NULL, r), DSLA_OK);
+    assert_int_equal(r->converted[0].layer, layer);
+    const double ppl = r->converted[0].eval_ppl;
+    free(r);
+    return ppl;
+}
+
+static void test_measured_order_sorts_probe_costs(void **state) {
+    FIXTURE_OR_SKIP(state);
+    dsla_distill_report_t *r = calloc(1, sizeof *r);
+    probes_seen_t seen = {0};
+    assert_int_equal(measured_run(f, 2, 10, "measured", &seen, r), DSLA_OK);
+    assert_int_equal(r->probe_steps, 10);
+    assert_false(r->probes_resumed);
+    assert_int_equal(seen.calls, 5); /* every layer probed, in layer order, reported as measured */
+    bool in_order[5] = {false};
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(seen.layer[i], i);
+        assert_true(seen.ppl[i] == r->probe_ppl[i]);
+        assert_true(isfinite(r->probe_ppl[i]) && r->probe_ppl[i] > r->teacher_ppl);
+        const int l = r->order[i];
+        assert_true(l >= 0 && l < 5 && !in_order[l]); /* a permutation */
+        in_order[l] = true;
+        if (i) assert_true(r->probe_ppl[r->order[i - 1]] <= r->probe_ppl[l]); /* ascending */
+    }
+    /* The probes are layers trained alone: the first of the order and the most costly one, each
+     * converted alone by a run of its own, cost what the probe said. */
+    for (int i = 0; i < 5; i += 4) {
+        const int l = r->order[i];
+        const double alone = one_layer_ppl(f, l);
+        assert_true(fabs(alone - r->probe_ppl[l]) <= 1e-9 * alone);
+    }
+    /* Chaining follows the order: the first conversion is the cheapest layer, and converting it
+     * alone costs what its probe did (same steps, same inputs). */
+    assert_int_equal(r->n_converted, 2);
+    assert_int_equal(r->converted[0].layer, r->order[0]);
+    assert_int_equal(r->converted[1].layer, r->order[1]);
+    assert_true(fabs(r->converted[0].eval_ppl - r->probe_ppl[r->order[0]]) <=
+                1e-9 * r->converted[0].eval_ppl);
+    for (int l = 0; l < 5; l++)
+        assert_null(dsla_model_dsla_layer(f->model, l));
+
+    /* Resumed with a layer more: the stored order and probes, nothing probed again. */
+    dsla_distill_report_t *again = calloc(1, sizeof *again);
+    probes_seen_t seen_again = {0};
+    assert_int_equal(measured_run(f, 3, 10, "measured", &seen_again, again), DSLA_OK);
+    assert_int_equal(seen_again.calls, 0);
+    assert_true(again->probes_resumed);
+    assert_memory_equal(again->order, r->order, sizeof(int) * 5);
+    assert_memory_equal(again->probe_ppl, r->probe_ppl, sizeof(double) * 5);
+    assert_true(again->converted[0].resumed_from_file && again->converted[1].resumed_from_file);
+    assert_false(again->converted[2].resumed_from_file);
+    assert_int_equal(again->converted[2].layer, r->order[2]);
+
+    /* Probes of another length are not this run's: refused, not silently reordered. */
+    assert_int_equal(measured_run(f, 3, 11, "measured", &seen_again, again), DSLA_ERR_FORMAT);
+    assert_non_null(strstr(dsla_last_error(), "probe_steps 10"));
+    free(again);
+    free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_should_stop_cancels_within_a_step),
@@ -290,6 +402,7 @@ int main(void) {
         cmocka_unit_test(test_eval_nll_matches_the_forward_pass),
         cmocka_unit_test(test_bad_parameters_are_named),
         cmocka_unit_test(test_short_run_lowers_loss_and_gate_cosine_changes_training),
+        cmocka_unit_test(test_measured_order_sorts_probe_costs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -340,8 +340,8 @@ static void test_restart_resumes_from_checkpoint(void **state) {
     r1.stop_layer_k = 1;
     r1.stop_after_step = 3;
     dsla_distiller_core_on_peer(r1.core, "controller", true, r1.now);
-    const dsla_distill_callbacks_t cb1 = {run_progress, run_layer_done, &r1, run_should_stop,
-                                          run_extend};
+    const dsla_distill_callbacks_t cb1 = {run_progress,    run_layer_done, &r1,
+                                          run_should_stop, run_extend,     NULL};
     assert_int_equal(dsla_distill_run(model, &train, &eval, &params, dir, &cb1, report),
                      DSLA_ERR_CANCELLED);
     int layers[8];
@@ -354,8 +354,8 @@ static void test_restart_resumes_from_checkpoint(void **state) {
 
     /* the process again on the same directory, a new machine, the controller not yet there */
     run_t r2 = {.core = core_new(0), .out_dir = dir, .steps = 6, .now = 1000, .stop_layer_k = -1};
-    const dsla_distill_callbacks_t cb2 = {run_progress, run_layer_done, &r2, run_should_stop,
-                                          run_extend};
+    const dsla_distill_callbacks_t cb2 = {run_progress,    run_layer_done, &r2,
+                                          run_should_stop, run_extend,     NULL};
     memset(report, 0, sizeof *report);
     harness_ok(dsla_distill_run(model, &train, &eval, &params, dir, &cb2, report), "resume");
     assert_true(r2.resumed[0]);            /* the first version kept, not trained again */
