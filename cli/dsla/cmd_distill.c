@@ -81,7 +81,8 @@ static int write_report(const char *path, const dsla_distill_report_t *r) {
         fputs(i ? ", " : "", f);
         json_number(f, "%.6f", r->entropy[i]);
     }
-    fprintf(f, "], \"probe_steps\": %d, \"probe_ppl\": [", r->probe_steps);
+    fprintf(f, "], \"probe_steps\": %d, \"probe_seconds\": %.2f, \"probe_ppl\": [", r->probe_steps,
+            r->probe_seconds);
     for (int i = 0; i < r->n_layers; i++) {
         fputs(i ? ", " : "", f);
         json_number(f, "%.6f", r->probe_ppl[i]);

@@ -1060,10 +1060,12 @@ static dsla_status_t measured_order(run_t *r) {
         rep->probes_resumed = true;
         return DSLA_OK;
     }
+    const double started = dsla_clock_seconds();
     for (int l = 0; l < L; l++) {
         DSLA_TRY(probe_layer(r, l, l, &rep->probe_ppl[l]));
         if (r->cb && r->cb->on_probe_done) r->cb->on_probe_done(r->cb->user, l, rep->probe_ppl[l]);
     }
+    rep->probe_seconds = dsla_clock_seconds() - started;
     order_ascending(rep->order, rep->probe_ppl, L);
     return probes_save(r);
 }

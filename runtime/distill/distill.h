@@ -125,8 +125,9 @@ typedef struct {
      * its probe, by layer index (NaN in other modes); probe_steps: the probes' length (0: none) */
     double probe_ppl[DSLA_LAYER_ORDER_MAX];
     int probe_steps;
-    bool probes_resumed; /* read from out_dir, not measured now */
-    int n_layers;        /* model layers */
+    bool probes_resumed;  /* read from out_dir, not measured now */
+    double probe_seconds; /* the probes' time in this run (0 when read back) */
+    int n_layers;         /* model layers */
     double teacher_ppl;
     dsla_distill_layer_report_t converted[DSLA_LAYER_ORDER_MAX];
     int n_converted;

@@ -347,6 +347,7 @@ static void test_measured_order_sorts_probe_costs(void **state) {
     assert_int_equal(measured_run(f, 2, 10, "measured", &seen, r), DSLA_OK);
     assert_int_equal(r->probe_steps, 10);
     assert_false(r->probes_resumed);
+    assert_true(r->probe_seconds > 0.0);
     assert_int_equal(seen.calls, 5); /* every layer probed, in layer order, reported as measured */
     bool in_order[5] = {false};
     for (int i = 0; i < 5; i++) {
@@ -381,6 +382,7 @@ static void test_measured_order_sorts_probe_costs(void **state) {
     assert_int_equal(measured_run(f, 3, 10, "measured", &seen_again, again), DSLA_OK);
     assert_int_equal(seen_again.calls, 0);
     assert_true(again->probes_resumed);
+    assert_true(again->probe_seconds == 0.0);
     assert_memory_equal(again->order, r->order, sizeof(int) * 5);
     assert_memory_equal(again->probe_ppl, r->probe_ppl, sizeof(double) * 5);
     assert_true(again->converted[0].resumed_from_file && again->converted[1].resumed_from_file);
