@@ -273,6 +273,7 @@ int main(int argc, char **argv) {
     dsla_distill_params_t distill = dsla_distill_params_default();
     dsla_arg_list_t distill_data = {0};
     const char *distill_out = NULL, *distill_device = NULL, *distill_dtype = NULL;
+    const char *distill_order = "measured";
     long distill_gpu = 0;
     long distill_layers = 0, distill_steps = distill.steps, distill_batch = distill.batch;
     long distill_seq_len = 256, distill_max_sequences = 0, distill_eval_sequences = 16;
@@ -375,6 +376,9 @@ int main(int argc, char **argv) {
         {"distill-layers", DSLA_ARG_INT, "layers to distil, first of the order (default all)", 0,
          DSLA_LAYER_ORDER_MAX, &distill_layers},
         {"distill-steps", INT_D, "optimizer steps per layer", 1, 1e9, &distill_steps},
+        {"distill-order", DSLA_ARG_STRING,
+         "conversion order: measured (default), entropy or reverse (dsla distill --order)", 0, 0,
+         &distill_order},
         {"distill-seq-len", INT_D, "tokens per training sequence", 2, 1 << 20, &distill_seq_len},
         {"distill-batch", INT_D, "sequences per step", 1, DSLA_LAYER_ORDER_MAX, &distill_batch},
         {"distill-max-sequences", INT_D, "training sequences read at most (0: all)", 0, 1e9,
@@ -548,7 +552,8 @@ int main(int argc, char **argv) {
     bool distill_on_gpu = false;
     dsla_distill_cuda_opts_t distill_cuda;
     if (dsla_cli_distill_device("distill-", distill_device, distill_dtype, distill_gpu,
-                                &distill_on_gpu, &distill_cuda))
+                                &distill_on_gpu, &distill_cuda) ||
+        dsla_cli_distill_order("distill-", distill_order, false, &distill.order_mode))
         return 2;
     if ((dsla_args_given(argc, argv, 1, "distill-gpu") || distill_dtype) && !distill_on_gpu) {
         fprintf(stderr, "dsla-serve: --distill-gpu and --distill-dtype are for --distill-device "
@@ -750,7 +755,7 @@ int main(int argc, char **argv) {
             distill.batch = (int)distill_batch;
             distill.seed = (uint64_t)distill_seed;
             distill.checkpoint_every = (int)distill_checkpoint;
-            distill.optim = dsla_adamw_params_default(distill.steps);
+            distill.optim = dsla_distill_optim_default(distill.steps);
             config.distiller = (dsla_distiller_config_t){
                 .model_dir = model_dir,
                 .data = distill_data.items,

@@ -14,9 +14,13 @@
 static const char usage[] =
     "usage: dsla distill --model DIR --data FILE... --out DIR [options]\n\n"
     "Converts the model's attention layers into DSLA layers one at a time (DESIGN.md section 5),\n"
-    "writing one layer version per converted layer into --out. Run it again on the same --out to\n"
-    "resume after an interruption: finished layers are kept, the current one resumes from its\n"
-    "checkpoint. Text files are split at blank lines; .tokens files are raw int32 ids.\n\n"
+    "cheapest first: --order measured (default) trains each layer alone for --probe-steps and\n"
+    "converts them in ascending held-out perplexity of those probes; entropy is DESIGN.md 5.1's\n"
+    "order (the ablation of docs/quality.md). It writes one layer version per converted layer "
+    "into\n"
+    "--out. Run it again on the same --out to resume after an interruption: finished layers are\n"
+    "kept (and the measured order's probes), the current one resumes from its checkpoint. Text\n"
+    "files are split at blank lines; .tokens files are raw int32 ids.\n\n"
     "--steps 0 writes teacher-initialised layer versions (DESIGN.md section 4) without training "
     "or\n"
     "scoring them, for benchmarks that need DSLA layers of a model's shape; with --order given it\n"
@@ -139,7 +143,7 @@ static void print_summary(const dsla_distill_report_t *r, bool init_only, const 
 
 int dsla_cmd_distill(int argc, char **argv) {
     dsla_distill_params_t p = dsla_distill_params_default();
-    const char *model_dir = getenv("DSLA_MODEL"), *out_dir = NULL, *order = "entropy";
+    const char *model_dir = getenv("DSLA_MODEL"), *out_dir = NULL, *order = NULL;
     const char *layer_order = NULL, *report_path = NULL, *device = "cpu", *dtype = "bf16";
     const char *layer_key_file = NULL;
     dsla_layer_key_t layer_key;
@@ -160,12 +164,13 @@ int dsla_cmd_distill(int argc, char **argv) {
         {"layers", DSLA_ARG_INT, "layers to convert, first ones of the order (default all)", 0,
          DSLA_LAYER_ORDER_MAX, &layers},
         {"steps", DSLA_ARG_INT,
-         "optimizer steps per layer (default 200; 0: teacher-initialised only)", 0, 1e9, &steps},
+         "optimizer steps per layer (default 400; 0: teacher-initialised only)", 0, 1e9, &steps},
         {"seq-len", DSLA_ARG_INT, "tokens per training sequence (default 256)", 2, 1 << 20,
          &seq_len},
         {"batch", DSLA_ARG_INT, "sequences per step (default 8)", 1, DSLA_LAYER_ORDER_MAX, &batch},
-        {"lr", DSLA_ARG_FLOAT, "peak learning rate (default 1e-3)", 1e-8, 1, &lr},
-        {"order", DSLA_ARG_STRING, "entropy (default), reverse, given, or measured", 0, 0, &order},
+        {"lr", DSLA_ARG_FLOAT, "peak learning rate (default 5e-3)", 1e-8, 1, &lr},
+        {"order", DSLA_ARG_STRING,
+         "measured (default; entropy with --steps 0), entropy, reverse, or given", 0, 0, &order},
         {"probe-steps", DSLA_ARG_INT,
          "with --order measured: steps each layer trains alone to measure its cost (default 30)", 1,
          1e9, &probe_steps},
@@ -196,31 +201,24 @@ int dsla_cmd_distill(int argc, char **argv) {
     int rc = dsla_args_parse_with_list(argc, argv, specs, (int)(sizeof specs / sizeof specs[0]),
                                        usage, &data);
     if (rc >= 0) return rc;
+    /* The measured order trains its probes; an init-only run (--steps 0) trains nothing, so its
+     * default is the entropy order. */
+    if (!order) order = steps > 0 ? "measured" : "entropy";
     const bool needs_data = steps > 0 || strcmp(order, "given") != 0;
     if (!model_dir || !out_dir || (needs_data && data.count == 0)) {
         fprintf(stderr, "dsla distill: --model, --data and --out are required (--data is optional "
                         "only with --steps 0 --order given)\n");
         return 2;
     }
-    const char *order_name = "given";
-    if (strcmp(order, "entropy") == 0) {
-        p.order_mode = DSLA_ORDER_ENTROPY;
-        order_name = "ascending attention entropy";
-    } else if (strcmp(order, "reverse") == 0) {
-        p.order_mode = DSLA_ORDER_REVERSE;
-        order_name = "descending attention entropy";
-    } else if (strcmp(order, "measured") == 0) {
-        p.order_mode = DSLA_ORDER_MEASURED;
-        order_name = "ascending measured cost";
-    } else if (strcmp(order, "given") == 0) {
-        p.order_mode = DSLA_ORDER_GIVEN;
-        if (layer_order && dsla_args_int_list(layer_order, "layer-order", p.given_order,
-                                              DSLA_LAYER_ORDER_MAX, &p.n_given_order))
-            return 2;
-    } else {
-        fprintf(stderr, "--order: '%s' is not one of entropy, reverse, given, measured\n", order);
+    if (dsla_cli_distill_order("", order, true, &p.order_mode)) return 2;
+    if (p.order_mode == DSLA_ORDER_GIVEN && layer_order &&
+        dsla_args_int_list(layer_order, "layer-order", p.given_order, DSLA_LAYER_ORDER_MAX,
+                           &p.n_given_order))
         return 2;
-    }
+    const char *order_name = p.order_mode == DSLA_ORDER_MEASURED  ? "ascending measured cost"
+                             : p.order_mode == DSLA_ORDER_ENTROPY ? "ascending attention entropy"
+                             : p.order_mode == DSLA_ORDER_REVERSE ? "descending attention entropy"
+                                                                  : "given";
     bool cuda = false;
     dsla_distill_cuda_opts_t cuda_opts;
     if (dsla_cli_distill_device("", device, dtype, gpu, &cuda, &cuda_opts)) return 2;
@@ -237,7 +235,7 @@ int dsla_cmd_distill(int argc, char **argv) {
     p.single_state = single_state;
     p.checkpoint_every = (int)checkpoint_every;
     p.probe_steps = (int)probe_steps;
-    p.optim = dsla_adamw_params_default(p.steps);
+    p.optim = dsla_distill_optim_default(p.steps);
     p.optim.lr = lr;
     p.optim.min_lr = lr / 10;
     p.gate_cosine_weight = gate_cosine;

@@ -20,3 +20,23 @@ int dsla_cli_distill_device(const char *prefix, const char *device, const char *
     }
     return 0;
 }
+
+int dsla_cli_distill_order(const char *prefix, const char *order, bool allow_given,
+                           dsla_order_mode_t *mode) {
+    static const struct {
+        const char *name;
+        dsla_order_mode_t mode;
+    } orders[] = {{"measured", DSLA_ORDER_MEASURED},
+                  {"entropy", DSLA_ORDER_ENTROPY},
+                  {"reverse", DSLA_ORDER_REVERSE},
+                  {"given", DSLA_ORDER_GIVEN}};
+    const size_t n = sizeof orders / sizeof orders[0] - (allow_given ? 0 : 1);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(order, orders[i].name) == 0) {
+            *mode = orders[i].mode;
+            return 0;
+        }
+    fprintf(stderr, "--%sorder: '%s' is not one of measured, entropy, reverse%s\n", prefix, order,
+            allow_given ? ", given" : "");
+    return 2;
+}

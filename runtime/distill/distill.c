@@ -18,12 +18,19 @@ enum { CAPTURE_BATCH = DSLA_DISTILL_CAPTURE_BATCH };
 
 static const char CHECKPOINT_FILE[] = "checkpoint.safetensors";
 
+dsla_adamw_params_t dsla_distill_optim_default(int steps) {
+    dsla_adamw_params_t o = dsla_adamw_params_default(steps);
+    o.lr = DSLA_DISTILL_LR;
+    o.min_lr = DSLA_DISTILL_LR / 10;
+    return o;
+}
+
 dsla_distill_params_t dsla_distill_params_default(void) {
     dsla_distill_params_t p = {
         .layers = 0, /* all */
-        .steps = 200,
+        .steps = 400,
         .batch = 8,
-        .order_mode = DSLA_ORDER_ENTROPY,
+        .order_mode = DSLA_ORDER_MEASURED,
         .chained = true,
         .single_state = false,
         .calib_sequences = 16,
@@ -31,7 +38,7 @@ dsla_distill_params_t dsla_distill_params_default(void) {
         .checkpoint_every = 50,
         .seed = 1234,
     };
-    p.optim = dsla_adamw_params_default(p.steps);
+    p.optim = dsla_distill_optim_default(p.steps);
     return p;
 }
 

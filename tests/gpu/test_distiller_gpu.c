@@ -27,7 +27,8 @@ static char admin[64];
 /* The distillation parameters of both runs, online and offline: seconds on a GPU. */
 #define DISTILL_ARGS(prefix)                                                                       \
     prefix "layers", "2", prefix "steps", "20", prefix "seq-len", "64", prefix "batch", "4",       \
-        prefix "max-sequences", "24", prefix "eval-sequences", "4", prefix "seed", "7"
+        prefix "max-sequences", "24", prefix "eval-sequences", "4", prefix "seed", "7",            \
+        prefix "order", "entropy"
 
 static void test_gpu_distiller_beside_gpu_serving(void **state) {
     (void)state;

@@ -106,6 +106,8 @@ static args_t distill_args(const char *model_rel, const char *out, const char *l
                            "5",
                            "--seed",
                            "7",
+                           "--order",
+                           "entropy",
                            "--report",
                            report};
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
