@@ -359,17 +359,19 @@ static bool select_items(ctx_t *c, const ct_node_t *n, const char *name, json_t 
     if (!ok) ct_fail(c, n, "out of memory");
     args_t rest = {0};
     int first = by_attr ? 1 : 0;
+    bool map_attr = false; /* map(attribute=...): the attribute, even when it is undefined */
     if (is_map) {
         bool found;
         attr = ct_arg(a, 0, "attribute", &found);
-        if (found && a->name[0] && strcmp(a->name[0], "attribute") == 0)
+        map_attr = found && a->name[0] && strcmp(a->name[0], "attribute") == 0;
+        if (map_attr)
             first = -1;
         else
             attr = NULL;
     } else if (by_attr) {
         attr = ct_arg(a, 0, NULL, NULL);
     }
-    if (ok && (by_attr || (is_map && attr)) && !json_is_string(attr))
+    if (ok && (by_attr || map_attr) && !json_is_string(attr))
         ok = ct_fail(c, n, "%s takes an attribute name", name);
     const json_t *test = NULL;
     if (ok && first >= 0) {

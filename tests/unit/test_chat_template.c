@@ -341,6 +341,9 @@ static const case_t error_cases[] = {
     {"{{ [].append(1) }}", NULL, "the sandbox is immutable"},
     {"{% set d = {} %}{% set d.x = 1 %}", NULL, "only a namespace()"},
     {"{{ 1 // 0 }}", NULL, "by zero"},
+    /* fuzz_chat_template found this: map(attribute=<undefined>) reached ct_filter with no name */
+    {"{{ [{'a': 1}]|map(attribute='a'.c)|first }}", NULL, "map takes an attribute name"},
+    {"{{ [1]|map(attribute=2)|list }}", NULL, "map takes an attribute name"},
 };
 
 static void test_errors(void **state) {
