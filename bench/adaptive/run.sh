@@ -25,9 +25,13 @@
 #   QUEUE_WAIT_MS=3000: a request not admitted within the TTFT target is refused (429), in every
 #     arm, so that an overloaded server sheds what it cannot serve in time instead of queueing
 #     everyone past the target
+#   MAX_RUNNING=512: sequences a replica runs at once (the CPU test caps it so that its short
+#     peak queues requests, and so converts, on a fast machine too)
 #   LAYER_VERSIONS=24 (3/4 of the layers: the adaptive policy's max_ratio); the static arm runs HALF
 #   TAIL_S=30: seconds the status is still polled after the last arm (the adaptive arm's reverts)
 #   LOG_LEVEL=info (debug adds a line per LOAD_REPORT sent: their intervals under load, issue 9)
+#   REPLAY_ARGS: more arguments for replay.py (e.g. "--plans 3 --per-plan 2": fewer answers, for a
+#     decode-heavy run whose answers take ~10 s each to replay)
 #   REPLAY=1: then replay some of the adaptive arm's answers, under the plan that
 #     computed it (bench/adaptive/replay.py, replay.json): pinned plans leave answers unchanged,
 #     up to near ties where the GPU's rounding differs between batches
@@ -87,7 +91,7 @@ gpu=()
 [ "$DEVICE" = cuda ] && gpu=(--gpu-margin-mib "$MARGIN_MIB" --gpu-warmup --max-context "$MAXCTX")
 log "starting dsla-serve"
 "$BIN/dsla-serve" --device "$DEVICE" "${gpu[@]}" --model "$model" --layers "$layers" \
-    --policy "manual layers=0" --max-running 512 --max-queue-wait-ms "$QUEUE_WAIT_MS" \
+    --policy "manual layers=0" --max-running "${MAX_RUNNING:-512}" --max-queue-wait-ms "$QUEUE_WAIT_MS" \
     --endpoint "$ENDPOINT" --http "$HTTP" --admin "$ADMIN" --report-ms 500 \
     --log-level "$LOG_LEVEL" >"$OUT/serve.log" 2>&1 &
 server=$!
@@ -135,7 +139,7 @@ if [ -f "$OUT/adaptive.jsonl" ] && [ "${REPLAY:-1}" = 1 ]; then
     log "replaying adaptive answers under their plans"
     python3 "$root/bench/adaptive/replay.py" --outputs "$OUT/adaptive.jsonl" --serve-log "$OUT/serve.log" \
         --url "http://$HTTP" --admin "$ADMIN" --dslactl "$BIN/dslactl" --out "$OUT/replay.json" \
-        2>&1 | tee -a "$OUT/run.log"
+        ${REPLAY_ARGS:-} 2>&1 | tee -a "$OUT/run.log"
 fi
 ctl policy set manual layers=0 >/dev/null
 log "done"

@@ -16,8 +16,12 @@ WORK=$(mktemp -d /tmp/dsla-adaptive-cpu.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 port=$((20000 + $$ % 20000))
 export BIN WORK OUT=$WORK/out SHAPE=tiny DEVICE=cpu ARMS=adaptive RATE=2 TAIL_S=3
-export PROFILE=0:0.5,3:0.5,5:4,15:4,17:0.5,20:0.5 PROMPT=lognormal:100:0.5:16:400
-export OUTPUT=lognormal:60:0.3:16:200 TOKENIZER=$DATA/models/tinystories-11M-hf
+export PROFILE=0:0.5,3:0.5,5:4,15:4,17:0.5,20:0.5 PROMPT=lognormal:100:0.5:16:120
+# One sequence at a time and outputs of ~500 tokens: about 0.15-0.3 s each on an idle 2-core
+# machine, so the 8 req/s peak queues requests (and converts) however fast the machine is, while
+# the 1 req/s ends leave it idle (and revert). The first version ran 512 sequences at once and
+# never queued on CI's faster idle machine.
+export MAX_RUNNING=1 OUTPUT=lognormal:500:0.3:200:900 TOKENIZER=$DATA/models/tinystories-11M-hf
 export HTTP=127.0.0.1:$port ADMIN=tcp://127.0.0.1:$((port + 1)) ENDPOINT=tcp://127.0.0.1:$((port + 2))
 bash "$root/bench/adaptive/run.sh" || { tail -n 30 "$OUT/serve.log"; exit 1; }
 python3 - "$OUT" <<'PY'
