@@ -37,6 +37,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 ADOPTED = re.compile(r"plan_adopted\s+(\S+): plan (\d+), (\d+) DSLA layers \[([^\]]*)\]")
@@ -102,10 +103,19 @@ def split_fingerprint(fp):
 
 
 def post(url, body, timeout):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read().decode())
+    """POSTs body; a 429 (the server refused it after its queue wait) is sent again after a pause,
+    as a client backing off would, until timeout seconds have passed."""
+    deadline = time.time() + timeout
+    while True:
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read().decode())
+        except urllib.error.HTTPError as e:
+            if e.code != 429 or time.time() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def ctl(args, *words):
