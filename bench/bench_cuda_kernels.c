@@ -680,13 +680,25 @@ static void bench_dsla(void) {
         bool bwd;
     } runs[] = {
         {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_TF32, false},
-        {4096, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
         {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_F32, false},
         {16384, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_TF32, false},
-        {16384, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
         {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_F32, true},
         {4096, DSLA_DTYPE_F32, DSLA_CUDA_DSLA_MATH_TF32, true},
+        /* The rows held to the peer (bench/peer_chunk_gla.py's chunk_gla x2, issue 12): bf16
+         * inputs, TF32 math, 2K-32K tokens, forward then backward; after each backward a
+         * dsla_chunked_fwd_bwd row with the sum of the two. */
+        {2048, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {2048, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, true},
+        {4096, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {4096, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, true},
+        {8192, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {8192, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, true},
+        {16384, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {16384, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, true},
+        {32768, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, false},
+        {32768, DSLA_DTYPE_BF16, DSLA_CUDA_DSLA_MATH_TF32, true},
     };
+    double fwd_ms = 0, fwd_flops = 0; /* the last forward row, for the fwd_bwd sum after it */
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         const int T = runs[i].T;
         if (quick && T > 4096) continue;
@@ -713,13 +725,16 @@ static void bench_dsla(void) {
             bytes = n * (5 * elt + 4 + 5 * 4) + 4 * chunk_states;
             snprintf(what, sizeof what, "dsla_chunked_bwd");
         } else {
-            ms = time_ms(run_dsla_fwd, &c);
-            flops = 2.0 * T * H * (4 * C * d + 4 * d * d);
+            ms = fwd_ms = time_ms(run_dsla_fwd, &c);
+            flops = fwd_flops = 2.0 * T * H * (4 * C * d + 4 * d * d);
             bytes = n * (5 * elt + 4) + 2 * chunk_states;
             snprintf(what, sizeof what, "dsla_chunked_fwd");
         }
         emit_flops(what, shape, ms, flops);
         emit_bytes(what, shape, ms, bytes);
+        if (runs[i].bwd && i > 0 && !runs[i - 1].bwd && runs[i - 1].T == T &&
+            runs[i - 1].dtype == runs[i].dtype && runs[i - 1].math == runs[i].math)
+            emit_flops("dsla_chunked_fwd_bwd", shape, fwd_ms + ms, fwd_flops + flops);
         dsla_bench_free(&c);
     }
 }

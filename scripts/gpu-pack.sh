@@ -34,6 +34,7 @@ for b in $bins; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
     grep -vE 'libcu|libnv|libcudnn|libnccl' | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
 cp -r "$data/models/stories260K-hf" "$data/models/tinystories-11M-hf" "$stage/gpu/shared/models/"
 cp -r "$data/testvectors" "$stage/gpu/shared/"
+[ -d "$data/anchors" ] && cp -r "$data/anchors" "$stage/gpu/shared/" # peers (bench/peer_*.py)
 cp "$root/scripts/gpu-run.sh" "$stage/gpu/" # the stages of this checkout, to run from the pack
 cp "$data/data/tinystories_valid.txt" "$data/data/tinystories_train_sample.txt" \
     "$stage/gpu/shared/data/"

@@ -12,6 +12,8 @@
 #   load_gpu  tests/integration/test_serve_load on the GPU (300 long requests for 30 s: liveness,
 #            report intervals, threshold conversion; the engine steps on its own thread)
 #   gemm     bench_cuda_kernels --only gemm;  dsla  --only dsla;  kernels  all of them
+#   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
+#            peer of the DSLA chunked kernels, from shared/anchors) on the same card
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
 #   e2e      bench_e2e_cuda (the whole 7B table, ~3 minutes on an H200)
 #   torch    bench/pytorch_baseline.py --attention-only (SDPA on the same card)
@@ -79,6 +81,11 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         grep -E 'load:|LOAD_REPORTs|PASSED|FAILED|error' "$OUT/load_gpu.log" ;;
     gemm) stage gemm 300 "$D/bin/bench_cuda_kernels" --only gemm ;;
     dsla) stage dsla 300 "$D/bin/bench_cuda_kernels" --only dsla ;;
+    gla_peer) # our chunked DSLA rows and flash-linear-attention's chunk_gla, in the same call
+        stage dsla 300 "$D/bin/bench_cuda_kernels" --only dsla
+        grep -E 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla.log" | grep tflops
+        stage gla_peer 300 python3 "$root/bench/peer_chunk_gla.py"
+        grep -E '_x2' "$OUT/gla_peer.log"; tail -3 "$OUT/gla_peer.log" ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;
