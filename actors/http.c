@@ -699,7 +699,7 @@ static enum MHD_Result gen_stream_n(gen_t **gs, int n, struct MHD_Connection *co
     }
     len = 0;
     for (int i = 0; i < n; i++) { /* the first pieces, in order of index */
-        memcpy(first + len, gs[i]->pending, gs[i]->pending_len);
+        if (gs[i]->pending_len) memcpy(first + len, gs[i]->pending, gs[i]->pending_len);
         len += gs[i]->pending_len;
         gs[i]->pending_len = gs[i]->pending_off = 0;
         m->done = m->done || gs[i]->failed;
@@ -740,7 +740,7 @@ static bool gen_collect(gen_t *g, char **text_out, size_t *len_out) {
             text = grown;
             cap = want;
         }
-        memcpy(text + len, p.text, p.len);
+        if (p.len) memcpy(text + len, p.text, p.len); /* text is NULL until a piece has some */
         len += p.len;
     }
     gen_ended(g);

@@ -24,7 +24,7 @@ export PROFILE=0:0.5,3:0.5,5:4,15:4,17:0.5,20:0.5 PROMPT=lognormal:100:0.5:16:12
 export MAX_RUNNING=1 OUTPUT=lognormal:500:0.3:200:900 TOKENIZER=$DATA/models/tinystories-11M-hf
 export HTTP=127.0.0.1:$port ADMIN=tcp://127.0.0.1:$((port + 1)) ENDPOINT=tcp://127.0.0.1:$((port + 2))
 bash "$root/bench/adaptive/run.sh" || { tail -n 30 "$OUT/serve.log"; exit 1; }
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY' || { tail -n 30 "$OUT/serve.log"; exit 1; }
 import json, sys
 out = sys.argv[1]
 rep = json.load(open(f"{out}/adaptive.json"))

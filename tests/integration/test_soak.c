@@ -58,7 +58,9 @@ enum {
     /* the distiller's first layer: seconds on a free machine, over 30 s under ASan on a loaded
      * 2-core CI machine (seen) */
     FIRST_VERSION_MS = 180000,
-    REFUSAL_WAIT_MS = 25000, /* for a corruption's plan_refused to show in the history */
+    REFUSAL_WAIT_MS = 60000, /* for a corruption's plan_refused to show in the history (25 s
+                              * was not enough for a restarted ASan replica on a loaded 2-core
+                              * machine) */
     RETARGET_MS = 7000,      /* past the replica's fetch timeout of 5 s */
     LAYER_FILES_MAX = 16,
     HISTORY_MAX = 1 << 21,
