@@ -30,7 +30,11 @@ static const char usage[] =
     "training all on the device, with the same batches, schedule and outputs as the CPU. --dtype\n"
     "bf16 (default): bf16 teacher weights and TF32 training math; f32: fp32 throughout (for\n"
     "comparisons with the CPU). Master weights, moments and states are fp32 either way. Needs a\n"
-    "head dim the GPU's DSLA kernels take (multiples of 16 up to 128); no --gate-cosine there.";
+    "head dim the GPU's DSLA kernels take (multiples of 16 up to 128); no --gate-cosine or\n"
+    "--kl-weight there.\n\n"
+    "--kl-weight W adds W times the KL of the teacher's and the hybrid's next-token distributions\n"
+    "(at --kl-temperature) to each layer's hidden-state loss: every step then also runs the\n"
+    "layers after the trained one, the head and their backward (docs/distiller.md for the cost).";
 
 /* Held-out sequences when no --eval-data is given: enough for a stable perplexity, small next to
  * the calibration corpora this runs on. */
@@ -39,9 +43,11 @@ enum { DEFAULT_EVAL_SEQUENCES = 16 };
 static void print_progress(void *user, const dsla_distill_progress_t *p) {
     (void)user;
     int left = (int)p->seconds_left;
-    fprintf(stderr, "\r%s %d (%d/%d)  step %d/%d  loss %.5f  %.0f tok/s  time left %dm%02ds   ",
+    char kl[32] = "";
+    if (!isnan(p->kl)) snprintf(kl, sizeof kl, " (kl %.5f)", p->kl);
+    fprintf(stderr, "\r%s %d (%d/%d)  step %d/%d  loss %.5f%s  %.0f tok/s  time left %dm%02ds   ",
             p->probe ? "probe layer" : "layer", p->layer, p->k + 1, p->n_layers, p->step, p->steps,
-            p->loss, p->tokens_per_second, left / 60, left % 60);
+            p->loss, kl, p->tokens_per_second, left / 60, left % 60);
     if (p->step == p->steps) fputc('\n', stderr);
     fflush(stderr);
 }
@@ -91,7 +97,8 @@ static int write_report(const char *path, const dsla_distill_report_t *r) {
         fputs(i ? ", " : "", f);
         json_number(f, "%.6f", r->probe_ppl[i]);
     }
-    fprintf(f, "], \"converted\": [");
+    fprintf(f, "], \"kl_weight\": %.9g, \"kl_temperature\": %.9g, \"converted\": [", r->kl_weight,
+            r->kl_temperature);
     for (int i = 0; i < r->n_converted; i++) {
         const dsla_distill_layer_report_t *c = &r->converted[i];
         fprintf(f, "%s{\"k\": %d, \"layer\": %d, \"resumed\": %s, \"init_eval_mse\": %.8g, ",
@@ -101,6 +108,8 @@ static int write_report(const char *path, const dsla_distill_report_t *r) {
         json_number(f, "%.8g", c->eval_mse);
         fprintf(f, ", \"train_loss\": ");
         json_number(f, "%.8g", c->train_loss);
+        fprintf(f, ", \"train_kl\": ");
+        json_number(f, "%.8g", c->train_kl);
         fprintf(f, ", \"eval_ppl\": ");
         json_number(f, "%.6f", c->eval_ppl);
         fprintf(f, ", \"seconds\": %.2f}", c->seconds);
@@ -128,7 +137,15 @@ static void print_summary(const dsla_distill_report_t *r, bool init_only, const 
         printf("\n");
         return;
     }
-    printf("\nteacher held-out perplexity: %.4f\n\n", r->teacher_ppl);
+    printf("\nteacher held-out perplexity: %.4f\n", r->teacher_ppl);
+    if (r->kl_weight > 0) {
+        printf("logit KL term: weight %g, temperature %g; training KL (last tenth of the steps):",
+               r->kl_weight, r->kl_temperature);
+        for (int i = 0; i < r->n_converted; i++)
+            printf(" %d: %.5f", r->converted[i].layer, r->converted[i].train_kl);
+        printf("\n");
+    }
+    printf("\n");
     printf(
         "| k | layer | entropy | init eval MSE | eval MSE | reduction | hybrid ppl | seconds |\n");
     printf(
@@ -153,6 +170,7 @@ int dsla_cmd_distill(int argc, char **argv) {
     long max_sequences = 0, eval_sequences = DEFAULT_EVAL_SEQUENCES;
     long checkpoint_every = p.checkpoint_every, probe_steps = p.probe_steps;
     double lr = p.optim.lr, gate_cosine = p.gate_cosine_weight;
+    double kl_weight = p.kl_weight, kl_temperature = p.kl_temperature;
     bool independent = false, single_state = false;
     const dsla_arg_spec_t specs[] = {
         {"model", DSLA_ARG_STRING, "teacher model directory (default: $DSLA_MODEL)", 0, 0,
@@ -188,6 +206,11 @@ int dsla_cmd_distill(int argc, char **argv) {
          &seed},
         {"gate-cosine", DSLA_ARG_FLOAT, "weight of the gates' cosine similarity term (default 0)",
          0, 100, &gate_cosine},
+        {"kl-weight", DSLA_ARG_FLOAT,
+         "weight of the KL of the teacher's and the hybrid's final logits (default 0: off; CPU)", 0,
+         100, &kl_weight},
+        {"kl-temperature", DSLA_ARG_FLOAT, "temperature of that KL (default 1)", 0.01, 100,
+         &kl_temperature},
         {"report", DSLA_ARG_STRING, "also write the summary as JSON to this file", 0, 0,
          &report_path},
         {"device", DSLA_ARG_STRING, "cpu (default) or cuda", 0, 0, &device},
@@ -227,6 +250,11 @@ int dsla_cmd_distill(int argc, char **argv) {
                         "--device cuda\n");
         return 2;
     }
+    if (cuda && kl_weight > 0) {
+        fprintf(stderr, "--kl-weight: the logit KL term is implemented on the CPU only; drop it or "
+                        "--device cuda\n");
+        return 2;
+    }
     p.layers = (int)layers;
     p.steps = (int)steps;
     p.batch = (int)batch;
@@ -239,6 +267,8 @@ int dsla_cmd_distill(int argc, char **argv) {
     p.optim.lr = lr;
     p.optim.min_lr = lr / 10;
     p.gate_cosine_weight = gate_cosine;
+    p.kl_weight = kl_weight;
+    p.kl_temperature = kl_temperature;
 
     dsla_model_t *model = NULL;
     dsla_tokenizer_t *tok = NULL;

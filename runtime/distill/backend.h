@@ -15,9 +15,16 @@
 
 #include "runtime/distill/distill.h"
 
+/* The optional loss terms of one layer's training (DESIGN.md 5.3; 0: off). */
+typedef struct {
+    double gate_cosine_weight;
+    double kl_weight, kl_temperature;
+} dsla_distill_terms_t;
+
 struct dsla_distill_backend {
     const char *name; /* "cpu" or "cuda", for messages */
     bool gate_cosine; /* whether step supports the gate cosine term */
+    bool logit_kl;    /* whether step supports the logit KL term */
     /* Installs w as the DSLA weights of layer for later forward passes (NULL: uninstalls). The
      * engine keeps w alive while installed. */
     dsla_status_t (*install)(dsla_distill_backend_t *b, int layer, const dsla_dsla_layer_t *w);
@@ -25,25 +32,36 @@ struct dsla_distill_backend {
      * token's NLL, [num_sequences][seq_len - 1]. */
     dsla_status_t (*eval_nll)(dsla_distill_backend_t *b, const dsla_layer_kind_t *kinds,
                               const dsla_corpus_t *corpus, double *nll, double *token_nll);
-    /* Prepares to train layer w->layer: captures, for every sequence of train and of eval, the
-     * stream entering the layer under input_plan (NULL: the teacher's) and the teacher's stream
-     * leaving it, and uploads w, m, v. */
+    /* Prepares to train layer w->layer with the loss terms `terms`: captures, for every sequence
+     * of train and of eval, the stream entering the layer under input_plan (NULL: the teacher's)
+     * and the teacher's stream leaving it (with the logit term, also the teacher's final stream of
+     * every training sequence; the layers after w->layer then run as input_plan says), and
+     * uploads w, m, v. */
     dsla_status_t (*layer_begin)(dsla_distill_backend_t *b, dsla_dsla_layer_t *w,
                                  dsla_dsla_layer_t *m, dsla_dsla_layer_t *v, int batch,
-                                 bool single_state, const dsla_layer_kind_t *input_plan,
-                                 const dsla_corpus_t *train, const dsla_corpus_t *eval);
+                                 bool single_state, const dsla_distill_terms_t *terms,
+                                 const dsla_layer_kind_t *input_plan, const dsla_corpus_t *train,
+                                 const dsla_corpus_t *eval);
     /* Held-out layer loss of the current weights over all of eval. */
     dsla_status_t (*eval_mse)(dsla_distill_backend_t *b, double *mse);
-    /* One AdamW step (1-based) on the training sequences idx[0..batch): forward, normalised MSE,
-     * backward, clipping at optim->max_grad_norm, update at dsla_adamw_lr(optim, step). */
+    /* One AdamW step (1-based) on the training sequences idx[0..batch): forward, normalised MSE
+     * plus layer_begin's optional terms, backward, clipping at optim->max_grad_norm, update at
+     * dsla_adamw_lr(optim, step). *loss: the whole loss; *kl: the logit term's KL before its
+     * weight (NaN without the term). */
     dsla_status_t (*step)(dsla_distill_backend_t *b, const int *idx, long step,
-                          const dsla_adamw_params_t *optim, double gate_cosine_weight,
-                          double *loss);
+                          const dsla_adamw_params_t *optim, double *loss, double *kl);
     dsla_status_t (*pull)(dsla_distill_backend_t *b); /* backend's w, m, v -> the engine's */
     dsla_status_t (*push)(dsla_distill_backend_t *b); /* the engine's w, m, v -> backend's */
     void (*layer_end)(dsla_distill_backend_t *b);
     void (*destroy)(dsla_distill_backend_t *b);
 };
+
+/* The CPU backend's loss and gradient for the sequences idx[0..batch) of the layer that
+ * layer_begin prepared, without an update: *grad (the backend's, valid until the next call) holds
+ * d loss / d w for every trainable tensor, *kl the logit term's KL (NaN when off). For tests that
+ * hold the gradient to finite differences of the loss. */
+dsla_status_t dsla_distill_cpu_loss_grad(dsla_distill_backend_t *b, const int *idx, double *loss,
+                                         double *kl, const dsla_dsla_layer_t **grad);
 
 /* The trainable tensors of a DSLA layer as offsets into its data block, each with its weight-decay
  * choice (matrices decay; biases and alpha do not); a single-state layer leaves out what its output
@@ -70,15 +88,18 @@ typedef dsla_status_t (*dsla_distill_forward_fn)(void *ctx, const dsla_layer_kin
                                                  float *const *hidden, int layers_to_run,
                                                  float *logits);
 
-/* Where layer_begin's captures go, [sequences, T, D] each, in the backend's memory. */
+/* Where layer_begin's captures go, [sequences, T, D] each, in the backend's memory. train_final
+ * (NULL: not wanted) takes the teacher's stream leaving its last layer, num_layers - 1. */
 typedef struct {
     float *train_in, *train_target, *eval_in, *eval_target;
+    float *train_final;
+    int num_layers;
 } dsla_distill_captures_t;
 
 /* The captures of layer_begin on either backend, batch by batch through fwd (each pass stopping
  * after the last stream it captures): for every sequence of train and of eval, the stream entering
  * layer under input_plan (NULL: the teacher's) into *_in and the teacher's stream leaving it into
- * *_target. */
+ * *_target (and its final stream into train_final, in the same pass). */
 dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
                                          const dsla_layer_kind_t *input_plan, int layer,
                                          const dsla_corpus_t *train, const dsla_corpus_t *eval,

@@ -12,6 +12,7 @@
 #include "runtime/core/random.h"
 #include "runtime/core/tensor.h"
 #include "runtime/distill/backend.h"
+#include "runtime/distill/logit_tail.h"
 #include "runtime/model/safetensors.h"
 
 enum { CAPTURE_BATCH = DSLA_DISTILL_CAPTURE_BATCH };
@@ -37,6 +38,7 @@ dsla_distill_params_t dsla_distill_params_default(void) {
         .probe_steps = 30,
         .checkpoint_every = 50,
         .seed = 1234,
+        .kl_temperature = 1.0,
     };
     p.optim = dsla_distill_optim_default(p.steps);
     return p;
@@ -88,6 +90,19 @@ static dsla_status_t cpu_forward(void *ctx, const dsla_layer_kind_t *kinds,
     return forward_sequences(ctx, kinds, corpus, first, n, hidden, layers_to_run, logits, NULL);
 }
 
+/* For every sequence of corpus, the streams hidden names (num_layers + 1 entries, [n, T, D] each),
+ * running layers 0..last only. */
+static dsla_status_t capture_pass(dsla_distill_forward_fn fwd, void *ctx,
+                                  const dsla_layer_kind_t *kinds, const dsla_corpus_t *corpus,
+                                  float *const *hidden, int last) {
+    for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
+        int n = corpus->num_sequences - first;
+        if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
+        DSLA_TRY(fwd(ctx, kinds, corpus, first, n, hidden, last + 1, NULL));
+    }
+    return DSLA_OK;
+}
+
 /* For every sequence of corpus, the stream entering in_layer into h_in and the one leaving
  * out_layer into h_out (either NULL), [n, T, D]. */
 static dsla_status_t capture_streams(dsla_distill_forward_fn fwd, void *ctx,
@@ -98,12 +113,7 @@ static dsla_status_t capture_streams(dsla_distill_forward_fn fwd, void *ctx,
     if (h_out) hidden[out_layer + 1] = h_out;
     /* Nothing past the last captured stream is needed. */
     const int last = h_out ? out_layer : (in_layer > 0 ? in_layer - 1 : 0);
-    for (int first = 0; first < corpus->num_sequences; first += CAPTURE_BATCH) {
-        int n = corpus->num_sequences - first;
-        if (n > CAPTURE_BATCH) n = CAPTURE_BATCH;
-        DSLA_TRY(fwd(ctx, kinds, corpus, first, n, hidden, last + 1, NULL));
-    }
-    return DSLA_OK;
+    return capture_pass(fwd, ctx, kinds, corpus, hidden, last);
 }
 
 dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
@@ -111,7 +121,14 @@ dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
                                          const dsla_corpus_t *train, const dsla_corpus_t *eval,
                                          const dsla_distill_captures_t *out) {
     DSLA_TRY(capture_streams(fwd, ctx, input_plan, train, layer, out->train_in, layer, NULL));
-    DSLA_TRY(capture_streams(fwd, ctx, NULL, train, layer, NULL, layer, out->train_target));
+    if (out->train_final) {
+        float *hidden[DSLA_LAYER_ORDER_MAX + 1] = {0};
+        hidden[layer + 1] = out->train_target;
+        hidden[out->num_layers] = out->train_final;
+        DSLA_TRY(capture_pass(fwd, ctx, NULL, train, hidden, out->num_layers - 1));
+    } else {
+        DSLA_TRY(capture_streams(fwd, ctx, NULL, train, layer, NULL, layer, out->train_target));
+    }
     DSLA_TRY(capture_streams(fwd, ctx, input_plan, eval, layer, out->eval_in, layer, NULL));
     return capture_streams(fwd, ctx, NULL, eval, layer, NULL, layer, out->eval_target);
 }
@@ -233,21 +250,29 @@ typedef struct {
     float *h_in, *target, *x, *y, *h_mid, *h_out, *dh, *dx, *mlp_work;
     void *dsla_mem;
     dsla_dsla_layer_ws_t ws;
+    dsla_distill_terms_t terms;
+    /* The logit term (terms.kl_weight > 0): the hybrid after the layer, the batch's teacher final
+     * stream and the KL's gradient w.r.t. h_out. */
+    dsla_logit_tail_t *tail;
+    float *final, *dtail;
 } trainer_t;
 
 static void trainer_free(trainer_t *t) {
     dsla_dsla_layer_destroy(&t->grad);
-    float *bufs[] = {t->h_in, t->target, t->x, t->y, t->h_mid, t->h_out, t->dh, t->dx, t->mlp_work};
+    dsla_logit_tail_destroy(&t->tail);
+    float *bufs[] = {t->h_in, t->target, t->x,        t->y,     t->h_mid, t->h_out,
+                     t->dh,   t->dx,     t->mlp_work, t->final, t->dtail};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dsla_free(bufs[i]);
     dsla_free(t->dsla_mem);
 }
 
 /* w, m, v are the engine's (the weights and moments it checkpoints); the trainer updates them in
- * place. */
+ * place. With the logit term, the layers after w->layer run as plan says (NULL: attention). */
 static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_layer_t *w,
                                   dsla_dsla_layer_t *m, dsla_dsla_layer_t *v, int batch,
-                                  int seq_len, bool single_state) {
+                                  int seq_len, bool single_state, const dsla_distill_terms_t *terms,
+                                  const dsla_layer_kind_t *plan) {
     const dsla_model_config_t *cfg = dsla_model_config(model);
     memset(t, 0, sizeof *t);
     t->cfg = cfg;
@@ -258,6 +283,7 @@ static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_l
     t->w = w;
     t->m = m;
     t->v = v;
+    t->terms = *terms;
     DSLA_TRY(dsla_dsla_layer_create(&t->grad, cfg, w->layer));
     const dsla_llama_layer_t *teacher = dsla_model_layer(model, w->layer);
     t->attn_norm = teacher->attn_norm;
@@ -278,7 +304,14 @@ static dsla_status_t trainer_init(trainer_t *t, dsla_model_t *model, dsla_dsla_l
     size_t bytes = dsla_cpu_dsla_layer_workspace_bytes(&dims, cfg->hidden_size);
     t->dsla_mem = dsla_alloc(bytes);
     if (!t->mlp_work || !t->dsla_mem) return dsla_error_oom("training workspaces");
-    return dsla_cpu_dsla_layer_workspace_init(&t->ws, &dims, cfg->hidden_size, t->dsla_mem, bytes);
+    DSLA_TRY(
+        dsla_cpu_dsla_layer_workspace_init(&t->ws, &dims, cfg->hidden_size, t->dsla_mem, bytes));
+    if (terms->kl_weight <= 0) return DSLA_OK;
+    t->final = dsla_alloc(act * sizeof(float));
+    t->dtail = dsla_alloc(act * sizeof(float));
+    if (!t->final || !t->dtail) return dsla_error_oom("the logit term");
+    return dsla_logit_tail_create(&t->tail, model, w->layer, plan, batch, seq_len,
+                                  (float)terms->kl_temperature);
 }
 
 /* The weights the kernels run: a single-state layer mixes with softmax(0, -inf) = (1, 0), exactly
@@ -384,15 +417,26 @@ static double gate_cosine_term(trainer_t *t, double weight) {
     return weight * cos;
 }
 
-/* One optimizer step on the sequences idx[0..batch) of the captured streams; returns the loss. */
-static dsla_status_t train_step(trainer_t *t, const float *h_in_all, const float *target_all,
-                                const int *idx, long step, const dsla_adamw_params_t *optim,
-                                double gate_cosine_weight, double *loss) {
+/* The loss of the sequences idx[0..batch) of the captured streams (final_all: the teacher's final
+ * streams, with the logit term) and its gradient in t->grad; *kl the logit term's KL (NaN when
+ * off). */
+static dsla_status_t trainer_loss_grad(trainer_t *t, const float *h_in_all, const float *target_all,
+                                       const float *final_all, const int *idx, double *loss,
+                                       double *kl) {
     const size_t per_seq = (size_t)t->seq_len * t->width, n = t->rows * t->width;
     gather(t->h_in, h_in_all, idx, t->batch, per_seq);
     gather(t->target, target_all, idx, t->batch, per_seq);
     DSLA_TRY(student_forward(t, t->batch));
     *loss = dsla_cpu_nmse_loss(t->dh, t->h_out, t->target, n);
+    *kl = NAN;
+    if (t->tail) {
+        const double weight = t->terms.kl_weight;
+        gather(t->final, final_all, idx, t->batch, per_seq);
+        DSLA_TRY(dsla_logit_tail_kl(t->tail, t->h_out, t->final, t->batch, kl, t->dtail));
+        *loss += weight * *kl;
+        for (size_t i = 0; i < n; i++)
+            t->dh[i] += (float)(weight * t->dtail[i]);
+    }
     dsla_cpu_mlp_block_backward(t->dh, t->dh, t->h_mid, &t->mlp, (int)t->rows, t->mlp_work);
     const dsla_dsla_layer_weights_t w = trainer_weights(t);
     dsla_dsla_layer_t *g = t->grad;
@@ -400,8 +444,16 @@ static dsla_status_t train_step(trainer_t *t, const float *h_in_all, const float
                                            g->bg1, g->wg2, g->bg2, g->alpha};
     DSLA_TRY(dsla_cpu_dsla_layer_backward(&t->ws, &w, t->x, NULL, NULL, t->dh, NULL, NULL, t->dx,
                                           &grads, NULL, NULL));
-    if (gate_cosine_weight > 0 && !t->single_state)
-        *loss += gate_cosine_term(t, gate_cosine_weight);
+    if (t->terms.gate_cosine_weight > 0 && !t->single_state)
+        *loss += gate_cosine_term(t, t->terms.gate_cosine_weight);
+    return DSLA_OK;
+}
+
+/* One optimizer step on the sequences idx[0..batch) of the captured streams; returns the loss. */
+static dsla_status_t train_step(trainer_t *t, const float *h_in_all, const float *target_all,
+                                const float *final_all, const int *idx, long step,
+                                const dsla_adamw_params_t *optim, double *loss, double *kl) {
+    DSLA_TRY(trainer_loss_grad(t, h_in_all, target_all, final_all, idx, loss, kl));
     param_view_t params[16];
     int np = trainer_params(t, params);
     float *garr[16];
@@ -456,6 +508,7 @@ typedef struct {
     dsla_model_t *model;
     trainer_t t;
     float *h_in, *target, *eval_in, *eval_target; /* the layer's captured streams */
+    float *train_final; /* the teacher's final streams, for the logit term (else NULL) */
     int n_eval;
 } cpu_backend_t;
 
@@ -473,7 +526,7 @@ static void cpu_layer_end(dsla_distill_backend_t *b) {
     cpu_backend_t *c = (cpu_backend_t *)b;
     trainer_free(&c->t);
     memset(&c->t, 0, sizeof c->t);
-    float **bufs[] = {&c->h_in, &c->target, &c->eval_in, &c->eval_target};
+    float **bufs[] = {&c->h_in, &c->target, &c->eval_in, &c->eval_target, &c->train_final};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         dsla_free(*bufs[i]);
         *bufs[i] = NULL;
@@ -482,12 +535,17 @@ static void cpu_layer_end(dsla_distill_backend_t *b) {
 
 static dsla_status_t cpu_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer_t *w,
                                      dsla_dsla_layer_t *m, dsla_dsla_layer_t *v, int batch,
-                                     bool single_state, const dsla_layer_kind_t *input_plan,
+                                     bool single_state, const dsla_distill_terms_t *terms,
+                                     const dsla_layer_kind_t *input_plan,
                                      const dsla_corpus_t *train, const dsla_corpus_t *eval) {
     cpu_backend_t *c = (cpu_backend_t *)b;
     const int layer = w->layer, T = train->seq_len;
     const size_t per_seq = (size_t)T * w->model_dim;
-    DSLA_TRY(trainer_init(&c->t, c->model, w, m, v, batch, T, single_state));
+    DSLA_TRY(trainer_init(&c->t, c->model, w, m, v, batch, T, single_state, terms, input_plan));
+    if (terms->kl_weight > 0 &&
+        !(c->train_final = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float))))
+        return dsla_error(DSLA_ERR_OUT_OF_MEMORY,
+                          "out of memory for the teacher's final hidden states (the logit term)");
     c->h_in = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
     c->target = dsla_alloc((size_t)train->num_sequences * per_seq * sizeof(float));
     c->eval_in = dsla_alloc((size_t)eval->num_sequences * per_seq * sizeof(float));
@@ -496,7 +554,9 @@ static dsla_status_t cpu_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer_
     if (!c->h_in || !c->target || !c->eval_in || !c->eval_target)
         return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for layer %d's hidden states",
                           layer);
-    const dsla_distill_captures_t to = {c->h_in, c->target, c->eval_in, c->eval_target};
+    const dsla_distill_captures_t to = {c->h_in,        c->target,
+                                        c->eval_in,     c->eval_target,
+                                        c->train_final, dsla_model_config(c->model)->num_layers};
     return dsla_distill_capture_layer(cpu_forward, c->model, input_plan, layer, train, eval, &to);
 }
 
@@ -506,10 +566,17 @@ static dsla_status_t cpu_eval_mse(dsla_distill_backend_t *b, double *mse) {
 }
 
 static dsla_status_t cpu_step(dsla_distill_backend_t *b, const int *idx, long step,
-                              const dsla_adamw_params_t *optim, double gate_cosine_weight,
-                              double *loss) {
+                              const dsla_adamw_params_t *optim, double *loss, double *kl) {
     cpu_backend_t *c = (cpu_backend_t *)b;
-    return train_step(&c->t, c->h_in, c->target, idx, step, optim, gate_cosine_weight, loss);
+    return train_step(&c->t, c->h_in, c->target, c->train_final, idx, step, optim, loss, kl);
+}
+
+dsla_status_t dsla_distill_cpu_loss_grad(dsla_distill_backend_t *b, const int *idx, double *loss,
+                                         double *kl, const dsla_dsla_layer_t **grad) {
+    cpu_backend_t *c = (cpu_backend_t *)b;
+    DSLA_TRY(trainer_loss_grad(&c->t, c->h_in, c->target, c->train_final, idx, loss, kl));
+    *grad = c->t.grad;
+    return DSLA_OK;
 }
 
 /* The CPU trainer works on the engine's w, m, v in place: nothing to copy. */
@@ -527,9 +594,9 @@ dsla_status_t dsla_distill_backend_cpu_create(dsla_distill_backend_t **out, dsla
     *out = NULL;
     cpu_backend_t *c = calloc(1, sizeof *c);
     if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the CPU backend");
-    c->base = (dsla_distill_backend_t){"cpu",           true,          cpu_install, cpu_eval_nll,
-                                       cpu_layer_begin, cpu_eval_mse,  cpu_step,    cpu_no_copy,
-                                       cpu_no_copy,     cpu_layer_end, cpu_destroy};
+    c->base = (dsla_distill_backend_t){
+        "cpu",        true,     true,        cpu_install, cpu_eval_nll,  cpu_layer_begin,
+        cpu_eval_mse, cpu_step, cpu_no_copy, cpu_no_copy, cpu_layer_end, cpu_destroy};
     c->model = teacher;
     *out = &c->base;
     return DSLA_OK;
@@ -671,6 +738,14 @@ static dsla_status_t validate(const dsla_model_config_t *cfg, const dsla_distill
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "probe_steps %d must be at least 1 for the measured order",
                           p->probe_steps);
+    if (!(p->kl_weight >= 0) || !isfinite(p->kl_weight))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "kl_weight %g (--kl-weight) must be a finite number of at least 0",
+                          p->kl_weight);
+    if (!(p->kl_temperature > 0) || !isfinite(p->kl_temperature))
+        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                          "kl_temperature %g (--kl-temperature) must be a finite number above 0",
+                          p->kl_temperature);
     if (init_only_without_data(p)) return validate_order(cfg, p);
     if (!train || !eval || train->num_sequences < 1 || eval->num_sequences < 1)
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
@@ -748,8 +823,8 @@ static dsla_status_t load_finished(run_t *r, int k, bool *found) {
     }
     r->converted[layer] = l;
     dsla_distill_layer_report_t *rep = &r->report->converted[k];
-    *rep = (dsla_distill_layer_report_t){
-        layer, k, true, NAN, meta.eval_mse, meta.train_loss, meta.eval_ppl, 0.0};
+    *rep = (dsla_distill_layer_report_t){layer,           k,   true,          NAN, meta.eval_mse,
+                                         meta.train_loss, NAN, meta.eval_ppl, 0.0};
     return DSLA_OK;
 }
 
@@ -779,8 +854,12 @@ static dsla_status_t fit_begin(run_t *r, layer_state_t *ls, const fit_t *f) {
     ls->w->single_state = p->single_state;
     DSLA_TRY(
         dsla_dsla_layer_init_from_teacher(ls->w, r->model, f->layer, p->seed + (uint64_t)f->layer));
-    return r->be->layer_begin(r->be, ls->w, ls->m, ls->v, p->batch, p->single_state, f->input_plan,
-                              f->train, r->eval);
+    /* Probes rank layers by the hidden-state loss (their file does not depend on the logit term).
+     */
+    const dsla_distill_terms_t terms = {p->gate_cosine_weight, f->probe ? 0.0 : p->kl_weight,
+                                        p->kl_temperature};
+    return r->be->layer_begin(r->be, ls->w, ls->m, ls->v, p->batch, p->single_state, &terms,
+                              f->input_plan, f->train, r->eval);
 }
 
 static void fit_end(run_t *r, layer_state_t *ls) {
@@ -805,9 +884,10 @@ static long steps_left(const run_t *r, const fit_t *f, long step) {
 
 /* Runs f's steps after `step` (those a checkpoint restored) on the backend's layer: batches drawn
  * by (seed, layer, step), the schedule over f->steps, checkpoints for conversions only (a probe is
- * short and runs again). *tail_loss: the mean loss of the last tenth of the steps. */
+ * short and runs again). *tail_loss, *tail_kl (either NULL): the mean loss and logit KL of the last
+ * tenth of the steps. */
 static dsla_status_t fit_steps(run_t *r, layer_state_t *ls, const fit_t *f, long step,
-                               double *tail_loss) {
+                               double *tail_loss, double *tail_kl) {
     const dsla_distill_params_t *p = r->p;
     dsla_distill_backend_t *be = r->be;
     const int layer = f->layer;
@@ -816,7 +896,7 @@ static dsla_status_t fit_steps(run_t *r, layer_state_t *ls, const fit_t *f, long
     /* A probe runs the run's schedule compressed to its length: the same share of warm-up. */
     if (f->probe) optim.warmup_steps = (int)((long)p->optim.warmup_steps * f->steps / p->steps);
     int tail = f->steps / 10 > 0 ? f->steps / 10 : 1;
-    double tail_sum = 0.0;
+    double tail_sum = 0.0, tail_kl_sum = 0.0;
     int tail_count = 0;
     int idx[DSLA_LAYER_ORDER_MAX];
     while (step < f->steps) {
@@ -836,10 +916,11 @@ static dsla_status_t fit_steps(run_t *r, layer_state_t *ls, const fit_t *f, long
         uint64_t rng = p->seed ^ ((uint64_t)(layer + 1) << 40) ^ (uint64_t)step;
         for (int i = 0; i < p->batch; i++)
             idx[i] = (int)(dsla_splitmix64(&rng) % (uint64_t)f->train->num_sequences);
-        double loss;
-        DSLA_TRY(be->step(be, idx, step, &optim, p->gate_cosine_weight, &loss));
+        double loss, kl;
+        DSLA_TRY(be->step(be, idx, step, &optim, &loss, &kl));
         if (step > f->steps - tail) {
             tail_sum += loss;
+            tail_kl_sum += kl;
             tail_count++;
         }
         if (!f->probe && p->checkpoint_every > 0 && step % p->checkpoint_every == 0 &&
@@ -860,6 +941,7 @@ static dsla_status_t fit_steps(run_t *r, layer_state_t *ls, const fit_t *f, long
                 .step = (int)step,
                 .steps = f->steps,
                 .loss = loss,
+                .kl = kl,
                 .tokens_per_second = (double)p->batch * f->train->seq_len / dt,
                 .seconds_left = (double)steps_left(r, f, step) * r->step_seconds,
             };
@@ -867,6 +949,7 @@ static dsla_status_t fit_steps(run_t *r, layer_state_t *ls, const fit_t *f, long
         }
     }
     if (tail_loss) *tail_loss = tail_count ? tail_sum / tail_count : NAN;
+    if (tail_kl) *tail_kl = tail_count ? tail_kl_sum / tail_count : NAN;
     return DSLA_OK;
 }
 
@@ -889,7 +972,8 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
     long step = 0;
     if (st == DSLA_OK) st = checkpoint_load(&ls, r->out_dir, &step);
     if (st == DSLA_OK && step > 0) st = be->push(be);
-    if (st == DSLA_OK) st = fit_steps(r, &ls, &f, step, &rep->train_loss);
+    rep->train_kl = NAN;
+    if (st == DSLA_OK) st = fit_steps(r, &ls, &f, step, &rep->train_loss, &rep->train_kl);
     if (st == DSLA_OK) st = be->eval_mse(be, &rep->eval_mse);
     if (st == DSLA_OK) st = be->pull(be);
     if (st != DSLA_OK) goto done;
@@ -938,7 +1022,7 @@ static dsla_status_t probe_layer(run_t *r, int k, int layer, double *ppl) {
     const fit_t f = {k, layer, true, r->p->probe_steps, NULL, r->train};
     layer_state_t ls;
     dsla_status_t st = fit_begin(r, &ls, &f);
-    if (st == DSLA_OK) st = fit_steps(r, &ls, &f, 0, NULL);
+    if (st == DSLA_OK) st = fit_steps(r, &ls, &f, 0, NULL, NULL);
     if (st == DSLA_OK) st = be->pull(be);
     be->layer_end(be);
     dsla_layer_kind_t kinds[DSLA_LAYER_ORDER_MAX];
@@ -1109,7 +1193,7 @@ static dsla_status_t init_layer(run_t *r, int k) {
     }
     if (st == DSLA_OK) {
         r->report->converted[k] = (dsla_distill_layer_report_t){
-            layer, k, false, NAN, NAN, NAN, NAN, dsla_clock_seconds() - started};
+            layer, k, false, NAN, NAN, NAN, NAN, NAN, dsla_clock_seconds() - started};
     }
     dsla_dsla_layer_destroy(&w);
     return st;
@@ -1177,6 +1261,11 @@ dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *be, dsla_model_t *teac
                           "the gate cosine term (weight %g) is not implemented on the %s backend; "
                           "leave it at 0 there or distil on the CPU",
                           params->gate_cosine_weight, be->name);
+    if (params->kl_weight > 0 && !be->logit_kl)
+        return dsla_error(DSLA_ERR_UNSUPPORTED,
+                          "--kl-weight %g: the logit KL term is not implemented on the %s backend; "
+                          "leave it at 0 there or distil on the CPU",
+                          params->kl_weight, be->name);
     DSLA_TRY(make_dir(out_dir));
     run_t r = {
         .model = teacher,
@@ -1191,6 +1280,8 @@ dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *be, dsla_model_t *teac
         .n_convert = params->layers ? params->layers : cfg->num_layers,
     };
     report->n_layers = cfg->num_layers;
+    report->kl_weight = params->kl_weight;
+    report->kl_temperature = params->kl_temperature;
     for (int l = 0; l < cfg->num_layers; l++)
         r.kinds[l] = DSLA_LAYER_ATTN;
     r.teacher_checksum = dsla_model_checksum(teacher);

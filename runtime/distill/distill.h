@@ -35,7 +35,16 @@
  * norms and MLP, and minimises the MSE normalised by the target's mean square (5.3) with AdamW.
  * Of 5.3's optional terms, the gate cosine is here (off by default): gate_cosine_weight times the
  * cosine similarity of the two states' log-gates over the batch, which pushes history and recency
- * apart. The logit KL term is not implemented: it needs a backward pass through every later layer.
+ * apart. The logit KL term (kl_weight > 0, off by default; CPU only) adds kl_weight times
+ * KL(teacher || hybrid) of the next-token distributions at every position, at temperature
+ * kl_temperature (dsla_cpu_kl_div_loss's batchmean * T^2): the hybrid runs on from the student's
+ * h_out through the later layers (frozen, as the chained plan has them: DSLA where already
+ * converted, attention elsewhere; the teacher's for the unchained ablation), the final norm and
+ * the head, against the teacher's final stream captured with the targets (runtime/distill/
+ * logit_tail.h), and the gradient flows back through all of it into the trained layer. It costs a
+ * forward and a backward of every later layer per step (attention at O(T^2) exactly). A measured
+ * order's probes train on the hidden-state loss alone, so they rank layers (and are stored) as
+ * without the term.
  *
  * Init-only (steps 0): each layer of the order is written as the teacher initialises it (DESIGN.md
  * section 4, the seed training would start from), with steps 0 and NaN losses, and nothing is
@@ -87,6 +96,8 @@ typedef struct {
     int checkpoint_every;      /* steps between in-layer checkpoints; default 50; 0: never */
     uint64_t seed;             /* initialisation and batches; default 1234 */
     double gate_cosine_weight; /* the paper's contrastive term; default 0 (off) */
+    double kl_weight;          /* the logit KL term's weight (>= 0); default 0 (off) */
+    double kl_temperature;     /* its temperature (> 0); default 1 */
     dsla_adamw_params_t optim; /* dsla_distill_optim_default(steps) */
     /* seals every layer version written with this key's MAC (layer_mac.h); borrowed. NULL:
      * unsealed (unauthenticated) versions */
@@ -113,6 +124,7 @@ typedef struct {
     int layer;       /* the decoder layer being trained */
     int step, steps; /* 1-based step of steps */
     double loss;     /* this step's training loss */
+    double kl;       /* the logit term's KL before its weight; NaN when off */
     double tokens_per_second;
     double seconds_left; /* estimate for the whole run */
 } dsla_distill_progress_t;
@@ -125,6 +137,7 @@ typedef struct {
     double init_eval_mse;   /* held-out layer loss of the teacher-initialised layer */
     double eval_mse;        /* held-out layer loss after training */
     double train_loss;      /* mean loss of the last tenth of the steps */
+    double train_kl;        /* mean logit KL of the last tenth (NaN without the term) */
     double eval_ppl;        /* the hybrid's held-out perplexity with this layer converted */
     double seconds;
 } dsla_distill_layer_report_t;
@@ -140,6 +153,7 @@ typedef struct {
     double probe_seconds; /* the probes' time in this run (0 when read back) */
     int n_layers;         /* model layers */
     double teacher_ppl;
+    double kl_weight, kl_temperature; /* the run's logit term (weight 0: off) */
     dsla_distill_layer_report_t converted[DSLA_LAYER_ORDER_MAX];
     int n_converted;
 } dsla_distill_report_t;
@@ -206,7 +220,7 @@ size_t dsla_distill_cuda_bytes(const dsla_model_config_t *cfg, dsla_dtype_t dtyp
 void dsla_distill_backend_destroy(dsla_distill_backend_t **b);
 
 /* dsla_distill_run on a backend made for the same teacher (dsla_distill_run is this on the CPU).
- * The gate cosine term is CPU-only (UNSUPPORTED elsewhere). */
+ * The gate cosine and logit KL terms are CPU-only (UNSUPPORTED elsewhere). */
 dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *backend, dsla_model_t *teacher,
                                   const dsla_corpus_t *train, const dsla_corpus_t *eval,
                                   const dsla_distill_params_t *params, const char *out_dir,

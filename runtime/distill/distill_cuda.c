@@ -242,9 +242,17 @@ static dsla_status_t cuda_pull(dsla_distill_backend_t *b) {
 
 static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer_t *w,
                                       dsla_dsla_layer_t *m, dsla_dsla_layer_t *v, int batch,
-                                      bool single_state, const dsla_layer_kind_t *input_plan,
+                                      bool single_state, const dsla_distill_terms_t *terms,
+                                      const dsla_layer_kind_t *input_plan,
                                       const dsla_corpus_t *train, const dsla_corpus_t *eval) {
     cuda_backend_t *c = (cuda_backend_t *)b;
+    /* The engine refuses both terms first (base.gate_cosine and base.logit_kl are false); a
+     * caller of the seam that does not is told, rather than trained on the hidden loss alone. */
+    if (terms->kl_weight > 0 || terms->gate_cosine_weight > 0)
+        return dsla_error(DSLA_ERR_UNSUPPORTED,
+                          "--kl-weight %g, --gate-cosine %g: the logit KL and gate cosine terms "
+                          "are not implemented on the cuda backend; leave them at 0 there",
+                          terms->kl_weight, terms->gate_cosine_weight);
     const dsla_model_config_t *cfg = &c->cfg;
     const int T = train->seq_len, layer = w->layer, D = cfg->hidden_size;
     const int I = cfg->intermediate_size, hd = cfg->num_heads * cfg->head_dim;
@@ -405,10 +413,9 @@ static dsla_status_t student_backward(cuda_backend_t *c) {
 }
 
 static dsla_status_t cuda_step(dsla_distill_backend_t *b, const int *idx, long step,
-                               const dsla_adamw_params_t *optim, double gate_cosine_weight,
-                               double *loss) {
+                               const dsla_adamw_params_t *optim, double *loss, double *kl) {
     cuda_backend_t *c = (cuda_backend_t *)b;
-    (void)gate_cosine_weight; /* refused by the engine: base.gate_cosine is false */
+    *kl = NAN; /* no logit term here: layer_begin refuses it */
     const size_t ps = per_seq(c), n = (size_t)c->batch * ps;
     dsla_cuda_stream_t s = c->stream;
     for (int i = 0; i < c->batch; i++) {
@@ -479,8 +486,8 @@ dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsl
     cuda_backend_t *c = calloc(1, sizeof *c);
     if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the CUDA backend");
     c->base = (dsla_distill_backend_t){
-        "cuda",    false,     cuda_install, cuda_eval_nll,  cuda_layer_begin, cuda_eval_mse,
-        cuda_step, cuda_pull, cuda_push,    cuda_layer_end, cuda_destroy};
+        "cuda",        false,     false,     cuda_install, cuda_eval_nll,  cuda_layer_begin,
+        cuda_eval_mse, cuda_step, cuda_pull, cuda_push,    cuda_layer_end, cuda_destroy};
     c->teacher = teacher;
     c->cfg = *cfg;
     c->opts = *opts;

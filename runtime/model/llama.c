@@ -246,6 +246,10 @@ const float *dsla_model_lm_head(const dsla_model_t *m) {
     return m->lm_head;
 }
 
+const float *dsla_model_inv_freq(const dsla_model_t *m) {
+    return m->inv_freq;
+}
+
 uint64_t dsla_model_checksum(const dsla_model_t *m) {
     const dsla_model_config_t *c = &m->cfg;
     const size_t D = (size_t)c->hidden_size, V = (size_t)c->vocab_size;

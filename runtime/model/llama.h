@@ -67,6 +67,9 @@ const dsla_llama_layer_t *dsla_model_layer(const dsla_model_t *m, int layer);
 const float *dsla_model_embeddings(const dsla_model_t *m); /* [V, D] */
 const float *dsla_model_final_norm(const dsla_model_t *m); /* [D] */
 const float *dsla_model_lm_head(const dsla_model_t *m);    /* [V, D]; the embeddings when tied */
+/* RoPE's inverse frequencies [head_dim / 2], as the forward pass's tables are built from them (the
+ * distiller's logit term runs the later attention layers outside the forward pass). */
+const float *dsla_model_inv_freq(const dsla_model_t *m);
 
 /* The teacher checksum of DESIGN.md 5.5: xxh64 (seed 0) of all the model's weights as loaded into
  * float32, in this order: embeddings; per layer input_layernorm, q, k, v, o, post_attention_

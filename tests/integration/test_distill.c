@@ -2,7 +2,9 @@
  * at least 10x, and a run killed with SIGKILL mid-layer resumes to the same layer versions an
  * uninterrupted run writes, without redoing finished layers. --steps 0 writes teacher-initialised
  * versions (no data needed with --order given) that equal a training run's starting point.
- * --order measured reports its per-layer probes and stores them. */
+ * --order measured reports its per-layer probes and stores them. --kl-weight adds the logit KL
+ * term: the run writes its versions, reports the weight and each layer's KL, and a negative weight
+ * (or the term with --device cuda) is refused naming the flag. */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
 
@@ -365,6 +367,58 @@ static void test_device_cuda_refusals_are_named(void **state) {
     free(dir);
 }
 
+static void test_kl_weight_runs_and_is_reported(void **state) {
+    (void)state;
+    char *dir = dsla_test_tempdir();
+    char out[512], report[512], log[512];
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(report, sizeof report, "%s/report.json", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    args_t a = distill_args("models/stories260K-hf", out, "2", "6", report);
+    args_add(&a, "--kl-weight");
+    args_add(&a, "0.5");
+    int code = wait_exit(spawn_dsla(a.argv, log));
+    if (code != 0) show_log_and_fail(log, code);
+    args_free(&a);
+    char *text = dsla_test_read_file(log, NULL);
+    if (!strstr(text, "(kl ") || !strstr(text, "logit KL term: weight 0.5"))
+        fail_msg("no KL in the progress or the summary:\n%s", text);
+    free(text);
+    json_t *root = dsla_test_load_json(report);
+    assert_true(json_number_value(json_object_get(root, "kl_weight")) == 0.5);
+    assert_true(json_number_value(json_object_get(root, "kl_temperature")) == 1.0);
+    json_t *converted = json_object_get(root, "converted");
+    assert_int_equal(json_array_size(converted), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *c = json_array_get(converted, i);
+        char name[64];
+        snprintf(name, sizeof name, "layer-%d.safetensors",
+                 (int)json_integer_value(json_object_get(c, "layer")));
+        assert_true(exists(out, name));
+        const double kl = json_number_value(json_object_get(c, "train_kl"));
+        assert_true(kl > 0.0 && kl < 100.0);
+    }
+    json_decref(root);
+
+    /* Refusals name the flag: out of range (usage, 2), and on the GPU. */
+    const char *bad[][4] = {{"--kl-weight", "-1", NULL, NULL},
+                            {"--kl-weight", "0.5", "--device", "cuda"},
+                            {"--kl-temperature", "0", NULL, NULL}};
+    for (int i = 0; i < 3; i++) {
+        a = distill_args("models/stories260K-hf", out, "1", "5", report);
+        for (int j = 0; j < 4 && bad[i][j]; j++)
+            args_add(&a, bad[i][j]);
+        assert_int_equal(wait_exit(spawn_dsla(a.argv, log)), 2);
+        text = dsla_test_read_file(log, NULL);
+        if (!strstr(text, bad[i][0]))
+            fail_msg("%s %s: the flag is not named:\n%s", bad[i][0], bad[i][1], text);
+        free(text);
+        args_free(&a);
+    }
+    dsla_test_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_one_layer_stories260k),
@@ -373,6 +427,7 @@ int main(void) {
         cmocka_unit_test(test_init_only_writes_teacher_initialised_versions),
         cmocka_unit_test(test_measured_order_reports_its_probes),
         cmocka_unit_test(test_device_cuda_refusals_are_named),
+        cmocka_unit_test(test_kl_weight_runs_and_is_reported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
