@@ -272,8 +272,9 @@ static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer
     DSLA_TRY(alloc_dev(&c->train.target, (size_t)c->train.n * per_seq(c)));
     DSLA_TRY(alloc_dev(&c->eval.h_in, (size_t)c->eval.n * per_seq(c)));
     DSLA_TRY(alloc_dev(&c->eval.target, (size_t)c->eval.n * per_seq(c)));
-    const dsla_distill_captures_t to = {c->train.h_in, c->train.target, c->eval.h_in,
-                                        c->eval.target};
+    /* No teacher final stream: the logit term is refused above. */
+    const dsla_distill_captures_t to = {
+        c->train.h_in, c->train.target, c->eval.h_in, c->eval.target, NULL, 0};
     DSLA_TRY(dsla_distill_capture_layer(forward_batch, c, input_plan, layer, train, eval, &to));
     DSLA_TRY(dsla_cuda_stream_sync(c->stream));
 

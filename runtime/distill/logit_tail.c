@@ -173,16 +173,27 @@ static dsla_status_t dsla_weights(const dsla_logit_tail_t *t, int j, dsla_dsla_l
     return DSLA_OK;
 }
 
+/* The sizes one layer's passes use, for batch sequences. */
+typedef struct {
+    int rows, D, H, Hkv, d;
+    float eps;
+} dims_t;
+
+static dims_t dims_of(const dsla_logit_tail_t *t, int batch) {
+    const dsla_model_config_t *c = t->cfg;
+    return (dims_t){batch * t->seq_len, c->hidden_size, c->num_heads,
+                    c->num_kv_heads,    c->head_dim,    c->rms_norm_eps};
+}
+
 /* Layer j's forward from h [rows, D] into h_next (NULL: stop after h_mid), leaving what its
  * backward reads in t (xn, h_mid, and q, k, v, probs for attention or ws for DSLA). */
 static dsla_status_t layer_forward(dsla_logit_tail_t *t, int j, const float *h, float *h_next,
                                    int batch) {
-    const dsla_model_config_t *c = t->cfg;
     const dsla_llama_layer_t *w = dsla_model_layer(t->model, j);
-    const int rows = batch * t->seq_len, D = c->hidden_size, H = c->num_heads;
-    const int Hkv = c->num_kv_heads, d = c->head_dim;
+    const dims_t z = dims_of(t, batch);
+    const int rows = z.rows, D = z.D, H = z.H, Hkv = z.Hkv, d = z.d;
     float *mix = t->dxn; /* free until the backward: the mixer's output */
-    dsla_cpu_rmsnorm(t->xn, h, w->attn_norm, rows, D, c->rms_norm_eps);
+    dsla_cpu_rmsnorm(t->xn, h, w->attn_norm, rows, D, z.eps);
     if (t->kinds[j] == DSLA_LAYER_DSLA) {
         dsla_dsla_layer_weights_t dw;
         DSLA_TRY(dsla_weights(t, j, &dw));
@@ -209,10 +220,9 @@ static dsla_status_t layer_forward(dsla_logit_tail_t *t, int j, const float *h, 
 /* dh [rows, D]: the gradient w.r.t. layer j's output in, w.r.t. its input h out (in place). */
 static dsla_status_t layer_backward(dsla_logit_tail_t *t, int j, const float *h, float *dh,
                                     int batch) {
-    const dsla_model_config_t *c = t->cfg;
     const dsla_llama_layer_t *w = dsla_model_layer(t->model, j);
-    const int rows = batch * t->seq_len, D = c->hidden_size, H = c->num_heads;
-    const int Hkv = c->num_kv_heads, d = c->head_dim;
+    const dims_t z = dims_of(t, batch);
+    const int rows = z.rows, D = z.D, H = z.H, Hkv = z.Hkv, d = z.d;
     DSLA_TRY(layer_forward(t, j, h, NULL, batch));
     const dsla_mlp_block_t mlp = mlp_of(t, j);
     dsla_cpu_mlp_block_backward(dh, dh, t->h_mid, &mlp, rows, t->mlp_work);
@@ -237,7 +247,7 @@ static dsla_status_t layer_backward(dsla_logit_tail_t *t, int j, const float *h,
         dsla_cpu_gemm_backward_input(t->dxn, t->dv, w->wv, rows, Hkv * d, D, true);
     }
     /* The residual carries dh through; the input norm's gradient adds onto it. */
-    dsla_cpu_rmsnorm_backward(dh, NULL, t->dxn, h, w->attn_norm, rows, D, c->rms_norm_eps, true);
+    dsla_cpu_rmsnorm_backward(dh, NULL, t->dxn, h, w->attn_norm, rows, D, z.eps, true);
     return DSLA_OK;
 }
 

@@ -63,6 +63,16 @@ static void show_log_and_fail(const char *log, int code) {
     fail_msg("dsla distill exited %d:\n%s", code, text ? text : "(no log)");
 }
 
+/* A fresh directory (returned; the caller removes and frees it) and, under it, the paths of a
+ * run's output directory, JSON report and log (512 bytes each). */
+static char *scratch(char *out, char *report, char *log) {
+    char *dir = dsla_test_tempdir();
+    snprintf(out, 512, "%s/out", dir);
+    snprintf(report, 512, "%s/report.json", dir);
+    snprintf(log, 512, "%s/log", dir);
+    return dir;
+}
+
 /* Builds the argument vector of a small distillation of model_rel into out. */
 typedef struct {
     char *argv[40];
@@ -123,11 +133,8 @@ static void args_free(args_t *a) {
 }
 
 static void check_one_layer_cuts_mse(const char *model_rel, const char *steps) {
-    char *dir = dsla_test_tempdir();
     char out[512], report[512], log[512];
-    snprintf(out, sizeof out, "%s/out", dir);
-    snprintf(report, sizeof report, "%s/report.json", dir);
-    snprintf(log, sizeof log, "%s/log", dir);
+    char *dir = scratch(out, report, log);
     args_t a = distill_args(model_rel, out, "1", steps, report);
     int code = wait_exit(spawn_dsla(a.argv, log));
     if (code != 0) show_log_and_fail(log, code);
@@ -234,11 +241,8 @@ static void test_sigkill_resume_gives_the_same_versions(void **state) {
  * the order ascending in them), the probes stored beside the versions. */
 static void test_measured_order_reports_its_probes(void **state) {
     (void)state;
-    char *dir = dsla_test_tempdir();
     char out[512], report[512], log[512];
-    snprintf(out, sizeof out, "%s/out", dir);
-    snprintf(report, sizeof report, "%s/report.json", dir);
-    snprintf(log, sizeof log, "%s/log", dir);
+    char *dir = scratch(out, report, log);
     args_t a = distill_args("models/stories260K-hf", out, "1", "4", report);
     args_add(&a, "--order");
     args_add(&a, "measured");
@@ -272,11 +276,8 @@ static void test_measured_order_reports_its_probes(void **state) {
 static void test_init_only_writes_teacher_initialised_versions(void **state) {
     (void)state;
     char *model_dir = dsla_test_data_or_skip("models/stories260K-hf");
-    char *dir = dsla_test_tempdir();
     char out[512], report[512], log[512];
-    snprintf(out, sizeof out, "%s/out", dir);
-    snprintf(report, sizeof report, "%s/report.json", dir);
-    snprintf(log, sizeof log, "%s/log", dir);
+    char *dir = scratch(out, report, log);
     args_t a = {.argc = 0};
     const char *argv[] = {"dsla",     "distill", "--model", model_dir, "--out",         out,
                           "--steps",  "0",       "--order", "given",   "--layer-order", "3,1",
@@ -336,11 +337,8 @@ static void test_init_only_writes_teacher_initialised_versions(void **state) {
  * --dtype is a usage error. */
 static void test_device_cuda_refusals_are_named(void **state) {
     (void)state;
-    char *dir = dsla_test_tempdir();
     char out[512], report[512], log[512];
-    snprintf(out, sizeof out, "%s/out", dir);
-    snprintf(report, sizeof report, "%s/report.json", dir);
-    snprintf(log, sizeof log, "%s/log", dir);
+    char *dir = scratch(out, report, log);
     args_t a = distill_args("models/stories260K-hf", out, "1", "5", report);
     args_add(&a, "--device");
     args_add(&a, "cuda");
@@ -369,11 +367,8 @@ static void test_device_cuda_refusals_are_named(void **state) {
 
 static void test_kl_weight_runs_and_is_reported(void **state) {
     (void)state;
-    char *dir = dsla_test_tempdir();
     char out[512], report[512], log[512];
-    snprintf(out, sizeof out, "%s/out", dir);
-    snprintf(report, sizeof report, "%s/report.json", dir);
-    snprintf(log, sizeof log, "%s/log", dir);
+    char *dir = scratch(out, report, log);
     args_t a = distill_args("models/stories260K-hf", out, "2", "6", report);
     args_add(&a, "--kl-weight");
     args_add(&a, "0.5");
