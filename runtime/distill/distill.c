@@ -121,13 +121,17 @@ dsla_status_t dsla_distill_capture_layer(dsla_distill_forward_fn fwd, void *ctx,
                                          const dsla_corpus_t *train, const dsla_corpus_t *eval,
                                          const dsla_distill_captures_t *out) {
     DSLA_TRY(capture_streams(fwd, ctx, input_plan, train, layer, out->train_in, layer, NULL));
-    if (out->train_final) {
+    if (out->train_final && layer + 1 < out->num_layers) {
         float *hidden[DSLA_LAYER_ORDER_MAX + 1] = {0};
         hidden[layer + 1] = out->train_target;
         hidden[out->num_layers] = out->train_final;
         DSLA_TRY(capture_pass(fwd, ctx, NULL, train, hidden, out->num_layers - 1));
     } else {
+        /* The last layer's target is the final stream itself; one slot cannot take both, and the
+         * buffers may be device memory, so the pass runs twice rather than copying. */
         DSLA_TRY(capture_streams(fwd, ctx, NULL, train, layer, NULL, layer, out->train_target));
+        if (out->train_final)
+            DSLA_TRY(capture_streams(fwd, ctx, NULL, train, layer, NULL, layer, out->train_final));
     }
     DSLA_TRY(capture_streams(fwd, ctx, input_plan, eval, layer, out->eval_in, layer, NULL));
     return capture_streams(fwd, ctx, NULL, eval, layer, NULL, layer, out->eval_target);

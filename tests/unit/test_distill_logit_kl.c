@@ -304,6 +304,33 @@ static void test_step_gradient_matches_finite_differences(void **state) {
     dsla_dsla_layer_destroy(&g_without);
 }
 
+/* The last layer's target and the teacher's final stream are the same stream, captured into two
+ * arrays: the hidden-state part of the loss is the one without the term, and the KL of the
+ * teacher-initialised layer is that of the hybrid's logits alone. */
+static void test_last_layer_captures_target_and_final(void **state) {
+    fixture_t *f = *state;
+    const dsla_model_config_t *cfg = dsla_model_config(f->model);
+    const int last = cfg->num_layers - 1, idx[BATCH] = {0, 1};
+    dsla_dsla_layer_t *w = NULL, *m = NULL, *v = NULL;
+    assert_int_equal(dsla_dsla_layer_create(&w, cfg, last), DSLA_OK);
+    assert_int_equal(dsla_dsla_layer_create(&m, cfg, last), DSLA_OK);
+    assert_int_equal(dsla_dsla_layer_create(&v, cfg, last), DSLA_OK);
+    assert_int_equal(dsla_dsla_layer_init_from_teacher(w, f->model, last, 3), DSLA_OK);
+    const dsla_dsla_layer_t *g = NULL;
+    double without, with, kl_none, kl;
+    dsla_distill_backend_t *be = prepared(f, w, m, v, 0.0);
+    assert_int_equal(dsla_distill_cpu_loss_grad(be, idx, &without, &kl_none, &g), DSLA_OK);
+    dsla_distill_backend_destroy(&be);
+    be = prepared(f, w, m, v, 1.0);
+    assert_int_equal(dsla_distill_cpu_loss_grad(be, idx, &with, &kl, &g), DSLA_OK);
+    dsla_distill_backend_destroy(&be);
+    assert_true(kl > 0.0 && isfinite(kl));
+    assert_true(fabs(with - (without + kl)) <= 1e-9 * with);
+    dsla_dsla_layer_destroy(&w);
+    dsla_dsla_layer_destroy(&m);
+    dsla_dsla_layer_destroy(&v);
+}
+
 static void test_bad_kl_parameters_are_named(void **state) {
     fixture_t *f = *state;
     dsla_distill_params_t p = dsla_distill_params_default();
@@ -324,6 +351,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tail_gradient_matches_finite_differences),
         cmocka_unit_test(test_step_gradient_matches_finite_differences),
+        cmocka_unit_test(test_last_layer_captures_target_and_final),
         cmocka_unit_test(test_bad_kl_parameters_are_named),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
