@@ -141,8 +141,13 @@ static void print_summary(const dsla_distill_report_t *r, bool init_only, const 
     if (r->kl_weight > 0) {
         printf("logit KL term: weight %g, temperature %g; training KL (last tenth of the steps):",
                r->kl_weight, r->kl_temperature);
-        for (int i = 0; i < r->n_converted; i++)
-            printf(" %d: %.5f", r->converted[i].layer, r->converted[i].train_kl);
+        for (int i = 0; i < r->n_converted; i++) {
+            const dsla_distill_layer_report_t *c = &r->converted[i];
+            if (c->resumed_from_file)
+                printf(" %d: (kept)", c->layer);
+            else
+                printf(" %d: %.5f", c->layer, c->train_kl);
+        }
         printf("\n");
     }
     printf("\n");
