@@ -75,6 +75,8 @@ static void *fake_main(void *arg) {
                 dsla_proto_generate_t g;
                 assert_int_equal(dsla_proto_generate_decode(env.body, env.body_len, &g), DSLA_OK);
                 if (strncmp(g.prompt, "quick", 5) == 0) {
+                    /* counted before the answer goes out: the client may check it at once */
+                    atomic_fetch_add(&f->quick, 1);
                     dsla_proto_token_t t = {.token = 1, .text_len = 2};
                     memcpy(t.text, "ok", 2);
                     assert_int_equal(dsla_proto_token_encode(&t, &body), DSLA_OK);
@@ -85,7 +87,6 @@ static void *fake_main(void *arg) {
                                            .completion_tokens = 1};
                     assert_int_equal(dsla_proto_done_encode(&d, &body), DSLA_OK);
                     reply(f, rid, (size_t)rid_len, DSLA_MSG_DONE, env.id, &body);
-                    atomic_fetch_add(&f->quick, 1);
                 } else {
                     atomic_fetch_add(&f->hanging, 1);
                 }
