@@ -25,22 +25,10 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pytorch_baseline import timed  # noqa: E402  (CUDA events after warm-up, the median)
+
 H, D = 32, 128
-
-
-def timed(fn, reps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
 
 
 def load_fla(tarball):
@@ -86,7 +74,7 @@ def main():
 
         shape = f"T={T} H={H} d={D} in=bf16"
         for what, fn in (("chunk_gla_fwd", fwd), ("chunk_gla_fwd_bwd", fwd_bwd)):
-            ms = timed(fn, a.reps)
+            ms = timed(fn, reps=a.reps)
             for calls in (1, 2):
                 print(json.dumps({"what": what + ("_x2" if calls == 2 else ""), "shape": shape,
                                   "device": dev, "median_ms": round(ms * calls, 4),
