@@ -2,6 +2,8 @@
 #include "actors/serving_plan.h"
 
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,41 +48,98 @@ struct dsla_serving_plans {
 
 /* ---- loading (any thread) ---- */
 
+enum {
+    /* Threads that read a SET_PLAN's versions at once. A 7B layer version is ~400 MB of fp32,
+     * read from the page cache and hashed at ~0.8 GB/s by one thread; one thread per version
+     * (up to this many) takes a 24-layer change from ~10 s to what memory bandwidth allows. */
+    LOAD_THREADS = 8,
+};
+
+/* One entry of a SET_PLAN, read and verified by whichever loader thread takes it. */
+typedef struct {
+    const dsla_proto_plan_layer_t *e;
+    dsla_dsla_layer_t *w;
+    uint64_t sum;
+    dsla_status_t st;
+    char message[DSLA_PROTO_MESSAGE_MAX + 1]; /* the thread's dsla_last_error when st fails */
+} entry_load_t;
+
+typedef struct {
+    const dsla_serving_load_t *job;
+    entry_load_t *entries;
+    uint32_t n;
+    atomic_uint next; /* the next entry to take */
+} entries_t;
+
+static void load_entry(const dsla_serving_load_t *job, entry_load_t *x) {
+    const dsla_proto_plan_layer_t *e = x->e;
+    /* the MAC first: nothing of a file the distiller did not seal is parsed */
+    dsla_status_t st = job->check_mac ? dsla_layer_mac_check(&job->layer_key, e->path) : DSLA_OK;
+    if (st == DSLA_OK) st = dsla_dsla_layer_load(&x->w, e->path, job->mcfg, NULL);
+    if (st == DSLA_OK && x->w->layer != e->layer)
+        st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "SET_PLAN: %s holds layer %d, not %d", e->path,
+                        x->w->layer, e->layer);
+    x->sum = st == DSLA_OK ? dsla_dsla_layer_checksum(x->w) : 0;
+    if (st == DSLA_OK && x->sum != e->checksum)
+        st = dsla_error(DSLA_ERR_FORMAT,
+                        "SET_PLAN: layer %d: %s has checksum %016" PRIx64
+                        ", the controller announced %016" PRIx64,
+                        e->layer, e->path, x->sum, e->checksum);
+    x->st = st;
+    if (st != DSLA_OK) snprintf(x->message, sizeof x->message, "%s", dsla_last_error());
+}
+
+static void *load_entries(void *arg) {
+    entries_t *es = arg;
+    for (unsigned i; (i = atomic_fetch_add(&es->next, 1)) < es->n;)
+        load_entry(es->job, &es->entries[i]);
+    return NULL;
+}
+
 static dsla_status_t load(dsla_serving_load_t *job) {
     const dsla_proto_set_plan_t *p = &job->request;
     const int num_layers = job->mcfg->num_layers;
     bool named[DSLA_PROTO_LAYERS_MAX] = {false};
-    DSLA_TRY(dsla_plan_create(&job->plan, num_layers));
     for (uint32_t i = 0; i < p->n_layers; i++) {
-        const dsla_proto_plan_layer_t *e = &p->layers[i];
-        if (e->layer < 0 || e->layer >= num_layers || named[e->layer])
-            return dsla_error(
-                DSLA_ERR_INVALID_ARGUMENT, "SET_PLAN: layer %d is %s (the model has %d layers)",
-                e->layer, e->layer < 0 || e->layer >= num_layers ? "out of range" : "named twice",
-                num_layers);
-        named[e->layer] = true;
-        dsla_dsla_layer_t *w = NULL;
-        /* the MAC first: nothing of a file the distiller did not seal is parsed */
-        dsla_status_t st =
-            job->check_mac ? dsla_layer_mac_check(&job->layer_key, e->path) : DSLA_OK;
-        if (st == DSLA_OK) st = dsla_dsla_layer_load(&w, e->path, job->mcfg, NULL);
-        if (st == DSLA_OK && w->layer != e->layer)
-            st = dsla_error(DSLA_ERR_INVALID_ARGUMENT, "SET_PLAN: %s holds layer %d, not %d",
-                            e->path, w->layer, e->layer);
-        uint64_t sum = st == DSLA_OK ? dsla_dsla_layer_checksum(w) : 0;
-        if (st == DSLA_OK && sum != e->checksum)
-            st = dsla_error(DSLA_ERR_FORMAT,
-                            "SET_PLAN: layer %d: %s has checksum %016" PRIx64
-                            ", the controller announced %016" PRIx64,
-                            e->layer, e->path, sum, e->checksum);
-        dsla_layer_ref_t *ref = NULL;
-        if (st == DSLA_OK) st = dsla_layer_ref_create(&ref, &w);
-        if (st == DSLA_OK) dsla_layer_ref_set_checksum(ref, sum);
-        if (st == DSLA_OK) st = dsla_plan_set_layer(job->plan, e->layer, ref);
-        dsla_layer_ref_release(&ref);
-        dsla_dsla_layer_destroy(&w);
-        if (st != DSLA_OK) return st;
+        const int layer = p->layers[i].layer;
+        if (layer < 0 || layer >= num_layers || named[layer])
+            return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
+                              "SET_PLAN: layer %d is %s (the model has %d layers)", layer,
+                              layer < 0 || layer >= num_layers ? "out of range" : "named twice",
+                              num_layers);
+        named[layer] = true;
     }
+    entries_t es = {.job = job, .n = p->n_layers};
+    atomic_init(&es.next, 0);
+    if (p->n_layers && !(es.entries = calloc(p->n_layers, sizeof *es.entries)))
+        return dsla_error_oom("SET_PLAN: loading %u layers", p->n_layers);
+    for (uint32_t i = 0; i < p->n_layers; i++)
+        es.entries[i].e = &p->layers[i];
+    /* Helpers beside this thread, which loads too; one that cannot start leaves its share to the
+     * others. */
+    pthread_t helpers[LOAD_THREADS - 1];
+    int started = 0;
+    while (started < LOAD_THREADS - 1 && (uint32_t)started + 1 < p->n_layers &&
+           pthread_create(&helpers[started], NULL, load_entries, &es) == 0)
+        started++;
+    load_entries(&es);
+    for (int t = 0; t < started; t++)
+        pthread_join(helpers[t], NULL);
+
+    /* The plan, in the SET_PLAN's order; the first failing entry (in that order) is the error. */
+    dsla_status_t st = dsla_plan_create(&job->plan, num_layers);
+    for (uint32_t i = 0; i < p->n_layers; i++) {
+        entry_load_t *x = &es.entries[i];
+        if (st == DSLA_OK && x->st != DSLA_OK) st = dsla_error(x->st, "%s", x->message);
+        dsla_layer_ref_t *ref = NULL;
+        if (st == DSLA_OK) st = dsla_layer_ref_create(&ref, &x->w);
+        if (st == DSLA_OK) dsla_layer_ref_set_checksum(ref, x->sum);
+        if (st == DSLA_OK) st = dsla_plan_set_layer(job->plan, x->e->layer, ref);
+        dsla_layer_ref_release(&ref);
+        dsla_dsla_layer_destroy(&x->w);
+    }
+    free(es.entries);
+    if (st != DSLA_OK) return st;
     job->n_dsla = 0; /* ascending by layer, as reports list them */
     for (int l = 0; l < num_layers; l++)
         for (uint32_t i = 0; named[l] && i < p->n_layers; i++)

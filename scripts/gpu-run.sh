@@ -26,6 +26,8 @@
 #   serve_7b  dsla-serve --device cuda --random-model 7b (tinystories-11M's tokenizer) under
 #            dsla-loadgen over HTTP: chat preset at LOAD_RATE (12) req/s for 30 s, context 4096
 #   distill_gpu  tests/gpu/test_distill_gpu (GPU distillation against the CPU, tinystories-11M)
+#   quality_gpu  dsla distill --device cuda of docs/quality.md's recipe (e) on tinystories-11M (all
+#                six layers; QUALITY_DTYPES, default f32; the JSON report as quality-gpu-<dtype>.json)
 #   eval_gpu     tests/gpu/test_eval_gpu (dsla eval's perplexities on the GPU against the CPU)
 #   prompt_lp    tests/gpu/test_gpu_prompt_lp (echo with logprobs: the GPU engine's prompt logprobs
 #                against the CPU engine's, scoring chunks, two plan groups in a step, a deployment),
@@ -93,6 +95,18 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     torch_model) stage torch_model 600 python3 "$root/bench/pytorch_baseline.py" ;;
     distill_gpu) stage distill_gpu 300 "$D/bin/test_distill_gpu"
         grep -E 'relative difference|teacher ppl|->|PASSED|FAILED|error|rror' "$OUT/distill_gpu.log" ;;
+    quality_gpu) # docs/quality.md's recipe (e) on the GPU: all six layers of tinystories-11M,
+        # fp32 (QUALITY_DTYPES), the report beside the logs for the GPU column
+        for dt in ${QUALITY_DTYPES:-f32}; do
+            stage "quality_gpu_$dt" 300 "$D/bin/dsla" distill --device cuda --dtype "$dt" \
+                --model "$D/shared/models/tinystories-11M-hf" \
+                --data "$D/shared/data/tinystories_train_sample.txt" \
+                --eval-data "$D/shared/data/tinystories_valid.txt" --eval-sequences 32 \
+                --seed 1234 --out "/tmp/quality-gpu-$dt" --report "$OUT/quality-gpu-$dt.json" \
+                --order measured --probe-steps 30 --lr 5e-3 --steps 400 --seq-len 256 \
+                --batch 8 --max-sequences 0
+            tail -12 "$OUT/quality_gpu_$dt.log"
+        done ;;
     eval_gpu) stage eval_gpu 300 "$D/bin/test_eval_gpu"
         grep -E 'ppl|relative|PASSED|FAILED|error|rror' "$OUT/eval_gpu.log" ;;
     prompt_lp) stage prompt_lp 300 "$D/bin/test_gpu_prompt_lp"

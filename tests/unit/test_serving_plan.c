@@ -3,7 +3,8 @@
  * worker and to the engine thread. A layer version of stories260K (initialised from the teacher)
  * is the file a controller would serve.
  * - without a cache: load, adopt, PLAN_ACK naming the new plan; a wrong checksum is PLAN_NACK and
- *   the old plan stays; a refusal by the engine is PLAN_NACK;
+ *   the old plan stays; a refusal by the engine is PLAN_NACK; a plan of every layer, read by
+ *   several threads, is the plan read in order, and its one bad checksum the NACK;
  * - with a cache: the file fetched chunk by chunk, PLAN_ACK; the controller dying mid-fetch
  *   (no chunk within the timeout) is PLAN_NACK DEADLINE_EXCEEDED; a corrupt chunk is a hash
  *   mismatch and PLAN_NACK; the controller's ERROR is PLAN_NACK with its code; stale chunks are
@@ -274,6 +275,66 @@ static void test_bad_checksum_nack_keeps_plan(void **state) {
                                t.now);
     assert_answer(2, false, DSLA_CODE_INVALID_ARGUMENT, "another model", 1, 0);
     dsla_serving_plans_destroy(&p);
+}
+
+/* A SET_PLAN of every layer: its versions are read by several threads at once (LOAD_THREADS),
+ * and the plan is the same as one read in order. A bad checksum in the middle is the NACK, naming
+ * that layer, however the threads took the entries; the good ones are adopted together. */
+static void test_versions_load_together(void **state) {
+    (void)state;
+    const dsla_model_config_t *cfg = dsla_model_config(t.model);
+    const int n = cfg->num_layers;
+    assert_true(n >= 3);
+    dsla_proto_plan_layer_t *ls = calloc((size_t)n, sizeof *ls);
+    char(*paths)[1024] = calloc((size_t)n, sizeof *paths);
+    for (int i = 0; i < n; i++) { /* listed in descending order: the ACK lists them ascending */
+        const int layer = n - 1 - i;
+        snprintf(paths[i], sizeof paths[i], "%s/all-%d.safetensors", t.dir, layer);
+        dsla_dsla_layer_t *l = NULL;
+        harness_ok(dsla_dsla_layer_create(&l, cfg, layer), "layer");
+        harness_ok(dsla_dsla_layer_init_from_teacher(l, t.model, layer, 11 + layer), "init");
+        ls[i] = (dsla_proto_plan_layer_t){
+            .layer = layer, .checksum = dsla_dsla_layer_checksum(l), .path = paths[i]};
+        harness_ok(dsla_dsla_layer_save(l, paths[i], NULL), "save");
+        dsla_dsla_layer_destroy(&l);
+    }
+    dsla_serving_plans_t *p = plans_new(NULL);
+    const int bad = n / 2;
+    for (uint64_t seq = 1; seq <= 2; seq++) {
+        ls[bad].checksum ^= 1; /* wrong first, then right again */
+        dsla_proto_set_plan_t sp = {.seq = seq, .n_layers = (uint32_t)n, .layers = ls};
+        dsla_proto_buf_t body;
+        harness_ok(dsla_proto_set_plan_encode(&sp, &body), "encode SET_PLAN");
+        harness_ok(
+            dsla_serving_plans_on_set_plan(p, "controller", 100 + seq, body.data, body.len, t.now),
+            "SET_PLAN");
+        dsla_proto_buf_free(&body);
+        run_load(p);
+        if (seq == 1) {
+            assert_null(t.adopting);
+            char needle[64];
+            snprintf(needle, sizeof needle, "layer %d: ", ls[bad].layer);
+            assert_answer(1, false, dsla_proto_code_from_status(DSLA_ERR_FORMAT), needle, 1, 0);
+            continue;
+        }
+        assert_non_null(t.adopting);
+        const dsla_dsla_layer_t *const *w = dsla_plan_layers(t.adopting);
+        for (int i = 0; i < n; i++) {
+            assert_non_null(w[ls[i].layer]);
+            assert_int_equal(w[ls[i].layer]->layer, ls[i].layer);
+            assert_true(dsla_dsla_layer_checksum(w[ls[i].layer]) == ls[i].checksum);
+        }
+        dsla_plan_release(&t.adopting);
+        dsla_serving_plans_adopted(p, DSLA_OK, 2, "", t.now);
+        assert_answer(2, true, DSLA_CODE_OK, "", 2, (uint32_t)n);
+        const dsla_proto_dsla_layer_t *layers;
+        assert_int_equal(dsla_serving_plans_dsla(p, &layers), n);
+        for (int l = 0; l < n; l++)
+            assert_int_equal(layers[l].layer, l);
+    }
+    dsla_serving_plans_destroy(&p);
+    free(paths);
+    free(ls);
 }
 
 /* With a layer key the replica adopts only versions carrying its MAC: the unsealed file is NACKed
@@ -589,6 +650,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_load_adopt_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_checksum_nack_keeps_plan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_versions_load_together, setup, teardown),
         cmocka_unit_test_setup_teardown(test_layer_mac_checked_before_adopting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_chunks_then_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_controller_dies_mid_fetch, setup, teardown),
