@@ -1,5 +1,7 @@
-/* The distiller actor on a GPU beside a serving actor on the same GPU, in one dsla-serve process
- * (`--device cuda --dtype f32 --distill-device cuda --distill-dtype f32`), tinystories-11M-hf:
+/* The distiller actor on a GPU beside a serving actor on the same GPU, tinystories-11M-hf.
+ *
+ * In one dsla-serve process (`--device cuda --dtype f32 --distill-device cuda --distill-dtype
+ * f32`):
  * - served greedy ids during the run are the teacher's (in-process CPU generation);
  * - the distiller trains two layers on the GPU and announces both versions; the controller verifies
  * and catalogues them;
@@ -7,6 +9,11 @@
  *   under that plan (the versions the GPU distiller wrote, run on the CPU);
  * - the versions' held-out numbers are within 1% of the CPU distiller's on the same data (an
  *   offline `dsla distill` with the same parameters).
+ * In two processes on the one GPU: the node (controller, gateway, a CPU serving actor and the
+ * distiller on the GPU) and a `--serving-only --device cuda` replica reporting to its controller:
+ * - both replicas answer the teacher's greedy ids while the distiller trains;
+ * - after `dslactl convert 2` the GPU replica fetches the two versions over ZeroMQ into its layer
+ *   cache and converts, and both replicas answer the in-process ids of that plan.
  * Exits 77 without a CUDA device or the shared models. */
 #define _DEFAULT_SOURCE
 #include "tests/testutil.h"
@@ -19,6 +26,7 @@
 #include "kernels/kernels.h"
 #include "runtime/model/tokenizer.h"
 #include "tests/integration/ctl_harness.h"
+#include "tests/integration/replicas_harness.h"
 
 #ifdef DSLA_HAVE_CUDA
 
@@ -121,6 +129,87 @@ static void test_gpu_distiller_beside_gpu_serving(void **state) {
     ctl_distill_fx_close(&f);
 }
 
+/* Greedy answers through the gateway at endpoint, each the in-process run in want, until both the
+ * GPU replica ("gpu") and the node's own ("serving0") have answered. */
+static void answers_from_both(const char *endpoint, const harness_stream_t *want,
+                              const char *what) {
+    dsla_test_collected_t *got = calloc(1, sizeof *got);
+    bool gpu = false, cpu = false;
+    for (int i = 0; i < 40 && !(gpu && cpu); i++) {
+        char replica[64], label[160];
+        ctl_generate_at(endpoint, got, replica, sizeof replica);
+        snprintf(label, sizeof label, "%s, answered by %s", what, replica);
+        ctl_assert_same_ids(got, want, label);
+        gpu |= strcmp(replica, "gpu") == 0;
+        cpu |= strcmp(replica, "serving0") == 0;
+        if (!(gpu && cpu)) ctl_sleep_ms(100); /* the gateway may not see the other one alive yet */
+    }
+    free(got);
+    if (!(gpu && cpu))
+        fail_msg("%s: not both replicas answered (gpu %d, serving0 %d)", what, gpu, cpu);
+}
+
+static void test_gpu_distiller_and_gpu_replica_in_two_processes(void **state) {
+    (void)state;
+    static ctl_distill_fx_t f;
+    ctl_distill_fx_open(&f, "models/tinystories-11M-hf");
+    static char out[CTL_OUT_MAX];
+    char replica_ep[64], cache[600];
+    snprintf(admin, sizeof admin, "tcp://127.0.0.1:%d", ctl_free_port());
+    snprintf(replica_ep, sizeof replica_ep, "tcp://127.0.0.1:%d", ctl_free_port());
+    snprintf(cache, sizeof cache, "%s/gpu-cache", f.dir);
+    /* the replica first: its arena takes the GPU but 4 GiB, which the distiller's process uses */
+    const char *replica_args[] = {
+        "--model", f.model,      "--serving-only",   "--device",     "cuda",
+        "--dtype", "f32",        "--gpu-margin-mib", "4096",         "--max-context",
+        "1024",    "--endpoint", replica_ep,         "--controller", admin,
+        "--name",  "gpu",        "--layer-cache",    cache,          "--report-ms",
+        "50",      NULL};
+    dsla_test_server_t replica = dsla_test_server_start(replica_args);
+    const char *args[] = {"--model",
+                          f.model,
+                          "--endpoint",
+                          "tcp://127.0.0.1:*",
+                          "--http",
+                          "off",
+                          "--admin",
+                          admin,
+                          "--replica",
+                          replica_ep,
+                          "--report-ms=50",
+                          "--distill-data",
+                          f.data,
+                          "--distill-out",
+                          f.online,
+                          DISTILL_ARGS("--distill-"),
+                          "--distill-device",
+                          "cuda",
+                          "--distill-dtype",
+                          "f32",
+                          "--no-sample-prompts",
+                          "--policy",
+                          "manual layers=0",
+                          NULL};
+    dsla_test_server_t srv = dsla_test_server_start(args);
+    replicas_wait_runs(admin, "gpu", 0);
+    answers_from_both(srv.endpoint, f.teacher, "while the GPU distiller trains");
+
+    ctl_wait_status(admin, "distiller distiller alive: done, 2/2 layers done");
+    ctl_wait_status(admin, "catalogue: 2 layer versions");
+    harness_ok(dsla_catalogue_scan(f.cat, f.online), "online catalogue");
+    assert_int_equal(f.cat->n, 2);
+    ctl_reference(f.m, f.tok, f.cat, 2, f.hybrid);
+    assert_int_equal(ctl_dslactl(admin, out, "convert", "2", NULL), 0);
+    replicas_wait_runs(admin, "gpu", 2);
+    replicas_wait_runs(admin, "serving0", 2);
+    assert_int_equal(ctl_dslactl(admin, out, "status", NULL, NULL), 0);
+    fprintf(stderr, "%s", out);
+    answers_from_both(srv.endpoint, f.hybrid, "2 layers distilled on the GPU, fetched, converted");
+    dsla_test_server_stop(&srv);
+    dsla_test_server_stop(&replica);
+    ctl_distill_fx_close(&f);
+}
+
 int main(void) {
     if (dsla_cuda_device_count() == 0) {
         fprintf(stderr, "no CUDA device: skipped\n");
@@ -128,6 +217,7 @@ int main(void) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpu_distiller_beside_gpu_serving),
+        cmocka_unit_test(test_gpu_distiller_and_gpu_replica_in_two_processes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
