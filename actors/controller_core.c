@@ -162,12 +162,22 @@ static void send_plan(dsla_ctl_core_t *c, dsla_ctl_replica_t *r, int k) {
     event(c, "plan_sent", "%s: %d DSLA layers (SET_PLAN %" PRIu64 ")", r->name, k, p.seq);
 }
 
+/* KV blocks and state slots share one arena (runtime/serve/backend.h: slots_total is the arena's
+ * blocks over a slot's), so the two fractions add up to the arena's. */
+static double memory_used(const dsla_proto_load_report_t *r) {
+    double used = 0;
+    if (r->kv_total) used += (double)r->kv_used / r->kv_total;
+    if (r->slots_total) used += (double)r->slots_used / r->slots_total;
+    return used < 1 ? used : 1;
+}
+
 static dsla_policy_load_t policy_load(const dsla_proto_load_report_t *r) {
     return (dsla_policy_load_t){.num_layers = r->num_layers,
                                 .queue_length = r->queue_length,
                                 .oldest_wait_ms = r->oldest_wait_ms,
                                 .ttft_p90_ms = r->ttft_p90_ms,
-                                .tpot_p90_ms = r->tpot_p90_ms};
+                                .tpot_p90_ms = r->tpot_p90_ms,
+                                .memory_used = memory_used(r)};
 }
 
 /* The policy's verdict for one replica, and a SET_PLAN when its plan differs from the target. */

@@ -42,6 +42,7 @@ static const field_t fields[] = {
     F64_FIELD(ttft_ms, K_SLO, 0.0, 86400000.0),
     F64_FIELD(tpot_ms, K_SLO, 0.0, 86400000.0),
     F64_FIELD(slack, K_SLO, 0.01, 0.99),
+    F64_FIELD(memory_low, K_THRESHOLD | K_SLO, 0.0, 1.0),
     U32_FIELD(cooldown_ms, K_THRESHOLD | K_SLO, 0, 86400000),
     U32_FIELD(step, K_THRESHOLD | K_SLO, 1, DSLA_POLICY_LAYERS_MAX),
 };
@@ -73,6 +74,7 @@ dsla_policy_config_t dsla_policy_default(dsla_policy_kind_t kind) {
         .ttft_ms = 1000.0,
         .tpot_ms = 100.0,
         .slack = 0.5,
+        .memory_low = 0.8,
         .layers = 0,
     };
 }
@@ -124,6 +126,12 @@ int dsla_policy_target(const dsla_policy_config_t *c, const dsla_policy_load_t *
         snprintf(why, why_cap,
                  "slo: TTFT p90 %.1f ms (target %.1f), TPOT p90 %.2f ms (target %.2f)",
                  load->ttft_p90_ms, c->ttft_ms, load->tpot_p90_ms, c->tpot_ms);
+    }
+    if (down && cur > 0 && load->memory_used > c->memory_low) {
+        size_t n = strlen(why);
+        snprintf(why + n, why_cap - n, "; arena %.0f%% in use (revert at most %.0f%%)",
+                 100 * load->memory_used, 100 * c->memory_low);
+        down = false;
     }
     int target = up     ? clamp(cur + (int)c->step, 0, max)
                  : down ? clamp(cur - (int)c->step, 0, max)

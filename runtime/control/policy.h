@@ -40,6 +40,12 @@ typedef struct {
      * slack times their targets */
     double ttft_ms, tpot_ms;
     double slack;
+    /* threshold, slo: revert only while at most this fraction of the replica's arena (KV blocks
+     * and state slots) is in use. Right after a conversion the queue empties because the cheaper
+     * plan admits more, while the arena is still full of the sequences the load brought: without
+     * this guard that empty queue reverted the plan seconds later, and the queue came back
+     * (measured on an H100, docs/perf.md). 1: no guard, the paper's rule. */
+    double memory_low;
     /* manual: the pinned number of DSLA layers */
     uint32_t layers;
 } dsla_policy_config_t;
@@ -52,6 +58,7 @@ typedef struct {
     uint32_t
         oldest_wait_ms; /* longest a request now in the replica has waited for its first token */
     double ttft_p90_ms, tpot_p90_ms;
+    double memory_used; /* fraction of the arena in use, KV blocks and state slots (0: unknown) */
 } dsla_policy_load_t;
 
 /* What the policy knows of one replica besides its load. */

@@ -1,6 +1,7 @@
 /* The controller's state machine (actors/controller_core.h) stepped in-process: a fake send that
  * records every SET_PLAN, a virtual clock, and simulated replicas that answer. Load rising converts
- * layers in catalogue order, one per cooldown, up to the cap; load falling reverts them in reverse.
+ * layers in catalogue order, one per cooldown, up to the cap; an empty queue over a full arena
+ * reverts nothing; load falling reverts them in reverse.
  * A PLAN_NACK keeps the old plan, is recorded and is sent again only after a backoff (10 s,
  * doubling at each refusal of the same target) or when the operator changes something. A replica
  * dying mid-rollout gives up its SET_PLAN, ignores its late answer and is sent its target again
@@ -132,7 +133,10 @@ typedef struct {
     uint64_t plan_id;
     uint32_t n_dsla;
     dsla_proto_dsla_layer_t dsla[16];
+    uint32_t kv_used, slots_used; /* of ARENA_KV blocks and ARENA_SLOTS slots, one arena */
 } replica_t;
+
+enum { ARENA_KV = 1000, ARENA_SLOTS = 100 };
 
 static void report(dsla_ctl_core_t *c, const replica_t *r, uint32_t queue, uint32_t wait_ms) {
     static dsla_proto_load_report_t rep;
@@ -140,6 +144,10 @@ static void report(dsla_ctl_core_t *c, const replica_t *r, uint32_t queue, uint3
     rep.num_layers = NUM_LAYERS;
     rep.queue_length = queue;
     rep.oldest_wait_ms = wait_ms;
+    rep.kv_used = r->kv_used;
+    rep.kv_total = ARENA_KV;
+    rep.slots_used = r->slots_used;
+    rep.slots_total = ARENA_SLOTS;
     rep.plan_id = r->plan_id;
     rep.n_dsla = r->n_dsla;
     memcpy(rep.dsla, r->dsla, sizeof r->dsla);
@@ -239,6 +247,17 @@ static void test_load_rises_then_falls(void **state) {
     assert_int_equal(f->n_sent, 4);
     assert_int_equal(dsla_ctl_core_replica(c, "serving0")->target, 4);
 
+    /* the queue empties while the arena is still full (60% KV blocks and 30% state slots, which
+     * share it): nothing is reverted, however long it stays so */
+    r.kv_used = 600;
+    r.slots_used = 30;
+    for (int t = 0; t < 5; t++) {
+        f->now_ms += 1000;
+        report(c, &r, 0, 0);
+    }
+    assert_int_equal(f->n_sent, 4);
+    r.kv_used = 500; /* drained to 70%, under the default memory_low of 80% */
+    r.slots_used = 20;
     /* load falls: reverted from the end of the order, one per cooldown */
     for (int k = 3; k >= 0; k--) {
         f->now_ms += 1000;

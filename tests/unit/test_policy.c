@@ -1,7 +1,7 @@
 /* The controller's load policies (runtime/control/policy.h) as pure functions: threshold with
  * hysteresis and cooldown driven by a synthetic stream of load reports, slo, manual, the maximum
- * conversion ratio, and the text form (parse errors name the field and the limit; format reads
- * back). */
+ * conversion ratio, the arena guard on reverting, and the text form (parse errors name the field
+ * and the limit; format reads back). */
 #include "tests/testutil.h"
 
 #include <stdlib.h>
@@ -96,6 +96,41 @@ static void test_slo(void **state) {
     assert_int_equal(dsla_policy_target(&c, l, &ps, NULL, 0), 2);
 }
 
+/* The arena guard on reverting (memory_low): a conversion empties the queue while the arena is
+ * still full, and that must not revert it; the load falling (the arena draining) does. */
+static void test_revert_waits_for_the_arena(void **state) {
+    (void)state;
+    dsla_policy_config_t c =
+        parse("threshold queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 "
+              "cooldown_ms=0 step=8 max_ratio=1");
+    assert_true(c.memory_low == dsla_policy_default(DSLA_POLICY_THRESHOLD).memory_low);
+    dsla_policy_state_t ps = {.current = 8, .available = 8, .now_ms = 10, .last_change_ms = 1};
+    dsla_policy_load_t *l = load(0, 0);
+    char why[256];
+    l->memory_used = 0.99; /* the queue emptied right after converting: hold */
+    assert_int_equal(dsla_policy_target(&c, l, &ps, why, sizeof why), 8);
+    assert_non_null(strstr(why, "arena 99% in use (revert at most 80%)"));
+    l->memory_used = 0.8; /* drained to the bound: revert one step */
+    assert_int_equal(dsla_policy_target(&c, l, &ps, NULL, 0), 0);
+    l->memory_used = 0.99; /* a full arena never blocks converting */
+    l->queue_length = 5;
+    ps.current = 0;
+    assert_int_equal(dsla_policy_target(&c, l, &ps, NULL, 0), 8);
+    /* memory_low=1 is the queue rule alone; slo has the same guard */
+    c = parse("threshold queue_high=4 queue_low=0 cooldown_ms=0 step=8 max_ratio=1 "
+              "memory_low=1");
+    ps.current = 8;
+    l->queue_length = 0;
+    assert_int_equal(dsla_policy_target(&c, l, &ps, NULL, 0), 0);
+    c = parse("slo ttft_ms=200 tpot_ms=20 cooldown_ms=0 step=8 max_ratio=1 memory_low=0.5");
+    l->ttft_p90_ms = 10;
+    l->tpot_p90_ms = 1;
+    l->memory_used = 0.6;
+    assert_int_equal(dsla_policy_target(&c, l, &ps, NULL, 0), 8);
+    l->memory_used = 0.4;
+    assert_int_equal(dsla_policy_target(&c, l, &ps, NULL, 0), 0);
+}
+
 static void test_manual_and_max_ratio(void **state) {
     (void)state;
     dsla_policy_config_t c = parse("manual layers=3 max_ratio=0.5");
@@ -132,9 +167,12 @@ static void test_text_form(void **state) {
     assert_refused("threshold wait_low_ms=5000", "wait_low_ms 5000 must be below wait_high_ms");
     assert_refused("slo slack=1", "slack 1 is outside [0.01, 0.99]");
     assert_refused("slo ttft_ms=nan", "is not a number");
+    assert_refused("threshold memory_low=1.2", "memory_low 1.2 is outside [0, 1]");
+    assert_refused("manual memory_low=0.5", "no field 'memory_low'");
 
     const char *lines[] = {"threshold queue_high=4 queue_low=1 cooldown_ms=0 max_ratio=0.3",
-                           "slo ttft_ms=250.5 tpot_ms=0 slack=0.25 step=2", "manual layers=7"};
+                           "slo ttft_ms=250.5 tpot_ms=0 slack=0.25 step=2 memory_low=0.65",
+                           "manual layers=7"};
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
         dsla_policy_config_t a = parse(lines[i]), b;
         char text[512], again[512];
@@ -158,6 +196,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threshold_hysteresis_and_cooldown),
         cmocka_unit_test(test_slo),
+        cmocka_unit_test(test_revert_waits_for_the_arena),
         cmocka_unit_test(test_manual_and_max_ratio),
         cmocka_unit_test(test_text_form),
     };
