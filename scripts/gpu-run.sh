@@ -33,7 +33,8 @@
 #                against the CPU engine's, scoring chunks, two plan groups in a step, a deployment),
 #                then tests/integration/test_eval_echo on the GPU (dsla-serve --device cuda's echo
 #                over HTTP against dsla eval --device cuda --per-token, fp32; log prompt_lp_echo)
-#   distiller_gpu  tests/gpu/test_distiller_gpu (dsla-serve: the distiller and serving on one GPU)
+#   distiller_gpu  tests/gpu/test_distiller_gpu (the distiller and serving on one GPU: in one dsla-serve,
+#                  and a --serving-only GPU replica in another process)
 #   distill_7b   bench_distill_cuda (one chained layer's training at Llama-2-7B's layer shape)
 #   adaptive  bench/adaptive/run.sh (a random 7B-shaped model on disk, its controller, three arms:
 #            all attention, static half DSLA, the threshold policy, under a ramping load; RATE,

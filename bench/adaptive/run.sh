@@ -20,7 +20,8 @@
 #     what is left, ~28 GiB, so that memory, not compute, caps the all-attention arm at a load the
 #     load generator and one GPU's prefill can offer 4x of; the same for every arm)
 #   PROMPT=lognormal:1000:0.5:256:3000  OUTPUT=lognormal:1000:0.3:256:2000  (tokens)
-#   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold ... step=8 cooldown_ms=2000" (below: 24
+#   SLO_TTFT_MS=3000 SLO_TPOT_MS=100  POLICY="threshold ... step=8 cooldown_ms=2000" (memory_low
+#     keeps its default, 0.8: no revert while the arena is full; below: 24
 #     layers in three steps; the first run's step=4 with a 3 s cooldown took 54 s to get there)
 #   QUEUE_WAIT_MS=3000: a request not admitted within the TTFT target is refused (429), in every
 #     arm, so that an overloaded server sheds what it cannot serve in time instead of queueing
