@@ -14,7 +14,10 @@ command -v python3 >/dev/null || skip "no python3"
 [ -f "$DATA/models/tinystories-11M-hf/tokenizer.json" ] || skip "no $DATA/models/tinystories-11M-hf"
 WORK=$(mktemp -d /tmp/dsla-adaptive-cpu.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-port=$((20000 + $$ % 20000))
+# Three fixed ports below the kernel's ephemeral range (32768 up): the other tests bind port 0
+# and their clients take ephemeral ports, so none of them can hold these (a CI run once drew
+# 37903-37905 here and found one taken).
+port=$((20000 + $$ % 12000))
 export BIN WORK OUT=$WORK/out SHAPE=tiny DEVICE=cpu ARMS=adaptive RATE=2 TAIL_S=3
 export PROFILE=0:0.5,3:0.5,5:4,15:4,17:0.5,20:0.5 PROMPT=lognormal:100:0.5:16:120
 # One sequence at a time and outputs of ~500 tokens: about 0.15-0.3 s each on an idle 2-core
