@@ -9,9 +9,11 @@
  * read a cache the previous one filled (the same effect as rotating input copies, without holding
  * copies of the large ones). Inputs hold random values, never zeros.
  *
- * usage: bench_cuda_kernels [--quick] [--only dsla|gemm|decode]   (--quick: fewer reps and the
- * smaller shapes only; --only: the ceilings, then the DSLA kernels, the GEMMs or the serving
- * batch's paged decode attention alone) */
+ * usage: bench_cuda_kernels [--quick] [--only dsla|gemm|decode] [--dsla-tokens T]   (--quick:
+ * fewer reps and the smaller shapes only; --only: the ceilings, then the DSLA kernels, the GEMMs or
+ * the serving batch's paged decode attention alone; --dsla-tokens: only the chunked DSLA rows of
+ * T tokens, e.g. to put each of their kernels under Nsight Compute, scripts/gpu-run.sh's dsla_ncu)
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,7 @@ static double peak_gbps, peak_tflops;
 static int reps = 20;
 static bool quick;
 static const char *only; /* --only: "dsla", "gemm" or "decode" after the ceilings; NULL: all */
+static int dsla_tokens;  /* --dsla-tokens: the chunked DSLA rows of this length only; 0: all */
 
 static void die(const char *what) {
     fprintf(stderr, "bench_cuda_kernels: %s: %s\n", what, dsla_last_error());
@@ -656,7 +659,7 @@ static void bench_dsla(void) {
     const double H = MODEL_H, d = MODEL_HEAD_DIM, C = DSLA_CHUNK;
     /* Decode: both states read and written once; the five input rows and out are ~0.1%. */
     const int batches[] = {1, 8, 64};
-    for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++)
+    for (size_t i = 0; i < sizeof batches / sizeof batches[0] && !dsla_tokens; i++)
         for (int slots = 0; slots < 2; slots++) {
             const int B = batches[i];
             dsla_ctx_t c;
@@ -701,7 +704,7 @@ static void bench_dsla(void) {
     double fwd_ms = 0, fwd_flops = 0; /* the last forward row, for the fwd_bwd sum after it */
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         const int T = runs[i].T;
-        if (quick && T > 4096) continue;
+        if ((quick && T > 4096) || (dsla_tokens && T != dsla_tokens)) continue;
         dsla_ctx_t c;
         dsla_bench_setup(&c, 1, T, runs[i].dtype, false);
         c.math = runs[i].math;
@@ -748,8 +751,12 @@ int main(int argc, char **argv) {
                    (!strcmp(argv[i + 1], "dsla") || !strcmp(argv[i + 1], "gemm") ||
                     !strcmp(argv[i + 1], "decode"))) {
             only = argv[++i];
+        } else if (strcmp(argv[i], "--dsla-tokens") == 0 && i + 1 < argc &&
+                   (dsla_tokens = atoi(argv[i + 1])) > 0) {
+            i++;
         } else {
-            fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla|gemm|decode]\n");
+            fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla|gemm|decode] "
+                            "[--dsla-tokens T]\n");
             return 2;
         }
     }

@@ -12,6 +12,8 @@
 #   load_gpu  tests/integration/test_serve_load on the GPU (300 long requests for 30 s: liveness,
 #            report intervals, threshold conversion; the engine steps on its own thread)
 #   gemm     bench_cuda_kernels --only gemm;  dsla  --only dsla;  kernels  all of them
+#   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
+#            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
 #            peer of the DSLA chunked kernels, from shared/anchors) on the same card
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
@@ -90,6 +92,13 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         grep -E 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla.log" | grep tflops
         stage gla_peer 300 python3 "$root/bench/peer_chunk_gla.py"
         grep -E '_x2' "$OUT/gla_peer.log"; tail -3 "$OUT/gla_peer.log" ;;
+    dsla_ncu) # each chunked DSLA kernel's time under Nsight Compute (where the bench's time goes)
+        for T in ${DSLA_NCU_TOKENS:-4096 32768}; do
+            stage "dsla_ncu_$T" 300 ncu --clock-control none --metrics gpu__time_duration.sum \
+                -k "regex:dsla_(state_prep|state_pass|fwd_out|bwd_chunk|dalpha)" \
+                --print-summary per-kernel "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "$T"
+            grep -E 'dsla_[a-z_]+<|gpu__time_duration|"what"' "$OUT/dsla_ncu_$T.log" | head -40
+        done ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;
