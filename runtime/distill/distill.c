@@ -825,6 +825,13 @@ static dsla_status_t load_finished(run_t *r, int k, bool *found) {
                           "init-only setting (--steps 0); use a fresh output directory",
                           path);
     }
+    if (meta.kl_weight != r->p->kl_weight) { /* one run's versions share one loss */
+        dsla_dsla_layer_destroy(&l);
+        return dsla_error(DSLA_ERR_FORMAT,
+                          "%s was trained with --kl-weight %g and this run has %g; use the same "
+                          "weight or a fresh output directory",
+                          path, meta.kl_weight, r->p->kl_weight);
+    }
     r->converted[layer] = l;
     dsla_distill_layer_report_t *rep = &r->report->converted[k];
     *rep = (dsla_distill_layer_report_t){layer,           k,   true,          NAN, meta.eval_mse,
@@ -1000,6 +1007,7 @@ static dsla_status_t train_layer(run_t *r, int k, const dsla_corpus_t *train) {
         .eval_ppl = rep->eval_ppl,
         .teacher_ppl = r->report->teacher_ppl,
         .teacher_checksum = r->teacher_checksum,
+        .kl_weight = p->kl_weight,
     };
     memcpy(meta.order, r->report->order, sizeof(int) * (size_t)r->cfg->num_layers);
     char path[4096];

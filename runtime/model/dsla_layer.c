@@ -253,6 +253,7 @@ static dsla_status_t write_version(dsla_st_writer_t *w, const dsla_dsla_layer_t 
     DSLA_TRY(set_meta(w, "eval_ppl", "%.17g", meta->eval_ppl));
     DSLA_TRY(set_meta(w, "teacher_ppl", "%.17g", meta->teacher_ppl));
     DSLA_TRY(set_meta(w, "teacher_checksum", "%016" PRIx64, meta->teacher_checksum));
+    DSLA_TRY(set_meta(w, "kl_weight", "%.17g", meta->kl_weight));
     DSLA_TRY(set_meta(w, "single_state", "%d", l->single_state ? 1 : 0));
     return set_meta(w, "checksum", "%016" PRIx64, dsla_dsla_layer_checksum(l));
 }
@@ -428,6 +429,7 @@ static dsla_status_t read_version(dsla_dsla_layer_t **out, const dsla_safetensor
     DSLA_TRY(meta_double(st, "eval_ppl", &meta->eval_ppl));
     DSLA_TRY(meta_double(st, "teacher_ppl", &meta->teacher_ppl));
     DSLA_TRY(meta_hex64(st, "teacher_checksum", NULL, &meta->teacher_checksum));
+    DSLA_TRY(meta_double(st, "kl_weight", &meta->kl_weight));
     DSLA_TRY(meta_order(st, cfg->num_layers, meta));
     bool has_checksum = false;
     uint64_t want = 0;

@@ -64,6 +64,7 @@ typedef struct {
     double eval_ppl;
     double teacher_ppl;
     uint64_t teacher_checksum; /* dsla_model_checksum of the teacher it was distilled from */
+    double kl_weight; /* the logit KL term's weight it trained with (0: none, and in older files) */
 } dsla_layer_version_meta_t;
 
 /* A zeroed layer shaped for cfg (H = num_heads, d = head_dim, D = hidden_size) at index layer. */

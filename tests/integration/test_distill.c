@@ -374,7 +374,6 @@ static void test_kl_weight_runs_and_is_reported(void **state) {
     args_add(&a, "0.5");
     int code = wait_exit(spawn_dsla(a.argv, log));
     if (code != 0) show_log_and_fail(log, code);
-    args_free(&a);
     char *text = dsla_test_read_file(log, NULL);
     if (!strstr(text, "(kl ") || !strstr(text, "logit KL term: weight 0.5"))
         fail_msg("no KL in the progress or the summary:\n%s", text);
@@ -394,6 +393,22 @@ static void test_kl_weight_runs_and_is_reported(void **state) {
         assert_true(kl > 0.0 && kl < 100.0);
     }
     json_decref(root);
+
+    /* The versions record the weight: the same run again resumes (both kept), one with another
+     * weight is refused, naming the flag, and leaves them as they were. */
+    code = wait_exit(spawn_dsla(a.argv, log));
+    if (code != 0) show_log_and_fail(log, code);
+    text = dsla_test_read_file(log, NULL);
+    if (!strstr(text, "(kept)")) fail_msg("the rerun did not keep the versions:\n%s", text);
+    free(text);
+    args_t other = distill_args("models/stories260K-hf", out, "2", "6", report);
+    assert_int_equal(wait_exit(spawn_dsla(other.argv, log)), 1);
+    text = dsla_test_read_file(log, NULL);
+    if (!strstr(text, "was trained with --kl-weight 0.5 and this run has 0"))
+        fail_msg("another weight was not refused by name:\n%s", text);
+    free(text);
+    args_free(&other);
+    args_free(&a);
 
     /* Refusals name the flag: out of range (usage, 2), and on the GPU. */
     const char *bad[][4] = {{"--kl-weight", "-1", NULL, NULL},
