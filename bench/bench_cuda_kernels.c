@@ -751,9 +751,17 @@ int main(int argc, char **argv) {
                    (!strcmp(argv[i + 1], "dsla") || !strcmp(argv[i + 1], "gemm") ||
                     !strcmp(argv[i + 1], "decode"))) {
             only = argv[++i];
-        } else if (strcmp(argv[i], "--dsla-tokens") == 0 && i + 1 < argc &&
-                   (dsla_tokens = atoi(argv[i + 1])) > 0) {
-            i++;
+        } else if (strcmp(argv[i], "--dsla-tokens") == 0 && i + 1 < argc) {
+            char *end = NULL;
+            const long t = strtol(argv[++i], &end, 10);
+            if (*end || t < 1 || t > (1L << 24)) {
+                fprintf(stderr,
+                        "bench_cuda_kernels: --dsla-tokens '%s' is not a token count in "
+                        "1..16777216\n",
+                        argv[i]);
+                return 2;
+            }
+            dsla_tokens = (int)t;
         } else {
             fprintf(stderr, "usage: bench_cuda_kernels [--quick] [--only dsla|gemm|decode] "
                             "[--dsla-tokens T]\n");

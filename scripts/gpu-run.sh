@@ -118,8 +118,11 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
                 --batch 8 --max-sequences 0
             tail -12 "$OUT/quality_gpu_$dt.log"
             # fp32 is held to the CPU run of the same recipe (issue 12: losses 2%, perplexities 1%)
-            [ "$dt" = f32 ] && python3 "$root/scripts/compare_quality.py" \
-                "$root/docs/quality/tinystories-11M-hf-e-s1234.json" "$OUT/quality-gpu-$dt.json"
+            if [ "$dt" = f32 ]; then
+                python3 "$root/scripts/compare_quality.py" \
+                    "$root/docs/quality/tinystories-11M-hf-e-s1234.json" "$OUT/quality-gpu-$dt.json"
+                echo "== quality_gpu_${dt}_against_cpu rc=$?"
+            fi
         done ;;
     eval_gpu) stage eval_gpu 300 "$D/bin/test_eval_gpu"
         grep -E 'ppl|relative|PASSED|FAILED|error|rror' "$OUT/eval_gpu.log" ;;

@@ -825,7 +825,8 @@ static dsla_status_t load_finished(run_t *r, int k, bool *found) {
                           "init-only setting (--steps 0); use a fresh output directory",
                           path);
     }
-    if (meta.kl_weight != r->p->kl_weight) { /* one run's versions share one loss */
+    /* one run's trained versions share one loss (an init-only version trained with none) */
+    if (!init_only(r->p) && meta.kl_weight != r->p->kl_weight) {
         dsla_dsla_layer_destroy(&l);
         return dsla_error(DSLA_ERR_FORMAT,
                           "%s was trained with --kl-weight %g and this run has %g; use the same "

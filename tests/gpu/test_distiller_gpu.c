@@ -38,6 +38,13 @@ static char admin[64];
         prefix "max-sequences", "24", prefix "eval-sequences", "4", prefix "seed", "7",            \
         prefix "order", "entropy"
 
+/* A node's distiller on the GPU over data into online, fp32, with the manual policy at 0 layers
+ * (the tests convert by hand) and no prompt sampling. */
+#define GPU_DISTILLER_ARGS(data, online)                                                           \
+    "--distill-data", data, "--distill-out", online, DISTILL_ARGS("--distill-"),                   \
+        "--distill-device", "cuda", "--distill-dtype", "f32", "--no-sample-prompts", "--policy",   \
+        "manual layers=0"
+
 static void test_gpu_distiller_beside_gpu_serving(void **state) {
     (void)state;
     static ctl_distill_fx_t f;
@@ -68,18 +75,7 @@ static void test_gpu_distiller_beside_gpu_serving(void **state) {
                           "--admin",
                           admin,
                           "--report-ms=50",
-                          "--distill-data",
-                          data,
-                          "--distill-out",
-                          online,
-                          DISTILL_ARGS("--distill-"),
-                          "--distill-device",
-                          "cuda",
-                          "--distill-dtype",
-                          "f32",
-                          "--no-sample-prompts",
-                          "--policy",
-                          "manual layers=0",
+                          GPU_DISTILLER_ARGS(data, online),
                           NULL};
     /* stderr stays the test's: the stage log shows what dsla-serve said */
     dsla_test_server_t srv = dsla_test_server_start(args);
@@ -166,30 +162,11 @@ static void test_gpu_distiller_and_gpu_replica_in_two_processes(void **state) {
         "--name",  "gpu",        "--layer-cache",    cache,          "--report-ms",
         "50",      NULL};
     dsla_test_server_t replica = dsla_test_server_start(replica_args);
-    const char *args[] = {"--model",
-                          f.model,
-                          "--endpoint",
-                          "tcp://127.0.0.1:*",
-                          "--http",
-                          "off",
-                          "--admin",
-                          admin,
-                          "--replica",
-                          replica_ep,
-                          "--report-ms=50",
-                          "--distill-data",
-                          f.data,
-                          "--distill-out",
-                          f.online,
-                          DISTILL_ARGS("--distill-"),
-                          "--distill-device",
-                          "cuda",
-                          "--distill-dtype",
-                          "f32",
-                          "--no-sample-prompts",
-                          "--policy",
-                          "manual layers=0",
-                          NULL};
+    const char *args[] = {
+        "--model",   f.model,    "--endpoint",     "tcp://127.0.0.1:*",
+        "--http",    "off",      "--admin",        admin,
+        "--replica", replica_ep, "--report-ms=50", GPU_DISTILLER_ARGS(f.data, f.online),
+        NULL};
     dsla_test_server_t srv = dsla_test_server_start(args);
     replicas_wait_runs(admin, "gpu", 0);
     answers_from_both(srv.endpoint, f.teacher, "while the GPU distiller trains");

@@ -130,7 +130,19 @@ static dsla_serving_plans_t *plans_new(const char *cache) {
     return p;
 }
 
-/* SET_PLAN seq naming the served version (checksum as given) from "controller" with id 100+seq. */
+/* SET_PLAN seq naming layers[0..n) from "controller" with id 100+seq. */
+static void set_plan_layers(dsla_serving_plans_t *p, uint64_t seq, dsla_proto_plan_layer_t *layers,
+                            uint32_t n) {
+    dsla_proto_set_plan_t sp = {.seq = seq, .n_layers = n, .layers = layers};
+    dsla_proto_buf_t body;
+    harness_ok(dsla_proto_set_plan_encode(&sp, &body), "encode SET_PLAN");
+    harness_ok(
+        dsla_serving_plans_on_set_plan(p, "controller", 100 + seq, body.data, body.len, t.now),
+        "SET_PLAN");
+    dsla_proto_buf_free(&body);
+}
+
+/* SET_PLAN seq naming the served version (checksum as given). */
 static void set_plan(dsla_serving_plans_t *p, uint64_t seq, uint64_t checksum) {
     dsla_proto_plan_layer_t l = {.layer = LAYER,
                                  .checksum = checksum,
@@ -138,13 +150,7 @@ static void set_plan(dsla_serving_plans_t *p, uint64_t seq, uint64_t checksum) {
                                  .version = 3,
                                  .size = t.size,
                                  .xxh64 = t.xxh};
-    dsla_proto_set_plan_t sp = {.seq = seq, .n_layers = 1, .layers = &l};
-    dsla_proto_buf_t body;
-    harness_ok(dsla_proto_set_plan_encode(&sp, &body), "encode SET_PLAN");
-    harness_ok(
-        dsla_serving_plans_on_set_plan(p, "controller", 100 + seq, body.data, body.len, t.now),
-        "SET_PLAN");
-    dsla_proto_buf_free(&body);
+    set_plan_layers(p, seq, &l, 1);
 }
 
 /* The last message must be the answer to SET_PLAN seq: ACK or NACK (with code and a reason
@@ -302,13 +308,7 @@ static void test_versions_load_together(void **state) {
     const int bad = n / 2;
     for (uint64_t seq = 1; seq <= 2; seq++) {
         ls[bad].checksum ^= 1; /* wrong first, then right again */
-        dsla_proto_set_plan_t sp = {.seq = seq, .n_layers = (uint32_t)n, .layers = ls};
-        dsla_proto_buf_t body;
-        harness_ok(dsla_proto_set_plan_encode(&sp, &body), "encode SET_PLAN");
-        harness_ok(
-            dsla_serving_plans_on_set_plan(p, "controller", 100 + seq, body.data, body.len, t.now),
-            "SET_PLAN");
-        dsla_proto_buf_free(&body);
+        set_plan_layers(p, seq, ls, (uint32_t)n);
         run_load(p);
         if (seq == 1) {
             assert_null(t.adopting);
