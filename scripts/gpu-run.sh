@@ -15,7 +15,8 @@
 #   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
 #            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
-#            peer of the DSLA chunked kernels, from shared/anchors) on the same card
+#            peer of the DSLA chunked kernels, from shared/anchors) on the same card; GLA_BASELINE=1
+#            adds --only dsla with DSLA_CUDA_TC_PATH=0 (dsla_chunked.cu's kernels alone)
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
 #   e2e      bench_e2e_cuda (the whole 7B table, ~3 minutes on an H200)
 #   torch    bench/pytorch_baseline.py --attention-only (SDPA on the same card)
@@ -91,11 +92,15 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         stage dsla 300 "$D/bin/bench_cuda_kernels" --only dsla
         grep -E 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla.log" | grep tflops
         stage gla_peer 300 python3 "$root/bench/peer_chunk_gla.py"
-        grep -E '_x2' "$OUT/gla_peer.log"; tail -3 "$OUT/gla_peer.log" ;;
+        grep -E '_x2' "$OUT/gla_peer.log"; tail -3 "$OUT/gla_peer.log"
+        if [ "${GLA_BASELINE:-0}" = 1 ]; then # dsla_chunked.cu's own kernels, for before/after
+            DSLA_CUDA_TC_PATH=0 stage dsla_old 300 "$D/bin/bench_cuda_kernels" --only dsla
+            grep -E 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla_old.log" | grep tflops
+        fi ;;
     dsla_ncu) # each chunked DSLA kernel's time under Nsight Compute (where the bench's time goes)
         for T in ${DSLA_NCU_TOKENS:-4096 32768}; do
             stage "dsla_ncu_$T" 300 ncu --clock-control none --metrics gpu__time_duration.sum \
-                -k "regex:dsla_(state_prep|state_pass|fwd_out|bwd_chunk|dalpha)" \
+                -k "regex:dsla_(state_prep|state_pass|fwd_out|bwd_chunk|dalpha|tc_delta|tc_scan|tc_out)" \
                 --print-summary per-kernel "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "$T"
             grep -E 'dsla_[a-z_]+<|gpu__time_duration|"what"' "$OUT/dsla_ncu_$T.log" | head -40
         done ;;

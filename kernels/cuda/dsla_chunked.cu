@@ -22,10 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/dsla_chunked_tc.cuh"
 #include "kernels/cuda/dsla_common.cuh"
 
 enum {
-    DSLA_CU_C = DSLA_CHUNK,
     DSLA_CU_SUB = DSLA_SUBCHUNK,
     /* Shared-memory rows are padded by 4 floats: keeps wmma's 32-byte alignment (rows are multiples
      * of 16 floats plus 4, and tiles start at multiples of 8 rows) and spreads column walks over
@@ -43,9 +43,6 @@ enum {
     DSLA_CU_BWD_ROWS_ARRAYS = 15,
     /* Workspace regions start on this boundary: wmma wants 32 bytes, 256 is cudaMalloc's own. */
     DSLA_CU_WS_ALIGN = 256,
-    /* Loads each thread keeps in flight when filling a tile: 8192 elements of a 7B chunk over 256
-     * threads take two round trips. */
-    DSLA_CU_LOAD_BATCH = 16,
 };
 
 static size_t dsla_cu_align(size_t bytes) {
@@ -77,6 +74,8 @@ typedef struct {
     /* The forward state pass's per-chunk inputs (dsla_state_prep): decay-scaled keys
      * [B, H, 2, chunks, C, d] and each chunk's total decay per channel [B, H, 2, chunks, d]. */
     float *kg, *gl;
+    /* The tensor-core path's one unslotted delta per walk, [B, H, 2, d, d]. */
+    float *extra;
 } dsla_cu_ws_t;
 
 static size_t dsla_cu_ws_carve(const dsla_dsla_dims_t *dims, void *base, dsla_cu_ws_t *ws) {
@@ -96,33 +95,10 @@ static size_t dsla_cu_ws_carve(const dsla_dsla_dims_t *dims, void *base, dsla_cu
     if (ws) ws->kg = (float *)p;
     p += dsla_cu_align(items * DSLA_CU_C * d * sizeof(float));
     if (ws) ws->gl = (float *)p;
-    p += items * d * sizeof(float);
+    p += dsla_cu_align(items * d * sizeof(float));
+    if (ws) ws->extra = (float *)p;
+    p += (size_t)dims->batch * dims->heads * 2 * d * d * sizeof(float);
     return (size_t)(p - (char *)base);
-}
-
-/* X[t, c] = scale * src[base + t * hd + c] (or log g of it with GATE) for t < n, c < cols; zero
- * (log g 0: padding decays nothing) for n <= t < C. Each thread issues DSLA_CU_LOAD_BATCH loads
- * before storing any: one at a time, every load waited a full memory round trip (run 2 measured
- * the chunk kernels at ~35 us per chunk, almost all of it in these loops). */
-template <bool GATE, typename T>
-__device__ void dsla_cu_load_tile(float *X, int ld, const T *src, size_t base, int hd, int n,
-                                  int cols, float scale) {
-    const int total = DSLA_CU_C * cols, step = (int)blockDim.x;
-    for (int i0 = (int)threadIdx.x; i0 < total; i0 += DSLA_CU_LOAD_BATCH * step) {
-        float x[DSLA_CU_LOAD_BATCH];
-#pragma unroll
-        for (int u = 0; u < DSLA_CU_LOAD_BATCH; u++) {
-            const int idx = i0 + u * step, t = idx / cols, c = idx % cols;
-            x[u] = idx < total && t < n ? dsla_cu_load(src, base + (size_t)t * hd + c) : 0.0f;
-        }
-#pragma unroll
-        for (int u = 0; u < DSLA_CU_LOAD_BATCH; u++) {
-            const int idx = i0 + u * step, t = idx / cols, c = idx % cols;
-            if (idx < total)
-                X[(size_t)t * ld + c] =
-                    GATE ? (t < n ? dsla_cu_log_gate(x[u]) : 0.0f) : scale * x[u];
-        }
-    }
 }
 
 template <typename T>
@@ -689,6 +665,23 @@ extern "C" size_t dsla_cuda_dsla_chunked_workspace_bytes(const dsla_dsla_dims_t 
     return dsla_cu_ws_carve(dims, NULL, NULL);
 }
 
+/* MATH_TF32 at head_dim 64 or 128 takes dsla_chunked_tc.cu's kernels (state deltas in parallel, a
+ * memory-speed scan, mma.sync outputs); DSLA_CUDA_TC_PATH=0 keeps this file's for side-by-side
+ * timings. */
+static bool dsla_cu_tc_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t math) {
+    static int enabled = -1;
+    if (enabled < 0) {
+        const char *env = getenv("DSLA_CUDA_TC_PATH");
+        enabled = !(env && strcmp(env, "0") == 0);
+    }
+    return enabled && math == DSLA_CUDA_DSLA_MATH_TF32 && dsla_cu_tc_supports(dims->head_dim);
+}
+
+static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
+    const dsla_cu_tc_ws_t t = {ws->states, ws->dstates, ws->extra, ws->gl};
+    return t;
+}
+
 static dsla_status_t dsla_cu_check(const char *who, const dsla_dsla_dims_t *dims,
                                    const dsla_cuda_dsla_in_t *in, dsla_cuda_dsla_math_t math,
                                    void *workspace, size_t workspace_bytes) {
@@ -746,10 +739,17 @@ static dsla_status_t dsla_cu_backward(cudaStream_t stream, const dsla_dsla_dims_
                                       float *dS1_0, float *dS2_0, const dsla_cu_ws_t *ws) {
     const T *q = (const T *)in->q, *k = (const T *)in->k, *v = (const T *)in->v;
     const T *a1 = (const T *)in->a1, *a2 = (const T *)in->a2;
-    DSLA_TRY((dsla_cu_launch_state_pass<T, T, TC, false>(stream, dims, k, a1, a2, v, in->alpha,
-                                                         S1_0, S2_0, NULL, NULL, ws->states, ws)));
-    DSLA_TRY((dsla_cu_launch_state_pass<T, float, TC, true>(
-        stream, dims, q, a1, a2, dout, in->alpha, dS1_T, dS2_T, dS1_0, dS2_0, ws->dstates, ws)));
+    if (dsla_cu_tc_path(dims, TC ? DSLA_CUDA_DSLA_MATH_TF32 : DSLA_CUDA_DSLA_MATH_F32)) {
+        const dsla_cu_tc_ws_t tws = dsla_cu_tc_ws(ws);
+        DSLA_TRY(dsla_cu_tc_states(stream, dims, in, S1_0, S2_0, NULL, NULL, &tws));
+        DSLA_TRY(dsla_cu_tc_dstates(stream, dims, in, dout, dS1_T, dS2_T, dS1_0, dS2_0, &tws));
+    } else {
+        DSLA_TRY((dsla_cu_launch_state_pass<T, T, TC, false>(
+            stream, dims, k, a1, a2, v, in->alpha, S1_0, S2_0, NULL, NULL, ws->states, ws)));
+        DSLA_TRY((dsla_cu_launch_state_pass<T, float, TC, true>(stream, dims, q, a1, a2, dout,
+                                                                in->alpha, dS1_T, dS2_T, dS1_0,
+                                                                dS2_0, ws->dstates, ws)));
+    }
     const size_t n = (size_t)dims->batch * dims->tokens * dims->heads * dims->head_dim;
     DSLA_CUDA_CHECK(cudaMemsetAsync(grad->dq, 0, n * sizeof(float), stream));
     DSLA_CUDA_CHECK(cudaMemsetAsync(grad->dk, 0, n * sizeof(float), stream));
@@ -781,6 +781,11 @@ dsla_cuda_dsla_chunked_forward(dsla_cuda_stream_t stream, const dsla_dsla_dims_t
     dsla_cu_ws_t ws;
     dsla_cu_ws_carve(dims, workspace, &ws);
     const bool tc = math == DSLA_CUDA_DSLA_MATH_TF32;
+    if (dsla_cu_tc_path(dims, math)) {
+        const dsla_cu_tc_ws_t tws = dsla_cu_tc_ws(&ws);
+        DSLA_TRY(dsla_cu_tc_states(stream, dims, in, S1_0, S2_0, S1_T, S2_T, &tws));
+        return dsla_cu_tc_out(stream, dims, in, ws.states, out);
+    }
     if (in->dtype == DSLA_DTYPE_BF16)
         return tc ? dsla_cu_forward<__nv_bfloat16, true>(stream, dims, in, S1_0, S2_0, out, S1_T,
                                                          S2_T, &ws)

@@ -46,6 +46,38 @@ __device__ __forceinline__ float dsla_cu_load(const __nv_bfloat16 *p, size_t i) 
     return __bfloat162float(p[i]);
 }
 
+enum {
+    DSLA_CU_C = DSLA_CHUNK,
+    /* Loads each thread keeps in flight when filling a tile: 8192 elements of a 7B chunk over 256
+     * threads take two round trips. */
+    DSLA_CU_LOAD_BATCH = 16,
+};
+
+/* X[t, c] = scale * src[base + t * hd + c] (or log g of it with GATE) for t < n, c < cols; zero
+ * (log g 0: padding decays nothing) for n <= t < C. Each thread issues DSLA_CU_LOAD_BATCH loads
+ * before storing any: one at a time, every load waited a full memory round trip (run 2 measured
+ * the chunk kernels at ~35 us per chunk, almost all of it in these loops). */
+template <bool GATE, typename T>
+__device__ void dsla_cu_load_tile(float *X, int ld, const T *src, size_t base, int hd, int n,
+                                  int cols, float scale) {
+    const int total = DSLA_CU_C * cols, step = (int)blockDim.x;
+    for (int i0 = (int)threadIdx.x; i0 < total; i0 += DSLA_CU_LOAD_BATCH * step) {
+        float x[DSLA_CU_LOAD_BATCH];
+#pragma unroll
+        for (int u = 0; u < DSLA_CU_LOAD_BATCH; u++) {
+            const int idx = i0 + u * step, t = idx / cols, c = idx % cols;
+            x[u] = idx < total && t < n ? dsla_cu_load(src, base + (size_t)t * hd + c) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < DSLA_CU_LOAD_BATCH; u++) {
+            const int idx = i0 + u * step, t = idx / cols, c = idx % cols;
+            if (idx < total)
+                X[(size_t)t * ld + c] =
+                    GATE ? (t < n ? dsla_cu_log_gate(x[u]) : 0.0f) : scale * x[u];
+        }
+    }
+}
+
 /* The tensor-core tile: wmma's tf32 shape is 16 x 16 with k-steps of 8. */
 enum { DSLA_CU_TILE = 16, DSLA_CU_TILE_K = 8 };
 

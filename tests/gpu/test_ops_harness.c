@@ -155,6 +155,14 @@ static const row_t rows[] = {
      TOL_DSLA_TF32, 0, 0},
     {OP_DSLA_FWD, "dsla_chunked_fwd(tf32)", 2, 150, 2, 64, DSLA_GATES_MIXED | DSLA_TF32,
      DSLA_DTYPE_BF16, TOL_DSLA_TF32, 0, 0},
+    /* dsla_chunked_tc.cu: clamped gates take its pair-by-pair own blocks; batches with a short
+     * tail; other head dims stay on dsla_chunked.cu's kernels. */
+    {OP_DSLA_FWD, "dsla_chunked_fwd(tf32)", 2, 1000, 2, 128, DSLA_GATES_CLAMP | DSLA_TF32,
+     DSLA_DTYPE_BF16, TOL_DSLA_TF32, 0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd(tf32)", 3, 65, 3, 64, DSLA_STATES | DSLA_TF32, DSLA_DTYPE_F32,
+     TOL_DSLA_TF32, 0, 0},
+    {OP_DSLA_FWD, "dsla_chunked_fwd(tf32)", 1, 130, 2, 32, DSLA_GATES_MIXED | DSLA_TF32,
+     DSLA_DTYPE_F32, TOL_DSLA_TF32, 0, 0},
     {OP_DSLA_BWD, "dsla_chunked_bwd", 2, 130, 2, 64, DSLA_STATES, DSLA_DTYPE_F32, TOL_DSLA_F32, 0,
      0},
     {OP_DSLA_BWD, "dsla_chunked_bwd", 1, 200, 2, 128, DSLA_GATES_CLAMP, DSLA_DTYPE_F32,
@@ -165,6 +173,8 @@ static const row_t rows[] = {
      TOL_DSLA_F32, 0, 0},
     {OP_DSLA_BWD, "dsla_chunked_bwd(tf32)", 1, 192, 2, 128, DSLA_STATES | DSLA_TF32, DSLA_DTYPE_F32,
      TOL_DSLA_TF32, 0, 0},
+    {OP_DSLA_BWD, "dsla_chunked_bwd(tf32)", 2, 150, 2, 64,
+     DSLA_GATES_MIXED | DSLA_STATES | DSLA_TF32, DSLA_DTYPE_BF16, TOL_DSLA_TF32, 0, 0},
     {OP_DSLA_ADAMW, "dsla_adamw", (1 << 20) + 7, 3, 0, 0, 0, DSLA_DTYPE_F32, 0.0, 0, 0},
     {OP_DSLA_REF, "dsla_reference_vectors", 0, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_DSLA_F32, 0, 0},
     {OP_DSLA_REF, "dsla_reference(tf32)", 0, 0, 0, 0, DSLA_TF32, DSLA_DTYPE_F32, TOL_DSLA_TF32, 0,

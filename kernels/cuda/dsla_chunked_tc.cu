@@ -1,0 +1,449 @@
+/* The chunked DSLA forward on tensor cores (MATH_TF32, head_dim 64 or 128), and the state passes
+ * the backward shares with it. dsla_chunked.cu dispatches here; its kernels remain for F32 math and
+ * other head dims.
+ *
+ * The state walk is split so that no launch waits on a serial chain of GEMMs:
+ *   tc_delta  one block per (chunk, head, state), all chunks at once: the chunk's contribution
+ *             dS = (k * exp(b_last - b))^T v (forward) or (qw * exp(b))^T dO (reverse), written to
+ *             the slot of the state it lands in, and the chunk's decay gl = exp(b_last);
+ *   tc_scan   a thread per 4 state elements walks the chunks: S_next = gl * S + dS. Elementwise,
+ *             so it runs at memory speed; it overwrites each delta with the state stored there.
+ *   tc_out    one block per (chunk, head, state), a warp per 16-row sub-chunk, mma.sync tf32:
+ *             out += A V + (qw * exp(b)) S_prev with A the decayed intra-chunk scores. Key channels
+ *             are taken 32 at a time, so two blocks fit an SM; both states' blocks add onto a
+ *             zeroed out (two addends: the sum does not depend on their order).
+ *
+ * Numerics (see dsla_chunk_parts.c for the CPU's): b is the in-chunk cumulative log-gate. Scores of
+ * sub-chunk I against earlier rows split the decay at I's start r: q * exp(b_t - r) and
+ * k * exp(r - b_s), both <= 1. Against its own rows the key factor exp(r - b_s) is >= 1; it is used
+ * while a sub-chunk's total decay stays under DSLA_TC_GUARD nats (any trained gate), otherwise that
+ * 16 x 16 block is summed pair by pair with exp(b_t - b_s) <= 1, so gates at the -50 clamp stay
+ * finite. */
+#include "kernels/cuda/dsla_chunked_tc.cuh"
+
+#include <stdint.h>
+
+#include "kernels/cuda/dsla_common.cuh"
+
+enum {
+    DSLA_TC_SUB = DSLA_SUBCHUNK,
+    /* Key channels per pass of tc_out: its shared memory holds q, k and b for 32 channels and the
+     * matching 32 rows of S_prev, which keeps a block under half an SM. */
+    DSLA_TC_QUARTER = 32,
+    /* tc_out: one warp per sub-chunk. */
+    DSLA_TC_OUT_THREADS = DSLA_CHUNK / DSLA_SUBCHUNK * DSLA_CUDA_WARP,
+    DSLA_TC_SCAN_THREADS = 256,
+    /* Chunks whose deltas each scan thread loads before it stores any state. */
+    DSLA_TC_SCAN_BATCH = 4,
+    /* Row padding (floats): m16n8k8 fragments read a row-major operand at (row g, col t) or
+     * (row t, col g) for g < 8, t < 4; a stride of 4 (mod 32) makes the first conflict-free, a
+     * stride of 8 (mod 32) the second. */
+    DSLA_TC_PAD_ROWS = 4,
+    DSLA_TC_PAD_COLS = 8,
+};
+
+/* Largest decay (nats) inside a sub-chunk for which its own block takes the tensor cores: the key
+ * factor is then at most e^64 and every product stays in fp32's range. */
+#define DSLA_TC_GUARD 64.0f
+
+bool dsla_cu_tc_supports(int head_dim) {
+    return head_dim == 64 || head_dim == 128;
+}
+
+/* ---- mma.sync m16n8k8 tf32 ---- */
+
+__device__ __forceinline__ uint32_t dsla_tc_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+/* c += a b: a is 16 x 8 (a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)), b 8 x 8 (b0 (t, g),
+ * b1 (t+4, g)), c 16 x 8 (c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)); g = lane / 4,
+ * t = lane % 4. */
+__device__ __forceinline__ void dsla_tc_mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void dsla_tc_add2(float *p, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2 *>(p), make_float2(x, y));
+#else
+    atomicAdd(p, x);
+    atomicAdd(p + 1, y);
+#endif
+}
+
+/* ---- state deltas ---- */
+
+/* Item (sequence, head, state, chunk) -> index into [B, H, 2, chunks]. */
+__device__ __forceinline__ size_t dsla_tc_item(int b, int H, int h, int i, int chunks, int chunk) {
+    return (((size_t)b * H + h) * 2 + i) * (size_t)chunks + (size_t)chunk;
+}
+
+/* Grid (chunks, 2H, B), 2D threads. Forward: X = k, Y = v, delta = (k * exp(b_last - b))^T v, to
+ * slot chunk + 1 (the last chunk's to extra). Reverse: X = q, Y = dO, delta = (qw * exp(b))^T dO,
+ * to slot chunk - 1 (the first chunk's to extra). Both write gl = exp(b_last). */
+template <typename T, typename TY, int D, bool REV>
+static __global__ void __launch_bounds__(2 * D)
+    dsla_tc_delta(const T *x, const T *a1, const T *a2, const TY *y, const float *alpha,
+                  float *slots, float *extra, float *gl, int tokens, int H) {
+    constexpr int LD = D + DSLA_TC_PAD_COLS;
+    extern __shared__ __align__(16) float sm[];
+    float *X = sm, *L = X + DSLA_CU_C * LD, *Y = L + DSLA_CU_C * LD;
+    const int chunk = (int)blockIdx.x, chunks = (int)gridDim.x, h = (int)blockIdx.y >> 1;
+    const int i = (int)blockIdx.y & 1, b = (int)blockIdx.z, hd = H * D, t0 = chunk * DSLA_CU_C;
+    const int n = tokens - t0 < DSLA_CU_C ? tokens - t0 : DSLA_CU_C;
+    const size_t base = ((size_t)b * tokens + t0) * hd + (size_t)h * D, dd = (size_t)D * D;
+    const size_t item = dsla_tc_item(b, H, h, i, chunks, chunk);
+    float w[2];
+    dsla_cu_mix_weights(alpha, w);
+
+    dsla_cu_load_tile<false>(X, LD, x, base, hd, n, D, REV ? w[i] / sqrtf((float)D) : 1.0f);
+    dsla_cu_load_tile<true>(L, LD, i ? a2 : a1, base, hd, n, D, 1.0f);
+    dsla_cu_load_tile<false>(Y, LD, y, base, hd, n, D, 1.0f);
+    __syncthreads();
+    if ((int)threadIdx.x < D) {
+        const int c = (int)threadIdx.x;
+        float acc = 0.0f;
+        if (REV) {
+            for (int t = 0; t < DSLA_CU_C; t++) {
+                acc += L[t * LD + c];
+                X[t * LD + c] *= expf(acc);
+            }
+        } else {
+            for (int t = DSLA_CU_C - 1; t >= 0; t--) {
+                X[t * LD + c] *= expf(acc);
+                acc += L[t * LD + c];
+            }
+        }
+        gl[item * D + c] = expf(acc);
+    }
+    __syncthreads();
+
+    /* delta[m, j] = sum_t X[t, m] Y[t, j]: warp w takes rows 16w..16w+15, every column. */
+    const int lane = (int)threadIdx.x % DSLA_CUDA_WARP, warp = (int)threadIdx.x / DSLA_CUDA_WARP;
+    const int g = lane >> 2, tq = lane & 3, m0 = warp * 16;
+    float acc[D / 8][4] = {};
+#pragma unroll
+    for (int k0 = 0; k0 < DSLA_CU_C; k0 += 8) {
+        const float *x0 = X + (k0 + tq) * LD + m0, *x1 = x0 + 4 * LD;
+        const uint32_t af[4] = {dsla_tc_tf32(x0[g]), dsla_tc_tf32(x0[g + 8]), dsla_tc_tf32(x1[g]),
+                                dsla_tc_tf32(x1[g + 8])};
+        const float *y0 = Y + (k0 + tq) * LD + g, *y1 = y0 + 4 * LD;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) {
+            const uint32_t bf[2] = {dsla_tc_tf32(y0[nt * 8]), dsla_tc_tf32(y1[nt * 8])};
+            dsla_tc_mma(acc[nt], af, bf);
+        }
+    }
+    const size_t hs = ((size_t)b * H + h) * 2 + i;
+    const bool edge = REV ? chunk == 0 : chunk == chunks - 1;
+    float *dst = edge ? extra + hs * dd : slots + (REV ? item - 1 : item + 1) * dd;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        float *row = dst + (size_t)(m0 + g) * D + nt * 8 + 2 * tq;
+        *reinterpret_cast<float2 *>(row) = make_float2(acc[nt][0], acc[nt][1]);
+        *reinterpret_cast<float2 *>(row + 8 * D) = make_float2(acc[nt][2], acc[nt][3]);
+    }
+}
+
+/* Grid (2BH, d*d / (4 * threads)). Forward: slots[c] = S before chunk c, then S = gl_c S + delta_c
+ * (read from slot c + 1, or extra for the last chunk); S_T = S. Reverse: slots[c] = dS after chunk
+ * c, then dS = gl_c dS + delta_c (from slot c - 1, or extra for chunk 0); dS_0 = dS. Every slot is
+ * read before it is written: a batch loads its deltas first, and they lie ahead of the walk. */
+template <bool REV>
+static __global__ void __launch_bounds__(DSLA_TC_SCAN_THREADS)
+    dsla_tc_scan(const float *S1_in, const float *S2_in, float *S1_out, float *S2_out, float *slots,
+                 const float *extra, const float *gl, int chunks, int d) {
+    const size_t hs = blockIdx.x, dd = (size_t)d * d;
+    const size_t e = ((size_t)blockIdx.y * blockDim.x + threadIdx.x) * 4;
+    if (e >= dd) return;
+    const int i = (int)(hs & 1);
+    const size_t so = (hs >> 1) * dd + e;
+    const float *S_in = i ? S2_in : S1_in;
+    float *S_out = i ? S2_out : S1_out;
+    float *walk = slots + hs * chunks * dd + e;
+    const float *dl = extra + hs * dd + e, *decay = gl + hs * chunks * (size_t)d + e / d;
+    float4 S = S_in ? *reinterpret_cast<const float4 *>(S_in + so) : make_float4(0, 0, 0, 0);
+    for (int s0 = 0; s0 < chunks; s0 += DSLA_TC_SCAN_BATCH) {
+        float4 D[DSLA_TC_SCAN_BATCH];
+        float gv[DSLA_TC_SCAN_BATCH];
+#pragma unroll
+        for (int u = 0; u < DSLA_TC_SCAN_BATCH; u++) {
+            const int s = s0 + u, c = REV ? chunks - 1 - s : s;
+            if (s >= chunks) break;
+            const bool edge = REV ? c == 0 : c == chunks - 1;
+            const float *src = edge ? dl : walk + (size_t)(REV ? c - 1 : c + 1) * dd;
+            D[u] = *reinterpret_cast<const float4 *>(src);
+            gv[u] = decay[(size_t)c * d];
+        }
+#pragma unroll
+        for (int u = 0; u < DSLA_TC_SCAN_BATCH; u++) {
+            const int s = s0 + u, c = REV ? chunks - 1 - s : s;
+            if (s >= chunks) break;
+            *reinterpret_cast<float4 *>(walk + (size_t)c * dd) = S;
+            S.x = fmaf(gv[u], S.x, D[u].x);
+            S.y = fmaf(gv[u], S.y, D[u].y);
+            S.z = fmaf(gv[u], S.z, D[u].z);
+            S.w = fmaf(gv[u], S.w, D[u].w);
+        }
+    }
+    if (S_out) *reinterpret_cast<float4 *>(S_out + so) = S;
+}
+
+template <typename T, typename TY, int D, bool REV>
+static dsla_status_t dsla_tc_pass(cudaStream_t stream, const dsla_dsla_dims_t *dims, const T *x,
+                                  const T *a1, const T *a2, const TY *y, const float *alpha,
+                                  const float *S1_in, const float *S2_in, float *S1_out,
+                                  float *S2_out, float *slots, float *extra, float *gl) {
+    const int chunks = (dims->tokens + DSLA_CU_C - 1) / DSLA_CU_C;
+    if (chunks > 0) {
+        const size_t smem = sizeof(float) * 3 * DSLA_CU_C * (D + DSLA_TC_PAD_COLS);
+        DSLA_CUDA_CHECK(cudaFuncSetAttribute(
+            dsla_tc_delta<T, TY, D, REV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        const dim3 grid((unsigned)chunks, (unsigned)dims->heads * 2, (unsigned)dims->batch);
+        dsla_tc_delta<T, TY, D, REV><<<grid, 2 * D, smem, stream>>>(
+            x, a1, a2, y, alpha, slots, extra, gl, dims->tokens, dims->heads);
+        DSLA_CUDA_CHECK_LAUNCH("dsla_tc_delta");
+    }
+    const unsigned per = DSLA_TC_SCAN_THREADS * 4;
+    const dim3 grid((unsigned)dims->batch * (unsigned)dims->heads * 2,
+                    (unsigned)((D * D + per - 1) / per));
+    dsla_tc_scan<REV><<<grid, DSLA_TC_SCAN_THREADS, 0, stream>>>(S1_in, S2_in, S1_out, S2_out,
+                                                                 slots, extra, gl, chunks, D);
+    DSLA_CUDA_CHECK_LAUNCH("dsla_tc_scan");
+    return DSLA_OK;
+}
+
+/* ---- forward output ---- */
+
+/* Grid (2 * chunks, H, B): block (2 chunk + i) is state i of a chunk, so a chunk's two blocks run
+ * side by side and share q, k, v in L2. Warp I owns rows 16I..16I+15 (sub-chunk I). Per pass over
+ * 32 key channels: the in-chunk cumsum b, then A_I += (q exp(b_t - r)) (k exp(r - b_s))^T for
+ * s < 16(I+1) and O_I += (q exp(b_t)) S_prev[channels, :]. Then A is masked (s <= t), staged in
+ * the warp's shared strip and O_I += A_I V; out += O. q carries w_i / sqrt(d). */
+template <typename T, int D>
+static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
+    dsla_tc_out(const T *q, const T *k, const T *v, const T *a1, const T *a2, const float *alpha,
+                const float *states, float *out, int tokens, int H) {
+    constexpr int QC = DSLA_TC_QUARTER, LQ = QC + DSLA_TC_PAD_ROWS, LV = D + DSLA_TC_PAD_COLS;
+    constexpr int LA = DSLA_CU_C + DSLA_TC_PAD_ROWS, SUB = DSLA_TC_SUB;
+    extern __shared__ __align__(16) float sm[];
+    float *Qs = sm, *Ks = Qs + DSLA_CU_C * LQ, *Bs = Ks + DSLA_CU_C * LQ, *Ss = Bs + DSLA_CU_C * LQ;
+    float *Vs = Ss + QC * LV, *Ap = Vs + DSLA_CU_C * LV, *tot = Ap + DSLA_CU_C * LA;
+    const int i = (int)blockIdx.x & 1, chunk = (int)blockIdx.x >> 1, chunks = (int)gridDim.x >> 1;
+    const int h = (int)blockIdx.y, b = (int)blockIdx.z, hd = H * D, t0 = chunk * DSLA_CU_C;
+    const int n = tokens - t0 < DSLA_CU_C ? tokens - t0 : DSLA_CU_C;
+    const size_t base = ((size_t)b * tokens + t0) * hd + (size_t)h * D;
+    const float *S_prev = states + dsla_tc_item(b, H, h, i, chunks, chunk) * D * D;
+    const T *a = i ? a2 : a1;
+    const int lane = (int)threadIdx.x % DSLA_CUDA_WARP, warp = (int)threadIdx.x / DSLA_CUDA_WARP;
+    const int g = lane >> 2, tq = lane & 3, p = warp * SUB;
+    float *Aw = Ap + p * LA; /* the warp's strip: rows p..p+15 of A */
+    float w[2];
+    dsla_cu_mix_weights(alpha, w);
+    const float qscale = w[i] / sqrtf((float)D);
+
+    dsla_cu_load_tile<false>(Vs, LV, v, base, hd, n, D, 1.0f);
+    /* The strip's own 16 x 16 block collects the pair-by-pair sums of unguarded passes. */
+    for (int e = lane; e < SUB * SUB; e += DSLA_CUDA_WARP)
+        Aw[(e / SUB) * LA + p + e % SUB] = 0.0f;
+    float accO[D / 8][4] = {}, accA[DSLA_CU_C / 8][4] = {};
+
+    for (int c0 = 0; c0 < D; c0 += QC) {
+        /* S_prev's 32 rows are requested first, so that they arrive while q, k, a load. */
+        constexpr int V4 = QC * D / 4 / DSLA_TC_OUT_THREADS;
+        float4 s4[V4];
+#pragma unroll
+        for (int u = 0; u < V4; u++) {
+            const int idx = (int)threadIdx.x + u * DSLA_TC_OUT_THREADS;
+            s4[u] = *reinterpret_cast<const float4 *>(S_prev + (size_t)(c0 + idx / (D / 4)) * D +
+                                                      4 * (idx % (D / 4)));
+        }
+        dsla_cu_load_tile<false>(Qs, LQ, q, base + c0, hd, n, QC, qscale);
+        dsla_cu_load_tile<false>(Ks, LQ, k, base + c0, hd, n, QC, 1.0f);
+        dsla_cu_load_tile<true>(Bs, LQ, a, base + c0, hd, n, QC, 1.0f);
+#pragma unroll
+        for (int u = 0; u < V4; u++) {
+            const int idx = (int)threadIdx.x + u * DSLA_TC_OUT_THREADS;
+            *reinterpret_cast<float4 *>(Ss + (idx / (D / 4)) * LV + 4 * (idx % (D / 4))) = s4[u];
+        }
+        __syncthreads();
+        /* b: each warp scans its sub-chunk (a lane per channel), then adds the earlier totals. */
+        float run = 0.0f;
+        for (int r = p; r < p + SUB; r++) {
+            run += Bs[r * LQ + lane];
+            Bs[r * LQ + lane] = run;
+        }
+        tot[warp * DSLA_CUDA_WARP + lane] = run;
+        __syncthreads();
+        float off = 0.0f;
+        for (int u = 0; u < warp; u++)
+            off += tot[u * DSLA_CUDA_WARP + lane];
+        for (int r = p; r < p + SUB; r++)
+            Bs[r * LQ + lane] += off;
+        /* Rows p-1 and p+15 are the warp's own or an earlier warp's finished rows: the earlier
+         * warps add their offsets before the barrier below, so read them after it. */
+        __syncthreads();
+        const float *ref = warp ? Bs + (p - 1) * LQ : NULL;
+        const bool guarded = __all_sync(
+            0xffffffffu, (ref ? ref[lane] : 0.0f) - Bs[(p + SUB - 1) * LQ + lane] <= DSLA_TC_GUARD);
+#pragma unroll
+        for (int k0 = 0; k0 < QC; k0 += 8) {
+            const int ca = k0 + tq, cb = ca + 4;
+            const float ra = ref ? ref[ca] : 0.0f, rb = ref ? ref[cb] : 0.0f;
+            const float *q0 = Qs + (p + g) * LQ, *q1 = q0 + 8 * LQ;
+            const float *b0 = Bs + (p + g) * LQ, *b1 = b0 + 8 * LQ;
+            const uint32_t aq[4] = {dsla_tc_tf32(q0[ca] * __expf(b0[ca] - ra)),
+                                    dsla_tc_tf32(q1[ca] * __expf(b1[ca] - ra)),
+                                    dsla_tc_tf32(q0[cb] * __expf(b0[cb] - rb)),
+                                    dsla_tc_tf32(q1[cb] * __expf(b1[cb] - rb))};
+            const uint32_t ag[4] = {
+                dsla_tc_tf32(q0[ca] * __expf(b0[ca])), dsla_tc_tf32(q1[ca] * __expf(b1[ca])),
+                dsla_tc_tf32(q0[cb] * __expf(b0[cb])), dsla_tc_tf32(q1[cb] * __expf(b1[cb]))};
+#pragma unroll
+            for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
+                if (nt * 8 >= p + SUB) break;
+                if (nt * 8 >= p && !guarded) continue;
+                const int s = nt * 8 + g;
+                const uint32_t bk[2] = {
+                    dsla_tc_tf32(Ks[s * LQ + ca] * __expf(fminf(ra - Bs[s * LQ + ca], 88.0f))),
+                    dsla_tc_tf32(Ks[s * LQ + cb] * __expf(fminf(rb - Bs[s * LQ + cb], 88.0f)))};
+                dsla_tc_mma(accA[nt], aq, bk);
+            }
+            const float *s0 = Ss + ca * LV + g, *s1 = s0 + 4 * LV;
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++) {
+                const uint32_t bs[2] = {dsla_tc_tf32(s0[nt * 8]), dsla_tc_tf32(s1[nt * 8])};
+                dsla_tc_mma(accO[nt], ag, bs);
+            }
+        }
+        if (!guarded) /* the own block pair by pair, a lane per channel */
+            for (int t = 0; t < SUB; t++)
+                for (int s = 0; s <= t; s++) {
+                    const int rt = (p + t) * LQ + lane, rs = (p + s) * LQ + lane;
+                    const float x = dsla_warp_sum(Qs[rt] * Ks[rs] * expf(Bs[rt] - Bs[rs]));
+                    if (lane == 0) Aw[t * LA + p + s] += x;
+                }
+        __syncthreads(); /* the next pass overwrites Qs, Ks, Bs, Ss */
+    }
+
+    /* A_I: the own block adds the pair-by-pair sums; s > t is masked. */
+#pragma unroll
+    for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
+        if (nt * 8 >= p + SUB) break;
+        const int col = nt * 8 + 2 * tq;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int r = g + 8 * half, t = p + r;
+            float x0 = accA[nt][2 * half], x1 = accA[nt][2 * half + 1];
+            if (nt * 8 >= p) {
+                x0 += Aw[r * LA + col];
+                x1 += Aw[r * LA + col + 1];
+            }
+            Aw[r * LA + col] = col <= t ? x0 : 0.0f;
+            Aw[r * LA + col + 1] = col + 1 <= t ? x1 : 0.0f;
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int k0 = 0; k0 < DSLA_CU_C; k0 += 8) {
+        if (k0 >= p + SUB) break;
+        const float *r0 = Aw + g * LA + k0 + tq, *r1 = r0 + 8 * LA;
+        const uint32_t af[4] = {dsla_tc_tf32(r0[0]), dsla_tc_tf32(r1[0]), dsla_tc_tf32(r0[4]),
+                                dsla_tc_tf32(r1[4])};
+        const float *v0 = Vs + (k0 + tq) * LV + g, *v1 = v0 + 4 * LV;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) {
+            const uint32_t bv[2] = {dsla_tc_tf32(v0[nt * 8]), dsla_tc_tf32(v1[nt * 8])};
+            dsla_tc_mma(accO[nt], af, bv);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int t = p + g + 8 * half;
+            if (t < n)
+                dsla_tc_add2(out + base + (size_t)t * hd + nt * 8 + 2 * tq, accO[nt][2 * half],
+                             accO[nt][2 * half + 1]);
+        }
+}
+
+static size_t dsla_tc_out_smem(int d) {
+    return sizeof(float) * ((size_t)3 * DSLA_CU_C * (DSLA_TC_QUARTER + DSLA_TC_PAD_ROWS) +
+                            (size_t)(DSLA_TC_QUARTER + DSLA_CU_C) * (d + DSLA_TC_PAD_COLS) +
+                            (size_t)DSLA_CU_C * (DSLA_CU_C + DSLA_TC_PAD_ROWS) +
+                            (size_t)(DSLA_CU_C / DSLA_TC_SUB) * DSLA_CUDA_WARP);
+}
+
+template <typename T, int D>
+static dsla_status_t dsla_tc_out_launch(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                        const dsla_cuda_dsla_in_t *in, const float *states,
+                                        float *out) {
+    const int chunks = (dims->tokens + DSLA_CU_C - 1) / DSLA_CU_C;
+    if (chunks == 0) return DSLA_OK;
+    const size_t smem = dsla_tc_out_smem(D);
+    DSLA_CUDA_CHECK(cudaMemsetAsync(
+        out, 0, (size_t)dims->batch * dims->tokens * dims->heads * D * sizeof(float), stream));
+    DSLA_CUDA_CHECK(cudaFuncSetAttribute(dsla_tc_out<T, D>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dim3 grid(2u * (unsigned)chunks, (unsigned)dims->heads, (unsigned)dims->batch);
+    dsla_tc_out<T, D><<<grid, DSLA_TC_OUT_THREADS, smem, stream>>>(
+        (const T *)in->q, (const T *)in->k, (const T *)in->v, (const T *)in->a1, (const T *)in->a2,
+        in->alpha, states, out, dims->tokens, dims->heads);
+    DSLA_CUDA_CHECK_LAUNCH("dsla_tc_out");
+    return DSLA_OK;
+}
+
+/* ---- entry points (dsla_chunked_tc.cuh) ---- */
+
+template <typename T, int D>
+static dsla_status_t dsla_tc_states_typed(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                          const dsla_cuda_dsla_in_t *in, const float *S1_0,
+                                          const float *S2_0, float *S1_T, float *S2_T,
+                                          const dsla_cu_tc_ws_t *ws) {
+    return dsla_tc_pass<T, T, D, false>(stream, dims, (const T *)in->k, (const T *)in->a1,
+                                        (const T *)in->a2, (const T *)in->v, in->alpha, S1_0, S2_0,
+                                        S1_T, S2_T, ws->states, ws->extra, ws->gl);
+}
+
+template <typename T, int D>
+static dsla_status_t dsla_tc_dstates_typed(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                           const dsla_cuda_dsla_in_t *in, const float *dout,
+                                           const float *dS1_T, const float *dS2_T, float *dS1_0,
+                                           float *dS2_0, const dsla_cu_tc_ws_t *ws) {
+    return dsla_tc_pass<T, float, D, true>(stream, dims, (const T *)in->q, (const T *)in->a1,
+                                           (const T *)in->a2, dout, in->alpha, dS1_T, dS2_T, dS1_0,
+                                           dS2_0, ws->dstates, ws->extra, ws->gl);
+}
+
+/* Instantiates F<T, D> for the input dtype and head dim (both checked by the caller). */
+#define DSLA_TC_DISPATCH(F, ...)                                                                   \
+    (in->dtype == DSLA_DTYPE_BF16                                                                  \
+         ? (dims->head_dim == 128 ? F<__nv_bfloat16, 128>(__VA_ARGS__)                             \
+                                  : F<__nv_bfloat16, 64>(__VA_ARGS__))                             \
+         : (dims->head_dim == 128 ? F<float, 128>(__VA_ARGS__) : F<float, 64>(__VA_ARGS__)))
+
+dsla_status_t dsla_cu_tc_states(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                const dsla_cuda_dsla_in_t *in, const float *S1_0, const float *S2_0,
+                                float *S1_T, float *S2_T, const dsla_cu_tc_ws_t *ws) {
+    return DSLA_TC_DISPATCH(dsla_tc_states_typed, stream, dims, in, S1_0, S2_0, S1_T, S2_T, ws);
+}
+
+dsla_status_t dsla_cu_tc_dstates(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                 const dsla_cuda_dsla_in_t *in, const float *dout,
+                                 const float *dS1_T, const float *dS2_T, float *dS1_0, float *dS2_0,
+                                 const dsla_cu_tc_ws_t *ws) {
+    return DSLA_TC_DISPATCH(dsla_tc_dstates_typed, stream, dims, in, dout, dS1_T, dS2_T, dS1_0,
+                            dS2_0, ws);
+}
+
+dsla_status_t dsla_cu_tc_out(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                             const dsla_cuda_dsla_in_t *in, const float *states, float *out) {
+    return DSLA_TC_DISPATCH(dsla_tc_out_launch, stream, dims, in, states, out);
+}

@@ -1,0 +1,35 @@
+/* The tensor-core path of the chunked DSLA ops (dsla_chunked_tc.cu), for dsla_chunked.cu only: the
+ * forward's states and output and the backward's state gradients at MATH_TF32. */
+#ifndef DSLA_KERNELS_CUDA_DSLA_CHUNKED_TC_CUH
+#define DSLA_KERNELS_CUDA_DSLA_CHUNKED_TC_CUH
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/kernels_cuda_dsla.h"
+
+/* Workspace regions the path uses: states and dstates [B, H, 2, chunks, d, d] (as dsla_chunked.cu
+ * carves them), extra [B, H, 2, d, d] (the one delta per walk that has no slot of its own), gl
+ * [B, H, 2, chunks, d] (each chunk's decay). */
+typedef struct {
+    float *states, *dstates, *extra, *gl;
+} dsla_cu_tc_ws_t;
+
+/* Head dims the path is built for (64 and 128); others take dsla_chunked.cu's kernels. */
+bool dsla_cu_tc_supports(int head_dim);
+
+/* ws->states[c] = both states before chunk c; S1_T / S2_T (may be NULL) the final ones. */
+dsla_status_t dsla_cu_tc_states(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                const dsla_cuda_dsla_in_t *in, const float *S1_0, const float *S2_0,
+                                float *S1_T, float *S2_T, const dsla_cu_tc_ws_t *ws);
+
+/* ws->dstates[c] = the gradient of both states after chunk c, from dout and dS1_T / dS2_T (NULL:
+ * zeros); dS1_0 / dS2_0 (may be NULL) the gradient of the initial states. */
+dsla_status_t dsla_cu_tc_dstates(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                 const dsla_cuda_dsla_in_t *in, const float *dout,
+                                 const float *dS1_T, const float *dS2_T, float *dS1_0, float *dS2_0,
+                                 const dsla_cu_tc_ws_t *ws);
+
+/* out [B, T, H*d] = the mixed output, from the states dsla_cu_tc_states stored. */
+dsla_status_t dsla_cu_tc_out(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                             const dsla_cuda_dsla_in_t *in, const float *states, float *out);
+
+#endif
