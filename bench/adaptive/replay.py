@@ -124,8 +124,9 @@ def ctl(args, *words):
 
 
 def pin(args, k):
-    """Pins the controller at k DSLA layers and waits until the replica runs them, idle."""
-    ctl(args, "policy", "set", "manual", f"layers={k}")
+    """Pins the controller at k DSLA layers and waits until the replica runs them, idle. The manual
+    policy keeps its own max_ratio (default 0.5), which would cap k; pinning lifts it."""
+    ctl(args, "policy", "set", "manual", f"layers={k}", "max_ratio=1")
     deadline = time.time() + args.settle_s
     while time.time() < deadline:
         s = ctl(args, "status")

@@ -77,6 +77,73 @@ __device__ __forceinline__ void dsla_tc_add2(float *p, float x, float y) {
 #endif
 }
 
+/* ---- loads ---- */
+
+/* Eight consecutive inputs as floats: one 16-byte load of bf16, two of fp32. */
+__device__ __forceinline__ void dsla_tc_ld8(float x[8], const __nv_bfloat16 *p) {
+    const uint4 u = __ldg(reinterpret_cast<const uint4 *>(p));
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const float2 f = __bfloat1622float2(h[j]);
+        x[2 * j] = f.x;
+        x[2 * j + 1] = f.y;
+    }
+}
+
+__device__ __forceinline__ void dsla_tc_ld8(float x[8], const float *p) {
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(p));
+    const float4 b = __ldg(reinterpret_cast<const float4 *>(p) + 1);
+    x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+
+/* One chunk's rows of COLS columns (src[base + t * hd + c], t < DSLA_CHUNK) in THREADS threads'
+ * registers, 8 elements per load: load() issues every load, store() waits for them, so the loads
+ * of several tiles share one memory round trip. Rows t >= n read as zeros (log g 0). */
+template <typename T, int COLS, int THREADS> struct dsla_tc_tile {
+    static constexpr int PER_ROW = COLS / 8, UNITS = DSLA_CU_C * PER_ROW / THREADS;
+    float x[UNITS][8];
+
+    __device__ __forceinline__ void load(const T *src, size_t base, int hd, int n) {
+#pragma unroll
+        for (int u = 0; u < UNITS; u++) {
+            const int idx = (int)threadIdx.x + u * THREADS, t = idx / PER_ROW;
+            if (t < n)
+                dsla_tc_ld8(x[u], src + base + (size_t)t * hd + 8 * (idx % PER_ROW));
+            else
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    x[u][j] = 0.0f;
+        }
+    }
+
+    /* X[t * ld + c] = scale * x, or with GATE the log-gate of x (0 for t >= n). */
+    template <bool GATE>
+    __device__ __forceinline__ void store(float *X, int ld, int n, float scale) const {
+#pragma unroll
+        for (int u = 0; u < UNITS; u++) {
+            const int idx = (int)threadIdx.x + u * THREADS, t = idx / PER_ROW;
+            float y[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                y[j] = GATE ? (t < n ? dsla_cu_log_gate(x[u][j]) : 0.0f) : scale * x[u][j];
+            float4 *dst = reinterpret_cast<float4 *>(X + t * ld + 8 * (idx % PER_ROW));
+            dst[0] = make_float4(y[0], y[1], y[2], y[3]);
+            dst[1] = make_float4(y[4], y[5], y[6], y[7]);
+        }
+    }
+};
+
+/* 16 bytes global -> shared without passing through registers. */
+__device__ __forceinline__ void dsla_tc_cp16(float *smem, const float *src) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+
+__device__ __forceinline__ void dsla_tc_cp_wait() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
 /* ---- state deltas ---- */
 
 /* Item (sequence, head, state, chunk) -> index into [B, H, 2, chunks]. */
@@ -102,9 +169,16 @@ static __global__ void __launch_bounds__(2 * D)
     float w[2];
     dsla_cu_mix_weights(alpha, w);
 
-    dsla_cu_load_tile<false>(X, LD, x, base, hd, n, D, REV ? w[i] / sqrtf((float)D) : 1.0f);
-    dsla_cu_load_tile<true>(L, LD, i ? a2 : a1, base, hd, n, D, 1.0f);
-    dsla_cu_load_tile<false>(Y, LD, y, base, hd, n, D, 1.0f);
+    {
+        dsla_tc_tile<T, D, 2 * D> tx, ta;
+        dsla_tc_tile<TY, D, 2 * D> ty;
+        tx.load(x, base, hd, n);
+        ta.load(i ? a2 : a1, base, hd, n);
+        ty.load(y, base, hd, n);
+        tx.template store<false>(X, LD, n, REV ? w[i] / sqrtf((float)D) : 1.0f);
+        ta.template store<true>(L, LD, n, 1.0f);
+        ty.template store<false>(Y, LD, n, 1.0f);
+    }
     __syncthreads();
     if ((int)threadIdx.x < D) {
         const int c = (int)threadIdx.x;
@@ -248,30 +322,31 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
     dsla_cu_mix_weights(alpha, w);
     const float qscale = w[i] / sqrtf((float)D);
 
-    dsla_cu_load_tile<false>(Vs, LV, v, base, hd, n, D, 1.0f);
+    {
+        dsla_tc_tile<T, D, DSLA_TC_OUT_THREADS> tv;
+        tv.load(v, base, hd, n);
+        tv.template store<false>(Vs, LV, n, 1.0f);
+    }
     /* The strip's own 16 x 16 block collects the pair-by-pair sums of unguarded passes. */
     for (int e = lane; e < SUB * SUB; e += DSLA_CUDA_WARP)
         Aw[(e / SUB) * LA + p + e % SUB] = 0.0f;
     float accO[D / 8][4] = {}, accA[DSLA_CU_C / 8][4] = {};
 
     for (int c0 = 0; c0 < D; c0 += QC) {
-        /* S_prev's 32 rows are requested first, so that they arrive while q, k, a load. */
-        constexpr int V4 = QC * D / 4 / DSLA_TC_OUT_THREADS;
-        float4 s4[V4];
-#pragma unroll
-        for (int u = 0; u < V4; u++) {
-            const int idx = (int)threadIdx.x + u * DSLA_TC_OUT_THREADS;
-            s4[u] = *reinterpret_cast<const float4 *>(S_prev + (size_t)(c0 + idx / (D / 4)) * D +
-                                                      4 * (idx % (D / 4)));
+        /* S_prev's 32 rows go straight to shared memory while q, k and a load. */
+        for (int idx = (int)threadIdx.x; idx < QC * D / 4; idx += DSLA_TC_OUT_THREADS)
+            dsla_tc_cp16(Ss + (idx / (D / 4)) * LV + 4 * (idx % (D / 4)),
+                         S_prev + (size_t)(c0 + idx / (D / 4)) * D + 4 * (idx % (D / 4)));
+        {
+            dsla_tc_tile<T, QC, DSLA_TC_OUT_THREADS> tq, tk, ta;
+            tq.load(q, base + c0, hd, n);
+            tk.load(k, base + c0, hd, n);
+            ta.load(a, base + c0, hd, n);
+            tq.template store<false>(Qs, LQ, n, qscale);
+            tk.template store<false>(Ks, LQ, n, 1.0f);
+            ta.template store<true>(Bs, LQ, n, 1.0f);
         }
-        dsla_cu_load_tile<false>(Qs, LQ, q, base + c0, hd, n, QC, qscale);
-        dsla_cu_load_tile<false>(Ks, LQ, k, base + c0, hd, n, QC, 1.0f);
-        dsla_cu_load_tile<true>(Bs, LQ, a, base + c0, hd, n, QC, 1.0f);
-#pragma unroll
-        for (int u = 0; u < V4; u++) {
-            const int idx = (int)threadIdx.x + u * DSLA_TC_OUT_THREADS;
-            *reinterpret_cast<float4 *>(Ss + (idx / (D / 4)) * LV + 4 * (idx % (D / 4))) = s4[u];
-        }
+        dsla_tc_cp_wait();
         __syncthreads();
         /* b: each warp scans its sub-chunk (a lane per channel), then adds the earlier totals. */
         float run = 0.0f;

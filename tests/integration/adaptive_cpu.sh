@@ -25,6 +25,10 @@ export PROFILE=0:0.5,3:0.5,5:4,15:4,17:0.5,20:0.5 PROMPT=lognormal:100:0.5:16:12
 # the 1 req/s ends leave it idle (and revert). The first version ran 512 sequences at once and
 # never queued on CI's faster idle machine.
 export MAX_RUNNING=1 OUTPUT=lognormal:500:0.3:200:900 TOKENIZER=$DATA/models/tinystories-11M-hf
+# Both layers convertible, so that the replay pins a plan above the manual policy's default
+# max_ratio of 0.5 (the 7B runs pin 24 of 32; replay.py once waited out every such plan).
+export LAYER_VERSIONS=2
+export POLICY="threshold max_ratio=1 step=1 queue_high=4 queue_low=0 wait_high_ms=1000 wait_low_ms=300 cooldown_ms=2000"
 export HTTP=127.0.0.1:$port ADMIN=tcp://127.0.0.1:$((port + 1)) ENDPOINT=tcp://127.0.0.1:$((port + 2))
 bash "$root/bench/adaptive/run.sh" || { tail -n 30 "$OUT/serve.log"; exit 1; }
 python3 - "$OUT" <<'PY' || { tail -n 30 "$OUT/serve.log"; exit 1; }
@@ -36,6 +40,7 @@ r = json.load(open(f"{out}/replay.json"))
 print("replay:", json.dumps({k: r[k] for k in ("checked", "equal", "near tie", "differs", "unresolved")}))
 print("control:", json.dumps(r.get("control")))
 assert r["checked"] >= 4 and r["equal"] == r["checked"], "an answer differs from its pinned plan's replay"
+assert not r.get("unsettled"), f"plans {r.get('unsettled')} never settled when pinned"
 c = r["control"]
 assert c["checked"] == r["checked"] and c["equal"] < c["checked"], "the control cannot tell plans apart"
 plans = {k for k in r["plans"]}
