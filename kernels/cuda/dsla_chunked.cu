@@ -678,8 +678,19 @@ static bool dsla_cu_tc_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t 
 }
 
 static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
-    const dsla_cu_tc_ws_t t = {ws->states, ws->dstates, ws->extra, ws->gl};
+    const dsla_cu_tc_ws_t t = {ws->states, ws->dstates, ws->extra, ws->gl, ws->gpart};
     return t;
+}
+
+/* dsla_chunked_tc.cu's per-chunk backward in place of dsla_bwd_chunk: DSLA_CUDA_TC_BWD=1 until a
+ * GPU run has held it to the CPU (scripts/gpu-run.sh, stage tc_bwd). */
+static bool dsla_cu_tc_bwd_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t math) {
+    static int enabled = -1;
+    if (enabled < 0) {
+        const char *env = getenv("DSLA_CUDA_TC_BWD");
+        enabled = env && strcmp(env, "1") == 0;
+    }
+    return enabled && dsla_cu_tc_path(dims, math);
 }
 
 static dsla_status_t dsla_cu_check(const char *who, const dsla_dsla_dims_t *dims,
@@ -739,8 +750,9 @@ static dsla_status_t dsla_cu_backward(cudaStream_t stream, const dsla_dsla_dims_
                                       float *dS1_0, float *dS2_0, const dsla_cu_ws_t *ws) {
     const T *q = (const T *)in->q, *k = (const T *)in->k, *v = (const T *)in->v;
     const T *a1 = (const T *)in->a1, *a2 = (const T *)in->a2;
-    if (dsla_cu_tc_path(dims, TC ? DSLA_CUDA_DSLA_MATH_TF32 : DSLA_CUDA_DSLA_MATH_F32)) {
-        const dsla_cu_tc_ws_t tws = dsla_cu_tc_ws(ws);
+    const dsla_cuda_dsla_math_t math = TC ? DSLA_CUDA_DSLA_MATH_TF32 : DSLA_CUDA_DSLA_MATH_F32;
+    const dsla_cu_tc_ws_t tws = dsla_cu_tc_ws(ws);
+    if (dsla_cu_tc_path(dims, math)) {
         DSLA_TRY(dsla_cu_tc_states(stream, dims, in, S1_0, S2_0, NULL, NULL, &tws));
         DSLA_TRY(dsla_cu_tc_dstates(stream, dims, in, dout, dS1_T, dS2_T, dS1_0, dS2_0, &tws));
     } else {
@@ -755,7 +767,9 @@ static dsla_status_t dsla_cu_backward(cudaStream_t stream, const dsla_dsla_dims_
     DSLA_CUDA_CHECK(cudaMemsetAsync(grad->dk, 0, n * sizeof(float), stream));
     DSLA_CUDA_CHECK(cudaMemsetAsync(grad->dv, 0, n * sizeof(float), stream));
     const size_t items = dsla_cu_bwd_items(dims);
-    if (items > 0) {
+    if (dsla_cu_tc_bwd_path(dims, math)) {
+        DSLA_TRY(dsla_cu_tc_bwd(stream, dims, in, dout, grad, &tws));
+    } else if (items > 0) {
         dsla_bwd_chunk<T, TC><<<(unsigned)dsla_cu_bwd_blocks(dims), DSLA_CUDA_BLOCK, 0, stream>>>(
             q, k, v, a1, a2, in->alpha, dout, ws->states, ws->dstates, grad->dq, grad->dk, grad->dv,
             grad->da1, grad->da2, ws->gpart, ws->scratch, dims->batch, dims->tokens, dims->heads,

@@ -293,6 +293,95 @@ static dsla_status_t dsla_tc_pass(cudaStream_t stream, const dsla_dsla_dims_t *d
     return DSLA_OK;
 }
 
+/* ---- pieces of tc_out and tc_bwd (a warp per sub-chunk, key channels in passes of 32) ---- */
+
+/* One pass's inputs: NS state matrices' rows c0..c0+31 (S[u] from src[u], by cp.async, ld LS),
+ * q * qscale, k and the in-chunk cumulative log-gate b of channels c0..c0+31 (ld LQ). Each warp
+ * scans its sub-chunk's b (a lane per channel) and adds the earlier sub-chunks' totals (tot, 128
+ * floats). Ends with a barrier. True when the caller's sub-chunk decays less than DSLA_TC_GUARD
+ * nats in every channel, so that its own block may split at its start. */
+template <typename T, int D, int NS>
+__device__ __forceinline__ bool
+dsla_tc_pass_inputs(float *Qs, float *Ks, float *Bs, float *const *S, const float *const *src,
+                    int LS, const T *q, const T *k, const T *a, size_t base, int c0, int hd, int n,
+                    float qscale, float *tot) {
+    constexpr int QC = DSLA_TC_QUARTER, LQ = QC + DSLA_TC_PAD_ROWS;
+    const int lane = (int)threadIdx.x % DSLA_CUDA_WARP, warp = (int)threadIdx.x / DSLA_CUDA_WARP;
+    const int p = warp * DSLA_TC_SUB;
+    /* The state rows go straight to shared memory while q, k and a load. */
+#pragma unroll
+    for (int u = 0; u < NS; u++)
+        for (int idx = (int)threadIdx.x; idx < QC * D / 4; idx += DSLA_TC_OUT_THREADS)
+            dsla_tc_cp16(S[u] + (idx / (D / 4)) * LS + 4 * (idx % (D / 4)),
+                         src[u] + (size_t)(c0 + idx / (D / 4)) * D + 4 * (idx % (D / 4)));
+    {
+        dsla_tc_tile<T, QC, DSLA_TC_OUT_THREADS> tq, tk, ta;
+        tq.load(q, base + c0, hd, n);
+        tk.load(k, base + c0, hd, n);
+        ta.load(a, base + c0, hd, n);
+        tq.template store<false>(Qs, LQ, n, qscale);
+        tk.template store<false>(Ks, LQ, n, 1.0f);
+        ta.template store<true>(Bs, LQ, n, 1.0f);
+    }
+    dsla_tc_cp_wait();
+    __syncthreads();
+    float run = 0.0f;
+    for (int r = p; r < p + DSLA_TC_SUB; r++) {
+        run += Bs[r * LQ + lane];
+        Bs[r * LQ + lane] = run;
+    }
+    tot[warp * DSLA_CUDA_WARP + lane] = run;
+    __syncthreads();
+    float off = 0.0f;
+    for (int u = 0; u < warp; u++)
+        off += tot[u * DSLA_CUDA_WARP + lane];
+    for (int r = p; r < p + DSLA_TC_SUB; r++)
+        Bs[r * LQ + lane] += off;
+    /* Rows p-1 and p+15 are the warp's own or an earlier warp's finished rows: the earlier warps
+     * add their offsets before the barrier below, so read them after it. */
+    __syncthreads();
+    const float ref = warp ? Bs[(p - 1) * LQ + lane] : 0.0f;
+    return __all_sync(0xffffffffu, ref - Bs[(p + DSLA_TC_SUB - 1) * LQ + lane] <= DSLA_TC_GUARD);
+}
+
+/* A pass's scores of the warp's own 16 x 16 block pair by pair (exp(b_t - b_s) <= 1), a lane per
+ * channel, added into Aw[t * LA + p + s]: for sub-chunks that decay past the guard. */
+__device__ __forceinline__ void dsla_tc_own_scores(float *Aw, int LA, const float *Qs,
+                                                   const float *Ks, const float *Bs, int p,
+                                                   int lane) {
+    constexpr int LQ = DSLA_TC_QUARTER + DSLA_TC_PAD_ROWS;
+    for (int t = 0; t < DSLA_TC_SUB; t++)
+        for (int s = 0; s <= t; s++) {
+            const int rt = (p + t) * LQ + lane, rs = (p + s) * LQ + lane;
+            const float x = dsla_warp_sum(Qs[rt] * Ks[rs] * expf(Bs[rt] - Bs[rs]));
+            if (lane == 0) Aw[t * LA + p + s] += x;
+        }
+}
+
+/* The warp's strip of scores into Aw (rows p..p+15 of A, ld LA): the own block adds the
+ * pair-by-pair sums already there, s > t is zeroed. */
+__device__ __forceinline__ void dsla_tc_store_scores(float *Aw, int LA,
+                                                     const float (&accA)[DSLA_CU_C / 8][4], int p,
+                                                     int g, int tq) {
+#pragma unroll
+    for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
+        if (nt * 8 >= p + DSLA_TC_SUB) break;
+        const int col = nt * 8 + 2 * tq;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int r = g + 8 * half, t = p + r;
+            float x0 = accA[nt][2 * half], x1 = accA[nt][2 * half + 1];
+            if (nt * 8 >= p) {
+                x0 += Aw[r * LA + col];
+                x1 += Aw[r * LA + col + 1];
+            }
+            Aw[r * LA + col] = col <= t ? x0 : 0.0f;
+            Aw[r * LA + col + 1] = col + 1 <= t ? x1 : 0.0f;
+        }
+    }
+    __syncwarp();
+}
+
 /* ---- forward output ---- */
 
 /* Grid (2 * chunks, H, B): block (2 chunk + i) is state i of a chunk, so a chunk's two blocks run
@@ -333,40 +422,11 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
     float accO[D / 8][4] = {}, accA[DSLA_CU_C / 8][4] = {};
 
     for (int c0 = 0; c0 < D; c0 += QC) {
-        /* S_prev's 32 rows go straight to shared memory while q, k and a load. */
-        for (int idx = (int)threadIdx.x; idx < QC * D / 4; idx += DSLA_TC_OUT_THREADS)
-            dsla_tc_cp16(Ss + (idx / (D / 4)) * LV + 4 * (idx % (D / 4)),
-                         S_prev + (size_t)(c0 + idx / (D / 4)) * D + 4 * (idx % (D / 4)));
-        {
-            dsla_tc_tile<T, QC, DSLA_TC_OUT_THREADS> tq, tk, ta;
-            tq.load(q, base + c0, hd, n);
-            tk.load(k, base + c0, hd, n);
-            ta.load(a, base + c0, hd, n);
-            tq.template store<false>(Qs, LQ, n, qscale);
-            tk.template store<false>(Ks, LQ, n, 1.0f);
-            ta.template store<true>(Bs, LQ, n, 1.0f);
-        }
-        dsla_tc_cp_wait();
-        __syncthreads();
-        /* b: each warp scans its sub-chunk (a lane per channel), then adds the earlier totals. */
-        float run = 0.0f;
-        for (int r = p; r < p + SUB; r++) {
-            run += Bs[r * LQ + lane];
-            Bs[r * LQ + lane] = run;
-        }
-        tot[warp * DSLA_CUDA_WARP + lane] = run;
-        __syncthreads();
-        float off = 0.0f;
-        for (int u = 0; u < warp; u++)
-            off += tot[u * DSLA_CUDA_WARP + lane];
-        for (int r = p; r < p + SUB; r++)
-            Bs[r * LQ + lane] += off;
-        /* Rows p-1 and p+15 are the warp's own or an earlier warp's finished rows: the earlier
-         * warps add their offsets before the barrier below, so read them after it. */
-        __syncthreads();
+        float *const S[1] = {Ss};
+        const float *const src[1] = {S_prev};
+        const bool guarded = dsla_tc_pass_inputs<T, D, 1>(Qs, Ks, Bs, S, src, LV, q, k, a, base, c0,
+                                                          hd, n, qscale, tot);
         const float *ref = warp ? Bs + (p - 1) * LQ : NULL;
-        const bool guarded = __all_sync(
-            0xffffffffu, (ref ? ref[lane] : 0.0f) - Bs[(p + SUB - 1) * LQ + lane] <= DSLA_TC_GUARD);
 #pragma unroll
         for (int k0 = 0; k0 < QC; k0 += 8) {
             const int ca = k0 + tq, cb = ca + 4;
@@ -397,34 +457,11 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
                 dsla_tc_mma(accO[nt], ag, bs);
             }
         }
-        if (!guarded) /* the own block pair by pair, a lane per channel */
-            for (int t = 0; t < SUB; t++)
-                for (int s = 0; s <= t; s++) {
-                    const int rt = (p + t) * LQ + lane, rs = (p + s) * LQ + lane;
-                    const float x = dsla_warp_sum(Qs[rt] * Ks[rs] * expf(Bs[rt] - Bs[rs]));
-                    if (lane == 0) Aw[t * LA + p + s] += x;
-                }
+        if (!guarded) dsla_tc_own_scores(Aw, LA, Qs, Ks, Bs, p, lane);
         __syncthreads(); /* the next pass overwrites Qs, Ks, Bs, Ss */
     }
 
-    /* A_I: the own block adds the pair-by-pair sums; s > t is masked. */
-#pragma unroll
-    for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
-        if (nt * 8 >= p + SUB) break;
-        const int col = nt * 8 + 2 * tq;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int r = g + 8 * half, t = p + r;
-            float x0 = accA[nt][2 * half], x1 = accA[nt][2 * half + 1];
-            if (nt * 8 >= p) {
-                x0 += Aw[r * LA + col];
-                x1 += Aw[r * LA + col + 1];
-            }
-            Aw[r * LA + col] = col <= t ? x0 : 0.0f;
-            Aw[r * LA + col + 1] = col + 1 <= t ? x1 : 0.0f;
-        }
-    }
-    __syncwarp();
+    dsla_tc_store_scores(Aw, LA, accA, p, g, tq);
 #pragma unroll
     for (int k0 = 0; k0 < DSLA_CU_C; k0 += 8) {
         if (k0 >= p + SUB) break;
@@ -475,6 +512,354 @@ static dsla_status_t dsla_tc_out_launch(cudaStream_t stream, const dsla_dsla_dim
     return DSLA_OK;
 }
 
+/* ---- backward of the chunks ---- */
+
+/* Grid (2 * chunks, H, B) as tc_out, a warp per sub-chunk; S_prev (the state before each chunk)
+ * and dS (the gradient of the state after it) come from the two state passes. First DA = dO V^T
+ * (s < t kept, the diagonal apart). Per pass over 32 key channels, for the warp's rows (reader
+ * rows of sub-chunk I for q, source rows of I for k and v):
+ *   A_I += (q e^(b_t - r_I)) (k e^(r_I - b_s))^T                       as in tc_out
+ *   dq'  = e^(b_t - r_I) (DA k e^(r_I - b_s)) + e^(b_t) (dO S_prev^T)
+ *   dk'  = sum over readers I2 >= I of e^(r_I2 - b_s) (DA^T q e^(b_t - r_I2))
+ *   ks   = e^(b_last - b_s) (v dS^T);   dV += (k e^(b_last - b)) dS
+ * then per channel (a lane each) the log-gate gradient, e^(b_last) sum_j S_prev dS + the prefix
+ * of k ks + the suffix of q dq' - k dk' (dsla_chunked_backward.c's pairs), and dq = dq' + DA_tt k,
+ * dk = dk' + DA_tt q + ks onto dq, dk. After the passes dV += A^T dO. dq, dk and dv of the two
+ * states add onto zeros; da and the block's dalpha partial are its own. The own 16 x 16 blocks
+ * follow tc_out's guard: past it, their pairs are summed one by one. */
+template <typename T, int D>
+static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
+    dsla_tc_bwd(const T *q, const T *k, const T *v, const T *a1, const T *a2, const float *alpha,
+                const float *dout, const float *states, const float *dstates, float *dq, float *dk,
+                float *dv, float *da1, float *da2, double *gpart, int tokens, int H) {
+    constexpr int C = DSLA_CU_C, QC = DSLA_TC_QUARTER, SUB = DSLA_TC_SUB;
+    constexpr int LQ = QC + DSLA_TC_PAD_ROWS, LV = D + DSLA_TC_PAD_ROWS;
+    constexpr int LDA = C + DSLA_TC_PAD_ROWS, LA = C + DSLA_TC_PAD_COLS;
+    extern __shared__ __align__(16) float sm[];
+    float *Vs = sm, *Os = Vs + C * LV, *DAs = Os + C * LV, *Ap = DAs + C * LDA;
+    float *Qs = Ap + C * LA, *Ks = Qs + C * LQ, *Bs = Ks + C * LQ, *DQs = Bs + C * LQ;
+    float *DKs = DQs + C * LQ, *KSs = DKs + C * LQ, *Ss = KSs + C * LQ, *dSs = Ss + QC * LV;
+    float *diag = dSs + QC * LV, *rs = diag + C, *tot = rs + QC; /* tot: 3 x 128 */
+    __shared__ double red[DSLA_TC_OUT_THREADS / DSLA_CUDA_WARP];
+    const int i = (int)blockIdx.x & 1, chunk = (int)blockIdx.x >> 1, chunks = (int)gridDim.x >> 1;
+    const int h = (int)blockIdx.y, b = (int)blockIdx.z, hd = H * D, t0 = chunk * C;
+    const int n = tokens - t0 < C ? tokens - t0 : C;
+    const size_t base = ((size_t)b * tokens + t0) * hd + (size_t)h * D;
+    const size_t item = dsla_tc_item(b, H, h, i, chunks, chunk);
+    const float *S_prev = states + item * D * D, *dS = dstates + item * D * D;
+    const T *a = i ? a2 : a1;
+    float *da = i ? da2 : da1;
+    const int lane = (int)threadIdx.x % DSLA_CUDA_WARP, warp = (int)threadIdx.x / DSLA_CUDA_WARP;
+    const int g = lane >> 2, tq = lane & 3, p = warp * SUB;
+    float *Aw = Ap + p * LA;
+    float w[2];
+    dsla_cu_mix_weights(alpha, w);
+    const float scale = 1.0f / sqrtf((float)D), qscale = w[i] * scale;
+
+    {
+        dsla_tc_tile<T, D, DSLA_TC_OUT_THREADS> tv;
+        dsla_tc_tile<float, D, DSLA_TC_OUT_THREADS> to;
+        tv.load(v, base, hd, n);
+        to.load(dout, base, hd, n);
+        tv.template store<false>(Vs, LV, n, 1.0f);
+        to.template store<false>(Os, LV, n, 1.0f);
+    }
+    for (int e = lane; e < SUB * SUB; e += DSLA_CUDA_WARP)
+        Aw[(e / SUB) * LA + p + e % SUB] = 0.0f;
+    __syncthreads();
+    { /* DA for the warp's rows: s < t into DAs (zeros above), DA_tt into diag */
+        float acc[C / 8][4] = {};
+#pragma unroll
+        for (int k0 = 0; k0 < D; k0 += 8) {
+            const float *o0 = Os + (p + g) * LV + k0 + tq, *o1 = o0 + 8 * LV;
+            const uint32_t af[4] = {dsla_tc_tf32(o0[0]), dsla_tc_tf32(o1[0]), dsla_tc_tf32(o0[4]),
+                                    dsla_tc_tf32(o1[4])};
+#pragma unroll
+            for (int nt = 0; nt < C / 8; nt++) {
+                if (nt * 8 >= p + SUB) break;
+                const float *vr = Vs + (nt * 8 + g) * LV + k0 + tq;
+                const uint32_t bf[2] = {dsla_tc_tf32(vr[0]), dsla_tc_tf32(vr[4])};
+                dsla_tc_mma(acc[nt], af, bf);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < C / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int t = p + g + 8 * (e >> 1), s = nt * 8 + 2 * tq + (e & 1);
+                DAs[t * LDA + s] = s < t ? acc[nt][e] : 0.0f;
+                if (s == t) diag[t] = acc[nt][e];
+            }
+    }
+    __syncthreads();
+
+    float accA[C / 8][4] = {}, accV[D / 8][4] = {};
+    double gsum = 0.0;
+    for (int c0 = 0; c0 < D; c0 += QC) {
+        float *const S[2] = {Ss, dSs};
+        const float *const src[2] = {S_prev, dS};
+        const bool guarded = dsla_tc_pass_inputs<T, D, 2>(Qs, Ks, Bs, S, src, LV, q, k, a, base, c0,
+                                                          hd, n, qscale, tot);
+        const float *ref = warp ? Bs + (p - 1) * LQ : NULL, *blast = Bs + (C - 1) * LQ;
+        /* A_I (tc_out's first product) */
+#pragma unroll
+        for (int k0 = 0; k0 < QC; k0 += 8) {
+            const int ca = k0 + tq, cb = ca + 4;
+            const float ra = ref ? ref[ca] : 0.0f, rb = ref ? ref[cb] : 0.0f;
+            const float *q0 = Qs + (p + g) * LQ, *q1 = q0 + 8 * LQ;
+            const float *b0 = Bs + (p + g) * LQ, *b1 = b0 + 8 * LQ;
+            const uint32_t aq[4] = {dsla_tc_tf32(q0[ca] * __expf(b0[ca] - ra)),
+                                    dsla_tc_tf32(q1[ca] * __expf(b1[ca] - ra)),
+                                    dsla_tc_tf32(q0[cb] * __expf(b0[cb] - rb)),
+                                    dsla_tc_tf32(q1[cb] * __expf(b1[cb] - rb))};
+#pragma unroll
+            for (int nt = 0; nt < C / 8; nt++) {
+                if (nt * 8 >= p + SUB) break;
+                if (nt * 8 >= p && !guarded) continue;
+                const int s = nt * 8 + g;
+                const uint32_t bk[2] = {
+                    dsla_tc_tf32(Ks[s * LQ + ca] * __expf(fminf(ra - Bs[s * LQ + ca], 88.0f))),
+                    dsla_tc_tf32(Ks[s * LQ + cb] * __expf(fminf(rb - Bs[s * LQ + cb], 88.0f)))};
+                dsla_tc_mma(accA[nt], aq, bk);
+            }
+        }
+        { /* dq' of the reader rows */
+            float in[QC / 8][4] = {}, st[QC / 8][4] = {};
+            const int send = guarded ? p + SUB : p;
+            for (int k0 = 0; k0 < send; k0 += 8) {
+                const float *r0 = DAs + (p + g) * LDA + k0 + tq, *r1 = r0 + 8 * LDA;
+                const uint32_t af[4] = {dsla_tc_tf32(r0[0]), dsla_tc_tf32(r1[0]),
+                                        dsla_tc_tf32(r0[4]), dsla_tc_tf32(r1[4])};
+                const int s0 = k0 + tq, s1 = s0 + 4;
+#pragma unroll
+                for (int nt = 0; nt < QC / 8; nt++) {
+                    const int c = nt * 8 + g;
+                    const float rc = ref ? ref[c] : 0.0f;
+                    const uint32_t bf[2] = {
+                        dsla_tc_tf32(Ks[s0 * LQ + c] * __expf(fminf(rc - Bs[s0 * LQ + c], 88.0f))),
+                        dsla_tc_tf32(Ks[s1 * LQ + c] * __expf(fminf(rc - Bs[s1 * LQ + c], 88.0f)))};
+                    dsla_tc_mma(in[nt], af, bf);
+                }
+            }
+#pragma unroll
+            for (int k0 = 0; k0 < D; k0 += 8) {
+                const float *o0 = Os + (p + g) * LV + k0 + tq, *o1 = o0 + 8 * LV;
+                const uint32_t af[4] = {dsla_tc_tf32(o0[0]), dsla_tc_tf32(o1[0]),
+                                        dsla_tc_tf32(o0[4]), dsla_tc_tf32(o1[4])};
+#pragma unroll
+                for (int nt = 0; nt < QC / 8; nt++) {
+                    const float *sr = Ss + (nt * 8 + g) * LV + k0 + tq;
+                    const uint32_t bf[2] = {dsla_tc_tf32(sr[0]), dsla_tc_tf32(sr[4])};
+                    dsla_tc_mma(st[nt], af, bf);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < QC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int t = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
+                    const float bt = Bs[t * LQ + c], rc = ref ? ref[c] : 0.0f;
+                    DQs[t * LQ + c] = __expf(bt - rc) * in[nt][e] + __expf(bt) * st[nt][e];
+                }
+        }
+        { /* dk' of the source rows, reader sub-chunk by reader sub-chunk */
+            float acc[QC / 8][4] = {};
+            for (int I2 = guarded ? warp : warp + 1; I2 < DSLA_CU_C / SUB; I2++) {
+                const int p2 = I2 * SUB;
+                const float *ref2 = I2 ? Bs + (p2 - 1) * LQ : NULL;
+                float tmp[QC / 8][4] = {};
+#pragma unroll
+                for (int k0 = 0; k0 < SUB; k0 += 8) {
+                    const float *d0 = DAs + (p2 + k0 + tq) * LDA + p + g, *d1 = d0 + 4 * LDA;
+                    const uint32_t af[4] = {dsla_tc_tf32(d0[0]), dsla_tc_tf32(d0[8]),
+                                            dsla_tc_tf32(d1[0]), dsla_tc_tf32(d1[8])};
+                    const int r0 = p2 + k0 + tq, r1 = r0 + 4;
+#pragma unroll
+                    for (int nt = 0; nt < QC / 8; nt++) {
+                        const int c = nt * 8 + g;
+                        const float rc = ref2 ? ref2[c] : 0.0f;
+                        const uint32_t bf[2] = {
+                            dsla_tc_tf32(Qs[r0 * LQ + c] * __expf(Bs[r0 * LQ + c] - rc)),
+                            dsla_tc_tf32(Qs[r1 * LQ + c] * __expf(Bs[r1 * LQ + c] - rc))};
+                        dsla_tc_mma(tmp[nt], af, bf);
+                    }
+                }
+#pragma unroll
+                for (int nt = 0; nt < QC / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int s = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
+                        const float rc = ref2 ? ref2[c] : 0.0f;
+                        acc[nt][e] += __expf(fminf(rc - Bs[s * LQ + c], 88.0f)) * tmp[nt][e];
+                    }
+            }
+#pragma unroll
+            for (int nt = 0; nt < QC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int s = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
+                    DKs[s * LQ + c] = acc[nt][e];
+                }
+        }
+        { /* ks of the source rows */
+            float acc[QC / 8][4] = {};
+#pragma unroll
+            for (int k0 = 0; k0 < D; k0 += 8) {
+                const float *v0 = Vs + (p + g) * LV + k0 + tq, *v1 = v0 + 8 * LV;
+                const uint32_t af[4] = {dsla_tc_tf32(v0[0]), dsla_tc_tf32(v1[0]),
+                                        dsla_tc_tf32(v0[4]), dsla_tc_tf32(v1[4])};
+#pragma unroll
+                for (int nt = 0; nt < QC / 8; nt++) {
+                    const float *dr = dSs + (nt * 8 + g) * LV + k0 + tq;
+                    const uint32_t bf[2] = {dsla_tc_tf32(dr[0]), dsla_tc_tf32(dr[4])};
+                    dsla_tc_mma(acc[nt], af, bf);
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < QC / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int s = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
+                    KSs[s * LQ + c] = __expf(blast[c] - Bs[s * LQ + c]) * acc[nt][e];
+                }
+        }
+        /* dV += (k e^(b_last - b)) dS over the pass's channels */
+#pragma unroll
+        for (int k0 = 0; k0 < QC; k0 += 8) {
+            const int ca = k0 + tq, cb = ca + 4;
+            const float *k0r = Ks + (p + g) * LQ, *k1r = k0r + 8 * LQ;
+            const float *b0r = Bs + (p + g) * LQ, *b1r = b0r + 8 * LQ;
+            const uint32_t af[4] = {dsla_tc_tf32(k0r[ca] * __expf(blast[ca] - b0r[ca])),
+                                    dsla_tc_tf32(k1r[ca] * __expf(blast[ca] - b1r[ca])),
+                                    dsla_tc_tf32(k0r[cb] * __expf(blast[cb] - b0r[cb])),
+                                    dsla_tc_tf32(k1r[cb] * __expf(blast[cb] - b1r[cb]))};
+            const float *d0 = dSs + ca * LV + g, *d1 = d0 + 4 * LV;
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++) {
+                const uint32_t bf[2] = {dsla_tc_tf32(d0[nt * 8]), dsla_tc_tf32(d1[nt * 8])};
+                dsla_tc_mma(accV[nt], af, bf);
+            }
+        }
+        __syncwarp();
+        if (!guarded) { /* the own block pair by pair (exp(b_t - b_s) <= 1) */
+            dsla_tc_own_scores(Aw, LA, Qs, Ks, Bs, p, lane);
+            for (int t = p + 1; t < p + SUB; t++)
+                for (int s = p; s < t; s++) {
+                    const int et = t * LQ + lane, es = s * LQ + lane;
+                    const float x = DAs[t * LDA + s] * expf(Bs[et] - Bs[es]);
+                    DQs[et] += x * Ks[es];
+                    DKs[es] += x * Qs[et];
+                }
+        }
+        /* sum_j S_prev[c, j] dS[c, j]: warp w takes rows 8w..8w+7 */
+        for (int r = warp * 8; r < warp * 8 + 8; r++) {
+            float x = 0.0f;
+            for (int j = lane; j < D; j += DSLA_CUDA_WARP)
+                x += Ss[r * LV + j] * dSs[r * LV + j];
+            x = dsla_warp_sum(x);
+            if (lane == 0) rs[r] = x;
+        }
+        __syncthreads();
+        { /* a lane per channel: the log-gate gradient, then dq and dk */
+            const int e0 = p * LQ + lane;
+            float sfx[SUB], pfx[SUB], xs = 0.0f, kk = 0.0f;
+#pragma unroll
+            for (int r = SUB - 1; r >= 0; r--) {
+                const int e = e0 + r * LQ;
+                xs += Qs[e] * DQs[e] - Ks[e] * DKs[e];
+                sfx[r] = xs;
+            }
+#pragma unroll
+            for (int r = 0; r < SUB; r++) {
+                const int e = e0 + r * LQ;
+                pfx[r] = kk;
+                kk += Ks[e] * KSs[e];
+            }
+            float *tx = tot + DSLA_TC_OUT_THREADS, *tk = tx + DSLA_TC_OUT_THREADS;
+            tx[warp * DSLA_CUDA_WARP + lane] = xs;
+            tk[warp * DSLA_CUDA_WARP + lane] = kk;
+            __syncthreads();
+            float later = 0.0f, earlier = expf(blast[lane]) * rs[lane];
+            for (int u = warp + 1; u < DSLA_CU_C / SUB; u++)
+                later += tx[u * DSLA_CUDA_WARP + lane];
+            for (int u = 0; u < warp; u++)
+                earlier += tk[u * DSLA_CUDA_WARP + lane];
+#pragma unroll
+            for (int r = 0; r < SUB; r++) {
+                const int t = p + r, e = e0 + r * LQ;
+                if (t >= n) break;
+                const size_t o = base + (size_t)t * hd + c0 + lane;
+                da[o] =
+                    (earlier + pfx[r] + later + sfx[r]) * dsla_cu_log_gate_grad(dsla_cu_load(a, o));
+                const float dqv = DQs[e] + diag[t] * Ks[e];
+                gsum += (double)(scale * dsla_cu_load(q, o)) * dqv;
+                atomicAdd(dq + o, qscale * dqv);
+                atomicAdd(dk + o, DKs[e] + diag[t] * Qs[e] + KSs[e]);
+            }
+        }
+        __syncthreads(); /* the next pass overwrites this one's arrays */
+    }
+
+    /* dV += A^T dO over the readers t >= the warp's first source row */
+    dsla_tc_store_scores(Aw, LA, accA, p, g, tq);
+    __syncthreads();
+    for (int k0 = p; k0 < C; k0 += 8) {
+        const float *a0 = Ap + (k0 + tq) * LA + p + g, *a1r = a0 + 4 * LA;
+        const uint32_t af[4] = {dsla_tc_tf32(a0[0]), dsla_tc_tf32(a0[8]), dsla_tc_tf32(a1r[0]),
+                                dsla_tc_tf32(a1r[8])};
+        const float *o0 = Os + (k0 + tq) * LV + g, *o1 = o0 + 4 * LV;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) {
+            const uint32_t bf[2] = {dsla_tc_tf32(o0[nt * 8]), dsla_tc_tf32(o1[nt * 8])};
+            dsla_tc_mma(accV[nt], af, bf);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int s = p + g + 8 * half;
+            if (s < n)
+                dsla_tc_add2(dv + base + (size_t)s * hd + nt * 8 + 2 * tq, accV[nt][2 * half],
+                             accV[nt][2 * half + 1]);
+        }
+    for (int off = DSLA_CUDA_WARP / 2; off > 0; off >>= 1)
+        gsum += __shfl_xor_sync(0xffffffffu, gsum, off);
+    if (lane == 0) red[warp] = gsum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int u = 0; u < DSLA_TC_OUT_THREADS / DSLA_CUDA_WARP; u++)
+            total += red[u];
+        gpart[item] = total;
+    }
+}
+
+static size_t dsla_tc_bwd_smem(int d) {
+    const size_t C = DSLA_CU_C, QC = DSLA_TC_QUARTER, LV = (size_t)d + DSLA_TC_PAD_ROWS;
+    return sizeof(float) *
+           (2 * C * LV + C * (C + DSLA_TC_PAD_ROWS) + C * (C + DSLA_TC_PAD_COLS) +
+            6 * C * (QC + DSLA_TC_PAD_ROWS) + 2 * QC * LV + C + QC + 3 * DSLA_TC_OUT_THREADS);
+}
+
+template <typename T, int D>
+static dsla_status_t dsla_tc_bwd_launch(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                        const dsla_cuda_dsla_in_t *in, const float *dout,
+                                        const dsla_dsla_grad_t *grad, const dsla_cu_tc_ws_t *ws) {
+    const int chunks = (dims->tokens + DSLA_CU_C - 1) / DSLA_CU_C;
+    if (chunks == 0) return DSLA_OK;
+    const size_t smem = dsla_tc_bwd_smem(D);
+    DSLA_CUDA_CHECK(cudaFuncSetAttribute(dsla_tc_bwd<T, D>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dim3 grid(2u * (unsigned)chunks, (unsigned)dims->heads, (unsigned)dims->batch);
+    dsla_tc_bwd<T, D><<<grid, DSLA_TC_OUT_THREADS, smem, stream>>>(
+        (const T *)in->q, (const T *)in->k, (const T *)in->v, (const T *)in->a1, (const T *)in->a2,
+        in->alpha, dout, ws->states, ws->dstates, grad->dq, grad->dk, grad->dv, grad->da1,
+        grad->da2, ws->gpart, dims->tokens, dims->heads);
+    DSLA_CUDA_CHECK_LAUNCH("dsla_tc_bwd");
+    return DSLA_OK;
+}
+
 /* ---- entry points (dsla_chunked_tc.cuh) ---- */
 
 template <typename T, int D>
@@ -521,4 +906,10 @@ dsla_status_t dsla_cu_tc_dstates(cudaStream_t stream, const dsla_dsla_dims_t *di
 dsla_status_t dsla_cu_tc_out(cudaStream_t stream, const dsla_dsla_dims_t *dims,
                              const dsla_cuda_dsla_in_t *in, const float *states, float *out) {
     return DSLA_TC_DISPATCH(dsla_tc_out_launch, stream, dims, in, states, out);
+}
+
+dsla_status_t dsla_cu_tc_bwd(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                             const dsla_cuda_dsla_in_t *in, const float *dout,
+                             const dsla_dsla_grad_t *grad, const dsla_cu_tc_ws_t *ws) {
+    return DSLA_TC_DISPATCH(dsla_tc_bwd_launch, stream, dims, in, dout, grad, ws);
 }

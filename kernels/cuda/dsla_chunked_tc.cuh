@@ -8,9 +8,10 @@
 
 /* Workspace regions the path uses: states and dstates [B, H, 2, chunks, d, d] (as dsla_chunked.cu
  * carves them), extra [B, H, 2, d, d] (the one delta per walk that has no slot of its own), gl
- * [B, H, 2, chunks, d] (each chunk's decay). */
+ * [B, H, 2, chunks, d] (each chunk's decay), gpart [B, H, 2, chunks] (dalpha's partials). */
 typedef struct {
     float *states, *dstates, *extra, *gl;
+    double *gpart;
 } dsla_cu_tc_ws_t;
 
 /* Head dims the path is built for (64 and 128); others take dsla_chunked.cu's kernels. */
@@ -31,5 +32,13 @@ dsla_status_t dsla_cu_tc_dstates(cudaStream_t stream, const dsla_dsla_dims_t *di
 /* out [B, T, H*d] = the mixed output, from the states dsla_cu_tc_states stored. */
 dsla_status_t dsla_cu_tc_out(cudaStream_t stream, const dsla_dsla_dims_t *dims,
                              const dsla_cuda_dsla_in_t *in, const float *states, float *out);
+
+/* The backward's per-chunk gradients from the states both passes stored: dq, dk, dv (zeroed by
+ * the caller: the two states add onto them), da1, da2, and dalpha's partial per (sequence, head,
+ * state, chunk) into ws->gpart (dsla_chunked.cu's dsla_dalpha sums them). Opt-in
+ * (DSLA_CUDA_TC_BWD=1) until a GPU run has held it to the CPU. */
+dsla_status_t dsla_cu_tc_bwd(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                             const dsla_cuda_dsla_in_t *in, const float *dout,
+                             const dsla_dsla_grad_t *grad, const dsla_cu_tc_ws_t *ws);
 
 #endif
