@@ -49,6 +49,17 @@ static size_t dsla_cu_align(size_t bytes) {
     return (bytes + DSLA_CU_WS_ALIGN - 1) / DSLA_CU_WS_ALIGN * DSLA_CU_WS_ALIGN;
 }
 
+/* A switch read once from the environment (cache starts at -1): NAME=0 turns off one that is on by
+ * default, NAME=1 turns on one that is off. For side-by-side timings and opt-in kernels. */
+static bool dsla_cu_env_switch(int *cache, const char *name, bool on_by_default) {
+    if (*cache < 0) {
+        const char *env = getenv(name);
+        *cache =
+            env && strcmp(env, on_by_default ? "0" : "1") == 0 ? !on_by_default : on_by_default;
+    }
+    return *cache;
+}
+
 static size_t dsla_cu_chunks(const dsla_dsla_dims_t *dims) {
     return ((size_t)dims->tokens + DSLA_CU_C - 1) / DSLA_CU_C;
 }
@@ -300,11 +311,7 @@ static dsla_status_t dsla_cu_launch_state_pass(cudaStream_t stream, const dsla_d
     const unsigned chunks = (unsigned)dsla_cu_chunks(dims);
     /* DSLA_CUDA_STATE_PREP=0 keeps the in-pass walk (for side-by-side timings). */
     static int use_prep = -1;
-    if (use_prep < 0) {
-        const char *env = getenv("DSLA_CUDA_STATE_PREP");
-        use_prep = !(env && strcmp(env, "0") == 0);
-    }
-    if (!REV && chunks > 0 && use_prep) {
+    if (!REV && chunks > 0 && dsla_cu_env_switch(&use_prep, "DSLA_CUDA_STATE_PREP", true)) {
         const dim3 pgrid(chunks, (unsigned)dims->heads, (unsigned)dims->batch);
         dsla_state_prep<T><<<pgrid, DSLA_CUDA_BLOCK, 0, stream>>>(x, a1, a2, prep->kg, prep->gl,
                                                                   dims->tokens, dims->heads, d);
@@ -670,11 +677,8 @@ extern "C" size_t dsla_cuda_dsla_chunked_workspace_bytes(const dsla_dsla_dims_t 
  * timings. */
 static bool dsla_cu_tc_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t math) {
     static int enabled = -1;
-    if (enabled < 0) {
-        const char *env = getenv("DSLA_CUDA_TC_PATH");
-        enabled = !(env && strcmp(env, "0") == 0);
-    }
-    return enabled && math == DSLA_CUDA_DSLA_MATH_TF32 && dsla_cu_tc_supports(dims->head_dim);
+    return dsla_cu_env_switch(&enabled, "DSLA_CUDA_TC_PATH", true) &&
+           math == DSLA_CUDA_DSLA_MATH_TF32 && dsla_cu_tc_supports(dims->head_dim);
 }
 
 static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
@@ -686,11 +690,7 @@ static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
  * GPU run has held it to the CPU (scripts/gpu-run.sh, stage tc_bwd). */
 static bool dsla_cu_tc_bwd_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t math) {
     static int enabled = -1;
-    if (enabled < 0) {
-        const char *env = getenv("DSLA_CUDA_TC_BWD");
-        enabled = env && strcmp(env, "1") == 0;
-    }
-    return enabled && dsla_cu_tc_path(dims, math);
+    return dsla_cu_env_switch(&enabled, "DSLA_CUDA_TC_BWD", false) && dsla_cu_tc_path(dims, math);
 }
 
 static dsla_status_t dsla_cu_check(const char *who, const dsla_dsla_dims_t *dims,

@@ -77,6 +77,33 @@ __device__ __forceinline__ void dsla_tc_add2(float *p, float x, float y) {
 #endif
 }
 
+/* acc[nt] += a times rows k0..k0+7 of a row-major matrix, every one of its D columns: row0 points
+ * at element (k0 + t, g) of it (t = lane % 4, g = lane / 4), ld its row stride. */
+template <int D>
+__device__ __forceinline__ void dsla_tc_mma_rows(float (&acc)[D / 8][4], const uint32_t a[4],
+                                                 const float *row0, int ld) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        const uint32_t b[2] = {dsla_tc_tf32(row0[nt * 8]), dsla_tc_tf32(row0[4 * ld + nt * 8])};
+        dsla_tc_mma(acc[nt], a, b);
+    }
+}
+
+/* dst[t * hd + c] += acc for the 16 x D strip of rows p..p+15 (rows t < n only). */
+template <int D>
+__device__ __forceinline__ void dsla_tc_add_strip(float *dst, int hd, int p, int n,
+                                                  const float (&acc)[D / 8][4], int g, int tq) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int t = p + g + 8 * half;
+            if (t < n)
+                dsla_tc_add2(dst + (size_t)t * hd + nt * 8 + 2 * tq, acc[nt][2 * half],
+                             acc[nt][2 * half + 1]);
+        }
+}
+
 /* ---- loads ---- */
 
 /* Eight consecutive inputs as floats: one 16-byte load of bf16, two of fp32. */
@@ -207,12 +234,7 @@ static __global__ void __launch_bounds__(2 * D)
         const float *x0 = X + (k0 + tq) * LD + m0, *x1 = x0 + 4 * LD;
         const uint32_t af[4] = {dsla_tc_tf32(x0[g]), dsla_tc_tf32(x0[g + 8]), dsla_tc_tf32(x1[g]),
                                 dsla_tc_tf32(x1[g + 8])};
-        const float *y0 = Y + (k0 + tq) * LD + g, *y1 = y0 + 4 * LD;
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt++) {
-            const uint32_t bf[2] = {dsla_tc_tf32(y0[nt * 8]), dsla_tc_tf32(y1[nt * 8])};
-            dsla_tc_mma(acc[nt], af, bf);
-        }
+        dsla_tc_mma_rows<D>(acc, af, Y + (k0 + tq) * LD + g, LD);
     }
     const size_t hs = ((size_t)b * H + h) * 2 + i;
     const bool edge = REV ? chunk == 0 : chunk == chunks - 1;
@@ -344,6 +366,33 @@ dsla_tc_pass_inputs(float *Qs, float *Ks, float *Bs, float *const *S, const floa
     return __all_sync(0xffffffffu, ref - Bs[(p + DSLA_TC_SUB - 1) * LQ + lane] <= DSLA_TC_GUARD);
 }
 
+/* One k-step (channels k0..k0+7 of the pass) of the warp's scores: accA[nt] += (q e^(b_t - r))
+ * (k e^(r - b_s))^T, r = ref (the log-decay before the warp's sub-chunk; NULL: 0), for the source
+ * tiles up to the warp's last row, its own two only when guarded. */
+__device__ __forceinline__ void dsla_tc_scores_step(float (&accA)[DSLA_CU_C / 8][4],
+                                                    const float *Qs, const float *Ks,
+                                                    const float *Bs, const float *ref, int k0,
+                                                    int p, int g, int tq, bool guarded) {
+    constexpr int LQ = DSLA_TC_QUARTER + DSLA_TC_PAD_ROWS;
+    const int ca = k0 + tq, cb = ca + 4;
+    const float ra = ref ? ref[ca] : 0.0f, rb = ref ? ref[cb] : 0.0f;
+    const float *q0 = Qs + (p + g) * LQ, *q1 = q0 + 8 * LQ;
+    const float *b0 = Bs + (p + g) * LQ, *b1 = b0 + 8 * LQ;
+    const uint32_t aq[4] = {
+        dsla_tc_tf32(q0[ca] * __expf(b0[ca] - ra)), dsla_tc_tf32(q1[ca] * __expf(b1[ca] - ra)),
+        dsla_tc_tf32(q0[cb] * __expf(b0[cb] - rb)), dsla_tc_tf32(q1[cb] * __expf(b1[cb] - rb))};
+#pragma unroll
+    for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
+        if (nt * 8 >= p + DSLA_TC_SUB) break;
+        if (nt * 8 >= p && !guarded) continue;
+        const int s = nt * 8 + g;
+        const uint32_t bk[2] = {
+            dsla_tc_tf32(Ks[s * LQ + ca] * __expf(fminf(ra - Bs[s * LQ + ca], 88.0f))),
+            dsla_tc_tf32(Ks[s * LQ + cb] * __expf(fminf(rb - Bs[s * LQ + cb], 88.0f)))};
+        dsla_tc_mma(accA[nt], aq, bk);
+    }
+}
+
 /* A pass's scores of the warp's own 16 x 16 block pair by pair (exp(b_t - b_s) <= 1), a lane per
  * channel, added into Aw[t * LA + p + s]: for sub-chunks that decay past the guard. */
 __device__ __forceinline__ void dsla_tc_own_scores(float *Aw, int LA, const float *Qs,
@@ -429,33 +478,14 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
         const float *ref = warp ? Bs + (p - 1) * LQ : NULL;
 #pragma unroll
         for (int k0 = 0; k0 < QC; k0 += 8) {
+            dsla_tc_scores_step(accA, Qs, Ks, Bs, ref, k0, p, g, tq, guarded);
             const int ca = k0 + tq, cb = ca + 4;
-            const float ra = ref ? ref[ca] : 0.0f, rb = ref ? ref[cb] : 0.0f;
             const float *q0 = Qs + (p + g) * LQ, *q1 = q0 + 8 * LQ;
             const float *b0 = Bs + (p + g) * LQ, *b1 = b0 + 8 * LQ;
-            const uint32_t aq[4] = {dsla_tc_tf32(q0[ca] * __expf(b0[ca] - ra)),
-                                    dsla_tc_tf32(q1[ca] * __expf(b1[ca] - ra)),
-                                    dsla_tc_tf32(q0[cb] * __expf(b0[cb] - rb)),
-                                    dsla_tc_tf32(q1[cb] * __expf(b1[cb] - rb))};
             const uint32_t ag[4] = {
                 dsla_tc_tf32(q0[ca] * __expf(b0[ca])), dsla_tc_tf32(q1[ca] * __expf(b1[ca])),
                 dsla_tc_tf32(q0[cb] * __expf(b0[cb])), dsla_tc_tf32(q1[cb] * __expf(b1[cb]))};
-#pragma unroll
-            for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
-                if (nt * 8 >= p + SUB) break;
-                if (nt * 8 >= p && !guarded) continue;
-                const int s = nt * 8 + g;
-                const uint32_t bk[2] = {
-                    dsla_tc_tf32(Ks[s * LQ + ca] * __expf(fminf(ra - Bs[s * LQ + ca], 88.0f))),
-                    dsla_tc_tf32(Ks[s * LQ + cb] * __expf(fminf(rb - Bs[s * LQ + cb], 88.0f)))};
-                dsla_tc_mma(accA[nt], aq, bk);
-            }
-            const float *s0 = Ss + ca * LV + g, *s1 = s0 + 4 * LV;
-#pragma unroll
-            for (int nt = 0; nt < D / 8; nt++) {
-                const uint32_t bs[2] = {dsla_tc_tf32(s0[nt * 8]), dsla_tc_tf32(s1[nt * 8])};
-                dsla_tc_mma(accO[nt], ag, bs);
-            }
+            dsla_tc_mma_rows<D>(accO, ag, Ss + ca * LV + g, LV);
         }
         if (!guarded) dsla_tc_own_scores(Aw, LA, Qs, Ks, Bs, p, lane);
         __syncthreads(); /* the next pass overwrites Qs, Ks, Bs, Ss */
@@ -468,22 +498,9 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
         const float *r0 = Aw + g * LA + k0 + tq, *r1 = r0 + 8 * LA;
         const uint32_t af[4] = {dsla_tc_tf32(r0[0]), dsla_tc_tf32(r1[0]), dsla_tc_tf32(r0[4]),
                                 dsla_tc_tf32(r1[4])};
-        const float *v0 = Vs + (k0 + tq) * LV + g, *v1 = v0 + 4 * LV;
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt++) {
-            const uint32_t bv[2] = {dsla_tc_tf32(v0[nt * 8]), dsla_tc_tf32(v1[nt * 8])};
-            dsla_tc_mma(accO[nt], af, bv);
-        }
+        dsla_tc_mma_rows<D>(accO, af, Vs + (k0 + tq) * LV + g, LV);
     }
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int t = p + g + 8 * half;
-            if (t < n)
-                dsla_tc_add2(out + base + (size_t)t * hd + nt * 8 + 2 * tq, accO[nt][2 * half],
-                             accO[nt][2 * half + 1]);
-        }
+    dsla_tc_add_strip<D>(out + base, hd, p, n, accO, g, tq);
 }
 
 static size_t dsla_tc_out_smem(int d) {
@@ -603,26 +620,8 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
         const float *ref = warp ? Bs + (p - 1) * LQ : NULL, *blast = Bs + (C - 1) * LQ;
         /* A_I (tc_out's first product) */
 #pragma unroll
-        for (int k0 = 0; k0 < QC; k0 += 8) {
-            const int ca = k0 + tq, cb = ca + 4;
-            const float ra = ref ? ref[ca] : 0.0f, rb = ref ? ref[cb] : 0.0f;
-            const float *q0 = Qs + (p + g) * LQ, *q1 = q0 + 8 * LQ;
-            const float *b0 = Bs + (p + g) * LQ, *b1 = b0 + 8 * LQ;
-            const uint32_t aq[4] = {dsla_tc_tf32(q0[ca] * __expf(b0[ca] - ra)),
-                                    dsla_tc_tf32(q1[ca] * __expf(b1[ca] - ra)),
-                                    dsla_tc_tf32(q0[cb] * __expf(b0[cb] - rb)),
-                                    dsla_tc_tf32(q1[cb] * __expf(b1[cb] - rb))};
-#pragma unroll
-            for (int nt = 0; nt < C / 8; nt++) {
-                if (nt * 8 >= p + SUB) break;
-                if (nt * 8 >= p && !guarded) continue;
-                const int s = nt * 8 + g;
-                const uint32_t bk[2] = {
-                    dsla_tc_tf32(Ks[s * LQ + ca] * __expf(fminf(ra - Bs[s * LQ + ca], 88.0f))),
-                    dsla_tc_tf32(Ks[s * LQ + cb] * __expf(fminf(rb - Bs[s * LQ + cb], 88.0f)))};
-                dsla_tc_mma(accA[nt], aq, bk);
-            }
-        }
+        for (int k0 = 0; k0 < QC; k0 += 8)
+            dsla_tc_scores_step(accA, Qs, Ks, Bs, ref, k0, p, g, tq, guarded);
         { /* dq' of the reader rows */
             float in[QC / 8][4] = {}, st[QC / 8][4] = {};
             const int send = guarded ? p + SUB : p;
@@ -733,12 +732,7 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
                                     dsla_tc_tf32(k1r[ca] * __expf(blast[ca] - b1r[ca])),
                                     dsla_tc_tf32(k0r[cb] * __expf(blast[cb] - b0r[cb])),
                                     dsla_tc_tf32(k1r[cb] * __expf(blast[cb] - b1r[cb]))};
-            const float *d0 = dSs + ca * LV + g, *d1 = d0 + 4 * LV;
-#pragma unroll
-            for (int nt = 0; nt < D / 8; nt++) {
-                const uint32_t bf[2] = {dsla_tc_tf32(d0[nt * 8]), dsla_tc_tf32(d1[nt * 8])};
-                dsla_tc_mma(accV[nt], af, bf);
-            }
+            dsla_tc_mma_rows<D>(accV, af, dSs + ca * LV + g, LV);
         }
         __syncwarp();
         if (!guarded) { /* the own block pair by pair (exp(b_t - b_s) <= 1) */
@@ -807,22 +801,9 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
         const float *a0 = Ap + (k0 + tq) * LA + p + g, *a1r = a0 + 4 * LA;
         const uint32_t af[4] = {dsla_tc_tf32(a0[0]), dsla_tc_tf32(a0[8]), dsla_tc_tf32(a1r[0]),
                                 dsla_tc_tf32(a1r[8])};
-        const float *o0 = Os + (k0 + tq) * LV + g, *o1 = o0 + 4 * LV;
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt++) {
-            const uint32_t bf[2] = {dsla_tc_tf32(o0[nt * 8]), dsla_tc_tf32(o1[nt * 8])};
-            dsla_tc_mma(accV[nt], af, bf);
-        }
+        dsla_tc_mma_rows<D>(accV, af, Os + (k0 + tq) * LV + g, LV);
     }
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int s = p + g + 8 * half;
-            if (s < n)
-                dsla_tc_add2(dv + base + (size_t)s * hd + nt * 8 + 2 * tq, accV[nt][2 * half],
-                             accV[nt][2 * half + 1]);
-        }
+    dsla_tc_add_strip<D>(dv + base, hd, p, n, accV, g, tq);
     for (int off = DSLA_CUDA_WARP / 2; off > 0; off >>= 1)
         gsum += __shfl_xor_sync(0xffffffffu, gsum, off);
     if (lane == 0) red[warp] = gsum;
