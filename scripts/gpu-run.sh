@@ -14,6 +14,7 @@
 #   gemm     bench_cuda_kernels --only gemm;  dsla  --only dsla;  kernels  all of them
 #   tc_bwd   the harness and --only dsla with DSLA_CUDA_TC_BWD=1 (dsla_chunked_tc.cu's per-chunk
 #            backward, opt-in until it has passed here)
+#   tc_walk  the same with DSLA_CUDA_TC_WALK=1 too (the fused state walk in place of delta + scan)
 #   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
 #            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
@@ -102,7 +103,7 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     dsla_ncu) # each chunked DSLA kernel's time under Nsight Compute (where the bench's time goes)
         for T in ${DSLA_NCU_TOKENS:-4096 32768}; do
             stage "dsla_ncu_$T" 300 ncu --clock-control none --metrics gpu__time_duration.sum \
-                -k "regex:dsla_(state_prep|state_pass|fwd_out|bwd_chunk|dalpha|tc_delta|tc_scan|tc_out)" \
+                -k "regex:dsla_(state_prep|state_pass|fwd_out|bwd_chunk|dalpha|tc_delta|tc_scan|tc_walk|tc_out|tc_bwd)" \
                 --print-summary per-kernel "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "$T"
             grep -E 'dsla_[a-z_]+<|gpu__time_duration|"what"' "$OUT/dsla_ncu_$T.log" | head -40
         done ;;
@@ -110,7 +111,14 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         DSLA_CUDA_TC_BWD=1 stage harness_tc_bwd 300 "$D/bin/test_ops_harness"
         grep -E 'dsla_chunked_bwd|dsla_reference|FAIL' "$OUT/harness_tc_bwd.log" | head -20
         DSLA_CUDA_TC_BWD=1 stage dsla_tc_bwd 300 "$D/bin/bench_cuda_kernels" --only dsla
-        grep -E 'dsla_chunked_(bwd|fwd_bwd)".*in=BF16' "$OUT/dsla_tc_bwd.log" | grep tflops ;;
+        grep -iE 'dsla_chunked_(bwd|fwd_bwd)".*in=bf16' "$OUT/dsla_tc_bwd.log" | grep tflops ;;
+    tc_walk) # dsla_chunked_tc.cu's fused state walk (opt-in) with the tc backward: harness, rows
+        export DSLA_CUDA_TC_WALK=1 DSLA_CUDA_TC_BWD=1
+        stage harness_tc_walk 300 "$D/bin/test_ops_harness"
+        grep -E 'dsla_|FAIL' "$OUT/harness_tc_walk.log" | grep -v ' ok$' | head -20
+        stage dsla_tc_walk 300 "$D/bin/bench_cuda_kernels" --only dsla
+        grep -iE 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla_tc_walk.log" | grep tflops
+        unset DSLA_CUDA_TC_WALK DSLA_CUDA_TC_BWD ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;

@@ -681,8 +681,13 @@ static bool dsla_cu_tc_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t 
            math == DSLA_CUDA_DSLA_MATH_TF32 && dsla_cu_tc_supports(dims->head_dim);
 }
 
+/* The state passes as dsla_chunked_tc.cu's fused walk: DSLA_CUDA_TC_WALK=1 until a GPU run has held
+ * it to the CPU; 0 keeps tc_delta + tc_scan. */
 static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
-    const dsla_cu_tc_ws_t t = {ws->states, ws->dstates, ws->extra, ws->gl, ws->gpart};
+    static int walk = -1;
+    const dsla_cu_tc_ws_t t = {ws->states, ws->dstates,
+                               ws->extra,  ws->gl,
+                               ws->gpart,  dsla_cu_env_switch(&walk, "DSLA_CUDA_TC_WALK", false)};
     return t;
 }
 

@@ -12,6 +12,9 @@
 typedef struct {
     float *states, *dstates, *extra, *gl;
     double *gpart;
+    /* The state passes as one fused walk (dsla_tc_walk) instead of tc_delta + tc_scan; extra and
+     * gl are then unused. */
+    bool walk;
 } dsla_cu_tc_ws_t;
 
 /* Head dims the path is built for (64 and 128); others take dsla_chunked.cu's kernels. */
