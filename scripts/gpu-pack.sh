@@ -32,7 +32,9 @@ strip "$stage"/gpu/bin/*
 for b in $bins; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
     grep -vE 'libcu|libnv|libcudnn|libnccl' | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
-cp -r "$data/models/stories260K-hf" "$data/models/tinystories-11M-hf" "$stage/gpu/shared/models/"
+# GPU_PACK_MODELS=0 leaves the models out (kernel-only stages; a smaller tarball to carry).
+[ "${GPU_PACK_MODELS:-1}" = 1 ] &&
+    cp -r "$data/models/stories260K-hf" "$data/models/tinystories-11M-hf" "$stage/gpu/shared/models/"
 cp -r "$data/testvectors" "$stage/gpu/shared/"
 [ -d "$data/anchors" ] && cp -r "$data/anchors" "$stage/gpu/shared/" # peers (bench/peer_*.py)
 cp "$root/scripts/gpu-run.sh" "$stage/gpu/" # the stages of this checkout, to run from the pack
