@@ -5,7 +5,7 @@
 # installed); carry the tarball; run scripts/gpu-run.sh there.
 #
 # usage: scripts/gpu-pack.sh [BUILD_DIR] [OUT_TARBALL]   (defaults: build-gpu, .devdeps/gpu.tar.xz)
-# BUILD_DIR is configured and built here with nvcc when it does not exist yet.
+# BUILD_DIR is configured and built here with nvcc when it does not exist yet. GPU_PACK_MODELS: below.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build-gpu}
@@ -32,9 +32,15 @@ strip "$stage"/gpu/bin/*
 for b in $bins; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
     grep -vE 'libcu|libnv|libcudnn|libnccl' | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
-# GPU_PACK_MODELS=0 leaves the models out (kernel-only stages; a smaller tarball to carry).
-[ "${GPU_PACK_MODELS:-1}" = 1 ] &&
-    cp -r "$data/models/stories260K-hf" "$data/models/tinystories-11M-hf" "$stage/gpu/shared/models/"
+# GPU_PACK_MODELS=0 leaves the test models out (kernel stages), =json keeps only their configs and
+# tokenizers (stages that build a random model): a smaller tarball to carry.
+for m in stories260K-hf tinystories-11M-hf; do
+    case ${GPU_PACK_MODELS:-1} in
+    0) ;;
+    json) mkdir -p "$stage/gpu/shared/models/$m" && cp "$data/models/$m"/*.json "$_/" ;;
+    *) cp -r "$data/models/$m" "$stage/gpu/shared/models/" ;;
+    esac
+done
 cp -r "$data/testvectors" "$stage/gpu/shared/"
 [ -d "$data/anchors" ] && cp -r "$data/anchors" "$stage/gpu/shared/" # peers (bench/peer_*.py)
 cp "$root/scripts/gpu-run.sh" "$stage/gpu/" # the stages of this checkout, to run from the pack
