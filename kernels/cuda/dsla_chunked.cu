@@ -691,11 +691,11 @@ static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
     return t;
 }
 
-/* dsla_chunked_tc.cu's per-chunk backward in place of dsla_bwd_chunk: DSLA_CUDA_TC_BWD=1 until a
- * GPU run has held it to the CPU (scripts/gpu-run.sh, stage tc_bwd). */
+/* dsla_chunked_tc.cu's per-chunk backward in place of dsla_bwd_chunk (2.3x faster forward+backward
+ * at 32K tokens on an H100, docs/perf.md); DSLA_CUDA_TC_BWD=0 keeps dsla_bwd_chunk. */
 static bool dsla_cu_tc_bwd_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t math) {
     static int enabled = -1;
-    return dsla_cu_env_switch(&enabled, "DSLA_CUDA_TC_BWD", false) && dsla_cu_tc_path(dims, math);
+    return dsla_cu_env_switch(&enabled, "DSLA_CUDA_TC_BWD", true) && dsla_cu_tc_path(dims, math);
 }
 
 static dsla_status_t dsla_cu_check(const char *who, const dsla_dsla_dims_t *dims,

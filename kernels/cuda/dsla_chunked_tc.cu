@@ -361,24 +361,30 @@ static __global__ void __launch_bounds__(2 * D, 1)
         ty.template store<false>(Y, LY, n, 1.0f);
         if (s + 1 < chunks) load(chunk_at(s + 1));
         __syncthreads();
-        { /* the decays: thread (channel cc, half hf) over rows 32 hf .. 32 hf + 31 */
+        { /* the decays: thread (channel cc, half hf) over rows 32 hf .. 32 hf + 31, its log-gates
+           * in registers (the loops unroll, so the loads issue together) */
             const int cc = tid % D, hf = tid / D, r0 = hf * HALF;
-            float sum = 0.0f;
-            for (int r = r0; r < r0 + HALF; r++)
-                sum += L[r * LX + cc];
+            float l[HALF], sum = 0.0f;
+#pragma unroll
+            for (int r = 0; r < HALF; r++) {
+                l[r] = L[(r0 + r) * LX + cc];
+                sum += l[r];
+            }
             part[hf * D + cc] = sum;
             __syncthreads();
             if (REV) { /* X[t] *= exp(sum_{u <= t} L[u]) */
                 float run = hf ? part[cc] : 0.0f;
-                for (int r = r0; r < r0 + HALF; r++) {
-                    run += L[r * LX + cc];
-                    X[r * LX + cc] *= expf(run);
+#pragma unroll
+                for (int r = 0; r < HALF; r++) {
+                    run += l[r];
+                    X[(r0 + r) * LX + cc] *= expf(run);
                 }
             } else { /* X[t] *= exp(sum_{u > t} L[u]) */
                 float run = hf ? 0.0f : part[D + cc];
-                for (int r = r0 + HALF - 1; r >= r0; r--) {
-                    X[r * LX + cc] *= expf(run);
-                    run += L[r * LX + cc];
+#pragma unroll
+                for (int r = HALF - 1; r >= 0; r--) {
+                    X[(r0 + r) * LX + cc] *= expf(run);
+                    run += l[r];
                 }
             }
             if (!hf) glv[cc] = expf(part[cc] + part[D + cc]);

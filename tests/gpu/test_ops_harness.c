@@ -797,6 +797,31 @@ static void *dsla_workspace(const dsla_dsla_dims_t *dims, size_t *bytes) {
     return dev_poisoned(*bytes / sizeof(float) + 1); /* NaN: nothing may read it unwritten */
 }
 
+/* The size of what cancels in dalpha. dL/dalpha = +-w1 w2 (g1 - g2) with g_i = sum dout . o_i (o_i
+ * the unmixed output of state i): a difference of two sums of every output element, so its
+ * relative error has no bound when g1 ~ g2 (a TF32 row measured 2.3e-2 in one draw and 3.3e-3 in
+ * the next). dalpha's error is taken against w1 w2 (|g1| + |g2|) instead, from two CPU forwards
+ * with the mix pinned to one state each. */
+static double dsla_dalpha_scale(const dsla_dsla_dims_t *dims, const dsla_inputs_t *x,
+                                float *const S0[2], const float *dout, size_t n, float *work) {
+    const double e = exp((double)x->alpha[1] - (double)x->alpha[0]);
+    const double w1 = 1.0 / (1.0 + e), w2 = e / (1.0 + e);
+    float *o = malloc(n * sizeof *o);
+    double sum = 0.0;
+    for (int i = 0; i < 2; i++) {
+        const float pin[2] = {0.0f, i ? 1e30f : -1e30f}; /* mix weights (1, 0) or (0, 1) */
+        dsla_dsla_in_t in = x->cpu;
+        in.alpha = pin;
+        CUDA_OK(dsla_cpu_dsla_chunked_forward(dims, &in, S0[0], S0[1], o, NULL, NULL, work));
+        double g = 0.0;
+        for (size_t j = 0; j < n; j++)
+            g += (double)dout[j] * o[j];
+        sum += fabs(g);
+    }
+    free(o);
+    return w1 * w2 * sum;
+}
+
 /* Chunked forward (bwd false) or backward against the CPU chunked kernels. */
 static double run_dsla_chunked(const row_t *r, bool bwd) {
     const int flags = r->e;
@@ -861,9 +886,14 @@ static double run_dsla_chunked(const row_t *r, bool bwd) {
         CUDA_OK(dsla_cuda_dsla_chunked_backward(NULL, &dims, &x.gpu, math, dS0[0], dS0[1], dg,
                                                 ddST[0], ddST[1], &gg, dev[6], dev[7], ws,
                                                 ws_bytes));
+        const double dalpha_scale = dsla_dalpha_scale(&dims, &x, S0, g, n, cpu_work);
         for (int i = 0; i < 8; i++) {
             float *got = host_result(dev[i], sizes[i], false);
-            worst = dsla_worse(worst, names[i], rel_err(got, want[i], sizes[i]), r->tol);
+            double err = rel_err(got, want[i], sizes[i]);
+            if (i == 5 && dalpha_scale > 0.0)
+                err = fmax(fabs((double)got[0] - want[5][0]), fabs((double)got[1] - want[5][1])) /
+                      dalpha_scale;
+            worst = dsla_worse(worst, names[i], err, r->tol);
             free(got), free(want[i]);
             dev_free(dev[i]);
         }
