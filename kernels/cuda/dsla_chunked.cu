@@ -748,21 +748,25 @@ static dsla_status_t dsla_cu_forward(cudaStream_t stream, const dsla_dsla_dims_t
 }
 
 template <typename T, bool TC>
-static dsla_status_t dsla_cu_backward(cudaStream_t stream, const dsla_dsla_dims_t *dims,
-                                      const dsla_cuda_dsla_in_t *in, const float *S1_0,
-                                      const float *S2_0, const float *dout, const float *dS1_T,
-                                      const float *dS2_T, const dsla_dsla_grad_t *grad,
-                                      float *dS1_0, float *dS2_0, const dsla_cu_ws_t *ws) {
+static dsla_status_t
+dsla_cu_backward(cudaStream_t stream, const dsla_dsla_dims_t *dims, const dsla_cuda_dsla_in_t *in,
+                 const float *S1_0, const float *S2_0, const float *dout, const float *dS1_T,
+                 const float *dS2_T, const dsla_dsla_grad_t *grad, float *dS1_0, float *dS2_0,
+                 const dsla_cu_ws_t *ws, bool states_kept) {
     const T *q = (const T *)in->q, *k = (const T *)in->k, *v = (const T *)in->v;
     const T *a1 = (const T *)in->a1, *a2 = (const T *)in->a2;
     const dsla_cuda_dsla_math_t math = TC ? DSLA_CUDA_DSLA_MATH_TF32 : DSLA_CUDA_DSLA_MATH_F32;
     const dsla_cu_tc_ws_t tws = dsla_cu_tc_ws(ws);
+    /* ws->states: the state before every chunk, left by the forward when states_kept. Both paths
+     * store them in the same layout, so either forward serves either backward. */
     if (dsla_cu_tc_path(dims, math)) {
-        DSLA_TRY(dsla_cu_tc_states(stream, dims, in, S1_0, S2_0, NULL, NULL, &tws));
+        if (!states_kept)
+            DSLA_TRY(dsla_cu_tc_states(stream, dims, in, S1_0, S2_0, NULL, NULL, &tws));
         DSLA_TRY(dsla_cu_tc_dstates(stream, dims, in, dout, dS1_T, dS2_T, dS1_0, dS2_0, &tws));
     } else {
-        DSLA_TRY((dsla_cu_launch_state_pass<T, T, TC, false>(
-            stream, dims, k, a1, a2, v, in->alpha, S1_0, S2_0, NULL, NULL, ws->states, ws)));
+        if (!states_kept)
+            DSLA_TRY((dsla_cu_launch_state_pass<T, T, TC, false>(
+                stream, dims, k, a1, a2, v, in->alpha, S1_0, S2_0, NULL, NULL, ws->states, ws)));
         DSLA_TRY((dsla_cu_launch_state_pass<T, float, TC, true>(stream, dims, q, a1, a2, dout,
                                                                 in->alpha, dS1_T, dS2_T, dS1_0,
                                                                 dS2_0, ws->dstates, ws)));
@@ -814,12 +818,12 @@ dsla_cuda_dsla_chunked_forward(dsla_cuda_stream_t stream, const dsla_dsla_dims_t
               : dsla_cu_forward<float, false>(stream, dims, in, S1_0, S2_0, out, S1_T, S2_T, &ws);
 }
 
-extern "C" dsla_status_t dsla_cuda_dsla_chunked_backward(
-    dsla_cuda_stream_t stream, const dsla_dsla_dims_t *dims, const dsla_cuda_dsla_in_t *in,
-    dsla_cuda_dsla_math_t math, const float *S1_0, const float *S2_0, const float *dout,
-    const float *dS1_T, const float *dS2_T, const dsla_dsla_grad_t *grad, float *dS1_0,
-    float *dS2_0, void *workspace, size_t workspace_bytes) {
-    static const char who[] = "dsla_cuda_dsla_chunked_backward";
+static dsla_status_t
+dsla_cu_backward_entry(const char *who, dsla_cuda_stream_t stream, const dsla_dsla_dims_t *dims,
+                       const dsla_cuda_dsla_in_t *in, dsla_cuda_dsla_math_t math, const float *S1_0,
+                       const float *S2_0, const float *dout, const float *dS1_T, const float *dS2_T,
+                       const dsla_dsla_grad_t *grad, float *dS1_0, float *dS2_0, void *workspace,
+                       size_t workspace_bytes, bool states_kept) {
     DSLA_TRY(dsla_cu_check(who, dims, in, math, workspace, workspace_bytes));
     if (!grad || !grad->dq || !grad->dk || !grad->dv || !grad->da1 || !grad->da2 || !grad->dalpha ||
         (!dout && dims->tokens > 0))
@@ -828,13 +832,31 @@ extern "C" dsla_status_t dsla_cuda_dsla_chunked_backward(
     dsla_cu_ws_t ws;
     dsla_cu_ws_carve(dims, workspace, &ws);
     const bool tc = math == DSLA_CUDA_DSLA_MATH_TF32;
+#define DSLA_CU_BACKWARD(T, TC)                                                                    \
+    dsla_cu_backward<T, TC>(stream, dims, in, S1_0, S2_0, dout, dS1_T, dS2_T, grad, dS1_0, dS2_0,  \
+                            &ws, states_kept)
     if (in->dtype == DSLA_DTYPE_BF16)
-        return tc ? dsla_cu_backward<__nv_bfloat16, true>(stream, dims, in, S1_0, S2_0, dout, dS1_T,
-                                                          dS2_T, grad, dS1_0, dS2_0, &ws)
-                  : dsla_cu_backward<__nv_bfloat16, false>(stream, dims, in, S1_0, S2_0, dout,
-                                                           dS1_T, dS2_T, grad, dS1_0, dS2_0, &ws);
-    return tc ? dsla_cu_backward<float, true>(stream, dims, in, S1_0, S2_0, dout, dS1_T, dS2_T,
-                                              grad, dS1_0, dS2_0, &ws)
-              : dsla_cu_backward<float, false>(stream, dims, in, S1_0, S2_0, dout, dS1_T, dS2_T,
-                                               grad, dS1_0, dS2_0, &ws);
+        return tc ? DSLA_CU_BACKWARD(__nv_bfloat16, true) : DSLA_CU_BACKWARD(__nv_bfloat16, false);
+    return tc ? DSLA_CU_BACKWARD(float, true) : DSLA_CU_BACKWARD(float, false);
+#undef DSLA_CU_BACKWARD
+}
+
+extern "C" dsla_status_t dsla_cuda_dsla_chunked_backward(
+    dsla_cuda_stream_t stream, const dsla_dsla_dims_t *dims, const dsla_cuda_dsla_in_t *in,
+    dsla_cuda_dsla_math_t math, const float *S1_0, const float *S2_0, const float *dout,
+    const float *dS1_T, const float *dS2_T, const dsla_dsla_grad_t *grad, float *dS1_0,
+    float *dS2_0, void *workspace, size_t workspace_bytes) {
+    return dsla_cu_backward_entry("dsla_cuda_dsla_chunked_backward", stream, dims, in, math, S1_0,
+                                  S2_0, dout, dS1_T, dS2_T, grad, dS1_0, dS2_0, workspace,
+                                  workspace_bytes, false);
+}
+
+extern "C" dsla_status_t dsla_cuda_dsla_chunked_backward_after_forward(
+    dsla_cuda_stream_t stream, const dsla_dsla_dims_t *dims, const dsla_cuda_dsla_in_t *in,
+    dsla_cuda_dsla_math_t math, const float *S1_0, const float *S2_0, const float *dout,
+    const float *dS1_T, const float *dS2_T, const dsla_dsla_grad_t *grad, float *dS1_0,
+    float *dS2_0, void *workspace, size_t workspace_bytes) {
+    return dsla_cu_backward_entry("dsla_cuda_dsla_chunked_backward_after_forward", stream, dims, in,
+                                  math, S1_0, S2_0, dout, dS1_T, dS2_T, grad, dS1_0, dS2_0,
+                                  workspace, workspace_bytes, true);
 }

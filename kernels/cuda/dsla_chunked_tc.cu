@@ -124,6 +124,16 @@ __device__ __forceinline__ void dsla_tc_ld8(float x[8], const float *p) {
     x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
 
+/* dsla_cu_log_gate with the hardware exp and log (a few instructions instead of ~50; log1p(x) as x
+ * below 1e-3, where 1 + x would round it away): logsigmoid within ~4e-7 absolute, so a chunk's
+ * decays within ~2e-6 relative, far below what TF32's 10-bit operands lose. For the state walk,
+ * where every block recomputes a whole chunk's gates at each step. */
+__device__ __forceinline__ float dsla_tc_log_gate_fast(float a) {
+    const float x = __expf(-fabsf(a));
+    const float ls = fminf(a, 0.0f) - (x < 1e-3f ? x : __logf(1.0f + x));
+    return fmaxf(ls / DSLA_GATE_NORMALIZER, (float)DSLA_LOG_GATE_MIN);
+}
+
 /* One chunk's rows of COLS columns (src[base + t * hd + c], t < DSLA_CHUNK) in THREADS threads'
  * registers, 8 elements per load: load() issues every load, store() waits for them, so the loads
  * of several tiles share one memory round trip. Rows t >= n read as zeros (log g 0). */
@@ -144,8 +154,9 @@ template <typename T, int COLS, int THREADS> struct dsla_tc_tile {
         }
     }
 
-    /* X[t * ld + c] = scale * x, or with GATE the log-gate of x (0 for t >= n). */
-    template <bool GATE>
+    /* X[t * ld + c] = scale * x, or with GATE the log-gate of x (0 for t >= n); FAST takes it with
+     * the hardware exp and log (dsla_tc_log_gate_fast). */
+    template <bool GATE, bool FAST = false>
     __device__ __forceinline__ void store(float *X, int ld, int n, float scale) const {
 #pragma unroll
         for (int u = 0; u < UNITS; u++) {
@@ -153,7 +164,10 @@ template <typename T, int COLS, int THREADS> struct dsla_tc_tile {
             float y[8];
 #pragma unroll
             for (int j = 0; j < 8; j++)
-                y[j] = GATE ? (t < n ? dsla_cu_log_gate(x[u][j]) : 0.0f) : scale * x[u][j];
+                y[j] = !GATE    ? scale * x[u][j]
+                       : t >= n ? 0.0f
+                       : FAST   ? dsla_tc_log_gate_fast(x[u][j])
+                                : dsla_cu_log_gate(x[u][j]);
             float4 *dst = reinterpret_cast<float4 *>(X + t * ld + 8 * (idx % PER_ROW));
             dst[0] = make_float4(y[0], y[1], y[2], y[3]);
             dst[1] = make_float4(y[4], y[5], y[6], y[7]);
@@ -357,7 +371,7 @@ static __global__ void __launch_bounds__(2 * D, 1)
                     make_float2(acc[nt][2 * half], acc[nt][2 * half + 1]);
         __syncthreads(); /* the previous chunk's X, L and Y are read */
         tx.template store<false>(X, LX, n, xscale);
-        ta.template store<true>(L, LX, n, 1.0f);
+        ta.template store<true, true>(L, LX, n, 1.0f);
         ty.template store<false>(Y, LY, n, 1.0f);
         if (s + 1 < chunks) load(chunk_at(s + 1));
         __syncthreads();
@@ -377,17 +391,17 @@ static __global__ void __launch_bounds__(2 * D, 1)
 #pragma unroll
                 for (int r = 0; r < HALF; r++) {
                     run += l[r];
-                    X[(r0 + r) * LX + cc] *= expf(run);
+                    X[(r0 + r) * LX + cc] *= __expf(run);
                 }
             } else { /* X[t] *= exp(sum_{u > t} L[u]) */
                 float run = hf ? 0.0f : part[D + cc];
 #pragma unroll
                 for (int r = HALF - 1; r >= 0; r--) {
-                    X[(r0 + r) * LX + cc] *= expf(run);
+                    X[(r0 + r) * LX + cc] *= __expf(run);
                     run += l[r];
                 }
             }
-            if (!hf) glv[cc] = expf(part[cc] + part[D + cc]);
+            if (!hf) glv[cc] = __expf(part[cc] + part[D + cc]);
         }
         __syncthreads();
         const float ga = glv[m0 + g], gb = glv[m0 + g + 8];

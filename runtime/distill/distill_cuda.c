@@ -375,7 +375,8 @@ static dsla_status_t cuda_eval_mse(dsla_distill_backend_t *b, double *mse) {
 }
 
 /* Gradients of every DSLA weight from dh, the loss gradient at h_out: the frozen MLP block's
- * activation backward, then the layer's (distill.c's mlp_block_backward + dsla_layer_backward). */
+ * activation backward, then the layer's (distill.c's mlp_block_backward + dsla_layer_backward).
+ * Only right after student_forward of the whole batch: the core's backward reuses its states. */
 static dsla_status_t student_backward(cuda_backend_t *c) {
     const dsla_model_config_t *cfg = &c->cfg;
     const int R = c->batch * c->T, D = cfg->hidden_size, I = cfg->intermediate_size;
@@ -402,8 +403,10 @@ static dsla_status_t student_backward(cuda_backend_t *c) {
     const dsla_dsla_dims_t dims = {c->batch, c->T, cfg->num_heads, cfg->head_dim};
     const dsla_cuda_dsla_in_t in = core_in(c);
     const dsla_dsla_grad_t grad = {c->dq, c->dk, c->dv, c->da1, c->da2, G(c, hw->alpha)};
-    DSLA_TRY(dsla_cuda_dsla_chunked_backward(s, &dims, &in, c->math, NULL, NULL, c->dout, NULL,
-                                             NULL, &grad, NULL, NULL, c->ws, c->ws_bytes));
+    /* cuda_step ran student_forward on the whole batch just before: its states are in c->ws. */
+    DSLA_TRY(dsla_cuda_dsla_chunked_backward_after_forward(s, &dims, &in, c->math, NULL, NULL,
+                                                           c->dout, NULL, NULL, &grad, NULL, NULL,
+                                                           c->ws, c->ws_bytes));
     const float *dproj[5] = {c->dq, c->dk, c->dv, c->da1, c->da2};
     const float *proj_w[5] = {hw->wq, hw->wk, hw->wv, hw->wg1, hw->wg2};
     for (int i = 0; i < 5; i++)
