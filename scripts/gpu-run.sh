@@ -12,9 +12,8 @@
 #   load_gpu  tests/integration/test_serve_load on the GPU (300 long requests for 30 s: liveness,
 #            report intervals, threshold conversion; the engine steps on its own thread)
 #   gemm     bench_cuda_kernels --only gemm;  dsla  --only dsla;  kernels  all of them
-#   tc_bwd   the harness and --only dsla with DSLA_CUDA_TC_BWD=1 (dsla_chunked_tc.cu's per-chunk
-#            backward, opt-in until it has passed here)
-#   tc_walk  the same with DSLA_CUDA_TC_WALK=1 too (the fused state walk in place of delta + scan)
+#   tc_walk  the harness and --only dsla with DSLA_CUDA_TC_WALK=1 (dsla_chunked_tc.cu's fused state
+#            walk in place of delta + scan: opt-in until it is faster)
 #   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
 #            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
@@ -107,18 +106,13 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
                 --print-summary per-kernel "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "$T"
             grep -E 'dsla_[a-z_]+<|gpu__time_duration|"what"' "$OUT/dsla_ncu_$T.log" | head -40
         done ;;
-    tc_bwd) # dsla_chunked_tc.cu's per-chunk backward (opt-in): the harness, then the dsla rows
-        DSLA_CUDA_TC_BWD=1 stage harness_tc_bwd 300 "$D/bin/test_ops_harness"
-        grep -E 'dsla_chunked_bwd|dsla_reference|FAIL' "$OUT/harness_tc_bwd.log" | head -20
-        DSLA_CUDA_TC_BWD=1 stage dsla_tc_bwd 300 "$D/bin/bench_cuda_kernels" --only dsla
-        grep -iE 'dsla_chunked_(bwd|fwd_bwd)".*in=bf16' "$OUT/dsla_tc_bwd.log" | grep tflops ;;
-    tc_walk) # dsla_chunked_tc.cu's fused state walk (opt-in) with the tc backward: harness, rows
-        export DSLA_CUDA_TC_WALK=1 DSLA_CUDA_TC_BWD=1
+    tc_walk) # dsla_chunked_tc.cu's fused state walk (opt-in): the harness, then the dsla rows
+        export DSLA_CUDA_TC_WALK=1
         stage harness_tc_walk 300 "$D/bin/test_ops_harness"
         grep -E 'dsla_|FAIL' "$OUT/harness_tc_walk.log" | grep -v ' ok$' | head -20
         stage dsla_tc_walk 300 "$D/bin/bench_cuda_kernels" --only dsla
         grep -iE 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla_tc_walk.log" | grep tflops
-        unset DSLA_CUDA_TC_WALK DSLA_CUDA_TC_BWD ;;
+        unset DSLA_CUDA_TC_WALK ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;
