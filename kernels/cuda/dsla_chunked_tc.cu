@@ -914,6 +914,15 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
         __syncthreads();
         { /* a lane per channel: the log-gate gradient, then dq and dk */
             const int e0 = p * LQ + lane;
+            /* The raw gates and queries of the warp's rows, issued together here so that their
+             * round trip overlaps the scans and the barrier below, not one per row. */
+            float graw[SUB], qraw[SUB];
+#pragma unroll
+            for (int r = 0; r < SUB; r++) {
+                const size_t o = base + (size_t)(p + r) * hd + c0 + lane;
+                graw[r] = p + r < n ? dsla_cu_load(a, o) : 0.0f;
+                qraw[r] = p + r < n ? dsla_cu_load(q, o) : 0.0f;
+            }
             float sfx[SUB], pfx[SUB], xs = 0.0f, kk = 0.0f;
 #pragma unroll
             for (int r = SUB - 1; r >= 0; r--) {
@@ -941,10 +950,9 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
                 const int t = p + r, e = e0 + r * LQ;
                 if (t >= n) break;
                 const size_t o = base + (size_t)t * hd + c0 + lane;
-                da[o] =
-                    (earlier + pfx[r] + later + sfx[r]) * dsla_cu_log_gate_grad(dsla_cu_load(a, o));
+                da[o] = (earlier + pfx[r] + later + sfx[r]) * dsla_cu_log_gate_grad(graw[r]);
                 const float dqv = DQs[e] + diag[t] * Ks[e];
-                gsum += (double)(scale * dsla_cu_load(q, o)) * dqv;
+                gsum += (double)(scale * qraw[r]) * dqv;
                 atomicAdd(dq + o, qscale * dqv);
                 atomicAdd(dk + o, DKs[e] + diag[t] * Qs[e] + KSs[e]);
             }
