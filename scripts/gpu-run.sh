@@ -12,6 +12,9 @@
 #   load_gpu  tests/integration/test_serve_load on the GPU (300 long requests for 30 s: liveness,
 #            report intervals, threshold conversion; the engine steps on its own thread)
 #   gemm     bench_cuda_kernels --only gemm;  dsla  --only dsla;  kernels  all of them
+#   dsla_ncu_detail  one launch of DSLA_NCU_KERNEL (default dsla_tc_bwd) at DSLA_NCU_TOKENS_DETAIL
+#            (4096) tokens under ncu's warp-state, scheduler, occupancy and memory sections: why
+#            it stalls
 #   tc_walk  the harness and --only dsla with DSLA_CUDA_TC_WALK=1 (dsla_chunked_tc.cu's fused state
 #            walk in place of delta + scan: opt-in until it is faster)
 #   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
@@ -106,6 +109,13 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
                 --print-summary per-kernel "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "$T"
             grep -E 'dsla_[a-z_]+<|gpu__time_duration|"what"' "$OUT/dsla_ncu_$T.log" | head -40
         done ;;
+    dsla_ncu_detail) # where one chunked DSLA kernel's time goes (stall reasons, occupancy)
+        stage dsla_ncu_detail 300 ncu --clock-control none -k "regex:${DSLA_NCU_KERNEL:-dsla_tc_bwd}" \
+            -c 1 --section WarpStateStats --section SchedulerStats --section Occupancy \
+            --section LaunchStats --section MemoryWorkloadAnalysis --section SpeedOfLight \
+            "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "${DSLA_NCU_TOKENS_DETAIL:-4096}"
+        grep -E 'Stall|Warp Cycles|Issued|Eligible|Occupancy|Throughput|Registers|Shared Memory' \
+            "$OUT/dsla_ncu_detail.log" | head -40 ;;
     tc_walk) # dsla_chunked_tc.cu's fused state walk (opt-in): the harness, then the dsla rows
         export DSLA_CUDA_TC_WALK=1
         stage harness_tc_walk 300 "$D/bin/test_ops_harness"
