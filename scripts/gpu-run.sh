@@ -17,6 +17,7 @@
 #            it stalls
 #   tc_walk  the harness and --only dsla with DSLA_CUDA_TC_WALK=1 (dsla_chunked_tc.cu's fused state
 #            walk in place of delta + scan: opt-in until it is faster)
+#   tc_pairs  the same with DSLA_CUDA_TC_BWD_PAIRS=1 (dsla_tc_bwd with two warps per sub-chunk)
 #   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
 #            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
@@ -116,13 +117,15 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
             "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "${DSLA_NCU_TOKENS_DETAIL:-4096}"
         grep -E 'Stall|Warp Cycles|Issued|Eligible|Occupancy|Throughput|Registers|Shared Memory' \
             "$OUT/dsla_ncu_detail.log" | head -40 ;;
-    tc_walk) # dsla_chunked_tc.cu's fused state walk (opt-in): the harness, then the dsla rows
-        export DSLA_CUDA_TC_WALK=1
-        stage harness_tc_walk 300 "$D/bin/test_ops_harness"
-        grep -E 'dsla_|FAIL' "$OUT/harness_tc_walk.log" | grep -v ' ok$' | head -20
-        stage dsla_tc_walk 300 "$D/bin/bench_cuda_kernels" --only dsla
-        grep -iE 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla_tc_walk.log" | grep tflops
-        unset DSLA_CUDA_TC_WALK ;;
+    tc_walk | tc_pairs) # an opt-in variant of dsla_chunked_tc.cu: the harness, then the dsla rows
+        var=DSLA_CUDA_TC_WALK
+        [ "$s" = tc_pairs ] && var=DSLA_CUDA_TC_BWD_PAIRS
+        export "$var"=1
+        stage "harness_$s" 300 "$D/bin/test_ops_harness"
+        grep -E 'dsla_|FAIL' "$OUT/harness_$s.log" | grep -v ' ok$' | head -20
+        stage "dsla_$s" 300 "$D/bin/bench_cuda_kernels" --only dsla
+        grep -iE 'dsla_chunked_(fwd|bwd|fwd_bwd)".*in=bf16' "$OUT/dsla_$s.log" | grep tflops
+        unset "$var" ;;
     kernels) stage kernels 600 "$D/bin/bench_cuda_kernels" ;;
     attention) stage attention 300 "$D/bin/bench_e2e_cuda" attention ;;
     e2e) stage e2e 600 "$D/bin/bench_e2e_cuda" ;;

@@ -476,26 +476,27 @@ static dsla_status_t dsla_tc_pass(cudaStream_t stream, const dsla_dsla_dims_t *d
 /* ---- pieces of tc_out and tc_bwd (a warp per sub-chunk, key channels in passes of 32) ---- */
 
 /* One pass's inputs: NS state matrices' rows c0..c0+31 (S[u] from src[u], by cp.async, ld LS),
- * q * qscale, k and the in-chunk cumulative log-gate b of channels c0..c0+31 (ld LQ). Each warp
- * scans its sub-chunk's b (a lane per channel) and adds the earlier sub-chunks' totals (tot, 128
- * floats). Ends with a barrier. True when the caller's sub-chunk decays less than DSLA_TC_GUARD
- * nats in every channel, so that its own block may split at its start. */
-template <typename T, int D, int NS>
+ * q * qscale, k and the in-chunk cumulative log-gate b of channels c0..c0+31 (ld LQ), by THREADS
+ * threads. Warp I < 4 scans sub-chunk I's b (a lane per channel) and adds the earlier sub-chunks'
+ * totals (tot, 128 floats). Ends with a barrier. True when the caller's sub-chunk (warp % 4)
+ * decays less than DSLA_TC_GUARD nats in every channel, so that its own block may split at its
+ * start. */
+template <typename T, int D, int NS, int THREADS = DSLA_TC_OUT_THREADS>
 __device__ __forceinline__ bool
 dsla_tc_pass_inputs(float *Qs, float *Ks, float *Bs, float *const *S, const float *const *src,
                     int LS, const T *q, const T *k, const T *a, size_t base, int c0, int hd, int n,
                     float qscale, float *tot) {
-    constexpr int QC = DSLA_TC_QUARTER, LQ = QC + DSLA_TC_PAD_ROWS;
+    constexpr int QC = DSLA_TC_QUARTER, LQ = QC + DSLA_TC_PAD_ROWS, SUBS = DSLA_CU_C / DSLA_TC_SUB;
     const int lane = (int)threadIdx.x % DSLA_CUDA_WARP, warp = (int)threadIdx.x / DSLA_CUDA_WARP;
-    const int p = warp * DSLA_TC_SUB;
+    const int sub = warp % SUBS, p = sub * DSLA_TC_SUB;
     /* The state rows go straight to shared memory while q, k and a load. */
 #pragma unroll
     for (int u = 0; u < NS; u++)
-        for (int idx = (int)threadIdx.x; idx < QC * D / 4; idx += DSLA_TC_OUT_THREADS)
+        for (int idx = (int)threadIdx.x; idx < QC * D / 4; idx += THREADS)
             dsla_tc_cp16(S[u] + (idx / (D / 4)) * LS + 4 * (idx % (D / 4)),
                          src[u] + (size_t)(c0 + idx / (D / 4)) * D + 4 * (idx % (D / 4)));
     {
-        dsla_tc_tile<T, QC, DSLA_TC_OUT_THREADS> tq, tk, ta;
+        dsla_tc_tile<T, QC, THREADS> tq, tk, ta;
         tq.load(q, base + c0, hd, n);
         tk.load(k, base + c0, hd, n);
         ta.load(a, base + c0, hd, n);
@@ -505,32 +506,38 @@ dsla_tc_pass_inputs(float *Qs, float *Ks, float *Bs, float *const *S, const floa
     }
     dsla_tc_cp_wait();
     __syncthreads();
+    const bool scans = THREADS == DSLA_TC_OUT_THREADS || warp < SUBS; /* a warp per sub-chunk */
     float run = 0.0f;
-    for (int r = p; r < p + DSLA_TC_SUB; r++) {
-        run += Bs[r * LQ + lane];
-        Bs[r * LQ + lane] = run;
+    if (scans) {
+        for (int r = p; r < p + DSLA_TC_SUB; r++) {
+            run += Bs[r * LQ + lane];
+            Bs[r * LQ + lane] = run;
+        }
+        tot[warp * DSLA_CUDA_WARP + lane] = run;
     }
-    tot[warp * DSLA_CUDA_WARP + lane] = run;
     __syncthreads();
-    float off = 0.0f;
-    for (int u = 0; u < warp; u++)
-        off += tot[u * DSLA_CUDA_WARP + lane];
-    for (int r = p; r < p + DSLA_TC_SUB; r++)
-        Bs[r * LQ + lane] += off;
+    if (scans) {
+        float off = 0.0f;
+        for (int u = 0; u < warp; u++)
+            off += tot[u * DSLA_CUDA_WARP + lane];
+        for (int r = p; r < p + DSLA_TC_SUB; r++)
+            Bs[r * LQ + lane] += off;
+    }
     /* Rows p-1 and p+15 are the warp's own or an earlier warp's finished rows: the earlier warps
      * add their offsets before the barrier below, so read them after it. */
     __syncthreads();
-    const float ref = warp ? Bs[(p - 1) * LQ + lane] : 0.0f;
+    const float ref = sub ? Bs[(p - 1) * LQ + lane] : 0.0f;
     return __all_sync(0xffffffffu, ref - Bs[(p + DSLA_TC_SUB - 1) * LQ + lane] <= DSLA_TC_GUARD);
 }
 
-/* One k-step (channels k0..k0+7 of the pass) of the warp's scores: accA[nt] += (q e^(b_t - r))
- * (k e^(r - b_s))^T, r = ref (the log-decay before the warp's sub-chunk; NULL: 0), for the source
- * tiles up to the warp's last row, its own two only when guarded. */
-__device__ __forceinline__ void dsla_tc_scores_step(float (&accA)[DSLA_CU_C / 8][4],
-                                                    const float *Qs, const float *Ks,
-                                                    const float *Bs, const float *ref, int k0,
-                                                    int p, int g, int tq, bool guarded) {
+/* One k-step (channels k0..k0+7 of the pass) of the warp's scores: accA[j] += (q e^(b_t - r))
+ * (k e^(r - b_s))^T for source tile nt = STEP j + hf, r = ref (the log-decay before the warp's
+ * sub-chunk; NULL: 0), for the source tiles up to the warp's last row, its own two only when
+ * guarded. STEP 2 splits a strip's tiles between two warps (hf 0 and 1). */
+template <int NJ = DSLA_CU_C / 8, int STEP = 1>
+__device__ __forceinline__ void
+dsla_tc_scores_step(float (&accA)[NJ][4], const float *Qs, const float *Ks, const float *Bs,
+                    const float *ref, int k0, int p, int g, int tq, bool guarded, int hf = 0) {
     constexpr int LQ = DSLA_TC_QUARTER + DSLA_TC_PAD_ROWS;
     const int ca = k0 + tq, cb = ca + 4;
     const float ra = ref ? ref[ca] : 0.0f, rb = ref ? ref[cb] : 0.0f;
@@ -540,14 +547,15 @@ __device__ __forceinline__ void dsla_tc_scores_step(float (&accA)[DSLA_CU_C / 8]
         dsla_tc_tf32(q0[ca] * __expf(b0[ca] - ra)), dsla_tc_tf32(q1[ca] * __expf(b1[ca] - ra)),
         dsla_tc_tf32(q0[cb] * __expf(b0[cb] - rb)), dsla_tc_tf32(q1[cb] * __expf(b1[cb] - rb))};
 #pragma unroll
-    for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
+    for (int j = 0; j < NJ; j++) {
+        const int nt = j * STEP + hf;
         if (nt * 8 >= p + DSLA_TC_SUB) break;
         if (nt * 8 >= p && !guarded) continue;
         const int s = nt * 8 + g;
         const uint32_t bk[2] = {
             dsla_tc_tf32(Ks[s * LQ + ca] * __expf(fminf(ra - Bs[s * LQ + ca], 88.0f))),
             dsla_tc_tf32(Ks[s * LQ + cb] * __expf(fminf(rb - Bs[s * LQ + cb], 88.0f)))};
-        dsla_tc_mma(accA[nt], aq, bk);
+        dsla_tc_mma(accA[j], aq, bk);
     }
 }
 
@@ -565,19 +573,20 @@ __device__ __forceinline__ void dsla_tc_own_scores(float *Aw, int LA, const floa
         }
 }
 
-/* The warp's strip of scores into Aw (rows p..p+15 of A, ld LA): the own block adds the
- * pair-by-pair sums already there, s > t is zeroed. */
-__device__ __forceinline__ void dsla_tc_store_scores(float *Aw, int LA,
-                                                     const float (&accA)[DSLA_CU_C / 8][4], int p,
-                                                     int g, int tq) {
+/* The warp's strip of scores into Aw (rows p..p+15 of A, ld LA; tiles nt = STEP j + hf as in
+ * dsla_tc_scores_step): the own block adds the pair-by-pair sums already there, s > t is zeroed. */
+template <int NJ = DSLA_CU_C / 8, int STEP = 1>
+__device__ __forceinline__ void dsla_tc_store_scores(float *Aw, int LA, const float (&accA)[NJ][4],
+                                                     int p, int g, int tq, int hf = 0) {
 #pragma unroll
-    for (int nt = 0; nt < DSLA_CU_C / 8; nt++) {
+    for (int j = 0; j < NJ; j++) {
+        const int nt = j * STEP + hf;
         if (nt * 8 >= p + DSLA_TC_SUB) break;
         const int col = nt * 8 + 2 * tq;
 #pragma unroll
         for (int half = 0; half < 2; half++) {
             const int r = g + 8 * half, t = p + r;
-            float x0 = accA[nt][2 * half], x1 = accA[nt][2 * half + 1];
+            float x0 = accA[j][2 * half], x1 = accA[j][2 * half + 1];
             if (nt * 8 >= p) {
                 x0 += Aw[r * LA + col];
                 x1 += Aw[r * LA + col + 1];
@@ -701,21 +710,31 @@ static dsla_status_t dsla_tc_out_launch(cudaStream_t stream, const dsla_dsla_dim
  * of k ks + the suffix of q dq' - k dk' (dsla_chunked_backward.c's pairs), and dq = dq' + DA_tt k,
  * dk = dk' + DA_tt q + ks onto dq, dk. After the passes dV += A^T dO. dq, dk and dv of the two
  * states add onto zeros; da and the block's dalpha partial are its own. The own 16 x 16 blocks
- * follow tc_out's guard: past it, their pairs are summed one by one. */
-template <typename T, int D>
-static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
+ * follow tc_out's guard: past it, their pairs are summed one by one.
+ *
+ * HALVES 2 runs two warps per sub-chunk (8 per block): warp w takes sub-chunk w % 4 and half
+ * hf = w / 4 of each product's output tiles (DA's and A's columns alternately, the pass's channels
+ * 16 hf .. 16 hf + 15 for dq', dk' and ks, the value columns hf D/2 .. for dV) and of the gate
+ * gradient's rows (8 hf .. 8 hf + 7 of the sub-chunk); the own blocks' pair-by-pair sums stay with
+ * hf 0. The shared memory is the same, so a block still fills an SM, now with 8 warps. */
+template <typename T, int D, int HALVES>
+static __global__ void __launch_bounds__((DSLA_TC_OUT_THREADS * HALVES), 1)
     dsla_tc_bwd(const T *q, const T *k, const T *v, const T *a1, const T *a2, const float *alpha,
                 const float *dout, const float *states, const float *dstates, float *dq, float *dk,
                 float *dv, float *da1, float *da2, double *gpart, int tokens, int H) {
-    constexpr int C = DSLA_CU_C, QC = DSLA_TC_QUARTER, SUB = DSLA_TC_SUB;
+    constexpr int C = DSLA_CU_C, QC = DSLA_TC_QUARTER, SUB = DSLA_TC_SUB, SUBS = C / SUB;
+    constexpr int THREADS = DSLA_TC_OUT_THREADS * HALVES, WARPS = THREADS / DSLA_CUDA_WARP;
     constexpr int LQ = QC + DSLA_TC_PAD_ROWS, LV = D + DSLA_TC_PAD_ROWS;
     constexpr int LDA = C + DSLA_TC_PAD_ROWS, LA = C + DSLA_TC_PAD_COLS;
+    /* Per warp: score tiles (of C / 8), channel tiles of the pass (of QC / 8), value columns, and
+     * the gate gradient's rows. */
+    constexpr int NA = C / 8 / HALVES, NC = QC / 8 / HALVES, DV = D / HALVES, RS = SUB / HALVES;
     extern __shared__ __align__(16) float sm[];
     float *Vs = sm, *Os = Vs + C * LV, *DAs = Os + C * LV, *Ap = DAs + C * LDA;
     float *Qs = Ap + C * LA, *Ks = Qs + C * LQ, *Bs = Ks + C * LQ, *DQs = Bs + C * LQ;
     float *DKs = DQs + C * LQ, *KSs = DKs + C * LQ, *Ss = KSs + C * LQ, *dSs = Ss + QC * LV;
-    float *diag = dSs + QC * LV, *rs = diag + C, *tot = rs + QC; /* tot: 3 x 128 */
-    __shared__ double red[DSLA_TC_OUT_THREADS / DSLA_CUDA_WARP];
+    float *diag = dSs + QC * LV, *rs = diag + C, *tot = rs + QC; /* tot: 3 x THREADS */
+    __shared__ double red[WARPS];
     const int i = (int)blockIdx.x & 1, chunk = (int)blockIdx.x >> 1, chunks = (int)gridDim.x >> 1;
     const int h = (int)blockIdx.y, b = (int)blockIdx.z, hd = H * D, t0 = chunk * C;
     const int n = tokens - t0 < C ? tokens - t0 : C;
@@ -725,63 +744,70 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
     const T *a = i ? a2 : a1;
     float *da = i ? da2 : da1;
     const int lane = (int)threadIdx.x % DSLA_CUDA_WARP, warp = (int)threadIdx.x / DSLA_CUDA_WARP;
-    const int g = lane >> 2, tq = lane & 3, p = warp * SUB;
+    /* One warp per sub-chunk: hf is 0 at compile time, and the code is the 4-warp kernel's. */
+    const int sub = HALVES > 1 ? warp % SUBS : warp, hf = HALVES > 1 ? warp / SUBS : 0;
+    const int g = lane >> 2, tq = lane & 3, p = sub * SUB;
     float *Aw = Ap + p * LA;
     float w[2];
     dsla_cu_mix_weights(alpha, w);
     const float scale = 1.0f / sqrtf((float)D), qscale = w[i] * scale;
 
     {
-        dsla_tc_tile<T, D, DSLA_TC_OUT_THREADS> tv;
-        dsla_tc_tile<float, D, DSLA_TC_OUT_THREADS> to;
+        dsla_tc_tile<T, D, THREADS> tv;
+        dsla_tc_tile<float, D, THREADS> to;
         tv.load(v, base, hd, n);
         to.load(dout, base, hd, n);
         tv.template store<false>(Vs, LV, n, 1.0f);
         to.template store<false>(Os, LV, n, 1.0f);
     }
-    for (int e = lane; e < SUB * SUB; e += DSLA_CUDA_WARP)
-        Aw[(e / SUB) * LA + p + e % SUB] = 0.0f;
+    if (hf == 0)
+        for (int e = lane; e < SUB * SUB; e += DSLA_CUDA_WARP)
+            Aw[(e / SUB) * LA + p + e % SUB] = 0.0f;
     __syncthreads();
-    { /* DA for the warp's rows: s < t into DAs (zeros above), DA_tt into diag */
-        float acc[C / 8][4] = {};
+    { /* DA for the warp's rows (column tiles nt = HALVES j + hf): s < t into DAs (zeros above),
+       * DA_tt into diag */
+        float acc[NA][4] = {};
 #pragma unroll
         for (int k0 = 0; k0 < D; k0 += 8) {
             const float *o0 = Os + (p + g) * LV + k0 + tq, *o1 = o0 + 8 * LV;
             const uint32_t af[4] = {dsla_tc_tf32(o0[0]), dsla_tc_tf32(o1[0]), dsla_tc_tf32(o0[4]),
                                     dsla_tc_tf32(o1[4])};
 #pragma unroll
-            for (int nt = 0; nt < C / 8; nt++) {
+            for (int j = 0; j < NA; j++) {
+                const int nt = j * HALVES + hf;
                 if (nt * 8 >= p + SUB) break;
                 const float *vr = Vs + (nt * 8 + g) * LV + k0 + tq;
                 const uint32_t bf[2] = {dsla_tc_tf32(vr[0]), dsla_tc_tf32(vr[4])};
-                dsla_tc_mma(acc[nt], af, bf);
+                dsla_tc_mma(acc[j], af, bf);
             }
         }
 #pragma unroll
-        for (int nt = 0; nt < C / 8; nt++)
+        for (int j = 0; j < NA; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int t = p + g + 8 * (e >> 1), s = nt * 8 + 2 * tq + (e & 1);
-                DAs[t * LDA + s] = s < t ? acc[nt][e] : 0.0f;
-                if (s == t) diag[t] = acc[nt][e];
+                const int t = p + g + 8 * (e >> 1), s = (j * HALVES + hf) * 8 + 2 * tq + (e & 1);
+                DAs[t * LDA + s] = s < t ? acc[j][e] : 0.0f;
+                if (s == t) diag[t] = acc[j][e];
             }
     }
     __syncthreads();
 
-    float accA[C / 8][4] = {}, accV[D / 8][4] = {};
+    float accA[NA][4] = {}, accV[DV / 8][4] = {};
     double gsum = 0.0;
     for (int c0 = 0; c0 < D; c0 += QC) {
         float *const S[2] = {Ss, dSs};
         const float *const src[2] = {S_prev, dS};
-        const bool guarded = dsla_tc_pass_inputs<T, D, 2>(Qs, Ks, Bs, S, src, LV, q, k, a, base, c0,
-                                                          hd, n, qscale, tot);
-        const float *ref = warp ? Bs + (p - 1) * LQ : NULL, *blast = Bs + (C - 1) * LQ;
+        const bool guarded = dsla_tc_pass_inputs<T, D, 2, THREADS>(Qs, Ks, Bs, S, src, LV, q, k, a,
+                                                                   base, c0, hd, n, qscale, tot);
+        const float *ref = sub ? Bs + (p - 1) * LQ : NULL, *blast = Bs + (C - 1) * LQ;
         /* A_I (tc_out's first product) */
 #pragma unroll
         for (int k0 = 0; k0 < QC; k0 += 8)
-            dsla_tc_scores_step(accA, Qs, Ks, Bs, ref, k0, p, g, tq, guarded);
+            dsla_tc_scores_step<NA, HALVES>(accA, Qs, Ks, Bs, ref, k0, p, g, tq, guarded, hf);
+        /* The warp's channel tiles of the pass: nt = NC hf + j. */
+        const int cw = NC * hf * 8;
         { /* dq' of the reader rows */
-            float in[QC / 8][4] = {}, st[QC / 8][4] = {};
+            float in[NC][4] = {}, st[NC][4] = {};
             const int send = guarded ? p + SUB : p;
             for (int k0 = 0; k0 < send; k0 += 8) {
                 const float *r0 = DAs + (p + g) * LDA + k0 + tq, *r1 = r0 + 8 * LDA;
@@ -789,13 +815,13 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
                                         dsla_tc_tf32(r0[4]), dsla_tc_tf32(r1[4])};
                 const int s0 = k0 + tq, s1 = s0 + 4;
 #pragma unroll
-                for (int nt = 0; nt < QC / 8; nt++) {
-                    const int c = nt * 8 + g;
+                for (int j = 0; j < NC; j++) {
+                    const int c = cw + j * 8 + g;
                     const float rc = ref ? ref[c] : 0.0f;
                     const uint32_t bf[2] = {
                         dsla_tc_tf32(Ks[s0 * LQ + c] * __expf(fminf(rc - Bs[s0 * LQ + c], 88.0f))),
                         dsla_tc_tf32(Ks[s1 * LQ + c] * __expf(fminf(rc - Bs[s1 * LQ + c], 88.0f)))};
-                    dsla_tc_mma(in[nt], af, bf);
+                    dsla_tc_mma(in[j], af, bf);
                 }
             }
 #pragma unroll
@@ -804,27 +830,27 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
                 const uint32_t af[4] = {dsla_tc_tf32(o0[0]), dsla_tc_tf32(o1[0]),
                                         dsla_tc_tf32(o0[4]), dsla_tc_tf32(o1[4])};
 #pragma unroll
-                for (int nt = 0; nt < QC / 8; nt++) {
-                    const float *sr = Ss + (nt * 8 + g) * LV + k0 + tq;
+                for (int j = 0; j < NC; j++) {
+                    const float *sr = Ss + (cw + j * 8 + g) * LV + k0 + tq;
                     const uint32_t bf[2] = {dsla_tc_tf32(sr[0]), dsla_tc_tf32(sr[4])};
-                    dsla_tc_mma(st[nt], af, bf);
+                    dsla_tc_mma(st[j], af, bf);
                 }
             }
 #pragma unroll
-            for (int nt = 0; nt < QC / 8; nt++)
+            for (int j = 0; j < NC; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int t = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
+                    const int t = p + g + 8 * (e >> 1), c = cw + j * 8 + 2 * tq + (e & 1);
                     const float bt = Bs[t * LQ + c], rc = ref ? ref[c] : 0.0f;
-                    DQs[t * LQ + c] = __expf(bt - rc) * in[nt][e] + __expf(bt) * st[nt][e];
+                    DQs[t * LQ + c] = __expf(bt - rc) * in[j][e] + __expf(bt) * st[j][e];
                 }
         }
         { /* dk' of the source rows, reader sub-chunk by reader sub-chunk */
-            float acc[QC / 8][4] = {};
-            for (int I2 = guarded ? warp : warp + 1; I2 < DSLA_CU_C / SUB; I2++) {
+            float acc[NC][4] = {};
+            for (int I2 = guarded ? sub : sub + 1; I2 < SUBS; I2++) {
                 const int p2 = I2 * SUB;
                 const float *ref2 = I2 ? Bs + (p2 - 1) * LQ : NULL;
-                float tmp[QC / 8][4] = {};
+                float tmp[NC][4] = {};
 #pragma unroll
                 for (int k0 = 0; k0 < SUB; k0 += 8) {
                     const float *d0 = DAs + (p2 + k0 + tq) * LDA + p + g, *d1 = d0 + 4 * LDA;
@@ -832,52 +858,52 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
                                             dsla_tc_tf32(d1[0]), dsla_tc_tf32(d1[8])};
                     const int r0 = p2 + k0 + tq, r1 = r0 + 4;
 #pragma unroll
-                    for (int nt = 0; nt < QC / 8; nt++) {
-                        const int c = nt * 8 + g;
+                    for (int j = 0; j < NC; j++) {
+                        const int c = cw + j * 8 + g;
                         const float rc = ref2 ? ref2[c] : 0.0f;
                         const uint32_t bf[2] = {
                             dsla_tc_tf32(Qs[r0 * LQ + c] * __expf(Bs[r0 * LQ + c] - rc)),
                             dsla_tc_tf32(Qs[r1 * LQ + c] * __expf(Bs[r1 * LQ + c] - rc))};
-                        dsla_tc_mma(tmp[nt], af, bf);
+                        dsla_tc_mma(tmp[j], af, bf);
                     }
                 }
 #pragma unroll
-                for (int nt = 0; nt < QC / 8; nt++)
+                for (int j = 0; j < NC; j++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const int s = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
+                        const int s = p + g + 8 * (e >> 1), c = cw + j * 8 + 2 * tq + (e & 1);
                         const float rc = ref2 ? ref2[c] : 0.0f;
-                        acc[nt][e] += __expf(fminf(rc - Bs[s * LQ + c], 88.0f)) * tmp[nt][e];
+                        acc[j][e] += __expf(fminf(rc - Bs[s * LQ + c], 88.0f)) * tmp[j][e];
                     }
             }
 #pragma unroll
-            for (int nt = 0; nt < QC / 8; nt++)
+            for (int j = 0; j < NC; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int s = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
-                    DKs[s * LQ + c] = acc[nt][e];
+                    const int s = p + g + 8 * (e >> 1), c = cw + j * 8 + 2 * tq + (e & 1);
+                    DKs[s * LQ + c] = acc[j][e];
                 }
         }
         { /* ks of the source rows */
-            float acc[QC / 8][4] = {};
+            float acc[NC][4] = {};
 #pragma unroll
             for (int k0 = 0; k0 < D; k0 += 8) {
                 const float *v0 = Vs + (p + g) * LV + k0 + tq, *v1 = v0 + 8 * LV;
                 const uint32_t af[4] = {dsla_tc_tf32(v0[0]), dsla_tc_tf32(v1[0]),
                                         dsla_tc_tf32(v0[4]), dsla_tc_tf32(v1[4])};
 #pragma unroll
-                for (int nt = 0; nt < QC / 8; nt++) {
-                    const float *dr = dSs + (nt * 8 + g) * LV + k0 + tq;
+                for (int j = 0; j < NC; j++) {
+                    const float *dr = dSs + (cw + j * 8 + g) * LV + k0 + tq;
                     const uint32_t bf[2] = {dsla_tc_tf32(dr[0]), dsla_tc_tf32(dr[4])};
-                    dsla_tc_mma(acc[nt], af, bf);
+                    dsla_tc_mma(acc[j], af, bf);
                 }
             }
 #pragma unroll
-            for (int nt = 0; nt < QC / 8; nt++)
+            for (int j = 0; j < NC; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int s = p + g + 8 * (e >> 1), c = nt * 8 + 2 * tq + (e & 1);
-                    KSs[s * LQ + c] = __expf(blast[c] - Bs[s * LQ + c]) * acc[nt][e];
+                    const int s = p + g + 8 * (e >> 1), c = cw + j * 8 + 2 * tq + (e & 1);
+                    KSs[s * LQ + c] = __expf(blast[c] - Bs[s * LQ + c]) * acc[j][e];
                 }
         }
         /* dV += (k e^(b_last - b)) dS over the pass's channels */
@@ -890,10 +916,15 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
                                     dsla_tc_tf32(k1r[ca] * __expf(blast[ca] - b1r[ca])),
                                     dsla_tc_tf32(k0r[cb] * __expf(blast[cb] - b0r[cb])),
                                     dsla_tc_tf32(k1r[cb] * __expf(blast[cb] - b1r[cb]))};
-            dsla_tc_mma_rows<D>(accV, af, dSs + ca * LV + g, LV);
+            dsla_tc_mma_rows<DV>(accV, af, dSs + ca * LV + hf * DV + g, LV);
         }
-        __syncwarp();
-        if (!guarded) { /* the own block pair by pair (exp(b_t - b_s) <= 1) */
+        /* The pair-by-pair sums read DQs and DKs of every channel of the warp's rows: with two
+         * warps per sub-chunk, both halves must have written theirs. */
+        if (HALVES > 1)
+            __syncthreads();
+        else
+            __syncwarp();
+        if (!guarded && hf == 0) { /* the own block pair by pair (exp(b_t - b_s) <= 1) */
             dsla_tc_own_scores(Aw, LA, Qs, Ks, Bs, p, lane);
             for (int t = p + 1; t < p + SUB; t++)
                 for (int s = p; s < t; s++) {
@@ -903,8 +934,8 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
                     DKs[es] += x * Qs[et];
                 }
         }
-        /* sum_j S_prev[c, j] dS[c, j]: warp w takes rows 8w..8w+7 */
-        for (int r = warp * 8; r < warp * 8 + 8; r++) {
+        /* sum_j S_prev[c, j] dS[c, j]: warp w takes QC / WARPS rows from w QC / WARPS */
+        for (int r = warp * (QC / WARPS); r < (warp + 1) * (QC / WARPS); r++) {
             float x = 0.0f;
             for (int j = lane; j < D; j += DSLA_CUDA_WARP)
                 x += Ss[r * LV + j] * dSs[r * LV + j];
@@ -912,42 +943,43 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
             if (lane == 0) rs[r] = x;
         }
         __syncthreads();
-        { /* a lane per channel: the log-gate gradient, then dq and dk */
-            const int e0 = p * LQ + lane;
+        { /* a lane per channel: the log-gate gradient, then dq and dk, over the warp's RS rows
+           * from r0 (the chunk's row segment u0 of RS rows) */
+            const int u0 = sub * HALVES + hf, r0 = u0 * RS, e0 = r0 * LQ + lane;
             /* The raw gates and queries of the warp's rows, issued together here so that their
              * round trip overlaps the scans and the barrier below, not one per row. */
-            float graw[SUB], qraw[SUB];
+            float graw[RS], qraw[RS];
 #pragma unroll
-            for (int r = 0; r < SUB; r++) {
-                const size_t o = base + (size_t)(p + r) * hd + c0 + lane;
-                graw[r] = p + r < n ? dsla_cu_load(a, o) : 0.0f;
-                qraw[r] = p + r < n ? dsla_cu_load(q, o) : 0.0f;
+            for (int r = 0; r < RS; r++) {
+                const size_t o = base + (size_t)(r0 + r) * hd + c0 + lane;
+                graw[r] = r0 + r < n ? dsla_cu_load(a, o) : 0.0f;
+                qraw[r] = r0 + r < n ? dsla_cu_load(q, o) : 0.0f;
             }
-            float sfx[SUB], pfx[SUB], xs = 0.0f, kk = 0.0f;
+            float sfx[RS], pfx[RS], xs = 0.0f, kk = 0.0f;
 #pragma unroll
-            for (int r = SUB - 1; r >= 0; r--) {
+            for (int r = RS - 1; r >= 0; r--) {
                 const int e = e0 + r * LQ;
                 xs += Qs[e] * DQs[e] - Ks[e] * DKs[e];
                 sfx[r] = xs;
             }
 #pragma unroll
-            for (int r = 0; r < SUB; r++) {
+            for (int r = 0; r < RS; r++) {
                 const int e = e0 + r * LQ;
                 pfx[r] = kk;
                 kk += Ks[e] * KSs[e];
             }
-            float *tx = tot + DSLA_TC_OUT_THREADS, *tk = tx + DSLA_TC_OUT_THREADS;
-            tx[warp * DSLA_CUDA_WARP + lane] = xs;
-            tk[warp * DSLA_CUDA_WARP + lane] = kk;
+            float *tx = tot + THREADS, *tk = tx + THREADS;
+            tx[u0 * DSLA_CUDA_WARP + lane] = xs;
+            tk[u0 * DSLA_CUDA_WARP + lane] = kk;
             __syncthreads();
             float later = 0.0f, earlier = expf(blast[lane]) * rs[lane];
-            for (int u = warp + 1; u < DSLA_CU_C / SUB; u++)
+            for (int u = u0 + 1; u < WARPS; u++)
                 later += tx[u * DSLA_CUDA_WARP + lane];
-            for (int u = 0; u < warp; u++)
+            for (int u = 0; u < u0; u++)
                 earlier += tk[u * DSLA_CUDA_WARP + lane];
 #pragma unroll
-            for (int r = 0; r < SUB; r++) {
-                const int t = p + r, e = e0 + r * LQ;
+            for (int r = 0; r < RS; r++) {
+                const int t = r0 + r, e = e0 + r * LQ;
                 if (t >= n) break;
                 const size_t o = base + (size_t)t * hd + c0 + lane;
                 da[o] = (earlier + pfx[r] + later + sfx[r]) * dsla_cu_log_gate_grad(graw[r]);
@@ -961,50 +993,59 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 1)
     }
 
     /* dV += A^T dO over the readers t >= the warp's first source row */
-    dsla_tc_store_scores(Aw, LA, accA, p, g, tq);
+    dsla_tc_store_scores<NA, HALVES>(Aw, LA, accA, p, g, tq, hf);
     __syncthreads();
     for (int k0 = p; k0 < C; k0 += 8) {
         const float *a0 = Ap + (k0 + tq) * LA + p + g, *a1r = a0 + 4 * LA;
         const uint32_t af[4] = {dsla_tc_tf32(a0[0]), dsla_tc_tf32(a0[8]), dsla_tc_tf32(a1r[0]),
                                 dsla_tc_tf32(a1r[8])};
-        dsla_tc_mma_rows<D>(accV, af, Os + (k0 + tq) * LV + g, LV);
+        dsla_tc_mma_rows<DV>(accV, af, Os + (k0 + tq) * LV + hf * DV + g, LV);
     }
-    dsla_tc_add_strip<D>(dv + base, hd, p, n, accV, g, tq);
+    dsla_tc_add_strip<DV>(dv + base + hf * DV, hd, p, n, accV, g, tq);
     for (int off = DSLA_CUDA_WARP / 2; off > 0; off >>= 1)
         gsum += __shfl_xor_sync(0xffffffffu, gsum, off);
     if (lane == 0) red[warp] = gsum;
     __syncthreads();
     if (threadIdx.x == 0) {
         double total = 0.0;
-        for (int u = 0; u < DSLA_TC_OUT_THREADS / DSLA_CUDA_WARP; u++)
+        for (int u = 0; u < WARPS; u++)
             total += red[u];
         gpart[item] = total;
     }
 }
 
-static size_t dsla_tc_bwd_smem(int d) {
+static size_t dsla_tc_bwd_smem(int d, int threads) {
     const size_t C = DSLA_CU_C, QC = DSLA_TC_QUARTER, LV = (size_t)d + DSLA_TC_PAD_ROWS;
     return sizeof(float) *
            (2 * C * LV + C * (C + DSLA_TC_PAD_ROWS) + C * (C + DSLA_TC_PAD_COLS) +
-            6 * C * (QC + DSLA_TC_PAD_ROWS) + 2 * QC * LV + C + QC + 3 * DSLA_TC_OUT_THREADS);
+            6 * C * (QC + DSLA_TC_PAD_ROWS) + 2 * QC * LV + C + QC + 3 * (size_t)threads);
+}
+
+template <typename T, int D, int HALVES>
+static dsla_status_t dsla_tc_bwd_run(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                     const dsla_cuda_dsla_in_t *in, const float *dout,
+                                     const dsla_dsla_grad_t *grad, const dsla_cu_tc_ws_t *ws) {
+    const int chunks = (dims->tokens + DSLA_CU_C - 1) / DSLA_CU_C;
+    if (chunks == 0) return DSLA_OK;
+    const int threads = DSLA_TC_OUT_THREADS * HALVES;
+    const size_t smem = dsla_tc_bwd_smem(D, threads);
+    DSLA_CUDA_CHECK(cudaFuncSetAttribute(dsla_tc_bwd<T, D, HALVES>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dim3 grid(2u * (unsigned)chunks, (unsigned)dims->heads, (unsigned)dims->batch);
+    dsla_tc_bwd<T, D, HALVES><<<grid, threads, smem, stream>>>(
+        (const T *)in->q, (const T *)in->k, (const T *)in->v, (const T *)in->a1, (const T *)in->a2,
+        in->alpha, dout, ws->states, ws->dstates, grad->dq, grad->dk, grad->dv, grad->da1,
+        grad->da2, ws->gpart, dims->tokens, dims->heads);
+    DSLA_CUDA_CHECK_LAUNCH("dsla_tc_bwd");
+    return DSLA_OK;
 }
 
 template <typename T, int D>
 static dsla_status_t dsla_tc_bwd_launch(cudaStream_t stream, const dsla_dsla_dims_t *dims,
                                         const dsla_cuda_dsla_in_t *in, const float *dout,
                                         const dsla_dsla_grad_t *grad, const dsla_cu_tc_ws_t *ws) {
-    const int chunks = (dims->tokens + DSLA_CU_C - 1) / DSLA_CU_C;
-    if (chunks == 0) return DSLA_OK;
-    const size_t smem = dsla_tc_bwd_smem(D);
-    DSLA_CUDA_CHECK(cudaFuncSetAttribute(dsla_tc_bwd<T, D>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const dim3 grid(2u * (unsigned)chunks, (unsigned)dims->heads, (unsigned)dims->batch);
-    dsla_tc_bwd<T, D><<<grid, DSLA_TC_OUT_THREADS, smem, stream>>>(
-        (const T *)in->q, (const T *)in->k, (const T *)in->v, (const T *)in->a1, (const T *)in->a2,
-        in->alpha, dout, ws->states, ws->dstates, grad->dq, grad->dk, grad->dv, grad->da1,
-        grad->da2, ws->gpart, dims->tokens, dims->heads);
-    DSLA_CUDA_CHECK_LAUNCH("dsla_tc_bwd");
-    return DSLA_OK;
+    return ws->bwd_pairs ? dsla_tc_bwd_run<T, D, 2>(stream, dims, in, dout, grad, ws)
+                         : dsla_tc_bwd_run<T, D, 1>(stream, dims, in, dout, grad, ws);
 }
 
 /* ---- entry points (dsla_chunked_tc.cuh) ---- */

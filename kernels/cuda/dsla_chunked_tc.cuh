@@ -15,6 +15,8 @@ typedef struct {
     /* The state passes as one fused walk (dsla_tc_walk) instead of tc_delta + tc_scan; extra and
      * gl are then unused. */
     bool walk;
+    /* dsla_tc_bwd with two warps per sub-chunk (8 per block) instead of one. */
+    bool bwd_pairs;
 } dsla_cu_tc_ws_t;
 
 /* Head dims the path is built for (64 and 128); others take dsla_chunked.cu's kernels. */
