@@ -1,7 +1,9 @@
 /* Twice the sustainable load (issue 10's acceptance): dsla-serve on stories260K (CPU) with a small
  * engine (--max-running 4, --max-queued 8). A closed loop of 8 clients first measures what it
- * sustains (requests finished per second, X); then requests arrive open-loop at 2X for LOAD_MS.
- * The excess must be refused with 429 and `Retry-After`, nothing else may fail or go unanswered,
+ * sustains (requests finished per second, X); then requests arrive open-loop at 2X for LOAD_MS
+ * (X measured on a busy machine can be low: while 2X is served without a refusal, the load runs
+ * again at twice that, twice at most). The excess must be refused with 429 and `Retry-After`,
+ * nothing else may fail or go unanswered,
  * and the server's resident memory (sampled from /proc) must stay bounded: its peak over the
  * second half of the load at most 25% (plus 16 MB) above its peak over the first half. The
  * figures are printed for docs/reliability.md. */
@@ -23,6 +25,7 @@ enum {
     CALIBRATE_MS = 5000,
     CALIBRATE_CLIENTS = 8, /* max_running + max_queued: saturated, never refused */
     LOAD_MS = 20000,
+    OVERLOAD_ROUNDS = 3, /* 2X, then 4X and 8X of the calibrated X while nothing is refused */
     WORKERS = 96,
     SAMPLE_MS = 250,
     SAMPLES_MAX = 1024,
@@ -139,20 +142,35 @@ static void test_twice_the_sustainable_load(void **state) {
     load_t cal = {.port = s.http_port, .end_ms = dsla_clock_ms() + CALIBRATE_MS};
     run(&cal, CALIBRATE_CLIENTS);
     assert_int_equal(atomic_load(&cal.refused) + atomic_load(&cal.other), 0);
-    const double x = (double)atomic_load(&cal.ok) * 1000.0 / CALIBRATE_MS;
+    double x = (double)atomic_load(&cal.ok) * 1000.0 / CALIBRATE_MS;
     assert_true(x > 0);
     const long rss_calm = rss_kb(s.pid);
 
-    load_t l = {.port = s.http_port, .rate = 2 * x};
-    l.start = dsla_clock_ms();
-    l.end_ms = l.start + LOAD_MS;
+    /* X measured while the machine was busy (other tests run beside this one) can be low: if 2X
+     * is served without a refusal it was not twice the sustainable load, and the server has
+     * shown it sustains 2X. Then the load runs again at twice that, up to OVERLOAD_ROUNDS times;
+     * every round is held to the same answers. */
+    load_t l;
     sampler_t *sm = calloc(1, sizeof *sm);
-    sm->pid = s.pid;
-    sm->end_ms = l.end_ms;
-    pthread_t st;
-    assert_int_equal(pthread_create(&st, NULL, sample, sm), 0);
-    run(&l, WORKERS);
-    pthread_join(st, NULL);
+    for (int round = 0;; round++) {
+        l = (load_t){.port = s.http_port, .rate = 2 * x};
+        l.start = dsla_clock_ms();
+        l.end_ms = l.start + LOAD_MS;
+        *sm = (sampler_t){.pid = s.pid, .end_ms = l.end_ms};
+        pthread_t st;
+        assert_int_equal(pthread_create(&st, NULL, sample, sm), 0);
+        run(&l, WORKERS);
+        pthread_join(st, NULL);
+        assert_int_equal(atomic_load(&l.refused_without_retry), 0);
+        if (atomic_load(&l.other) || atomic_load(&l.unanswered))
+            fail_msg("%ld answers other than 200 and 429 (the last %d), %ld unanswered",
+                     atomic_load(&l.other), l.last_other, atomic_load(&l.unanswered));
+        if (atomic_load(&l.refused) > 0 || round + 1 == OVERLOAD_ROUNDS) break;
+        print_message("2X = %.1f req/s served without a refusal: X was measured low; again at "
+                      "%.1f req/s\n",
+                      2 * x, 4 * x);
+        x *= 2;
+    }
 
     const long sent = atomic_load(&l.ok) + atomic_load(&l.refused) + atomic_load(&l.other) +
                       atomic_load(&l.unanswered);
@@ -163,11 +181,7 @@ static void test_twice_the_sustainable_load(void **state) {
                   x, 2 * x, LOAD_MS, sent, atomic_load(&l.ok), atomic_load(&l.refused),
                   atomic_load(&l.other), atomic_load(&l.unanswered), rss_calm, first, second,
                   sm->n);
-    assert_true(atomic_load(&l.refused) > 0);                   /* the excess is refused ... */
-    assert_int_equal(atomic_load(&l.refused_without_retry), 0); /* ... saying when to retry */
-    if (atomic_load(&l.other) || atomic_load(&l.unanswered))
-        fail_msg("%ld answers other than 200 and 429 (the last %d), %ld unanswered",
-                 atomic_load(&l.other), l.last_other, atomic_load(&l.unanswered));
+    assert_true(atomic_load(&l.refused) > 0); /* the excess is refused, saying when to retry */
     assert_true(atomic_load(&l.ok) > 0);
     if (second > first + first / 4 + 16 * 1024)
         fail_msg("RSS grew under steady overload: peak %ld kB in the first half, %ld kB in the "
