@@ -647,10 +647,14 @@ static void run_dsla_fwd(void *p) {
                                       c->S[1], c->ws, c->ws_bytes));
 }
 
+static dsla_dsla_grad_t dsla_bench_grad(const dsla_ctx_t *c) {
+    return (dsla_dsla_grad_t){c->grad[0], c->grad[1], c->grad[2],
+                              c->grad[3], c->grad[4], c->grad[5]};
+}
+
 static void run_dsla_bwd(void *p) {
     dsla_ctx_t *c = p;
-    const dsla_dsla_grad_t g = {c->grad[0], c->grad[1], c->grad[2],
-                                c->grad[3], c->grad[4], c->grad[5]};
+    const dsla_dsla_grad_t g = dsla_bench_grad(c);
     OK(dsla_cuda_dsla_chunked_backward(NULL, &c->dims, &c->in, c->math, NULL, NULL, c->dout, NULL,
                                        NULL, &g, c->S[0], c->S[1], c->ws, c->ws_bytes));
 }
@@ -659,8 +663,7 @@ static void run_dsla_bwd(void *p) {
  * forward runs before the timing). */
 static void run_dsla_bwd_after_fwd(void *p) {
     dsla_ctx_t *c = p;
-    const dsla_dsla_grad_t g = {c->grad[0], c->grad[1], c->grad[2],
-                                c->grad[3], c->grad[4], c->grad[5]};
+    const dsla_dsla_grad_t g = dsla_bench_grad(c);
     OK(dsla_cuda_dsla_chunked_backward_after_forward(NULL, &c->dims, &c->in, c->math, NULL, NULL,
                                                      c->dout, NULL, NULL, &g, c->S[0], c->S[1],
                                                      c->ws, c->ws_bytes));

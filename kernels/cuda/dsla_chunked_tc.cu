@@ -357,11 +357,8 @@ static __global__ void __launch_bounds__(2 * D, 1)
         ta.load(a, base, hd, n);
         ty.load(y, base + j0, hd, n);
     };
-    if (chunks > 0) load(chunk_at(0));
-
-    for (int s = 0; s < chunks; s++) {
-        const int c = chunk_at(s), n = rows_of(c);
-        float *dst = slots + (hs * chunks + c) * dd;
+    /* the slice into a D x D state matrix */
+    const auto store_slice = [&](float *dst) {
 #pragma unroll
         for (int nt = 0; nt < BV / 8; nt++)
 #pragma unroll
@@ -369,6 +366,12 @@ static __global__ void __launch_bounds__(2 * D, 1)
                 *reinterpret_cast<float2 *>(dst + (size_t)(m0 + g + 8 * half) * D + j0 + nt * 8 +
                                             2 * tq) =
                     make_float2(acc[nt][2 * half], acc[nt][2 * half + 1]);
+    };
+    if (chunks > 0) load(chunk_at(0));
+
+    for (int s = 0; s < chunks; s++) {
+        const int c = chunk_at(s), n = rows_of(c);
+        store_slice(slots + (hs * chunks + c) * dd);
         __syncthreads(); /* the previous chunk's X, L and Y are read */
         tx.template store<false>(X, LX, n, xscale);
         ta.template store<true, true>(L, LX, n, 1.0f);
@@ -418,14 +421,7 @@ static __global__ void __launch_bounds__(2 * D, 1)
             dsla_tc_mma_rows<BV>(acc, af, Y + (k0 + tq) * LY + g, LY);
         }
     }
-    if (S_out)
-#pragma unroll
-        for (int nt = 0; nt < BV / 8; nt++)
-#pragma unroll
-            for (int half = 0; half < 2; half++)
-                *reinterpret_cast<float2 *>(S_out + so + (size_t)(m0 + g + 8 * half) * D + j0 +
-                                            nt * 8 + 2 * tq) =
-                    make_float2(acc[nt][2 * half], acc[nt][2 * half + 1]);
+    if (S_out) store_slice(S_out + so);
 }
 
 template <typename T, typename TY, int D, bool REV>
