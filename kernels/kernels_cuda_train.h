@@ -65,6 +65,53 @@ dsla_status_t dsla_cuda_sum_squares(dsla_cuda_stream_t stream, double *acc, cons
 /* x *= scale over n floats (gradient clipping's rescale, with the CPU's float scale). */
 dsla_status_t dsla_cuda_scale(dsla_cuda_stream_t stream, float *x, float scale, size_t n);
 
+/* ---- the logit term: causal attention and the logits' KL (kernels/cuda/train_attention.cu) ----
+ */
+
+/* The longest T the two attention ops take: one block holds a query row's T fp32 scores in shared
+ * memory, within the 48 KiB a block gets without opting in. probs is B*H*T*T floats (256 MiB per
+ * (b, h) at this T), so the logit term's sequences stay far below it. */
+#define DSLA_CUDA_TRAIN_ATTENTION_MAX_T 8192
+
+/* dsla_cpu_causal_attention_train_forward: q [B*T, H*d], k and v [B*T, Hkv*d], out [B*T, H*d],
+ * probs [B, H, T, T] (the softmax rows, zeros above the diagonal) for the backward. d <= 128 and T
+ * <= DSLA_CUDA_TRAIN_ATTENTION_MAX_T, else DSLA_ERR_UNSUPPORTED naming the value and the limit.
+ * Scores, the softmax sum and P V accumulate in double as on the CPU. Costs 2 B H T^2 d flops in
+ * fp64 (Q K^T and P V over the causal half), reads K and V once per query row (from L2), writes 4 B
+ * H T^2 bytes of probs. No output may alias an input. */
+dsla_status_t dsla_cuda_causal_attention_train_forward(dsla_cuda_stream_t stream, float *out,
+                                                       float *probs, const float *q, const float *k,
+                                                       const float *v, int B, int T, int H, int Hkv,
+                                                       int d);
+
+/* dsla_cpu_causal_attention_train_backward given the forward's probs: dq [B*T, H*d] (=), dk and dv
+ * [B*T, Hkv*d] (=, summed over each KV head's query heads), with no scratch: probs is overwritten.
+ * On return it holds dS = P (dP - rowsum(P dP)) / sqrt(d), dP = dout V^T, the gradient of the
+ * unscaled scores q_i . k_j (zeros above the diagonal), so run the forward again before another
+ * backward. dk and dv accumulate in double where the CPU accumulates in float. Same limits as the
+ * forward. Costs 4 B H T^2 d flops in fp64 (P^T dout, dout V^T, dS K, dS^T Q); reads probs' lower
+ * triangle three times and writes all of it once (about 10 B H T^2 bytes). No output may alias an
+ * input. */
+dsla_status_t dsla_cuda_causal_attention_train_backward(dsla_cuda_stream_t stream, float *dq,
+                                                        float *dk, float *dv, const float *dout,
+                                                        float *probs, const float *q,
+                                                        const float *k, const float *v, int B,
+                                                        int T, int H, int Hkv, int d);
+
+/* dsla_cpu_kl_div_loss with the batch mean left to the caller, so that rows can come in chunks:
+ *   *kl_acc += weight * T^2 * sum over the rows of KL(softmax(teacher / T) || softmax(student / T))
+ * (kl_acc: a device double the caller zeroes), and, when grad is not NULL, grad [rows, vocab] (=)
+ * the gradient of that term, weight * T * (q - p). weight = 1 / rows is the CPU's value and
+ * gradient; 1 / total_rows over chunks sums to it. Logit rows [rows, vocab]; temperature > 0.
+ * Every max, sum and log-sum-exp in double as the CPU; the rows' totals meet in a double
+ * atomicAdd, so the last bits of *kl_acc may vary run to run. Costs four fp64 exps per logit and
+ * three passes over both rows. grad may alias student (each row's reductions finish before any of
+ * its elements is written; the logit term's tail turns the hybrid's logits into their gradient in
+ * place), not teacher. */
+dsla_status_t dsla_cuda_kl_div_loss(dsla_cuda_stream_t stream, double *kl_acc, float *grad,
+                                    const float *student, const float *teacher, int rows, int vocab,
+                                    float temperature, double weight);
+
 #ifdef __cplusplus
 }
 #endif

@@ -25,6 +25,15 @@ bins="$build/tests/test_ops_harness $build/tests/test_gpu_forward $build/tests/t
       $build/tests/test_serve_load $build/tests/test_eval_gpu $build/tests/test_distiller_gpu
       $build/tests/test_nccl_bcast $build/bin/bench_nccl_bcast $build/tests/test_gpu_prompt_lp
       $build/tests/test_eval_echo"
+# GPU_PACK_BINS="test_ops_harness dsla ...": only these of the binaries (a call that runs a few
+# stages with the full models, which together with every binary exceed the carry limit).
+if [ -n "${GPU_PACK_BINS:-}" ]; then
+    kept=""
+    for b in $bins; do
+        case " $GPU_PACK_BINS " in *" $(basename "$b") "*) kept="$kept $b" ;; esac
+    done
+    bins=$kept
+fi
 for b in $bins; do cp "$b" "$stage/gpu/bin/"; done
 strip "$stage"/gpu/bin/*
 # Libraries: everything ldd resolves except the C runtime, the loader and CUDA's own (the GPU machine

@@ -15,9 +15,10 @@
 #   dsla_ncu_detail  one launch of DSLA_NCU_KERNEL (default dsla_tc_bwd) at DSLA_NCU_TOKENS_DETAIL
 #            (4096) tokens under ncu's warp-state, scheduler, occupancy and memory sections: why
 #            it stalls
+#   quality_kl  recipe (e) with --kl-weight W for W in QUALITY_KL_WEIGHTS (0.25 0.5 1), fp32
 #   tc_walk  the harness and --only dsla with DSLA_CUDA_TC_WALK=1 (dsla_chunked_tc.cu's fused state
 #            walk in place of delta + scan: opt-in until it is faster)
-#   tc_pairs  the same with DSLA_CUDA_TC_BWD_PAIRS=1 (dsla_tc_bwd with two warps per sub-chunk)
+#   tc_bwd_one  the same with DSLA_CUDA_TC_BWD_PAIRS=0 (dsla_tc_bwd with one warp per sub-chunk)
 #   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
 #            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
@@ -117,10 +118,10 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
             "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "${DSLA_NCU_TOKENS_DETAIL:-4096}"
         grep -E 'Stall|Warp Cycles|Issued|Eligible|Occupancy|Throughput|Registers|Shared Memory' \
             "$OUT/dsla_ncu_detail.log" | head -40 ;;
-    tc_walk | tc_pairs) # an opt-in variant of dsla_chunked_tc.cu: the harness, then the dsla rows
-        var=DSLA_CUDA_TC_WALK
-        [ "$s" = tc_pairs ] && var=DSLA_CUDA_TC_BWD_PAIRS
-        export "$var"=1
+    tc_walk | tc_bwd_one) # a variant of dsla_chunked_tc.cu: the harness, then the dsla rows
+        var=DSLA_CUDA_TC_WALK val=1
+        [ "$s" = tc_bwd_one ] && var=DSLA_CUDA_TC_BWD_PAIRS val=0
+        export "$var"=$val
         stage "harness_$s" 300 "$D/bin/test_ops_harness"
         grep -E 'dsla_|FAIL' "$OUT/harness_$s.log" | grep -v ' ok$' | head -20
         stage "dsla_$s" 300 "$D/bin/bench_cuda_kernels" --only dsla
@@ -150,6 +151,17 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
                     "$root/docs/quality/tinystories-11M-hf-e-s1234.json" "$OUT/quality-gpu-$dt.json"
                 echo "== quality_gpu_${dt}_against_cpu rc=$?"
             fi
+        done ;;
+    quality_kl) # recipe (e) plus the logit KL term at each of QUALITY_KL_WEIGHTS, fp32 on the GPU
+        for w in ${QUALITY_KL_WEIGHTS:-0.25 0.5 1}; do
+            stage "quality_kl_$w" 300 "$D/bin/dsla" distill --device cuda --dtype f32 \
+                --model "$D/shared/models/tinystories-11M-hf" \
+                --data "$D/shared/data/tinystories_train_sample.txt" \
+                --eval-data "$D/shared/data/tinystories_valid.txt" --eval-sequences 32 \
+                --seed 1234 --out "/tmp/quality-kl-$w" --report "$OUT/quality-kl-$w.json" \
+                --order measured --probe-steps 30 --lr 5e-3 --steps 400 --seq-len 256 \
+                --batch 8 --max-sequences 0 --kl-weight "$w"
+            tail -8 "$OUT/quality_kl_$w.log"
         done ;;
     eval_gpu) stage eval_gpu 300 "$D/bin/test_eval_gpu"
         grep -E 'ppl|relative|PASSED|FAILED|error|rror' "$OUT/eval_gpu.log" ;;

@@ -681,14 +681,15 @@ static bool dsla_cu_tc_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t 
            math == DSLA_CUDA_DSLA_MATH_TF32 && dsla_cu_tc_supports(dims->head_dim);
 }
 
-/* Opt-in variants of dsla_chunked_tc.cu's kernels, until a GPU run has held them to the CPU and
- * timed them: DSLA_CUDA_TC_WALK=1, the state passes as one fused walk (else tc_delta + tc_scan);
- * DSLA_CUDA_TC_BWD_PAIRS=1, dsla_tc_bwd with two warps per sub-chunk. */
+/* Variants of dsla_chunked_tc.cu's kernels, for side-by-side timings: DSLA_CUDA_TC_WALK=1, the
+ * state passes as one fused walk (opt-in: held to the CPU, no faster than tc_delta + tc_scan on an
+ * H100); DSLA_CUDA_TC_BWD_PAIRS=0, dsla_tc_bwd with one warp per sub-chunk instead of two (the
+ * default two: 1.95x faster at 32K tokens on an H100, docs/perf.md). */
 static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
     static int walk = -1, pairs = -1;
     dsla_cu_tc_ws_t t = {ws->states, ws->dstates, ws->extra, ws->gl, ws->gpart, false, false};
     t.walk = dsla_cu_env_switch(&walk, "DSLA_CUDA_TC_WALK", false);
-    t.bwd_pairs = dsla_cu_env_switch(&pairs, "DSLA_CUDA_TC_BWD_PAIRS", false);
+    t.bwd_pairs = dsla_cu_env_switch(&pairs, "DSLA_CUDA_TC_BWD_PAIRS", true);
     return t;
 }
 

@@ -28,6 +28,8 @@
 
 #ifdef DSLA_HAVE_CUDA
 #include "kernels/kernels_cuda_train.h"
+#include "runtime/distill/blocks_cuda.h"
+#include "runtime/distill/logit_tail_cuda.h"
 #endif
 
 enum { CAPTURE_BATCH = DSLA_DISTILL_CAPTURE_BATCH };
@@ -79,6 +81,7 @@ typedef struct {
     dsla_cuda_dsla_math_t math;
     dsla_cuda_stream_t stream;
     dsla_cuda_blas_t *blas;
+    dsla_dev_ctx_t ctx; /* stream, blas and math together, for blocks_cuda.h */
     /* the teacher on the device, sized for sequences of model_T tokens */
     dsla_cuda_model_t *cm;
     dsla_cuda_kv_t *kv;
@@ -93,10 +96,15 @@ typedef struct {
     float *attn_norm, *mlp_norm, *w_gate, *w_up, *w_down;
     streams_t train, eval;
     float *hin, *tgt, *x, *q, *k, *vv, *a1, *a2, *o, *hmid, *xm, *gate, *up, *act, *hout, *dh;
-    float *dmid, *dxm, *dout, *dq, *dk, *dv, *da1, *da2;
+    float *dmid, *dout, *dq, *dk, *dv, *da1, *da2;
     void *ws;
     size_t ws_bytes;
-    double *sums; /* [3]: squared error, target square, gradient square */
+    double *sums; /* [4]: squared error, target square, gradient square, logit KL */
+    /* the logit term (kl_weight > 0): the teacher's final streams of the training sequences
+     * [n, T, D], the batch's, the hybrid after the layer and its gradient at h_out */
+    double kl_weight;
+    float *train_final, *fin, *dtail;
+    dsla_logit_tail_cuda_t *tail;
 } cuda_backend_t;
 
 static size_t per_seq(const cuda_backend_t *c) {
@@ -203,12 +211,13 @@ static void cuda_layer_end(dsla_distill_backend_t *b) {
         &c->eval.h_in, &c->eval.target, &c->hin,  &c->tgt,    &c->x,          &c->q,
         &c->k,         &c->vv,          &c->a1,   &c->a2,     &c->o,          &c->hmid,
         &c->xm,        &c->gate,        &c->up,   &c->act,    &c->hout,       &c->dh,
-        &c->dmid,      &c->dxm,         &c->dout, &c->dq,     &c->dk,         &c->dv,
-        &c->da1,       &c->da2};
+        &c->dmid,      &c->dout,        &c->dq,   &c->dk,     &c->dv,         &c->da1,
+        &c->da2,       &c->train_final, &c->fin,  &c->dtail};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free_dev(bufs[i]);
     dsla_cuda_free(&c->ws);
     dsla_cuda_free((void **)&c->sums);
+    dsla_logit_tail_cuda_destroy(&c->tail);
     c->active = false;
     c->hw = c->hm = c->hv = NULL;
 }
@@ -246,13 +255,13 @@ static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer
                                       const dsla_layer_kind_t *input_plan,
                                       const dsla_corpus_t *train, const dsla_corpus_t *eval) {
     cuda_backend_t *c = (cuda_backend_t *)b;
-    /* The engine refuses both terms first (base.gate_cosine and base.logit_kl are false); a
-     * caller of the seam that does not is told, rather than trained on the hidden loss alone. */
-    if (terms->kl_weight > 0 || terms->gate_cosine_weight > 0)
+    /* The engine refuses the gate cosine term first (base.gate_cosine is false); a caller of the
+     * seam that does not is told, rather than trained on the hidden loss alone. */
+    if (terms->gate_cosine_weight > 0)
         return dsla_error(DSLA_ERR_UNSUPPORTED,
-                          "--kl-weight %g, --gate-cosine %g: the logit KL and gate cosine terms "
-                          "are not implemented on the cuda backend; leave them at 0 there",
-                          terms->kl_weight, terms->gate_cosine_weight);
+                          "--gate-cosine %g: the gate cosine term is not implemented on the cuda "
+                          "backend; leave it at 0 there",
+                          terms->gate_cosine_weight);
     const dsla_model_config_t *cfg = &c->cfg;
     const int T = train->seq_len, layer = w->layer, D = cfg->hidden_size;
     const int I = cfg->intermediate_size, hd = cfg->num_heads * cfg->head_dim;
@@ -272,9 +281,10 @@ static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer
     DSLA_TRY(alloc_dev(&c->train.target, (size_t)c->train.n * per_seq(c)));
     DSLA_TRY(alloc_dev(&c->eval.h_in, (size_t)c->eval.n * per_seq(c)));
     DSLA_TRY(alloc_dev(&c->eval.target, (size_t)c->eval.n * per_seq(c)));
-    /* No teacher final stream: the logit term is refused above. */
-    const dsla_distill_captures_t to = {
-        c->train.h_in, c->train.target, c->eval.h_in, c->eval.target, NULL, 0};
+    c->kl_weight = terms->kl_weight;
+    if (c->kl_weight > 0) DSLA_TRY(alloc_dev(&c->train_final, (size_t)c->train.n * per_seq(c)));
+    const dsla_distill_captures_t to = {c->train.h_in,  c->train.target, c->eval.h_in,
+                                        c->eval.target, c->train_final,  cfg->num_layers};
     DSLA_TRY(dsla_distill_capture_layer(forward_batch, c, input_plan, layer, train, eval, &to));
     DSLA_TRY(dsla_cuda_stream_sync(c->stream));
 
@@ -295,62 +305,61 @@ static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer
     struct {
         float **p;
         size_t n;
-    } acts[] = {{&c->hin, R * D},  {&c->tgt, R * D},  {&c->x, R * D},     {&c->q, R * hd},
-                {&c->k, R * hd},   {&c->vv, R * hd},  {&c->a1, R * hd},   {&c->a2, R * hd},
-                {&c->o, R * hd},   {&c->hmid, R * D}, {&c->xm, R * D},    {&c->gate, R * I},
-                {&c->up, R * I},   {&c->act, R * I},  {&c->hout, R * D},  {&c->dh, R * D},
-                {&c->dmid, R * D}, {&c->dxm, R * D},  {&c->dout, R * hd}, {&c->dq, R * hd},
-                {&c->dk, R * hd},  {&c->dv, R * hd},  {&c->da1, R * hd},  {&c->da2, R * hd}};
+    } acts[] = {{&c->hin, R * D},  {&c->tgt, R * D},   {&c->x, R * D},    {&c->q, R * hd},
+                {&c->k, R * hd},   {&c->vv, R * hd},   {&c->a1, R * hd},  {&c->a2, R * hd},
+                {&c->o, R * hd},   {&c->hmid, R * D},  {&c->xm, R * D},   {&c->gate, R * I},
+                {&c->up, R * I},   {&c->act, R * I},   {&c->hout, R * D}, {&c->dh, R * D},
+                {&c->dmid, R * D}, {&c->dout, R * hd}, {&c->dq, R * hd},  {&c->dk, R * hd},
+                {&c->dv, R * hd},  {&c->da1, R * hd},  {&c->da2, R * hd}};
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
         DSLA_TRY(alloc_dev(acts[i].p, acts[i].n));
     const dsla_dsla_dims_t dims = {batch, T, cfg->num_heads, cfg->head_dim};
     c->ws_bytes = dsla_cuda_dsla_chunked_workspace_bytes(&dims);
     DSLA_TRY(dsla_cuda_malloc(&c->ws, c->ws_bytes));
-    return dsla_cuda_malloc((void **)&c->sums, 3 * sizeof(double));
+    DSLA_TRY(dsla_cuda_malloc((void **)&c->sums, 4 * sizeof(double)));
+    if (c->kl_weight <= 0) return DSLA_OK;
+    DSLA_TRY(alloc_dev(&c->fin, R * D));
+    DSLA_TRY(alloc_dev(&c->dtail, R * D));
+    return dsla_logit_tail_cuda_create(&c->tail, &c->ctx, c->teacher, layer, input_plan,
+                                       c->installed, batch, T, (float)terms->kl_temperature);
 }
 
-static dsla_cuda_dsla_in_t core_in(const cuda_backend_t *c) {
-    return (dsla_cuda_dsla_in_t){c->q,
-                                 c->k,
-                                 c->vv,
-                                 c->a1,
-                                 c->a2,
-                                 DSLA_DTYPE_F32,
-                                 c->single_state ? c->alpha_one : W(c, c->hw->alpha)};
+static dsla_dev_dsla_t student_weights(const cuda_backend_t *c) {
+    const dsla_dsla_layer_t *hw = c->hw;
+    return (dsla_dev_dsla_t){
+        W(c, hw->wq),  W(c, hw->wk),  W(c, hw->wv),
+        W(c, hw->wo),  W(c, hw->wg1), W(c, hw->bg1),
+        W(c, hw->wg2), W(c, hw->bg2), c->single_state ? c->alpha_one : W(c, hw->alpha)};
+}
+
+static dsla_dev_dsla_acts_t student_acts(const cuda_backend_t *c) {
+    return (dsla_dev_dsla_acts_t){c->q, c->k, c->vv, c->a1, c->a2, c->o};
+}
+
+static dsla_dev_mlp_t student_mlp(const cuda_backend_t *c) {
+    return (dsla_dev_mlp_t){c->mlp_norm,        c->w_gate,          c->w_up,
+                            c->w_down,          c->cfg.hidden_size, c->cfg.intermediate_size,
+                            c->cfg.rms_norm_eps};
+}
+
+static dsla_dev_mlp_acts_t student_mlp_acts(const cuda_backend_t *c) {
+    return (dsla_dev_mlp_acts_t){c->xm, c->gate, c->up, c->act};
 }
 
 /* h_out for the nb sequences in hin: distill.c's student_forward on the device. */
 static dsla_status_t student_forward(cuda_backend_t *c, int nb) {
     const dsla_model_config_t *cfg = &c->cfg;
-    const int R = nb * c->T, D = cfg->hidden_size, I = cfg->intermediate_size;
-    const int hd = cfg->num_heads * cfg->head_dim;
-    const float eps = cfg->rms_norm_eps;
-    const dsla_dsla_layer_t *hw = c->hw;
-    dsla_cuda_stream_t s = c->stream;
-    DSLA_TRY(dsla_cuda_rmsnorm(s, c->x, DSLA_DTYPE_F32, c->hin, c->attn_norm, R, D, eps));
-    const float *proj_w[5] = {hw->wq, hw->wk, hw->wv, hw->wg1, hw->wg2};
-    float *proj_y[5] = {c->q, c->k, c->vv, c->a1, c->a2};
-    for (int i = 0; i < 5; i++)
-        DSLA_TRY(dsla_cuda_gemm_f32(c->blas, s, proj_y[i], c->x, false, W(c, proj_w[i]), true, R,
-                                    hd, D, 0.0f, c->math));
-    DSLA_TRY(dsla_cuda_add_row_bias(s, c->a1, hd, W(c, hw->bg1), R, hd));
-    DSLA_TRY(dsla_cuda_add_row_bias(s, c->a2, hd, W(c, hw->bg2), R, hd));
+    const int R = nb * c->T, D = cfg->hidden_size;
+    DSLA_TRY(dsla_cuda_rmsnorm(c->ctx.stream, c->x, DSLA_DTYPE_F32, c->hin, c->attn_norm, R, D,
+                               cfg->rms_norm_eps));
     const dsla_dsla_dims_t dims = {nb, c->T, cfg->num_heads, cfg->head_dim};
-    const dsla_cuda_dsla_in_t in = core_in(c);
-    DSLA_TRY(dsla_cuda_dsla_chunked_forward(s, &dims, &in, c->math, NULL, NULL, c->o, NULL, NULL,
-                                            c->ws, c->ws_bytes));
-    DSLA_TRY(dsla_cuda_copy(c->hmid, c->hin, (size_t)R * D * sizeof(float), s));
-    DSLA_TRY(dsla_cuda_gemm_f32(c->blas, s, c->hmid, c->o, false, W(c, hw->wo), true, R, D, hd,
-                                1.0f, c->math));
-    DSLA_TRY(dsla_cuda_rmsnorm(s, c->xm, DSLA_DTYPE_F32, c->hmid, c->mlp_norm, R, D, eps));
-    DSLA_TRY(dsla_cuda_gemm_f32(c->blas, s, c->gate, c->xm, false, c->w_gate, true, R, I, D, 0.0f,
-                                c->math));
-    DSLA_TRY(
-        dsla_cuda_gemm_f32(c->blas, s, c->up, c->xm, false, c->w_up, true, R, I, D, 0.0f, c->math));
-    DSLA_TRY(dsla_cuda_swiglu(s, c->act, DSLA_DTYPE_F32, c->gate, c->up, R, I, I));
-    DSLA_TRY(dsla_cuda_copy(c->hout, c->hmid, (size_t)R * D * sizeof(float), s));
-    return dsla_cuda_gemm_f32(c->blas, s, c->hout, c->act, false, c->w_down, true, R, D, I, 1.0f,
-                              c->math);
+    const dsla_dev_dsla_t w = student_weights(c);
+    const dsla_dev_dsla_acts_t a = student_acts(c);
+    DSLA_TRY(dsla_dev_dsla_forward(&c->ctx, &w, &dims, D, c->x, &a, c->hin, c->hmid, c->ws,
+                                   c->ws_bytes));
+    const dsla_dev_mlp_t mlp = student_mlp(c);
+    const dsla_dev_mlp_acts_t ma = student_mlp_acts(c);
+    return dsla_dev_mlp_forward(&c->ctx, &mlp, c->hmid, c->hout, &ma, R);
 }
 
 static dsla_status_t cuda_eval_mse(dsla_distill_backend_t *b, double *mse) {
@@ -379,29 +388,23 @@ static dsla_status_t cuda_eval_mse(dsla_distill_backend_t *b, double *mse) {
  * Only right after student_forward of the whole batch: the core's backward reuses its states. */
 static dsla_status_t student_backward(cuda_backend_t *c) {
     const dsla_model_config_t *cfg = &c->cfg;
-    const int R = c->batch * c->T, D = cfg->hidden_size, I = cfg->intermediate_size;
+    const int R = c->batch * c->T, D = cfg->hidden_size;
     const int hd = cfg->num_heads * cfg->head_dim;
     const dsla_dsla_layer_t *hw = c->hw;
-    dsla_cuda_stream_t s = c->stream;
-    dsla_cuda_blas_t *h = c->blas;
-    /* MLP block: act <- d act, gate/up <- their gradients in place, dxm, then the norm onto dh. */
-    DSLA_TRY(
-        dsla_cuda_gemm_f32(h, s, c->act, c->dh, false, c->w_down, false, R, I, D, 0.0f, c->math));
-    DSLA_TRY(dsla_cuda_swiglu_backward(s, c->gate, c->up, c->act, c->gate, c->up, R, I, I));
-    DSLA_TRY(
-        dsla_cuda_gemm_f32(h, s, c->dxm, c->gate, false, c->w_gate, false, R, D, I, 0.0f, c->math));
-    DSLA_TRY(
-        dsla_cuda_gemm_f32(h, s, c->dxm, c->up, false, c->w_up, false, R, D, I, 1.0f, c->math));
-    DSLA_TRY(dsla_cuda_copy(c->dmid, c->dh, (size_t)R * D * sizeof(float), s));
-    DSLA_TRY(dsla_cuda_rmsnorm_backward(s, c->dmid, c->dxm, c->hmid, c->mlp_norm, R, D,
-                                        cfg->rms_norm_eps, true));
+    dsla_cuda_stream_t s = c->ctx.stream;
+    dsla_cuda_blas_t *h = c->ctx.blas;
+    const dsla_dev_mlp_t mlp = student_mlp(c);
+    const dsla_dev_mlp_acts_t ma = student_mlp_acts(c);
+    DSLA_TRY(dsla_dev_mlp_backward(&c->ctx, &mlp, c->dmid, c->dh, c->hmid, &ma, R));
     /* Wo, then the core, then the projections and biases. */
     DSLA_TRY(dsla_cuda_gemm_f32(h, s, G(c, hw->wo), c->dmid, true, c->o, false, D, hd, R, 0.0f,
                                 c->math));
     DSLA_TRY(dsla_cuda_gemm_f32(h, s, c->dout, c->dmid, false, W(c, hw->wo), false, R, hd, D, 0.0f,
                                 c->math));
     const dsla_dsla_dims_t dims = {c->batch, c->T, cfg->num_heads, cfg->head_dim};
-    const dsla_cuda_dsla_in_t in = core_in(c);
+    const dsla_dev_dsla_t w = student_weights(c);
+    const dsla_dev_dsla_acts_t a = student_acts(c);
+    const dsla_cuda_dsla_in_t in = dsla_dev_dsla_in(&w, &a);
     const dsla_dsla_grad_t grad = {c->dq, c->dk, c->dv, c->da1, c->da2, G(c, hw->alpha)};
     /* cuda_step ran student_forward on the whole batch just before: its states are in c->ws. */
     DSLA_TRY(dsla_cuda_dsla_chunked_backward_after_forward(s, &dims, &in, c->math, NULL, NULL,
@@ -419,29 +422,36 @@ static dsla_status_t student_backward(cuda_backend_t *c) {
 static dsla_status_t cuda_step(dsla_distill_backend_t *b, const int *idx, long step,
                                const dsla_adamw_params_t *optim, double *loss, double *kl) {
     cuda_backend_t *c = (cuda_backend_t *)b;
-    *kl = NAN; /* no logit term here: layer_begin refuses it */
     const size_t ps = per_seq(c), n = (size_t)c->batch * ps;
     dsla_cuda_stream_t s = c->stream;
     for (int i = 0; i < c->batch; i++) {
-        DSLA_TRY(dsla_cuda_copy(c->hin + i * ps, c->train.h_in + (size_t)idx[i] * ps,
-                                ps * sizeof(float), s));
-        DSLA_TRY(dsla_cuda_copy(c->tgt + i * ps, c->train.target + (size_t)idx[i] * ps,
-                                ps * sizeof(float), s));
+        const size_t from = (size_t)idx[i] * ps, bytes = ps * sizeof(float);
+        DSLA_TRY(dsla_cuda_copy(c->hin + i * ps, c->train.h_in + from, bytes, s));
+        DSLA_TRY(dsla_cuda_copy(c->tgt + i * ps, c->train.target + from, bytes, s));
+        if (c->tail) DSLA_TRY(dsla_cuda_copy(c->fin + i * ps, c->train_final + from, bytes, s));
     }
     DSLA_TRY(student_forward(c, c->batch));
-    DSLA_TRY(dsla_cuda_zero(c->sums, 3 * sizeof(double), s));
+    DSLA_TRY(dsla_cuda_zero(c->sums, 4 * sizeof(double), s));
     DSLA_TRY(dsla_cuda_nmse_sums(s, c->sums, c->hout, c->tgt, n));
     DSLA_TRY(dsla_cuda_nmse_grad(s, c->dh, c->hout, c->tgt, n, c->sums));
+    if (c->tail) { /* dh += kl_weight * dKL/dh_out (distill.c's trainer_loss_grad) */
+        DSLA_TRY(
+            dsla_logit_tail_cuda_kl(c->tail, c->hout, c->fin, c->batch, c->sums + 3, c->dtail));
+        DSLA_TRY(dsla_cuda_scale(s, c->dtail, (float)c->kl_weight, n));
+        DSLA_TRY(dsla_cuda_add(s, c->dh, c->dh, c->dtail, n));
+    }
     DSLA_TRY(student_backward(c));
     dsla_distill_param_t params[DSLA_DISTILL_PARAMS_MAX];
     const int np = dsla_distill_params_of(c->hw, c->single_state, params);
     for (int i = 0; i < np; i++)
         DSLA_TRY(dsla_cuda_sum_squares(s, c->sums + 2, c->g + params[i].offset, params[i].n));
-    double sums[3];
+    double sums[4];
     DSLA_TRY(dsla_cuda_stream_sync(s));
     DSLA_TRY(dsla_cuda_copy(sums, c->sums, sizeof sums, s));
     DSLA_TRY(dsla_cuda_stream_sync(s));
     *loss = sums[0] / (sums[1] == 0.0 ? 1.0 : sums[1]);
+    *kl = c->tail ? sums[3] : NAN;
+    if (c->tail) *loss += c->kl_weight * *kl;
     const double norm = sqrt(sums[2]);
     if (!isfinite(norm) || !isfinite(*loss))
         return dsla_error(DSLA_ERR_INTERNAL,
@@ -490,7 +500,7 @@ dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsl
     cuda_backend_t *c = calloc(1, sizeof *c);
     if (!c) return dsla_error(DSLA_ERR_OUT_OF_MEMORY, "out of memory for the CUDA backend");
     c->base = (dsla_distill_backend_t){
-        "cuda",        false,     false,     cuda_install, cuda_eval_nll,  cuda_layer_begin,
+        "cuda",        false,     true,      cuda_install, cuda_eval_nll,  cuda_layer_begin,
         cuda_eval_mse, cuda_step, cuda_pull, cuda_push,    cuda_layer_end, cuda_destroy};
     c->teacher = teacher;
     c->cfg = *cfg;
@@ -498,6 +508,7 @@ dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsl
     c->math = opts->dtype == DSLA_DTYPE_F32 ? DSLA_CUDA_DSLA_MATH_F32 : DSLA_CUDA_DSLA_MATH_TF32;
     dsla_status_t st = dsla_cuda_stream_create(&c->stream);
     if (st == DSLA_OK) st = dsla_cuda_blas_create(&c->blas);
+    c->ctx = (dsla_dev_ctx_t){c->stream, c->blas, c->math};
     if (st != DSLA_OK) {
         cuda_destroy(&c->base);
         return st;

@@ -49,6 +49,9 @@ typedef enum {
     OP_BIAS_BWD,      /* a=m b=n e=1: accumulate */
     OP_NMSE,          /* a=n: loss and gradient */
     OP_SUM_SQUARES,   /* a=n: sum of squares, then the clipping rescale */
+    OP_CAUSAL_FWD,    /* a=B b=T c=H d=H_kv e=head_dim: training attention */
+    OP_CAUSAL_BWD,    /* a=B b=T c=H d=H_kv e=head_dim: its dq, dk and dv */
+    OP_KL_DIV,        /* a=rows b=vocab e=1: gradient too; temperature from the row */
 } op_t;
 
 /* Flags of OP_GEMM_TRAIN (field e). */
@@ -72,7 +75,7 @@ typedef struct {
     int a, b, c, d, e;
     dsla_dtype_t dtype;
     double tol;
-    float temperature, top_p; /* OP_SAMPLE only */
+    float temperature, top_p; /* OP_SAMPLE; temperature also OP_KL_DIV */
 } row_t;
 
 /* fp32 ops land near 1e-7; reductions over long rows and the attention's softmax near 1e-6. The
@@ -201,6 +204,21 @@ static const row_t rows[] = {
     {OP_BIAS_BWD, "bias_backward+=", 3, 77, 0, 0, 1, DSLA_DTYPE_F32, TOL_F32, 0, 0},
     {OP_NMSE, "nmse_loss", (1 << 20) + 5, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
     {OP_SUM_SQUARES, "sum_squares+scale", (1 << 20) + 9, 0, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    /* the logit term: GQA, T off the 32-key tiles, a head dim that is no power of two. The forward
+     * keeps the CPU's fp32 stores and double sums (rounding apart); the backward's dk and dv sum
+     * up to group * T products in float on the CPU and in double on the GPU. */
+    {OP_CAUSAL_FWD, "attention_train_fwd", 2, 37, 4, 2, 64, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_CAUSAL_FWD, "attention_train_fwd", 2, 130, 4, 2, 128, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_CAUSAL_FWD, "attention_train_fwd", 1, 1000, 4, 1, 64, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_CAUSAL_FWD, "attention_train_fwd", 1, 65, 6, 3, 80, DSLA_DTYPE_F32, TOL_F32, 0, 0},
+    {OP_CAUSAL_BWD, "attention_train_bwd", 2, 37, 4, 2, 64, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_CAUSAL_BWD, "attention_train_bwd", 2, 130, 4, 2, 128, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_CAUSAL_BWD, "attention_train_bwd", 1, 1000, 4, 1, 64, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_CAUSAL_BWD, "attention_train_bwd", 1, 65, 6, 3, 80, DSLA_DTYPE_F32, TOL_F32_LONG, 0, 0},
+    {OP_KL_DIV, "kl_div_loss", 37, 1000, 0, 0, 1, DSLA_DTYPE_F32, TOL_F32, 1.0f, 0},
+    {OP_KL_DIV, "kl_div_loss", 9, 32000, 0, 0, 1, DSLA_DTYPE_F32, TOL_F32, 2.0f, 0},
+    {OP_KL_DIV, "kl_div_loss(no grad)", 16, 32000, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 1.0f, 0},
+    {OP_KL_DIV, "kl_div_loss(no grad)", 5, 1000, 0, 0, 0, DSLA_DTYPE_F32, TOL_F32, 2.0f, 0},
 };
 
 static uint64_t rng;
@@ -1269,6 +1287,81 @@ static double run_sum_squares(const row_t *r) {
     return worst;
 }
 
+/* Folds the relative error of n device floats against want into worst. */
+static double worse_result(double worst, const char *what, const float *dev, const float *want,
+                           size_t n, double tol) {
+    float *got = host_result(dev, n, false);
+    worst = dsla_worse(worst, what, rel_err(got, want, n), tol);
+    free(got);
+    return worst;
+}
+
+/* Causal training attention: the forward's out and probs, or the backward's gradients from the CPU
+ * forward's probs, so that the backward answers to its reference alone. The GPU backward gets its
+ * own copy of those probs, which it overwrites with dS. */
+static double run_attention_train(const row_t *r, bool bwd) {
+    const int B = r->a, T = r->b, H = r->c, Hkv = r->d, d = r->e;
+    const size_t nq = (size_t)B * T * H * d, nkv = (size_t)B * T * Hkv * d;
+    const size_t np = (size_t)B * H * T * T;
+    float *q = host_random(nq, 1.0f), *k = host_random(nkv, 1.0f), *v = host_random(nkv, 1.0f);
+    float *out = malloc(nq * sizeof *out), *probs = malloc(np * sizeof *probs);
+    float *qd = dev_copy(q, nq * 4), *kd = dev_copy(k, nkv * 4), *vd = dev_copy(v, nkv * 4);
+    dsla_cpu_causal_attention_train_forward(out, probs, q, k, v, B, T, H, Hkv, d);
+    double worst = 0.0;
+    if (!bwd) {
+        float *outd = dev_poisoned(nq), *pd = dev_poisoned(np);
+        CUDA_OK(
+            dsla_cuda_causal_attention_train_forward(NULL, outd, pd, qd, kd, vd, B, T, H, Hkv, d));
+        worst = worse_result(worst, "out", outd, out, nq, r->tol);
+        worst = worse_result(worst, "probs", pd, probs, np, r->tol);
+        dev_free(outd), dev_free(pd);
+    } else {
+        float *dout = host_random(nq, 1.0f), *scratch = malloc((size_t)T * sizeof *scratch);
+        float *dq = malloc(nq * 4), *dk = malloc(nkv * 4), *dv = malloc(nkv * 4);
+        dsla_cpu_causal_attention_train_backward(dq, dk, dv, dout, probs, q, k, v, B, T, H, Hkv, d,
+                                                 scratch);
+        float *doutd = dev_copy(dout, nq * 4), *pd = dev_copy(probs, np * 4);
+        float *dqd = dev_poisoned(nq), *dkd = dev_poisoned(nkv), *dvd = dev_poisoned(nkv);
+        CUDA_OK(dsla_cuda_causal_attention_train_backward(NULL, dqd, dkd, dvd, doutd, pd, qd, kd,
+                                                          vd, B, T, H, Hkv, d));
+        worst = worse_result(worst, "dq", dqd, dq, nq, r->tol);
+        worst = worse_result(worst, "dk", dkd, dk, nkv, r->tol);
+        worst = worse_result(worst, "dv", dvd, dv, nkv, r->tol);
+        free(dout), free(scratch), free(dq), free(dk), free(dv);
+        dev_free(doutd), dev_free(pd), dev_free(dqd), dev_free(dkd), dev_free(dvd);
+    }
+    free(q), free(k), free(v), free(out), free(probs);
+    dev_free(qd), dev_free(kd), dev_free(vd);
+    return worst;
+}
+
+/* The logits' KL with weight 1 / rows, in two chunks of rows that accumulate into one device
+ * double, as the distiller feeds it; their sum must be the CPU's batch mean. */
+static double run_kl_div(const row_t *r) {
+    const int n_rows = r->a, vocab = r->b, first = n_rows / 2;
+    const bool with_grad = r->e == 1;
+    const size_t n = (size_t)n_rows * vocab, off = (size_t)first * vocab;
+    const double weight = 1.0 / n_rows;
+    float *t = host_random(n, 3.0f), *s = host_random(n, 1.0f);
+    for (size_t i = 0; i < n; i++)
+        s[i] += t[i]; /* a student near its teacher */
+    float *want = with_grad ? malloc(n * sizeof *want) : NULL;
+    const double loss = dsla_cpu_kl_div_loss(want, s, t, n_rows, vocab, r->temperature);
+    float *sd = dev_copy(s, n * 4), *td = dev_copy(t, n * 4);
+    float *gd = with_grad ? dev_poisoned(n) : NULL;
+    double *acc = NULL;
+    CUDA_OK(dsla_cuda_malloc((void **)&acc, sizeof(double)));
+    CUDA_OK(dsla_cuda_zero(acc, sizeof(double), NULL));
+    CUDA_OK(dsla_cuda_kl_div_loss(NULL, acc, gd, sd, td, first, vocab, r->temperature, weight));
+    CUDA_OK(dsla_cuda_kl_div_loss(NULL, acc, gd ? gd + off : NULL, sd + off, td + off,
+                                  n_rows - first, vocab, r->temperature, weight));
+    double worst = dsla_worse(0.0, "loss", fabs(host_double(acc) - loss) / loss, r->tol);
+    if (with_grad) worst = worse_result(worst, "grad", gd, want, n, r->tol);
+    free(t), free(s), free(want);
+    dev_free(sd), dev_free(td), dev_free(gd), dev_free(acc);
+    return worst;
+}
+
 static double run_row(const row_t *r) {
     switch (r->op) {
     case OP_GEMM:
@@ -1317,6 +1410,12 @@ static double run_row(const row_t *r) {
         return run_nmse(r);
     case OP_SUM_SQUARES:
         return run_sum_squares(r);
+    case OP_CAUSAL_FWD:
+        return run_attention_train(r, false);
+    case OP_CAUSAL_BWD:
+        return run_attention_train(r, true);
+    case OP_KL_DIV:
+        return run_kl_div(r);
     }
     return INFINITY;
 }
