@@ -35,16 +35,16 @@
  * norms and MLP, and minimises the MSE normalised by the target's mean square (5.3) with AdamW.
  * Of 5.3's optional terms, the gate cosine is here (off by default): gate_cosine_weight times the
  * cosine similarity of the two states' log-gates over the batch, which pushes history and recency
- * apart. The logit KL term (kl_weight > 0, off by default; CPU only) adds kl_weight times
+ * apart. The logit KL term (kl_weight > 0, off by default; both backends) adds kl_weight times
  * KL(teacher || hybrid) of the next-token distributions at every position, at temperature
  * kl_temperature (dsla_cpu_kl_div_loss's batchmean * T^2): the hybrid runs on from the student's
  * h_out through the later layers (frozen, as the chained plan has them: DSLA where already
  * converted, attention elsewhere; the teacher's for the unchained ablation), the final norm and
  * the head, against the teacher's final stream captured with the targets (runtime/distill/
- * logit_tail.h), and the gradient flows back through all of it into the trained layer. It costs a
- * forward and a backward of every later layer per step (attention at O(T^2) exactly). A measured
- * order's probes train on the hidden-state loss alone, so they rank layers (and are stored) as
- * without the term.
+ * logit_tail.h, logit_tail_cuda.h), and the gradient flows back through all of it into the trained
+ * layer. It costs a forward and a backward of every later layer per step (attention at O(T^2)
+ * exactly). A measured order's probes train on the hidden-state loss alone, so they rank layers
+ * (and are stored) as without the term.
  *
  * Init-only (steps 0): each layer of the order is written as the teacher initialises it (DESIGN.md
  * section 4, the seed training would start from), with steps 0 and NaN losses, and nothing is
