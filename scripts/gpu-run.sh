@@ -19,7 +19,7 @@
 #   tc_walk  the harness and --only dsla with DSLA_CUDA_TC_WALK=1 (dsla_chunked_tc.cu's fused state
 #            walk in place of delta + scan: opt-in until it is faster)
 #   tc_bwd_one  the same with DSLA_CUDA_TC_BWD_PAIRS=0 (dsla_tc_bwd with one warp per sub-chunk)
-#   tc_out_pairs  the same with DSLA_CUDA_TC_OUT_PAIRS=1 (dsla_tc_out with two warps per sub-chunk)
+#   tc_out_one  the same with DSLA_CUDA_TC_OUT_PAIRS=0 (dsla_tc_out with one warp per sub-chunk)
 #   dsla_ncu  bench_cuda_kernels --only dsla --dsla-tokens T under ncu (DSLA_NCU_TOKENS, default
 #            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
@@ -119,10 +119,10 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
             "$D/bin/bench_cuda_kernels" --only dsla --dsla-tokens "${DSLA_NCU_TOKENS_DETAIL:-4096}"
         grep -E 'Stall|Warp Cycles|Issued|Eligible|Occupancy|Throughput|Registers|Shared Memory' \
             "$OUT/dsla_ncu_detail.log" | head -40 ;;
-    tc_walk | tc_bwd_one | tc_out_pairs) # a variant of dsla_chunked_tc.cu: harness, dsla rows
+    tc_walk | tc_bwd_one | tc_out_one) # a variant of dsla_chunked_tc.cu: harness, dsla rows
         var=DSLA_CUDA_TC_WALK val=1
         [ "$s" = tc_bwd_one ] && var=DSLA_CUDA_TC_BWD_PAIRS val=0
-        [ "$s" = tc_out_pairs ] && var=DSLA_CUDA_TC_OUT_PAIRS val=1
+        [ "$s" = tc_out_one ] && var=DSLA_CUDA_TC_OUT_PAIRS val=0
         export "$var"=$val
         stage "harness_$s" 300 "$D/bin/test_ops_harness"
         grep -E 'dsla_|FAIL' "$OUT/harness_$s.log" | grep -v ' ok$' | head -20

@@ -34,7 +34,8 @@ static const char usage[] =
     "                  [--device cuda --gpus 0-5 [--distill-gpus 6]] [--local-replicas N]\n"
     "                  [--device cuda --random-model 7b --tokenizer DIR [--vocab N]]\n"
     "                  [--distill-data FILE... --distill-out DIR [--distill-layers N]\n"
-    "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N] ...\n"
+    "                   [--distill-steps N] [--distill-seq-len N] [--distill-batch N]\n"
+    "                   [--distill-kl-weight X] ...\n"
     "                   [--distill-device cpu|cuda [--distill-gpu N] [--distill-dtype bf16|f32]]\n"
     "                   [--no-sample-prompts | --sample-every N [--sample-seed N] ...]]\n"
     "                  [--max-running N] [--max-context N] [--prefill-chunk N]\n"
@@ -278,6 +279,7 @@ int main(int argc, char **argv) {
     long distill_layers = 0, distill_steps = distill.steps, distill_batch = distill.batch;
     long distill_seq_len = 256, distill_max_sequences = 0, distill_eval_sequences = 16;
     long distill_seed = (long)distill.seed, distill_checkpoint = distill.checkpoint_every;
+    double distill_kl_weight = distill.kl_weight;
     bool no_sample_prompts = false, gpu_warmup = false;
     long sample_every = DSLA_SERVING_SAMPLE_EVERY, sample_seed = 0;
     long sample_tokens_per_s = DSLA_SERVING_SAMPLE_TOKENS_PER_S;
@@ -387,6 +389,9 @@ int main(int argc, char **argv) {
         {"distill-seed", INT_D, "initialisation and batch seed", 0, 9.2e18, &distill_seed},
         {"distill-checkpoint-every", INT_D, "steps between checkpoints", 0, 1e9,
          &distill_checkpoint},
+        {"distill-kl-weight", DSLA_ARG_FLOAT | DSLA_ARG_SHOW_DEFAULT,
+         "weight of the logit KL term (dsla distill --kl-weight; 0: off)", 0, 100,
+         &distill_kl_weight},
         {"distill-device", DSLA_ARG_STRING, "the distiller's device: cpu (default) or cuda", 0, 0,
          &distill_device},
         {"distill-gpu", INT_D, "with --distill-device cuda: the GPU's index", 0, 1024,
@@ -755,6 +760,7 @@ int main(int argc, char **argv) {
             distill.batch = (int)distill_batch;
             distill.seed = (uint64_t)distill_seed;
             distill.checkpoint_every = (int)distill_checkpoint;
+            distill.kl_weight = distill_kl_weight;
             distill.optim = dsla_distill_optim_default(distill.steps);
             config.distiller = (dsla_distiller_config_t){
                 .model_dir = model_dir,

@@ -682,14 +682,21 @@ static bool dsla_cu_tc_path(const dsla_dsla_dims_t *dims, dsla_cuda_dsla_math_t 
 }
 
 /* Variants of dsla_chunked_tc.cu's kernels, for side-by-side timings: DSLA_CUDA_TC_WALK=1, the
- * state passes as one fused walk (opt-in: held to the CPU, no faster than tc_delta + tc_scan on an
- * H100); DSLA_CUDA_TC_BWD_PAIRS=0, dsla_tc_bwd with one warp per sub-chunk instead of two (the
- * default two: 1.95x faster at 32K tokens on an H100, docs/perf.md). */
+ * state passes as one fused walk (opt-in: held to the CPU, 4-6% faster than tc_delta + tc_scan on
+ * an H100, 1% slower on an H200); DSLA_CUDA_TC_BWD_PAIRS=0, dsla_tc_bwd with one warp per sub-chunk
+ * instead of two (the default two: ~2x faster at 32K tokens on an H100, docs/perf.md);
+ * DSLA_CUDA_TC_OUT_PAIRS=0, dsla_tc_out with one warp per sub-chunk instead of two (the default
+ * two: the forward 1.21x faster at 32K tokens on an H200). */
 static dsla_cu_tc_ws_t dsla_cu_tc_ws(const dsla_cu_ws_t *ws) {
-    static int walk = -1, pairs = -1;
-    dsla_cu_tc_ws_t t = {ws->states, ws->dstates, ws->extra, ws->gl, ws->gpart, false, false};
-    t.walk = dsla_cu_env_switch(&walk, "DSLA_CUDA_TC_WALK", false);
-    t.bwd_pairs = dsla_cu_env_switch(&pairs, "DSLA_CUDA_TC_BWD_PAIRS", true);
+    static int walk = -1, bwd_pairs = -1, out_pairs = -1;
+    const dsla_cu_tc_ws_t t = {ws->states,
+                               ws->dstates,
+                               ws->extra,
+                               ws->gl,
+                               ws->gpart,
+                               dsla_cu_env_switch(&walk, "DSLA_CUDA_TC_WALK", false),
+                               dsla_cu_env_switch(&bwd_pairs, "DSLA_CUDA_TC_BWD_PAIRS", true),
+                               dsla_cu_env_switch(&out_pairs, "DSLA_CUDA_TC_OUT_PAIRS", true)};
     return t;
 }
 
@@ -809,7 +816,7 @@ dsla_cuda_dsla_chunked_forward(dsla_cuda_stream_t stream, const dsla_dsla_dims_t
     if (dsla_cu_tc_path(dims, math)) {
         const dsla_cu_tc_ws_t tws = dsla_cu_tc_ws(&ws);
         DSLA_TRY(dsla_cu_tc_states(stream, dims, in, S1_0, S2_0, S1_T, S2_T, &tws));
-        return dsla_cu_tc_out(stream, dims, in, ws.states, out);
+        return dsla_cu_tc_out(stream, dims, in, out, &tws);
     }
     if (in->dtype == DSLA_DTYPE_BF16)
         return tc ? dsla_cu_forward<__nv_bfloat16, true>(stream, dims, in, S1_0, S2_0, out, S1_T,

@@ -600,13 +600,25 @@ __device__ __forceinline__ void dsla_tc_store_scores(float *Aw, int LA, const fl
  * side by side and share q, k, v in L2. Warp I owns rows 16I..16I+15 (sub-chunk I). Per pass over
  * 32 key channels: the in-chunk cumsum b, then A_I += (q exp(b_t - r)) (k exp(r - b_s))^T for
  * s < 16(I+1) and O_I += (q exp(b_t)) S_prev[channels, :]. Then A is masked (s <= t), staged in
- * the warp's shared strip and O_I += A_I V; out += O. q carries w_i / sqrt(d). */
-template <typename T, int D>
-static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
+ * the warp's shared strip and O_I += A_I V; out += O. q carries w_i / sqrt(d).
+ *
+ * HALVES 2 runs two warps per sub-chunk (8 per block), as tc_bwd does: warp w takes sub-chunk
+ * w % 4 and half hf = w / 4 of the output tiles, A's column tiles alternately and the value
+ * columns hf D/2 .. hf D/2 + D/2 - 1 of O; the own blocks' pair-by-pair sums stay with hf 0, and a
+ * barrier lets both halves of the strip land before A V reads it. Same shared memory, so two
+ * blocks still share an SM, now 16 warps instead of 8. The kernel is latency-bound (~26 TFLOP/s of
+ * TF32, ~4 GB moved, 5.3 ms at 32K tokens, H100): predicted 1.3-1.7x on the kernel; measured the
+ * whole forward 8.85 -> 7.32 ms at 32K on an H200 (the kernel ~5.3 -> ~3.8 ms, ~1.4x), so it is
+ * the default (dsla_chunked.cu's dsla_cu_tc_ws). */
+template <typename T, int D, int HALVES>
+static __global__ void __launch_bounds__((DSLA_TC_OUT_THREADS * HALVES), 2)
     dsla_tc_out(const T *q, const T *k, const T *v, const T *a1, const T *a2, const float *alpha,
                 const float *states, float *out, int tokens, int H) {
     constexpr int QC = DSLA_TC_QUARTER, LQ = QC + DSLA_TC_PAD_ROWS, LV = D + DSLA_TC_PAD_COLS;
-    constexpr int LA = DSLA_CU_C + DSLA_TC_PAD_ROWS, SUB = DSLA_TC_SUB;
+    constexpr int LA = DSLA_CU_C + DSLA_TC_PAD_ROWS, SUB = DSLA_TC_SUB, SUBS = DSLA_CU_C / SUB;
+    constexpr int THREADS = DSLA_TC_OUT_THREADS * HALVES;
+    /* Per warp: score tiles (of C / 8) and value columns. */
+    constexpr int NA = DSLA_CU_C / 8 / HALVES, DV = D / HALVES;
     extern __shared__ __align__(16) float sm[];
     float *Qs = sm, *Ks = Qs + DSLA_CU_C * LQ, *Bs = Ks + DSLA_CU_C * LQ, *Ss = Bs + DSLA_CU_C * LQ;
     float *Vs = Ss + QC * LV, *Ap = Vs + DSLA_CU_C * LV, *tot = Ap + DSLA_CU_C * LA;
@@ -617,53 +629,58 @@ static __global__ void __launch_bounds__(DSLA_TC_OUT_THREADS, 2)
     const float *S_prev = states + dsla_tc_item(b, H, h, i, chunks, chunk) * D * D;
     const T *a = i ? a2 : a1;
     const int lane = (int)threadIdx.x % DSLA_CUDA_WARP, warp = (int)threadIdx.x / DSLA_CUDA_WARP;
-    const int g = lane >> 2, tq = lane & 3, p = warp * SUB;
-    float *Aw = Ap + p * LA; /* the warp's strip: rows p..p+15 of A */
+    /* One warp per sub-chunk: hf is 0 at compile time, and the code is the 4-warp kernel's. */
+    const int sub = HALVES > 1 ? warp % SUBS : warp, hf = HALVES > 1 ? warp / SUBS : 0;
+    const int g = lane >> 2, tq = lane & 3, p = sub * SUB;
+    float *Aw = Ap + p * LA; /* the sub-chunk's strip: rows p..p+15 of A */
     float w[2];
     dsla_cu_mix_weights(alpha, w);
     const float qscale = w[i] / sqrtf((float)D);
 
     {
-        dsla_tc_tile<T, D, DSLA_TC_OUT_THREADS> tv;
+        dsla_tc_tile<T, D, THREADS> tv;
         tv.load(v, base, hd, n);
         tv.template store<false>(Vs, LV, n, 1.0f);
     }
     /* The strip's own 16 x 16 block collects the pair-by-pair sums of unguarded passes. */
-    for (int e = lane; e < SUB * SUB; e += DSLA_CUDA_WARP)
-        Aw[(e / SUB) * LA + p + e % SUB] = 0.0f;
-    float accO[D / 8][4] = {}, accA[DSLA_CU_C / 8][4] = {};
+    if (hf == 0)
+        for (int e = lane; e < SUB * SUB; e += DSLA_CUDA_WARP)
+            Aw[(e / SUB) * LA + p + e % SUB] = 0.0f;
+    float accO[DV / 8][4] = {}, accA[NA][4] = {};
 
     for (int c0 = 0; c0 < D; c0 += QC) {
         float *const S[1] = {Ss};
         const float *const src[1] = {S_prev};
-        const bool guarded = dsla_tc_pass_inputs<T, D, 1>(Qs, Ks, Bs, S, src, LV, q, k, a, base, c0,
-                                                          hd, n, qscale, tot);
-        const float *ref = warp ? Bs + (p - 1) * LQ : NULL;
+        const bool guarded = dsla_tc_pass_inputs<T, D, 1, THREADS>(Qs, Ks, Bs, S, src, LV, q, k, a,
+                                                                   base, c0, hd, n, qscale, tot);
+        const float *ref = sub ? Bs + (p - 1) * LQ : NULL;
 #pragma unroll
         for (int k0 = 0; k0 < QC; k0 += 8) {
-            dsla_tc_scores_step(accA, Qs, Ks, Bs, ref, k0, p, g, tq, guarded);
+            dsla_tc_scores_step<NA, HALVES>(accA, Qs, Ks, Bs, ref, k0, p, g, tq, guarded, hf);
             const int ca = k0 + tq, cb = ca + 4;
             const float *q0 = Qs + (p + g) * LQ, *q1 = q0 + 8 * LQ;
             const float *b0 = Bs + (p + g) * LQ, *b1 = b0 + 8 * LQ;
             const uint32_t ag[4] = {
                 dsla_tc_tf32(q0[ca] * __expf(b0[ca])), dsla_tc_tf32(q1[ca] * __expf(b1[ca])),
                 dsla_tc_tf32(q0[cb] * __expf(b0[cb])), dsla_tc_tf32(q1[cb] * __expf(b1[cb]))};
-            dsla_tc_mma_rows<D>(accO, ag, Ss + ca * LV + g, LV);
+            dsla_tc_mma_rows<DV>(accO, ag, Ss + ca * LV + hf * DV + g, LV);
         }
-        if (!guarded) dsla_tc_own_scores(Aw, LA, Qs, Ks, Bs, p, lane);
+        if (!guarded && hf == 0) dsla_tc_own_scores(Aw, LA, Qs, Ks, Bs, p, lane);
         __syncthreads(); /* the next pass overwrites Qs, Ks, Bs, Ss */
     }
 
-    dsla_tc_store_scores(Aw, LA, accA, p, g, tq);
+    dsla_tc_store_scores<NA, HALVES>(Aw, LA, accA, p, g, tq, hf);
+    /* A V reads the whole strip: with two warps per sub-chunk, both must have stored theirs. */
+    if (HALVES > 1) __syncthreads();
 #pragma unroll
     for (int k0 = 0; k0 < DSLA_CU_C; k0 += 8) {
         if (k0 >= p + SUB) break;
         const float *r0 = Aw + g * LA + k0 + tq, *r1 = r0 + 8 * LA;
         const uint32_t af[4] = {dsla_tc_tf32(r0[0]), dsla_tc_tf32(r1[0]), dsla_tc_tf32(r0[4]),
                                 dsla_tc_tf32(r1[4])};
-        dsla_tc_mma_rows<D>(accO, af, Vs + (k0 + tq) * LV + g, LV);
+        dsla_tc_mma_rows<DV>(accO, af, Vs + (k0 + tq) * LV + hf * DV + g, LV);
     }
-    dsla_tc_add_strip<D>(out + base, hd, p, n, accO, g, tq);
+    dsla_tc_add_strip<DV>(out + base + hf * DV, hd, p, n, accO, g, tq);
 }
 
 static size_t dsla_tc_out_smem(int d) {
@@ -673,23 +690,31 @@ static size_t dsla_tc_out_smem(int d) {
                             (size_t)(DSLA_CU_C / DSLA_TC_SUB) * DSLA_CUDA_WARP);
 }
 
-template <typename T, int D>
-static dsla_status_t dsla_tc_out_launch(cudaStream_t stream, const dsla_dsla_dims_t *dims,
-                                        const dsla_cuda_dsla_in_t *in, const float *states,
-                                        float *out) {
+template <typename T, int D, int HALVES>
+static dsla_status_t dsla_tc_out_run(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                     const dsla_cuda_dsla_in_t *in, float *out,
+                                     const dsla_cu_tc_ws_t *ws) {
     const int chunks = (dims->tokens + DSLA_CU_C - 1) / DSLA_CU_C;
     if (chunks == 0) return DSLA_OK;
     const size_t smem = dsla_tc_out_smem(D);
     DSLA_CUDA_CHECK(cudaMemsetAsync(
         out, 0, (size_t)dims->batch * dims->tokens * dims->heads * D * sizeof(float), stream));
-    DSLA_CUDA_CHECK(cudaFuncSetAttribute(dsla_tc_out<T, D>,
+    DSLA_CUDA_CHECK(cudaFuncSetAttribute(dsla_tc_out<T, D, HALVES>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid(2u * (unsigned)chunks, (unsigned)dims->heads, (unsigned)dims->batch);
-    dsla_tc_out<T, D><<<grid, DSLA_TC_OUT_THREADS, smem, stream>>>(
+    dsla_tc_out<T, D, HALVES><<<grid, DSLA_TC_OUT_THREADS * HALVES, smem, stream>>>(
         (const T *)in->q, (const T *)in->k, (const T *)in->v, (const T *)in->a1, (const T *)in->a2,
-        in->alpha, states, out, dims->tokens, dims->heads);
+        in->alpha, ws->states, out, dims->tokens, dims->heads);
     DSLA_CUDA_CHECK_LAUNCH("dsla_tc_out");
     return DSLA_OK;
+}
+
+template <typename T, int D>
+static dsla_status_t dsla_tc_out_launch(cudaStream_t stream, const dsla_dsla_dims_t *dims,
+                                        const dsla_cuda_dsla_in_t *in, float *out,
+                                        const dsla_cu_tc_ws_t *ws) {
+    return ws->out_pairs ? dsla_tc_out_run<T, D, 2>(stream, dims, in, out, ws)
+                         : dsla_tc_out_run<T, D, 1>(stream, dims, in, out, ws);
 }
 
 /* ---- backward of the chunks ---- */
@@ -1088,8 +1113,8 @@ dsla_status_t dsla_cu_tc_dstates(cudaStream_t stream, const dsla_dsla_dims_t *di
 }
 
 dsla_status_t dsla_cu_tc_out(cudaStream_t stream, const dsla_dsla_dims_t *dims,
-                             const dsla_cuda_dsla_in_t *in, const float *states, float *out) {
-    return DSLA_TC_DISPATCH(dsla_tc_out_launch, stream, dims, in, states, out);
+                             const dsla_cuda_dsla_in_t *in, float *out, const dsla_cu_tc_ws_t *ws) {
+    return DSLA_TC_DISPATCH(dsla_tc_out_launch, stream, dims, in, out, ws);
 }
 
 dsla_status_t dsla_cu_tc_bwd(cudaStream_t stream, const dsla_dsla_dims_t *dims,

@@ -17,6 +17,8 @@ typedef struct {
     bool walk;
     /* dsla_tc_bwd with two warps per sub-chunk (8 per block) instead of one. */
     bool bwd_pairs;
+    /* dsla_tc_out with two warps per sub-chunk (8 per block) instead of one. */
+    bool out_pairs;
 } dsla_cu_tc_ws_t;
 
 /* Head dims the path is built for (64 and 128); others take dsla_chunked.cu's kernels. */
@@ -34,9 +36,9 @@ dsla_status_t dsla_cu_tc_dstates(cudaStream_t stream, const dsla_dsla_dims_t *di
                                  const float *dS1_T, const float *dS2_T, float *dS1_0, float *dS2_0,
                                  const dsla_cu_tc_ws_t *ws);
 
-/* out [B, T, H*d] = the mixed output, from the states dsla_cu_tc_states stored. */
+/* out [B, T, H*d] = the mixed output, from the states dsla_cu_tc_states stored in ws->states. */
 dsla_status_t dsla_cu_tc_out(cudaStream_t stream, const dsla_dsla_dims_t *dims,
-                             const dsla_cuda_dsla_in_t *in, const float *states, float *out);
+                             const dsla_cuda_dsla_in_t *in, float *out, const dsla_cu_tc_ws_t *ws);
 
 /* The backward's per-chunk gradients from the states both passes stored: dq, dk, dv (zeroed by
  * the caller: the two states add onto them), da1, da2, and dalpha's partial per (sequence, head,

@@ -3,7 +3,8 @@
  * the run is the teacher's), and announces each layer version (LAYER_READY); the controller
  * verifies and catalogues them, and dslactl status and history show the distiller's progress and
  * events. With --no-sample-prompts no served prompt reaches the distiller, and the versions equal
- * what offline `dsla distill` writes with the same parameters;
+ * what offline `dsla distill` writes with the same parameters (the logit KL term's weight
+ * included: --distill-kl-weight reaches the engine);
  * `dslactl convert 2` converts the replica and greedy output through the client stub equals
  * in-process generation under that plan. An announcement whose file does not hash as announced is
  * refused. Started again on the same directory, the distiller keeps
@@ -25,7 +26,8 @@ static char admin[64];
 /* The distillation parameters of both runs, online and offline: small enough for a second. */
 #define DISTILL_ARGS(prefix)                                                                       \
     prefix "layers", "2", prefix "steps", "3", prefix "seq-len", "64", prefix "batch", "2",        \
-        prefix "max-sequences", "8", prefix "eval-sequences", "2", prefix "seed", "7"
+        prefix "max-sequences", "8", prefix "eval-sequences", "2", prefix "seed", "7",             \
+        prefix "kl-weight", "0.5"
 
 static dsla_test_server_t start(const char *model, const char *data, const char *out,
                                 const char *policy) {
@@ -186,7 +188,8 @@ static void test_distill_device_cuda(void **state) {
     const char *bad[][4] = {{"--distill-device", "tpu", "'tpu' is not one of cpu, cuda", NULL},
                             {"--distill-gpu", "1", "--distill-device", NULL},
                             {"--distill-dtype=f32", NULL, "--distill-device", NULL},
-                            {"--distill-dtype", "f16", "'f16' is not one of bf16, f32", NULL}};
+                            {"--distill-dtype", "f16", "'f16' is not one of bf16, f32", NULL},
+                            {"--distill-kl-weight", "-1", "--distill-kl-weight", NULL}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *args[] = {"--model", model,     "--distill-data", data, "--distill-out",
                               online,    bad[i][0], bad[i][1],        NULL};
