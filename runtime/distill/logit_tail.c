@@ -66,17 +66,24 @@ static dsla_mlp_block_t mlp_of(const dsla_logit_tail_t *t, int j) {
                               c->rms_norm_eps};
 }
 
-dsla_status_t dsla_logit_tail_create(dsla_logit_tail_t **out, const dsla_model_t *model, int layer,
-                                     const dsla_layer_kind_t *kinds, int batch, int seq_len,
-                                     float temperature) {
-    *out = NULL;
-    const dsla_model_config_t *c = dsla_model_config(model);
-    const int L = c->num_layers;
+dsla_status_t dsla_logit_tail_check(const dsla_model_t *model, int layer, int batch, int seq_len,
+                                    float temperature) {
+    const int L = dsla_model_config(model)->num_layers;
     if (layer < 0 || layer >= L || L > DSLA_LAYER_ORDER_MAX || batch < 1 || seq_len < 1 ||
         !(temperature > 0))
         return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
                           "logit tail: layer %d of %d, batch %d, seq_len %d, temperature %g", layer,
                           L, batch, seq_len, (double)temperature);
+    return DSLA_OK;
+}
+
+dsla_status_t dsla_logit_tail_create(dsla_logit_tail_t **out, const dsla_model_t *model, int layer,
+                                     const dsla_layer_kind_t *kinds, int batch, int seq_len,
+                                     float temperature) {
+    *out = NULL;
+    DSLA_TRY(dsla_logit_tail_check(model, layer, batch, seq_len, temperature));
+    const dsla_model_config_t *c = dsla_model_config(model);
+    const int L = c->num_layers;
     dsla_logit_tail_t *t = calloc(1, sizeof *t);
     if (!t) return dsla_error_oom("the logit term");
     *t = (dsla_logit_tail_t){.model = model,

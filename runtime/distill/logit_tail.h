@@ -30,6 +30,11 @@ dsla_status_t dsla_logit_tail_create(dsla_logit_tail_t **out, const dsla_model_t
                                      float temperature);
 void dsla_logit_tail_destroy(dsla_logit_tail_t **t);
 
+/* The checks both tails' create make (this one and logit_tail_cuda.h's): layer of the model,
+ * batch and seq_len at least 1, temperature above 0; INVALID_ARGUMENT naming them otherwise. */
+dsla_status_t dsla_logit_tail_check(const dsla_model_t *model, int layer, int batch, int seq_len,
+                                    float temperature);
+
 /* KL(softmax(teacher / T) || softmax(hybrid / T)) * T^2, averaged over the batch * seq_len rows
  * (dsla_cpu_kl_div_loss's batchmean semantics), of the hybrid's logits from h_out [batch * T, D]
  * against the teacher's from teacher_final [batch * T, D] (the teacher's stream leaving its last

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "runtime/distill/backend.h"
+#include "runtime/distill/logit_tail.h"
 
 /* Rows of logits formed at once: the teacher's, the hybrid's (then its gradient) are two blocks of
  * this many rows of vocab floats (256 MB at a 32K vocabulary), whatever the batch. */
@@ -180,13 +181,9 @@ dsla_status_t dsla_logit_tail_cuda_create(dsla_logit_tail_cuda_t **out, const ds
                                           const dsla_dsla_layer_t *const *installed, int batch,
                                           int seq_len, float temperature) {
     *out = NULL;
+    DSLA_TRY(dsla_logit_tail_check(model, layer, batch, seq_len, temperature));
     const dsla_model_config_t *c = dsla_model_config(model);
     const int L = c->num_layers;
-    if (layer < 0 || layer >= L || L > DSLA_LAYER_ORDER_MAX || batch < 1 || seq_len < 1 ||
-        !(temperature > 0))
-        return dsla_error(DSLA_ERR_INVALID_ARGUMENT,
-                          "logit tail: layer %d of %d, batch %d, seq_len %d, temperature %g", layer,
-                          L, batch, seq_len, (double)temperature);
     if (seq_len > DSLA_CUDA_TRAIN_ATTENTION_MAX_T)
         return dsla_error(DSLA_ERR_UNSUPPORTED,
                           "--seq-len %d: the logit term on the GPU takes sequences of at most %d "
