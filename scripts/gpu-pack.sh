@@ -40,7 +40,7 @@ strip "$stage"/gpu/bin/*
 # has its driver and toolkit).
 for b in $bins; do ldd "$b"; done | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|libresolv|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so' |
-    grep -vE 'libcu|libnv|libcudnn|libnccl' | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
+    { grep -vE 'libcu|libnv|libcudnn|libnccl' || true; } | while read -r lib; do cp -L "$lib" "$stage/gpu/lib/"; done
 # GPU_PACK_MODELS=0 leaves the test models out (kernel stages), =json keeps only their configs and
 # tokenizers (stages that build a random model): a smaller tarball to carry.
 for m in stories260K-hf tinystories-11M-hf; do
