@@ -160,7 +160,7 @@ static size_t gpu_need(const dsla_distiller_t *d, const dsla_model_t *model,
                        const dsla_corpus_t *train, const dsla_corpus_t *eval) {
     return dsla_distill_cuda_bytes(dsla_model_config(model), d->cuda.dtype, d->seq_len,
                                    d->params.batch, train->num_sequences + d->reservoir_prompts,
-                                   eval->num_sequences);
+                                   eval->num_sequences, d->params.kl_weight > 0);
 }
 
 /* Loads the teacher and the corpus, then runs; every outcome ends in the posted state. */

@@ -213,12 +213,13 @@ static dsla_status_t deploy_gpu(int gpu, const dsla_model_t *model,
  * to the free memory less --gpu-margin-mib, so the margin must hold it (docs/distiller.md). */
 static void print_distiller_need(const dsla_model_t *model, const dsla_distill_cuda_opts_t *o,
                                  int seq_len, int batch, long max_sequences, int eval_sequences,
-                                 int reservoir, bool serving_there, long margin_mib) {
+                                 int reservoir, bool logit_kl, bool serving_there,
+                                 long margin_mib) {
     const dsla_model_config_t *cfg = dsla_model_config(model);
     const size_t base =
-        dsla_distill_cuda_bytes(cfg, o->dtype, seq_len, batch, reservoir, eval_sequences);
-    const size_t one =
-        dsla_distill_cuda_bytes(cfg, o->dtype, seq_len, batch, reservoir + 1, eval_sequences);
+        dsla_distill_cuda_bytes(cfg, o->dtype, seq_len, batch, reservoir, eval_sequences, logit_kl);
+    const size_t one = dsla_distill_cuda_bytes(cfg, o->dtype, seq_len, batch, reservoir + 1,
+                                               eval_sequences, logit_kl);
     fprintf(stderr,
             "dsla-serve: the distiller trains on GPU %d (%s): about %zu MiB of device memory "
             "plus %.2f MiB per training sequence",
@@ -775,11 +776,11 @@ int main(int argc, char **argv) {
                 .cuda = distill_on_gpu ? &distill_cuda : NULL,
             };
             if (distill_on_gpu)
-                print_distiller_need(model, &distill_cuda, (int)distill_seq_len, (int)distill_batch,
-                                     distill_max_sequences, (int)distill_eval_sequences,
-                                     no_sample_prompts ? 0 : (int)distill_samples,
-                                     dsla_serve_gpu_listed(gpus, n_gpus, distill_cuda.gpu),
-                                     margin_mib);
+                print_distiller_need(
+                    model, &distill_cuda, (int)distill_seq_len, (int)distill_batch,
+                    distill_max_sequences, (int)distill_eval_sequences,
+                    no_sample_prompts ? 0 : (int)distill_samples, distill_kl_weight > 0,
+                    dsla_serve_gpu_listed(gpus, n_gpus, distill_cuda.gpu), margin_mib);
             config.no_sample_prompts = no_sample_prompts;
             config.sample_every = (uint32_t)sample_every;
             config.sample_seed = (uint64_t)sample_seed;

@@ -213,14 +213,15 @@ dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsl
  * allocates: the teacher's weights in dtype with a KV pool and activations for one capture batch
  * of seq_len-token sequences and their logits, the captured streams (inputs and targets of n_train
  * + n_eval sequences, fp32), and one layer's training (weights, gradients, moments, the frozen MLP,
- * a batch's activations and the chunked DSLA workspace). Not counted: the CUDA context and
- * cuBLAS's workspace (a few hundred MiB per process). */
+ * a batch's activations and the chunked DSLA workspace); with logit_kl, the logit term's tail at
+ * its largest (fp32 copies of every later layer and the head: ~26 GB for a 7B model). Not
+ * counted: the CUDA context and cuBLAS's workspace (a few hundred MiB per process). */
 size_t dsla_distill_cuda_bytes(const dsla_model_config_t *cfg, dsla_dtype_t dtype, int seq_len,
-                               int batch, int n_train, int n_eval);
+                               int batch, int n_train, int n_eval, bool logit_kl);
 void dsla_distill_backend_destroy(dsla_distill_backend_t **b);
 
 /* dsla_distill_run on a backend made for the same teacher (dsla_distill_run is this on the CPU).
- * The gate cosine and logit KL terms are CPU-only (UNSUPPORTED elsewhere). */
+ * The gate cosine term is CPU-only (UNSUPPORTED elsewhere). */
 dsla_status_t dsla_distill_run_on(dsla_distill_backend_t *backend, dsla_model_t *teacher,
                                   const dsla_corpus_t *train, const dsla_corpus_t *eval,
                                   const dsla_distill_params_t *params, const char *out_dir,

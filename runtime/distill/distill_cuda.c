@@ -35,7 +35,7 @@
 enum { CAPTURE_BATCH = DSLA_DISTILL_CAPTURE_BATCH };
 
 size_t dsla_distill_cuda_bytes(const dsla_model_config_t *cfg, dsla_dtype_t dtype, int seq_len,
-                               int batch, int n_train, int n_eval) {
+                               int batch, int n_train, int n_eval, bool logit_kl) {
     const size_t D = (size_t)cfg->hidden_size, I = (size_t)cfg->intermediate_size;
     const size_t V = (size_t)cfg->vocab_size, L = (size_t)cfg->num_layers, T = (size_t)seq_len;
     const size_t hd = (size_t)cfg->num_heads * cfg->head_dim;
@@ -52,15 +52,29 @@ size_t dsla_distill_cuda_bytes(const dsla_model_config_t *cfg, dsla_dtype_t dtyp
     const size_t streams = 2 * ((size_t)n_train + (size_t)n_eval) * T * D * f;
     const size_t layer_numel = 6 * hd * D + 2 * hd + 2;
     const size_t R = (size_t)batch * T;
-    size_t train = 4 * layer_numel * f + 3 * D * I * f + R * (9 * D + 12 * hd + 3 * I) * f;
+    size_t train = 4 * layer_numel * f + 3 * D * I * f + R * (8 * D + 12 * hd + 3 * I) * f;
 #ifdef DSLA_HAVE_CUDA
     const dsla_dsla_dims_t dims = {batch, seq_len, cfg->num_heads, cfg->head_dim};
-    train += dsla_cuda_dsla_chunked_workspace_bytes(&dims);
+    const size_t core_ws = dsla_cuda_dsla_chunked_workspace_bytes(&dims);
 #else
     /* the states before every 64-token chunk and their gradients, both DSLA states */
-    train +=
+    const size_t core_ws =
         4 * (size_t)batch * cfg->num_heads * ((T + 63) / 64) * cfg->head_dim * cfg->head_dim * f;
 #endif
+    train += core_ws;
+    if (logit_kl) {
+        /* logit_tail_cuda.c after the order's first layer at worst (every other layer behind
+         * it): fp32 weights of L - 1 layers (DSLA's block being the larger mixer) and the head,
+         * the teacher's final streams, each later layer's input, one layer's activations and
+         * attention probabilities, two blocks of logits, its own core workspace. */
+        const size_t chunk = R < 1024 ? R : 1024;
+        const size_t tail_w = ((L - 1) * (layer_numel + 3 * D * I + 2 * D) + V * D + D) * f;
+        const size_t tail_acts =
+            (L * R * D + 6 * R * D + 12 * R * hd + 3 * R * I +
+             (size_t)batch * cfg->num_heads * T * T + 2 * chunk * V + chunk * D) *
+            f;
+        train += tail_w + (size_t)n_train * T * D * f + tail_acts + core_ws;
+    }
     return weights + kv + forward + streams + train;
 }
 
