@@ -24,7 +24,8 @@
 #            "4096 32768"): each chunked kernel's gpu__time_duration, summed per kernel
 #   gla_peer  --only dsla, then bench/peer_chunk_gla.py (flash-linear-attention's chunk_gla, the
 #            peer of the DSLA chunked kernels, from shared/anchors) on the same card; GLA_BASELINE=1
-#            adds --only dsla with DSLA_CUDA_TC_PATH=0 (dsla_chunked.cu's kernels alone)
+#            adds --only dsla with DSLA_CUDA_TC_PATH=0 (dsla_chunked.cu's kernels alone); GLA_LENGTHS
+#            (default 2048,...,32768) and GLA_LIMIT (seconds, default 300) bound the peer's run
 #   attention  bench_e2e_cuda attention (prefill attention, ours and cuDNN's; batch-1 decode)
 #   e2e      bench_e2e_cuda (the whole 7B table, ~3 minutes on an H200)
 #   torch    bench/pytorch_baseline.py --attention-only (SDPA on the same card)
@@ -99,7 +100,8 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     gla_peer) # our chunked DSLA rows and flash-linear-attention's chunk_gla, in the same call
         stage dsla 300 "$D/bin/bench_cuda_kernels" --only dsla
         grep -E 'dsla_chunked_(fwd|fwd_bwd)".*in=bf16' "$OUT/dsla.log" | grep tflops
-        stage gla_peer 300 python3 "$root/bench/peer_chunk_gla.py"
+        stage gla_peer "${GLA_LIMIT:-300}" python3 "$root/bench/peer_chunk_gla.py" \
+            --lengths "${GLA_LENGTHS:-2048,4096,8192,16384,32768}"
         grep -E '_x2' "$OUT/gla_peer.log"; tail -3 "$OUT/gla_peer.log"
         if [ "${GLA_BASELINE:-0}" = 1 ]; then # dsla_chunked.cu's own kernels, for before/after
             DSLA_CUDA_TC_PATH=0 stage dsla_old 300 "$D/bin/bench_cuda_kernels" --only dsla
