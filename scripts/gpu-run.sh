@@ -83,6 +83,19 @@ stage() {
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "== $name rc=$? $(($(date +%s) - t0)) s"
 }
+# docs/quality.md's recipe (e) on the GPU, tinystories-11M: recipe_e STAGE NAME [extra flags]; the
+# report goes to $OUT/NAME.json.
+recipe_e() {
+    local name=$1 report=$2
+    shift 2
+    stage "$name" 300 "$D/bin/dsla" distill --device cuda "$@" \
+        --model "$D/shared/models/tinystories-11M-hf" \
+        --data "$D/shared/data/tinystories_train_sample.txt" \
+        --eval-data "$D/shared/data/tinystories_valid.txt" --eval-sequences 32 \
+        --seed 1234 --out "/tmp/$report" --report "$OUT/$report.json" \
+        --order measured --probe-steps 30 --lr 5e-3 --steps 400 --seq-len 256 \
+        --batch 8 --max-sequences 0
+}
 for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gemm e2e torch}; do
     case $s in
     harness) stage harness 300 "$D/bin/test_ops_harness"
@@ -141,13 +154,7 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
     quality_gpu) # docs/quality.md's recipe (e) on the GPU: all six layers of tinystories-11M,
         # fp32 (QUALITY_DTYPES), the report beside the logs for the GPU column
         for dt in ${QUALITY_DTYPES:-f32}; do
-            stage "quality_gpu_$dt" 300 "$D/bin/dsla" distill --device cuda --dtype "$dt" \
-                --model "$D/shared/models/tinystories-11M-hf" \
-                --data "$D/shared/data/tinystories_train_sample.txt" \
-                --eval-data "$D/shared/data/tinystories_valid.txt" --eval-sequences 32 \
-                --seed 1234 --out "/tmp/quality-gpu-$dt" --report "$OUT/quality-gpu-$dt.json" \
-                --order measured --probe-steps 30 --lr 5e-3 --steps 400 --seq-len 256 \
-                --batch 8 --max-sequences 0
+            recipe_e "quality_gpu_$dt" quality-gpu-$dt --dtype "$dt"
             tail -12 "$OUT/quality_gpu_$dt.log"
             # fp32 is held to the CPU run of the same recipe (issue 12: losses 2%, perplexities 1%)
             if [ "$dt" = f32 ]; then
@@ -158,13 +165,7 @@ for s in ${STAGES:-harness forward serve serve_actor controller_gpu load_gpu gem
         done ;;
     quality_kl) # recipe (e) plus the logit KL term at each of QUALITY_KL_WEIGHTS, fp32 on the GPU
         for w in ${QUALITY_KL_WEIGHTS:-0.25 0.5 1}; do
-            stage "quality_kl_$w" 300 "$D/bin/dsla" distill --device cuda --dtype f32 \
-                --model "$D/shared/models/tinystories-11M-hf" \
-                --data "$D/shared/data/tinystories_train_sample.txt" \
-                --eval-data "$D/shared/data/tinystories_valid.txt" --eval-sequences 32 \
-                --seed 1234 --out "/tmp/quality-kl-$w" --report "$OUT/quality-kl-$w.json" \
-                --order measured --probe-steps 30 --lr 5e-3 --steps 400 --seq-len 256 \
-                --batch 8 --max-sequences 0 --kl-weight "$w"
+            recipe_e "quality_kl_$w" quality-kl-$w --dtype f32 --kl-weight "$w"
             tail -8 "$OUT/quality_kl_$w.log"
         done ;;
     eval_gpu) stage eval_gpu 300 "$D/bin/test_eval_gpu"

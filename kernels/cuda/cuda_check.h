@@ -47,4 +47,36 @@ __device__ __forceinline__ float dsla_warp_max(float v) {
     return v;
 }
 
+/* The two operations block reductions take. */
+struct dsla_sum_op {
+    template <typename T> __device__ T operator()(T a, T b) const {
+        return a + b;
+    }
+};
+
+struct dsla_max_op {
+    __device__ float operator()(float a, float b) const {
+        return fmaxf(a, b);
+    }
+    __device__ double operator()(double a, double b) const {
+        return fmax(a, b);
+    }
+};
+
+/* op over the THREADS values of a block (every thread calls it): each warp by shuffles, then the
+ * warps' partials in warp order, so a sum is the same number on every call. Every thread gets the
+ * result; the barriers on both sides let calls follow each other on the same shared array. */
+template <int THREADS, typename T, typename Op> __device__ T dsla_block_reduce(T v, Op op) {
+    __shared__ T partial[THREADS / DSLA_CUDA_WARP];
+    for (int o = DSLA_CUDA_WARP / 2; o > 0; o >>= 1)
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads(); /* the previous call's partials have been read */
+    if (threadIdx.x % DSLA_CUDA_WARP == 0) partial[threadIdx.x / DSLA_CUDA_WARP] = v;
+    __syncthreads();
+    v = partial[0];
+    for (int w = 1; w < THREADS / DSLA_CUDA_WARP; w++)
+        v = op(v, partial[w]);
+    return v;
+}
+
 #endif

@@ -67,30 +67,11 @@ extern "C" dsla_status_t dsla_cuda_argmax(dsla_cuda_stream_t stream, int32_t *ou
 /* ---- sampling ---- */
 
 static __device__ double block_sum_d(double v) {
-    __shared__ double partial[SAMPLE_THREADS / DSLA_CUDA_WARP];
-    for (int o = DSLA_CUDA_WARP / 2; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x / DSLA_CUDA_WARP, lane = threadIdx.x % DSLA_CUDA_WARP;
-    __syncthreads(); /* partial may still be read from the previous call */
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    double s = 0.0;
-    for (int w = 0; w < SAMPLE_THREADS / DSLA_CUDA_WARP; w++)
-        s += partial[w];
-    return s;
+    return dsla_block_reduce<SAMPLE_THREADS>(v, dsla_sum_op());
 }
 
 static __device__ float block_max_f(float v) {
-    __shared__ float partial[SAMPLE_THREADS / DSLA_CUDA_WARP];
-    v = dsla_warp_max(v);
-    const int warp = threadIdx.x / DSLA_CUDA_WARP, lane = threadIdx.x % DSLA_CUDA_WARP;
-    __syncthreads();
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int w = 0; w < SAMPLE_THREADS / DSLA_CUDA_WARP; w++)
-        m = fmaxf(m, partial[w]);
-    return m;
+    return dsla_block_reduce<SAMPLE_THREADS>(v, dsla_max_op());
 }
 
 /* The sampler's order as one number: larger key = earlier (probabilities are >= 0, so their bits

@@ -9,20 +9,9 @@
 
 enum { TRAIN_THREADS = 256, REDUCE_BLOCKS_MAX = 1024 };
 
-/* Sum of v over the block in double; thread 0 gets the result. */
+/* Sum of v over the block in double; every thread gets the result. */
 static __device__ double block_sum_d(double v) {
-    __shared__ double partial[TRAIN_THREADS / DSLA_CUDA_WARP];
-    for (int o = DSLA_CUDA_WARP / 2; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x / DSLA_CUDA_WARP, lane = threadIdx.x % DSLA_CUDA_WARP;
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    double s = 0.0;
-    if (threadIdx.x == 0)
-        for (int i = 0; i < TRAIN_THREADS / DSLA_CUDA_WARP; i++)
-            s += partial[i];
-    __syncthreads();
-    return s;
+    return dsla_block_reduce<TRAIN_THREADS>(v, dsla_sum_op());
 }
 
 /* ---- RMSNorm backward: one block per row, the row's two sums in double, as the CPU ---- */
@@ -38,16 +27,10 @@ static __global__ void __launch_bounds__(TRAIN_THREADS)
         ss += (double)xr[i] * xr[i];
         dot += (double)w[i] * dyr[i] * xr[i];
     }
-    __shared__ double sums[2];
     ss = block_sum_d(ss);
     dot = block_sum_d(dot);
-    if (threadIdx.x == 0) {
-        sums[0] = ss;
-        sums[1] = dot;
-    }
-    __syncthreads();
-    const double rs = 1.0 / sqrt(sums[0] / dim + (double)eps);
-    const double c = rs * rs * sums[1] / dim;
+    const double rs = 1.0 / sqrt(ss / dim + (double)eps);
+    const double c = rs * rs * dot / dim;
     for (int i = threadIdx.x; i < dim; i += TRAIN_THREADS) {
         const float g = (float)(rs * ((double)w[i] * dyr[i] - (double)xr[i] * c));
         dxr[i] = accumulate ? dxr[i] + g : g;

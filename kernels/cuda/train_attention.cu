@@ -44,35 +44,9 @@ static __device__ __forceinline__ size_t at(int b, int t, int h, int T, int head
     return (((size_t)b * T + t) * heads + h) * (size_t)d;
 }
 
-struct sum_op {
-    __device__ double operator()(double a, double b) const {
-        return a + b;
-    }
-};
-
-struct max_op {
-    __device__ double operator()(double a, double b) const {
-        return fmax(a, b);
-    }
-};
-
 static __device__ __forceinline__ double warp_sum_d(double v) {
     for (int o = DSLA_CUDA_WARP / 2; o > 0; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* op over the block's THREADS values; every thread gets the result. */
-template <int THREADS, typename Op> static __device__ double block_all_reduce(double v, Op op) {
-    __shared__ double partial[THREADS / DSLA_CUDA_WARP];
-    for (int o = DSLA_CUDA_WARP / 2; o > 0; o >>= 1)
-        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (threadIdx.x % DSLA_CUDA_WARP == 0) partial[threadIdx.x / DSLA_CUDA_WARP] = v;
-    __syncthreads();
-    v = partial[0];
-    for (int w = 1; w < THREADS / DSLA_CUDA_WARP; w++)
-        v = op(v, partial[w]);
-    __syncthreads(); /* partial is reused by the next call */
     return v;
 }
 
@@ -155,11 +129,11 @@ static __global__ void __launch_bounds__(ROW_THREADS)
     double max = -INFINITY;
     for (int j = threadIdx.x; j < n; j += ROW_THREADS)
         max = fmax(max, (double)p[j]);
-    max = block_all_reduce<ROW_THREADS>(max, max_op());
+    max = dsla_block_reduce<ROW_THREADS>(max, dsla_max_op());
     double sum = 0.0;
     for (int j = threadIdx.x; j < n; j += ROW_THREADS)
         sum += exp(p[j] - max);
-    sum = block_all_reduce<ROW_THREADS>(sum, sum_op());
+    sum = dsla_block_reduce<ROW_THREADS>(sum, dsla_sum_op());
 
     float *prow = probs + (((size_t)r.b * H + r.h) * T + r.i) * T;
     for (int j = threadIdx.x; j < T; j += ROW_THREADS) {
@@ -186,7 +160,7 @@ static __global__ void __launch_bounds__(ROW_THREADS)
     load_row(doi, dout + at(r.b, r.i, r.h, T, H, d), d);
     /* dP_ij = do_i . v_j, stored as the CPU stores it (float, unscaled) */
     double dot = row_dots(ds, doi, v + at(r.b, 0, r.g, T, Hkv, d), kv_stride, n, d, 1.0, prow);
-    dot = block_all_reduce<ROW_THREADS>(dot, sum_op());
+    dot = dsla_block_reduce<ROW_THREADS>(dot, dsla_sum_op());
 
     for (int j = threadIdx.x; j < T; j += ROW_THREADS) {
         const float dsj = j < n ? (float)(prow[j] * (ds[j] - dot) * scale) : 0.0f;
@@ -311,15 +285,15 @@ static __global__ void __launch_bounds__(KL_THREADS)
         max_s = fmax(max_s, s[j] * inv_t);
         max_t = fmax(max_t, t[j] * inv_t);
     }
-    max_s = block_all_reduce<KL_THREADS>(max_s, max_op());
-    max_t = block_all_reduce<KL_THREADS>(max_t, max_op());
+    max_s = dsla_block_reduce<KL_THREADS>(max_s, dsla_max_op());
+    max_t = dsla_block_reduce<KL_THREADS>(max_t, dsla_max_op());
     double sum_s = 0.0, sum_t = 0.0;
     for (int j = threadIdx.x; j < vocab; j += KL_THREADS) {
         sum_s += exp(s[j] * inv_t - max_s);
         sum_t += exp(t[j] * inv_t - max_t);
     }
-    const double lse_s = max_s + log(block_all_reduce<KL_THREADS>(sum_s, sum_op()));
-    const double lse_t = max_t + log(block_all_reduce<KL_THREADS>(sum_t, sum_op()));
+    const double lse_s = max_s + log(dsla_block_reduce<KL_THREADS>(sum_s, dsla_sum_op()));
+    const double lse_t = max_t + log(dsla_block_reduce<KL_THREADS>(sum_t, dsla_sum_op()));
 
     float *g = grad ? grad + (size_t)blockIdx.x * vocab : NULL;
     const double grad_scale = weight * T;
@@ -331,7 +305,7 @@ static __global__ void __launch_bounds__(KL_THREADS)
         total += p * (log_p - log_q);
         if (g) g[j] = (float)(grad_scale * (exp(log_q) - p));
     }
-    total = block_all_reduce<KL_THREADS>(total, sum_op());
+    total = dsla_block_reduce<KL_THREADS>(total, dsla_sum_op());
     if (threadIdx.x == 0) atomicAdd(kl_acc, weight * T * T * total);
 }
 

@@ -92,10 +92,7 @@ typedef struct {
     dsla_model_t *teacher;
     dsla_model_config_t cfg;
     dsla_distill_cuda_opts_t opts;
-    dsla_cuda_dsla_math_t math;
-    dsla_cuda_stream_t stream;
-    dsla_cuda_blas_t *blas;
-    dsla_dev_ctx_t ctx; /* stream, blas and math together, for blocks_cuda.h */
+    dsla_dev_ctx_t ctx; /* the stream, cuBLAS handle and matrix math of every device op */
     /* the teacher on the device, sized for sequences of model_T tokens */
     dsla_cuda_model_t *cm;
     dsla_cuda_kv_t *kv;
@@ -161,7 +158,7 @@ static dsla_status_t ensure_model(cuda_backend_t *c, int T) {
         .max_context = T,
         .graphs = false,
     };
-    DSLA_TRY(dsla_cuda_model_create(&c->cm, c->teacher, &mo, c->stream));
+    DSLA_TRY(dsla_cuda_model_create(&c->cm, c->teacher, &mo, c->ctx.stream));
     const int blocks = CAPTURE_BATCH * L * ((T + DSLA_KV_BLOCK_TOKENS - 1) / DSLA_KV_BLOCK_TOKENS);
     DSLA_TRY(dsla_cuda_kv_create(&c->kv, c->cm, c->opts.dtype, blocks, CAPTURE_BATCH));
     c->logits_host = malloc((size_t)CAPTURE_BATCH * T * c->cfg.vocab_size * sizeof(float));
@@ -247,20 +244,20 @@ static float *G(const cuda_backend_t *c, const float *host_tensor) {
 static dsla_status_t cuda_push(dsla_distill_backend_t *b) {
     cuda_backend_t *c = (cuda_backend_t *)b;
     const size_t bytes = c->hw->numel * sizeof(float);
-    DSLA_TRY(dsla_cuda_copy(c->w, c->hw->data, bytes, c->stream));
-    DSLA_TRY(dsla_cuda_copy(c->m, c->hm->data, bytes, c->stream));
-    DSLA_TRY(dsla_cuda_copy(c->v, c->hv->data, bytes, c->stream));
-    return dsla_cuda_stream_sync(c->stream);
+    DSLA_TRY(dsla_cuda_copy(c->w, c->hw->data, bytes, c->ctx.stream));
+    DSLA_TRY(dsla_cuda_copy(c->m, c->hm->data, bytes, c->ctx.stream));
+    DSLA_TRY(dsla_cuda_copy(c->v, c->hv->data, bytes, c->ctx.stream));
+    return dsla_cuda_stream_sync(c->ctx.stream);
 }
 
 static dsla_status_t cuda_pull(dsla_distill_backend_t *b) {
     cuda_backend_t *c = (cuda_backend_t *)b;
     const size_t bytes = c->hw->numel * sizeof(float);
-    DSLA_TRY(dsla_cuda_stream_sync(c->stream));
-    DSLA_TRY(dsla_cuda_copy(c->hw->data, c->w, bytes, c->stream));
-    DSLA_TRY(dsla_cuda_copy(c->hm->data, c->m, bytes, c->stream));
-    DSLA_TRY(dsla_cuda_copy(c->hv->data, c->v, bytes, c->stream));
-    return dsla_cuda_stream_sync(c->stream);
+    DSLA_TRY(dsla_cuda_stream_sync(c->ctx.stream));
+    DSLA_TRY(dsla_cuda_copy(c->hw->data, c->w, bytes, c->ctx.stream));
+    DSLA_TRY(dsla_cuda_copy(c->hm->data, c->m, bytes, c->ctx.stream));
+    DSLA_TRY(dsla_cuda_copy(c->hv->data, c->v, bytes, c->ctx.stream));
+    return dsla_cuda_stream_sync(c->ctx.stream);
 }
 
 static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer_t *w,
@@ -300,19 +297,19 @@ static dsla_status_t cuda_layer_begin(dsla_distill_backend_t *b, dsla_dsla_layer
     const dsla_distill_captures_t to = {c->train.h_in,  c->train.target, c->eval.h_in,
                                         c->eval.target, c->train_final,  cfg->num_layers};
     DSLA_TRY(dsla_distill_capture_layer(forward_batch, c, input_plan, layer, train, eval, &to));
-    DSLA_TRY(dsla_cuda_stream_sync(c->stream));
+    DSLA_TRY(dsla_cuda_stream_sync(c->ctx.stream));
 
     const dsla_llama_layer_t *tl = dsla_model_layer(c->teacher, layer);
-    DSLA_TRY(upload(&c->attn_norm, tl->attn_norm, (size_t)D, c->stream));
-    DSLA_TRY(upload(&c->mlp_norm, tl->mlp_norm, (size_t)D, c->stream));
-    DSLA_TRY(upload(&c->w_gate, tl->w_gate, (size_t)I * D, c->stream));
-    DSLA_TRY(upload(&c->w_up, tl->w_up, (size_t)I * D, c->stream));
-    DSLA_TRY(upload(&c->w_down, tl->w_down, (size_t)D * I, c->stream));
-    DSLA_TRY(upload(&c->alpha_one, dsla_distill_history_only_alpha, 2, c->stream));
+    DSLA_TRY(upload(&c->attn_norm, tl->attn_norm, (size_t)D, c->ctx.stream));
+    DSLA_TRY(upload(&c->mlp_norm, tl->mlp_norm, (size_t)D, c->ctx.stream));
+    DSLA_TRY(upload(&c->w_gate, tl->w_gate, (size_t)I * D, c->ctx.stream));
+    DSLA_TRY(upload(&c->w_up, tl->w_up, (size_t)I * D, c->ctx.stream));
+    DSLA_TRY(upload(&c->w_down, tl->w_down, (size_t)D * I, c->ctx.stream));
+    DSLA_TRY(upload(&c->alpha_one, dsla_distill_history_only_alpha, 2, c->ctx.stream));
     float **params[] = {&c->w, &c->g, &c->m, &c->v};
     for (size_t i = 0; i < 4; i++)
         DSLA_TRY(alloc_dev(params[i], w->numel));
-    DSLA_TRY(dsla_cuda_zero(c->g, w->numel * sizeof(float), c->stream));
+    DSLA_TRY(dsla_cuda_zero(c->g, w->numel * sizeof(float), c->ctx.stream));
     DSLA_TRY(cuda_push(b));
 
     const size_t R = (size_t)batch * T;
@@ -379,20 +376,20 @@ static dsla_status_t student_forward(cuda_backend_t *c, int nb) {
 static dsla_status_t cuda_eval_mse(dsla_distill_backend_t *b, double *mse) {
     cuda_backend_t *c = (cuda_backend_t *)b;
     const size_t ps = per_seq(c);
-    DSLA_TRY(dsla_cuda_zero(c->sums, 3 * sizeof(double), c->stream));
+    DSLA_TRY(dsla_cuda_zero(c->sums, 3 * sizeof(double), c->ctx.stream));
     for (int first = 0; first < c->eval.n; first += c->batch) {
         const int n = c->eval.n - first < c->batch ? c->eval.n - first : c->batch;
         DSLA_TRY(dsla_cuda_copy(c->hin, c->eval.h_in + (size_t)first * ps, n * ps * sizeof(float),
-                                c->stream));
+                                c->ctx.stream));
         DSLA_TRY(dsla_cuda_copy(c->tgt, c->eval.target + (size_t)first * ps, n * ps * sizeof(float),
-                                c->stream));
+                                c->ctx.stream));
         DSLA_TRY(student_forward(c, n));
-        DSLA_TRY(dsla_cuda_nmse_sums(c->stream, c->sums, c->hout, c->tgt, n * ps));
+        DSLA_TRY(dsla_cuda_nmse_sums(c->ctx.stream, c->sums, c->hout, c->tgt, n * ps));
     }
     double sums[3];
-    DSLA_TRY(dsla_cuda_stream_sync(c->stream));
-    DSLA_TRY(dsla_cuda_copy(sums, c->sums, sizeof sums, c->stream));
-    DSLA_TRY(dsla_cuda_stream_sync(c->stream));
+    DSLA_TRY(dsla_cuda_stream_sync(c->ctx.stream));
+    DSLA_TRY(dsla_cuda_copy(sums, c->sums, sizeof sums, c->ctx.stream));
+    DSLA_TRY(dsla_cuda_stream_sync(c->ctx.stream));
     *mse = sums[1] > 0 ? sums[0] / sums[1] : sums[0];
     return DSLA_OK;
 }
@@ -412,23 +409,23 @@ static dsla_status_t student_backward(cuda_backend_t *c) {
     DSLA_TRY(dsla_dev_mlp_backward(&c->ctx, &mlp, c->dmid, c->dh, c->hmid, &ma, R));
     /* Wo, then the core, then the projections and biases. */
     DSLA_TRY(dsla_cuda_gemm_f32(h, s, G(c, hw->wo), c->dmid, true, c->o, false, D, hd, R, 0.0f,
-                                c->math));
+                                c->ctx.math));
     DSLA_TRY(dsla_cuda_gemm_f32(h, s, c->dout, c->dmid, false, W(c, hw->wo), false, R, hd, D, 0.0f,
-                                c->math));
+                                c->ctx.math));
     const dsla_dsla_dims_t dims = {c->batch, c->T, cfg->num_heads, cfg->head_dim};
     const dsla_dev_dsla_t w = student_weights(c);
     const dsla_dev_dsla_acts_t a = student_acts(c);
     const dsla_cuda_dsla_in_t in = dsla_dev_dsla_in(&w, &a);
     const dsla_dsla_grad_t grad = {c->dq, c->dk, c->dv, c->da1, c->da2, G(c, hw->alpha)};
     /* cuda_step ran student_forward on the whole batch just before: its states are in c->ws. */
-    DSLA_TRY(dsla_cuda_dsla_chunked_backward_after_forward(s, &dims, &in, c->math, NULL, NULL,
+    DSLA_TRY(dsla_cuda_dsla_chunked_backward_after_forward(s, &dims, &in, c->ctx.math, NULL, NULL,
                                                            c->dout, NULL, NULL, &grad, NULL, NULL,
                                                            c->ws, c->ws_bytes));
     const float *dproj[5] = {c->dq, c->dk, c->dv, c->da1, c->da2};
     const float *proj_w[5] = {hw->wq, hw->wk, hw->wv, hw->wg1, hw->wg2};
     for (int i = 0; i < 5; i++)
         DSLA_TRY(dsla_cuda_gemm_f32(h, s, G(c, proj_w[i]), dproj[i], true, c->x, false, hd, D, R,
-                                    0.0f, c->math));
+                                    0.0f, c->ctx.math));
     DSLA_TRY(dsla_cuda_bias_backward(s, G(c, hw->bg1), c->da1, R, hd, false));
     return dsla_cuda_bias_backward(s, G(c, hw->bg2), c->da2, R, hd, false);
 }
@@ -437,7 +434,7 @@ static dsla_status_t cuda_step(dsla_distill_backend_t *b, const int *idx, long s
                                const dsla_adamw_params_t *optim, double *loss, double *kl) {
     cuda_backend_t *c = (cuda_backend_t *)b;
     const size_t ps = per_seq(c), n = (size_t)c->batch * ps;
-    dsla_cuda_stream_t s = c->stream;
+    dsla_cuda_stream_t s = c->ctx.stream;
     for (int i = 0; i < c->batch; i++) {
         const size_t from = (size_t)idx[i] * ps, bytes = ps * sizeof(float);
         DSLA_TRY(dsla_cuda_copy(c->hin + i * ps, c->train.h_in + from, bytes, s));
@@ -490,8 +487,8 @@ static void cuda_destroy(dsla_distill_backend_t *b) {
     cuda_backend_t *c = (cuda_backend_t *)b;
     cuda_layer_end(b);
     free_model(c);
-    dsla_cuda_blas_destroy(&c->blas);
-    dsla_cuda_stream_destroy(&c->stream);
+    dsla_cuda_blas_destroy(&c->ctx.blas);
+    dsla_cuda_stream_destroy(&c->ctx.stream);
     free(c);
 }
 
@@ -519,10 +516,10 @@ dsla_status_t dsla_distill_backend_cuda_create(dsla_distill_backend_t **out, dsl
     c->teacher = teacher;
     c->cfg = *cfg;
     c->opts = *opts;
-    c->math = opts->dtype == DSLA_DTYPE_F32 ? DSLA_CUDA_DSLA_MATH_F32 : DSLA_CUDA_DSLA_MATH_TF32;
-    dsla_status_t st = dsla_cuda_stream_create(&c->stream);
-    if (st == DSLA_OK) st = dsla_cuda_blas_create(&c->blas);
-    c->ctx = (dsla_dev_ctx_t){c->stream, c->blas, c->math};
+    c->ctx.math =
+        opts->dtype == DSLA_DTYPE_F32 ? DSLA_CUDA_DSLA_MATH_F32 : DSLA_CUDA_DSLA_MATH_TF32;
+    dsla_status_t st = dsla_cuda_stream_create(&c->ctx.stream);
+    if (st == DSLA_OK) st = dsla_cuda_blas_create(&c->ctx.blas);
     if (st != DSLA_OK) {
         cuda_destroy(&c->base);
         return st;
